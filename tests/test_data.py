@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+
+from hyperforget_jax import data
+from hyperforget_jax.errors import DataError, ForgetRequestError
+
+
+def test_mnist5k_is_real_balanced_and_shuffled():
+    ds = data.load_mnist5k()
+    assert ds.x.shape == (5000, 28, 28, 1) and ds.x.dtype == np.float32
+    assert ds.x.min() == 0.0 and ds.x.max() == 1.0
+    np.testing.assert_array_equal(np.bincount(ds.y), [500] * 10)
+    assert len(set(ds.y[:50].tolist())) > 5  # the file is sorted by label; we shuffle it
+    np.testing.assert_array_equal(data.load_mnist5k().y, ds.y)  # fixed shuffle seed
+
+
+def test_digits_source():
+    ds = data.load_digits()
+    assert ds.x.shape == (1797, 8, 8, 1) and 0.0 <= ds.x.min() and ds.x.max() == 1.0
+
+
+def test_splits_are_deterministic_stratified_and_disjoint(mnist_splits):
+    sp = mnist_splits
+    assert (len(sp.train), len(sp.val), len(sp.test)) == (3500, 500, 1000)
+    np.testing.assert_array_equal(np.bincount(sp.train.y), [350] * 10)
+    np.testing.assert_array_equal(np.bincount(sp.test.y), [100] * 10)
+    again = data.make_splits(data.load_mnist5k())
+    np.testing.assert_array_equal(again.train.x, sp.train.x)
+    other = data.make_splits(data.load_mnist5k(), seed=1)
+    assert not np.array_equal(other.train.y, sp.train.y)
+    rows = lambda d: {r.tobytes() for r in (d.x * 255).astype(np.uint8)}
+    assert not rows(sp.train) & rows(sp.test)  # no exact duplicate images across splits
+
+
+@pytest.mark.parametrize("req, n_forget", [
+    (data.ForgetRequest(classes=(3,)), 350),
+    (data.ForgetRequest(classes=(1, 7)), 700),
+    (data.ForgetRequest(fraction=0.1, seed=4), 350),
+    (data.ForgetRequest(indices=(0, 5, 9)), 3),
+])
+def test_forget_requests(mnist_splits, req, n_forget):
+    fs = data.resolve_forget(mnist_splits.train, req)
+    assert len(fs.forget) == n_forget and len(fs.retain) == 3500 - n_forget
+    assert not set(fs.forget_idx) & set(fs.retain_idx)
+    if req.classes:
+        assert set(fs.forget.y.tolist()) == set(req.classes)
+        assert not set(fs.retain.y.tolist()) & set(req.classes)
+    assert data.ForgetRequest.from_json(req.to_json()) == req
+
+
+def test_random_fraction_depends_on_seed(mnist_splits):
+    a = data.resolve_forget(mnist_splits.train, data.ForgetRequest(fraction=0.3, seed=0))
+    b = data.resolve_forget(mnist_splits.train, data.ForgetRequest(fraction=0.3, seed=0))
+    c = data.resolve_forget(mnist_splits.train, data.ForgetRequest(fraction=0.3, seed=1))
+    np.testing.assert_array_equal(a.forget_idx, b.forget_idx)
+    assert not np.array_equal(a.forget_idx, c.forget_idx)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(classes=(10,)), "class 10 does not exist"),
+    (dict(classes=(-1,)), "does not exist"),
+    (dict(classes=tuple(range(10))), "whole training set"),
+    (dict(indices=(0, 3500)), "out of range"),
+    (dict(indices=(-1,)), "out of range"),
+])
+def test_bad_requests_resolve(mnist_splits, kwargs, match):
+    with pytest.raises(ForgetRequestError, match=match):
+        data.resolve_forget(mnist_splits.train, data.ForgetRequest(**kwargs))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(classes=()), "empty"),
+    (dict(indices=()), "empty"),
+    (dict(indices=(1, 1)), "duplicated"),
+    (dict(classes=(2, 2)), "duplicated"),
+    (dict(fraction=0.0), "between 0 and 1"),
+    (dict(fraction=1.0), "between 0 and 1"),
+    (dict(fraction=1.5), "between 0 and 1"),
+    (dict(), "exactly one"),
+    (dict(classes=(1,), fraction=0.1), "exactly one"),
+])
+def test_bad_requests_construct(kwargs, match):
+    with pytest.raises(ForgetRequestError, match=match):
+        data.ForgetRequest(**kwargs)
+
+
+def test_errors_are_value_errors():
+    assert issubclass(ForgetRequestError, ValueError) and issubclass(DataError, ValueError)
+
+
+def test_batching_deterministic_given_seed():
+    a = data.batch_indices(7, 3, 1000, 128)
+    assert a.shape == (7, 128) and len(set(a.ravel())) == 7 * 128
+    np.testing.assert_array_equal(a, data.batch_indices(7, 3, 1000, 128))
+    assert not np.array_equal(a, data.batch_indices(7, 4, 1000, 128))
+    assert not np.array_equal(a, data.batch_indices(8, 3, 1000, 128))
+    assert data.batch_indices(0, 0, 10, 32).shape == (1, 32)  # small sets wrap
+
+
+def test_bad_arrays_rejected():
+    with pytest.raises(DataError, match="NaN"):
+        data.from_arrays(np.full((4, 2, 2, 1), np.nan, np.float32), np.zeros(4))
+    with pytest.raises(DataError, match=r"\(N, H, W, C\)"):
+        data.from_arrays(np.zeros((4, 784), np.float32), np.zeros(4))
+    with pytest.raises(DataError, match="labels"):
+        data.from_arrays(np.zeros((4, 2, 2, 1), np.float32), np.zeros(3))
+    with pytest.raises(DataError, match="unknown dataset"):
+        data.load_dataset("imagenet")

@@ -1,0 +1,121 @@
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperforget_jax import models, params as P, train
+from hyperforget_jax.errors import ConfigError, NonFiniteError
+from conftest import assert_trees_close
+
+ARCH = models.make_architecture("gpt_mlp")
+CFG = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=1e-2)
+
+
+def _batches(ds, n_steps=6, bs=64):
+    idx = np.arange(n_steps * bs).reshape(n_steps, bs)
+    return [(jnp.asarray(ds.x[i]), jnp.asarray(ds.y[i])) for i in idx]
+
+
+def _run_single(batches):
+    tx = train.make_optimizer(CFG)
+    state = train.init_state(ARCH, tx, jax.random.key(0))
+    step = train.jit_step(train.make_train_step(ARCH.apply, tx))
+    for b in batches:
+        state, m = step(state, b)
+    return state, m
+
+
+@pytest.mark.parametrize("n_dev", [2, 4])
+def test_jit_pmap_sharded_give_same_parameters(mnist_splits, n_dev):
+    batches = _batches(mnist_splits.train)
+    ref, ref_m = _run_single(batches)
+    tx = train.make_optimizer(CFG)
+    devices = jax.devices()[:n_dev]
+    assert len(devices) == n_dev
+
+    # pmap: replicated state, batch split across devices, pmean of grads and metrics.
+    pstep = jax.pmap(train.make_train_step(ARCH.apply, tx, axis_name="batch"),
+                     axis_name="batch", devices=devices, donate_argnums=0)
+    state = train.replicate(train.init_state(ARCH, tx, jax.random.key(0)), n_dev)
+    for b in batches:
+        state, pm = pstep(state, train.shard_batch(b, n_dev))
+    assert_trees_close(train.unreplicate(state).params, ref.params, atol=1e-5)
+    np.testing.assert_allclose(pm["loss"][0], ref_m["loss"], atol=1e-5)
+
+    # jit over a ("data",) mesh with NamedSharding.
+    mesh = train.data_mesh(devices)
+    sstep = train.sharded_step(train.make_train_step(ARCH.apply, tx), mesh)
+    state = train.put_sharded(train.init_state(ARCH, tx, jax.random.key(0)), mesh,
+                              jax.sharding.PartitionSpec())
+    for b in batches:
+        state, sm = sstep(state, train.put_sharded(b, mesh))
+    assert state.params["Dense_0"]["kernel"].sharding.is_fully_replicated
+    assert_trees_close(state.params, ref.params, atol=1e-5)
+    np.testing.assert_allclose(sm["loss"], ref_m["loss"], atol=1e-5)
+    assert int(state.step) == len(batches)
+
+
+class StepTracesOnce(chex.TestCase):
+    def test_step_traces_once(self):
+        tx = train.make_optimizer(CFG)
+        step = jax.jit(chex.assert_max_traces(train.make_train_step(ARCH.apply, tx), n=1))
+        state = train.init_state(ARCH, tx, jax.random.key(0))
+        rng = np.random.default_rng(0)
+        for _ in range(4):
+            x = jnp.asarray(rng.random((32, 28, 28, 1), np.float32))
+            y = jnp.asarray(rng.integers(0, 10, 32))
+            state, _ = step(state, (x, y))
+        self.assertEqual(int(state.step), 4)
+
+
+def test_training_learns(mnist_splits):
+    state, hist = train.fit(ARCH, mnist_splits.train, dataclasses.replace(CFG, epochs=5))
+    acc = float(jnp.mean(jnp.argmax(ARCH.apply(state.params, mnist_splits.test.x), -1)
+                         == mnist_splits.test.y))
+    assert acc > 0.85 and hist[-1]["loss"] < hist[0]["loss"]
+    assert int(state.step) == 5 * (3500 // 64)
+
+
+def test_fleet_member_equals_model_trained_alone(mnist_splits):
+    seeds = [3, 11, 42]
+    fleet, _ = train.fit_fleet(ARCH, mnist_splits.train, CFG, seeds)
+    assert fleet.params["Dense_0"]["kernel"].shape == (3, 784, 10)
+    for i, s in enumerate(seeds):
+        alone, _ = train.fit(ARCH, mnist_splits.train, dataclasses.replace(CFG, seed=s))
+        assert_trees_close(P.tree_index(fleet.params, i), alone.params, atol=1e-5)
+    a, b = (P.flatten(P.tree_index(fleet.params, i)) for i in (0, 1))
+    assert float(jnp.abs(a - b).max()) > 1e-2  # different seeds really differ
+
+
+def test_nan_in_data_stops_training_naming_the_step(mnist_splits):
+    x = mnist_splits.train.x.copy()
+    x[100] = np.nan
+    bad = mnist_splits.train.replace(x=x)
+    with pytest.raises(NonFiniteError, match=r"step \d+ \(epoch 0, batch \d+\)"):
+        train.fit(ARCH, bad, CFG)
+
+
+def test_guard_keeps_old_state_on_nonfinite_step(mnist_splits):
+    tx = train.make_optimizer(CFG)
+    state = train.init_state(ARCH, tx, jax.random.key(0))
+    step = jax.jit(train.make_train_step(ARCH.apply, tx))
+    x = jnp.full((8, 28, 28, 1), jnp.inf)
+    new, m = step(state, (x, jnp.zeros(8, jnp.int32)))
+    assert not bool(m["finite"])
+    assert_trees_close(new.params, state.params, atol=0)
+    assert int(new.step) == 0
+
+
+def test_huge_learning_rate_diverges_with_clear_error(mnist_splits):
+    with pytest.raises(NonFiniteError, match="lower the learning rate"):
+        train.fit(ARCH, mnist_splits.train, dataclasses.replace(CFG, lr=1e30))
+
+
+@pytest.mark.parametrize("kw", [dict(epochs=-1), dict(batch_size=0), dict(lr=0.0),
+                                dict(lr=float("nan")), dict(weight_decay=-1.0)])
+def test_bad_config(kw):
+    with pytest.raises(ConfigError):
+        train.TrainConfig(**kw)
