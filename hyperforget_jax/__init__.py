@@ -1,0 +1,17 @@
+"""hyperforget_jax: machine unlearning in JAX/Flax.
+
+Parameters are data: a Flax params pytree trained by :mod:`~hyperforget_jax.train`, flattened
+for the hypernetwork, sampled back, unlearned, and evaluated against Retrain. Public names are
+re-exported here; the code lives in the private-by-convention modules.
+"""
+
+from hyperforget_jax.data import (Dataset, ForgetRequest, ForgetSplit, Splits, load_dataset,
+                                  load_digits, load_mnist5k, make_splits, resolve_forget)
+from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError, DataError,
+                                    ForgetRequestError, HyperforgetError, NonFiniteError)
+from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
+from hyperforget_jax.models import ARCHITECTURES, Architecture, make_architecture
+from hyperforget_jax.params import flatten, param_count, unflatten
+from hyperforget_jax.train import TrainConfig, TrainState, fit, fit_fleet, make_train_step
+
+__version__ = "0.1.0"

@@ -1,0 +1,65 @@
+"""The unlearning evaluation of METHODS.md §4 for one model: RA / FA / TA, per-class accuracy and
+every named membership-inference variant, always meant to be read beside Retrain's numbers.
+
+Non-members of the loss/entropy attacks: for random-subset forgetting, held-out test samples (the
+NeurIPS 2023 starting kit); for class removal, held-out test samples *of the forgotten classes*:
+test samples of the kept classes are well classified by every model, Retrain included, so an
+attack against them would only measure "is this the forgotten class", not membership.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from hyperforget_jax import metrics
+from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits
+from hyperforget_jax.models import Architecture
+
+#: Metric keys of :func:`evaluate_unlearning`, in table order, with the direction that is "better
+#: forgotten" left to the comparison with Retrain.
+TABLE_KEYS = ("retain_acc", "forget_acc", "test_acc", "test_acc_kept", "test_acc_forgotten",
+              "mia_loss_lr", "mia_entropy_lr", "mia_efficacy_svc")
+GAP_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia_loss_lr")
+
+
+def evaluate_unlearning(arch: Architecture, params: Any, splits: Splits, fsplit: ForgetSplit,
+                        request: ForgetRequest, seed: int = 0) -> dict[str, Any]:
+    """Evaluates ``params`` after (or before) forgetting ``request``.
+
+    Returns:
+      A flat dict of floats: ``retain_acc``, ``forget_acc``, ``test_acc`` (and ``*_loss``),
+      for class removal ``test_acc_kept`` / ``test_acc_forgotten``, ``per_class_test_acc``, and
+      ``mia_loss_lr``, ``mia_entropy_lr``, ``mia_efficacy_svc``. Accuracies are fractions.
+    """
+    out = {}
+    per = {}
+    for name, ds in (("retain", fsplit.retain), ("forget", fsplit.forget), ("test", splits.test)):
+        per[name] = metrics.per_sample_outputs(arch.apply, params, ds.x, ds.y)
+        out[f"{name}_acc"] = float(np.mean(per[name]["correct"]))
+        out[f"{name}_loss"] = float(np.mean(per[name]["loss"]))
+    test_correct = np.asarray(per["test"]["correct"])
+    out["per_class_test_acc"] = [float(test_correct[splits.test.y == c].mean())
+                                 if np.any(splits.test.y == c) else float("nan")
+                                 for c in range(splits.test.num_classes)]
+    nonmember = per["test"]
+    if request.classes is not None:
+        forgotten = np.isin(splits.test.y, request.classes)
+        out["test_acc_kept"] = float(test_correct[~forgotten].mean())
+        out["test_acc_forgotten"] = float(test_correct[forgotten].mean())
+        nonmember = {k: np.asarray(v)[forgotten] for k, v in per["test"].items()}
+    out["mia_loss_lr"] = metrics.mia_loss_lr(per["forget"]["loss"], nonmember["loss"], seed=seed)
+    out["mia_entropy_lr"] = metrics.mia_entropy_lr(per["forget"]["entropy"],
+                                                   nonmember["entropy"], seed=seed)
+    out["mia_efficacy_svc"] = metrics.mia_efficacy_svc(
+        per["retain"]["confidence"], per["test"]["confidence"], per["forget"]["confidence"],
+        seed=seed)
+    return out
+
+
+def gap_to_retrain(result: dict, retrain: dict) -> float:
+    """Avg. Gap (METHODS.md §4): mean |metric − Retrain's| over FA, RA, TA and mia_loss_lr,
+    in percentage points (accuracies and attack accuracy ×100)."""
+    scaled = lambda d: {k: 100.0 * d[k] for k in GAP_KEYS}
+    return metrics.avg_gap(scaled(result), scaled(retrain), keys=GAP_KEYS)

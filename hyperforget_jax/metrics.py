@@ -1,0 +1,446 @@
+"""Per-sample metrics, batched evaluation and the membership-inference attacks of METHODS.md §4.
+
+Every attack is named by its variant (``mia_loss_lr``, ``mia_entropy_lr``, ``mia_efficacy_svc``),
+never just "MIA": the variants measure different things and their ideal values differ.
+
+This module depends only on jax, numpy, scikit-learn and :mod:`hyperforget_jax.errors`, so it can
+be used (and tested) without the rest of the package.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from sklearn import linear_model, model_selection, svm
+
+from hyperforget_jax.errors import ConfigError, DataError
+
+ApplyFn = Callable[[Any, jax.Array], jax.Array]
+
+#: Keys of :func:`avg_gap` by default: FA, RA, TA and the loss attack (METHODS.md §4).
+DEFAULT_GAP_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia_loss_lr")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-sample functions (pure JAX, jit-able; shapes are not checked here because they run traced)
+# --------------------------------------------------------------------------------------------
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-sample softmax cross-entropy.
+
+    Args:
+      logits: ``(N, C)`` unnormalised scores.
+      labels: ``(N,)`` integer labels in ``[0, C)``.
+
+    Returns:
+      ``(N,)`` float array, ``-log softmax(logits)[label]``.
+    """
+    # log_softmax instead of log(softmax): stays finite for confident, large-margin logits.
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+
+
+def prediction_entropy(logits: jax.Array) -> jax.Array:
+    """Per-sample entropy (in nats) of the softmax prediction.
+
+    Args:
+      logits: ``(N, C)`` unnormalised scores.
+
+    Returns:
+      ``(N,)`` float array in ``[0, log C]``.
+    """
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    p = jnp.exp(logp)
+    # 0·log 0 := 0; the where guards against -inf·0 = NaN when a logit is -inf (masked class).
+    return -jnp.sum(jnp.where(p > 0, p * logp, 0.0), axis=-1)
+
+
+def confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-sample softmax probability of the true label.
+
+    Args:
+      logits: ``(N, C)`` unnormalised scores.
+      labels: ``(N,)`` integer labels in ``[0, C)``.
+
+    Returns:
+      ``(N,)`` float array in ``[0, 1]``.
+    """
+    return jnp.exp(-cross_entropy(logits, labels))
+
+
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Per-sample top-1 correctness.
+
+    Args:
+      logits: ``(N, C)`` unnormalised scores.
+      labels: ``(N,)`` integer labels.
+
+    Returns:
+      ``(N,)`` bool array, ``argmax(logits) == label``.
+    """
+    return jnp.argmax(logits, axis=-1) == labels
+
+
+# --------------------------------------------------------------------------------------------
+# Batched evaluation
+# --------------------------------------------------------------------------------------------
+
+def _batch_outputs_impl(apply_fn: ApplyFn, params: Any, xb: jax.Array,
+                        yb: jax.Array) -> dict[str, jax.Array]:
+    logits = apply_fn(params, xb)
+    return {"loss": cross_entropy(logits, yb), "entropy": prediction_entropy(logits),
+            "confidence": confidence(logits, yb), "correct": correct(logits, yb),
+            "logits": logits}
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_batch_fn(apply_fn: ApplyFn) -> Callable:
+    # Cached per apply_fn so repeated evaluations (retain / forget / test, every seed) reuse one
+    # compiled executable instead of re-tracing the model each call. Bounded: it holds apply_fn.
+    return jax.jit(functools.partial(_batch_outputs_impl, apply_fn))
+
+
+def _batch_fn(apply_fn: ApplyFn) -> Callable:
+    try:
+        return _cached_batch_fn(apply_fn)
+    except TypeError:  # unhashable callable: still jitted, just not shared across calls
+        return jax.jit(functools.partial(_batch_outputs_impl, apply_fn))
+
+
+def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise DataError(f"evaluation inputs are empty (x has shape {x.shape}); pass at least one "
+                        "sample, e.g. check that the split or forget set is not empty")
+    if y.ndim != 1:
+        raise DataError(f"labels must be a 1-D integer array, got shape {y.shape}; pass integer "
+                        "class ids, not one-hot vectors")
+    if len(x) != len(y):
+        raise DataError(f"x has {len(x)} samples but y has {len(y)} labels; pass matching arrays")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"labels must be integers, got dtype {y.dtype}; cast them with "
+                        "y.astype(np.int32)")
+    if y.min() < 0:
+        raise DataError(f"labels must be >= 0, found {int(y.min())}; use class ids 0..C-1")
+    if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        raise DataError("x contains NaN or inf values; clean or re-prepare the dataset")
+    return x, y
+
+
+def _check_batch_size(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+def per_sample_outputs(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
+                       batch_size: int = 1024) -> dict[str, np.ndarray]:
+    """Runs the model over ``x`` in fixed-size batches and returns per-sample outputs.
+
+    The last batch is padded (by repeating its last sample) to the batch size, so the jitted
+    function is compiled once per input shape, not once more for a ragged tail.
+
+    Args:
+      apply_fn: ``apply_fn(params, x_batch) -> logits`` of shape ``(B, C)``.
+      params: model parameters passed through to ``apply_fn``.
+      x: ``(N, ...)`` inputs.
+      y: ``(N,)`` integer labels.
+      batch_size: samples per jitted call; the effective size is ``min(batch_size, N)``.
+
+    Returns:
+      A dict of numpy arrays of length ``N``: ``loss`` (cross-entropy), ``entropy``,
+      ``confidence`` (true-label probability), ``correct`` (bool) and ``logits`` ``(N, C)``.
+
+    Raises:
+      DataError: for empty inputs, mismatched lengths, NaN inputs or out-of-range labels.
+      ConfigError: for a non-positive batch size.
+    """
+    x, y = _check_xy(x, y)
+    result = _run_batches(apply_fn, params, x, y, _check_batch_size(batch_size))
+    num_classes = result["logits"].shape[-1]
+    if y.max() >= num_classes:
+        raise DataError(f"label {int(y.max())} is out of range for a model with {num_classes} "
+                        "outputs; check that the dataset and the architecture match")
+    return result
+
+
+def _run_batches(apply_fn: ApplyFn, params: Any, x: np.ndarray, y: np.ndarray,
+                 batch_size: int) -> dict[str, np.ndarray]:
+    n = len(x)
+    bs = min(batch_size, n)
+    fn = _batch_fn(apply_fn)
+    chunks = []
+    for start in range(0, n, bs):
+        xb, yb = x[start:start + bs], y[start:start + bs]
+        pad = bs - len(xb)
+        if pad:
+            # Repeat a real sample rather than zeros: always a valid input for the model
+            # (normalisation layers, embeddings), and padded outputs are discarded anyway.
+            xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+            yb = np.concatenate([yb, np.repeat(yb[-1:], pad)])
+        out = jax.device_get(fn(params, xb, yb.astype(np.int32)))
+        chunks.append({k: np.asarray(v)[:bs - pad] for k, v in out.items()})
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+
+
+def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
+             batch_size: int = 1024) -> dict[str, Any]:
+    """Accuracy and mean cross-entropy, overall and per class.
+
+    Args:
+      apply_fn: ``apply_fn(params, x_batch) -> logits`` of shape ``(B, num_classes)``.
+      params: model parameters passed through to ``apply_fn``.
+      x: ``(N, ...)`` inputs.
+      y: ``(N,)`` integer labels in ``[0, num_classes)``.
+      num_classes: number of classes, the length of the per-class lists.
+      batch_size: samples per jitted call (see :func:`per_sample_outputs`).
+
+    Returns:
+      A JSON-friendly dict of plain Python values: ``accuracy`` and ``loss`` (floats),
+      ``per_class_accuracy`` and ``per_class_loss`` (lists of ``num_classes`` floats, NaN for a
+      class absent from ``y``) and ``n`` (int).
+
+    Raises:
+      DataError: for empty inputs, mismatched lengths, NaN inputs or out-of-range labels.
+      ConfigError: for a bad ``num_classes`` / ``batch_size`` or a model whose output width
+        differs from ``num_classes``.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
+            or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    x, y = _check_xy(x, y)
+    if y.max() >= num_classes:
+        raise DataError(f"label {int(y.max())} is out of range for num_classes={num_classes}; "
+                        "check that the dataset and the architecture match")
+    out = _run_batches(apply_fn, params, x, y, _check_batch_size(batch_size))
+    if out["logits"].shape[-1] != num_classes:
+        raise ConfigError(f"num_classes={num_classes} but the model outputs "
+                          f"{out['logits'].shape[-1]} logits; pass the architecture's class count")
+    # float64 on the host: means over tens of thousands of float32 losses lose digits otherwise.
+    loss = out["loss"].astype(np.float64)
+    corr = out["correct"].astype(np.float64)
+    counts = np.bincount(y, minlength=num_classes).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pc_acc = np.bincount(y, weights=corr, minlength=num_classes) / counts
+        pc_loss = np.bincount(y, weights=loss, minlength=num_classes) / counts
+    return {"accuracy": float(corr.mean()), "loss": float(loss.mean()),
+            "per_class_accuracy": [float(v) for v in pc_acc],
+            "per_class_loss": [float(v) for v in pc_loss], "n": int(len(y))}
+
+
+# --------------------------------------------------------------------------------------------
+# Membership-inference attacks
+# --------------------------------------------------------------------------------------------
+
+def _as_1d(name: str, values: Any, min_len: int = 1) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise DataError(f"{name} must be a 1-D array of per-sample values, got shape {arr.shape}")
+    if len(arr) < min_len:
+        raise DataError(f"{name} has {len(arr)} samples but the attack needs at least {min_len}; "
+                        "use a larger forget / retain / test set")
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"{name} contains NaN or inf values; the model diverged or its outputs "
+                        "overflowed - check the checkpoint before attacking it")
+    return arr
+
+
+def _equalise(a: np.ndarray, b: np.ndarray, rng: np.random.Generator
+              ) -> tuple[np.ndarray, np.ndarray]:
+    # Balanced classes: otherwise an attack that always answers the majority class scores above
+    # 0.5 without learning anything about membership.
+    m = min(len(a), len(b))
+    if len(a) > m:
+        a = a[rng.permutation(len(a))[:m]]
+    if len(b) > m:
+        b = b[rng.permutation(len(b))[:m]]
+    return a, b
+
+
+def _lr_attack(members: np.ndarray, nonmembers: np.ndarray, n_splits: int, seed: int) -> float:
+    if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 1:
+        raise ConfigError(f"n_splits must be a positive integer, got {n_splits!r}")
+    members, nonmembers = _equalise(members, nonmembers, np.random.default_rng(seed))
+    x = np.concatenate([members, nonmembers])[:, None]
+    y = np.concatenate([np.ones(len(members), np.int64), np.zeros(len(nonmembers), np.int64)])
+    # The kit's default test_size=0.1, but at least one test sample per class, so that forget
+    # sets of a few dozen samples still split.
+    test_size = max(2, math.ceil(0.1 * len(y)))
+    cv = model_selection.StratifiedShuffleSplit(n_splits=n_splits, test_size=test_size,
+                                                random_state=seed)
+    scores = model_selection.cross_val_score(linear_model.LogisticRegression(), x, y, cv=cv,
+                                             scoring="accuracy")
+    return float(np.mean(scores))
+
+
+def mia_loss_lr(member_losses: Any, nonmember_losses: Any, n_splits: int = 10,
+                seed: int = 0) -> float:
+    """Loss-based logistic-regression membership inference ("simple_mia").
+
+    Follows the NeurIPS 2023 machine-unlearning starting kit: the larger set is randomly
+    subsampled (seeded) to the size of the smaller, the per-sample loss is the single feature,
+    members are labelled 1 and non-members 0, and a ``LogisticRegression`` is scored by
+    ``StratifiedShuffleSplit`` cross-validation. Members are the forget-set samples, non-members
+    held-out test samples; the ideal is the retrained model's value (about 0.5).
+
+    Args:
+      member_losses: ``(N,)`` per-sample losses of the members (forget set).
+      nonmember_losses: ``(M,)`` per-sample losses of the non-members (held-out test samples).
+      n_splits: cross-validation splits (10 in the kit).
+      seed: seeds the subsampling and the splits (the kit's ``random_state=0`` by default).
+
+    Returns:
+      Mean attack accuracy over the splits, in ``[0, 1]``.
+
+    Raises:
+      DataError: for fewer than 2 samples on a side, a non-1-D input or NaN/inf values.
+      ConfigError: for a non-positive ``n_splits``.
+    """
+    return _lr_attack(_as_1d("member_losses", member_losses, 2),
+                      _as_1d("nonmember_losses", nonmember_losses, 2), n_splits, seed)
+
+
+def mia_entropy_lr(member_entropies: Any, nonmember_entropies: Any, n_splits: int = 10,
+                   seed: int = 0) -> float:
+    """Entropy-based logistic-regression membership inference.
+
+    The :func:`mia_loss_lr` protocol with the prediction entropy as the feature instead of the
+    loss; it needs no labels, so it also probes what the model predicts rather than how well.
+
+    Args:
+      member_entropies: ``(N,)`` per-sample prediction entropies of the members (forget set).
+      nonmember_entropies: ``(M,)`` per-sample entropies of the non-members (test samples).
+      n_splits: cross-validation splits.
+      seed: seeds the subsampling and the splits.
+
+    Returns:
+      Mean attack accuracy over the splits, in ``[0, 1]``; ideal is Retrain's value (about 0.5).
+
+    Raises:
+      DataError: for fewer than 2 samples on a side, a non-1-D input or NaN/inf values.
+      ConfigError: for a non-positive ``n_splits``.
+    """
+    return _lr_attack(_as_1d("member_entropies", member_entropies, 2),
+                      _as_1d("nonmember_entropies", nonmember_entropies, 2), n_splits, seed)
+
+
+def mia_efficacy_svc(retain_conf: Any, test_conf: Any, forget_conf: Any, seed: int = 0) -> float:
+    """MIA-Efficacy of SalUn / Unlearn-Sparse: share of forget samples judged non-members.
+
+    An ``SVC(kernel='rbf', C=3, gamma='auto')`` is trained to tell retain samples (members, 1)
+    from test samples (non-members, 0), with the larger side subsampled (seeded) to the size of
+    the smaller, and then classifies the forget samples. Higher means more forgotten; the ideal is
+    Retrain's value, which is not 1 because well-generalised test samples look like members.
+
+    SalUn reports this as a percentage (multiply by 100). Unlearn-Sparse's attack uses entropy
+    and confidence features; here the single feature is the true-label confidence.
+
+    Args:
+      retain_conf: ``(R,)`` true-label softmax probabilities on the retain set.
+      test_conf: ``(T,)`` true-label probabilities on held-out test samples.
+      forget_conf: ``(F,)`` true-label probabilities on the forget set.
+      seed: seeds the subsampling.
+
+    Returns:
+      The fraction of forget samples predicted as non-members, in ``[0, 1]``.
+
+    Raises:
+      DataError: for an empty input, a non-1-D input or NaN/inf values.
+    """
+    retain = _as_1d("retain_conf", retain_conf)
+    test = _as_1d("test_conf", test_conf)
+    forget = _as_1d("forget_conf", forget_conf)
+    retain, test = _equalise(retain, test, np.random.default_rng(seed))
+    x = np.concatenate([retain, test])[:, None]
+    y = np.concatenate([np.ones(len(retain), np.int64), np.zeros(len(test), np.int64)])
+    clf = svm.SVC(kernel="rbf", C=3, gamma="auto")
+    clf.fit(x, y)
+    return float(np.mean(clf.predict(forget[:, None]) == 0))
+
+
+# --------------------------------------------------------------------------------------------
+# Aggregation over methods and seeds
+# --------------------------------------------------------------------------------------------
+
+def avg_gap(metrics: dict[str, float], retrain: dict[str, float],
+            keys: Sequence[str] = DEFAULT_GAP_KEYS) -> float:
+    """Avg. Gap: mean absolute difference to Retrain over ``keys`` (METHODS.md §4).
+
+    Args:
+      metrics: the method's metrics; values in the same units as ``retrain`` (scale both to
+        percentages for the papers' numbers).
+      retrain: Retrain's metrics under the same seed.
+      keys: metric names to average over; FA, RA, TA and ``mia_loss_lr`` by default.
+
+    Returns:
+      ``mean(|metrics[k] - retrain[k]| for k in keys)``; 0 means indistinguishable from Retrain.
+
+    Raises:
+      ConfigError: for empty ``keys`` or a key missing from either dict.
+      DataError: for a NaN/inf value, which would make the gap meaningless.
+    """
+    keys = tuple(keys)
+    if not keys:
+        raise ConfigError("avg_gap needs at least one metric key; pass keys=(...) or the default")
+    gaps = []
+    for k in keys:
+        for name, d in (("metrics", metrics), ("retrain", retrain)):
+            if k not in d:
+                raise ConfigError(f"avg_gap: key {k!r} missing from {name} (has "
+                                  f"{sorted(d)}); evaluate it or pass keys= without it")
+        a, b = float(metrics[k]), float(retrain[k])
+        if not (math.isfinite(a) and math.isfinite(b)):
+            raise DataError(f"avg_gap: {k!r} is not finite (method {a}, retrain {b}); fix the "
+                            "evaluation or leave the key out")
+        gaps.append(abs(a - b))
+    return float(np.mean(gaps))
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation over seeds.
+
+    Uses ``ddof=1`` (the unbiased-variance estimate usual for mean ± std over a handful of
+    seeds) when there are at least 2 values; a single value has std 0. NaN values propagate
+    into the result instead of raising, so a table shows a diverged run as ``nan``.
+
+    Args:
+      values: one value per seed.
+
+    Returns:
+      ``(mean, std)`` as Python floats.
+
+    Raises:
+      DataError: for no values.
+    """
+    arr = np.asarray(list(values), dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise DataError("mean_std needs at least one value; run at least one seed")
+    std = float(np.std(arr, ddof=1)) if arr.size >= 2 else 0.0
+    return float(np.mean(arr)), std
+
+
+def format_mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
+    """Formats values over seeds as ``"mean ± std"``.
+
+    Args:
+      values: one value per seed.
+      scale: multiplies the values first, e.g. 100 for fractions shown as percentages.
+      digits: decimals of both numbers.
+
+    Returns:
+      For example ``"12.34 ± 0.56"``.
+
+    Raises:
+      DataError: for no values.
+    """
+    mean, std = mean_std(values)
+    return f"{mean * scale:.{digits}f} ± {std * abs(scale):.{digits}f}"

@@ -1,0 +1,390 @@
+"""Tests for hyperforget_jax.checkpoint: round trips, step bookkeeping, and every failure mode
+(missing, wrong architecture, corrupt files, NaN) surfacing as a named error."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hyperforget_jax.checkpoint import Checkpointer, load_params, save_params
+from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+
+
+class TrainState(NamedTuple):
+    # Same shape as hyperforget_jax.train.TrainState; redefined so this test is independent.
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+class MLP(nn.Module):
+    hidden: int = 16
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(nn.relu(nn.Dense(self.hidden)(x)))
+
+
+@functools.lru_cache(maxsize=None)  # states are immutable; re-creating them costs compiles
+def make_state(hidden: int = 16, seed: int = 0, step: int = 0) -> TrainState:
+    return _build_state(hidden, seed, step)
+
+
+# One compile per shape instead of dozens of eager op compiles: keeps the file fast on 2 cores.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _build_state(hidden: int, seed: int, step) -> TrainState:
+    params = MLP(hidden).init(jax.random.PRNGKey(seed), jnp.ones((1, 5)))
+    tx = optax.adamw(1e-2)
+    opt_state = tx.init(params)
+    # One real update so the Adam moments and count are non-trivial (not all zeros).
+    grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5 + seed), params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return TrainState(jnp.asarray(step, jnp.int32), optax.apply_updates(params, updates), opt_state)
+
+
+@pytest.fixture(scope="module")
+def state() -> TrainState:
+    return make_state()
+
+
+META = {
+    "config": {"arch": "mlp", "lr": 0.01, "epochs": 3},
+    "split": {"train": [0, 1, 2], "seed": 7},
+    "forget": {"classes": [3], "kind": "class"},
+    "arch": "mlp",
+    "n_params": 147,
+    "note": None,
+    "ok": True,
+}
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        assert np.asarray(x).dtype == np.asarray(y).dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def step_dirs(directory: Path) -> list[str]:
+    return sorted(p.name for p in Path(directory).iterdir() if p.is_dir())
+
+
+def data_files(step_dir: Path) -> list[Path]:
+    # Orbax/OCDBT keeps array bytes in "d/" folders under the state item.
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert files, f"expected array data files under {step_dir / 'state'}"
+    return files
+
+
+# --------------------------------------------------------------------------- round trips
+
+
+def test_round_trip_exact_and_namedtuples_preserved(tmp_path, state):
+    with Checkpointer(tmp_path / "run") as ckpt:
+        ckpt.save(3, state, META)
+        template = make_state(seed=1)  # same structure, different values
+        restored, meta = ckpt.restore(template)
+    assert_trees_equal(restored, state)
+    assert type(restored) is TrainState
+    assert type(restored.opt_state[0]) is type(state.opt_state[0])  # optax ScaleByAdamState
+    assert type(restored.opt_state[0]).__name__ == "ScaleByAdamState"
+    assert int(restored.opt_state[0].count) == 1
+    assert meta == META
+
+
+def test_restore_into_shape_dtype_struct_template(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state)
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+        restored, meta = ckpt.restore(abstract)
+    assert_trees_equal(restored, state)
+    assert meta == {}
+
+
+def test_meta_with_numpy_scalars_is_normalised(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, {"n_params": np.int64(147), "acc": np.float32(0.5)})
+        assert ckpt.restore_meta() == {"n_params": 147, "acc": 0.5}
+
+
+def test_restore_specific_step(tmp_path):
+    with Checkpointer(tmp_path, max_to_keep=None) as ckpt:
+        for s in (1, 2):
+            ckpt.save(s, make_state(seed=s, step=s), {"step": s})
+        restored, meta = ckpt.restore(make_state(), step=1)
+        assert int(restored.step) == 1 and meta == {"step": 1}
+        assert_trees_equal(restored, make_state(seed=1, step=1))
+        with pytest.raises(CheckpointError, match=r"no checkpoint for step 7.*\[1, 2\]"):
+            ckpt.restore(make_state(), step=7)
+
+
+# --------------------------------------------------------------------------- step bookkeeping
+
+
+def test_latest_all_steps_and_max_to_keep_pruning(tmp_path, state):
+    with Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        assert ckpt.latest_step() is None and ckpt.all_steps() == []
+        for s in range(1, 5):
+            ckpt.save(s, state)
+        assert ckpt.all_steps() == [3, 4]
+        assert ckpt.latest_step() == 4
+    assert step_dirs(tmp_path) == ["3", "4"]
+
+
+def test_resume_new_checkpointer_sees_latest(tmp_path):
+    with Checkpointer(tmp_path, max_to_keep=None) as ckpt:
+        for s in range(1, 6):
+            ckpt.save(s, make_state(step=s), {"step": s})
+    with Checkpointer(tmp_path, max_to_keep=None) as again:
+        assert again.latest_step() == 5
+        assert again.all_steps() == [1, 2, 3, 4, 5]
+        restored, meta = again.restore(make_state())
+    assert int(restored.step) == 5 and meta == {"step": 5}
+
+
+def test_save_over_existing_step_overwrites(tmp_path):
+    a, b = make_state(seed=0, step=2), make_state(seed=1, step=2)
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(2, a, {"v": "a"})
+        ckpt.save(2, b, {"v": "b"})
+        assert ckpt.all_steps() == [2]
+        restored, meta = ckpt.restore(make_state())
+    assert_trees_equal(restored, b)
+    assert meta == {"v": "b"}
+    assert step_dirs(tmp_path) == ["2"]  # no backup copy left behind
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".overwritten")]
+
+
+def test_saving_an_older_step_keeps_the_newest(tmp_path, state):
+    with Checkpointer(tmp_path, max_to_keep=3) as ckpt:
+        for s in (3, 4, 5):
+            ckpt.save(s, state)
+        ckpt.save(2, state)  # e.g. re-saving after resuming from an earlier point
+        assert ckpt.all_steps() == [2, 4, 5]
+        assert ckpt.latest_step() == 5
+
+
+def test_save_interval_steps_and_force(tmp_path, state):
+    with Checkpointer(tmp_path, save_interval_steps=5) as ckpt:
+        ckpt.save(3, state)
+        assert ckpt.all_steps() == []
+        ckpt.save(5, state)
+        ckpt.save(7, state, force=True)
+        assert ckpt.all_steps() == [5, 7]
+
+
+def test_relative_directory_is_made_absolute(tmp_path, monkeypatch, state):
+    monkeypatch.chdir(tmp_path)
+    with Checkpointer(os.path.join("runs", "rel")) as ckpt:
+        assert ckpt.directory.is_absolute()
+        assert ckpt.directory == tmp_path / "runs" / "rel"
+        ckpt.save(1, state)
+        restored, _ = ckpt.restore(make_state(seed=1))
+    assert_trees_equal(restored, state)
+    assert (tmp_path / "runs" / "rel" / "1").is_dir()
+
+
+def test_bad_options_rejected(tmp_path):
+    with pytest.raises(ConfigError, match="max_to_keep"):
+        Checkpointer(tmp_path, max_to_keep=0)
+    with pytest.raises(ConfigError, match="save_interval_steps"):
+        Checkpointer(tmp_path, save_interval_steps=0)
+
+
+def test_unwritable_directory_names_path(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(CheckpointError, match="a_file"):
+        Checkpointer(blocker / "run")
+
+
+# --------------------------------------------------------------------------- failure modes
+
+
+def test_restore_from_empty_dir(tmp_path):
+    with Checkpointer(tmp_path / "empty") as ckpt:
+        with pytest.raises(CheckpointError, match=r"no checkpoint in .*empty.*train first"):
+            ckpt.restore(make_state())
+        with pytest.raises(CheckpointError, match="no checkpoint in"):
+            ckpt.restore_meta()
+
+
+def test_mismatched_template_shape_names_leaf_and_shapes(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state)
+        with pytest.raises(CheckpointError) as info:
+            ckpt.restore(make_state(hidden=32))
+    msg = str(info.value)
+    assert "another architecture" in msg
+    # Template order is step, params, opt_state; Dense_0 (the 16->3 output layer, created
+    # first) has an equal bias, so its kernel is the first differing leaf.
+    assert "'params.params.Dense_0.kernel'" in msg
+    assert "(16, 3) in the checkpoint" in msg and "(32, 3) in the template" in msg
+
+
+def test_mismatched_template_structure_and_dtype(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state)
+        extra = state._replace(params={"params": {**state.params["params"], "x": jnp.ones(2)}})
+        with pytest.raises(CheckpointError, match=r"params\.params\.x"):
+            ckpt.restore(extra)
+        # Orbax alone would silently cast float32 -> bfloat16; we refuse instead.
+        bf16 = jax.tree.map(
+            lambda x: x.astype(jnp.bfloat16) if x.dtype == jnp.float32 else x, state
+        )
+        with pytest.raises(CheckpointError, match="dtype float32 in the checkpoint"):
+            ckpt.restore(bf16)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "delete", "truncate"])
+def test_corrupt_array_files_raise_checkpoint_error(tmp_path, state, damage):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(4, state, META)
+        rng = np.random.default_rng(0)
+        for f in data_files(tmp_path / "4"):
+            if damage == "garbage":
+                f.write_bytes(rng.bytes(f.stat().st_size))
+            elif damage == "delete":
+                f.unlink()
+            else:
+                f.write_bytes(f.read_bytes()[:10])
+        with pytest.raises(CheckpointError, match=r"checkpoint .*[/\\]4 is corrupt") as info:
+            ckpt.restore(make_state())
+    assert "restore an earlier step" in str(info.value)
+
+
+def test_corrupt_array_metadata_raises_checkpoint_error(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state)
+        (tmp_path / "1" / "state" / "_METADATA").write_text("{not json")
+        with pytest.raises(CheckpointError, match="corrupt"):
+            ckpt.restore(make_state())
+
+
+def test_corrupt_meta_json_raises_checkpoint_error(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, META)
+        meta_file = tmp_path / "1" / "meta" / "metadata"
+        assert json.loads(meta_file.read_text()) == META  # the file we corrupt is the meta
+        meta_file.write_text('{"config": {"arch": "ml')
+        with pytest.raises(CheckpointError, match=r"[/\\]1 is corrupt"):
+            ckpt.restore_meta()
+        with pytest.raises(CheckpointError, match=r"[/\\]1 is corrupt"):
+            ckpt.restore(make_state())
+
+
+def test_nan_state_refused_and_nothing_written(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state)
+        before = step_dirs(tmp_path)
+        bad = state._replace(
+            params=jax.tree.map(lambda x: x.at[0].set(jnp.nan), state.params)
+        )
+        with pytest.raises(NonFiniteError, match="step 2"):
+            ckpt.save(2, bad)
+        inf_opt = state._replace(
+            opt_state=jax.tree.map(
+                lambda x: jnp.full_like(x, jnp.inf) if x.ndim else x, state.opt_state
+            )
+        )
+        with pytest.raises(NonFiniteError, match="opt_state"):
+            ckpt.save(1, inf_opt)  # refused overwrite must keep the good step 1
+        assert ckpt.all_steps() == [1]
+        assert step_dirs(tmp_path) == before
+        restored, _ = ckpt.restore(make_state())
+    assert_trees_equal(restored, state)
+
+
+def test_non_array_leaf_refused_and_nothing_written(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(CheckpointError, match=r"leaf 'name' is a str"):
+            ckpt.save(1, {"w": jnp.ones(2), "name": "mlp"})
+        assert ckpt.all_steps() == []
+    assert list(tmp_path.iterdir()) == []  # not even an Orbax tmp directory
+
+
+def test_failed_overwrite_keeps_previous_step(tmp_path, state, monkeypatch):
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(1, state, {"v": "old"})
+
+        def disk_full(*args, **kwargs):
+            (tmp_path / "1.orbax-checkpoint-tmp").mkdir()  # what a real failed write leaves
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(ckpt._manager, "save", disk_full)
+        with pytest.raises(CheckpointError, match="No space left"):
+            ckpt.save(1, make_state(seed=1), {"v": "new"})
+        monkeypatch.undo()
+        assert ckpt.all_steps() == [1]
+        restored, meta = ckpt.restore(make_state(seed=1))
+    assert_trees_equal(restored, state)
+    assert meta == {"v": "old"}
+    assert step_dirs(tmp_path) == ["1"]
+
+
+def test_non_json_meta_refused_and_nothing_written(tmp_path, state):
+    with Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(CheckpointError, match="JSON"):
+            ckpt.save(1, state, {"fn": print})
+        assert ckpt.all_steps() == []
+
+
+# ------------------------------------------------------------------------ save_params/load_params
+
+
+def test_save_load_params_round_trip(tmp_path, state):
+    path = tmp_path / "out" / "params"
+    save_params(path, state.params, {"arch": "mlp", "n_params": 147})
+    params, meta = load_params(path, template=make_state(seed=1).params)
+    assert_trees_equal(params, state.params)
+    assert meta == {"arch": "mlp", "n_params": 147}
+
+    raw, _ = load_params(path)  # no template: nested dicts of NumPy arrays
+    assert isinstance(raw, dict) and isinstance(raw["params"]["Dense_0"], dict)
+    assert all(isinstance(x, np.ndarray) for x in jax.tree.leaves(raw))
+    np.testing.assert_array_equal(
+        raw["params"]["Dense_0"]["kernel"], np.asarray(state.params["params"]["Dense_0"]["kernel"])
+    )
+
+    # Overwriting an existing params checkpoint replaces it.
+    other = make_state(seed=2).params
+    save_params(path, other, {"v": 2})
+    params, meta = load_params(path, template=other)
+    assert_trees_equal(params, other)
+    assert meta == {"v": 2}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["params"]
+
+
+def test_save_load_params_errors(tmp_path, state):
+    with pytest.raises(CheckpointError, match="no params checkpoint"):
+        load_params(tmp_path / "missing")
+    path = tmp_path / "p"
+    save_params(path, state.params)
+    with pytest.raises(CheckpointError, match="another architecture"):
+        load_params(path, template=make_state(hidden=8).params)
+    with pytest.raises(NonFiniteError):
+        save_params(tmp_path / "nan", {"w": jnp.array([1.0, jnp.nan])})
+    assert not (tmp_path / "nan").exists()
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("precious")
+    with pytest.raises(CheckpointError, match="refusing to overwrite"):
+        save_params(foreign, state.params)
+    assert (foreign / "keep.txt").read_text() == "precious"
+    with pytest.raises(CheckpointError, match="not a params checkpoint"):
+        load_params(foreign)
+
+    (path / "meta" / "metadata").write_text("garbage{")
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_params(path)

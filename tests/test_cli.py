@@ -1,0 +1,112 @@
+"""The CLI end to end, in-process (``cli.main``) on the tiny sklearn digits set."""
+
+import json
+import os
+
+import pytest
+
+from hyperforget_jax import cli
+
+FAST = ["--dataset", "digits", "--arch", "gpt_mlp", "--epochs", "10", "--batch-size", "64", "--lr", "0.01",
+        "--quiet"]
+
+
+def run(argv, capsys):
+    """Runs the CLI; argparse's SystemExit is folded into the return code."""
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    assert cli.main(["train", "--run-dir", str(root / "orig")] + FAST) == 0
+    assert cli.main(["retrain", "--forget-class", "2", "--run-dir", str(root / "re")] + FAST) == 0
+    return root
+
+
+def test_train_retrain_evaluate_roundtrip(trained, capsys):
+    res = json.loads((trained / "orig" / "results.json").read_text())
+    assert res["eval"]["test"]["accuracy"] > 0.5
+    assert res["meta"]["architecture"]["param_count"] == 64 * 10 + 10 + 110
+    re = json.loads((trained / "re" / "results.json").read_text())
+    assert re["eval"]["forget_acc"] == 0.0  # Retrain never saw class 2
+    code, out, err = run(["evaluate", "--run-dir", str(trained / "orig"), "--forget-class", "2",
+                          "--retrain-dir", str(trained / "re"), "--dataset", "digits"], capsys)
+    assert code == 0, err
+    ev = json.loads((trained / "orig" / "evaluation.json").read_text())
+    assert ev["eval"]["orig"]["forget_acc"] > 0.5 and ev["avg_gap"] > 10
+    assert "mia_loss_lr" in out and "Avg. Gap" in out
+
+
+def test_train_resumes_from_checkpoint(trained, capsys):
+    # The run already has 10 epochs; asking for 10 again does no work and gives the same result.
+    before = json.loads((trained / "orig" / "results.json").read_text())["eval"]
+    assert cli.main(["train", "--run-dir", str(trained / "orig")] + FAST) == 0
+    after = json.loads((trained / "orig" / "results.json").read_text())["eval"]
+    assert after == before
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["retrain", "--forget-class", "12"], "class 12 does not exist"),
+    (["retrain", "--forget-fraction", "1.5"], "between 0 and 1"),
+    (["retrain", "--forget-indices", "1,1"], "duplicated"),
+    (["retrain", "--forget-indices", "a,b"], "comma-separated integers"),
+    (["retrain", "--forget-indices", "0,99999"], "out of range"),
+    (["train", "--epochs", "-2"], "epochs must be >= 0"),
+    (["train", "--lr", "0"], "learning rate"),
+    (["train", "--arch", "vgg"], "unknown architecture"),
+    (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/tfds"], "/nonexistent/tfds"),
+    (["retrain"], "one of the arguments"),
+    (["train", "--epochs", "x"], "invalid int value"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, needle):
+    run_dir = tmp_path / "out"
+    argv = argv + ["--run-dir", str(run_dir)]
+    if "--dataset" not in argv:
+        argv += ["--dataset", "digits"]
+    code, _, err = run(argv + ["--quiet"], capsys)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err
+    assert not run_dir.exists()  # nothing half-written
+
+
+def test_unwritable_run_dir(tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    os.chmod(ro, 0o500)
+    if os.access(ro, os.W_OK):  # running as root: permissions are not enforced
+        ro_target = "/proc/hyperforget-run"
+    else:
+        ro_target = str(ro / "run")
+    code, _, err = run(["train", "--run-dir", ro_target] + FAST, capsys)
+    assert code == 2 and "not writable" in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_missing_run_is_clear(tmp_path, capsys):
+    code, _, err = run(["evaluate", "--run-dir", str(tmp_path / "nope"), "--forget-class", "1",
+                        "--dataset", "digits"], capsys)
+    assert code == 2 and "no trained model" in err
+
+
+def test_evaluate_with_params_of_another_architecture(trained, tmp_path, capsys):
+    other = tmp_path / "mlp"
+    assert cli.main(["train", "--run-dir", str(other), "--dataset", "digits", "--arch", "mlp",
+                     "--epochs", "1", "--quiet"]) == 0
+    code, _, err = run(["evaluate", "--run-dir", str(trained / "orig"), "--retrain-dir",
+                        str(other), "--forget-class", "2", "--dataset", "digits"], capsys)
+    assert code == 2 and "do not fit gpt_mlp" in err
+
+
+def test_help_lists_commands(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("train", "retrain", "evaluate", "demo"):
+        assert name in out

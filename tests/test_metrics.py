@@ -1,0 +1,284 @@
+"""Tests of hyperforget_jax.metrics: per-sample values against hand-computed numpy, batched
+evaluation on a model whose accuracy is known exactly, and the named membership-inference attacks
+on distributions where the right answer is known."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperforget_jax import metrics
+from hyperforget_jax.errors import ConfigError, DataError
+
+LOGITS = np.array([[2.0, 1.0, 0.0],
+                   [0.0, 0.0, 0.0],
+                   [-1.0, 3.0, 0.5],
+                   [10.0, -10.0, 0.0]], np.float32)
+LABELS = np.array([0, 2, 0, 1], np.int32)
+
+
+def _softmax_np(z):
+    z = z.astype(np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# ------------------------------------------------------------------ per-sample functions
+
+def test_cross_entropy_matches_numpy():
+    p = _softmax_np(LOGITS)
+    expected = -np.log(p[np.arange(4), LABELS])
+    got = np.asarray(jax.jit(metrics.cross_entropy)(LOGITS, LABELS))
+    assert got.shape == (4,)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    # Uniform logits over 3 classes: exactly log 3.
+    assert got[1] == pytest.approx(math.log(3), abs=1e-6)
+    # A confidently wrong sample has a large but finite loss (log_softmax, not log(softmax)).
+    assert np.isfinite(got[3]) and got[3] == pytest.approx(20.0, abs=1e-3)
+
+
+def test_prediction_entropy_matches_numpy():
+    p = _softmax_np(LOGITS)
+    expected = -(p * np.log(p)).sum(axis=1)
+    got = np.asarray(jax.jit(metrics.prediction_entropy)(LOGITS))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert got[1] == pytest.approx(math.log(3), abs=1e-6)  # maximal for uniform
+    # A -inf logit (masked class) contributes 0, not NaN.
+    masked = metrics.prediction_entropy(jnp.array([[0.0, 0.0, -jnp.inf]]))
+    assert float(masked[0]) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_confidence_and_correct():
+    p = _softmax_np(LOGITS)
+    np.testing.assert_allclose(np.asarray(jax.jit(metrics.confidence)(LOGITS, LABELS)),
+                               p[np.arange(4), LABELS], rtol=1e-5, atol=1e-7)
+    got = np.asarray(jax.jit(metrics.correct)(LOGITS, LABELS))
+    assert got.dtype == np.bool_
+    # argmax per row: 0, 0 (tie -> first), 1, 0.
+    np.testing.assert_array_equal(got, [True, False, False, False])
+
+
+# ------------------------------------------------------------------ evaluate
+
+def _linear_problem():
+    """A 3-class linear model whose predictions are known by construction.
+
+    x is one-hot of the *predicted* class; logits = 5 * x, so the model predicts exactly the hot
+    index. Labels agree with it on a chosen subset.
+    """
+    n = 23
+    pred = np.arange(n) % 3                     # classes 0,1,2 with counts 8,8,7
+    y = pred.copy()
+    wrong = np.array([0, 4, 5, 10, 20])         # classes 0,1,2,1,2 -> y changed
+    y[wrong] = (pred[wrong] + 1) % 3
+    x = np.eye(3, dtype=np.float32)[pred]
+    params = {"w": 5.0 * jnp.eye(3)}
+    return x, y.astype(np.int32), pred, params
+
+
+def test_evaluate_known_accuracy_per_class_and_single_trace():
+    x, y, pred, params = _linear_problem()
+    traces = []
+
+    def apply_fn(p, xb):
+        traces.append(xb.shape)  # Python side effect: runs only while tracing
+        return xb @ p["w"]
+
+    res = metrics.evaluate(apply_fn, params, x, y, num_classes=3, batch_size=5)  # 23 = 4*5 + 3
+    corr = pred == y
+    assert res["n"] == 23
+    assert res["accuracy"] == pytest.approx(18 / 23)
+    expected_pc = [corr[y == c].mean() for c in range(3)]
+    assert res["per_class_accuracy"] == pytest.approx(expected_pc)
+    logits = x.astype(np.float64) @ (5.0 * np.eye(3))
+    ce = -np.log(_softmax_np(logits)[np.arange(23), y])
+    assert res["loss"] == pytest.approx(ce.mean(), rel=1e-5)
+    assert res["per_class_loss"] == pytest.approx([ce[y == c].mean() for c in range(3)], rel=1e-5)
+    assert all(type(v) is float for v in [res["accuracy"], res["loss"]]
+               + res["per_class_accuracy"] + res["per_class_loss"])
+    # The ragged tail was padded: exactly one trace, at the fixed batch shape.
+    assert traces == [(5, 3)]
+    # A second evaluation of the same function and shapes reuses the compiled executable.
+    res2 = metrics.evaluate(apply_fn, params, x, y, num_classes=3, batch_size=5)
+    assert res2 == res and len(traces) == 1
+
+
+def test_evaluate_absent_class_is_nan_and_batch_larger_than_n():
+    x, y, _, params = _linear_problem()
+    keep = y != 2
+    res = metrics.evaluate(lambda p, xb: jnp.pad(xb @ p["w"], ((0, 0), (0, 1))), params,
+                           x[keep], y[keep], num_classes=4, batch_size=1024)
+    assert res["n"] == int(keep.sum())
+    assert math.isnan(res["per_class_accuracy"][2]) and math.isnan(res["per_class_loss"][3])
+    assert not math.isnan(res["per_class_accuracy"][0])
+
+
+def test_per_sample_outputs_shapes_and_values():
+    x, y, pred, params = _linear_problem()
+    out = metrics.per_sample_outputs(lambda p, xb: xb @ p["w"], params, x, y, batch_size=7)
+    assert set(out) == {"loss", "entropy", "confidence", "correct", "logits"}
+    assert all(isinstance(v, np.ndarray) and len(v) == 23 for v in out.values())
+    assert out["logits"].shape == (23, 3)
+    np.testing.assert_array_equal(out["correct"], pred == y)
+    np.testing.assert_allclose(out["confidence"], np.exp(-out["loss"]), rtol=1e-6)
+    np.testing.assert_allclose(out["logits"], 5.0 * x)
+
+
+@pytest.mark.parametrize("x, y, match", [
+    (np.zeros((0, 3), np.float32), np.zeros((0,), np.int32), "empty"),
+    (np.zeros((4, 3), np.float32), np.zeros((3,), np.int32), "4 samples but y has 3"),
+    (np.array([[np.nan, 0, 0]] * 2, np.float32), np.zeros((2,), np.int32), "NaN"),
+    (np.zeros((2, 3), np.float32), np.zeros((2,), np.float32), "integers"),
+    (np.zeros((2, 3), np.float32), np.array([0, 3], np.int32), "out of range"),
+    (np.zeros((2, 3), np.float32), np.array([0, -1], np.int32), ">= 0"),
+])
+def test_evaluate_bad_inputs(x, y, match):
+    apply_fn = lambda p, xb: xb @ p["w"]
+    params = {"w": jnp.eye(3)}
+    with pytest.raises(DataError, match=match):
+        metrics.evaluate(apply_fn, params, x, y, num_classes=3)
+    with pytest.raises(DataError):
+        metrics.per_sample_outputs(apply_fn, params, x, y)
+
+
+def test_evaluate_bad_config():
+    x, y, _, params = _linear_problem()
+    apply_fn = lambda p, xb: xb @ p["w"]
+    with pytest.raises(ConfigError, match="batch_size"):
+        metrics.evaluate(apply_fn, params, x, y, num_classes=3, batch_size=0)
+    with pytest.raises(ConfigError, match="outputs 3 logits"):
+        metrics.evaluate(apply_fn, params, x, y, num_classes=5)
+    with pytest.raises(ConfigError, match="num_classes"):
+        metrics.evaluate(apply_fn, params, x, y, num_classes=0)
+
+
+# ------------------------------------------------------------------ LR attacks
+
+@pytest.mark.parametrize("attack", [metrics.mia_loss_lr, metrics.mia_entropy_lr])
+def test_lr_attack_identical_distributions_is_chance(attack):
+    rng = np.random.default_rng(1)
+    a = rng.normal(1.0, 0.5, 500)
+    b = rng.normal(1.0, 0.5, 500)
+    assert attack(a, b) == pytest.approx(0.5, abs=0.06)
+
+
+def test_mia_loss_lr_perfectly_separated():
+    rng = np.random.default_rng(2)
+    members = 0.01 + 0.005 * rng.random(300)        # forget set, still memorised
+    nonmembers = 3.0 + 0.5 * rng.random(300)        # held-out test samples
+    assert metrics.mia_loss_lr(members, nonmembers) >= 0.99
+
+
+def test_mia_loss_lr_equalises_unequal_sizes():
+    # Without equalisation, always answering "non-member" would score 1000/1100 ≈ 0.91.
+    rng = np.random.default_rng(3)
+    members = rng.normal(1.0, 0.5, 100)
+    nonmembers = rng.normal(1.0, 0.5, 1000)
+    assert metrics.mia_loss_lr(members, nonmembers) == pytest.approx(0.5, abs=0.1)
+    assert metrics.mia_loss_lr(nonmembers, members) == pytest.approx(0.5, abs=0.1)
+    # Separated and unequal still gives a near-perfect attack.
+    assert metrics.mia_loss_lr(members * 0.01, nonmembers + 5.0) >= 0.99
+
+
+def test_lr_attack_deterministic_given_seed_and_small_sets_work():
+    rng = np.random.default_rng(4)
+    a, b = rng.normal(0, 1, 200), rng.normal(0.3, 1, 120)
+    assert metrics.mia_loss_lr(a, b, seed=7) == metrics.mia_loss_lr(a, b, seed=7)
+    assert metrics.mia_entropy_lr(a, b, seed=7) == metrics.mia_entropy_lr(a, b, seed=7)
+    seeds = {metrics.mia_loss_lr(a, b, seed=s) for s in range(4)}
+    assert len(seeds) > 1  # the seed actually changes the subsample / splits
+    # A tiny forget set (e.g. one class of a small dataset) still splits.
+    score = metrics.mia_loss_lr([0.1, 0.2, 0.15], [2.0, 2.5, 3.0, 2.2], n_splits=3)
+    assert 0.0 <= score <= 1.0
+
+
+@pytest.mark.parametrize("members, nonmembers, match", [
+    ([], [1.0, 2.0], "at least 2"),
+    ([1.0], [1.0, 2.0], "at least 2"),
+    ([1.0, np.nan, 2.0], [1.0, 2.0], "NaN"),
+    ([1.0, np.inf, 2.0], [1.0, 2.0], "NaN or inf"),
+    (np.ones((3, 2)), [1.0, 2.0], "1-D"),
+])
+def test_lr_attack_bad_inputs(members, nonmembers, match):
+    with pytest.raises(DataError, match=match):
+        metrics.mia_loss_lr(members, nonmembers)
+    with pytest.raises(DataError, match=match):
+        metrics.mia_entropy_lr(nonmembers, members)
+
+
+def test_lr_attack_bad_n_splits():
+    with pytest.raises(ConfigError, match="n_splits"):
+        metrics.mia_loss_lr([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], n_splits=0)
+
+
+# ------------------------------------------------------------------ SVC MIA-Efficacy
+
+def _conf_distributions(rng, n_retain=1000, n_test=400):
+    retain = 1.0 - np.abs(rng.normal(0.0, 0.01, n_retain))   # memorised: confidence ≈ 1
+    test = rng.uniform(0.05, 0.7, n_test)                     # held out: spread and lower
+    return retain, test
+
+
+def test_mia_efficacy_svc_forget_like_test_is_judged_nonmember():
+    rng = np.random.default_rng(5)
+    retain, test = _conf_distributions(rng)
+    forget_like_test = rng.uniform(0.05, 0.7, 200)
+    assert metrics.mia_efficacy_svc(retain, test, forget_like_test) > 0.8
+
+
+def test_mia_efficacy_svc_forget_like_retain_is_judged_member():
+    rng = np.random.default_rng(6)
+    retain, test = _conf_distributions(rng)
+    forget_like_retain = 1.0 - np.abs(rng.normal(0.0, 0.01, 200))
+    assert metrics.mia_efficacy_svc(retain, test, forget_like_retain) < 0.2
+
+
+def test_mia_efficacy_svc_deterministic_and_bad_inputs():
+    rng = np.random.default_rng(7)
+    retain, test = _conf_distributions(rng, 300, 100)
+    forget = rng.uniform(0.0, 1.0, 50)
+    v = metrics.mia_efficacy_svc(retain, test, forget, seed=3)
+    assert v == metrics.mia_efficacy_svc(retain, test, forget, seed=3)
+    assert 0.0 <= v <= 1.0
+    with pytest.raises(DataError, match="forget_conf"):
+        metrics.mia_efficacy_svc(retain, test, [])
+    with pytest.raises(DataError, match="test_conf.*NaN"):
+        metrics.mia_efficacy_svc(retain, np.append(test, np.nan), forget)
+
+
+# ------------------------------------------------------------------ aggregation
+
+def test_avg_gap_constructed_case():
+    m = {"forget_acc": 90.0, "retain_acc": 99.0, "test_acc": 85.0, "mia_loss_lr": 60.0,
+         "extra": 1.0}
+    r = {"forget_acc": 85.0, "retain_acc": 100.0, "test_acc": 86.0, "mia_loss_lr": 50.0}
+    assert metrics.avg_gap(m, r) == pytest.approx((5 + 1 + 1 + 10) / 4)
+    assert metrics.avg_gap(m, r, keys=("retain_acc",)) == pytest.approx(1.0)
+    assert metrics.avg_gap(r, r) == 0.0
+
+
+def test_avg_gap_errors():
+    r = {"forget_acc": 1.0, "retain_acc": 1.0, "test_acc": 1.0, "mia_loss_lr": 0.5}
+    with pytest.raises(ConfigError, match="'mia_loss_lr' missing from metrics"):
+        metrics.avg_gap({k: v for k, v in r.items() if k != "mia_loss_lr"}, r)
+    with pytest.raises(ConfigError, match="'extra' missing from retrain"):
+        metrics.avg_gap({**r, "extra": 1.0}, r, keys=("extra",))
+    with pytest.raises(ConfigError):
+        metrics.avg_gap(r, r, keys=())
+    with pytest.raises(DataError, match="not finite"):
+        metrics.avg_gap({**r, "test_acc": float("nan")}, r)
+
+
+def test_mean_std_and_format():
+    mean, std = metrics.mean_std([1.0, 2.0, 3.0])
+    assert mean == pytest.approx(2.0) and std == pytest.approx(1.0)  # ddof=1
+    assert metrics.mean_std([4.5]) == (4.5, 0.0)
+    assert type(mean) is float and type(std) is float
+    assert metrics.format_mean_std([0.1234, 0.1334, 0.1134], scale=100) == "12.34 ± 1.00"
+    assert metrics.format_mean_std([1.0, 2.0], digits=1) == "1.5 ± 0.7"
+    with pytest.raises(DataError):
+        metrics.mean_std([])
+    with pytest.raises(DataError):
+        metrics.format_mean_std([])
