@@ -119,3 +119,21 @@ def test_huge_learning_rate_diverges_with_clear_error(mnist_splits):
 def test_bad_config(kw):
     with pytest.raises(ConfigError):
         train.TrainConfig(**kw)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted_run(mnist_splits, tmp_path):
+    from hyperforget_jax.checkpoint import Checkpointer
+
+    cfg4 = dataclasses.replace(CFG, epochs=4)
+    straight, _ = train.fit(ARCH, mnist_splits.train, cfg4)
+    with Checkpointer(tmp_path / "ck") as ck:
+        train.fit(ARCH, mnist_splits.train, dataclasses.replace(CFG, epochs=2), checkpointer=ck,
+                  meta={"note": "first half"})
+        assert ck.latest_step() == 2
+    with Checkpointer(tmp_path / "ck") as ck:  # a new process would see the same directory
+        resumed, hist = train.fit(ARCH, mnist_splits.train, cfg4, checkpointer=ck)
+        assert [h["epoch"] for h in hist] == [2, 3]  # only the missing epochs ran
+        assert ck.restore_meta()["epoch"] == 4
+    assert int(resumed.step) == int(straight.step)
+    assert_trees_close(resumed.params, straight.params, atol=0)
+    assert_trees_close(resumed.opt_state, straight.opt_state, atol=0)

@@ -1,0 +1,46 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from hyperforget_jax import data, models, train
+from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
+
+ARCH = models.make_architecture("gpt_mlp", (8, 8, 1))
+CFG = train.TrainConfig(arch="gpt_mlp", epochs=15, batch_size=64, lr=1e-2)
+
+
+@pytest.fixture(scope="module")
+def setting(digits_splits):
+    req = data.ForgetRequest(classes=(4,))
+    fs = data.resolve_forget(digits_splits.train, req)
+    orig = train.fit(ARCH, digits_splits.train, CFG)[0].params
+    retrain = train.fit(ARCH, fs.retain, CFG)[0].params
+    return digits_splits, req, fs, orig, retrain
+
+
+def test_class_removal_metrics(setting):
+    splits, req, fs, orig, retrain = setting
+    o = evaluate_unlearning(ARCH, orig, splits, fs, req)
+    r = evaluate_unlearning(ARCH, retrain, splits, fs, req)
+    assert o["forget_acc"] > 0.8 and r["forget_acc"] == 0.0
+    assert r["test_acc_forgotten"] == 0.0 and r["per_class_test_acc"][4] == 0.0
+    assert abs(r["test_acc_kept"] - o["test_acc_kept"]) < 0.1
+    # Non-members are unseen images of class 4: Retrain saw neither, so the attack is near chance.
+    assert 0.3 < r["mia_loss_lr"] < 0.7
+    # Retrain is confidently wrong on class 4 -> its forget samples look like non-members.
+    assert r["mia_efficacy_svc"] > 0.9 > o["mia_efficacy_svc"]
+    assert gap_to_retrain(r, r) == 0.0
+    gap = gap_to_retrain(o, r)
+    expected = np.mean([100 * abs(o[k] - r[k]) for k in
+                        ("forget_acc", "retain_acc", "test_acc", "mia_loss_lr")])
+    assert gap == pytest.approx(expected) and gap > 20
+
+
+def test_random_forgetting_uses_all_test_samples(setting):
+    splits, _, _, orig, _ = setting
+    req = data.ForgetRequest(fraction=0.1, seed=0)
+    fs = data.resolve_forget(splits.train, req)
+    out = evaluate_unlearning(ARCH, orig, splits, fs, req)
+    assert "test_acc_kept" not in out
+    assert out["forget_acc"] >= out["test_acc"] - 0.05  # seen samples are fit at least as well
