@@ -232,8 +232,9 @@ def _silence_stray_closed_loop_errors() -> None:
     When one tensorstore read fails, Orbax's ``run_sync`` closes its event loop while sibling
     reads are still in flight; when those finish, their callbacks hit the closed loop and
     Python prints ``Exception ignored in: None ... RuntimeError: Event loop is closed`` to
-    stderr, after our one-line CheckpointError. Installed only once a restore has failed, and
-    it drops only that exact message; everything else reaches the previous hook.
+    stderr, after our one-line CheckpointError. Installed before the first restore (the stray
+    callbacks can fire before our ``except`` runs) and it drops only that exact message;
+    everything else reaches the previous hook.
     """
     global _closed_loop_filter_installed
     if _closed_loop_filter_installed:
@@ -255,7 +256,6 @@ def _silence_stray_closed_loop_errors() -> None:
 
 
 def _corrupt(where: Path, err: BaseException) -> CheckpointError:
-    _silence_stray_closed_loop_errors()
     detail = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
     return CheckpointError(
         f"checkpoint {where} is corrupt or truncated ({type(err).__name__}: {detail}); "
@@ -404,7 +404,8 @@ class Checkpointer:
 
         Raises:
             NonFiniteError: A float leaf of ``state`` contains NaN/inf (nothing is written).
-            CheckpointError: ``meta`` is not JSON-serialisable, or the write failed.
+            CheckpointError: ``meta`` is not JSON-serialisable, a leaf is not a numeric
+                array/scalar, or the write failed (the previous copy of the step is kept).
             ConfigError: ``step`` is negative.
         """
         step = int(step)
@@ -464,8 +465,8 @@ class Checkpointer:
         # write leaves that behind (and possibly a partial step directory).
         for tmp in self.directory.glob(f"{where.name}.orbax-checkpoint-tmp*"):
             shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(where, ignore_errors=True)
         if backup is not None:
-            shutil.rmtree(where, ignore_errors=True)
             os.replace(backup, where)
         self._manager.reload()
 
@@ -513,6 +514,7 @@ class Checkpointer:
         """
         step = self._resolve_step(step)
         where = self.step_dir(step)
+        _silence_stray_closed_loop_errors()
         try:
             item_meta = self._manager.item_metadata(step)
             on_disk = _tree_of(item_meta[_STATE])
@@ -674,6 +676,7 @@ def load_params(path: str | os.PathLike, template: Any = None) -> tuple[Any, dic
             f"{path} is not a params checkpoint written by save_params{hint}; pass the right path"
         )
     handler = ocp.CompositeCheckpointHandler()
+    _silence_stray_closed_loop_errors()
     try:
         with ocp.Checkpointer(handler) as ckptr:
             if template is not None:
