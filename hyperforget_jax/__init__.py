@@ -13,5 +13,7 @@ from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
 from hyperforget_jax.models import ARCHITECTURES, Architecture, make_architecture
 from hyperforget_jax.params import flatten, param_count, unflatten
 from hyperforget_jax.train import TrainConfig, TrainState, fit, fit_fleet, make_train_step
+from hyperforget_jax.unlearn import METHODS as UNLEARN_METHODS
+from hyperforget_jax.unlearn import UnlearnResult, unlearn
 
 __version__ = "0.1.0"

@@ -19,6 +19,11 @@ Guarantees:
 * Nothing half-written: :meth:`Checkpointer.save` returns only after the write is committed
   (Orbax writes to a temporary directory and renames it), and refuses
   (:class:`NonFiniteError`) to write a state with NaN/inf in it.
+* Crash-safe at every point (SIGKILL tested, tests/test_reliability_resume.py): pruning renames
+  a step out of the listing before deleting it; re-saving a step keeps the old copy aside until
+  the new one commits; opening a directory puts such a copy back if the new one never committed
+  and removes what a killed process left (the writer also removes stale uncommitted writes
+  before its first save).
 * Loading never executes code: arrays come from tensorstore, ``meta`` from ``json``; no pickle.
 * Every failure a user can cause (no checkpoint, wrong architecture, truncated or corrupt files,
   unwritable directory, meta that is not JSON) is a :class:`CheckpointError` naming the
@@ -227,14 +232,15 @@ _closed_loop_filter_installed = False
 
 
 def _silence_stray_closed_loop_errors() -> None:
-    """Drop the "Event loop is closed" noise a failed Orbax restore leaves behind.
+    """Drop the noise a failed Orbax restore leaves behind on stderr.
 
     When one tensorstore read fails, Orbax's ``run_sync`` closes its event loop while sibling
     reads are still in flight; when those finish, their callbacks hit the closed loop and
     Python prints ``Exception ignored in: None ... RuntimeError: Event loop is closed`` to
     stderr, after our one-line CheckpointError. Installed before the first restore (the stray
-    callbacks can fire before our ``except`` runs) and it drops only that exact message;
-    everything else reaches the previous hook.
+    callbacks can fire before our ``except`` runs) and it drops only that exact message,
+    unraisable errors of abandoned Orbax coroutines, and asyncio's "exception was never
+    retrieved" log records about those reads; everything else reaches the previous hook.
     """
     global _closed_loop_filter_installed
     if _closed_loop_filter_installed:
@@ -250,9 +256,27 @@ def _silence_stray_closed_loop_errors() -> None:
             and str(exc) == "Event loop is closed"
         ):
             return
+        # The sibling reads themselves: Orbax coroutines abandoned mid-read, which raise their
+        # own copy of the read error when garbage-collected ("Exception ignored in: <coroutine
+        # object _read_array_index_and_device_put ...>"), possibly after our message.
+        code = getattr(unraisable.object, "cr_code", None)
+        if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+            return
         previous(unraisable)
 
     sys.unraisablehook = hook
+    # Same story through asyncio's logger: "_GatheringFuture exception was never retrieved"
+    # for the gather of the abandoned reads, logged when it is garbage-collected.
+    logging.getLogger("asyncio").addFilter(_drop_abandoned_read_logs)
+
+
+def _drop_abandoned_read_logs(record: logging.LogRecord) -> bool:
+    try:
+        msg = record.getMessage()
+    except Exception:  # noqa: BLE001 - never break logging
+        return True
+    return not ("exception was never retrieved" in msg
+                and ("reading array index" in msg or "TensorStore" in msg))
 
 
 def _corrupt(where: Path, err: BaseException) -> CheckpointError:
@@ -305,6 +329,45 @@ def _check_savable(state: PyTree, what: str) -> None:
 # --------------------------------------------------------------------------- Checkpointer
 
 
+_OVERWRITTEN = ".overwritten-"
+_PRUNING = ".pruning-"
+
+
+def _recover_interrupted(directory: Path, stale_writes: bool = False) -> None:
+    """Finishes or rolls back what a process killed inside :class:`Checkpointer` left behind.
+
+    * ``.overwritten-<step>-*``: the old copy of a step moved aside by :meth:`Checkpointer.save`
+      before the new copy was committed. If the new copy never got committed it is put back
+      (so re-saving a step can never lose it); otherwise it is deleted.
+    * ``.pruning-<step>-*``: a step already unlisted by pruning; deleted.
+    * ``<step>.orbax-checkpoint-tmp*`` (only with ``stale_writes``, i.e. from the writer, before
+      its first save): an uncommitted Orbax write (never listed); deleted. Readers leave them
+      alone, so evaluating a run while it trains does not break the trainer's current write.
+
+    Assumes one writer per run directory (as does Orbax).
+    """
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        name = entry.name
+        if name.startswith(_OVERWRITTEN):
+            step = name[len(_OVERWRITTEN):].split("-")[0]
+            target = directory / step
+            if step.isdigit() and not target.exists():
+                try:
+                    os.replace(entry, target)
+                    continue
+                except OSError:
+                    pass
+            shutil.rmtree(entry, ignore_errors=True)
+        elif name.startswith(_PRUNING) or (
+            stale_writes and ".orbax-checkpoint-tmp" in name and name.split(".")[0].isdigit()
+        ):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
 class Checkpointer:
     """Wraps orbax.checkpoint.CheckpointManager for one run directory.
 
@@ -342,6 +405,8 @@ class Checkpointer:
         self.max_to_keep = max_to_keep
         self.save_interval_steps = save_interval_steps
         _make_writable_dir(self.directory)
+        _recover_interrupted(self.directory)
+        self._saved = False
         options = ocp.CheckpointManagerOptions(
             # Pruning and the save interval are done here: Orbax prunes in write order (so
             # re-saving an old step would evict a newer one) and silently skips any step
@@ -418,11 +483,15 @@ class Checkpointer:
         meta = _jsonable_meta(meta, where)
         _check_savable(state, f"step {step} to {where}")
 
+        if not self._saved:
+            # First save of this writer: earlier processes' uncommitted writes are stale.
+            _recover_interrupted(self.directory, stale_writes=True)
+            self._saved = True
         backup = None
         if step in self.all_steps():
             # Orbax refuses to save over an existing step (and force=True does not change
             # that); move the old one aside under a name Orbax does not list as a step.
-            backup = self.directory / f".overwritten-{step}-{uuid.uuid4().hex[:8]}"
+            backup = self.directory / f"{_OVERWRITTEN}{step}-{uuid.uuid4().hex[:8]}"
             try:
                 os.replace(where, backup)
             except OSError as e:
@@ -476,7 +545,17 @@ class Checkpointer:
         others = [s for s in self.all_steps() if s != keep]
         excess = len(others) - (self.max_to_keep - 1)
         for old in others[: max(excess, 0)]:
-            self._manager.delete(old)
+            # Rename first (atomic), delete after: a crash mid-delete then leaves a hidden
+            # directory that the next open removes, never a listed, half-deleted step.
+            doomed = self.directory / f"{_PRUNING}{old}-{uuid.uuid4().hex[:8]}"
+            try:
+                os.replace(self.step_dir(old), doomed)
+            except OSError:
+                self._manager.reload()
+                self._manager.delete(old)
+                continue
+            self._manager.reload()
+            shutil.rmtree(doomed, ignore_errors=True)
 
     # -- restore ------------------------------------------------------------------------------
 

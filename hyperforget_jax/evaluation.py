@@ -33,6 +33,7 @@ def evaluate_unlearning(arch: Architecture, params: Any, splits: Splits, fsplit:
       for class removal ``test_acc_kept`` / ``test_acc_forgotten``, ``per_class_test_acc``, and
       ``mia_loss_lr``, ``mia_entropy_lr``, ``mia_efficacy_svc``. Accuracies are fractions.
     """
+    arch.check_inputs(splits.test.x, f"test set {splits.test.name!r}")
     out = {}
     per = {}
     for name, ds in (("retain", fsplit.retain), ("forget", fsplit.forget), ("test", splits.test)):

@@ -10,13 +10,14 @@ lets parameters flow freely between vmapped fleets, the hypernetwork and the unl
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from hyperforget_jax.errors import ArchitectureError, ConfigError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
 
 Params = Any
 
@@ -117,7 +118,9 @@ class Architecture:
         return self.module.apply({"params": params}, x)
 
     def param_shapes(self) -> Params:
-        return jax.eval_shape(self.init, jax.random.key(0))
+        # Tracing a model's init costs ~0.1-1 s and is asked for on every check_params /
+        # param_count; the shapes only depend on this (frozen, hashable) architecture.
+        return jax.tree.map(lambda s: s, _param_shapes(self))
 
     @property
     def param_count(self) -> int:
@@ -140,10 +143,20 @@ class Architecture:
                                         "architecture?")
             if tuple(got_paths[path]) != tuple(shape):
                 raise ArchitectureError(f"parameters do not fit {self.name}: {path} has shape "
-                                        f"{tuple(got_paths[path])}, expected {tuple(shape)}")
+                                        f"{tuple(got_paths[path])}, expected {tuple(shape)}; were they "
+                                        "trained for another architecture or image shape?")
         extra = sorted(set(got_paths) - set(want_paths))
         if extra:
-            raise ArchitectureError(f"parameters do not fit {self.name}: unexpected {extra[0]}")
+            raise ArchitectureError(f"parameters do not fit {self.name}: unexpected {extra[0]}; "
+                                    "were they trained for another architecture?")
+
+    def check_inputs(self, x, what: str = "data") -> None:
+        """Raises :class:`DataError` unless images ``x`` have shape (N, *input_shape)."""
+        shape = tuple(jnp.shape(x))
+        if shape[1:] != tuple(self.input_shape):
+            raise DataError(f"{what} has images of shape {shape[1:]} but the {self.name} model "
+                            f"takes {tuple(self.input_shape)}; use the dataset the model was "
+                            "trained on (or an architecture built for this image shape)")
 
     def to_json(self) -> dict:
         return {"name": self.name, "input_shape": list(self.input_shape),
@@ -152,6 +165,11 @@ class Architecture:
     @classmethod
     def from_json(cls, d: dict) -> "Architecture":
         return make_architecture(d["name"], tuple(d["input_shape"]), d["num_classes"])
+
+
+@functools.lru_cache(maxsize=64)
+def _param_shapes(arch: Architecture) -> Params:
+    return jax.eval_shape(arch.init, jax.random.key(0))
 
 
 def make_architecture(name: str, input_shape: tuple[int, int, int] = (28, 28, 1),

@@ -201,7 +201,8 @@ def _raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None
     finite = np.asarray(finite)
     if finite.all():
         return
-    bad = np.argwhere(~finite)[0]
+    bad = np.argwhere(~finite)
+    bad = bad[np.argmin(bad[:, -1])]  # the earliest failing step (of any fleet member)
     batch = int(bad[-1])
     member = f" (fleet member {int(bad[0])})" if finite.ndim == 2 else ""
     raise NonFiniteError(
@@ -232,6 +233,7 @@ def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
     Raises:
       NonFiniteError: a step produced NaN/inf (named in the message).
     """
+    arch.check_inputs(train.x, f"training set {train.name!r}")
     tx = make_optimizer(cfg)
     state = init_state(arch, tx, jax.random.key(cfg.seed), init_params)
     start = 0
@@ -262,6 +264,7 @@ def fit_fleet(arch: Architecture, train: Dataset, cfg: TrainConfig, seeds: list[
               progress: bool = False) -> tuple[TrainState, list[dict]]:
     """Trains one model per seed in a single vmapped step; member ``i`` equals
     ``fit(arch, train, replace(cfg, seed=seeds[i]))``. Returns a stacked :class:`TrainState`."""
+    arch.check_inputs(train.x, f"training set {train.name!r}")
     tx = make_optimizer(cfg)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     state = jax.vmap(lambda k: init_state(arch, tx, k))(keys)

@@ -1,0 +1,119 @@
+"""Every method through ``unlearn(...)`` on sklearn digits: runs, leaves the caller's params
+alone, and moves the parameters in the method's direction."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import assert_trees_close
+from hyperforget_jax import data, models, train
+from hyperforget_jax.errors import ConfigError, ForgetRequestError
+from hyperforget_jax.unlearn import (METHODS, GradTauConfig, NegGradConfig, SalUnConfig,
+                                     baselines, unlearn)
+
+
+@pytest.fixture(scope="module")
+def setup(digits_splits):
+    arch = models.make_architecture("mlp", digits_splits.train.x.shape[1:])
+    state, _ = train.fit(arch, digits_splits.train, train.TrainConfig(epochs=10))
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    return arch, state.params, split, digits_splits.val
+
+
+def _loss_acc(arch, params, ds):
+    logits = arch.apply(params, jnp.asarray(ds.x))
+    return (float(optax.softmax_cross_entropy_with_integer_labels(logits, ds.y).mean()),
+            float(np.mean(np.argmax(logits, -1) == ds.y)))
+
+
+# Each method with a config small enough to be fast, and the direction it must move.
+CASES = {
+    "gradtau": (None, "forget_up"),
+    "finetune": (None, "retain_down"),
+    "retrain": (train.TrainConfig(epochs=3), "forget_forgotten"),
+    "neggrad": (NegGradConfig(lr=1e-3), "forget_up"),
+    "neggrad_plus": (None, "forget_up"),
+    "random_labels": (None, "forget_forgotten"),
+    "salun": (None, "forget_forgotten"),
+    "scrub": (None, "forget_up"),
+    "bad_teacher": (None, "forget_up"),
+}
+
+
+def test_cases_cover_every_method():
+    assert set(CASES) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_method_moves_params_in_its_direction(setup, method):
+    arch, params, split, val = setup
+    before = jax.tree.map(np.asarray, params)
+    cfg, direction = CASES[method]
+    res = unlearn(method, arch, params, split, val, config=cfg, seed=0)
+    assert res.info["method"] == method and res.info["steps"] > 0
+    assert res.info["wall_time_s"] > 0
+    assert_trees_close(params, before, atol=0)             # caller's params untouched
+    arch.check_params(res.params)
+    lf0, af0 = _loss_acc(arch, params, split.forget)
+    lr0, _ = _loss_acc(arch, params, split.retain)
+    lf1, af1 = _loss_acc(arch, res.params, split.forget)
+    lr1, ar1 = _loss_acc(arch, res.params, split.retain)
+    if direction == "forget_up":
+        assert lf1 > lf0 * 1.05, (lf0, lf1)
+    elif direction == "retain_down":
+        assert lr1 < lr0, (lr0, lr1)
+    else:
+        assert af1 < 0.2 and ar1 > 0.8, (af1, ar1)
+
+
+def test_neggrad_raises_forget_loss_more_with_larger_lr(setup):
+    arch, params, split, val = setup
+    small = unlearn("neggrad", arch, params, split, val, NegGradConfig(lr=1e-4)).params
+    large = unlearn("neggrad", arch, params, split, val, NegGradConfig(lr=1e-3)).params
+    assert _loss_acc(arch, large, split.forget)[0] > _loss_acc(arch, small, split.forget)[0]
+
+
+def test_salun_mask_freezes_non_salient_weights(setup):
+    arch, params, split, _ = setup
+    mask = baselines.saliency_mask(arch, params, split, 0.5)
+    share = sum(float(m.sum()) for m in jax.tree.leaves(mask)) / sum(
+        m.size for m in jax.tree.leaves(mask))
+    assert share == pytest.approx(0.5, abs=0.01)
+    res = unlearn("salun", arch, params, split, setup[3], SalUnConfig(epochs=1))
+    for new, old, m in zip(jax.tree.leaves(res.params), jax.tree.leaves(params),
+                           jax.tree.leaves(mask)):
+        frozen = np.asarray(m) == 0
+        np.testing.assert_array_equal(np.asarray(new)[frozen], np.asarray(old)[frozen])
+
+
+def test_finetune_uses_gradtau_budget(setup):
+    arch, params, split, val = setup
+    gt = unlearn("gradtau", arch, params, split, val)
+    ft = unlearn("finetune", arch, params, split, val)
+    assert gt.info["steps"] == ft.info["steps"]
+    assert ft.info["alpha0"] == 0.0 and gt.info["alpha0"] > 0
+
+
+def test_retrain_equals_fit_on_retain(setup):
+    arch, params, split, val = setup
+    cfg = train.TrainConfig(epochs=2, seed=5)
+    res = unlearn("retrain", arch, params, split, val, cfg)
+    want, _ = train.fit(arch, split.retain, cfg)
+    assert_trees_close(res.params, want.params, atol=1e-6)
+
+
+def test_errors(setup):
+    arch, params, split, val = setup
+    with pytest.raises(ConfigError, match="gradtau, retrain, finetune"):
+        unlearn("forget_everything", arch, params, split, val)
+    with pytest.raises(ConfigError, match="NegGradConfig"):
+        unlearn("neggrad", arch, params, split, val, config=GradTauConfig())
+    empty = split._replace(forget=split.forget.subset(np.arange(0)))
+    with pytest.raises(ForgetRequestError, match="non-empty"):
+        unlearn("gradtau", arch, params, empty, val)
+    with pytest.raises(ForgetRequestError, match="empty"):
+        data.ForgetRequest(classes=())
+    with pytest.raises(ConfigError, match="does not checkpoint"):
+        unlearn("scrub", arch, params, split, val, checkpointer=object())

@@ -1,0 +1,46 @@
+"""``hyperforget unlearn`` end to end on sklearn digits, and its one-line errors."""
+
+import json
+
+import pytest
+
+from hyperforget_jax import cli
+
+
+def test_unlearn_trains_then_loads_and_writes_results(tmp_path, capsys):
+    run = tmp_path / "orig"
+    base = ["unlearn", "--dataset", "digits", "--run-dir", str(run), "--epochs", "3",
+            "--quiet"]
+    assert cli.main(base + ["--method", "gradtau", "--forget-class", "3"]) == 0
+    out = run / "unlearn" / "gradtau-class-3"
+    res = json.loads((out / "results.json").read_text())
+    assert res["original"] == "trained" and res["info"]["tau_mode"] == "chance"
+    assert set(res["eval"]) == {"original", "gradtau", "retrain"}
+    assert res["eval"]["gradtau"]["forget_acc"] < res["eval"]["original"]["forget_acc"]
+    for k in ("mia_loss_lr", "mia_entropy_lr", "mia_efficacy_svc"):
+        assert 0 <= res["eval"]["gradtau"][k] <= 1
+    assert "Avg. Gap" in (out / "report.md").read_text()
+    assert (out / "checkpoints").is_dir()
+    # second call: the original is loaded, not retrained
+    assert cli.main(base + ["--method", "neggrad", "--forget-fraction", "0.1",
+                            "--no-retrain"]) == 0
+    res = json.loads((run / "unlearn" / "neggrad-random-10" / "results.json").read_text())
+    assert res["original"] == "loaded" and "retrain" not in res["eval"]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--method", "gradtau", "--forget-class", "12"], "does not exist"),
+    (["--method", "gradtau"], "forget request"),
+    (["--method", "gradtau", "--forget-fraction", "1.5"], "between 0 and 1"),
+])
+def test_errors_exit_2_with_one_line(tmp_path, capsys, argv, match):
+    rc = cli.main(["unlearn", "--dataset", "digits", "--run-dir", str(tmp_path), "--quiet",
+                   "--epochs", "1"] + argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and match in err and len(err.splitlines()) == 1
+
+
+def test_unknown_method_is_rejected(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["unlearn", "--method", "magic", "--forget-class", "3"])
+    assert e.value.code == 2 and "gradtau" in capsys.readouterr().err

@@ -1,0 +1,249 @@
+"""∇τ: the loss and schedule on constructed numbers, jit / pmap / sharded equality on 2 and 4
+fake devices, and a short class-removal run on sklearn digits."""
+
+import logging
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+
+from conftest import assert_trees_close
+from hyperforget_jax import data, models, train
+from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.unlearn import gradtau as G
+
+
+# --- formula and schedule --------------------------------------------------------------------
+
+def test_loss_formula_relu_gap():
+    # α·ReLU(τ − L_f)² + (1 − α)·L_r with the gap open and closed.
+    np.testing.assert_allclose(G.gradtau_loss(1.0, 0.5, 3.0, 0.25), 0.25 * 4 + 0.75 * 0.5)
+    np.testing.assert_allclose(G.gradtau_loss(4.0, 0.5, 3.0, 0.25), 0.75 * 0.5)
+    np.testing.assert_allclose(G.gradtau_loss(1.0, 0.5, 3.0, 0.0), 0.5)
+
+
+def test_alpha_initial_and_clamp():
+    assert G.initial_alpha(3, 100) == pytest.approx((0.05, False))
+    assert G.initial_alpha(15, 100) == pytest.approx((0.25, False))
+    assert G.initial_alpha(30, 100) == pytest.approx((0.5, False))
+    assert G.initial_alpha(80, 100) == (0.95, True)
+    np.testing.assert_allclose(G.alpha_schedule(0.5, 4), [0.5, 0.375, 0.25, 0.125])
+
+
+def test_budget_formula():
+    assert G.budget_epochs(13, 2) == 39 // 2          # int(6·13 / 4) = 19
+    assert G.budget_epochs(10, 5) == 6
+    assert G.budget_epochs(14, 1) == 42
+    assert G.budget_epochs(1, 5) == 1                 # never zero
+
+
+def test_lr_schedule_endpoints():
+    s = G.lr_schedule(100, 1e-3, 0.1)
+    np.testing.assert_allclose([s(0), s(50), s(100), s(500)], [1e-3, 5.5e-4, 1e-4, 1e-4],
+                               rtol=1e-6)
+
+
+def test_plan_batches_wraps_and_streams():
+    f, r, E = G.plan_batches(n_forget=10, n_retain=50, batch_size=4, epochs=None, seed=0)
+    # N_f = ceil(10/4) = 3, N_r = ceil(50/4) = 13, E = int(6·13/6) = 13
+    assert f.shape == (13, 3, 4) and r.shape == (13, 3, 4) and E == 13
+    for e in range(E):
+        assert set(f[e].ravel()) == set(range(10))    # every forget sample every forget-epoch
+    stream = r.reshape(-1, 4)
+    assert set(stream[:13].ravel()) == set(range(50))  # retain stream: successive passes
+    small = G.plan_batches(3, 7, 256, 2, 0)
+    assert small[0].shape == (2, 1, 3) and small[1].shape == (2, 1, 7)
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="tau_mode"):
+        G.GradTauConfig(tau_mode="bogus")
+    with pytest.raises(ConfigError, match="class-removal"):
+        G.resolve_tau_mode("unseen_class", None)
+    assert G.resolve_tau_mode("auto", (3,)) == "chance"
+    assert G.resolve_tau_mode("auto", None) == "val"
+
+
+def _toy(n=16, seed=0):
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    params = arch.init(jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    batch = lambda: (jnp.asarray(rng.random((n, 8, 8, 1), np.float32)),
+                     jnp.asarray(rng.integers(0, 10, n), jnp.int32))
+    return arch, params, batch
+
+
+def test_step_gradient_equals_autodiff_of_the_loss():
+    arch, params, batch = _toy()
+    fb, rb = batch(), batch()
+    tau, alpha = 5.0, 0.3
+
+    def direct(p):
+        lf = train.cross_entropy_loss(p, arch.apply, *fb)[0]
+        lr = train.cross_entropy_loss(p, arch.apply, *rb)[0]
+        return G.gradtau_loss(lf, lr, tau, alpha)
+
+    want = jax.tree.map(lambda p, g: p - g, params, jax.grad(direct)(params))
+    tx = optax.sgd(1.0)
+    state = train.init_state(arch, tx, None, params)
+    state, m = jax.jit(G.make_gradtau_step(arch.apply, tx))(state, fb, rb, tau, alpha)
+    assert bool(m["finite"])
+    np.testing.assert_allclose(m["loss"], direct(params), rtol=1e-6)
+    assert_trees_close(state.params, want, atol=1e-6)
+
+
+def test_step_vmaps_over_a_fleet():
+    # One vmapped step over two models (each with its own τ, α) equals two separate steps.
+    arch, p0, batch = _toy(seed=0)
+    _, p1, _ = _toy(seed=1)
+    fb, rb = batch(), batch()
+    tx = G.make_gradtau_optimizer(10)
+    step = G.make_gradtau_step(arch.apply, tx)
+    init = lambda p: train.init_state(arch, tx, None, p)
+    fleet = jax.tree.map(lambda a, b: jnp.stack([a, b]), init(p0), init(p1))
+    out, m = jax.jit(jax.vmap(step, in_axes=(0, None, None, 0, 0)))(
+        fleet, fb, rb, jnp.array([3.0, 5.0]), jnp.array([0.2, 0.4]))
+    for i, (p, tau, a) in enumerate(((p0, 3.0, 0.2), (p1, 5.0, 0.4))):
+        one, mi = jax.jit(step)(init(p), fb, rb, tau, a)
+        assert_trees_close(jax.tree.map(lambda x: x[i], out.params), one.params, atol=1e-6)
+        np.testing.assert_allclose(m["loss"][i], mi["loss"], rtol=1e-6)
+
+
+# --- jit / pmap / sharded: identical parameters ---------------------------------------------
+
+class CompiledEqualityTest(chex.TestCase):
+
+    @parameterized.parameters(2, 4)
+    def test_jit_pmap_sharded_equal(self, n_dev):
+        arch, params, batch = _toy(n=16)
+        tx = G.make_gradtau_optimizer(10)
+        batches = [(batch(), batch(), 0.5 * (i + 1), 0.4 - 0.05 * i) for i in range(4)]
+        devices = jax.devices()[:n_dev]
+        fresh = lambda: train.init_state(arch, tx, None, jax.tree.map(jnp.array, params))
+
+        s_jit = fresh()
+        step_j = G.jit_gradtau_step(G.make_gradtau_step(arch.apply, tx))
+        for fb, rb, tau, a in batches:
+            s_jit, mj = step_j(s_jit, fb, rb, tau, a)
+
+        s_p = train.replicate(fresh(), n_dev)
+        step_p = G.pmap_gradtau_step(G.make_gradtau_step(arch.apply, tx, "batch"), "batch",
+                                     devices)
+        for fb, rb, tau, a in batches:
+            s_p, mp = step_p(s_p, train.shard_batch(fb, n_dev), train.shard_batch(rb, n_dev),
+                             tau, a)
+
+        mesh = train.data_mesh(devices)
+        s_s = train.put_sharded(fresh(), mesh,
+                                jax.sharding.PartitionSpec())
+        step_s = G.sharded_gradtau_step(G.make_gradtau_step(arch.apply, tx), mesh)
+        for fb, rb, tau, a in batches:
+            s_s, ms = step_s(s_s, train.put_sharded(fb, mesh), train.put_sharded(rb, mesh),
+                             tau, a)
+
+        assert_trees_close(train.unreplicate(s_p).params, s_jit.params, atol=1e-5)
+        assert_trees_close(s_s.params, s_jit.params, atol=1e-5)
+        np.testing.assert_allclose(mp["forget_loss"][0], mj["forget_loss"], atol=1e-5)
+        np.testing.assert_allclose(ms["loss"], mj["loss"], atol=1e-5)
+        self.assertEqual(int(s_jit.step), 4)
+
+
+# --- end to end on sklearn digits -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def digits_original(digits_splits):
+    arch = models.make_architecture("mlp", digits_splits.train.x.shape[1:])
+    state, _ = train.fit(arch, digits_splits.train, train.TrainConfig(epochs=10))
+    return arch, state.params
+
+
+def _acc(arch, params, ds):
+    return float(np.mean(np.argmax(arch.apply(params, jnp.asarray(ds.x)), -1) == ds.y))
+
+
+def test_class_removal_on_digits(digits_splits, digits_original):
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    assert _acc(arch, params, split.forget) > 0.9
+    out, info = G.run_gradtau(arch, params, split, digits_splits.val, seed=0,
+                              forget_classes=(3,))
+    assert info["tau_mode"] == "chance" and info["tau"][0] == pytest.approx(np.log(10))
+    assert info["steps"] == info["epochs"] * info["batches_per_epoch"]
+    assert _acc(arch, out, split.forget) < 0.05            # forgotten
+    assert _acc(arch, out, split.retain) > 0.95            # kept
+    # the caller's parameters were not donated away
+    assert _acc(arch, params, split.forget) > 0.9
+
+
+def test_random_subset_runs_and_caches(digits_splits, digits_original):
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    before = G.compiled_forget_epoch.cache_info().hits
+    p1, info = G.run_gradtau(arch, params, split, digits_splits.val, seed=1)
+    p2, _ = G.run_gradtau(arch, params, split, digits_splits.val, seed=1)
+    assert G.compiled_forget_epoch.cache_info().hits >= before + 1
+    assert info["tau_mode"] == "val" and len(info["tau"]) == -(-info["epochs"] // 5)
+    assert_trees_close(p1, p2, atol=0)                     # deterministic
+    assert _acc(arch, p1, split.retain) > 0.95
+
+
+def test_alpha_clamp_is_reported(digits_splits, digits_original, caplog):
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.7))
+    with caplog.at_level(logging.WARNING):
+        _, info = G.run_gradtau(arch, params, split, digits_splits.val,
+                                G.GradTauConfig(epochs=1))
+    assert info["alpha_clamped"] and info["alpha0"] == 0.95
+    assert "clamped" in caplog.text
+
+
+def test_nonfinite_names_the_step(digits_splits, digits_original):
+    arch, params = digits_original
+    bad = jax.tree.map(lambda x: x.at[...].set(jnp.nan) if x.ndim == 1 else x, params)
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    with pytest.raises(NonFiniteError, match="step 0"):
+        G.run_gradtau(arch, bad, split, digits_splits.val, G.GradTauConfig(epochs=1))
+
+
+class _KillAfter:
+    """A Checkpointer stand-in that dies (like SIGKILL would) right after committing step k."""
+
+    def __init__(self, ckpt, k):
+        self.ckpt, self.k = ckpt, k
+
+    def __getattr__(self, name):
+        return getattr(self.ckpt, name)
+
+    def save(self, step, *a, **kw):
+        self.ckpt.save(step, *a, **kw)
+        if step == self.k:
+            raise KeyboardInterrupt(f"killed after step {step}")
+
+
+def test_killed_run_resumes_to_the_uninterrupted_result(digits_splits, digits_original,
+                                                        tmp_path):
+    from hyperforget_jax.checkpoint import Checkpointer
+    from hyperforget_jax.errors import CheckpointError
+
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    cfg = G.GradTauConfig(epochs=7)             # τ refreshed at forget-epochs 0 and 5
+    want, info = G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=3)
+    with Checkpointer(tmp_path / "ck") as ck, pytest.raises(KeyboardInterrupt):
+        G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=3,
+                      checkpointer=_KillAfter(ck, 3))
+    with Checkpointer(tmp_path / "ck") as ck:
+        assert ck.latest_step() == 3
+        got, info2 = G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=3,
+                                   checkpointer=ck)
+        assert ck.latest_step() == 7
+        with pytest.raises(CheckpointError, match="different ∇τ run"):
+            G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=4, checkpointer=ck)
+    assert info2["resumed_from"] == 3 and len(info["tau"]) == 2
+    assert_trees_close(got, want, atol=1e-6)
+    np.testing.assert_allclose(info2["tau"], info["tau"], rtol=1e-6)
+    np.testing.assert_allclose(info2["forget_loss"], info["forget_loss"], rtol=1e-5)

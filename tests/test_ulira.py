@@ -1,0 +1,83 @@
+"""U-LiRA on constructed confidences (separable → high, identical → 0.5) and a tiny end-to-end
+run on sklearn digits."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperforget_jax import data, models, train, ulira
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.unlearn import unlearn
+
+
+def test_logit_confidence_matches_definition():
+    logits = jnp.array([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
+    y = jnp.array([0, 2])
+    p = jax.nn.softmax(logits)[jnp.arange(2), y]
+    np.testing.assert_allclose(ulira.logit_confidence(logits, y), np.log(p / (1 - p)),
+                               rtol=1e-5)
+    big = jnp.array([[60.0, 0.0, 0.0]])     # p ≈ 1: still finite
+    assert np.isfinite(ulira.logit_confidence(big, jnp.array([0])))[0]
+
+
+def _shadows(rng, S, n, mu_u, mu_r, sd=1.0):
+    targeted = rng.random((S, n)) < 0.5
+    targeted[0] = True
+    per_u = rng.normal(mu_u, 0.5, n)
+    per_r = rng.normal(mu_r, 0.5, n)
+    return (per_u + rng.normal(0, sd, (S, n)), per_r + rng.normal(0, sd, (S, n)), targeted,
+            per_u, per_r)
+
+
+def test_separable_is_detected():
+    rng = np.random.default_rng(0)
+    phi_u, phi_r, tgt, per_u, per_r = _shadows(rng, 16, 300, 8.0, 0.0)
+    out = ulira.ulira_test(phi_u, phi_r, tgt, per_u + rng.normal(0, 1, 300),
+                           per_r + rng.normal(0, 1, 300))
+    assert out["accuracy"] > 0.95 and out["auc"] > 0.98
+
+
+def test_identical_is_chance():
+    rng = np.random.default_rng(1)
+    phi_u, phi_r, tgt, per_u, _ = _shadows(rng, 16, 2000, 3.0, 3.0)
+    # retrained and unlearned targets drawn from the same distribution
+    out = ulira.ulira_test(phi_u, phi_r, tgt, per_u + rng.normal(0, 1, 2000),
+                           per_u + rng.normal(0, 1, 2000))
+    assert abs(out["accuracy"] - 0.5) < 0.04 and abs(out["auc"] - 0.5) < 0.04
+
+
+def test_untargeted_examples_are_skipped_and_none_fails():
+    tgt = np.zeros((4, 5), bool)
+    tgt[:, :2] = True
+    z = np.zeros((4, 5))
+    out = ulira.ulira_test(z + 1, z, tgt, np.ones(5), np.zeros(5))
+    assert out["n_examples"] == 2 and out["accuracy"] == 1.0
+    with pytest.raises(ConfigError, match="targeted"):
+        ulira.ulira_test(z, z, np.zeros((4, 5), bool), np.zeros(5), np.zeros(5))
+    with pytest.raises(ConfigError, match="at least 2"):
+        ulira.ULiRAConfig(num_shadows=1)
+
+
+def test_end_to_end_on_digits(digits_splits):
+    arch = models.make_architecture("gpt_mlp", digits_splits.train.x.shape[1:])
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=4)
+    tr = digits_splits.train
+    split = data.resolve_forget(tr, data.ForgetRequest(fraction=0.1))
+    sh = ulira.train_shadows(arch, tr, split, cfg, ulira.ULiRAConfig(num_shadows=4))
+    assert sh.forget_sets.shape == (4, len(split.forget) // 2)
+    assert not np.isin(sh.forget_sets, sh.retain_sets).any()
+    # the vmapped shadow fleet is fit() on each member's subset (member 1, seed 1000·0 + 2)
+    sub = np.concatenate([sh.forget_sets[1], sh.retain_sets[1]])
+    one = train.fit(arch, tr.subset(sub), train.TrainConfig(arch="gpt_mlp", epochs=4,
+                                                            seed=2))[0].params
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sh.in_params)):
+        np.testing.assert_allclose(np.asarray(b)[1], np.asarray(a), atol=1e-5)
+    # "unlearning" = retraining: both distributions coincide, the attack is near chance
+    original = train.fit(arch, tr, cfg)[0].params
+    retrained = unlearn("retrain", arch, original, split,
+                        digits_splits.val, cfg).params
+    un_sh = jax.tree.map(lambda x: x, sh.retrain_params)
+    out = ulira.ulira(arch, sh, un_sh, tr, split, retrained, retrained)
+    assert out["accuracy"] == pytest.approx(0.5) and out["n_examples"] > 0
+
