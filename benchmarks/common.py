@@ -1,0 +1,108 @@
+"""Shared helpers of the benchmark scripts: machine description, interleaved timing, output.
+
+Timings on a shared machine are noisy, so every reported number is a *median over interleaved
+repeats*: each repeat runs every contender once, in turn, so a burst of load from a neighbour
+hits all contenders alike and ratios stay meaningful.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def num_cores() -> int:
+    """Cores this process may run on (the cgroup / affinity mask, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict:
+    import jax
+    import jaxlib
+
+    info = {"cpu": cpu_model(), "cores": num_cores(), "python": platform.python_version(),
+            "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+            "backend": jax.default_backend(), "devices": len(jax.devices()),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def timed(fn: Callable[[], object]) -> float:
+    """Wall seconds of ``fn()``; ``fn`` must block until its device work is done."""
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def interleaved(contenders: dict[str, Callable[[], object]], repeats: int,
+                warmup: int = 1) -> dict[str, list[float]]:
+    """Runs every contender ``warmup`` times (not recorded), then ``repeats`` rounds in which each
+    contender runs once, in turn. Returns the wall seconds of every recorded run per contender."""
+    for fn in contenders.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "(no rows)"
+    columns = columns or list(rows[0])
+
+    def fmt(v):
+        if isinstance(v, float):
+            if v != v:
+                return "n/a"
+            if abs(v) >= 100:
+                return f"{v:,.0f}"
+            return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+        return "—" if v is None else str(v)
+
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def write_json(name: str, payload: dict, out: str | None = None) -> Path:
+    path = Path(out) if out else RESULTS / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine_info(),
+               **payload}
+    path.write_text(json.dumps(payload, indent=2, default=float))
+    return path

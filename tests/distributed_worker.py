@@ -1,0 +1,67 @@
+"""One process of the 2-process data-parallel ∇τ run (started by ``test_distributed.py``).
+
+    python tests/distributed_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
+
+Every process builds the same problem (:func:`problem`), feeds its own rows of every global batch,
+runs ``STEPS`` data-parallel ∇τ steps and writes the final parameters (flat) to ``OUT.npz``.
+The test runs the same steps in one process on the whole batches and compares.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+ARCH, STEPS, BATCH, TAU, ALPHA, TOTAL = "mlp", 3, 32, 3.0, 0.3, 100
+
+
+def problem():
+    """(arch, tx, initial params, [(forget_batch, retain_batch)] * STEPS), all deterministic."""
+    import jax
+
+    from hyperforget_jax.models import make_architecture
+    from hyperforget_jax.unlearn import gradtau
+
+    arch = make_architecture(ARCH)
+    tx = gradtau.make_gradtau_optimizer(TOTAL)
+    params = jax.tree.map(np.asarray, arch.init(jax.random.key(0)))
+    rng = np.random.default_rng(0)
+    batches = []
+    for _ in range(STEPS):
+        def b():
+            return (rng.random((BATCH, 28, 28, 1), np.float32),
+                    rng.integers(0, 10, BATCH).astype(np.int32))
+        batches.append((b(), b()))
+    return arch, tx, params, batches
+
+
+def main(pid: int, nproc: int, port: int, out: str) -> None:
+    from hyperforget_jax import distributed as dist
+
+    dist.initialize(f"127.0.0.1:{port}", nproc, pid, initialization_timeout=40)
+
+    import jax
+    import jax.numpy as jnp
+
+    from hyperforget_jax import params as P_
+    from hyperforget_jax import train
+
+    arch, tx, params, batches = problem()
+    mesh = dist.global_mesh()
+    step = dist.data_parallel_gradtau_step(arch.apply, tx, mesh)
+    state = dist.replicate(train.init_state(arch, tx, None, params), mesh)
+    rows = slice(pid * BATCH // nproc, (pid + 1) * BATCH // nproc)
+    for fb, rb in batches:
+        local = lambda b: (b[0][rows], b[1][rows])  # noqa: E731
+        state, m = step(state, dist.global_batch(local(fb), mesh),
+                        dist.global_batch(local(rb), mesh), jnp.float32(TAU),
+                        jnp.float32(ALPHA))
+    flat = np.asarray(P_.flatten(dist.fetch(state.params)))
+    np.savez(out, flat=flat, loss=float(np.asarray(m["loss"].addressable_data(0))),
+             process_count=jax.process_count(), device_count=jax.device_count())
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
