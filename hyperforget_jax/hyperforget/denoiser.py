@@ -1,0 +1,296 @@
+"""G.pt's transformer denoiser over flat parameter vectors (METHODS.md §2), and its training step.
+
+Input sequence, one width-``d`` token each [G.pt]::
+
+    tokens(θ_t, the noised target)  + tokens(θ₀, the start)  + scalar tokens (t, losses)
+                                     [+ one multi-hot "which classes to forget" token, DiHyFo-2]
+
+* Parameter tokens: every tensor cut into chunks of ≤ ``max_chunk`` values, never mixing tensors
+  (:func:`hyperforget_jax.params.chunk_spans`; 784→10→10 MLP: 7,960 values → 11 tokens), each
+  token with its own linear encoder and decoder. The encoders are shared by θ_t and θ₀ (the
+  position embedding tells them apart) [ours: G.pt's released code does the same, as we read it].
+* Scalars embedded as [sin(f·x), cos(f·x), x] with f = 2^linspace(0, 14, 128) → 257 values, then
+  a per-scalar linear projection [G.pt]. The diffusion step enters as t / T [ours].
+* Pre-LayerNorm transformer without a causal mask, learned position embeddings [G.pt].
+* Output = decoders(θ_t-token outputs) + θ₀, decoders zero-initialised: an untrained model
+  returns θ₀ exactly [G.pt].
+
+Everything here is in *scaled* parameter space (flat θ × ``param_scale``, G.pt: 4.185 for MNIST,
+so the std is ≈ 0.54); :mod:`~hyperforget_jax.hyperforget.dihyfo` scales and unscales.
+
+Training [G.pt]: x₀-prediction MSE, AdamW lr 4e-4, weight decay 0.1, cosine schedule, gradient
+clipping at 0.75, an EMA of the weights used for sampling. G.pt's EMA decay 0.9999 suits ~10⁶
+steps; a CPU run of a few thousand steps uses a smaller decay (``ema_decay``, default 0.995) with
+the usual warm-up min(decay, (1 + n) / (10 + n)) [ours]. The step draws no randomness itself: the
+diffusion step t and noise ε come in the batch (:func:`prepare_batch`), so the ``jit``, ``pmap``
+and sharded compilations give identical numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from hyperforget_jax import params as P_
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.hyperforget import diffusion as D
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class DenoiserConfig:
+    """Sizes of the denoiser. G.pt: 12 layers × 1536 (378M parameters); the CPU default is
+    far smaller (2 layers × 128, ≈ 3.4M parameters for the 784→10→10 MLP, most of them in
+    the 11 per-token encoders/decoders)."""
+
+    num_layers: int = 2
+    width: int = 128
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    max_chunk: int = 1000
+    num_freqs: int = 128
+    max_freq_exp: float = 14.0
+
+    def __post_init__(self):
+        if min(self.num_layers, self.width, self.num_heads, self.mlp_ratio, self.max_chunk,
+               self.num_freqs) < 1:
+            raise ConfigError(f"denoiser sizes must be >= 1, got {self}")
+        if self.width % self.num_heads:
+            raise ConfigError(f"width {self.width} must be divisible by num_heads "
+                              f"{self.num_heads}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def frequency_embed(x: jax.Array, num_freqs: int = 128, max_freq_exp: float = 14.0
+                    ) -> jax.Array:
+    """[sin(f·x), cos(f·x), x] with f = 2^linspace(0, max_freq_exp, num_freqs) [G.pt].
+
+    (...,) → (..., 2·num_freqs + 1).
+
+    >>> frequency_embed(jnp.zeros(3)).shape
+    (3, 257)
+    """
+    f = 2.0 ** jnp.linspace(0.0, max_freq_exp, num_freqs)
+    fx = x[..., None] * f
+    return jnp.concatenate([jnp.sin(fx), jnp.cos(fx), x[..., None]], -1)
+
+
+class _Block(nn.Module):
+    width: int
+    num_heads: int
+    mlp_ratio: int
+
+    @nn.compact
+    def __call__(self, h):
+        y = nn.LayerNorm()(h)
+        h = h + nn.MultiHeadDotProductAttention(num_heads=self.num_heads)(y, y)
+        y = nn.LayerNorm()(h)
+        y = nn.Dense(self.width * self.mlp_ratio)(y)
+        return h + nn.Dense(self.width)(nn.gelu(y))
+
+
+class GptDenoiser(nn.Module):
+    """``(x_t, θ₀, t, scalars, classes) -> x̂₀`` on batches of scaled flat vectors.
+
+    Attributes:
+      chunks: the token layout (``params.chunk_spans`` of the target architecture).
+      num_scalars: number of loss conditions (DiHyFo-1: 3, DiHyFo-2: 4).
+      num_classes: size of the multi-hot request token; 0 for no such token (DiHyFo-1).
+      config: sizes.
+      num_train_steps: T (t enters as t / T).
+    """
+
+    chunks: tuple[P_.Chunk, ...]
+    num_scalars: int
+    num_classes: int = 0
+    config: DenoiserConfig = DenoiserConfig()
+    num_train_steps: int = 1000
+
+    @nn.compact
+    def __call__(self, x_t, theta0, t, scalars, classes=None):
+        c = self.config
+        n, d, mc = len(self.chunks), c.width, c.max_chunk
+        dense_init = nn.initializers.normal(0.02)
+        enc_w = self.param("token_encoder_kernel", nn.initializers.lecun_normal(
+            in_axis=1, out_axis=2, batch_axis=(0,)), (n, mc, d))
+        enc_b = self.param("token_encoder_bias", nn.initializers.zeros, (n, d))
+        encode = lambda v: jnp.einsum("bnc,ncd->bnd", P_.tokenize(v, list(self.chunks), mc),
+                                      enc_w) + enc_b
+        s = jnp.concatenate([(t.astype(jnp.float32) / self.num_train_steps)[:, None],
+                             scalars.astype(jnp.float32)], -1)          # (B, 1 + S)
+        emb = frequency_embed(s, c.num_freqs, c.max_freq_exp)          # (B, 1 + S, 257)
+        sc_w = self.param("scalar_kernel", nn.initializers.lecun_normal(
+            in_axis=1, out_axis=2, batch_axis=(0,)), (1 + self.num_scalars, emb.shape[-1], d))
+        sc_b = self.param("scalar_bias", nn.initializers.zeros, (1 + self.num_scalars, d))
+        seq = [encode(x_t), encode(theta0), jnp.einsum("bse,sed->bsd", emb, sc_w) + sc_b]
+        if self.num_classes:
+            seq.append(nn.Dense(d, name="request_embed")(classes.astype(jnp.float32))[:, None])
+        h = jnp.concatenate(seq, 1)
+        h = h + self.param("position_embedding", dense_init, h.shape[1:])
+        for i in range(c.num_layers):
+            h = _Block(d, c.num_heads, c.mlp_ratio, name=f"block_{i}")(h)
+        h = nn.LayerNorm(name="final_norm")(h[:, :n])
+        dec_w = self.param("token_decoder_kernel", nn.initializers.zeros, (n, d, mc))
+        dec_b = self.param("token_decoder_bias", nn.initializers.zeros, (n, mc))
+        out = jnp.einsum("bnd,ndc->bnc", h, dec_w) + dec_b
+        return P_.detokenize(out, list(self.chunks)) + theta0
+
+
+# --- hidden-unit permutation augmentation [G.pt] ----------------------------------------------
+
+def mlp_hidden_widths(template: Params) -> list[int]:
+    """Hidden widths of an MLP params tree ``{"Dense_0": ..., "Dense_k": ...}`` (the layers
+    whose units can be permuted); raises ConfigError for anything else."""
+    names = sorted(template, key=lambda k: int(k.split("_")[-1])) if isinstance(
+        template, dict) else []
+    if not names or any(not k.startswith("Dense_") for k in names):
+        raise ConfigError("permutation augmentation supports MLP parameters (Dense_0..Dense_k) "
+                          "only; disable it (permute=False) for this architecture")
+    return [int(jnp.shape(template[k]["kernel"])[-1]) for k in names[:-1]]
+
+
+def permute_mlp_hidden(params: Params, perms: Sequence[jax.Array]) -> Params:
+    """Permutes hidden units of an MLP: unit j of hidden layer i becomes unit perms[i][j]'s
+    position, i.e. Dense_i's output columns and Dense_{i+1}'s input rows are reordered together,
+    which leaves the network's function unchanged."""
+    out = {k: dict(v) for k, v in params.items()}
+    for i, perm in enumerate(perms):
+        a, b = out[f"Dense_{i}"], out[f"Dense_{i + 1}"]
+        a["kernel"], a["bias"] = a["kernel"][..., perm], a["bias"][..., perm]
+        b["kernel"] = b["kernel"][perm, :]
+    return out
+
+
+def permutation_index(key: jax.Array, template: Params) -> jax.Array:
+    """A random hidden-unit permutation as a gather index on the flat vector: ``flat[idx]`` is
+    the flat vector of the permuted network (jit/vmap-able; same index for θ₀ and target)."""
+    widths = mlp_hidden_widths(template)
+    perms = [jax.random.permutation(k, w) for k, w in zip(jax.random.split(key, len(widths)),
+                                                          widths)]
+    ids = P_.unflatten(jnp.arange(P_.param_count(template), dtype=jnp.float32), template)
+    return P_.flatten(permute_mlp_hidden(ids, perms)).astype(jnp.int32)
+
+
+# --- training ------------------------------------------------------------------------------
+
+class HyperTrainState(NamedTuple):
+    step: jax.Array
+    params: Params
+    ema_params: Params
+    opt_state: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class HyperTrainConfig:
+    """Denoiser optimisation [G.pt except where noted]. ``warmup_fraction``, the EMA decay
+    for short runs (see the module docstring) and ``from_start`` (the share of training pairs
+    whose start is the trajectory's first checkpoint, the original network a request starts
+    from; G.pt draws every start uniformly) are [ours]."""
+
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 4e-4
+    weight_decay: float = 0.1
+    grad_clip: float = 0.75
+    warmup_fraction: float = 0.02
+    ema_decay: float = 0.995
+    permute: bool = True
+    from_start: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, "
+                              f"{self.batch_size}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if not 0.0 <= self.from_start <= 1.0:
+            raise ConfigError(f"from_start must lie in [0, 1], got {self.from_start}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_hyper_optimizer(cfg: HyperTrainConfig) -> optax.GradientTransformation:
+    """Gradient clipping 0.75 → AdamW(4e-4, wd 0.1) on a warm-up + cosine schedule."""
+    warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
+    sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(cfg.steps, warmup + 1))
+    return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),
+                       optax.adamw(sched, weight_decay=cfg.weight_decay))
+
+
+def init_hyper_state(model: GptDenoiser, tx: optax.GradientTransformation, key: jax.Array,
+                     num_params: int) -> HyperTrainState:
+    z = jnp.zeros((1, num_params))
+    cls = jnp.zeros((1, model.num_classes)) if model.num_classes else None
+    params = jax.jit(model.init)(key, z, z, jnp.zeros((1,), jnp.int32),
+                                 jnp.zeros((1, model.num_scalars)), cls)["params"]
+    # A distinct EMA copy, so the jitted step can donate the whole state.
+    return HyperTrainState(jnp.zeros((), jnp.int32), params, jax.tree.map(jnp.copy, params),
+                           tx.init(params))
+
+
+def prepare_batch(key: jax.Array, sched: D.Schedule, start: jax.Array, target: jax.Array,
+                  scalars: jax.Array, classes: jax.Array | None = None,
+                  template: Params | None = None) -> dict:
+    """All the randomness of one training step: a hidden-unit permutation per example (applied
+    identically to θ₀ and target; skipped when ``template`` is None), t ~ U{0..T−1}, ε ~ N(0, I).
+    """
+    b = start.shape[0]
+    kp, kt, kn = jax.random.split(key, 3)
+    if template is not None:
+        idx = jax.vmap(lambda k: permutation_index(k, template))(jax.random.split(kp, b))
+        start = jnp.take_along_axis(start, idx, 1)
+        target = jnp.take_along_axis(target, idx, 1)
+    batch = {"start": start, "target": target, "scalars": scalars,
+             "t": jax.random.randint(kt, (b,), 0, sched.num_steps),
+             "noise": jax.random.normal(kn, target.shape, target.dtype)}
+    if classes is not None:
+        batch["classes"] = classes
+    return batch
+
+
+def make_hyper_train_step(model: GptDenoiser, sched: D.Schedule,
+                          tx: optax.GradientTransformation, ema_decay: float,
+                          axis_name: str | None = None) -> Callable:
+    """The pure step ``(state, batch) -> (state, metrics)``; x₀-MSE on the noised target.
+
+    Args:
+      model: the denoiser.
+      sched: the diffusion schedule.
+      tx: :func:`make_hyper_optimizer`.
+      ema_decay: EMA decay (with warm-up).
+      axis_name: set under ``jax.pmap``: loss and gradients are ``lax.pmean``-ed.
+    """
+
+    def loss_fn(params, batch):
+        x_t = D.q_sample(sched, batch["target"], batch["t"], batch["noise"])
+        pred = model.apply({"params": params}, x_t, batch["start"], batch["t"],
+                           batch["scalars"], batch.get("classes"))
+        return jnp.mean((pred - batch["target"]) ** 2)
+
+    def step(state: HyperTrainState, batch: dict):
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        if axis_name is not None:
+            loss, grads = jax.lax.pmean((loss, grads), axis_name)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        n = state.step.astype(jnp.float32)
+        decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
+        finite = jnp.isfinite(loss) & P_.all_finite(params)
+        new = HyperTrainState(state.step + 1, params, ema, opt_state)
+        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        return new, {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite}
+
+    return step

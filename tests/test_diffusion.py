@@ -1,0 +1,128 @@
+"""Diffusion math: analytic forward process, DDIM ↔ DDPM posterior, and a tiny model that learns
+a 1-D Gaussian mixture."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.hyperforget import diffusion as D
+
+
+def test_schedule_is_linear_and_monotone():
+    s = D.make_schedule()
+    assert s.num_steps == 1000
+    np.testing.assert_allclose(np.asarray(s.betas)[[0, -1]], [1e-4, 0.02], rtol=1e-6)
+    assert np.all(np.diff(np.asarray(s.alpha_bars)) < 0)
+    np.testing.assert_allclose(s.alpha_bars, np.cumprod(1 - np.linspace(1e-4, 0.02, 1000)),
+                               rtol=1e-5)
+    with pytest.raises(ConfigError):
+        D.make_schedule(0)
+    with pytest.raises(ConfigError):
+        D.ddim_timesteps(1000, 0)
+
+
+@pytest.mark.parametrize("t", [0, 100, 500, 999])
+def test_forward_process_has_analytic_mean_and_variance(t):
+    s = D.make_schedule()
+    x0 = jnp.array([1.5, -0.7, 0.0])
+    n = 200_000
+    noise = jax.random.normal(jax.random.key(t), (n, 3))
+    xt = D.q_sample(s, jnp.broadcast_to(x0, (n, 3)), jnp.full((n,), t), noise)
+    ab = float(s.alpha_bars[t])
+    se = np.sqrt((1 - ab) / n)
+    np.testing.assert_allclose(xt.mean(0), np.sqrt(ab) * x0, atol=5 * se + 1e-6)
+    np.testing.assert_allclose(xt.var(0), np.full(3, 1 - ab), rtol=0.02, atol=1e-6)
+
+
+def test_ddim_eta1_consecutive_steps_is_ddpm_posterior():
+    """DDIM with all T steps (t → t−1) and η = 1 has exactly DDPM's posterior mean/variance
+    (float64: in float32 1 − ᾱ_t/ᾱ_{t−1} = β_t loses ~3 digits at small t)."""
+    with jax.enable_x64(True):
+        _check_ddim_vs_ddpm()
+
+
+def _check_ddim_vs_ddpm():
+    s = D.make_schedule(dtype=jnp.float64)
+    x0 = jax.random.normal(jax.random.key(0), (7, 5), jnp.float64)
+    xt = jax.random.normal(jax.random.key(1), (7, 5), jnp.float64)
+    for t in (1, 2, 10, 400, 999):
+        tt = jnp.full((7,), t)
+        mean_ddpm, var_ddpm = D.q_posterior(s, x0, xt, tt)
+        mean_ddim, std_ddim = D.ddim_step(s, xt, x0, tt, tt - 1, eta=1.0)
+        np.testing.assert_allclose(mean_ddim, mean_ddpm, rtol=1e-9, atol=1e-10)
+        np.testing.assert_allclose(std_ddim ** 2, var_ddpm, rtol=1e-9, atol=1e-14)
+    # t = 0 → "x₀": both return the predicted x₀.
+    m, sd = D.ddim_step(s, xt, x0, jnp.zeros(7, jnp.int32), -jnp.ones(7, jnp.int32), eta=1.0)
+    np.testing.assert_allclose(m, x0, atol=1e-5)
+    np.testing.assert_allclose(sd, 0.0, atol=1e-6)
+
+
+def test_samplers_are_exact_for_a_perfect_denoiser():
+    """With an oracle x̂₀ = c, every sampler returns c: deterministic check of the updates."""
+    s = D.make_schedule()
+    c = jnp.array([[0.3, -1.2]])
+    oracle = lambda x, t: jnp.broadcast_to(c, x.shape)
+    np.testing.assert_allclose(D.ddpm_sample(s, oracle, jax.random.key(0), (4, 2)),
+                               jnp.broadcast_to(c, (4, 2)), atol=1e-6)
+    np.testing.assert_allclose(D.ddim_sample(s, oracle, jax.random.key(0), (4, 2), 1000),
+                               jnp.broadcast_to(c, (4, 2)), atol=1e-6)
+
+
+def _mlp_init(key, width=64):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return {"w1": jax.random.normal(k1, (1 + 16, width)) * 0.3, "b1": jnp.zeros(width),
+            "w2": jax.random.normal(k2, (width, width)) * 0.15, "b2": jnp.zeros(width),
+            "w3": jax.random.normal(k3, (width, 1)) * 0.01, "b3": jnp.zeros(1)}
+
+
+def _mlp_apply(p, x, t):
+    freqs = 2.0 ** jnp.arange(8)
+    tf = (t / 1000.0)[:, None] * freqs
+    h = jnp.concatenate([x, jnp.sin(tf), jnp.cos(tf)], -1)
+    h = jax.nn.silu(h @ p["w1"] + p["b1"])
+    h = jax.nn.silu(h @ p["w2"] + p["b2"])
+    return h @ p["w3"] + p["b3"]
+
+
+def test_tiny_model_learns_a_1d_gaussian_mixture():
+    s = D.make_schedule()
+    modes, std = np.array([-2.0, 1.5]), 0.15
+
+    def data(key, n):
+        k1, k2 = jax.random.split(key)
+        comp = jax.random.bernoulli(k1, 0.5, (n,)).astype(jnp.int32)
+        return (jnp.asarray(modes)[comp] + std * jax.random.normal(k2, (n,)))[:, None]
+
+    params = _mlp_init(jax.random.key(0))
+    tx = optax.adam(optax.cosine_decay_schedule(3e-3, 2500))
+    opt = tx.init(params)
+
+    @jax.jit
+    def step(params, opt, key):
+        kd, kl = jax.random.split(key)
+        x0 = data(kd, 256)
+        loss, g = jax.value_and_grad(
+            lambda p: D.x0_loss(s, lambda x, t: _mlp_apply(p, x, t), x0, kl))(params)
+        u, opt = tx.update(g, opt)
+        return optax.apply_updates(params, u), opt, loss
+
+    def body(carry, k):
+        p, o, loss = step(*carry, k)
+        return (p, o), loss
+
+    (params, _), losses = jax.lax.scan(body, (params, opt),
+                                       jax.random.split(jax.random.key(1), 2500))
+    assert float(losses[-200:].mean()) < float(losses[:200].mean())
+    fn = lambda x, t: _mlp_apply(params, x, t)
+    for samples in (D.ddim_sample(s, fn, jax.random.key(2), (2000, 1), 50),
+                    D.ddpm_sample(s, fn, jax.random.key(3), (2000, 1))):
+        x = np.asarray(samples)[:, 0]
+        left, right = x[x < 0], x[x >= 0]
+        assert 0.4 < len(left) / len(x) < 0.6
+        assert abs(np.median(left) - modes[0]) < 0.15
+        assert abs(np.median(right) - modes[1]) < 0.15
+        # Almost nothing between the modes.
+        assert np.mean(np.abs(x - modes[np.argmin(np.abs(x[:, None] - modes), 1)]) > 0.6) < 0.05
