@@ -1,0 +1,201 @@
+"""``hyperforget gan train | unlearn | evaluate``: GAN unlearning from the command line.
+
+    hyperforget gan train --run-dir runs/gan/original
+    hyperforget gan train --run-dir runs/gan/retrain --forget-class 3        # Retrain on D_r
+    hyperforget gan unlearn --run-dir runs/gan/original --out runs/gan/unlearn3 --forget-class 3
+    hyperforget gan evaluate --run-dir runs/gan/unlearn3 --forget-class 3
+
+Each run directory holds an Orbax checkpoint of the (G, D) state with its metadata, a
+``samples.png`` grid and ``results.json`` / ``report.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+import jax
+
+from hyperforget_jax import data, report
+from hyperforget_jax.checkpoint import Checkpointer
+from hyperforget_jax.commands import common
+from hyperforget_jax.errors import CheckpointError, DataError, ForgetRequestError
+from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_outputs, train_judge
+from hyperforget_jax.gan.models import GANArch
+from hyperforget_jax.gan.train import (GANConfig, init_gan_state, make_optimizer, sample,
+                                       save_grid, timed_train_gan)
+from hyperforget_jax.gan.unlearn import FAKE_LABELS, SUBSTITUTIONS, default_recipe, unlearn_gan
+
+
+def load_gan_run(run_dir: str | Path):
+    """(GANArch, GANState, meta) of the latest checkpoint of a ``gan train/unlearn`` run."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    if not (run_dir / "checkpoints").is_dir():
+        raise CheckpointError(f"no GAN checkpoint in {run_dir}; run `hyperforget gan train "
+                              f"--run-dir {run_dir}` first")
+    with Checkpointer(run_dir / "checkpoints") as ckpt:
+        meta = ckpt.restore_meta()
+        if "gan_arch" not in meta:
+            raise CheckpointError(f"checkpoint in {run_dir} is not a GAN run (no gan_arch in "
+                                  "its metadata); was it written by `hyperforget gan train`?")
+        arch = GANArch.from_json(meta["gan_arch"])
+        template = init_gan_state(arch, make_optimizer(), jax.random.key(0))
+        state, meta = ckpt.restore(template)
+    return arch, state, meta
+
+
+def _check_dataset(arch: GANArch, splits, args, run_dir) -> None:
+    if tuple(splits.train.x.shape[1:]) != tuple(arch.image_shape):
+        raise DataError(f"the GAN in {run_dir} makes {arch.image_shape} images but --dataset "
+                        f"{args.dataset} has {tuple(splits.train.x.shape[1:])}; pass the "
+                        "dataset the GAN was trained on")
+
+
+def _request_split(args, splits):
+    request = common.request_from_args(args)
+    return request, (data.resolve_forget(splits.train, request) if request else None)
+
+
+def cmd_train(args) -> int:
+    splits = common.load_splits(args)
+    request, fsplit = _request_split(args, splits)
+    train = fsplit.retain if fsplit is not None else splits.train
+    cfg = GANConfig(arch=args.gan_arch, width=args.width, epochs=args.epochs, seed=args.seed)
+    run_dir = report.prepare_dir(args.run_dir)
+    meta = {"role": "retrain" if request else "original", "dataset": args.dataset,
+            "split_seed": args.split_seed,
+            "request": request.to_json() if request else None}
+    with Checkpointer(run_dir / "checkpoints", max_to_keep=2) as ckpt:
+        state, secs, arch = timed_train_gan(train, cfg, checkpointer=ckpt, meta=meta,
+                                            progress=not args.quiet)
+    save_grid(sample(arch, state.g_params, 64, 1), run_dir / "samples.png",
+              title=f"{meta['role']} GAN ({arch.name})")
+    results = {"meta": meta, "gan_config": cfg.to_json(), "gan_arch": arch.to_json(),
+               "seconds": secs, "iterations": int(state.step)}
+    md = (f"# GAN {meta['role']}: {arch.name} on {args.dataset}\n\n{int(state.step)} "
+          f"iterations in {secs:.1f} s; G {arch.param_counts()[0]:,} / D "
+          f"{arch.param_counts()[1]:,} parameters.\n\n![samples](samples.png)\n")
+    common.write_results(run_dir, results, md)
+    print(md)
+    return 0
+
+
+def cmd_unlearn(args) -> int:
+    arch, state, meta = load_gan_run(args.run_dir)
+    splits = common.load_splits(args)
+    _check_dataset(arch, splits, args, args.run_dir)
+    request, fsplit = _request_split(args, splits)
+    if request is None:
+        raise ForgetRequestError("give a forget request (--forget-class, --forget-fraction or "
+                                 "--forget-indices)")
+    # Unset options take the recipe of the request's kind (docs/gan.md).
+    recipe = default_recipe(request.classes is not None)
+    given = {k: getattr(args, k) for k in ("fake_label", "substitution", "lambda_u",
+                                           "lambda_s", "max_rounds", "check_every")
+             if getattr(args, k) is not None}
+    cfg = dataclasses.replace(recipe, seed=args.seed, **given)
+    classify = None
+    if request.classes is not None:
+        judge = train_judge(splits.train, seed=0)
+        classify = lambda x: judge_outputs(judge, x)[0].argmax(1)
+    out = report.prepare_dir(args.out)
+    # The cascade checkpoints into --out after every chunk of rounds; a rerun after a crash
+    # resumes there and ends exactly where an uninterrupted run would.
+    with Checkpointer(out / "checkpoints", max_to_keep=2) as ckpt:
+        res = unlearn_gan(arch, state.g_params, state.d_params, retain_x=fsplit.retain.x,
+                          forget_x=fsplit.forget.x, heldout_x=splits.val.x, cfg=cfg,
+                          forget_classes=request.classes, classify=classify,
+                          progress=not args.quiet, checkpointer=ckpt,
+                          meta={**meta, "role": "unlearned", "request": request.to_json(),
+                                "unlearn_config": cfg.to_json(),
+                                "source_run": str(Path(args.run_dir).absolute())})
+    save_grid(sample(arch, res.g_params, 64, 1), out / "samples.png",
+              title=f"unlearned ({request.describe()})")
+    md = (f"# GAN unlearning: {request.describe()}\n\n{res.rounds} cascade rounds in "
+          f"{res.seconds:.1f} s (stopped by {res.stopped}); fake label {cfg.fake_label} "
+          f"(y_f = {res.y_f:.3f}), {cfg.substitution}-level substitution.\n\n"
+          "![samples](samples.png)\n")
+    common.write_results(out, {"request": request.to_json(), "unlearn_config": cfg.to_json(),
+                               **res.summary(), "history": res.history}, md)
+    print(md)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    arch, state, meta = load_gan_run(args.run_dir)
+    splits = common.load_splits(args)
+    _check_dataset(arch, splits, args, args.run_dir)
+    request, fsplit = _request_split(args, splits)
+    if request is None:
+        if not meta.get("request"):
+            raise ForgetRequestError("give a forget request (--forget-class, --forget-fraction "
+                                     "or --forget-indices)")
+        request = data.ForgetRequest.from_json(meta["request"])
+        fsplit = data.resolve_forget(splits.train, request)
+    judge = train_judge(splits.train, seed=0)
+    ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
+    rows = {}
+    for name, run in [(Path(args.run_dir).name, None)] + [(Path(d).name, d)
+                                                           for d in args.compare or []]:
+        a, st = (arch, state) if run is None else load_gan_run(run)[:2]
+        rows[name] = evaluate_gan(a, st.g_params, st.d_params, judge, splits, fsplit.forget.x,
+                                  fsplit.retain.x, request.classes, ev)
+    keys = ("classifier_fid", "classifier_is", "forgotten_share", "d_mia_auc",
+            "downstream_acc", "downstream_acc_kept")
+    md = (f"# GAN evaluation: {request.describe()}\n\nclassifier-FID / classifier-IS use the "
+          "judge classifier's features (not Inception).\n\n" +
+          report.markdown_table(["run", *keys], [[n, *(report.fmt(r.get(k), 3) for k in keys)]
+                                                 for n, r in rows.items()]) + "\n")
+    out = report.prepare_dir(args.out or args.run_dir)
+    report.write_json(out / "gan_evaluation.json", {"request": request.to_json(), "eval": rows})
+    report.atomic_write(out / "gan_evaluation.md", md)
+    print(md)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    gan = sub.add_parser("gan", help="GAN unlearning: train, unlearn, evaluate")
+    gsub = gan.add_subparsers(dest="gan_command", required=True, metavar="GAN_COMMAND")
+
+    p = gsub.add_parser("train", help="train a GAN (with a forget request: Retrain on D_r)")
+    common.add_data_args(p)
+    common.add_request_args(p, required=False)
+    d = GANConfig()
+    p.add_argument("--gan-arch", default=d.arch, choices=("mlp", "dcgan"))
+    p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--run-dir", default="runs/gan/original")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = gsub.add_parser("unlearn", help="cascaded unlearning of a trained GAN")
+    common.add_data_args(p)
+    common.add_request_args(p, required=True)
+    p.add_argument("--run-dir", required=True, help="the original GAN run")
+    p.add_argument("--out", default="runs/gan/unlearned",
+                   help="checkpoints, samples and results; a rerun resumes an interrupted run")
+    rec = ("(default: the recipe of the request's kind: items heldout/latent/0.1/10/400, "
+           "classes hard/latent/1.0/20/600)")
+    p.add_argument("--fake-label", choices=FAKE_LABELS, help="target of D on the forgotten "
+                   "images: hard 0, mean generated score, mean held-out real score " + rec)
+    p.add_argument("--substitution", choices=SUBSTITUTIONS, help="latent- or data-level "
+                   "substitutes for flagged codes")
+    p.add_argument("--lambda-u", type=float, help="weight of the fake-label term in L_D")
+    p.add_argument("--lambda-s", type=float, help="weight of the substitution term in L_G")
+    p.add_argument("--check-every", type=int, help="rounds between stop-criteria checks")
+    p.add_argument("--max-rounds", type=int, help="cap on cascade rounds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_unlearn)
+
+    p = gsub.add_parser("evaluate", help="forgotten share, classifier-FID/IS, D-score MIA, "
+                                         "downstream accuracy")
+    common.add_data_args(p)
+    common.add_request_args(p, required=False)
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--compare", nargs="*", help="other GAN runs (e.g. Original, Retrain)")
+    p.add_argument("--samples", type=int, default=10_000)
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_evaluate)

@@ -1,0 +1,241 @@
+"""Generator evaluation: a judge classifier trained here, classifier-FID / classifier-IS on its
+features, the forgotten-class share, discriminator-score membership inference and downstream
+classification (METHODS.md §3 metrics).
+
+"classifier-FID" and "classifier-IS" are the Fréchet distance and Inception Score computed with
+the *judge classifier* (by default the package's MLP 784→256→256→10 trained on the real
+training set with :func:`hyperforget_jax.train.fit`), on its penultimate features (the input of
+its last Dense layer) and its softmax outputs. They are **not** Inception-v3 FID/IS: numbers
+are comparable between generators judged by the same classifier, not with published values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperforget_jax.data import Dataset, Splits
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.models import Architecture, make_architecture
+from hyperforget_jax.train import TrainConfig, fit
+
+Params = Any
+
+
+class Judge(NamedTuple):
+    """A classifier used to label, count and featurise generated images."""
+
+    arch: Architecture
+    params: Params
+
+
+def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
+                epochs: int = 20) -> Judge:
+    """Trains the judge classifier on real images (the full training set, so that it knows
+    every class, the forgotten ones included)."""
+    arch = make_architecture(arch_name, train.x.shape[1:], train.num_classes)
+    state, _ = fit(arch, train, TrainConfig(arch=arch_name, epochs=epochs, seed=seed))
+    return Judge(arch, state.params)
+
+
+def _penultimate_apply(arch: Architecture, params: Params, x: jax.Array):
+    """Logits and the input of the last Dense layer (the penultimate features)."""
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
+            seen.append(args[0])
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        logits = arch.apply(params, x)
+    return logits, seen[-1].reshape(x.shape[0], -1)
+
+
+@functools.lru_cache(maxsize=8)
+def _compiled_judge(arch: Architecture):
+    def fn(params, x):
+        logits, feats = _penultimate_apply(arch, params, x)
+        return jax.nn.softmax(logits, -1), feats
+
+    return jax.jit(fn)
+
+
+def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+    """(class probabilities (N, K), penultimate features (N, F)) of the judge, in chunks."""
+    fn = _compiled_judge(judge.arch)
+    probs, feats = [], []
+    for i in range(0, len(x), chunk):
+        xx = np.asarray(x[i:i + chunk], np.float32)
+        pad = chunk - len(xx)
+        if pad:
+            xx = np.concatenate([xx, np.zeros((pad, *xx.shape[1:]), np.float32)])
+        p, f = fn(judge.params, jnp.asarray(xx))
+        probs.append(np.asarray(p)[: chunk - pad])
+        feats.append(np.asarray(f)[: chunk - pad])
+    return np.concatenate(probs), np.concatenate(feats)
+
+
+# --- distribution metrics ---------------------------------------------------------------------
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
+                     sigma2: np.ndarray) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2):
+    ‖mu1 − mu2‖² + tr(sigma1 + sigma2 − 2 (sigma1 sigma2)^½).
+
+    >>> round(frechet_distance(np.zeros(2), np.eye(2), np.ones(2), np.eye(2)), 6)
+    2.0
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    # tr((Σ1 Σ2)^½) = tr((Σ1^½ Σ2 Σ1^½)^½): a symmetric PSD matrix, so eigh is stable even when
+    # ReLU features leave Σ singular (dead units), where sqrtm of Σ1 Σ2 is not.
+    w, v = np.linalg.eigh(sigma1)
+    half = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = half @ sigma2 @ half
+    tr_covmean = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)))
+    diff = mu1 - mu2
+    return float(max(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean, 0.0))
+
+
+def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    f = np.asarray(features, np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def classifier_fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """classifier-FID: Fréchet distance between Gaussians fitted to two feature sets."""
+    return frechet_distance(*feature_stats(features_a), *feature_stats(features_b))
+
+
+def classifier_is(probs: np.ndarray, eps: float = 1e-12) -> float:
+    """classifier-IS: exp(E_x KL(p(y|x) ‖ p(y))) over the judge's predictions.
+    Uniform predictions give 1; confident predictions balanced over K classes give K."""
+    p = np.asarray(probs, np.float64)
+    py = p.mean(0, keepdims=True)
+    kl = np.sum(p * (np.log(p + eps) - np.log(py + eps)), axis=1)
+    return float(np.exp(kl.mean()))
+
+
+def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Fraction of samples per class (labels are the judge's argmax)."""
+    labels = np.asarray(labels)
+    return np.bincount(labels, minlength=num_classes)[:num_classes] / max(len(labels), 1)
+
+
+def forgotten_share(labels: np.ndarray, classes: Sequence[int]) -> float:
+    """Share of samples the judge assigns to any of the forgotten ``classes``."""
+    return float(np.mean(np.isin(np.asarray(labels), list(classes))))
+
+
+# --- membership inference on the discriminator -------------------------------------------------
+
+def d_score_mia(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict:
+    """Discriminator-score membership inference: members (the forgotten items) against
+    held-out non-members, attacked by thresholding σ(D(x)) (higher = "member").
+
+    Returns:
+      ``d_mia_auc``: ROC AUC of the score (0.5 = no membership signal; below 0.5 means the
+      items now look *less* real than unseen data, itself a tell-tale);
+      ``d_mia_acc``: best balanced accuracy over thresholds (optimistic, in-sample);
+      mean scores of both groups.
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    m, n = np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64)
+    if len(m) == 0 or len(n) == 0:
+        raise ConfigError("membership inference needs at least one member and one non-member")
+    y = np.r_[np.ones(len(m)), np.zeros(len(n))]
+    s = np.r_[m, n]
+    fpr, tpr, _ = roc_curve(y, s)
+    return {"d_mia_auc": float(roc_auc_score(y, s)),
+            "d_mia_acc": float(np.max((tpr + 1 - fpr) / 2)),
+            "d_score_members": float(m.mean()), "d_score_nonmembers": float(n.mean())}
+
+
+# --- downstream classification ----------------------------------------------------------------
+
+def downstream_accuracy(images: np.ndarray, judge: Judge, test: Dataset, seed: int = 0,
+                        arch_name: str = "mlp", epochs: int = 10,
+                        kept_classes: Sequence[int] | None = None) -> dict:
+    """Trains a classifier on generated ``images`` labelled by the judge and tests it on real
+    ``test`` data: overall accuracy and, if given, accuracy on the kept classes."""
+
+    probs, _ = judge_outputs(judge, images)
+    synth = Dataset(np.asarray(images, np.float32), probs.argmax(1).astype(np.int32),
+                    test.num_classes, "generated")
+    arch = make_architecture(arch_name, test.x.shape[1:], test.num_classes)
+    state, _ = fit(arch, synth, TrainConfig(arch=arch_name, epochs=epochs, seed=seed))
+    pred = np.asarray(jax.jit(arch.apply)(state.params, jnp.asarray(test.x))).argmax(1)
+    out = {"downstream_acc": float(np.mean(pred == test.y))}
+    if kept_classes is not None:
+        kept = np.isin(test.y, list(kept_classes))
+        out["downstream_acc_kept"] = float(np.mean(pred[kept] == test.y[kept]))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How a generator is evaluated: ``num_samples`` ≥ 10k for the share / FID / IS;
+    ``downstream_samples`` images train the downstream classifier (0 skips it)."""
+
+    num_samples: int = 10_000
+    downstream_samples: int = 10_000
+    downstream_epochs: int = 10
+    seed: int = 1234
+
+
+def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits: Splits,
+                 forget_x: np.ndarray, retain_x: np.ndarray, forget_classes=None,
+                 cfg: EvalConfig = EvalConfig(), reference_feats: np.ndarray | None = None
+                 ) -> dict:
+    """Every GAN-unlearning metric of one (G, D) pair.
+
+    Args:
+      arch: the :class:`~hyperforget_jax.gan.models.GANArch`.
+      g_params, d_params: generator and discriminator parameters.
+      judge: the judge classifier (:func:`train_judge`).
+      splits: the data splits; ``splits.test`` supplies the MIA non-members and the downstream
+        test set.
+      forget_x: the forgotten training images (MIA members).
+      retain_x: the retained training images D_r: the classifier-FID reference set.
+      forget_classes: class ids for class unlearning (share and kept-class accuracy), or None.
+      cfg: sample counts and seed.
+      reference_feats: precomputed judge features of ``retain_x`` (saves time across calls).
+
+    Returns:
+      A flat dict: ``forgotten_share`` (class requests), ``class_shares``, ``classifier_fid``,
+      ``classifier_is``, ``d_mia_auc``, ``d_mia_acc``, ``d_score_members``,
+      ``d_score_nonmembers``, ``downstream_acc`` (and ``downstream_acc_kept``).
+    """
+    from hyperforget_jax.gan.train import d_scores, sample
+
+    k = splits.test.num_classes
+    samples = sample(arch, g_params, cfg.num_samples, cfg.seed)
+    probs, feats = judge_outputs(judge, samples)
+    labels = probs.argmax(1)
+    if reference_feats is None:
+        reference_feats = judge_outputs(judge, retain_x)[1]
+    out: dict[str, Any] = {"class_shares": class_shares(labels, k).tolist(),
+                           "classifier_fid": classifier_fid(feats, reference_feats),
+                           "classifier_is": classifier_is(probs)}
+    nonmembers = splits.test.x
+    if forget_classes is not None:
+        out["forgotten_share"] = forgotten_share(labels, forget_classes)
+        # Unseen images of the forgotten class are the fair non-members for class removal.
+        nonmembers = splits.test.x[np.isin(splits.test.y, list(forget_classes))]
+    out.update(d_score_mia(d_scores(arch, d_params, forget_x), d_scores(arch, d_params,
+                                                                          nonmembers)))
+    if cfg.downstream_samples:
+        kept = None if forget_classes is None else [c for c in range(k)
+                                                    if c not in set(forget_classes)]
+        out.update(downstream_accuracy(samples[: cfg.downstream_samples], judge, splits.test,
+                                       cfg.seed, epochs=cfg.downstream_epochs,
+                                       kept_classes=kept))
+    return out

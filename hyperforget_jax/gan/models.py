@@ -1,0 +1,187 @@
+"""Small DCGAN-style generators and discriminators (Flax Linen) and the :class:`GANArch` handle.
+
+Two families, chosen by ``GANArch.name``:
+
+* ``"dcgan"``: DCGAN layout (Radford et al. 2016): G = Dense → reshape → stride-2 4×4
+  transposed convolutions with ReLU → image; D = stride-2 4×4 convolutions with LeakyReLU(0.2)
+  → Dense(1) logit. Widths are halved per up-sampling stage from ``width``.
+* ``"mlp"``: the same adversarial game with dense layers only (G 100→256→512→H·W·C,
+  D H·W·C→512→256→1, LeakyReLU(0.2)). XLA:CPU convolutions are slow (a 10-epoch small CNN
+  classifier took 250 s on 2 cores), so this is the default for MNIST on CPU; see
+  ``docs/gan.md`` for the measured step times that drove the choice.
+
+No BatchNorm anywhere: every model is described by its ``params`` pytree alone (as in
+:mod:`hyperforget_jax.models`), so G and D steps are pure functions that jit, pmap and shard
+without mutable collections, and a sharded batch gives exactly the single-device update.
+Images are float32 NHWC in [0, 1]: G ends with ``(tanh + 1) / 2`` and D maps its input to
+[-1, 1] first, so the real data needs no rescaling.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from hyperforget_jax.errors import ArchitectureError, ConfigError
+
+Params = Any
+GAN_ARCHS = ("mlp", "dcgan")
+
+
+class DCGANGenerator(nn.Module):
+    """z (B, latent) → images (B, H, W, C) in [0, 1]; H = W = base · 2^stages."""
+
+    image_shape: tuple[int, int, int]
+    width: int = 64
+
+    @nn.compact
+    def __call__(self, z):
+        h, w, c = self.image_shape
+        stages = {28: 2, 32: 3}.get(h)
+        base = h // 2 ** stages
+        ch = self.width
+        x = nn.relu(nn.Dense(base * base * ch)(z)).reshape(z.shape[0], base, base, ch)
+        for s in range(stages - 1):
+            ch //= 2
+            x = nn.relu(nn.ConvTranspose(ch, (4, 4), (2, 2), padding="SAME")(x))
+        x = nn.ConvTranspose(c, (4, 4), (2, 2), padding="SAME")(x)
+        return (jnp.tanh(x) + 1.0) / 2.0
+
+
+class DCGANDiscriminator(nn.Module):
+    """images (B, H, W, C) in [0, 1] → real/fake logits (B,)."""
+
+    image_shape: tuple[int, int, int]
+    width: int = 64
+
+    @nn.compact
+    def __call__(self, x):
+        stages = {28: 2, 32: 3}.get(self.image_shape[0])
+        x = 2.0 * x - 1.0
+        ch = self.width // 2 ** (stages - 1)
+        for _ in range(stages):
+            x = nn.leaky_relu(nn.Conv(ch, (4, 4), (2, 2), padding="SAME")(x), 0.2)
+            ch *= 2
+        return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+
+
+class MLPGenerator(nn.Module):
+    image_shape: tuple[int, int, int]
+    hidden: tuple[int, ...] = (256, 512)
+
+    @nn.compact
+    def __call__(self, z):
+        x = z
+        for width in self.hidden:
+            x = nn.leaky_relu(nn.Dense(width)(x), 0.2)
+        size = self.image_shape[0] * self.image_shape[1] * self.image_shape[2]
+        x = nn.Dense(size)(x).reshape(z.shape[0], *self.image_shape)
+        return (jnp.tanh(x) + 1.0) / 2.0
+
+
+class MLPDiscriminator(nn.Module):
+    image_shape: tuple[int, int, int]
+    hidden: tuple[int, ...] = (512, 256)
+
+    @nn.compact
+    def __call__(self, x):
+        x = 2.0 * x.reshape(x.shape[0], -1) - 1.0
+        for width in self.hidden:
+            x = nn.leaky_relu(nn.Dense(width)(x), 0.2)
+        return nn.Dense(1)(x)[:, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class GANArch:
+    """A generator/discriminator pair with its image shape; hashable, so jitted closures can
+    capture it. ``init(key) -> (g_params, d_params)``; ``generate(g, z)``; ``discriminate(d, x)``.
+
+    >>> arch = make_gan_arch("mlp", (28, 28, 1))
+    >>> arch.param_counts()
+    (559632, 533505)
+    """
+
+    name: str = "mlp"
+    image_shape: tuple[int, int, int] = (28, 28, 1)
+    latent_dim: int = 100
+    width: int = 64
+
+    @property
+    def generator(self) -> nn.Module:
+        if self.name == "dcgan":
+            return DCGANGenerator(self.image_shape, self.width)
+        return MLPGenerator(self.image_shape)
+
+    @property
+    def discriminator(self) -> nn.Module:
+        if self.name == "dcgan":
+            return DCGANDiscriminator(self.image_shape, self.width)
+        return MLPDiscriminator(self.image_shape)
+
+    def init(self, key: jax.Array) -> tuple[Params, Params]:
+        kg, kd = jax.random.split(key)
+        g = self.generator.init(kg, jnp.zeros((1, self.latent_dim)))["params"]
+        d = self.discriminator.init(kd, jnp.zeros((1, *self.image_shape)))["params"]
+        return g, d
+
+    def generate(self, g_params: Params, z: jax.Array) -> jax.Array:
+        return self.generator.apply({"params": g_params}, z)
+
+    def discriminate(self, d_params: Params, x: jax.Array) -> jax.Array:
+        return self.discriminator.apply({"params": d_params}, x)
+
+    def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
+        return jax.random.normal(key, (n, self.latent_dim), jnp.float32)
+
+    def param_counts(self) -> tuple[int, int]:
+        g, d = jax.eval_shape(self.init, jax.random.key(0))
+        count = lambda t: sum(int(jnp.size(l)) for l in jax.tree.leaves(t))
+        return count(g), count(d)
+
+    def check_params(self, g_params: Params, d_params: Params) -> None:
+        """Raises :class:`ArchitectureError` unless the pair fits this architecture."""
+        want_g, want_d = jax.eval_shape(self.init, jax.random.key(0))
+        for role, want, got in (("generator", want_g, g_params),
+                                ("discriminator", want_d, d_params)):
+            ws = jax.tree.map(lambda l: tuple(l.shape), want)
+            try:
+                gs = jax.tree.map(lambda l: tuple(jnp.shape(l)), got)
+            except Exception as e:  # pragma: no cover - exotic inputs
+                raise ArchitectureError(f"{role} parameters are not a pytree: {e}") from e
+            if ws != gs:
+                raise ArchitectureError(f"{role} parameters do not fit GAN {self.name} "
+                                        f"{self.image_shape}; were they trained for another "
+                                        "GAN architecture?")
+
+    def to_json(self) -> dict:
+        g, d = self.param_counts()
+        return {"name": self.name, "image_shape": list(self.image_shape),
+                "latent_dim": self.latent_dim, "width": self.width,
+                "g_params": g, "d_params": d}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "GANArch":
+        return make_gan_arch(d["name"], tuple(d["image_shape"]), d.get("latent_dim", 100),
+                             d.get("width", 64))
+
+
+def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28, 1),
+                  latent_dim: int = 100, width: int = 64) -> GANArch:
+    """Returns a validated :class:`GANArch` (``name`` in ``GAN_ARCHS``; 28×28 or 32×32 images
+    for ``dcgan``)."""
+    if name not in GAN_ARCHS:
+        raise ConfigError(f"unknown GAN architecture {name!r}; choose one of "
+                          f"{', '.join(GAN_ARCHS)}")
+    image_shape = tuple(int(s) for s in image_shape)
+    if len(image_shape) != 3:
+        raise ConfigError(f"image_shape must be (H, W, C), got {image_shape}")
+    if name == "dcgan" and (image_shape[0] != image_shape[1] or image_shape[0] not in (28, 32)):
+        raise ConfigError(f"the dcgan GAN supports 28×28 and 32×32 images, got "
+                          f"{image_shape[0]}×{image_shape[1]}; use --gan-arch mlp")
+    if latent_dim < 1 or width < 4:
+        raise ConfigError(f"latent_dim must be >= 1 and width >= 4, got {latent_dim}, {width}")
+    return GANArch(name, image_shape, int(latent_dim), int(width))

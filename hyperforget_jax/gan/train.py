@@ -1,0 +1,301 @@
+"""GAN training: pure jitted D and G steps, their pmap / sharded forms, and a resumable loop.
+
+One training iteration is a D step followed by a G step (non-saturating G loss)::
+
+    state, m = d_step(state, x_real, z)        # BCE(D(x), 1) + BCE(D(G(z)), 0)
+    state, m = g_step(state, z2)               # BCE(D(G(z2)), 1)
+
+The latents are inputs of the steps, not drawn inside, so the single-device, ``pmap`` and
+sharded compilations see the same numbers (pmap: gradients and losses averaged with
+``lax.pmean``). :func:`train_gan` scans whole epochs on device (one compilation per recipe),
+checkpoints every ``save_every`` epochs with Orbax and resumes from the latest checkpoint with
+the same batches as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hyperforget_jax import params as P_
+from hyperforget_jax.data import Dataset, batch_indices
+from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.gan.models import GANArch
+
+Params = Any
+
+
+class GANState(NamedTuple):
+    """Both players and their Adam states; a plain pytree (checkpoints, pmaps, shards)."""
+
+    step: jax.Array
+    g_params: Params
+    d_params: Params
+    g_opt: Any
+    d_opt: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class GANConfig:
+    """GAN recipe (also the Retrain recipe: the same config on D_r).
+
+    Defaults are DCGAN's optimiser (Adam 2e-4, β₁ = 0.5, batch 64) with the dense ``mlp`` pair
+    on MNIST-5k; 60 epochs of the 3,500 training images (3,240 iterations) take ≈ 40 s on
+    2 CPU cores::
+
+        hyperforget gan train --run-dir runs/gan/original
+    """
+
+    arch: str = "mlp"
+    width: int = 64
+    latent_dim: int = 100
+    epochs: int = 60
+    batch_size: int = 64
+    lr: float = 2e-4
+    beta1: float = 0.5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not (self.lr > 0 and np.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        if not 0 <= self.beta1 < 1:
+            raise ConfigError(f"beta1 must lie in [0, 1), got {self.beta1}")
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def make_optimizer(lr: float = 2e-4, beta1: float = 0.5) -> optax.GradientTransformation:
+    return optax.adam(lr, b1=beta1, b2=0.999)
+
+
+def init_gan_state(arch: GANArch, tx: optax.GradientTransformation, key: jax.Array,
+                   g_params: Params | None = None, d_params: Params | None = None) -> GANState:
+    g0, d0 = arch.init(key)
+    g = g0 if g_params is None else g_params
+    d = d0 if d_params is None else d_params
+    return GANState(jnp.zeros((), jnp.int32), g, d, tx.init(g), tx.init(d))
+
+
+def bce_with_logits(logits: jax.Array, target: jax.Array | float) -> jax.Array:
+    """Mean binary cross-entropy of logits against a (soft) target in [0, 1]."""
+    target = jnp.broadcast_to(jnp.asarray(target, logits.dtype), logits.shape)
+    return optax.sigmoid_binary_cross_entropy(logits, target).mean()
+
+
+def _guarded(params, opt_state, grads, loss, tx):
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & P_.all_finite(new_params)
+    keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(finite, u, v), a, b)
+    return keep(new_params, params), keep(new_opt, opt_state), finite
+
+
+def _pmean(tree, axis_name):
+    return tree if axis_name is None else jax.lax.pmean(tree, axis_name)
+
+
+def make_d_step(arch: GANArch, tx: optax.GradientTransformation,
+                axis_name: str | None = None) -> Callable:
+    """``d_step(state, x_real, z) -> (state, metrics)``: one Adam step on
+    BCE(D(x_real), 1) + BCE(D(G(z)), 0) (G frozen). Non-finite updates are skipped and
+    reported as ``metrics["finite"] = False``."""
+
+    def loss_fn(d, g, x, z):
+        fake = jax.lax.stop_gradient(arch.generate(g, z))
+        real_logits, fake_logits = arch.discriminate(d, x), arch.discriminate(d, fake)
+        loss = bce_with_logits(real_logits, 1.0) + bce_with_logits(fake_logits, 0.0)
+        return loss, (jax.nn.sigmoid(real_logits).mean(), jax.nn.sigmoid(fake_logits).mean())
+
+    def step(state: GANState, x: jax.Array, z: jax.Array):
+        (loss, (d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.d_params, state.g_params, x, z)
+        grads, loss, d_real, d_fake = _pmean((grads, loss, d_real, d_fake), axis_name)
+        d, opt, finite = _guarded(state.d_params, state.d_opt, grads, loss, tx)
+        return state._replace(d_params=d, d_opt=opt), {
+            "d_loss": loss, "d_real": d_real, "d_fake": d_fake, "finite": finite}
+
+    return step
+
+
+def make_g_step(arch: GANArch, tx: optax.GradientTransformation,
+                axis_name: str | None = None) -> Callable:
+    """``g_step(state, z) -> (state, metrics)``: one Adam step on the non-saturating loss
+    BCE(D(G(z)), 1) against the current (frozen) D; increments ``state.step``."""
+
+    def loss_fn(g, d, z):
+        return bce_with_logits(arch.discriminate(d, arch.generate(g, z)), 1.0)
+
+    def step(state: GANState, z: jax.Array):
+        loss, grads = jax.value_and_grad(loss_fn)(state.g_params, state.d_params, z)
+        grads, loss = _pmean((grads, loss), axis_name)
+        g, opt, finite = _guarded(state.g_params, state.g_opt, grads, loss, tx)
+        return state._replace(step=state.step + 1, g_params=g, g_opt=opt), {
+            "g_loss": loss, "finite": finite}
+
+    return step
+
+
+def latents_for_step(arch: GANArch, seed: int, step: jax.Array, batch_size: int):
+    """The two latent batches of iteration ``step`` (D's and G's): a pure function of
+    (seed, step), so resumed and uninterrupted runs agree."""
+    key = jax.random.fold_in(jax.random.key(seed), step)
+    kd, kg = jax.random.split(key)
+    return (arch.sample_latents(kd, batch_size), arch.sample_latents(kg, batch_size))
+
+
+@functools.lru_cache(maxsize=16)
+def compiled_epoch(arch: GANArch, lr: float, beta1: float, batch_size: int) -> Callable:
+    """``run(state, x, idx, seed) -> (state, metrics)``: ``lax.scan`` of D+G iterations over
+    the epoch's batch indices ``idx`` (num_batches, batch_size) into on-device images ``x``."""
+    tx = make_optimizer(lr, beta1)
+    d_step, g_step = make_d_step(arch, tx), make_g_step(arch, tx)
+
+    def run(state, x, idx, seed):
+        def body(s, i):
+            zd, zg = latents_for_step(arch, seed, s.step, batch_size)
+            s, md = d_step(s, x[i], zd)
+            s, mg = g_step(s, zg)
+            return s, {**md, **mg, "finite": md["finite"] & mg["finite"]}
+
+        return jax.lax.scan(body, state, idx)
+
+    return jax.jit(run, donate_argnums=0)
+
+
+def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict | None = None,
+              progress: bool = False, save_every: int = 10,
+              init: GANState | None = None) -> tuple[GANState, list[dict], GANArch]:
+    """Trains a GAN on ``train.x`` (labels unused) with ``cfg``.
+
+    Args:
+      train: images in [0, 1].
+      cfg: the recipe; ``cfg.seed`` fixes initialisation, batch order and latents.
+      checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`; saved every
+        ``save_every`` epochs and at the end (checkpoint step = epochs done); a rerun resumes.
+      meta: JSON metadata stored with each checkpoint.
+      progress: show a tqdm progress bar.
+      init: continue from this state instead of a fresh initialisation.
+
+    Returns:
+      (final state, per-epoch history of mean losses and D scores, the :class:`GANArch`).
+
+    Raises:
+      NonFiniteError: a step produced NaN/inf (named in the message).
+    """
+    from hyperforget_jax.gan.models import make_gan_arch
+
+    arch = make_gan_arch(cfg.arch, train.x.shape[1:], cfg.latent_dim, cfg.width)
+    tx = make_optimizer(cfg.lr, cfg.beta1)
+    state = init if init is not None else init_gan_state(arch, tx, jax.random.key(cfg.seed))
+    start = 0
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        state, _ = checkpointer.restore(state)
+        start = int(checkpointer.latest_step())
+    run = compiled_epoch(arch, cfg.lr, cfg.beta1, cfg.batch_size)
+    x = jnp.asarray(train.x)
+    history: list[dict] = []
+    epochs = range(start, cfg.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc=f"GAN {arch.name}", initial=start, total=cfg.epochs)
+    for epoch in epochs:
+        idx = jnp.asarray(batch_indices(cfg.seed, epoch, len(train), cfg.batch_size))
+        first = int(state.step)
+        state, m = run(state, x, idx, cfg.seed)
+        finite = np.asarray(m["finite"])
+        if not finite.all():
+            bad = int(np.argmin(finite))
+            raise NonFiniteError(f"non-finite GAN loss or parameters at iteration {first + bad} "
+                                 f"(epoch {epoch}); training stopped without saving. Lower the "
+                                 "learning rate")
+        history.append({"epoch": epoch, **{k: float(np.mean(m[k])) for k in
+                                           ("d_loss", "g_loss", "d_real", "d_fake")}})
+        if checkpointer is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == cfg.epochs):
+            checkpointer.save(epoch + 1, state, {**(meta or {}), "epoch": epoch + 1,
+                                                 "gan_config": cfg.to_json(),
+                                                 "gan_arch": arch.to_json()})
+    return state, history, arch
+
+
+def timed_train_gan(train: Dataset, cfg: GANConfig, **kw) -> tuple[GANState, float, GANArch]:
+    """:func:`train_gan` with its wall time (blocking until the parameters are ready)."""
+    t0 = time.perf_counter()
+    state, _, arch = train_gan(train, cfg, **kw)
+    jax.block_until_ready(state)
+    return state, time.perf_counter() - t0, arch
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_sampler(arch: GANArch, chunk: int) -> Callable:
+    return jax.jit(lambda g, z: arch.generate(g, z))
+
+
+def generate(arch: GANArch, g_params: Params, z: jax.Array, chunk: int = 2048) -> np.ndarray:
+    """G(z) in chunks (bounded memory), as a host array."""
+    fn = _compiled_sampler(arch, chunk)
+    out = []
+    for i in range(0, len(z), chunk):
+        zz = z[i:i + chunk]
+        pad = chunk - len(zz)
+        if pad:
+            zz = jnp.concatenate([zz, jnp.zeros((pad, zz.shape[1]), zz.dtype)])
+        out.append(np.asarray(fn(g_params, zz))[: chunk - pad])
+    return np.concatenate(out) if out else np.zeros((0, *arch.image_shape), np.float32)
+
+
+def sample(arch: GANArch, g_params: Params, n: int, seed: int = 0) -> np.ndarray:
+    return generate(arch, g_params, arch.sample_latents(jax.random.key(seed), n))
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_scores(arch: GANArch) -> Callable:
+    return jax.jit(lambda d, x: jax.nn.sigmoid(arch.discriminate(d, x)))
+
+
+def d_scores(arch: GANArch, d_params: Params, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """σ(D(x)) for every image (host array)."""
+    fn = _compiled_scores(arch)
+    out = []
+    for i in range(0, len(x), chunk):
+        xx = np.asarray(x[i:i + chunk])
+        pad = chunk - len(xx)
+        if pad:
+            xx = np.concatenate([xx, np.zeros((pad, *xx.shape[1:]), xx.dtype)])
+        out.append(np.asarray(fn(d_params, jnp.asarray(xx)))[: chunk - pad])
+    return np.concatenate(out)
+
+
+def save_grid(images: np.ndarray, path, nrow: int = 8, title: str | None = None) -> None:
+    """Saves up to nrow² images as one PNG grid (grey-scale or RGB)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hyperforget_jax import report
+
+    images = np.clip(np.asarray(images[: nrow * nrow]), 0, 1)
+    n, h, w, c = images.shape
+    rows = -(-n // nrow)
+    grid = np.ones((rows * (h + 2), nrow * (w + 2), c), np.float32)
+    for k, im in enumerate(images):
+        r, q = divmod(k, nrow)
+        grid[r * (h + 2) + 1: r * (h + 2) + 1 + h, q * (w + 2) + 1: q * (w + 2) + 1 + w] = im
+    fig, ax = plt.subplots(figsize=(0.32 * nrow + 0.2, 0.32 * rows + (0.4 if title else 0.2)))
+    ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
+              vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=8)
+    report.save_figure(fig, path)

@@ -1,0 +1,91 @@
+"""GAN metrics on constructed cases: classifier-FID closed forms, classifier-IS, shares,
+discriminator-score MIA, penultimate features."""
+
+import jax
+import numpy as np
+import pytest
+
+from hyperforget_jax.gan import metrics as M
+from hyperforget_jax.models import make_architecture
+
+
+def test_fid_zero_for_identical_and_grows_with_mean_shift():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(4000, 6))
+    assert M.classifier_fid(f, f) == pytest.approx(0.0, abs=1e-6)
+    prev = 0.0
+    for shift in (0.5, 1.0, 2.0):
+        fid = M.classifier_fid(f, f + shift)
+        # Same covariance: the Fréchet distance is exactly ‖Δμ‖² = 6 · shift².
+        assert fid == pytest.approx(6 * shift ** 2, rel=1e-6)
+        assert fid > prev
+        prev = fid
+
+
+def test_frechet_matches_closed_form_for_diagonal_gaussians():
+    mu1, mu2 = np.array([0.0, 1.0, -2.0]), np.array([1.0, 1.0, 0.0])
+    s1, s2 = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
+    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(s1) - np.sqrt(s2)) ** 2)
+    got = M.frechet_distance(mu1, np.diag(s1), mu2, np.diag(s2))
+    assert got == pytest.approx(want, rel=1e-9)
+    # Singular covariances (dead ReLU units) stay finite and exact.
+    got = M.frechet_distance(mu1, np.diag([1.0, 0.0, 0.0]), mu2, np.diag([4.0, 0.0, 0.0]))
+    assert got == pytest.approx(np.sum((mu1 - mu2) ** 2) + 1.0, rel=1e-9)
+
+
+def test_inception_score_constructed():
+    assert M.classifier_is(np.full((100, 10), 0.1)) == pytest.approx(1.0)
+    onehot = np.eye(10)[np.arange(1000) % 10]
+    assert M.classifier_is(onehot) == pytest.approx(10.0, rel=1e-6)
+    assert M.classifier_is(np.eye(4)[np.arange(400) % 4]) == pytest.approx(4.0, rel=1e-6)
+
+
+def test_shares():
+    labels = np.array([0, 1, 1, 3, 3, 3, 9, 9, 9, 9])
+    np.testing.assert_allclose(M.class_shares(labels, 10),
+                               [0.1, 0.2, 0, 0.3, 0, 0, 0, 0, 0, 0.4])
+    assert M.forgotten_share(labels, [3]) == pytest.approx(0.3)
+    assert M.forgotten_share(labels, [3, 9]) == pytest.approx(0.7)
+    assert M.forgotten_share(labels, [5]) == 0.0
+
+
+def test_d_score_mia():
+    members, nonmembers = np.linspace(0.6, 0.9, 50), np.linspace(0.1, 0.4, 70)
+    out = M.d_score_mia(members, nonmembers)
+    assert out["d_mia_auc"] == 1.0 and out["d_mia_acc"] == 1.0
+    same = np.linspace(0, 1, 101)
+    assert M.d_score_mia(same, same)["d_mia_auc"] == pytest.approx(0.5)
+    assert M.d_score_mia(nonmembers, members)["d_mia_auc"] == 0.0
+
+
+def test_penultimate_features_are_last_hidden_layer():
+    arch = make_architecture("mlp", (8, 8, 1))
+    params = arch.init(jax.random.key(0))
+    x = np.random.default_rng(0).uniform(size=(5, 8, 8, 1)).astype(np.float32)
+    probs, feats = M.judge_outputs(M.Judge(arch, params), x, chunk=4)
+    h = x.reshape(5, -1)
+    for name in ("Dense_0", "Dense_1"):
+        h = np.maximum(h @ np.asarray(params[name]["kernel"]) + np.asarray(params[name]["bias"]),
+                       0)
+    np.testing.assert_allclose(feats, h, rtol=1e-4, atol=1e-5)
+    assert probs.shape == (5, 10)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_downstream_accuracy_on_constructed_generators(digits_splits):
+    """A "generator" that returns the real training images supports a good downstream
+    classifier; one that never draws class 3 loses exactly that class; noise supports none."""
+    train, test = digits_splits.train, digits_splits.test
+    judge = M.train_judge(train, seed=0, epochs=10)
+    kept = [c for c in range(10) if c != 3]
+    real = M.downstream_accuracy(train.x, judge, test, epochs=10, kept_classes=kept)
+    assert real["downstream_acc"] > 0.85 and real["downstream_acc_kept"] > 0.85
+    no3 = M.downstream_accuracy(train.x[train.y != 3], judge, test, epochs=10,
+                                kept_classes=kept)
+    is3 = test.y == 3
+    assert no3["downstream_acc_kept"] > 0.85
+    # Without any image labelled 3 the classifier never predicts 3: the overall accuracy is
+    # capped at the kept classes' share of the test set.
+    assert no3["downstream_acc"] <= 1 - is3.mean() + 1e-9
+    noise = np.random.default_rng(0).uniform(size=train.x.shape).astype(np.float32)
+    assert M.downstream_accuracy(noise, judge, test, epochs=10)["downstream_acc"] < 0.5

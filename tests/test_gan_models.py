@@ -1,0 +1,110 @@
+"""GAN models and steps: shapes, exact parameter counts, jit == pmap == sharded on 2 and 4
+fake CPU devices (D and G steps, 1e-5), and a short resumable training run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import assert_trees_close
+
+from hyperforget_jax.errors import ArchitectureError, ConfigError
+from hyperforget_jax.gan.models import make_gan_arch
+from hyperforget_jax.gan.train import (GANConfig, init_gan_state, make_d_step, make_g_step,
+                                       make_optimizer, sample, train_gan)
+from hyperforget_jax.train import data_mesh, put_sharded, replicate, shard_batch, unreplicate
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+@pytest.mark.parametrize("name,shape,counts", [
+    ("mlp", (28, 28, 1), (559_632, 533_505)),
+    ("mlp", (32, 32, 3), (1_733_376, 1_704_961)),
+    ("dcgan", (28, 28, 1), (350_049, 36_513)),
+    ("dcgan", (32, 32, 3), (145_203, 42_865)),
+])
+def test_shapes_and_param_counts(name, shape, counts):
+    arch = make_gan_arch(name, shape)
+    assert arch.param_counts() == counts
+    g, d = arch.init(jax.random.key(0))
+    z = arch.sample_latents(jax.random.key(1), 3)
+    x = jax.jit(arch.generate)(g, z)
+    assert x.shape == (3, *shape) and float(x.min()) >= 0 and float(x.max()) <= 1
+    logits = jax.jit(arch.discriminate)(d, x)
+    assert logits.shape == (3,) and bool(jnp.all(jnp.isfinite(logits)))
+    arch.check_params(g, d)
+    with pytest.raises(ArchitectureError):
+        arch.check_params(d, g)
+
+
+def test_bad_configs():
+    with pytest.raises(ConfigError):
+        make_gan_arch("transformer")
+    with pytest.raises(ConfigError):
+        make_gan_arch("dcgan", (8, 8, 1))
+    with pytest.raises(ConfigError):
+        GANConfig(lr=-1.0)
+
+
+def _steps(n_dev, name="mlp", shape=(8, 8, 1), width=64, batch=16):
+    arch = make_gan_arch(name, shape, width=width)
+    tx = make_optimizer()
+    state = init_gan_state(arch, tx, jax.random.key(0))
+    x = jax.random.uniform(jax.random.key(1), (batch, *shape))
+    zd, zg = (arch.sample_latents(jax.random.key(k), batch) for k in (2, 3))
+    d_step, g_step = make_d_step(arch, tx), make_g_step(arch, tx)
+
+    def two_steps(d_fn, g_fn, s, x, zd, zg):
+        s, md = d_fn(s, x, zd)
+        s, mg = g_fn(s, zg)
+        return s, md["d_loss"], mg["g_loss"]
+
+    ref = two_steps(jax.jit(d_step), jax.jit(g_step), state, x, zd, zg)
+
+    devices = jax.devices()[:n_dev]
+    pd = jax.pmap(make_d_step(arch, tx, "b"), axis_name="b", devices=devices)
+    pg = jax.pmap(make_g_step(arch, tx, "b"), axis_name="b", devices=devices)
+    ps, pdl, pgl = two_steps(pd, pg, replicate(state, n_dev), *(shard_batch(a, n_dev)
+                                                                 for a in (x, zd, zg)))
+    pm = (unreplicate(ps), pdl[0], pgl[0])
+
+    mesh = data_mesh(devices)
+    repl, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    sd = jax.jit(d_step, in_shardings=(repl, dat, dat), out_shardings=(repl, repl))
+    sg = jax.jit(g_step, in_shardings=(repl, dat), out_shardings=(repl, repl))
+    sh = two_steps(sd, sg, jax.device_put(state, repl), *(put_sharded(a, mesh)
+                                                          for a in (x, zd, zg)))
+    return ref, pm, sh
+
+
+# One case per family (6 compilations each); the 32×32×3 shapes are covered above.
+@pytest.mark.parametrize("n_dev,name,shape,width", [
+    (4, "mlp", (8, 8, 1), 64), (2, "dcgan", (28, 28, 1), 8)])
+def test_d_and_g_steps_jit_pmap_sharded_agree(n_dev, name, shape, width):
+    assert jax.device_count() >= 4, "conftest fakes 4 CPU devices"
+    ref, pm, sh = _steps(n_dev, name, shape, width, batch=8 if name == "dcgan" else 16)
+    for other in (pm, sh):
+        assert_trees_close(ref[0], other[0], atol=1e-5)
+        np.testing.assert_allclose(ref[1], other[1], atol=1e-5)
+        np.testing.assert_allclose(ref[2], other[2], atol=1e-5)
+    assert int(ref[0].step) == 1
+    # Both players moved.
+    s0 = init_gan_state(make_gan_arch(name, shape, width=width), make_optimizer(),
+                        jax.random.key(0))
+    for a, b in ((ref[0].g_params, s0.g_params), (ref[0].d_params, s0.d_params)):
+        assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def test_train_resume_and_samples(tmp_path, digits_splits):
+    from hyperforget_jax.checkpoint import Checkpointer
+
+    train = digits_splits.train.subset(np.arange(256))
+    cfg = GANConfig(epochs=2, seed=3)
+    full, hist, arch = train_gan(train, cfg)
+    assert len(hist) == 2 and np.isfinite(hist[-1]["d_loss"])
+    with Checkpointer(tmp_path / "ck") as ck:
+        train_gan(train, GANConfig(epochs=1, seed=3), checkpointer=ck, save_every=1)
+    with Checkpointer(tmp_path / "ck") as ck:
+        resumed, _, _ = train_gan(train, cfg, checkpointer=ck, save_every=1)
+        assert ck.latest_step() == 2
+    assert_trees_close(full.g_params, resumed.g_params, atol=1e-6)
+    x = sample(arch, full.g_params, 5, seed=0)
+    assert x.shape == (5, 8, 8, 1)

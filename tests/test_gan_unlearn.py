@@ -1,0 +1,138 @@
+"""GAN unlearning: fake labels on a constructed D, substitution on a constructed case, and a
+short cascade on a tiny GAN that lowers D's score on the forgotten items."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.gan import unlearn as U
+from hyperforget_jax.gan.models import make_gan_arch
+from hyperforget_jax.gan.train import GANConfig, d_scores, train_gan
+
+
+class _ConstArch:
+    """A stand-in GAN: G(z) = z reshaped to 1×1×1 images; D(x) = logit of the pixel value,
+    so σ(D(x)) = x exactly."""
+
+    image_shape = (1, 1, 1)
+    latent_dim = 1
+
+    def generate(self, g, z):
+        return jnp.clip(z * 0 + g, 0, 1).reshape(-1, 1, 1, 1)
+
+    def discriminate(self, d, x):
+        p = jnp.clip(x.reshape(x.shape[0]), 1e-6, 1 - 1e-6)
+        return jnp.log(p) - jnp.log1p(-p)
+
+    def sample_latents(self, key, n):
+        return jax.random.normal(key, (n, 1))
+
+
+def test_fake_labels_on_constructed_discriminator():
+    arch = _ConstArch()
+    assert U.fake_label("hard", arch, None, None) == 0.0
+    # G emits the constant 0.3 image, so σ(D(G(z))) = 0.3 for every code.
+    assert U.fake_label("generated", arch, jnp.float32(0.3), None) == pytest.approx(0.3, abs=1e-5)
+    held = np.array([0.2, 0.4, 0.9], np.float32).reshape(3, 1, 1, 1)
+    assert U.fake_label("heldout", arch, None, None, heldout_x=held) == pytest.approx(0.5)
+    with pytest.raises(ConfigError):
+        U.fake_label("heldout", arch, None, None)
+    with pytest.raises(ConfigError):
+        U.UnlearnConfig(fake_label="soft")
+
+
+def test_class_substitution_flags_the_right_codes():
+    # Fake generator: sample i is a 2×2 image filled with value i/10; fake classifier: label =
+    # round(10 * mean pixel) % 3. Forget class 1 → codes 1, 4, 7.
+    codes = np.arange(9, dtype=np.float32)[:, None] * np.ones((1, 2), np.float32)
+    samples = np.repeat((np.arange(9) / 10)[:, None, None, None], 2, 1).repeat(2, 2)
+    classify = lambda x: np.round(10 * x.mean((1, 2, 3))).astype(int) % 3
+    flagged = U.flag_class_codes(samples, classify, [1])
+    np.testing.assert_array_equal(np.flatnonzero(flagged), [1, 4, 7])
+    # Latent level: each flagged code takes the sample of its nearest unflagged code
+    # (1 → 0 or 2, ties to the first: 0; 4 → 3; 7 → 6).
+    sub = U.substitutes("latent", codes, samples, flagged, retain_x=samples[:0])
+    np.testing.assert_allclose(sub[:, 0, 0, 0], [0.0, 0.3, 0.6])
+    # Data level: the nearest retained real image in pixel space.
+    retain = np.stack([np.full((2, 2, 1), v, np.float32) for v in (0.05, 0.42, 0.9)])
+    sub = U.substitutes("data", codes, samples, flagged, retain_x=retain)
+    np.testing.assert_allclose(sub[:, 0, 0, 0], [0.05, 0.42, 0.9])
+
+
+def test_item_substitution_flags_nearest_samples():
+    samples = np.array([0.0, 0.1, 0.5, 0.52, 0.9, 1.0], np.float32).reshape(6, 1, 1, 1)
+    items = np.array([0.49, 0.93], np.float32).reshape(2, 1, 1, 1)
+    np.testing.assert_array_equal(np.flatnonzero(U.flag_item_codes(samples, items, k=1)), [2, 4])
+    np.testing.assert_array_equal(np.flatnonzero(U.flag_item_codes(samples, items, k=2)),
+                                  [2, 3, 4, 5])
+
+
+@pytest.fixture(scope="module")
+def tiny_gan(digits_splits):
+    gan, _, arch = train_gan(digits_splits.train.subset(np.arange(512)), GANConfig(epochs=8))
+    return gan, arch
+
+
+# Data level here (its compiled chunk is shared with the resume test below); the latent-level
+# cascade runs end to end in tests/test_gan_cli.py (the class recipe).
+@pytest.mark.parametrize("substitution", ["data"])
+def test_short_cascade_lowers_d_score_on_forgotten_items(digits_splits, tiny_gan, substitution):
+    train = digits_splits.train
+    gan, arch = tiny_gan
+    forget = train.x[:16]
+    before = d_scores(arch, gan.d_params, forget).mean()
+    cfg = U.UnlearnConfig(fake_label="hard", substitution=substitution, check_every=10,
+                          max_rounds=30, pool_size=256)
+    res = U.unlearn_gan(arch, gan.g_params, gan.d_params, retain_x=train.x[16:512],
+                        forget_x=forget, heldout_x=digits_splits.val.x, cfg=cfg)
+    after = d_scores(arch, res.d_params, forget).mean()
+    assert after < before - 0.1, (before, after)
+    assert res.rounds >= 10 and res.y_f == 0.0 and res.history[0]["flagged"] > 0
+    for leaf in jax.tree.leaves(res.g_params):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def test_class_request_needs_a_classifier():
+    arch = make_gan_arch("mlp", (8, 8, 1))
+    g, d = arch.init(jax.random.key(0))
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    with pytest.raises(ConfigError):
+        U.unlearn_gan(arch, g, d, retain_x=x, forget_x=x, heldout_x=x, forget_classes=(1,))
+
+
+def test_cascade_resumes_from_checkpoint_exactly(tmp_path, digits_splits, tiny_gan):
+    """A run cut after its 20-round checkpoint resumes there and ends bit-for-bit where an
+    uninterrupted run ends; a finished directory returns its result; another recipe is
+    refused."""
+    import dataclasses
+    import shutil
+
+    from hyperforget_jax.checkpoint import Checkpointer
+    from hyperforget_jax.errors import CheckpointError
+
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x)
+    # Same compiled chunk as the data-level cascade test above (check_every 10, batch 64,
+    # pool 256).
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="data", check_every=10,
+                          max_rounds=30, tol=0.0, pool_size=256)
+    ref = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **kw)
+    assert ref.rounds == 30 and ref.stopped == "max_rounds"
+    with Checkpointer(tmp_path / "ck", max_to_keep=None) as ck:
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck, **kw)
+        assert ck.all_steps() == [10, 20, 30]
+        shutil.rmtree(ck.step_dir(30))         # as if killed before the last commit
+    for _ in range(2):                          # resume from 20; then the finished directory
+        with Checkpointer(tmp_path / "ck", max_to_keep=None) as ck:
+            res = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck,
+                                **kw)
+        np.testing.assert_array_equal(
+            np.concatenate([np.ravel(a) for a in jax.tree.leaves((res.g_params, res.d_params))]),
+            np.concatenate([np.ravel(a) for a in jax.tree.leaves((ref.g_params, ref.d_params))]))
+        assert res.history == ref.history and res.rounds == 30
+    other = dataclasses.replace(cfg, lambda_u=2.0)
+    with Checkpointer(tmp_path / "ck") as ck, pytest.raises(CheckpointError, match="another"):
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=other, checkpointer=ck, **kw)
