@@ -1,0 +1,246 @@
+"""Privacy check as a release gate: U-LiRA and mia_loss_lr on the forget set, for ∇τ (and
+HyperForget when a trained hypernetwork is given), beside Retrain; exits 1 when a method's gap to
+Retrain exceeds the tolerance.
+
+Command (from the repository root)::
+
+    PYTHONPATH=. python experiments/privacy_gate.py --out runs/privacy_gate
+    PYTHONPATH=. python experiments/privacy_gate.py --hypernet runs/dihyfo2 --out runs/gate_hf
+
+Per model seed (``--seeds``, default 3) it trains the original classifier and Retrain (the same
+recipe on D_r), unlearns with each method, and measures on the forget set:
+
+* ``mia_loss_lr``: the loss-threshold logistic-regression MIA of :mod:`hyperforget_jax.metrics`
+  (forget set vs held-out non-members); gap = |method − Retrain|.
+* U-LiRA (:mod:`hyperforget_jax.ulira`, ``--shadows`` shadow pairs): balanced accuracy of the
+  per-example likelihood-ratio test "unlearned or retrained?". The Retrain row is the attack's
+  noise floor: the same test where "unlearning" is retraining with another seed (shadows and
+  target alike), so its ideal is 0.5 up to sampling noise; gap = method − Retrain row
+  (one-sided: only a method more detectable than retraining fails).
+
+The gate compares the mean over seeds: ``gap_mia > --tol-mia`` or ``gap_ulira > --tol-ulira``
+fails. Exit codes: 0 pass, 1 gate failed, 2 bad input (one line on stderr). Writes
+``gate.json`` and ``gate.md`` to ``--out`` (atomically, only once every number is in).
+
+HyperForget: its hypernetwork was trained for one architecture and dataset (``gpt_mlp`` on
+MNIST-5k by default) and class requests only; the gate then uses that architecture and dataset
+and needs ``--forget-class``. Each U-LiRA shadow is unlearned by sampling from the hypernetwork
+with the shadow as start network.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from hyperforget_jax import data, report, train, ulira
+from hyperforget_jax.errors import ConfigError, HyperforgetError
+from hyperforget_jax.evaluation import evaluate_unlearning
+from hyperforget_jax.models import make_architecture
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="runs/privacy_gate")
+    p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
+    p.add_argument("--data-dir", default=None)
+    req = p.add_mutually_exclusive_group()
+    req.add_argument("--forget-class", type=int, nargs="+", metavar="C")
+    req.add_argument("--forget-fraction", type=float, metavar="F")
+    p.add_argument("--arch", default="mlp")
+    p.add_argument("--epochs", type=int, default=train.TrainConfig().epochs)
+    p.add_argument("--batch-size", type=int, default=train.TrainConfig().batch_size)
+    p.add_argument("--lr", type=float, default=train.TrainConfig().lr)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--shadows", type=int, default=8, help="U-LiRA shadow pairs (>= 2)")
+    p.add_argument("--gradtau-epochs", type=int, default=None,
+                   help="∇τ forget epochs (default: its own budget rule)")
+    p.add_argument("--hypernet", default=None,
+                   help="a trained HyperForget hypernetwork (hyperforget hypertrain --out)")
+    p.add_argument("--num-steps", type=int, default=20, help="HyperForget DDIM steps")
+    p.add_argument("--tol-mia", type=float, default=0.05,
+                   help="max |mia_loss_lr(method) − mia_loss_lr(Retrain)| (default 0.05)")
+    p.add_argument("--tol-ulira", type=float, default=0.10,
+                   help="max U-LiRA accuracy above the Retrain noise floor (default 0.10)")
+    p.add_argument("--recheck", metavar="GATE_JSON", default=None,
+                   help="re-apply the tolerances to the numbers of an earlier gate.json "
+                        "(no training); writes the new verdict to --out")
+    p.add_argument("--quiet", action="store_true")
+    return p.parse_args(argv)
+
+
+def _check(args) -> data.ForgetRequest:
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    for name in ("tol_mia", "tol_ulira"):
+        v = getattr(args, name)
+        if not (v >= 0 and np.isfinite(v)):
+            raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
+    ulira.ULiRAConfig(num_shadows=args.shadows)  # validates
+    if args.hypernet and args.forget_class is None:
+        raise ConfigError("HyperForget (--hypernet) answers class requests only; pass "
+                          "--forget-class")
+    if args.forget_fraction is not None:
+        return data.ForgetRequest(fraction=args.forget_fraction, seed=0)
+    return data.ForgetRequest(classes=tuple(args.forget_class or (3,)))
+
+
+def _methods(args, arch, val):
+    """name -> unlearn_fn(params, split, seed) -> params."""
+    from hyperforget_jax.unlearn import GradTauConfig, unlearn
+
+    cfg = GradTauConfig() if args.gradtau_epochs is None else GradTauConfig(
+        epochs=args.gradtau_epochs)
+    out = {"gradtau": lambda p, sp, s: unlearn("gradtau", arch, p, sp, val, cfg, seed=s).params}
+    if args.hypernet:
+        from hyperforget_jax.hyperforget import dihyfo as H
+
+        hp = Path(args.hypernet)
+        net, _ = H.load_hypernet(hp / "hypernet" if (hp / "hypernet").is_dir() else hp)
+        classes = tuple(args.forget_class)
+        H.check_request(net.spec, classes)
+        if net.spec.arch != arch:
+            raise ConfigError(f"the hypernetwork was trained for {net.spec.arch.name} on "
+                              f"{net.spec.arch.input_shape} images; run the gate with --arch "
+                              f"{net.spec.arch.name} and that dataset")
+
+        def hyperforget(p, sp, s):
+            prompt = H.make_prompt(net, p, sp.forget.replace(
+                x=np.concatenate([sp.forget.x, sp.retain.x]),
+                y=np.concatenate([sp.forget.y, sp.retain.y])), classes)
+            return H.sample(jax.random.key(s), net, p, prompt, args.num_steps)
+
+        out["hyperforget"] = hyperforget
+    return out
+
+
+def run(args) -> dict:
+    request = _check(args)
+    out_dir = report.prepare_dir(args.out)
+    splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
+    fsplit = data.resolve_forget(splits.train, request)
+    arch = make_architecture(args.arch, splits.train.x.shape[1:], splits.train.num_classes)
+    base = train.TrainConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
+                             lr=args.lr)
+    methods = _methods(args, arch, splits.val)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    rows: dict[str, list[dict]] = {"retrain": [], **{m: [] for m in methods}}
+    t0 = time.perf_counter()
+    for seed in range(args.seeds):
+        cfg = dataclasses.replace(base, seed=seed)
+        original = train.fit(arch, splits.train, cfg)[0].params
+        retrained = train.fit(arch, fsplit.retain, cfg)[0].params
+        floor = train.fit(arch, fsplit.retain, dataclasses.replace(cfg, seed=seed + 1000))[0]
+        sh = ulira.train_shadows(arch, splits.train, fsplit, cfg,
+                                 ulira.ULiRAConfig(args.shadows, seed))
+        ev = lambda p: evaluate_unlearning(arch, p, splits, fsplit, request, seed)
+        r_eval = ev(retrained)
+        # Noise floor: "unlearning" by retraining (another seed) on every shadow and target.
+        re_fn = lambda p, sp, s: train.fit(
+            arch, sp.retain, dataclasses.replace(cfg, seed=seed + 1000 + s))[0].params
+        noise = ulira.ulira(arch, sh, ulira.unlearn_shadows(sh, re_fn, splits.train),
+                            splits.train, fsplit, floor.params, retrained)
+        rows["retrain"].append({"mia_loss_lr": r_eval["mia_loss_lr"],
+                                "ulira_acc": noise["accuracy"], "ulira_auc": noise["auc"],
+                                "forget_acc": r_eval["forget_acc"]})
+        for name, fn in methods.items():
+            target = fn(original, fsplit, seed)
+            un_sh = ulira.unlearn_shadows(sh, fn, splits.train)
+            u = ulira.ulira(arch, sh, un_sh, splits.train, fsplit, target, retrained)
+            m_eval = ev(target)
+            rows[name].append({"mia_loss_lr": m_eval["mia_loss_lr"], "ulira_acc": u["accuracy"],
+                               "ulira_auc": u["auc"], "forget_acc": m_eval["forget_acc"]})
+        log(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)")
+    return gate(rows, args, request, arch, time.perf_counter() - t0, out_dir)
+
+
+def _mean(rows, key):
+    return statistics.fmean(r[key] for r in rows)
+
+
+def _std(rows, key):
+    return statistics.stdev([r[key] for r in rows]) if len(rows) > 1 else 0.0
+
+
+def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path) -> dict:
+    ret = rows["retrain"]
+    verdicts = {}
+    for name in rows:
+        if name == "retrain":
+            continue
+        gap_mia = abs(_mean(rows[name], "mia_loss_lr") - _mean(ret, "mia_loss_lr"))
+        gap_ulira = _mean(rows[name], "ulira_acc") - _mean(ret, "ulira_acc")
+        fails = [f"mia_loss_lr gap {gap_mia:.3f} > {args.tol_mia}"] if gap_mia > args.tol_mia \
+            else []
+        if gap_ulira > args.tol_ulira:
+            fails.append(f"U-LiRA gap {gap_ulira:.3f} > {args.tol_ulira}")
+        verdicts[name] = {"gap_mia_loss_lr": gap_mia, "gap_ulira_acc": gap_ulira,
+                          "passed": not fails, "failures": fails}
+    result = {"request": request.to_json(), "arch": arch.name, "dataset": args.dataset,
+              "seeds": args.seeds, "shadows": args.shadows,
+              "tolerance": {"mia_loss_lr": args.tol_mia, "ulira_acc": args.tol_ulira},
+              "per_seed": rows, "verdicts": verdicts,
+              "passed": all(v["passed"] for v in verdicts.values()), "seconds": seconds}
+    ms = lambda r, k: f"{_mean(r, k):.3f} ± {_std(r, k):.3f}"
+    table = report.markdown_table(
+        ["model", "FA %", "mia_loss_lr", "U-LiRA acc", "U-LiRA AUC", "gap mia", "gap U-LiRA",
+         "gate"],
+        [[name, f"{100 * _mean(r, 'forget_acc'):.1f}", ms(r, "mia_loss_lr"),
+          ms(r, "ulira_acc"), ms(r, "ulira_auc"),
+          f"{verdicts[name]['gap_mia_loss_lr']:.3f}" if name in verdicts else "–",
+          f"{verdicts[name]['gap_ulira_acc']:+.3f}" if name in verdicts else "–",
+          ("PASS" if verdicts[name]["passed"] else "FAIL") if name in verdicts else "ref"]
+         for name, r in rows.items()])
+    md = (f"# Privacy gate: forget {request.describe()}, {arch.name} on {args.dataset}\n\n"
+          f"mean ± std over {args.seeds} seed(s); U-LiRA with {args.shadows} shadow pairs "
+          "(Retrain row: unlearning = retraining with another seed, the attack's noise floor). "
+          f"Tolerances: mia_loss_lr {args.tol_mia}, U-LiRA {args.tol_ulira}.\n\n{table}\n\n"
+          f"**{'PASSED' if result['passed'] else 'FAILED'}** in {seconds:.0f} s\n")
+    report.write_json(out_dir / "gate.json", result)
+    report.atomic_write(out_dir / "gate.md", md)
+    return result
+
+
+def recheck(args) -> dict:
+    """The verdict of ``--recheck``: an earlier run's per-seed numbers, new tolerances."""
+    _check(args)
+    path = Path(args.recheck)
+    try:
+        old = json.loads(path.read_text())
+        rows, request = old["per_seed"], data.ForgetRequest.from_json(old["request"])
+        arch_name, dataset = old["arch"], old["dataset"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--recheck {path}: not a gate.json written by privacy_gate.py ({e})"
+                          ) from e
+    out_dir = report.prepare_dir(args.out)
+    args = argparse.Namespace(**{**vars(args), "seeds": old["seeds"], "shadows": old["shadows"],
+                                 "dataset": dataset})
+    arch = argparse.Namespace(name=arch_name)
+    return gate(rows, args, request, arch, old.get("seconds", 0.0), out_dir)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        result = recheck(args) if args.recheck else run(args)
+    except HyperforgetError as e:
+        print(f"privacy_gate: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print((Path(args.out) / "gate.md").read_text())
+    for name, v in result["verdicts"].items():
+        if not v["passed"]:
+            print(f"privacy_gate: {name} FAILED: {'; '.join(v['failures'])}", file=sys.stderr)
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,426 @@
+"""Bad input, everywhere: a table of bad inputs to the API and the CLI.
+
+Every API case must raise the named :class:`HyperforgetError` subclass with a message that names
+the problem; every CLI case must exit 2 with exactly one line on stderr (checked at the file
+descriptor, so stray library logging would be caught too) and must leave nothing half-written in
+its output directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperforget_jax import cli, data, models, params as P_, train
+from hyperforget_jax.checkpoint import Checkpointer, load_params, save_params
+from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError, DataError,
+                                    ForgetRequestError, HyperforgetError, NonFiniteError)
+
+# A damaged checkpoint makes Orbax leave un-awaited read coroutines behind; harmless noise.
+pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ["--dataset", "digits"]
+TINY = [*DIGITS, "--arch", "gpt_mlp", "--epochs", "1", "--batch-size", "64", "--quiet"]
+
+
+# ------------------------------------------------------------------------------ shared fixtures
+
+
+class Ctx:
+    """Everything the cases need, built once per module (one tiny 1-epoch training run)."""
+
+
+def _corrupt_copy(src: Path, dst: Path, how: str) -> Path:
+    shutil.copytree(src, dst)
+    files = sorted((p for p in (dst / "checkpoints").rglob("*") if p.is_file()
+                    and "state" in p.parts), key=lambda p: p.stat().st_size)
+    big = files[-1]  # the array data file
+    raw = big.read_bytes()
+    if how == "truncate":
+        big.write_bytes(raw[: len(raw) // 3])
+    elif how == "garbage":
+        big.write_bytes(bytes(np.random.default_rng(0).integers(0, 256, len(raw), np.uint8)))
+    elif how == "delete":
+        for f in files:
+            f.unlink()
+    return dst
+
+
+@pytest.fixture(scope="module")
+def ctx(tmp_path_factory, digits_splits):
+    c = Ctx()
+    root = tmp_path_factory.mktemp("bad")
+    c.root = root
+    c.splits = digits_splits
+    c.train = digits_splits.train
+    c.arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    c.params = c.arch.init(jax.random.key(0))
+    c.mlp_params = models.make_architecture("mlp", (8, 8, 1)).init(jax.random.key(0))
+    # A real run written by the CLI, and damaged copies of it.
+    c.run = root / "run"
+    assert cli.main(["train", "--run-dir", str(c.run), *TINY]) == 0
+    c.truncated = _corrupt_copy(c.run, root / "truncated", "truncate")
+    c.garbage = _corrupt_copy(c.run, root / "garbage", "garbage")
+    c.emptied = _corrupt_copy(c.run, root / "emptied", "delete")
+    # A checkpoint that is not a hyperforget run (no run metadata).
+    c.foreign = root / "foreign"
+    with Checkpointer(c.foreign / "checkpoints") as ck:
+        ck.save(1, {"w": np.ones(3, np.float32)}, {"written_by": "someone else"})
+    # A run whose metadata says gpt_mlp but whose arrays are an mlp's (e.g. files mixed up).
+    c.mixed = root / "mixed"
+    meta = json.loads((c.run / "results.json").read_text())["meta"]
+    cfg = train.TrainConfig(**meta["train_config"])
+    state = train.init_state(c.arch, train.make_optimizer(cfg), None, c.mlp_params)
+    with Checkpointer(c.mixed / "checkpoints") as ck:
+        ck.save(1, state, {**meta, "epoch": 1})
+    # A params checkpoint, and a file where a directory is expected.
+    c.saved = root / "saved_params"
+    save_params(c.saved, c.params, {"arch": "gpt_mlp"})
+    c.a_file = root / "a_file"
+    c.a_file.write_text("not a directory\n")
+    c.empty_dir = root / "empty"
+    c.empty_dir.mkdir()
+    _hypernets(c)
+    return c
+
+
+def _hypernets(c) -> None:
+    """Two untrained, tiny hypernetworks (DiHyFo-1 for class 3, DiHyFo-2 for single-class
+    requests): in memory for the API cases (refusals never read the weights), and the DiHyFo-1
+    one saved like ``hyperforget hypertrain`` does (zero weights) for the CLI cases."""
+    from hyperforget_jax.hyperforget import denoiser as DN
+    from hyperforget_jax.hyperforget import dihyfo as H
+
+    den = DN.DenoiserConfig(num_layers=1, width=16, num_heads=2, num_freqs=8)
+    c.hyper = {}
+    for variant, fc in (("dihyfo1", 3), ("dihyfo2", None)):
+        spec = H.HyperSpec(variant, c.arch, 1.0, den, fc, num_train_steps=10,
+                           default_targets=((1, 5.0, 0.1),))
+        c.hyper[variant] = H.Hypernet(spec, None)
+    spec = c.hyper["dihyfo1"].spec
+    shapes = jax.eval_shape(lambda: DN.init_hyper_state(
+        spec.model(), DN.make_hyper_optimizer(DN.HyperTrainConfig()), jax.random.key(0),
+        c.arch.param_count).params)
+    zeros = jax.tree.map(lambda l: np.zeros(l.shape, l.dtype), shapes)
+    H.save_hypernet(c.root / "dihyfo1", H.Hypernet(spec, zeros))
+
+
+def _hyper_call(fn_name, *args, **kw):
+    from hyperforget_jax.hyperforget import dihyfo as H
+
+    return getattr(H, fn_name)(*args, **kw)
+
+
+def _hyper_spec(**kw):
+    from hyperforget_jax.hyperforget import denoiser as DN
+    from hyperforget_jax.hyperforget import dihyfo as H
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    return H.HyperSpec(arch=arch, param_scale=1.0, denoiser=DN.DenoiserConfig(), **kw)
+
+
+def _nan_digits(ctx) -> data.Dataset:
+    x = ctx.train.x.copy()
+    x[5, 2, 3, 0] = np.nan
+    return ctx.train.replace(x=x)
+
+
+def _unlearn(c, method, mnist_like=False, params=None):
+    from hyperforget_jax.unlearn import unlearn
+
+    split = data.resolve_forget(c.train, data.ForgetRequest(classes=(3,)))
+    if mnist_like:
+        big = np.zeros((len(split.forget), 28, 28, 1), np.float32)
+        split = split._replace(forget=split.forget.replace(x=big))
+    return unlearn(method, c.arch, c.params if params is None else params, split,
+                   c.splits.val)
+
+
+# ------------------------------------------------------------------------------ API cases
+
+API_CASES = [
+    # forget requests
+    ("request-empty-classes", lambda c: data.ForgetRequest(classes=()), ForgetRequestError,
+     "empty forget request"),
+    ("request-two-kinds", lambda c: data.ForgetRequest(classes=(1,), fraction=0.1),
+     ForgetRequestError, "exactly one of classes, fraction or indices"),
+    ("request-duplicate-classes", lambda c: data.ForgetRequest(classes=(1, 1)),
+     ForgetRequestError, "duplicated classes"),
+    ("unknown-class", lambda c: data.resolve_forget(c.train, data.ForgetRequest(classes=(10,))),
+     ForgetRequestError, "class 10 does not exist"),
+    ("negative-class", lambda c: data.resolve_forget(c.train, data.ForgetRequest(classes=(-1,))),
+     ForgetRequestError, "class -1 does not exist"),
+    ("all-classes", lambda c: data.resolve_forget(
+        c.train, data.ForgetRequest(classes=tuple(range(10)))),
+     ForgetRequestError, "whole training set"),
+    ("fraction-zero", lambda c: data.ForgetRequest(fraction=0.0), ForgetRequestError,
+     "strictly between 0 and 1"),
+    ("fraction-one", lambda c: data.ForgetRequest(fraction=1.0), ForgetRequestError,
+     "strictly between 0 and 1"),
+    ("fraction-negative", lambda c: data.ForgetRequest(fraction=-0.2), ForgetRequestError,
+     "strictly between 0 and 1"),
+    ("fraction-nan", lambda c: data.ForgetRequest(fraction=float("nan")), ForgetRequestError,
+     "strictly between 0 and 1"),
+    ("fraction-forgets-nothing", lambda c: data.resolve_forget(
+        c.train, data.ForgetRequest(fraction=1e-6)), ForgetRequestError, "forgets nothing"),
+    ("indices-empty", lambda c: data.ForgetRequest(indices=()), ForgetRequestError,
+     "empty forget set"),
+    ("indices-overlapping", lambda c: data.ForgetRequest(indices=(3, 4, 3)),
+     ForgetRequestError, "duplicated indices"),
+    ("indices-out-of-range", lambda c: data.resolve_forget(
+        c.train, data.ForgetRequest(indices=(0, len(c.train)))), ForgetRequestError,
+     "out of range"),
+    ("indices-negative", lambda c: data.resolve_forget(
+        c.train, data.ForgetRequest(indices=(-1,))), ForgetRequestError, "out of range"),
+    # data
+    ("nan-images", lambda c: data.from_arrays(_nan_digits(c).x, c.train.y), DataError,
+     "NaN"),
+    ("flat-images", lambda c: data.from_arrays(c.train.x.reshape(len(c.train), -1), c.train.y),
+     DataError, r"\(N, H, W, C\)"),
+    ("label-count-mismatch", lambda c: data.from_arrays(c.train.x, c.train.y[:-1]), DataError,
+     "labels"),
+    ("labels-out-of-range", lambda c: data.from_arrays(c.train.x, c.train.y + 5, 10),
+     DataError, r"labels must lie in \[0, 10\)"),
+    ("empty-dataset", lambda c: data.from_arrays(c.train.x[:0], c.train.y[:0]), DataError,
+     "empty"),
+    ("unknown-dataset", lambda c: data.load_dataset("imagenet"), DataError,
+     "unknown dataset 'imagenet'"),
+    ("unprepared-dataset", lambda c: data.load_dataset("mnist", str(c.empty_dir)), DataError,
+     "mnist"),
+    ("wrong-image-shape-fit", lambda c: train.fit(
+        models.make_architecture("gpt_mlp", (28, 28, 1)), c.train,
+        train.TrainConfig(arch="gpt_mlp", epochs=1)), DataError, r"\(8, 8, 1\).*\(28, 28, 1\)"),
+    # architectures and parameters
+    ("unknown-arch", lambda c: models.make_architecture("vit", (8, 8, 1)), ConfigError,
+     "unknown architecture 'vit'"),
+    ("wrong-arch-params", lambda c: c.arch.check_params(c.mlp_params), ArchitectureError,
+     "do not fit gpt_mlp"),
+    ("flat-vector-wrong-length", lambda c: P_.unflatten(jnp.zeros(P_.param_count(c.params) - 1),
+                                                        c.params),
+     ArchitectureError, "parameters"),
+    ("flat-vector-2d", lambda c: P_.unflatten(jnp.zeros((2, P_.param_count(c.params))),
+                                              c.params), ArchitectureError, "shape"),
+    # unlearning
+    ("unlearn-unknown-method", lambda c: _unlearn(c, "forgetful"), ConfigError,
+     "unknown unlearning method"),
+    ("unlearn-mnist-images-digits-model", lambda c: _unlearn(c, "gradtau", mnist_like=True),
+     DataError, r"forget set has images of shape \(28, 28, 1\)"),
+    ("unlearn-wrong-arch-params", lambda c: _unlearn(c, "gradtau", params=c.mlp_params),
+     ArchitectureError, "another architecture"),
+    # configs
+    ("negative-epochs", lambda c: train.TrainConfig(epochs=-1), ConfigError, "epochs"),
+    ("zero-batch", lambda c: train.TrainConfig(batch_size=0), ConfigError, "batch_size"),
+    ("zero-lr", lambda c: train.TrainConfig(lr=0.0), ConfigError, "learning rate"),
+    ("nan-lr", lambda c: train.TrainConfig(lr=float("nan")), ConfigError, "learning rate"),
+    ("negative-weight-decay", lambda c: train.TrainConfig(weight_decay=-1.0), ConfigError,
+     "weight_decay"),
+    ("max-to-keep-zero", lambda c: Checkpointer(c.root / "never", max_to_keep=0), ConfigError,
+     "max_to_keep"),
+    ("negative-step", lambda c: Checkpointer(c.root / "neg").save(-1, {"w": np.ones(2)}),
+     ConfigError, "step must be >= 0"),
+    # checkpoints
+    ("no-checkpoint", lambda c: Checkpointer(c.empty_dir).restore({"w": np.ones(2)}),
+     CheckpointError, "no checkpoint"),
+    ("truncated-checkpoint", lambda c: load_run_api(c.truncated), CheckpointError,
+     "corrupt or truncated"),
+    ("garbage-checkpoint", lambda c: load_run_api(c.garbage), CheckpointError, "corrupt"),
+    ("checkpoint-files-deleted", lambda c: load_run_api(c.emptied), CheckpointError,
+     "corrupt"),
+    ("foreign-checkpoint", lambda c: load_run_api(c.foreign), CheckpointError,
+     "no hyperforget run metadata"),
+    ("mixed-arch-checkpoint", lambda c: load_run_api(c.mixed), CheckpointError,
+     "another architecture"),
+    ("params-wrong-template", lambda c: load_params(c.saved, c.mlp_params), CheckpointError,
+     "another architecture"),
+    ("params-not-a-checkpoint", lambda c: load_params(c.run), CheckpointError,
+     "not a params checkpoint"),
+    ("params-path-is-file", lambda c: save_params(c.a_file, c.params), CheckpointError,
+     "is a file"),
+    ("unwritable-checkpoint-dir", lambda c: Checkpointer(c.a_file / "sub"), CheckpointError,
+     "cannot create checkpoint directory"),
+    ("save-nan-params", lambda c: save_params(c.root / "nan_params", jax.tree.map(
+        lambda l: l * jnp.nan, c.params)), NonFiniteError, "NaN/inf"),
+    # requests a hypernetwork was not trained for, and bad hypernetwork settings
+    ("hyper-dihyfo1-other-class", lambda c: _hyper_call(
+        "make_prompt", c.hyper["dihyfo1"], c.params, c.train, (4,)), ForgetRequestError,
+     "trained to forget class 3 only"),
+    ("hyper-unknown-class", lambda c: _hyper_call(
+        "make_prompt", c.hyper["dihyfo2"], c.params, c.train, (10,)), ForgetRequestError,
+     "class 10 does not exist"),
+    ("hyper-untrained-request-size", lambda c: _hyper_call(
+        "make_prompt", c.hyper["dihyfo2"], c.params, c.train, (1, 2)), ForgetRequestError,
+     r"trained on requests of \[1\] class"),
+    ("hyper-empty-request", lambda c: _hyper_call(
+        "make_prompt", c.hyper["dihyfo2"], c.params, c.train, ()), ForgetRequestError,
+     "empty forget request"),
+    ("hyper-wrong-arch-start", lambda c: _hyper_call(
+        "make_prompt", c.hyper["dihyfo2"], c.mlp_params, c.train, (1,)), ArchitectureError,
+     "do not fit gpt_mlp"),
+    ("hyper-unknown-variant", lambda c: _hyper_spec(variant="dihyfo3"), ConfigError,
+     "unknown hypernetwork variant"),
+    ("hyper-dihyfo1-without-class", lambda c: _hyper_spec(variant="dihyfo1"), ConfigError,
+     "exactly one forget_class"),
+    ("hyper-not-a-hypernet", lambda c: _hyper_call("load_hypernet", c.saved), CheckpointError,
+     "not a hypernetwork"),
+    ("corpus-missing", lambda c: __import__(
+        "hyperforget_jax.hyperforget.corpus", fromlist=["Corpus"]).Corpus(c.empty_dir),
+     CheckpointError, "no corpus"),
+]
+
+
+def load_run_api(run_dir):
+    from hyperforget_jax.commands import common
+
+    return common.load_run(run_dir)
+
+
+def _files_under(path: Path) -> list[str]:
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file()) \
+        if path.is_dir() else []
+
+
+@pytest.mark.parametrize("name,fn,err,pattern", API_CASES, ids=[c[0] for c in API_CASES])
+def test_api_bad_input(ctx, name, fn, err, pattern):
+    before = {p: _files_under(p) for p in (ctx.run, ctx.saved)}
+    with pytest.raises(err, match=pattern) as info:
+        fn(ctx)
+    assert isinstance(info.value, HyperforgetError)
+    assert len(str(info.value)) < 1000  # a message, not a dump
+    # A failed call never touches what was already on disk, and writes nothing new.
+    assert {p: _files_under(p) for p in (ctx.run, ctx.saved)} == before
+    for new in ("never", "neg", "nan_params"):
+        assert _files_under(ctx.root / new) == [], new
+
+
+def test_api_table_is_large_enough():
+    assert len(API_CASES) + len(CLI_CASES) >= 30
+    assert len(CLI_CASES) >= 12
+
+
+# ------------------------------------------------------------------------------ CLI cases
+
+# (id, argv(ctx, out) -> list, words the single stderr line must contain)
+CLI_CASES = [
+    ("cli-unknown-arch", lambda c, o: ["train", "--run-dir", o, *TINY, "--arch", "vit"],
+     "unknown architecture"),
+    ("cli-negative-epochs", lambda c, o: ["train", "--run-dir", o, *TINY, "--epochs", "-3"],
+     "epochs must be >= 0"),
+    ("cli-zero-lr", lambda c, o: ["train", "--run-dir", o, *TINY, "--lr", "0"],
+     "learning rate"),
+    ("cli-zero-batch", lambda c, o: ["train", "--run-dir", o, *TINY, "--batch-size", "0"],
+     "batch_size"),
+    ("cli-unknown-class", lambda c, o: ["retrain", "--run-dir", o, *TINY, "--forget-class",
+                                        "11"], "class 11 does not exist"),
+    ("cli-fraction-above-one", lambda c, o: ["retrain", "--run-dir", o, *TINY,
+                                             "--forget-fraction", "1.5"],
+     "strictly between 0 and 1"),
+    ("cli-fraction-zero", lambda c, o: ["train", "--run-dir", o, *TINY, "--forget-fraction",
+                                        "0"], "strictly between 0 and 1"),
+    ("cli-indices-not-ints", lambda c, o: ["retrain", "--run-dir", o, *TINY,
+                                           "--forget-indices", "1,x"],
+     "comma-separated integers"),
+    ("cli-indices-out-of-range", lambda c, o: ["retrain", "--run-dir", o, *TINY,
+                                               "--forget-indices", "1,999999"], "out of range"),
+    ("cli-indices-overlapping", lambda c, o: ["retrain", "--run-dir", o, *TINY,
+                                              "--forget-indices", "4,4"], "duplicated"),
+    ("cli-unprepared-dataset", lambda c, o: ["train", "--run-dir", o, "--dataset", "mnist",
+                                             "--data-dir", str(c.empty_dir), "--quiet"],
+     "mnist"),
+    ("cli-run-dir-is-file", lambda c, o: ["train", "--run-dir", str(c.a_file / "x"), *TINY],
+     "not writable"),
+    ("cli-evaluate-missing-run", lambda c, o: ["evaluate", "--run-dir", str(c.empty_dir),
+                                               "--out", o, *DIGITS, "--forget-class", "1"],
+     "no trained model"),
+    ("cli-evaluate-truncated", lambda c, o: ["evaluate", "--run-dir", str(c.truncated), "--out",
+                                             o, *DIGITS, "--forget-class", "1"],
+     "corrupt or truncated"),
+    ("cli-evaluate-garbage", lambda c, o: ["evaluate", "--run-dir", str(c.garbage), "--out", o,
+                                           *DIGITS, "--forget-class", "1"], "corrupt"),
+    ("cli-evaluate-foreign", lambda c, o: ["evaluate", "--run-dir", str(c.foreign), "--out", o,
+                                           *DIGITS, "--forget-class", "1"],
+     "no hyperforget run metadata"),
+    ("cli-evaluate-mixed-arch", lambda c, o: ["evaluate", "--run-dir", str(c.mixed), "--out", o,
+                                              *DIGITS, "--forget-class", "1"],
+     "another architecture"),
+    ("cli-evaluate-no-request", lambda c, o: ["evaluate", "--run-dir", str(c.run), "--out", o,
+                                              *DIGITS], "give a forget request"),
+    ("cli-evaluate-wrong-image-shape", lambda c, o: ["evaluate", "--run-dir", str(c.run),
+                                                     "--out", o, "--forget-class", "1"],
+     "(8, 8, 1)"),
+    ("cli-evaluate-unwritable-out", lambda c, o: ["evaluate", "--run-dir", str(c.run), "--out",
+                                                  str(c.a_file / "x"), *DIGITS,
+                                                  "--forget-class", "1"], "not writable"),
+    ("cli-sample-dihyfo1-other-class", lambda c, o: [
+        "sample", "--hypernet", str(c.root / "dihyfo1"), "--run-dir", str(c.run), *DIGITS,
+        "--forget-class", "4", "--out", o], "trained to forget class 3 only"),
+    ("cli-sample-not-a-hypernet", lambda c, o: [
+        "sample", "--hypernet", str(c.run), "--run-dir", str(c.run), *DIGITS,
+        "--forget-class", "1", "--out", o], "not a params checkpoint"),
+    ("cli-sample-wrong-dataset", lambda c, o: [
+        "sample", "--hypernet", str(c.root / "dihyfo1"), "--run-dir", str(c.run),
+        "--forget-class", "3", "--out", o], "--dataset the model was trained on"),
+    ("cli-unlearn-wrong-dataset", lambda c, o: [
+        "unlearn", "--method", "gradtau", "--run-dir", str(c.run), "--forget-class", "3",
+        "--out", o, "--no-retrain", "--quiet"], "--dataset the model was trained on"),
+    ("cli-unlearn-no-request", lambda c, o: [
+        "unlearn", "--method", "gradtau", "--run-dir", str(c.run), *DIGITS, "--out", o,
+        "--no-retrain", "--quiet"], "give a forget request"),
+    ("cli-hypertrain-no-corpus", lambda c, o: [
+        "hypertrain", "--corpus", str(c.run), "--out", o, "--quiet"], "no corpus"),
+    ("cli-corpus-one-seed", lambda c, o: [
+        "corpus", "--out", o, "--seeds", "1", *DIGITS, "--quiet"], ">= 2 seeds"),
+    ("cli-gan-negative-epochs", lambda c, o: [
+        "gan", "train", "--run-dir", o, "--epochs", "-2", "--quiet"], "epochs must be >= 0"),
+    ("cli-argparse-bad-int", lambda c, o: ["train", "--run-dir", o, "--epochs", "ten"],
+     "invalid int value"),
+    ("cli-argparse-unknown-dataset", lambda c, o: ["train", "--run-dir", o, "--dataset", "x"],
+     "invalid choice"),
+]
+
+
+def _run_cli(argv: list[str]) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as e:  # argparse errors exit through SystemExit
+        return int(e.code)
+
+
+@pytest.mark.parametrize("name,argv,words", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_cli_bad_input(ctx, capfd, tmp_path, name, argv, words):
+    out = tmp_path / "out"
+    before = _files_under(ctx.run)
+    capfd.readouterr()
+    rc = _run_cli([str(a) for a in argv(ctx, str(out))])
+    captured = capfd.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert rc == 2, (rc, captured.err)
+    assert len(lines) == 1, captured.err
+    assert words in lines[0], lines[0]
+    assert lines[0].startswith("hyperforget"), lines[0]
+    # Nothing half-written: no file at all in the output directory, the input run untouched.
+    assert _files_under(out) == [], _files_under(out)
+    assert _files_under(ctx.run) == before
+
+
+def test_cli_bad_input_in_a_real_process(ctx, tmp_path):
+    """The same contract for a real ``python -m hyperforget_jax.cli`` process (no pytest
+    capture in between): exit 2, one stderr line, nothing written."""
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-m", "hyperforget_jax.cli", "evaluate", "--run-dir",
+                        str(ctx.truncated), "--out", str(out), *DIGITS, "--forget-class", "1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert p.returncode == 2, p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "corrupt or truncated" in p.stderr
+    assert not out.exists()

@@ -1,0 +1,122 @@
+"""NaN/inf guard: NaNs injected in the data, the loss or the parameters stop the run with a
+:class:`NonFiniteError` naming the exact step, and never leave a corrupt checkpoint behind (the
+steps already on disk stay restorable and finite; the failing epoch is not saved)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperforget_jax import data, models, train
+from hyperforget_jax.checkpoint import Checkpointer
+from hyperforget_jax.errors import NonFiniteError
+
+CFG = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=0.01)
+
+
+@pytest.fixture(scope="module")
+def arch():
+    return models.make_architecture("gpt_mlp", (8, 8, 1))
+
+
+def _with_nan_sample(ds: data.Dataset, i: int) -> data.Dataset:
+    x = ds.x.copy()
+    x[i, 4, 4, 0] = np.nan  # bypasses from_arrays' check, as a corrupted array in memory would
+    return ds.replace(x=x)
+
+
+def _first_step_using(sample: int, ds_len: int, cfg: train.TrainConfig, epoch: int) -> int:
+    idx = data.batch_indices(cfg.seed, epoch, ds_len, cfg.batch_size)
+    per_epoch = idx.shape[0]
+    batch = int(np.argwhere(idx == sample)[0][0])
+    return epoch * per_epoch + batch
+
+
+def _assert_clean(ckpt_dir, template, steps):
+    with Checkpointer(ckpt_dir) as ck:
+        assert ck.all_steps() == steps
+        for s in steps:
+            state, _ = ck.restore(template, step=s)
+            assert all(np.isfinite(np.asarray(l)).all() for l in jax.tree.leaves(state))
+    leftovers = [p.name for p in ckpt_dir.iterdir() if not p.name.isdigit()]
+    assert leftovers == []
+
+
+def test_nan_in_data_mid_run_names_the_step_and_keeps_checkpoints(arch, digits_splits, tmp_path):
+    """Epoch 1 runs clean and is checkpointed; a NaN then appears in one training image; the
+    resumed run stops at exactly the first step whose batch holds that image."""
+    ds = digits_splits.train
+    ckpt_dir = tmp_path / "ckpt"
+    one = dataclasses.replace(CFG, epochs=1)
+    with Checkpointer(ckpt_dir, max_to_keep=2) as ck:
+        state1, _ = train.fit(arch, ds, one, checkpointer=ck)
+    bad_sample = int(data.batch_indices(CFG.seed, 1, len(ds), CFG.batch_size)[3, 5])
+    want = _first_step_using(bad_sample, len(ds), CFG, epoch=1)
+    with Checkpointer(ckpt_dir, max_to_keep=2) as ck:
+        with pytest.raises(NonFiniteError, match=rf"at step {want} \(epoch 1, batch "):
+            train.fit(arch, _with_nan_sample(ds, bad_sample), CFG, checkpointer=ck)
+    template = train.init_state(arch, train.make_optimizer(CFG), jax.random.key(0))
+    _assert_clean(ckpt_dir, template, [1])
+    with Checkpointer(ckpt_dir) as ck:
+        restored, _ = ck.restore(template)
+    assert all(np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(restored.params), jax.tree.leaves(state1.params)))
+
+
+def test_overflowing_loss_stops_at_step_zero(arch, digits_splits, tmp_path):
+    """Finite data whose loss overflows (x · 1e38 → inf logits → NaN loss)."""
+    ds = digits_splits.train
+    huge = ds.replace(x=ds.x * np.float32(1e38))
+    with Checkpointer(tmp_path / "ckpt") as ck:
+        with pytest.raises(NonFiniteError, match=r"at step 0 \(epoch 0, batch 0\)"):
+            train.fit(arch, huge, CFG, checkpointer=ck)
+    assert list((tmp_path / "ckpt").iterdir()) == []
+
+
+def test_nan_parameters_stop_at_step_zero(arch, digits_splits, tmp_path):
+    params = arch.init(jax.random.key(0))
+    params = jax.tree.map(lambda l: l.at[(0,) * l.ndim].set(jnp.nan), params)
+    with Checkpointer(tmp_path / "ckpt") as ck:
+        with pytest.raises(NonFiniteError, match=r"at step 0 \(epoch 0"):
+            train.fit(arch, digits_splits.train, CFG, checkpointer=ck, init_params=params)
+    assert list((tmp_path / "ckpt").iterdir()) == []
+
+
+def test_step_guard_keeps_the_old_state(arch, digits_splits):
+    """The jitted step itself never applies a non-finite update."""
+    tx = train.make_optimizer(CFG)
+    state = train.init_state(arch, tx, jax.random.key(0))
+    step = jax.jit(train.make_train_step(arch.apply, tx))
+    x = jnp.asarray(digits_splits.train.x[:8]).at[0, 0, 0, 0].set(jnp.inf)
+    new, m = step(state, (x, jnp.asarray(digits_splits.train.y[:8])))
+    assert not bool(m["finite"])
+    assert int(new.step) == 0
+    assert all(np.array_equal(a, b) for a, b in
+               zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
+
+
+def test_fleet_names_member_and_step(arch, digits_splits):
+    seeds = [0, 1]
+    n = len(digits_splits.train)
+    used = [set(data.batch_indices(s, 0, n, CFG.batch_size).ravel().tolist()) for s in seeds]
+    sample = min(used[0] & used[1])
+    ds = _with_nan_sample(digits_splits.train, sample)
+    steps = [_first_step_using(sample, n, dataclasses.replace(CFG, seed=s), 0) for s in seeds]
+    want, member = min(steps), int(np.argmin(steps))
+    with pytest.raises(NonFiniteError, match=rf"at step {want} .*\(fleet member {member}\)"):
+        train.fit_fleet(arch, ds, dataclasses.replace(CFG, epochs=1), seeds)
+
+
+def test_gradtau_names_the_step(arch, digits_splits):
+    from hyperforget_jax.unlearn import GradTauConfig, unlearn
+
+    params = arch.init(jax.random.key(0))
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    nan_forget = split.forget.replace(x=np.full_like(split.forget.x, np.nan))
+    bad = split._replace(forget=nan_forget)
+    with pytest.raises(NonFiniteError, match=r"at step 0\b"):
+        unlearn("gradtau", arch, params, bad, digits_splits.val, GradTauConfig(epochs=1))

@@ -1,0 +1,125 @@
+"""experiments/privacy_gate.py as a release gate: one tiny real run (digits, gpt_mlp, 1 seed, 2
+shadow pairs) that passes with loose tolerances, then the same numbers re-gated (``--recheck``)
+with a zero tolerance must fail with exit 1 and name the method; bad settings exit 2. The
+HyperForget rows are gated too (a zero-weight hypernetwork, so every step of that path runs)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_gate():
+    spec = importlib.util.spec_from_file_location("privacy_gate",
+                                                  ROOT / "experiments" / "privacy_gate.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+BASE = ["--dataset", "digits", "--arch", "gpt_mlp", "--epochs", "3", "--batch-size", "64",
+        "--lr", "0.01", "--seeds", "1", "--shadows", "2", "--gradtau-epochs", "1", "--quiet"]
+TINY = [*BASE, "--forget-class", "3"]
+
+
+def _zero_hypernet(path: Path) -> None:
+    """A DiHyFo-2 hypernetwork for gpt_mlp on digits with zero weights: its samples are
+    meaningless, but every step of the gate's HyperForget path runs (load, prompts, sampling
+    for the target and each U-LiRA shadow)."""
+    import jax
+    import numpy as np
+
+    from hyperforget_jax import models
+    from hyperforget_jax.hyperforget import denoiser as DN
+    from hyperforget_jax.hyperforget import dihyfo as H
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    spec = H.HyperSpec("dihyfo2", arch, 1.0,
+                       DN.DenoiserConfig(num_layers=1, width=16, num_heads=2, num_freqs=8),
+                       num_train_steps=10, default_targets=((1, 5.0, 0.1),))
+    shapes = jax.eval_shape(lambda: DN.init_hyper_state(
+        spec.model(), DN.make_hyper_optimizer(DN.HyperTrainConfig()), jax.random.key(0),
+        arch.param_count).params)
+    H.save_hypernet(path, H.Hypernet(spec, jax.tree.map(lambda l: np.zeros(l.shape, l.dtype),
+                                                        shapes)))
+
+
+@pytest.fixture(scope="module")
+def passed_run(tmp_path_factory):
+    gate = _load_gate()
+    out = tmp_path_factory.mktemp("gate") / "pass"
+    rc = gate.main([*TINY, "--out", str(out), "--tol-mia", "1", "--tol-ulira", "1"])
+    return gate, out, rc
+
+
+def test_gate_hyperforget_path(tmp_path, capfd):
+    """The HyperForget rows: load, prompts, sampling for the target and every shadow."""
+    gate = _load_gate()
+    _zero_hypernet(tmp_path / "hypernet")
+    argv = [*TINY, "--hypernet", str(tmp_path / "hypernet"), "--num-steps", "2"]
+    assert gate.main([*argv, "--out", str(tmp_path / "a"), "--tol-mia", "1",
+                      "--tol-ulira", "1"]) == 0
+    res = json.loads((tmp_path / "a" / "gate.json").read_text())
+    assert set(res["per_seed"]) == {"retrain", "gradtau", "hyperforget"}
+    assert "| hyperforget |" in (tmp_path / "a" / "gate.md").read_text()
+    capfd.readouterr()
+    assert gate.main(["--recheck", str(tmp_path / "a" / "gate.json"), "--out",
+                      str(tmp_path / "b"), "--tol-mia", "0", "--tol-ulira", "0", "--quiet"]) == 1
+    assert "hyperforget FAILED" in capfd.readouterr().err
+
+
+def test_gate_passes_with_loose_tolerance_and_reports_beside_retrain(passed_run):
+    gate, out, rc = passed_run
+    assert rc == 0
+    res = json.loads((out / "gate.json").read_text())
+    assert res["passed"] and set(res["per_seed"]) == {"retrain", "gradtau"}
+    for row in res["per_seed"].values():
+        assert 0.0 <= row[0]["mia_loss_lr"] <= 1.0 and 0.0 <= row[0]["ulira_acc"] <= 1.0
+    assert res["per_seed"]["retrain"][0]["forget_acc"] == 0.0  # class 3 never seen
+    v = res["verdicts"]["gradtau"]
+    want = abs(res["per_seed"]["gradtau"][0]["mia_loss_lr"]
+               - res["per_seed"]["retrain"][0]["mia_loss_lr"])
+    assert v["gap_mia_loss_lr"] == pytest.approx(want)
+    md = (out / "gate.md").read_text()
+    assert "| retrain |" in md and "| gradtau |" in md and "PASSED" in md
+
+
+def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd):
+    gate, out, _ = passed_run
+    res = json.loads((out / "gate.json").read_text())
+    for v in res["verdicts"].values():
+        assert v["gap_mia_loss_lr"] > 0 or v["gap_ulira_acc"] > 0  # something to fail on
+    capfd.readouterr()
+    rc = gate.main(["--recheck", str(out / "gate.json"), "--out", str(tmp_path / "fail"),
+                    "--tol-mia", "0", "--tol-ulira", "0", "--quiet"])
+    err = capfd.readouterr().err
+    assert rc == 1
+    assert "gradtau FAILED" in err
+    again = json.loads((tmp_path / "fail" / "gate.json").read_text())
+    assert not again["passed"] and again["per_seed"] == res["per_seed"]
+    assert "FAIL" in (tmp_path / "fail" / "gate.md").read_text()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--tol-mia", "-1"], "--tol-mia must be"),
+    (["--shadows", "1"], "at least 2 shadow"),
+    (["--seeds", "0"], "--seeds must be"),
+    (["--hypernet", "x", "--forget-fraction", "0.1"], "class requests only"),
+    (["--forget-class", "12"], "class 12 does not exist"),
+])
+def test_gate_bad_settings_exit_2_and_write_nothing(tmp_path, capfd, argv, words):
+    gate = _load_gate()
+    if "--forget-class" not in argv and "--forget-fraction" not in argv:
+        argv = [*argv, "--forget-class", "3"]
+    capfd.readouterr()
+    rc = gate.main([*BASE, *argv, "--out", str(tmp_path / "out")])
+    err = capfd.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and words in err[0], err
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()] \
+        if (tmp_path / "out").exists() else []
+    assert files == []

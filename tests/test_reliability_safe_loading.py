@@ -1,0 +1,179 @@
+"""Safe loading: reading a checkpoint, a params file, a hypernetwork or a corpus never executes
+code. Crafted files (a pickle whose unpickling would create a marker directory, and a ``.npy``
+with ``object`` dtype carrying that pickle) are put exactly where the loaders expect their files;
+every load must fail with a :class:`CheckpointError` and the marker must never appear.
+
+A static check backs this up: no module of the package imports pickle-like loaders, and every
+``np.load`` passes ``allow_pickle=False``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import re
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from hyperforget_jax import models, train
+from hyperforget_jax.checkpoint import Checkpointer, load_params, save_params
+from hyperforget_jax.errors import CheckpointError
+
+PKG = Path(__file__).resolve().parents[1] / "hyperforget_jax"
+
+
+class _Payload:
+    """Unpickling this calls ``os.makedirs(marker)``: arbitrary code execution in miniature."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+@pytest.fixture
+def payload(tmp_path):
+    marker = tmp_path / "PWNED"
+    raw = pickle.dumps(_Payload(str(marker)))
+    # Positive control: the payload is live when unpickled.
+    pickle.loads(raw)
+    assert marker.is_dir()
+    marker.rmdir()
+    obj_npy = tmp_path / "object.npy"
+    np.save(obj_npy, np.array([_Payload(str(marker))], dtype=object), allow_pickle=True)
+    return marker, raw, obj_npy.read_bytes()
+
+
+def _plant(root: Path, raw: bytes, pattern: str = "*") -> int:
+    """Overwrites every file under ``root`` matching ``pattern`` with ``raw``."""
+    n = 0
+    for f in root.rglob(pattern):
+        if f.is_file():
+            f.write_bytes(raw)
+            n += 1
+    assert n > 0
+    return n
+
+
+@pytest.fixture(scope="module")
+def arch():
+    return models.make_architecture("gpt_mlp", (8, 8, 1))
+
+
+@pytest.mark.parametrize("which", ["pickle", "object_npy"])
+def test_params_checkpoint_never_unpickles(arch, payload, tmp_path, which):
+    marker, raw, obj = payload
+    blob = raw if which == "pickle" else obj
+    params = arch.init(jax.random.key(0))
+    path = tmp_path / "params"
+    save_params(path, params, {"arch": "gpt_mlp"})
+    _plant(path, blob)
+    for template in (params, None):
+        with pytest.raises(CheckpointError):
+            load_params(path, template)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("which", ["pickle", "object_npy"])
+def test_run_checkpoint_never_unpickles(arch, payload, tmp_path, which):
+    from hyperforget_jax.commands import common
+
+    marker, raw, obj = payload
+    blob = raw if which == "pickle" else obj
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=1)
+    state = train.init_state(arch, train.make_optimizer(cfg), jax.random.key(0))
+    run = tmp_path / "run"
+    meta = {"architecture": arch.to_json(), "train_config": cfg.to_json()}
+    with Checkpointer(run / "checkpoints") as ck:
+        ck.save(1, state, meta)
+        ck.save(2, state, meta)
+    # step 2: every file replaced; step 1: only the metadata (JSON) files.
+    _plant(run / "checkpoints" / "2", blob)
+    _plant(run / "checkpoints" / "1", blob, "*metadata*")
+    with Checkpointer(run / "checkpoints") as ck:
+        for step in (1, 2):
+            with pytest.raises(CheckpointError):
+                ck.restore(state, step=step)
+            with pytest.raises(CheckpointError):
+                ck.restore_meta(step=step)
+    with pytest.raises(CheckpointError):
+        common.load_run(run)
+    assert not marker.exists()
+
+
+def _fake_corpus(path: Path, arch) -> None:
+    """A minimal valid corpus (one shard of two rows) in the on-disk format."""
+    from hyperforget_jax.hyperforget import corpus as C
+
+    shard = path / "shard_00000"
+    shard.mkdir(parents=True)
+    n = arch.param_count
+    np.save(shard / "params.npy", np.zeros((2, n), np.float32), allow_pickle=False)
+    np.save(shard / "rows.npy", np.array([[0, 0, -1, 0], [0, 1, 0, 5]], np.int32),
+            allow_pickle=False)
+    np.save(shard / "metrics.npy", np.zeros((2, len(C.metric_columns(10))), np.float32),
+            allow_pickle=False)
+    index = {"format": C.FORMAT, "architecture": arch.to_json(), "requests": [[0]],
+             "test_seeds": [], "shards": {"00000": {"dir": "shard_00000", "done": True}}}
+    (path / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("which", ["pickle", "object_npy"])
+@pytest.mark.parametrize("target", ["params.npy", "rows.npy", "metrics.npy"])
+def test_corpus_never_unpickles(arch, payload, tmp_path, which, target):
+    from hyperforget_jax.hyperforget.corpus import Corpus
+
+    marker, raw, obj = payload
+    path = tmp_path / "corpus"
+    _fake_corpus(path, arch)
+    assert len(Corpus(path)) == 2  # positive control: the fake corpus is valid
+    (path / "shard_00000" / target).write_bytes(raw if which == "pickle" else obj)
+    with pytest.raises(CheckpointError, match="unreadable|truncated"):
+        Corpus(path)
+    assert not marker.exists()
+
+
+def test_corpus_index_pickle_is_rejected(arch, payload, tmp_path):
+    from hyperforget_jax.hyperforget.corpus import Corpus
+
+    marker, raw, _ = payload
+    path = tmp_path / "corpus"
+    _fake_corpus(path, arch)
+    (path / "index.json").write_bytes(raw)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        Corpus(path)
+    assert not marker.exists()
+
+
+def test_hypernet_loading_never_unpickles(payload, tmp_path):
+    from hyperforget_jax.hyperforget import dihyfo
+
+    marker, raw, obj = payload
+    path = tmp_path / "hypernet"
+    save_params(path, {"w": np.ones(3, np.float32)}, {"hypernet": {"variant": "dihyfo2"}})
+    _plant(path, raw)
+    with pytest.raises(CheckpointError):
+        dihyfo.load_hypernet(path)
+    assert not marker.exists()
+
+
+_FORBIDDEN = re.compile(r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib|shelve|"
+                        r"marshal)\b|torch\.load|allow_pickle\s*=\s*True|\beval\(|\bexec\(",
+                        re.M)
+
+
+def test_package_has_no_code_executing_loader():
+    offenders = []
+    for f in sorted(PKG.rglob("*.py")):
+        text = f.read_text()
+        offenders += [f"{f.relative_to(PKG)}: {m.group(0).strip()}"
+                      for m in _FORBIDDEN.finditer(text)]
+        for call in re.finditer(r"np\.load\(([^)]*)\)", text):
+            if "allow_pickle=False" not in call.group(1):
+                offenders.append(f"{f.relative_to(PKG)}: np.load({call.group(1)})")
+    assert offenders == []
