@@ -37,6 +37,17 @@ class TrainState(NamedTuple):
     opt_state: Any
 
 
+def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
+    """Raises ``ConfigError`` naming the bad value among epochs, batch size and learning rate
+    (shared by every training recipe: classifiers, GANs)."""
+    if epochs < 0:
+        raise ConfigError(f"epochs must be >= 0, got {epochs}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if not (lr > 0 and np.isfinite(lr)):
+        raise ConfigError(f"learning rate must be a positive number, got {lr}")
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Classifier training recipe (also the Retrain recipe: same config on D_r).
@@ -55,12 +66,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 0:
-            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and np.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        check_schedule(self.epochs, self.batch_size, self.lr)
         if self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
 

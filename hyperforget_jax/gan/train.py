@@ -28,6 +28,7 @@ from hyperforget_jax import params as P_
 from hyperforget_jax.data import Dataset, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.gan.models import GANArch
+from hyperforget_jax.train import check_schedule
 
 Params = Any
 
@@ -63,12 +64,7 @@ class GANConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 0:
-            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and np.isfinite(self.lr)):
-            raise ConfigError(f"learning rate must be a positive number, got {self.lr}")
+        check_schedule(self.epochs, self.batch_size, self.lr)
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must lie in [0, 1), got {self.beta1}")
 
