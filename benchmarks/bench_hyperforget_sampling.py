@@ -1,0 +1,110 @@
+"""HyperForget sampling: what one unlearned model costs, and what vmapping requests buys.
+
+DiHyFo-2 on ``gpt_mlp`` (7,960 parameters) with the default CPU denoiser (2 layers × 128,
+untrained weights: the cost does not depend on them), DDIM with ``--steps`` steps. Contenders,
+timed interleaved (each repeat runs every one in turn): ``sample`` (one request), and
+``sample_many`` over N = 1, 10 (and ``--sizes``) requests. FLOPs per denoiser call come from
+XLA's cost analysis of the compiled forward at batch N; the peak is ``jnp.dot`` on two
+2048×2048 float32 matrices in the same interleaving. The table says whether the CPU was idle
+during one sample (a low GFLOP/s at N = 1 would leave room for batching) or already busy.
+
+Run (≈ 1 min on 2 cores)::
+
+    PYTHONPATH=. python benchmarks/bench_hyperforget_sampling.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from benchmarks import common  # noqa: E402
+from hyperforget_jax import data, train  # noqa: E402
+from hyperforget_jax.hyperforget import denoiser as DN  # noqa: E402
+from hyperforget_jax.hyperforget import dihyfo  # noqa: E402
+from hyperforget_jax.models import make_architecture  # noqa: E402
+
+
+def denoiser_flops(spec: dihyfo.HyperSpec, hparams, n: int) -> float:
+    """XLA's FLOP count of one denoiser call on a batch of ``n`` requests."""
+    model, p = spec.model(), spec.arch.param_count
+    args = (jnp.zeros((n, p)), jnp.zeros((n, 4)), jnp.zeros((n, spec.arch.num_classes)),
+            jnp.zeros((n,), jnp.int32))
+    fwd = jax.jit(lambda x, s, c, t: model.apply({"params": hparams}, x, x, t, s, c))
+    cost = fwd.lower(*args).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="1,10,32", help="numbers of vmapped requests")
+    ap.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes, args.steps, args.repeats = "1,4", 4, 3
+    sizes = [int(s) for s in args.sizes.split(",")]
+
+    splits = data.make_splits(data.load_mnist5k())
+    arch = make_architecture("gpt_mlp")
+    original, _ = train.fit(arch, splits.train, train.TrainConfig(arch="gpt_mlp", seed=0))
+    spec = dihyfo.HyperSpec("dihyfo2", arch, 1.0, DN.DenoiserConfig(),
+                            default_targets=((1, 2.3, 0.2),))
+    hstate = DN.init_hyper_state(spec.model(), optax.adam(1e-3), jax.random.key(0),
+                                 arch.param_count)
+    net = dihyfo.Hypernet(spec, hstate.params)
+    prompts = [dihyfo.make_prompt(net, original.params, splits.train, (c % 10,))
+               for c in range(max(sizes))]
+    keys = jax.random.split(jax.random.key(1), max(sizes))
+    params = original.params
+
+    a = jnp.ones((2048, 2048), jnp.float32)
+    matmul = jax.jit(lambda x: x @ x)
+    contenders = {
+        "matmul": lambda: jax.block_until_ready(matmul(a)),
+        "sample (1 request)": lambda: jax.block_until_ready(
+            dihyfo.sample(keys[0], net, params, prompts[0], args.steps)),
+    }
+    for n in sizes:
+        stacked = dihyfo.stack_prompts(prompts[:n])
+        contenders[f"sample_many N={n}"] = (
+            lambda n=n, stacked=stacked: jax.block_until_ready(
+                dihyfo.sample_many(keys[:n], net, params, stacked, args.steps)))
+    times = common.interleaved(contenders, args.repeats)
+    peak = 2 * 2048 ** 3 / common.median(times.pop("matmul")) / 1e9
+
+    flops = {n: denoiser_flops(spec, net.params, n) for n in sorted({1, *sizes})}
+    t_one = common.median(times["sample (1 request)"])
+    t_v1 = common.median(times.get("sample_many N=1", times["sample (1 request)"]))
+    rows = []
+    for name, ts in times.items():
+        n = 1 if name.startswith("sample (") else int(name.split("=")[1])
+        t = common.median(ts)
+        gflops = flops[n] * args.steps / t / 1e9
+        rows.append({"contender": name, "requests": n, "ms": t * 1e3,
+                     "ms per request": t * 1e3 / n, "vs one sample": t / t_one,
+                     "vs sample_many N=1": t / t_v1,
+                     "MFLOP per denoiser call": flops[n] / 1e6, "GFLOP/s": gflops,
+                     "% of peak": 100 * gflops / peak})
+    print(f"matmul peak {peak:.0f} GFLOP/s; DDIM {args.steps} steps")
+    print(common.markdown_table(rows, ["contender", "requests", "ms", "ms per request",
+                                       "vs one sample", "vs sample_many N=1",
+                                       "MFLOP per denoiser call", "GFLOP/s", "% of peak"]))
+    path = common.write_json("hyperforget_sampling", {"config": vars(args), "peak_gflops": peak,
+                                                      "rows": rows}, args.out)
+    print(f"wrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
