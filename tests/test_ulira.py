@@ -73,11 +73,19 @@ def test_end_to_end_on_digits(digits_splits):
                                                             seed=2))[0].params
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sh.in_params)):
         np.testing.assert_allclose(np.asarray(b)[1], np.asarray(a), atol=1e-5)
-    # "unlearning" = retraining: both distributions coincide, the attack is near chance
+    # ulira() feeds ulira_test the right confidences and mask: recomputed here one shadow at a
+    # time, with the mask from Python sets ("unlearning" that does nothing vs Retrain)
     original = train.fit(arch, tr, cfg)[0].params
-    retrained = unlearn("retrain", arch, original, split,
-                        digits_splits.val, cfg).params
-    un_sh = jax.tree.map(lambda x: x, sh.retrain_params)
-    out = ulira.ulira(arch, sh, un_sh, tr, split, retrained, retrained)
-    assert out["accuracy"] == pytest.approx(0.5) and out["n_examples"] > 0
-
+    retrained = unlearn("retrain", arch, original, split, digits_splits.val, cfg).params
+    out = ulira.ulira(arch, sh, sh.in_params, tr, split, original, retrained)
+    x, y = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
+    conf = lambda p: np.asarray(ulira.logit_confidence(arch.apply(p, x), y))
+    member = lambda stacked, s: jax.tree.map(lambda v: v[s], stacked)
+    phi_u = np.stack([conf(member(sh.in_params, s)) for s in range(4)])
+    phi_r = np.stack([conf(member(sh.retrain_params, s)) for s in range(4)])
+    mask = np.array([[int(i) in set(sh.forget_sets[s].tolist()) for i in split.forget_idx]
+                     for s in range(4)])
+    want = ulira.ulira_test(phi_u, phi_r, mask, conf(original), conf(retrained))
+    assert out["n_examples"] == want["n_examples"] == mask.any(0).sum() > 0
+    for k in ("accuracy", "auc", "sigma_unlearned", "sigma_retrained"):
+        assert out[k] == pytest.approx(want[k], abs=1e-6), k
