@@ -171,6 +171,21 @@ def per_sample_outputs(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
     return result
 
 
+def chunked_apply(fn: Callable, params: Any, x: Any, chunk: int) -> Any:
+    """``fn(params, batch)`` over ``x`` in chunks of exactly ``chunk`` rows (the last one
+    zero-padded, so a jitted ``fn`` compiles once), as host arrays without the padding. ``fn``
+    may return an array or a tuple of arrays; ``x`` must be non-empty."""
+    outs = []
+    for i in range(0, len(x), chunk):
+        xx = np.asarray(x[i:i + chunk])
+        pad = chunk - len(xx)
+        if pad:
+            xx = np.concatenate([xx, np.zeros((pad, *xx.shape[1:]), xx.dtype)])
+        outs.append(jax.tree.map(lambda o: np.asarray(o)[: chunk - pad],
+                                 fn(params, jnp.asarray(xx))))
+    return jax.tree.map(lambda *o: np.concatenate(o), *outs)
+
+
 def _run_batches(apply_fn: ApplyFn, params: Any, x: np.ndarray, y: np.ndarray,
                  batch_size: int) -> dict[str, np.ndarray]:
     n = len(x)

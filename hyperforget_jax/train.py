@@ -91,14 +91,24 @@ def cross_entropy_loss(params: Params, apply_fn: Callable, x: jax.Array, y: jax.
     return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 
+def guarded_apply(params: Params, opt_state: Any, grads: Params, loss: jax.Array,
+                  tx: optax.GradientTransformation) -> tuple[Params, Any, jax.Array]:
+    """Applies ``grads`` unless the loss or the new parameters are non-finite, in which case
+    the old parameters and optimiser state are kept. Returns (params, opt_state, finite).
+    The NaN guard of every trainer in the package (classifiers, GANs, hypernetworks)."""
+    updates, new_opt = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    finite = jnp.isfinite(loss) & P_.all_finite(new_params)
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    return keep(new_params, params), keep(new_opt, opt_state), finite
+
+
 def guarded_update(state: TrainState, grads: Params, loss: jax.Array,
                    tx: optax.GradientTransformation) -> tuple[TrainState, jax.Array]:
-    """Applies ``grads`` unless the loss or the new parameters are non-finite, in which case
-    the old state is kept. Returns (state, finite). Shared by every trainer in the package."""
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new = TrainState(state.step + 1, optax.apply_updates(state.params, updates), opt_state)
-    finite = jnp.isfinite(loss) & P_.all_finite(new.params)
-    return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state), finite
+    """:func:`guarded_apply` on a :class:`TrainState` (the step only advances when applied).
+    Returns (state, finite)."""
+    params, opt_state, finite = guarded_apply(state.params, state.opt_state, grads, loss, tx)
+    return TrainState(jnp.where(finite, state.step + 1, state.step), params, opt_state), finite
 
 
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
@@ -203,7 +213,9 @@ def _compiled_epoch(arch: Architecture, cfg_opt: tuple, fleet: bool) -> Callable
     return jax.jit(run, donate_argnums=0)
 
 
-def _raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
+def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
+    """Raises ``NonFiniteError`` naming the earliest step (and fleet member) whose ``finite``
+    flag is False; ``finite`` holds one epoch's flags, (steps,) or (members, steps)."""
     finite = np.asarray(finite)
     if finite.all():
         return
@@ -257,7 +269,7 @@ def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
         idx = batch_indices(cfg.seed, epoch, len(train), cfg.batch_size)
         first = int(state.step)
         state, m = run(state, x, y, jnp.asarray(idx))
-        _raise_if_nonfinite(m["finite"], first, epoch)
+        raise_if_nonfinite(m["finite"], first, epoch)
         history.append({"epoch": epoch, "loss": float(m["loss"].mean()),
                         "accuracy": float(m["accuracy"].mean())})
         if checkpointer is not None:
@@ -285,7 +297,7 @@ def fit_fleet(arch: Architecture, train: Dataset, cfg: TrainConfig, seeds: list[
         idx = np.stack([batch_indices(s, epoch, len(train), cfg.batch_size) for s in seeds])
         first = int(state.step[0])
         state, m = run(state, x, y, jnp.asarray(idx))
-        _raise_if_nonfinite(m["finite"], first, epoch)
+        raise_if_nonfinite(m["finite"], first, epoch)
         history.append({"epoch": epoch, "loss": np.asarray(m["loss"].mean(1)).tolist(),
                         "accuracy": np.asarray(m["accuracy"].mean(1)).tolist()})
     return state, history

@@ -89,7 +89,7 @@ def _fit_fleet_on_subsets(arch: Architecture, train_ds: Dataset, subsets: np.nda
                         for sub, s in zip(subsets, seeds)])
         first = int(state.step[0])
         state, m = run(state, x, y, jnp.asarray(idx))
-        train._raise_if_nonfinite(m["finite"], first, epoch)
+        train.raise_if_nonfinite(m["finite"], first, epoch)
     return state.params
 
 

@@ -22,7 +22,7 @@ from hyperforget_jax.checkpoint import Checkpointer
 from hyperforget_jax.commands import common
 from hyperforget_jax.errors import CheckpointError, DataError, ForgetRequestError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_outputs, train_judge
-from hyperforget_jax.gan.models import GANArch
+from hyperforget_jax.gan.models import GAN_ARCHS, GANArch
 from hyperforget_jax.gan.train import (GANConfig, init_gan_state, make_optimizer, sample,
                                        save_grid, timed_train_gan)
 from hyperforget_jax.gan.unlearn import FAKE_LABELS, SUBSTITUTIONS, default_recipe, unlearn_gan
@@ -135,12 +135,13 @@ def cmd_evaluate(args) -> int:
         fsplit = data.resolve_forget(splits.train, request)
     judge = train_judge(splits.train, seed=0)
     ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
+    ref = judge_outputs(judge, fsplit.retain.x)[1]        # the FID reference, shared by every run
     rows = {}
     for name, run in [(Path(args.run_dir).name, None)] + [(Path(d).name, d)
                                                            for d in args.compare or []]:
         a, st = (arch, state) if run is None else load_gan_run(run)[:2]
         rows[name] = evaluate_gan(a, st.g_params, st.d_params, judge, splits, fsplit.forget.x,
-                                  fsplit.retain.x, request.classes, ev)
+                                  fsplit.retain.x, request.classes, ev, ref)
     keys = ("classifier_fid", "classifier_is", "forgotten_share", "d_mia_auc",
             "downstream_acc", "downstream_acc_kept")
     md = (f"# GAN evaluation: {request.describe()}\n\nclassifier-FID / classifier-IS use the "
@@ -162,7 +163,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_data_args(p)
     common.add_request_args(p, required=False)
     d = GANConfig()
-    p.add_argument("--gan-arch", default=d.arch, choices=("mlp", "dcgan"))
+    p.add_argument("--gan-arch", default=d.arch, choices=GAN_ARCHS)
     p.add_argument("--width", type=int, default=d.width)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--seed", type=int, default=0)
@@ -176,8 +177,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True, help="the original GAN run")
     p.add_argument("--out", default="runs/gan/unlearned",
                    help="checkpoints, samples and results; a rerun resumes an interrupted run")
-    rec = ("(default: the recipe of the request's kind: items heldout/latent/0.1/10/400, "
-           "classes hard/latent/1.0/20/600)")
+    recipe = lambda r: (f"{r.fake_label}/{r.substitution}/λ_s {r.lambda_s}/check every "
+                        f"{r.check_every}/max {r.max_rounds}")
+    rec = (f"(default: the recipe of the request's kind: items {recipe(default_recipe(False))}, "
+           f"classes {recipe(default_recipe(True))})")
     p.add_argument("--fake-label", choices=FAKE_LABELS, help="target of D on the forgotten "
                    "images: hard 0, mean generated score, mean held-out real score " + rec)
     p.add_argument("--substitution", choices=SUBSTITUTIONS, help="latent- or data-level "

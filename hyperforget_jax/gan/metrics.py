@@ -17,11 +17,11 @@ from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax.data import Dataset, Splits
 from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.metrics import chunked_apply, per_sample_outputs
 from hyperforget_jax.models import Architecture, make_architecture
 from hyperforget_jax.train import TrainConfig, fit
 
@@ -69,17 +69,8 @@ def _compiled_judge(arch: Architecture):
 
 def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
     """(class probabilities (N, K), penultimate features (N, F)) of the judge, in chunks."""
-    fn = _compiled_judge(judge.arch)
-    probs, feats = [], []
-    for i in range(0, len(x), chunk):
-        xx = np.asarray(x[i:i + chunk], np.float32)
-        pad = chunk - len(xx)
-        if pad:
-            xx = np.concatenate([xx, np.zeros((pad, *xx.shape[1:]), np.float32)])
-        p, f = fn(judge.params, jnp.asarray(xx))
-        probs.append(np.asarray(p)[: chunk - pad])
-        feats.append(np.asarray(f)[: chunk - pad])
-    return np.concatenate(probs), np.concatenate(feats)
+    return chunked_apply(_compiled_judge(judge.arch), judge.params, np.asarray(x, np.float32),
+                         chunk)
 
 
 # --- distribution metrics ---------------------------------------------------------------------
@@ -163,20 +154,21 @@ def d_score_mia(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict
 
 def downstream_accuracy(images: np.ndarray, judge: Judge, test: Dataset, seed: int = 0,
                         arch_name: str = "mlp", epochs: int = 10,
-                        kept_classes: Sequence[int] | None = None) -> dict:
+                        kept_classes: Sequence[int] | None = None,
+                        labels: np.ndarray | None = None) -> dict:
     """Trains a classifier on generated ``images`` labelled by the judge and tests it on real
-    ``test`` data: overall accuracy and, if given, accuracy on the kept classes."""
-
-    probs, _ = judge_outputs(judge, images)
-    synth = Dataset(np.asarray(images, np.float32), probs.argmax(1).astype(np.int32),
+    ``test`` data: overall accuracy and, if given, accuracy on the kept classes. ``labels``:
+    the judge's labels of ``images`` when the caller already has them."""
+    if labels is None:
+        labels = judge_outputs(judge, images)[0].argmax(1)
+    synth = Dataset(np.asarray(images, np.float32), np.asarray(labels, np.int32),
                     test.num_classes, "generated")
     arch = make_architecture(arch_name, test.x.shape[1:], test.num_classes)
     state, _ = fit(arch, synth, TrainConfig(arch=arch_name, epochs=epochs, seed=seed))
-    pred = np.asarray(jax.jit(arch.apply)(state.params, jnp.asarray(test.x))).argmax(1)
-    out = {"downstream_acc": float(np.mean(pred == test.y))}
+    correct = per_sample_outputs(arch.apply, state.params, test.x, test.y)["correct"]
+    out = {"downstream_acc": float(np.mean(correct))}
     if kept_classes is not None:
-        kept = np.isin(test.y, list(kept_classes))
-        out["downstream_acc_kept"] = float(np.mean(pred[kept] == test.y[kept]))
+        out["downstream_acc_kept"] = float(np.mean(correct[np.isin(test.y, list(kept_classes))]))
     return out
 
 
@@ -235,7 +227,8 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
     if cfg.downstream_samples:
         kept = None if forget_classes is None else [c for c in range(k)
                                                     if c not in set(forget_classes)]
-        out.update(downstream_accuracy(samples[: cfg.downstream_samples], judge, splits.test,
-                                       cfg.seed, epochs=cfg.downstream_epochs,
-                                       kept_classes=kept))
+        n = cfg.downstream_samples
+        out.update(downstream_accuracy(samples[:n], judge, splits.test, cfg.seed,
+                                       epochs=cfg.downstream_epochs, kept_classes=kept,
+                                       labels=labels[:n]))
     return out

@@ -20,12 +20,14 @@ Images are float32 NHWC in [0, 1]: G ends with ``(tanh + 1) / 2`` and D maps its
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hyperforget_jax import params as P_
 from hyperforget_jax.errors import ArchitectureError, ConfigError
 
 Params = Any
@@ -137,14 +139,17 @@ class GANArch:
     def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
         return jax.random.normal(key, (n, self.latent_dim), jnp.float32)
 
+    def param_shapes(self) -> tuple[Params, Params]:
+        """(G, D) parameter shapes (``jax.ShapeDtypeStruct`` pytrees), traced once per arch."""
+        return _gan_param_shapes(self)
+
     def param_counts(self) -> tuple[int, int]:
-        g, d = jax.eval_shape(self.init, jax.random.key(0))
-        count = lambda t: sum(int(jnp.size(l)) for l in jax.tree.leaves(t))
-        return count(g), count(d)
+        g, d = self.param_shapes()
+        return P_.param_count(g), P_.param_count(d)
 
     def check_params(self, g_params: Params, d_params: Params) -> None:
         """Raises :class:`ArchitectureError` unless the pair fits this architecture."""
-        want_g, want_d = jax.eval_shape(self.init, jax.random.key(0))
+        want_g, want_d = self.param_shapes()
         for role, want, got in (("generator", want_g, g_params),
                                 ("discriminator", want_d, d_params)):
             ws = jax.tree.map(lambda l: tuple(l.shape), want)
@@ -167,6 +172,12 @@ class GANArch:
     def from_json(cls, d: dict) -> "GANArch":
         return make_gan_arch(d["name"], tuple(d["image_shape"]), d.get("latent_dim", 100),
                              d.get("width", 64))
+
+
+@functools.lru_cache(maxsize=16)
+def _gan_param_shapes(arch: GANArch) -> tuple[Params, Params]:
+    # Tracing init costs ~0.1-1 s and is asked for on every check_params / checkpoint save.
+    return jax.eval_shape(arch.init, jax.random.key(0))
 
 
 def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28, 1),

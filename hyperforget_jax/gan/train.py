@@ -24,11 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hyperforget_jax import params as P_
 from hyperforget_jax.data import Dataset, batch_indices
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.models import GANArch
-from hyperforget_jax.train import check_schedule
+from hyperforget_jax.metrics import chunked_apply
+from hyperforget_jax.train import check_schedule, guarded_apply, raise_if_nonfinite
 
 Params = Any
 
@@ -78,9 +78,11 @@ def make_optimizer(lr: float = 2e-4, beta1: float = 0.5) -> optax.GradientTransf
 
 def init_gan_state(arch: GANArch, tx: optax.GradientTransformation, key: jax.Array,
                    g_params: Params | None = None, d_params: Params | None = None) -> GANState:
-    g0, d0 = arch.init(key)
-    g = g0 if g_params is None else g_params
-    d = d0 if d_params is None else d_params
+    if g_params is None or d_params is None:
+        g0, d0 = arch.init(key)
+        g_params = g0 if g_params is None else g_params
+        d_params = d0 if d_params is None else d_params
+    g, d = g_params, d_params
     return GANState(jnp.zeros((), jnp.int32), g, d, tx.init(g), tx.init(d))
 
 
@@ -88,14 +90,6 @@ def bce_with_logits(logits: jax.Array, target: jax.Array | float) -> jax.Array:
     """Mean binary cross-entropy of logits against a (soft) target in [0, 1]."""
     target = jnp.broadcast_to(jnp.asarray(target, logits.dtype), logits.shape)
     return optax.sigmoid_binary_cross_entropy(logits, target).mean()
-
-
-def _guarded(params, opt_state, grads, loss, tx):
-    updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & P_.all_finite(new_params)
-    keep = lambda a, b: jax.tree.map(lambda u, v: jnp.where(finite, u, v), a, b)
-    return keep(new_params, params), keep(new_opt, opt_state), finite
 
 
 def _pmean(tree, axis_name):
@@ -118,7 +112,7 @@ def make_d_step(arch: GANArch, tx: optax.GradientTransformation,
         (loss, (d_real, d_fake)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.d_params, state.g_params, x, z)
         grads, loss, d_real, d_fake = _pmean((grads, loss, d_real, d_fake), axis_name)
-        d, opt, finite = _guarded(state.d_params, state.d_opt, grads, loss, tx)
+        d, opt, finite = guarded_apply(state.d_params, state.d_opt, grads, loss, tx)
         return state._replace(d_params=d, d_opt=opt), {
             "d_loss": loss, "d_real": d_real, "d_fake": d_fake, "finite": finite}
 
@@ -136,7 +130,7 @@ def make_g_step(arch: GANArch, tx: optax.GradientTransformation,
     def step(state: GANState, z: jax.Array):
         loss, grads = jax.value_and_grad(loss_fn)(state.g_params, state.d_params, z)
         grads, loss = _pmean((grads, loss), axis_name)
-        g, opt, finite = _guarded(state.g_params, state.g_opt, grads, loss, tx)
+        g, opt, finite = guarded_apply(state.g_params, state.g_opt, grads, loss, tx)
         return state._replace(step=state.step + 1, g_params=g, g_opt=opt), {
             "g_loss": loss, "finite": finite}
 
@@ -171,8 +165,8 @@ def compiled_epoch(arch: GANArch, lr: float, beta1: float, batch_size: int) -> C
 
 
 def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict | None = None,
-              progress: bool = False, save_every: int = 10,
-              init: GANState | None = None) -> tuple[GANState, list[dict], GANArch]:
+              progress: bool = False, save_every: int = 10
+              ) -> tuple[GANState, list[dict], GANArch]:
     """Trains a GAN on ``train.x`` (labels unused) with ``cfg``.
 
     Args:
@@ -182,7 +176,6 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
         ``save_every`` epochs and at the end (checkpoint step = epochs done); a rerun resumes.
       meta: JSON metadata stored with each checkpoint.
       progress: show a tqdm progress bar.
-      init: continue from this state instead of a fresh initialisation.
 
     Returns:
       (final state, per-epoch history of mean losses and D scores, the :class:`GANArch`).
@@ -194,7 +187,7 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
 
     arch = make_gan_arch(cfg.arch, train.x.shape[1:], cfg.latent_dim, cfg.width)
     tx = make_optimizer(cfg.lr, cfg.beta1)
-    state = init if init is not None else init_gan_state(arch, tx, jax.random.key(cfg.seed))
+    state = init_gan_state(arch, tx, jax.random.key(cfg.seed))
     start = 0
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state)
@@ -210,12 +203,7 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
         idx = jnp.asarray(batch_indices(cfg.seed, epoch, len(train), cfg.batch_size))
         first = int(state.step)
         state, m = run(state, x, idx, cfg.seed)
-        finite = np.asarray(m["finite"])
-        if not finite.all():
-            bad = int(np.argmin(finite))
-            raise NonFiniteError(f"non-finite GAN loss or parameters at iteration {first + bad} "
-                                 f"(epoch {epoch}); training stopped without saving. Lower the "
-                                 "learning rate")
+        raise_if_nonfinite(m["finite"], first, epoch)
         history.append({"epoch": epoch, **{k: float(np.mean(m[k])) for k in
                                            ("d_loss", "g_loss", "d_real", "d_fake")}})
         if checkpointer is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == cfg.epochs):
@@ -234,21 +222,15 @@ def timed_train_gan(train: Dataset, cfg: GANConfig, **kw) -> tuple[GANState, flo
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_sampler(arch: GANArch, chunk: int) -> Callable:
+def _compiled_sampler(arch: GANArch) -> Callable:
     return jax.jit(lambda g, z: arch.generate(g, z))
 
 
 def generate(arch: GANArch, g_params: Params, z: jax.Array, chunk: int = 2048) -> np.ndarray:
     """G(z) in chunks (bounded memory), as a host array."""
-    fn = _compiled_sampler(arch, chunk)
-    out = []
-    for i in range(0, len(z), chunk):
-        zz = z[i:i + chunk]
-        pad = chunk - len(zz)
-        if pad:
-            zz = jnp.concatenate([zz, jnp.zeros((pad, zz.shape[1]), zz.dtype)])
-        out.append(np.asarray(fn(g_params, zz))[: chunk - pad])
-    return np.concatenate(out) if out else np.zeros((0, *arch.image_shape), np.float32)
+    if len(z) == 0:
+        return np.zeros((0, *arch.image_shape), np.float32)
+    return chunked_apply(_compiled_sampler(arch), g_params, z, chunk)
 
 
 def sample(arch: GANArch, g_params: Params, n: int, seed: int = 0) -> np.ndarray:
@@ -262,15 +244,7 @@ def _compiled_scores(arch: GANArch) -> Callable:
 
 def d_scores(arch: GANArch, d_params: Params, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """σ(D(x)) for every image (host array)."""
-    fn = _compiled_scores(arch)
-    out = []
-    for i in range(0, len(x), chunk):
-        xx = np.asarray(x[i:i + chunk])
-        pad = chunk - len(xx)
-        if pad:
-            xx = np.concatenate([xx, np.zeros((pad, *xx.shape[1:]), xx.dtype)])
-        out.append(np.asarray(fn(d_params, jnp.asarray(xx)))[: chunk - pad])
-    return np.concatenate(out)
+    return chunked_apply(_compiled_scores(arch), d_params, x, chunk)
 
 
 def save_grid(images: np.ndarray, path, nrow: int = 8, title: str | None = None) -> None:

@@ -41,8 +41,9 @@ import optax
 
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.gan.models import GANArch
-from hyperforget_jax.gan.train import (GANState, _guarded, bce_with_logits, d_scores, generate,
+from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
                                        init_gan_state, make_optimizer)
+from hyperforget_jax.train import guarded_apply
 
 Params = Any
 FAKE_LABELS = ("hard", "generated", "heldout")
@@ -240,10 +241,10 @@ def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float,
 
         (ld, score_u), gd = jax.value_and_grad(d_loss, has_aux=True)(
             state.d_params, state.g_params, xr, xu, zd, xs, has_sub * sub_real_weight, y_f)
-        d, d_opt, fin_d = _guarded(state.d_params, state.d_opt, gd, ld, tx)
+        d, d_opt, fin_d = guarded_apply(state.d_params, state.d_opt, gd, ld, tx)
         (lg, sub), gg = jax.value_and_grad(g_loss, has_aux=True)(
             state.g_params, d, zg, zs, xs, has_sub)
-        g, g_opt, fin_g = _guarded(state.g_params, state.g_opt, gg, lg, tx)
+        g, g_opt, fin_g = guarded_apply(state.g_params, state.g_opt, gg, lg, tx)
         new = GANState(state.step + 1, g, d, g_opt, d_opt)
         return new, {"d_loss": ld, "g_loss": lg, "sub_loss": sub, "score_u": score_u,
                      "finite": fin_d & fin_g}
@@ -308,9 +309,10 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
     else:
         flagged = flag_item_codes(samples, forget_np, cfg.item_neighbours)
     score_u = float(np.mean(d_scores(arch, state.d_params, forget_np)))
-    if cfg.track_fake_label and rounds > 0 and cfg.fake_label != "hard":
-        y_f = fake_label(cfg.fake_label, arch, state.g_params, state.d_params,
-                         heldout_x=heldout_x, seed=cfg.seed)
+    if cfg.track_fake_label and rounds > 0 and cfg.fake_label == "generated":
+        y_f = float(np.mean(d_scores(arch, state.d_params, samples)))   # the pool just drawn
+    elif cfg.track_fake_label and rounds > 0 and cfg.fake_label == "heldout":
+        y_f = fake_label("heldout", arch, state.g_params, state.d_params, heldout_x=heldout_x)
     entry = {"round": rounds, "score_u": score_u, "y_f": y_f, "share": share,
              "flagged": int(flagged.sum())}
     return entry, codes, samples, flagged
@@ -348,7 +350,6 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                 retain_x: np.ndarray, forget_x: np.ndarray, heldout_x: np.ndarray | None,
                 cfg: UnlearnConfig = UnlearnConfig(), forget_classes: Sequence[int] | None = None,
                 classify: Callable[[np.ndarray], np.ndarray] | None = None,
-                opt_states: tuple[Any, Any] | None = None,
                 progress: bool = False, checkpointer=None,
                 meta: dict | None = None) -> UnlearnResult:
     """Runs the cascade until the stop criteria hold (or ``cfg.max_rounds``).
@@ -361,8 +362,6 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
       cfg: the recipe.
       forget_classes: class ids for class unlearning (None: item unlearning).
       classify: images → labels; required for class unlearning (the judge classifier).
-      opt_states: (G, D) Adam states to continue from (e.g. the original training's);
-        default: fresh states.
       progress: show a progress bar over rounds.
       checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`. The (G, D, Adam)
         state and the history are saved after every chunk of ``cfg.check_every`` rounds
@@ -393,8 +392,6 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     # The rounds donate their state: copy, so the caller's (G₀, D₀) buffers stay valid.
     copy = lambda t: jax.tree.map(lambda a: jnp.array(a, copy=True), t)
     state = init_gan_state(arch, tx, jax.random.key(0), copy(g_params), copy(d_params))
-    if opt_states is not None:
-        state = state._replace(g_opt=copy(opt_states[0]), d_opt=copy(opt_states[1]))
     forget_np = np.asarray(forget_x)
     score0 = float(np.mean(d_scores(arch, d_params, forget_np)))
     gap0 = abs(score0 - y_f0)

@@ -221,7 +221,7 @@ def _train_trajectories(arch, cfg, x, y, init_params, member_seeds, member_idx_s
         idx = np.stack([s_idx[data.batch_indices(s, epoch, len(s_idx), cfg.batch_size)]
                         for s, s_idx in zip(member_seeds, member_idx_sets)])
         state, m = run(state, x, y, jnp.asarray(idx))
-        train._raise_if_nonfinite(m["finite"], int(state.step[0]), epoch)
+        train.raise_if_nonfinite(m["finite"], int(state.step[0]), epoch)
         if (epoch + 1) % every == 0 or epoch + 1 == cfg.epochs:
             saved.append((epoch + 1, _flat(state.params)))
     return saved

@@ -39,6 +39,7 @@ import optax
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.hyperforget import diffusion as D
+from hyperforget_jax.train import guarded_apply
 
 Params = Any
 
@@ -283,14 +284,14 @@ def make_hyper_train_step(model: GptDenoiser, sched: D.Schedule,
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
         if axis_name is not None:
             loss, grads = jax.lax.pmean((loss, grads), axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state, finite = guarded_apply(state.params, state.opt_state, grads, loss,
+                                                  tx)
         n = state.step.astype(jnp.float32)
         decay = jnp.minimum(ema_decay, (1.0 + n) / (10.0 + n))
-        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, state.ema_params, params)
-        finite = jnp.isfinite(loss) & P_.all_finite(params)
-        new = HyperTrainState(state.step + 1, params, ema, opt_state)
-        new = jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, state)
+        ema = jax.tree.map(lambda e, p: jnp.where(finite, decay * e + (1.0 - decay) * p, e),
+                           state.ema_params, params)
+        new = HyperTrainState(jnp.where(finite, state.step + 1, state.step), params, ema,
+                              opt_state)
         return new, {"loss": loss, "grad_norm": optax.global_norm(grads), "finite": finite}
 
     return step
