@@ -7,7 +7,7 @@ Flax initialisation and run a few steps on the same batches; their losses and pa
 agree (so the comparison is of one computation, not of two different ones).
 
 Contenders, interleaved within every repeat (medians reported):
-  * ``jax jit``: ``jit_gradtau_step(make_gradtau_step(...))``, one Python call per step,
+  * ``jax jit``: ``train.jit_step(make_gradtau_step(...))``, one Python call per step,
     state donated, ``block_until_ready`` at the end of the timed block.
   * ``jax scan``: the library's own loop (``compiled_forget_epoch``: the steps of a forget-epoch
     under one ``lax.scan``, batches gathered on device).
@@ -40,7 +40,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from hyperforget_jax import data  # noqa: E402
+from hyperforget_jax import data, train  # noqa: E402
 from hyperforget_jax.models import make_architecture  # noqa: E402
 from hyperforget_jax.unlearn import gradtau  # noqa: E402
 
@@ -58,7 +58,7 @@ def batches(batch: int, seed: int = 0):
 
 def jax_contenders(arch, params, fb, rb, tau, alpha, steps):
     tx = gradtau.make_gradtau_optimizer(TOTAL_STEPS)
-    step = gradtau.jit_gradtau_step(gradtau.make_gradtau_step(arch.apply, tx))
+    step = train.jit_step(gradtau.make_gradtau_step(arch.apply, tx))
     fb = tuple(jnp.asarray(a) for a in fb)
     rb = tuple(jnp.asarray(a) for a in rb)
     tau_, alpha_ = jnp.float32(tau), jnp.float32(alpha)

@@ -32,16 +32,15 @@ import time
 import numpy as np
 
 from hyperforget_jax import data, report
+from hyperforget_jax.metrics import format_mean_std
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_outputs, train_judge
 from hyperforget_jax.gan.train import GANConfig, sample, save_grid, timed_train_gan
 from hyperforget_jax.gan.unlearn import CLASS_RECIPE, ITEM_RECIPE, unlearn_gan
 
 
 def ms(values, scale=1.0, digits=2):
-    v = np.asarray([x for x in values if x is not None], np.float64) * scale
-    if len(v) == 0:
-        return "–"
-    return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}"
+    v = [x for x in values if x is not None]
+    return format_mean_std(v, scale, digits) if v else "–"
 
 
 #: A lighter forgotten-items weight for 64 items, the quality-first variant of the item recipe

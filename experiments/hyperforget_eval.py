@@ -12,13 +12,15 @@ paper's schedule, and the corpus's ∇τ + repair trajectories the hypernetwork 
 prompt alignment R² on the forget loss; memorisation (nearest training checkpoint) against a
 "training checkpoint + noise" baseline at equal retain accuracy; sampling wall time against
 Retrain and ∇τ; vmapped sampling of 10 requests against 1. Writes ``results.json`` and
-``report.md``. About 19 minutes on 2 shared CPU cores with the defaults (measured 1,143 s: the
-corpus 85 s, DiHyFo-2 training 893 s, DiHyFo-1 171 s).
+``report.md``. About 22 minutes on 2 idle CPU cores with the defaults (measured 1,290 s: the
+corpus 44 s, DiHyFo-2 training 1,122 s, DiHyFo-1 69 s). ``--render-only`` re-renders
+``report.md`` from ``results.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -45,7 +47,9 @@ def parse(argv=None):
     p.add_argument("--seeds", type=int, default=24)
     p.add_argument("--test-seeds", type=int, default=3)
     p.add_argument("--fleet-size", type=int, default=8)
-    p.add_argument("--steps", type=int, default=6000, help="DiHyFo-2 training steps")
+    p.add_argument("--steps", type=int, default=18000, help="DiHyFo-2 training steps")
+    p.add_argument("--render-only", action="store_true",
+                   help="re-render report.md from <out>/results.json")
     p.add_argument("--steps1", type=int, default=1000, help="DiHyFo-1 training steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3,
@@ -90,8 +94,7 @@ def make_eval(arch, splits):
 
 
 def ms(vals, scale=1.0, d=2):
-    v = np.asarray(vals, float) * scale
-    return f"{v.mean():.{d}f} ± {v.std():.{d}f}"
+    return metrics.format_mean_std(vals, scale, d)
 
 
 def timed(fn, repeat=3):
@@ -107,6 +110,12 @@ def timed(fn, repeat=3):
 def main(argv=None):
     a = parse(argv)
     out = report.prepare_dir(a.out)
+    if a.render_only:              # re-render report.md from an existing results.json
+        r = json.loads((out / "results.json").read_text())
+        md = render(r, argparse.Namespace(**r["args"]))
+        report.atomic_write(out / "report.md", md)
+        print(md)
+        return
     t_start = time.perf_counter()
     splits = data.make_splits(data.load_mnist5k(), seed=0)
     ccfg = C.CorpusConfig(num_seeds=a.seeds, fleet_size=a.fleet_size,
@@ -115,16 +124,9 @@ def main(argv=None):
     corpus = C.Corpus(out / "corpus")
     arch, tmpl = corpus.arch, corpus.arch.param_shapes()
     test_seeds = corpus.index["test_seeds"]
-    # Build speed from the index (also right when this call resumed or reused the corpus).
-    shards = [v for v in corpus.index["shards"].values() if v.get("done")]
-    build_s = float(sum(v["seconds"] for v in shards))
     results = {"command": "PYTHONPATH=. python experiments/hyperforget_eval.py "
                           + " ".join(argv if argv is not None else sys.argv[1:]),
-               "args": vars(a), "corpus": {**stats, "total_checkpoints": len(corpus),
-                                           "test_seeds": test_seeds,
-                                           "build_seconds_all_shards": build_s,
-                                           "build_checkpoints_per_second":
-                                               len(corpus) / max(build_s, 1e-9)}}
+               "args": vars(a), "corpus": {**stats, "test_seeds": test_seeds}}
     print("corpus", results["corpus"], flush=True)
 
     den = DN.DenoiserConfig(num_layers=a.layers, width=a.width)
@@ -170,7 +172,6 @@ def main(argv=None):
             sampled_flat.append(f)
             sampled_meta.append((s, c, m["retain_acc"]))
         for c in classes:
-            r = corpus.request_metrics  # noqa: F841  (documented source of the references)
             rid = corpus.requests.index((c,))
             for kind, name in (("retrain", "retrain"), ("gradtau", "gradtau_repair")):
                 f = corpus.params([corpus.find(s, kind, rid)])[0]
@@ -186,7 +187,7 @@ def main(argv=None):
         print("seed", s, "done", flush=True)
     results["rows"] = rows
 
-    def summary(name, rs):
+    def summary(rs):
         per_seed = {}
         for r in rs:
             per_seed.setdefault(r["seed"], []).append(r)
@@ -201,7 +202,7 @@ def main(argv=None):
                 - np.mean([r["retain_acc"] for r in rows["retrain"] if r["class"] == c]))
                 for c in classes]}
 
-    results["summary"] = {k: summary(k, v) for k, v in rows.items()}
+    results["summary"] = {k: summary(v) for k, v in rows.items()}
 
     # --- DiHyFo-1 (one fixed class) ----------------------------------------------------------
     c1 = a.dihyfo1_class
@@ -214,7 +215,7 @@ def main(argv=None):
         for f in np.asarray(jax.vmap(P_.flatten)(many)):
             m, _ = ev(f, [c1], seed=s)
             d1.append({"seed": s, "class": c1, **m})
-    results["summary"]["dihyfo1"] = summary("dihyfo1", d1)
+    results["summary"]["dihyfo1"] = summary(d1)
     rows["dihyfo1"] = d1
 
     # --- prompt alignment (G.pt): 20 forget-loss prompts, achieved vs prompted ---------------
@@ -234,7 +235,7 @@ def main(argv=None):
                                                                      ** 2))
             align.append({"seed": s, "class": c, "achieved": got.tolist()})
     results["prompt_alignment"] = {"targets": targets.tolist(), "r2": [float(r) for r in r2s],
-                                   "r2_mean": float(np.mean(r2s)), "r2_std": float(np.std(r2s)),
+                                   "r2_mean": float(np.mean(r2s)), "r2_std": float(np.std(r2s, ddof=1)),
                                    "r2_median": float(np.median(r2s)), "curves": align}
     print("R2", results["prompt_alignment"]["r2_mean"], flush=True)
 
@@ -287,12 +288,12 @@ def main(argv=None):
     own = [float(np.linalg.norm(f - P_.flatten(starts[m[0]]))) for f, m in
            zip(sampled_flat, sampled_meta)]
     results["memorisation"] = {
-        "sample_nearest_l2": [float(s_dist.mean()), float(s_dist.std())],
-        "sample_agreement": [float(s_agree.mean()), float(s_agree.std())],
+        "sample_nearest_l2": [float(s_dist.mean()), float(s_dist.std(ddof=1))],
+        "sample_agreement": [float(s_agree.mean()), float(s_agree.std(ddof=1))],
         "sample_retain_acc": s_ra, "noise_sigma": sig, "noise_retain_acc": mean_ra(sig),
-        "noise_nearest_l2": [float(n_dist.mean()), float(n_dist.std())],
-        "noise_agreement": [float(n_agree.mean()), float(n_agree.std())],
-        "sample_to_own_start_l2": [float(np.mean(own)), float(np.std(own))],
+        "noise_nearest_l2": [float(n_dist.mean()), float(n_dist.std(ddof=1))],
+        "noise_agreement": [float(n_agree.mean()), float(n_agree.std(ddof=1))],
+        "sample_to_own_start_l2": [float(np.mean(own)), float(np.std(own, ddof=1))],
         "bank_size": int(len(train_rows))}
     print("memo", results["memorisation"], flush=True)
 
@@ -352,7 +353,7 @@ def render(r, a) -> str:
         report.markdown_table(hdr, [row(f"DiHyFo-1 (class {a.dihyfo1_class})", "dihyfo1")]),
         f"\n### Prompt alignment (forget loss, 20 prompts in [{pa['targets'][0]:.2f}, "
         f"{pa['targets'][-1]:.2f}])\n",
-        f"R² = {pa['r2_mean']:.3f} ± {pa['r2_std']:.3f} (median {pa['r2_median']:.3f}) over "
+        f"R² = {ms(pa['r2'], 1, 3)} (median {pa['r2_median']:.3f}) over "
         f"{len(pa['r2'])} (held-out seed, class) pairs.\n",
         "### Memorisation\n",
         report.markdown_table(["models", "retain acc %", "L2 to nearest training checkpoint",
@@ -378,8 +379,8 @@ def render(r, a) -> str:
              f"{t['speedup_vs_gradtau']:.0f}×"]]),
         f"\nvmapped 10 requests / 1 request (both vmapped): {t['vmapped_10_over_1']:.2f}×.\n",
         f"Corpus: {r['corpus']['total_checkpoints']} checkpoints "
-        f"built in {r['corpus']['build_seconds_all_shards']:.0f} s "
-        f"({r['corpus']['build_checkpoints_per_second']:.0f} checkpoints/s). Hypernetwork "
+        f"built in {r['corpus']['total_build_seconds']:.0f} s "
+        f"({r['corpus']['total_checkpoints_per_second']:.0f} checkpoints/s). Hypernetwork "
         f"training: DiHyFo-2 {r['train']['dihyfo2']['seconds']:.0f} s, DiHyFo-1 "
         f"{r['train']['dihyfo1']['seconds']:.0f} s. Whole script {r['total_seconds']:.0f} s.\n"]
     return "\n".join(lines)

@@ -103,8 +103,7 @@ def _methods(args, arch, val):
     if args.hypernet:
         from hyperforget_jax.hyperforget import dihyfo as H
 
-        hp = Path(args.hypernet)
-        net, _ = H.load_hypernet(hp / "hypernet" if (hp / "hypernet").is_dir() else hp)
+        net, _ = H.load_hypernet(args.hypernet)
         classes = tuple(args.forget_class)
         H.check_request(net.spec, classes)
         if net.spec.arch != arch:

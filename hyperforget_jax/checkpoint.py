@@ -723,6 +723,40 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _params_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """The absolute ``path`` if it holds a :func:`save_params` checkpoint, else a clear error."""
+    path = _absolute_dir(path)
+    if not path.is_dir() or not any(path.iterdir()):
+        raise CheckpointError(
+            f"no params checkpoint at {path}; train first (hyperforget train --out {path}) or "
+            "pass the right path"
+        )
+    if not _is_params_checkpoint(path):
+        hint = (
+            " (it looks like a run directory: use Checkpointer(...).restore)"
+            if any(p.name.isdigit() for p in path.iterdir())
+            else ""
+        )
+        raise CheckpointError(
+            f"{path} is not a params checkpoint written by save_params{hint}; pass the right path"
+        )
+    return path
+
+
+def load_params_meta(path: str | os.PathLike) -> dict:
+    """Only the JSON meta of a :func:`save_params` checkpoint (no arrays are read)."""
+    path = _params_checkpoint_dir(path)
+    _silence_stray_closed_loop_errors()
+    try:
+        with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+            meta = ckptr.restore(
+                path, args=ocp.args.Composite(**{_META: ocp.args.JsonRestore()})
+            )[_META]
+    except Exception as e:  # noqa: BLE001
+        raise _corrupt(path, e) from e
+    return _check_meta(meta, path)
+
+
 def load_params(path: str | os.PathLike, template: Any = None) -> tuple[Any, dict]:
     """Reads a params checkpoint written by :func:`save_params`.
 
@@ -739,21 +773,7 @@ def load_params(path: str | os.PathLike, template: Any = None) -> tuple[Any, dic
         CheckpointError: Nothing (or something else) at ``path``, a mismatch with
             ``template``, or corrupt/truncated files.
     """
-    path = _absolute_dir(path)
-    if not path.is_dir() or not any(path.iterdir()):
-        raise CheckpointError(
-            f"no params checkpoint at {path}; train first (hyperforget train --out {path}) or "
-            "pass the right path"
-        )
-    if not _is_params_checkpoint(path):
-        hint = (
-            " (it looks like a run directory: use Checkpointer(...).restore)"
-            if any(p.name.isdigit() for p in path.iterdir())
-            else ""
-        )
-        raise CheckpointError(
-            f"{path} is not a params checkpoint written by save_params{hint}; pass the right path"
-        )
+    path = _params_checkpoint_dir(path)
     handler = ocp.CompositeCheckpointHandler()
     _silence_stray_closed_loop_errors()
     try:

@@ -33,14 +33,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _param_shape_errors() -> tuple[type[BaseException], ...]:
-    try:
-        from flax.errors import ScopeParamShapeError
-    except ImportError:  # pragma: no cover - flax is a dependency
-        return ()
-    return (ScopeParamShapeError,)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -48,13 +40,6 @@ def main(argv: list[str] | None = None) -> int:
     except HyperforgetError as e:
         msg = " ".join(str(e).split())  # exactly one line
         print(f"hyperforget {args.command}: error: {msg}", file=sys.stderr)
-        return 2
-    except _param_shape_errors() as e:
-        # Safety net: a model applied to images of another shape (e.g. a run trained on
-        # --dataset digits used with the default mnist5k) fails inside Flax.
-        detail = " ".join(str(e).split("(https://")[0].split())
-        print(f"hyperforget {args.command}: error: the model's parameters do not fit the input "
-              f"images ({detail}); pass the --dataset the model was trained on", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hyperforget: interrupted", file=sys.stderr)

@@ -155,7 +155,7 @@ class Architecture:
         shape = tuple(jnp.shape(x))
         if shape[1:] != tuple(self.input_shape):
             raise DataError(f"{what} has images of shape {shape[1:]} but the {self.name} model "
-                            f"takes {tuple(self.input_shape)}; use the dataset the model was "
+                            f"takes {tuple(self.input_shape)}; pass the --dataset the model was "
                             "trained on (or an architecture built for this image shape)")
 
     def to_json(self) -> dict:

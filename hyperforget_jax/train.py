@@ -91,6 +91,13 @@ def cross_entropy_loss(params: Params, apply_fn: Callable, x: jax.Array, y: jax.
     return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def mean_cross_entropy(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array
+                       ) -> jax.Array:
+    """Jitted mean cross-entropy of ``apply_fn(params, x)`` (one compile per model and shape)."""
+    return cross_entropy_loss(params, apply_fn, x, y)[0]
+
+
 def guarded_apply(params: Params, opt_state: Any, grads: Params, loss: jax.Array,
                   tx: optax.GradientTransformation) -> tuple[Params, Any, jax.Array]:
     """Applies ``grads`` unless the loss or the new parameters are non-finite, in which case

@@ -28,6 +28,7 @@ Variant implemented here (shadow-paired, offline, one target pair) [ours where n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -124,9 +125,18 @@ def unlearn_shadows(shadows: Shadows, unlearn_fn: Callable[[Any, ForgetSplit, in
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _phi(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    return logit_confidence(apply_fn(params, x), y)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _phi_stacked(apply_fn: Callable, stacked: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jax.vmap(lambda p: logit_confidence(apply_fn(p, x), y))(stacked)
+
+
 def _phi_fleet(arch: Architecture, stacked: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
-    f = jax.jit(jax.vmap(lambda p: logit_confidence(arch.apply(p, x), y)))
-    return np.asarray(f(stacked))
+    return np.asarray(_phi_stacked(arch.apply, stacked, x, y))
 
 
 def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
@@ -171,5 +181,5 @@ def ulira(arch: Architecture, shadows: Shadows, unlearned_shadows: Any, train_ds
     phi_u = _phi_fleet(arch, unlearned_shadows, x, y)
     phi_r = _phi_fleet(arch, shadows.retrain_params, x, y)
     targeted = np.stack([np.isin(split.forget_idx, f) for f in shadows.forget_sets])
-    one = lambda p: np.asarray(logit_confidence(arch.apply(p, x), y))
+    one = lambda p: np.asarray(_phi(arch.apply, p, x, y))
     return ulira_test(phi_u, phi_r, targeted, one(target_unlearned), one(target_retrained))

@@ -119,7 +119,7 @@ class _CompileCounter:
 
 def test_gradtau_step_compiles_once_per_shape():
     arch, tx, params, batches = W.problem()
-    step = gradtau.jit_gradtau_step(gradtau.make_gradtau_step(arch.apply, tx))
+    step = train.jit_step(gradtau.make_gradtau_step(arch.apply, tx))
     state = train.init_state(arch, tx, None, jax.tree.map(jnp.array, params))
     # Inputs prepared outside the counted region (creating them runs tiny jitted ops).
     taus = [jnp.float32(W.TAU + i) for i in range(4)]

@@ -126,7 +126,7 @@ class CompiledEqualityTest(chex.TestCase):
         fresh = lambda: train.init_state(arch, tx, None, jax.tree.map(jnp.array, params))
 
         s_jit = fresh()
-        step_j = G.jit_gradtau_step(G.make_gradtau_step(arch.apply, tx))
+        step_j = train.jit_step(G.make_gradtau_step(arch.apply, tx))
         for fb, rb, tau, a in batches:
             s_jit, mj = step_j(s_jit, fb, rb, tau, a)
 

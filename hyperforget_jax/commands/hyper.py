@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +29,6 @@ from hyperforget_jax.hyperforget import dihyfo as H
 
 
 def cmd_corpus(args) -> int:
-    d = C.CorpusConfig()
     cfg = C.CorpusConfig(arch=args.arch, num_seeds=args.seeds, first_seed=args.first_seed,
                          fleet_size=args.fleet_size, test_fraction=args.test_fraction,
                          epochs=args.epochs, class_pairs=args.pairs,
@@ -38,7 +36,7 @@ def cmd_corpus(args) -> int:
                          else None, save_every_epochs=args.save_every_epochs,
                          save_every_steps=args.save_every_steps,
                          repair_epochs=args.repair_epochs,
-                         retrain=not args.no_retrain, tau_mode=args.tau_mode or d.tau_mode)
+                         retrain=not args.no_retrain, tau_mode=args.tau_mode)
     splits = common.load_splits(args)
     stats = C.build_corpus(args.out, cfg, splits, args.dataset, args.split_seed,
                            progress=not args.quiet)
@@ -69,10 +67,9 @@ def cmd_hypertrain(args) -> int:
     return 0
 
 
-def _start_network(args, arch):
+def _start_network(args):
     if args.run_dir is not None:
-        arch_run, params, _ = common.load_run(args.run_dir)
-        return params
+        return common.load_run(args.run_dir)[1]
     if args.corpus is None or args.start_seed is None:
         raise ConfigError("give a start network: --run-dir DIR or --corpus DIR --start-seed S")
     corpus = C.Corpus(args.corpus)
@@ -81,10 +78,9 @@ def _start_network(args, arch):
 
 
 def cmd_sample(args) -> int:
-    hp = Path(args.hypernet)
-    net, _ = H.load_hypernet(hp / "hypernet" if (hp / "hypernet").is_dir() else hp)
+    net, _ = H.load_hypernet(args.hypernet)
     splits = common.load_splits(args)
-    params = _start_network(args, net.spec.arch)
+    params = _start_network(args)
     classes = tuple(args.forget_class)
     prompt = H.make_prompt(net, params, splits.train, classes, args.forget_target,
                            args.retain_target)
@@ -136,7 +132,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-every-steps", type=int, default=d.save_every_steps)
     p.add_argument("--repair-epochs", type=int, default=d.repair_epochs,
                    help="repair phase after ∇τ, in forget-epochs (0: none)")
-    p.add_argument("--tau-mode", choices=("unseen_class", "chance"), default=None)
+    p.add_argument("--tau-mode", choices=("unseen_class", "chance"),
+                   default=C.CorpusConfig().tau_mode)
     p.add_argument("--no-retrain", action="store_true", help="skip Retrain trajectories")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_corpus)

@@ -13,17 +13,14 @@ unlearned parameters (``checkpoints/``, readable by ``hyperforget evaluate``) in
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
-import time
 from pathlib import Path
 
-import jax
 
 from hyperforget_jax import data, report, train
 from hyperforget_jax.checkpoint import Checkpointer
 from hyperforget_jax.commands import common
-from hyperforget_jax.errors import DataError, ForgetRequestError
+from hyperforget_jax.errors import ForgetRequestError
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
 from hyperforget_jax.unlearn import METHODS, GradTauConfig, unlearn
 from hyperforget_jax.unlearn.gradtau import TAU_MODES
@@ -56,12 +53,7 @@ def cmd_unlearn(args) -> int:
                                  "--forget-indices")
     fsplit = data.resolve_forget(splits.train, request)
     arch, params, cfg, how = _original(args, splits)
-    arch.check_params(params)
-    if tuple(splits.train.x.shape[1:]) != tuple(arch.input_shape):
-        raise DataError(f"--dataset {args.dataset} has images of shape "
-                        f"{tuple(splits.train.x.shape[1:])} but the {arch.name} model in "
-                        f"{args.run_dir} takes {tuple(arch.input_shape)}; pass the --dataset "
-                        "the model was trained on")
+    arch.check_inputs(splits.train.x, f"--dataset {args.dataset}")
     config = None
     if args.method in ("gradtau", "finetune") and args.tau_mode:
         config = GradTauConfig(tau_mode=args.tau_mode)
@@ -73,11 +65,9 @@ def cmd_unlearn(args) -> int:
     results = {"request": request.to_json(), "method": args.method, "original": how,
                "train_config": cfg.to_json(), "info": res.info, "eval": rows}
     if not args.no_retrain:
-        t0 = time.perf_counter()
-        r_cfg = dataclasses.replace(cfg, seed=cfg.seed)
-        retrained = jax.block_until_ready(train.fit(arch, fsplit.retain, r_cfg)[0].params)
-        r_secs = time.perf_counter() - t0
-        rows["retrain"] = evaluate_unlearning(arch, retrained, splits, fsplit, request,
+        ret = unlearn("retrain", arch, params, fsplit, splits.val, cfg)
+        r_secs = ret.info["wall_time_s"]
+        rows["retrain"] = evaluate_unlearning(arch, ret.params, splits, fsplit, request,
                                               args.seed)
         results["retrain_seconds"] = r_secs
         results["speedup_vs_retrain"] = r_secs / res.info["wall_time_s"]

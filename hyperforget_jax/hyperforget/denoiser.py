@@ -230,12 +230,21 @@ def make_hyper_optimizer(cfg: HyperTrainConfig) -> optax.GradientTransformation:
                        optax.adamw(sched, weight_decay=cfg.weight_decay))
 
 
-def init_hyper_state(model: GptDenoiser, tx: optax.GradientTransformation, key: jax.Array,
-                     num_params: int) -> HyperTrainState:
+def _init_params(model: GptDenoiser, key: jax.Array, num_params: int) -> Params:
     z = jnp.zeros((1, num_params))
     cls = jnp.zeros((1, model.num_classes)) if model.num_classes else None
-    params = jax.jit(model.init)(key, z, z, jnp.zeros((1,), jnp.int32),
-                                 jnp.zeros((1, model.num_scalars)), cls)["params"]
+    return model.init(key, z, z, jnp.zeros((1,), jnp.int32), jnp.zeros((1, model.num_scalars)),
+                      cls)["params"]
+
+
+def param_shapes(model: GptDenoiser, num_params: int) -> Params:
+    """The denoiser's parameter shapes (``ShapeDtypeStruct`` leaves; nothing is computed)."""
+    return jax.eval_shape(lambda k: _init_params(model, k, num_params), jax.random.key(0))
+
+
+def init_hyper_state(model: GptDenoiser, tx: optax.GradientTransformation, key: jax.Array,
+                     num_params: int) -> HyperTrainState:
+    params = jax.jit(_init_params, static_argnums=(0, 2))(model, key, num_params)
     # A distinct EMA copy, so the jitted step can donate the whole state.
     return HyperTrainState(jnp.zeros((), jnp.int32), params, jax.tree.map(jnp.copy, params),
                            tx.init(params))

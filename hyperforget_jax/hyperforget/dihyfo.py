@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import jax
@@ -38,6 +39,7 @@ from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget.corpus import Corpus
 from hyperforget_jax.models import Architecture
+from hyperforget_jax.train import mean_cross_entropy
 
 VARIANTS = ("dihyfo1", "dihyfo2")
 Params = Any
@@ -267,6 +269,7 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
     classes = tuple(int(c) for c in classes)
     check_request(net.spec, classes)
     net.spec.arch.check_params(params)
+    net.spec.arch.check_inputs(train.x, "training set")
     split = data.resolve_forget(train, data.ForgetRequest(classes=classes))
     f0 = _mean_ce(net.spec.arch, params, split.forget)
     r0 = _mean_ce(net.spec.arch, params, split.retain)
@@ -278,14 +281,7 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
 
 
 def _mean_ce(arch: Architecture, params: Params, ds: data.Dataset) -> float:
-    return float(_ce(arch, params, jnp.asarray(ds.x), jnp.asarray(ds.y)))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _ce(arch, params, x, y):
-    import optax
-
-    return optax.softmax_cross_entropy_with_integer_labels(arch.apply(params, x), y).mean()
+    return float(mean_cross_entropy(arch.apply, params, jnp.asarray(ds.x), jnp.asarray(ds.y)))
 
 
 def check_request(spec: HyperSpec, classes: tuple[int, ...]) -> None:
@@ -405,13 +401,16 @@ def save_hypernet(path, net: Hypernet, extra_meta: dict | None = None) -> None:
 
 
 def load_hypernet(path) -> tuple[Hypernet, dict]:
-    _, meta = checkpoint.load_params(path)
+    """Loads :func:`save_hypernet`'s directory, or the ``--out`` of ``hyperforget hypertrain``
+    (which holds it as ``hypernet/``)."""
+    path = Path(path)
+    if (path / "hypernet").is_dir():
+        path = path / "hypernet"
+    meta = checkpoint.load_params_meta(path)
     if "hypernet" not in meta:
         raise CheckpointError(f"{path} is a params checkpoint but not a hypernetwork; pass the "
                               "--out of `hyperforget hypertrain`")
     spec = HyperSpec.from_json(meta["hypernet"])
-    model = spec.model()
-    template = DN.init_hyper_state(model, DN.make_hyper_optimizer(DN.HyperTrainConfig()),
-                                   jax.random.key(0), spec.arch.param_count).params
-    params, meta = checkpoint.load_params(path, template)
+    params, meta = checkpoint.load_params(path, DN.param_shapes(spec.model(),
+                                                                spec.arch.param_count))
     return Hypernet(spec, params), meta

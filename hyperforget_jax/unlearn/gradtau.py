@@ -204,10 +204,6 @@ def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
     return step
 
 
-def jit_gradtau_step(step: Callable) -> Callable:
-    return jax.jit(step, donate_argnums=0)
-
-
 def pmap_gradtau_step(step_with_axis: Callable, axis_name: str = "batch",
                       devices=None) -> Callable:
     """``step_with_axis`` built with ``axis_name``; state replicated (``train.replicate``),
@@ -225,12 +221,6 @@ def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
 
 
 # --- τ -------------------------------------------------------------------------------------------
-
-@functools.partial(jax.jit, static_argnums=0)
-def _mean_ce(apply_fn, params, x, y):
-    logits = apply_fn(params, x)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
 
 @functools.partial(jax.jit, static_argnums=0)
 def _unseen_class_ce(apply_fn, params, x, classes):
@@ -256,7 +246,7 @@ def compute_tau(mode: str, apply_fn: Callable, params: Params, val: Dataset,
     if mode == "chance":
         return float(math.log(val.num_classes))
     if mode == "val":
-        return _mean_ce(apply_fn, params, jnp.asarray(val.x), jnp.asarray(val.y))
+        return train.mean_cross_entropy(apply_fn, params, jnp.asarray(val.x), jnp.asarray(val.y))
     kept = ~np.isin(val.y, forget_classes)
     if not kept.any():
         raise ConfigError("tau_mode='unseen_class' needs validation samples of kept classes")
