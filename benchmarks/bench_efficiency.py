@@ -131,7 +131,7 @@ def bench(n, batch, args):
         contenders[name] = run
     # fit_fleet's own path: the epoch's steps under lax.scan (vmapped), batches gathered on
     # device from one shared dataset; the carry is updated in place by the while loop.
-    epoch = train._compiled_epoch(arch, (LR, WD), True)
+    epoch = train.compiled_epoch(arch, (LR, WD), True)
     xd, yd = x.reshape(n * batch, 28, 28, 1), y.reshape(n * batch)
     idx = jnp.tile(jnp.arange(n * batch, dtype=jnp.int32).reshape(n, 1, batch),
                    (1, args.steps, 1))

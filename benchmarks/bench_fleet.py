@@ -102,7 +102,7 @@ def jax_contenders(arch, n, xb, yb, steps):
 
     # fit_fleet's own path: the steps of an epoch under one lax.scan (vmapped over models),
     # batches gathered on device from one shared dataset, one dispatch per block.
-    epoch = train._compiled_epoch(arch, (LR, WD), True)
+    epoch = train.compiled_epoch(arch, (LR, WD), True)
     xd, yd = x.reshape(-1, *x.shape[2:]), y.reshape(-1)
     b = x.shape[1]
     idx = jnp.tile(jnp.arange(n * b, dtype=jnp.int32).reshape(n, 1, b), (1, steps, 1))

@@ -23,13 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from hyperforget_jax import data, train  # noqa: E402
-from hyperforget_jax.hyperforget import denoiser as DN  # noqa: E402
+from benchmarks.bench_efficiency import xla_flops  # noqa: E402
+from hyperforget_jax import data  # noqa: E402
 from hyperforget_jax.hyperforget import dihyfo  # noqa: E402
-from hyperforget_jax.models import make_architecture  # noqa: E402
 
 
 def denoiser_flops(spec: dihyfo.HyperSpec, hparams, n: int) -> float:
@@ -38,9 +36,7 @@ def denoiser_flops(spec: dihyfo.HyperSpec, hparams, n: int) -> float:
     args = (jnp.zeros((n, p)), jnp.zeros((n, 4)), jnp.zeros((n, spec.arch.num_classes)),
             jnp.zeros((n,), jnp.int32))
     fwd = jax.jit(lambda x, s, c, t: model.apply({"params": hparams}, x, x, t, s, c))
-    cost = fwd.lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"])
+    return xla_flops(fwd.lower(*args).compile())
 
 
 def main(argv=None):
@@ -56,17 +52,11 @@ def main(argv=None):
     sizes = [int(s) for s in args.sizes.split(",")]
 
     splits = data.make_splits(data.load_mnist5k())
-    arch = make_architecture("gpt_mlp")
-    original, _ = train.fit(arch, splits.train, train.TrainConfig(arch="gpt_mlp", seed=0))
-    spec = dihyfo.HyperSpec("dihyfo2", arch, 1.0, DN.DenoiserConfig(),
-                            default_targets=((1, 2.3, 0.2),))
-    hstate = DN.init_hyper_state(spec.model(), optax.adam(1e-3), jax.random.key(0),
-                                 arch.param_count)
-    net = dihyfo.Hypernet(spec, hstate.params)
-    prompts = [dihyfo.make_prompt(net, original.params, splits.train, (c % 10,))
+    net, params = common.untrained_dihyfo2(splits)
+    spec = net.spec
+    prompts = [dihyfo.make_prompt(net, params, splits.train, (c % 10,))
                for c in range(max(sizes))]
     keys = jax.random.split(jax.random.key(1), max(sizes))
-    params = original.params
 
     a = jnp.ones((2048, 2048), jnp.float32)
     matmul = jax.jit(lambda x: x @ x)

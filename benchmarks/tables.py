@@ -23,6 +23,9 @@ TABLES = {
                    "% of peak", "peak GFLOP/s", "vs library"],
     "end_to_end": ["method", "steps", "second call s", "speed-up vs retrain", "first call s",
                    "compile s", "XLA compile s", "compiles 1st", "recompiles 2nd"],
+    "hyperforget_sampling": ["contender", "requests", "ms", "ms per request", "vs one sample",
+                             "vs sample_many N=1", "MFLOP per denoiser call", "GFLOP/s",
+                             "% of peak"],
 }
 
 

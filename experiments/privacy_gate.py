@@ -23,8 +23,8 @@ fails. Exit codes: 0 pass, 1 gate failed, 2 bad input (one line on stderr). Writ
 ``gate.json`` and ``gate.md`` to ``--out`` (atomically, only once every number is in).
 
 HyperForget: its hypernetwork was trained for one architecture and dataset (``gpt_mlp`` on
-MNIST-5k by default) and class requests only; the gate then uses that architecture and dataset
-and needs ``--forget-class``. Each U-LiRA shadow is unlearned by sampling from the hypernetwork
+MNIST-5k by default) and class requests only: run the gate with that ``--arch`` and
+``--dataset`` (another one is refused with a one-line error) and a ``--forget-class``. Each U-LiRA shadow is unlearned by sampling from the hypernetwork
 with the shadow as start network.
 """
 

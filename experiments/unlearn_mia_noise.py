@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from hyperforget_jax import data, metrics, report, train
 from hyperforget_jax.models import make_architecture
@@ -42,16 +40,15 @@ def main(argv=None) -> int:
     arch = make_architecture("mlp")
 
     def losses(params, ds):
-        logits = arch.apply(params, jnp.asarray(ds.x))
-        return np.asarray(optax.softmax_cross_entropy_with_integer_labels(logits, ds.y))
+        return metrics.per_sample_outputs(arch.apply, params, ds.x, ds.y)["loss"]
 
     rows, results = [], []
     for c in args.classes:
         unseen = splits.test.subset(np.flatnonzero(splits.test.y == c))
+        fsplit = data.resolve_forget(splits.train, data.ForgetRequest(classes=(c,)))
         for seed in range(args.seeds):
             cfg = train.TrainConfig(seed=seed)
             original = train.fit(arch, splits.train, cfg)[0].params
-            fsplit = data.resolve_forget(splits.train, data.ForgetRequest(classes=(c,)))
             models = {"Retrain": unlearn("retrain", arch, original, fsplit, splits.val, cfg,
                                          seed).params,
                       "gradtau": unlearn("gradtau", arch, original, fsplit, splits.val,

@@ -19,7 +19,7 @@ import sys
 
 from hyperforget_jax import data, report, train
 from hyperforget_jax.models import make_architecture
-from hyperforget_jax.unlearn import unlearn
+from hyperforget_jax.unlearn import GradTauConfig, unlearn
 
 
 def parse_args(argv=None):
@@ -52,7 +52,8 @@ def main(argv=None) -> int:
                 times[k].append(f().info["wall_time_s"])
         nf, nr = len(fsplit.forget), len(fsplit.retain)
         g = info["gradtau"]
-        work_gt = g["steps"] * (min(256, nf) + min(256, nr))
+        b = GradTauConfig().batch_size
+        work_gt = g["steps"] * (min(b, nf) + min(b, nr))
         work_rt = cfg.epochs * (nr // cfg.batch_size) * cfg.batch_size
         med = {k: statistics.median(v) for k, v in times.items()}
         res = {"request": req.describe(), "times": times, "median_s": med,

@@ -126,7 +126,7 @@ def run(args) -> dict:
             results = {}
             for row, m, c in variants(args, request):
                 res = unlearn(m, arch, originals[i], fsplit, splits.val, c, seed)
-                results[row] = res
+                results[row] = (res, c)
                 rows.setdefault(row, []).append(ev(res.params))
                 times.setdefault(row, []).append(res.info["wall_time_s"])
                 infos.setdefault(row, []).append(
@@ -150,9 +150,8 @@ def _ulira(args, arch, splits, fsplit, s_cfg, original, retrained, results, rows
                              ulira.ULiRAConfig(args.ulira_shadows, seed))
     rows["Original"][-1].update(_ulira_keys(ulira.ulira(
         arch, sh, sh.in_params, splits.train, fsplit, original, retrained)))
-    for row, res in results.items():
+    for row, (res, cfg) in results.items():
         m = res.info["method"]
-        cfg = None if "[" not in row else GradTauConfig(tau_mode=row.split("=")[1][:-1])
         fn = lambda p, sp, s: unlearn(m, arch, p, sp, splits.val, cfg, seed=s,
                                       forget_classes=None).params
         un = ulira.unlearn_shadows(sh, fn, splits.train)

@@ -212,7 +212,10 @@ def scan_epoch(step: Callable) -> Callable:
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled_epoch(arch: Architecture, cfg_opt: tuple, fleet: bool) -> Callable:
+def compiled_epoch(arch: Architecture, cfg_opt: tuple, fleet: bool) -> Callable:
+    """The jitted epoch of :func:`fit` (``fleet=False``) or :func:`fit_fleet` (vmapped over
+    models, batch indices per model), for the AdamW of ``cfg_opt = (lr, weight_decay)``; the
+    state is donated. Cached: every caller with the same model and optimiser shares it."""
     tx = make_optimizer(TrainConfig(lr=cfg_opt[0], weight_decay=cfg_opt[1]))
     run = scan_epoch(make_train_step(arch.apply, tx))
     if fleet:
@@ -265,7 +268,7 @@ def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
-    run = _compiled_epoch(arch, (cfg.lr, cfg.weight_decay), False)
+    run = compiled_epoch(arch, (cfg.lr, cfg.weight_decay), False)
     x, y = jnp.asarray(train.x), jnp.asarray(train.y)
     history = []
     epochs = range(start, cfg.epochs)
@@ -293,7 +296,7 @@ def fit_fleet(arch: Architecture, train: Dataset, cfg: TrainConfig, seeds: list[
     tx = make_optimizer(cfg)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     state = jax.vmap(lambda k: init_state(arch, tx, k))(keys)
-    run = _compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
+    run = compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
     x, y = jnp.asarray(train.x), jnp.asarray(train.y)
     history = []
     epochs = range(cfg.epochs)

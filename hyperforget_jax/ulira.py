@@ -82,7 +82,7 @@ def _fit_fleet_on_subsets(arch: Architecture, train_ds: Dataset, subsets: np.nda
     tx = train.make_optimizer(cfg)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     state = jax.vmap(lambda k: train.init_state(arch, tx, k))(keys)
-    run = train._compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
+    run = train.compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
     x, y = jnp.asarray(train_ds.x), jnp.asarray(train_ds.y)
     n = subsets.shape[1]
     for epoch in range(cfg.epochs):

@@ -25,6 +25,27 @@ def digits_splits():
 
 
 def assert_trees_close(a, b, atol=1e-5, rtol=0.0):
+    assert len(jax.tree.leaves(a)) == len(jax.tree.leaves(b)), "the trees differ in structure"
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=atol, rtol=rtol,
                                    err_msg=jax.tree_util.keystr(path))
+
+
+def tiny_hyperspec(arch, variant="dihyfo2", forget_class=None):
+    """A 1-layer, 16-wide HyperForget spec (T = 10) for tests that never train it."""
+    from hyperforget_jax.hyperforget import denoiser as DN
+    from hyperforget_jax.hyperforget import dihyfo as H
+
+    return H.HyperSpec(variant, arch, 1.0,
+                       DN.DenoiserConfig(num_layers=1, width=16, num_heads=2, num_freqs=8),
+                       forget_class, num_train_steps=10, default_targets=((1, 5.0, 0.1),))
+
+
+def save_zero_hypernet(path, spec) -> None:
+    """Saves a hypernetwork of ``spec`` with zero weights, as ``hyperforget hypertrain`` would."""
+    from hyperforget_jax.hyperforget import denoiser as DN
+    from hyperforget_jax.hyperforget import dihyfo as H
+
+    shapes = DN.param_shapes(spec.model(), spec.arch.param_count)
+    H.save_hypernet(path, H.Hypernet(spec, jax.tree.map(lambda l: np.zeros(l.shape, l.dtype),
+                                                        shapes)))

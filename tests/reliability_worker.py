@@ -13,7 +13,6 @@ FAULT (at most one):
                              written to its ``*.orbax-checkpoint-tmp`` directory, just before
                              the rename that commits it;
   --kill-mid-prune STEP      die half-way through deleting the files of step STEP (pruning);
-  --kill-after-commit STEP   die right after step STEP is committed (before the next epoch);
   --kill-mid-shard-write     (corpus) die after the first array of a shard is written to its
                              temporary directory.
 
@@ -39,21 +38,17 @@ def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def install_faults(before_commit: int | str | None, mid_prune: int | None,
-                   after_commit: int | None) -> None:
+def install_faults(before_commit: int | str | None, mid_prune: int | None) -> None:
     from orbax.checkpoint._src.path import atomicity
 
-    if before_commit is not None or after_commit is not None:
+    if before_commit is not None:
         rename = atomicity.async_path.rename
 
         async def killing_rename(src, dst, *a, **k):
             step = Path(dst).name
-            if before_commit is not None and str(before_commit) in (step, "any"):
+            if str(before_commit) in (step, "any"):
                 _die()
-            out = await rename(src, dst, *a, **k)
-            if after_commit is not None and step == str(after_commit):
-                _die()
-            return out
+            return await rename(src, dst, *a, **k)
 
         atomicity.async_path.rename = killing_rename
 
@@ -141,13 +136,12 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--kill-before-commit", help="a step number, or 'any' (the first commit)")
     p.add_argument("--kill-mid-prune", type=int)
-    p.add_argument("--kill-after-commit", type=int)
     p.add_argument("--kill-mid-shard-write", action="store_true",
                    help="corpus: die after the first array file of a shard is written")
     p.add_argument("job", choices=("cli", "gan", "corpus", "overwrite"))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
-    install_faults(a.kill_before_commit, a.kill_mid_prune, a.kill_after_commit)
+    install_faults(a.kill_before_commit, a.kill_mid_prune)
     rest = a.rest[1:] if a.rest[:1] == ["--"] else a.rest
     if a.job == "cli":
         from hyperforget_jax import cli

@@ -29,18 +29,14 @@ def _prepare(key, start, target, scalars, classes):
                             ARCH.param_shapes())
 
 
-def _batch(key, b=8, permute=True, arch=ARCH):
-    P = arch.param_count
+def _batch(key, permute=True, b=8):
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    start = jax.random.normal(k1, (b, P)) * 0.5
-    target = start + 0.1 * jax.random.normal(k2, (b, P))
+    start = jax.random.normal(k1, (b, ARCH.param_count)) * 0.5
+    target = start + 0.1 * jax.random.normal(k2, (b, ARCH.param_count))
     scalars = jax.random.uniform(k3, (b, 4)) * 5
     classes = jax.nn.one_hot(jax.random.randint(k4, (b,), 0, 10), 10)
-    if permute and arch is ARCH:
-        return _prepare(key, start, target, scalars, classes)
     if permute:
-        return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes,
-                                arch.param_shapes())
+        return _prepare(key, start, target, scalars, classes)
     return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes)
 
 

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import save_zero_hypernet, tiny_hyperspec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,22 +32,9 @@ def _zero_hypernet(path: Path) -> None:
     """A DiHyFo-2 hypernetwork for gpt_mlp on digits with zero weights: its samples are
     meaningless, but every step of the gate's HyperForget path runs (load, prompts, sampling
     for the target and each U-LiRA shadow)."""
-    import jax
-    import numpy as np
-
     from hyperforget_jax import models
-    from hyperforget_jax.hyperforget import denoiser as DN
-    from hyperforget_jax.hyperforget import dihyfo as H
 
-    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
-    spec = H.HyperSpec("dihyfo2", arch, 1.0,
-                       DN.DenoiserConfig(num_layers=1, width=16, num_heads=2, num_freqs=8),
-                       num_train_steps=10, default_targets=((1, 5.0, 0.1),))
-    shapes = jax.eval_shape(lambda: DN.init_hyper_state(
-        spec.model(), DN.make_hyper_optimizer(DN.HyperTrainConfig()), jax.random.key(0),
-        arch.param_count).params)
-    H.save_hypernet(path, H.Hypernet(spec, jax.tree.map(lambda l: np.zeros(l.shape, l.dtype),
-                                                        shapes)))
+    save_zero_hypernet(path, tiny_hyperspec(models.make_architecture("gpt_mlp", (8, 8, 1))))
 
 
 @pytest.fixture(scope="module")

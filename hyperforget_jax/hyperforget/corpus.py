@@ -200,13 +200,6 @@ def make_metrics_fn(arch: Architecture, splits: data.Splits):
 
 # --- building one shard ----------------------------------------------------------------------
 
-@functools.lru_cache(maxsize=16)
-def _fleet_epoch(arch: Architecture, cfg: train.TrainConfig):
-    # Cached: every shard (fleet) reuses the compilation.
-    run = train.scan_epoch(train.make_train_step(arch.apply, train.make_optimizer(cfg)))
-    return jax.jit(jax.vmap(run, in_axes=(0, None, None, 0)))
-
-
 def _flat(params) -> np.ndarray:
     return np.asarray(jax.vmap(P_.flatten)(params))
 
@@ -214,14 +207,17 @@ def _flat(params) -> np.ndarray:
 def _train_trajectories(arch, cfg, x, y, init_params, member_seeds, member_idx_sets, every):
     """Vmapped training of members (seed, index set into x): returns [(epoch, flat (M, P))]."""
     tx = train.make_optimizer(cfg)
-    state = jax.vmap(lambda p: train.init_state(arch, tx, None, p))(init_params)
-    run = _fleet_epoch(arch, cfg)
+    # A copy: the compiled fleet epoch (train.fit_fleet's, shared by every shard) donates it.
+    state = jax.vmap(lambda p: train.init_state(arch, tx, None, p))(
+        jax.tree.map(jnp.copy, init_params))
+    run = train.compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
     saved = [(0, _flat(state.params))]
     for epoch in range(cfg.epochs):
         idx = np.stack([s_idx[data.batch_indices(s, epoch, len(s_idx), cfg.batch_size)]
                         for s, s_idx in zip(member_seeds, member_idx_sets)])
+        first = int(state.step[0])
         state, m = run(state, x, y, jnp.asarray(idx))
-        train.raise_if_nonfinite(m["finite"], int(state.step[0]), epoch)
+        train.raise_if_nonfinite(m["finite"], first, epoch)
         if (epoch + 1) % every == 0 or epoch + 1 == cfg.epochs:
             saved.append((epoch + 1, _flat(state.params)))
     return saved

@@ -230,7 +230,8 @@ def make_hyper_optimizer(cfg: HyperTrainConfig) -> optax.GradientTransformation:
                        optax.adamw(sched, weight_decay=cfg.weight_decay))
 
 
-def _init_params(model: GptDenoiser, key: jax.Array, num_params: int) -> Params:
+def init_params(model: GptDenoiser, key: jax.Array, num_params: int) -> Params:
+    """Freshly initialised denoiser parameters for targets of ``num_params`` values."""
     z = jnp.zeros((1, num_params))
     cls = jnp.zeros((1, model.num_classes)) if model.num_classes else None
     return model.init(key, z, z, jnp.zeros((1,), jnp.int32), jnp.zeros((1, model.num_scalars)),
@@ -239,12 +240,12 @@ def _init_params(model: GptDenoiser, key: jax.Array, num_params: int) -> Params:
 
 def param_shapes(model: GptDenoiser, num_params: int) -> Params:
     """The denoiser's parameter shapes (``ShapeDtypeStruct`` leaves; nothing is computed)."""
-    return jax.eval_shape(lambda k: _init_params(model, k, num_params), jax.random.key(0))
+    return jax.eval_shape(lambda k: init_params(model, k, num_params), jax.random.key(0))
 
 
 def init_hyper_state(model: GptDenoiser, tx: optax.GradientTransformation, key: jax.Array,
                      num_params: int) -> HyperTrainState:
-    params = jax.jit(_init_params, static_argnums=(0, 2))(model, key, num_params)
+    params = jax.jit(init_params, static_argnums=(0, 2))(model, key, num_params)
     # A distinct EMA copy, so the jitted step can donate the whole state.
     return HyperTrainState(jnp.zeros((), jnp.int32), params, jax.tree.map(jnp.copy, params),
                            tx.init(params))
@@ -284,10 +285,9 @@ def make_hyper_train_step(model: GptDenoiser, sched: D.Schedule,
     """
 
     def loss_fn(params, batch):
-        x_t = D.q_sample(sched, batch["target"], batch["t"], batch["noise"])
-        pred = model.apply({"params": params}, x_t, batch["start"], batch["t"],
-                           batch["scalars"], batch.get("classes"))
-        return jnp.mean((pred - batch["target"]) ** 2)
+        predict = lambda x_t, t: model.apply({"params": params}, x_t, batch["start"], t,
+                                             batch["scalars"], batch.get("classes"))
+        return D.x0_mse(sched, predict, batch["target"], batch["t"], batch["noise"])
 
     def step(state: HyperTrainState, batch: dict):
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)

@@ -90,7 +90,13 @@ def x0_loss(sched: Schedule, predict_x0: PredictX0, x0: jax.Array, key: jax.Arra
     ``x0`` is a batch (B, ...); returns a scalar."""
     kt, kn = jax.random.split(key)
     t = jax.random.randint(kt, (x0.shape[0],), 0, sched.num_steps)
-    noise = jax.random.normal(kn, x0.shape, x0.dtype)
+    return x0_mse(sched, predict_x0, x0, t, jax.random.normal(kn, x0.shape, x0.dtype))
+
+
+def x0_mse(sched: Schedule, predict_x0: PredictX0, x0: jax.Array, t: jax.Array,
+           noise: jax.Array) -> jax.Array:
+    """:func:`x0_loss` for given steps ``t`` (B,) and noise ε (the hypernetwork's training
+    batches draw both in advance)."""
     pred = predict_x0(q_sample(sched, x0, t, noise), t)
     return jnp.mean((pred - x0) ** 2)
 
