@@ -289,6 +289,23 @@ def batch_indices(seed: int, epoch: int, n: int, batch_size: int) -> np.ndarray:
     return perm[: nb * batch_size].reshape(nb, batch_size)
 
 
+def wrapped_batches(rng: np.random.Generator, n: int, batch_size: int) -> np.ndarray:
+    """One shuffled pass over ``n`` items in batches of ``batch_size``; the last batch wraps to
+    the start of the pass, so no item is dropped (the unlearning methods' batch plans)."""
+    perm = rng.permutation(n)
+    return np.resize(perm, -(-n // batch_size) * batch_size).reshape(-1, batch_size)
+
+
+def wrapped_stream(seed: int, tag: int, n: int, batch_size: int, count: int) -> np.ndarray:
+    """``count`` batches from consecutive :func:`wrapped_batches` passes, pass ``e`` shuffled by
+    ``default_rng([seed, tag, e])``."""
+    out, e = [], 0
+    while sum(len(o) for o in out) < count:
+        out.append(wrapped_batches(np.random.default_rng([seed, tag, e]), n, batch_size))
+        e += 1
+    return np.concatenate(out)[:count]
+
+
 def iterate_batches(ds: Dataset, batch_size: int, seed: int, epoch: int = 0
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields the (x, y) batches of one epoch in the deterministic order of ``batch_indices``."""

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import train
-from hyperforget_jax.data import ForgetSplit
+from hyperforget_jax.data import ForgetSplit, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import NonFiniteError
 from hyperforget_jax.models import Architecture
 from hyperforget_jax.unlearn import configs as C
@@ -151,20 +151,6 @@ def run_plan(method: str, arch: Architecture, cfg, params: Params, arrays: dict,
 
 # --- plans (host numpy, pure functions of sizes and seed) --------------------------------------
 
-def _epoch(rng: np.random.Generator, n: int, bs: int) -> np.ndarray:
-    """One shuffled pass in batches of ``bs``; the last batch wraps to the start of the pass."""
-    perm = rng.permutation(n)
-    return np.resize(perm, math.ceil(n / bs) * bs).reshape(-1, bs)
-
-
-def _stream(seed: int, tag: int, n: int, bs: int, count: int) -> np.ndarray:
-    out, e = [], 0
-    while sum(len(o) for o in out) < count:
-        out.append(_epoch(np.random.default_rng([seed, tag, e]), n, bs))
-        e += 1
-    return np.concatenate(out)[:count]
-
-
 def _device(split: ForgetSplit) -> dict:
     return {"xf": jnp.asarray(split.forget.x), "yf": jnp.asarray(split.forget.y),
             "xr": jnp.asarray(split.retain.x), "yr": jnp.asarray(split.retain.y)}
@@ -174,7 +160,7 @@ def _device(split: ForgetSplit) -> dict:
 
 def neggrad(arch, params, split, val, cfg: C.NegGradConfig, seed: int):
     bf = min(cfg.batch_size, len(split.forget))
-    f = np.concatenate([_epoch(np.random.default_rng([seed, 1, e]), len(split.forget), bf)
+    f = np.concatenate([wrapped_batches(np.random.default_rng([seed, 1, e]), len(split.forget), bf)
                         for e in range(cfg.epochs)])
     arrays = _device(split)
     return run_plan("neggrad", arch, cfg, params, arrays, {"f": f})
@@ -183,9 +169,9 @@ def neggrad(arch, params, split, val, cfg: C.NegGradConfig, seed: int):
 def neggrad_plus(arch, params, split, val, cfg: C.NegGradPlusConfig, seed: int):
     nf, nr = len(split.forget), len(split.retain)
     br, bf = min(cfg.batch_size, nr), min(cfg.batch_size, nf)
-    r = np.concatenate([_epoch(np.random.default_rng([seed, 2, e]), nr, br)
+    r = np.concatenate([wrapped_batches(np.random.default_rng([seed, 2, e]), nr, br)
                         for e in range(cfg.epochs)])
-    f = _stream(seed, 1, nf, bf, len(r))
+    f = wrapped_stream(seed, 1, nf, bf, len(r))
     return run_plan("neggrad_plus", arch, cfg, params, _device(split), {"f": f, "r": r})
 
 
@@ -196,8 +182,8 @@ def _relabel_plan(split: ForgetSplit, num_classes: int, cfg, seed: int) -> tuple
     idx, ys = [], []
     y_all = np.concatenate([split.forget.y, split.retain.y])
     for e in range(cfg.epochs):
-        f = _epoch(np.random.default_rng([seed, 1, e]), nf, b)     # forget pass first
-        r = nf + _epoch(np.random.default_rng([seed, 2, e]), nr, b)  # then the retain pass
+        f = wrapped_batches(np.random.default_rng([seed, 1, e]), nf, b)     # forget pass first
+        r = nf + wrapped_batches(np.random.default_rng([seed, 2, e]), nr, b)  # then the retain pass
         idx += [f, r]
         ys += [rng.integers(0, num_classes, f.shape), y_all[r]]
     arrays = {"x": jnp.asarray(np.concatenate([split.forget.x, split.retain.x]))}
@@ -255,11 +241,11 @@ def scrub(arch, params, split, val, cfg: C.ScrubConfig, seed: int):
     kinds, fs, rs = [], [], []
     for e in range(cfg.epochs):
         if e < cfg.msteps:
-            f = _epoch(np.random.default_rng([seed, 1, e]), nf, bf)
+            f = wrapped_batches(np.random.default_rng([seed, 1, e]), nf, bf)
             kinds.append(np.zeros(len(f), np.int32))
             fs.append(f)
             rs.append(np.zeros((len(f), br), np.int64))
-        r = _epoch(np.random.default_rng([seed, 2, e]), nr, br)
+        r = wrapped_batches(np.random.default_rng([seed, 2, e]), nr, br)
         kinds.append(np.ones(len(r), np.int32))
         fs.append(np.zeros((len(r), bf), np.int64))
         rs.append(r)
@@ -280,7 +266,7 @@ def bad_teacher(arch, params, split, val, cfg: C.BadTeacherConfig, seed: int):
     teacher = jnp.where(jnp.asarray(is_forget)[:, None], _logits(arch.apply, incompetent, x),
                         _logits(arch.apply, params, x))
     n, b = len(is_forget), min(cfg.batch_size, len(is_forget))
-    idx = np.concatenate([_epoch(np.random.default_rng([seed, 5, e]), n, b)
+    idx = np.concatenate([wrapped_batches(np.random.default_rng([seed, 5, e]), n, b)
                           for e in range(cfg.epochs)])
     out, info = run_plan("bad_teacher", arch, cfg, params, {"x": x, "teacher": teacher},
                          {"idx": idx})

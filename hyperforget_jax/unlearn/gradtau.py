@@ -53,7 +53,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train
-from hyperforget_jax.data import Dataset, ForgetSplit
+from hyperforget_jax.data import Dataset, ForgetSplit, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture
 
@@ -256,12 +256,6 @@ def compute_tau(mode: str, apply_fn: Callable, params: Params, val: Dataset,
 
 # --- the run -------------------------------------------------------------------------------------
 
-def _wrapped_batches(rng: np.random.Generator, n: int, bs: int) -> np.ndarray:
-    perm = rng.permutation(n)
-    nb = math.ceil(n / bs)
-    return np.resize(perm, nb * bs).reshape(nb, bs)
-
-
 def plan_batches(n_forget: int, n_retain: int, batch_size: int, epochs: int | None,
                  seed: int) -> tuple[np.ndarray, np.ndarray, int]:
     """Host-side batch plan: forget indices (E, N_f, B_f), retain indices (E, N_f, B_r), E.
@@ -270,13 +264,9 @@ def plan_batches(n_forget: int, n_retain: int, batch_size: int, epochs: int | No
     bf, br = min(batch_size, n_forget), min(batch_size, n_retain)
     nf, nr = math.ceil(n_forget / bf), math.ceil(n_retain / br)
     E = budget_epochs(nr, nf) if epochs is None else int(epochs)
-    f_idx = np.stack([_wrapped_batches(np.random.default_rng([seed, 1, e]), n_forget, bf)
+    f_idx = np.stack([wrapped_batches(np.random.default_rng([seed, 1, e]), n_forget, bf)
                       for e in range(E)])
-    need, chunks, r = E * nf, [], 0
-    while sum(len(c) for c in chunks) < need:
-        chunks.append(_wrapped_batches(np.random.default_rng([seed, 2, r]), n_retain, br))
-        r += 1
-    r_idx = np.concatenate(chunks)[:need].reshape(E, nf, br)
+    r_idx = wrapped_stream(seed, 2, n_retain, br, E * nf).reshape(E, nf, br)
     return f_idx, r_idx, E
 
 
