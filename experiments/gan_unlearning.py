@@ -18,7 +18,7 @@ Downstream accuracy is computed for the class rows and the 64-item rows.
 Outputs in ``--out``: ``results.json`` (every per-seed number), ``report.md`` (tables,
 mean ± std over seeds, speed-ups as ratios of medians with both step counts), ``grid_*.png``
 (64 samples of the Original / Retrain / unlearned generators of seed 0; copied to
-``--grids-dir`` if given). Duration: ≈ 8–20 min on 2 CPU cores (8 min on an otherwise idle machine).
+``--grids-dir`` if given). Duration: ≈ 6–7 min on 2 idle CPU cores, up to ~2× that on a loaded machine.
 """
 
 from __future__ import annotations

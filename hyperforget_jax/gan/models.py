@@ -6,9 +6,8 @@ Two families, chosen by ``GANArch.name``:
   transposed convolutions with ReLU → image; D = stride-2 4×4 convolutions with LeakyReLU(0.2)
   → Dense(1) logit. Widths are halved per up-sampling stage from ``width``.
 * ``"mlp"``: the same adversarial game with dense layers only (G 100→256→512→H·W·C,
-  D H·W·C→512→256→1, LeakyReLU(0.2)). XLA:CPU convolutions are slow (a 10-epoch small CNN
-  classifier took 250 s on 2 cores), so this is the default for MNIST on CPU; see
-  ``docs/gan.md`` for the measured step times that drove the choice.
+  D H·W·C→512→256→1, LeakyReLU(0.2)). XLA:CPU convolutions are slow (benchmarks/README.md §1: the
+  small CNN's step runs at 0.45× PyTorch's), so this is the default for MNIST on CPU.
 
 No BatchNorm anywhere: every model is described by its ``params`` pytree alone (as in
 :mod:`hyperforget_jax.models`), so G and D steps are pure functions that jit, pmap and shard

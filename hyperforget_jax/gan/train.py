@@ -48,8 +48,8 @@ class GANConfig:
     """GAN recipe (also the Retrain recipe: the same config on D_r).
 
     Defaults are DCGAN's optimiser (Adam 2e-4, β₁ = 0.5, batch 64) with the dense ``mlp`` pair
-    on MNIST-5k; 60 epochs of the 3,500 training images (3,240 iterations) take ≈ 40 s on
-    2 CPU cores::
+    on MNIST-5k; 60 epochs of the 3,500 training images (3,240 iterations) take ≈ 11–18 s on
+    2 idle CPU cores (docs/gan.md)::
 
         hyperforget gan train --run-dir runs/gan/original
     """
