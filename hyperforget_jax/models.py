@@ -5,6 +5,9 @@ Every model is described by its ``params`` pytree alone (no mutable collections)
 GroupNorm instead of BatchNorm, which has the same learnable scale and bias per channel (so the
 same 11,173,962 parameters as the usual CIFAR ResNet-18) but no running statistics. This is what
 lets parameters flow freely between vmapped fleets, the hypernetwork and the unlearning methods.
+
+Convolutions are :func:`hyperforget_jax.layers.Conv` (``flax.linen.Conv`` with the same
+parameters and outputs, whose gradients stay fast inside XLA:CPU loops).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hyperforget_jax import layers
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
 
 Params = Any
@@ -47,7 +51,7 @@ class SmallCNN(nn.Module):
     @nn.compact
     def __call__(self, x):
         for ch in (32, 64):
-            x = nn.relu(nn.Conv(ch, (3, 3))(x))
+            x = nn.relu(layers.Conv(ch, (3, 3))(x))
             x = nn.avg_pool(x, (2, 2), (2, 2))
         x = x.reshape(x.shape[0], -1)
         x = nn.relu(nn.Dense(128)(x))
@@ -61,12 +65,12 @@ class _BasicBlock(nn.Module):
     @nn.compact
     def __call__(self, x):
         norm = lambda: nn.GroupNorm(num_groups=min(32, self.channels))
-        y = nn.Conv(self.channels, (3, 3), self.stride, use_bias=False)(x)
+        y = layers.Conv(self.channels, (3, 3), self.stride, use_bias=False)(x)
         y = nn.relu(norm()(y))
-        y = nn.Conv(self.channels, (3, 3), use_bias=False)(y)
+        y = layers.Conv(self.channels, (3, 3), use_bias=False)(y)
         y = norm()(y)
         if self.stride != 1 or x.shape[-1] != self.channels:
-            x = nn.Conv(self.channels, (1, 1), self.stride, use_bias=False)(x)
+            x = layers.Conv(self.channels, (1, 1), self.stride, use_bias=False)(x)
             x = norm()(x)
         return nn.relu(x + y)
 
@@ -78,7 +82,7 @@ class ResNet18(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(64, (3, 3), use_bias=False)(x)
+        x = layers.Conv(64, (3, 3), use_bias=False)(x)
         x = nn.relu(nn.GroupNorm(num_groups=32)(x))
         for i, ch in enumerate((64, 128, 256, 512)):
             for j in range(2):

@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from hyperforget_jax import layers
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import ArchitectureError, ConfigError
 
@@ -48,8 +49,8 @@ class DCGANGenerator(nn.Module):
         x = nn.relu(nn.Dense(base * base * ch)(z)).reshape(z.shape[0], base, base, ch)
         for s in range(stages - 1):
             ch //= 2
-            x = nn.relu(nn.ConvTranspose(ch, (4, 4), (2, 2), padding="SAME")(x))
-        x = nn.ConvTranspose(c, (4, 4), (2, 2), padding="SAME")(x)
+            x = nn.relu(layers.ConvTranspose(ch, (4, 4), (2, 2), padding="SAME")(x))
+        x = layers.ConvTranspose(c, (4, 4), (2, 2), padding="SAME")(x)
         return (jnp.tanh(x) + 1.0) / 2.0
 
 
@@ -65,7 +66,7 @@ class DCGANDiscriminator(nn.Module):
         x = 2.0 * x - 1.0
         ch = self.width // 2 ** (stages - 1)
         for _ in range(stages):
-            x = nn.leaky_relu(nn.Conv(ch, (4, 4), (2, 2), padding="SAME")(x), 0.2)
+            x = nn.leaky_relu(layers.Conv(ch, (4, 4), (2, 2), padding="SAME")(x), 0.2)
             ch *= 2
         return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
 
