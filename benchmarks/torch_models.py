@@ -96,10 +96,19 @@ def make_torch_gradtau(model: nn.Module, total_steps: int, lr: float = 1e-3,
     ``compile_model``: ``torch.compile`` the model (forward and backward graphs through
     AOTAutograd/Inductor) and the optimiser step.
     """
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    # Compiled: a tensor learning rate, or every LinearLR step (a new Python float) would make
+    # torch.compile guard-fail and recompile opt.step (8 recompilations, then eager fallback).
+    opt = torch.optim.AdamW(model.parameters(), lr=torch.tensor(lr) if compile_model else lr,
+                            weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LinearLR(opt, 1.0, final_lr_fraction, total_iters=total_steps)
     fwd = torch.compile(model) if compile_model else model
-    opt_step = torch.compile(opt.step) if compile_model else opt.step
+
+    def opt_step():
+        opt.step()
+        sched.step()
+
+    if compile_model:  # the pattern of PyTorch's "compiled optimizer with an LR scheduler"
+        opt_step = torch.compile(opt_step, fullgraph=False)
 
     def step(xf, yf, xr, yr, tau, alpha):
         opt.zero_grad(set_to_none=True)
@@ -108,7 +117,6 @@ def make_torch_gradtau(model: nn.Module, total_steps: int, lr: float = 1e-3,
         loss = alpha * F.relu(tau - l_f) ** 2 + (1.0 - alpha) * l_r
         loss.backward()
         opt_step()
-        sched.step()
         return loss.detach()
 
     return step

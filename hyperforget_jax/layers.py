@@ -146,12 +146,43 @@ def _dx_tangent_cpu(cfg, w, dx):
                                     rhs_dilation, _DX_TANGENT, precision=precision)
 
 
+#: Kernel gradients of layers with at most this many input channels are one matrix product on
+#: an im2col copy of the input instead of a convolution. The canonical kernel-gradient
+#: convolution batches over the input channels, so for an image layer (1 or 3 channels) it has
+#: almost no parallel work and one enormous window (MNIST: 9 outputs per channel, a 28×28×256
+#: window): ≈ 4-10× slower than the product here (benchmarks/README.md §1). The copy is
+#: kh·kw·C_in floats per output pixel, i.e. small exactly when C_in is.
+GEMM_KERNEL_GRAD_MAX_CHANNELS = 4
+
+
 def _dw_tangent_cpu(cfg, x, dw):
     strides, pads, lhs_dilation, rhs_dilation, precision = cfg
+    if x.shape[-1] <= GEMM_KERNEL_GRAD_MAX_CHANNELS and lhs_dilation == (1, 1):
+        return _dw_tangent_gemm(cfg, x, dw)
     y = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dw.transpose(2, 0, 1, 3), strides,
                                  pads, lhs_dilation, rhs_dilation, _DW_TANGENT,
                                  precision=precision)
     return y.transpose(2, 0, 1, 3)
+
+
+def _dw_tangent_gemm(cfg, x, dw):
+    """conv(x, dw) as patches (kh·kw·C, N, OH, OW) · dw (kh·kw·C, O). Its transpose w.r.t. dw
+    is one matrix product contracting the patches' trailing (N, OH, OW) with the cotangent's
+    leading ones: no transposes, no convolution."""
+    strides, pads, _, rhs_dilation, precision = cfg
+    n, h, w, c = x.shape
+    kh, kw, _, o = dw.shape
+    xt = jnp.pad(x.transpose(3, 0, 1, 2), ((0, 0), (0, 0), pads[0], pads[1]))  # (C, N, H', W')
+    oh = (xt.shape[2] - (kh - 1) * rhs_dilation[0] - 1) // strides[0] + 1
+    ow = (xt.shape[3] - (kw - 1) * rhs_dilation[1] - 1) // strides[1] + 1
+    patches = jnp.stack([
+        lax.slice(xt, (0, 0, i * rhs_dilation[0], j * rhs_dilation[1]),
+                  (c, n, i * rhs_dilation[0] + (oh - 1) * strides[0] + 1,
+                   j * rhs_dilation[1] + (ow - 1) * strides[1] + 1), (1, 1) + tuple(strides))
+        for i in range(kh) for j in range(kw)])                                  # (kh·kw, C, N, OH, OW)
+    patches = patches.reshape(kh * kw * c, n, oh, ow)
+    return lax.dot_general(patches, dw.reshape(kh * kw * c, o), (((0,), (0,)), ((), ())),
+                           precision=precision)                                 # (N, OH, OW, O)
 
 
 # --- Flax layers -----------------------------------------------------------------------------
