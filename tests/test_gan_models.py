@@ -18,8 +18,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 @pytest.mark.parametrize("name,shape,counts", [
     ("mlp", (28, 28, 1), (559_632, 533_505)),
     ("mlp", (32, 32, 3), (1_733_376, 1_704_961)),
-    ("dcgan", (28, 28, 1), (350_049, 36_513)),
-    ("dcgan", (32, 32, 3), (145_203, 42_865)),
+    ("dcgan", (28, 28, 1), (350_241, 36_513)),
+    ("dcgan", (32, 32, 3), (145_427, 42_865)),
 ])
 def test_shapes_and_param_counts(name, shape, counts):
     arch = make_gan_arch(name, shape)
@@ -42,6 +42,35 @@ def test_bad_configs():
         make_gan_arch("dcgan", (8, 8, 1))
     with pytest.raises(ConfigError):
         GANConfig(lr=-1.0)
+    with pytest.raises(ConfigError):
+        GANConfig(arch="transformer")
+
+
+def test_auto_arch_is_the_dcgan_where_it_fits():
+    assert GANConfig().arch == "auto"
+    assert make_gan_arch("auto", (28, 28, 1)).name == "dcgan"
+    assert make_gan_arch("auto", (32, 32, 3)).name == "dcgan"
+    assert make_gan_arch("auto", (8, 8, 1)).name == "mlp"      # sklearn digits
+
+
+def test_dcgan_epoch_compiles_to_canonical_convolutions():
+    """The scanned training epoch of the default GAN on 28×28 images: only canonical
+    convolutions (hyperforget_jax.layers), which XLA:CPU runs with its library kernels inside
+    the loop (docs/gan.md; benchmarks/README.md §1)."""
+    import re
+
+    from hyperforget_jax.gan.train import compiled_epoch
+
+    arch = make_gan_arch("dcgan", (28, 28, 1), width=8)
+    state = init_gan_state(arch, make_optimizer(), jax.random.key(0))
+    x = jnp.zeros((16, 28, 28, 1))
+    idx = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
+    run = compiled_epoch(arch, 1e-3, 0.5, 8)
+    compiled = run.lower(state, x, idx, 0).compile()
+    labels = set(re.findall(r"dim_labels=([^,\s]+)", compiled.as_text()))
+    assert labels == {"b01f_01io->b01f"}, labels
+    state, m = compiled(state, x, idx, 0)
+    assert bool(np.all(m["finite"])) and int(state.step) == 2
 
 
 def _steps(n_dev, name="mlp", shape=(8, 8, 1), width=64, batch=16):

@@ -163,7 +163,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_data_args(p)
     common.add_request_args(p, required=False)
     d = GANConfig()
-    p.add_argument("--gan-arch", default=d.arch, choices=GAN_ARCHS)
+    p.add_argument("--gan-arch", default=d.arch, choices=("auto", *GAN_ARCHS),
+                   help="auto: the convolutional dcgan for 28×28 / 32×32 images, mlp otherwise")
     p.add_argument("--width", type=int, default=d.width)
     p.add_argument("--epochs", type=int, default=d.epochs)
     p.add_argument("--seed", type=int, default=0)
