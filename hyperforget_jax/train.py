@@ -1,18 +1,23 @@
-"""Classifier training: one pure step, compiled with ``jax.jit``, ``jax.pmap`` or ``jax.jit`` over a
-``("data",)`` mesh, plus vmapped fleets and a resumable, NaN-guarded training loop.
+"""Classifier training: pure pieces (a per-example loss, an opt-in NaN guard, one step), the
+drivers ``fit`` / ``fit_fleet`` / ``fit_stream`` built on them, and the ways to compile a step
+(``jax.jit``, ``jax.pmap``, ``jax.jit`` over a ``("data",)`` mesh).
 
     state, metrics = step(state, (x, y))
 
-The step never applies a non-finite update: if the loss or the new parameters contain NaN/inf it
-returns the old state and ``metrics["finite"] = False``; the loop then raises
-:class:`NonFiniteError` naming the step, before anything is checkpointed.
+The NaN guard is opt-in, the optax way: :func:`skip_nonfinite` wraps any optimiser so that an
+update whose gradients are NaN/inf is skipped (the parameters and optimiser state are kept). The
+library's recipes (:func:`make_optimizer`, ∇τ's optimiser) opt in; the drivers then raise
+:class:`NonFiniteError` naming the first bad step, before anything is checkpointed.
+
+Compiled programs belong to the model (:meth:`~hyperforget_jax.models.Architecture.program`):
+learning rate and weight decay are traced, so one program serves every recipe with the same
+shapes, and dropping a user's model frees them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,12 +26,14 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import params as P_
+from hyperforget_jax.config import check_config, field
 from hyperforget_jax.data import Dataset, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
-from hyperforget_jax.models import Architecture
+from hyperforget_jax.models import ARCHITECTURES, Architecture, as_model, is_import_path, model_of
 
 Params = Any
 Batch = tuple[jax.Array, jax.Array]
+Model = Any  # anything hf.as_model takes
 
 
 class TrainState(NamedTuple):
@@ -40,12 +47,14 @@ class TrainState(NamedTuple):
 def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
     """Raises ``ConfigError`` naming the bad value among epochs, batch size and learning rate
     (shared by every training recipe: classifiers, GANs)."""
-    if epochs < 0:
-        raise ConfigError(f"epochs must be >= 0, got {epochs}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not (lr > 0 and np.isfinite(lr)):
-        raise ConfigError(f"learning rate must be a positive number, got {lr}")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ConfigError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1):
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float, np.floating)) and lr > 0
+                                    and np.isfinite(lr)):
+        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,31 +65,86 @@ class TrainConfig:
     train / ≈94% test accuracy in a few seconds on 2 CPU cores::
 
         hyperforget train --run-dir runs/original
+
+    Attributes:
+      arch: the model: a registered name (gpt_mlp, mlp, cnn, resnet18) or an import path
+        ``pkg.module:Name`` of your own Flax module [ours].
+      epochs: passes over the training set [ours: 20 reaches ≈100% train accuracy].
+      batch_size: images per step; the ragged tail of an epoch is dropped [ours].
+      lr: AdamW learning rate [ours].
+      weight_decay: AdamW weight decay [ours].
+      seed: initialisation and batch order (>= 0).
     """
 
-    arch: str = "mlp"
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
+    arch: str = field("mlp")
+    epochs: int = field(20, ge=0)
+    batch_size: int = field(128, ge=1)
+    lr: float = field(1e-3, gt=0)
+    weight_decay: float = field(1e-4, ge=0)
+    seed: int = field(0, ge=0)
 
     def __post_init__(self):
-        check_schedule(self.epochs, self.batch_size, self.lr)
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_config(self)
+        if self.arch not in ARCHITECTURES and not is_import_path(self.arch):
+            raise ConfigError(f"TrainConfig.arch {self.arch!r} is neither a registered "
+                              f"architecture ({', '.join(ARCHITECTURES)}) nor an import path "
+                              "'pkg.module:Name'")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    return optax.adamw(cfg.lr, weight_decay=cfg.weight_decay)
+# --- pure pieces ------------------------------------------------------------------------------
+
+def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The opt-in NaN guard: ``tx``, except that an update whose gradients hold NaN/inf is
+    skipped (zero update, inner state kept), however many in a row.
+
+    ``optax.apply_if_finite`` that never gives up; read the last step's flag with
+    :func:`update_was_finite`.
+
+    >>> tx = skip_nonfinite(optax.sgd(0.1))
+    >>> p = jnp.ones(2); s = tx.init(p)
+    >>> u, s = tx.update(jnp.array([jnp.nan, 1.0]), s, p)
+    >>> u.tolist(), bool(update_was_finite(s))
+    ([0.0, 0.0], False)
+    """
+    return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
 
 
-def init_state(arch: Architecture, tx: optax.GradientTransformation, key: jax.Array,
+def update_was_finite(opt_state: Any) -> jax.Array:
+    """The ``last_finite`` flag of the outermost :func:`skip_nonfinite` in ``opt_state`` (True
+    when there is none)."""
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return opt_state.last_finite
+    return jnp.array(True)
+
+
+def per_example_ce(apply_fn: Callable) -> Callable:
+    """``loss_fn(params, (x, y)) -> (B,)`` per-example softmax cross-entropy of a model.
+
+    >>> loss_fn = per_example_ce(lambda p, x: x @ p)
+    >>> loss_fn(jnp.eye(3), (jnp.eye(3), jnp.array([0, 1, 2]))).shape
+    (3,)
+    """
+    def loss_fn(params, batch):
+        x, y = batch
+        return optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y)
+    return loss_fn
+
+
+def make_optimizer(cfg: TrainConfig, lr: Any = None, weight_decay: Any = None
+                   ) -> optax.GradientTransformation:
+    """AdamW of the recipe, wrapped in :func:`skip_nonfinite`. ``lr`` / ``weight_decay``
+    override the config's values (traced values inside the compiled drivers)."""
+    lr = cfg.lr if lr is None else lr
+    wd = cfg.weight_decay if weight_decay is None else weight_decay
+    return skip_nonfinite(optax.adamw(lr, weight_decay=wd))
+
+
+def init_state(arch: Model, tx: optax.GradientTransformation, key: jax.Array | None,
                params: Params | None = None) -> TrainState:
-    params = arch.init(key) if params is None else params
+    params = as_model(arch).init(key) if params is None else params
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
@@ -91,21 +155,25 @@ def cross_entropy_loss(params: Params, apply_fn: Callable, x: jax.Array, y: jax.
     return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def mean_cross_entropy(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array
+def mean_cross_entropy(model: Model, params: Params, x: jax.Array, y: jax.Array
                        ) -> jax.Array:
-    """Jitted mean cross-entropy of ``apply_fn(params, x)`` (one compile per model and shape)."""
-    return cross_entropy_loss(params, apply_fn, x, y)[0]
+    """Jitted mean cross-entropy of ``model`` (an adapter, its ``.apply`` or any model) on
+    ``(x, y)``; compiled once per model (the program is the model's own)."""
+    m = model_of(model)
+    fn = m.program("mean_ce", lambda: jax.jit(
+        lambda p, xx, yy: cross_entropy_loss(p, m.apply, xx, yy)[0]))
+    return fn(params, x, y)
 
 
 def guarded_apply(params: Params, opt_state: Any, grads: Params, loss: jax.Array,
                   tx: optax.GradientTransformation) -> tuple[Params, Any, jax.Array]:
     """Applies ``grads`` unless the loss or the new parameters are non-finite, in which case
     the old parameters and optimiser state are kept. Returns (params, opt_state, finite).
-    The NaN guard of every trainer in the package (classifiers, GANs, hypernetworks)."""
+    The explicit guard of the hand-written steps (GAN, hypernetwork, :func:`make_train_step`);
+    the composable alternative is :func:`skip_nonfinite`."""
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & P_.all_finite(new_params)
+    finite = jnp.isfinite(loss) & P_.all_finite(new_params) & update_was_finite(new_opt)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     return keep(new_params, params), keep(new_opt, opt_state), finite
 
@@ -118,8 +186,19 @@ def guarded_update(state: TrainState, grads: Params, loss: jax.Array,
     return TrainState(jnp.where(finite, state.step + 1, state.step), params, opt_state), finite
 
 
+def apply_step(state: TrainState, grads: Params, loss: jax.Array,
+               tx: optax.GradientTransformation) -> tuple[TrainState, jax.Array]:
+    """One optimiser update of a :class:`TrainState` with no guard of its own (wrap ``tx`` in
+    :func:`skip_nonfinite` for one). Returns (state, finite): ``finite`` is False when the
+    loss was non-finite or the guard skipped the update; the step only advances when True."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & update_was_finite(opt_state)
+    return TrainState(state.step + finite.astype(state.step.dtype), params, opt_state), finite
+
+
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
-                    axis_name: str | None = None) -> Callable:
+                    axis_name: str | None = None, *, guard: bool = True) -> Callable:
     """The pure training step ``(state, (x, y)) -> (state, metrics)``.
 
     Args:
@@ -127,6 +206,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
       tx: an optax optimiser.
       axis_name: set under ``jax.pmap``: gradients and metrics are averaged with
         ``lax.pmean`` over that axis, so the update equals the single-device one.
+      guard: keep the old state when the loss or the new parameters are non-finite
+        (:func:`guarded_update`); False leaves that to ``tx`` (:func:`skip_nonfinite`).
     """
 
     def step(state: TrainState, batch: Batch):
@@ -135,7 +216,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
             state.params, apply_fn, x, y)
         if axis_name is not None:
             grads, loss, acc = jax.lax.pmean((grads, loss, acc), axis_name)
-        state, finite = guarded_update(state, grads, loss, tx)
+        update = guarded_update if guard else apply_step
+        state, finite = update(state, grads, loss, tx)
         return state, {"loss": loss, "accuracy": acc, "finite": finite}
 
     return step
@@ -211,16 +293,79 @@ def scan_epoch(step: Callable) -> Callable:
     return run
 
 
-@functools.lru_cache(maxsize=32)
-def compiled_epoch(arch: Architecture, cfg_opt: tuple, fleet: bool) -> Callable:
+def auto_mesh(mesh: Mesh) -> tuple[Mesh, str]:
+    """``mesh`` with Auto axes (XLA partitions the step from the input shardings; a
+    ``jax.make_mesh`` default mesh has Explicit axes) and the name of its data axis: ``"data"``
+    when it has one, else its first axis."""
+    axis = "data" if "data" in mesh.axis_names else mesh.axis_names[0]
+    if any(t != AxisType.Auto for t in mesh.axis_types):
+        mesh = Mesh(mesh.devices, mesh.axis_names,
+                    axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    return mesh, axis
+
+
+def mesh_batch_size(mesh: Mesh | None, batch_size: int, what: str = "batch") -> None:
+    """Raises ConfigError unless ``batch_size`` splits evenly over ``mesh``'s data axis."""
+    if mesh is None:
+        return
+    mesh, axis = auto_mesh(mesh)
+    n = mesh.shape[axis]
+    if batch_size % n:
+        raise ConfigError(f"a {what} of {batch_size} cannot be split over the {n} devices of "
+                          f"the mesh axis {axis!r}; use a batch size divisible by {n}")
+
+
+def shard_rows(mesh: Mesh | None) -> Callable[[Any], Any]:
+    """Inside a compiled step: constrain a batch to be split along the mesh's data axis (a
+    no-op without a mesh), so every device computes its share of the batch."""
+    if mesh is None:
+        return lambda tree: tree
+    mesh, axis = auto_mesh(mesh)
+    sharding = NamedSharding(mesh, P(axis))
+    return lambda tree: jax.lax.with_sharding_constraint(tree, sharding)
+
+
+def _fit_epoch(model: Architecture, fleet: bool, hp_batched: bool, mesh: Mesh | None
+               ) -> Callable:
+    """The compiled epoch of the drivers: ``run(state, hp, x, y, idx) -> (state, metrics)``,
+    ``hp = {"lr", "weight_decay"}`` traced, ``idx`` (num_batches, batch) indexing the
+    on-device ``(x, y)``; vmapped over models for fleets (``idx`` and the state per member,
+    ``hp`` too when ``hp_batched``). The state is donated. Owned by ``model``."""
+
+    def build():
+        constrain = shard_rows(mesh)
+
+        def run(state, hp, x, y, idx):
+            tx = make_optimizer(TrainConfig(), hp["lr"], hp["weight_decay"])
+            step = make_train_step(model.apply, tx, guard=False)
+            return jax.lax.scan(lambda s, i: step(s, constrain((x[i], y[i]))), state, idx)
+
+        if fleet:
+            run = jax.vmap(run, in_axes=(0, 0 if hp_batched else None, None, None, 0))
+        if mesh is None:
+            return jax.jit(run, donate_argnums=0)
+        m, axis = auto_mesh(mesh)
+        repl = NamedSharding(m, P())
+        rows = NamedSharding(m, P(*([None] * (2 if fleet else 1)), axis))
+        return jax.jit(run, in_shardings=(repl, repl, repl, repl, rows),
+                       out_shardings=(repl, repl), donate_argnums=0)
+
+    return model.program(("fit_epoch", fleet, hp_batched, mesh), build)
+
+
+def _hp(cfg: TrainConfig) -> dict:
+    return {"lr": jnp.float32(cfg.lr), "weight_decay": jnp.float32(cfg.weight_decay)}
+
+
+def compiled_epoch(arch: Model, cfg_opt: tuple, fleet: bool) -> Callable:
     """The jitted epoch of :func:`fit` (``fleet=False``) or :func:`fit_fleet` (vmapped over
-    models, batch indices per model), for the AdamW of ``cfg_opt = (lr, weight_decay)``; the
-    state is donated. Cached: every caller with the same model and optimiser shares it."""
-    tx = make_optimizer(TrainConfig(lr=cfg_opt[0], weight_decay=cfg_opt[1]))
-    run = scan_epoch(make_train_step(arch.apply, tx))
-    if fleet:
-        run = jax.vmap(run, in_axes=(0, None, None, 0))
-    return jax.jit(run, donate_argnums=0)
+    models, batch indices per model) for the AdamW of ``cfg_opt = (lr, weight_decay)``:
+    ``run(state, x, y, idx) -> (state, metrics)``, the state donated. The compiled program is
+    the model's own and is shared by every learning rate and weight decay."""
+    model = as_model(arch)
+    run = _fit_epoch(model, fleet, False, None)
+    hp = {"lr": jnp.float32(cfg_opt[0]), "weight_decay": jnp.float32(cfg_opt[1])}
+    return lambda state, x, y, idx: run(state, hp, x, y, idx)
 
 
 def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
@@ -239,13 +384,30 @@ def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
         "lower the learning rate")
 
 
-def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
+def _model_for(arch: Model, ds: Dataset) -> Architecture:
+    model = as_model(arch, ds.x.shape[1:], ds.num_classes)
+    model.check_inputs(ds.x, f"training set {ds.name!r}")
+    return model
+
+
+def _put(tree: Any, mesh: Mesh | None) -> Any:
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
+    return jax.device_put(tree, NamedSharding(auto_mesh(mesh)[0], P()))
+
+
+def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         checkpointer=None, meta: dict | None = None, progress: bool = False,
-        init_params: Params | None = None) -> tuple[TrainState, list[dict]]:
+        init_params: Params | None = None, mesh: Mesh | None = None
+        ) -> tuple[TrainState, list[dict]]:
     """Trains ``arch`` on ``train`` with ``cfg``; resumes from ``checkpointer`` if it has a step.
 
+    Every epoch is one compiled call: the steps run under ``lax.scan`` over a host-built index
+    plan (a pure function of ``cfg.seed`` and the epoch) into the on-device data.
+
     Args:
-      arch: the classifier architecture.
+      arch: the model: a registered name, an :class:`~hyperforget_jax.models.Architecture`, a
+        Flax module or an ``apply_fn`` with an init (see ``hf.as_model``).
       train: training data.
       cfg: the recipe; ``cfg.seed`` fixes the initialisation and every batch order.
       checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`; the state is
@@ -254,6 +416,9 @@ def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
       meta: JSON-serialisable metadata stored with each checkpoint (config, split, request).
       progress: show a progress bar.
       init_params: start from these parameters instead of a fresh initialisation.
+      mesh: optional ``jax.sharding.Mesh``: every batch is split along its data axis (``"data"``
+        or its first axis), the state replicated; same parameters as one device (to float
+        rounding). ``cfg.batch_size`` must divide by the axis size.
 
     Returns:
       The final :class:`TrainState` and a per-epoch history of mean loss / accuracy.
@@ -261,24 +426,33 @@ def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
     Raises:
       NonFiniteError: a step produced NaN/inf (named in the message).
     """
-    arch.check_inputs(train.x, f"training set {train.name!r}")
+    model = _model_for(arch, train)
+    mesh_batch_size(mesh, cfg.batch_size)
+    if init_params is None and not model.has_init:
+        raise ConfigError(f"fit: model {model.name!r} has no init; pass init_params= or "
+                          "hf.as_model(apply_fn, init_fn=...)")
+    if init_params is not None:
+        model.check_params(init_params)
+        init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
     tx = make_optimizer(cfg)
-    state = init_state(arch, tx, jax.random.key(cfg.seed), init_params)
+    state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
     start = 0
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, _ = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
-    run = compiled_epoch(arch, (cfg.lr, cfg.weight_decay), False)
-    x, y = jnp.asarray(train.x), jnp.asarray(train.y)
+    run = _fit_epoch(model, False, False, mesh)
+    state = _put(state, mesh)
+    x, y = _put((train.x, train.y), mesh)
+    hp = _put(_hp(cfg), mesh)
     history = []
     epochs = range(start, cfg.epochs)
     if progress:
         from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=f"train {arch.name}", initial=start, total=cfg.epochs)
+        epochs = tqdm(epochs, desc=f"train {model.name}", initial=start, total=cfg.epochs)
     for epoch in epochs:
         idx = batch_indices(cfg.seed, epoch, len(train), cfg.batch_size)
         first = int(state.step)
-        state, m = run(state, x, y, jnp.asarray(idx))
+        state, m = run(state, hp, x, y, jnp.asarray(idx))
         raise_if_nonfinite(m["finite"], first, epoch)
         history.append({"epoch": epoch, "loss": float(m["loss"].mean()),
                         "accuracy": float(m["accuracy"].mean())})
@@ -288,26 +462,150 @@ def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
     return state, history
 
 
-def fit_fleet(arch: Architecture, train: Dataset, cfg: TrainConfig, seeds: list[int],
-              progress: bool = False) -> tuple[TrainState, list[dict]]:
-    """Trains one model per seed in a single vmapped step; member ``i`` equals
-    ``fit(arch, train, replace(cfg, seed=seeds[i]))``. Returns a stacked :class:`TrainState`."""
-    arch.check_inputs(train.x, f"training set {train.name!r}")
-    tx = make_optimizer(cfg)
+def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
+              seeds: list[int] | None = None, progress: bool = False,
+              subsets: np.ndarray | None = None) -> tuple[TrainState, list[dict]]:
+    """Trains one model per member in a single vmapped program; member ``i`` equals
+    ``fit(arch, train, replace(cfg, seed=seeds[i]))``. Returns a stacked :class:`TrainState`.
+
+    Args:
+      arch: the model (any form ``hf.as_model`` takes, with an init).
+      train: training data, shared by every member.
+      cfg: one recipe, or one per member (their learning rates and weight decays may differ:
+        they are traced; epochs and batch size must agree).
+      seeds: one seed per member (default: each config's own seed).
+      progress: show a progress bar.
+      subsets: optional (members, n) indices into ``train``: member ``i`` trains on
+        ``train[subsets[i]]`` (equal sizes; U-LiRA's shadow models).
+    """
+    model = _model_for(arch, train)
+    cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else None
+    if cfgs is not None:
+        seeds = [c.seed for c in cfgs] if seeds is None else list(seeds)
+        if len(cfgs) != len(seeds):
+            raise ConfigError(f"fit_fleet: {len(cfgs)} configs for {len(seeds)} seeds")
+        if len({(c.epochs, c.batch_size) for c in cfgs}) != 1:
+            raise ConfigError("fit_fleet: every member's epochs and batch_size must agree "
+                              "(they set the program's shapes); run groups separately")
+        base = cfgs[0]
+    else:
+        base = cfg
+        seeds = [cfg.seed] if seeds is None else list(seeds)
+    if not seeds:
+        raise ConfigError("fit_fleet needs at least one seed")
+    if not model.has_init:
+        raise ConfigError(f"fit_fleet: model {model.name!r} has no init; pass "
+                          "hf.as_model(apply_fn, init_fn=...)")
+    tx = make_optimizer(base)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
-    state = jax.vmap(lambda k: init_state(arch, tx, k))(keys)
-    run = compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
+    state = jax.vmap(lambda k: init_state(model, tx, k))(keys)
+    batched = cfgs is not None
+    run = _fit_epoch(model, True, batched, None)
+    hp = (jax.tree.map(lambda *v: jnp.stack(v), *[_hp(c) for c in cfgs]) if batched
+          else _hp(base))
     x, y = jnp.asarray(train.x), jnp.asarray(train.y)
+    n = len(train) if subsets is None else np.asarray(subsets).shape[1]
     history = []
-    epochs = range(cfg.epochs)
+    epochs = range(base.epochs)
     if progress:
         from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=f"fleet of {len(seeds)} {arch.name}")
+        epochs = tqdm(epochs, desc=f"fleet of {len(seeds)} {model.name}")
     for epoch in epochs:
-        idx = np.stack([batch_indices(s, epoch, len(train), cfg.batch_size) for s in seeds])
+        idx = np.stack([batch_indices(s, epoch, n, base.batch_size) for s in seeds])
+        if subsets is not None:
+            idx = np.stack([sub[i] for sub, i in zip(np.asarray(subsets), idx)])
         first = int(state.step[0])
-        state, m = run(state, x, y, jnp.asarray(idx))
+        state, m = run(state, hp, x, y, jnp.asarray(idx))
         raise_if_nonfinite(m["finite"], first, epoch)
         history.append({"epoch": epoch, "loss": np.asarray(m["loss"].mean(1)).tolist(),
                         "accuracy": np.asarray(m["accuracy"].mean(1)).tolist()})
     return state, history
+
+
+def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable[Batch],
+               cfg: TrainConfig, *, init_params: Params | None = None,
+               mesh: Mesh | None = None, sync_every: int = 8) -> tuple[TrainState, list[dict]]:
+    """:func:`fit` on streamed data: host batches from an iterator instead of one on-device
+    set, one compiled step per batch.
+
+    Args:
+      arch: the model (with an init, or pass ``init_params``).
+      batches: ``batches(epoch) -> iterable of (x, y)`` host batches (called for each of
+        ``cfg.epochs`` epochs), or one iterable consumed as a single epoch.
+      cfg: the recipe (learning rate, weight decay, seed of the initialisation, epochs).
+      init_params: start from these parameters.
+      mesh: optional mesh: each batch is split along its data axis. Under ``jax.distributed``
+        each process passes *its own rows* of every global batch (process ``i``: rows
+        ``[i·b, (i+1)·b)``); they are assembled with
+        ``jax.make_array_from_process_local_data``.
+      sync_every: wait for the device every this many steps (bounds the queue of dispatched
+        steps; collectives on CPU abort when too many are in flight).
+
+    Returns:
+      The final :class:`TrainState` and a per-epoch history (mean loss / accuracy).
+
+    Raises:
+      NonFiniteError: a step produced NaN/inf.
+      DataError: a batch of images of the wrong shape.
+    """
+    model = as_model(arch)
+    tx = make_optimizer(cfg)
+    if init_params is None and not model.has_init:
+        raise ConfigError(f"fit_stream: model {model.name!r} needs an input_shape or "
+                          "init_params to start from")
+    if init_params is not None:
+        init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
+    state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
+    step = model.program(("fit_stream_step", mesh), lambda: _stream_step(model, mesh))
+    state = _put(state, mesh)
+    hp = _put(_hp(cfg), mesh)
+    history = []
+    n_epochs = cfg.epochs if callable(batches) else 1
+    for epoch in range(n_epochs):
+        it = batches(epoch) if callable(batches) else batches
+        first, losses, accs, flags = int(state.step), [], [], []
+        for i, (xb, yb) in enumerate(it):
+            model.check_inputs(xb, "a streamed batch")
+            state, m = step(state, hp, global_rows((np.asarray(xb, np.float32),
+                                                    np.asarray(yb, np.int32)), mesh))
+            losses.append(m["loss"]), accs.append(m["accuracy"]), flags.append(m["finite"])
+            if (i + 1) % sync_every == 0:
+                jax.block_until_ready(m["loss"])
+        if not flags:
+            raise ConfigError(f"fit_stream: epoch {epoch} yielded no batches")
+        raise_if_nonfinite(np.asarray(jax.device_get(flags)), first, epoch)
+        history.append({"epoch": epoch, "loss": float(np.mean(jax.device_get(losses))),
+                        "accuracy": float(np.mean(jax.device_get(accs)))})
+    return state, history
+
+
+def global_rows(local: Any, mesh: Mesh | None) -> Any:
+    """Host rows → device arrays: with a mesh, this process's rows of a global batch split
+    along the data axis (``jax.make_array_from_process_local_data``); without, ``jnp.asarray``."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, local)
+    m, axis = auto_mesh(mesh)
+    sharding = NamedSharding(m, P(axis))
+    n_local = len(m.local_devices)
+
+    def put(x):
+        x = np.asarray(x)
+        if x.shape[0] % n_local:
+            raise ConfigError(f"a local batch of {x.shape[0]} rows cannot be split over "
+                              f"{n_local} local devices; use a multiple of {n_local}")
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(put, local)
+
+
+def _stream_step(model: Architecture, mesh: Mesh | None) -> Callable:
+    def step(state, hp, batch):
+        tx = make_optimizer(TrainConfig(), hp["lr"], hp["weight_decay"])
+        return make_train_step(model.apply, tx, guard=False)(state, batch)
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    m, axis = auto_mesh(mesh)
+    repl = NamedSharding(m, P())
+    return jax.jit(step, in_shardings=(repl, repl, NamedSharding(m, P(axis))),
+                   out_shardings=(repl, repl), donate_argnums=0)

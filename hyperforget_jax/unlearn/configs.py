@@ -14,13 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hyperforget_jax.errors import ConfigError
-
-
-def _check_positive(**values):
-    for k, v in values.items():
-        if not v > 0:
-            raise ConfigError(f"{k} must be > 0, got {v}")
+from hyperforget_jax.config import check_config, field
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,14 +23,14 @@ class NegGradConfig:
     (OPTML-Group/Unlearn-Saliency, Classification/README.md): ``--unlearn GA --unlearn_lr 0.0001
     --unlearn_epochs 5``, SGD momentum 0.9, weight decay 5e-4, batch 256."""
 
-    epochs: int = 5
-    lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
+    epochs: int = field(5, ge=1)
+    lr: float = field(1e-4, gt=0)
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    batch_size: int = field(256, ge=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,17 +40,15 @@ class NegGradPlusConfig:
     β = 0.999 and SGD lr 0.01 / momentum 0.9 / wd 5e-4 as in their small-scale setting [our
     reading of the paper; the authors tune β per setting]."""
 
-    epochs: int = 5
-    lr: float = 0.01
-    beta: float = 0.999
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
+    epochs: int = field(5, ge=1)
+    lr: float = field(0.01, gt=0)
+    beta: float = field(0.999, ge=0, le=1)
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    batch_size: int = field(128, ge=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        if not 0 <= self.beta <= 1:
-            raise ConfigError(f"beta must lie in [0, 1], got {self.beta}")
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,14 +58,14 @@ class RandomLabelsConfig:
     over D_r with the true labels. 10 epochs, SGD momentum 0.9, wd 5e-4, batch 256 (SalUn code);
     lr 0.01 (SalUn's FT/RL grid)."""
 
-    epochs: int = 10
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
+    epochs: int = field(10, ge=1)
+    lr: float = field(0.01, gt=0)
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    batch_size: int = field(256, ge=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,17 +77,15 @@ class SalUnConfig:
     value. RL schedule as :class:`RandomLabelsConfig` (10 epochs, SGD momentum 0.9, wd 5e-4,
     batch 256); lr 0.01 [ours: SalUn's 0.1 was set for ResNet-18 with BatchNorm]."""
 
-    epochs: int = 10
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    mask_ratio: float = 0.5
+    epochs: int = field(10, ge=1)
+    lr: float = field(0.01, gt=0)
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    batch_size: int = field(256, ge=1)
+    mask_ratio: float = field(0.5, gt=0, le=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        if not 0 < self.mask_ratio <= 1:
-            raise ConfigError(f"mask_ratio must lie in (0, 1], got {self.mask_ratio}")
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,21 +98,19 @@ class ScrubConfig:
     α 0.001, retain batch 128, forget batch 32. The SWA model averaging of some variants is not
     used."""
 
-    epochs: int = 3
-    msteps: int = 2
-    lr: float = 5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    kd_T: float = 4.0
-    gamma: float = 0.99
-    alpha: float = 0.001
-    retain_batch_size: int = 128
-    forget_batch_size: int = 32
+    epochs: int = field(3, ge=1)
+    msteps: int = field(2, ge=0)
+    lr: float = field(5e-4, gt=0)
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    kd_T: float = field(4.0, gt=0)
+    gamma: float = field(0.99, ge=0)
+    alpha: float = field(0.001, ge=0)
+    retain_batch_size: int = field(128, ge=1)
+    forget_batch_size: int = field(32, ge=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, kd_T=self.kd_T,
-                        retain_batch_size=self.retain_batch_size,
-                        forget_batch_size=self.forget_batch_size)
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,14 +120,11 @@ class BadTeacherConfig:
     teacher on D_f and the original on a ``retain_fraction`` subset of D_r, by KL divergence at
     temperature 1. Adam lr 1e-4, 1 epoch, batch 256, 30% of D_r (their paper)."""
 
-    epochs: int = 1
-    lr: float = 1e-4
-    batch_size: int = 256
-    kl_temperature: float = 1.0
-    retain_fraction: float = 0.3
+    epochs: int = field(1, ge=1)
+    lr: float = field(1e-4, gt=0)
+    batch_size: int = field(256, ge=1)
+    kl_temperature: float = field(1.0, gt=0)
+    retain_fraction: float = field(0.3, gt=0, le=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                        kl_temperature=self.kl_temperature)
-        if not 0 < self.retain_fraction <= 1:
-            raise ConfigError(f"retain_fraction must lie in (0, 1], got {self.retain_fraction}")
+        check_config(self)
