@@ -47,7 +47,7 @@ _MISSING = dataclasses.MISSING
 
 def field(default: Any = _MISSING, *, gt: float | None = None, ge: float | None = None,
           lt: float | None = None, le: float | None = None,
-          choices: tuple | None = None, **kwargs) -> Any:
+          choices: tuple | None = None, label: str | None = None, **kwargs) -> Any:
     """A ``dataclasses.field`` with bounds that :func:`check_config` enforces.
 
     Args:
@@ -55,10 +55,11 @@ def field(default: Any = _MISSING, *, gt: float | None = None, ge: float | None 
       gt, ge, lt, le: strict / inclusive lower and upper bounds (numbers, or each element of a
         tuple of numbers).
       choices: the allowed values.
+      label: a plain-words name used in error messages (e.g. "learning rate").
       **kwargs: passed to ``dataclasses.field``.
     """
-    meta = {k: v for k, v in dict(gt=gt, ge=ge, lt=lt, le=le, choices=choices).items()
-            if v is not None}
+    meta = {k: v for k, v in dict(gt=gt, ge=ge, lt=lt, le=le, choices=choices,
+                                  label=label).items() if v is not None}
     return dataclasses.field(default=default, metadata={"bounds": meta}, **kwargs)
 
 
@@ -147,8 +148,9 @@ def check_config(cfg: Any) -> None:
         if not f.init:
             continue
         value = getattr(cfg, f.name)
-        new = _check_value(owner, f.name, value, hints.get(f.name, Any),
-                           f.metadata.get("bounds", {}))
+        bounds = f.metadata.get("bounds", {})
+        name = f"{f.name} ({bounds['label']})" if "label" in bounds else f.name
+        new = _check_value(owner, name, value, hints.get(f.name, Any), bounds)
         if new is not value:
             object.__setattr__(cfg, f.name, new)
 

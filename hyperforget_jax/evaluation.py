@@ -15,7 +15,7 @@ import numpy as np
 
 from hyperforget_jax import metrics
 from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits
-from hyperforget_jax.models import Architecture
+from hyperforget_jax.models import as_model
 
 #: Metric keys of :func:`evaluate_unlearning`, in table order, with the direction that is "better
 #: forgotten" left to the comparison with Retrain.
@@ -24,20 +24,36 @@ TABLE_KEYS = ("retain_acc", "forget_acc", "test_acc", "test_acc_kept", "test_acc
 GAP_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia_loss_lr")
 
 
-def evaluate_unlearning(arch: Architecture, params: Any, splits: Splits, fsplit: ForgetSplit,
+def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSplit,
                         request: ForgetRequest, seed: int = 0) -> dict[str, Any]:
     """Evaluates ``params`` after (or before) forgetting ``request``.
+
+    Args:
+      arch: the model (anything ``hf.as_model`` takes: a registered name, an Architecture, a
+        Flax module, an ``apply_fn(params, x) -> logits``).
+      params: the parameters to evaluate; checked against the model (shapes, dtypes, no
+        extra or missing leaf).
+      splits: train / validation / test data.
+      fsplit: the forget / retain split of the request.
+      request: the forget request (class removal selects the attacks' non-members).
+      seed: seeds the attacks' subsampling and cross-validation.
 
     Returns:
       A flat dict of floats: ``retain_acc``, ``forget_acc``, ``test_acc`` (and ``*_loss``),
       for class removal ``test_acc_kept`` / ``test_acc_forgotten``, ``per_class_test_acc``, and
       ``mia_loss_lr``, ``mia_entropy_lr``, ``mia_efficacy_svc``. Accuracies are fractions.
+
+    Raises:
+      ArchitectureError: parameters that do not fit the model.
+      DataError: images of a shape the model does not take.
     """
-    arch.check_inputs(splits.test.x, f"test set {splits.test.name!r}")
+    model = as_model(arch, splits.test.x.shape[1:], splits.test.num_classes)
+    model.check_params(params)
+    model.check_inputs(splits.test.x, f"test set {splits.test.name!r}")
     out = {}
     per = {}
     for name, ds in (("retain", fsplit.retain), ("forget", fsplit.forget), ("test", splits.test)):
-        per[name] = metrics.per_sample_outputs(arch.apply, params, ds.x, ds.y)
+        per[name] = metrics.per_sample_outputs(model, params, ds.x, ds.y)
         out[f"{name}_acc"] = float(np.mean(per[name]["correct"]))
         out[f"{name}_loss"] = float(np.mean(per[name]["loss"]))
     test_correct = np.asarray(per["test"]["correct"])

@@ -469,15 +469,36 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
     if isinstance(obj, type) and issubclass(obj, nn.Module):
         raise ConfigError(f"{obj.__name__} is a Module class; pass an instance, e.g. "
                           f"{obj.__name__}(), or its import path")
-    if isinstance(obj, nn.Module):
-        k = num_classes if num_classes is not None else getattr(obj, "num_classes", None)
-        return Architecture(name or type(obj).__name__, shape, k, flax_module=obj)
-    if callable(obj):
-        return Architecture(name or getattr(obj, "__name__", type(obj).__name__), shape,
-                            num_classes, apply_fn=obj, init_fn=init_fn)
+    if isinstance(obj, nn.Module) or callable(obj):
+        base = _adapter_of(obj, init_fn, name)
+        return as_model(base, shape, num_classes)
     raise ConfigError(f"cannot use a {type(obj).__name__} as a model; pass a registered name "
                       f"({', '.join(ARCHITECTURES)}), an import path 'pkg.module:Name', a flax "
                       "Module or an apply_fn(params, x) -> logits")
+
+
+_ADAPTER_ATTR = "__hyperforget_model__"
+
+
+def _adapter_of(obj: Any, init_fn: Callable | None, name: str | None) -> Architecture:
+    """The adapter of a user's module or function, kept *on the object itself* when Python
+    allows it (functions, modules), so that passing the same object again reuses its compiled
+    programs, and dropping the object frees both (no module-level cache holds either)."""
+    cached = getattr(obj, "__dict__", {}).get(_ADAPTER_ATTR)
+    if cached is not None and cached.init_fn is init_fn and (name is None
+                                                             or cached.name == name):
+        return cached
+    if isinstance(obj, nn.Module):
+        adapter = Architecture(name or type(obj).__name__, None,
+                               getattr(obj, "num_classes", None), flax_module=obj)
+    else:
+        adapter = Architecture(name or getattr(obj, "__name__", type(obj).__name__), None,
+                               None, apply_fn=obj, init_fn=init_fn)
+    try:
+        object.__setattr__(obj, _ADAPTER_ATTR, adapter)
+    except (AttributeError, TypeError):  # bound methods, objects with __slots__
+        pass
+    return adapter
 
 
 def model_of(fn_or_model: Any) -> Architecture:

@@ -48,10 +48,10 @@ def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
     """Raises ``ConfigError`` naming the bad value among epochs, batch size and learning rate
     (shared by every training recipe: classifiers, GANs)."""
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ConfigError(f"epochs must be an integer >= 0, got {epochs!r}")
+        raise ConfigError(f"epochs must be >= 0 (an integer), got {epochs!r}")
     if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
             or batch_size < 1):
-        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        raise ConfigError(f"batch_size must be >= 1 (an integer), got {batch_size!r}")
     if isinstance(lr, bool) or not (isinstance(lr, (int, float, np.floating)) and lr > 0
                                     and np.isfinite(lr)):
         raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
@@ -79,15 +79,15 @@ class TrainConfig:
     arch: str = field("mlp")
     epochs: int = field(20, ge=0)
     batch_size: int = field(128, ge=1)
-    lr: float = field(1e-3, gt=0)
+    lr: float = field(1e-3, gt=0, label="learning rate")
     weight_decay: float = field(1e-4, ge=0)
     seed: int = field(0, ge=0)
 
     def __post_init__(self):
         check_config(self)
         if self.arch not in ARCHITECTURES and not is_import_path(self.arch):
-            raise ConfigError(f"TrainConfig.arch {self.arch!r} is neither a registered "
-                              f"architecture ({', '.join(ARCHITECTURES)}) nor an import path "
+            raise ConfigError(f"TrainConfig.arch: unknown architecture {self.arch!r}; choose "
+                              f"one of {', '.join(ARCHITECTURES)} or give an import path "
                               "'pkg.module:Name'")
 
     def to_json(self) -> dict:

@@ -55,7 +55,7 @@ def test_untargeted_examples_are_skipped_and_none_fails():
     assert out["n_examples"] == 2 and out["accuracy"] == 1.0
     with pytest.raises(ConfigError, match="targeted"):
         ulira.ulira_test(z, z, np.zeros((4, 5), bool), np.zeros(5), np.zeros(5))
-    with pytest.raises(ConfigError, match="at least 2"):
+    with pytest.raises(ConfigError, match="num_shadows must be >= 2"):
         ulira.ULiRAConfig(num_shadows=1)
 
 

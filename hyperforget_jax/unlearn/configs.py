@@ -24,7 +24,7 @@ class NegGradConfig:
     --unlearn_epochs 5``, SGD momentum 0.9, weight decay 5e-4, batch 256."""
 
     epochs: int = field(5, ge=1)
-    lr: float = field(1e-4, gt=0)
+    lr: float = field(1e-4, gt=0, label="learning rate")
     momentum: float = field(0.9, ge=0, lt=1)
     weight_decay: float = field(5e-4, ge=0)
     batch_size: int = field(256, ge=1)
@@ -41,7 +41,7 @@ class NegGradPlusConfig:
     reading of the paper; the authors tune β per setting]."""
 
     epochs: int = field(5, ge=1)
-    lr: float = field(0.01, gt=0)
+    lr: float = field(0.01, gt=0, label="learning rate")
     beta: float = field(0.999, ge=0, le=1)
     momentum: float = field(0.9, ge=0, lt=1)
     weight_decay: float = field(5e-4, ge=0)
@@ -59,7 +59,7 @@ class RandomLabelsConfig:
     lr 0.01 (SalUn's FT/RL grid)."""
 
     epochs: int = field(10, ge=1)
-    lr: float = field(0.01, gt=0)
+    lr: float = field(0.01, gt=0, label="learning rate")
     momentum: float = field(0.9, ge=0, lt=1)
     weight_decay: float = field(5e-4, ge=0)
     batch_size: int = field(256, ge=1)
@@ -78,7 +78,7 @@ class SalUnConfig:
     batch 256); lr 0.01 [ours: SalUn's 0.1 was set for ResNet-18 with BatchNorm]."""
 
     epochs: int = field(10, ge=1)
-    lr: float = field(0.01, gt=0)
+    lr: float = field(0.01, gt=0, label="learning rate")
     momentum: float = field(0.9, ge=0, lt=1)
     weight_decay: float = field(5e-4, ge=0)
     batch_size: int = field(256, ge=1)
@@ -100,7 +100,7 @@ class ScrubConfig:
 
     epochs: int = field(3, ge=1)
     msteps: int = field(2, ge=0)
-    lr: float = field(5e-4, gt=0)
+    lr: float = field(5e-4, gt=0, label="learning rate")
     momentum: float = field(0.9, ge=0, lt=1)
     weight_decay: float = field(5e-4, ge=0)
     kd_T: float = field(4.0, gt=0)
@@ -121,7 +121,7 @@ class BadTeacherConfig:
     temperature 1. Adam lr 1e-4, 1 epoch, batch 256, 30% of D_r (their paper)."""
 
     epochs: int = field(1, ge=1)
-    lr: float = field(1e-4, gt=0)
+    lr: float = field(1e-4, gt=0, label="learning rate")
     batch_size: int = field(256, ge=1)
     kl_temperature: float = field(1.0, gt=0)
     retain_fraction: float = field(0.3, gt=0, le=1)

@@ -129,7 +129,7 @@ class GradTauConfig:
     """
 
     batch_size: int = field(256, ge=1)
-    lr: float = field(1e-3, gt=0)
+    lr: float = field(1e-3, gt=0, label="learning rate")
     weight_decay: float = field(0.01, ge=0)
     final_lr_fraction: float = field(0.1, gt=0, le=1)
     alpha_scale: float = field(5.0 / 3.0, ge=0)
