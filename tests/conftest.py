@@ -49,3 +49,21 @@ def save_zero_hypernet(path, spec) -> None:
     shapes = DN.param_shapes(spec.model(), spec.arch.param_count)
     H.save_hypernet(path, H.Hypernet(spec, jax.tree.map(lambda l: np.zeros(l.shape, l.dtype),
                                                         shapes)))
+
+
+class CompileCounter:
+    """Counts XLA backend compilations inside a ``with`` block (not Python-level caches)."""
+
+    def __enter__(self):
+        self.n = 0
+
+        def listener(event, duration, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                self.n += 1
+
+        self._listener = listener
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)

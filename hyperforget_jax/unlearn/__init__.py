@@ -13,7 +13,7 @@ module, an ``apply_fn(params, x) -> logits`` or an import path. Methods: ``gradt
 new parameters and leaves the caller's untouched; ``info`` always has ``method``, ``steps`` and
 ``wall_time_s`` (measured around the whole call, device work included).
 
-Every method is also a building block for your own loop: :func:`.gradtau.gradtau` and the
+Every method is also a building block for your own loop: :func:`.gradtau.nabla_tau` and the
 objectives of :mod:`.baselines` (``init`` / ``update`` pairs, the optax way).
 """
 
@@ -36,7 +36,7 @@ from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn import baselines, configs
 from hyperforget_jax.unlearn.configs import (BadTeacherConfig, NegGradConfig, NegGradPlusConfig,
                                              RandomLabelsConfig, SalUnConfig, ScrubConfig)
-from hyperforget_jax.unlearn.gradtau import (GradTau, GradTauConfig, GradTauState, gradtau,
+from hyperforget_jax.unlearn.gradtau import (GradTau, GradTauConfig, GradTauState, nabla_tau,
                                              gradtau_objective, make_gradtau_optimizer,
                                              make_gradtau_step, run_gradtau)
 from hyperforget_jax.unlearn import gradtau_run
@@ -261,7 +261,7 @@ def unlearn_sweep(method: str, arch: Any, params: Any, split: ForgetSplit, val: 
 
 
 __all__ = ["unlearn", "unlearn_sweep", "UnlearnResult", "METHODS", "GradTauConfig", "GradTau",
-           "GradTauState", "gradtau", "gradtau_objective", "make_gradtau_step",
+           "GradTauState", "nabla_tau", "gradtau_objective", "make_gradtau_step",
            "make_gradtau_optimizer", "run_gradtau", "NegGradConfig", "NegGradPlusConfig",
            "RandomLabelsConfig", "SalUnConfig", "ScrubConfig", "BadTeacherConfig", "configs",
            "check_seed"]

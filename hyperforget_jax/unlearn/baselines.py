@@ -1,6 +1,6 @@
 """The baseline unlearning methods, as building blocks and as scanned runs.
 
-**Building blocks** (the shape of :func:`hyperforget_jax.unlearn.gradtau.gradtau`): each method is
+**Building blocks** (the shape of :func:`hyperforget_jax.unlearn.gradtau.nabla_tau`): each method is
 an :class:`Objective` — ``init(params) -> state`` and
 ``update(params, state, *batches) -> (grads, state, metrics)`` — over a per-example
 ``loss_fn(params, batch) -> (B,)`` or a model's ``apply_fn``; feed the gradients to any optax

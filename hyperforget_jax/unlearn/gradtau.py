@@ -13,7 +13,7 @@ container and any optax optimiser):
 
 * :func:`gradtau_objective` — the loss and its gradient for one batch pair, over *your*
   per-example ``loss_fn(params, batch) -> (B,)``;
-* :func:`gradtau` — ``GradTau(init, update)``: α as an ``optax.Schedule`` of the ∇τ step count
+* :func:`nabla_tau` — ``GradTau(init, update)``: α as an ``optax.Schedule`` of the ∇τ step count
   and τ refreshed by ``lax.cond`` on that count (:class:`GradTauState`, a NamedTuple), so the
   whole schedule lives in jittable state, not in a host loop;
 * :func:`alpha_schedule_fn`, :func:`lr_schedule_fn` — the official per-forget-epoch schedules;
@@ -23,7 +23,7 @@ container and any optax optimiser):
 >>> from hyperforget_jax.train import per_example_ce
 >>> apply_fn = lambda p, x: x @ p["w"]
 >>> params = {"w": jnp.eye(4)}
->>> gt = gradtau(per_example_ce(apply_fn), alpha=alpha_schedule_fn(0.5, epochs=2, steps_per_epoch=1),
+>>> gt = nabla_tau(per_example_ce(apply_fn), alpha=alpha_schedule_fn(0.5, epochs=2, steps_per_epoch=1),
 ...              tau=2.0)
 >>> tx = optax.adamw(1e-3)
 >>> opt_state, gt_state = tx.init(params), gt.init(params)
@@ -314,7 +314,7 @@ def refresh_tau(state: GradTauState, params: Params, tau_fn: Callable,
     return GradTauState(state.count, tau)
 
 
-def gradtau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callable | None = None,
+def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callable | None = None,
             refresh_every: int | None = None, axis_name: str | None = None) -> GradTau:
     """∇τ as a pure ``init`` / ``update`` pair over your per-example loss.
 
@@ -480,7 +480,7 @@ def plan_batches(n_forget: int, n_retain: int, batch_size: int, epochs: int | No
 from hyperforget_jax.unlearn.gradtau_run import (compiled_forget_epoch,  # noqa: E402
                                                  run_gradtau)
 
-__all__ = ["GradTauConfig", "GradTau", "GradTauState", "gradtau", "gradtau_objective",
+__all__ = ["GradTauConfig", "GradTau", "GradTauState", "nabla_tau", "gradtau_objective",
            "refresh_tau", "alpha_schedule_fn", "lr_schedule_fn", "gradtau_tx",
            "initial_alpha", "budget_epochs", "plan_batches", "gradtau_loss", "compute_tau",
            "make_gradtau_step", "pmap_gradtau_step", "sharded_gradtau_step", "run_gradtau",

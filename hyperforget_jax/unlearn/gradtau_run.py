@@ -95,7 +95,7 @@ def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fl
             if tau_fn is not None:
                 every = None if mode == "unseen_class" else hp["refresh_steps"]
                 gs = G.refresh_tau(gs, ts.params, tau_fn, every, *arrays["tau"])
-            gt = G.gradtau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n), tau=0.0)
+            gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n), tau=0.0)
 
             def step(carry, inp):
                 ts, gs = carry
