@@ -92,3 +92,21 @@ def test_sweep_errors(setup):
         unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[])
     with pytest.raises(ConfigError, match="takes a GradTauConfig"):
         unlearn_sweep("gradtau", arch, stacked, split, val, SEEDS, [NegGradConfig()])
+
+
+@pytest.mark.parametrize("method", ["gradtau", "retrain", "salun"])
+def test_one_split_per_seed(setup, method, digits_splits):
+    # Random forgetting drawn with each seed: equal sizes, different contents.
+    arch, stacked, _, val = setup
+    splits = [data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1, seed=s))
+              for s in SEEDS]
+    cfg = CONFIGS[method][0]
+    results = unlearn_sweep(method, arch, stacked, splits, val, seeds=SEEDS, configs=[cfg])
+    assert results[0].info["group_size"] == 2
+    for si, (seed, sp) in enumerate(zip(SEEDS, splits)):
+        c = dataclasses.replace(cfg, seed=seed) if method == "retrain" else cfg
+        one = unlearn(method, arch, tree_index(stacked, si), sp, val, c, seed)
+        assert_trees_close(results[si].params, one.params, atol=1e-4)
+    with pytest.raises(ConfigError, match="equal forget and retain sizes"):
+        other = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.2))
+        unlearn_sweep(method, arch, stacked, [splits[0], other], val, seeds=SEEDS)

@@ -176,7 +176,8 @@ def _is_stacked(model: Architecture, params: Any, n: int, stacked: bool | None) 
         return True
 
 
-def unlearn_sweep(method: str, arch: Any, params: Any, split: ForgetSplit, val: Dataset,
+def unlearn_sweep(method: str, arch: Any, params: Any,
+                  split: ForgetSplit | Sequence[ForgetSplit], val: Dataset,
                   seeds: Sequence[int] = (0,), configs: Sequence[Any] | None = None,
                   forget_classes: tuple[int, ...] | None = None, *,
                   params_stacked: bool | None = None) -> list[UnlearnResult]:
@@ -184,19 +185,21 @@ def unlearn_sweep(method: str, arch: Any, params: Any, split: ForgetSplit, val: 
 
     The members are ``seeds × configs``, seed-major: member ``i·len(configs) + j`` is seed
     ``seeds[i]`` with ``configs[j]``; each equals (to float rounding)
-    ``unlearn(method, arch, params_i, split, val, configs[j], seeds[i], forget_classes)``,
+    ``unlearn(method, arch, params_i, split_i, val, configs[j], seeds[i], forget_classes)``,
     except that for ``retrain`` the member's seed replaces the config's (member = ``unlearn(
     "retrain", ..., replace(configs[j], seed=seeds[i]))``). Members whose shapes agree (batch
-    sizes, epochs, the request) form one group and run as one program under ``jax.vmap``;
-    every float hyperparameter (learning rate, weight decay, α scale, momentum, ...) is a traced
-    value, so configs that differ only in those share a group.
+    sizes, epochs, the request's sizes) form one group and run as one program under
+    ``jax.vmap``; every float hyperparameter (learning rate, weight decay, α scale, momentum,
+    ...) is a traced value, so configs that differ only in those share a group.
 
     Args:
       method: one of ``METHODS``.
       arch: the model (anything ``hf.as_model`` takes).
       params: the original parameters: one pytree for every member, or stacked with a leading
         axis of ``len(seeds)`` (each seed its own original, e.g. from ``fit_fleet``).
-      split: D_f / D_r, shared by every member.
+      split: D_f / D_r shared by every member, or one split per seed (``len(seeds)`` of them,
+        equal forget and retain sizes: e.g. random forgetting drawn with each seed, or U-LiRA's
+        shadow requests).
       val: held-out validation data.
       seeds: integers >= 0.
       configs: the method's configs (default: its published one).
@@ -207,29 +210,43 @@ def unlearn_sweep(method: str, arch: Any, params: Any, split: ForgetSplit, val: 
       One :class:`UnlearnResult` per member, in member order. ``info["wall_time_s"]`` is the
       member's share of its group's wall time (the group's total in
       ``info["group_wall_time_s"]``, its size in ``info["group_size"]``).
+
+    Raises:
+      ConfigError: no seed, a negative seed, a config of the wrong type, per-seed splits of
+        different sizes or not one per seed.
     """
     seeds = [check_seed(s) for s in seeds]
     if not seeds:
         raise ConfigError("unlearn_sweep needs at least one seed")
-    model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
+    per_seed = not isinstance(split, ForgetSplit)
+    splits = list(split) if per_seed else [split] * len(seeds)
+    if len(splits) != len(seeds):
+        raise ConfigError(f"unlearn_sweep: {len(splits)} splits for {len(seeds)} seeds; pass "
+                          "one split, or one per seed")
+    if len({(len(s.forget), len(s.retain)) for s in splits}) != 1:
+        raise ConfigError("unlearn_sweep: the per-seed splits must have equal forget and "
+                          "retain sizes (they share one program); run them separately")
+    model = as_model(arch, splits[0].forget.x.shape[1:], splits[0].forget.num_classes)
     stacked = _is_stacked(model, params, len(seeds), params_stacked)
-    model = _check(method, split, val, model, params, stacked)
+    model = _check(method, splits[0], val, model, params, stacked)
     if forget_classes is None:
-        forget_classes = _forget_classes(split)
+        forget_classes = _forget_classes(splits[0])
     configs = [_config(method, model, c, 0) for c in (configs or [None])]
     members = [(si, s, c) for si, s in enumerate(seeds) for c in configs]
     originals = [tree_index(params, si) if stacked else params for si, _, _ in members]
+    msplits = [splits[si] for si, _, _ in members]
 
     if method == "retrain":
         members = [(si, s, dataclasses.replace(c, seed=s)) for si, s, c in members]
         keyed = [((c.epochs, c.batch_size), c) for _, _, c in members]
     elif method in ("gradtau", "finetune"):
-        keyed = [(p.static, p) for p in (gradtau_run.make_plan(split, val, c, s, forget_classes,
+        keyed = [(p.static, p) for p in (gradtau_run.make_plan(sp, val, c, s, forget_classes,
                                                                method)
-                                         for _, s, c in members)]
+                                         for sp, (_, s, c) in zip(msplits, members))]
     else:
-        keyed = [(p.signature, p) for p in (baselines.prepare(method, model, o, split, c, s)
-                                            for o, (_, s, c) in zip(originals, members))]
+        keyed = [(p.signature, p) for p in (baselines.prepare(method, model, o, sp, c, s)
+                                            for o, sp, (_, s, c) in zip(originals, msplits,
+                                                                        members))]
     groups: dict[Any, list[int]] = {}
     for i, (key, _) in enumerate(keyed):
         groups.setdefault(key, []).append(i)
@@ -239,16 +256,15 @@ def unlearn_sweep(method: str, arch: Any, params: Any, split: ForgetSplit, val: 
         t0 = time.perf_counter()
         items = [keyed[i][1] for i in idx]
         if method == "retrain":
-            state, _ = train.fit_fleet(model, split.retain, items)
-            out, infos = state.params, [{"steps": int(state.step[k]), "epochs": c.epochs}
-                                        for k, c in enumerate(items)]
+            out, infos = _retrain_fleet(model, [msplits[i] for i in idx], items, per_seed)
         else:
             starts = jax.tree.map(lambda *l: np.stack(l), *[originals[i] for i in idx])
             if method in ("gradtau", "finetune"):
-                out, infos = gradtau_run.run_gradtau_fleet(model, starts, split, val, items,
-                                                           forget_classes)
+                group_split = [msplits[i] for i in idx] if per_seed else splits[0]
+                out, infos = gradtau_run.run_gradtau_fleet(model, starts, group_split, val,
+                                                           items, forget_classes)
             else:
-                out, infos = baselines.run_fleet(method, model, starts, split, items)
+                out, infos = baselines.run_fleet(method, model, starts, items, per_seed)
         jax.block_until_ready(out)
         wall = time.perf_counter() - t0
         for k, i in enumerate(idx):
@@ -258,6 +274,22 @@ def unlearn_sweep(method: str, arch: Any, params: Any, split: ForgetSplit, val: 
                     **infos[k]}
             results[i] = UnlearnResult(tree_index(out, k), info)
     return results
+
+
+def _retrain_fleet(model: Architecture, splits: list[ForgetSplit], cfgs: list,
+                   per_seed: bool) -> tuple[Any, list[dict]]:
+    """Retrain members as one vmapped fit: on the shared D_r, or on each member's own D_r
+    (equal sizes) laid side by side and indexed through per-member subsets."""
+    if per_seed:
+        n = len(splits[0].retain)
+        ds = splits[0].retain.replace(x=np.concatenate([s.retain.x for s in splits]),
+                                      y=np.concatenate([s.retain.y for s in splits]))
+        subsets = np.stack([k * n + np.arange(n) for k in range(len(splits))])
+        state, _ = train.fit_fleet(model, ds, cfgs, subsets=subsets)
+    else:
+        state, _ = train.fit_fleet(model, splits[0].retain, cfgs)
+    return state.params, [{"steps": int(state.step[k]), "epochs": c.epochs}
+                          for k, c in enumerate(cfgs)]
 
 
 __all__ = ["unlearn", "unlearn_sweep", "UnlearnResult", "METHODS", "GradTauConfig", "GradTau",

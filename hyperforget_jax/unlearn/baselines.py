@@ -165,9 +165,11 @@ def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
     return step
 
 
-def _program(model: Architecture, method: str, fleet: bool, mesh: Mesh | None) -> Callable:
+def _program(model: Architecture, method: str, fleet: bool, mesh: Mesh | None,
+             data_batched: bool = False) -> Callable:
     """``run(ts, hp, shared, member, plan) -> (ts, metrics)``: ``method``'s step scanned over
-    every row of ``plan``; vmapped over members for fleets (``shared`` data once)."""
+    every row of ``plan``; vmapped over members for fleets (``shared`` data once, or one per
+    member with ``data_batched``)."""
 
     def build():
         step = _step(method, model.apply, train.shard_rows(mesh))
@@ -176,13 +178,13 @@ def _program(model: Architecture, method: str, fleet: bool, mesh: Mesh | None) -
             return jax.lax.scan(lambda s, row: step(s, hp, shared, member, row), ts, plan)
 
         if fleet:
-            run = jax.vmap(run, in_axes=(0, 0, None, 0, 0))
+            run = jax.vmap(run, in_axes=(0, 0, 0 if data_batched else None, 0, 0))
         if mesh is None:
             return jax.jit(run, donate_argnums=0)
         repl = NamedSharding(train.auto_mesh(mesh)[0], P())
         return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
-    return model.program(("baseline", method, fleet, mesh), build)
+    return model.program(("baseline", method, fleet, mesh, data_batched), build)
 
 
 # --- host-side preparation: (shared arrays, member arrays, plan, info) --------------------------
@@ -385,11 +387,12 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
                  "last_loss": float(loss[-1]), **prep.extra}
 
 
-def run_fleet(method: str, model: Architecture, params: Params, split: ForgetSplit,
-              preps: list[Prepared]) -> tuple[Params, list[dict]]:
+def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prepared],
+              per_member_data: bool = False) -> tuple[Params, list[dict]]:
     """Members with equal signatures as one vmapped program: ``params`` stacked (leading axis =
-    members), one :class:`Prepared` each (from :func:`prepare`). Returns stacked params and
-    one info per member."""
+    members), one :class:`Prepared` each (from :func:`prepare`; ``per_member_data``: each
+    from its own request of equal size, else every member's shared data is the first's).
+    Returns stacked params and one info per member."""
     tx = optimizer_for(method, preps[0].hp)
     if method == "salun":
         tx = masked_updates(tx, preps[0].member["mask"])
@@ -398,8 +401,9 @@ def run_fleet(method: str, model: Architecture, params: Params, split: ForgetSpl
     hp = stack([p.hp for p in preps])
     member = stack([p.member for p in preps]) if preps[0].member else {}
     plan = stack([p.plan for p in preps])
-    shared = jax.tree.map(jnp.asarray, preps[0].shared)
-    ts, m = _program(model, method, True, None)(ts, hp, shared, member, plan)
+    shared = (stack([p.shared for p in preps]) if per_member_data
+              else jax.tree.map(jnp.asarray, preps[0].shared))
+    ts, m = _program(model, method, True, None, per_member_data)(ts, hp, shared, member, plan)
     out = jax.block_until_ready(ts.params)
     finite, loss = np.asarray(m["finite"]), np.asarray(m["loss"])
     infos = []

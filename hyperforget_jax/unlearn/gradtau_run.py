@@ -77,9 +77,10 @@ def make_plan(split: ForgetSplit, val: Dataset, cfg: G.GradTauConfig, seed: int,
 
 
 def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fleet: bool,
-                   mesh: Mesh | None) -> Callable:
+                   mesh: Mesh | None, data_batched: bool = False) -> Callable:
     """``run(ts, gs, hp, arrays, f_idx, r_idx) -> (ts, gs, metrics)``: one forget-epoch.
-    ``arrays = {"xf", "yf", "xr", "yr", "tau": (τ inputs)}`` shared by every member."""
+    ``arrays = {"xf", "yf", "xr", "yr", "tau": (τ inputs)}``, shared by every member of a
+    fleet, or one per member (``data_batched``: each member its own request of equal size)."""
 
     def build():
         loss_fn = train.per_example_ce(model.apply)
@@ -116,14 +117,15 @@ def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fl
             return ts, gs, metrics
 
         if fleet:
-            run = jax.vmap(run, in_axes=(0, 0, 0, None, 0, 0))
+            run = jax.vmap(run, in_axes=(0, 0, 0, 0 if data_batched else None, 0, 0))
         if mesh is None:
             return jax.jit(run, donate_argnums=0)
         m, _ = train.auto_mesh(mesh)
         repl = NamedSharding(m, P())
         return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
-    return model.program(("gradtau_epoch", descent_only, mode, fleet, mesh), build)
+    return model.program(("gradtau_epoch", descent_only, mode, fleet, mesh, data_batched),
+                         build)
 
 
 def device_arrays(split: ForgetSplit, val: Dataset, mode: str | None,
@@ -260,27 +262,33 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     return out, info
 
 
-def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit, val: Dataset,
-                      plans: list[Plan], forget_classes: tuple[int, ...] | None
+def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | list,
+                      val: Dataset, plans: list[Plan], forget_classes: tuple[int, ...] | None
                       ) -> tuple[Params, list[dict]]:
     """Members with one static signature as one vmapped program: ``params`` stacked (leading
-    axis = members), one :class:`Plan` per member. Returns stacked params and one info each
-    (as :func:`run_gradtau`'s). Used by ``unlearn_sweep``."""
+    axis = members), one :class:`Plan` per member, ``split`` shared or one per member (equal
+    sizes). Returns stacked params and one info each (as :func:`run_gradtau`'s). Used by
+    ``unlearn_sweep``."""
+    per_member = isinstance(split, list)  # (a ForgetSplit is a tuple itself)
     descent_only, mode, E, n = plans[0].static[:4]
     if any(p.static != plans[0].static for p in plans):
         raise ConfigError("run_gradtau_fleet: members differ in shape; group them first")
     tx = G.gradtau_tx(1e-3, 0.0, 0.1, E, n)  # the state's structure only: values are traced
     ts = jax.vmap(lambda p: train.init_state(model, tx, None, p))(
         jax.tree.map(jnp.array, params))
-    k = split.forget.num_classes
+    k = (split[0] if per_member else split).forget.num_classes
     M = len(plans)
     gs = G.GradTauState(jnp.zeros((M,), jnp.int32),
                         jnp.full((M,), _initial_tau(plans[0], k), jnp.float32))
     hp = jax.tree.map(lambda *v: jnp.asarray(np.stack(v)), *[p.hp for p in plans])
     f_idx = np.stack([p.f_idx for p in plans], 1)   # (E, M, N, B)
     r_idx = np.stack([p.r_idx for p in plans], 1)
-    run = _epoch_program(model, descent_only, mode, True, None)
-    arrays = device_arrays(split, val, mode, forget_classes)
+    run = _epoch_program(model, descent_only, mode, True, None, per_member)
+    if per_member:
+        arrays = jax.tree.map(lambda *a: jnp.stack(a), *[
+            device_arrays(sp, val, mode, forget_classes) for sp in split])
+    else:
+        arrays = device_arrays(split, val, mode, forget_classes)
     finite, dev_f, dev_r, dev_tau = [], [], [], []
     for e in range(E):
         ts, gs, m = run(ts, gs, hp, arrays, jnp.asarray(f_idx[e]), jnp.asarray(r_idx[e]))
