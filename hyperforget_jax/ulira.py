@@ -119,6 +119,27 @@ def unlearn_shadows(shadows: Shadows, unlearn_fn: Callable[[Any, ForgetSplit, in
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
+def shadow_splits(shadows: Shadows, train_ds: Dataset) -> list[ForgetSplit]:
+    """The S shadow requests (F_s, A_s \\ F_s) as forget splits (equal sizes)."""
+    return [ForgetSplit(train_ds.subset(f), train_ds.subset(r), f, r)
+            for f, r in zip(shadows.forget_sets, shadows.retain_sets)]
+
+
+def unlearn_shadows_sweep(shadows: Shadows, method: str, arch: Any, train_ds: Dataset,
+                          val: Dataset, config: Any = None) -> Any:
+    """Step 3 as one vmapped program: every "in" shadow unlearned by ``method`` on its own
+    request (shadow ``s`` with seed ``s``, as :func:`unlearn_shadows` with
+    ``unlearn(method, arch, p, split, val, config, seed=s)``), through
+    :func:`hyperforget_jax.unlearn.unlearn_sweep`. Returns the stacked unlearned shadows."""
+    from hyperforget_jax.unlearn import unlearn_sweep
+
+    n = len(shadows.forget_sets)
+    results = unlearn_sweep(method, arch, shadows.in_params, shadow_splits(shadows, train_ds),
+                            val, seeds=list(range(n)), configs=None if config is None
+                            else [config], params_stacked=True)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[r.params for r in results])
+
+
 def _phi_fleet(model: Architecture, stacked: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
     fn = model.program("ulira_phi_fleet", lambda: jax.jit(jax.vmap(
         lambda p, xx, yy: logit_confidence(model.apply(p, xx), yy), in_axes=(0, None, None))))
