@@ -166,25 +166,29 @@ def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
 
 
 def _program(model: Architecture, method: str, fleet: bool, mesh: Mesh | None,
-             data_batched: bool = False) -> Callable:
-    """``run(ts, hp, shared, member, plan) -> (ts, metrics)``: ``method``'s step scanned over
-    every row of ``plan``; vmapped over members for fleets (``shared`` data once, or one per
-    member with ``data_batched``)."""
+             data_batched: bool = False, common_keys: tuple = ()) -> Callable:
+    """``run(ts, hp, shared, member, plan, common) -> (ts, metrics)``: ``method``'s step
+    scanned over every row of ``plan`` (and of ``common``, the plan entries every member of a
+    fleet shares: a SCRUB max/min schedule stays one real branch, not a select of both);
+    vmapped over members for fleets (``shared`` data once, or one per member with
+    ``data_batched``)."""
 
     def build():
         step = _step(method, model.apply, train.shard_rows(mesh))
 
-        def run(ts, hp, shared, member, plan):
-            return jax.lax.scan(lambda s, row: step(s, hp, shared, member, row), ts, plan)
+        def run(ts, hp, shared, member, plan, common):
+            return jax.lax.scan(lambda s, rows: step(s, hp, shared, member,
+                                                     {**rows[0], **rows[1]}),
+                                ts, (plan, common))
 
         if fleet:
-            run = jax.vmap(run, in_axes=(0, 0, 0 if data_batched else None, 0, 0))
+            run = jax.vmap(run, in_axes=(0, 0, 0 if data_batched else None, 0, 0, None))
         if mesh is None:
             return jax.jit(run, donate_argnums=0)
         repl = NamedSharding(train.auto_mesh(mesh)[0], P())
         return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
-    return model.program(("baseline", method, fleet, mesh, data_batched), build)
+    return model.program(("baseline", method, fleet, mesh, data_batched, common_keys), build)
 
 
 # --- host-side preparation: (shared arrays, member arrays, plan, info) --------------------------
@@ -379,7 +383,7 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
     put = (jax.tree.map(jnp.asarray, (ts, prep.hp, prep.shared, prep.member)) if mesh is None
            else jax.device_put((ts, prep.hp, prep.shared, prep.member),
                                NamedSharding(train.auto_mesh(mesh)[0], P())))
-    ts, m = _program(model, method, False, mesh)(*put, jax.tree.map(jnp.asarray, prep.plan))
+    ts, m = _program(model, method, False, mesh)(*put, jax.tree.map(jnp.asarray, prep.plan), {})
     _raise_nonfinite(method, m["finite"])
     out = jax.block_until_ready(ts.params)
     loss = np.asarray(m["loss"])
@@ -400,10 +404,14 @@ def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prep
     stack = lambda trees: jax.tree.map(lambda *v: jnp.stack([jnp.asarray(a) for a in v]), *trees)
     hp = stack([p.hp for p in preps])
     member = stack([p.member for p in preps]) if preps[0].member else {}
-    plan = stack([p.plan for p in preps])
+    same = lambda k: all(np.array_equal(p.plan[k], preps[0].plan[k]) for p in preps)
+    common_keys = tuple(sorted(k for k in preps[0].plan if same(k)))
+    common = {k: jnp.asarray(preps[0].plan[k]) for k in common_keys}
+    plan = stack([{k: v for k, v in p.plan.items() if k not in common_keys} for p in preps])
     shared = (stack([p.shared for p in preps]) if per_member_data
               else jax.tree.map(jnp.asarray, preps[0].shared))
-    ts, m = _program(model, method, True, None, per_member_data)(ts, hp, shared, member, plan)
+    ts, m = _program(model, method, True, None, per_member_data, common_keys)(
+        ts, hp, shared, member, plan, common)
     out = jax.block_until_ready(ts.params)
     finite, loss = np.asarray(m["finite"]), np.asarray(m["loss"])
     infos = []

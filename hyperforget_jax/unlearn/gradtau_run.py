@@ -77,10 +77,13 @@ def make_plan(split: ForgetSplit, val: Dataset, cfg: G.GradTauConfig, seed: int,
 
 
 def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fleet: bool,
-                   mesh: Mesh | None, data_batched: bool = False) -> Callable:
+                   mesh: Mesh | None, data_batched: bool = False,
+                   plan_batched: bool = True) -> Callable:
     """``run(ts, gs, hp, arrays, f_idx, r_idx) -> (ts, gs, metrics)``: one forget-epoch.
     ``arrays = {"xf", "yf", "xr", "yr", "tau": (τ inputs)}``, shared by every member of a
-    fleet, or one per member (``data_batched``: each member its own request of equal size)."""
+    fleet, or one per member (``data_batched``: each member its own request of equal size);
+    the index plans per member, or shared when every member has the same (``plan_batched``
+    False: gathers stay unbatched)."""
 
     def build():
         loss_fn = train.per_example_ce(model.apply)
@@ -117,15 +120,16 @@ def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fl
             return ts, gs, metrics
 
         if fleet:
-            run = jax.vmap(run, in_axes=(0, 0, 0, 0 if data_batched else None, 0, 0))
+            p_ax = 0 if plan_batched else None
+            run = jax.vmap(run, in_axes=(0, 0, 0, 0 if data_batched else None, p_ax, p_ax))
         if mesh is None:
             return jax.jit(run, donate_argnums=0)
         m, _ = train.auto_mesh(mesh)
         repl = NamedSharding(m, P())
         return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
-    return model.program(("gradtau_epoch", descent_only, mode, fleet, mesh, data_batched),
-                         build)
+    return model.program(("gradtau_epoch", descent_only, mode, fleet, mesh, data_batched,
+                          plan_batched), build)
 
 
 def device_arrays(split: ForgetSplit, val: Dataset, mode: str | None,
@@ -281,9 +285,14 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     gs = G.GradTauState(jnp.zeros((M,), jnp.int32),
                         jnp.full((M,), _initial_tau(plans[0], k), jnp.float32))
     hp = jax.tree.map(lambda *v: jnp.asarray(np.stack(v)), *[p.hp for p in plans])
-    f_idx = np.stack([p.f_idx for p in plans], 1)   # (E, M, N, B)
-    r_idx = np.stack([p.r_idx for p in plans], 1)
-    run = _epoch_program(model, descent_only, mode, True, None, per_member)
+    shared_plan = all(np.array_equal(p.f_idx, plans[0].f_idx)
+                      and np.array_equal(p.r_idx, plans[0].r_idx) for p in plans)
+    if shared_plan:   # one seed, several configs: the same batches for every member
+        f_idx, r_idx = plans[0].f_idx, plans[0].r_idx
+    else:
+        f_idx = np.stack([p.f_idx for p in plans], 1)   # (E, M, N, B)
+        r_idx = np.stack([p.r_idx for p in plans], 1)
+    run = _epoch_program(model, descent_only, mode, True, None, per_member, not shared_plan)
     if per_member:
         arrays = jax.tree.map(lambda *a: jnp.stack(a), *[
             device_arrays(sp, val, mode, forget_classes) for sp in split])
