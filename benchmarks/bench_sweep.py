@@ -1,7 +1,7 @@
 """What the composable core costs or saves: sweeps vs loops, and the ∇τ step before/after.
 
-1. **Sweep vs loop** (``unlearn_sweep`` against a Python loop of ``unlearn`` calls) for 1, 4 and
-   16 members (seeds, each its own original from one ``fit_fleet``), class 3 of MNIST-5k,
+1. **Sweep vs loop** (``unlearn_sweep`` with ``vectorize="vmap"`` and ``"map"`` against a
+   Python loop of ``unlearn`` calls) for 1, 4 and 16 members (seeds, each its own original from one ``fit_fleet``), class 3 of MNIST-5k,
    the default MLP, warm (every program compiled before timing). Methods: ∇τ (the paper's
    schedule), Retrain (a vmapped fit) and SalUn (masked SGD, random labels).
 2. **∇τ step**: ms per step of one warm forget-epoch call. ``legacy`` is the program the runner
@@ -51,15 +51,17 @@ def sweep_vs_loop(arch, splits, fsplit, originals, sizes, methods, repeats):
                     jax.block_until_ready(unlearn(method, arch, tree_index(p, i), fsplit,
                                                   splits.val, c, s).params)
 
-            def sweep():
-                jax.block_until_ready([r.params for r in unlearn_sweep(
-                    method, arch, p, fsplit, splits.val, seeds, cfg, params_stacked=True)])
+            def sweep(how):
+                return lambda: jax.block_until_ready([r.params for r in unlearn_sweep(
+                    method, arch, p, fsplit, splits.val, seeds, cfg, params_stacked=True,
+                    vectorize=how)])
 
-            t = common.interleaved({"loop": loop, "sweep": sweep}, repeats)
-            lo, sw = common.median(t["loop"]), common.median(t["sweep"])
-            rows.append({"method": method, "members": n, "loop s": lo, "sweep s": sw,
-                         "sweep speed-up": lo / sw, "loop s/member": lo / n,
-                         "sweep s/member": sw / n})
+            t = common.interleaved({"loop": loop, "vmap": sweep("vmap"), "map": sweep("map")},
+                                   repeats)
+            lo, sw, sm = (common.median(t[k]) for k in ("loop", "vmap", "map"))
+            rows.append({"method": method, "members": n, "loop s": lo, "sweep vmap s": sw,
+                         "sweep map s": sm, "vmap speed-up": lo / sw, "map speed-up": lo / sm,
+                         "loop s/member": lo / n})
             print(common.markdown_table(rows[-1:]), flush=True)
     return rows
 

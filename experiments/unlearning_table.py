@@ -28,6 +28,8 @@ Wall times (``--timing single``, the default) are of warm one-by-one ``unlearn()
 user-facing path (each method and Retrain is run once per setting before timing, so
 compilation is excluded for all of them alike), medians over seeds; ``--timing sweep`` reports
 each member's share of its sweep's wall time instead (and skips the timed single runs).
+``--vectorize`` (default ``auto``: ``map`` on CPU, ``vmap`` on accelerators) picks how a
+sweep's members share a program (``unlearn_sweep(vectorize=...)``).
 
 Measured before the sweeps (one call per method and seed, 3 seeds, 14.4 min on a shared
 2-core CPU; docs/unlearning.md and the README give the current run's time): ∇τ
@@ -45,6 +47,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from hyperforget_jax import data, report, train, ulira
@@ -78,6 +81,9 @@ def parse_args(argv=None):
     p.add_argument("--ulira-settings", nargs="*", default=["class 3", "random 30%"],
                    help="settings (as named in the table) that get U-LiRA")
     p.add_argument("--ulira-shadows", type=int, default=8)
+    p.add_argument("--vectorize", choices=("auto", "vmap", "map"), default="auto",
+                   help="how a sweep's members share one program (auto: map on CPU, where "
+                   "XLA's batched matmuls are slower, vmap elsewhere)")
     p.add_argument("--timing", choices=("single", "sweep"), default="single",
                    help="time warm one-by-one unlearn() calls (default), or report each "
                    "member's share of its sweep")
@@ -122,8 +128,11 @@ def run(args) -> dict:
         fsplits = [data.resolve_forget(splits.train, r) for r in requests]
         # One split for class removal (the same for every seed), one per seed otherwise.
         sweep_split = fsplits[0] if requests[0].classes is not None else fsplits
+        how = args.vectorize if args.vectorize != "auto" else (
+            "map" if jax.default_backend() == "cpu" else "vmap")
         sweep = lambda m, c: unlearn_sweep(m, arch, originals, sweep_split, splits.val, seeds,
-                                           None if c is None else [c], params_stacked=True)
+                                           None if c is None else [c], params_stacked=True,
+                                           vectorize=how)
         ev = lambda p, i: evaluate_unlearning(arch, p, splits, fsplits[i], requests[i], seeds[i])
         retrain = sweep("retrain", cfg)
         rows = {"Original": [ev(tree_index(originals, i), i) for i in range(len(seeds))],
@@ -143,7 +152,7 @@ def run(args) -> dict:
                 _ulira(args, arch, splits, fsplits[i], dataclasses.replace(cfg, seed=seed),
                        tree_index(originals, i), retrain[i].params,
                        {row: (res[i], c) for row, (res, c) in results.items()}, rows, i,
-                       seed)
+                       seed, how)
         for i, seed in enumerate(seeds):
             for row in rows:
                 rows[row][i]["avg_gap"] = gap_to_retrain(rows[row][i], rows["Retrain"][i])
@@ -171,7 +180,8 @@ def _single_times(args, arch, originals, fsplits, val, cfg, seeds, request) -> d
     return times
 
 
-def _ulira(args, arch, splits, fsplit, s_cfg, original, retrained, results, rows, i, seed):
+def _ulira(args, arch, splits, fsplit, s_cfg, original, retrained, results, rows, i, seed,
+           how):
     t0 = time.perf_counter()
     sh = ulira.train_shadows(arch, splits.train, fsplit, s_cfg,
                              ulira.ULiRAConfig(args.ulira_shadows, seed))
@@ -179,7 +189,7 @@ def _ulira(args, arch, splits, fsplit, s_cfg, original, retrained, results, rows
         arch, sh, sh.in_params, splits.train, fsplit, original, retrained)))
     for row, (res, cfg) in results.items():
         un = ulira.unlearn_shadows_sweep(sh, res.info["method"], arch, splits.train,
-                                         splits.val, cfg)
+                                         splits.val, cfg, how)
         rows[row][i].update(_ulira_keys(ulira.ulira(arch, sh, un, splits.train, fsplit,
                                                     res.params, retrained)))
     print(f"   U-LiRA seed {seed} ({args.ulira_shadows} shadows) "

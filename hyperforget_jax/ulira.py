@@ -126,17 +126,18 @@ def shadow_splits(shadows: Shadows, train_ds: Dataset) -> list[ForgetSplit]:
 
 
 def unlearn_shadows_sweep(shadows: Shadows, method: str, arch: Any, train_ds: Dataset,
-                          val: Dataset, config: Any = None) -> Any:
+                          val: Dataset, config: Any = None, vectorize: str = "vmap") -> Any:
     """Step 3 as one vmapped program: every "in" shadow unlearned by ``method`` on its own
     request (shadow ``s`` with seed ``s``, as :func:`unlearn_shadows` with
     ``unlearn(method, arch, p, split, val, config, seed=s)``), through
-    :func:`hyperforget_jax.unlearn.unlearn_sweep`. Returns the stacked unlearned shadows."""
+    :func:`hyperforget_jax.unlearn.unlearn_sweep` (``vectorize`` as there). Returns the stacked
+    unlearned shadows."""
     from hyperforget_jax.unlearn import unlearn_sweep
 
     n = len(shadows.forget_sets)
     results = unlearn_sweep(method, arch, shadows.in_params, shadow_splits(shadows, train_ds),
                             val, seeds=list(range(n)), configs=None if config is None
-                            else [config], params_stacked=True)
+                            else [config], params_stacked=True, vectorize=vectorize)
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[r.params for r in results])
 
 

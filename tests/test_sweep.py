@@ -110,3 +110,16 @@ def test_one_split_per_seed(setup, method, digits_splits):
     with pytest.raises(ConfigError, match="equal forget and retain sizes"):
         other = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.2))
         unlearn_sweep(method, arch, stacked, [splits[0], other], val, seeds=SEEDS)
+
+
+@pytest.mark.parametrize("method", ["gradtau", "retrain", "scrub"])
+def test_map_vectorisation_equals_vmap(setup, method):
+    # vectorize="map": members one after another inside one program (the CPU-friendly choice)
+    arch, stacked, split, val = setup
+    cfgs = CONFIGS[method][:1]
+    a = unlearn_sweep(method, arch, stacked, split, val, SEEDS, cfgs, vectorize="map")
+    b = unlearn_sweep(method, arch, stacked, split, val, SEEDS, cfgs)
+    for x, y in zip(a, b):
+        assert_trees_close(x.params, y.params, atol=1e-5)
+    with pytest.raises(ConfigError, match="vectorize must be one of"):
+        unlearn_sweep(method, arch, stacked, split, val, SEEDS, cfgs, vectorize="pmap")

@@ -180,7 +180,8 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
                   split: ForgetSplit | Sequence[ForgetSplit], val: Dataset,
                   seeds: Sequence[int] = (0,), configs: Sequence[Any] | None = None,
                   forget_classes: tuple[int, ...] | None = None, *,
-                  params_stacked: bool | None = None) -> list[UnlearnResult]:
+                  params_stacked: bool | None = None,
+                  vectorize: str = "vmap") -> list[UnlearnResult]:
     """Runs many seeds and configs of one method as vmapped programs.
 
     The members are ``seeds × configs``, seed-major: member ``i·len(configs) + j`` is seed
@@ -205,6 +206,10 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
       configs: the method's configs (default: its published one).
       forget_classes: as in :func:`unlearn`.
       params_stacked: whether ``params`` is stacked (None: inferred from the model's shapes).
+      vectorize: how a group's members share one program: ``"vmap"`` (side by side, the
+        default; the fast choice on GPU/TPU) or ``"map"`` (one after another inside the
+        program, ``jax.lax.map``: on CPU XLA's batched matmuls are slower than plain ones, so
+        this keeps the single-run speed). Same results.
 
     Returns:
       One :class:`UnlearnResult` per member, in member order. ``info["wall_time_s"]`` is the
@@ -218,6 +223,9 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     seeds = [check_seed(s) for s in seeds]
     if not seeds:
         raise ConfigError("unlearn_sweep needs at least one seed")
+    if vectorize not in train.VECTORIZE:
+        raise ConfigError(f"vectorize must be one of {', '.join(train.VECTORIZE)}, got "
+                          f"{vectorize!r}")
     per_seed = not isinstance(split, ForgetSplit)
     splits = list(split) if per_seed else [split] * len(seeds)
     if len(splits) != len(seeds):
@@ -256,15 +264,17 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
         t0 = time.perf_counter()
         items = [keyed[i][1] for i in idx]
         if method == "retrain":
-            out, infos = _retrain_fleet(model, [msplits[i] for i in idx], items, per_seed)
+            out, infos = _retrain_fleet(model, [msplits[i] for i in idx], items, per_seed,
+                                        vectorize)
         else:
             starts = jax.tree.map(lambda *l: np.stack(l), *[originals[i] for i in idx])
             if method in ("gradtau", "finetune"):
                 group_split = [msplits[i] for i in idx] if per_seed else splits[0]
                 out, infos = gradtau_run.run_gradtau_fleet(model, starts, group_split, val,
-                                                           items, forget_classes)
+                                                           items, forget_classes, vectorize)
             else:
-                out, infos = baselines.run_fleet(method, model, starts, items, per_seed)
+                out, infos = baselines.run_fleet(method, model, starts, items, per_seed,
+                                                 vectorize)
         jax.block_until_ready(out)
         wall = time.perf_counter() - t0
         for k, i in enumerate(idx):
@@ -277,7 +287,7 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
 
 
 def _retrain_fleet(model: Architecture, splits: list[ForgetSplit], cfgs: list,
-                   per_seed: bool) -> tuple[Any, list[dict]]:
+                   per_seed: bool, vectorize: str) -> tuple[Any, list[dict]]:
     """Retrain members as one vmapped fit: on the shared D_r, or on each member's own D_r
     (equal sizes) laid side by side and indexed through per-member subsets."""
     if per_seed:
@@ -285,9 +295,9 @@ def _retrain_fleet(model: Architecture, splits: list[ForgetSplit], cfgs: list,
         ds = splits[0].retain.replace(x=np.concatenate([s.retain.x for s in splits]),
                                       y=np.concatenate([s.retain.y for s in splits]))
         subsets = np.stack([k * n + np.arange(n) for k in range(len(splits))])
-        state, _ = train.fit_fleet(model, ds, cfgs, subsets=subsets)
+        state, _ = train.fit_fleet(model, ds, cfgs, subsets=subsets, vectorize=vectorize)
     else:
-        state, _ = train.fit_fleet(model, splits[0].retain, cfgs)
+        state, _ = train.fit_fleet(model, splits[0].retain, cfgs, vectorize=vectorize)
     return state.params, [{"steps": int(state.step[k]), "epochs": c.epochs}
                           for k, c in enumerate(cfgs)]
 

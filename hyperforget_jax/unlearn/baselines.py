@@ -166,7 +166,8 @@ def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
 
 
 def _program(model: Architecture, method: str, fleet: bool, mesh: Mesh | None,
-             data_batched: bool = False, common_keys: tuple = ()) -> Callable:
+             data_batched: bool = False, common_keys: tuple = (), how: str = "vmap"
+             ) -> Callable:
     """``run(ts, hp, shared, member, plan, common) -> (ts, metrics)``: ``method``'s step
     scanned over every row of ``plan`` (and of ``common``, the plan entries every member of a
     fleet shares: a SCRUB max/min schedule stays one real branch, not a select of both);
@@ -182,13 +183,14 @@ def _program(model: Architecture, method: str, fleet: bool, mesh: Mesh | None,
                                 ts, (plan, common))
 
         if fleet:
-            run = jax.vmap(run, in_axes=(0, 0, 0 if data_batched else None, 0, 0, None))
+            run = train.over_members(run, (0, 0, 0 if data_batched else None, 0, 0, None), how)
         if mesh is None:
             return jax.jit(run, donate_argnums=0)
         repl = NamedSharding(train.auto_mesh(mesh)[0], P())
         return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
-    return model.program(("baseline", method, fleet, mesh, data_batched, common_keys), build)
+    return model.program(("baseline", method, fleet, mesh, data_batched, common_keys, how),
+                         build)
 
 
 # --- host-side preparation: (shared arrays, member arrays, plan, info) --------------------------
@@ -392,7 +394,8 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
 
 
 def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prepared],
-              per_member_data: bool = False) -> tuple[Params, list[dict]]:
+              per_member_data: bool = False, vectorize: str = "vmap"
+              ) -> tuple[Params, list[dict]]:
     """Members with equal signatures as one vmapped program: ``params`` stacked (leading axis =
     members), one :class:`Prepared` each (from :func:`prepare`; ``per_member_data``: each
     from its own request of equal size, else every member's shared data is the first's).
@@ -410,7 +413,7 @@ def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prep
     plan = stack([{k: v for k, v in p.plan.items() if k not in common_keys} for p in preps])
     shared = (stack([p.shared for p in preps]) if per_member_data
               else jax.tree.map(jnp.asarray, preps[0].shared))
-    ts, m = _program(model, method, True, None, per_member_data, common_keys)(
+    ts, m = _program(model, method, True, None, per_member_data, common_keys, vectorize)(
         ts, hp, shared, member, plan, common)
     out = jax.block_until_ready(ts.params)
     finite, loss = np.asarray(m["finite"]), np.asarray(m["loss"])

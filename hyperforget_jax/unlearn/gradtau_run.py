@@ -78,7 +78,7 @@ def make_plan(split: ForgetSplit, val: Dataset, cfg: G.GradTauConfig, seed: int,
 
 def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fleet: bool,
                    mesh: Mesh | None, data_batched: bool = False,
-                   plan_batched: bool = True) -> Callable:
+                   plan_batched: bool = True, how: str = "vmap") -> Callable:
     """``run(ts, gs, hp, arrays, f_idx, r_idx) -> (ts, gs, metrics)``: one forget-epoch.
     ``arrays = {"xf", "yf", "xr", "yr", "tau": (τ inputs)}``, shared by every member of a
     fleet, or one per member (``data_batched``: each member its own request of equal size);
@@ -121,7 +121,8 @@ def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fl
 
         if fleet:
             p_ax = 0 if plan_batched else None
-            run = jax.vmap(run, in_axes=(0, 0, 0, 0 if data_batched else None, p_ax, p_ax))
+            run = train.over_members(run, (0, 0, 0, 0 if data_batched else None, p_ax, p_ax),
+                                     how)
         if mesh is None:
             return jax.jit(run, donate_argnums=0)
         m, _ = train.auto_mesh(mesh)
@@ -129,7 +130,7 @@ def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fl
         return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
     return model.program(("gradtau_epoch", descent_only, mode, fleet, mesh, data_batched,
-                          plan_batched), build)
+                          plan_batched, how), build)
 
 
 def device_arrays(split: ForgetSplit, val: Dataset, mode: str | None,
@@ -267,8 +268,8 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
 
 
 def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | list,
-                      val: Dataset, plans: list[Plan], forget_classes: tuple[int, ...] | None
-                      ) -> tuple[Params, list[dict]]:
+                      val: Dataset, plans: list[Plan], forget_classes: tuple[int, ...] | None,
+                      vectorize: str = "vmap") -> tuple[Params, list[dict]]:
     """Members with one static signature as one vmapped program: ``params`` stacked (leading
     axis = members), one :class:`Plan` per member, ``split`` shared or one per member (equal
     sizes). Returns stacked params and one info each (as :func:`run_gradtau`'s). Used by
@@ -292,7 +293,8 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     else:
         f_idx = np.stack([p.f_idx for p in plans], 1)   # (E, M, N, B)
         r_idx = np.stack([p.r_idx for p in plans], 1)
-    run = _epoch_program(model, descent_only, mode, True, None, per_member, not shared_plan)
+    run = _epoch_program(model, descent_only, mode, True, None, per_member, not shared_plan,
+                         vectorize)
     if per_member:
         arrays = jax.tree.map(lambda *a: jnp.stack(a), *[
             device_arrays(sp, val, mode, forget_classes) for sp in split])
