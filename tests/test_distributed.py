@@ -36,7 +36,7 @@ def _reference():
         P_.flatten(params))
 
 
-def _run_workers(tmp_path, nproc=2, timeout=50, attempts=2):
+def _run_workers(tmp_path, nproc=2, timeout=150, attempts=2):
     """Starts the workers on a fresh free port; retries once if the port was taken meanwhile."""
     for attempt in range(attempts):
         ok, result = _try_workers(tmp_path / f"try{attempt}", nproc, timeout)
