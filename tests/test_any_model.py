@@ -40,11 +40,16 @@ def world(digits_splits):
     return digits_splits, request, fsplit
 
 
-def test_user_module_end_to_end(world):
-    splits, request, fsplit = world
+@pytest.fixture(scope="module")
+def trained(digits_splits):
+    """One user module and its trained parameters, shared so its programs compile once."""
     net = TinyNet()
-    cfg = hf.TrainConfig(epochs=8, lr=3e-3)
-    original = hf.fit(net, splits.train, cfg)[0].params
+    return net, hf.fit(net, digits_splits.train, hf.TrainConfig(epochs=8, lr=3e-3))[0].params
+
+
+def test_user_module_end_to_end(world, trained):
+    splits, request, fsplit = world
+    net, original = trained
     before = hf.evaluate_unlearning(net, original, splits, fsplit, request)
     gt = unlearn("gradtau", net, original, fsplit, splits.val)
     sal = unlearn("salun", net, original, fsplit, splits.val, SalUnConfig(epochs=2))
@@ -65,10 +70,9 @@ def test_user_module_end_to_end(world):
     assert 0.0 <= u["accuracy"] <= 1.0 and u["n_examples"] > 0
 
 
-def test_bare_apply_fn(world):
+def test_bare_apply_fn(world, trained):
     splits, request, fsplit = world
-    net = TinyNet()
-    params = hf.fit(net, splits.train, hf.TrainConfig(epochs=5, lr=3e-3))[0].params
+    net, params = trained
     apply_fn = lambda p, x: net.apply({"params": p}, x)
     res = unlearn("gradtau", apply_fn, params, fsplit, splits.val, GradTauConfig(epochs=3))
     ref = unlearn("gradtau", net, params, fsplit, splits.val, GradTauConfig(epochs=3))
@@ -79,7 +83,7 @@ def test_bare_apply_fn(world):
         unlearn("retrain", apply_fn, params, fsplit, splits.val)
     init_fn = lambda key: net.init(key, jnp.zeros((1, 8, 8, 1)))["params"]
     model = hf.as_model(apply_fn, init_fn=init_fn)
-    cfg = hf.TrainConfig(epochs=1)
+    cfg = hf.TrainConfig(epochs=1, lr=3e-3)
     rt = unlearn("retrain", model, params, fsplit, splits.val, cfg)
     assert_trees_close(rt.params, hf.fit(net, fsplit.retain, cfg)[0].params, atol=1e-6)
     with pytest.raises(ArchitectureError, match="int32"):  # no init: dtype still checked
@@ -166,9 +170,9 @@ def test_dropping_a_model_frees_it_and_its_programs(world):
     net = _user_world()
     apply_fn = lambda p, x: net.apply({"params": p}, x)
     params = hf.fit(net, splits.train, hf.TrainConfig(epochs=1))[0].params
+    res = unlearn("gradtau", net, params, fsplit, splits.val, GradTauConfig(epochs=1))
+    unlearn("neggrad", apply_fn, params, fsplit, splits.val)
     for model in (net, apply_fn):
-        res = unlearn("gradtau", model, params, fsplit, splits.val, GradTauConfig(epochs=1))
-        unlearn("neggrad", model, params, fsplit, splits.val)
         hf.evaluate_unlearning(model, res.params, splits, fsplit, request)
     unlearn_sweep("finetune", net, params, fsplit, splits.val, seeds=[0, 1],
                   configs=[GradTauConfig(epochs=1)])
@@ -178,12 +182,10 @@ def test_dropping_a_model_frees_it_and_its_programs(world):
     assert [r() for r in refs] == [None, None]
 
 
-def test_the_same_module_object_reuses_its_programs(world):
+def test_the_same_module_object_reuses_its_programs(world, trained):
     splits, _, fsplit = world
-    net = TinyNet(width=8)
-    params = net.init(jax.random.key(1), jnp.zeros((1, 8, 8, 1)))["params"]
-    cfg = GradTauConfig(epochs=1)
-    unlearn("gradtau", net, params, fsplit, splits.val, cfg)
+    net, params = trained
+    unlearn("gradtau", net, params, fsplit, splits.val, GradTauConfig(epochs=1))
     with CompileCounter() as c:
         unlearn("gradtau", net, params, fsplit, splits.val, GradTauConfig(epochs=1, lr=1e-4))
     assert c.n == 0
