@@ -195,7 +195,7 @@ def test_no_module_level_compile_caches():
     """No lru_cache (or other cache_info-bearing callable) at module level in the core."""
     import importlib
 
-    for name in ("models", "train", "metrics", "evaluation", "ulira", "unlearn",
+    for name in ("models", "train", "train_run", "metrics", "evaluation", "ulira", "unlearn",
                  "unlearn.gradtau", "unlearn.gradtau_run", "unlearn.baselines"):
         mod = importlib.import_module(f"hyperforget_jax.{name}")
         cached = [k for k, v in vars(mod).items()
