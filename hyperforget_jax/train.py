@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -239,6 +240,16 @@ def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
         "lower the learning rate")
 
 
+def effective_batch_size(cfg: TrainConfig, n: int) -> int:
+    """``cfg.batch_size`` capped at the training-set size ``n``, with a warning: a larger batch
+    would only repeat samples within the batch (each ~batch/n times) [ours]."""
+    if cfg.batch_size <= n:
+        return cfg.batch_size
+    warnings.warn(f"batch_size {cfg.batch_size} is larger than the training set ({n} samples); "
+                  f"using batches of {n}", UserWarning, stacklevel=3)
+    return n
+
+
 def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
         checkpointer=None, meta: dict | None = None, progress: bool = False,
         init_params: Params | None = None) -> tuple[TrainState, list[dict]]:
@@ -269,6 +280,7 @@ def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
         state, _ = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
     run = compiled_epoch(arch, (cfg.lr, cfg.weight_decay), False)
+    batch_size = effective_batch_size(cfg, len(train))
     x, y = jnp.asarray(train.x), jnp.asarray(train.y)
     history = []
     epochs = range(start, cfg.epochs)
@@ -276,7 +288,7 @@ def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
         from tqdm.auto import tqdm
         epochs = tqdm(epochs, desc=f"train {arch.name}", initial=start, total=cfg.epochs)
     for epoch in epochs:
-        idx = batch_indices(cfg.seed, epoch, len(train), cfg.batch_size)
+        idx = batch_indices(cfg.seed, epoch, len(train), batch_size)
         first = int(state.step)
         state, m = run(state, x, y, jnp.asarray(idx))
         raise_if_nonfinite(m["finite"], first, epoch)
@@ -297,6 +309,7 @@ def fit_fleet(arch: Architecture, train: Dataset, cfg: TrainConfig, seeds: list[
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     state = jax.vmap(lambda k: init_state(arch, tx, k))(keys)
     run = compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
+    batch_size = effective_batch_size(cfg, len(train))
     x, y = jnp.asarray(train.x), jnp.asarray(train.y)
     history = []
     epochs = range(cfg.epochs)
@@ -304,7 +317,7 @@ def fit_fleet(arch: Architecture, train: Dataset, cfg: TrainConfig, seeds: list[
         from tqdm.auto import tqdm
         epochs = tqdm(epochs, desc=f"fleet of {len(seeds)} {arch.name}")
     for epoch in epochs:
-        idx = np.stack([batch_indices(s, epoch, len(train), cfg.batch_size) for s in seeds])
+        idx = np.stack([batch_indices(s, epoch, len(train), batch_size) for s in seeds])
         first = int(state.step[0])
         state, m = run(state, x, y, jnp.asarray(idx))
         raise_if_nonfinite(m["finite"], first, epoch)

@@ -250,6 +250,7 @@ def test_mismatched_template_structure_and_dtype(tmp_path, state):
 def test_corrupt_array_files_raise_checkpoint_error(tmp_path, state, damage):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(4, state, META)
+        ckpt.wait_until_finished()  # saves commit in the background
         rng = np.random.default_rng(0)
         for f in data_files(tmp_path / "4"):
             if damage == "garbage":
@@ -266,6 +267,7 @@ def test_corrupt_array_files_raise_checkpoint_error(tmp_path, state, damage):
 def test_corrupt_array_metadata_raises_checkpoint_error(tmp_path, state):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, state)
+        ckpt.wait_until_finished()
         (tmp_path / "1" / "state" / "_METADATA").write_text("{not json")
         with pytest.raises(CheckpointError, match="corrupt"):
             ckpt.restore(make_state())
@@ -274,6 +276,7 @@ def test_corrupt_array_metadata_raises_checkpoint_error(tmp_path, state):
 def test_corrupt_meta_json_raises_checkpoint_error(tmp_path, state):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, state, META)
+        ckpt.wait_until_finished()
         meta_file = tmp_path / "1" / "meta" / "metadata"
         assert json.loads(meta_file.read_text()) == META  # the file we corrupt is the meta
         meta_file.write_text('{"config": {"arch": "ml')
@@ -286,6 +289,7 @@ def test_corrupt_meta_json_raises_checkpoint_error(tmp_path, state):
 def test_nan_state_refused_and_nothing_written(tmp_path, state):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, state)
+        ckpt.wait_until_finished()
         before = step_dirs(tmp_path)
         bad = state._replace(
             params=jax.tree.map(lambda x: x.at[0].set(jnp.nan), state.params)

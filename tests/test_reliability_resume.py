@@ -193,13 +193,14 @@ def test_train_killed_during_writes_and_steps_resumes_exactly(reference, tmp_pat
 
 
 def test_kill_while_pruning_leaves_no_listed_corrupt_step(tmp_path):
-    """Pruning renames a step out of the listing before deleting it, so dying half-way through
-    the delete leaves only restorable steps; the next open removes the debris."""
+    """Retention renames a dropped step out of the listing (into ``.trash/``) before deleting
+    it, so dying half-way through the delete leaves only restorable steps; the next open
+    removes the debris."""
     run_dir = tmp_path / "run"
     ckpt_dir = run_dir / "checkpoints"
-    # max_to_keep=2: saving step 3 prunes step 1; die half-way through deleting it.
+    # max_to_keep=2: saving step 3 drops step 1; die half-way through deleting it.
     _run_to_death(_worker_cmd("--kill-mid-prune", "1", "cli", "--", *_cli_cmd(run_dir)[3:]))
-    assert any(p.name.startswith(".pruning-1-") for p in ckpt_dir.iterdir())  # died mid-delete
+    assert (ckpt_dir / ".trash" / "1").is_dir()  # died mid-delete
     template = _template(run_dir)
     assert assert_every_step_restores(ckpt_dir, template, "after kill mid-prune") == [2, 3]
     assert _debris(ckpt_dir) == []  # opening the directory cleaned up
