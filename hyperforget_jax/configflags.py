@@ -272,11 +272,19 @@ class ConfigFlags:
     cls: type
     dests: dict[str, str]          # field name -> argparse dest
     flags: dict[str, str]          # field name -> option string
+    sequences: frozenset = frozenset()  # fields given as several values (tuples)
 
     def given(self, args: argparse.Namespace) -> dict[str, Any]:
         """The fields whose flags were given on the command line, with their values."""
-        return {f: getattr(args, d) for f, d in self.dests.items()
-                if getattr(args, d, UNSET) is not UNSET}
+        out = {}
+        for f, d in self.dests.items():
+            v = getattr(args, d, UNSET)
+            if v is UNSET:
+                continue
+            if f in self.sequences:  # argparse gives a list; `none` alone means None
+                v = None if list(v) == [None] else tuple(v)
+            out[f] = v
+        return out
 
     def build(self, args: argparse.Namespace, base: Any = None, **overrides: Any) -> Any:
         """A config from the given flags on top of ``base`` (default: the class defaults),
@@ -329,7 +337,7 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
     hints = _hints(cls)
     add_group = getattr(parser, "add_argument_group", None)
     group = add_group(title or f"{cls.__name__}", _summary(cls)) if add_group else parser
-    dests, flags = {}, {}
+    dests, flags, sequences = {}, {}, set()
     for f in dataclasses.fields(cls):
         if f.name in exclude or not f.init:
             continue
@@ -351,8 +359,11 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
             item = _tuple_item(inner)
             if item is not None:
                 kw["nargs"] = "+"
-                kw["type"] = _scalar_parser(item, f.name, None)
+                one = _scalar_parser(item, f.name, None)
+                kw["type"] = ((lambda t, p=one: None if t.strip().lower() == "none" else p(t))
+                              if optional else one)
                 kw["metavar"] = flag[2:].replace("-", "_").upper()
+                sequences.add(f.name)
             else:
                 parse = _scalar_parser(inner, f.name, default)
                 kw["type"] = ((lambda t, p=parse: None if t.strip().lower() == "none" else p(t))
@@ -364,7 +375,7 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
         group.add_argument(flag, **kw)
         dests[f.name] = dest
         flags[f.name] = flag
-    return ConfigFlags(cls, dests, flags)
+    return ConfigFlags(cls, dests, flags, frozenset(sequences))
 
 
 # --------------------------------------------------------------------------- --config.FIELD

@@ -15,6 +15,7 @@ import numpy as np
 
 from hyperforget_jax import metrics
 from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits
+from hyperforget_jax.errors import DataError
 from hyperforget_jax.models import Architecture
 
 #: Metric keys of :func:`evaluate_unlearning`, in table order, with the direction that is "better
@@ -42,6 +43,9 @@ def evaluate_unlearning(arch: Architecture, params: Any, splits: Splits, fsplit:
     out = {}
     per = {}
     for name, ds in (("retain", fsplit.retain), ("forget", fsplit.forget), ("test", splits.test)):
+        if not np.all(np.isfinite(ds.x)):  # say which set, not only "x contains NaN"
+            raise DataError(f"the {name} set ({ds.name!r}) has NaN or inf images; clean the "
+                            "data before evaluating")
         per[name] = metrics.per_sample_outputs(arch.apply, params, ds.x, ds.y)
         out[f"{name}_acc"] = float(np.mean(per[name]["correct"]))
         out[f"{name}_loss"] = float(np.mean(per[name]["loss"]))

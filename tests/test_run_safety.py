@@ -370,3 +370,42 @@ def test_batch_larger_than_the_set_is_capped_with_a_warning(digits_splits):
                                                        batch_size=100))
     for a, b in zip(jax.tree.leaves(big.params), jax.tree.leaves(same.params), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sample_never_overwrites_a_run_and_its_output_evaluates(runs, tmp_path, capfd):
+    """``sample --out`` over a trained run (or the run it reads) is refused before sampling;
+    ``evaluate`` reads a ``sample`` output (it used to say "run `hyperforget train` first")."""
+    from conftest import save_zero_hypernet, tiny_hyperspec
+
+    from hyperforget_jax import models
+
+    hyper = tmp_path / "hyper"
+    save_zero_hypernet(hyper, tiny_hyperspec(models.make_architecture("gpt_mlp", (8, 8, 1)),
+                                             "dihyfo1", 3))
+    argv = ["sample", "--hypernet", hyper, "--run-dir", runs / "orig", *DIGITS,
+            "--forget-class", "3", "--num-steps", "2", "--out"]
+    refused(capfd, [*argv, runs / "re"], "--out", "holds a 'retrain' run",
+            untouched=[runs / "re", runs / "orig", hyper])
+    refused(capfd, [*argv, runs / "orig"], "reads from", untouched=[runs / "orig"])
+    assert _run([*argv, tmp_path / "s"]) == 0
+    capfd.readouterr()
+    assert _run(["evaluate", "--run-dir", tmp_path / "s", *DIGITS, "--json"]) == 0
+    res = json.loads(capfd.readouterr().out)
+    sampled = json.loads((tmp_path / "s" / "results.json").read_text())["sample"]
+    assert res["request"] == {"classes": [3], "seed": 0}
+    assert res["run"]["forget_acc"] == pytest.approx(sampled["forget_acc"])
+
+
+def test_nan_in_the_test_set_names_the_set(digits_splits):
+    from hyperforget_jax import models
+    from hyperforget_jax.errors import DataError
+    from hyperforget_jax.evaluation import evaluate_unlearning
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    x = digits_splits.test.x.copy()
+    x[0, 0, 0, 0] = np.nan
+    splits = digits_splits._replace(test=digits_splits.test.replace(x=x))
+    request = data.ForgetRequest(classes=(3,))
+    fsplit = data.resolve_forget(splits.train, request)
+    with pytest.raises(DataError, match="the test set .* has NaN or inf images"):
+        evaluate_unlearning(arch, arch.init(jax.random.key(0)), splits, fsplit, request)

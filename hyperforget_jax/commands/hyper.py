@@ -91,15 +91,7 @@ def cmd_sample(args) -> int:
     classes = tuple(args.forget_class)
     prompt = H.make_prompt(net, params, splits.train, classes, args.forget_target,
                            args.retain_target)
-    t0 = time.perf_counter()
-    out = H.sample(jax.random.key(args.seed), net, params, prompt, args.num_steps, args.method)
-    jax.block_until_ready(out)
-    secs = time.perf_counter() - t0
     request = data.ForgetRequest(classes=classes)
-    fsplit = data.resolve_forget(splits.train, request)
-    arch = net.spec.arch
-    ev_start = evaluate_unlearning(arch, params, splits, fsplit, request, args.seed)
-    ev = evaluate_unlearning(arch, out, splits, fsplit, request, args.seed)
     identity = {"role": "hyperforget-sample",
                 "hypernet": rundir.read_identity(args.hypernet) or str(Path(args.hypernet)
                                                                        .absolute()),
@@ -111,7 +103,17 @@ def cmd_sample(args) -> int:
                 "retain_target": args.retain_target, "num_steps": args.num_steps,
                 "method": args.method, "seed": args.seed, **common.data_identity(args, splits)}
     reads = [p for p in (args.hypernet, args.run_dir, args.corpus) if p is not None]
+    # Claimed before sampling: a refused --out costs nothing.
     with common.open_run(args.out, identity, args, reads=reads, flag="--out") as run:
+        t0 = time.perf_counter()
+        out = H.sample(jax.random.key(args.seed), net, params, prompt, args.num_steps,
+                       args.method)
+        jax.block_until_ready(out)
+        secs = time.perf_counter() - t0
+        fsplit = data.resolve_forget(splits.train, request)
+        arch = net.spec.arch
+        ev_start = evaluate_unlearning(arch, params, splits, fsplit, request, args.seed)
+        ev = evaluate_unlearning(arch, out, splits, fsplit, request, args.seed)
         _write_sample(run.path, args, net, out, arch, request, prompt, ev_start, ev, secs)
     return 0
 
