@@ -48,7 +48,7 @@ import sys
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -57,7 +57,8 @@ import orbax.checkpoint as ocp
 
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 
-__all__ = ["Checkpointer", "save_params", "load_params", "load_params_meta"]
+__all__ = ["Checkpointer", "save_params", "load_params", "load_params_meta",
+           "silence_abandoned_reads"]
 
 PyTree = Any
 _STATE, _META, _PARAMS = "state", "meta", "params"
@@ -256,24 +257,42 @@ def _abandoned_read_log(record: logging.LogRecord) -> bool:
                 and ("reading array index" in msg or "TensorStore" in msg))
 
 
-@contextlib.contextmanager
-def _quiet_failed_read() -> Iterator[None]:
-    """When one tensorstore read fails, Orbax abandons its sibling reads; their coroutines and
-    callbacks later print "Exception ignored ... Event loop is closed" to stderr after our
-    one-line CheckpointError. Drop exactly those, only while a read is in flight: the abandoned
-    coroutines are collected before the previous hooks come back."""
+def _install_read_filters() -> Callable[[], None]:
+    """Drops exactly the noise of Orbax reads abandoned after a failed read; returns the undo."""
     previous = sys.unraisablehook
     sys.unraisablehook = lambda u: None if _abandoned_read(u) else previous(u)
     logger = logging.getLogger("asyncio")
     logger.addFilter(_abandoned_read_log)
+
+    def undo() -> None:
+        sys.unraisablehook = previous
+        logger.removeFilter(_abandoned_read_log)
+
+    return undo
+
+
+@contextlib.contextmanager
+def _quiet_failed_read() -> Iterator[None]:
+    """When one tensorstore read fails, Orbax abandons its sibling reads; their coroutines and
+    callbacks print "Exception ignored ... Event loop is closed" (and the read error again) to
+    stderr after our one-line CheckpointError. Those are dropped while the read is in flight,
+    and the hooks are restored after it (nothing changes process-wide). Coroutines still held by
+    Orbax's event loop may be collected later, at exit: an application that wants a clean
+    stderr then calls :func:`silence_abandoned_reads` once (the CLI does)."""
+    undo = _install_read_filters()
     try:
         yield
     except BaseException:
         gc.collect()
         raise
     finally:
-        sys.unraisablehook = previous
-        logger.removeFilter(_abandoned_read_log)
+        undo()
+
+
+def silence_abandoned_reads() -> Callable[[], None]:
+    """For applications: drops, process-wide, the stderr noise of Orbax reads abandoned after
+    a failed (corrupt) read, nothing else. Returns a function that undoes it."""
+    return _install_read_filters()
 
 
 def _absolute(directory: str | os.PathLike) -> Path:

@@ -70,10 +70,16 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _cli_output(name: str) -> Iterator[None]:
+def _cli_output(name: str, program: bool) -> Iterator[None]:
     """What the CLI, as the application, sets for its own run (and restores after, since tests
     call :func:`main` in-process): Python warnings as one ``hyperforget <cmd>: warning:`` line,
-    and Orbax's INFO chatter through absl hidden (warnings and errors still show)."""
+    and Orbax's INFO chatter through absl hidden (warnings and errors still show). As the
+    program itself (``program``), it also drops the noise abandoned Orbax reads print at exit
+    after a corrupt checkpoint, for the rest of the process."""
+    if program:
+        from hyperforget_jax.checkpoint import silence_abandoned_reads
+
+        silence_abandoned_reads()
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(max(level, logging.WARNING))
@@ -92,11 +98,12 @@ def _cli_output(name: str) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # the `hyperforget` program, not a call from Python
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
     name = " ".join(x for x in (args.command, getattr(args, "gan_command", None)) if x)
     try:
-        with _cli_output(name):
+        with _cli_output(name, program):
             return int(args.func(args) or 0)
     except HyperforgetError as e:
         msg = " ".join(str(e).split())  # exactly one line

@@ -96,7 +96,7 @@ def _plot(ctx: DemoContext, path: Path, methods: dict[str, list[dict]] | None = 
     ax.set_ylabel("test accuracy %")
     ax.set_title(f"Per-class test accuracy, forgetting {ctx.request.describe()} "
                  f"({len(ctx.seeds)} seeds)")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     report.save_figure(fig, path)
 
 
@@ -165,7 +165,8 @@ def _run(args, run_dir: Path, splits, request, fsplit, names, t_start):
                                                mean_std_row("Retrain", ctx.evals_retrain)]),
           "\nMIA non-members for class removal are held-out test images of the forgotten "
           "class (see `hyperforget_jax.evaluation`).\n",
-          "![per-class accuracy](per_class_accuracy.png)\n"]
+          "![per-class accuracy](per_class_accuracy.png)\n\nPer-class test accuracy of "
+          "Original, Retrain and ∇τ (when its section runs), mean ± std over seeds.\n"]
     for name in names:
         t0 = time.perf_counter()
         section: Callable = importlib.import_module(SECTIONS[name]).demo_section

@@ -308,7 +308,7 @@ def check_readable(path: str | os.PathLike) -> None:
 def _entries(path: Path) -> list[str]:
     try:
         return sorted(p.name for p in path.iterdir())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return []
 
 
