@@ -30,17 +30,15 @@ killed writer left (stale uncommitted writes, the trash) — only in process 0, 
 only by a writer, so a reader never deletes a live writer's files. Loading never executes code:
 arrays come from tensorstore, ``meta`` from ``json``.
 
-Importing this module changes no process-wide state. This module only depends on
-:mod:`hyperforget_jax.errors`, so it works with any pytree.
+Importing this module changes no process-wide state. It only depends on
+:mod:`hyperforget_jax.errors` and :mod:`.checkpoint_checks`, so it works with any pytree.
 """
 
 from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -51,11 +49,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from hyperforget_jax import checkpoint_checks as checks
+from hyperforget_jax.errors import CheckpointError, ConfigError
 
 __all__ = ["Checkpointer", "save_params", "load_params", "load_params_meta",
            "silence_abandoned_reads"]
@@ -69,136 +67,6 @@ _OVERWRITTEN = ".overwritten-"
 def _primary() -> bool:
     """Only process 0 renames or deletes (Orbax itself coordinates the writes)."""
     return jax.process_index() == 0
-
-
-# --------------------------------------------------------------------------- pytree checks
-
-
-def _named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
-    # Orbax's own leaf naming ("opt_state.0.mu.params.Dense_0.kernel"): a NamedTuple field and
-    # the dict key Orbax stores it under get the same name, so template and on-disk metadata
-    # compare leaf by leaf.
-    def name(k: Any) -> str:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                return str(getattr(k, attr))
-        return str(k)
-
-    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return [(".".join(name(k) for k in path) or "<root>", leaf) for path, leaf in leaves]
-
-
-def _shape_dtype(leaf: Any) -> tuple[tuple | None, np.dtype | None]:
-    shape = getattr(leaf, "shape", () if isinstance(leaf, (int, float, np.generic)) else None)
-    try:
-        dtype = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else None
-    except TypeError:
-        dtype = None
-    return (tuple(shape) if shape is not None else None), dtype
-
-
-def _first_non_finite(tree: PyTree) -> str | None:
-    """Path of the first float leaf containing NaN or inf, or None."""
-    for name, leaf in _named_leaves(tree):
-        if isinstance(leaf, float):
-            if not math.isfinite(leaf):
-                return name
-        elif (isinstance(leaf, (jax.Array, np.ndarray, np.generic))
-              and jnp.issubdtype(leaf.dtype, jnp.inexact)
-              and not bool(jnp.all(jnp.isfinite(leaf)))):
-            return name
-    return None
-
-
-def _check_savable(state: PyTree, what: str) -> None:
-    # Orbax would fail on these only mid-write, leaving a tmp directory behind.
-    for name, leaf in _named_leaves(state):
-        if isinstance(leaf, (bool, int, float)):
-            continue
-        # ml_dtypes (bfloat16, float8) report NumPy kind "V".
-        if isinstance(leaf, (jax.Array, np.ndarray, np.generic)) and leaf.dtype.kind in "biufcV":
-            continue
-        kind = "abstract (no values)" if isinstance(leaf, jax.ShapeDtypeStruct) else "not an array"
-        raise CheckpointError(
-            f"cannot save {what}: leaf {name!r} is a {type(leaf).__name__}, {kind}; checkpoints "
-            "hold numeric arrays and scalars only (put strings and other values in meta)")
-    bad = _first_non_finite(state)
-    if bad is not None:
-        raise NonFiniteError(
-            f"refusing to save {what}: leaf {bad!r} contains NaN/inf; nothing was written. "
-            "Lower the learning rate / enable gradient clipping and resume from the last "
-            "finite checkpoint")
-
-
-def _check_template(template: PyTree, on_disk: PyTree, where: Path) -> None:
-    """Raise CheckpointError at the first leaf where ``template`` and the stored tree differ."""
-    fix = ("restore with a template built from the same architecture/optimizer config the "
-           "checkpoint was written with (see its meta), or use a fresh --run-dir")
-    prefix = f"checkpoint {where} was written for another architecture: "
-    stored = dict(_named_leaves(on_disk))
-    wanted = _named_leaves(template)
-    for name, leaf in wanted:
-        if name not in stored:
-            raise CheckpointError(f"{prefix}leaf {name!r} of the template is not in the "
-                                  f"checkpoint; {fix}")
-        (ws, wd), (hs, hd) = _shape_dtype(leaf), _shape_dtype(stored[name])
-        if ws is not None and hs is not None and ws != hs:
-            raise CheckpointError(f"{prefix}leaf {name!r} has shape {hs} in the checkpoint but "
-                                  f"{ws} in the template; {fix}")
-        # Orbax would cast on restore, so a float32 checkpoint would load into a bfloat16
-        # template without complaint.
-        if wd is not None and hd is not None and hasattr(leaf, "dtype") and wd != hd:
-            raise CheckpointError(f"{prefix}leaf {name!r} has dtype {hd} in the checkpoint but "
-                                  f"{wd} in the template; {fix}")
-    extra = [n for n in stored if n not in {n for n, _ in wanted}]
-    if extra:
-        raise CheckpointError(f"{prefix}leaf {extra[0]!r} of the checkpoint is not in the "
-                              f"template ({len(extra)} extra leaves); {fix}")
-
-
-def _rebuild_like(template: PyTree, restored: PyTree, where: Path) -> PyTree:
-    """Restored leaves in the template's exact treedef (NamedTuples, custom nodes)."""
-    by_name = dict(_named_leaves(restored))
-    names = [n for n, _ in _named_leaves(template)]
-    missing = [n for n in names if n not in by_name]
-    if missing:
-        raise CheckpointError(f"checkpoint {where} restored without leaf {missing[0]!r}; it is "
-                              "corrupt or from another architecture: restore an earlier step or "
-                              "retrain")
-    restored = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
-                                            [by_name[n] for n in names])
-    # save() never writes NaN/inf, so any found on load means the bytes were damaged.
-    bad = _first_non_finite(restored)
-    if bad is not None:
-        raise CheckpointError(f"checkpoint {where} is corrupt: leaf {bad!r} contains NaN/inf, "
-                              "which save() never writes; delete that directory and restore an "
-                              "earlier step, or retrain")
-    return restored
-
-
-def _jsonable_meta(meta: dict | None, where: Path) -> dict:
-    """``meta`` exactly as a JSON round trip returns it (or CheckpointError)."""
-    if meta is None:
-        return {}
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"meta for {where} must be a dict, got {type(meta).__name__}; "
-                              "pass a dict of JSON-serialisable values")
-
-    def default(obj: Any) -> Any:
-        if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
-            return np.asarray(obj).tolist()
-        if isinstance(obj, (set, frozenset)):
-            return sorted(obj)
-        if isinstance(obj, os.PathLike):
-            return os.fspath(obj)
-        raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
-
-    try:
-        return json.loads(json.dumps(meta, default=default))
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"meta for {where} is not JSON-serialisable ({e}); convert it to "
-                              "str/int/float/bool/list/dict (e.g. dataclasses.asdict(config))"
-                              ) from e
 
 
 def _check_meta(meta: Any, where: Path) -> dict:
@@ -435,8 +303,8 @@ class Checkpointer:
         if not force and step % self.save_interval_steps != 0:
             return
         where = self.step_dir(step)
-        meta = _jsonable_meta(meta, where)
-        _check_savable(state, f"step {step} to {where}")  # before touching the disk
+        meta = checks.jsonable_meta(meta, where)
+        checks.check_savable(state, f"step {step} to {where}")  # before touching the disk
         with _hold_sigint():
             self.wait_until_finished()
             if not self._saved:
@@ -540,14 +408,14 @@ class Checkpointer:
                 raise _corrupt(where, e) from e
             if on_disk is None:
                 raise _corrupt(where, FileNotFoundError(f"no {_STATE!r} item"))
-            _check_template(template, on_disk, where)
+            checks.check_template(template, on_disk, where)
             try:
                 out = self._manager.restore(step, args=ocp.args.Composite(
                     **{_STATE: ocp.args.StandardRestore(template),
                        _META: ocp.args.JsonRestore()}))
             except Exception as e:  # noqa: BLE001
                 raise _corrupt(where, e) from e
-        return _rebuild_like(template, out[_STATE], where), _check_meta(out[_META], where)
+        return checks.rebuild_like(template, out[_STATE], where), _check_meta(out[_META], where)
 
     def restore_meta(self, step: int | None = None) -> dict:
         """Only the JSON meta of a step (no arrays are read); ``None`` means the latest."""
@@ -602,8 +470,8 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
         directory, or the write failed.
     """
     path = _absolute(path)
-    meta = _jsonable_meta(meta, path)
-    _check_savable(params, f"params to {path}")
+    meta = checks.jsonable_meta(meta, path)
+    checks.check_savable(params, f"params to {path}")
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path} is a file, not a params directory; pass a new path")
     if path.is_dir() and any(path.iterdir()) and not _is_params_checkpoint(path):
@@ -676,7 +544,7 @@ def load_params(path: str | os.PathLike, template: Any = None) -> tuple[Any, dic
                 on_disk = _tree_of(ocp.StandardCheckpointHandler().metadata(path / _PARAMS))
                 if on_disk is None:
                     raise FileNotFoundError(f"no array metadata in {path / _PARAMS}")
-                _check_template(template, on_disk, path)
+                checks.check_template(template, on_disk, path)
             with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
                 out = ckptr.restore(path, args=ocp.args.Composite(
                     **{_PARAMS: ocp.args.StandardRestore(template),
@@ -686,10 +554,10 @@ def load_params(path: str | os.PathLike, template: Any = None) -> tuple[Any, dic
         except Exception as e:  # noqa: BLE001
             raise _corrupt(path, e) from e
     if template is not None:
-        params = _rebuild_like(template, out[_PARAMS], path)
+        params = checks.rebuild_like(template, out[_PARAMS], path)
     else:
         params = jax.tree_util.tree_map(np.asarray, out[_PARAMS])
-        bad = _first_non_finite(params)
+        bad = checks.first_non_finite(params)
         if bad is not None:
             raise CheckpointError(f"checkpoint {path} is corrupt: leaf {bad!r} contains NaN/inf,"
                                   " which save_params() never writes; write it again")

@@ -392,3 +392,47 @@ def test_save_load_params_errors(tmp_path, state):
     (path / "meta" / "metadata").write_text("garbage{")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_params(path)
+
+
+# ------------------------------------------------------------------------ adapter hygiene
+
+
+def test_import_changes_no_process_wide_state():
+    """Importing the checkpoint module (and the package) leaves logging levels, the
+    unraisable hook and the SIGINT handler as they were."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, signal, sys\n"
+        "before = (logging.getLogger('absl').level, sys.unraisablehook,"
+        " signal.getsignal(signal.SIGINT), list(logging.getLogger('asyncio').filters))\n"
+        "import hyperforget_jax, hyperforget_jax.checkpoint, hyperforget_jax.cli\n"
+        "after = (logging.getLogger('absl').level, sys.unraisablehook,"
+        " signal.getsignal(signal.SIGINT), list(logging.getLogger('asyncio').filters))\n"
+        "assert before == after, (before, after)\n")
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_saves_are_async_and_only_process_0_cleans_up(tmp_path, state, monkeypatch):
+    from hyperforget_jax import checkpoint
+
+    with Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+        ckpt.save(1, state)
+        ckpt.save(2, state)  # drops step 1 through Orbax's retention (.trash/, then deleted)
+        ckpt.wait_until_finished()
+        assert step_dirs(tmp_path) == ["2"]
+        restored, _ = ckpt.restore(make_state(seed=1))
+    assert_trees_equal(restored, state)
+    # Debris of a killed writer: only process 0 removes it.
+    (tmp_path / ".trash" / "1").mkdir(parents=True)
+    monkeypatch.setattr(checkpoint, "_primary", lambda: False)
+    with Checkpointer(tmp_path):
+        assert (tmp_path / ".trash" / "1").is_dir()
+    monkeypatch.undo()
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [2]
+    assert step_dirs(tmp_path) == ["2"]
