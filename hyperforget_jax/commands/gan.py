@@ -91,6 +91,7 @@ def cmd_unlearn(args) -> int:
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
     _check_dataset(arch, splits, args, args.run_dir)
+    common.check_same_data(meta, args, splits, args.run_dir, "GAN")
     request, fsplit = _request_split(args, splits)
     if request is None:
         raise ForgetRequestError("give a forget request (--forget-class, --forget-fraction or "
@@ -139,6 +140,7 @@ def cmd_evaluate(args) -> int:
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
     _check_dataset(arch, splits, args, args.run_dir)
+    common.check_same_data(meta, args, splits, args.run_dir, "GAN")
     request, fsplit = _request_split(args, splits)
     if request is None:
         if not meta.get("request"):

@@ -51,8 +51,10 @@ class _Stages:
         self.bar = None
         if enabled:
             from tqdm.auto import tqdm
+            # disable=None: only on a terminal, where the line is erased when done, so an
+            # error still ends as the one line on stderr (logs get no \r fragments).
             self.bar = tqdm(total=total, desc="unlearn", leave=False, file=sys.stderr,
-                            bar_format="{desc} [{n_fmt}/{total_fmt}, {elapsed}]")
+                            disable=None, bar_format="{desc} [{n_fmt}/{total_fmt}, {elapsed}]")
 
     def __call__(self, what: str) -> None:
         if self.bar is not None:
@@ -105,6 +107,10 @@ def _method_config(args, cfg: train.TrainConfig):
             raise ConfigError("--method retrain uses the original's training recipe (that is "
                               "what makes it Retrain); drop the --config.* flags")
         return dataclasses.replace(cfg, seed=args.seed)
+    if args.method == "finetune" and "alpha0" in args._method_flags.given(args):
+        # unlearn() runs finetune as ∇τ with α₀ = 0; a given α₀ would be silently replaced.
+        raise ConfigError("finetune is ∇τ's schedule with alpha0 = 0 (descent on D_r only); "
+                          "drop --config.alpha0, or use --method gradtau to set it")
     return args._method_flags.build(args, args.method)
 
 
@@ -116,7 +122,7 @@ def cmd_unlearn(args) -> int:
                                  "--forget-indices")
     fsplit = data.resolve_forget(splits.train, request)
     if args.method != "retrain":
-        args._method_flags.build(args, args.method)  # a bad --config.* fails before any work
+        _method_config(args, None)  # a bad --config.* fails before any work
     stage = _Stages(common.progress(args), 4 if args.no_retrain else 7)
     try:
         arch, params, cfg, how, orig_identity = _original(args, splits, stage)
