@@ -48,7 +48,7 @@ class _Stages:
     ``--quiet``)."""
 
     def __init__(self, enabled: bool, total: int):
-        self.bar = None
+        self.bar, self.started = None, False
         if enabled:
             from tqdm.auto import tqdm
             # disable=None: only on a terminal, where the line is erased when done, so an
@@ -57,9 +57,10 @@ class _Stages:
                             disable=None, bar_format="{desc} [{n_fmt}/{total_fmt}, {elapsed}]")
 
     def __call__(self, what: str) -> None:
-        if self.bar is not None:
-            if self.bar.desc != "unlearn":
+        if self.bar is not None and not self.bar.disable:
+            if self.started:
                 self.bar.update(1)
+            self.started = True
             self.bar.set_description_str(what)
 
     def close(self) -> None:
