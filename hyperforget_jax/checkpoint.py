@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import shutil
@@ -62,6 +63,7 @@ PyTree = Any
 _STATE, _META, _PARAMS = "state", "meta", "params"
 _TRASH = ".trash"
 _OVERWRITTEN = ".overwritten-"
+_IDENTITY = "identity.json"
 
 
 def _primary() -> bool:
@@ -216,7 +218,8 @@ class Checkpointer:
     """
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 3,
-                 save_interval_steps: int = 1, async_save: bool = True):
+                 save_interval_steps: int = 1, async_save: bool = True,
+                 identity: dict | None = None):
         """Opens (and creates if missing) a checkpoint directory.
 
         Args:
@@ -226,6 +229,11 @@ class Checkpointer:
             unless called with ``force=True``.
           async_save: commit in a background thread (the call returns once the arrays are
             copied to host); False waits for the commit inside :meth:`save`.
+          identity: what this run is (JSON: recipe, data, request, role, ...). Stored with the
+            first save as ``identity.json``; opening a directory whose steps belong to a
+            different identity raises, naming the first differing field, so a resumed run
+            (``fit``, ``run_gradtau``, ``train_gan``, ... with this checkpointer) can never
+            continue another run.
 
         Raises:
           ConfigError: ``max_to_keep`` < 1 or ``save_interval_steps`` < 1.
@@ -237,6 +245,8 @@ class Checkpointer:
             raise ConfigError(f"save_interval_steps must be an int >= 1, got "
                               f"{save_interval_steps!r}")
         self.directory = _absolute(directory)
+        self.identity = (None if identity is None
+                         else checks.jsonable_meta(identity, self.directory))
         self.max_to_keep = max_to_keep
         self.save_interval_steps = save_interval_steps
         self.async_save = async_save
@@ -259,6 +269,26 @@ class Checkpointer:
             raise CheckpointError(f"cannot open checkpoint directory {self.directory} "
                                   f"({type(e).__name__}: {e}); pass a writable --run-dir that "
                                   "holds only checkpoints of this run") from e
+        if self.identity is not None:
+            self._check_identity()
+
+    def _check_identity(self) -> None:
+        from hyperforget_jax.rundir import first_difference
+
+        path = self.directory / _IDENTITY
+        if not path.exists() or not self.all_steps():
+            return
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise _corrupt(path, e) from e
+        diff = first_difference(stored, self.identity)
+        if diff is not None:
+            field, was, now = diff
+            raise CheckpointError(
+                f"{self.directory} holds checkpoints of a different run (its {field} is "
+                f"{was!r}, this run's is {now!r}); resuming would continue that run: pass an "
+                "empty directory, or the identity the run was started with")
 
     # -- queries ------------------------------------------------------------------------------
 
@@ -309,6 +339,10 @@ class Checkpointer:
             self.wait_until_finished()
             if not self._saved:
                 _recover(self.directory, stale_writes=True)  # earlier processes' debris
+                if self.identity is not None and _primary():
+                    from hyperforget_jax.report import atomic_write
+
+                    atomic_write(self.directory / _IDENTITY, json.dumps(self.identity) + "\n")
                 self._saved = True
             backup = self._move_aside(step) if step in self.all_steps() else None
             try:

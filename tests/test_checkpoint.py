@@ -436,3 +436,24 @@ def test_saves_are_async_and_only_process_0_cleans_up(tmp_path, state, monkeypat
     with Checkpointer(tmp_path) as ckpt:
         assert ckpt.all_steps() == [2]
     assert step_dirs(tmp_path) == ["2"]
+
+
+def test_identity_refuses_to_resume_another_run(tmp_path, digits_splits):
+    """API-level resume check: ``fit`` with a Checkpointer whose identity (recipe, role, ...)
+    differs from the stored one is refused before anything is restored; the same identity
+    resumes."""
+    from hyperforget_jax import models, train
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=1, batch_size=64)
+    ident = lambda c, role: {"role": role, "train_config": c.to_json()}
+    with Checkpointer(tmp_path, identity=ident(cfg, "original")) as ckpt:
+        train.fit(arch, digits_splits.train, cfg, checkpointer=ckpt)
+    assert json.loads((tmp_path / "identity.json").read_text())["role"] == "original"
+    with pytest.raises(CheckpointError, match="its role is 'original', this run's is 'retrain'"):
+        Checkpointer(tmp_path, identity=ident(cfg, "retrain"))
+    seed1 = train.TrainConfig(arch="gpt_mlp", epochs=1, batch_size=64, seed=1)
+    with pytest.raises(CheckpointError, match="its train_config.seed is 0, this run's is 1"):
+        Checkpointer(tmp_path, identity=ident(seed1, "original"))
+    with Checkpointer(tmp_path, identity=ident(cfg, "original")) as ckpt:
+        assert ckpt.latest_step() == 1
