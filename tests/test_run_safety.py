@@ -409,3 +409,24 @@ def test_nan_in_the_test_set_names_the_set(digits_splits):
     fsplit = data.resolve_forget(splits.train, request)
     with pytest.raises(DataError, match="the test set .* has NaN or inf images"):
         evaluate_unlearning(arch, arch.init(jax.random.key(0)), splits, fsplit, request)
+
+
+@pytest.mark.skipif(not hasattr(__import__("hyperforget_jax.models").models, "load_model"),
+                    reason="needs models.load_model (issue 14, i14's branch)")
+def test_user_model_by_import_path_through_train_unlearn_evaluate(tmp_path, capfd):
+    """A user's Flax module by import path goes through train, unlearn and evaluate, and its
+    run dir records (and resumes) it like a registered architecture."""
+    argv = [*DIGITS, "--arch", "user_model:TinyNet", "--batch-size", "64", "--lr", "0.01",
+            "--epochs", "2", "--quiet"]
+    assert _run(["train", "--run-dir", tmp_path / "orig", *argv]) == 0
+    assert "TinyNet" in json.dumps(rundir.read_identity(tmp_path / "orig")["architecture"])
+    assert _run(["train", "--run-dir", tmp_path / "orig", *argv]) == 0  # resumes: same run
+    refused(capfd, ["train", "--run-dir", tmp_path / "orig", *argv[:-3], "3", "--quiet"],
+            "train_config.epochs")
+    capfd.readouterr()
+    assert _run(["unlearn", "--method", "gradtau", "--run-dir", tmp_path / "orig",
+                 "--forget-class", "3", *DIGITS, "--no-retrain", "--quiet", "--json",
+                 "--out", tmp_path / "gt"]) == 0
+    res = json.loads(capfd.readouterr().out)
+    assert res["eval"]["gradtau"]["forget_acc"] <= res["eval"]["original"]["forget_acc"]
+    assert _run(["evaluate", "--run-dir", tmp_path / "gt", *DIGITS, "--json"]) == 0

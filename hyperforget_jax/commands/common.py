@@ -115,7 +115,18 @@ def request_from_args(args) -> data.ForgetRequest | None:
 
 
 def architecture_for(arch_name: str, splits: data.Splits) -> Architecture:
-    return make_architecture(arch_name, splits.train.x.shape[1:], splits.train.num_classes)
+    """A registered architecture (``mlp``), or a user's model by import path
+    (``--arch mypkg.models:Net``, loaded by ``models.load_model``)."""
+    shape, k = splits.train.x.shape[1:], splits.train.num_classes
+    if ":" in arch_name:
+        from hyperforget_jax import models
+
+        load = getattr(models, "load_model", None)
+        if load is None:
+            raise ConfigError(f"--arch {arch_name}: this version cannot load a model by import "
+                              "path; pass a registered architecture")
+        return load(arch_name, shape, k)
+    return make_architecture(arch_name, shape, k)
 
 
 def data_identity(args, splits: data.Splits) -> dict:
