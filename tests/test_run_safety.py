@@ -421,8 +421,8 @@ def test_user_model_by_import_path_through_train_unlearn_evaluate(tmp_path, capf
     assert _run(["train", "--run-dir", tmp_path / "orig", *argv]) == 0
     assert "TinyNet" in json.dumps(rundir.read_identity(tmp_path / "orig")["architecture"])
     assert _run(["train", "--run-dir", tmp_path / "orig", *argv]) == 0  # resumes: same run
-    refused(capfd, ["train", "--run-dir", tmp_path / "orig", *argv[:-3], "3", "--quiet"],
-            "train_config.epochs")
+    refused(capfd, ["train", "--run-dir", tmp_path / "orig", *argv[:-3], "--epochs", "3",
+                    "--quiet"], "train_config.epochs")
     capfd.readouterr()
     assert _run(["unlearn", "--method", "gradtau", "--run-dir", tmp_path / "orig",
                  "--forget-class", "3", *DIGITS, "--no-retrain", "--quiet", "--json",
