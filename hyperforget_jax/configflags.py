@@ -14,7 +14,8 @@ of the wrong type (``--epochs 2.5``, ``--lr nan``, ``--seed -1``) and, for the `
 namespace, a field the chosen class does not have are one clear error line (exit 2 in the CLI).
 Experiments and benchmarks build their parsers with the same two functions.
 
-Supported types: ``int`` (strict; fields named ``seed`` / ``*_seed`` must lie in [0, 2**32)), ``float``
+Supported types: ``int`` (strict; fields named ``seed`` / ``*_seed`` must lie in
+[0, 2**32)), ``float``
 (finite unless the default is not), ``bool`` (``--x`` / ``--no-x``), ``str`` (``Literal[...]``
 gives choices), ``X | None`` (the word ``none`` gives None), ``tuple[T, ...]`` (several values,
 or comma-separated in ``--config.``), anything else as JSON.

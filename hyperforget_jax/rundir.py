@@ -110,7 +110,7 @@ def first_difference(stored: Any, wanted: Any, prefix: str = "") -> tuple[str, A
 
 
 def _normalise(identity: dict) -> dict:
-    """What a JSON round trip returns (tuples → lists, dataclasses → dicts, NumPy → Python)."""
+    """What a JSON round trip returns (tuples → lists, dataclasses → dicts, NumPy → lists)."""
 
     def default(o: Any) -> Any:
         if dataclasses.is_dataclass(o) and not isinstance(o, type):
