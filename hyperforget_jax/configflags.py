@@ -15,10 +15,9 @@ namespace, a field the chosen class does not have are one clear error line (exit
 Experiments and benchmarks build their parsers with the same two functions.
 
 Supported types: ``int`` (strict; fields named ``seed`` / ``*_seed`` must lie in
-[0, 2**32)), ``float``
-(finite unless the default is not), ``bool`` (``--x`` / ``--no-x``), ``str`` (``Literal[...]``
-gives choices), ``X | None`` (the word ``none`` gives None), ``tuple[T, ...]`` (several values,
-or comma-separated in ``--config.``), anything else as JSON.
+[0, 2**32)), ``float`` (finite unless the default is not), ``bool`` (``--x`` / ``--no-x``),
+``str`` (``Literal[...]`` gives choices), ``X | None`` (the word ``none`` gives None),
+``tuple[T, ...]`` (several values, or comma-separated in ``--config.``), anything else as JSON.
 """
 
 from __future__ import annotations
