@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn import linear_model, model_selection, svm
 
 from hyperforget_jax.errors import ConfigError, DataError
 
@@ -288,6 +287,8 @@ def _lr_attack(members: np.ndarray, nonmembers: np.ndarray, n_splits: int, seed:
     # The kit's default test_size=0.1, but at least one test sample per class, so that forget
     # sets of a few dozen samples still split.
     test_size = max(2, math.ceil(0.1 * len(y)))
+    from sklearn import linear_model, model_selection  # ~1-3 s to import: only when attacking
+
     cv = model_selection.StratifiedShuffleSplit(n_splits=n_splits, test_size=test_size,
                                                 random_state=seed)
     scores = model_selection.cross_val_score(linear_model.LogisticRegression(), x, y, cv=cv,
@@ -375,6 +376,8 @@ def mia_efficacy_svc(retain_conf: Any, test_conf: Any, forget_conf: Any, seed: i
     retain, test = _equalise(retain, test, np.random.default_rng(seed))
     x = np.concatenate([retain, test])[:, None]
     y = np.concatenate([np.ones(len(retain), np.int64), np.zeros(len(test), np.int64)])
+    from sklearn import svm
+
     clf = svm.SVC(kernel="rbf", C=3, gamma="auto")
     clf.fit(x, y)
     return float(np.mean(clf.predict(forget[:, None]) == 0))

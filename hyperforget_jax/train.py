@@ -18,6 +18,7 @@ shapes, and dropping a user's model frees them.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -313,6 +314,16 @@ def mesh_batch_size(mesh: Mesh | None, batch_size: int, what: str = "batch") -> 
     if batch_size % n:
         raise ConfigError(f"a {what} of {batch_size} cannot be split over the {n} devices of "
                           f"the mesh axis {axis!r}; use a batch size divisible by {n}")
+
+
+def effective_batch_size(cfg: TrainConfig, n: int) -> int:
+    """``cfg.batch_size`` capped at the training-set size ``n``, with a warning: a larger batch
+    would only repeat samples within the batch (each ~batch/n times) [ours]."""
+    if cfg.batch_size <= n:
+        return cfg.batch_size
+    warnings.warn(f"batch_size {cfg.batch_size} is larger than the training set ({n} samples); "
+                  f"using batches of {n}", UserWarning, stacklevel=3)
+    return n
 
 
 def shard_rows(mesh: Mesh | None) -> Callable[[Any], Any]:

@@ -22,6 +22,7 @@ from hyperforget_jax.data import Dataset, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
+                                   effective_batch_size,
                                    init_state, make_optimizer, make_train_step,
                                    mesh_batch_size, over_members, shard_rows)
 
@@ -128,7 +129,8 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
       NonFiniteError: a step produced NaN/inf (named in the message).
     """
     model = _model_for(arch, train)
-    mesh_batch_size(mesh, cfg.batch_size)
+    batch_size = effective_batch_size(cfg, len(train))
+    mesh_batch_size(mesh, batch_size)
     if init_params is None and not model.has_init:
         raise ConfigError(f"fit: model {model.name!r} has no init; pass init_params= or "
                           "hf.as_model(apply_fn, init_fn=...)")
@@ -151,7 +153,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         from tqdm.auto import tqdm
         epochs = tqdm(epochs, desc=f"train {model.name}", initial=start, total=cfg.epochs)
     for epoch in epochs:
-        idx = batch_indices(cfg.seed, epoch, len(train), cfg.batch_size)
+        idx = batch_indices(cfg.seed, epoch, len(train), batch_size)
         first = int(state.step)
         state, m = run(state, hp, x, y, jnp.asarray(idx))
         raise_if_nonfinite(m["finite"], first, epoch)
@@ -208,13 +210,14 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
           else _hp(base))
     x, y = jnp.asarray(train.x), jnp.asarray(train.y)
     n = len(train) if subsets is None else np.asarray(subsets).shape[1]
+    batch_size = effective_batch_size(base, n)
     history = []
     epochs = range(base.epochs)
     if progress:
         from tqdm.auto import tqdm
         epochs = tqdm(epochs, desc=f"fleet of {len(seeds)} {model.name}")
     for epoch in epochs:
-        idx = np.stack([batch_indices(s, epoch, n, base.batch_size) for s in seeds])
+        idx = np.stack([batch_indices(s, epoch, n, batch_size) for s in seeds])
         if subsets is not None:
             idx = np.stack([sub[i] for sub, i in zip(np.asarray(subsets), idx)])
         first = int(state.step[0])

@@ -6,6 +6,28 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# CI time: one persistent XLA compilation cache per test run, shared by the xdist workers and
+# every subprocess they start (both inherit the environment set here, in the controlling
+# process, before they start), so a program is not compiled again by each worker and each
+# killed-and-resumed victim. Entries are keyed by the HLO, the compile options and XLA_FLAGS,
+# so programs never mix. The kill-and-resume test of `hyperforget train` removes it from its
+# victims' environment, to keep proving that a freshly compiling process resumes exactly
+# (tests/test_reliability_resume.py). Removed when the run ends (pytest_unconfigure).
+_OWN_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _OWN_XLA_CACHE = tempfile.mkdtemp(prefix="hyperforget-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_XLA_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+    if _OWN_XLA_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
+
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
