@@ -29,6 +29,9 @@ class _ConstArch:
     def sample_latents(self, key, n):
         return jax.random.normal(key, (n, 1))
 
+    def program(self, key, build):  # GANArch's owner of compiled programs; none kept here
+        return build()
+
 
 def test_fake_labels_on_constructed_discriminator():
     arch = _ConstArch()

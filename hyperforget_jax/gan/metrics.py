@@ -12,7 +12,6 @@ are comparable between generators judged by the same classifier, not with publis
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -36,11 +35,24 @@ class Judge(NamedTuple):
 
 
 def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
-                epochs: int = 20) -> Judge:
+                epochs: int = 20, config: TrainConfig | None = None) -> Judge:
     """Trains the judge classifier on real images (the full training set, so that it knows
-    every class, the forgotten ones included)."""
-    arch = make_architecture(arch_name, train.x.shape[1:], train.num_classes)
-    state, _ = fit(arch, train, TrainConfig(arch=arch_name, epochs=epochs, seed=seed))
+    every class, the forgotten ones included).
+
+    Args:
+      train: the real training images and labels.
+      seed: initialisation and batch order (replaces ``config.seed``).
+      arch_name, epochs: the classifier and its epochs when ``config`` is None.
+      config: the full recipe (:class:`~hyperforget_jax.train.TrainConfig`), e.g. from
+        generated ``--judge-*`` flags.
+
+    Returns:
+      The trained :class:`Judge`.
+    """
+    cfg = config or TrainConfig(arch=arch_name, epochs=epochs)
+    cfg = dataclasses.replace(cfg, seed=seed)
+    arch = make_architecture(cfg.arch, train.x.shape[1:], train.num_classes)
+    state, _ = fit(arch, train, cfg)
     return Judge(arch, state.params)
 
 
@@ -58,13 +70,16 @@ def _penultimate_apply(arch: Architecture, params: Params, x: jax.Array):
     return logits, seen[-1].reshape(x.shape[0], -1)
 
 
-@functools.lru_cache(maxsize=8)
 def _compiled_judge(arch: Architecture):
-    def fn(params, x):
-        logits, feats = _penultimate_apply(arch, params, x)
-        return jax.nn.softmax(logits, -1), feats
+    # Owned by the judge's model (Architecture.program), so a user's classifier used as the
+    # judge is freed with it; registered models share one program per shape.
+    def build():
+        def fn(params, x):
+            logits, feats = _penultimate_apply(arch, params, x)
+            return jax.nn.softmax(logits, -1), feats
+        return jax.jit(fn)
 
-    return jax.jit(fn)
+    return arch.program(("gan_judge",), build)
 
 
 def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,6 @@ to [-1, 1] first, so the real data needs no rescaling.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 from hyperforget_jax import layers
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import ArchitectureError, ConfigError
+from hyperforget_jax.models import _Programs
 
 Params = Any
 GAN_ARCHS = ("mlp", "dcgan")
@@ -160,7 +160,21 @@ class GANArch:
 
     def param_shapes(self) -> tuple[Params, Params]:
         """(G, D) parameter shapes (``jax.ShapeDtypeStruct`` pytrees), traced once per arch."""
-        return _gan_param_shapes(self)
+        # Tracing init costs ~0.1-1 s and is asked for on every check_params / checkpoint save.
+        return self.program("param_shapes",
+                            lambda: jax.eval_shape(self.init, jax.random.key(0)))
+
+    def program(self, key: Any, build) -> Any:
+        """The compiled callable (or traced value) ``key`` of this architecture, built once by
+        ``build()``.
+
+        The owner is the architecture's *value*: a ``GANArch`` holds only library code and
+        four plain fields, so its programs are shared by every equal ``GANArch`` (a Retrain
+        reuses the Original's compiled epoch) and keep nothing of a user's alive, like the
+        registered classifiers' programs (:meth:`hyperforget_jax.models.Architecture.program`);
+        each architecture keeps at most ``models.MAX_PROGRAMS`` (least recently used dropped).
+        """
+        return _GAN_PROGRAMS.setdefault(self, _Programs()).get(key, build)
 
     def param_counts(self) -> tuple[int, int]:
         g, d = self.param_shapes()
@@ -193,10 +207,8 @@ class GANArch:
                              d.get("width", 64))
 
 
-@functools.lru_cache(maxsize=16)
-def _gan_param_shapes(arch: GANArch) -> tuple[Params, Params]:
-    # Tracing init costs ~0.1-1 s and is asked for on every check_params / checkpoint save.
-    return jax.eval_shape(arch.init, jax.random.key(0))
+#: Programs per GAN architecture value (see :meth:`GANArch.program`).
+_GAN_PROGRAMS: dict[GANArch, _Programs] = {}
 
 
 def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28, 1),

@@ -15,7 +15,6 @@ the same batches as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -56,11 +55,14 @@ class GANConfig:
         hyperforget gan train --run-dir runs/gan/original
 
     Attributes:
-      arch: ``"auto"``, ``"dcgan"`` or ``"mlp"`` (:mod:`hyperforget_jax.gan.models`).
-      width: channels of the DCGAN's widest layer.
-      latent_dim: size of the latent codes z ~ N(0, I).
-      epochs, batch_size: passes over the training images and images per D/G step.
-      lr, beta1: Adam, the same for both players.
+      arch: ``"auto"``, ``"dcgan"`` or ``"mlp"`` (:mod:`hyperforget_jax.gan.models`) [ours:
+        the convolutional pair wherever it applies].
+      width: channels of the DCGAN's widest layer [ours: 64, DCGAN's layout scaled to 28×28].
+      latent_dim: size of the latent codes z ~ N(0, I) [paper: DCGAN's 100].
+      epochs: passes over the training images [ours: 60; clean digits, docs/gan.md].
+      batch_size: images per D step and latent codes per G step [ours: 64].
+      lr: Adam learning rate of both players [ours: 1e-3, see above].
+      beta1: Adam β₁ of both players [paper: DCGAN's 0.5].
       seed: initialisation, batch order and latents.
     """
 
@@ -158,23 +160,27 @@ def latents_for_step(arch: GANArch, seed: int, step: jax.Array, batch_size: int)
     return (arch.sample_latents(kd, batch_size), arch.sample_latents(kg, batch_size))
 
 
-@functools.lru_cache(maxsize=16)
 def compiled_epoch(arch: GANArch, lr: float, beta1: float, batch_size: int) -> Callable:
     """``run(state, x, idx, seed) -> (state, metrics)``: ``lax.scan`` of D+G iterations over
-    the epoch's batch indices ``idx`` (num_batches, batch_size) into on-device images ``x``."""
-    tx = make_optimizer(lr, beta1)
-    d_step, g_step = make_d_step(arch, tx), make_g_step(arch, tx)
+    the epoch's batch indices ``idx`` (num_batches, batch_size) into on-device images ``x``.
+    Compiled once per (arch, recipe) and owned by the architecture (:meth:`GANArch.program`)."""
 
-    def run(state, x, idx, seed):
-        def body(s, i):
-            zd, zg = latents_for_step(arch, seed, s.step, batch_size)
-            s, md = d_step(s, x[i], zd)
-            s, mg = g_step(s, zg)
-            return s, {**md, **mg, "finite": md["finite"] & mg["finite"]}
+    def build():
+        tx = make_optimizer(lr, beta1)
+        d_step, g_step = make_d_step(arch, tx), make_g_step(arch, tx)
 
-        return jax.lax.scan(body, state, idx)
+        def run(state, x, idx, seed):
+            def body(s, i):
+                zd, zg = latents_for_step(arch, seed, s.step, batch_size)
+                s, md = d_step(s, x[i], zd)
+                s, mg = g_step(s, zg)
+                return s, {**md, **mg, "finite": md["finite"] & mg["finite"]}
 
-    return jax.jit(run, donate_argnums=0)
+            return jax.lax.scan(body, state, idx)
+
+        return jax.jit(run, donate_argnums=0)
+
+    return arch.program(("epoch", float(lr), float(beta1), int(batch_size)), build)
 
 
 def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict | None = None,
@@ -234,9 +240,8 @@ def timed_train_gan(train: Dataset, cfg: GANConfig, **kw) -> tuple[GANState, flo
     return state, time.perf_counter() - t0, arch
 
 
-@functools.lru_cache(maxsize=16)
 def _compiled_sampler(arch: GANArch) -> Callable:
-    return jax.jit(lambda g, z: arch.generate(g, z))
+    return arch.program("sampler", lambda: jax.jit(lambda g, z: arch.generate(g, z)))
 
 
 def generate(arch: GANArch, g_params: Params, z: jax.Array, chunk: int = 2048) -> np.ndarray:
@@ -250,9 +255,9 @@ def sample(arch: GANArch, g_params: Params, n: int, seed: int = 0) -> np.ndarray
     return generate(arch, g_params, arch.sample_latents(jax.random.key(seed), n))
 
 
-@functools.lru_cache(maxsize=16)
 def _compiled_scores(arch: GANArch) -> Callable:
-    return jax.jit(lambda d, x: jax.nn.sigmoid(arch.discriminate(d, x)))
+    return arch.program("d_scores", lambda: jax.jit(
+        lambda d, x: jax.nn.sigmoid(arch.discriminate(d, x))))
 
 
 def d_scores(arch: GANArch, d_params: Params, x: np.ndarray, chunk: int = 1024) -> np.ndarray:

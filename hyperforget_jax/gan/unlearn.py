@@ -30,7 +30,6 @@ inside from ``jax.random.fold_in(key, round)``, so a run is a pure function of i
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -252,19 +251,23 @@ def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float,
     return round_fn
 
 
-@functools.lru_cache(maxsize=16)
 def _compiled_rounds(arch: GANArch, cfg_key: tuple) -> Callable:
-    lr, beta1, lambda_u, lambda_s, sub_real_weight, batch_size, n = cfg_key
-    round_fn = make_round(arch, make_optimizer(lr, beta1), lambda_u, lambda_s,
-                          sub_real_weight, batch_size)
+    """``n`` cascade rounds under one ``lax.scan``, owned by the architecture
+    (:meth:`GANArch.program`), one program per recipe key."""
+    def build():
+        lr, beta1, lambda_u, lambda_s, sub_real_weight, batch_size, n = cfg_key
+        round_fn = make_round(arch, make_optimizer(lr, beta1), lambda_u, lambda_s,
+                              sub_real_weight, batch_size)
 
-    def run(state, data, bank, y_f, key):
-        def body(s, _):
-            return round_fn(s, data, bank, y_f, jax.random.fold_in(key, s.step))
+        def run(state, data, bank, y_f, key):
+            def body(s, _):
+                return round_fn(s, data, bank, y_f, jax.random.fold_in(key, s.step))
 
-        return jax.lax.scan(body, state, None, length=n)
+            return jax.lax.scan(body, state, None, length=n)
 
-    return jax.jit(run, donate_argnums=0)
+        return jax.jit(run, donate_argnums=0)
+
+    return arch.program(("cascade_rounds", *cfg_key), build)
 
 
 def _padded(x: np.ndarray) -> jax.Array:
