@@ -53,6 +53,20 @@ def test_auto_arch_is_the_dcgan_where_it_fits():
     assert make_gan_arch("auto", (8, 8, 1)).name == "mlp"      # sklearn digits
 
 
+def test_compiled_programs_are_owned_by_the_arch_value():
+    """No module-level caches: an architecture's programs live with its value, so a Retrain
+    (an equal GANArch) reuses the Original's compiled epoch, and another recipe gets its own."""
+    from hyperforget_jax.gan.train import compiled_epoch
+
+    a, b = make_gan_arch("mlp", (8, 8, 1)), make_gan_arch("mlp", (8, 8, 1))
+    assert a == b and a is not b
+    assert compiled_epoch(a, 1e-3, 0.5, 8) is compiled_epoch(b, 1e-3, 0.5, 8)
+    assert compiled_epoch(a, 2e-4, 0.5, 8) is not compiled_epoch(a, 1e-3, 0.5, 8)
+    other = make_gan_arch("mlp", (8, 8, 1), width=32)
+    assert compiled_epoch(other, 1e-3, 0.5, 8) is not compiled_epoch(a, 1e-3, 0.5, 8)
+    assert a.param_shapes() is b.param_shapes()
+
+
 def test_dcgan_epoch_compiles_to_canonical_convolutions():
     """The scanned training epoch of the default GAN on 28×28 images: only canonical
     convolutions (hyperforget_jax.layers), which XLA:CPU runs with its library kernels inside
