@@ -12,7 +12,8 @@ epochs of the 3,500 training images = 3,240 D+G iterations, Adam 1e-3 / β₁ 0.
 Retrain is *the same recipe* on D_r from scratch (the recipe that gave the Original its
 quality). The judge is the package's ``cnn`` classifier trained 20 epochs on the full training
 set (``--judge mlp`` for the dense one). Every field of both recipes is a flag (``--epochs``,
-``--gan-arch``, ``--lr``, ..., ``--judge-epochs``, ...; ``--help`` lists them). 64 items × fake labels hard / generated / held-out with
+``--gan-arch``, ``--lr``, ..., ``--judge-epochs``, ...; ``--help`` lists them). 64 items ×
+fake labels hard / generated / held-out with
 the item recipe (latent-level substitution), plus the data-level substitution and the
 λ_u = 0.25 variant; class unlearning of classes 3 and 8 with the class recipe (hard fake label,
 latent-level substitution). Retrain runs for 64 items and for each class. ``--sizes
@@ -21,8 +22,9 @@ latent-level substitution). Retrain runs for 64 items and for each class. ``--si
 Outputs in ``--out``: ``results.json`` (every per-seed number), ``report.md`` (tables,
 mean ± std over seeds, speed-ups as ratios of medians with both step counts, the issue's
 targets checked), ``grid_*.png`` (64 samples of the Original / Retrain / unlearned generators
-of seed 0; copied to ``--grids-dir`` if given). Duration: ≈ 1 h on 2 idle CPU cores (12 GAN
-trainings dominate), 2-3× that on a loaded machine.
+of seed 0; copied to ``--grids-dir`` if given). Duration: the DCGAN trainings dominate
+(≈ 2-2.5 min each on 2 CPU cores): 44 min for ``--classes 3`` (9 trainings) on the shared
+2-core CPU, ≈ 1 h with both classes (12).
 """
 
 from __future__ import annotations
