@@ -1,5 +1,5 @@
-"""G.pt denoiser: token layout, zero-initialised output = θ₀, permutation augmentation, and one
-training step with identical numbers under jit, pmap and a sharded mesh."""
+"""G.pt denoiser: token layout, zero-initialised output = no change, the guidance dropout,
+permutation augmentation, and one training step with identical numbers under jit and pmap."""
 
 import jax
 import jax.numpy as jnp
@@ -16,17 +16,20 @@ from hyperforget_jax.models import make_architecture
 
 ARCH = make_architecture("gpt_mlp")
 SMALL = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2)
+HEAD = [jax.ShapeDtypeStruct((10,), jnp.float32), jax.ShapeDtypeStruct((10, 10), jnp.float32)]
 
 
-def _model(num_classes=10, config=SMALL, arch=ARCH):
-    chunks = tuple(P_.chunk_spans(arch.param_shapes(), config.max_chunk))
-    return DN.GptDenoiser(chunks, num_scalars=4, num_classes=num_classes, config=config)
+def _model(num_classes=10, config=SMALL, arch=ARCH, change=HEAD):
+    mc = config.max_chunk
+    return DN.GptDenoiser(tuple(P_.chunk_spans(arch.param_shapes(), mc)),
+                          tuple(P_.chunk_spans(change, mc)), num_scalars=4,
+                          target_scalars=(1, 3), num_classes=num_classes, config=config)
 
 
 @jax.jit
 def _prepare(key, start, target, scalars, classes):
     return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes,
-                            ARCH.param_shapes())
+                            ARCH.param_shapes(), p_uncond=0.5)
 
 
 def _batch(key, permute=True, b=8):
@@ -44,29 +47,46 @@ def test_token_layout_and_parameter_count():
     assert len(P_.chunk_spans(ARCH.param_shapes())) == 11
     model = _model(config=DN.DenoiserConfig())
     tx = DN.make_hyper_optimizer(DN.HyperTrainConfig())
-    # Shapes only (jax.eval_shape): no compilation of the 3.6M-parameter default model.
-    state = jax.eval_shape(lambda k: DN.init_hyper_state(model, tx, k, ARCH.param_count),
-                           jax.random.key(0))
-    # 11 tokens × (1000 → 128 encoder + 128 → 1000 decoder), 5 scalar projections 257 → 128,
-    # a 10 → 128 request embedding, 28 positions, 2 pre-LN blocks of width 128 and a final LN.
-    n_tok, d, mc = 11, 128, 1000
+    # Shapes only (jax.eval_shape): no compilation of the default model.
+    state = jax.eval_shape(lambda k: DN.init_hyper_state(model, tx, k), jax.random.key(0))
+    # 11 θ₀ tokens and 2 change tokens (the output layer's bias and kernel), each with a
+    # 1000 → 128 encoder; 2 change decoders 128 → 1000; 5 scalar projections 65 → 128 and 2
+    # "no target" tokens; a 10 → 128 request embedding; 2 + 11 + 5 + 1 = 19 positions; 2
+    # pre-LN blocks of width 128 and a final LN.
+    n0, n1, d, mc, e = 11, 2, 128, 1000, 65
     block = 2 * 2 * d + 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
-    want = (n_tok * (mc * d + d) + n_tok * (d * mc + mc) + 5 * (257 * d + d) + (10 * d + d)
-            + 28 * d + 2 * block + 2 * d)
+    want = ((n0 + n1) * (mc * d + d) + n1 * (d * mc + mc) + 5 * (e * d + d) + 2 * d
+            + (10 * d + d) + 19 * d + 2 * block + 2 * d)
     assert P_.param_count(state.params) == want
-    assert DN.frequency_embed(jnp.zeros((2, 3))).shape == (2, 3, 257)
+    assert DN.frequency_embed(jnp.zeros((2, 3))).shape == (2, 3, 65)
     with pytest.raises(ConfigError):
         DN.DenoiserConfig(width=30, num_heads=4)
 
 
-def test_untrained_model_returns_theta0_exactly():
+def test_untrained_model_predicts_no_change_and_drop_only_touches_targets():
     model = _model()
-    state = DN.init_hyper_state(model, DN.make_hyper_optimizer(DN.HyperTrainConfig()),
-                                jax.random.key(0), ARCH.param_count)
+    params = DN.init_params(model, jax.random.key(0))
     b = _batch(jax.random.key(1))
-    out = jax.jit(model.apply)({"params": state.params}, b["target"], b["start"], b["t"],
-                               b["scalars"], b["classes"])
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(b["start"]))
+    x = b["target"][:, -110:]
+    apply = jax.jit(model.apply)
+    out = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"])
+    np.testing.assert_array_equal(np.asarray(out), np.zeros_like(x))
+    # With non-zero decoders: dropping the targets changes the prediction, and a batch whose
+    # drop flags are all False equals the plain conditional call.
+    params = {**params, "change_decoder_kernel": jnp.ones_like(params["change_decoder_kernel"])}
+    cond = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"])
+    keep = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"],
+                 jnp.zeros(8, bool))
+    drop = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"],
+                 jnp.ones(8, bool))
+    np.testing.assert_array_equal(np.asarray(keep), np.asarray(cond))
+    assert not np.allclose(drop, cond)
+    # The prompt's targets are all a dropped example sees: changing them does nothing.
+    other = b["scalars"].at[:, 1].add(3.0).at[:, 3].add(-2.0)
+    drop2 = apply({"params": params}, x, b["start"], b["t"], other, b["classes"],
+                  jnp.ones(8, bool))
+    np.testing.assert_allclose(drop2, drop, atol=1e-6)
+    assert 0 < int(np.sum(b["drop"])) < 8          # p_uncond = 0.5 in _prepare
 
 
 def test_permuted_network_computes_the_same_function(mnist_splits):
@@ -96,12 +116,14 @@ def test_train_step_jit_and_pmap_agree():
     # The digits-sized G.pt MLP (64→10→10, 760 values, 8 tokens of ≤ 128): same code path,
     # a fraction of the compile and run time of the MNIST one.
     arch = make_architecture("gpt_mlp", (8, 8, 1), 10)
+    head = [jax.ShapeDtypeStruct((10,), jnp.float32),
+            jax.ShapeDtypeStruct((10, 10), jnp.float32)]
     model = _model(config=DN.DenoiserConfig(num_layers=1, width=32, num_heads=2,
-                                            max_chunk=128), arch=arch)
+                                            max_chunk=128), arch=arch, change=head)
     cfg = DN.HyperTrainConfig(steps=10)
     tx = DN.make_hyper_optimizer(cfg)
     sched = D.make_schedule()
-    state0 = DN.init_hyper_state(model, tx, jax.random.key(0), arch.param_count)
+    state0 = DN.init_hyper_state(model, tx, jax.random.key(0))
     # Batches built in numpy (what prepare_batch would draw; no eager JAX dispatch). Two
     # steps: the warm-up schedule's lr is 0 at step 0, so step 1 is the first that moves.
     rng, P = np.random.default_rng(0), arch.param_count
@@ -109,11 +131,12 @@ def test_train_step_jit_and_pmap_agree():
     for _ in range(2):
         start = (0.5 * rng.standard_normal((8, P))).astype(np.float32)
         batches.append({"start": start,
-                        "target": start + 0.1 * rng.standard_normal((8, P)).astype(np.float32),
-                        "scalars": (5 * rng.random((8, 4))).astype(np.float32),
+                        "target": rng.standard_normal((8, 110)).astype(np.float32),
+                        "scalars": rng.standard_normal((8, 4)).astype(np.float32),
                         "classes": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)],
                         "t": rng.integers(0, 1000, 8).astype(np.int32),
-                        "noise": rng.standard_normal((8, P)).astype(np.float32)})
+                        "noise": rng.standard_normal((8, 110)).astype(np.float32),
+                        "drop": rng.random(8) < 0.5})
 
     step = jax.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay))
     s_jit = state0
@@ -133,4 +156,4 @@ def test_train_step_jit_and_pmap_agree():
     assert_trees_close(s_p.ema_params, s_jit.ema_params, atol=2e-5)
     assert_trees_close(s_p.opt_state, s_jit.opt_state, atol=2e-5)
     # The step moved the zero-initialised decoders away from zero.
-    assert float(jnp.abs(s_jit.params["token_decoder_kernel"]).max()) > 0
+    assert float(jnp.abs(s_jit.params["change_decoder_kernel"]).max()) > 0

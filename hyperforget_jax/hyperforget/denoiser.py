@@ -1,29 +1,35 @@
-"""G.pt's transformer denoiser over flat parameter vectors (METHODS.md §2), and its training step.
+"""G.pt's transformer denoiser, over a start network and a normalised change (METHODS.md §2).
 
-Input sequence, one width-``d`` token each [G.pt]::
+Input sequence, one width-``d`` token each::
 
-    tokens(θ_t, the noised target)  + tokens(θ₀, the start)  + scalar tokens (t, losses)
+    tokens(x_t, the noised change)  + tokens(θ₀, the start)  + scalar tokens (t, conditions)
                                      [+ one multi-hot "which classes to forget" token, DiHyFo-2]
 
-* Parameter tokens: every tensor cut into chunks of ≤ ``max_chunk`` values, never mixing tensors
-  (:func:`hyperforget_jax.params.chunk_spans`; 784→10→10 MLP: 7,960 values → 11 tokens), each
-  token with its own linear encoder and decoder. The encoders are shared by θ_t and θ₀ (the
-  position embedding tells them apart) [ours: G.pt's released code does the same, as we read it].
-* Scalars embedded as [sin(f·x), cos(f·x), x] with f = 2^linspace(0, 14, 128) → 257 values, then
-  a per-scalar linear projection [G.pt]. The diffusion step enters as t / T [ours].
+* Tokens: every tensor cut into chunks of ≤ ``max_chunk`` values, never mixing tensors
+  (:func:`hyperforget_jax.params.chunk_spans`), each token with its own linear encoder and
+  decoder [G.pt]. θ₀ is a full network (784→10→10 MLP: 7,960 values → 11 tokens); x_t holds only
+  the tensors the corpus changes (:mod:`~hyperforget_jax.hyperforget.weightspace`; the output
+  layer: 2 tokens). Both are normalised per tensor, and they are different quantities (a
+  network, a change), so unlike G.pt they have separate encoders [ours].
+* Scalars embedded as [sin(f·x), cos(f·x), x] with f = 2^linspace(0, ``max_freq_exp``,
+  ``num_freqs``), then a per-scalar linear projection [G.pt]. The conditions arrive standardised
+  (log-losses, z-scored over the corpus), so the embedding's frequencies are sized for values of
+  order 1 (2^0..2^4) [ours; G.pt's 2^14 on raw losses of up to ~16 gave phases that change by
+  radians per 10⁻⁴ of loss]. The diffusion step enters as t / T [ours].
+* Classifier-free guidance [ours, beyond G.pt]: the loss-target tokens of a training example are
+  replaced by a learned "no target" token with probability ``p_uncond``; at sampling,
+  x̂ = x̂_c + w (x̂_c − x̂_u), w = 0 being the plain conditional model.
 * Pre-LayerNorm transformer without a causal mask, learned position embeddings [G.pt].
-* Output = decoders(θ_t-token outputs) + θ₀, decoders zero-initialised: an untrained model
-  returns θ₀ exactly [G.pt].
-
-Everything here is in *scaled* parameter space (flat θ × ``param_scale``, G.pt: 4.185 for MNIST,
-so the std is ≈ 0.54); :mod:`~hyperforget_jax.hyperforget.dihyfo` scales and unscales.
+* Output = decoders(x_t-token outputs) = the predicted normalised change x̂₀; decoders
+  zero-initialised, so an untrained model predicts no change and samples θ₀ exactly [G.pt's
+  "output + θ₀" in change coordinates].
 
 Training [G.pt]: x₀-prediction MSE, AdamW lr 4e-4, weight decay 0.1, cosine schedule, gradient
 clipping at 0.75, an EMA of the weights used for sampling. G.pt's EMA decay 0.9999 suits ~10⁶
 steps; a CPU run of a few thousand steps uses a smaller decay (``ema_decay``, default 0.995) with
 the usual warm-up min(decay, (1 + n) / (10 + n)) [ours]. The step draws no randomness itself: the
-diffusion step t and noise ε come in the batch (:func:`prepare_batch`), so the ``jit``, ``pmap``
-and sharded compilations give identical numbers.
+diffusion step t, noise ε and guidance dropout come in the batch (:func:`prepare_batch`), so the
+``jit``, ``pmap`` and sharded compilations give identical numbers.
 """
 
 from __future__ import annotations
@@ -46,17 +52,24 @@ Params = Any
 
 @dataclasses.dataclass(frozen=True)
 class DenoiserConfig:
-    """Sizes of the denoiser. G.pt: 12 layers × 1536 (378M parameters); the CPU default is
-    far smaller (2 layers × 128, ≈ 3.4M parameters for the 784→10→10 MLP, most of them in
-    the 11 per-token encoders/decoders)."""
+    """Sizes of the denoiser. G.pt: 12 layers × 1536 (378M parameters); the CPU default is far
+    smaller.
+
+    Attributes:
+      num_layers, width, num_heads, mlp_ratio: the transformer [ours: sized for a CPU].
+      max_chunk: values per parameter token [G.pt: 1000].
+      num_freqs, max_freq_exp: the scalar embedding's frequencies 2^linspace(0, max_freq_exp,
+        num_freqs) [G.pt: 128 up to 2^14 on raw values; ours: 32 up to 2^4 on standardised
+        values].
+    """
 
     num_layers: int = 2
     width: int = 128
     num_heads: int = 4
     mlp_ratio: int = 4
     max_chunk: int = 1000
-    num_freqs: int = 128
-    max_freq_exp: float = 14.0
+    num_freqs: int = 32
+    max_freq_exp: float = 4.0
 
     def __post_init__(self):
         if min(self.num_layers, self.width, self.num_heads, self.mlp_ratio, self.max_chunk,
@@ -65,19 +78,21 @@ class DenoiserConfig:
         if self.width % self.num_heads:
             raise ConfigError(f"width {self.width} must be divisible by num_heads "
                               f"{self.num_heads}")
+        if not (self.max_freq_exp >= 0 and self.max_freq_exp < 64):
+            raise ConfigError(f"max_freq_exp must lie in [0, 64), got {self.max_freq_exp}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def frequency_embed(x: jax.Array, num_freqs: int = 128, max_freq_exp: float = 14.0
+def frequency_embed(x: jax.Array, num_freqs: int = 32, max_freq_exp: float = 4.0
                     ) -> jax.Array:
     """[sin(f·x), cos(f·x), x] with f = 2^linspace(0, max_freq_exp, num_freqs) [G.pt].
 
     (...,) → (..., 2·num_freqs + 1).
 
     >>> frequency_embed(jnp.zeros(3)).shape
-    (3, 257)
+    (3, 65)
     """
     f = 2.0 ** jnp.linspace(0.0, max_freq_exp, num_freqs)
     fx = x[..., None] * f
@@ -98,40 +113,59 @@ class _Block(nn.Module):
         return h + nn.Dense(self.width)(nn.gelu(y))
 
 
+def _token_weights(module, name, n, mc, d):
+    w = module.param(f"{name}_kernel", nn.initializers.lecun_normal(
+        in_axis=1, out_axis=2, batch_axis=(0,)), (n, mc, d))
+    return w, module.param(f"{name}_bias", nn.initializers.zeros, (n, d))
+
+
 class GptDenoiser(nn.Module):
-    """``(x_t, θ₀, t, scalars, classes) -> x̂₀`` on batches of scaled flat vectors.
+    """``(x_t, θ₀, t, scalars, classes, drop) -> x̂₀`` on batches of normalised flat vectors.
 
     Attributes:
-      chunks: the token layout (``params.chunk_spans`` of the target architecture).
-      num_scalars: number of loss conditions (DiHyFo-1: 3, DiHyFo-2: 4).
+      start_chunks: the token layout of θ₀ (``params.chunk_spans`` of the architecture).
+      change_chunks: the token layout of the change (the diffused tensors).
+      num_scalars: number of conditions (without t).
+      target_scalars: which conditions are loss targets (replaced by the "no target" token when
+        ``drop``; classifier-free guidance).
       num_classes: size of the multi-hot request token; 0 for no such token (DiHyFo-1).
       config: sizes.
       num_train_steps: T (t enters as t / T).
     """
 
-    chunks: tuple[P_.Chunk, ...]
+    start_chunks: tuple[P_.Chunk, ...]
+    change_chunks: tuple[P_.Chunk, ...]
     num_scalars: int
+    target_scalars: tuple[int, ...] = ()
     num_classes: int = 0
     config: DenoiserConfig = DenoiserConfig()
     num_train_steps: int = 1000
 
     @nn.compact
-    def __call__(self, x_t, theta0, t, scalars, classes=None):
+    def __call__(self, x_t, theta0, t, scalars, classes=None, drop=None):
         c = self.config
-        n, d, mc = len(self.chunks), c.width, c.max_chunk
+        n, d, mc = len(self.change_chunks), c.width, c.max_chunk
         dense_init = nn.initializers.normal(0.02)
-        enc_w = self.param("token_encoder_kernel", nn.initializers.lecun_normal(
-            in_axis=1, out_axis=2, batch_axis=(0,)), (n, mc, d))
-        enc_b = self.param("token_encoder_bias", nn.initializers.zeros, (n, d))
-        encode = lambda v: jnp.einsum("bnc,ncd->bnd", P_.tokenize(v, list(self.chunks), mc),
-                                      enc_w) + enc_b
+
+        def encode(name, v, chunks):
+            w, b = _token_weights(self, name, len(chunks), mc, d)
+            return jnp.einsum("bnc,ncd->bnd", P_.tokenize(v, list(chunks), mc), w) + b
+
         s = jnp.concatenate([(t.astype(jnp.float32) / self.num_train_steps)[:, None],
                              scalars.astype(jnp.float32)], -1)          # (B, 1 + S)
-        emb = frequency_embed(s, c.num_freqs, c.max_freq_exp)          # (B, 1 + S, 257)
+        emb = frequency_embed(s, c.num_freqs, c.max_freq_exp)          # (B, 1 + S, E)
         sc_w = self.param("scalar_kernel", nn.initializers.lecun_normal(
             in_axis=1, out_axis=2, batch_axis=(0,)), (1 + self.num_scalars, emb.shape[-1], d))
         sc_b = self.param("scalar_bias", nn.initializers.zeros, (1 + self.num_scalars, d))
-        seq = [encode(x_t), encode(theta0), jnp.einsum("bse,sed->bsd", emb, sc_w) + sc_b]
+        sc = jnp.einsum("bse,sed->bsd", emb, sc_w) + sc_b
+        if self.target_scalars:
+            null = self.param("no_target", dense_init, (len(self.target_scalars), d))
+            ids = jnp.asarray([1 + i for i in self.target_scalars])
+            if drop is not None:
+                cur = sc[:, ids]
+                sc = sc.at[:, ids].set(jnp.where(drop[:, None, None], null[None], cur))
+        seq = [encode("change_encoder", x_t, self.change_chunks),
+               encode("start_encoder", theta0, self.start_chunks), sc]
         if self.num_classes:
             seq.append(nn.Dense(d, name="request_embed")(classes.astype(jnp.float32))[:, None])
         h = jnp.concatenate(seq, 1)
@@ -139,10 +173,10 @@ class GptDenoiser(nn.Module):
         for i in range(c.num_layers):
             h = _Block(d, c.num_heads, c.mlp_ratio, name=f"block_{i}")(h)
         h = nn.LayerNorm(name="final_norm")(h[:, :n])
-        dec_w = self.param("token_decoder_kernel", nn.initializers.zeros, (n, d, mc))
-        dec_b = self.param("token_decoder_bias", nn.initializers.zeros, (n, mc))
+        dec_w = self.param("change_decoder_kernel", nn.initializers.zeros, (n, d, mc))
+        dec_b = self.param("change_decoder_bias", nn.initializers.zeros, (n, mc))
         out = jnp.einsum("bnd,ndc->bnc", h, dec_w) + dec_b
-        return P_.detokenize(out, list(self.chunks)) + theta0
+        return P_.detokenize(out, list(self.change_chunks))
 
 
 # --- hidden-unit permutation augmentation [G.pt] ----------------------------------------------
@@ -191,20 +225,33 @@ class HyperTrainState(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class HyperTrainConfig:
-    """Denoiser optimisation [G.pt except where noted]. ``warmup_fraction``, the EMA decay
-    for short runs (see the module docstring) and ``from_start`` (the share of training pairs
-    whose start is the trajectory's first checkpoint, the original network a request starts
-    from; G.pt draws every start uniformly) are [ours]."""
+    """Denoiser optimisation [G.pt except where noted].
+
+    Attributes:
+      steps, batch_size: optimisation length [ours: CPU-sized].
+      lr, weight_decay, grad_clip: AdamW on a warm-up + cosine schedule, clipping [G.pt: 4e-4,
+        0.1, 0.75].
+      warmup_fraction: share of the steps spent warming up [ours].
+      ema_decay: EMA of the weights used for sampling [G.pt: 0.9999 for ~10⁶ steps; ours:
+        0.995 for a few thousand].
+      permute: random hidden-unit permutation of θ₀ and target alike [G.pt].
+      endpoint_fraction: share of training pairs whose target is the end of the unlearning
+        trajectory (the rest: a uniformly drawn checkpoint of it, the original included) [ours:
+        the default prompt asks for the endpoint, so it is learnt most precisely].
+      p_uncond: probability of dropping the loss targets (classifier-free guidance) [ours].
+      seed: pair draws, diffusion noise and initialisation.
+    """
 
     steps: int = 3000
     batch_size: int = 64
-    lr: float = 4e-4
+    lr: float = 1e-3
     weight_decay: float = 0.1
     grad_clip: float = 0.75
     warmup_fraction: float = 0.02
     ema_decay: float = 0.995
     permute: bool = True
-    from_start: float = 0.5
+    endpoint_fraction: float = 0.5
+    p_uncond: float = 0.1
     seed: int = 0
 
     def __post_init__(self):
@@ -213,10 +260,15 @@ class HyperTrainConfig:
                               f"{self.batch_size}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        if not 0.0 <= self.from_start <= 1.0:
-            raise ConfigError(f"from_start must lie in [0, 1], got {self.from_start}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+        for name in ("endpoint_fraction", "p_uncond"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1], got {v}")
+        if not (self.lr > 0 and self.lr < float("inf")):
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not (self.weight_decay >= 0 and self.grad_clip > 0):
+            raise ConfigError(f"weight_decay must be >= 0 and grad_clip > 0, got "
+                              f"{self.weight_decay}, {self.grad_clip}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -230,22 +282,27 @@ def make_hyper_optimizer(cfg: HyperTrainConfig) -> optax.GradientTransformation:
                        optax.adamw(sched, weight_decay=cfg.weight_decay))
 
 
-def init_params(model: GptDenoiser, key: jax.Array, num_params: int) -> Params:
-    """Freshly initialised denoiser parameters for targets of ``num_params`` values."""
-    z = jnp.zeros((1, num_params))
+def _sizes(chunks) -> int:
+    return max(c.stop for c in chunks)
+
+
+def init_params(model: GptDenoiser, key: jax.Array) -> Params:
+    """Freshly initialised denoiser parameters."""
+    x = jnp.zeros((1, _sizes(model.change_chunks)))
+    z = jnp.zeros((1, _sizes(model.start_chunks)))
     cls = jnp.zeros((1, model.num_classes)) if model.num_classes else None
-    return model.init(key, z, z, jnp.zeros((1,), jnp.int32), jnp.zeros((1, model.num_scalars)),
-                      cls)["params"]
+    return model.init(key, x, z, jnp.zeros((1,), jnp.int32), jnp.zeros((1, model.num_scalars)),
+                      cls, jnp.zeros((1,), bool))["params"]
 
 
-def param_shapes(model: GptDenoiser, num_params: int) -> Params:
+def param_shapes(model: GptDenoiser) -> Params:
     """The denoiser's parameter shapes (``ShapeDtypeStruct`` leaves; nothing is computed)."""
-    return jax.eval_shape(lambda k: init_params(model, k, num_params), jax.random.key(0))
+    return jax.eval_shape(lambda k: init_params(model, k), jax.random.key(0))
 
 
-def init_hyper_state(model: GptDenoiser, tx: optax.GradientTransformation, key: jax.Array,
-                     num_params: int) -> HyperTrainState:
-    params = jax.jit(init_params, static_argnums=(0, 2))(model, key, num_params)
+def init_hyper_state(model: GptDenoiser, tx: optax.GradientTransformation, key: jax.Array
+                     ) -> HyperTrainState:
+    params = jax.jit(init_params, static_argnums=0)(model, key)
     # A distinct EMA copy, so the jitted step can donate the whole state.
     return HyperTrainState(jnp.zeros((), jnp.int32), params, jax.tree.map(jnp.copy, params),
                            tx.init(params))
@@ -253,19 +310,27 @@ def init_hyper_state(model: GptDenoiser, tx: optax.GradientTransformation, key: 
 
 def prepare_batch(key: jax.Array, sched: D.Schedule, start: jax.Array, target: jax.Array,
                   scalars: jax.Array, classes: jax.Array | None = None,
-                  template: Params | None = None) -> dict:
+                  template: Params | None = None,
+                  encode: Callable[[jax.Array, jax.Array], tuple] | None = None,
+                  p_uncond: float = 0.0) -> dict:
     """All the randomness of one training step: a hidden-unit permutation per example (applied
-    identically to θ₀ and target; skipped when ``template`` is None), t ~ U{0..T−1}, ε ~ N(0, I).
+    identically to θ₀ and target; skipped when ``template`` is None), then
+    ``encode(start, target) -> (start input, x₀)`` per example (e.g. the weight space's
+    normalisation; identity when None), t ~ U{0..T−1}, ε ~ N(0, I), and the guidance dropout
+    (``drop`` with probability ``p_uncond``).
     """
     b = start.shape[0]
-    kp, kt, kn = jax.random.split(key, 3)
+    kp, kt, kn, kd = jax.random.split(key, 4)
     if template is not None:
         idx = jax.vmap(lambda k: permutation_index(k, template))(jax.random.split(kp, b))
         start = jnp.take_along_axis(start, idx, 1)
         target = jnp.take_along_axis(target, idx, 1)
+    if encode is not None:
+        start, target = jax.vmap(encode)(start, target)
     batch = {"start": start, "target": target, "scalars": scalars,
              "t": jax.random.randint(kt, (b,), 0, sched.num_steps),
-             "noise": jax.random.normal(kn, target.shape, target.dtype)}
+             "noise": jax.random.normal(kn, target.shape, target.dtype),
+             "drop": jax.random.uniform(kd, (b,)) < p_uncond}
     if classes is not None:
         batch["classes"] = classes
     return batch
@@ -286,7 +351,8 @@ def make_hyper_train_step(model: GptDenoiser, sched: D.Schedule,
 
     def loss_fn(params, batch):
         predict = lambda x_t, t: model.apply({"params": params}, x_t, batch["start"], t,
-                                             batch["scalars"], batch.get("classes"))
+                                             batch["scalars"], batch.get("classes"),
+                                             batch.get("drop"))
         return D.x0_mse(sched, predict, batch["target"], batch["t"], batch["noise"])
 
     def step(state: HyperTrainState, batch: dict):
