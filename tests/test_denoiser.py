@@ -15,15 +15,14 @@ from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.models import make_architecture
 
 ARCH = make_architecture("gpt_mlp")
-SMALL = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2)
-HEAD = [jax.ShapeDtypeStruct((10,), jnp.float32), jax.ShapeDtypeStruct((10, 10), jnp.float32)]
+SPANS = tuple(P_.param_spans(ARCH.param_shapes()))
+SMALL = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, tokens="units")
 
 
-def _model(num_classes=10, config=SMALL, arch=ARCH, change=HEAD):
-    mc = config.max_chunk
-    return DN.GptDenoiser(tuple(P_.chunk_spans(arch.param_shapes(), mc)),
-                          tuple(P_.chunk_spans(change, mc)), num_scalars=4,
-                          target_scalars=(1, 3), num_classes=num_classes, config=config)
+def _model(num_classes=10, config=SMALL, arch=ARCH):
+    return DN.GptDenoiser(tuple(P_.param_spans(arch.param_shapes())), (2, 3), config.tokens,
+                          num_scalars=4, target_scalars=(1, 3), num_classes=num_classes,
+                          config=config)
 
 
 @jax.jit
@@ -43,24 +42,57 @@ def _batch(key, permute=True, b=8):
     return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes)
 
 
-def test_token_layout_and_parameter_count():
-    assert len(P_.chunk_spans(ARCH.param_shapes())) == 11
-    model = _model(config=DN.DenoiserConfig())
-    tx = DN.make_hyper_optimizer(DN.HyperTrainConfig())
-    # Shapes only (jax.eval_shape): no compilation of the default model.
-    state = jax.eval_shape(lambda k: DN.init_hyper_state(model, tx, k), jax.random.key(0))
-    # 11 θ₀ tokens and 2 change tokens (the output layer's bias and kernel), each with a
-    # 1000 → 128 encoder; 2 change decoders 128 → 1000; 5 scalar projections 65 → 128 and 2
-    # "no target" tokens; a 10 → 128 request embedding; 2 + 11 + 5 + 1 = 19 positions; 2
-    # pre-LN blocks of width 128 and a final LN.
-    n0, n1, d, mc, e = 11, 2, 128, 1000, 65
+def _perturbed(params):
+    """Zero-initialised decoders output nothing: random weights everywhere instead."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    return jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape)
+                                     for a, k in zip(leaves, keys)])
+
+
+def test_token_layouts_and_parameter_count():
+    units = DN.token_layout(SPANS, [2, 3], "units")
+    # 10 hidden-unit tokens (784 incoming weights, bias, 10 outgoing weights; change input:
+    # the outgoing weights) and 10 class tokens (the output bias); the output kernel's change
+    # is bilinear in unit and class tokens.
+    assert [(g.name, g.start.shape, g.change.shape, g.equivariant) for g in units.groups] == [
+        ("layer0_units", (10, 795), (10, 10), True), ("classes", (10, 1), (10, 1), False)]
+    assert sorted(np.concatenate([g.start.ravel() for g in units.groups])) == list(range(7960))
+    assert sorted(np.r_[units.head.ravel(), units.groups[1].change.ravel()]) == list(range(110))
+    chunks = DN.token_layout(SPANS, [2, 3], "chunks")             # G.pt: 11 + 2 tokens
+    assert [g.start.shape if g.start is not None else g.change.shape
+            for g in chunks.groups] == [(11, 1000), (2, 100)] and chunks.head is None
+    model = _model(config=DN.DenoiserConfig(tokens="units"))
+    shapes = jax.eval_shape(lambda k: DN.init_params(model, k), jax.random.key(0))
+    d, e = 128, 65
     block = 2 * 2 * d + 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
-    want = ((n0 + n1) * (mc * d + d) + n1 * (d * mc + mc) + 5 * (e * d + d) + 2 * d
-            + (10 * d + d) + 19 * d + 2 * block + 2 * d)
-    assert P_.param_count(state.params) == want
+    want = ((795 * d + d) + (10 * d + d) + d                         # unit tokens
+            + 2 * (1 * d + d) + 10 * d + (d + 1) + d                 # class tokens, flag
+            + 2 * d * d                                              # bilinear head
+            + 5 * (e * d + d) + 2 * d + 5 * d                         # scalars
+            + 2 * block + 2 * d)
+    assert P_.param_count(shapes) == want
     assert DN.frequency_embed(jnp.zeros((2, 3))).shape == (2, 3, 65)
     with pytest.raises(ConfigError):
         DN.DenoiserConfig(width=30, num_heads=4)
+    with pytest.raises(ConfigError, match="unit tokens need an MLP"):
+        DN.token_layout(tuple(P_.param_spans(make_architecture("cnn").param_shapes())), [0],
+                        "units")
+
+
+def test_unit_tokens_are_permutation_equivariant():
+    model = _model()
+    params = _perturbed(DN.init_params(model, jax.random.key(0)))
+    b = _batch(jax.random.key(1), permute=False)
+    x = b["target"][:, -110:]
+    apply = jax.jit(model.apply)
+    out = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"])
+    idx = DN.permutation_index(jax.random.key(7), ARCH.param_shapes())
+    cidx = idx[7850:] - 7850                     # the output layer's part of the permutation
+    assert not np.array_equal(cidx, np.arange(110))
+    perm = apply({"params": params}, x[:, cidx], b["start"][:, idx], b["t"], b["scalars"],
+                 b["classes"])
+    np.testing.assert_allclose(perm, out[:, cidx], atol=1e-5)
 
 
 def test_untrained_model_predicts_no_change_and_drop_only_touches_targets():
@@ -73,7 +105,7 @@ def test_untrained_model_predicts_no_change_and_drop_only_touches_targets():
     np.testing.assert_array_equal(np.asarray(out), np.zeros_like(x))
     # With non-zero decoders: dropping the targets changes the prediction, and a batch whose
     # drop flags are all False equals the plain conditional call.
-    params = {**params, "change_decoder_kernel": jnp.ones_like(params["change_decoder_kernel"])}
+    params = _perturbed(params)
     cond = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"])
     keep = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"],
                  jnp.zeros(8, bool))
@@ -116,10 +148,8 @@ def test_train_step_jit_and_pmap_agree():
     # The digits-sized G.pt MLP (64→10→10, 760 values, 8 tokens of ≤ 128): same code path,
     # a fraction of the compile and run time of the MNIST one.
     arch = make_architecture("gpt_mlp", (8, 8, 1), 10)
-    head = [jax.ShapeDtypeStruct((10,), jnp.float32),
-            jax.ShapeDtypeStruct((10, 10), jnp.float32)]
     model = _model(config=DN.DenoiserConfig(num_layers=1, width=32, num_heads=2,
-                                            max_chunk=128), arch=arch, change=head)
+                                            max_chunk=128, tokens="chunks"), arch=arch)
     cfg = DN.HyperTrainConfig(steps=10)
     tx = DN.make_hyper_optimizer(cfg)
     sched = D.make_schedule()

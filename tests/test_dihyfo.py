@@ -23,7 +23,7 @@ from hyperforget_jax.models import make_architecture
 CORPUS = C.CorpusConfig(num_seeds=3, first_seed=0, fleet_size=3, test_fraction=0.34,
                         epochs_range=(2, 2), unlearn_epochs=1, checkpoints=4,
                         forget_classes=(4, 5), class_pairs=1)
-TINY = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, max_chunk=256)
+TINY = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, tokens="units")
 TRAIN = DN.HyperTrainConfig(steps=6, batch_size=8)
 
 

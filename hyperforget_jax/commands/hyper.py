@@ -63,7 +63,8 @@ def cmd_hypertrain(args) -> int:
     out = report.prepare_dir(args.out)
     net, hist = H.train_hypernet(corpus, args.variant, args.forget_class, den, cfg,
                                  checkpoint_dir=out / "train_state", progress=not args.quiet)
-    path = H.save_hypernet(out, net, {"corpus": str(corpus.path), "history": hist})
+    path = H.save_hypernet(out, net, {"corpus": str(corpus.path), "history": hist,
+                                      "corpus_config": corpus.index["config"]})
     report.write_json(out / "history.json", hist)
     print(f"{args.variant}: {cfg.steps} steps in {hist['seconds']:.0f} s, final loss "
           f"{hist['loss'][-1]:.5f}; saved {path}")

@@ -246,13 +246,20 @@ def _with_lr(opt_state, lrs):
     return opt_state._replace(hyperparams=hp)
 
 
-def train_originals(arch: Architecture, ccfg: CorpusConfig, x, y, seeds: list[int]
-                    ) -> np.ndarray:
-    """The fleet's originals, (S, P): member s is ``train.fit`` with seed s and its recipe
-    (same initialisation and batch order; the learning rate enters as optimiser state, which
-    changes float rounding only)."""
-    recipes = [ccfg.recipe(s) for s in seeds]
-    tx = _adamw(ccfg.weight_decay)
+def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[float, int]],
+                index_sets: list[np.ndarray] | None = None, batch_size: int = 128,
+                weight_decay: float = 1e-4) -> np.ndarray:
+    """Trains one network per member in one vmapped program and returns them flat, (M, P).
+
+    Member m is ``train.fit(arch, data[index_sets[m]], TrainConfig(seed=seeds[m],
+    lr=recipes[m][0], epochs=recipes[m][1]))``: same initialisation (``key(seed)``) and batch
+    order; the learning rate enters as optimiser state (one program for every recipe), which
+    changes float rounding only. ``index_sets`` (default: all of ``x``) may differ in size
+    (e.g. Retrain on D_r of different requests): a member stops at the end of its own epoch.
+    """
+    m_ = len(seeds)
+    index_sets = index_sets or [np.arange(len(x))] * m_
+    tx = _adamw(weight_decay)
     params = jax.vmap(arch.init)(jnp.stack([jax.random.key(s) for s in seeds]))
     opt = _with_lr(jax.vmap(tx.init)(params), [r[0] for r in recipes])
 
@@ -260,26 +267,36 @@ def train_originals(arch: Architecture, ccfg: CorpusConfig, x, y, seeds: list[in
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(arch.apply(p, xb), yb))
 
     def member(p, o, bi, active):
-        g = jax.grad(loss)(p, x[bi], y[bi])
-        u, o2 = tx.update(g, o, p)
-        p2 = optax.apply_updates(p, u)
+        u, o2 = tx.update(jax.grad(loss)(p, x[bi], y[bi]), o, p)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
-        return keep(p2, p), keep(o2, o)
+        return keep(optax.apply_updates(p, u), p), keep(o2, o)
 
     @jax.jit
     def epoch(p, o, idx, active):
-        return jax.lax.scan(lambda c, i: (jax.vmap(member)(*c, i, active), None), (p, o),
-                            idx)[0]
+        return jax.lax.scan(lambda c, i: (jax.vmap(member)(*c, *i), None), (p, o),
+                            (idx, active))[0]
 
-    n = len(x)
     for e in range(max(r[1] for r in recipes)):
-        idx = np.stack([data.batch_indices(s, e, n, ccfg.batch_size) for s in seeds], 1)
-        active = jnp.asarray([e < r[1] for r in recipes])
-        params, opt = epoch(params, opt, jnp.asarray(idx), active)
+        per = [ix[data.batch_indices(s, e, len(ix), batch_size)]
+               for s, ix in zip(seeds, index_sets)]
+        nb = max(len(b) for b in per)
+        idx = np.zeros((nb, m_, batch_size), np.int32)
+        active = np.zeros((nb, m_), bool)
+        for m, (b, r) in enumerate(zip(per, recipes)):
+            idx[:len(b), m] = b
+            active[:len(b), m] = e < r[1]
+        params, opt = epoch(params, opt, jnp.asarray(idx), jnp.asarray(active))
     flat = np.asarray(jax.vmap(P_.flatten)(params))
     if not np.isfinite(flat).all():
-        raise NonFiniteError("a corpus original became non-finite; lower lr_range")
+        raise NonFiniteError("a fleet member became non-finite; lower its learning rate")
     return flat
+
+
+def train_originals(arch: Architecture, ccfg: CorpusConfig, x, y, seeds: list[int]
+                    ) -> np.ndarray:
+    """The fleet's originals, (S, P): :func:`train_fleet` with each seed's recipe."""
+    return train_fleet(arch, x, y, seeds, [ccfg.recipe(s) for s in seeds], None,
+                       ccfg.batch_size, ccfg.weight_decay)
 
 
 def checkpoint_steps(total: int, count: int) -> np.ndarray:

@@ -40,6 +40,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from hyperforget_jax import params as P_
@@ -61,6 +62,8 @@ class DenoiserConfig:
       num_freqs, max_freq_exp: the scalar embedding's frequencies 2^linspace(0, max_freq_exp,
         num_freqs) [G.pt: 128 up to 2^14 on raw values; ours: 32 up to 2^4 on standardised
         values].
+      tokens: ``"chunks"`` [G.pt], ``"units"`` [ours: one token per hidden unit, MLPs only]
+        or ``"auto"`` (units for MLPs; resolved when a hypernetwork is built).
     """
 
     num_layers: int = 2
@@ -70,6 +73,7 @@ class DenoiserConfig:
     max_chunk: int = 1000
     num_freqs: int = 32
     max_freq_exp: float = 4.0
+    tokens: str = "auto"
 
     def __post_init__(self):
         if min(self.num_layers, self.width, self.num_heads, self.mlp_ratio, self.max_chunk,
@@ -80,6 +84,9 @@ class DenoiserConfig:
                               f"{self.num_heads}")
         if not (self.max_freq_exp >= 0 and self.max_freq_exp < 64):
             raise ConfigError(f"max_freq_exp must lie in [0, 64), got {self.max_freq_exp}")
+        if self.tokens not in ("auto", "chunks", "units"):
+            raise ConfigError(f"tokens must be 'auto', 'chunks' or 'units', got "
+                              f"{self.tokens!r}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -113,28 +120,119 @@ class _Block(nn.Module):
         return h + nn.Dense(self.width)(nn.gelu(y))
 
 
-def _token_weights(module, name, n, mc, d):
-    w = module.param(f"{name}_kernel", nn.initializers.lecun_normal(
-        in_axis=1, out_axis=2, batch_axis=(0,)), (n, mc, d))
-    return w, module.param(f"{name}_bias", nn.initializers.zeros, (n, d))
+class TokenGroup(NamedTuple):
+    """Tokens of one kind. ``start`` (n, w) / ``change`` (n, w') are gather indices into the
+    flat θ₀ / the change vector (−1: padding), either may be None. ``shared``: one encoder and
+    decoder for every token of the group, else one per token (G.pt). ``equivariant``: one
+    embedding for the whole group (tokens interchangeable), else one per token."""
+
+    name: str
+    start: np.ndarray | None
+    change: np.ndarray | None
+    shared: bool
+    equivariant: bool
+
+
+class TokenLayout(NamedTuple):
+    """The token groups, and (unit tokens) the output layer's kernel change: ``head`` (n, K)
+    change-vector index of entry (hidden unit j, class c), predicted bilinearly from unit j's
+    and class c's tokens; ``units``/``classes``: the names of those two groups."""
+
+    groups: list[TokenGroup]
+    head: np.ndarray | None = None
+    units: str | None = None
+    classes: str | None = None
+
+
+def _pad(rows: list[np.ndarray]) -> np.ndarray:
+    w = max(len(r) for r in rows)
+    return np.stack([np.pad(r, (0, w - len(r)), constant_values=-1) for r in rows])
+
+
+def token_layout(spans: Sequence[P_.TensorSpan], diffused: Sequence[int], tokens: str,
+                 max_chunk: int = 1000) -> TokenLayout:
+    """The token layout [G.pt "chunks" or ours "units"].
+
+    * ``"chunks"`` [G.pt]: every tensor cut into chunks of ≤ ``max_chunk`` values; θ₀ and the
+      change are separate tokens, each with its own encoder and decoder.
+    * ``"units"`` [ours, MLPs]: one token per hidden unit holding everything attached to it
+      (incoming weights and bias; for the last hidden layer also its outgoing weights), and one
+      token per *class* (the output bias; DiHyFo-2 adds the class's "forget" flag). Units of a
+      layer share encoder and embedding, so the denoiser is exactly equivariant to the
+      hidden-unit permutations that leave the network's function unchanged; classes share
+      encoders but keep their identity. The output layer's kernel change is bilinear in the
+      two: ΔW[j, c] = ⟨A h_j, B g_c⟩, so forgetting {a, b} is the forgetting of a and of b
+      seen together (two flagged class tokens), which is what lets pairs the corpus never
+      contained be sampled.
+    """
+    diffused = list(diffused)
+    change_pos = {}
+    for i in diffused:                          # flat position -> index in the change vector
+        for p_ in range(spans[i].start, spans[i].stop):
+            change_pos[p_] = len(change_pos)
+    cpos = lambda rows: [np.asarray([change_pos[p_] for p_ in r if p_ in change_pos],
+                                    np.int64) for r in rows]
+    if tokens == "chunks":
+        cut = lambda ids: [np.arange(a, min(a + max_chunk, b))
+                           for a, b in ((spans[i].start, spans[i].stop) for i in ids)
+                           for a in range(a, b, max_chunk)]
+        return TokenLayout([TokenGroup("start", _pad(cut(range(len(spans)))), None, False,
+                                       False),
+                            TokenGroup("change", None, _pad(cpos(cut(diffused))), False,
+                                       False)])
+    if tokens != "units":
+        raise ConfigError(f"tokens must be 'chunks' or 'units', got {tokens!r}")
+    by = {}
+    for sp in spans:
+        parts = sp.path.replace("'", "").strip("[]").split("][")
+        if len(parts) != 2 or not parts[0].startswith("Dense_") or not parts[0][6:].isdigit():
+            raise ConfigError("unit tokens need an MLP (Dense_0..Dense_k with kernel and "
+                              "bias); use tokens='chunks' for this architecture")
+        by[(int(parts[0][6:]), parts[1])] = sp
+    layers = sorted({k for k, _ in by})
+    if len(layers) < 2:
+        raise ConfigError("unit tokens need an MLP with a hidden layer; use tokens='chunks'")
+    flat = lambda sp: np.arange(sp.start, sp.stop).reshape(sp.shape)
+    out_k, out_b = flat(by[(layers[-1], "kernel")]), flat(by[(layers[-1], "bias")])
+    groups = []
+    for i in layers[:-1]:
+        k, b = flat(by[(i, "kernel")]), flat(by[(i, "bias")])
+        rows = [np.r_[k[:, j], b[j]] for j in range(len(b))]
+        change = cpos(rows)
+        if i == layers[-2]:                  # the last hidden layer's outgoing weights
+            rows = [np.r_[r, out_k[j]] for j, r in enumerate(rows)]
+            change = [np.r_[c, q] for c, q in zip(change, cpos(out_k))]
+        groups.append(TokenGroup(f"layer{i}_units", _pad(rows),
+                                 _pad(change) if any(len(v) for v in change) else None,
+                                 True, True))
+    cls = cpos(out_b[:, None])
+    groups.append(TokenGroup("classes", out_b[:, None],
+                             _pad(cls) if any(len(v) for v in cls) else None, True, False))
+    head = None
+    if all(p_ in change_pos for p_ in out_k.ravel()):
+        head = np.vectorize(change_pos.get)(out_k)
+    return TokenLayout(groups, head, f"layer{layers[-2]}_units", "classes")
 
 
 class GptDenoiser(nn.Module):
     """``(x_t, θ₀, t, scalars, classes, drop) -> x̂₀`` on batches of normalised flat vectors.
 
     Attributes:
-      start_chunks: the token layout of θ₀ (``params.chunk_spans`` of the architecture).
-      change_chunks: the token layout of the change (the diffused tensors).
+      spans: the tensors of the target architecture (``params.param_spans``).
+      diffused: tensor ids whose change is modelled (the change vector's layout).
+      tokens: ``"chunks"`` [G.pt] or ``"units"`` [ours] (:func:`token_layout`).
       num_scalars: number of conditions (without t).
       target_scalars: which conditions are loss targets (replaced by the "no target" token when
         ``drop``; classifier-free guidance).
-      num_classes: size of the multi-hot request token; 0 for no such token (DiHyFo-1).
+      num_classes: size of the multi-hot request (DiHyFo-2; 0 for DiHyFo-1): one request token
+        (chunks), or a flag on each class token (units).
       config: sizes.
       num_train_steps: T (t enters as t / T).
     """
 
-    start_chunks: tuple[P_.Chunk, ...]
-    change_chunks: tuple[P_.Chunk, ...]
+    spans: tuple[P_.TensorSpan, ...]
+    diffused: tuple[int, ...]
+    tokens: str
     num_scalars: int
     target_scalars: tuple[int, ...] = ()
     num_classes: int = 0
@@ -144,13 +242,36 @@ class GptDenoiser(nn.Module):
     @nn.compact
     def __call__(self, x_t, theta0, t, scalars, classes=None, drop=None):
         c = self.config
-        n, d, mc = len(self.change_chunks), c.width, c.max_chunk
+        d = c.width
         dense_init = nn.initializers.normal(0.02)
+        layout = token_layout(self.spans, self.diffused, self.tokens, c.max_chunk)
+        head = layout.head
 
-        def encode(name, v, chunks):
-            w, b = _token_weights(self, name, len(chunks), mc, d)
-            return jnp.einsum("bnc,ncd->bnd", P_.tokenize(v, list(chunks), mc), w) + b
+        def gather(v, idx):
+            return jnp.where(idx >= 0, v[:, np.maximum(idx, 0)], 0.0)     # (B, n, w)
 
+        def encode(name, v, shared):
+            n, w = v.shape[1:]
+            if shared:
+                return nn.Dense(d, name=name)(v)
+            kern = self.param(f"{name}_kernel", nn.initializers.lecun_normal(
+                in_axis=1, out_axis=2, batch_axis=(0,)), (n, w, d))
+            return jnp.einsum("bnw,nwd->bnd", v, kern) + self.param(
+                f"{name}_bias", nn.initializers.zeros, (n, d))
+
+        seq = []
+        for g in layout.groups:
+            n = len(g.start if g.start is not None else g.change)
+            h = 0.0
+            if g.start is not None:
+                h = h + encode(f"{g.name}_start", gather(theta0, g.start), g.shared)
+            if g.change is not None:
+                h = h + encode(f"{g.name}_change", gather(x_t, g.change), g.shared)
+            h = h + self.param(f"{g.name}_embedding", dense_init, (1 if g.equivariant else n, d))
+            if g.name == layout.classes and self.num_classes:
+                flag = self.param("forget_flag", dense_init, (d,))
+                h = h + classes.astype(jnp.float32)[:, :, None] * flag
+            seq.append(h)
         s = jnp.concatenate([(t.astype(jnp.float32) / self.num_train_steps)[:, None],
                              scalars.astype(jnp.float32)], -1)          # (B, 1 + S)
         emb = frequency_embed(s, c.num_freqs, c.max_freq_exp)          # (B, 1 + S, E)
@@ -162,21 +283,48 @@ class GptDenoiser(nn.Module):
             null = self.param("no_target", dense_init, (len(self.target_scalars), d))
             ids = jnp.asarray([1 + i for i in self.target_scalars])
             if drop is not None:
-                cur = sc[:, ids]
-                sc = sc.at[:, ids].set(jnp.where(drop[:, None, None], null[None], cur))
-        seq = [encode("change_encoder", x_t, self.change_chunks),
-               encode("start_encoder", theta0, self.start_chunks), sc]
-        if self.num_classes:
-            seq.append(nn.Dense(d, name="request_embed")(classes.astype(jnp.float32))[:, None])
-        h = jnp.concatenate(seq, 1)
-        h = h + self.param("position_embedding", dense_init, h.shape[1:])
+                sc = sc.at[:, ids].set(jnp.where(drop[:, None, None], null[None], sc[:, ids]))
+        extra = [sc]
+        if self.num_classes and layout.classes is None:
+            extra.append(nn.Dense(d, name="request_embed")(classes.astype(jnp.float32))[:, None])
+        extra = jnp.concatenate(extra, 1)
+        extra = extra + self.param("position_embedding", dense_init, extra.shape[1:])
+        sizes = [v.shape[1] for v in seq]
+        h = jnp.concatenate(seq + [extra], 1)
         for i in range(c.num_layers):
             h = _Block(d, c.num_heads, c.mlp_ratio, name=f"block_{i}")(h)
-        h = nn.LayerNorm(name="final_norm")(h[:, :n])
-        dec_w = self.param("change_decoder_kernel", nn.initializers.zeros, (n, d, mc))
-        dec_b = self.param("change_decoder_bias", nn.initializers.zeros, (n, mc))
-        out = jnp.einsum("bnd,ndc->bnc", h, dec_w) + dec_b
-        return P_.detokenize(out, list(self.change_chunks))
+        h = nn.LayerNorm(name="final_norm")(h)
+        offsets = dict(zip([g.name for g in layout.groups], zip(np.cumsum([0] + sizes)[:-1],
+                                                                 np.cumsum(sizes))))
+        out = jnp.zeros(x_t.shape, jnp.float32)
+        for g in layout.groups:
+            if g.change is None:
+                continue
+            hk = h[:, offsets[g.name][0]:offsets[g.name][1]]
+            idx = g.change
+            if g.name == layout.units and head is not None:
+                idx = g.change[:, :g.change.shape[1] - head.shape[1]]   # the rest: bilinear
+                if idx.shape[1] == 0:
+                    continue
+            n, w = idx.shape
+            if g.shared:
+                y = hk @ self.param(f"{g.name}_decoder_kernel", nn.initializers.zeros, (d, w))
+                y = y + self.param(f"{g.name}_decoder_bias", nn.initializers.zeros, (w,))
+            else:
+                y = jnp.einsum("bnd,ndw->bnw", hk, self.param(
+                    f"{g.name}_decoder_kernel", nn.initializers.zeros, (n, d, w)))
+                y = y + self.param(f"{g.name}_decoder_bias", nn.initializers.zeros, (n, w))
+            flat_idx = idx.reshape(-1)
+            keep = flat_idx >= 0
+            out = out.at[:, flat_idx[keep]].set(y.reshape(y.shape[0], -1)[:, keep])
+        if head is not None:
+            hu = h[:, offsets[layout.units][0]:offsets[layout.units][1]]
+            hc = h[:, offsets[layout.classes][0]:offsets[layout.classes][1]]
+            a = hu @ self.param("head_unit_proj", nn.initializers.zeros, (d, d))
+            b = hc @ self.param("head_class_proj", nn.initializers.lecun_normal(), (d, d))
+            y = jnp.einsum("bjr,bcr->bjc", a, b) / np.sqrt(d)
+            out = out.at[:, head.reshape(-1)].set(y.reshape(y.shape[0], -1))
+        return out
 
 
 # --- hidden-unit permutation augmentation [G.pt] ----------------------------------------------
@@ -282,14 +430,10 @@ def make_hyper_optimizer(cfg: HyperTrainConfig) -> optax.GradientTransformation:
                        optax.adamw(sched, weight_decay=cfg.weight_decay))
 
 
-def _sizes(chunks) -> int:
-    return max(c.stop for c in chunks)
-
-
 def init_params(model: GptDenoiser, key: jax.Array) -> Params:
     """Freshly initialised denoiser parameters."""
-    x = jnp.zeros((1, _sizes(model.change_chunks)))
-    z = jnp.zeros((1, _sizes(model.start_chunks)))
+    x = jnp.zeros((1, sum(int(np.prod(model.spans[i].shape)) for i in model.diffused)))
+    z = jnp.zeros((1, model.spans[-1].stop))
     cls = jnp.zeros((1, model.num_classes)) if model.num_classes else None
     return model.init(key, x, z, jnp.zeros((1,), jnp.int32), jnp.zeros((1, model.num_scalars)),
                       cls, jnp.zeros((1,), bool))["params"]

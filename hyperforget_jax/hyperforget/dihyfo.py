@@ -18,6 +18,7 @@ This module re-exports the spec (:mod:`.spec`), sampling (:mod:`.sampling`) and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -146,6 +147,9 @@ def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int |
     origs = np.unique(src.target_original)
     o_rows = np.searchsorted(origs, src.target_original[rows])
     ws = WeightSpace.fit(tmpl, src.originals[origs], target, o_rows, canonicalize)
+    if denoiser.tokens == "auto":
+        denoiser = dataclasses.replace(
+            denoiser, tokens="units" if mlp_layers(tmpl) is not None else "chunks")
     base = HyperSpec(variant, corpus.arch, ws, denoiser, forget_class)
     raw = np.asarray(base.raw_conditions(src.start_forget, src.forget_loss, src.start_retain,
                                          src.retain_loss))
@@ -203,6 +207,8 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
     if cfg.permute and permute is None:
         raise ConfigError("permutation augmentation needs an MLP; pass permute=False "
                           "(--no-permute)")
+    if spec.denoiser.tokens == "units":
+        permute = None        # unit tokens are exactly permutation-equivariant already
     step = jax.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay), donate_argnums=0)
     ws = spec.weights
 

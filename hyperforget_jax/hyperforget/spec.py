@@ -81,6 +81,9 @@ class HyperSpec:
         if self.scalar_mean and (len(self.scalar_mean) != n or len(self.scalar_std) != n):
             raise ConfigError(f"{self.variant} has {n} conditions; scalar_mean/std have "
                               f"{len(self.scalar_mean)}/{len(self.scalar_std)}")
+        if self.denoiser.tokens == "auto":
+            raise ConfigError("resolve the denoiser's tokens ('chunks' or 'units') before "
+                              "building a spec (train_hypernet does)")
         if self.weights.num_params != self.arch.param_count:
             raise ConfigError(f"the weight space has {self.weights.num_params} parameters, "
                               f"the architecture {self.arch.param_count}")
@@ -99,11 +102,9 @@ class HyperSpec:
         return self.arch.num_classes
 
     def model(self) -> DN.GptDenoiser:
-        mc = self.denoiser.max_chunk
-        change = [jax.ShapeDtypeStruct(s, jnp.float32) for s in self.weights.change_shapes()]
-        return DN.GptDenoiser(tuple(P_.chunk_spans(self.arch.param_shapes(), mc)),
-                              tuple(P_.chunk_spans(change, mc)), self.num_scalars,
-                              self.target_scalars,
+        return DN.GptDenoiser(tuple(P_.param_spans(self.arch.param_shapes())),
+                              tuple(self.weights.diffused), self.denoiser.tokens,
+                              self.num_scalars, self.target_scalars,
                               self.num_classes if self.variant == "dihyfo2" else 0,
                               self.denoiser, self.num_train_steps)
 

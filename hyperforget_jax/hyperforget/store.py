@@ -17,8 +17,6 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import Any
-
 import jax
 import numpy as np
 
@@ -74,8 +72,8 @@ def _resolve(path) -> Path:
             return p / FILE_NAME
         if (p / "hypernet" / FILE_NAME).is_file():
             return p / "hypernet" / FILE_NAME
-        raise CheckpointError(f"{p} holds no {FILE_NAME}; pass the --out of `hyperforget "
-                              "hypertrain`, a .npz file, or 'pretrained'")
+        raise CheckpointError(f"{p} is not a hypernetwork: it holds no {FILE_NAME}; pass the "
+                              "--out of `hyperforget hypertrain`, a .npz file, or 'pretrained'")
     if not p.is_file():
         raise CheckpointError(f"no hypernetwork at {p}; pass the --out of `hyperforget "
                               "hypertrain`, a .npz file, or 'pretrained'")
@@ -170,8 +168,3 @@ def load_pretrained(name: str | None = None) -> tuple[Hypernet, dict]:
                               f"(SHA-256 {got[:12]}…, expected {entry['sha256'][:12]}…); "
                               "reinstall hyperforget_jax")
     return from_bytes(raw, str(f))
-
-
-def describe(meta: dict) -> dict[str, Any]:
-    """The few meta fields a report shows (training steps, corpus)."""
-    return {k: meta[k] for k in ("history", "corpus") if k in meta}
