@@ -279,7 +279,10 @@ def memorisation(net, meta, splits, ev, starts, origs, requests, a, tmpl):
     with the corpus config recorded in the hypernetwork, identical to the training corpus's
     first shard): L2 over the changed tensors and prediction agreement, for the samples and
     for "training checkpoint + noise" at equal retain accuracy."""
-    cfg_json = meta.get("corpus_config") or {}
+    cfg_json = meta.get("corpus_config")
+    if not cfg_json or a.memo_seeds < 1:
+        return {"skipped": "the hypernetwork file records no corpus config" if not cfg_json
+                else "--memo-seeds 0"}
     ccfg = C.CorpusConfig(**{**{k: tuple(v) if isinstance(v, list) else v
                                 for k, v in cfg_json.items()},
                              "num_seeds": a.memo_seeds, "fleet_size": a.memo_seeds})
@@ -472,17 +475,7 @@ def render(r: dict) -> str:
     lines += ["\n### Sampling settings (single-class requests, one sample each)\n",
               report.markdown_table(["sampler", "ΔRA", "FA % mean", "FA % worst", "Δmia"],
                                     sweep)]
-    m = r["memorisation"]
-    lines += ["\n### Memorisation\n", report.markdown_table(
-        ["models", "RA %", "L2 to nearest corpus checkpoint (changed tensors)",
-         "prediction agreement with it"],
-        [["DiHyFo-2 samples", f"{100 * m['sample_retain_acc']:.2f}",
-          f"{m['sample_nearest_l2'][0]:.2f} ± {m['sample_nearest_l2'][1]:.2f}",
-          f"{100 * m['sample_agreement'][0]:.1f}%"],
-         [f"corpus endpoint + N(0, {m['noise_sigma']:.4f}²)", f"{100 * m['noise_retain_acc']:.2f}",
-          f"{m['noise_nearest_l2'][0]:.2f} ± {m['noise_nearest_l2'][1]:.2f}",
-          f"{100 * m['noise_agreement'][0]:.1f}%"]]),
-        f"\nBank: {m['bank']} checkpoints of the corpus's first originals.\n"]
+    lines += _memo_lines(r["memorisation"])
     t = r["timing"]
     lines += ["\n### Wall time (warm, median; same request)\n", report.markdown_table(
         ["", "seconds", "vs one sample"],
@@ -496,6 +489,22 @@ def render(r: dict) -> str:
          ["∇τ (paper schedule)", f"{t['gradtau_s']:.3f}", f"{t['gradtau_s'] / t['sample_s']:.0f}×"]]),
         f"\nWhole script {r.get('total_seconds', 0):.0f} s.\n"]
     return "\n".join(lines)
+
+
+def _memo_lines(m: dict) -> list[str]:
+    if "skipped" in m:
+        return [f"\n### Memorisation\n\nSkipped: {m['skipped']}.\n"]
+    l2 = lambda v: f"{v[0]:.2f} ± {v[1]:.2f}"
+    return ["\n### Memorisation\n", report.markdown_table(
+        ["models", "RA %", "L2 to nearest corpus checkpoint (changed tensors)",
+         "prediction agreement with it"],
+        [["DiHyFo-2 samples", f"{100 * m['sample_retain_acc']:.2f}", l2(m["sample_nearest_l2"]),
+          f"{100 * m['sample_agreement'][0]:.1f}%"],
+         [f"corpus endpoint + N(0, {m['noise_sigma']:.4f}²)",
+          f"{100 * m['noise_retain_acc']:.2f}", l2(m["noise_nearest_l2"]),
+          f"{100 * m['noise_agreement'][0]:.1f}%"]]),
+        f"\nBank: {m['bank']} checkpoints of the corpus's first originals (the request's own "
+        "original is never among them: samples start from held-out networks).\n"]
 
 
 def _checks(name, rs, ref, bar):
