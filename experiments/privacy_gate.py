@@ -44,7 +44,7 @@ import numpy as np
 from hyperforget_jax import data, report, train, ulira
 from hyperforget_jax.errors import ConfigError, HyperforgetError
 from hyperforget_jax.evaluation import evaluate_unlearning
-from hyperforget_jax.models import make_architecture
+from hyperforget_jax.models import as_model
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -55,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     req = p.add_mutually_exclusive_group()
     req.add_argument("--forget-class", type=int, nargs="+", metavar="C")
     req.add_argument("--forget-fraction", type=float, metavar="F")
-    p.add_argument("--arch", default="mlp")
+    p.add_argument("--arch", default="mlp",
+                   help="a registered architecture or an import path pkg.module:Name")
     p.add_argument("--epochs", type=int, default=train.TrainConfig().epochs)
     p.add_argument("--batch-size", type=int, default=train.TrainConfig().batch_size)
     p.add_argument("--lr", type=float, default=train.TrainConfig().lr)
@@ -126,7 +127,7 @@ def run(args) -> dict:
     out_dir = report.prepare_dir(args.out)
     splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
     fsplit = data.resolve_forget(splits.train, request)
-    arch = make_architecture(args.arch, splits.train.x.shape[1:], splits.train.num_classes)
+    arch = as_model(args.arch, splits.train.x.shape[1:], splits.train.num_classes)
     base = train.TrainConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
                              lr=args.lr)
     methods = _methods(args, arch, splits.val)

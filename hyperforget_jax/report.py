@@ -10,6 +10,7 @@ import json
 import math
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,11 +31,22 @@ def prepare_dir(path: str | os.PathLike) -> Path:
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
+    """Writes ``data`` to ``path`` via a temporary file in the same directory and a rename, so a
+    reader never sees a half-written file. The file gets the process umask's mode (0644 under
+    umask 022), like any file a tool creates (``mkstemp`` would make it 0600)."""
     path = Path(path)
-    mode = "wb" if isinstance(data, bytes) else "w"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    data = data.encode() if isinstance(data, str) else data
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - 100 uuid collisions
+        raise FileExistsError(f"cannot create a temporary file next to {path}")
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
     except BaseException:
@@ -44,16 +56,24 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "tolist"):
-        return x.tolist()
+def jsonable(x: Any) -> Any:
+    """``x`` as strict JSON values: NumPy/JAX arrays and scalars to Python, tuples to lists,
+    NaN/inf to None (``json.dumps`` would write the invalid tokens ``NaN`` / ``Infinity``)."""
+    if isinstance(x, dict):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (str, bytes)):
+        return jsonable(x.tolist())
     if isinstance(x, float) and not math.isfinite(x):
         return None
-    raise TypeError(f"not JSON serialisable: {type(x)}")
+    if isinstance(x, os.PathLike):
+        return os.fspath(x)
+    return x
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    return atomic_write(path, json.dumps(jsonable(obj), indent=2) + "\n")
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:

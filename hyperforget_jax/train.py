@@ -1,17 +1,24 @@
-"""Classifier training: one pure step, compiled with ``jax.jit``, ``jax.pmap`` or ``jax.jit`` over a
-``("data",)`` mesh, plus vmapped fleets and a resumable, NaN-guarded training loop.
+"""Classifier training: pure pieces (a per-example loss, an opt-in NaN guard, one step), the
+ways to compile a step (``jax.jit``, ``jax.pmap``, ``jax.jit`` over a ``("data",)`` mesh) and
+the mesh / member helpers the drivers share. The drivers ``fit`` / ``fit_fleet`` /
+``fit_stream`` (:mod:`hyperforget_jax.train_run`) are re-exported here.
 
     state, metrics = step(state, (x, y))
 
-The step never applies a non-finite update: if the loss or the new parameters contain NaN/inf it
-returns the old state and ``metrics["finite"] = False``; the loop then raises
-:class:`NonFiniteError` naming the step, before anything is checkpointed.
+The NaN guard is opt-in, the optax way: :func:`skip_nonfinite` wraps any optimiser so that an
+update whose gradients are NaN/inf is skipped (the parameters and optimiser state are kept). The
+library's recipes (:func:`make_optimizer`, ∇τ's optimiser) opt in; the drivers then raise
+:class:`NonFiniteError` naming the first bad step, before anything is checkpointed.
+
+Compiled programs belong to the model (:meth:`~hyperforget_jax.models.Architecture.program`):
+learning rate and weight decay are traced, so one program serves every recipe with the same
+shapes, and dropping a user's model frees them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -21,12 +28,13 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import params as P_
-from hyperforget_jax.data import Dataset, batch_indices
-from hyperforget_jax.errors import ConfigError, NonFiniteError
-from hyperforget_jax.models import Architecture
+from hyperforget_jax.config import check_config, field
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.models import ARCHITECTURES, as_model, is_import_path, model_of
 
 Params = Any
 Batch = tuple[jax.Array, jax.Array]
+Model = Any  # anything hf.as_model takes
 
 
 class TrainState(NamedTuple):
@@ -40,12 +48,14 @@ class TrainState(NamedTuple):
 def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
     """Raises ``ConfigError`` naming the bad value among epochs, batch size and learning rate
     (shared by every training recipe: classifiers, GANs)."""
-    if epochs < 0:
-        raise ConfigError(f"epochs must be >= 0, got {epochs}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-    if not (lr > 0 and np.isfinite(lr)):
-        raise ConfigError(f"learning rate must be a positive number, got {lr}")
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
+        raise ConfigError(f"epochs must be >= 0 (an integer), got {epochs!r}")
+    if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
+            or batch_size < 1):
+        raise ConfigError(f"batch_size must be >= 1 (an integer), got {batch_size!r}")
+    if isinstance(lr, bool) or not (isinstance(lr, (int, float, np.floating)) and lr > 0
+                                    and np.isfinite(lr)):
+        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,31 +66,86 @@ class TrainConfig:
     train / ≈94% test accuracy in a few seconds on 2 CPU cores::
 
         hyperforget train --run-dir runs/original
+
+    Attributes:
+      arch: the model: a registered name (gpt_mlp, mlp, cnn, resnet18) or an import path
+        ``pkg.module:Name`` of your own Flax module [ours].
+      epochs: passes over the training set [ours: 20 reaches ≈100% train accuracy].
+      batch_size: images per step; the ragged tail of an epoch is dropped [ours].
+      lr: AdamW learning rate [ours].
+      weight_decay: AdamW weight decay [ours].
+      seed: initialisation and batch order (>= 0).
     """
 
-    arch: str = "mlp"
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
+    arch: str = field("mlp")
+    epochs: int = field(20, ge=0)
+    batch_size: int = field(128, ge=1)
+    lr: float = field(1e-3, gt=0, label="learning rate")
+    weight_decay: float = field(1e-4, ge=0)
+    seed: int = field(0, ge=0)
 
     def __post_init__(self):
-        check_schedule(self.epochs, self.batch_size, self.lr)
-        if self.weight_decay < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        check_config(self)
+        if self.arch not in ARCHITECTURES and not is_import_path(self.arch):
+            raise ConfigError(f"TrainConfig.arch: unknown architecture {self.arch!r}; choose "
+                              f"one of {', '.join(ARCHITECTURES)} or give an import path "
+                              "'pkg.module:Name'")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
 
-def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
-    return optax.adamw(cfg.lr, weight_decay=cfg.weight_decay)
+# --- pure pieces ------------------------------------------------------------------------------
+
+def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """The opt-in NaN guard: ``tx``, except that an update whose gradients hold NaN/inf is
+    skipped (zero update, inner state kept), however many in a row.
+
+    ``optax.apply_if_finite`` that never gives up; read the last step's flag with
+    :func:`update_was_finite`.
+
+    >>> tx = skip_nonfinite(optax.sgd(0.1))
+    >>> p = jnp.ones(2); s = tx.init(p)
+    >>> u, s = tx.update(jnp.array([jnp.nan, 1.0]), s, p)
+    >>> u.tolist(), bool(update_was_finite(s))
+    ([0.0, 0.0], False)
+    """
+    return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
 
 
-def init_state(arch: Architecture, tx: optax.GradientTransformation, key: jax.Array,
+def update_was_finite(opt_state: Any) -> jax.Array:
+    """The ``last_finite`` flag of the outermost :func:`skip_nonfinite` in ``opt_state`` (True
+    when there is none)."""
+    if isinstance(opt_state, optax.ApplyIfFiniteState):
+        return opt_state.last_finite
+    return jnp.array(True)
+
+
+def per_example_ce(apply_fn: Callable) -> Callable:
+    """``loss_fn(params, (x, y)) -> (B,)`` per-example softmax cross-entropy of a model.
+
+    >>> loss_fn = per_example_ce(lambda p, x: x @ p)
+    >>> loss_fn(jnp.eye(3), (jnp.eye(3), jnp.array([0, 1, 2]))).shape
+    (3,)
+    """
+    def loss_fn(params, batch):
+        x, y = batch
+        return optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y)
+    return loss_fn
+
+
+def make_optimizer(cfg: TrainConfig, lr: Any = None, weight_decay: Any = None
+                   ) -> optax.GradientTransformation:
+    """AdamW of the recipe, wrapped in :func:`skip_nonfinite`. ``lr`` / ``weight_decay``
+    override the config's values (traced values inside the compiled drivers)."""
+    lr = cfg.lr if lr is None else lr
+    wd = cfg.weight_decay if weight_decay is None else weight_decay
+    return skip_nonfinite(optax.adamw(lr, weight_decay=wd))
+
+
+def init_state(arch: Model, tx: optax.GradientTransformation, key: jax.Array | None,
                params: Params | None = None) -> TrainState:
-    params = arch.init(key) if params is None else params
+    params = as_model(arch).init(key) if params is None else params
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 
 
@@ -91,21 +156,25 @@ def cross_entropy_loss(params: Params, apply_fn: Callable, x: jax.Array, y: jax.
     return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def mean_cross_entropy(apply_fn: Callable, params: Params, x: jax.Array, y: jax.Array
+def mean_cross_entropy(model: Model, params: Params, x: jax.Array, y: jax.Array
                        ) -> jax.Array:
-    """Jitted mean cross-entropy of ``apply_fn(params, x)`` (one compile per model and shape)."""
-    return cross_entropy_loss(params, apply_fn, x, y)[0]
+    """Jitted mean cross-entropy of ``model`` (an adapter, its ``.apply`` or any model) on
+    ``(x, y)``; compiled once per model (the program is the model's own)."""
+    m = model_of(model)
+    fn = m.program("mean_ce", lambda: jax.jit(
+        lambda p, xx, yy: cross_entropy_loss(p, m.apply, xx, yy)[0]))
+    return fn(params, x, y)
 
 
 def guarded_apply(params: Params, opt_state: Any, grads: Params, loss: jax.Array,
                   tx: optax.GradientTransformation) -> tuple[Params, Any, jax.Array]:
     """Applies ``grads`` unless the loss or the new parameters are non-finite, in which case
     the old parameters and optimiser state are kept. Returns (params, opt_state, finite).
-    The NaN guard of every trainer in the package (classifiers, GANs, hypernetworks)."""
+    The explicit guard of the hand-written steps (GAN, hypernetwork, :func:`make_train_step`);
+    the composable alternative is :func:`skip_nonfinite`."""
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & P_.all_finite(new_params)
+    finite = jnp.isfinite(loss) & P_.all_finite(new_params) & update_was_finite(new_opt)
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     return keep(new_params, params), keep(new_opt, opt_state), finite
 
@@ -118,8 +187,19 @@ def guarded_update(state: TrainState, grads: Params, loss: jax.Array,
     return TrainState(jnp.where(finite, state.step + 1, state.step), params, opt_state), finite
 
 
+def apply_step(state: TrainState, grads: Params, loss: jax.Array,
+               tx: optax.GradientTransformation) -> tuple[TrainState, jax.Array]:
+    """One optimiser update of a :class:`TrainState` with no guard of its own (wrap ``tx`` in
+    :func:`skip_nonfinite` for one). Returns (state, finite): ``finite`` is False when the
+    loss was non-finite or the guard skipped the update; the step only advances when True."""
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & update_was_finite(opt_state)
+    return TrainState(state.step + finite.astype(state.step.dtype), params, opt_state), finite
+
+
 def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
-                    axis_name: str | None = None) -> Callable:
+                    axis_name: str | None = None, *, guard: bool = True) -> Callable:
     """The pure training step ``(state, (x, y)) -> (state, metrics)``.
 
     Args:
@@ -127,6 +207,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
       tx: an optax optimiser.
       axis_name: set under ``jax.pmap``: gradients and metrics are averaged with
         ``lax.pmean`` over that axis, so the update equals the single-device one.
+      guard: keep the old state when the loss or the new parameters are non-finite
+        (:func:`guarded_update`); False leaves that to ``tx`` (:func:`skip_nonfinite`).
     """
 
     def step(state: TrainState, batch: Batch):
@@ -135,7 +217,8 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
             state.params, apply_fn, x, y)
         if axis_name is not None:
             grads, loss, acc = jax.lax.pmean((grads, loss, acc), axis_name)
-        state, finite = guarded_update(state, grads, loss, tx)
+        update = guarded_update if guard else apply_step
+        state, finite = update(state, grads, loss, tx)
         return state, {"loss": loss, "accuracy": acc, "finite": finite}
 
     return step
@@ -211,103 +294,74 @@ def scan_epoch(step: Callable) -> Callable:
     return run
 
 
-@functools.lru_cache(maxsize=32)
-def compiled_epoch(arch: Architecture, cfg_opt: tuple, fleet: bool) -> Callable:
-    """The jitted epoch of :func:`fit` (``fleet=False``) or :func:`fit_fleet` (vmapped over
-    models, batch indices per model), for the AdamW of ``cfg_opt = (lr, weight_decay)``; the
-    state is donated. Cached: every caller with the same model and optimiser shares it."""
-    tx = make_optimizer(TrainConfig(lr=cfg_opt[0], weight_decay=cfg_opt[1]))
-    run = scan_epoch(make_train_step(arch.apply, tx))
-    if fleet:
-        run = jax.vmap(run, in_axes=(0, None, None, 0))
-    return jax.jit(run, donate_argnums=0)
+def auto_mesh(mesh: Mesh) -> tuple[Mesh, str]:
+    """``mesh`` with Auto axes (XLA partitions the step from the input shardings; a
+    ``jax.make_mesh`` default mesh has Explicit axes) and the name of its data axis: ``"data"``
+    when it has one, else its first axis."""
+    axis = "data" if "data" in mesh.axis_names else mesh.axis_names[0]
+    if any(t != AxisType.Auto for t in mesh.axis_types):
+        mesh = Mesh(mesh.devices, mesh.axis_names,
+                    axis_types=(AxisType.Auto,) * len(mesh.axis_names))
+    return mesh, axis
 
 
-def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
-    """Raises ``NonFiniteError`` naming the earliest step (and fleet member) whose ``finite``
-    flag is False; ``finite`` holds one epoch's flags, (steps,) or (members, steps)."""
-    finite = np.asarray(finite)
-    if finite.all():
+def mesh_batch_size(mesh: Mesh | None, batch_size: int, what: str = "batch") -> None:
+    """Raises ConfigError unless ``batch_size`` splits evenly over ``mesh``'s data axis."""
+    if mesh is None:
         return
-    bad = np.argwhere(~finite)
-    bad = bad[np.argmin(bad[:, -1])]  # the earliest failing step (of any fleet member)
-    batch = int(bad[-1])
-    member = f" (fleet member {int(bad[0])})" if finite.ndim == 2 else ""
-    raise NonFiniteError(
-        f"non-finite loss or parameters at step {first_step + batch} (epoch {epoch}, batch "
-        f"{batch}){member}; training stopped without saving. Check the data for NaN/inf or "
-        "lower the learning rate")
+    mesh, axis = auto_mesh(mesh)
+    n = mesh.shape[axis]
+    if batch_size % n:
+        raise ConfigError(f"a {what} of {batch_size} cannot be split over the {n} devices of "
+                          f"the mesh axis {axis!r}; use a batch size divisible by {n}")
 
 
-def fit(arch: Architecture, train: Dataset, cfg: TrainConfig, *,
-        checkpointer=None, meta: dict | None = None, progress: bool = False,
-        init_params: Params | None = None) -> tuple[TrainState, list[dict]]:
-    """Trains ``arch`` on ``train`` with ``cfg``; resumes from ``checkpointer`` if it has a step.
-
-    Args:
-      arch: the classifier architecture.
-      train: training data.
-      cfg: the recipe; ``cfg.seed`` fixes the initialisation and every batch order.
-      checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`; the state is
-        saved after every epoch (checkpoint step = epochs done) and a rerun resumes from the
-        latest, giving the same parameters as an uninterrupted run.
-      meta: JSON-serialisable metadata stored with each checkpoint (config, split, request).
-      progress: show a progress bar.
-      init_params: start from these parameters instead of a fresh initialisation.
-
-    Returns:
-      The final :class:`TrainState` and a per-epoch history of mean loss / accuracy.
-
-    Raises:
-      NonFiniteError: a step produced NaN/inf (named in the message).
-    """
-    arch.check_inputs(train.x, f"training set {train.name!r}")
-    tx = make_optimizer(cfg)
-    state = init_state(arch, tx, jax.random.key(cfg.seed), init_params)
-    start = 0
-    if checkpointer is not None and checkpointer.latest_step() is not None:
-        state, _ = checkpointer.restore(state)
-        start = int(checkpointer.latest_step())
-    run = compiled_epoch(arch, (cfg.lr, cfg.weight_decay), False)
-    x, y = jnp.asarray(train.x), jnp.asarray(train.y)
-    history = []
-    epochs = range(start, cfg.epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=f"train {arch.name}", initial=start, total=cfg.epochs)
-    for epoch in epochs:
-        idx = batch_indices(cfg.seed, epoch, len(train), cfg.batch_size)
-        first = int(state.step)
-        state, m = run(state, x, y, jnp.asarray(idx))
-        raise_if_nonfinite(m["finite"], first, epoch)
-        history.append({"epoch": epoch, "loss": float(m["loss"].mean()),
-                        "accuracy": float(m["accuracy"].mean())})
-        if checkpointer is not None:
-            checkpointer.save(epoch + 1, state, {**(meta or {}), "epoch": epoch + 1,
-                                                 "train_config": cfg.to_json()})
-    return state, history
+def effective_batch_size(cfg: TrainConfig, n: int) -> int:
+    """``cfg.batch_size`` capped at the training-set size ``n``, with a warning: a larger batch
+    would only repeat samples within the batch (each ~batch/n times) [ours]."""
+    if cfg.batch_size <= n:
+        return cfg.batch_size
+    warnings.warn(f"batch_size {cfg.batch_size} is larger than the training set ({n} samples); "
+                  f"using batches of {n}", UserWarning, stacklevel=3)
+    return n
 
 
-def fit_fleet(arch: Architecture, train: Dataset, cfg: TrainConfig, seeds: list[int],
-              progress: bool = False) -> tuple[TrainState, list[dict]]:
-    """Trains one model per seed in a single vmapped step; member ``i`` equals
-    ``fit(arch, train, replace(cfg, seed=seeds[i]))``. Returns a stacked :class:`TrainState`."""
-    arch.check_inputs(train.x, f"training set {train.name!r}")
-    tx = make_optimizer(cfg)
-    keys = jnp.stack([jax.random.key(s) for s in seeds])
-    state = jax.vmap(lambda k: init_state(arch, tx, k))(keys)
-    run = compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
-    x, y = jnp.asarray(train.x), jnp.asarray(train.y)
-    history = []
-    epochs = range(cfg.epochs)
-    if progress:
-        from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=f"fleet of {len(seeds)} {arch.name}")
-    for epoch in epochs:
-        idx = np.stack([batch_indices(s, epoch, len(train), cfg.batch_size) for s in seeds])
-        first = int(state.step[0])
-        state, m = run(state, x, y, jnp.asarray(idx))
-        raise_if_nonfinite(m["finite"], first, epoch)
-        history.append({"epoch": epoch, "loss": np.asarray(m["loss"].mean(1)).tolist(),
-                        "accuracy": np.asarray(m["accuracy"].mean(1)).tolist()})
-    return state, history
+def shard_rows(mesh: Mesh | None) -> Callable[[Any], Any]:
+    """Inside a compiled step: constrain a batch to be split along the mesh's data axis (a
+    no-op without a mesh), so every device computes its share of the batch."""
+    if mesh is None:
+        return lambda tree: tree
+    mesh, axis = auto_mesh(mesh)
+    sharding = NamedSharding(mesh, P(axis))
+    return lambda tree: jax.lax.with_sharding_constraint(tree, sharding)
+
+
+VECTORIZE = ("vmap", "map")
+
+
+def over_members(fn: Callable, in_axes: tuple, how: str = "vmap") -> Callable:
+    """``fn`` over a leading member axis of the arguments whose ``in_axes`` entry is 0 (the
+    others shared), as one program: ``"vmap"`` (``jax.vmap``: members side by side, the fast
+    choice on accelerators) or ``"map"`` (``jax.lax.map``: members one after another inside the
+    program; on CPU, where XLA's batched matmuls are slower than plain ones, it keeps the
+    single-model speed and still saves the per-call dispatch). Same results either way."""
+    if how == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+    if how != "map":
+        raise ConfigError(f"vectorize must be one of {', '.join(VECTORIZE)}, got {how!r}")
+
+    def mapped(*args):
+        batched = tuple(a for a, ax in zip(args, in_axes) if ax is not None)
+
+        def one(member_args):
+            it = iter(member_args)
+            return fn(*[next(it) if ax is not None else a for a, ax in zip(args, in_axes)])
+
+        return jax.lax.map(one, batched)
+
+    return mapped
+
+
+# The drivers (fit, fit_fleet, fit_stream and their compiled epochs) live in train_run.py.
+from hyperforget_jax.train_run import (compiled_epoch, fit, fit_fleet,  # noqa: E402
+                                       fit_stream, global_rows, raise_if_nonfinite)

@@ -28,7 +28,6 @@ Variant implemented here (shadow-paired, offline, one target pair) [ours where n
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -37,9 +36,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import train
+from hyperforget_jax.config import check_config, field
 from hyperforget_jax.data import Dataset, ForgetSplit, batch_indices
 from hyperforget_jax.errors import ConfigError
-from hyperforget_jax.models import Architecture
+from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import tree_index
 
 
@@ -49,14 +49,18 @@ class ULiRAConfig:
     U-LiRA run (2 fleets of 8 MLPs + 8 unlearning runs) takes ~10–20 s on MNIST-5k / 2 cores.
 
         python experiments/unlearning_table.py --ulira-shadows 8
+
+    Attributes:
+      num_shadows: shadow splits S, each with an "in" and a "retrain" shadow model (>= 2)
+        [ours: the paper uses many more; S is small on CPU].
+      seed: seed of the shadow splits and the shadows' initialisations (>= 0).
     """
 
-    num_shadows: int = 8
-    seed: int = 0
+    num_shadows: int = field(8, ge=2)
+    seed: int = field(0, ge=0)
 
     def __post_init__(self):
-        if self.num_shadows < 2:
-            raise ConfigError(f"U-LiRA needs at least 2 shadow models, got {self.num_shadows}")
+        check_config(self)
 
 
 class Shadows(NamedTuple):
@@ -79,25 +83,15 @@ def _fit_fleet_on_subsets(arch: Architecture, train_ds: Dataset, subsets: np.nda
                           cfg: train.TrainConfig, seeds: list[int]) -> Any:
     """Like :func:`train.fit_fleet`, but member i trains on ``train_ds[subsets[i]]`` (equal
     sizes): the batches of each member index the shared on-device set through its subset."""
-    tx = train.make_optimizer(cfg)
-    keys = jnp.stack([jax.random.key(s) for s in seeds])
-    state = jax.vmap(lambda k: train.init_state(arch, tx, k))(keys)
-    run = train.compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
-    x, y = jnp.asarray(train_ds.x), jnp.asarray(train_ds.y)
-    n = subsets.shape[1]
-    for epoch in range(cfg.epochs):
-        idx = np.stack([sub[batch_indices(s, epoch, n, cfg.batch_size)]
-                        for sub, s in zip(subsets, seeds)])
-        first = int(state.step[0])
-        state, m = run(state, x, y, jnp.asarray(idx))
-        train.raise_if_nonfinite(m["finite"], first, epoch)
-    return state.params
+    return train.fit_fleet(arch, train_ds, cfg, seeds, subsets=subsets)[0].params
 
 
-def train_shadows(arch: Architecture, train_ds: Dataset, split: ForgetSplit,
+def train_shadows(arch: Any, train_ds: Dataset, split: ForgetSplit,
                   train_cfg: train.TrainConfig, cfg: ULiRAConfig = ULiRAConfig()) -> Shadows:
     """Steps 1–2: shadow splits and the two vmapped fleets ("in" on A_s, "retrain" on
-    A_s \\ F_s). Independent of the unlearning method, so one set serves every method."""
+    A_s \\ F_s). Independent of the unlearning method, so one set serves every method.
+    ``arch`` is any model with an init (``hf.as_model``)."""
+    arch = as_model(arch, train_ds.x.shape[1:], train_ds.num_classes)
     nf, nr = len(split.forget_idx), len(split.retain_idx)
     if nf < 2 or nr < 2:
         raise ConfigError("U-LiRA needs at least 2 forget and 2 retain samples")
@@ -125,18 +119,38 @@ def unlearn_shadows(shadows: Shadows, unlearn_fn: Callable[[Any, ForgetSplit, in
     return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _phi(apply_fn: Callable, params: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-    return logit_confidence(apply_fn(params, x), y)
+def shadow_splits(shadows: Shadows, train_ds: Dataset) -> list[ForgetSplit]:
+    """The S shadow requests (F_s, A_s \\ F_s) as forget splits (equal sizes)."""
+    return [ForgetSplit(train_ds.subset(f), train_ds.subset(r), f, r)
+            for f, r in zip(shadows.forget_sets, shadows.retain_sets)]
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _phi_stacked(apply_fn: Callable, stacked: Any, x: jax.Array, y: jax.Array) -> jax.Array:
-    return jax.vmap(lambda p: logit_confidence(apply_fn(p, x), y))(stacked)
+def unlearn_shadows_sweep(shadows: Shadows, method: str, arch: Any, train_ds: Dataset,
+                          val: Dataset, config: Any = None, vectorize: str = "vmap") -> Any:
+    """Step 3 as one vmapped program: every "in" shadow unlearned by ``method`` on its own
+    request (shadow ``s`` with seed ``s``, as :func:`unlearn_shadows` with
+    ``unlearn(method, arch, p, split, val, config, seed=s)``), through
+    :func:`hyperforget_jax.unlearn.unlearn_sweep` (``vectorize`` as there). Returns the stacked
+    unlearned shadows."""
+    from hyperforget_jax.unlearn import unlearn_sweep
+
+    n = len(shadows.forget_sets)
+    results = unlearn_sweep(method, arch, shadows.in_params, shadow_splits(shadows, train_ds),
+                            val, seeds=list(range(n)), configs=None if config is None
+                            else [config], params_stacked=True, vectorize=vectorize)
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *[r.params for r in results])
 
 
-def _phi_fleet(arch: Architecture, stacked: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
-    return np.asarray(_phi_stacked(arch.apply, stacked, x, y))
+def _phi_fleet(model: Architecture, stacked: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
+    fn = model.program("ulira_phi_fleet", lambda: jax.jit(jax.vmap(
+        lambda p, xx, yy: logit_confidence(model.apply(p, xx), yy), in_axes=(0, None, None))))
+    return np.asarray(fn(stacked, x, y))
+
+
+def _phi(model: Architecture, params: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
+    fn = model.program("ulira_phi", lambda: jax.jit(
+        lambda p, xx, yy: logit_confidence(model.apply(p, xx), yy)))
+    return np.asarray(fn(params, x, y))
 
 
 def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
@@ -174,12 +188,15 @@ def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
             "sigma_unlearned": sd_u, "sigma_retrained": sd_r}
 
 
-def ulira(arch: Architecture, shadows: Shadows, unlearned_shadows: Any, train_ds: Dataset,
+def ulira(arch: Any, shadows: Shadows, unlearned_shadows: Any, train_ds: Dataset,
           split: ForgetSplit, target_unlearned: Any, target_retrained: Any) -> dict:
-    """U-LiRA on the forget set of the real request (module docstring). Ideal accuracy 0.5."""
+    """U-LiRA on the forget set of the real request (module docstring). Ideal accuracy 0.5.
+
+    ``arch`` is any model ``hf.as_model`` takes."""
+    model = as_model(arch, train_ds.x.shape[1:], train_ds.num_classes)
     x, y = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
-    phi_u = _phi_fleet(arch, unlearned_shadows, x, y)
-    phi_r = _phi_fleet(arch, shadows.retrain_params, x, y)
+    phi_u = _phi_fleet(model, unlearned_shadows, x, y)
+    phi_r = _phi_fleet(model, shadows.retrain_params, x, y)
     targeted = np.stack([np.isin(split.forget_idx, f) for f in shadows.forget_sets])
-    one = lambda p: np.asarray(_phi(arch.apply, p, x, y))
-    return ulira_test(phi_u, phi_r, targeted, one(target_unlearned), one(target_retrained))
+    return ulira_test(phi_u, phi_r, targeted, _phi(model, target_unlearned, x, y),
+                      _phi(model, target_retrained, x, y))

@@ -6,6 +6,28 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=4").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# CI time: one persistent XLA compilation cache per test run, shared by the xdist workers and
+# every subprocess they start (both inherit the environment set here, in the controlling
+# process, before they start), so a program is not compiled again by each worker and each
+# killed-and-resumed victim. Entries are keyed by the HLO, the compile options and XLA_FLAGS,
+# so programs never mix. The kill-and-resume test of `hyperforget train` removes it from its
+# victims' environment, to keep proving that a freshly compiling process resumes exactly
+# (tests/test_reliability_resume.py). Removed when the run ends (pytest_unconfigure).
+_OWN_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _OWN_XLA_CACHE = tempfile.mkdtemp(prefix="hyperforget-test-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_XLA_CACHE
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+    if _OWN_XLA_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
+
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
@@ -58,3 +80,21 @@ def save_zero_hypernet(path, spec) -> None:
     shapes = DN.param_shapes(spec.model())
     H.save_hypernet(path, H.Hypernet(spec, jax.tree.map(lambda l: np.zeros(l.shape, l.dtype),
                                                         shapes)))
+
+
+class CompileCounter:
+    """Counts XLA backend compilations inside a ``with`` block (not Python-level caches)."""
+
+    def __enter__(self):
+        self.n = 0
+
+        def listener(event, duration, **kwargs):
+            if event == "/jax/core/compile/backend_compile_duration":
+                self.n += 1
+
+        self._listener = listener
+        jax.monitoring.register_event_duration_secs_listener(listener)
+        return self
+
+    def __exit__(self, *exc):
+        jax.monitoring.unregister_event_duration_listener(self._listener)

@@ -3,8 +3,10 @@
     python tests/distributed_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
 
 Every process builds the same problem (:func:`problem`), feeds its own rows of every global batch,
-runs ``STEPS`` data-parallel ∇τ steps and writes the final parameters (flat) to ``OUT.npz``.
-The test runs the same steps in one process on the whole batches and compares.
+runs ``STEPS`` data-parallel ∇τ steps and writes the final parameters (flat) to ``OUT.npz``;
+then it trains with the streamed driver ``train.fit_stream`` on its own rows of the same
+batches (:func:`stream_problem`). The test runs both in one process on the whole batches and
+compares.
 """
 
 from __future__ import annotations
@@ -36,6 +38,18 @@ def problem():
     return arch, tx, params, batches
 
 
+def stream_problem():
+    """(arch, cfg, [(x, y)] * 4): the streamed-training problem (G.pt's MLP, random data)."""
+    from hyperforget_jax import train
+    from hyperforget_jax.models import make_architecture
+
+    rng = np.random.default_rng(1)
+    batches = [(rng.random((BATCH, 28, 28, 1), np.float32),
+                rng.integers(0, 10, BATCH).astype(np.int32)) for _ in range(4)]
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=1, lr=1e-2, seed=3)
+    return make_architecture("gpt_mlp"), cfg, batches
+
+
 def main(pid: int, nproc: int, port: int, out: str) -> None:
     from hyperforget_jax import distributed as dist
 
@@ -58,7 +72,11 @@ def main(pid: int, nproc: int, port: int, out: str) -> None:
                         dist.global_batch(local(rb), mesh), jnp.float32(TAU),
                         jnp.float32(ALPHA))
     flat = np.asarray(P_.flatten(dist.fetch(state.params)))
+    s_arch, s_cfg, s_batches = stream_problem()
+    streamed, _ = train.fit_stream(s_arch, [(x[rows], y[rows]) for x, y in s_batches], s_cfg,
+                                   mesh=mesh)
     np.savez(out, flat=flat, loss=float(np.asarray(m["loss"].addressable_data(0))),
+             stream_flat=np.asarray(P_.flatten(dist.fetch(streamed.params))),
              process_count=jax.process_count(), device_count=jax.device_count())
     jax.distributed.shutdown()
 

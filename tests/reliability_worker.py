@@ -12,7 +12,8 @@ FAULT (at most one):
   --kill-before-commit STEP  die once step STEP (or, with ``any``, the first step) is fully
                              written to its ``*.orbax-checkpoint-tmp`` directory, just before
                              the rename that commits it;
-  --kill-mid-prune STEP      die half-way through deleting the files of step STEP (pruning);
+  --kill-mid-prune STEP      die half-way through deleting the files of step STEP (dropped by
+                             retention into .trash/);
   --kill-mid-shard-write     (corpus) die after the first array of a shard is written to its
                              temporary directory.
 
@@ -58,8 +59,9 @@ def install_faults(before_commit: int | str | None, mid_prune: int | None) -> No
         rmtree = shutil.rmtree
 
         def killing_rmtree(path, *a, **k):
-            # Checkpointer._prune renames step STEP to ".pruning-STEP-<id>", then deletes it.
-            if Path(path).name.startswith(f".pruning-{mid_prune}-"):
+            # Orbax's retention renames a dropped step into ".trash/STEP"; the Checkpointer then
+            # deletes the trash (once the save that dropped it has committed).
+            if Path(path).name == ".trash" and (Path(path) / str(mid_prune)).exists():
                 files = sorted(p for p in Path(path).rglob("*") if p.is_file())
                 for f in files[: max(1, len(files) // 2)]:
                     f.unlink()

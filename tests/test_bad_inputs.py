@@ -371,7 +371,7 @@ CLI_CASES = [
     ("cli-gan-negative-epochs", lambda c, o: [
         "gan", "train", "--run-dir", o, "--epochs", "-2", "--quiet"], "epochs must be >= 0"),
     ("cli-argparse-bad-int", lambda c, o: ["train", "--run-dir", o, "--epochs", "ten"],
-     "invalid int value"),
+     "expected an integer"),
     ("cli-argparse-unknown-dataset", lambda c, o: ["train", "--run-dir", o, "--dataset", "x"],
      "invalid choice"),
 ]

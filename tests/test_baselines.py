@@ -88,12 +88,37 @@ def test_salun_mask_freezes_non_salient_weights(setup):
         np.testing.assert_array_equal(np.asarray(new)[frozen], np.asarray(old)[frozen])
 
 
-def test_finetune_uses_gradtau_budget(setup):
+def test_finetune_runs_twice_the_gradtau_budget(setup):
+    # Official notebooks: Fine-tune runs 2E epochs of descent on D_r.
     arch, params, split, val = setup
     gt = unlearn("gradtau", arch, params, split, val)
     ft = unlearn("finetune", arch, params, split, val)
-    assert gt.info["steps"] == ft.info["steps"]
-    assert ft.info["alpha0"] == 0.0 and gt.info["alpha0"] > 0
+    assert ft.info["epochs"] == 2 * gt.info["epochs"] and ft.info["steps"] == 2 * gt.info["steps"]
+    assert ft.info["alpha0"] == 0.0 and gt.info["alpha0"] > 0 and ft.info["forget_loss"] == []
+    fixed = unlearn("finetune", arch, params, split, val, GradTauConfig(epochs=3))
+    assert fixed.info["epochs"] == 3          # an explicit budget is used as is
+
+
+def test_salun_masked_updates_is_an_optax_wrapper():
+    mask = {"w": jnp.array([1.0, 0.0, 1.0])}
+    tx = baselines.masked_updates(baselines.sgd(0.1, 0.9, 5e-4), mask)
+    p = {"w": jnp.ones(3)}
+    state = tx.init(p)
+    for _ in range(3):
+        u, state = tx.update({"w": jnp.array([1.0, 2.0, -1.0])}, state, p)
+        p = optax.apply_updates(p, u)
+    assert float(p["w"][1]) == 1.0                       # frozen exactly
+    assert float(p["w"][0]) < 1.0 < float(p["w"][2])
+
+
+def test_baseline_on_a_mesh_equals_one_device(setup):
+    arch, params, split, val = setup
+    cfg = baselines.C.NegGradPlusConfig(epochs=1, batch_size=64)
+    want = unlearn("neggrad_plus", arch, params, split, val, cfg, seed=1)
+    mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
+    got = unlearn("neggrad_plus", arch, params, split, val, cfg, seed=1, mesh=mesh)
+    assert_trees_close(got.params, want.params, atol=1e-5)
+    assert got.info["steps"] == want.info["steps"] > 0
 
 
 def test_retrain_equals_fit_on_retain(setup):

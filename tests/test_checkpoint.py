@@ -250,6 +250,7 @@ def test_mismatched_template_structure_and_dtype(tmp_path, state):
 def test_corrupt_array_files_raise_checkpoint_error(tmp_path, state, damage):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(4, state, META)
+        ckpt.wait_until_finished()  # saves commit in the background
         rng = np.random.default_rng(0)
         for f in data_files(tmp_path / "4"):
             if damage == "garbage":
@@ -266,6 +267,7 @@ def test_corrupt_array_files_raise_checkpoint_error(tmp_path, state, damage):
 def test_corrupt_array_metadata_raises_checkpoint_error(tmp_path, state):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, state)
+        ckpt.wait_until_finished()
         (tmp_path / "1" / "state" / "_METADATA").write_text("{not json")
         with pytest.raises(CheckpointError, match="corrupt"):
             ckpt.restore(make_state())
@@ -274,6 +276,7 @@ def test_corrupt_array_metadata_raises_checkpoint_error(tmp_path, state):
 def test_corrupt_meta_json_raises_checkpoint_error(tmp_path, state):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, state, META)
+        ckpt.wait_until_finished()
         meta_file = tmp_path / "1" / "meta" / "metadata"
         assert json.loads(meta_file.read_text()) == META  # the file we corrupt is the meta
         meta_file.write_text('{"config": {"arch": "ml')
@@ -286,6 +289,7 @@ def test_corrupt_meta_json_raises_checkpoint_error(tmp_path, state):
 def test_nan_state_refused_and_nothing_written(tmp_path, state):
     with Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, state)
+        ckpt.wait_until_finished()
         before = step_dirs(tmp_path)
         bad = state._replace(
             params=jax.tree.map(lambda x: x.at[0].set(jnp.nan), state.params)
@@ -388,3 +392,68 @@ def test_save_load_params_errors(tmp_path, state):
     (path / "meta" / "metadata").write_text("garbage{")
     with pytest.raises(CheckpointError, match="corrupt"):
         load_params(path)
+
+
+# ------------------------------------------------------------------------ adapter hygiene
+
+
+def test_import_changes_no_process_wide_state():
+    """Importing the checkpoint module (and the package) leaves logging levels, the
+    unraisable hook and the SIGINT handler as they were."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, signal, sys\n"
+        "before = (logging.getLogger('absl').level, sys.unraisablehook,"
+        " signal.getsignal(signal.SIGINT), list(logging.getLogger('asyncio').filters))\n"
+        "import hyperforget_jax, hyperforget_jax.checkpoint, hyperforget_jax.cli\n"
+        "after = (logging.getLogger('absl').level, sys.unraisablehook,"
+        " signal.getsignal(signal.SIGINT), list(logging.getLogger('asyncio').filters))\n"
+        "assert before == after, (before, after)\n")
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONPATH": str(root)}, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+
+
+def test_saves_are_async_and_only_process_0_cleans_up(tmp_path, state, monkeypatch):
+    from hyperforget_jax import checkpoint
+
+    with Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+        ckpt.save(1, state)
+        ckpt.save(2, state)  # drops step 1 through Orbax's retention (.trash/, then deleted)
+        ckpt.wait_until_finished()
+        assert step_dirs(tmp_path) == ["2"]
+        restored, _ = ckpt.restore(make_state(seed=1))
+    assert_trees_equal(restored, state)
+    # Debris of a killed writer: only process 0 removes it.
+    (tmp_path / ".trash" / "1").mkdir(parents=True)
+    monkeypatch.setattr(checkpoint, "_primary", lambda: False)
+    with Checkpointer(tmp_path):
+        assert (tmp_path / ".trash" / "1").is_dir()
+    monkeypatch.undo()
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [2]
+    assert step_dirs(tmp_path) == ["2"]
+
+
+def test_identity_refuses_to_resume_another_run(tmp_path, digits_splits):
+    """API-level resume check: ``fit`` with a Checkpointer whose identity (recipe, role, ...)
+    differs from the stored one is refused before anything is restored; the same identity
+    resumes."""
+    from hyperforget_jax import models, train
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=1, batch_size=64)
+    ident = lambda c, role: {"role": role, "train_config": c.to_json()}
+    with Checkpointer(tmp_path, identity=ident(cfg, "original")) as ckpt:
+        train.fit(arch, digits_splits.train, cfg, checkpointer=ckpt)
+    assert json.loads((tmp_path / "identity.json").read_text())["role"] == "original"
+    with pytest.raises(CheckpointError, match="its role is 'original', this run's is 'retrain'"):
+        Checkpointer(tmp_path, identity=ident(cfg, "retrain"))
+    seed1 = train.TrainConfig(arch="gpt_mlp", epochs=1, batch_size=64, seed=1)
+    with pytest.raises(CheckpointError, match="its train_config.seed is 0, this run's is 1"):
+        Checkpointer(tmp_path, identity=ident(seed1, "original"))
+    with Checkpointer(tmp_path, identity=ident(cfg, "original")) as ckpt:
+        assert ckpt.latest_step() == 1

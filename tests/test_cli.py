@@ -38,8 +38,9 @@ def test_train_retrain_evaluate_roundtrip(trained, capsys):
     code, out, err = run(["evaluate", "--run-dir", str(trained / "orig"), "--forget-class", "2",
                           "--retrain-dir", str(trained / "re"), "--dataset", "digits"], capsys)
     assert code == 0, err
-    ev = json.loads((trained / "orig" / "evaluation.json").read_text())
+    ev = json.loads((trained / "orig" / "evaluate" / "class-2" / "evaluation.json").read_text())
     assert ev["eval"]["orig"]["forget_acc"] > 0.5 and ev["avg_gap"] > 10
+    assert ev["run"] == ev["eval"]["orig"] and ev["retrain"] == ev["eval"]["retrain"]
     assert "mia_loss_lr" in out and "Avg. Gap" in out
 
 
@@ -62,7 +63,7 @@ def test_train_resumes_from_checkpoint(trained, capsys):
     (["train", "--arch", "vgg"], "unknown architecture"),
     (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/tfds"], "/nonexistent/tfds"),
     (["retrain"], "one of the arguments"),
-    (["train", "--epochs", "x"], "invalid int value"),
+    (["train", "--epochs", "x"], "expected an integer"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, needle):
     run_dir = tmp_path / "out"

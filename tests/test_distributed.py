@@ -1,6 +1,7 @@
-"""Scale-out: the data-parallel ∇τ step across 2 real processes (``jax.distributed``, gloo CPU
-collectives on localhost) equals the single-process step on the whole batches; and the ∇τ step
-compiles once per shape."""
+"""Scale-out: the data-parallel ∇τ step and the streamed training driver across 2 real
+processes (``jax.distributed``, gloo CPU collectives on localhost, each process feeding its own
+rows) equal the single-process run on the whole batches; and the ∇τ step compiles once per
+shape."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def _reference():
         P_.flatten(params))
 
 
-def _run_workers(tmp_path, nproc=2, timeout=50, attempts=2):
+def _run_workers(tmp_path, nproc=2, timeout=150, attempts=2):
     """Starts the workers on a fresh free port; retries once if the port was taken meanwhile."""
     for attempt in range(attempts):
         ok, result = _try_workers(tmp_path / f"try{attempt}", nproc, timeout)
@@ -90,6 +91,11 @@ def test_two_process_gradtau_equals_single_process(tmp_path):
     # The step really moved the parameters (the comparison is not of two untouched inits).
     assert np.abs(ref - init).max() > 1e-3
     np.testing.assert_array_equal(results[0]["flat"], results[1]["flat"])
+    # The streamed driver: each process fed its own rows == one process on whole batches.
+    arch, cfg, batches = W.stream_problem()
+    want = np.asarray(P_.flatten(train.fit_stream(arch, batches, cfg)[0].params))
+    for r in results:
+        np.testing.assert_allclose(r["stream_flat"], want, atol=1e-5, rtol=0)
 
 
 def test_initialize_rejects_partial_or_bad_arguments():

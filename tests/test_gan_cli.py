@@ -22,6 +22,15 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
 
     argv = ["gan", "unlearn", *base, "--run-dir", str(orig), "--out", str(unl),
             "--forget-class", "3", "--check-every", "5", "--max-rounds", "10", "--quiet"]
+    # Never into the run it reads, nor over another run, nor resuming another recipe.
+    capsys.readouterr()
+    for bad, words in (([*argv[:7], str(orig), *argv[8:]], "reads from"),
+                       ([*argv[:7], str(ret), *argv[8:]], "holds a 'gan-retrain' run"),
+                       (["gan", "train", *base, "--epochs", "3", "--run-dir", str(orig),
+                         "--quiet"], "gan_config.epochs is 2, this command's is 3")):
+        assert cli.main(bad) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and words in err, err
     assert cli.main(argv) == 0
     res = json.loads((unl / "results.json").read_text())
     # Class requests take the class recipe (hard fake label, latent-level substitution).
@@ -35,9 +44,12 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
     again = json.loads((unl / "results.json").read_text())
     assert again["history"] == res["history"] and again["rounds"] == res["rounds"]
 
+    capsys.readouterr()
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--compare", str(orig),
-                     str(ret), "--samples", "1000"]) == 0
-    ev = json.loads((unl / "gan_evaluation.json").read_text())["eval"]
+                     str(ret), "--samples", "1000", "--json"]) == 0
+    ev = json.loads((unl / "gan-evaluate" / "class-3" / "gan_evaluation.json").read_text())
+    assert json.loads(capsys.readouterr().out) == ev  # --json: the same results on stdout
+    ev = ev["eval"]
     assert set(ev) == {"unl", "orig", "retrain"}
     for row in ev.values():
         assert 0 <= row["forgotten_share"] <= 1 and row["classifier_fid"] >= 0

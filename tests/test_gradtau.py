@@ -1,5 +1,6 @@
-"""∇τ: the loss and schedule on constructed numbers, jit / pmap / sharded equality on 2 and 4
-fake devices, and a short class-removal run on sklearn digits."""
+"""∇τ: the loss and schedule on constructed numbers, the building blocks (nabla_tau, refresh,
+your own loop == the runner), jit / pmap / sharded / mesh-runner equality on fake devices, chex
+variants, and short runs on sklearn digits."""
 
 import logging
 
@@ -11,8 +12,8 @@ import optax
 import pytest
 from absl.testing import parameterized
 
-from conftest import assert_trees_close
-from hyperforget_jax import data, models, train
+from conftest import CompileCounter, assert_trees_close
+from hyperforget_jax import data, models, params as P_, train
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.unlearn import gradtau as G
 
@@ -38,7 +39,23 @@ def test_budget_formula():
     assert G.budget_epochs(13, 2) == 39 // 2          # int(6·13 / 4) = 19
     assert G.budget_epochs(10, 5) == 6
     assert G.budget_epochs(14, 1) == 42
-    assert G.budget_epochs(1, 5) == 1                 # never zero
+    assert G.budget_epochs(1, 5) == 0                 # the official code has no floor
+    assert G.budget_epochs(400, 1, max_epochs=80) == 80   # split-and-alpha notebook's cap
+    f, r, E = G.plan_batches(2000, 10, 256, None, 0)  # forget set ≫ retain set: E = 0
+    assert E == 0 and f.shape == (0, 8, 256) and r.shape == (0, 8, 10)
+
+
+def test_schedules_are_held_per_forget_epoch():
+    # Official code: α and the learning rate stepped once per forget-epoch (LinearLR).
+    a = G.alpha_schedule_fn(0.6, epochs=3, steps_per_epoch=4)
+    np.testing.assert_allclose([a(t) for t in range(13)],
+                               [0.6] * 4 + [0.4] * 4 + [0.2] * 4 + [0.0], rtol=1e-6)
+    lr = G.lr_schedule_fn(1e-3, epochs=3, steps_per_epoch=4, final_lr_fraction=0.1)
+    np.testing.assert_allclose([lr(0), lr(3), lr(4), lr(8), lr(12), lr(100)],
+                               [1e-3, 1e-3, 7e-4, 4e-4, 1e-4, 1e-4], rtol=1e-5)
+    # Traced values work too (sweeps trace α₀, the learning rate and E).
+    got = jax.jit(lambda a0, e, t: G.alpha_schedule_fn(a0, e, 4)(t))(0.6, 3.0, 5)
+    np.testing.assert_allclose(got, 0.4, rtol=1e-6)
 
 
 def test_lr_schedule_endpoints():
@@ -62,6 +79,8 @@ def test_plan_batches_wraps_and_streams():
 def test_config_errors():
     with pytest.raises(ConfigError, match="tau_mode"):
         G.GradTauConfig(tau_mode="bogus")
+    with pytest.raises(ConfigError, match="tau= .* or tau_fn="):
+        G.nabla_tau(lambda p, b: b, alpha=0.1)
     with pytest.raises(ConfigError, match="class-removal"):
         G.resolve_tau_mode("unseen_class", None)
     assert G.resolve_tau_mode("auto", (3,)) == "chance"
@@ -179,16 +198,27 @@ def test_class_removal_on_digits(digits_splits, digits_original):
     assert _acc(arch, params, split.forget) > 0.9
 
 
-def test_random_subset_runs_and_caches(digits_splits, digits_original):
+def test_random_subset_runs_without_recompiling(digits_splits, digits_original):
     arch, params = digits_original
     split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
-    before = G.compiled_forget_epoch.cache_info().hits
     p1, info = G.run_gradtau(arch, params, split, digits_splits.val, seed=1)
-    p2, _ = G.run_gradtau(arch, params, split, digits_splits.val, seed=1)
-    assert G.compiled_forget_epoch.cache_info().hits >= before + 1
+    with CompileCounter() as c:   # same shapes, other learning rate: the same program
+        p2, _ = G.run_gradtau(arch, params, split, digits_splits.val,
+                              G.GradTauConfig(lr=5e-4), seed=1)
+    assert c.n == 0
+    p3, _ = G.run_gradtau(arch, params, split, digits_splits.val, seed=1)
     assert info["tau_mode"] == "val" and len(info["tau"]) == -(-info["epochs"] // 5)
-    assert_trees_close(p1, p2, atol=0)                     # deterministic
+    assert_trees_close(p1, p3, atol=0)                     # deterministic
     assert _acc(arch, p1, split.retain) > 0.95
+    assert float(jnp.abs(P_.flatten(p1) - P_.flatten(p2)).max()) > 1e-4  # lr really differs
+
+
+def test_empty_budget_returns_the_original(digits_splits, digits_original):
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    out, info = G.run_gradtau(arch, params, split, digits_splits.val, G.GradTauConfig(epochs=0))
+    assert info["steps"] == 0 and info["tau"] == []
+    assert_trees_close(out, params, atol=0)
 
 
 def test_alpha_clamp_is_reported(digits_splits, digits_original, caplog):
@@ -247,3 +277,130 @@ def test_killed_run_resumes_to_the_uninterrupted_result(digits_splits, digits_or
     assert_trees_close(got, want, atol=1e-6)
     np.testing.assert_allclose(info2["tau"], info["tau"], rtol=1e-6)
     np.testing.assert_allclose(info2["forget_loss"], info["forget_loss"], rtol=1e-5)
+
+
+# --- the building blocks in your own loop -----------------------------------------------------
+
+def _own_loop(arch, params, split, val, cfg, seed):
+    """∇τ driven by hand from the public pieces, the way a user's loop would."""
+    nf, nr = len(split.forget), len(split.retain)
+    f_idx, r_idx, E = G.plan_batches(nf, nr, cfg.batch_size, cfg.epochs, seed)
+    n = f_idx.shape[1]
+    alpha0, _ = G.initial_alpha(nf, nf + nr)
+    loss_fn = train.per_example_ce(arch.apply)
+    gt = G.nabla_tau(loss_fn, alpha=G.alpha_schedule_fn(alpha0, E, n),
+                     tau_fn=G.val_tau_fn(arch.apply), refresh_every=5 * n)
+    tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
+    vx, vy = jnp.asarray(val.x), jnp.asarray(val.y)
+
+    @jax.jit
+    def step(p, opt, g, fb, rb):
+        grads, g, m = gt.update(p, g, fb, rb, vx, vy)
+        updates, opt = tx.update(grads, opt, p)
+        return optax.apply_updates(p, updates), opt, g, m
+
+    p, opt, g = params, tx.init(params), gt.init(params)
+    taus = []
+    for e in range(E):
+        for i in range(n):
+            fi, ri = f_idx[e, i], r_idx[e, i]
+            p, opt, g, m = step(p, opt, g, (split.forget.x[fi], split.forget.y[fi]),
+                                (split.retain.x[ri], split.retain.y[ri]))
+            if i == 0 and e % 5 == 0:
+                taus.append(float(m["tau"]))
+    return p, taus
+
+
+def test_runner_equals_the_building_blocks_in_your_own_loop(digits_splits, digits_original):
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    cfg = G.GradTauConfig(epochs=6)            # τ refreshed at forget-epochs 0 and 5
+    want, info = G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=2)
+    got, taus = _own_loop(arch, params, split, digits_splits.val, cfg, seed=2)
+    assert_trees_close(got, want, atol=2e-5)
+    np.testing.assert_allclose(taus, info["tau"], rtol=1e-5)
+    assert len(taus) == 2
+
+
+def test_refresh_tau_only_on_multiples_of_the_period():
+    calls = []
+    state = G.GradTauState(jnp.int32(0), jnp.float32(0.0))
+    for count in range(7):
+        state = G.refresh_tau(state._replace(count=jnp.int32(count)), None,
+                              lambda p, c: c.astype(jnp.float32), 3, jnp.int32(count))
+        calls.append(float(state.tau))
+    assert calls == [0, 0, 0, 3, 3, 3, 6]
+    once = G.refresh_tau(G.GradTauState(jnp.int32(4), jnp.float32(7.0)), None,
+                         lambda p: jnp.float32(1.0), None)
+    assert float(once.tau) == 7.0                # None: refreshed at count 0 only
+
+
+def test_objective_equals_autodiff_for_any_loss():
+    # A non-CE per-example loss (squared error on one-hot targets) and a dict batch.
+    arch, params, batch = _toy()
+    loss_fn = lambda p, b: jnp.sum((jax.nn.softmax(arch.apply(p, b["x"]))
+                                    - jax.nn.one_hot(b["y"], 10)) ** 2, -1)
+    (xf, yf), (xr, yr) = batch(), batch()
+    fb, rb = {"x": xf, "y": yf}, {"x": xr, "y": yr}
+    direct = lambda p: G.gradtau_loss(loss_fn(p, fb).mean(), loss_fn(p, rb).mean(), 3.0, 0.4)
+    loss, grads, aux = G.gradtau_objective(loss_fn, params, fb, rb, 3.0, 0.4)
+    np.testing.assert_allclose(loss, direct(params), rtol=1e-6)
+    assert_trees_close(grads, jax.grad(direct)(params), atol=1e-6)
+    chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
+    chex.assert_shape(aux["forget_loss"], ())
+
+
+# --- chex variants: the step with and without jit and under pmap ------------------------------
+
+class GradTauStepVariants(chex.TestCase):
+
+    @chex.variants(with_jit=True, without_jit=True, with_pmap=True)
+    def test_gradtau_update_and_a_baseline(self):
+        from hyperforget_jax.unlearn import baselines as B
+
+        arch, params, batch = _toy(n=8)
+        loss_fn = train.per_example_ce(arch.apply)
+        gt = G.nabla_tau(loss_fn, alpha=0.3, tau=2.5)
+        fb, rb = batch(), batch()
+
+        def both(p, fb, rb):
+            g1, s1, m1 = gt.update(p, gt.init(p), fb, rb)
+            g2, _, m2 = B.neggrad_plus(loss_fn, 0.9).update(p, (), fb, rb)
+            return g1, s1, m1["loss"], g2, m2["loss"]
+
+        want = jax.jit(both)(params, fb, rb)
+        # with_pmap broadcasts the arguments to every device and returns the first's output.
+        got = self.variant(both)(params, fb, rb)
+        chex.assert_trees_all_close(got, want, atol=1e-6)
+        chex.assert_trees_all_equal_structs(got[0], params)
+        self.assertEqual(int(got[1].count), 1)
+
+
+class GradTauTracesOnce(chex.TestCase):
+
+    def test_update_traces_once_across_values(self):
+        arch, params, batch = _toy()
+        gt = G.nabla_tau(train.per_example_ce(arch.apply), alpha=G.alpha_schedule_fn(0.4, 3, 2),
+                         tau_fn=lambda p, x, y: train.cross_entropy_loss(p, arch.apply, x, y)[0],
+                         refresh_every=4)
+        update = jax.jit(chex.assert_max_traces(gt.update, n=1))
+        state, (vx, vy) = gt.init(params), batch()
+        for _ in range(5):  # new α, τ refreshes, new batches: one trace
+            _, state, _ = update(params, state, batch(), batch(), vx, vy)
+        self.assertEqual(int(state.count), 5)
+
+
+# --- mesh-aware runner: the same numbers on 4 fake devices ------------------------------------
+
+def test_runner_on_a_mesh_equals_one_device(digits_splits, digits_original):
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    cfg = G.GradTauConfig(epochs=3, batch_size=64)
+    want, info = G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=0)
+    mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])  # Explicit axes: adapted
+    got, info_m = G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=0, mesh=mesh)
+    assert_trees_close(got, want, atol=1e-5)
+    np.testing.assert_allclose(info_m["forget_loss"], info["forget_loss"], rtol=1e-5)
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        G.run_gradtau(arch, params, split, digits_splits.val,
+                      G.GradTauConfig(epochs=1, batch_size=30), mesh=mesh)

@@ -95,7 +95,7 @@ def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd):
 
 @pytest.mark.parametrize("argv,words", [
     (["--tol-mia", "-1"], "--tol-mia must be"),
-    (["--shadows", "1"], "at least 2 shadow"),
+    (["--shadows", "1"], "num_shadows must be >= 2"),
     (["--seeds", "0"], "--seeds must be"),
     (["--hypernet", "x", "--forget-fraction", "0.1"], "class requests only"),
     (["--forget-class", "12"], "class 12 does not exist"),

@@ -37,8 +37,12 @@ FAST = ["--dataset", "digits", "--arch", "gpt_mlp", "--epochs", str(EPOCHS), "--
         "--lr", "0.01", "--quiet"]
 
 
-def _env() -> dict:
+def _env(fresh: bool = False) -> dict:
+    """The victims' environment; ``fresh``: without the test run's shared compilation cache
+    (conftest.py), so the victim compiles every program itself, as a user's resumed run does."""
     env = dict(os.environ)
+    if fresh:
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     env["JAX_PLATFORMS"] = "cpu"
     # One CPU device in the victims, as for a user (the test process fakes 4 for pmap tests).
@@ -55,14 +59,15 @@ def _worker_cmd(*args: str) -> list[str]:
     return [sys.executable, str(WORKER), *args]
 
 
-def _spawn(cmd: list[str]) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+def _spawn(cmd: list[str], fresh: bool = False) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=_env(fresh), cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
 
 
-def _run_to_death(cmd: list[str], timeout: float = 240) -> None:
+def _run_to_death(cmd: list[str], timeout: float = 240, fresh: bool = False) -> None:
     """Runs a worker that SIGKILLs itself; asserts it really died that way."""
-    p = subprocess.run(cmd, env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    p = subprocess.run(cmd, env=_env(fresh), cwd=ROOT, capture_output=True, text=True,
+                       timeout=timeout)
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-2000:])
 
 
@@ -156,7 +161,9 @@ def test_train_killed_during_writes_and_steps_resumes_exactly(reference, tmp_pat
     has_tmp = lambda: ckpt_dir.is_dir() and any(
         ".orbax-checkpoint-tmp" in p.name and p.name.split(".")[0] == str(target)
         for p in ckpt_dir.iterdir())
-    assert _kill_when(_spawn(_cli_cmd(run_dir)), has_tmp), f"run ended first (seed {SEED})"
+    # Fresh victims (no shared compilation cache): every resume compiles its own programs.
+    assert _kill_when(_spawn(_cli_cmd(run_dir), fresh=True), has_tmp), \
+        f"run ended first (seed {SEED})"
     steps = _steps_on_disk(ckpt_dir)
     assert steps == list(range(1, target))[-2:], (steps, target, SEED)
     if steps:
@@ -166,7 +173,8 @@ def test_train_killed_during_writes_and_steps_resumes_exactly(reference, tmp_pat
     # (2) at a random point of a later epoch (mid-step or mid-write, whichever it hits).
     before = max(steps, default=0)
     later = lambda: max(_steps_on_disk(ckpt_dir), default=0) > before
-    killed = _kill_when(_spawn(_cli_cmd(run_dir)), later, delay=rng.uniform(0.05, 0.5))
+    killed = _kill_when(_spawn(_cli_cmd(run_dir), fresh=True), later,
+                        delay=rng.uniform(0.05, 0.5))
     template = template or _template(run_dir)
     steps = assert_every_step_restores(ckpt_dir, template, f"after random kill (seed {SEED})")
     assert steps and max(steps) > before
@@ -175,7 +183,7 @@ def test_train_killed_during_writes_and_steps_resumes_exactly(reference, tmp_pat
     if killed and max(steps) < EPOCHS:
         commit = max(steps) + 1
         _run_to_death(_worker_cmd("--kill-before-commit", str(commit), "cli", "--",
-                                  *_cli_cmd(run_dir)[3:]))
+                                  *_cli_cmd(run_dir)[3:]), fresh=True)
         assert max(_steps_on_disk(ckpt_dir)) == commit - 1  # the uncommitted step is not listed
         assert_every_step_restores(ckpt_dir, template, f"after kill before commit {commit}")
 
@@ -192,14 +200,53 @@ def test_train_killed_during_writes_and_steps_resumes_exactly(reference, tmp_pat
     assert _strip_timing(results) == _strip_timing(ref_results)
 
 
-def test_kill_while_pruning_leaves_no_listed_corrupt_step(tmp_path):
-    """Pruning renames a step out of the listing before deleting it, so dying half-way through
-    the delete leaves only restorable steps; the next open removes the debris."""
+def test_ctrl_c_during_checkpoint_writes_is_one_line_and_resumes_exactly(reference, tmp_path):
+    """Ctrl-C (SIGINT) to ``hyperforget train`` while Orbax writes a checkpoint, three times:
+    each ends with exit 130 and exactly one stderr line, leaves only restorable steps and no
+    debris (the write is held until committed), and the resumed run equals the uninterrupted
+    one."""
     run_dir = tmp_path / "run"
     ckpt_dir = run_dir / "checkpoints"
-    # max_to_keep=2: saving step 3 prunes step 1; die half-way through deleting it.
+    interrupts = 0
+    for _ in range(3):
+        before = set(p.name for p in ckpt_dir.iterdir()) if ckpt_dir.is_dir() else set()
+        proc = _spawn(_cli_cmd(run_dir))
+        writing = lambda: ckpt_dir.is_dir() and any(
+            ".orbax-checkpoint-tmp" in p.name and p.name not in before
+            for p in ckpt_dir.iterdir())
+        t_end = time.monotonic() + 240
+        while not writing() and proc.poll() is None:
+            assert time.monotonic() < t_end, f"no checkpoint write seen (seed {SEED})"
+            time.sleep(0.001)
+        if proc.poll() is not None:
+            proc.communicate()
+            break  # the run finished first
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+        lines = err.strip().splitlines()
+        assert proc.returncode == 130 and len(lines) == 1, (proc.returncode, err[-3000:])
+        assert "interrupted" in lines[0]
+        assert _debris(ckpt_dir) == [], _debris(ckpt_dir)
+        interrupts += 1
+    assert interrupts >= 2
+    template = _template(run_dir)
+    assert_every_step_restores(ckpt_dir, template, "after Ctrl-C")
+    assert cli.main(["train", "--run-dir", str(run_dir), *FAST]) == 0
+    _, params, _ = common.load_run(run_dir)
+    assert_params_equal(params, reference[0], atol=1e-6)
+    assert (_strip_timing(json.loads((run_dir / "results.json").read_text()))
+            == _strip_timing(reference[1]))
+
+
+def test_kill_while_pruning_leaves_no_listed_corrupt_step(tmp_path):
+    """Retention renames a dropped step out of the listing (into ``.trash/``) before deleting
+    it, so dying half-way through the delete leaves only restorable steps; the next open
+    removes the debris."""
+    run_dir = tmp_path / "run"
+    ckpt_dir = run_dir / "checkpoints"
+    # max_to_keep=2: saving step 3 drops step 1; die half-way through deleting it.
     _run_to_death(_worker_cmd("--kill-mid-prune", "1", "cli", "--", *_cli_cmd(run_dir)[3:]))
-    assert any(p.name.startswith(".pruning-1-") for p in ckpt_dir.iterdir())  # died mid-delete
+    assert (ckpt_dir / ".trash" / "1").is_dir()  # died mid-delete
     template = _template(run_dir)
     assert assert_every_step_restores(ckpt_dir, template, "after kill mid-prune") == [2, 3]
     assert _debris(ckpt_dir) == []  # opening the directory cleaned up

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyperforget_jax import models, params as P, train
+from hyperforget_jax import data, models, params as P, train
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from conftest import assert_trees_close
 
@@ -137,3 +137,46 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(mnist_splits, tmp_path)
     assert int(resumed.step) == int(straight.step)
     assert_trees_close(resumed.params, straight.params, atol=0)
     assert_trees_close(resumed.opt_state, straight.opt_state, atol=0)
+
+
+def test_fleet_with_per_member_recipes_equals_fit(digits_splits):
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    cfgs = [train.TrainConfig(arch="gpt_mlp", epochs=2, lr=1e-2, seed=1),
+            train.TrainConfig(arch="gpt_mlp", epochs=2, lr=3e-3, weight_decay=0.0, seed=2)]
+    fleet, _ = train.fit_fleet(arch, digits_splits.train, cfgs)
+    for i, c in enumerate(cfgs):
+        alone, _ = train.fit(arch, digits_splits.train, c)
+        assert_trees_close(P.tree_index(fleet.params, i), alone.params, atol=1e-5)
+    with pytest.raises(ConfigError, match="must agree"):
+        train.fit_fleet(arch, digits_splits.train,
+                        [cfgs[0], dataclasses.replace(cfgs[1], epochs=3)])
+
+
+def test_fit_on_a_mesh_and_streamed_equal_one_device(digits_splits):
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    ds = digits_splits.train
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=1e-2, seed=4)
+    want, hist = train.fit(arch, ds, cfg)
+    mesh = train.data_mesh(jax.devices()[:4])
+    on_mesh, hist_m = train.fit(arch, ds, cfg, mesh=mesh)
+    assert on_mesh.params["Dense_0"]["kernel"].sharding.is_fully_replicated
+    assert_trees_close(on_mesh.params, want.params, atol=1e-5)
+    np.testing.assert_allclose(hist_m[-1]["loss"], hist[-1]["loss"], rtol=1e-5)
+    # Streamed host batches (the same order as fit's plan), on one device and on the mesh.
+    stream = lambda epoch: data.iterate_batches(ds, cfg.batch_size, cfg.seed, epoch)
+    for m in (None, mesh):
+        streamed, hist_s = train.fit_stream(arch, stream, cfg, mesh=m)
+        assert int(streamed.step) == int(want.step)
+        assert_trees_close(streamed.params, want.params, atol=1e-5)
+        np.testing.assert_allclose(hist_s[-1]["loss"], hist[-1]["loss"], rtol=1e-5)
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        train.fit(arch, ds, dataclasses.replace(cfg, batch_size=30), mesh=mesh)
+
+
+def test_nonfinite_streamed_batch_names_the_step(digits_splits):
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    ds = digits_splits.train
+    batches = [(ds.x[i:i + 32], ds.y[i:i + 32]) for i in range(0, 128, 32)]
+    batches[2] = (np.full_like(batches[2][0], np.nan), batches[2][1])
+    with pytest.raises(NonFiniteError, match=r"at step 2 \(epoch 0, batch 2\)"):
+        train.fit_stream(arch, batches, CFG)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import assert_trees_close
 from hyperforget_jax import data, models, train, ulira
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.unlearn import unlearn
@@ -55,7 +56,7 @@ def test_untargeted_examples_are_skipped_and_none_fails():
     assert out["n_examples"] == 2 and out["accuracy"] == 1.0
     with pytest.raises(ConfigError, match="targeted"):
         ulira.ulira_test(z, z, np.zeros((4, 5), bool), np.zeros(5), np.zeros(5))
-    with pytest.raises(ConfigError, match="at least 2"):
+    with pytest.raises(ConfigError, match="num_shadows must be >= 2"):
         ulira.ULiRAConfig(num_shadows=1)
 
 
@@ -89,3 +90,18 @@ def test_end_to_end_on_digits(digits_splits):
     assert out["n_examples"] == want["n_examples"] == mask.any(0).sum() > 0
     for k in ("accuracy", "auc", "sigma_unlearned", "sigma_retrained"):
         assert out[k] == pytest.approx(want[k], abs=1e-6), k
+
+
+def test_shadow_sweep_equals_the_loop(digits_splits):
+    from hyperforget_jax.unlearn import GradTauConfig, unlearn
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=1e-2)
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(2,)))
+    sh = ulira.train_shadows(arch, digits_splits.train, split, cfg, ulira.ULiRAConfig(3))
+    gcfg = GradTauConfig(epochs=2)
+    loop = ulira.unlearn_shadows(sh, lambda p, sp, s: unlearn(
+        "gradtau", arch, p, sp, digits_splits.val, gcfg, seed=s).params, digits_splits.train)
+    swept = ulira.unlearn_shadows_sweep(sh, "gradtau", arch, digits_splits.train,
+                                        digits_splits.val, gcfg)
+    assert_trees_close(swept, loop, atol=1e-4)

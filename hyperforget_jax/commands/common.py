@@ -1,19 +1,30 @@
-"""Argument groups and helpers shared by the CLI subcommands."""
+"""Argument groups and helpers shared by the CLI subcommands.
+
+Flags of config fields are generated from the config dataclasses (:mod:`..configflags`); every
+directory a command writes is claimed with :func:`hyperforget_jax.rundir.open_run` (identity,
+lock, never over an input); every run a command reads is checked with :func:`load_run`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
 
-from hyperforget_jax import data, report
-from hyperforget_jax.checkpoint import Checkpointer
-from hyperforget_jax.errors import CheckpointError, ConfigError
+from hyperforget_jax import configflags, data, report, rundir
+from hyperforget_jax.checkpoint import Checkpointer, load_params, load_params_meta
+from hyperforget_jax.configflags import finite_float, seed_int
+from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, RunDirError
 from hyperforget_jax.models import Architecture, make_architecture
 from hyperforget_jax.train import TrainConfig, fit, init_state, make_optimizer
+
+
+# --------------------------------------------------------------------------- argument groups
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -24,36 +35,64 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data-dir", default=None,
                    help="tensorflow-datasets data_dir (default: $TFDS_DATA_DIR or "
                         "~/tensorflow_datasets)")
-    g.add_argument("--split-seed", type=int, default=0,
+    g.add_argument("--split-seed", type=seed_int, default=0,
                    help="seed of the train/val/test split (default 0)")
+
+
+def class_id(text: str) -> int:
+    """argparse type of ``--forget-class``: one non-negative class id per value."""
+    if "," in text:
+        raise argparse.ArgumentTypeError(
+            f"classes are space-separated, got {text!r}: write --forget-class "
+            f"{' '.join(s.strip() for s in text.split(',') if s.strip())}")
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class id (an integer), got {text!r}") \
+            from None
 
 
 def add_request_args(p: argparse.ArgumentParser, required: bool = True) -> None:
     g = p.add_argument_group("forget request (exactly one)")
     m = g.add_mutually_exclusive_group(required=required)
-    m.add_argument("--forget-class", type=int, nargs="+", metavar="C",
-                   help="forget every training sample of these classes")
-    m.add_argument("--forget-fraction", type=float, metavar="F",
+    m.add_argument("--forget-class", type=class_id, nargs="+", metavar="C",
+                   help="forget every training sample of these classes (space-separated)")
+    m.add_argument("--forget-fraction", type=finite_float, metavar="F",
                    help="forget a random fraction F in (0, 1) of the training set")
     m.add_argument("--forget-indices", metavar="I,J,...",
                    help="comma-separated training-set indices to forget")
-    g.add_argument("--forget-seed", type=int, default=0, help="seed of the random subset")
+    g.add_argument("--forget-seed", type=seed_int, default=0,
+                   help="seed of the random subset")
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    d = TrainConfig()
-    g = p.add_argument_group("training recipe")
-    g.add_argument("--arch", default=d.arch, help="gpt_mlp, mlp (default), cnn or resnet18")
-    g.add_argument("--epochs", type=int, default=d.epochs)
-    g.add_argument("--batch-size", type=int, default=d.batch_size)
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    g.add_argument("--seed", type=int, default=0, help="model seed (init and batch order)")
+def add_output_args(p: argparse.ArgumentParser, quiet: bool = True) -> None:
+    """``--json`` (machine-readable stdout) and, for commands with progress bars, ``--quiet``."""
+    p.add_argument("--json", action="store_true",
+                   help="print the results as one JSON object on stdout instead of the "
+                        "markdown report (progress and errors stay on stderr)")
+    if quiet:
+        p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_train_args(p: argparse.ArgumentParser, title: str = "training recipe",
+                   rename: dict | None = None) -> configflags.ConfigFlags:
+    """One flag per :class:`TrainConfig` field (``--arch``, ``--epochs``, ``--lr``, ...)."""
+    flags = configflags.add_config_flags(
+        p, TrainConfig, title=title, rename=rename,
+        help_extra={"arch": "(registered: see hyperforget_jax.models.ARCHITECTURES)"})
+    p.set_defaults(_train_flags=flags)
+    return flags
 
 
 def train_config_from_args(args) -> TrainConfig:
-    return TrainConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
-                       lr=args.lr, weight_decay=args.weight_decay, seed=args.seed)
+    return args._train_flags.build(args)
+
+
+def progress(args) -> bool:
+    return not getattr(args, "quiet", False)
+
+
+# --------------------------------------------------------------------------- data and requests
 
 
 def load_splits(args) -> data.Splits:
@@ -76,7 +115,25 @@ def request_from_args(args) -> data.ForgetRequest | None:
 
 
 def architecture_for(arch_name: str, splits: data.Splits) -> Architecture:
-    return make_architecture(arch_name, splits.train.x.shape[1:], splits.train.num_classes)
+    """A registered architecture (``mlp``), or a user's model by import path
+    (``--arch mypkg.models:Net``, loaded by ``models.load_model``)."""
+    shape, k = splits.train.x.shape[1:], splits.train.num_classes
+    if ":" in arch_name:
+        from hyperforget_jax import models
+
+        load = getattr(models, "load_model", None)
+        if load is None:
+            raise ConfigError(f"--arch {arch_name}: this version cannot load a model by import "
+                              "path; pass a registered architecture")
+        return load(arch_name, shape, k)
+    return make_architecture(arch_name, shape, k)
+
+
+def data_identity(args, splits: data.Splits) -> dict:
+    """The data part of a run identity: dataset name, split seed and a fingerprint of the
+    arrays (so a changed dataset under the same name is noticed)."""
+    return {"dataset": args.dataset, "split_seed": args.split_seed,
+            "data": rundir.data_fingerprint(splits)}
 
 
 def run_meta(args, arch: Architecture, cfg: TrainConfig, request=None, role="original") -> dict:
@@ -85,9 +142,22 @@ def run_meta(args, arch: Architecture, cfg: TrainConfig, request=None, role="ori
             "request": request.to_json() if request is not None else None}
 
 
+def train_identity(args, splits, arch: Architecture, cfg: TrainConfig, request, role) -> dict:
+    """Identity of a ``train`` / ``retrain`` run: role, architecture, the whole recipe, the
+    data and the forget request."""
+    return {"role": role, "architecture": arch.to_json(), "train_config": cfg.to_json(),
+            **data_identity(args, splits),
+            "request": request.to_json() if request is not None else None}
+
+
+# --------------------------------------------------------------------------- training
+
+
 def train_run(run_dir: Path, arch: Architecture, train_ds: data.Dataset, cfg: TrainConfig,
               meta: dict, progress: bool = True) -> tuple[Any, float]:
-    """Trains (resuming from ``run_dir/checkpoints`` if present) and returns (params, seconds)."""
+    """Trains (resuming from ``run_dir/checkpoints`` if present) and returns (params, seconds).
+    The caller has claimed ``run_dir`` with :func:`rundir.open_run`, which checked that the
+    checkpoints there belong to this very run."""
     t0 = time.perf_counter()
     with Checkpointer(run_dir / "checkpoints", max_to_keep=2) as ckpt:
         state, _ = fit(arch, train_ds, cfg, checkpointer=ckpt, meta=meta, progress=progress)
@@ -95,12 +165,56 @@ def train_run(run_dir: Path, arch: Architecture, train_ds: data.Dataset, cfg: Tr
     return state.params, time.perf_counter() - t0
 
 
-def load_run(run_dir: str | Path) -> tuple[Architecture, Any, dict]:
-    """Loads the final parameters of a run written by ``hyperforget train`` / ``retrain``."""
+# --------------------------------------------------------------------------- reading runs
+
+
+def _legacy_train_identity(meta: dict) -> dict:
+    return {k: meta.get(k) for k in ("role", "architecture", "train_config", "dataset",
+                                     "split_seed", "request")}
+
+
+def legacy_train_identity(path: Path) -> dict | None:
+    """For run directories written before ``run.json`` existed: the identity fields their
+    checkpoint metadata holds (so they can still be resumed), or None."""
+    if not (path / "checkpoints").is_dir():
+        return None
+    with Checkpointer(path / "checkpoints") as ckpt:
+        if ckpt.latest_step() is None:
+            return None
+        meta = ckpt.restore_meta()
+    return _legacy_train_identity(meta) if "train_config" in meta else None
+
+
+def load_run(run_dir: str | Path, flag: str = "--run-dir") -> tuple[Architecture, Any, dict]:
+    """Loads the final parameters of a classifier run (``train``, ``retrain``, ``unlearn`` or
+    ``sample`` output). Returns (architecture, params, meta); ``meta["identity"]`` is the run's
+    identity (``run.json``, or what older runs' metadata records).
+
+    Raises:
+      CheckpointError: nothing loadable there, or an unfinished training run.
+      RunDirError: another process is writing it right now.
+    """
     run_dir = Path(run_dir).expanduser().absolute()
-    if not (run_dir / "checkpoints").is_dir():
+    rundir.check_readable(run_dir)
+    ident = rundir.read_identity(run_dir)
+    if (run_dir / "checkpoints").is_dir():
+        arch, params, meta = _load_checkpointed(run_dir)
+    elif (run_dir / "params").is_dir():
+        arch, params, meta = _load_params_dir(run_dir)
+    else:
+        role = (ident or {}).get("role")
+        if role:
+            raise CheckpointError(f"{flag} {run_dir} holds {rundir._a(role)} output, not a "
+                                  "classifier; pass a run written by `hyperforget train`, "
+                                  "`retrain`, `unlearn` or `sample`")
         raise CheckpointError(f"no trained model in {run_dir}; run `hyperforget train --run-dir "
-                              f"{run_dir}` first")
+                              f"{run_dir}` first, or pass a run written by `retrain`, `unlearn` "
+                              "or `sample`")
+    meta["identity"] = ident if ident is not None else _legacy_train_identity(meta)
+    return arch, params, meta
+
+
+def _load_checkpointed(run_dir: Path):
     with Checkpointer(run_dir / "checkpoints") as ckpt:
         meta = ckpt.restore_meta()
         try:
@@ -109,11 +223,87 @@ def load_run(run_dir: str | Path) -> tuple[Architecture, Any, dict]:
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint in {run_dir} has no hyperforget run metadata; "
                                   "was it written by `hyperforget train`?") from e
+        if "epoch" in meta and meta["epoch"] < cfg.epochs:
+            raise CheckpointError(
+                f"{run_dir} holds an unfinished {meta.get('role', 'training')} run (epoch "
+                f"{meta['epoch']} of {cfg.epochs}); finish it first by rerunning the command "
+                f"that wrote it (`hyperforget train --run-dir {run_dir}` with the same flags)")
         template = init_state(arch, make_optimizer(cfg), jax.random.key(0))
         state, meta = ckpt.restore(template)
     return arch, state.params, meta
 
 
+def _load_params_dir(run_dir: Path):
+    meta = load_params_meta(run_dir / "params")
+    if "architecture" not in meta:
+        raise CheckpointError(f"params in {run_dir} carry no architecture; pass a run written "
+                              "by `hyperforget train`, `unlearn` or `sample`")
+    arch = Architecture.from_json(meta["architecture"])
+    params, meta = load_params(run_dir / "params", arch.param_shapes())
+    return arch, params, meta
+
+
+def check_same_data(meta: dict, args, splits: data.Splits, run_dir, what: str = "model"
+                    ) -> None:
+    """Refuses data other than the run's own: another dataset, split seed, or changed data
+    under the same name would make RA/FA/TA and the forget set refer to other samples."""
+    ident = meta.get("identity") or {}
+    want = {"dataset": args.dataset, "split_seed": args.split_seed}
+    for key, now in want.items():
+        was = ident.get(key, meta.get(key))
+        if was is not None and was != now:
+            raise DataError(f"the {what} in {run_dir} was trained with --{key.replace('_', '-')} "
+                            f"{was}, this command uses {now}; pass the --dataset the model was "
+                            "trained on and the same --split-seed")
+    fp = ident.get("data")
+    if fp is not None and fp != rundir.data_fingerprint(splits):
+        raise DataError(f"the data of --dataset {args.dataset} differs from what the {what} in "
+                        f"{run_dir} was trained on (fingerprint {fp}); pass the --dataset "
+                        "the model was trained on (same files, same --data-dir)")
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def open_run(path, identity: dict, args, *, reads=(), flag: str = "--run-dir",
+             replace_role: bool = False, legacy=None):
+    """:func:`rundir.open_run` with this command's name in the lock."""
+    return rundir.open_run(path, identity, reads=reads, flag=flag, replace_role=replace_role,
+                           command=" ".join(["hyperforget", *sys.argv[1:]])[:200],
+                           legacy=legacy)
+
+
 def write_results(run_dir: Path, results: dict, markdown: str) -> None:
     report.write_json(run_dir / "results.json", results)
     report.atomic_write(run_dir / "report.md", markdown)
+
+
+def emit(args, results: dict, markdown: str) -> None:
+    """Prints the markdown report, or with ``--json`` the results as one JSON object."""
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(report.jsonable(results)) + "\n")
+    else:
+        print(markdown)
+    sys.stdout.flush()
+
+
+def unique_labels(paths: list[str | Path], reserved: tuple[str, ...] = ()) -> list[str]:
+    """Row labels for runs named by their directories, made unique (``a/run`` and ``b/run``
+    become ``a/run`` and ``b/run``, not two rows called ``run``)."""
+    parts = [Path(p).expanduser().absolute().parts for p in paths]
+    labels = []
+    for i, pp in enumerate(parts):
+        for depth in range(1, len(pp) + 1):
+            label = "/".join(pp[-depth:])
+            clash = any(label == "/".join(q[-depth:]) for j, q in enumerate(parts) if j != i)
+            if not clash and label not in reserved:
+                break
+        labels.append(label)
+    return labels
+
+
+__all__ = ["add_data_args", "add_request_args", "add_output_args", "add_train_args",
+           "train_config_from_args", "load_splits", "request_from_args", "architecture_for",
+           "data_identity", "run_meta", "train_identity", "train_run", "load_run",
+           "check_same_data", "open_run", "write_results", "emit", "unique_labels",
+           "RunDirError"]

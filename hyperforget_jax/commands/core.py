@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from hyperforget_jax import data, report
 from hyperforget_jax.commands import common
+from hyperforget_jax.configflags import seed_int
+from hyperforget_jax.errors import ForgetRequestError, RunDirError
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
 
 
@@ -20,38 +23,63 @@ def _summary(title: str, rows: dict[str, dict]) -> str:
         body) + "\n"
 
 
+def slug(request: data.ForgetRequest) -> str:
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", request.describe()).strip("-")
+
+
 def cmd_train(args, retrain: bool = False) -> int:
     splits = common.load_splits(args)
     cfg = common.train_config_from_args(args)
-    arch = common.architecture_for(args.arch, splits)
+    arch = common.architecture_for(cfg.arch, splits)
     request = common.request_from_args(args)
     fsplit = data.resolve_forget(splits.train, request) if request is not None else None
     train_ds = fsplit.retain if retrain else splits.train
-    run_dir = report.prepare_dir(args.run_dir)
-    meta = common.run_meta(args, arch, cfg, request, "retrain" if retrain else "original")
-    params, seconds = common.train_run(run_dir, arch, train_ds, cfg, meta, not args.quiet)
-    results = {"meta": meta, "train_seconds": seconds}
-    md = f"# {'Retrain' if retrain else 'Train'}: {arch.name} on {args.dataset}\n\n"
-    if fsplit is not None:
-        results["eval"] = evaluate_unlearning(arch, params, splits, fsplit, request, args.seed)
-        md += _summary(f"forget request: {request.describe()}", {meta["role"]: results["eval"]})
-    else:
-        from hyperforget_jax import metrics
-        results["eval"] = {"train": metrics.evaluate(arch.apply, params, splits.train.x,
-                                                     splits.train.y, arch.num_classes),
-                           "test": metrics.evaluate(arch.apply, params, splits.test.x,
-                                                    splits.test.y, arch.num_classes)}
-        md += (f"train accuracy {100 * results['eval']['train']['accuracy']:.2f}%, "
-               f"test accuracy {100 * results['eval']['test']['accuracy']:.2f}%\n")
-    md += f"\ntraining time {seconds:.1f} s\n"
-    common.write_results(run_dir, results, md)
-    print(md)
+    role = "retrain" if retrain else "original"
+    meta = common.run_meta(args, arch, cfg, request, role)
+    identity = common.train_identity(args, splits, arch, cfg, request, role)
+    with common.open_run(args.run_dir, identity, args,
+                         legacy=common.legacy_train_identity) as run:
+        params, seconds = common.train_run(run.path, arch, train_ds, cfg, meta,
+                                           common.progress(args))
+        results = {"meta": meta, "train_seconds": seconds}
+        md = f"# {'Retrain' if retrain else 'Train'}: {arch.name} on {args.dataset}\n\n"
+        if fsplit is not None:
+            results["eval"] = evaluate_unlearning(arch, params, splits, fsplit, request,
+                                                  cfg.seed)
+            md += _summary(f"forget request: {request.describe()}", {role: results["eval"]})
+        else:
+            from hyperforget_jax import metrics
+            results["eval"] = {"train": metrics.evaluate(arch.apply, params, splits.train.x,
+                                                         splits.train.y, arch.num_classes),
+                               "test": metrics.evaluate(arch.apply, params, splits.test.x,
+                                                        splits.test.y, arch.num_classes)}
+            md += (f"train accuracy {100 * results['eval']['train']['accuracy']:.2f}%, "
+                   f"test accuracy {100 * results['eval']['test']['accuracy']:.2f}%\n")
+        md += f"\ntraining time {seconds:.1f} s\n"
+        common.write_results(run.path, results, md)
+    common.emit(args, results, md)
     return 0
+
+
+def _check_retrain(meta: dict, request: data.ForgetRequest, path) -> None:
+    """A Retrain compared with a request must be a Retrain *of that request*."""
+    ident = meta.get("identity") or {}
+    role = ident.get("role", meta.get("role"))
+    if role != "retrain":
+        raise RunDirError(f"--retrain-dir {path} holds a {role!r} run, not a Retrain; pass the "
+                          "--run-dir of `hyperforget retrain` for this forget request")
+    got = ident.get("request", meta.get("request"))
+    if got is not None and data.ForgetRequest.from_json(got) != request:
+        raise ForgetRequestError(
+            f"--retrain-dir {path} is a Retrain for {data.ForgetRequest.from_json(got).describe()}"
+            f", not for {request.describe()}; pass the Retrain of this request")
 
 
 def cmd_evaluate(args) -> int:
     arch, params, meta = common.load_run(args.run_dir)
     splits = common.load_splits(args)
+    arch.check_inputs(splits.train.x, f"--dataset {args.dataset}")
+    common.check_same_data(meta, args, splits, args.run_dir)
     arch.check_params(params)
     request = common.request_from_args(args)
     if request is None:
@@ -60,21 +88,39 @@ def cmd_evaluate(args) -> int:
                                           "--forget-fraction or --forget-indices)")
         request = data.ForgetRequest.from_json(meta["request"])
     fsplit = data.resolve_forget(splits.train, request)
-    rows = {Path(args.run_dir).name: evaluate_unlearning(arch, params, splits, fsplit, request,
-                                                         args.seed)}
-    results = {"request": request.to_json(), "eval": rows}
+    reads = [args.run_dir]
+    r_meta = r_params = None
     if args.retrain_dir:
-        r_arch, r_params, _ = common.load_run(args.retrain_dir)
+        _, r_params, r_meta = common.load_run(args.retrain_dir, "--retrain-dir")
         arch.check_params(r_params)
-        rows["retrain"] = evaluate_unlearning(arch, r_params, splits, fsplit, request, args.seed)
-        results["avg_gap"] = gap_to_retrain(rows[Path(args.run_dir).name], rows["retrain"])
-    md = _summary(f"forget request: {request.describe()}", rows)
-    if "avg_gap" in results:
-        md += f"\nAvg. Gap to Retrain: {results['avg_gap']:.2f} points\n"
-    out = report.prepare_dir(args.out or args.run_dir)
-    report.write_json(out / "evaluation.json", results)
-    report.atomic_write(out / "evaluation.md", md)
-    print(md)
+        common.check_same_data(r_meta, args, splits, args.retrain_dir, "Retrain model")
+        _check_retrain(r_meta, request, args.retrain_dir)
+        reads.append(args.retrain_dir)
+    # Rows are labelled by directory, but never "retrain" (that row is the --retrain-dir's).
+    run_label, retrain_label = common.unique_labels([args.run_dir], ("retrain",))[0], "retrain"
+    out = args.out or Path(args.run_dir) / "evaluate" / slug(request)
+    identity = {"role": "evaluation", "run": meta.get("identity"),
+                "retrain": r_meta.get("identity") if r_meta else None,
+                "request": request.to_json(), **common.data_identity(args, splits),
+                "seed": args.seed}
+    with common.open_run(out, identity, args, reads=reads, flag="--out",
+                         replace_role=True) as run:
+        rows = {run_label: evaluate_unlearning(arch, params, splits, fsplit, request,
+                                               args.seed)}
+        results = {"request": request.to_json(), "run_dir": str(Path(args.run_dir).absolute()),
+                   "run": rows[run_label], "eval": rows}
+        if r_params is not None:
+            rows[retrain_label] = evaluate_unlearning(arch, r_params, splits, fsplit, request,
+                                                      args.seed)
+            results.update(retrain_dir=str(Path(args.retrain_dir).absolute()),
+                           retrain=rows[retrain_label],
+                           avg_gap=gap_to_retrain(rows[run_label], rows[retrain_label]))
+        md = _summary(f"forget request: {request.describe()}", rows)
+        if "avg_gap" in results:
+            md += f"\nAvg. Gap to Retrain: {results['avg_gap']:.2f} points\n"
+        report.write_json(run.path / "evaluation.json", results)
+        report.atomic_write(run.path / "evaluation.md", md)
+    common.emit(args, results, md)
     return 0
 
 
@@ -89,22 +135,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, retrain, helptext in (
             ("train", False, "train the original classifier on the full training set"),
             ("retrain", True, "train from scratch on the retain set (the Retrain baseline)")):
-        p = sub.add_parser(name, help=helptext, description=helptext)
+        p = sub.add_parser(name, help=helptext, description=helptext + ". Rerunning with the "
+                           "same flags resumes from the run's checkpoints; a run directory "
+                           "holding another run is refused.")
         common.add_data_args(p)
         common.add_train_args(p)
         common.add_request_args(p, required=retrain)
         p.add_argument("--run-dir", default=f"runs/{'retrain' if retrain else 'original'}")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        common.add_output_args(p)
         p.set_defaults(func=lambda a, r=retrain: cmd_train(a, r))
 
     p = sub.add_parser("evaluate", help="evaluate a trained run against a forget request "
                                         "(RA/FA/TA and every named MIA)")
-    p.add_argument("--run-dir", required=True, help="run written by train/retrain/unlearn")
-    p.add_argument("--retrain-dir", help="a Retrain run, for the Avg. Gap")
-    p.add_argument("--out", help="output directory (default: the run dir)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the attack CV splits")
+    p.add_argument("--run-dir", required=True,
+                   help="run written by train/retrain/unlearn/sample")
+    p.add_argument("--retrain-dir", help="the Retrain run of the same request, for the Avg. Gap")
+    p.add_argument("--out", help="output directory (default: <run-dir>/evaluate/<request>)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the attack CV splits")
     common.add_data_args(p)
     common.add_request_args(p, required=False)
+    common.add_output_args(p, quiet=False)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="the end-to-end demo on the embedded MNIST-5k",
@@ -112,10 +162,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "runs the unlearning methods and writes report.md, "
                                    "results.json and plots into the run directory.")
     p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("--forget-class", type=int, default=3)
+    p.add_argument("--forget-class", type=common.class_id, default=3)
     p.add_argument("--seeds", type=int, default=3, help="number of model seeds (default 3)")
     p.add_argument("--sections", default="all",
                    help="comma list of demo sections to run: gradtau,hyperforget,gan (or all, "
                         "or none)")
-    p.add_argument("--quiet", action="store_true")
+    common.add_output_args(p)
     p.set_defaults(func=cmd_demo)

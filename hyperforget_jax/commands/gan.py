@@ -12,25 +12,28 @@ Each run directory holds an Orbax checkpoint of the (G, D) state with its metada
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import re
 from pathlib import Path
 
 import jax
 
-from hyperforget_jax import data, report
+from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import Checkpointer
 from hyperforget_jax.commands import common
+from hyperforget_jax.configflags import non_negative_int
 from hyperforget_jax.errors import CheckpointError, DataError, ForgetRequestError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_outputs, train_judge
 from hyperforget_jax.gan.models import GAN_ARCHS, GANArch
 from hyperforget_jax.gan.train import (GANConfig, init_gan_state, make_optimizer, sample,
                                        save_grid, timed_train_gan)
-from hyperforget_jax.gan.unlearn import FAKE_LABELS, SUBSTITUTIONS, default_recipe, unlearn_gan
+from hyperforget_jax.gan.unlearn import (FAKE_LABELS, SUBSTITUTIONS, UnlearnConfig,
+                                        default_recipe, unlearn_gan)
 
 
 def load_gan_run(run_dir: str | Path):
     """(GANArch, GANState, meta) of the latest checkpoint of a ``gan train/unlearn`` run."""
     run_dir = Path(run_dir).expanduser().absolute()
+    rundir.check_readable(run_dir)
     if not (run_dir / "checkpoints").is_dir():
         raise CheckpointError(f"no GAN checkpoint in {run_dir}; run `hyperforget gan train "
                               f"--run-dir {run_dir}` first")
@@ -42,6 +45,7 @@ def load_gan_run(run_dir: str | Path):
         arch = GANArch.from_json(meta["gan_arch"])
         template = init_gan_state(arch, make_optimizer(), jax.random.key(0))
         state, meta = ckpt.restore(template)
+    meta["identity"] = rundir.read_identity(run_dir)
     return arch, state, meta
 
 
@@ -61,23 +65,25 @@ def cmd_train(args) -> int:
     splits = common.load_splits(args)
     request, fsplit = _request_split(args, splits)
     train = fsplit.retain if fsplit is not None else splits.train
-    cfg = GANConfig(arch=args.gan_arch, width=args.width, epochs=args.epochs, seed=args.seed)
-    run_dir = report.prepare_dir(args.run_dir)
+    cfg = args._gan_flags.build(args)
     meta = {"role": "retrain" if request else "original", "dataset": args.dataset,
             "split_seed": args.split_seed,
             "request": request.to_json() if request else None}
-    with Checkpointer(run_dir / "checkpoints", max_to_keep=2) as ckpt:
-        state, secs, arch = timed_train_gan(train, cfg, checkpointer=ckpt, meta=meta,
-                                            progress=not args.quiet)
-    save_grid(sample(arch, state.g_params, 64, 1), run_dir / "samples.png",
-              title=f"{meta['role']} GAN ({arch.name})")
-    results = {"meta": meta, "gan_config": cfg.to_json(), "gan_arch": arch.to_json(),
-               "seconds": secs, "iterations": int(state.step)}
-    md = (f"# GAN {meta['role']}: {arch.name} on {args.dataset}\n\n{int(state.step)} "
-          f"iterations in {secs:.1f} s; G {arch.param_counts()[0]:,} / D "
-          f"{arch.param_counts()[1]:,} parameters.\n\n![samples](samples.png)\n")
-    common.write_results(run_dir, results, md)
-    print(md)
+    identity = {"role": f"gan-{meta['role']}", "gan_config": cfg.to_json(),
+                **common.data_identity(args, splits), "request": meta["request"]}
+    with common.open_run(args.run_dir, identity, args) as run:
+        with Checkpointer(run.path / "checkpoints", max_to_keep=2) as ckpt:
+            state, secs, arch = timed_train_gan(train, cfg, checkpointer=ckpt, meta=meta,
+                                                progress=common.progress(args))
+        save_grid(sample(arch, state.g_params, 64, 1), run.path / "samples.png",
+                  title=f"{meta['role']} GAN ({arch.name})")
+        results = {"meta": meta, "gan_config": cfg.to_json(), "gan_arch": arch.to_json(),
+                   "seconds": secs, "iterations": int(state.step)}
+        md = (f"# GAN {meta['role']}: {arch.name} on {args.dataset}\n\n{int(state.step)} "
+              f"iterations in {secs:.1f} s; G {arch.param_counts()[0]:,} / D "
+              f"{arch.param_counts()[1]:,} parameters.\n\n![samples](samples.png)\n")
+        common.write_results(run.path, results, md)
+    common.emit(args, results, md)
     return 0
 
 
@@ -85,28 +91,36 @@ def cmd_unlearn(args) -> int:
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
     _check_dataset(arch, splits, args, args.run_dir)
+    common.check_same_data(meta, args, splits, args.run_dir, "GAN")
     request, fsplit = _request_split(args, splits)
     if request is None:
         raise ForgetRequestError("give a forget request (--forget-class, --forget-fraction or "
                                  "--forget-indices)")
     # Unset options take the recipe of the request's kind (docs/gan.md).
-    recipe = default_recipe(request.classes is not None)
-    given = {k: getattr(args, k) for k in ("fake_label", "substitution", "lambda_u",
-                                           "lambda_s", "max_rounds", "check_every")
-             if getattr(args, k) is not None}
-    cfg = dataclasses.replace(recipe, seed=args.seed, **given)
+    cfg = args._unlearn_flags.build(args, base=default_recipe(request.classes is not None))
     classify = None
     if request.classes is not None:
         judge = train_judge(splits.train, seed=0)
         classify = lambda x: judge_outputs(judge, x)[0].argmax(1)
-    out = report.prepare_dir(args.out)
+    identity = {"role": "gan-unlearned", "unlearn_config": cfg.to_json(),
+                "request": request.to_json(), "source": meta.get("identity"),
+                "gan_arch": arch.to_json(), **common.data_identity(args, splits)}
     # The cascade checkpoints into --out after every chunk of rounds; a rerun after a crash
     # resumes there and ends exactly where an uninterrupted run would.
+    with common.open_run(args.out, identity, args, reads=[args.run_dir], flag="--out") as run:
+        results, md = _unlearn_into(run.path, args, arch, state, meta, splits, request,
+                                    fsplit, cfg, classify)
+    common.emit(args, results, md)
+    return 0
+
+
+def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, classify):
+    meta = {k: v for k, v in meta.items() if k != "identity"}
     with Checkpointer(out / "checkpoints", max_to_keep=2) as ckpt:
         res = unlearn_gan(arch, state.g_params, state.d_params, retain_x=fsplit.retain.x,
                           forget_x=fsplit.forget.x, heldout_x=splits.val.x, cfg=cfg,
                           forget_classes=request.classes, classify=classify,
-                          progress=not args.quiet, checkpointer=ckpt,
+                          progress=common.progress(args), checkpointer=ckpt,
                           meta={**meta, "role": "unlearned", "request": request.to_json(),
                                 "unlearn_config": cfg.to_json(),
                                 "source_run": str(Path(args.run_dir).absolute())})
@@ -116,16 +130,17 @@ def cmd_unlearn(args) -> int:
           f"{res.seconds:.1f} s (stopped by {res.stopped}); fake label {cfg.fake_label} "
           f"(y_f = {res.y_f:.3f}), {cfg.substitution}-level substitution.\n\n"
           "![samples](samples.png)\n")
-    common.write_results(out, {"request": request.to_json(), "unlearn_config": cfg.to_json(),
-                               **res.summary(), "history": res.history}, md)
-    print(md)
-    return 0
+    results = {"request": request.to_json(), "unlearn_config": cfg.to_json(),
+               **res.summary(), "history": res.history}
+    common.write_results(out, results, md)
+    return results, md
 
 
 def cmd_evaluate(args) -> int:
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
     _check_dataset(arch, splits, args, args.run_dir)
+    common.check_same_data(meta, args, splits, args.run_dir, "GAN")
     request, fsplit = _request_split(args, splits)
     if request is None:
         if not meta.get("request"):
@@ -137,8 +152,8 @@ def cmd_evaluate(args) -> int:
     ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
     ref = judge_outputs(judge, fsplit.retain.x)[1]        # the FID reference, shared by every run
     rows = {}
-    for name, run in [(Path(args.run_dir).name, None)] + [(Path(d).name, d)
-                                                           for d in args.compare or []]:
+    runs = [args.run_dir, *(args.compare or [])]
+    for name, run in zip(common.unique_labels(runs), [None, *(args.compare or [])]):
         a, st = (arch, state) if run is None else load_gan_run(run)[:2]
         rows[name] = evaluate_gan(a, st.g_params, st.d_params, judge, splits, fsplit.forget.x,
                                   fsplit.retain.x, request.classes, ev, ref)
@@ -148,10 +163,17 @@ def cmd_evaluate(args) -> int:
           "judge classifier's features (not Inception).\n\n" +
           report.markdown_table(["run", *keys], [[n, *(report.fmt(r.get(k), 3) for k in keys)]
                                                  for n, r in rows.items()]) + "\n")
-    out = report.prepare_dir(args.out or args.run_dir)
-    report.write_json(out / "gan_evaluation.json", {"request": request.to_json(), "eval": rows})
-    report.atomic_write(out / "gan_evaluation.md", md)
-    print(md)
+    results = {"request": request.to_json(), "eval": rows}
+    out = args.out or Path(args.run_dir) / "gan-evaluate" / re.sub(
+        r"[^A-Za-z0-9.+-]+", "-", request.describe()).strip("-")
+    identity = {"role": "gan-evaluation", "runs": [str(Path(r).absolute()) for r in runs],
+                "request": request.to_json(), "samples": args.samples,
+                **common.data_identity(args, splits)}
+    with common.open_run(out, identity, args, reads=runs, flag="--out",
+                         replace_role=True) as run:
+        report.write_json(run.path / "gan_evaluation.json", results)
+        report.atomic_write(run.path / "gan_evaluation.md", md)
+    common.emit(args, results, md)
     return 0
 
 
@@ -162,14 +184,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = gsub.add_parser("train", help="train a GAN (with a forget request: Retrain on D_r)")
     common.add_data_args(p)
     common.add_request_args(p, required=False)
-    d = GANConfig()
-    p.add_argument("--gan-arch", default=d.arch, choices=GAN_ARCHS)
-    p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--epochs", type=int, default=d.epochs)
-    p.add_argument("--seed", type=int, default=0)
+    flags = configflags.add_config_flags(p, GANConfig, title="GAN recipe",
+                                         rename={"arch": "gan-arch"},
+                                         choices={"arch": GAN_ARCHS})
     p.add_argument("--run-dir", default="runs/gan/original")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_train)
+    common.add_output_args(p)
+    p.set_defaults(func=cmd_train, _gan_flags=flags)
 
     p = gsub.add_parser("unlearn", help="cascaded unlearning of a trained GAN")
     common.add_data_args(p)
@@ -179,18 +199,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="checkpoints, samples and results; a rerun resumes an interrupted run")
     recipe = lambda r: (f"{r.fake_label}/{r.substitution}/λ_s {r.lambda_s}/check every "
                         f"{r.check_every}/max {r.max_rounds}")
-    rec = (f"(default: the recipe of the request's kind: items {recipe(default_recipe(False))}, "
-           f"classes {recipe(default_recipe(True))})")
-    p.add_argument("--fake-label", choices=FAKE_LABELS, help="target of D on the forgotten "
-                   "images: hard 0, mean generated score, mean held-out real score " + rec)
-    p.add_argument("--substitution", choices=SUBSTITUTIONS, help="latent- or data-level "
-                   "substitutes for flagged codes")
-    p.add_argument("--lambda-u", type=float, help="weight of the fake-label term in L_D")
-    p.add_argument("--lambda-s", type=float, help="weight of the substitution term in L_G")
-    p.add_argument("--check-every", type=int, help="rounds between stop-criteria checks")
-    p.add_argument("--max-rounds", type=int, help="cap on cascade rounds")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
+    rec = (f"Unset fields take the recipe of the request's kind: items "
+           f"{recipe(default_recipe(False))}; classes {recipe(default_recipe(True))}.")
+    flags = configflags.add_config_flags(
+        p, UnlearnConfig, title="unlearning recipe",
+        choices={"fake_label": FAKE_LABELS, "substitution": SUBSTITUTIONS})
+    p.set_defaults(_unlearn_flags=flags)
+    p.description = "Cascaded unlearning of a trained GAN. " + rec
+    common.add_output_args(p)
     p.set_defaults(func=cmd_unlearn)
 
     p = gsub.add_parser("evaluate", help="forgotten share, classifier-FID/IS, D-score MIA, "
@@ -199,6 +215,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_request_args(p, required=False)
     p.add_argument("--run-dir", required=True)
     p.add_argument("--compare", nargs="*", help="other GAN runs (e.g. Original, Retrain)")
-    p.add_argument("--samples", type=int, default=10_000)
-    p.add_argument("--out")
+    p.add_argument("--samples", type=non_negative_int, default=10_000)
+    p.add_argument("--out", help="output directory (default: <run-dir>/gan-evaluate/<request>)")
+    common.add_output_args(p, quiet=False)
     p.set_defaults(func=cmd_evaluate)

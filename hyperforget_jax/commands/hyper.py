@@ -13,78 +13,98 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
-from hyperforget_jax import checkpoint, data, report
+from hyperforget_jax import checkpoint, configflags, data, report, rundir
 from hyperforget_jax import params as P_
 from hyperforget_jax.commands import common
+from hyperforget_jax.configflags import finite_float, non_negative_int, seed_int
 from hyperforget_jax.errors import ArchitectureError, ConfigError
 from hyperforget_jax.evaluation import evaluate_unlearning
 from hyperforget_jax.hyperforget import corpus as C
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import dihyfo as H
+from hyperforget_jax.hyperforget import store
 from hyperforget_jax.hyperforget.spec import check_target
 
 
 def cmd_corpus(args) -> int:
-    cfg = C.CorpusConfig(arch=args.arch, num_seeds=args.seeds, first_seed=args.first_seed,
-                         fleet_size=args.fleet_size, test_fraction=args.test_fraction,
-                         lr_range=tuple(args.lr_range), epochs_range=tuple(args.epochs_range),
-                         class_pairs=args.pairs,
-                         forget_classes=tuple(args.forget_classes) if args.forget_classes
-                         else None, unlearn_layers=args.unlearn_layers,
-                         unlearn_lr=args.unlearn_lr, unlearn_epochs=args.unlearn_epochs,
-                         checkpoints=args.checkpoints)
+    cfg = args._corpus_flags.build(args)
     splits = common.load_splits(args)
-    stats = C.build_corpus(args.out, cfg, splits, args.dataset, args.split_seed,
-                           progress=not args.quiet)
-    corpus = C.Corpus(args.out)
-    print(f"corpus {corpus.path}: {len(corpus.originals)} originals, {len(corpus)} trajectory "
+    identity = {"role": "corpus", "config": cfg.to_json(), **common.data_identity(args, splits)}
+    # Corpora built before run.json existed are adopted; their index has its own config check.
+    legacy = lambda path: {} if (path / "index.json").exists() else None
+    with common.open_run(args.out, identity, args, flag="--out", legacy=legacy) as run:
+        stats = C.build_corpus(run.path, cfg, splits, args.dataset, args.split_seed,
+                               progress=common.progress(args))
+        corpus = C.Corpus(run.path)
+    md = (f"corpus {corpus.path}: {len(corpus.originals)} originals, {len(corpus)} trajectory "
           f"checkpoints built in {stats['total_build_seconds']:.1f} s; this call: "
           f"{stats['checkpoints']} new in {stats['seconds']:.1f} s, {stats['shards_skipped']} "
           f"shard(s) already done; test seeds {corpus.index['test_seeds']}")
+    common.emit(args, {**stats, "path": str(corpus.path), "originals": len(corpus.originals),
+                       "checkpoints_total": len(corpus),
+                       "test_seeds": corpus.index["test_seeds"]}, md)
     return 0
 
 
 def cmd_hypertrain(args) -> int:
+    # Refused before anything is read or written (issue 16, 13a).
     if args.variant == "dihyfo1" and args.forget_class is None:
         raise ConfigError("--variant dihyfo1 needs --forget-class C")
     if args.variant == "dihyfo2" and args.forget_class is not None:
         raise ConfigError("--variant dihyfo2 serves every class and takes no --forget-class; "
                           "drop it, or use --variant dihyfo1 for a one-class network")
-    den = DN.DenoiserConfig(num_layers=args.layers, width=args.width, num_heads=args.heads)
-    cfg = DN.HyperTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                              ema_decay=args.ema_decay, permute=not args.no_permute,
-                              endpoint_fraction=args.endpoint_fraction,
-                              p_uncond=args.p_uncond, seed=args.seed)
+    den = args._denoiser_flags.build(args)
+    cfg = args._hypertrain_flags.build(args)
     corpus = C.Corpus(args.corpus)
-    out = report.prepare_dir(args.out)
-    net, hist = H.train_hypernet(corpus, args.variant, args.forget_class, den, cfg,
-                                 checkpoint_dir=out / "train_state", progress=not args.quiet)
-    path = H.save_hypernet(out, net, {"corpus": str(corpus.path), "history": hist,
-                                      "corpus_config": corpus.index["config"]})
-    report.write_json(out / "history.json", hist)
-    print(f"{args.variant}: {cfg.steps} steps in {hist['seconds']:.0f} s, final loss "
-          f"{hist['loss'][-1]:.5f}; saved {path}")
+    identity = {"role": "hypernet", "variant": args.variant, "forget_class": args.forget_class,
+                "denoiser": den.to_json(), "train": cfg.to_json(),
+                "corpus": rundir.read_identity(args.corpus) or str(corpus.path)}
+    # Runs started before run.json existed are adopted: their training state checks its own
+    # spec and config on resume.
+    legacy = lambda path: {} if (path / "train_state").exists() else None
+    with common.open_run(args.out, identity, args, reads=[args.corpus], flag="--out",
+                         legacy=legacy) as run:
+        net, hist = H.train_hypernet(corpus, args.variant, args.forget_class, den, cfg,
+                                     checkpoint_dir=run.path / "train_state",
+                                     progress=common.progress(args))
+        path = H.save_hypernet(run.path, net, {"corpus": str(corpus.path), "history": hist,
+                                               "corpus_config": corpus.index["config"]})
+        report.write_json(run.path / "history.json", hist)
+    common.emit(args, {"variant": args.variant, "steps": cfg.steps, "history": hist,
+                       "hypernet": str(path)},
+                f"{args.variant}: {cfg.steps} steps in {hist['seconds']:.0f} s, final loss "
+                f"{hist['loss'][-1]:.5f}; saved {path}")
     return 0
 
 
 def _start_network(args, net):
+    """(params, identity of the start) from --run-dir or --corpus/--start-seed."""
     if args.run_dir is not None:
-        arch, params, _ = common.load_run(args.run_dir)
-        if arch.param_count != net.spec.arch.param_count or arch.name != net.spec.arch.name:
+        arch, params, meta = common.load_run(args.run_dir)
+        want = net.spec.arch
+        if arch.param_count != want.param_count or arch.name != want.name:
             raise ArchitectureError(
                 f"the start network in {args.run_dir} is a {arch.name} ({arch.param_count:,} "
-                f"parameters) but this hypernetwork samples {net.spec.arch.name} networks; "
-                f"train one with `hyperforget train --arch {net.spec.arch.name}`")
-        return params
+                f"parameters) but this hypernetwork samples {want.name} networks; train one "
+                f"with `hyperforget train --arch {want.name}`")
+        return params, {"run": meta["identity"]}
     if args.corpus is None or args.start_seed is None:
         raise ConfigError("give a start network: --run-dir DIR or --corpus DIR --start-seed S")
     corpus = C.Corpus(args.corpus)
-    return P_.unflatten(jnp.asarray(corpus.original(args.start_seed)),
-                        corpus.arch.param_shapes())
+    params = P_.unflatten(jnp.asarray(corpus.original(args.start_seed)),
+                          corpus.arch.param_shapes())
+    return params, {"corpus": str(Path(args.corpus).absolute()), "seed": args.start_seed}
+
+
+def _hypernet_identity(args, meta) -> dict | str:
+    if store.is_pretrained_name(args.hypernet):
+        return {"pretrained": meta.get("pretrained_name"), "sha256": meta.get("sha256")}
+    return rundir.read_identity(args.hypernet) or str(Path(args.hypernet).absolute())
 
 
 def cmd_sample(args) -> int:
@@ -93,28 +113,43 @@ def cmd_sample(args) -> int:
                                                                args.forget_target)
     rt = None if args.retain_target is None else check_target("--retain-target",
                                                                args.retain_target)
-    net, _ = H.load_hypernet(args.hypernet)
+    net, meta = H.load_hypernet(args.hypernet)
     classes = tuple(args.forget_class)
     H.check_request(net.spec, classes)
     splits = common.load_splits(args)
     net.spec.arch.check_inputs(splits.train.x, f"dataset {args.dataset!r}")
-    params = _start_network(args, net)
+    params, start = _start_network(args, net)
     prompt = H.make_prompt(net, params, splits.train, classes, ft, rt)
-    key = jax.random.key(args.seed)
-    t0 = time.perf_counter()
-    if args.best_of > 1:
-        out, _ = H.sample_best_of(key, net, params, prompt, splits.train, args.best_of,
-                                  args.num_steps, args.guidance)
-    else:
-        out = H.sample(key, net, params, prompt, args.num_steps, args.method, args.guidance)
-    jax.block_until_ready(out)
-    secs = time.perf_counter() - t0
     request = data.ForgetRequest(classes=classes)
-    fsplit = data.resolve_forget(splits.train, request)
-    arch = net.spec.arch
-    ev_start = evaluate_unlearning(arch, params, splits, fsplit, request, args.seed)
-    ev = evaluate_unlearning(arch, out, splits, fsplit, request, args.seed)
-    run_dir = report.prepare_dir(args.out)
+    identity = {"role": "hyperforget-sample", "hypernet": _hypernet_identity(args, meta),
+                "start": start, "request": request.to_json(), "forget_target": ft,
+                "retain_target": rt, "num_steps": args.num_steps, "method": args.method,
+                "guidance": args.guidance, "best_of": args.best_of, "seed": args.seed,
+                **common.data_identity(args, splits)}
+    reads = [p for p in (args.run_dir, args.corpus) if p is not None]
+    if not store.is_pretrained_name(args.hypernet):
+        reads.append(args.hypernet)
+    # Claimed before sampling: a refused --out costs nothing.
+    with common.open_run(args.out, identity, args, reads=reads, flag="--out") as run:
+        key = jax.random.key(args.seed)
+        t0 = time.perf_counter()
+        if args.best_of > 1:
+            out, _ = H.sample_best_of(key, net, params, prompt, splits.train, args.best_of,
+                                      args.num_steps, args.guidance)
+        else:
+            out = H.sample(key, net, params, prompt, args.num_steps, args.method,
+                           args.guidance)
+        jax.block_until_ready(out)
+        secs = time.perf_counter() - t0
+        fsplit = data.resolve_forget(splits.train, request)
+        arch = net.spec.arch
+        ev_start = evaluate_unlearning(arch, params, splits, fsplit, request, args.seed)
+        ev = evaluate_unlearning(arch, out, splits, fsplit, request, args.seed)
+        _write_sample(run.path, args, net, out, arch, request, prompt, ev_start, ev, secs)
+    return 0
+
+
+def _write_sample(run_dir, args, net, out, arch, request, prompt, ev_start, ev, secs):
     prompt_json = {k: jnp.asarray(v).tolist() for k, v in prompt._asdict().items()}
     checkpoint.save_params(run_dir / "params", out, {"role": "hyperforget-sample",
                                                      "architecture": arch.to_json(),
@@ -131,79 +166,69 @@ def cmd_sample(args) -> int:
                 report.fmt(e["mia_loss_lr"], 3)] for n, e in (("start", ev_start),
                                                                ("sample", ev))])
           + f"\n\nsampling time {secs:.2f} s ({how}, including compilation)\n")
-    common.write_results(run_dir, {"start": ev_start, "sample": ev, "seconds": secs,
-                                   "request": request.to_json(), "prompt": prompt_json,
-                                   "hypernet": str(args.hypernet)}, md)
-    print(md)
-    return 0
+    results = {"start": ev_start, "sample": ev, "seconds": secs, "request": request.to_json(),
+               "prompt": prompt_json, "hypernet": str(args.hypernet)}
+    common.write_results(run_dir, results, md)
+    common.emit(args, results, md)
+
+
+def _positive_int(text: str) -> int:
+    v = non_negative_int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="build (or resume) a HyperForget checkpoint corpus")
     common.add_data_args(p)
-    d = C.CorpusConfig()
     p.add_argument("--out", required=True, help="corpus directory (resumable)")
-    p.add_argument("--arch", default=d.arch)
-    p.add_argument("--seeds", type=int, default=d.num_seeds, help="number of original networks")
-    p.add_argument("--first-seed", type=int, default=d.first_seed)
-    p.add_argument("--fleet-size", type=int, default=d.fleet_size, help="seeds per shard")
-    p.add_argument("--test-fraction", type=float, default=d.test_fraction)
-    p.add_argument("--lr-range", type=float, nargs=2, default=d.lr_range, metavar=("LO", "HI"))
-    p.add_argument("--epochs-range", type=int, nargs=2, default=d.epochs_range,
-                   metavar=("LO", "HI"))
-    p.add_argument("--forget-classes", type=int, nargs="+", default=None, metavar="C",
-                   help="classes of the single-class requests (default: every class)")
-    p.add_argument("--pairs", type=int, default=d.class_pairs,
-                   help="two-class requests to add (0..45)")
-    p.add_argument("--unlearn-layers", choices=("head", "all"), default=d.unlearn_layers)
-    p.add_argument("--unlearn-lr", type=float, default=d.unlearn_lr)
-    p.add_argument("--unlearn-epochs", type=int, default=d.unlearn_epochs)
-    p.add_argument("--checkpoints", type=int, default=d.checkpoints,
-                   help="checkpoints per unlearning trajectory")
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_corpus)
+    flags = configflags.add_config_flags(
+        p, C.CorpusConfig, title="corpus", rename={"num_seeds": "seeds", "class_pairs": "pairs"},
+        choices={"unlearn_layers": ("head", "all")})
+    common.add_output_args(p)
+    p.set_defaults(func=cmd_corpus, _corpus_flags=flags)
 
     p = sub.add_parser("hypertrain", help="train a DiHyFo-1/2 hypernetwork on a corpus")
-    t, n = DN.HyperTrainConfig(), DN.DenoiserConfig()
     p.add_argument("--corpus", required=True)
     p.add_argument("--out", required=True, help="output directory (resumes an interrupted run)")
     p.add_argument("--variant", choices=H.VARIANTS, default="dihyfo2")
-    p.add_argument("--forget-class", type=int, default=None,
-                   help="DiHyFo-1's class (DiHyFo-2 takes none)")
-    p.add_argument("--steps", type=int, default=t.steps)
-    p.add_argument("--batch-size", type=int, default=t.batch_size)
-    p.add_argument("--lr", type=float, default=t.lr)
-    p.add_argument("--ema-decay", type=float, default=t.ema_decay)
-    p.add_argument("--no-permute", action="store_true", help="no permutation augmentation")
-    p.add_argument("--endpoint-fraction", type=float, default=t.endpoint_fraction,
-                   help="share of training pairs targeting the trajectory's end")
-    p.add_argument("--p-uncond", type=float, default=t.p_uncond,
-                   help="guidance dropout of the loss targets")
-    p.add_argument("--layers", type=int, default=n.num_layers)
-    p.add_argument("--width", type=int, default=n.width)
-    p.add_argument("--heads", type=int, default=n.num_heads)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=cmd_hypertrain)
+    p.add_argument("--forget-class", type=common.class_id, default=None,
+                   help="DiHyFo-1's class (DiHyFo-2 serves every class and takes none)")
+    train_flags = configflags.add_config_flags(p, DN.HyperTrainConfig,
+                                               title="hypernetwork training")
+    den_flags = configflags.add_config_flags(p, DN.DenoiserConfig, title="denoiser",
+                                             rename={"num_layers": "layers",
+                                                     "num_heads": "heads"},
+                                             choices={"tokens": ("auto", "chunks", "units")})
+    common.add_output_args(p)
+    p.set_defaults(func=cmd_hypertrain, _hypertrain_flags=train_flags,
+                   _denoiser_flags=den_flags)
 
     p = sub.add_parser("sample", help="sample an unlearned network from a hypernetwork")
     common.add_data_args(p)
     p.add_argument("--hypernet", required=True,
-                   help="'pretrained' (shipped DiHyFo-2 for gpt_mlp) or the --out of hypertrain")
-    p.add_argument("--forget-class", type=int, nargs="+", required=True, metavar="C")
-    p.add_argument("--run-dir", default=None, help="start network from `hyperforget train`")
+                   help="'pretrained' (the shipped DiHyFo-2 for gpt_mlp on mnist5k), a .npz "
+                        "file, or the --out of hypertrain")
+    p.add_argument("--forget-class", type=common.class_id, nargs="+", required=True,
+                   metavar="C")
+    p.add_argument("--run-dir", default=None,
+                   help="start network from `hyperforget train` (of the hypernetwork's "
+                        "architecture: --arch gpt_mlp for the pretrained one)")
     p.add_argument("--corpus", default=None)
-    p.add_argument("--start-seed", type=int, default=None, help="corpus run to start from")
-    p.add_argument("--forget-target", type=float, default=None,
+    p.add_argument("--start-seed", type=seed_int, default=None,
+                   help="corpus run to start from")
+    p.add_argument("--forget-target", type=finite_float, default=None,
                    help="forget loss to reach (default: the hypernetwork's)")
-    p.add_argument("--retain-target", type=float, default=None,
+    p.add_argument("--retain-target", type=finite_float, default=None,
                    help="retain loss to reach (default: the start's, times the corpus ratio)")
-    p.add_argument("--num-steps", type=int, default=20, help="DDIM steps")
+    p.add_argument("--num-steps", type=_positive_int, default=20, help="DDIM steps")
     p.add_argument("--method", choices=("ddim", "ddpm"), default="ddim")
-    p.add_argument("--guidance", type=float, default=0.0,
-                   help="classifier-free guidance weight (0: none)")
-    p.add_argument("--best-of", type=int, default=1,
+    p.add_argument("--guidance", type=finite_float, default=0.0,
+                   help="classifier-free guidance weight (0: none) [ours]")
+    p.add_argument("--best-of", type=_positive_int, default=1,
                    help="draw N samples, keep the closest to the prompt [beyond]")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", required=True)
+    common.add_output_args(p, quiet=False)
     p.set_defaults(func=cmd_sample)

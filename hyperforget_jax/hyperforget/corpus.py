@@ -62,6 +62,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import data, report, train
+from hyperforget_jax.config import check_config, field
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import corpus_index as CI
@@ -97,57 +98,34 @@ class CorpusConfig:
         end).
     """
 
-    arch: str = "gpt_mlp"
-    num_seeds: int = 256
-    first_seed: int = 100_000
-    fleet_size: int = 32
-    test_fraction: float = 0.0625
-    lr_range: tuple[float, float] = (7e-4, 4e-3)
-    epochs_range: tuple[int, int] = (8, 36)
-    batch_size: int = 128
-    weight_decay: float = 1e-4
-    forget_classes: tuple[int, ...] | None = None
-    class_pairs: int = 20
-    unlearn_layers: str = "head"
-    unlearn_lr: float = 1e-2
-    unlearn_epochs: int = 20
-    unlearn_batch_size: int = 128
-    checkpoints: int = 16
+    arch: str = field("gpt_mlp")
+    num_seeds: int = field(256, ge=2)
+    first_seed: int = field(100_000, ge=0)
+    fleet_size: int = field(32, ge=1)
+    test_fraction: float = field(0.0625, gt=0, lt=1)
+    lr_range: tuple[float, ...] = field((7e-4, 4e-3), gt=0)
+    epochs_range: tuple[int, ...] = field((8, 36), ge=1)
+    batch_size: int = field(128, ge=1)
+    weight_decay: float = field(1e-4, ge=0)
+    forget_classes: tuple[int, ...] | None = field(None, ge=0)
+    class_pairs: int = field(20, ge=0, le=45)
+    unlearn_layers: str = field("head", choices=("head", "all"))
+    unlearn_lr: float = field(1e-2, gt=0)
+    unlearn_epochs: int = field(20, ge=1)
+    unlearn_batch_size: int = field(128, ge=1)
+    checkpoints: int = field(16, ge=1)
 
     def __post_init__(self):
-        if self.num_seeds < 2 or self.fleet_size < 1:
-            raise ConfigError(f"a corpus needs >= 2 seeds and fleet_size >= 1, got "
-                              f"{self.num_seeds}, {self.fleet_size}")
-        if self.first_seed < 0:
-            raise ConfigError(f"first_seed must be >= 0, got {self.first_seed}")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
-        lo, hi = (float(v) for v in self.lr_range)
-        if not (0 < lo <= hi and np.isfinite(hi)):
-            raise ConfigError(f"lr_range must be 0 < low <= high, got {self.lr_range}")
-        object.__setattr__(self, "lr_range", (lo, hi))
-        elo, ehi = (int(v) for v in self.epochs_range)
-        if not 1 <= elo <= ehi:
-            raise ConfigError(f"epochs_range must be 1 <= low <= high, got {self.epochs_range}")
-        object.__setattr__(self, "epochs_range", (elo, ehi))
-        if min(self.batch_size, self.unlearn_batch_size, self.unlearn_epochs,
-               self.checkpoints) < 1:
-            raise ConfigError("batch sizes, unlearn_epochs and checkpoints must be >= 1")
-        if not (self.unlearn_lr > 0 and np.isfinite(self.unlearn_lr)):
-            raise ConfigError(f"unlearn_lr must be a positive number, got {self.unlearn_lr}")
-        if not (self.weight_decay >= 0 and np.isfinite(self.weight_decay)):
-            raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0 <= self.class_pairs <= 45:
-            raise ConfigError(f"class_pairs must lie in [0, 45], got {self.class_pairs}")
-        if self.unlearn_layers not in ("head", "all"):
-            raise ConfigError(f"unlearn_layers must be 'head' or 'all', got "
-                              f"{self.unlearn_layers!r}")
-        if self.forget_classes is not None:
-            fc = tuple(int(c) for c in self.forget_classes)
-            if not fc or len(set(fc)) != len(fc) or min(fc) < 0:
-                raise ConfigError(f"forget_classes must be distinct class ids >= 0, got "
-                                  f"{self.forget_classes}")
-            object.__setattr__(self, "forget_classes", fc)
+        check_config(self)
+        for name in ("lr_range", "epochs_range"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise ConfigError(f"CorpusConfig.{name} must be two values LOW HIGH with "
+                                  f"LOW <= HIGH, got {lo_hi}")
+        fc = self.forget_classes
+        if fc is not None and (not fc or len(set(fc)) != len(fc)):
+            raise ConfigError(f"CorpusConfig.forget_classes must be distinct class ids, got "
+                              f"{fc}")
 
     @property
     def seeds(self) -> list[int]:

@@ -44,6 +44,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import params as P_
+from hyperforget_jax.config import check_config, field
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.train import guarded_apply
@@ -66,27 +67,20 @@ class DenoiserConfig:
         or ``"auto"`` (units for MLPs; resolved when a hypernetwork is built).
     """
 
-    num_layers: int = 2
-    width: int = 128
-    num_heads: int = 4
-    mlp_ratio: int = 4
-    max_chunk: int = 1000
-    num_freqs: int = 32
-    max_freq_exp: float = 4.0
-    tokens: str = "auto"
+    num_layers: int = field(2, ge=1)
+    width: int = field(128, ge=1)
+    num_heads: int = field(4, ge=1)
+    mlp_ratio: int = field(4, ge=1)
+    max_chunk: int = field(1000, ge=1)
+    num_freqs: int = field(32, ge=1)
+    max_freq_exp: float = field(4.0, ge=0, lt=64)
+    tokens: str = field("auto", choices=("auto", "chunks", "units"))
 
     def __post_init__(self):
-        if min(self.num_layers, self.width, self.num_heads, self.mlp_ratio, self.max_chunk,
-               self.num_freqs) < 1:
-            raise ConfigError(f"denoiser sizes must be >= 1, got {self}")
+        check_config(self)
         if self.width % self.num_heads:
-            raise ConfigError(f"width {self.width} must be divisible by num_heads "
-                              f"{self.num_heads}")
-        if not (self.max_freq_exp >= 0 and self.max_freq_exp < 64):
-            raise ConfigError(f"max_freq_exp must lie in [0, 64), got {self.max_freq_exp}")
-        if self.tokens not in ("auto", "chunks", "units"):
-            raise ConfigError(f"tokens must be 'auto', 'chunks' or 'units', got "
-                              f"{self.tokens!r}")
+            raise ConfigError(f"DenoiserConfig.width {self.width} must be divisible by "
+                              f"num_heads {self.num_heads}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -390,33 +384,20 @@ class HyperTrainConfig:
       seed: pair draws, diffusion noise and initialisation.
     """
 
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.1
-    grad_clip: float = 0.75
-    warmup_fraction: float = 0.02
-    ema_decay: float = 0.995
-    permute: bool = True
-    endpoint_fraction: float = 0.5
-    p_uncond: float = 0.1
-    seed: int = 0
+    steps: int = field(3000, ge=1)
+    batch_size: int = field(64, ge=1)
+    lr: float = field(1e-3, gt=0)
+    weight_decay: float = field(0.1, ge=0)
+    grad_clip: float = field(0.75, gt=0)
+    warmup_fraction: float = field(0.02, ge=0, lt=1)
+    ema_decay: float = field(0.995, ge=0, lt=1)
+    permute: bool = field(True)
+    endpoint_fraction: float = field(0.5, ge=0, le=1)
+    p_uncond: float = field(0.1, ge=0, le=1)
+    seed: int = field(0, ge=0)
 
     def __post_init__(self):
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError(f"steps and batch_size must be >= 1, got {self.steps}, "
-                              f"{self.batch_size}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ConfigError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
-        for name in ("endpoint_fraction", "p_uncond"):
-            v = getattr(self, name)
-            if not 0.0 <= v <= 1.0:
-                raise ConfigError(f"{name} must lie in [0, 1], got {v}")
-        if not (self.lr > 0 and self.lr < float("inf")):
-            raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if not (self.weight_decay >= 0 and self.grad_clip > 0):
-            raise ConfigError(f"weight_decay must be >= 0 and grad_clip > 0, got "
-                              f"{self.weight_decay}, {self.grad_clip}")
+        check_config(self)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

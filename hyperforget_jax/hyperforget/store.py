@@ -132,14 +132,19 @@ def load_hypernet(path: str | os.PathLike = "pretrained") -> tuple[Hypernet, dic
     Raises:
       CheckpointError: missing, unreadable, damaged, or (pretrained) a hash mismatch.
     """
-    if isinstance(path, str) and (path == "pretrained" or path.startswith("pretrained:")):
-        return load_pretrained(path.partition(":")[2] or None)
+    if is_pretrained_name(path):
+        return load_pretrained(str(path).partition(":")[2] or None)
     p = _resolve(path)
     try:
         raw = p.read_bytes()
     except OSError as e:
         raise CheckpointError(f"cannot read {p} ({e.strerror})") from e
     return from_bytes(raw, str(p))
+
+
+def is_pretrained_name(path) -> bool:
+    """``"pretrained"`` or ``"pretrained:NAME"``: a network shipped with the package."""
+    return isinstance(path, str) and (path == "pretrained" or path.startswith("pretrained:"))
 
 
 def sha256(raw: bytes) -> str:
@@ -167,4 +172,5 @@ def load_pretrained(name: str | None = None) -> tuple[Hypernet, dict]:
         raise CheckpointError(f"the pretrained hypernetwork {f} is corrupt or was replaced "
                               f"(SHA-256 {got[:12]}…, expected {entry['sha256'][:12]}…); "
                               "reinstall hyperforget_jax")
-    return from_bytes(raw, str(f))
+    net, meta = from_bytes(raw, str(f))
+    return net, {**meta, "pretrained_name": name, "sha256": got}

@@ -1,32 +1,45 @@
-"""One API for every unlearning method.
+"""One API for every unlearning method, and sweeps of many seeds and configs as one program.
 
-    result = unlearn("gradtau", arch, params, split, val)       # -> UnlearnResult(params, info)
+    result = unlearn("gradtau", model, params, split, val)       # -> UnlearnResult(params, info)
+    results = unlearn_sweep("gradtau", model, params, split, val, seeds=[0, 1, 2],
+                            configs=[GradTauConfig(), GradTauConfig(lr=3e-4)])
 
-Methods: ``gradtau`` (∇τ, :mod:`.gradtau`), ``retrain`` (``train.fit`` on D_r with the original
-recipe), ``finetune`` (∇τ's batches and optimiser with α ≡ 0: descent on D_r only), ``neggrad``,
-``neggrad_plus``, ``random_labels``, ``scrub``, ``salun`` and ``bad_teacher``
+``model`` is anything :func:`hyperforget_jax.models.as_model` takes: a registered name, a Flax
+module, an ``apply_fn(params, x) -> logits`` or an import path. Methods: ``gradtau`` (∇τ,
+:mod:`.gradtau`), ``retrain`` (``train.fit`` on D_r with the original recipe), ``finetune``
+(∇τ's batches and optimiser with α ≡ 0: descent on D_r only, for 2E forget-epochs),
+``neggrad``, ``neggrad_plus``, ``random_labels``, ``scrub``, ``salun`` and ``bad_teacher``
 (:mod:`.baselines`, hyperparameters with their sources in :mod:`.configs`). Every method returns
 new parameters and leaves the caller's untouched; ``info`` always has ``method``, ``steps`` and
 ``wall_time_s`` (measured around the whole call, device work included).
+
+Every method is also a building block for your own loop: :func:`.gradtau.nabla_tau` and the
+objectives of :mod:`.baselines` (``init`` / ``update`` pairs, the optax way).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
+import numpy as np
+from jax.sharding import Mesh
 
 from hyperforget_jax import train
 from hyperforget_jax.data import Dataset, ForgetSplit
-from hyperforget_jax.errors import ConfigError, ForgetRequestError
-from hyperforget_jax.models import Architecture
+from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
+from hyperforget_jax.models import Architecture, as_model
+from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn import baselines, configs
 from hyperforget_jax.unlearn.configs import (BadTeacherConfig, NegGradConfig, NegGradPlusConfig,
                                              RandomLabelsConfig, SalUnConfig, ScrubConfig)
-from hyperforget_jax.unlearn.gradtau import (GradTauConfig, make_gradtau_optimizer,
+from hyperforget_jax.unlearn.gradtau import (GradTau, GradTauConfig, GradTauState, nabla_tau,
+                                             gradtau_objective, make_gradtau_optimizer,
                                              make_gradtau_step, run_gradtau)
+from hyperforget_jax.unlearn import gradtau_run
 
 METHODS = ("gradtau", "retrain", "finetune", "neggrad", "neggrad_plus", "random_labels",
            "scrub", "salun", "bad_teacher")
@@ -34,7 +47,7 @@ METHODS = ("gradtau", "retrain", "finetune", "neggrad", "neggrad_plus", "random_
 RESUMABLE = ("gradtau", "finetune", "retrain")
 
 DEFAULT_CONFIGS = {"gradtau": GradTauConfig, "finetune": GradTauConfig,
-                   **{k: c for k, (_, c) in baselines.METHODS.items()}}
+                   **{k: c for k, (c, _) in baselines.METHODS.items()}}
 
 
 class UnlearnResult(NamedTuple):
@@ -48,22 +61,63 @@ def _forget_classes(split: ForgetSplit) -> tuple[int, ...] | None:
     return tuple(sorted(fc)) if not fc & set(split.retain.y.tolist()) else None
 
 
-def unlearn(method: str, arch: Architecture, params: Any, split: ForgetSplit, val: Dataset,
+def check_seed(seed: Any, what: str = "seed") -> int:
+    """Raises ConfigError unless ``seed`` is a non-negative integer (numpy's generators refuse
+    negative seeds with a raw ValueError)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ConfigError(f"{what} must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
+def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any,
+           stacked: bool = False) -> Architecture:
+    if method not in METHODS:
+        raise ConfigError(f"unknown unlearning method {method!r}; choose one of "
+                          f"{', '.join(METHODS)}")
+    if len(split.forget) == 0 or len(split.retain) == 0:
+        raise ForgetRequestError(f"{method}: the forget set ({len(split.forget)}) and the "
+                                 f"retain set ({len(split.retain)}) must both be non-empty")
+    model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
+    model.check_params(tree_index(params, 0) if stacked else params)
+    model.check_inputs(split.forget.x, "forget set")
+    model.check_inputs(split.retain.x, "retain set")
+    model.check_inputs(val.x, "validation set")
+    if method == "retrain" and not model.has_init:
+        raise ConfigError(f"retrain needs fresh parameters but model {model.name!r} has no "
+                          "init; pass a flax Module or hf.as_model(apply_fn, init_fn=...)")
+    return model
+
+
+def _config(method: str, model: Architecture, config: Any, seed: int) -> Any:
+    want = train.TrainConfig if method == "retrain" else DEFAULT_CONFIGS[method]
+    if config is None:
+        if method == "retrain":
+            label = model.source or (model.name if model.registered else "mlp")
+            return want(arch=label, seed=seed)
+        return want()
+    if not isinstance(config, want):
+        raise ConfigError(f"{method} takes a {want.__name__}, got {type(config).__name__}")
+    return config
+
+
+def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Dataset,
             config: Any = None, seed: int = 0,
             forget_classes: tuple[int, ...] | None = None, *, checkpointer=None,
-            meta: dict | None = None) -> UnlearnResult:
+            meta: dict | None = None, mesh: Mesh | None = None) -> UnlearnResult:
     """Runs ``method`` from ``params`` on the forget request ``split``.
 
     Args:
       method: one of ``METHODS``.
-      arch: the classifier architecture.
+      arch: the model: a registered name, an :class:`~hyperforget_jax.models.Architecture`, a
+        Flax module, an ``apply_fn(params, x) -> logits`` or an import path (``hf.as_model``).
+        Hold ``hf.as_model(...)`` and pass it again to reuse its compiled programs.
       params: the original model's parameters (not modified).
       split: D_f / D_r (:func:`hyperforget_jax.data.resolve_forget`).
       val: held-out validation data (∇τ's τ).
       config: the method's config (default: its published values); for ``retrain`` a
-        :class:`~hyperforget_jax.train.TrainConfig` (default ``TrainConfig(arch=arch.name,
-        seed=seed)``; a given config is used as is, its own seed included).
-      seed: batch order, random labels, random teachers.
+        :class:`~hyperforget_jax.train.TrainConfig` (default ``TrainConfig(seed=seed)``; a
+        given config is used as is, its own seed included).
+      seed: batch order, random labels, random teachers (an integer >= 0).
       forget_classes: the removed classes for class removal; by default inferred (the forget
         set's classes when none of them is left in D_r). Selects ∇τ's τ.
       checkpointer: optional :class:`~hyperforget_jax.checkpoint.Checkpointer` for the
@@ -72,54 +126,184 @@ def unlearn(method: str, arch: Architecture, params: Any, split: ForgetSplit, va
         same parameters as an uninterrupted run. The other baselines take seconds and ignore it
         (a ConfigError says so rather than silently not checkpointing).
       meta: JSON metadata stored with each checkpoint.
+      mesh: optional ``jax.sharding.Mesh``: batches split along its data axis (``"data"`` or
+        the first), state replicated; the result equals the single-device run (to rounding).
 
     Returns:
       :class:`UnlearnResult` ``(params, info)``.
 
     Raises:
-      ConfigError: unknown method or a config of the wrong type.
+      ConfigError: unknown method, a config of the wrong type, a negative seed.
       ForgetRequestError: empty forget or retain set.
-      DataError: images of a shape the architecture does not take.
+      ArchitectureError: parameters that do not fit the model.
+      DataError: images of a shape the model does not take.
     """
-    if method not in METHODS:
-        raise ConfigError(f"unknown unlearning method {method!r}; choose one of "
-                          f"{', '.join(METHODS)}")
-    if len(split.forget) == 0 or len(split.retain) == 0:
-        raise ForgetRequestError(f"{method}: the forget set ({len(split.forget)}) and the "
-                                 f"retain set ({len(split.retain)}) must both be non-empty")
-    arch.check_params(params)
-    arch.check_inputs(split.forget.x, "forget set")
-    arch.check_inputs(split.retain.x, "retain set")
-    arch.check_inputs(val.x, "validation set")
+    seed = check_seed(seed)
+    model = _check(method, split, val, arch, params)
     if forget_classes is None:
         forget_classes = _forget_classes(split)
-    want = train.TrainConfig if method == "retrain" else DEFAULT_CONFIGS[method]
-    if config is None:
-        config = want(arch=arch.name, seed=seed) if method == "retrain" else want()
-    if not isinstance(config, want):
-        raise ConfigError(f"{method} takes a {want.__name__}, got {type(config).__name__}")
-    if method == "finetune":
-        config = dataclasses.replace(config, alpha0=0.0)
+    config = _config(method, model, config, seed)
     if checkpointer is not None and method not in RESUMABLE:
         raise ConfigError(f"{method} does not checkpoint (it runs in one compiled call); "
                           f"pass checkpointer=None or use one of {', '.join(RESUMABLE)}")
 
     t0 = time.perf_counter()
     if method == "retrain":
-        state, history = train.fit(arch, split.retain, config, checkpointer=checkpointer,
-                                   meta=meta)
+        state, history = train.fit(model, split.retain, config, checkpointer=checkpointer,
+                                   meta=meta, mesh=mesh)
         out, info = state.params, {"steps": int(state.step), "epochs": config.epochs}
     elif method in ("gradtau", "finetune"):
-        out, info = run_gradtau(arch, params, split, val, config, seed, forget_classes,
-                                checkpointer=checkpointer, meta=meta)
+        out, info = run_gradtau(model, params, split, val, config, seed, forget_classes,
+                                checkpointer=checkpointer, meta=meta, mesh=mesh, method=method)
     else:
-        out, info = baselines.METHODS[method][0](arch, params, split, val, config, seed)
+        out, info = baselines.run_method(method, model, params, split, config, seed, mesh=mesh)
     jax.block_until_ready(out)
     info = {"method": method, "wall_time_s": time.perf_counter() - t0,
             "config": dataclasses.asdict(config), "seed": seed, **info}
     return UnlearnResult(out, info)
 
 
-__all__ = ["unlearn", "UnlearnResult", "METHODS", "GradTauConfig", "make_gradtau_step",
+def _is_stacked(model: Architecture, params: Any, n: int, stacked: bool | None) -> bool:
+    if stacked is not None:
+        return stacked
+    try:
+        model.check_params(params)
+        return False
+    except ArchitectureError:
+        leading = {np.shape(l)[0] if np.ndim(l) else None for l in jax.tree.leaves(params)}
+        if leading != {n}:
+            raise
+        return True
+
+
+def unlearn_sweep(method: str, arch: Any, params: Any,
+                  split: ForgetSplit | Sequence[ForgetSplit], val: Dataset,
+                  seeds: Sequence[int] = (0,), configs: Sequence[Any] | None = None,
+                  forget_classes: tuple[int, ...] | None = None, *,
+                  params_stacked: bool | None = None,
+                  vectorize: str = "vmap") -> list[UnlearnResult]:
+    """Runs many seeds and configs of one method as vmapped programs.
+
+    The members are ``seeds × configs``, seed-major: member ``i·len(configs) + j`` is seed
+    ``seeds[i]`` with ``configs[j]``; each equals (to float rounding)
+    ``unlearn(method, arch, params_i, split_i, val, configs[j], seeds[i], forget_classes)``,
+    except that for ``retrain`` the member's seed replaces the config's (member = ``unlearn(
+    "retrain", ..., replace(configs[j], seed=seeds[i]))``). Members whose shapes agree (batch
+    sizes, epochs, the request's sizes) form one group and run as one program under
+    ``jax.vmap``; every float hyperparameter (learning rate, weight decay, α scale, momentum,
+    ...) is a traced value, so configs that differ only in those share a group.
+
+    Args:
+      method: one of ``METHODS``.
+      arch: the model (anything ``hf.as_model`` takes).
+      params: the original parameters: one pytree for every member, or stacked with a leading
+        axis of ``len(seeds)`` (each seed its own original, e.g. from ``fit_fleet``).
+      split: D_f / D_r shared by every member, or one split per seed (``len(seeds)`` of them,
+        equal forget and retain sizes: e.g. random forgetting drawn with each seed, or U-LiRA's
+        shadow requests).
+      val: held-out validation data.
+      seeds: integers >= 0.
+      configs: the method's configs (default: its published one).
+      forget_classes: as in :func:`unlearn`.
+      params_stacked: whether ``params`` is stacked (None: inferred from the model's shapes).
+      vectorize: how a group's members share one program: ``"vmap"`` (side by side, the
+        default; the fast choice on GPU/TPU) or ``"map"`` (one after another inside the
+        program, ``jax.lax.map``: on CPU XLA's batched matmuls are slower than plain ones, so
+        this keeps the single-run speed). Same results.
+
+    Returns:
+      One :class:`UnlearnResult` per member, in member order. ``info["wall_time_s"]`` is the
+      member's share of its group's wall time (the group's total in
+      ``info["group_wall_time_s"]``, its size in ``info["group_size"]``).
+
+    Raises:
+      ConfigError: no seed, a negative seed, a config of the wrong type, per-seed splits of
+        different sizes or not one per seed.
+    """
+    seeds = [check_seed(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("unlearn_sweep needs at least one seed")
+    if vectorize not in train.VECTORIZE:
+        raise ConfigError(f"vectorize must be one of {', '.join(train.VECTORIZE)}, got "
+                          f"{vectorize!r}")
+    per_seed = not isinstance(split, ForgetSplit)
+    splits = list(split) if per_seed else [split] * len(seeds)
+    if len(splits) != len(seeds):
+        raise ConfigError(f"unlearn_sweep: {len(splits)} splits for {len(seeds)} seeds; pass "
+                          "one split, or one per seed")
+    if len({(len(s.forget), len(s.retain)) for s in splits}) != 1:
+        raise ConfigError("unlearn_sweep: the per-seed splits must have equal forget and "
+                          "retain sizes (they share one program); run them separately")
+    model = as_model(arch, splits[0].forget.x.shape[1:], splits[0].forget.num_classes)
+    stacked = _is_stacked(model, params, len(seeds), params_stacked)
+    model = _check(method, splits[0], val, model, params, stacked)
+    if forget_classes is None:
+        forget_classes = _forget_classes(splits[0])
+    configs = [_config(method, model, c, 0) for c in (configs or [None])]
+    members = [(si, s, c) for si, s in enumerate(seeds) for c in configs]
+    originals = [tree_index(params, si) if stacked else params for si, _, _ in members]
+    msplits = [splits[si] for si, _, _ in members]
+
+    if method == "retrain":
+        members = [(si, s, dataclasses.replace(c, seed=s)) for si, s, c in members]
+        keyed = [((c.epochs, c.batch_size), c) for _, _, c in members]
+    elif method in ("gradtau", "finetune"):
+        keyed = [(p.static, p) for p in (gradtau_run.make_plan(sp, val, c, s, forget_classes,
+                                                               method)
+                                         for sp, (_, s, c) in zip(msplits, members))]
+    else:
+        keyed = [(p.signature, p) for p in (baselines.prepare(method, model, o, sp, c, s)
+                                            for o, sp, (_, s, c) in zip(originals, msplits,
+                                                                        members))]
+    groups: dict[Any, list[int]] = {}
+    for i, (key, _) in enumerate(keyed):
+        groups.setdefault(key, []).append(i)
+
+    results: list[UnlearnResult | None] = [None] * len(members)
+    for idx in groups.values():
+        t0 = time.perf_counter()
+        items = [keyed[i][1] for i in idx]
+        if method == "retrain":
+            out, infos = _retrain_fleet(model, [msplits[i] for i in idx], items, per_seed,
+                                        vectorize)
+        else:
+            starts = jax.tree.map(lambda *l: np.stack(l), *[originals[i] for i in idx])
+            if method in ("gradtau", "finetune"):
+                group_split = [msplits[i] for i in idx] if per_seed else splits[0]
+                out, infos = gradtau_run.run_gradtau_fleet(model, starts, group_split, val,
+                                                           items, forget_classes, vectorize)
+            else:
+                out, infos = baselines.run_fleet(method, model, starts, items, per_seed,
+                                                 vectorize)
+        jax.block_until_ready(out)
+        wall = time.perf_counter() - t0
+        for k, i in enumerate(idx):
+            _, s, c = members[i]
+            info = {"method": method, "wall_time_s": wall / len(idx), "group_wall_time_s": wall,
+                    "group_size": len(idx), "config": dataclasses.asdict(c), "seed": s,
+                    **infos[k]}
+            results[i] = UnlearnResult(tree_index(out, k), info)
+    return results
+
+
+def _retrain_fleet(model: Architecture, splits: list[ForgetSplit], cfgs: list,
+                   per_seed: bool, vectorize: str) -> tuple[Any, list[dict]]:
+    """Retrain members as one vmapped fit: on the shared D_r, or on each member's own D_r
+    (equal sizes) laid side by side and indexed through per-member subsets."""
+    if per_seed:
+        n = len(splits[0].retain)
+        ds = splits[0].retain.replace(x=np.concatenate([s.retain.x for s in splits]),
+                                      y=np.concatenate([s.retain.y for s in splits]))
+        subsets = np.stack([k * n + np.arange(n) for k in range(len(splits))])
+        state, _ = train.fit_fleet(model, ds, cfgs, subsets=subsets, vectorize=vectorize)
+    else:
+        state, _ = train.fit_fleet(model, splits[0].retain, cfgs, vectorize=vectorize)
+    return state.params, [{"steps": int(state.step[k]), "epochs": c.epochs}
+                          for k, c in enumerate(cfgs)]
+
+
+__all__ = ["unlearn", "unlearn_sweep", "UnlearnResult", "METHODS", "GradTauConfig", "GradTau",
+           "GradTauState", "nabla_tau", "gradtau_objective", "make_gradtau_step",
            "make_gradtau_optimizer", "run_gradtau", "NegGradConfig", "NegGradPlusConfig",
-           "RandomLabelsConfig", "SalUnConfig", "ScrubConfig", "BadTeacherConfig", "configs"]
+           "RandomLabelsConfig", "SalUnConfig", "ScrubConfig", "BadTeacherConfig", "configs",
+           "check_seed"]

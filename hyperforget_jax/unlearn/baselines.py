@@ -1,181 +1,223 @@
-"""The baseline unlearning methods as pure steps over one scanned run.
+"""The baseline unlearning methods, as building blocks and as scanned runs.
 
-Each method is ``make_<method>_step(apply_fn, tx, cfg) -> step(state, arrays, plan_t)``: a pure
-function of the train state, a dict of on-device arrays (the forget / retain data, frozen teacher
-outputs, the saliency mask) and one row of a host-built *plan* (the batch indices and, for random
-labels, the labels of that step). :func:`run_plan` scans the step over the whole plan in a single
-jitted call, cached per (method, architecture, config), so a repeated run does not recompile.
-The plans are pure functions of the sizes and the seed.
+**Building blocks** (the shape of :func:`hyperforget_jax.unlearn.gradtau.nabla_tau`): each method is
+an :class:`Objective` — ``init(params) -> state`` and
+``update(params, state, *batches) -> (grads, state, metrics)`` — over a per-example
+``loss_fn(params, batch) -> (B,)`` or a model's ``apply_fn``; feed the gradients to any optax
+optimiser. SalUn is :func:`descent` with :func:`masked_updates` around the optimiser.
+
+>>> import jax.numpy as jnp, optax
+>>> from hyperforget_jax.train import per_example_ce
+>>> obj = neggrad(per_example_ce(lambda p, x: x @ p))
+>>> grads, _, m = obj.update(jnp.eye(3), obj.init(None), (jnp.eye(3), jnp.arange(3)))
+>>> round(float(m["loss"]), 3)    # −mean CE: ascent on the forget batch
+-0.551
+
+**Runs**: :func:`run_method` drives a method from its config: a host-built plan (batch indices,
+random labels: pure functions of the sizes and the seed) scanned over in one compiled call into
+the on-device data. The program belongs to the model and takes every float hyperparameter as a
+traced value, so all configs with the same shapes share it and :func:`run_fleet` runs a fleet
+of members (seeds × configs) as the same program under ``vmap``.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train
+from hyperforget_jax.config import float_fields
 from hyperforget_jax.data import ForgetSplit, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import NonFiniteError
-from hyperforget_jax.models import Architecture
+from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.unlearn import configs as C
 
 Params = Any
-ce = optax.softmax_cross_entropy_with_integer_labels
 
 
-def sgd(lr: float, momentum: float, weight_decay: float) -> optax.GradientTransformation:
-    """PyTorch-style SGD: weight decay added to the gradient, then heavy-ball momentum."""
-    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum))
+# --- building blocks ---------------------------------------------------------------------------
+
+class Objective(NamedTuple):
+    """``init(params) -> state``; ``update(params, state, *batches) -> (grads, state,
+    metrics)``. The baselines are stateless: their state is ``()``."""
+
+    init: Callable
+    update: Callable
 
 
-def _kl(target_logits: jax.Array, student_logits: jax.Array, T: float) -> jax.Array:
+def _stateless(loss: Callable) -> Objective:
+    def update(params, state, *batches):
+        value, grads = jax.value_and_grad(loss)(params, *batches)
+        return grads, state, {"loss": value}
+    return Objective(lambda params: (), update)
+
+
+def kl_divergence(target_logits: jax.Array, student_logits: jax.Array, T: Any) -> jax.Array:
     """KL(softmax(target/T) ‖ softmax(student/T)), mean over the batch."""
     p = jax.nn.softmax(target_logits / T)
     return jnp.mean(jnp.sum(p * (jax.nn.log_softmax(target_logits / T)
                                  - jax.nn.log_softmax(student_logits / T)), -1))
 
 
-def _apply(state, loss_fn, tx, arrays):
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    mask = arrays.get("mask")
-    if mask is not None:  # SalUn: only salient weights move (grads and params both masked)
-        grads = jax.tree.map(lambda g, m: g * m, grads, mask)
-    new, finite = train.guarded_update(state, grads, loss, tx)
-    if mask is not None:
-        new = new._replace(params=jax.tree.map(lambda n, o, m: jnp.where(m > 0, n, o),
-                                               new.params, arrays["theta0"], mask))
-    return new, {"loss": loss, "finite": finite}
+def descent(loss_fn: Callable) -> Objective:
+    """Plain descent on a batch: Fine-tune, and Random labels / SalUn (whose batches carry
+    the random labels). ``update(params, state, batch)``."""
+    return _stateless(lambda p, b: jnp.mean(loss_fn(p, b)))
 
 
-# --- steps ---------------------------------------------------------------------------------------
-
-def make_neggrad_step(apply_fn: Callable, tx, cfg: C.NegGradConfig) -> Callable:
-    """Ascent on D_f: minimise −CE(B_f)."""
-    def step(state, arrays, p):
-        x, y = arrays["xf"][p["f"]], arrays["yf"][p["f"]]
-        return _apply(state, lambda q: -ce(apply_fn(q, x), y).mean(), tx, arrays)
-    return step
+def neggrad(loss_fn: Callable) -> Objective:
+    """NegGrad (gradient ascent): minimise −mean loss on a forget batch.
+    ``update(params, state, forget_batch)``."""
+    return _stateless(lambda p, fb: -jnp.mean(loss_fn(p, fb)))
 
 
-def make_neggrad_plus_step(apply_fn: Callable, tx, cfg: C.NegGradPlusConfig) -> Callable:
-    """β·CE(B_r) − (1 − β)·CE(B_f)."""
-    def step(state, arrays, p):
-        xf, yf = arrays["xf"][p["f"]], arrays["yf"][p["f"]]
-        xr, yr = arrays["xr"][p["r"]], arrays["yr"][p["r"]]
-
-        def loss(q):
-            return (cfg.beta * ce(apply_fn(q, xr), yr).mean()
-                    - (1 - cfg.beta) * ce(apply_fn(q, xf), yf).mean())
-        return _apply(state, loss, tx, arrays)
-    return step
+def neggrad_plus(loss_fn: Callable, beta: Any) -> Objective:
+    """NegGrad+: β·L(B_r) − (1 − β)·L(B_f). ``update(params, state, forget_batch,
+    retain_batch)``."""
+    return _stateless(lambda p, fb, rb: beta * jnp.mean(loss_fn(p, rb))
+                      - (1 - beta) * jnp.mean(loss_fn(p, fb)))
 
 
-def make_relabel_step(apply_fn: Callable, tx, cfg) -> Callable:
-    """CE on a batch of the combined set D_f ∪ D_r with the plan's labels (random for D_f):
-    Random Labels, and SalUn when ``arrays`` carries a saliency mask."""
-    def step(state, arrays, p):
-        x = arrays["x"][p["idx"]]
-        return _apply(state, lambda q: ce(apply_fn(q, x), p["y"]).mean(), tx, arrays)
-    return step
-
-
-def make_scrub_step(apply_fn: Callable, tx, cfg: C.ScrubConfig) -> Callable:
-    """SCRUB: ``kind`` 0 = max-step on B_f (−KL to the teacher), 1 = min-step on B_r
-    (γ·CE + α·KL). Teacher logits are precomputed (the teacher is frozen)."""
-    def step(state, arrays, p):
+def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any) -> Objective:
+    """SCRUB: ``update(params, state, forget_batch, retain_batch, is_max)`` with
+    ``forget_batch = (x, teacher_logits)``, ``retain_batch = (x, y, teacher_logits)``; a max-step
+    (``is_max``) maximises KL(teacher ‖ student) on the forget batch, a min-step minimises
+    γ·CE + α·KL on the retain batch (``lax.cond``: one is computed)."""
+    def loss(p, fb, rb, is_max):
         def max_loss(q):
-            return -_kl(arrays["tf"][p["f"]], apply_fn(q, arrays["xf"][p["f"]]), cfg.kd_T)
+            return -kl_divergence(fb[1], apply_fn(q, fb[0]), kd_T)
 
         def min_loss(q):
-            logits = apply_fn(q, arrays["xr"][p["r"]])
-            return (cfg.gamma * ce(logits, arrays["yr"][p["r"]]).mean()
-                    + cfg.alpha * _kl(arrays["tr"][p["r"]], logits, cfg.kd_T))
-        loss = lambda q: jax.lax.cond(p["kind"] == 0, max_loss, min_loss, q)
-        return _apply(state, loss, tx, arrays)
-    return step
+            logits = apply_fn(q, rb[0])
+            ce = optax.softmax_cross_entropy_with_integer_labels(logits, rb[1]).mean()
+            return gamma * ce + alpha * kl_divergence(rb[2], logits, kd_T)
+        return jax.lax.cond(is_max, max_loss, min_loss, p)
+    return _stateless(loss)
 
 
-def make_bad_teacher_step(apply_fn: Callable, tx, cfg: C.BadTeacherConfig) -> Callable:
-    """KL(teacher ‖ student) with the teacher chosen per sample (incompetent on D_f, the
-    original on D_r); teacher logits precomputed."""
-    def step(state, arrays, p):
-        x, t = arrays["x"][p["idx"]], arrays["teacher"][p["idx"]]
-        return _apply(state, lambda q: _kl(t, apply_fn(q, x), cfg.kl_temperature), tx, arrays)
-    return step
+def bad_teacher(apply_fn: Callable, temperature: Any) -> Objective:
+    """Bad Teacher: KL(teacher ‖ student) on ``batch = (x, teacher_logits)`` (the teacher is
+    the incompetent one on D_f, the original on D_r). ``update(params, state, batch)``."""
+    return _stateless(lambda p, b: kl_divergence(b[1], apply_fn(p, b[0]), temperature))
 
 
-def optimizer_for(method: str, cfg) -> optax.GradientTransformation:
+def masked_updates(tx: optax.GradientTransformation, mask: Params
+                   ) -> optax.GradientTransformation:
+    """``tx`` whose updates are multiplied by ``mask`` (1 keeps, 0 freezes): SalUn's masked
+    update — the weights outside the saliency mask keep their original values exactly."""
+    return optax.chain(tx, optax.stateless(
+        lambda updates, params=None: jax.tree.map(lambda u, m: u * m.astype(u.dtype),
+                                                  updates, mask)))
+
+
+def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformation:
+    """PyTorch-style SGD: weight decay added to the gradient, then heavy-ball momentum."""
+    return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum))
+
+
+def optimizer_for(method: str, hp: dict) -> optax.GradientTransformation:
+    """The published optimiser of ``method`` (values may be traced), behind the NaN guard."""
     if method == "bad_teacher":
-        return optax.adam(cfg.lr)
-    return sgd(cfg.lr, cfg.momentum, cfg.weight_decay)
+        tx = optax.adam(hp["lr"])
+    else:
+        tx = sgd(hp["lr"], hp["momentum"], hp["weight_decay"])
+    return train.skip_nonfinite(tx)
 
 
-_STEPS = {"neggrad": make_neggrad_step, "neggrad_plus": make_neggrad_plus_step,
-          "random_labels": make_relabel_step, "salun": make_relabel_step,
-          "scrub": make_scrub_step, "bad_teacher": make_bad_teacher_step}
+# --- steps of the scanned runs: (state, hp, shared, member, plan row) -> (state, metrics) -------
+
+def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
+    loss_fn = train.per_example_ce(apply_fn)
+
+    def step(ts, hp, shared, member, row):
+        tx = optimizer_for(method, hp)
+        if method == "salun":
+            tx = masked_updates(tx, member["mask"])
+        if method == "neggrad":
+            obj, batches = neggrad(loss_fn), (constrain((shared["xf"][row["f"]],
+                                                         shared["yf"][row["f"]])),)
+        elif method == "neggrad_plus":
+            obj = neggrad_plus(loss_fn, hp["beta"])
+            batches = (constrain((shared["xf"][row["f"]], shared["yf"][row["f"]])),
+                       constrain((shared["xr"][row["r"]], shared["yr"][row["r"]])))
+        elif method in ("random_labels", "salun"):
+            obj, batches = descent(loss_fn), (constrain((shared["x"][row["idx"]], row["y"])),)
+        elif method == "scrub":
+            obj = scrub(apply_fn, hp["kd_T"], hp["gamma"], hp["alpha"])
+            batches = (constrain((shared["xf"][row["f"]], member["tf"][row["f"]])),
+                       constrain((shared["xr"][row["r"]], shared["yr"][row["r"]],
+                                  member["tr"][row["r"]])), row["kind"] == 0)
+        elif method == "bad_teacher":
+            obj = bad_teacher(apply_fn, hp["kl_temperature"])
+            batches = (constrain((member["x"][row["idx"]], member["teacher"][row["idx"]])),)
+        else:  # pragma: no cover - guarded by METHODS
+            raise KeyError(method)
+        grads, _, m = obj.update(ts.params, (), *batches)
+        ts, finite = train.apply_step(ts, grads, m["loss"], tx)
+        return ts, {"loss": m["loss"], "finite": finite}
+
+    return step
 
 
-@functools.lru_cache(maxsize=64)
-def compiled_run(method: str, arch: Architecture, cfg) -> Callable:
-    """Jitted ``run(state, arrays, plan) -> (state, metrics)`` scanning the method's step over
-    every row of ``plan``."""
-    step = _STEPS[method](arch.apply, optimizer_for(method, cfg), cfg)
+def _program(model: Architecture, method: str, fleet: bool, mesh: Mesh | None,
+             data_batched: bool = False, common_keys: tuple = (), how: str = "vmap"
+             ) -> Callable:
+    """``run(ts, hp, shared, member, plan, common) -> (ts, metrics)``: ``method``'s step
+    scanned over every row of ``plan`` (and of ``common``, the plan entries every member of a
+    fleet shares: a SCRUB max/min schedule stays one real branch, not a select of both);
+    vmapped over members for fleets (``shared`` data once, or one per member with
+    ``data_batched``)."""
 
-    def run(state, arrays, plan):
-        return jax.lax.scan(lambda s, p: step(s, arrays, p), state, plan)
+    def build():
+        step = _step(method, model.apply, train.shard_rows(mesh))
 
-    return jax.jit(run, donate_argnums=0)
+        def run(ts, hp, shared, member, plan, common):
+            return jax.lax.scan(lambda s, rows: step(s, hp, shared, member,
+                                                     {**rows[0], **rows[1]}),
+                                ts, (plan, common))
 
+        if fleet:
+            run = train.over_members(run, (0, 0, 0 if data_batched else None, 0, 0, None), how)
+        if mesh is None:
+            return jax.jit(run, donate_argnums=0)
+        repl = NamedSharding(train.auto_mesh(mesh)[0], P())
+        return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
-def run_plan(method: str, arch: Architecture, cfg, params: Params, arrays: dict,
-             plan: dict) -> tuple[Params, dict]:
-    tx = optimizer_for(method, cfg)
-    state = train.init_state(arch, tx, None, jax.tree.map(jnp.array, params))
-    state, m = compiled_run(method, arch, cfg)(state, arrays, jax.tree.map(jnp.asarray, plan))
-    finite = np.asarray(m["finite"])
-    if not finite.all():
-        bad = int(np.argmin(finite))
-        raise NonFiniteError(f"{method}: non-finite loss or parameters at step {bad}; stopped "
-                             "without returning parameters. Lower the learning rate")
-    jax.block_until_ready(state.params)
-    loss = np.asarray(m["loss"])
-    return state.params, {"steps": int(len(finite)), "first_loss": float(loss[0]),
-                          "last_loss": float(loss[-1])}
-
-
-# --- plans (host numpy, pure functions of sizes and seed) --------------------------------------
-
-def _device(split: ForgetSplit) -> dict:
-    return {"xf": jnp.asarray(split.forget.x), "yf": jnp.asarray(split.forget.y),
-            "xr": jnp.asarray(split.retain.x), "yr": jnp.asarray(split.retain.y)}
+    return model.program(("baseline", method, fleet, mesh, data_batched, common_keys, how),
+                         build)
 
 
-# --- the methods ---------------------------------------------------------------------------------
+# --- host-side preparation: (shared arrays, member arrays, plan, info) --------------------------
 
-def neggrad(arch, params, split, val, cfg: C.NegGradConfig, seed: int):
+def _data(split: ForgetSplit) -> dict:
+    return {"xf": split.forget.x, "yf": split.forget.y, "xr": split.retain.x,
+            "yr": split.retain.y}
+
+
+def _neggrad(model, params, split, cfg: C.NegGradConfig, seed):
     bf = min(cfg.batch_size, len(split.forget))
-    f = np.concatenate([wrapped_batches(np.random.default_rng([seed, 1, e]), len(split.forget), bf)
-                        for e in range(cfg.epochs)])
-    arrays = _device(split)
-    return run_plan("neggrad", arch, cfg, params, arrays, {"f": f})
+    f = np.concatenate([wrapped_batches(np.random.default_rng([seed, 1, e]),
+                                        len(split.forget), bf) for e in range(cfg.epochs)])
+    return _data(split), {}, {"f": f}, {}
 
 
-def neggrad_plus(arch, params, split, val, cfg: C.NegGradPlusConfig, seed: int):
+def _neggrad_plus(model, params, split, cfg: C.NegGradPlusConfig, seed):
     nf, nr = len(split.forget), len(split.retain)
     br, bf = min(cfg.batch_size, nr), min(cfg.batch_size, nf)
     r = np.concatenate([wrapped_batches(np.random.default_rng([seed, 2, e]), nr, br)
                         for e in range(cfg.epochs)])
     f = wrapped_stream(seed, 1, nf, bf, len(r))
-    return run_plan("neggrad_plus", arch, cfg, params, _device(split), {"f": f, "r": r})
+    return _data(split), {}, {"f": f, "r": r}, {}
 
 
 def _relabel_plan(split: ForgetSplit, num_classes: int, cfg, seed: int) -> tuple[dict, dict]:
+    """Each epoch one pass over D_f with uniform random labels, then one over D_r."""
     nf, nr = len(split.forget), len(split.retain)
     b = min(cfg.batch_size, nr)
     rng = np.random.default_rng([seed, 3])
@@ -186,56 +228,56 @@ def _relabel_plan(split: ForgetSplit, num_classes: int, cfg, seed: int) -> tuple
         r = nf + wrapped_batches(np.random.default_rng([seed, 2, e]), nr, b)  # then the retain pass
         idx += [f, r]
         ys += [rng.integers(0, num_classes, f.shape), y_all[r]]
-    arrays = {"x": jnp.asarray(np.concatenate([split.forget.x, split.retain.x]))}
+    shared = {"x": np.concatenate([split.forget.x, split.retain.x])}
     plan = {"idx": np.concatenate(idx), "y": np.concatenate(ys).astype(np.int32)}
-    return arrays, plan
+    return shared, plan
 
 
-def random_labels(arch, params, split, val, cfg: C.RandomLabelsConfig, seed: int):
-    arrays, plan = _relabel_plan(split, arch.num_classes, cfg, seed)
-    return run_plan("random_labels", arch, cfg, params, arrays, plan)
+def _random_labels(model, params, split, cfg: C.RandomLabelsConfig, seed):
+    shared, plan = _relabel_plan(split, split.forget.num_classes, cfg, seed)
+    return shared, {}, plan, {}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _sum_ascent_grad(apply_fn, params, x, y, idx):
-    """Σ over forget batches of ∇_θ(−mean CE) at fixed params (SalUn's saliency)."""
-    def one(g, i):
-        gi = jax.grad(lambda q: -ce(apply_fn(q, x[i]), y[i]).mean())(params)
-        return jax.tree.map(jnp.add, g, gi), None
-    return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), idx)[0]
-
-
-def saliency_mask(arch: Architecture, params: Params, split: ForgetSplit, ratio: float,
+def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
                   batch_size: int = 256) -> Params:
     """1.0 on the ``ratio`` share of weights with the largest |Σ_batches ∇(−CE(D_f))|, one
-    global threshold over every tensor (SalUn), else 0.0."""
+    global threshold over every tensor (SalUn's ``generate_mask.py``), else 0.0."""
+    model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     n = len(split.forget)
     bs = min(batch_size, n)
     idx = np.resize(np.arange(n), math.ceil(n / bs) * bs).reshape(-1, bs)
-    g = _sum_ascent_grad(arch.apply, params, jnp.asarray(split.forget.x),
-                         jnp.asarray(split.forget.y), jnp.asarray(idx))
+
+    def build():
+        loss_fn = train.per_example_ce(model.apply)
+
+        def summed(params, x, y, idx):
+            def one(g, i):
+                gi = jax.grad(lambda q: -jnp.mean(loss_fn(q, (x[i], y[i]))))(params)
+                return jax.tree.map(jnp.add, g, gi), None
+            return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), idx)[0]
+        return jax.jit(summed)
+
+    g = model.program("salun_saliency", build)(params, jnp.asarray(split.forget.x),
+                                               jnp.asarray(split.forget.y), jnp.asarray(idx))
     flat = jnp.concatenate([jnp.abs(l).ravel() for l in jax.tree.leaves(g)])
     k = max(1, int(round(ratio * flat.size)))
     threshold = jnp.sort(flat)[flat.size - k]
     return jax.tree.map(lambda l: (jnp.abs(l) >= threshold).astype(jnp.float32), g)
 
 
-def salun(arch, params, split, val, cfg: C.SalUnConfig, seed: int):
-    mask = saliency_mask(arch, params, split, cfg.mask_ratio, cfg.batch_size)
-    arrays, plan = _relabel_plan(split, arch.num_classes, cfg, seed)
-    arrays.update(mask=mask, theta0=params)
-    out, info = run_plan("salun", arch, cfg, params, arrays, plan)
+def _salun(model, params, split, cfg: C.SalUnConfig, seed):
+    mask = saliency_mask(model, params, split, cfg.mask_ratio, cfg.batch_size)
+    shared, plan = _relabel_plan(split, split.forget.num_classes, cfg, seed)
     kept = sum(float(m.sum()) for m in jax.tree.leaves(mask))
-    info["mask_share"] = kept / sum(m.size for m in jax.tree.leaves(mask))
-    return out, info
+    share = kept / sum(m.size for m in jax.tree.leaves(mask))
+    return shared, {"mask": mask}, plan, {"mask_share": share}
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(apply_fn, params, x):
-    return apply_fn(params, x)
+def _logits(model: Architecture, params: Params, x: np.ndarray) -> jax.Array:
+    return model.program("logits", lambda: jax.jit(model.apply))(params, jnp.asarray(x))
 
 
-def scrub(arch, params, split, val, cfg: C.ScrubConfig, seed: int):
+def _scrub(model, params, split, cfg: C.ScrubConfig, seed):
     nf, nr = len(split.forget), len(split.retain)
     bf, br = min(cfg.forget_batch_size, nf), min(cfg.retain_batch_size, nr)
     kinds, fs, rs = [], [], []
@@ -249,36 +291,135 @@ def scrub(arch, params, split, val, cfg: C.ScrubConfig, seed: int):
         kinds.append(np.ones(len(r), np.int32))
         fs.append(np.zeros((len(r), bf), np.int64))
         rs.append(r)
-    arrays = _device(split)
-    arrays.update(tf=_logits(arch.apply, params, arrays["xf"]),
-                  tr=_logits(arch.apply, params, arrays["xr"]))
+    member = {"tf": _logits(model, params, split.forget.x),
+              "tr": _logits(model, params, split.retain.x)}
     plan = {"kind": np.concatenate(kinds), "f": np.concatenate(fs), "r": np.concatenate(rs)}
-    return run_plan("scrub", arch, cfg, params, arrays, plan)
+    return _data(split), member, plan, {}
 
 
-def bad_teacher(arch, params, split, val, cfg: C.BadTeacherConfig, seed: int):
+def _bad_teacher(model, params, split, cfg: C.BadTeacherConfig, seed):
     nf, nr = len(split.forget), len(split.retain)
     rng = np.random.default_rng([seed, 4])
     keep = rng.choice(nr, max(1, int(round(cfg.retain_fraction * nr))), replace=False)
-    x = jnp.asarray(np.concatenate([split.forget.x, split.retain.x[keep]]))
-    incompetent = arch.init(jax.random.key(seed + 10_000))
+    x = np.concatenate([split.forget.x, split.retain.x[keep]])
+    incompetent = model.init(jax.random.key(seed + 10_000))
     is_forget = np.r_[np.ones(nf, bool), np.zeros(len(keep), bool)]
-    teacher = jnp.where(jnp.asarray(is_forget)[:, None], _logits(arch.apply, incompetent, x),
-                        _logits(arch.apply, params, x))
+    teacher = jnp.where(jnp.asarray(is_forget)[:, None], _logits(model, incompetent, x),
+                        _logits(model, params, x))
     n, b = len(is_forget), min(cfg.batch_size, len(is_forget))
     idx = np.concatenate([wrapped_batches(np.random.default_rng([seed, 5, e]), n, b)
                           for e in range(cfg.epochs)])
-    out, info = run_plan("bad_teacher", arch, cfg, params, {"x": x, "teacher": teacher},
-                         {"idx": idx})
-    info["retain_subset"] = int(len(keep))
-    return out, info
+    return {}, {"x": x, "teacher": teacher}, {"idx": idx}, {"retain_subset": int(len(keep))}
 
 
-METHODS: dict[str, tuple[Callable, type]] = {
-    "neggrad": (neggrad, C.NegGradConfig),
-    "neggrad_plus": (neggrad_plus, C.NegGradPlusConfig),
-    "random_labels": (random_labels, C.RandomLabelsConfig),
-    "salun": (salun, C.SalUnConfig),
-    "scrub": (scrub, C.ScrubConfig),
-    "bad_teacher": (bad_teacher, C.BadTeacherConfig),
+#: method → (config class, host-side preparation).
+METHODS: dict[str, tuple[type, Callable]] = {
+    "neggrad": (C.NegGradConfig, _neggrad),
+    "neggrad_plus": (C.NegGradPlusConfig, _neggrad_plus),
+    "random_labels": (C.RandomLabelsConfig, _random_labels),
+    "salun": (C.SalUnConfig, _salun),
+    "scrub": (C.ScrubConfig, _scrub),
+    "bad_teacher": (C.BadTeacherConfig, _bad_teacher),
 }
+
+
+def hyperparameters(cfg: Any) -> dict:
+    """The traced hyperparameters of a config: its float fields as float32 arrays."""
+    return {k: np.float32(getattr(cfg, k)) for k in float_fields(cfg)}
+
+
+class Prepared(NamedTuple):
+    """One member's host-side run of a baseline."""
+
+    hp: dict
+    shared: dict
+    member: dict
+    plan: dict
+    extra: dict
+
+    @property
+    def signature(self) -> tuple:
+        """Paths, shapes and dtypes of the per-member arrays and plan: members with equal
+        signatures share one compiled program."""
+        return tuple((jax.tree_util.keystr(p), tuple(np.shape(l)), str(np.result_type(l)))
+                     for p, l in jax.tree_util.tree_leaves_with_path((self.member, self.plan)))
+
+
+def prepare(method: str, model: Architecture, params: Params, split: ForgetSplit, cfg: Any,
+            seed: int) -> Prepared:
+    shared, member, plan, extra = METHODS[method][1](model, params, split, cfg, seed)
+    return Prepared(hyperparameters(cfg), shared, member, plan, extra)
+
+
+def _raise_nonfinite(method: str, finite: np.ndarray, member: str = "") -> None:
+    finite = np.asarray(finite)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise NonFiniteError(f"{method}: non-finite loss or parameters at step {bad}{member}; "
+                             "stopped without returning parameters. Lower the learning rate")
+
+
+def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: Any,
+               seed: int = 0, *, mesh: Mesh | None = None) -> tuple[Params, dict]:
+    """Runs baseline ``method`` from ``params`` (not modified); returns (params, info) with
+    ``steps``, ``first_loss``, ``last_loss`` and the method's own facts (``mask_share``,
+    ``retain_subset``).
+
+    Args:
+      method: one of ``METHODS``.
+      arch: the model (anything ``hf.as_model`` takes).
+      params: the original parameters.
+      split: D_f / D_r.
+      cfg: the method's config.
+      seed: batch order, random labels, the incompetent teacher.
+      mesh: optional mesh: batches split along its data axis, the rest replicated.
+    """
+    model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
+    prep = prepare(method, model, params, split, cfg, seed)
+    batch = max(np.shape(v)[1] for v in jax.tree.leaves(prep.plan) if np.ndim(v) >= 2)
+    train.mesh_batch_size(mesh, batch)
+    tx = optimizer_for(method, hyperparameters(cfg))
+    if method == "salun":
+        tx = masked_updates(tx, prep.member["mask"])
+    ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))
+    put = (jax.tree.map(jnp.asarray, (ts, prep.hp, prep.shared, prep.member)) if mesh is None
+           else jax.device_put((ts, prep.hp, prep.shared, prep.member),
+                               NamedSharding(train.auto_mesh(mesh)[0], P())))
+    ts, m = _program(model, method, False, mesh)(*put, jax.tree.map(jnp.asarray, prep.plan), {})
+    _raise_nonfinite(method, m["finite"])
+    out = jax.block_until_ready(ts.params)
+    loss = np.asarray(m["loss"])
+    return out, {"steps": int(len(loss)), "first_loss": float(loss[0]),
+                 "last_loss": float(loss[-1]), **prep.extra}
+
+
+def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prepared],
+              per_member_data: bool = False, vectorize: str = "vmap"
+              ) -> tuple[Params, list[dict]]:
+    """Members with equal signatures as one vmapped program: ``params`` stacked (leading axis =
+    members), one :class:`Prepared` each (from :func:`prepare`; ``per_member_data``: each
+    from its own request of equal size, else every member's shared data is the first's).
+    Returns stacked params and one info per member."""
+    tx = optimizer_for(method, preps[0].hp)
+    if method == "salun":
+        tx = masked_updates(tx, preps[0].member["mask"])
+    ts = jax.vmap(lambda p: train.init_state(model, tx, None, p))(jax.tree.map(jnp.array, params))
+    stack = lambda trees: jax.tree.map(lambda *v: jnp.stack([jnp.asarray(a) for a in v]), *trees)
+    hp = stack([p.hp for p in preps])
+    member = stack([p.member for p in preps]) if preps[0].member else {}
+    same = lambda k: all(np.array_equal(p.plan[k], preps[0].plan[k]) for p in preps)
+    common_keys = tuple(sorted(k for k in preps[0].plan if same(k)))
+    common = {k: jnp.asarray(preps[0].plan[k]) for k in common_keys}
+    plan = stack([{k: v for k, v in p.plan.items() if k not in common_keys} for p in preps])
+    shared = (stack([p.shared for p in preps]) if per_member_data
+              else jax.tree.map(jnp.asarray, preps[0].shared))
+    ts, m = _program(model, method, True, None, per_member_data, common_keys, vectorize)(
+        ts, hp, shared, member, plan, common)
+    out = jax.block_until_ready(ts.params)
+    finite, loss = np.asarray(m["finite"]), np.asarray(m["loss"])
+    infos = []
+    for i, p in enumerate(preps):
+        _raise_nonfinite(method, finite[i], f" (sweep member {i})")
+        infos.append({"steps": int(loss.shape[1]), "first_loss": float(loss[i, 0]),
+                      "last_loss": float(loss[i, -1]), **p.extra})
+    return out, infos

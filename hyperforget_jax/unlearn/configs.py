@@ -14,29 +14,31 @@ from __future__ import annotations
 
 import dataclasses
 
-from hyperforget_jax.errors import ConfigError
-
-
-def _check_positive(**values):
-    for k, v in values.items():
-        if not v > 0:
-            raise ConfigError(f"{k} must be > 0, got {v}")
+from hyperforget_jax.config import check_config, field
 
 
 @dataclasses.dataclass(frozen=True)
 class NegGradConfig:
     """Gradient ascent on D_f (GA). SalUn / Unlearn-Sparse official code
     (OPTML-Group/Unlearn-Saliency, Classification/README.md): ``--unlearn GA --unlearn_lr 0.0001
-    --unlearn_epochs 5``, SGD momentum 0.9, weight decay 5e-4, batch 256."""
+    --unlearn_epochs 5``, SGD momentum 0.9, weight decay 5e-4, batch 256.
 
-    epochs: int = 5
-    lr: float = 1e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
+    Attributes:
+      epochs: passes over D_f [SalUn code: 5].
+      lr: SGD learning rate [SalUn code: 1e-4].
+      momentum: SGD heavy-ball momentum [SalUn code: 0.9].
+      weight_decay: L2 weight decay added to the gradient [SalUn code: 5e-4].
+      batch_size: forget batch [SalUn code: 256].
+    """
+
+    epochs: int = field(5, ge=1)
+    lr: float = field(1e-4, gt=0, label="learning rate")
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    batch_size: int = field(256, ge=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,19 +46,26 @@ class NegGradPlusConfig:
     """NegGrad+ (Kurmanji et al. 2023, "Towards Unbounded Machine Unlearning", SCRUB paper):
     L = β·CE(D_r) − (1 − β)·CE(D_f), iterating over D_r with forget batches cycled alongside.
     β = 0.999 and SGD lr 0.01 / momentum 0.9 / wd 5e-4 as in their small-scale setting [our
-    reading of the paper; the authors tune β per setting]."""
+    reading of the paper; the authors tune β per setting].
 
-    epochs: int = 5
-    lr: float = 0.01
-    beta: float = 0.999
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 128
+    Attributes:
+      epochs: passes over D_r [ours: 5, as NegGrad].
+      lr: SGD learning rate [SCRUB paper, small-scale setting: 0.01].
+      beta: weight of the retain loss; 1 − β weighs the forget ascent [our reading: 0.999].
+      momentum: SGD momentum [0.9].
+      weight_decay: L2 weight decay [5e-4].
+      batch_size: batch of both streams [128].
+    """
+
+    epochs: int = field(5, ge=1)
+    lr: float = field(0.01, gt=0, label="learning rate")
+    beta: float = field(0.999, ge=0, le=1)
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    batch_size: int = field(128, ge=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        if not 0 <= self.beta <= 1:
-            raise ConfigError(f"beta must lie in [0, 1], got {self.beta}")
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,16 +73,24 @@ class RandomLabelsConfig:
     """Random labels (RL; Golatkar et al. 2020, as implemented in SalUn's ``unlearn/RL.py``):
     each epoch one pass over D_f with labels drawn uniformly from the K classes, then one pass
     over D_r with the true labels. 10 epochs, SGD momentum 0.9, wd 5e-4, batch 256 (SalUn code);
-    lr 0.01 (SalUn's FT/RL grid)."""
+    lr 0.01 (SalUn's FT/RL grid).
 
-    epochs: int = 10
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
+    Attributes:
+      epochs: each one pass over D_f (random labels) then D_r [SalUn code: 10].
+      lr: SGD learning rate [SalUn's FT/RL grid: 0.01].
+      momentum: SGD momentum [SalUn code: 0.9].
+      weight_decay: L2 weight decay [SalUn code: 5e-4].
+      batch_size: batch [SalUn code: 256].
+    """
+
+    epochs: int = field(10, ge=1)
+    lr: float = field(0.01, gt=0, label="learning rate")
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    batch_size: int = field(256, ge=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,19 +100,26 @@ class SalUnConfig:
     the forget batches at the original parameters, one global threshold over all tensors;
     ``generate_mask.py``, ratio 0.5 as in their README). Masked-out weights keep their original
     value. RL schedule as :class:`RandomLabelsConfig` (10 epochs, SGD momentum 0.9, wd 5e-4,
-    batch 256); lr 0.01 [ours: SalUn's 0.1 was set for ResNet-18 with BatchNorm]."""
+    batch 256); lr 0.01 [ours: SalUn's 0.1 was set for ResNet-18 with BatchNorm].
 
-    epochs: int = 10
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int = 256
-    mask_ratio: float = 0.5
+    Attributes:
+      epochs: Random-labels epochs [SalUn code: 10].
+      lr: SGD learning rate [ours: 0.01].
+      momentum: SGD momentum [SalUn code: 0.9].
+      weight_decay: L2 weight decay [SalUn code: 5e-4].
+      batch_size: batch, also of the saliency gradient [SalUn code: 256].
+      mask_ratio: share of weights that may move [SalUn README: 0.5].
+    """
+
+    epochs: int = field(10, ge=1)
+    lr: float = field(0.01, gt=0, label="learning rate")
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    batch_size: int = field(256, ge=1)
+    mask_ratio: float = field(0.5, gt=0, le=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size)
-        if not 0 < self.mask_ratio <= 1:
-            raise ConfigError(f"mask_ratio must lie in (0, 1], got {self.mask_ratio}")
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,23 +130,34 @@ class ScrubConfig:
     ``kd_T``), then every epoch a min-pass over D_r minimising γ·CE + α·KL. Values from the
     official code: SGD lr 5e-4, momentum 0.9, wd 5e-4, 3 epochs, msteps 2, kd_T 4, γ 0.99,
     α 0.001, retain batch 128, forget batch 32. The SWA model averaging of some variants is not
-    used."""
+    used.
 
-    epochs: int = 3
-    msteps: int = 2
-    lr: float = 5e-4
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    kd_T: float = 4.0
-    gamma: float = 0.99
-    alpha: float = 0.001
-    retain_batch_size: int = 128
-    forget_batch_size: int = 32
+    Attributes:
+      epochs: min-pass epochs over D_r [official code: 3].
+      msteps: the first msteps epochs also run a max-pass over D_f [official code: 2].
+      lr: SGD learning rate [official code: 5e-4].
+      momentum: SGD momentum [official code: 0.9].
+      weight_decay: L2 weight decay [official code: 5e-4].
+      kd_T: distillation temperature [official code: 4].
+      gamma: weight of the retain cross-entropy [official code: 0.99].
+      alpha: weight of the retain KL term [official code: 0.001].
+      retain_batch_size: min-step batch [official code: 128].
+      forget_batch_size: max-step batch [official code: 32].
+    """
+
+    epochs: int = field(3, ge=1)
+    msteps: int = field(2, ge=0)
+    lr: float = field(5e-4, gt=0, label="learning rate")
+    momentum: float = field(0.9, ge=0, lt=1)
+    weight_decay: float = field(5e-4, ge=0)
+    kd_T: float = field(4.0, gt=0)
+    gamma: float = field(0.99, ge=0)
+    alpha: float = field(0.001, ge=0)
+    retain_batch_size: int = field(128, ge=1)
+    forget_batch_size: int = field(32, ge=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, kd_T=self.kd_T,
-                        retain_batch_size=self.retain_batch_size,
-                        forget_batch_size=self.forget_batch_size)
+        check_config(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,16 +165,21 @@ class BadTeacherConfig:
     """Bad Teacher (Chundawat et al. 2023, AAAI; official code vikram2000b/bad-teaching-
     unlearning): the student (init: original) matches a randomly initialised "incompetent"
     teacher on D_f and the original on a ``retain_fraction`` subset of D_r, by KL divergence at
-    temperature 1. Adam lr 1e-4, 1 epoch, batch 256, 30% of D_r (their paper)."""
+    temperature 1. Adam lr 1e-4, 1 epoch, batch 256, 30% of D_r (their paper).
 
-    epochs: int = 1
-    lr: float = 1e-4
-    batch_size: int = 256
-    kl_temperature: float = 1.0
-    retain_fraction: float = 0.3
+    Attributes:
+      epochs: passes over D_f ∪ the retain subset [paper: 1].
+      lr: Adam learning rate [paper: 1e-4].
+      batch_size: batch [paper: 256].
+      kl_temperature: KL temperature [paper: 1].
+      retain_fraction: share of D_r distilled from the original [paper: 0.3].
+    """
+
+    epochs: int = field(1, ge=1)
+    lr: float = field(1e-4, gt=0, label="learning rate")
+    batch_size: int = field(256, ge=1)
+    kl_temperature: float = field(1.0, gt=0)
+    retain_fraction: float = field(0.3, gt=0, le=1)
 
     def __post_init__(self):
-        _check_positive(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size,
-                        kl_temperature=self.kl_temperature)
-        if not 0 < self.retain_fraction <= 1:
-            raise ConfigError(f"retain_fraction must lie in (0, 1], got {self.retain_fraction}")
+        check_config(self)

@@ -1,19 +1,55 @@
-"""∇τ unlearning (Trippa et al. 2024, arXiv 2403.14339; METHODS.md §1).
+"""∇τ unlearning (Trippa et al. 2024, arXiv 2403.14339; METHODS.md §1), as building blocks.
 
 One step on a forget batch B_f and a retain batch B_r::
 
-    L_f = mean CE over B_f        L_r = mean CE over B_r
+    L_f = mean loss over B_f        L_r = mean loss over B_r
     L   = α · ReLU(τ − L_f)²  +  (1 − α) · L_r
 
 The ascent on D_f is proportional to the gap τ − L_f and switches off once the forget loss reaches
-the "unseen data" level τ. The step is a pure function of ``(state, forget_batch, retain_batch, τ,
-α)``; it is compiled three ways (``jax.jit``, ``jax.pmap`` and ``jax.jit`` over a ``("data",)``
-mesh) with identical numbers, and reused under ``vmap`` by the HyperForget corpus builder.
+the "unseen data" level τ.
 
-Schedule [paper / official code]: α₀ = (5/3)·|D_f|/|D| decaying linearly to 0; AdamW lr 1e-3,
-weight decay 0.01, lr decaying linearly to 0.1×; budget E = int(6·N_r / (2·N_f)) forget-epochs,
-a forget-epoch being one pass over D_f with each forget batch paired with the next retain batch;
-τ refreshed every 5 forget-epochs; no early stopping.
+**Building blocks** (use them inside your own jitted / sharded loop, with your own state
+container and any optax optimiser):
+
+* :func:`gradtau_objective` — the loss and its gradient for one batch pair, over *your*
+  per-example ``loss_fn(params, batch) -> (B,)``;
+* :func:`nabla_tau` — ``GradTau(init, update)``: α as an ``optax.Schedule`` of the ∇τ step count
+  and τ refreshed by ``lax.cond`` on that count (:class:`GradTauState`, a NamedTuple), so the
+  whole schedule lives in jittable state, not in a host loop;
+* :func:`alpha_schedule_fn`, :func:`lr_schedule_fn` — the official per-forget-epoch schedules;
+* the NaN guard is opt-in: wrap your optimiser in :func:`hyperforget_jax.train.skip_nonfinite`.
+
+>>> import jax, jax.numpy as jnp, optax
+>>> from hyperforget_jax.train import per_example_ce
+>>> apply_fn = lambda p, x: x @ p["w"]
+>>> params = {"w": jnp.eye(4)}
+>>> gt = nabla_tau(per_example_ce(apply_fn), alpha=alpha_schedule_fn(0.5, epochs=2, steps_per_epoch=1),
+...              tau=2.0)
+>>> tx = optax.adamw(1e-3)
+>>> opt_state, gt_state = tx.init(params), gt.init(params)
+>>> @jax.jit
+... def step(params, opt_state, gt_state, forget_batch, retain_batch):
+...     grads, gt_state, m = gt.update(params, gt_state, forget_batch, retain_batch)
+...     updates, opt_state = tx.update(grads, opt_state, params)
+...     return optax.apply_updates(params, updates), opt_state, gt_state, m
+>>> batch = (jnp.eye(4), jnp.arange(4))
+>>> params, opt_state, gt_state, m = step(params, opt_state, gt_state, batch, batch)
+>>> int(gt_state.count), float(m["alpha"])
+(1, 0.5)
+
+The library's runner (:func:`run_gradtau`, :func:`hyperforget_jax.unlearn.unlearn`) is a thin
+driver over these pieces: each forget-epoch is one compiled ``lax.scan`` over a host-built,
+seed-pure index plan into the on-device data, compiled once per shape and owned by the model.
+
+Schedule [official code, as described in METHODS.md §1; the official repository was not
+reachable from here to re-read]: α₀ = (5/3)·|D_f|/|D|; α and the learning rate (AdamW lr 1e-3,
+weight decay 0.01, PyTorch ``LinearLR`` to 0.1×) are **held for a whole forget-epoch and stepped
+once per forget-epoch**: forget-epoch e of E uses α₀·(1 − e/E) and lr·(1 − 0.9·e/E). Budget
+E = int(6·N_r / (2·N_f)) forget-epochs (N = batches per pass; E may be 0: nothing to do), capped
+at ``max_epochs`` = 80 (the split-and-alpha notebook's cap); a forget-epoch is one pass over D_f
+with each forget batch paired with the next retain batch; τ refreshed every 5 forget-epochs; no
+early stopping. Fine-tune (the ``finetune`` method) runs 2E forget-epochs of descent on D_r
+[official notebooks: 2E epochs; the unit here is our forget-epoch of N_f retain batches].
 
 [ours] α₀ is clamped to ≤ 0.95 (a warning says so), and batches wrap around: a forget-epoch has
 N_f = ceil(|D_f| / B) batches, the last one completed with samples from the start of the same
@@ -41,10 +77,9 @@ across forget-epochs through successive shuffles of D_r.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,14 +88,15 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train
-from hyperforget_jax.data import Dataset, ForgetSplit, wrapped_batches, wrapped_stream
-from hyperforget_jax.errors import ConfigError, NonFiniteError
-from hyperforget_jax.models import Architecture
+from hyperforget_jax.config import check_config, field
+from hyperforget_jax.data import Dataset, wrapped_batches, wrapped_stream
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.models import Architecture, model_of
 
 log = logging.getLogger(__name__)
 
 Params = Any
-Batch = tuple[jax.Array, jax.Array]
+Batch = Any
 TAU_MODES = ("auto", "val", "unseen_class", "chance")
 
 
@@ -74,45 +110,38 @@ class GradTauConfig:
 
     Measured (MLP, classes 0/3/8 × 3 seeds, docs/unlearning.md): forget accuracy 0% like
     Retrain, kept-class test accuracy within 0.2–0.3 points of Retrain's, in 0.2–0.5 s against
-    0.7–2.5 s for Retrain on 2 shared CPU cores (median speed-up 3.9×).
+    0.7–2.5 s for Retrain on 2 shared CPU cores.
 
     Attributes:
-      batch_size: batch of both streams (min(batch_size, |set|) for smaller sets).
-      lr, weight_decay, final_lr_fraction: AdamW, lr decaying linearly to lr·final_lr_fraction.
-      alpha_scale: α₀ = alpha_scale · |D_f| / |D|.
-      alpha_max: α₀ is clamped to this value (with a warning).
-      alpha0: override α₀ (``finetune`` uses 0: pure descent on D_r).
-      tau_refresh_epochs: τ recomputed every this many forget-epochs.
-      tau_mode: one of ``TAU_MODES`` (module docstring).
-      epochs: override the budget E (None: the paper's int(6·N_r / (2·N_f))).
+      batch_size: batch of both streams, min(batch_size, |set|) for smaller sets [paper: 256].
+      lr: AdamW learning rate at the first forget-epoch [official code: 1e-3].
+      weight_decay: AdamW weight decay [official code: 0.01].
+      final_lr_fraction: the learning rate decays linearly, once per forget-epoch, to
+        lr·final_lr_fraction [official code: LinearLR to 0.1].
+      alpha_scale: α₀ = alpha_scale · |D_f| / |D| [paper: 5/3].
+      alpha_max: α₀ is clamped to this value, with a warning [ours: 0.95].
+      alpha0: override α₀ (``finetune`` uses 0: pure descent on D_r) [ours].
+      tau_refresh_epochs: τ recomputed every this many forget-epochs [official code: 5].
+      tau_mode: one of auto, val, unseen_class, chance (module docstring) [ours].
+      epochs: override the budget E (None: int(6·N_r / (2·N_f)) [paper]).
+      max_epochs: cap on the budget E (None: no cap) [official code: 80, the split-and-alpha
+        notebook].
     """
 
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    final_lr_fraction: float = 0.1
-    alpha_scale: float = 5.0 / 3.0
-    alpha_max: float = 0.95
-    alpha0: float | None = None
-    tau_refresh_epochs: int = 5
-    tau_mode: str = "auto"
-    epochs: int | None = None
+    batch_size: int = field(256, ge=1)
+    lr: float = field(1e-3, gt=0, label="learning rate")
+    weight_decay: float = field(0.01, ge=0)
+    final_lr_fraction: float = field(0.1, gt=0, le=1)
+    alpha_scale: float = field(5.0 / 3.0, ge=0)
+    alpha_max: float = field(0.95, ge=0, le=1)
+    alpha0: float | None = field(None, ge=0, le=1)
+    tau_refresh_epochs: int = field(5, ge=1)
+    tau_mode: str = field("auto", choices=TAU_MODES)
+    epochs: int | None = field(None, ge=0)
+    max_epochs: int | None = field(80, ge=1)
 
     def __post_init__(self):
-        if self.tau_mode not in TAU_MODES:
-            raise ConfigError(f"unknown tau_mode {self.tau_mode!r}; choose one of "
-                              f"{', '.join(TAU_MODES)}")
-        if self.batch_size < 1 or self.tau_refresh_epochs < 1:
-            raise ConfigError("batch_size and tau_refresh_epochs must be >= 1")
-        if not (self.lr > 0 and 0 < self.final_lr_fraction <= 1):
-            raise ConfigError(f"lr must be > 0 and final_lr_fraction in (0, 1], got {self.lr}, "
-                              f"{self.final_lr_fraction}")
-        if not 0 <= self.alpha_max <= 1:
-            raise ConfigError(f"alpha_max must lie in [0, 1], got {self.alpha_max}")
-        if self.alpha0 is not None and not 0 <= self.alpha0 <= 1:
-            raise ConfigError(f"alpha0 must lie in [0, 1], got {self.alpha0}")
-        if self.epochs is not None and self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
+        check_config(self)
 
 
 # --- the schedule, as plain functions of the request sizes --------------------------------------
@@ -128,29 +157,77 @@ def initial_alpha(n_forget: int, n_total: int, scale: float = 5.0 / 3.0,
     return (float(alpha_max), True) if a > alpha_max else (float(a), False)
 
 
-def alpha_schedule(alpha0: float, total_steps: int) -> np.ndarray:
-    """α at every step: linear from α₀ at step 0 towards 0 at step ``total_steps``."""
-    return (alpha0 * (1.0 - np.arange(total_steps) / total_steps)).astype(np.float32)
+def budget_epochs(n_retain_batches: int, n_forget_batches: int,
+                  max_epochs: int | None = None) -> int:
+    """The paper's budget E = int(6·N_r / (2·N_f)) forget-epochs, optionally capped.
 
+    E is 0 when the forget set has more than 3× the retain set's batches [official code: no
+    floor; the run then leaves the model as it is].
 
-def budget_epochs(n_retain_batches: int, n_forget_batches: int) -> int:
-    """The paper's budget E = int(6·N_r / (2·N_f)) forget-epochs (at least 1).
-
-    >>> budget_epochs(14, 1)
-    42
+    >>> budget_epochs(14, 1), budget_epochs(14, 1, max_epochs=40), budget_epochs(1, 5)
+    (42, 40, 0)
     """
-    return max(1, int(6 * n_retain_batches / (2 * n_forget_batches)))
+    e = int(6 * n_retain_batches / (2 * n_forget_batches))
+    return e if max_epochs is None else min(e, int(max_epochs))
+
+
+def alpha_schedule_fn(alpha0: Any, epochs: Any, steps_per_epoch: int) -> optax.Schedule:
+    """α as an ``optax.Schedule`` of the ∇τ step count: α₀·(1 − e/E) during forget-epoch
+    e = step // steps_per_epoch, 0 from e = E on [official code: held per forget-epoch].
+    ``alpha0`` and ``epochs`` may be traced values.
+
+    >>> s = alpha_schedule_fn(0.5, epochs=2, steps_per_epoch=3)
+    >>> [round(float(s(t)), 3) for t in (0, 2, 3, 5, 6)]
+    [0.5, 0.5, 0.25, 0.25, 0.0]
+    """
+    def schedule(count):
+        e = jnp.minimum(count // steps_per_epoch, epochs)
+        return alpha0 * (1.0 - e / jnp.maximum(epochs, 1))
+    return schedule
+
+
+def lr_schedule_fn(lr: Any, epochs: Any, steps_per_epoch: int,
+                   final_lr_fraction: Any = 0.1) -> optax.Schedule:
+    """The learning rate as an ``optax.Schedule``: lr·(1 − (1 − f)·e/E) during forget-epoch
+    e = step // steps_per_epoch [official code: PyTorch ``LinearLR(start_factor=1,
+    end_factor=f, total_iters=E)`` stepped once per forget-epoch].
+
+    >>> s = lr_schedule_fn(1e-3, epochs=2, steps_per_epoch=3)
+    >>> [round(float(s(t)), 6) for t in (0, 3, 6)]
+    [0.001, 0.00055, 0.0001]
+    """
+    def schedule(count):
+        e = jnp.minimum(count // steps_per_epoch, epochs)
+        return lr * (1.0 - (1.0 - final_lr_fraction) * e / jnp.maximum(epochs, 1))
+    return schedule
+
+
+def gradtau_tx(lr: Any, weight_decay: Any, final_lr_fraction: Any, epochs: Any,
+               steps_per_epoch: int) -> optax.GradientTransformation:
+    """∇τ's optimiser: AdamW with :func:`lr_schedule_fn`, behind the opt-in NaN guard."""
+    return train.skip_nonfinite(optax.adamw(
+        lr_schedule_fn(lr, epochs, steps_per_epoch, final_lr_fraction),
+        weight_decay=weight_decay))
+
+
+# Legacy per-step schedules (the HyperForget corpus builder still uses them).
+
+def alpha_schedule(alpha0: float, total_steps: int) -> np.ndarray:
+    """α at every step, decaying per *step*: linear from α₀ at step 0 towards 0 at
+    ``total_steps`` (the pre-official schedule; the runner uses :func:`alpha_schedule_fn`)."""
+    return (alpha0 * (1.0 - np.arange(total_steps) / max(total_steps, 1))).astype(np.float32)
 
 
 def lr_schedule(total_steps: int, lr: float = 1e-3, final_lr_fraction: float = 0.1
                 ) -> optax.Schedule:
-    """Linear from ``lr`` at step 0 to ``lr·final_lr_fraction`` at ``total_steps``."""
+    """Linear *per step* from ``lr`` at step 0 to ``lr·final_lr_fraction`` at ``total_steps``
+    (legacy; see :func:`lr_schedule_fn`)."""
     return optax.linear_schedule(lr, lr * final_lr_fraction, max(1, int(total_steps)))
 
 
 def make_gradtau_optimizer(total_steps: int, lr: float = 1e-3, weight_decay: float = 0.01,
                            final_lr_fraction: float = 0.1) -> optax.GradientTransformation:
-    """AdamW (weight decay 0.01) with the linearly decaying :func:`lr_schedule`."""
+    """AdamW (weight decay 0.01) with the per-step :func:`lr_schedule` (legacy)."""
     return optax.adamw(lr_schedule(total_steps, lr, final_lr_fraction),
                        weight_decay=weight_decay)
 
@@ -165,41 +242,150 @@ def gradtau_loss(l_forget: jax.Array, l_retain: jax.Array, tau: jax.Array,
     return alpha * jax.nn.relu(tau - l_forget) ** 2 + (1.0 - alpha) * l_retain
 
 
-# --- the pure step -------------------------------------------------------------------------------
+# --- the building blocks --------------------------------------------------------------------------
 
-def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
-                      axis_name: str | None = None) -> Callable:
-    """The pure ∇τ step ``(state, forget_batch, retain_batch, tau, alpha) -> (state, metrics)``.
+def _mean_loss(loss_fn: Callable) -> Callable:
+    return lambda params, batch: jnp.mean(loss_fn(params, batch))
+
+
+def gradtau_objective(loss_fn: Callable, params: Params, forget_batch: Batch,
+                      retain_batch: Batch, tau: Any, alpha: Any,
+                      axis_name: str | None = None) -> tuple[jax.Array, Params, dict]:
+    """The ∇τ loss and its gradient for one batch pair.
 
     The gradient is assembled from the two mean-loss gradients,
-    ∇L = −2α·ReLU(τ − L_f)·∇L_f + (1 − α)·∇L_r, so that under ``pmap`` the device means of L_f
-    and ∇L_f are taken *before* the non-linear ReLU(·)² — the result equals the single-device
-    step on the whole batch.
+    ∇L = −2α·ReLU(τ − L_f)·∇L_f + (1 − α)·∇L_r, so that across devices (``axis_name`` under
+    ``pmap`` / ``shard_map``) the means of L_f and ∇L_f are taken *before* the non-linear
+    ReLU(·)²: the result equals the single-device objective on the whole batch. Under ``jit``
+    with sharded inputs nothing is needed: the means are global.
 
     Args:
-      apply_fn: ``apply_fn(params, x) -> logits``.
-      tx: an optax optimiser (:func:`make_gradtau_optimizer`).
+      loss_fn: ``loss_fn(params, batch) -> (B,)`` per-example losses (e.g.
+        :func:`hyperforget_jax.train.per_example_ce`).
+      params: the current parameters.
+      forget_batch, retain_batch: batches in whatever form ``loss_fn`` takes.
+      tau: the target forget loss τ.
+      alpha: the weight α ∈ [0, 1].
+      axis_name: the mapped device axis to average over, if any.
+
+    Returns:
+      ``(loss, grads, aux)`` with ``aux = {"forget_loss", "retain_loss", "gap"}``.
+    """
+    value_and_grad = jax.value_and_grad(_mean_loss(loss_fn))
+    l_f, g_f = value_and_grad(params, forget_batch)
+    l_r, g_r = value_and_grad(params, retain_batch)
+    if axis_name is not None:
+        l_f, g_f, l_r, g_r = jax.lax.pmean((l_f, g_f, l_r, g_r), axis_name)
+    tau = jnp.asarray(tau, l_f.dtype)
+    alpha = jnp.asarray(alpha, l_f.dtype)
+    gap = jax.nn.relu(tau - l_f)
+    loss = gradtau_loss(l_f, l_r, tau, alpha)
+    grads = jax.tree.map(lambda gf, gr: -2.0 * alpha * gap * gf + (1.0 - alpha) * gr, g_f, g_r)
+    return loss, grads, {"forget_loss": l_f, "retain_loss": l_r, "gap": gap}
+
+
+class GradTauState(NamedTuple):
+    """The ∇τ schedule's state: ``count`` = ∇τ steps taken (int32), ``tau`` = the current τ."""
+
+    count: jax.Array
+    tau: jax.Array
+
+
+class GradTau(NamedTuple):
+    """``init(params) -> GradTauState``;
+    ``update(params, state, forget_batch, retain_batch, *tau_args) -> (grads, state, metrics)``
+    (feed ``grads`` to any optax optimiser)."""
+
+    init: Callable[..., GradTauState]
+    update: Callable[..., tuple[Params, GradTauState, dict]]
+
+
+def refresh_tau(state: GradTauState, params: Params, tau_fn: Callable,
+                refresh_every: Any | None, *tau_args) -> GradTauState:
+    """``state`` with τ = ``tau_fn(params, *tau_args)`` (no gradient) when ``state.count`` is a
+    multiple of ``refresh_every`` (every step count divisible by it; None: only at count 0),
+    else unchanged. Jittable: a ``lax.cond`` on the count."""
+    every = 0 if refresh_every is None else refresh_every
+    due = (state.count == 0) if refresh_every is None else (state.count % every == 0)
+    tau = jax.lax.cond(
+        due, lambda: jnp.asarray(jax.lax.stop_gradient(tau_fn(params, *tau_args)),
+                                 state.tau.dtype),
+        lambda: state.tau)
+    return GradTauState(state.count, tau)
+
+
+def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callable | None = None,
+            refresh_every: int | None = None, axis_name: str | None = None) -> GradTau:
+    """∇τ as a pure ``init`` / ``update`` pair over your per-example loss.
+
+    Args:
+      loss_fn: ``loss_fn(params, batch) -> (B,)`` per-example losses.
+      alpha: α, a float or an ``optax.Schedule`` of the ∇τ step count
+        (:func:`alpha_schedule_fn`).
+      tau: a constant τ (e.g. log K for class removal), or the initial τ when ``tau_fn`` is set.
+      tau_fn: ``tau_fn(params, *tau_args) -> scalar`` τ of the current model, e.g. the mean loss
+        on held-out data; refreshed inside ``update`` (``lax.cond`` on the step count).
+      refresh_every: steps between τ refreshes (None: only at the first step). The official
+        schedule refreshes every 5 forget-epochs: ``5 * steps_per_epoch``.
+      axis_name: set under ``pmap`` / ``shard_map`` (see :func:`gradtau_objective`).
+
+    Returns:
+      :class:`GradTau`. ``update``'s metrics: ``loss``, ``forget_loss``, ``retain_loss``,
+      ``alpha``, ``tau``.
+
+    Raises:
+      ConfigError: neither ``tau`` nor ``tau_fn`` given.
+    """
+    if tau is None and tau_fn is None:
+        raise ConfigError("gradtau needs tau= (a constant) or tau_fn= (τ of the current model)")
+    alpha_fn = alpha if callable(alpha) else (lambda count: alpha)
+
+    def init(params: Params) -> GradTauState:
+        del params
+        t0 = jnp.nan if tau is None else tau
+        return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, jnp.float32))
+
+    def update(params, state, forget_batch, retain_batch, *tau_args):
+        if tau_fn is not None:
+            state = refresh_tau(state, params, tau_fn, refresh_every, *tau_args)
+        a = jnp.asarray(alpha_fn(state.count), jnp.float32)
+        loss, grads, aux = gradtau_objective(loss_fn, params, forget_batch, retain_batch,
+                                             state.tau, a, axis_name)
+        metrics = {"loss": loss, "forget_loss": aux["forget_loss"],
+                   "retain_loss": aux["retain_loss"], "alpha": a, "tau": state.tau}
+        return grads, GradTauState(state.count + 1, state.tau), metrics
+
+    return GradTau(init, update)
+
+
+# --- the classic step (a TrainState in, a TrainState out) ----------------------------------------
+
+def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
+                      axis_name: str | None = None, *, guard: bool = True) -> Callable:
+    """The pure ∇τ step ``(state, forget_batch, retain_batch, tau, alpha) -> (state, metrics)``
+    on a :class:`hyperforget_jax.train.TrainState`, with τ and α given per call:
+    :func:`gradtau_objective` over the cross-entropy of ``apply_fn`` plus one ``tx`` update.
+
+    Args:
+      apply_fn: ``apply_fn(params, x) -> logits``; batches are ``(x, y)``.
+      tx: an optax optimiser.
       axis_name: set under ``jax.pmap``: losses, gradients and metrics are ``lax.pmean``-ed.
+      guard: keep the old state on a non-finite loss or parameters
+        (:func:`hyperforget_jax.train.guarded_update`); False leaves it to ``tx``.
 
     Returns:
       ``step``; its metrics are ``loss``, ``forget_loss``, ``retain_loss``, ``finite``.
     """
-    value_and_grad = jax.value_and_grad(train.cross_entropy_loss, has_aux=True)
+    loss_fn = train.per_example_ce(apply_fn)
 
     def step(state: train.TrainState, forget_batch: Batch, retain_batch: Batch,
              tau: jax.Array, alpha: jax.Array):
-        (l_f, _), g_f = value_and_grad(state.params, apply_fn, *forget_batch)
-        (l_r, _), g_r = value_and_grad(state.params, apply_fn, *retain_batch)
-        if axis_name is not None:
-            l_f, g_f, l_r, g_r = jax.lax.pmean((l_f, g_f, l_r, g_r), axis_name)
-        tau = jnp.asarray(tau, l_f.dtype)
-        alpha = jnp.asarray(alpha, l_f.dtype)
-        gap = jax.nn.relu(tau - l_f)
-        loss = gradtau_loss(l_f, l_r, tau, alpha)
-        grads = jax.tree.map(lambda gf, gr: -2.0 * alpha * gap * gf + (1.0 - alpha) * gr,
-                             g_f, g_r)
-        state, finite = train.guarded_update(state, grads, loss, tx)
-        return state, {"loss": loss, "forget_loss": l_f, "retain_loss": l_r, "finite": finite}
+        loss, grads, aux = gradtau_objective(loss_fn, state.params, forget_batch, retain_batch,
+                                             tau, alpha, axis_name)
+        update = train.guarded_update if guard else train.apply_step
+        state, finite = update(state, grads, loss, tx)
+        return state, {"loss": loss, "forget_loss": aux["forget_loss"],
+                       "retain_loss": aux["retain_loss"], "finite": finite}
 
     return step
 
@@ -222,13 +408,6 @@ def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
 
 # --- τ -------------------------------------------------------------------------------------------
 
-@functools.partial(jax.jit, static_argnums=0)
-def _unseen_class_ce(apply_fn, params, x, classes):
-    """Mean over x (kept-class samples) and c ∈ classes of −log p_c(x)."""
-    logp = jax.nn.log_softmax(apply_fn(params, x))
-    return -jnp.mean(logp[:, classes])
-
-
 def resolve_tau_mode(mode: str, forget_classes: tuple[int, ...] | None) -> str:
     if mode == "auto":
         return "chance" if forget_classes else "val"
@@ -238,189 +417,72 @@ def resolve_tau_mode(mode: str, forget_classes: tuple[int, ...] | None) -> str:
     return mode
 
 
+def val_tau_fn(apply_fn: Callable) -> Callable:
+    """``tau_fn(params, x, y)``: the paper's τ, mean cross-entropy on held-out data."""
+    return lambda params, x, y: train.cross_entropy_loss(params, apply_fn, x, y)[0]
+
+
+def unseen_class_tau_fn(apply_fn: Callable) -> Callable:
+    """``tau_fn(params, x_kept, classes)``: mean over kept-class inputs and forgotten classes c
+    of −log p_c(x) (``tau_mode="unseen_class"``)."""
+    def tau_fn(params, x, classes):
+        logp = jax.nn.log_softmax(apply_fn(params, x))
+        return -jnp.mean(logp[:, classes])
+    return tau_fn
+
+
+def tau_inputs(mode: str, val: Dataset, forget_classes: tuple[int, ...] | None
+               ) -> tuple[np.ndarray, ...]:
+    """The host arrays τ of ``mode`` is computed from: (x, y) of the validation set for
+    ``"val"``, (kept-class x, classes) for ``"unseen_class"``, () for ``"chance"``."""
+    if mode == "val":
+        return val.x, val.y
+    if mode == "unseen_class":
+        kept = ~np.isin(val.y, forget_classes)
+        if not kept.any():
+            raise ConfigError("tau_mode='unseen_class' needs validation samples of kept classes")
+        return val.x[kept], np.asarray(forget_classes, np.int32)
+    return ()
+
+
 def compute_tau(mode: str, apply_fn: Callable, params: Params, val: Dataset,
                 forget_classes: tuple[int, ...] | None = None) -> float | jax.Array:
     """τ of the current model (no gradient; a device scalar, so the caller need not wait for
-    it); ``mode`` as in the module docstring."""
+    it); ``mode`` as in the module docstring. ``apply_fn`` may be a model or its ``.apply``."""
     mode = resolve_tau_mode(mode, forget_classes)
     if mode == "chance":
         return float(math.log(val.num_classes))
-    if mode == "val":
-        return train.mean_cross_entropy(apply_fn, params, jnp.asarray(val.x), jnp.asarray(val.y))
-    kept = ~np.isin(val.y, forget_classes)
-    if not kept.any():
-        raise ConfigError("tau_mode='unseen_class' needs validation samples of kept classes")
-    return _unseen_class_ce(apply_fn, params, jnp.asarray(val.x[kept]),
-                            jnp.asarray(np.asarray(forget_classes, np.int32)))
+    model = model_of(apply_fn)
+    make = val_tau_fn if mode == "val" else unseen_class_tau_fn
+    fn = model.program(("tau", mode), lambda: jax.jit(make(model.apply)))
+    return fn(params, *map(jnp.asarray, tau_inputs(mode, val, forget_classes)))
 
 
-# --- the run -------------------------------------------------------------------------------------
+# --- host-side batch plans ---------------------------------------------------------------------
 
 def plan_batches(n_forget: int, n_retain: int, batch_size: int, epochs: int | None,
-                 seed: int) -> tuple[np.ndarray, np.ndarray, int]:
+                 seed: int, max_epochs: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Host-side batch plan: forget indices (E, N_f, B_f), retain indices (E, N_f, B_r), E.
 
-    Pure function of the sizes and the seed (same plan on every machine)."""
+    Pure function of the sizes and the seed (same plan on every machine). ``epochs`` None:
+    the budget :func:`budget_epochs` (capped at ``max_epochs``)."""
     bf, br = min(batch_size, n_forget), min(batch_size, n_retain)
     nf, nr = math.ceil(n_forget / bf), math.ceil(n_retain / br)
-    E = budget_epochs(nr, nf) if epochs is None else int(epochs)
+    E = budget_epochs(nr, nf, max_epochs) if epochs is None else int(epochs)
     f_idx = np.stack([wrapped_batches(np.random.default_rng([seed, 1, e]), n_forget, bf)
-                      for e in range(E)])
-    r_idx = wrapped_stream(seed, 2, n_retain, br, E * nf).reshape(E, nf, br)
+                      for e in range(E)]) if E else np.zeros((0, nf, bf), np.int64)
+    r_idx = (wrapped_stream(seed, 2, n_retain, br, E * nf).reshape(E, nf, br) if E
+             else np.zeros((0, nf, br), np.int64))
     return f_idx, r_idx, E
 
 
-@functools.lru_cache(maxsize=32)
-def compiled_forget_epoch(arch: Architecture, total_steps: int, lr: float, weight_decay: float,
-                          final_lr_fraction: float, descent_only: bool = False) -> Callable:
-    """Jitted ``run(state, xf, yf, xr, yr, f_idx, r_idx, alphas, tau) -> (state, metrics)``:
-    one forget-epoch's batch pairs under ``lax.scan``. Cached, so repeated runs on the same
-    shapes do not recompile. ``descent_only`` (Fine-tune, α ≡ 0) skips the forget batch."""
-    tx = make_gradtau_optimizer(total_steps, lr, weight_decay, final_lr_fraction)
-    step = make_gradtau_step(arch.apply, tx)
-    if descent_only:
-        plain = train.make_train_step(arch.apply, tx)
+from hyperforget_jax.unlearn.gradtau_run import (compiled_forget_epoch,  # noqa: E402
+                                                 run_gradtau)
 
-        def step(state, forget_batch, retain_batch, tau, alpha):
-            state, m = plain(state, retain_batch)
-            return state, {"loss": m["loss"], "forget_loss": jnp.float32(jnp.nan),
-                           "retain_loss": m["loss"], "finite": m["finite"]}
-
-    def run(state, xf, yf, xr, yr, f_idx, r_idx, alphas, tau):
-        def body(s, inp):
-            fi, ri, a = inp
-            return step(s, (xf[fi], yf[fi]), (xr[ri], yr[ri]), tau, a)
-        return jax.lax.scan(body, state, (f_idx, r_idx, alphas))
-
-    return jax.jit(run, donate_argnums=0)
-
-
-def _validate_resume(saved: dict, want: dict, directory) -> None:
-    diff = [k for k in want if saved.get(k) != want[k]]
-    if diff:
-        from hyperforget_jax.errors import CheckpointError
-        raise CheckpointError(
-            f"{directory} holds a different ∇τ run ({diff[0]}: {saved.get(diff[0])!r} on disk, "
-            f"{want[diff[0]]!r} now); pass an empty checkpoint directory for a new run")
-
-
-def run_gradtau(arch: Architecture, params: Params, split: ForgetSplit, val: Dataset,
-                config: GradTauConfig | None = None, seed: int = 0,
-                forget_classes: tuple[int, ...] | None = None, *, checkpointer=None,
-                meta: dict | None = None) -> tuple[Params, dict]:
-    """Runs ∇τ from ``params`` and returns (unlearned params, info).
-
-    The run is one jitted ``lax.scan`` call per forget-epoch (:func:`compiled_forget_epoch`,
-    compiled once per shape and cached), with no host synchronisation between calls unless
-    checkpointing. Everything it does is a pure function of the sizes, the config and
-    ``seed``, so a resumed run gives the same parameters as an uninterrupted one.
-
-    Args:
-      arch: the classifier architecture.
-      params: the original model's parameters (not modified).
-      split: D_f / D_r.
-      val: held-out validation data (τ).
-      config: hyperparameters (default: the paper's).
-      seed: batch order.
-      forget_classes: the forgotten classes for class removal (selects τ, see ``tau_mode``).
-      checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`: the state is
-        saved after every forget-epoch (checkpoint step = forget-epochs done, meta carries the
-        τ history) and a rerun on the same directory resumes from the latest step. A directory
-        holding a different run (other config, seed or request sizes) is refused.
-      meta: JSON-serialisable metadata stored with each checkpoint.
-
-    Returns:
-      The parameters and an info dict: ``steps``, ``epochs``, ``alpha0``, ``alpha_clamped``,
-      ``tau_mode``, ``tau`` (every refresh), per-epoch ``forget_loss`` / ``retain_loss``,
-      ``resumed_from`` (forget-epochs restored from the checkpoint, 0 for a fresh run).
-
-    Raises:
-      NonFiniteError: a step produced NaN/inf (named in the message); nothing is saved.
-      CheckpointError: the checkpoint directory holds a different run.
-    """
-    cfg = config or GradTauConfig()
-    nf_total, nr_total = len(split.forget), len(split.retain)
-    if cfg.alpha0 is not None:
-        alpha0, clamped = float(cfg.alpha0), False
-    else:
-        alpha0, clamped = initial_alpha(nf_total, nf_total + nr_total, cfg.alpha_scale,
-                                        cfg.alpha_max)
-        if clamped:
-            log.warning("∇τ: α₀ = %.3f·|D_f|/|D| = %.3f exceeds %.2f; clamped to %.2f",
-                        cfg.alpha_scale, cfg.alpha_scale * nf_total / (nf_total + nr_total),
-                        cfg.alpha_max, cfg.alpha_max)
-    f_idx, r_idx, E = plan_batches(nf_total, nr_total, cfg.batch_size, cfg.epochs, seed)
-    n_per_epoch = f_idx.shape[1]
-    T = E * n_per_epoch
-    alphas = alpha_schedule(alpha0, T).reshape(E, n_per_epoch)
-    mode = resolve_tau_mode(cfg.tau_mode, forget_classes)
-    run = compiled_forget_epoch(arch, T, cfg.lr, cfg.weight_decay, cfg.final_lr_fraction,
-                                alpha0 == 0)
-    tx = make_gradtau_optimizer(T, cfg.lr, cfg.weight_decay, cfg.final_lr_fraction)
-    # A copy, so donating the state never invalidates the caller's parameters.
-    state = train.init_state(arch, tx, None, jax.tree.map(jnp.array, params))
-    run_id = {"n_forget": nf_total, "n_retain": nr_total, "seed": int(seed), "epochs": E,
-              "tau_mode": mode, "config": dataclasses.asdict(cfg)}
-    start, taus, hist_f, hist_r = 0, [], [], []
-    if checkpointer is not None and checkpointer.latest_step() is not None:
-        state, saved = checkpointer.restore(state)
-        g = saved.get("gradtau", {})
-        _validate_resume(g.get("run", {}), run_id, checkpointer.directory)
-        start = int(g["epoch"])
-        taus, hist_f, hist_r = list(g["tau"]), list(g["forget_loss"]), list(g["retain_loss"])
-    xf, yf = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
-    xr, yr = jnp.asarray(split.retain.x), jnp.asarray(split.retain.y)
-    c = cfg.tau_refresh_epochs
-    # One call per forget-epoch: a single compilation serves every run with these shapes
-    # (scanning several epochs per call saves little dispatch time and costs a compilation per
-    # chunk length), and the checkpoints fall on forget-epoch boundaries.
-    bounds = list(range(start, E + 1))
-    tau = jnp.float32(taus[-1] if taus else 0.0)
-    finite, dev_f, dev_r = [], [], []
-    for e0, e1 in zip(bounds[:-1], bounds[1:]):
-        # unseen_class τ is measured once: refreshing it chases its own tail (pushing the
-        # c-logit down everywhere raises −log p_c on kept samples too; 14 → 80 in 4 refreshes).
-        refresh = e0 == 0 if mode == "unseen_class" else e0 % c == 0
-        if refresh and alpha0 > 0:
-            tau = jnp.float32(compute_tau(mode, arch.apply, state.params, val, forget_classes))
-            taus.append(tau)
-        sl = slice(e0 * n_per_epoch, e1 * n_per_epoch)
-        state, m = run(state, xf, yf, xr, yr,
-                       jnp.asarray(f_idx[e0:e1].reshape(-1, f_idx.shape[-1])),
-                       jnp.asarray(r_idx[e0:e1].reshape(-1, r_idx.shape[-1])),
-                       jnp.asarray(alphas.reshape(-1)[sl]), tau)
-        finite.append((e0, m["finite"]))
-        dev_f.append(m["forget_loss"].reshape(e1 - e0, n_per_epoch).mean(1))
-        dev_r.append(m["retain_loss"].reshape(e1 - e0, n_per_epoch).mean(1))
-        if checkpointer is not None:
-            _check_finite(finite[-1:], n_per_epoch)
-            hist_f += np.asarray(dev_f.pop()).tolist()
-            hist_r += np.asarray(dev_r.pop()).tolist()
-            taus = [float(t) for t in taus]
-            checkpointer.save(e1, state, {**(meta or {}), "gradtau": {
-                "epoch": e1, "run": run_id, "tau": taus, "forget_loss": hist_f,
-                "retain_loss": hist_r}}, force=True)
-    # Without a checkpointer everything stays on device until here: no host sync in the loop.
-    _check_finite(finite, n_per_epoch)
-    for f_, r_ in zip(dev_f, dev_r):
-        hist_f += np.asarray(f_).tolist()
-        hist_r += np.asarray(r_).tolist()
-    jax.block_until_ready(state.params)
-    info = {"steps": T, "epochs": E, "batches_per_epoch": n_per_epoch, "alpha0": alpha0,
-            "alpha_clamped": clamped, "tau_mode": mode if alpha0 > 0 else None,
-            "tau": [float(t) for t in taus],
-            "forget_loss": [float(v) for v in hist_f] if alpha0 > 0 else [],
-            "retain_loss": [float(v) for v in hist_r], "resumed_from": start}
-    return state.params, info
-
-
-def _check_finite(chunks: list, n_per_epoch: int) -> None:
-    for e0, fin in chunks:
-        fin = np.asarray(fin)
-        if not fin.all():
-            bad = e0 * n_per_epoch + int(np.argmin(fin))
-            raise NonFiniteError(
-                f"∇τ: non-finite loss or parameters at step {bad} (forget-epoch "
-                f"{bad // n_per_epoch}, batch pair {bad % n_per_epoch}); stopped without "
-                "returning or saving parameters. Check the data for NaN/inf or lower the "
-                "learning rate")
+__all__ = ["GradTauConfig", "GradTau", "GradTauState", "nabla_tau", "gradtau_objective",
+           "refresh_tau", "alpha_schedule_fn", "lr_schedule_fn", "gradtau_tx",
+           "initial_alpha", "budget_epochs", "plan_batches", "gradtau_loss", "compute_tau",
+           "make_gradtau_step", "pmap_gradtau_step", "sharded_gradtau_step", "run_gradtau",
+           "compiled_forget_epoch", "make_gradtau_optimizer", "alpha_schedule", "lr_schedule",
+           "val_tau_fn", "unseen_class_tau_fn", "resolve_tau_mode", "tau_inputs", "Architecture"]

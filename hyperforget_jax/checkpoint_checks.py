@@ -1,0 +1,149 @@
+"""What may go into a checkpoint and whether a stored tree fits a template: the checks
+:mod:`hyperforget_jax.checkpoint` runs around Orbax, which would otherwise fail mid-write,
+silently cast dtypes, or report a mismatch as a raw tensorstore error.
+
+Leaves are named as Orbax names them (``opt_state.0.mu.params.Dense_0.kernel``), so a
+NamedTuple field and the dict key Orbax stores it under compare equal.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from hyperforget_jax.errors import CheckpointError, NonFiniteError
+
+PyTree = Any
+
+def named_leaves(tree: PyTree) -> list[tuple[str, Any]]:
+    # Orbax's own leaf naming ("opt_state.0.mu.params.Dense_0.kernel"): a NamedTuple field and
+    # the dict key Orbax stores it under get the same name, so template and on-disk metadata
+    # compare leaf by leaf.
+    def name(k: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+
+    leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(".".join(name(k) for k in path) or "<root>", leaf) for path, leaf in leaves]
+
+
+def shape_dtype(leaf: Any) -> tuple[tuple | None, np.dtype | None]:
+    shape = getattr(leaf, "shape", () if isinstance(leaf, (int, float, np.generic)) else None)
+    try:
+        dtype = np.dtype(leaf.dtype) if hasattr(leaf, "dtype") else None
+    except TypeError:
+        dtype = None
+    return (tuple(shape) if shape is not None else None), dtype
+
+
+def first_non_finite(tree: PyTree) -> str | None:
+    """Path of the first float leaf containing NaN or inf, or None."""
+    for name, leaf in named_leaves(tree):
+        if isinstance(leaf, float):
+            if not math.isfinite(leaf):
+                return name
+        elif (isinstance(leaf, (jax.Array, np.ndarray, np.generic))
+              and jnp.issubdtype(leaf.dtype, jnp.inexact)
+              and not bool(jnp.all(jnp.isfinite(leaf)))):
+            return name
+    return None
+
+
+def check_savable(state: PyTree, what: str) -> None:
+    # Orbax would fail on these only mid-write, leaving a tmp directory behind.
+    for name, leaf in named_leaves(state):
+        if isinstance(leaf, (bool, int, float)):
+            continue
+        # ml_dtypes (bfloat16, float8) report NumPy kind "V".
+        if isinstance(leaf, (jax.Array, np.ndarray, np.generic)) and leaf.dtype.kind in "biufcV":
+            continue
+        kind = "abstract (no values)" if isinstance(leaf, jax.ShapeDtypeStruct) else "not an array"
+        raise CheckpointError(
+            f"cannot save {what}: leaf {name!r} is a {type(leaf).__name__}, {kind}; checkpoints "
+            "hold numeric arrays and scalars only (put strings and other values in meta)")
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise NonFiniteError(
+            f"refusing to save {what}: leaf {bad!r} contains NaN/inf; nothing was written. "
+            "Lower the learning rate / enable gradient clipping and resume from the last "
+            "finite checkpoint")
+
+
+def check_template(template: PyTree, on_disk: PyTree, where: Path) -> None:
+    """Raise CheckpointError at the first leaf where ``template`` and the stored tree differ."""
+    fix = ("restore with a template built from the same architecture/optimizer config the "
+           "checkpoint was written with (see its meta), or use a fresh --run-dir")
+    prefix = f"checkpoint {where} was written for another architecture: "
+    stored = dict(named_leaves(on_disk))
+    wanted = named_leaves(template)
+    for name, leaf in wanted:
+        if name not in stored:
+            raise CheckpointError(f"{prefix}leaf {name!r} of the template is not in the "
+                                  f"checkpoint; {fix}")
+        (ws, wd), (hs, hd) = shape_dtype(leaf), shape_dtype(stored[name])
+        if ws is not None and hs is not None and ws != hs:
+            raise CheckpointError(f"{prefix}leaf {name!r} has shape {hs} in the checkpoint but "
+                                  f"{ws} in the template; {fix}")
+        # Orbax would cast on restore, so a float32 checkpoint would load into a bfloat16
+        # template without complaint.
+        if wd is not None and hd is not None and hasattr(leaf, "dtype") and wd != hd:
+            raise CheckpointError(f"{prefix}leaf {name!r} has dtype {hd} in the checkpoint but "
+                                  f"{wd} in the template; {fix}")
+    extra = [n for n in stored if n not in {n for n, _ in wanted}]
+    if extra:
+        raise CheckpointError(f"{prefix}leaf {extra[0]!r} of the checkpoint is not in the "
+                              f"template ({len(extra)} extra leaves); {fix}")
+
+
+def rebuild_like(template: PyTree, restored: PyTree, where: Path) -> PyTree:
+    """Restored leaves in the template's exact treedef (NamedTuples, custom nodes)."""
+    by_name = dict(named_leaves(restored))
+    names = [n for n, _ in named_leaves(template)]
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise CheckpointError(f"checkpoint {where} restored without leaf {missing[0]!r}; it is "
+                              "corrupt or from another architecture: restore an earlier step or "
+                              "retrain")
+    restored = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template),
+                                            [by_name[n] for n in names])
+    # save() never writes NaN/inf, so any found on load means the bytes were damaged.
+    bad = first_non_finite(restored)
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {where} is corrupt: leaf {bad!r} contains NaN/inf, "
+                              "which save() never writes; delete that directory and restore an "
+                              "earlier step, or retrain")
+    return restored
+
+
+def jsonable_meta(meta: dict | None, where: Path) -> dict:
+    """``meta`` exactly as a JSON round trip returns it (or CheckpointError)."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"meta for {where} must be a dict, got {type(meta).__name__}; "
+                              "pass a dict of JSON-serialisable values")
+
+    def default(obj: Any) -> Any:
+        if isinstance(obj, (np.generic, np.ndarray, jax.Array)):
+            return np.asarray(obj).tolist()
+        if isinstance(obj, (set, frozenset)):
+            return sorted(obj)
+        if isinstance(obj, os.PathLike):
+            return os.fspath(obj)
+        raise TypeError(f"{type(obj).__name__} is not JSON-serialisable")
+
+    try:
+        return json.loads(json.dumps(meta, default=default))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"meta for {where} is not JSON-serialisable ({e}); convert it to "
+                              "str/int/float/bool/list/dict (e.g. dataclasses.asdict(config))"
+                              ) from e

@@ -1,0 +1,163 @@
+"""One validation for every config dataclass: types from the annotations, ranges from the fields.
+
+A config declares its fields with :func:`field` (a ``dataclasses.field`` carrying bounds) and
+calls :func:`check_config` in ``__post_init__``. Every field is then checked once, the same way:
+
+* ``int`` fields take integers only (a ``bool``, ``2.5`` or ``"3"`` is a :class:`ConfigError`,
+  numpy integers are converted);
+* ``float`` fields take real numbers (ints are converted to float), never NaN or ±inf, never a
+  ``bool``;
+* ``str`` / ``bool`` fields take exactly that type; ``X | None`` also takes None; a
+  ``tuple[int, ...]`` takes a sequence of integers (converted to a tuple);
+* bounds ``gt`` / ``ge`` / ``lt`` / ``le`` and ``choices`` from :func:`field`.
+
+Messages name the config, the field, the value and the fix, e.g.
+``GradTauConfig.lr must be a finite number > 0, got inf``.
+
+>>> import dataclasses
+>>> @dataclasses.dataclass(frozen=True)
+... class Demo:
+...     epochs: int = field(3, ge=0)
+...     lr: float = field(0.1, gt=0)
+...     def __post_init__(self):
+...         check_config(self)
+>>> Demo(lr=1).lr
+1.0
+>>> Demo(epochs=2.5)
+Traceback (most recent call last):
+...
+hyperforget_jax.errors.ConfigError: Demo.epochs must be an integer, got 2.5 (float)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import types
+import typing
+from typing import Any
+
+import numpy as np
+
+from hyperforget_jax.errors import ConfigError
+
+_MISSING = dataclasses.MISSING
+
+
+def field(default: Any = _MISSING, *, gt: float | None = None, ge: float | None = None,
+          lt: float | None = None, le: float | None = None,
+          choices: tuple | None = None, label: str | None = None, **kwargs) -> Any:
+    """A ``dataclasses.field`` with bounds that :func:`check_config` enforces.
+
+    Args:
+      default: the default value.
+      gt, ge, lt, le: strict / inclusive lower and upper bounds (numbers, or each element of a
+        tuple of numbers).
+      choices: the allowed values.
+      label: a plain-words name used in error messages (e.g. "learning rate").
+      **kwargs: passed to ``dataclasses.field``.
+    """
+    meta = {k: v for k, v in dict(gt=gt, ge=ge, lt=lt, le=le, choices=choices,
+                                  label=label).items() if v is not None}
+    return dataclasses.field(default=default, metadata={"bounds": meta}, **kwargs)
+
+
+def _bound_text(b: dict) -> str:
+    parts = [f"{op} {b[k]}" for k, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+             if k in b]
+    return " and ".join(parts)
+
+
+def _check_number(owner: str, name: str, value: Any, kind: type, bounds: dict) -> Any:
+    if isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{owner}.{name} must be {'an integer' if kind is int else 'a number'}"
+                          f", got the bool {value}")
+    if kind is int:
+        if isinstance(value, numbers.Integral):
+            value = int(value)
+        else:
+            raise ConfigError(f"{owner}.{name} must be an integer, got {value!r} "
+                              f"({type(value).__name__})")
+    else:
+        if not isinstance(value, numbers.Real):
+            raise ConfigError(f"{owner}.{name} must be a number, got {value!r} "
+                              f"({type(value).__name__})")
+        value = float(value)
+        if not math.isfinite(value):
+            rule = _bound_text(bounds)
+            raise ConfigError(f"{owner}.{name} must be a finite number"
+                              f"{' ' + rule if rule else ''}, got {value}")
+    bad = (("gt" in bounds and not value > bounds["gt"])
+           or ("ge" in bounds and not value >= bounds["ge"])
+           or ("lt" in bounds and not value < bounds["lt"])
+           or ("le" in bounds and not value <= bounds["le"]))
+    if bad:
+        raise ConfigError(f"{owner}.{name} must be {_bound_text(bounds)}, got {value}")
+    return value
+
+
+def _split_optional(tp) -> tuple[Any, bool]:
+    """(inner type, None allowed) of ``X | None`` / ``Optional[X]``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return (args[0] if len(args) == 1 else tp), type(None) in typing.get_args(tp)
+    return tp, False
+
+
+def _check_value(owner: str, name: str, value: Any, tp, bounds: dict) -> Any:
+    inner, optional = _split_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{owner}.{name} must be given, got None")
+    if inner in (int, float):
+        value = _check_number(owner, name, value, inner, bounds)
+    elif inner is bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise ConfigError(f"{owner}.{name} must be True or False, got {value!r}")
+        value = bool(value)
+    elif inner is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{owner}.{name} must be a string, got {value!r}")
+    elif typing.get_origin(inner) is tuple:
+        elem = (typing.get_args(inner) or (Any,))[0]
+        if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, np.ndarray)):
+            raise ConfigError(f"{owner}.{name} must be a sequence, got {value!r}")
+        if elem in (int, float):
+            value = tuple(_check_number(owner, f"{name}[{i}]", v, elem, bounds)
+                          for i, v in enumerate(value))
+        else:
+            value = tuple(value)
+    if "choices" in bounds and value not in bounds["choices"]:
+        raise ConfigError(f"{owner}.{name} must be one of "
+                          f"{', '.join(map(repr, bounds['choices']))}; got {value!r}")
+    return value
+
+
+def check_config(cfg: Any) -> None:
+    """Checks (and normalises, e.g. int → float for a float field) every field of the frozen
+    dataclass ``cfg`` against its annotation and :func:`field` bounds.
+
+    Raises:
+      ConfigError: the first bad field, named with its config, value and the allowed range.
+    """
+    owner = type(cfg).__name__
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        if not f.init:
+            continue
+        value = getattr(cfg, f.name)
+        bounds = f.metadata.get("bounds", {})
+        name = f"{f.name} ({bounds['label']})" if "label" in bounds else f.name
+        new = _check_value(owner, name, value, hints.get(f.name, Any), bounds)
+        if new is not value:
+            object.__setattr__(cfg, f.name, new)
+
+
+def float_fields(cfg: Any) -> tuple[str, ...]:
+    """Names of the ``float`` (or ``float | None``) fields of a config: the hyperparameters a
+    sweep may trace (their values never change a compiled program's shapes)."""
+    hints = typing.get_type_hints(type(cfg))
+    return tuple(f.name for f in dataclasses.fields(cfg)
+                 if _split_optional(hints.get(f.name))[0] is float)

@@ -1,0 +1,317 @@
+"""The training drivers, thin layers over :mod:`hyperforget_jax.train`'s pieces: ``fit`` (one
+model; optional mesh; resumable), ``fit_fleet`` (members vmapped or mapped in one program) and
+``fit_stream`` (host batches from an iterator; each process its own rows under
+``jax.distributed``). Re-exported by :mod:`hyperforget_jax.train`.
+
+Every epoch of ``fit`` / ``fit_fleet`` is one compiled call: the steps run under ``lax.scan``
+over a host-built index plan (a pure function of the seed and the epoch) into the on-device
+data; the program belongs to the model and takes the learning rate and weight decay as traced
+values.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hyperforget_jax.data import Dataset, batch_indices
+from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.models import Architecture, as_model
+from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
+                                   effective_batch_size,
+                                   init_state, make_optimizer, make_train_step,
+                                   mesh_batch_size, over_members, shard_rows)
+
+
+def _fit_epoch(model: Architecture, fleet: bool, hp_batched: bool, mesh: Mesh | None,
+               how: str = "vmap") -> Callable:
+    """The compiled epoch of the drivers: ``run(state, hp, x, y, idx) -> (state, metrics)``,
+    ``hp = {"lr", "weight_decay"}`` traced, ``idx`` (num_batches, batch) indexing the
+    on-device ``(x, y)``; vmapped over models for fleets (``idx`` and the state per member,
+    ``hp`` too when ``hp_batched``). The state is donated. Owned by ``model``."""
+
+    def build():
+        constrain = shard_rows(mesh)
+
+        def run(state, hp, x, y, idx):
+            tx = make_optimizer(TrainConfig(), hp["lr"], hp["weight_decay"])
+            step = make_train_step(model.apply, tx, guard=False)
+            return jax.lax.scan(lambda s, i: step(s, constrain((x[i], y[i]))), state, idx)
+
+        if fleet:
+            run = over_members(run, (0, 0 if hp_batched else None, None, None, 0), how)
+        if mesh is None:
+            return jax.jit(run, donate_argnums=0)
+        m, axis = auto_mesh(mesh)
+        repl = NamedSharding(m, P())
+        rows = NamedSharding(m, P(*([None] * (2 if fleet else 1)), axis))
+        return jax.jit(run, in_shardings=(repl, repl, repl, repl, rows),
+                       out_shardings=(repl, repl), donate_argnums=0)
+
+    return model.program(("fit_epoch", fleet, hp_batched, mesh, how), build)
+
+
+def _hp(cfg: TrainConfig) -> dict:
+    return {"lr": jnp.float32(cfg.lr), "weight_decay": jnp.float32(cfg.weight_decay)}
+
+
+def compiled_epoch(arch: Model, cfg_opt: tuple, fleet: bool) -> Callable:
+    """The jitted epoch of :func:`fit` (``fleet=False``) or :func:`fit_fleet` (vmapped over
+    models, batch indices per model) for the AdamW of ``cfg_opt = (lr, weight_decay)``:
+    ``run(state, x, y, idx) -> (state, metrics)``, the state donated. The compiled program is
+    the model's own and is shared by every learning rate and weight decay."""
+    model = as_model(arch)
+    run = _fit_epoch(model, fleet, False, None)
+    hp = {"lr": jnp.float32(cfg_opt[0]), "weight_decay": jnp.float32(cfg_opt[1])}
+    return lambda state, x, y, idx: run(state, hp, x, y, idx)
+
+
+def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
+    """Raises ``NonFiniteError`` naming the earliest step (and fleet member) whose ``finite``
+    flag is False; ``finite`` holds one epoch's flags, (steps,) or (members, steps)."""
+    finite = np.asarray(finite)
+    if finite.all():
+        return
+    bad = np.argwhere(~finite)
+    bad = bad[np.argmin(bad[:, -1])]  # the earliest failing step (of any fleet member)
+    batch = int(bad[-1])
+    member = f" (fleet member {int(bad[0])})" if finite.ndim == 2 else ""
+    raise NonFiniteError(
+        f"non-finite loss or parameters at step {first_step + batch} (epoch {epoch}, batch "
+        f"{batch}){member}; training stopped without saving. Check the data for NaN/inf or "
+        "lower the learning rate")
+
+
+def _model_for(arch: Model, ds: Dataset) -> Architecture:
+    model = as_model(arch, ds.x.shape[1:], ds.num_classes)
+    model.check_inputs(ds.x, f"training set {ds.name!r}")
+    return model
+
+
+def _put(tree: Any, mesh: Mesh | None) -> Any:
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, tree)
+    return jax.device_put(tree, NamedSharding(auto_mesh(mesh)[0], P()))
+
+
+def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
+        checkpointer=None, meta: dict | None = None, progress: bool = False,
+        init_params: Params | None = None, mesh: Mesh | None = None
+        ) -> tuple[TrainState, list[dict]]:
+    """Trains ``arch`` on ``train`` with ``cfg``; resumes from ``checkpointer`` if it has a step.
+
+    Every epoch is one compiled call: the steps run under ``lax.scan`` over a host-built index
+    plan (a pure function of ``cfg.seed`` and the epoch) into the on-device data.
+
+    Args:
+      arch: the model: a registered name, an :class:`~hyperforget_jax.models.Architecture`, a
+        Flax module or an ``apply_fn`` with an init (see ``hf.as_model``).
+      train: training data.
+      cfg: the recipe; ``cfg.seed`` fixes the initialisation and every batch order.
+      checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`; the state is
+        saved after every epoch (checkpoint step = epochs done) and a rerun resumes from the
+        latest, giving the same parameters as an uninterrupted run.
+      meta: JSON-serialisable metadata stored with each checkpoint (config, split, request).
+      progress: show a progress bar.
+      init_params: start from these parameters instead of a fresh initialisation.
+      mesh: optional ``jax.sharding.Mesh``: every batch is split along its data axis (``"data"``
+        or its first axis), the state replicated; same parameters as one device (to float
+        rounding). ``cfg.batch_size`` must divide by the axis size.
+
+    Returns:
+      The final :class:`TrainState` and a per-epoch history of mean loss / accuracy.
+
+    Raises:
+      NonFiniteError: a step produced NaN/inf (named in the message).
+    """
+    model = _model_for(arch, train)
+    batch_size = effective_batch_size(cfg, len(train))
+    mesh_batch_size(mesh, batch_size)
+    if init_params is None and not model.has_init:
+        raise ConfigError(f"fit: model {model.name!r} has no init; pass init_params= or "
+                          "hf.as_model(apply_fn, init_fn=...)")
+    if init_params is not None:
+        model.check_params(init_params)
+        init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
+    tx = make_optimizer(cfg)
+    state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
+    start = 0
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        state, _ = checkpointer.restore(state)
+        start = int(checkpointer.latest_step())
+    run = _fit_epoch(model, False, False, mesh)
+    state = _put(state, mesh)
+    x, y = _put((train.x, train.y), mesh)
+    hp = _put(_hp(cfg), mesh)
+    history = []
+    epochs = range(start, cfg.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc=f"train {model.name}", initial=start, total=cfg.epochs)
+    for epoch in epochs:
+        idx = batch_indices(cfg.seed, epoch, len(train), batch_size)
+        first = int(state.step)
+        state, m = run(state, hp, x, y, jnp.asarray(idx))
+        raise_if_nonfinite(m["finite"], first, epoch)
+        history.append({"epoch": epoch, "loss": float(m["loss"].mean()),
+                        "accuracy": float(m["accuracy"].mean())})
+        if checkpointer is not None:
+            checkpointer.save(epoch + 1, state, {**(meta or {}), "epoch": epoch + 1,
+                                                 "train_config": cfg.to_json()})
+    return state, history
+
+
+def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
+              seeds: list[int] | None = None, progress: bool = False,
+              subsets: np.ndarray | None = None, vectorize: str = "vmap"
+              ) -> tuple[TrainState, list[dict]]:
+    """Trains one model per member in a single vmapped program; member ``i`` equals
+    ``fit(arch, train, replace(cfg, seed=seeds[i]))``. Returns a stacked :class:`TrainState`.
+
+    Args:
+      arch: the model (any form ``hf.as_model`` takes, with an init).
+      train: training data, shared by every member.
+      cfg: one recipe, or one per member (their learning rates and weight decays may differ:
+        they are traced; epochs and batch size must agree).
+      seeds: one seed per member (default: each config's own seed).
+      progress: show a progress bar.
+      subsets: optional (members, n) indices into ``train``: member ``i`` trains on
+        ``train[subsets[i]]`` (equal sizes; U-LiRA's shadow models).
+      vectorize: ``"vmap"`` (default) or ``"map"`` (:func:`over_members`).
+    """
+    model = _model_for(arch, train)
+    cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else None
+    if cfgs is not None:
+        seeds = [c.seed for c in cfgs] if seeds is None else list(seeds)
+        if len(cfgs) != len(seeds):
+            raise ConfigError(f"fit_fleet: {len(cfgs)} configs for {len(seeds)} seeds")
+        if len({(c.epochs, c.batch_size) for c in cfgs}) != 1:
+            raise ConfigError("fit_fleet: every member's epochs and batch_size must agree "
+                              "(they set the program's shapes); run groups separately")
+        base = cfgs[0]
+    else:
+        base = cfg
+        seeds = [cfg.seed] if seeds is None else list(seeds)
+    if not seeds:
+        raise ConfigError("fit_fleet needs at least one seed")
+    if not model.has_init:
+        raise ConfigError(f"fit_fleet: model {model.name!r} has no init; pass "
+                          "hf.as_model(apply_fn, init_fn=...)")
+    tx = make_optimizer(base)
+    keys = jnp.stack([jax.random.key(s) for s in seeds])
+    state = jax.vmap(lambda k: init_state(model, tx, k))(keys)
+    batched = cfgs is not None
+    run = _fit_epoch(model, True, batched, None, vectorize)
+    hp = (jax.tree.map(lambda *v: jnp.stack(v), *[_hp(c) for c in cfgs]) if batched
+          else _hp(base))
+    x, y = jnp.asarray(train.x), jnp.asarray(train.y)
+    n = len(train) if subsets is None else np.asarray(subsets).shape[1]
+    batch_size = effective_batch_size(base, n)
+    history = []
+    epochs = range(base.epochs)
+    if progress:
+        from tqdm.auto import tqdm
+        epochs = tqdm(epochs, desc=f"fleet of {len(seeds)} {model.name}")
+    for epoch in epochs:
+        idx = np.stack([batch_indices(s, epoch, n, batch_size) for s in seeds])
+        if subsets is not None:
+            idx = np.stack([sub[i] for sub, i in zip(np.asarray(subsets), idx)])
+        first = int(state.step[0])
+        state, m = run(state, hp, x, y, jnp.asarray(idx))
+        raise_if_nonfinite(m["finite"], first, epoch)
+        history.append({"epoch": epoch, "loss": np.asarray(m["loss"].mean(1)).tolist(),
+                        "accuracy": np.asarray(m["accuracy"].mean(1)).tolist()})
+    return state, history
+
+
+def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable[Batch],
+               cfg: TrainConfig, *, init_params: Params | None = None,
+               mesh: Mesh | None = None, sync_every: int = 8) -> tuple[TrainState, list[dict]]:
+    """:func:`fit` on streamed data: host batches from an iterator instead of one on-device
+    set, one compiled step per batch.
+
+    Args:
+      arch: the model (with an init, or pass ``init_params``).
+      batches: ``batches(epoch) -> iterable of (x, y)`` host batches (called for each of
+        ``cfg.epochs`` epochs), or one iterable consumed as a single epoch.
+      cfg: the recipe (learning rate, weight decay, seed of the initialisation, epochs).
+      init_params: start from these parameters.
+      mesh: optional mesh: each batch is split along its data axis. Under ``jax.distributed``
+        each process passes *its own rows* of every global batch (process ``i``: rows
+        ``[i·b, (i+1)·b)``); they are assembled with
+        ``jax.make_array_from_process_local_data``.
+      sync_every: wait for the device every this many steps (bounds the queue of dispatched
+        steps; collectives on CPU abort when too many are in flight).
+
+    Returns:
+      The final :class:`TrainState` and a per-epoch history (mean loss / accuracy).
+
+    Raises:
+      NonFiniteError: a step produced NaN/inf.
+      DataError: a batch of images of the wrong shape.
+    """
+    model = as_model(arch)
+    tx = make_optimizer(cfg)
+    if init_params is None and not model.has_init:
+        raise ConfigError(f"fit_stream: model {model.name!r} needs an input_shape or "
+                          "init_params to start from")
+    if init_params is not None:
+        init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
+    state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
+    step = model.program(("fit_stream_step", mesh), lambda: _stream_step(model, mesh))
+    state = _put(state, mesh)
+    hp = _put(_hp(cfg), mesh)
+    history = []
+    n_epochs = cfg.epochs if callable(batches) else 1
+    for epoch in range(n_epochs):
+        it = batches(epoch) if callable(batches) else batches
+        first, losses, accs, flags = int(state.step), [], [], []
+        for i, (xb, yb) in enumerate(it):
+            model.check_inputs(xb, "a streamed batch")
+            state, m = step(state, hp, global_rows((np.asarray(xb, np.float32),
+                                                    np.asarray(yb, np.int32)), mesh))
+            losses.append(m["loss"]), accs.append(m["accuracy"]), flags.append(m["finite"])
+            if (i + 1) % sync_every == 0:
+                jax.block_until_ready(m["loss"])
+        if not flags:
+            raise ConfigError(f"fit_stream: epoch {epoch} yielded no batches")
+        raise_if_nonfinite(np.asarray(jax.device_get(flags)), first, epoch)
+        history.append({"epoch": epoch, "loss": float(np.mean(jax.device_get(losses))),
+                        "accuracy": float(np.mean(jax.device_get(accs)))})
+    return state, history
+
+
+def global_rows(local: Any, mesh: Mesh | None) -> Any:
+    """Host rows → device arrays: with a mesh, this process's rows of a global batch split
+    along the data axis (``jax.make_array_from_process_local_data``); without, ``jnp.asarray``."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, local)
+    m, axis = auto_mesh(mesh)
+    sharding = NamedSharding(m, P(axis))
+    n_local = len(m.local_devices)
+
+    def put(x):
+        x = np.asarray(x)
+        if x.shape[0] % n_local:
+            raise ConfigError(f"a local batch of {x.shape[0]} rows cannot be split over "
+                              f"{n_local} local devices; use a multiple of {n_local}")
+        return jax.make_array_from_process_local_data(sharding, x)
+
+    return jax.tree.map(put, local)
+
+
+def _stream_step(model: Architecture, mesh: Mesh | None) -> Callable:
+    def step(state, hp, batch):
+        tx = make_optimizer(TrainConfig(), hp["lr"], hp["weight_decay"])
+        return make_train_step(model.apply, tx, guard=False)(state, batch)
+
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    m, axis = auto_mesh(mesh)
+    repl = NamedSharding(m, P())
+    return jax.jit(step, in_shardings=(repl, repl, NamedSharding(m, P(axis))),
+                   out_shardings=(repl, repl), donate_argnums=0)

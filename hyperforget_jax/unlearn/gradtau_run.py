@@ -1,0 +1,360 @@
+"""The ∇τ runner: a thin driver over the building blocks of :mod:`.gradtau`.
+
+Each forget-epoch is one compiled call: τ refreshed on device (:func:`.gradtau.refresh_tau`),
+then the epoch's batch pairs under ``lax.scan``, gathered from the on-device data with a
+host-built, seed-pure index plan. The program belongs to the model and is compiled once per
+shape; the hyperparameters (learning rate, weight decay, α₀, the budget E) are traced values, so
+every config with the same batch shapes shares it, and a *fleet* of members (seeds × configs,
+:func:`hyperforget_jax.unlearn.unlearn_sweep`) runs as the same program under ``vmap``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hyperforget_jax import train
+from hyperforget_jax.data import Dataset, ForgetSplit
+from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from hyperforget_jax.models import Architecture, as_model
+from hyperforget_jax.unlearn import gradtau as G
+
+log = logging.getLogger("hyperforget_jax.unlearn.gradtau")
+Params = Any
+
+
+class Plan(NamedTuple):
+    """One member's host-side run: its static shape signature, traced hyperparameters, index
+    plans and the facts reported in ``info``."""
+
+    static: tuple          # (descent_only, tau_mode, E, N_f, B_f, B_r): one program per value
+    hp: dict               # float32 scalars, traced
+    f_idx: np.ndarray      # (E, N_f, B_f)
+    r_idx: np.ndarray      # (E, N_f, B_r)
+    epochs: int
+    alpha0: float
+    clamped: bool
+    tau_mode: str | None
+
+
+def make_plan(split: ForgetSplit, val: Dataset, cfg: G.GradTauConfig, seed: int,
+              forget_classes: tuple[int, ...] | None, method: str = "gradtau") -> Plan:
+    """Everything host-side about one ∇τ (``method="gradtau"``) or Fine-tune
+    (``"finetune"``: α ≡ 0, 2E forget-epochs unless ``cfg.epochs`` is set) run."""
+    nf, nr = len(split.forget), len(split.retain)
+    if method == "finetune" or cfg.alpha0 == 0:
+        alpha0, clamped = 0.0, False
+    elif cfg.alpha0 is not None:
+        alpha0, clamped = float(cfg.alpha0), False
+    else:
+        alpha0, clamped = G.initial_alpha(nf, nf + nr, cfg.alpha_scale, cfg.alpha_max)
+        if clamped:
+            log.warning("∇τ: α₀ = %.3f·|D_f|/|D| = %.3f exceeds %.2f; clamped to %.2f",
+                        cfg.alpha_scale, cfg.alpha_scale * nf / (nf + nr), cfg.alpha_max,
+                        cfg.alpha_max)
+    epochs = cfg.epochs
+    if method == "finetune" and epochs is None:
+        bf, br = min(cfg.batch_size, nf), min(cfg.batch_size, nr)
+        epochs = 2 * G.budget_epochs(math.ceil(nr / br), math.ceil(nf / bf), cfg.max_epochs)
+    f_idx, r_idx, E = G.plan_batches(nf, nr, cfg.batch_size, epochs, seed, cfg.max_epochs)
+    descent_only = alpha0 == 0
+    mode = None if descent_only else G.resolve_tau_mode(cfg.tau_mode, forget_classes)
+    n = f_idx.shape[1]
+    hp = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
+          "final_lr_fraction": cfg.final_lr_fraction, "alpha0": alpha0, "epochs": E,
+          "refresh_steps": cfg.tau_refresh_epochs * n}
+    hp = {k: np.asarray(v, np.int32 if k == "refresh_steps" else np.float32)
+          for k, v in hp.items()}
+    static = (descent_only, mode, E, n, f_idx.shape[2], r_idx.shape[2])
+    return Plan(static, hp, f_idx, r_idx, E, alpha0, clamped, mode)
+
+
+def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fleet: bool,
+                   mesh: Mesh | None, data_batched: bool = False,
+                   plan_batched: bool = True, how: str = "vmap") -> Callable:
+    """``run(ts, gs, hp, arrays, f_idx, r_idx) -> (ts, gs, metrics)``: one forget-epoch.
+    ``arrays = {"xf", "yf", "xr", "yr", "tau": (τ inputs)}``, shared by every member of a
+    fleet, or one per member (``data_batched``: each member its own request of equal size);
+    the index plans per member, or shared when every member has the same (``plan_batched``
+    False: gathers stay unbatched)."""
+
+    def build():
+        loss_fn = train.per_example_ce(model.apply)
+        constrain = train.shard_rows(mesh)
+        tau_fn = {"val": G.val_tau_fn, "unseen_class": G.unseen_class_tau_fn}.get(mode)
+        tau_fn = None if tau_fn is None else tau_fn(model.apply)
+
+        def run(ts, gs, hp, arrays, f_idx, r_idx):
+            n = f_idx.shape[0]
+            tx = G.gradtau_tx(hp["lr"], hp["weight_decay"], hp["final_lr_fraction"],
+                              hp["epochs"], n)
+            xf, yf, xr, yr = arrays["xf"], arrays["yf"], arrays["xr"], arrays["yr"]
+            if tau_fn is not None:
+                every = None if mode == "unseen_class" else hp["refresh_steps"]
+                gs = G.refresh_tau(gs, ts.params, tau_fn, every, *arrays["tau"])
+            gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n), tau=0.0)
+
+            def step(carry, inp):
+                ts, gs = carry
+                fi, ri = inp
+                rb = constrain((xr[ri], yr[ri]))
+                if descent_only:  # Fine-tune: the forget batch is never looked at
+                    loss, grads = jax.value_and_grad(lambda p: jnp.mean(loss_fn(p, rb)))(
+                        ts.params)
+                    m = {"loss": loss, "forget_loss": jnp.float32(jnp.nan), "retain_loss": loss}
+                    gs = G.GradTauState(gs.count + 1, gs.tau)
+                else:
+                    grads, gs, m = gt.update(ts.params, gs, constrain((xf[fi], yf[fi])), rb)
+                ts, finite = train.apply_step(ts, grads, m["loss"], tx)
+                return (ts, gs), {"loss": m["loss"], "forget_loss": m["forget_loss"],
+                                  "retain_loss": m["retain_loss"], "finite": finite}
+
+            (ts, gs), metrics = jax.lax.scan(step, (ts, gs), (f_idx, r_idx))
+            return ts, gs, metrics
+
+        if fleet:
+            p_ax = 0 if plan_batched else None
+            run = train.over_members(run, (0, 0, 0, 0 if data_batched else None, p_ax, p_ax),
+                                     how)
+        if mesh is None:
+            return jax.jit(run, donate_argnums=0)
+        m, _ = train.auto_mesh(mesh)
+        repl = NamedSharding(m, P())
+        return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
+
+    return model.program(("gradtau_epoch", descent_only, mode, fleet, mesh, data_batched,
+                          plan_batched, how), build)
+
+
+def device_arrays(split: ForgetSplit, val: Dataset, mode: str | None,
+                  forget_classes: tuple[int, ...] | None, mesh: Mesh | None = None) -> dict:
+    arrays = {"xf": split.forget.x, "yf": split.forget.y, "xr": split.retain.x,
+              "yr": split.retain.y,
+              "tau": G.tau_inputs(mode, val, forget_classes) if mode else ()}
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, arrays)
+    return jax.device_put(arrays, NamedSharding(train.auto_mesh(mesh)[0], P()))
+
+
+def _validate_resume(saved: dict, want: dict, directory) -> None:
+    diff = [k for k in want if saved.get(k) != want[k]]
+    if diff:
+        raise CheckpointError(
+            f"{directory} holds a different ∇τ run ({diff[0]}: {saved.get(diff[0])!r} on disk, "
+            f"{want[diff[0]]!r} now); pass an empty checkpoint directory for a new run")
+
+
+def _initial_tau(plan: Plan, num_classes: int) -> float:
+    return float(math.log(num_classes)) if plan.tau_mode == "chance" else 0.0
+
+
+def _check_finite(chunks: list, n_per_epoch: int, member: str = "") -> None:
+    for e0, fin in chunks:
+        fin = np.asarray(fin)
+        if not fin.all():
+            bad = e0 * n_per_epoch + int(np.argmin(fin))
+            raise NonFiniteError(
+                f"∇τ: non-finite loss or parameters at step {bad} (forget-epoch "
+                f"{bad // n_per_epoch}, batch pair {bad % n_per_epoch}){member}; stopped "
+                "without returning or saving parameters. Check the data for NaN/inf or lower "
+                "the learning rate")
+
+
+def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
+                config: G.GradTauConfig | None = None, seed: int = 0,
+                forget_classes: tuple[int, ...] | None = None, *, checkpointer=None,
+                meta: dict | None = None, mesh: Mesh | None = None,
+                method: str = "gradtau") -> tuple[Params, dict]:
+    """Runs ∇τ (or Fine-tune, ``method="finetune"``) from ``params``; returns (params, info).
+
+    One compiled call per forget-epoch (the program is the model's own, compiled once per
+    shape), with no host synchronisation between calls unless checkpointing. Everything it
+    does is a pure function of the sizes, the config and ``seed``, so a resumed run gives the
+    same parameters as an uninterrupted one.
+
+    Args:
+      arch: the model (anything ``hf.as_model`` takes).
+      params: the original model's parameters (not modified).
+      split: D_f / D_r.
+      val: held-out validation data (τ).
+      config: hyperparameters (default: the paper's).
+      seed: batch order.
+      forget_classes: the forgotten classes for class removal (selects τ, see ``tau_mode``).
+      checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`: the state is
+        saved after every forget-epoch (checkpoint step = forget-epochs done, meta carries the
+        τ history) and a rerun on the same directory resumes from the latest step. A directory
+        holding a different run (other config, seed or request sizes) is refused.
+      meta: JSON-serialisable metadata stored with each checkpoint.
+      mesh: optional ``jax.sharding.Mesh``: both batches are split along its data axis, the
+        state and data replicated; same parameters as one device (to float rounding).
+      method: ``"gradtau"`` or ``"finetune"`` (α ≡ 0, descent on D_r, 2E forget-epochs).
+
+    Returns:
+      The parameters and an info dict: ``steps``, ``epochs``, ``alpha0``, ``alpha_clamped``,
+      ``tau_mode``, ``tau`` (every refresh), per-epoch ``forget_loss`` / ``retain_loss``,
+      ``resumed_from`` (forget-epochs restored from the checkpoint, 0 for a fresh run).
+
+    Raises:
+      NonFiniteError: a step produced NaN/inf (named in the message); nothing is saved.
+      CheckpointError: the checkpoint directory holds a different run.
+    """
+    cfg = config or G.GradTauConfig()
+    model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
+    plan = make_plan(split, val, cfg, seed, forget_classes, method)
+    descent_only, mode, E, n = plan.static[:4]
+    if mesh is not None:
+        train.mesh_batch_size(mesh, plan.f_idx.shape[2], "forget batch")
+        train.mesh_batch_size(mesh, plan.r_idx.shape[2], "retain batch")
+    tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
+    # A copy, so donating the state never invalidates the caller's parameters.
+    ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))
+    run_id = {"n_forget": len(split.forget), "n_retain": len(split.retain), "seed": int(seed),
+              "epochs": E, "tau_mode": mode, "config": dataclasses.asdict(cfg)}
+    start, taus, hist_f, hist_r = 0, [], [], []
+    if checkpointer is not None and checkpointer.latest_step() is not None:
+        ts, saved = checkpointer.restore(ts)
+        g = saved.get("gradtau", {})
+        _validate_resume(g.get("run", {}), run_id, checkpointer.directory)
+        start = int(g["epoch"])
+        taus, hist_f, hist_r = list(g["tau"]), list(g["forget_loss"]), list(g["retain_loss"])
+    tau0 = taus[-1] if taus else _initial_tau(plan, split.forget.num_classes)
+    gs = G.GradTauState(jnp.int32(start * n), jnp.float32(tau0))
+    run = _epoch_program(model, descent_only, mode, False, mesh)
+    arrays = device_arrays(split, val, mode, forget_classes, mesh)
+    if mesh is not None:
+        ts, gs = jax.device_put((ts, gs), NamedSharding(train.auto_mesh(mesh)[0], P()))
+    hp = jax.tree.map(jnp.asarray, plan.hp)
+    c = cfg.tau_refresh_epochs
+    finite, dev_f, dev_r, dev_tau = [], [], [], []
+    for e in range(start, E):
+        ts, gs, m = run(ts, gs, hp, arrays, jnp.asarray(plan.f_idx[e]),
+                        jnp.asarray(plan.r_idx[e]))
+        # unseen_class τ is measured once: refreshing it chases its own tail (pushing the
+        # c-logit down everywhere raises −log p_c on kept samples too; 14 → 80 in 4 refreshes).
+        if mode in ("val", "unseen_class") and (e % c == 0 if mode == "val" else e == 0):
+            dev_tau.append(gs.tau)
+        finite.append((e, m["finite"]))
+        dev_f.append(m["forget_loss"].mean())
+        dev_r.append(m["retain_loss"].mean())
+        if checkpointer is not None:
+            _check_finite(finite[-1:], n)
+            hist_f.append(float(dev_f.pop()))
+            hist_r.append(float(dev_r.pop()))
+            taus += [float(t) for t in dev_tau]
+            dev_tau = []
+            checkpointer.save(e + 1, ts, {**(meta or {}), "gradtau": {
+                "epoch": e + 1, "run": run_id, "tau": taus, "forget_loss": hist_f,
+                "retain_loss": hist_r}}, force=True)
+    # Without a checkpointer everything stays on device until here: no host sync in the loop.
+    _check_finite(finite, n)
+    hist_f += [float(v) for v in dev_f]
+    hist_r += [float(v) for v in dev_r]
+    taus += [float(t) for t in dev_tau]
+    if mode == "chance":
+        taus = [tau0] if E else []
+    out = jax.block_until_ready(ts.params)
+    info = {"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": plan.alpha0,
+            "alpha_clamped": plan.clamped, "tau_mode": mode, "tau": taus,
+            "forget_loss": [] if descent_only else hist_f, "retain_loss": hist_r,
+            "resumed_from": start}
+    return out, info
+
+
+def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | list,
+                      val: Dataset, plans: list[Plan], forget_classes: tuple[int, ...] | None,
+                      vectorize: str = "vmap") -> tuple[Params, list[dict]]:
+    """Members with one static signature as one vmapped program: ``params`` stacked (leading
+    axis = members), one :class:`Plan` per member, ``split`` shared or one per member (equal
+    sizes). Returns stacked params and one info each (as :func:`run_gradtau`'s). Used by
+    ``unlearn_sweep``."""
+    per_member = isinstance(split, list)  # (a ForgetSplit is a tuple itself)
+    descent_only, mode, E, n = plans[0].static[:4]
+    if any(p.static != plans[0].static for p in plans):
+        raise ConfigError("run_gradtau_fleet: members differ in shape; group them first")
+    tx = G.gradtau_tx(1e-3, 0.0, 0.1, E, n)  # the state's structure only: values are traced
+    ts = jax.vmap(lambda p: train.init_state(model, tx, None, p))(
+        jax.tree.map(jnp.array, params))
+    k = (split[0] if per_member else split).forget.num_classes
+    M = len(plans)
+    gs = G.GradTauState(jnp.zeros((M,), jnp.int32),
+                        jnp.full((M,), _initial_tau(plans[0], k), jnp.float32))
+    hp = jax.tree.map(lambda *v: jnp.asarray(np.stack(v)), *[p.hp for p in plans])
+    shared_plan = all(np.array_equal(p.f_idx, plans[0].f_idx)
+                      and np.array_equal(p.r_idx, plans[0].r_idx) for p in plans)
+    if shared_plan:   # one seed, several configs: the same batches for every member
+        f_idx, r_idx = plans[0].f_idx, plans[0].r_idx
+    else:
+        f_idx = np.stack([p.f_idx for p in plans], 1)   # (E, M, N, B)
+        r_idx = np.stack([p.r_idx for p in plans], 1)
+    run = _epoch_program(model, descent_only, mode, True, None, per_member, not shared_plan,
+                         vectorize)
+    if per_member:
+        arrays = jax.tree.map(lambda *a: jnp.stack(a), *[
+            device_arrays(sp, val, mode, forget_classes) for sp in split])
+    else:
+        arrays = device_arrays(split, val, mode, forget_classes)
+    finite, dev_f, dev_r, dev_tau = [], [], [], []
+    for e in range(E):
+        ts, gs, m = run(ts, gs, hp, arrays, jnp.asarray(f_idx[e]), jnp.asarray(r_idx[e]))
+        dev_tau.append(gs.tau)
+        finite.append(m["finite"])
+        dev_f.append(m["forget_loss"].mean(1))
+        dev_r.append(m["retain_loss"].mean(1))
+    out = jax.block_until_ready(ts.params)
+    fin = np.asarray(jnp.stack(finite, 1)) if finite else np.ones((M, 0, n), bool)  # (M, E, n)
+    infos = []
+    hf = np.asarray(jnp.stack(dev_f, 1)) if dev_f else np.zeros((M, 0))
+    hr = np.asarray(jnp.stack(dev_r, 1)) if dev_r else np.zeros((M, 0))
+    taus = np.asarray(jnp.stack(dev_tau, 1)) if dev_tau else np.zeros((M, 0))
+    for i, p in enumerate(plans):
+        _check_finite([(e, fin[i, e]) for e in range(E)], n, f" (sweep member {i})")
+        every = int(p.hp["refresh_steps"]) // max(n, 1)
+        if mode == "val":
+            tau_i = [float(taus[i, e]) for e in range(E) if e % every == 0]
+        elif mode == "unseen_class":
+            tau_i = [float(taus[i, 0])] if E else []
+        else:
+            tau_i = [_initial_tau(p, k)] if (mode == "chance" and E) else []
+        infos.append({"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": p.alpha0,
+                      "alpha_clamped": p.clamped, "tau_mode": mode, "tau": tau_i,
+                      "forget_loss": [] if descent_only else hf[i].tolist(),
+                      "retain_loss": hr[i].tolist(), "resumed_from": 0})
+    return out, infos
+
+
+def compiled_forget_epoch(arch: Any, total_steps: int, lr: float, weight_decay: float,
+                          final_lr_fraction: float, descent_only: bool = False) -> Callable:
+    """The legacy per-step-schedule epoch ``run(state, xf, yf, xr, yr, f_idx, r_idx, alphas,
+    tau) -> (state, metrics)`` (α given per step, the per-step :func:`.gradtau.lr_schedule`);
+    kept for benchmarks comparing against older runs. Owned by the model, not cached globally.
+    """
+    model = as_model(arch)
+
+    def build():
+        tx = G.make_gradtau_optimizer(total_steps, lr, weight_decay, final_lr_fraction)
+        step = G.make_gradtau_step(model.apply, tx)
+        if descent_only:
+            plain = train.make_train_step(model.apply, tx)
+
+            def step(state, forget_batch, retain_batch, tau, alpha):
+                state, m = plain(state, retain_batch)
+                return state, {"loss": m["loss"], "forget_loss": jnp.float32(jnp.nan),
+                               "retain_loss": m["loss"], "finite": m["finite"]}
+
+        def run(state, xf, yf, xr, yr, f_idx, r_idx, alphas, tau):
+            def body(s, inp):
+                fi, ri, a = inp
+                return step(s, (xf[fi], yf[fi]), (xr[ri], yr[ri]), tau, a)
+            return jax.lax.scan(body, state, (f_idx, r_idx, alphas))
+
+        return jax.jit(run, donate_argnums=0)
+
+    return model.program(("legacy_forget_epoch", total_steps, lr, weight_decay,
+                          final_lr_fraction, descent_only), build)

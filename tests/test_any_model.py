@@ -1,0 +1,204 @@
+"""Any model everywhere: a user's own Flax module, a bare apply_fn and an import path go through
+training, ∇τ, a baseline, sweeps, the evaluation and the attacks with no library edits; their
+parameters are checked (shapes, dtypes, wrapping); compiled programs belong to the model, so
+dropping it frees it."""
+
+import gc
+import sys
+import types
+import weakref
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import hyperforget_jax as hf
+from conftest import CompileCounter, assert_trees_close
+from hyperforget_jax import data, metrics, models, train, ulira
+from hyperforget_jax.errors import ArchitectureError, ConfigError
+from hyperforget_jax.unlearn import GradTauConfig, SalUnConfig, unlearn, unlearn_sweep
+
+
+class TinyNet(nn.Module):
+    """Not a registered architecture: LayerNorm + two Dense layers on flattened 8×8 digits."""
+
+    num_classes: int = 10
+    width: int = 32
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.LayerNorm()(x.reshape(x.shape[0], -1))
+        return nn.Dense(self.num_classes)(nn.gelu(nn.Dense(self.width)(x)))
+
+
+@pytest.fixture(scope="module")
+def world(digits_splits):
+    request = data.ForgetRequest(classes=(4,))
+    fsplit = data.resolve_forget(digits_splits.train, request)
+    return digits_splits, request, fsplit
+
+
+@pytest.fixture(scope="module")
+def trained(digits_splits):
+    """One user module and its trained parameters, shared so its programs compile once."""
+    net = TinyNet()
+    return net, hf.fit(net, digits_splits.train, hf.TrainConfig(epochs=8, lr=3e-3))[0].params
+
+
+def test_user_module_end_to_end(world, trained):
+    splits, request, fsplit = world
+    net, original = trained
+    before = hf.evaluate_unlearning(net, original, splits, fsplit, request)
+    gt = unlearn("gradtau", net, original, fsplit, splits.val)
+    sal = unlearn("salun", net, original, fsplit, splits.val, SalUnConfig(epochs=2))
+    assert before["forget_acc"] > 0.8
+    for res, max_fa in ((gt, 0.85), (sal, 0.1)):   # ∇τ's 15 default steps only start on it
+        after = hf.evaluate_unlearning(net, res.params, splits, fsplit, request)
+        assert after["forget_acc"] < max_fa and after["forget_loss"] > before["forget_loss"]
+        assert after["test_acc_kept"] > 0.9
+        for k in ("mia_loss_lr", "mia_entropy_lr", "mia_efficacy_svc"):
+            assert 0.0 <= after[k] <= 1.0
+    # U-LiRA with shadows of the user's module (tiny budget: it only has to run and score).
+    small = hf.TrainConfig(epochs=2, lr=3e-3)
+    sh = ulira.train_shadows(net, splits.train, fsplit, small, ulira.ULiRAConfig(2))
+    un = ulira.unlearn_shadows(sh, lambda p, sp, s: unlearn(
+        "gradtau", net, p, sp, splits.val, GradTauConfig(epochs=1), s).params, splits.train)
+    retrained = hf.fit(net, fsplit.retain, small)[0].params
+    u = ulira.ulira(net, sh, un, splits.train, fsplit, gt.params, retrained)
+    assert 0.0 <= u["accuracy"] <= 1.0 and u["n_examples"] > 0
+
+
+def test_bare_apply_fn(world, trained):
+    splits, request, fsplit = world
+    net, params = trained
+    apply_fn = lambda p, x: net.apply({"params": p}, x)
+    res = unlearn("gradtau", apply_fn, params, fsplit, splits.val, GradTauConfig(epochs=3))
+    ref = unlearn("gradtau", net, params, fsplit, splits.val, GradTauConfig(epochs=3))
+    assert_trees_close(res.params, ref.params, atol=1e-6)
+    out = metrics.evaluate(apply_fn, res.params, splits.test.x, splits.test.y, 10)
+    assert 0 <= out["accuracy"] <= 1
+    with pytest.raises(ConfigError, match="no init"):
+        unlearn("retrain", apply_fn, params, fsplit, splits.val)
+    init_fn = lambda key: net.init(key, jnp.zeros((1, 8, 8, 1)))["params"]
+    model = hf.as_model(apply_fn, init_fn=init_fn)
+    cfg = hf.TrainConfig(epochs=1, lr=3e-3)
+    rt = unlearn("retrain", model, params, fsplit, splits.val, cfg)
+    assert_trees_close(rt.params, hf.fit(net, fsplit.retain, cfg)[0].params, atol=1e-6)
+    with pytest.raises(ArchitectureError, match="int32"):  # no init: dtype still checked
+        hf.evaluate_unlearning(apply_fn, jax.tree.map(lambda l: l.astype(jnp.int32), params),
+                               splits, fsplit, request)
+
+
+def test_import_path(tmp_path, monkeypatch):
+    pkg = tmp_path / "usernets"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(
+        "import flax.linen as nn\n"
+        "class Net(nn.Module):\n"
+        "    num_classes: int = 10\n"
+        "    @nn.compact\n"
+        "    def __call__(self, x):\n"
+        "        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    m = hf.load_model("usernets.models:Net", (8, 8, 1), num_classes=7)
+    assert m.param_count == 64 * 7 + 7 and m.source == "usernets.models:Net"
+    back = models.Architecture.from_json(m.to_json())
+    assert back.param_count == m.param_count and back.num_classes == 7
+    assert hf.as_model("usernets.models:Net", (8, 8, 1)).num_classes == 10
+    hf.TrainConfig(arch="usernets.models:Net")            # a valid recipe
+    for bad, words in [("usernets.models", "pkg.module:Name"),
+                       ("usernets.nope:Net", "cannot import"),
+                       ("usernets.models:Nope", "no attribute")]:
+        with pytest.raises(ConfigError, match=words):
+            hf.load_model(bad)
+    with pytest.raises(ArchitectureError, match="not a registered"):
+        models.Architecture.from_json({"name": "Net", "input_shape": [8, 8, 1],
+                                       "num_classes": 10})
+
+
+def test_as_model_refuses_what_is_not_a_model():
+    with pytest.raises(ConfigError, match="pass an instance"):
+        hf.as_model(TinyNet)
+    with pytest.raises(ConfigError, match="cannot use a int"):
+        hf.as_model(3)
+    with pytest.raises(ConfigError, match="unknown architecture 'vit'"):
+        hf.as_model("vit")
+
+    class WithBatchNorm(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.BatchNorm(use_running_average=False)(x))
+
+    with pytest.raises(ArchitectureError, match="batch_stats"):
+        hf.as_model(WithBatchNorm(), (4,)).init(jax.random.key(0))
+
+
+def test_parameter_checks_name_dtype_wrapping_and_extra_leaves(world):
+    splits, request, fsplit = world
+    arch = hf.make_architecture("gpt_mlp", (8, 8, 1))
+    p = arch.init(jax.random.key(0))
+    with pytest.raises(ArchitectureError, match=r"bfloat16.*float32.*astype"):
+        arch.check_params(jax.tree.map(lambda l: l.astype(jnp.bfloat16), p))
+    with pytest.raises(ArchitectureError, match="int32.*not a floating-point"):
+        arch.check_params(jax.tree.map(lambda l: l.astype(jnp.int32), p))
+    with pytest.raises(ArchitectureError, match=r"one level too deep.*variables\['params'\]"):
+        unlearn("gradtau", arch, {"params": p}, fsplit, splits.val)
+    extra = {**p, "Dense_9": {"bias": jnp.zeros(3)}}
+    with pytest.raises(ArchitectureError, match="unexpected.*Dense_9"):
+        hf.evaluate_unlearning(arch, extra, splits, fsplit, request)
+    # a user module whose own parameters are bf16 is fine with bf16
+    m = hf.as_model(nn.Dense(3, param_dtype=jnp.bfloat16), (4,))
+    m.check_params(m.init(jax.random.key(0)))
+
+
+def _user_world():
+    big = np.ones((1000, 1000), np.float32)        # 4 MB the apply_fn closes over
+
+    class Owned(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10)(x.reshape(x.shape[0], -1)) + 0 * big[0, 0]
+
+    return Owned()
+
+
+def test_dropping_a_model_frees_it_and_its_programs(world):
+    splits, request, fsplit = world
+    net = _user_world()
+    apply_fn = lambda p, x: net.apply({"params": p}, x)
+    params = hf.fit(net, splits.train, hf.TrainConfig(epochs=1))[0].params
+    res = unlearn("gradtau", net, params, fsplit, splits.val, GradTauConfig(epochs=1))
+    unlearn("neggrad", apply_fn, params, fsplit, splits.val)
+    for model in (net, apply_fn):
+        hf.evaluate_unlearning(model, res.params, splits, fsplit, request)
+    unlearn_sweep("finetune", net, params, fsplit, splits.val, seeds=[0, 1],
+                  configs=[GradTauConfig(epochs=1)])
+    refs = [weakref.ref(net), weakref.ref(apply_fn)]
+    del net, apply_fn, model
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
+
+
+def test_the_same_module_object_reuses_its_programs(world, trained):
+    splits, _, fsplit = world
+    net, params = trained
+    unlearn("gradtau", net, params, fsplit, splits.val, GradTauConfig(epochs=1))
+    with CompileCounter() as c:
+        unlearn("gradtau", net, params, fsplit, splits.val, GradTauConfig(epochs=1, lr=1e-4))
+    assert c.n == 0
+
+
+def test_no_module_level_compile_caches():
+    """No lru_cache (or other cache_info-bearing callable) at module level in the core."""
+    import importlib
+
+    for name in ("models", "train", "train_run", "metrics", "evaluation", "ulira", "unlearn",
+                 "unlearn.gradtau", "unlearn.gradtau_run", "unlearn.baselines"):
+        mod = importlib.import_module(f"hyperforget_jax.{name}")
+        cached = [k for k, v in vars(mod).items()
+                  if callable(v) and hasattr(v, "cache_info")
+                  and getattr(v, "__module__", "") == mod.__name__]
+        assert cached == [], (name, cached)

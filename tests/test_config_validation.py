@@ -1,0 +1,109 @@
+"""Configs refuse what they should, through the one validation helper (hyperforget_jax.config):
+the cases of issue 16 item 10, negative seeds at the API, and every field of every config
+documented (the CLI turns the docstrings into --help)."""
+
+import dataclasses
+import math
+import typing
+
+import numpy as np
+import pytest
+
+import hyperforget_jax as hf
+from hyperforget_jax import config as C
+from hyperforget_jax import data, train, ulira
+from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError
+from hyperforget_jax.unlearn import configs as UC
+from hyperforget_jax.unlearn.gradtau import GradTauConfig
+
+CONFIGS = [train.TrainConfig, GradTauConfig, UC.NegGradConfig, UC.NegGradPlusConfig,
+           UC.RandomLabelsConfig, UC.SalUnConfig, UC.ScrubConfig, UC.BadTeacherConfig,
+           ulira.ULiRAConfig]
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: GradTauConfig(lr=math.inf), "lr .*finite number > 0, got inf"),
+    (lambda: GradTauConfig(weight_decay=math.nan), "weight_decay must be a finite number"),
+    (lambda: GradTauConfig(weight_decay=-0.1), "weight_decay must be >= 0"),
+    (lambda: GradTauConfig(alpha_scale=-1), "alpha_scale must be >= 0, got -1.0"),
+    (lambda: GradTauConfig(epochs=2.5), "epochs must be an integer, got 2.5"),
+    (lambda: GradTauConfig(batch_size=64.5), "batch_size must be an integer, got 64.5"),
+    (lambda: GradTauConfig(batch_size=True), "batch_size must be an integer, got the bool"),
+    (lambda: GradTauConfig(tau_mode="vals"), "tau_mode must be one of"),
+    (lambda: train.TrainConfig(epochs=2.5), "epochs must be an integer"),
+    (lambda: train.TrainConfig(batch_size=64.5), "batch_size must be an integer"),
+    (lambda: train.TrainConfig(lr=math.inf), "learning rate"),
+    (lambda: train.TrainConfig(weight_decay=math.nan), "weight_decay"),
+    (lambda: train.TrainConfig(arch="vit"), "unknown architecture 'vit'"),
+    (lambda: train.TrainConfig(seed=-1), "seed must be >= 0"),
+    (lambda: UC.SalUnConfig(mask_ratio=1.5), "mask_ratio must be > 0 and <= 1"),
+    (lambda: UC.ScrubConfig(msteps=-1), "msteps must be >= 0"),
+    (lambda: ulira.ULiRAConfig(seed=-3), "seed must be >= 0"),
+])
+def test_configs_refuse(make, words):
+    with pytest.raises(ConfigError, match=words):
+        make()
+
+
+def test_configs_normalise_numbers():
+    c = GradTauConfig(lr=1, epochs=np.int64(3))
+    assert type(c.lr) is float and type(c.epochs) is int
+    assert train.TrainConfig(arch="mypkg.nets:Net").arch == "mypkg.nets:Net"
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=lambda c: c.__name__)
+def test_every_field_is_checked_and_documented(cls):
+    hints = typing.get_type_hints(cls)
+    doc = cls.__doc__ or ""
+    assert "Attributes:" in doc, cls
+    for f in dataclasses.fields(cls):
+        assert f"  {f.name}:" in doc, f"{cls.__name__}.{f.name} is not documented"
+        inner = typing.get_args(hints[f.name]) or (hints[f.name],)
+        if float in inner:
+            with pytest.raises(ConfigError, match=f.name):
+                cls(**{f.name: math.nan})
+        if int in inner:
+            with pytest.raises(ConfigError, match=f.name):
+                cls(**{f.name: 1.5})
+            with pytest.raises(ConfigError, match=f.name):
+                cls(**{f.name: True})
+
+
+def test_negative_seeds_are_refused_at_the_api(digits_splits):
+    with pytest.raises(DataError, match="seed must be an integer >= 0"):
+        data.make_splits(data.load_digits(), seed=-1)
+    with pytest.raises(ForgetRequestError, match="seed must be an integer >= 0"):
+        data.ForgetRequest(fraction=0.1, seed=-1)
+    arch = hf.make_architecture("gpt_mlp", (8, 8, 1))
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    with pytest.raises(ConfigError, match="seed must be an integer >= 0, got -2"):
+        hf.unlearn("gradtau", arch, arch.init(__import__("jax").random.key(0)), split,
+                   digits_splits.val, seed=-2)
+
+
+def test_forget_request_ids_are_integers():
+    with pytest.raises(ForgetRequestError, match="must be integers, got 3.7"):
+        data.ForgetRequest(classes=(3.7,))
+    with pytest.raises(ForgetRequestError, match="must be integers"):
+        data.ForgetRequest(indices=(1, 2.5))
+    with pytest.raises(ForgetRequestError, match="sequence of class ids"):
+        data.ForgetRequest(classes=3)
+    assert data.ForgetRequest(classes=(3.0,)).classes == (3,)
+
+
+def test_field_helper_doctest_style():
+    @dataclasses.dataclass(frozen=True)
+    class Mine:
+        """Attributes:
+          rate: a rate.
+        """
+
+        rate: float = C.field(0.5, gt=0, le=1, label="rate of things")
+
+        def __post_init__(self):
+            C.check_config(self)
+
+    assert Mine(1).rate == 1.0
+    with pytest.raises(ConfigError, match=r"Mine.rate \(rate of things\) must be > 0"):
+        Mine(0)
+    assert C.float_fields(Mine()) == ("rate",)

@@ -1,0 +1,139 @@
+"""CLI flags generated from the config dataclasses: every field of every config in the package
+has a flag that parses (its own default round-trips), docstrings become help, and wrong field
+names or wrong types are one clear error."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import pkgutil
+import re
+from typing import Literal
+
+import pytest
+
+import hyperforget_jax
+from hyperforget_jax import cli, configflags
+from hyperforget_jax.errors import ConfigError
+
+
+def _package_configs() -> list[type]:
+    """Every dataclass named ``*Config`` in the package (found, not listed, so renamed or new
+    configs are covered)."""
+    found = {}
+    for mod in pkgutil.walk_packages(hyperforget_jax.__path__, "hyperforget_jax."):
+        if mod.name.endswith(("__main__", "cli")) or ".commands" in mod.name:
+            continue
+        m = importlib.import_module(mod.name)
+        for name, obj in vars(m).items():
+            if (isinstance(obj, type) and dataclasses.is_dataclass(obj)
+                    and name.endswith("Config") and obj.__module__ == m.__name__):
+                found[f"{obj.__module__}.{name}"] = obj
+    return [found[k] for k in sorted(found)]
+
+
+CONFIGS = _package_configs()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ValueError(message)
+
+
+def _as_flag_value(v):
+    if v is None:
+        return ["none"]
+    if isinstance(v, tuple):
+        return [str(x) for x in v]
+    return [str(v)]
+
+
+@pytest.mark.parametrize("cls", CONFIGS, ids=[c.__name__ for c in CONFIGS])
+def test_every_field_of_every_config_has_a_working_flag(cls):
+    assert len(CONFIGS) >= 8  # TrainConfig, GradTauConfig, the baselines, GAN, corpus, ...
+    p = _Parser()
+    flags = configflags.add_config_flags(p, cls)
+    fields = [f for f in dataclasses.fields(cls) if f.init]
+    assert set(flags.flags) == {f.name for f in fields}
+    assert flags.build(p.parse_args([])) == cls()
+    argv = []
+    for f in fields:
+        v = getattr(cls(), f.name)
+        if isinstance(v, bool):
+            argv.append(flags.flags[f.name] if v else "--no-" + flags.flags[f.name][2:])
+        else:
+            argv += [flags.flags[f.name], *_as_flag_value(v)]
+    args = p.parse_args(argv)
+    assert set(flags.given(args)) == {f.name for f in fields}  # every field was set by a flag
+    assert flags.build(args) == cls()
+
+
+def test_help_comes_from_the_attributes_docstring():
+    @dataclasses.dataclass(frozen=True)
+    class Demo:
+        """A demo config.
+
+        Attributes:
+          lr, wd: AdamW learning rate and
+            weight decay (two fields, one entry).
+          mode: how to run.
+          seed (int): seed of everything.
+
+        Example:
+          not: a field
+        """
+
+        lr: float = 1e-3
+        wd: float = 0.0
+        mode: Literal["a", "b"] = "a"
+        seed: int = 0
+        steps: int | None = None
+        classes: tuple[int, ...] = (1, 2)
+
+    docs = configflags.field_docs(Demo)
+    assert docs == {"lr": "AdamW learning rate and weight decay (two fields, one entry).",
+                    "wd": "AdamW learning rate and weight decay (two fields, one entry).",
+                    "mode": "how to run.", "seed": "seed of everything."}
+    p = _Parser()
+    flags = configflags.add_config_flags(p, Demo)
+    text = p.format_help()
+    assert "AdamW learning rate and weight decay" in text and "default: 0.001" in text
+    args = p.parse_args(["--mode", "b", "--steps", "none", "--classes", "3", "4", "--lr", "2"])
+    assert flags.build(args) == Demo(lr=2.0, mode="b", steps=None, classes=(3, 4))
+    for bad, msg in ((["--mode", "c"], "choose one of a, b"),
+                     (["--seed", "-1"], "a seed must be an integer in [0, 2**32)"),
+                     (["--lr", "inf"], "expected a finite number"),
+                     (["--steps", "2.5"], "expected an integer")):
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            p.parse_args(bad)
+
+
+def test_config_namespace_sets_any_field_of_the_chosen_class():
+    unlearn = importlib.import_module("hyperforget_jax.unlearn")
+    classes = dict(unlearn.DEFAULT_CONFIGS)
+    p = _Parser()
+    ns = configflags.add_config_namespace(p, "config", classes)
+    for key, cls in classes.items():
+        for f in dataclasses.fields(cls):
+            v = getattr(cls(), f.name)
+            text = "none" if v is None else ",".join(map(str, v)) if isinstance(v, tuple) \
+                else str(v)
+            args = p.parse_args([f"--config.{f.name}={text}"])
+            assert ns.build(args, key) == cls(), (key, f.name)
+    salun = ns.build(p.parse_args(["--config.lr=0.02", "--config.mask_ratio", "0.3"]), "salun")
+    assert (salun.lr, salun.mask_ratio) == (0.02, 0.3)
+    with pytest.raises(ConfigError, match="--config.mask_ratio is not a field of gradtau's"):
+        ns.build(p.parse_args(["--config.mask_ratio=0.3"]), "gradtau")
+    with pytest.raises(ConfigError, match="--config.lr=abc: expected a number"):
+        ns.build(p.parse_args(["--config.lr=abc"]), "salun")
+
+
+def test_unlearn_help_documents_every_baseline_field(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["unlearn", "--help"])
+    text = capsys.readouterr().out
+    unlearn = importlib.import_module("hyperforget_jax.unlearn")
+    for cls in unlearn.DEFAULT_CONFIGS.values():
+        for f in dataclasses.fields(cls):
+            assert f"--config.{f.name}" in text

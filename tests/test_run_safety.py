@@ -1,0 +1,432 @@
+"""No silent wrong results, nothing destroyed (issue 16): resume checks, run-dir safety, the
+lock, and the bad inputs a new user found, through the CLI (in-process, stderr checked at the
+file descriptor) and the API.
+
+Every refusal must exit 2 with exactly one line on stderr naming the problem and the fix, and
+leave every directory exactly as it was (same files, same bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from hyperforget_jax import cli, data, report, rundir
+from hyperforget_jax.commands import common
+from hyperforget_jax.errors import CheckpointError, RunDirError
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ["--dataset", "digits"]
+BASE = [*DIGITS, "--arch", "gpt_mlp", "--batch-size", "64", "--lr", "0.01", "--quiet"]
+TINY = [*BASE, "--epochs", "2"]
+
+
+def _run(argv) -> int:
+    try:
+        return cli.main([str(a) for a in argv])
+    except SystemExit as e:
+        return int(e.code)
+
+
+def snapshot(path: Path) -> dict[str, str]:
+    """Every file under ``path`` with a hash of its bytes (hidden files included)."""
+    if not path.exists():
+        return {}
+    return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def refused(capfd, argv, *words, untouched=()):
+    """Runs ``argv``; asserts exit 2, one stderr line holding ``words``, dirs untouched."""
+    before = {p: snapshot(p) for p in untouched}
+    capfd.readouterr()
+    rc = _run(argv)
+    err = capfd.readouterr().err.strip()
+    assert rc == 2, (rc, err)
+    assert len(err.splitlines()) == 1, err
+    for w in words:
+        assert w in err, (w, err)
+    for p in untouched:
+        assert snapshot(p) == before[p], f"{p} was modified"
+    return err
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("safety")
+    assert _run(["train", "--run-dir", root / "orig", *TINY]) == 0
+    assert _run(["retrain", "--run-dir", root / "re", "--forget-class", "3", *TINY]) == 0
+    return root
+
+
+# --------------------------------------------------------------------------- resume checks
+
+
+@pytest.mark.parametrize("extra, field", [
+    (["--seed", "1"], "train_config.seed is 0, this command's is 1"),
+    (["--epochs", "1"], "train_config.epochs is 2, this command's is 1"),
+    (["--lr", "0.05", "--epochs", "5"], "train_config.epochs"),
+    (["--split-seed", "1"], "split_seed is 0, this command's is 1"),
+    (["--forget-class", "3"], "request"),
+])
+def test_resume_refuses_another_recipe(runs, tmp_path, capfd, extra, field):
+    copy = tmp_path / "copy"
+    shutil.copytree(runs / "orig", copy)
+    argv = ["train", "--run-dir", copy, *BASE,
+            *(extra if "--epochs" in extra else ["--epochs", "2", *extra])]
+    refused(capfd, argv, field, "--run-dir", "resume", untouched=[copy])
+
+
+def test_retrain_into_an_original_is_refused(runs, tmp_path, capfd):
+    copy = tmp_path / "copy"
+    shutil.copytree(runs / "orig", copy)
+    refused(capfd, ["retrain", "--forget-class", "3", "--run-dir", copy, *TINY],
+            "holds an 'original' run, not a 'retrain' one", untouched=[copy])
+    refused(capfd, ["gan", "train", "--run-dir", copy, *DIGITS, "--epochs", "1", "--quiet"],
+            "holds an 'original' run, not a 'gan-original' one", untouched=[copy])
+
+
+def test_same_recipe_resumes_and_legacy_runs_are_adopted(runs, tmp_path, capfd):
+    copy = tmp_path / "copy"
+    shutil.copytree(runs / "orig", copy)
+    before = json.loads((copy / "results.json").read_text())["eval"]
+    assert _run(["train", "--run-dir", copy, *TINY]) == 0
+    assert json.loads((copy / "results.json").read_text())["eval"] == before
+    # A run written before run.json existed: its checkpoint metadata is compared instead.
+    (copy / "run.json").unlink()
+    refused(capfd, ["train", "--run-dir", copy, *TINY, "--seed", "3"], "train_config.seed")
+    assert _run(["train", "--run-dir", copy, *TINY]) == 0
+    assert rundir.read_identity(copy)["role"] == "original"
+
+
+def test_non_run_directory_is_refused(tmp_path, capfd):
+    (tmp_path / "notes.txt").write_text("mine\n")
+    refused(capfd, ["train", "--run-dir", tmp_path, *TINY], "not empty", "notes.txt",
+            untouched=[tmp_path])
+
+
+def test_failed_command_leaves_nothing(tmp_path, capfd):
+    out = tmp_path / "new"
+    refused(capfd, ["train", "--run-dir", out, *TINY, "--lr", "0"], "learning rate")
+    assert not out.exists()
+
+
+# --------------------------------------------------------------------------- run-dir safety
+
+
+def test_unlearn_never_writes_into_what_it_reads(runs, capfd):
+    orig = runs / "orig"
+    base = ["unlearn", "--method", "gradtau", "--run-dir", orig, "--forget-class", "3",
+            *DIGITS, "--no-retrain", "--quiet"]
+    refused(capfd, [*base, "--out", orig], "is the run this command reads from",
+            untouched=[orig])
+    refused(capfd, [*base, "--out", orig / "checkpoints" / "x"], "lies inside",
+            untouched=[orig])
+    refused(capfd, [*base, "--out", runs / "re"], "holds a 'retrain' run",
+            untouched=[orig, runs / "re"])
+
+
+def test_unlearn_refuses_a_start_model_that_is_not_the_original(runs, capfd):
+    argv = ["unlearn", "--method", "gradtau", "--forget-class", "3", *DIGITS, "--no-retrain",
+            "--quiet"]
+    refused(capfd, [*argv, "--run-dir", runs / "re"], "holds a 'retrain' run, not an original",
+            untouched=[runs / "re"])
+    # Recipe flags that contradict the loaded original would be silently ignored: refused.
+    refused(capfd, [*argv, "--run-dir", runs / "orig", "--epochs", "7"],
+            "--epochs 7 differs from the recipe", untouched=[runs / "orig"])
+    # Another split would make the forget set other samples than the model was trained on.
+    refused(capfd, [*argv, "--run-dir", runs / "orig", "--split-seed", "4"],
+            "--split-seed", untouched=[runs / "orig"])
+
+
+def test_evaluate_refuses_other_runs_and_wrong_retrains(runs, capfd):
+    orig, re_ = runs / "orig", runs / "re"
+    ev = ["evaluate", "--forget-class", "3", *DIGITS]
+    refused(capfd, [*ev, "--run-dir", orig, "--out", re_], "--out", "holds a 'retrain' run",
+            untouched=[orig, re_])
+    refused(capfd, [*ev, "--run-dir", orig, "--out", orig], "reads from", untouched=[orig])
+    refused(capfd, [*ev, "--run-dir", re_, "--retrain-dir", orig], "not a Retrain",
+            untouched=[orig, re_])
+    refused(capfd, ["evaluate", "--forget-class", "4", *DIGITS, "--run-dir", orig,
+                    "--retrain-dir", re_], "is a Retrain for class 3, not for class 4",
+            untouched=[orig, re_])
+    refused(capfd, [*ev, "--run-dir", orig, "--split-seed", "2"], "--split-seed",
+            untouched=[orig])
+
+
+def test_evaluate_rows_never_collide(runs, tmp_path, capfd):
+    """``evaluate --run-dir X/retrain --retrain-dir R``: both rows, a non-zero gap."""
+    named = tmp_path / "x" / "retrain"
+    shutil.copytree(runs / "orig", named)
+    capfd.readouterr()
+    assert _run(["evaluate", "--run-dir", named, "--retrain-dir", runs / "re", "--forget-class",
+                 "3", *DIGITS, "--json"]) == 0
+    res = json.loads(capfd.readouterr().out)
+    assert set(res["eval"]) == {"x/retrain", "retrain"}
+    assert res["retrain"]["forget_acc"] == 0.0 < res["run"]["forget_acc"]
+    assert res["avg_gap"] > 1
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def _env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = " ".join(f for f in env.get("XLA_FLAGS", "").split()
+                                if "force_host_platform_device_count" not in f)
+    return env
+
+
+def test_two_writers_one_is_refused_and_stale_locks_are_taken_over(tmp_path, capfd):
+    """Two real processes train into one run dir: the second is refused (exit 2, one line
+    naming the owner) while the first lives; the first finishes normally. A lock left by a
+    dead process is taken over. Readers are refused while the writer runs."""
+    run = tmp_path / "run"
+    argv = [sys.executable, "-m", "hyperforget_jax.cli", "train", "--run-dir", str(run),
+            *BASE, "--epochs", "400"]
+    first = subprocess.Popen(argv, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    try:
+        t_end = time.monotonic() + 120
+        while not (run / rundir.LOCK_NAME).exists():
+            assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < t_end
+            time.sleep(0.01)
+        second = subprocess.run(argv, cwd=ROOT, env=_env(), capture_output=True, text=True,
+                                timeout=120)
+        assert second.returncode == 2, second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"process {first.pid}" in lines[0], second.stderr
+        assert "is being written by" in lines[0] and first.poll() is None
+        # A reader (evaluate) is refused too: the model is unfinished.
+        refused(capfd, ["evaluate", "--run-dir", run, "--forget-class", "1", *DIGITS],
+                "is being written by process")
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=120)
+    assert first.returncode == 130 and len(err.strip().splitlines()) == 1, err
+    assert not (run / rundir.LOCK_NAME).exists()
+    # A stale lock (its owner died without releasing it): taken over.
+    (run / rundir.LOCK_NAME).write_text(json.dumps({"pid": 999999, "host": "elsewhere"}))
+    with rundir.open_run(run, rundir.read_identity(run)) as r:
+        assert json.loads((run / rundir.LOCK_NAME).read_text())["pid"] == os.getpid()
+        assert r.resumed
+    assert not (run / rundir.LOCK_NAME).exists()
+
+
+def test_lock_refuses_a_second_writer_in_process(tmp_path):
+    ident = {"role": "x"}
+    with rundir.open_run(tmp_path / "r", ident, command="first"):
+        (tmp_path / "r" / "payload").write_text("1")
+        with pytest.raises(RunDirError, match=r"is being written by process \d+ .*`first`"):
+            with rundir.open_run(tmp_path / "r", ident):
+                pass
+        with pytest.raises(RunDirError, match="wait until it finishes"):
+            rundir.check_readable(tmp_path / "r")
+
+
+# --------------------------------------------------------------------------- identity API
+
+
+def test_first_difference_names_the_path():
+    a = {"role": "original", "train_config": {"lr": 0.1, "seed": 0}, "request": None}
+    assert rundir.first_difference(a, a) is None
+    b = {**a, "train_config": {"lr": 0.1, "seed": 1}}
+    assert rundir.first_difference(a, b) == ("train_config.seed", 0, 1)
+    assert rundir.first_difference({**a, "request": {"classes": [3]}}, a)[0] == "request"
+    assert rundir.first_difference({"x": [1, 2]}, {"x": [1, 3]}) == ("x[1]", 2, 3)
+
+
+def test_open_run_identity_and_cleanup(tmp_path):
+    out = tmp_path / "r"
+    with pytest.raises(KeyError):
+        with rundir.open_run(out, {"role": "a", "k": 1}):
+            raise KeyError("boom")  # failed before writing anything: nothing left
+    assert not out.exists()
+    with rundir.open_run(out, {"role": "a", "k": 1}) as r:
+        (r.path / "f").write_text("x")
+        assert not r.resumed
+    with rundir.open_run(out, {"role": "a", "k": 1}) as r:
+        assert r.resumed
+    with pytest.raises(RunDirError, match="its k is 1, this command's is 2"):
+        with rundir.open_run(out, {"role": "a", "k": 2}):
+            pass
+    with rundir.open_run(out, {"role": "a", "k": 2}, replace_role=True):
+        pass  # one-shot reports of the same role are replaced
+    assert rundir.read_identity(out) == {"role": "a", "k": 2}
+    with pytest.raises(RunDirError, match="reads from"):
+        with rundir.open_run(out, {"role": "a", "k": 2}, reads=[out]):
+            pass
+
+
+def test_unfinished_run_is_not_loaded_as_a_model(runs, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(runs / "orig", copy)
+    shutil.rmtree(copy / "checkpoints" / "2")  # as if killed after epoch 1
+    with pytest.raises(CheckpointError, match=r"unfinished original run \(epoch 1 of 2\)"):
+        common.load_run(copy)
+
+
+# --------------------------------------------------------------------------- messages, --json
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--seed", "-1"], "a seed must be an integer in [0, 2**32), got -1"),
+    (["train", "--split-seed", "-1"], "--split-seed: a seed must be"),
+    (["retrain", "--forget-fraction", "0.1", "--forget-seed", "-1"], "--forget-seed"),
+    (["evaluate", "--seed", "-1", "--run-dir", "x", "--forget-class", "1"], "--seed"),
+    (["unlearn", "--method", "gradtau", "--seed", "-2", "--forget-class", "1"], "got -2"),
+    (["retrain", "--forget-class", "3,3"], "space-separated, got '3,3': write "
+                                           "--forget-class 3 3"),
+    (["train", "--weight-decay", "nan"], "--weight-decay: expected a finite number, got 'nan'"),
+    (["train", "--epochs", "2.5"], "--epochs: expected an integer, got '2.5'"),
+    (["unlearn", "--method", "salun", "--forget-class", "1", "--config.lrr=0.1"],
+     "--config.lrr is not a config field"),
+])
+def test_argument_errors_point_the_right_way(tmp_path, capfd, argv, words):
+    out = tmp_path / "out"
+    argv = [*argv, *DIGITS] + ([] if argv[0] == "evaluate" else ["--run-dir", out])
+    refused(capfd, argv, words)
+    assert not out.exists()
+
+
+def test_negative_indices_reach_the_range_check(tmp_path, capfd):
+    refused(capfd, ["retrain", "--forget-indices", "-1,5", "--run-dir", tmp_path / "o", *TINY],
+            "forget index out of range", "got -1..5")
+
+
+def test_reports_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        report.write_json(tmp_path / "a.json", {"x": float("nan"), "y": np.float32(2)})
+        os.umask(0o027)
+        report.atomic_write(tmp_path / "b.md", "hi")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.md").stat().st_mode & 0o777 == 0o640
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": None, "y": 2.0}  # strict JSON
+
+
+def test_json_stdout_is_the_results(runs, tmp_path, capfd):
+    out = tmp_path / "ev"
+    capfd.readouterr()
+    assert _run(["evaluate", "--run-dir", runs / "orig", "--forget-class", "3", *DIGITS,
+                 "--out", out, "--json"]) == 0
+    stdout = capfd.readouterr().out
+    assert json.loads(stdout) == json.loads((out / "evaluation.json").read_text())
+    assert (out / "evaluation.json").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    m = os.umask(0)
+    os.umask(m)
+    return m
+
+
+# --------------------------------------------------------------------------- one-sample forget
+
+
+def test_forgetting_one_sample_saves_the_model_and_marks_attacks(runs, tmp_path, capfd):
+    out = tmp_path / "one"
+    capfd.readouterr()
+    assert _run(["unlearn", "--method", "finetune", "--run-dir", runs / "orig",
+                 "--forget-indices", "5", *DIGITS, "--out", out, "--json",
+                 "--config.epochs=1"]) == 0
+    cap = capfd.readouterr()
+    res = json.loads(cap.out)
+    row = res["eval"]["finetune"]
+    assert row["mia_loss_lr"] is None and "at least 2" in row["not_applicable"]["mia_loss_lr"]
+    assert 0 <= row["mia_efficacy_svc"] <= 1 and np.isfinite(res["avg_gap"]["finetune"])
+    assert res["info"]["config"]["epochs"] == 1  # --config.epochs reached the method
+    # warm and cold timings reported separately
+    assert set(res["speedup_vs_retrain"]) == {"cold", "warm"}
+    assert res["timing"]["cold_seconds"] >= res["timing"]["warm_seconds"] * 0.5
+    arch, params, meta = common.load_run(out)
+    assert meta["identity"]["role"] == "unlearned" and arch.name == "gpt_mlp"
+
+
+def test_batch_larger_than_the_set_is_capped_with_a_warning(digits_splits):
+    from hyperforget_jax import models, train
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    small = digits_splits.train.subset(np.arange(100))
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=100_000)
+    with pytest.warns(UserWarning, match="larger than the training set .100 samples.; using "
+                                         "batches of 100"):
+        big, _ = train.fit(arch, small, cfg)
+    same, _ = train.fit(arch, small, train.TrainConfig(arch="gpt_mlp", epochs=2,
+                                                       batch_size=100))
+    for a, b in zip(jax.tree.leaves(big.params), jax.tree.leaves(same.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sample_never_overwrites_a_run_and_its_output_evaluates(runs, tmp_path, capfd):
+    """``sample --out`` over a trained run (or the run it reads) is refused before sampling;
+    ``evaluate`` reads a ``sample`` output (it used to say "run `hyperforget train` first")."""
+    from conftest import save_zero_hypernet, tiny_hyperspec
+
+    from hyperforget_jax import models
+
+    hyper = tmp_path / "hyper"
+    save_zero_hypernet(hyper, tiny_hyperspec(models.make_architecture("gpt_mlp", (8, 8, 1)),
+                                             "dihyfo1", 3))
+    argv = ["sample", "--hypernet", hyper, "--run-dir", runs / "orig", *DIGITS,
+            "--forget-class", "3", "--num-steps", "2", "--out"]
+    refused(capfd, [*argv, runs / "re"], "--out", "holds a 'retrain' run",
+            untouched=[runs / "re", runs / "orig", hyper])
+    refused(capfd, [*argv, runs / "orig"], "reads from", untouched=[runs / "orig"])
+    assert _run([*argv, tmp_path / "s"]) == 0
+    capfd.readouterr()
+    assert _run(["evaluate", "--run-dir", tmp_path / "s", *DIGITS, "--json"]) == 0
+    res = json.loads(capfd.readouterr().out)
+    sampled = json.loads((tmp_path / "s" / "results.json").read_text())["sample"]
+    assert res["request"] == {"classes": [3], "seed": 0}
+    assert res["run"]["forget_acc"] == pytest.approx(sampled["forget_acc"])
+
+
+def test_nan_in_the_test_set_names_the_set(digits_splits):
+    from hyperforget_jax import models
+    from hyperforget_jax.errors import DataError
+    from hyperforget_jax.evaluation import evaluate_unlearning
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    x = digits_splits.test.x.copy()
+    x[0, 0, 0, 0] = np.nan
+    splits = digits_splits._replace(test=digits_splits.test.replace(x=x))
+    request = data.ForgetRequest(classes=(3,))
+    fsplit = data.resolve_forget(splits.train, request)
+    with pytest.raises(DataError, match="the test set .* has NaN or inf images"):
+        evaluate_unlearning(arch, arch.init(jax.random.key(0)), splits, fsplit, request)
+
+
+@pytest.mark.skipif(not hasattr(__import__("hyperforget_jax.models").models, "load_model"),
+                    reason="needs models.load_model (issue 14, i14's branch)")
+def test_user_model_by_import_path_through_train_unlearn_evaluate(tmp_path, capfd):
+    """A user's Flax module by import path goes through train, unlearn and evaluate, and its
+    run dir records (and resumes) it like a registered architecture."""
+    argv = [*DIGITS, "--arch", "user_model:TinyNet", "--batch-size", "64", "--lr", "0.01",
+            "--epochs", "2", "--quiet"]
+    assert _run(["train", "--run-dir", tmp_path / "orig", *argv]) == 0
+    assert "TinyNet" in json.dumps(rundir.read_identity(tmp_path / "orig")["architecture"])
+    assert _run(["train", "--run-dir", tmp_path / "orig", *argv]) == 0  # resumes: same run
+    refused(capfd, ["train", "--run-dir", tmp_path / "orig", *argv[:-3], "--epochs", "3",
+                    "--quiet"], "train_config.epochs")
+    capfd.readouterr()
+    assert _run(["unlearn", "--method", "gradtau", "--run-dir", tmp_path / "orig",
+                 "--forget-class", "3", *DIGITS, "--no-retrain", "--quiet", "--json",
+                 "--out", tmp_path / "gt"]) == 0
+    res = json.loads(capfd.readouterr().out)
+    assert res["eval"]["gradtau"]["forget_acc"] <= res["eval"]["original"]["forget_acc"]
+    assert _run(["evaluate", "--run-dir", tmp_path / "gt", *DIGITS, "--json"]) == 0

@@ -1,0 +1,125 @@
+"""unlearn_sweep: seeds × configs as vmapped programs, every member equal to the one-by-one
+``unlearn`` call (to 1e-4), grouping by shapes, stacked or shared originals."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import CompileCounter, assert_trees_close
+from hyperforget_jax import data, models, train
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.params import tree_index
+from hyperforget_jax.unlearn import (METHODS, BadTeacherConfig, GradTauConfig, NegGradConfig,
+                                     NegGradPlusConfig, RandomLabelsConfig, SalUnConfig,
+                                     ScrubConfig, unlearn, unlearn_sweep)
+
+SEEDS = [0, 3]
+
+
+@pytest.fixture(scope="module")
+def setup(digits_splits):
+    arch = models.make_architecture("gpt_mlp", digits_splits.train.x.shape[1:])
+    fleet, _ = train.fit_fleet(arch, digits_splits.train,
+                               train.TrainConfig(arch="gpt_mlp", epochs=4, lr=1e-2), SEEDS)
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    return arch, fleet.params, split, digits_splits.val
+
+
+# Two configs each (float hyperparameters differ: one program), kept small for speed.
+CONFIGS = {
+    "gradtau": [GradTauConfig(epochs=3), GradTauConfig(epochs=3, lr=3e-3, alpha_scale=1.0)],
+    "finetune": [GradTauConfig(epochs=2), GradTauConfig(epochs=2, weight_decay=0.0)],
+    "retrain": [train.TrainConfig(arch="gpt_mlp", epochs=2),
+                train.TrainConfig(arch="gpt_mlp", epochs=2, lr=3e-3)],
+    "neggrad": [NegGradConfig(epochs=2, lr=1e-3), NegGradConfig(epochs=2, lr=3e-3)],
+    "neggrad_plus": [NegGradPlusConfig(epochs=1), NegGradPlusConfig(epochs=1, beta=0.9)],
+    "random_labels": [RandomLabelsConfig(epochs=1), RandomLabelsConfig(epochs=1, lr=0.03)],
+    "salun": [SalUnConfig(epochs=1), SalUnConfig(epochs=1, mask_ratio=0.2, lr=0.02)],
+    "scrub": [ScrubConfig(epochs=2, msteps=1), ScrubConfig(epochs=2, msteps=1, lr=2e-3)],
+    "bad_teacher": [BadTeacherConfig(), BadTeacherConfig(lr=3e-4)],
+}
+
+
+def test_every_method_is_covered():
+    assert set(CONFIGS) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(CONFIGS))
+def test_sweep_members_equal_one_by_one_runs(setup, method):
+    arch, stacked, split, val = setup
+    configs = CONFIGS[method]
+    results = unlearn_sweep(method, arch, stacked, split, val, seeds=SEEDS, configs=configs)
+    assert len(results) == len(SEEDS) * len(configs)
+    assert {r.info["group_size"] for r in results} == {4}      # one vmapped program
+    k = 0
+    for si, seed in enumerate(SEEDS):
+        for cfg in configs:
+            if method == "retrain":
+                cfg = dataclasses.replace(cfg, seed=seed)
+            one = unlearn(method, arch, tree_index(stacked, si), split, val, cfg, seed)
+            res = results[k]
+            assert res.info["seed"] == seed and res.info["steps"] == one.info["steps"]
+            assert_trees_close(res.params, one.params, atol=1e-4)
+            k += 1
+    # members really differ (seeds and configs are not collapsed into one run)
+    flat = lambda p: np.concatenate([np.ravel(l) for l in jax.tree.leaves(p)])
+    assert np.abs(flat(results[0].params) - flat(results[1].params)).max() > 1e-5
+
+
+def test_groups_by_shape_and_shares_one_original(setup):
+    arch, stacked, split, val = setup
+    original = tree_index(stacked, 0)
+    configs = [GradTauConfig(epochs=2), GradTauConfig(epochs=2, batch_size=128),
+               GradTauConfig(epochs=2, lr=2e-3)]
+    results = unlearn_sweep("gradtau", arch, original, split, val, seeds=[1], configs=configs)
+    assert [r.info["group_size"] for r in results] == [2, 1, 2]
+    for r, cfg in zip(results, configs):
+        one = unlearn("gradtau", arch, original, split, val, cfg, seed=1)
+        assert_trees_close(r.params, one.params, atol=1e-4)
+        np.testing.assert_allclose(r.info["forget_loss"], one.info["forget_loss"], rtol=1e-4)
+    with CompileCounter() as c:  # the same shapes again: every program is the model's own
+        unlearn_sweep("gradtau", arch, original, split, val, seeds=[1], configs=configs)
+    assert c.n == 0
+
+
+def test_sweep_errors(setup):
+    arch, stacked, split, val = setup
+    with pytest.raises(ConfigError, match="seed must be an integer >= 0"):
+        unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[0, -1])
+    with pytest.raises(ConfigError, match="at least one seed"):
+        unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[])
+    with pytest.raises(ConfigError, match="takes a GradTauConfig"):
+        unlearn_sweep("gradtau", arch, stacked, split, val, SEEDS, [NegGradConfig()])
+
+
+@pytest.mark.parametrize("method", ["gradtau", "retrain", "salun"])
+def test_one_split_per_seed(setup, method, digits_splits):
+    # Random forgetting drawn with each seed: equal sizes, different contents.
+    arch, stacked, _, val = setup
+    splits = [data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1, seed=s))
+              for s in SEEDS]
+    cfg = CONFIGS[method][0]
+    results = unlearn_sweep(method, arch, stacked, splits, val, seeds=SEEDS, configs=[cfg])
+    assert results[0].info["group_size"] == 2
+    for si, (seed, sp) in enumerate(zip(SEEDS, splits)):
+        c = dataclasses.replace(cfg, seed=seed) if method == "retrain" else cfg
+        one = unlearn(method, arch, tree_index(stacked, si), sp, val, c, seed)
+        assert_trees_close(results[si].params, one.params, atol=1e-4)
+    with pytest.raises(ConfigError, match="equal forget and retain sizes"):
+        other = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.2))
+        unlearn_sweep(method, arch, stacked, [splits[0], other], val, seeds=SEEDS)
+
+
+@pytest.mark.parametrize("method", ["gradtau", "retrain", "scrub"])
+def test_map_vectorisation_equals_vmap(setup, method):
+    # vectorize="map": members one after another inside one program (the CPU-friendly choice)
+    arch, stacked, split, val = setup
+    cfgs = CONFIGS[method][:1]
+    a = unlearn_sweep(method, arch, stacked, split, val, SEEDS, cfgs, vectorize="map")
+    b = unlearn_sweep(method, arch, stacked, split, val, SEEDS, cfgs)
+    for x, y in zip(a, b):
+        assert_trees_close(x.params, y.params, atol=1e-5)
+    with pytest.raises(ConfigError, match="vectorize must be one of"):
+        unlearn_sweep(method, arch, stacked, split, val, SEEDS, cfgs, vectorize="pmap")
