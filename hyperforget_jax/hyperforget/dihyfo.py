@@ -237,31 +237,35 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
             first = int(ckpt.latest_step())
     key = jax.random.key(cfg.seed + 1)
     losses, acc, t0 = [], [], time.perf_counter()
-    it = range(first, cfg.steps)
-    if progress:
-        from tqdm.auto import tqdm
-        it = tqdm(it, desc=f"hypertrain {variant}", unit="step", initial=first,
-                  total=cfg.steps)
-    for n in it:
-        # The pair draw depends on (seed, step) only, so a resumed run draws the same pairs.
-        rows = sample_pairs(np.random.default_rng([cfg.seed, n]), src, cfg.batch_size,
-                            cfg.endpoint_fraction)
-        start, target = pair_arrays(src, rows)
-        batch = prepare(jax.random.fold_in(key, n), start, target, src.start_forget[rows],
-                        src.forget_loss[rows], src.start_retain[rows], src.retain_loss[rows],
-                        src.classes[rows])
-        state, m = step(state, batch)
-        acc.append(m["loss"])
-        if (n + 1) % 50 == 0 or n + 1 == cfg.steps:
-            losses.append(float(jnp.mean(jnp.stack(acc))))
-            acc = []
-            if not np.isfinite(losses[-1]):
-                raise NonFiniteError(f"hypernetwork loss became non-finite near step {n}; "
-                                     "lower the learning rate")
-        if ckpt is not None and ((n + 1) % save_every == 0 or n + 1 == cfg.steps):
-            ckpt.save(n + 1, state, run_meta)
-    if ckpt is not None:
-        ckpt.close()
+    try:
+        it = range(first, cfg.steps)
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(it, desc=f"hypertrain {variant}", unit="step", initial=first,
+                      total=cfg.steps)
+        for n in it:
+            # The pair draw depends on (seed, step) only, so a resumed run draws the same pairs.
+            rows = sample_pairs(np.random.default_rng([cfg.seed, n]), src, cfg.batch_size,
+                                cfg.endpoint_fraction)
+            start, target = pair_arrays(src, rows)
+            batch = prepare(jax.random.fold_in(key, n), start, target, src.start_forget[rows],
+                            src.forget_loss[rows], src.start_retain[rows], src.retain_loss[rows],
+                            src.classes[rows])
+            state, m = step(state, batch)
+            acc.append(m["loss"])
+            if (n + 1) % 50 == 0 or n + 1 == cfg.steps:
+                losses.append(float(jnp.mean(jnp.stack(acc))))
+                acc = []
+                if not np.isfinite(losses[-1]):
+                    raise NonFiniteError(f"hypernetwork loss became non-finite near step {n}; "
+                                         "lower the learning rate")
+            if ckpt is not None and ((n + 1) % save_every == 0 or n + 1 == cfg.steps):
+                # A host copy: the save commits in the background while the next (donating) step
+                # reuses the device buffers.
+                ckpt.save(n + 1, jax.tree.map(np.array, state), run_meta)
+    finally:
+        if ckpt is not None:
+            ckpt.close()   # waits for the last background commit, also on an exception
     jax.block_until_ready(state.ema_params)
     secs = time.perf_counter() - t0
     done = max(cfg.steps - first, 1)
