@@ -32,7 +32,8 @@ import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import data, train  # noqa: E402
-from hyperforget_jax.models import make_architecture  # noqa: E402
+from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
+from hyperforget_jax.models import as_model  # noqa: E402
 
 COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"
 
@@ -117,8 +118,10 @@ def gan_rows(splits, n_items=64):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--arch", default="mlp")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    # The original's recipe: one flag per TrainConfig field (--arch, --epochs, ...); seed 0.
+    recipe = add_config_flags(ap, train.TrainConfig, title="classifier recipe",
+                              exclude=("seed",))
     ap.add_argument("--methods", default="retrain,gradtau,finetune,neggrad,neggrad_plus,"
                     "random_labels,scrub,salun,bad_teacher,hyperforget_sample")
     ap.add_argument("--forget-class", type=int, default=3)
@@ -128,12 +131,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     from hyperforget_jax.unlearn import unlearn
 
+    cfg = recipe.build(args, seed=0)
     splits = data.make_splits(data.load_mnist5k())
-    arch = make_architecture(args.arch)
+    arch = as_model(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     t0 = time.perf_counter()
-    original, _ = train.fit(arch, splits.train, train.TrainConfig(arch=args.arch, seed=0))
+    original, _ = train.fit(arch, splits.train, cfg)
     jax.block_until_ready(original.params)
-    print(f"original {args.arch}: trained in {time.perf_counter() - t0:.1f}s", flush=True)
+    print(f"original {cfg.arch}: trained in {time.perf_counter() - t0:.1f}s", flush=True)
     split = data.resolve_forget(splits.train, data.ForgetRequest(classes=(args.forget_class,)))
     rows = []
     for m in args.methods.split(","):
@@ -142,8 +146,9 @@ def main(argv=None):
             label = "hyperforget sample (gpt_mlp, DDIM 20)"
             steps = 20
         else:
-            def fn(m=m):
-                fn.info = unlearn(m, arch, original.params, split, splits.val, seed=0).info
+            def fn(m=m):  # Retrain: the original's recipe on D_r
+                fn.info = unlearn(m, arch, original.params, split, splits.val,
+                                  cfg if m == "retrain" else None, seed=0).info
             label, steps = m, None
         r = twice(fn)
         if steps is None:
@@ -169,7 +174,9 @@ def main(argv=None):
     print(common.markdown_table(rows, ["method", "steps", "second call s", "speed-up vs retrain",
                                        "first call s", "compile s", "XLA compile s",
                                        "compiles 1st", "recompiles 2nd"]))
-    path = common.write_json("end_to_end", {"config": vars(args), "rows": rows,
+    flags = {k: v for k, v in vars(args).items() if v is not UNSET}
+    path = common.write_json("end_to_end", {"config": flags, "train_config": cfg.to_json(),
+                                            "rows": rows,
                                             "forget": len(split.forget),
                                             "retain": len(split.retain)}, args.out)
     print(f"wrote {path}")

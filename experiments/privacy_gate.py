@@ -19,13 +19,19 @@ recipe on D_r), unlearns with each method, and measures on the forget set:
   (one-sided: only a method more detectable than retraining fails).
 
 The gate compares the mean over seeds: ``gap_mia > --tol-mia`` or ``gap_ulira > --tol-ulira``
-fails. Exit codes: 0 pass, 1 gate failed, 2 bad input (one line on stderr). Writes
-``gate.json`` and ``gate.md`` to ``--out`` (atomically, only once every number is in).
+fails. Exit codes: 0 pass, 1 gate failed, 2 bad input (one line on stderr). Writes ``gate.json``
+and ``gate.md`` to ``--out`` (atomically, only once every number is in).
+
+The classifier recipe takes one flag per :class:`~hyperforget_jax.train.TrainConfig` field
+(``--arch``: a registered name or an import path ``pkg.module:Name``; ``--epochs``,
+``--batch-size``, ``--lr``, ``--weight-decay``), ∇τ one ``--gradtau-FIELD`` flag per
+:class:`~hyperforget_jax.unlearn.GradTauConfig` field (``--gradtau-epochs 1``,
+``--gradtau-lr``, ...); ``--help`` documents each.
 
 HyperForget: its hypernetwork was trained for one architecture and dataset (``gpt_mlp`` on
 MNIST-5k by default) and class requests only: run the gate with that ``--arch`` and
-``--dataset`` (another one is refused with a one-line error) and a ``--forget-class``. Each U-LiRA shadow is unlearned by sampling from the hypernetwork
-with the shadow as start network.
+``--dataset`` (another one is refused with a one-line error) and a ``--forget-class``. Each
+U-LiRA shadow is unlearned by sampling from the hypernetwork with the shadow as start network.
 """
 
 from __future__ import annotations
@@ -42,28 +48,34 @@ import jax
 import numpy as np
 
 from hyperforget_jax import data, report, train, ulira
+from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError, HyperforgetError
 from hyperforget_jax.evaluation import evaluate_unlearning
 from hyperforget_jax.models import as_model
+from hyperforget_jax.unlearn.gradtau import TAU_MODES, GradTauConfig
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--out", default="runs/privacy_gate")
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
     p.add_argument("--data-dir", default=None)
     req = p.add_mutually_exclusive_group()
     req.add_argument("--forget-class", type=int, nargs="+", metavar="C")
     req.add_argument("--forget-fraction", type=float, metavar="F")
-    p.add_argument("--arch", default="mlp",
-                   help="a registered architecture or an import path pkg.module:Name")
-    p.add_argument("--epochs", type=int, default=train.TrainConfig().epochs)
-    p.add_argument("--batch-size", type=int, default=train.TrainConfig().batch_size)
-    p.add_argument("--lr", type=float, default=train.TrainConfig().lr)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=3, help="model seeds 0..N-1")
     p.add_argument("--shadows", type=int, default=8, help="U-LiRA shadow pairs (>= 2)")
-    p.add_argument("--gradtau-epochs", type=int, default=None,
-                   help="∇τ forget epochs (default: its own budget rule)")
+    # One flag per config field, help from the configs' docstrings: the classifier recipe
+    # (--arch --epochs --batch-size --lr --weight-decay; seeds come from --seeds) and the ∇τ
+    # config as --gradtau-FIELD (--gradtau-epochs, --gradtau-lr, ...).
+    p.set_defaults(
+        _train_flags=add_config_flags(p, train.TrainConfig, exclude=("seed",),
+                                      title="classifier recipe (originals, Retrain, shadows)"),
+        _gradtau_flags=add_config_flags(
+            p, GradTauConfig, title="∇τ config", dest_prefix="gradtau_",
+            choices={"tau_mode": TAU_MODES},
+            rename={f.name: "gradtau-" + f.name.replace("_", "-")
+                    for f in dataclasses.fields(GradTauConfig)}))
     p.add_argument("--hypernet", default=None,
                    help="a trained HyperForget hypernetwork (hyperforget hypertrain --out)")
     p.add_argument("--num-steps", type=int, default=20, help="HyperForget DDIM steps")
@@ -75,10 +87,20 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="re-apply the tolerances to the numbers of an earlier gate.json "
                         "(no training); writes the new verdict to --out")
     p.add_argument("--quiet", action="store_true")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
+
+
+def configs(args) -> tuple[train.TrainConfig, GradTauConfig]:
+    """The classifier recipe and the ∇τ config: defaults with the given flags applied."""
+    return args._train_flags.build(args), args._gradtau_flags.build(args)
 
 
 def _check(args) -> data.ForgetRequest:
+    configs(args)  # validates
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     for name in ("tol_mia", "tol_ulira"):
@@ -96,10 +118,9 @@ def _check(args) -> data.ForgetRequest:
 
 def _methods(args, arch, val):
     """name -> unlearn_fn(params, split, seed) -> params."""
-    from hyperforget_jax.unlearn import GradTauConfig, unlearn
+    from hyperforget_jax.unlearn import unlearn
 
-    cfg = GradTauConfig() if args.gradtau_epochs is None else GradTauConfig(
-        epochs=args.gradtau_epochs)
+    cfg = configs(args)[1]
     out = {"gradtau": lambda p, sp, s: unlearn("gradtau", arch, p, sp, val, cfg, seed=s).params}
     if args.hypernet:
         from hyperforget_jax.hyperforget import dihyfo as H
@@ -127,9 +148,8 @@ def run(args) -> dict:
     out_dir = report.prepare_dir(args.out)
     splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
     fsplit = data.resolve_forget(splits.train, request)
-    arch = as_model(args.arch, splits.train.x.shape[1:], splits.train.num_classes)
-    base = train.TrainConfig(arch=args.arch, epochs=args.epochs, batch_size=args.batch_size,
-                             lr=args.lr)
+    base = configs(args)[0]
+    arch = as_model(base.arch, splits.train.x.shape[1:], splits.train.num_classes)
     methods = _methods(args, arch, splits.val)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     rows: dict[str, list[dict]] = {"retrain": [], **{m: [] for m in methods}}

@@ -16,8 +16,9 @@ the same seed). The classifier is the default ``TrainConfig()`` MLP 784→256→
 same recipe on D_r. ∇τ is also run with each τ mode on class removal (rows ``gradtau[τ=...]``).
 Other datasets: ``--dataset mnist|fashion_mnist|cifar10`` (prepared tensorflow-datasets only;
 fails at once otherwise). U-LiRA (8 shadows) runs on ``--ulira-settings`` (default class 3 and
-random 30%). ``--arch`` picks the classifier (a registered name or an import path
-``pkg.module:Name``; default ``mlp``); ``--render-only`` rewrites ``table.md`` and the plot
+random 30%). The classifier recipe has one flag per :class:`~hyperforget_jax.train.TrainConfig`
+field (``--arch``: a registered name or an import path ``pkg.module:Name``, default ``mlp``;
+``--epochs``, ``--batch-size``, ``--lr``, ``--weight-decay``); ``--render-only`` rewrites ``table.md`` and the plot
 from an existing ``results.json``.
 
 Every number comes from sweeps (:func:`hyperforget_jax.unlearn.unlearn_sweep`): the originals
@@ -51,6 +52,7 @@ import jax
 import numpy as np
 
 from hyperforget_jax import data, report, train, ulira
+from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
 from hyperforget_jax.metrics import format_mean_std
 from hyperforget_jax.models import as_model
@@ -66,12 +68,14 @@ COLS = (("retain_acc", "RA %", 100.0), ("forget_acc", "FA %", 100.0),
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--out", default="runs/unlearning_table")
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
     p.add_argument("--data-dir", default=None)
-    p.add_argument("--arch", default="mlp", help="classifier: a registered name or an import "
-                   "path pkg.module:Name (default mlp; conv is ~60× slower on CPU)")
+    # --arch --epochs --batch-size --lr --weight-decay, from TrainConfig (the seeds are --seeds).
+    p.set_defaults(_train_flags=add_config_flags(
+        p, train.TrainConfig, title="classifier recipe (originals and Retrain)",
+        exclude=("seed",)))
     p.add_argument("--classes", type=int, nargs="*", default=[0, 3, 8])
     p.add_argument("--fractions", type=float, nargs="*", default=[0.03, 0.1, 0.3])
     p.add_argument("--seeds", type=int, default=3)
@@ -90,6 +94,11 @@ def parse_args(argv=None):
     p.add_argument("--render-only", action="store_true",
                    help="re-render table.md and the plot from <out>/results.json, no runs")
     return p.parse_args(argv)
+
+
+def train_config(args) -> train.TrainConfig:
+    """The classifier recipe of the run: TrainConfig defaults with the given flags applied."""
+    return args._train_flags.build(args)
 
 
 def settings(args):
@@ -113,7 +122,7 @@ def run(args) -> dict:
     t_start = time.perf_counter()
     loaded = data.load_dataset(args.dataset, args.data_dir)
     splits = data.make_splits(loaded)
-    cfg = train.TrainConfig(arch=args.arch)
+    cfg = train_config(args)
     arch = as_model(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     seeds = list(range(args.seeds))
     originals = train.fit_fleet(arch, splits.train, cfg, seeds)[0].params   # stacked
@@ -307,6 +316,7 @@ def plot(out: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    train_config(args)    # a bad recipe is refused before anything is written
     path = report.prepare_dir(args.out)
     if args.render_only:
         import json

@@ -19,6 +19,7 @@ from hyperforget_jax.params import flatten, param_count, unflatten
 from hyperforget_jax.train import (TrainConfig, TrainState, fit, fit_fleet, fit_stream,
                                    make_train_step, per_example_ce, skip_nonfinite)
 from hyperforget_jax.unlearn import METHODS as UNLEARN_METHODS
-from hyperforget_jax.unlearn import UnlearnResult, nabla_tau, unlearn, unlearn_sweep
+from hyperforget_jax.unlearn import (UnlearnResult, nabla_tau, run_gradtau_stream, unlearn,
+                                     unlearn_sweep)
 
 __version__ = "0.1.0"

@@ -196,7 +196,8 @@ def test_no_module_level_compile_caches():
     import importlib
 
     for name in ("models", "train", "train_run", "metrics", "evaluation", "ulira", "unlearn",
-                 "unlearn.gradtau", "unlearn.gradtau_run", "unlearn.baselines"):
+                 "unlearn.gradtau", "unlearn.gradtau_run", "unlearn.gradtau_stream",
+                 "unlearn.baselines"):
         mod = importlib.import_module(f"hyperforget_jax.{name}")
         cached = [k for k, v in vars(mod).items()
                   if callable(v) and hasattr(v, "cache_info")

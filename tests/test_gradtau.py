@@ -404,3 +404,55 @@ def test_runner_on_a_mesh_equals_one_device(digits_splits, digits_original):
     with pytest.raises(ConfigError, match="divisible by 4"):
         G.run_gradtau(arch, params, split, digits_splits.val,
                       G.GradTauConfig(epochs=1, batch_size=30), mesh=mesh)
+
+
+# --- streamed data: host batch pairs, the runner's numbers --------------------------------------
+
+def _stream_of(split, plan):
+    def batches(epoch):
+        for fi, ri in zip(plan.f_idx[epoch], plan.r_idx[epoch]):
+            yield ((split.forget.x[fi], split.forget.y[fi]),
+                   (split.retain.x[ri], split.retain.y[ri]))
+    return batches
+
+
+def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_original):
+    """Fed the runner's own batches, the streamed driver gives its parameters, τ history and
+    losses: one device and a 4-device mesh (each batch split along it) to 1e-5; class removal
+    with a constant τ too. An epoch with the wrong number of pairs is refused."""
+    import math
+
+    from hyperforget_jax.unlearn import gradtau_run
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
+
+    arch, params = digits_original
+    val = digits_splits.val
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    cfg = G.GradTauConfig(epochs=6, batch_size=64)      # τ refreshed at forget-epochs 0 and 5
+    want, info = G.run_gradtau(arch, params, split, val, cfg, seed=2)
+    plan = gradtau_run.make_plan(split, val, cfg, 2, None)
+    kw = dict(n_forget=len(split.forget), n_retain=len(split.retain), config=cfg,
+              tau_fn=G.val_tau_fn(arch.apply), tau_args=(val.x, val.y))
+    mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
+    for m in (None, mesh):
+        got, s_info = run_gradtau_stream(arch, params, _stream_of(split, plan), mesh=m, **kw)
+        assert_trees_close(got, want, atol=1e-5)
+        np.testing.assert_allclose(s_info["tau"], info["tau"], rtol=1e-5)
+        np.testing.assert_allclose(s_info["forget_loss"], info["forget_loss"], rtol=1e-5)
+        assert (s_info["steps"], s_info["alpha0"]) == (info["steps"], info["alpha0"])
+
+    csplit = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    ccfg = G.GradTauConfig(epochs=2)
+    want, info = G.run_gradtau(arch, params, csplit, val, ccfg, seed=0, forget_classes=(3,))
+    cplan = gradtau_run.make_plan(csplit, val, ccfg, 0, (3,))
+    got, s_info = run_gradtau_stream(arch, params, _stream_of(csplit, cplan), config=ccfg,
+                                     n_forget=len(csplit.forget), n_retain=len(csplit.retain),
+                                     tau=math.log(10))
+    assert_trees_close(got, want, atol=1e-5)
+    assert s_info["tau"] == info["tau"] == [pytest.approx(math.log(10))]
+
+    short = lambda e: list(_stream_of(split, plan)(e))[:-1]
+    with pytest.raises(ConfigError, match="yielded 1 batch pairs; the schedule needs N_f = 2"):
+        run_gradtau_stream(arch, params, short, **kw)
+    with pytest.raises(ConfigError, match="exactly one of tau"):
+        run_gradtau_stream(arch, params, short, **kw, tau=1.0)

@@ -25,6 +25,21 @@ def _load_gate():
 
 BASE = ["--dataset", "digits", "--arch", "gpt_mlp", "--epochs", "3", "--batch-size", "64",
         "--lr", "0.01", "--seeds", "1", "--shadows", "2", "--gradtau-epochs", "1", "--quiet"]
+
+
+def test_gate_flags_come_from_the_configs():
+    """--arch/--epochs/... build a TrainConfig, --gradtau-FIELD a GradTauConfig; --help shows
+    each field's docstring text."""
+    gate = _load_gate()
+    args = gate.parse_args([*BASE, "--weight-decay", "0.001", "--gradtau-alpha-scale", "1",
+                            "--gradtau-max-epochs", "none"])
+    tcfg, gcfg = gate.configs(args)
+    assert (tcfg.arch, tcfg.epochs, tcfg.batch_size, tcfg.lr, tcfg.weight_decay) == (
+        "gpt_mlp", 3, 64, 0.01, 0.001)
+    assert (gcfg.epochs, gcfg.alpha_scale, gcfg.max_epochs, gcfg.lr) == (1, 1.0, None, 1e-3)
+    help_text = " ".join(gate.build_parser().format_help().split())
+    assert "passes over the training set" in help_text          # TrainConfig.epochs
+    assert "--gradtau-tau-mode {auto,val,unseen_class,chance}" in help_text
 TINY = [*BASE, "--forget-class", "3"]
 
 
@@ -99,6 +114,8 @@ def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd):
     (["--seeds", "0"], "--seeds must be"),
     (["--hypernet", "x", "--forget-fraction", "0.1"], "class requests only"),
     (["--forget-class", "12"], "class 12 does not exist"),
+    (["--arch", "vit"], "unknown architecture 'vit'"),                  # TrainConfig's check
+    (["--gradtau-final-lr-fraction", "2"], "final_lr_fraction must be"),  # GradTauConfig's
 ])
 def test_gate_bad_settings_exit_2_and_write_nothing(tmp_path, capfd, argv, words):
     gate = _load_gate()

@@ -14,7 +14,8 @@ new parameters and leaves the caller's untouched; ``info`` always has ``method``
 ``wall_time_s`` (measured around the whole call, device work included).
 
 Every method is also a building block for your own loop: :func:`.gradtau.nabla_tau` and the
-objectives of :mod:`.baselines` (``init`` / ``update`` pairs, the optax way).
+objectives of :mod:`.baselines` (``init`` / ``update`` pairs, the optax way). Data that does not
+sit on the device: :func:`.gradtau_stream.run_gradtau_stream` (∇τ from host batch pairs).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from hyperforget_jax.unlearn.gradtau import (GradTau, GradTauConfig, GradTauStat
                                              gradtau_objective, make_gradtau_optimizer,
                                              make_gradtau_step, run_gradtau)
 from hyperforget_jax.unlearn import gradtau_run
+from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
 
 METHODS = ("gradtau", "retrain", "finetune", "neggrad", "neggrad_plus", "random_labels",
            "scrub", "salun", "bad_teacher")
@@ -304,6 +306,6 @@ def _retrain_fleet(model: Architecture, splits: list[ForgetSplit], cfgs: list,
 
 __all__ = ["unlearn", "unlearn_sweep", "UnlearnResult", "METHODS", "GradTauConfig", "GradTau",
            "GradTauState", "nabla_tau", "gradtau_objective", "make_gradtau_step",
-           "make_gradtau_optimizer", "run_gradtau", "NegGradConfig", "NegGradPlusConfig",
-           "RandomLabelsConfig", "SalUnConfig", "ScrubConfig", "BadTeacherConfig", "configs",
-           "check_seed"]
+           "make_gradtau_optimizer", "run_gradtau", "run_gradtau_stream", "NegGradConfig",
+           "NegGradPlusConfig", "RandomLabelsConfig", "SalUnConfig", "ScrubConfig",
+           "BadTeacherConfig", "configs", "check_seed"]

@@ -52,9 +52,9 @@ class NegGradPlusConfig:
       epochs: passes over D_r [ours: 5, as NegGrad].
       lr: SGD learning rate [SCRUB paper, small-scale setting: 0.01].
       beta: weight of the retain loss; 1 − β weighs the forget ascent [our reading: 0.999].
-      momentum: SGD momentum [0.9].
-      weight_decay: L2 weight decay [5e-4].
-      batch_size: batch of both streams [128].
+      momentum: SGD momentum [SCRUB paper, small-scale setting: 0.9].
+      weight_decay: L2 weight decay [SCRUB paper, small-scale setting: 5e-4].
+      batch_size: batch of both streams [SCRUB official code's retain batch: 128].
     """
 
     epochs: int = field(5, ge=1)

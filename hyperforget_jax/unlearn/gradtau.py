@@ -122,7 +122,10 @@ class GradTauConfig:
       alpha_max: α₀ is clamped to this value, with a warning [ours: 0.95].
       alpha0: override α₀ (``finetune`` uses 0: pure descent on D_r) [ours].
       tau_refresh_epochs: τ recomputed every this many forget-epochs [official code: 5].
-      tau_mode: one of auto, val, unseen_class, chance (module docstring) [ours].
+      tau_mode: the loss threshold τ of the ascent: ``val`` (mean CE on the validation set,
+        the paper's), ``chance`` (log K), ``unseen_class`` (CE of the forgotten classes on
+        kept-class validation inputs) or ``auto`` (chance for class requests, val otherwise);
+        the module docstring gives the measurements [ours].
       epochs: override the budget E (None: int(6·N_r / (2·N_f)) [paper]).
       max_epochs: cap on the budget E (None: no cap) [official code: 80, the split-and-alpha
         notebook].

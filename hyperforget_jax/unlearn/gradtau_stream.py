@@ -1,0 +1,168 @@
+"""∇τ on streamed data: host batch pairs from an iterator instead of D_f / D_r on the device.
+
+The in-memory runner (:func:`.gradtau_run.run_gradtau`, what ``unlearn("gradtau")`` calls)
+puts D_f, D_r and the validation set on the device (replicated under a mesh) and gathers every
+batch there. When the data does not fit, or arrives from a pipeline, :func:`run_gradtau_stream`
+takes the batch pairs from the host, one compiled step per pair, with the same building blocks
+(:func:`.gradtau.nabla_tau`, :func:`.gradtau.gradtau_tx`) and the same schedule: α and the
+learning rate held per forget-epoch of N_f = ceil(|D_f| / B) pairs, the budget E from the sizes.
+fed the runner's own batches it gives the runner's parameters (tested to 1e-5, also on a mesh).
+
+    params, info = run_gradtau_stream(model, params, batches, n_forget=len(d_f),
+                                      n_retain=len(d_r), tau=math.log(10))
+
+``batches(epoch)`` yields that forget-epoch's ``(forget_batch, retain_batch)`` pairs, each an
+``(x, y)`` of host arrays. Under ``jax.distributed`` with a mesh each process yields *its own
+rows* of every global batch (assembled with ``jax.make_array_from_process_local_data``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from hyperforget_jax import train
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.models import as_model
+from hyperforget_jax.unlearn import gradtau as G
+from hyperforget_jax.unlearn.gradtau_run import _check_finite
+
+Params = Any
+Pair = tuple[Any, Any]
+
+
+def stream_schedule(n_forget: int, n_retain: int, cfg: G.GradTauConfig) -> tuple[int, int, float,
+                                                                                  bool]:
+    """``(E, N_f, α₀, clamped)`` of a ∇τ run over |D_f| = ``n_forget`` and |D_r| = ``n_retain``:
+    the in-memory runner's budget and α₀ (batches of ``min(cfg.batch_size, |set|)``)."""
+    if n_forget < 1 or n_retain < 1:
+        raise ConfigError(f"∇τ needs a non-empty forget and retain set, got |D_f| = {n_forget}, "
+                          f"|D_r| = {n_retain}")
+    n_f = math.ceil(n_forget / min(cfg.batch_size, n_forget))
+    n_r = math.ceil(n_retain / min(cfg.batch_size, n_retain))
+    epochs = cfg.epochs if cfg.epochs is not None else G.budget_epochs(n_r, n_f, cfg.max_epochs)
+    if cfg.alpha0 is not None:
+        alpha0, clamped = float(cfg.alpha0), False
+    else:
+        alpha0, clamped = G.initial_alpha(n_forget, n_forget + n_retain, cfg.alpha_scale,
+                                          cfg.alpha_max)
+    return epochs, n_f, alpha0, clamped
+
+
+def _step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | None) -> Callable:
+    loss_fn = train.per_example_ce(model.apply)
+
+    def step(ts, gs, hp, fb, rb, tau_args):
+        tx = G.gradtau_tx(hp["lr"], hp["weight_decay"], hp["final_lr_fraction"], hp["epochs"], n)
+        gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n),
+                         tau=0.0, tau_fn=tau_fn, refresh_every=hp["refresh_steps"])
+        grads, gs, m = gt.update(ts.params, gs, fb, rb, *tau_args)
+        ts, finite = train.apply_step(ts, grads, m["loss"], tx)
+        return ts, gs, {"forget_loss": m["forget_loss"], "retain_loss": m["retain_loss"],
+                        "tau": m["tau"], "finite": finite}
+
+    # Compiled per call, not cached on the model: the program closes over the caller's tau_fn.
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    m, axis = train.auto_mesh(mesh)
+    repl, rows = NamedSharding(m, P()), NamedSharding(m, P(axis))
+    return jax.jit(step, in_shardings=(repl, repl, repl, rows, rows, repl),
+                   out_shardings=repl, donate_argnums=0)
+
+
+def run_gradtau_stream(arch: Any, params: Params,
+                       batches: Callable[[int], Iterable[tuple[Pair, Pair]]], *,
+                       n_forget: int, n_retain: int, config: G.GradTauConfig | None = None,
+                       tau: float | None = None, tau_fn: Callable | None = None,
+                       tau_args: tuple = (), mesh: Mesh | None = None,
+                       input_shape: tuple | None = None, num_classes: int | None = None,
+                       sync_every: int = 8) -> tuple[Params, dict]:
+    """∇τ from streamed batch pairs; returns (params, info) like :func:`.gradtau_run.run_gradtau`.
+
+    Args:
+      arch: the model (anything ``hf.as_model`` takes).
+      params: the original parameters (not modified).
+      batches: ``batches(epoch) -> iterable of (forget_batch, retain_batch)``, each batch an
+        ``(x, y)`` of host arrays; every forget-epoch must yield exactly N_f =
+        ceil(n_forget / min(batch_size, n_forget)) pairs (the schedule counts them).
+      n_forget, n_retain: |D_f| and |D_r|: they set the budget E and α₀ as in the runner.
+      config: hyperparameters (default: the paper's); ``tau_mode`` is not used here.
+      tau: a constant τ (class removal: ``math.log(num_classes)``, the runner's default).
+      tau_fn: ``tau_fn(params, *tau_args) -> scalar`` τ of the current model, refreshed every
+        ``config.tau_refresh_epochs`` forget-epochs (the paper's τ:
+        ``gradtau.val_tau_fn(model.apply)`` with ``tau_args=(val.x, val.y)``).
+      tau_args: device-resident arguments of ``tau_fn`` (replicated under a mesh).
+      mesh: optional mesh: each batch is split along its data axis, the state replicated.
+        Under ``jax.distributed`` each process yields its own rows of every global batch.
+      input_shape, num_classes: passed to ``hf.as_model`` (e.g. ``"mlp"`` on 8×8 digits:
+        ``input_shape=(8, 8, 1)``); an adapter already knows them.
+      sync_every: wait for the device every this many steps (bounds the dispatch queue).
+
+    Returns:
+      The parameters and ``info``: ``steps``, ``epochs``, ``batches_per_epoch``, ``alpha0``,
+      ``alpha_clamped``, ``tau`` (the value at each refresh, or the constant), per-epoch
+      ``forget_loss`` / ``retain_loss``.
+
+    Raises:
+      ConfigError: neither or both of ``tau`` / ``tau_fn``, an epoch with the wrong number of
+        pairs, a local batch that does not split over the local devices.
+      NonFiniteError: a step produced NaN/inf (named); nothing is returned.
+    """
+    cfg = config or G.GradTauConfig()
+    if (tau is None) == (tau_fn is None):
+        raise ConfigError("run_gradtau_stream needs exactly one of tau= (a constant) and "
+                          "tau_fn= (τ of the current model)")
+    model = as_model(arch, input_shape, num_classes)
+    model.check_params(params)
+    E, n, alpha0, clamped = stream_schedule(n_forget, n_retain, cfg)
+    hp = {"lr": np.float32(cfg.lr), "weight_decay": np.float32(cfg.weight_decay),
+          "final_lr_fraction": np.float32(cfg.final_lr_fraction),
+          "alpha0": np.float32(alpha0), "epochs": np.float32(E),
+          "refresh_steps": np.int32(cfg.tau_refresh_epochs * n)}
+    tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
+    ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))  # a copy: donated
+    gs = G.GradTauState(jnp.int32(0), jnp.float32(0.0 if tau is None else tau))
+    step = _step_program(model, n, tau_fn, mesh)
+    if mesh is not None:
+        repl = NamedSharding(train.auto_mesh(mesh)[0], P())
+        ts, gs, hp, tau_args = jax.device_put((ts, gs, hp, tuple(tau_args)), repl)
+    else:
+        hp, tau_args = jax.tree.map(jnp.asarray, (hp, tuple(tau_args)))
+    put = lambda b: train.global_rows((np.asarray(b[0], np.float32),
+                                       np.asarray(b[1], np.int32)), mesh)
+    finite, dev_f, dev_r, taus = [], [], [], []
+    for e in range(E):
+        k, ms = 0, []
+        for k, (fb, rb) in enumerate(batches(e), 1):
+            if k > n:
+                raise ConfigError(f"run_gradtau_stream: forget-epoch {e} yielded more than "
+                                  f"N_f = {n} batch pairs")
+            model.check_inputs(fb[0], "a streamed forget batch")
+            ts, gs, m = step(ts, gs, hp, put(fb), put(rb), tau_args)
+            ms.append(m)
+            if k % sync_every == 0:
+                jax.block_until_ready(m["finite"])
+        if k != n:
+            raise ConfigError(f"run_gradtau_stream: forget-epoch {e} yielded {k} batch pairs; "
+                              f"the schedule needs N_f = {n} (ceil(|D_f| / batch))")
+        stacked = jax.tree.map(lambda *v: jnp.stack(v), *ms)
+        finite.append((e, stacked["finite"]))
+        dev_f.append(stacked["forget_loss"].mean())
+        dev_r.append(stacked["retain_loss"].mean())
+        if tau_fn is not None and e % cfg.tau_refresh_epochs == 0:
+            taus.append(stacked["tau"][0])
+    _check_finite(finite, n)
+    out = jax.block_until_ready(ts.params)
+    tau_hist = [float(tau)] if tau is not None and E else [float(t) for t in taus]
+    info = {"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": alpha0,
+            "alpha_clamped": clamped, "tau": tau_hist,
+            "forget_loss": [float(v) for v in dev_f], "retain_loss": [float(v) for v in dev_r]}
+    return out, info
+
+
+__all__ = ["run_gradtau_stream", "stream_schedule"]
