@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hyperforget_jax import cli  # noqa: E402
+from hyperforget_jax.hyperforget import store  # noqa: E402
 
 CORPUS: list[str] = []                  # CorpusConfig defaults: 256 originals, 20 pairs
 DIHYFO2 = ["--variant", "dihyfo2", "--steps", "12000"]
@@ -51,8 +51,14 @@ def install(work: Path) -> dict[str, dict[str, str]]:
     pkg = ROOT / "hyperforget_jax" / "pretrained"
     table = {}
     for key, (name, fname) in NAMES.items():
-        src = work / key / "hypernet.npz"
-        shutil.copyfile(src, pkg / fname)
+        net, meta = store.load_hypernet(work / key / "hypernet.npz")
+        # The shipped file names how it was built, not where (no local paths in the package).
+        extra = {k: v for k, v in meta.items() if k not in ("format", "hypernet")}
+        extra["corpus"] = "hyperforget corpus --out WORK/corpus (experiments/build_pretrained.py)"
+        extra["build"] = {"script": "experiments/build_pretrained.py", "name": name,
+                          "hypertrain_args": DIHYFO2 if key == "dihyfo2" else DIHYFO1,
+                          "corpus_args": CORPUS}
+        (pkg / fname).write_bytes(store.to_bytes(net, extra))
         table[name] = {"file": fname,
                        "sha256": hashlib.sha256((pkg / fname).read_bytes()).hexdigest()}
     init = pkg / "__init__.py"

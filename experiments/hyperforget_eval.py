@@ -20,6 +20,7 @@ tables of README / docs/hyperforget.md, with ✓/✗ per target). ``--render-onl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -35,8 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyperforget_jax import data, metrics, report, train  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
+from hyperforget_jax.configflags import add_config_flags  # noqa: E402
+from hyperforget_jax.errors import ConfigError  # noqa: E402
 from hyperforget_jax.hyperforget import corpus as C  # noqa: E402
 from hyperforget_jax.hyperforget import dihyfo as H  # noqa: E402
+from hyperforget_jax.hyperforget.sampling import SampleConfig  # noqa: E402
 from hyperforget_jax.unlearn import unlearn  # noqa: E402
 
 # (group, seed, lr, epochs): `hyperforget train --arch gpt_mlp --seed S --lr LR --epochs E`.
@@ -47,20 +51,35 @@ BAR = {"fa_mean": 1.0, "fa_worst": 3.0, "ra": 1.5, "ta_kept": 1.5, "mia": 0.03, 
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--out", default="runs/hf_eval")
     p.add_argument("--hypernet", default="pretrained", help="DiHyFo-2 (file, dir, pretrained)")
     p.add_argument("--dihyfo1", default="pretrained:dihyfo1-c3-gpt_mlp-mnist5k",
                    help="DiHyFo-1 ('' to skip)")
     p.add_argument("--samples", type=int, default=3, help="samples per (original, request)")
-    p.add_argument("--ddim-steps", type=int, default=20)
     p.add_argument("--pairs", type=int, default=6, help="trained and unseen pairs, each")
     p.add_argument("--memo-seeds", type=int, default=32,
                    help="corpus originals rebuilt for the memorisation check")
     p.add_argument("--quick", action="store_true", help="2 originals, 1 sample (smoke run)")
     p.add_argument("--render-only", action="store_true",
                    help="re-render report.md from <out>/results.json")
-    return p.parse_args(argv)
+    # The sampler of the main tables (--num-steps --method --guidance), from SampleConfig; the
+    # sweeps below vary steps and guidance, and best-of-k has its own row.
+    p.set_defaults(_sample_flags=add_config_flags(
+        p, SampleConfig, title="sampler of the main tables", exclude=("best_of",),
+        choices={"method": ("ddim", "ddpm")}))
+    # --batch-size --weight-decay of every original and its Retrain runs, from TrainConfig (the
+    # seed, learning rate and epochs are each original's own: TEST_ORIGINALS).
+    p.set_defaults(_train_flags=add_config_flags(
+        p, train.TrainConfig, title="recipe of the originals and Retrain",
+        exclude=("arch", "seed", "lr", "epochs")))
+    a = p.parse_args(argv)
+    try:
+        a.sampler = a._sample_flags.build(a)
+        a.recipe = a._train_flags.build(a, arch="gpt_mlp")
+    except ConfigError as e:
+        p.error(str(e))
+    return a
 
 
 # --- metrics ---------------------------------------------------------------------------------
@@ -150,26 +169,34 @@ def main(argv=None):
     kind = {r: ("single" if len(r) == 1 else "pair (in corpus)" if r in pairs_in
                 else "pair (unseen)") for r in requests}
     ev = Evaluator(arch, splits)
+    samp = {k: getattr(a.sampler, k) for k in ("num_steps", "method", "guidance")}
     x, y = jnp.asarray(splits.train.x), jnp.asarray(splits.train.y)
     results = {"command": "PYTHONPATH=. python experiments/hyperforget_eval.py "
                           + " ".join(argv if argv is not None else sys.argv[1:]),
-               "args": vars(a), "hypernet": net.spec.to_json(),
+               "args": {k: v for k, v in vars(a).items()
+                        if not k.startswith("_") and k not in ("sampler", "recipe")},
+               "sampler": a.sampler.to_json(), "recipe": a.recipe.to_json(), "hypernet": net.spec.to_json(),
                "hypernet_history": {k: meta2.get("history", {}).get(k) for k in
                                     ("seconds", "steps_per_second", "train_config")},
                "originals": [list(o) for o in origs], "pairs_in": pairs_in,
                "pairs_out": pairs_out, "bar": BAR}
 
-    # Originals the ordinary way (train.fit = `hyperforget train`), Retrain as one fleet.
+    # Originals the ordinary way (train.fit = `hyperforget train`); Retrain as one fleet per
+    # original (a fleet runs its longest member's epochs, so one fleet per recipe).
     t0 = time.perf_counter()
     starts = {}
+    recipe = lambda s, lr, ep: dataclasses.replace(a.recipe, arch=arch.name, seed=s, lr=lr,
+                                                   epochs=ep)
     for g, s, lr, ep in origs:
-        st, _ = train.fit(arch, splits.train, train.TrainConfig(arch=arch.name, seed=s, lr=lr,
-                                                                epochs=ep))
+        st, _ = train.fit(arch, splits.train, recipe(s, lr, ep))
         starts[s] = P_.flatten(st.params)
     members = [(o, r) for o in origs for r in requests]
     retain = {r: np.flatnonzero(~np.isin(splits.train.y, r)) for r in requests}
-    retr = C.train_fleet(arch, x, y, [o[1] for o, _ in members],
-                         [(o[2], o[3]) for o, _ in members], [retain[r] for _, r in members])
+    retr = np.concatenate([C.train_fleet(arch, x, y, [s] * len(requests),
+                                         [(lr, ep)] * len(requests),
+                                         [retain[r] for r in requests], a.recipe.batch_size,
+                                         a.recipe.weight_decay)
+                           for g, s, lr, ep in origs])
     results["originals_retrain_seconds"] = time.perf_counter() - t0
     print(f"originals + {len(members)} Retrain runs: "
           f"{results['originals_retrain_seconds']:.0f} s", flush=True)
@@ -183,7 +210,7 @@ def main(argv=None):
         stacked = H.stack_prompts([p for p in prompts for _ in range(samples)])
         keys = jax.random.split(jax.random.key(1000 + s), len(requests) * samples)
         flats = np.asarray(jax.vmap(P_.flatten)(H.sample_many(keys, net, p0, stacked,
-                                                             a.ddim_steps)))
+                                                             **samp)))
         s_ev, _ = ev(flats, [r for r in requests for _ in range(samples)], s)
         for i, r in enumerate(requests):
             base = {"group": g, "seed": s, "request": list(r), "kind": kind[r]}
@@ -210,7 +237,7 @@ def main(argv=None):
             pr = H.make_prompt(net1, p0, splits.train, c1)
             keys = jax.random.split(jax.random.key(2000 + s), samples)
             flats = np.asarray(jax.vmap(P_.flatten)(H.sample_many(
-                keys, net1, p0, H.stack_prompts([pr] * samples), a.ddim_steps)))
+                keys, net1, p0, H.stack_prompts([pr] * samples), **samp)))
             m, _ = ev(flats, [c1] * samples, s)
             rows += [{"group": g, "seed": s, "request": list(c1), "kind": "single",
                       "model": "dihyfo1", "sample": j, **m[j]} for j in range(samples)]
@@ -227,7 +254,7 @@ def main(argv=None):
             ps = H.stack_prompts([base._replace(forget_target=jnp.float32(t)) for t in tg])
             keys = jax.random.split(jax.random.key(3000 + 10 * s + c), len(tg))
             flats = np.asarray(jax.vmap(P_.flatten)(H.sample_many(keys, net, p0, ps,
-                                                                 a.ddim_steps)))
+                                                                 **samp)))
             got = np.array([m["forget_loss"] for m in ev(flats, [(c,)] * 20, mia=False)[0]])
             r2 = 1.0 - np.sum((got - tg) ** 2) / np.sum((tg - tg.mean()) ** 2)
             align.append({"seed": s, "class": c, "r2": float(r2), "targets": tg.tolist(),
@@ -250,7 +277,7 @@ def main(argv=None):
         return out_rows
 
     results["ddim_steps"] = {n: single_sweep(num_steps=n) for n in DDIM_STEPS}
-    results["guidance"] = {w: single_sweep(num_steps=a.ddim_steps, guidance=w)
+    results["guidance"] = {w: single_sweep(num_steps=a.sampler.num_steps, guidance=w)
                            for w in (0.0, 0.5, 1.0, 2.0)}
     best = []
     for g, s, *_ in origs:
@@ -258,7 +285,7 @@ def main(argv=None):
         for r in singles:
             pr = H.make_prompt(net, p0, splits.train, r)
             q, _ = H.sample_best_of(jax.random.key(5000 + s), net, p0, pr, splits.train, 8,
-                                    a.ddim_steps)
+                                    a.sampler.num_steps, a.sampler.guidance)
             m, _ = ev(P_.flatten(q)[None], [r], s)
             best.append({"seed": s, "request": list(r), **m[0]})
     results["best_of_8"] = best
@@ -367,16 +394,18 @@ def timing(net, arch, splits, starts, origs, a):
     p0 = P_.unflatten(starts[s], tmpl)
     pr = H.make_prompt(net, p0, splits.train, (3,))
     fs = data.resolve_forget(splits.train, data.ForgetRequest(classes=(3,)))
-    out = {"sample_s": timed(lambda: H.sample(jax.random.key(0), net, p0, pr, a.ddim_steps)),
+    samp = {k: getattr(a.sampler, k) for k in ("num_steps", "method", "guidance")}
+    out = {"sample_s": timed(lambda: H.sample(jax.random.key(0), net, p0, pr, **samp)),
            "sample_1step_s": timed(lambda: H.sample(jax.random.key(0), net, p0, pr, 1))}
     ps = H.stack_prompts([H.make_prompt(net, p0, splits.train, (c,)) for c in range(10)])
     keys = jax.random.split(jax.random.key(0), 10)
-    out["sample_10_s"] = timed(lambda: H.sample_many(keys, net, p0, ps, a.ddim_steps))
-    cfg = train.TrainConfig(arch=arch.name, seed=s, lr=lr, epochs=ep)
+    out["sample_10_s"] = timed(lambda: H.sample_many(keys, net, p0, ps, **samp))
+    cfg = dataclasses.replace(a.recipe, arch=arch.name, seed=s, lr=lr, epochs=ep)
     out["retrain_s"] = timed(lambda: train.fit(arch, fs.retain, cfg)[0].params, 3)
     out["gradtau_s"] = timed(lambda: unlearn("gradtau", arch, p0, fs, splits.val, seed=s,
                                              forget_classes=(3,)).params, 3)
-    out["ddim_steps"] = a.ddim_steps
+    out["ddim_steps"] = a.sampler.num_steps
+    out["method"] = a.sampler.method
     return out
 
 

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from hyperforget_jax import checkpoint, configflags, data, report, rundir
 from hyperforget_jax import params as P_
 from hyperforget_jax.commands import common
-from hyperforget_jax.configflags import finite_float, non_negative_int, seed_int
+from hyperforget_jax.configflags import finite_float, seed_int
 from hyperforget_jax.errors import ArchitectureError, ConfigError
 from hyperforget_jax.evaluation import evaluate_unlearning
 from hyperforget_jax.hyperforget import corpus as C
@@ -113,6 +113,7 @@ def cmd_sample(args) -> int:
                                                                args.forget_target)
     rt = None if args.retain_target is None else check_target("--retain-target",
                                                                args.retain_target)
+    sc = args._sample_flags.build(args)
     net, meta = H.load_hypernet(args.hypernet)
     classes = tuple(args.forget_class)
     H.check_request(net.spec, classes)
@@ -123,8 +124,7 @@ def cmd_sample(args) -> int:
     request = data.ForgetRequest(classes=classes)
     identity = {"role": "hyperforget-sample", "hypernet": _hypernet_identity(args, meta),
                 "start": start, "request": request.to_json(), "forget_target": ft,
-                "retain_target": rt, "num_steps": args.num_steps, "method": args.method,
-                "guidance": args.guidance, "best_of": args.best_of, "seed": args.seed,
+                "retain_target": rt, **sc.to_json(), "seed": args.seed,
                 **common.data_identity(args, splits)}
     reads = [p for p in (args.run_dir, args.corpus) if p is not None]
     if not store.is_pretrained_name(args.hypernet):
@@ -133,31 +133,31 @@ def cmd_sample(args) -> int:
     with common.open_run(args.out, identity, args, reads=reads, flag="--out") as run:
         key = jax.random.key(args.seed)
         t0 = time.perf_counter()
-        if args.best_of > 1:
-            out, _ = H.sample_best_of(key, net, params, prompt, splits.train, args.best_of,
-                                      args.num_steps, args.guidance)
+        if sc.best_of > 1:
+            out, _ = H.sample_best_of(key, net, params, prompt, splits.train, sc.best_of,
+                                      sc.num_steps, sc.guidance)
         else:
-            out = H.sample(key, net, params, prompt, args.num_steps, args.method,
-                           args.guidance)
+            out = H.sample(key, net, params, prompt, sc.num_steps, sc.method, sc.guidance)
         jax.block_until_ready(out)
         secs = time.perf_counter() - t0
         fsplit = data.resolve_forget(splits.train, request)
         arch = net.spec.arch
         ev_start = evaluate_unlearning(arch, params, splits, fsplit, request, args.seed)
         ev = evaluate_unlearning(arch, out, splits, fsplit, request, args.seed)
-        _write_sample(run.path, args, net, out, arch, request, prompt, ev_start, ev, secs)
+        _write_sample(run.path, args, sc, net, out, arch, request, prompt, ev_start, ev,
+                      secs)
     return 0
 
 
-def _write_sample(run_dir, args, net, out, arch, request, prompt, ev_start, ev, secs):
+def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, ev, secs):
     prompt_json = {k: jnp.asarray(v).tolist() for k, v in prompt._asdict().items()}
     checkpoint.save_params(run_dir / "params", out, {"role": "hyperforget-sample",
                                                      "architecture": arch.to_json(),
                                                      "request": request.to_json(),
                                                      "prompt": prompt_json})
-    how = (f"{args.method}, {args.num_steps} steps" + (f", guidance {args.guidance:g}"
-                                                       if args.guidance else "")
-           + (f", best of {args.best_of}" if args.best_of > 1 else ""))
+    how = (f"{sc.method}, {sc.num_steps} steps" + (f", guidance {sc.guidance:g}"
+                                                   if sc.guidance else "")
+           + (f", best of {sc.best_of}" if sc.best_of > 1 else ""))
     md = (f"# HyperForget sample ({net.spec.variant}), forgetting {request.describe()}\n\n"
           + report.markdown_table(
               ["model", "RA %", "FA %", "TA %", "TA kept %", "mia_loss_lr"],
@@ -170,13 +170,6 @@ def _write_sample(run_dir, args, net, out, arch, request, prompt, ev_start, ev, 
                "prompt": prompt_json, "hypernet": str(args.hypernet)}
     common.write_results(run_dir, results, md)
     common.emit(args, results, md)
-
-
-def _positive_int(text: str) -> int:
-    v = non_negative_int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
-    return v
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -222,13 +215,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="forget loss to reach (default: the hypernetwork's)")
     p.add_argument("--retain-target", type=finite_float, default=None,
                    help="retain loss to reach (default: the start's, times the corpus ratio)")
-    p.add_argument("--num-steps", type=_positive_int, default=20, help="DDIM steps")
-    p.add_argument("--method", choices=("ddim", "ddpm"), default="ddim")
-    p.add_argument("--guidance", type=finite_float, default=0.0,
-                   help="classifier-free guidance weight (0: none) [ours]")
-    p.add_argument("--best-of", type=_positive_int, default=1,
-                   help="draw N samples, keep the closest to the prompt [beyond]")
+    sample_flags = configflags.add_config_flags(p, H.SampleConfig, title="sampling",
+                                                choices={"method": ("ddim", "ddpm")})
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--out", required=True)
     common.add_output_args(p, quiet=False)
-    p.set_defaults(func=cmd_sample)
+    p.set_defaults(func=cmd_sample, _sample_flags=sample_flags)

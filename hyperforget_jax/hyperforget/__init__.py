@@ -29,8 +29,8 @@ from hyperforget_jax.hyperforget.diffusion import (Schedule, ddim_sample, ddim_s
                                                    ddpm_sample, make_schedule, q_posterior,
                                                    q_sample, x0_loss)
 from hyperforget_jax.hyperforget.dihyfo import train_hypernet
-from hyperforget_jax.hyperforget.sampling import (make_prompt, sample, sample_best_of,
-                                                  sample_many)
+from hyperforget_jax.hyperforget.sampling import (SampleConfig, make_prompt, sample,
+                                                  sample_best_of, sample_many)
 from hyperforget_jax.hyperforget.spec import (VARIANTS, Hypernet, HyperSpec, Prompt,
                                               check_request, multi_hot, stack_prompts)
 from hyperforget_jax.hyperforget.store import load_hypernet, load_pretrained, save_hypernet
@@ -43,5 +43,5 @@ __all__ = ["Corpus", "CorpusConfig", "build_corpus", "build_shard", "DenoiserCon
            "ddim_sample", "ddim_step", "ddpm_sample", "make_schedule", "q_posterior", "q_sample",
            "x0_loss", "VARIANTS", "Hypernet", "HyperSpec", "Prompt", "check_request",
            "load_hypernet", "load_pretrained", "make_prompt", "multi_hot", "sample",
-           "sample_best_of", "sample_many", "save_hypernet", "stack_prompts", "train_hypernet",
+           "sample_best_of", "sample_many", "SampleConfig", "save_hypernet", "stack_prompts", "train_hypernet",
            "WeightSpace", "canonicalize", "decanonicalize"]

@@ -32,8 +32,8 @@ from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget.corpus import Corpus
-from hyperforget_jax.hyperforget.sampling import (make_prompt, sample, sample_best_of,
-                                                  sample_many)
+from hyperforget_jax.hyperforget.sampling import (SampleConfig, make_prompt, sample,
+                                                  sample_best_of, sample_many)
 from hyperforget_jax.hyperforget.spec import (VARIANTS, Hypernet, HyperSpec, Prompt,
                                               check_request, default_targets, multi_hot,
                                               stack_prompts)

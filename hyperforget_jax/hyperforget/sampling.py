@@ -13,6 +13,7 @@ conditional model alone, exactly the unguided sampler.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -22,6 +23,7 @@ import optax
 
 from hyperforget_jax import data
 from hyperforget_jax import params as P_
+from hyperforget_jax.config import check_config, field
 from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget.spec import (Hypernet, HyperSpec, Prompt, check_request,
@@ -30,6 +32,32 @@ from hyperforget_jax.hyperforget.spec import (Hypernet, HyperSpec, Prompt, check
 from hyperforget_jax.models import Architecture
 
 Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """How a request is sampled (``hyperforget sample`` and experiments/hyperforget_eval.py).
+
+    Attributes:
+      num_steps: DDIM steps, i.e. denoiser calls (DDPM takes all T) [ours: 20; the DDIM-steps
+        table in docs/hyperforget.md shows how few keep the bar].
+      method: ``ddim`` (deterministic, η = 0) or ``ddpm`` (ancestral, all T steps) [G.pt:
+        DDPM; ours: DDIM by default, for its few denoiser calls].
+      guidance: classifier-free guidance weight w; 0 runs the conditional model alone [ours].
+      best_of: draw N samples in one vmapped call and keep the one closest to the prompt
+        (:func:`sample_best_of`); 1 is a plain sample [beyond].
+    """
+
+    num_steps: int = field(20, ge=1)
+    method: str = field("ddim", choices=("ddim", "ddpm"))
+    guidance: float = field(0.0)
+    best_of: int = field(1, ge=1)
+
+    def __post_init__(self):
+        check_config(self)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 def _mean_ce(arch: Architecture, params: Params, ds: data.Dataset) -> float:
