@@ -63,8 +63,8 @@ def install(work: Path) -> dict[str, dict[str, str]]:
                        "sha256": hashlib.sha256((pkg / fname).read_bytes()).hexdigest()}
     init = pkg / "__init__.py"
     body = "PRETRAINED: dict[str, dict[str, str]] = {\n" + "".join(
-        f'    "{n}": {{"file": "{e["file"]}",\n{" " * (len(n) + 9)}"sha256": "{e["sha256"]}"}},\n'
-        for n, e in table.items()) + "}\n"
+        f'    "{n}": {{\n        "file": "{e["file"]}",\n        "sha256": "{e["sha256"]}",\n'
+        "    },\n" for n, e in table.items()) + "}\n"
     text = re.sub(r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{.*?\n\}\n|"
                   r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{\}\n", body, init.read_text(),
                   flags=re.S)

@@ -69,6 +69,16 @@ def cmd_hypertrain(args) -> int:
     legacy = lambda path: {} if (path / "train_state").exists() else None
     with common.open_run(args.out, identity, args, reads=[args.corpus], flag="--out",
                          legacy=legacy) as run:
+        done = run.path / store.FILE_NAME
+        if done.is_file():
+            # Written only when training has finished (atomically), for this very run (the
+            # identity check above): a rerun is a no-op, not a retrain over its history.
+            _, meta = H.load_hypernet(done)
+            hist = meta.get("history", {})
+            common.emit(args, {"variant": args.variant, "steps": cfg.steps, "history": hist,
+                               "hypernet": str(done), "already_done": True},
+                        f"{args.variant}: already trained ({cfg.steps} steps); {done}")
+            return 0
         net, hist = H.train_hypernet(corpus, args.variant, args.forget_class, den, cfg,
                                      checkpoint_dir=run.path / "train_state",
                                      progress=common.progress(args))
