@@ -218,6 +218,18 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     fails(argv[:-1] + [str(tmp_path / "s8"), "--forget-target", "-1"],
           "--forget-target must be a positive finite loss")
     assert not (tmp_path / "s8").exists()
+    fails(argv[:-1] + [str(tmp_path / "s8"), "--num-steps", "0"],
+          "SampleConfig.num_steps must be >= 1, got 0")
+    assert not (tmp_path / "s8").exists()
     fails(["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"), "--variant",
            "dihyfo2", "--forget-class", "5", "--steps", "1"], "takes no --forget-class")
     assert not (tmp_path / "t").exists()
+    # A finished hypertrain run rerun with the same flags is a no-op: the file is not rewritten.
+    tiny = ["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"), "--steps", "2",
+            "--layers", "1", "--width", "16", "--heads", "2", "--quiet"]
+    assert cli.main(tiny) == 0
+    first = (tmp_path / "t" / "hypernet.npz").read_bytes()
+    capsys.readouterr()
+    assert cli.main(tiny[:-1]) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert (tmp_path / "t" / "hypernet.npz").read_bytes() == first
