@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyperforget_jax import data, metrics, report, train  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
-from hyperforget_jax.configflags import add_config_flags  # noqa: E402
+from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
 from hyperforget_jax.errors import ConfigError  # noqa: E402
 from hyperforget_jax.hyperforget import corpus as C  # noqa: E402
 from hyperforget_jax.hyperforget import dihyfo as H  # noqa: E402
@@ -173,9 +173,11 @@ def main(argv=None):
     x, y = jnp.asarray(splits.train.x), jnp.asarray(splits.train.y)
     results = {"command": "PYTHONPATH=. python experiments/hyperforget_eval.py "
                           + " ".join(argv if argv is not None else sys.argv[1:]),
-               "args": {k: v for k, v in vars(a).items()
-                        if not k.startswith("_") and k not in ("sampler", "recipe")},
-               "sampler": a.sampler.to_json(), "recipe": a.recipe.to_json(), "hypernet": net.spec.to_json(),
+               "args": {k: v for k, v in vars(a).items() if not k.startswith("_")
+                        and k not in ("sampler", "recipe") and v is not UNSET},
+               "sampler": a.sampler.to_json(),
+               "recipe": {k: getattr(a.recipe, k) for k in ("batch_size", "weight_decay")},
+               "hypernet": net.spec.to_json(),
                "hypernet_history": {k: meta2.get("history", {}).get(k) for k in
                                     ("seconds", "steps_per_second", "train_config")},
                "originals": [list(o) for o in origs], "pairs_in": pairs_in,
@@ -466,6 +468,11 @@ def render(r: dict) -> str:
             title = {None: "all originals", "default": "`hyperforget train` default recipe",
                      "other": "other recipes"}[group]
             lines += [f"\n### {kind} requests, {title}\n", report.markdown_table(hdr, table)]
+            if group is not None:
+                # The bar per recipe group too (the user path: the default recipe).
+                checks += [c for c in _checks(f"DiHyFo-2, {kind}, {title}",
+                                              sel("dihyfo2", **kw), ref, bar)
+                           if "RA within" in c[0] or "FA mean" in c[0]]
             if group is None:
                 checks += _checks(f"DiHyFo-2, {kind}", sel("dihyfo2", **kw), ref, bar)
                 if kind == "single" and sel("dihyfo1", **kw):
