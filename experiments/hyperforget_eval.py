@@ -504,13 +504,16 @@ def render(r: dict) -> str:
                      else r["ddim_steps"][n]) for n in DDIM_STEPS] + [
             (f"guidance {w}", v) for w, v in r["guidance"].items()] + [
             ("best of 8 [beyond]", r["best_of_8"])]:
-        dra = _delta(d, rr, "retain_acc")
-        sweep.append([name, f"{100 * np.mean(dra):+.2f}", f"{100 * np.mean([x['forget_acc'] for x in d]):.2f}",
-                      f"{100 * max(x['forget_acc'] for x in d):.2f}",
-                      f"{np.mean(_delta(d, rr, 'mia_loss_lr')):+.3f}"])
+        dra = 100 * np.mean(_delta(d, rr, "retain_acc"))
+        fa = [100 * x["forget_acc"] for x in d]
+        dmia = np.mean(_delta(d, rr, "mia_loss_lr"))
+        ok = (np.mean(fa) <= bar["fa_mean"] and max(fa) <= bar["fa_worst"]
+              and abs(dra) <= bar["ra"] and abs(dmia) <= bar["mia"])
+        sweep.append([name, f"{dra:+.2f}", f"{np.mean(fa):.2f}", f"{max(fa):.2f}",
+                      f"{dmia:+.3f}", "✓" if ok else "✗"])
     lines += ["\n### Sampling settings (single-class requests, one sample each)\n",
-              report.markdown_table(["sampler", "ΔRA", "FA % mean", "FA % worst", "Δmia"],
-                                    sweep)]
+              report.markdown_table(["sampler", "ΔRA", "FA % mean", "FA % worst", "Δmia",
+                                     "FA / RA / mia bar"], sweep)]
     lines += _memo_lines(r["memorisation"])
     t = r["timing"]
     lines += ["\n### Wall time (warm, median; same request)\n", report.markdown_table(
@@ -522,7 +525,8 @@ def render(r: dict) -> str:
           f"{t['sample_10_s'] / t['sample_s']:.1f}×"],
          ["Retrain (the original's recipe on D_r)", f"{t['retrain_s']:.3f}",
           f"{t['retrain_s'] / t['sample_s']:.0f}×"],
-         ["∇τ (paper schedule)", f"{t['gradtau_s']:.3f}", f"{t['gradtau_s'] / t['sample_s']:.0f}×"]]),
+         ["∇τ (paper schedule)", f"{t['gradtau_s']:.3f}",
+          f"{t['gradtau_s'] / t['sample_s']:.0f}×"]]),
         f"\nWhole script {r.get('total_seconds', 0):.0f} s.\n"]
     return "\n".join(lines)
 

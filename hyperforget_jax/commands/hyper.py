@@ -145,7 +145,7 @@ def cmd_sample(args) -> int:
         t0 = time.perf_counter()
         if sc.best_of > 1:
             out, _ = H.sample_best_of(key, net, params, prompt, splits.train, sc.best_of,
-                                      sc.num_steps, sc.guidance)
+                                      sc.num_steps, sc.guidance, sc.method)
         else:
             out = H.sample(key, net, params, prompt, sc.num_steps, sc.method, sc.guidance)
         jax.block_until_ready(out)

@@ -43,5 +43,5 @@ __all__ = ["Corpus", "CorpusConfig", "build_corpus", "build_shard", "DenoiserCon
            "ddim_sample", "ddim_step", "ddpm_sample", "make_schedule", "q_posterior", "q_sample",
            "x0_loss", "VARIANTS", "Hypernet", "HyperSpec", "Prompt", "check_request",
            "load_hypernet", "load_pretrained", "make_prompt", "multi_hot", "sample",
-           "sample_best_of", "sample_many", "SampleConfig", "save_hypernet", "stack_prompts", "train_hypernet",
-           "WeightSpace", "canonicalize", "decanonicalize"]
+           "sample_best_of", "sample_many", "SampleConfig", "save_hypernet", "stack_prompts",
+           "train_hypernet", "WeightSpace", "canonicalize", "decanonicalize"]

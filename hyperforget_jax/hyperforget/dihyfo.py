@@ -42,7 +42,7 @@ from hyperforget_jax.hyperforget.weightspace import WeightSpace, mlp_layers
 
 __all__ = ["VARIANTS", "Hypernet", "HyperSpec", "Prompt", "PairSource", "check_request",
            "default_targets", "load_hypernet", "load_pretrained", "make_prompt", "multi_hot",
-           "pair_source", "sample", "sample_best_of", "sample_many", "sample_pairs",
+           "pair_source", "sample", "sample_best_of", "sample_many", "sample_pairs", "SampleConfig",
            "save_hypernet", "stack_prompts", "train_hypernet"]
 
 

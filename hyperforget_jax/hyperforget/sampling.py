@@ -237,7 +237,7 @@ def sample_calibrated(key: jax.Array, net: Hypernet, params: Params, prompt: Pro
 
 def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt,
                    train: data.Dataset, k: int = 8, num_steps: int = 20,
-                   guidance: float = 0.0) -> tuple[Params, dict]:
+                   guidance: float = 0.0, method: str = "ddim") -> tuple[Params, dict]:
     """[beyond] ``k`` samples in one vmapped call; keeps the one whose losses on the request's
     training images are closest to the prompt (|Δ log L_f| + |Δ log L_r|). The losses are
     measurable at request time, so the choice uses nothing a user does not have.
@@ -248,8 +248,8 @@ def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt
     if k < 1:
         raise ConfigError(f"k must be >= 1, got {k}")
     keys = jax.random.split(key, k)
-    many = sample_many(keys, net, params, stack_prompts([prompt] * k), num_steps,
-                       guidance=guidance)
+    many = sample_many(keys, net, params, stack_prompts([prompt] * k), num_steps, method,
+                       guidance)
     classes = tuple(int(c) for c in np.flatnonzero(np.asarray(prompt.classes) > 0.5))
     split = data.resolve_forget(train, data.ForgetRequest(classes=classes))
     arch = net.spec.arch
