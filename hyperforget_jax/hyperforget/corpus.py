@@ -116,6 +116,9 @@ class CorpusConfig:
     checkpoints: int = field(16, ge=1)
 
     def __post_init__(self):
+        if type(self.num_seeds) is int and self.num_seeds < 2:
+            raise ConfigError(f"CorpusConfig.num_seeds: a corpus needs >= 2 seeds (some are held "
+                              f"out of hypernetwork training), got {self.num_seeds}")
         check_config(self)
         for name in ("lr_range", "epochs_range"):
             lo_hi = getattr(self, name)
