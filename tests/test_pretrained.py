@@ -102,3 +102,18 @@ def test_cli_sample_pretrained_and_refusals(tmp_path, capsys, monkeypatch):
            "--out", str(tmp_path / "x3")], "corrupt or was replaced")
     for d in ("x1", "x2", "x3"):
         assert not (tmp_path / d).exists()
+
+
+def test_readme_example_runs_as_written():
+    """The README's HyperForget Python block, executed: its sample forgets classes 2 and 6."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## HyperForget (DiHyFo-1 and DiHyFo-2)\n", 1)[1].split("\n## ", 1)[0]
+    ns = {}
+    exec(compile(re.findall(r"```python\n(.*?)```", section, re.S)[0], "README:hf", "exec"), ns)
+    split, arch = ns["splits"].train, ns["net"].spec.arch
+    pred = np.asarray(jnp.argmax(arch.apply(ns["unlearned"], jnp.asarray(split.x)), -1))
+    forget = np.isin(split.y, (2, 6))
+    assert (pred[forget] == split.y[forget]).mean() <= 0.03
+    assert (pred[~forget] == split.y[~forget]).mean() >= 0.85
