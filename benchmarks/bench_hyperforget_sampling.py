@@ -1,7 +1,7 @@
 """HyperForget sampling: what one unlearned model costs, and what vmapping requests buys.
 
-DiHyFo-2 on ``gpt_mlp`` (7,960 parameters) with the default CPU denoiser (2 layers × 128,
-untrained weights: the cost does not depend on them), DDIM with ``--steps`` steps. Contenders,
+The pretrained DiHyFo-2 on ``gpt_mlp`` (7,960 parameters) shipped with the package, DDIM with
+``--steps`` steps. Contenders,
 timed interleaved (each repeat runs every one in turn): ``sample`` (one request), and
 ``sample_many`` over N = 1, 10 (and ``--sizes``) requests. FLOPs per denoiser call come from
 XLA's cost analysis of the compiled forward at batch N; the peak is ``jnp.dot`` on two
@@ -32,10 +32,10 @@ from hyperforget_jax.hyperforget import dihyfo  # noqa: E402
 
 def denoiser_flops(spec: dihyfo.HyperSpec, hparams, n: int) -> float:
     """XLA's FLOP count of one denoiser call on a batch of ``n`` requests."""
-    model, p = spec.model(), spec.arch.param_count
-    args = (jnp.zeros((n, p)), jnp.zeros((n, 4)), jnp.zeros((n, spec.arch.num_classes)),
-            jnp.zeros((n,), jnp.int32))
-    fwd = jax.jit(lambda x, s, c, t: model.apply({"params": hparams}, x, x, t, s, c))
+    model, p, q = spec.model(), spec.arch.param_count, spec.weights.change_size
+    args = (jnp.zeros((n, q)), jnp.zeros((n, p)), jnp.zeros((n, 4)),
+            jnp.zeros((n, spec.arch.num_classes)), jnp.zeros((n,), jnp.int32))
+    fwd = jax.jit(lambda x, z, s, c, t: model.apply({"params": hparams}, x, z, t, s, c))
     return xla_flops(fwd.lower(*args).compile())
 
 
@@ -52,7 +52,7 @@ def main(argv=None):
     sizes = [int(s) for s in args.sizes.split(",")]
 
     splits = data.make_splits(data.load_mnist5k())
-    net, params = common.untrained_dihyfo2(splits)
+    net, params = common.pretrained_dihyfo2(splits)
     spec = net.spec
     prompts = [dihyfo.make_prompt(net, params, splits.train, (c % 10,))
                for c in range(max(sizes))]

@@ -108,20 +108,15 @@ def write_json(name: str, payload: dict, out: str | None = None) -> Path:
     return path
 
 
-def untrained_dihyfo2(splits, seed: int = 0):
-    """``(net, params)``: an untrained default-size DiHyFo-2 hypernetwork for ``gpt_mlp`` (the
-    cost of sampling does not depend on its weights) and a trained ``gpt_mlp`` start network."""
-    import jax
-
+def pretrained_dihyfo2(splits, seed: int = 0):
+    """``(net, params)``: the pretrained DiHyFo-2 for ``gpt_mlp`` shipped with the package (the
+    cost of sampling does not depend on its weights, but these are the ones users run) and a
+    trained ``gpt_mlp`` start network."""
     from hyperforget_jax import train
-    from hyperforget_jax.hyperforget import denoiser as DN
-    from hyperforget_jax.hyperforget import dihyfo
+    from hyperforget_jax.hyperforget import store
     from hyperforget_jax.models import make_architecture
 
     arch = make_architecture("gpt_mlp")
     original, _ = train.fit(arch, splits.train, train.TrainConfig(arch="gpt_mlp", seed=seed))
-    spec = dihyfo.HyperSpec("dihyfo2", arch, 1.0, DN.DenoiserConfig(),
-                            default_targets=((1, 2.3, 0.2),))
-    net = dihyfo.Hypernet(spec, DN.init_params(spec.model(), jax.random.key(seed),
-                                               arch.param_count))
+    net, _ = store.load_pretrained()
     return net, original.params

@@ -91,18 +91,9 @@ def global_batch(local: Any, mesh: Mesh) -> Any:
 
     Process ``i`` passes rows ``[i·b, (i+1)·b)`` of the global batch (``b`` = global batch /
     process count, divisible by the local device count); the global array is their
-    concatenation in process order."""
-    sharding = NamedSharding(mesh, P("data"))
-    n_local = len(mesh.local_devices)
-
-    def put(x):
-        x = np.asarray(x)
-        if x.shape[0] % n_local:
-            raise ConfigError(f"a local batch of {x.shape[0]} rows cannot be split over "
-                              f"{n_local} local devices; use a multiple of {n_local}")
-        return jax.make_array_from_process_local_data(sharding, x)
-
-    return jax.tree.map(put, local)
+    concatenation in process order. The same placement the mesh-aware drivers use
+    (``train.global_rows``)."""
+    return train.global_rows(local, mesh)
 
 
 def fetch(tree: Any) -> Any:

@@ -54,13 +54,22 @@ def assert_trees_close(a, b, atol=1e-5, rtol=0.0):
 
 
 def tiny_hyperspec(arch, variant="dihyfo2", forget_class=None):
-    """A 1-layer, 16-wide HyperForget spec (T = 10) for tests that never train it."""
+    """A 1-layer, 16-wide HyperForget spec (T = 10) for tests that never train it: the output
+    layer is diffused, single-class requests only."""
+    from hyperforget_jax import params as P_
     from hyperforget_jax.hyperforget import denoiser as DN
     from hyperforget_jax.hyperforget import dihyfo as H
+    from hyperforget_jax.hyperforget.weightspace import WeightSpace
 
-    return H.HyperSpec(variant, arch, 1.0,
-                       DN.DenoiserConfig(num_layers=1, width=16, num_heads=2, num_freqs=8),
-                       forget_class, num_train_steps=10, default_targets=((1, 5.0, 0.1),))
+    shapes = tuple(s.shape for s in P_.param_spans(arch.param_shapes()))
+    ws = WeightSpace(shapes, True, (1.0,) * len(shapes),
+                     (0.0,) * (len(shapes) - 2) + (1.0, 1.0))
+    n = 3 if variant == "dihyfo1" else 4
+    return H.HyperSpec(variant, arch, ws,
+                       DN.DenoiserConfig(num_layers=1, width=16, num_heads=2, num_freqs=8,
+                                         tokens="units"),
+                       forget_class, num_train_steps=10, scalar_mean=(0.0,) * n,
+                       scalar_std=(1.0,) * n, default_targets=((1, 5.0, 0.0),))
 
 
 def save_zero_hypernet(path, spec) -> None:
@@ -68,7 +77,7 @@ def save_zero_hypernet(path, spec) -> None:
     from hyperforget_jax.hyperforget import denoiser as DN
     from hyperforget_jax.hyperforget import dihyfo as H
 
-    shapes = DN.param_shapes(spec.model(), spec.arch.param_count)
+    shapes = DN.param_shapes(spec.model())
     H.save_hypernet(path, H.Hypernet(spec, jax.tree.map(lambda l: np.zeros(l.shape, l.dtype),
                                                         shapes)))
 

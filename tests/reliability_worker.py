@@ -90,9 +90,9 @@ def gan_config(epochs: int):
 def corpus_config():
     from hyperforget_jax.hyperforget.corpus import CorpusConfig
 
-    return CorpusConfig(num_seeds=2, fleet_size=1, test_fraction=0.5, epochs=1,
-                        forget_classes=(0, 1, 2), save_every_epochs=1, save_every_steps=20,
-                        repair_epochs=1)
+    return CorpusConfig(num_seeds=2, fleet_size=1, test_fraction=0.5, epochs_range=(1, 1),
+                        forget_classes=(0, 1, 2), class_pairs=0, unlearn_epochs=1,
+                        checkpoints=4)
 
 
 def run_corpus(directory: str, kill_mid_shard_write: bool = False) -> None:

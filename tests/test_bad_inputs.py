@@ -116,8 +116,11 @@ def _hyper_spec(**kw):
     from hyperforget_jax.hyperforget import denoiser as DN
     from hyperforget_jax.hyperforget import dihyfo as H
 
+    from conftest import tiny_hyperspec
+
     arch = models.make_architecture("gpt_mlp", (8, 8, 1))
-    return H.HyperSpec(arch=arch, param_scale=1.0, denoiser=DN.DenoiserConfig(), **kw)
+    return H.HyperSpec(arch=arch, weights=tiny_hyperspec(arch).weights,
+                       denoiser=DN.DenoiserConfig(tokens="units"), **kw)
 
 
 def _nan_digits(ctx) -> data.Dataset:
@@ -351,7 +354,7 @@ CLI_CASES = [
         "--forget-class", "4", "--out", o], "trained to forget class 3 only"),
     ("cli-sample-not-a-hypernet", lambda c, o: [
         "sample", "--hypernet", str(c.run), "--run-dir", str(c.run), *DIGITS,
-        "--forget-class", "1", "--out", o], "not a params checkpoint"),
+        "--forget-class", "1", "--out", o], "holds no hypernet.npz"),
     ("cli-sample-wrong-dataset", lambda c, o: [
         "sample", "--hypernet", str(c.root / "dihyfo1"), "--run-dir", str(c.run),
         "--forget-class", "3", "--out", o], "--dataset the model was trained on"),

@@ -1,24 +1,25 @@
-"""Checkpoint corpus: exact trajectories (= fit / run_gradtau), the no-pickle sharded format,
-resumability after a killed build, and per-request metrics."""
+"""Checkpoint corpus: originals equal ``train.fit`` with their recipe, trajectories equal a plain
+masked-distillation loop, the no-pickle sharded format, resumability after a killed build,
+per-request metrics, and the index/shard validation of issue 16 (item 4)."""
 
 import dataclasses
 import json
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hyperforget_jax import data, train
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError
 from hyperforget_jax.hyperforget import corpus as C
-from hyperforget_jax.unlearn import gradtau as GT
 
-CFG = C.CorpusConfig(num_seeds=2, fleet_size=1, test_fraction=0.5, epochs=2,
-                     save_every_epochs=1, save_every_steps=5, repair_epochs=1,
-                     forget_classes=(4, 5), class_pairs=1)
-# Classes 4 and 5 have equal counts in the digits training split: one vmapped ∇τ group, one
-# compilation fewer than two classes of different sizes.
+CFG = C.CorpusConfig(num_seeds=2, first_seed=7, fleet_size=1, test_fraction=0.5,
+                     epochs_range=(2, 3), lr_range=(1e-3, 3e-3), unlearn_epochs=2,
+                     checkpoints=4, forget_classes=(4, 5), class_pairs=1)
 
 
 @pytest.fixture(scope="module")
@@ -31,57 +32,77 @@ def built(tmp_path_factory, digits_splits):
 def test_format_and_index(built):
     out, stats = built
     index = json.loads((out / "index.json").read_text())
-    assert index["format"] == C.FORMAT and index["test_seeds"] == [1]
+    assert index["format"] == C.FORMAT and index["test_seeds"] == [8]
     assert all(s["done"] for s in index["shards"].values()) and len(index["shards"]) == 2
-    assert len(index["metric_columns"]) == 60
-    p = np.load(out / "shard_00000" / "params.npy", mmap_mode="r", allow_pickle=False)
-    assert isinstance(p, np.memmap) and p.dtype == np.float32
+    assert index["trained_tensors"] == [2, 3]           # Dense_1 bias and kernel
     corpus = C.Corpus(out)
     assert corpus.arch.param_count == 64 * 10 + 10 + 10 * 10 + 10
-    assert len(corpus) == stats["checkpoints"] and stats["checkpoints_per_second"] > 0
-    # Per seed: 3 original checkpoints, 3 requests ((4,), (5,), (0, 1)) × ∇τ (+ repair)
-    # trajectories starting at the original, 3 × 3 retrain checkpoints.
     assert corpus.requests == [(4,), (5,), (0, 1)]
-    assert set(corpus.rows[:, 1]) == {0, 1, 2}
-    assert len(corpus.trajectories("gradtau", "train")) == 3
-    assert len(corpus.trajectories("gradtau", "test")) == 3
-    assert len(corpus.trajectories("retrain", "test")) == 3
-    for seed, _, rows in corpus.trajectories("gradtau", "train"):
-        np.testing.assert_array_equal(corpus.params(rows[:1])[0],
-                                      corpus.params([corpus.find(seed, "original")])[0])
-        assert np.all(np.diff(corpus.rows[rows, 3]) > 0)
-    assert int((corpus.rows[:, 1] == 2).sum()) == 2 * 3 * 3
+    assert corpus.originals.shape == (2, 760) and corpus.trajectory.shape[1] == 110
+    # Per seed: 3 requests × 4 checkpoints (geometric in the step, the last at the end).
+    assert len(corpus) == 2 * 3 * 4 and stats["checkpoints"] == len(corpus) + 2
+    steps = sorted(set(corpus.rows[:, 2].tolist()))
+    per_epoch = len(data.batch_indices(0, 0, 1257, 128))
+    assert len(steps) == 4 and steps[-1] == 2 * per_epoch and steps[0] == 1
+    assert len(corpus.trajectories("train")) == 3 and len(corpus.trajectories("test")) == 3
+    for o, _, rows in corpus.trajectories("train"):
+        assert corpus.original_seeds[o] == 7 and np.all(np.diff(corpus.rows[rows, 2]) > 0)
+    p = np.load(out / "shard_00000" / "trajectory.npy", allow_pickle=False)
+    assert p.dtype == np.float32
     with pytest.raises(ConfigError):
         C.CorpusConfig(forget_classes=(3, 3))
+    with pytest.raises(ConfigError, match="lr_range"):
+        C.CorpusConfig(lr_range=(3e-3, 1e-3))
 
 
-def test_trajectories_are_exact(built, digits_splits):
+def test_originals_and_trajectories_are_exact(built, digits_splits):
     out, _ = built
     corpus = C.Corpus(out)
     arch = corpus.arch
-    cfg = dataclasses.replace(CFG.train_config, seed=1)
-    state, _ = train.fit(arch, digits_splits.train, cfg)
-    orig = corpus.params([corpus.find(1, "original")])[0]
-    np.testing.assert_allclose(orig, P_.flatten(state.params), atol=1e-5)
-    # The ∇τ phase (before repair) equals run_gradtau from the same original.
-    fsplit = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(4,)))
-    params, info = GT.run_gradtau(arch, state.params, fsplit, digits_splits.val,
-                                  GT.GradTauConfig(tau_mode="unseen_class"), seed=1,
-                                  forget_classes=(4,))
-    row = corpus.find(1, "gradtau", 0, info["steps"])
-    np.testing.assert_allclose(corpus.params([row])[0], P_.flatten(params), atol=2e-4)
+    lr, epochs = CFG.recipe(7)
+    assert 1e-3 <= lr <= 3e-3 and 2 <= epochs <= 3
+    state, _ = train.fit(arch, digits_splits.train, train.TrainConfig(
+        arch="gpt_mlp", seed=7, lr=lr, epochs=epochs))
+    np.testing.assert_allclose(corpus.original(7), P_.flatten(state.params), atol=1e-5)
+    # Masked self-distillation of the output layer, written as a plain optax loop.
+    x, n = jnp.asarray(digits_splits.train.x), len(digits_splits.train)
+    p0 = state.params
+    teacher = arch.apply(p0, x) - 1e9 * jax.nn.one_hot(4, 10)
+    head = p0["Dense_1"]
+    tx = optax.adamw(CFG.unlearn_lr, weight_decay=CFG.weight_decay)
+    opt = tx.init(head)
+
+    def loss(h, xb, tb):
+        return jnp.mean(optax.softmax_cross_entropy(arch.apply({**p0, "Dense_1": h}, xb),
+                                                    jax.nn.softmax(tb)))
+
+    o, r, rows = corpus.trajectories("train")[0]
+    assert corpus.requests[r] == (4,)
+    want = {}
+    for e in range(CFG.unlearn_epochs):
+        for b in data.batch_indices(7 + 7919, e, n, CFG.unlearn_batch_size):
+            g = jax.grad(loss)(head, x[b], teacher[b])
+            u, opt = tx.update(g, opt, head)
+            head = optax.apply_updates(head, u)
+            want[len(want) + 1] = np.asarray(P_.flatten({"Dense_1": head}))
+    for row in rows:
+        np.testing.assert_allclose(corpus.trajectory[row], want[int(corpus.rows[row, 2])],
+                                   atol=2e-5)
     # Per-request metrics agree with a direct evaluation.
-    m = corpus.request_metrics([row], (4,), "train")
-    logits = arch.apply(params, fsplit.forget.x)
+    m = corpus.request_metrics(rows[-1:], (4,), "train")
+    full = P_.unflatten(jnp.asarray(corpus.params(rows[-1:])[0]), arch.param_shapes())
+    fsplit = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(4,)))
+    logits = arch.apply(full, fsplit.forget.x)
     assert abs(float(m["forget_acc"][0]) - float(np.mean(np.argmax(logits, -1)
                                                        == fsplit.forget.y))) < 1e-5
+    assert float(m["forget_acc"][0]) == 0.0 and float(m["forget_loss"][0]) > 3.0
 
 
 def test_resume_after_kill_and_config_mismatch(built, digits_splits, tmp_path):
     out, _ = built
     copy = tmp_path / "c"
     shutil.copytree(out, copy)
-    before = np.load(copy / "shard_00001" / "params.npy")
+    before = np.load(copy / "shard_00001" / "trajectory.npy")
     # A build killed while writing shard 1: no "done" mark, a stale temporary directory.
     index = json.loads((copy / "index.json").read_text())
     del index["shards"]["00001"]
@@ -89,12 +110,51 @@ def test_resume_after_kill_and_config_mismatch(built, digits_splits, tmp_path):
     shutil.move(copy / "shard_00001", copy / ".shard_00001.tmp")
     stats = C.build_corpus(copy, CFG, digits_splits, "digits", progress=False)
     assert stats["shards_built"] == 1 and stats["shards_skipped"] == 1
-    # The whole-corpus build rate counts the shard built before the "kill" too.
-    assert stats["total_checkpoints"] == len(C.Corpus(copy)) > stats["checkpoints"]
-    assert stats["total_checkpoints_per_second"] > 0
-    np.testing.assert_allclose(np.load(copy / "shard_00001" / "params.npy"), before, atol=1e-6)
+    assert stats["total_checkpoints"] > stats["checkpoints"] > 0
+    np.testing.assert_allclose(np.load(copy / "shard_00001" / "trajectory.npy"), before,
+                               atol=1e-6)
     with pytest.raises(CheckpointError, match="different config"):
-        C.build_corpus(copy, dataclasses.replace(CFG, epochs=3), digits_splits, "digits",
-                       progress=False)
+        C.build_corpus(copy, dataclasses.replace(CFG, unlearn_epochs=3), digits_splits,
+                       "digits", progress=False)
     with pytest.raises(CheckpointError, match="no corpus"):
         C.Corpus(tmp_path / "nothing")
+
+
+def _damage(path, what):
+    index = json.loads((path / "index.json").read_text())
+    shard = path / "shard_00000"
+    if what == "list":
+        index = []
+    elif what == "no-shards":
+        del index["shards"]
+    elif what == "bad-request":
+        index["requests"] = [[42]]
+    elif what == "bad-shard-entry":
+        index["shards"]["00000"]["seeds"] = "seven"
+    elif what == "metrics-shape":
+        np.save(shard / "metrics.npy", np.zeros((3, 7), np.float32))
+    elif what == "rows-shape":
+        np.save(shard / "rows.npy", np.zeros((12, 4), np.int32))
+    elif what == "rows-range":
+        r = np.load(shard / "rows.npy")
+        r[0, 1] = 9
+        np.save(shard / "rows.npy", r)
+    (path / "index.json").write_text(json.dumps(index))
+
+
+@pytest.mark.parametrize("what, match", [
+    ("list", "index.json holds a JSON list"),
+    ("no-shards", "index.json: field 'shards' is missing"),
+    ("bad-request", "field 'requests' holds \\[42\\]"),
+    ("bad-shard-entry", "field 'shards.00000.seeds'"),
+    ("metrics-shape", "metrics.npy has float32 \\(3, 7\\)"),
+    ("rows-shape", "rows.npy has int32 \\(12, 4\\)"),
+    ("rows-range", "refers to originals, requests or steps"),
+])
+def test_damaged_index_or_shard_is_named(built, tmp_path, what, match):
+    out, _ = built
+    copy = tmp_path / "c"
+    shutil.copytree(out, copy)
+    _damage(copy, what)
+    with pytest.raises(CheckpointError, match=match):
+        C.Corpus(copy)

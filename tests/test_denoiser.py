@@ -1,5 +1,5 @@
-"""G.pt denoiser: token layout, zero-initialised output = θ₀, permutation augmentation, and one
-training step with identical numbers under jit, pmap and a sharded mesh."""
+"""G.pt denoiser: token layout, zero-initialised output = no change, the guidance dropout,
+permutation augmentation, and one training step with identical numbers under jit and pmap."""
 
 import jax
 import jax.numpy as jnp
@@ -15,18 +15,20 @@ from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.models import make_architecture
 
 ARCH = make_architecture("gpt_mlp")
-SMALL = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2)
+SPANS = tuple(P_.param_spans(ARCH.param_shapes()))
+SMALL = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, tokens="units")
 
 
 def _model(num_classes=10, config=SMALL, arch=ARCH):
-    chunks = tuple(P_.chunk_spans(arch.param_shapes(), config.max_chunk))
-    return DN.GptDenoiser(chunks, num_scalars=4, num_classes=num_classes, config=config)
+    return DN.GptDenoiser(tuple(P_.param_spans(arch.param_shapes())), (2, 3), config.tokens,
+                          num_scalars=4, target_scalars=(1, 3), num_classes=num_classes,
+                          config=config)
 
 
 @jax.jit
 def _prepare(key, start, target, scalars, classes):
     return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes,
-                            ARCH.param_shapes())
+                            ARCH.param_shapes(), p_uncond=0.5)
 
 
 def _batch(key, permute=True, b=8):
@@ -40,33 +42,83 @@ def _batch(key, permute=True, b=8):
     return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes)
 
 
-def test_token_layout_and_parameter_count():
-    assert len(P_.chunk_spans(ARCH.param_shapes())) == 11
-    model = _model(config=DN.DenoiserConfig())
-    tx = DN.make_hyper_optimizer(DN.HyperTrainConfig())
-    # Shapes only (jax.eval_shape): no compilation of the 3.6M-parameter default model.
-    state = jax.eval_shape(lambda k: DN.init_hyper_state(model, tx, k, ARCH.param_count),
-                           jax.random.key(0))
-    # 11 tokens × (1000 → 128 encoder + 128 → 1000 decoder), 5 scalar projections 257 → 128,
-    # a 10 → 128 request embedding, 28 positions, 2 pre-LN blocks of width 128 and a final LN.
-    n_tok, d, mc = 11, 128, 1000
+def _perturbed(params):
+    """Zero-initialised decoders output nothing: random weights everywhere instead."""
+    leaves, tree = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(2), len(leaves))
+    return jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape)
+                                     for a, k in zip(leaves, keys)])
+
+
+def test_token_layouts_and_parameter_count():
+    units = DN.token_layout(SPANS, [2, 3], "units")
+    # 10 hidden-unit tokens (784 incoming weights, bias, 10 outgoing weights; change input:
+    # the outgoing weights) and 10 class tokens (the output bias); the output kernel's change
+    # is bilinear in unit and class tokens.
+    assert [(g.name, g.start.shape, g.change.shape, g.equivariant) for g in units.groups] == [
+        ("layer0_units", (10, 795), (10, 10), True), ("classes", (10, 1), (10, 1), False)]
+    assert sorted(np.concatenate([g.start.ravel() for g in units.groups])) == list(range(7960))
+    assert sorted(np.r_[units.head.ravel(), units.groups[1].change.ravel()]) == list(range(110))
+    chunks = DN.token_layout(SPANS, [2, 3], "chunks")             # G.pt: 11 + 2 tokens
+    assert [g.start.shape if g.start is not None else g.change.shape
+            for g in chunks.groups] == [(11, 1000), (2, 100)] and chunks.head is None
+    model = _model(config=DN.DenoiserConfig(tokens="units"))
+    shapes = jax.eval_shape(lambda k: DN.init_params(model, k), jax.random.key(0))
+    d, e = 128, 65
     block = 2 * 2 * d + 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
-    want = (n_tok * (mc * d + d) + n_tok * (d * mc + mc) + 5 * (257 * d + d) + (10 * d + d)
-            + 28 * d + 2 * block + 2 * d)
-    assert P_.param_count(state.params) == want
-    assert DN.frequency_embed(jnp.zeros((2, 3))).shape == (2, 3, 257)
+    want = ((795 * d + d) + (10 * d + d) + d                         # unit tokens
+            + 2 * (1 * d + d) + 10 * d + (d + 1) + d                 # class tokens, flag
+            + 2 * d * d                                              # bilinear head
+            + 5 * (e * d + d) + 2 * d + 5 * d                         # scalars
+            + 2 * block + 2 * d)
+    assert P_.param_count(shapes) == want
+    assert DN.frequency_embed(jnp.zeros((2, 3))).shape == (2, 3, 65)
     with pytest.raises(ConfigError):
         DN.DenoiserConfig(width=30, num_heads=4)
+    with pytest.raises(ConfigError, match="unit tokens need an MLP"):
+        DN.token_layout(tuple(P_.param_spans(make_architecture("cnn").param_shapes())), [0],
+                        "units")
 
 
-def test_untrained_model_returns_theta0_exactly():
+def test_unit_tokens_are_permutation_equivariant():
     model = _model()
-    state = DN.init_hyper_state(model, DN.make_hyper_optimizer(DN.HyperTrainConfig()),
-                                jax.random.key(0), ARCH.param_count)
+    params = _perturbed(DN.init_params(model, jax.random.key(0)))
+    b = _batch(jax.random.key(1), permute=False)
+    x = b["target"][:, -110:]
+    apply = jax.jit(model.apply)
+    out = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"])
+    idx = DN.permutation_index(jax.random.key(7), ARCH.param_shapes())
+    cidx = idx[7850:] - 7850                     # the output layer's part of the permutation
+    assert not np.array_equal(cidx, np.arange(110))
+    perm = apply({"params": params}, x[:, cidx], b["start"][:, idx], b["t"], b["scalars"],
+                 b["classes"])
+    np.testing.assert_allclose(perm, out[:, cidx], atol=1e-5)
+
+
+def test_untrained_model_predicts_no_change_and_drop_only_touches_targets():
+    model = _model()
+    params = DN.init_params(model, jax.random.key(0))
     b = _batch(jax.random.key(1))
-    out = jax.jit(model.apply)({"params": state.params}, b["target"], b["start"], b["t"],
-                               b["scalars"], b["classes"])
-    np.testing.assert_array_equal(np.asarray(out), np.asarray(b["start"]))
+    x = b["target"][:, -110:]
+    apply = jax.jit(model.apply)
+    out = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"])
+    np.testing.assert_array_equal(np.asarray(out), np.zeros_like(x))
+    # With non-zero decoders: dropping the targets changes the prediction, and a batch whose
+    # drop flags are all False equals the plain conditional call.
+    params = _perturbed(params)
+    cond = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"])
+    keep = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"],
+                 jnp.zeros(8, bool))
+    drop = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"],
+                 jnp.ones(8, bool))
+    np.testing.assert_array_equal(np.asarray(keep), np.asarray(cond))
+    assert not np.allclose(drop, cond)
+    # The prompt's targets are all a dropped example sees: changing them does nothing.
+    other = b["scalars"].at[:, 1].add(3.0).at[:, 3].add(-2.0)
+    drop2 = apply({"params": params}, x, b["start"], b["t"], other, b["classes"],
+                  jnp.ones(8, bool))
+    np.testing.assert_allclose(drop2, drop, atol=1e-6)
+    assert 0 < int(np.sum(b["drop"])) < 8          # p_uncond = 0.5 in _prepare
 
 
 def test_permuted_network_computes_the_same_function(mnist_splits):
@@ -97,11 +149,11 @@ def test_train_step_jit_and_pmap_agree():
     # a fraction of the compile and run time of the MNIST one.
     arch = make_architecture("gpt_mlp", (8, 8, 1), 10)
     model = _model(config=DN.DenoiserConfig(num_layers=1, width=32, num_heads=2,
-                                            max_chunk=128), arch=arch)
+                                            max_chunk=128, tokens="chunks"), arch=arch)
     cfg = DN.HyperTrainConfig(steps=10)
     tx = DN.make_hyper_optimizer(cfg)
     sched = D.make_schedule()
-    state0 = DN.init_hyper_state(model, tx, jax.random.key(0), arch.param_count)
+    state0 = DN.init_hyper_state(model, tx, jax.random.key(0))
     # Batches built in numpy (what prepare_batch would draw; no eager JAX dispatch). Two
     # steps: the warm-up schedule's lr is 0 at step 0, so step 1 is the first that moves.
     rng, P = np.random.default_rng(0), arch.param_count
@@ -109,11 +161,12 @@ def test_train_step_jit_and_pmap_agree():
     for _ in range(2):
         start = (0.5 * rng.standard_normal((8, P))).astype(np.float32)
         batches.append({"start": start,
-                        "target": start + 0.1 * rng.standard_normal((8, P)).astype(np.float32),
-                        "scalars": (5 * rng.random((8, 4))).astype(np.float32),
+                        "target": rng.standard_normal((8, 110)).astype(np.float32),
+                        "scalars": rng.standard_normal((8, 4)).astype(np.float32),
                         "classes": np.eye(10, dtype=np.float32)[rng.integers(0, 10, 8)],
                         "t": rng.integers(0, 1000, 8).astype(np.int32),
-                        "noise": rng.standard_normal((8, P)).astype(np.float32)})
+                        "noise": rng.standard_normal((8, 110)).astype(np.float32),
+                        "drop": rng.random(8) < 0.5})
 
     step = jax.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay))
     s_jit = state0
@@ -133,4 +186,4 @@ def test_train_step_jit_and_pmap_agree():
     assert_trees_close(s_p.ema_params, s_jit.ema_params, atol=2e-5)
     assert_trees_close(s_p.opt_state, s_jit.opt_state, atol=2e-5)
     # The step moved the zero-initialised decoders away from zero.
-    assert float(jnp.abs(s_jit.params["token_decoder_kernel"]).max()) > 0
+    assert float(jnp.abs(s_jit.params["change_decoder_kernel"]).max()) > 0

@@ -1,8 +1,10 @@
-"""DiHyFo-1 / DiHyFo-2 on a tiny corpus: sample() returns a params pytree the classifier applies
-directly, vmapped sampling equals one-by-one sampling, an untrained hypernetwork returns θ₀,
-requests it was not trained for fail clearly, save/load round-trips, and the CLI samples."""
+"""DiHyFo-1 / DiHyFo-2 on a tiny corpus: training pairs start at their own original, sample()
+returns a params pytree the classifier applies directly, vmapped sampling equals one-by-one
+sampling, guidance weight 0 is the unguided sampler, an untrained hypernetwork returns θ₀,
+requests it was not trained for fail clearly, save/load round-trips, training resumes, and the
+CLI samples."""
 
-import dataclasses
+import json
 
 import jax
 import jax.numpy as jnp
@@ -14,15 +16,15 @@ from hyperforget_jax import params as P_
 from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
 from hyperforget_jax.hyperforget import corpus as C
 from hyperforget_jax.hyperforget import denoiser as DN
+from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget import dihyfo as H
 from hyperforget_jax.models import make_architecture
 
-# Same shapes as test_corpus.py's corpus (fleets of one seed, classes 4 and 5 of equal size, 5
-# steps a chunk): run in one process, the ∇τ and training compilations are reused.
-CORPUS = C.CorpusConfig(num_seeds=3, fleet_size=1, test_fraction=0.34, epochs=2,
-                        save_every_epochs=1, save_every_steps=5, repair_epochs=1,
-                        forget_classes=(4, 5), retrain=False)
-TINY = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, max_chunk=256)
+CORPUS = C.CorpusConfig(num_seeds=3, first_seed=0, fleet_size=3, test_fraction=0.34,
+                        epochs_range=(2, 2), unlearn_epochs=1, checkpoints=4,
+                        forget_classes=(4, 5), class_pairs=1)
+TINY = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, tokens="units")
+TRAIN = DN.HyperTrainConfig(steps=6, batch_size=8)
 
 
 @pytest.fixture(scope="module")
@@ -30,38 +32,41 @@ def setup(tmp_path_factory, digits_splits):
     out = tmp_path_factory.mktemp("hcorpus")
     C.build_corpus(out, CORPUS, digits_splits, "digits", progress=False)
     corpus = C.Corpus(out)
-    net2, hist = H.train_hypernet(corpus, "dihyfo2", denoiser=TINY,
-                                  config=DN.HyperTrainConfig(steps=20, batch_size=8))
-    # DiHyFo-1 only for the request checks: its spec, untrained weights (saves a compilation).
-    spec1 = dataclasses.replace(net2.spec, variant="dihyfo1", forget_class=4,
-                                trained_classes=(4,))
-    net1 = H.Hypernet(spec1, DN.init_hyper_state(spec1.model(), DN.make_hyper_optimizer(
-        DN.HyperTrainConfig()), jax.random.key(0), corpus.arch.param_count).params)
-    start = P_.unflatten(jnp.asarray(corpus.params([corpus.find(2, "original")])[0]),
-                         corpus.arch.param_shapes())
-    return out, corpus, net1, net2, hist, start
+    net2, hist = H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN)
+    start = P_.unflatten(jnp.asarray(corpus.original(2)), corpus.arch.param_shapes())
+    return out, corpus, net2, hist, start
 
 
-def test_pairs_are_forward_in_time_within_one_trajectory(setup):
-    _, corpus, *_ = setup
-    src, scale = H.pair_source(corpus, "dihyfo2", None, None)
-    assert abs(float(src.params.std()) - 0.538) < 1e-3 and scale > 0
-    a, b = H.sample_pairs(np.random.default_rng(0), src, 4000)
-    traj = np.searchsorted(src.starts, a, side="right") - 1
-    assert np.all(a < b) and np.all(b < src.starts[traj] + src.lengths[traj])
-    assert 0.4 < np.mean(a == src.starts[traj]) < 0.7        # half start at the original
-    # Only training runs (seeds 0, 1): 2 seeds × 2 requests.
-    assert len(src.starts) == 4 and corpus.index["test_seeds"] == [2]
-
-
-def test_sample_returns_params_and_vmaps_over_requests(setup, digits_splits):
-    _, corpus, _, net2, hist, start = setup
+def test_pairs_start_at_their_own_original(setup):
+    _, corpus, net2, hist, _ = setup
+    src = H.pair_source(corpus, "dihyfo2", None)
+    # Training runs only (seeds 0, 1): 2 seeds × 3 requests, each its original + 4 checkpoints.
+    assert len(src.trajectories) == 6 and corpus.index["test_seeds"] == [2]
+    assert np.all(src.trajectories[:, 1] == 5)
+    rows = H.sample_pairs(np.random.default_rng(0), src, 4000, endpoint_fraction=0.5)
+    t = np.searchsorted(src.trajectories[:, 0], rows, side="right") - 1
+    first, length, orig = src.trajectories[t].T
+    assert np.all((rows >= first) & (rows < first + length))
+    assert np.all(src.target_original[rows] == orig)
+    assert 0.55 < np.mean(rows == first + length - 1) < 0.65      # 0.5 + 0.5 / 5
+    assert 0.05 < np.mean(rows == first) < 0.15                   # the original itself
+    start, target = H.pair_arrays(src, rows[:8])
+    np.testing.assert_array_equal(start[:, :650], target[:, :650])   # only the head moves
+    # Row 0 of every trajectory is its original: its forget loss is the start's.
+    np.testing.assert_allclose(src.forget_loss[first], src.start_forget[first])
+    spec = net2.spec
+    assert spec.trained_classes == (0, 1, 4, 5) and spec.weights.diffused == [2, 3]
+    assert {n for n, *_ in spec.default_targets} == {1, 2}
     assert len(hist["loss"]) == 1 and np.isfinite(hist["loss"][0])
-    prompts = [H.make_prompt(net2, start, digits_splits.train, (c,)) for c in (4, 5)]
+
+
+def test_sample_returns_params_vmaps_and_is_generative(setup, digits_splits):
+    _, corpus, net2, _, start = setup
+    prompts = [H.make_prompt(net2, start, digits_splits.train, c) for c in ((4,), (0, 1))]
     keys = jax.random.split(jax.random.key(0), 2)
     one = [H.sample(k, net2, start, p, num_steps=4) for k, p in zip(keys, prompts)]
     assert jax.tree.structure(one[0]) == jax.tree.structure(start)
-    logits = corpus.arch.apply(one[0], digits_splits.test.x[:5])
+    logits = corpus.arch.apply(one[1], digits_splits.test.x[:5])     # a two-class request
     assert logits.shape == (5, 10) and np.all(np.isfinite(logits))
     many = H.sample_many(keys, net2, start, H.stack_prompts(prompts), num_steps=4)
     for i in range(2):
@@ -71,56 +76,114 @@ def test_sample_returns_params_and_vmaps_over_requests(setup, digits_splits):
         keys, H.stack_prompts(prompts))
     np.testing.assert_allclose(P_.flatten(jax.tree.map(lambda a: a[1], vm)),
                                P_.flatten(one[1]), atol=1e-5)
-    # Another key gives another network (DDIM is deterministic given the initial noise only).
-    other = H.sample(jax.random.key(9), net2, start, prompts[0], num_steps=4)
-    assert not np.allclose(P_.flatten(other), P_.flatten(one[0]))
+    # Another key gives another network; the first layer is the start's in both.
+    other = P_.flatten(H.sample(jax.random.key(9), net2, start, prompts[0], num_steps=4))
+    assert not np.allclose(other, P_.flatten(one[0]))
+    np.testing.assert_allclose(other[:650], P_.flatten(start)[:650], rtol=1e-5, atol=1e-6)
+
+
+def test_guidance_zero_is_the_unguided_sampler(setup, digits_splits):
+    _, corpus, net2, _, start = setup
+    prompt = H.make_prompt(net2, start, digits_splits.train, (5,))
+    spec, key = net2.spec, jax.random.key(3)
+    # The reference: DDIM over the plain conditional denoiser, written out here.
+    model, sched, tmpl = spec.model(), D.make_schedule(spec.num_train_steps), start
+    theta0 = P_.flatten(start)
+    z0 = spec.weights.encode_start(theta0, corpus.arch.param_shapes())[None]
+    sc = spec.conditions(prompt.forget_start, prompt.forget_target, prompt.retain_start,
+                         prompt.retain_target)[None]
+    fn = lambda x, t: model.apply({"params": net2.params}, x, z0, t, sc, prompt.classes[None])
+    x0 = D.ddim_sample(sched, fn, key, (1, spec.weights.change_size), 4)
+    want = spec.weights.decode_change(x0[0], theta0, corpus.arch.param_shapes())
+    got = H.sample(key, net2, start, prompt, num_steps=4, guidance=0.0)
+    np.testing.assert_allclose(P_.flatten(got), want, atol=1e-6)
+    guided = H.sample(key, net2, start, prompt, num_steps=4, guidance=2.0)
+    assert not np.allclose(P_.flatten(guided), want, atol=1e-6)
+    with pytest.raises(ConfigError, match="guidance"):
+        H.sample(key, net2, start, prompt, guidance=float("nan"))
+    del tmpl
 
 
 def test_untrained_hypernetwork_samples_theta0(setup, digits_splits):
-    _, corpus, _, net2, _, start = setup
-    fresh = DN.init_hyper_state(net2.spec.model(), DN.make_hyper_optimizer(
-        DN.HyperTrainConfig()), jax.random.key(1), corpus.arch.param_count).params
-    net0 = H.Hypernet(net2.spec, fresh)
+    _, corpus, net2, _, start = setup
+    net0 = H.Hypernet(net2.spec, DN.init_params(net2.spec.model(), jax.random.key(1)))
     prompt = H.make_prompt(net0, start, digits_splits.train, (5,))
     for method in ("ddim", "ddpm"):
         out = H.sample(jax.random.key(3), net0, start, prompt, num_steps=4, method=method)
-        np.testing.assert_allclose(P_.flatten(out), P_.flatten(start), atol=1e-6)
+        np.testing.assert_allclose(P_.flatten(out), P_.flatten(start), rtol=1e-5, atol=1e-6)
 
 
 def test_requests_it_was_not_trained_for_raise(setup, digits_splits):
-    _, corpus, net1, net2, _, start = setup
+    _, corpus, net2, _, start = setup
     tr = digits_splits.train
+    spec1 = H.HyperSpec("dihyfo1", corpus.arch, net2.spec.weights, TINY, 4,
+                        scalar_mean=(0.0,) * 3, scalar_std=(1.0,) * 3,
+                        default_targets=((1, 5.0, 0.0),), trained_classes=(4,))
+    net1 = H.Hypernet(spec1, None)
     H.make_prompt(net1, start, tr, (4,))
     with pytest.raises(ForgetRequestError, match="DiHyFo-1 network was trained to forget "
                                                  "class 4 only"):
         H.make_prompt(net1, start, tr, (5,))
     with pytest.raises(ForgetRequestError, match="never saw a request forgetting class 7"):
         H.make_prompt(net2, start, tr, (7,))
-    with pytest.raises(ForgetRequestError, match="trained on requests of \\[1\\] class"):
-        H.make_prompt(net2, start, tr, (4, 5))
+    with pytest.raises(ForgetRequestError, match="trained on requests of \\[1, 2\\] class"):
+        H.make_prompt(net2, start, tr, (0, 4, 5))
     with pytest.raises(ForgetRequestError, match="does not exist"):
         H.make_prompt(net2, start, tr, (10,))
     with pytest.raises(ForgetRequestError, match="empty"):
         H.make_prompt(net2, start, tr, ())
-    # A prompt built by hand for an untrained class is refused by sample() too.
+    with pytest.raises(ForgetRequestError, match="forget target must be a positive finite"):
+        H.make_prompt(net2, start, tr, (4,), forget_target=float("nan"))
+    # A prompt built by hand for an untrained class, or with a NaN target, is refused too.
     good = H.make_prompt(net2, start, tr, (4,))
     bad = good._replace(classes=jnp.asarray(H.multi_hot((7,), 10)))
     with pytest.raises(ForgetRequestError):
         H.sample(jax.random.key(0), net2, start, bad)
+    with pytest.raises(ForgetRequestError, match="retain target"):
+        H.sample(jax.random.key(0), net2, start, good._replace(retain_target=jnp.nan))
     wrong = make_architecture("mlp", (8, 8, 1), 10).init(jax.random.key(0))
-    with pytest.raises(ArchitectureError, match="trained on"):
+    with pytest.raises(ArchitectureError, match="trained on gpt_mlp"):
         H.sample(jax.random.key(0), net2, wrong, good)
     with pytest.raises(ConfigError):
         H.sample(jax.random.key(0), net2, start, good, method="euler")
     with pytest.raises(ConfigError):
-        H.HyperSpec("dihyfo1", corpus.arch, 1.0, TINY)         # DiHyFo-1 needs its class
+        H.HyperSpec("dihyfo1", corpus.arch, net2.spec.weights, TINY)   # needs its class
+    with pytest.raises(ConfigError, match="no trajectory forgetting class 7"):
+        H.train_hypernet(corpus, "dihyfo1", forget_class=7, denoiser=TINY, config=TRAIN)
+    with pytest.raises(ConfigError, match="takes no forget class"):
+        H.train_hypernet(corpus, "dihyfo2", forget_class=4, denoiser=TINY, config=TRAIN)
 
 
-def test_save_load_roundtrip_and_cli_sample(setup, digits_splits, tmp_path, capsys):
-    out, corpus, _, net2, _, start = setup
-    H.save_hypernet(tmp_path / "h" / "hypernet", net2)
-    loaded, _ = H.load_hypernet(tmp_path / "h" / "hypernet")
-    assert loaded.spec == net2.spec
+def test_training_resumes_to_the_same_network(setup, tmp_path, monkeypatch):
+    _, corpus, net2, _, _ = setup
+    ckpt = tmp_path / "state"
+    real = H.sample_pairs
+    calls = {"n": 0}
+
+    def dies_at_step_4(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(H, "sample_pairs", dies_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN, checkpoint_dir=ckpt,
+                         save_every=2)
+    monkeypatch.setattr(H, "sample_pairs", real)
+    resumed, hist = H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN,
+                                     checkpoint_dir=ckpt, save_every=2)
+    assert hist["resumed_at"] == 4
+    for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(net2.params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
+    out, corpus, net2, _, start = setup
+    path = H.save_hypernet(tmp_path / "h", net2, {"history": {"loss": [1.0]}})
+    assert path.name == "hypernet.npz"
+    loaded, meta = H.load_hypernet(tmp_path / "h")
+    assert loaded.spec == net2.spec and meta["history"]["loss"] == [1.0]
     prompt = H.make_prompt(net2, start, digits_splits.train, (5,))
     a = H.sample(jax.random.key(4), net2, start, prompt, num_steps=4)
     b = H.sample(jax.random.key(4), loaded, start, prompt, num_steps=4)
@@ -134,12 +197,39 @@ def test_save_load_roundtrip_and_cli_sample(setup, digits_splits, tmp_path, caps
     saved, meta = checkpoint.load_params(tmp_path / "s" / "params", start)
     np.testing.assert_allclose(P_.flatten(saved), P_.flatten(a), atol=1e-6)
     assert meta["request"]["classes"] == [5]
+    res = json.loads((tmp_path / "s" / "results.json").read_text())
+    for k in ("retain_acc", "forget_acc", "test_acc", "test_acc_kept", "mia_loss_lr"):
+        assert 0.0 <= res["sample"][k] <= 1.0 and k in res["start"]
     capsys.readouterr()
-    bad_argv = [a if a != "5" else "7" for a in argv[:-1]] + [str(tmp_path / "s7")]
-    assert cli.main(bad_argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "never saw a request forgetting class 7" in err[0]
-    # Training DiHyFo-1 for a class the corpus lacks fails with a clear message.
-    with pytest.raises(ConfigError, match="no ∇τ trajectory forgetting class 7"):
-        H.train_hypernet(corpus, "dihyfo1", forget_class=7, denoiser=TINY,
-                         config=dataclasses.replace(DN.HyperTrainConfig(), steps=1))
+
+    def fails(argv, message):
+        try:
+            rc = cli.main(argv)
+        except SystemExit as e:          # argparse's own refusals
+            rc = e.code
+        assert rc == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+    fails([a if a != "5" else "7" for a in argv[:-1]] + [str(tmp_path / "s7")],
+          "never saw a request forgetting class 7")
+    fails(argv[:-1] + [str(tmp_path / "s8"), "--forget-target", "nan"],
+          "argument --forget-target: expected a finite number, got 'nan'")
+    fails(argv[:-1] + [str(tmp_path / "s8"), "--forget-target", "-1"],
+          "--forget-target must be a positive finite loss")
+    assert not (tmp_path / "s8").exists()
+    fails(argv[:-1] + [str(tmp_path / "s8"), "--num-steps", "0"],
+          "SampleConfig.num_steps must be >= 1, got 0")
+    assert not (tmp_path / "s8").exists()
+    fails(["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"), "--variant",
+           "dihyfo2", "--forget-class", "5", "--steps", "1"], "takes no --forget-class")
+    assert not (tmp_path / "t").exists()
+    # A finished hypertrain run rerun with the same flags is a no-op: the file is not rewritten.
+    tiny = ["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"), "--steps", "2",
+            "--layers", "1", "--width", "16", "--heads", "2", "--quiet"]
+    assert cli.main(tiny) == 0
+    first = (tmp_path / "t" / "hypernet.npz").read_bytes()
+    capsys.readouterr()
+    assert cli.main(tiny[:-1]) == 0
+    assert "already trained" in capsys.readouterr().out
+    assert (tmp_path / "t" / "hypernet.npz").read_bytes() == first

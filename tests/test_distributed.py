@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import distributed_worker as W
+from conftest import CompileCounter
 from hyperforget_jax import distributed as dist
 from hyperforget_jax import params as P_
 from hyperforget_jax import train
@@ -105,24 +106,6 @@ def test_initialize_rejects_partial_or_bad_arguments():
         dist.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
 
 
-class _CompileCounter:
-    """Counts XLA backend compilations (not Python-level cache entries)."""
-
-    def __enter__(self):
-        self.n = 0
-
-        def listener(event, duration, **kwargs):
-            if event == "/jax/core/compile/backend_compile_duration":
-                self.n += 1
-
-        self._listener = listener
-        jax.monitoring.register_event_duration_secs_listener(listener)
-        return self
-
-    def __exit__(self, *exc):
-        jax.monitoring.unregister_event_duration_listener(self._listener)
-
-
 def test_gradtau_step_compiles_once_per_shape():
     arch, tx, params, batches = W.problem()
     step = train.jit_step(gradtau.make_gradtau_step(arch.apply, tx))
@@ -132,7 +115,7 @@ def test_gradtau_step_compiles_once_per_shape():
     alphas = [jnp.float32(W.ALPHA / (i + 1)) for i in range(4)]
     device_batches = jax.tree.map(jnp.asarray, batches)
     small = (batches[0][0][0][:8], batches[0][0][1][:8])
-    with _CompileCounter() as c:
+    with CompileCounter() as c:
         for i in range(4):
             # τ and α change every step, batches come as numpy or device arrays: no
             # recompilation. (τ, α are float32 scalars, as run_gradtau passes them; a bare

@@ -107,24 +107,30 @@ def test_run_checkpoint_never_unpickles(arch, payload, tmp_path, which):
 
 
 def _fake_corpus(path: Path, arch) -> None:
-    """A minimal valid corpus (one shard of two rows) in the on-disk format."""
+    """A minimal valid corpus (one shard: one original, two checkpoints) in the format."""
     from hyperforget_jax.hyperforget import corpus as C
 
     shard = path / "shard_00000"
     shard.mkdir(parents=True)
-    n = arch.param_count
-    np.save(shard / "params.npy", np.zeros((2, n), np.float32), allow_pickle=False)
-    np.save(shard / "rows.npy", np.array([[0, 0, -1, 0], [0, 1, 0, 5]], np.int32),
-            allow_pickle=False)
-    np.save(shard / "metrics.npy", np.zeros((2, len(C.metric_columns(10))), np.float32),
-            allow_pickle=False)
-    index = {"format": C.FORMAT, "architecture": arch.to_json(), "requests": [[0]],
-             "test_seeds": [], "shards": {"00000": {"dir": "shard_00000", "done": True}}}
+    k6 = len(C.metric_columns(10))
+    arrays = {"originals": np.zeros((1, arch.param_count), np.float32),
+              "original_metrics": np.zeros((1, k6), np.float32),
+              "trajectory": np.zeros((2, 110), np.float32),
+              "rows": np.array([[0, 0, 1], [0, 0, 5]], np.int32),
+              "metrics": np.zeros((2, k6), np.float32)}
+    for name, a in arrays.items():
+        np.save(shard / f"{name}.npy", a, allow_pickle=False)
+    index = {"format": C.FORMAT, "config": {}, "architecture": arch.to_json(),
+             "requests": [[0]], "trained_tensors": [2, 3],
+             "class_counts": {s: [1] * 10 for s in ("train", "val", "test")},
+             "test_seeds": [], "shards": {"00000": {"dir": "shard_00000", "done": True,
+                                                    "seeds": [0], "rows": 2}}}
     (path / "index.json").write_text(json.dumps(index))
 
 
 @pytest.mark.parametrize("which", ["pickle", "object_npy"])
-@pytest.mark.parametrize("target", ["params.npy", "rows.npy", "metrics.npy"])
+@pytest.mark.parametrize("target", ["originals.npy", "trajectory.npy", "rows.npy",
+                                    "metrics.npy"])
 def test_corpus_never_unpickles(arch, payload, tmp_path, which, target):
     from hyperforget_jax.hyperforget.corpus import Corpus
 
@@ -150,13 +156,22 @@ def test_corpus_index_pickle_is_rejected(arch, payload, tmp_path):
     assert not marker.exists()
 
 
-def test_hypernet_loading_never_unpickles(payload, tmp_path):
+@pytest.mark.parametrize("which", ["pickle", "object_npy", "object_member"])
+def test_hypernet_loading_never_unpickles(arch, payload, tmp_path, which):
+    import io
+    import zipfile
+
     from hyperforget_jax.hyperforget import dihyfo
 
     marker, raw, obj = payload
-    path = tmp_path / "hypernet"
-    save_params(path, {"w": np.ones(3, np.float32)}, {"hypernet": {"variant": "dihyfo2"}})
-    _plant(path, raw)
+    path = tmp_path / "hypernet.npz"
+    if which == "object_member":      # a valid .npz whose one member is an object array
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            z.writestr("__meta__.npy", obj)
+        path.write_bytes(buf.getvalue())
+    else:
+        path.write_bytes(raw if which == "pickle" else obj)
     with pytest.raises(CheckpointError):
         dihyfo.load_hypernet(path)
     assert not marker.exists()

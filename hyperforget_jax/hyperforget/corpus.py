@@ -1,51 +1,57 @@
 """The checkpoint corpus HyperForget learns from (METHODS.md §2, G.pt-style) [ours].
 
-    hyperforget corpus --out runs/corpus --seeds 32          # ≈ 2–4 min on 2 CPU cores
+    hyperforget corpus --out runs/corpus --seeds 256          # resumable; see docs/hyperforget.md
 
-For a fleet of target networks that differ only by seed (trained together with ``vmap``):
+For a fleet of target networks (trained together with ``vmap``):
 
-1. ``original``: the classifier trained on D (``TrainConfig`` recipe, member ``s`` is exactly
-   ``train.fit(arch, splits.train, TrainConfig(seed=s))``), a checkpoint every few epochs;
-2. ``gradtau``: for each forget request (every class; optionally class pairs) ∇τ from the
-   original (``unlearn.gradtau.make_gradtau_step``, vmapped over seeds × requests), checkpoint 0
-   being the original itself. τ: gradtau.py's ``"unseen_class"`` estimate of Retrain's forget
-   loss (−log p_c on kept-class validation images, measured once per member on the original).
-   ∇τ's class-removal default ``"chance"`` (τ = log K) does not forget on G.pt's 10-hidden-unit
-   MLP: measured forget loss 0.1 → 3.9 and forget accuracy 98% → 12% (the momentum overshoot
-   that carries the 256-unit MLP to FA 0 is absent), and a corpus whose trajectories never
-   reach FA 0 cannot teach the hypernetwork FA 0. ``tau_mode`` is configurable.
-   Then a *repair* phase continues the same trajectory [ours]: the same ∇τ step with a constant
-   small α = 0.05 (the ReLU(τ − L_f)² term only guards the forget loss from falling below τ)
-   and a constant lr 1e-3 for 20 forget-epochs. Why: on this MLP ∇τ (unseen_class) reaches
-   FA 0 but costs ~6 points of retain accuracy (measured 96.7 → 90.6%); plain training on D_r
-   restores it but lets the forget accuracy creep back to ~3%;
-3. ``retrain``: the same recipe from the same initialisation on D_r, checkpoints every few epochs.
+1. ``original``: the classifier trained on D with a *per-seed recipe*: learning rate
+   log-uniform in ``lr_range`` and epochs uniform in ``epochs_range`` (AdamW, batch 128, weight
+   decay 1e-4, the batch order of ``train.fit`` for that seed). The default ranges bracket the
+   recipes users train with (``hyperforget train``: lr 1e-3, 20 epochs; issue 13: lr 1e-3..3e-3,
+   10..30 epochs), so a user's network lies inside the corpus distribution. Seeds start at
+   ``first_seed`` = 100,000, far from the seeds users and evaluations pick (0, 1, 2, …), so no
+   evaluation original is ever in the corpus.
+2. ``unlearn``: for each forget request (every class, plus ``class_pairs`` two-class requests)
+   an unlearning trajectory from the original: **masked self-distillation** [ours]. The student
+   starts at the original θ₀ and is trained on every training image (D_r ∪ D_f) towards the
+   original's own softmax with the forgotten classes' logits removed (−∞), updating the output
+   layer only (``unlearn_layers="head"``; ``"all"`` trains every tensor). Measured against
+   Retrain of the same seed and recipe (6 originals × 10 classes, lr 1e-3..3e-3, 10..30 epochs):
+   RA −0.04, TA-kept −0.38 points, FA 0.00% (worst 0.00%), mia_loss_lr +0.003; for comparison
+   ∇τ + repair (the previous corpus) −1.9 points RA, distillation from Retrain itself −0.2, and
+   fine-tuning on D_r alone leaves FA at 8–40% (docs/hyperforget.md, "Corpus endpoints"). It
+   needs no Retrain run, and the change it makes is small and structured (110 of 7,960 values
+   for G.pt's MLP), which is what lets a small hypernetwork reproduce it on unseen networks.
+   Checkpoints are kept at ``checkpoints`` geometrically spaced steps, so the forget loss along
+   a trajectory covers 0.1 → ~10 (the range prompts can ask for).
 
-Every checkpoint stores flat(θ) and, per class, the mean loss and accuracy on the training,
-validation and test sets; the loss/accuracy on D_f and D_r of any request follow from these and
-the class counts (:meth:`Corpus.request_metrics`).
+Every checkpoint stores the trained values and, per class, the mean loss and accuracy on the
+training, validation and test sets; the loss/accuracy on D_f and D_r of any request follow from
+these and the class counts (:meth:`Corpus.request_metrics`).
 
-On-disk format (no pickle; ``np.load(..., allow_pickle=False, mmap_mode="r")`` reads any row
-without loading the rest)::
+On-disk format (no pickle; ``np.load(..., allow_pickle=False, mmap_mode="r")``)::
 
-    <out>/index.json                 config, architecture, requests, columns, shard status
-    <out>/shard_00000/params.npy     float32 (N, P)   flat parameters
-    <out>/shard_00000/rows.npy       int32   (N, 4)   seed, kind (0 original, 1 gradtau,
-                                                      2 retrain), request id (−1: none), step
-    <out>/shard_00000/metrics.npy    float32 (N, 6K)  {train,val,test}_{loss,acc}_{class}
+    <out>/index.json                   config, architecture, requests, columns, trained span,
+                                       per-shard status and recipes
+    <out>/shard_00000/originals.npy    float32 (S, P)   the fleet's original networks
+    <out>/shard_00000/original_metrics.npy  float32 (S, 6K)
+    <out>/shard_00000/trajectory.npy   float32 (N, Q)   trained values (the ``trained`` span)
+    <out>/shard_00000/rows.npy         int32   (N, 3)   original (row in the shard), request,
+                                                        step
+    <out>/shard_00000/metrics.npy      float32 (N, 6K)  {train,val,test}_{loss,acc}_{class}
 
 A shard is one fleet of seeds; it is written to a temporary directory, renamed into place, and
 only then marked done in ``index.json`` (itself replaced atomically), so a killed build resumes
-at the first unfinished shard. The train/test split of the hypernetwork is *by run* (seed):
-the last ``test_fraction`` of the seeds are held out (``index["test_seeds"]``).
+at the first unfinished shard. The hypernetwork's train/test split is *by run*: the last
+``test_fraction`` of the seeds are held out (``index["test_seeds"]``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -56,84 +62,73 @@ import numpy as np
 import optax
 
 from hyperforget_jax import data, report, train
+from hyperforget_jax.config import check_config, field
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from hyperforget_jax.hyperforget import corpus_index as CI
 from hyperforget_jax.models import Architecture, make_architecture
-from hyperforget_jax.unlearn import gradtau as GT
 
-FORMAT = "hyperforget-corpus/1"
-KINDS = ("original", "gradtau", "retrain")
-SPLITS = ("train", "val", "test")
+FORMAT = CI.FORMAT
+SPLITS = CI.SPLITS
+metric_columns = CI.metric_columns
 
 
 @dataclasses.dataclass(frozen=True)
 class CorpusConfig:
-    """What the corpus holds. Defaults: G.pt's MNIST MLP on MNIST-5k, 32 seeds (4 held out),
-    every single-class request, ∇τ with the paper's schedule.
+    """What the corpus holds (module docstring). Defaults: G.pt's MNIST MLP on MNIST-5k.
 
     Attributes:
       arch: target architecture name.
-      num_seeds, first_seed: the runs (seeds first_seed .. first_seed + num_seeds − 1).
+      num_seeds, first_seed: the runs (seeds first_seed .. first_seed + num_seeds − 1) [ours:
+        far from the small seeds evaluations use].
       fleet_size: seeds trained together (one vmapped fleet = one shard).
       test_fraction: share of the seeds held out from hypernetwork training.
-      epochs, batch_size, lr, weight_decay: the original / Retrain recipe (``TrainConfig``).
+      lr_range: (low, high) of the per-seed learning rate, log-uniform [ours: brackets
+        1e-3..3e-3].
+      epochs_range: (low, high) of the per-seed epochs, uniform integers [ours: brackets 10..30].
+      batch_size, weight_decay: the rest of the original's recipe (``TrainConfig``'s defaults).
       forget_classes: the classes of the single-class requests (None: every class).
-      class_pairs: number of two-class requests added to the single-class ones
-        ((0, 1), (2, 3), … then further pairs in lexicographic order).
-      save_every_epochs: checkpoint interval of original and retrain trajectories.
-      save_every_steps: checkpoint interval of ∇τ trajectories (in steps).
-      gradtau_batch_size: batch of both ∇τ streams.
-      tau_mode: ∇τ's τ (``"unseen_class"`` or ``"chance"``; see the module docstring).
-      repair_epochs, repair_lr, repair_alpha: the repair phase appended to each ∇τ trajectory
-        (module docstring): forget-epochs (0: none), constant AdamW lr, constant α.
-      retrain: also store Retrain trajectories (not used by hypernetwork training; the
-        evaluation uses them as the reference).
+      class_pairs: number of two-class requests added to the single-class ones ((0, 1),
+        (2, 3), … then further pairs in a fixed shuffled order), 0..45.
+      unlearn_layers: ``"head"`` (output layer only) or ``"all"``: what the masked
+        self-distillation trains.
+      unlearn_lr, unlearn_epochs, unlearn_batch_size: its AdamW recipe [ours: lr 1e-2 for 20
+        epochs reaches FA 0 and the forget loss of Retrain's order, measured].
+      checkpoints: trajectory checkpoints per request (geometric in the step, the last at the
+        end).
     """
 
-    arch: str = "gpt_mlp"
-    num_seeds: int = 32
-    first_seed: int = 0
-    fleet_size: int = 8
-    test_fraction: float = 0.125
-    epochs: int = 20
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 1e-4
-    forget_classes: tuple[int, ...] | None = None
-    class_pairs: int = 0
-    save_every_epochs: int = 2
-    save_every_steps: int = 2
-    gradtau_batch_size: int = 256
-    tau_mode: str = "unseen_class"
-    repair_epochs: int = 20
-    repair_lr: float = 1e-3
-    repair_alpha: float = 0.05
-    retrain: bool = True
+    arch: str = field("gpt_mlp")
+    num_seeds: int = field(256, ge=2)
+    first_seed: int = field(100_000, ge=0)
+    fleet_size: int = field(32, ge=1)
+    test_fraction: float = field(0.0625, gt=0, lt=1)
+    lr_range: tuple[float, ...] = field((7e-4, 4e-3), gt=0)
+    epochs_range: tuple[int, ...] = field((8, 36), ge=1)
+    batch_size: int = field(128, ge=1)
+    weight_decay: float = field(1e-4, ge=0)
+    forget_classes: tuple[int, ...] | None = field(None, ge=0)
+    class_pairs: int = field(20, ge=0, le=45)
+    unlearn_layers: str = field("head", choices=("head", "all"))
+    unlearn_lr: float = field(1e-2, gt=0)
+    unlearn_epochs: int = field(20, ge=1)
+    unlearn_batch_size: int = field(128, ge=1)
+    checkpoints: int = field(16, ge=1)
 
     def __post_init__(self):
-        if self.num_seeds < 2 or self.fleet_size < 1:
-            raise ConfigError(f"a corpus needs >= 2 seeds and fleet_size >= 1, got "
-                              f"{self.num_seeds}, {self.fleet_size}")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"test_fraction must lie in (0, 1), got {self.test_fraction}")
-        if min(self.epochs, self.save_every_epochs, self.save_every_steps) < 1:
-            raise ConfigError("epochs and checkpoint intervals must be >= 1")
-        if not 0 <= self.class_pairs <= 45:
-            raise ConfigError(f"class_pairs must lie in [0, 45], got {self.class_pairs}")
-        if self.forget_classes is not None:
-            fc = tuple(int(c) for c in self.forget_classes)
-            if not fc or len(set(fc)) != len(fc) or min(fc) < 0:
-                raise ConfigError(f"forget_classes must be distinct class ids >= 0, got "
-                                  f"{self.forget_classes}")
-            object.__setattr__(self, "forget_classes", fc)
-        if self.tau_mode not in ("unseen_class", "chance"):
-            raise ConfigError(f"corpus tau_mode must be 'unseen_class' or 'chance', got "
-                              f"{self.tau_mode!r}")
-
-    @property
-    def train_config(self) -> train.TrainConfig:
-        return train.TrainConfig(arch=self.arch, epochs=self.epochs, batch_size=self.batch_size,
-                                 lr=self.lr, weight_decay=self.weight_decay)
+        if type(self.num_seeds) is int and self.num_seeds < 2:
+            raise ConfigError(f"CorpusConfig.num_seeds: a corpus needs >= 2 seeds (some are held "
+                              f"out of hypernetwork training), got {self.num_seeds}")
+        check_config(self)
+        for name in ("lr_range", "epochs_range"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise ConfigError(f"CorpusConfig.{name} must be two values LOW HIGH with "
+                                  f"LOW <= HIGH, got {lo_hi}")
+        fc = self.forget_classes
+        if fc is not None and (not fc or len(set(fc)) != len(fc)):
+            raise ConfigError(f"CorpusConfig.forget_classes must be distinct class ids, got "
+                              f"{fc}")
 
     @property
     def seeds(self) -> list[int]:
@@ -144,30 +139,49 @@ class CorpusConfig:
         n = max(1, int(round(self.test_fraction * self.num_seeds)))
         return self.seeds[-n:]
 
+    def recipe(self, seed: int) -> tuple[float, int]:
+        """(learning rate, epochs) of one seed's original, drawn from the seed alone."""
+        rng = np.random.default_rng([seed, 0x5EED])
+        lo, hi = np.log(self.lr_range[0]), np.log(self.lr_range[1])
+        lr = float(np.exp(rng.uniform(lo, hi)))
+        return float(np.float32(lr)), int(rng.integers(self.epochs_range[0],
+                                                       self.epochs_range[1] + 1))
+
     def requests(self, num_classes: int) -> list[tuple[int, ...]]:
-        if self.forget_classes is not None and max(self.forget_classes) >= num_classes:
-            raise ConfigError(f"forget_classes {list(self.forget_classes)}: the data has "
-                              f"classes 0..{num_classes - 1} only")
-        singles = [(c,) for c in (range(num_classes) if self.forget_classes is None
-                                  else self.forget_classes)]
-        disjoint = [(c, c + 1) for c in range(0, num_classes - 1, 2)]
-        rest = [(a, b) for a in range(num_classes) for b in range(a + 1, num_classes)
-                if (a, b) not in disjoint]
-        return singles + (disjoint + rest)[: self.class_pairs]
+        return CI.requests(self.forget_classes, self.class_pairs, num_classes)
 
     def to_json(self) -> dict:
         # Through JSON, so that tuples compare equal to the lists read back from index.json.
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
-def metric_columns(num_classes: int) -> list[str]:
-    return [f"{s}_{m}_{c}" for s in SPLITS for m in ("loss", "acc") for c in range(num_classes)]
+def trained_span(arch: Architecture, layers: str) -> list[int]:
+    """Tensor ids (flat order) the corpus's unlearning trains: ``"all"``, or ``"head"``: the
+    output layer, i.e. the tensors of the last top-level module in natural name order
+    (``Dense_1`` of G.pt's MLP, ``Dense_2`` of the 256-256 MLP)."""
+    template = arch.param_shapes()
+    leaves = jax.tree_util.tree_leaves_with_path(template)
+    if layers == "all":
+        return list(range(len(leaves)))
+    top = [str(getattr(path[0], "key", path[0])) for path, _ in leaves]
+
+    def natural(name):
+        m = re.match(r"(.*?)(\d+)$", name)
+        return (m.group(1), int(m.group(2))) if m else (name, -1)
+
+    last = max(set(top), key=natural)
+    return [i for i, t in enumerate(top) if t == last]
+
+
+def span_index(arch: Architecture, tensors: list[int]) -> np.ndarray:
+    spans = P_.param_spans(arch.param_shapes())
+    return np.concatenate([np.arange(spans[i].start, spans[i].stop) for i in tensors])
 
 
 # --- per-checkpoint metrics ------------------------------------------------------------------
 
 def make_metrics_fn(arch: Architecture, splits: data.Splits):
-    """Jitted ``flat (M, P) -> (M, 6K)``: per-class mean loss and accuracy on train/val/test."""
+    """``flat (M, P) -> (M, 6K)``: per-class mean loss and accuracy on train/val/test."""
     template = arch.param_shapes()
     k = arch.num_classes
     sets = [(jnp.asarray(ds.x), jnp.asarray(ds.y)) for ds in splits]
@@ -200,154 +214,200 @@ def make_metrics_fn(arch: Architecture, splits: data.Splits):
 
 # --- building one shard ----------------------------------------------------------------------
 
-def _flat(params) -> np.ndarray:
-    return np.asarray(jax.vmap(P_.flatten)(params))
+def _adamw(weight_decay: float):
+    # The learning rate is state (one per fleet member), so members with different recipes
+    # share one vmapped program.
+    return optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3,
+                                                 weight_decay=weight_decay)
 
 
-def _train_trajectories(arch, cfg, x, y, init_params, member_seeds, member_idx_sets, every):
-    """Vmapped training of members (seed, index set into x): returns [(epoch, flat (M, P))]."""
-    tx = train.make_optimizer(cfg)
-    # A copy: the compiled fleet epoch (train.fit_fleet's, shared by every shard) donates it.
-    state = jax.vmap(lambda p: train.init_state(arch, tx, None, p))(
-        jax.tree.map(jnp.copy, init_params))
-    run = train.compiled_epoch(arch, (cfg.lr, cfg.weight_decay), True)
-    saved = [(0, _flat(state.params))]
-    for epoch in range(cfg.epochs):
-        idx = np.stack([s_idx[data.batch_indices(s, epoch, len(s_idx), cfg.batch_size)]
-                        for s, s_idx in zip(member_seeds, member_idx_sets)])
-        first = int(state.step[0])
-        state, m = run(state, x, y, jnp.asarray(idx))
-        train.raise_if_nonfinite(m["finite"], first, epoch)
-        if (epoch + 1) % every == 0 or epoch + 1 == cfg.epochs:
-            saved.append((epoch + 1, _flat(state.params)))
-    return saved
+def _with_lr(opt_state, lrs):
+    hp = dict(opt_state.hyperparams)
+    hp["learning_rate"] = jnp.asarray(lrs, jnp.float32)
+    return opt_state._replace(hyperparams=hp)
 
 
-@functools.lru_cache(maxsize=64)
-def _gradtau_chunk_fn(arch: Architecture, total_steps: int, lr: float, weight_decay: float,
-                      final_lr_fraction: float, repair_lr: float | None):
-    """(optimiser, jitted ``chunk(state, x, y, f_idx, r_idx, alphas, taus)``): a few ∇τ steps
-    of every member under ``lax.scan`` (members vmapped). Cached, so that every shard reuses
-    the compilation; ``repair_lr`` set: the repair phase's constant-lr AdamW."""
-    if repair_lr is not None:
-        tx = optax.adamw(repair_lr, weight_decay=weight_decay)
-    else:
-        tx = GT.make_gradtau_optimizer(total_steps, lr, weight_decay, final_lr_fraction)
-    step = GT.make_gradtau_step(arch.apply, tx)
+def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[float, int]],
+                index_sets: list[np.ndarray] | None = None, batch_size: int = 128,
+                weight_decay: float = 1e-4) -> np.ndarray:
+    """Trains one network per member in one vmapped program and returns them flat, (M, P).
 
-    def member(s, x, y, fi, ri, tau, a):
-        return step(s, (x[fi], y[fi]), (x[ri], y[ri]), tau, a)
+    Member m is ``train.fit(arch, data[index_sets[m]], TrainConfig(seed=seeds[m],
+    lr=recipes[m][0], epochs=recipes[m][1]))``: same initialisation (``key(seed)``) and batch
+    order; the learning rate enters as optimiser state (one program for every recipe), which
+    changes float rounding only. ``index_sets`` (default: all of ``x``) may differ in size
+    (e.g. Retrain on D_r of different requests): a member stops at the end of its own epoch.
+    """
+    m_ = len(seeds)
+    index_sets = index_sets or [np.arange(len(x))] * m_
+    tx = _adamw(weight_decay)
+    params = jax.vmap(arch.init)(jnp.stack([jax.random.key(s) for s in seeds]))
+    opt = _with_lr(jax.vmap(tx.init)(params), [r[0] for r in recipes])
+
+    def loss(p, xb, yb):
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(arch.apply(p, xb), yb))
+
+    def member(p, o, bi, active):
+        u, o2 = tx.update(jax.grad(loss)(p, x[bi], y[bi]), o, p)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
+        return keep(optax.apply_updates(p, u), p), keep(o2, o)
 
     @jax.jit
-    def chunk(state, x, y, fi, ri, a, taus):
-        return jax.lax.scan(lambda s, inp: jax.vmap(
-            member, in_axes=(0, None, None, 0, 0, 0, None))(s, x, y, inp[0], inp[1], taus,
-                                                             inp[2]), state, (fi, ri, a))
+    def epoch(p, o, idx, active):
+        return jax.lax.scan(lambda c, i: (jax.vmap(member)(*c, *i), None), (p, o),
+                            (idx, active))[0]
 
-    return tx, chunk
+    for e in range(max(r[1] for r in recipes)):
+        per = [ix[data.batch_indices(s, e, len(ix), batch_size)]
+               for s, ix in zip(seeds, index_sets)]
+        nb = max(len(b) for b in per)
+        idx = np.zeros((nb, m_, batch_size), np.int32)
+        active = np.zeros((nb, m_), bool)
+        for m, (b, r) in enumerate(zip(per, recipes)):
+            idx[:len(b), m] = b
+            active[:len(b), m] = e < r[1]
+        params, opt = epoch(params, opt, jnp.asarray(idx), jnp.asarray(active))
+    flat = np.asarray(jax.vmap(P_.flatten)(params))
+    if not np.isfinite(flat).all():
+        raise NonFiniteError("a fleet member became non-finite; lower its learning rate")
+    return flat
 
 
-def _gradtau_trajectories(arch, ccfg, x, y, init_flat, member_seeds, forget_sets, retain_sets,
-                          taus, repair=False):
-    """Vmapped ∇τ over members of equal |D_f|, |D_r|: returns [(step, flat (M, P))].
+def train_originals(arch: Architecture, ccfg: CorpusConfig, x, y, seeds: list[int]
+                    ) -> np.ndarray:
+    """The fleet's originals, (S, P): :func:`train_fleet` with each seed's recipe."""
+    return train_fleet(arch, x, y, seeds, [ccfg.recipe(s) for s in seeds], None,
+                       ccfg.batch_size, ccfg.weight_decay)
 
-    ``repair``: the second phase (constant α = ``repair_alpha``, constant lr ``repair_lr``,
-    ``repair_epochs`` forget-epochs) instead of the paper's schedule."""
-    cfg = GT.GradTauConfig(batch_size=ccfg.gradtau_batch_size)
-    nf, nr = len(forget_sets[0]), len(retain_sets[0])
-    plans = [GT.plan_batches(nf, nr, cfg.batch_size, ccfg.repair_epochs if repair else None, s)
-             for s in member_seeds]
-    E, nb = plans[0][2], plans[0][0].shape[1]
-    T = E * nb
-    f_idx = np.stack([fs[p[0].reshape(T, -1)] for fs, p in zip(forget_sets, plans)], 1)
-    r_idx = np.stack([rs[p[1].reshape(T, -1)] for rs, p in zip(retain_sets, plans)], 1)
-    if repair:
-        alphas = np.full(T, ccfg.repair_alpha, np.float32)
+
+def checkpoint_steps(total: int, count: int) -> np.ndarray:
+    """``count`` distinct steps in [1, total], geometrically spaced, ending at ``total``."""
+    return np.unique(np.round(np.geomspace(1, total, count)).astype(int))
+
+
+def head_features(arch: Architecture, head: str):
+    """``f(params, x) -> (inputs of the head module, logits)`` by Flax method interception, for
+    an output layer that is a Dense (``kernel``, ``bias``): with every other tensor frozen, the
+    head's inputs are fixed, so the masked self-distillation of the head is a softmax
+    regression on them (thousands of times cheaper than a forward pass per step)."""
+    import flax.linen as nn
+
+    module = getattr(arch, "module", None)
+    if not isinstance(module, nn.Module):
+        raise ConfigError(f"unlearn_layers='head' needs a Flax module; {arch.name} has none: "
+                          "use unlearn_layers='all'")
+
+    def run(params, x):
+        cap = {}
+
+        def grab(next_fun, args, kwargs, context):
+            if context.method_name == "__call__" and context.module.name == head:
+                cap["x"] = args[0]
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(grab):
+            logits = module.apply({"params": params}, x)
+        if "x" not in cap or set(params[head]) != {"kernel", "bias"}:
+            raise ConfigError(f"{arch.name}'s output module {head!r} is not a Dense layer "
+                              "called on one input; use unlearn_layers='all'")
+        return cap["x"].reshape(x.shape[0], -1), logits
+
+    return run
+
+
+def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: np.ndarray,
+                         seeds: list[int], requests: list[tuple[int, ...]]
+                         ) -> tuple[list[int], np.ndarray]:
+    """Masked self-distillation (module docstring) for every (original, request), vmapped.
+
+    Returns (steps, values): values (len(steps), S·R, Q) of the trained span at each step;
+    member m is original m // R, request m % R."""
+    k = arch.num_classes
+    tmpl = arch.param_shapes()
+    tensors = trained_span(arch, ccfg.unlearn_layers)
+    idx = jnp.asarray(span_index(arch, tensors))
+    s_, r_ = len(seeds), len(requests)
+    f0 = jnp.asarray(originals)
+    masks = jnp.asarray(np.stack([np.isin(np.arange(k), r) for r in requests]), jnp.float32)
+    if ccfg.unlearn_layers == "head":
+        head = str(getattr(jax.tree_util.tree_leaves_with_path(tmpl)[tensors[0]][0][0], "key"))
+        feats = head_features(arch, head)
+        inputs, teacher = jax.jit(jax.vmap(lambda f: feats(P_.unflatten(f, tmpl), x)))(f0)
+        nb = int(np.prod(tmpl[head]["bias"].shape))
+
+        def student(q, orig_i, bi):       # flat order of a Dense: bias, then kernel
+            return inputs[orig_i, bi] @ q[nb:].reshape(-1, nb) + q[:nb]
     else:
-        alpha0, _ = GT.initial_alpha(nf, nf + nr, cfg.alpha_scale, cfg.alpha_max)
-        alphas = GT.alpha_schedule(alpha0, T)
-    tx, chunk = _gradtau_chunk_fn(arch, T, cfg.lr, cfg.weight_decay, cfg.final_lr_fraction,
-                                  ccfg.repair_lr if repair else None)
-    template = arch.param_shapes()
-    state = jax.vmap(lambda f: train.init_state(arch, tx, None, P_.unflatten(f, template)))(
-        jnp.asarray(init_flat))
+        teacher = jax.jit(jax.vmap(lambda f: arch.apply(P_.unflatten(f, tmpl), x)))(f0)
 
-    saved = [(0, np.asarray(init_flat))]
-    for lo in range(0, T, ccfg.save_every_steps):
-        hi = min(T, lo + ccfg.save_every_steps)
-        state, m = chunk(state, x, y, jnp.asarray(f_idx[lo:hi]), jnp.asarray(r_idx[lo:hi]),
-                         jnp.asarray(alphas[lo:hi]), jnp.asarray(taus, jnp.float32))
-        if not np.asarray(m["finite"]).all():
-            raise NonFiniteError(f"∇τ produced non-finite parameters in steps {lo}..{hi}; "
-                                 "lower the ∇τ learning rate")
-        saved.append((hi, _flat(state.params)))
-    return saved
+        def student(q, orig_i, bi):
+            return arch.apply(P_.unflatten(f0[orig_i].at[idx].set(q), tmpl), x[bi])
+
+    tx = _adamw(ccfg.weight_decay)
+
+    def member_loss(q, orig_i, req_i, bi):
+        target = jax.nn.softmax(teacher[orig_i, bi] - 1e9 * masks[req_i])
+        return jnp.mean(optax.softmax_cross_entropy(student(q, orig_i, bi), target))
+
+    def member(q, o, orig_i, req_i, bi):
+        u, o = tx.update(jax.grad(member_loss)(q, orig_i, req_i, bi), o, q)
+        return optax.apply_updates(q, u), o
+
+    oi = jnp.asarray(np.repeat(np.arange(s_), r_))
+    ri = jnp.asarray(np.tile(np.arange(r_), s_))
+    n, bs = len(x), ccfg.unlearn_batch_size
+    per_epoch = data.batch_indices(0, 0, n, bs).shape[0]
+    total = per_epoch * ccfg.unlearn_epochs
+    keep = checkpoint_steps(total, ccfg.checkpoints)
+
+    @jax.jit
+    def segment(q, o, batches):       # a run of steps between two checkpoints
+        return jax.lax.scan(lambda c, b: (jax.vmap(member)(*c, oi, ri, b), None), (q, o),
+                            batches)[0]
+
+    q = f0[oi][:, idx]
+    opt = _with_lr(jax.vmap(tx.init)(q), np.full(s_ * r_, ccfg.unlearn_lr))
+    member_seeds = np.repeat(np.asarray(seeds), r_) + 7919 * (np.tile(np.arange(r_), s_) + 1)
+    plan = np.concatenate([np.stack([data.batch_indices(int(ms), e, n, bs)
+                                     for ms in member_seeds], 1)
+                           for e in range(ccfg.unlearn_epochs)])     # (total, S·R, bs)
+    out, done = [], 0
+    for t in keep:
+        q, opt = segment(q, opt, jnp.asarray(plan[done:t]))
+        done = int(t)
+        arr = np.asarray(q)
+        if not np.isfinite(arr).all():
+            raise NonFiniteError(f"corpus unlearning became non-finite by step {t}; lower "
+                                 "unlearn_lr")
+        out.append(arr)
+    return [int(t) for t in keep], np.stack(out)
 
 
 def build_shard(arch: Architecture, ccfg: CorpusConfig, splits: data.Splits, seeds: list[int],
                 metrics_fn=None) -> dict[str, np.ndarray]:
-    """All trajectories of one fleet of seeds: ``{"params", "rows", "metrics"}`` arrays."""
-    cfg = ccfg.train_config
-    k = arch.num_classes
+    """All networks of one fleet of seeds: the arrays of one shard (module docstring)."""
     x, y = jnp.asarray(splits.train.x), jnp.asarray(splits.train.y)
-    n = len(splits.train)
-    requests = ccfg.requests(k)
-    fsplits = [data.resolve_forget(splits.train, data.ForgetRequest(classes=r))
-               for r in requests]
-    inits = jax.vmap(arch.init)(jnp.stack([jax.random.key(s) for s in seeds]))
-    rows, flats = [], []
-
-    def add(kind, req, saved, member_seeds):
-        for step_, flat in saved:
-            flats.append(flat)
-            rows.append(np.stack([np.asarray(member_seeds), np.full(len(member_seeds), kind),
-                                  np.asarray(req), np.full(len(member_seeds), step_)], 1))
-
-    orig = _train_trajectories(arch, cfg, x, y, inits, seeds, [np.arange(n)] * len(seeds),
-                               ccfg.save_every_epochs)
-    add(0, [-1] * len(seeds), orig, seeds)
-    final = orig[-1][1]
-    # Members of one vmapped group share |D_f| and |D_r| (equal shapes).
-    groups: dict[tuple[int, int], list[int]] = {}
-    for r, fs in enumerate(fsplits):
-        groups.setdefault((len(fs.forget_idx), len(fs.retain_idx)), []).append(r)
-    for reqs in groups.values():
-        m_seed = [s for r in reqs for s in seeds]
-        m_req = [r for r in reqs for _ in seeds]
-        m_pos = [i for _ in reqs for i in range(len(seeds))]
-        template = arch.param_shapes()
-        taus = [GT.compute_tau(ccfg.tau_mode, arch.apply, P_.unflatten(jnp.asarray(final[i]),
-                                                                        template),
-                               splits.val, requests[r]) for i, r in zip(m_pos, m_req)]
-        gt = _gradtau_trajectories(arch, ccfg, x, y, final[m_pos], m_seed,
-                                   [fsplits[r].forget_idx for r in m_req],
-                                   [fsplits[r].retain_idx for r in m_req], taus)
-        if ccfg.repair_epochs:
-            T = gt[-1][0]
-            rep = _gradtau_trajectories(arch, ccfg, x, y, gt[-1][1],
-                                        [s_ + 100_003 for s_ in m_seed],
-                                        [fsplits[r].forget_idx for r in m_req],
-                                        [fsplits[r].retain_idx for r in m_req], taus,
-                                        repair=True)
-            gt += [(T + st, f) for st, f in rep[1:]]
-        add(1, m_req, gt, m_seed)
-        if not ccfg.retrain:
-            continue
-        init_m = jax.tree.map(lambda a: a[np.asarray(m_pos)], inits)
-        rt = _train_trajectories(arch, cfg, x, y, init_m, m_seed,
-                                 [fsplits[r].retain_idx for r in m_req], ccfg.save_every_epochs)
-        add(2, m_req, rt, m_seed)
-    params = np.concatenate(flats).astype(np.float32)
+    requests = ccfg.requests(arch.num_classes)
+    originals = train_originals(arch, ccfg, x, y, seeds)
+    steps, values = unlearn_trajectories(arch, ccfg, x, originals, seeds, requests)
+    r_ = len(requests)
+    # rows: one per (step, member), members ordered (original, request).
+    t_, m_ = values.shape[:2]
+    rows = np.stack([np.tile(np.repeat(np.arange(len(seeds)), r_), t_),
+                     np.tile(np.tile(np.arange(r_), len(seeds)), t_),
+                     np.repeat(np.asarray(steps), m_)], 1).astype(np.int32)
+    traj = values.reshape(t_ * m_, -1).astype(np.float32)
     metrics_fn = metrics_fn or make_metrics_fn(arch, splits)
-    return {"params": params, "rows": np.concatenate(rows).astype(np.int32),
-            "metrics": metrics_fn(params).astype(np.float32)}
+    idx = span_index(arch, trained_span(arch, ccfg.unlearn_layers))
+    full = originals[rows[:, 0]].copy()
+    full[:, idx] = traj
+    return {"originals": originals.astype(np.float32),
+            "original_metrics": metrics_fn(originals).astype(np.float32),
+            "trajectory": traj, "rows": rows,
+            "metrics": metrics_fn(full).astype(np.float32)}
 
 
 # --- the resumable build -----------------------------------------------------------------------
-
-def _index_path(out: Path) -> Path:
-    return out / "index.json"
-
 
 def _new_index(arch: Architecture, ccfg: CorpusConfig, splits: data.Splits, dataset: str,
                split_seed: int) -> dict:
@@ -355,7 +415,7 @@ def _new_index(arch: Architecture, ccfg: CorpusConfig, splits: data.Splits, data
     return {"format": FORMAT, "config": ccfg.to_json(), "architecture": arch.to_json(),
             "dataset": dataset, "split_seed": split_seed,
             "requests": [list(r) for r in ccfg.requests(k)],
-            "kinds": list(KINDS), "row_columns": ["seed", "kind", "request", "step"],
+            "trained_tensors": trained_span(arch, ccfg.unlearn_layers),
             "metric_columns": metric_columns(k),
             "class_counts": {s: np.bincount(ds.y, minlength=k).tolist()
                              for s, ds in zip(SPLITS, splits)},
@@ -387,8 +447,8 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     arch = make_architecture(ccfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     out = report.prepare_dir(out_dir)
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
-    if _index_path(out).exists():
-        old = _read_index(out)
+    if CI.index_path(out).exists():
+        old = CI.read_index(out)
         for key in ("format", "config", "architecture", "requests", "class_counts"):
             if old.get(key) != index[key]:
                 raise CheckpointError(f"{out} holds a corpus built with a different {key}; "
@@ -397,7 +457,7 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     seeds = ccfg.seeds
     fleets = [seeds[i:i + ccfg.fleet_size] for i in range(0, len(seeds), ccfg.fleet_size)]
     todo = [i for i in range(len(fleets)) if not index["shards"].get(f"{i:05d}", {}).get("done")]
-    report.write_json(_index_path(out), index)
+    report.write_json(CI.index_path(out), index)
     t0, count = time.perf_counter(), 0
     metrics_fn = make_metrics_fn(arch, splits)
     bar = None
@@ -416,11 +476,13 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
             np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
         shutil.rmtree(out / name, ignore_errors=True)
         os.replace(tmp, out / name)
-        n = len(arrays["rows"])
+        n = len(arrays["rows"]) + len(arrays["originals"])
         count += n
-        index["shards"][f"{i:05d}"] = {"dir": name, "seeds": fleets[i], "rows": n, "done": True,
-                                       "seconds": round(time.perf_counter() - ts, 2)}
-        report.write_json(_index_path(out), index)
+        index["shards"][f"{i:05d}"] = {
+            "dir": name, "seeds": fleets[i], "rows": len(arrays["rows"]), "done": True,
+            "recipes": [list(ccfg.recipe(s)) for s in fleets[i]],
+            "seconds": round(time.perf_counter() - ts, 2)}
+        report.write_json(CI.index_path(out), index)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(ckpt_per_s=f"{count / (time.perf_counter() - t0):.0f}")
@@ -428,127 +490,108 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
         bar.close()
     secs = time.perf_counter() - t0
     done = [v for v in index["shards"].values() if v.get("done")]
-    all_n, all_s = sum(v["rows"] for v in done), sum(v["seconds"] for v in done)
+    all_n = sum(v["rows"] + len(v["seeds"]) for v in done)
+    all_s = sum(v["seconds"] for v in done)
     return {"checkpoints": count, "seconds": secs,
             "checkpoints_per_second": count / secs if count else 0.0,
             "shards_built": len(todo), "shards_skipped": len(fleets) - len(todo),
-            # The whole corpus, from the per-shard build times in the index (also meaningful
-            # when this call resumed or found every shard done).
             "total_checkpoints": all_n, "total_build_seconds": all_s,
             "total_checkpoints_per_second": all_n / all_s if all_s else 0.0}
-
-
-def _read_index(path: Path) -> dict:
-    try:
-        index = json.loads(_index_path(path).read_text())
-    except FileNotFoundError as e:
-        raise CheckpointError(f"no corpus in {path} (index.json missing); build one with "
-                              f"`hyperforget corpus --out {path}`") from e
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}/index.json is corrupt ({e}); rebuild the corpus") from e
-    if index.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} corpus (format "
-                              f"{index.get('format')!r})")
-    return index
 
 
 # --- reading -------------------------------------------------------------------------------------
 
 class Corpus:
-    """Read-only view of a built corpus; parameters stay memory-mapped.
+    """Read-only view of a built corpus.
 
     Attributes:
-      index: the JSON index.
+      index: the JSON index (validated against its schema).
       arch: the target :class:`Architecture`.
-      rows: int32 (N, 5): seed, kind, request, step, shard (all completed shards).
-      metrics: float32 (N, 6K) per-class metrics (small, loaded).
+      originals: float32 (S, P) every original network; ``original_seeds`` (S,) their seeds;
+        ``original_metrics`` (S, 6K).
+      rows: int32 (N, 4): original (global row of ``originals``), request, step, seed.
+      metrics: float32 (N, 6K) per-class metrics of every trajectory checkpoint.
     """
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path).expanduser().absolute()
-        self.index = _read_index(self.path)
+        self.index = CI.read_index(self.path)
         self.arch = Architecture.from_json(self.index["architecture"])
-        self._params, rows, metrics = [], [], []
-        done = [v for _, v in sorted(self.index["shards"].items()) if v.get("done")]
-        if not done:
-            raise CheckpointError(f"corpus {self.path} has no completed shard; run "
-                                  f"`hyperforget corpus --out {self.path}` to (re)build it")
-        for sid, sh in enumerate(done):
-            d = self.path / sh["dir"]
-            try:
-                p = np.load(d / "params.npy", mmap_mode="r", allow_pickle=False)
-                r = np.load(d / "rows.npy", allow_pickle=False)
-                m = np.load(d / "metrics.npy", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise CheckpointError(f"corpus shard {d} is unreadable ({e}); delete it and its "
-                                      "entry in index.json, then resume the build") from e
-            if p.shape != (len(r), self.arch.param_count) or len(m) != len(r):
-                raise CheckpointError(f"corpus shard {d} is truncated: params {p.shape}, rows "
-                                      f"{r.shape}, metrics {m.shape}; rebuild it")
-            self._params.append(p)
-            rows.append(np.concatenate([r, np.full((len(r), 1), sid, np.int32)], 1))
-            metrics.append(m)
-        self.rows = np.concatenate(rows)
-        self.metrics = np.concatenate(metrics)
-        self._offsets = np.cumsum([0] + [len(p) for p in self._params])
         self.requests = [tuple(r) for r in self.index["requests"]]
         self.num_classes = self.arch.num_classes
+        CI.validate_requests(self.index, self.num_classes, self.path)
+        self.trained_index = span_index(self.arch, self.index["trained_tensors"])
+        arrays = CI.load_shards(self.path, self.index, self.arch.param_count,
+                                len(self.trained_index), len(self.requests))
+        origs, omet, seeds, traj, rows, mets = [], [], [], [], [], []
+        offset = 0
+        for sh, a in arrays:
+            origs.append(a["originals"])
+            omet.append(a["original_metrics"])
+            seeds.append(np.asarray(sh["seeds"], np.int64))
+            r = a["rows"].astype(np.int64)
+            rows.append(np.stack([r[:, 0] + offset, r[:, 1], r[:, 2],
+                                  np.asarray(sh["seeds"])[r[:, 0]]], 1))
+            traj.append(a["trajectory"])
+            mets.append(a["metrics"])
+            offset += len(a["originals"])
+        self.originals = np.concatenate(origs)
+        self.original_metrics = np.concatenate(omet)
+        self.original_seeds = np.concatenate(seeds)
+        self.trajectory = np.concatenate(traj)
+        self.rows = np.concatenate(rows)
+        self.metrics = np.concatenate(mets)
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def params(self, rows: np.ndarray) -> np.ndarray:
-        """Flat parameters (len(rows), P) of global row ids (reads only those rows)."""
+    def params(self, rows) -> np.ndarray:
+        """Full flat parameters (len(rows), P) of trajectory checkpoints."""
         rows = np.asarray(rows)
-        out = np.empty((len(rows), self.arch.param_count), np.float32)
-        shard = np.searchsorted(self._offsets, rows, side="right") - 1
-        for s in np.unique(shard):
-            m = shard == s
-            out[m] = self._params[s][rows[m] - self._offsets[s]]
+        out = self.originals[self.rows[rows, 0]].copy()
+        out[:, self.trained_index] = self.trajectory[rows]
         return out
 
-    def is_test(self, rows: np.ndarray | None = None) -> np.ndarray:
-        seeds = self.rows[:, 0] if rows is None else self.rows[np.asarray(rows), 0]
-        return np.isin(seeds, self.index["test_seeds"])
+    def original(self, seed: int) -> np.ndarray:
+        hit = np.flatnonzero(self.original_seeds == seed)
+        if not len(hit):
+            raise CheckpointError(f"corpus {self.path} has no original for seed {seed}")
+        return self.originals[hit[0]]
 
-    def trajectories(self, kind: str = "gradtau", split: str = "train"
-                     ) -> list[tuple[int, int, np.ndarray]]:
-        """[(seed, request id, row ids sorted by step)] of one kind, for the train or test runs."""
-        k = KINDS.index(kind)
-        sel = self.rows[:, 1] == k
-        sel &= self.is_test() if split == "test" else ~self.is_test()
-        out = {}
-        for i in np.flatnonzero(sel):
-            out.setdefault((int(self.rows[i, 0]), int(self.rows[i, 2])), []).append(i)
-        return [(s, r, np.asarray(sorted(v, key=lambda i: self.rows[i, 3])))
-                for (s, r), v in sorted(out.items())]
+    def is_test_original(self) -> np.ndarray:
+        return np.isin(self.original_seeds, self.index["test_seeds"])
 
-    def request_metrics(self, rows: np.ndarray, classes: tuple[int, ...] | np.ndarray,
-                        split: str = "train") -> dict[str, np.ndarray]:
-        """Loss / accuracy on D_f (the ``classes``) and D_r (the others) of one split, from the
-        per-class metrics weighted by class counts: ``forget_loss``, ``forget_acc``,
-        ``retain_loss``, ``retain_acc`` arrays of len(rows)."""
+    def trajectories(self, split: str = "train") -> list[tuple[int, int, np.ndarray]]:
+        """[(original row, request id, checkpoint rows sorted by step)] of the train or test
+        runs."""
+        test = self.is_test_original()[self.rows[:, 0]]
+        sel = np.flatnonzero(test if split == "test" else ~test)
+        key = self.rows[sel, 0] * (len(self.requests) + 1) + self.rows[sel, 1]
+        order = np.lexsort((self.rows[sel, 2], key))
+        sel, key = sel[order], key[order]
+        cuts = np.flatnonzero(np.diff(key)) + 1
+        return [(int(self.rows[g[0], 0]), int(self.rows[g[0], 1]), g)
+                for g in np.split(sel, cuts)] if len(sel) else []
+
+    def _request_metrics(self, m: np.ndarray, classes, split: str) -> dict[str, np.ndarray]:
         k = self.num_classes
         counts = np.asarray(self.index["class_counts"][split], np.float64)
         mask = np.zeros(k, bool)
         mask[list(classes)] = True
         s = SPLITS.index(split)
-        m = self.metrics[np.asarray(rows)]
         loss, acc = m[:, 2 * s * k:(2 * s + 1) * k], m[:, (2 * s + 1) * k:(2 * s + 2) * k]
         wf, wr = counts * mask / (counts * mask).sum(), counts * ~mask / (counts * ~mask).sum()
         return {"forget_loss": loss @ wf, "forget_acc": acc @ wf,
                 "retain_loss": loss @ wr, "retain_acc": acc @ wr}
 
-    def find(self, seed: int, kind: str, request: int = -1, step: int | None = None) -> int:
-        """Row id of one checkpoint (the last step when ``step`` is None)."""
-        sel = np.flatnonzero((self.rows[:, 0] == seed) & (self.rows[:, 1] == KINDS.index(kind))
-                             & (self.rows[:, 2] == request))
-        if not len(sel):
-            raise CheckpointError(f"corpus has no {kind} checkpoint for seed {seed}, request "
-                                  f"{request}")
-        if step is None:
-            return int(sel[np.argmax(self.rows[sel, 3])])
-        hit = sel[self.rows[sel, 3] == step]
-        if not len(hit):
-            raise CheckpointError(f"no {kind} checkpoint at step {step} for seed {seed}")
-        return int(hit[0])
+    def request_metrics(self, rows, classes, split: str = "train") -> dict[str, np.ndarray]:
+        """Loss / accuracy on D_f (the ``classes``) and D_r (the others) of one split for
+        trajectory checkpoints, from the per-class metrics weighted by class counts:
+        ``forget_loss``, ``forget_acc``, ``retain_loss``, ``retain_acc`` arrays."""
+        return self._request_metrics(self.metrics[np.asarray(rows)], classes, split)
+
+    def original_request_metrics(self, originals, classes, split: str = "train"
+                                 ) -> dict[str, np.ndarray]:
+        """:meth:`request_metrics` of original networks (rows of ``originals``)."""
+        return self._request_metrics(self.original_metrics[np.asarray(originals)], classes,
+                                     split)

@@ -1,0 +1,160 @@
+"""The corpus's ``index.json`` and shard arrays: the request list, and validation on load.
+
+A corpus is read back by code that indexes into it, so a file that is valid JSON with the wrong
+contents (``[]``, no ``"shards"``, ``"requests": [[42]]``, a ``metrics.npy`` of the wrong shape)
+must fail with a :class:`~hyperforget_jax.errors.CheckpointError` naming the file and the field,
+not with a KeyError deep inside the hypernetwork's training (issue 16, item 4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hyperforget_jax.errors import CheckpointError
+
+FORMAT = "hyperforget-corpus/2"
+SPLITS = ("train", "val", "test")
+# Shard arrays: name -> (dtype kind, columns: None = P, "Q", "6K", or an int).
+SHARD_ARRAYS = {"originals": ("f", "P"), "original_metrics": ("f", "6K"),
+                "trajectory": ("f", "Q"), "rows": ("i", 3), "metrics": ("f", "6K")}
+
+
+def metric_columns(num_classes: int) -> list[str]:
+    return [f"{s}_{m}_{c}" for s in SPLITS for m in ("loss", "acc") for c in range(num_classes)]
+
+
+def requests(forget_classes, class_pairs: int, num_classes: int) -> list[tuple[int, ...]]:
+    """Single-class requests (every class, or ``forget_classes``) then ``class_pairs``
+    two-class requests: the disjoint pairs (0, 1), (2, 3), … first (every class occurs in a
+    pair), then the other pairs in a fixed shuffled order (so the pairs a corpus leaves out are
+    spread over the classes, not all among the high class ids)."""
+    from hyperforget_jax.errors import ConfigError
+
+    if forget_classes is not None and max(forget_classes) >= num_classes:
+        raise ConfigError(f"forget_classes {list(forget_classes)}: the data has classes "
+                          f"0..{num_classes - 1} only")
+    singles = [(c,) for c in (range(num_classes) if forget_classes is None
+                              else forget_classes)]
+    disjoint = [(c, c + 1) for c in range(0, num_classes - 1, 2)]
+    rest = [(a, b) for a in range(num_classes) for b in range(a + 1, num_classes)
+            if (a, b) not in disjoint]
+    order = np.random.default_rng(0).permutation(len(rest))
+    return singles + (disjoint + [rest[i] for i in order])[:class_pairs]
+
+
+def index_path(out: Path) -> Path:
+    return Path(out) / "index.json"
+
+
+def _bad(path: Path, field: str, why: str) -> CheckpointError:
+    return CheckpointError(f"{index_path(path)}: field {field!r} {why}; the corpus is damaged "
+                           f"or not a {FORMAT} corpus: rebuild it with `hyperforget corpus "
+                           f"--out {path}`")
+
+
+def _int_list(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool)
+                                       for x in v)
+
+
+def read_index(path: Path) -> dict:
+    """Reads and validates ``index.json`` (structure and types; the requests against the
+    architecture are checked by :func:`validate_requests`)."""
+    path = Path(path)
+    try:
+        index = json.loads(index_path(path).read_text())
+    except FileNotFoundError as e:
+        raise CheckpointError(f"no corpus in {path} (index.json missing); build one with "
+                              f"`hyperforget corpus --out {path}`") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}/index.json is corrupt ({e}); rebuild the corpus") from e
+    if not isinstance(index, dict):
+        raise CheckpointError(f"{index_path(path)} holds a JSON {type(index).__name__}, not "
+                              f"a {FORMAT} corpus index; rebuild it with `hyperforget corpus "
+                              f"--out {path}`")
+    if index.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} corpus (format "
+                              f"{index.get('format')!r}); rebuild it with this version's "
+                              f"`hyperforget corpus --out DIR`")
+    for key, kind in (("config", dict), ("architecture", dict), ("requests", list),
+                      ("trained_tensors", list), ("class_counts", dict),
+                      ("test_seeds", list), ("shards", dict)):
+        if key not in index:
+            raise _bad(path, key, "is missing")
+        if not isinstance(index[key], kind):
+            raise _bad(path, key, f"must be a JSON {'object' if kind is dict else 'array'}")
+    if not index["requests"] or not all(_int_list(r) and r for r in index["requests"]):
+        raise _bad(path, "requests", "must be a non-empty list of lists of class ids")
+    if not _int_list(index["test_seeds"]) or not _int_list(index["trained_tensors"]):
+        raise _bad(path, "test_seeds/trained_tensors", "must be lists of integers")
+    for s in SPLITS:
+        if not _int_list(index["class_counts"].get(s)):
+            raise _bad(path, f"class_counts.{s}", "must be a list of per-class counts")
+    for sid, sh in index["shards"].items():
+        if not isinstance(sh, dict):
+            raise _bad(path, f"shards.{sid}", "must be an object")
+        if sh.get("done"):
+            if not isinstance(sh.get("dir"), str) or "/" in sh["dir"] or sh["dir"] in ("", ".",
+                                                                                     ".."):
+                raise _bad(path, f"shards.{sid}.dir", "must name a shard directory")
+            if not _int_list(sh.get("seeds")) or not sh["seeds"]:
+                raise _bad(path, f"shards.{sid}.seeds", "must be a non-empty list of seeds")
+            if not isinstance(sh.get("rows"), int) or sh["rows"] < 0:
+                raise _bad(path, f"shards.{sid}.rows", "must be a row count")
+    return index
+
+
+def validate_requests(index: dict, num_classes: int, path: Path) -> None:
+    for r in index["requests"]:
+        if min(r) < 0 or max(r) >= num_classes or len(set(r)) != len(r):
+            raise _bad(path, "requests", f"holds {r}: class ids must be distinct and lie in "
+                                         f"0..{num_classes - 1}")
+    counts = index["class_counts"]
+    if any(len(counts[s]) != num_classes for s in SPLITS):
+        raise _bad(path, "class_counts", f"must have {num_classes} entries per split")
+    if not 0 <= min(index["trained_tensors"], default=-1):
+        raise _bad(path, "trained_tensors", "must list tensor ids")
+
+
+def load_shards(path: Path, index: dict, num_params: int, num_trained: int,
+                num_requests: int) -> list[tuple[dict, dict]]:
+    """[(shard entry, {array name: array})] of every completed shard, each array checked
+    against its expected dtype and shape."""
+    k6 = len(SPLITS) * 2 * len(index["class_counts"]["train"])
+    cols = {"P": num_params, "Q": num_trained, "6K": k6}
+    done = [v for _, v in sorted(index["shards"].items()) if v.get("done")]
+    if not done:
+        raise CheckpointError(f"corpus {path} has no completed shard; run "
+                              f"`hyperforget corpus --out {path}` to (re)build it")
+    out = []
+    for sh in done:
+        d = path / sh["dir"]
+        arrays = {}
+        for name, (kind, c) in SHARD_ARRAYS.items():
+            f = d / f"{name}.npy"
+            try:
+                a = np.load(f, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                raise CheckpointError(f"corpus shard file {f} is unreadable ({e}); delete "
+                                      f"{d} and its entry in index.json, then resume the "
+                                      "build") from e
+            n = len(sh["seeds"]) if name.startswith("original") else sh["rows"]
+            want = (n, cols.get(c, c))
+            if a.dtype.kind != kind or a.shape != want:
+                raise CheckpointError(f"corpus shard file {f} has {a.dtype} {a.shape}, "
+                                      f"expected {'float' if kind == 'f' else 'int'} {want} "
+                                      f"(index.json: {n} rows); the shard is truncated or "
+                                      f"foreign: delete {d} and resume the build")
+            arrays[name] = a
+        r = arrays["rows"]
+        if len(r) and (r[:, 0].min() < 0 or r[:, 0].max() >= len(sh["seeds"])
+                       or r[:, 1].min() < 0 or r[:, 1].max() >= num_requests
+                       or r[:, 2].min() < 1):
+            raise CheckpointError(f"corpus shard file {d / 'rows.npy'} refers to originals, "
+                                  "requests or steps that do not exist; delete the shard and "
+                                  "resume the build")
+        out.append((sh, arrays))
+    return out

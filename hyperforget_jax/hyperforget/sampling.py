@@ -1,0 +1,264 @@
+"""Prompts and sampling: a request → a sampled unlearned network.
+
+    prompt = make_prompt(net, params, splits.train, classes=(3,))
+    unlearned = sample(jax.random.key(0), net, params, prompt)          # arch.apply(unlearned, x)
+    many = sample_many(keys, net, params, stack_prompts([...]))        # vmapped requests
+    best = sample_best_of(key, net, params, prompt, splits.train, k=8)  # [beyond] selection
+
+Sampling runs DDIM (η = 0, ``num_steps`` denoiser calls) or ancestral DDPM over the normalised
+change (:mod:`~hyperforget_jax.hyperforget.weightspace`), then maps it back onto θ₀. Classifier-
+free guidance: ``guidance = w`` gives x̂ = x̂_c + w (x̂_c − x̂_u); ``w = 0`` (the default) runs the
+conditional model alone, exactly the unguided sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from hyperforget_jax import data
+from hyperforget_jax import params as P_
+from hyperforget_jax.config import check_config, field
+from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
+from hyperforget_jax.hyperforget import diffusion as D
+from hyperforget_jax.hyperforget.spec import (Hypernet, HyperSpec, Prompt, check_request,
+                                              check_target, default_targets, multi_hot,
+                                              stack_prompts)
+from hyperforget_jax.models import Architecture
+
+Params = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConfig:
+    """How a request is sampled (``hyperforget sample`` and experiments/hyperforget_eval.py).
+
+    Attributes:
+      num_steps: DDIM steps, i.e. denoiser calls (DDPM takes all T) [ours: 20; the DDIM-steps
+        table in docs/hyperforget.md shows how few keep the bar].
+      method: ``ddim`` (deterministic, η = 0) or ``ddpm`` (ancestral, all T steps) [G.pt:
+        DDPM; ours: DDIM by default, for its few denoiser calls].
+      guidance: classifier-free guidance weight w; 0 runs the conditional model alone [ours].
+      best_of: draw N samples in one vmapped call and keep the one closest to the prompt
+        (:func:`sample_best_of`); 1 is a plain sample [beyond].
+    """
+
+    num_steps: int = field(20, ge=1)
+    method: str = field("ddim", choices=("ddim", "ddpm"))
+    guidance: float = field(0.0)
+    best_of: int = field(1, ge=1)
+
+    def __post_init__(self):
+        check_config(self)
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _mean_ce(arch: Architecture, params: Params, ds: data.Dataset) -> float:
+    logits = arch.apply(params, jnp.asarray(ds.x))
+    return float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.asarray(ds.y))))
+
+
+def check_start(spec: HyperSpec, params: Params) -> None:
+    """ArchitectureError naming the hypernetwork's architecture when ``params`` do not fit."""
+    try:
+        spec.arch.check_params(params)
+    except ArchitectureError as e:
+        raise ArchitectureError(f"the hypernetwork was trained on {spec.arch.name} "
+                                f"({spec.arch.param_count} parameters): {e}") from e
+
+
+def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
+                forget_target: float | None = None, retain_target: float | None = None
+                ) -> Prompt:
+    """The request "forget ``classes``" for the start network ``params``: start losses measured
+    on the training set; targets from the hypernetwork's defaults unless given (the default
+    retain target is the start's retain loss times the corpus's median endpoint ratio).
+
+    Raises:
+      ForgetRequestError: a request the hypernetwork does not cover, or a target that is not a
+        positive finite loss.
+      ArchitectureError: ``params`` are not the hypernetwork's architecture.
+    """
+    classes = tuple(int(c) for c in classes)
+    check_request(net.spec, classes)
+    if forget_target is not None:
+        forget_target = check_target("forget target", forget_target)
+    if retain_target is not None:
+        retain_target = check_target("retain target", retain_target)
+    check_start(net.spec, params)
+    net.spec.arch.check_inputs(train.x, "training set")
+    split = data.resolve_forget(train, data.ForgetRequest(classes=classes))
+    f0 = _mean_ce(net.spec.arch, params, split.forget)
+    r0 = _mean_ce(net.spec.arch, params, split.retain)
+    df, dr = default_targets(net.spec, len(classes))
+    f1 = df if forget_target is None else forget_target
+    r1 = r0 * float(np.exp(dr)) if retain_target is None else retain_target
+    return Prompt(jnp.asarray(multi_hot(classes, net.spec.num_classes)),
+                  *(jnp.float32(v) for v in (f0, f1, r0, r1)))
+
+
+def _check_prompt(spec: HyperSpec, prompt: Prompt) -> None:
+    if isinstance(prompt.classes, jax.core.Tracer):
+        return      # under jax.vmap / jit: make_prompt / sample_many validated the values
+    cls = np.asarray(prompt.classes)
+    if cls.shape[-1] != spec.num_classes:
+        raise ForgetRequestError(f"prompt has a {cls.shape[-1]}-class token, the hypernetwork "
+                                 f"expects {spec.num_classes}")
+    for row in cls.reshape(-1, spec.num_classes):
+        check_request(spec, tuple(int(c) for c in np.flatnonzero(row > 0.5)))
+    for name in ("forget_start", "forget_target", "retain_start", "retain_target"):
+        v = np.asarray(getattr(prompt, name))
+        if not (np.isfinite(v).all() and (v > 0).all()):
+            raise ForgetRequestError(f"prompt {name.replace('_', ' ')} must be a positive "
+                                     f"finite loss, got {v.ravel()[:3].tolist()}")
+
+
+def _build_sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
+    spec = net.spec
+    model, sched = spec.model(), D.make_schedule(spec.num_train_steps)
+    tmpl, ws = spec.arch.param_shapes(), spec.weights
+    shape = (1, ws.change_size)
+
+    def one(hparams, theta0, prompt: Prompt, key):
+        z0 = ws.encode_start(theta0, tmpl)[None]
+        sc = spec.conditions(prompt.forget_start, prompt.forget_target, prompt.retain_start,
+                             prompt.retain_target)[None]
+        cls = prompt.classes[None] if spec.variant == "dihyfo2" else None
+
+        def predict(x, t):
+            xc = model.apply({"params": hparams}, x, z0, t, sc, cls)
+            if guidance == 0.0:
+                return xc          # the plain conditional model: no unconditional pass
+            xu = model.apply({"params": hparams}, x, z0, t, sc, cls, jnp.ones((1,), bool))
+            return xc + guidance * (xc - xu)
+
+        if method == "ddim":
+            x0 = D.ddim_sample(sched, predict, key, shape, num_steps)
+        else:
+            x0 = D.ddpm_sample(sched, predict, key, shape)
+        return ws.decode_change(x0[0], theta0, tmpl)
+
+    return jax.jit(one), jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0)))
+
+
+def _sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
+    if method not in ("ddim", "ddpm"):
+        raise ConfigError(f"unknown sampler {method!r}; choose ddim or ddpm")
+    if method == "ddim":
+        D.ddim_timesteps(net.spec.num_train_steps, num_steps)      # validates num_steps
+    guidance = float(guidance)
+    if not np.isfinite(guidance):
+        raise ConfigError(f"guidance must be a finite number, got {guidance}")
+    key = ("sample", int(num_steps) if method == "ddim" else 0, method, guidance)
+    return net.program(key, lambda: _build_sampler(net, num_steps, method, guidance))
+
+
+def sample(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt, num_steps: int = 20,
+           method: str = "ddim", guidance: float = 0.0) -> Params:
+    """Samples one unlearned network for ``prompt`` starting from ``params``.
+
+    Args:
+      key: PRNG key (the initial noise).
+      net: the trained hypernetwork.
+      params: the start network θ₀ (a params pytree of ``net.spec.arch``).
+      prompt: :func:`make_prompt`.
+      num_steps: DDIM steps (ignored by DDPM, which takes all T).
+      method: ``"ddim"`` (η = 0) or ``"ddpm"`` (ancestral).
+      guidance: classifier-free guidance weight w (0: none) [ours].
+
+    Returns:
+      A params pytree with the structure of ``params`` (``arch.apply(out, x)`` works).
+
+    Raises:
+      ArchitectureError: ``params`` do not fit the hypernetwork's architecture.
+      ForgetRequestError: a request it was not trained for (e.g. DiHyFo-1, another class).
+    """
+    check_start(net.spec, params)
+    _check_prompt(net.spec, prompt)
+    one, _ = _sampler(net, num_steps, method, guidance)
+    return P_.unflatten(one(net.params, P_.flatten(params), prompt, key), params)
+
+
+def sample_many(keys: jax.Array, net: Hypernet, params: Params, prompts: Prompt,
+                num_steps: int = 20, method: str = "ddim", guidance: float = 0.0) -> Params:
+    """Vmapped :func:`sample`: ``prompts`` stacked (:func:`stack_prompts`), one key each.
+    Returns stacked params (leading axis = request)."""
+    check_start(net.spec, params)
+    _check_prompt(net.spec, prompts)
+    _, many = _sampler(net, num_steps, method, guidance)
+    out = many(net.params, P_.flatten(params), prompts, keys)
+    return jax.vmap(lambda f: P_.unflatten(f, params))(out)
+
+
+def sample_calibrated(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt,
+                      train: data.Dataset, rounds: int = 2, num_steps: int = 20,
+                      guidance: float = 0.0) -> tuple[Params, dict]:
+    """[beyond] Prompt calibration: sample, measure the forget loss the sample reached on the
+    request's training images, and re-prompt with the target moved by the miss (in log space,
+    a secant step from the second round on), ``rounds`` times; same key every round, so only
+    the prompt changes. The measured losses are available at request time (the prompt's start
+    losses are measured the same way).
+
+    Returns:
+      (params, {"forget_loss": reached, "prompted": the last prompted forget loss,
+      "history": [(prompted, reached), ...]}).
+    """
+    if rounds < 0:
+        raise ConfigError(f"rounds must be >= 0, got {rounds}")
+    classes = tuple(int(c) for c in np.flatnonzero(np.asarray(prompt.classes) > 0.5))
+    forget = data.resolve_forget(train, data.ForgetRequest(classes=classes)).forget
+    want = float(np.log(float(prompt.forget_target)))
+    hist, asked = [], want
+    for r in range(rounds + 1):
+        out = sample(key, net, params, prompt._replace(forget_target=jnp.float32(np.exp(asked))),
+                     num_steps, guidance=guidance)
+        got = float(np.log(max(_mean_ce(net.spec.arch, out, forget), 1e-6)))
+        hist.append((float(np.exp(asked)), float(np.exp(got))))
+        if r == rounds:
+            break
+        if len(hist) >= 2 and abs(np.log(hist[-1][1]) - np.log(hist[-2][1])) > 1e-3:
+            (a0, g0), (a1, g1) = (np.log(hist[-2][0]), np.log(hist[-2][1])), (asked, got)
+            slope = (g1 - g0) / (a1 - a0) if abs(a1 - a0) > 1e-6 else 1.0
+            slope = float(np.clip(slope, 0.2, 5.0))
+        else:
+            slope = 1.0
+        # At most a doubling or halving of the prompted loss per round.
+        asked = asked + float(np.clip((want - got) / slope, -np.log(2.0), np.log(2.0)))
+    return out, {"forget_loss": hist[-1][1], "prompted": hist[-1][0], "history": hist}
+
+
+def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt,
+                   train: data.Dataset, k: int = 8, num_steps: int = 20,
+                   guidance: float = 0.0, method: str = "ddim") -> tuple[Params, dict]:
+    """[beyond] ``k`` samples in one vmapped call; keeps the one whose losses on the request's
+    training images are closest to the prompt (|Δ log L_f| + |Δ log L_r|). The losses are
+    measurable at request time, so the choice uses nothing a user does not have.
+
+    Returns:
+      (params, {"forget_loss", "retain_loss", "chosen"}) of the kept sample.
+    """
+    if k < 1:
+        raise ConfigError(f"k must be >= 1, got {k}")
+    keys = jax.random.split(key, k)
+    many = sample_many(keys, net, params, stack_prompts([prompt] * k), num_steps, method,
+                       guidance)
+    classes = tuple(int(c) for c in np.flatnonzero(np.asarray(prompt.classes) > 0.5))
+    split = data.resolve_forget(train, data.ForgetRequest(classes=classes))
+    arch = net.spec.arch
+    fl = np.array([_mean_ce(arch, jax.tree.map(lambda a: a[i], many), split.forget)
+                   for i in range(k)])
+    rl = np.array([_mean_ce(arch, jax.tree.map(lambda a: a[i], many), split.retain)
+                   for i in range(k)])
+    score = (np.abs(np.log(np.maximum(fl, 1e-6)) - np.log(float(prompt.forget_target)))
+             + np.abs(np.log(np.maximum(rl, 1e-6)) - np.log(float(prompt.retain_target))))
+    i = int(np.argmin(score))
+    return jax.tree.map(lambda a: a[i], many), {"forget_loss": float(fl[i]),
+                                                "retain_loss": float(rl[i]), "chosen": i}

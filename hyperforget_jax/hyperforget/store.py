@@ -1,0 +1,176 @@
+"""Saving and loading hypernetworks, and the pretrained one shipped with the package.
+
+One file per hypernetwork, no pickle: an ``.npz`` of float arrays named by their path in the
+parameter tree, plus ``__meta__``, the JSON meta (spec, history) as UTF-8 bytes. Read back with
+``np.load(..., allow_pickle=False)``; every array is checked against the shapes the spec implies.
+
+The pretrained DiHyFo-2 (``load_hypernet("pretrained")``, ``hyperforget sample --hypernet
+pretrained``) lives in ``hyperforget_jax/pretrained/`` and its SHA-256 is recorded in
+:data:`hyperforget_jax.pretrained.PRETRAINED`; a file whose hash differs (corrupted, truncated,
+replaced) is refused before anything in it is parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+import jax
+import numpy as np
+
+from hyperforget_jax import report
+from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from hyperforget_jax.hyperforget import denoiser as DN
+from hyperforget_jax.hyperforget.spec import Hypernet, HyperSpec
+
+FILE_NAME = "hypernet.npz"
+FORMAT = "hyperforget-hypernet/2"
+_META = "__meta__"
+
+
+def _leaf_name(path) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def to_bytes(net: Hypernet, extra_meta: dict | None = None) -> bytes:
+    """The ``.npz`` bytes of ``net`` (what :func:`save_hypernet` writes)."""
+    leaves = jax.tree_util.tree_leaves_with_path(net.params)
+    arrays = {_leaf_name(p): np.asarray(v, np.float32) for p, v in leaves}
+    if not all(np.isfinite(a).all() for a in arrays.values()):
+        raise NonFiniteError("the hypernetwork's parameters contain NaN/inf; nothing written")
+    meta = {"format": FORMAT, "hypernet": net.spec.to_json(), **(extra_meta or {})}
+    try:
+        blob = json.dumps(meta, default=float).encode()
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"hypernetwork meta is not JSON-serialisable ({e})") from e
+    arrays[_META] = np.frombuffer(blob, np.uint8)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def save_hypernet(path: str | os.PathLike, net: Hypernet, extra_meta: dict | None = None
+                  ) -> Path:
+    """Writes ``net`` atomically to ``path`` (a ``.npz`` file, or a directory that receives
+    ``hypernet.npz``). Returns the file written."""
+    path = Path(path).expanduser().absolute()
+    if path.suffix != ".npz":
+        report.prepare_dir(path)
+        path = path / FILE_NAME
+    else:
+        report.prepare_dir(path.parent)
+    report.atomic_write(path, to_bytes(net, extra_meta))
+    return path
+
+
+def _resolve(path) -> Path:
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if (p / FILE_NAME).is_file():
+            return p / FILE_NAME
+        if (p / "hypernet" / FILE_NAME).is_file():
+            return p / "hypernet" / FILE_NAME
+        raise CheckpointError(f"{p} is not a hypernetwork: it holds no {FILE_NAME}; pass the "
+                              "--out of `hyperforget hypertrain`, a .npz file, or 'pretrained'")
+    if not p.is_file():
+        raise CheckpointError(f"no hypernetwork at {p}; pass the --out of `hyperforget "
+                              "hypertrain`, a .npz file, or 'pretrained'")
+    return p
+
+
+def from_bytes(raw: bytes, where: str) -> tuple[Hypernet, dict]:
+    """Parses :func:`to_bytes`' output; ``where`` names the source in errors."""
+    buf = io.BytesIO(raw)
+    try:
+        with np.load(buf, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as e:  # noqa: BLE001 — zip/npy/pickle refusals all mean "unreadable"
+        raise CheckpointError(f"{where} is not a readable hypernetwork file ({e}); retrain it "
+                              "or reinstall the package for the pretrained one") from e
+    if _META not in arrays:
+        raise CheckpointError(f"{where} is an .npz file but not a hypernetwork (no meta); pass "
+                              "the --out of `hyperforget hypertrain`")
+    try:
+        meta = json.loads(arrays.pop(_META).tobytes().decode())
+        if meta.get("format") != FORMAT:
+            raise CheckpointError(f"{where} is a {meta.get('format')!r} file, not {FORMAT}; "
+                                  "retrain it with this version")
+        spec = HyperSpec.from_json(meta["hypernet"])
+    except CheckpointError:
+        raise
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{where}: the hypernetwork meta is damaged ({e}); retrain it") \
+            from e
+    shapes = DN.param_shapes(spec.model())
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    out = []
+    for p, s in leaves:
+        name = _leaf_name(p)
+        a = arrays.pop(name, None)
+        if a is None or a.shape != s.shape or a.dtype.kind != "f":
+            got = "missing" if a is None else f"{a.dtype} {a.shape}"
+            raise CheckpointError(f"{where}: array {name} is {got}, expected {s.shape}; the "
+                                  "file is damaged or from another version")
+        if not np.isfinite(a).all():
+            raise CheckpointError(f"{where}: array {name} holds NaN/inf; the file is damaged")
+        out.append(a.astype(np.float32))
+    if arrays:
+        raise CheckpointError(f"{where}: unexpected arrays {sorted(arrays)[:3]}; the file is "
+                              "from another version")
+    return Hypernet(spec, jax.tree_util.tree_unflatten(treedef, out)), meta
+
+
+def load_hypernet(path: str | os.PathLike = "pretrained") -> tuple[Hypernet, dict]:
+    """Loads a hypernetwork: ``"pretrained"`` (or ``"pretrained:NAME"``) for one shipped with
+    the package (hash-checked), a ``.npz`` file, or the ``--out`` of ``hyperforget hypertrain``.
+
+    Returns:
+      (net, meta).
+
+    Raises:
+      CheckpointError: missing, unreadable, damaged, or (pretrained) a hash mismatch.
+    """
+    if is_pretrained_name(path):
+        return load_pretrained(str(path).partition(":")[2] or None)
+    p = _resolve(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read {p} ({e.strerror})") from e
+    return from_bytes(raw, str(p))
+
+
+def is_pretrained_name(path) -> bool:
+    """``"pretrained"`` or ``"pretrained:NAME"``: a network shipped with the package."""
+    return isinstance(path, str) and (path == "pretrained" or path.startswith("pretrained:"))
+
+
+def sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def load_pretrained(name: str | None = None) -> tuple[Hypernet, dict]:
+    """A hypernetwork shipped in ``hyperforget_jax/pretrained`` (default: DiHyFo-2 for
+    ``gpt_mlp`` on MNIST-5k), verified against the SHA-256 recorded in the package."""
+    from hyperforget_jax import pretrained as PT
+
+    name = name or PT.DEFAULT
+    if name not in PT.PRETRAINED:
+        raise ConfigError(f"no pretrained hypernetwork {name!r}; available: "
+                          f"{', '.join(sorted(PT.PRETRAINED))}")
+    entry = PT.PRETRAINED[name]
+    f = Path(PT.__file__).parent / entry["file"]
+    try:
+        raw = f.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"the pretrained hypernetwork {f} is missing ({e.strerror}); "
+                              "reinstall hyperforget_jax") from e
+    got = sha256(raw)
+    if got != entry["sha256"]:
+        raise CheckpointError(f"the pretrained hypernetwork {f} is corrupt or was replaced "
+                              f"(SHA-256 {got[:12]}…, expected {entry['sha256'][:12]}…); "
+                              "reinstall hyperforget_jax")
+    net, meta = from_bytes(raw, str(f))
+    return net, {**meta, "pretrained_name": name, "sha256": got}

@@ -1,0 +1,119 @@
+"""The pretrained DiHyFo-2 shipped with the package: hash-checked loading, a freshly trained
+original (never in any corpus) sampled for a single- and a two-class request within the bar of
+Retrain, and the CLI's ``--hypernet pretrained`` with its refusals (exit 2, one line)."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperforget_jax import cli, pretrained
+from hyperforget_jax import params as P_
+from hyperforget_jax.errors import CheckpointError
+from hyperforget_jax.hyperforget import corpus as C
+from hyperforget_jax.hyperforget import dihyfo as H
+
+PKG = Path(pretrained.__file__).parent
+
+
+def test_shipped_files_match_their_recorded_hashes():
+    assert pretrained.DEFAULT in pretrained.PRETRAINED
+    total = 0
+    for name, entry in pretrained.PRETRAINED.items():
+        raw = (PKG / entry["file"]).read_bytes()
+        assert hashlib.sha256(raw).hexdigest() == entry["sha256"], name
+        total += len(raw)
+    assert total <= 25 * 2 ** 20
+    net, meta = H.load_hypernet("pretrained")
+    assert net.spec.variant == "dihyfo2" and net.spec.arch.name == "gpt_mlp"
+    assert meta["corpus_config"]["first_seed"] >= 100_000
+
+
+def test_corrupted_or_replaced_file_is_refused(tmp_path, monkeypatch):
+    entry = pretrained.PRETRAINED[pretrained.DEFAULT]
+    raw = bytearray((PKG / entry["file"]).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    bad = tmp_path / "flipped.npz"
+    bad.write_bytes(bytes(raw))
+    monkeypatch.setitem(pretrained.PRETRAINED, pretrained.DEFAULT,
+                        {"file": str(bad), "sha256": entry["sha256"]})
+    with pytest.raises(CheckpointError, match="corrupt or was replaced"):
+        H.load_hypernet("pretrained")
+    # The same bytes as a user file: unreadable or damaged, never a silent load.
+    with pytest.raises(CheckpointError):
+        H.load_hypernet(bad)
+
+
+def test_fresh_original_meets_the_bar(mnist_splits):
+    net, _ = H.load_hypernet("pretrained")
+    arch = net.spec.arch
+    x, y = jnp.asarray(mnist_splits.train.x), jnp.asarray(mnist_splits.train.y)
+    requests = [(3,), (2, 7)]
+    retain = [np.flatnonzero(~np.isin(mnist_splits.train.y, r)) for r in requests]
+    # `hyperforget train --arch gpt_mlp --seed 11` and its two Retrain runs, one fleet.
+    fleet = C.train_fleet(arch, x, y, [11] * 3, [(1e-3, 20)] * 3,
+                          [np.arange(len(y))] + retain)
+    p0 = P_.unflatten(jnp.asarray(fleet[0]), arch.param_shapes())
+    prompts = H.stack_prompts([H.make_prompt(net, p0, mnist_splits.train, r)
+                               for r in requests])
+    many = H.sample_many(jax.random.split(jax.random.key(0), 2), net, p0, prompts)
+    for i, r in enumerate(requests):
+        f = np.isin(mnist_splits.train.y, r)
+        acc = lambda flat: np.asarray(jnp.argmax(arch.apply(
+            P_.unflatten(jnp.asarray(flat), arch.param_shapes()), x), -1) == y)
+        s = acc(P_.flatten(jax.tree.map(lambda a: a[i], many)))
+        rt = acc(fleet[1 + i])
+        assert s[f].mean() <= 0.03, (r, s[f].mean())
+        assert abs(s[~f].mean() - rt[~f].mean()) <= 0.015, (r, s[~f].mean(), rt[~f].mean())
+
+
+def test_cli_sample_pretrained_and_refusals(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "g"
+    assert cli.main(["train", "--arch", "gpt_mlp", "--epochs", "2", "--seed", "5", "--run-dir",
+                     str(run), "--quiet"]) == 0
+    out = tmp_path / "s"
+    assert cli.main(["sample", "--hypernet", "pretrained", "--run-dir", str(run),
+                     "--forget-class", "2", "6", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["sample"]["forget_acc"] <= 0.05 and res["start"]["forget_acc"] > 0.5
+    capsys.readouterr()
+
+    def fails(argv, message):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+    mlp = tmp_path / "m"
+    assert cli.main(["train", "--arch", "mlp", "--epochs", "1", "--run-dir", str(mlp),
+                     "--quiet"]) == 0
+    capsys.readouterr()
+    fails(["sample", "--hypernet", "pretrained", "--run-dir", str(mlp), "--forget-class", "3",
+           "--out", str(tmp_path / "x1")], "samples gpt_mlp networks")
+    fails(["sample", "--hypernet", "pretrained", "--run-dir", str(run), "--forget-class",
+           "1", "2", "3", "--out", str(tmp_path / "x2")], "trained on requests of [1, 2]")
+    entry = pretrained.PRETRAINED[pretrained.DEFAULT]
+    monkeypatch.setitem(pretrained.PRETRAINED, pretrained.DEFAULT,
+                        {**entry, "sha256": "0" * 64})
+    fails(["sample", "--hypernet", "pretrained", "--run-dir", str(run), "--forget-class", "3",
+           "--out", str(tmp_path / "x3")], "corrupt or was replaced")
+    for d in ("x1", "x2", "x3"):
+        assert not (tmp_path / d).exists()
+
+
+def test_readme_example_runs_as_written():
+    """The README's HyperForget Python block, executed: its sample forgets classes 2 and 6."""
+    import re
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## HyperForget (DiHyFo-1 and DiHyFo-2)\n", 1)[1].split("\n## ", 1)[0]
+    ns = {}
+    exec(compile(re.findall(r"```python\n(.*?)```", section, re.S)[0], "README:hf", "exec"), ns)
+    split, arch = ns["splits"].train, ns["net"].spec.arch
+    pred = np.asarray(jnp.argmax(arch.apply(ns["unlearned"], jnp.asarray(split.x)), -1))
+    forget = np.isin(split.y, (2, 6))
+    assert (pred[forget] == split.y[forget]).mean() <= 0.03
+    assert (pred[~forget] == split.y[~forget]).mean() >= 0.85

@@ -1,0 +1,88 @@
+"""HyperForget's weight space: canonical rescaling preserves the function, the normalised change
+round-trips exactly, untouched tensors are copied, and the statistics come from the corpus."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from hyperforget_jax import params as P_
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.hyperforget.weightspace import (WeightSpace, canonicalize,
+                                                     decanonicalize)
+from hyperforget_jax.models import make_architecture
+
+MLP = make_architecture("mlp", (8, 8, 1), 10)          # 64 → 256 → 256 → 10: two hidden layers
+GPT = make_architecture("gpt_mlp", (8, 8, 1), 10)
+
+
+def _x(n=16):
+    return jax.random.uniform(jax.random.key(9), (n, 8, 8, 1))
+
+
+def test_canonical_network_computes_the_same_function_and_inverts():
+    p = MLP.init(jax.random.key(0))
+    # Scale the first layer like a network trained at another learning rate.
+    p = {**p, "Dense_0": {k: v * 1.7 for k, v in p["Dense_0"].items()}}
+    c, scales = canonicalize(p)
+    np.testing.assert_allclose(MLP.apply(c, _x()), MLP.apply(p, _x()), rtol=1e-4, atol=1e-5)
+    for layer in ("Dense_0", "Dense_1"):       # unit incoming norm per hidden unit
+        norm = jnp.sqrt(jnp.sum(c[layer]["kernel"] ** 2, 0) + c[layer]["bias"] ** 2)
+        np.testing.assert_allclose(norm, 1.0, rtol=1e-5)
+    back = decanonicalize(c, scales)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(p)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Function-preserving rescalings of the input network give the same canonical network.
+    s = jnp.linspace(0.5, 2.0, 256)
+    q = {**p, "Dense_0": {"kernel": p["Dense_0"]["kernel"] * s, "bias": p["Dense_0"]["bias"] * s},
+         "Dense_1": {**p["Dense_1"], "kernel": p["Dense_1"]["kernel"] / s[:, None]}}
+    for a, b in zip(jax.tree.leaves(canonicalize(q)[0]), jax.tree.leaves(c)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="MLP"):
+        canonicalize({"Conv_0": {"kernel": jnp.ones((3, 3, 1, 2)), "bias": jnp.ones(2)}})
+
+
+def _fit(canon):
+    tmpl = GPT.param_shapes()
+    rng = np.random.default_rng(0)
+    starts = np.stack([np.asarray(P_.flatten(GPT.init(jax.random.key(i)))) for i in range(4)])
+    starts += rng.normal(0, 0.05, starts.shape).astype(np.float32)     # non-zero biases
+    head = np.arange(650, 760)                           # Dense_1 (bias, kernel)
+    target_starts = np.repeat(np.arange(4), 3)
+    targets = starts[target_starts].copy()
+    targets[:, head] += rng.normal(0, 0.3, (12, len(head))).astype(np.float32)
+    return WeightSpace.fit(tmpl, starts, targets, target_starts, canon), starts, targets, tmpl
+
+
+@pytest.mark.parametrize("canon", [True, False])
+def test_change_round_trip_and_frozen_tensors(canon):
+    ws, starts, targets, tmpl = _fit(canon)
+    # Only the output layer changes in this corpus: only it is diffused.
+    assert ws.change_scale[0] == ws.change_scale[1] == 0 and ws.change_size == 110
+    assert ws.diffused == [2, 3]
+    enc = jax.jit(lambda a, b: ws.encode_change(a, b, tmpl))
+    dec = jax.jit(lambda x, b: ws.decode_change(x, b, tmpl))
+    x = enc(jnp.asarray(targets[5]), jnp.asarray(starts[1]))
+    np.testing.assert_allclose(dec(x, jnp.asarray(starts[1])), targets[5], rtol=1e-5, atol=1e-6)
+    # Zero change decodes to θ₀; the first layer is θ₀'s whatever the change.
+    np.testing.assert_allclose(dec(jnp.zeros(110), jnp.asarray(starts[2])), starts[2],
+                               rtol=1e-5, atol=1e-6)
+    out = np.asarray(dec(jnp.ones(110) * 3.0, jnp.asarray(starts[2])))
+    np.testing.assert_allclose(out[:650], starts[2][:650], rtol=1e-5, atol=1e-6)
+    # The normalised changes of the corpus have unit RMS per diffused tensor.
+    xs = np.stack([np.asarray(enc(jnp.asarray(t), jnp.asarray(starts[i // 3])))
+                   for i, t in enumerate(targets)])
+    assert abs(np.sqrt(np.mean(xs[:, 10:] ** 2)) - 1.0) < 1e-3
+    assert WeightSpace.from_json(ws.to_json()) == ws
+
+
+def test_start_encoding_is_normalised_and_rescale_invariant():
+    ws, starts, _, tmpl = _fit(True)
+    z = np.stack([np.asarray(ws.encode_start(jnp.asarray(s), tmpl)) for s in starts])
+    for i, (a, b) in enumerate(ws.bounds):
+        assert abs(z[:, a:b].std() - 1.0) < 1e-3, i
+    p = P_.unflatten(jnp.asarray(starts[0]), tmpl)
+    p = {"Dense_0": {k: v * 1.65 for k, v in p["Dense_0"].items()},
+         "Dense_1": {**p["Dense_1"], "kernel": p["Dense_1"]["kernel"] / 1.65}}
+    np.testing.assert_allclose(ws.encode_start(P_.flatten(p), tmpl), z[0], rtol=1e-4,
+                               atol=1e-5)
