@@ -5,23 +5,11 @@ HyperForget rows are gated too (a zero-weight hypernetwork, so every step of tha
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
-from conftest import save_zero_hypernet, tiny_hyperspec
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_gate():
-    spec = importlib.util.spec_from_file_location("privacy_gate",
-                                                  ROOT / "experiments" / "privacy_gate.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
+from conftest import load_experiment, save_zero_hypernet, tiny_hyperspec
 
 BASE = ["--dataset", "digits", "--arch", "gpt_mlp", "--epochs", "3", "--batch-size", "64",
         "--lr", "0.01", "--seeds", "1", "--shadows", "2", "--gradtau-epochs", "1", "--quiet"]
@@ -30,7 +18,7 @@ BASE = ["--dataset", "digits", "--arch", "gpt_mlp", "--epochs", "3", "--batch-si
 def test_gate_flags_come_from_the_configs():
     """--arch/--epochs/... build a TrainConfig, --gradtau-FIELD a GradTauConfig; --help shows
     each field's docstring text."""
-    gate = _load_gate()
+    gate = load_experiment("privacy_gate")
     args = gate.parse_args([*BASE, "--weight-decay", "0.001", "--gradtau-alpha-scale", "1",
                             "--gradtau-max-epochs", "none"])
     tcfg, gcfg = gate.configs(args)
@@ -54,7 +42,7 @@ def _zero_hypernet(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def passed_run(tmp_path_factory):
-    gate = _load_gate()
+    gate = load_experiment("privacy_gate")
     out = tmp_path_factory.mktemp("gate") / "pass"
     rc = gate.main([*TINY, "--out", str(out), "--tol-mia", "1", "--tol-ulira", "1"])
     return gate, out, rc
@@ -62,7 +50,7 @@ def passed_run(tmp_path_factory):
 
 def test_gate_hyperforget_path(tmp_path, capfd):
     """The HyperForget rows: load, prompts, sampling for the target and every shadow."""
-    gate = _load_gate()
+    gate = load_experiment("privacy_gate")
     _zero_hypernet(tmp_path / "hypernet")
     argv = [*TINY, "--hypernet", str(tmp_path / "hypernet"), "--num-steps", "2"]
     assert gate.main([*argv, "--out", str(tmp_path / "a"), "--tol-mia", "1",
@@ -118,7 +106,7 @@ def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd):
     (["--gradtau-final-lr-fraction", "2"], "final_lr_fraction must be"),  # GradTauConfig's
 ])
 def test_gate_bad_settings_exit_2_and_write_nothing(tmp_path, capfd, argv, words):
-    gate = _load_gate()
+    gate = load_experiment("privacy_gate")
     if "--forget-class" not in argv and "--forget-fraction" not in argv:
         argv = [*argv, "--forget-class", "3"]
     capfd.readouterr()

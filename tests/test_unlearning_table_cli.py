@@ -3,26 +3,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
+from conftest import load_experiment
 from hyperforget_jax.errors import ConfigError
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_table():
-    spec = importlib.util.spec_from_file_location("unlearning_table",
-                                                  ROOT / "experiments" / "unlearning_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_recipe_flags_build_the_train_config(capsys):
-    table = _load_table()
+    table = load_experiment("unlearning_table")
     cfg = table.train_config(table.parse_args(["--arch", "gpt_mlp", "--epochs", "4",
                                                "--lr", "0.01", "--weight-decay", "0"]))
     assert (cfg.arch, cfg.epochs, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.seed) == (
@@ -36,7 +24,7 @@ def test_recipe_flags_build_the_train_config(capsys):
 
 
 def test_bad_recipe_refused_before_writing(tmp_path):
-    table = _load_table()
+    table = load_experiment("unlearning_table")
     with pytest.raises(ConfigError, match="unknown architecture 'vit'"):
         table.main(["--arch", "vit", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
