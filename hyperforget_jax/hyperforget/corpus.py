@@ -233,29 +233,33 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
     """Trains one network per member in one vmapped program and returns them flat, (M, P).
 
     Member m is ``train.fit(arch, data[index_sets[m]], TrainConfig(seed=seeds[m],
-    lr=recipes[m][0], epochs=recipes[m][1]))``: same initialisation (``key(seed)``) and batch
-    order; the learning rate enters as optimiser state (one program for every recipe), which
-    changes float rounding only. ``index_sets`` (default: all of ``x``) may differ in size
+    lr=recipes[m][0], epochs=recipes[m][1]))``: same initialisation (``key(seed)``), batch
+    order, optimiser (``train.make_optimizer``) and step (``train.make_train_step``); the
+    learning rate is traced (one program for every recipe), which changes float rounding only.
+    Unlike :func:`hyperforget_jax.train.fit_fleet`, members may differ in epochs and index-set
+    size (a member's steps are masked once its own run is over). A non-finite step raises
+    ``NonFiniteError`` naming the step and member. ``index_sets`` (default: all of ``x``) may differ in size
     (e.g. Retrain on D_r of different requests): a member stops at the end of its own epoch.
     """
     m_ = len(seeds)
     index_sets = index_sets or [np.arange(len(x))] * m_
-    tx = _adamw(weight_decay)
-    params = jax.vmap(arch.init)(jnp.stack([jax.random.key(s) for s in seeds]))
-    opt = _with_lr(jax.vmap(tx.init)(params), [r[0] for r in recipes])
+    # The library's training pieces (train.make_optimizer / make_train_step, as train.fit and
+    # train.fit_fleet use them), vmapped over members whose learning rate is traced and whose
+    # steps are masked once their own epochs or index set run out.
+    recipe = train.TrainConfig(weight_decay=weight_decay)
+    tx_for = lambda lr: train.make_optimizer(recipe, lr, weight_decay)
+    lrs = jnp.asarray([r[0] for r in recipes], jnp.float32)
+    state = jax.vmap(lambda k, lr: train.init_state(arch, tx_for(lr), k))(
+        jnp.stack([jax.random.key(s) for s in seeds]), lrs)
 
-    def loss(p, xb, yb):
-        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(arch.apply(p, xb), yb))
-
-    def member(p, o, bi, active):
-        u, o2 = tx.update(jax.grad(loss)(p, x[bi], y[bi]), o, p)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(active, a, b), new, old)
-        return keep(optax.apply_updates(p, u), p), keep(o2, o)
+    def member(st, lr, bi, active):
+        new, m = train.make_train_step(arch.apply, tx_for(lr), guard=False)(st, (x[bi], y[bi]))
+        keep = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, st)
+        return keep, m["finite"] | ~active
 
     @jax.jit
-    def epoch(p, o, idx, active):
-        return jax.lax.scan(lambda c, i: (jax.vmap(member)(*c, *i), None), (p, o),
-                            (idx, active))[0]
+    def epoch(st, idx, active):
+        return jax.lax.scan(lambda c, i: jax.vmap(member)(c, lrs, *i), st, (idx, active))
 
     for e in range(max(r[1] for r in recipes)):
         per = [ix[data.batch_indices(s, e, len(ix), batch_size)]
@@ -266,11 +270,10 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
         for m, (b, r) in enumerate(zip(per, recipes)):
             idx[:len(b), m] = b
             active[:len(b), m] = e < r[1]
-        params, opt = epoch(params, opt, jnp.asarray(idx), jnp.asarray(active))
-    flat = np.asarray(jax.vmap(P_.flatten)(params))
-    if not np.isfinite(flat).all():
-        raise NonFiniteError("a fleet member became non-finite; lower its learning rate")
-    return flat
+        first = int(np.max(np.asarray(state.step)))
+        state, finite = epoch(state, jnp.asarray(idx), jnp.asarray(active))
+        train.raise_if_nonfinite(np.asarray(finite).T, first, e)
+    return np.asarray(jax.vmap(P_.flatten)(state.params))
 
 
 def train_originals(arch: Architecture, ccfg: CorpusConfig, x, y, seeds: list[int]
