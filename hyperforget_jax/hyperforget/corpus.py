@@ -214,19 +214,6 @@ def make_metrics_fn(arch: Architecture, splits: data.Splits):
 
 # --- building one shard ----------------------------------------------------------------------
 
-def _adamw(weight_decay: float):
-    # The learning rate is state (one per fleet member), so members with different recipes
-    # share one vmapped program.
-    return optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3,
-                                                 weight_decay=weight_decay)
-
-
-def _with_lr(opt_state, lrs):
-    hp = dict(opt_state.hyperparams)
-    hp["learning_rate"] = jnp.asarray(lrs, jnp.float32)
-    return opt_state._replace(hyperparams=hp)
-
-
 def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[float, int]],
                 index_sets: list[np.ndarray] | None = None, batch_size: int = 128,
                 weight_decay: float = 1e-4) -> np.ndarray:
@@ -247,7 +234,7 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
     # train.fit_fleet use them), vmapped over members whose learning rate is traced and whose
     # steps are masked once their own epochs or index set run out.
     recipe = train.TrainConfig(weight_decay=weight_decay)
-    tx_for = lambda lr: train.make_optimizer(recipe, lr, weight_decay)
+    tx_for = lambda lr: train.make_optimizer(recipe, lr)
     lrs = jnp.asarray([r[0] for r in recipes], jnp.float32)
     state = jax.vmap(lambda k, lr: train.init_state(arch, tx_for(lr), k))(
         jnp.stack([jax.random.key(s) for s in seeds]), lrs)
@@ -346,7 +333,7 @@ def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: n
         def student(q, orig_i, bi):
             return arch.apply(P_.unflatten(f0[orig_i].at[idx].set(q), tmpl), x[bi])
 
-    tx = _adamw(ccfg.weight_decay)
+    tx = optax.adamw(ccfg.unlearn_lr, weight_decay=ccfg.weight_decay)
 
     def member_loss(q, orig_i, req_i, bi):
         target = jax.nn.softmax(teacher[orig_i, bi] - 1e9 * masks[req_i])
@@ -369,7 +356,7 @@ def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: n
                             batches)[0]
 
     q = f0[oi][:, idx]
-    opt = _with_lr(jax.vmap(tx.init)(q), np.full(s_ * r_, ccfg.unlearn_lr))
+    opt = jax.vmap(tx.init)(q)
     member_seeds = np.repeat(np.asarray(seeds), r_) + 7919 * (np.tile(np.arange(r_), s_) + 1)
     plan = np.concatenate([np.stack([data.batch_indices(int(ms), e, n, bs)
                                      for ms in member_seeds], 1)
