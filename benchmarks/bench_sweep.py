@@ -68,7 +68,7 @@ def sweep_vs_loop(arch, splits, fsplit, originals, sizes, methods, repeats):
 
 def step_before_after(arch, splits, fsplit, original, repeats):
     cfg = G.GradTauConfig()
-    plan = GR.make_plan(fsplit, splits.val, cfg, 0, (3,))
+    plan = GR.make_plan(fsplit, cfg, 0, (3,))
     descent_only, mode, E, n = plan.static[:4]
     xf, yf = jnp.asarray(fsplit.forget.x), jnp.asarray(fsplit.forget.y)
     xr, yr = jnp.asarray(fsplit.retain.x), jnp.asarray(fsplit.retain.y)

@@ -24,7 +24,18 @@ from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
                                    effective_batch_size,
                                    init_state, make_optimizer, make_train_step,
-                                   mesh_batch_size, over_members, shard_rows)
+                                   mesh_batch_size, over_members, scan_epoch, shard_rows)
+
+
+def _hp_step(model: Architecture) -> Callable:
+    """The drivers' training step ``(state, hp, batch) -> (state, metrics)``: the recipe's
+    AdamW with ``hp = {"lr", "weight_decay"}`` traced, NaN-skipping (``skip_nonfinite``)."""
+
+    def step(state, hp, batch):
+        tx = make_optimizer(TrainConfig(), hp["lr"], hp["weight_decay"])
+        return make_train_step(model.apply, tx, guard=False)(state, batch)
+
+    return step
 
 
 def _fit_epoch(model: Architecture, fleet: bool, hp_batched: bool, mesh: Mesh | None,
@@ -37,10 +48,10 @@ def _fit_epoch(model: Architecture, fleet: bool, hp_batched: bool, mesh: Mesh | 
     def build():
         constrain = shard_rows(mesh)
 
+        step = _hp_step(model)
+
         def run(state, hp, x, y, idx):
-            tx = make_optimizer(TrainConfig(), hp["lr"], hp["weight_decay"])
-            step = make_train_step(model.apply, tx, guard=False)
-            return jax.lax.scan(lambda s, i: step(s, constrain((x[i], y[i]))), state, idx)
+            return scan_epoch(lambda s, batch: step(s, hp, constrain(batch)))(state, x, y, idx)
 
         if fleet:
             run = over_members(run, (0, 0 if hp_batched else None, None, None, 0), how)
@@ -305,10 +316,7 @@ def global_rows(local: Any, mesh: Mesh | None) -> Any:
 
 
 def _stream_step(model: Architecture, mesh: Mesh | None) -> Callable:
-    def step(state, hp, batch):
-        tx = make_optimizer(TrainConfig(), hp["lr"], hp["weight_decay"])
-        return make_train_step(model.apply, tx, guard=False)(state, batch)
-
+    step = _hp_step(model)
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     m, axis = auto_mesh(mesh)

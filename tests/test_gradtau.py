@@ -430,7 +430,7 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
     split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
     cfg = G.GradTauConfig(epochs=6, batch_size=64)      # τ refreshed at forget-epochs 0 and 5
     want, info = G.run_gradtau(arch, params, split, val, cfg, seed=2)
-    plan = gradtau_run.make_plan(split, val, cfg, 2, None)
+    plan = gradtau_run.make_plan(split, cfg, 2, None)
     kw = dict(n_forget=len(split.forget), n_retain=len(split.retain), config=cfg,
               tau_fn=G.val_tau_fn(arch.apply), tau_args=(val.x, val.y))
     mesh = jax.make_mesh((4,), ("data",), devices=jax.devices()[:4])
@@ -444,7 +444,7 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
     csplit = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
     ccfg = G.GradTauConfig(epochs=2)
     want, info = G.run_gradtau(arch, params, csplit, val, ccfg, seed=0, forget_classes=(3,))
-    cplan = gradtau_run.make_plan(csplit, val, ccfg, 0, (3,))
+    cplan = gradtau_run.make_plan(csplit, ccfg, 0, (3,))
     got, s_info = run_gradtau_stream(arch, params, _stream_of(csplit, cplan), config=ccfg,
                                      n_forget=len(csplit.forget), n_retain=len(csplit.retain),
                                      tau=math.log(10))

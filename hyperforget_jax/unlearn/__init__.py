@@ -21,7 +21,6 @@ sit on the device: :func:`.gradtau_stream.run_gradtau_stream` (∇τ from host b
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -29,7 +28,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from hyperforget_jax import train
+from hyperforget_jax import data, train
 from hyperforget_jax.data import Dataset, ForgetSplit
 from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
 from hyperforget_jax.models import Architecture, as_model
@@ -66,9 +65,7 @@ def _forget_classes(split: ForgetSplit) -> tuple[int, ...] | None:
 def check_seed(seed: Any, what: str = "seed") -> int:
     """Raises ConfigError unless ``seed`` is a non-negative integer (numpy's generators refuse
     negative seeds with a raw ValueError)."""
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
-        raise ConfigError(f"{what} must be an integer >= 0, got {seed!r}")
-    return int(seed)
+    return data._check_seed(seed, what, ConfigError)
 
 
 def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any,
@@ -250,7 +247,7 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
         members = [(si, s, dataclasses.replace(c, seed=s)) for si, s, c in members]
         keyed = [((c.epochs, c.batch_size), c) for _, _, c in members]
     elif method in ("gradtau", "finetune"):
-        keyed = [(p.static, p) for p in (gradtau_run.make_plan(sp, val, c, s, forget_classes,
+        keyed = [(p.static, p) for p in (gradtau_run.make_plan(sp, c, s, forget_classes,
                                                                method)
                                          for sp, (_, s, c) in zip(msplits, members))]
     else:

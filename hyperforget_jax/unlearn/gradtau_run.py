@@ -38,13 +38,11 @@ class Plan(NamedTuple):
     hp: dict               # float32 scalars, traced
     f_idx: np.ndarray      # (E, N_f, B_f)
     r_idx: np.ndarray      # (E, N_f, B_r)
-    epochs: int
     alpha0: float
     clamped: bool
-    tau_mode: str | None
 
 
-def make_plan(split: ForgetSplit, val: Dataset, cfg: G.GradTauConfig, seed: int,
+def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
               forget_classes: tuple[int, ...] | None, method: str = "gradtau") -> Plan:
     """Everything host-side about one ∇τ (``method="gradtau"``) or Fine-tune
     (``"finetune"``: α ≡ 0, 2E forget-epochs unless ``cfg.epochs`` is set) run."""
@@ -73,7 +71,7 @@ def make_plan(split: ForgetSplit, val: Dataset, cfg: G.GradTauConfig, seed: int,
     hp = {k: np.asarray(v, np.int32 if k == "refresh_steps" else np.float32)
           for k, v in hp.items()}
     static = (descent_only, mode, E, n, f_idx.shape[2], r_idx.shape[2])
-    return Plan(static, hp, f_idx, r_idx, E, alpha0, clamped, mode)
+    return Plan(static, hp, f_idx, r_idx, alpha0, clamped)
 
 
 def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fleet: bool,
@@ -152,7 +150,7 @@ def _validate_resume(saved: dict, want: dict, directory) -> None:
 
 
 def _initial_tau(plan: Plan, num_classes: int) -> float:
-    return float(math.log(num_classes)) if plan.tau_mode == "chance" else 0.0
+    return float(math.log(num_classes)) if plan.static[1] == "chance" else 0.0
 
 
 def _check_finite(chunks: list, n_per_epoch: int, member: str = "") -> None:
@@ -207,7 +205,7 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     """
     cfg = config or G.GradTauConfig()
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
-    plan = make_plan(split, val, cfg, seed, forget_classes, method)
+    plan = make_plan(split, cfg, seed, forget_classes, method)
     descent_only, mode, E, n = plan.static[:4]
     if mesh is not None:
         train.mesh_batch_size(mesh, plan.f_idx.shape[2], "forget batch")
