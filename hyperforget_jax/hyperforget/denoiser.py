@@ -47,6 +47,7 @@ from hyperforget_jax import params as P_
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.hyperforget import diffusion as D
+from hyperforget_jax.hyperforget.weightspace import mlp_layers
 from hyperforget_jax.train import guarded_apply
 
 Params = Any
@@ -326,9 +327,8 @@ class GptDenoiser(nn.Module):
 def mlp_hidden_widths(template: Params) -> list[int]:
     """Hidden widths of an MLP params tree ``{"Dense_0": ..., "Dense_k": ...}`` (the layers
     whose units can be permuted); raises ConfigError for anything else."""
-    names = sorted(template, key=lambda k: int(k.split("_")[-1])) if isinstance(
-        template, dict) else []
-    if not names or any(not k.startswith("Dense_") for k in names):
+    names = mlp_layers(template)
+    if names is None:
         raise ConfigError("permutation augmentation supports MLP parameters (Dense_0..Dense_k) "
                           "only; disable it (permute=False) for this architecture")
     return [int(jnp.shape(template[k]["kernel"])[-1]) for k in names[:-1]]

@@ -19,7 +19,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from hyperforget_jax import data
 from hyperforget_jax import params as P_
@@ -30,6 +29,7 @@ from hyperforget_jax.hyperforget.spec import (Hypernet, HyperSpec, Prompt, check
                                               check_target, default_targets, multi_hot,
                                               stack_prompts)
 from hyperforget_jax.models import Architecture
+from hyperforget_jax.train import mean_cross_entropy
 
 Params = Any
 
@@ -61,9 +61,7 @@ class SampleConfig:
 
 
 def _mean_ce(arch: Architecture, params: Params, ds: data.Dataset) -> float:
-    logits = arch.apply(params, jnp.asarray(ds.x))
-    return float(jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-        logits, jnp.asarray(ds.y))))
+    return float(mean_cross_entropy(arch, params, jnp.asarray(ds.x), jnp.asarray(ds.y)))
 
 
 def check_start(spec: HyperSpec, params: Params) -> None:
@@ -198,43 +196,6 @@ def sample_many(keys: jax.Array, net: Hypernet, params: Params, prompts: Prompt,
     return jax.vmap(lambda f: P_.unflatten(f, params))(out)
 
 
-def sample_calibrated(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt,
-                      train: data.Dataset, rounds: int = 2, num_steps: int = 20,
-                      guidance: float = 0.0) -> tuple[Params, dict]:
-    """[beyond] Prompt calibration: sample, measure the forget loss the sample reached on the
-    request's training images, and re-prompt with the target moved by the miss (in log space,
-    a secant step from the second round on), ``rounds`` times; same key every round, so only
-    the prompt changes. The measured losses are available at request time (the prompt's start
-    losses are measured the same way).
-
-    Returns:
-      (params, {"forget_loss": reached, "prompted": the last prompted forget loss,
-      "history": [(prompted, reached), ...]}).
-    """
-    if rounds < 0:
-        raise ConfigError(f"rounds must be >= 0, got {rounds}")
-    classes = tuple(int(c) for c in np.flatnonzero(np.asarray(prompt.classes) > 0.5))
-    forget = data.resolve_forget(train, data.ForgetRequest(classes=classes)).forget
-    want = float(np.log(float(prompt.forget_target)))
-    hist, asked = [], want
-    for r in range(rounds + 1):
-        out = sample(key, net, params, prompt._replace(forget_target=jnp.float32(np.exp(asked))),
-                     num_steps, guidance=guidance)
-        got = float(np.log(max(_mean_ce(net.spec.arch, out, forget), 1e-6)))
-        hist.append((float(np.exp(asked)), float(np.exp(got))))
-        if r == rounds:
-            break
-        if len(hist) >= 2 and abs(np.log(hist[-1][1]) - np.log(hist[-2][1])) > 1e-3:
-            (a0, g0), (a1, g1) = (np.log(hist[-2][0]), np.log(hist[-2][1])), (asked, got)
-            slope = (g1 - g0) / (a1 - a0) if abs(a1 - a0) > 1e-6 else 1.0
-            slope = float(np.clip(slope, 0.2, 5.0))
-        else:
-            slope = 1.0
-        # At most a doubling or halving of the prompted loss per round.
-        asked = asked + float(np.clip((want - got) / slope, -np.log(2.0), np.log(2.0)))
-    return out, {"forget_loss": hist[-1][1], "prompted": hist[-1][0], "history": hist}
-
-
 def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt,
                    train: data.Dataset, k: int = 8, num_steps: int = 20,
                    guidance: float = 0.0, method: str = "ddim") -> tuple[Params, dict]:
@@ -253,12 +214,12 @@ def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt
     classes = tuple(int(c) for c in np.flatnonzero(np.asarray(prompt.classes) > 0.5))
     split = data.resolve_forget(train, data.ForgetRequest(classes=classes))
     arch = net.spec.arch
-    fl = np.array([_mean_ce(arch, jax.tree.map(lambda a: a[i], many), split.forget)
+    fl = np.array([_mean_ce(arch, P_.tree_index(many, i), split.forget)
                    for i in range(k)])
-    rl = np.array([_mean_ce(arch, jax.tree.map(lambda a: a[i], many), split.retain)
+    rl = np.array([_mean_ce(arch, P_.tree_index(many, i), split.retain)
                    for i in range(k)])
     score = (np.abs(np.log(np.maximum(fl, 1e-6)) - np.log(float(prompt.forget_target)))
              + np.abs(np.log(np.maximum(rl, 1e-6)) - np.log(float(prompt.retain_target))))
     i = int(np.argmin(score))
-    return jax.tree.map(lambda a: a[i], many), {"forget_loss": float(fl[i]),
+    return P_.tree_index(many, i), {"forget_loss": float(fl[i]),
                                                 "retain_loss": float(rl[i]), "chosen": i}

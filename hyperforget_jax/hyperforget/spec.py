@@ -158,9 +158,6 @@ class Hypernet:
         self.params = params
         self._programs: dict = {}
 
-    def __iter__(self):          # ``spec, params = net`` as with the former NamedTuple
-        return iter((self.spec, self.params))
-
     def program(self, key, build: Callable[[], Callable]) -> Callable:
         """The compiled callable stored under ``key``, built once by ``build()``."""
         if key not in self._programs:

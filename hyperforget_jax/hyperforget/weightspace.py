@@ -131,10 +131,6 @@ class WeightSpace:
     def change_size(self) -> int:
         return int(len(self.change_index))
 
-    def change_shapes(self) -> list[tuple[int, ...]]:
-        """Shapes of the diffused tensors (the layout of the Q-vector)."""
-        return [self.shapes[i] for i in self.diffused]
-
     def _expand(self, per_tensor, idx=None) -> jax.Array:
         v = np.concatenate([np.full(b - a, s, np.float32) for (a, b), s in
                             zip(self.bounds, per_tensor)])
@@ -192,8 +188,7 @@ class WeightSpace:
         ws = cls(shapes, canonicalize, (1.0,) * len(shapes), (1.0,) * len(shapes))
         canon = jax.jit(jax.vmap(lambda f: ws._canon(f, template)[0]))
         c0 = np.asarray(canon(jnp.asarray(starts)))
-        full = dataclasses.replace(ws, change_scale=(1.0,) * len(shapes))
-        enc = jax.jit(jax.vmap(lambda a, b: full.encode_change(a, b, template)))
+        enc = jax.jit(jax.vmap(lambda a, b: ws.encode_change(a, b, template)))
         d = np.concatenate([np.asarray(enc(jnp.asarray(targets[i:i + 512]),
                                            jnp.asarray(starts[target_starts[i:i + 512]])))
                             for i in range(0, len(targets), 512)])
