@@ -411,8 +411,6 @@ def test_nan_in_the_test_set_names_the_set(digits_splits):
         evaluate_unlearning(arch, arch.init(jax.random.key(0)), splits, fsplit, request)
 
 
-@pytest.mark.skipif(not hasattr(__import__("hyperforget_jax.models").models, "load_model"),
-                    reason="needs models.load_model (issue 14, i14's branch)")
 def test_user_model_by_import_path_through_train_unlearn_evaluate(tmp_path, capfd):
     """A user's Flax module by import path goes through train, unlearn and evaluate, and its
     run dir records (and resumes) it like a registered architecture."""

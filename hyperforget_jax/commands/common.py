@@ -20,7 +20,7 @@ from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import Checkpointer, load_params, load_params_meta
 from hyperforget_jax.configflags import finite_float, seed_int
 from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, RunDirError
-from hyperforget_jax.models import Architecture, make_architecture
+from hyperforget_jax.models import Architecture, load_model, make_architecture
 from hyperforget_jax.train import TrainConfig, fit, init_state, make_optimizer
 
 
@@ -119,13 +119,7 @@ def architecture_for(arch_name: str, splits: data.Splits) -> Architecture:
     (``--arch mypkg.models:Net``, loaded by ``models.load_model``)."""
     shape, k = splits.train.x.shape[1:], splits.train.num_classes
     if ":" in arch_name:
-        from hyperforget_jax import models
-
-        load = getattr(models, "load_model", None)
-        if load is None:
-            raise ConfigError(f"--arch {arch_name}: this version cannot load a model by import "
-                              "path; pass a registered architecture")
-        return load(arch_name, shape, k)
+        return load_model(arch_name, shape, k)
     return make_architecture(arch_name, shape, k)
 
 
