@@ -16,12 +16,14 @@ For a fleet of target networks (trained together with ``vmap``):
    starts at the original θ₀ and is trained on every training image (D_r ∪ D_f) towards the
    original's own softmax with the forgotten classes' logits removed (−∞), updating the output
    layer only (``unlearn_layers="head"``; ``"all"`` trains every tensor). Measured against
-   Retrain of the same seed and recipe (6 originals × 10 classes, lr 1e-3..3e-3, 10..30 epochs):
+   Retrain of the same seed and recipe (development runs on 6 validation originals × 10 classes,
+   lr 1e-3..3e-3, 10..30 epochs):
    RA −0.04, TA-kept −0.38 points, FA 0.00% (worst 0.00%), mia_loss_lr +0.003; for comparison
    ∇τ + repair (the previous corpus) −1.9 points RA, distillation from Retrain itself −0.2, and
-   fine-tuning on D_r alone leaves FA at 8–40% (docs/hyperforget.md, "Corpus endpoints"). It
-   needs no Retrain run, and the change it makes is small and structured (110 of 7,960 values
-   for G.pt's MLP), which is what lets a small hypernetwork reproduce it on unseen networks.
+   fine-tuning on D_r alone leaves FA at 8–40% (docs/hyperforget.md, "Corpus endpoints"). On
+   the held-out test originals its mia_loss_lr gap is +0.039
+   (``experiments/hyperforget_endpoint_mia.py``). It needs no Retrain run, and the change it
+   makes is small and structured (110 of 7,960 values for G.pt's MLP), which is what lets a small hypernetwork reproduce it on unseen networks.
    Checkpoints are kept at ``checkpoints`` geometrically spaced steps, so the forget loss along
    a trajectory covers 0.1 → ~10 (the range prompts can ask for).
 
@@ -29,7 +31,7 @@ Every checkpoint stores the trained values and, per class, the mean loss and acc
 training, validation and test sets; the loss/accuracy on D_f and D_r of any request follow from
 these and the class counts (:meth:`Corpus.request_metrics`).
 
-On-disk format (no pickle; ``np.load(..., allow_pickle=False, mmap_mode="r")``)::
+On-disk format (no pickle; ``np.load(..., allow_pickle=False)``)::
 
     <out>/index.json                   config, architecture, requests, columns, trained span,
                                        per-shard status and recipes
