@@ -248,6 +248,8 @@ def conv_transpose(x: jax.Array, kernel: jax.Array, strides: Sequence[int],
     Returns:
       (N, H', W', O), H' = (H − 1)·sh + 1 + pad_a + pad_b − kh + 1 as in lax.
     """
+    if padding not in ("SAME", "VALID"):
+        raise ValueError(f"conv_transpose padding must be 'SAME' or 'VALID', got {padding!r}")
     n, h, w, c = x.shape
     kh, kw, _, o = kernel.shape
     (sh, sw) = (int(v) for v in strides)
@@ -299,9 +301,6 @@ class ConvTranspose(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        if self.padding not in ("SAME", "VALID"):
-            raise ValueError(f"ConvTranspose padding must be 'SAME' or 'VALID', got "
-                             f"{self.padding!r}")
         k = tuple(self.kernel_size)
         kernel = self.param("kernel", self.kernel_init, (*k, x.shape[-1], self.features))
         y = conv_transpose(x, kernel.astype(x.dtype), tuple(self.strides), self.padding)

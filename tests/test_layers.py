@@ -156,3 +156,12 @@ def test_conv_transpose_equals_lax(k, s, padding, h):
     got = jax.jit(L.conv_transpose, static_argnums=(2, 3))(x, w, (s, s), padding)
     assert got.shape == want.shape
     assert rel_err(got, want) < 1e-6
+
+
+def test_conv_transpose_refuses_paddings_it_does_not_compute():
+    """Anything but 'SAME'/'VALID' (e.g. lower case, explicit pads) is refused, never computed
+    silently as 'VALID'."""
+    x, w = jnp.ones((1, 4, 4, 1)), jnp.ones((3, 3, 1, 2))
+    for padding in ("same", [(1, 1), (1, 1)]):
+        with pytest.raises(ValueError, match="'SAME' or 'VALID'"):
+            L.conv_transpose(x, w, (2, 2), padding)
