@@ -31,7 +31,7 @@ from hyperforget_jax import cli  # noqa: E402
 from hyperforget_jax.hyperforget import store  # noqa: E402
 
 CORPUS: list[str] = []                  # CorpusConfig defaults: 256 originals, 20 pairs
-DIHYFO2 = ["--variant", "dihyfo2", "--steps", "12000"]
+DIHYFO2 = ["--variant", "dihyfo2", "--steps", "24000"]
 DIHYFO1 = ["--variant", "dihyfo1", "--forget-class", "3", "--steps", "4000"]
 NAMES = {"dihyfo2": ("dihyfo2-gpt_mlp-mnist5k", "dihyfo2_gpt_mlp_mnist5k.npz"),
          "dihyfo1": ("dihyfo1-c3-gpt_mlp-mnist5k", "dihyfo1_c3_gpt_mlp_mnist5k.npz")}

@@ -1,11 +1,13 @@
 """The corpus recipe's own endpoints on hyperforget_eval's test originals, beside Retrain.
 
-    PYTHONPATH=. python experiments/hyperforget_endpoint_mia.py        # ≈ 1.5 min on 2 cores
+    PYTHONPATH=. python experiments/hyperforget_endpoint_mia.py        # ≈ 1.7 min on 2 cores
 
 For each test original of ``experiments/hyperforget_eval.py`` (``TEST_ORIGINALS``) and each
-single-class request: the masked self-distillation the shipped corpus used (its recorded
-``CorpusConfig``; output layer only, and all layers for comparison), then ΔRA, FA and
-Δmia_loss_lr against Retrain of the same seed and recipe. It tells whether a gap of the samples
+single-class request: the masked self-distillation of the shipped corpus (its recorded
+``CorpusConfig``) in three variants: output layer with the forgotten readout distilled
+(``forget_readout="train"``, the previous corpus), all layers with it distilled, and output
+layer with the forgotten readout shrunk to 0 (``"zero"``, the shipped corpus); then ΔRA, FA
+and Δmia_loss_lr against Retrain of the same seed and recipe. It tells whether a gap of the samples
 comes from the sampler or from what the corpus teaches (the hypernetwork cannot beat its corpus).
 """
 
@@ -48,9 +50,11 @@ def main() -> dict:
         retr = C.train_fleet(arch, x, y, [s] * len(singles), [(lr, ep)] * len(singles), retain)
         bases.append((s, np.asarray(P_.flatten(st.params))[None], ev(retr, singles, s)[0]))
     out = {}
-    for layers in ("head", "all"):
-        cc = dataclasses.replace(ccfg, unlearn_layers=layers, forget_classes=None, class_pairs=0)
+    for layers, readout in (("head", "train"), ("all", "train"), ("head", "zero")):
+        cc = dataclasses.replace(ccfg, unlearn_layers=layers, forget_readout=readout,
+                                 forget_classes=None, class_pairs=0)
         idx = C.span_index(arch, C.trained_span(arch, layers))
+        name = f"{layers}, readout {readout}"
         per = {"dmia": [], "dra": [], "fa": []}
         for s, f0, r in bases:
             _, vals = C.unlearn_trajectories(arch, cc, x, f0, [s], singles)
@@ -61,10 +65,10 @@ def main() -> dict:
             per["dra"].append(100 * np.mean([a["retain_acc"] - b["retain_acc"]
                                              for a, b in zip(e, r)]))
             per["fa"].append(100 * np.mean([a["forget_acc"] for a in e]))
-        out[layers] = {k: metrics.format_mean_std([float(v) for v in vals], 1, 3)
-                       for k, vals in per.items()}
-        print(f"endpoints, {layers} layer(s): ΔRA {out[layers]['dra']}, FA % {out[layers]['fa']},"
-              f" Δmia_loss_lr {out[layers]['dmia']} (mean ± std over {len(per['fa'])} originals)",
+        out[name] = {k: metrics.format_mean_std([float(v) for v in vals], 1, 3)
+                     for k, vals in per.items()}
+        print(f"endpoints, {name}: ΔRA {out[name]['dra']}, FA % {out[name]['fa']},"
+              f" Δmia_loss_lr {out[name]['dmia']} (mean ± std over {len(per['fa'])} originals)",
               flush=True)
     return out
 

@@ -50,6 +50,23 @@ DDIM_STEPS = (1, 2, 5, 10, 20, 50)
 BAR = {"fa_mean": 1.0, "fa_worst": 3.0, "ra": 1.5, "ta_kept": 1.5, "mia": 0.03, "r2": 0.9}
 
 
+def parse_originals(text: str) -> list[tuple[str, int, float, int]]:
+    """``seed:lr:epochs,...`` -> TEST_ORIGINALS-style rows ("default" = hyperforget train's
+    recipe, lr 1e-3 for 20 epochs)."""
+    rows = []
+    for item in text.split(","):
+        try:
+            s, lr, ep = item.split(":")
+            row = (int(s), float(lr), int(ep))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r} is not SEED:LR:EPOCHS") from None
+        if not 0 <= row[0] < 100_000 or row[1] <= 0 or row[2] < 1:
+            raise argparse.ArgumentTypeError(f"{item!r}: needs 0 <= seed < 100000 (corpus "
+                                             "seeds start there), lr > 0, epochs >= 1")
+        rows.append(("default" if row[1:] == (1e-3, 20) else "other", *row))
+    return rows
+
+
 def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     p.add_argument("--out", default="runs/hf_eval")
@@ -61,6 +78,9 @@ def parse(argv=None):
     p.add_argument("--memo-seeds", type=int, default=32,
                    help="corpus originals rebuilt for the memorisation check")
     p.add_argument("--quick", action="store_true", help="2 originals, 1 sample (smoke run)")
+    p.add_argument("--originals", type=parse_originals, default=None, metavar="S:LR:E,...",
+                   help="other held-out originals, e.g. 40:1e-3:20,41:2.5e-3:15 (seed, learning "
+                        "rate, epochs); default: TEST_ORIGINALS")
     p.add_argument("--render-only", action="store_true",
                    help="re-render report.md from <out>/results.json")
     # The sampler of the main tables (--num-steps --method --guidance), from SampleConfig; the
@@ -161,7 +181,8 @@ def main(argv=None):
     splits = data.make_splits(data.load_mnist5k(), seed=0)
     net, meta2 = H.load_hypernet(a.hypernet)
     arch, tmpl = net.spec.arch, net.spec.arch.param_shapes()
-    origs = TEST_ORIGINALS[:2] if a.quick else TEST_ORIGINALS
+    origs = a.originals or TEST_ORIGINALS
+    origs = origs[:2] if a.quick else origs
     samples = 1 if a.quick else a.samples
     singles = [(c,) for c in range(arch.num_classes)]
     pairs_in, pairs_out = pick_pairs(net.spec, a.pairs)

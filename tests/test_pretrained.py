@@ -117,3 +117,22 @@ def test_readme_example_runs_as_written():
     forget = np.isin(split.y, (2, 6))
     assert (pred[forget] == split.y[forget]).mean() <= 0.03
     assert (pred[~forget] == split.y[~forget]).mean() >= 0.85
+
+
+def test_shipped_corpus_recipe_and_eval_originals_flag():
+    """The shipped DiHyFo-2 was trained on a corpus whose forgotten readout shrinks to 0, and
+    hyperforget_eval's --originals parses SEED:LR:EPOCHS (or names the bad item)."""
+    import argparse
+    import importlib.util
+
+    _, meta = H.load_hypernet("pretrained")
+    assert meta["corpus_config"]["forget_readout"] == "zero"
+    path = Path(__file__).resolve().parents[1] / "experiments" / "hyperforget_eval.py"
+    spec = importlib.util.spec_from_file_location("hyperforget_eval_for_test", path)
+    ev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev)
+    assert ev.parse_originals("40:1e-3:20,41:2.5e-3:15") == [("default", 40, 1e-3, 20),
+                                                            ("other", 41, 2.5e-3, 15)]
+    for bad in ("40:1e-3", "x:1e-3:20", "100000:1e-3:20", "4:0:20"):
+        with pytest.raises(argparse.ArgumentTypeError, match="SEED:LR:EPOCHS|seed"):
+            ev.parse_originals(bad)

@@ -188,7 +188,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="corpus directory (resumable)")
     flags = configflags.add_config_flags(
         p, C.CorpusConfig, title="corpus", rename={"num_seeds": "seeds", "class_pairs": "pairs"},
-        choices={"unlearn_layers": ("head", "all")})
+        choices={"unlearn_layers": ("head", "all"), "forget_readout": ("zero", "train")})
     common.add_output_args(p)
     p.set_defaults(func=cmd_corpus, _corpus_flags=flags)
 

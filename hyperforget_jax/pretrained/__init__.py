@@ -8,10 +8,10 @@ DEFAULT = "dihyfo2-gpt_mlp-mnist5k"
 PRETRAINED: dict[str, dict[str, str]] = {
     "dihyfo2-gpt_mlp-mnist5k": {
         "file": "dihyfo2_gpt_mlp_mnist5k.npz",
-        "sha256": "e08fdfc86e5f33eb381028ab5ff7d4f60f100947122116fb76755b07a3334752",
+        "sha256": "f0ac5463f3b6415692da1e8788a75f6ca8b43595da8d179350716fd69d94a500",
     },
     "dihyfo1-c3-gpt_mlp-mnist5k": {
         "file": "dihyfo1_c3_gpt_mlp_mnist5k.npz",
-        "sha256": "277188d3bcb58b1516615bf715dd1d908067c876599f87f738e22994c3af3835",
+        "sha256": "c14d01d919a34897fa05234b7f24272d69082c7216f8204287c125aa1db09399",
     },
 }
