@@ -22,6 +22,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 
+# The Ctrl-C tests send SIGINT to CLI subprocesses. A test run started as a background job of a
+# non-interactive shell inherits SIGINT as *ignored*, which exec passes on, and Python then never
+# raises KeyboardInterrupt in those children. A Python-level handler is reset to the default by
+# exec, so installing one here gives every child an ordinary Ctrl-C (no preexec_fn, no fork).
+import signal  # noqa: E402
+
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_unconfigure(config):
     if _OWN_XLA_CACHE is not None:
         import shutil
