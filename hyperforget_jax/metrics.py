@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperforget_jax import xla
 from hyperforget_jax.errors import ConfigError, DataError
 
 ApplyFn = Any  # apply_fn(params, x) -> logits, or any model hf.as_model takes
@@ -105,7 +106,7 @@ def _batch_fn(model: Any) -> Callable:
     from hyperforget_jax.models import model_of
 
     m = model_of(model)
-    return m.program("batch_outputs", lambda: jax.jit(functools.partial(_batch_outputs_impl,
+    return m.program("batch_outputs", lambda: xla.jit(functools.partial(_batch_outputs_impl,
                                                                         m.apply)))
 
 

@@ -27,7 +27,7 @@ import numpy as np
 import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from hyperforget_jax import params as P_
+from hyperforget_jax import params as P_, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import ARCHITECTURES, as_model, is_import_path, model_of
@@ -161,7 +161,7 @@ def mean_cross_entropy(model: Model, params: Params, x: jax.Array, y: jax.Array
     """Jitted mean cross-entropy of ``model`` (an adapter, its ``.apply`` or any model) on
     ``(x, y)``; compiled once per model (the program is the model's own)."""
     m = model_of(model)
-    fn = m.program("mean_ce", lambda: jax.jit(
+    fn = m.program("mean_ce", lambda: xla.jit(
         lambda p, xx, yy: cross_entropy_loss(p, m.apply, xx, yy)[0]))
     return fn(params, x, y)
 
@@ -227,7 +227,7 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
 # --- three ways to compile the same step ------------------------------------------------------
 
 def jit_step(step: Callable) -> Callable:
-    return jax.jit(step, donate_argnums=0)
+    return xla.jit(step, donate_argnums=0)
 
 
 def pmap_step(step_with_axis: Callable, axis_name: str = "batch") -> Callable:
@@ -270,7 +270,7 @@ def sharded_step(step: Callable, mesh: Mesh) -> Callable:
     """Compiles the single-device step with a replicated state and a batch sharded along
     ``"data"``; XLA inserts the gradient all-reduce. Same numbers as :func:`jit_step`."""
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl),
+    return xla.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl),
                    donate_argnums=0)
 
 

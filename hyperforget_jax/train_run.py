@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from hyperforget_jax import xla
 from hyperforget_jax.data import Dataset, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
@@ -56,11 +57,11 @@ def _fit_epoch(model: Architecture, fleet: bool, hp_batched: bool, mesh: Mesh | 
         if fleet:
             run = over_members(run, (0, 0 if hp_batched else None, None, None, 0), how)
         if mesh is None:
-            return jax.jit(run, donate_argnums=0)
+            return xla.jit(run, donate_argnums=0)
         m, axis = auto_mesh(mesh)
         repl = NamedSharding(m, P())
         rows = NamedSharding(m, P(*([None] * (2 if fleet else 1)), axis))
-        return jax.jit(run, in_shardings=(repl, repl, repl, repl, rows),
+        return xla.jit(run, in_shardings=(repl, repl, repl, repl, rows),
                        out_shardings=(repl, repl), donate_argnums=0)
 
     return model.program(("fit_epoch", fleet, hp_batched, mesh, how), build)
@@ -318,8 +319,8 @@ def global_rows(local: Any, mesh: Mesh | None) -> Any:
 def _stream_step(model: Architecture, mesh: Mesh | None) -> Callable:
     step = _hp_step(model)
     if mesh is None:
-        return jax.jit(step, donate_argnums=0)
+        return xla.jit(step, donate_argnums=0)
     m, axis = auto_mesh(mesh)
     repl = NamedSharding(m, P())
-    return jax.jit(step, in_shardings=(repl, repl, NamedSharding(m, P(axis))),
+    return xla.jit(step, in_shardings=(repl, repl, NamedSharding(m, P(axis))),
                    out_shardings=(repl, repl), donate_argnums=0)

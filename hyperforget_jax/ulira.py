@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperforget_jax import train
+from hyperforget_jax import train, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.data import Dataset, ForgetSplit, batch_indices
 from hyperforget_jax.errors import ConfigError
@@ -142,13 +142,13 @@ def unlearn_shadows_sweep(shadows: Shadows, method: str, arch: Any, train_ds: Da
 
 
 def _phi_fleet(model: Architecture, stacked: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
-    fn = model.program("ulira_phi_fleet", lambda: jax.jit(jax.vmap(
+    fn = model.program("ulira_phi_fleet", lambda: xla.jit(jax.vmap(
         lambda p, xx, yy: logit_confidence(model.apply(p, xx), yy), in_axes=(0, None, None))))
     return np.asarray(fn(stacked, x, y))
 
 
 def _phi(model: Architecture, params: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
-    fn = model.program("ulira_phi", lambda: jax.jit(
+    fn = model.program("ulira_phi", lambda: xla.jit(
         lambda p, xx, yy: logit_confidence(model.apply(p, xx), yy)))
     return np.asarray(fn(params, x, y))
 

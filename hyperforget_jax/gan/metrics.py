@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from hyperforget_jax import xla
 from hyperforget_jax.data import Dataset, Splits
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.metrics import chunked_apply, per_sample_outputs
@@ -77,7 +78,7 @@ def _compiled_judge(arch: Architecture):
         def fn(params, x):
             logits, feats = _penultimate_apply(arch, params, x)
             return jax.nn.softmax(logits, -1), feats
-        return jax.jit(fn)
+        return xla.jit(fn)
 
     return arch.program(("gan_judge",), build)
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hyperforget_jax import xla
 from hyperforget_jax.data import Dataset, batch_indices
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.models import GAN_ARCHS, GANArch
@@ -178,7 +179,7 @@ def compiled_epoch(arch: GANArch, lr: float, beta1: float, batch_size: int) -> C
 
             return jax.lax.scan(body, state, idx)
 
-        return jax.jit(run, donate_argnums=0)
+        return xla.jit(run, donate_argnums=0)
 
     return arch.program(("epoch", float(lr), float(beta1), int(batch_size)), build)
 
@@ -241,7 +242,7 @@ def timed_train_gan(train: Dataset, cfg: GANConfig, **kw) -> tuple[GANState, flo
 
 
 def _compiled_sampler(arch: GANArch) -> Callable:
-    return arch.program("sampler", lambda: jax.jit(lambda g, z: arch.generate(g, z)))
+    return arch.program("sampler", lambda: xla.jit(lambda g, z: arch.generate(g, z)))
 
 
 def generate(arch: GANArch, g_params: Params, z: jax.Array, chunk: int = 2048) -> np.ndarray:
@@ -256,7 +257,7 @@ def sample(arch: GANArch, g_params: Params, n: int, seed: int = 0) -> np.ndarray
 
 
 def _compiled_scores(arch: GANArch) -> Callable:
-    return arch.program("d_scores", lambda: jax.jit(
+    return arch.program("d_scores", lambda: xla.jit(
         lambda d, x: jax.nn.sigmoid(arch.discriminate(d, x))))
 
 

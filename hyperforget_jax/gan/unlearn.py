@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from hyperforget_jax import xla
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.gan.models import GANArch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
@@ -265,7 +266,7 @@ def _compiled_rounds(arch: GANArch, cfg_key: tuple) -> Callable:
 
             return jax.lax.scan(body, state, None, length=n)
 
-        return jax.jit(run, donate_argnums=0)
+        return xla.jit(run, donate_argnums=0)
 
     return arch.program(("cascade_rounds", *cfg_key), build)
 

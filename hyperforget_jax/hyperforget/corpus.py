@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hyperforget_jax import data, report, train
+from hyperforget_jax import data, report, train, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
@@ -236,7 +236,7 @@ def make_metrics_fn(arch: Architecture, splits: data.Splits):
             out += [loss @ w, acc @ w]
         return jnp.concatenate(out)
 
-    fn = jax.jit(jax.vmap(one))
+    fn = xla.jit(jax.vmap(one))
 
     def run(flat: np.ndarray, chunk: int = 64) -> np.ndarray:
         # Every call has shape (chunk, P) (the last one zero-padded): one compilation.
@@ -282,7 +282,7 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
         keep = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, st)
         return keep, m["finite"] | ~active
 
-    @jax.jit
+    @xla.jit
     def epoch(st, idx, active):
         return jax.lax.scan(lambda c, i: jax.vmap(member)(c, lrs, *i), st, (idx, active))
 
@@ -360,13 +360,13 @@ def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: n
     if ccfg.unlearn_layers == "head":
         head = str(getattr(jax.tree_util.tree_leaves_with_path(tmpl)[tensors[0]][0][0], "key"))
         feats = head_features(arch, head)
-        inputs, teacher = jax.jit(jax.vmap(lambda f: feats(P_.unflatten(f, tmpl), x)))(f0)
+        inputs, teacher = xla.jit(jax.vmap(lambda f: feats(P_.unflatten(f, tmpl), x)))(f0)
         nb = int(np.prod(tmpl[head]["bias"].shape))
 
         def student(q, orig_i, bi):       # flat order of a Dense: bias, then kernel
             return inputs[orig_i, bi] @ q[nb:].reshape(-1, nb) + q[:nb]
     else:
-        teacher = jax.jit(jax.vmap(lambda f: arch.apply(P_.unflatten(f, tmpl), x)))(f0)
+        teacher = xla.jit(jax.vmap(lambda f: arch.apply(P_.unflatten(f, tmpl), x)))(f0)
 
         def student(q, orig_i, bi):
             return arch.apply(P_.unflatten(f0[orig_i].at[idx].set(q), tmpl), x[bi])
@@ -399,7 +399,7 @@ def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: n
     # forget-loss range from the original's up to Retrain's order.
     shrink = 1.0 - np.log1p(np.arange(1, total + 1)) / np.log1p(total)
 
-    @jax.jit
+    @xla.jit
     def segment(q, o, batches, shrinks):   # a run of steps between two checkpoints
         step = lambda c, bs_: (jax.vmap(member, (0, 0, 0, 0, 0, 0, None))(
             *c, q0, oi, ri, *bs_), None)

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hyperforget_jax import params as P_
+from hyperforget_jax import params as P_, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.hyperforget import diffusion as D
@@ -427,7 +427,7 @@ def param_shapes(model: GptDenoiser) -> Params:
 
 def init_hyper_state(model: GptDenoiser, tx: optax.GradientTransformation, key: jax.Array
                      ) -> HyperTrainState:
-    params = jax.jit(init_params, static_argnums=0)(model, key)
+    params = xla.jit(init_params, static_argnums=0)(model, key)
     # A distinct EMA copy, so the jitted step can donate the whole state.
     return HyperTrainState(jnp.zeros((), jnp.int32), params, jax.tree.map(jnp.copy, params),
                            tx.init(params))

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperforget_jax import xla
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import diffusion as D
@@ -209,13 +210,13 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
                           "(--no-permute)")
     if spec.denoiser.tokens == "units":
         permute = None        # unit tokens are exactly permutation-equivariant already
-    step = jax.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay), donate_argnums=0)
+    step = xla.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay), donate_argnums=0)
     ws = spec.weights
 
     def encode(a, b):
         return ws.encode_start(a, tmpl), ws.encode_change(b, a, tmpl)
 
-    @jax.jit
+    @xla.jit
     def prepare(key, start, target, f0, f1, r0, r1, classes):
         scalars = spec.conditions(f0, f1, r0, r1)
         return DN.prepare_batch(key, sched, start, target, scalars,

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperforget_jax import data
+from hyperforget_jax import data, xla
 from hyperforget_jax import params as P_
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
@@ -144,7 +144,7 @@ def _build_sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
             x0 = D.ddpm_sample(sched, predict, key, shape)
         return ws.decode_change(x0[0], theta0, tmpl)
 
-    return jax.jit(one), jax.jit(jax.vmap(one, in_axes=(None, None, 0, 0)))
+    return xla.jit(one), xla.jit(jax.vmap(one, in_axes=(None, None, 0, 0)))
 
 
 def _sampler(net: Hypernet, num_steps: int, method: str, guidance: float):

@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperforget_jax import params as P_
+from hyperforget_jax import params as P_, xla
 from hyperforget_jax.errors import ConfigError
 
 Params = Any
@@ -186,9 +186,9 @@ class WeightSpace:
                               "canonicalize=False for this architecture")
         shapes = tuple(tuple(int(d) for d in s.shape) for s in P_.param_spans(template))
         ws = cls(shapes, canonicalize, (1.0,) * len(shapes), (1.0,) * len(shapes))
-        canon = jax.jit(jax.vmap(lambda f: ws._canon(f, template)[0]))
+        canon = xla.jit(jax.vmap(lambda f: ws._canon(f, template)[0]))
         c0 = np.asarray(canon(jnp.asarray(starts)))
-        enc = jax.jit(jax.vmap(lambda a, b: ws.encode_change(a, b, template)))
+        enc = xla.jit(jax.vmap(lambda a, b: ws.encode_change(a, b, template)))
         d = np.concatenate([np.asarray(enc(jnp.asarray(targets[i:i + 512]),
                                            jnp.asarray(starts[target_starts[i:i + 512]])))
                             for i in range(0, len(targets), 512)])

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hyperforget_jax import train
+from hyperforget_jax import train, xla
 from hyperforget_jax.config import float_fields
 from hyperforget_jax.data import ForgetSplit, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import NonFiniteError
@@ -185,9 +185,9 @@ def _program(model: Architecture, method: str, fleet: bool, mesh: Mesh | None,
         if fleet:
             run = train.over_members(run, (0, 0, 0 if data_batched else None, 0, 0, None), how)
         if mesh is None:
-            return jax.jit(run, donate_argnums=0)
+            return xla.jit(run, donate_argnums=0)
         repl = NamedSharding(train.auto_mesh(mesh)[0], P())
-        return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
+        return xla.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
     return model.program(("baseline", method, fleet, mesh, data_batched, common_keys, how),
                          build)
@@ -255,7 +255,7 @@ def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
                 gi = jax.grad(lambda q: -jnp.mean(loss_fn(q, (x[i], y[i]))))(params)
                 return jax.tree.map(jnp.add, g, gi), None
             return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), idx)[0]
-        return jax.jit(summed)
+        return xla.jit(summed)
 
     g = model.program("salun_saliency", build)(params, jnp.asarray(split.forget.x),
                                                jnp.asarray(split.forget.y), jnp.asarray(idx))
@@ -274,7 +274,7 @@ def _salun(model, params, split, cfg: C.SalUnConfig, seed):
 
 
 def _logits(model: Architecture, params: Params, x: np.ndarray) -> jax.Array:
-    return model.program("logits", lambda: jax.jit(model.apply))(params, jnp.asarray(x))
+    return model.program("logits", lambda: xla.jit(model.apply))(params, jnp.asarray(x))
 
 
 def _scrub(model, params, split, cfg: C.ScrubConfig, seed):

@@ -87,7 +87,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hyperforget_jax import train
+from hyperforget_jax import train, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.data import Dataset, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError
@@ -405,7 +405,7 @@ def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
     """The single-device step over a ``("data",)`` mesh: state, τ, α replicated, both batches
     sharded along ``"data"`` (``train.put_sharded``); XLA inserts the all-reduce."""
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return jax.jit(step, in_shardings=(repl, data, data, repl, repl),
+    return xla.jit(step, in_shardings=(repl, data, data, repl, repl),
                    out_shardings=(repl, repl), donate_argnums=0)
 
 
@@ -457,7 +457,7 @@ def compute_tau(mode: str, apply_fn: Callable, params: Params, val: Dataset,
         return float(math.log(val.num_classes))
     model = model_of(apply_fn)
     make = val_tau_fn if mode == "val" else unseen_class_tau_fn
-    fn = model.program(("tau", mode), lambda: jax.jit(make(model.apply)))
+    fn = model.program(("tau", mode), lambda: xla.jit(make(model.apply)))
     return fn(params, *map(jnp.asarray, tau_inputs(mode, val, forget_classes)))
 
 

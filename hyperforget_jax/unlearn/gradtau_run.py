@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hyperforget_jax import train
+from hyperforget_jax import train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
@@ -122,10 +122,10 @@ def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fl
             run = train.over_members(run, (0, 0, 0, 0 if data_batched else None, p_ax, p_ax),
                                      how)
         if mesh is None:
-            return jax.jit(run, donate_argnums=0)
+            return xla.jit(run, donate_argnums=0)
         m, _ = train.auto_mesh(mesh)
         repl = NamedSharding(m, P())
-        return jax.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
+        return xla.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
     return model.program(("gradtau_epoch", descent_only, mode, fleet, mesh, data_batched,
                           plan_batched, how), build)
@@ -352,7 +352,7 @@ def compiled_forget_epoch(arch: Any, total_steps: int, lr: float, weight_decay: 
                 return step(s, (xf[fi], yf[fi]), (xr[ri], yr[ri]), tau, a)
             return jax.lax.scan(body, state, (f_idx, r_idx, alphas))
 
-        return jax.jit(run, donate_argnums=0)
+        return xla.jit(run, donate_argnums=0)
 
     return model.program(("legacy_forget_epoch", total_steps, lr, weight_decay,
                           final_lr_fraction, descent_only), build)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hyperforget_jax import train
+from hyperforget_jax import train, xla
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import as_model
 from hyperforget_jax.unlearn import gradtau as G
@@ -68,10 +68,10 @@ def _step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | None) -> 
 
     # Compiled per call, not cached on the model: the program closes over the caller's tau_fn.
     if mesh is None:
-        return jax.jit(step, donate_argnums=0)
+        return xla.jit(step, donate_argnums=0)
     m, axis = train.auto_mesh(mesh)
     repl, rows = NamedSharding(m, P()), NamedSharding(m, P(axis))
-    return jax.jit(step, in_shardings=(repl, repl, repl, rows, rows, repl),
+    return xla.jit(step, in_shardings=(repl, repl, repl, rows, rows, repl),
                    out_shardings=repl, donate_argnums=0)
 
 

@@ -1,0 +1,44 @@
+"""The XLA options every program the library compiles uses, and ``jit`` that applies them.
+
+XLA:CPU (jaxlib 0.10) hands convolutions and the fusions around them to YNNPACK by default.
+On this project's 2-core x86 machine those kernels keep about 1.3 cores busy, and the cnn's
+gradient step runs 1.7× faster (batch 512; 1.8× at batch 64) when
+``xla_cpu_experimental_ynn_fusion_type`` is empty, so that XLA uses its Eigen kernels, which
+occupy both cores. Results agree to float rounding (≈ 1e-6 relative; tests/test_xla.py), and
+dense models are unaffected (benchmarks/README.md, §1).
+
+The option goes to each compiled program (``jax.jit(..., compiler_options=...)``), not to the
+process: a user's own programs and ``XLA_FLAGS`` are untouched. It is an option of XLA's CPU
+compiler, which other backends ignore. ``jax.pmap`` takes no compiler options, so ``pmap``
+steps keep XLA's default. To turn it off, set ``HYPERFORGET_XLA_OPTIONS=0``; a flag named in
+``XLA_FLAGS`` wins over the library's value for it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+
+DEFAULTS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def compiler_options() -> dict[str, str] | None:
+    """The options :func:`jit` passes now: ``DEFAULTS`` less any flag set in ``XLA_FLAGS``,
+    or None when ``HYPERFORGET_XLA_OPTIONS=0``."""
+    if os.environ.get("HYPERFORGET_XLA_OPTIONS", "1").strip() in ("0", "false", "off"):
+        return None
+    flags = os.environ.get("XLA_FLAGS", "")
+    opts = {k: v for k, v in DEFAULTS.items() if f"--{k}" not in flags}
+    return opts or None
+
+
+def jit(fun: Callable, **kwargs: Any):
+    """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` (unless the caller passes its
+    own ``compiler_options``)."""
+    if "compiler_options" not in kwargs:
+        opts = compiler_options()
+        if opts:
+            kwargs["compiler_options"] = opts
+    return jax.jit(fun, **kwargs)

@@ -1,0 +1,60 @@
+"""hyperforget_jax.xla: the compiler options of the library's programs (Eigen instead of
+YNNPACK kernels for XLA:CPU convolutions), how a user turns them off, and that they change
+speed only: results equal XLA's defaults to float rounding."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from hyperforget_jax import train, xla
+from hyperforget_jax.models import make_architecture
+
+from conftest import assert_trees_close
+
+
+def test_options_default_env_off_and_xla_flags_win(monkeypatch):
+    monkeypatch.delenv("HYPERFORGET_XLA_OPTIONS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    assert xla.compiler_options() == xla.DEFAULTS
+    for off in ("0", "false", "off"):
+        monkeypatch.setenv("HYPERFORGET_XLA_OPTIONS", off)
+        assert xla.compiler_options() is None
+    monkeypatch.delenv("HYPERFORGET_XLA_OPTIONS")
+    # A flag the user set in XLA_FLAGS is theirs: the library does not override it.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_experimental_ynn_fusion_type=individual_dot")
+    assert xla.compiler_options() is None
+
+
+def _cnn_step():
+    arch = make_architecture("cnn")
+    cfg = train.TrainConfig(arch="cnn", lr=1e-3)
+    tx = train.make_optimizer(cfg)
+    state = train.init_state(arch, tx, jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = (jnp.asarray(rng.random((16, 28, 28, 1), np.float32)),
+             jnp.asarray(rng.integers(0, 10, 16)))
+    return train.make_train_step(arch.apply, tx), state, batch
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
+def test_library_programs_use_them_and_results_match_xla_defaults(monkeypatch):
+    monkeypatch.delenv("HYPERFORGET_XLA_OPTIONS", raising=False)
+    step, state, batch = _cnn_step()
+    ours = train.jit_step(step)                     # the library's compiled step
+    plain = jax.jit(step)                           # XLA's defaults
+    text = ours.lower(state, batch).compile().as_text()
+    default_text = plain.lower(state, batch).compile().as_text()
+    assert "__ynn_fusion" not in text and "convolution(" in text
+    # Same computation, other kernels: equal to float rounding after 3 steps.
+    sa, sb = state, state
+    for _ in range(3):
+        sa, ma = plain(sa, batch)
+        sb, mb = ours(jax.tree.map(jnp.copy, sb), batch)
+    assert abs(float(ma["loss"]) - float(mb["loss"])) < 1e-5
+    assert_trees_close(sa.params, sb.params, atol=1e-5)
+    # Turned off, the library compiles with XLA's defaults again.
+    monkeypatch.setenv("HYPERFORGET_XLA_OPTIONS", "0")
+    off = train.jit_step(step).lower(state, batch).compile().as_text()
+    assert ("__ynn_fusion" in off) == ("__ynn_fusion" in default_text)
