@@ -1,11 +1,12 @@
 """The XLA options every program the library compiles uses, and ``jit`` that applies them.
 
-XLA:CPU (jaxlib 0.10) hands convolutions and the fusions around them to YNNPACK by default.
-On this project's 2-core x86 machine those kernels keep about 1.3 cores busy, and the cnn's
-gradient step runs 1.7× faster (batch 512; 1.8× at batch 64) when
-``xla_cpu_experimental_ynn_fusion_type`` is empty, so that XLA uses its Eigen kernels, which
-occupy both cores. Results agree to float rounding (≈ 1e-6 relative; tests/test_xla.py), and
-dense models are unaffected (benchmarks/README.md, §1).
+XLA:CPU (jaxlib 0.10) hands convolutions, dots and reductions to YNNPACK by default. On this
+project's 2-core x86 machine its convolutions keep about 1.3 cores busy; listing only dots and
+reductions in ``xla_cpu_experimental_ynn_fusion_type`` leaves the convolutions to XLA's Eigen
+kernels, which occupy both cores: the cnn's gradient runs 1.8× faster (batch 512). Programs
+without convolutions compile exactly as with XLA's defaults (tested), and convolution results
+agree with the defaults to float rounding (≈ 1e-6 relative; tests/test_xla.py; benchmarks/
+README.md, §1).
 
 The option goes to each compiled program (``jax.jit(..., compiler_options=...)``), not to the
 process: a user's own programs and ``XLA_FLAGS`` are untouched. It is an option of XLA's CPU
@@ -21,7 +22,9 @@ from typing import Any, Callable
 
 import jax
 
-DEFAULTS: dict[str, str] = {"xla_cpu_experimental_ynn_fusion_type": ""}
+# Dots and reductions stay with YNNPACK (XLA's default); convolutions go to Eigen.
+DEFAULTS: dict[str, str] = {
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT,LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 def compiler_options() -> dict[str, str] | None:
