@@ -27,9 +27,9 @@ def test_options_default_env_off_and_xla_flags_win(monkeypatch):
     assert xla.compiler_options() is None
 
 
-def _cnn_step():
-    arch = make_architecture("cnn")
-    cfg = train.TrainConfig(arch="cnn", lr=1e-3)
+def _step(name):
+    arch = make_architecture(name)
+    cfg = train.TrainConfig(arch=name, lr=1e-3)
     tx = train.make_optimizer(cfg)
     state = train.init_state(arch, tx, jax.random.key(0))
     rng = np.random.default_rng(0)
@@ -41,7 +41,7 @@ def _cnn_step():
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU option")
 def test_library_programs_use_them_and_results_match_xla_defaults(monkeypatch):
     monkeypatch.delenv("HYPERFORGET_XLA_OPTIONS", raising=False)
-    step, state, batch = _cnn_step()
+    step, state, batch = _step("cnn")
     ours = train.jit_step(step)                     # the library's compiled step
     plain = jax.jit(step)                           # XLA's defaults
     text = ours.lower(state, batch).compile().as_text()
@@ -65,14 +65,7 @@ def test_library_programs_use_them_and_results_match_xla_defaults(monkeypatch):
 def test_dense_programs_compile_exactly_as_xla_defaults(monkeypatch):
     """Without convolutions the options change nothing: the same kernels, the same bits."""
     monkeypatch.delenv("HYPERFORGET_XLA_OPTIONS", raising=False)
-    arch = make_architecture("mlp")
-    cfg = train.TrainConfig(arch="mlp", lr=1e-3)
-    tx = train.make_optimizer(cfg)
-    state = train.init_state(arch, tx, jax.random.key(0))
-    rng = np.random.default_rng(0)
-    batch = (jnp.asarray(rng.random((16, 28, 28, 1), np.float32)),
-             jnp.asarray(rng.integers(0, 10, 16)))
-    step = train.make_train_step(arch.apply, tx)
+    step, state, batch = _step("mlp")
     ours, plain = xla.jit(step), jax.jit(step)
     ynn = lambda f: f.lower(state, batch).compile().as_text().count('"__ynn_fusion"')
     assert ynn(ours) == ynn(plain)           # the dots stay with YNNPACK, as by default
