@@ -4,13 +4,14 @@ XLA:CPU (jaxlib 0.10) hands convolutions, dots and reductions to YNNPACK by defa
 project's 2-core x86 machine its convolutions keep about 1.3 cores busy; listing only dots and
 reductions in ``xla_cpu_experimental_ynn_fusion_type`` leaves the convolutions to XLA's Eigen
 kernels, which occupy both cores: the cnn's gradient runs 1.8× faster (batch 512). Programs
-without convolutions compile exactly as with XLA's defaults (tested), and convolution results
-agree with the defaults to float rounding (≈ 1e-6 relative; tests/test_xla.py; benchmarks/
-README.md, §1).
+without convolutions keep XLA's default kernels and give the same bits (tested), and
+convolution results agree with the defaults to float rounding (≈ 1e-6 relative;
+tests/test_xla.py; benchmarks/README.md, §1).
 
 The option goes to each compiled program (``jax.jit(..., compiler_options=...)``), not to the
-process: a user's own programs and ``XLA_FLAGS`` are untouched. It is an option of XLA's CPU
-compiler, which other backends ignore. ``jax.pmap`` takes no compiler options, so ``pmap``
+process: a user's own programs and ``XLA_FLAGS`` are untouched. It is a field of XLA's
+``DebugOptions`` that only the CPU compiler reads (GPU / TPU compilation was not run here: no
+accelerator was available). ``jax.pmap`` takes no compiler options, so ``pmap``
 steps keep XLA's default. To turn it off, set ``HYPERFORGET_XLA_OPTIONS=0``; a flag named in
 ``XLA_FLAGS`` wins over the library's value for it.
 """
