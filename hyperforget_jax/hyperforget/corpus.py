@@ -28,7 +28,7 @@ For a fleet of target networks (trained together with ``vmap``):
    the change it makes is small and structured (110 of 7,960 values for G.pt's MLP), which is
    what lets a small hypernetwork reproduce it on unseen networks.
    Checkpoints are kept at ``checkpoints`` geometrically spaced steps, so the forget loss along
-   a trajectory covers 0.1 → ~10 (the range prompts can ask for).
+   a trajectory covers ≈ 0.3 → ≈ 12 (the range prompts can ask for).
 
 Every checkpoint stores the trained values and, per class, the mean loss and accuracy on the
 training, validation and test sets; the loss/accuracy on D_f and D_r of any request follow from
@@ -204,15 +204,13 @@ def readout_keep_mask(arch: Architecture, tensors: list[int], requests: list[tup
     if len(kern) != 1 or kern[0] not in tensors:
         raise ConfigError(f"forget_readout='zero' needs an output layer with one kernel of "
                           f"{k} columns; {arch.name} has none: use forget_readout='train'")
-    spans = P_.param_spans(template)
-    offset = sum(spans[i].stop - spans[i].start for i in tensors if i < kern[0])
-    shape = tuple(leaves[kern[0]][1].shape)
-    q = sum(spans[i].stop - spans[i].start for i in tensors)
-    out = np.ones((len(requests), q), np.float32)
+    start = P_.param_spans(template)[kern[0]].start
+    idx = span_index(arch, tensors)
+    out = np.ones((len(requests), len(idx)), np.float32)
     for r, classes in enumerate(requests):
-        col = np.zeros(shape, bool)
+        col = np.zeros(leaves[kern[0]][1].shape, bool)
         col[..., list(classes)] = True
-        out[r, offset + np.flatnonzero(col.reshape(-1))] = 0.0
+        out[r, np.isin(idx, start + np.flatnonzero(col))] = 0.0
     return out
 
 
@@ -383,9 +381,9 @@ def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: n
         return jnp.mean(optax.softmax_cross_entropy(student(q, orig_i, bi), target))
 
     def member(q, o, q0, orig_i, req_i, bi, shrink):
-        keep = keep_mask[req_i]
-        u, o = tx.update(jax.grad(member_loss)(q, orig_i, req_i, bi) * keep, o, q)
-        return optax.apply_updates(q, u) * keep + (1.0 - keep) * shrink * q0, o
+        m = keep_mask[req_i]
+        u, o = tx.update(jax.grad(member_loss)(q, orig_i, req_i, bi) * m, o, q)
+        return optax.apply_updates(q, u) * m + (1.0 - m) * shrink * q0, o
 
     oi = jnp.asarray(np.repeat(np.arange(s_), r_))
     ri = jnp.asarray(np.tile(np.arange(r_), s_))
