@@ -170,9 +170,13 @@ def per_sample_outputs(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
 
 
 def chunked_apply(fn: Callable, params: Any, x: Any, chunk: int) -> Any:
-    """``fn(params, batch)`` over ``x`` in chunks of exactly ``chunk`` rows (the last one
-    zero-padded, so a jitted ``fn`` compiles once), as host arrays without the padding. ``fn``
-    may return an array or a tuple of arrays; ``x`` must be non-empty."""
+    """``fn(params, batch)`` over ``x`` in chunks of equal rows (the last one zero-padded, so a
+    jitted ``fn`` compiles once per size), as host arrays without the padding. ``fn`` may return
+    an array or a tuple of arrays; ``x`` must be non-empty.
+
+    The chunk is ``chunk`` rows, or the power of two ≥ ``len(x)`` (at least 16) when that is
+    smaller: 64 images are not padded to 2,048, and sizes still share a few compilations."""
+    chunk = min(chunk, max(16, 1 << max(len(x) - 1, 0).bit_length()))
     outs = []
     for i in range(0, len(x), chunk):
         xx = np.asarray(x[i:i + chunk])

@@ -106,3 +106,29 @@ def test_bad_arrays_rejected():
         data.from_arrays(np.zeros((4, 2, 2, 1), np.float32), np.zeros(3))
     with pytest.raises(DataError, match="unknown dataset"):
         data.load_dataset("imagenet")
+
+
+def test_augment_affine_copies_are_seeded_transforms_of_the_images():
+    rng = np.random.default_rng(0)
+    x = np.zeros((6, 12, 12, 2), np.float32)
+    x[:, 4:8, 3:9] = rng.random((6, 4, 6, 2))          # a blob away from the border
+    ds = data.from_arrays(x, np.arange(6) % 3, num_classes=3)
+    a = data.augment_affine(ds, copies=3, seed=1)
+    assert a.x.shape == (18, 12, 12, 2) and a.y.tolist() == ds.y.tolist() * 3
+    np.testing.assert_array_equal(a.x[:6], x)           # the first copy is the data itself
+    np.testing.assert_array_equal(a.x, data.augment_affine(ds, copies=3, seed=1).x)
+    assert not np.allclose(a.x[6:12], data.augment_affine(ds, copies=3, seed=2).x[6:12])
+    assert not np.allclose(a.x[6:12], x)
+    # Small rotations / zooms / shifts keep the blob's mass (bilinear, nothing pushed out).
+    mass = a.x.reshape(3, 6, -1).sum(-1)
+    np.testing.assert_allclose(mass[1:] / mass[0], 1.0, atol=0.3)
+    # No transform at all reproduces the images (both channels alike).
+    same = data.augment_affine(ds, copies=2, seed=1, rotate=0, shift=0, scale=0)
+    np.testing.assert_allclose(same.x[6:], x, atol=1e-6)
+
+
+@pytest.mark.parametrize("copies", [0, -1, 1.5, True])
+def test_augment_affine_refuses_bad_copies(copies):
+    ds = data.from_arrays(np.zeros((2, 4, 4, 1)), np.array([0, 1]))
+    with pytest.raises(DataError, match="copies"):
+        data.augment_affine(ds, copies=copies)

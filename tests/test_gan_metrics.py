@@ -89,3 +89,26 @@ def test_downstream_accuracy_on_constructed_generators(digits_splits):
     assert no3["downstream_acc"] <= 1 - is3.mean() + 1e-9
     noise = np.random.default_rng(0).uniform(size=train.x.shape).astype(np.float32)
     assert M.downstream_accuracy(noise, judge, test, epochs=10)["downstream_acc"] < 0.5
+
+
+def test_judge_recipe_trains_on_augmented_copies_and_anneals(digits_splits):
+    """The experiments' judge (JudgeCNN by import path, augmented copies, a low-lr tail) trains
+    on 8×8 digits too; its features are the 256-d penultimate layer; the annealing epochs
+    change the parameters; a judge trained with copies learns from them (different params)."""
+    import dataclasses
+
+    train, test = digits_splits.train, digits_splits.test
+    cfg = dataclasses.replace(M.JUDGE, epochs=3)
+    plain = M.train_judge(train, seed=0, config=cfg)
+    aug = M.train_judge(train, seed=0, config=cfg, augment=2)
+    annealed = M.train_judge(train, seed=0, config=cfg, augment=2, anneal_epochs=1)
+    accs = []
+    for j in (plain, aug, annealed):
+        probs, feats = M.judge_outputs(j, test.x)
+        assert feats.shape == (len(test), 256)
+        accs.append(float(np.mean(probs.argmax(1) == test.y)))
+    # 3 epochs on 1,257 8×8 digits: plain ≈ 0.78; the full recipe (copies, tail) ≈ 0.88.
+    assert min(accs) > 0.7 and accs[2] > 0.85, accs
+    leaves = lambda j: np.concatenate([np.ravel(a) for a in jax.tree.leaves(j.params)])
+    assert not np.allclose(leaves(plain), leaves(aug))
+    assert not np.allclose(leaves(aug), leaves(annealed))

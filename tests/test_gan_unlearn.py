@@ -139,3 +139,78 @@ def test_cascade_resumes_from_checkpoint_exactly(tmp_path, digits_splits, tiny_g
     other = dataclasses.replace(cfg, lambda_u=2.0)
     with Checkpointer(tmp_path / "ck") as ck, pytest.raises(CheckpointError, match="another"):
         U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=other, checkpointer=ck, **kw)
+
+
+def _round_inputs(arch, x, key_seed=3, count=5):
+    """A round's arguments: data streams, a substitution bank with ``count`` entries, y_f."""
+    rng = np.random.default_rng(key_seed)
+    data = (jnp.asarray(x[16:256]), jnp.int32(240), jnp.asarray(x[:16]), jnp.int32(16))
+    pool = 32
+    bank = U.SubstitutionBank(jnp.asarray(rng.normal(size=(pool, arch.latent_dim)), jnp.float32),
+                              jnp.asarray(rng.random((pool, *arch.image_shape)), jnp.float32),
+                              jnp.int32(count))
+    return data, bank, jnp.float32(0.3), jax.random.key(key_seed)
+
+
+@pytest.mark.parametrize("sub_real_weight", [0.0, 1.0])
+def test_round_losses_equal_separate_forward_passes(digits_splits, tiny_gan, sub_real_weight):
+    """The round pushes its streams through D and G as single concatenated batches; its losses
+    equal the cascade's formulas computed with one forward pass per stream (and the data-level
+    term BCE(D(x_sub), 1) is there exactly when substitutes count as real)."""
+    import optax
+
+    from hyperforget_jax.gan.train import bce_with_logits, init_gan_state
+
+    gan, arch = tiny_gan
+    lam_u, lam_s, bs = 4.0, 0.5, 8
+    tx = optax.adam(1e-3)
+    fn = jax.jit(U.make_round(arch, tx, lam_u, lam_s, sub_real_weight, bs))
+    data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
+    state = init_gan_state(arch, tx, jax.random.key(0), gan.g_params, gan.d_params)
+    new, m = fn(state, data, bank, y_f, key)
+
+    # The same draws as the round (its documented key split), one forward pass per stream.
+    kr, ku, kd, kg, ks = jax.random.split(key, 5)
+    xr = data[0][jax.random.randint(kr, (bs,), 0, 240)]
+    xu = data[2][jax.random.randint(ku, (bs,), 0, 16)]
+    zd, zg = arch.sample_latents(kd, bs), arch.sample_latents(kg, bs)
+    si = jax.random.randint(ks, (bs,), 0, 5)
+    zs, xs = bank.codes[si], bank.targets[si]
+    D, G = arch.discriminate, arch.generate
+    d0, g0 = gan.d_params, gan.g_params
+    want_d = (bce_with_logits(D(d0, xr), 1.0) + bce_with_logits(D(d0, G(g0, zd)), 0.0)
+              + lam_u * bce_with_logits(D(d0, xu), y_f)
+              + sub_real_weight * bce_with_logits(D(d0, xs), 1.0))
+    sub = jnp.mean((G(g0, zs) - xs) ** 2)
+    want_g = bce_with_logits(D(new.d_params, G(g0, zg)), 1.0) + lam_s * sub
+    np.testing.assert_allclose(float(m["d_loss"]), float(want_d), rtol=2e-5)
+    np.testing.assert_allclose(float(m["sub_loss"]), float(sub), rtol=2e-5)
+    np.testing.assert_allclose(float(m["g_loss"]), float(want_g), rtol=2e-5)
+
+
+def test_d_lr_sets_the_discriminator_learning_rate_only(digits_splits, tiny_gan):
+    """``tx_d`` (UnlearnConfig.d_lr) updates D alone: D after a round with (G: A, D: B) equals
+    D after a round with B for both; G differs from that run (its own rate, A)."""
+    from hyperforget_jax.gan.train import init_gan_state, make_optimizer
+
+    gan, arch = tiny_gan
+    slow, fast = make_optimizer(1e-4), make_optimizer(3e-3)
+    data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
+    outs = []
+    for tx_g, tx_d in ((slow, fast), (fast, fast)):
+        fn = jax.jit(U.make_round(arch, tx_g, 1.0, 0.1, 0.0, 8, tx_d))
+        state = init_gan_state(arch, tx_g, jax.random.key(0), gan.g_params, gan.d_params)
+        outs.append(fn(state, data, bank, y_f, key)[0])
+    for a, b in zip(jax.tree.leaves(outs[0].d_params), jax.tree.leaves(outs[1].d_params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+               zip(jax.tree.leaves(outs[0].g_params), jax.tree.leaves(outs[1].g_params)))
+    assert diff > 1e-4
+
+
+def test_d_lr_none_is_lr_and_bad_values_are_refused():
+    assert U.CLASS_RECIPE.d_lr is None
+    with pytest.raises(ConfigError, match="d_lr"):
+        U.UnlearnConfig(d_lr=0.0)
+    with pytest.raises(ConfigError, match="d_lr"):
+        U.UnlearnConfig(d_lr=-1e-3)

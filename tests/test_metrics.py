@@ -282,3 +282,21 @@ def test_mean_std_and_format():
         metrics.mean_std([])
     with pytest.raises(DataError):
         metrics.format_mean_std([])
+
+
+@pytest.mark.parametrize("n", [1, 17, 64, 300, 1000])
+def test_chunked_apply_pads_small_inputs_to_a_power_of_two_only(n):
+    """Outputs equal the unchunked function; every call sees the same row count per input
+    size: ``chunk`` rows, or the power of two ≥ n (at least 16) when smaller."""
+    seen = []
+
+    def fn(params, x):
+        seen.append(x.shape[0])
+        return x * params, x.sum(1)
+
+    x = np.random.default_rng(n).random((n, 3)).astype(np.float32)
+    a, b = metrics.chunked_apply(fn, 2.0, x, chunk=256)
+    np.testing.assert_allclose(a, x * 2.0)
+    np.testing.assert_allclose(b, x.sum(1), rtol=1e-6)
+    want = min(256, max(16, 1 << (n - 1).bit_length()))
+    assert set(seen) == {want} and len(seen) == -(-n // want)

@@ -3,9 +3,10 @@ features, the forgotten-class share, discriminator-score membership inference an
 classification (METHODS.md §3 metrics).
 
 "classifier-FID" and "classifier-IS" are the Fréchet distance and Inception Score computed with
-the *judge classifier* (by default the package's MLP 784→256→256→10 trained on the real
-training set with :func:`hyperforget_jax.train.fit`), on its penultimate features (the input of
-its last Dense layer) and its softmax outputs. They are **not** Inception-v3 FID/IS: numbers
+the *judge classifier* (trained on the real training set with
+:func:`hyperforget_jax.train.fit`: :data:`JUDGE` with :data:`JUDGE_AUGMENT` copies in the
+experiments, the package's MLP by default here), on its penultimate features (the input of its
+last Dense layer) and its softmax outputs. They are **not** Inception-v3 FID/IS: numbers
 are comparable between generators judged by the same classifier, not with published values.
 """
 
@@ -22,10 +23,42 @@ from hyperforget_jax import xla
 from hyperforget_jax.data import Dataset, Splits
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.metrics import chunked_apply, per_sample_outputs
-from hyperforget_jax.models import Architecture, make_architecture
+from hyperforget_jax.models import Architecture, as_model, make_architecture
 from hyperforget_jax.train import TrainConfig, fit
 
 Params = Any
+
+
+class JudgeCNN(nn.Module):
+    """The GAN judge [ours]: two blocks of two 3×3 convolutions (32, 64 channels) with 2×2
+    average pooling, then a 256-unit layer (the penultimate features). Trained with
+    :data:`JUDGE`, :data:`JUDGE_AUGMENT` and :data:`JUDGE_ANNEAL` it reaches 98.2 % on
+    MNIST-5k's test set, where the package's ``cnn`` reaches 96.9 % (docs/gan.md)."""
+
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        from hyperforget_jax import layers
+
+        for ch in (32, 64):
+            x = nn.relu(layers.Conv(ch, (3, 3))(x))
+            x = nn.relu(layers.Conv(ch, (3, 3))(x))
+            x = nn.avg_pool(x, (2, 2), (2, 2))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(256)(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+#: The experiments' judge recipe: :class:`JudgeCNN`, 6 epochs over the training set and
+#: :data:`JUDGE_AUGMENT` − 1 affine copies of it (60 passes over the real images), then
+#: :data:`JUDGE_ANNEAL` epochs at lr 1e-4 [ours: chosen on the validation split: 98.8 %
+#: without the last 2 epochs, 99.4 % with them].
+JUDGE = TrainConfig(arch="hyperforget_jax.gan.metrics:JudgeCNN", epochs=6)
+#: Copies of the training set the judge trains on (the first is the images themselves).
+JUDGE_AUGMENT = 10
+#: Epochs at a tenth of the learning rate after :data:`JUDGE`.
+JUDGE_ANNEAL = 2
 
 
 class Judge(NamedTuple):
@@ -36,24 +69,37 @@ class Judge(NamedTuple):
 
 
 def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
-                epochs: int = 20, config: TrainConfig | None = None) -> Judge:
+                epochs: int = 20, config: TrainConfig | None = None,
+                augment: int = 1, anneal_epochs: int = 0) -> Judge:
     """Trains the judge classifier on real images (the full training set, so that it knows
     every class, the forgotten ones included).
 
     Args:
       train: the real training images and labels.
-      seed: initialisation and batch order (replaces ``config.seed``).
+      seed: initialisation, batch order and augmentation (replaces ``config.seed``).
       arch_name, epochs: the classifier and its epochs when ``config`` is None.
       config: the full recipe (:class:`~hyperforget_jax.train.TrainConfig`), e.g. from
-        generated ``--judge-*`` flags.
+        generated ``--judge-*`` flags; :data:`JUDGE` is the experiments' one.
+      augment: train on the images and ``augment − 1`` randomly rotated, zoomed and shifted
+        copies of them (:func:`hyperforget_jax.data.augment_affine`); 1 = the images only.
+      anneal_epochs: after the recipe, this many more epochs at a tenth of its learning rate
+        (same data, fresh AdamW state).
 
     Returns:
       The trained :class:`Judge`.
     """
+    from hyperforget_jax.data import augment_affine
+
     cfg = config or TrainConfig(arch=arch_name, epochs=epochs)
     cfg = dataclasses.replace(cfg, seed=seed)
-    arch = make_architecture(cfg.arch, train.x.shape[1:], train.num_classes)
+    arch = as_model(cfg.arch, train.x.shape[1:], train.num_classes)   # a name or import path
+    if augment != 1:
+        train = augment_affine(train, augment, seed)
     state, _ = fit(arch, train, cfg)
+    if anneal_epochs:
+        state, _ = fit(arch, train, dataclasses.replace(cfg, lr=cfg.lr / 10,
+                                                        epochs=anneal_epochs),
+                       init_params=state.params)
     return Judge(arch, state.params)
 
 
