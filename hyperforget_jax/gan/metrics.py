@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from hyperforget_jax import xla
+from hyperforget_jax import layers, xla
 from hyperforget_jax.data import Dataset, Splits
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.metrics import chunked_apply, per_sample_outputs
@@ -39,8 +39,6 @@ class JudgeCNN(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        from hyperforget_jax import layers
-
         for ch in (32, 64):
             x = nn.relu(layers.Conv(ch, (3, 3))(x))
             x = nn.relu(layers.Conv(ch, (3, 3))(x))
