@@ -21,10 +21,16 @@ approximated: the gradients are the same sums as XLA's, equal to ≤ 1e-6 relati
 every transformation keeps working (``grad``, ``jvp``, ``vmap``, ``grad`` of ``grad``, ``pmap``,
 sharding), because the rule is itself made of ordinary convolutions.
 
-Only CPU gets the rewritten tangents: the rule picks them with ``lax.platform_dependent`` when the
+Image layers (at most :data:`GEMM_KERNEL_GRAD_MAX_CHANNELS` input channels, float32/64) are the
+exception on CPU: their forward pass is a fused sum of shifted views of the input times kernel
+rows, and their kernel gradient one matrix product on an im2col copy; neither is a convolution.
+The same sums in another order: ≤ 1e-6 relative to lax's convolution (tests); the ``cnn``'s
+first layer runs 2.4× faster forward + kernel gradient (benchmarks/README.md §1).
+
+Only CPU gets the rewritten forms: the rules pick them with ``lax.platform_dependent`` when the
 computation is lowered, and every other platform (cuDNN on GPU, the TPU convolution emitter)
-gets exactly JAX's own tangent, ``conv(dx, w) + conv(x, dw)``, hence its usual transposes. No
-XLA flag is set or needed.
+gets exactly lax's convolution and JAX's own tangent, ``conv(dx, w) + conv(x, dw)``, hence its
+usual transposes. No XLA flag is set or needed.
 
 Scope: 2-D convolutions in NHWC/HWIO layout with ``feature_group_count == batch_group_count ==
 1`` (every model of this package). Anything else is passed to ``lax.conv_general_dilated``
@@ -104,8 +110,58 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1, 2, 3, 4))
 def _conv(strides, pads, lhs_dilation, rhs_dilation, precision, x, w):
+    cfg = (strides, pads, lhs_dilation, rhs_dilation, precision)
+    if _few_input_channels(x, w, lhs_dilation):
+        return lax.platform_dependent(x, w, cpu=functools.partial(_conv_taps, cfg),
+                                      default=functools.partial(_conv_native, cfg))
+    return _conv_native(cfg, x, w)
+
+
+def _conv_native(cfg, x, w):
+    strides, pads, lhs_dilation, rhs_dilation, precision = cfg
     return lax.conv_general_dilated(x, w, strides, pads, lhs_dilation, rhs_dilation, _NHWC,
                                     precision=precision)
+
+
+#: Layers with at most this many input channels (image layers: 1 or 3) run differently on CPU.
+#: Their forward pass is a sum of kh·kw·C_in shifted copies of the input, each scaled by one
+#: row of the kernel: one elementwise loop that XLA fuses, instead of a convolution whose
+#: contraction has only kh·kw·C_in terms per output (Eigen's kernels: ≈ 1.5× slower on the
+#: ``cnn``'s first layer). Their kernel gradient is one matrix product on an im2col copy of the
+#: input instead of the canonical kernel-gradient convolution, which batches over the input
+#: channels and so has almost no parallel work and one enormous window (MNIST: 9 outputs per
+#: channel, a 28×28×256 window): ≈ 3× slower than the product. The copy is kh·kw·C_in floats
+#: per output pixel, i.e. small exactly when C_in is (benchmarks/README.md §1).
+GEMM_KERNEL_GRAD_MAX_CHANNELS = 4
+
+
+def _few_input_channels(x, w, lhs_dilation) -> bool:
+    return (x.shape[-1] <= GEMM_KERNEL_GRAD_MAX_CHANNELS and lhs_dilation == (1, 1)
+            and x.dtype == w.dtype and x.dtype in (jnp.float32, jnp.float64))
+
+
+def _taps(cfg, x, kh, kw):
+    """The kh·kw shifted, strided views of the padded input, each (N, OH, OW, C), in kernel
+    order (row-major over the window)."""
+    strides, pads, _, rhs_dilation, _ = cfg
+    n, _, _, c = x.shape
+    xp = lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (*pads[0], 0), (*pads[1], 0), (0, 0, 0)))
+    oh = (xp.shape[1] - (kh - 1) * rhs_dilation[0] - 1) // strides[0] + 1
+    ow = (xp.shape[2] - (kw - 1) * rhs_dilation[1] - 1) // strides[1] + 1
+    return [lax.slice(xp, (0, i * rhs_dilation[0], j * rhs_dilation[1], 0),
+                      (n, i * rhs_dilation[0] + (oh - 1) * strides[0] + 1,
+                       j * rhs_dilation[1] + (ow - 1) * strides[1] + 1, c),
+                      (1, *strides, 1))
+            for i in range(kh) for j in range(kw)]
+
+
+def _conv_taps(cfg, x, w):
+    """The convolution as Σ over kernel taps and input channels of view · kernel row."""
+    kh, kw, c, o = w.shape
+    rows = w.reshape(kh * kw, c, o)
+    terms = [view[..., ci:ci + 1] * rows[t, ci]
+             for t, view in enumerate(_taps(cfg, x, kh, kw)) for ci in range(c)]
+    return functools.reduce(lax.add, terms)
 
 
 def _conv_jvp(strides, pads, lhs_dilation, rhs_dilation, precision, primals, tangents):
@@ -146,15 +202,6 @@ def _dx_tangent_cpu(cfg, w, dx):
                                     rhs_dilation, _DX_TANGENT, precision=precision)
 
 
-#: Kernel gradients of layers with at most this many input channels are one matrix product on
-#: an im2col copy of the input instead of a convolution. The canonical kernel-gradient
-#: convolution batches over the input channels, so for an image layer (1 or 3 channels) it has
-#: almost no parallel work and one enormous window (MNIST: 9 outputs per channel, a 28×28×256
-#: window): ≈ 4-10× slower than the product here (benchmarks/README.md §1). The copy is
-#: kh·kw·C_in floats per output pixel, i.e. small exactly when C_in is.
-GEMM_KERNEL_GRAD_MAX_CHANNELS = 4
-
-
 def _dw_tangent_cpu(cfg, x, dw):
     strides, pads, lhs_dilation, rhs_dilation, precision = cfg
     if x.shape[-1] <= GEMM_KERNEL_GRAD_MAX_CHANNELS and lhs_dilation == (1, 1):
@@ -166,23 +213,15 @@ def _dw_tangent_cpu(cfg, x, dw):
 
 
 def _dw_tangent_gemm(cfg, x, dw):
-    """conv(x, dw) as patches (kh·kw·C, N, OH, OW) · dw (kh·kw·C, O). Its transpose w.r.t. dw
-    is one matrix product contracting the patches' trailing (N, OH, OW) with the cotangent's
-    leading ones: no transposes, no convolution."""
-    strides, pads, _, rhs_dilation, precision = cfg
-    n, h, w, c = x.shape
-    kh, kw, _, o = dw.shape
-    xt = jnp.pad(x.transpose(3, 0, 1, 2), ((0, 0), (0, 0), pads[0], pads[1]))  # (C, N, H', W')
-    oh = (xt.shape[2] - (kh - 1) * rhs_dilation[0] - 1) // strides[0] + 1
-    ow = (xt.shape[3] - (kw - 1) * rhs_dilation[1] - 1) // strides[1] + 1
-    patches = jnp.stack([
-        lax.slice(xt, (0, 0, i * rhs_dilation[0], j * rhs_dilation[1]),
-                  (c, n, i * rhs_dilation[0] + (oh - 1) * strides[0] + 1,
-                   j * rhs_dilation[1] + (ow - 1) * strides[1] + 1), (1, 1) + tuple(strides))
-        for i in range(kh) for j in range(kw)])                                  # (kh·kw, C, N, OH, OW)
-    patches = patches.reshape(kh * kw * c, n, oh, ow)
-    return lax.dot_general(patches, dw.reshape(kh * kw * c, o), (((0,), (0,)), ((), ())),
-                           precision=precision)                                 # (N, OH, OW, O)
+    """conv(x, dw) as patches (N·OH·OW, kh·kw·C) · dw (kh·kw·C, O), reshaped to (N, OH, OW, O).
+    Its transpose w.r.t. dw is one 2-D matrix product, patchesᵀ · cotangent: no convolution,
+    and 3× faster than contracting (N, OH, OW) as three separate dimensions."""
+    kh, kw, c, o = dw.shape
+    views = _taps(cfg, x, kh, kw)
+    n, oh, ow, _ = views[0].shape
+    patches = jnp.stack(views, axis=3).reshape(n * oh * ow, kh * kw * c)
+    return lax.dot_general(patches, dw.reshape(kh * kw * c, o), (((1,), (0,)), ((), ())),
+                           precision=cfg[4]).reshape(n, oh, ow, o)
 
 
 # --- Flax layers -----------------------------------------------------------------------------
