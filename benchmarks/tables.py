@@ -26,6 +26,8 @@ TABLES = {
     "hyperforget_sampling": ["contender", "requests", "ms", "ms per request", "vs one sample",
                              "vs sample_many N=1", "MFLOP per denoiser call", "GFLOP/s",
                              "% of peak"],
+    "conv_layers": ["layer", "input", "kernel", "path", "lax ms", "library ms", "speed-up",
+                    "max rel. diff"],
 }
 
 
