@@ -25,7 +25,7 @@ Image layers (at most :data:`GEMM_KERNEL_GRAD_MAX_CHANNELS` input channels, floa
 exception on CPU: their forward pass is a fused sum of shifted views of the input times kernel
 rows, and their kernel gradient one matrix product on an im2col copy; neither is a convolution.
 The same sums in another order: ≤ 1e-6 relative to lax's convolution (tests); the ``cnn``'s
-first layer runs 2.4× faster forward + kernel gradient (benchmarks/README.md §1).
+first layer runs 1.8× faster forward + kernel gradient (``benchmarks/bench_conv_layers.py``).
 
 Only CPU gets the rewritten forms: the rules pick them with ``lax.platform_dependent`` when the
 computation is lowered, and every other platform (cuDNN on GPU, the TPU convolution emitter)
@@ -126,7 +126,7 @@ def _conv_native(cfg, x, w):
 #: Layers with at most this many input channels (image layers: 1 or 3) run differently on CPU.
 #: Their forward pass is a sum of kh·kw·C_in shifted copies of the input, each scaled by one
 #: row of the kernel: one elementwise loop that XLA fuses, instead of a convolution whose
-#: contraction has only kh·kw·C_in terms per output (Eigen's kernels: ≈ 1.5× slower on the
+#: contraction has only kh·kw·C_in terms per output (Eigen's kernels: ≈ 1.3× slower on the
 #: ``cnn``'s first layer). Their kernel gradient is one matrix product on an im2col copy of the
 #: input instead of the canonical kernel-gradient convolution, which batches over the input
 #: channels and so has almost no parallel work and one enormous window (MNIST: 9 outputs per
