@@ -1,8 +1,8 @@
 """Convolution layers: ``hyperforget_jax.layers.conv_general_dilated`` against lax's own.
 
 One layer at a time, compiled with the library's XLA options (``hyperforget_jax.xla.jit``) for
-both contenders, timed interleaved (each repeat runs every contender in turn, in reverse order every other
-repeat), medians:
+both contenders, timed interleaved (each repeat runs every contender in turn, in reverse order
+every other repeat: in a fixed order identical programs differed by up to 25 % here), medians:
 
 * ``forward``: the layer's output;
 * ``forward + gradients``: the output and the gradient of ⟨output, cotangent⟩ with respect to
@@ -55,19 +55,6 @@ def programs(conv, strides, first):
     return xla.jit(fwd), xla.jit(grads)
 
 
-def alternating(contenders, repeats):
-    """``common.interleaved``, with the order of the contenders reversed every other repeat:
-    identical programs timed in a fixed order differ by up to 25 % here (the one after a large
-    gradient program pays for it), so each contender runs as often first as last."""
-    times = {k: [] for k in contenders}
-    common.interleaved(contenders, 0)  # warm-up
-    for r in range(repeats):
-        order = list(contenders) if r % 2 == 0 else list(contenders)[::-1]
-        for k, ts in common.interleaved({k: contenders[k] for k in order}, 1, warmup=0).items():
-            times[k] += ts
-    return times
-
-
 def rel_err(a, b):
     return max(float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))
                for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
@@ -96,7 +83,7 @@ def main(argv=None):
         contenders = {f"{impl} {path}": (lambda f=f: jax.block_until_ready(f(x, w, dy)))
                       for impl, (fwd, grads) in progs.items()
                       for path, f in (("forward", fwd), ("forward + gradients", grads))}
-        times = alternating(contenders, args.repeats)
+        times = common.interleaved(contenders, args.repeats, alternate=True)
         for path in ("forward", "forward + gradients"):
             t_lax = common.median(times[f"lax {path}"])
             t_lib = common.median(times[f"library {path}"])

@@ -62,16 +62,19 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def interleaved(contenders: dict[str, Callable[[], object]], repeats: int,
-                warmup: int = 1) -> dict[str, list[float]]:
+                warmup: int = 1, alternate: bool = False) -> dict[str, list[float]]:
     """Runs every contender ``warmup`` times (not recorded), then ``repeats`` rounds in which each
-    contender runs once, in turn. Returns the wall seconds of every recorded run per contender."""
+    contender runs once, in turn; with ``alternate`` every other round runs them in reverse
+    order, so each runs as often first as last (a program timed right after a large one can pay
+    for it). Returns the wall seconds of every recorded run per contender."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
     times: dict[str, list[float]] = {k: [] for k in contenders}
-    for _ in range(repeats):
-        for name, fn in contenders.items():
-            times[name].append(timed(fn))
+    names = list(contenders)
+    for r in range(repeats):
+        for name in (names[::-1] if alternate and r % 2 else names):
+            times[name].append(timed(contenders[name]))
     return times
 
 

@@ -135,9 +135,15 @@ def _conv_native(cfg, x, w):
 GEMM_KERNEL_GRAD_MAX_CHANNELS = 4
 
 
+def _image_layer(x, lhs_dilation) -> bool:
+    return x.shape[-1] <= GEMM_KERNEL_GRAD_MAX_CHANNELS and lhs_dilation == (1, 1)
+
+
 def _few_input_channels(x, w, lhs_dilation) -> bool:
-    return (x.shape[-1] <= GEMM_KERNEL_GRAD_MAX_CHANNELS and lhs_dilation == (1, 1)
-            and x.dtype == w.dtype and x.dtype in (jnp.float32, jnp.float64))
+    """The forward pass as shifted views: image layers in float32/64 only (other dtypes keep
+    lax's convolution and its own choice of accumulation)."""
+    return (_image_layer(x, lhs_dilation) and x.dtype == w.dtype
+            and x.dtype in (jnp.float32, jnp.float64))
 
 
 def _taps(cfg, x, kh, kw):
@@ -204,7 +210,7 @@ def _dx_tangent_cpu(cfg, w, dx):
 
 def _dw_tangent_cpu(cfg, x, dw):
     strides, pads, lhs_dilation, rhs_dilation, precision = cfg
-    if x.shape[-1] <= GEMM_KERNEL_GRAD_MAX_CHANNELS and lhs_dilation == (1, 1):
+    if _image_layer(x, lhs_dilation):
         return _dw_tangent_gemm(cfg, x, dw)
     y = lax.conv_general_dilated(x.transpose(3, 1, 2, 0), dw.transpose(2, 0, 1, 3), strides,
                                  pads, lhs_dilation, rhs_dilation, _DW_TANGENT,
