@@ -20,6 +20,8 @@ the item recipe (latent-level substitution), plus the data-level substitution an
 λ_u = 0.25 variant; class unlearning of classes 3 and 8 with the class recipe (hard fake label,
 latent-level substitution). Retrain runs for 64 items and for each class. ``--sizes
 64,128,256,512`` adds larger item sets (no Retrain, no downstream accuracy).
+``--class-lambda-u 4,16`` runs the class recipe again with those forgotten-items weights, beside
+it, for the share / quality trade-off in docs/gan.md (``--sizes ""`` skips the items).
 
 Outputs in ``--out``: ``results.json`` (every per-seed number), ``report.md`` (tables,
 mean ± std over seeds, speed-ups as ratios of medians with both step counts, the issue's
@@ -62,6 +64,23 @@ LIGHT_LAMBDA_U = 0.25
 LIGHT = f"unlearn_heldout_lu{LIGHT_LAMBDA_U}"
 
 
+def class_variant(lambda_u: float) -> str:
+    """The method name of the class recipe run with another forgotten-items weight."""
+    return f"unlearn_hard_lu{lambda_u:g}"
+
+
+def _weights(text: str) -> list[float]:
+    """``--class-lambda-u``'s comma list, refused at parse time unless every value is > 0."""
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma list of numbers (e.g. 4,16)") from None
+    if any(not np.isfinite(v) or v <= 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"λ_u values must be finite and > 0, got {text!r}")
+    return vals
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/gan_unlearning")
@@ -84,6 +103,10 @@ def main(argv=None) -> dict:
     ap.add_argument("--fake-labels", default="hard,generated,heldout")
     ap.add_argument("--classes", default="3,8")
     ap.add_argument("--retrain-sizes", default="64")
+    ap.add_argument("--class-lambda-u", type=_weights, default=[],
+                    help="extra λ_u values for class requests, each run beside the class "
+                         "recipe as `unlearn_hard_lu<λ>` (e.g. 4,16: the share/quality "
+                         "trade-off in docs/gan.md)")
     ap.add_argument("--samples", type=int, default=10_000)
     args = ap.parse_args(argv)
     gan_cfg = gan_flags.build(args)
@@ -95,6 +118,7 @@ def main(argv=None) -> dict:
     retrain_sizes = [int(s) for s in args.retrain_sizes.split(",") if s]
     labels = [s for s in args.fake_labels.split(",") if s]
     classes = [int(c) for c in args.classes.split(",") if c]
+    class_lus = args.class_lambda_u
     seeds = list(range(args.seeds))
     ev_full = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
     ev_fast = dataclasses.replace(ev_full, downstream_samples=0)
@@ -115,6 +139,7 @@ def main(argv=None) -> dict:
     res: dict = {"config": {**run_args, "epochs": gan_cfg.epochs},
                  "gan_config": gan_cfg.to_json(),
                  "class_cfg": CLASS_RECIPE.to_json(), "item_cfg": ITEM_RECIPE.to_json(),
+                 "class_lambda_u": class_lus,
                  "judge": {**judge_cfg.to_json(), "augment": args.judge_augment,
                            "anneal_epochs": args.judge_anneal,
                            "test_accuracy": judge_acc, "val_accuracy": judge_val}, "runs": []}
@@ -155,9 +180,11 @@ def main(argv=None) -> dict:
         if req.classes is not None or len(req.indices) in retrain_sizes:
             timed_train_gan(fs.retain, dataclasses.replace(gan_cfg, epochs=1))
         recipe = CLASS_RECIPE if req.classes is not None else ITEM_RECIPE
-        unlearn_gan(arch, o.g_params, o.d_params, retain_x=fs.retain.x, forget_x=fs.forget.x,
-                    heldout_x=splits.val.x, cfg=dataclasses.replace(recipe, max_rounds=1),
-                    forget_classes=req.classes, classify=classify)
+        for lu in [recipe.lambda_u] + (class_lus if req.classes is not None else []):
+            unlearn_gan(arch, o.g_params, o.d_params, retain_x=fs.retain.x,
+                        forget_x=fs.forget.x, heldout_x=splits.val.x,
+                        cfg=dataclasses.replace(recipe, max_rounds=1, lambda_u=lu),
+                        forget_classes=req.classes, classify=classify)
         if req.classes is None and len(req.indices) == 64:
             for variant in (dict(substitution="data"), dict(lambda_u=LIGHT_LAMBDA_U)):
                 unlearn_gan(arch, o.g_params, o.d_params, retain_x=fs.retain.x,
@@ -188,7 +215,9 @@ def main(argv=None) -> dict:
             if seed == 0 and full:
                 grid(st.g_params, f"{name}_retrain", f"Retrain ({name})")
         if is_class:
-            variants = [("unlearn_hard", CLASS_RECIPE)]
+            variants = [("unlearn_hard", CLASS_RECIPE)] + [
+                (class_variant(lu), dataclasses.replace(CLASS_RECIPE, lambda_u=lu))
+                for lu in class_lus]
         else:
             variants = [(f"unlearn_{fl}", dataclasses.replace(ITEM_RECIPE, fake_label=fl))
                         for fl in labels]
@@ -205,7 +234,8 @@ def main(argv=None) -> dict:
             default = method == ("unlearn_hard" if is_class
                                  else f"unlearn_{ITEM_RECIPE.fake_label}")
             e = evaluate_gan(arch, r.g_params, r.d_params, judge, splits, fs.forget.x,
-                             fs.retain.x, fcls, ev if default or method == LIGHT else ev_fast,
+                             fs.retain.x, fcls, ev if default or is_class or method == LIGHT
+                             else ev_fast,
                              ref)
             record(seed=seed, request=name, method=method, seconds=r.seconds,
                    steps=r.rounds, stopped=r.stopped, y_f=r.y_f, eval=e)
@@ -266,7 +296,8 @@ def render(res, sizes, labels, classes) -> str:
            "downstream kept %"]
     body = []
     names = [f"class{c}" for c in classes] + [f"items{k}" for k in sizes]
-    methods = (["original", "retrain", "unlearn_hard"] + [f"unlearn_{fl}" for fl in labels]
+    class_methods = ["unlearn_hard"] + [class_variant(lu) for lu in res.get("class_lambda_u", [])]
+    methods = (["original", "retrain", *class_methods] + [f"unlearn_{fl}" for fl in labels]
                + ["unlearn_heldout_data", LIGHT])
     for name in names:
         for m in dict.fromkeys(methods):
@@ -289,7 +320,7 @@ def render(res, sizes, labels, classes) -> str:
     sp = []
     for name in names:
         rt = _rows(res, name, "retrain")
-        bases = (["unlearn_hard"] if name.startswith("class")
+        bases = (class_methods if name.startswith("class")
                  else [f"unlearn_{cfgi['fake_label']}", LIGHT])
         for base in bases:
             ul = _rows(res, name, base)
@@ -342,25 +373,28 @@ def targets(res, classes) -> str:
         share_rt = _mean(res, r, "retrain", "forgotten_share", 100)
         add(f"class {c}: Retrain ≤ 2% of the class", None if share_rt is None else
             share_rt <= 2, f"{fmt(share_rt)}%")
-        share = _mean(res, r, "unlearn_hard", "forgotten_share", 100)
-        add(f"class {c}: forgotten share ≤ 1%", None if share is None else share <= 1,
-            f"{fmt(share)}% (Original {fmt(_mean(res, r, 'original', 'forgotten_share', 100))}%)")
-        f_ul, f_rt = (_mean(res, r, m, "classifier_fid") for m in ("unlearn_hard", "retrain"))
-        add(f"class {c}: classifier-FID within 20% of Retrain's",
-            None if None in (f_ul, f_rt) else abs(f_ul - f_rt) <= 0.2 * f_rt,
-            f"{fmt(f_ul)} vs {fmt(f_rt)}")
-        for key, what in (("downstream_acc", "whole test set"),
-                          ("downstream_acc_kept", "kept classes")):
-            a_ul, a_rt = (_mean(res, r, m, key, 100) for m in ("unlearn_hard", "retrain"))
-            add(f"class {c}: downstream accuracy ({what}) within 2 points of Retrain's",
-                None if None in (a_ul, a_rt) else abs(a_ul - a_rt) <= 2,
-                f"{fmt(a_ul)}% vs {fmt(a_rt)}%")
+        for m in ["unlearn_hard"] + [class_variant(lu) for lu in res.get("class_lambda_u", [])]:
+            tag = f"class {c}" + ("" if m == "unlearn_hard" else f" ({m})")
+            share = _mean(res, r, m, "forgotten_share", 100)
+            add(f"{tag}: forgotten share ≤ 1%", None if share is None else share <= 1,
+                f"{fmt(share)}% (Original "
+                f"{fmt(_mean(res, r, 'original', 'forgotten_share', 100))}%)")
+            f_ul, f_rt = (_mean(res, r, x, "classifier_fid") for x in (m, "retrain"))
+            add(f"{tag}: classifier-FID within 20% of Retrain's",
+                None if None in (f_ul, f_rt) else abs(f_ul - f_rt) <= 0.2 * f_rt,
+                f"{fmt(f_ul)} vs {fmt(f_rt)}")
+            for key, what in (("downstream_acc", "whole test set"),
+                              ("downstream_acc_kept", "kept classes")):
+                a_ul, a_rt = (_mean(res, r, x, key, 100) for x in (m, "retrain"))
+                add(f"{tag}: downstream accuracy ({what}) within 2 points of Retrain's",
+                    None if None in (a_ul, a_rt) else abs(a_ul - a_rt) <= 2,
+                    f"{fmt(a_ul)}% vs {fmt(a_rt)}%")
     acc = [r["eval"]["downstream_acc"] for r in res["runs"] if r["method"] == "original"
            and "eval" in r and r["eval"].get("downstream_acc") is not None]
     acc = 100 * float(np.mean(acc)) if acc else None
     add("Original GAN: downstream accuracy ≥ 90%", None if acc is None else acc >= 90,
         f"{fmt(acc)}%")
-    for m in (item, LIGHT):
+    for m in (item, LIGHT) if _rows(res, "items64", "original") else ():
         a_ul, a_rt = (_mean(res, "items64", x, "d_mia_auc") for x in (m, "retrain"))
         add(f"64 items ({m}): d_mia_auc within 0.05 of Retrain's",
             None if None in (a_ul, a_rt) else abs(a_ul - a_rt) <= 0.05,

@@ -1,0 +1,75 @@
+"""experiments/gan_unlearning.py's report: the ``--class-lambda-u`` variants get their own
+target rows beside the class recipe, item targets are left out when no item request ran, and a
+bad λ_u list is refused before anything runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import load_experiment
+
+
+def _run(request, method, seed, seconds=10.0, **ev):
+    return {"seed": seed, "request": request, "method": method, "seconds": seconds + seed,
+            "steps": 100, "eval": ev}
+
+
+def _res():
+    runs = []
+    for seed in (0, 1):
+        runs += [_run("class3", "original", seed, forgotten_share=0.10, classifier_fid=600.0),
+                 _run("class3", "retrain", seed, forgotten_share=0.03, classifier_fid=500.0,
+                      downstream_acc=0.92, downstream_acc_kept=0.93),
+                 _run("class3", "unlearn_hard", seed, forgotten_share=0.012,
+                      classifier_fid=510.0, downstream_acc=0.85, downstream_acc_kept=0.94),
+                 _run("class3", "unlearn_hard_lu16", seed, seconds=1.6, forgotten_share=0.006,
+                      classifier_fid=700.0, downstream_acc=0.84, downstream_acc_kept=0.925)]
+    runs.append(_run("none", "original_train", 0))
+    recipe = {"fake_label": "hard", "substitution": "latent", "lambda_s": 1.0}
+    return {"config": {"epochs": 60}, "gan_config": {"arch": "dcgan", "lr": 1e-3},
+            "class_cfg": recipe, "item_cfg": {**recipe, "fake_label": "heldout"},
+            "class_lambda_u": [16.0], "judge": {"arch": "JudgeCNN", "test_accuracy": 0.985},
+            "runs": runs}
+
+
+def _marks(md):
+    """{target text: ✓ / ✗ / –} from the targets table."""
+    rows = [line.split("|")[1:-1] for line in md.splitlines() if line.startswith("| ")]
+    return {r[0].strip(): r[2].strip() for r in rows if len(r) == 3}
+
+
+def test_lambda_u_variants_get_their_own_target_rows():
+    gan = load_experiment("gan_unlearning")
+    marks = _marks(gan.targets(_res(), [3]))
+    assert marks["class 3: forgotten share ≤ 1%"] == "✗"                       # 1.2%
+    assert marks["class 3: classifier-FID within 20% of Retrain's"] == "✓"     # 510 vs 500
+    assert marks["class 3 (unlearn_hard_lu16): forgotten share ≤ 1%"] == "✓"   # 0.6%
+    assert marks["class 3 (unlearn_hard_lu16): classifier-FID within 20% of Retrain's"] == "✗"
+    assert marks["class 3 (unlearn_hard_lu16): downstream accuracy (kept classes) within 2 "
+                 "points of Retrain's"] == "✓"
+    assert not any(k.startswith("64 items") for k in marks)      # no item request in this run
+
+
+def test_render_lists_each_variant_with_its_speed_up():
+    gan = load_experiment("gan_unlearning")
+    md = gan.render(_res(), [], [], [3])
+    assert "| class3 | unlearn_hard_lu16 |" in md
+    speed = [line for line in md.splitlines()
+             if line.startswith("| class3 | unlearn_hard_lu16 | 10.5")]   # Retrain median 10.5 s
+    assert len(speed) == 1 and "| 5× |" in speed[0]                       # vs 2.1 s
+
+
+@pytest.mark.parametrize("bad", ["0", "4,-1", "four", "nan"])
+def test_bad_lambda_u_refused_before_anything_runs(bad, tmp_path, capsys):
+    gan = load_experiment("gan_unlearning")
+    with pytest.raises(SystemExit) as exc:
+        gan.main(["--class-lambda-u", bad, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert "--class-lambda-u" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_lambda_u_list_parses():
+    gan = load_experiment("gan_unlearning")
+    assert gan._weights("4,16") == [4.0, 16.0] and gan._weights("") == []
+    assert gan.class_variant(4.0) == "unlearn_hard_lu4"
