@@ -42,8 +42,8 @@ import time
 import numpy as np
 
 from hyperforget_jax import configflags, data, report
-from hyperforget_jax.gan.metrics import (JUDGE, JUDGE_ANNEAL, JUDGE_AUGMENT, EvalConfig, evaluate_gan,
-                                         judge_outputs, train_judge)
+from hyperforget_jax.commands.gan import add_judge_flags
+from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_outputs, train_judge
 from hyperforget_jax.gan.models import GAN_ARCHS
 from hyperforget_jax.gan.train import GANConfig, sample, save_grid, timed_train_gan
 from hyperforget_jax.gan.unlearn import CLASS_RECIPE, ITEM_RECIPE, unlearn_gan
@@ -90,15 +90,7 @@ def main(argv=None) -> dict:
     gan_flags = configflags.add_config_flags(
         ap, GANConfig, title="GAN recipe (Original and Retrain)", rename={"arch": "gan-arch"},
         choices={"arch": ("auto", *GAN_ARCHS)}, exclude=("seed",))
-    judge_flags = configflags.add_config_flags(
-        ap, TrainConfig, title="judge classifier recipe", dest_prefix="judge_",
-        rename={f: f"judge-{f.replace('_', '-')}" for f in ("epochs", "batch_size", "lr",
-                                                            "weight_decay")} | {"arch": "judge"},
-        exclude=("seed",), defaults={"arch": JUDGE.arch})
-    ap.add_argument("--judge-augment", type=int, default=JUDGE_AUGMENT,
-                    help="copies of the training set the judge trains on (1 = none)")
-    ap.add_argument("--judge-anneal", type=int, default=JUDGE_ANNEAL,
-                    help="judge epochs at a tenth of its lr after its recipe (0 = none)")
+    judge_of = add_judge_flags(ap)   # the same --judge* flags as `hyperforget gan evaluate`
     ap.add_argument("--sizes", default="64")
     ap.add_argument("--fake-labels", default="hard,generated,heldout")
     ap.add_argument("--classes", default="3,8")
@@ -110,7 +102,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--samples", type=int, default=10_000)
     args = ap.parse_args(argv)
     gan_cfg = gan_flags.build(args)
-    judge_cfg = judge_flags.build(args, base=JUDGE)
+    recipe = judge_of(args)
+    judge_cfg = TrainConfig(**recipe["config"])
     out = report.prepare_dir(args.out)
     t_all = time.perf_counter()
     splits = data.make_splits(data.load_mnist5k())
@@ -126,8 +119,8 @@ def main(argv=None) -> dict:
     def log(msg):
         print(f"[{time.perf_counter() - t_all:7.1f}s] {msg}", flush=True)
 
-    judge = train_judge(splits.train, seed=0, config=judge_cfg, augment=args.judge_augment,
-                        anneal_epochs=args.judge_anneal)
+    judge = train_judge(splits.train, seed=0, config=judge_cfg, augment=recipe["augment"],
+                        anneal_epochs=recipe["anneal_epochs"])
     classify = lambda x: judge_outputs(judge, x)[0].argmax(1)
     judge_acc = float(np.mean(classify(splits.test.x) == splits.test.y))
     judge_val = float(np.mean(classify(splits.val.x) == splits.val.y))
@@ -140,8 +133,8 @@ def main(argv=None) -> dict:
                  "gan_config": gan_cfg.to_json(),
                  "class_cfg": CLASS_RECIPE.to_json(), "item_cfg": ITEM_RECIPE.to_json(),
                  "class_lambda_u": class_lus,
-                 "judge": {**judge_cfg.to_json(), "augment": args.judge_augment,
-                           "anneal_epochs": args.judge_anneal,
+                 "judge": {**judge_cfg.to_json(), "augment": recipe["augment"],
+                           "anneal_epochs": recipe["anneal_epochs"],
                            "test_accuracy": judge_acc, "val_accuracy": judge_val}, "runs": []}
 
     def record(**row):

@@ -113,6 +113,14 @@ def non_negative_int(text: str) -> int:
     return v
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (sizes, copies)."""
+    v = _int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return v
+
+
 def seed_int(text: str) -> int:
     """argparse type: a seed, an integer in [0, 2**32) (what NumPy and JAX both accept)."""
     v = _int(text)

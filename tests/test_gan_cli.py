@@ -4,6 +4,7 @@ files, recipes, the resume-on-rerun contract, and a clear error for a mismatched
 import json
 
 import numpy as np
+import pytest
 
 from hyperforget_jax import cli
 from hyperforget_jax.commands.gan import load_gan_run
@@ -49,12 +50,29 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
                      str(ret), "--samples", "1000", "--json"]) == 0
     ev = json.loads((unl / "gan-evaluate" / "class-3" / "gan_evaluation.json").read_text())
     assert json.loads(capsys.readouterr().out) == ev  # --json: the same results on stdout
+    # The judge: the experiments' recipe by default, trained once by `gan unlearn` (stored in
+    # its --out) and reused by `gan evaluate` on that run.
+    assert ev["judge"]["config"]["arch"].endswith(":JudgeCNN") and ev["judge"]["augment"] == 10
+    assert ev["judge_reused"] and (unl / "judge").is_dir()
+    assert not (unl / "gan-evaluate" / "class-3" / "judge").exists()
     ev = ev["eval"]
     assert set(ev) == {"unl", "orig", "retrain"}
     for row in ev.values():
         assert 0 <= row["forgotten_share"] <= 1 and row["classifier_fid"] >= 0
         assert 0 <= row["d_mia_auc"] <= 1 and 0 <= row["downstream_acc_kept"] <= 1
         assert np.isclose(sum(row["class_shares"]), 1.0)
+
+    # Another judge recipe is not the stored one: trained anew, stored with the evaluation.
+    assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", "500",
+                     "--judge", "mlp", "--judge-epochs", "2", "--judge-augment", "1",
+                     "--judge-anneal", "0", "--out", str(tmp_path / "ev_mlp"), "--json"]) == 0
+    ev_mlp = json.loads(capsys.readouterr().out)
+    assert not ev_mlp["judge_reused"] and ev_mlp["judge"]["config"]["arch"] == "mlp"
+    assert (tmp_path / "ev_mlp" / "judge").is_dir()
+    for bad in (["--judge-augment", "0"], ["--judge-anneal", "-1"]):
+        with pytest.raises(SystemExit) as exc:          # argparse: exit 2, one usage error
+            cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), *bad])
+        assert exc.value.code == 2 and bad[0] in capsys.readouterr().err
 
     capsys.readouterr()
     assert cli.main(["gan", "unlearn", "--run-dir", str(orig), "--out", str(tmp_path / "x"),

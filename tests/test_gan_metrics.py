@@ -112,3 +112,28 @@ def test_judge_recipe_trains_on_augmented_copies_and_anneals(digits_splits):
     leaves = lambda j: np.concatenate([np.ravel(a) for a in jax.tree.leaves(j.params)])
     assert not np.allclose(leaves(plain), leaves(aug))
     assert not np.allclose(leaves(aug), leaves(annealed))
+
+
+def test_cached_judge_reuses_only_the_same_recipe_on_the_same_data(digits_splits, tmp_path):
+    """``cached_judge`` stores the judge with its recipe and data id; it reads it back (equal
+    params, no training) only when both match, and skips directories that hold no judge."""
+    from hyperforget_jax.checkpoint import save_params
+
+    train = digits_splits.train
+    recipe = M.judge_recipe(M.TrainConfig(arch="mlp", epochs=1), augment=1, anneal_epochs=0)
+    leaves = lambda j: np.concatenate([np.ravel(a) for a in jax.tree.leaves(j.params)])
+    first, reused = M.cached_judge(train, recipe, tmp_path / "a", "data-1")
+    assert not reused and (tmp_path / "a").is_dir()
+    again, reused = M.cached_judge(train, recipe, None, "data-1", search=[tmp_path / "a"])
+    assert reused and np.array_equal(leaves(first), leaves(again))
+    # Other data, another recipe, another kind of params checkpoint: trained, not read.
+    _, reused = M.cached_judge(train, recipe, None, "data-2", search=[tmp_path / "a"])
+    assert not reused
+    other = M.judge_recipe(M.TrainConfig(arch="mlp", epochs=2), augment=1, anneal_epochs=0)
+    second, reused = M.cached_judge(train, other, None, "data-1", search=[tmp_path / "a"])
+    assert not reused and not np.allclose(leaves(first), leaves(second))
+    arch = make_architecture("mlp", train.x.shape[1:], 10)
+    save_params(tmp_path / "p", arch.init(jax.random.key(1)), {"role": "classifier"})
+    _, reused = M.cached_judge(train, recipe, None, "data-1",
+                               search=[tmp_path / "p", tmp_path / "missing"])
+    assert not reused

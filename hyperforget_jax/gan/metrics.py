@@ -13,6 +13,7 @@ are comparable between generators judged by the same classifier, not with publis
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -21,7 +22,7 @@ import numpy as np
 
 from hyperforget_jax import layers, xla
 from hyperforget_jax.data import Dataset, Splits
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import CheckpointError, ConfigError
 from hyperforget_jax.metrics import chunked_apply, per_sample_outputs
 from hyperforget_jax.models import Architecture, as_model, make_architecture
 from hyperforget_jax.train import TrainConfig, fit
@@ -99,6 +100,53 @@ def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
                                                         epochs=anneal_epochs),
                        init_params=state.params)
     return Judge(arch, state.params)
+
+
+def judge_recipe(config: TrainConfig | None = None, augment: int = JUDGE_AUGMENT,
+                 anneal_epochs: int = JUDGE_ANNEAL, seed: int = 0) -> dict:
+    """The JSON identity of a judge recipe (the arguments of :func:`train_judge`); defaults
+    are the experiments' judge (:data:`JUDGE`, :data:`JUDGE_AUGMENT`, :data:`JUDGE_ANNEAL`)."""
+    cfg = dataclasses.replace(config or JUDGE, seed=seed)
+    return {"config": cfg.to_json(), "augment": int(augment),
+            "anneal_epochs": int(anneal_epochs)}
+
+
+def cached_judge(train: Dataset, recipe: dict, path, data_id: str,
+                 search: Sequence = ()) -> tuple[Judge, bool]:
+    """:func:`train_judge` with ``recipe`` (from :func:`judge_recipe`), stored at ``path``.
+
+    The judge is read back instead of trained when ``path`` or one of the ``search``
+    directories holds a judge written here with the same recipe and the same ``data_id``
+    (e.g. :func:`hyperforget_jax.rundir.data_fingerprint` of the splits). A judge with another
+    recipe or other data is ignored, never reused. Training is deterministic, so a stored
+    judge equals a freshly trained one.
+
+    Returns:
+      ``(judge, reused)``.
+
+    Raises:
+      CheckpointError: a stored judge whose identity matches is corrupt.
+    """
+    from hyperforget_jax import checkpoint
+
+    cfg = TrainConfig(**recipe["config"])
+    arch = as_model(cfg.arch, train.x.shape[1:], train.num_classes)
+    want = {"role": "gan-judge", "recipe": recipe, "data": data_id}
+    for where in (*search, path):
+        if where is None or not Path(where).is_dir():
+            continue
+        try:
+            meta = checkpoint.load_params_meta(where)
+        except CheckpointError:             # not a params checkpoint: not a judge of ours
+            continue
+        if meta == want:
+            params, _ = checkpoint.load_params(where, arch.init(jax.random.key(0)))
+            return Judge(arch, params), True
+    judge = train_judge(train, seed=cfg.seed, config=cfg, augment=recipe["augment"],
+                        anneal_epochs=recipe["anneal_epochs"])
+    if path is not None:
+        checkpoint.save_params(path, judge.params, want)
+    return judge, False
 
 
 def _penultimate_apply(arch: Architecture, params: Params, x: jax.Array):
