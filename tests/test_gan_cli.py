@@ -62,7 +62,14 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
         assert 0 <= row["d_mia_auc"] <= 1 and 0 <= row["downstream_acc_kept"] <= 1
         assert np.isclose(sum(row["class_shares"]), 1.0)
 
+    # --judge-from: another request reuses the judge stored by the first.
+    assert res["judge"]["config"]["arch"].endswith(":JudgeCNN") and not res["judge_reused"]
+    assert cli.main(["gan", "unlearn", *base, "--run-dir", str(orig), "--out",
+                     str(tmp_path / "unl5"), "--forget-class", "5", "--check-every", "5",
+                     "--max-rounds", "5", "--judge-from", str(unl), "--quiet"]) == 0
+    assert json.loads((tmp_path / "unl5" / "results.json").read_text())["judge_reused"]
     # Another judge recipe is not the stored one: trained anew, stored with the evaluation.
+    capsys.readouterr()
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", "500",
                      "--judge", "mlp", "--judge-epochs", "2", "--judge-augment", "1",
                      "--judge-anneal", "0", "--out", str(tmp_path / "ev_mlp"), "--json"]) == 0

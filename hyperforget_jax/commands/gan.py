@@ -56,6 +56,19 @@ def add_judge_flags(parser) -> Callable[[argparse.Namespace], dict]:
                                      args.judge_anneal)
 
 
+def _add_judge_from(parser) -> None:
+    parser.add_argument("--judge-from", nargs="+", default=[], metavar="DIR",
+                        help="reuse the judge stored by an earlier `gan unlearn` / `gan "
+                             "evaluate` (its output directory, or that directory's judge/) "
+                             "when its recipe and data match; otherwise one is trained")
+
+
+def _judge_dirs(dirs) -> list[Path]:
+    """Each ``--judge-from`` directory and its ``judge/`` sub-directory (either may hold it)."""
+    return [q for d in dirs for q in (Path(d).expanduser().absolute() / "judge",
+                                      Path(d).expanduser().absolute())]
+
+
 def load_gan_run(run_dir: str | Path):
     """(GANArch, GANState, meta) of the latest checkpoint of a ``gan train/unlearn`` run."""
     run_dir = Path(run_dir).expanduser().absolute()
@@ -135,17 +148,20 @@ def cmd_unlearn(args) -> int:
     # resumes there and ends exactly where an uninterrupted run would. The judge is stored in
     # --out/judge, where `gan evaluate --run-dir <out>` finds it again.
     with common.open_run(args.out, identity, args, reads=[args.run_dir], flag="--out") as run:
-        classify = None
+        classify, judged = None, {}
         if recipe is not None:
-            judge, _ = cached_judge(splits.train, recipe, run.path / "judge", data_id["data"])
+            judge, reused = cached_judge(splits.train, recipe, run.path / "judge",
+                                         data_id["data"], search=_judge_dirs(args.judge_from))
             classify = lambda x: judge_outputs(judge, x)[0].argmax(1)
+            judged = {"judge": recipe, "judge_reused": reused}
         results, md = _unlearn_into(run.path, args, arch, state, meta, splits, request,
-                                    fsplit, cfg, classify)
+                                    fsplit, cfg, classify, judged)
     common.emit(args, results, md)
     return 0
 
 
-def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, classify):
+def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, classify,
+                  judged: dict):
     meta = {k: v for k, v in meta.items() if k != "identity"}
     with Checkpointer(out / "checkpoints", max_to_keep=2) as ckpt:
         res = unlearn_gan(arch, state.g_params, state.d_params, retain_x=fsplit.retain.x,
@@ -161,7 +177,7 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
           f"{res.seconds:.1f} s (stopped by {res.stopped}); fake label {cfg.fake_label} "
           f"(y_f = {res.y_f:.3f}), {cfg.substitution}-level substitution.\n\n"
           "![samples](samples.png)\n")
-    results = {"request": request.to_json(), "unlearn_config": cfg.to_json(),
+    results = {"request": request.to_json(), "unlearn_config": cfg.to_json(), **judged,
                **res.summary(), "history": res.history}
     common.write_results(out, results, md)
     return results, md
@@ -192,7 +208,7 @@ def cmd_evaluate(args) -> int:
         # The judge `gan unlearn` stored with an evaluated run is reused when its recipe and
         # data match (training is deterministic: the same judge); else it is trained here.
         judge, reused = cached_judge(splits.train, recipe, run.path / "judge", data_id["data"],
-                                     search=[Path(r) / "judge" for r in runs])
+                                     search=_judge_dirs([*runs, *args.judge_from]))
         ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
         ref = judge_outputs(judge, fsplit.retain.x)[1]    # the FID reference, shared by every run
         rows = {}
@@ -245,6 +261,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p, UnlearnConfig, title="unlearning recipe",
         choices={"fake_label": FAKE_LABELS, "substitution": SUBSTITUTIONS})
     p.set_defaults(_unlearn_flags=flags, _judge=add_judge_flags(p))
+    _add_judge_from(p)
     p.description = "Cascaded unlearning of a trained GAN. " + rec
     common.add_output_args(p)
     p.set_defaults(func=cmd_unlearn)
@@ -259,3 +276,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="output directory (default: <run-dir>/gan-evaluate/<request>)")
     common.add_output_args(p, quiet=False)
     p.set_defaults(func=cmd_evaluate, _judge=add_judge_flags(p))
+    _add_judge_from(p)
