@@ -43,12 +43,11 @@ import numpy as np
 
 from hyperforget_jax import configflags, data, report
 from hyperforget_jax.commands.gan import add_judge_flags
-from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_outputs, train_judge
+from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
 from hyperforget_jax.gan.models import GAN_ARCHS
 from hyperforget_jax.gan.train import GANConfig, sample, save_grid, timed_train_gan
 from hyperforget_jax.gan.unlearn import CLASS_RECIPE, ITEM_RECIPE, unlearn_gan
 from hyperforget_jax.metrics import format_mean_std
-from hyperforget_jax.train import TrainConfig
 
 
 
@@ -67,6 +66,11 @@ LIGHT = f"unlearn_heldout_lu{LIGHT_LAMBDA_U}"
 def class_variant(lambda_u: float) -> str:
     """The method name of the class recipe run with another forgotten-items weight."""
     return f"unlearn_hard_lu{lambda_u:g}"
+
+
+def _class_methods(res) -> list[str]:
+    """The class recipe's method name, then one per ``--class-lambda-u`` variant."""
+    return ["unlearn_hard"] + [class_variant(lu) for lu in res.get("class_lambda_u", [])]
 
 
 def _weights(text: str) -> list[float]:
@@ -102,8 +106,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--samples", type=int, default=10_000)
     args = ap.parse_args(argv)
     gan_cfg = gan_flags.build(args)
-    recipe = judge_of(args)
-    judge_cfg = TrainConfig(**recipe["config"])
+    judge_rec = judge_of(args)
     out = report.prepare_dir(args.out)
     t_all = time.perf_counter()
     splits = data.make_splits(data.load_mnist5k())
@@ -119,12 +122,11 @@ def main(argv=None) -> dict:
     def log(msg):
         print(f"[{time.perf_counter() - t_all:7.1f}s] {msg}", flush=True)
 
-    judge = train_judge(splits.train, seed=0, config=judge_cfg, augment=recipe["augment"],
-                        anneal_epochs=recipe["anneal_epochs"])
+    judge = judge_from_recipe(splits.train, judge_rec)
     classify = lambda x: judge_outputs(judge, x)[0].argmax(1)
     judge_acc = float(np.mean(classify(splits.test.x) == splits.test.y))
     judge_val = float(np.mean(classify(splits.val.x) == splits.val.y))
-    log(f"judge {judge_cfg.arch}: test accuracy {100 * judge_acc:.2f}%, validation "
+    log(f"judge {judge_rec['config']['arch']}: test accuracy {100 * judge_acc:.2f}%, validation "
         f"{100 * judge_val:.2f}%")
     run_args = {k: v for k, v in vars(args).items() if k in ("out", "grids_dir", "seeds",
                                                            "sizes", "fake_labels", "classes",
@@ -133,8 +135,8 @@ def main(argv=None) -> dict:
                  "gan_config": gan_cfg.to_json(),
                  "class_cfg": CLASS_RECIPE.to_json(), "item_cfg": ITEM_RECIPE.to_json(),
                  "class_lambda_u": class_lus,
-                 "judge": {**judge_cfg.to_json(), "augment": recipe["augment"],
-                           "anneal_epochs": recipe["anneal_epochs"],
+                 "judge": {**judge_rec["config"], "augment": judge_rec["augment"],
+                           "anneal_epochs": judge_rec["anneal_epochs"],
                            "test_accuracy": judge_acc, "val_accuracy": judge_val}, "runs": []}
 
     def record(**row):
@@ -289,7 +291,7 @@ def render(res, sizes, labels, classes) -> str:
            "downstream kept %"]
     body = []
     names = [f"class{c}" for c in classes] + [f"items{k}" for k in sizes]
-    class_methods = ["unlearn_hard"] + [class_variant(lu) for lu in res.get("class_lambda_u", [])]
+    class_methods = _class_methods(res)
     methods = (["original", "retrain", *class_methods] + [f"unlearn_{fl}" for fl in labels]
                + ["unlearn_heldout_data", LIGHT])
     for name in names:
@@ -366,7 +368,7 @@ def targets(res, classes) -> str:
         share_rt = _mean(res, r, "retrain", "forgotten_share", 100)
         add(f"class {c}: Retrain ≤ 2% of the class", None if share_rt is None else
             share_rt <= 2, f"{fmt(share_rt)}%")
-        for m in ["unlearn_hard"] + [class_variant(lu) for lu in res.get("class_lambda_u", [])]:
+        for m in _class_methods(res):
             tag = f"class {c}" + ("" if m == "unlearn_hard" else f" ({m})")
             share = _mean(res, r, m, "forgotten_share", 100)
             add(f"{tag}: forgotten share ≤ 1%", None if share is None else share <= 1,

@@ -65,8 +65,8 @@ def _add_judge_from(parser) -> None:
 
 def _judge_dirs(dirs) -> list[Path]:
     """Each ``--judge-from`` directory and its ``judge/`` sub-directory (either may hold it)."""
-    return [q for d in dirs for q in (Path(d).expanduser().absolute() / "judge",
-                                      Path(d).expanduser().absolute())]
+    absolute = [Path(d).expanduser().absolute() for d in dirs]
+    return [q for d in absolute for q in (d / "judge", d)]
 
 
 def load_gan_run(run_dir: str | Path):

@@ -111,8 +111,15 @@ def judge_recipe(config: TrainConfig | None = None, augment: int = JUDGE_AUGMENT
             "anneal_epochs": int(anneal_epochs)}
 
 
-def cached_judge(train: Dataset, recipe: dict, path, data_id: str,
-                 search: Sequence = ()) -> tuple[Judge, bool]:
+def judge_from_recipe(train: Dataset, recipe: dict) -> Judge:
+    """:func:`train_judge` with the arguments ``recipe`` (from :func:`judge_recipe`) records."""
+    cfg = TrainConfig(**recipe["config"])
+    return train_judge(train, seed=cfg.seed, config=cfg, augment=recipe["augment"],
+                       anneal_epochs=recipe["anneal_epochs"])
+
+
+def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id: str,
+                 search: Sequence[str | Path] = ()) -> tuple[Judge, bool]:
     """:func:`train_judge` with ``recipe`` (from :func:`judge_recipe`), stored at ``path``.
 
     The judge is read back instead of trained when ``path`` or one of the ``search``
@@ -129,8 +136,7 @@ def cached_judge(train: Dataset, recipe: dict, path, data_id: str,
     """
     from hyperforget_jax import checkpoint
 
-    cfg = TrainConfig(**recipe["config"])
-    arch = as_model(cfg.arch, train.x.shape[1:], train.num_classes)
+    arch = as_model(recipe["config"]["arch"], train.x.shape[1:], train.num_classes)
     want = {"role": "gan-judge", "recipe": recipe, "data": data_id}
     for where in (*search, path):
         if where is None or not Path(where).is_dir():
@@ -142,8 +148,7 @@ def cached_judge(train: Dataset, recipe: dict, path, data_id: str,
         if meta == want:
             params, _ = checkpoint.load_params(where, arch.init(jax.random.key(0)))
             return Judge(arch, params), True
-    judge = train_judge(train, seed=cfg.seed, config=cfg, augment=recipe["augment"],
-                        anneal_epochs=recipe["anneal_epochs"])
+    judge = judge_from_recipe(train, recipe)
     if path is not None:
         checkpoint.save_params(path, judge.params, want)
     return judge, False
