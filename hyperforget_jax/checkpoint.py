@@ -128,15 +128,23 @@ def _abandoned_read_log(record: logging.LogRecord) -> bool:
 
 
 def _install_read_filters() -> Callable[[], None]:
-    """Drops exactly the noise of Orbax reads abandoned after a failed read; returns the undo."""
+    """Drops exactly the noise of Orbax reads abandoned after a failed read; returns the undo.
+
+    Each call installs its own filter object: ``Logger.addFilter`` skips a filter that is
+    already there and ``removeFilter`` removes it, so sharing one function would let a nested
+    install's undo (a failed read inside the CLI) remove the process-wide one as well."""
     previous = sys.unraisablehook
     sys.unraisablehook = lambda u: None if _abandoned_read(u) else previous(u)
     logger = logging.getLogger("asyncio")
-    logger.addFilter(_abandoned_read_log)
+
+    def log_filter(record: logging.LogRecord) -> bool:
+        return _abandoned_read_log(record)
+
+    logger.addFilter(log_filter)
 
     def undo() -> None:
         sys.unraisablehook = previous
-        logger.removeFilter(_abandoned_read_log)
+        logger.removeFilter(log_filter)
 
     return undo
 

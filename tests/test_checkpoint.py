@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -16,7 +18,8 @@ import numpy as np
 import optax
 import pytest
 
-from hyperforget_jax.checkpoint import Checkpointer, load_params, save_params
+from hyperforget_jax.checkpoint import (Checkpointer, load_params, save_params,
+                                        silence_abandoned_reads)
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 
 
@@ -262,6 +265,37 @@ def test_corrupt_array_files_raise_checkpoint_error(tmp_path, state, damage):
         with pytest.raises(CheckpointError, match=r"checkpoint .*[/\\]4 is corrupt") as info:
             ckpt.restore(make_state())
     assert "restore an earlier step" in str(info.value)
+
+
+def _asyncio_record(msg: str) -> logging.LogRecord:
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, msg, None, None)
+
+
+def test_silenced_abandoned_reads_stay_silenced_after_a_failed_read(tmp_path, state):
+    """The CLI silences abandoned Orbax reads for the whole process; a failed read inside it
+    (which installs and undoes its own filters) must not undo the CLI's, or the noise of reads
+    collected later, at exit, reaches stderr after the one-line error."""
+    noise = _asyncio_record("Task exception was never retrieved\nfuture: <Task "
+                            "exception=Exception('Encountered error while reading array index')>")
+    other = _asyncio_record("Task exception was never retrieved\nfuture: <Task "
+                            "exception=ValueError('a user bug')>")
+    logger = logging.getLogger("asyncio")
+    hook = sys.unraisablehook
+    undo = silence_abandoned_reads()
+    try:
+        with Checkpointer(tmp_path) as ckpt:
+            ckpt.save(1, state)
+            ckpt.wait_until_finished()
+            for f in data_files(tmp_path / "1"):
+                f.write_bytes(f.read_bytes()[:10])
+            with pytest.raises(CheckpointError, match="corrupt"):
+                ckpt.restore(make_state())
+        assert not logger.filter(noise)  # still dropped
+        assert logger.filter(other)  # other asyncio errors still show
+    finally:
+        undo()
+    assert logger.filter(noise)  # the undo restores the logger
+    assert sys.unraisablehook is hook
 
 
 def test_corrupt_array_metadata_raises_checkpoint_error(tmp_path, state):
