@@ -68,6 +68,11 @@ def class_variant(lambda_u: float) -> str:
     return f"unlearn_hard_lu{lambda_u:g}"
 
 
+def fixed_lambda_u(lambda_u: float):
+    """The class recipe at one forgotten-items weight, without the recipe's escalation."""
+    return dataclasses.replace(CLASS_RECIPE, lambda_u=lambda_u, lambda_u_attempts=1)
+
+
 def _class_methods(res) -> list[str]:
     """The class recipe's method name, then one per ``--class-lambda-u`` variant."""
     return ["unlearn_hard"] + [class_variant(lu) for lu in res.get("class_lambda_u", [])]
@@ -175,10 +180,13 @@ def main(argv=None) -> dict:
         if req.classes is not None or len(req.indices) in retrain_sizes:
             timed_train_gan(fs.retain, dataclasses.replace(gan_cfg, epochs=1))
         recipe = CLASS_RECIPE if req.classes is not None else ITEM_RECIPE
-        for lu in [recipe.lambda_u] + (class_lus if req.classes is not None else []):
+        # (max_rounds=1 ends every attempt at once: the recipe's escalation compiles each
+        # of its weights here too.)
+        for cfg in [recipe] + ([fixed_lambda_u(lu) for lu in class_lus]
+                               if req.classes is not None else []):
             unlearn_gan(arch, o.g_params, o.d_params, retain_x=fs.retain.x,
                         forget_x=fs.forget.x, heldout_x=splits.val.x,
-                        cfg=dataclasses.replace(recipe, max_rounds=1, lambda_u=lu),
+                        cfg=dataclasses.replace(cfg, max_rounds=1),
                         forget_classes=req.classes, classify=classify)
         if req.classes is None and len(req.indices) == 64:
             for variant in (dict(substitution="data"), dict(lambda_u=LIGHT_LAMBDA_U)):
@@ -211,8 +219,7 @@ def main(argv=None) -> dict:
                 grid(st.g_params, f"{name}_retrain", f"Retrain ({name})")
         if is_class:
             variants = [("unlearn_hard", CLASS_RECIPE)] + [
-                (class_variant(lu), dataclasses.replace(CLASS_RECIPE, lambda_u=lu))
-                for lu in class_lus]
+                (class_variant(lu), fixed_lambda_u(lu)) for lu in class_lus]
         else:
             variants = [(f"unlearn_{fl}", dataclasses.replace(ITEM_RECIPE, fake_label=fl))
                         for fl in labels]
@@ -233,7 +240,8 @@ def main(argv=None) -> dict:
                              else ev_fast,
                              ref)
             record(seed=seed, request=name, method=method, seconds=r.seconds,
-                   steps=r.rounds, stopped=r.stopped, y_f=r.y_f, eval=e)
+                   steps=r.rounds, stopped=r.stopped, y_f=r.y_f, lambda_u=r.lambda_u,
+                   attempts=r.attempts, eval=e)
             log(f"{name} seed {seed} {method} {r.rounds} rounds {r.seconds:.2f} s "
                 f"fid {e['classifier_fid']:.2f} auc {e['d_mia_auc']:.3f} "
                 f"share {e.get('forgotten_share', float('nan')):.4f}")
@@ -279,7 +287,7 @@ def render(res, sizes, labels, classes) -> str:
           "*less* real than unseen data). Downstream: an MLP trained on 10k generated samples "
           "labelled by the judge, tested on the real test set (all classes / kept classes). "
           f"Class recipe: fake label {cfgc['fake_label']}, {cfgc['substitution']}-level "
-          f"substitution, λ_s {cfgc['lambda_s']}; item recipe: {cfgi['substitution']}-level "
+          f"substitution, λ_s {cfgc['lambda_s']}{_escalation(cfgc)}; item recipe: {cfgi['substitution']}-level "
           f"substitution, λ_s {cfgi['lambda_s']}, fake label varied "
           "(`unlearn_heldout_data`: data-level substitution; "
           f"`{LIGHT}`: the held-out recipe with λ_u = {LIGHT_LAMBDA_U}).\n"]
@@ -311,6 +319,9 @@ def render(res, sizes, labels, classes) -> str:
                          ms(get("d_mia_auc"), digits=3), ms(get("downstream_acc"), 100),
                          ms(get("downstream_acc_kept"), 100)])
     md.append(report.markdown_table(hdr, body) + "\n")
+    kept = _kept_weights(res, [n for n in names if n.startswith("class")])
+    if kept:
+        md.append(kept + "\n")
     md.append("## Speed-up vs Retrain (ratio of medians over seeds, measured in this run)\n")
     sp = []
     for name in names:
@@ -336,6 +347,35 @@ def render(res, sizes, labels, classes) -> str:
                   f"![unlearned](grid_{c0}_unlearn.png)\n")
     md.append(f"\nTotal run time {res.get('total_seconds', 0) / 60:.1f} min.\n")
     return "\n".join(md)
+
+
+def _escalation(cfg: dict) -> str:
+    """How the class recipe escalates λ_u, for the report's recipe line."""
+    n = cfg.get("lambda_u_attempts", 1)
+    if "lambda_u" not in cfg:
+        return ""
+    if n <= 1:
+        return f", λ_u {cfg['lambda_u']:g}"
+    lus = ", ".join(f"{cfg['lambda_u'] * cfg['lambda_u_growth'] ** k:g}" for k in range(n))
+    return (f", λ_u {lus} (the next weight, from the Original, when an attempt reaches "
+            f"{cfg['max_rounds']:,} rounds without the stop criteria)")
+
+
+def _kept_weights(res, requests) -> str:
+    """Per seed, the λ_u the class recipe kept and the rounds of each attempt."""
+    lines = []
+    for name in requests:
+        per_seed = []
+        for r in sorted(_rows(res, name, "unlearn_hard"), key=lambda r: r["seed"]):
+            if not r.get("attempts"):
+                continue
+            tries = " → ".join(f"λ_u {a['lambda_u']:g}: {a['rounds']}"
+                               for a in r["attempts"])
+            per_seed.append(f"seed {r['seed']} ({tries} rounds, kept λ_u {r['lambda_u']:g})")
+        if per_seed:
+            lines.append(f"- {name}: " + "; ".join(per_seed))
+    return ("Class recipe, λ_u kept per seed (rounds of each attempt):\n\n" + "\n".join(lines)
+            if lines else "")
 
 
 def _mean(res, request, method, key, scale=1.0):

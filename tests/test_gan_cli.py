@@ -37,9 +37,15 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
     # Class requests take the class recipe (hard fake label, latent-level substitution).
     assert res["unlearn_config"]["fake_label"] == "hard" and res["y_f"] == 0.0
     assert res["unlearn_config"]["substitution"] == "latent"
-    assert 5 <= res["rounds"] <= 10 and len(res["history"]) == res["rounds"] // 5 + 1
+    # The class recipe escalates λ_u 1 → 4 → 16 while an attempt ends at --max-rounds; each
+    # attempt starts again from the Original, and the last one is the run's result.
+    tries = res["attempts"]
+    assert [a["lambda_u"] for a in tries] == [1.0, 4.0, 16.0][:len(tries)]
+    assert all(a["stopped"] == "max_rounds" for a in tries[:-1]) and 5 <= tries[0]["rounds"] <= 10
+    assert res["rounds"] == sum(a["rounds"] for a in tries) and res["lambda_u"] == tries[-1]["lambda_u"]
+    assert len(res["history"]) == sum(a["rounds"] // 5 + 1 for a in tries)
     arch, state, meta = load_gan_run(unl)
-    assert meta["role"] == "unlearned" and int(state.step) == res["rounds"]
+    assert meta["role"] == "unlearned" and int(state.step) == tries[-1]["rounds"]
     # A rerun on the finished directory returns the stored result.
     assert cli.main(argv) == 0
     again = json.loads((unl / "results.json").read_text())

@@ -141,6 +141,67 @@ def test_cascade_resumes_from_checkpoint_exactly(tmp_path, digits_splits, tiny_g
         U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=other, checkpointer=ck, **kw)
 
 
+def _flat(res):
+    return np.concatenate([np.ravel(a) for a in jax.tree.leaves((res.g_params, res.d_params))])
+
+
+def test_escalation_restarts_and_its_last_attempt_equals_a_lone_cascade(tmp_path, digits_splits,
+                                                                          tiny_gan):
+    """An attempt that ends at max_rounds without the criteria is followed by a fresh cascade
+    from (G₀, D₀) at λ_u × growth; the last attempt is bit-for-bit the cascade run alone at its
+    weight, and a run cut right after an attempt ended resumes into the next one exactly."""
+    import dataclasses
+    import shutil
+
+    from hyperforget_jax.checkpoint import Checkpointer
+
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x)
+    # tol 0: the score criterion is never met, so every attempt runs to max_rounds.
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="data", check_every=10,
+                          max_rounds=10, tol=0.0, pool_size=256, lambda_u=0.5,
+                          lambda_u_attempts=3, lambda_u_growth=2.0)
+    res = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **kw)
+    assert [a["lambda_u"] for a in res.attempts] == [0.5, 1.0, 2.0]
+    assert [a["rounds"] for a in res.attempts] == [10, 10, 10]
+    assert [a["stopped"] for a in res.attempts] == ["max_rounds"] * 3
+    assert res.rounds == 30 and res.lambda_u == 2.0 and res.stopped == "max_rounds"
+    assert [h["attempt"] for h in res.history] == [0, 0, 1, 1, 2, 2]
+    lone = U.unlearn_gan(arch, gan.g_params, gan.d_params, **kw,
+                         cfg=dataclasses.replace(cfg, lambda_u=2.0, lambda_u_attempts=1))
+    np.testing.assert_array_equal(_flat(res), _flat(lone))
+    strip = lambda h: {k: v for k, v in h.items() if k not in ("attempt", "rounds_total")}
+    assert [strip(h) for h in res.history[-2:]] == [strip(h) for h in lone.history]
+    assert lone.attempts == [res.attempts[-1]] and lone.rounds == 10
+
+    with Checkpointer(tmp_path / "ck", max_to_keep=None) as ck:
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck, **kw)
+        assert ck.all_steps() == [10, 20, 30]
+        for step in (20, 30):                  # killed after the first attempt's last save
+            shutil.rmtree(ck.step_dir(step))
+    for _ in range(2):                          # resume at step 10; then the finished directory
+        with Checkpointer(tmp_path / "ck", max_to_keep=None) as ck:
+            again = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck,
+                                  **kw)
+        np.testing.assert_array_equal(_flat(again), _flat(res))
+        assert again.history == res.history and again.attempts == res.attempts
+        assert again.rounds == 30 and again.lambda_u == 2.0
+
+
+@pytest.mark.parametrize("bad", [dict(lambda_u_attempts=0), dict(lambda_u_growth=1.0),
+                                 dict(lambda_u_growth=float("nan"))])
+def test_escalation_settings_are_checked(bad):
+    with pytest.raises(ConfigError, match="lambda_u_"):
+        U.UnlearnConfig(**bad)
+
+
+def test_class_recipe_escalates_to_16():
+    r = U.CLASS_RECIPE
+    assert [r.lambda_u * r.lambda_u_growth ** k for k in range(r.lambda_u_attempts)] == [1, 4, 16]
+    assert U.ITEM_RECIPE.lambda_u_attempts == 1
+
+
 def _round_inputs(arch, x, key_seed=3, count=5):
     """A round's arguments: data streams, a substitution bank with ``count`` entries, y_f."""
     rng = np.random.default_rng(key_seed)

@@ -173,10 +173,12 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
                                 "source_run": str(Path(args.run_dir).absolute())})
     save_grid(sample(arch, res.g_params, 64, 1), out / "samples.png",
               title=f"unlearned ({request.describe()})")
+    tries = ("" if len(res.attempts) < 2 else " over " + " → ".join(
+        f"λ_u {a['lambda_u']:g} ({a['rounds']} rounds, {a['stopped']})" for a in res.attempts))
     md = (f"# GAN unlearning: {request.describe()}\n\n{res.rounds} cascade rounds in "
-          f"{res.seconds:.1f} s (stopped by {res.stopped}); fake label {cfg.fake_label} "
-          f"(y_f = {res.y_f:.3f}), {cfg.substitution}-level substitution.\n\n"
-          "![samples](samples.png)\n")
+          f"{res.seconds:.1f} s{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}); fake "
+          f"label {cfg.fake_label} (y_f = {res.y_f:.3f}), {cfg.substitution}-level "
+          "substitution.\n\n![samples](samples.png)\n")
     results = {"request": request.to_json(), "unlearn_config": cfg.to_json(), **judged,
                **res.summary(), "history": res.history}
     common.write_results(out, results, md)
