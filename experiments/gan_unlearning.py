@@ -287,7 +287,8 @@ def render(res, sizes, labels, classes) -> str:
           "*less* real than unseen data). Downstream: an MLP trained on 10k generated samples "
           "labelled by the judge, tested on the real test set (all classes / kept classes). "
           f"Class recipe: fake label {cfgc['fake_label']}, {cfgc['substitution']}-level "
-          f"substitution, λ_s {cfgc['lambda_s']}{_escalation(cfgc)}; item recipe: {cfgi['substitution']}-level "
+          f"substitution, λ_s {cfgc['lambda_s']}{_escalation(cfgc)}; "
+          f"item recipe: {cfgi['substitution']}-level "
           f"substitution, λ_s {cfgi['lambda_s']}, fake label varied "
           "(`unlearn_heldout_data`: data-level substitution; "
           f"`{LIGHT}`: the held-out recipe with λ_u = {LIGHT_LAMBDA_U}).\n"]
@@ -334,7 +335,7 @@ def render(res, sizes, labels, classes) -> str:
                 continue
             t_rt = float(np.median([r["seconds"] for r in rt]))
             t_ul = float(np.median([r["seconds"] for r in ul]))
-            sp.append([name, base, f"{t_rt:.1f}", f"{t_ul:.2f}", f"{t_rt / t_ul:.0f}×",
+            sp.append([name, base, f"{t_rt:.1f}", f"{t_ul:.2f}", _ratio(t_rt / t_ul),
                        f"{int(np.median([r['steps'] for r in rt]))}",
                        f"{int(np.median([r['steps'] for r in ul]))}"])
     md.append(report.markdown_table(["request", "method", "Retrain s (median)",
@@ -347,6 +348,11 @@ def render(res, sizes, labels, classes) -> str:
                   f"![unlearned](grid_{c0}_unlearn.png)\n")
     md.append(f"\nTotal run time {res.get('total_seconds', 0) / 60:.1f} min.\n")
     return "\n".join(md)
+
+
+def _ratio(x: float) -> str:
+    """A speed-up: whole numbers from 10×, one decimal below (0.3× is slower, not 0×)."""
+    return f"{x:.0f}×" if x >= 10 else f"{x:.1f}×"
 
 
 def _escalation(cfg: dict) -> str:

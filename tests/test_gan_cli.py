@@ -41,8 +41,9 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
     # attempt starts again from the Original, and the last one is the run's result.
     tries = res["attempts"]
     assert [a["lambda_u"] for a in tries] == [1.0, 4.0, 16.0][:len(tries)]
-    assert all(a["stopped"] == "max_rounds" for a in tries[:-1]) and 5 <= tries[0]["rounds"] <= 10
-    assert res["rounds"] == sum(a["rounds"] for a in tries) and res["lambda_u"] == tries[-1]["lambda_u"]
+    assert all(a["stopped"] == "max_rounds" for a in tries[:-1])
+    assert 5 <= tries[0]["rounds"] <= 10 and res["lambda_u"] == tries[-1]["lambda_u"]
+    assert res["rounds"] == sum(a["rounds"] for a in tries)
     assert len(res["history"]) == sum(a["rounds"] // 5 + 1 for a in tries)
     arch, state, meta = load_gan_run(unl)
     assert meta["role"] == "unlearned" and int(state.step) == tries[-1]["rounds"]

@@ -56,7 +56,7 @@ def test_render_lists_each_variant_with_its_speed_up():
     assert "| class3 | unlearn_hard_lu16 |" in md
     speed = [line for line in md.splitlines()
              if line.startswith("| class3 | unlearn_hard_lu16 | 10.5")]   # Retrain median 10.5 s
-    assert len(speed) == 1 and "| 5× |" in speed[0]                       # vs 2.1 s
+    assert len(speed) == 1 and "| 5.0× |" in speed[0]                     # vs 2.1 s
 
 
 @pytest.mark.parametrize("bad", ["0", "4,-1", "four", "nan"])
@@ -73,3 +73,23 @@ def test_lambda_u_list_parses():
     gan = load_experiment("gan_unlearning")
     assert gan._weights("4,16") == [4.0, 16.0] and gan._weights("") == []
     assert gan.class_variant(4.0) == "unlearn_hard_lu4"
+
+
+def test_render_states_the_escalation_and_the_weight_kept_per_seed():
+    gan = load_experiment("gan_unlearning")
+    res = _res()
+    res["class_cfg"] = {**res["class_cfg"], "lambda_u": 1.0, "lambda_u_attempts": 3,
+                        "lambda_u_growth": 4.0, "max_rounds": 1200}
+    for r in res["runs"]:
+        if r["method"] == "unlearn_hard":
+            escalated = r["seed"] == 1
+            r["attempts"] = ([{"lambda_u": 1.0, "rounds": 1200, "stopped": "max_rounds"}]
+                             if escalated else []) + [
+                {"lambda_u": 4.0 if escalated else 1.0, "rounds": 640, "stopped": "criteria"}]
+            r["lambda_u"] = r["attempts"][-1]["lambda_u"]
+    md = gan.render(res, [], [], [3])
+    assert "λ_u 1, 4, 16 (the next weight, from the Original, when an attempt reaches 1,200" in md
+    assert ("- class3: seed 0 (λ_u 1: 640 rounds, kept λ_u 1); "
+            "seed 1 (λ_u 1: 1200 → λ_u 4: 640 rounds, kept λ_u 4)") in md
+    # The fixed-weight variants run without the escalation.
+    assert gan.fixed_lambda_u(16.0).lambda_u_attempts == 1

@@ -256,7 +256,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/gan/unlearned",
                    help="checkpoints, samples and results; a rerun resumes an interrupted run")
     recipe = lambda r: (f"{r.fake_label}/{r.substitution}/λ_s {r.lambda_s}/check every "
-                        f"{r.check_every}/max {r.max_rounds}")
+                        f"{r.check_every}/max {r.max_rounds}" + (
+                            "" if r.lambda_u_attempts == 1 else
+                            f" per attempt/λ_u {r.lambda_u:g} ×{r.lambda_u_growth:g} over "
+                            f"{r.lambda_u_attempts} attempts"))
     rec = (f"Unset fields take the recipe of the request's kind: items "
            f"{recipe(default_recipe(False))}; classes {recipe(default_recipe(True))}.")
     flags = configflags.add_config_flags(
