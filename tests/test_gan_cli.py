@@ -75,6 +75,9 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
                      str(tmp_path / "unl5"), "--forget-class", "5", "--check-every", "5",
                      "--max-rounds", "5", "--judge-from", str(unl), "--quiet"]) == 0
     assert json.loads((tmp_path / "unl5" / "results.json").read_text())["judge_reused"]
+    # ... and keeps a copy in its own --out, where `gan evaluate` of that run finds it.
+    from hyperforget_jax.checkpoint import load_params_meta
+    assert load_params_meta(tmp_path / "unl5" / "judge") == load_params_meta(unl / "judge")
     # Another judge recipe is not the stored one: trained anew, stored with the evaluation.
     capsys.readouterr()
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", "500",

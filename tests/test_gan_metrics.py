@@ -126,6 +126,13 @@ def test_cached_judge_reuses_only_the_same_recipe_on_the_same_data(digits_splits
     assert not reused and (tmp_path / "a").is_dir()
     again, reused = M.cached_judge(train, recipe, None, "data-1", search=[tmp_path / "a"])
     assert reused and np.array_equal(leaves(first), leaves(again))
+    # A found judge is copied to `path` only when asked (a run that reused one carries it).
+    M.cached_judge(train, recipe, tmp_path / "b", "data-1", search=[tmp_path / "a"])
+    assert not (tmp_path / "b").exists()
+    M.cached_judge(train, recipe, tmp_path / "b", "data-1", search=[tmp_path / "a"],
+                   keep_found=True)
+    copied, reused = M.cached_judge(train, recipe, tmp_path / "b", "data-1")
+    assert reused and np.array_equal(leaves(first), leaves(copied))
     # Other data, another recipe, another kind of params checkpoint: trained, not read.
     _, reused = M.cached_judge(train, recipe, None, "data-2", search=[tmp_path / "a"])
     assert not reused

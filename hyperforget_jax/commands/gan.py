@@ -151,7 +151,8 @@ def cmd_unlearn(args) -> int:
         classify, judged = None, {}
         if recipe is not None:
             judge, reused = cached_judge(splits.train, recipe, run.path / "judge",
-                                         data_id["data"], search=_judge_dirs(args.judge_from))
+                                         data_id["data"], search=_judge_dirs(args.judge_from),
+                                         keep_found=True)
             classify = lambda x: judge_outputs(judge, x)[0].argmax(1)
             judged = {"judge": recipe, "judge_reused": reused}
         results, md = _unlearn_into(run.path, args, arch, state, meta, splits, request,

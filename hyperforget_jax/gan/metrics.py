@@ -119,14 +119,16 @@ def judge_from_recipe(train: Dataset, recipe: dict) -> Judge:
 
 
 def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id: str,
-                 search: Sequence[str | Path] = ()) -> tuple[Judge, bool]:
+                 search: Sequence[str | Path] = (), keep_found: bool = False
+                 ) -> tuple[Judge, bool]:
     """:func:`train_judge` with ``recipe`` (from :func:`judge_recipe`), stored at ``path``.
 
     The judge is read back instead of trained when ``path`` or one of the ``search``
     directories holds a judge written here with the same recipe and the same ``data_id``
     (e.g. :func:`hyperforget_jax.rundir.data_fingerprint` of the splits). A judge with another
     recipe or other data is ignored, never reused. Training is deterministic, so a stored
-    judge equals a freshly trained one.
+    judge equals a freshly trained one. With ``keep_found``, a judge read from ``search`` is
+    also stored at ``path`` (a run that reused a judge then carries it, for its evaluation).
 
     Returns:
       ``(judge, reused)``.
@@ -147,6 +149,8 @@ def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id:
             continue
         if meta == want:
             params, _ = checkpoint.load_params(where, arch.init(jax.random.key(0)))
+            if keep_found and path is not None and Path(where) != Path(path):
+                checkpoint.save_params(path, params, want)
             return Judge(arch, params), True
     judge = judge_from_recipe(train, recipe)
     if path is not None:

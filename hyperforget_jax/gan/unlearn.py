@@ -151,8 +151,8 @@ ITEM_RECIPE = UnlearnConfig()
 #: 2,048-code pool is judged to be the forgotten class [ours: on seed 10, classes 5 and 8 (not
 #: evaluated), lr 1e-3 stopped by the criteria after 340 / 640 rounds, where 2e-4 was still at
 #: 1.2 % after 1,200]. A class the cascade cannot clear in 1,200 rounds at λ_u = 1 is started
-#: again at λ_u = 4, then 16: the lightest weight that clears it is kept (docs/gan.md, "Class
-#: unlearning: forgotten share vs quality").
+#: again at λ_u = 4, then 16: the lightest weight that clears it is kept (docs/gan.md, "The
+#: class recipe escalates λ_u": on MNIST-5k class 3 keeps λ_u 1 or 4, class 8 keeps 16).
 CLASS_RECIPE = UnlearnConfig(fake_label="hard", substitution="latent", lambda_u=1.0,
                              lambda_s=1.0, lr=1e-3, d_lr=None, check_every=20,
                              max_rounds=1200, lambda_u_attempts=3, pool_size=2048)
@@ -415,10 +415,10 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
       checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`. The (G, D, Adam)
         state and the history are saved after every chunk of ``cfg.check_every`` rounds
         (checkpoint step = rounds done over all attempts) and once more, marked done, at the
-        end. A rerun on the
-        same directory resumes from the latest step and ends exactly where an uninterrupted
-        run ends (every batch, latent and pool is a pure function of ``(cfg.seed, round)``);
-        on a finished directory it returns the stored result at once.
+        end. A rerun on the same directory resumes from the latest step and ends exactly where
+        an uninterrupted run ends (every batch, latent and pool is a pure function of
+        ``(cfg.seed, round of the attempt)``); on a finished directory it returns the stored
+        result at once.
       meta: extra JSON metadata stored with each checkpoint (e.g. the GAN's ``gan_arch``).
 
     Returns:
