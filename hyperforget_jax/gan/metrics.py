@@ -140,16 +140,19 @@ def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id:
 
     arch = as_model(recipe["config"]["arch"], train.x.shape[1:], train.num_classes)
     want = {"role": "gan-judge", "recipe": recipe, "data": data_id}
-    for where in (*search, path):
+
+    def holds_it(where) -> bool:
         if where is None or not Path(where).is_dir():
-            continue
+            return False
         try:
-            meta = checkpoint.load_params_meta(where)
+            return checkpoint.load_params_meta(where) == want
         except CheckpointError:             # not a params checkpoint: not a judge of ours
-            continue
-        if meta == want:
+            return False
+
+    for where in (*search, path):
+        if holds_it(where):
             params, _ = checkpoint.load_params(where, arch.init(jax.random.key(0)))
-            if keep_found and path is not None and Path(where) != Path(path):
+            if keep_found and path is not None and not holds_it(path):
                 checkpoint.save_params(path, params, want)
             return Judge(arch, params), True
     judge = judge_from_recipe(train, recipe)
