@@ -357,9 +357,9 @@ def _ratio(x: float) -> str:
 
 def _escalation(cfg: dict) -> str:
     """How the class recipe escalates λ_u, for the report's recipe line."""
-    n = cfg.get("lambda_u_attempts", 1)
     if "lambda_u" not in cfg:
         return ""
+    n = cfg.get("lambda_u_attempts", 1)
     if n <= 1:
         return f", λ_u {cfg['lambda_u']:g}"
     lus = ", ".join(f"{cfg['lambda_u'] * cfg['lambda_u_growth'] ** k:g}" for k in range(n))

@@ -496,7 +496,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         entry, codes, samples, flagged = _check(arch, state, in_attempt, cfg, key, forget_np,
                                                 heldout_x, forget_classes, classify, y_f)
         y_f, share, score_u = entry["y_f"], entry["share"], entry["score_u"]
-        history.append({**entry, "attempt": attempt, "rounds_total": rounds})
+        history.append({**entry, "attempt": attempt})
         met = (in_attempt > 0 and score_u <= y_f + cfg.tol * gap0
                and (share is None or share <= cfg.max_share))
         ended = met or in_attempt >= cfg.max_rounds
