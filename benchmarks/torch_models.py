@@ -92,6 +92,8 @@ def make_torch_gradtau(model: nn.Module, total_steps: int, lr: float = 1e-3,
                        compile_model: bool = False):
     """Returns ``step(xf, yf, xr, yr, tau, alpha) -> loss`` (a 0-d tensor; call ``.item()`` to
     sync): L = α·ReLU(τ − L_f)² + (1 − α)·L_r, AdamW, lr linear to ``final_lr_fraction``·lr.
+    ``step.calls`` / ``step.ascent_steps`` count the steps taken and those whose ascent term was
+    on (the others back-propagate the retain term only, as the library does).
 
     ``compile_model``: ``torch.compile`` the model (forward and backward graphs through
     AOTAutograd/Inductor) and the optimiser step.
@@ -114,9 +116,16 @@ def make_torch_gradtau(model: nn.Module, total_steps: int, lr: float = 1e-3,
         opt.zero_grad(set_to_none=True)
         l_f = F.cross_entropy(fwd(xf), yf)
         l_r = F.cross_entropy(fwd(xr), yr)
-        loss = alpha * F.relu(tau - l_f) ** 2 + (1.0 - alpha) * l_r
-        loss.backward()
+        gap = F.relu(tau - l_f)
+        loss = alpha * gap ** 2 + (1.0 - alpha) * l_r
+        # As the library's step: while the ascent term is off its gradient is 0, so only the
+        # retain term is back-propagated (the same work in both frameworks).
+        ascent = alpha * float(gap) != 0
+        (loss if ascent else (1.0 - alpha) * l_r).backward()
         opt_step()
+        step.ascent_steps += ascent
+        step.calls += 1
         return loss.detach()
 
+    step.ascent_steps = step.calls = 0
     return step

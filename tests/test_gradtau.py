@@ -192,6 +192,9 @@ def test_class_removal_on_digits(digits_splits, digits_original):
                               forget_classes=(3,))
     assert info["tau_mode"] == "chance" and info["tau"][0] == pytest.approx(np.log(10))
     assert info["steps"] == info["epochs"] * info["batches_per_epoch"]
+    # The ascent runs until L_f passes τ = log K, then switches off (its backward skipped).
+    on = info["ascent_steps"]
+    assert len(on) == info["epochs"] and on[0] > 0 and 0 < sum(on) < info["steps"]
     assert _acc(arch, out, split.forget) < 0.05            # forgotten
     assert _acc(arch, out, split.retain) > 0.95            # kept
     # the caller's parameters were not donated away
@@ -300,7 +303,7 @@ def _own_loop(arch, params, split, val, cfg, seed):
         return optax.apply_updates(p, updates), opt, g, m
 
     p, opt, g = params, tx.init(params), gt.init(params)
-    taus = []
+    taus, ascent = [], []
     for e in range(E):
         for i in range(n):
             fi, ri = f_idx[e, i], r_idx[e, i]
@@ -308,7 +311,8 @@ def _own_loop(arch, params, split, val, cfg, seed):
                                 (split.retain.x[ri], split.retain.y[ri]))
             if i == 0 and e % 5 == 0:
                 taus.append(float(m["tau"]))
-    return p, taus
+            ascent.append(float(m["forget_loss"]) < float(m["tau"]))
+    return p, taus, np.reshape(ascent, (E, n)).sum(1)
 
 
 def test_runner_equals_the_building_blocks_in_your_own_loop(digits_splits, digits_original):
@@ -316,10 +320,12 @@ def test_runner_equals_the_building_blocks_in_your_own_loop(digits_splits, digit
     split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
     cfg = G.GradTauConfig(epochs=6)            # τ refreshed at forget-epochs 0 and 5
     want, info = G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=2)
-    got, taus = _own_loop(arch, params, split, digits_splits.val, cfg, seed=2)
+    got, taus, ascent = _own_loop(arch, params, split, digits_splits.val, cfg, seed=2)
     assert_trees_close(got, want, atol=2e-5)
     np.testing.assert_allclose(taus, info["tau"], rtol=1e-5)
     assert len(taus) == 2
+    # Steps with the ascent on (L_f < τ; α > 0 throughout): per forget-epoch, as counted here.
+    assert info["ascent_steps"] == ascent.tolist()
 
 
 def test_refresh_tau_only_on_multiples_of_the_period():
@@ -335,19 +341,52 @@ def test_refresh_tau_only_on_multiples_of_the_period():
     assert float(once.tau) == 7.0                # None: refreshed at count 0 only
 
 
-def test_objective_equals_autodiff_for_any_loss():
-    # A non-CE per-example loss (squared error on one-hot targets) and a dict batch.
+@pytest.mark.parametrize("tau, alpha", [(3.0, 0.4), (0.1, 0.4), (3.0, 0.0)],
+                         ids=["ascent-on", "gap-zero", "alpha-zero"])
+def test_objective_equals_autodiff_for_any_loss(tau, alpha):
+    # A non-CE per-example loss (squared error on one-hot targets, ≈ 0.9 here) and a dict
+    # batch; with the ascent on, and off (τ below L_f, or α = 0: the forget backward is skipped).
     arch, params, batch = _toy()
     loss_fn = lambda p, b: jnp.sum((jax.nn.softmax(arch.apply(p, b["x"]))
                                     - jax.nn.one_hot(b["y"], 10)) ** 2, -1)
     (xf, yf), (xr, yr) = batch(), batch()
     fb, rb = {"x": xf, "y": yf}, {"x": xr, "y": yr}
-    direct = lambda p: G.gradtau_loss(loss_fn(p, fb).mean(), loss_fn(p, rb).mean(), 3.0, 0.4)
-    loss, grads, aux = G.gradtau_objective(loss_fn, params, fb, rb, 3.0, 0.4)
+    direct = lambda p: G.gradtau_loss(loss_fn(p, fb).mean(), loss_fn(p, rb).mean(), tau, alpha)
+    loss, grads, aux = G.gradtau_objective(loss_fn, params, fb, rb, tau, alpha)
+    assert (float(aux["gap"]) > 0) == (tau == 3.0)
     np.testing.assert_allclose(loss, direct(params), rtol=1e-6)
     assert_trees_close(grads, jax.grad(direct)(params), atol=1e-6)
     chex.assert_trees_all_equal_shapes_and_dtypes(grads, params)
     chex.assert_shape(aux["forget_loss"], ())
+
+
+@jax.custom_vjp
+def _poisoned(x):
+    return x
+
+
+_poisoned.defvjp(lambda x: (x, None), lambda _, g: (g * jnp.nan,))
+
+
+def test_forget_backward_runs_only_while_the_ascent_is_on():
+    # The forget batch's backward returns NaN. While ReLU(τ − L_f) = 0 its gradient is not
+    # needed, and the step must not run it (0 · NaN would poison the update); while the
+    # ascent is on it must run (the NaN reaches the gradient). Jitted, as in the runner.
+    arch, params, batch = _toy()
+    ce = train.per_example_ce(arch.apply)
+    # A forget batch is marked by a third (empty) entry.
+    loss_fn = lambda p, b: _poisoned(ce(p, b[:2])) if len(b) == 3 else ce(p, b)
+    (xf, yf), rb = batch(), batch()
+    objective = jax.jit(lambda p, tau: G.gradtau_objective(loss_fn, p, (xf, yf, None), rb,
+                                                           tau, 0.4))
+    l_f = float(jnp.mean(ce(params, (xf, yf))))
+    _, off, aux = objective(params, l_f - 0.5)
+    assert float(aux["gap"]) == 0
+    retain_only = jax.grad(lambda p: 0.6 * jnp.mean(ce(p, rb)))(params)
+    assert_trees_close(off, retain_only, atol=1e-7)
+    _, on, aux = objective(params, l_f + 0.5)
+    assert float(aux["gap"]) > 0
+    assert any(np.isnan(g).any() for g in jax.tree.leaves(on))
 
 
 # --- chex variants: the step with and without jit and under pmap ------------------------------

@@ -106,13 +106,15 @@ def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fl
                 if descent_only:  # Fine-tune: the forget batch is never looked at
                     loss, grads = jax.value_and_grad(lambda p: jnp.mean(loss_fn(p, rb)))(
                         ts.params)
-                    m = {"loss": loss, "forget_loss": jnp.float32(jnp.nan), "retain_loss": loss}
+                    m = {"loss": loss, "forget_loss": jnp.float32(jnp.nan), "retain_loss": loss,
+                         "ascent": jnp.bool_(False)}
                     gs = G.GradTauState(gs.count + 1, gs.tau)
                 else:
                     grads, gs, m = gt.update(ts.params, gs, constrain((xf[fi], yf[fi])), rb)
                 ts, finite = train.apply_step(ts, grads, m["loss"], tx)
                 return (ts, gs), {"loss": m["loss"], "forget_loss": m["forget_loss"],
-                                  "retain_loss": m["retain_loss"], "finite": finite}
+                                  "retain_loss": m["retain_loss"], "finite": finite,
+                                  "ascent": m["ascent"]}
 
             (ts, gs), metrics = jax.lax.scan(step, (ts, gs), (f_idx, r_idx))
             return ts, gs, metrics
@@ -197,7 +199,9 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     Returns:
       The parameters and an info dict: ``steps``, ``epochs``, ``alpha0``, ``alpha_clamped``,
       ``tau_mode``, ``tau`` (every refresh), per-epoch ``forget_loss`` / ``retain_loss``,
-      ``resumed_from`` (forget-epochs restored from the checkpoint, 0 for a fresh run).
+      per-epoch ``ascent_steps`` (steps whose ascent term was on, ReLU(τ − L_f) > 0 and
+      α > 0; the others skip the forget batch's backward), ``resumed_from`` (forget-epochs
+      restored from the checkpoint, 0 for a fresh run).
 
     Raises:
       NonFiniteError: a step produced NaN/inf (named in the message); nothing is saved.
@@ -215,13 +219,14 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))
     run_id = {"n_forget": len(split.forget), "n_retain": len(split.retain), "seed": int(seed),
               "epochs": E, "tau_mode": mode, "config": dataclasses.asdict(cfg)}
-    start, taus, hist_f, hist_r = 0, [], [], []
+    start, taus, hist_f, hist_r, hist_a = 0, [], [], [], []
     if checkpointer is not None and checkpointer.latest_step() is not None:
         ts, saved = checkpointer.restore(ts)
         g = saved.get("gradtau", {})
         _validate_resume(g.get("run", {}), run_id, checkpointer.directory)
         start = int(g["epoch"])
         taus, hist_f, hist_r = list(g["tau"]), list(g["forget_loss"]), list(g["retain_loss"])
+        hist_a = list(g.get("ascent_steps", []))
     tau0 = taus[-1] if taus else _initial_tau(plan, split.forget.num_classes)
     gs = G.GradTauState(jnp.int32(start * n), jnp.float32(tau0))
     run = _epoch_program(model, descent_only, mode, False, mesh)
@@ -230,7 +235,7 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
         ts, gs = jax.device_put((ts, gs), NamedSharding(train.auto_mesh(mesh)[0], P()))
     hp = jax.tree.map(jnp.asarray, plan.hp)
     c = cfg.tau_refresh_epochs
-    finite, dev_f, dev_r, dev_tau = [], [], [], []
+    finite, dev_f, dev_r, dev_a, dev_tau = [], [], [], [], []
     for e in range(start, E):
         ts, gs, m = run(ts, gs, hp, arrays, jnp.asarray(plan.f_idx[e]),
                         jnp.asarray(plan.r_idx[e]))
@@ -241,19 +246,22 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
         finite.append((e, m["finite"]))
         dev_f.append(m["forget_loss"].mean())
         dev_r.append(m["retain_loss"].mean())
+        dev_a.append(m["ascent"].sum())
         if checkpointer is not None:
             _check_finite(finite[-1:], n)
             hist_f.append(float(dev_f.pop()))
             hist_r.append(float(dev_r.pop()))
+            hist_a.append(int(dev_a.pop()))
             taus += [float(t) for t in dev_tau]
             dev_tau = []
             checkpointer.save(e + 1, ts, {**(meta or {}), "gradtau": {
                 "epoch": e + 1, "run": run_id, "tau": taus, "forget_loss": hist_f,
-                "retain_loss": hist_r}}, force=True)
+                "retain_loss": hist_r, "ascent_steps": hist_a}}, force=True)
     # Without a checkpointer everything stays on device until here: no host sync in the loop.
     _check_finite(finite, n)
     hist_f += [float(v) for v in dev_f]
     hist_r += [float(v) for v in dev_r]
+    hist_a += [int(v) for v in dev_a]
     taus += [float(t) for t in dev_tau]
     if mode == "chance":
         taus = [tau0] if E else []
@@ -261,7 +269,7 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     info = {"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": plan.alpha0,
             "alpha_clamped": plan.clamped, "tau_mode": mode, "tau": taus,
             "forget_loss": [] if descent_only else hist_f, "retain_loss": hist_r,
-            "resumed_from": start}
+            "ascent_steps": hist_a, "resumed_from": start}
     return out, info
 
 
@@ -298,18 +306,20 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
             device_arrays(sp, val, mode, forget_classes) for sp in split])
     else:
         arrays = device_arrays(split, val, mode, forget_classes)
-    finite, dev_f, dev_r, dev_tau = [], [], [], []
+    finite, dev_f, dev_r, dev_a, dev_tau = [], [], [], [], []
     for e in range(E):
         ts, gs, m = run(ts, gs, hp, arrays, jnp.asarray(f_idx[e]), jnp.asarray(r_idx[e]))
         dev_tau.append(gs.tau)
         finite.append(m["finite"])
         dev_f.append(m["forget_loss"].mean(1))
         dev_r.append(m["retain_loss"].mean(1))
+        dev_a.append(m["ascent"].sum(1))
     out = jax.block_until_ready(ts.params)
     fin = np.asarray(jnp.stack(finite, 1)) if finite else np.ones((M, 0, n), bool)  # (M, E, n)
     infos = []
     hf = np.asarray(jnp.stack(dev_f, 1)) if dev_f else np.zeros((M, 0))
     hr = np.asarray(jnp.stack(dev_r, 1)) if dev_r else np.zeros((M, 0))
+    ha = np.asarray(jnp.stack(dev_a, 1)) if dev_a else np.zeros((M, 0), int)
     taus = np.asarray(jnp.stack(dev_tau, 1)) if dev_tau else np.zeros((M, 0))
     for i, p in enumerate(plans):
         _check_finite([(e, fin[i, e]) for e in range(E)], n, f" (sweep member {i})")
@@ -323,7 +333,8 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
         infos.append({"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": p.alpha0,
                       "alpha_clamped": p.clamped, "tau_mode": mode, "tau": tau_i,
                       "forget_loss": [] if descent_only else hf[i].tolist(),
-                      "retain_loss": hr[i].tolist(), "resumed_from": 0})
+                      "retain_loss": hr[i].tolist(),
+                      "ascent_steps": [int(a) for a in ha[i]], "resumed_from": 0})
     return out, infos
 
 
@@ -344,7 +355,8 @@ def compiled_forget_epoch(arch: Any, total_steps: int, lr: float, weight_decay: 
             def step(state, forget_batch, retain_batch, tau, alpha):
                 state, m = plain(state, retain_batch)
                 return state, {"loss": m["loss"], "forget_loss": jnp.float32(jnp.nan),
-                               "retain_loss": m["loss"], "finite": m["finite"]}
+                               "retain_loss": m["loss"], "finite": m["finite"],
+                               "ascent": jnp.bool_(False)}
 
         def run(state, xf, yf, xr, yr, f_idx, r_idx, alphas, tau):
             def body(s, inp):

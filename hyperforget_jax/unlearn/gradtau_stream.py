@@ -64,7 +64,7 @@ def _step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | None) -> 
         grads, gs, m = gt.update(ts.params, gs, fb, rb, *tau_args)
         ts, finite = train.apply_step(ts, grads, m["loss"], tx)
         return ts, gs, {"forget_loss": m["forget_loss"], "retain_loss": m["retain_loss"],
-                        "tau": m["tau"], "finite": finite}
+                        "tau": m["tau"], "finite": finite, "ascent": m["ascent"]}
 
     # Compiled per call, not cached on the model: the program closes over the caller's tau_fn.
     if mesh is None:
@@ -106,7 +106,7 @@ def run_gradtau_stream(arch: Any, params: Params,
     Returns:
       The parameters and ``info``: ``steps``, ``epochs``, ``batches_per_epoch``, ``alpha0``,
       ``alpha_clamped``, ``tau`` (the value at each refresh, or the constant), per-epoch
-      ``forget_loss`` / ``retain_loss``.
+      ``forget_loss`` / ``retain_loss`` / ``ascent_steps`` (as :func:`.run_gradtau`'s).
 
     Raises:
       ConfigError: neither or both of ``tau`` / ``tau_fn``, an epoch with the wrong number of
@@ -135,7 +135,7 @@ def run_gradtau_stream(arch: Any, params: Params,
         hp, tau_args = jax.tree.map(jnp.asarray, (hp, tuple(tau_args)))
     put = lambda b: train.global_rows((np.asarray(b[0], np.float32),
                                        np.asarray(b[1], np.int32)), mesh)
-    finite, dev_f, dev_r, taus = [], [], [], []
+    finite, dev_f, dev_r, dev_a, taus = [], [], [], [], []
     for e in range(E):
         k, ms = 0, []
         for k, (fb, rb) in enumerate(batches(e), 1):
@@ -154,6 +154,7 @@ def run_gradtau_stream(arch: Any, params: Params,
         finite.append((e, stacked["finite"]))
         dev_f.append(stacked["forget_loss"].mean())
         dev_r.append(stacked["retain_loss"].mean())
+        dev_a.append(stacked["ascent"].sum())
         if tau_fn is not None and e % cfg.tau_refresh_epochs == 0:
             taus.append(stacked["tau"][0])
     _check_finite(finite, n)
@@ -161,7 +162,8 @@ def run_gradtau_stream(arch: Any, params: Params,
     tau_hist = [float(tau)] if tau is not None and E else [float(t) for t in taus]
     info = {"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": alpha0,
             "alpha_clamped": clamped, "tau": tau_hist,
-            "forget_loss": [float(v) for v in dev_f], "retain_loss": [float(v) for v in dev_r]}
+            "forget_loss": [float(v) for v in dev_f], "retain_loss": [float(v) for v in dev_r],
+            "ascent_steps": [int(v) for v in dev_a]}
     return out, info
 
 
