@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from hyperforget_jax.gan import metrics as M
-from hyperforget_jax.models import make_architecture
+from hyperforget_jax.models import as_model, make_architecture
 
 
 def test_fid_zero_for_identical_and_grows_with_mean_shift():
@@ -70,6 +70,20 @@ def test_penultimate_features_are_last_hidden_layer():
     np.testing.assert_allclose(feats, h, rtol=1e-4, atol=1e-5)
     assert probs.shape == (5, 10)
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+
+
+def test_judge_outputs_do_not_depend_on_the_chunk():
+    # The cascade flags codes by the judge's argmax and FID uses its features: the chunk size
+    # (a speed setting) must not change them. 600 images: several chunks and a padded one.
+    arch = as_model("hyperforget_jax.gan.metrics:JudgeCNN", (28, 28, 1), 10)
+    judge = M.Judge(arch, arch.init(jax.random.key(0)))
+    x = np.random.default_rng(0).uniform(size=(600, 28, 28, 1)).astype(np.float32)
+    p0, f0 = M.judge_outputs(judge, x, chunk=2048)
+    p1, f1 = M.judge_outputs(judge, x)                 # JUDGE_CHUNK
+    np.testing.assert_allclose(p1, p0, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(f1, f0, rtol=1e-6, atol=1e-6)
+    assert (p1.argmax(1) == p0.argmax(1)).all()
+    assert M.JUDGE_CHUNK < len(x)
 
 
 def test_downstream_accuracy_on_constructed_generators(digits_splits):

@@ -187,7 +187,14 @@ def _compiled_judge(arch: Architecture):
     return arch.program(("gan_judge",), build)
 
 
-def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
+#: Rows per judge call. A 2,048-image batch of :class:`JudgeCNN` holds ≈ 200 MB per 28×28×32
+#: activation; at 512 the call is ≈ 20 % faster on CPU and the outputs are the same (per-image
+#: computations; ``tests/test_gan_metrics.py``), which makes a class cascade ≈ 1.14× faster.
+JUDGE_CHUNK = 512
+
+
+def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = JUDGE_CHUNK
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(class probabilities (N, K), penultimate features (N, F)) of the judge, in chunks."""
     return chunked_apply(_compiled_judge(judge.arch), judge.params, np.asarray(x, np.float32),
                          chunk)
