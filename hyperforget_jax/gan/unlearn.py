@@ -152,7 +152,8 @@ ITEM_RECIPE = UnlearnConfig()
 #: evaluated), lr 1e-3 stopped by the criteria after 340 / 640 rounds, where 2e-4 was still at
 #: 1.2 % after 1,200]. A class the cascade cannot clear in 1,200 rounds at λ_u = 1 is started
 #: again at λ_u = 4, then 16: the lightest weight that clears it is kept (docs/gan.md, "The
-#: class recipe escalates λ_u": on MNIST-5k class 3 keeps λ_u 1 or 4, class 8 keeps 16).
+#: class recipe escalates λ_u": on MNIST-5k class 3 keeps λ_u 1 or 4, class 8 keeps 16, and on
+#: two of three other class-8 originals even λ_u 16 ends at its cap above the share).
 CLASS_RECIPE = UnlearnConfig(fake_label="hard", substitution="latent", lambda_u=1.0,
                              lambda_s=1.0, lr=1e-3, d_lr=None, check_every=20,
                              max_rounds=1200, lambda_u_attempts=3, pool_size=2048)
