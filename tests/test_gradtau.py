@@ -140,14 +140,19 @@ class CompiledEqualityTest(chex.TestCase):
     def test_jit_pmap_sharded_equal(self, n_dev):
         arch, params, batch = _toy(n=16)
         tx = G.make_gradtau_optimizer(10)
-        batches = [(batch(), batch(), 0.5 * (i + 1), 0.4 - 0.05 * i) for i in range(4)]
+        # τ alternates below and above L_f (≈ 2.3): steps with the ascent off and on.
+        batches = [(batch(), batch(), 5.0 if i % 2 else 0.5 * (i + 1), 0.4 - 0.05 * i)
+                   for i in range(4)]
         devices = jax.devices()[:n_dev]
         fresh = lambda: train.init_state(arch, tx, None, jax.tree.map(jnp.array, params))
 
         s_jit = fresh()
         step_j = train.jit_step(G.make_gradtau_step(arch.apply, tx))
+        ascent = []
         for fb, rb, tau, a in batches:
             s_jit, mj = step_j(s_jit, fb, rb, tau, a)
+            ascent.append(bool(mj["ascent"]))
+        self.assertEqual(ascent, [False, True, False, True])
 
         s_p = train.replicate(fresh(), n_dev)
         step_p = G.pmap_gradtau_step(G.make_gradtau_step(arch.apply, tx, "batch"), "batch",
