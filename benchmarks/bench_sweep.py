@@ -79,7 +79,7 @@ def step_before_after(arch, splits, fsplit, original, repeats):
     tx_old = G.make_gradtau_optimizer(E * n, cfg.lr, cfg.weight_decay, cfg.final_lr_fraction)
     alphas = jnp.asarray(G.alpha_schedule(plan.alpha0, E * n)[:n])
     tau = jnp.float32(np.log(10))
-    core = GR._epoch_program(arch, descent_only, mode, False, None)
+    core = GR._epochs_program(arch, descent_only, mode, False, None)  # here a run of 1 epoch
     tx_new = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
     arrays = GR.device_arrays(fsplit, splits.val, mode, (3,))
     hp = jax.tree.map(jnp.asarray, plan.hp)
@@ -92,7 +92,7 @@ def step_before_after(arch, splits, fsplit, original, repeats):
     def run_core():
         st = train.init_state(arch, tx_new, None, copy())
         gs = G.GradTauState(jnp.int32(0), tau)
-        jax.block_until_ready(core(st, gs, hp, arrays, f_idx, r_idx)[0].params)
+        jax.block_until_ready(core(st, gs, hp, arrays, f_idx[None], r_idx[None])[0].params)
 
     init_only = lambda: jax.block_until_ready(train.init_state(arch, tx_new, None, copy()))
     t = common.interleaved({"legacy": run_legacy, "core": run_core, "init": init_only},

@@ -287,6 +287,56 @@ def test_killed_run_resumes_to_the_uninterrupted_result(digits_splits, digits_or
     np.testing.assert_allclose(info2["forget_loss"], info["forget_loss"], rtol=1e-5)
 
 
+def test_epoch_runs_cover_the_budget_in_powers_of_two():
+    from hyperforget_jax.unlearn.gradtau_run import epoch_runs
+    assert epoch_runs(0, 0) == [] and epoch_runs(3, 3) == []
+    assert epoch_runs(0, 6) == [(0, 4), (4, 2)]
+    for start, stop in [(0, 1), (0, 27), (3, 10), (5, 64)]:
+        runs = epoch_runs(start, stop)
+        assert [e for e0, k in runs for e in range(e0, e0 + k)] == list(range(start, stop))
+        assert all(k & (k - 1) == 0 for _, k in runs)                  # 1, 2, 4, ...
+        assert [k for _, k in runs] == sorted((k for _, k in runs), reverse=True)
+        assert len(runs) == bin(stop - start).count("1")
+
+
+def test_runs_of_epochs_equal_one_call_per_epoch(digits_splits, digits_original, tmp_path,
+                                                  monkeypatch):
+    """Without a checkpointer the runner makes one call per run of 2^j forget-epochs (7 =
+    4 + 2 + 1); with one, a call per epoch. Same parameters and history, bit for bit."""
+    from hyperforget_jax.checkpoint import Checkpointer
+    from hyperforget_jax.unlearn import gradtau_run as GR
+
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    cfg = G.GradTauConfig(epochs=7)
+    calls = []
+    program = GR._epochs_program
+
+    def counting(*a, **kw):
+        run = program(*a, **kw)
+        return lambda *args: calls.append(args[4].shape[0]) or run(*args)
+
+    monkeypatch.setattr(GR, "_epochs_program", counting)
+    runs, info = G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=3)
+    assert calls == [4, 2, 1]
+    calls.clear()
+    with Checkpointer(tmp_path / "ck") as ck:
+        each, info_each = G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=3,
+                                        checkpointer=ck)
+    assert calls == [1] * 7
+    assert_trees_close(runs, each, atol=0)
+    assert info == info_each and len(info["tau"]) == 2 and len(info["ascent_steps"]) == 7
+
+
+def test_nonfinite_in_a_run_of_epochs_names_its_epoch():
+    from hyperforget_jax.unlearn.gradtau_run import _check_finite
+    fin = np.ones((2, 5), bool)                   # the run of forget-epochs 4 and 5
+    fin[1, 2] = False
+    _check_finite([(0, np.ones((4, 5), bool))], 5)
+    with pytest.raises(NonFiniteError, match=r"step 27 \(forget-epoch 5, batch pair 2\)"):
+        _check_finite([(0, np.ones((4, 5), bool)), (4, fin)], 5)
+
+
 # --- the building blocks in your own loop -----------------------------------------------------
 
 def _own_loop(arch, params, split, val, cfg, seed):

@@ -38,8 +38,9 @@ container and any optax optimiser):
 (1, 0.5)
 
 The library's runner (:func:`run_gradtau`, :func:`hyperforget_jax.unlearn.unlearn`) is a thin
-driver over these pieces: each forget-epoch is one compiled ``lax.scan`` over a host-built,
-seed-pure index plan into the on-device data, compiled once per shape and owned by the model.
+driver over these pieces: each forget-epoch is a ``lax.scan`` over a host-built, seed-pure
+index plan into the on-device data, and runs of 2^j forget-epochs are one compiled call
+(compiled once per shape and run length, and owned by the model).
 
 Schedule [official code, as described in METHODS.md §1; the official repository was not
 reachable from here to re-read]: α₀ = (5/3)·|D_f|/|D|; α and the learning rate (AdamW lr 1e-3,

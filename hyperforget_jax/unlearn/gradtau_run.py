@@ -1,11 +1,19 @@
 """The ∇τ runner: a thin driver over the building blocks of :mod:`.gradtau`.
 
-Each forget-epoch is one compiled call: τ refreshed on device (:func:`.gradtau.refresh_tau`),
-then the epoch's batch pairs under ``lax.scan``, gathered from the on-device data with a
-host-built, seed-pure index plan. The program belongs to the model and is compiled once per
-shape; the hyperparameters (learning rate, weight decay, α₀, the budget E) are traced values, so
-every config with the same batch shapes shares it, and a *fleet* of members (seeds × configs,
+A forget-epoch is τ refreshed on device (:func:`.gradtau.refresh_tau`), then the epoch's batch
+pairs under ``lax.scan``, gathered from the on-device data with a host-built, seed-pure index
+plan. One compiled call runs a *run* of 2^j consecutive forget-epochs (another ``lax.scan``;
+:func:`epoch_runs`: a budget of 6 is two calls, 4 + 2), or a single one when checkpointing after
+every epoch. The program belongs to the model and is compiled once per shape and run length;
+the hyperparameters (learning rate, weight decay, α₀, the budget E) are traced values, so every
+config with the same batch shapes shares it, and a *fleet* of members (seeds × configs,
 :func:`hyperforget_jax.unlearn.unlearn_sweep`) runs as the same program under ``vmap``.
+
+Why runs of epochs and not one call each: every call of a compiled program gets its temporary
+buffers afresh, and on CPU that memory comes from the kernel page by page. The ``cnn``'s
+forget-epoch program at batch 256 + 256 has ≈ 130 MB of temporaries: ≈ 32,000 page faults a
+call, about a tenth of its run time on this project's 2-core machine. Inside one call the loop
+reuses them (benchmarks/README.md §1).
 """
 
 from __future__ import annotations
@@ -74,10 +82,28 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     return Plan(static, hp, f_idx, r_idx, alpha0, clamped)
 
 
-def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fleet: bool,
-                   mesh: Mesh | None, data_batched: bool = False,
-                   plan_batched: bool = True, how: str = "vmap") -> Callable:
-    """``run(ts, gs, hp, arrays, f_idx, r_idx) -> (ts, gs, metrics)``: one forget-epoch.
+def epoch_runs(start: int, stop: int) -> list[tuple[int, int]]:
+    """Forget-epochs ``[start, stop)`` as consecutive runs ``(first epoch, length)`` of 2^j
+    epochs, longest first: one compiled call each (6 epochs: ``[(0, 4), (4, 2)]``). Fewer
+    calls than epochs, and a handful of run lengths, so budgets share their programs.
+
+    >>> epoch_runs(0, 7)
+    [(0, 4), (4, 2), (6, 1)]
+    """
+    runs, e = [], start
+    while e < stop:
+        k = 1 << ((stop - e).bit_length() - 1)
+        runs.append((e, k))
+        e += k
+    return runs
+
+
+def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, fleet: bool,
+                    mesh: Mesh | None, data_batched: bool = False,
+                    plan_batched: bool = True, how: str = "vmap") -> Callable:
+    """``run(ts, gs, hp, arrays, f_idx, r_idx) -> (ts, gs, metrics, taus)``: k consecutive
+    forget-epochs, k = ``f_idx.shape[0]`` (index plans ``(k, [members,] N_f, B)``); metrics
+    ``(k, [members,] N_f)`` per step, ``taus`` the τ of each epoch ``(k, [members])``.
     ``arrays = {"xf", "yf", "xr", "yr", "tau": (τ inputs)}``, shared by every member of a
     fleet, or one per member (``data_batched``: each member its own request of equal size);
     the index plans per member, or shared when every member has the same (``plan_batched``
@@ -123,13 +149,21 @@ def _epoch_program(model: Architecture, descent_only: bool, mode: str | None, fl
             p_ax = 0 if plan_batched else None
             run = train.over_members(run, (0, 0, 0, 0 if data_batched else None, p_ax, p_ax),
                                      how)
+
+        def run_epochs(ts, gs, hp, arrays, f_idx, r_idx):
+            def epoch(carry, plan):
+                ts, gs, m = run(*carry, hp, arrays, *plan)
+                return (ts, gs), (m, gs.tau)
+            (ts, gs), (metrics, taus) = jax.lax.scan(epoch, (ts, gs), (f_idx, r_idx))
+            return ts, gs, metrics, taus
+
         if mesh is None:
-            return xla.jit(run, donate_argnums=0)
+            return xla.jit(run_epochs, donate_argnums=0)
         m, _ = train.auto_mesh(mesh)
         repl = NamedSharding(m, P())
-        return xla.jit(run, in_shardings=repl, out_shardings=repl, donate_argnums=0)
+        return xla.jit(run_epochs, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
-    return model.program(("gradtau_epoch", descent_only, mode, fleet, mesh, data_batched,
+    return model.program(("gradtau_epochs", descent_only, mode, fleet, mesh, data_batched,
                           plan_batched, how), build)
 
 
@@ -174,8 +208,9 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
                 method: str = "gradtau") -> tuple[Params, dict]:
     """Runs ∇τ (or Fine-tune, ``method="finetune"``) from ``params``; returns (params, info).
 
-    One compiled call per forget-epoch (the program is the model's own, compiled once per
-    shape), with no host synchronisation between calls unless checkpointing. Everything it
+    One compiled call per run of 2^j forget-epochs (:func:`epoch_runs`; one per epoch when
+    checkpointing; the program is the model's own, compiled once per shape and run length),
+    with no host synchronisation between calls unless checkpointing. Everything it
     does is a pure function of the sizes, the config and ``seed``, so a resumed run gives the
     same parameters as an uninterrupted one.
 
@@ -229,40 +264,41 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
         hist_a = list(g.get("ascent_steps", []))
     tau0 = taus[-1] if taus else _initial_tau(plan, split.forget.num_classes)
     gs = G.GradTauState(jnp.int32(start * n), jnp.float32(tau0))
-    run = _epoch_program(model, descent_only, mode, False, mesh)
+    run = _epochs_program(model, descent_only, mode, False, mesh)
     arrays = device_arrays(split, val, mode, forget_classes, mesh)
     if mesh is not None:
         ts, gs = jax.device_put((ts, gs), NamedSharding(train.auto_mesh(mesh)[0], P()))
     hp = jax.tree.map(jnp.asarray, plan.hp)
     c = cfg.tau_refresh_epochs
-    finite, dev_f, dev_r, dev_a, dev_tau = [], [], [], [], []
-    for e in range(start, E):
-        ts, gs, m = run(ts, gs, hp, arrays, jnp.asarray(plan.f_idx[e]),
-                        jnp.asarray(plan.r_idx[e]))
-        # unseen_class τ is measured once: refreshing it chases its own tail (pushing the
-        # c-logit down everywhere raises −log p_c on kept samples too; 14 → 80 in 4 refreshes).
-        if mode in ("val", "unseen_class") and (e % c == 0 if mode == "val" else e == 0):
-            dev_tau.append(gs.tau)
-        finite.append((e, m["finite"]))
-        dev_f.append(m["forget_loss"].mean())
-        dev_r.append(m["retain_loss"].mean())
-        dev_a.append(m["ascent"].sum())
-        if checkpointer is not None:
-            _check_finite(finite[-1:], n)
-            hist_f.append(float(dev_f.pop()))
-            hist_r.append(float(dev_r.pop()))
-            hist_a.append(int(dev_a.pop()))
-            taus += [float(t) for t in dev_tau]
-            dev_tau = []
-            checkpointer.save(e + 1, ts, {**(meta or {}), "gradtau": {
-                "epoch": e + 1, "run": run_id, "tau": taus, "forget_loss": hist_f,
+    # unseen_class τ is measured once: refreshing it chases its own tail (pushing the c-logit
+    # down everywhere raises −log p_c on kept samples too; 14 → 80 in 4 refreshes).
+    reported = lambda e: mode in ("val", "unseen_class") and (
+        e % c == 0 if mode == "val" else e == 0)
+    runs = ([(e, 1) for e in range(start, E)] if checkpointer is not None
+            else epoch_runs(start, E))
+    done = []                  # (first epoch, finite (k, N_f), L_f, L_r, ascent steps, τ): (k,)
+    for e0, k in runs:
+        ts, gs, m, tau_k = run(ts, gs, hp, arrays, jnp.asarray(plan.f_idx[e0:e0 + k]),
+                               jnp.asarray(plan.r_idx[e0:e0 + k]))
+        done.append((e0, m["finite"], m["forget_loss"].mean(-1), m["retain_loss"].mean(-1),
+                     m["ascent"].sum(-1), tau_k))
+        if checkpointer is not None:   # k = 1: to the host and saved, epoch by epoch
+            _, fin, lf, lr, asc, tau_k = jax.device_get(done.pop())
+            _check_finite([(e0, fin)], n)
+            hist_f.append(float(lf[0]))
+            hist_r.append(float(lr[0]))
+            hist_a.append(int(asc[0]))
+            taus += [float(tau_k[0])] if reported(e0) else []
+            checkpointer.save(e0 + 1, ts, {**(meta or {}), "gradtau": {
+                "epoch": e0 + 1, "run": run_id, "tau": taus, "forget_loss": hist_f,
                 "retain_loss": hist_r, "ascent_steps": hist_a}}, force=True)
     # Without a checkpointer everything stays on device until here: no host sync in the loop.
-    _check_finite(finite, n)
-    hist_f += [float(v) for v in dev_f]
-    hist_r += [float(v) for v in dev_r]
-    hist_a += [int(v) for v in dev_a]
-    taus += [float(t) for t in dev_tau]
+    _check_finite([d[:2] for d in done], n)
+    for e0, _, lf, lr, asc, tau_k in jax.device_get(done):
+        hist_f += [float(v) for v in lf]
+        hist_r += [float(v) for v in lr]
+        hist_a += [int(v) for v in asc]
+        taus += [float(t) for i, t in enumerate(tau_k) if reported(e0 + i)]
     if mode == "chance":
         taus = [tau0] if E else []
     out = jax.block_until_ready(ts.params)
@@ -299,28 +335,26 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     else:
         f_idx = np.stack([p.f_idx for p in plans], 1)   # (E, M, N, B)
         r_idx = np.stack([p.r_idx for p in plans], 1)
-    run = _epoch_program(model, descent_only, mode, True, None, per_member, not shared_plan,
-                         vectorize)
+    run = _epochs_program(model, descent_only, mode, True, None, per_member, not shared_plan,
+                          vectorize)
     if per_member:
         arrays = jax.tree.map(lambda *a: jnp.stack(a), *[
             device_arrays(sp, val, mode, forget_classes) for sp in split])
     else:
         arrays = device_arrays(split, val, mode, forget_classes)
-    finite, dev_f, dev_r, dev_a, dev_tau = [], [], [], [], []
-    for e in range(E):
-        ts, gs, m = run(ts, gs, hp, arrays, jnp.asarray(f_idx[e]), jnp.asarray(r_idx[e]))
-        dev_tau.append(gs.tau)
-        finite.append(m["finite"])
-        dev_f.append(m["forget_loss"].mean(1))
-        dev_r.append(m["retain_loss"].mean(1))
-        dev_a.append(m["ascent"].sum(1))
+    done = []                  # per run of k epochs: finite (k, M, n), L_f, L_r, ascent, τ (k, M)
+    for e0, k in epoch_runs(0, E):
+        ts, gs, m, tau_k = run(ts, gs, hp, arrays, jnp.asarray(f_idx[e0:e0 + k]),
+                               jnp.asarray(r_idx[e0:e0 + k]))
+        done.append((m["finite"], m["forget_loss"].mean(-1), m["retain_loss"].mean(-1),
+                     m["ascent"].sum(-1), tau_k))
     out = jax.block_until_ready(ts.params)
-    fin = np.asarray(jnp.stack(finite, 1)) if finite else np.ones((M, 0, n), bool)  # (M, E, n)
+    # Each (E, M, ...) with members first: (M, E, ...).
+    fin, hf, hr, ha, taus = (
+        np.moveaxis(np.concatenate(parts), 0, 1) for parts in zip(*jax.device_get(done))
+    ) if done else (np.ones((M, 0, n), bool), np.zeros((M, 0)), np.zeros((M, 0)),
+                    np.zeros((M, 0), int), np.zeros((M, 0)))
     infos = []
-    hf = np.asarray(jnp.stack(dev_f, 1)) if dev_f else np.zeros((M, 0))
-    hr = np.asarray(jnp.stack(dev_r, 1)) if dev_r else np.zeros((M, 0))
-    ha = np.asarray(jnp.stack(dev_a, 1)) if dev_a else np.zeros((M, 0), int)
-    taus = np.asarray(jnp.stack(dev_tau, 1)) if dev_tau else np.zeros((M, 0))
     for i, p in enumerate(plans):
         _check_finite([(e, fin[i, e]) for e in range(E)], n, f" (sweep member {i})")
         every = int(p.hp["refresh_steps"]) // max(n, 1)
