@@ -280,10 +280,12 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     for e0, k in runs:
         ts, gs, m, tau_k = run(ts, gs, hp, arrays, jnp.asarray(plan.f_idx[e0:e0 + k]),
                                jnp.asarray(plan.r_idx[e0:e0 + k]))
-        done.append((e0, m["finite"], m["forget_loss"].mean(-1), m["retain_loss"].mean(-1),
-                     m["ascent"].sum(-1), tau_k))
-        if checkpointer is not None:   # k = 1: to the host and saved, epoch by epoch
-            _, fin, lf, lr, asc, tau_k = jax.device_get(done.pop())
+        res = (e0, m["finite"], m["forget_loss"].mean(-1), m["retain_loss"].mean(-1),
+               m["ascent"].sum(-1), tau_k)
+        if checkpointer is None:
+            done.append(res)
+        else:                          # k = 1: to the host and saved, epoch by epoch
+            _, fin, lf, lr, asc, tau_k = jax.device_get(res)
             _check_finite([(e0, fin)], n)
             hist_f.append(float(lf[0]))
             hist_r.append(float(lr[0]))
