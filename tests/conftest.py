@@ -40,6 +40,7 @@ def pytest_unconfigure(config):
 
 
 import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
@@ -54,6 +55,19 @@ def mnist_splits():
 @pytest.fixture(scope="session")
 def digits_splits():
     return data.make_splits(data.load_digits())
+
+
+def toy_model(n=16, seed=0, name="gpt_mlp"):
+    """A registered model on 8×8×1 inputs, its parameters, and a maker of random (x, y) batches
+    of n."""
+    from hyperforget_jax import models
+
+    arch = models.make_architecture(name, (8, 8, 1))
+    params = arch.init(jax.random.key(seed))
+    rng = np.random.default_rng(seed)
+    batch = lambda: (jnp.asarray(rng.random((n, 8, 8, 1), np.float32)),
+                     jnp.asarray(rng.integers(0, 10, n), jnp.int32))
+    return arch, params, batch
 
 
 def assert_trees_close(a, b, atol=1e-5, rtol=0.0):

@@ -12,7 +12,7 @@ import optax
 import pytest
 from absl.testing import parameterized
 
-from conftest import CompileCounter, assert_trees_close
+from conftest import CompileCounter, assert_trees_close, toy_model
 from hyperforget_jax import data, models, params as P_, train
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.unlearn import gradtau as G
@@ -87,13 +87,7 @@ def test_config_errors():
     assert G.resolve_tau_mode("auto", None) == "val"
 
 
-def _toy(n=16, seed=0):
-    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
-    params = arch.init(jax.random.key(seed))
-    rng = np.random.default_rng(seed)
-    batch = lambda: (jnp.asarray(rng.random((n, 8, 8, 1), np.float32)),
-                     jnp.asarray(rng.integers(0, 10, n), jnp.int32))
-    return arch, params, batch
+_toy = toy_model
 
 
 def test_step_gradient_equals_autodiff_of_the_loss():
@@ -423,22 +417,26 @@ def _poisoned(x):
 _poisoned.defvjp(lambda x: (x, None), lambda _, g: (g * jnp.nan,))
 
 
-def test_forget_backward_runs_only_while_the_ascent_is_on():
+@pytest.mark.parametrize("chunk, hint", [(None, None), (8, None), (8, True), (8, False)],
+                         ids=["whole", "chunks", "chunks-hint-on", "chunks-hint-off"])
+def test_forget_backward_runs_only_while_the_ascent_is_on(chunk, hint):
     # The forget batch's backward returns NaN. While ReLU(τ − L_f) = 0 its gradient is not
-    # needed, and the step must not run it (0 · NaN would poison the update); while the
-    # ascent is on it must run (the NaN reaches the gradient). Jitted, as in the runner.
+    # needed, and the step must not run it, or must drop it (0 · NaN would poison the update);
+    # while the ascent is on it must run (the NaN reaches the gradient). Jitted, as in the
+    # runner; whole batches and in chunks, with the ascent hint right or wrong.
     arch, params, batch = _toy()
     ce = train.per_example_ce(arch.apply)
-    # A forget batch is marked by a third (empty) entry.
+    # A forget batch is marked by a third entry.
     loss_fn = lambda p, b: _poisoned(ce(p, b[:2])) if len(b) == 3 else ce(p, b)
     (xf, yf), rb = batch(), batch()
-    objective = jax.jit(lambda p, tau: G.gradtau_objective(loss_fn, p, (xf, yf, None), rb,
-                                                           tau, 0.4))
+    mark = None if chunk is None else jnp.zeros(len(xf))   # chunks need a batch axis
+    objective = jax.jit(lambda p, tau: G.gradtau_objective(
+        loss_fn, p, (xf, yf, mark), rb, tau, 0.4, chunk=chunk, ascent_hint=hint))
     l_f = float(jnp.mean(ce(params, (xf, yf))))
     _, off, aux = objective(params, l_f - 0.5)
-    assert float(aux["gap"]) == 0
+    assert float(aux["gap"]) == 0 and not bool(aux["ascent"])
     retain_only = jax.grad(lambda p: 0.6 * jnp.mean(ce(p, rb)))(params)
-    assert_trees_close(off, retain_only, atol=1e-7)
+    assert_trees_close(off, retain_only, atol=1e-6)
     _, on, aux = objective(params, l_f + 0.5)
     assert float(aux["gap"]) > 0
     assert any(np.isnan(g).any() for g in jax.tree.leaves(on))

@@ -40,7 +40,9 @@ container and any optax optimiser):
 The library's runner (:func:`run_gradtau`, :func:`hyperforget_jax.unlearn.unlearn`) is a thin
 driver over these pieces: each forget-epoch is a ``lax.scan`` over a host-built, seed-pure
 index plan into the on-device data, and runs of 2^j forget-epochs are one compiled call
-(compiled once per shape and run length, and owned by the model).
+(compiled once per shape and run length, and owned by the model). On CPU its batches are
+computed in chunks of examples (``chunk="auto"``, :mod:`hyperforget_jax.microbatch`) and each
+step passes the previous step's ascent flag as ``ascent_hint``.
 
 Schedule [official code, as described in METHODS.md §1; the official repository was not
 reachable from here to re-read]: α₀ = (5/3)·|D_f|/|D|; α and the learning rate (AdamW lr 1e-3,
@@ -78,6 +80,7 @@ across forget-epochs through successive shuffles of D_r.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any, Callable, NamedTuple
@@ -88,7 +91,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hyperforget_jax import train, xla
+from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.data import Dataset, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError
@@ -254,7 +257,8 @@ def _mean_loss(loss_fn: Callable) -> Callable:
 
 def gradtau_objective(loss_fn: Callable, params: Params, forget_batch: Batch,
                       retain_batch: Batch, tau: Any, alpha: Any,
-                      axis_name: str | None = None) -> tuple[jax.Array, Params, dict]:
+                      axis_name: str | None = None, *, chunk: Any = None,
+                      ascent_hint: Any = None) -> tuple[jax.Array, Params, dict]:
     """The ∇τ loss and its gradient for one batch pair.
 
     The gradient is assembled from the two mean-loss gradients,
@@ -271,32 +275,97 @@ def gradtau_objective(loss_fn: Callable, params: Params, forget_batch: Batch,
       tau: the target forget loss τ.
       alpha: the weight α ∈ [0, 1].
       axis_name: the mapped device axis to average over, if any.
+      chunk: on CPU, compute each batch's mean loss and gradient in chunks of examples
+        (:mod:`hyperforget_jax.microbatch`: None = whole batches, ``"auto"``, or a number of
+        examples). Only for losses of independent examples (no batch statistics); the library's
+        own steps pass ``"auto"``.
+      ascent_hint: optional boolean (traced), whether the ascent is expected on, e.g. the
+        previous step's ``aux["ascent"]``. Used only in chunks: while it is True the forget
+        batch's loss and gradient come from one pass instead of a forward and then, if the
+        ascent is on, a forward + backward. The result is the same to float rounding either way;
+        a wrong hint costs time only.
 
     Returns:
       ``(loss, grads, aux)`` with ``aux = {"forget_loss", "retain_loss", "gap", "ascent"}``
       (``ascent``: the ascent term was on, −2α·ReLU(τ − L_f) ≠ 0, so the forget batch's
       backward ran).
     """
+    c_f = microbatch.resolve_chunk(chunk, loss_fn, params, forget_batch)
+    c_r = microbatch.resolve_chunk(chunk, loss_fn, params, retain_batch)
+    objective = functools.partial(_objective, loss_fn, axis_name=axis_name)
+    if c_f is None and c_r is None:
+        return objective(params, forget_batch, retain_batch, tau, alpha)
+    if ascent_hint is None:
+        return jax.lax.platform_dependent(
+            params, forget_batch, retain_batch, tau, alpha,
+            cpu=functools.partial(objective, chunks=(c_f, c_r)), default=objective)
+    return jax.lax.platform_dependent(
+        params, forget_batch, retain_batch, tau, alpha, jnp.asarray(ascent_hint, bool),
+        cpu=functools.partial(objective, chunks=(c_f, c_r)),
+        default=lambda *a: objective(*a[:5]))
+
+
+def _objective(loss_fn, params, forget_batch, retain_batch, tau, alpha, hint=None, *,
+               axis_name, chunks=(None, None)):
+    c_f, c_r = chunks
+    if hint is not None and c_f is not None:
+        args = (params, forget_batch, retain_batch, tau, alpha)
+        exact = functools.partial(_objective, loss_fn, axis_name=axis_name, chunks=chunks)
+        return jax.lax.cond(hint, functools.partial(_speculative, loss_fn, axis_name, chunks),
+                            exact, *args)
     # The forget pass keeps its backward for later: once the ascent is off (ReLU(τ − L_f) = 0,
     # or α = 0) its gradient is multiplied by 0, so ``lax.cond`` skips it (≈ 1/3 of a step;
     # under ``vmap`` the cond becomes a select and both run). NaN in L_f takes the backward.
-    l_f, forget_vjp = jax.vjp(lambda p: _mean_loss(loss_fn)(p, forget_batch), params)
-    ones = jnp.ones_like(l_f)                      # the cotangent, typed as this device's L_f
-    l_r, g_r = jax.value_and_grad(_mean_loss(loss_fn))(params, retain_batch)
+    # In chunks, nothing is kept: the forward runs whole (a forward pass alone keeps no
+    # activations), then again in chunks with the backward if needed.
+    if c_f is None:
+        l_f, forget_vjp = jax.vjp(lambda p: _mean_loss(loss_fn)(p, forget_batch), params)
+        ones = jnp.ones_like(l_f)                  # the cotangent, typed as this device's L_f
+        forget_grad = lambda: forget_vjp(ones)[0]
+    else:
+        l_f = _mean_loss(loss_fn)(params, forget_batch)
+        forget_grad = lambda: microbatch.chunked_mean_value_and_grad(
+            loss_fn, params, forget_batch, c_f)[1]
+    if c_r is None:
+        l_r, g_r = jax.value_and_grad(_mean_loss(loss_fn))(params, retain_batch)
+    else:
+        l_r, g_r = microbatch.chunked_mean_value_and_grad(loss_fn, params, retain_batch, c_r)
     if axis_name is not None:
         l_f, l_r, g_r = jax.lax.pmean((l_f, l_r, g_r), axis_name)
     tau = jnp.asarray(tau, l_f.dtype)
     alpha = jnp.asarray(alpha, l_f.dtype)
     gap = jax.nn.relu(tau - l_f)
     coef = -2.0 * alpha * gap
-    g_f = jax.lax.cond(coef != 0, lambda: forget_vjp(ones)[0],
-                       lambda: jax.tree.map(jnp.zeros_like, params))
+    g_f = jax.lax.cond(coef != 0, forget_grad, lambda: jax.tree.map(jnp.zeros_like, params))
     if axis_name is not None:
         g_f = jax.lax.pmean(g_f, axis_name)
     loss = gradtau_loss(l_f, l_r, tau, alpha)
     grads = jax.tree.map(lambda gf, gr: coef * gf + (1.0 - alpha) * gr, g_f, g_r)
     return loss, grads, {"forget_loss": l_f, "retain_loss": l_r, "gap": gap,
                          "ascent": coef != 0}
+
+
+def _speculative(loss_fn, axis_name, chunks, params, forget_batch, retain_batch, tau, alpha):
+    """The objective in chunks when the ascent is expected on: the forget loss comes with its
+    gradient from one chunked pass (no separate forward), and the gradient is dropped (set to
+    0, NaN-safe) if the ascent turns out off. Equal to the exact form to float rounding."""
+    c_f, c_r = chunks
+    l_f, g_f = microbatch.chunked_mean_value_and_grad(loss_fn, params, forget_batch, c_f)
+    if c_r is None:
+        l_r, g_r = jax.value_and_grad(_mean_loss(loss_fn))(params, retain_batch)
+    else:
+        l_r, g_r = microbatch.chunked_mean_value_and_grad(loss_fn, params, retain_batch, c_r)
+    if axis_name is not None:
+        l_f, l_r, g_f, g_r = jax.lax.pmean((l_f, l_r, g_f, g_r), axis_name)
+    tau = jnp.asarray(tau, l_f.dtype)
+    alpha = jnp.asarray(alpha, l_f.dtype)
+    gap = jax.nn.relu(tau - l_f)
+    coef = -2.0 * alpha * gap
+    on = coef != 0
+    loss = gradtau_loss(l_f, l_r, tau, alpha)
+    grads = jax.tree.map(lambda gf, gr: jnp.where(on, coef * gf, 0) + (1.0 - alpha) * gr,
+                         g_f, g_r)
+    return loss, grads, {"forget_loss": l_f, "retain_loss": l_r, "gap": gap, "ascent": on}
 
 
 class GradTauState(NamedTuple):
@@ -308,8 +377,9 @@ class GradTauState(NamedTuple):
 
 class GradTau(NamedTuple):
     """``init(params) -> GradTauState``;
-    ``update(params, state, forget_batch, retain_batch, *tau_args) -> (grads, state, metrics)``
-    (feed ``grads`` to any optax optimiser)."""
+    ``update(params, state, forget_batch, retain_batch, *tau_args, ascent_hint=None) ->
+    (grads, state, metrics)`` (feed ``grads`` to any optax optimiser; ``ascent_hint``: see
+    :func:`gradtau_objective`)."""
 
     init: Callable[..., GradTauState]
     update: Callable[..., tuple[Params, GradTauState, dict]]
@@ -330,7 +400,8 @@ def refresh_tau(state: GradTauState, params: Params, tau_fn: Callable,
 
 
 def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callable | None = None,
-            refresh_every: int | None = None, axis_name: str | None = None) -> GradTau:
+            refresh_every: int | None = None, axis_name: str | None = None,
+            chunk: Any = None) -> GradTau:
     """∇τ as a pure ``init`` / ``update`` pair over your per-example loss.
 
     Args:
@@ -343,6 +414,8 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
       refresh_every: steps between τ refreshes (None: only at the first step). The official
         schedule refreshes every 5 forget-epochs: ``5 * steps_per_epoch``.
       axis_name: set under ``pmap`` / ``shard_map`` (see :func:`gradtau_objective`).
+      chunk: on CPU, each batch in chunks of examples (see :func:`gradtau_objective`; None,
+        the default, computes whole batches; ``"auto"`` suits per-example losses).
 
     Returns:
       :class:`GradTau`. ``update``'s metrics: ``loss``, ``forget_loss``, ``retain_loss``,
@@ -360,12 +433,13 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
         t0 = jnp.nan if tau is None else tau
         return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, jnp.float32))
 
-    def update(params, state, forget_batch, retain_batch, *tau_args):
+    def update(params, state, forget_batch, retain_batch, *tau_args, ascent_hint=None):
         if tau_fn is not None:
             state = refresh_tau(state, params, tau_fn, refresh_every, *tau_args)
         a = jnp.asarray(alpha_fn(state.count), jnp.float32)
         loss, grads, aux = gradtau_objective(loss_fn, params, forget_batch, retain_batch,
-                                             state.tau, a, axis_name)
+                                             state.tau, a, axis_name, chunk=chunk,
+                                             ascent_hint=ascent_hint)
         metrics = {"loss": loss, "forget_loss": aux["forget_loss"],
                    "retain_loss": aux["retain_loss"], "alpha": a, "tau": state.tau,
                    "ascent": aux["ascent"]}
@@ -377,10 +451,13 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
 # --- the classic step (a TrainState in, a TrainState out) ----------------------------------------
 
 def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
-                      axis_name: str | None = None, *, guard: bool = True) -> Callable:
-    """The pure ∇τ step ``(state, forget_batch, retain_batch, tau, alpha) -> (state, metrics)``
-    on a :class:`hyperforget_jax.train.TrainState`, with τ and α given per call:
-    :func:`gradtau_objective` over the cross-entropy of ``apply_fn`` plus one ``tx`` update.
+                      axis_name: str | None = None, *, guard: bool = True,
+                      chunk: Any = "auto") -> Callable:
+    """The pure ∇τ step ``(state, forget_batch, retain_batch, tau, alpha[, ascent_hint]) ->
+    (state, metrics)`` on a :class:`hyperforget_jax.train.TrainState`, with τ and α given per
+    call: :func:`gradtau_objective` over the cross-entropy of ``apply_fn`` plus one ``tx``
+    update. In a loop on CPU, pass the previous step's ``metrics["ascent"]`` as ``ascent_hint``
+    (it saves a forward pass per step while the ascent stays on; same results).
 
     Args:
       apply_fn: ``apply_fn(params, x) -> logits``; batches are ``(x, y)``.
@@ -388,6 +465,9 @@ def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
       axis_name: set under ``jax.pmap``: losses, gradients and metrics are ``lax.pmean``-ed.
       guard: keep the old state on a non-finite loss or parameters
         (:func:`hyperforget_jax.train.guarded_update`); False leaves it to ``tx``.
+      chunk: on CPU, each batch's cross-entropy and gradient in chunks of examples
+        (:mod:`hyperforget_jax.microbatch`; ``"auto"``: by the size of the saved activations,
+        None: whole batches).
 
     Returns:
       ``step``; its metrics are ``loss``, ``forget_loss``, ``retain_loss``, ``finite``,
@@ -396,9 +476,10 @@ def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
     loss_fn = train.per_example_ce(apply_fn)
 
     def step(state: train.TrainState, forget_batch: Batch, retain_batch: Batch,
-             tau: jax.Array, alpha: jax.Array):
+             tau: jax.Array, alpha: jax.Array, ascent_hint: jax.Array | None = None):
         loss, grads, aux = gradtau_objective(loss_fn, state.params, forget_batch, retain_batch,
-                                             tau, alpha, axis_name)
+                                             tau, alpha, axis_name, chunk=chunk,
+                                             ascent_hint=ascent_hint)
         update = train.guarded_update if guard else train.apply_step
         state, finite = update(state, grads, loss, tx)
         return state, {"loss": loss, "forget_loss": aux["forget_loss"],

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hyperforget_jax import train, xla
+from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
@@ -115,7 +115,7 @@ def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, f
         tau_fn = {"val": G.val_tau_fn, "unseen_class": G.unseen_class_tau_fn}.get(mode)
         tau_fn = None if tau_fn is None else tau_fn(model.apply)
 
-        def run(ts, gs, hp, arrays, f_idx, r_idx):
+        def run(ts, gs, hp, arrays, f_idx, r_idx, hint):
             n = f_idx.shape[0]
             tx = G.gradtau_tx(hp["lr"], hp["weight_decay"], hp["final_lr_fraction"],
                               hp["epochs"], n)
@@ -123,38 +123,46 @@ def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, f
             if tau_fn is not None:
                 every = None if mode == "unseen_class" else hp["refresh_steps"]
                 gs = G.refresh_tau(gs, ts.params, tau_fn, every, *arrays["tau"])
-            gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n), tau=0.0)
+            gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n),
+                             tau=0.0, chunk="auto")
 
             def step(carry, inp):
-                ts, gs = carry
+                ts, gs, hint = carry
                 fi, ri = inp
                 rb = constrain((xr[ri], yr[ri]))
                 if descent_only:  # Fine-tune: the forget batch is never looked at
-                    loss, grads = jax.value_and_grad(lambda p: jnp.mean(loss_fn(p, rb)))(
-                        ts.params)
+                    loss, grads = microbatch.mean_value_and_grad(loss_fn, ts.params, rb, "auto")
                     m = {"loss": loss, "forget_loss": jnp.float32(jnp.nan), "retain_loss": loss,
                          "ascent": jnp.bool_(False)}
                     gs = G.GradTauState(gs.count + 1, gs.tau)
                 else:
-                    grads, gs, m = gt.update(ts.params, gs, constrain((xf[fi], yf[fi])), rb)
+                    grads, gs, m = gt.update(ts.params, gs, constrain((xf[fi], yf[fi])), rb,
+                                             ascent_hint=hint)
+                    hint = None if hint is None else m["ascent"]
                 ts, finite = train.apply_step(ts, grads, m["loss"], tx)
-                return (ts, gs), {"loss": m["loss"], "forget_loss": m["forget_loss"],
-                                  "retain_loss": m["retain_loss"], "finite": finite,
-                                  "ascent": m["ascent"]}
+                return (ts, gs, hint), {"loss": m["loss"], "forget_loss": m["forget_loss"],
+                                        "retain_loss": m["retain_loss"], "finite": finite,
+                                        "ascent": m["ascent"]}
 
-            (ts, gs), metrics = jax.lax.scan(step, (ts, gs), (f_idx, r_idx))
-            return ts, gs, metrics
+            (ts, gs, hint), metrics = jax.lax.scan(step, (ts, gs, hint), (f_idx, r_idx))
+            return ts, gs, metrics, hint
 
         if fleet:
             p_ax = 0 if plan_batched else None
-            run = train.over_members(run, (0, 0, 0, 0 if data_batched else None, p_ax, p_ax),
-                                     how)
+            run = train.over_members(
+                run, (0, 0, 0, 0 if data_batched else None, p_ax, p_ax, None), how)
 
         def run_epochs(ts, gs, hp, arrays, f_idx, r_idx):
+            # The previous step's ascent predicts the next one's (gradtau_objective's
+            # ascent_hint; chunked batches on CPU only, single models only: under vmap the cond
+            # would run both branches). Every call starts expecting it on.
+            hint = None if fleet or descent_only else jnp.bool_(True)
+
             def epoch(carry, plan):
-                ts, gs, m = run(*carry, hp, arrays, *plan)
-                return (ts, gs), (m, gs.tau)
-            (ts, gs), (metrics, taus) = jax.lax.scan(epoch, (ts, gs), (f_idx, r_idx))
+                ts, gs, hint = carry
+                ts, gs, m, hint = run(ts, gs, hp, arrays, *plan, hint)
+                return (ts, gs, hint), (m, gs.tau)
+            (ts, gs, _), (metrics, taus) = jax.lax.scan(epoch, (ts, gs, hint), (f_idx, r_idx))
             return ts, gs, metrics, taus
 
         if mesh is None:

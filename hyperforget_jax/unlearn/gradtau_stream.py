@@ -60,7 +60,8 @@ def _step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | None) -> 
     def step(ts, gs, hp, fb, rb, tau_args):
         tx = G.gradtau_tx(hp["lr"], hp["weight_decay"], hp["final_lr_fraction"], hp["epochs"], n)
         gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n),
-                         tau=0.0, tau_fn=tau_fn, refresh_every=hp["refresh_steps"])
+                         tau=0.0, tau_fn=tau_fn, refresh_every=hp["refresh_steps"],
+                         chunk="auto")
         grads, gs, m = gt.update(ts.params, gs, fb, rb, *tau_args)
         ts, finite = train.apply_step(ts, grads, m["loss"], tx)
         return ts, gs, {"forget_loss": m["forget_loss"], "retain_loss": m["retain_loss"],

@@ -1,0 +1,213 @@
+"""hyperforget_jax.microbatch: gradients summed over chunks of examples (CPU only) equal the
+whole batch's to float rounding, in the ∇τ objective, its step under jit / vmap / pmap / a
+mesh, and the runner; "auto" chunks by the size of the saved activations; accelerators keep
+whole batches."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from absl.testing import parameterized
+from jax import export
+
+from hyperforget_jax import data, microbatch, models, train
+from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.unlearn import gradtau as G
+
+from conftest import assert_trees_close, toy_model
+
+
+def _cnn(n=20, seed=0):
+    return toy_model(n, seed, "cnn")
+
+
+def _rel(a, b):
+    a, b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(a)]), \
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(b)])
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("chunk", [4, 6, 16])   # 6 and 16 leave a remainder chunk
+def test_chunked_gradient_equals_the_whole_batch(chunk):
+    arch, params, batch = _cnn()
+    loss_fn = train.per_example_ce(arch.apply)
+    b = batch()
+    want_l, want_g = jax.jit(lambda p: microbatch.mean_value_and_grad(loss_fn, p, b, None))(
+        params)
+    got_l, got_g = jax.jit(lambda p: microbatch.mean_value_and_grad(loss_fn, p, b, chunk))(
+        params)
+    np.testing.assert_allclose(got_l, want_l, rtol=1e-6)
+    assert _rel(got_g, want_g) < 1e-5
+    chex.assert_trees_all_equal_shapes_and_dtypes(got_g, params)
+
+
+def test_auto_chunk_follows_the_saved_activations():
+    cnn = models.make_architecture("cnn")
+    mlp = models.make_architecture("mlp")
+    shape = lambda n: (jax.ShapeDtypeStruct((n, 28, 28, 1), jnp.float32),
+                       jax.ShapeDtypeStruct((n,), jnp.int32))
+    ce = train.per_example_ce
+    per_ex = microbatch.saved_bytes_per_example(ce(cnn.apply), cnn.init(jax.random.key(0)),
+                                                shape(4))
+    # The cnn keeps its 28×28×32 activations (100 KB per example each) for the backward.
+    assert 150_000 < per_ex < 600_000
+    p_cnn, p_mlp = cnn.init(jax.random.key(0)), mlp.init(jax.random.key(0))
+    c = microbatch.auto_chunk(ce(cnn.apply), p_cnn, shape(256))
+    assert c is not None and c & (c - 1) == 0                       # a power of two
+    assert c * per_ex <= microbatch.AUTO_BUDGET_BYTES < 2 * c * per_ex
+    assert microbatch.auto_chunk(ce(cnn.apply), p_cnn, shape(256), budget=1) == \
+        microbatch.MIN_AUTO_CHUNK
+    assert microbatch.auto_chunk(ce(cnn.apply), p_cnn, shape(8)) is None    # too small
+    assert microbatch.auto_chunk(ce(mlp.apply), p_mlp, shape(256)) is None  # fits
+    # Leaves without a shared batch axis: never chunked by "auto".
+    odd = (shape(256)[0], jax.ShapeDtypeStruct((3,), jnp.int32))
+    assert microbatch.auto_chunk(lambda p, b: ce(cnn.apply)(p, (b[0], b[0][:, 0, 0, 0])),
+                                 p_cnn, odd) is None
+
+
+@pytest.mark.parametrize("chunk, match", [("fast", "None, 'auto'"), (0, "positive"),
+                                          (-2, "positive"), (True, "positive"),
+                                          (2.5, "positive")])
+def test_bad_chunk_is_a_config_error(chunk, match):
+    arch, params, batch = _cnn()
+    with pytest.raises(ConfigError, match=match):
+        microbatch.mean_value_and_grad(train.per_example_ce(arch.apply), params, batch(), chunk)
+    with pytest.raises(ConfigError, match=match):
+        G.nabla_tau(train.per_example_ce(arch.apply), 0.1, tau=1.0, chunk=chunk).update(
+            params, G.GradTauState(jnp.int32(0), jnp.float32(1.0)), batch(), batch())
+
+
+def test_int_chunk_needs_a_batch_axis():
+    arch, params, batch = _cnn()
+    x, y = batch()
+    loss_fn = lambda p, b: train.per_example_ce(arch.apply)(p, (b[0], b[1][: len(b[0])]))
+    with pytest.raises(ConfigError, match="batch axis first"):
+        microbatch.mean_value_and_grad(loss_fn, params, (x, jnp.concatenate([y, y])), 4)
+
+
+@pytest.mark.parametrize("tau", [1e6, 0.0], ids=["ascent-on", "ascent-off"])
+def test_objective_in_chunks_equals_whole_batches(tau):
+    arch, params, batch = _cnn()
+    loss_fn = train.per_example_ce(arch.apply)
+    fb, rb = batch(), batch()
+    run = lambda chunk: jax.jit(lambda p: G.gradtau_objective(loss_fn, p, fb, rb, tau, 0.3,
+                                                              chunk=chunk))(params)
+    (l0, g0, a0), (l1, g1, a1) = run(None), run(6)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    assert _rel(g1, g0) < 1e-5
+    assert bool(a1["ascent"]) == bool(a0["ascent"]) == (tau > 1)
+    np.testing.assert_allclose(a1["forget_loss"], a0["forget_loss"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("hint", [True, False])
+@pytest.mark.parametrize("tau", [1e6, 0.0], ids=["ascent-on", "ascent-off"])
+def test_ascent_hint_changes_nothing_but_time(tau, hint):
+    """Right or wrong, the hint gives the exact objective to float rounding."""
+    arch, params, batch = _cnn()
+    loss_fn = train.per_example_ce(arch.apply)
+    fb, rb = batch(), batch()
+    (l0, g0, a0) = jax.jit(lambda p: G.gradtau_objective(loss_fn, p, fb, rb, tau, 0.3))(params)
+    (l1, g1, a1) = jax.jit(lambda p, h: G.gradtau_objective(
+        loss_fn, p, fb, rb, tau, 0.3, chunk=8, ascent_hint=h))(params, hint)
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    assert _rel(g1, g0) < 1e-5
+    assert bool(a1["ascent"]) == bool(a0["ascent"]) == (tau > 1)
+
+
+def test_accelerators_keep_whole_batches():
+    """Lowered for GPU / TPU, the objective has no loop over chunks; for CPU it has one."""
+    arch, params, batch = _cnn(n=16)
+    loss_fn = train.per_example_ce(arch.apply)
+    fb, rb = batch(), batch()
+    f = jax.jit(lambda p: G.gradtau_objective(loss_fn, p, fb, rb, 2.0, 0.3, chunk=4)[1])
+    loops = {plat: export.export(f, platforms=(plat,))(params).mlir_module().count(
+        "stablehlo.while") for plat in ("cpu", "cuda", "tpu")}
+    assert loops["cpu"] >= 2 and loops["cuda"] == loops["tpu"] == 0, loops
+
+
+def test_step_in_chunks_vmaps_over_a_fleet():
+    arch, p0, batch = _cnn(seed=0)
+    _, p1, _ = _cnn(seed=1)
+    fb, rb = batch(), batch()
+    tx = G.make_gradtau_optimizer(10)
+    init = lambda p: train.init_state(arch, tx, None, p)
+    fleet = jax.tree.map(lambda a, b: jnp.stack([a, b]), init(p0), init(p1))
+    chunked = G.make_gradtau_step(arch.apply, tx, chunk=8)
+    whole = G.make_gradtau_step(arch.apply, tx, chunk=None)
+    out, m = jax.jit(jax.vmap(chunked, in_axes=(0, None, None, 0, 0)))(
+        fleet, fb, rb, jnp.array([1e6, 0.0]), jnp.array([0.2, 0.4]))
+    for i, (p, tau, a) in enumerate(((p0, 1e6, 0.2), (p1, 0.0, 0.4))):
+        one, mi = jax.jit(whole)(init(p), fb, rb, tau, a)
+        assert_trees_close(jax.tree.map(lambda x: x[i], out.params), one.params, atol=1e-6)
+        np.testing.assert_allclose(m["loss"][i], mi["loss"], rtol=1e-6)
+        assert bool(m["ascent"][i]) == bool(mi["ascent"])
+
+
+class ChunkedCompiledEqualityTest(chex.TestCase):
+
+    def test_jit_pmap_sharded_in_chunks_equal_whole_batches(self):
+        n_dev = 2
+        arch, params, batch = _cnn(n=16)
+        tx = G.make_gradtau_optimizer(10)
+        batches = [(batch(), batch(), 1e6 if i % 2 else 0.0, 0.4 - 0.05 * i) for i in range(4)]
+        devices = jax.devices()[:n_dev]
+        fresh = lambda: train.init_state(arch, tx, None, jax.tree.map(jnp.array, params))
+
+        def run_jit(chunk):
+            s, step = fresh(), train.jit_step(G.make_gradtau_step(arch.apply, tx, chunk=chunk))
+            for fb, rb, tau, a in batches:
+                s, _ = step(s, fb, rb, tau, a)
+            return s.params
+
+        want = run_jit(None)
+        assert_trees_close(run_jit(4), want, atol=1e-5)
+        assert_trees_close(run_jit(6), want, atol=1e-5)
+
+        s_p = train.replicate(fresh(), n_dev)
+        step_p = G.pmap_gradtau_step(G.make_gradtau_step(arch.apply, tx, "batch", chunk=4),
+                                     "batch", devices)
+        for fb, rb, tau, a in batches:
+            s_p, _ = step_p(s_p, train.shard_batch(fb, n_dev), train.shard_batch(rb, n_dev),
+                            tau, a)
+        assert_trees_close(train.unreplicate(s_p).params, want, atol=1e-5)
+
+        mesh = train.data_mesh(devices)
+        s_s = train.put_sharded(fresh(), mesh, jax.sharding.PartitionSpec())
+        step_s = G.sharded_gradtau_step(G.make_gradtau_step(arch.apply, tx, chunk=4), mesh)
+        for fb, rb, tau, a in batches:
+            s_s, _ = step_s(s_s, train.put_sharded(fb, mesh), train.put_sharded(rb, mesh),
+                            tau, a)
+        assert_trees_close(s_s.params, want, atol=1e-5)
+
+
+def test_runner_in_chunks_equals_whole_batches(mnist_splits, monkeypatch):
+    """``unlearn("gradtau")`` on the cnn: with a budget that makes "auto" chunk its batches of
+    64 (into 8s) the parameters and losses equal whole batches' to float rounding, for a
+    random request (ascent on) and class removal (ascent mostly off), and fine-tune too."""
+    from hyperforget_jax.unlearn import unlearn
+
+    train_ds = mnist_splits.train.subset(np.arange(600))
+    arch0 = models.make_architecture("cnn")
+    state, _ = train.fit(arch0, train_ds, train.TrainConfig(arch="cnn", epochs=1, batch_size=64))
+    requests = {"random": data.ForgetRequest(fraction=0.2), "class": data.ForgetRequest(
+        classes=(3,))}
+    default = microbatch.AUTO_BUDGET_BYTES
+    for name, req in requests.items():
+        split = data.resolve_forget(train_ds, req)
+        out = {}
+        for budget in (default, 1):
+            monkeypatch.setattr(microbatch, "AUTO_BUDGET_BYTES", budget)
+            monkeypatch.setattr(models, "_REGISTERED_PROGRAMS", {})   # compiled afresh
+            arch = models.make_architecture("cnn")
+            for method, cfg in (("gradtau", G.GradTauConfig(epochs=2, batch_size=64)),
+                                ("finetune", G.GradTauConfig(epochs=1, batch_size=64))):
+                params, info = unlearn(method, arch, state.params, split, mnist_splits.val,
+                                       cfg, seed=0)
+                out[budget, method] = params, info
+        for method in ("gradtau", "finetune"):
+            (want, iw), (got, ig) = out[default, method], out[1, method]
+            assert_trees_close(got, want, atol=2e-5)
+            np.testing.assert_allclose(ig["retain_loss"], iw["retain_loss"], rtol=1e-4)
+        assert out[1, "gradtau"][1]["ascent_steps"] == out[default, "gradtau"][1]["ascent_steps"]
