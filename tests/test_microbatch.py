@@ -162,8 +162,7 @@ class ChunkedCompiledEqualityTest(chex.TestCase):
             return s.params
 
         want = run_jit(None)
-        assert_trees_close(run_jit(4), want, atol=1e-5)
-        assert_trees_close(run_jit(6), want, atol=1e-5)
+        assert_trees_close(run_jit(6), want, atol=1e-5)          # 6 of 16: a remainder chunk
 
         s_p = train.replicate(fresh(), n_dev)
         step_p = G.pmap_gradtau_step(G.make_gradtau_step(arch.apply, tx, "batch", chunk=4),
@@ -185,7 +184,7 @@ class ChunkedCompiledEqualityTest(chex.TestCase):
 def test_runner_in_chunks_equals_whole_batches(mnist_splits, monkeypatch):
     """``unlearn("gradtau")`` on the cnn: with a budget that makes "auto" chunk its batches of
     64 (into 8s) the parameters and losses equal whole batches' to float rounding, for a
-    random request (ascent on) and class removal (ascent mostly off), and fine-tune too."""
+    random request (ascent on; Fine-tune too) and class removal (ascent mostly off)."""
     from hyperforget_jax.unlearn import unlearn
 
     train_ds = mnist_splits.train.subset(np.arange(600))
@@ -201,12 +200,13 @@ def test_runner_in_chunks_equals_whole_batches(mnist_splits, monkeypatch):
             monkeypatch.setattr(microbatch, "AUTO_BUDGET_BYTES", budget)
             monkeypatch.setattr(models, "_REGISTERED_PROGRAMS", {})   # compiled afresh
             arch = models.make_architecture("cnn")
-            for method, cfg in (("gradtau", G.GradTauConfig(epochs=2, batch_size=64)),
-                                ("finetune", G.GradTauConfig(epochs=1, batch_size=64))):
+            methods = (("gradtau", G.GradTauConfig(epochs=2, batch_size=64)),
+                       ("finetune", G.GradTauConfig(epochs=1, batch_size=64)))
+            for method, cfg in methods[:2 if name == "random" else 1]:
                 params, info = unlearn(method, arch, state.params, split, mnist_splits.val,
                                        cfg, seed=0)
                 out[budget, method] = params, info
-        for method in ("gradtau", "finetune"):
+        for method in {m for _, m in out}:
             (want, iw), (got, ig) = out[default, method], out[1, method]
             assert_trees_close(got, want, atol=2e-5)
             np.testing.assert_allclose(ig["retain_loss"], iw["retain_loss"], rtol=1e-4)
