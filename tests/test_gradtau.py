@@ -109,21 +109,27 @@ def test_step_gradient_equals_autodiff_of_the_loss():
     assert_trees_close(state.params, want, atol=1e-6)
 
 
-def test_step_vmaps_over_a_fleet():
-    # One vmapped step over two models (each with its own τ, α) equals two separate steps.
-    arch, p0, batch = _toy(seed=0)
-    _, p1, _ = _toy(seed=1)
+@pytest.mark.parametrize("name, chunk, taus", [("gpt_mlp", None, (3.0, 5.0)),
+                                               ("cnn", 8, (1e6, 0.0))],
+                         ids=["whole", "cnn-in-chunks"])
+def test_step_vmaps_over_a_fleet(name, chunk, taus):
+    # One vmapped step over two models (each with its own τ, α) equals two separate steps of
+    # whole batches; in chunks too (tests/test_microbatch.py), with the ascent on and off.
+    arch, p0, batch = toy_model(20, 0, name)
+    _, p1, _ = toy_model(20, 1, name)
     fb, rb = batch(), batch()
     tx = G.make_gradtau_optimizer(10)
-    step = G.make_gradtau_step(arch.apply, tx)
+    step = G.make_gradtau_step(arch.apply, tx, chunk=chunk)
+    whole = G.make_gradtau_step(arch.apply, tx, chunk=None)
     init = lambda p: train.init_state(arch, tx, None, p)
     fleet = jax.tree.map(lambda a, b: jnp.stack([a, b]), init(p0), init(p1))
     out, m = jax.jit(jax.vmap(step, in_axes=(0, None, None, 0, 0)))(
-        fleet, fb, rb, jnp.array([3.0, 5.0]), jnp.array([0.2, 0.4]))
-    for i, (p, tau, a) in enumerate(((p0, 3.0, 0.2), (p1, 5.0, 0.4))):
-        one, mi = jax.jit(step)(init(p), fb, rb, tau, a)
+        fleet, fb, rb, jnp.array(taus), jnp.array([0.2, 0.4]))
+    for i, (p, tau, a) in enumerate(zip((p0, p1), taus, (0.2, 0.4))):
+        one, mi = jax.jit(whole)(init(p), fb, rb, tau, a)
         assert_trees_close(jax.tree.map(lambda x: x[i], out.params), one.params, atol=1e-6)
         np.testing.assert_allclose(m["loss"][i], mi["loss"], rtol=1e-6)
+        assert bool(m["ascent"][i]) == bool(mi["ascent"])
 
 
 # --- jit / pmap / sharded: identical parameters ---------------------------------------------

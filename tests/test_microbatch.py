@@ -1,7 +1,7 @@
 """hyperforget_jax.microbatch: gradients summed over chunks of examples (CPU only) equal the
-whole batch's to float rounding, in the ∇τ objective, its step under jit / vmap / pmap / a
-mesh, and the runner; "auto" chunks by the size of the saved activations; accelerators keep
-whole batches."""
+whole batch's to float rounding, in the ∇τ objective, its step under jit / pmap / a mesh (vmap:
+test_gradtau.py::test_step_vmaps_over_a_fleet), and the runner; "auto" chunks by the size of
+the saved activations; accelerators keep whole batches."""
 
 import chex
 import jax
@@ -125,24 +125,6 @@ def test_accelerators_keep_whole_batches():
     loops = {plat: export.export(f, platforms=(plat,))(params).mlir_module().count(
         "stablehlo.while") for plat in ("cpu", "cuda", "tpu")}
     assert loops["cpu"] >= 2 and loops["cuda"] == loops["tpu"] == 0, loops
-
-
-def test_step_in_chunks_vmaps_over_a_fleet():
-    arch, p0, batch = _cnn(seed=0)
-    _, p1, _ = _cnn(seed=1)
-    fb, rb = batch(), batch()
-    tx = G.make_gradtau_optimizer(10)
-    init = lambda p: train.init_state(arch, tx, None, p)
-    fleet = jax.tree.map(lambda a, b: jnp.stack([a, b]), init(p0), init(p1))
-    chunked = G.make_gradtau_step(arch.apply, tx, chunk=8)
-    whole = G.make_gradtau_step(arch.apply, tx, chunk=None)
-    out, m = jax.jit(jax.vmap(chunked, in_axes=(0, None, None, 0, 0)))(
-        fleet, fb, rb, jnp.array([1e6, 0.0]), jnp.array([0.2, 0.4]))
-    for i, (p, tau, a) in enumerate(((p0, 1e6, 0.2), (p1, 0.0, 0.4))):
-        one, mi = jax.jit(whole)(init(p), fb, rb, tau, a)
-        assert_trees_close(jax.tree.map(lambda x: x[i], out.params), one.params, atol=1e-6)
-        np.testing.assert_allclose(m["loss"][i], mi["loss"], rtol=1e-6)
-        assert bool(m["ascent"][i]) == bool(mi["ascent"])
 
 
 class ChunkedCompiledEqualityTest(chex.TestCase):
