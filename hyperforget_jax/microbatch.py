@@ -131,8 +131,11 @@ def _zero_loss(loss_fn, params, full):
 
 
 def chunked_mean_value_and_grad(loss_fn: Callable, params: Any, batch: Any,
-                                chunk: int) -> tuple[jax.Array, Any]:
-    """(mean loss, its gradient) as sums over chunks of ``chunk`` examples (any platform)."""
+                                chunk: int | None) -> tuple[jax.Array, Any]:
+    """(mean loss, its gradient) as sums over chunks of ``chunk`` examples, on any platform
+    (None: the whole batch in one pass)."""
+    if chunk is None:
+        return jax.value_and_grad(lambda p: jnp.mean(loss_fn(p, batch)))(params)
     vg = jax.value_and_grad(functools.partial(_sum_loss, loss_fn))
     full, rest = _chunks(batch, chunk)
 
@@ -152,12 +155,10 @@ def mean_value_and_grad(loss_fn: Callable, params: Any, batch: Any,
     """(mean loss, gradient) of ``loss_fn`` over ``batch``, in chunks on CPU (``chunk``: see
     the module docstring)."""
     c = resolve_chunk(chunk, loss_fn, params, batch)
-    whole = jax.value_and_grad(lambda p, b: jnp.mean(loss_fn(p, b)))
+    in_chunks = lambda c: lambda p, b: chunked_mean_value_and_grad(loss_fn, p, b, c)
     if c is None:
-        return whole(params, batch)
-    return jax.lax.platform_dependent(
-        params, batch, cpu=lambda p, b: chunked_mean_value_and_grad(loss_fn, p, b, c),
-        default=whole)
+        return in_chunks(None)(params, batch)
+    return jax.lax.platform_dependent(params, batch, cpu=in_chunks(c), default=in_chunks(None))
 
 
 __all__ = ["AUTO_BUDGET_BYTES", "MIN_AUTO_CHUNK", "auto_chunk", "batch_size",

@@ -326,23 +326,15 @@ def _objective(loss_fn, params, forget_batch, retain_batch, tau, alpha, hint=Non
         l_f = _mean_loss(loss_fn)(params, forget_batch)
         forget_grad = lambda: microbatch.chunked_mean_value_and_grad(
             loss_fn, params, forget_batch, c_f)[1]
-    if c_r is None:
-        l_r, g_r = jax.value_and_grad(_mean_loss(loss_fn))(params, retain_batch)
-    else:
-        l_r, g_r = microbatch.chunked_mean_value_and_grad(loss_fn, params, retain_batch, c_r)
+    l_r, g_r = microbatch.chunked_mean_value_and_grad(loss_fn, params, retain_batch, c_r)
     if axis_name is not None:
         l_f, l_r, g_r = jax.lax.pmean((l_f, l_r, g_r), axis_name)
-    tau = jnp.asarray(tau, l_f.dtype)
-    alpha = jnp.asarray(alpha, l_f.dtype)
-    gap = jax.nn.relu(tau - l_f)
-    coef = -2.0 * alpha * gap
+    tau, alpha, gap, coef = _coefficient(l_f, tau, alpha)
     g_f = jax.lax.cond(coef != 0, forget_grad, lambda: jax.tree.map(jnp.zeros_like, params))
     if axis_name is not None:
         g_f = jax.lax.pmean(g_f, axis_name)
-    loss = gradtau_loss(l_f, l_r, tau, alpha)
     grads = jax.tree.map(lambda gf, gr: coef * gf + (1.0 - alpha) * gr, g_f, g_r)
-    return loss, grads, {"forget_loss": l_f, "retain_loss": l_r, "gap": gap,
-                         "ascent": coef != 0}
+    return _result(l_f, l_r, tau, alpha, gap, coef, grads)
 
 
 def _speculative(loss_fn, axis_name, chunks, params, forget_batch, retain_batch, tau, alpha):
@@ -351,21 +343,26 @@ def _speculative(loss_fn, axis_name, chunks, params, forget_batch, retain_batch,
     0, NaN-safe) if the ascent turns out off. Equal to the exact form to float rounding."""
     c_f, c_r = chunks
     l_f, g_f = microbatch.chunked_mean_value_and_grad(loss_fn, params, forget_batch, c_f)
-    if c_r is None:
-        l_r, g_r = jax.value_and_grad(_mean_loss(loss_fn))(params, retain_batch)
-    else:
-        l_r, g_r = microbatch.chunked_mean_value_and_grad(loss_fn, params, retain_batch, c_r)
+    l_r, g_r = microbatch.chunked_mean_value_and_grad(loss_fn, params, retain_batch, c_r)
     if axis_name is not None:
         l_f, l_r, g_f, g_r = jax.lax.pmean((l_f, l_r, g_f, g_r), axis_name)
+    tau, alpha, gap, coef = _coefficient(l_f, tau, alpha)
+    grads = jax.tree.map(lambda gf, gr: jnp.where(coef != 0, coef * gf, 0) + (1.0 - alpha) * gr,
+                         g_f, g_r)
+    return _result(l_f, l_r, tau, alpha, gap, coef, grads)
+
+
+def _coefficient(l_f, tau, alpha):
+    """τ and α typed as L_f, the gap ReLU(τ − L_f) and the forget gradient's weight −2α·gap."""
     tau = jnp.asarray(tau, l_f.dtype)
     alpha = jnp.asarray(alpha, l_f.dtype)
     gap = jax.nn.relu(tau - l_f)
-    coef = -2.0 * alpha * gap
-    on = coef != 0
-    loss = gradtau_loss(l_f, l_r, tau, alpha)
-    grads = jax.tree.map(lambda gf, gr: jnp.where(on, coef * gf, 0) + (1.0 - alpha) * gr,
-                         g_f, g_r)
-    return loss, grads, {"forget_loss": l_f, "retain_loss": l_r, "gap": gap, "ascent": on}
+    return tau, alpha, gap, -2.0 * alpha * gap
+
+
+def _result(l_f, l_r, tau, alpha, gap, coef, grads):
+    return gradtau_loss(l_f, l_r, tau, alpha), grads, {
+        "forget_loss": l_f, "retain_loss": l_r, "gap": gap, "ascent": coef != 0}
 
 
 class GradTauState(NamedTuple):
