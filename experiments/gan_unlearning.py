@@ -8,7 +8,8 @@ Command (from the repository root)::
         --grids-dir docs/img
 
 Defaults: 3 seeds; the GAN recipe is ``GANConfig()`` (the convolutional ``dcgan`` pair, 60
-epochs of the 3,500 training images = 3,240 D+G iterations, Adam 1e-3 / β₁ 0.5 / batch 64);
+epochs of the 3,500 training images = 3,240 D+G iterations, Adam β₁ 0.5, batch 64, lr 1e-3
+for D and 2e-3 for G);
 Retrain is *the same recipe* on D_r from scratch (the recipe that gave the Original its
 quality). The judge is :class:`hyperforget_jax.gan.metrics.JudgeCNN` trained 6 epochs on the
 full training set and 9 affine-augmented copies of it, then 2 epochs at a tenth of the lr

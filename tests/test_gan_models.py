@@ -44,6 +44,29 @@ def test_bad_configs():
         GANConfig(lr=-1.0)
     with pytest.raises(ConfigError):
         GANConfig(arch="transformer")
+    for bad in (0.0, -1e-3, float("nan"), float("inf"), True):
+        with pytest.raises(ConfigError, match="g_lr"):
+            GANConfig(g_lr=bad)
+
+
+def test_g_lr_sets_the_generators_learning_rate_only(digits_splits):
+    """One iteration (a D step, then a G step): ``g_lr`` = ``lr`` is the single-rate recipe
+    bit for bit; another ``g_lr`` leaves D's step alone (it runs first, against G₀) and changes
+    G's, exactly as a G Adam at that rate would."""
+    train = digits_splits.train.subset(np.arange(16))
+    base = dict(arch="mlp", epochs=1, batch_size=16, lr=1e-3, seed=5)
+    one, _, arch = train_gan(train, GANConfig(**base, g_lr=None))
+    same, _, _ = train_gan(train, GANConfig(**base, g_lr=1e-3))
+    fast, _, _ = train_gan(train, GANConfig(**base, g_lr=4e-3))
+    for a, b in ((one.g_params, same.g_params), (one.d_params, same.d_params)):
+        assert all(np.array_equal(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    assert_trees_close(one.d_params, fast.d_params, atol=0)
+    # G's update at 4e-3 is Adam's first step: 4× the update at 1e-3, from the same G₀.
+    g0 = init_gan_state(arch, make_optimizer(1e-3), jax.random.key(5)).g_params
+    for u0, u1, u4 in zip(*map(jax.tree.leaves, (g0, one.g_params, fast.g_params))):
+        np.testing.assert_allclose(u4 - u0, 4 * (u1 - u0), rtol=1e-3, atol=1e-7)
+    assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(one.g_params),
+                                                    jax.tree.leaves(fast.g_params)))
 
 
 def test_auto_arch_is_the_dcgan_where_it_fits():
@@ -62,6 +85,8 @@ def test_compiled_programs_are_owned_by_the_arch_value():
     assert a == b and a is not b
     assert compiled_epoch(a, 1e-3, 0.5, 8) is compiled_epoch(b, 1e-3, 0.5, 8)
     assert compiled_epoch(a, 2e-4, 0.5, 8) is not compiled_epoch(a, 1e-3, 0.5, 8)
+    assert compiled_epoch(a, 1e-3, 0.5, 8, 1e-3) is compiled_epoch(a, 1e-3, 0.5, 8)  # None = lr
+    assert compiled_epoch(a, 1e-3, 0.5, 8, 2e-3) is not compiled_epoch(a, 1e-3, 0.5, 8)
     other = make_gan_arch("mlp", (8, 8, 1), width=32)
     assert compiled_epoch(other, 1e-3, 0.5, 8) is not compiled_epoch(a, 1e-3, 0.5, 8)
     assert a.param_shapes() is b.param_shapes()

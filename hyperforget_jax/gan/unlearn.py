@@ -147,7 +147,7 @@ class UnlearnConfig:
 #: variant docs/gan.md also reports.
 ITEM_RECIPE = UnlearnConfig()
 #: Class unlearning: the hard fake label with latent-level substitution; both players at the
-#: GAN's training learning rate (1e-3); stops when D rejects the class and ≤ 0.5 % of a
+#: GAN's training learning rate of D (1e-3; the recipe predates G's own 2e-3); stops when D rejects the class and ≤ 0.5 % of a
 #: 2,048-code pool is judged to be the forgotten class [ours: on seed 10, classes 5 and 8 (not
 #: evaluated), lr 1e-3 stopped by the criteria after 340 / 640 rounds, where 2e-4 was still at
 #: 1.2 % after 1,200]. A class the cascade cannot clear in 1,200 rounds at λ_u = 1 is started
