@@ -53,9 +53,14 @@ def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
     if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
             or batch_size < 1):
         raise ConfigError(f"batch_size must be >= 1 (an integer), got {batch_size!r}")
-    if isinstance(lr, bool) or not (isinstance(lr, (int, float, np.floating)) and lr > 0
-                                    and np.isfinite(lr)):
+    if not is_learning_rate(lr):
         raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
+
+
+def is_learning_rate(lr) -> bool:
+    """Whether ``lr`` is a finite number > 0 (not a bool)."""
+    return (not isinstance(lr, bool) and isinstance(lr, (int, float, np.floating)) and lr > 0
+            and bool(np.isfinite(lr)))
 
 
 @dataclasses.dataclass(frozen=True)

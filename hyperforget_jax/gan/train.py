@@ -28,7 +28,8 @@ from hyperforget_jax.data import Dataset, batch_indices
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.models import GAN_ARCHS, GANArch
 from hyperforget_jax.metrics import chunked_apply
-from hyperforget_jax.train import check_schedule, guarded_apply, raise_if_nonfinite
+from hyperforget_jax.train import (check_schedule, guarded_apply, is_learning_rate,
+                                   raise_if_nonfinite)
 
 Params = Any
 
@@ -86,9 +87,7 @@ class GANConfig:
             raise ConfigError(f"unknown GAN architecture {self.arch!r}; choose auto, "
                               f"{', '.join(GAN_ARCHS)}")
         check_schedule(self.epochs, self.batch_size, self.lr)
-        if self.g_lr is not None and (isinstance(self.g_lr, bool) or not (
-                isinstance(self.g_lr, (int, float, np.floating)) and self.g_lr > 0
-                and np.isfinite(self.g_lr))):
+        if self.g_lr is not None and not is_learning_rate(self.g_lr):
             raise ConfigError(f"g_lr (G's learning rate) must be a positive number or None "
                               f"(= lr), got {self.g_lr!r}")
         if not 0 <= self.beta1 < 1:
@@ -219,6 +218,7 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
     from hyperforget_jax.gan.models import make_gan_arch
 
     arch = make_gan_arch(cfg.arch, train.x.shape[1:], cfg.latent_dim, cfg.width)
+    # One Adam initialises both players' states: Adam's state does not depend on its rate.
     tx = make_optimizer(cfg.lr, cfg.beta1)
     state = init_gan_state(arch, tx, jax.random.key(cfg.seed))
     start = 0
