@@ -42,6 +42,12 @@ def _batch(key, permute=True, b=8):
     return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes)
 
 
+def _init(model, key):
+    """``DN.init_params`` under one jit: eagerly, its hundreds of ops cost ~8 s on CPU."""
+    return jax.jit(lambda k: DN.init_params(model, k))(key)
+
+
+@jax.jit
 def _perturbed(params):
     """Zero-initialised decoders output nothing: random weights everywhere instead."""
     leaves, tree = jax.tree.flatten(params)
@@ -82,7 +88,7 @@ def test_token_layouts_and_parameter_count():
 
 def test_unit_tokens_are_permutation_equivariant():
     model = _model()
-    params = _perturbed(DN.init_params(model, jax.random.key(0)))
+    params = _perturbed(_init(model, jax.random.key(0)))
     b = _batch(jax.random.key(1), permute=False)
     x = b["target"][:, -110:]
     apply = jax.jit(model.apply)
@@ -97,7 +103,7 @@ def test_unit_tokens_are_permutation_equivariant():
 
 def test_untrained_model_predicts_no_change_and_drop_only_touches_targets():
     model = _model()
-    params = DN.init_params(model, jax.random.key(0))
+    params = _init(model, jax.random.key(0))
     b = _batch(jax.random.key(1))
     x = b["target"][:, -110:]
     apply = jax.jit(model.apply)

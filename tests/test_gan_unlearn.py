@@ -267,6 +267,40 @@ def test_d_lr_sets_the_discriminator_learning_rate_only(digits_splits, tiny_gan)
     assert diff > 1e-4
 
 
+def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan):
+    """The cascade's compiled rounds take λ_u as an argument: one program (one compilation)
+    serves every attempt of the escalation, and its numbers equal the round with λ_u compiled
+    in as a constant (bit for bit on CPU)."""
+    from hyperforget_jax.gan.train import init_gan_state, make_optimizer
+
+    gan, arch = tiny_gan
+    data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
+    # (lr, d_lr, beta1, lambda_s, sub_real_weight, batch_size, rounds per call): no λ_u.
+    cfg_key = (1e-3, 2e-3, 0.5, 0.1, 0.0, 8, 3)
+    run = U._compiled_rounds(arch, cfg_key)
+    assert U._compiled_rounds(arch, cfg_key) is run
+    tx, tx_d = make_optimizer(1e-3, 0.5), make_optimizer(2e-3, 0.5)
+    copy = lambda tree: jax.tree.map(jnp.copy, tree)      # the program donates its state
+    fresh = lambda: init_gan_state(arch, tx, jax.random.key(0), copy(gan.g_params),
+                                   copy(gan.d_params))
+    finals = []
+    for lam_u in (0.25, 4.0, 16.0):
+        fixed = jax.jit(U.make_round(arch, tx, lam_u, 0.1, 0.0, 8, tx_d))
+        want = fresh()
+        for _ in range(3):
+            want, _ = fixed(want, data, bank, y_f, jax.random.fold_in(key, want.step))
+        got, m = run(fresh(), data, bank, y_f, jnp.float32(lam_u), key)
+        assert m["d_loss"].shape == (3,) and int(got.step) == 3
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            if jax.default_backend() == "cpu":
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            else:                                       # other backends may fuse differently
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+        finals.append(np.concatenate([np.ravel(a) for a in jax.tree.leaves(got.d_params)]))
+    assert run._cache_size() == 1                       # three weights, one compilation
+    assert not np.array_equal(finals[0], finals[2])     # and the weight does reach D
+
+
 def test_bad_d_lr_is_refused():
     with pytest.raises(ConfigError, match="d_lr"):
         U.UnlearnConfig(d_lr=0.0)

@@ -241,13 +241,13 @@ class SubstitutionBank(NamedTuple):
     count: jax.Array      # () int32
 
 
-def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float,
+def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float | jax.Array,
                lambda_s: float, sub_real_weight: float, batch_size: int,
                tx_d: optax.GradientTransformation | None = None) -> Callable:
     """``round(state, data, bank, y_f, key) -> (state, metrics)``: one D-unlearning step and one
     G-unlearning step. ``data = (retain_x, n_retain, forget_x, n_forget)`` on device (arrays
     may be padded past their counts); batches are drawn from ``key``. ``tx`` updates G, and D
-    too unless ``tx_d`` is given."""
+    too unless ``tx_d`` is given. ``lambda_u`` may be a traced scalar."""
     tx_d = tx if tx_d is None else tx_d
 
     # D and G are per-sample functions (no batch statistics), so the streams of a step go
@@ -296,14 +296,19 @@ def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float,
 
 
 def _compiled_rounds(arch: GANArch, cfg_key: tuple) -> Callable:
-    """``n`` cascade rounds under one ``lax.scan``, owned by the architecture
-    (:meth:`GANArch.program`), one program per recipe key."""
+    """``run(state, data, bank, y_f, lambda_u, key)``: ``n`` cascade rounds under one
+    ``lax.scan``, owned by the architecture (:meth:`GANArch.program`), one program per recipe
+    key. λ_u is an argument, not part of the key: every attempt of the escalation (and every
+    λ_u of a sweep) runs the same program, with the same numbers as a λ_u compiled in (equal
+    bit for bit on CPU, tested)."""
     def build():
-        lr, d_lr, beta1, lambda_u, lambda_s, sub_real_weight, batch_size, n = cfg_key
-        round_fn = make_round(arch, make_optimizer(lr, beta1), lambda_u, lambda_s,
-                              sub_real_weight, batch_size, make_optimizer(d_lr, beta1))
+        lr, d_lr, beta1, lambda_s, sub_real_weight, batch_size, n = cfg_key
+        tx, tx_d = make_optimizer(lr, beta1), make_optimizer(d_lr, beta1)
 
-        def run(state, data, bank, y_f, key):
+        def run(state, data, bank, y_f, lambda_u, key):
+            round_fn = make_round(arch, tx, lambda_u, lambda_s, sub_real_weight, batch_size,
+                                  tx_d)
+
             def body(s, _):
                 return round_fn(s, data, bank, y_f, jax.random.fold_in(key, s.step))
 
@@ -476,10 +481,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
 
     sub_real = 1.0 if cfg.substitution == "data" else 0.0
     d_lr = cfg.lr if cfg.d_lr is None else cfg.d_lr
-    compiled = lambda lambda_u: _compiled_rounds(arch, (cfg.lr, d_lr, cfg.beta1, lambda_u,
-                                                        cfg.lambda_s, sub_real, cfg.batch_size,
-                                                        cfg.check_every))
-    run = compiled(weight(attempt))
+    run = _compiled_rounds(arch, (cfg.lr, d_lr, cfg.beta1, cfg.lambda_s, sub_real,
+                                  cfg.batch_size, cfg.check_every))
     data = (_padded(retain_x), jnp.int32(len(retain_x)), _padded(forget_x),
             jnp.int32(len(forget_x)))
     key = jax.random.key(cfg.seed)
@@ -515,7 +518,6 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
             break
         if ended:                           # escalate: a fresh cascade at the next weight
             attempt, in_attempt, y_f, state = attempt + 1, 0, y_f0, fresh()
-            run = compiled(weight(attempt))
             continue
         count = int(flagged.sum()) if cfg.substitution != "none" else 0
         bank_codes = np.zeros((cfg.pool_size, arch.latent_dim), np.float32)
@@ -526,7 +528,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                                                np.asarray(retain_x))
         bank = SubstitutionBank(jnp.asarray(bank_codes), jnp.asarray(bank_targets),
                                 jnp.asarray(count, jnp.int32))
-        state, m = run(state, data, bank, jnp.float32(y_f), key)
+        state, m = run(state, data, bank, jnp.float32(y_f), jnp.float32(weight(attempt)), key)
         if not np.asarray(m["finite"]).all():
             raise NonFiniteError(f"non-finite loss or parameters during GAN unlearning near "
                                  f"round {rounds}; lower the learning rate or lambda_s")
