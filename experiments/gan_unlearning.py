@@ -242,7 +242,7 @@ def main(argv=None) -> dict:
                              ref)
             record(seed=seed, request=name, method=method, seconds=r.seconds,
                    steps=r.rounds, stopped=r.stopped, y_f=r.y_f, lambda_u=r.lambda_u,
-                   attempts=r.attempts, eval=e)
+                   attempts=r.attempts, kept=r.kept, eval=e)
             log(f"{name} seed {seed} {method} {r.rounds} rounds {r.seconds:.2f} s "
                 f"fid {e['classifier_fid']:.2f} auc {e['d_mia_auc']:.3f} "
                 f"share {e.get('forgotten_share', float('nan')):.4f}")
@@ -378,7 +378,11 @@ def _kept_weights(res, requests) -> str:
                 continue
             tries = " → ".join(f"λ_u {a['lambda_u']:g}: {a['rounds']}"
                                for a in r["attempts"])
-            per_seed.append(f"seed {r['seed']} ({tries} rounds, kept λ_u {r['lambda_u']:g})")
+            kept = r.get("kept")
+            where = ("" if not kept else f" at its round {kept['round']}, pool share "
+                     f"{100 * kept['share']:.2f} %, the lowest check")
+            per_seed.append(f"seed {r['seed']} ({tries} rounds, kept λ_u "
+                            f"{r['lambda_u']:g}{where})")
         if per_seed:
             lines.append(f"- {name}: " + "; ".join(per_seed))
     return ("Class recipe, λ_u kept per seed (rounds of each attempt):\n\n" + "\n".join(lines)

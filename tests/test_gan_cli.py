@@ -38,11 +38,14 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
     assert res["unlearn_config"]["fake_label"] == "hard" and res["y_f"] == 0.0
     assert res["unlearn_config"]["substitution"] == "latent"
     # The class recipe escalates λ_u 1 → 4 → 16 while an attempt ends at --max-rounds; each
-    # attempt starts again from the Original, and the last one is the run's result.
+    # attempt starts again from the Original. An attempt that meets the criteria is the run's
+    # result; if none does, the check with the lowest pool share is.
     tries = res["attempts"]
     assert [a["lambda_u"] for a in tries] == [1.0, 4.0, 16.0][:len(tries)]
     assert all(a["stopped"] == "max_rounds" for a in tries[:-1])
-    assert 5 <= tries[0]["rounds"] <= 10 and res["lambda_u"] == tries[-1]["lambda_u"]
+    assert 5 <= tries[0]["rounds"] <= 10
+    assert res["lambda_u"] == (res["kept"] or tries[-1])["lambda_u"]
+    assert (res["kept"] is None) == (tries[-1]["stopped"] == "criteria")
     assert res["rounds"] == sum(a["rounds"] for a in tries)
     assert len(res["history"]) == sum(a["rounds"] // 5 + 1 for a in tries)
     arch, state, meta = load_gan_run(unl)

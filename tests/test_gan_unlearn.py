@@ -306,3 +306,61 @@ def test_bad_d_lr_is_refused():
         U.UnlearnConfig(d_lr=0.0)
     with pytest.raises(ConfigError, match="d_lr"):
         U.UnlearnConfig(d_lr=-1e-3)
+
+
+def test_capped_class_cascade_returns_its_lowest_share_check(tmp_path, digits_splits, tiny_gan):
+    """When no attempt meets the criteria, a class request returns the (G, D) of the check with
+    the lowest pool share over all attempts, not the last round's: that G draws exactly the
+    kept share on the kept check's pool. A resumed run and the finished directory return the
+    same, and `load_gan_run` reads the kept (G, D)."""
+    import shutil
+
+    from hyperforget_jax.checkpoint import Checkpointer
+    from hyperforget_jax.commands.gan import load_gan_run
+    from hyperforget_jax.gan.train import generate
+
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    # A stand-in judge: "class 1" is a bright sample. Its threshold splits the Original's
+    # samples in two, so the pool share moves from check to check.
+    bright = lambda s: np.asarray(s).reshape(len(s), -1).mean(1)
+    thr = float(np.median(bright(generate(arch, gan.g_params,
+                                          arch.sample_latents(jax.random.key(7), 512)))))
+    classify = lambda s: (bright(s) > thr).astype(np.int32)
+    kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x,
+              forget_classes=(1,), classify=classify)
+    # tol 0: the score criterion is never met, so both attempts run to max_rounds. Same
+    # compiled chunk as the cascade tests above (data level, check_every 10, pool 256).
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="data", check_every=10,
+                          max_rounds=30, tol=0.0, pool_size=256, lambda_u_attempts=2,
+                          lambda_u_growth=2.0)
+    res = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **kw)
+    assert res.stopped == "max_rounds" and res.rounds == 60
+    checks = [h for h in res.history if h["round"] > 0]
+    low = min(h["share"] for h in checks)
+    at = max(i for i, h in enumerate(checks) if h["share"] == low)   # the latest of equals
+    assert res.kept == {"attempt": checks[at]["attempt"], "round": checks[at]["round"],
+                        "lambda_u": cfg.lambda_u * 2.0 ** checks[at]["attempt"], "share": low}
+    assert res.lambda_u == res.kept["lambda_u"]
+    assert at != len(checks) - 1 and checks[-1]["share"] > low   # the last check is not kept
+    # The returned G on the kept check's pool (a pure function of the seed and the round).
+    codes = arch.sample_latents(jax.random.fold_in(jax.random.key(cfg.seed),
+                                                   10**9 + res.kept["round"]), cfg.pool_size)
+    assert float(np.mean(classify(generate(arch, res.g_params, codes)))) == low
+
+    run, meta = tmp_path / "run", {"gan_arch": arch.to_json()}
+    with Checkpointer(run / "checkpoints", max_to_keep=None) as ck:
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck, meta=meta,
+                      **kw)
+        assert ck.all_steps() == [10, 20, 30, 40, 50, 60]
+        shutil.rmtree(ck.step_dir(60))          # as if killed before the last commit
+    for _ in range(2):                          # resume from 50; then the finished directory
+        with Checkpointer(run / "checkpoints", max_to_keep=None) as ck:
+            again = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck,
+                                  meta=meta, **kw)
+        np.testing.assert_array_equal(_flat(again), _flat(res))
+        assert again.kept == res.kept and again.history == res.history
+    _, state, _ = load_gan_run(run)
+    np.testing.assert_array_equal(
+        np.concatenate([np.ravel(a) for a in jax.tree.leaves((state.g_params,
+                                                               state.d_params))]), _flat(res))

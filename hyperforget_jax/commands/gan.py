@@ -83,7 +83,15 @@ def load_gan_run(run_dir: str | Path):
                                   "its metadata); was it written by `hyperforget gan train`?")
         arch = GANArch.from_json(meta["gan_arch"])
         template = init_gan_state(arch, make_optimizer(), jax.random.key(0))
-        state, meta = ckpt.restore(template)
+        prog = meta.get("unlearn_progress")
+        if prog is None or "kept" not in prog:     # training, or an older unlearning run
+            state, meta = ckpt.restore(template)
+        else:   # an unlearning run: its state and the (G, D) it returned (gan.unlearn_gan)
+            tree, meta = ckpt.restore({"state": template,
+                                       "kept": (template.g_params, template.d_params)})
+            state = tree["state"]
+            if prog.get("done"):
+                state = state._replace(g_params=tree["kept"][0], d_params=tree["kept"][1])
     meta["identity"] = rundir.read_identity(run_dir)
     return arch, state, meta
 
@@ -176,8 +184,11 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
               title=f"unlearned ({request.describe()})")
     tries = ("" if len(res.attempts) < 2 else " over " + " → ".join(
         f"λ_u {a['lambda_u']:g} ({a['rounds']} rounds, {a['stopped']})" for a in res.attempts))
+    kept = ("" if res.kept is None else f"; no attempt met the criteria, so the check with the "
+            f"lowest pool share is kept: round {res.kept['round']} of λ_u "
+            f"{res.kept['lambda_u']:g}, {100 * res.kept['share']:.2f} %")
     md = (f"# GAN unlearning: {request.describe()}\n\n{res.rounds} cascade rounds in "
-          f"{res.seconds:.1f} s{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}); fake "
+          f"{res.seconds:.1f} s{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}{kept}); fake "
           f"label {cfg.fake_label} (y_f = {res.y_f:.3f}), {cfg.substitution}-level "
           "substitution.\n\n![samples](samples.png)\n")
     results = {"request": request.to_json(), "unlearn_config": cfg.to_json(), **judged,

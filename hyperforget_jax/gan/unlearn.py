@@ -27,6 +27,12 @@ updated D::
   ``lambda_u_attempts`` attempts in all. Attempt k is exactly the cascade run alone at
   λ_u · growth^k (same batches, latents and pools), so the lightest weight that meets the
   criteria is the one kept. The cost of the attempts that failed is counted in ``seconds``.
+* The check kept when no attempt meets the criteria [ours]: for class unlearning, the (G, D)
+  of the check with the lowest pool share over all attempts (the latest of equal shares), not
+  the last round's. Near its cap the cascade's pool share oscillates (class 8 on MNIST-5k:
+  between 0.5 and 2.4 % from round 400 of λ_u 16 on), so the last round is a draw from
+  that swing. The pool is drawn afresh at every check from the run's own key, never from the
+  evaluation's samples. Item unlearning (no share) keeps the last round.
 
 The rounds between two checks run as one ``lax.scan`` on device; batches and latents are drawn
 inside from ``jax.random.fold_in(key, round)``, so a run is a pure function of its inputs.
@@ -342,13 +348,16 @@ class UnlearnResult:
     y_f: float
     stopped: str                      # "criteria" or "max_rounds" (of the last attempt)
     history: list[dict]
-    lambda_u: float                   # the last attempt's (the one returned)
+    lambda_u: float                   # the weight of the attempt whose (G, D) is returned
     attempts: list[dict]              # per attempt: lambda_u, rounds, stopped, share, score_u
+    # The check returned when no attempt met the criteria (class unlearning): attempt,
+    # lambda_u, round (of its attempt) and pool share; None when the last round is returned.
+    kept: dict | None = None
 
     def summary(self) -> dict:
         return {"rounds": self.rounds, "seconds": self.seconds, "y_f": self.y_f,
                 "stopped": self.stopped, "lambda_u": self.lambda_u, "attempts": self.attempts,
-                "final": self.history[-1] if self.history else {}}
+                "kept": self.kept, "final": self.history[-1] if self.history else {}}
 
 
 def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key: jax.Array,
@@ -374,8 +383,9 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
     return entry, codes, samples, flagged
 
 
-def _restore_progress(checkpointer, template: GANState, cfg: UnlearnConfig, fingerprint: dict):
-    """(state, progress meta) of the latest unlearning checkpoint, or None for a fresh run."""
+def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerprint: dict):
+    """(``{"state", "kept"}`` tree, progress meta) of the latest unlearning checkpoint, or
+    None for a fresh run."""
     from hyperforget_jax.errors import CheckpointError
 
     step = checkpointer.latest_step()
@@ -390,8 +400,12 @@ def _restore_progress(checkpointer, template: GANState, cfg: UnlearnConfig, fing
         raise CheckpointError(f"{checkpointer.directory} holds an unlearning run with another "
                               "recipe or forget set; choose another --out directory (or delete "
                               "it to start over)")
-    state, _ = checkpointer.restore(template, step)
-    return state, prog
+    if "kept" not in prog:
+        raise CheckpointError(f"{checkpointer.directory} holds an unlearning run written by an "
+                              "older hyperforget_jax (it does not store the best check); "
+                              "choose another --out directory (or delete it to start over)")
+    tree, _ = checkpointer.restore(template, step)
+    return tree, prog
 
 
 def _fingerprint(forget_x: np.ndarray, retain_x: np.ndarray, forget_classes) -> dict:
@@ -461,25 +475,56 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     attempts: list[dict] = []               # the attempts that ended
     # rounds: over all attempts (the checkpoint step); in_attempt: rounds of this attempt.
     rounds, in_attempt, attempt, prior_seconds, saved_at = 0, 0, 0, 0.0, None
+    # best: the class check with the lowest pool share so far ("attempt", "lambda_u", "round",
+    # "share") and its (G, D) in "params"; returned if no attempt meets the criteria.
+    best: dict | None = None
+
+    def returned(stopped: str | None):
+        """(G, D, λ_u, kept) the run returns if it ends now, stopped by ``stopped``."""
+        if stopped == "criteria" or best is None:
+            return state.g_params, state.d_params, weight(attempt), None
+        return (*best["params"], best["lambda_u"],
+                {k: v for k, v in best.items() if k != "params"})
+
+    def result(stopped: str, seconds: float) -> UnlearnResult:
+        g, d, lambda_u, kept = returned(stopped)
+        g, d = jax.tree.map(jnp.asarray, (g, d))
+        return UnlearnResult(g, d, rounds, seconds, y_f0, stopped, history, lambda_u, attempts,
+                             kept)
+
     if checkpointer is not None:
-        restored = _restore_progress(checkpointer, state, cfg, fingerprint)
+        restored = _restore_progress(checkpointer, {"state": state, "kept": (g_params, d_params)},
+                                     cfg, fingerprint)
         if restored is not None:
-            state, prog = restored
+            tree, prog = restored
+            state = tree["state"]
             history, rounds, prior_seconds = prog["history"], prog["rounds"], prog["seconds"]
             attempt, in_attempt, attempts = prog["attempt"], prog["in_attempt"], prog["attempts"]
+            if prog["done"]:                # "kept" holds what the run returned
+                g, d = tree["kept"]
+                kept = prog["kept"]
+                return UnlearnResult(g, d, rounds, prior_seconds, y_f0, prog["stopped"], history,
+                                     weight(attempt) if kept is None else kept["lambda_u"],
+                                     attempts, kept)
+            if prog["kept"] is not None:
+                best = {**prog["kept"], "params": jax.device_get(tree["kept"])}
             saved_at = rounds
-            if prog["done"]:
-                return UnlearnResult(state.g_params, state.d_params, rounds, prior_seconds,
-                                     y_f0, prog["stopped"], history, weight(attempt), attempts)
             history = history[:-1]          # the check at `rounds` is redone (deterministic)
 
     def save(done: bool, stopped: str | None, ended: list[dict]) -> None:
+        # The tree's "kept" slot: while running, the best check's (G, D) (or the state's, before
+        # the first); once done, the (G, D) the run returns (what `load_gan_run` reads).
+        if done:
+            g, d, _, kept = returned(stopped)
+        else:
+            kept = None if best is None else {k: v for k, v in best.items() if k != "params"}
+            g, d = (state.g_params, state.d_params) if best is None else best["params"]
         prog = {"config": cfg.to_json(), "fingerprint": fingerprint, "rounds": rounds,
                 "attempt": attempt, "in_attempt": in_attempt, "attempts": ended,
                 "history": history, "done": done, "stopped": stopped, "y_f": y_f0,
-                "seconds": prior_seconds + time.perf_counter() - t0}
-        checkpointer.save(rounds, state, {**(meta or {}), "unlearn_progress": prog},
-                          force=True)
+                "kept": kept, "seconds": prior_seconds + time.perf_counter() - t0}
+        checkpointer.save(rounds, {"state": state, "kept": (g, d)},
+                          {**(meta or {}), "unlearn_progress": prog}, force=True)
 
     sub_real = 1.0 if cfg.substitution == "data" else 0.0
     d_lr = cfg.lr if cfg.d_lr is None else cfg.d_lr
@@ -503,6 +548,10 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                                                 heldout_x, forget_classes, classify, y_f)
         y_f, share, score_u = entry["y_f"], entry["share"], entry["score_u"]
         history.append({**entry, "attempt": attempt})
+        if share is not None and in_attempt > 0 and (best is None or share <= best["share"]):
+            best = {"attempt": attempt, "lambda_u": weight(attempt), "round": in_attempt,
+                    "share": share,
+                    "params": jax.device_get((state.g_params, state.d_params))}
         met = (in_attempt > 0 and score_u <= y_f + cfg.tol * gap0
                and (share is None or share <= cfg.max_share))
         ended = met or in_attempt >= cfg.max_rounds
@@ -544,6 +593,4 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     if bar is not None:
         bar.close()
     jax.block_until_ready(state)
-    return UnlearnResult(state.g_params, state.d_params, rounds,
-                         prior_seconds + time.perf_counter() - t0, y_f0, stopped, history,
-                         weight(attempt), attempts)
+    return result(stopped, prior_seconds + time.perf_counter() - t0)
