@@ -279,7 +279,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         choices={"fake_label": FAKE_LABELS, "substitution": SUBSTITUTIONS})
     p.set_defaults(_unlearn_flags=flags, _judge=add_judge_flags(p))
     _add_judge_from(p)
-    p.description = "Cascaded unlearning of a trained GAN. " + rec
+    p.description = ("Cascaded unlearning of a trained GAN. " + rec + " If no attempt meets "
+                     "the stop criteria, a class request keeps the check with the lowest pool "
+                     "share (results.json: kept).")
     common.add_output_args(p)
     p.set_defaults(func=cmd_unlearn)
 

@@ -446,7 +446,9 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     Returns:
       An :class:`UnlearnResult`; ``seconds`` is the wall time of the whole call (fake label,
       flagging, rounds, every attempt; summed over resumed calls), the number compared with
-      Retrain.
+      Retrain. Its (G, D) is the state where the criteria were met; if no attempt met them, for
+      class unlearning the check with the lowest pool share (``kept`` says which), for item
+      unlearning the last round.
 
     Raises:
       ConfigError: class unlearning without ``classify``; empty forget set.
