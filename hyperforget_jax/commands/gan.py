@@ -188,8 +188,8 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
             f"lowest pool share is kept: round {res.kept['round']} of λ_u "
             f"{res.kept['lambda_u']:g}, {100 * res.kept['share']:.2f} %")
     md = (f"# GAN unlearning: {request.describe()}\n\n{res.rounds} cascade rounds in "
-          f"{res.seconds:.1f} s{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}{kept}); fake "
-          f"label {cfg.fake_label} (y_f = {res.y_f:.3f}), {cfg.substitution}-level "
+          f"{res.seconds:.1f} s{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}{kept}); "
+          f"fake label {cfg.fake_label} (y_f = {res.y_f:.3f}), {cfg.substitution}-level "
           "substitution.\n\n![samples](samples.png)\n")
     results = {"request": request.to_json(), "unlearn_config": cfg.to_json(), **judged,
                **res.summary(), "history": res.history}

@@ -402,7 +402,7 @@ def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerpr
                               "it to start over)")
     if "kept" not in prog:
         raise CheckpointError(f"{checkpointer.directory} holds an unlearning run written by an "
-                              "older hyperforget_jax (it does not store the best check); "
+                              "older hyperforget_jax (it does not store the lowest-share check); "
                               "choose another --out directory (or delete it to start over)")
     tree, _ = checkpointer.restore(template, step)
     return tree, prog
