@@ -29,9 +29,9 @@ updated D::
   criteria is the one kept. The cost of the attempts that failed is counted in ``seconds``.
 * The check kept when no attempt meets the criteria [ours]: for class unlearning, the (G, D)
   of the check with the lowest pool share over all attempts (the latest of equal shares), not
-  the last round's. Near its cap the cascade's pool share oscillates (class 8 on MNIST-5k:
-  between 0.5 and 2.4 % from round 400 of λ_u 16 on), so the last round is a draw from
-  that swing. The pool is drawn afresh at every check from the run's own key, never from the
+  the last round's. Near its cap the cascade's pool share oscillates (class 8 on MNIST-5k,
+  the previous GAN recipe: 0.6–2.4 % from round 400 of λ_u 16 on), so the last round is a
+  draw from that swing. The pool is drawn afresh at every check from the run's own key, never from the
   evaluation's samples. Item unlearning (no share) keeps the last round.
 
 The rounds between two checks run as one ``lax.scan`` on device; batches and latents are drawn
