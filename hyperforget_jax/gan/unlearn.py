@@ -31,8 +31,8 @@ updated D::
   of the check with the lowest pool share over all attempts (the latest of equal shares), not
   the last round's. Near its cap the cascade's pool share oscillates (class 8 on MNIST-5k,
   the previous GAN recipe: 0.6–2.4 % from round 400 of λ_u 16 on), so the last round is a
-  draw from that swing. The pool is drawn afresh at every check from the run's own key, never from the
-  evaluation's samples. Item unlearning (no share) keeps the last round.
+  draw from that swing. The pool is drawn afresh at every check from the run's own key,
+  never from the evaluation's samples. Item unlearning (no share) keeps the last round.
 
 The rounds between two checks run as one ``lax.scan`` on device; batches and latents are drawn
 inside from ``jax.random.fold_in(key, round)``, so a run is a pure function of its inputs.
