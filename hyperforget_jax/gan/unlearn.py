@@ -478,15 +478,15 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     # rounds: over all attempts (the checkpoint step); in_attempt: rounds of this attempt.
     rounds, in_attempt, attempt, prior_seconds, saved_at = 0, 0, 0, 0.0, None
     # best: the class check with the lowest pool share so far ("attempt", "lambda_u", "round",
-    # "share") and its (G, D) in "params"; returned if no attempt meets the criteria.
+    # "share"), best_params its (G, D) on the host; returned if no attempt meets the criteria.
     best: dict | None = None
+    best_params = None
 
     def returned(stopped: str | None):
         """(G, D, λ_u, kept) the run returns if it ends now, stopped by ``stopped``."""
         if stopped == "criteria" or best is None:
             return state.g_params, state.d_params, weight(attempt), None
-        return (*best["params"], best["lambda_u"],
-                {k: v for k, v in best.items() if k != "params"})
+        return (*best_params, best["lambda_u"], best)
 
     def result(stopped: str, seconds: float) -> UnlearnResult:
         g, d, lambda_u, kept = returned(stopped)
@@ -502,15 +502,11 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
             state = tree["state"]
             history, rounds, prior_seconds = prog["history"], prog["rounds"], prog["seconds"]
             attempt, in_attempt, attempts = prog["attempt"], prog["in_attempt"], prog["attempts"]
-            if prog["done"]:                # "kept" holds what the run returned
-                g, d = tree["kept"]
-                kept = prog["kept"]
-                return UnlearnResult(g, d, rounds, prior_seconds, y_f0, prog["stopped"], history,
-                                     weight(attempt) if kept is None else kept["lambda_u"],
-                                     attempts, kept)
             if prog["kept"] is not None:
-                best = {**prog["kept"], "params": jax.device_get(tree["kept"])}
+                best, best_params = prog["kept"], jax.device_get(tree["kept"])
             saved_at = rounds
+            if prog["done"]:
+                return result(prog["stopped"], prior_seconds)
             history = history[:-1]          # the check at `rounds` is redone (deterministic)
 
     def save(done: bool, stopped: str | None, ended: list[dict]) -> None:
@@ -519,8 +515,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         if done:
             g, d, _, kept = returned(stopped)
         else:
-            kept = None if best is None else {k: v for k, v in best.items() if k != "params"}
-            g, d = (state.g_params, state.d_params) if best is None else best["params"]
+            kept = best
+            g, d = (state.g_params, state.d_params) if best is None else best_params
         prog = {"config": cfg.to_json(), "fingerprint": fingerprint, "rounds": rounds,
                 "attempt": attempt, "in_attempt": in_attempt, "attempts": ended,
                 "history": history, "done": done, "stopped": stopped, "y_f": y_f0,
@@ -552,8 +548,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         history.append({**entry, "attempt": attempt})
         if share is not None and in_attempt > 0 and (best is None or share <= best["share"]):
             best = {"attempt": attempt, "lambda_u": weight(attempt), "round": in_attempt,
-                    "share": share,
-                    "params": jax.device_get((state.g_params, state.d_params))}
+                    "share": share}
+            best_params = jax.device_get((state.g_params, state.d_params))
         met = (in_attempt > 0 and score_u <= y_f + cfg.tol * gap0
                and (share is None or share <= cfg.max_share))
         ended = met or in_attempt >= cfg.max_rounds
