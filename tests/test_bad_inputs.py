@@ -370,6 +370,12 @@ CLI_CASES = [
         "corpus", "--out", o, "--seeds", "1", *DIGITS, "--quiet"], ">= 2 seeds"),
     ("cli-gan-negative-epochs", lambda c, o: [
         "gan", "train", "--run-dir", o, "--epochs", "-2", "--quiet"], "epochs must be >= 0"),
+    # Checked before the run directory is claimed (it used to keep run.json and checkpoints/).
+    ("cli-gan-zero-width", lambda c, o: [
+        "gan", "train", "--run-dir", o, *DIGITS, "--width", "0", "--quiet"], "width >= 4"),
+    ("cli-gan-dcgan-on-8x8", lambda c, o: [
+        "gan", "train", "--run-dir", o, *DIGITS, "--gan-arch", "dcgan", "--quiet"],
+     "supports 28×28 and 32×32 images, got 8×8"),
     ("cli-argparse-bad-int", lambda c, o: ["train", "--run-dir", o, "--epochs", "ten"],
      "expected an integer"),
     ("cli-argparse-unknown-dataset", lambda c, o: ["train", "--run-dir", o, "--dataset", "x"],

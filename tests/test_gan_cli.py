@@ -89,6 +89,15 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
     ev_mlp = json.loads(capsys.readouterr().out)
     assert not ev_mlp["judge_reused"] and ev_mlp["judge"]["config"]["arch"] == "mlp"
     assert (tmp_path / "ev_mlp" / "judge").is_dir()
+    # Too few samples: one line, exit 2, before a judge is trained (this recipe is stored
+    # nowhere yet) or anything is written.
+    capsys.readouterr()
+    assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", "1",
+                     "--judge", "mlp", "--judge-epochs", "1", "--judge-augment", "1",
+                     "--judge-anneal", "0", "--out", str(tmp_path / "ev1")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "at least 2 generated samples" in err, err
+    assert not (tmp_path / "ev1").exists()
     for bad in (["--judge-augment", "0"], ["--judge-anneal", "-1"]):
         with pytest.raises(SystemExit) as exc:          # argparse: exit 2, one usage error
             cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), *bad])

@@ -5,6 +5,7 @@ import jax
 import numpy as np
 import pytest
 
+from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan import metrics as M
 from hyperforget_jax.models import as_model, make_architecture
 
@@ -158,3 +159,11 @@ def test_cached_judge_reuses_only_the_same_recipe_on_the_same_data(digits_splits
     _, reused = M.cached_judge(train, recipe, None, "data-1",
                                search=[tmp_path / "p", tmp_path / "missing"])
     assert not reused
+
+
+@pytest.mark.parametrize("bad", [dict(num_samples=1), dict(num_samples=0),
+                                 dict(downstream_samples=-1), dict(downstream_epochs=0)])
+def test_eval_config_refuses_too_few_samples_or_epochs(bad):
+    with pytest.raises(ConfigError, match="samples|epochs"):
+        M.EvalConfig(**bad)
+    assert M.EvalConfig(num_samples=2, downstream_samples=0).downstream_samples == 0

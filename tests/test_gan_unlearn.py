@@ -194,6 +194,15 @@ def test_escalation_settings_are_checked(bad):
         U.UnlearnConfig(**bad)
 
 
+@pytest.mark.parametrize("share", [2.0, -0.01, float("nan")])
+def test_max_share_is_a_fraction(share):
+    # --max-share 2 (meant as 2 %) would let every pool pass the share criterion.
+    with pytest.raises(ConfigError, match=r"max_share is a fraction of the pool in \[0, 1\]"):
+        U.UnlearnConfig(max_share=share)
+    assert U.UnlearnConfig(max_share=0.0).max_share == 0.0
+    assert U.UnlearnConfig(max_share=1.0).max_share == 1.0
+
+
 def test_class_recipe_escalates_to_16():
     r = U.CLASS_RECIPE
     assert [r.lambda_u * r.lambda_u_growth ** k for k in range(r.lambda_u_attempts)] == [1, 4, 16]

@@ -26,7 +26,7 @@ from hyperforget_jax.configflags import non_negative_int, positive_int
 from hyperforget_jax.errors import CheckpointError, DataError, ForgetRequestError
 from hyperforget_jax.gan.metrics import (JUDGE, JUDGE_ANNEAL, JUDGE_AUGMENT, EvalConfig,
                                          cached_judge, evaluate_gan, judge_outputs, judge_recipe)
-from hyperforget_jax.gan.models import GAN_ARCHS, GANArch
+from hyperforget_jax.gan.models import GAN_ARCHS, GANArch, make_gan_arch
 from hyperforget_jax.gan.train import (GANConfig, init_gan_state, make_optimizer, sample,
                                        save_grid, timed_train_gan)
 from hyperforget_jax.gan.unlearn import (FAKE_LABELS, SUBSTITUTIONS, UnlearnConfig,
@@ -113,6 +113,8 @@ def cmd_train(args) -> int:
     request, fsplit = _request_split(args, splits)
     train = fsplit.retain if fsplit is not None else splits.train
     cfg = args._gan_flags.build(args)
+    # A bad architecture for these images is refused before the run directory is claimed.
+    make_gan_arch(cfg.arch, train.x.shape[1:], cfg.latent_dim, cfg.width)
     meta = {"role": "retrain" if request else "original", "dataset": args.dataset,
             "split_seed": args.split_seed,
             "request": request.to_json() if request else None}
@@ -210,6 +212,7 @@ def cmd_evaluate(args) -> int:
         request = data.ForgetRequest.from_json(meta["request"])
         fsplit = data.resolve_forget(splits.train, request)
     recipe = args._judge(args)
+    ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
     data_id = common.data_identity(args, splits)
     runs = [args.run_dir, *(args.compare or [])]
     out = args.out or Path(args.run_dir) / "gan-evaluate" / re.sub(
@@ -223,7 +226,6 @@ def cmd_evaluate(args) -> int:
         # data match (training is deterministic: the same judge); else it is trained here.
         judge, reused = cached_judge(splits.train, recipe, run.path / "judge", data_id["data"],
                                      search=_judge_dirs([*runs, *args.judge_from]))
-        ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
         ref = judge_outputs(judge, fsplit.retain.x)[1]    # the FID reference, shared by every run
         rows = {}
         for name, other in zip(common.unique_labels(runs), [None, *(args.compare or [])]):

@@ -310,6 +310,16 @@ class EvalConfig:
     downstream_epochs: int = 10
     seed: int = 1234
 
+    def __post_init__(self):
+        # classifier-FID needs a covariance: at least two samples.
+        if self.num_samples < 2:
+            raise ConfigError(f"the evaluation needs at least 2 generated samples (classifier-"
+                              f"FID estimates a covariance), got {self.num_samples}; the "
+                              f"experiments use 10,000")
+        if self.downstream_samples < 0 or self.downstream_epochs < 1:
+            raise ConfigError(f"downstream_samples must be >= 0 and downstream_epochs >= 1, "
+                              f"got {self.downstream_samples}, {self.downstream_epochs}")
+
 
 def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits: Splits,
                  forget_x: np.ndarray, retain_x: np.ndarray, forget_classes=None,

@@ -83,7 +83,8 @@ class UnlearnConfig:
         (1: a single cascade at ``lambda_u``).
       lambda_u_growth: factor on λ_u from one attempt to the next.
       tol: the score criterion is met when score_u ≤ y_f + tol · |score_u(start) − y_f|.
-      max_share: class requests also need the forgotten share of the pool ≤ this.
+      max_share: class requests also need the forgotten share of the pool ≤ this (a fraction
+        in [0, 1]: 0.005 = 0.5 %).
       pool_size: latent codes drawn per check to flag (and to measure the share).
       item_neighbours: for item requests, the nearest pool samples flagged per item.
       track_fake_label: recompute ``generated`` / ``heldout`` y_f with the *current* (G, D) at
@@ -135,6 +136,9 @@ class UnlearnConfig:
                               f"{self.lambda_u_growth}")
         if not 0 <= self.tol < 1:
             raise ConfigError(f"tol must lie in [0, 1), got {self.tol}")
+        if not 0 <= self.max_share <= 1:
+            raise ConfigError(f"max_share is a fraction of the pool in [0, 1] (0.005 = 0.5 %), "
+                              f"got {self.max_share}")
         if self.d_lr is not None and not self.d_lr > 0:
             raise ConfigError(f"d_lr must be a positive number or None, got {self.d_lr!r}")
         if self.pool_size < 1 or self.item_neighbours < 1 or self.batch_size < 1:
