@@ -44,10 +44,11 @@ import numpy as np
 
 from hyperforget_jax import configflags, data, report
 from hyperforget_jax.commands.gan import add_judge_flags
+from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
 from hyperforget_jax.gan.models import GAN_ARCHS
 from hyperforget_jax.gan.train import GANConfig, sample, save_grid, timed_train_gan
-from hyperforget_jax.gan.unlearn import CLASS_RECIPE, ITEM_RECIPE, unlearn_gan
+from hyperforget_jax.gan.unlearn import CLASS_RECIPE, FAKE_LABELS, ITEM_RECIPE, unlearn_gan
 from hyperforget_jax.metrics import format_mean_std
 
 
@@ -91,6 +92,39 @@ def _weights(text: str) -> list[float]:
     return vals
 
 
+def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[int]]:
+    """``--sizes``, ``--retrain-sizes``, ``--fake-labels`` and ``--classes`` as lists, each
+    value checked against the data (and ``--seeds``)."""
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+
+    def ints(flag: str, text: str) -> list[int]:
+        vals = []
+        for v in (v.strip() for v in text.split(",")):
+            if v and not v.lstrip("-").isdigit():
+                raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}")
+            if v:
+                vals.append(int(v))
+        if len(set(vals)) != len(vals):
+            raise ConfigError(f"{flag} lists a value twice: {text!r}")
+        return vals
+
+    n = len(splits.train)
+    sizes, retrain_sizes = ints("--sizes", args.sizes), ints("--retrain-sizes", args.retrain_sizes)
+    for k in (*sizes, *retrain_sizes):
+        if not 1 <= k < n:
+            raise ConfigError(f"item counts must lie in 1..{n - 1} (the training set has {n} "
+                              f"images), got {k}")
+    labels = [s.strip() for s in args.fake_labels.split(",") if s.strip()]
+    if set(labels) - set(FAKE_LABELS):
+        raise ConfigError(f"--fake-labels takes {', '.join(FAKE_LABELS)}, got "
+                          f"{args.fake_labels!r}")
+    classes = ints("--classes", args.classes)
+    for c in classes:                 # names the classes the data has
+        data.resolve_forget(splits.train, data.ForgetRequest(classes=(c,)))
+    return sizes, retrain_sizes, labels, classes
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/gan_unlearning")
@@ -111,18 +145,19 @@ def main(argv=None) -> dict:
                          "trade-off in docs/gan.md)")
     ap.add_argument("--samples", type=int, default=10_000)
     args = ap.parse_args(argv)
-    gan_cfg = gan_flags.build(args)
-    judge_rec = judge_of(args)
-    out = report.prepare_dir(args.out)
     t_all = time.perf_counter()
     splits = data.make_splits(data.load_mnist5k())
-    sizes = [int(s) for s in args.sizes.split(",") if s]
-    retrain_sizes = [int(s) for s in args.retrain_sizes.split(",") if s]
-    labels = [s for s in args.fake_labels.split(",") if s]
-    classes = [int(c) for c in args.classes.split(",") if c]
+    # Every value is checked here, before anything is trained or written (exit 2, one error).
+    try:
+        gan_cfg = gan_flags.build(args)
+        judge_rec = judge_of(args)
+        ev_full = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
+        sizes, retrain_sizes, labels, classes = _request_lists(args, splits)
+    except ValueError as e:           # ConfigError, ForgetRequestError
+        ap.error(str(e))
+    out = report.prepare_dir(args.out)
     class_lus = args.class_lambda_u
     seeds = list(range(args.seeds))
-    ev_full = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
     ev_fast = dataclasses.replace(ev_full, downstream_samples=0)
 
     def log(msg):

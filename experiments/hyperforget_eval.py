@@ -95,6 +95,9 @@ def parse(argv=None):
         exclude=("arch", "seed", "lr", "epochs")))
     a = p.parse_args(argv)
     try:
+        if min(a.samples, a.pairs, a.memo_seeds) < 1:
+            raise ConfigError(f"--samples, --pairs and --memo-seeds must be >= 1, got "
+                              f"{a.samples}, {a.pairs}, {a.memo_seeds}")
         a.sampler = a._sample_flags.build(a)
         a.recipe = a._train_flags.build(a, arch="gpt_mlp")
     except ConfigError as e:

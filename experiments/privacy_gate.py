@@ -145,9 +145,9 @@ def _methods(args, arch, val):
 
 def run(args) -> dict:
     request = _check(args)
-    out_dir = report.prepare_dir(args.out)
     splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
     fsplit = data.resolve_forget(splits.train, request)
+    out_dir = report.prepare_dir(args.out)      # only once the request fits the data
     base = configs(args)[0]
     arch = as_model(base.arch, splits.train.x.shape[1:], splits.train.num_classes)
     methods = _methods(args, arch, splits.val)

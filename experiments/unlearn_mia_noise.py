@@ -20,6 +20,7 @@ import sys
 import numpy as np
 
 from hyperforget_jax import data, metrics, report, train
+from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import make_architecture
 from hyperforget_jax.unlearn import unlearn
 
@@ -30,13 +31,25 @@ def parse_args(argv=None):
     p.add_argument("--classes", type=int, nargs="*", default=[0, 3, 8])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--attack-repeats", type=int, default=20)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Every value is checked before anything is trained or written (exit 2, one error).
+    args.splits = data.make_splits(data.load_mnist5k())
+    try:
+        if args.seeds < 1 or args.attack_repeats < 1 or not args.classes:
+            raise ConfigError(f"--seeds and --attack-repeats must be >= 1 and --classes "
+                              f"non-empty, got {args.seeds}, {args.attack_repeats}, "
+                              f"{args.classes}")
+        for c in args.classes:
+            data.resolve_forget(args.splits.train, data.ForgetRequest(classes=(c,)))
+    except ValueError as e:               # ConfigError, ForgetRequestError
+        p.error(str(e))
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     out_dir = report.prepare_dir(args.out)
-    splits = data.make_splits(data.load_mnist5k())
+    splits = args.splits
     arch = make_architecture("mlp")
 
     def losses(params, ds):
@@ -81,7 +94,8 @@ def main(argv=None) -> int:
             ["class", "seed", "Retrain mia_loss_lr", "∇τ mia_loss_lr",
              "Retrain loss forget / unseen", "∇τ loss forget / unseen"], rows),
         "", *summary, ""])
-    report.write_json(out_dir / "results.json", {"args": vars(args), "results": results})
+    report.write_json(out_dir / "results.json", {"args": {k: getattr(args, k) for k in ("out", "classes", "seeds", "attack_repeats")},
+                                                     "results": results})
     report.atomic_write(out_dir / "table.md", md)
     print(md)
     return 0

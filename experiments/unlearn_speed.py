@@ -19,6 +19,7 @@ import sys
 
 
 from hyperforget_jax import data, report, train
+from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import make_architecture
 from hyperforget_jax.unlearn import GradTauConfig, unlearn
 
@@ -30,21 +31,29 @@ def parse_args(argv=None):
     p.add_argument("--arch", default=None, help="the model (default: TrainConfig's, the mlp)")
     p.add_argument("--classes", type=int, nargs="*", default=[3])
     p.add_argument("--fractions", type=float, nargs="*", default=[0.1, 0.3])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Every value is checked before anything is trained or written (exit 2, one error).
+    args.splits = data.make_splits(data.load_mnist5k())
+    try:
+        args.requests = ([data.ForgetRequest(classes=(c,)) for c in args.classes]
+                         + [data.ForgetRequest(fraction=f) for f in args.fractions])
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+        args.fsplits = [data.resolve_forget(args.splits.train, r) for r in args.requests]
+        args.cfg = train.TrainConfig(**({"arch": args.arch} if args.arch else {}))
+        args.model = make_architecture(args.cfg.arch)
+    except ValueError as e:               # ConfigError, ForgetRequestError
+        p.error(str(e))
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     out_dir = report.prepare_dir(args.out)
-    splits = data.make_splits(data.load_mnist5k())
-    cfg = train.TrainConfig(**({"arch": args.arch} if args.arch else {}))
-    arch = make_architecture(cfg.arch)
+    splits, cfg, arch = args.splits, args.cfg, args.model
     original = train.fit(arch, splits.train, cfg)[0].params
-    requests = ([data.ForgetRequest(classes=(c,)) for c in args.classes]
-                + [data.ForgetRequest(fraction=f) for f in args.fractions])
     rows, results = [], []
-    for req in requests:
-        fsplit = data.resolve_forget(splits.train, req)
+    for req, fsplit in zip(args.requests, args.fsplits):
         run = {"gradtau": lambda: unlearn("gradtau", arch, original, fsplit, splits.val),
                "retrain": lambda: unlearn("retrain", arch, original, fsplit, splits.val, cfg)}
         info = {k: f().info for k, f in run.items()}          # warm-up: compile both
@@ -77,7 +86,8 @@ def main(argv=None) -> int:
         report.markdown_table(["request", "∇τ s", "Retrain s", "speed-up",
                                "∇τ steps with the ascent on", "∇τ per-sample grads",
                                "Retrain per-sample grads", "work ratio"], rows), ""])
-    report.write_json(out_dir / "results.json", {"args": vars(args), "results": results})
+    report.write_json(out_dir / "results.json", {"args": {k: getattr(args, k) for k in ("out", "repeats", "arch", "classes", "fractions")},
+                                                     "results": results})
     report.atomic_write(out_dir / "table.md", md)
     print(md)
     return 0

@@ -53,6 +53,7 @@ import numpy as np
 
 from hyperforget_jax import data, report, train, ulira
 from hyperforget_jax.configflags import add_config_flags
+from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
 from hyperforget_jax.metrics import format_mean_std
 from hyperforget_jax.models import as_model
@@ -118,10 +119,20 @@ def variants(args, request):
             yield f"gradtau[τ={mode}]", "gradtau", GradTauConfig(tau_mode=mode)
 
 
-def run(args) -> dict:
+def checked_splits(args) -> data.Splits:
+    """The run's data, after checking every request and count against it (raises a
+    ``HyperforgetError`` naming the bad value, before anything is trained or written)."""
+    splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
+    if args.seeds < 1 or args.ulira_shadows < 1:
+        raise ConfigError(f"--seeds and --ulira-shadows must be >= 1, got {args.seeds}, "
+                          f"{args.ulira_shadows}")
+    for make_request in settings(args):
+        data.resolve_forget(splits.train, make_request(0))
+    return splits
+
+
+def run(args, splits: data.Splits) -> dict:
     t_start = time.perf_counter()
-    loaded = data.load_dataset(args.dataset, args.data_dir)
-    splits = data.make_splits(loaded)
     cfg = train_config(args)
     arch = as_model(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     seeds = list(range(args.seeds))
@@ -316,13 +327,14 @@ def plot(out: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    train_config(args)    # a bad recipe is refused before anything is written
+    train_config(args)    # a bad recipe or request is refused before anything is written
+    splits = None if args.render_only else checked_splits(args)
     path = report.prepare_dir(args.out)
     if args.render_only:
         import json
         out = json.loads((path / "results.json").read_text())
     else:
-        out = run(args)
+        out = run(args, splits)
         report.write_json(path / "results.json", out)
     write_report(out, path)
     plot(out, path)

@@ -1,6 +1,6 @@
 """experiments/gan_unlearning.py's report: the ``--class-lambda-u`` variants get their own
 target rows beside the class recipe, item targets are left out when no item request ran, and a
-bad λ_u list is refused before anything runs."""
+bad λ_u list, request or recipe is refused before anything runs."""
 
 from __future__ import annotations
 
@@ -66,6 +66,26 @@ def test_bad_lambda_u_refused_before_anything_runs(bad, tmp_path, capsys):
         gan.main(["--class-lambda-u", bad, "--out", str(tmp_path / "out")])
     assert exc.value.code == 2
     assert "--class-lambda-u" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--classes", "12"], "class 12 does not exist"),
+    (["--classes", "3,3"], "--classes lists a value twice"),
+    (["--sizes", "0"], "item counts must lie in 1..3499"),
+    (["--retrain-sizes", "99999"], "item counts must lie in 1..3499"),
+    (["--sizes", "6x"], "--sizes takes comma-separated integers"),
+    (["--fake-labels", "hard,soft"], "--fake-labels takes hard, generated, heldout"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--samples", "1"], "at least 2 generated samples"),
+    (["--epochs", "-1"], "epochs must be >= 0")])
+def test_bad_requests_and_recipes_refused_before_anything_runs(argv, words, tmp_path, capsys):
+    # They used to train the judge and the GANs first (minutes), or crash with a traceback.
+    gan = load_experiment("gan_unlearning")
+    with pytest.raises(SystemExit) as exc:
+        gan.main([*argv, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    assert words in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -28,3 +28,32 @@ def test_bad_recipe_refused_before_writing(tmp_path):
     with pytest.raises(ConfigError, match="unknown architecture 'vit'"):
         table.main(["--arch", "vit", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--classes", "12"], "class 12 does not exist"),
+    (["--fractions", "1.5"], "strictly between 0 and 1"),
+    (["--seeds", "0"], "--seeds and --ulira-shadows must be >= 1")])
+def test_bad_request_refused_before_writing(argv, words, tmp_path):
+    # --fractions 1.5 used to train the whole fleet first; the others left --out behind.
+    table = load_experiment("unlearning_table")
+    with pytest.raises(ValueError, match=words):
+        table.main([*argv, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script,argv,words", [
+    ("unlearn_speed", ["--classes", "12"], "class 12 does not exist"),
+    ("unlearn_speed", ["--fractions", "2"], "strictly between 0 and 1"),
+    ("unlearn_speed", ["--repeats", "0"], "--repeats must be >= 1"),
+    ("unlearn_mia_noise", ["--classes", "12"], "class 12 does not exist"),
+    ("unlearn_mia_noise", ["--seeds", "0"], "must be >= 1"),
+    ("hyperforget_eval", ["--samples", "0"], "must be >= 1")])
+def test_other_experiments_refuse_bad_values_before_writing(script, argv, words, tmp_path,
+                                                            capsys):
+    # They used to crash with a traceback after creating --out (or, --seeds 0, report NaN).
+    exp = load_experiment(script)
+    with pytest.raises(SystemExit) as exc:
+        exp.main([*argv, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
