@@ -1,6 +1,8 @@
 """GAN unlearning: fake labels on a constructed D, substitution on a constructed case, and a
 short cascade on a tiny GAN that lowers D's score on the forgotten items."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -62,6 +64,20 @@ def test_class_substitution_flags_the_right_codes():
     retain = np.stack([np.full((2, 2, 1), v, np.float32) for v in (0.05, 0.42, 0.9)])
     sub = U.substitutes("data", codes, samples, flagged, retain_x=retain)
     np.testing.assert_allclose(sub[:, 0, 0, 0], [0.05, 0.42, 0.9])
+
+
+def test_kept_class_mix_and_its_drift():
+    labels = np.array([0, 0, 1, 2, 2, 2, 3, 3])              # forget class 1
+    mix = U.kept_class_mix(labels, [1])
+    assert mix == pytest.approx({0: 2 / 7, 2: 3 / 7, 3: 2 / 7})
+    collapsed = U.kept_class_mix(np.array([2, 2, 2, 2, 1]), [1])   # everything on class 2
+    assert collapsed == {2: 1.0}
+    assert U.mix_drift(mix, mix) == 0.0
+    assert U.mix_drift(collapsed, mix) == pytest.approx(4 / 7)      # 0.5·(2/7 + 4/7 + 2/7)
+    assert U.mix_drift({0: 1.0}, {2: 1.0}) == 1.0
+    assert U.mix_drift({}, mix) == 1.0                              # nothing kept at all
+    with pytest.raises(ConfigError, match=r"max_kept_drift is a total-variation distance"):
+        U.UnlearnConfig(max_kept_drift=1.5)
 
 
 def test_item_substitution_flags_nearest_samples():
@@ -371,3 +387,40 @@ def test_capped_class_cascade_returns_its_lowest_share_check(tmp_path, digits_sp
         assert again.kept == res.kept and again.history == res.history
     _, state, _ = load_gan_run(run)
     np.testing.assert_array_equal(_flat(state), _flat(res))
+
+
+def test_class_check_with_a_drifted_kept_mix_neither_stops_nor_is_kept(digits_splits, tiny_gan):
+    """A G that empties the class by drawing the kept classes in another mix is no stop: the
+    check that met every other criterion at max_kept_drift 1 is refused at a bound below its
+    drift, and no check above the bound is ever kept."""
+    from hyperforget_jax.gan.train import generate
+
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    # A stand-in judge with three classes by brightness terciles of the Original's samples;
+    # "class 1" (the middle tercile) is forgotten, 0 and 2 are kept.
+    bright = lambda s: np.asarray(s).reshape(len(s), -1).mean(1)
+    original = generate(arch, gan.g_params, arch.sample_latents(jax.random.key(7), 512))
+    cuts = np.quantile(bright(original), [1 / 3, 2 / 3])
+    classify = lambda s: np.searchsorted(cuts, bright(s)).astype(np.int32)
+    kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x,
+              forget_classes=(1,), classify=classify)
+    # Share and score criteria that the first check meets (max_share 1, tol just below 1).
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="data", check_every=10,
+                          max_rounds=30, tol=0.99, max_share=1.0, pool_size=256,
+                          max_kept_drift=1.0)
+    loose = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **kw)
+    assert loose.stopped == "criteria" and loose.rounds == 10
+    assert loose.history[0]["kept_drift"] == 0.0              # round 0: G is the Original
+    drift = loose.history[-1]["kept_drift"]
+    assert drift > 0
+    bound = drift / 2
+    strict = U.unlearn_gan(arch, gan.g_params, gan.d_params,
+                           cfg=dataclasses.replace(cfg, max_kept_drift=bound), **kw)
+    assert strict.history[1]["kept_drift"] == drift           # the same check, now refused
+    assert strict.rounds > 10
+    if strict.stopped == "criteria":
+        assert strict.history[-1]["kept_drift"] <= bound
+    if strict.kept is not None:                               # capped: a sound check is kept
+        at = next(h for h in strict.history if h["round"] == strict.kept["round"])
+        assert at["kept_drift"] <= bound

@@ -189,6 +189,9 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
     kept = ("" if res.kept is None else f"; no attempt met the criteria, so the check with the "
             f"lowest pool share is kept: round {res.kept['round']} of λ_u "
             f"{res.kept['lambda_u']:g}, {100 * res.kept['share']:.2f} %")
+    if res.kept is None and res.stopped == "max_rounds" and request.classes:
+        kept = (f"; no check kept the kept classes' mix within max_kept_drift "
+                f"{cfg.max_kept_drift:g} of the Original's, so the last round is returned")
     md = (f"# GAN unlearning: {request.describe()}\n\n{res.rounds} cascade rounds in "
           f"{res.seconds:.1f} s{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}{kept}); "
           f"fake label {cfg.fake_label} (y_f = {res.y_f:.3f}), {cfg.substitution}-level "

@@ -19,9 +19,11 @@ updated D::
   map flagged codes onto their substitutes, so every z still maps to a valid image.
 * Stop criteria, checked every ``check_every`` rounds (at least one chunk runs): D's mean
   score on the forgotten items has reached ``y_f`` (score_u ≤ y_f + tol · initial gap) and, for
-  class unlearning, the share of the forgotten classes in the pool is ≤ ``max_share``; or
-  ``max_rounds``. With ``track_fake_label`` (default) the soft labels are recomputed with the
-  current (G, D) at each check [ours].
+  class unlearning, the share of the forgotten classes in the pool is ≤ ``max_share`` and the
+  judge's mix of the kept classes in the pool is within ``max_kept_drift`` (total variation)
+  of the Original's [ours: a cascade can empty the class by collapsing G onto a few kept
+  classes, docs/gan.md]; or ``max_rounds``. With ``track_fake_label`` (default) the soft
+  labels are recomputed with the current (G, D) at each check [ours].
 * Escalation [ours]: with ``lambda_u_attempts`` > 1, a cascade that reaches ``max_rounds``
   without meeting the criteria starts again from (G₀, D₀) with λ_u × ``lambda_u_growth``, up to
   ``lambda_u_attempts`` attempts in all. Attempt k is exactly the cascade run alone at
@@ -29,7 +31,8 @@ updated D::
   criteria is the one kept. The cost of the attempts that failed is counted in ``seconds``.
 * The check kept when no attempt meets the criteria [ours]: for class unlearning, the (G, D)
   of the check with the lowest pool share over all attempts (the latest of equal shares), not
-  the last round's. Near its cap the cascade's pool share oscillates (class 8 on MNIST-5k,
+  the last round's, among the checks whose kept-class mix is within ``max_kept_drift``. Near
+  its cap the cascade's pool share oscillates (class 8 on MNIST-5k,
   the previous GAN recipe: 0.6–2.4 % from round 400 of λ_u 16 on), so the last round is a
   draw from that swing. The pool is drawn afresh at every check from the run's own key,
   never from the evaluation's samples. Item unlearning (no share) keeps the last round.
@@ -85,6 +88,13 @@ class UnlearnConfig:
       tol: the score criterion is met when score_u ≤ y_f + tol · |score_u(start) − y_f|.
       max_share: class requests also need the forgotten share of the pool ≤ this (a fraction
         in [0, 1]: 0.005 = 0.5 %).
+      max_kept_drift: class requests also need the judge's mix of the kept classes in the pool
+        (each kept class's share of the kept samples) within this total-variation distance of
+        the Original's mix on the same pool, a fraction in [0, 1]. It refuses a G that empties
+        the class by collapsing onto a few kept classes [ours: 0.25; on MNIST-5k class 8 a
+        λ_u 16 cascade met the other criteria after 40 rounds with a drift of 0.35 and
+        classifier-FID 10× Retrain's, while healthy unlearned GANs drift ≤ 0.17 and Retrain
+        0.05–0.06, docs/gan.md].
       pool_size: latent codes drawn per check to flag (and to measure the share).
       item_neighbours: for item requests, the nearest pool samples flagged per item.
       track_fake_label: recompute ``generated`` / ``heldout`` y_f with the *current* (G, D) at
@@ -113,6 +123,7 @@ class UnlearnConfig:
     lambda_u_growth: float = 4.0
     tol: float = 0.1
     max_share: float = 0.005
+    max_kept_drift: float = 0.25
     pool_size: int = 512
     item_neighbours: int = 2
     track_fake_label: bool = True
@@ -139,6 +150,9 @@ class UnlearnConfig:
         if not 0 <= self.max_share <= 1:
             raise ConfigError(f"max_share is a fraction of the pool in [0, 1] (0.005 = 0.5 %), "
                               f"got {self.max_share}")
+        if not 0 <= self.max_kept_drift <= 1:
+            raise ConfigError(f"max_kept_drift is a total-variation distance in [0, 1], got "
+                              f"{self.max_kept_drift}")
         if self.d_lr is not None and not self.d_lr > 0:
             raise ConfigError(f"d_lr must be a positive number or None, got {self.d_lr!r}")
         if self.pool_size < 1 or self.item_neighbours < 1 or self.batch_size < 1:
@@ -204,6 +218,23 @@ def flag_class_codes(samples: np.ndarray, classify: Callable[[np.ndarray], np.nd
                      classes: Sequence[int]) -> np.ndarray:
     """Boolean mask of the codes whose sample ``classify`` (→ labels) assigns to ``classes``."""
     return np.isin(np.asarray(classify(samples)), list(classes))
+
+
+def kept_class_mix(labels: np.ndarray, classes: Sequence[int]) -> dict[int, float]:
+    """Each kept class's share of the samples not assigned to ``classes`` (empty if none)."""
+    labels = np.asarray(labels)
+    kept = labels[~np.isin(labels, list(classes))]
+    values, counts = np.unique(kept, return_counts=True)
+    return {int(v): float(c) / len(kept) for v, c in zip(values, counts)}
+
+
+def mix_drift(mix: dict[int, float], reference: dict[int, float]) -> float:
+    """Total-variation distance between two class mixes (0: equal, 1: disjoint; 1 if either
+    is empty)."""
+    if not mix or not reference:
+        return 1.0
+    keys = set(mix) | set(reference)
+    return 0.5 * sum(abs(mix.get(k, 0.0) - reference.get(k, 0.0)) for k in keys)
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -364,17 +395,26 @@ class UnlearnResult:
                 "kept": self.kept, "final": self.history[-1] if self.history else {}}
 
 
+def _pool_codes(arch: GANArch, cfg: UnlearnConfig, key: jax.Array, rounds: int) -> np.ndarray:
+    """The check pool before round ``rounds`` of an attempt: a pure function of (key, rounds)."""
+    return np.asarray(arch.sample_latents(jax.random.fold_in(key, 10**9 + rounds),
+                                          cfg.pool_size))
+
+
 def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key: jax.Array,
-           forget_np: np.ndarray, heldout_x, forget_classes, classify, y_f: float):
-    """The check before round ``rounds``: a fresh pool of codes (a pure function of
-    ``(key, rounds)``), its flags, D's score on the forgotten items and the current y_f."""
-    codes = np.asarray(arch.sample_latents(jax.random.fold_in(key, 10**9 + rounds),
-                                           cfg.pool_size))
+           forget_np: np.ndarray, heldout_x, forget_classes, classify, y_f: float,
+           reference_mix: dict | None = None):
+    """The check before round ``rounds``: a fresh pool of codes, its flags, D's score on the
+    forgotten items, the current y_f and (class requests) the drift of the kept-class mix
+    from ``reference_mix``."""
+    codes = _pool_codes(arch, cfg, key, rounds)
     samples = generate(arch, state.g_params, jnp.asarray(codes))
-    share = None
+    share = drift = None
     if forget_classes is not None:
-        flagged = flag_class_codes(samples, classify, forget_classes)
+        labels = np.asarray(classify(samples))
+        flagged = np.isin(labels, list(forget_classes))
         share = float(flagged.mean())
+        drift = mix_drift(kept_class_mix(labels, forget_classes), reference_mix)
     else:
         flagged = flag_item_codes(samples, forget_np, cfg.item_neighbours)
     score_u = float(np.mean(d_scores(arch, state.d_params, forget_np)))
@@ -383,7 +423,7 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
     elif cfg.track_fake_label and rounds > 0 and cfg.fake_label == "heldout":
         y_f = fake_label("heldout", arch, state.g_params, state.d_params, heldout_x=heldout_x)
     entry = {"round": rounds, "score_u": score_u, "y_f": y_f, "share": share,
-             "flagged": int(flagged.sum())}
+             "kept_drift": drift, "flagged": int(flagged.sum())}
     return entry, codes, samples, flagged
 
 
@@ -451,7 +491,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
       An :class:`UnlearnResult`; ``seconds`` is the wall time of the whole call (fake label,
       flagging, rounds, every attempt; summed over resumed calls), the number compared with
       Retrain. Its (G, D) is the state where the criteria were met; if no attempt met them, for
-      class unlearning the check with the lowest pool share (``kept`` says which), for item
+      class unlearning the check with the lowest pool share among those within
+      ``max_kept_drift`` (``kept`` says which; the last round if there is none), for item
       unlearning the last round.
 
     Raises:
@@ -535,6 +576,10 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     data = (_padded(retain_x), jnp.int32(len(retain_x)), _padded(forget_x),
             jnp.int32(len(forget_x)))
     key = jax.random.key(cfg.seed)
+    reference_mix = None            # the Original's kept-class mix on the first check's pool
+    if forget_classes is not None:
+        g0_samples = generate(arch, g_params, jnp.asarray(_pool_codes(arch, cfg, key, 0)))
+        reference_mix = kept_class_mix(np.asarray(classify(g0_samples)), forget_classes)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -547,15 +592,18 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         # and latents depend on the attempt's own rounds, so attempt k is the cascade alone
         # at weight(k).
         entry, codes, samples, flagged = _check(arch, state, in_attempt, cfg, key, forget_np,
-                                                heldout_x, forget_classes, classify, y_f)
+                                                heldout_x, forget_classes, classify, y_f,
+                                                reference_mix)
         y_f, share, score_u = entry["y_f"], entry["share"], entry["score_u"]
         history.append({**entry, "attempt": attempt})
-        if share is not None and in_attempt > 0 and (best is None or share <= best["share"]):
+        # A class check counts only if G still draws the kept classes in the Original's mix.
+        sound = share is not None and entry["kept_drift"] <= cfg.max_kept_drift
+        if sound and in_attempt > 0 and (best is None or share <= best["share"]):
             best = {"attempt": attempt, "lambda_u": weight(attempt), "round": in_attempt,
                     "share": share}
             best_params = jax.device_get((state.g_params, state.d_params))
         met = (in_attempt > 0 and score_u <= y_f + cfg.tol * gap0
-               and (share is None or share <= cfg.max_share))
+               and (share is None or (sound and share <= cfg.max_share)))
         ended = met or in_attempt >= cfg.max_rounds
         done = met or (ended and attempt + 1 >= cfg.lambda_u_attempts)
         stopped = ("criteria" if met else "max_rounds") if ended else None
