@@ -122,6 +122,25 @@ def assert_every_step_restores(ckpt_dir: Path, template, context: str) -> list[i
     return steps
 
 
+def assert_json_close(a, b, rel: float = 1e-5, where: str = "") -> None:
+    """Two JSON trees equal in structure, strings and ints, floats to ``rel``: the
+    histories of a resumed and an uninterrupted run round alike on most CPUs, but not on
+    every one (an AVX2-only VM, 2026-12-04)."""
+    assert type(a) is type(b), f"{where}: {a!r} vs {b!r}"
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), f"{where}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            assert_json_close(a[k], b[k], rel, f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), f"{where}: {len(a)} vs {len(b)} entries"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_json_close(x, y, rel, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=rel, abs=1e-7), f"{where}: {a} vs {b}"
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
 def assert_params_equal(a, b, atol: float = 1e-6) -> float:
     worst = 0.0
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b),
@@ -286,7 +305,8 @@ def test_gan_training_killed_before_commit_resumes_exactly(digits_splits, tmp_pa
         assert ckpt.all_steps() == [epochs - 1, epochs]
     fresh, _, _ = train_gan(train, cfg)
     assert isinstance(resumed, GANState)
-    assert_params_equal((resumed.g_params, resumed.d_params), (fresh.g_params, fresh.d_params))
+    assert_params_equal((resumed.g_params, resumed.d_params), (fresh.g_params, fresh.d_params),
+                        atol=1e-5)
     assert _debris(directory) == []
 
 
@@ -330,7 +350,7 @@ def test_unlearn_killed_then_rerun_matches_uninterrupted(reference, tmp_path):
     assert_params_equal(params, ref_params, atol=1e-6)
     got = json.loads((out / "results.json").read_text())
     want = json.loads((ref_out / "results.json").read_text())
-    assert _strip_times(got) == _strip_times(want)
+    assert_json_close(_strip_times(got), _strip_times(want))
     assert _debris(out / "checkpoints") == [] and len(_steps_on_disk(out / "checkpoints")) == 1
     assert (_debris(original / "checkpoints"), _steps_on_disk(original / "checkpoints")) == before
 
@@ -363,5 +383,5 @@ def test_gan_unlearn_killed_then_rerun_matches_uninterrupted(tmp_path):
                         (ref_state.g_params, ref_state.d_params), atol=1e-6)
     got = json.loads((out / "results.json").read_text())
     want = json.loads((ref_out / "results.json").read_text())
-    assert _strip_times(got) == _strip_times(want)
+    assert_json_close(_strip_times(got), _strip_times(want))
     assert _debris(out / "checkpoints") == []

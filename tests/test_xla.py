@@ -55,7 +55,7 @@ def test_library_programs_use_them_and_results_match_xla_defaults(monkeypatch):
         sa, ma = plain(sa, batch)
         sb, mb = ours(jax.tree.map(jnp.copy, sb), batch)
     assert abs(float(ma["loss"]) - float(mb["loss"])) < 1e-5
-    assert_trees_close(sa.params, sb.params, atol=1e-5)
+    assert_trees_close(sa.params, sb.params, atol=1e-4)
     # Turned off, the library compiles with XLA's defaults again.
     monkeypatch.setenv("HYPERFORGET_XLA_OPTIONS", "0")
     off = train.jit_step(step).lower(state, batch).compile().as_text()
