@@ -13,6 +13,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# Where the twins and their tensors live: "cpu" (the default), or "cuda" for a GPU comparison
+# (``set_device``; the benchmarks' ``--torch-device``).
+DEVICE = torch.device("cpu")
+
+
+def set_device(name: str) -> torch.device:
+    global DEVICE
+    DEVICE = torch.device(name)
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--torch-device cuda: this torch sees no CUDA device")
+    return DEVICE
+
+
+def to_device(t: torch.Tensor) -> torch.Tensor:
+    return t.to(DEVICE)
+
 
 class TorchMLP(nn.Module):
     """784 → hidden → ... → classes, ReLU (``mlp``: (256, 256); ``gpt_mlp``: (10,))."""
@@ -72,7 +88,7 @@ def load_flax_params(model: nn.Module, params) -> nn.Module:
         for p, m in zip(denses, t_denses):
             m.weight.copy_(torch.from_numpy(np.asarray(p["kernel"]).T.copy()))
             m.bias.copy_(torch.from_numpy(np.array(p["bias"])))
-    return model
+    return model.to(DEVICE)
 
 
 def _layer_order(name: str) -> int:
@@ -84,7 +100,7 @@ def to_torch_images(x: np.ndarray, arch_name: str) -> torch.Tensor:
     x = np.asarray(x, np.float32)
     if arch_name == "cnn":
         x = x.transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(x))
+    return torch.from_numpy(np.ascontiguousarray(x)).to(DEVICE)
 
 
 def make_torch_gradtau(model: nn.Module, total_steps: int, lr: float = 1e-3,
@@ -120,7 +136,7 @@ def make_torch_gradtau(model: nn.Module, total_steps: int, lr: float = 1e-3,
         loss = alpha * gap ** 2 + (1.0 - alpha) * l_r
         # As the library's step: while the ascent term is off its gradient is 0, so only the
         # retain term is back-propagated (the same work in both frameworks).
-        ascent = alpha * float(gap) != 0
+        ascent = alpha * float(gap.detach()) != 0
         (loss if ascent else (1.0 - alpha) * l_r).backward()
         opt_step()
         step.ascent_steps += ascent

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_trees_close
+from conftest import assert_trees_close, devices_or_skip
 
 from hyperforget_jax.errors import ArchitectureError, ConfigError
 from hyperforget_jax.gan.models import make_gan_arch
@@ -106,8 +106,9 @@ def test_dcgan_epoch_compiles_to_canonical_convolutions():
     idx = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
     run = compiled_epoch(arch, 1e-3, 0.5, 8)
     compiled = run.lower(state, x, idx, 0).compile()
-    labels = set(re.findall(r"dim_labels=([^,\s]+)", compiled.as_text()))
-    assert labels == {"b01f_01io->b01f"}, labels
+    if jax.default_backend() == "cpu":   # GPU/TPU keep JAX's own convolutions
+        labels = set(re.findall(r"dim_labels=([^,\s]+)", compiled.as_text()))
+        assert labels == {"b01f_01io->b01f"}, labels
     state, m = compiled(state, x, idx, 0)
     assert bool(np.all(m["finite"])) and int(state.step) == 2
 
@@ -127,7 +128,7 @@ def _steps(n_dev, name="mlp", shape=(8, 8, 1), width=64, batch=16):
 
     ref = two_steps(jax.jit(d_step), jax.jit(g_step), state, x, zd, zg)
 
-    devices = jax.devices()[:n_dev]
+    devices = devices_or_skip(n_dev)
     pd = jax.pmap(make_d_step(arch, tx, "b"), axis_name="b", devices=devices)
     pg = jax.pmap(make_g_step(arch, tx, "b"), axis_name="b", devices=devices)
     ps, pdl, pgl = two_steps(pd, pg, replicate(state, n_dev), *(shard_batch(a, n_dev)
@@ -147,7 +148,6 @@ def _steps(n_dev, name="mlp", shape=(8, 8, 1), width=64, batch=16):
 @pytest.mark.parametrize("n_dev,name,shape,width", [
     (4, "mlp", (8, 8, 1), 64), (2, "dcgan", (28, 28, 1), 8)])
 def test_d_and_g_steps_jit_pmap_sharded_agree(n_dev, name, shape, width):
-    assert jax.device_count() >= 4, "conftest fakes 4 CPU devices"
     ref, pm, sh = _steps(n_dev, name, shape, width, batch=8 if name == "dcgan" else 16)
     for other in (pm, sh):
         assert_trees_close(ref[0], other[0], atol=1e-5)

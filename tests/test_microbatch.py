@@ -16,7 +16,7 @@ from hyperforget_jax import data, microbatch, models, train
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.unlearn import gradtau as G
 
-from conftest import assert_trees_close, toy_model
+from conftest import assert_trees_close, devices_or_skip, toy_model
 
 
 def _cnn(n=20, seed=0):
@@ -134,7 +134,7 @@ class ChunkedCompiledEqualityTest(chex.TestCase):
         arch, params, batch = _cnn(n=16)
         tx = G.make_gradtau_optimizer(10)
         batches = [(batch(), batch(), 1e6 if i % 2 else 0.0, 0.4 - 0.05 * i) for i in range(4)]
-        devices = jax.devices()[:n_dev]
+        devices = devices_or_skip(n_dev)
         fresh = lambda: train.init_state(arch, tx, None, jax.tree.map(jnp.array, params))
 
         def run_jit(chunk):

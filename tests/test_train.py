@@ -8,7 +8,7 @@ import pytest
 
 from hyperforget_jax import data, models, params as P, train
 from hyperforget_jax.errors import ConfigError, NonFiniteError
-from conftest import assert_trees_close
+from conftest import assert_trees_close, devices_or_skip
 
 ARCH = models.make_architecture("gpt_mlp")
 CFG = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=1e-2)
@@ -33,7 +33,7 @@ def test_jit_pmap_sharded_give_same_parameters(mnist_splits, n_dev):
     batches = _batches(mnist_splits.train)
     ref, ref_m = _run_single(batches)
     tx = train.make_optimizer(CFG)
-    devices = jax.devices()[:n_dev]
+    devices = devices_or_skip(n_dev)
     assert len(devices) == n_dev
 
     # pmap: replicated state, batch split across devices, pmean of grads and metrics.
@@ -157,7 +157,7 @@ def test_fit_on_a_mesh_and_streamed_equal_one_device(digits_splits):
     ds = digits_splits.train
     cfg = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=1e-2, seed=4)
     want, hist = train.fit(arch, ds, cfg)
-    mesh = train.data_mesh(jax.devices()[:4])
+    mesh = train.data_mesh(devices_or_skip(4))
     on_mesh, hist_m = train.fit(arch, ds, cfg, mesh=mesh)
     assert on_mesh.params["Dense_0"]["kernel"].sharding.is_fully_replicated
     assert_trees_close(on_mesh.params, want.params, atol=1e-5)
