@@ -92,6 +92,20 @@ def _weights(text: str) -> list[float]:
     return vals
 
 
+def guard_summary(history: list[dict], cfg) -> dict | None:
+    """What the kept-class mix guard did in one class run: its checks, the largest drift of
+    the kept-class mix from the Original's, and the checks over ``cfg.max_kept_drift`` it
+    refused (as a stop or as the check kept at the cap), with those of them whose pool share
+    was at or under ``cfg.max_share``. None for item runs."""
+    checks = [h for h in history if h.get("kept_drift") is not None]
+    if not checks:
+        return None
+    over = [h for h in checks if h["kept_drift"] > cfg.max_kept_drift]
+    return {"checks": len(checks), "max_drift": max(h["kept_drift"] for h in checks),
+            "refused": len(over),
+            "refused_at_share_bound": sum(h["share"] <= cfg.max_share for h in over)}
+
+
 def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[int]]:
     """``--sizes``, ``--retrain-sizes``, ``--fake-labels`` and ``--classes`` as lists, each
     value checked against the data (and ``--seeds``)."""
@@ -277,7 +291,8 @@ def main(argv=None) -> dict:
                              ref)
             record(seed=seed, request=name, method=method, seconds=r.seconds,
                    steps=r.rounds, stopped=r.stopped, y_f=r.y_f, lambda_u=r.lambda_u,
-                   attempts=r.attempts, kept=r.kept, eval=e)
+                   attempts=r.attempts, kept=r.kept, eval=e,
+                   guard=guard_summary(r.history, cfg) if is_class else None)
             log(f"{name} seed {seed} {method} {r.rounds} rounds {r.seconds:.2f} s "
                 f"fid {e['classifier_fid']:.2f} auc {e['d_mia_auc']:.3f} "
                 f"share {e.get('forgotten_share', float('nan')):.4f}")
@@ -305,7 +320,10 @@ def render(res, sizes, labels, classes) -> str:
     ga, jd = res.get("gan_arch", {}), res.get("judge", {"arch": "mlp"})
     gan_desc = (f"`{ga.get('name', res['gan_config']['arch'])}` pair (G {ga.get('g_params', 0):,}"
                 f" / D {ga.get('d_params', 0):,} parameters), {res['config']['epochs']} epochs, "
-                f"Adam {res['gan_config']['lr']:g}")
+                f"Adam {res['gan_config']['lr']:g}"
+                + (f" for D and {res['gan_config']['g_lr']:g} for G"
+                   if res["gan_config"].get("g_lr") not in (None, res["gan_config"]["lr"])
+                   else ""))
     copies = jd.get("augment", 1)
     judge_desc = (f"the `{jd['arch'].rsplit(':', 1)[-1]}` classifier trained {jd.get('epochs', 20)}"
                   " epochs on the full training set"
@@ -416,8 +434,14 @@ def _kept_weights(res, requests) -> str:
             kept = r.get("kept")
             where = ("" if not kept else f" at its round {kept['round']}, pool share "
                      f"{100 * kept['share']:.2f} %, the lowest check")
+            g = r.get("guard")
+            guard = ("" if not g else
+                     f"; kept-class drift ≤ {g['max_drift']:.2f}, " + (
+                         f"{g['refused']} of {g['checks']} checks refused by the guard "
+                         f"({g['refused_at_share_bound']} at or under the share bound)"
+                         if g["refused"] else "no check refused"))
             per_seed.append(f"seed {r['seed']} ({tries} rounds, kept λ_u "
-                            f"{r['lambda_u']:g}{where})")
+                            f"{r['lambda_u']:g}{where}{guard})")
         if per_seed:
             lines.append(f"- {name}: " + "; ".join(per_seed))
     return ("Class recipe, λ_u kept per seed (rounds of each attempt):\n\n" + "\n".join(lines)

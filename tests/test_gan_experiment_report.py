@@ -4,6 +4,8 @@ bad λ_u list, request or recipe is refused before anything runs."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from conftest import load_experiment
@@ -95,6 +97,19 @@ def test_lambda_u_list_parses():
     assert gan.class_variant(4.0) == "unlearn_hard_lu4"
 
 
+def test_guard_summary_counts_the_checks_the_kept_class_mix_guard_refused():
+    gan = load_experiment("gan_unlearning")
+    from hyperforget_jax.gan.unlearn import CLASS_RECIPE
+    cfg = dataclasses.replace(CLASS_RECIPE, max_share=0.005, max_kept_drift=0.25)
+    history = [{"share": 0.09, "kept_drift": 0.0}, {"share": 0.004, "kept_drift": 0.35},
+               {"share": 0.02, "kept_drift": 0.26}, {"share": 0.004, "kept_drift": 0.25},
+               {"share": 0.003, "kept_drift": 0.1}]
+    assert gan.guard_summary(history, cfg) == {
+        "checks": 5, "max_drift": 0.35, "refused": 2, "refused_at_share_bound": 1}
+    # Item runs have no kept-class mix.
+    assert gan.guard_summary([{"share": None, "kept_drift": None}], cfg) is None
+
+
 def test_render_states_the_escalation_and_the_weight_kept_per_seed():
     gan = load_experiment("gan_unlearning")
     res = _res()
@@ -107,9 +122,15 @@ def test_render_states_the_escalation_and_the_weight_kept_per_seed():
                              if escalated else []) + [
                 {"lambda_u": 4.0 if escalated else 1.0, "rounds": 640, "stopped": "criteria"}]
             r["lambda_u"] = r["attempts"][-1]["lambda_u"]
+            r["guard"] = ({"checks": 93, "max_drift": 0.31, "refused": 2,
+                           "refused_at_share_bound": 1} if escalated else
+                          {"checks": 33, "max_drift": 0.124, "refused": 0,
+                           "refused_at_share_bound": 0})
     md = gan.render(res, [], [], [3])
     assert "λ_u 1, 4, 16 (the next weight, from the Original, when an attempt reaches 1,200" in md
-    assert ("- class3: seed 0 (λ_u 1: 640 rounds, kept λ_u 1); "
-            "seed 1 (λ_u 1: 1200 → λ_u 4: 640 rounds, kept λ_u 4)") in md
+    assert ("- class3: seed 0 (λ_u 1: 640 rounds, kept λ_u 1; kept-class drift ≤ 0.12, no "
+            "check refused); seed 1 (λ_u 1: 1200 → λ_u 4: 640 rounds, kept λ_u 4; kept-class "
+            "drift ≤ 0.31, 2 of 93 checks refused by the guard (1 at or under the share "
+            "bound))") in md
     # The fixed-weight variants run without the escalation.
     assert gan.fixed_lambda_u(16.0).lambda_u_attempts == 1

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import load_experiment
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan import unlearn as U
 from hyperforget_jax.gan.models import make_gan_arch
@@ -424,3 +425,10 @@ def test_class_check_with_a_drifted_kept_mix_neither_stops_nor_is_kept(digits_sp
     if strict.kept is not None:                               # capped: a sound check is kept
         at = next(h for h in strict.history if h["round"] == strict.kept["round"])
         assert at["kept_drift"] <= bound
+    # The experiment's record of what the guard did, from this run's own history: the
+    # refused check met the share bound (max_share 1).
+    summary = load_experiment("gan_unlearning").guard_summary(
+        strict.history, dataclasses.replace(cfg, max_kept_drift=bound))
+    assert summary["refused"] >= summary["refused_at_share_bound"] >= 1
+    assert summary["max_drift"] >= drift and summary["checks"] == len(strict.history)
+    assert load_experiment("gan_unlearning").guard_summary(loose.history, cfg)["refused"] == 0
