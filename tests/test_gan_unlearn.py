@@ -427,8 +427,8 @@ def test_class_check_with_a_drifted_kept_mix_neither_stops_nor_is_kept(digits_sp
         assert at["kept_drift"] <= bound
     # The experiment's record of what the guard did, from this run's own history: the
     # refused check met the share bound (max_share 1).
-    summary = load_experiment("gan_unlearning").guard_summary(
-        strict.history, dataclasses.replace(cfg, max_kept_drift=bound))
+    guard_summary = load_experiment("gan_unlearning").guard_summary
+    summary = guard_summary(strict.history, dataclasses.replace(cfg, max_kept_drift=bound))
     assert summary["refused"] >= summary["refused_at_share_bound"] >= 1
     assert summary["max_drift"] >= drift and summary["checks"] == len(strict.history)
-    assert load_experiment("gan_unlearning").guard_summary(loose.history, cfg)["refused"] == 0
+    assert guard_summary(loose.history, cfg)["refused"] == 0
