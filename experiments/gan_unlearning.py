@@ -43,6 +43,7 @@ import time
 import numpy as np
 
 from hyperforget_jax import configflags, data, report
+from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.gan import add_judge_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
@@ -140,7 +141,7 @@ def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="runs/gan_unlearning")
     ap.add_argument("--grids-dir", default=None, help="also copy the sample grids here")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")

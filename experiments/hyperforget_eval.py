@@ -35,6 +35,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyperforget_jax import data, metrics, report, train  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
 from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
 from hyperforget_jax.errors import ConfigError  # noqa: E402
@@ -68,7 +69,7 @@ def parse_originals(text: str) -> list[tuple[str, int, float, int]]:
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/hf_eval")
     p.add_argument("--hypernet", default="pretrained", help="DiHyFo-2 (file, dir, pretrained)")
     p.add_argument("--dihyfo1", default="pretrained:dihyfo1-c3-gpt_mlp-mnist5k",

@@ -48,6 +48,7 @@ import jax
 import numpy as np
 
 from hyperforget_jax import data, report, train, ulira
+from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError, HyperforgetError
 from hyperforget_jax.evaluation import evaluate_unlearning
@@ -56,7 +57,7 @@ from hyperforget_jax.unlearn.gradtau import TAU_MODES, GradTauConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/privacy_gate")
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
     p.add_argument("--data-dir", default=None)

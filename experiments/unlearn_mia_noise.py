@@ -14,19 +14,19 @@ Writes ``results.json`` and ``table.md`` into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import numpy as np
 
 from hyperforget_jax import data, metrics, report, train
+from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import make_architecture
 from hyperforget_jax.unlearn import unlearn
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/unlearn_mia_noise")
     p.add_argument("--classes", type=int, nargs="*", default=[0, 3, 8])
     p.add_argument("--seeds", type=int, default=3)

@@ -13,19 +13,19 @@ Writes ``results.json`` and ``table.md`` into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 
 
 from hyperforget_jax import data, report, train
+from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import make_architecture
 from hyperforget_jax.unlearn import GradTauConfig, unlearn
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/unlearn_speed")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--arch", default=None, help="the model (default: TrainConfig's, the mlp)")

@@ -52,6 +52,7 @@ import jax
 import numpy as np
 
 from hyperforget_jax import data, report, train, ulira
+from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
@@ -69,7 +70,7 @@ COLS = (("retain_acc", "RA %", 100.0), ("forget_acc", "FA %", 100.0),
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/unlearning_table")
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
     p.add_argument("--data-dir", default=None)

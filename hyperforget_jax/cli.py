@@ -21,7 +21,11 @@ from hyperforget_jax.errors import HyperforgetError
 COMMAND_MODULES = ("core", "unlearn", "hyper", "gan")
 
 
-class _Parser(argparse.ArgumentParser):
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` with the CLI's conventions: a usage error is one line on
+    stderr (``<prog>: error: <message> (see --help)``) and exit code 2, and options are never
+    abbreviated. The experiment scripts use it too."""
+
     def __init__(self, *a, **k):
         # No prefix matching: with flags generated from configs, a new field could silently
         # change what an abbreviation means.
@@ -37,7 +41,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="hyperforget", description="Machine unlearning in JAX: train, "
+    parser = ArgumentParser(prog="hyperforget", description="Machine unlearning in JAX: train, "
                      "unlearn (gradtau and baselines), sample unlearned models (HyperForget), "
                      "GAN unlearning, and honest evaluation against Retrain.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -57,3 +57,20 @@ def test_other_experiments_refuse_bad_values_before_writing(script, argv, words,
         exp.main([*argv, "--out", str(tmp_path / "out")])
     assert exc.value.code == 2 and words in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("script", ["build_pretrained", "gan_unlearning", "hyperforget_eval",
+                                    "privacy_gate", "unlearn_mia_noise", "unlearn_speed",
+                                    "unlearning_table"])
+def test_experiment_usage_errors_are_one_line(script, tmp_path, capsys):
+    # argparse used to print its usage block above the error; the CLI's parser prints one line,
+    # and abbreviated options are refused (`--ou` is not taken for `--out`).
+    exp = load_experiment(script)
+    short = "--wor" if script == "build_pretrained" else "--ou"     # of --work / --out
+    for argv in (["--no-such-flag", "1"], [short, str(tmp_path / "out")]):
+        with pytest.raises(SystemExit) as exc:
+            exp.main(argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1, err
+        assert ": error: " in err and err.endswith("(see --help)"), err
+    assert not (tmp_path / "out").exists()
