@@ -62,9 +62,11 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
 
     capsys.readouterr()
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--compare", str(orig),
-                     str(ret), "--samples", "1000", "--json"]) == 0
+                     str(ret), "--samples", "1000", "--json", "--quiet"]) == 0
     ev = json.loads((unl / "gan-evaluate" / "class-3" / "gan_evaluation.json").read_text())
-    assert json.loads(capsys.readouterr().out) == ev  # --json: the same results on stdout
+    out = capsys.readouterr()
+    assert json.loads(out.out) == ev  # --json: the same results on stdout
+    assert out.err == ""              # --quiet: no progress bars
     # The judge: the experiments' recipe by default, trained once by `gan unlearn` (stored in
     # its --out) and reused by `gan evaluate` on that run.
     assert ev["judge"]["config"]["arch"].endswith(":JudgeCNN") and ev["judge"]["augment"] == 10
@@ -91,7 +93,10 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", "500",
                      "--judge", "mlp", "--judge-epochs", "2", "--judge-augment", "1",
                      "--judge-anneal", "0", "--out", str(tmp_path / "ev_mlp"), "--json"]) == 0
-    ev_mlp = json.loads(capsys.readouterr().out)
+    out = capsys.readouterr()
+    ev_mlp = json.loads(out.out)
+    # Without --quiet, the judge's training and the evaluation show progress on stderr.
+    assert "train mlp" in out.err and "evaluate GAN runs" in out.err, out.err
     assert not ev_mlp["judge_reused"] and ev_mlp["judge"]["config"]["arch"] == "mlp"
     assert (tmp_path / "ev_mlp" / "judge").is_dir()
     # Too few samples: one line, exit 2, before a judge is trained (this recipe is stored

@@ -162,7 +162,7 @@ def cmd_unlearn(args) -> int:
         if recipe is not None:
             judge, reused = cached_judge(splits.train, recipe, run.path / "judge",
                                          data_id["data"], search=_judge_dirs(args.judge_from),
-                                         keep_found=True)
+                                         keep_found=True, progress=common.progress(args))
             classify = lambda x: judge_outputs(judge, x)[0].argmax(1)
             judged = {"judge": recipe, "judge_reused": reused}
         results, md = _unlearn_into(run.path, args, arch, state, meta, splits, request,
@@ -228,10 +228,15 @@ def cmd_evaluate(args) -> int:
         # The judge `gan unlearn` stored with an evaluated run is reused when its recipe and
         # data match (training is deterministic: the same judge); else it is trained here.
         judge, reused = cached_judge(splits.train, recipe, run.path / "judge", data_id["data"],
-                                     search=_judge_dirs([*runs, *args.judge_from]))
+                                     search=_judge_dirs([*runs, *args.judge_from]),
+                                     progress=common.progress(args))
         ref = judge_outputs(judge, fsplit.retain.x)[1]    # the FID reference, shared by every run
         rows = {}
-        for name, other in zip(common.unique_labels(runs), [None, *(args.compare or [])]):
+        todo = list(zip(common.unique_labels(runs), [None, *(args.compare or [])]))
+        if common.progress(args):
+            from tqdm.auto import tqdm
+            todo = tqdm(todo, desc="evaluate GAN runs", unit="run")
+        for name, other in todo:
             a, st = (arch, state) if other is None else load_gan_run(other)[:2]
             rows[name] = evaluate_gan(a, st.g_params, st.d_params, judge, splits,
                                       fsplit.forget.x, fsplit.retain.x, request.classes, ev, ref)
@@ -298,6 +303,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--compare", nargs="*", help="other GAN runs (e.g. Original, Retrain)")
     p.add_argument("--samples", type=non_negative_int, default=10_000)
     p.add_argument("--out", help="output directory (default: <run-dir>/gan-evaluate/<request>)")
-    common.add_output_args(p, quiet=False)
+    common.add_output_args(p)
     p.set_defaults(func=cmd_evaluate, _judge=add_judge_flags(p))
     _add_judge_from(p)

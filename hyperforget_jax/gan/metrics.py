@@ -69,7 +69,7 @@ class Judge(NamedTuple):
 
 def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
                 epochs: int = 20, config: TrainConfig | None = None,
-                augment: int = 1, anneal_epochs: int = 0) -> Judge:
+                augment: int = 1, anneal_epochs: int = 0, progress: bool = False) -> Judge:
     """Trains the judge classifier on real images (the full training set, so that it knows
     every class, the forgotten ones included).
 
@@ -83,6 +83,7 @@ def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
         copies of them (:func:`hyperforget_jax.data.augment_affine`); 1 = the images only.
       anneal_epochs: after the recipe, this many more epochs at a tenth of its learning rate
         (same data, fresh AdamW state).
+      progress: a progress bar per training phase (on stderr).
 
     Returns:
       The trained :class:`Judge`.
@@ -94,11 +95,11 @@ def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
     arch = as_model(cfg.arch, train.x.shape[1:], train.num_classes)   # a name or import path
     if augment != 1:
         train = augment_affine(train, augment, seed)
-    state, _ = fit(arch, train, cfg)
+    state, _ = fit(arch, train, cfg, progress=progress)
     if anneal_epochs:
         state, _ = fit(arch, train, dataclasses.replace(cfg, lr=cfg.lr / 10,
                                                         epochs=anneal_epochs),
-                       init_params=state.params)
+                       init_params=state.params, progress=progress)
     return Judge(arch, state.params)
 
 
@@ -111,16 +112,16 @@ def judge_recipe(config: TrainConfig | None = None, augment: int = JUDGE_AUGMENT
             "anneal_epochs": int(anneal_epochs)}
 
 
-def judge_from_recipe(train: Dataset, recipe: dict) -> Judge:
+def judge_from_recipe(train: Dataset, recipe: dict, progress: bool = False) -> Judge:
     """:func:`train_judge` with the arguments ``recipe`` (from :func:`judge_recipe`) records."""
     cfg = TrainConfig(**recipe["config"])
     return train_judge(train, seed=cfg.seed, config=cfg, augment=recipe["augment"],
-                       anneal_epochs=recipe["anneal_epochs"])
+                       anneal_epochs=recipe["anneal_epochs"], progress=progress)
 
 
 def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id: str,
-                 search: Sequence[str | Path] = (), keep_found: bool = False
-                 ) -> tuple[Judge, bool]:
+                 search: Sequence[str | Path] = (), keep_found: bool = False,
+                 progress: bool = False) -> tuple[Judge, bool]:
     """:func:`train_judge` with ``recipe`` (from :func:`judge_recipe`), stored at ``path``.
 
     The judge is read back instead of trained when ``path`` or one of the ``search``
@@ -128,7 +129,8 @@ def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id:
     (e.g. :func:`hyperforget_jax.rundir.data_fingerprint` of the splits). A judge with another
     recipe or other data is ignored, never reused. Training is deterministic, so a stored
     judge equals a freshly trained one. With ``keep_found``, a judge read from ``search`` is
-    also stored at ``path`` (a run that reused a judge then carries it, for its evaluation).
+    also stored at ``path`` (a run that reused a judge then carries it, for its evaluation). With
+    ``progress``, training it shows progress bars.
 
     Returns:
       ``(judge, reused)``.
@@ -155,7 +157,7 @@ def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id:
             if keep_found and where is not path and path is not None and not holds_it(path):
                 checkpoint.save_params(path, params, want)
             return Judge(arch, params), True
-    judge = judge_from_recipe(train, recipe)
+    judge = judge_from_recipe(train, recipe, progress=progress)
     if path is not None:
         checkpoint.save_params(path, judge.params, want)
     return judge, False
