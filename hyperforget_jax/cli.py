@@ -41,9 +41,9 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="hyperforget", description="Machine unlearning in JAX: train, "
-                     "unlearn (gradtau and baselines), sample unlearned models (HyperForget), "
-                     "GAN unlearning, and honest evaluation against Retrain.")
+    parser = ArgumentParser(prog="hyperforget", description=(
+        "Machine unlearning in JAX: train, unlearn (gradtau and baselines), sample unlearned "
+        "models (HyperForget), GAN unlearning, and honest evaluation against Retrain."))
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         mod = f"hyperforget_jax.commands.{name}"
