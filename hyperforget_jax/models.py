@@ -228,7 +228,7 @@ class Architecture:
         if self.input_shape is None:
             raise ConfigError(f"model {self.name!r} needs its input_shape to initialise; pass "
                               "hf.as_model(module, input_shape=(H, W, C))")
-        variables = self.module.init(key, jnp.zeros((1, *self.input_shape), jnp.float32))
+        variables = self.program("init", self._compiled_init)(key)
         extra = sorted(set(variables) - {"params"})
         if extra:
             raise ArchitectureError(
@@ -237,6 +237,27 @@ class Architecture:
                 "model (GroupNorm/LayerNorm instead of BatchNorm) or pass an apply_fn that "
                 "closes over the other collections")
         return variables["params"]
+
+    def _compiled_init(self) -> Callable[[jax.Array], dict]:
+        # One compiled program per model. Run op by op, ``Module.init`` compiles every
+        # initialiser once per parameter shape (0.5-1 s apiece on XLA:CPU); compiled whole, the
+        # forward pass it traces is dropped and the same bits come out (tests/test_models_params.py).
+        # A user's module whose init cannot be traced runs op by op. Plain jax.jit: XLA drops
+        # the forward pass (only the random draws are left), and it may run nested (eval_shape).
+        module, shape = self.module, (1, *self.input_shape)
+        compiled = jax.jit(lambda key: module.init(key, jnp.zeros(shape, jnp.float32)))
+        traceable = [True]
+
+        def init(key):
+            if traceable[0]:
+                try:
+                    return compiled(key)
+                except (jax.errors.ConcretizationTypeError,
+                        jax.errors.TracerArrayConversionError,
+                        jax.errors.TracerIntegerConversionError):
+                    traceable[0] = False
+            return module.init(key, jnp.zeros(shape, jnp.float32))
+        return init
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
         if self.apply_fn is not None:

@@ -81,3 +81,41 @@ def test_all_finite_and_stacking():
     s = P.stack_trees([p, p, p])
     assert s["b"].shape == (3, 2, 2)
     np.testing.assert_array_equal(P.tree_index(s, 1)["a"], p["a"])
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_init_is_one_compiled_program_with_the_module_init_bits(name):
+    """``Architecture.init`` compiles Flax's init whole (one program per model, not one per
+    initialiser and parameter shape) and draws exactly the parameters ``Module.init`` draws op
+    by op."""
+    arch = models.make_architecture(name, (8, 8, 1))
+    key = jax.random.key(7)
+    want = arch.module.init(key, jnp.zeros((1, 8, 8, 1)))["params"]
+    got = arch.init(key)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert a.dtype == b.dtype and np.array_equal(np.asarray(a), np.asarray(b))
+    before = arch.program("init", lambda: None)
+    assert callable(before)
+    arch.init(jax.random.key(8))
+    assert arch.program("init", lambda: None) is before  # built once, kept by the model
+
+
+def test_init_of_a_module_that_needs_concrete_inputs_runs_op_by_op():
+    """A user's module whose init reads its input's values (Python control flow) cannot be
+    traced; ``init`` then runs it op by op, as Flax does, instead of failing."""
+    import flax.linen as nn
+
+    class Branchy(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            if float(jnp.sum(x)) == 0.0:  # concrete values only
+                x = x + 0.0
+            return nn.Dense(10)(x.reshape((x.shape[0], -1)))
+
+    arch = models.as_model(Branchy(), input_shape=(4, 4, 1))
+    key = jax.random.key(1)
+    got = arch.init(key)
+    want = Branchy().init(key, jnp.zeros((1, 4, 4, 1)))["params"]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
+    assert arch.init(key)["Dense_0"]["kernel"].shape == (16, 10)

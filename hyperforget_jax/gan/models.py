@@ -144,6 +144,12 @@ class GANArch:
         return MLPDiscriminator(self.image_shape)
 
     def init(self, key: jax.Array) -> tuple[Params, Params]:
+        # Compiled whole, once per architecture: op by op, every initialiser compiles per
+        # parameter shape (0.5-1 s apiece on XLA:CPU). The same bits (tests/test_gan_models.py).
+        # Plain jax.jit: it may run nested (param_shapes' eval_shape).
+        return self.program("init", lambda: jax.jit(self._init))(key)
+
+    def _init(self, key: jax.Array) -> tuple[Params, Params]:
         kg, kd = jax.random.split(key)
         g = self.generator.init(kg, jnp.zeros((1, self.latent_dim)))["params"]
         d = self.discriminator.init(kd, jnp.zeros((1, *self.image_shape)))["params"]
