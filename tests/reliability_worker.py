@@ -4,8 +4,8 @@ Runs one job and, on request, SIGKILLs *itself* at an exact point inside Orbax, 
 outside can only hit by luck:
 
     python tests/reliability_worker.py [FAULT] cli -- train --run-dir R --dataset digits ...
-    python tests/reliability_worker.py [FAULT] gan DIR EPOCHS
-    python tests/reliability_worker.py [FAULT] corpus DIR
+    python tests/reliability_worker.py [FAULT] [--data NPZ] gan DIR EPOCHS
+    python tests/reliability_worker.py [FAULT] [--data NPZ] corpus DIR
     python tests/reliability_worker.py overwrite DIR
 
 FAULT (at most one):
@@ -16,6 +16,10 @@ FAULT (at most one):
                              retention into .trash/);
   --kill-mid-shard-write     (corpus) die after the first array of a shard is written to its
                              temporary directory.
+
+``gan`` and ``corpus`` train on sklearn's digits split as ``data.make_splits(data.load_digits())``
+(the tests' ``digits_splits``), or on the same arrays read from ``--data`` (written by
+:func:`save_splits`), which spares the victim the ~2 s import of scikit-learn.
 
 ``overwrite`` saves step 1, then saves step 1 again and dies after the old copy was moved aside
 and before the new one is committed (the replace window of ``Checkpointer.save``).
@@ -71,12 +75,38 @@ def install_faults(before_commit: int | str | None, mid_prune: int | None) -> No
         shutil.rmtree = killing_rmtree
 
 
-def run_gan(directory: str, epochs: int) -> None:
+SPLITS = ("train", "val", "test")
+
+
+def save_splits(splits, path) -> None:
+    """Writes the arrays of ``splits`` (a ``data.Splits``) for ``--data``."""
+    import numpy as np
+
+    arrays = {}
+    for name, ds in zip(SPLITS, splits):
+        arrays.update({f"{name}_x": ds.x, f"{name}_y": ds.y,
+                       f"{name}_meta": np.asarray([ds.name, str(ds.num_classes)])})
+    np.savez(path, **arrays)
+
+
+def load_splits(path: str | None):
+    """``--data``'s splits, bit for bit those saved; without it, sklearn's digits split."""
     from hyperforget_jax import data
+
+    if path is None:
+        return data.make_splits(data.load_digits())
+    import numpy as np
+
+    with np.load(path) as f:
+        return data.Splits(*(data.Dataset(f[f"{n}_x"], f[f"{n}_y"], int(f[f"{n}_meta"][1]),
+                                          str(f[f"{n}_meta"][0])) for n in SPLITS))
+
+
+def run_gan(directory: str, epochs: int, data_file: str | None = None) -> None:
     from hyperforget_jax.checkpoint import Checkpointer
     from hyperforget_jax.gan.train import train_gan
 
-    splits = data.make_splits(data.load_digits())
+    splits = load_splits(data_file)
     with Checkpointer(directory, max_to_keep=2) as ckpt:
         train_gan(splits.train, gan_config(epochs), checkpointer=ckpt, save_every=1)
 
@@ -88,15 +118,20 @@ def gan_config(epochs: int):
 
 
 def corpus_config():
+    """Two one-seed shards (one per fleet) of three single-class requests. Every seed gets
+    the same recipe (one learning rate, one epoch), and the self-distillation runs 4 steps
+    (1,258 training digits in batches of 256) with a checkpoint after each: every run
+    between two checkpoints has one length, so a shard compiles one distillation program,
+    not one per length."""
     from hyperforget_jax.hyperforget.corpus import CorpusConfig
 
-    return CorpusConfig(num_seeds=2, fleet_size=1, test_fraction=0.5, epochs_range=(1, 1),
-                        forget_classes=(0, 1, 2), class_pairs=0, unlearn_epochs=1,
-                        checkpoints=4)
+    return CorpusConfig(num_seeds=2, fleet_size=1, test_fraction=0.5, lr_range=(2e-3, 2e-3),
+                        epochs_range=(1, 1), forget_classes=(0, 1, 2), class_pairs=0,
+                        unlearn_epochs=1, unlearn_batch_size=256, checkpoints=4)
 
 
-def run_corpus(directory: str, kill_mid_shard_write: bool = False) -> None:
-    from hyperforget_jax import data
+def run_corpus(directory: str, kill_mid_shard_write: bool = False,
+               data_file: str | None = None) -> None:
     from hyperforget_jax.hyperforget.corpus import build_corpus
 
     if kill_mid_shard_write:
@@ -112,7 +147,7 @@ def run_corpus(directory: str, kill_mid_shard_write: bool = False) -> None:
 
         np.save = save_then_die
 
-    splits = data.make_splits(data.load_digits())
+    splits = load_splits(data_file)
     build_corpus(directory, corpus_config(), splits, "digits", progress=False)
 
 
@@ -140,6 +175,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--kill-mid-prune", type=int)
     p.add_argument("--kill-mid-shard-write", action="store_true",
                    help="corpus: die after the first array file of a shard is written")
+    p.add_argument("--data", help="gan / corpus: the splits, an .npz written by save_splits")
     p.add_argument("job", choices=("cli", "gan", "corpus", "overwrite"))
     p.add_argument("rest", nargs=argparse.REMAINDER)
     a = p.parse_args(argv)
@@ -150,10 +186,10 @@ def main(argv: list[str]) -> int:
 
         return cli.main(rest)
     if a.job == "gan":
-        run_gan(rest[0], int(rest[1]))
+        run_gan(rest[0], int(rest[1]), a.data)
         return 0
     if a.job == "corpus":
-        run_corpus(rest[0], a.kill_mid_shard_write)
+        run_corpus(rest[0], a.kill_mid_shard_write, a.data)
         return 0
     run_overwrite(rest[0])
     return 0

@@ -17,9 +17,13 @@ from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError
 from hyperforget_jax.hyperforget import corpus as C
 
+# 1258 training images in unlearning batches of 512: 2 steps an epoch, 4 in all, so the 4
+# checkpoints are steps 1..4 and every stretch between two of them is one step long (one
+# compiled program per build instead of one per stretch length).
 CFG = C.CorpusConfig(num_seeds=2, first_seed=7, fleet_size=1, test_fraction=0.5,
                      epochs_range=(2, 3), lr_range=(1e-3, 3e-3), unlearn_epochs=2,
-                     checkpoints=4, forget_classes=(4, 5), class_pairs=1)
+                     checkpoints=4, forget_classes=(4, 5), class_pairs=1,
+                     unlearn_batch_size=512)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +46,8 @@ def test_format_and_index(built):
     # Per seed: 3 requests × 4 checkpoints (geometric in the step, the last at the end).
     assert len(corpus) == 2 * 3 * 4 and stats["checkpoints"] == len(corpus) + 2
     steps = sorted(set(corpus.rows[:, 2].tolist()))
-    per_epoch = len(data.batch_indices(0, 0, 1257, 128))
+    per_epoch = len(data.batch_indices(0, 0, sum(index["class_counts"]["train"]),
+                                       CFG.unlearn_batch_size))
     assert len(steps) == 4 and steps[-1] == 2 * per_epoch and steps[0] == 1
     assert len(corpus.trajectories("train")) == 3 and len(corpus.trajectories("test")) == 3
     for o, _, rows in corpus.trajectories("train"):

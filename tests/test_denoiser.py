@@ -8,7 +8,7 @@ import pytest
 
 from conftest import assert_trees_close, devices_or_skip
 from hyperforget_jax import params as P_
-from hyperforget_jax import train
+from hyperforget_jax import train, xla
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import diffusion as D
@@ -16,10 +16,13 @@ from hyperforget_jax.models import make_architecture
 
 ARCH = make_architecture("gpt_mlp")
 SPANS = tuple(P_.param_spans(ARCH.param_shapes()))
+# The digits-sized G.pt MLP (64→10→10: 760 values, the same 10 hidden units and 110-value
+# output layer as the MNIST one): the same code paths, a fraction of the run time.
+DIGITS = make_architecture("gpt_mlp", (8, 8, 1), 10)
 SMALL = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, tokens="units")
 
 
-def _model(num_classes=10, config=SMALL, arch=ARCH):
+def _model(num_classes=10, config=SMALL, arch=DIGITS):
     return DN.GptDenoiser(tuple(P_.param_spans(arch.param_shapes())), (2, 3), config.tokens,
                           num_scalars=4, target_scalars=(1, 3), num_classes=num_classes,
                           config=config)
@@ -28,13 +31,13 @@ def _model(num_classes=10, config=SMALL, arch=ARCH):
 @jax.jit
 def _prepare(key, start, target, scalars, classes):
     return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes,
-                            ARCH.param_shapes(), p_uncond=0.5)
+                            DIGITS.param_shapes(), p_uncond=0.5)
 
 
 def _batch(key, permute=True, b=8):
     k1, k2, k3, k4 = jax.random.split(key, 4)
-    start = jax.random.normal(k1, (b, ARCH.param_count)) * 0.5
-    target = start + 0.1 * jax.random.normal(k2, (b, ARCH.param_count))
+    start = jax.random.normal(k1, (b, DIGITS.param_count)) * 0.5
+    target = start + 0.1 * jax.random.normal(k2, (b, DIGITS.param_count))
     scalars = jax.random.uniform(k3, (b, 4)) * 5
     classes = jax.nn.one_hot(jax.random.randint(k4, (b,), 0, 10), 10)
     if permute:
@@ -42,18 +45,17 @@ def _batch(key, permute=True, b=8):
     return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes)
 
 
-def _init(model, key):
-    """``DN.init_params`` under one jit: eagerly, its hundreds of ops cost ~8 s on CPU."""
-    return jax.jit(lambda k: DN.init_params(model, k))(key)
+# ``DN.init_params`` under one jit: eagerly, its hundreds of ops cost ~8 s on CPU. The program
+# DN.init_hyper_state compiles (hypernetwork training, tests/test_dihyfo.py): one per model.
+_init = xla.jit(DN.init_params, static_argnums=0)
 
 
-@jax.jit
 def _perturbed(params):
-    """Zero-initialised decoders output nothing: random weights everywhere instead."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(2), len(leaves))
-    return jax.tree.unflatten(tree, [a + 0.05 * jax.random.normal(k, a.shape)
-                                     for a, k in zip(leaves, keys)])
+    """Zero-initialised decoders output nothing: random weights everywhere instead. Drawn on
+    the host: one jitted draw per leaf costs ~20 s of compilation."""
+    rng = np.random.default_rng(2)
+    return jax.tree.map(lambda a: np.asarray(a) + (0.05 * rng.standard_normal(a.shape)
+                                                   ).astype(np.float32), params)
 
 
 def test_token_layouts_and_parameter_count():
@@ -68,7 +70,7 @@ def test_token_layouts_and_parameter_count():
     chunks = DN.token_layout(SPANS, [2, 3], "chunks")             # G.pt: 11 + 2 tokens
     assert [g.start.shape if g.start is not None else g.change.shape
             for g in chunks.groups] == [(11, 1000), (2, 100)] and chunks.head is None
-    model = _model(config=DN.DenoiserConfig(tokens="units"))
+    model = _model(config=DN.DenoiserConfig(tokens="units"), arch=ARCH)
     shapes = jax.eval_shape(lambda k: DN.init_params(model, k), jax.random.key(0))
     d, e = 128, 65
     block = 2 * 2 * d + 4 * (d * d + d) + (d * 4 * d + 4 * d) + (4 * d * d + d)
@@ -93,8 +95,9 @@ def test_unit_tokens_are_permutation_equivariant():
     x = b["target"][:, -110:]
     apply = jax.jit(model.apply)
     out = apply({"params": params}, x, b["start"], b["t"], b["scalars"], b["classes"])
-    idx = DN.permutation_index(jax.random.key(7), ARCH.param_shapes())
-    cidx = idx[7850:] - 7850                     # the output layer's part of the permutation
+    idx = DN.permutation_index(jax.random.key(7), DIGITS.param_shapes())
+    head = DIGITS.param_count - 110              # the output layer: the last 110 values
+    cidx = idx[head:] - head                     # the output layer's part of the permutation
     assert not np.array_equal(cidx, np.arange(110))
     perm = apply({"params": params}, x[:, cidx], b["start"][:, idx], b["t"], b["scalars"],
                  b["classes"])
@@ -127,14 +130,14 @@ def test_untrained_model_predicts_no_change_and_drop_only_touches_targets():
     assert 0 < int(np.sum(b["drop"])) < 8          # p_uncond = 0.5 in _prepare
 
 
-def test_permuted_network_computes_the_same_function(mnist_splits):
-    params = ARCH.init(jax.random.key(3))
-    x = jnp.asarray(mnist_splits.test.x[:64])
-    idx = DN.permutation_index(jax.random.key(4), ARCH.param_shapes())
+def test_permuted_network_computes_the_same_function(digits_splits):
+    params = DIGITS.init(jax.random.key(3))
+    x = jnp.asarray(digits_splits.test.x[:64])
+    idx = DN.permutation_index(jax.random.key(4), DIGITS.param_shapes())
     flat = P_.flatten(params)
     permuted = P_.unflatten(flat[idx], params)
     assert not np.allclose(P_.flatten(permuted), flat)
-    np.testing.assert_allclose(ARCH.apply(permuted, x), ARCH.apply(params, x), atol=1e-5)
+    np.testing.assert_allclose(DIGITS.apply(permuted, x), DIGITS.apply(params, x), atol=1e-5)
     # The same permutation applied to θ₀ and target: their difference is permuted alike.
     b = _batch(jax.random.key(5))
     b0 = _batch(jax.random.key(5), permute=False)
@@ -150,9 +153,8 @@ def test_train_step_jit_and_pmap_agree():
     moments. (The sharded-mesh path, ``train.sharded_step``, runs the plain jit step: it is
     covered by the foundation's train tests; compiling it here too would cost ~20 s.)"""
     n_dev = len(devices_or_skip(4))
-    # The digits-sized G.pt MLP (64→10→10, 760 values, 8 tokens of ≤ 128): same code path,
-    # a fraction of the compile and run time of the MNIST one.
-    arch = make_architecture("gpt_mlp", (8, 8, 1), 10)
+    # The digits-sized G.pt MLP in chunks of ≤ 128 (8 start and 2 change tokens).
+    arch = DIGITS
     model = _model(config=DN.DenoiserConfig(num_layers=1, width=32, num_heads=2,
                                             max_chunk=128, tokens="chunks"), arch=arch)
     cfg = DN.HyperTrainConfig(steps=10)

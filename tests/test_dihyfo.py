@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hyperforget_jax import cli
+from hyperforget_jax import cli, xla
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
 from hyperforget_jax.hyperforget import corpus as C
@@ -20,9 +20,11 @@ from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget import dihyfo as H
 from hyperforget_jax.models import make_architecture
 
+# 1258 training images in unlearning batches of 256: 4 steps, so the 4 checkpoints are steps
+# 1..4 and every stretch between two of them is one step long (one compiled program).
 CORPUS = C.CorpusConfig(num_seeds=3, first_seed=0, fleet_size=3, test_fraction=0.34,
                         epochs_range=(2, 2), unlearn_epochs=1, checkpoints=4,
-                        forget_classes=(4, 5), class_pairs=1)
+                        forget_classes=(4, 5), class_pairs=1, unlearn_batch_size=256)
 TINY = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, tokens="units")
 TRAIN = DN.HyperTrainConfig(steps=6, batch_size=8)
 
@@ -106,7 +108,9 @@ def test_guidance_zero_is_the_unguided_sampler(setup, digits_splits):
 
 def test_untrained_hypernetwork_samples_theta0(setup, digits_splits):
     _, corpus, net2, _, start = setup
-    net0 = H.Hypernet(net2.spec, DN.init_params(net2.spec.model(), jax.random.key(1)))
+    # Freshly initialised parameters, drawn by the program train_hypernet initialises with.
+    init = xla.jit(DN.init_params, static_argnums=0)
+    net0 = H.Hypernet(net2.spec, init(net2.spec.model(), jax.random.key(1)))
     prompt = H.make_prompt(net0, start, digits_splits.train, (5,))
     for method in ("ddim", "ddpm"):
         out = H.sample(jax.random.key(3), net0, start, prompt, num_steps=4, method=method)
@@ -141,7 +145,8 @@ def test_requests_it_was_not_trained_for_raise(setup, digits_splits):
         H.sample(jax.random.key(0), net2, start, bad)
     with pytest.raises(ForgetRequestError, match="retain target"):
         H.sample(jax.random.key(0), net2, start, good._replace(retain_target=jnp.nan))
-    wrong = make_architecture("mlp", (8, 8, 1), 10).init(jax.random.key(0))
+    wrong = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),       # an mlp's params tree
+                         make_architecture("mlp", (8, 8, 1), 10).param_shapes())
     with pytest.raises(ArchitectureError, match="trained on gpt_mlp"):
         H.sample(jax.random.key(0), net2, wrong, good)
     with pytest.raises(ConfigError):
@@ -225,8 +230,11 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
            "dihyfo2", "--forget-class", "5", "--steps", "1"], "takes no --forget-class")
     assert not (tmp_path / "t").exists()
     # A finished hypertrain run rerun with the same flags is a no-op: the file is not rewritten.
-    tiny = ["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"), "--steps", "2",
-            "--layers", "1", "--width", "16", "--heads", "2", "--quiet"]
+    # The fixture's denoiser and training config: the programs compiled for it serve here.
+    tiny = ["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"),
+            "--steps", str(TRAIN.steps), "--batch-size", str(TRAIN.batch_size),
+            "--layers", str(TINY.num_layers), "--width", str(TINY.width),
+            "--heads", str(TINY.num_heads), "--quiet"]
     assert cli.main(tiny) == 0
     first = (tmp_path / "t" / "hypernet.npz").read_bytes()
     capsys.readouterr()

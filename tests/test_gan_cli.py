@@ -8,11 +8,36 @@ import pytest
 
 from hyperforget_jax import cli
 from hyperforget_jax.commands.gan import load_gan_run
+from hyperforget_jax.gan.metrics import judge_recipe
+
+# A judge that trains in a second (an MLP, one epoch, no copies, no annealing): the commands'
+# storing and reuse of the judge do not depend on its recipe. The default recipe (JudgeCNN on
+# the images and 9 affine copies: half a minute on digits, minutes on MNIST-5k) is checked as
+# the commands parse it (test_gan_cli_judge_defaults_to_the_experiments_recipe).
+CHEAP_JUDGE = ["--judge", "mlp", "--judge-epochs", "1", "--judge-augment", "1",
+               "--judge-anneal", "0"]
 
 
-def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
+def test_gan_cli_judge_defaults_to_the_experiments_recipe():
+    """`gan unlearn` and `gan evaluate` take the experiments' judge recipe (JudgeCNN on the
+    images and 9 affine copies, then annealed) unless told otherwise: the same recipe, so the
+    judge that `gan unlearn` stores is the one `gan evaluate` of its run reuses."""
+    parser = cli.build_parser()
+    for argv in (["gan", "unlearn", "--run-dir", "r", "--forget-class", "3"],
+                 ["gan", "evaluate", "--run-dir", "r"]):
+        args = parser.parse_args(argv)
+        recipe = args._judge(args)
+        assert recipe == judge_recipe(), recipe
+        assert recipe["config"]["arch"].endswith(":JudgeCNN") and recipe["augment"] == 10
+        assert recipe["anneal_epochs"] == 2
+
+
+def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     orig, ret, unl = tmp_path / "orig", tmp_path / "retrain", tmp_path / "unl"
     base = ["--dataset", "digits"]
+    # As many generated samples as real training images: the downstream classifier's compiled
+    # epoch is then the judge's (same model, shapes and batch).
+    samples = str(len(digits_splits.train))
     assert cli.main(["gan", "train", *base, "--epochs", "2", "--run-dir", str(orig),
                      "--quiet"]) == 0
     assert cli.main(["gan", "train", *base, "--epochs", "2", "--forget-class", "3",
@@ -22,7 +47,8 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
     assert meta["role"] == "retrain" and meta["request"]["classes"] == [3]
 
     argv = ["gan", "unlearn", *base, "--run-dir", str(orig), "--out", str(unl),
-            "--forget-class", "3", "--check-every", "5", "--max-rounds", "10", "--quiet"]
+            "--forget-class", "3", "--check-every", "5", "--max-rounds", "10", "--quiet",
+            *CHEAP_JUDGE]
     # Never into the run it reads, nor over another run, nor resuming another recipe.
     capsys.readouterr()
     for bad, words in (([*argv[:7], str(orig), *argv[8:]], "reads from"),
@@ -62,14 +88,15 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
 
     capsys.readouterr()
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--compare", str(orig),
-                     str(ret), "--samples", "1000", "--json", "--quiet"]) == 0
+                     str(ret), "--samples", samples, "--json", "--quiet", *CHEAP_JUDGE]) == 0
     ev = json.loads((unl / "gan-evaluate" / "class-3" / "gan_evaluation.json").read_text())
     out = capsys.readouterr()
     assert json.loads(out.out) == ev  # --json: the same results on stdout
     assert out.err == ""              # --quiet: no progress bars
-    # The judge: the experiments' recipe by default, trained once by `gan unlearn` (stored in
-    # its --out) and reused by `gan evaluate` on that run.
-    assert ev["judge"]["config"]["arch"].endswith(":JudgeCNN") and ev["judge"]["augment"] == 10
+    # The judge: trained once by `gan unlearn` (stored in its --out) and reused by `gan
+    # evaluate` on that run, for the same recipe (by default the experiments', the same for
+    # both commands: test_gan_cli_judge_defaults_to_the_experiments_recipe).
+    assert ev["judge"] == res["judge"] and ev["judge"]["config"]["arch"] == "mlp"
     assert ev["judge_reused"] and (unl / "judge").is_dir()
     assert not (unl / "gan-evaluate" / "class-3" / "judge").exists()
     ev = ev["eval"]
@@ -80,17 +107,20 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
         assert np.isclose(sum(row["class_shares"]), 1.0)
 
     # --judge-from: another request reuses the judge stored by the first.
-    assert res["judge"]["config"]["arch"].endswith(":JudgeCNN") and not res["judge_reused"]
+    judge = res["judge"]
+    assert (judge["config"]["arch"], judge["config"]["epochs"], judge["augment"],
+            judge["anneal_epochs"]) == ("mlp", 1, 1, 0) and not res["judge_reused"]
     assert cli.main(["gan", "unlearn", *base, "--run-dir", str(orig), "--out",
                      str(tmp_path / "unl5"), "--forget-class", "5", "--check-every", "5",
-                     "--max-rounds", "5", "--judge-from", str(unl), "--quiet"]) == 0
+                     "--max-rounds", "5", "--judge-from", str(unl), "--quiet",
+                     *CHEAP_JUDGE]) == 0
     assert json.loads((tmp_path / "unl5" / "results.json").read_text())["judge_reused"]
     # ... and keeps a copy in its own --out, where `gan evaluate` of that run finds it.
     from hyperforget_jax.checkpoint import load_params_meta
     assert load_params_meta(tmp_path / "unl5" / "judge") == load_params_meta(unl / "judge")
     # Another judge recipe is not the stored one: trained anew, stored with the evaluation.
     capsys.readouterr()
-    assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", "500",
+    assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", samples,
                      "--judge", "mlp", "--judge-epochs", "2", "--judge-augment", "1",
                      "--judge-anneal", "0", "--out", str(tmp_path / "ev_mlp"), "--json"]) == 0
     out = capsys.readouterr()
@@ -103,7 +133,7 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys):
     # nowhere yet) or anything is written.
     capsys.readouterr()
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", "1",
-                     "--judge", "mlp", "--judge-epochs", "1", "--judge-augment", "1",
+                     "--judge", "mlp", "--judge-epochs", "3", "--judge-augment", "1",
                      "--judge-anneal", "0", "--out", str(tmp_path / "ev1")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "at least 2 generated samples" in err, err

@@ -11,8 +11,27 @@ from hyperforget_jax.errors import ArchitectureError, ConfigError
 from hyperforget_jax.gan.models import make_gan_arch
 from hyperforget_jax.gan.train import (GANConfig, init_gan_state, make_d_step, make_g_step,
                                        make_optimizer, sample, train_gan)
-from hyperforget_jax.train import data_mesh, put_sharded, replicate, shard_batch, unreplicate
+from hyperforget_jax.train import data_mesh, put_sharded, shard_batch
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+
+def _host_params(arch, seed=0):
+    """(G, D) parameters of ``arch`` drawn with NumPy at the scales of Flax's initialisers
+    (LeCun-normal kernels, zero biases, unit norm scales). For the tests of the steps, which
+    need a well-scaled state, not Flax's draws: compiled, ``arch.init`` of a DCGAN costs as much
+    as its training epoch on XLA:CPU (it is tested in test_shapes_and_param_counts)."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']"):
+            return jnp.asarray(np.ones(s.shape, s.dtype))
+        if name.endswith("['bias']"):
+            return jnp.asarray(np.zeros(s.shape, s.dtype))
+        fan_in = int(np.prod(s.shape[:-1]))
+        return jnp.asarray((rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(s.dtype))
+
+    return tuple(jax.tree_util.tree_map_with_path(draw, t) for t in arch.param_shapes())
 
 
 @pytest.mark.parametrize("name,shape,counts", [
@@ -25,6 +44,9 @@ def test_shapes_and_param_counts(name, shape, counts):
     arch = make_gan_arch(name, shape)
     assert arch.param_counts() == counts
     g, d = arch.init(jax.random.key(0))
+    if shape == (28, 28, 1):  # init is compiled whole: exactly what Flax draws op by op
+        for a, b in zip(jax.tree.leaves((g, d)), jax.tree.leaves(arch._init(jax.random.key(0)))):
+            assert np.array_equal(np.asarray(a), np.asarray(b))
     z = arch.sample_latents(jax.random.key(1), 3)
     x = jax.jit(arch.generate)(g, z)
     assert x.shape == (3, *shape) and float(x.min()) >= 0 and float(x.max()) <= 1
@@ -95,13 +117,14 @@ def test_compiled_programs_are_owned_by_the_arch_value():
 def test_dcgan_epoch_compiles_to_canonical_convolutions():
     """The scanned training epoch of the default GAN on 28×28 images: only canonical
     convolutions (hyperforget_jax.layers), which XLA:CPU runs with its library kernels inside
-    the loop (docs/gan.md; benchmarks/README.md §1)."""
+    the loop (docs/gan.md; benchmarks/README.md §1). Width 16 has the default's layout: only
+    D's first layer (one input channel) is not a convolution."""
     import re
 
     from hyperforget_jax.gan.train import compiled_epoch
 
-    arch = make_gan_arch("dcgan", (28, 28, 1), width=8)
-    state = init_gan_state(arch, make_optimizer(), jax.random.key(0))
+    arch = make_gan_arch("dcgan", (28, 28, 1), width=16)
+    state = init_gan_state(arch, make_optimizer(), jax.random.key(0), *_host_params(arch))
     x = jnp.zeros((16, 28, 28, 1))
     idx = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
     run = compiled_epoch(arch, 1e-3, 0.5, 8)
@@ -113,50 +136,56 @@ def test_dcgan_epoch_compiles_to_canonical_convolutions():
     assert bool(np.all(m["finite"])) and int(state.step) == 2
 
 
+def _iteration(arch, tx, axis_name=None):
+    """One training iteration, a D step then a G step, as ``compiled_epoch`` scans them."""
+    d_step, g_step = make_d_step(arch, tx, axis_name), make_g_step(arch, tx, axis_name)
+
+    def one(s, x, zd, zg):
+        s, md = d_step(s, x, zd)
+        s, mg = g_step(s, zg)
+        return s, md["d_loss"], mg["g_loss"]
+
+    return one
+
+
 def _steps(n_dev, name="mlp", shape=(8, 8, 1), width=64, batch=16):
     arch = make_gan_arch(name, shape, width=width)
     tx = make_optimizer()
-    state = init_gan_state(arch, tx, jax.random.key(0))
-    x = jax.random.uniform(jax.random.key(1), (batch, *shape))
-    zd, zg = (arch.sample_latents(jax.random.key(k), batch) for k in (2, 3))
-    d_step, g_step = make_d_step(arch, tx), make_g_step(arch, tx)
+    state = init_gan_state(arch, tx, jax.random.key(0), *_host_params(arch))
+    rng = np.random.default_rng(1)
+    x = rng.random((batch, *shape), np.float32)
+    zd, zg = (rng.standard_normal((batch, arch.latent_dim)).astype(np.float32) for _ in range(2))
 
-    def two_steps(d_fn, g_fn, s, x, zd, zg):
-        s, md = d_fn(s, x, zd)
-        s, mg = g_fn(s, zg)
-        return s, md["d_loss"], mg["g_loss"]
-
-    ref = two_steps(jax.jit(d_step), jax.jit(g_step), state, x, zd, zg)
+    ref = jax.jit(_iteration(arch, tx))(state, x, zd, zg)
 
     devices = devices_or_skip(n_dev)
-    pd = jax.pmap(make_d_step(arch, tx, "b"), axis_name="b", devices=devices)
-    pg = jax.pmap(make_g_step(arch, tx, "b"), axis_name="b", devices=devices)
-    ps, pdl, pgl = two_steps(pd, pg, replicate(state, n_dev), *(shard_batch(a, n_dev)
-                                                                 for a in (x, zd, zg)))
-    pm = (unreplicate(ps), pdl[0], pgl[0])
+    pmapped = jax.pmap(_iteration(arch, tx, "b"), axis_name="b", devices=devices)
+    replicated = jax.tree.map(lambda a: np.broadcast_to(np.asarray(a), (n_dev, *np.shape(a))),
+                              state)
+    ps, pdl, pgl = pmapped(replicated, *(shard_batch(a, n_dev) for a in (x, zd, zg)))
+    pm = jax.tree.map(lambda a: np.asarray(a)[0], (ps, pdl, pgl))      # device 0's copy
 
     mesh = data_mesh(devices)
     repl, dat = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    sd = jax.jit(d_step, in_shardings=(repl, dat, dat), out_shardings=(repl, repl))
-    sg = jax.jit(g_step, in_shardings=(repl, dat), out_shardings=(repl, repl))
-    sh = two_steps(sd, sg, jax.device_put(state, repl), *(put_sharded(a, mesh)
-                                                          for a in (x, zd, zg)))
-    return ref, pm, sh
+    sharded = jax.jit(_iteration(arch, tx), in_shardings=(repl, dat, dat, dat),
+                      out_shardings=(repl, repl, repl))
+    sh = sharded(jax.device_put(state, repl), *(put_sharded(a, mesh) for a in (x, zd, zg)))
+    return state, ref, pm, sh
 
 
-# One case per family (6 compilations each); the 32×32×3 shapes are covered above.
+# One case per family (3 compilations each: the D and G steps of one iteration, single-device,
+# pmap and sharded); the 32×32×3 shapes are covered above. Width 16: the default DCGAN's
+# layout (test_dcgan_epoch_compiles_to_canonical_convolutions).
 @pytest.mark.parametrize("n_dev,name,shape,width", [
-    (4, "mlp", (8, 8, 1), 64), (2, "dcgan", (28, 28, 1), 8)])
+    (4, "mlp", (8, 8, 1), 64), (2, "dcgan", (28, 28, 1), 16)])
 def test_d_and_g_steps_jit_pmap_sharded_agree(n_dev, name, shape, width):
-    ref, pm, sh = _steps(n_dev, name, shape, width, batch=8 if name == "dcgan" else 16)
+    s0, ref, pm, sh = _steps(n_dev, name, shape, width, batch=8 if name == "dcgan" else 16)
     for other in (pm, sh):
         assert_trees_close(ref[0], other[0], atol=1e-5)
         np.testing.assert_allclose(ref[1], other[1], atol=1e-5)
         np.testing.assert_allclose(ref[2], other[2], atol=1e-5)
     assert int(ref[0].step) == 1
     # Both players moved.
-    s0 = init_gan_state(make_gan_arch(name, shape, width=width), make_optimizer(),
-                        jax.random.key(0))
     for a, b in ((ref[0].g_params, s0.g_params), (ref[0].d_params, s0.d_params)):
         assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
@@ -164,7 +193,8 @@ def test_d_and_g_steps_jit_pmap_sharded_agree(n_dev, name, shape, width):
 def test_train_resume_and_samples(tmp_path, digits_splits):
     from hyperforget_jax.checkpoint import Checkpointer
 
-    train = digits_splits.train.subset(np.arange(256))
+    # The images and recipe of test_gan_unlearn.py's GAN: one compiled epoch for both.
+    train = digits_splits.train.subset(np.arange(512))
     cfg = GANConfig(epochs=2, seed=3)
     full, hist, arch = train_gan(train, cfg)
     assert len(hist) == 2 and np.isfinite(hist[-1]["d_loss"])
@@ -174,5 +204,5 @@ def test_train_resume_and_samples(tmp_path, digits_splits):
         resumed, _, _ = train_gan(train, cfg, checkpointer=ck, save_every=1)
         assert ck.latest_step() == 2
     assert_trees_close(full.g_params, resumed.g_params, atol=1e-6)
-    x = sample(arch, full.g_params, 5, seed=0)
-    assert x.shape == (5, 8, 8, 1)
+    x = sample(arch, full.g_params, 64, seed=0)
+    assert x.shape == (64, 8, 8, 1)

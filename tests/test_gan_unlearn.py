@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import load_experiment
+from hyperforget_jax import xla
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan import unlearn as U
 from hyperforget_jax.gan.models import make_gan_arch
@@ -226,11 +227,19 @@ def test_class_recipe_escalates_to_16():
     assert U.ITEM_RECIPE.lambda_u_attempts == 1
 
 
+# The round tests below use the recipe, batch and shapes of the data-level cascade above
+# (UnlearnConfig defaults: G at 5e-4, D at 2e-3, λ_s 0.1, batch 64; retained and forgotten
+# images padded as unlearn_gan pads them; a 256-code bank), and compile a round as the library
+# compiles its chunks (xla.jit): λ_u 4 with data-level substitutes is one program for all three
+# tests, and the 10-round chunk is the cascade's.
+_LR, _D_LR, _LAMBDA_S, _BATCH = 5e-4, 2e-3, 0.1, 64
+
+
 def _round_inputs(arch, x, key_seed=3, count=5):
     """A round's arguments: data streams, a substitution bank with ``count`` entries, y_f."""
     rng = np.random.default_rng(key_seed)
-    data = (jnp.asarray(x[16:256]), jnp.int32(240), jnp.asarray(x[:16]), jnp.int32(16))
-    pool = 32
+    data = (U._padded(x[16:512]), jnp.int32(496), U._padded(x[:16]), jnp.int32(16))
+    pool = 256
     bank = U.SubstitutionBank(jnp.asarray(rng.normal(size=(pool, arch.latent_dim)), jnp.float32),
                               jnp.asarray(rng.random((pool, *arch.image_shape)), jnp.float32),
                               jnp.int32(count))
@@ -242,32 +251,37 @@ def test_round_losses_equal_separate_forward_passes(digits_splits, tiny_gan, sub
     """The round pushes its streams through D and G as single concatenated batches; its losses
     equal the cascade's formulas computed with one forward pass per stream (and the data-level
     term BCE(D(x_sub), 1) is there exactly when substitutes count as real)."""
-    import optax
-
-    from hyperforget_jax.gan.train import bce_with_logits, init_gan_state
+    from hyperforget_jax.gan.train import bce_with_logits, init_gan_state, make_optimizer
 
     gan, arch = tiny_gan
-    lam_u, lam_s, bs = 4.0, 0.5, 8
-    tx = optax.adam(1e-3)
-    fn = jax.jit(U.make_round(arch, tx, lam_u, lam_s, sub_real_weight, bs))
+    lam_u, lam_s, bs = 4.0, _LAMBDA_S, _BATCH
+    tx = make_optimizer(_LR)
+    fn = xla.jit(U.make_round(arch, tx, lam_u, lam_s, sub_real_weight, bs, make_optimizer(_D_LR)))
     data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
     state = init_gan_state(arch, tx, jax.random.key(0), gan.g_params, gan.d_params)
     new, m = fn(state, data, bank, y_f, key)
 
-    # The same draws as the round (its documented key split), one forward pass per stream.
-    kr, ku, kd, kg, ks = jax.random.split(key, 5)
-    xr = data[0][jax.random.randint(kr, (bs,), 0, 240)]
-    xu = data[2][jax.random.randint(ku, (bs,), 0, 16)]
-    zd, zg = arch.sample_latents(kd, bs), arch.sample_latents(kg, bs)
-    si = jax.random.randint(ks, (bs,), 0, 5)
-    zs, xs = bank.codes[si], bank.targets[si]
-    D, G = arch.discriminate, arch.generate
-    d0, g0 = gan.d_params, gan.g_params
-    want_d = (bce_with_logits(D(d0, xr), 1.0) + bce_with_logits(D(d0, G(g0, zd)), 0.0)
-              + lam_u * bce_with_logits(D(d0, xu), y_f)
-              + sub_real_weight * bce_with_logits(D(d0, xs), 1.0))
-    sub = jnp.mean((G(g0, zs) - xs) ** 2)
-    want_g = bce_with_logits(D(new.d_params, G(g0, zg)), 1.0) + lam_s * sub
+    # The same draws as the round (its documented key split), one forward pass per stream
+    # (one compiled program for both cases, the weight an argument, instead of an XLA
+    # compilation per operation and shape).
+    @jax.jit
+    def formulas(d0, g0, d1, w_sub):
+        kr, ku, kd, kg, ks = jax.random.split(key, 5)
+        xr = data[0][jax.random.randint(kr, (bs,), 0, data[1])]
+        xu = data[2][jax.random.randint(ku, (bs,), 0, data[3])]
+        zd, zg = arch.sample_latents(kd, bs), arch.sample_latents(kg, bs)
+        si = jax.random.randint(ks, (bs,), 0, 5)
+        zs, xs = bank.codes[si], bank.targets[si]
+        D, G = arch.discriminate, arch.generate
+        want_d = (bce_with_logits(D(d0, xr), 1.0) + bce_with_logits(D(d0, G(g0, zd)), 0.0)
+                  + lam_u * bce_with_logits(D(d0, xu), y_f)
+                  + w_sub * bce_with_logits(D(d0, xs), 1.0))
+        sub = jnp.mean((G(g0, zs) - xs) ** 2)
+        want_g = bce_with_logits(D(d1, G(g0, zg)), 1.0) + lam_s * sub
+        return want_d, sub, want_g
+
+    want_d, sub, want_g = formulas(gan.d_params, gan.g_params, new.d_params,
+                                   jnp.float32(sub_real_weight))
     np.testing.assert_allclose(float(m["d_loss"]), float(want_d), rtol=2e-5)
     np.testing.assert_allclose(float(m["sub_loss"]), float(sub), rtol=2e-5)
     np.testing.assert_allclose(float(m["g_loss"]), float(want_g), rtol=2e-5)
@@ -279,16 +293,16 @@ def test_d_lr_sets_the_discriminator_learning_rate_only(digits_splits, tiny_gan)
     from hyperforget_jax.gan.train import init_gan_state, make_optimizer
 
     gan, arch = tiny_gan
-    slow, fast = make_optimizer(1e-4), make_optimizer(3e-3)
+    slow, fast = make_optimizer(_LR), make_optimizer(_D_LR)
     data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
     outs = []
     for tx_g, tx_d in ((slow, fast), (fast, fast)):
-        fn = jax.jit(U.make_round(arch, tx_g, 1.0, 0.1, 0.0, 8, tx_d))
+        fn = xla.jit(U.make_round(arch, tx_g, 4.0, _LAMBDA_S, 1.0, _BATCH, tx_d))
         state = init_gan_state(arch, tx_g, jax.random.key(0), gan.g_params, gan.d_params)
         outs.append(fn(state, data, bank, y_f, key)[0])
     for a, b in zip(jax.tree.leaves(outs[0].d_params), jax.tree.leaves(outs[1].d_params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in
+    diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
                zip(jax.tree.leaves(outs[0].g_params), jax.tree.leaves(outs[1].g_params)))
     assert diff > 1e-4
 
@@ -301,29 +315,36 @@ def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan
 
     gan, arch = tiny_gan
     data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
-    # (lr, d_lr, beta1, lambda_s, sub_real_weight, batch_size, rounds per call): no λ_u.
-    cfg_key = (1e-3, 2e-3, 0.5, 0.1, 0.0, 8, 3)
+    # (lr, d_lr, beta1, lambda_s, sub_real_weight, batch_size, rounds per call): no λ_u. The
+    # data-level cascade's chunk (test_short_cascade_lowers_d_score_on_forgotten_items).
+    n = 10
+    cfg_key = (_LR, _D_LR, 0.5, _LAMBDA_S, 1.0, _BATCH, n)
     run = U._compiled_rounds(arch, cfg_key)
     assert U._compiled_rounds(arch, cfg_key) is run
-    tx, tx_d = make_optimizer(1e-3, 0.5), make_optimizer(2e-3, 0.5)
+    tx, tx_d = make_optimizer(_LR, 0.5), make_optimizer(_D_LR, 0.5)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)      # the program donates its state
     fresh = lambda: init_gan_state(arch, tx, jax.random.key(0), copy(gan.g_params),
                                    copy(gan.d_params))
-    finals = []
+    finals, programs = [], []
     for lam_u in (0.25, 4.0, 16.0):
-        fixed = jax.jit(U.make_round(arch, tx, lam_u, 0.1, 0.0, 8, tx_d))
+        # With the chunk's compiler options (xla.jit): under plain jax.jit XLA:CPU picks other
+        # dot kernels at batch 64, which round differently whatever λ_u is.
+        fixed = xla.jit(U.make_round(arch, tx, lam_u, _LAMBDA_S, 1.0, _BATCH, tx_d))
         want = fresh()
-        for _ in range(3):
+        for _ in range(n):
             want, _ = fixed(want, data, bank, y_f, jax.random.fold_in(key, want.step))
         got, m = run(fresh(), data, bank, y_f, jnp.float32(lam_u), key)
-        assert m["d_loss"].shape == (3,) and int(got.step) == 3
+        programs.append(run._cache_size())
+        assert m["d_loss"].shape == (n,) and int(got.step) == n
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
             if jax.default_backend() == "cpu":
                 np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
             else:                                       # other backends may fuse differently
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
         finals.append(np.concatenate([np.ravel(a) for a in jax.tree.leaves(got.d_params)]))
-    assert run._cache_size() == 1                       # three weights, one compilation
+    # Three weights, one compilation: the weights after the first add no program (the cascade
+    # tests that share this chunk may have compiled it before, for their own arguments).
+    assert programs[0] == programs[1] == programs[2] >= 1
     assert not np.array_equal(finals[0], finals[2])     # and the weight does reach D
 
 
