@@ -80,18 +80,22 @@ def test_originals_and_trajectories_are_exact(built, digits_splits):
         return jnp.mean(optax.softmax_cross_entropy(arch.apply({**p0, "Dense_1": h}, xb),
                                                     jax.nn.softmax(tb)))
 
+    tx = optax.adamw(CFG.unlearn_lr, weight_decay=CFG.weight_decay)
+
+    @jax.jit        # one program (op by op, the gradient and update compile dozens)
+    def plain_step(head, opt, xb, tb):
+        u, opt = tx.update(jax.grad(loss)(head, xb, tb), opt, head)
+        return optax.apply_updates(head, u), opt
+
     def plain_loop(zero):
         head = dict(p0["Dense_1"])
         col0 = head["kernel"][:, 4]
-        tx = optax.adamw(CFG.unlearn_lr, weight_decay=CFG.weight_decay)
         opt = tx.init(head)
         want = {}
         total = CFG.unlearn_epochs * len(data.batch_indices(0, 0, n, CFG.unlearn_batch_size))
         for e in range(CFG.unlearn_epochs):
             for b in data.batch_indices(7 + 7919, e, n, CFG.unlearn_batch_size):
-                g = jax.grad(loss)(head, x[b], teacher[b])
-                u, opt = tx.update(g, opt, head)
-                head = optax.apply_updates(head, u)
+                head, opt = plain_step(head, opt, x[b], teacher[b])
                 t = len(want) + 1
                 if zero:    # not distilled: shrinks evenly in log-step, 0 at the last step
                     shrink = 1.0 - np.log1p(t) / np.log1p(total)

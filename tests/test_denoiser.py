@@ -1,6 +1,8 @@
 """G.pt denoiser: token layout, zero-initialised output = no change, the guidance dropout,
 permutation augmentation, and one training step with identical numbers under jit and pmap."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -28,20 +30,19 @@ def _model(num_classes=10, config=SMALL, arch=DIGITS):
                           config=config)
 
 
-@jax.jit
-def _prepare(key, start, target, scalars, classes):
-    return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes,
-                            DIGITS.param_shapes(), p_uncond=0.5)
-
-
+@functools.partial(jax.jit, static_argnames=("permute", "b"))
 def _batch(key, permute=True, b=8):
+    """A random training batch from ``DN.prepare_batch``: permuted, with the guidance dropout at
+    p_uncond = 0.5, or neither. One compiled program per kind (op by op, its random draws
+    compile one small program each)."""
     k1, k2, k3, k4 = jax.random.split(key, 4)
     start = jax.random.normal(k1, (b, DIGITS.param_count)) * 0.5
     target = start + 0.1 * jax.random.normal(k2, (b, DIGITS.param_count))
     scalars = jax.random.uniform(k3, (b, 4)) * 5
     classes = jax.nn.one_hot(jax.random.randint(k4, (b,), 0, 10), 10)
     if permute:
-        return _prepare(key, start, target, scalars, classes)
+        return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes,
+                                DIGITS.param_shapes(), p_uncond=0.5)
     return DN.prepare_batch(key, D.make_schedule(), start, target, scalars, classes)
 
 
@@ -127,7 +128,7 @@ def test_untrained_model_predicts_no_change_and_drop_only_touches_targets():
     drop2 = apply({"params": params}, x, b["start"], b["t"], other, b["classes"],
                   jnp.ones(8, bool))
     np.testing.assert_allclose(drop2, drop, atol=1e-6)
-    assert 0 < int(np.sum(b["drop"])) < 8          # p_uncond = 0.5 in _prepare
+    assert 0 < int(np.sum(b["drop"])) < 8          # p_uncond = 0.5 in _batch
 
 
 def test_permuted_network_computes_the_same_function(digits_splits):
@@ -160,7 +161,23 @@ def test_train_step_jit_and_pmap_agree():
     cfg = DN.HyperTrainConfig(steps=10)
     tx = DN.make_hyper_optimizer(cfg)
     sched = D.make_schedule()
-    state0 = DN.init_hyper_state(model, tx, jax.random.key(0))
+    # The state DN.init_hyper_state makes, built on the host (compiling the initialiser of
+    # this model costs ~10 s): random weights, LayerNorm scales 1, the decoders zero as
+    # init_params leaves them, the EMA a copy, Adam's moments and counts zero (tx.init).
+    rng = np.random.default_rng(0)
+
+    def leaf(path, s):
+        name = jax.tree_util.keystr(path)
+        if "decoder" in name:
+            return np.zeros(s.shape, s.dtype)
+        if name.endswith("['scale']"):
+            return np.ones(s.shape, s.dtype)
+        return (0.02 * rng.standard_normal(s.shape)).astype(s.dtype)
+
+    params = jax.tree_util.tree_map_with_path(leaf, DN.param_shapes(model))
+    state0 = DN.HyperTrainState(
+        np.zeros((), np.int32), params, jax.tree.map(np.copy, params),
+        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params)))
     # Batches built in numpy (what prepare_batch would draw; no eager JAX dispatch). Two
     # steps: the warm-up schedule's lr is 0 at step 0, so step 1 is the first that moves.
     rng, P = np.random.default_rng(0), arch.param_count

@@ -3,6 +3,8 @@ whole batch's to float rounding, in the ∇τ objective, its step under jit / pm
 test_gradtau.py::test_step_vmaps_over_a_fleet), and the runner; "auto" chunks by the size of
 the saved activations; accelerators keep whole batches."""
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,23 @@ def _cnn(n=20, seed=0):
     return toy_model(n, seed, "cnn")
 
 
+# The toy cnn's per-example cross-entropy, and the programs several tests (and
+# parametrisations) run, jitted once here with the batches, τ and the hint as arguments: each is
+# traced and compiled once per chunk size, not once per test.
+_CE = train.per_example_ce(models.make_architecture("cnn", (8, 8, 1)).apply)
+
+
+@functools.partial(jax.jit, static_argnames="chunk")
+def _mean_value_and_grad(params, batch, chunk):
+    return microbatch.mean_value_and_grad(_CE, params, batch, chunk)
+
+
+@functools.partial(jax.jit, static_argnames="chunk")
+def _objective(params, fb, rb, tau, hint, chunk):
+    """The ∇τ objective at α = 0.3 (``hint`` None: no ascent hint)."""
+    return G.gradtau_objective(_CE, params, fb, rb, tau, 0.3, chunk=chunk, ascent_hint=hint)
+
+
 def _rel(a, b):
     a, b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(a)]), \
         np.concatenate([np.ravel(x) for x in jax.tree.leaves(b)])
@@ -32,12 +51,9 @@ def _rel(a, b):
 @pytest.mark.parametrize("chunk", [4, 6, 16])   # 6 and 16 leave a remainder chunk
 def test_chunked_gradient_equals_the_whole_batch(chunk):
     arch, params, batch = _cnn()
-    loss_fn = train.per_example_ce(arch.apply)
     b = batch()
-    want_l, want_g = jax.jit(lambda p: microbatch.mean_value_and_grad(loss_fn, p, b, None))(
-        params)
-    got_l, got_g = jax.jit(lambda p: microbatch.mean_value_and_grad(loss_fn, p, b, chunk))(
-        params)
+    want_l, want_g = _mean_value_and_grad(params, b, chunk=None)
+    got_l, got_g = _mean_value_and_grad(params, b, chunk=chunk)
     np.testing.assert_allclose(got_l, want_l, rtol=1e-6)
     assert _rel(got_g, want_g) < 1e-5
     chex.assert_trees_all_equal_shapes_and_dtypes(got_g, params)
@@ -90,12 +106,10 @@ def test_int_chunk_needs_a_batch_axis():
 @pytest.mark.parametrize("tau", [1e6, 0.0], ids=["ascent-on", "ascent-off"])
 def test_objective_in_chunks_equals_whole_batches(tau):
     arch, params, batch = _cnn()
-    loss_fn = train.per_example_ce(arch.apply)
     fb, rb = batch(), batch()
-    # τ is traced (as in the runner), so both parametrisations share each compiled program.
-    run = lambda chunk: jax.jit(lambda p, t: G.gradtau_objective(loss_fn, p, fb, rb, t, 0.3,
-                                                                 chunk=chunk))(params, tau)
-    (l0, g0, a0), (l1, g1, a1) = run(None), run(6)
+    # τ is traced (as in the runner): both parametrisations run the same two programs.
+    (l0, g0, a0), (l1, g1, a1) = (_objective(params, fb, rb, tau, None, chunk=c)
+                                  for c in (None, 6))
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
     assert _rel(g1, g0) < 1e-5
     assert bool(a1["ascent"]) == bool(a0["ascent"]) == (tau > 1)
@@ -107,14 +121,11 @@ def test_objective_in_chunks_equals_whole_batches(tau):
 def test_ascent_hint_changes_nothing_but_time(tau, hint):
     """Right or wrong, the hint gives the exact objective to float rounding."""
     arch, params, batch = _cnn()
-    loss_fn = train.per_example_ce(arch.apply)
     fb, rb = batch(), batch()
-    # τ and the hint are traced: one whole-batch program (test_objective_in_chunks_...'s too)
-    # and one chunked program for every parametrisation.
-    (l0, g0, a0) = jax.jit(lambda p, t: G.gradtau_objective(loss_fn, p, fb, rb, t, 0.3))(
-        params, tau)
-    (l1, g1, a1) = jax.jit(lambda p, t, h: G.gradtau_objective(
-        loss_fn, p, fb, rb, t, 0.3, chunk=8, ascent_hint=h))(params, tau, hint)
+    # τ and the hint are traced: the whole-batch program is test_objective_in_chunks_...'s, and
+    # every parametrisation runs the same chunked one.
+    (l0, g0, a0) = _objective(params, fb, rb, tau, None, chunk=None)
+    (l1, g1, a1) = _objective(params, fb, rb, tau, hint, chunk=8)
     np.testing.assert_allclose(l1, l0, rtol=1e-6)
     assert _rel(g1, g0) < 1e-5
     assert bool(a1["ascent"]) == bool(a0["ascent"]) == (tau > 1)

@@ -384,8 +384,10 @@ def test_gan_unlearn_killed_then_rerun_matches_uninterrupted(tmp_path):
     """``hyperforget gan unlearn`` SIGKILLed just before its
     checkpoint commits and at a random point after, then rerun: equals the uninterrupted run."""
     gan_run = tmp_path / "gan"
-    assert cli.main(["gan", "train", "--dataset", "digits", "--gan-arch", "mlp", "--epochs",
-                     "1", "--run-dir", str(gan_run), "--quiet"]) == 0
+    # Latent 16: the GAN of the training test above (reliability_worker.gan_config), so its
+    # programs are compiled once for both tests.
+    assert cli.main(["gan", "train", "--dataset", "digits", "--gan-arch", "mlp", "--latent-dim",
+                     "16", "--epochs", "1", "--run-dir", str(gan_run), "--quiet"]) == 0
     argv = lambda out: ["gan", "unlearn", "--run-dir", str(gan_run), "--out", str(out),
                         "--dataset", "digits", "--forget-indices",
                         ",".join(str(i) for i in range(16)), "--max-rounds", "3", "--quiet"]

@@ -105,7 +105,8 @@ def test_one_split_per_seed(setup, method, digits_splits):
                                   data.ForgetRequest(fraction=fraction, seed=s))
               for s in SEEDS]
     assert len(splits[0].forget) == len(class_split.forget)
-    cfg = CONFIGS[method][0]
+    # ∇τ: one run of 2 forget-epochs (runs of 2 + 1 chained: test_sweep_members_...).
+    cfg = GradTauConfig(epochs=2) if method == "gradtau" else CONFIGS[method][0]
     results = unlearn_sweep(method, arch, stacked, splits, val, seeds=SEEDS, configs=[cfg])
     assert results[0].info["group_size"] == 2
     for si, (seed, sp) in enumerate(zip(SEEDS, splits)):
@@ -120,9 +121,12 @@ def test_one_split_per_seed(setup, method, digits_splits):
 @pytest.mark.parametrize("method", ["gradtau", "retrain", "scrub"])
 def test_map_vectorisation_equals_vmap(setup, method):
     # vectorize="map": members one after another inside one program (the CPU-friendly choice).
-    # Every config, so the vmapped sweep is test_sweep_members_equal_one_by_one_runs' program.
+    # Every config, so the vmapped sweep is test_sweep_members_equal_one_by_one_runs' program
+    # (for ∇τ one run of 2 forget-epochs: the first of that test's runs of 2 + 1).
     arch, stacked, split, val = setup
     cfgs = CONFIGS[method]
+    if method == "gradtau":
+        cfgs = [dataclasses.replace(c, epochs=2) for c in cfgs]
     a = unlearn_sweep(method, arch, stacked, split, val, SEEDS, cfgs, vectorize="map")
     b = unlearn_sweep(method, arch, stacked, split, val, SEEDS, cfgs)
     for x, y in zip(a, b):
