@@ -49,7 +49,8 @@ from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
 from hyperforget_jax.gan.models import GAN_ARCHS
 from hyperforget_jax.gan.train import GANConfig, sample, save_grid, timed_train_gan
-from hyperforget_jax.gan.unlearn import CLASS_RECIPE, FAKE_LABELS, ITEM_RECIPE, unlearn_gan
+from hyperforget_jax.gan.unlearn import (CLASS_RECIPE, FAKE_LABELS, ITEM_RECIPE, kept_mix_sound,
+                                         unlearn_gan)
 from hyperforget_jax.metrics import format_mean_std
 
 
@@ -101,7 +102,7 @@ def guard_summary(history: list[dict], cfg) -> dict | None:
     checks = [h for h in history if h.get("kept_drift") is not None]
     if not checks:
         return None
-    over = [h for h in checks if h["kept_drift"] > cfg.max_kept_drift]
+    over = [h for h in checks if not kept_mix_sound(h, cfg)]
     return {"checks": len(checks), "max_drift": max(h["kept_drift"] for h in checks),
             "refused": len(over),
             "refused_at_share_bound": sum(h["share"] <= cfg.max_share for h in over)}

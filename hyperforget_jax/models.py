@@ -182,6 +182,16 @@ class Architecture:
         return self.flax_module is None and self.apply_fn is None and self.name in _FACTORIES
 
     @property
+    def label(self) -> str:
+        """A short display name for progress bars: ``Name`` for an import path
+        ``"pkg.module:Name"``, else ``name``.
+
+        >>> Architecture("hyperforget_jax.gan.metrics:JudgeCNN").label
+        'JudgeCNN'
+        """
+        return self.name.rpartition(":")[2] if is_import_path(self.name) else self.name
+
+    @property
     def module(self) -> nn.Module | None:
         """The Flax module (a registered model's, or the user's); None for a bare apply_fn."""
         if self.flax_module is not None:

@@ -163,7 +163,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     epochs = range(start, cfg.epochs)
     if progress:
         from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=f"train {model.name}", initial=start, total=cfg.epochs)
+        epochs = tqdm(epochs, desc=f"train {model.label}", initial=start, total=cfg.epochs)
     for epoch in epochs:
         idx = batch_indices(cfg.seed, epoch, len(train), batch_size)
         first = int(state.step)
@@ -227,7 +227,7 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
     epochs = range(base.epochs)
     if progress:
         from tqdm.auto import tqdm
-        epochs = tqdm(epochs, desc=f"fleet of {len(seeds)} {model.name}")
+        epochs = tqdm(epochs, desc=f"fleet of {len(seeds)} {model.label}")
     for epoch in epochs:
         idx = np.stack([batch_indices(s, epoch, n, batch_size) for s in seeds])
         if subsets is not None:

@@ -36,7 +36,8 @@ def test_train_retrain_evaluate_roundtrip(trained, capsys):
     re = json.loads((trained / "re" / "results.json").read_text())
     assert re["eval"]["forget_acc"] == 0.0  # Retrain never saw class 2
     code, out, err = run(["evaluate", "--run-dir", str(trained / "orig"), "--forget-class", "2",
-                          "--retrain-dir", str(trained / "re"), "--dataset", "digits"], capsys)
+                          "--retrain-dir", str(trained / "re"), "--dataset", "digits",
+                          "--quiet"], capsys)
     assert code == 0, err
     ev = json.loads((trained / "orig" / "evaluate" / "class-2" / "evaluation.json").read_text())
     assert ev["eval"]["orig"]["forget_acc"] > 0.5 and ev["avg_gap"] > 10
@@ -111,3 +112,23 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for name in ("train", "retrain", "evaluate", "demo"):
         assert name in out
+
+
+def test_every_command_takes_quiet_and_json():
+    """A script can pass ``--quiet`` and ``--json`` to any command, with or without progress
+    output."""
+    import argparse
+
+    def leaves(p, path=()):
+        subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield path, p
+        for a in subs:
+            for name, sp in a.choices.items():
+                yield from leaves(sp, path + (name,))
+
+    commands = dict(leaves(cli.build_parser()))
+    assert {("evaluate",), ("sample",), ("gan", "evaluate"), ("unlearn",)} <= set(commands)
+    for path, p in commands.items():
+        flags = {o for a in p._actions for o in a.option_strings}
+        assert {"--quiet", "--json"} <= flags, path

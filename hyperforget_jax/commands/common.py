@@ -66,12 +66,15 @@ def add_request_args(p: argparse.ArgumentParser, required: bool = True) -> None:
 
 
 def add_output_args(p: argparse.ArgumentParser, quiet: bool = True) -> None:
-    """``--json`` (machine-readable stdout) and, for commands with progress bars, ``--quiet``."""
+    """``--json`` (machine-readable stdout) and ``--quiet``. Every command takes ``--quiet``, so
+    a script can pass it to all of them; ``quiet=False`` marks a command without progress
+    output, where it changes nothing."""
     p.add_argument("--json", action="store_true",
                    help="print the results as one JSON object on stdout instead of the "
                         "markdown report (progress and errors stay on stderr)")
-    if quiet:
-        p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress output" if quiet else
+                        "accepted for scripts; this command prints no progress")
 
 
 def add_train_args(p: argparse.ArgumentParser, title: str = "training recipe",

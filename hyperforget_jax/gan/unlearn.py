@@ -237,6 +237,13 @@ def mix_drift(mix: dict[int, float], reference: dict[int, float]) -> float:
     return 0.5 * sum(abs(mix.get(k, 0.0) - reference.get(k, 0.0)) for k in keys)
 
 
+def kept_mix_sound(check: dict, cfg: UnlearnConfig) -> bool:
+    """Whether a class check counts (as a stop, or as the check kept at the cap): the judge's
+    mix of the kept classes in its pool (``check["kept_drift"]``, from :func:`mix_drift`) is
+    within ``cfg.max_kept_drift`` of the Original's. Item checks (no share) never do."""
+    return check.get("share") is not None and check["kept_drift"] <= cfg.max_kept_drift
+
+
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a.reshape(len(a), -1).astype(np.float32)
     b = b.reshape(len(b), -1).astype(np.float32)
@@ -596,8 +603,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                                                 reference_mix)
         y_f, share, score_u = entry["y_f"], entry["share"], entry["score_u"]
         history.append({**entry, "attempt": attempt})
-        # A class check counts only if G still draws the kept classes in the Original's mix.
-        sound = share is not None and entry["kept_drift"] <= cfg.max_kept_drift
+        sound = kept_mix_sound(entry, cfg)
         if sound and in_attempt > 0 and (best is None or share <= best["share"]):
             best = {"attempt": attempt, "lambda_u": weight(attempt), "round": in_attempt,
                     "share": share}
