@@ -19,6 +19,7 @@ import importlib
 import re
 from typing import Any, Callable, Sequence
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -272,7 +273,15 @@ class Architecture:
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
         if self.apply_fn is not None:
             return self.apply_fn(params, x)
-        return self.module.apply({"params": params}, x)
+        try:
+            return self.module.apply({"params": params}, x)
+        except flax.errors.InvalidRngError as e:
+            # Init gets a key for every stream; the methods' forward passes get none.
+            raise ArchitectureError(
+                f"model {self.name!r} draws random numbers in its forward pass ({e.args[0]}), "
+                "but the methods here call it as apply(params, x) without PRNG keys: make it "
+                "deterministic by default (e.g. nn.Dropout(deterministic=True), or a `train` "
+                "argument that defaults to False), or pass an apply_fn") from None
 
     def param_shapes(self) -> Params | None:
         """``jax.ShapeDtypeStruct`` pytree of :meth:`init`'s parameters (traced once per model);

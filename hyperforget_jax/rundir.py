@@ -393,10 +393,14 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
         yield RunDir(out, identity, existed, resumed=stored == identity and bool(others))
         ok = True
     finally:
-        if not ok and primary:
-            # Failed before writing anything of its own: leave the directory as it was.
-            if not [n for n in _entries(out) if not _ours(n)] and stored is None:
+        if not ok and primary and stored is None:
+            # Failed before writing anything of its own (at most empty folders, such as a
+            # checkpoint manager's): leave the directory as it was.
+            written = [n for n in _entries(out) if not _ours(n)]
+            if all(_empty_tree(out / n) for n in written):
                 with contextlib.suppress(OSError):
+                    for n in written:
+                        _remove_empty_tree(out / n)
                     (out / IDENTITY_NAME).unlink()
         lock.release()
         if not ok and created:
@@ -416,6 +420,18 @@ _LEGACY = "__legacy__"
 
 def _a(role: Any) -> str:
     return f"{'an' if str(role)[:1].lower() in 'aeiou' else 'a'} {role!r}"
+
+
+def _empty_tree(path: Path) -> bool:
+    """A folder holding nothing but (empty) folders."""
+    return (path.is_dir() and not path.is_symlink()
+            and all(_empty_tree(path / n) for n in _entries(path)))
+
+
+def _remove_empty_tree(path: Path) -> None:
+    for n in _entries(path):
+        _remove_empty_tree(path / n)
+    path.rmdir()
 
 
 def _remove_if_empty(path: Path) -> None:

@@ -135,6 +135,16 @@ def test_as_model_refuses_what_is_not_a_model():
     with pytest.raises(ArchitectureError, match="batch_stats"):
         hf.as_model(WithBatchNorm(), (4,)).init(jax.random.key(0))
 
+    # A forward pass that needs a PRNG key inits (init has keys for every stream) but cannot
+    # run as apply(params, x): named when the first program is traced, inside jit too.
+    from user_model import StochasticNet
+
+    m = hf.as_model(StochasticNet(), (4,))
+    p = m.init(jax.random.key(0))
+    for call in (m.apply, jax.jit(m.apply)):
+        with pytest.raises(ArchitectureError, match="draws random numbers in its forward pass"):
+            call(p, jnp.zeros((2, 4)))
+
 
 def test_parameter_checks_name_dtype_wrapping_and_extra_leaves(world):
     splits, request, fsplit = world

@@ -373,6 +373,9 @@ CLI_CASES = [
     # Checked before the run directory is claimed (it used to keep run.json and checkpoints/).
     ("cli-gan-zero-width", lambda c, o: [
         "gan", "train", "--run-dir", o, *DIGITS, "--width", "0", "--quiet"], "width >= 4"),
+    ("cli-model-draws-random-numbers", lambda c, o: [
+        "train", "--run-dir", o, *DIGITS, "--arch", "user_model:StochasticNet", "--epochs", "1",
+        "--quiet"], "draws random numbers in its forward pass"),
     ("cli-gan-dcgan-on-8x8", lambda c, o: [
         "gan", "train", "--run-dir", o, *DIGITS, "--gan-arch", "dcgan", "--quiet"],
      "supports 28×28 and 32×32 images, got 8×8"),
@@ -402,8 +405,9 @@ def test_cli_bad_input(ctx, capfd, tmp_path, name, argv, words):
     assert len(lines) == 1, captured.err
     assert words in lines[0], lines[0]
     assert lines[0].startswith("hyperforget"), lines[0]
-    # Nothing half-written: no file at all in the output directory, the input run untouched.
-    assert _files_under(out) == [], _files_under(out)
+    # Nothing half-written: no output directory at all (not even empty folders in it); the
+    # input run untouched.
+    assert not out.exists(), sorted(out.rglob("*"))
     assert _files_under(ctx.run) == before
 
 

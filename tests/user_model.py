@@ -11,3 +11,13 @@ class TinyNet(nn.Module):
     def __call__(self, x):
         x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.num_classes)(nn.relu(nn.Dense(32)(x)))
+
+
+class StochasticNet(nn.Module):
+    """Dropout that always needs a PRNG key, even at evaluation: a model the methods refuse."""
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Dropout(0.5, deterministic=False)(nn.Dense(32)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(self.num_classes)(x)
