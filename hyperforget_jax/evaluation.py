@@ -55,7 +55,7 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
     """
     model = as_model(arch, splits.test.x.shape[1:], splits.test.num_classes)
     model.check_params(params)
-    model.check_inputs(splits.test.x, f"test set {splits.test.name!r}")
+    model.check_inputs(splits.test.x, f"test set {splits.test.name!r}", splits.test.y)
     out = {}
     per = {}
     for name, ds in (("retain", fsplit.retain), ("forget", fsplit.forget), ("test", splits.test)):

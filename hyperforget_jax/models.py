@@ -316,15 +316,23 @@ class Architecture:
                                 reference)
         check_param_tree(params, want, self.name)
 
-    def check_inputs(self, x, what: str = "data") -> None:
-        """Raises :class:`DataError` unless images ``x`` have shape (N, *input_shape)."""
-        if self.input_shape is None:
-            return
-        shape = tuple(jnp.shape(x))
-        if shape[1:] != tuple(self.input_shape):
-            raise DataError(f"{what} has images of shape {shape[1:]} but the {self.name} model "
-                            f"takes {tuple(self.input_shape)}; pass the --dataset the model was "
-                            "trained on (or an architecture built for this image shape)")
+    def check_inputs(self, x, what: str = "data", labels=None) -> None:
+        """Raises :class:`DataError` unless images ``x`` have shape (N, *input_shape) and the
+        ``labels`` (if given) are outputs of the model (below ``num_classes``)."""
+        if self.input_shape is not None:
+            shape = tuple(jnp.shape(x))
+            if shape[1:] != tuple(self.input_shape):
+                raise DataError(f"{what} has images of shape {shape[1:]} but the {self.name} "
+                                f"model takes {tuple(self.input_shape)}; pass the --dataset the "
+                                "model was trained on (or an architecture built for this image "
+                                "shape)")
+        if labels is not None and self.num_classes is not None and np.size(labels):
+            top = int(np.max(np.asarray(labels)))
+            if top >= self.num_classes:
+                raise DataError(f"{what} has label {top} but the {self.name} model has "
+                                f"{self.num_classes} outputs (classes 0-{self.num_classes - 1}); "
+                                f"build the model with num_classes >= {top + 1}, or pass the "
+                                "data it was trained on")
 
     # --- serialisation (run directories) --------------------------------------------------------
 

@@ -100,7 +100,7 @@ def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
 
 def _model_for(arch: Model, ds: Dataset) -> Architecture:
     model = as_model(arch, ds.x.shape[1:], ds.num_classes)
-    model.check_inputs(ds.x, f"training set {ds.name!r}")
+    model.check_inputs(ds.x, f"training set {ds.name!r}", ds.y)
     return model
 
 

@@ -129,15 +129,21 @@ def _nan_digits(ctx) -> data.Dataset:
     return ctx.train.replace(x=x)
 
 
-def _unlearn(c, method, mnist_like=False, params=None):
+def _unlearn(c, method, mnist_like=False, params=None, arch=None, **kw):
     from hyperforget_jax.unlearn import unlearn
 
     split = data.resolve_forget(c.train, data.ForgetRequest(classes=(3,)))
     if mnist_like:
         big = np.zeros((len(split.forget), 28, 28, 1), np.float32)
         split = split._replace(forget=split.forget.replace(x=big))
-    return unlearn(method, c.arch, c.params if params is None else params, split,
-                   c.splits.val)
+    return unlearn(method, c.arch if arch is None else arch,
+                   c.params if params is None else params, split, c.splits.val, **kw)
+
+
+def _seven_outputs(c):
+    """gpt_mlp with 7 outputs, and its parameters, for 10-class data."""
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1), num_classes=7)
+    return {"arch": arch, "params": arch.init(jax.random.key(0))}
 
 
 # ------------------------------------------------------------------------------ API cases
@@ -211,6 +217,18 @@ API_CASES = [
      DataError, r"forget set has images of shape \(28, 28, 1\)"),
     ("unlearn-wrong-arch-params", lambda c: _unlearn(c, "gradtau", params=c.mlp_params),
      ArchitectureError, "another architecture"),
+    ("unlearn-labels-beyond-the-outputs", lambda c: _unlearn(c, "scrub", **_seven_outputs(c)),
+     DataError, "has label 9 but the gpt_mlp model has 7 outputs"),
+    ("unlearn-forget-classes-not-the-requests", lambda c: _unlearn(
+        c, "gradtau", forget_classes=(5,)), ForgetRequestError,
+     r"forget_classes \(5,\) does not match the forget set, whose samples are of classes "
+     r"\(3,\)"),
+    ("unlearn-nan-start", lambda c: _unlearn(
+        c, "gradtau", params=jax.tree.map(lambda a: a * np.nan, c.params)), NonFiniteError,
+     "the starting parameters hold NaN/inf"),
+    ("fit-labels-beyond-the-outputs", lambda c: train.fit(
+        _seven_outputs(c)["arch"], c.train, train.TrainConfig(epochs=1)), DataError,
+     "training set 'digits' has label 9"),
     # configs
     ("negative-epochs", lambda c: train.TrainConfig(epochs=-1), ConfigError, "epochs"),
     ("zero-batch", lambda c: train.TrainConfig(batch_size=0), ConfigError, "batch_size"),

@@ -20,6 +20,7 @@ sit on the device: :func:`.gradtau_stream.run_gradtau_stream` (∇τ from host b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from typing import Any, NamedTuple, Sequence
@@ -30,7 +31,9 @@ from jax.sharding import Mesh
 
 from hyperforget_jax import data, train
 from hyperforget_jax.data import Dataset, ForgetSplit
-from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
+from hyperforget_jax.checkpoint_checks import first_non_finite
+from hyperforget_jax.errors import (ArchitectureError, ConfigError, ForgetRequestError,
+                                   NonFiniteError)
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn import baselines, configs
@@ -62,6 +65,39 @@ def _forget_classes(split: ForgetSplit) -> tuple[int, ...] | None:
     return tuple(sorted(fc)) if not fc & set(split.retain.y.tolist()) else None
 
 
+def _given_forget_classes(split: ForgetSplit, classes: Any) -> tuple[int, ...] | None:
+    """``forget_classes`` as passed (None: inferred), checked against the forget set: every
+    class must have forget samples, and every forget sample must be of one of them."""
+    if classes is None:
+        return _forget_classes(split)
+    try:
+        given = tuple(sorted({int(c) for c in classes}))
+    except (TypeError, ValueError):
+        raise ConfigError(f"forget_classes must be a sequence of class ids, got {classes!r}") \
+            from None
+    present = sorted({int(c) for c in np.unique(np.asarray(split.forget.y))})
+    if not given or set(given) != set(present):
+        raise ForgetRequestError(
+            f"forget_classes {given} does not match the forget set, whose samples are of "
+            f"classes {tuple(present)}; pass forget_classes={tuple(present)}, or None to infer "
+            "it")
+    return given
+
+
+@contextlib.contextmanager
+def _naming_a_non_finite_start(method: str, params: Any):
+    """A method that stops on NaN/inf names the starting parameters when they are the cause
+    (checked only then: a finite start costs nothing)."""
+    try:
+        yield
+    except NonFiniteError:
+        bad = None if method == "retrain" else first_non_finite(params)
+        if bad is None:
+            raise
+        raise NonFiniteError(f"{method}: the starting parameters hold NaN/inf (at {bad}); pass "
+                             "the trained model's finite parameters") from None
+
+
 def check_seed(seed: Any, what: str = "seed") -> int:
     """Raises ConfigError unless ``seed`` is a non-negative integer (numpy's generators refuse
     negative seeds with a raw ValueError)."""
@@ -78,9 +114,9 @@ def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any
                                  f"retain set ({len(split.retain)}) must both be non-empty")
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     model.check_params(tree_index(params, 0) if stacked else params)
-    model.check_inputs(split.forget.x, "forget set")
-    model.check_inputs(split.retain.x, "retain set")
-    model.check_inputs(val.x, "validation set")
+    model.check_inputs(split.forget.x, "forget set", split.forget.y)
+    model.check_inputs(split.retain.x, "retain set", split.retain.y)
+    model.check_inputs(val.x, "validation set", val.y)
     if method == "retrain" and not model.has_init:
         raise ConfigError(f"retrain needs fresh parameters but model {model.name!r} has no "
                           "init; pass a flax Module or hf.as_model(apply_fn, init_fn=...)")
@@ -118,7 +154,8 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
         given config is used as is, its own seed included).
       seed: batch order, random labels, random teachers (an integer >= 0).
       forget_classes: the removed classes for class removal; by default inferred (the forget
-        set's classes when none of them is left in D_r). Selects ∇τ's τ.
+        set's classes when none of them is left in D_r). Selects ∇τ's τ. When given, they must
+        be exactly the forget set's classes.
       checkpointer: optional :class:`~hyperforget_jax.checkpoint.Checkpointer` for the
         iterative methods that can resume (``gradtau``, ``finetune``: after every forget-epoch;
         ``retrain``: after every epoch). A rerun on the same directory resumes and returns the
@@ -133,20 +170,32 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
 
     Raises:
       ConfigError: unknown method, a config of the wrong type, a negative seed.
-      ForgetRequestError: empty forget or retain set.
+      ForgetRequestError: empty forget or retain set; ``forget_classes`` that are not the
+        forget set's classes.
       ArchitectureError: parameters that do not fit the model.
-      DataError: images of a shape the model does not take.
+      DataError: images of a shape the model does not take, labels it has no output for.
+      NonFiniteError: a loss or parameters became NaN/inf (nothing is returned); it names the
+        starting parameters when they already were.
     """
     seed = check_seed(seed)
     model = _check(method, split, val, arch, params)
-    if forget_classes is None:
-        forget_classes = _forget_classes(split)
+    forget_classes = _given_forget_classes(split, forget_classes)
     config = _config(method, model, config, seed)
     if checkpointer is not None and method not in RESUMABLE:
         raise ConfigError(f"{method} does not checkpoint (it runs in one compiled call); "
                           f"pass checkpointer=None or use one of {', '.join(RESUMABLE)}")
 
     t0 = time.perf_counter()
+    with _naming_a_non_finite_start(method, params):
+        out, info = _run_one(method, model, params, split, val, config, seed, forget_classes,
+                             checkpointer, meta, mesh)
+    info = {"method": method, "wall_time_s": time.perf_counter() - t0,
+            "config": dataclasses.asdict(config), "seed": seed, **info}
+    return UnlearnResult(out, info)
+
+
+def _run_one(method, model, params, split, val, config, seed, forget_classes, checkpointer,
+             meta, mesh):
     if method == "retrain":
         state, history = train.fit(model, split.retain, config, checkpointer=checkpointer,
                                    meta=meta, mesh=mesh)
@@ -157,9 +206,7 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
     else:
         out, info = baselines.run_method(method, model, params, split, config, seed, mesh=mesh)
     jax.block_until_ready(out)
-    info = {"method": method, "wall_time_s": time.perf_counter() - t0,
-            "config": dataclasses.asdict(config), "seed": seed, **info}
-    return UnlearnResult(out, info)
+    return out, info
 
 
 def _is_stacked(model: Architecture, params: Any, n: int, stacked: bool | None) -> bool:
@@ -236,8 +283,7 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     model = as_model(arch, splits[0].forget.x.shape[1:], splits[0].forget.num_classes)
     stacked = _is_stacked(model, params, len(seeds), params_stacked)
     model = _check(method, splits[0], val, model, params, stacked)
-    if forget_classes is None:
-        forget_classes = _forget_classes(splits[0])
+    forget_classes = _given_forget_classes(splits[0], forget_classes)
     configs = [_config(method, model, c, 0) for c in (configs or [None])]
     members = [(si, s, c) for si, s in enumerate(seeds) for c in configs]
     originals = [tree_index(params, si) if stacked else params for si, _, _ in members]
@@ -262,19 +308,9 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     for idx in groups.values():
         t0 = time.perf_counter()
         items = [keyed[i][1] for i in idx]
-        if method == "retrain":
-            out, infos = _retrain_fleet(model, [msplits[i] for i in idx], items, per_seed,
-                                        vectorize)
-        else:
-            starts = jax.tree.map(lambda *l: np.stack(l), *[originals[i] for i in idx])
-            if method in ("gradtau", "finetune"):
-                group_split = [msplits[i] for i in idx] if per_seed else splits[0]
-                out, infos = gradtau_run.run_gradtau_fleet(model, starts, group_split, val,
-                                                           items, forget_classes, vectorize)
-            else:
-                out, infos = baselines.run_fleet(method, model, starts, items, per_seed,
-                                                 vectorize)
-        jax.block_until_ready(out)
+        with _naming_a_non_finite_start(method, {f"member {i}": originals[i] for i in idx}):
+            out, infos = _run_group(method, model, idx, items, msplits, originals, splits, val,
+                                    per_seed, forget_classes, vectorize)
         wall = time.perf_counter() - t0
         for k, i in enumerate(idx):
             _, s, c = members[i]
@@ -283,6 +319,25 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
                     **infos[k]}
             results[i] = UnlearnResult(tree_index(out, k), info)
     return results
+
+
+def _run_group(method, model, idx, items, msplits, originals, splits, val, per_seed,
+               forget_classes, vectorize):
+    """One group of :func:`unlearn_sweep`'s members (equal shapes) as one program."""
+    if method == "retrain":
+        out, infos = _retrain_fleet(model, [msplits[i] for i in idx], items, per_seed,
+                                    vectorize)
+    else:
+        starts = jax.tree.map(lambda *l: np.stack(l), *[originals[i] for i in idx])
+        if method in ("gradtau", "finetune"):
+            group_split = [msplits[i] for i in idx] if per_seed else splits[0]
+            out, infos = gradtau_run.run_gradtau_fleet(model, starts, group_split, val,
+                                                       items, forget_classes, vectorize)
+        else:
+            out, infos = baselines.run_fleet(method, model, starts, items, per_seed,
+                                             vectorize)
+    jax.block_until_ready(out)
+    return out, infos
 
 
 def _retrain_fleet(model: Architecture, splits: list[ForgetSplit], cfgs: list,
