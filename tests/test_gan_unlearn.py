@@ -10,7 +10,7 @@ import pytest
 
 from conftest import load_experiment
 from hyperforget_jax import xla
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ConfigError, ForgetRequestError
 from hyperforget_jax.gan import unlearn as U
 from hyperforget_jax.gan.models import make_gan_arch
 from hyperforget_jax.gan.train import GANConfig, d_scores, train_gan
@@ -115,12 +115,24 @@ def test_short_cascade_lowers_d_score_on_forgotten_items(digits_splits, tiny_gan
         assert np.all(np.isfinite(np.asarray(leaf)))
 
 
-def test_class_request_needs_a_classifier():
+def test_class_request_needs_a_classifier_that_names_the_forget_images():
     arch = make_gan_arch("mlp", (8, 8, 1))
     g, d = arch.init(jax.random.key(0))
     x = np.zeros((4, 8, 8, 1), np.float32)
     with pytest.raises(ConfigError):
         U.unlearn_gan(arch, g, d, retain_x=x, forget_x=x, heldout_x=x, forget_classes=(1,))
+    # A class the classifier never names would read a share of 0 and stop at once "met".
+    with pytest.raises(ForgetRequestError, match=r"files 25% of them under those classes "
+                                                 r"\(mostly under 0, 1\)"):
+        U.unlearn_gan(arch, g, d, retain_x=x, forget_x=x, heldout_x=x, forget_classes=(1,),
+                      classify=lambda s: np.array([0, 0, 0, 1]))
+
+
+def _by_the_judge(x, classify, n=16):
+    """The first ``n`` images a stand-in judge files under class 1 as the forget set, the next
+    496 others as the retain set."""
+    ones = np.asarray(classify(x)) == 1
+    return {"forget_x": x[ones][:n], "retain_x": x[~ones][:496]}
 
 
 def _flat(res):
@@ -368,12 +380,13 @@ def test_capped_class_cascade_returns_its_lowest_share_check(tmp_path, digits_sp
 
     gan, arch = tiny_gan
     x = digits_splits.train.x
-    # A stand-in judge: "class 1" is a bright sample. Its threshold splits the Original's
-    # samples in two, so the pool share moves from check to check.
+    # A stand-in judge: "class 1" is a dark sample. Its threshold splits the Original's
+    # samples in two, so the pool share moves from check to check; it files 12 of the 16
+    # forget images under class 1.
     bright = lambda s: np.asarray(s).reshape(len(s), -1).mean(1)
     thr = float(np.median(bright(generate(arch, gan.g_params,
                                           arch.sample_latents(jax.random.key(7), 512)))))
-    classify = lambda s: (bright(s) > thr).astype(np.int32)
+    classify = lambda s: (bright(s) <= thr).astype(np.int32)
     kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x,
               forget_classes=(1,), classify=classify)
     # tol 0: the score criterion is never met, so both attempts run to max_rounds. Same
@@ -425,7 +438,7 @@ def test_class_check_with_a_drifted_kept_mix_neither_stops_nor_is_kept(digits_sp
     original = generate(arch, gan.g_params, arch.sample_latents(jax.random.key(7), 512))
     cuts = np.quantile(bright(original), [1 / 3, 2 / 3])
     classify = lambda s: np.searchsorted(cuts, bright(s)).astype(np.int32)
-    kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x,
+    kw = dict(**_by_the_judge(x, classify), heldout_x=digits_splits.val.x,
               forget_classes=(1,), classify=classify)
     # Share and score criteria that the first check meets (max_share 1, tol just below 1).
     cfg = U.UnlearnConfig(fake_label="hard", substitution="data", check_every=10,

@@ -54,7 +54,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import xla
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import ConfigError, ForgetRequestError, NonFiniteError
 from hyperforget_jax.gan.models import GANArch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
                                        init_gan_state, make_optimizer)
@@ -434,6 +434,21 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
     return entry, codes, samples, flagged
 
 
+def _check_forget_classes(classes: Sequence[int], classify: Callable, forget_x: np.ndarray):
+    """The share of a class the classifier never names would read 0 from the first check on,
+    and the run would stop at once as a success: the forget images must be, by the
+    classifier, mostly of ``forget_classes``."""
+    labels = np.asarray(classify(forget_x))
+    named = float(np.isin(labels, list(classes)).mean())
+    if named < 0.5:
+        found = np.unique(labels, return_counts=True)
+        top = ", ".join(f"{int(v)}" for v in found[0][np.argsort(-found[1])][:3])
+        raise ForgetRequestError(
+            f"forget_classes {tuple(int(c) for c in classes)} do not fit the forget images: the "
+            f"classifier files {100 * named:.0f}% of them under those classes (mostly under "
+            f"{top}); pass the classes of forget_x, and a classify that returns their ids")
+
+
 def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerprint: dict):
     """(``{"state", "kept"}`` tree, progress meta) of the latest unlearning checkpoint, or
     None for a fresh run."""
@@ -504,6 +519,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
 
     Raises:
       ConfigError: class unlearning without ``classify``; empty forget set.
+      ForgetRequestError: ``forget_classes`` under which ``classify`` files fewer than half of
+        ``forget_x``.
       CheckpointError: ``checkpointer`` holds another run (other recipe or forget set).
       NonFiniteError: a round produced NaN/inf.
     """
@@ -513,6 +530,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     if forget_classes is not None and classify is None:
         raise ConfigError("class unlearning needs a classifier (classify=...) to flag codes")
     arch.check_params(g_params, d_params)
+    if forget_classes is not None:
+        _check_forget_classes(forget_classes, classify, np.asarray(forget_x))
     y_f0 = fake_label(cfg.fake_label, arch, g_params, d_params, heldout_x=heldout_x,
                       seed=cfg.seed)
     tx = make_optimizer(cfg.lr, cfg.beta1)
