@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import itertools
 import json
 import os
 import socket
@@ -372,6 +373,9 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
                     replace_role)
     primary = _is_primary()
     created = not existed
+    # The missing folders above it too (``runs/`` of ``runs/orig``): a failed start removes
+    # those it made, if still empty.
+    made_above = list(itertools.takewhile(lambda a: not a.exists(), out.parents))
     report.prepare_dir(out)
     lock = _Lock(out, command)
     if primary:
@@ -379,7 +383,7 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
             lock.acquire()
         except BaseException:
             if created:
-                _remove_if_empty(out)
+                _remove_if_empty(out, made_above)
             raise
     ok = False
     try:
@@ -404,7 +408,7 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
                     (out / IDENTITY_NAME).unlink()
         lock.release()
         if not ok and created:
-            _remove_if_empty(out)
+            _remove_if_empty(out, made_above)
 
 
 def _or_legacy(out: Path, stored: dict | None, others: list[str],
@@ -434,12 +438,16 @@ def _remove_empty_tree(path: Path) -> None:
     path.rmdir()
 
 
-def _remove_if_empty(path: Path) -> None:
+def _remove_if_empty(path: Path, made_above: Sequence[Path] = ()) -> None:
+    """Removes ``path`` if it holds nothing (but write tests), then those of ``made_above``
+    (its parents, innermost first) that are empty."""
     with contextlib.suppress(OSError):
         for n in _entries(path):
             if n.startswith(".write-test-"):
                 (path / n).unlink()
         path.rmdir()
+        for parent in made_above:
+            parent.rmdir()
 
 
 def _check_identity(out: Path, stored: dict | None, identity: dict, others: list[str],

@@ -413,7 +413,7 @@ def _run_cli(argv: list[str]) -> int:
 
 @pytest.mark.parametrize("name,argv,words", CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_cli_bad_input(ctx, capfd, tmp_path, name, argv, words):
-    out = tmp_path / "out"
+    out = tmp_path / "new" / "out"         # its parent is missing too
     before = _files_under(ctx.run)
     capfd.readouterr()
     rc = _run_cli([str(a) for a in argv(ctx, str(out))])
@@ -423,9 +423,9 @@ def test_cli_bad_input(ctx, capfd, tmp_path, name, argv, words):
     assert len(lines) == 1, captured.err
     assert words in lines[0], lines[0]
     assert lines[0].startswith("hyperforget"), lines[0]
-    # Nothing half-written: no output directory at all (not even empty folders in it); the
-    # input run untouched.
-    assert not out.exists(), sorted(out.rglob("*"))
+    # Nothing half-written: no output directory at all (not even empty folders in it, nor the
+    # missing parent it would have made); the input run untouched.
+    assert not out.parent.exists(), sorted(out.parent.rglob("*"))
     assert _files_under(ctx.run) == before
 
 
