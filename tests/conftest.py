@@ -85,6 +85,26 @@ def exact_on_cpu_only(measured: str):
                              reason=f"exact on XLA:CPU only; on GPU: {measured}")
 
 
+def host_params(shapes, seed=0, std=None, zero=()):
+    """Parameters of the ``jax.ShapeDtypeStruct`` pytree ``shapes`` drawn with NumPy on the host,
+    at the scales of Flax's default initialisers: zero biases, unit norm scales, other leaves
+    normal with ``std`` (default LeCun's 1/sqrt(fan_in)); leaves whose path contains one of
+    ``zero`` are zeros. For tests that need a well-scaled state, not Flax's draws: compiled
+    or op by op, a model's init can cost more on XLA:CPU than the calls the test makes."""
+    rng = np.random.default_rng(seed)
+
+    def draw(path, s):
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['bias']") or any(z in name for z in zero):
+            return np.zeros(s.shape, s.dtype)
+        if name.endswith("['scale']"):
+            return np.ones(s.shape, s.dtype)
+        sd = 1 / np.sqrt(np.prod(s.shape[:-1])) if std is None else std
+        return (sd * rng.standard_normal(s.shape)).astype(s.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
 def toy_model(n=16, seed=0, name="gpt_mlp"):
     """A registered model on 8×8×1 inputs, its parameters, and a maker of random (x, y) batches
     of n."""

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import assert_trees_close, devices_or_skip
+from conftest import assert_trees_close, devices_or_skip, host_params
 from hyperforget_jax import params as P_
 from hyperforget_jax import train, xla
 from hyperforget_jax.errors import ConfigError
@@ -164,17 +164,7 @@ def test_train_step_jit_and_pmap_agree():
     # The state DN.init_hyper_state makes, built on the host (compiling the initialiser of
     # this model costs ~10 s): random weights, LayerNorm scales 1, the decoders zero as
     # init_params leaves them, the EMA a copy, Adam's moments and counts zero (tx.init).
-    rng = np.random.default_rng(0)
-
-    def leaf(path, s):
-        name = jax.tree_util.keystr(path)
-        if "decoder" in name:
-            return np.zeros(s.shape, s.dtype)
-        if name.endswith("['scale']"):
-            return np.ones(s.shape, s.dtype)
-        return (0.02 * rng.standard_normal(s.shape)).astype(s.dtype)
-
-    params = jax.tree_util.tree_map_with_path(leaf, DN.param_shapes(model))
+    params = host_params(DN.param_shapes(model), std=0.02, zero=("decoder",))
     state0 = DN.HyperTrainState(
         np.zeros((), np.int32), params, jax.tree.map(np.copy, params),
         jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), jax.eval_shape(tx.init, params)))

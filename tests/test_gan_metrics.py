@@ -4,6 +4,7 @@ discriminator-score MIA, penultimate features."""
 import jax
 import numpy as np
 import pytest
+from conftest import host_params
 
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan import metrics as M
@@ -73,25 +74,11 @@ def test_penultimate_features_are_last_hidden_layer():
     np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
 
 
-def _host_params(shapes, seed=0):
-    """Parameters of the shapes ``shapes`` drawn with NumPy at the scales of Flax's default
-    initialisers (LeCun-normal kernels, zero biases): compiling a model's init costs more on
-    XLA:CPU than the calls a test of its outputs makes."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        if jax.tree_util.keystr(path).endswith("['bias']"):
-            return np.zeros(s.shape, s.dtype)
-        return (rng.standard_normal(s.shape) / np.sqrt(np.prod(s.shape[:-1]))).astype(s.dtype)
-
-    return jax.tree_util.tree_map_with_path(draw, shapes)
-
-
 def test_judge_outputs_do_not_depend_on_the_chunk():
     # The cascade flags codes by the judge's argmax and FID uses its features: the chunk size
     # (a speed setting) must not change them. 600 images: several chunks and a padded one.
     arch = as_model("hyperforget_jax.gan.metrics:JudgeCNN", (28, 28, 1), 10)
-    judge = M.Judge(arch, _host_params(arch.param_shapes()))
+    judge = M.Judge(arch, host_params(arch.param_shapes()))
     x = np.random.default_rng(0).uniform(size=(600, 28, 28, 1)).astype(np.float32)
     p0, f0 = M.judge_outputs(judge, x, chunk=2048)
     p1, f1 = M.judge_outputs(judge, x)                 # JUDGE_CHUNK

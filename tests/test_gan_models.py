@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_trees_close, devices_or_skip
+from conftest import assert_trees_close, devices_or_skip, host_params
 
 from hyperforget_jax.errors import ArchitectureError, ConfigError
 from hyperforget_jax.gan.models import make_gan_arch
@@ -13,25 +13,6 @@ from hyperforget_jax.gan.train import (GANConfig, init_gan_state, make_d_step, m
                                        make_optimizer, sample, train_gan)
 from hyperforget_jax.train import data_mesh, put_sharded, shard_batch
 from jax.sharding import NamedSharding, PartitionSpec as P
-
-
-def _host_params(arch, seed=0):
-    """(G, D) parameters of ``arch`` drawn with NumPy at the scales of Flax's initialisers
-    (LeCun-normal kernels, zero biases, unit norm scales). For the tests of the steps, which
-    need a well-scaled state, not Flax's draws: compiled, ``arch.init`` of a DCGAN costs as much
-    as its training epoch on XLA:CPU (it is tested in test_shapes_and_param_counts)."""
-    rng = np.random.default_rng(seed)
-
-    def draw(path, s):
-        name = jax.tree_util.keystr(path)
-        if name.endswith("['scale']"):
-            return jnp.asarray(np.ones(s.shape, s.dtype))
-        if name.endswith("['bias']"):
-            return jnp.asarray(np.zeros(s.shape, s.dtype))
-        fan_in = int(np.prod(s.shape[:-1]))
-        return jnp.asarray((rng.standard_normal(s.shape) / np.sqrt(fan_in)).astype(s.dtype))
-
-    return tuple(jax.tree_util.tree_map_with_path(draw, t) for t in arch.param_shapes())
 
 
 @pytest.mark.parametrize("name,shape,counts", [
@@ -124,7 +105,8 @@ def test_dcgan_epoch_compiles_to_canonical_convolutions():
     from hyperforget_jax.gan.train import compiled_epoch
 
     arch = make_gan_arch("dcgan", (28, 28, 1), width=16)
-    state = init_gan_state(arch, make_optimizer(), jax.random.key(0), *_host_params(arch))
+    g, d = jax.tree.map(jnp.asarray, host_params(arch.param_shapes()))
+    state = init_gan_state(arch, make_optimizer(), jax.random.key(0), g, d)
     x = jnp.zeros((16, 28, 28, 1))
     idx = jnp.arange(16, dtype=jnp.int32).reshape(2, 8)
     run = compiled_epoch(arch, 1e-3, 0.5, 8)
@@ -151,7 +133,8 @@ def _iteration(arch, tx, axis_name=None):
 def _steps(n_dev, name="mlp", shape=(8, 8, 1), width=64, batch=16):
     arch = make_gan_arch(name, shape, width=width)
     tx = make_optimizer()
-    state = init_gan_state(arch, tx, jax.random.key(0), *_host_params(arch))
+    g, d = jax.tree.map(jnp.asarray, host_params(arch.param_shapes()))
+    state = init_gan_state(arch, tx, jax.random.key(0), g, d)
     rng = np.random.default_rng(1)
     x = rng.random((batch, *shape), np.float32)
     zd, zg = (rng.standard_normal((batch, arch.latent_dim)).astype(np.float32) for _ in range(2))

@@ -75,12 +75,11 @@ def _given_forget_classes(split: ForgetSplit, classes: Any) -> tuple[int, ...] |
     except (TypeError, ValueError):
         raise ConfigError(f"forget_classes must be a sequence of class ids, got {classes!r}") \
             from None
-    present = sorted({int(c) for c in np.unique(np.asarray(split.forget.y))})
-    if not given or set(given) != set(present):
+    present = tuple(int(c) for c in np.unique(np.asarray(split.forget.y)))   # sorted
+    if given != present:
         raise ForgetRequestError(
             f"forget_classes {given} does not match the forget set, whose samples are of "
-            f"classes {tuple(present)}; pass forget_classes={tuple(present)}, or None to infer "
-            "it")
+            f"classes {present}; pass forget_classes={present}, or None to infer it")
     return given
 
 
@@ -187,26 +186,21 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
 
     t0 = time.perf_counter()
     with _naming_a_non_finite_start(method, params):
-        out, info = _run_one(method, model, params, split, val, config, seed, forget_classes,
-                             checkpointer, meta, mesh)
+        if method == "retrain":
+            state, history = train.fit(model, split.retain, config, checkpointer=checkpointer,
+                                       meta=meta, mesh=mesh)
+            out, info = state.params, {"steps": int(state.step), "epochs": config.epochs}
+        elif method in ("gradtau", "finetune"):
+            out, info = run_gradtau(model, params, split, val, config, seed, forget_classes,
+                                    checkpointer=checkpointer, meta=meta, mesh=mesh,
+                                    method=method)
+        else:
+            out, info = baselines.run_method(method, model, params, split, config, seed,
+                                             mesh=mesh)
+        jax.block_until_ready(out)
     info = {"method": method, "wall_time_s": time.perf_counter() - t0,
             "config": dataclasses.asdict(config), "seed": seed, **info}
     return UnlearnResult(out, info)
-
-
-def _run_one(method, model, params, split, val, config, seed, forget_classes, checkpointer,
-             meta, mesh):
-    if method == "retrain":
-        state, history = train.fit(model, split.retain, config, checkpointer=checkpointer,
-                                   meta=meta, mesh=mesh)
-        out, info = state.params, {"steps": int(state.step), "epochs": config.epochs}
-    elif method in ("gradtau", "finetune"):
-        out, info = run_gradtau(model, params, split, val, config, seed, forget_classes,
-                                checkpointer=checkpointer, meta=meta, mesh=mesh, method=method)
-    else:
-        out, info = baselines.run_method(method, model, params, split, config, seed, mesh=mesh)
-    jax.block_until_ready(out)
-    return out, info
 
 
 def _is_stacked(model: Architecture, params: Any, n: int, stacked: bool | None) -> bool:
@@ -309,8 +303,19 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
         t0 = time.perf_counter()
         items = [keyed[i][1] for i in idx]
         with _naming_a_non_finite_start(method, {f"member {i}": originals[i] for i in idx}):
-            out, infos = _run_group(method, model, idx, items, msplits, originals, splits, val,
-                                    per_seed, forget_classes, vectorize)
+            if method == "retrain":
+                out, infos = _retrain_fleet(model, [msplits[i] for i in idx], items, per_seed,
+                                            vectorize)
+            else:
+                starts = jax.tree.map(lambda *l: np.stack(l), *[originals[i] for i in idx])
+                if method in ("gradtau", "finetune"):
+                    group_split = [msplits[i] for i in idx] if per_seed else splits[0]
+                    out, infos = gradtau_run.run_gradtau_fleet(
+                        model, starts, group_split, val, items, forget_classes, vectorize)
+                else:
+                    out, infos = baselines.run_fleet(method, model, starts, items, per_seed,
+                                                     vectorize)
+            jax.block_until_ready(out)
         wall = time.perf_counter() - t0
         for k, i in enumerate(idx):
             _, s, c = members[i]
@@ -319,25 +324,6 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
                     **infos[k]}
             results[i] = UnlearnResult(tree_index(out, k), info)
     return results
-
-
-def _run_group(method, model, idx, items, msplits, originals, splits, val, per_seed,
-               forget_classes, vectorize):
-    """One group of :func:`unlearn_sweep`'s members (equal shapes) as one program."""
-    if method == "retrain":
-        out, infos = _retrain_fleet(model, [msplits[i] for i in idx], items, per_seed,
-                                    vectorize)
-    else:
-        starts = jax.tree.map(lambda *l: np.stack(l), *[originals[i] for i in idx])
-        if method in ("gradtau", "finetune"):
-            group_split = [msplits[i] for i in idx] if per_seed else splits[0]
-            out, infos = gradtau_run.run_gradtau_fleet(model, starts, group_split, val,
-                                                       items, forget_classes, vectorize)
-        else:
-            out, infos = baselines.run_fleet(method, model, starts, items, per_seed,
-                                             vectorize)
-    jax.block_until_ready(out)
-    return out, infos
 
 
 def _retrain_fleet(model: Architecture, splits: list[ForgetSplit], cfgs: list,
