@@ -1,7 +1,7 @@
 """Where the test suite's XLA compile time goes: a pytest plugin, and a table of its results.
 
 Run the suite with the plugin (each xdist worker writes ``out_<worker>.json`` into
-``$COMPILE_STATS_DIR``), then print the table and write the merged JSON::
+``$COMPILE_STATS_DIR``), then print the table and write the merged JSON (``benchmarks/results/compile_stats.json``)::
 
     COMPILE_STATS_DIR=/tmp/cstats PYTHONPATH=. python -m pytest -n 2 -q \
         -p benchmarks.compile_stats
@@ -21,6 +21,8 @@ import os
 import re
 import sys
 from pathlib import Path
+
+from benchmarks.common import write_json
 
 _PATTERN = re.compile(r"Finished XLA compilation of (.*) in ([0-9.eE+-]+) sec")
 _by_program: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
@@ -83,7 +85,7 @@ def main(directory: str, top: int = 25) -> dict:
         print(f"| `{name}` | {s:.1f} |")
     result = {"total_seconds": total, "compiles": count, "programs": dict(programs),
               "tests": dict(tests)}
-    (Path(directory) / "compile_stats.json").write_text(json.dumps(result, indent=1))
+    print(f"\nwrote {write_json('compile_stats', result)}")
     return result
 
 
