@@ -73,8 +73,7 @@ def _run_to_death(cmd: list[str], timeout: float = 240, fresh: bool = False,
                   devices_as_here: bool = False) -> None:
     """Runs a worker that SIGKILLs itself; asserts it really died that way."""
     p = subprocess.run(cmd, env=_env(fresh, devices_as_here), cwd=ROOT, capture_output=True,
-                       text=True,
-                       timeout=timeout)
+                       text=True, timeout=timeout)
     assert p.returncode == -signal.SIGKILL, (p.returncode, p.stderr[-2000:])
 
 
