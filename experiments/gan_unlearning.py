@@ -47,7 +47,7 @@ from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.gan import add_judge_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
-from hyperforget_jax.gan.models import GAN_ARCHS
+from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS
 from hyperforget_jax.gan.train import GANConfig, sample, save_grid, timed_train_gan
 from hyperforget_jax.gan.unlearn import (CLASS_RECIPE, FAKE_LABELS, ITEM_RECIPE, kept_mix_sound,
                                          unlearn_gan)
@@ -149,7 +149,8 @@ def main(argv=None) -> dict:
     # Every field of the recipes once, from their dataclasses (seeds come from --seeds).
     gan_flags = configflags.add_config_flags(
         ap, GANConfig, title="GAN recipe (Original and Retrain)", rename={"arch": "gan-arch"},
-        choices={"arch": ("auto", *GAN_ARCHS)}, exclude=("seed",))
+        choices={"arch": ("auto", *GAN_ARCHS), "latent_prior": LATENT_PRIORS},
+        exclude=("seed",))
     judge_of = add_judge_flags(ap)   # the same --judge* flags as `hyperforget gan evaluate`
     ap.add_argument("--sizes", default="64")
     ap.add_argument("--fake-labels", default="hard,generated,heldout")

@@ -72,6 +72,46 @@ def test_g_lr_sets_the_generators_learning_rate_only(digits_splits):
                                                     jax.tree.leaves(fast.g_params)))
 
 
+def test_mixture_prior_draws_around_fixed_means_and_travels_with_the_arch(digits_splits):
+    """``latent_prior="mixture"``: codes lie around 20 means fixed for every GAN (σ = 2 from
+    their mean), every component is drawn, the same key gives the same codes; the prior is part
+    of the architecture (its JSON, its programs) and of the training recipe; older JSON without
+    it means the normal prior; unknown priors are refused."""
+    from hyperforget_jax.gan.models import (MIXTURE_COMPONENTS, MIXTURE_SEED, MIXTURE_SIGMA,
+                                            GANArch, sample_mixture)
+
+    arch = make_gan_arch("dcgan", (28, 28, 1), latent_prior="mixture")
+    z = np.asarray(arch.sample_latents(jax.random.key(3), 4000))
+    np.testing.assert_array_equal(z, np.asarray(arch.sample_latents(jax.random.key(3), 4000)))
+    means = np.asarray(jax.random.normal(jax.random.key(MIXTURE_SEED),
+                                         (MIXTURE_COMPONENTS, arch.latent_dim)))
+    d2 = ((z[:, None, :] - means[None]) ** 2).sum(-1)
+    k = d2.argmin(1)
+    assert np.bincount(k, minlength=MIXTURE_COMPONENTS).min() > 4000 / MIXTURE_COMPONENTS / 2
+    resid = z - means[k]
+    assert abs(resid.std() - MIXTURE_SIGMA) < 0.05 and abs(resid.mean()) < 0.05
+    np.testing.assert_array_equal(z, np.asarray(sample_mixture(jax.random.key(3), 4000, 100)))
+    normal = make_gan_arch("dcgan", (28, 28, 1))
+    assert normal.latent_prior == "normal" and normal != arch
+    assert abs(float(np.asarray(normal.sample_latents(jax.random.key(3), 4000)).std()) - 1) < 0.02
+
+    assert GANArch.from_json(arch.to_json()) == arch
+    old = {k: v for k, v in arch.to_json().items() if k != "latent_prior"}
+    assert GANArch.from_json(old) == normal
+    with pytest.raises(ConfigError, match="latent prior"):
+        make_gan_arch("dcgan", (28, 28, 1), latent_prior="uniform")
+    with pytest.raises(ConfigError, match="latent prior"):
+        GANConfig(latent_prior="uniform")
+
+    train = digits_splits.train.subset(np.arange(32))
+    base = dict(arch="mlp", epochs=1, batch_size=16, seed=5)
+    mixed, _, arch_m = train_gan(train, GANConfig(**base, latent_prior="mixture"))
+    plain, _, _ = train_gan(train, GANConfig(**base))
+    assert arch_m.latent_prior == "mixture"
+    assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(mixed.g_params),
+                                                    jax.tree.leaves(plain.g_params)))
+
+
 def test_auto_arch_is_the_dcgan_where_it_fits():
     assert GANConfig().arch == "auto"
     assert make_gan_arch("auto", (28, 28, 1)).name == "dcgan"

@@ -8,7 +8,7 @@ from hyperforget_jax.gan.metrics import (EvalConfig, Judge, cached_judge, class_
                                          downstream_accuracy, evaluate_gan, forgotten_share,
                                          frechet_distance, judge_from_recipe, judge_outputs,
                                          judge_recipe, train_judge)
-from hyperforget_jax.gan.models import GAN_ARCHS, GANArch, make_gan_arch
+from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch, make_gan_arch
 from hyperforget_jax.gan.train import (GANConfig, GANState, d_scores, generate, init_gan_state,
                                        make_d_step, make_g_step, sample, save_grid, train_gan)
 from hyperforget_jax.gan.unlearn import (CLASS_RECIPE, FAKE_LABELS, ITEM_RECIPE, SUBSTITUTIONS,

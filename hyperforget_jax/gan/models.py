@@ -39,6 +39,33 @@ Params = Any
 GAN_ARCHS = ("mlp", "dcgan")
 #: Image sizes the ``dcgan`` pair supports (its G up-samples a 7×7 or 4×4 base by 2 per stage).
 DCGAN_SIZES = (28, 32)
+#: Priors of the latent codes z: ``"normal"``, z ~ N(0, I) (DCGAN's); ``"mixture"``, an equal
+#: mixture of ``MIXTURE_COMPONENTS`` Gaussians N(μ_k, σ² I) with σ = ``MIXTURE_SIGMA`` around
+#: fixed means μ_k ~ N(0, I) (drawn once from ``MIXTURE_SEED``, the same for every GAN) [ours,
+#: after the static Gaussian-mixture prior of GM-GAN, Ben-Yosef & Weinshall 2018]. A G fed one
+#: connected Gaussian must pass through hybrids of two digits wherever its images change class;
+#: the mixture's components lie apart (‖μ_j − μ_k‖ ≈ 14, about 7 σ along the line between two
+#: means), so G can change class between them, where there are no codes. Probes on MNIST-5k:
+#: docs/gan.md.
+LATENT_PRIORS = ("normal", "mixture")
+MIXTURE_COMPONENTS = 20
+MIXTURE_SIGMA = 2.0
+MIXTURE_SEED = 777
+
+
+def sample_mixture(key: jax.Array, n: int, latent_dim: int) -> jax.Array:
+    """``n`` codes from the ``"mixture"`` prior (see ``LATENT_PRIORS``): a component k drawn
+    uniformly per code, then μ_k + σ·ε.
+
+    >>> z = sample_mixture(jax.random.key(0), 4096, 100)
+    >>> z.shape, round(float(z.var()), 1)  # Var = Var(μ) + σ² = 1 + 4
+    ((4096, 100), 5.0)
+    """
+    kc, ke = jax.random.split(key)
+    means = jax.random.normal(jax.random.key(MIXTURE_SEED), (MIXTURE_COMPONENTS, latent_dim),
+                              jnp.float32)
+    k = jax.random.randint(kc, (n,), 0, MIXTURE_COMPONENTS)
+    return means[k] + MIXTURE_SIGMA * jax.random.normal(ke, (n, latent_dim), jnp.float32)
 
 
 def auto_gan_arch(image_shape: tuple[int, int, int]) -> str:
@@ -130,6 +157,7 @@ class GANArch:
     image_shape: tuple[int, int, int] = (28, 28, 1)
     latent_dim: int = 100
     width: int = 64
+    latent_prior: str = "normal"
 
     @property
     def generator(self) -> nn.Module:
@@ -162,6 +190,9 @@ class GANArch:
         return self.discriminator.apply({"params": d_params}, x)
 
     def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
+        """``n`` latent codes from the architecture's prior (``LATENT_PRIORS``)."""
+        if self.latent_prior == "mixture":
+            return sample_mixture(key, n, self.latent_dim)
         return jax.random.normal(key, (n, self.latent_dim), jnp.float32)
 
     def param_shapes(self) -> tuple[Params, Params]:
@@ -205,12 +236,13 @@ class GANArch:
         g, d = self.param_counts()
         return {"name": self.name, "image_shape": list(self.image_shape),
                 "latent_dim": self.latent_dim, "width": self.width,
+                "latent_prior": self.latent_prior,
                 "g_params": g, "d_params": d}
 
     @classmethod
     def from_json(cls, d: dict) -> "GANArch":
         return make_gan_arch(d["name"], tuple(d["image_shape"]), d.get("latent_dim", 100),
-                             d.get("width", 64))
+                             d.get("width", 64), d.get("latent_prior", "normal"))
 
 
 #: Programs per GAN architecture value (see :meth:`GANArch.program`).
@@ -218,9 +250,11 @@ _GAN_PROGRAMS: dict[GANArch, _Programs] = {}
 
 
 def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28, 1),
-                  latent_dim: int = 100, width: int = 64) -> GANArch:
+                  latent_dim: int = 100, width: int = 64,
+                  latent_prior: str = "normal") -> GANArch:
     """Returns a validated :class:`GANArch` (``name`` in ``GAN_ARCHS``, or ``"auto"``:
-    :func:`auto_gan_arch`; 28×28 or 32×32 images for ``dcgan``)."""
+    :func:`auto_gan_arch`; 28×28 or 32×32 images for ``dcgan``; ``latent_prior`` in
+    ``LATENT_PRIORS``)."""
     if name == "auto":
         name = auto_gan_arch(tuple(image_shape))
     if name not in GAN_ARCHS:
@@ -234,4 +268,7 @@ def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28
                           f"{image_shape[0]}×{image_shape[1]}; use --gan-arch mlp")
     if latent_dim < 1 or width < 4:
         raise ConfigError(f"latent_dim must be >= 1 and width >= 4, got {latent_dim}, {width}")
-    return GANArch(name, image_shape, int(latent_dim), int(width))
+    if latent_prior not in LATENT_PRIORS:
+        raise ConfigError(f"unknown latent prior {latent_prior!r}; choose one of "
+                          f"{', '.join(LATENT_PRIORS)}")
+    return GANArch(name, image_shape, int(latent_dim), int(width), latent_prior)
