@@ -16,12 +16,12 @@ if os.environ["JAX_PLATFORMS"].split(",")[0] not in ("cpu", ""):
 elif "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     # CI time: on CPU the suite spends most of its time compiling, and most of that in LLVM's
     # optimisation of the generated code. Level 0 skips it: the suite's pytest time fell from
-    # 636 s to 435 s (clean clone, 2 cores, 2026-12-05). XLA's own HLO passes are unchanged, but the machine code
-    # rounds differently: 3 epochs of a small GAN, whose training amplifies rounding, end 6e-3
-    # apart at the two levels. The tests compare formulations compiled alike, within one
-    # process or between processes with the same flags, so their tolerances hold. Users'
-    # programs and the benchmarks keep XLA's default; name the flag in XLA_FLAGS to run the
-    # tests at another level.
+    # 636 s to 435 s (clean clone, 2 cores, 2026-12-05). XLA's own HLO passes are unchanged,
+    # but the machine code rounds differently: 3 epochs of a small GAN, whose training
+    # amplifies rounding, end 6e-3 apart at the two levels (benchmarks/xla_rounding.py). The
+    # tests compare formulations compiled alike, within one process or between processes with
+    # the same flags, so their tolerances hold. Users' programs and the benchmarks keep XLA's
+    # default; name the flag in XLA_FLAGS to run the tests at another level.
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 # CI time: one persistent XLA compilation cache per test run, shared by the xdist workers and
 # every subprocess they start (both inherit the environment set here, in the controlling

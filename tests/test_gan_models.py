@@ -78,7 +78,7 @@ def test_mixture_prior_draws_around_fixed_means_and_travels_with_the_arch(digits
     of the architecture (its JSON, its programs) and of the training recipe; older JSON without
     it means the normal prior; unknown priors are refused."""
     from hyperforget_jax.gan.models import (MIXTURE_COMPONENTS, MIXTURE_SEED, MIXTURE_SIGMA,
-                                            GANArch, sample_mixture)
+                                            GANArch, mixture_means, sample_mixture)
 
     arch = make_gan_arch("dcgan", (28, 28, 1), latent_prior="mixture")
     z = np.asarray(arch.sample_latents(jax.random.key(3), 4000))
@@ -91,6 +91,10 @@ def test_mixture_prior_draws_around_fixed_means_and_travels_with_the_arch(digits
     resid = z - means[k]
     assert abs(resid.std() - MIXTURE_SIGMA) < 0.05 and abs(resid.mean()) < 0.05
     np.testing.assert_array_equal(z, np.asarray(sample_mixture(jax.random.key(3), 4000, 100)))
+    np.testing.assert_array_equal(mixture_means(arch.latent_dim), means)
+    # Inside jit (as in the training epoch) the same codes as outside it.
+    np.testing.assert_array_equal(z, np.asarray(jax.jit(arch.sample_latents, static_argnums=1)(
+        jax.random.key(3), 4000)))
     normal = make_gan_arch("dcgan", (28, 28, 1))
     assert normal.latent_prior == "normal" and normal != arch
     assert abs(float(np.asarray(normal.sample_latents(jax.random.key(3), 4000)).std()) - 1) < 0.02

@@ -43,7 +43,8 @@ def _env(fresh: bool = False, devices_as_here: bool = False) -> dict:
     ``devices_as_here``: the test process's 4 fake CPU devices, for a victim whose result is
     compared with one computed here (XLA:CPU rounds a little differently with 1 and 4 fake
     devices: 1.4e-6 apart after 3 epochs of a small GAN, 1.5e-5 at the tests' optimisation
-    level 0; with the same flags the two processes agree bit for bit)."""
+    level 0; with the same flags the two processes agree bit for bit;
+    benchmarks/xla_rounding.py)."""
     env = dict(os.environ)
     if fresh:
         env.pop("JAX_COMPILATION_CACHE_DIR", None)

@@ -24,11 +24,13 @@ to [-1, 1] first, so the real data needs no rescaling.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hyperforget_jax import layers
 from hyperforget_jax import params as P_
@@ -62,10 +64,24 @@ def sample_mixture(key: jax.Array, n: int, latent_dim: int) -> jax.Array:
     ((4096, 100), 5.0)
     """
     kc, ke = jax.random.split(key)
-    means = jax.random.normal(jax.random.key(MIXTURE_SEED), (MIXTURE_COMPONENTS, latent_dim),
-                              jnp.float32)
     k = jax.random.randint(kc, (n,), 0, MIXTURE_COMPONENTS)
-    return means[k] + MIXTURE_SIGMA * jax.random.normal(ke, (n, latent_dim), jnp.float32)
+    return (jnp.asarray(mixture_means(latent_dim))[k]
+            + MIXTURE_SIGMA * jax.random.normal(ke, (n, latent_dim), jnp.float32))
+
+
+@functools.cache
+def mixture_means(latent_dim: int) -> np.ndarray:
+    """The ``"mixture"`` prior's fixed means μ_k ~ N(0, I), (``MIXTURE_COMPONENTS``,
+    ``latent_dim``): drawn once per size, a constant in every program that samples codes."""
+    return np.asarray(jax.random.normal(jax.random.key(MIXTURE_SEED),
+                                        (MIXTURE_COMPONENTS, latent_dim), jnp.float32))
+
+
+def check_latent_prior(name: str) -> None:
+    """Raises :class:`ConfigError` unless ``name`` is in ``LATENT_PRIORS``."""
+    if name not in LATENT_PRIORS:
+        raise ConfigError(f"unknown latent prior {name!r}; choose one of "
+                          f"{', '.join(LATENT_PRIORS)}")
 
 
 def auto_gan_arch(image_shape: tuple[int, int, int]) -> str:
@@ -268,7 +284,5 @@ def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28
                           f"{image_shape[0]}×{image_shape[1]}; use --gan-arch mlp")
     if latent_dim < 1 or width < 4:
         raise ConfigError(f"latent_dim must be >= 1 and width >= 4, got {latent_dim}, {width}")
-    if latent_prior not in LATENT_PRIORS:
-        raise ConfigError(f"unknown latent prior {latent_prior!r}; choose one of "
-                          f"{', '.join(LATENT_PRIORS)}")
+    check_latent_prior(latent_prior)
     return GANArch(name, image_shape, int(latent_dim), int(width), latent_prior)
