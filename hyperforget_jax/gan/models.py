@@ -72,9 +72,11 @@ def sample_mixture(key: jax.Array, n: int, latent_dim: int) -> jax.Array:
 @functools.cache
 def mixture_means(latent_dim: int) -> np.ndarray:
     """The ``"mixture"`` prior's fixed means μ_k ~ N(0, I), (``MIXTURE_COMPONENTS``,
-    ``latent_dim``): drawn once per size, a constant in every program that samples codes."""
-    return np.asarray(jax.random.normal(jax.random.key(MIXTURE_SEED),
-                                        (MIXTURE_COMPONENTS, latent_dim), jnp.float32))
+    ``latent_dim``): drawn once per size, a constant in every program that samples codes.
+    Drawn eagerly even when the first call comes from inside a trace (``jit``, ``scan``)."""
+    with jax.ensure_compile_time_eval():
+        return np.asarray(jax.random.normal(jax.random.key(MIXTURE_SEED),
+                                            (MIXTURE_COMPONENTS, latent_dim), jnp.float32))
 
 
 def check_latent_prior(name: str) -> None:
