@@ -317,6 +317,14 @@ def _rows(res, request, method):
     return [r for r in res["runs"] if r["request"] == request and r["method"] == method]
 
 
+def _prior_desc(gc: dict) -> str:
+    """The latent prior of a stored GANConfig (older results: normal, 20-component mixture)."""
+    if gc.get("latent_prior", "normal") == "normal":
+        return ", latent codes z ~ N(0, I)"
+    return (f", latent codes from a mixture of {gc.get('mixture_components', 20)} Gaussians "
+            f"(σ {gc.get('mixture_sigma', 2.0):g}) around fixed means")
+
+
 def render(res, sizes, labels, classes) -> str:
     cfgc, cfgi = res["class_cfg"], res["item_cfg"]
     n_seeds = len({r["seed"] for r in res["runs"]})
@@ -326,7 +334,8 @@ def render(res, sizes, labels, classes) -> str:
                 f"Adam {res['gan_config']['lr']:g}"
                 + (f" for D and {res['gan_config']['g_lr']:g} for G"
                    if res["gan_config"].get("g_lr") not in (None, res["gan_config"]["lr"])
-                   else ""))
+                   else "")
+                + _prior_desc(res["gan_config"]))
     copies = jd.get("augment", 1)
     judge_desc = (f"the `{jd['arch'].rsplit(':', 1)[-1]}` classifier trained {jd.get('epochs', 20)}"
                   " epochs on the full training set"

@@ -73,49 +73,75 @@ def test_g_lr_sets_the_generators_learning_rate_only(digits_splits):
 
 
 def test_mixture_prior_draws_around_fixed_means_and_travels_with_the_arch(digits_splits):
-    """``latent_prior="mixture"``: codes lie around 20 means fixed for every GAN (σ = 2 from
-    their mean), every component is drawn, the same key gives the same codes; the prior is part
-    of the architecture (its JSON, its programs) and of the training recipe; older JSON without
-    it means the normal prior; unknown priors are refused."""
-    from hyperforget_jax.gan.models import (MIXTURE_COMPONENTS, MIXTURE_SEED, MIXTURE_SIGMA,
-                                            GANArch, mixture_means, sample_mixture)
+    """``latent_prior="mixture"`` (the recipe's default): codes lie around K means fixed for
+    every GAN (σ from their mean), every component is drawn, the same key gives the same codes,
+    jitted or not; the prior, K and σ are part of the architecture (its JSON, its programs) and
+    of the training recipe; older JSON without the prior means normal, a mixture without K and
+    σ means the 20-component mixture it was drawn from; bad priors, K and σ are refused."""
+    from hyperforget_jax.gan.models import (LEGACY_MIXTURE, MIXTURE_COMPONENTS, MIXTURE_SEED,
+                                            MIXTURE_SIGMA, GANArch, mixture_means,
+                                            sample_mixture)
 
+    assert GANConfig().latent_prior == "mixture"
     arch = make_gan_arch("dcgan", (28, 28, 1), latent_prior="mixture")
     # The first draw of the means from inside a trace (as in a fresh `gan train`) works, and
-    # jitted sampling gives the same codes as eager sampling.
+    # jitted sampling gives the same codes as eager sampling (to rounding: XLA fuses μ + σ·ε).
     mixture_means.cache_clear()
     z_jit = np.asarray(jax.jit(arch.sample_latents, static_argnums=1)(jax.random.key(3), 4000))
     z = np.asarray(arch.sample_latents(jax.random.key(3), 4000))
-    np.testing.assert_array_equal(z, z_jit)
+    np.testing.assert_allclose(z, z_jit, rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(z, np.asarray(arch.sample_latents(jax.random.key(3), 4000)))
-    means = np.asarray(jax.random.normal(jax.random.key(MIXTURE_SEED),
-                                         (MIXTURE_COMPONENTS, arch.latent_dim)))
-    d2 = ((z[:, None, :] - means[None]) ** 2).sum(-1)
-    k = d2.argmin(1)
+
+    def nearest_means(z, k):
+        means = np.asarray(jax.random.normal(jax.random.key(MIXTURE_SEED), (k, z.shape[1])))
+        return means, ((z[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+
+    means, k = nearest_means(z, MIXTURE_COMPONENTS)
     assert np.bincount(k, minlength=MIXTURE_COMPONENTS).min() > 4000 / MIXTURE_COMPONENTS / 2
     resid = z - means[k]
     assert abs(resid.std() - MIXTURE_SIGMA) < 0.05 and abs(resid.mean()) < 0.05
     np.testing.assert_array_equal(z, np.asarray(sample_mixture(jax.random.key(3), 4000, 100)))
     np.testing.assert_array_equal(mixture_means(arch.latent_dim), means)
+    # Another K and σ: other codes, around K means with spread σ.
+    small = make_gan_arch("dcgan", (28, 28, 1), latent_prior="mixture", mixture_components=5,
+                          mixture_sigma=0.5)
+    z5 = np.asarray(small.sample_latents(jax.random.key(3), 2000))
+    means5, k5 = nearest_means(z5, 5)
+    assert np.bincount(k5, minlength=5).min() > 2000 / 5 / 2
+    assert abs((z5 - means5[k5]).std() - 0.5) < 0.02 and small != arch
     normal = make_gan_arch("dcgan", (28, 28, 1))
     assert normal.latent_prior == "normal" and normal != arch
     assert abs(float(np.asarray(normal.sample_latents(jax.random.key(3), 4000)).std()) - 1) < 0.02
+    # K and σ mean nothing to the normal prior: equal GANs compare equal.
+    assert make_gan_arch("dcgan", (28, 28, 1), mixture_components=5, mixture_sigma=3) == normal
 
-    assert GANArch.from_json(arch.to_json()) == arch
-    old = {k: v for k, v in arch.to_json().items() if k != "latent_prior"}
+    for a in (arch, small, normal):
+        assert GANArch.from_json(a.to_json()) == a
+    old = {k: v for k, v in arch.to_json().items() if k not in ("latent_prior",
+                                                               "mixture_components",
+                                                               "mixture_sigma")}
     assert GANArch.from_json(old) == normal
-    with pytest.raises(ConfigError, match="latent prior"):
-        make_gan_arch("dcgan", (28, 28, 1), latent_prior="uniform")
-    with pytest.raises(ConfigError, match="latent prior"):
-        GANConfig(latent_prior="uniform")
+    legacy = GANArch.from_json({**old, "latent_prior": "mixture"})
+    assert (legacy.mixture_components, legacy.mixture_sigma) == LEGACY_MIXTURE == (20, 2.0)
+    for bad in (dict(latent_prior="uniform"), dict(latent_prior="mixture", mixture_components=1),
+                dict(latent_prior="mixture", mixture_components=2.5),
+                dict(latent_prior="mixture", mixture_sigma=0.0),
+                dict(latent_prior="mixture", mixture_sigma=float("nan"))):
+        with pytest.raises(ConfigError, match="latent prior|mixture_components|mixture_sigma"):
+            make_gan_arch("dcgan", (28, 28, 1), **bad)
+        with pytest.raises(ConfigError, match="latent prior|mixture_components|mixture_sigma"):
+            GANConfig(**bad)
 
     train = digits_splits.train.subset(np.arange(32))
     base = dict(arch="mlp", epochs=1, batch_size=16, seed=5)
-    mixed, _, arch_m = train_gan(train, GANConfig(**base, latent_prior="mixture"))
-    plain, _, _ = train_gan(train, GANConfig(**base))
-    assert arch_m.latent_prior == "mixture"
-    assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(mixed.g_params),
-                                                    jax.tree.leaves(plain.g_params)))
+    mixed, _, arch_m = train_gan(train, GANConfig(**base))
+    plain, _, arch_n = train_gan(train, GANConfig(**base, latent_prior="normal"))
+    fewer, _, arch_f = train_gan(train, GANConfig(**base, mixture_components=5))
+    assert (arch_m.latent_prior, arch_n.latent_prior) == ("mixture", "normal")
+    assert (arch_m.mixture_components, arch_f.mixture_components) == (MIXTURE_COMPONENTS, 5)
+    for other in (plain, fewer):
+        assert any(not np.allclose(u, v) for u, v in zip(jax.tree.leaves(mixed.g_params),
+                                                        jax.tree.leaves(other.g_params)))
 
 
 def test_auto_arch_is_the_dcgan_where_it_fits():

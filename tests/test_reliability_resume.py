@@ -314,8 +314,7 @@ def test_kill_while_overwriting_a_step_keeps_the_old_copy(tmp_path):
 def test_gan_training_killed_before_commit_resumes_exactly(digits_splits, tmp_path):
     """``gan.train.train_gan`` with a Checkpointer: killed just before step 2 commits, resumed,
     equals the uninterrupted run."""
-    from hyperforget_jax.gan.models import make_gan_arch
-    from hyperforget_jax.gan.train import GANState, init_gan_state, train_gan
+    from hyperforget_jax.gan.train import GANState, gan_arch_of, init_gan_state, train_gan
     from hyperforget_jax.gan.train import make_optimizer as gan_opt
     from reliability_worker import gan_config, save_splits
 
@@ -327,7 +326,7 @@ def test_gan_training_killed_before_commit_resumes_exactly(digits_splits, tmp_pa
     assert _steps_on_disk(directory) == [1]
     cfg = gan_config(epochs)
     train = digits_splits.train
-    arch = make_gan_arch(cfg.arch, train.x.shape[1:], cfg.latent_dim, cfg.width)
+    arch = gan_arch_of(cfg, train.x.shape[1:])
     template = init_gan_state(arch, gan_opt(cfg.lr, cfg.beta1), jax.random.key(0))
     with Checkpointer(directory, max_to_keep=2) as ckpt:
         ckpt.restore(template, step=1)  # the committed step is intact

@@ -26,9 +26,9 @@ from hyperforget_jax.configflags import non_negative_int, positive_int
 from hyperforget_jax.errors import CheckpointError, DataError, ForgetRequestError
 from hyperforget_jax.gan.metrics import (JUDGE, JUDGE_ANNEAL, JUDGE_AUGMENT, EvalConfig,
                                          cached_judge, evaluate_gan, judge_outputs, judge_recipe)
-from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch, make_gan_arch
-from hyperforget_jax.gan.train import (GANConfig, init_gan_state, make_optimizer, sample,
-                                       save_grid, timed_train_gan)
+from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch
+from hyperforget_jax.gan.train import (GANConfig, gan_arch_of, init_gan_state, make_optimizer,
+                                       sample, save_grid, timed_train_gan)
 from hyperforget_jax.gan.unlearn import (FAKE_LABELS, SUBSTITUTIONS, UnlearnConfig,
                                         default_recipe, unlearn_gan)
 from hyperforget_jax.train import TrainConfig
@@ -114,7 +114,7 @@ def cmd_train(args) -> int:
     train = fsplit.retain if fsplit is not None else splits.train
     cfg = args._gan_flags.build(args)
     # A bad architecture for these images is refused before the run directory is claimed.
-    make_gan_arch(cfg.arch, train.x.shape[1:], cfg.latent_dim, cfg.width, cfg.latent_prior)
+    gan_arch_of(cfg, train.x.shape[1:])
     meta = {"role": "retrain" if request else "original", "dataset": args.dataset,
             "split_seed": args.split_seed,
             "request": request.to_json() if request else None}

@@ -42,48 +42,65 @@ GAN_ARCHS = ("mlp", "dcgan")
 #: Image sizes the ``dcgan`` pair supports (its G up-samples a 7×7 or 4×4 base by 2 per stage).
 DCGAN_SIZES = (28, 32)
 #: Priors of the latent codes z: ``"normal"``, z ~ N(0, I) (DCGAN's); ``"mixture"``, an equal
-#: mixture of ``MIXTURE_COMPONENTS`` Gaussians N(μ_k, σ² I) with σ = ``MIXTURE_SIGMA`` around
-#: fixed means μ_k ~ N(0, I) (drawn once from ``MIXTURE_SEED``, the same for every GAN) [ours,
-#: after the static Gaussian-mixture prior of GM-GAN, Ben-Yosef & Weinshall 2018]. A G fed one
+#: mixture of K Gaussians N(μ_k, σ² I) around fixed means μ_k ~ N(0, I) (drawn once from
+#: ``MIXTURE_SEED``, the same for every GAN of a size) [ours, after the static Gaussian-mixture
+#: prior of GM-GAN, Ben-Yosef & Weinshall 2018]; K and σ are fields of the architecture
+#: (:class:`GANArch`; defaults ``MIXTURE_COMPONENTS``, ``MIXTURE_SIGMA``). A G fed one
 #: connected Gaussian must pass through hybrids of two digits wherever its images change class;
-#: the mixture's components lie apart (‖μ_j − μ_k‖ ≈ 14, about 7 σ along the line between two
-#: means), so G can change class between them, where there are no codes. Probes on MNIST-5k:
-#: docs/gan.md.
+#: the mixture's components lie apart (‖μ_j − μ_k‖ ≈ 14 in 100 dimensions, about 5.6 σ along
+#: the line between two means), so G can change class between them, where there are no codes.
+#: Probes on MNIST-5k (docs/gan.md): at σ 2 the mixture lowered the retrained GAN's share of
+#: the class it never saw but cost the Original's downstream accuracy; σ 2.5 keeps it.
 LATENT_PRIORS = ("normal", "mixture")
 MIXTURE_COMPONENTS = 20
-MIXTURE_SIGMA = 2.0
+MIXTURE_SIGMA = 2.5
 MIXTURE_SEED = 777
+#: What a stored ``"mixture"`` architecture without its K and σ (runs of 2026-12-05, before
+#: they were fields) was drawn from.
+LEGACY_MIXTURE = (20, 2.0)
 
 
-def sample_mixture(key: jax.Array, n: int, latent_dim: int) -> jax.Array:
+def sample_mixture(key: jax.Array, n: int, latent_dim: int,
+                   components: int = MIXTURE_COMPONENTS,
+                   sigma: float = MIXTURE_SIGMA) -> jax.Array:
     """``n`` codes from the ``"mixture"`` prior (see ``LATENT_PRIORS``): a component k drawn
     uniformly per code, then μ_k + σ·ε.
 
     >>> z = sample_mixture(jax.random.key(0), 4096, 100)
-    >>> z.shape, round(float(z.var()), 1)  # Var = Var(μ) + σ² = 1 + 4
-    ((4096, 100), 5.0)
+    >>> z.shape, round(float(z.var()))  # Var = Var(μ) + σ² = 1 + 6.25
+    ((4096, 100), 7)
     """
     kc, ke = jax.random.split(key)
-    k = jax.random.randint(kc, (n,), 0, MIXTURE_COMPONENTS)
-    return (jnp.asarray(mixture_means(latent_dim))[k]
-            + MIXTURE_SIGMA * jax.random.normal(ke, (n, latent_dim), jnp.float32))
+    k = jax.random.randint(kc, (n,), 0, components)
+    return (jnp.asarray(mixture_means(latent_dim, components))[k]
+            + sigma * jax.random.normal(ke, (n, latent_dim), jnp.float32))
 
 
 @functools.cache
-def mixture_means(latent_dim: int) -> np.ndarray:
-    """The ``"mixture"`` prior's fixed means μ_k ~ N(0, I), (``MIXTURE_COMPONENTS``,
-    ``latent_dim``): drawn once per size, a constant in every program that samples codes.
-    Drawn eagerly even when the first call comes from inside a trace (``jit``, ``scan``)."""
+def mixture_means(latent_dim: int, components: int = MIXTURE_COMPONENTS) -> np.ndarray:
+    """The ``"mixture"`` prior's fixed means μ_k ~ N(0, I), (``components``, ``latent_dim``):
+    drawn once per size, a constant in every program that samples codes. Drawn eagerly even
+    when the first call comes from inside a trace (``jit``, ``scan``)."""
     with jax.ensure_compile_time_eval():
         return np.asarray(jax.random.normal(jax.random.key(MIXTURE_SEED),
-                                            (MIXTURE_COMPONENTS, latent_dim), jnp.float32))
+                                            (components, latent_dim), jnp.float32))
 
 
-def check_latent_prior(name: str) -> None:
-    """Raises :class:`ConfigError` unless ``name`` is in ``LATENT_PRIORS``."""
+def check_latent_prior(name: str, components: int = MIXTURE_COMPONENTS,
+                       sigma: float = MIXTURE_SIGMA) -> None:
+    """Raises :class:`ConfigError` unless ``name`` is in ``LATENT_PRIORS`` and the mixture's
+    ``components`` (an integer ≥ 2) and ``sigma`` (> 0, finite) are valid."""
     if name not in LATENT_PRIORS:
         raise ConfigError(f"unknown latent prior {name!r}; choose one of "
                           f"{', '.join(LATENT_PRIORS)}")
+    if isinstance(components, bool) or not isinstance(components, (int, np.integer)) \
+            or components < 2:
+        raise ConfigError(f"mixture_components must be an integer >= 2 (the mixture's "
+                          f"Gaussians), got {components!r}")
+    if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating)) \
+            or not np.isfinite(sigma) or sigma <= 0:
+        raise ConfigError(f"mixture_sigma must be a positive number (each Gaussian's std), "
+                          f"got {sigma!r}")
 
 
 def auto_gan_arch(image_shape: tuple[int, int, int]) -> str:
@@ -176,6 +193,9 @@ class GANArch:
     latent_dim: int = 100
     width: int = 64
     latent_prior: str = "normal"
+    #: K and σ of the ``"mixture"`` prior (unused by ``"normal"``).
+    mixture_components: int = MIXTURE_COMPONENTS
+    mixture_sigma: float = MIXTURE_SIGMA
 
     @property
     def generator(self) -> nn.Module:
@@ -210,7 +230,8 @@ class GANArch:
     def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
         """``n`` latent codes from the architecture's prior (``LATENT_PRIORS``)."""
         if self.latent_prior == "mixture":
-            return sample_mixture(key, n, self.latent_dim)
+            return sample_mixture(key, n, self.latent_dim, self.mixture_components,
+                                  self.mixture_sigma)
         return jax.random.normal(key, (n, self.latent_dim), jnp.float32)
 
     def param_shapes(self) -> tuple[Params, Params]:
@@ -224,7 +245,7 @@ class GANArch:
         ``build()``.
 
         The owner is the architecture's *value*: a ``GANArch`` holds only library code and
-        four plain fields, so its programs are shared by every equal ``GANArch`` (a Retrain
+        plain fields, so its programs are shared by every equal ``GANArch`` (a Retrain
         reuses the Original's compiled epoch) and keep nothing of a user's alive, like the
         registered classifiers' programs (:meth:`hyperforget_jax.models.Architecture.program`);
         each architecture keeps at most ``models.MAX_PROGRAMS`` (least recently used dropped).
@@ -255,12 +276,21 @@ class GANArch:
         return {"name": self.name, "image_shape": list(self.image_shape),
                 "latent_dim": self.latent_dim, "width": self.width,
                 "latent_prior": self.latent_prior,
+                **({"mixture_components": self.mixture_components,
+                    "mixture_sigma": self.mixture_sigma} if self.latent_prior == "mixture"
+                   else {}),
                 "g_params": g, "d_params": d}
 
     @classmethod
     def from_json(cls, d: dict) -> "GANArch":
+        # Older runs: no prior means normal; a mixture without K, σ means LEGACY_MIXTURE.
+        k, sigma = d.get("mixture_components"), d.get("mixture_sigma")
+        if d.get("latent_prior") == "mixture" and k is None:
+            k, sigma = LEGACY_MIXTURE
         return make_gan_arch(d["name"], tuple(d["image_shape"]), d.get("latent_dim", 100),
-                             d.get("width", 64), d.get("latent_prior", "normal"))
+                             d.get("width", 64), d.get("latent_prior", "normal"),
+                             MIXTURE_COMPONENTS if k is None else k,
+                             MIXTURE_SIGMA if sigma is None else sigma)
 
 
 #: Programs per GAN architecture value (see :meth:`GANArch.program`).
@@ -269,10 +299,12 @@ _GAN_PROGRAMS: dict[GANArch, _Programs] = {}
 
 def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28, 1),
                   latent_dim: int = 100, width: int = 64,
-                  latent_prior: str = "normal") -> GANArch:
+                  latent_prior: str = "normal", mixture_components: int = MIXTURE_COMPONENTS,
+                  mixture_sigma: float = MIXTURE_SIGMA) -> GANArch:
     """Returns a validated :class:`GANArch` (``name`` in ``GAN_ARCHS``, or ``"auto"``:
     :func:`auto_gan_arch`; 28×28 or 32×32 images for ``dcgan``; ``latent_prior`` in
-    ``LATENT_PRIORS``)."""
+    ``LATENT_PRIORS``, with the mixture's ``mixture_components`` ≥ 2 and ``mixture_sigma``
+    > 0; the normal prior keeps their defaults, so equal GANs compare equal)."""
     if name == "auto":
         name = auto_gan_arch(tuple(image_shape))
     if name not in GAN_ARCHS:
@@ -286,5 +318,8 @@ def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28
                           f"{image_shape[0]}×{image_shape[1]}; use --gan-arch mlp")
     if latent_dim < 1 or width < 4:
         raise ConfigError(f"latent_dim must be >= 1 and width >= 4, got {latent_dim}, {width}")
-    check_latent_prior(latent_prior)
-    return GANArch(name, image_shape, int(latent_dim), int(width), latent_prior)
+    check_latent_prior(latent_prior, mixture_components, mixture_sigma)
+    if latent_prior != "mixture":
+        mixture_components, mixture_sigma = MIXTURE_COMPONENTS, MIXTURE_SIGMA
+    return GANArch(name, image_shape, int(latent_dim), int(width), latent_prior,
+                   int(mixture_components), float(mixture_sigma))
