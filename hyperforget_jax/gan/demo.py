@@ -55,7 +55,10 @@ def demo_section(ctx) -> dict:
     md = ("## GAN unlearning (smoke scale)\n\n"
           f"A smoke-scale run, not the measured results (see `docs/gan.md` and "
           f"`experiments/gan_unlearning.py`): the `{arch.name}` GAN trained {cfg.epochs} epochs "
-          f"(Adam: D {cfg.lr:g}, G {cfg.lr if cfg.g_lr is None else cfg.g_lr:g}; Retrain = the "
+          f"(Adam: D {cfg.lr:g}, G {cfg.lr if cfg.g_lr is None else cfg.g_lr:g}; latent prior "
+          + ("N(0, I)" if arch.latent_prior == "normal" else
+             f"a mixture of {arch.mixture_components} Gaussians at σ {arch.mixture_sigma:g}")
+          + "; Retrain = the "
           "same recipe on D_r), "
           f"forgetting {request.describe()} with the cascade (hard fake label, latent-level "
           "substitution), one seed. The judge is the demo's original classifier; "
