@@ -47,7 +47,7 @@ from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.gan import add_judge_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
-from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS
+from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, LEGACY_MIXTURE
 from hyperforget_jax.gan.train import GANConfig, sample, save_grid, timed_train_gan
 from hyperforget_jax.gan.unlearn import (CLASS_RECIPE, FAKE_LABELS, ITEM_RECIPE, kept_mix_sound,
                                          unlearn_gan)
@@ -318,11 +318,13 @@ def _rows(res, request, method):
 
 
 def _prior_desc(gc: dict) -> str:
-    """The latent prior of a stored GANConfig (older results: normal, 20-component mixture)."""
+    """The latent prior of a stored GANConfig (older results: the normal prior, or the
+    mixture that had no K and σ fields, ``LEGACY_MIXTURE``)."""
     if gc.get("latent_prior", "normal") == "normal":
         return ", latent codes z ~ N(0, I)"
-    return (f", latent codes from a mixture of {gc.get('mixture_components', 20)} Gaussians "
-            f"(σ {gc.get('mixture_sigma', 2.0):g}) around fixed means")
+    k, sigma = ((gc["mixture_components"], gc["mixture_sigma"]) if "mixture_components" in gc
+                else LEGACY_MIXTURE)
+    return f", latent codes from a mixture of {k} Gaussians (σ {sigma:g}) around fixed means"
 
 
 def render(res, sizes, labels, classes) -> str:

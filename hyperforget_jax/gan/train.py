@@ -74,7 +74,8 @@ class GANConfig:
       latent_prior: ``"normal"`` (z ~ N(0, I)) or ``"mixture"`` (an equal mixture of
         Gaussians with gaps between them, :data:`hyperforget_jax.gan.models.LATENT_PRIORS`)
         [ours: ``mixture``; it lowers the retrained GAN's share of the class it never saw and
-        meets more of the class targets (docs/gan.md, "Results with the mixture prior")].
+        meets more of the class targets (docs/gan.md, "The headline run with the mixture
+        prior")].
       mixture_components: the mixture's number of Gaussians K [ours: 20].
       mixture_sigma: each Gaussian's standard deviation σ [ours: 2.5; at 2 a classifier
         trained on the Original's samples fell under 90 % on real digits, 1 collapses the
