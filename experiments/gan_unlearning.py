@@ -47,7 +47,7 @@ from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.gan import add_judge_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
-from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, LEGACY_MIXTURE
+from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch
 from hyperforget_jax.gan.train import GANConfig, sample, save_grid, timed_train_gan
 from hyperforget_jax.gan.unlearn import (CLASS_RECIPE, FAKE_LABELS, ITEM_RECIPE, kept_mix_sound,
                                          unlearn_gan)
@@ -317,16 +317,6 @@ def _rows(res, request, method):
     return [r for r in res["runs"] if r["request"] == request and r["method"] == method]
 
 
-def _prior_desc(gc: dict) -> str:
-    """The latent prior of a stored GANConfig (older results: the normal prior, or the
-    mixture that had no K and σ fields, ``LEGACY_MIXTURE``)."""
-    if gc.get("latent_prior", "normal") == "normal":
-        return ", latent codes z ~ N(0, I)"
-    k, sigma = ((gc["mixture_components"], gc["mixture_sigma"]) if "mixture_components" in gc
-                else LEGACY_MIXTURE)
-    return f", latent codes from a mixture of {k} Gaussians (σ {sigma:g}) around fixed means"
-
-
 def render(res, sizes, labels, classes) -> str:
     cfgc, cfgi = res["class_cfg"], res["item_cfg"]
     n_seeds = len({r["seed"] for r in res["runs"]})
@@ -337,7 +327,8 @@ def render(res, sizes, labels, classes) -> str:
                 + (f" for D and {res['gan_config']['g_lr']:g} for G"
                    if res["gan_config"].get("g_lr") not in (None, res["gan_config"]["lr"])
                    else "")
-                + _prior_desc(res["gan_config"]))
+                # Older results: no gan_arch; a stored arch reads its prior as it was drawn.
+                + (f", latent prior {GANArch.from_json(ga).describe_prior()}" if ga else ""))
     copies = jd.get("augment", 1)
     judge_desc = (f"the `{jd['arch'].rsplit(':', 1)[-1]}` classifier trained {jd.get('epochs', 20)}"
                   " epochs on the full training set"

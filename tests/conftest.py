@@ -18,7 +18,8 @@ elif "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     # optimisation of the generated code. Level 0 skips it: the suite's pytest time fell from
     # 636 s to 435 s (clean clone, 2 cores, 2026-12-05). XLA's own HLO passes are unchanged,
     # but the machine code rounds differently: 3 epochs of a small GAN, whose training
-    # amplifies rounding, end 6e-3 apart at the two levels (benchmarks/xla_rounding.py). The
+    # amplifies rounding, end 6e-3 apart at the two levels (3e-2 with the mixture prior;
+    # benchmarks/xla_rounding.py). The
     # tests compare formulations compiled alike, within one process or between processes with
     # the same flags, so their tolerances hold. Users' programs and the benchmarks keep XLA's
     # default; name the flag in XLA_FLAGS to run the tests at another level.

@@ -41,8 +41,9 @@ def _env(fresh: bool = False, devices_as_here: bool = False) -> dict:
     """The victims' environment; ``fresh``: without the test run's shared compilation cache
     (conftest.py), so the victim compiles every program itself, as a user's resumed run does.
     ``devices_as_here``: the test process's 4 fake CPU devices, for a victim whose result is
-    compared with one computed here (XLA:CPU rounds a little differently with 1 and 4 fake
-    devices: 1.4e-6 apart after 3 epochs of a small GAN, 1.5e-5 at the tests' optimisation
+    compared with one computed here (XLA:CPU rounds differently with 1 and 4 fake
+    devices: 1.4e-6 apart after 3 epochs of a small GAN with the normal prior, 0.03 with the
+    mixture (benchmarks/xla_rounding.py), 1.5e-5 at the tests' optimisation
     level 0; with the same flags the two processes agree bit for bit;
     benchmarks/xla_rounding.py)."""
     env = dict(os.environ)

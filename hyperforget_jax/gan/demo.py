@@ -56,9 +56,7 @@ def demo_section(ctx) -> dict:
           f"A smoke-scale run, not the measured results (see `docs/gan.md` and "
           f"`experiments/gan_unlearning.py`): the `{arch.name}` GAN trained {cfg.epochs} epochs "
           f"(Adam: D {cfg.lr:g}, G {cfg.lr if cfg.g_lr is None else cfg.g_lr:g}; latent prior "
-          + ("N(0, I)" if arch.latent_prior == "normal" else
-             f"a mixture of {arch.mixture_components} Gaussians at σ {arch.mixture_sigma:g}")
-          + "; Retrain = the "
+          f"{arch.describe_prior()}; Retrain = the "
           "same recipe on D_r), "
           f"forgetting {request.describe()} with the cascade (hard fake label, latent-level "
           "substitution), one seed. The judge is the demo's original classifier; "

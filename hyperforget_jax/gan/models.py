@@ -234,6 +234,16 @@ class GANArch:
                                   self.mixture_sigma)
         return jax.random.normal(key, (n, self.latent_dim), jnp.float32)
 
+    def describe_prior(self) -> str:
+        """The latent prior in words, for reports.
+
+        >>> make_gan_arch("mlp", latent_prior="mixture").describe_prior()
+        'a mixture of 20 Gaussians at σ 2.5'
+        """
+        if self.latent_prior == "mixture":
+            return f"a mixture of {self.mixture_components} Gaussians at σ {self.mixture_sigma:g}"
+        return "N(0, I)"
+
     def param_shapes(self) -> tuple[Params, Params]:
         """(G, D) parameter shapes (``jax.ShapeDtypeStruct`` pytrees), traced once per arch."""
         # Tracing init costs ~0.1-1 s and is asked for on every check_params / checkpoint save.
