@@ -346,9 +346,9 @@ def render(res, sizes, labels, classes) -> str:
           "*less* real than unseen data). Downstream: an MLP trained on 10k generated samples "
           "labelled by the judge, tested on the real test set (all classes / kept classes). "
           f"Class recipe: fake label {cfgc['fake_label']}, {cfgc['substitution']}-level "
-          f"substitution, λ_s {cfgc['lambda_s']}{_escalation(cfgc)}; "
+          f"substitution, λ_s {cfgc['lambda_s']}{_anchor(cfgc)}{_escalation(cfgc)}; "
           f"item recipe: {cfgi['substitution']}-level "
-          f"substitution, λ_s {cfgi['lambda_s']}, fake label varied "
+          f"substitution, λ_s {cfgi['lambda_s']}{_anchor(cfgi)}, fake label varied "
           "(`unlearn_heldout_data`: data-level substitution; "
           f"`{LIGHT}`: the held-out recipe with λ_u = {LIGHT_LAMBDA_U}).\n"]
     orig = _rows(res, "none", "original_train")
@@ -412,6 +412,11 @@ def render(res, sizes, labels, classes) -> str:
 def _ratio(x: float) -> str:
     """A speed-up: whole numbers from 10×, one decimal below (0.3× is slower, not 0×)."""
     return f"{x:.0f}×" if x >= 10 else f"{x:.1f}×"
+
+
+def _anchor(cfg: dict) -> str:
+    """The anchor weight for the report's recipe line (nothing without an anchor)."""
+    return f", anchor λ_a {cfg['lambda_a']:g}" if cfg.get("lambda_a") else ""
 
 
 def _escalation(cfg: dict) -> str:

@@ -331,10 +331,10 @@ def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan
 
     gan, arch = tiny_gan
     data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
-    # (lr, d_lr, beta1, lambda_s, sub_real_weight, batch_size, rounds per call): no λ_u. The
+    # (lr, d_lr, beta1, lambda_s, lambda_a, sub_real_weight, batch_size, rounds per call): no λ_u. The
     # data-level cascade's chunk (test_short_cascade_lowers_d_score_on_forgotten_items).
     n = 10
-    cfg_key = (_LR, _D_LR, 0.5, _LAMBDA_S, 1.0, _BATCH, n)
+    cfg_key = (_LR, _D_LR, 0.5, _LAMBDA_S, 0.0, 1.0, _BATCH, n)
     run = U._compiled_rounds(arch, cfg_key)
     assert U._compiled_rounds(arch, cfg_key) is run
     tx, tx_d = make_optimizer(_LR, 0.5), make_optimizer(_D_LR, 0.5)
@@ -470,3 +470,98 @@ def test_class_check_with_a_drifted_kept_mix_neither_stops_nor_is_kept(digits_sp
     assert summary["refused"] >= summary["refused_at_share_bound"] >= 1
     assert summary["max_drift"] >= drift and summary["checks"] == len(strict.history)
     assert guard_summary(loose.history, cfg)["refused"] == 0
+
+
+def test_anchor_mask_keeps_codes_flagged_neither_now_nor_by_the_original():
+    now = np.array([True, False, False, True, False])
+    original = np.array([False, True, False, True, False])
+    np.testing.assert_array_equal(U.anchor_mask(now, original), [False, False, True, False, True])
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_bad_anchor_weight_is_refused(bad):
+    with pytest.raises(ConfigError, match="lambda_a"):
+        U.UnlearnConfig(lambda_a=bad)
+
+
+def test_anchor_term_of_the_round_equals_its_formula(digits_splits, tiny_gan):
+    """With λ_a > 0 the round draws an anchor batch from a sixth key and adds
+    λ_a · mean‖G(z_a) − x_a‖² to L_G (computed here with separate forward passes)."""
+    from hyperforget_jax.gan.train import bce_with_logits, init_gan_state, make_optimizer
+
+    gan, arch = tiny_gan
+    lam_a, n_anchor = 3.0, 7
+    tx = make_optimizer(_LR)
+    data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
+    rng = np.random.default_rng(11)
+    bank = bank._replace(
+        anchor_codes=jnp.asarray(rng.normal(size=bank.codes.shape), jnp.float32),
+        anchor_targets=jnp.asarray(rng.random(bank.targets.shape), jnp.float32),
+        anchor_count=jnp.int32(n_anchor))
+    fn = xla.jit(U.make_round(arch, tx, 4.0, _LAMBDA_S, 0.0, _BATCH, make_optimizer(_D_LR),
+                              lambda_a=lam_a))
+    state = init_gan_state(arch, tx, jax.random.key(0), gan.g_params, gan.d_params)
+    new, m = fn(state, data, bank, y_f, key)
+
+    @jax.jit
+    def formulas(g0, d1):
+        _, _, _, kg, ks, ka = jax.random.split(key, 6)
+        zg = arch.sample_latents(kg, _BATCH)
+        si = jax.random.randint(ks, (_BATCH,), 0, 5)
+        ai = jax.random.randint(ka, (_BATCH,), 0, n_anchor)
+        G = arch.generate
+        sub = jnp.mean((G(g0, bank.codes[si]) - bank.targets[si]) ** 2)
+        held = jnp.mean((G(g0, bank.anchor_codes[ai]) - bank.anchor_targets[ai]) ** 2)
+        want_g = (bce_with_logits(arch.discriminate(d1, G(g0, zg)), 1.0) + _LAMBDA_S * sub
+                  + lam_a * held)
+        return held, want_g
+
+    held, want_g = formulas(gan.g_params, new.d_params)
+    assert float(held) > 0
+    np.testing.assert_allclose(float(m["anchor_loss"]), float(held), rtol=2e-5)
+    np.testing.assert_allclose(float(m["g_loss"]), float(want_g), rtol=2e-5)
+    # An empty anchor bank adds nothing: the same G loss as the round without an anchor
+    # (whose batches come from a five-key split, so only the loss is compared).
+    empty = bank._replace(anchor_count=jnp.int32(0))
+    _, m0 = fn(state, data, empty, y_f, key)
+    assert float(m0["g_loss"]) < float(m["g_loss"])
+
+
+def test_anchor_holds_the_kept_samples_to_the_original(digits_splits, tiny_gan):
+    """A class cascade with a heavy anchor stays closer to G₀ on the codes neither G₀ nor the
+    cascade draws as the forgotten class than the same cascade without it, and its anchor bank
+    holds exactly those codes with G₀'s samples."""
+    from hyperforget_jax.gan.train import generate
+
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    bright = lambda s: np.asarray(s).reshape(len(s), -1).mean(1)
+    thr = float(np.median(bright(generate(arch, gan.g_params,
+                                          arch.sample_latents(jax.random.key(7), 512)))))
+    classify = lambda s: (bright(s) <= thr).astype(np.int32)        # "class 1": dark samples
+    kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x,
+              forget_classes=(1,), classify=classify)
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="latent", check_every=10,
+                          max_rounds=30, tol=0.0, pool_size=256)
+
+    # The bank on a pool, against its definition.
+    codes = np.asarray(arch.sample_latents(jax.random.key(3), cfg.pool_size))
+    g0 = np.asarray(generate(arch, gan.g_params, jnp.asarray(codes)))
+    now = np.arange(cfg.pool_size) % 3 == 0                          # any flags of "now"
+    a_codes, a_targets, count = U._anchor_bank(arch, gan.g_params, codes, now, x[:16], (1,),
+                                               classify, cfg)
+    keep = ~now & (classify(g0) != 1)
+    assert int(count) == keep.sum() > 0
+    np.testing.assert_array_equal(np.asarray(a_codes)[:int(count)], codes[keep])
+    np.testing.assert_allclose(np.asarray(a_targets)[:int(count)], g0[keep], atol=1e-6)
+
+    far = {}
+    for lam_a in (0.0, 100.0):
+        res = U.unlearn_gan(arch, gan.g_params, gan.d_params,
+                            cfg=dataclasses.replace(cfg, lambda_a=lam_a), **kw)
+        assert res.rounds == 30
+        assert ("anchor_loss" in res.history[0]) == bool(lam_a)
+        after = np.asarray(generate(arch, res.g_params, jnp.asarray(codes)))
+        kept = (classify(g0) != 1) & (classify(after) != 1)
+        far[lam_a] = float(np.mean((after[kept] - g0[kept]) ** 2))
+    assert far[100.0] < 0.5 * far[0.0], far

@@ -278,7 +278,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", required=True, help="the original GAN run")
     p.add_argument("--out", default="runs/gan/unlearned",
                    help="checkpoints, samples and results; a rerun resumes an interrupted run")
-    recipe = lambda r: (f"{r.fake_label}/{r.substitution}/λ_s {r.lambda_s}/check every "
+    recipe = lambda r: (f"{r.fake_label}/{r.substitution}/λ_s {r.lambda_s}"
+                        + (f"/λ_a {r.lambda_a:g}" if r.lambda_a else "") + "/check every "
                         f"{r.check_every}/max {r.max_rounds}" + (
                             "" if r.lambda_u_attempts == 1 else
                             f" per attempt/λ_u {r.lambda_u:g} ×{r.lambda_u_growth:g} over "
