@@ -60,9 +60,12 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
         assert len(err.splitlines()) == 1 and words in err, err
     assert cli.main(argv) == 0
     res = json.loads((unl / "results.json").read_text())
-    # Class requests take the class recipe (hard fake label, latent-level substitution).
+    # Class requests take the class recipe (hard fake label, latent-level substitution, the
+    # kept content anchored to the Original; every chunk reports the anchor's loss).
     assert res["unlearn_config"]["fake_label"] == "hard" and res["y_f"] == 0.0
     assert res["unlearn_config"]["substitution"] == "latent"
+    assert res["unlearn_config"]["lambda_a"] == 30.0
+    assert all(h["anchor_loss"] >= 0 for h in res["history"] if "g_loss" in h)
     # The class recipe escalates λ_u 1 → 4 → 16 while an attempt ends at --max-rounds; each
     # attempt starts again from the Original. An attempt that meets the criteria is the run's
     # result; if none does, the check with the lowest pool share is.
