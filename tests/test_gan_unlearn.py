@@ -331,8 +331,9 @@ def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan
 
     gan, arch = tiny_gan
     data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
-    # (lr, d_lr, beta1, lambda_s, lambda_a, sub_real_weight, batch_size, rounds per call): no λ_u. The
-    # data-level cascade's chunk (test_short_cascade_lowers_d_score_on_forgotten_items).
+    # (lr, d_lr, beta1, lambda_s, lambda_a, sub_real_weight, batch_size, rounds per call): no
+    # λ_u, no anchor. The data-level cascade's chunk
+    # (test_short_cascade_lowers_d_score_on_forgotten_items).
     n = 10
     cfg_key = (_LR, _D_LR, 0.5, _LAMBDA_S, 0.0, 1.0, _BATCH, n)
     run = U._compiled_rounds(arch, cfg_key)

@@ -18,10 +18,11 @@ updated D::
   image to G(z) (also counted as real by D); ``latent`` level, G(z') for the nearest
   unflagged code z' of the pool (what the generator already draws next door). G is trained to
   map flagged codes onto their substitutes, so every z still maps to a valid image.
-* The *anchor* [ours, ``lambda_a`` > 0; the class recipe's λ_a is 30, the item recipe has none]: at every check the pool codes
-  that neither G₀ nor the current G draws as forgotten content (:func:`anchor_mask`) are
-  held to G₀'s samples of them, so the cascade changes the forgotten content and leaves the
-  kept content as the Original drew it (docs/gan.md, "An anchor on the kept content").
+* The *anchor* [ours, ``lambda_a`` > 0; λ_a 30 in the class recipe, none in the item recipe]:
+  at every check the pool codes that neither G₀ nor the current G draws as forgotten content
+  (:func:`anchor_mask`) are held to G₀'s samples of them, so the cascade changes the
+  forgotten content and leaves the kept content as the Original drew it (docs/gan.md, "An
+  anchor on the kept content").
 * Stop criteria, checked every ``check_every`` rounds (at least one chunk runs): D's mean
   score on the forgotten items has reached ``y_f`` (score_u ≤ y_f + tol · initial gap) and, for
   class unlearning, the share of the forgotten classes in the pool is ≤ ``max_share`` and the
@@ -82,7 +83,7 @@ class UnlearnConfig:
       lambda_a: weight of the *anchor* term in L_G [ours]: λ_a · ‖G(z_a) − G₀(z_a)‖² (per-pixel,
         mean) on the pool codes that neither G₀ nor the current G draws as forgotten content,
         so the kept content stays what the Original drew (0: no anchor, the term is not even
-        computed). :func:`anchor_codes` picks the codes at every check.
+        computed). :func:`anchor_mask` picks the codes at every check.
       batch_size: batch of every stream (retained, forgotten, latents, substitutes).
       lr, beta1: Adam for both players (fresh optimiser states).
       d_lr: D's own Adam learning rate (None: ``lr``). The stop criterion is D's score on the
@@ -721,7 +722,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         state, m = run(state, data, bank, jnp.float32(y_f), jnp.float32(weight(attempt)), key)
         if not np.asarray(m["finite"]).all():
             raise NonFiniteError(f"non-finite loss or parameters during GAN unlearning near "
-                                 f"round {rounds}; lower the learning rate or lambda_s")
+                                 f"round {rounds}; lower the learning rate, lambda_s or lambda_a")
         rounds += cfg.check_every
         in_attempt += cfg.check_every
         history[-1].update({k: float(np.mean(m[k])) for k in ("d_loss", "g_loss", "sub_loss")
