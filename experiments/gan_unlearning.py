@@ -108,6 +108,16 @@ def guard_summary(history: list[dict], cfg) -> dict | None:
             "refused_at_share_bound": sum(h["share"] <= cfg.max_share for h in over)}
 
 
+def confirm_summary(history: list[dict], cfg) -> dict | None:
+    """How often a class run's pool passed the share bound and was put to the confirmation
+    codes (``cfg.confirm_size``), and how often those refuted it. None without confirmation."""
+    if not getattr(cfg, "confirm_size", 0):
+        return None
+    confirmed = [h["confirm_share"] for h in history if "confirm_share" in h]
+    return {"confirmed": len(confirmed),
+            "refuted": sum(c > cfg.max_share for c in confirmed)}
+
+
 def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[int]]:
     """``--sizes``, ``--retrain-sizes``, ``--fake-labels`` and ``--classes`` as lists, each
     value checked against the data (and ``--seeds``)."""
@@ -295,7 +305,8 @@ def main(argv=None) -> dict:
             record(seed=seed, request=name, method=method, seconds=r.seconds,
                    steps=r.rounds, stopped=r.stopped, y_f=r.y_f, lambda_u=r.lambda_u,
                    attempts=r.attempts, kept=r.kept, eval=e,
-                   guard=guard_summary(r.history, cfg) if is_class else None)
+                   guard=guard_summary(r.history, cfg) if is_class else None,
+                   confirm=confirm_summary(r.history, cfg) if is_class else None)
             log(f"{name} seed {seed} {method} {r.rounds} rounds {r.seconds:.2f} s "
                 f"fid {e['classifier_fid']:.2f} auc {e['d_mia_auc']:.3f} "
                 f"share {e.get('forgotten_share', float('nan')):.4f}")
@@ -346,7 +357,8 @@ def render(res, sizes, labels, classes) -> str:
           "*less* real than unseen data). Downstream: an MLP trained on 10k generated samples "
           "labelled by the judge, tested on the real test set (all classes / kept classes). "
           f"Class recipe: fake label {cfgc['fake_label']}, {cfgc['substitution']}-level "
-          f"substitution, λ_s {cfgc['lambda_s']}{_anchor(cfgc)}{_escalation(cfgc)}; "
+          f"substitution, λ_s {cfgc['lambda_s']}{_anchor(cfgc)}{_confirm(cfgc)}"
+          f"{_escalation(cfgc)}; "
           f"item recipe: {cfgi['substitution']}-level "
           f"substitution, λ_s {cfgi['lambda_s']}{_anchor(cfgi)}, fake label varied "
           "(`unlearn_heldout_data`: data-level substitution; "
@@ -419,6 +431,13 @@ def _anchor(cfg: dict) -> str:
     return f", anchor λ_a {cfg['lambda_a']:g}" if cfg.get("lambda_a") else ""
 
 
+def _confirm(cfg: dict) -> str:
+    """The stop's confirmation, for the report's recipe line (nothing without one)."""
+    n = cfg.get("confirm_size", 0)
+    return (f", a pool under the {100 * cfg['max_share']:g} % share bound confirmed on {n:,} "
+            f"more codes" if n else "")
+
+
 def _escalation(cfg: dict) -> str:
     """How the class recipe escalates λ_u, for the report's recipe line."""
     if "lambda_u" not in cfg:
@@ -442,7 +461,7 @@ def _kept_weights(res, requests) -> str:
             tries = " → ".join(f"λ_u {a['lambda_u']:g}: {a['rounds']}"
                                for a in r["attempts"])
             kept = r.get("kept")
-            where = ("" if not kept else f" at its round {kept['round']}, pool share "
+            where = ("" if not kept else f" at its round {kept['round']}, share "
                      f"{100 * kept['share']:.2f} %, the lowest check")
             g = r.get("guard")
             guard = ("" if not g else
@@ -450,8 +469,12 @@ def _kept_weights(res, requests) -> str:
                          f"{g['refused']} of {g['checks']} checks refused by the guard "
                          f"({g['refused_at_share_bound']} at or under the share bound)"
                          if g["refused"] else "no check refused"))
+            c = r.get("confirm")
+            confirm = ("" if not c else
+                       f"; {c['confirmed']} pools at or under the share bound confirmed on "
+                       f"more codes, {c['refuted']} of them refuted")
             per_seed.append(f"seed {r['seed']} ({tries} rounds, kept λ_u "
-                            f"{r['lambda_u']:g}{where}{guard})")
+                            f"{r['lambda_u']:g}{where}{guard}{confirm})")
         if per_seed:
             lines.append(f"- {name}: " + "; ".join(per_seed))
     return ("Class recipe, λ_u kept per seed (rounds of each attempt):\n\n" + "\n".join(lines)

@@ -65,6 +65,7 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     assert res["unlearn_config"]["fake_label"] == "hard" and res["y_f"] == 0.0
     assert res["unlearn_config"]["substitution"] == "latent"
     assert res["unlearn_config"]["lambda_a"] == 30.0
+    assert res["unlearn_config"]["confirm_size"] == 8192
     assert all(h["anchor_loss"] >= 0 for h in res["history"] if "g_loss" in h)
     # The class recipe escalates λ_u 1 → 4 → 16 while an attempt ends at --max-rounds; each
     # attempt starts again from the Original. An attempt that meets the criteria is the run's
@@ -79,7 +80,8 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     sound = [h for h in res["history"] if h["round"] > 0 and h["kept_drift"] <= bound]
     assert (res["kept"] is None) == (tries[-1]["stopped"] == "criteria" or not sound)
     if res["kept"] is not None:
-        assert res["kept"]["share"] == min(h["share"] for h in sound)
+        # (a pool under the share bound counts with the share of its confirmation codes too)
+        assert res["kept"]["share"] == min(h.get("confirm_share", h["share"]) for h in sound)
     assert res["rounds"] == sum(a["rounds"] for a in tries)
     assert len(res["history"]) == sum(a["rounds"] // 5 + 1 for a in tries)
     arch, state, meta = load_gan_run(unl)

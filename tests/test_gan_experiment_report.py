@@ -110,6 +110,18 @@ def test_guard_summary_counts_the_checks_the_kept_class_mix_guard_refused():
     assert gan.guard_summary([{"share": None, "kept_drift": None}], cfg) is None
 
 
+def test_confirm_summary_counts_the_pools_the_confirmation_refuted():
+    gan = load_experiment("gan_unlearning")
+    from hyperforget_jax.gan.unlearn import CLASS_RECIPE
+    history = [{"share": 0.09}, {"share": 0.004, "confirm_share": 0.008},
+               {"share": 0.02}, {"share": 0.005, "confirm_share": 0.005}]
+    assert gan.confirm_summary(history, CLASS_RECIPE) == {"confirmed": 2, "refuted": 1}
+    assert gan.confirm_summary(history, dataclasses.replace(CLASS_RECIPE,
+                                                            confirm_size=0)) is None
+    assert "confirmed on 8,192 more codes" in gan._confirm(CLASS_RECIPE.to_json())
+    assert gan._confirm({"confirm_size": 0}) == ""
+
+
 def test_render_states_the_escalation_and_the_weight_kept_per_seed():
     gan = load_experiment("gan_unlearning")
     res = _res()

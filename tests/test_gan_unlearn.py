@@ -473,6 +473,60 @@ def test_class_check_with_a_drifted_kept_mix_neither_stops_nor_is_kept(digits_sp
     assert guard_summary(loose.history, cfg)["refused"] == 0
 
 
+def test_a_pool_that_reads_low_by_chance_is_confirmed_before_it_stops_the_run(digits_splits,
+                                                                            tiny_gan):
+    """With confirm_size, a check whose pool passes the share bound draws that many more codes
+    and stops the run only if the share of all of them passes; a refuted check is kept (at the
+    cap) with its confirmed share, never the pool's."""
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="data", check_every=10,
+                          max_rounds=20, tol=0.99, max_share=0.05, pool_size=256)
+    seen = []                                 # the confirmation batches the judge was given
+
+    def judge(confirmation_label):
+        # A stand-in judge that files the forget images under class 1 and every pool sample
+        # under class 0: each pool reads a share of 0. The confirmation codes (the only
+        # batches of confirm_size) are labelled by `confirmation_label`.
+        def classify(s):
+            n = len(s)
+            if n == 16:
+                return np.ones(n, np.int32)
+            if n == cfg.pool_size:
+                return np.zeros(n, np.int32)
+            seen.append(np.asarray(s))
+            return confirmation_label(n)
+        return classify
+
+    halves = lambda n: np.arange(n, dtype=np.int32) % 2           # 50 % "class 1"
+    kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x,
+              forget_classes=(1,))
+    lone = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, classify=judge(halves),
+                         **kw)
+    assert lone.stopped == "criteria" and lone.rounds == 10 and not seen   # the pool decides
+    confirmed = dataclasses.replace(cfg, confirm_size=64)
+    res = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=confirmed,
+                        classify=judge(halves), **kw)
+    # 0 of 256 pool codes and 32 of 64 confirmation codes: 0.1 > 0.05 at every check.
+    assert res.stopped == "max_rounds" and res.rounds == 20
+    checks = [h for h in res.history if h["round"] > 0]
+    assert [h["share"] for h in checks] == [0.0, 0.0]
+    assert [h["confirm_share"] for h in checks] == [32 / 320] * 2
+    assert res.kept["share"] == 32 / 320 and res.kept["round"] == 20      # latest of equals
+    assert [len(b) for b in seen] == [64, 64]
+    assert not np.array_equal(seen[0], seen[1])              # fresh codes at every check
+    # Confirmation codes the judge files under the kept classes confirm the pool at once.
+    seen.clear()
+    ok = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=confirmed,
+                       classify=judge(lambda n: np.zeros(n, np.int32)), **kw)
+    assert ok.stopped == "criteria" and ok.rounds == 10 and ok.kept is None
+    assert ok.history[-1]["confirm_share"] == 0.0 and len(seen) == 1
+    np.testing.assert_array_equal(_flat(ok), _flat(lone))    # the same run up to that check
+    with pytest.raises(ConfigError, match="confirm_size"):
+        U.UnlearnConfig(confirm_size=-1)
+    assert U.CLASS_RECIPE.confirm_size == 8192 and U.ITEM_RECIPE.confirm_size == 0
+
+
 def test_anchor_mask_keeps_codes_flagged_neither_now_nor_by_the_original():
     now = np.array([True, False, False, True, False])
     original = np.array([False, True, False, True, False])
