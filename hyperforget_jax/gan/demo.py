@@ -2,8 +2,9 @@
 
 Trains the default GAN (the convolutional ``dcgan`` pair on MNIST) on the demo's training set
 for a third of the experiment's epochs, retrains it without the forgotten class, runs the
-cascade (the class recipe: hard fake label, latent-level substitution, the anchor) and
-evaluates the three generators with the demo's original classifier (seed 0) as the judge.
+cascade (the class recipe: hard fake label, latent-level substitution, the anchor, the
+confirmed stop) and evaluates the three generators with the demo's original classifier
+(seed 0) as the judge.
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def demo_section(ctx) -> dict:
           "same recipe on D_r), "
           f"forgetting {request.describe()} with the cascade (hard fake label, latent-level "
           f"substitution, the kept content anchored to the Original at λ_a "
-          f"{DEMO_UNLEARN.lambda_a:g}), one seed. The judge is the demo's original classifier; "
+          f"{DEMO_UNLEARN.lambda_a:g}, a pool under the {100 * DEMO_UNLEARN.max_share:g} % "
+          f"share bound confirmed on {DEMO_UNLEARN.confirm_size:,} more codes), one seed. "
+          "The judge is the demo's original classifier; "
           "classifier-FID / classifier-IS use its features (not Inception); d_mia_auc: "
           "AUC of σ(D(x)) on the forgotten class's training images vs held-out ones.\n\n" +
           report.markdown_table(["GAN", "iterations / rounds", "seconds", "forgotten share %",

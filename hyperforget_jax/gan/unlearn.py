@@ -108,9 +108,10 @@ class UnlearnConfig:
         classifier-FID 10× Retrain's, while healthy unlearned GANs drift ≤ 0.17 and Retrain
         0.05–0.06, docs/gan.md].
       pool_size: latent codes drawn per check to flag (and to measure the share).
-      confirm_size: class requests: a check whose pool passes every criterion draws this many
-        more fresh codes, and the criteria are met only if the forgotten share of the pool and
-        those codes together is still ≤ ``max_share`` (0: the pool alone decides) [ours: 8,192
+      confirm_size: class requests: a check whose pool share is ≤ ``max_share`` (with a sound
+        kept-class mix) draws this many more fresh codes, and the forgotten share of the pool
+        and those codes together stands for the check's, both for the stop and for the check
+        kept at the cap (0: the pool alone decides) [ours: 8,192
         in the class recipe, so 10,240 codes decide, as many as the evaluation's 10,000
         samples. Checking one 2,048-code pool every 20 rounds stops at the first pool that
         reads low by chance: class 8 on MNIST-5k stopped at ≤ 0.5 % of its pool and
