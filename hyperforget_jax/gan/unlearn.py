@@ -111,11 +111,11 @@ class UnlearnConfig:
       confirm_size: class requests: a check whose pool share is ≤ ``max_share`` (with a sound
         kept-class mix) draws this many more fresh codes, and the forgotten share of the pool
         and those codes together stands for the check's, both for the stop and for the check
-        kept at the cap (0: the pool alone decides) [ours: 8,192
-        in the class recipe, so 10,240 codes decide, as many as the evaluation's 10,000
-        samples. Checking one 2,048-code pool every 20 rounds stops at the first pool that
-        reads low by chance: class 8 on MNIST-5k stopped at ≤ 0.5 % of its pool and
-        measured 1.02 % on the evaluation's samples, docs/gan.md].
+        kept at the cap (0: the pool alone decides) [ours: 8,192 in the class recipe, so
+        10,240 codes decide, as many as the evaluation's 10,000 samples. Checking one
+        2,048-code pool every 20 rounds stops at the first pool that reads low by chance:
+        class 8 on MNIST-5k stopped at ≤ 0.5 % of its pool and measured 1.02 % on the
+        evaluation's samples, docs/gan.md].
       item_neighbours: for item requests, the nearest pool samples flagged per item.
       track_fake_label: recompute ``generated`` / ``heldout`` y_f with the *current* (G, D) at
         every check (D's overall score level drifts by ±0.1 within tens of steps, so a y_f
@@ -602,9 +602,9 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
       An :class:`UnlearnResult`; ``seconds`` is the wall time of the whole call (fake label,
       flagging, rounds, every attempt; summed over resumed calls), the number compared with
       Retrain. Its (G, D) is the state where the criteria were met; if no attempt met them, for
-      class unlearning the check with the lowest pool share among those within
-      ``max_kept_drift`` (``kept`` says which; the last round if there is none), for item
-      unlearning the last round.
+      class unlearning the check with the lowest pool share (its confirmed share, where it was
+      confirmed) among those within ``max_kept_drift`` (``kept`` says which; the last round
+      if there is none), for item unlearning the last round.
 
     Raises:
       ConfigError: class unlearning without ``classify``; empty forget set.
