@@ -111,7 +111,7 @@ def guard_summary(history: list[dict], cfg) -> dict | None:
 def confirm_summary(history: list[dict], cfg) -> dict | None:
     """How often a class run's pool passed the share bound and was put to the confirmation
     codes (``cfg.confirm_size``), and how often those refuted it. None without confirmation."""
-    if not getattr(cfg, "confirm_size", 0):
+    if not cfg.confirm_size:
         return None
     confirmed = [h["confirm_share"] for h in history if "confirm_share" in h]
     return {"confirmed": len(confirmed),

@@ -283,7 +283,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         f"{r.check_every}/max {r.max_rounds}" + (
                             "" if r.lambda_u_attempts == 1 else
                             f" per attempt/λ_u {r.lambda_u:g} ×{r.lambda_u_growth:g} over "
-                            f"{r.lambda_u_attempts} attempts"))
+                            f"{r.lambda_u_attempts} attempts")
+                        + (f"/a passing pool confirmed on {r.confirm_size:,} more codes"
+                           if r.confirm_size else ""))
     rec = (f"Unset fields take the recipe of the request's kind: items "
            f"{recipe(default_recipe(False))}; classes {recipe(default_recipe(True))}.")
     flags = configflags.add_config_flags(

@@ -492,9 +492,8 @@ def _confirm_share(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConf
     """The forgotten share of the check's pool and ``cfg.confirm_size`` more fresh codes
     together (a pure function of (key, rounds), drawn apart from the pool's)."""
     codes = arch.sample_latents(jax.random.fold_in(key, 2 * 10**9 + rounds), cfg.confirm_size)
-    labels = np.asarray(classify(generate(arch, state.g_params, codes)))
-    flagged = pool_flagged + int(np.isin(labels, list(forget_classes)).sum())
-    return flagged / (cfg.pool_size + cfg.confirm_size)
+    more = flag_class_codes(generate(arch, state.g_params, codes), classify, forget_classes)
+    return (pool_flagged + int(more.sum())) / (cfg.pool_size + cfg.confirm_size)
 
 
 def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key: jax.Array,
