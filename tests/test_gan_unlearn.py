@@ -13,7 +13,7 @@ from hyperforget_jax import xla
 from hyperforget_jax.errors import ConfigError, ForgetRequestError
 from hyperforget_jax.gan import unlearn as U
 from hyperforget_jax.gan.models import make_gan_arch
-from hyperforget_jax.gan.train import GANConfig, d_scores, train_gan
+from hyperforget_jax.gan.train import GANConfig, d_scores, generate, train_gan
 
 
 class _ConstArch:
@@ -603,9 +603,10 @@ def test_anchor_holds_the_kept_samples_to_the_original(digits_splits, tiny_gan):
     codes = np.asarray(arch.sample_latents(jax.random.key(3), cfg.pool_size))
     g0 = np.asarray(generate(arch, gan.g_params, jnp.asarray(codes)))
     now = np.arange(cfg.pool_size) % 3 == 0                          # any flags of "now"
-    a_codes, a_targets, count = U._anchor_bank(arch, gan.g_params, codes, now, x[:16], (1,),
-                                               classify, cfg)
+    (a_codes, a_targets, count), by_g0 = U._anchor_bank(arch, gan.g_params, codes, now,
+                                                        x[:16], (1,), classify, cfg)
     keep = ~now & (classify(g0) != 1)
+    np.testing.assert_array_equal(by_g0, classify(g0) == 1)
     assert int(count) == keep.sum() > 0
     np.testing.assert_array_equal(np.asarray(a_codes)[:int(count)], codes[keep])
     np.testing.assert_allclose(np.asarray(a_targets)[:int(count)], g0[keep], atol=1e-6)
@@ -620,3 +621,42 @@ def test_anchor_holds_the_kept_samples_to_the_original(digits_splits, tiny_gan):
         kept = (classify(g0) != 1) & (classify(after) != 1)
         far[lam_a] = float(np.mean((after[kept] - g0[kept]) ** 2))
     assert far[100.0] < 0.5 * far[0.0], far
+
+
+def test_escalation_judges_the_originals_pools_once(digits_splits, tiny_gan):
+    """With the anchor, a later attempt of the escalation reuses G₀'s flags of each pool (the
+    pools are a pure function of the attempt's round) instead of judging G₀'s samples again:
+    its checks call the classifier once each, and its result is still bit for bit the
+    cascade run alone at its weight."""
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    bright = lambda s: np.asarray(s).reshape(len(s), -1).mean(1)
+    thr = float(np.median(bright(generate(arch, gan.g_params,
+                                          arch.sample_latents(jax.random.key(7), 512)))))
+    calls = []
+
+    def classify(s):                                        # "class 1": dark samples
+        calls.append(len(s))
+        return (bright(s) <= thr).astype(np.int32)
+
+    kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x,
+              forget_classes=(1,), classify=classify)
+    # tol 0: the score criterion is never met, so both attempts run to max_rounds.
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="latent", check_every=10,
+                          max_rounds=20, tol=0.0, pool_size=256, lambda_a=30.0,
+                          lambda_u=0.5, lambda_u_attempts=2, lambda_u_growth=2.0)
+    one = dataclasses.replace(cfg, lambda_u_attempts=1)
+    U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=one, **kw)
+    n_first = len(calls)
+    calls.clear()
+    res = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **kw)
+    assert [a["rounds"] for a in res.attempts] == [20, 20]
+    # The second attempt's three checks (rounds 0, 10, 20) judge only the current G's pools.
+    assert len(calls) == n_first + 3, (len(calls), n_first)
+    calls.clear()
+    lone = U.unlearn_gan(arch, gan.g_params, gan.d_params, **kw,
+                         cfg=dataclasses.replace(one, lambda_u=1.0))
+    assert len(calls) == n_first                 # alone, it judges G₀'s pools itself
+    np.testing.assert_array_equal(_flat(res), _flat(lone))
+    strip = lambda h: {k: v for k, v in h.items() if k != "attempt"}
+    assert [strip(h) for h in res.history[-3:]] == [strip(h) for h in lone.history]

@@ -466,19 +466,23 @@ class UnlearnResult:
 
 
 def _anchor_bank(arch: GANArch, g0_params: Params, codes: np.ndarray, flagged: np.ndarray,
-                 forget_np: np.ndarray, forget_classes, classify, cfg: UnlearnConfig):
-    """(anchor codes, G₀'s samples of them, count), padded to the pool: the check's pool codes
-    that :func:`anchor_mask` keeps, G₀'s samples flagged by the check's own rule."""
+                 forget_np: np.ndarray, forget_classes, classify, cfg: UnlearnConfig,
+                 by_original: np.ndarray | None = None):
+    """((anchor codes, G₀'s samples of them, count), G₀'s flags): the bank, padded to the pool,
+    holds the check's pool codes that :func:`anchor_mask` keeps; G₀'s samples are flagged by the
+    check's own rule, unless ``by_original`` gives those flags already (the same pool in an
+    earlier attempt: pools are a pure function of the attempt's round)."""
     original = np.asarray(generate(arch, g0_params, jnp.asarray(codes)))
-    if forget_classes is not None:
-        by_original = flag_class_codes(original, classify, forget_classes)
-    else:
-        by_original = flag_item_codes(original, forget_np, cfg.item_neighbours)
+    if by_original is None:
+        by_original = (flag_class_codes(original, classify, forget_classes)
+                       if forget_classes is not None else
+                       flag_item_codes(original, forget_np, cfg.item_neighbours))
     keep = np.flatnonzero(anchor_mask(flagged, by_original))
     a_codes = np.zeros_like(codes, np.float32)
     a_targets = np.zeros(original.shape, np.float32)
     a_codes[:len(keep)], a_targets[:len(keep)] = codes[keep], original[keep]
-    return jnp.asarray(a_codes), jnp.asarray(a_targets), jnp.asarray(len(keep), jnp.int32)
+    bank = jnp.asarray(a_codes), jnp.asarray(a_targets), jnp.asarray(len(keep), jnp.int32)
+    return bank, by_original
 
 
 def _pool_codes(arch: GANArch, cfg: UnlearnConfig, key: jax.Array, rounds: int) -> np.ndarray:
@@ -700,6 +704,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         bar = tqdm(total=cfg.max_rounds * cfg.lambda_u_attempts, initial=rounds,
                    desc="GAN unlearning")
     pool_shape = (cfg.pool_size, *arch.image_shape)
+    g0_flags: dict[int, np.ndarray] = {}    # G₀'s flags of each pool, by round of the attempt
     y_f = y_f0
     while True:
         # Flag with the current G on a fresh pool; build the substitution bank. Pools, batches
@@ -746,9 +751,12 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
             bank_codes[:count] = codes[flagged]
             bank_targets[:count] = substitutes(cfg.substitution, codes, samples, flagged,
                                                np.asarray(retain_x))
-        anchor = ((None,) * 3 if not cfg.lambda_a else
-                  _anchor_bank(arch, g_params, codes, flagged, forget_np, forget_classes,
-                               classify, cfg))
+        anchor = (None,) * 3
+        if cfg.lambda_a:
+            # G₀'s flags of this round's pool are the same in every attempt: judged once.
+            anchor, g0_flags[in_attempt] = _anchor_bank(
+                arch, g_params, codes, flagged, forget_np, forget_classes, classify, cfg,
+                g0_flags.get(in_attempt))
         bank = SubstitutionBank(jnp.asarray(bank_codes), jnp.asarray(bank_targets),
                                 jnp.asarray(count, jnp.int32), *anchor)
         state, m = run(state, data, bank, jnp.float32(y_f), jnp.float32(weight(attempt)), key)
