@@ -43,12 +43,6 @@ from hyperforget_jax.models import make_architecture  # noqa: E402
 LR, WD = 1e-3, 1e-4
 
 
-def xla_flops(compiled) -> float:
-    ca = compiled.cost_analysis()
-    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
-    return float(ca.get("flops", float("nan")))
-
-
 def two_pass_guarded_update(state, grads, loss, tx):
     """``train.guarded_update`` with the same result, bit for bit, and less memory traffic.
 
@@ -117,7 +111,7 @@ def bench(n, batch, args):
         state = init(keys)
         compiled = f.lower(state, (x, y)).compile()
         if name == "library":
-            flops = xla_flops(compiled)
+            flops = common.xla_flops(compiled)
             mem = compiled.memory_analysis()
             info["temp_MiB"] = mem.temp_size_in_bytes / 2**20 if mem else None
         holder = {"s": state}
@@ -135,23 +129,19 @@ def bench(n, batch, args):
     xd, yd = x.reshape(n * batch, 28, 28, 1), y.reshape(n * batch)
     idx = jnp.tile(jnp.arange(n * batch, dtype=jnp.int32).reshape(n, 1, batch),
                    (1, args.steps, 1))
-    holder_e = {"s": init(keys)}
+    # Its optimiser is the library's AdamW behind the NaN guard (optax's conditionality state).
+    lib_tx = train.make_optimizer(train.TrainConfig(), LR, WD)
+    holder_e = {"s": jax.jit(jax.vmap(lambda k: train.init_state(arch, lib_tx, k)))(keys)}
 
     def run_epoch():
         s, _ = epoch(holder_e["s"], xd, yd, idx)
         holder_e["s"] = jax.block_until_ready(s)
 
     contenders["library scan (fit_fleet)"] = run_epoch
-    a = jnp.ones((2048, 2048), jnp.float32)
-    mm = jax.jit(jnp.dot)
-    mm_flops = 2 * 2048 ** 3
-
-    def run_mm():
-        jax.block_until_ready(mm(a, a))
-
-    contenders = {"matmul 2048²": run_mm, **contenders}
+    run_mm, mm_flops = common.matmul_peak_contender()
+    contenders = {common.MATMUL_PEAK: run_mm, **contenders}
     times = common.interleaved(contenders, args.repeats, warmup=1)
-    peak = mm_flops / common.median(times.pop("matmul 2048²")) / 1e9
+    peak = mm_flops / common.median(times.pop(common.MATMUL_PEAK)) / 1e9
     rows = []
     for name, ts in times.items():
         t = common.median(ts) / args.steps

@@ -22,6 +22,7 @@ Run (≈3-5 min on 2 cores)::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -127,11 +128,16 @@ def main(argv=None):
     ap.add_argument("--forget-class", type=int, default=3)
     ap.add_argument("--gan", action=argparse.BooleanOptionalAction, default=True,
                     help="also time GAN retrain and GAN item unlearning (≈2 min)")
+    ap.add_argument("--quick", action="store_true",
+                    help="seconds: a 1-epoch original, retrain and gradtau only, no GAN")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     from hyperforget_jax.unlearn import unlearn
 
     cfg = recipe.build(args, seed=0)
+    if args.quick:
+        cfg = dataclasses.replace(cfg, epochs=1)
+        args.methods, args.gan = "retrain,gradtau", False
     splits = data.make_splits(data.load_mnist5k())
     arch = as_model(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     t0 = time.perf_counter()

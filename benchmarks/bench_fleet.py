@@ -106,7 +106,9 @@ def jax_contenders(arch, n, xb, yb, steps):
     xd, yd = x.reshape(-1, *x.shape[2:]), y.reshape(-1)
     b = x.shape[1]
     idx = jnp.tile(jnp.arange(n * b, dtype=jnp.int32).reshape(n, 1, b), (1, steps, 1))
-    holder_e = {"fleet": init(n)}
+    # Its optimiser is the library's AdamW behind the NaN guard (optax's conditionality state).
+    _, init_lib = fleet_step(arch, train.make_optimizer(train.TrainConfig(), LR, WD))
+    holder_e = {"fleet": init_lib(n)}
 
     def run_scan():
         s, _ = epoch(holder_e["fleet"], xd, yd, idx)

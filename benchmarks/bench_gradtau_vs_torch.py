@@ -32,7 +32,12 @@ repeat, medians reported), on the ``mlp`` (784→256→256→10) and the ``cnn``
    and parameters must agree (one computation, not two different ones).
 
 Every row reports the share of its timed steps whose ascent term was on (``ascent on``): 1.0
-means the full step was timed, in both frameworks alike.
+means the full step was timed, in both frameworks alike. The bare-step rows also give
+``GFLOP/s``: XLA's count of one step's arithmetic (the forward and backward passes of both
+batches, the same work for every contender) × steps/s, and its share of the machine's matmul
+peak, a 2,048² float32 ``jnp.dot`` timed among the contenders. The line after the table says
+how fast torch eager's step would have to run at that peak: the most any implementation could
+be over it on this machine.
 
 PyTorch runs at ``torch.set_num_threads(<cores>)`` with ``OMP_WAIT_POLICY=PASSIVE``; JAX uses
 the same cores. Run (≈4-6 min on 2 cores; ``--quick`` ≈ 1 min)::
@@ -189,10 +194,21 @@ def check_same_step(arch, params, fb, rb, tau, alpha, torch_fn, torch_model, tba
     return max(abs(a - b) for a, b in zip(jl, tl)), dp
 
 
+def step_flops(arch, params, fb, rb) -> float:
+    """XLA's count of the arithmetic every row's step does: the forward and backward passes
+    of both batches, whole (the AdamW update adds < 0.1 %). One count for every contender, so
+    the ``GFLOP/s`` column compares implementations of the same work."""
+    loss = train.per_example_ce(arch.apply)
+    batch = tuple(jnp.concatenate([jnp.asarray(f), jnp.asarray(r)]) for f, r in zip(fb, rb))
+    grad = jax.jit(jax.value_and_grad(lambda p: jnp.mean(loss(p, batch))))
+    return common.xla_flops(grad.lower(params).compile())
+
+
 def bench_model(name, args, threads):
     arch = make_architecture(name)
     params = arch.init(jax.random.key(0))
     fb, rb = batches(args.batch)
+    flops = step_flops(arch, params, fb, rb)
     tau, alpha = args.tau, 0.05
     steps = args.steps_cnn if name == "cnn" else args.steps
     contenders, ascent = jax_contenders(arch, params, fb, rb, tau, alpha, steps)
@@ -228,7 +244,10 @@ def bench_model(name, args, threads):
                 del tc[cname]
         print(f"[{name}] torch warm-up/compile {time.perf_counter() - t0:.1f}s", flush=True)
         contenders.update(tc)
-    times = common.interleaved(contenders, args.repeats, warmup=1)
+    run_mm, mm_flops = common.matmul_peak_contender()
+    times = common.interleaved({common.MATMUL_PEAK: run_mm, **contenders}, args.repeats,
+                               warmup=1)
+    peak = mm_flops / common.median(times.pop(common.MATMUL_PEAK)) / 1e9
     rows = []
     eager = None
     if "torch eager" in times:
@@ -240,9 +259,15 @@ def bench_model(name, args, threads):
         med = common.median(sps)
         rows.append({"model": name, "impl": cname, "steps/s": med,
                      "ms/step": 1e3 / med, "ascent on": shares[cname](),
+                     "GFLOP/s": flops * med / 1e9, "% of matmul peak": 100 * flops * med / 1e9
+                     / peak,
                      "vs torch eager": (med / eager) if eager else float("nan"),
                      "vs best torch": (med / best_torch) if best_torch else float("nan"),
                      "runs": [float(x) for x in sps]})
+    check.update({"step_gflop": flops / 1e9, "matmul_peak_gflops": peak,
+                  # The most any implementation of this step could be over torch eager here: all
+                  # of the step's arithmetic at the matmul peak.
+                  "ceiling_vs_torch_eager": peak / (flops * eager / 1e9) if eager else None})
     return rows, check
 
 
@@ -389,9 +414,18 @@ def main(argv=None):
             r, c = bench_model(name, args, threads)
             rows += r
             checks[name] = c
-        print("\n2. The bare step")
+        print("\n2. The bare step (GFLOP/s: XLA's count of one step's forward and backward "
+              "passes × steps/s; matmul peak: a 2048² float32 jnp.dot timed among the rows)")
         print(common.markdown_table(rows, ["model", "impl", "ascent on", "steps/s", "ms/step",
-                                           "vs torch eager", "vs best torch"]))
+                                           "GFLOP/s", "% of matmul peak", "vs torch eager",
+                                           "vs best torch"]))
+        for name, c in checks.items():
+            line = (f"[{name}] step {c['step_gflop']:.2f} GFLOP, matmul peak "
+                    f"{c['matmul_peak_gflops']:.0f} GFLOP/s")
+            if c.get("ceiling_vs_torch_eager"):
+                line += (f"; at that peak a step would run {c['ceiling_vs_torch_eager']:.2f}× "
+                         "torch eager")
+            print(line)
     targets = {}
     for r in unlearn_rows:
         if r["impl"] == "jax unlearn":

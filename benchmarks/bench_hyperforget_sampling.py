@@ -25,7 +25,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from benchmarks.bench_efficiency import xla_flops  # noqa: E402
 from hyperforget_jax import data  # noqa: E402
 from hyperforget_jax.hyperforget import dihyfo  # noqa: E402
 
@@ -36,7 +35,7 @@ def denoiser_flops(spec: dihyfo.HyperSpec, hparams, n: int) -> float:
     args = (jnp.zeros((n, q)), jnp.zeros((n, p)), jnp.zeros((n, 4)),
             jnp.zeros((n, spec.arch.num_classes)), jnp.zeros((n,), jnp.int32))
     fwd = jax.jit(lambda x, z, s, c, t: model.apply({"params": hparams}, x, z, t, s, c))
-    return xla_flops(fwd.lower(*args).compile())
+    return common.xla_flops(fwd.lower(*args).compile())
 
 
 def main(argv=None):

@@ -82,6 +82,28 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
+def xla_flops(compiled) -> float:
+    """XLA's count of the floating-point operations of a compiled program (NaN if none)."""
+    ca = compiled.cost_analysis()
+    ca = ca[0] if isinstance(ca, (list, tuple)) else ca
+    return float(ca.get("flops", float("nan")))
+
+
+MATMUL_PEAK = "matmul 2048²"
+
+
+def matmul_peak_contender(n: int = 2048) -> tuple[Callable[[], object], float]:
+    """A jitted float32 ``jnp.dot`` of two n×n matrices and its FLOPs. Timed among the other
+    contenders (under :data:`MATMUL_PEAK`), it measures the machine's matmul peak at the moment
+    they run, so a step's share of it stays meaningful when the machine's speed drifts."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    mm = jax.jit(jnp.dot)
+    return (lambda: jax.block_until_ready(mm(a, a))), 2.0 * n ** 3
+
+
 def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     if not rows:
         return "(no rows)"
