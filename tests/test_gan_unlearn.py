@@ -580,6 +580,10 @@ def test_anchor_term_of_the_round_equals_its_formula(digits_splits, tiny_gan):
     empty = bank._replace(anchor_count=jnp.int32(0))
     _, m0 = fn(state, data, empty, y_f, key)
     np.testing.assert_allclose(float(m0["g_loss"]), float(want_g - lam_a * held), rtol=2e-5)
+    assert float(m0["anchor_loss"]) == 0.0          # reported as the term it adds: nothing
+    # Likewise an empty substitution bank adds nothing, and its reported loss is 0.
+    _, m1 = fn(state, data, empty._replace(count=jnp.int32(0)), y_f, key)
+    assert float(m1["sub_loss"]) == 0.0 and float(m0["sub_loss"]) > 0
 
 
 def test_anchor_holds_the_kept_samples_to_the_original(digits_splits, tiny_gan):

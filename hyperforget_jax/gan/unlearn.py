@@ -370,12 +370,14 @@ def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float 
             za, xa, w_anchor = anchor
             gen, gen_s, gen_a = jnp.split(arch.generate(g, jnp.concatenate([zg, zs, za])), 3)
         adv = bce_with_logits(arch.discriminate(d, gen), 1.0)
-        sub = jnp.mean((gen_s - xs) ** 2)
-        loss = adv + w_sub * lambda_s * sub
+        # Each term's weight is 0 while its bank is empty: the reported losses are then 0
+        # too, not the distance to the bank's zero padding.
+        sub = w_sub * jnp.mean((gen_s - xs) ** 2)
+        loss = adv + lambda_s * sub
         if anchor is None:
             return loss, (sub, jnp.float32(0.0))
-        held = jnp.mean((gen_a - xa) ** 2)
-        return loss + w_anchor * lambda_a * held, (sub, held)
+        held = w_anchor * jnp.mean((gen_a - xa) ** 2)
+        return loss + lambda_a * held, (sub, held)
 
     def round_fn(state: GANState, data, bank: SubstitutionBank, y_f, key):
         retain_x, n_r, forget_x, n_u = data
