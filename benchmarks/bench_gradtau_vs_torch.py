@@ -257,10 +257,10 @@ def bench_model(name, args, threads):
     for cname, ts in times.items():
         sps = [steps / t for t in ts]
         med = common.median(sps)
+        gflops = flops * med / 1e9
         rows.append({"model": name, "impl": cname, "steps/s": med,
                      "ms/step": 1e3 / med, "ascent on": shares[cname](),
-                     "GFLOP/s": flops * med / 1e9, "% of matmul peak": 100 * flops * med / 1e9
-                     / peak,
+                     "GFLOP/s": gflops, "% of matmul peak": 100 * gflops / peak,
                      "vs torch eager": (med / eager) if eager else float("nan"),
                      "vs best torch": (med / best_torch) if best_torch else float("nan"),
                      "runs": [float(x) for x in sps]})
