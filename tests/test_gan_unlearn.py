@@ -429,6 +429,7 @@ def test_capped_class_cascade_returns_its_lowest_share_check(tmp_path, digits_sp
     np.testing.assert_array_equal(_flat(state), _flat(res))
 
 
+@pytest.mark.filterwarnings("ignore:the original generator draws only")  # stand-in judges
 def test_class_check_with_a_drifted_kept_mix_neither_stops_nor_is_kept(digits_splits, tiny_gan):
     """A G that empties the class by drawing the kept classes in another mix is no stop: the
     check that met every other criterion at max_kept_drift 1 is refused at a bound below its
@@ -473,6 +474,7 @@ def test_class_check_with_a_drifted_kept_mix_neither_stops_nor_is_kept(digits_sp
     assert guard_summary(loose.history, cfg)["refused"] == 0
 
 
+@pytest.mark.filterwarnings("ignore:the original generator draws only")  # stand-in judges
 def test_a_pool_that_reads_low_by_chance_is_confirmed_before_it_stops_the_run(digits_splits,
                                                                             tiny_gan):
     """With confirm_size, a check whose pool passes the share bound draws that many more codes
@@ -664,3 +666,32 @@ def test_escalation_judges_the_originals_pools_once(digits_splits, tiny_gan):
     np.testing.assert_array_equal(_flat(res), _flat(lone))
     strip = lambda h: {k: v for k, v in h.items() if k != "attempt"}
     assert [strip(h) for h in res.history[-3:]] == [strip(h) for h in lone.history]
+
+
+def test_a_class_the_original_does_not_draw_is_warned_about(digits_splits, tiny_gan):
+    """If the Original draws no more of the class than ``max_share``, the share criterion holds
+    from the first check and the run can only make D forget: the run warns and says why; a
+    class the Original draws raises no such warning."""
+    import warnings
+
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    forget = np.asarray(x[:16], np.float32)
+    known = {a.tobytes() for a in forget}
+    # "class 1" is exactly the forget images, which G never reproduces.
+    exact = lambda s: np.array([a.tobytes() in known for a in np.asarray(s, np.float32)],
+                               np.int32)
+    bright = lambda s: np.asarray(s).reshape(len(s), -1).mean(1)
+    thr = float(np.median(bright(generate(arch, gan.g_params,
+                                          arch.sample_latents(jax.random.key(7), 512)))))
+    dark = lambda s: (bright(s) <= thr).astype(np.int32)           # half of G's samples
+    kw = dict(retain_x=x[16:512], forget_x=forget, heldout_x=digits_splits.val.x,
+              forget_classes=(1,),
+              cfg=U.UnlearnConfig(fake_label="hard", substitution="latent", check_every=10,
+                                  max_rounds=10, tol=0.0, pool_size=256))
+    with pytest.warns(UserWarning, match=r"draws only 0\.00 % of class\(es\) 1 on 256 codes"):
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, classify=exact, **kw)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, classify=dark, **kw)
+    assert not [w for w in caught if "draws only" in str(w.message)]

@@ -54,6 +54,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
@@ -543,6 +544,20 @@ def _check_forget_classes(classes: Sequence[int], classify: Callable, forget_x: 
             f"{top}); pass the classes of forget_x, and a classify that returns their ids")
 
 
+def _warn_if_never_drawn(g0_labels: np.ndarray, forget_classes, cfg: UnlearnConfig) -> None:
+    """A class the Original hardly draws meets the share criterion from the first check: the
+    run then only makes D forget it, and "criteria met" says nothing about G. Say so."""
+    share = float(np.isin(g0_labels, list(forget_classes)).mean())
+    if share <= cfg.max_share:
+        classes = ", ".join(str(int(c)) for c in forget_classes)
+        warnings.warn(
+            f"the original generator draws only {100 * share:.2f} % of class(es) {classes} on "
+            f"{len(g0_labels):,} codes (max_share {100 * cfg.max_share:g} %): there is "
+            "nothing for the cascade to remove from G, only D's memory of the images. Check "
+            "that this is the GAN meant (trained on these classes, long enough to draw them) "
+            "and the judge meant", UserWarning, stacklevel=3)
+
+
 def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerprint: dict):
     """(``{"state", "kept"}`` tree, progress meta) of the latest unlearning checkpoint, or
     None for a fresh run."""
@@ -699,7 +714,9 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     reference_mix = None            # the Original's kept-class mix on the first check's pool
     if forget_classes is not None:
         g0_samples = generate(arch, g_params, jnp.asarray(_pool_codes(arch, cfg, key, 0)))
-        reference_mix = kept_class_mix(np.asarray(classify(g0_samples)), forget_classes)
+        g0_labels = np.asarray(classify(g0_samples))
+        reference_mix = kept_class_mix(g0_labels, forget_classes)
+        _warn_if_never_drawn(g0_labels, forget_classes, cfg)
     bar = None
     if progress:
         from tqdm.auto import tqdm
