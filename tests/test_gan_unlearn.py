@@ -654,6 +654,9 @@ def test_escalation_judges_the_originals_pools_once(digits_splits, tiny_gan):
     one = dataclasses.replace(cfg, lambda_u_attempts=1)
     U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=one, **kw)
     n_first = len(calls)
+    # The forget images, G₀'s first pool (the kept-class reference, whose flags also serve the
+    # first anchor bank), the current G at rounds 0, 10 and 20, G₀'s pool of round 10.
+    assert n_first == 6, calls
     calls.clear()
     res = U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **kw)
     assert [a["rounds"] for a in res.attempts] == [20, 20]

@@ -64,6 +64,7 @@ import optax
 
 from hyperforget_jax import xla
 from hyperforget_jax.errors import ConfigError, ForgetRequestError, NonFiniteError
+from hyperforget_jax.gan.metrics import forgotten_share
 from hyperforget_jax.gan.models import GANArch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
                                        init_gan_state, make_optimizer)
@@ -547,7 +548,7 @@ def _check_forget_classes(classes: Sequence[int], classify: Callable, forget_x: 
 def _warn_if_never_drawn(g0_labels: np.ndarray, forget_classes, cfg: UnlearnConfig) -> None:
     """A class the Original hardly draws meets the share criterion from the first check: the
     run then only makes D forget it, and "criteria met" says nothing about G. Say so."""
-    share = float(np.isin(g0_labels, list(forget_classes)).mean())
+    share = forgotten_share(g0_labels, forget_classes)
     if share <= cfg.max_share:
         classes = ", ".join(str(int(c)) for c in forget_classes)
         warnings.warn(
@@ -712,18 +713,19 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
             jnp.int32(len(forget_x)))
     key = jax.random.key(cfg.seed)
     reference_mix = None            # the Original's kept-class mix on the first check's pool
+    g0_flags: dict[int, np.ndarray] = {}    # G₀'s flags of each pool, by round of the attempt
     if forget_classes is not None:
         g0_samples = generate(arch, g_params, jnp.asarray(_pool_codes(arch, cfg, key, 0)))
         g0_labels = np.asarray(classify(g0_samples))
         reference_mix = kept_class_mix(g0_labels, forget_classes)
         _warn_if_never_drawn(g0_labels, forget_classes, cfg)
+        g0_flags[0] = np.isin(g0_labels, list(forget_classes))     # flag_class_codes' rule
     bar = None
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.max_rounds * cfg.lambda_u_attempts, initial=rounds,
                    desc="GAN unlearning")
     pool_shape = (cfg.pool_size, *arch.image_shape)
-    g0_flags: dict[int, np.ndarray] = {}    # G₀'s flags of each pool, by round of the attempt
     y_f = y_f0
     while True:
         # Flag with the current G on a fresh pool; build the substitution bank. Pools, batches
@@ -772,7 +774,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                                                np.asarray(retain_x))
         anchor = (None,) * 3
         if cfg.lambda_a:
-            # G₀'s flags of this round's pool are the same in every attempt: judged once.
+            # G₀'s flags of this round's pool are the same in every attempt: judged once
+            # (the first pool's already for the kept-class reference).
             anchor, g0_flags[in_attempt] = _anchor_bank(
                 arch, g_params, codes, flagged, forget_np, forget_classes, classify, cfg,
                 g0_flags.get(in_attempt))
