@@ -70,6 +70,11 @@ def _check_seed(seed, what: str, error: type = DataError) -> int:
 def _int_ids(values, what: str) -> tuple[int, ...]:
     """Integer ids (classes, indices); a float such as 3.7 is refused, not truncated."""
     out = []
+    if hasattr(values, "__array__") and not isinstance(values, np.ndarray):
+        values = np.asarray(values)          # jax arrays: elements become numpy scalars
+    if isinstance(values, np.ndarray) and values.ndim == 0:
+        raise ForgetRequestError(f"forget {what} must be a sequence, got the scalar "
+                                 f"{values!r}; e.g. {what}=(3,)")
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
             if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) \
@@ -100,9 +105,25 @@ def from_arrays(x: np.ndarray, y: np.ndarray, num_classes: int | None = None,
     x = np.asarray(x)
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
+    elif not np.issubdtype(x.dtype, np.floating):
+        raise DataError(f"{name}: images of dtype {x.dtype}; pass uint8 (scaled to [0, 1]) "
+                        "or floating-point images in [0, 1]")
     x = x.astype(np.float32)
-    y = np.asarray(y).astype(np.int32)
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise DataError(f"{name}: labels must be a 1-D array of class ids, got shape "
+                        f"{y.shape}; for one-hot labels pass y.argmax(-1)")
+    if y.dtype == np.bool_ or not (np.issubdtype(y.dtype, np.integer) or (
+            np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y))
+            and np.all(y == np.round(y)))):
+        raise DataError(f"{name}: labels must be whole-number class ids, got dtype {y.dtype}"
+                        " (fractional, NaN or non-numeric values are refused, not truncated)")
+    y = y.astype(np.int32)
     _check(x, y, name)
+    if num_classes is not None and (isinstance(num_classes, bool)
+                                    or not isinstance(num_classes, numbers.Integral)
+                                    or num_classes < 1):
+        raise DataError(f"{name}: num_classes must be an integer >= 1, got {num_classes!r}")
     k = int(num_classes if num_classes is not None else y.max() + 1)
     if y.min() < 0 or y.max() >= k:
         raise DataError(f"{name}: labels must lie in [0, {k}), got [{y.min()}, {y.max()}]")
@@ -190,6 +211,11 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
         raise DataError(f"val_frac={val_frac}, test_frac={test_frac}: each must be in (0, 1) "
                         "and their sum below 1")
     train, val, test = _stratified_split(ds, [1 - val_frac - test_frac, val_frac, test_frac], seed)
+    for part, what in ((train, "train"), (val, "validation"), (test, "test")):
+        if len(part) == 0:
+            raise DataError(f"make_splits: the {what} split of {ds.name} is empty ({len(ds)} "
+                            f"samples, {ds.num_classes} classes, val_frac={val_frac}, "
+                            f"test_frac={test_frac}); use more data or larger fractions")
     return Splits(train, val, test)
 
 
@@ -226,13 +252,13 @@ class ForgetRequest:
                 raise ForgetRequestError("empty forget request: give at least one class")
             if len(set(self.classes)) != len(self.classes):
                 raise ForgetRequestError(f"duplicated classes in forget request {self.classes}")
-        if self.fraction is not None and not (0.0 < float(self.fraction) < 1.0):
-            raise ForgetRequestError(f"forget fraction {self.fraction} must lie strictly "
-                                     "between 0 and 1 (e.g. 0.1 for 10%)")
         if self.fraction is not None and (isinstance(self.fraction, (bool, np.bool_))
                                           or not isinstance(self.fraction, numbers.Real)):
             raise ForgetRequestError(f"forget fraction must be a number in (0, 1), got "
                                      f"{self.fraction!r}")
+        if self.fraction is not None and not (0.0 < float(self.fraction) < 1.0):
+            raise ForgetRequestError(f"forget fraction {self.fraction} must lie strictly "
+                                     "between 0 and 1 (e.g. 0.1 for 10%)")
         if self.indices is not None:
             if isinstance(self.indices, (int, np.integer, str)):
                 raise ForgetRequestError(f"indices must be a sequence of training-set indices, "
@@ -262,10 +288,17 @@ class ForgetRequest:
 
     @classmethod
     def from_json(cls, d: dict | str) -> "ForgetRequest":
-        d = json.loads(d) if isinstance(d, str) else dict(d)
-        for k in ("classes", "indices"):
-            if d.get(k) is not None:
-                d[k] = tuple(d[k])
+        try:
+            d = json.loads(d) if isinstance(d, str) else d
+        except ValueError as e:
+            raise ForgetRequestError(f"forget request is not valid JSON: {e}") from None
+        if not isinstance(d, dict):
+            raise ForgetRequestError(f"a forget request is a JSON object such as "
+                                     f'{{"classes": [3]}}, got {type(d).__name__}')
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ForgetRequestError(f"unknown forget request key {unknown[0]!r}; use classes, "
+                                     "fraction, indices or seed")
         return cls(**d)
 
 

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from hyperforget_jax import metrics
-from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits
-from hyperforget_jax.errors import DataError
+from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits, _check_seed, resolve_forget
+from hyperforget_jax.errors import DataError, ForgetRequestError
 from hyperforget_jax.models import as_model
 
 #: Metric keys of :func:`evaluate_unlearning`, in table order, with the direction that is "better
@@ -53,6 +53,17 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
       ArchitectureError: parameters that do not fit the model.
       DataError: images of a shape the model does not take, or NaN/inf images (the set is named).
     """
+    seed = _check_seed(seed, "evaluation seed")
+    if not isinstance(splits, Splits) or not isinstance(fsplit, ForgetSplit):
+        raise DataError("evaluate_unlearning takes splits=hf.make_splits(...) and "
+                        "fsplit=hf.resolve_forget(splits.train, request)")
+    # The split must be the request's, on this training set: the attacks' non-members and
+    # test_acc_forgotten are chosen from ``request``, the members from ``fsplit``.
+    want = resolve_forget(splits.train, request)
+    if not np.array_equal(np.asarray(want.forget_idx), np.asarray(fsplit.forget_idx)):
+        raise ForgetRequestError(f"fsplit is not the split of {request.describe()} on "
+                                 "splits.train; pass fsplit=hf.resolve_forget(splits.train, "
+                                 "request)")
     model = as_model(arch, splits.test.x.shape[1:], splits.test.num_classes)
     model.check_params(params)
     model.check_inputs(splits.test.x, f"test set {splits.test.name!r}", splits.test.y)
@@ -72,6 +83,11 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
     nonmember = per["test"]
     if request.classes is not None:
         forgotten = np.isin(splits.test.y, request.classes)
+        if not forgotten.any() or forgotten.all():
+            raise DataError(f"the test set has {int(forgotten.sum())} samples of the forgotten "
+                            f"classes {request.classes} and {int((~forgotten).sum())} of the "
+                            "kept ones; class-removal metrics need both (use a stratified "
+                            "split, hf.make_splits)")
         out["test_acc_kept"] = float(test_correct[~forgotten].mean())
         out["test_acc_forgotten"] = float(test_correct[forgotten].mean())
         nonmember = {k: np.asarray(v)[forgotten] for k, v in per["test"].items()}

@@ -326,8 +326,23 @@ class Architecture:
                                 f"model takes {tuple(self.input_shape)}; pass the --dataset the "
                                 "model was trained on (or an architecture built for this image "
                                 "shape)")
-        if labels is not None and self.num_classes is not None and np.size(labels):
-            top = int(np.max(np.asarray(labels)))
+        dtype = getattr(x, "dtype", None)         # never np.asarray a device array for it
+        dtype = np.asarray(x).dtype if dtype is None else dtype
+        if not jnp.issubdtype(dtype, jnp.floating):       # bfloat16 included
+            raise DataError(f"{what} has images of dtype {dtype}; the models take floating-point "
+                            "images in [0, 1]: build the dataset with hf.data.from_arrays "
+                            "(which scales uint8) or divide by 255")
+        if labels is None or not np.size(labels):
+            return
+        y = np.asarray(labels)
+        if y.ndim != 1 or y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{what} has labels of shape {y.shape} and dtype {y.dtype}; pass "
+                            "1-D integer class ids (not one-hot, not floats): y.astype(np.int32)")
+        if int(y.min()) < 0:
+            raise DataError(f"{what} has label {int(y.min())}; labels are class ids 0..K-1 (a "
+                            "negative id would silently be read as one of the last classes)")
+        if self.num_classes is not None:
+            top = int(y.max())
             if top >= self.num_classes:
                 raise DataError(f"{what} has label {top} but the {self.name} model has "
                                 f"{self.num_classes} outputs (classes 0-{self.num_classes - 1}); "

@@ -146,6 +146,52 @@ def _seven_outputs(c):
     return {"arch": arch, "params": arch.init(jax.random.key(0))}
 
 
+def _split_with(c, **replace):
+    """The class-3 split with its retain set's fields replaced (labels, images)."""
+    split = data.resolve_forget(c.train, data.ForgetRequest(classes=(3,)))
+    return split._replace(retain=split.retain.replace(**replace))
+
+
+def _unlearn_split(c, split, method="gradtau", val=None, arch=None, params=None):
+    from hyperforget_jax.unlearn import unlearn
+
+    return unlearn(method, c.arch if arch is None else arch,
+                   c.params if params is None else params, split,
+                   c.splits.val if val is None else val)
+
+
+def _five_output_module():
+    """A user's flax module with 5 outputs and no ``num_classes`` field, with its params."""
+    import flax.linen as nn
+
+    class Net5(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+    return {"arch": Net5(), "params": Net5().init(jax.random.key(0),
+                                                  jnp.zeros((1, 8, 8, 1)))["params"]}
+
+
+def _evaluate(c, fsplit, request, splits=None):
+    from hyperforget_jax.evaluation import evaluate_unlearning
+
+    return evaluate_unlearning(c.arch, c.params, c.splits if splits is None else splits,
+                               fsplit, request)
+
+
+def _sweep_two_classes(c):
+    from hyperforget_jax.unlearn import unlearn_sweep
+
+    s3, s4 = (data.resolve_forget(c.train, data.ForgetRequest(classes=(k,))) for k in (3, 4))
+    n = min(len(s3.forget), len(s4.forget))     # equal sizes: one program for both members
+    s3, s4 = (s._replace(forget=s.forget.subset(np.arange(n)),
+                         forget_idx=s.forget_idx[:n]) for s in (s3, s4))
+    s3, s4 = (s._replace(retain=s.retain.subset(np.arange(len(c.train) - 2 * n)),
+                         retain_idx=s.retain_idx[:len(c.train) - 2 * n]) for s in (s3, s4))
+    return unlearn_sweep("gradtau", c.arch, c.params, [s3, s4], c.splits.val, seeds=[0, 1])
+
+
 # ------------------------------------------------------------------------------ API cases
 
 API_CASES = [
@@ -226,6 +272,54 @@ API_CASES = [
     ("unlearn-nan-start", lambda c: _unlearn(
         c, "gradtau", params=jax.tree.map(lambda a: a * np.nan, c.params)), NonFiniteError,
      "the starting parameters hold NaN/inf"),
+    ("unlearn-negative-labels", lambda c: _unlearn_split(
+        c, _split_with(c, y=np.where(_split_with(c).retain.y == 7, -3,
+                                     _split_with(c).retain.y))),
+     DataError, "retain set has label -3"),
+    ("unlearn-uint8-images", lambda c: _unlearn_split(
+        c, _split_with(c, x=(_split_with(c).retain.x * 255).astype(np.uint8))),
+     DataError, "retain set has images of dtype uint8.*divide by 255"),
+    ("unlearn-float-labels", lambda c: _unlearn_split(
+        c, _split_with(c, y=_split_with(c).retain.y.astype(np.float32))),
+     DataError, "labels of shape .* and dtype float32"),
+    ("unlearn-budget-zero", lambda c: _unlearn_split(
+        c, data.resolve_forget(c.train, data.ForgetRequest(fraction=0.8))),
+     ForgetRequestError, "budget E .* is 0 and the model would be returned unchanged"),
+    ("unlearn-overlapping-split", lambda c: _unlearn_split(
+        c, _split_with(c)._replace(retain=c.train, retain_idx=np.arange(len(c.train)))),
+     ForgetRequestError, "share training indices"),
+    ("unlearn-user-module-of-5-outputs", lambda c: _unlearn_split(
+        c, _split_with(c), **_five_output_module()),
+     ArchitectureError, "has 5 outputs but the data has 10 classes"),
+    ("unlearn-empty-validation-set", lambda c: _unlearn_split(
+        c, _split_with(c), val=c.splits.val.subset(np.arange(0))),
+     DataError, "validation set is empty"),
+    ("unlearn-not-a-split", lambda c: _unlearn_split(c, data.ForgetRequest(classes=(3,))),
+     ConfigError, "got ForgetRequest"),
+    ("sweep-per-seed-splits-of-other-classes", _sweep_two_classes, ConfigError,
+     "remove different classes"),
+    ("evaluate-split-of-another-request", lambda c: _evaluate(
+        c, _split_with(c), data.ForgetRequest(classes=(5,))),
+     ForgetRequestError, "fsplit is not the split of class 5"),
+    ("evaluate-test-set-without-the-class", lambda c: _evaluate(
+        c, _split_with(c), data.ForgetRequest(classes=(3,)), c.splits._replace(
+            test=c.splits.test.subset(np.flatnonzero(c.splits.test.y != 3)))),
+     DataError, "test set has 0 samples of the forgotten classes"),
+    ("from-arrays-fractional-labels", lambda c: data.from_arrays(c.train.x, c.train.y + 0.5),
+     DataError, "whole-number class ids"),
+    ("from-arrays-one-hot-labels", lambda c: data.from_arrays(
+        c.train.x, np.eye(10)[c.train.y]), DataError, r"1-D .* y.argmax\(-1\)"),
+    ("from-arrays-int64-images", lambda c: data.from_arrays(
+        (c.train.x * 255).astype(np.int64), c.train.y), DataError, "dtype int64"),
+    ("make-splits-empty-test", lambda c: data.make_splits(
+        c.train.subset(np.unique(c.train.y, return_index=True)[1])),   # one image per class
+     DataError, "split of .* is empty"),
+    ("request-json-unknown-key", lambda c: data.ForgetRequest.from_json({"class": [3]}),
+     ForgetRequestError, "unknown forget request key 'class'"),
+    ("request-json-not-an-object", lambda c: data.ForgetRequest.from_json("[3]"),
+     ForgetRequestError, "JSON object"),
+    ("request-fraction-string", lambda c: data.ForgetRequest(fraction="abc"),
+     ForgetRequestError, "must be a number"),
     ("fit-labels-beyond-the-outputs", lambda c: train.fit(
         _seven_outputs(c)["arch"], c.train, train.TrainConfig(epochs=1)), DataError,
      "training set 'digits' has label 9"),

@@ -88,6 +88,25 @@ def test_salun_mask_freezes_non_salient_weights(setup):
         np.testing.assert_array_equal(np.asarray(new)[frozen], np.asarray(old)[frozen])
 
 
+def test_salun_mask_leaves_out_weights_with_no_saliency(setup):
+    # Digits' always-black pixels give their input weights a saliency of exactly 0. Asked for
+    # more than the non-zero share, the threshold is 0: ties must not fill the mask.
+    arch, params, split, _ = setup
+    full = baselines.saliency_mask(arch, params, split, 1.0)
+    assert all(np.all(np.asarray(m) == 1) for m in jax.tree.leaves(full))
+    dead = np.all(split.forget.x.reshape(len(split.forget), -1) == 0, axis=0)   # per pixel
+    assert dead.any()
+    first = jax.tree.leaves(params)[1]          # Dense_0 kernel: (pixels, units)
+    assert first.shape[0] == dead.size
+    n = sum(l.size for l in jax.tree.leaves(params))
+    ratio = 1 - 0.5 * int(dead.sum()) * first.shape[1] / n     # beyond the non-zero share
+    mask = baselines.saliency_mask(arch, params, split, ratio)
+    kernel = np.asarray(jax.tree.leaves(mask)[1])
+    assert np.all(kernel[dead] == 0)            # no zero-saliency weight is let through
+    share = sum(float(m.sum()) for m in jax.tree.leaves(mask)) / n
+    assert 0 < share < ratio
+
+
 def test_finetune_runs_twice_the_gradtau_budget(setup):
     # Official notebooks: Fine-tune runs 2E epochs of descent on D_r.
     arch, params, split, val = setup

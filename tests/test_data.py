@@ -132,3 +132,25 @@ def test_augment_affine_refuses_bad_copies(copies):
     ds = data.from_arrays(np.zeros((2, 4, 4, 1)), np.array([0, 1]))
     with pytest.raises(DataError, match="copies"):
         data.augment_affine(ds, copies=copies)
+
+
+def test_requests_from_jax_arrays_and_json_round_trips():
+    import jax.numpy as jnp
+
+    assert data.ForgetRequest(classes=jnp.array([3, 5])).classes == (3, 5)
+    assert data.ForgetRequest(indices=jnp.arange(3)).indices == (0, 1, 2)
+    with pytest.raises(ForgetRequestError, match="must be a sequence"):
+        data.ForgetRequest(classes=jnp.array(3))
+    for req in (data.ForgetRequest(classes=(2, 6)), data.ForgetRequest(fraction=0.1, seed=4),
+                data.ForgetRequest(indices=(9, 1))):
+        back = data.ForgetRequest.from_json(req.to_json())
+        assert back == req and hash(back) == hash(req)
+        assert data.ForgetRequest.from_json(__import__("json").dumps(req.to_json())) == req
+
+
+def test_from_arrays_keeps_whole_number_float_labels_and_scales_uint8():
+    x = np.random.default_rng(0).random((6, 4, 4, 1)).astype(np.float32)
+    ds = data.from_arrays(x, np.array([0.0, 1.0, 2.0, 0.0, 1.0, 2.0]))
+    assert ds.y.dtype == np.int32 and list(ds.y) == [0, 1, 2, 0, 1, 2]
+    u8 = data.from_arrays((x * 255).astype(np.uint8), ds.y)
+    assert u8.x.dtype == np.float32 and u8.x.max() <= 1.0

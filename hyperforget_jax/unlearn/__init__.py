@@ -26,14 +26,15 @@ import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
 from hyperforget_jax import data, train
 from hyperforget_jax.data import Dataset, ForgetSplit
 from hyperforget_jax.checkpoint_checks import first_non_finite
-from hyperforget_jax.errors import (ArchitectureError, ConfigError, ForgetRequestError,
-                                   NonFiniteError)
+from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
+                                   ForgetRequestError, NonFiniteError)
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn import baselines, configs
@@ -103,19 +104,56 @@ def check_seed(seed: Any, what: str = "seed") -> int:
     return data._check_seed(seed, what, ConfigError)
 
 
+def _num_outputs(method: str, model: Architecture, params: Any, image_shape: tuple) -> int:
+    """The model's real number of outputs on these parameters (a user's module need not say):
+    traced once per parameter signature and kept with the model's programs."""
+    leaves, treedef = jax.tree.flatten(params)
+    key = ("num_outputs", treedef, tuple(image_shape),
+           tuple((jnp.shape(l), str(jnp.result_type(l))) for l in leaves))
+
+    def build():
+        try:
+            out = jax.eval_shape(model.apply, params,
+                                 jax.ShapeDtypeStruct((1, *image_shape), np.float32))
+        except Exception as e:   # a user's apply_fn raises anything: name the model and why
+            raise ArchitectureError(f"{method}: the parameters do not run through model "
+                                    f"{model.name!r} ({type(e).__name__}: {e})") from None
+        return int(out.shape[-1])
+
+    return model.program(key, build)
+
+
 def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any,
            stacked: bool = False) -> Architecture:
     if method not in METHODS:
         raise ConfigError(f"unknown unlearning method {method!r}; choose one of "
                           f"{', '.join(METHODS)}")
+    if not isinstance(split, ForgetSplit) or not isinstance(val, Dataset):
+        raise ConfigError(f"{method}: pass split=hf.resolve_forget(train, request) (a "
+                          f"ForgetSplit) and val=a Dataset, got {type(split).__name__} and "
+                          f"{type(val).__name__}")
     if len(split.forget) == 0 or len(split.retain) == 0:
         raise ForgetRequestError(f"{method}: the forget set ({len(split.forget)}) and the "
                                  f"retain set ({len(split.retain)}) must both be non-empty")
+    if len(val) == 0:
+        raise DataError(f"{method}: the validation set is empty; pass held-out images (e.g. "
+                        "splits.val): ∇τ's τ and the evaluation read them")
+    if np.intersect1d(np.asarray(split.forget_idx), np.asarray(split.retain_idx)).size:
+        raise ForgetRequestError(f"{method}: the forget and retain sets share training indices; "
+                                 "build the split with hf.resolve_forget")
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
-    model.check_params(tree_index(params, 0) if stacked else params)
-    model.check_inputs(split.forget.x, "forget set", split.forget.y)
-    model.check_inputs(split.retain.x, "retain set", split.retain.y)
-    model.check_inputs(val.x, "validation set", val.y)
+    one = tree_index(params, 0) if stacked else params
+    model.check_params(one)
+    for ds, what in ((split.forget, "forget set"), (split.retain, "retain set"),
+                     (val, "validation set")):
+        model.check_inputs(ds.x, what, ds.y)
+        if not np.all(np.isfinite(ds.x)):
+            raise DataError(f"{method}: the {what} has NaN or inf images; clean the data")
+    outputs = _num_outputs(method, model, one, split.forget.x.shape[1:])
+    if outputs != split.forget.num_classes:
+        raise ArchitectureError(f"{method}: model {model.name!r} has {outputs} outputs but the "
+                                f"data has {split.forget.num_classes} classes; build the model "
+                                "(or the Dataset) with the same number of classes")
     if method == "retrain" and not model.has_init:
         raise ConfigError(f"retrain needs fresh parameters but model {model.name!r} has no "
                           "init; pass a flax Module or hf.as_model(apply_fn, init_fn=...)")
@@ -260,6 +298,9 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
       ConfigError: no seed, a negative seed, a config of the wrong type, per-seed splits of
         different sizes or not one per seed.
     """
+    if isinstance(seeds, (int, np.integer)):
+        raise ConfigError(f"seeds must be a sequence of integers, got {seeds!r}; e.g. "
+                          f"seeds=[{seeds}]")
     seeds = [check_seed(s) for s in seeds]
     if not seeds:
         raise ConfigError("unlearn_sweep needs at least one seed")
@@ -276,8 +317,15 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
                           "retain sizes (they share one program); run them separately")
     model = as_model(arch, splits[0].forget.x.shape[1:], splits[0].forget.num_classes)
     stacked = _is_stacked(model, params, len(seeds), params_stacked)
+    for sp in splits[1:] if per_seed else ():    # every member's data, not the first only
+        _check(method, sp, val, model, params, stacked)
     model = _check(method, splits[0], val, model, params, stacked)
-    forget_classes = _given_forget_classes(splits[0], forget_classes)
+    given = forget_classes
+    forget_classes = _given_forget_classes(splits[0], given)
+    if per_seed and any(_given_forget_classes(sp, given) != forget_classes for sp in splits):
+        raise ConfigError("unlearn_sweep: the per-seed splits remove different classes (or "
+                          "mix class removal with other requests); τ is chosen per request, "
+                          "so run them in separate sweeps")
     configs = [_config(method, model, c, 0) for c in (configs or [None])]
     members = [(si, s, c) for si, s in enumerate(seeds) for c in configs]
     originals = [tree_index(params, si) if stacked else params for si, _, _ in members]

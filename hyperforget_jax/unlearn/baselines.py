@@ -241,7 +241,13 @@ def _random_labels(model, params, split, cfg: C.RandomLabelsConfig, seed):
 def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
                   batch_size: int = 256) -> Params:
     """1.0 on the ``ratio`` share of weights with the largest |Σ_batches ∇(−CE(D_f))|, one
-    global threshold over every tensor (SalUn's ``generate_mask.py``), else 0.0."""
+    global threshold over every tensor (SalUn's ``generate_mask.py``), else 0.0.
+
+    Below ``ratio`` 1, a weight whose saliency is exactly 0 (e.g. an input weight of a pixel
+    that is black in every forget image) never enters the mask [ours]: where more than
+    1 − ``ratio`` of the weights have 0, the threshold is 0 and the ties would otherwise
+    fill the whole mask, i.e. turn SalUn into plain Random labels. The mask then covers less
+    than ``ratio`` (``info["mask_share"]`` says how much)."""
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     n = len(split.forget)
     bs = min(batch_size, n)
@@ -259,10 +265,13 @@ def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
 
     g = model.program("salun_saliency", build)(params, jnp.asarray(split.forget.x),
                                                jnp.asarray(split.forget.y), jnp.asarray(idx))
+    if ratio >= 1:
+        return jax.tree.map(jnp.ones_like, g)
     flat = jnp.concatenate([jnp.abs(l).ravel() for l in jax.tree.leaves(g)])
     k = max(1, int(round(ratio * flat.size)))
     threshold = jnp.sort(flat)[flat.size - k]
-    return jax.tree.map(lambda l: (jnp.abs(l) >= threshold).astype(jnp.float32), g)
+    return jax.tree.map(lambda l: ((jnp.abs(l) >= threshold) & (jnp.abs(l) > 0))
+                        .astype(jnp.float32), g)
 
 
 def _salun(model, params, split, cfg: C.SalUnConfig, seed):
@@ -356,7 +365,9 @@ def _raise_nonfinite(method: str, finite: np.ndarray, member: str = "") -> None:
     if not finite.all():
         bad = int(np.argmin(finite))
         raise NonFiniteError(f"{method}: non-finite loss or parameters at step {bad}{member}; "
-                             "stopped without returning parameters. Lower the learning rate")
+                             "stopped without returning parameters. Lower the learning rate, "
+                             "or check the data (NaN/inf images, labels the model has no "
+                             "output for)")
 
 
 def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: Any,

@@ -48,7 +48,9 @@ Schedule [official code, as described in METHODS.md §1; the official repository
 reachable from here to re-read]: α₀ = (5/3)·|D_f|/|D|; α and the learning rate (AdamW lr 1e-3,
 weight decay 0.01, PyTorch ``LinearLR`` to 0.1×) are **held for a whole forget-epoch and stepped
 once per forget-epoch**: forget-epoch e of E uses α₀·(1 − e/E) and lr·(1 − 0.9·e/E). Budget
-E = int(6·N_r / (2·N_f)) forget-epochs (N = batches per pass; E may be 0: nothing to do), capped
+E = int(6·N_r / (2·N_f)) forget-epochs (N = batches per pass; E is 0 when D_f has more than 3×
+D_r's batches: the official code then returns the model as it is, ``unlearn`` refuses with a
+``ForgetRequestError`` unless ``epochs`` is set [ours]), capped
 at ``max_epochs`` = 80 (the split-and-alpha notebook's cap); a forget-epoch is one pass over D_f
 with each forget batch paired with the next retain batch; τ refreshed every 5 forget-epochs; no
 early stopping. Fine-tune (the ``finetune`` method) runs 2E forget-epochs of descent on D_r
