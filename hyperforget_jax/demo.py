@@ -125,7 +125,12 @@ def run_demo(args) -> dict:
                 "sections": names}
     from hyperforget_jax.commands.common import open_run
 
-    with open_run(args.run_dir, identity, args, flag="--run-dir", replace_role=True) as run:
+    # The report, its table and plots are written at the end: an interrupted demo of other
+    # settings must not leave the previous demo's beside its identity.
+    outputs = ("results.json", "report.md", "per_class_accuracy.png", "gan_original.png",
+               "gan_retrain.png", "gan_unlearned.png")
+    with open_run(args.run_dir, identity, args, flag="--run-dir", replace_role=True,
+                  outputs=outputs) as run:
         results, md = _run(args, run.path, splits, request, fsplit, names, t_start)
     from hyperforget_jax.commands.common import emit
 

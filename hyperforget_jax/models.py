@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import layers
-from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
+from hyperforget_jax.errors import ArchitectureError, CheckpointError, ConfigError, DataError
 
 Params = Any
 
@@ -363,6 +363,10 @@ class Architecture:
 
     @classmethod
     def from_json(cls, d: dict) -> "Architecture":
+        if not isinstance(d, dict) or not (d.get("source") or isinstance(d.get("name"), str)):
+            raise CheckpointError(f"the stored architecture record {str(d)[:80]!r} is damaged "
+                                  "(no model name or import path); restore the run from a "
+                                  "copy, or retrain it")
         shape = None if d.get("input_shape") is None else tuple(d["input_shape"])
         if d.get("source"):
             return load_model(d["source"], shape, d.get("num_classes"))

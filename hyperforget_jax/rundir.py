@@ -34,6 +34,7 @@ import hashlib
 import itertools
 import json
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -44,8 +45,8 @@ import numpy as np
 from hyperforget_jax import report
 from hyperforget_jax.errors import RunDirError
 
-__all__ = ["RunDirError", "RunDir", "open_run", "read_identity", "check_readable",
-           "first_difference", "data_fingerprint", "LOCK_NAME", "IDENTITY_NAME"]
+__all__ = ["RunDirError", "RunDir", "open_run", "check_output", "read_identity",
+           "check_readable", "first_difference", "data_fingerprint", "LOCK_NAME", "IDENTITY_NAME"]
 
 IDENTITY_NAME = "run.json"
 LOCK_NAME = ".hyperforget.lock"
@@ -132,6 +133,9 @@ def read_identity(path: str | os.PathLike) -> dict | None:
         text = f.read_text()
     except FileNotFoundError:
         return None
+    except NotADirectoryError:
+        raise RunDirError(f"{_abs(path)} is a file, not a run directory; pass the directory "
+                          "the command wrote") from None
     except OSError as e:
         raise RunDirError(f"cannot read {f} ({e.strerror}); fix its permissions") from e
     try:
@@ -337,7 +341,8 @@ class RunDir:
 def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | os.PathLike] = (),
              flag: str = "--run-dir", replace_role: bool = False,
              command: str = "hyperforget",
-             legacy: Callable[[Path], dict | None] | None = None) -> Iterator[RunDir]:
+             legacy: Callable[[Path], dict | None] | None = None,
+             outputs: Sequence[str] = (), caches: Sequence[str] = ()) -> Iterator[RunDir]:
     """Claims ``path`` for writing a run of ``identity`` (see the module docstring).
 
     Args:
@@ -352,6 +357,12 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
       command: recorded in the lock file, for the message a refused second writer sees.
       legacy: for directories written before ``run.json`` existed: returns the identity fields
         their own files record (compared like a stored identity), or None (refused).
+      outputs: the files a one-shot report writes at its end (with ``replace_role``). They are
+        removed when the directory changes identity, so a report that fails or is interrupted
+        never leaves the previous report's results beside the new identity.
+      caches: entries that only speed up a rerun (e.g. a GAN unlearning run's ``judge/``). A
+        command that fails before writing anything else removes them with the rest, so the
+        directory is left as it was found and a rerun with other settings is not refused.
 
     Yields:
       A :class:`RunDir`; ``resumed`` tells whether the directory already held this run.
@@ -363,12 +374,7 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
     """
     identity = _normalise(identity)
     out = _abs(path)
-    _check_not_an_input(out, [_abs(r) for r in reads], flag)
-    existed = out.exists()
-    if existed and not out.is_dir():
-        raise RunDirError(f"{flag} {out} is a file, not a directory; pass a directory")
-    stored = read_identity(out) if existed else None
-    others = [n for n in _entries(out) if not _ours(n)]
+    existed, stored, others = _check_place(out, reads, flag)
     _check_identity(out, _or_legacy(out, stored, others, legacy), identity, others, flag,
                     replace_role)
     primary = _is_primary()
@@ -393,6 +399,9 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
         _check_identity(out, _or_legacy(out, stored, others, legacy), identity, others, flag,
                         replace_role)
         if primary and stored != identity:
+            for name in outputs:               # the previous identity's results
+                with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                    (out / name).unlink()
             report.write_json(out / IDENTITY_NAME, {"identity": identity})
         yield RunDir(out, identity, existed, resumed=stored == identity and bool(others))
         ok = True
@@ -401,14 +410,39 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
             # Failed before writing anything of its own (at most empty folders, such as a
             # checkpoint manager's): leave the directory as it was.
             written = [n for n in _entries(out) if not _ours(n)]
-            if all(_empty_tree(out / n) for n in written):
+            if all(n in caches or _empty_tree(out / n) for n in written):
                 with contextlib.suppress(OSError):
                     for n in written:
-                        _remove_empty_tree(out / n)
+                        if n in caches:
+                            shutil.rmtree(out / n)
+                        else:
+                            _remove_empty_tree(out / n)
                     (out / IDENTITY_NAME).unlink()
         lock.release()
         if not ok and created:
             _remove_if_empty(out, made_above)
+
+
+def _check_place(out: Path, reads: Sequence[str | os.PathLike], flag: str
+                 ) -> tuple[bool, dict | None, list[str]]:
+    _check_not_an_input(out, [_abs(r) for r in reads], flag)
+    existed = out.exists()
+    if existed and not out.is_dir():
+        raise RunDirError(f"{flag} {out} is a file, not a directory; pass a directory")
+    stored = read_identity(out) if existed else None
+    return existed, stored, [n for n in _entries(out) if not _ours(n)]
+
+
+def check_output(path: str | os.PathLike, *, reads: Sequence[str | os.PathLike] = (),
+                 flag: str = "--out", legacy: Callable[[Path], dict | None] | None = None
+                 ) -> None:
+    """The checks of :func:`open_run` that need no identity, for a command that must do long
+    work before it knows its output's identity: ``path`` is not one of ``reads``, not a file,
+    and not a non-empty directory that holds no run. :func:`open_run` repeats them."""
+    out = _abs(path)
+    _, stored, others = _check_place(out, reads, flag)
+    if _or_legacy(out, stored, others, legacy) is None and others:
+        _check_identity(out, None, {}, others, flag, False)
 
 
 def _or_legacy(out: Path, stored: dict | None, others: list[str],

@@ -320,6 +320,14 @@ API_CASES = [
      ForgetRequestError, "JSON object"),
     ("request-fraction-string", lambda c: data.ForgetRequest(fraction="abc"),
      ForgetRequestError, "must be a number"),
+    ("gan-unlearn-zero-lr", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["UnlearnConfig"]).UnlearnConfig(lr=0.0), ConfigError,
+     "G's learning rate"),
+    ("gan-unlearn-beta1", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["UnlearnConfig"]).UnlearnConfig(beta1=1.5),
+     ConfigError, r"beta1 .* must lie in \[0, 1\)"),
+    ("damaged-architecture-record", lambda c: models.Architecture.from_json(5),
+     CheckpointError, "architecture record .* is damaged"),
     ("fit-labels-beyond-the-outputs", lambda c: train.fit(
         _seven_outputs(c)["arch"], c.train, train.TrainConfig(epochs=1)), DataError,
      "training set 'digits' has label 9"),
@@ -491,6 +499,34 @@ CLI_CASES = [
     ("cli-gan-dcgan-on-8x8", lambda c, o: [
         "gan", "train", "--run-dir", o, *DIGITS, "--gan-arch", "dcgan", "--quiet"],
      "supports 28×28 and 32×32 images, got 8×8"),
+    # A 0-epoch run would hold no model, and every reader would say "train first".
+    ("cli-zero-epochs", lambda c, o: ["train", "--run-dir", o, *TINY, "--epochs", "0"],
+     "--epochs 0 trains nothing"),
+    ("cli-gan-zero-epochs", lambda c, o: [
+        "gan", "train", "--run-dir", o, *DIGITS, "--gan-arch", "mlp", "--epochs", "0",
+        "--quiet"], "--epochs 0 trains nothing"),
+    ("cli-indices-empty-item", lambda c, o: ["retrain", "--run-dir", o, *TINY,
+                                             "--forget-indices", "1,,2"], "empty item"),
+    # --out is checked before the original is trained into the new --run-dir (o here).
+    ("cli-unlearn-out-is-a-file", lambda c, o: [
+        "unlearn", "--method", "gradtau", "--run-dir", o, *TINY, "--forget-class", "3",
+        "--out", str(c.a_file), "--no-retrain"], "is a file"),
+    ("cli-unlearn-out-not-a-run", lambda c, o: [
+        "unlearn", "--method", "gradtau", "--run-dir", o, *TINY, "--forget-class", "3",
+        "--out", str(c.root), "--no-retrain"], "holds no hyperforget run"),
+    ("cli-sample-two-starts", lambda c, o: [
+        "sample", "--hypernet", str(c.root / "dihyfo1"), "--run-dir", str(c.run), *DIGITS,
+        "--corpus", str(c.empty_dir), "--start-seed", "1", "--forget-class", "3", "--out", o],
+     "give one start network"),
+    ("cli-sample-negative-guidance", lambda c, o: [
+        "sample", "--hypernet", str(c.root / "dihyfo1"), "--run-dir", str(c.run), *DIGITS,
+        "--forget-class", "3", "--guidance", "-1", "--out", o], "guidance"),
+    ("cli-evaluate-run-dir-is-a-file", lambda c, o: [
+        "evaluate", "--run-dir", str(c.a_file), "--out", o, *DIGITS, "--forget-class", "1"],
+     "is a file, not a run directory"),
+    ("cli-corpus-holds-out-every-seed", lambda c, o: [
+        "corpus", "--out", o, "--seeds", "2", "--test-fraction", "0.9", *DIGITS, "--quiet"],
+     "holds out all 2 seeds"),
     ("cli-argparse-bad-int", lambda c, o: ["train", "--run-dir", o, "--epochs", "ten"],
      "expected an integer"),
     ("cli-argparse-unknown-dataset", lambda c, o: ["train", "--run-dir", o, "--dataset", "x"],
@@ -535,3 +571,42 @@ def test_cli_bad_input_in_a_real_process(ctx, tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1, p.stderr
     assert "corrupt or truncated" in p.stderr
     assert not out.exists()
+
+
+def test_sample_takes_the_hypernet_file_itself(ctx, tmp_path, capfd):
+    # `--hypernet` takes a directory or its hypernet.npz (README, --help); the file used to be
+    # read as a directory and refused with "fix its permissions".
+    outs = {}
+    for how, hypernet in (("dir", ctx.root / "dihyfo1"),
+                          ("file", ctx.root / "dihyfo1" / "hypernet.npz")):
+        outs[how] = tmp_path / how
+        assert _run_cli(["sample", "--hypernet", str(hypernet), "--run-dir", str(ctx.run),
+                         *DIGITS, "--forget-class", "3", "--num-steps", "2", "--out",
+                         str(outs[how])]) == 0, capfd.readouterr().err
+    a, b = (load_params(outs[h] / "params")[0] for h in ("dir", "file"))
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    ident = json.loads((outs["file"] / "run.json").read_text())["identity"]["hypernet"]
+    assert ident["file"].endswith("hypernet.npz") and len(ident["sha256"]) == 64
+
+
+def test_a_failed_report_leaves_no_results_of_another_request(ctx, tmp_path, monkeypatch,
+                                                              capfd):
+    # `evaluate` replaces an earlier evaluation in its --out; if the new one fails midway, the
+    # directory must not pair the new request (run.json) with the old request's numbers.
+    from hyperforget_jax.commands import core
+
+    out = tmp_path / "ev"
+    argv = ["evaluate", "--run-dir", str(ctx.run), *DIGITS, "--out", str(out)]
+    assert _run_cli([*argv, "--forget-class", "1"]) == 0
+    assert json.loads((out / "evaluation.json").read_text())["request"]["classes"] == [1]
+
+    def fail(*a, **k):
+        raise DataError("stopped midway")
+    monkeypatch.setattr(core, "evaluate_unlearning", fail)
+    assert _run_cli([*argv, "--forget-class", "2"]) == 2
+    assert not (out / "evaluation.json").exists() and not (out / "evaluation.md").exists()
+    ident = json.loads((out / "run.json").read_text())["identity"]
+    assert ident["request"]["classes"] == [2]
+    monkeypatch.undo()
+    assert _run_cli([*argv, "--forget-class", "2"]) == 0      # the rerun completes it
+    assert json.loads((out / "evaluation.json").read_text())["request"]["classes"] == [2]

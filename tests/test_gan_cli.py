@@ -152,3 +152,28 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     assert cli.main(["gan", "unlearn", "--run-dir", str(orig), "--out", str(tmp_path / "x"),
                      "--forget-class", "3", "--quiet"]) == 2        # default mnist5k ≠ digits
     assert "--dataset" in capsys.readouterr().err
+
+    # Refused before anything is written (each used to leave a run.json, a judge/ or a
+    # half-evaluated --out behind, or to run the whole cascade on a G that cannot move).
+    nan_out, bad_out = tmp_path / "nan", tmp_path / "bad"
+    unl_base = ["gan", "unlearn", *base, "--run-dir", str(orig), "--forget-class", "3",
+                "--check-every", "2", "--max-rounds", "2", "--quiet", *CHEAP_JUDGE]
+    for argv, words, where in (
+            ([*unl_base, "--out", str(bad_out), "--lr", "0"], "G's learning rate", bad_out),
+            ([*unl_base, "--out", str(bad_out), "--beta1", "5"], "beta1", bad_out),
+            ([*unl_base, "--out", str(bad_out), "--judge-from", str(tmp_path / "nowhere")],
+             "--judge-from", bad_out),
+            # A NaN stop after the judge was trained and stored: the judge goes with the rest.
+            ([*unl_base, "--out", str(nan_out), "--lr", "1e30", "--d-lr", "1e30"],
+             "non-finite", nan_out),
+            (["gan", "evaluate", *base, "--run-dir", str(unl), "--compare",
+              str(tmp_path / "nowhere"), "--samples", samples, "--quiet", "--judge", "mlp",
+              "--judge-epochs", "4", "--judge-augment", "1", "--judge-anneal", "0", "--out",
+              str(bad_out)], "no GAN checkpoint", bad_out)):
+        capsys.readouterr()
+        assert cli.main(argv) == 2, argv
+        lines = capsys.readouterr().err.strip().splitlines()
+        # (the 2-epoch GAN draws no 3s: the cascade warns so before it runs)
+        assert [words in ln for ln in lines if ": error: " in ln] == [True], lines
+        assert all(": warning: " in ln for ln in lines[:-1]), lines
+        assert not where.exists(), sorted(where.rglob("*"))

@@ -88,7 +88,18 @@ def add_train_args(p: argparse.ArgumentParser, title: str = "training recipe",
 
 
 def train_config_from_args(args) -> TrainConfig:
-    return args._train_flags.build(args)
+    cfg = args._train_flags.build(args)
+    refuse_zero_epochs(cfg.epochs)
+    return cfg
+
+
+def refuse_zero_epochs(epochs: int) -> None:
+    """A command-line training run of 0 epochs would write a run with no checkpoint, which
+    every reader refuses with "train first" (the API's ``epochs=0`` returns the initialisation
+    on purpose)."""
+    if epochs < 1:
+        raise ConfigError(f"--epochs {epochs} trains nothing (the run would hold no model); "
+                          "pass --epochs 1 or more")
 
 
 def progress(args) -> bool:
@@ -108,8 +119,12 @@ def request_from_args(args) -> data.ForgetRequest | None:
     if getattr(args, "forget_fraction", None) is not None:
         return data.ForgetRequest(fraction=args.forget_fraction, seed=args.forget_seed)
     if getattr(args, "forget_indices", None) is not None:
+        parts = [s.strip() for s in args.forget_indices.split(",")]
+        if any(parts) and not all(parts):       # "1,,2" or "5,": a typo, not fewer items
+            raise ConfigError(f"--forget-indices {args.forget_indices!r} has an empty item; "
+                              "pass comma-separated integers such as 1,2,3")
         try:
-            idx = tuple(int(s) for s in args.forget_indices.split(",") if s.strip())
+            idx = tuple(int(s) for s in parts if s)
         except ValueError as e:
             raise ConfigError(f"--forget-indices must be comma-separated integers, got "
                               f"{args.forget_indices!r}") from e
@@ -220,6 +235,9 @@ def _load_checkpointed(run_dir: Path):
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint in {run_dir} has no hyperforget run metadata; "
                                   "was it written by `hyperforget train`?") from e
+        except ConfigError as e:        # a stored field of the wrong type: not the user's flag
+            raise CheckpointError(f"the training recipe stored in {run_dir} is damaged ({e}); "
+                                  "restore the run from a copy, or retrain it") from e
         if "epoch" in meta and meta["epoch"] < cfg.epochs:
             raise CheckpointError(
                 f"{run_dir} holds an unfinished {meta.get('role', 'training')} run (epoch "
@@ -235,7 +253,12 @@ def _load_params_dir(run_dir: Path):
     if "architecture" not in meta:
         raise CheckpointError(f"params in {run_dir} carry no architecture; pass a run written "
                               "by `hyperforget train`, `unlearn` or `sample`")
-    arch = Architecture.from_json(meta["architecture"])
+    try:
+        arch = Architecture.from_json(meta["architecture"])
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"the architecture stored with the params in {run_dir} is "
+                              "damaged; restore the run from a copy, or rerun the command "
+                              "that wrote it") from e
     params, meta = load_params(run_dir / "params", arch.param_shapes())
     return arch, params, meta
 
@@ -263,11 +286,11 @@ def check_same_data(meta: dict, args, splits: data.Splits, run_dir, what: str = 
 
 
 def open_run(path, identity: dict, args, *, reads=(), flag: str = "--run-dir",
-             replace_role: bool = False, legacy=None):
+             replace_role: bool = False, legacy=None, outputs=(), caches=()):
     """:func:`rundir.open_run` with this command's name in the lock."""
     return rundir.open_run(path, identity, reads=reads, flag=flag, replace_role=replace_role,
                            command=" ".join(["hyperforget", *sys.argv[1:]])[:200],
-                           legacy=legacy)
+                           legacy=legacy, outputs=outputs, caches=caches)
 
 
 def write_results(run_dir: Path, results: dict, markdown: str) -> None:

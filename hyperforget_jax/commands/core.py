@@ -103,8 +103,8 @@ def cmd_evaluate(args) -> int:
                 "retrain": r_meta.get("identity") if r_meta else None,
                 "request": request.to_json(), **common.data_identity(args, splits),
                 "seed": args.seed}
-    with common.open_run(out, identity, args, reads=reads, flag="--out",
-                         replace_role=True) as run:
+    with common.open_run(out, identity, args, reads=reads, flag="--out", replace_role=True,
+                         outputs=("evaluation.json", "evaluation.md")) as run:
         rows = {run_label: evaluate_unlearning(arch, params, splits, fsplit, request,
                                                args.seed)}
         results = {"request": request.to_json(), "run_dir": str(Path(args.run_dir).absolute()),

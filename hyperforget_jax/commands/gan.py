@@ -23,7 +23,7 @@ from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import Checkpointer
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import non_negative_int, positive_int
-from hyperforget_jax.errors import CheckpointError, DataError, ForgetRequestError
+from hyperforget_jax.errors import CheckpointError, DataError, ForgetRequestError, RunDirError
 from hyperforget_jax.gan.metrics import (JUDGE, JUDGE_ANNEAL, JUDGE_AUGMENT, EvalConfig,
                                          cached_judge, evaluate_gan, judge_outputs, judge_recipe)
 from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch
@@ -66,6 +66,10 @@ def _add_judge_from(parser) -> None:
 def _judge_dirs(dirs) -> list[Path]:
     """Each ``--judge-from`` directory and its ``judge/`` sub-directory (either may hold it)."""
     absolute = [Path(d).expanduser().absolute() for d in dirs]
+    for d in absolute:
+        if not d.is_dir():
+            raise RunDirError(f"--judge-from {d} is not a directory; pass the output directory "
+                              "of an earlier `gan unlearn` or `gan evaluate` (or its judge/)")
     return [q for d in absolute for q in (d / "judge", d)]
 
 
@@ -113,6 +117,7 @@ def cmd_train(args) -> int:
     request, fsplit = _request_split(args, splits)
     train = fsplit.retain if fsplit is not None else splits.train
     cfg = args._gan_flags.build(args)
+    common.refuse_zero_epochs(cfg.epochs)
     # A bad architecture for these images is refused before the run directory is claimed.
     gan_arch_of(cfg, train.x.shape[1:])
     meta = {"role": "retrain" if request else "original", "dataset": args.dataset,
@@ -154,14 +159,16 @@ def cmd_unlearn(args) -> int:
                 "request": request.to_json(), "source": meta.get("identity"),
                 "gan_arch": arch.to_json(), **data_id,
                 **({"judge": recipe} if recipe is not None else {})}
+    search = _judge_dirs(args.judge_from)     # refused before --out is claimed
     # The cascade checkpoints into --out after every chunk of rounds; a rerun after a crash
     # resumes there and ends exactly where an uninterrupted run would. The judge is stored in
     # --out/judge, where `gan evaluate --run-dir <out>` finds it again.
-    with common.open_run(args.out, identity, args, reads=[args.run_dir], flag="--out") as run:
+    with common.open_run(args.out, identity, args, reads=[args.run_dir], flag="--out",
+                         caches=("judge",)) as run:
         classify, judged = None, {}
         if recipe is not None:
             judge, reused = cached_judge(splits.train, recipe, run.path / "judge",
-                                         data_id["data"], search=_judge_dirs(args.judge_from),
+                                         data_id["data"], search=search,
                                          keep_found=True, progress=common.progress(args))
             classify = lambda x: judge_outputs(judge, x)[0].argmax(1)
             judged = {"judge": recipe, "judge_reused": reused}
@@ -218,17 +225,24 @@ def cmd_evaluate(args) -> int:
     ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
     data_id = common.data_identity(args, splits)
     runs = [args.run_dir, *(args.compare or [])]
+    # Every compared run is read (and refused, if it must be) before the judge is trained
+    # and the output directory claimed.
+    others = {}
+    for other in args.compare or []:
+        others[other] = load_gan_run(other)[:2]
+        _check_dataset(others[other][0], splits, args, other)
+    search = _judge_dirs([*runs, *args.judge_from])
     out = args.out or Path(args.run_dir) / "gan-evaluate" / re.sub(
         r"[^A-Za-z0-9.+-]+", "-", request.describe()).strip("-")
     identity = {"role": "gan-evaluation", "runs": [str(Path(r).absolute()) for r in runs],
                 "request": request.to_json(), "samples": args.samples, "judge": recipe,
                 **data_id}
-    with common.open_run(out, identity, args, reads=runs, flag="--out",
-                         replace_role=True) as run:
+    with common.open_run(out, identity, args, reads=runs, flag="--out", replace_role=True,
+                         outputs=("gan_evaluation.json", "gan_evaluation.md")) as run:
         # The judge `gan unlearn` stored with an evaluated run is reused when its recipe and
         # data match (training is deterministic: the same judge); else it is trained here.
         judge, reused = cached_judge(splits.train, recipe, run.path / "judge", data_id["data"],
-                                     search=_judge_dirs([*runs, *args.judge_from]),
+                                     search=search,
                                      progress=common.progress(args))
         ref = judge_outputs(judge, fsplit.retain.x)[1]    # the FID reference, shared by every run
         rows = {}
@@ -237,7 +251,7 @@ def cmd_evaluate(args) -> int:
             from tqdm.auto import tqdm
             todo = tqdm(todo, desc="evaluate GAN runs", unit="run")
         for name, other in todo:
-            a, st = (arch, state) if other is None else load_gan_run(other)[:2]
+            a, st = (arch, state) if other is None else others[other]
             rows[name] = evaluate_gan(a, st.g_params, st.d_params, judge, splits,
                                       fsplit.forget.x, fsplit.retain.x, request.classes, ev, ref)
         keys = ("classifier_fid", "classifier_is", "forgotten_share", "d_mia_auc",

@@ -12,6 +12,7 @@ the hypernetwork's architecture, ``gpt_mlp`` for the pretrained one) or from a c
 from __future__ import annotations
 
 import argparse
+import hashlib
 import time
 from pathlib import Path
 
@@ -20,9 +21,10 @@ import jax.numpy as jnp
 
 from hyperforget_jax import checkpoint, configflags, data, report, rundir
 from hyperforget_jax import params as P_
+from hyperforget_jax.checkpoint_checks import first_non_finite
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import finite_float, seed_int
-from hyperforget_jax.errors import ArchitectureError, ConfigError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, NonFiniteError
 from hyperforget_jax.evaluation import evaluate_unlearning
 from hyperforget_jax.hyperforget import corpus as C
 from hyperforget_jax.hyperforget import denoiser as DN
@@ -94,6 +96,9 @@ def cmd_hypertrain(args) -> int:
 
 def _start_network(args, net):
     """(params, identity of the start) from --run-dir or --corpus/--start-seed."""
+    if args.run_dir is not None and (args.corpus is not None or args.start_seed is not None):
+        raise ConfigError("give one start network: --run-dir DIR, or --corpus DIR "
+                          "--start-seed S, not both")
     if args.run_dir is not None:
         arch, params, meta = common.load_run(args.run_dir)
         want = net.spec.arch
@@ -114,7 +119,11 @@ def _start_network(args, net):
 def _hypernet_identity(args, meta) -> dict | str:
     if store.is_pretrained_name(args.hypernet):
         return {"pretrained": meta.get("pretrained_name"), "sha256": meta.get("sha256")}
-    return rundir.read_identity(args.hypernet) or str(Path(args.hypernet).absolute())
+    path = Path(args.hypernet).expanduser().absolute()
+    if path.is_file():          # a hypernet.npz given by itself: its content is its identity
+        return {"file": str(path),
+                "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return rundir.read_identity(path) or str(path)
 
 
 def cmd_sample(args) -> int:
@@ -150,6 +159,10 @@ def cmd_sample(args) -> int:
             out = H.sample(key, net, params, prompt, sc.num_steps, sc.method, sc.guidance)
         jax.block_until_ready(out)
         secs = time.perf_counter() - t0
+        bad = first_non_finite(out)
+        if bad is not None:
+            raise NonFiniteError(f"the sampled network has NaN/inf parameters ({bad}); lower "
+                                 "--guidance or sample with more --num-steps")
         fsplit = data.resolve_forget(splits.train, request)
         arch = net.spec.arch
         ev_start = evaluate_unlearning(arch, params, splits, fsplit, request, args.seed)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import importlib
 
-from hyperforget_jax import configflags, data, train
+from hyperforget_jax import configflags, data, rundir, train
 from hyperforget_jax.checkpoint import Checkpointer
 from hyperforget_jax.commands import common
 from hyperforget_jax.commands.core import slug
@@ -124,11 +124,13 @@ def cmd_unlearn(args) -> int:
     fsplit = data.resolve_forget(splits.train, request)
     if args.method != "retrain":
         _method_config(args, None)  # a bad --config.* fails before any work
+    out = args.out or Path(args.run_dir) / "unlearn" / f"{args.method}-{slug(request)}"
+    # A bad --out is refused before the original is trained (open_run checks it again).
+    rundir.check_output(out, reads=[args.run_dir], flag="--out")
     stage = _Stages(common.progress(args), 4 if args.no_retrain else 7)
     try:
         arch, params, cfg, how, orig_identity = _original(args, splits, stage)
         config = _method_config(args, cfg)
-        out = args.out or Path(args.run_dir) / "unlearn" / f"{args.method}-{slug(request)}"
         identity = {"role": "unlearned", "method": args.method,
                     "config": dataclasses.asdict(config), "seed": args.seed,
                     "request": request.to_json(), "original": orig_identity,

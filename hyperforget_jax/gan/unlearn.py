@@ -68,7 +68,7 @@ from hyperforget_jax.gan.metrics import forgotten_share
 from hyperforget_jax.gan.models import GANArch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
                                        init_gan_state, make_optimizer)
-from hyperforget_jax.train import guarded_apply
+from hyperforget_jax.train import guarded_apply, is_learning_rate
 
 Params = Any
 FAKE_LABELS = ("hard", "generated", "heldout")
@@ -179,8 +179,13 @@ class UnlearnConfig:
         if not 0 <= self.max_kept_drift <= 1:
             raise ConfigError(f"max_kept_drift is a total-variation distance in [0, 1], got "
                               f"{self.max_kept_drift}")
-        if self.d_lr is not None and not self.d_lr > 0:
+        if not is_learning_rate(self.lr):      # 0 would leave G as it is, < 0 run G uphill
+            raise ConfigError(f"lr (G's learning rate, --lr) must be a positive number, got "
+                              f"{self.lr!r}")
+        if self.d_lr is not None and not is_learning_rate(self.d_lr):
             raise ConfigError(f"d_lr must be a positive number or None, got {self.d_lr!r}")
+        if not 0 <= self.beta1 < 1:
+            raise ConfigError(f"beta1 (Adam's β₁, --beta1) must lie in [0, 1), got {self.beta1}")
         if self.pool_size < 1 or self.item_neighbours < 1 or self.batch_size < 1:
             raise ConfigError("pool_size, item_neighbours and batch_size must be >= 1")
         if self.confirm_size < 0:

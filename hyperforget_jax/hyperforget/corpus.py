@@ -136,6 +136,10 @@ class CorpusConfig:
             if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
                 raise ConfigError(f"CorpusConfig.{name} must be two values LOW HIGH with "
                                   f"LOW <= HIGH, got {lo_hi}")
+        if len(self.test_seeds) >= self.num_seeds:
+            raise ConfigError(f"CorpusConfig.test_fraction {self.test_fraction} holds out all "
+                              f"{self.num_seeds} seeds, leaving none to train a hypernetwork "
+                              "on; lower it (--test-fraction) or add seeds (--seeds)")
         fc = self.forget_classes
         if fc is not None and (not fc or len(set(fc)) != len(fc)):
             raise ConfigError(f"CorpusConfig.forget_classes must be distinct class ids, got "

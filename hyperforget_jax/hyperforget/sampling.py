@@ -50,7 +50,7 @@ class SampleConfig:
 
     num_steps: int = field(20, ge=1)
     method: str = field("ddim", choices=("ddim", "ddpm"))
-    guidance: float = field(0.0)
+    guidance: float = field(0.0, ge=0)
     best_of: int = field(1, ge=1)
 
     def __post_init__(self):
@@ -153,8 +153,10 @@ def _sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
     if method == "ddim":
         D.ddim_timesteps(net.spec.num_train_steps, num_steps)      # validates num_steps
     guidance = float(guidance)
-    if not np.isfinite(guidance):
-        raise ConfigError(f"guidance must be a finite number, got {guidance}")
+    if not (np.isfinite(guidance) and guidance >= 0):
+        # w = −1 is the unconditional model alone: a network that ignores the request.
+        raise ConfigError(f"guidance must be a finite number >= 0 (0: the conditional model "
+                          f"alone), got {guidance}")
     key = ("sample", int(num_steps) if method == "ddim" else 0, method, guidance)
     return net.program(key, lambda: _build_sampler(net, num_steps, method, guidance))
 
