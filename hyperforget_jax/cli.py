@@ -34,9 +34,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message):  # one line instead of argparse's usage block
         m = re.match(r"unrecognized arguments: .*?--(\w+)\.([\w-]+)", message)
-        if m:
-            message = (f"--{m.group(1)}.{m.group(2)} is not a config field of any method "
-                       f"(see `{self.prog} --help` for each method's fields)")
+        if m:   # only `unlearn` takes --config.FIELD; its --help lists each method's fields
+            self.exit(2, f"{self.prog}: error: --{m.group(1)}.{m.group(2)} is not a config "
+                         "field of any method (`hyperforget unlearn --help` lists each "
+                         "method's fields)\n")
         self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see --help)\n")
 
 

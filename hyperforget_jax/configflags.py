@@ -297,10 +297,19 @@ class ConfigFlags:
     def build(self, args: argparse.Namespace, base: Any = None, **overrides: Any) -> Any:
         """A config from the given flags on top of ``base`` (default: the class defaults),
         then ``overrides``. Invalid combinations raise the config's own ConfigError."""
-        values = {**self.given(args), **overrides}
-        if base is not None:
-            return dataclasses.replace(base, **values)
-        return self.cls(**values)
+        given = self.given(args)
+        values = {**given, **overrides}
+        try:
+            if base is not None:
+                return dataclasses.replace(base, **values)
+            return self.cls(**values)
+        except ConfigError as e:    # name the flag the user typed, not only the field
+            text = str(e)
+            for field in given:
+                name = f"{self.cls.__name__}.{field}"
+                if name in text:
+                    raise ConfigError(f"{self.flags[field]}: {text}") from None
+            raise
 
     def value(self, args: argparse.Namespace, field: str) -> Any:
         """A field's flag value, or the class default when not given."""
@@ -423,9 +432,15 @@ class ConfigNamespace:
             except (argparse.ArgumentTypeError, ValueError) as e:
                 raise ConfigError(f"--{self.name}.{f}={text}: {e} ({f} of {cls.__name__} is "
                                   f"{_type_name(hints.get(f, Any))})") from None
-        if base is not None:
-            return dataclasses.replace(base, **values)
-        return cls(**values)
+        try:
+            if base is not None:
+                return dataclasses.replace(base, **values)
+            return cls(**values)
+        except ConfigError as e:    # name the flag the user typed
+            for f in values:
+                if f"{cls.__name__}.{f}" in str(e):
+                    raise ConfigError(f"--{self.name}.{f}: {e}") from None
+            raise
 
 
 def add_config_namespace(parser: argparse.ArgumentParser, name: str,

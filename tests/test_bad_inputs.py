@@ -425,7 +425,13 @@ CLI_CASES = [
     ("cli-negative-epochs", lambda c, o: ["train", "--run-dir", o, *TINY, "--epochs", "-3"],
      "epochs must be >= 0"),
     ("cli-zero-lr", lambda c, o: ["train", "--run-dir", o, *TINY, "--lr", "0"],
-     "learning rate"),
+     "--lr: TrainConfig.lr (learning rate) must be > 0"),      # the flag typed, then why
+    ("cli-unlearn-config-lr-zero", lambda c, o: [
+        "unlearn", "--method", "gradtau", "--run-dir", o, *TINY, "--forget-class", "3",
+        "--config.lr=0", "--no-retrain"], "--config.lr: GradTauConfig.lr"),
+    ("cli-unknown-config-field", lambda c, o: [
+        "unlearn", "--method", "gradtau", "--run-dir", o, *TINY, "--forget-class", "3",
+        "--config.bogus=1"], "`hyperforget unlearn --help` lists each method's fields"),
     ("cli-zero-batch", lambda c, o: ["train", "--run-dir", o, *TINY, "--batch-size", "0"],
      "batch_size"),
     ("cli-unknown-class", lambda c, o: ["retrain", "--run-dir", o, *TINY, "--forget-class",
