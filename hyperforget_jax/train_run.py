@@ -140,6 +140,9 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     Raises:
       NonFiniteError: a step produced NaN/inf (named in the message).
     """
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"fit takes a TrainConfig, got {type(cfg).__name__}; e.g. "
+                          "hf.TrainConfig(epochs=5)")
     model = _model_for(arch, train)
     batch_size = effective_batch_size(cfg, len(train))
     mesh_batch_size(mesh, batch_size)

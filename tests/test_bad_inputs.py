@@ -192,6 +192,37 @@ def _sweep_two_classes(c):
     return unlearn_sweep("gradtau", c.arch, c.params, [s3, s4], c.splits.val, seeds=[0, 1])
 
 
+def _tiny_gan(c):
+    """A dense GAN for digits' 8×8 images, untrained (refusals never train it)."""
+    from hyperforget_jax.gan.models import make_gan_arch
+
+    arch = make_gan_arch("mlp", (8, 8, 1))
+    g, d = arch.init(jax.random.key(0))
+    return arch, g, d
+
+
+def _gan_unlearn(c, **images):
+    from hyperforget_jax.gan import ITEM_RECIPE, unlearn_gan
+
+    arch, g, d = _tiny_gan(c)
+    x = c.train.x
+    kw = {"retain_x": x[10:], "forget_x": x[:10], "heldout_x": c.splits.val.x, **images}
+    return unlearn_gan(arch, g, d, cfg=ITEM_RECIPE, **kw)
+
+
+def _gan_evaluate_with_a_5_class_judge(c):
+    from hyperforget_jax.gan.metrics import Judge, evaluate_gan
+
+    arch, g, d = _tiny_gan(c)
+    jarch = models.make_architecture("mlp", (8, 8, 1), 5)
+    return evaluate_gan(arch, g, d, Judge(jarch, jarch.init(jax.random.key(0))), c.splits,
+                        c.train.x[:10], c.train.x[10:], (3,))
+
+
+def _hyper_prompt(c):
+    return _hyper_call("make_prompt", c.hyper["dihyfo2"], c.params, c.train, (1,))
+
+
 # ------------------------------------------------------------------------------ API cases
 
 API_CASES = [
@@ -328,6 +359,42 @@ API_CASES = [
      ConfigError, r"beta1 .* must lie in \[0, 1\)"),
     ("damaged-architecture-record", lambda c: models.Architecture.from_json(5),
      CheckpointError, "architecture record .* is damaged"),
+    # GAN unlearning and HyperForget
+    ("gan-unlearn-images-in-0-255", lambda c: _gan_unlearn(c, retain_x=c.train.x[10:] * 255),
+     DataError, r"retain_x .* has values in \[0, 255\].*divide"),
+    ("gan-unlearn-empty-retain-set", lambda c: _gan_unlearn(c, retain_x=c.train.x[:0]),
+     DataError, "retain_x .* holds 0 images"),
+    ("gan-unlearn-flat-images", lambda c: _gan_unlearn(
+        c, forget_x=c.train.x[:10].reshape(10, -1)), DataError, "forget_x has images of shape"),
+    ("gan-evaluate-judge-of-other-classes", _gan_evaluate_with_a_5_class_judge, ConfigError,
+     "the judge has 5 classes but the data 10"),
+    ("gan-train-images-in-0-255", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
+        c.train.replace(x=c.train.x * 255), __import__(
+            "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(arch="mlp", epochs=1)),
+     DataError, "values in"),
+    ("gan-config-fractional-latent-dim", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(latent_dim=2.5),
+     ConfigError, "latent_dim must be an integer"),
+    ("gan-unlearn-config-fractional-check-every", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["UnlearnConfig"]).UnlearnConfig(check_every=2.5),
+     ConfigError, "check_every must be an integer"),
+    ("hyper-sample-nan-start", lambda c: _hyper_call(
+        "sample", jax.random.key(0), c.hyper["dihyfo2"],
+        jax.tree.map(lambda l: l * np.nan, c.params), None), NonFiniteError,
+     "start network's parameters contain NaN"),
+    ("hyper-prompt-fractional-class", lambda c: _hyper_call(
+        "make_prompt", c.hyper["dihyfo2"], c.params, c.train, (1.5,)), ForgetRequestError,
+     "must be integers"),
+    ("hyper-prompt-images-in-0-255", lambda c: _hyper_call(
+        "make_prompt", c.hyper["dihyfo2"], c.params, c.train.replace(x=c.train.x * 255), (1,)),
+     DataError, r"finite values in \[0, 1\]"),
+    ("hyper-sample-not-a-key", lambda c: _hyper_call(
+        "sample", 123, c.hyper["dihyfo2"], c.params, _hyper_prompt(c)), ConfigError,
+     "PRNG key"),
+    ("hyper-sample-fractional-steps", lambda c: _hyper_call(
+        "sample", jax.random.key(0), c.hyper["dihyfo2"], c.params, _hyper_prompt(c), 2.5),
+     ConfigError, "num_steps must be an integer"),
     ("fit-labels-beyond-the-outputs", lambda c: train.fit(
         _seven_outputs(c)["arch"], c.train, train.TrainConfig(epochs=1)), DataError,
      "training set 'digits' has label 9"),
@@ -616,3 +683,48 @@ def test_a_failed_report_leaves_no_results_of_another_request(ctx, tmp_path, mon
     monkeypatch.undo()
     assert _run_cli([*argv, "--forget-class", "2"]) == 0      # the rerun completes it
     assert json.loads((out / "evaluation.json").read_text())["request"]["classes"] == [2]
+
+
+def test_resumes_never_continue_another_run(ctx, tmp_path):
+    """A checkpoint directory given to the Python API again must hold the same run: training
+    a GAN with another recipe or other images, unlearning another original, or reading a
+    hypernetwork file whose arrays were edited is refused (the CLI's run.json guards its own
+    directories; these guard the API's)."""
+    import dataclasses
+
+    from hyperforget_jax.gan import GANConfig, ITEM_RECIPE, train_gan, unlearn_gan
+    from hyperforget_jax.hyperforget import dihyfo as H
+
+    cfg = GANConfig(arch="mlp", epochs=1, width=16, latent_dim=8)
+    with Checkpointer(tmp_path / "gan") as ck:
+        state, _, arch = train_gan(ctx.train, cfg, checkpointer=ck)
+    with Checkpointer(tmp_path / "gan") as ck:
+        again, _, _ = train_gan(ctx.train, cfg, checkpointer=ck)       # the same run: resumes
+        jax.tree.map(np.testing.assert_array_equal, again.g_params, state.g_params)
+        with pytest.raises(CheckpointError, match="another recipe .* lr is 0.001"):
+            train_gan(ctx.train, dataclasses.replace(cfg, lr=5e-4), checkpointer=ck)
+        with pytest.raises(CheckpointError, match="trained on other images"):
+            train_gan(ctx.train.replace(x=ctx.train.x[::-1].copy()), cfg, checkpointer=ck)
+
+    x = ctx.train.x
+    kw = dict(retain_x=x[10:], forget_x=x[:10], heldout_x=ctx.splits.val.x,
+              cfg=dataclasses.replace(ITEM_RECIPE, max_rounds=5))
+    with Checkpointer(tmp_path / "unl") as ck:
+        unlearn_gan(arch, state.g_params, state.d_params, checkpointer=ck, **kw)
+        other_g = jax.tree.map(lambda l: l * 0.5, state.g_params)
+        with pytest.raises(CheckpointError, match="another recipe or forget set"):
+            unlearn_gan(arch, other_g, state.d_params, checkpointer=ck, **kw)
+
+    path = H.save_hypernet(tmp_path / "h", H.Hypernet(
+        ctx.hyper["dihyfo2"].spec, jax.tree.map(
+            lambda l: np.ones(l.shape, l.dtype),
+            __import__("hyperforget_jax.hyperforget.denoiser", fromlist=["x"]).param_shapes(
+                ctx.hyper["dihyfo2"].spec.model()))))
+    H.load_hypernet(path)                                              # intact: loads
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    name = next(k for k in arrays if k != "__meta__")
+    arrays[name] = arrays[name] * 3                                    # still a valid file
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match="do not match the digest"):
+        H.load_hypernet(path)

@@ -13,7 +13,7 @@ import pytest
 
 from hyperforget_jax import data, models, train
 from hyperforget_jax.checkpoint import Checkpointer
-from hyperforget_jax.errors import NonFiniteError
+from hyperforget_jax.errors import DataError, NonFiniteError
 
 CFG = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=0.01)
 
@@ -116,7 +116,12 @@ def test_gradtau_names_the_step(arch, digits_splits):
 
     params = arch.init(jax.random.key(0))
     split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    # A step at lr 1e30 leaves finite parameters of ~1e30, whose next loss is not finite.
+    with pytest.raises(NonFiniteError, match=r"at step 1 \(forget-epoch 1, batch pair 0\)"):
+        unlearn("gradtau", arch, params, split, digits_splits.val,
+                GradTauConfig(epochs=2, lr=1e30))
+    # NaN images are refused before any step, naming the set.
     nan_forget = split.forget.replace(x=np.full_like(split.forget.x, np.nan))
     bad = split._replace(forget=nan_forget)
-    with pytest.raises(NonFiniteError, match=r"at step 0\b"):
+    with pytest.raises(DataError, match="forget set has NaN or inf images"):
         unlearn("gradtau", arch, params, bad, digits_splits.val, GradTauConfig(epochs=1))

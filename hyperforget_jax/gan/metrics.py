@@ -346,9 +346,25 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
       ``classifier_is``, ``d_mia_auc``, ``d_mia_acc``, ``d_score_members``,
       ``d_score_nonmembers``, ``downstream_acc`` (and ``downstream_acc_kept``).
     """
+    from hyperforget_jax.data import ForgetRequest
+    from hyperforget_jax.errors import DataError, ForgetRequestError
     from hyperforget_jax.gan.train import d_scores, sample
 
     k = splits.test.num_classes
+    arch.check_params(g_params, d_params)
+    judge.arch.check_inputs(np.zeros((1, *arch.image_shape), np.float32), "the GAN's samples")
+    if judge.arch.num_classes is not None and judge.arch.num_classes != k:
+        raise ConfigError(f"the judge has {judge.arch.num_classes} classes but the data "
+                          f"{k}; train the judge on this dataset (train_judge(splits.train))")
+    forget_x = arch.check_images(forget_x, "forget_x (the MIA members)")
+    retain_x = arch.check_images(retain_x, "retain_x (the classifier-FID reference)", 2)
+    arch.check_images(splits.test.x, "splits.test")
+    if forget_classes is not None:
+        forget_classes = ForgetRequest(classes=forget_classes).classes
+        bad = [c for c in forget_classes if not 0 <= c < k]
+        if bad:
+            raise ForgetRequestError(f"forget class {bad[0]} does not exist: the data has "
+                                     f"classes 0..{k - 1}")
     samples = sample(arch, g_params, cfg.num_samples, cfg.seed)
     probs, feats = judge_outputs(judge, samples)
     labels = probs.argmax(1)
@@ -362,6 +378,9 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
         out["forgotten_share"] = forgotten_share(labels, forget_classes)
         # Unseen images of the forgotten class are the fair non-members for class removal.
         nonmembers = splits.test.x[np.isin(splits.test.y, list(forget_classes))]
+        if not len(nonmembers):
+            raise DataError(f"the test set holds no image of class(es) {list(forget_classes)}"
+                            ": the membership attack needs unseen images of them")
     out.update(d_score_mia(d_scores(arch, d_params, forget_x), d_scores(arch, d_params,
                                                                           nonmembers)))
     if cfg.downstream_samples:

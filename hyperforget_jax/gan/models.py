@@ -34,7 +34,7 @@ import numpy as np
 
 from hyperforget_jax import layers
 from hyperforget_jax import params as P_
-from hyperforget_jax.errors import ArchitectureError, ConfigError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
 from hyperforget_jax.models import _Programs
 
 Params = Any
@@ -280,6 +280,29 @@ class GANArch:
                 raise ArchitectureError(f"{role} parameters do not fit GAN {self.name} "
                                         f"{self.image_shape}; were they trained for another "
                                         "GAN architecture?")
+
+    def check_images(self, x, what: str, min_count: int = 1) -> np.ndarray:
+        """``x`` as float32 after raising :class:`DataError` unless it holds at least
+        ``min_count`` finite floating-point images of this GAN's shape with values in [0, 1]
+        (G draws in [0, 1] and D rescales its input from [0, 1]: images in 0..255 would be
+        saturated silently)."""
+        shape = tuple(np.shape(x))
+        if shape[1:] != tuple(self.image_shape):
+            raise DataError(f"{what} has images of shape {shape[1:]} but the GAN makes "
+                            f"{tuple(self.image_shape)} images; pass images of the dataset the "
+                            "GAN was trained on")
+        if len(x) < min_count:
+            raise DataError(f"{what} holds {len(x)} images, at least {min_count} needed")
+        a = np.asarray(x)
+        if not np.issubdtype(a.dtype, np.floating):
+            raise DataError(f"{what} has images of dtype {a.dtype}; pass floating-point images "
+                            "in [0, 1] (hf.data.from_arrays scales uint8, or divide by 255)")
+        if a.size and not np.isfinite(a).all():
+            raise DataError(f"{what} holds NaN or inf values; clean the images first")
+        if a.size and (a.min() < -1e-3 or a.max() > 1 + 1e-3):
+            raise DataError(f"{what} has values in [{a.min():g}, {a.max():g}]; the GAN takes "
+                            "images in [0, 1] (divide 0..255 images by 255)")
+        return a.astype(np.float32, copy=False)
 
     def to_json(self) -> dict:
         g, d = self.param_counts()

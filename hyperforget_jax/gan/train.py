@@ -15,6 +15,7 @@ the same batches as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -25,7 +26,7 @@ import optax
 
 from hyperforget_jax import xla
 from hyperforget_jax.data import Dataset, batch_indices
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import CheckpointError, ConfigError, DataError
 from hyperforget_jax.gan.models import (GAN_ARCHS, MIXTURE_COMPONENTS, MIXTURE_SIGMA, GANArch,
                                         check_latent_prior, make_gan_arch)
 from hyperforget_jax.metrics import chunked_apply
@@ -106,6 +107,10 @@ class GANConfig:
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 must lie in [0, 1), got {self.beta1}")
         check_latent_prior(self.latent_prior, self.mixture_components, self.mixture_sigma)
+        for name in ("seed", "latent_dim", "width"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise ConfigError(f"GANConfig.{name} must be an integer >= 0, got {v!r}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -235,14 +240,37 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
     Raises:
       NonFiniteError: a step produced NaN/inf (named in the message).
     """
+    if np.ndim(train.x) != 4:
+        raise DataError(f"training images must be (N, H, W, C), got shape {np.shape(train.x)}")
     arch = gan_arch_of(cfg, train.x.shape[1:])
+    arch.check_images(train.x, "the GAN's training set")
     # One Adam initialises both players' states: Adam's state does not depend on its rate.
     tx = make_optimizer(cfg.lr, cfg.beta1)
     state = init_gan_state(arch, tx, jax.random.key(cfg.seed))
     start = 0
+    data_id = None
+    if checkpointer is not None:
+        from hyperforget_jax.rundir import data_fingerprint
+        data_id = data_fingerprint(train)
     if checkpointer is not None and checkpointer.latest_step() is not None:
-        state, _ = checkpointer.restore(state)
+        state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
+        # Another recipe is refused (more epochs resume). Fields a run stored before they
+        # existed are not compared, so older runs still resume.
+        now, was = json.loads(json.dumps(cfg.to_json())), stored.get("gan_config") or {}
+        differ = [k for k in was if k != "epochs" and k in now and was[k] != now[k]]
+        if differ:
+            raise CheckpointError(f"{checkpointer.directory} holds a GAN trained with another "
+                                  f"recipe (its {differ[0]} is {was[differ[0]]!r}, this "
+                                  f"config's {now[differ[0]]!r}); use another checkpoint "
+                                  "directory or the same GANConfig")
+        if stored.get("gan_data", data_id) != data_id:
+            raise CheckpointError(f"{checkpointer.directory} holds a GAN trained on other "
+                                  "images; use another checkpoint directory or the same data")
+        if start > cfg.epochs:
+            raise CheckpointError(f"{checkpointer.directory} holds a GAN trained for {start} "
+                                  f"epochs, more than the {cfg.epochs} asked for; ask for "
+                                  f">= {start} epochs or use another directory")
     run = compiled_epoch(arch, cfg.lr, cfg.beta1, cfg.batch_size, cfg.g_lr)
     x = jnp.asarray(train.x)
     history: list[dict] = []
@@ -260,6 +288,7 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
         if checkpointer is not None and ((epoch + 1) % save_every == 0 or epoch + 1 == cfg.epochs):
             checkpointer.save(epoch + 1, state, {**(meta or {}), "epoch": epoch + 1,
                                                  "gan_config": cfg.to_json(),
+                                                 "gan_data": data_id,
                                                  "gan_arch": arch.to_json()})
     return state, history, arch
 

@@ -186,6 +186,11 @@ class UnlearnConfig:
             raise ConfigError(f"d_lr must be a positive number or None, got {self.d_lr!r}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 (Adam's β₁, --beta1) must lie in [0, 1), got {self.beta1}")
+        for name in ("check_every", "max_rounds", "lambda_u_attempts", "pool_size",
+                     "confirm_size", "item_neighbours", "batch_size", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ConfigError(f"UnlearnConfig.{name} must be an integer, got {v!r}")
         if self.pool_size < 1 or self.item_neighbours < 1 or self.batch_size < 1:
             raise ConfigError("pool_size, item_neighbours and batch_size must be >= 1")
         if self.confirm_size < 0:
@@ -540,6 +545,10 @@ def _check_forget_classes(classes: Sequence[int], classify: Callable, forget_x: 
     and the run would stop at once as a success: the forget images must be, by the
     classifier, mostly of ``forget_classes``."""
     labels = np.asarray(classify(forget_x))
+    if labels.shape != (len(forget_x),) or not np.issubdtype(labels.dtype, np.integer):
+        raise ConfigError(f"classify must return one integer class id per image, shape "
+                          f"({len(forget_x)},); it returned {labels.dtype} {labels.shape} "
+                          "(for probabilities, take .argmax(1))")
     named = float(np.isin(labels, list(classes)).mean())
     if named < 0.5:
         found = np.unique(labels, return_counts=True)
@@ -577,7 +586,11 @@ def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerpr
     if prog is None:
         raise CheckpointError(f"{checkpointer.directory} holds checkpoints that are not a GAN "
                               "unlearning run; choose an empty --out directory")
-    if prog.get("config") != cfg.to_json() or prog.get("fingerprint") != fingerprint:
+    stored = prog.get("fingerprint") or {}
+    # Keys a run stored before they existed are not compared (older runs still resume).
+    if prog.get("config") != cfg.to_json() or any(stored.get(k) != v for k, v in
+                                                  fingerprint.items() if k in stored) \
+            or not stored:
         raise CheckpointError(f"{checkpointer.directory} holds an unlearning run with another "
                               "recipe or forget set; choose another --out directory (or delete "
                               "it to start over)")
@@ -589,11 +602,23 @@ def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerpr
     return tree, prog
 
 
-def _fingerprint(forget_x: np.ndarray, retain_x: np.ndarray, forget_classes) -> dict:
-    """Cheap identity of the request, so a resume cannot silently continue another one."""
+def _fingerprint(forget_x: np.ndarray, retain_x: np.ndarray, forget_classes,
+                 g_params=None, d_params=None, heldout_x=None) -> dict:
+    """Cheap identity of the request and of the original (G₀, D₀), so a resume cannot
+    silently continue (or return) another run."""
+    from hyperforget_jax.rundir import data_fingerprint
+    from hyperforget_jax.data import Dataset
+
+    def digest(*arrays):
+        return data_fingerprint(*(Dataset(np.asarray(a), np.zeros(0, np.int32), 1, "")
+                                  for a in arrays))
+
     f = np.asarray(forget_x, np.float64)
     return {"forget": [int(len(f)), round(float(f.sum()), 3)],
-            "retain": int(len(retain_x)),
+            "retain": int(len(retain_x)), "retain_digest": digest(retain_x),
+            "heldout_digest": None if heldout_x is None else digest(heldout_x),
+            "original": None if g_params is None else digest(
+                *jax.tree.leaves(jax.device_get((g_params, d_params)))),
             "classes": None if forget_classes is None else [int(c) for c in forget_classes]}
 
 
@@ -645,7 +670,13 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     if forget_classes is not None and classify is None:
         raise ConfigError("class unlearning needs a classifier (classify=...) to flag codes")
     arch.check_params(g_params, d_params)
+    forget_x = arch.check_images(forget_x, "forget_x")
+    retain_x = arch.check_images(retain_x, "retain_x (D_r: the real batches D trains on)")
+    if heldout_x is not None and len(heldout_x):
+        heldout_x = arch.check_images(heldout_x, "heldout_x")
     if forget_classes is not None:
+        from hyperforget_jax.data import ForgetRequest
+        forget_classes = ForgetRequest(classes=forget_classes).classes   # ints, no repeats
         _check_forget_classes(forget_classes, classify, np.asarray(forget_x))
     y_f0 = fake_label(cfg.fake_label, arch, g_params, d_params, heldout_x=heldout_x,
                       seed=cfg.seed)
@@ -658,7 +689,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     forget_np = np.asarray(forget_x)
     score0 = float(np.mean(d_scores(arch, d_params, forget_np)))
     gap0 = abs(score0 - y_f0)
-    fingerprint = _fingerprint(forget_np, retain_x, forget_classes)
+    fingerprint = _fingerprint(forget_np, retain_x, forget_classes, g_params, d_params,
+                               heldout_x)
     history: list[dict] = []
     attempts: list[dict] = []               # the attempts that ended
     # rounds: over all attempts (the checkpoint step); in_attempt: rounds of this attempt.

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hyperforget_jax import data, report, train, xla
+from hyperforget_jax import data, report, rundir, train, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
@@ -463,7 +463,8 @@ def _new_index(arch: Architecture, ccfg: CorpusConfig, splits: data.Splits, data
             "metric_columns": metric_columns(k),
             "class_counts": {s: np.bincount(ds.y, minlength=k).tolist()
                              for s, ds in zip(SPLITS, splits)},
-            "test_seeds": ccfg.test_seeds, "shards": {}}
+            "test_seeds": ccfg.test_seeds,
+            "data_fingerprint": rundir.data_fingerprint(splits), "shards": {}}
 
 
 def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
@@ -493,7 +494,10 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
     if CI.index_path(out).exists():
         old = CI.read_index(out)
-        for key in ("format", "config", "architecture", "requests", "class_counts"):
+        for key in ("format", "config", "architecture", "requests", "class_counts",
+                    "dataset", "split_seed", "data_fingerprint"):
+            if key in ("dataset", "split_seed", "data_fingerprint") and key not in old:
+                continue                                    # corpora built before them
             if old.get(key) != index[key]:
                 raise CheckpointError(f"{out} holds a corpus built with a different {key}; "
                                       "use another --out directory or the same settings")

@@ -23,7 +23,8 @@ import numpy as np
 from hyperforget_jax import data, xla
 from hyperforget_jax import params as P_
 from hyperforget_jax.config import check_config, field
-from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
+from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
+                                    ForgetRequestError, NonFiniteError)
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget.spec import (Hypernet, HyperSpec, Prompt, check_request,
                                               check_target, default_targets, multi_hot,
@@ -71,6 +72,18 @@ def check_start(spec: HyperSpec, params: Params) -> None:
     except ArchitectureError as e:
         raise ArchitectureError(f"the hypernetwork was trained on {spec.arch.name} "
                                 f"({spec.arch.param_count} parameters): {e}") from e
+    if not _finite_or_traced(P_.all_finite(params)):
+        raise NonFiniteError("the start network's parameters contain NaN/inf; pass a trained, "
+                             "finite network")
+
+
+def _finite_or_traced(ok) -> bool:
+    """``bool(ok)``, or True under ``jit`` / ``vmap`` (sampling composes with them: the check
+    then belongs to the caller)."""
+    try:
+        return bool(ok)
+    except jax.errors.ConcretizationTypeError:    # TracerBoolConversionError is one
+        return True
 
 
 def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
@@ -85,14 +98,20 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
         positive finite loss.
       ArchitectureError: ``params`` are not the hypernetwork's architecture.
     """
-    classes = tuple(int(c) for c in classes)
+    classes = data.ForgetRequest(classes=classes).classes    # ints: 3.5 refused, not truncated
     check_request(net.spec, classes)
     if forget_target is not None:
         forget_target = check_target("forget target", forget_target)
     if retain_target is not None:
         retain_target = check_target("retain target", retain_target)
     check_start(net.spec, params)
-    net.spec.arch.check_inputs(train.x, "training set")
+    net.spec.arch.check_inputs(train.x, "training set", labels=train.y)
+    x = np.asarray(train.x)
+    if x.size and (not np.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3):
+        nan = " with NaN/inf" if not np.isfinite(x).all() else ""
+        raise DataError(f"training set images must be finite values in [0, 1], got "
+                        f"[{np.nanmin(x):g}, {np.nanmax(x):g}]{nan}; divide 0..255 images by "
+                        "255 and drop NaN images")
     split = data.resolve_forget(train, data.ForgetRequest(classes=classes))
     f0 = _mean_ce(net.spec.arch, params, split.forget)
     r0 = _mean_ce(net.spec.arch, params, split.retain)
@@ -148,6 +167,11 @@ def _build_sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
 
 
 def _sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
+    import numbers
+    if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
+        raise ConfigError(f"num_steps must be an integer, got {num_steps!r}")
+    if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real):
+        raise ConfigError(f"guidance must be a number, got {guidance!r}")
     if method not in ("ddim", "ddpm"):
         raise ConfigError(f"unknown sampler {method!r}; choose ddim or ddpm")
     if method == "ddim":
@@ -183,8 +207,29 @@ def sample(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt, num_st
     """
     check_start(net.spec, params)
     _check_prompt(net.spec, prompt)
+    _check_key(key)
     one, _ = _sampler(net, num_steps, method, guidance)
-    return P_.unflatten(one(net.params, P_.flatten(params), prompt, key), params)
+    out = one(net.params, P_.flatten(params), prompt, key)
+    if not _finite_or_traced(jnp.isfinite(out).all()):
+        raise NonFiniteError("the sampled network holds NaN/inf (an extreme guidance, start "
+                             "network or a damaged hypernetwork); nothing returned")
+    return P_.unflatten(out, params)
+
+
+def _check_key(key, batch: int | None = None) -> None:
+    """A PRNG key (typed ``jax.random.key`` or raw uint32 ``PRNGKey``), one per request."""
+    try:
+        typed = jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
+    except TypeError:
+        typed = False
+    shape = tuple(jnp.shape(key)) if key is not None else None
+    want = () if batch is None else (batch,)
+    ok = (typed and shape == want) or (not typed and key is not None and
+                                       jnp.result_type(key) == jnp.uint32 and shape == want + (2,))
+    if not ok:
+        raise ConfigError(f"key must be {'one' if batch is None else f'{batch}'} PRNG key(s) "
+                          f"(jax.random.key(seed){'' if batch is None else ' split'}), got "
+                          f"{type(key).__name__} {shape}")
 
 
 def sample_many(keys: jax.Array, net: Hypernet, params: Params, prompts: Prompt,
@@ -193,6 +238,7 @@ def sample_many(keys: jax.Array, net: Hypernet, params: Params, prompts: Prompt,
     Returns stacked params (leading axis = request)."""
     check_start(net.spec, params)
     _check_prompt(net.spec, prompts)
+    _check_key(keys, int(np.shape(prompts.classes)[0]))
     _, many = _sampler(net, num_steps, method, guidance)
     out = many(net.params, P_.flatten(params), prompts, keys)
     return jax.vmap(lambda f: P_.unflatten(f, params))(out)

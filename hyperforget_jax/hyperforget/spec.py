@@ -84,6 +84,16 @@ class HyperSpec:
         if self.denoiser.tokens == "auto":
             raise ConfigError("resolve the denoiser's tokens ('chunks' or 'units') before "
                               "building a spec (train_hypernet does)")
+        if not (np.isfinite(self.scalar_mean).all() and np.isfinite(self.scalar_std).all()
+                and (np.asarray(self.scalar_std) > 0).all()):
+            raise ConfigError(f"the conditions' statistics must be finite with std > 0, got "
+                              f"mean {self.scalar_mean}, std {self.scalar_std}")
+        ws = self.weights
+        if not (np.isfinite(ws.start_scale).all() and (np.asarray(ws.start_scale) > 0).all()
+                and np.isfinite(ws.change_scale).all()
+                and (np.asarray(ws.change_scale) >= 0).all()):
+            raise ConfigError("the weight space's scales must be finite, start_scale > 0 and "
+                              "change_scale >= 0")
         if self.weights.num_params != self.arch.param_count:
             raise ConfigError(f"the weight space has {self.weights.num_params} parameters, "
                               f"the architecture {self.arch.param_count}")

@@ -40,7 +40,8 @@ def to_bytes(net: Hypernet, extra_meta: dict | None = None) -> bytes:
     arrays = {_leaf_name(p): np.asarray(v, np.float32) for p, v in leaves}
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise NonFiniteError("the hypernetwork's parameters contain NaN/inf; nothing written")
-    meta = {"format": FORMAT, "hypernet": net.spec.to_json(), **(extra_meta or {})}
+    meta = {"format": FORMAT, "hypernet": net.spec.to_json(), **(extra_meta or {}),
+            "arrays_sha256": _arrays_digest(arrays)}
     try:
         blob = json.dumps(meta, default=float).encode()
     except (TypeError, ValueError) as e:
@@ -49,6 +50,17 @@ def to_bytes(net: Hypernet, extra_meta: dict | None = None) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
+
+
+def _arrays_digest(arrays: dict) -> str:
+    """SHA-256 over the parameter arrays (names, shapes, float32 bytes): a file edited into
+    another valid ``.npz`` (values rescaled, zeroed) no longer matches its meta."""
+    h = hashlib.sha256()
+    for k in sorted(arrays):
+        a = np.ascontiguousarray(arrays[k], np.float32)
+        h.update(f"{k}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def save_hypernet(path: str | os.PathLike, net: Hypernet, extra_meta: dict | None = None
@@ -119,6 +131,11 @@ def from_bytes(raw: bytes, where: str) -> tuple[Hypernet, dict]:
     if arrays:
         raise CheckpointError(f"{where}: unexpected arrays {sorted(arrays)[:3]}; the file is "
                               "from another version")
+    want = meta.get("arrays_sha256")       # files written before the digest have none
+    if want is not None and _arrays_digest(
+            {_leaf_name(p): a for (p, _), a in zip(leaves, out)}) != want:
+        raise CheckpointError(f"{where}: the parameter arrays do not match the digest in the "
+                              "file's meta (edited or corrupted); retrain or re-save it")
     return Hypernet(spec, jax.tree_util.tree_unflatten(treedef, out)), meta
 
 
