@@ -84,7 +84,10 @@ def _tree_of(item_metadata: Any) -> Any:
 
 def _corrupt(where: Path, err: BaseException) -> CheckpointError:
     text = str(err).strip()
-    detail = text.splitlines()[0][:300] if text else type(err).__name__
+    detail = text.splitlines()[0] if text else type(err).__name__
+    # TensorStore appends a dump of its spec ("See full TensorStore details: <bound method..."):
+    # the cause is before it.
+    detail = detail.split(" See full TensorStore details")[0][:240]
     return CheckpointError(f"checkpoint {where} is corrupt or truncated ({type(err).__name__}: "
                            f"{detail}); delete that directory and restore an earlier step, or "
                            "retrain")
