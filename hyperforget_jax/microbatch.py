@@ -125,11 +125,6 @@ def _sum_loss(loss_fn, params, batch):
     return jnp.sum(loss_fn(params, batch))
 
 
-def _zero_loss(loss_fn, params, full):
-    one = jax.tree.map(lambda a: a[0], full)
-    return jnp.zeros((), jax.eval_shape(functools.partial(_sum_loss, loss_fn), params, one).dtype)
-
-
 def chunked_mean_value_and_grad(loss_fn: Callable, params: Any, batch: Any,
                                 chunk: int | None) -> tuple[jax.Array, Any]:
     """(mean loss, its gradient) as sums over chunks of ``chunk`` examples, on any platform
@@ -138,12 +133,21 @@ def chunked_mean_value_and_grad(loss_fn: Callable, params: Any, batch: Any,
         return jax.value_and_grad(lambda p: jnp.mean(loss_fn(p, batch)))(params)
     vg = jax.value_and_grad(functools.partial(_sum_loss, loss_fn))
     full, rest = _chunks(batch, chunk)
+    out = jax.eval_shape(loss_fn, params, jax.tree.map(lambda a: a[0], full)).shape
+    if tuple(out) != (chunk,):
+        raise ConfigError(f"chunk={chunk}: loss_fn returned shape {tuple(out)} for {chunk} "
+                          f"examples; chunks need per-example losses of shape ({chunk},) (a "
+                          "scalar or per-token loss would be summed per chunk and divided by "
+                          "the batch size); return one value per example, or pass chunk=None")
 
     def body(acc, b):
         return jax.tree.map(jnp.add, acc, vg(params, b)), None
 
-    zero = (_zero_loss(loss_fn, params, full), jax.tree.map(jnp.zeros_like, params))
-    total, _ = jax.lax.scan(body, zero, full)
+    # The first chunk seeds the carry (not zeros): its types, shard_map's varying axes
+    # included, are those of every chunk's sum.
+    total = vg(params, jax.tree.map(lambda a: a[0], full))
+    if jax.tree.leaves(full)[0].shape[0] > 1:
+        total, _ = jax.lax.scan(body, total, jax.tree.map(lambda a: a[1:], full))
     if rest is not None:
         total = jax.tree.map(jnp.add, total, vg(params, rest))
     n = batch_size(batch)

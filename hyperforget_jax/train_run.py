@@ -224,7 +224,15 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
     hp = (jax.tree.map(lambda *v: jnp.stack(v), *[_hp(c) for c in cfgs]) if batched
           else _hp(base))
     x, y = jnp.asarray(train.x), jnp.asarray(train.y)
-    n = len(train) if subsets is None else np.asarray(subsets).shape[1]
+    if subsets is not None:
+        subsets = np.asarray(subsets)
+        if (subsets.ndim != 2 or subsets.shape[0] != len(seeds)
+                or not np.issubdtype(subsets.dtype, np.integer)
+                or (subsets.size and (subsets.min() < 0 or subsets.max() >= len(train)))):
+            raise ConfigError(f"fit_fleet: subsets must be ({len(seeds)}, n) integer indices "
+                              f"into the {len(train)} training samples, got shape "
+                              f"{subsets.shape}, dtype {subsets.dtype}")
+    n = len(train) if subsets is None else subsets.shape[1]
     batch_size = effective_batch_size(base, n)
     history = []
     epochs = range(base.epochs)
@@ -286,7 +294,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
         it = batches(epoch) if callable(batches) else batches
         first, losses, accs, flags = int(state.step), [], [], []
         for i, (xb, yb) in enumerate(it):
-            model.check_inputs(xb, "a streamed batch")
+            model.check_inputs(xb, "a streamed batch", yb)
             state, m = step(state, hp, global_rows((np.asarray(xb, np.float32),
                                                     np.asarray(yb, np.int32)), mesh))
             losses.append(m["loss"]), accs.append(m["accuracy"]), flags.append(m["finite"])

@@ -223,6 +223,20 @@ def _hyper_prompt(c):
     return _hyper_call("make_prompt", c.hyper["dihyfo2"], c.params, c.train, (1,))
 
 
+def _stream(c, n_forget=100, n_retain=1000, labels=None, images=None):
+    """∇τ from streamed pairs of 100 + 100 digits, 1 forget batch per epoch."""
+    from hyperforget_jax.unlearn import GradTauConfig
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
+
+    x, y = c.train.x, c.train.y
+    rx = x[100:200] if images is None else images
+    ry = y[100:200] if labels is None else labels
+    pair = ((x[:100], y[:100]), (rx, ry))
+    return run_gradtau_stream(c.arch, c.params, lambda e: [pair], n_forget=n_forget,
+                              n_retain=n_retain, config=GradTauConfig(batch_size=100),
+                              tau=2.3)
+
+
 # ------------------------------------------------------------------------------ API cases
 
 API_CASES = [
@@ -395,6 +409,19 @@ API_CASES = [
     ("hyper-sample-fractional-steps", lambda c: _hyper_call(
         "sample", jax.random.key(0), c.hyper["dihyfo2"], c.params, _hyper_prompt(c), 2.5),
      ConfigError, "num_steps must be an integer"),
+    # the streams and the fleet: the checks of the in-memory drivers
+    ("stream-budget-zero", lambda c: _stream(c, n_forget=400, n_retain=100),
+     ForgetRequestError, "budget E .* is 0"),
+    ("stream-negative-retain-labels", lambda c: _stream(c, labels=-c.train.y[100:200] - 1),
+     DataError, "retain batch has label -"),
+    ("stream-uint8-retain-images", lambda c: _stream(
+        c, images=(c.train.x[100:200] * 255).astype(np.uint8)), DataError, "dtype uint8"),
+    ("fit-stream-negative-labels", lambda c: train.fit_stream(
+        c.arch, [(c.train.x[:64], c.train.y[:64] - 5)],
+        train.TrainConfig(arch="gpt_mlp", epochs=1, batch_size=64)), DataError, "has label -"),
+    ("fleet-subsets-out-of-range", lambda c: train.fit_fleet(
+        c.arch, c.train, train.TrainConfig(epochs=1), seeds=[0, 1],
+        subsets=np.full((2, 10), len(c.train))), ConfigError, r"subsets must be \(2, n\)"),
     ("fit-labels-beyond-the-outputs", lambda c: train.fit(
         _seven_outputs(c)["arch"], c.train, train.TrainConfig(epochs=1)), DataError,
      "training set 'digits' has label 9"),

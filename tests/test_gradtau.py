@@ -566,3 +566,67 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
         run_gradtau_stream(arch, params, short, **kw)
     with pytest.raises(ConfigError, match="exactly one of tau"):
         run_gradtau_stream(arch, params, short, **kw, tau=1.0)
+
+
+# --- nabla_tau under shard_map (a user's own sharded loop) -------------------------------------
+
+@pytest.mark.parametrize("check_vma,chunk", [(True, None), (False, None), (True, 4)])
+def test_nabla_tau_under_shard_map_equals_one_device(digits_splits, check_vma, chunk):
+    # With check_vma (shard_map's default) autodiff already sums the gradient of the sharded
+    # rows' loss over devices: the pmean of the gradient used to return 4× the single-device
+    # one (losses and metrics were right, so nothing showed it). τ 5 keeps the ascent on.
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    devices = devices_or_skip(4)
+    model = models.make_architecture("mlp", digits_splits.train.x.shape[1:])
+    params = model.init(jax.random.key(0))
+    x, y = jnp.asarray(digits_splits.train.x[:64]), jnp.asarray(digits_splits.train.y[:64])
+    fb, rb = (x[:32], y[:32]), (x[32:], y[32:])
+    loss_fn = train.per_example_ce(model.apply)
+    ref = G.nabla_tau(loss_fn, 0.5, tau=5.0)
+    g_ref, _, m_ref = jax.jit(ref.update)(params, ref.init(params), fb, rb)
+    assert bool(m_ref["ascent"])
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    put = lambda t, s: jax.device_put(t, NamedSharding(mesh, s))
+
+    def sharded(gt):
+        def f(p, s, fb, rb):
+            g, _, m = gt.update(p, s, fb, rb)
+            return g, m["loss"]
+        sm = jax.shard_map(f, mesh=mesh, in_specs=(P(), P(), P("data"), P("data")),
+                           out_specs=(P(), P()), check_vma=check_vma)
+        return jax.jit(sm)(put(params, P()), put(gt.init(params), P()), put(fb, P("data")),
+                           put(rb, P("data")))
+
+    g, loss = sharded(G.nabla_tau(loss_fn, 0.5, tau=5.0, axis_name="data", chunk=chunk))
+    assert_trees_close(jax.device_get(g), jax.device_get(g_ref), atol=1e-6)
+    np.testing.assert_allclose(float(loss), float(m_ref["loss"]), rtol=1e-6)
+    if check_vma:     # forgetting axis_name would apply the ReLU² to each shard's own loss
+        with pytest.raises(ConfigError, match="pass axis_name="):
+            sharded(G.nabla_tau(loss_fn, 0.5, tau=5.0))
+
+
+def test_chunks_need_per_example_losses(digits_splits):
+    model = models.make_architecture("mlp", digits_splits.train.x.shape[1:])
+    params = model.init(jax.random.key(0))
+    x, y = jnp.asarray(digits_splits.train.x[:32]), jnp.asarray(digits_splits.train.y[:32])
+    per_example = train.per_example_ce(model.apply)
+    scalar = lambda p, b: per_example(p, b).mean()      # a mean inside: summed per chunk
+    whole = G.nabla_tau(scalar, 0.5, tau=5.0)
+    g, _, _ = whole.update(params, whole.init(params), (x, y), (x, y))      # whole batches: fine
+    chunked = G.nabla_tau(scalar, 0.5, tau=5.0, chunk=8)
+    with pytest.raises(ConfigError, match=r"returned shape \(\) for 8 examples"):
+        chunked.update(params, chunked.init(params), (x, y), (x, y))
+
+
+def test_schedules_refuse_what_would_run_them_backwards():
+    # steps_per_epoch 0 made `count // 0` = −1 in XLA: α and the lr above their start.
+    for fn in (G.alpha_schedule_fn, G.lr_schedule_fn):
+        with pytest.raises(ConfigError, match="steps_per_epoch must be >= 1"):
+            fn(0.5, 3, 0)
+    # E = 0: α is 0 from the first step (it used to stay at α₀), the lr at its final value.
+    assert float(G.alpha_schedule_fn(0.5, 0, 1)(0)) == 0.0
+    assert float(G.lr_schedule_fn(1e-3, 0, 1)(0)) == pytest.approx(1e-4)
+    with pytest.raises(ConfigError, match="refresh_every must be >= 1"):
+        gt = G.nabla_tau(lambda p, b: b[1] * 0.0, 0.5, tau_fn=lambda p: 1.0, refresh_every=0)
+        gt.update({}, gt.init({}), (jnp.zeros(2), jnp.zeros(2)), (jnp.zeros(2), jnp.zeros(2)))

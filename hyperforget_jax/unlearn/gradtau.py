@@ -189,9 +189,10 @@ def alpha_schedule_fn(alpha0: Any, epochs: Any, steps_per_epoch: int) -> optax.S
     >>> [round(float(s(t)), 3) for t in (0, 2, 3, 5, 6)]
     [0.5, 0.5, 0.25, 0.25, 0.0]
     """
+    _check_steps_per_epoch(steps_per_epoch, epochs)
+
     def schedule(count):
-        e = jnp.minimum(count // steps_per_epoch, epochs)
-        return alpha0 * (1.0 - e / jnp.maximum(epochs, 1))
+        return alpha0 * (1.0 - _epoch_fraction(count, epochs, steps_per_epoch))
     return schedule
 
 
@@ -205,10 +206,28 @@ def lr_schedule_fn(lr: Any, epochs: Any, steps_per_epoch: int,
     >>> [round(float(s(t)), 6) for t in (0, 3, 6)]
     [0.001, 0.00055, 0.0001]
     """
+    _check_steps_per_epoch(steps_per_epoch, epochs)
+
     def schedule(count):
-        e = jnp.minimum(count // steps_per_epoch, epochs)
-        return lr * (1.0 - (1.0 - final_lr_fraction) * e / jnp.maximum(epochs, 1))
+        return lr * (1.0 - (1.0 - final_lr_fraction)
+                     * _epoch_fraction(count, epochs, steps_per_epoch))
     return schedule
+
+
+def _check_steps_per_epoch(steps_per_epoch: Any, epochs: Any) -> None:
+    """Concrete values only (traced ones are the runner's, already checked): a steps_per_epoch
+    of 0 would make ``count // 0`` = -1 in XLA (α and the learning rate above their start)."""
+    if isinstance(steps_per_epoch, (int, np.integer)) and steps_per_epoch < 1:
+        raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if isinstance(epochs, (int, np.integer, float)) and epochs < 0:
+        raise ConfigError(f"epochs must be >= 0, got {epochs}")
+
+
+def _epoch_fraction(count, epochs, steps_per_epoch):
+    """e/E of the forget-epoch e = count // steps_per_epoch, capped at 1 (E = 0: 1 from the
+    first step, so α is 0 and the learning rate at its final value, as for e >= E)."""
+    e = jnp.minimum(count // steps_per_epoch, epochs)
+    return jnp.where(jnp.asarray(epochs) > 0, e / jnp.maximum(epochs, 1), 1.0)
 
 
 def gradtau_tx(lr: Any, weight_decay: Any, final_lr_fraction: Any, epochs: Any,
@@ -292,6 +311,21 @@ def gradtau_objective(loss_fn: Callable, params: Params, forget_batch: Batch,
       (``ascent``: the ascent term was on, −2α·ReLU(τ − L_f) ≠ 0, so the forget batch's
       backward ran).
     """
+    # Rows split over a shard_map axis that the (replicated) parameters do not vary over: one
+    # model, one batch, so the means must be global (a fleet with one model per device is not).
+    batch_axes = _varying_axes((forget_batch, retain_batch))
+    split = batch_axes - _varying_axes(params)
+    if axis_name is None and split:
+        raise ConfigError(
+            f"gradtau: the batches are split over the shard_map axes {sorted(split)} but "
+            "axis_name is None: each device would apply ReLU(τ − L_f)² to its own shard's loss; "
+            "pass axis_name= to nabla_tau / gradtau_objective")
+    if axis_name is not None and axis_name in split:
+        # Under shard_map (check_vma=True) the gradient w.r.t. replicated parameters of a loss
+        # over sharded rows is already psum-ed by autodiff, so the pmean below would return
+        # n_devices × the mean. Differentiate a device-varying copy instead: local gradients,
+        # averaged once. (pmap, named vmap and check_vma=False never get here.)
+        params = jax.tree.map(lambda p: jax.lax.pcast(p, axis_name, to="varying"), params)
     c_f = microbatch.resolve_chunk(chunk, loss_fn, params, forget_batch)
     c_r = microbatch.resolve_chunk(chunk, loss_fn, params, retain_batch)
     objective = functools.partial(_objective, loss_fn, axis_name=axis_name)
@@ -305,6 +339,17 @@ def gradtau_objective(loss_fn: Callable, params: Params, forget_batch: Batch,
         params, forget_batch, retain_batch, tau, alpha, jnp.asarray(ascent_hint, bool),
         cpu=functools.partial(objective, chunks=(c_f, c_r)),
         default=lambda *a: objective(*a[:5]))
+
+
+def _varying_axes(tree: Any) -> frozenset:
+    """The shard_map axes any leaf of ``tree`` varies over (empty outside shard_map, under
+    pmap, and with check_vma=False)."""
+    out = frozenset()
+    for leaf in jax.tree.leaves(tree):
+        aval = jax.typeof(leaf)
+        mat = getattr(aval, "manual_axis_type", None)
+        out |= (mat.varying if mat is not None else frozenset(getattr(aval, "vma", ())))
+    return out
 
 
 def _objective(loss_fn, params, forget_batch, retain_batch, tau, alpha, hint=None, *,
@@ -389,6 +434,9 @@ def refresh_tau(state: GradTauState, params: Params, tau_fn: Callable,
     """``state`` with τ = ``tau_fn(params, *tau_args)`` (no gradient) when ``state.count`` is a
     multiple of ``refresh_every`` (every step count divisible by it; None: only at count 0),
     else unchanged. Jittable: a ``lax.cond`` on the count."""
+    if isinstance(refresh_every, (int, np.integer)) and refresh_every < 1:
+        raise ConfigError(f"refresh_every must be >= 1 (or None: only at the first step), got "
+                          f"{refresh_every}")
     every = 0 if refresh_every is None else refresh_every
     due = (state.count == 0) if refresh_every is None else (state.count % every == 0)
     tau = jax.lax.cond(

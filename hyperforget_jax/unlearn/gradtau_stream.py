@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train, xla
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ConfigError, ForgetRequestError
 from hyperforget_jax.models import as_model
 from hyperforget_jax.unlearn import gradtau as G
 from hyperforget_jax.unlearn.gradtau_run import _check_finite
@@ -121,6 +121,14 @@ def run_gradtau_stream(arch: Any, params: Params,
     model = as_model(arch, input_shape, num_classes)
     model.check_params(params)
     E, n, alpha0, clamped = stream_schedule(n_forget, n_retain, cfg)
+    if E == 0 and cfg.epochs is None:     # as run_gradtau: never return the original silently
+        raise ForgetRequestError(
+            f"run_gradtau_stream: the forget set ({n_forget}) is more than 3x the retain set "
+            f"({n_retain}), so the paper's budget E = int(6·N_r/(2·N_f)) is 0 and the model "
+            "would be returned unchanged; set GradTauConfig(epochs=N) explicitly")
+    if not callable(batches):
+        raise ConfigError("run_gradtau_stream: batches must be a function of the forget-epoch, "
+                          "batches(epoch) -> iterable of (forget_batch, retain_batch)")
     hp = {"lr": np.float32(cfg.lr), "weight_decay": np.float32(cfg.weight_decay),
           "final_lr_fraction": np.float32(cfg.final_lr_fraction),
           "alpha0": np.float32(alpha0), "epochs": np.float32(E),
@@ -143,7 +151,8 @@ def run_gradtau_stream(arch: Any, params: Params,
             if k > n:
                 raise ConfigError(f"run_gradtau_stream: forget-epoch {e} yielded more than "
                                   f"N_f = {n} batch pairs")
-            model.check_inputs(fb[0], "a streamed forget batch")
+            model.check_inputs(fb[0], "a streamed forget batch", fb[1])
+            model.check_inputs(rb[0], "a streamed retain batch", rb[1])
             ts, gs, m = step(ts, gs, hp, put(fb), put(rb), tau_args)
             ms.append(m)
             if k % sync_every == 0:
