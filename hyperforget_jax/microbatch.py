@@ -125,6 +125,22 @@ def _sum_loss(loss_fn, params, batch):
     return jnp.sum(loss_fn(params, batch))
 
 
+def _zero_loss(loss_fn, params, full):
+    one = jax.tree.map(lambda a: a[0], full)
+    return jnp.zeros((), jax.eval_shape(functools.partial(_sum_loss, loss_fn), params, one).dtype)
+
+
+def varying_axes(tree: Any) -> frozenset:
+    """The ``shard_map`` axes any leaf of ``tree`` varies over (empty outside ``shard_map``,
+    under ``pmap`` and with ``check_vma=False``)."""
+    out = frozenset()
+    for leaf in jax.tree.leaves(tree):
+        aval = jax.typeof(leaf)
+        mat = getattr(aval, "manual_axis_type", None)
+        out |= (mat.varying if mat is not None else frozenset(getattr(aval, "vma", ())))
+    return out
+
+
 def chunked_mean_value_and_grad(loss_fn: Callable, params: Any, batch: Any,
                                 chunk: int | None) -> tuple[jax.Array, Any]:
     """(mean loss, its gradient) as sums over chunks of ``chunk`` examples, on any platform
@@ -143,11 +159,15 @@ def chunked_mean_value_and_grad(loss_fn: Callable, params: Any, batch: Any,
     def body(acc, b):
         return jax.tree.map(jnp.add, acc, vg(params, b)), None
 
-    # The first chunk seeds the carry (not zeros): its types, shard_map's varying axes
-    # included, are those of every chunk's sum.
-    total = vg(params, jax.tree.map(lambda a: a[0], full))
-    if jax.tree.leaves(full)[0].shape[0] > 1:
-        total, _ = jax.lax.scan(body, total, jax.tree.map(lambda a: a[1:], full))
+    zero = (_zero_loss(loss_fn, params, full), jax.tree.map(jnp.zeros_like, params))
+    axes = varying_axes((params, batch))
+    if axes:    # under shard_map the chunk sums vary over these axes: so must the carry
+
+        def vary(z):
+            missing = tuple(sorted(axes - varying_axes(z)))
+            return jax.lax.pcast(z, missing, to="varying") if missing else z
+        zero = jax.tree.map(vary, zero)
+    total, _ = jax.lax.scan(body, zero, full)
     if rest is not None:
         total = jax.tree.map(jnp.add, total, vg(params, rest))
     n = batch_size(batch)

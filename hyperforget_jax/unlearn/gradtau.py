@@ -313,8 +313,8 @@ def gradtau_objective(loss_fn: Callable, params: Params, forget_batch: Batch,
     """
     # Rows split over a shard_map axis that the (replicated) parameters do not vary over: one
     # model, one batch, so the means must be global (a fleet with one model per device is not).
-    batch_axes = _varying_axes((forget_batch, retain_batch))
-    split = batch_axes - _varying_axes(params)
+    batch_axes = microbatch.varying_axes((forget_batch, retain_batch))
+    split = batch_axes - microbatch.varying_axes(params)
     if axis_name is None and split:
         raise ConfigError(
             f"gradtau: the batches are split over the shard_map axes {sorted(split)} but "
@@ -339,17 +339,6 @@ def gradtau_objective(loss_fn: Callable, params: Params, forget_batch: Batch,
         params, forget_batch, retain_batch, tau, alpha, jnp.asarray(ascent_hint, bool),
         cpu=functools.partial(objective, chunks=(c_f, c_r)),
         default=lambda *a: objective(*a[:5]))
-
-
-def _varying_axes(tree: Any) -> frozenset:
-    """The shard_map axes any leaf of ``tree`` varies over (empty outside shard_map, under
-    pmap, and with check_vma=False)."""
-    out = frozenset()
-    for leaf in jax.tree.leaves(tree):
-        aval = jax.typeof(leaf)
-        mat = getattr(aval, "manual_axis_type", None)
-        out |= (mat.varying if mat is not None else frozenset(getattr(aval, "vma", ())))
-    return out
 
 
 def _objective(loss_fn, params, forget_batch, retain_batch, tau, alpha, hint=None, *,
