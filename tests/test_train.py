@@ -180,3 +180,25 @@ def test_nonfinite_streamed_batch_names_the_step(digits_splits):
     batches[2] = (np.full_like(batches[2][0], np.nan), batches[2][1])
     with pytest.raises(NonFiniteError, match=r"at step 2 \(epoch 0, batch 2\)"):
         train.fit_stream(arch, batches, CFG)
+
+
+@pytest.mark.parametrize("check_vma", [True, False])
+def test_train_step_under_shard_map_equals_one_device(mnist_splits, check_vma):
+    # With check_vma (shard_map's default) autodiff already sums the replicated parameters'
+    # gradient over devices; the step's pmean must not count it n_devices times.
+    from jax.sharding import NamedSharding, PartitionSpec as Ps
+
+    batches = _batches(mnist_splits.train, n_steps=3)
+    ref, ref_m = _run_single(batches)
+    devices = devices_or_skip(4)
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    tx = train.make_optimizer(CFG)
+    step = jax.jit(jax.shard_map(train.make_train_step(ARCH.apply, tx, axis_name="data"),
+                                 mesh=mesh, in_specs=(Ps(), Ps("data")),
+                                 out_specs=(Ps(), Ps()), check_vma=check_vma))
+    state = jax.device_put(train.init_state(ARCH, tx, jax.random.key(0)),
+                           NamedSharding(mesh, Ps()))
+    for b in batches:
+        state, m = step(state, jax.device_put(b, NamedSharding(mesh, Ps("data"))))
+    assert_trees_close(jax.device_get(state.params), jax.device_get(ref.params), atol=1e-5)
+    np.testing.assert_allclose(float(m["loss"]), float(ref_m["loss"]), atol=1e-5)
