@@ -99,13 +99,18 @@ def _check(x: np.ndarray, y: np.ndarray, name: str) -> None:
         raise DataError(f"{name}: images contain NaN or inf values; clean the data first")
 
 
+#: ml_dtypes' floating types (what JAX's bfloat16 arrays are), which numpy does not count as
+#: ``np.floating``.
+_ML_FLOATS = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
+
+
 def from_arrays(x: np.ndarray, y: np.ndarray, num_classes: int | None = None,
                 name: str = "arrays") -> Dataset:
     """Builds a :class:`Dataset` from user arrays (uint8 images are scaled to [0, 1])."""
     x = np.asarray(x)
     if x.dtype == np.uint8:
         x = x.astype(np.float32) / 255.0
-    elif not np.issubdtype(x.dtype, np.floating):
+    elif not (np.issubdtype(x.dtype, np.floating) or x.dtype.name in _ML_FLOATS):
         raise DataError(f"{name}: images of dtype {x.dtype}; pass uint8 (scaled to [0, 1]) "
                         "or floating-point images in [0, 1]")
     x = x.astype(np.float32)

@@ -154,3 +154,6 @@ def test_from_arrays_keeps_whole_number_float_labels_and_scales_uint8():
     assert ds.y.dtype == np.int32 and list(ds.y) == [0, 1, 2, 0, 1, 2]
     u8 = data.from_arrays((x * 255).astype(np.uint8), ds.y)
     assert u8.x.dtype == np.float32 and u8.x.max() <= 1.0
+    import jax.numpy as jnp                     # JAX's bfloat16 is ml_dtypes', not np.floating
+    bf = data.from_arrays(x.astype(jnp.bfloat16), ds.y)
+    assert bf.x.dtype == np.float32 and np.allclose(bf.x, x, atol=1e-2)
