@@ -294,7 +294,7 @@ class GANArch:
         if len(x) < min_count:
             raise DataError(f"{what} holds {len(x)} images, at least {min_count} needed")
         a = np.asarray(x)
-        if not np.issubdtype(a.dtype, np.floating):
+        if not jnp.issubdtype(a.dtype, jnp.floating):          # bfloat16 included
             raise DataError(f"{what} has images of dtype {a.dtype}; pass floating-point images "
                             "in [0, 1] (hf.data.from_arrays scales uint8, or divide by 255)")
         if a.size and not np.isfinite(a).all():
