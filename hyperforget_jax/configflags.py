@@ -298,18 +298,8 @@ class ConfigFlags:
         """A config from the given flags on top of ``base`` (default: the class defaults),
         then ``overrides``. Invalid combinations raise the config's own ConfigError."""
         given = self.given(args)
-        values = {**given, **overrides}
-        try:
-            if base is not None:
-                return dataclasses.replace(base, **values)
-            return self.cls(**values)
-        except ConfigError as e:    # name the flag the user typed, not only the field
-            text = str(e)
-            for field in given:
-                name = f"{self.cls.__name__}.{field}"
-                if name in text:
-                    raise ConfigError(f"{self.flags[field]}: {text}") from None
-            raise
+        return _build_naming_flags(self.cls, base, {**given, **overrides},
+                                   {f: self.flags[f] for f in given})
 
     def value(self, args: argparse.Namespace, field: str) -> Any:
         """A field's flag value, or the class default when not given."""
@@ -317,6 +307,18 @@ class ConfigFlags:
         if v is UNSET:
             return _default({f.name: f for f in dataclasses.fields(self.cls)}[field])
         return v
+
+
+def _build_naming_flags(cls: type, base: Any, values: dict, flags: dict[str, str]) -> Any:
+    """``cls(**values)`` (or ``base`` with ``values`` replaced); a ConfigError about one of
+    the given fields (``Class.field ...``) is prefixed with the flag the user typed."""
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except ConfigError as e:
+        for field, flag in flags.items():
+            if f"{cls.__name__}.{field}" in str(e):
+                raise ConfigError(f"{flag}: {e}") from None
+        raise
 
 
 def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
@@ -432,15 +434,7 @@ class ConfigNamespace:
             except (argparse.ArgumentTypeError, ValueError) as e:
                 raise ConfigError(f"--{self.name}.{f}={text}: {e} ({f} of {cls.__name__} is "
                                   f"{_type_name(hints.get(f, Any))})") from None
-        try:
-            if base is not None:
-                return dataclasses.replace(base, **values)
-            return cls(**values)
-        except ConfigError as e:    # name the flag the user typed
-            for f in values:
-                if f"{cls.__name__}.{f}" in str(e):
-                    raise ConfigError(f"--{self.name}.{f}: {e}") from None
-            raise
+        return _build_naming_flags(cls, base, values, {f: f"--{self.name}.{f}" for f in values})
 
 
 def add_config_namespace(parser: argparse.ArgumentParser, name: str,

@@ -87,6 +87,18 @@ def _int_ids(values, what: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def check_unit_images(x, what: str) -> np.ndarray:
+    """``x`` as a numpy array after raising :class:`DataError` unless its values are finite and
+    in [0, 1] (what every model here and the GAN take; 0..255 images would be used unscaled)."""
+    a = np.asarray(x)
+    if a.size and not np.isfinite(a).all():
+        raise DataError(f"{what} holds NaN or inf values; clean the images first")
+    if a.size and (a.min() < -1e-3 or a.max() > 1 + 1e-3):
+        raise DataError(f"{what} has values in [{a.min():g}, {a.max():g}]; images must lie in "
+                        "[0, 1] (divide 0..255 images by 255)")
+    return a
+
+
 def _check(x: np.ndarray, y: np.ndarray, name: str) -> None:
     if x.ndim != 4:
         raise DataError(f"{name}: images must be (N, H, W, C), got shape {x.shape}; "
@@ -318,6 +330,14 @@ class ForgetSplit(NamedTuple):
 
 def resolve_forget(train: Dataset, request: ForgetRequest) -> ForgetSplit:
     """Splits the training set into forget and retain sets, validating the request."""
+    mask = forget_mask(train, request)
+    f_idx, r_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
+    return ForgetSplit(train.subset(f_idx), train.subset(r_idx), f_idx, r_idx)
+
+
+def forget_mask(train: Dataset, request: ForgetRequest) -> np.ndarray:
+    """The training samples ``request`` forgets (a boolean mask), validating the request;
+    :func:`resolve_forget` without copying the data."""
     n = len(train)
     if request.classes is not None:
         bad = [c for c in request.classes if not 0 <= c < train.num_classes]
@@ -344,8 +364,7 @@ def resolve_forget(train: Dataset, request: ForgetRequest) -> ForgetSplit:
     if mask.all():
         raise ForgetRequestError(f"{request.describe()} would forget the whole training set; "
                                  "nothing would be left to retain")
-    f_idx, r_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
-    return ForgetSplit(train.subset(f_idx), train.subset(r_idx), f_idx, r_idx)
+    return mask
 
 
 def augment_affine(ds: Dataset, copies: int, seed: int = 0, rotate: float = 12.0,

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from hyperforget_jax import metrics
-from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits, _check_seed, resolve_forget
+from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits, _check_seed, forget_mask
 from hyperforget_jax.errors import DataError, ForgetRequestError
 from hyperforget_jax.models import as_model
 
@@ -59,8 +59,8 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
                         "fsplit=hf.resolve_forget(splits.train, request)")
     # The split must be the request's, on this training set: the attacks' non-members and
     # test_acc_forgotten are chosen from ``request``, the members from ``fsplit``.
-    want = resolve_forget(splits.train, request)
-    if not np.array_equal(np.asarray(want.forget_idx), np.asarray(fsplit.forget_idx)):
+    want = np.flatnonzero(forget_mask(splits.train, request))
+    if not np.array_equal(want, np.asarray(fsplit.forget_idx)):
         raise ForgetRequestError(f"fsplit is not the split of {request.describe()} on "
                                  "splits.train; pass fsplit=hf.resolve_forget(splits.train, "
                                  "request)")

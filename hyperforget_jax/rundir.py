@@ -78,14 +78,20 @@ def data_fingerprint(*datasets: Any) -> str:
     Identifies the data a run was trained on independently of where it was loaded from, so a
     resumed run notices a changed dataset under the same name. ~40 ms for MNIST-5k.
     """
-    h = hashlib.blake2b(digest_size=12)
+    arrays = []
     for ds in datasets:
         parts = ds if isinstance(ds, tuple) else (ds,)  # Splits is a NamedTuple of Datasets
-        for d in parts:
-            for arr in (d.x, d.y):
-                a = np.ascontiguousarray(arr)
-                h.update(f"{a.dtype.str}{a.shape}".encode())
-                h.update(memoryview(a).cast("B"))
+        arrays += [a for d in parts for a in (d.x, d.y)]
+    return array_fingerprint(*arrays)
+
+
+def array_fingerprint(*arrays: Any) -> str:
+    """A short hash of ``arrays`` (dtypes, shapes and bytes, in order)."""
+    h = hashlib.blake2b(digest_size=12)
+    for arr in arrays:
+        a = np.ascontiguousarray(arr)
+        h.update(f"{a.dtype.str}{a.shape}".encode())
+        h.update(memoryview(a).cast("B"))
     return h.hexdigest()
 
 
@@ -434,14 +440,13 @@ def _check_place(out: Path, reads: Sequence[str | os.PathLike], flag: str
 
 
 def check_output(path: str | os.PathLike, *, reads: Sequence[str | os.PathLike] = (),
-                 flag: str = "--out", legacy: Callable[[Path], dict | None] | None = None
-                 ) -> None:
+                 flag: str = "--out") -> None:
     """The checks of :func:`open_run` that need no identity, for a command that must do long
     work before it knows its output's identity: ``path`` is not one of ``reads``, not a file,
     and not a non-empty directory that holds no run. :func:`open_run` repeats them."""
     out = _abs(path)
     _, stored, others = _check_place(out, reads, flag)
-    if _or_legacy(out, stored, others, legacy) is None and others:
+    if stored is None:          # refused if it holds anything (a legacy run is not an output)
         _check_identity(out, None, {}, others, flag, False)
 
 

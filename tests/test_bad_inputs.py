@@ -402,7 +402,7 @@ API_CASES = [
      "must be integers"),
     ("hyper-prompt-images-in-0-255", lambda c: _hyper_call(
         "make_prompt", c.hyper["dihyfo2"], c.params, c.train.replace(x=c.train.x * 255), (1,)),
-     DataError, r"finite values in \[0, 1\]"),
+     DataError, r"the training set has values in \[0, 255\]; images must lie in \[0, 1\]"),
     ("hyper-sample-not-a-key", lambda c: _hyper_call(
         "sample", 123, c.hyper["dihyfo2"], c.params, _hyper_prompt(c)), ConfigError,
      "PRNG key"),

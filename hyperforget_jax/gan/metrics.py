@@ -21,8 +21,8 @@ import jax
 import numpy as np
 
 from hyperforget_jax import layers, xla
-from hyperforget_jax.data import Dataset, Splits
-from hyperforget_jax.errors import CheckpointError, ConfigError
+from hyperforget_jax.data import Dataset, ForgetRequest, Splits
+from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, ForgetRequestError
 from hyperforget_jax.metrics import chunked_apply, per_sample_outputs
 from hyperforget_jax.models import Architecture, as_model, make_architecture
 from hyperforget_jax.train import TrainConfig, fit
@@ -346,8 +346,6 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
       ``classifier_is``, ``d_mia_auc``, ``d_mia_acc``, ``d_score_members``,
       ``d_score_nonmembers``, ``downstream_acc`` (and ``downstream_acc_kept``).
     """
-    from hyperforget_jax.data import ForgetRequest
-    from hyperforget_jax.errors import DataError, ForgetRequestError
     from hyperforget_jax.gan.train import d_scores, sample
 
     k = splits.test.num_classes

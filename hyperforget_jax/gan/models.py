@@ -34,6 +34,7 @@ import numpy as np
 
 from hyperforget_jax import layers
 from hyperforget_jax import params as P_
+from hyperforget_jax.data import check_unit_images
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
 from hyperforget_jax.models import _Programs
 
@@ -297,12 +298,7 @@ class GANArch:
         if not jnp.issubdtype(a.dtype, jnp.floating):          # bfloat16 included
             raise DataError(f"{what} has images of dtype {a.dtype}; pass floating-point images "
                             "in [0, 1] (hf.data.from_arrays scales uint8, or divide by 255)")
-        if a.size and not np.isfinite(a).all():
-            raise DataError(f"{what} holds NaN or inf values; clean the images first")
-        if a.size and (a.min() < -1e-3 or a.max() > 1 + 1e-3):
-            raise DataError(f"{what} has values in [{a.min():g}, {a.max():g}]; the GAN takes "
-                            "images in [0, 1] (divide 0..255 images by 255)")
-        return a.astype(np.float32, copy=False)
+        return check_unit_images(a, what).astype(np.float32, copy=False)
 
     def to_json(self) -> dict:
         g, d = self.param_counts()

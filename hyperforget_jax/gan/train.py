@@ -30,6 +30,7 @@ from hyperforget_jax.errors import CheckpointError, ConfigError, DataError
 from hyperforget_jax.gan.models import (GAN_ARCHS, MIXTURE_COMPONENTS, MIXTURE_SIGMA, GANArch,
                                         check_latent_prior, make_gan_arch)
 from hyperforget_jax.metrics import chunked_apply
+from hyperforget_jax.rundir import data_fingerprint
 from hyperforget_jax.train import (check_schedule, guarded_apply, is_learning_rate,
                                    raise_if_nonfinite)
 
@@ -250,7 +251,6 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
     start = 0
     data_id = None
     if checkpointer is not None:
-        from hyperforget_jax.rundir import data_fingerprint
         data_id = data_fingerprint(train)
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, stored = checkpointer.restore(state)

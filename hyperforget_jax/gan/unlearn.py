@@ -63,11 +63,13 @@ import numpy as np
 import optax
 
 from hyperforget_jax import xla
+from hyperforget_jax.data import ForgetRequest
 from hyperforget_jax.errors import ConfigError, ForgetRequestError, NonFiniteError
 from hyperforget_jax.gan.metrics import forgotten_share
 from hyperforget_jax.gan.models import GANArch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
                                        init_gan_state, make_optimizer)
+from hyperforget_jax.rundir import array_fingerprint
 from hyperforget_jax.train import guarded_apply, is_learning_rate
 
 Params = Any
@@ -588,9 +590,8 @@ def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerpr
                               "unlearning run; choose an empty --out directory")
     stored = prog.get("fingerprint") or {}
     # Keys a run stored before they existed are not compared (older runs still resume).
-    if prog.get("config") != cfg.to_json() or any(stored.get(k) != v for k, v in
-                                                  fingerprint.items() if k in stored) \
-            or not stored:
+    same = bool(stored) and all(stored[k] == v for k, v in fingerprint.items() if k in stored)
+    if prog.get("config") != cfg.to_json() or not same:
         raise CheckpointError(f"{checkpointer.directory} holds an unlearning run with another "
                               "recipe or forget set; choose another --out directory (or delete "
                               "it to start over)")
@@ -603,22 +604,15 @@ def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerpr
 
 
 def _fingerprint(forget_x: np.ndarray, retain_x: np.ndarray, forget_classes,
-                 g_params=None, d_params=None, heldout_x=None) -> dict:
+                 g_params: Params, d_params: Params, heldout_x: np.ndarray | None) -> dict:
     """Cheap identity of the request and of the original (G₀, D₀), so a resume cannot
     silently continue (or return) another run."""
-    from hyperforget_jax.rundir import data_fingerprint
-    from hyperforget_jax.data import Dataset
-
-    def digest(*arrays):
-        return data_fingerprint(*(Dataset(np.asarray(a), np.zeros(0, np.int32), 1, "")
-                                  for a in arrays))
-
     f = np.asarray(forget_x, np.float64)
+    original = jax.tree.leaves(jax.device_get((g_params, d_params)))
     return {"forget": [int(len(f)), round(float(f.sum()), 3)],
-            "retain": int(len(retain_x)), "retain_digest": digest(retain_x),
-            "heldout_digest": None if heldout_x is None else digest(heldout_x),
-            "original": None if g_params is None else digest(
-                *jax.tree.leaves(jax.device_get((g_params, d_params)))),
+            "retain": int(len(retain_x)), "retain_digest": array_fingerprint(retain_x),
+            "heldout_digest": None if heldout_x is None else array_fingerprint(heldout_x),
+            "original": array_fingerprint(*original),
             "classes": None if forget_classes is None else [int(c) for c in forget_classes]}
 
 
@@ -675,9 +669,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     if heldout_x is not None and len(heldout_x):
         heldout_x = arch.check_images(heldout_x, "heldout_x")
     if forget_classes is not None:
-        from hyperforget_jax.data import ForgetRequest
         forget_classes = ForgetRequest(classes=forget_classes).classes   # ints, no repeats
-        _check_forget_classes(forget_classes, classify, np.asarray(forget_x))
+        _check_forget_classes(forget_classes, classify, forget_x)
     y_f0 = fake_label(cfg.fake_label, arch, g_params, d_params, heldout_x=heldout_x,
                       seed=cfg.seed)
     tx = make_optimizer(cfg.lr, cfg.beta1)

@@ -494,10 +494,11 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
     if CI.index_path(out).exists():
         old = CI.read_index(out)
+        recorded_since = ("dataset", "split_seed", "data_fingerprint")   # older corpora lack
         for key in ("format", "config", "architecture", "requests", "class_counts",
-                    "dataset", "split_seed", "data_fingerprint"):
-            if key in ("dataset", "split_seed", "data_fingerprint") and key not in old:
-                continue                                    # corpora built before them
+                    *recorded_since):
+            if key in recorded_since and key not in old:
+                continue
             if old.get(key) != index[key]:
                 raise CheckpointError(f"{out} holds a corpus built with a different {key}; "
                                       "use another --out directory or the same settings")

@@ -14,6 +14,7 @@ conditional model alone, exactly the unguided sampler.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any
 
 import jax
@@ -23,8 +24,8 @@ import numpy as np
 from hyperforget_jax import data, xla
 from hyperforget_jax import params as P_
 from hyperforget_jax.config import check_config, field
-from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
-                                    ForgetRequestError, NonFiniteError)
+from hyperforget_jax.errors import (ArchitectureError, ConfigError, ForgetRequestError,
+                                    NonFiniteError)
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget.spec import (Hypernet, HyperSpec, Prompt, check_request,
                                               check_target, default_targets, multi_hot,
@@ -106,12 +107,7 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
         retain_target = check_target("retain target", retain_target)
     check_start(net.spec, params)
     net.spec.arch.check_inputs(train.x, "training set", labels=train.y)
-    x = np.asarray(train.x)
-    if x.size and (not np.isfinite(x).all() or x.min() < -1e-3 or x.max() > 1 + 1e-3):
-        nan = " with NaN/inf" if not np.isfinite(x).all() else ""
-        raise DataError(f"training set images must be finite values in [0, 1], got "
-                        f"[{np.nanmin(x):g}, {np.nanmax(x):g}]{nan}; divide 0..255 images by "
-                        "255 and drop NaN images")
+    data.check_unit_images(train.x, "the training set")
     split = data.resolve_forget(train, data.ForgetRequest(classes=classes))
     f0 = _mean_ce(net.spec.arch, params, split.forget)
     r0 = _mean_ce(net.spec.arch, params, split.retain)
@@ -167,7 +163,6 @@ def _build_sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
 
 
 def _sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
-    import numbers
     if isinstance(num_steps, bool) or not isinstance(num_steps, numbers.Integral):
         raise ConfigError(f"num_steps must be an integer, got {num_steps!r}")
     if isinstance(guidance, bool) or not isinstance(guidance, numbers.Real):
@@ -209,11 +204,16 @@ def sample(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt, num_st
     _check_prompt(net.spec, prompt)
     _check_key(key)
     one, _ = _sampler(net, num_steps, method, guidance)
-    out = one(net.params, P_.flatten(params), prompt, key)
-    if not _finite_or_traced(jnp.isfinite(out).all()):
-        raise NonFiniteError("the sampled network holds NaN/inf (an extreme guidance, start "
-                             "network or a damaged hypernetwork); nothing returned")
+    out = _finite_sample(one(net.params, P_.flatten(params), prompt, key))
     return P_.unflatten(out, params)
+
+
+def _finite_sample(flat: jax.Array) -> jax.Array:
+    if not _finite_or_traced(jnp.isfinite(flat).all()):
+        raise NonFiniteError("the sampled network holds NaN/inf (an extreme guidance, start "
+                             "network or a damaged hypernetwork): lower the guidance or sample "
+                             "with more steps; nothing returned")
+    return flat
 
 
 def _check_key(key, batch: int | None = None) -> None:
@@ -240,7 +240,7 @@ def sample_many(keys: jax.Array, net: Hypernet, params: Params, prompts: Prompt,
     _check_prompt(net.spec, prompts)
     _check_key(keys, int(np.shape(prompts.classes)[0]))
     _, many = _sampler(net, num_steps, method, guidance)
-    out = many(net.params, P_.flatten(params), prompts, keys)
+    out = _finite_sample(many(net.params, P_.flatten(params), prompts, keys))
     return jax.vmap(lambda f: P_.unflatten(f, params))(out)
 
 

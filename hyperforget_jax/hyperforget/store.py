@@ -24,6 +24,7 @@ from hyperforget_jax import report
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget.spec import Hypernet, HyperSpec
+from hyperforget_jax.rundir import array_fingerprint
 
 FILE_NAME = "hypernet.npz"
 FORMAT = "hyperforget-hypernet/2"
@@ -41,7 +42,7 @@ def to_bytes(net: Hypernet, extra_meta: dict | None = None) -> bytes:
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise NonFiniteError("the hypernetwork's parameters contain NaN/inf; nothing written")
     meta = {"format": FORMAT, "hypernet": net.spec.to_json(), **(extra_meta or {}),
-            "arrays_sha256": _arrays_digest(arrays)}
+            "arrays_digest": _arrays_digest(arrays)}
     try:
         blob = json.dumps(meta, default=float).encode()
     except (TypeError, ValueError) as e:
@@ -53,14 +54,9 @@ def to_bytes(net: Hypernet, extra_meta: dict | None = None) -> bytes:
 
 
 def _arrays_digest(arrays: dict) -> str:
-    """SHA-256 over the parameter arrays (names, shapes, float32 bytes): a file edited into
-    another valid ``.npz`` (values rescaled, zeroed) no longer matches its meta."""
-    h = hashlib.sha256()
-    for k in sorted(arrays):
-        a = np.ascontiguousarray(arrays[k], np.float32)
-        h.update(f"{k}{a.shape}".encode())
-        h.update(a.tobytes())
-    return h.hexdigest()
+    """A hash of the parameter arrays in name order (float32): a file edited into another
+    valid ``.npz`` (values rescaled, zeroed) no longer matches its meta."""
+    return array_fingerprint(*(np.asarray(arrays[k], np.float32) for k in sorted(arrays)))
 
 
 def save_hypernet(path: str | os.PathLike, net: Hypernet, extra_meta: dict | None = None
@@ -131,7 +127,7 @@ def from_bytes(raw: bytes, where: str) -> tuple[Hypernet, dict]:
     if arrays:
         raise CheckpointError(f"{where}: unexpected arrays {sorted(arrays)[:3]}; the file is "
                               "from another version")
-    want = meta.get("arrays_sha256")       # files written before the digest have none
+    want = meta.get("arrays_digest")       # files written before the digest have none
     if want is not None and _arrays_digest(
             {_leaf_name(p): a for (p, _), a in zip(leaves, out)}) != want:
         raise CheckpointError(f"{where}: the parameter arrays do not match the digest in the "

@@ -96,7 +96,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.data import Dataset, wrapped_batches, wrapped_stream
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ConfigError, ForgetRequestError
 from hyperforget_jax.models import Architecture, model_of
 
 log = logging.getLogger(__name__)
@@ -178,6 +178,18 @@ def budget_epochs(n_retain_batches: int, n_forget_batches: int,
     """
     e = int(6 * n_retain_batches / (2 * n_forget_batches))
     return e if max_epochs is None else min(e, int(max_epochs))
+
+
+def refuse_zero_budget(epochs: int, cfg: "GradTauConfig", n_forget: int, n_retain: int,
+                       who: str) -> None:
+    """Raises :class:`ForgetRequestError` when the paper's budget E is 0 and ``cfg.epochs`` was
+    not set: the official code then returns the original model, which still remembers D_f;
+    ``unlearn`` and the stream never do that silently (an explicit ``epochs=0`` is a no-op)."""
+    if epochs == 0 and cfg.epochs is None:
+        raise ForgetRequestError(
+            f"{who}: the forget set ({n_forget}) is more than 3x the retain set ({n_retain}), "
+            "so the paper's budget E = int(6·N_r/(2·N_f)) is 0 and the model would be returned "
+            "unchanged; set GradTauConfig(epochs=N) explicitly, or use retrain")
 
 
 def alpha_schedule_fn(alpha0: Any, epochs: Any, steps_per_epoch: int) -> optax.Schedule:

@@ -30,8 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit
-from hyperforget_jax.errors import (CheckpointError, ConfigError, ForgetRequestError,
-                                   NonFiniteError)
+from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.unlearn import gradtau as G
 
@@ -71,13 +70,7 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
         bf, br = min(cfg.batch_size, nf), min(cfg.batch_size, nr)
         epochs = 2 * G.budget_epochs(math.ceil(nr / br), math.ceil(nf / bf), cfg.max_epochs)
     f_idx, r_idx, E = G.plan_batches(nf, nr, cfg.batch_size, epochs, seed, cfg.max_epochs)
-    if E == 0 and cfg.epochs is None:
-        # The paper's budget is 0 when |D_f| > 3·|D_r| (in batches): the "unlearned" model
-        # would be the original, which still remembers D_f. Never do that silently.
-        raise ForgetRequestError(
-            f"{method}: the forget set ({nf}) is more than 3x the retain set ({nr}), so the "
-            "paper's budget E = int(6·N_r/(2·N_f)) is 0 and the model would be returned "
-            "unchanged; set GradTauConfig(epochs=N) explicitly, or use retrain")
+    G.refuse_zero_budget(E, cfg, nf, nr, method)
     descent_only = alpha0 == 0
     mode = None if descent_only else G.resolve_tau_mode(cfg.tau_mode, forget_classes)
     n = f_idx.shape[1]

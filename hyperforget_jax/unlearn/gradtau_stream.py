@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train, xla
-from hyperforget_jax.errors import ConfigError, ForgetRequestError
+from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import as_model
 from hyperforget_jax.unlearn import gradtau as G
 from hyperforget_jax.unlearn.gradtau_run import _check_finite
@@ -121,11 +121,7 @@ def run_gradtau_stream(arch: Any, params: Params,
     model = as_model(arch, input_shape, num_classes)
     model.check_params(params)
     E, n, alpha0, clamped = stream_schedule(n_forget, n_retain, cfg)
-    if E == 0 and cfg.epochs is None:     # as run_gradtau: never return the original silently
-        raise ForgetRequestError(
-            f"run_gradtau_stream: the forget set ({n_forget}) is more than 3x the retain set "
-            f"({n_retain}), so the paper's budget E = int(6·N_r/(2·N_f)) is 0 and the model "
-            "would be returned unchanged; set GradTauConfig(epochs=N) explicitly")
+    G.refuse_zero_budget(E, cfg, n_forget, n_retain, "run_gradtau_stream")
     if not callable(batches):
         raise ConfigError("run_gradtau_stream: batches must be a function of the forget-epoch, "
                           "batches(epoch) -> iterable of (forget_batch, retain_batch)")
