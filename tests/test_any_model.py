@@ -86,6 +86,8 @@ def test_bare_apply_fn(world, trained):
     cfg = hf.TrainConfig(epochs=1, lr=3e-3)
     rt = unlearn("retrain", model, params, fsplit, splits.val, cfg)
     assert_trees_close(rt.params, hf.fit(net, fsplit.retain, cfg)[0].params, atol=1e-6)
+    # The record names the model that trained, not the config's default "mlp".
+    assert rt.info["config"]["arch"] == model.name != "mlp"
     with pytest.raises(ArchitectureError, match="int32"):  # no init: dtype still checked
         hf.evaluate_unlearning(apply_fn, jax.tree.map(lambda l: l.astype(jnp.int32), params),
                                splits, fsplit, request)

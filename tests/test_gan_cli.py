@@ -163,6 +163,11 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
             ([*unl_base, "--out", str(bad_out), "--beta1", "5"], "beta1", bad_out),
             ([*unl_base, "--out", str(bad_out), "--judge-from", str(tmp_path / "nowhere")],
              "--judge-from", bad_out),
+            # An item request's cascade uses no judge: its flags were silently ignored.
+            ([*unl_base[:6], "--forget-indices", "1,2", *unl_base[8:], "--out", str(bad_out)],
+             "class requests only", bad_out),
+            ([*unl_base[:6], "--forget-indices", "1,2", *unl_base[8:-len(CHEAP_JUDGE)],
+              "--judge-from", str(unl), "--out", str(bad_out)], "class requests only", bad_out),
             # A NaN stop after the judge was trained and stored: the judge goes with the rest.
             ([*unl_base, "--out", str(nan_out), "--lr", "1e30", "--d-lr", "1e30"],
              "non-finite", nan_out),

@@ -23,7 +23,8 @@ from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import Checkpointer
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import non_negative_int, positive_int
-from hyperforget_jax.errors import CheckpointError, DataError, ForgetRequestError, RunDirError
+from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
+                                   RunDirError)
 from hyperforget_jax.gan.metrics import (JUDGE, JUDGE_ANNEAL, JUDGE_AUGMENT, EvalConfig,
                                          cached_judge, evaluate_gan, judge_outputs, judge_recipe)
 from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch
@@ -54,6 +55,9 @@ def add_judge_flags(parser) -> Callable[[argparse.Namespace], dict]:
                         help="judge epochs at a tenth of its lr after its recipe (0 = none)")
     return lambda args: judge_recipe(flags.build(args, base=JUDGE), args.judge_augment,
                                      args.judge_anneal)
+
+
+_DEFAULT_JUDGE = judge_recipe(JUDGE, JUDGE_AUGMENT, JUDGE_ANNEAL)
 
 
 def _add_judge_from(parser) -> None:
@@ -154,6 +158,9 @@ def cmd_unlearn(args) -> int:
     cfg = args._unlearn_flags.build(args, base=default_recipe(request.classes is not None))
     # Class requests flag codes with the judge (item requests need none).
     recipe = args._judge(args) if request.classes is not None else None
+    if recipe is None and (args.judge_from or args._judge(args) != _DEFAULT_JUDGE):
+        raise ConfigError("--judge* flags apply to class requests only (an item request's "
+                          "cascade uses no judge); drop them, or give --forget-class")
     data_id = common.data_identity(args, splits)
     identity = {"role": "gan-unlearned", "unlearn_config": cfg.to_json(),
                 "request": request.to_json(), "source": meta.get("identity"),

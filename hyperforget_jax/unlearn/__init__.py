@@ -172,6 +172,15 @@ def _config(method: str, model: Architecture, config: Any, seed: int) -> Any:
     return config
 
 
+def _recorded_config(model: Architecture, config: Any) -> dict:
+    """The config as run. A ``TrainConfig``'s ``arch`` names the model that trained: the
+    argument, not the config's field (which only registered names and import paths fill)."""
+    d = dataclasses.asdict(config)
+    if isinstance(config, train.TrainConfig):
+        d["arch"] = model.source or model.name
+    return d
+
+
 def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Dataset,
             config: Any = None, seed: int = 0,
             forget_classes: tuple[int, ...] | None = None, *, checkpointer=None,
@@ -237,7 +246,7 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
                                              mesh=mesh)
         jax.block_until_ready(out)
     info = {"method": method, "wall_time_s": time.perf_counter() - t0,
-            "config": dataclasses.asdict(config), "seed": seed, **info}
+            "config": _recorded_config(model, config), "seed": seed, **info}
     return UnlearnResult(out, info)
 
 
