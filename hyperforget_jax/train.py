@@ -318,17 +318,6 @@ def auto_mesh(mesh: Mesh) -> tuple[Mesh, str]:
     return mesh, axis
 
 
-def mesh_batch_size(mesh: Mesh | None, batch_size: int, what: str = "batch") -> None:
-    """Raises ConfigError unless ``batch_size`` splits evenly over ``mesh``'s data axis."""
-    if mesh is None:
-        return
-    mesh, axis = auto_mesh(mesh)
-    n = mesh.shape[axis]
-    if batch_size % n:
-        raise ConfigError(f"a {what} of {batch_size} cannot be split over the {n} devices of "
-                          f"the mesh axis {axis!r}; use a batch size divisible by {n}")
-
-
 def effective_batch_size(cfg: TrainConfig, n: int) -> int:
     """``cfg.batch_size`` capped at the training-set size ``n``, with a warning: a larger batch
     would only repeat samples within the batch (each ~batch/n times) [ours]."""

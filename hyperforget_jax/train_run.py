@@ -25,7 +25,7 @@ from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
                                    effective_batch_size,
                                    init_state, make_optimizer, make_train_step,
-                                   mesh_batch_size, over_members, scan_epoch, shard_rows)
+                                   over_members, scan_epoch, shard_rows)
 
 
 def _hp_step(model: Architecture) -> Callable:
@@ -58,11 +58,11 @@ def _fit_epoch(model: Architecture, fleet: bool, hp_batched: bool, mesh: Mesh | 
             run = over_members(run, (0, 0 if hp_batched else None, None, None, 0), how)
         if mesh is None:
             return xla.jit(run, donate_argnums=0)
-        m, axis = auto_mesh(mesh)
-        repl = NamedSharding(m, P())
-        rows = NamedSharding(m, P(*([None] * (2 if fleet else 1)), axis))
-        return xla.jit(run, in_shardings=(repl, repl, repl, repl, rows),
-                       out_shardings=(repl, repl), donate_argnums=0)
+        # The batch indices come replicated (a few KB): the constraint on the gathered batch
+        # splits its rows, evenly or not.
+        repl = NamedSharding(auto_mesh(mesh)[0], P())
+        return xla.jit(run, in_shardings=(repl,) * 5, out_shardings=(repl, repl),
+                       donate_argnums=0)
 
     return model.program(("fit_epoch", fleet, hp_batched, mesh, how), build)
 
@@ -132,7 +132,8 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
       init_params: start from these parameters instead of a fresh initialisation.
       mesh: optional ``jax.sharding.Mesh``: every batch is split along its data axis (``"data"``
         or its first axis), the state replicated; same parameters as one device (to float
-        rounding). ``cfg.batch_size`` must divide by the axis size.
+        rounding). A batch that does not divide by the axis size is split unevenly (XLA pads
+        the last share).
 
     Returns:
       The final :class:`TrainState` and a per-epoch history of mean loss / accuracy.
@@ -145,7 +146,6 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
                           "hf.TrainConfig(epochs=5)")
     model = _model_for(arch, train)
     batch_size = effective_batch_size(cfg, len(train))
-    mesh_batch_size(mesh, batch_size)
     if init_params is None and not model.has_init:
         raise ConfigError(f"fit: model {model.name!r} has no init; pass init_params= or "
                           "hf.as_model(apply_fn, init_fn=...)")

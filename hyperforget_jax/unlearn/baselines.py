@@ -387,8 +387,6 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
     """
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     prep = prepare(method, model, params, split, cfg, seed)
-    batch = max(np.shape(v)[1] for v in jax.tree.leaves(prep.plan) if np.ndim(v) >= 2)
-    train.mesh_batch_size(mesh, batch)
     tx = optimizer_for(method, hyperparameters(cfg))
     if method == "salun":
         tx = masked_updates(tx, prep.member["mask"])

@@ -255,9 +255,6 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     plan = make_plan(split, cfg, seed, forget_classes, method)
     descent_only, mode, E, n = plan.static[:4]
-    if mesh is not None:
-        train.mesh_batch_size(mesh, plan.f_idx.shape[2], "forget batch")
-        train.mesh_batch_size(mesh, plan.r_idx.shape[2], "retain batch")
     tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
     # A copy, so donating the state never invalidates the caller's parameters.
     ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))
