@@ -72,7 +72,7 @@ def main(argv=None) -> int:
                 attacks = [metrics.mia_loss_lr(lf, lt, seed=s) for s in range(args.attack_repeats)]
                 rec[name] = {"mia_loss_lr_at_model_seed": attacks[seed] if seed < len(attacks)
                              else None, "mia_loss_lr_mean": float(np.mean(attacks)),
-                             "mia_loss_lr_std": float(np.std(attacks)),
+                             "mia_loss_lr_std": metrics.mean_std(attacks)[1],
                              "forget_loss": float(lf.mean()), "unseen_class_loss": float(lt.mean())}
             results.append(rec)
             rows.append([str(c), str(seed)] + [

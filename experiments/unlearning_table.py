@@ -56,7 +56,7 @@ from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
-from hyperforget_jax.metrics import format_mean_std
+from hyperforget_jax.metrics import format_mean_std, mean_std
 from hyperforget_jax.models import as_model
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn import METHODS, GradTauConfig, unlearn, unlearn_sweep
@@ -224,8 +224,11 @@ def _ulira_keys(r):
 # --- the report ------------------------------------------------------------------------------
 
 def _ms(vals, scale=1.0):
-    vals = [v for v in vals if v is not None and np.isfinite(v)]
-    return format_mean_std(vals, scale=scale) if vals else "–"
+    """mean ± std over the seeds that have the value; "(n=k)" when some lack it, NaN kept."""
+    got = [v for v in vals if v is not None]
+    if not got:
+        return "–"
+    return format_mean_std(got, scale=scale) + (f" (n={len(got)})" if len(got) < len(vals) else "")
 
 
 def targets(setting: dict, kind: str) -> list[str]:
@@ -311,9 +314,10 @@ def plot(out: dict, path: Path) -> None:
         for row, evals in s["evals"].items():
             if row not in s["times"] or row == "Retrain":
                 continue
-            gap = [e["avg_gap"] for e in evals]
+            # mean ± std as in table.md (metrics.mean_std: ddof=1 over seeds)
+            gap_mean, gap_std = mean_std(e["avg_gap"] for e in evals)
             t = statistics.median(s["times"][row])
-            ax.errorbar(t, np.mean(gap), yerr=np.std(gap), fmt="o" if "gradtau" not in row
+            ax.errorbar(t, gap_mean, yerr=gap_std, fmt="o" if "gradtau" not in row
                         else "*", ms=9 if row == "gradtau" else 6, label=row)
         ax.axvline(statistics.median(s["times"]["Retrain"]), color="k", ls="--", lw=1,
                    label="Retrain time")

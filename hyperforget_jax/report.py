@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Sequence
+
+import numpy as np
 
 from hyperforget_jax.errors import ConfigError
 
@@ -89,11 +92,17 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 
 def fmt(x: Any, digits: int = 2, scale: float = 1.0) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+    """A table cell: ``scale * x`` with ``digits`` decimals for any real number (Python or
+    NumPy scalar, e.g. ``np.float32``), "–" for None / NaN, ``str(x)`` for anything else
+    (booleans included, which are not numbers to scale)."""
+    if x is None:
         return "–"
-    if isinstance(x, (int, float)):
-        return f"{scale * x:.{digits}f}"
-    return str(x)
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        return str(x)
+    x = float(x)
+    if math.isnan(x):
+        return "–"
+    return f"{scale * x:.{digits}f}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

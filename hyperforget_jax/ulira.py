@@ -53,7 +53,9 @@ class ULiRAConfig:
     Attributes:
       num_shadows: shadow splits S, each with an "in" and a "retrain" shadow model (>= 2)
         [ours: the paper uses many more; S is small on CPU].
-      seed: seed of the shadow splits and the shadows' initialisations (>= 0).
+      seed: seed of the shadow splits (>= 0). The shadows' initialisations are drawn from
+        the training recipe's seed (``train_cfg.seed * 1000 + 1 + s`` for shadow ``s``), not
+        from this seed: vary ``train_cfg.seed`` to redraw them.
     """
 
     num_shadows: int = field(8, ge=2)

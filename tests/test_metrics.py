@@ -300,3 +300,15 @@ def test_chunked_apply_pads_small_inputs_to_a_power_of_two_only(n):
     np.testing.assert_allclose(b, x.sum(1), rtol=1e-6)
     want = min(256, max(16, 1 << (n - 1).bit_length()))
     assert set(seen) == {want} and len(seen) == -(-n // want)
+
+
+def test_report_fmt_scales_numpy_scalars():
+    # A "RA %" cell of an np.float32 accuracy was printed unscaled ("0.953"), and np.float32
+    # NaN as "nan" instead of "–": only Python int/float were treated as numbers.
+    from hyperforget_jax import report
+
+    for v in (0.953, np.float64(0.953), np.float32(0.953)):
+        assert report.fmt(v, 2, 100.0) == "95.30"
+    assert report.fmt(np.int64(1), 1, 100.0) == "100.0"
+    assert report.fmt(np.float32("nan")) == report.fmt(float("nan")) == report.fmt(None) == "–"
+    assert report.fmt("n/a") == "n/a"

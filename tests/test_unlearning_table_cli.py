@@ -77,3 +77,40 @@ def test_experiment_usage_errors_are_one_line(script, tmp_path, capsys):
         assert exc.value.code == 2 and len(err.splitlines()) == 1, err
         assert ": error: " in err and err.endswith("(see --help)") and named in err, err
     assert not (tmp_path / "out").exists()
+
+
+def test_gap_plot_error_bars_use_the_tables_std(tmp_path, monkeypatch):
+    # table.md reports mean ± std with ddof=1 (metrics.mean_std); the plot's error bars used
+    # np.std (ddof=0), sqrt(2/3) of the table's std for 3 seeds.
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.axes import Axes
+
+    import numpy as np
+
+    table = load_experiment("unlearning_table")
+    seen = {}
+    real = Axes.errorbar
+
+    def spy(self, x, y, *a, yerr=None, label=None, **k):
+        seen[label] = (y, yerr)
+        return real(self, x, y, *a, yerr=yerr, label=label, **k)
+
+    monkeypatch.setattr(Axes, "errorbar", spy)
+    gaps = [1.0, 2.0, 4.0]
+    out = {"dataset": "d", "seeds": [0, 1, 2], "settings": {"class 3": {
+        "kind": "class", "times": {"Retrain": [1.0, 1.0, 1.0], "m": [0.1, 0.1, 0.1]},
+        "evals": {"Retrain": [{"avg_gap": 0.0}] * 3, "m": [{"avg_gap": g} for g in gaps]}}}}
+    table.plot(out, tmp_path)
+    mean, std = seen["m"]
+    assert mean == pytest.approx(np.mean(gaps))
+    assert std == pytest.approx(np.std(gaps, ddof=1))
+
+
+def test_table_cells_say_when_seeds_are_missing():
+    # A seed without the value was dropped silently: 0.60 ± 0.14 under "mean ± std over seeds".
+    table = load_experiment("unlearning_table")
+    assert table._ms([0.5, None, 0.7]) == "0.60 ± 0.14 (n=2)"
+    assert table._ms([0.5, 0.7]) == "0.60 ± 0.14"
+    assert table._ms([None, None]) == "–"
+    assert table._ms([0.5, float("nan")]).startswith("nan")   # a diverged seed shows
