@@ -64,6 +64,11 @@ def parse_originals(text: str) -> list[tuple[str, int, float, int]]:
         if not 0 <= row[0] < 100_000 or row[1] <= 0 or row[2] < 1:
             raise argparse.ArgumentTypeError(f"{item!r}: needs 0 <= seed < 100000 (corpus "
                                              "seeds start there), lr > 0, epochs >= 1")
+        if any(r[1] == row[0] for r in rows):
+            # Originals, their Retrain runs and every table are keyed by seed: a second recipe
+            # of one seed replaced the first's original but not its Retrain (silently mixed).
+            raise argparse.ArgumentTypeError(f"{item!r}: seed {row[0]} is listed twice; give "
+                                             "every original its own seed")
         rows.append(("default" if row[1:] == (1e-3, 20) else "other", *row))
     return rows
 

@@ -144,6 +144,20 @@ def _methods(args, arch, val):
     return out
 
 
+#: Seeds of the noise floor's retrainings: model seed k's floor target trains with
+#: ``FLOOR_SEED_BASE + 1000·k`` and its shadow s with ``FLOOR_SEED_BASE + 1000·k + 1 + s``, a range
+#: disjoint from the model seeds (0..N-1) and from U-LiRA's shadow seeds (``1000·k + 1 + s``,
+#: :func:`hyperforget_jax.ulira.train_shadows`). The earlier ``seed + 1000 + s`` equalled the
+#: shadow seeds for model seed 1: its "unlearned" shadows were its retrained shadows (same data,
+#: seed and recipe), so that seed's floor measured nothing.
+FLOOR_SEED_BASE = 1 << 30
+
+
+def floor_seed(seed: int, shadow: int | None = None) -> int:
+    """The seed of the noise floor's target (``shadow`` None) or of its shadow ``shadow``."""
+    return FLOOR_SEED_BASE + 1000 * seed + (0 if shadow is None else 1 + shadow)
+
+
 def run(args) -> dict:
     request = _check(args)
     splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
@@ -159,14 +173,15 @@ def run(args) -> dict:
         cfg = dataclasses.replace(base, seed=seed)
         original = train.fit(arch, splits.train, cfg)[0].params
         retrained = train.fit(arch, fsplit.retain, cfg)[0].params
-        floor = train.fit(arch, fsplit.retain, dataclasses.replace(cfg, seed=seed + 1000))[0]
+        floor = train.fit(arch, fsplit.retain,
+                          dataclasses.replace(cfg, seed=floor_seed(seed)))[0]
         sh = ulira.train_shadows(arch, splits.train, fsplit, cfg,
                                  ulira.ULiRAConfig(args.shadows, seed))
         ev = lambda p: evaluate_unlearning(arch, p, splits, fsplit, request, seed)
         r_eval = ev(retrained)
         # Noise floor: "unlearning" by retraining (another seed) on every shadow and target.
         re_fn = lambda p, sp, s: train.fit(
-            arch, sp.retain, dataclasses.replace(cfg, seed=seed + 1000 + s))[0].params
+            arch, sp.retain, dataclasses.replace(cfg, seed=floor_seed(seed, s)))[0].params
         noise = ulira.ulira(arch, sh, ulira.unlearn_shadows(sh, re_fn, splits.train),
                             splits.train, fsplit, floor.params, retrained)
         rows["retrain"].append({"mia_loss_lr": r_eval["mia_loss_lr"],

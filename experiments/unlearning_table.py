@@ -28,7 +28,9 @@ method. Every member equals the one-by-one ``unlearn`` call to 1e-4 (tests/test_
 Wall times (``--timing single``, the default) are of warm one-by-one ``unlearn()`` calls, the
 user-facing path (each method and Retrain is run once per setting before timing, so
 compilation is excluded for all of them alike), medians over seeds; ``--timing sweep`` reports
-each member's share of its sweep's wall time instead (and skips the timed single runs).
+each member's share of its sweep's wall time instead (and skips the timed single runs); a
+sweep is each program's first call, so those times include XLA compilation (mlp, class 3:
+∇τ 2.2 s per member cold vs 0.14 s warm) and their speed-ups are not those of warm calls.
 ``--vectorize`` (default ``auto``: ``map`` on CPU, ``vmap`` on accelerators) picks how a
 sweep's members share a program (``unlearn_sweep(vectorize=...)``).
 
@@ -92,7 +94,7 @@ def parse_args(argv=None):
                    "XLA's batched matmuls are slower, vmap elsewhere)")
     p.add_argument("--timing", choices=("single", "sweep"), default="single",
                    help="time warm one-by-one unlearn() calls (default), or report each "
-                   "member's share of its sweep")
+                   "member's share of its sweep (its first call: compilation included)")
     p.add_argument("--render-only", action="store_true",
                    help="re-render table.md and the plot from <out>/results.json, no runs")
     return p.parse_args(argv)
@@ -127,8 +129,16 @@ def checked_splits(args) -> data.Splits:
     if args.seeds < 1 or args.ulira_shadows < 1:
         raise ConfigError(f"--seeds and --ulira-shadows must be >= 1, got {args.seeds}, "
                           f"{args.ulira_shadows}")
+    names = []
     for make_request in settings(args):
         data.resolve_forget(splits.train, make_request(0))
+        names.append(make_request(0).describe())
+    if len(set(names)) != len(names):      # results are keyed by name: one would replace another
+        raise ConfigError(f"--classes / --fractions list a setting twice: {names}")
+    unknown = [u for u in args.ulira_settings if u not in names]
+    if unknown:                            # else silently no U-LiRA for it
+        raise ConfigError(f"--ulira-settings {unknown} name no setting of this run; the "
+                          f"settings are {names}")
     return splits
 
 
@@ -224,11 +234,15 @@ def _ulira_keys(r):
 # --- the report ------------------------------------------------------------------------------
 
 def _ms(vals, scale=1.0):
-    """mean ± std over the seeds that have the value; "(n=k)" when some lack it, NaN kept."""
-    got = [v for v in vals if v is not None]
-    if not got:
+    """mean ± std over the seeds that have the value; "–" where none has it (not applicable),
+    and ``[k of n seeds]`` where only some have it (a NaN, or a None from a NaN in
+    results.json), so a seed that is missing is never silently left out of the mean."""
+    vals = list(vals)
+    ok = [v for v in vals if v is not None and np.isfinite(v)]
+    if not ok:
         return "–"
-    return format_mean_std(got, scale=scale) + (f" (n={len(got)})" if len(got) < len(vals) else "")
+    text = format_mean_std(ok, scale=scale)
+    return text if len(ok) == len(vals) else f"{text} [{len(ok)} of {len(vals)} seeds]"
 
 
 def targets(setting: dict, kind: str) -> list[str]:
@@ -277,7 +291,8 @@ def write_report(out: dict, path: Path) -> None:
           "mean ± std over seeds. Accuracies in %, attacks as attack accuracy (U-LiRA also "
           "AUC; ideal 0.5), forget loss = mean CE on D_f. Avg. Gap = mean |Δ| to Retrain over "
           "FA, RA, TA, mia_loss_lr (points). Time = median "
-          + ("share of a vmapped sweep's wall time per member (s)"
+          + ("share of a vmapped sweep's wall time per member (s), the sweep's first call: "
+             "XLA compilation included, unlike warm `--timing single`"
              if out.get("timing") == "sweep" else "warm wall time of one `unlearn()` call (s)")
           + "; speed-up = Retrain's median / the method's.\n"]
     for name, s in out["settings"].items():

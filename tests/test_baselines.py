@@ -165,3 +165,116 @@ def test_errors(setup):
         data.ForgetRequest(classes=())
     with pytest.raises(ConfigError, match="does not checkpoint"):
         unlearn("scrub", arch, params, split, val, checkpointer=object())
+
+
+# --- fidelity to the published baselines ------------------------------------------------
+
+def test_scrub_kl_is_the_official_distillkl_scaled_by_T_squared():
+    # meghdadk/SCRUB helper/KD.py (RepDistiller's DistillKL):
+    #   kl_div(log_softmax(s/T), softmax(t/T), sum) * T**2 / batch
+    # Without the T² factor, kd_T = 4 makes the max-step (and the retain KL) 16x weaker.
+    T = 4.0
+    t = jax.random.normal(jax.random.key(0), (8, 10)) * 3
+    x = jax.random.normal(jax.random.key(1), (8, 5))
+    w = jax.random.normal(jax.random.key(2), (5, 10))
+    y = jnp.zeros(8, jnp.int32)
+
+    def distill_kl(student, teacher):
+        p_t = jax.nn.softmax(teacher / T)
+        return jnp.sum(p_t * (jnp.log(p_t) - jax.nn.log_softmax(student / T))) * T ** 2 / 8
+
+    obj = baselines.scrub(lambda p, xx: xx @ p, T, 0.99, 0.001)
+    _, _, m_max = obj.update(w, (), (x, t), (x, y, t), True)
+    assert float(m_max["loss"]) == pytest.approx(-float(distill_kl(x @ w, t)), rel=1e-5)
+    _, _, m_min = obj.update(w, (), (x, t), (x, y, t), False)
+    ce = optax.softmax_cross_entropy_with_integer_labels(x @ w, y).mean()
+    assert float(m_min["loss"]) == pytest.approx(
+        float(0.99 * ce + 0.001 * distill_kl(x @ w, t)), rel=1e-5)
+
+
+def _forget_row_weights(plan, row, nf):
+    """Per forget sample of one plan row: (its share of the row's mean loss, its labels)."""
+    idx, y = np.asarray(plan["idx"][row]), np.asarray(plan["y"][row])
+    w = np.asarray(plan["w"][row]) if "w" in plan else np.ones(idx.shape, np.float32)
+    share = np.bincount(idx, weights=w, minlength=nf)[:nf] / w.sum()
+    labels = [set(y[(idx == i) & (w > 0)].tolist()) for i in range(nf)]
+    return share, labels
+
+
+@pytest.mark.parametrize("method", ["random_labels", "salun"])
+def test_relabel_forget_pass_smaller_than_a_batch_sees_each_sample_once(setup, method):
+    # A forget set smaller than the batch (10 < 256): SalUn's forget loader gives one batch of
+    # the 10 samples, each with one random label. The plan must not repeat each sample ~25
+    # times with ~25 different random labels (a target that averages to uniform).
+    arch, params, split, _ = setup
+    small = split._replace(forget=split.forget.subset(np.arange(10)),
+                           forget_idx=np.asarray(split.forget_idx)[:10])
+    cfg = (baselines.C.RandomLabelsConfig(epochs=2) if method == "random_labels"
+           else SalUnConfig(epochs=2))
+    prep = baselines.prepare(method, arch, params, small, cfg, seed=0)
+    rows_per_epoch = len(prep.plan["idx"]) // 2
+    for row in (0, rows_per_epoch):              # the forget pass of each epoch
+        share, labels = _forget_row_weights(prep.plan, row, 10)
+        np.testing.assert_allclose(share, 0.1, rtol=1e-6)
+        assert all(len(s) == 1 for s in labels)
+    # the retain pass is unchanged: full batches, weight 1
+    r = prep.plan["idx"][1]
+    assert (r >= 10).all() and ("w" not in prep.plan or np.all(prep.plan["w"][1] == 1))
+
+
+def test_relabel_forget_batch_is_not_capped_by_a_small_retain_set(setup):
+    # The forget pass's batch is min(batch_size, |D_f|), whatever |D_r| is: a retain set of
+    # 40 must not cut a 200-sample forget pass into batches of 40 (5 steps instead of 1).
+    arch, params, split, _ = setup
+    base = np.concatenate([split.forget.x, split.retain.x])
+    ys = np.concatenate([split.forget.y, split.retain.y])
+    forget = split.retain.replace(x=base[:200], y=ys[:200])
+    retain = split.retain.replace(x=base[200:240], y=ys[200:240])
+    big = split._replace(forget=forget, retain=retain, forget_idx=np.arange(200),
+                         retain_idx=np.arange(200, 240))
+    prep = baselines.prepare("random_labels", arch, params, big,
+                             baselines.C.RandomLabelsConfig(epochs=1, batch_size=256), seed=0)
+    idx = np.asarray(prep.plan["idx"])
+    w = np.asarray(prep.plan["w"]) if "w" in prep.plan else np.ones(idx.shape)
+    assert len(idx) == 2                      # one forget batch of 200, one retain batch of 40
+    assert w[0].sum() == 200 and w[1].sum() == 40 and set(idx[1][w[1] > 0]) == set(range(200, 240))
+
+
+def test_relabel_small_forget_set_equals_a_loop_over_unique_samples(setup):
+    # End to end through unlearn: Random labels (plain SGD) on a 10-sample forget set equals a
+    # hand-written loop whose forget step is the mean CE over the 10 samples, each with one
+    # random label (the plan's first label for it), followed by the retain pass's batches.
+    arch, params, split, val = setup
+    small = split._replace(forget=split.forget.subset(np.arange(10)),
+                           forget_idx=np.asarray(split.forget_idx)[:10])
+    cfg = baselines.C.RandomLabelsConfig(epochs=1, momentum=0.0, weight_decay=0.0)
+    got = unlearn("random_labels", arch, params, small, val, cfg, seed=0).params
+    prep = baselines.prepare("random_labels", arch, params, small, cfg, seed=0)
+    x = jnp.asarray(prep.shared["x"])
+    sgd = lambda p, xb, yb: jax.tree.map(lambda a, g: a - cfg.lr * g, p, jax.grad(
+        lambda q: optax.softmax_cross_entropy_with_integer_labels(arch.apply(q, xb), yb)
+        .mean())(p))
+    idx, y = np.asarray(prep.plan["idx"]), np.asarray(prep.plan["y"])
+    label = {int(i): int(l) for i, l in zip(idx[0][::-1], y[0][::-1])}   # first one wins
+    want = sgd(params, x[:10], jnp.array([label[i] for i in range(10)]))
+    for row in range(1, len(idx)):
+        want = sgd(want, x[idx[row]], jnp.asarray(y[row]))
+    assert_trees_close(got, want, atol=1e-5)
+
+
+def test_salun_nonfinite_gradients_raise_like_random_labels(digits_splits):
+    # SalUn's masked optimiser must keep the NaN guard's flag readable: a finite loss with a
+    # NaN gradient (d sqrt|b| / db at b = 0) is refused by Random labels; SalUn used to skip
+    # every update silently and return the original parameters as its result.
+    from hyperforget_jax.errors import NonFiniteError
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+
+    def apply(p, x):
+        return x.reshape(x.shape[0], -1) @ p["w"] + jnp.sqrt(jnp.abs(p["b"]))
+
+    params = {"w": 0.01 * jax.random.normal(jax.random.key(0), (64, 10)), "b": jnp.zeros(10)}
+    model = models.as_model(apply)
+    for method, cfg in [("random_labels", baselines.C.RandomLabelsConfig(epochs=1)),
+                        ("salun", SalUnConfig(epochs=1))]:
+        with pytest.raises(NonFiniteError, match=method):
+            unlearn(method, model, params, split, digits_splits.val, cfg)

@@ -114,3 +114,30 @@ def test_gate_bad_settings_exit_2_and_write_nothing(tmp_path, capfd, argv, words
     err = capfd.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and words in err[0], err
     assert not (tmp_path / "out").exists()      # not even an empty directory
+
+
+def test_noise_floor_shadows_are_not_the_retrained_shadows(tmp_path, monkeypatch):
+    """The floor's "unlearned" shadows are retrainings with *other* seeds than the retrained
+    shadows. Its seeds used to be ``seed + 1000 + s``, which for model seed 1 are U-LiRA's own
+    shadow seeds (``1000·seed + 1 + s``): the two fleets were the same models, and that seed's
+    floor compared a model with itself."""
+    import jax
+    import numpy as np
+    from hyperforget_jax import ulira
+
+    gate = load_experiment("privacy_gate")
+    calls = []
+    real = ulira.ulira
+
+    def spy(arch, shadows, unlearned, *rest):
+        calls.append(max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in
+                         zip(jax.tree.leaves(unlearned), jax.tree.leaves(shadows.retrain_params))))
+        return real(arch, shadows, unlearned, *rest)
+
+    monkeypatch.setattr(ulira, "ulira", spy)
+    argv = [a if a != "3" else "1" for a in BASE]           # --epochs 1
+    argv[argv.index("--seeds") + 1] = "2"                    # model seeds 0 and 1
+    assert gate.main([*argv, "--forget-class", "3", "--out", str(tmp_path / "g"),
+                      "--tol-mia", "1", "--tol-ulira", "1"]) == 0
+    floors = calls[0::2]                                     # per seed: floor, then gradtau
+    assert len(floors) == 2 and min(floors) > 1e-3, floors

@@ -4,7 +4,8 @@
 an :class:`Objective` — ``init(params) -> state`` and
 ``update(params, state, *batches) -> (grads, state, metrics)`` — over a per-example
 ``loss_fn(params, batch) -> (B,)`` or a model's ``apply_fn``; feed the gradients to any optax
-optimiser. SalUn is :func:`descent` with :func:`masked_updates` around the optimiser.
+optimiser. SalUn is :func:`descent` with :func:`masked_updates` around the optimiser
+(the scanned runs use :func:`weighted_descent`, whose padding rows weigh 0).
 
 >>> import jax.numpy as jnp, optax
 >>> from hyperforget_jax.train import per_example_ce
@@ -71,6 +72,13 @@ def descent(loss_fn: Callable) -> Objective:
     return _stateless(lambda p, b: jnp.mean(loss_fn(p, b)))
 
 
+def weighted_descent(loss_fn: Callable) -> Objective:
+    """Descent on the weighted mean loss of ``batch = (x, y, w)``: Σ w·loss / Σ w. A batch
+    padded to a fixed width carries weight 0 on its padding, so the padding does not count
+    (Random labels / SalUn: a forget set smaller than the batch)."""
+    return _stateless(lambda p, b: jnp.sum(b[2] * loss_fn(p, b[:2])) / jnp.sum(b[2]))
+
+
 def neggrad(loss_fn: Callable) -> Objective:
     """NegGrad (gradient ascent): minimise −mean loss on a forget batch.
     ``update(params, state, forget_batch)``."""
@@ -88,15 +96,20 @@ def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any) -> Objective:
     """SCRUB: ``update(params, state, forget_batch, retain_batch, is_max)`` with
     ``forget_batch = (x, teacher_logits)``, ``retain_batch = (x, y, teacher_logits)``; a max-step
     (``is_max``) maximises KL(teacher ‖ student) on the forget batch, a min-step minimises
-    γ·CE + α·KL on the retain batch (``lax.cond``: one is computed)."""
+    γ·CE + α·KL on the retain batch (``lax.cond``: one is computed). The KL is the official
+    code's ``DistillKL(kd_T)`` (RepDistiller): KL at temperature ``kd_T`` multiplied by
+    ``kd_T``², which keeps the gradient's scale independent of the temperature."""
+    def kl(target_logits, student_logits):
+        return kd_T ** 2 * kl_divergence(target_logits, student_logits, kd_T)
+
     def loss(p, fb, rb, is_max):
         def max_loss(q):
-            return -kl_divergence(fb[1], apply_fn(q, fb[0]), kd_T)
+            return -kl(fb[1], apply_fn(q, fb[0]))
 
         def min_loss(q):
             logits = apply_fn(q, rb[0])
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, rb[1]).mean()
-            return gamma * ce + alpha * kl_divergence(rb[2], logits, kd_T)
+            return gamma * ce + alpha * kl(rb[2], logits)
         return jax.lax.cond(is_max, max_loss, min_loss, p)
     return _stateless(loss)
 
@@ -121,12 +134,17 @@ def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformati
     return optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr, momentum))
 
 
-def optimizer_for(method: str, hp: dict) -> optax.GradientTransformation:
-    """The published optimiser of ``method`` (values may be traced), behind the NaN guard."""
+def optimizer_for(method: str, hp: dict, mask: Params | None = None
+                  ) -> optax.GradientTransformation:
+    """The published optimiser of ``method`` (values may be traced), SalUn's ``mask`` applied
+    to its updates (:func:`masked_updates`), all behind the NaN guard: the guard stays the
+    outermost transformation, so its flag (``train.update_was_finite``) is read for SalUn too."""
     if method == "bad_teacher":
         tx = optax.adam(hp["lr"])
     else:
         tx = sgd(hp["lr"], hp["momentum"], hp["weight_decay"])
+    if mask is not None:
+        tx = masked_updates(tx, mask)
     return train.skip_nonfinite(tx)
 
 
@@ -136,9 +154,7 @@ def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
     loss_fn = train.per_example_ce(apply_fn)
 
     def step(ts, hp, shared, member, row):
-        tx = optimizer_for(method, hp)
-        if method == "salun":
-            tx = masked_updates(tx, member["mask"])
+        tx = optimizer_for(method, hp, member["mask"] if method == "salun" else None)
         if method == "neggrad":
             obj, batches = neggrad(loss_fn), (constrain((shared["xf"][row["f"]],
                                                          shared["yf"][row["f"]])),)
@@ -147,7 +163,8 @@ def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
             batches = (constrain((shared["xf"][row["f"]], shared["yf"][row["f"]])),
                        constrain((shared["xr"][row["r"]], shared["yr"][row["r"]])))
         elif method in ("random_labels", "salun"):
-            obj, batches = descent(loss_fn), (constrain((shared["x"][row["idx"]], row["y"])),)
+            obj = weighted_descent(loss_fn)
+            batches = (constrain((shared["x"][row["idx"]], row["y"], row["w"])),)
         elif method == "scrub":
             obj = scrub(apply_fn, hp["kd_T"], hp["gamma"], hp["alpha"])
             batches = (constrain((shared["xf"][row["f"]], member["tf"][row["f"]])),
@@ -216,20 +233,42 @@ def _neggrad_plus(model, params, split, cfg: C.NegGradPlusConfig, seed):
     return _data(split), {}, {"f": f, "r": r}, {}
 
 
+def _padded(rows: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` (k, b) widened to (k, ``width``) with repeats of their own entries, and the
+    weights: 1 on the real entries, 0 on the padding."""
+    k, b = rows.shape
+    w = np.zeros((k, width), np.float32)
+    w[:, :b] = 1.0
+    if b < width:
+        rows = np.concatenate([rows, np.resize(rows, (k, width - b))], axis=1)
+    return rows, w
+
+
 def _relabel_plan(split: ForgetSplit, num_classes: int, cfg, seed: int) -> tuple[dict, dict]:
-    """Each epoch one pass over D_f with uniform random labels, then one over D_r."""
+    """Each epoch one pass over D_f with uniform random labels, then one over D_r.
+
+    Each pass has its own batch, min(batch_size, its set's size), like SalUn's two loaders
+    (and NegGrad's forget batch): a forget set smaller than the batch is one batch holding
+    each forget sample once, with one random label, not a batch that repeats every sample
+    ~batch/|D_f| times, each copy with its own random label (a target that averages to the
+    uniform distribution). Rows share one width; the narrower pass is padded with weight-0
+    entries (``w``), which the step leaves out of its mean."""
     nf, nr = len(split.forget), len(split.retain)
-    b = min(cfg.batch_size, nr)
+    bf, br = min(cfg.batch_size, nf), min(cfg.batch_size, nr)
+    width = max(bf, br)
     rng = np.random.default_rng([seed, 3])
-    idx, ys = [], []
+    idx, ys, ws = [], [], []
     y_all = np.concatenate([split.forget.y, split.retain.y])
     for e in range(cfg.epochs):
-        f = wrapped_batches(np.random.default_rng([seed, 1, e]), nf, b)     # forget pass first
-        r = nf + wrapped_batches(np.random.default_rng([seed, 2, e]), nr, b)  # then the retain pass
+        f, wf = _padded(wrapped_batches(np.random.default_rng([seed, 1, e]), nf, bf), width)
+        r, wr = _padded(nf + wrapped_batches(np.random.default_rng([seed, 2, e]), nr, br),
+                        width)                                   # forget pass first, then D_r
         idx += [f, r]
         ys += [rng.integers(0, num_classes, f.shape), y_all[r]]
+        ws += [wf, wr]
     shared = {"x": np.concatenate([split.forget.x, split.retain.x])}
-    plan = {"idx": np.concatenate(idx), "y": np.concatenate(ys).astype(np.int32)}
+    plan = {"idx": np.concatenate(idx), "y": np.concatenate(ys).astype(np.int32),
+            "w": np.concatenate(ws)}
     return shared, plan
 
 
@@ -387,9 +426,8 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
     """
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     prep = prepare(method, model, params, split, cfg, seed)
-    tx = optimizer_for(method, hyperparameters(cfg))
-    if method == "salun":
-        tx = masked_updates(tx, prep.member["mask"])
+    tx = optimizer_for(method, hyperparameters(cfg),
+                       prep.member["mask"] if method == "salun" else None)
     ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))
     put = (jax.tree.map(jnp.asarray, (ts, prep.hp, prep.shared, prep.member)) if mesh is None
            else jax.device_put((ts, prep.hp, prep.shared, prep.member),
@@ -409,9 +447,8 @@ def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prep
     members), one :class:`Prepared` each (from :func:`prepare`; ``per_member_data``: each
     from its own request of equal size, else every member's shared data is the first's).
     Returns stacked params and one info per member."""
-    tx = optimizer_for(method, preps[0].hp)
-    if method == "salun":
-        tx = masked_updates(tx, preps[0].member["mask"])
+    tx = optimizer_for(method, preps[0].hp,
+                       preps[0].member["mask"] if method == "salun" else None)
     ts = jax.vmap(lambda p: train.init_state(model, tx, None, p))(jax.tree.map(jnp.array, params))
     stack = lambda trees: jax.tree.map(lambda *v: jnp.stack([jnp.asarray(a) for a in v]), *trees)
     hp = stack([p.hp for p in preps])

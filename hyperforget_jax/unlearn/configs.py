@@ -138,7 +138,8 @@ class ScrubConfig:
       lr: SGD learning rate [official code: 5e-4].
       momentum: SGD momentum [official code: 0.9].
       weight_decay: L2 weight decay [official code: 5e-4].
-      kd_T: distillation temperature [official code: 4].
+      kd_T: distillation temperature [official code: 4]; the KL terms are multiplied by
+        kd_T² as in the official ``DistillKL``.
       gamma: weight of the retain cross-entropy [official code: 0.99].
       alpha: weight of the retain KL term [official code: 0.001].
       retain_batch_size: min-step batch [official code: 128].
