@@ -319,6 +319,7 @@ def plot(out: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     names = list(out["settings"])
     fig, axes = plt.subplots(2, (len(names) + 1) // 2, figsize=(4.2 * ((len(names) + 1) // 2),
@@ -337,6 +338,7 @@ def plot(out: dict, path: Path) -> None:
         ax.axvline(statistics.median(s["times"]["Retrain"]), color="k", ls="--", lw=1,
                    label="Retrain time")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping labels
         ax.set_title(name)
         ax.set_xlabel("wall time s (log)")
         ax.set_ylabel("Avg. Gap to Retrain (points)")
