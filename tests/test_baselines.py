@@ -88,6 +88,27 @@ def test_salun_mask_freezes_non_salient_weights(setup):
         np.testing.assert_array_equal(np.asarray(new)[frozen], np.asarray(old)[frozen])
 
 
+
+def test_salun_saliency_counts_each_forget_image_once(setup):
+    # SalUn's generate_mask sums -mean CE over the forget loader's batches, the last one
+    # holding only the remaining images. The scan's last row used to be filled with repeats of
+    # the first images, which then counted twice (class 3 at batch 256: 162 of 350 images).
+    arch, params, split, _ = setup
+    n, bs = len(split.forget), 48
+    x, y = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
+    ce = train.per_example_ce(arch.apply)
+    g = jax.tree.map(jnp.zeros_like, params)
+    for start in range(0, n, bs):
+        sl = slice(start, min(start + bs, n))
+        g = jax.tree.map(jnp.add, g, jax.grad(lambda q: -ce(q, (x[sl], y[sl])).mean())(params))
+    flat = np.concatenate([np.abs(np.asarray(l)).ravel() for l in jax.tree.leaves(g)])
+    k = int(round(0.5 * flat.size))
+    threshold = np.sort(flat)[flat.size - k]
+    mask = baselines.saliency_mask(arch, params, split, 0.5, batch_size=bs)
+    assert n % bs                                        # a partial last batch
+    got = np.concatenate([np.asarray(m).ravel() for m in jax.tree.leaves(mask)])
+    np.testing.assert_array_equal(got, ((flat >= threshold) & (flat > 0)).astype(np.float32))
+
 def test_salun_mask_leaves_out_weights_with_no_saliency(setup):
     # Digits' always-black pixels give their input weights a saliency of exactly 0. Asked for
     # more than the non-zero share, the threshold is 0: ties must not fill the mask.

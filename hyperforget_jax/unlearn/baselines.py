@@ -277,6 +277,14 @@ def _random_labels(model, params, split, cfg: C.RandomLabelsConfig, seed):
     return shared, {}, plan, {}
 
 
+def _padded_batches(n: int, bs: int) -> tuple[np.ndarray, np.ndarray]:
+    """``0..n-1`` in order, in rows of ``bs`` (the last filled with repeats), and the weights:
+    1 on each image's own entry, 0 on the filling."""
+    total = math.ceil(n / bs) * bs
+    idx = np.resize(np.arange(n), total).reshape(-1, bs)
+    return idx, (np.arange(total) < n).reshape(-1, bs).astype(np.float32)
+
+
 def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
                   batch_size: int = 256) -> Params:
     """1.0 on the ``ratio`` share of weights with the largest |Σ_batches ∇(−CE(D_f))|, one
@@ -286,24 +294,30 @@ def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
     that is black in every forget image) never enters the mask [ours]: where more than
     1 − ``ratio`` of the weights have 0, the threshold is 0 and the ties would otherwise
     fill the whole mask, i.e. turn SalUn into plain Random labels. The mask then covers less
-    than ``ratio`` (``info["mask_share"]`` says how much)."""
+    than ``ratio`` (``info["mask_share"]`` says how much).
+
+    The last batch holds the remaining images only, as SalUn's loader gives it: its fixed-width
+    row is padded with weight-0 entries, so no image counts twice."""
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     n = len(split.forget)
     bs = min(batch_size, n)
-    idx = np.resize(np.arange(n), math.ceil(n / bs) * bs).reshape(-1, bs)
+    idx, w = _padded_batches(n, bs)
 
     def build():
         loss_fn = train.per_example_ce(model.apply)
 
-        def summed(params, x, y, idx):
-            def one(g, i):
-                gi = jax.grad(lambda q: -jnp.mean(loss_fn(q, (x[i], y[i]))))(params)
+        def summed(params, x, y, idx, w):
+            def one(g, row):
+                i, wi = row
+                gi = jax.grad(lambda q: -jnp.sum(wi * loss_fn(q, (x[i], y[i]))) / jnp.sum(wi)
+                              )(params)
                 return jax.tree.map(jnp.add, g, gi), None
-            return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), idx)[0]
+            return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), (idx, w))[0]
         return xla.jit(summed)
 
     g = model.program("salun_saliency", build)(params, jnp.asarray(split.forget.x),
-                                               jnp.asarray(split.forget.y), jnp.asarray(idx))
+                                               jnp.asarray(split.forget.y), jnp.asarray(idx),
+                                               jnp.asarray(w))
     if ratio >= 1:
         return jax.tree.map(jnp.ones_like, g)
     flat = jnp.concatenate([jnp.abs(l).ravel() for l in jax.tree.leaves(g)])
