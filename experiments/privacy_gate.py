@@ -15,8 +15,9 @@ recipe on D_r), unlearns with each method, and measures on the forget set:
 * U-LiRA (:mod:`hyperforget_jax.ulira`, ``--shadows`` shadow pairs): balanced accuracy of the
   per-example likelihood-ratio test "unlearned or retrained?". The Retrain row is the attack's
   noise floor: the same test where "unlearning" is retraining with another seed (shadows and
-  target alike), so its ideal is 0.5 up to sampling noise; gap = method − Retrain row
-  (one-sided: only a method more detectable than retraining fails).
+  target alike), so its ideal is 0.5 up to sampling noise; gap = |method − Retrain row|. Both
+  sides count: an accuracy far below the floor is a test that is reliably wrong, i.e. the
+  models are told apart as well (read the test's answer the other way round).
 
 The gate compares the mean over seeds: ``gap_mia > --tol-mia`` or ``gap_ulira > --tol-ulira``
 fails. Exit codes: 0 pass, 1 gate failed, 2 bad input (one line on stderr). Writes ``gate.json``
@@ -213,7 +214,7 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path) -> dict
         if name == "retrain":
             continue
         gap_mia = abs(_mean(rows[name], "mia_loss_lr") - _mean(ret, "mia_loss_lr"))
-        gap_ulira = _mean(rows[name], "ulira_acc") - _mean(ret, "ulira_acc")
+        gap_ulira = abs(_mean(rows[name], "ulira_acc") - _mean(ret, "ulira_acc"))
         fails = [f"mia_loss_lr gap {gap_mia:.3f} > {args.tol_mia}"] if gap_mia > args.tol_mia \
             else []
         if gap_ulira > args.tol_ulira:
@@ -232,7 +233,7 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path) -> dict
         [[name, f"{100 * _mean(r, 'forget_acc'):.1f}", ms(r, "mia_loss_lr"),
           ms(r, "ulira_acc"), ms(r, "ulira_auc"),
           f"{verdicts[name]['gap_mia_loss_lr']:.3f}" if name in verdicts else "–",
-          f"{verdicts[name]['gap_ulira_acc']:+.3f}" if name in verdicts else "–",
+          f"{verdicts[name]['gap_ulira_acc']:.3f}" if name in verdicts else "–",
           ("PASS" if verdicts[name]["passed"] else "FAIL") if name in verdicts else "ref"]
          for name, r in rows.items()])
     md = (f"# Privacy gate: forget {request.describe()}, {arch.name} on {args.dataset}\n\n"

@@ -96,6 +96,21 @@ def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd):
     assert "FAIL" in (tmp_path / "fail" / "gate.md").read_text()
 
 
+def test_gate_fails_a_ulira_accuracy_far_below_the_floor(passed_run, tmp_path, capfd):
+    # An attack that is reliably wrong (accuracy 0.05) tells the models apart as well as one
+    # that is reliably right: the one-sided gap let it pass.
+    gate, out, _ = passed_run
+    res = json.loads((out / "gate.json").read_text())
+    for row in res["per_seed"]["gradtau"]:
+        row["ulira_acc"] = 0.05
+    res["per_seed"]["gradtau"][0]["mia_loss_lr"] = res["per_seed"]["retrain"][0]["mia_loss_lr"]
+    (tmp_path / "inverted.json").write_text(json.dumps(res))
+    capfd.readouterr()
+    rc = gate.main(["--recheck", str(tmp_path / "inverted.json"), "--out", str(tmp_path / "g"),
+                    "--tol-mia", "1", "--tol-ulira", "0.1", "--quiet"])
+    assert rc == 1 and "U-LiRA gap" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--tol-mia", "-1"], "--tol-mia must be"),
     (["--shadows", "1"], "num_shadows must be >= 2"),

@@ -124,13 +124,15 @@ class SalUnConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ScrubConfig:
-    """SCRUB (Kurmanji et al. 2023, NeurIPS; official code meghdadk/SCRUB, small-scale
-    notebook): student initialised from the teacher (the original model). Each epoch
-    ``< msteps`` first runs a max-pass over D_f (maximise KL(teacher ‖ student), temperature
-    ``kd_T``), then every epoch a min-pass over D_r minimising γ·CE + α·KL. Values from the
-    official code: SGD lr 5e-4, momentum 0.9, wd 5e-4, 3 epochs, msteps 2, kd_T 4, γ 0.99,
-    α 0.001, retain batch 128, forget batch 32. The SWA model averaging of some variants is not
-    used.
+    """SCRUB (Kurmanji et al. 2023, NeurIPS; official code meghdadk/SCRUB,
+    ``large_scale_unlearning.ipynb``): student initialised from the teacher (the original
+    model). Each epoch ``< msteps`` first runs a max-pass over D_f (maximise KL(teacher ‖
+    student), temperature ``kd_T``), then every epoch a min-pass over D_r minimising
+    γ·CE + α·KL; each KL is the official ``DistillKL``, scaled by kd_T². Values from that
+    notebook: SGD lr 5e-4, momentum 0.9, wd 5e-4, 3 epochs, msteps 2, kd_T 4, γ 0.99,
+    α 0.001, retain batch 128, forget batch 32 (its ``small_scale_unlearning.ipynb`` uses Adam,
+    10 epochs, msteps 3, kd_T 2, γ 1, α 0.5, wd 0.1, batches 32 / 64). The SWA model averaging
+    of some variants is not used.
 
     Attributes:
       epochs: min-pass epochs over D_r [official code: 3].
