@@ -215,15 +215,37 @@ def _stratified_split(ds: Dataset, fractions: Sequence[float], seed: int) -> lis
     return [ds.subset(rng.permutation(np.concatenate(p))) for p in parts]
 
 
+def _redraw_validation(splits: Splits, seed: int) -> Splits:
+    """``splits`` with its validation set redrawn from train ∪ validation with ``seed``: as many
+    images of each class as before (so the same sizes), the test set kept."""
+    pool = splits.train.replace(x=np.concatenate([splits.train.x, splits.val.x]),
+                                y=np.concatenate([splits.train.y, splits.val.y]))
+    rng = np.random.default_rng(seed)
+    want = np.bincount(splits.val.y, minlength=pool.num_classes)
+    tr, va = [], []
+    for c in range(pool.num_classes):
+        idx = rng.permutation(np.flatnonzero(pool.y == c))
+        va.append(idx[:want[c]]), tr.append(idx[want[c]:])
+    return Splits(pool.subset(rng.permutation(np.concatenate(tr))),
+                  pool.subset(rng.permutation(np.concatenate(va))), splits.test)
+
+
 def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 0.2,
                 seed: int = 0) -> Splits:
     """Deterministic stratified train / validation / test split (classes kept in proportion).
 
     MNIST-5k with the defaults gives 3,500 / 500 / 1,000 images (350 / 50 / 100 per class).
+
+    ``ds`` may be the :class:`Splits` of a tfds source (:func:`load_dataset`): its official
+    test split is kept and ``val_frac`` / ``test_frac`` do not apply; ``seed`` 0 keeps the
+    validation set :func:`load_dataset` drew, another seed redraws it (as many images of each
+    class) from the pooled training and validation images, so split seeds give different splits.
     """
     seed = _check_seed(seed, "split seed")
     if isinstance(ds, Splits):
-        return ds
+        if seed == 0:
+            return ds
+        return _redraw_validation(ds, seed)
     if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
         raise DataError(f"val_frac={val_frac}, test_frac={test_frac}: each must be in (0, 1) "
                         "and their sum below 1")

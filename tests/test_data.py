@@ -157,3 +157,20 @@ def test_from_arrays_keeps_whole_number_float_labels_and_scales_uint8():
     import jax.numpy as jnp                     # JAX's bfloat16 is ml_dtypes', not np.floating
     bf = data.from_arrays(x.astype(jnp.bfloat16), ds.y)
     assert bf.x.dtype == np.float32 and np.allclose(bf.x, x, atol=1e-2)
+
+
+def test_make_splits_of_a_fixed_split_honours_the_seed(digits_splits):
+    """A tfds source arrives as Splits; make_splits returned it unchanged whatever the seed, so
+    `--split-seed 1 --dataset mnist` silently trained on the split of seed 0."""
+    fixed = data.Splits(*digits_splits)              # stands in for load_dataset("mnist")
+    assert data.make_splits(fixed, seed=0) is fixed  # seed 0: load_dataset's own split
+    s1, s2 = data.make_splits(fixed, seed=1), data.make_splits(fixed, seed=1)
+    assert s1.test is fixed.test                      # the official test split is kept
+    assert (s1.val.x == s2.val.x).all()               # deterministic
+    assert len(s1.val) == len(fixed.val) and len(s1.train) == len(fixed.train)
+    assert not np.array_equal(s1.val.x, fixed.val.x)  # another seed, another validation set
+    pool = {a.tobytes() for d in (fixed.train, fixed.val) for a in d.x}
+    tr, va = ({a.tobytes() for a in d.x} for d in (s1.train, s1.val))
+    assert not tr & va and tr | va == pool            # a partition of the same images
+    assert (np.bincount(s1.val.y, minlength=10)
+            == np.bincount(fixed.val.y, minlength=10)).all()                  # stratified

@@ -139,6 +139,30 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(mnist_splits, tmp_path)
     assert_trees_close(resumed.opt_state, straight.opt_state, atol=0)
 
 
+def test_resume_refuses_a_checkpoint_of_another_run(digits_splits, tmp_path):
+    """fit resumed whatever its checkpointer held: a 3-epoch checkpoint came back, with an empty
+    history, as a 1-epoch model; another seed / learning rate / training set was continued."""
+    from hyperforget_jax.checkpoint import Checkpointer
+    from hyperforget_jax.errors import CheckpointError
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    ds = digits_splits.train
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=256, lr=1e-2)
+    with Checkpointer(tmp_path / "ck") as ck:
+        train.fit(arch, ds, cfg, checkpointer=ck)
+        with pytest.raises(CheckpointError, match="trained for 2 epochs"):
+            train.fit(arch, ds, dataclasses.replace(cfg, epochs=1), checkpointer=ck)
+        for other in (dataclasses.replace(cfg, epochs=3, seed=7),
+                      dataclasses.replace(cfg, epochs=3, lr=0.5)):
+            with pytest.raises(CheckpointError, match="another recipe"):
+                train.fit(arch, ds, other, checkpointer=ck)
+        with pytest.raises(CheckpointError, match="other data"):
+            train.fit(arch, ds.subset(np.arange(len(ds) - 1)),
+                      dataclasses.replace(cfg, epochs=3), checkpointer=ck)
+        same, hist = train.fit(arch, ds, cfg, checkpointer=ck)   # the same run: nothing to do
+        assert hist == [] and ck.latest_step() == 2
+
+
 def test_fleet_with_per_member_recipes_equals_fit(digits_splits):
     arch = models.make_architecture("gpt_mlp", (8, 8, 1))
     cfgs = [train.TrainConfig(arch="gpt_mlp", epochs=2, lr=1e-2, seed=1),
