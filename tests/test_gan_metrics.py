@@ -168,3 +168,11 @@ def test_eval_config_refuses_too_few_samples_or_epochs(bad):
     with pytest.raises(ConfigError, match="samples|epochs"):
         M.EvalConfig(**bad)
     assert M.EvalConfig(num_samples=2, downstream_samples=0).downstream_samples == 0
+
+
+def test_eval_config_refuses_more_downstream_samples_than_generated():
+    # The downstream classifier trains on samples[:downstream_samples] of the num_samples
+    # generated images: asking for more used to train it on num_samples images, silently.
+    with pytest.raises(ConfigError, match="downstream_samples"):
+        M.EvalConfig(num_samples=200, downstream_samples=1000)
+    assert M.EvalConfig(num_samples=1000, downstream_samples=1000).downstream_samples == 1000

@@ -127,8 +127,10 @@ def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id:
     The judge is read back instead of trained when ``path`` or one of the ``search``
     directories holds a judge written here with the same recipe and the same ``data_id``
     (e.g. :func:`hyperforget_jax.rundir.data_fingerprint` of the splits). A judge with another
-    recipe or other data is ignored, never reused. Training is deterministic, so a stored
-    judge equals a freshly trained one. With ``keep_found``, a judge read from ``search`` is
+    recipe or other data is ignored, never reused. Training is deterministic on one machine,
+    so a stored judge equals one freshly trained there; a judge stored on another CPU is
+    reused too, and can differ from a fresh one (XLA's float rounding differs between CPUs:
+    docs/gan.md, "The same command on another CPU"). With ``keep_found``, a judge read from ``search`` is
     also stored at ``path`` (a run that reused a judge then carries it, for its evaluation). With
     ``progress``, training it shows progress bars.
 
@@ -305,7 +307,8 @@ def downstream_accuracy(images: np.ndarray, judge: Judge, test: Dataset, seed: i
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """How a generator is evaluated: ``num_samples`` ≥ 10k for the share / FID / IS;
-    ``downstream_samples`` images train the downstream classifier (0 skips it)."""
+    ``downstream_samples`` (≤ ``num_samples``: the first of those samples) train the
+    downstream classifier (0 skips it)."""
 
     num_samples: int = 10_000
     downstream_samples: int = 10_000
@@ -321,6 +324,12 @@ class EvalConfig:
         if self.downstream_samples < 0 or self.downstream_epochs < 1:
             raise ConfigError(f"downstream_samples must be >= 0 and downstream_epochs >= 1, "
                               f"got {self.downstream_samples}, {self.downstream_epochs}")
+        # The downstream classifier trains on the first downstream_samples of the
+        # num_samples generated images: more than that would silently train on fewer.
+        if self.downstream_samples > self.num_samples:
+            raise ConfigError(f"downstream_samples ({self.downstream_samples}) must be <= "
+                              f"num_samples ({self.num_samples}): the downstream classifier "
+                              f"trains on the evaluation's generated samples")
 
 
 def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits: Splits,
