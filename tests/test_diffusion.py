@@ -126,3 +126,31 @@ def test_tiny_model_learns_a_1d_gaussian_mixture():
         assert abs(np.median(right) - modes[1]) < 0.15
         # Almost nothing between the modes.
         assert np.mean(np.abs(x - modes[np.argmin(np.abs(x[:, None] - modes), 1)]) > 0.6) < 0.05
+
+
+def test_ddpm_step_variance_is_gpts_fixed_large():
+    """G.pt samples with σ_t² = β_t (main.py: create_diffusion(learn_sigma=False) → sigma_small
+    False → ModelVarType.FIXED_LARGE), not the posterior variance β̃_t. With x̂₀ = 0 for t ≥ 1
+    (and the identity at t = 0, so the output is x_1) Var(x_1) follows the recursion
+    Var_{t−1} = coef2_t² Var_t + σ_t², computed here in float64 numpy from G.pt's formulas."""
+    s = D.make_schedule()
+    betas = np.linspace(1e-4, 0.02, 1000)
+    ab = np.cumprod(1 - betas)
+    abp = np.append(1.0, ab[:-1])
+    coef2 = (1 - abp) * np.sqrt(1 - betas) / (1 - ab)
+    post_var = betas * (1 - abp) / (1 - ab)
+
+    def expected(step_var):
+        v = 1.0
+        for t in range(999, 0, -1):
+            v = coef2[t] ** 2 * v + step_var[t]
+        return v
+
+    pred = lambda x, t: jnp.where((t > 0)[:, None], 0.0, x)
+    got = float(jnp.var(D.ddpm_sample(s, pred, jax.random.key(0), (2000, 100))))
+    np.testing.assert_allclose(got, expected(betas), rtol=0.03)             # G.pt: 1.85e-4
+    got_small = float(jnp.var(D.ddpm_sample(s, pred, jax.random.key(0), (2000, 100),
+                                            variance="small")))
+    np.testing.assert_allclose(got_small, expected(post_var), rtol=0.03)    # β̃_t: 1.00e-4
+    with pytest.raises(ConfigError):
+        D.ddpm_sample(s, pred, jax.random.key(0), (2, 1), variance="learned")

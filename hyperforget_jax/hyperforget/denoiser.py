@@ -10,7 +10,11 @@ Input sequence, one width-``d`` token each::
   decoder [G.pt]. θ₀ is a full network (784→10→10 MLP: 7,960 values → 11 tokens); x_t holds only
   the tensors the corpus changes (:mod:`~hyperforget_jax.hyperforget.weightspace`; the output
   layer: 2 tokens). Both are normalised per tensor, and they are different quantities (a
-  network, a change), so unlike G.pt they have separate encoders [ours].
+  network, a change), with separate encoders (as in G.pt, whose x_t and θ₀ tokens each have
+  their own encoder too). Unlike G.pt there is no LayerNorm (G.pt's ``ln_in``) between the
+  token encoders and the transformer, the encoders have biases, and the GELU is flax's tanh
+  approximation (G.pt: exact erf) [ours; G.pt audit, not changed: it would change the shipped
+  hypernetworks].
 * Scalars embedded as [sin(f·x), cos(f·x), x] with f = 2^linspace(0, ``max_freq_exp``,
   ``num_freqs``), then a per-scalar linear projection [G.pt]. The conditions arrive standardised
   (log-losses, z-scored over the corpus), so the embedding's frequencies are sized for values of
@@ -404,7 +408,11 @@ class HyperTrainConfig:
 
 
 def make_hyper_optimizer(cfg: HyperTrainConfig) -> optax.GradientTransformation:
-    """Gradient clipping 0.75 → AdamW(4e-4, wd 0.1) on a warm-up + cosine schedule."""
+    """Gradient clipping ``cfg.grad_clip`` → AdamW(``cfg.lr``, wd ``cfg.weight_decay``) on a
+    warm-up + cosine schedule [G.pt: 0.75, 4e-4, 0.1; our default lr 1e-3]. The weight decay
+    reaches every leaf, LayerNorm scales, biases and embeddings included (G.pt decays only the
+    weights of its linear layers) [ours; G.pt audit, not changed: it would change retrained
+    hypernetworks]."""
     warmup = max(1, int(cfg.warmup_fraction * cfg.steps))
     sched = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, warmup, max(cfg.steps, warmup + 1))
     return optax.chain(optax.clip_by_global_norm(cfg.grad_clip),

@@ -3,7 +3,7 @@
     sched = make_schedule()                         # T = 1000, linear β 1e-4 → 0.02 [G.pt]
     x_t = q_sample(sched, x0, t, noise)             # forward process
     loss = x0_loss(sched, predict_x0, x0, key)      # the network predicts x₀, MSE on x₀ [G.pt]
-    x0 = ddpm_sample(sched, predict_x0, key, shape) # ancestral sampling, T network calls
+    x0 = ddpm_sample(sched, predict_x0, key, shape) # ancestral, T calls, σ_t² = β_t [G.pt]
     x0 = ddim_sample(sched, predict_x0, key, shape, num_steps=20)   # [beyond] few-step DDIM
 
 ``predict_x0(x_t, t) -> x̂₀`` is any function (a closure over the hypernetwork, its parameters
@@ -102,10 +102,20 @@ def x0_mse(sched: Schedule, predict_x0: PredictX0, x0: jax.Array, t: jax.Array,
 
 
 def ddpm_sample(sched: Schedule, predict_x0: PredictX0, key: jax.Array,
-                shape: tuple[int, ...]) -> jax.Array:
+                shape: tuple[int, ...], variance: str = "large") -> jax.Array:
     """Ancestral DDPM sampling with the x₀-parameterisation: T network calls under ``lax.scan``.
 
+    Each step draws x_{t−1} = μ̃_t(x̂₀, x_t) + σ_t ε with the posterior mean μ̃_t and
+    ``variance``: ``"large"`` σ_t² = β_t [G.pt: ``create_diffusion(learn_sigma=False)`` leaves
+    ``sigma_small=False``, i.e. ``ModelVarType.FIXED_LARGE``] or ``"small"`` σ_t² = β̃_t
+    (the posterior variance; this module's default before the G.pt audit). No clipping of x̂₀
+    [G.pt samples with ``clip_denoised=False``].
+
     ``shape`` is the batch shape (B, ...); returns x̂₀ predicted at t = 0."""
+    if variance not in ("large", "small"):
+        raise ConfigError(f"DDPM variance must be 'large' (β_t, G.pt) or 'small' (β̃_t), "
+                          f"got {variance!r}")
+    step_var = sched.betas if variance == "large" else sched.posterior_variance
     k0, key = jax.random.split(key)
     x = jax.random.normal(k0, shape)
     b = shape[0]
@@ -114,9 +124,9 @@ def ddpm_sample(sched: Schedule, predict_x0: PredictX0, key: jax.Array,
         t, k = inp
         tt = jnp.full((b,), t, jnp.int32)
         x0 = predict_x0(x, tt)
-        mean, var = q_posterior(sched, x0, x, tt)
+        mean, _ = q_posterior(sched, x0, x, tt)
         noise = jax.random.normal(k, shape)
-        x = mean + jnp.where(t > 0, jnp.sqrt(var), 0.0) * noise
+        x = mean + jnp.where(t > 0, jnp.sqrt(step_var[t]), 0.0) * noise
         return x, None
 
     ts = jnp.arange(sched.num_steps - 1, 0, -1)
