@@ -129,7 +129,8 @@ def test_salun_mask_leaves_out_weights_with_no_saliency(setup):
 
 
 def test_finetune_runs_twice_the_gradtau_budget(setup):
-    # Official notebooks: Fine-tune runs 2E epochs of descent on D_r.
+    # Official notebooks: Fine-tune runs int(6·N_r/N_f) epochs of descent on D_r (here N_r = 5,
+    # N_f = 1: exactly 2E; tests/test_gradtau.py covers the 2E + 1 case).
     arch, params, split, val = setup
     gt = unlearn("gradtau", arch, params, split, val)
     ft = unlearn("finetune", arch, params, split, val)

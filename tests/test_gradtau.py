@@ -46,6 +46,28 @@ def test_budget_formula():
     assert E == 0 and f.shape == (0, 8, 256) and r.shape == (0, 8, 10)
 
 
+def test_finetune_budget_is_the_official_int_6_nr_over_nf():
+    # Official Cifar10/Cifar100 notebooks, fine-tune cell:
+    # forget_epochs = int((len(retain_loader) / len(forget_loader)) * 6), i.e. twice ∇τ's budget
+    # before rounding: 2E + 1 when 3·N_r/N_f has a fractional part >= 1/2 (MNIST-5k class
+    # removal: |D_f| = 350, |D_r| = 3150, N_f = 2, N_r = 13: E = 19, Fine-tune 39, not 38).
+    def split(nf, nr):
+        ds = lambda n: data.from_arrays(np.zeros((n, 2, 2, 1), np.float32),
+                                        np.arange(n) % 2, num_classes=2)
+        return data.ForgetSplit(ds(nf), ds(nr), np.arange(nf), np.arange(nr))
+    from hyperforget_jax.unlearn.gradtau_run import make_plan
+    cfg = G.GradTauConfig()
+    gt = make_plan(split(350, 3150), cfg, 0, None, "gradtau")
+    ft = make_plan(split(350, 3150), cfg, 0, None, "finetune")
+    assert gt.static[2] == 19 and ft.static[2] == int((13 / 2) * 6) == 39
+    assert ft.f_idx.shape[:2] == (39, 2) and ft.r_idx.shape[:2] == (39, 2)
+    assert make_plan(split(105, 3395), cfg, 0, None, "finetune").static[2] == 84   # = 2E
+    # [ours] the cap: twice ∇τ's 80
+    assert make_plan(split(10, 30000), cfg, 0, None, "finetune").static[2] == 160
+    assert G.finetune_epochs(13, 2) == 39 and G.finetune_epochs(118, 1) == 708
+    assert G.finetune_epochs(118, 1, max_epochs=80) == 160
+
+
 def test_schedules_are_held_per_forget_epoch():
     # Official code: α and the learning rate stepped once per forget-epoch (LinearLR).
     a = G.alpha_schedule_fn(0.6, epochs=3, steps_per_epoch=4)

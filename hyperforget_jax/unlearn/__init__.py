@@ -7,7 +7,8 @@
 ``model`` is anything :func:`hyperforget_jax.models.as_model` takes: a registered name, a Flax
 module, an ``apply_fn(params, x) -> logits`` or an import path. Methods: ``gradtau`` (∇τ,
 :mod:`.gradtau`), ``retrain`` (``train.fit`` on D_r with the original recipe), ``finetune``
-(∇τ's batches and optimiser with α ≡ 0: descent on D_r only, for 2E forget-epochs),
+(∇τ's batches and optimiser with α ≡ 0: descent on D_r only, for int(6·N_r / N_f)
+forget-epochs, the official fine-tune's 2E or 2E + 1),
 ``neggrad``, ``neggrad_plus``, ``random_labels``, ``scrub``, ``salun`` and ``bad_teacher``
 (:mod:`.baselines`, hyperparameters with their sources in :mod:`.configs`). Every method returns
 new parameters and leaves the caller's untouched; ``info`` always has ``method``, ``steps`` and

@@ -53,8 +53,11 @@ D_r's batches: the official code then returns the model as it is, ``unlearn`` re
 ``ForgetRequestError`` unless ``epochs`` is set [ours]), capped
 at ``max_epochs`` = 80 (the split-and-alpha notebook's cap); a forget-epoch is one pass over D_f
 with each forget batch paired with the next retain batch; τ refreshed every 5 forget-epochs; no
-early stopping. Fine-tune (the ``finetune`` method) runs 2E forget-epochs of descent on D_r
-[official notebooks: 2E epochs; the unit here is our forget-epoch of N_f retain batches].
+early stopping. Fine-tune (the ``finetune`` method) runs int(6·N_r / N_f) forget-epochs of
+descent on D_r (:func:`finetune_epochs`: 2E or 2E + 1) [official code: the Cifar10 / Cifar100
+notebooks' fine-tune cell, ``int((len(retain_loader) / len(forget_loader)) * 6)`` epochs of the
+same loop, so its unit is the forget-epoch of N_f retain batches; capped at 2·``max_epochs``
+[ours]: the official fine-tune has no cap].
 
 [ours] α₀ is clamped to ≤ 0.95 (a warning says so), and batches wrap around: a forget-epoch has
 N_f = ceil(|D_f| / B) batches, the last one completed with samples from the start of the same
@@ -178,6 +181,22 @@ def budget_epochs(n_retain_batches: int, n_forget_batches: int,
     """
     e = int(6 * n_retain_batches / (2 * n_forget_batches))
     return e if max_epochs is None else min(e, int(max_epochs))
+
+
+def finetune_epochs(n_retain_batches: int, n_forget_batches: int,
+                    max_epochs: int | None = None) -> int:
+    """Fine-tune's budget int(6·N_r / N_f) forget-epochs, optionally capped at 2·``max_epochs``.
+
+    [official code: ``int((len(retain_loader) / len(forget_loader)) * 6)`` in the Cifar10 /
+    Cifar100 notebooks' fine-tune cell] It is twice ∇τ's budget *before* rounding, so 2E + 1
+    when the fraction of 3·N_r / N_f is at least 1/2, not always 2E. The cap is ours (the
+    official fine-tune has none): twice ∇τ's.
+
+    >>> finetune_epochs(13, 2), 2 * budget_epochs(13, 2), finetune_epochs(400, 1, max_epochs=80)
+    (39, 38, 160)
+    """
+    e = int((n_retain_batches / n_forget_batches) * 6)
+    return e if max_epochs is None else min(e, 2 * int(max_epochs))
 
 
 def refuse_zero_budget(epochs: int, cfg: "GradTauConfig", n_forget: int, n_retain: int,
@@ -629,7 +648,8 @@ from hyperforget_jax.unlearn.gradtau_run import (compiled_forget_epoch,  # noqa:
 
 __all__ = ["GradTauConfig", "GradTau", "GradTauState", "nabla_tau", "gradtau_objective",
            "refresh_tau", "alpha_schedule_fn", "lr_schedule_fn", "gradtau_tx",
-           "initial_alpha", "budget_epochs", "plan_batches", "gradtau_loss", "compute_tau",
+           "initial_alpha", "budget_epochs", "finetune_epochs", "plan_batches", "gradtau_loss",
+           "compute_tau",
            "make_gradtau_step", "pmap_gradtau_step", "sharded_gradtau_step", "run_gradtau",
            "compiled_forget_epoch", "make_gradtau_optimizer", "alpha_schedule", "lr_schedule",
            "val_tau_fn", "unseen_class_tau_fn", "resolve_tau_mode", "tau_inputs", "Architecture"]

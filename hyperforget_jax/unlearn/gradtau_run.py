@@ -53,7 +53,8 @@ class Plan(NamedTuple):
 def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
               forget_classes: tuple[int, ...] | None, method: str = "gradtau") -> Plan:
     """Everything host-side about one ∇τ (``method="gradtau"``) or Fine-tune
-    (``"finetune"``: α ≡ 0, 2E forget-epochs unless ``cfg.epochs`` is set) run."""
+    (``"finetune"``: α ≡ 0, :func:`.gradtau.finetune_epochs` = int(6·N_r / N_f) forget-epochs
+    unless ``cfg.epochs`` is set) run."""
     nf, nr = len(split.forget), len(split.retain)
     if method == "finetune" or cfg.alpha0 == 0:
         alpha0, clamped = 0.0, False
@@ -68,7 +69,7 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     epochs = cfg.epochs
     if method == "finetune" and epochs is None:
         bf, br = min(cfg.batch_size, nf), min(cfg.batch_size, nr)
-        epochs = 2 * G.budget_epochs(math.ceil(nr / br), math.ceil(nf / bf), cfg.max_epochs)
+        epochs = G.finetune_epochs(math.ceil(nr / br), math.ceil(nf / bf), cfg.max_epochs)
     f_idx, r_idx, E = G.plan_batches(nf, nr, cfg.batch_size, epochs, seed, cfg.max_epochs)
     G.refuse_zero_budget(E, cfg, nf, nr, method)
     descent_only = alpha0 == 0
@@ -238,7 +239,8 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
       meta: JSON-serialisable metadata stored with each checkpoint.
       mesh: optional ``jax.sharding.Mesh``: both batches are split along its data axis, the
         state and data replicated; same parameters as one device (to float rounding).
-      method: ``"gradtau"`` or ``"finetune"`` (α ≡ 0, descent on D_r, 2E forget-epochs).
+      method: ``"gradtau"`` or ``"finetune"`` (α ≡ 0, descent on D_r, int(6·N_r / N_f)
+        forget-epochs: 2E or 2E + 1, the official fine-tune's budget).
 
     Returns:
       The parameters and an info dict: ``steps``, ``epochs``, ``alpha0``, ``alpha_clamped``,
