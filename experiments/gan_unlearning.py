@@ -243,19 +243,21 @@ def main(argv=None) -> dict:
         if req.classes is not None or len(req.indices) in retrain_sizes:
             timed_train_gan(fs.retain, dataclasses.replace(gan_cfg, epochs=1))
         recipe = CLASS_RECIPE if req.classes is not None else ITEM_RECIPE
-        # (max_rounds=1 ends every attempt at once: the recipe's escalation compiles each
-        # of its weights here too.)
+        # (max_rounds=check_every ends every attempt after one chunk, the chunk the timed
+        # runs use: a smaller cap would compile a shorter last chunk instead. The recipe's
+        # escalation compiles each of its weights here too.)
         for cfg in [recipe] + ([fixed_lambda_u(lu) for lu in class_lus]
                                if req.classes is not None else []):
             unlearn_gan(arch, o.g_params, o.d_params, retain_x=fs.retain.x,
                         forget_x=fs.forget.x, heldout_x=splits.val.x,
-                        cfg=dataclasses.replace(cfg, max_rounds=1),
+                        cfg=dataclasses.replace(cfg, max_rounds=cfg.check_every),
                         forget_classes=req.classes, classify=classify)
         if req.classes is None and len(req.indices) == 64:
             for variant in (dict(substitution="data"), dict(lambda_u=LIGHT_LAMBDA_U)):
                 unlearn_gan(arch, o.g_params, o.d_params, retain_x=fs.retain.x,
                             forget_x=fs.forget.x, heldout_x=splits.val.x,
-                            cfg=dataclasses.replace(recipe, max_rounds=1, **variant))
+                            cfg=dataclasses.replace(recipe, max_rounds=recipe.check_every,
+                                                    **variant))
     log("cascade and Retrain compiled")
 
     for seed, name, req in requests:

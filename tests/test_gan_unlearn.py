@@ -698,3 +698,18 @@ def test_a_class_the_original_does_not_draw_is_warned_about(digits_splits, tiny_
         warnings.simplefilter("always")
         U.unlearn_gan(arch, gan.g_params, gan.d_params, classify=dark, **kw)
     assert not [w for w in caught if "draws only" in str(w.message)]
+
+
+def test_max_rounds_is_a_hard_cap_when_not_a_multiple_of_check_every(digits_splits, tiny_gan):
+    """max_rounds caps an attempt: with check_every 10 and max_rounds 15 the attempt runs a
+    10-round chunk, then a 5-round one, and stops at 15 (it ran 20 when the last chunk was
+    always a whole check_every)."""
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="data", check_every=10,
+                          max_rounds=15, tol=0.0, pool_size=256, lambda_u_attempts=2)
+    res = U.unlearn_gan(arch, gan.g_params, gan.d_params, retain_x=x[16:512], forget_x=x[:16],
+                        heldout_x=digits_splits.val.x, cfg=cfg)
+    assert [a["rounds"] for a in res.attempts] == [15, 15] and res.rounds == 30
+    assert [(h["attempt"], h["round"]) for h in res.history] == [
+        (0, 0), (0, 10), (0, 15), (1, 0), (1, 10), (1, 15)]

@@ -96,7 +96,9 @@ class UnlearnConfig:
         forgotten items, so a faster D stops the cascade sooner while G keeps the gentler
         ``lr`` that protects sample quality.
       check_every: rounds between two checks of the stop criteria (one on-device scan).
-      max_rounds: hard cap on the number of rounds of one attempt.
+      max_rounds: hard cap on the number of rounds of one attempt (when it is not a multiple
+        of ``check_every``, the attempt's last chunk runs only the rounds left: one more
+        compiled program).
       lambda_u_attempts: attempts in all; an attempt that ends at ``max_rounds`` without the
         criteria is followed by a fresh one from (G₀, D₀) with λ_u × ``lambda_u_growth``
         (1: a single cascade at ``lambda_u``).
@@ -739,8 +741,10 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
 
     sub_real = 1.0 if cfg.substitution == "data" else 0.0
     d_lr = cfg.lr if cfg.d_lr is None else cfg.d_lr
-    run = _compiled_rounds(arch, (cfg.lr, d_lr, cfg.beta1, cfg.lambda_s, cfg.lambda_a, sub_real,
-                                  cfg.batch_size, cfg.check_every))
+    recipe_key = (cfg.lr, d_lr, cfg.beta1, cfg.lambda_s, cfg.lambda_a, sub_real, cfg.batch_size)
+    # A chunk is check_every rounds, or the rounds left before max_rounds when fewer remain
+    # (max_rounds is a hard cap, not rounded up to a whole chunk).
+    chunk_of = lambda n: _compiled_rounds(arch, (*recipe_key, n))
     data = (_padded(retain_x), jnp.int32(len(retain_x)), _padded(forget_x),
             jnp.int32(len(forget_x)))
     key = jax.random.key(cfg.seed)
@@ -813,16 +817,18 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                 g0_flags.get(in_attempt))
         bank = SubstitutionBank(jnp.asarray(bank_codes), jnp.asarray(bank_targets),
                                 jnp.asarray(count, jnp.int32), *anchor)
-        state, m = run(state, data, bank, jnp.float32(y_f), jnp.float32(weight(attempt)), key)
+        n = min(cfg.check_every, cfg.max_rounds - in_attempt)
+        state, m = chunk_of(n)(state, data, bank, jnp.float32(y_f), jnp.float32(weight(attempt)),
+                               key)
         if not np.asarray(m["finite"]).all():
             raise NonFiniteError(f"non-finite loss or parameters during GAN unlearning near "
                                  f"round {rounds}; lower the learning rate, lambda_s or lambda_a")
-        rounds += cfg.check_every
-        in_attempt += cfg.check_every
+        rounds += n
+        in_attempt += n
         history[-1].update({k: float(np.mean(m[k])) for k in ("d_loss", "g_loss", "sub_loss")
                             + (("anchor_loss",) if cfg.lambda_a else ())})
         if bar is not None:
-            bar.update(cfg.check_every)
+            bar.update(n)
             bar.set_postfix(score_u=f"{score_u:.3f}", y_f=f"{y_f:.3f}",
                             share="-" if share is None else f"{share:.3f}")
     if bar is not None:
