@@ -311,16 +311,8 @@ def main(argv=None):
     results["ddim_steps"] = {n: single_sweep(num_steps=n) for n in DDIM_STEPS}
     results["guidance"] = {w: single_sweep(num_steps=a.sampler.num_steps, guidance=w)
                            for w in (0.0, 0.5, 1.0, 2.0)}
-    best = []
-    for g, s, *_ in origs:
-        p0 = P_.unflatten(starts[s], tmpl)
-        for r in singles:
-            pr = H.make_prompt(net, p0, splits.train, r)
-            q, _ = H.sample_best_of(jax.random.key(5000 + s), net, p0, pr, splits.train, 8,
-                                    a.sampler.num_steps, a.sampler.guidance)
-            m, _ = ev(P_.flatten(q)[None], [r], s)
-            best.append({"seed": s, "request": list(r), **m[0]})
-    results["best_of_8"] = best
+    results["best_of_8"] = best_of_rows(net, splits, ev, starts, origs, singles, a.sampler,
+                                        tmpl)
     print("sweeps done", flush=True)
 
     results["memorisation"] = memorisation(net, meta2, splits, ev, starts, origs, requests,
@@ -331,6 +323,36 @@ def main(argv=None):
     md = render(results)
     report.atomic_write(out / "report.md", md)
     print(md)
+
+
+def best_of_rows(net, splits, ev, starts, origs, singles, sampler, tmpl, k=8):
+    """Best-of-k [beyond] on the single-class requests, with the main tables' sampler (its
+    steps, method and guidance: the row compares selection, not another sampler)."""
+    best = []
+    for g, s, *_ in origs:
+        p0 = P_.unflatten(starts[s], tmpl)
+        for r in singles:
+            pr = H.make_prompt(net, p0, splits.train, r)
+            q, _ = H.sample_best_of(jax.random.key(5000 + s), net, p0, pr, splits.train, k,
+                                    sampler.num_steps, sampler.guidance, sampler.method)
+            m, _ = ev(P_.flatten(q)[None], [r], s)
+            best.append({"seed": s, "request": list(r), **m[0]})
+    return best
+
+
+def memo_samples(net, splits, starts, origs, singles, sampler, tmpl):
+    """One sample per (original, single-class request) for the memorisation check, with the
+    main tables' sampler. Returns (flat samples, their requests)."""
+    samp = {k: getattr(sampler, k) for k in ("num_steps", "method", "guidance")}
+    flats, cls = [], []
+    for g, s, *_ in origs:
+        p0 = P_.unflatten(starts[s], tmpl)
+        for r in singles:
+            pr = H.make_prompt(net, p0, splits.train, r)
+            flats.append(np.asarray(P_.flatten(H.sample(jax.random.key(6000 + s), net, p0, pr,
+                                                        **samp))))
+            cls.append(r)
+    return flats, cls
 
 
 def memorisation(net, meta, splits, ev, starts, origs, requests, a, tmpl):
@@ -351,14 +373,8 @@ def memorisation(net, meta, splits, ev, starts, origs, requests, a, tmpl):
     idx = C.span_index(arch, C.trained_span(arch, ccfg.unlearn_layers))
     bank = np.concatenate([arrays["trajectory"], arrays["originals"][:, idx]])
     # Sample changes of the single-class requests, 1 per (original, request).
-    flats, cls, ras = [], [], []
-    for g, s, *_ in origs:
-        p0 = P_.unflatten(starts[s], tmpl)
-        for r in requests[:arch.num_classes]:
-            pr = H.make_prompt(net, p0, splits.train, r)
-            f = np.asarray(P_.flatten(H.sample(jax.random.key(6000 + s), net, p0, pr)))
-            flats.append(f)
-            cls.append(r)
+    flats, cls = memo_samples(net, splits, starts, origs, requests[:arch.num_classes],
+                              a.sampler, tmpl)
     m, pred = ev(np.stack(flats), cls, mia=False)
     s_ra = float(np.mean([v["retain_acc"] for v in m]))
 

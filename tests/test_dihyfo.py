@@ -5,6 +5,7 @@ requests it was not trained for fail clearly, save/load round-trips, training re
 CLI samples."""
 
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +14,8 @@ import pytest
 
 from hyperforget_jax import cli, xla
 from hyperforget_jax import params as P_
-from hyperforget_jax.errors import ArchitectureError, ConfigError, ForgetRequestError
+from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError,
+                                   ForgetRequestError)
 from hyperforget_jax.hyperforget import corpus as C
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import diffusion as D
@@ -60,6 +62,22 @@ def test_pairs_start_at_their_own_original(setup):
     assert spec.trained_classes == (0, 1, 4, 5) and spec.weights.diffused == [2, 3]
     assert {n for n, *_ in spec.default_targets} == {1, 2}
     assert len(hist["loss"]) == 1 and np.isfinite(hist["loss"][0])
+
+
+def test_incomplete_corpus_is_refused(setup, tmp_path):
+    """A corpus build killed before its last fleet reads as a smaller corpus; training on it
+    silently dropped the held-out test runs (the last seeds) and recorded the full config."""
+    out, *_ = setup
+    part = tmp_path / "partial"
+    shutil.copytree(out, part)
+    index = json.loads((part / "index.json").read_text())
+    index["config"]["num_seeds"] += 3          # a second fleet (seeds 3..5) not built yet
+    (part / "index.json").write_text(json.dumps(index))
+    corpus = C.Corpus(part)
+    assert corpus.missing_seeds == [3, 4, 5]
+    with pytest.raises(CheckpointError, match="incomplete"):
+        H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN)
+    assert C.Corpus(out).missing_seeds == []
 
 
 def test_sample_returns_params_vmaps_and_is_generative(setup, digits_splits):

@@ -137,3 +137,39 @@ def test_shipped_corpus_recipe_and_eval_originals_flag():
     for bad in ("40:1e-3", "x:1e-3:20", "100000:1e-3:20", "4:0:20"):
         with pytest.raises(argparse.ArgumentTypeError, match="SEED:LR:EPOCHS|seed"):
             ev.parse_originals(bad)
+
+
+def test_eval_best_of_and_memorisation_use_the_main_sampler(monkeypatch, digits_splits):
+    """hyperforget_eval's best-of-k row and memorisation samples take the main tables' sampler
+    (--num-steps/--method/--guidance): best-of-k silently ran DDIM under --method ddpm, and
+    the memorisation samples ignored all three flags."""
+    import importlib.util
+
+    from hyperforget_jax.hyperforget.sampling import SampleConfig
+    from hyperforget_jax.models import make_architecture
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "hyperforget_eval.py"
+    spec = importlib.util.spec_from_file_location("hyperforget_eval_for_sampler", path)
+    ev_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev_mod)
+    tmpl = make_architecture("gpt_mlp", (28, 28, 1), 10).param_shapes()
+    start = np.zeros(P_.param_count(tmpl), np.float32)
+    seen = []
+    monkeypatch.setattr(ev_mod.H, "make_prompt", lambda *a, **k: "prompt")
+
+    def fake_best_of(key, net, p0, pr, tr, k, num_steps=20, guidance=0.0, method="ddim"):
+        seen.append(("best_of", num_steps, method, guidance))
+        return p0, {}
+
+    def fake_sample(key, net, p0, pr, num_steps=20, method="ddim", guidance=0.0):
+        seen.append(("sample", num_steps, method, guidance))
+        return p0
+
+    monkeypatch.setattr(ev_mod.H, "sample_best_of", fake_best_of)
+    monkeypatch.setattr(ev_mod.H, "sample", fake_sample)
+    sampler = SampleConfig(num_steps=7, method="ddpm", guidance=0.5)
+    fake_ev = lambda flats, reqs, seed=0, mia=True: ([{"retain_acc": 1.0}] * len(reqs), None)
+    origs = [("default", 0, 1e-3, 20)]
+    ev_mod.best_of_rows(None, digits_splits, fake_ev, {0: start}, origs, [(3,)], sampler, tmpl)
+    ev_mod.memo_samples(None, digits_splits, {0: start}, origs, [(3,)], sampler, tmpl)
+    assert seen == [("best_of", 7, "ddpm", 0.5), ("sample", 7, "ddpm", 0.5)]

@@ -560,6 +560,7 @@ class Corpus:
         ``original_metrics`` (S, 6K).
       rows: int32 (N, 4): original (global row of ``originals``), request, step, seed.
       metrics: float32 (N, 6K) per-class metrics of every trajectory checkpoint.
+      missing_seeds: seeds of the config whose shard is not built yet (empty when complete).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -590,6 +591,15 @@ class Corpus:
         self.trajectory = np.concatenate(traj)
         self.rows = np.concatenate(rows)
         self.metrics = np.concatenate(mets)
+        # Seeds the config asks for that no completed shard holds (a build interrupted before
+        # its last shard): such a corpus reads fine, but it lacks the held-out test runs (the
+        # last seeds) and part of the training runs, so it must not train a hypernetwork.
+        cfg = self.index.get("config", {})
+        try:
+            want = range(int(cfg["first_seed"]), int(cfg["first_seed"]) + int(cfg["num_seeds"]))
+        except (KeyError, TypeError, ValueError):
+            want = range(0)
+        self.missing_seeds = sorted(set(want) - set(self.original_seeds.tolist()))
 
     def __len__(self) -> int:
         return len(self.rows)

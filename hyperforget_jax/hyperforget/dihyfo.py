@@ -196,6 +196,15 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
     if variant == "dihyfo2" and forget_class is not None:
         raise ConfigError("DiHyFo-2 serves every class and takes no forget class; drop "
                           "--forget-class, or use --variant dihyfo1 for a one-class network")
+    missing = getattr(corpus, "missing_seeds", [])
+    if missing:
+        # An interrupted build reads as a smaller corpus: training on it would silently drop
+        # the held-out test runs (the last seeds) and record the full corpus's config.
+        raise CheckpointError(
+            f"corpus {corpus.path} is incomplete: {len(missing)} of its "
+            f"{len(missing) + len(corpus.originals)} originals (seeds {missing[0]}..{missing[-1]}) "
+            f"are not built yet, the held-out test runs among them; finish it with "
+            f"`hyperforget corpus --out {corpus.path}` (same flags) before training")
     denoiser = denoiser or DN.DenoiserConfig()
     cfg = config or DN.HyperTrainConfig()
     src = pair_source(corpus, variant, forget_class)
