@@ -1,15 +1,19 @@
 """Hardware efficiency of the fleet training step: achieved GFLOP/s against the matmul peak.
 
 The fleet step is ``jax.jit(jax.vmap(train.make_train_step(...)), donate_argnums=0)`` on N
-``mlp`` classifiers (784→256→256→10), each with its own batch, AdamW — the step ``fit_fleet``
-runs. FLOPs come from XLA's cost analysis of the compiled library step (forward + backward +
+``mlp`` classifiers (784→256→256→10), each with its own batch, plain AdamW behind
+``make_train_step``'s explicit guard — the step ``fit_fleet`` ran until 05ee135. ``fit_fleet``
+now runs ``make_train_step(..., guard=False)`` with ``skip_nonfinite(adamw)``; only the
+``library scan (fit_fleet)`` row times that (and its GFLOP/s use the per-call step's count).
+FLOPs come from XLA's cost analysis of the compiled library step (forward + backward +
 AdamW; the same count is used for every variant, so GFLOP/s is the rate of *useful* work). The
 peak is ``jnp.dot`` on two 2048×2048 float32 matrices, timed **interleaved with the steps** (every
 repeat runs the matmul and each variant once, in turn), so load from other processes on a shared
 machine hits peak and step alike and the fraction stays meaningful.
 
 Variants (all donate the state unless said otherwise):
-  * ``library``: the step as ``fit_fleet`` compiles it (NaN guard on the new parameters);
+  * ``library``: ``make_train_step`` with its explicit guard (NaN guard on the new
+    parameters), per call; ``fit_fleet``'s per-step program until 05ee135, not since;
   * ``library scan (fit_fleet)``: the same step inside ``fit_fleet``'s compiled epoch
     (``lax.scan`` over the steps, vmapped over models, batches gathered on device);
   * ``library, no donation``: the same without ``donate_argnums`` (fresh output buffers);

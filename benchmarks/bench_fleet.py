@@ -4,8 +4,11 @@ For N in (1, 8, 32, 128) models of ``gpt_mlp`` (784→10→10, G.pt's MNIST MLP,
 corpus network) and ``mlp`` (784→256→256→10), each model with its own batch of 128 real
 MNIST-5k images, the classifier training step of ``hyperforget_jax.train``:
 
-  * ``jax vmap``: ``jax.jit(jax.vmap(make_train_step(...)), donate_argnums=0)``, the step
-    ``fit_fleet`` runs (one call per fleet step);
+  * ``jax vmap``: ``jax.jit(jax.vmap(make_train_step(...)), donate_argnums=0)`` with plain
+    AdamW and ``make_train_step``'s explicit guard (one call per fleet step). This was
+    ``fit_fleet``'s step until 05ee135; ``fit_fleet`` now runs ``make_train_step(...,
+    guard=False)`` with ``skip_nonfinite(adamw)`` (``train.make_optimizer``), which only the
+    ``scan (fit_fleet)`` row times;
   * ``jax vmap scan (fit_fleet)``: the same vmapped step as ``fit_fleet`` compiles it: the
     block's steps under one ``lax.scan``, batches gathered on device (one dispatch per block);
   * ``jax vmap, shared batch``: the vmapped step with one batch shared by all models

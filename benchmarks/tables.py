@@ -15,13 +15,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import common  # noqa: E402
 
 TABLES = {
-    "gradtau_vs_torch": ["model", "impl", "steps/s", "ms/step", "vs torch eager",
-                         "vs best torch"],
+    "gradtau_vs_torch": ["model", "impl", "ascent on", "steps/s", "ms/step", "GFLOP/s",
+                         "% of matmul peak", "vs torch eager", "vs best torch"],
     "fleet": ["model", "N", "impl", "models·steps/s", "vs jax loop", "state KiB/model",
               "XLA temp KiB/model"],
     "efficiency": ["N", "batch", "variant", "ms/step", "models·steps/s", "GFLOP/s",
                    "% of peak", "peak GFLOP/s", "vs library"],
-    "end_to_end": ["method", "steps", "second call s", "speed-up vs retrain", "first call s",
+    "end_to_end": ["method", "steps", "second call s", "speed-up vs retrain",
+                   "retrain reference", "first call s",
                    "compile s", "XLA compile s", "compiles 1st", "recompiles 2nd"],
     "hyperforget_sampling": ["contender", "requests", "ms", "ms per request", "vs one sample",
                              "vs sample_many N=1", "MFLOP per denoiser call", "GFLOP/s",
@@ -29,6 +30,8 @@ TABLES = {
     "conv_layers": ["layer", "input", "kernel", "path", "lax ms", "library ms", "speed-up",
                     "max rel. diff"],
 }
+UNLEARN_COLUMNS = ["model", "path", "impl", "steps", "ascent on", "steps/s", "ms/step", "ms/call",
+                   "vs torch eager"]
 
 
 def main() -> None:
@@ -41,8 +44,10 @@ def main() -> None:
         m = d["machine"]
         print(f"### {name} — `{d['command']}` at {d['timestamp']} "
               f"({m['cpu']}, {m['cores']} cores, jax {m['jax']}, torch {m['torch']})\n")
+        if d.get("unlearn_rows"):   # gradtau_vs_torch's §1 table (the headline ratios)
+            print(common.markdown_table(d["unlearn_rows"], UNLEARN_COLUMNS) + "\n")
         print(common.markdown_table(d["rows"], cols))
-        for key in ("equivalence", "memory"):
+        for key in ("equivalence", "memory", "jax_over_torch_eager"):
             if key in d:
                 print(f"\n{key}: `{json.dumps(d[key], default=float)}`")
         print()
