@@ -72,7 +72,7 @@ def install(work: Path) -> dict[str, dict[str, str]]:
 
 
 def main(argv=None):
-    ap = cli.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work", default="runs/pretrained")
     ap.add_argument("--no-install", action="store_true",
                     help="train only; do not touch the package")

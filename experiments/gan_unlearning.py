@@ -1,6 +1,6 @@
 """GAN unlearning on MNIST-5k: class unlearning of a few classes and item unlearning (64 images by
-default) × fake label, beside the Original and Retrain, several seeds, mean ± std (METHODS.md
-§3, docs/gan.md).
+default) × fake label, beside the Original and Retrain, several seeds, mean ± std
+(docs/gan.md).
 
 Command (from the repository root)::
 
@@ -152,7 +152,7 @@ def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[
 
 
 def main(argv=None) -> dict:
-    ap = ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/gan_unlearning")
     ap.add_argument("--grids-dir", default=None, help="also copy the sample grids here")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")

@@ -1,4 +1,4 @@
-"""HyperForget evaluation (issue 13, METHODS.md §2 and §4): the shipped DiHyFo-2 (and DiHyFo-1)
+"""HyperForget evaluation (issue 13; docs/hyperforget.md): the shipped DiHyFo-2 (and DiHyFo-1)
 on original networks no corpus ever contained, beside Retrain of the same seed and recipe.
 
     PYTHONPATH=. python experiments/hyperforget_eval.py --out runs/hf_eval
@@ -74,7 +74,7 @@ def parse_originals(text: str) -> list[tuple[str, int, float, int]]:
 
 
 def parse(argv=None):
-    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/hf_eval")
     p.add_argument("--hypernet", default="pretrained", help="DiHyFo-2 (file, dir, pretrained)")
     p.add_argument("--dihyfo1", default="pretrained:dihyfo1-c3-gpt_mlp-mnist5k",

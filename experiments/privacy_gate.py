@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol-mia", type=float, default=0.05,
                    help="max |mia_loss_lr(method) − mia_loss_lr(Retrain)| (default 0.05)")
     p.add_argument("--tol-ulira", type=float, default=0.10,
-                   help="max U-LiRA accuracy above the Retrain noise floor (default 0.10)")
+                   help="max |U-LiRA accuracy(method) − the Retrain noise floor's|, either "
+                        "side (default 0.10)")
     p.add_argument("--recheck", metavar="GATE_JSON", default=None,
                    help="re-apply the tolerances to the numbers of an earlier gate.json "
                         "(no training); writes the new verdict to --out")

@@ -458,10 +458,16 @@ def add_config_namespace(parser: argparse.ArgumentParser, name: str,
     dests = {}
     docs_cache: dict[type, dict[str, str]] = {}
     for field, users in by_field.items():
-        doc = ""
-        for _, cls, _f in users:
+        # The same field may mean different things per key (``lr``: AdamW for gradtau, SGD for
+        # the baselines): each distinct text is shown with the keys it documents.
+        texts: dict[str, list[str]] = {}
+        for key, cls, _f in users:
             docs_cache.setdefault(cls, field_docs(cls))
-            doc = doc or docs_cache[cls].get(field, "")
+            text = docs_cache[cls].get(field, "")
+            if text:
+                texts.setdefault(text, []).append(key)
+        doc = (next(iter(texts), "") if len(texts) <= 1 else
+               " ".join(f"{', '.join(keys)}: {text}" for text, keys in texts.items()))
         tp = _hints(users[0][1]).get(field, Any)
         used = ", ".join(f"{k} {_fmt_default(_default(f))}" for k, _, f in users)
         help_text = f"{doc} [{_type_name(tp)}; default by {key_name}: {used}]".strip()
