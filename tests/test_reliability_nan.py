@@ -13,7 +13,7 @@ import pytest
 
 from hyperforget_jax import data, models, train
 from hyperforget_jax.checkpoint import Checkpointer
-from hyperforget_jax.errors import DataError, NonFiniteError
+from hyperforget_jax.errors import CheckpointError, DataError, NonFiniteError
 
 CFG = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=0.01)
 
@@ -47,24 +47,30 @@ def _assert_clean(ckpt_dir, template, steps):
 
 
 def test_nan_in_data_mid_run_names_the_step_and_keeps_checkpoints(arch, digits_splits, tmp_path):
-    """Epoch 1 runs clean and is checkpointed; a NaN then appears in one training image; the
-    resumed run stops at exactly the first step whose batch holds that image."""
+    """A NaN in one training image that epoch 0 leaves out (its last partial batch is dropped)
+    and epoch 1 uses: epoch 0 runs clean and is checkpointed, and the run stops at exactly the
+    first step of epoch 1 whose batch holds that image, leaving epoch 0's checkpoint intact."""
     ds = digits_splits.train
-    ckpt_dir = tmp_path / "ckpt"
-    one = dataclasses.replace(CFG, epochs=1)
-    with Checkpointer(ckpt_dir, max_to_keep=2) as ck:
-        state1, _ = train.fit(arch, ds, one, checkpointer=ck)
-    bad_sample = int(data.batch_indices(CFG.seed, 1, len(ds), CFG.batch_size)[3, 5])
+    idx0, idx1 = (data.batch_indices(CFG.seed, e, len(ds), CFG.batch_size) for e in (0, 1))
+    bad_sample = int(np.setdiff1d(idx1, idx0)[0])
     want = _first_step_using(bad_sample, len(ds), CFG, epoch=1)
+    ckpt_dir = tmp_path / "ckpt"
     with Checkpointer(ckpt_dir, max_to_keep=2) as ck:
         with pytest.raises(NonFiniteError, match=rf"at step {want} \(epoch 1, batch "):
             train.fit(arch, _with_nan_sample(ds, bad_sample), CFG, checkpointer=ck)
     template = train.init_state(arch, train.make_optimizer(CFG), jax.random.key(0))
     _assert_clean(ckpt_dir, template, [1])
+    state1, _ = train.fit(arch, ds, dataclasses.replace(CFG, epochs=1))
     with Checkpointer(ckpt_dir) as ck:
         restored, _ = ck.restore(template)
     assert all(np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(restored.params), jax.tree.leaves(state1.params)))
+    # Resuming that checkpoint on data that changed since (here: the NaN appearing between
+    # two runs) is refused as other data; the checkpoint stays as it was.
+    with Checkpointer(ckpt_dir, max_to_keep=2) as ck:
+        with pytest.raises(CheckpointError, match="other data"):
+            train.fit(arch, _with_nan_sample(ds, int(idx0[0, 0])), CFG, checkpointer=ck)
+    _assert_clean(ckpt_dir, template, [1])
 
 
 def test_overflowing_loss_stops_at_step_zero(arch, digits_splits, tmp_path):
