@@ -155,3 +155,28 @@ def jsonable_meta(meta: dict | None, where: Path) -> dict:
         raise CheckpointError(f"meta for {where} is not JSON-serialisable ({e}); convert it to "
                               "str/int/float/bool/list/dict (e.g. dataclasses.asdict(config))"
                               ) from e
+
+
+def refuse_another_run(where: Path, stored: dict, config: dict, data_id: str | None,
+                       start: int, epochs: int, *, config_key: str, data_key: str,
+                       what: str, config_name: str) -> None:
+    """Raises :class:`CheckpointError` unless a checkpoint's meta ``stored`` (with ``start``
+    epochs done) belongs to the run about to resume it: the same recipe ``config`` (a
+    ``to_json()``; more ``epochs`` may resume), the same ``data_id`` and no more epochs done
+    than asked for. Fields a run stored before they existed are not compared, so older
+    checkpoints still resume. ``what`` names the model ("a model", "a GAN")."""
+    now = json.loads(json.dumps(config))           # tuples compare equal to stored lists
+    was = stored.get(config_key) or {}
+    differ = [k for k in was if k != "epochs" and k in now and was[k] != now[k]]
+    if differ:
+        raise CheckpointError(f"{where} holds {what} trained with another recipe (its "
+                              f"{differ[0]} is {was[differ[0]]!r}, this config's "
+                              f"{now[differ[0]]!r}); use another checkpoint directory or the "
+                              f"same {config_name}")
+    if stored.get(data_key, data_id) != data_id:
+        raise CheckpointError(f"{where} holds {what} trained on other data; use another "
+                              "checkpoint directory or the same training set")
+    if start > epochs:
+        raise CheckpointError(f"{where} holds {what} trained for {start} epochs, more than the "
+                              f"{epochs} asked for; ask for >= {start} epochs or use another "
+                              "directory")

@@ -11,7 +11,6 @@ values.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Callable, Iterable
 
 import jax
@@ -21,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import xla
 from hyperforget_jax.data import Dataset, batch_indices
-from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from hyperforget_jax.checkpoint_checks import refuse_another_run
+from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.rundir import data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
@@ -164,7 +164,9 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
-        _check_resume(checkpointer, stored, cfg, data_id, start)
+        refuse_another_run(checkpointer.directory, stored, cfg.to_json(), data_id, start,
+                           cfg.epochs, config_key="train_config", data_key="train_data",
+                           what="a model", config_name="TrainConfig")
     run = _fit_epoch(model, False, False, mesh)
     state = _put(state, mesh)
     x, y = _put((train.x, train.y), mesh)
@@ -186,31 +188,6 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
                                                  "train_config": cfg.to_json(),
                                                  "train_data": data_id})
     return state, history
-
-
-def _check_resume(checkpointer, stored: dict, cfg: TrainConfig, data_id: str,
-                  start: int) -> None:
-    """Refuses to resume a checkpoint of another run: another recipe (more epochs resume),
-    other training data, or more epochs done than ``cfg`` asks for (the longer-trained state
-    would be returned as this recipe's). Fields a run stored before they existed are not
-    compared, so older checkpoints still resume (the ``train_config`` / ``train_data`` meta
-    that :func:`fit` writes; :class:`~hyperforget_jax.checkpoint.Checkpointer`'s
-    ``identity=`` guards a whole run directory)."""
-    now = json.loads(json.dumps(cfg.to_json()))
-    was = stored.get("train_config") or {}
-    differ = [k for k in was if k != "epochs" and k in now and was[k] != now[k]]
-    if differ:
-        raise CheckpointError(f"{checkpointer.directory} holds a model trained with another "
-                              f"recipe (its {differ[0]} is {was[differ[0]]!r}, this config's "
-                              f"{now[differ[0]]!r}); use another checkpoint directory or the "
-                              "same TrainConfig")
-    if stored.get("train_data", data_id) != data_id:
-        raise CheckpointError(f"{checkpointer.directory} holds a model trained on other data; "
-                              "use another checkpoint directory or the same training set")
-    if start > cfg.epochs:
-        raise CheckpointError(f"{checkpointer.directory} holds a model trained for {start} "
-                              f"epochs, more than the {cfg.epochs} asked for; ask for >= "
-                              f"{start} epochs or use another directory")
 
 
 def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],

@@ -730,7 +730,7 @@ def test_resumes_never_continue_another_run(ctx, tmp_path):
         jax.tree.map(np.testing.assert_array_equal, again.g_params, state.g_params)
         with pytest.raises(CheckpointError, match="another recipe .* lr is 0.001"):
             train_gan(ctx.train, dataclasses.replace(cfg, lr=5e-4), checkpointer=ck)
-        with pytest.raises(CheckpointError, match="trained on other images"):
+        with pytest.raises(CheckpointError, match="trained on other data"):
             train_gan(ctx.train.replace(x=ctx.train.x[::-1].copy()), cfg, checkpointer=ck)
 
     x = ctx.train.x

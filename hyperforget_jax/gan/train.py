@@ -15,7 +15,6 @@ the same batches as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -26,7 +25,8 @@ import optax
 
 from hyperforget_jax import xla
 from hyperforget_jax.data import Dataset, batch_indices
-from hyperforget_jax.errors import CheckpointError, ConfigError, DataError
+from hyperforget_jax.checkpoint_checks import refuse_another_run
+from hyperforget_jax.errors import ConfigError, DataError
 from hyperforget_jax.gan.models import (GAN_ARCHS, MIXTURE_COMPONENTS, MIXTURE_SIGMA, GANArch,
                                         check_latent_prior, make_gan_arch)
 from hyperforget_jax.metrics import chunked_apply
@@ -255,22 +255,9 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
-        # Another recipe is refused (more epochs resume). Fields a run stored before they
-        # existed are not compared, so older runs still resume.
-        now, was = json.loads(json.dumps(cfg.to_json())), stored.get("gan_config") or {}
-        differ = [k for k in was if k != "epochs" and k in now and was[k] != now[k]]
-        if differ:
-            raise CheckpointError(f"{checkpointer.directory} holds a GAN trained with another "
-                                  f"recipe (its {differ[0]} is {was[differ[0]]!r}, this "
-                                  f"config's {now[differ[0]]!r}); use another checkpoint "
-                                  "directory or the same GANConfig")
-        if stored.get("gan_data", data_id) != data_id:
-            raise CheckpointError(f"{checkpointer.directory} holds a GAN trained on other "
-                                  "images; use another checkpoint directory or the same data")
-        if start > cfg.epochs:
-            raise CheckpointError(f"{checkpointer.directory} holds a GAN trained for {start} "
-                                  f"epochs, more than the {cfg.epochs} asked for; ask for "
-                                  f">= {start} epochs or use another directory")
+        refuse_another_run(checkpointer.directory, stored, cfg.to_json(), data_id, start,
+                           cfg.epochs, config_key="gan_config", data_key="gan_data",
+                           what="a GAN", config_name="GANConfig")
     run = compiled_epoch(arch, cfg.lr, cfg.beta1, cfg.batch_size, cfg.g_lr)
     x = jnp.asarray(train.x)
     history: list[dict] = []
