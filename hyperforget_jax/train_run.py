@@ -19,8 +19,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import xla
-from hyperforget_jax.data import Dataset, batch_indices
 from hyperforget_jax.checkpoint_checks import refuse_another_run
+from hyperforget_jax.data import Dataset, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.rundir import data_fingerprint
