@@ -105,3 +105,21 @@ def test_shadow_sweep_equals_the_loop(digits_splits):
     swept = ulira.unlearn_shadows_sweep(sh, "gradtau", arch, digits_splits.train,
                                         digits_splits.val, gcfg)
     assert_trees_close(swept, loop, atol=1e-4)
+
+
+def test_pooled_sigma_is_unbiased():
+    # Known σ = 1 (unlearned) and 3 (retrained) around per-example means; 8 shadows, each
+    # targeting half the examples (as train_shadows). Each example's mean uses ~4 shadows, so
+    # the residuals lose one degree of freedom per example: dividing by their count gave
+    # σ ≈ 0.86 / 2.6 instead of 1 / 3.
+    rng = np.random.default_rng(0)
+    S, n = 8, 4000
+    mu_u = rng.normal(0, 2, n)
+    mu_r = mu_u + 1.0
+    tgt = np.zeros((S, n), bool)
+    for s in range(S):
+        tgt[s, rng.permutation(n)[: n // 2]] = True
+    out = ulira.ulira_test(mu_u + rng.normal(0, 1, (S, n)), mu_r + rng.normal(0, 3, (S, n)),
+                           tgt, mu_u + rng.normal(0, 1, n), mu_r + rng.normal(0, 3, n))
+    assert out["sigma_unlearned"] == pytest.approx(1.0, rel=0.03)
+    assert out["sigma_retrained"] == pytest.approx(3.0, rel=0.03)
