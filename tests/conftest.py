@@ -155,14 +155,15 @@ def tiny_hyperspec(arch, variant="dihyfo2", forget_class=None):
                        scalar_std=(1.0,) * n, default_targets=((1, 5.0, 0.0),))
 
 
-def save_zero_hypernet(path, spec) -> None:
-    """Saves a hypernetwork of ``spec`` with zero weights, as ``hyperforget hypertrain`` would."""
+def save_zero_hypernet(path, spec, meta=None) -> None:
+    """Saves a hypernetwork of ``spec`` with zero weights, as ``hyperforget hypertrain`` would
+    (``meta``: what it records, e.g. its corpus's data)."""
     from hyperforget_jax.hyperforget import denoiser as DN
     from hyperforget_jax.hyperforget import dihyfo as H
 
     shapes = DN.param_shapes(spec.model())
     H.save_hypernet(path, H.Hypernet(spec, jax.tree.map(lambda l: np.zeros(l.shape, l.dtype),
-                                                        shapes)))
+                                                        shapes)), meta)
 
 
 class CompileCounter:

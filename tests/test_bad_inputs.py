@@ -104,6 +104,10 @@ def _hypernets(c) -> None:
     c.hyper = {variant: H.Hypernet(tiny_hyperspec(c.arch, variant, fc), None)
                for variant, fc in (("dihyfo1", 3), ("dihyfo2", None))}
     save_zero_hypernet(c.root / "dihyfo1", c.hyper["dihyfo1"].spec)
+    from hyperforget_jax import rundir
+    save_zero_hypernet(c.root / "dihyfo1_digits", c.hyper["dihyfo1"].spec, {
+        "dataset": "digits", "split_seed": 0,
+        "identity": {"data": rundir.data_fingerprint(c.splits)}})
 
 
 def _hyper_call(fn_name, *args, **kw):
@@ -578,6 +582,15 @@ CLI_CASES = [
     ("cli-sample-wrong-dataset", lambda c, o: [
         "sample", "--hypernet", str(c.root / "dihyfo1"), "--run-dir", str(c.run),
         "--forget-class", "3", "--out", o], "--dataset the model was trained on"),
+    # A hypernetwork's prompts are read against its corpus's data: other data was accepted.
+    ("cli-sample-other-split-than-the-corpus", lambda c, o: [
+        "sample", "--hypernet", str(c.root / "dihyfo1_digits"), "--run-dir", str(c.run),
+        *DIGITS, "--split-seed", "1", "--forget-class", "3", "--out", o],
+     "hypernetwork's corpus"),
+    ("cli-sample-pretrained-on-another-split", lambda c, o: [
+        "sample", "--hypernet", "pretrained", "--run-dir", str(c.run), "--split-seed", "2",
+        "--forget-class", "3", "--out", o], "hypernetwork's corpus in pretrained was trained "
+                                            "with --split-seed 0"),
     ("cli-unlearn-wrong-dataset", lambda c, o: [
         "unlearn", "--method", "gradtau", "--run-dir", str(c.run), "--forget-class", "3",
         "--out", o, "--no-retrain", "--quiet"], "--dataset the model was trained on"),

@@ -82,8 +82,13 @@ def cmd_hypertrain(args) -> int:
         net, hist = H.train_hypernet(corpus, args.variant, args.forget_class, den, cfg,
                                      checkpoint_dir=run.path / "train_state",
                                      progress=common.progress(args))
+        # The corpus's data, so `sample` can refuse other data (common.check_same_data).
+        built_on = {"dataset": corpus.index.get("dataset"),
+                    "split_seed": corpus.index.get("split_seed"),
+                    "identity": {"data": corpus.index.get("data_fingerprint")}}
         path = H.save_hypernet(run.path, net, {"corpus": str(corpus.path), "history": hist,
-                                               "corpus_config": corpus.index["config"]})
+                                               "corpus_config": corpus.index["config"],
+                                               **built_on})
         report.write_json(run.path / "history.json", hist)
     common.emit(args, {"variant": args.variant, "steps": cfg.steps, "history": hist,
                        "hypernet": str(path)},
@@ -135,6 +140,9 @@ def cmd_sample(args) -> int:
     H.check_request(net.spec, classes)
     splits = common.load_splits(args)
     net.spec.arch.check_inputs(splits.train.x, f"dataset {args.dataset!r}")
+    # Prompts are the start network's losses on this data, read against the corpus's
+    # statistics: data other than the corpus's gives prompts the network never saw.
+    common.check_same_data(meta, args, splits, args.hypernet, "hypernetwork's corpus")
     params, start = _start_network(args, net)
     prompt = H.make_prompt(net, params, splits.train, classes, ft, rt)
     request = data.ForgetRequest(classes=classes)

@@ -186,4 +186,4 @@ def load_pretrained(name: str | None = None) -> tuple[Hypernet, dict]:
                               f"(SHA-256 {got[:12]}…, expected {entry['sha256'][:12]}…); "
                               "reinstall hyperforget_jax")
     net, meta = from_bytes(raw, str(f))
-    return net, {**meta, "pretrained_name": name, "sha256": got}
+    return net, {**PT.BUILT_ON, **meta, "pretrained_name": name, "sha256": got}

@@ -5,6 +5,9 @@ rebuilt from scratch with the commands in the README ("HyperForget" section).
 """
 
 DEFAULT = "dihyfo2-gpt_mlp-mnist5k"
+#: The data the shipped files' corpus was built on (``experiments/build_pretrained.py``: the
+#: CLI defaults); files built since 2026-12-05 record it in their own meta.
+BUILT_ON = {"dataset": "mnist5k", "split_seed": 0}
 PRETRAINED: dict[str, dict[str, str]] = {
     "dihyfo2-gpt_mlp-mnist5k": {
         "file": "dihyfo2_gpt_mlp_mnist5k.npz",
