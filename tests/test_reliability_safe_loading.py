@@ -120,7 +120,8 @@ def _fake_corpus(path: Path, arch) -> None:
               "metrics": np.zeros((2, k6), np.float32)}
     for name, a in arrays.items():
         np.save(shard / f"{name}.npy", a, allow_pickle=False)
-    index = {"format": C.FORMAT, "config": {}, "architecture": arch.to_json(),
+    index = {"format": C.FORMAT, "config": {"first_seed": 0, "num_seeds": 1},
+             "architecture": arch.to_json(),
              "requests": [[0]], "trained_tensors": [2, 3],
              "class_counts": {s: [1] * 10 for s in ("train", "val", "test")},
              "test_seeds": [], "shards": {"00000": {"dir": "shard_00000", "done": True,

@@ -57,9 +57,6 @@ def add_judge_flags(parser) -> Callable[[argparse.Namespace], dict]:
                                      args.judge_anneal)
 
 
-_DEFAULT_JUDGE = judge_recipe(JUDGE, JUDGE_AUGMENT, JUDGE_ANNEAL)
-
-
 def _add_judge_from(parser) -> None:
     parser.add_argument("--judge-from", nargs="+", default=[], metavar="DIR",
                         help="reuse the judge stored by an earlier `gan unlearn` / `gan "
@@ -157,8 +154,9 @@ def cmd_unlearn(args) -> int:
     # Unset options take the recipe of the request's kind (docs/gan.md).
     cfg = args._unlearn_flags.build(args, base=default_recipe(request.classes is not None))
     # Class requests flag codes with the judge (item requests need none).
-    recipe = args._judge(args) if request.classes is not None else None
-    if recipe is None and (args.judge_from or args._judge(args) != _DEFAULT_JUDGE):
+    judge_flags = args._judge(args)
+    recipe = judge_flags if request.classes is not None else None
+    if recipe is None and (args.judge_from or judge_flags != judge_recipe()):
         raise ConfigError("--judge* flags apply to class requests only (an item request's "
                           "cascade uses no judge); drop them, or give --forget-class")
     data_id = common.data_identity(args, splits)

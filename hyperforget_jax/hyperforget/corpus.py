@@ -594,11 +594,8 @@ class Corpus:
         # Seeds the config asks for that no completed shard holds (a build interrupted before
         # its last shard): such a corpus reads fine, but it lacks the held-out test runs (the
         # last seeds) and part of the training runs, so it must not train a hypernetwork.
-        cfg = self.index.get("config", {})
-        try:
-            want = range(int(cfg["first_seed"]), int(cfg["first_seed"]) + int(cfg["num_seeds"]))
-        except (KeyError, TypeError, ValueError):
-            want = range(0)
+        cfg = self.index["config"]
+        want = range(cfg["first_seed"], cfg["first_seed"] + cfg["num_seeds"])
         self.missing_seeds = sorted(set(want) - set(self.original_seeds.tolist()))
 
     def __len__(self) -> int:

@@ -88,6 +88,8 @@ def read_index(path: Path) -> dict:
             raise _bad(path, key, f"must be a JSON {'object' if kind is dict else 'array'}")
     if not index["requests"] or not all(_int_list(r) and r for r in index["requests"]):
         raise _bad(path, "requests", "must be a non-empty list of lists of class ids")
+    if not _int_list([index["config"].get("first_seed"), index["config"].get("num_seeds")]):
+        raise _bad(path, "config.first_seed/num_seeds", "must be integers")
     if not _int_list(index["test_seeds"]) or not _int_list(index["trained_tensors"]):
         raise _bad(path, "test_seeds/trained_tensors", "must be lists of integers")
     for s in SPLITS:

@@ -196,7 +196,7 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
     if variant == "dihyfo2" and forget_class is not None:
         raise ConfigError("DiHyFo-2 serves every class and takes no forget class; drop "
                           "--forget-class, or use --variant dihyfo1 for a one-class network")
-    missing = getattr(corpus, "missing_seeds", [])
+    missing = corpus.missing_seeds
     if missing:
         # An interrupted build reads as a smaller corpus: training on it would silently drop
         # the held-out test runs (the last seeds) and record the full corpus's config.

@@ -72,11 +72,15 @@ def descent(loss_fn: Callable) -> Objective:
     return _stateless(lambda p, b: jnp.mean(loss_fn(p, b)))
 
 
+def _weighted_mean(values: jax.Array, w: jax.Array) -> jax.Array:
+    """Σ w·values / Σ w: a batch padded to a fixed width weighs its padding 0."""
+    return jnp.sum(w * values) / jnp.sum(w)
+
+
 def weighted_descent(loss_fn: Callable) -> Objective:
-    """Descent on the weighted mean loss of ``batch = (x, y, w)``: Σ w·loss / Σ w. A batch
-    padded to a fixed width carries weight 0 on its padding, so the padding does not count
-    (Random labels / SalUn: a forget set smaller than the batch)."""
-    return _stateless(lambda p, b: jnp.sum(b[2] * loss_fn(p, b[:2])) / jnp.sum(b[2]))
+    """Descent on the weighted mean loss of ``batch = (x, y, w)`` (:func:`_weighted_mean`:
+    Random labels / SalUn with a forget set smaller than the batch)."""
+    return _stateless(lambda p, b: _weighted_mean(loss_fn(p, b[:2]), b[2]))
 
 
 def neggrad(loss_fn: Callable) -> Objective:
@@ -136,8 +140,8 @@ def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformati
 
 def optimizer_for(method: str, hp: dict, mask: Params | None = None
                   ) -> optax.GradientTransformation:
-    """The published optimiser of ``method`` (values may be traced), SalUn's ``mask`` applied
-    to its updates (:func:`masked_updates`), all behind the NaN guard: the guard stays the
+    """The published optimiser of ``method`` (values may be traced), a ``mask`` (SalUn's: the
+    only method whose prepared member data holds one) applied to its updates (:func:`masked_updates`), all behind the NaN guard: the guard stays the
     outermost transformation, so its flag (``train.update_was_finite``) is read for SalUn too."""
     if method == "bad_teacher":
         tx = optax.adam(hp["lr"])
@@ -154,7 +158,7 @@ def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
     loss_fn = train.per_example_ce(apply_fn)
 
     def step(ts, hp, shared, member, row):
-        tx = optimizer_for(method, hp, member["mask"] if method == "salun" else None)
+        tx = optimizer_for(method, hp, member.get("mask"))
         if method == "neggrad":
             obj, batches = neggrad(loss_fn), (constrain((shared["xf"][row["f"]],
                                                          shared["yf"][row["f"]])),)
@@ -309,8 +313,7 @@ def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
         def summed(params, x, y, idx, w):
             def one(g, row):
                 i, wi = row
-                gi = jax.grad(lambda q: -jnp.sum(wi * loss_fn(q, (x[i], y[i]))) / jnp.sum(wi)
-                              )(params)
+                gi = jax.grad(lambda q: -_weighted_mean(loss_fn(q, (x[i], y[i])), wi))(params)
                 return jax.tree.map(jnp.add, g, gi), None
             return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), (idx, w))[0]
         return xla.jit(summed)
@@ -440,8 +443,7 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
     """
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     prep = prepare(method, model, params, split, cfg, seed)
-    tx = optimizer_for(method, hyperparameters(cfg),
-                       prep.member["mask"] if method == "salun" else None)
+    tx = optimizer_for(method, hyperparameters(cfg), prep.member.get("mask"))
     ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))
     put = (jax.tree.map(jnp.asarray, (ts, prep.hp, prep.shared, prep.member)) if mesh is None
            else jax.device_put((ts, prep.hp, prep.shared, prep.member),
@@ -461,8 +463,7 @@ def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prep
     members), one :class:`Prepared` each (from :func:`prepare`; ``per_member_data``: each
     from its own request of equal size, else every member's shared data is the first's).
     Returns stacked params and one info per member."""
-    tx = optimizer_for(method, preps[0].hp,
-                       preps[0].member["mask"] if method == "salun" else None)
+    tx = optimizer_for(method, preps[0].hp, preps[0].member.get("mask"))
     ts = jax.vmap(lambda p: train.init_state(model, tx, None, p))(jax.tree.map(jnp.array, params))
     stack = lambda trees: jax.tree.map(lambda *v: jnp.stack([jnp.asarray(a) for a in v]), *trees)
     hp = stack([p.hp for p in preps])
