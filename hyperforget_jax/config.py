@@ -43,6 +43,8 @@ import numpy as np
 from hyperforget_jax.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
+#: Config numbers run in float32 on the device: a value beyond its range is inf there.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def field(default: Any = _MISSING, *, gt: float | None = None, ge: float | None = None,
@@ -84,10 +86,11 @@ def _check_number(owner: str, name: str, value: Any, kind: type, bounds: dict) -
             raise ConfigError(f"{owner}.{name} must be a number, got {value!r} "
                               f"({type(value).__name__})")
         value = float(value)
-        if not math.isfinite(value):
+        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
             rule = _bound_text(bounds)
+            beyond = "" if not math.isfinite(value) else " (beyond float32's ±3.4e38)"
             raise ConfigError(f"{owner}.{name} must be a finite number"
-                              f"{' ' + rule if rule else ''}, got {value}")
+                              f"{' ' + rule if rule else ''}, got {value}{beyond}")
     bad = (("gt" in bounds and not value > bounds["gt"])
            or ("ge" in bounds and not value >= bounds["ge"])
            or ("lt" in bounds and not value < bounds["lt"])

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import xla
-from hyperforget_jax.errors import ConfigError, DataError
+from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 
 ApplyFn = Any  # apply_fn(params, x) -> logits, or any model hf.as_model takes
 
@@ -228,6 +228,7 @@ def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
       DataError: for empty inputs, mismatched lengths, NaN inputs or out-of-range labels.
       ConfigError: for a bad ``num_classes`` / ``batch_size`` or a model whose output width
         differs from ``num_classes``.
+      NonFiniteError: the model's logits or losses are NaN/inf for some samples.
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
             or num_classes < 1:
@@ -240,6 +241,12 @@ def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
     if out["logits"].shape[-1] != num_classes:
         raise ConfigError(f"num_classes={num_classes} but the model outputs "
                           f"{out['logits'].shape[-1]} logits; pass the architecture's class count")
+    # NaN logits have argmax 0: a diverged model would score class 0's share as its accuracy.
+    bad = ~(np.isfinite(out["logits"]).all(-1) & np.isfinite(out["loss"]))
+    if bad.any():
+        raise NonFiniteError(f"the model's outputs are NaN/inf for {int(bad.sum())} of {len(y)} "
+                             f"samples (first: sample {int(np.argmax(bad))}); its parameters "
+                             "diverged or its logits overflow - evaluate a finite model")
     # float64 on the host: means over tens of thousands of float32 losses lose digits otherwise.
     loss = out["loss"].astype(np.float64)
     corr = out["correct"].astype(np.float64)

@@ -28,7 +28,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import params as P_, xla
-from hyperforget_jax.config import check_config, field
+from hyperforget_jax.config import FLOAT32_MAX, check_config, field
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.microbatch import varying_axes
 from hyperforget_jax.models import ARCHITECTURES, as_model, is_import_path, model_of
@@ -59,9 +59,9 @@ def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
 
 
 def is_learning_rate(lr) -> bool:
-    """Whether ``lr`` is a finite number > 0 (not a bool)."""
+    """Whether ``lr`` is a number > 0 (not a bool) that is finite in float32, where it runs."""
     return (not isinstance(lr, bool) and isinstance(lr, (int, float, np.floating)) and lr > 0
-            and bool(np.isfinite(lr)))
+            and bool(np.isfinite(lr)) and lr <= FLOAT32_MAX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,9 @@ def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransforma
     skipped (zero update, inner state kept), however many in a row.
 
     ``optax.apply_if_finite`` that never gives up; read the last step's flag with
-    :func:`update_was_finite`.
+    :func:`update_was_finite`. It sees the gradients only: finite gradients times a huge
+    learning rate can still overflow the parameters, which :func:`apply_step` (and this
+    package's drivers) also check; a loop of your own should check them too.
 
     >>> tx = skip_nonfinite(optax.sgd(0.1))
     >>> p = jnp.ones(2); s = tx.init(p)
@@ -197,10 +199,13 @@ def apply_step(state: TrainState, grads: Params, loss: jax.Array,
                tx: optax.GradientTransformation) -> tuple[TrainState, jax.Array]:
     """One optimiser update of a :class:`TrainState` with no guard of its own (wrap ``tx`` in
     :func:`skip_nonfinite` for one). Returns (state, finite): ``finite`` is False when the
-    loss was non-finite or the guard skipped the update; the step only advances when True."""
+    loss was non-finite, the guard skipped the update, or the update itself made the parameters
+    non-finite (finite gradients times a huge learning rate: ``skip_nonfinite`` only sees the
+    gradients, so a run's last step would otherwise return NaN/inf parameters unflagged); the
+    step only advances when True."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & update_was_finite(opt_state)
+    finite = jnp.isfinite(loss) & update_was_finite(opt_state) & P_.all_finite(params)
     return TrainState(state.step + finite.astype(state.step.dtype), params, opt_state), finite
 
 

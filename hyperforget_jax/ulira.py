@@ -39,7 +39,7 @@ import numpy as np
 from hyperforget_jax import train, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.data import Dataset, ForgetSplit, batch_indices
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import tree_index
 
@@ -161,7 +161,8 @@ def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
     """Steps 4–5 on numbers: (S, n) shadow confidences of unlearned / retrained shadows, the
     (S, n) mask of which shadows targeted each example, and (n,) target confidences.
 
-    Returns ``accuracy`` (balanced, ideal 0.5), ``auc``, ``n_examples``."""
+    Returns ``accuracy`` (balanced, ideal 0.5), ``auc``, ``n_examples``. Raises
+    ``NonFiniteError`` naming the shadow or target whose confidences are NaN/inf."""
     from sklearn.metrics import roc_auc_score
 
     phi_unl, phi_ret = np.asarray(phi_unl, np.float64), np.asarray(phi_ret, np.float64)
@@ -169,6 +170,16 @@ def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
     ok = targeted.any(0)
     if not ok.any():
         raise ConfigError("no forget example was targeted by any shadow; use more shadows")
+    for name, phi in (("unlearned shadow", phi_unl), ("retrained shadow", phi_ret)):
+        bad = ~np.isfinite(np.where(targeted, phi, 0.0)).all(1)
+        if bad.any():
+            raise NonFiniteError(f"U-LiRA: the {name} {int(np.argmax(bad))}'s confidences are "
+                                 "NaN/inf on its forget set: that shadow diverged - rerun it "
+                                 "with a lower learning rate")
+    for name, phi in (("unlearned", target_unl), ("retrained", target_ret)):
+        if not np.isfinite(np.asarray(phi, np.float64)[ok]).all():
+            raise NonFiniteError(f"U-LiRA: the {name} target model's confidences are NaN/inf: "
+                                 "that model diverged - evaluate a finite model")
     cnt = targeted.sum(0)[ok]
     mu_u = np.where(targeted, phi_unl, 0).sum(0)[ok] / cnt
     mu_r = np.where(targeted, phi_ret, 0).sum(0)[ok] / cnt

@@ -13,7 +13,7 @@ import pytest
 
 from hyperforget_jax import data, models, train
 from hyperforget_jax.checkpoint import Checkpointer
-from hyperforget_jax.errors import CheckpointError, DataError, NonFiniteError
+from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 
 CFG = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=0.01)
 
@@ -131,3 +131,61 @@ def test_gradtau_names_the_step(arch, digits_splits):
     bad = split._replace(forget=nan_forget)
     with pytest.raises(DataError, match="forget set has NaN or inf images"):
         unlearn("gradtau", arch, params, bad, digits_splits.val, GradTauConfig(epochs=1))
+
+
+def test_update_that_overflows_the_parameters_is_flagged(arch, digits_splits):
+    """Finite loss and gradients whose update overflows the parameters (a huge learning rate):
+    ``skip_nonfinite`` only sees the gradients, so the flag must look at the new parameters, or
+    a run whose last step overflows returns NaN/inf parameters as if they were fine."""
+    import optax
+
+    tx = train.skip_nonfinite(optax.sgd(1.0))
+    state = train.TrainState(jnp.zeros((), jnp.int32), {"w": jnp.array([3e38], jnp.float32)},
+                             tx.init({"w": jnp.zeros(1)}))
+    new, finite = train.apply_step(state, {"w": jnp.array([-3e38], jnp.float32)},
+                                   jnp.float32(1.0), tx)
+    assert not bool(finite) and int(new.step) == 0
+    # End to end: NegGrad's one SGD step (one batch, one epoch) on large weights overflows
+    # them at a learning rate that float32 holds (it returned NaN/inf parameters); 1e39, inf
+    # in float32, is refused up front.
+    from hyperforget_jax.unlearn import NegGradConfig, unlearn
+
+    with pytest.raises(ConfigError, match=r"beyond float32"):
+        NegGradConfig(lr=1e39)
+    ds = digits_splits.train
+    split = data.resolve_forget(ds, data.ForgetRequest(classes=(3,)))
+    large = jax.tree.map(lambda l: 10 * l, arch.init(jax.random.key(0)))
+    with pytest.raises(NonFiniteError, match="neggrad: non-finite loss or parameters at step 0"):
+        unlearn("neggrad", arch, large, split, digits_splits.val,
+                NegGradConfig(lr=3e38, epochs=1, batch_size=4096))
+
+
+def test_evaluate_refuses_non_finite_outputs(arch, digits_splits):
+    """NaN logits have argmax 0: a diverged model used to score class 0's share as accuracy."""
+    from hyperforget_jax import metrics
+
+    params = jax.tree.map(lambda l: l.at[(0,) * l.ndim].set(jnp.nan), arch.init(jax.random.key(0)))
+    test = digits_splits.test
+    with pytest.raises(NonFiniteError, match=rf"NaN/inf for {len(test)} of {len(test)} samples"):
+        metrics.evaluate(arch.apply, params, test.x, test.y, test.num_classes)
+
+
+def test_evaluate_gan_refuses_a_diverged_generator_or_discriminator(digits_splits):
+    """NaN samples all get the judge's class 0: forgotten_share read 0.0 (perfect forgetting)
+    and FID / IS finite; NaN D scores ended in scikit-learn's 'Input contains NaN'."""
+    from hyperforget_jax.gan import metrics as GM
+    from hyperforget_jax.gan import train as GT
+
+    splits = digits_splits
+    garch = GT.gan_arch_of(GT.GANConfig(arch="mlp"), splits.train.x.shape[1:])
+    g, d = garch.init(jax.random.key(0))
+    jarch = models.make_architecture("mlp", splits.train.x.shape[1:], splits.train.num_classes)
+    judge = GM.Judge(jarch, jarch.init(jax.random.key(1)))
+    nan = lambda p: jax.tree.map(lambda l: l.at[(0,) * l.ndim].set(jnp.nan), p)
+    forget = splits.train.x[splits.train.y == 3]
+    retain = splits.train.x[splits.train.y != 3]
+    cfg = GM.EvalConfig(num_samples=64, downstream_samples=0)
+    with pytest.raises(NonFiniteError, match="generator's samples hold NaN/inf"):
+        GM.evaluate_gan(garch, nan(g), d, judge, splits, forget, retain, [3], cfg)
+    with pytest.raises(NonFiniteError, match="discriminator's scores hold NaN/inf"):
+        GM.evaluate_gan(garch, g, nan(d), judge, splits, forget, retain, [3], cfg)

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import assert_trees_close
 from hyperforget_jax import data, models, train, ulira
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.unlearn import unlearn
 
 
@@ -58,6 +58,25 @@ def test_untargeted_examples_are_skipped_and_none_fails():
         ulira.ulira_test(z, z, np.zeros((4, 5), bool), np.zeros(5), np.zeros(5))
     with pytest.raises(ConfigError, match="num_shadows must be >= 2"):
         ulira.ULiRAConfig(num_shadows=1)
+
+
+def test_non_finite_confidences_name_the_model():
+    """A diverged shadow or target ended in scikit-learn's bare 'Input contains NaN'; NaN of an
+    untargeted entry (never used) is not an error."""
+    tgt = np.zeros((4, 5), bool)
+    tgt[:, :2] = True
+    z = np.zeros((4, 5))
+    bad = z.copy()
+    bad[2, 1] = np.nan
+    with pytest.raises(NonFiniteError, match="unlearned shadow 2"):
+        ulira.ulira_test(bad, z, tgt, np.ones(5), np.zeros(5))
+    with pytest.raises(NonFiniteError, match="retrained shadow 2"):
+        ulira.ulira_test(z, bad, tgt, np.ones(5), np.zeros(5))
+    with pytest.raises(NonFiniteError, match="retrained target"):
+        ulira.ulira_test(z, z, tgt, np.ones(5), np.array([0, np.inf, 0, 0, 0]))
+    untargeted = z.copy()
+    untargeted[:, 4] = np.nan
+    assert ulira.ulira_test(untargeted, z, tgt, np.ones(5), np.zeros(5))["n_examples"] == 2
 
 
 def test_end_to_end_on_digits(digits_splits):

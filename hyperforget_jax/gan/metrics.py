@@ -22,7 +22,8 @@ import numpy as np
 
 from hyperforget_jax import layers, xla
 from hyperforget_jax.data import Dataset, ForgetRequest, Splits
-from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, ForgetRequestError
+from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
+                                    NonFiniteError)
 from hyperforget_jax.metrics import chunked_apply, per_sample_outputs
 from hyperforget_jax.models import Architecture, as_model, make_architecture
 from hyperforget_jax.train import TrainConfig, fit
@@ -332,6 +333,14 @@ class EvalConfig:
                               f"trains on the evaluation's generated samples")
 
 
+def _raise_if_nonfinite(values: np.ndarray, what: str, player: str) -> None:
+    values = np.asarray(values)
+    if not np.isfinite(values).all():
+        bad = ~np.isfinite(values.reshape(len(values), -1)).all(1)
+        raise NonFiniteError(f"{what} hold NaN/inf ({int(bad.sum())} of {len(values)}); the "
+                             f"{player}'s parameters diverged - evaluate a finite {player}")
+
+
 def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits: Splits,
                  forget_x: np.ndarray, retain_x: np.ndarray, forget_classes=None,
                  cfg: EvalConfig = EvalConfig(), reference_feats: np.ndarray | None = None
@@ -354,6 +363,9 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
       A flat dict: ``forgotten_share`` (class requests), ``class_shares``, ``classifier_fid``,
       ``classifier_is``, ``d_mia_auc``, ``d_mia_acc``, ``d_score_members``,
       ``d_score_nonmembers``, ``downstream_acc`` (and ``downstream_acc_kept``).
+
+    Raises:
+      NonFiniteError: the generator's samples or the discriminator's scores hold NaN/inf.
     """
     from hyperforget_jax.gan.train import d_scores, sample
 
@@ -373,6 +385,9 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
             raise ForgetRequestError(f"forget class {bad[0]} does not exist: the data has "
                                      f"classes 0..{k - 1}")
     samples = sample(arch, g_params, cfg.num_samples, cfg.seed)
+    # NaN images have the judge's argmax 0: every share, FID and IS would be garbage (a
+    # forgotten class other than 0 would read as perfectly forgotten).
+    _raise_if_nonfinite(samples, "the generator's samples", "generator")
     probs, feats = judge_outputs(judge, samples)
     labels = probs.argmax(1)
     if reference_feats is None:
@@ -388,8 +403,10 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
         if not len(nonmembers):
             raise DataError(f"the test set holds no image of class(es) {list(forget_classes)}"
                             ": the membership attack needs unseen images of them")
-    out.update(d_score_mia(d_scores(arch, d_params, forget_x), d_scores(arch, d_params,
-                                                                          nonmembers)))
+    members, nonmembers = d_scores(arch, d_params, forget_x), d_scores(arch, d_params, nonmembers)
+    _raise_if_nonfinite(np.concatenate([members, nonmembers]), "the discriminator's scores",
+                        "discriminator")
+    out.update(d_score_mia(members, nonmembers))
     if cfg.downstream_samples:
         kept = None if forget_classes is None else [c for c in range(k)
                                                     if c not in set(forget_classes)]
