@@ -249,6 +249,13 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
     if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
         raise DataError(f"val_frac={val_frac}, test_frac={test_frac}: each must be in (0, 1) "
                         "and their sum below 1")
+    y = np.asarray(ds.y)
+    outside = ~np.isin(y, np.arange(ds.num_classes))
+    if outside.any():       # _stratified_split takes classes 0..num_classes-1 only
+        raise DataError(f"make_splits: {ds.name} has {int(outside.sum())} labels outside the "
+                        f"class ids 0..{ds.num_classes - 1} (e.g. {y[outside][0].item()!r}), "
+                        "which would be dropped from every split; build the dataset with "
+                        "hf.data.from_arrays(x, y, num_classes)")
     train, val, test = _stratified_split(ds, [1 - val_frac - test_frac, val_frac, test_frac], seed)
     for part, what in ((train, "train"), (val, "validation"), (test, "test")):
         if len(part) == 0:
@@ -298,6 +305,8 @@ class ForgetRequest:
         if self.fraction is not None and not (0.0 < float(self.fraction) < 1.0):
             raise ForgetRequestError(f"forget fraction {self.fraction} must lie strictly "
                                      "between 0 and 1 (e.g. 0.1 for 10%)")
+        if self.fraction is not None:   # a plain float: to_json must stay JSON (np.float32)
+            object.__setattr__(self, "fraction", float(self.fraction))
         if self.indices is not None:
             if isinstance(self.indices, (int, np.integer, str)):
                 raise ForgetRequestError(f"indices must be a sequence of training-set indices, "

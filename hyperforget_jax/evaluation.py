@@ -57,6 +57,11 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
     if not isinstance(splits, Splits) or not isinstance(fsplit, ForgetSplit):
         raise DataError("evaluate_unlearning takes splits=hf.make_splits(...) and "
                         "fsplit=hf.resolve_forget(splits.train, request)")
+    counts = {n: getattr(splits, n).num_classes for n in ("train", "val", "test")}
+    if len(set(counts.values())) > 1:   # e.g. from_arrays inferred it from the labels present
+        raise DataError(f"the splits disagree on the number of classes ({counts}); build every "
+                        "part with the same num_classes, e.g. "
+                        "hf.data.from_arrays(x, y, num_classes=10)")
     # The split must be the request's, on this training set: the attacks' non-members and
     # test_acc_forgotten are chosen from ``request``, the members from ``fsplit``.
     want = np.flatnonzero(forget_mask(splits.train, request))
@@ -64,6 +69,7 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
         raise ForgetRequestError(f"fsplit is not the split of {request.describe()} on "
                                  "splits.train; pass fsplit=hf.resolve_forget(splits.train, "
                                  "request)")
+    _check_fsplit_rows(splits.train, fsplit)
     model = as_model(arch, splits.test.x.shape[1:], splits.test.num_classes)
     model.check_params(params)
     model.check_inputs(splits.test.x, f"test set {splits.test.name!r}", splits.test.y)
@@ -110,11 +116,43 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
     return out
 
 
+def _check_fsplit_rows(train, fsplit: ForgetSplit, chunk: int = 4096) -> None:
+    """Raises unless ``fsplit``'s forget / retain sets are the rows of ``train`` at its indices
+    and its retain indices are the rest. A fraction or index request picks the same indices on
+    any training set of that size, so the split of another split seed (whose samples may lie in
+    this test set) passes the index check; its images do not."""
+    retain_want = np.setdiff1d(np.arange(len(train)), np.asarray(fsplit.forget_idx))
+    same = np.array_equal(retain_want, np.asarray(fsplit.retain_idx))
+    for part, idx in ((fsplit.forget, fsplit.forget_idx), (fsplit.retain, fsplit.retain_idx)):
+        idx = np.asarray(idx)
+        same = same and len(part) == len(idx) and np.array_equal(np.asarray(part.y),
+                                                                 np.asarray(train.y)[idx])
+        for lo in range(0, len(idx), chunk):   # in chunks: no copy of a large training set
+            if not same:
+                break
+            same = np.array_equal(np.asarray(part.x[lo:lo + chunk]),
+                                  np.asarray(train.x[idx[lo:lo + chunk]]), equal_nan=True)
+    if not same:
+        raise ForgetRequestError("fsplit's forget / retain images are not splits.train's rows at "
+                                 "its indices (a split of another training set, e.g. another "
+                                 "split seed?); pass fsplit=hf.resolve_forget(splits.train, "
+                                 "request)")
+
+
+#: Short names of :data:`GAP_KEYS` for report headings.
+GAP_LABELS = {"forget_acc": "FA", "retain_acc": "RA", "test_acc": "TA",
+              "mia_loss_lr": "mia_loss_lr"}
+
+
+def gap_keys(result: dict, retrain: dict) -> tuple[str, ...]:
+    """The :data:`GAP_KEYS` that :func:`gap_to_retrain` averages: a metric that is not
+    applicable (None, e.g. an attack on a one-sample forget set) in either row is left out."""
+    return tuple(k for k in GAP_KEYS if result.get(k) is not None and retrain.get(k) is not None)
+
+
 def gap_to_retrain(result: dict, retrain: dict) -> float:
     """Avg. Gap (METHODS.md §4): mean |metric − Retrain's| over FA, RA, TA and mia_loss_lr,
     in percentage points (accuracies and attack accuracy ×100)."""
-    # A metric that is not applicable (None, e.g. an attack on a one-sample forget set) in
-    # either row is left out of the mean.
-    keys = tuple(k for k in GAP_KEYS if result.get(k) is not None and retrain.get(k) is not None)
+    keys = gap_keys(result, retrain)
     scaled = lambda d: {k: 100.0 * d[k] for k in keys}
     return metrics.avg_gap(scaled(result), scaled(retrain), keys=keys)

@@ -174,3 +174,20 @@ def test_make_splits_of_a_fixed_split_honours_the_seed(digits_splits):
     assert not tr & va and tr | va == pool            # a partition of the same images
     assert (np.bincount(s1.val.y, minlength=10)
             == np.bincount(fixed.val.y, minlength=10)).all()                  # stratified
+
+
+def test_make_splits_refuses_labels_outside_num_classes():
+    """A hand-built Dataset whose labels exceed num_classes lost those samples from every
+    split without a word (classes are split by range(num_classes))."""
+    x = np.zeros((60, 4, 4, 1), np.float32)
+    ds = data.Dataset(x, np.repeat(np.arange(3, dtype=np.int32), 20), 2, "direct")
+    with pytest.raises(DataError, match="20 labels outside the class ids 0..1"):
+        data.make_splits(ds)
+
+
+def test_forget_fraction_is_a_plain_float():
+    import json
+
+    req = data.ForgetRequest(fraction=np.float32(0.25))
+    assert type(req.fraction) is float
+    assert json.loads(json.dumps(req.to_json()))["fraction"] == 0.25

@@ -43,3 +43,46 @@ def test_random_forgetting_uses_all_test_samples(setting):
     out = evaluate_unlearning(ARCH, orig, splits, fs, req)
     assert "test_acc_kept" not in out
     assert out["forget_acc"] >= out["test_acc"] - 0.05  # seen samples are fit at least as well
+
+
+def test_fsplit_of_another_split_seed_is_refused(digits_splits):
+    """A fraction request picks the same indices on any training set of that size: the split
+    of another split seed passed the index check, and its "forget" images (some in this test
+    set) were attacked as members."""
+    import jax
+
+    from hyperforget_jax.errors import ForgetRequestError
+
+    other = data.make_splits(data.load_digits(), seed=1)
+    req = data.ForgetRequest(fraction=0.1)
+    wrong = data.resolve_forget(other.train, req)
+    params = ARCH.init(jax.random.key(0))
+    with pytest.raises(ForgetRequestError, match="not splits.train's rows"):
+        evaluate_unlearning(ARCH, params, digits_splits, wrong, req)
+
+
+def test_gap_keys_leave_out_not_applicable_metrics():
+    """The unlearn report's Avg. Gap heading named mia_loss_lr even when the attack was not
+    applicable (one-item forget set) and the mean was over FA, RA, TA only."""
+    from hyperforget_jax.evaluation import GAP_LABELS, gap_keys
+
+    row = {"forget_acc": 1.0, "retain_acc": 0.9, "test_acc": 0.8, "mia_loss_lr": None}
+    assert gap_keys(row, dict(row, mia_loss_lr=0.5)) == ("forget_acc", "retain_acc", "test_acc")
+    assert [GAP_LABELS[k] for k in gap_keys(dict(row, mia_loss_lr=0.5), dict(
+        row, mia_loss_lr=0.5))] == ["FA", "RA", "TA", "mia_loss_lr"]
+    assert gap_to_retrain(row, dict(row, forget_acc=0.7)) == pytest.approx(10.0)
+
+
+def test_splits_with_different_class_counts_are_named(digits_splits):
+    """A test set built with from_arrays without class 9 infers 9 classes: the evaluation then
+    built a 9-output model and blamed the parameters ("trained for another architecture?")."""
+    import jax
+
+    from hyperforget_jax.errors import DataError
+
+    te = digits_splits.test.subset(np.flatnonzero(digits_splits.test.y != 9))
+    splits = digits_splits._replace(test=data.from_arrays(te.x, te.y))
+    req = data.ForgetRequest(classes=(3,))
+    fs = data.resolve_forget(splits.train, req)
+    with pytest.raises(DataError, match="disagree on the number of classes"):
+        evaluate_unlearning("gpt_mlp", ARCH.init(jax.random.key(0)), splits, fs, req)

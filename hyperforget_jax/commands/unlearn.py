@@ -26,7 +26,8 @@ from hyperforget_jax.commands import common
 from hyperforget_jax.commands.core import slug
 from hyperforget_jax.configflags import seed_int
 from hyperforget_jax.errors import ConfigError, ForgetRequestError, RunDirError
-from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
+from hyperforget_jax.evaluation import (GAP_LABELS, evaluate_unlearning, gap_keys,
+                                        gap_to_retrain)
 from hyperforget_jax import report
 
 # The package, not the `unlearn` function that hyperforget_jax/__init__.py re-exports.
@@ -196,7 +197,8 @@ def _unlearn_and_compare(args, arch, params, cfg, config, how, splits, request, 
         md.append("\nNot applicable: " + "; ".join(f"{k} ({v})" for k, v in na.items()) + ".\n")
     if "avg_gap" in results:
         sp, rs = results["speedup_vs_retrain"], results["retrain_seconds"]
-        md.append(f"\nAvg. Gap to Retrain (FA, RA, TA, mia_loss_lr; points): "
+        used = ", ".join(GAP_LABELS[k] for k in gap_keys(rows[args.method], rows["retrain"]))
+        md.append(f"\nAvg. Gap to Retrain ({used}; points): "
                   f"{args.method} {results['avg_gap'][args.method]:.2f}, original "
                   f"{results['avg_gap']['original']:.2f}.\n\nSpeed-up over Retrain: "
                   f"**{sp['warm']:.1f}× warm** ({args.method} {timing['warm_seconds']:.2f} s "
