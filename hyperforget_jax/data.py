@@ -102,7 +102,8 @@ def check_unit_images(x, what: str) -> np.ndarray:
 def _check(x: np.ndarray, y: np.ndarray, name: str) -> None:
     if x.ndim != 4:
         raise DataError(f"{name}: images must be (N, H, W, C), got shape {x.shape}; "
-                        "add a channel axis for grey-scale images")
+                        "add a channel axis for grey-scale images (feature vectors: "
+                        "x.reshape(N, D, 1, 1), with a model that flattens its input)")
     if len(x) != len(y):
         raise DataError(f"{name}: {len(x)} images but {len(y)} labels; pass matching arrays")
     if len(y) == 0:

@@ -272,9 +272,9 @@ class Architecture:
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
         if self.apply_fn is not None:
-            return self.apply_fn(params, x)
+            return _checked_logits(self.name, self.apply_fn(params, x), x)
         try:
-            return self.module.apply({"params": params}, x)
+            return _checked_logits(self.name, self.module.apply({"params": params}, x), x)
         except flax.errors.InvalidRngError as e:
             # Init gets a key for every stream; the methods' forward passes get none.
             raise ArchitectureError(
@@ -375,6 +375,23 @@ class Architecture:
                                     "was saved without an import path; load it with "
                                     "hf.load_model('pkg.module:Name') or pass the model itself")
         return make_architecture(d["name"], shape, d["num_classes"])
+
+
+def _checked_logits(name: str, out: Any, x: Any) -> jax.Array:
+    """``out`` unless it is not one (batch, num_classes) array of logits for the batch ``x``
+    (checked on shapes, when the program is traced: free at run time)."""
+    shape = getattr(out, "shape", None)
+    batch = jnp.shape(x)[0] if jnp.ndim(x) else None
+    if shape is None or not hasattr(out, "dtype") or len(shape) != 2 or shape[0] != batch:
+        got = (f"a {type(out).__name__}" if shape is None
+               else f"an array of shape {tuple(shape)}")
+        raise ArchitectureError(
+            f"model {name!r} returned {got} for a batch of shape {tuple(jnp.shape(x))}; the "
+            "methods here take a model whose forward pass returns logits of shape (batch, "
+            "num_classes): return only the logits (not a tuple, dict, (batch,) or (batch, 1, K) "
+            "array), or pass an apply_fn that picks them, e.g. hf.as_model(lambda p, x: "
+            "net.apply({'params': p}, x)[0], init_fn=...)")
+    return out
 
 
 def _leaf_spec(leaf) -> tuple[tuple[int, ...], Any]:

@@ -29,7 +29,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import params as P_, xla
 from hyperforget_jax.config import FLOAT32_MAX, check_config, field
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ArchitectureError, ConfigError
 from hyperforget_jax.microbatch import varying_axes
 from hyperforget_jax.models import ARCHITECTURES, as_model, is_import_path, model_of
 
@@ -153,8 +153,25 @@ def make_optimizer(cfg: TrainConfig, lr: Any = None, weight_decay: Any = None
 
 def init_state(arch: Model, tx: optax.GradientTransformation, key: jax.Array | None,
                params: Params | None = None) -> TrainState:
-    params = as_model(arch).init(key) if params is None else params
+    model = as_model(arch)
+    params = model.init(key) if params is None else params
+    check_trainable_dtypes(params, model.name)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+
+
+def check_trainable_dtypes(params: Params, name: str) -> None:
+    """Raises ArchitectureError for 16-bit floating-point parameters: the trainers' optimisers
+    take their learning rate as a float32 array (traced, for sweeps), which turns a bf16/f16
+    parameter's update into float32 and crashes optax's NaN guard with a bare TypeError."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32:
+            raise ArchitectureError(
+                f"parameters of {name} are {dtype} (at {jax.tree_util.keystr(path)}); fit and "
+                "the unlearning methods train float32 (or float64) parameters only: keep "
+                "float32 parameters and compute in low precision, e.g. nn.Dense(..., "
+                f"param_dtype=jnp.float32, dtype=jnp.{dtype}) (evaluation takes {dtype} "
+                "parameters as they are)")
 
 
 def cross_entropy_loss(params: Params, apply_fn: Callable, x: jax.Array, y: jax.Array):

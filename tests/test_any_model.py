@@ -148,6 +148,31 @@ def test_as_model_refuses_what_is_not_a_model():
             call(p, jnp.zeros((2, 4)))
 
 
+def test_a_forward_pass_that_is_not_batch_by_classes_logits_is_refused():
+    # A tuple / dict / (B,) / (B, 1, K) output crashed deep inside fit, the evaluation and
+    # every method with a bare AttributeError / TypeError / ValueError.
+    class Out(nn.Module):
+        how: str
+
+        @nn.compact
+        def __call__(self, x):
+            z = nn.Dense(3)(x)
+            return {"tuple": (z, x), "dict": {"logits": z}, "flat": z[:, 0],
+                    "3d": z[:, None, :]}[self.how]
+
+    for how, got in (("tuple", "a tuple"), ("dict", "a dict"),
+                     ("flat", r"an array of shape \(2,\)"),
+                     ("3d", r"an array of shape \(2, 1, 3\)")):
+        m = hf.as_model(Out(how), (4,))
+        p = m.init(jax.random.key(0))
+        for call in (m.apply, jax.jit(m.apply)):
+            with pytest.raises(ArchitectureError, match=f"returned {got}.*logits of shape"):
+                call(p, jnp.zeros((2, 4)))
+    f = hf.as_model(lambda p, x: (x @ p, x), init_fn=lambda k: jnp.zeros((4, 3)))
+    with pytest.raises(ArchitectureError, match="returned a tuple"):
+        hf.per_example_ce(f.apply)(jnp.zeros((4, 3)), (jnp.zeros((2, 4)), jnp.zeros(2, int)))
+
+
 def test_parameter_checks_name_dtype_wrapping_and_extra_leaves(world):
     splits, request, fsplit = world
     arch = hf.make_architecture("gpt_mlp", (8, 8, 1))
@@ -164,6 +189,25 @@ def test_parameter_checks_name_dtype_wrapping_and_extra_leaves(world):
     # a user module whose own parameters are bf16 is fine with bf16
     m = hf.as_model(nn.Dense(3, param_dtype=jnp.bfloat16), (4,))
     m.check_params(m.init(jax.random.key(0)))
+
+
+def test_bf16_parameters_are_refused_by_the_trainers_with_the_fix(world):
+    # They crashed fit and every method with optax's bare "cond branches must have equal
+    # output types" (the float32 traced learning rate makes the update float32).
+    splits, request, fsplit = world
+
+    class Bf16Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10, param_dtype=jnp.bfloat16)(x.reshape(x.shape[0], -1))
+
+    net = Bf16Net()
+    p = hf.as_model(net, (8, 8, 1)).init(jax.random.key(0))
+    with pytest.raises(ArchitectureError, match="bfloat16.*param_dtype=jnp.float32"):
+        hf.fit(net, splits.train, hf.TrainConfig(epochs=1))
+    for method in ("gradtau", "neggrad"):
+        with pytest.raises(ArchitectureError, match="bfloat16.*param_dtype=jnp.float32"):
+            unlearn(method, net, p, fsplit, splits.val)
 
 
 def _user_world():

@@ -191,3 +191,11 @@ def test_forget_fraction_is_a_plain_float():
     req = data.ForgetRequest(fraction=np.float32(0.25))
     assert type(req.fraction) is float
     assert json.loads(json.dumps(req.to_json()))["fraction"] == 0.25
+
+
+def test_feature_vectors_are_told_how_to_fit_the_image_layout():
+    x = np.random.default_rng(0).uniform(size=(6, 5)).astype(np.float32)
+    with pytest.raises(DataError, match=r"feature vectors: x.reshape\(N, D, 1, 1\)"):
+        data.from_arrays(x, np.arange(6) % 2, 2, "tab")
+    assert data.from_arrays(x.reshape(6, 5, 1, 1), np.arange(6) % 2, 2, "tab").x.shape[1:] \
+        == (5, 1, 1)

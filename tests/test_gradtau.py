@@ -15,6 +15,7 @@ from absl.testing import parameterized
 from conftest import (CompileCounter, assert_trees_close, devices_or_skip, exact_on_cpu_only,
                       toy_model)
 from hyperforget_jax import data, models, params as P_, train
+from hyperforget_jax import microbatch as microbatch_mod
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.unlearn import gradtau as G
 
@@ -657,3 +658,33 @@ def test_schedules_refuse_what_would_run_them_backwards():
     with pytest.raises(ConfigError, match="refresh_every must be >= 1"):
         gt = G.nabla_tau(lambda p, b: b[1] * 0.0, 0.5, tau_fn=lambda p: 1.0, refresh_every=0)
         gt.update({}, gt.init({}), (jnp.zeros(2), jnp.zeros(2)), (jnp.zeros(2), jnp.zeros(2)))
+
+
+def test_a_model_with_batch_statistics_is_never_computed_in_chunks(digits_splits, monkeypatch):
+    # On CPU the runner splits big batches into chunks (chunk="auto"); a user's forward pass
+    # with batch statistics then normalised over chunks, not the batch: silently another
+    # result than on GPU. Such a model now runs whole batches; a per-example one still chunks.
+    import flax.linen as nn
+
+    from hyperforget_jax.unlearn import gradtau_run
+
+    class BatchStats(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(16)(x.reshape(x.shape[0], -1))
+            h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
+            return nn.Dense(10)(nn.relu(h))
+
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(4,)))
+    cfg = G.GradTauConfig(epochs=1, batch_size=64)
+    results = []
+    for budget in (10**9, 1024):                   # whole batches; chunks of 8 if allowed
+        monkeypatch.setattr(microbatch_mod, "AUTO_BUDGET_BYTES", budget)
+        m = models.as_model(BatchStats(), (8, 8, 1))
+        p0 = m.init(jax.random.key(0))
+        results.append(G.run_gradtau(m, p0, split, digits_splits.val, cfg)[0])
+    assert_trees_close(results[0], results[1], rtol=1e-5, atol=1e-6)
+    assert not gradtau_run.per_example(m, p0, split.retain.x)
+    tiny = models.as_model(nn.Dense(10), (64,))
+    assert gradtau_run.per_example(tiny, tiny.init(jax.random.key(0)),
+                                   split.retain.x.reshape(-1, 64))

@@ -100,16 +100,37 @@ def epoch_runs(start: int, stop: int) -> list[tuple[int, int]]:
     return runs
 
 
+def per_example(model: Architecture, params: Params, x: Any) -> bool:
+    """Whether ``model``'s logits of an example do not depend on the rest of its batch, so its
+    batches may be computed in chunks (CPU, ``chunk="auto"``). The registered models: always.
+    A user's model: checked once, on 4 examples of ``x`` whole and one by one (a forward pass
+    with batch statistics, e.g. BatchNorm without running averages, differs); its batches are
+    then computed whole, as on GPU."""
+    if model.registered:
+        return True
+
+    def check():
+        xs = jnp.asarray(x[:4])
+        apply = jax.jit(model.apply)
+        whole = np.asarray(apply(params, xs), np.float64)
+        alone = np.concatenate([np.asarray(apply(params, xs[i:i + 1]), np.float64)
+                                for i in range(len(xs))])
+        return bool(np.allclose(whole, alone, rtol=1e-3, atol=1e-3 * (1 + np.abs(whole).max())))
+    return model.program(("per_example", tuple(np.shape(x)[1:])), check)
+
+
 def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, fleet: bool,
                     mesh: Mesh | None, data_batched: bool = False,
-                    plan_batched: bool = True, how: str = "vmap") -> Callable:
+                    plan_batched: bool = True, how: str = "vmap",
+                    chunk: str | None = "auto") -> Callable:
     """``run(ts, gs, hp, arrays, f_idx, r_idx) -> (ts, gs, metrics, taus)``: k consecutive
     forget-epochs, k = ``f_idx.shape[0]`` (index plans ``(k, [members,] N_f, B)``); metrics
     ``(k, [members,] N_f)`` per step, ``taus`` the τ of each epoch ``(k, [members])``.
     ``arrays = {"xf", "yf", "xr", "yr", "tau": (τ inputs)}``, shared by every member of a
     fleet, or one per member (``data_batched``: each member its own request of equal size);
     the index plans per member, or shared when every member has the same (``plan_batched``
-    False: gathers stay unbatched)."""
+    False: gathers stay unbatched); ``chunk``: "auto" (CPU) or None (whole batches: a model
+    whose examples are not independent, see :func:`per_example`)."""
 
     def build():
         loss_fn = train.per_example_ce(model.apply)
@@ -126,14 +147,14 @@ def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, f
                 every = None if mode == "unseen_class" else hp["refresh_steps"]
                 gs = G.refresh_tau(gs, ts.params, tau_fn, every, *arrays["tau"])
             gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n),
-                             tau=0.0, chunk="auto")
+                             tau=0.0, chunk=chunk)
 
             def step(carry, inp):
                 ts, gs, hint = carry
                 fi, ri = inp
                 rb = constrain((xr[ri], yr[ri]))
                 if descent_only:  # Fine-tune: the forget batch is never looked at
-                    loss, grads = microbatch.mean_value_and_grad(loss_fn, ts.params, rb, "auto")
+                    loss, grads = microbatch.mean_value_and_grad(loss_fn, ts.params, rb, chunk)
                     m = {"loss": loss, "forget_loss": jnp.float32(jnp.nan), "retain_loss": loss,
                          "ascent": jnp.bool_(False)}
                     gs = G.GradTauState(gs.count + 1, gs.tau)
@@ -174,7 +195,7 @@ def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, f
         return xla.jit(run_epochs, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
     return model.program(("gradtau_epochs", descent_only, mode, fleet, mesh, data_batched,
-                          plan_batched, how), build)
+                          plan_batched, how, chunk), build)
 
 
 def device_arrays(split: ForgetSplit, val: Dataset, mode: str | None,
@@ -272,7 +293,8 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
         hist_a = list(g.get("ascent_steps", []))
     tau0 = taus[-1] if taus else _initial_tau(plan, split.forget.num_classes)
     gs = G.GradTauState(jnp.int32(start * n), jnp.float32(tau0))
-    run = _epochs_program(model, descent_only, mode, False, mesh)
+    chunk = "auto" if per_example(model, ts.params, split.retain.x) else None
+    run = _epochs_program(model, descent_only, mode, False, mesh, chunk=chunk)
     arrays = device_arrays(split, val, mode, forget_classes, mesh)
     if mesh is not None:
         ts, gs = jax.device_put((ts, gs), NamedSharding(train.auto_mesh(mesh)[0], P()))
@@ -345,8 +367,11 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     else:
         f_idx = np.stack([p.f_idx for p in plans], 1)   # (E, M, N, B)
         r_idx = np.stack([p.r_idx for p in plans], 1)
+    one = jax.tree.map(lambda l: l[0], params)
+    chunk = "auto" if per_example(model, one, (split[0] if per_member else split).retain.x) \
+        else None
     run = _epochs_program(model, descent_only, mode, True, None, per_member, not shared_plan,
-                          vectorize)
+                          vectorize, chunk)
     if per_member:
         arrays = jax.tree.map(lambda *a: jnp.stack(a), *[
             device_arrays(sp, val, mode, forget_classes) for sp in split])
