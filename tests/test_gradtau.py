@@ -685,6 +685,17 @@ def test_a_model_with_batch_statistics_is_never_computed_in_chunks(digits_splits
         results.append(G.run_gradtau(m, p0, split, digits_splits.val, cfg)[0])
     assert_trees_close(results[0], results[1], rtol=1e-5, atol=1e-6)
     assert not gradtau_run.per_example(m, p0, split.retain.x)
+    # The streamed driver too (its program is built per call, at the first batch).
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
+
+    plan = gradtau_run.make_plan(split, cfg, 0, None)
+    streamed = []
+    for budget in (10**9, 1024):
+        monkeypatch.setattr(microbatch_mod, "AUTO_BUDGET_BYTES", budget)
+        streamed.append(run_gradtau_stream(m, p0, _stream_of(split, plan), tau=1.0, config=cfg,
+                                           n_forget=len(split.forget),
+                                           n_retain=len(split.retain))[0])
+    assert_trees_close(streamed[0], streamed[1], rtol=1e-5, atol=1e-6)
     tiny = models.as_model(nn.Dense(10), (64,))
     assert gradtau_run.per_example(tiny, tiny.init(jax.random.key(0)),
                                    split.retain.x.reshape(-1, 64))

@@ -30,7 +30,7 @@ from hyperforget_jax import train, xla
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import as_model
 from hyperforget_jax.unlearn import gradtau as G
-from hyperforget_jax.unlearn.gradtau_run import _check_finite
+from hyperforget_jax.unlearn.gradtau_run import _check_finite, per_example
 
 Params = Any
 Pair = tuple[Any, Any]
@@ -54,14 +54,15 @@ def stream_schedule(n_forget: int, n_retain: int, cfg: G.GradTauConfig) -> tuple
     return epochs, n_f, alpha0, clamped
 
 
-def _step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | None) -> Callable:
+def _step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | None,
+                  chunk: str | None) -> Callable:
     loss_fn = train.per_example_ce(model.apply)
 
     def step(ts, gs, hp, fb, rb, tau_args):
         tx = G.gradtau_tx(hp["lr"], hp["weight_decay"], hp["final_lr_fraction"], hp["epochs"], n)
         gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n),
                          tau=0.0, tau_fn=tau_fn, refresh_every=hp["refresh_steps"],
-                         chunk="auto")
+                         chunk=chunk)
         grads, gs, m = gt.update(ts.params, gs, fb, rb, *tau_args)
         ts, finite = train.apply_step(ts, grads, m["loss"], tx)
         return ts, gs, {"forget_loss": m["forget_loss"], "retain_loss": m["retain_loss"],
@@ -132,7 +133,7 @@ def run_gradtau_stream(arch: Any, params: Params,
     tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
     ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))  # a copy: donated
     gs = G.GradTauState(jnp.int32(0), jnp.float32(0.0 if tau is None else tau))
-    step = _step_program(model, n, tau_fn, mesh)
+    step = None  # built at the first batch: whether it may run in chunks depends on the model
     if mesh is not None:
         repl = NamedSharding(train.auto_mesh(mesh)[0], P())
         ts, gs, hp, tau_args = jax.device_put((ts, gs, hp, tuple(tau_args)), repl)
@@ -149,6 +150,9 @@ def run_gradtau_stream(arch: Any, params: Params,
                                   f"N_f = {n} batch pairs")
             model.check_inputs(fb[0], "a streamed forget batch", fb[1])
             model.check_inputs(rb[0], "a streamed retain batch", rb[1])
+            if step is None:   # a model with batch statistics runs whole batches (per_example)
+                chunk = "auto" if per_example(model, params, np.asarray(rb[0])) else None
+                step = _step_program(model, n, tau_fn, mesh, chunk)
             ts, gs, m = step(ts, gs, hp, put(fb), put(rb), tau_args)
             ms.append(m)
             if k % sync_every == 0:
