@@ -60,10 +60,18 @@ class Splits(NamedTuple):
     test: Dataset
 
 
+#: Seeds are below 2**32: ``jax.random.key`` keeps a seed's low 32 bits (without x64), so
+#: seed 2**32 + s would draw seed s's initialisation but its own batch order.
+SEED_LIMIT = 2**32
+
+
 def _check_seed(seed, what: str, error: type = DataError) -> int:
-    """numpy's generators take integers >= 0 only; say so in our words."""
+    """numpy's generators take integers >= 0 only, JAX's keys 32 bits; say so in our words."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise error(f"{what} must be an integer >= 0, got {seed!r}")
+    if seed >= SEED_LIMIT:
+        raise error(f"{what} must be below 2**32 (JAX keys keep a seed's low 32 bits), got "
+                    f"{seed!r}")
     return int(seed)
 
 

@@ -80,7 +80,7 @@ class TrainConfig:
       batch_size: images per step; the ragged tail of an epoch is dropped [ours].
       lr: AdamW learning rate [ours].
       weight_decay: AdamW weight decay [ours].
-      seed: initialisation and batch order (>= 0).
+      seed: initialisation and batch order (an integer in [0, 2**32)).
     """
 
     arch: str = field("mlp")
@@ -88,7 +88,7 @@ class TrainConfig:
     batch_size: int = field(128, ge=1)
     lr: float = field(1e-3, gt=0, label="learning rate")
     weight_decay: float = field(1e-4, ge=0)
-    seed: int = field(0, ge=0)
+    seed: int = field(0, ge=0, lt=2**32)
 
     def __post_init__(self):
         check_config(self)

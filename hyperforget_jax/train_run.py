@@ -21,9 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import refuse_another_run
 from hyperforget_jax.data import Dataset, batch_indices
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
-from hyperforget_jax.rundir import data_fingerprint
+from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
                                    effective_batch_size,
                                    init_state, make_optimizer, make_train_step,
@@ -129,8 +129,8 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
       checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`; the state is
         saved after every epoch (checkpoint step = epochs done) and a rerun resumes from the
         latest, giving the same parameters as an uninterrupted run. A checkpoint of another
-        recipe (any field but ``epochs``), of other training data, or with more epochs done
-        than ``cfg.epochs`` is refused (``CheckpointError``), never continued.
+        recipe (any field but ``epochs``), of other training data or ``init_params``, or with
+        more epochs done than ``cfg.epochs`` is refused (``CheckpointError``), never continued.
       meta: JSON-serialisable metadata stored with each checkpoint (config, split, request).
       progress: show a progress bar.
       init_params: start from these parameters instead of a fresh initialisation.
@@ -161,12 +161,18 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
     start = 0
     data_id = None if checkpointer is None else data_fingerprint(train)
+    init_id = (None if checkpointer is None or init_params is None
+               else array_fingerprint(*jax.tree.leaves(init_params)))
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
         refuse_another_run(checkpointer.directory, stored, cfg.to_json(), data_id, start,
                            cfg.epochs, config_key="train_config", data_key="train_data",
                            what="a model", config_name="TrainConfig")
+        if stored.get("init_params", init_id) != init_id:   # older checkpoints lack the field
+            raise CheckpointError(f"{checkpointer.directory} holds a model trained from other "
+                                  "init_params; use another checkpoint directory or the same "
+                                  "init_params")
     run = _fit_epoch(model, False, False, mesh)
     state = _put(state, mesh)
     x, y = _put((train.x, train.y), mesh)
@@ -186,7 +192,8 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         if checkpointer is not None:
             checkpointer.save(epoch + 1, state, {**(meta or {}), "epoch": epoch + 1,
                                                  "train_config": cfg.to_json(),
-                                                 "train_data": data_id})
+                                                 "train_data": data_id,
+                                                 "init_params": init_id})
     return state, history
 
 

@@ -60,7 +60,7 @@ class ULiRAConfig:
     """
 
     num_shadows: int = field(8, ge=2)
-    seed: int = field(0, ge=0)
+    seed: int = field(0, ge=0, lt=2**32)
 
     def __post_init__(self):
         check_config(self)

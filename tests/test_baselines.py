@@ -172,6 +172,15 @@ def test_retrain_equals_fit_on_retain(setup):
     res = unlearn("retrain", arch, params, split, val, cfg)
     want, _ = train.fit(arch, split.retain, cfg)
     assert_trees_close(res.params, want.params, atol=1e-6)
+    assert res.info["seed"] == 5          # the seed that ran (the config's), not the default 0
+
+
+def test_retrain_refuses_a_seed_its_config_contradicts(setup):
+    # A loop `for s in seeds: unlearn("retrain", ..., cfg, seed=s)` retrained every "seed" with
+    # cfg.seed and recorded s: seed-to-seed spread 0, published as the Retrain's std.
+    arch, params, split, val = setup
+    with pytest.raises(ConfigError, match=r"replace\(config, seed=2\)"):
+        unlearn("retrain", arch, params, split, val, train.TrainConfig(epochs=1, seed=0), seed=2)
 
 
 def test_errors(setup):

@@ -21,11 +21,25 @@ def test_unlearn_trains_then_loads_and_writes_results(tmp_path, capsys):
         assert 0 <= res["eval"]["gradtau"][k] <= 1
     assert "Avg. Gap" in (out / "report.md").read_text()
     assert (out / "checkpoints").is_dir()
-    # second call: the original is loaded, not retrained
+    # second call: the original is loaded, not retrained; the method's --seed is not the
+    # original's training seed (docs/unlearning.md's `--seed 1 --run-dir runs/original`)
     assert cli.main(base + ["--method", "neggrad", "--forget-fraction", "0.1",
-                            "--no-retrain"]) == 0
+                            "--no-retrain", "--seed", "1"]) == 0
     res = json.loads((run / "unlearn" / "neggrad-random-10" / "results.json").read_text())
     assert res["original"] == "loaded" and "retrain" not in res["eval"]
+    assert res["info"]["seed"] == 1 and res["train_config"]["seed"] == 0
+
+
+@pytest.mark.parametrize("argv, method_seed, train_seed", [
+    ([], 0, None), (["--seed", "1"], 1, None), (["--train-seed", "5"], 0, 5),
+    (["--train-seed", "5", "--seed", "1"], 1, 5), (["--seed", "1", "--train-seed", "5"], 1, 5),
+])
+def test_seed_and_train_seed_are_two_flags(argv, method_seed, train_seed):
+    # They shared one argparse dest: the last one given set both (the other silently dropped).
+    args = cli.build_parser().parse_args(["unlearn", "--method", "neggrad", "--forget-class",
+                                          "3", *argv])
+    assert args.method_seed == method_seed
+    assert args._train_flags.given(args).get("seed") == train_seed
 
 
 @pytest.mark.parametrize("argv, match", [

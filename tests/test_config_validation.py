@@ -13,7 +13,7 @@ import hyperforget_jax as hf
 from hyperforget_jax import config as C
 from hyperforget_jax import data, train, ulira
 from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError
-from hyperforget_jax.unlearn import configs as UC
+from hyperforget_jax.unlearn import check_seed, configs as UC
 from hyperforget_jax.unlearn.gradtau import GradTauConfig
 
 CONFIGS = [train.TrainConfig, GradTauConfig, UC.NegGradConfig, UC.NegGradPlusConfig,
@@ -80,6 +80,26 @@ def test_negative_seeds_are_refused_at_the_api(digits_splits):
     with pytest.raises(ConfigError, match="seed must be an integer >= 0, got -2"):
         hf.unlearn("gradtau", arch, arch.init(__import__("jax").random.key(0)), split,
                    digits_splits.val, seed=-2)
+
+
+def test_seeds_of_33_bits_are_refused():
+    # jax.random.key keeps the low 32 bits: TrainConfig(seed=2**32 + 5) drew seed 5's
+    # initialisation (with its own batch order), unlearn's Bad Teacher key(seed + 10_000) too.
+    with pytest.raises(ConfigError, match="TrainConfig.seed"):
+        hf.TrainConfig(seed=2**32 + 5)
+    with pytest.raises(ForgetRequestError, match="below 2\\*\\*32"):
+        data.ForgetRequest(fraction=0.1, seed=2**32)
+    with pytest.raises(ConfigError, match="below 2\\*\\*32"):
+        check_seed(2**32)
+    hf.TrainConfig(seed=2**32 - 1)
+    from hyperforget_jax.gan.train import GANConfig
+    from hyperforget_jax.gan.unlearn import UnlearnConfig
+
+    for cls in (GANConfig, UnlearnConfig):
+        with pytest.raises(ConfigError, match=f"{cls.__name__}.seed"):
+            cls(seed=2**32)
+    with pytest.raises(ConfigError, match="UnlearnConfig.seed"):
+        UnlearnConfig(seed=-1)
 
 
 def test_forget_request_ids_are_integers():

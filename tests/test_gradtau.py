@@ -312,6 +312,14 @@ def test_killed_run_resumes_to_the_uninterrupted_result(digits_splits, digits_or
         assert ck.latest_step() == 7
         with pytest.raises(CheckpointError, match="different ∇τ run"):
             G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=4, checkpointer=ck)
+        # Same sizes, other content: the finished run's parameters came back for these.
+        other = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1,
+                                                                            seed=1))
+        with pytest.raises(CheckpointError, match="data"):
+            G.run_gradtau(arch, params, other, digits_splits.val, cfg, seed=3, checkpointer=ck)
+        moved = jax.tree.map(lambda l: l + 0.01, params)
+        with pytest.raises(CheckpointError, match="start"):
+            G.run_gradtau(arch, moved, split, digits_splits.val, cfg, seed=3, checkpointer=ck)
     assert info2["resumed_from"] == 3 and len(info["tau"]) == 2
     assert_trees_close(got, want, atol=1e-6)
     np.testing.assert_allclose(info2["tau"], info["tau"], rtol=1e-6)

@@ -94,6 +94,15 @@ def test_sweep_errors(setup):
         unlearn_sweep("gradtau", arch, stacked, split, val, SEEDS, [NegGradConfig()])
 
 
+def test_stacked_params_of_a_model_without_init_must_be_declared(setup):
+    # An apply_fn has no shapes to compare with: stacked originals were taken for one network
+    # (each member started from the whole stack) and crashed with a raw broadcasting error.
+    arch, stacked, split, val = setup
+    apply_fn = lambda p, x: arch.apply(p, x)
+    with pytest.raises(ConfigError, match="params_stacked=True or False"):
+        unlearn_sweep("neggrad", apply_fn, stacked, split, val, SEEDS, [NegGradConfig(epochs=1)])
+
+
 @pytest.mark.parametrize("method", ["gradtau", "retrain", "salun"])
 def test_one_split_per_seed(setup, method, digits_splits):
     # Random forgetting drawn with each seed: equal sizes, different contents. As many samples

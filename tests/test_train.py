@@ -161,6 +161,13 @@ def test_resume_refuses_a_checkpoint_of_another_run(digits_splits, tmp_path):
                       dataclasses.replace(cfg, epochs=3), checkpointer=ck)
         same, hist = train.fit(arch, ds, cfg, checkpointer=ck)   # the same run: nothing to do
         assert hist == [] and ck.latest_step() == 2
+    # Another start (init_params) was continued too: the first run's model came back.
+    start = arch.init(jax.random.key(1))
+    with Checkpointer(tmp_path / "ck2") as ck:
+        train.fit(arch, ds, cfg, checkpointer=ck, init_params=start)
+        with pytest.raises(CheckpointError, match="other init_params"):
+            train.fit(arch, ds, cfg, checkpointer=ck, init_params=arch.init(jax.random.key(2)))
+        train.fit(arch, ds, cfg, checkpointer=ck, init_params=start)      # the same run
 
 
 def test_fleet_with_per_member_recipes_equals_fit(digits_splits):

@@ -108,7 +108,7 @@ def _method_config(args, cfg: train.TrainConfig):
         if args._method_flags.given(args):
             raise ConfigError("--method retrain uses the original's training recipe (that is "
                               "what makes it Retrain); drop the --config.* flags")
-        return dataclasses.replace(cfg, seed=args.seed)
+        return dataclasses.replace(cfg, seed=args.method_seed)
     if args.method == "finetune" and "alpha0" in args._method_flags.given(args):
         # unlearn() runs finetune as ∇τ with α₀ = 0; a given α₀ would be silently replaced.
         raise ConfigError("finetune is ∇τ's schedule with alpha0 = 0 (descent on D_r only); "
@@ -133,7 +133,7 @@ def cmd_unlearn(args) -> int:
         arch, params, cfg, how, orig_identity = _original(args, splits, stage)
         config = _method_config(args, cfg)
         identity = {"role": "unlearned", "method": args.method,
-                    "config": dataclasses.asdict(config), "seed": args.seed,
+                    "config": dataclasses.asdict(config), "seed": args.method_seed,
                     "request": request.to_json(), "original": orig_identity,
                     **common.data_identity(args, splits)}
         with common.open_run(out, identity, args, reads=[args.run_dir], flag="--out") as run:
@@ -159,25 +159,26 @@ def _unlearn_and_compare(args, arch, params, cfg, config, how, splits, request, 
                          forget_classes=request.classes)
 
     stage(f"{args.method} (first call, compiles)")
-    res = run(args.method, config, args.seed)
+    res = run(args.method, config, args.method_seed)
     timing = {"cold_seconds": res.info["wall_time_s"]}
     stage("evaluating")
-    rows = {"original": evaluate_unlearning(arch, params, splits, fsplit, request, args.seed),
+    rows = {"original": evaluate_unlearning(arch, params, splits, fsplit, request,
+                                            args.method_seed),
             args.method: evaluate_unlearning(arch, res.params, splits, fsplit, request,
-                                             args.seed)}
+                                             args.method_seed)}
     results = {"request": request.to_json(), "method": args.method, "original": how,
                "train_config": cfg.to_json(), "info": res.info, "eval": rows}
     if not args.no_retrain:
         # Timings of a first call include XLA compilation, which a second call in the same
         # process reuses: both are reported, and the speed-up is given for each.
         stage(f"{args.method} again (warm timing)")
-        timing["warm_seconds"] = run(args.method, config, args.seed).info["wall_time_s"]
+        timing["warm_seconds"] = run(args.method, config, args.method_seed).info["wall_time_s"]
         stage("Retrain (first call)")
         ret = run("retrain", cfg, cfg.seed)
         stage("Retrain again (warm timing)")
         r_warm = run("retrain", cfg, cfg.seed).info["wall_time_s"]
         rows["retrain"] = evaluate_unlearning(arch, ret.params, splits, fsplit, request,
-                                              args.seed)
+                                              args.method_seed)
         results["retrain_seconds"] = {"cold": ret.info["wall_time_s"], "warm": r_warm}
         results["speedup_vs_retrain"] = {
             "cold": ret.info["wall_time_s"] / timing["cold_seconds"],
@@ -217,7 +218,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default="runs/original",
                    help="the original model's run (trained there if it holds no model)")
     p.add_argument("--out", help="output directory (default <run-dir>/unlearn/<method>-<req>)")
-    p.add_argument("--seed", type=seed_int, default=0,
+    # Its own dest: the training recipe's seed flag (--train-seed) has the field's dest "seed".
+    p.add_argument("--seed", type=seed_int, default=0, dest="method_seed",
                    help="seed of the method (batch order, random labels/teachers) and of the "
                         "attacks")
     p.add_argument("--no-retrain", action="store_true",

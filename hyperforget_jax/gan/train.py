@@ -112,6 +112,8 @@ class GANConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ConfigError(f"GANConfig.{name} must be an integer >= 0, got {v!r}")
+        if self.seed >= 2**32:      # jax.random.key keeps a seed's low 32 bits
+            raise ConfigError(f"GANConfig.seed must be below 2**32, got {self.seed!r}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

@@ -202,6 +202,9 @@ class UnlearnConfig:
         if self.confirm_size < 0:
             raise ConfigError(f"confirm_size is a number of latent codes >= 0 (0: no "
                               f"confirmation), got {self.confirm_size!r}")
+        if not 0 <= self.seed < 2**32:   # jax.random.key keeps a seed's low 32 bits
+            raise ConfigError(f"UnlearnConfig.seed must be an integer in [0, 2**32), got "
+                              f"{self.seed!r}")
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)

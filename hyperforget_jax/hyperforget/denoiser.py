@@ -398,7 +398,7 @@ class HyperTrainConfig:
     permute: bool = field(True)
     endpoint_fraction: float = field(0.5, ge=0, le=1)
     p_uncond: float = field(0.1, ge=0, le=1)
-    seed: int = field(0, ge=0)
+    seed: int = field(0, ge=0, lt=2**32)
 
     def __post_init__(self):
         check_config(self)

@@ -170,6 +170,10 @@ def _config(method: str, model: Architecture, config: Any, seed: int) -> Any:
         return want()
     if not isinstance(config, want):
         raise ConfigError(f"{method} takes a {want.__name__}, got {type(config).__name__}")
+    if method == "retrain" and seed not in (0, config.seed):
+        # A loop over seeds with one TrainConfig would otherwise retrain every "seed" alike.
+        raise ConfigError(f"retrain runs with its TrainConfig's seed ({config.seed}), not "
+                          f"seed={seed}; pass config=dataclasses.replace(config, seed={seed})")
     return config
 
 
@@ -198,7 +202,8 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
       val: held-out validation data (∇τ's τ).
       config: the method's config (default: its published values); for ``retrain`` a
         :class:`~hyperforget_jax.train.TrainConfig` (default ``TrainConfig(seed=seed)``; a
-        given config is used as is, its own seed included).
+        given config is used as is, its own seed included: a ``seed`` other than 0 and the
+        config's is refused, and ``info["seed"]`` is the config's).
       seed: batch order, random labels, random teachers (an integer >= 0).
       forget_classes: the removed classes for class removal; by default inferred (the forget
         set's classes when none of them is left in D_r). Selects ∇τ's τ. When given, they must
@@ -216,7 +221,8 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
       :class:`UnlearnResult` ``(params, info)``.
 
     Raises:
-      ConfigError: unknown method, a config of the wrong type, a negative seed.
+      ConfigError: unknown method, a config of the wrong type, a negative seed, a ``retrain``
+        seed that its TrainConfig's contradicts.
       ForgetRequestError: empty forget or retain set; ``forget_classes`` that are not the
         forget set's classes.
       ArchitectureError: parameters that do not fit the model.
@@ -247,18 +253,24 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
                                              mesh=mesh)
         jax.block_until_ready(out)
     info = {"method": method, "wall_time_s": time.perf_counter() - t0,
-            "config": _recorded_config(model, config), "seed": seed, **info}
+            "config": _recorded_config(model, config),
+            "seed": config.seed if method == "retrain" else seed, **info}
     return UnlearnResult(out, info)
 
 
 def _is_stacked(model: Architecture, params: Any, n: int, stacked: bool | None) -> bool:
     if stacked is not None:
         return stacked
+    leading = {np.shape(l)[0] if np.ndim(l) else None for l in jax.tree.leaves(params)}
+    if model.param_shapes() is None and leading == {n}:
+        # No init to compare shapes with: one network and n stacked ones look alike.
+        raise ConfigError(f"unlearn_sweep: model {model.name!r} has no init, so params whose "
+                          f"every leaf has a first axis of {n} (= the number of seeds) may be "
+                          f"one network or {n} stacked ones; pass params_stacked=True or False")
     try:
         model.check_params(params)
         return False
     except ArchitectureError:
-        leading = {np.shape(l)[0] if np.ndim(l) else None for l in jax.tree.leaves(params)}
         if leading != {n}:
             raise
         return True

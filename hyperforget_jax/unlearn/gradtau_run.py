@@ -32,6 +32,7 @@ from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
+from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.unlearn import gradtau as G
 
 log = logging.getLogger("hyperforget_jax.unlearn.gradtau")
@@ -208,8 +209,13 @@ def device_arrays(split: ForgetSplit, val: Dataset, mode: str | None,
     return jax.device_put(arrays, NamedSharding(train.auto_mesh(mesh)[0], P()))
 
 
+#: run-identity fields recorded since 2026-12-05: checkpoints that lack them still resume.
+_RECORDED_SINCE = ("data", "start")
+
+
 def _validate_resume(saved: dict, want: dict, directory) -> None:
-    diff = [k for k in want if saved.get(k) != want[k]]
+    diff = [k for k in want if saved.get(k) != want[k]
+            and not (k in _RECORDED_SINCE and k not in saved)]
     if diff:
         raise CheckpointError(
             f"{directory} holds a different ∇τ run ({diff[0]}: {saved.get(diff[0])!r} on disk, "
@@ -256,7 +262,8 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
       checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`: the state is
         saved after every forget-epoch (checkpoint step = forget-epochs done, meta carries the
         τ history) and a rerun on the same directory resumes from the latest step. A directory
-        holding a different run (other config, seed or request sizes) is refused.
+        holding a different run (other config, seed, request data, validation data or
+        starting parameters) is refused.
       meta: JSON-serialisable metadata stored with each checkpoint.
       mesh: optional ``jax.sharding.Mesh``: both batches are split along its data axis, the
         state and data replicated; same parameters as one device (to float rounding).
@@ -283,6 +290,10 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))
     run_id = {"n_forget": len(split.forget), "n_retain": len(split.retain), "seed": int(seed),
               "epochs": E, "tau_mode": mode, "config": dataclasses.asdict(cfg)}
+    if checkpointer is not None:   # the request's data and the start, not only their sizes
+        used = (split.forget, split.retain) + (() if val is None else (val,))
+        run_id.update(data=data_fingerprint(*used),
+                      start=array_fingerprint(*jax.tree.leaves(params)))
     start, taus, hist_f, hist_r, hist_a = 0, [], [], [], []
     if checkpointer is not None and checkpointer.latest_step() is not None:
         ts, saved = checkpointer.restore(ts)
