@@ -205,3 +205,37 @@ def test_damaged_index_or_shard_is_named(built, tmp_path, what, match):
     _damage(copy, what)
     with pytest.raises(CheckpointError, match=match):
         C.Corpus(copy)
+
+
+def test_user_model_by_import_path(tmp_path, digits_splits):
+    """A corpus of a user's own model, named by import path as ``hyperforget train --arch``
+    takes it (was: "unknown architecture ... or pass ... an import path 'pkg.module:Name'")."""
+    small = data.Splits(*(dataclasses.replace(ds, x=ds.x[:256], y=ds.y[:256])
+                          for ds in digits_splits))
+    cfg = dataclasses.replace(CFG, arch="user_model:TinyNet", epochs_range=(1, 1),
+                              unlearn_epochs=1, checkpoints=1, class_pairs=0,
+                              forget_classes=(4,))
+    C.build_corpus(tmp_path, cfg, small, "digits-256", progress=False)
+    corpus = C.Corpus(tmp_path)
+    assert corpus.arch.source == "user_model:TinyNet" and corpus.originals.shape == (2, 2410)
+    # TinyNet builds its output layer first (Dense_0, called last): that is the head trained.
+    assert corpus.index["trained_tensors"] == [0, 1]
+
+
+def test_head_is_the_module_called_last():
+    """resnet18's output Dense sorts before its `_BasicBlock_7` by name: the head is found by
+    call order (was: the last residual block, refused as "has no output layer")."""
+    arch = models.make_architecture("resnet18", (28, 28, 1), 10)
+    leaves = jax.tree_util.tree_leaves_with_path(arch.param_shapes())
+    names = [jax.tree_util.keystr(leaves[i][0]) for i in C.trained_span(arch, "head")]
+    assert names == ["['Dense_0']['bias']", "['Dense_0']['kernel']"]
+    assert C.readout_keep_mask(arch, C.trained_span(arch, "head"), [(3,)]).sum() == 10 + 512 * 9
+
+
+def test_pairs_on_two_class_data_are_refused():
+    """On 2-class data the one pair forgets every class: its retain losses were NaN and the
+    hypertraining failed on "conditions' statistics must be finite ... nan"."""
+    with pytest.raises(ConfigError, match="forgets every class"):
+        C.CorpusConfig(class_pairs=1).requests(2)
+    assert C.CorpusConfig(class_pairs=0).requests(2) == [(0,), (1,)]
+    assert C.CorpusConfig(class_pairs=20).requests(3)[3:] == [(0, 1), (0, 2), (1, 2)]

@@ -244,6 +244,11 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     fails(argv[:-1] + [str(tmp_path / "s8"), "--num-steps", "0"],
           "SampleConfig.num_steps must be >= 1, got 0")
     assert not (tmp_path / "s8").exists()
+    # A start network of another split: its prompt and evaluation would read the wrong images
+    # as its training set (was: sampled and evaluated silently).
+    fails(argv[:-1] + [str(tmp_path / "s8"), "--split-seed", "1"],
+          "was trained with --split-seed 0, this command uses 1")
+    assert not (tmp_path / "s8").exists()
     fails(["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"), "--variant",
            "dihyfo2", "--forget-class", "5", "--steps", "1"], "takes no --forget-class")
     assert not (tmp_path / "t").exists()
@@ -259,3 +264,16 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     assert cli.main(tiny[:-1]) == 0
     assert "already trained" in capsys.readouterr().out
     assert (tmp_path / "t" / "hypernet.npz").read_bytes() == first
+
+
+def test_sample_cli_refuses_num_steps_with_ddpm(tmp_path, capsys):
+    """DDPM runs every diffusion step: a --num-steps beside it would be recorded (run.json,
+    report.md "ddpm, 5 steps") without changing the sample, so it is refused before any file
+    is read or written."""
+    out = tmp_path / "s"
+    argv = ["sample", "--dataset", "digits", "--hypernet", str(tmp_path / "none"),
+            "--forget-class", "3", "--method", "ddpm", "--num-steps", "5", "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--num-steps counts DDIM's steps" in err[0], err
+    assert not out.exists()

@@ -2,6 +2,7 @@
 files, recipes, the resume-on-rerun contract, and a clear error for a mismatched dataset."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -158,7 +159,20 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     nan_out, bad_out = tmp_path / "nan", tmp_path / "bad"
     unl_base = ["gan", "unlearn", *base, "--run-dir", str(orig), "--forget-class", "3",
                 "--check-every", "2", "--max-rounds", "2", "--quiet", *CHEAP_JUDGE]
+    # A compared run of another split (its record edited: the same GAN, another --split-seed).
+    other_split = tmp_path / "other_split"
+    shutil.copytree(orig, other_split)
+    record = json.loads((other_split / "run.json").read_text())
+    record["identity"]["split_seed"] = 1
+    (other_split / "run.json").write_text(json.dumps(record))
+    ev_base = ["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", samples, "--quiet",
+               *CHEAP_JUDGE, "--out", str(bad_out)]
     for argv, words, where in (
+            # --compare runs were scored on this split and request whatever theirs: a Retrain
+            # of class 3 read as a comparison for class 5, another split's GAN as this one's.
+            ([*ev_base, "--forget-class", "5", "--compare", str(ret)],
+             "holds a run for class 3, not for class 5", bad_out),
+            ([*ev_base, "--compare", str(other_split)], "--split-seed 1", bad_out),
             ([*unl_base, "--out", str(bad_out), "--lr", "0"], "G's learning rate", bad_out),
             ([*unl_base, "--out", str(bad_out), "--beta1", "5"], "beta1", bad_out),
             ([*unl_base, "--out", str(bad_out), "--judge-from", str(tmp_path / "nowhere")],
@@ -182,3 +196,24 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
         assert [words in ln for ln in lines if ": error: " in ln] == [True], lines
         assert all(": warning: " in ln for ln in lines[:-1]), lines
         assert not where.exists(), sorted(where.rglob("*"))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    # The dense pair has fixed hidden sizes: --width would be recorded but not used.
+    (["gan", "train", "--dataset", "digits", "--width", "8"], "--width sets the dcgan pair's"),
+    (["gan", "train", "--dataset", "digits", "--latent-prior", "normal", "--mixture-sigma",
+      "9"], "--mixture-sigma shapes the mixture prior"),
+    # Item requests have no forgotten share: its criterion's flags would change nothing.
+    (["gan", "unlearn", "--dataset", "digits", "--forget-indices", "1,2", "--confirm-size",
+      "10"], "--confirm-size applies to class requests only"),
+    (["gan", "unlearn", "--dataset", "digits", "--forget-fraction", "0.1", "--max-share",
+      "0.1", "--max-kept-drift", "0.5"], "--max-share, --max-kept-drift apply to class"),
+])
+def test_gan_cli_refuses_flags_the_run_would_not_use(tmp_path, capsys, argv, needle):
+    out = tmp_path / "out"
+    where = ["--run-dir", str(out)] if argv[1] == "train" else [
+        "--run-dir", str(tmp_path / "orig"), "--out", str(out)]
+    assert cli.main([*argv, *where, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()

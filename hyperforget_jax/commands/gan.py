@@ -34,6 +34,9 @@ from hyperforget_jax.gan.unlearn import (FAKE_LABELS, SUBSTITUTIONS, UnlearnConf
                                         default_recipe, unlearn_gan)
 from hyperforget_jax.train import TrainConfig
 
+#: UnlearnConfig fields that only class requests use (the forgotten share and its checks).
+CLASS_ONLY_FIELDS = ("max_share", "max_kept_drift", "confirm_size")
+
 
 def add_judge_flags(parser) -> Callable[[argparse.Namespace], dict]:
     """``--judge``, ``--judge-epochs``, ..., ``--judge-augment``, ``--judge-anneal``: the judge
@@ -120,7 +123,21 @@ def cmd_train(args) -> int:
     cfg = args._gan_flags.build(args)
     common.refuse_zero_epochs(cfg.epochs)
     # A bad architecture for these images is refused before the run directory is claimed.
-    gan_arch_of(cfg, train.x.shape[1:])
+    arch = gan_arch_of(cfg, train.x.shape[1:])
+    given = args._gan_flags.given(args)
+    # Flags the built GAN would not use are refused, not recorded as if they had shaped it.
+    if arch.name == "mlp" and "width" in given:
+        raise ConfigError(f"--width sets the dcgan pair's channels, but this run trains the "
+                          f"dense mlp pair (fixed hidden sizes) on {arch.image_shape[0]}×"
+                          f"{arch.image_shape[1]} images; drop --width, or use --gan-arch "
+                          "dcgan on 28×28 or 32×32 images")
+    unused = [args._gan_flags.flags[f] for f in ("mixture_components", "mixture_sigma")
+              if f in given]
+    if cfg.latent_prior != "mixture" and unused:
+        raise ConfigError(f"{', '.join(unused)} shape{'s' if len(unused) == 1 else ''} the "
+                          f"mixture prior, but this run draws z from the {cfg.latent_prior} "
+                          f"prior; drop {'it' if len(unused) == 1 else 'them'}, or use "
+                          "--latent-prior mixture")
     meta = {"role": "retrain" if request else "original", "dataset": args.dataset,
             "split_seed": args.split_seed,
             "request": request.to_json() if request else None}
@@ -143,6 +160,15 @@ def cmd_train(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
+    class_only = [args._unlearn_flags.flags[f] for f in CLASS_ONLY_FIELDS
+                  if f in args._unlearn_flags.given(args)]
+    if args.forget_class is None and class_only:
+        # They only shape the share criterion, which an item request does not have: accepted,
+        # they would change nothing but the recorded recipe.
+        raise ConfigError(f"{', '.join(class_only)} appl{'ies' if len(class_only) == 1 else 'y'}"
+                          " to class requests only (an item request's cascade has no forgotten "
+                          f"share to check); drop {'it' if len(class_only) == 1 else 'them'}, "
+                          "or give --forget-class")
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
     _check_dataset(arch, splits, args, args.run_dir)
@@ -234,8 +260,19 @@ def cmd_evaluate(args) -> int:
     # and the output directory claimed.
     others = {}
     for other in args.compare or []:
-        others[other] = load_gan_run(other)[:2]
-        _check_dataset(others[other][0], splits, args, other)
+        a, st, m = load_gan_run(other)
+        _check_dataset(a, splits, args, other)
+        # As --run-dir's: a run of another split or dataset would be scored on this one's
+        # forget set, D_r and test images, and its row would read as a comparison.
+        common.check_same_data(m, args, splits, other, "GAN")
+        # A Retrain (or an unlearned GAN) of another request is no comparison for this one.
+        got = m.get("request")
+        if got and data.ForgetRequest.from_json(got) != request:
+            raise ForgetRequestError(
+                f"--compare {other} holds a run for "
+                f"{data.ForgetRequest.from_json(got).describe()}, not for {request.describe()}; "
+                "compare the runs of this request (or the Original)")
+        others[other] = a, st
     search = _judge_dirs([*runs, *args.judge_from])
     out = args.out or Path(args.run_dir) / "gan-evaluate" / re.sub(
         r"[^A-Za-z0-9.+-]+", "-", request.describe()).strip("-")

@@ -12,6 +12,7 @@ the hypernetwork's architecture, ``gpt_mlp`` for the pretrained one) or from a c
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -97,8 +98,9 @@ def cmd_hypertrain(args) -> int:
     return 0
 
 
-def _start_network(args, net):
-    """(params, identity of the start) from --run-dir or --corpus/--start-seed."""
+def _start_network(args, net, splits):
+    """(params, identity of the start) from --run-dir or --corpus/--start-seed, refused when it
+    was trained on other data than ``splits`` (the prompt and the evaluation use them)."""
     if args.run_dir is not None and (args.corpus is not None or args.start_seed is not None):
         raise ConfigError("give one start network: --run-dir DIR, or --corpus DIR "
                           "--start-seed S, not both")
@@ -110,10 +112,15 @@ def _start_network(args, net):
                 f"the start network in {args.run_dir} is a {arch.name} ({arch.param_count:,} "
                 f"parameters) but this hypernetwork samples {want.name} networks; train one "
                 f"with `hyperforget train --arch {want.name}`")
+        common.check_same_data(meta, args, splits, args.run_dir, "start network")
         return params, {"run": meta["identity"]}
     if args.corpus is None or args.start_seed is None:
         raise ConfigError("give a start network: --run-dir DIR or --corpus DIR --start-seed S")
     corpus = C.Corpus(args.corpus)
+    common.check_same_data({"dataset": corpus.index.get("dataset"),
+                            "split_seed": corpus.index.get("split_seed"),
+                            "identity": {"data": corpus.index.get("data_fingerprint")}},
+                           args, splits, args.corpus, "corpus's start network")
     params = P_.unflatten(jnp.asarray(corpus.original(args.start_seed)),
                           corpus.arch.param_shapes())
     return params, {"corpus": str(Path(args.corpus).absolute()), "seed": args.start_seed}
@@ -135,7 +142,13 @@ def cmd_sample(args) -> int:
     rt = None if args.retain_target is None else check_target("--retain-target",
                                                                args.retain_target)
     sc = args._sample_flags.build(args)
+    if sc.method == "ddpm" and "num_steps" in args._sample_flags.given(args):
+        raise ConfigError("--num-steps counts DDIM's steps; --method ddpm runs every one of "
+                          "the hypernetwork's T diffusion steps whatever it says: drop "
+                          "--num-steps, or use --method ddim")
     net, meta = H.load_hypernet(args.hypernet)
+    if sc.method == "ddpm":     # recorded as run: every one of the T steps
+        sc = dataclasses.replace(sc, num_steps=net.spec.num_train_steps)
     classes = tuple(args.forget_class)
     H.check_request(net.spec, classes)
     splits = common.load_splits(args)
@@ -143,7 +156,7 @@ def cmd_sample(args) -> int:
     # Prompts are the start network's losses on this data, read against the corpus's
     # statistics: data other than the corpus's gives prompts the network never saw.
     common.check_same_data(meta, args, splits, args.hypernet, "hypernetwork's corpus")
-    params, start = _start_network(args, net)
+    params, start = _start_network(args, net, splits)
     prompt = H.make_prompt(net, params, splits.train, classes, ft, rt)
     request = data.ForgetRequest(classes=classes)
     identity = {"role": "hyperforget-sample", "hypernet": _hypernet_identity(args, meta),

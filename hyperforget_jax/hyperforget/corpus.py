@@ -71,7 +71,7 @@ from hyperforget_jax.config import check_config, field
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import corpus_index as CI
-from hyperforget_jax.models import Architecture, make_architecture
+from hyperforget_jax.models import Architecture, as_model
 
 FORMAT = CI.FORMAT
 SPLITS = CI.SPLITS
@@ -172,20 +172,52 @@ class CorpusConfig:
 
 def trained_span(arch: Architecture, layers: str) -> list[int]:
     """Tensor ids (flat order) the corpus's unlearning trains: ``"all"``, or ``"head"``: the
-    output layer, i.e. the tensors of the last top-level module in natural name order
-    (``Dense_1`` of G.pt's MLP, ``Dense_2`` of the 256-256 MLP)."""
+    output layer, i.e. the tensors of the top-level module called last (``Dense_1`` of G.pt's
+    MLP, ``Dense_2`` of the 256-256 MLP, the Dense after resnet18's blocks). A model without a
+    Flax module to trace falls back to the last top-level module in natural name order."""
     template = arch.param_shapes()
     leaves = jax.tree_util.tree_leaves_with_path(template)
     if layers == "all":
         return list(range(len(leaves)))
     top = [str(getattr(path[0], "key", path[0])) for path, _ in leaves]
+    last = _last_called_top_module(arch, template)
+    if last not in top:
+        def natural(name):
+            m = re.match(r"(.*?)(\d+)$", name)
+            return (m.group(1), int(m.group(2))) if m else (name, -1)
 
-    def natural(name):
-        m = re.match(r"(.*?)(\d+)$", name)
-        return (m.group(1), int(m.group(2))) if m else (name, -1)
-
-    last = max(set(top), key=natural)
+        last = max(set(top), key=natural)
     return [i for i, t in enumerate(top) if t == last]
+
+
+def _last_called_top_module(arch: Architecture, template) -> str | None:
+    """The name of the top-level submodule of ``arch``'s Flax module called last on a forward
+    pass (traced, nothing computed), or None. Names follow construction order, not call order:
+    ``nn.Dense(k)(nn.relu(nn.Dense(32)(x)))`` names its output layer ``Dense_0``, and
+    resnet18's ``_BasicBlock_7`` sorts after its ``Dense_0``."""
+    import flax.linen as nn
+
+    module = getattr(arch, "module", None)
+    if not isinstance(module, nn.Module) or arch.input_shape is None:
+        return None
+    called = []
+
+    def record(next_fun, args, kwargs, context):
+        path = context.module.scope.path if context.module.scope is not None else ()
+        if context.method_name == "__call__" and len(path) == 1:
+            called.append(path[0])
+        return next_fun(*args, **kwargs)
+
+    def forward(params, x):
+        with nn.intercept_methods(record):
+            return module.apply({"params": params}, x)
+
+    try:
+        jax.eval_shape(forward, template,
+                       jax.ShapeDtypeStruct((1, *arch.input_shape), jnp.float32))
+    except Exception:          # a model that cannot be traced so: the name-order fallback
+        return None
+    return called[-1] if called else None
 
 
 def span_index(arch: Architecture, tensors: list[int]) -> np.ndarray:
@@ -489,7 +521,8 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     """
     ccfg = ccfg or CorpusConfig()
     splits = splits or data.make_splits(data.load_mnist5k(), seed=split_seed)
-    arch = make_architecture(ccfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
+    # A registered name or a user model's import path ("pkg.module:Net"), as `train --arch`.
+    arch = as_model(ccfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     out = report.prepare_dir(out_dir)
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
     if CI.index_path(out).exists():

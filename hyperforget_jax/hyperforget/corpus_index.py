@@ -36,6 +36,12 @@ def requests(forget_classes, class_pairs: int, num_classes: int) -> list[tuple[i
     if forget_classes is not None and max(forget_classes) >= num_classes:
         raise ConfigError(f"forget_classes {list(forget_classes)}: the data has classes "
                           f"0..{num_classes - 1} only")
+    if class_pairs and num_classes < 3:
+        # The pair would forget every class: no retained images, NaN retain losses, and a
+        # hypernetwork that cannot be trained on the corpus.
+        raise ConfigError(f"class_pairs {class_pairs}: with {num_classes} classes a two-class "
+                          "request forgets every class and leaves nothing to retain; pass "
+                          "--pairs 0 (class_pairs=0)")
     singles = [(c,) for c in (range(num_classes) if forget_classes is None
                               else forget_classes)]
     disjoint = [(c, c + 1) for c in range(0, num_classes - 1, 2)]
