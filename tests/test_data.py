@@ -164,6 +164,8 @@ def test_make_splits_of_a_fixed_split_honours_the_seed(digits_splits):
     `--split-seed 1 --dataset mnist` silently trained on the split of seed 0."""
     fixed = data.Splits(*digits_splits)              # stands in for load_dataset("mnist")
     assert data.make_splits(fixed, seed=0) is fixed  # seed 0: load_dataset's own split
+    with pytest.raises(DataError, match="val_frac / test_frac do not apply"):
+        data.make_splits(fixed, val_frac=0.5)         # was ignored without a word
     s1, s2 = data.make_splits(fixed, seed=1), data.make_splits(fixed, seed=1)
     assert s1.test is fixed.test                      # the official test split is kept
     assert (s1.val.x == s2.val.x).all()               # deterministic
