@@ -246,9 +246,10 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
     MNIST-5k with the defaults gives 3,500 / 500 / 1,000 images (350 / 50 / 100 per class).
 
     ``ds`` may be the :class:`Splits` of a tfds source (:func:`load_dataset`): its official
-    test split is kept and ``val_frac`` / ``test_frac`` do not apply (others than the defaults are refused); ``seed`` 0 keeps the
-    validation set :func:`load_dataset` drew, another seed redraws it (as many images of each
-    class) from the pooled training and validation images, so split seeds give different splits.
+    test split is kept and ``val_frac`` / ``test_frac`` do not apply (values other than the
+    defaults are refused); ``seed`` 0 keeps the validation set :func:`load_dataset` drew,
+    another seed redraws it (as many images of each class) from the pooled training and
+    validation images, so split seeds give different splits.
     """
     seed = _check_seed(seed, "split seed")
     if isinstance(ds, Splits):
