@@ -495,11 +495,37 @@ def load_model(path: str, input_shape: tuple[int, ...] | None = None,
                               f"{path!r}")
         obj = getattr(obj, part)
     if isinstance(obj, type) and issubclass(obj, nn.Module):
-        fields = {f.name for f in dataclasses.fields(obj)}
-        obj = obj(num_classes=num_classes) if ("num_classes" in fields
-                                               and num_classes is not None) else obj()
+        obj = _instance_of(obj, num_classes)
     model = as_model(obj, input_shape, num_classes, name=path)
-    return dataclasses.replace(model, source=path)
+    # The same module object underneath: share its compiled programs, so that the same path
+    # passed to every call (or a run directory reloaded) compiles once, as a held model does.
+    new = dataclasses.replace(model, source=path)
+    if not new.registered:
+        if model._own_programs is None:
+            object.__setattr__(model, "_own_programs", _Programs())
+        object.__setattr__(new, "_own_programs", model._own_programs)
+    return new
+
+
+_INSTANCES_ATTR = "__hyperforget_instances__"
+
+
+def _instance_of(cls: type, num_classes: int | None) -> nn.Module:
+    """``cls(num_classes=K)`` (or ``cls()`` without that field), one instance per K kept on the
+    class itself, so that :func:`load_model` of one path returns the same module (and with it
+    the adapter and compiled programs :func:`as_model` keeps on it)."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    k = num_classes if "num_classes" in fields else None
+    instances = cls.__dict__.get(_INSTANCES_ATTR)    # this class's own, not a base class's
+    if instances is None:
+        instances = {}
+        try:
+            setattr(cls, _INSTANCES_ATTR, instances)
+        except (AttributeError, TypeError):
+            pass
+    if k not in instances:
+        instances[k] = cls(num_classes=k) if k is not None else cls()
+    return instances[k]
 
 
 def as_model(obj: Any, input_shape: Sequence[int] | None = None,

@@ -210,6 +210,34 @@ def test_bf16_parameters_are_refused_by_the_trainers_with_the_fix(world):
             unlearn(method, net, p, fsplit, splits.val)
 
 
+def test_an_import_path_passed_to_every_call_compiles_once(world, tmp_path, monkeypatch):
+    # load_model made a new module instance (and a new adapter without programs) on every
+    # call: the same path string given to fit / unlearn / evaluate recompiled everything.
+    splits, request, fsplit = world
+    pkg = tmp_path / "pathnets"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(
+        "import flax.linen as nn\n"
+        "class Net(nn.Module):\n"
+        "    num_classes: int = 10\n"
+        "    @nn.compact\n"
+        "    def __call__(self, x):\n"
+        "        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = "pathnets.models:Net"
+    params = hf.fit(path, splits.train, hf.TrainConfig(epochs=1))[0].params
+    unlearn("neggrad", path, params, fsplit, splits.val)
+    hf.evaluate_unlearning(path, params, splits, fsplit, request)
+    with CompileCounter() as c:
+        hf.fit(path, splits.train, hf.TrainConfig(epochs=1, seed=1))
+        unlearn("neggrad", path, params, fsplit, splits.val, seed=1)
+        back = models.Architecture.from_json(hf.as_model(path, (8, 8, 1)).to_json())
+        hf.evaluate_unlearning(back, params, splits, fsplit, request)
+    assert c.n == 0
+    assert hf.load_model(path, num_classes=3).num_classes == 3       # one instance per K
+
+
 def _user_world():
     big = np.ones((1000, 1000), np.float32)        # 4 MB the apply_fn closes over
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import CompileCounter
 from hyperforget_jax import cli, xla
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError,
@@ -100,6 +101,20 @@ def test_sample_returns_params_vmaps_and_is_generative(setup, digits_splits):
     other = P_.flatten(H.sample(jax.random.key(9), net2, start, prompts[0], num_steps=4))
     assert not np.allclose(other, P_.flatten(one[0]))
     np.testing.assert_allclose(other[:650], P_.flatten(start)[:650], rtol=1e-5, atol=1e-6)
+
+
+def test_another_guidance_weight_reuses_the_compiled_sampler(setup, digits_splits):
+    # The weight w was a constant of the program: every value of a guidance sweep compiled
+    # the whole DDIM loop again (seconds each) and kept it on the hypernetwork for good.
+    _, _, net2, _, start = setup
+    prompt = H.make_prompt(net2, start, digits_splits.train, (5,))
+    key = jax.random.key(3)
+    a = H.sample(key, net2, start, prompt, num_steps=4, guidance=1.0)
+    n_programs = len(net2._programs)
+    with CompileCounter() as c:
+        b = H.sample(key, net2, start, prompt, num_steps=4, guidance=1.5)
+    assert c.n == 0 and len(net2._programs) == n_programs
+    assert not np.allclose(P_.flatten(a), P_.flatten(b), atol=1e-6)
 
 
 def test_guidance_zero_is_the_unguided_sampler(setup, digits_splits):

@@ -604,6 +604,33 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
         run_gradtau_stream(arch, params, short, **kw, tau=1.0)
 
 
+def test_streamed_runner_reuses_its_program(digits_splits, digits_original):
+    """A second run_gradtau_stream call of the same shapes (another learning rate, another
+    request of the same size) compiles nothing: the step used to be compiled on every call.
+    With tau_fn the program is kept on the caller's function: holding it reuses the program."""
+    import math
+
+    from hyperforget_jax.unlearn import gradtau_run
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
+
+    arch, params = digits_original
+    val = digits_splits.val
+    splits = [data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1, seed=s))
+              for s in (0, 1)]
+    cfgs = [G.GradTauConfig(epochs=1), G.GradTauConfig(epochs=1, lr=5e-4)]
+    tau_fn = G.val_tau_fn(arch.apply)
+    for tau_kw in ({"tau": math.log(10)}, {"tau_fn": tau_fn, "tau_args": (val.x, val.y)}):
+        outs = []
+        for i, (split, cfg) in enumerate(zip(splits, cfgs)):
+            plan = gradtau_run.make_plan(split, cfg, 0, None)
+            with CompileCounter() as c:
+                outs.append(run_gradtau_stream(arch, params, _stream_of(split, plan), config=cfg,
+                                               n_forget=len(split.forget),
+                                               n_retain=len(split.retain), **tau_kw)[0])
+            assert i == 0 or c.n == 0, tau_kw
+        assert float(jnp.abs(P_.flatten(outs[0]) - P_.flatten(outs[1])).max()) > 1e-4
+
+
 # --- nabla_tau under shard_map (a user's own sharded loop) -------------------------------------
 
 @pytest.mark.parametrize("check_vma,chunk", [(True, None), (False, None), (True, 4)])
@@ -693,13 +720,15 @@ def test_a_model_with_batch_statistics_is_never_computed_in_chunks(digits_splits
         results.append(G.run_gradtau(m, p0, split, digits_splits.val, cfg)[0])
     assert_trees_close(results[0], results[1], rtol=1e-5, atol=1e-6)
     assert not gradtau_run.per_example(m, p0, split.retain.x)
-    # The streamed driver too (its program is built per call, at the first batch).
+    # The streamed driver too (its program is the model's own, built at the first batch: a
+    # fresh model per budget, as above).
     from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
 
     plan = gradtau_run.make_plan(split, cfg, 0, None)
     streamed = []
     for budget in (10**9, 1024):
         monkeypatch.setattr(microbatch_mod, "AUTO_BUDGET_BYTES", budget)
+        m = models.as_model(BatchStats(), (8, 8, 1))
         streamed.append(run_gradtau_stream(m, p0, _stream_of(split, plan), tau=1.0, config=cfg,
                                            n_forget=len(split.forget),
                                            n_retain=len(split.retain))[0])

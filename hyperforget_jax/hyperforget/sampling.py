@@ -134,13 +134,15 @@ def _check_prompt(spec: HyperSpec, prompt: Prompt) -> None:
                                      f"finite loss, got {v.ravel()[:3].tolist()}")
 
 
-def _build_sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
+def _build_sampler(net: Hypernet, num_steps: int, method: str, guided: bool):
+    # The guidance weight is an argument of the program (one compilation serves every w > 0);
+    # only whether there is an unconditional pass at all is part of its structure.
     spec = net.spec
     model, sched = spec.model(), D.make_schedule(spec.num_train_steps)
     tmpl, ws = spec.arch.param_shapes(), spec.weights
     shape = (1, ws.change_size)
 
-    def one(hparams, theta0, prompt: Prompt, key):
+    def one(hparams, theta0, prompt: Prompt, key, guidance):
         z0 = ws.encode_start(theta0, tmpl)[None]
         sc = spec.conditions(prompt.forget_start, prompt.forget_target, prompt.retain_start,
                              prompt.retain_target)[None]
@@ -148,7 +150,7 @@ def _build_sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
 
         def predict(x, t):
             xc = model.apply({"params": hparams}, x, z0, t, sc, cls)
-            if guidance == 0.0:
+            if not guided:
                 return xc          # the plain conditional model: no unconditional pass
             xu = model.apply({"params": hparams}, x, z0, t, sc, cls, jnp.ones((1,), bool))
             return xc + guidance * (xc - xu)
@@ -159,7 +161,7 @@ def _build_sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
             x0 = D.ddpm_sample(sched, predict, key, shape)
         return ws.decode_change(x0[0], theta0, tmpl)
 
-    return xla.jit(one), xla.jit(jax.vmap(one, in_axes=(None, None, 0, 0)))
+    return xla.jit(one), xla.jit(jax.vmap(one, in_axes=(None, None, 0, 0, None)))
 
 
 def _sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
@@ -176,8 +178,11 @@ def _sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
         # w = −1 is the unconditional model alone: a network that ignores the request.
         raise ConfigError(f"guidance must be a finite number >= 0 (0: the conditional model "
                           f"alone), got {guidance}")
-    key = ("sample", int(num_steps) if method == "ddim" else 0, method, guidance)
-    return net.program(key, lambda: _build_sampler(net, num_steps, method, guidance))
+    guided = guidance != 0.0
+    key = ("sample", int(num_steps) if method == "ddim" else 0, method, guided)
+    one, many = net.program(key, lambda: _build_sampler(net, num_steps, method, guided))
+    w = np.float32(guidance)
+    return (lambda *a: one(*a, w)), (lambda *a: many(*a, w))
 
 
 def sample(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt, num_steps: int = 20,

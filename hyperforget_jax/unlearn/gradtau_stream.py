@@ -19,6 +19,7 @@ rows* of every global batch (assembled with ``jax.make_array_from_process_local_
 from __future__ import annotations
 
 import math
+import types
 from typing import Any, Callable, Iterable
 
 import jax
@@ -28,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train, xla
 from hyperforget_jax.errors import ConfigError
-from hyperforget_jax.models import as_model
+from hyperforget_jax.models import _Programs, as_model
 from hyperforget_jax.unlearn import gradtau as G
 from hyperforget_jax.unlearn.gradtau_run import _check_finite, per_example
 
@@ -68,13 +69,41 @@ def _step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | None,
         return ts, gs, {"forget_loss": m["forget_loss"], "retain_loss": m["retain_loss"],
                         "tau": m["tau"], "finite": finite, "ascent": m["ascent"]}
 
-    # Compiled per call, not cached on the model: the program closes over the caller's tau_fn.
     if mesh is None:
         return xla.jit(step, donate_argnums=0)
     m, axis = train.auto_mesh(mesh)
     repl, rows = NamedSharding(m, P()), NamedSharding(m, P(axis))
     return xla.jit(step, in_shardings=(repl, repl, repl, rows, rows, repl),
                    out_shardings=repl, donate_argnums=0)
+
+
+_STEPS_ATTR = "__hyperforget_stream_steps__"
+
+
+def _cached_step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | None,
+                         chunk: str | None) -> Callable:
+    """:func:`_step_program`, compiled once per (model, N_f, mesh, chunk) and reused by later
+    calls (float hyperparameters are arguments of the program). With a constant τ the program
+    is the model's own (:meth:`Architecture.program`). With ``tau_fn`` it closes over the
+    caller's function, so it is kept *on that function* (as ``hf.as_model`` keeps a model's
+    adapter on it): holding ``tau_fn`` reuses it, dropping it frees both, and no model-level or
+    module-level cache keeps a user's function alive. A ``tau_fn`` that takes no attributes is
+    compiled per call."""
+    key = ("gradtau_stream_step", n, mesh, chunk)
+    build = lambda: _step_program(model, n, tau_fn, mesh, chunk)
+    if tau_fn is None:
+        return model.program(key, build)
+    if isinstance(tau_fn, types.MethodType):   # its __dict__ is the function's, for any self
+        return build()
+    store = getattr(tau_fn, "__dict__", {}).get(_STEPS_ATTR)
+    if store is None:
+        store = _Programs()
+        try:
+            object.__setattr__(tau_fn, _STEPS_ATTR, store)
+        except (AttributeError, TypeError):   # bound methods, objects with __slots__
+            return build()
+    # The program references ``model``, so its id is not reused while the entry lives.
+    return store.get((id(model), *key), build)
 
 
 def run_gradtau_stream(arch: Any, params: Params,
@@ -97,7 +126,9 @@ def run_gradtau_stream(arch: Any, params: Params,
       tau: a constant τ (class removal: ``math.log(num_classes)``, the runner's default).
       tau_fn: ``tau_fn(params, *tau_args) -> scalar`` τ of the current model, refreshed every
         ``config.tau_refresh_epochs`` forget-epochs (the paper's τ:
-        ``gradtau.val_tau_fn(model.apply)`` with ``tau_args=(val.x, val.y)``).
+        ``gradtau.val_tau_fn(model.apply)`` with ``tau_args=(val.x, val.y)``). The compiled
+        step is kept on this function: pass the same one again to reuse it (a fresh
+        ``val_tau_fn(...)`` per call compiles afresh).
       tau_args: device-resident arguments of ``tau_fn`` (replicated under a mesh).
       mesh: optional mesh: each batch is split along its data axis, the state replicated.
         Under ``jax.distributed`` each process yields its own rows of every global batch.
@@ -152,7 +183,7 @@ def run_gradtau_stream(arch: Any, params: Params,
             model.check_inputs(rb[0], "a streamed retain batch", rb[1])
             if step is None:   # a model with batch statistics runs whole batches (per_example)
                 chunk = "auto" if per_example(model, params, np.asarray(rb[0])) else None
-                step = _step_program(model, n, tau_fn, mesh, chunk)
+                step = _cached_step_program(model, n, tau_fn, mesh, chunk)
             ts, gs, m = step(ts, gs, hp, put(fb), put(rb), tau_args)
             ms.append(m)
             if k % sync_every == 0:
