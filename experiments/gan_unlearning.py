@@ -91,6 +91,8 @@ def _weights(text: str) -> list[float]:
             f"{text!r} is not a comma list of numbers (e.g. 4,16)") from None
     if any(not np.isfinite(v) or v <= 0 for v in vals):
         raise argparse.ArgumentTypeError(f"λ_u values must be finite and > 0, got {text!r}")
+    if len({class_variant(v) for v in vals}) != len(vals):   # one method name, runs pooled
+        raise argparse.ArgumentTypeError(f"λ_u lists a value twice: {text!r}")
     return vals
 
 
@@ -145,6 +147,8 @@ def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[
     if set(labels) - set(FAKE_LABELS):
         raise ConfigError(f"--fake-labels takes {', '.join(FAKE_LABELS)}, got "
                           f"{args.fake_labels!r}")
+    if len(set(labels)) != len(labels):   # both runs of a seed under one name, pooled
+        raise ConfigError(f"--fake-labels lists a value twice: {args.fake_labels!r}")
     classes = ints("--classes", args.classes)
     for c in classes:                 # names the classes the data has
         data.resolve_forget(splits.train, data.ForgetRequest(classes=(c,)))
@@ -182,7 +186,9 @@ def main(argv=None) -> dict:
         sizes, retrain_sizes, labels, classes = _request_lists(args, splits)
     except ValueError as e:           # ConfigError, ForgetRequestError
         ap.error(str(e))
-    out = report.prepare_dir(args.out)
+    out = report.prepare_dir(args.out, flag="--out")
+    # and the grids' folder now, not after the whole run
+    gd = report.prepare_dir(args.grids_dir, flag="--grids-dir") if args.grids_dir else None
     class_lus = args.class_lambda_u
     seeds = list(range(args.seeds))
     ev_fast = dataclasses.replace(ev_full, downstream_samples=0)
@@ -319,7 +325,6 @@ def main(argv=None) -> dict:
     report.write_json(out / "results.json", res)
     report.atomic_write(out / "report.md", md)
     if args.grids_dir:
-        gd = report.prepare_dir(args.grids_dir)
         for f in out.glob("grid_*.png"):
             shutil.copy(f, gd / f"gan_{f.name}")
     print(md)
@@ -356,8 +361,10 @@ def render(res, sizes, labels, classes) -> str:
           "(not Inception); FID reference = the retained training images D_r. d_mia_auc: ROC "
           "AUC of σ(D(x)) on the forgotten training images vs held-out test images (of the "
           "forgotten class for class requests; 0.5 = no signal, < 0.5 = the items now look "
-          "*less* real than unseen data). Downstream: an MLP trained on 10k generated samples "
-          "labelled by the judge, tested on the real test set (all classes / kept classes). "
+          "*less* real than unseen data). Downstream: an MLP trained on "
+          # --samples (results before it was recorded: its default)
+          f"{res['config'].get('samples', 10_000):,} generated samples labelled by the judge, "
+          "tested on the real test set (all classes / kept classes). "
           f"Class recipe: fake label {cfgc['fake_label']}, {cfgc['substitution']}-level "
           f"substitution, λ_s {cfgc['lambda_s']}{_anchor(cfgc)}{_confirm(cfgc)}"
           f"{_escalation(cfgc)}; "
@@ -552,4 +559,9 @@ def targets(res, classes) -> str:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    from hyperforget_jax.errors import HyperforgetError
+    try:
+        main(sys.argv[1:])
+    except HyperforgetError as e:      # e.g. an unwritable --out: one line, exit 2
+        print(f"gan_unlearning: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import statistics
 import sys
 import time
@@ -179,7 +180,7 @@ def pick_pairs(spec, n, num_classes=10):
 
 def main(argv=None):
     a = parse(argv)
-    out = report.prepare_dir(a.out)
+    out = report.prepare_dir(a.out, flag="--out")
     if a.render_only:
         r = json.loads((out / "results.json").read_text())
         md = render(r)
@@ -202,7 +203,7 @@ def main(argv=None):
     samp = {k: getattr(a.sampler, k) for k in ("num_steps", "method", "guidance")}
     x, y = jnp.asarray(splits.train.x), jnp.asarray(splits.train.y)
     results = {"command": "PYTHONPATH=. python experiments/hyperforget_eval.py "
-                          + " ".join(argv if argv is not None else sys.argv[1:]),
+                          + shlex.join(argv if argv is not None else sys.argv[1:]),
                "args": {k: v for k, v in vars(a).items() if not k.startswith("_")
                         and k not in ("sampler", "recipe") and v is not UNSET},
                "sampler": a.sampler.to_json(),
@@ -610,4 +611,9 @@ def _checks(name, rs, ref, bar):
 
 
 if __name__ == "__main__":
-    main()
+    from hyperforget_jax.errors import HyperforgetError
+    try:
+        main()
+    except HyperforgetError as e:      # e.g. an unwritable --out: one line, exit 2
+        print(f"hyperforget_eval: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)

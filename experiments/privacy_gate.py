@@ -164,7 +164,7 @@ def run(args) -> dict:
     request = _check(args)
     splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
     fsplit = data.resolve_forget(splits.train, request)
-    out_dir = report.prepare_dir(args.out)      # only once the request fits the data
+    out_dir = report.prepare_dir(args.out, flag="--out")      # only once the request fits the data
     base = configs(args)[0]
     arch = as_model(base.arch, splits.train.x.shape[1:], splits.train.num_classes)
     methods = _methods(args, arch, splits.val)
@@ -205,7 +205,8 @@ def _mean(rows, key):
 
 
 def _std(rows, key):
-    return statistics.stdev([r[key] for r in rows]) if len(rows) > 1 else 0.0
+    """The std over seeds; None for one seed, whose std is not defined (not 0)."""
+    return statistics.stdev([r[key] for r in rows]) if len(rows) > 1 else None
 
 
 def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path) -> dict:
@@ -227,7 +228,7 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path) -> dict
               "tolerance": {"mia_loss_lr": args.tol_mia, "ulira_acc": args.tol_ulira},
               "per_seed": rows, "verdicts": verdicts,
               "passed": all(v["passed"] for v in verdicts.values()), "seconds": seconds}
-    ms = lambda r, k: f"{_mean(r, k):.3f} ± {_std(r, k):.3f}"
+    ms = lambda r, k: f"{_mean(r, k):.3f} ± " + report.fmt(_std(r, k), 3)
     table = report.markdown_table(
         ["model", "FA %", "mia_loss_lr", "U-LiRA acc", "U-LiRA AUC", "gap mia", "gap U-LiRA",
          "gate"],
@@ -258,7 +259,7 @@ def recheck(args) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--recheck {path}: not a gate.json written by privacy_gate.py ({e})"
                           ) from e
-    out_dir = report.prepare_dir(args.out)
+    out_dir = report.prepare_dir(args.out, flag="--out")
     args = argparse.Namespace(**{**vars(args), "seeds": old["seeds"], "shadows": old["shadows"],
                                  "dataset": dataset})
     arch = argparse.Namespace(name=arch_name)

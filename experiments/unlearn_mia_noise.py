@@ -39,6 +39,8 @@ def parse_args(argv=None):
             raise ConfigError(f"--seeds and --attack-repeats must be >= 1 and --classes "
                               f"non-empty, got {args.seeds}, {args.attack_repeats}, "
                               f"{args.classes}")
+        if len(set(args.classes)) != len(args.classes):   # the summary would pool them
+            raise ConfigError(f"--classes lists a class twice: {args.classes}")
         for c in args.classes:
             data.resolve_forget(args.splits.train, data.ForgetRequest(classes=(c,)))
     except ValueError as e:               # ConfigError, ForgetRequestError
@@ -48,7 +50,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out_dir = report.prepare_dir(args.out)
+    out_dir = report.prepare_dir(args.out, flag="--out")
     splits = args.splits
     arch = make_architecture("mlp")
 
@@ -72,11 +74,13 @@ def main(argv=None) -> int:
                 attacks = [metrics.mia_loss_lr(lf, lt, seed=s) for s in range(args.attack_repeats)]
                 rec[name] = {"mia_loss_lr_at_model_seed": attacks[seed] if seed < len(attacks)
                              else None, "mia_loss_lr_mean": float(np.mean(attacks)),
-                             "mia_loss_lr_std": metrics.mean_std(attacks)[1],
+                             # one attack seed: no std (null, "–"), not 0
+                             "mia_loss_lr_std": metrics.mean_std(attacks)[1]
+                             if len(attacks) > 1 else None,
                              "forget_loss": float(lf.mean()), "unseen_class_loss": float(lt.mean())}
             results.append(rec)
             rows.append([str(c), str(seed)] + [
-                f"{rec[m]['mia_loss_lr_mean']:.3f} ± {rec[m]['mia_loss_lr_std']:.3f}"
+                f"{rec[m]['mia_loss_lr_mean']:.3f} ± {report.fmt(rec[m]['mia_loss_lr_std'], 3)}"
                 for m in models] + [
                 f"{rec[m]['forget_loss']:.1f} / {rec[m]['unseen_class_loss']:.1f}" for m in models])
             print(" | ".join(rows[-1]), flush=True)
@@ -102,4 +106,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hyperforget_jax.errors import HyperforgetError
+    try:
+        sys.exit(main())
+    except HyperforgetError as e:      # e.g. an unwritable --out: one line, exit 2
+        print(f"unlearn_mia_noise: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)

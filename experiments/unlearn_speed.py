@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out_dir = report.prepare_dir(args.out)
+    out_dir = report.prepare_dir(args.out, flag="--out")
     splits, cfg, arch = args.splits, args.cfg, args.model
     original = train.fit(arch, splits.train, cfg)[0].params
     rows, results = [], []
@@ -94,4 +94,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from hyperforget_jax.errors import HyperforgetError
+    try:
+        sys.exit(main())
+    except HyperforgetError as e:      # e.g. an unwritable --out: one line, exit 2
+        print(f"unlearn_speed: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 import statistics
 import sys
 import time
@@ -100,6 +101,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def command_line(argv) -> str:
+    """The command as a shell would rerun it (``--ulira-settings "class 3"`` quoted: joined
+    with spaces it read as two settings, ``class`` and ``3``)."""
+    return shlex.join(["python", "experiments/unlearning_table.py", *argv])
+
+
 def train_config(args) -> train.TrainConfig:
     """The classifier recipe of the run: TrainConfig defaults with the given flags applied."""
     return args._train_flags.build(args)
@@ -129,6 +136,14 @@ def checked_splits(args) -> data.Splits:
     if args.seeds < 1 or args.ulira_shadows < 1:
         raise ConfigError(f"--seeds and --ulira-shadows must be >= 1, got {args.seeds}, "
                           f"{args.ulira_shadows}")
+    if args.ulira_settings and args.ulira_shadows < 2:      # else refused after the fleet
+        raise ConfigError(f"--ulira-shadows must be >= 2 (U-LiRA needs two shadow pairs), "
+                          f"got {args.ulira_shadows}")
+    twice = sorted({m for m in args.methods if args.methods.count(m) > 1})
+    if twice:      # each ran twice, its times appended twice: ∇τ's paired with other seeds'
+        raise ConfigError(f"--methods lists {twice} twice; name each method once")
+    if not args.classes and not args.fractions:
+        raise ConfigError("--classes and --fractions are both empty: no setting to run")
     names = []
     for make_request in settings(args):
         data.resolve_forget(splits.train, make_request(0))
@@ -149,7 +164,7 @@ def run(args, splits: data.Splits) -> dict:
     seeds = list(range(args.seeds))
     originals = train.fit_fleet(arch, splits.train, cfg, seeds)[0].params   # stacked
     out = {"dataset": args.dataset, "seeds": seeds, "train_config": cfg.to_json(),
-           "command": " ".join(["python experiments/unlearning_table.py"] + sys.argv[1:]),
+           "command": command_line(sys.argv[1:]),
            "architecture": arch.to_json(), "timing": args.timing,
            "sizes": [len(splits.train), len(splits.val), len(splits.test)], "settings": {}}
     for make_request in settings(args):
@@ -250,7 +265,9 @@ def targets(setting: dict, kind: str) -> list[str]:
     g, r, o = ev.get("gradtau"), ev["Retrain"], ev["Original"]
     if g is None:
         return []
-    mean = lambda rows, k: float(np.mean([x[k] for x in rows]))
+    # A NaN is written to results.json as null: as NaN again, so --render-only checks the
+    # same numbers as the run (a NaN target is MISSED) instead of failing on None.
+    mean = lambda rows, k: float(np.mean(np.asarray([x[k] for x in rows], dtype=float)))
     speed = statistics.median(t["Retrain"]) / statistics.median(t["gradtau"])
     lines = []
     check = lambda ok, text: lines.append(f"- {'met' if ok else 'MISSED'}: {text}")
@@ -342,6 +359,8 @@ def plot(out: dict, path: Path) -> None:
         ax.set_title(name)
         ax.set_xlabel("wall time s (log)")
         ax.set_ylabel("Avg. Gap to Retrain (points)")
+    for ax in axes.ravel()[len(names):]:        # an odd number of settings: one panel spare
+        ax.set_axis_off()
     axes.ravel()[0].legend(fontsize=7)
     fig.suptitle(f"Avg. Gap vs wall time, {out['dataset']}, {len(out['seeds'])} seeds")
     report.save_figure(fig, path / "gap_vs_time.png")
@@ -351,7 +370,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     train_config(args)    # a bad recipe or request is refused before anything is written
     splits = None if args.render_only else checked_splits(args)
-    path = report.prepare_dir(args.out)
+    path = report.prepare_dir(args.out, flag="--out")
     if args.render_only:
         import json
         out = json.loads((path / "results.json").read_text())

@@ -465,10 +465,14 @@ def format_mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 2
       digits: decimals of both numbers.
 
     Returns:
-      For example ``"12.34 ± 0.56"``.
+      For example ``"12.34 ± 0.56"``; ``"12.34 ± –"`` for a single value, whose std is not
+      defined (``± 0.00`` would read as a spread measured to be zero).
 
     Raises:
       DataError: for no values.
     """
+    values = np.asarray(list(values), dtype=np.float64).reshape(-1)
     mean, std = mean_std(values)
+    if values.size == 1:
+        return f"{mean * scale:.{digits}f} ± –"
     return f"{mean * scale:.{digits}f} ± {std * abs(scale):.{digits}f}"

@@ -20,8 +20,9 @@ import numpy as np
 from hyperforget_jax.errors import ConfigError
 
 
-def prepare_dir(path: str | os.PathLike) -> Path:
-    """Creates ``path`` (absolute) and checks it is writable, failing with a clear error."""
+def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir") -> Path:
+    """Creates ``path`` (absolute) and checks it is writable, failing with a clear error that
+    names ``flag``, the option that chose ``path``."""
     p = Path(path).expanduser().absolute()
     try:
         p.mkdir(parents=True, exist_ok=True)
@@ -29,7 +30,7 @@ def prepare_dir(path: str | os.PathLike) -> Path:
             pass
     except OSError as e:
         raise ConfigError(f"output directory {p} is not writable ({e.strerror}); choose another "
-                          "--run-dir") from e
+                          f"{flag}") from e
     return p
 
 

@@ -146,3 +146,38 @@ def test_render_states_the_escalation_and_the_weight_kept_per_seed():
             "bound))") in md
     # The fixed-weight variants run without the escalation.
     assert gan.fixed_lambda_u(16.0).lambda_u_attempts == 1
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--fake-labels", "hard,heldout,hard"], "--fake-labels lists a value twice"),
+    (["--class-lambda-u", "4,16,4.0"], "λ_u lists a value twice")])
+def test_a_value_listed_twice_is_refused(argv, words, tmp_path, capsys, monkeypatch):
+    # Both runs of a seed were recorded under one method name: the table's mean ± std pooled
+    # 2 runs per seed (identical seeds, so a std too small) and the λ_u targets came twice.
+    gan = load_experiment("gan_unlearning")
+    monkeypatch.setattr(gan, "judge_from_recipe", lambda *a, **k: pytest.fail("it trained"))
+    with pytest.raises(SystemExit) as exc:
+        gan.main([*argv, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_header_states_the_number_of_generated_samples():
+    # The header said "an MLP trained on 10k generated samples" whatever --samples was.
+    gan = load_experiment("gan_unlearning")
+    res = _res()
+    assert "trained on 10,000 generated samples" in gan.render(res, [], [], [3])  # old results
+    res["config"]["samples"] = 500
+    md = gan.render(res, [], [], [3])
+    assert "trained on 500 generated samples" in md and "10,000" not in md
+
+
+def test_unwritable_grids_dir_refused_before_anything_runs(tmp_path, monkeypatch):
+    # --grids-dir was created only after the whole run (~30 min): an unwritable one failed
+    # at the very end.
+    from hyperforget_jax.errors import ConfigError
+    gan = load_experiment("gan_unlearning")
+    monkeypatch.setattr(gan, "judge_from_recipe", lambda *a, **k: pytest.fail("it trained"))
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="choose another --grids-dir"):
+        gan.main(["--out", str(tmp_path / "out"), "--grids-dir", str(tmp_path / "file" / "g")])

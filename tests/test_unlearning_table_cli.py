@@ -165,3 +165,126 @@ def test_sweep_timing_says_compilation_is_included(tmp_path):
     assert "compilation included" in (tmp_path / "table.md").read_text()
     table.write_report(_out("single", [0.1, 0.2]), tmp_path)
     assert "compilation included" not in (tmp_path / "table.md").read_text()
+
+
+def test_one_seed_has_no_std(tmp_path):
+    # The std of a single value is not defined; the tables printed "± 0.00" for one seed
+    # (--seeds 1), which reads as a spread measured to be zero.
+    from hyperforget_jax import metrics
+    table = load_experiment("unlearning_table")
+    assert metrics.format_mean_std([0.1234], scale=100) == "12.34 ± –"
+    assert metrics.format_mean_std([1.0, 2.0], digits=1) == "1.5 ± 0.7"      # unchanged
+    assert table._ms([0.1]) == "0.10 ± –"
+    assert table._ms([0.1, None, None]) == "0.10 ± – [1 of 3 seeds]"
+    table.write_report(_out("single", [0.1]), tmp_path)
+    assert "± 0.00" not in (tmp_path / "table.md").read_text()
+    assert load_experiment("gan_unlearning").ms([0.5]) == "0.50 ± –"
+
+
+def test_privacy_gate_one_seed_has_no_std(tmp_path):
+    import argparse
+    gate = load_experiment("privacy_gate")
+    from hyperforget_jax import data
+    row = {"mia_loss_lr": 0.5, "ulira_acc": 0.5, "ulira_auc": 0.5, "forget_acc": 0.0}
+    args = argparse.Namespace(tol_mia=0.05, tol_ulira=0.1, seeds=1, shadows=2,
+                              dataset="mnist5k")
+    gate.gate({"retrain": [row], "gradtau": [row]}, args, data.ForgetRequest(classes=(9,)),
+              argparse.Namespace(name="mlp"), 1.0, tmp_path)
+    md = (tmp_path / "gate.md").read_text()
+    assert "0.500 ± –" in md and "± 0.000" not in md
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--methods", "gradtau", "finetune", "gradtau"], "--methods lists ['gradtau'] twice"),
+    (["--classes", "--fractions", "--ulira-settings"], "no setting to run"),
+    (["--ulira-shadows", "1"], "--ulira-shadows must be >= 2")])
+def test_table_refuses_what_it_would_misreport_or_crash_on(argv, words):
+    # A method listed twice ran twice per seed, its times appended twice: the ∇τ speed-up
+    # summary paired seed 1's Retrain with seed 0's second ∇τ run. No setting at all trained
+    # the fleet, then failed in the plot; --ulira-shadows 1 failed after the first setting's
+    # sweeps (U-LiRA needs 2 shadow pairs).
+    table = load_experiment("unlearning_table")
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        table.checked_splits(table.parse_args(argv))
+    table.checked_splits(table.parse_args(["--ulira-shadows", "1", "--ulira-settings"]))
+
+
+def test_render_only_reads_a_null_target_value(tmp_path):
+    # A NaN (a diverged ∇τ seed) is written to results.json as null; re-rendering the targets
+    # from it failed with a TypeError (np.mean of None), the first render said MISSED.
+    import json
+
+    from hyperforget_jax import report
+    table = load_experiment("unlearning_table")
+    out = _out("single", [0.1, 0.2])
+    s = out["settings"]["class 3"]
+    s["evals"]["gradtau"] = [dict(s["evals"]["Retrain"][0]),
+                             dict(s["evals"]["Retrain"][1], forget_acc=float("nan"))]
+    s["times"]["gradtau"] = [0.1, 0.1]
+    report.write_json(tmp_path / "results.json", out)
+    table.write_report(json.loads((tmp_path / "results.json").read_text()), tmp_path)
+    assert "- MISSED: FA ≤ 1% (nan%)" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.parametrize("argv,words", [
+    (["--classes", "3", "3"], "--classes lists a class twice"),
+])
+def test_mia_noise_refuses_a_class_twice(argv, words, tmp_path, capsys, monkeypatch):
+    # The per-class summary pooled both runs: "mean over 6 seeds" for 3 seeds.
+    exp = load_experiment("unlearn_mia_noise")
+    monkeypatch.setattr(exp.train, "fit", lambda *a, **k: pytest.fail("it trained"))
+    with pytest.raises(SystemExit) as exc:
+        exp.main([*argv, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_gap_plot_leaves_no_empty_panel(tmp_path, monkeypatch):
+    # The panels are a 2-row grid: one setting (or any odd number) drew an empty, axed panel.
+    import matplotlib
+    matplotlib.use("Agg")
+    table = load_experiment("unlearning_table")
+    figs = []
+    monkeypatch.setattr(table.report, "save_figure", lambda fig, path: figs.append(fig))
+    out = {"dataset": "d", "seeds": [0], "settings": {"class 9": {
+        "kind": "class", "times": {"Retrain": [1.0], "m": [0.1]},
+        "evals": {"Retrain": [{"avg_gap": 0.0}], "m": [{"avg_gap": 1.0}]}}}}
+    table.plot(out, tmp_path)
+    assert [ax.axison for ax in figs[0].axes] == [True, False]
+
+
+def test_recorded_command_can_be_rerun():
+    # The command in results.json / table.md was joined with spaces: `--ulira-settings
+    # "class 3"` came back as `--ulira-settings class 3`, which names the settings "class", "3".
+    import shlex
+    table = load_experiment("unlearning_table")
+    argv = ["--classes", "3", "--ulira-settings", "class 3", "random 30%"]
+    cmd = table.command_line(argv)
+    assert shlex.split(cmd)[2:] == argv
+    assert table.parse_args(shlex.split(cmd)[2:]).ulira_settings == ["class 3", "random 30%"]
+
+
+def test_unwritable_out_is_one_line_naming_the_flag(tmp_path):
+    # prepare_dir's error told the user to "choose another --run-dir", a flag no experiment
+    # has, and unlearn_speed / unlearn_mia_noise / gan_unlearning / hyperforget_eval let it
+    # out as a traceback.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from hyperforget_jax import report
+    (tmp_path / "file").write_text("")
+    bad = tmp_path / "file" / "out"
+    with pytest.raises(ConfigError, match="choose another --out"):
+        report.prepare_dir(bad, flag="--out")
+    with pytest.raises(ConfigError, match="choose another --run-dir"):    # the CLI's default
+        report.prepare_dir(bad)
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "unlearn_speed.py"),
+                           "--out", str(bad)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    err = [line for line in proc.stderr.splitlines() if "Warning" not in line
+           and not line.startswith("  ")]
+    assert proc.returncode == 2 and len(err) == 1, proc.stderr
+    assert err[0].startswith("unlearn_speed: error: output directory") and "--out" in err[0]
