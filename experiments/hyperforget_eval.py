@@ -206,13 +206,16 @@ def main(argv=None):
                           + shlex.join(argv if argv is not None else sys.argv[1:]),
                "args": {k: v for k, v in vars(a).items() if not k.startswith("_")
                         and k not in ("sampler", "recipe") and v is not UNSET},
-               "sampler": a.sampler.to_json(),
+               # DDPM runs every one of the T steps, whatever --num-steps says
+               "sampler": {**a.sampler.to_json(), **({"num_steps": net.spec.num_train_steps}
+                                                     if a.sampler.method == "ddpm" else {})},
                "recipe": {k: getattr(a.recipe, k) for k in ("batch_size", "weight_decay")},
                "hypernet": net.spec.to_json(),
                "hypernet_history": {k: meta2.get("history", {}).get(k) for k in
                                     ("seconds", "steps_per_second", "train_config")},
                "originals": [list(o) for o in origs], "pairs_in": pairs_in,
                "pairs_out": pairs_out, "bar": BAR}
+    results["args"]["samples"] = samples              # --quick runs 1, whatever --samples says
 
     # Originals the ordinary way (train.fit = `hyperforget train`); Retrain as one fleet per
     # original (a fleet runs its longest member's epochs, so one fleet per recipe).
