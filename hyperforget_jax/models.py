@@ -220,12 +220,15 @@ class Architecture:
         if self.registered:
             store = _REGISTERED_PROGRAMS.setdefault(
                 (self.name, self.input_shape, self.num_classes), _Programs())
-        else:
-            store = self._own_programs
-            if store is None:
-                store = _Programs()
-                object.__setattr__(self, "_own_programs", store)
-        return store.get(key, build)
+            return store.get(key, build)
+        store = self._own_programs
+        if store is None:
+            store = _Programs()
+            object.__setattr__(self, "_own_programs", store)
+        # One store serves every shape of the same module (as_model shares it), and programs
+        # such as init close over the input shape: key them by it, or a module held and used
+        # on 8×8 and 28×28 images initialised the second with the first's parameters.
+        return store.get((self.input_shape, self.num_classes, key), build)
 
     # --- init / apply ---------------------------------------------------------------------------
 

@@ -275,6 +275,21 @@ def test_the_same_module_object_reuses_its_programs(world, trained):
     assert c.n == 0
 
 
+def test_one_module_on_two_input_shapes_keeps_their_programs_apart():
+    """The adapters of one module share its program store; init (which closes over the input
+    shape) was keyed without it, so the 28×28 model drew the 8×8 model's parameters."""
+    class Flat(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+    net = Flat()
+    small = hf.as_model(net, (8, 8, 1), 10).init(jax.random.key(0))
+    large = hf.as_model(net, (28, 28, 1), 10).init(jax.random.key(0))
+    assert small["Dense_0"]["kernel"].shape == (64, 10)
+    assert large["Dense_0"]["kernel"].shape == (784, 10)
+
+
 def test_no_module_level_compile_caches():
     """No lru_cache (or other cache_info-bearing callable) at module level in the core."""
     import importlib

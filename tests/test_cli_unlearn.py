@@ -58,3 +58,29 @@ def test_unknown_method_is_rejected(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["unlearn", "--method", "magic", "--forget-class", "3"])
     assert e.value.code == 2 and "gradtau" in capsys.readouterr().err
+
+
+def test_unlearn_resumes_an_original_it_was_killed_training(tmp_path):
+    """``unlearn`` trains the original when --run-dir holds none; killed during that training,
+    the same command rerun resumes it (as ``train`` does) instead of refusing the unfinished
+    run. The state a kill leaves: the last checkpoint is an earlier epoch."""
+    import shutil
+
+    from hyperforget_jax.commands import common
+
+    run, ref = tmp_path / "orig", tmp_path / "ref"
+    base = ["--dataset", "digits", "--epochs", "2", "--quiet"]
+    assert cli.main(["train", *base, "--run-dir", str(ref)]) == 0
+    assert cli.main(["train", *base, "--run-dir", str(run)]) == 0
+    shutil.rmtree(run / "checkpoints" / "2")            # killed after epoch 1 of 2
+    (run / "results.json").unlink()
+    (run / "report.md").unlink()
+    assert cli.main(["unlearn", *base, "--run-dir", str(run), "--method", "neggrad",
+                     "--forget-class", "3", "--no-retrain", "--config.epochs=1"]) == 0
+    res = json.loads((run / "unlearn" / "neggrad-class-3" / "results.json").read_text())
+    assert res["original"] == "trained" and not common.unfinished_training(run)
+    (_, params, _), (_, want, _) = common.load_run(run), common.load_run(ref)
+    import jax
+    import numpy as np
+    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)

@@ -165,6 +165,34 @@ def test_evaluate_refuses_other_runs_and_wrong_retrains(runs, capfd):
             untouched=[orig])
 
 
+def test_unlearn_method_retrain_is_a_retrain_dir(runs, tmp_path, capfd):
+    """``unlearn --method retrain`` writes the Retrain of its request: ``evaluate`` takes it as
+    --retrain-dir (the same gap as with `hyperforget retrain`'s run), for that request only."""
+    orig, u = runs / "orig", tmp_path / "u"
+    assert _run(["unlearn", "--method", "retrain", "--forget-class", "3", "--run-dir", orig,
+                 "--out", u, "--no-retrain", *DIGITS, "--quiet"]) == 0
+    gaps = []
+    for re_ in (u, runs / "re"):
+        capfd.readouterr()
+        assert _run(["evaluate", "--run-dir", orig, "--retrain-dir", re_, "--forget-class", "3",
+                     "--out", tmp_path / "ev", *DIGITS, "--json"]) == 0
+        gaps.append(json.loads(capfd.readouterr().out)["avg_gap"])
+    assert gaps[0] == pytest.approx(gaps[1], abs=1e-3)
+    refused(capfd, ["evaluate", "--forget-class", "4", *DIGITS, "--run-dir", orig,
+                    "--retrain-dir", u], "is a Retrain for class 3, not for class 4")
+
+
+def test_evaluate_refuses_another_request_than_the_runs_own(runs, tmp_path, capfd):
+    """A Retrain (or unlearned) run is evaluated on its own request: another one (here a
+    class it did see) would report forget-set numbers of samples it never forgot."""
+    re_ = runs / "re"
+    refused(capfd, ["evaluate", "--forget-class", "4", *DIGITS, "--run-dir", re_, "--out",
+                    tmp_path / "ev"], "is a 'retrain' run for the request", untouched=[re_])
+    assert not (tmp_path / "ev").exists()
+    assert _run(["evaluate", "--run-dir", re_, "--out", tmp_path / "ev", *DIGITS,
+                 "--quiet"]) == 0
+
+
 def test_evaluate_rows_never_collide(runs, tmp_path, capfd):
     """``evaluate --run-dir X/retrain --retrain-dir R``: both rows, a non-zero gap."""
     named = tmp_path / "x" / "retrain"

@@ -226,6 +226,22 @@ def load_run(run_dir: str | Path, flag: str = "--run-dir") -> tuple[Architecture
     return arch, params, meta
 
 
+def unfinished_training(run_dir: str | Path) -> bool:
+    """Whether ``run_dir`` holds a training run that stopped before its last epoch (killed, or
+    before its first checkpoint): rerunning the command that started it resumes it. Refuses
+    (``RunDirError``) while another process is writing it."""
+    run_dir = Path(run_dir).expanduser().absolute()
+    if not (run_dir / "checkpoints").is_dir():
+        return False
+    rundir.check_readable(run_dir)
+    with Checkpointer(run_dir / "checkpoints") as ckpt:
+        if ckpt.latest_step() is None:
+            return True
+        meta = ckpt.restore_meta()
+    epochs = (meta.get("train_config") or {}).get("epochs")
+    return isinstance(meta.get("epoch"), int) and isinstance(epochs, int) and meta["epoch"] < epochs
+
+
 def _load_checkpointed(run_dir: Path):
     with Checkpointer(run_dir / "checkpoints") as ckpt:
         meta = ckpt.restore_meta()
@@ -325,5 +341,6 @@ def unique_labels(paths: list[str | Path], reserved: tuple[str, ...] = ()) -> li
 __all__ = ["add_data_args", "add_request_args", "add_output_args", "add_train_args",
            "train_config_from_args", "load_splits", "request_from_args", "architecture_for",
            "data_identity", "run_meta", "train_identity", "train_run", "load_run",
+           "unfinished_training",
            "check_same_data", "open_run", "write_results", "emit", "unique_labels",
            "RunDirError"]

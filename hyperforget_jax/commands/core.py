@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 
-from hyperforget_jax import data, report
+from hyperforget_jax import data, report, rundir
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import seed_int
 from hyperforget_jax.errors import ForgetRequestError, RunDirError
@@ -65,6 +66,8 @@ def _check_retrain(meta: dict, request: data.ForgetRequest, path) -> None:
     """A Retrain compared with a request must be a Retrain *of that request*."""
     ident = meta.get("identity") or {}
     role = ident.get("role", meta.get("role"))
+    if role == "unlearned" and ident.get("method") == "retrain":
+        role = "retrain"    # `unlearn --method retrain`: the Retrain recipe on D_r too
     if role != "retrain":
         raise RunDirError(f"--retrain-dir {path} holds a {role!r} run, not a Retrain; pass the "
                           "--run-dir of `hyperforget retrain` for this forget request")
@@ -75,6 +78,22 @@ def _check_retrain(meta: dict, request: data.ForgetRequest, path) -> None:
             f", not for {request.describe()}; pass the Retrain of this request")
 
 
+def _check_own_request(meta: dict, request: data.ForgetRequest | None, path) -> None:
+    """An unlearned model or a Retrain belongs to the request it was made for: evaluating it
+    against another (e.g. a forgotten --forget-seed: another random subset) would report
+    forget-set numbers of samples it never forgot."""
+    ident = meta.get("identity") or {}
+    own = ident.get("request")
+    if request is None or own is None or ident.get("role") not in ("unlearned", "retrain"):
+        return
+    if data.ForgetRequest.from_json(own) != request:
+        raise ForgetRequestError(
+            f"--run-dir {path} is {rundir._a(ident['role'])} run for the request "
+            f"{json.dumps(own)}, this command asks for {json.dumps(request.to_json())}; drop "
+            "the request flags to evaluate it on its own request (or repeat them exactly, "
+            "--forget-seed included)")
+
+
 def cmd_evaluate(args) -> int:
     arch, params, meta = common.load_run(args.run_dir)
     splits = common.load_splits(args)
@@ -82,6 +101,7 @@ def cmd_evaluate(args) -> int:
     common.check_same_data(meta, args, splits, args.run_dir)
     arch.check_params(params)
     request = common.request_from_args(args)
+    _check_own_request(meta, request, args.run_dir)
     if request is None:
         if not meta.get("request"):
             raise data.ForgetRequestError("give a forget request (--forget-class, "

@@ -73,7 +73,8 @@ def _original(args, splits, stage) -> tuple:
     """(arch, params, recipe, "loaded" | "trained", identity) of the original model."""
     run_dir = Path(args.run_dir).expanduser().absolute()
     given = args._train_flags.given(args)
-    if (run_dir / "checkpoints").is_dir() or (run_dir / "params").is_dir():
+    if ((run_dir / "checkpoints").is_dir() or (run_dir / "params").is_dir()) \
+            and not common.unfinished_training(run_dir):
         stage("loading the original")
         arch, params, meta = common.load_run(run_dir)
         ident = meta["identity"] or {}
