@@ -49,8 +49,12 @@ def test_train_resumes_from_checkpoint(trained, capsys):
     # The run already has 10 epochs; asking for 10 again does no work and gives the same result.
     before = json.loads((trained / "orig" / "results.json").read_text())["eval"]
     assert cli.main(["train", "--run-dir", str(trained / "orig")] + FAST) == 0
-    after = json.loads((trained / "orig" / "results.json").read_text())["eval"]
-    assert after == before
+    after = json.loads((trained / "orig" / "results.json").read_text())
+    assert after["eval"] == before
+    # Its time is the reload's, and the record and report say so (not "training time").
+    assert after["resumed_from_epoch"] == 10
+    assert "resumed at epoch 10 of 10 (already trained" in (trained / "orig" / "report.md"
+                                                            ).read_text()
 
 
 @pytest.mark.parametrize("argv, needle", [

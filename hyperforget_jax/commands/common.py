@@ -170,11 +170,20 @@ def train_run(run_dir: Path, arch: Architecture, train_ds: data.Dataset, cfg: Tr
     """Trains (resuming from ``run_dir/checkpoints`` if present) and returns (params, seconds).
     The caller has claimed ``run_dir`` with :func:`rundir.open_run`, which checked that the
     checkpoints there belong to this very run."""
+    params, seconds, _ = train_run_from(run_dir, arch, train_ds, cfg, meta, progress)
+    return params, seconds
+
+
+def train_run_from(run_dir: Path, arch: Architecture, train_ds: data.Dataset, cfg: TrainConfig,
+                   meta: dict, progress: bool = True) -> tuple[Any, float, int]:
+    """:func:`train_run`, also returning the epochs already done when it started (0: a fresh
+    run; ``cfg.epochs``: a finished run, reloaded), so a report says what its time covers."""
     t0 = time.perf_counter()
     with Checkpointer(run_dir / "checkpoints", max_to_keep=2) as ckpt:
+        start = int(ckpt.latest_step() or 0)
         state, _ = fit(arch, train_ds, cfg, checkpointer=ckpt, meta=meta, progress=progress)
     jax.block_until_ready(state.params)
-    return state.params, time.perf_counter() - t0
+    return state.params, time.perf_counter() - t0, start
 
 
 # --------------------------------------------------------------------------- reading runs

@@ -40,9 +40,10 @@ def cmd_train(args, retrain: bool = False) -> int:
     identity = common.train_identity(args, splits, arch, cfg, request, role)
     with common.open_run(args.run_dir, identity, args,
                          legacy=common.legacy_train_identity) as run:
-        params, seconds = common.train_run(run.path, arch, train_ds, cfg, meta,
-                                           common.progress(args))
-        results = {"meta": meta, "train_seconds": seconds}
+        params, seconds, start = common.train_run_from(run.path, arch, train_ds, cfg, meta,
+                                                       common.progress(args))
+        # A rerun resumes (or reloads a finished run): its time covers the epochs it ran.
+        results = {"meta": meta, "train_seconds": seconds, "resumed_from_epoch": start}
         md = f"# {'Retrain' if retrain else 'Train'}: {arch.name} on {args.dataset}\n\n"
         if fsplit is not None:
             results["eval"] = evaluate_unlearning(arch, params, splits, fsplit, request,
@@ -56,7 +57,9 @@ def cmd_train(args, retrain: bool = False) -> int:
                                                         splits.test.y, arch.num_classes)}
             md += (f"train accuracy {100 * results['eval']['train']['accuracy']:.2f}%, "
                    f"test accuracy {100 * results['eval']['test']['accuracy']:.2f}%\n")
-        md += f"\ntraining time {seconds:.1f} s\n"
+        md += (f"\ntraining time {seconds:.1f} s\n" if not start else
+               f"\n{seconds:.1f} s in this run, resumed at epoch {start} of {cfg.epochs}"
+               f"{' (already trained: reloaded)' if start >= cfg.epochs else ''}\n")
         common.write_results(run.path, results, md)
     common.emit(args, results, md)
     return 0
