@@ -93,8 +93,9 @@ def test_bare_apply_fn(world, trained):
                                splits, fsplit, request)
 
 
-def test_import_path(tmp_path, monkeypatch):
-    pkg = tmp_path / "usernets"
+def _user_package(tmp_path, monkeypatch, name: str) -> None:
+    """``name.models:Net`` (a Dense head with a ``num_classes`` field) importable."""
+    pkg = tmp_path / name
     pkg.mkdir()
     (pkg / "__init__.py").write_text("")
     (pkg / "models.py").write_text(
@@ -105,6 +106,10 @@ def test_import_path(tmp_path, monkeypatch):
         "    def __call__(self, x):\n"
         "        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+
+
+def test_import_path(tmp_path, monkeypatch):
+    _user_package(tmp_path, monkeypatch, "usernets")
     m = hf.load_model("usernets.models:Net", (8, 8, 1), num_classes=7)
     assert m.param_count == 64 * 7 + 7 and m.source == "usernets.models:Net"
     back = models.Architecture.from_json(m.to_json())
@@ -214,17 +219,7 @@ def test_an_import_path_passed_to_every_call_compiles_once(world, tmp_path, monk
     # load_model made a new module instance (and a new adapter without programs) on every
     # call: the same path string given to fit / unlearn / evaluate recompiled everything.
     splits, request, fsplit = world
-    pkg = tmp_path / "pathnets"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    (pkg / "models.py").write_text(
-        "import flax.linen as nn\n"
-        "class Net(nn.Module):\n"
-        "    num_classes: int = 10\n"
-        "    @nn.compact\n"
-        "    def __call__(self, x):\n"
-        "        return nn.Dense(self.num_classes)(x.reshape(x.shape[0], -1))\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    _user_package(tmp_path, monkeypatch, "pathnets")
     path = "pathnets.models:Net"
     params = hf.fit(path, splits.train, hf.TrainConfig(epochs=1))[0].params
     unlearn("neggrad", path, params, fsplit, splits.val)
