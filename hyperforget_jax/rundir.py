@@ -388,7 +388,7 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
     # The missing folders above it too (``runs/`` of ``runs/orig``): a failed start removes
     # those it made, if still empty.
     made_above = list(itertools.takewhile(lambda a: not a.exists(), out.parents))
-    report.prepare_dir(out)
+    report.prepare_dir(out, flag)
     lock = _Lock(out, command)
     if primary:
         try:

@@ -239,3 +239,43 @@ def test_pairs_on_two_class_data_are_refused():
         C.CorpusConfig(class_pairs=1).requests(2)
     assert C.CorpusConfig(class_pairs=0).requests(2) == [(0,), (1,)]
     assert C.CorpusConfig(class_pairs=20).requests(3)[3:] == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_resume_refuses_an_index_of_another_trained_span(tmp_path, digits_splits):
+    """resnet18's "head" was its last block before the head was found by call order: resuming
+    such a corpus built its new shards on the new span under the old index's span."""
+    small = data.Splits(*(dataclasses.replace(ds, x=ds.x[:256], y=ds.y[:256])
+                          for ds in digits_splits))
+    cfg = dataclasses.replace(CFG, epochs_range=(1, 1), unlearn_epochs=1, checkpoints=1,
+                              class_pairs=0, forget_classes=(4,), unlearn_layers="head")
+    C.build_corpus(tmp_path, cfg, small, "digits-256", progress=False)
+    index = json.loads((tmp_path / "index.json").read_text())
+    index["trained_tensors"] = [0, 1]               # as an older rule would have named it
+    del index["shards"]["00001"]                    # killed before its second shard
+    (tmp_path / "index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointError, match="different trained_tensors"):
+        C.build_corpus(tmp_path, cfg, small, "digits-256", progress=False)
+
+
+def test_head_is_the_last_called_module_with_parameters():
+    """A parameter-free module called after the output layer (a scaling, an activation
+    module) sent the search back to name order, which picked the hidden layer."""
+    import flax.linen as nn
+
+    class Scale(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return x / 2.0
+
+    class Net(nn.Module):
+        num_classes: int = 10
+
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(32, name="trunk")(x.reshape(x.shape[0], -1)))
+            return Scale()(nn.Dense(self.num_classes, name="head")(h))
+
+    arch = models.as_model(Net(), (8, 8, 1), 10)
+    leaves = jax.tree_util.tree_leaves_with_path(arch.param_shapes())
+    names = [jax.tree_util.keystr(leaves[i][0]) for i in C.trained_span(arch, "head")]
+    assert names == ["['head']['bias']", "['head']['kernel']"]

@@ -86,3 +86,21 @@ def test_splits_with_different_class_counts_are_named(digits_splits):
     fs = data.resolve_forget(splits.train, req)
     with pytest.raises(DataError, match="disagree on the number of classes"):
         evaluate_unlearning("gpt_mlp", ARCH.init(jax.random.key(0)), splits, fs, req)
+
+
+def test_fsplit_rows_check_compares_every_label_and_a_sample_of_images(digits_splits):
+    """The images are compared on a sample of rows (a whole comparison gathered the training
+    set on every call); the labels are all compared."""
+    import dataclasses
+
+    import jax
+
+    from hyperforget_jax.errors import ForgetRequestError
+
+    req = data.ForgetRequest(fraction=0.1)
+    fs = data.resolve_forget(digits_splits.train, req)
+    y = fs.retain.y.copy()
+    y[1] = (y[1] + 1) % 10                       # one label, off the sampled rows' grid
+    bad = fs._replace(retain=dataclasses.replace(fs.retain, y=y))
+    with pytest.raises(ForgetRequestError, match="not splits.train's rows"):
+        evaluate_unlearning(ARCH, ARCH.init(jax.random.key(0)), digits_splits, bad, req)

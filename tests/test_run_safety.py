@@ -456,3 +456,12 @@ def test_user_model_by_import_path_through_train_unlearn_evaluate(tmp_path, capf
     res = json.loads(capfd.readouterr().out)
     assert res["eval"]["gradtau"]["forget_acc"] <= res["eval"]["original"]["forget_acc"]
     assert _run(["evaluate", "--run-dir", tmp_path / "gt", *DIGITS, "--json"]) == 0
+
+
+def test_unwritable_out_names_the_out_flag(runs, tmp_path, capfd):
+    """prepare_dir names the flag that chose the directory: an --out that cannot be created
+    was reported as "choose another --run-dir" by every command writing to --out."""
+    (tmp_path / "file").write_text("")
+    err = refused(capfd, ["evaluate", "--run-dir", runs / "orig", "--forget-class", "3",
+                          *DIGITS, "--out", tmp_path / "file" / "ev"], "not writable")
+    assert err.endswith("choose another --out"), err

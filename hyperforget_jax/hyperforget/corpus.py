@@ -180,8 +180,10 @@ def trained_span(arch: Architecture, layers: str) -> list[int]:
     if layers == "all":
         return list(range(len(leaves)))
     top = [str(getattr(path[0], "key", path[0])) for path, _ in leaves]
-    last = _last_called_top_module(arch, template)
-    if last not in top:
+    # The last one called that holds parameters (a parameter-free module such as a scaling or
+    # activation module may be called after the head).
+    last = next((n for n in reversed(_called_top_modules(arch, template)) if n in top), None)
+    if last is None:
         def natural(name):
             m = re.match(r"(.*?)(\d+)$", name)
             return (m.group(1), int(m.group(2))) if m else (name, -1)
@@ -190,16 +192,17 @@ def trained_span(arch: Architecture, layers: str) -> list[int]:
     return [i for i, t in enumerate(top) if t == last]
 
 
-def _last_called_top_module(arch: Architecture, template) -> str | None:
-    """The name of the top-level submodule of ``arch``'s Flax module called last on a forward
-    pass (traced, nothing computed), or None. Names follow construction order, not call order:
+def _called_top_modules(arch: Architecture, template) -> list[str]:
+    """The names of the top-level submodules of ``arch``'s Flax module in the order a forward
+    pass calls them (traced, nothing computed); empty when it cannot be traced so. Names
+    follow construction order, not call order:
     ``nn.Dense(k)(nn.relu(nn.Dense(32)(x)))`` names its output layer ``Dense_0``, and
     resnet18's ``_BasicBlock_7`` sorts after its ``Dense_0``."""
     import flax.linen as nn
 
     module = getattr(arch, "module", None)
     if not isinstance(module, nn.Module) or arch.input_shape is None:
-        return None
+        return []
     called = []
 
     def record(next_fun, args, kwargs, context):
@@ -216,8 +219,8 @@ def _last_called_top_module(arch: Architecture, template) -> str | None:
         jax.eval_shape(forward, template,
                        jax.ShapeDtypeStruct((1, *arch.input_shape), jnp.float32))
     except Exception:          # a model that cannot be traced so: the name-order fallback
-        return None
-    return called[-1] if called else None
+        return []
+    return called
 
 
 def span_index(arch: Architecture, tensors: list[int]) -> np.ndarray:
@@ -523,13 +526,15 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     splits = splits or data.make_splits(data.load_mnist5k(), seed=split_seed)
     # A registered name or a user model's import path ("pkg.module:Net"), as `train --arch`.
     arch = as_model(ccfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
-    out = report.prepare_dir(out_dir)
+    out = report.prepare_dir(out_dir, flag="--out")    # `hyperforget corpus --out`
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
     if CI.index_path(out).exists():
         old = CI.read_index(out)
         recorded_since = ("dataset", "split_seed", "data_fingerprint")   # older corpora lack
+        # trained_tensors too: which tensors "head" names has changed (resnet18's), and new
+        # shards of another span would be stored under the old index's span.
         for key in ("format", "config", "architecture", "requests", "class_counts",
-                    *recorded_since):
+                    "trained_tensors", *recorded_since):
             if key in recorded_since and key not in old:
                 continue
             if old.get(key) != index[key]:

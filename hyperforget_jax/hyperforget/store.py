@@ -65,10 +65,10 @@ def save_hypernet(path: str | os.PathLike, net: Hypernet, extra_meta: dict | Non
     ``hypernet.npz``). Returns the file written."""
     path = Path(path).expanduser().absolute()
     if path.suffix != ".npz":
-        report.prepare_dir(path)
+        report.prepare_dir(path, flag="--out")
         path = path / FILE_NAME
     else:
-        report.prepare_dir(path.parent)
+        report.prepare_dir(path.parent, flag="--out")
     report.atomic_write(path, to_bytes(net, extra_meta))
     return path
 

@@ -182,7 +182,7 @@ def run_gradtau_stream(arch: Any, params: Params,
             model.check_inputs(fb[0], "a streamed forget batch", fb[1])
             model.check_inputs(rb[0], "a streamed retain batch", rb[1])
             if step is None:   # a model with batch statistics runs whole batches (per_example)
-                chunk = "auto" if per_example(model, params, np.asarray(rb[0])) else None
+                chunk = "auto" if per_example(model, params, rb[0]) else None
                 step = _cached_step_program(model, n, tau_fn, mesh, chunk)
             ts, gs, m = step(ts, gs, hp, put(fb), put(rb), tau_args)
             ms.append(m)
