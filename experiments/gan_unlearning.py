@@ -559,9 +559,4 @@ def targets(res, classes) -> str:
 
 
 if __name__ == "__main__":
-    from hyperforget_jax.errors import HyperforgetError
-    try:
-        main(sys.argv[1:])
-    except HyperforgetError as e:      # e.g. an unwritable --out: one line, exit 2
-        print(f"gan_unlearning: error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+    report.exit_on_error("gan_unlearning", lambda: main(sys.argv[1:]))

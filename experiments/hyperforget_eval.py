@@ -614,9 +614,4 @@ def _checks(name, rs, ref, bar):
 
 
 if __name__ == "__main__":
-    from hyperforget_jax.errors import HyperforgetError
-    try:
-        main()
-    except HyperforgetError as e:      # e.g. an unwritable --out: one line, exit 2
-        print(f"hyperforget_eval: error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+    report.exit_on_error("hyperforget_eval", main)

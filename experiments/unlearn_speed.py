@@ -94,9 +94,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from hyperforget_jax.errors import HyperforgetError
-    try:
-        sys.exit(main())
-    except HyperforgetError as e:      # e.g. an unwritable --out: one line, exit 2
-        print(f"unlearn_speed: error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+    report.exit_on_error("unlearn_speed", main)

@@ -43,6 +43,9 @@ import numpy as np
 from hyperforget_jax.errors import ConfigError
 
 _MISSING = dataclasses.MISSING
+#: Seeds are below 2**32: ``jax.random.key`` keeps a seed's low 32 bits (without x64), so
+#: seed 2**32 + s would draw seed s's keys (with its own NumPy batch order).
+SEED_LIMIT = 2**32
 #: Config numbers run in float32 on the device: a value beyond its range is inf there.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 

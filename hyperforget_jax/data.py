@@ -24,6 +24,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from hyperforget_jax.config import SEED_LIMIT
 from hyperforget_jax.errors import DataError, ForgetRequestError
 
 EMBEDDED = ("mnist5k", "digits")
@@ -60,9 +61,6 @@ class Splits(NamedTuple):
     test: Dataset
 
 
-#: Seeds are below 2**32: ``jax.random.key`` keeps a seed's low 32 bits (without x64), so
-#: seed 2**32 + s would draw seed s's initialisation but its own batch order.
-SEED_LIMIT = 2**32
 
 
 def _check_seed(seed, what: str, error: type = DataError) -> int:

@@ -118,14 +118,17 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
 
 def _check_fsplit_rows(train, fsplit: ForgetSplit, rows: int = 256) -> None:
     """Raises unless ``fsplit``'s forget / retain sets are the rows of ``train`` at its indices
-    and its retain indices are the rest. A fraction or index request picks the same indices on
+    and its retain indices are distinct and outside the forget set (all the rest, or a subset
+    of it, as ``unlearn`` accepts). A fraction or index request picks the same indices on
     any training set of that size, so the split of another split seed (whose samples may lie in
     this test set) passes the index check; its images do not. Labels are compared in full,
     images on ``rows`` evenly spaced rows of each set: a whole comparison gathered the training
     set on every call (~1 s for CIFAR-10's 50,000 images), and another training set's rows
     differ almost everywhere."""
+    retain_idx = np.asarray(fsplit.retain_idx)
     retain_want = np.setdiff1d(np.arange(len(train)), np.asarray(fsplit.forget_idx))
-    same = np.array_equal(retain_want, np.asarray(fsplit.retain_idx))
+    same = (np.isin(retain_idx, retain_want).all()
+            and len(np.unique(retain_idx)) == len(retain_idx))
     for part, idx in ((fsplit.forget, fsplit.forget_idx), (fsplit.retain, fsplit.retain_idx)):
         if not same:
             break

@@ -228,7 +228,8 @@ def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
       DataError: for empty inputs, mismatched lengths, NaN inputs or out-of-range labels.
       ConfigError: for a bad ``num_classes`` / ``batch_size`` or a model whose output width
         differs from ``num_classes``.
-      NonFiniteError: the model's logits or losses are NaN/inf for some samples.
+      NonFiniteError: the model's logits are NaN or +inf (or its losses NaN) for some samples
+        (−inf logits, a masked class, are accepted).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
             or num_classes < 1:
@@ -242,7 +243,9 @@ def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
         raise ConfigError(f"num_classes={num_classes} but the model outputs "
                           f"{out['logits'].shape[-1]} logits; pass the architecture's class count")
     # NaN logits have argmax 0: a diverged model would score class 0's share as its accuracy.
-    bad = ~(np.isfinite(out["logits"]).all(-1) & np.isfinite(out["loss"]))
+    # −inf logits are a model's way to rule a class out (a mask), not a divergence.
+    logits = out["logits"]
+    bad = np.isnan(logits).any(-1) | np.isposinf(logits).any(-1) | np.isnan(out["loss"])
     if bad.any():
         raise NonFiniteError(f"the model's outputs are NaN/inf for {int(bad.sum())} of {len(y)} "
                              f"samples (first: sample {int(np.argmax(bad))}); its parameters "

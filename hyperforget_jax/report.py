@@ -10,14 +10,15 @@ import json
 import math
 import numbers
 import os
+import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ConfigError, HyperforgetError
 
 
 def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir") -> Path:
@@ -110,3 +111,15 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def exit_on_error(script: str, main: Callable[[], Any]) -> None:
+    """Runs an experiment script's ``main`` and exits with its return value; a
+    :class:`HyperforgetError` (e.g. an unwritable ``--out``) ends as the CLI's do: one line on
+    stderr, exit code 2."""
+    try:
+        code = main()
+    except HyperforgetError as e:
+        print(f"{script}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -28,7 +28,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import params as P_, xla
-from hyperforget_jax.config import FLOAT32_MAX, check_config, field
+from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT, check_config, field
 from hyperforget_jax.errors import ArchitectureError, ConfigError
 from hyperforget_jax.microbatch import varying_axes
 from hyperforget_jax.models import ARCHITECTURES, as_model, is_import_path, model_of
@@ -88,7 +88,7 @@ class TrainConfig:
     batch_size: int = field(128, ge=1)
     lr: float = field(1e-3, gt=0, label="learning rate")
     weight_decay: float = field(1e-4, ge=0)
-    seed: int = field(0, ge=0, lt=2**32)
+    seed: int = field(0, ge=0, lt=SEED_LIMIT)
 
     def __post_init__(self):
         check_config(self)

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import train, xla
-from hyperforget_jax.config import check_config, field
+from hyperforget_jax.config import SEED_LIMIT, check_config, field
 from hyperforget_jax.data import Dataset, ForgetSplit, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
@@ -60,7 +60,7 @@ class ULiRAConfig:
     """
 
     num_shadows: int = field(8, ge=2)
-    seed: int = field(0, ge=0, lt=2**32)
+    seed: int = field(0, ge=0, lt=SEED_LIMIT)
 
     def __post_init__(self):
         check_config(self)

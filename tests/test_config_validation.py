@@ -100,6 +100,15 @@ def test_seeds_of_33_bits_are_refused():
             cls(seed=2**32)
     with pytest.raises(ConfigError, match="UnlearnConfig.seed"):
         UnlearnConfig(seed=-1)
+    from hyperforget_jax.gan.metrics import EvalConfig
+    from hyperforget_jax.hyperforget.corpus import CorpusConfig
+
+    with pytest.raises(ConfigError, match="EvalConfig.seed"):
+        EvalConfig(seed=2**32)
+    with pytest.raises(ConfigError, match="first_seed \\+ num_seeds"):
+        CorpusConfig(first_seed=2**32 - 10)              # seeds 2**32-10 .. 2**32+245
+    with pytest.raises(ConfigError, match="finite in float32"):
+        UnlearnConfig(lambda_u=1e39)
 
 
 def test_forget_request_ids_are_integers():

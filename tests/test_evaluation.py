@@ -59,6 +59,12 @@ def test_fsplit_of_another_split_seed_is_refused(digits_splits):
     params = ARCH.init(jax.random.key(0))
     with pytest.raises(ForgetRequestError, match="not splits.train's rows"):
         evaluate_unlearning(ARCH, params, digits_splits, wrong, req)
+    # A reduced retain set (a subset of the rest, as unlearn() accepts) is still this split.
+    right = data.resolve_forget(digits_splits.train, req)
+    half = len(right.retain) // 2
+    reduced = right._replace(retain=right.retain.subset(np.arange(half)),
+                             retain_idx=right.retain_idx[:half])
+    assert 0 <= evaluate_unlearning(ARCH, params, digits_splits, reduced, req)["retain_acc"] <= 1
 
 
 def test_gap_keys_leave_out_not_applicable_metrics():

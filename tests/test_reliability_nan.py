@@ -168,6 +168,10 @@ def test_evaluate_refuses_non_finite_outputs(arch, digits_splits):
     test = digits_splits.test
     with pytest.raises(NonFiniteError, match=rf"NaN/inf for {len(test)} of {len(test)} samples"):
         metrics.evaluate(arch.apply, params, test.x, test.y, test.num_classes)
+    # A class ruled out with −inf logits (a mask) is no divergence: evaluated as usual.
+    masked = lambda p, x: arch.apply(p, x).at[:, 9].set(-jnp.inf)
+    out = metrics.evaluate(masked, arch.init(jax.random.key(0)), test.x, test.y, test.num_classes)
+    assert out["per_class_accuracy"][9] == 0.0 and 0.0 <= out["accuracy"] <= 1.0
 
 
 def test_evaluate_gan_refuses_a_diverged_generator_or_discriminator(digits_splits):

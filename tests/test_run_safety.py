@@ -193,6 +193,20 @@ def test_evaluate_refuses_another_request_than_the_runs_own(runs, tmp_path, capf
                  "--quiet"]) == 0
 
 
+def test_own_request_check_reads_class_order_as_one_request():
+    """`--forget-class 4 3` and `3 4` forget one set; a sampled network has its request too."""
+    from hyperforget_jax import data
+    from hyperforget_jax.commands.core import _check_own_request
+    from hyperforget_jax.errors import ForgetRequestError
+
+    for role in ("retrain", "unlearned", "hyperforget-sample"):
+        meta = {"identity": {"role": role,
+                             "request": data.ForgetRequest(classes=(3, 4)).to_json()}}
+        _check_own_request(meta, data.ForgetRequest(classes=(4, 3)), "R")
+        with pytest.raises(ForgetRequestError, match=f"is an? '{role}' run"):
+            _check_own_request(meta, data.ForgetRequest(classes=(3,)), "R")
+
+
 def test_evaluate_rows_never_collide(runs, tmp_path, capfd):
     """``evaluate --run-dir X/retrain --retrain-dir R``: both rows, a non-zero gap."""
     named = tmp_path / "x" / "retrain"

@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from hyperforget_jax import data, report, rundir
+from hyperforget_jax import data, report
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import seed_int
 from hyperforget_jax.errors import ForgetRequestError, RunDirError
@@ -87,11 +87,19 @@ def _check_own_request(meta: dict, request: data.ForgetRequest | None, path) -> 
     forget-set numbers of samples it never forgot."""
     ident = meta.get("identity") or {}
     own = ident.get("request")
-    if request is None or own is None or ident.get("role") not in ("unlearned", "retrain"):
+    if request is None or own is None or ident.get("role") not in ("unlearned", "retrain",
+                                                                    "hyperforget-sample"):
         return
-    if data.ForgetRequest.from_json(own) != request:
+
+    def canonical(req: data.ForgetRequest) -> dict:   # classes 4 3 and 3 4: one forget set
+        j = req.to_json()
+        return {**j, "classes": sorted(j["classes"])} if j.get("classes") else j
+
+    if canonical(data.ForgetRequest.from_json(own)) != canonical(request):
+        role = ident["role"]
+        article = "an" if role[0] in "aeiou" else "a"
         raise ForgetRequestError(
-            f"--run-dir {path} is {rundir._a(ident['role'])} run for the request "
+            f"--run-dir {path} is {article} {role!r} run for the request "
             f"{json.dumps(own)}, this command asks for {json.dumps(request.to_json())}; drop "
             "the request flags to evaluate it on its own request (or repeat them exactly, "
             "--forget-seed included)")

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from hyperforget_jax import layers, xla
+from hyperforget_jax.config import SEED_LIMIT
 from hyperforget_jax.data import Dataset, ForgetRequest, Splits
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
                                     NonFiniteError)
@@ -317,6 +318,10 @@ class EvalConfig:
     seed: int = 1234
 
     def __post_init__(self):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer)) \
+                or not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"EvalConfig.seed must be an integer in [0, 2**32), got "
+                              f"{self.seed!r}")
         # classifier-FID needs a covariance: at least two samples.
         if self.num_samples < 2:
             raise ConfigError(f"the evaluation needs at least 2 generated samples (classifier-"

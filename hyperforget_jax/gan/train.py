@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import xla
+from hyperforget_jax.config import SEED_LIMIT
 from hyperforget_jax.data import Dataset, batch_indices
 from hyperforget_jax.checkpoint_checks import refuse_another_run
 from hyperforget_jax.errors import ConfigError, DataError
@@ -112,7 +113,7 @@ class GANConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
                 raise ConfigError(f"GANConfig.{name} must be an integer >= 0, got {v!r}")
-        if self.seed >= 2**32:      # jax.random.key keeps a seed's low 32 bits
+        if self.seed >= SEED_LIMIT:      # jax.random.key keeps a seed's low 32 bits
             raise ConfigError(f"GANConfig.seed must be below 2**32, got {self.seed!r}")
 
     def to_json(self) -> dict:

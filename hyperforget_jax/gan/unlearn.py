@@ -63,6 +63,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import xla
+from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT
 from hyperforget_jax.data import ForgetRequest
 from hyperforget_jax.errors import ConfigError, ForgetRequestError, NonFiniteError
 from hyperforget_jax.gan.metrics import forgotten_share
@@ -168,9 +169,10 @@ class UnlearnConfig:
                               f"{self.substitution!r}")
         if self.check_every < 1 or self.max_rounds < 1:
             raise ConfigError("check_every and max_rounds must be >= 1")
-        if not all(math.isfinite(w) and w >= 0
+        if not all(math.isfinite(w) and 0 <= w <= FLOAT32_MAX
                    for w in (self.lambda_u, self.lambda_s, self.lambda_a)):
-            raise ConfigError(f"lambda_u, lambda_s and lambda_a must be finite and >= 0, got "
+            raise ConfigError(f"lambda_u, lambda_s and lambda_a must be >= 0 and finite in "
+                              f"float32 (<= 3.4e38), got "
                               f"{self.lambda_u}, {self.lambda_s}, {self.lambda_a}")
         if self.lambda_u_attempts < 1:
             raise ConfigError(f"lambda_u_attempts must be >= 1, got {self.lambda_u_attempts}")
@@ -202,7 +204,7 @@ class UnlearnConfig:
         if self.confirm_size < 0:
             raise ConfigError(f"confirm_size is a number of latent codes >= 0 (0: no "
                               f"confirmation), got {self.confirm_size!r}")
-        if not 0 <= self.seed < 2**32:   # jax.random.key keeps a seed's low 32 bits
+        if not 0 <= self.seed < SEED_LIMIT:   # jax.random.key keeps a seed's low 32 bits
             raise ConfigError(f"UnlearnConfig.seed must be an integer in [0, 2**32), got "
                               f"{self.seed!r}")
 

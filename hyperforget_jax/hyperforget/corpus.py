@@ -67,7 +67,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import data, report, rundir, train, xla
-from hyperforget_jax.config import check_config, field
+from hyperforget_jax.config import SEED_LIMIT, check_config, field
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import corpus_index as CI
@@ -110,7 +110,7 @@ class CorpusConfig:
 
     arch: str = field("gpt_mlp")
     num_seeds: int = field(256, ge=2)
-    first_seed: int = field(100_000, ge=0)
+    first_seed: int = field(100_000, ge=0, lt=SEED_LIMIT)
     fleet_size: int = field(32, ge=1)
     test_fraction: float = field(0.0625, gt=0, lt=1)
     lr_range: tuple[float, ...] = field((7e-4, 4e-3), gt=0)
@@ -131,6 +131,9 @@ class CorpusConfig:
             raise ConfigError(f"CorpusConfig.num_seeds: a corpus needs >= 2 seeds (some are held "
                               f"out of hypernetwork training), got {self.num_seeds}")
         check_config(self)
+        if self.first_seed + self.num_seeds > SEED_LIMIT:   # JAX keeps a seed's low 32 bits
+            raise ConfigError(f"CorpusConfig.first_seed + num_seeds must be <= 2**32, got "
+                              f"{self.first_seed} + {self.num_seeds}")
         for name in ("lr_range", "epochs_range"):
             lo_hi = getattr(self, name)
             if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:

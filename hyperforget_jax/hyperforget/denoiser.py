@@ -48,7 +48,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import params as P_, xla
-from hyperforget_jax.config import check_config, field
+from hyperforget_jax.config import SEED_LIMIT, check_config, field
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget.weightspace import mlp_layers
@@ -398,7 +398,7 @@ class HyperTrainConfig:
     permute: bool = field(True)
     endpoint_fraction: float = field(0.5, ge=0, le=1)
     p_uncond: float = field(0.1, ge=0, le=1)
-    seed: int = field(0, ge=0, lt=2**32)
+    seed: int = field(0, ge=0, lt=SEED_LIMIT)
 
     def __post_init__(self):
         check_config(self)
