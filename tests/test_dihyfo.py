@@ -216,6 +216,21 @@ def test_training_resumes_to_the_same_network(setup, tmp_path, monkeypatch):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def test_resumed_training_keeps_the_history_before_the_kill(setup, tmp_path):
+    """A run killed after its last save (before hypernet.npz is written) resumes with no step
+    left: its history is still the run's (was: loss [], so `hypertrain` died on an IndexError
+    and wrote a hypernetwork whose history had no loss)."""
+    _, corpus, _, hist, _ = setup
+    ckpt = tmp_path / "state"
+    _, first = H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN,
+                                checkpoint_dir=ckpt)
+    _, again = H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN,
+                                checkpoint_dir=ckpt)
+    assert again["resumed_at"] == TRAIN.steps
+    assert again["loss"] == first["loss"] and len(first["loss"]) == len(hist["loss"]) > 0
+    assert again["seconds"] >= first["seconds"] * 0.5
+
+
 def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     out, corpus, net2, _, start = setup
     path = H.save_hypernet(tmp_path / "h", net2, {"history": {"loss": [1.0]}})
@@ -263,6 +278,13 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     # as its training set (was: sampled and evaluated silently).
     fails(argv[:-1] + [str(tmp_path / "s8"), "--split-seed", "1"],
           "was trained with --split-seed 0, this command uses 1")
+    assert not (tmp_path / "s8").exists()
+    # Guidance mixes in the target-free prediction, which --p-uncond 0 never trained (was:
+    # sampled and evaluated silently).
+    H.save_hypernet(tmp_path / "h0", net2, {"history": {"train_config": {"p_uncond": 0.0}},
+                                            "dataset": "digits", "split_seed": 0})
+    fails([*argv[:4], str(tmp_path / "h0"), *argv[5:-1], str(tmp_path / "s8"), "--guidance",
+           "2"], "trained with --p-uncond 0")
     assert not (tmp_path / "s8").exists()
     fails(["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"), "--variant",
            "dihyfo2", "--forget-class", "5", "--steps", "1"], "takes no --forget-class")

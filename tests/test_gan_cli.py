@@ -198,6 +198,23 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
         assert not where.exists(), sorted(where.rglob("*"))
 
 
+def test_gan_cli_train_rerun_keeps_the_training_time(tmp_path):
+    """A finished `gan train` rerun restores its run; its results.json keeps the time the GAN
+    was trained in (was: the rerun's restore time, e.g. 1.5 s for a 5 s run, which a
+    Retrain-vs-unlearn speed-up would then read)."""
+    argv = ["gan", "train", "--dataset", "digits", "--gan-arch", "mlp", "--latent-dim", "8",
+            "--epochs", "2", "--run-dir", str(tmp_path / "g"), "--quiet"]
+    assert cli.main(argv) == 0
+    first = json.loads((tmp_path / "g" / "results.json").read_text())["seconds"]
+    from hyperforget_jax.checkpoint import Checkpointer
+
+    with Checkpointer(tmp_path / "g" / "checkpoints") as ckpt:     # carried over resumes
+        stored = ckpt.restore_meta()["train_seconds"]
+    assert 0 < stored <= first
+    assert cli.main(argv) == 0
+    assert json.loads((tmp_path / "g" / "results.json").read_text())["seconds"] == stored
+
+
 @pytest.mark.parametrize("argv, needle", [
     # The dense pair has fixed hidden sizes: --width would be recorded but not used.
     (["gan", "train", "--dataset", "digits", "--width", "8"], "--width sets the dcgan pair's"),
@@ -208,6 +225,16 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
       "10"], "--confirm-size applies to class requests only"),
     (["gan", "unlearn", "--dataset", "digits", "--forget-fraction", "0.1", "--max-share",
       "0.1", "--max-kept-drift", "0.5"], "--max-share, --max-kept-drift apply to class"),
+    # ... nor does a class request read --item-neighbours, --fake-label hard a tracked y_f, or
+    # a single attempt λ_u's growth (were: recorded in the recipe, changing nothing).
+    (["gan", "unlearn", "--dataset", "digits", "--forget-class", "3", "--item-neighbours",
+      "5"], "--item-neighbours applies to item requests only"),
+    (["gan", "unlearn", "--dataset", "digits", "--forget-class", "3",
+      "--no-track-fake-label"], "but --fake-label hard's y_f is the constant 0"),
+    (["gan", "unlearn", "--dataset", "digits", "--forget-indices", "1,2", "--fake-label",
+      "hard", "--track-fake-label"], "but --fake-label hard's y_f is the constant 0"),
+    (["gan", "unlearn", "--dataset", "digits", "--forget-indices", "1,2",
+      "--lambda-u-growth", "2"], "--lambda-u-growth scales λ_u from one attempt"),
 ])
 def test_gan_cli_refuses_flags_the_run_would_not_use(tmp_path, capsys, argv, needle):
     out = tmp_path / "out"

@@ -169,6 +169,7 @@ def cmd_unlearn(args) -> int:
                           " to class requests only (an item request's cascade has no forgotten "
                           f"share to check); drop {'it' if len(class_only) == 1 else 'them'}, "
                           "or give --forget-class")
+    _refuse_unused_unlearn_flags(args)
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
     _check_dataset(arch, splits, args, args.run_dir)
@@ -207,6 +208,29 @@ def cmd_unlearn(args) -> int:
                                     fsplit, cfg, classify, judged)
     common.emit(args, results, md)
     return 0
+
+
+def _refuse_unused_unlearn_flags(args) -> None:
+    """Flags the cascade of this request and recipe would not read are refused, not recorded
+    in its recipe as if they had shaped it (as ``CLASS_ONLY_FIELDS`` for item requests)."""
+    is_class = args.forget_class is not None
+    cfg = args._unlearn_flags.build(args, base=default_recipe(is_class))
+    given, flag = args._unlearn_flags.given(args), args._unlearn_flags.flags
+    unused = []
+    if is_class and "item_neighbours" in given:
+        unused.append((flag["item_neighbours"], "applies to item requests only (a class "
+                       "request flags codes with the judge)", "or give --forget-indices / "
+                       "--forget-fraction"))
+    if cfg.fake_label == "hard" and "track_fake_label" in given:
+        unused.append(("--track-fake-label / --no-track-fake-label", "set whether the "
+                       "generated / heldout y_f is tracked, but --fake-label hard's y_f is the "
+                       "constant 0", "or use --fake-label generated or heldout"))
+    if cfg.lambda_u_attempts == 1 and "lambda_u_growth" in given:
+        unused.append((flag["lambda_u_growth"], "scales λ_u from one attempt to the next, but "
+                       "this recipe makes a single attempt", "or give --lambda-u-attempts N > 1"))
+    if unused:
+        name, why, fix = unused[0]
+        raise ConfigError(f"{name} {why}; drop it, {fix}")
 
 
 def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, classify,

@@ -94,7 +94,7 @@ def cmd_hypertrain(args) -> int:
     common.emit(args, {"variant": args.variant, "steps": cfg.steps, "history": hist,
                        "hypernet": str(path)},
                 f"{args.variant}: {cfg.steps} steps in {hist['seconds']:.0f} s, final loss "
-                f"{hist['loss'][-1]:.5f}; saved {path}")
+                f"{hist['loss'][-1] if hist['loss'] else float('nan'):.5f}; saved {path}")
     return 0
 
 
@@ -147,6 +147,13 @@ def cmd_sample(args) -> int:
                           "the hypernetwork's T diffusion steps whatever it says: drop "
                           "--num-steps, or use --method ddim")
     net, meta = H.load_hypernet(args.hypernet)
+    trained = meta.get("history", {}).get("train_config", {})
+    if sc.guidance != 0 and trained.get("p_uncond") == 0:
+        # Guidance mixes in the prediction without targets, which p_uncond 0 never trained.
+        raise ConfigError(f"--guidance {sc.guidance:g} needs a hypernetwork trained with "
+                          "classifier-free dropout, but this one was trained with --p-uncond 0 "
+                          "(its target-free prediction never learnt); use --guidance 0, or "
+                          "`hyperforget hypertrain --p-uncond P` with P > 0")
     if sc.method == "ddpm":     # recorded as run: every one of the T steps
         sc = dataclasses.replace(sc, num_steps=net.spec.num_train_steps)
     classes = tuple(args.forget_class)

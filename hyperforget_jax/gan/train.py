@@ -244,6 +244,7 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
     Raises:
       NonFiniteError: a step produced NaN/inf (named in the message).
     """
+    t0 = time.perf_counter()
     if np.ndim(train.x) != 4:
         raise DataError(f"training images must be (N, H, W, C), got shape {np.shape(train.x)}")
     arch = gan_arch_of(cfg, train.x.shape[1:])
@@ -251,13 +252,14 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
     # One Adam initialises both players' states: Adam's state does not depend on its rate.
     tx = make_optimizer(cfg.lr, cfg.beta1)
     state = init_gan_state(arch, tx, jax.random.key(cfg.seed))
-    start = 0
+    start, prior = 0, 0.0
     data_id = None
     if checkpointer is not None:
         data_id = data_fingerprint(train)
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
+        prior = float(stored.get("train_seconds", 0.0))
         refuse_another_run(checkpointer.directory, stored, cfg.to_json(), data_id, start,
                            cfg.epochs, config_key="gan_config", data_key="gan_data",
                            what="a GAN", config_name="GANConfig")
@@ -279,16 +281,25 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
             checkpointer.save(epoch + 1, state, {**(meta or {}), "epoch": epoch + 1,
                                                  "gan_config": cfg.to_json(),
                                                  "gan_data": data_id,
+                                                 # the training time so far, over resumes
+                                                 "train_seconds": prior + time.perf_counter()
+                                                 - t0,
                                                  "gan_arch": arch.to_json()})
     return state, history, arch
 
 
 def timed_train_gan(train: Dataset, cfg: GANConfig, **kw) -> tuple[GANState, float, GANArch]:
-    """:func:`train_gan` with its wall time (blocking until the parameters are ready)."""
+    """:func:`train_gan` with its wall time (blocking until the parameters are ready). With a
+    ``checkpointer`` it is the whole run's training time: a resumed run adds the time its
+    checkpoint recorded, and a finished run (a rerun) reports the time it was trained in."""
+    ckpt, prior, done = kw.get("checkpointer"), 0.0, False
+    if ckpt is not None and ckpt.latest_step() is not None:
+        stored = ckpt.restore_meta()
+        prior, done = float(stored.get("train_seconds", 0.0)), ckpt.latest_step() >= cfg.epochs
     t0 = time.perf_counter()
     state, _, arch = train_gan(train, cfg, **kw)
     jax.block_until_ready(state)
-    return state, time.perf_counter() - t0, arch
+    return state, (prior if done and prior else prior + time.perf_counter() - t0), arch
 
 
 def _compiled_sampler(arch: GANArch) -> Callable:

@@ -245,8 +245,14 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
                                       "hypernetwork (spec or config differ); use another "
                                       "directory")
             first = int(ckpt.latest_step())
+            # The history so far travels with the state: a resumed run's history is the whole
+            # run's (a run killed after its last save resumes with no step left to log).
+            done_before = meta.get("progress", {})
     key = jax.random.key(cfg.seed + 1)
     losses, acc, t0 = [], [], time.perf_counter()
+    if first:
+        losses = [float(v) for v in done_before.get("loss", [])]
+        t0 -= float(done_before.get("seconds", 0.0))
     try:
         it = range(first, cfg.steps)
         if progress:
@@ -272,14 +278,15 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
             if ckpt is not None and ((n + 1) % save_every == 0 or n + 1 == cfg.steps):
                 # A host copy: the save commits in the background while the next (donating) step
                 # reuses the device buffers.
-                ckpt.save(n + 1, jax.tree.map(np.array, state), run_meta)
+                ckpt.save(n + 1, jax.tree.map(np.array, state),
+                          {**run_meta, "progress": {"loss": losses,
+                                                    "seconds": time.perf_counter() - t0}})
     finally:
         if ckpt is not None:
             ckpt.close()   # waits for the last background commit, also on an exception
     jax.block_until_ready(state.ema_params)
     secs = time.perf_counter() - t0
-    done = max(cfg.steps - first, 1)
     return Hypernet(spec, state.ema_params), {
-        "loss": losses, "seconds": secs, "steps_per_second": done / secs,
+        "loss": losses, "seconds": secs, "steps_per_second": cfg.steps / secs,
         "trajectories": int(len(src.trajectories)), "train_config": cfg.to_json(),
         "resumed_at": first}
