@@ -213,8 +213,8 @@ def main(argv=None):
                   f"{r['second call s']:.2f}s", flush=True)
         rows += grows
     print(common.markdown_table(rows, ["method", "steps", "second call s", "speed-up vs retrain",
-                                       "retrain reference", "first call s", "compile s", "XLA compile s",
-                                       "compiles 1st", "recompiles 2nd"]))
+                                       "retrain reference", "first call s", "compile s",
+                                       "XLA compile s", "compiles 1st", "recompiles 2nd"]))
     flags = {k: v for k, v in vars(args).items() if v is not UNSET}
     path = common.write_json("end_to_end", {"config": flags, "train_config": cfg.to_json(),
                                             "rows": rows,

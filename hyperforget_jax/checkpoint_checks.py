@@ -159,12 +159,13 @@ def jsonable_meta(meta: dict | None, where: Path) -> dict:
 
 def refuse_another_run(where: Path, stored: dict, config: dict, data_id: str | None,
                        start: int, epochs: int, *, config_key: str, data_key: str,
-                       what: str, config_name: str) -> None:
+                       what: str, config_name: str, init_id: str | None = None) -> None:
     """Raises :class:`CheckpointError` unless a checkpoint's meta ``stored`` (with ``start``
     epochs done) belongs to the run about to resume it: the same recipe ``config`` (a
-    ``to_json()``; more ``epochs`` may resume), the same ``data_id`` and no more epochs done
-    than asked for. Fields a run stored before they existed are not compared, so older
-    checkpoints still resume. ``what`` names the model ("a model", "a GAN")."""
+    ``to_json()``; more ``epochs`` may resume), the same ``data_id``, the same starting
+    parameters ``init_id`` (stored as ``init_params``; None: a fresh initialisation) and no
+    more epochs done than asked for. Fields a run stored before they existed are not compared,
+    so older checkpoints still resume. ``what`` names the model ("a model", "a GAN")."""
     now = json.loads(json.dumps(config))           # tuples compare equal to stored lists
     was = stored.get(config_key) or {}
     differ = [k for k in was if k != "epochs" and k in now and was[k] != now[k]]
@@ -176,6 +177,9 @@ def refuse_another_run(where: Path, stored: dict, config: dict, data_id: str | N
     if stored.get(data_key, data_id) != data_id:
         raise CheckpointError(f"{where} holds {what} trained on other data; use another "
                               "checkpoint directory or the same training set")
+    if stored.get("init_params", init_id) != init_id:
+        raise CheckpointError(f"{where} holds {what} trained from other init_params; use "
+                              "another checkpoint directory or the same init_params")
     if start > epochs:
         raise CheckpointError(f"{where} holds {what} trained for {start} epochs, more than the "
                               f"{epochs} asked for; ask for >= {start} epochs or use another "

@@ -61,8 +61,6 @@ class Splits(NamedTuple):
     test: Dataset
 
 
-
-
 def _check_seed(seed, what: str, error: type = DataError) -> int:
     """numpy's generators take integers >= 0 only, JAX's keys 32 bits; say so in our words."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:

@@ -499,10 +499,15 @@ def load_model(path: str, input_shape: tuple[int, ...] | None = None,
         obj = getattr(obj, part)
     if isinstance(obj, type) and issubclass(obj, nn.Module):
         obj = _instance_of(obj, num_classes)
-    model = as_model(obj, input_shape, num_classes, name=path)
-    # The same module object underneath: share its compiled programs, so that the same path
-    # passed to every call (or a run directory reloaded) compiles once, as a held model does.
-    new = dataclasses.replace(model, source=path)
+    # The same module object underneath: the returned model shares its compiled programs, so
+    # the same path passed to every call (or a run directory reloaded) compiles once.
+    return _replaced(as_model(obj, input_shape, num_classes, name=path), source=path)
+
+
+def _replaced(model: Architecture, **changes) -> Architecture:
+    """``dataclasses.replace(model, **changes)`` sharing ``model``'s compiled programs (the same
+    module or function underneath; :meth:`Architecture.program` keys them by shape)."""
+    new = dataclasses.replace(model, **changes)
     if not new.registered:
         if model._own_programs is None:
             object.__setattr__(model, "_own_programs", _Programs())
@@ -566,15 +571,7 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
             changes["input_shape"] = shape
         if obj.num_classes is None and num_classes is not None:
             changes["num_classes"] = int(num_classes)
-        if not changes:
-            return obj
-        new = dataclasses.replace(obj, **changes)
-        if not new.registered:
-            # The same function underneath: share the compiled programs with ``obj``.
-            if obj._own_programs is None:
-                object.__setattr__(obj, "_own_programs", _Programs())
-            object.__setattr__(new, "_own_programs", obj._own_programs)
-        return new
+        return _replaced(obj, **changes) if changes else obj
     if isinstance(obj, str):
         if obj in _FACTORIES:
             return make_architecture(obj, shape, num_classes)

@@ -21,7 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import refuse_another_run
 from hyperforget_jax.data import Dataset, batch_indices
-from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
@@ -168,11 +168,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         start = int(checkpointer.latest_step())
         refuse_another_run(checkpointer.directory, stored, cfg.to_json(), data_id, start,
                            cfg.epochs, config_key="train_config", data_key="train_data",
-                           what="a model", config_name="TrainConfig")
-        if stored.get("init_params", init_id) != init_id:   # older checkpoints lack the field
-            raise CheckpointError(f"{checkpointer.directory} holds a model trained from other "
-                                  "init_params; use another checkpoint directory or the same "
-                                  "init_params")
+                           what="a model", config_name="TrainConfig", init_id=init_id)
     run = _fit_epoch(model, False, False, mesh)
     state = _put(state, mesh)
     x, y = _put((train.x, train.y), mesh)

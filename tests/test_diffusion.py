@@ -129,9 +129,9 @@ def test_tiny_model_learns_a_1d_gaussian_mixture():
 
 
 def test_ddpm_step_variance_is_gpts_fixed_large():
-    """G.pt samples with σ_t² = β_t (main.py: create_diffusion(learn_sigma=False) → sigma_small
-    False → ModelVarType.FIXED_LARGE), not the posterior variance β̃_t. With x̂₀ = 0 for t ≥ 1
-    (and the identity at t = 0, so the output is x_1) Var(x_1) follows the recursion
+    """G.pt samples with σ_t² = β_t (main.py: create_diffusion(learn_sigma=False) →
+    sigma_small False → ModelVarType.FIXED_LARGE), not the posterior variance β̃_t. With x̂₀ = 0
+    for t ≥ 1 (and the identity at t = 0, so the output is x_1) Var(x_1) follows the recursion
     Var_{t−1} = coef2_t² Var_t + σ_t², computed here in float64 numpy from G.pt's formulas."""
     s = D.make_schedule()
     betas = np.linspace(1e-4, 0.02, 1000)

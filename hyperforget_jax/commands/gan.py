@@ -160,16 +160,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
-    class_only = [args._unlearn_flags.flags[f] for f in CLASS_ONLY_FIELDS
-                  if f in args._unlearn_flags.given(args)]
-    if args.forget_class is None and class_only:
-        # They only shape the share criterion, which an item request does not have: accepted,
-        # they would change nothing but the recorded recipe.
-        raise ConfigError(f"{', '.join(class_only)} appl{'ies' if len(class_only) == 1 else 'y'}"
-                          " to class requests only (an item request's cascade has no forgotten "
-                          f"share to check); drop {'it' if len(class_only) == 1 else 'them'}, "
-                          "or give --forget-class")
-    _refuse_unused_unlearn_flags(args)
+    cfg = _unlearn_config(args)
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
     _check_dataset(arch, splits, args, args.run_dir)
@@ -178,8 +169,6 @@ def cmd_unlearn(args) -> int:
     if request is None:
         raise ForgetRequestError("give a forget request (--forget-class, --forget-fraction or "
                                  "--forget-indices)")
-    # Unset options take the recipe of the request's kind (docs/gan.md).
-    cfg = args._unlearn_flags.build(args, base=default_recipe(request.classes is not None))
     # Class requests flag codes with the judge (item requests need none).
     judge_flags = args._judge(args)
     recipe = judge_flags if request.classes is not None else None
@@ -210,12 +199,20 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
-def _refuse_unused_unlearn_flags(args) -> None:
-    """Flags the cascade of this request and recipe would not read are refused, not recorded
-    in its recipe as if they had shaped it (as ``CLASS_ONLY_FIELDS`` for item requests)."""
+def _unlearn_config(args) -> UnlearnConfig:
+    """The cascade's recipe: unset options take the recipe of the request's kind (docs/gan.md).
+    Flags the cascade of this request and recipe would not read are refused, not recorded in
+    its recipe as if they had shaped it."""
     is_class = args.forget_class is not None
     cfg = args._unlearn_flags.build(args, base=default_recipe(is_class))
     given, flag = args._unlearn_flags.given(args), args._unlearn_flags.flags
+    class_only = [flag[f] for f in CLASS_ONLY_FIELDS if f in given]
+    if not is_class and class_only:
+        # They only shape the share criterion, which an item request does not have.
+        n = len(class_only)
+        raise ConfigError(f"{', '.join(class_only)} appl{'ies' if n == 1 else 'y'} to class "
+                          "requests only (an item request's cascade has no forgotten share to "
+                          f"check); drop {'it' if n == 1 else 'them'}, or give --forget-class")
     unused = []
     if is_class and "item_neighbours" in given:
         unused.append((flag["item_neighbours"], "applies to item requests only (a class "
@@ -231,6 +228,7 @@ def _refuse_unused_unlearn_flags(args) -> None:
     if unused:
         name, why, fix = unused[0]
         raise ConfigError(f"{name} {why}; drop it, {fix}")
+    return cfg
 
 
 def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, classify,

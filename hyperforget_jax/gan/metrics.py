@@ -132,9 +132,9 @@ def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id:
     recipe or other data is ignored, never reused. Training is deterministic on one machine,
     so a stored judge equals one freshly trained there; a judge stored on another CPU is
     reused too, and can differ from a fresh one (XLA's float rounding differs between CPUs:
-    docs/gan.md, "The same command on another CPU"). With ``keep_found``, a judge read from ``search`` is
-    also stored at ``path`` (a run that reused a judge then carries it, for its evaluation). With
-    ``progress``, training it shows progress bars.
+    docs/gan.md, "The same command on another CPU"). With ``keep_found``, a judge read from
+    ``search`` is also stored at ``path`` (a run that reused a judge then carries it, for its
+    evaluation). With ``progress``, training it shows progress bars.
 
     Returns:
       ``(judge, reused)``.

@@ -232,7 +232,7 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
                                 classes if variant == "dihyfo2" else None, permute, encode,
                                 cfg.p_uncond)
 
-    ckpt, first = None, 0
+    ckpt, first, done_before = None, 0, {}
     # Through JSON, so that the stored meta (lists) compares equal to the fresh one (tuples).
     run_meta = json.loads(json.dumps({"hypernet": spec.to_json(), "config": cfg.to_json()}))
     if checkpoint_dir is not None:
@@ -249,10 +249,8 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
             # run's (a run killed after its last save resumes with no step left to log).
             done_before = meta.get("progress", {})
     key = jax.random.key(cfg.seed + 1)
-    losses, acc, t0 = [], [], time.perf_counter()
-    if first:
-        losses = [float(v) for v in done_before.get("loss", [])]
-        t0 -= float(done_before.get("seconds", 0.0))
+    losses = [float(v) for v in done_before.get("loss", [])]
+    acc, t0 = [], time.perf_counter() - float(done_before.get("seconds", 0.0))
     try:
         it = range(first, cfg.steps)
         if progress:

@@ -6,8 +6,9 @@
     best = sample_best_of(key, net, params, prompt, splits.train, k=8)  # [beyond] selection
 
 Sampling runs DDIM (η = 0, ``num_steps`` denoiser calls) or ancestral DDPM (σ_t² = β_t, G.pt's
-FIXED_LARGE variance) over the normalised change (:mod:`~hyperforget_jax.hyperforget.weightspace`), then maps it back onto θ₀. Classifier-
-free guidance: ``guidance = w`` gives x̂ = x̂_c + w (x̂_c − x̂_u); ``w = 0`` (the default) runs the
+FIXED_LARGE variance) over the normalised change
+(:mod:`~hyperforget_jax.hyperforget.weightspace`), then maps it back onto θ₀. Classifier-free
+guidance: ``guidance = w`` gives x̂ = x̂_c + w (x̂_c − x̂_u); ``w = 0`` (the default) runs the
 conditional model alone, exactly the unguided sampler.
 """
 

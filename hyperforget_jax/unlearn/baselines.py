@@ -141,8 +141,9 @@ def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformati
 def optimizer_for(method: str, hp: dict, mask: Params | None = None
                   ) -> optax.GradientTransformation:
     """The published optimiser of ``method`` (values may be traced), a ``mask`` (SalUn's: the
-    only method whose prepared member data holds one) applied to its updates (:func:`masked_updates`), all behind the NaN guard: the guard stays the
-    outermost transformation, so its flag (``train.update_was_finite``) is read for SalUn too."""
+    only method whose prepared member data holds one) applied to its updates
+    (:func:`masked_updates`), all behind the NaN guard: the guard stays the outermost
+    transformation, so its flag (``train.update_was_finite``) is read for SalUn too."""
     if method == "bad_teacher":
         tx = optax.adam(hp["lr"])
     else:
