@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperforget_jax import train, xla
+from hyperforget_jax import metrics, train, xla
 from hyperforget_jax.config import SEED_LIMIT, check_config, field
 from hyperforget_jax.data import Dataset, ForgetSplit, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
@@ -144,16 +144,29 @@ def unlearn_shadows_sweep(shadows: Shadows, method: str, arch: Any, train_ds: Da
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[r.params for r in results])
 
 
+def _rows(model: Architecture, params: Any, x: jax.Array, members: int = 1) -> int:
+    """Forget-set rows per confidence call: all of them up to ``metrics.WHOLE_CALL_ROWS``
+    (every published size), else that many model evaluations (rows × members) per call: a
+    fleet of 8 shadows over 5,000 forget images in one call held 40,000 images' activations."""
+    from hyperforget_jax.unlearn.gradtau_run import per_example
+
+    if len(x) <= metrics.WHOLE_CALL_ROWS or not per_example(
+            model, jax.tree.map(lambda l: l[0], params) if members > 1 else params, x):
+        return len(x)
+    return max(1, metrics.WHOLE_CALL_ROWS // members)
+
+
 def _phi_fleet(model: Architecture, stacked: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
     fn = model.program("ulira_phi_fleet", lambda: xla.jit(jax.vmap(
         lambda p, xx, yy: logit_confidence(model.apply(p, xx), yy), in_axes=(0, None, None))))
-    return np.asarray(fn(stacked, x, y))
+    members = len(jax.tree.leaves(stacked)[0])
+    return metrics.in_row_chunks(fn, stacked, (x, y), _rows(model, stacked, x, members), axis=1)
 
 
 def _phi(model: Architecture, params: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
     fn = model.program("ulira_phi", lambda: xla.jit(
         lambda p, xx, yy: logit_confidence(model.apply(p, xx), yy)))
-    return np.asarray(fn(params, x, y))
+    return metrics.in_row_chunks(fn, params, (x, y), _rows(model, params, x))
 
 
 def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,

@@ -309,3 +309,24 @@ def test_salun_nonfinite_gradients_raise_like_random_labels(digits_splits):
                         ("salun", SalUnConfig(epochs=1))]:
         with pytest.raises(NonFiniteError, match=method):
             unlearn(method, model, params, split, digits_splits.val, cfg)
+
+
+def test_teacher_logits_of_a_large_set_are_computed_in_chunks(monkeypatch):
+    """SCRUB / Bad Teacher's teacher logits: a set above metrics.WHOLE_CALL_ROWS rows is run in
+    chunks of that many (one call over CIFAR's 45,000 retain images took ≈ 26 GB for the cnn),
+    with the same logits."""
+    from hyperforget_jax import metrics
+    from hyperforget_jax.unlearn import baselines
+
+    monkeypatch.setattr(metrics, "WHOLE_CALL_ROWS", 8, raising=False)
+    seen = []
+
+    def apply(p, x):
+        seen.append(x.shape[0])          # at trace time: the rows of each compiled call
+        return x.reshape(x.shape[0], -1) @ p["w"]
+
+    model = models.as_model(apply, (2, 2, 1), 3, init_fn=lambda k: {"w": jnp.ones((4, 3))})
+    x = np.random.default_rng(0).random((21, 2, 2, 1), dtype=np.float32)
+    got = np.asarray(baselines._logits(model, {"w": jnp.arange(12.0).reshape(4, 3)}, x))
+    np.testing.assert_allclose(got, x.reshape(21, 4) @ np.arange(12.0).reshape(4, 3), rtol=1e-6)
+    assert max(seen) <= 8, seen

@@ -142,3 +142,31 @@ def test_pooled_sigma_is_unbiased():
                            tgt, mu_u + rng.normal(0, 1, n), mu_r + rng.normal(0, 3, n))
     assert out["sigma_unlearned"] == pytest.approx(1.0, rel=0.03)
     assert out["sigma_retrained"] == pytest.approx(3.0, rel=0.03)
+
+
+def test_confidences_of_a_large_forget_set_are_computed_in_chunks(monkeypatch):
+    """U-LiRA's confidences over a forget set above metrics.WHOLE_CALL_ROWS rows run in chunks of
+    WHOLE_CALL_ROWS model evaluations (rows × shadows), with the same values: a fleet of 8 shadows
+    over 5,000 forget images in one call held 40,000 images' activations."""
+    from hyperforget_jax import metrics
+
+    monkeypatch.setattr(metrics, "WHOLE_CALL_ROWS", 8, raising=False)
+    seen = []
+
+    def apply(p, x):
+        seen.append(x.shape[0])
+        return x.reshape(x.shape[0], -1) @ p["w"]
+
+    model = models.as_model(apply, (2, 2, 1), 3, init_fn=lambda k: {"w": jnp.ones((4, 3))})
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((19, 2, 2, 1), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 3, 19).astype(np.int32))
+    stacked = {"w": jnp.asarray(rng.normal(size=(2, 4, 3)).astype(np.float32))}
+    got = ulira._phi_fleet(model, stacked, x, y)
+    one = ulira._phi(model, {"w": stacked["w"][0]}, x, y)
+    assert max(seen) <= 8, seen
+    want = np.stack([np.asarray(ulira.logit_confidence(apply(jax.tree.map(lambda l: l[i], stacked),
+                                                             x), y)) for i in range(2)])
+    assert got.shape == (2, 19)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(one, want[0], rtol=1e-5, atol=1e-6)

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hyperforget_jax import train, xla
+from hyperforget_jax import metrics, train, xla
 from hyperforget_jax.config import float_fields
 from hyperforget_jax.data import ForgetSplit, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import NonFiniteError
@@ -340,7 +340,15 @@ def _salun(model, params, split, cfg: C.SalUnConfig, seed):
 
 
 def _logits(model: Architecture, params: Params, x: np.ndarray) -> jax.Array:
-    return model.program("logits", lambda: xla.jit(model.apply))(params, jnp.asarray(x))
+    """The model's logits of every row of ``x`` (teacher logits): sets above
+    ``metrics.WHOLE_CALL_ROWS`` rows in chunks of that many (the whole retain set in one call
+    grew memory with the data set), unless the model's rows depend on their batch."""
+    from hyperforget_jax.unlearn.gradtau_run import per_example
+
+    fn = model.program("logits", lambda: xla.jit(model.apply))
+    if len(x) <= metrics.WHOLE_CALL_ROWS or not per_example(model, params, x):
+        return fn(params, jnp.asarray(x))
+    return jnp.asarray(metrics.in_row_chunks(fn, params, (x,), metrics.WHOLE_CALL_ROWS))
 
 
 def _scrub(model, params, split, cfg: C.ScrubConfig, seed):
