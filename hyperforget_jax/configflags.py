@@ -325,7 +325,8 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
                      title: str | None = None, rename: Mapping[str, str] | None = None,
                      exclude: Sequence[str] = (), choices: Mapping[str, Sequence] | None = None,
                      defaults: Mapping[str, Any] | None = None, dest_prefix: str = "",
-                     help_extra: Mapping[str, str] | None = None) -> ConfigFlags:
+                     help_extra: Mapping[str, str] | None = None,
+                     description: str | None = None) -> ConfigFlags:
     """Adds one ``--field-name`` flag per field of dataclass ``cls`` (an argument group).
 
     Args:
@@ -340,6 +341,7 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
         recipe chosen at run time); the value is still applied by the caller.
       dest_prefix: prefix of the argparse dests (two config classes on one parser).
       help_extra: field → text appended to its help.
+      description: the group's description (default: the class's docstring summary).
 
     Returns:
       A :class:`ConfigFlags` whose ``build(args)`` makes the config.
@@ -355,7 +357,8 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
     docs = field_docs(cls)
     hints = _hints(cls)
     add_group = getattr(parser, "add_argument_group", None)
-    group = add_group(title or f"{cls.__name__}", _summary(cls)) if add_group else parser
+    group = (add_group(title or f"{cls.__name__}", description or _summary(cls)) if add_group
+             else parser)
     dests, flags, sequences = {}, {}, set()
     for f in dataclasses.fields(cls):
         if f.name in exclude or not f.init:

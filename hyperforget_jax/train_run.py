@@ -201,7 +201,8 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
     ``fit(arch, train, replace(cfg, seed=seeds[i]))``: bit for bit with ``vectorize="map"``, to
     float rounding with ``"vmap"`` (batched matmuls round differently, and Adam's division by
     √v amplifies it: ~1e-3 on a weight after 3 epochs of the digits MLP). Returns a stacked
-    :class:`TrainState`.
+    :class:`TrainState` and a per-epoch history whose loss / accuracy are lists, one value per
+    member (``fit_fleet(...)[0].params`` is the stacked parameters).
 
     Args:
       arch: the model (any form ``hf.as_model`` takes, with an init).

@@ -136,3 +136,7 @@ def test_every_command_takes_quiet_and_json():
     for path, p in commands.items():
         flags = {o for a in p._actions for o in a.option_strings}
         assert {"--quiet", "--json"} <= flags, path
+    # ... and every flag of every command says in --help what it does.
+    bare = [(path, a.option_strings[0]) for path, p in commands.items() for a in p._actions
+            if a.option_strings and not a.help]
+    assert not bare, bare

@@ -33,6 +33,24 @@ def test_gan_cli_judge_defaults_to_the_experiments_recipe():
         assert recipe["anneal_epochs"] == 2
 
 
+def test_gan_unlearn_help_shows_each_recipes_defaults():
+    """Unset recipe fields take the request kind's recipe, so --help shows both values where
+    the item and class recipes differ (it used to show the item recipe's as "the" default)."""
+    import argparse
+    gan = next(a for a in cli.build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction)).choices["gan"]
+    unlearn = next(a for a in gan._actions
+                   if isinstance(a, argparse._SubParsersAction)).choices["unlearn"]
+    helps = {a.option_strings[0]: a.help for a in unlearn._actions if a.option_strings}
+    assert "default: items heldout, classes hard]" in helps["--fake-label"]
+    assert "default: items 400, classes 1200]" in helps["--max-rounds"]
+    assert "default: items 0.0, classes 30.0]" in helps["--lambda-a"]
+    assert "default: latent]" in helps["--substitution"]          # the same in both
+    # The judge's group says its defaults are JUDGE's, not the classifier recipe's texts.
+    judge = next(g for g in unlearn._action_groups if g.title.startswith("judge classifier"))
+    assert "JudgeCNN" in judge.description and "Retrain" not in judge.description
+
+
 def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     orig, ret, unl = tmp_path / "orig", tmp_path / "retrain", tmp_path / "unl"
     base = ["--dataset", "digits"]

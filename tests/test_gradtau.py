@@ -69,6 +69,18 @@ def test_finetune_budget_is_the_official_int_6_nr_over_nf():
     assert G.finetune_epochs(118, 1, max_epochs=80) == 160
 
 
+def test_finetune_refuses_an_alpha0_it_would_ignore():
+    # Fine-tune is α ≡ 0: GradTauConfig(alpha0=0.5) used to run pure descent and record 0.5.
+    from hyperforget_jax.unlearn.gradtau_run import make_plan
+    ds = lambda n: data.from_arrays(np.zeros((n, 2, 2, 1), np.float32), np.arange(n) % 2,
+                                    num_classes=2)
+    split = data.ForgetSplit(ds(10), ds(30), np.arange(10), np.arange(30))
+    with pytest.raises(ConfigError, match="finetune.*alpha0=0.5"):
+        make_plan(split, G.GradTauConfig(alpha0=0.5), 0, None, "finetune")
+    for a0 in (None, 0.0):
+        assert make_plan(split, G.GradTauConfig(alpha0=a0), 0, None, "finetune").alpha0 == 0
+
+
 def test_schedules_are_held_per_forget_epoch():
     # Official code: α and the learning rate stepped once per forget-epoch (LinearLR).
     a = G.alpha_schedule_fn(0.6, epochs=3, steps_per_epoch=4)

@@ -47,3 +47,30 @@ def test_gradtau_inside_your_own_loop_and_sweeps(capsys):
     exec(compile(_block("Sweeps and meshes"), "README:sweeps", "exec"), ns)
     assert len(ns["results"]) == 6
     assert {r.info["group_size"] for r in ns["results"]} == {6}
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading slugs (lower case, punctuation dropped, spaces → '-') and the page's
+    explicit `<a id="...">` anchors."""
+    text = path.read_text()
+    heads = re.findall(r"^#+\s+(.*)$", re.sub(r"```.*?```", "", text, flags=re.S), re.M)
+    slugs = {"".join(c for c in h.strip().lower().replace("`", "").replace("*", "")
+                     if c.isalnum() or c in " -_").replace(" ", "-") for h in heads}
+    return slugs | set(re.findall(r'<a (?:id|name)="([^"]+)"', text))
+
+
+def test_doc_links_point_at_files_and_headings_that_exist():
+    root = README.parent
+    pages = [README, root / "benchmarks" / "README.md", *sorted((root / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if link.startswith(("http://", "https://")):
+                continue
+            path, _, anchor = link.partition("#")
+            target = (page.parent / path).resolve() if path else page
+            if not target.exists():
+                broken.append(f"{page.name}: {link} (no such file)")
+            elif anchor and target.suffix == ".md" and anchor not in _anchors(target):
+                broken.append(f"{page.name}: {link} (no such heading)")
+    assert not broken, broken

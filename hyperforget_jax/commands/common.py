@@ -52,8 +52,10 @@ def class_id(text: str) -> int:
             from None
 
 
-def add_request_args(p: argparse.ArgumentParser, required: bool = True) -> None:
-    g = p.add_argument_group("forget request (exactly one)")
+def add_request_args(p: argparse.ArgumentParser, required: bool = True,
+                     title: str | None = None) -> None:
+    g = p.add_argument_group(title or ("forget request (exactly one)" if required else
+                                       "forget request (optional, at most one)"))
     m = g.add_mutually_exclusive_group(required=required)
     m.add_argument("--forget-class", type=class_id, nargs="+", metavar="C",
                    help="forget every training sample of these classes (space-separated)")

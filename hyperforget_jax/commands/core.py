@@ -166,13 +166,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     for name, retrain, helptext in (
             ("train", False, "train the original classifier on the full training set"),
             ("retrain", True, "train from scratch on the retain set (the Retrain baseline)")):
+        request = ("" if retrain else " A forget request is optional: it adds the "
+                   "original's RA/FA/TA and attacks on it to the report.")
         p = sub.add_parser(name, help=helptext, description=helptext + ". Rerunning with the "
                            "same flags resumes from the run's checkpoints; a run directory "
-                           "holding another run is refused.")
+                           "holding another run is refused." + request)
         common.add_data_args(p)
         common.add_train_args(p)
         common.add_request_args(p, required=retrain)
-        p.add_argument("--run-dir", default=f"runs/{'retrain' if retrain else 'original'}")
+        p.add_argument("--run-dir", default=f"runs/{'retrain' if retrain else 'original'}",
+                       help=f"run directory (default runs/{'retrain' if retrain else 'original'})")
         common.add_output_args(p)
         p.set_defaults(func=lambda a, r=retrain: cmd_train(a, r))
 
@@ -190,10 +193,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="the end-to-end demo on the embedded MNIST-5k",
                        description="Trains the original classifier, retrains without a class, "
-                                   "runs the unlearning methods and writes report.md, "
-                                   "results.json and plots into the run directory.")
-    p.add_argument("--run-dir", default="runs/demo")
-    p.add_argument("--forget-class", type=common.class_id, default=3)
+                                   "runs ∇τ, samples with the shipped DiHyFo-2 and unlearns a "
+                                   "GAN (--sections), and writes report.md, results.json and "
+                                   "plots into the run directory.")
+    p.add_argument("--run-dir", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--forget-class", type=common.class_id, default=3,
+                   help="the class to forget (default 3)")
     p.add_argument("--seeds", type=int, default=3, help="number of model seeds (default 3)")
     p.add_argument("--sections", default="all",
                    help="comma list of demo sections to run: gradtau,hyperforget,gan (or all, "

@@ -50,7 +50,11 @@ def add_judge_flags(parser) -> Callable[[argparse.Namespace], dict]:
         rename={f: f"judge-{f.replace('_', '-')}" for f in ("epochs", "batch_size", "lr",
                                                             "weight_decay")} | {"arch": "judge"},
         exclude=("seed",), defaults={f.name: getattr(JUDGE, f.name)
-                                     for f in dataclasses.fields(JUDGE) if f.name != "seed"})
+                                     for f in dataclasses.fields(JUDGE) if f.name != "seed"},
+        description=f"A TrainConfig for the judge; the defaults are the experiments' judge "
+                    f"(JUDGE: JudgeCNN, {JUDGE.epochs} epochs on the images and "
+                    f"{JUDGE_AUGMENT - 1} affine copies, then {JUDGE_ANNEAL} at a tenth of the "
+                    f"lr), not the classifier recipe the field texts below describe.")
     parser.add_argument("--judge-augment", type=positive_int, default=JUDGE_AUGMENT,
                         help="copies of the training set the judge trains on: the images and "
                              "N − 1 randomly rotated, zoomed and shifted copies (1 = none)")
@@ -346,7 +350,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          rename={"arch": "gan-arch"},
                                          choices={"arch": ("auto", *GAN_ARCHS),
                                                   "latent_prior": LATENT_PRIORS})
-    p.add_argument("--run-dir", default="runs/gan/original")
+    p.add_argument("--run-dir", default="runs/gan/original",
+                   help="run directory (default runs/gan/original)")
     common.add_output_args(p)
     p.set_defaults(func=cmd_train, _gan_flags=flags)
 
@@ -355,7 +360,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_request_args(p, required=True)
     p.add_argument("--run-dir", required=True, help="the original GAN run")
     p.add_argument("--out", default="runs/gan/unlearned",
-                   help="checkpoints, samples and results; a rerun resumes an interrupted run")
+                   help="checkpoints, samples and results; a rerun resumes an interrupted run "
+                        "(default runs/gan/unlearned)")
     recipe = lambda r: (f"{r.fake_label}/{r.substitution}/λ_s {r.lambda_s}"
                         + (f"/λ_a {r.lambda_a:g}" if r.lambda_a else "") + "/check every "
                         f"{r.check_every}/max {r.max_rounds}" + (
@@ -366,8 +372,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                            if r.confirm_size else ""))
     rec = (f"Unset fields take the recipe of the request's kind: items "
            f"{recipe(default_recipe(False))}; classes {recipe(default_recipe(True))}.")
+    # --help shows each recipe's value where the two differ, not UnlearnConfig's (the items').
+    items, classes = default_recipe(False), default_recipe(True)
+    fmt = lambda v: "none" if v is None else str(v)
+    by_kind = {f.name: f"items {fmt(getattr(items, f.name))}, classes "
+                       f"{fmt(getattr(classes, f.name))}"
+               for f in dataclasses.fields(UnlearnConfig)
+               if getattr(items, f.name) != getattr(classes, f.name)}
     flags = configflags.add_config_flags(
-        p, UnlearnConfig, title="unlearning recipe",
+        p, UnlearnConfig, title="unlearning recipe", defaults=by_kind,
         choices={"fake_label": FAKE_LABELS, "substitution": SUBSTITUTIONS})
     p.set_defaults(_unlearn_flags=flags, _judge=add_judge_flags(p))
     _add_judge_from(p)
@@ -381,9 +394,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "downstream accuracy")
     common.add_data_args(p)
     common.add_request_args(p, required=False)
-    p.add_argument("--run-dir", required=True)
+    p.add_argument("--run-dir", required=True, help="the GAN run to evaluate")
     p.add_argument("--compare", nargs="*", help="other GAN runs (e.g. Original, Retrain)")
-    p.add_argument("--samples", type=non_negative_int, default=10_000)
+    p.add_argument("--samples", type=non_negative_int, default=10_000,
+                   help="generated samples per GAN for every metric (default 10000)")
     p.add_argument("--out", help="output directory (default: <run-dir>/gan-evaluate/<request>)")
     common.add_output_args(p)
     p.set_defaults(func=cmd_evaluate, _judge=add_judge_flags(p))

@@ -227,9 +227,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_corpus, _corpus_flags=flags)
 
     p = sub.add_parser("hypertrain", help="train a DiHyFo-1/2 hypernetwork on a corpus")
-    p.add_argument("--corpus", required=True)
+    p.add_argument("--corpus", required=True,
+                   help="the corpus directory (`hyperforget corpus --out`)")
     p.add_argument("--out", required=True, help="output directory (resumes an interrupted run)")
-    p.add_argument("--variant", choices=H.VARIANTS, default="dihyfo2")
+    p.add_argument("--variant", choices=H.VARIANTS, default="dihyfo2",
+                   help="dihyfo1 (one class, --forget-class) or dihyfo2 (every class; default)")
     p.add_argument("--forget-class", type=common.class_id, default=None,
                    help="DiHyFo-1's class (DiHyFo-2 serves every class and takes none)")
     train_flags = configflags.add_config_flags(p, DN.HyperTrainConfig,
@@ -248,11 +250,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="'pretrained' (the shipped DiHyFo-2 for gpt_mlp on mnist5k), a .npz "
                         "file, or the --out of hypertrain")
     p.add_argument("--forget-class", type=common.class_id, nargs="+", required=True,
-                   metavar="C")
+                   metavar="C", help="the class, or pair of classes, to forget (space-separated)")
     p.add_argument("--run-dir", default=None,
                    help="start network from `hyperforget train` (of the hypernetwork's "
                         "architecture: --arch gpt_mlp for the pretrained one)")
-    p.add_argument("--corpus", default=None)
+    p.add_argument("--corpus", default=None,
+                   help="start from a corpus original instead of --run-dir (with --start-seed)")
     p.add_argument("--start-seed", type=seed_int, default=None,
                    help="corpus run to start from")
     p.add_argument("--forget-target", type=finite_float, default=None,
@@ -261,7 +264,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="retain loss to reach (default: the start's, times the corpus ratio)")
     sample_flags = configflags.add_config_flags(p, H.SampleConfig, title="sampling",
                                                 choices={"method": ("ddim", "ddpm")})
-    p.add_argument("--seed", type=seed_int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seed of the diffusion noise and of the attacks (default 0)")
+    p.add_argument("--out", required=True, help="output directory (never a run it reads)")
     common.add_output_args(p, quiet=False)
     p.set_defaults(func=cmd_sample, _sample_flags=sample_flags)

@@ -8,7 +8,9 @@ The original model is loaded from ``--run-dir`` (trained there first, with the t
 flags, when the directory holds no model). Every field of the method's config can be set with
 ``--config.FIELD=VALUE`` (see ``--help``). Writes ``results.json``, ``report.md`` and the
 unlearned parameters (``checkpoints/``, readable by ``hyperforget evaluate``) into ``--out``
-(default ``<run-dir>/unlearn/<method>-<request>``), never into ``--run-dir`` itself.
+(default ``<run-dir>/unlearn/<method>-<request>``, which names neither ``--config.*`` nor
+``--seed``: a run with other settings needs its own ``--out``), never into ``--run-dir``
+itself.
 """
 
 from __future__ import annotations
@@ -214,11 +216,16 @@ def _unlearn_and_compare(args, arch, params, cfg, config, how, splits, request, 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("unlearn", help="run an unlearning method and evaluate it beside Retrain",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("--method", required=True, choices=U.METHODS)
-    common.add_request_args(p, required=False)
+    p.add_argument("--method", required=True, choices=U.METHODS,
+                   help="the unlearning method (retrain: the original's recipe on D_r)")
+    # Checked in cmd_unlearn (a ForgetRequestError, one line), so not required by argparse.
+    common.add_request_args(p, required=False, title="forget request (exactly one)")
     p.add_argument("--run-dir", default="runs/original",
-                   help="the original model's run (trained there if it holds no model)")
-    p.add_argument("--out", help="output directory (default <run-dir>/unlearn/<method>-<req>)")
+                   help="the original model's run (trained there if it holds no model; "
+                        "default runs/original)")
+    p.add_argument("--out", help="output directory (default <run-dir>/unlearn/<method>-<req>, "
+                                  "which names neither --config.* nor --seed: give a run "
+                                  "with other settings its own --out)")
     # Its own dest: the training recipe's seed flag (--train-seed) has the field's dest "seed".
     p.add_argument("--seed", type=seed_int, default=0, dest="method_seed",
                    help="seed of the method (batch order, random labels/teachers) and of the "

@@ -211,8 +211,8 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
       checkpointer: optional :class:`~hyperforget_jax.checkpoint.Checkpointer` for the
         iterative methods that can resume (``gradtau``, ``finetune``: after every forget-epoch;
         ``retrain``: after every epoch). A rerun on the same directory resumes and returns the
-        same parameters as an uninterrupted run. The other baselines take seconds and ignore it
-        (a ConfigError says so rather than silently not checkpointing).
+        same parameters as an uninterrupted run. The other baselines take seconds and do not
+        checkpoint: given one, they raise a ConfigError rather than silently not checkpointing.
       meta: JSON metadata stored with each checkpoint.
       mesh: optional ``jax.sharding.Mesh``: batches split along its data axis (``"data"`` or
         the first), state replicated; the result equals the single-device run (to rounding).
@@ -222,7 +222,8 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
 
     Raises:
       ConfigError: unknown method, a config of the wrong type, a negative seed, a ``retrain``
-        seed that its TrainConfig's contradicts.
+        seed that its TrainConfig's contradicts, a ``finetune`` config with an ``alpha0``
+        (Fine-tune is α ≡ 0).
       ForgetRequestError: empty forget or retain set; ``forget_classes`` that are not the
         forget set's classes.
       ArchitectureError: parameters that do not fit the model.

@@ -135,9 +135,10 @@ class GradTauConfig:
         the paper's), ``chance`` (log K), ``unseen_class`` (CE of the forgotten classes on
         kept-class validation inputs) or ``auto`` (chance for class requests, val otherwise);
         the module docstring gives the measurements [ours].
-      epochs: override the budget E (None: int(6·N_r / (2·N_f)) [paper]).
+      epochs: override the budget E (None: int(6·N_r / (2·N_f)) [paper]; ``finetune``:
+        int(6·N_r / N_f) [official code], :func:`finetune_epochs`).
       max_epochs: cap on the budget E (None: no cap) [official code: 80, the split-and-alpha
-        notebook].
+        notebook]; ``finetune``'s cap is 2·max_epochs [ours].
     """
 
     batch_size: int = field(256, ge=1)

@@ -57,6 +57,10 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     (``"finetune"``: α ≡ 0, :func:`.gradtau.finetune_epochs` = int(6·N_r / N_f) forget-epochs
     unless ``cfg.epochs`` is set) run."""
     nf, nr = len(split.forget), len(split.retain)
+    if method == "finetune" and cfg.alpha0 not in (None, 0):
+        # Fine-tune is α ≡ 0: a given α₀ would be ignored yet recorded in info["config"].
+        raise ConfigError(f"finetune runs with α ≡ 0 (descent on D_r) and would ignore "
+                          f"alpha0={cfg.alpha0}; drop alpha0, or run method 'gradtau' with it")
     if method == "finetune" or cfg.alpha0 == 0:
         alpha0, clamped = 0.0, False
     elif cfg.alpha0 is not None:
