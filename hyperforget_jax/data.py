@@ -19,6 +19,7 @@ import gzip
 import importlib.util
 import json
 import numbers
+import operator
 import os
 from typing import Iterator, NamedTuple, Sequence
 
@@ -62,7 +63,11 @@ class Splits(NamedTuple):
 
 
 def _check_seed(seed, what: str, error: type = DataError) -> int:
-    """numpy's generators take integers >= 0 only, JAX's keys 32 bits; say so in our words."""
+    """numpy's generators take integers >= 0 only, JAX's keys 32 bits; say so in our words.
+    A concrete 0-d integer array (``jnp.arange(n)``'s elements) is an integer too."""
+    if (not isinstance(seed, (bool, numbers.Integral)) and np.ndim(seed) == 0
+            and np.issubdtype(getattr(seed, "dtype", np.float64), np.integer)):
+        seed = operator.index(seed)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise error(f"{what} must be an integer >= 0, got {seed!r}")
     if seed >= SEED_LIMIT:

@@ -28,8 +28,18 @@ DEFAULT_GAP_KEYS = ("forget_acc", "retain_acc", "test_acc", "mia_loss_lr")
 
 
 # --------------------------------------------------------------------------------------------
-# Per-sample functions (pure JAX, jit-able; shapes are not checked here because they run traced)
+# Per-sample functions (pure JAX, jit-able; only the static shapes are checked, when traced)
 # --------------------------------------------------------------------------------------------
+
+def _check_labels(logits: jax.Array, labels: jax.Array, fn: str) -> None:
+    """Raises :class:`DataError` unless ``labels`` has ``logits``' shape less the class axis:
+    (N, 1) labels (Keras' CIFAR-10) or one-hot rows would broadcast against the (N,) argmax."""
+    want = tuple(jnp.shape(logits))[:-1]
+    if tuple(jnp.shape(labels)) != want:
+        raise DataError(f"{fn}: labels of shape {tuple(jnp.shape(labels))} for logits of shape "
+                        f"{tuple(jnp.shape(logits))}; pass integer class ids of shape {want} "
+                        "(not one-hot, not (N, 1): labels.reshape(-1) or labels.argmax(-1))")
+
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """Per-sample softmax cross-entropy.
@@ -41,6 +51,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Returns:
       ``(N,)`` float array, ``-log softmax(logits)[label]``.
     """
+    _check_labels(logits, labels, "cross_entropy")
     # log_softmax instead of log(softmax): stays finite for confident, large-margin logits.
     logp = jax.nn.log_softmax(logits, axis=-1)
     return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
@@ -84,6 +95,7 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
     Returns:
       ``(N,)`` bool array, ``argmax(logits) == label``.
     """
+    _check_labels(logits, labels, "correct")
     return jnp.argmax(logits, axis=-1) == labels
 
 
@@ -126,6 +138,11 @@ def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
                         "y.astype(np.int32)")
     if y.min() < 0:
         raise DataError(f"labels must be >= 0, found {int(y.min())}; use class ids 0..C-1")
+    if not np.issubdtype(x.dtype, np.floating) and x.dtype.name != "bfloat16":
+        # fit / unlearn / evaluate_unlearning refuse them too (Architecture.check_inputs): a
+        # uint8 image reached the model unscaled, 0..255, and scored a silently wrong accuracy.
+        raise DataError(f"x has dtype {x.dtype}; the models take floating-point images in "
+                        "[0, 1]: divide uint8 images by 255 (hf.data.from_arrays does)")
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         raise DataError("x contains NaN or inf values; clean or re-prepare the dataset")
     return x, y

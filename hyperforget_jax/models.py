@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import importlib
 import re
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import flax.errors
@@ -405,7 +406,7 @@ def check_param_tree(params: Params, want: Params | None, name: str) -> None:
     """Compares a parameter pytree with the expected ``ShapeDtypeStruct`` tree ``want`` (or, if
     None, only checks that every leaf is a floating-point array). Raises ArchitectureError
     naming the first mismatching path and the fix."""
-    if isinstance(params, dict) and set(params) == {"params"} and (
+    if isinstance(params, Mapping) and set(params) == {"params"} and (   # dict or FrozenDict
             want is None or "params" not in want):
         raise ArchitectureError(f"parameters for {name} are wrapped one level too deep "
                                 "({'params': ...}, Flax's variables dict); unwrap it: pass "

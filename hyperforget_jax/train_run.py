@@ -20,7 +20,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import refuse_another_run
-from hyperforget_jax.data import Dataset, batch_indices
+from hyperforget_jax.data import Dataset, _check_seed, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
@@ -230,6 +230,7 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
         seeds = [cfg.seed] if seeds is None else list(seeds)
     if not seeds:
         raise ConfigError("fit_fleet needs at least one seed")
+    seeds = [_check_seed(s, "fit_fleet seed", ConfigError) for s in seeds]
     if not model.has_init:
         raise ConfigError(f"fit_fleet: model {model.name!r} has no init; pass "
                           "hf.as_model(apply_fn, init_fn=...)")

@@ -14,6 +14,11 @@ process: a user's own programs and ``XLA_FLAGS`` are untouched. It is a field of
 accelerator was available). ``jax.pmap`` takes no compiler options, so ``pmap``
 steps keep XLA's default. To turn it off, set ``HYPERFORGET_XLA_OPTIONS=0``; a flag named in
 ``XLA_FLAGS`` wins over the library's value for it.
+
+JAX accepts ``compiler_options`` on a top-level ``jax.jit`` only: called inside a user's
+``jax.jit`` / ``lax.scan`` / ``eval_shape`` (or any other transformation), a library program
+runs as a plain ``jax.jit`` and is compiled as part of the caller's program, with the caller's
+options.
 """
 
 from __future__ import annotations
@@ -22,6 +27,11 @@ import os
 from typing import Any, Callable
 
 import jax
+
+try:                                          # JAX's own test for "not inside a transformation"
+    from jax._src.core import trace_state_clean as _top_level
+except ImportError:  # pragma: no cover - a JAX without it: the options always (as before)
+    _top_level = lambda: True
 
 # Dots and reductions stay with YNNPACK (XLA's default); convolutions go to Eigen.
 DEFAULTS: dict[str, str] = {
@@ -38,11 +48,28 @@ def compiler_options() -> dict[str, str] | None:
     return opts or None
 
 
+class _Jitted:
+    """A ``jax.jit`` with compiler options at the top level and without them when called inside
+    a transformation (where JAX refuses them: "can only be passed to top-level jax.jit").
+    Other attributes (``lower``, ``trace``, ...) are the top-level function's."""
+
+    def __init__(self, fun: Callable, kwargs: dict, opts: dict):
+        self._top = jax.jit(fun, compiler_options=opts, **kwargs)
+        self._nested = jax.jit(fun, **kwargs)
+
+    def __call__(self, *args, **kwargs):
+        return (self._top if _top_level() else self._nested)(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self._top, name)
+
+
 def jit(fun: Callable, **kwargs: Any):
     """``jax.jit(fun, **kwargs)`` with :func:`compiler_options` (unless the caller passes its
-    own ``compiler_options``)."""
+    own ``compiler_options``) when called at the top level; inside a user's ``jax.jit``,
+    ``lax.scan`` or other transformation, the plain ``jax.jit(fun, **kwargs)``."""
     if "compiler_options" not in kwargs:
         opts = compiler_options()
         if opts:
-            kwargs["compiler_options"] = opts
+            return _Jitted(fun, kwargs, opts)
     return jax.jit(fun, **kwargs)

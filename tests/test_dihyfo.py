@@ -103,6 +103,23 @@ def test_sample_returns_params_vmaps_and_is_generative(setup, digits_splits):
     np.testing.assert_allclose(other[:650], P_.flatten(start)[:650], rtol=1e-5, atol=1e-6)
 
 
+def test_sample_composes_with_a_users_jit_and_vmap_over_targets(setup, digits_splits):
+    """Under the user's jax.jit the sampler raised "compiler_options can only be passed to
+    top-level jax.jit"; vmapped over a prompt's target loss (classes concrete) the prompt
+    check called np.asarray on a tracer."""
+    _, _, net2, _, start = setup
+    prompt = H.make_prompt(net2, start, digits_splits.train, (4,))
+    key = jax.random.key(0)
+    want = P_.flatten(H.sample(key, net2, start, prompt, num_steps=4))
+    got = jax.jit(lambda k, p: H.sample(k, net2, p, prompt, num_steps=4))(key, start)
+    np.testing.assert_allclose(P_.flatten(got), want, rtol=1e-5, atol=1e-6)
+    targets = jnp.stack([prompt.forget_target, 2 * prompt.forget_target])
+    many = jax.vmap(lambda t: P_.flatten(H.sample(key, net2, start,
+                                                  prompt._replace(forget_target=t),
+                                                  num_steps=4)))(targets)
+    np.testing.assert_allclose(many[0], want, rtol=1e-5, atol=1e-6)
+
+
 def test_another_guidance_weight_reuses_the_compiled_sampler(setup, digits_splits):
     # The weight w was a constant of the program: every value of a guidance sweep compiled
     # the whole DDIM loop again (seconds each) and kept it on the hypernetwork for good.

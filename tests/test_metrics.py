@@ -60,6 +60,15 @@ def test_confidence_and_correct():
     np.testing.assert_array_equal(got, [True, False, False, False])
 
 
+def test_labels_of_another_shape_are_refused_not_broadcast():
+    """(N, 1) labels (Keras' CIFAR-10) broadcast against the (N,) argmax into an (N, N)
+    comparison: ``correct(...).mean()`` was a silent, wrong accuracy."""
+    for bad in (LABELS[:, None], jax.nn.one_hot(LABELS, 3).astype(jnp.int32)):
+        for fn in (metrics.correct, metrics.cross_entropy, metrics.confidence):
+            with pytest.raises(DataError, match="labels of shape"):
+                jax.jit(fn)(LOGITS, bad)
+
+
 # ------------------------------------------------------------------ evaluate
 
 def _linear_problem():
@@ -133,6 +142,8 @@ def test_per_sample_outputs_shapes_and_values():
     (np.zeros((2, 3), np.float32), np.zeros((2,), np.float32), "integers"),
     (np.zeros((2, 3), np.float32), np.array([0, 3], np.int32), "out of range"),
     (np.zeros((2, 3), np.float32), np.array([0, -1], np.int32), ">= 0"),
+    # uint8 images reached the model unscaled (0..255): a silently wrong accuracy.
+    (np.full((2, 3), 255, np.uint8), np.zeros((2,), np.int32), "dtype uint8"),
 ])
 def test_evaluate_bad_inputs(x, y, match):
     apply_fn = lambda p, xb: xb @ p["w"]

@@ -69,6 +69,16 @@ def test_check_params_names_the_mismatch():
         models.make_architecture("cnn").check_params(gpt.init(jax.random.key(0)))
 
 
+def test_frozen_variables_dict_is_named_one_level_too_deep():
+    """``freeze({'params': p})`` was reported as a missing leaf of another architecture."""
+    from flax.core import freeze
+    mlp = models.make_architecture("mlp")
+    p = mlp.init(jax.random.key(0))
+    mlp.check_params(freeze(p))
+    with pytest.raises(ArchitectureError, match="one level too deep"):
+        mlp.check_params(freeze({"params": p}))
+
+
 def test_unknown_architecture():
     with pytest.raises(ConfigError, match="unknown architecture"):
         models.make_architecture("vgg")

@@ -183,6 +183,20 @@ def test_fleet_with_per_member_recipes_equals_fit(digits_splits):
                         [cfgs[0], dataclasses.replace(cfgs[1], epochs=3)])
 
 
+def test_fleet_seeds_are_checked_like_fit_s_and_take_jax_integers(digits_splits):
+    """fit_fleet's seeds went to jax.random.key unchecked: 2**32 + 1 drew seed 1's
+    initialisation with another batch order (a member no ``fit`` can reproduce: fit refuses
+    that seed), and jnp.arange(n) crashed with "len() of unsized object"."""
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=0)
+    for bad in ([2**32 + 1], [-1], [1.5]):
+        with pytest.raises(ConfigError, match="fit_fleet seed"):
+            train.fit_fleet(arch, digits_splits.train, cfg, seeds=bad)
+    a, _ = train.fit_fleet(arch, digits_splits.train, cfg, seeds=jnp.arange(2))
+    b, _ = train.fit_fleet(arch, digits_splits.train, cfg, seeds=[0, 1])
+    assert_trees_close(a.params, b.params, atol=0.0)
+
+
 def test_fit_on_a_mesh_and_streamed_equal_one_device(digits_splits):
     arch = models.make_architecture("gpt_mlp", (8, 8, 1))
     ds = digits_splits.train

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from hyperforget_jax import train, xla
+from hyperforget_jax import data, train, xla
 from hyperforget_jax.models import make_architecture
 
 from conftest import assert_trees_close
@@ -72,3 +72,25 @@ def test_dense_programs_compile_exactly_as_xla_defaults(monkeypatch):
     sa, _ = plain(state, batch)
     sb, _ = ours(state, batch)
     assert_trees_close(sa.params, sb.params, atol=0.0)
+
+
+def test_library_programs_run_inside_a_users_jit_scan_and_grad(monkeypatch):
+    """JAX takes compiler options on a top-level jit only: ``G.compute_tau``,
+    ``train.mean_cross_entropy`` (and the HyperForget sampler) raised "compiler_options can
+    only be passed to top-level jax.jit" inside a user's jit, scan or grad."""
+    from hyperforget_jax.unlearn import gradtau as G
+    monkeypatch.delenv("HYPERFORGET_XLA_OPTIONS", raising=False)
+    arch = make_architecture("mlp", (8, 8, 1))
+    params = arch.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((16, 8, 8, 1), np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 16))
+    ce = lambda p: train.mean_cross_entropy(arch, p, x, y)
+    want = float(ce(params))
+    assert float(jax.jit(ce)(params)) == pytest.approx(want, rel=1e-6)
+    _, got = jax.lax.scan(lambda c, _: (c, ce(params)), 0.0, None, length=2)
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert jax.tree.structure(jax.grad(ce)(params)) == jax.tree.structure(params)
+    val = data.Dataset(np.asarray(x), np.asarray(y, np.int32), 10, "toy")
+    tau = jax.jit(lambda p: G.compute_tau("val", arch, p, val))(params)
+    assert float(tau) == pytest.approx(want, rel=1e-6)

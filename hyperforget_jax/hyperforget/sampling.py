@@ -120,7 +120,7 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
 
 
 def _check_prompt(spec: HyperSpec, prompt: Prompt) -> None:
-    if isinstance(prompt.classes, jax.core.Tracer):
+    if any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(tuple(prompt))):
         return      # under jax.vmap / jit: make_prompt / sample_many validated the values
     cls = np.asarray(prompt.classes)
     if cls.shape[-1] != spec.num_classes:

@@ -476,9 +476,12 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
       loss_fn: ``loss_fn(params, batch) -> (B,)`` per-example losses.
       alpha: α, a float or an ``optax.Schedule`` of the ∇τ step count
         (:func:`alpha_schedule_fn`).
-      tau: a constant τ (e.g. log K for class removal), or the initial τ when ``tau_fn`` is set.
+      tau: a constant τ (e.g. log K for class removal). With ``tau_fn`` it is only the τ that
+        ``init`` puts in the state: the first ``update`` (step count 0) always computes τ with
+        ``tau_fn``, so no step uses it.
       tau_fn: ``tau_fn(params, *tau_args) -> scalar`` τ of the current model, e.g. the mean loss
-        on held-out data; refreshed inside ``update`` (``lax.cond`` on the step count).
+        on held-out data; computed at the first step and refreshed inside ``update``
+        (``lax.cond`` on the step count).
       refresh_every: steps between τ refreshes (None: only at the first step). The official
         schedule refreshes every 5 forget-epochs: ``5 * steps_per_epoch``.
       axis_name: set under ``pmap`` / ``shard_map`` (see :func:`gradtau_objective`).
