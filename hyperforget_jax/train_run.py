@@ -295,6 +295,10 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
       NonFiniteError: a step produced NaN/inf.
       DataError: a batch of images of the wrong shape.
     """
+    if (isinstance(sync_every, bool) or not isinstance(sync_every, (int, np.integer))
+            or sync_every < 1):
+        raise ConfigError(f"fit_stream: sync_every must be an integer >= 1 (steps between "
+                          f"waits for the device), got {sync_every!r}")
     model = as_model(arch)
     tx = make_optimizer(cfg)
     if init_params is None and not model.has_init:

@@ -160,6 +160,9 @@ def test_baseline_on_a_mesh_equals_one_device(setup):
     got = unlearn("neggrad_plus", arch, params, split, val, cfg, seed=1, mesh=mesh)
     assert_trees_close(got.params, want.params, atol=1e-5)
     assert got.info["steps"] == want.info["steps"] > 0
+    # The record says what ran: 4 devices on the mesh, one without (however many are visible).
+    assert (got.info["devices"], want.info["devices"]) == (4, 1)
+    assert got.info["device_kind"] == want.info["device_kind"] == jax.devices()[0].device_kind
     # Batches of 30 do not divide over 4 devices: split unevenly (they used to be refused).
     odd = baselines.C.ScrubConfig(epochs=1, msteps=1, retain_batch_size=30, forget_batch_size=6)
     assert_trees_close(unlearn("scrub", arch, params, split, val, odd, seed=1, mesh=mesh).params,

@@ -643,6 +643,28 @@ def test_streamed_runner_reuses_its_program(digits_splits, digits_original):
         assert float(jnp.abs(P_.flatten(outs[0]) - P_.flatten(outs[1])).max()) > 1e-4
 
 
+def test_streamed_runner_waits_every_sync_every_steps_across_epochs(digits_splits, monkeypatch):
+    """One batch pair per forget-epoch (a forget set within one batch) still waits for the
+    device every ``sync_every`` steps: the count used to restart every epoch, so with N_f below
+    ``sync_every`` the whole run was queued unsynchronised (collectives on fake CPU devices
+    abort past ~20 queued steps)."""
+    from hyperforget_jax.unlearn import gradtau_stream
+
+    arch = models.make_architecture("mlp", digits_splits.train.x.shape[1:])
+    params = arch.init(jax.random.key(0))
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(indices=(0, 1, 2, 3)))
+    waits = []
+    real = jax.block_until_ready
+    monkeypatch.setattr(gradtau_stream.jax, "block_until_ready",
+                        lambda x: waits.append(1) or real(x))
+    fb, rb = (split.forget.x, split.forget.y), (split.retain.x[:4], split.retain.y[:4])
+    _, info = gradtau_stream.run_gradtau_stream(
+        arch, params, lambda e: [(fb, rb)], n_forget=4, n_retain=len(split.retain),
+        config=G.GradTauConfig(epochs=12), tau=2.3, sync_every=4)
+    assert (info["epochs"], info["batches_per_epoch"]) == (12, 1)
+    assert len(waits) >= 12 // 4        # every 4 steps, besides the final wait
+
+
 # --- nabla_tau under shard_map (a user's own sharded loop) -------------------------------------
 
 @pytest.mark.parametrize("check_vma,chunk", [(True, None), (False, None), (True, 4)])
@@ -679,6 +701,39 @@ def test_nabla_tau_under_shard_map_equals_one_device(digits_splits, check_vma, c
     if check_vma:     # forgetting axis_name would apply the ReLU² to each shard's own loss
         with pytest.raises(ConfigError, match="pass axis_name="):
             sharded(G.nabla_tau(loss_fn, 0.5, tau=5.0))
+
+
+def test_tau_fn_under_pmap_and_shard_map_is_one_global_tau(digits_splits):
+    """τ = tau_fn(params, val) with the validation rows split over the devices like the batches
+    (pmap's default in_axes=0, a shard_map P("data")): every device used its own shard's τ, so
+    the replicas' updates differed and device 0's parameters were not the single-device ones.
+    τ is averaged over axis_name now: every device holds the whole-set τ."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    devices = devices_or_skip(4)
+    model = models.make_architecture("mlp", digits_splits.train.x.shape[1:])
+    params = model.init(jax.random.key(0))
+    x, y = jnp.asarray(digits_splits.train.x[:128]), jnp.asarray(digits_splits.train.y[:128])
+    fb, rb, vb = (x[:32], y[:32]), (x[32:64], y[32:64]), (x[64:], y[64:])
+    loss_fn = train.per_example_ce(model.apply)
+    tau_fn = lambda p, vx, vy: loss_fn(p, (vx, vy)).mean()  # noqa: E731
+    ref = G.nabla_tau(loss_fn, 0.5, tau_fn=tau_fn)
+    g_ref, _, m_ref = jax.jit(ref.update)(params, ref.init(params), fb, rb, *vb)
+    gt = G.nabla_tau(loss_fn, 0.5, tau_fn=tau_fn, axis_name="data")
+    rep = train.replicate((params, gt.init(params)), 4)
+    sf, sr, sv = train.shard_batch((fb, rb, vb), 4)
+    g, _, m = jax.pmap(gt.update, axis_name="data", devices=devices)(*rep, sf, sr, *sv)
+    np.testing.assert_allclose(np.asarray(m["tau"]), float(m_ref["tau"]), rtol=1e-6)
+    for i in range(4):
+        assert_trees_close(jax.tree.map(lambda l: l[i], g), g_ref, atol=1e-6)
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    for check_vma in (True, False):
+        sm = jax.shard_map(lambda p, s, f, r, vx, vy: gt.update(p, s, f, r, vx, vy)[2]["tau"],
+                           mesh=mesh, in_specs=(P(), P()) + (P("data"),) * 4, out_specs=P(),
+                           check_vma=check_vma)
+        args = jax.device_put((params, gt.init(params)), NamedSharding(mesh, P())) + \
+            jax.device_put((fb, rb, *vb), NamedSharding(mesh, P("data")))
+        np.testing.assert_allclose(float(jax.jit(sm)(*args)), float(m_ref["tau"]), rtol=1e-6)
 
 
 def test_chunks_need_per_example_losses(digits_splits):

@@ -229,6 +229,19 @@ def test_nonfinite_streamed_batch_names_the_step(digits_splits):
         train.fit_stream(arch, batches, CFG)
 
 
+def test_streamed_drivers_refuse_a_sync_period_below_one(digits_splits):
+    # sync_every=0 was a ZeroDivisionError after the first batch (fit_stream).
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
+
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    ds = digits_splits.train
+    with pytest.raises(ConfigError, match="sync_every must be an integer >= 1"):
+        train.fit_stream(arch, [(ds.x[:32], ds.y[:32])], CFG, sync_every=0)
+    with pytest.raises(ConfigError, match="sync_every must be an integer >= 1"):
+        run_gradtau_stream(arch, arch.init(jax.random.key(0)), lambda e: [], n_forget=4,
+                           n_retain=100, tau=2.3, sync_every=0)
+
+
 @pytest.mark.parametrize("check_vma", [True, False])
 def test_train_step_under_shard_map_equals_one_device(mnist_splits, check_vma):
     # With check_vma (shard_map's default) autodiff already sums the replicated parameters'

@@ -216,6 +216,8 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
       meta: JSON metadata stored with each checkpoint.
       mesh: optional ``jax.sharding.Mesh``: batches split along its data axis (``"data"`` or
         the first), state replicated; the result equals the single-device run (to rounding).
+        Without one the method runs on one device, however many are visible;
+        ``info["devices"]`` and ``info["device_kind"]`` record what ran.
 
     Returns:
       :class:`UnlearnResult` ``(params, info)``.
@@ -255,8 +257,15 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
         jax.block_until_ready(out)
     info = {"method": method, "wall_time_s": time.perf_counter() - t0,
             "config": _recorded_config(model, config),
-            "seed": config.seed if method == "retrain" else seed, **info}
+            "seed": config.seed if method == "retrain" else seed, **_ran_on(mesh), **info}
     return UnlearnResult(out, info)
+
+
+def _ran_on(mesh: Mesh | None) -> dict:
+    """How many devices ran the method, and which kind: the mesh's, or the default device
+    (without a mesh everything runs on one device, however many are visible)."""
+    devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+    return {"devices": len(devices), "device_kind": devices[0].device_kind}
 
 
 def _is_stacked(model: Architecture, params: Any, n: int, stacked: bool | None) -> bool:
@@ -315,7 +324,8 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     Returns:
       One :class:`UnlearnResult` per member, in member order. ``info["wall_time_s"]`` is the
       member's share of its group's wall time (the group's total in
-      ``info["group_wall_time_s"]``, its size in ``info["group_size"]``).
+      ``info["group_wall_time_s"]``, its size in ``info["group_size"]``). Every group runs on
+      one device (``info["devices"]``, ``info["device_kind"]``).
 
     Raises:
       ConfigError: no seed, a negative seed, a config of the wrong type, per-seed splits of
@@ -392,7 +402,7 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
             _, s, c = members[i]
             info = {"method": method, "wall_time_s": wall / len(idx), "group_wall_time_s": wall,
                     "group_size": len(idx), "config": dataclasses.asdict(c), "seed": s,
-                    **infos[k]}
+                    **_ran_on(None), **infos[k]}
             results[i] = UnlearnResult(tree_index(out, k), info)
     return results
 

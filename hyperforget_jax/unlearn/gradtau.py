@@ -451,19 +451,25 @@ class GradTau(NamedTuple):
 
 
 def refresh_tau(state: GradTauState, params: Params, tau_fn: Callable,
-                refresh_every: Any | None, *tau_args) -> GradTauState:
+                refresh_every: Any | None, *tau_args,
+                axis_name: str | None = None) -> GradTauState:
     """``state`` with τ = ``tau_fn(params, *tau_args)`` (no gradient) when ``state.count`` is a
     multiple of ``refresh_every`` (every step count divisible by it; None: only at count 0),
-    else unchanged. Jittable: a ``lax.cond`` on the count."""
+    else unchanged. Jittable: a ``lax.cond`` on the count. Under ``pmap`` / ``shard_map``
+    (``axis_name``) τ is averaged over the devices, so every device holds the same τ even when
+    ``tau_args`` are split across them (equal shards: the global mean of a mean loss)."""
+    def measure():
+        tau = jax.lax.stop_gradient(tau_fn(params, *tau_args))
+        if axis_name is not None:
+            tau = jax.lax.pmean(tau, axis_name)
+        return jnp.asarray(tau, state.tau.dtype)
+
     if isinstance(refresh_every, (int, np.integer)) and refresh_every < 1:
         raise ConfigError(f"refresh_every must be >= 1 (or None: only at the first step), got "
                           f"{refresh_every}")
     every = 0 if refresh_every is None else refresh_every
     due = (state.count == 0) if refresh_every is None else (state.count % every == 0)
-    tau = jax.lax.cond(
-        due, lambda: jnp.asarray(jax.lax.stop_gradient(tau_fn(params, *tau_args)),
-                                 state.tau.dtype),
-        lambda: state.tau)
+    tau = jax.lax.cond(due, measure, lambda: state.tau)
     return GradTauState(state.count, tau)
 
 
@@ -484,7 +490,8 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
         (``lax.cond`` on the step count).
       refresh_every: steps between τ refreshes (None: only at the first step). The official
         schedule refreshes every 5 forget-epochs: ``5 * steps_per_epoch``.
-      axis_name: set under ``pmap`` / ``shard_map`` (see :func:`gradtau_objective`).
+      axis_name: set under ``pmap`` / ``shard_map`` (see :func:`gradtau_objective`); τ is
+        averaged over it too (:func:`refresh_tau`).
       chunk: on CPU, each batch in chunks of examples (see :func:`gradtau_objective`; None,
         the default, computes whole batches; ``"auto"`` suits per-example losses).
 
@@ -506,7 +513,8 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
 
     def update(params, state, forget_batch, retain_batch, *tau_args, ascent_hint=None):
         if tau_fn is not None:
-            state = refresh_tau(state, params, tau_fn, refresh_every, *tau_args)
+            state = refresh_tau(state, params, tau_fn, refresh_every, *tau_args,
+                                axis_name=axis_name)
         a = jnp.asarray(alpha_fn(state.count), jnp.float32)
         loss, grads, aux = gradtau_objective(loss_fn, params, forget_batch, retain_batch,
                                              state.tau, a, axis_name, chunk=chunk,

@@ -147,6 +147,10 @@ def run_gradtau_stream(arch: Any, params: Params,
       NonFiniteError: a step produced NaN/inf (named); nothing is returned.
     """
     cfg = config or G.GradTauConfig()
+    if (isinstance(sync_every, bool) or not isinstance(sync_every, (int, np.integer))
+            or sync_every < 1):
+        raise ConfigError(f"run_gradtau_stream: sync_every must be an integer >= 1 (steps "
+                          f"between waits for the device), got {sync_every!r}")
     if (tau is None) == (tau_fn is None):
         raise ConfigError("run_gradtau_stream needs exactly one of tau= (a constant) and "
                           "tau_fn= (τ of the current model)")
@@ -173,6 +177,7 @@ def run_gradtau_stream(arch: Any, params: Params,
     put = lambda b: train.global_rows((np.asarray(b[0], np.float32),
                                        np.asarray(b[1], np.int32)), mesh)
     finite, dev_f, dev_r, dev_a, taus = [], [], [], [], []
+    queued = 0    # steps dispatched since the last wait, across forget-epochs (N_f may be 1)
     for e in range(E):
         k, ms = 0, []
         for k, (fb, rb) in enumerate(batches(e), 1):
@@ -186,8 +191,10 @@ def run_gradtau_stream(arch: Any, params: Params,
                 step = _cached_step_program(model, n, tau_fn, mesh, chunk)
             ts, gs, m = step(ts, gs, hp, put(fb), put(rb), tau_args)
             ms.append(m)
-            if k % sync_every == 0:
+            queued += 1
+            if queued >= sync_every:
                 jax.block_until_ready(m["finite"])
+                queued = 0
         if k != n:
             raise ConfigError(f"run_gradtau_stream: forget-epoch {e} yielded {k} batch pairs; "
                               f"the schedule needs N_f = {n} (ceil(|D_f| / batch))")
