@@ -186,9 +186,15 @@ def main(argv=None) -> dict:
         sizes, retrain_sizes, labels, classes = _request_lists(args, splits)
     except ValueError as e:           # ConfigError, ForgetRequestError
         ap.error(str(e))
-    out = report.prepare_dir(args.out, flag="--out")
+    out = report.prepare_dir(args.out, flag="--out", not_a_run=True)
     # and the grids' folder now, not after the whole run
     gd = report.prepare_dir(args.grids_dir, flag="--grids-dir") if args.grids_dir else None
+    # A rerun into the same --out replaces the previous run: its report and sample grids go now,
+    # so that neither an interrupted rerun (results.json is rewritten after every cell) nor the
+    # copy to --grids-dir below pairs them with this run's numbers (e.g. the class-3 grids of
+    # an earlier --classes 3 run published beside a --classes 8 run's).
+    for old in [out / "report.md", *out.glob("grid_*.png")]:
+        old.unlink(missing_ok=True)
     class_lus = args.class_lambda_u
     seeds = list(range(args.seeds))
     ev_fast = dataclasses.replace(ev_full, downstream_samples=0)

@@ -180,7 +180,7 @@ def pick_pairs(spec, n, num_classes=10):
 
 def main(argv=None):
     a = parse(argv)
-    out = report.prepare_dir(a.out, flag="--out")
+    out = report.prepare_dir(a.out, flag="--out", not_a_run=True)
     if a.render_only:
         r = json.loads((out / "results.json").read_text())
         md = render(r)

@@ -164,7 +164,8 @@ def run(args) -> dict:
     request = _check(args)
     splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
     fsplit = data.resolve_forget(splits.train, request)
-    out_dir = report.prepare_dir(args.out, flag="--out")      # only once the request fits the data
+    # only once the request fits the data
+    out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=True)
     base = configs(args)[0]
     arch = as_model(base.arch, splits.train.x.shape[1:], splits.train.num_classes)
     methods = _methods(args, arch, splits.val)
@@ -251,7 +252,7 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path) -> dict
 def recheck(args) -> dict:
     """The verdict of ``--recheck``: an earlier run's per-seed numbers, new tolerances."""
     _check(args)
-    path = Path(args.recheck)
+    path = Path(args.recheck).expanduser()
     try:
         old = json.loads(path.read_text())
         rows, request = old["per_seed"], data.ForgetRequest.from_json(old["request"])
@@ -259,7 +260,7 @@ def recheck(args) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--recheck {path}: not a gate.json written by privacy_gate.py ({e})"
                           ) from e
-    out_dir = report.prepare_dir(args.out, flag="--out")
+    out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=True)
     args = argparse.Namespace(**{**vars(args), "seeds": old["seeds"], "shadows": old["shadows"],
                                  "dataset": dataset})
     arch = argparse.Namespace(name=arch_name)
@@ -274,7 +275,7 @@ def main(argv=None) -> int:
         print(f"privacy_gate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if not args.quiet:
-        print((Path(args.out) / "gate.md").read_text())
+        print((Path(args.out).expanduser() / "gate.md").read_text())
     for name, v in result["verdicts"].items():
         if not v["passed"]:
             print(f"privacy_gate: {name} FAILED: {'; '.join(v['failures'])}", file=sys.stderr)

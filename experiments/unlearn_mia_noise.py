@@ -50,7 +50,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out_dir = report.prepare_dir(args.out, flag="--out")
+    out_dir = report.prepare_dir(args.out, flag="--out",
+                                 not_a_run=True)
     splits = args.splits
     arch = make_architecture("mlp")
 

@@ -49,7 +49,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out_dir = report.prepare_dir(args.out, flag="--out")
+    out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=True)
     splits, cfg, arch = args.splits, args.cfg, args.model
     original = train.fit(arch, splits.train, cfg)[0].params
     rows, results = [], []

@@ -370,7 +370,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     train_config(args)    # a bad recipe or request is refused before anything is written
     splits = None if args.render_only else checked_splits(args)
-    path = report.prepare_dir(args.out, flag="--out")
+    path = report.prepare_dir(args.out, flag="--out", not_a_run=True)
     if args.render_only:
         import json
         out = json.loads((path / "results.json").read_text())

@@ -21,10 +21,17 @@ import numpy as np
 from hyperforget_jax.errors import ConfigError, HyperforgetError
 
 
-def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir") -> Path:
+def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir", *,
+                not_a_run: bool = False) -> Path:
     """Creates ``path`` (absolute) and checks it is writable, failing with a clear error that
-    names ``flag``, the option that chose ``path``."""
+    names ``flag``, the option that chose ``path``. With ``not_a_run`` (the experiment
+    scripts' ``--out``), a directory holding a command's run (``run.json``) is refused: the
+    script's ``results.json`` / ``report.md`` would replace that run's."""
     p = Path(path).expanduser().absolute()
+    if not_a_run and (p / "run.json").is_file():
+        from hyperforget_jax.errors import RunDirError
+        raise RunDirError(f"{flag} {p} holds a hyperforget run (run.json); this script's results "
+                          f"would replace that run's results.json and report: pass another {flag}")
     try:
         p.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=p, prefix=".write-test-"):

@@ -186,8 +186,9 @@ class _Lock:
 
     The file records the owner (pid, host, command, start time) for the error message of a
     refused writer; the ``fcntl.flock`` on it is what decides, and the kernel releases it when
-    the owner dies. Where flock is not supported, a lock whose pid is alive on this host is
-    honoured and any other is treated as stale.
+    the owner dies. Where flock is not supported, a lock whose pid is alive on this host, or
+    whose owner runs on another host (its liveness cannot be checked), is honoured; a lock of a
+    dead process on this host is treated as stale.
     """
 
     def __init__(self, directory: Path, command: str):
@@ -228,9 +229,15 @@ class _Lock:
     def _acquire_without_flock(self) -> None:
         info = _lock_info(self.path)
         pid = info.get("pid")
-        if (isinstance(pid, int) and pid != os.getpid() and info.get("host") ==
-                socket.gethostname() and _pid_alive(pid)):
-            self._refuse(info)
+        host = info.get("host")
+        if isinstance(pid, int) and (pid, host) != (os.getpid(), socket.gethostname()):
+            if host == socket.gethostname():
+                if _pid_alive(pid):
+                    self._refuse(info)
+            else:
+                # The owner runs on another machine (a shared file system without flock): its
+                # liveness cannot be checked from here, so the lock is honoured, not taken over.
+                self._refuse(info, elsewhere=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         self.fd = fd
         self._write_info(fd)
@@ -241,10 +248,12 @@ class _Lock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
 
-    def _refuse(self, info: dict) -> None:
+    def _refuse(self, info: dict, elsewhere: bool = False) -> None:
         who = (f"process {info.get('pid', '?')} on {info.get('host', '?')} "
                f"(`{info.get('command', '?')}`, started {info.get('started', '?')})")
-        raise RunDirError(f"{self.path.parent} is being written by {who}; wait for it to "
+        how = (" (this file system has no flock, so whether it still runs cannot be checked "
+               "from this host)" if elsewhere else "")
+        raise RunDirError(f"{self.path.parent} is being written by {who}{how}; wait for it to "
                           f"finish or pass another directory (if that process is gone, delete "
                           f"{self.path})")
 

@@ -2,6 +2,7 @@
 files, recipes, the resume-on-rerun contract, and a clear error for a mismatched dataset."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 
 from hyperforget_jax import cli
 from hyperforget_jax.commands.gan import load_gan_run
+from hyperforget_jax.errors import CheckpointError
 from hyperforget_jax.gan.metrics import judge_recipe
 
 # A judge that trains in a second (an MLP, one epoch, no copies, no annealing): the commands'
@@ -262,3 +264,31 @@ def test_gan_cli_refuses_flags_the_run_would_not_use(tmp_path, capsys, argv, nee
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not out.exists()
+
+
+def test_an_unfinished_gan_run_is_refused_by_its_readers(tmp_path, capsys):
+    """A `gan train` or `gan unlearn` stopped part-way (preempted with SIGTERM, killed) holds a
+    checkpoint of a GAN its command has not finished; `gan unlearn` / `gan evaluate` read it as
+    the finished GAN (was: a GAN at epoch 10 of 200 unlearned with exit 0)."""
+    from hyperforget_jax.checkpoint import Checkpointer
+
+    done = tmp_path / "done"
+    assert cli.main(["gan", "train", "--dataset", "digits", "--epochs", "1", "--run-dir",
+                     str(done), "--quiet"]) == 0
+    _, state, meta = load_gan_run(done)
+    meta.pop("identity")
+    cut, unl = tmp_path / "cut", tmp_path / "unl"
+    with Checkpointer(cut / "checkpoints") as ckpt:       # epoch 1 of 3: preempted
+        ckpt.save(1, state, {**meta, "gan_config": {**meta["gan_config"], "epochs": 3}})
+    with Checkpointer(unl / "checkpoints") as ckpt:       # a cascade stopped at round 5
+        ckpt.save(5, {"state": state, "kept": (state.g_params, state.d_params)},
+                  {**meta, "unlearn_progress": {"kept": None, "done": False, "rounds": 5}})
+    for run, words in ((cut, "unfinished GAN original run (epoch 1 of 3)"),
+                       (unl, "unfinished GAN unlearning run (round 5)")):
+        with pytest.raises(CheckpointError, match=re.escape(words)):
+            load_gan_run(run)
+        capsys.readouterr()
+        assert cli.main(["gan", "evaluate", "--dataset", "digits", "--run-dir", str(run),
+                         "--forget-class", "3", "--quiet", *CHEAP_JUDGE]) == 2
+        assert words in capsys.readouterr().err
+        assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]

@@ -181,3 +181,26 @@ def test_unwritable_grids_dir_refused_before_anything_runs(tmp_path, monkeypatch
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="choose another --grids-dir"):
         gan.main(["--out", str(tmp_path / "out"), "--grids-dir", str(tmp_path / "file" / "g")])
+
+
+def test_a_rerun_into_the_same_out_drops_the_previous_runs_report_and_grids(tmp_path,
+                                                                           monkeypatch):
+    # A rerun with other settings (--classes 8 after --classes 3) copied the first run's
+    # grid_class3_*.png to --grids-dir beside its own, and an interrupted rerun left the old
+    # report.md beside the new (partial) results.json.
+    gan = load_experiment("gan_unlearning")
+
+    class Stop(Exception):
+        pass
+
+    def stop(*a, **k):
+        raise Stop
+
+    monkeypatch.setattr(gan, "judge_from_recipe", stop)
+    out, grids = tmp_path / "out", tmp_path / "grids"
+    out.mkdir()
+    for name in ("report.md", "grid_class3_unlearn.png", "grid_original.png"):
+        (out / name).write_text("previous run")
+    with pytest.raises(Stop):
+        gan.main(["--out", str(out), "--grids-dir", str(grids), "--classes", "8"])
+    assert sorted(p.name for p in out.iterdir()) == []

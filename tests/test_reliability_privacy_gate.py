@@ -156,3 +156,19 @@ def test_noise_floor_shadows_are_not_the_retrained_shadows(tmp_path, monkeypatch
                       "--tol-mia", "1", "--tol-ulira", "1"]) == 0
     floors = calls[0::2]                                     # per seed: floor, then gradtau
     assert len(floors) == 2 and min(floors) > 1e-3, floors
+
+
+def test_recheck_and_out_with_a_tilde(passed_run, tmp_path, monkeypatch, capfd):
+    # `--out=~/gate` (a tilde the shell leaves alone) wrote into ~/gate, then read gate.md from
+    # ./~/gate: a traceback and exit 1, which a CI job reads as a failed gate; `--recheck
+    # ~/gate.json` was "not a gate.json".
+    gate, out, _ = passed_run
+    (tmp_path / "old.json").write_text((out / "gate.json").read_text())
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path / "cwd")
+    capfd.readouterr()
+    assert gate.main(["--recheck", "~/old.json", "--out", "~/g", "--tol-mia", "1",
+                      "--tol-ulira", "1"]) == 0
+    assert "| model |" in capfd.readouterr().out
+    assert (tmp_path / "g" / "gate.md").is_file() and not (tmp_path / "cwd" / "~").exists()

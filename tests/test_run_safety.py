@@ -220,6 +220,27 @@ def test_evaluate_rows_never_collide(runs, tmp_path, capfd):
     assert res["avg_gap"] > 1
 
 
+def test_default_outputs_of_two_requests_never_share_a_directory(runs, tmp_path, capfd):
+    """A sweep over forget seeds (or index sets of one size) with the default --out: each
+    cell's evaluation is kept (was: `<run>/evaluate/random-10` for every seed, and `evaluate`
+    replaced the previous seed's results with its own)."""
+    from hyperforget_jax.commands.core import slug
+    from hyperforget_jax.data import ForgetRequest as R
+
+    assert slug(R(classes=(3,))) == "class-3" and slug(R(fraction=0.1)) == "random-10"
+    names = {slug(r) for r in (R(fraction=0.1), R(fraction=0.1, seed=1), R(indices=(1, 2)),
+                               R(indices=(1, 3)))}
+    assert len(names) == 4 and slug(R(indices=(2, 1))) == slug(R(indices=(1, 2)))
+    orig = tmp_path / "orig"
+    shutil.copytree(runs / "orig", orig)
+    for seed in (0, 1):
+        assert _run(["evaluate", "--run-dir", orig, "--forget-fraction", "0.1", "--forget-seed",
+                     seed, *DIGITS, "--quiet"]) == 0
+    got = {json.loads((d / "evaluation.json").read_text())["request"]["seed"]
+           for d in (orig / "evaluate").iterdir()}
+    assert got == {0, 1}
+
+
 # --------------------------------------------------------------------------- lock
 
 
@@ -479,3 +500,29 @@ def test_unwritable_out_names_the_out_flag(runs, tmp_path, capfd):
     err = refused(capfd, ["evaluate", "--run-dir", runs / "orig", "--forget-class", "3",
                           *DIGITS, "--out", tmp_path / "file" / "ev"], "not writable")
     assert err.endswith("choose another --out"), err
+
+
+def test_without_flock_a_lock_of_another_host_is_honoured(tmp_path, monkeypatch):
+    """On a shared file system without flock (ENOLCK), a lock written by a process on another
+    node cannot be checked for liveness: it was taken over, so two nodes of a sweep wrote one
+    run directory at once. A dead process's lock on this host is still taken over."""
+    import errno
+    import fcntl
+    import socket
+
+    def no_flock(*a):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    run = tmp_path / "r"
+    run.mkdir()
+    lock = run / rundir.LOCK_NAME
+    lock.write_text(json.dumps({"pid": 4242, "host": "node-17", "command": "hyperforget train"}))
+    with pytest.raises(RunDirError, match="node-17.*cannot be checked from this host"):
+        with rundir.open_run(run, {"role": "x"}):
+            pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    lock.write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
+    with rundir.open_run(run, {"role": "x"}):
+        assert json.loads(lock.read_text())["pid"] == os.getpid()

@@ -288,3 +288,25 @@ def test_unwritable_out_is_one_line_naming_the_flag(tmp_path):
            and not line.startswith("  ")]
     assert proc.returncode == 2 and len(err) == 1, proc.stderr
     assert err[0].startswith("unlearn_speed: error: output directory") and "--out" in err[0]
+
+
+@pytest.mark.parametrize("script,work", [("unlearning_table", "run"),
+                                         ("gan_unlearning", "judge_from_recipe"),
+                                         ("hyperforget_eval", "data")])
+def test_experiments_refuse_an_out_that_holds_a_cli_run(script, work, tmp_path, monkeypatch):
+    # `--out runs/original` (a `hyperforget train` run): the script's results.json and report
+    # replaced the run's own (gan_unlearning also removes an earlier report.md at its start).
+    # Every script checks its --out with the same call; `work` is what each does next.
+    from hyperforget_jax.errors import RunDirError
+
+    exp = load_experiment(script)
+    monkeypatch.setattr(exp, work, None)      # the work after the check fails at once
+    run = tmp_path / "orig"
+    run.mkdir()
+    files = {"run.json": '{"identity": {"role": "original"}}', "results.json": "{}",
+             "report.md": "# Train"}
+    for name, text in files.items():
+        (run / name).write_text(text)
+    with pytest.raises(RunDirError, match="holds a hyperforget run"):
+        exp.main(["--out", str(run)])
+    assert {p.name: p.read_text() for p in run.iterdir()} == files

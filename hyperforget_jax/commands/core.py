@@ -7,7 +7,9 @@ import json
 import re
 from pathlib import Path
 
-from hyperforget_jax import data, report
+import numpy as np
+
+from hyperforget_jax import data, report, rundir
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import seed_int
 from hyperforget_jax.errors import ForgetRequestError, RunDirError
@@ -25,7 +27,17 @@ def _summary(title: str, rows: dict[str, dict]) -> str:
 
 
 def slug(request: data.ForgetRequest) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "-", request.describe()).strip("-")
+    """The request's part of a default output directory's name. Two requests never share
+    one: a random subset is named with its seed (seed 0 keeps the plain name), an index set
+    with a digest of its indices (``describe()`` alone gave ``random-10`` for every seed and
+    ``5-items`` for any 5 indices, so a sweep's next cell replaced the last one's evaluation)."""
+    name = request.describe()
+    if request.fraction is not None and request.seed:
+        name += f" seed {request.seed}"
+    if request.indices is not None:
+        name += " " + rundir.array_fingerprint(np.asarray(sorted(request.indices),
+                                                          dtype=np.int64))[:8]
+    return re.sub(r"[^A-Za-z0-9.+-]+", "-", name).strip("-")
 
 
 def cmd_train(args, retrain: bool = False) -> int:

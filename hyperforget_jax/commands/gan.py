@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 from pathlib import Path
 from typing import Callable
 
@@ -22,6 +21,7 @@ import jax
 from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import Checkpointer
 from hyperforget_jax.commands import common
+from hyperforget_jax.commands.core import slug
 from hyperforget_jax.configflags import non_negative_int, positive_int
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
                                    RunDirError)
@@ -96,6 +96,20 @@ def load_gan_run(run_dir: str | Path):
         arch = GANArch.from_json(meta["gan_arch"])
         template = init_gan_state(arch, make_optimizer(), jax.random.key(0))
         prog = meta.get("unlearn_progress")
+        # A run stopped part-way (preempted, killed, Ctrl-C) holds a checkpoint of a GAN that is
+        # not the one its command makes: reading it would unlearn or score a half-trained GAN.
+        epochs = (meta.get("gan_config") or {}).get("epochs")
+        if prog is None and isinstance(meta.get("epoch"), int) and isinstance(epochs, int) \
+                and meta["epoch"] < epochs:
+            raise CheckpointError(
+                f"{run_dir} holds an unfinished GAN {meta.get('role', 'training')} run (epoch "
+                f"{meta['epoch']} of {epochs}); finish it first by rerunning the command that "
+                f"wrote it (`hyperforget gan train --run-dir {run_dir}` with the same flags)")
+        if prog is not None and "kept" in prog and not prog.get("done"):
+            raise CheckpointError(
+                f"{run_dir} holds an unfinished GAN unlearning run (round {prog.get('rounds')}); "
+                "finish it first by rerunning the `hyperforget gan unlearn` command that wrote "
+                "it (same flags)")
         if prog is None or "kept" not in prog:     # training, or an older unlearning run
             state, meta = ckpt.restore(template)
         else:   # an unlearning run: its state and the (G, D) it returned (gan.unlearn_gan)
@@ -300,8 +314,7 @@ def cmd_evaluate(args) -> int:
                 "compare the runs of this request (or the Original)")
         others[other] = a, st
     search = _judge_dirs([*runs, *args.judge_from])
-    out = args.out or Path(args.run_dir) / "gan-evaluate" / re.sub(
-        r"[^A-Za-z0-9.+-]+", "-", request.describe()).strip("-")
+    out = args.out or Path(args.run_dir) / "gan-evaluate" / slug(request)
     identity = {"role": "gan-evaluation", "runs": [str(Path(r).absolute()) for r in runs],
                 "request": request.to_json(), "samples": args.samples, "judge": recipe,
                 **data_id}
