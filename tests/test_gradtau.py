@@ -803,3 +803,38 @@ def test_a_model_with_batch_statistics_is_never_computed_in_chunks(digits_splits
     tiny = models.as_model(nn.Dense(10), (64,))
     assert gradtau_run.per_example(tiny, tiny.init(jax.random.key(0)),
                                    split.retain.x.reshape(-1, 64))
+
+
+def test_tau_of_a_large_validation_set_is_summed_in_chunks(monkeypatch, digits_splits,
+                                                           digits_original):
+    """τ over more than G.TAU_ROWS validation rows is summed over chunks of that many (one pass
+    over 5,000 32×32×3 images held ≈ 2.9 GB of the cnn's activations inside the compiled step),
+    with the same value, in compute_tau and in the runner; a smaller set takes one pass."""
+    arch, params = digits_original
+    val = digits_splits.val
+    fresh = lambda: models.make_architecture("mlp", val.x.shape[1:])   # no cached programs
+    want = {m: float(G.compute_tau(m, fresh(), params, val, (3,))) for m in ("val",
+                                                                          "unseen_class")}
+    rows_seen = []
+    apply = arch.apply
+
+    def counting(p, x):
+        rows_seen.append(x.shape[0])
+        return apply(p, x)
+    monkeypatch.setattr(G, "TAU_ROWS", 32)
+    for mode in want:
+        rows_seen.clear()
+        got = G.compute_tau(mode, fresh(), params, val, (3,))
+        assert float(got) == pytest.approx(want[mode], rel=1e-5)
+        fn = (G.val_tau_fn if mode == "val" else G.unseen_class_tau_fn)(counting, 32)
+        x, *rest = G.tau_inputs(mode, val, (3,))
+        assert float(fn(params, jnp.asarray(x), *map(jnp.asarray, rest))) == pytest.approx(
+            want[mode], rel=1e-5)
+        assert rows_seen and max(rows_seen) <= 32 and len(x) > 32
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    cfg = G.GradTauConfig(epochs=5)
+    chunked, info = G.run_gradtau(fresh(), params, split, val, cfg, seed=0)
+    monkeypatch.setattr(G, "TAU_ROWS", 10**6)
+    whole, info1 = G.run_gradtau(fresh(), params, split, val, cfg, seed=0)
+    np.testing.assert_allclose(info["tau"], info1["tau"], rtol=1e-5)
+    assert_trees_close(chunked, whole, atol=1e-5)

@@ -141,7 +141,9 @@ def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, f
         loss_fn = train.per_example_ce(model.apply)
         constrain = train.shard_rows(mesh)
         tau_fn = {"val": G.val_tau_fn, "unseen_class": G.unseen_class_tau_fn}.get(mode)
-        tau_fn = None if tau_fn is None else tau_fn(model.apply)
+        # Independent rows (chunk set): a validation set above TAU_ROWS is taken in chunks.
+        tau_fn = None if tau_fn is None else tau_fn(model.apply,
+                                                    G.TAU_ROWS if chunk else None)
 
         def run(ts, gs, hp, arrays, f_idx, r_idx, hint):
             n = f_idx.shape[0]
