@@ -25,7 +25,8 @@ def test_unlearn_trains_then_loads_and_writes_results(tmp_path, capsys):
     # original's training seed (docs/unlearning.md's `--seed 1 --run-dir runs/original`)
     assert cli.main(base + ["--method", "neggrad", "--forget-fraction", "0.1",
                             "--no-retrain", "--seed", "1"]) == 0
-    res = json.loads((run / "unlearn" / "neggrad-random-10" / "results.json").read_text())
+    res = json.loads((run / "unlearn" / "neggrad-random-10-method-seed-1" / "results.json")
+                     .read_text())
     assert res["original"] == "loaded" and "retrain" not in res["eval"]
     assert res["info"]["seed"] == 1 and res["train_config"]["seed"] == 0
 

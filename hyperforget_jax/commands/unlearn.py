@@ -8,9 +8,9 @@ The original model is loaded from ``--run-dir`` (trained there first, with the t
 flags, when the directory holds no model). Every field of the method's config can be set with
 ``--config.FIELD=VALUE`` (see ``--help``). Writes ``results.json``, ``report.md`` and the
 unlearned parameters (``checkpoints/``, readable by ``hyperforget evaluate``) into ``--out``
-(default ``<run-dir>/unlearn/<method>-<request>``, which names neither ``--config.*`` nor
-``--seed``: a run with other settings needs its own ``--out``), never into ``--run-dir``
-itself.
+(default ``<run-dir>/unlearn/<method>-<request>``, plus ``-method-seed-<N>`` for a ``--seed``
+other than 0; it does not name ``--config.*`` fields: a run with other settings needs its own
+``--out``), never into ``--run-dir`` itself.
 """
 
 from __future__ import annotations
@@ -128,7 +128,10 @@ def cmd_unlearn(args) -> int:
     fsplit = data.resolve_forget(splits.train, request)
     if args.method != "retrain":
         _method_config(args, None)  # a bad --config.* fails before any work
-    out = args.out or Path(args.run_dir) / "unlearn" / f"{args.method}-{slug(request)}"
+    # A method seed other than 0 is part of the default name (a sweep over --seed needs no
+    # --out per seed); --config.* fields are not: such a run needs its own --out.
+    seed = f"-method-seed-{args.method_seed}" if args.method_seed else ""
+    out = args.out or Path(args.run_dir) / "unlearn" / f"{args.method}-{slug(request)}{seed}"
     # A bad --out is refused before the original is trained (open_run checks it again).
     rundir.check_output(out, reads=[args.run_dir], flag="--out")
     stage = _Stages(common.progress(args), 4 if args.no_retrain else 7)
@@ -223,9 +226,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-dir", default="runs/original",
                    help="the original model's run (trained there if it holds no model; "
                         "default runs/original)")
-    p.add_argument("--out", help="output directory (default <run-dir>/unlearn/<method>-<req>, "
-                                  "which names neither --config.* nor --seed: give a run "
-                                  "with other settings its own --out)")
+    p.add_argument("--out", help="output directory (default <run-dir>/unlearn/<method>-<req>"
+                                  "[-method-seed-<N>], which does not name --config.* fields: "
+                                  "give a run with other settings its own --out)")
     # Its own dest: the training recipe's seed flag (--train-seed) has the field's dest "seed".
     p.add_argument("--seed", type=seed_int, default=0, dest="method_seed",
                    help="seed of the method (batch order, random labels/teachers) and of the "
