@@ -103,9 +103,17 @@ def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
 # Batched evaluation
 # --------------------------------------------------------------------------------------------
 
+def at_least_float32(logits: jax.Array) -> jax.Array:
+    """``logits`` in float32 (float64 stays): a model that computes in bfloat16 / float16 gives
+    low-precision logits, and a loss taken in that precision is rounded to a few bits
+    (``x - logsumexp(x)`` loses every loss below ~0.4 % of the largest logit: most members'
+    losses read exactly 0), which biased mean losses and fed the attacks tied features."""
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
+
 def _batch_outputs_impl(apply_fn: ApplyFn, params: Any, xb: jax.Array,
                         yb: jax.Array) -> dict[str, jax.Array]:
-    logits = apply_fn(params, xb)
+    logits = at_least_float32(apply_fn(params, xb))
     return {"loss": cross_entropy(logits, yb), "entropy": prediction_entropy(logits),
             "confidence": confidence(logits, yb), "correct": correct(logits, yb),
             "logits": logits}
@@ -366,6 +374,13 @@ def mia_loss_lr(member_losses: Any, nonmember_losses: Any, n_splits: int = 10,
     members are labelled 1 and non-members 0, and a ``LogisticRegression`` is scored by
     ``StratifiedShuffleSplit`` cross-validation. Members are the forget-set samples, non-members
     held-out test samples; the ideal is the retrained model's value (about 0.5).
+
+    As in the kit, the raw loss is not standardised and ``LogisticRegression`` keeps its default
+    L2 penalty (``C=1``): losses that differ only below ~1e-3 are not told apart (two perfectly
+    separated sets of losses in [0, 1e-3] and [1e-3, 2e-3] read 0.50; scaled by 10, 0.99), so
+    a value near 0.5 on a very confident model is no proof of no leakage. With a handful of
+    forget samples the value is a few cross-validated guesses (±0.1 and more between attack
+    seeds); U-LiRA (:mod:`hyperforget_jax.ulira`) asks per example.
 
     Args:
       member_losses: ``(N,)`` per-sample losses of the members (forget set).

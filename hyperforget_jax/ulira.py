@@ -76,7 +76,9 @@ class Shadows(NamedTuple):
 
 
 def logit_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """φ = log p_y − log(1 − p_y) = z_y − logsumexp_{k≠y} z_k (stable for confident models)."""
+    """φ = log p_y − log(1 − p_y) = z_y − logsumexp_{k≠y} z_k (stable for confident models),
+    in float32 at least (bfloat16 logits of a low-precision model are upcast first)."""
+    logits = metrics.at_least_float32(logits)
     z_y = jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
     others = jnp.where(jax.nn.one_hot(labels, logits.shape[-1], dtype=bool), -jnp.inf, logits)
     return z_y - jax.scipy.special.logsumexp(others, -1)

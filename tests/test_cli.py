@@ -45,6 +45,21 @@ def test_train_retrain_evaluate_roundtrip(trained, capsys):
     assert "mia_loss_lr" in out and "Avg. Gap" in out
 
 
+def test_evaluate_names_the_gap_keys_when_an_attack_is_not_applicable(trained, capsys):
+    # One forget sample: the loss/entropy attacks are None, so Avg. Gap averages FA, RA, TA only;
+    # the report said "Avg. Gap to Retrain: X points" as if it were the four-metric gap.
+    assert cli.main(["retrain", "--forget-indices", "5", "--run-dir", str(trained / "re1")]
+                    + FAST) == 0
+    code, out, err = run(["evaluate", "--run-dir", str(trained / "orig"), "--forget-indices",
+                          "5", "--retrain-dir", str(trained / "re1"), "--dataset", "digits",
+                          "--out", str(trained / "ev1"), "--quiet"], capsys)
+    assert code == 0, err
+    ev = json.loads((trained / "ev1" / "evaluation.json").read_text())
+    assert ev["avg_gap_keys"] == ["forget_acc", "retain_acc", "test_acc"]
+    md = (trained / "ev1" / "evaluation.md").read_text()
+    assert "Avg. Gap to Retrain (FA, RA, TA; points)" in md and "Not applicable: mia_loss_lr" in md
+
+
 def test_train_resumes_from_checkpoint(trained, capsys):
     # The run already has 10 epochs; asking for 10 again does no work and gives the same result.
     before = json.loads((trained / "orig" / "results.json").read_text())["eval"]

@@ -292,3 +292,19 @@ def test_an_unfinished_gan_run_is_refused_by_its_readers(tmp_path, capsys):
                          "--forget-class", "3", "--quiet", *CHEAP_JUDGE]) == 2
         assert words in capsys.readouterr().err
         assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
+
+
+def test_gan_evaluate_table_shows_shares_and_accuracies_in_percent():
+    # As fractions to 3 decimals, a forgotten share of 1.04 % printed "0.010": inside the 1 %
+    # bar that the README's targets check.
+    from hyperforget_jax.commands.gan import evaluation_table
+
+    md = evaluation_table({"unl": {"classifier_fid": 12.3456, "classifier_is": 8.0,
+                                   "forgotten_share": 0.0104, "d_mia_auc": 0.5123,
+                                   "downstream_acc": 0.9012, "downstream_acc_kept": 0.9234},
+                           "items": {"classifier_fid": 1.0, "classifier_is": 2.0,
+                                     "d_mia_auc": 0.5, "downstream_acc": 0.8}})
+    header, _, unl, items = md.splitlines()
+    assert "forgotten_share %" in header and "downstream_acc_kept %" in header
+    assert unl.split(" | ")[1:] == ["12.346", "8.000", "1.04", "0.512", "90.12", "92.34 |"]
+    assert items.split(" | ")[3] == "–"          # no share for an item request

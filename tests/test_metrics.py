@@ -135,6 +135,19 @@ def test_per_sample_outputs_shapes_and_values():
     np.testing.assert_allclose(out["logits"], 5.0 * x)
 
 
+def test_low_precision_logits_are_scored_in_float32():
+    # A model with bfloat16 compute (float32 params, which the README allows) returns bf16
+    # logits; the loss taken in bf16 rounded log(1 + 2e^-10) ≈ 9.1e-5 to exactly 0 (and most
+    # members' losses with it), biasing mean losses and tying the attacks' features.
+    x = np.array([[10.0, 0.0, 0.0], [0.0, 10.0, 0.0]], np.float32)
+    y = np.array([0, 1], np.int32)
+    out = metrics.per_sample_outputs(lambda p, xb: xb.astype(jnp.bfloat16), None, x, y)
+    want = math.log1p(2 * math.exp(-10.0))
+    np.testing.assert_allclose(out["loss"], [want, want], rtol=1e-3)
+    assert out["loss"].dtype == np.float32 and out["logits"].dtype == np.float32
+    assert metrics.evaluate(lambda p, xb: xb.astype(jnp.bfloat16), None, x, y, 3)["loss"] > 0
+
+
 @pytest.mark.parametrize("x, y, match", [
     (np.zeros((0, 3), np.float32), np.zeros((0,), np.int32), "empty"),
     (np.zeros((4, 3), np.float32), np.zeros((3,), np.int32), "4 samples but y has 3"),

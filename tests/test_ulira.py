@@ -1,6 +1,8 @@
 """U-LiRA on constructed confidences (separable → high, identical → 0.5) and a tiny end-to-end
 run on sklearn digits."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +31,14 @@ def _shadows(rng, S, n, mu_u, mu_r, sd=1.0):
     per_r = rng.normal(mu_r, 0.5, n)
     return (per_u + rng.normal(0, sd, (S, n)), per_r + rng.normal(0, sd, (S, n)), targeted,
             per_u, per_r)
+
+
+def test_logit_confidence_of_bf16_logits_is_computed_in_float32():
+    logits = jnp.asarray([[10.0, 0.0, 0.0]], jnp.bfloat16)
+    phi = ulira.logit_confidence(logits, jnp.asarray([1]))
+    # z_y − logsumexp(others) = 0 − (10 + log(1 + e^-10)); bf16 rounds the tail away.
+    assert phi.dtype == jnp.float32
+    np.testing.assert_allclose(float(phi[0]), -(10.0 + math.log1p(math.exp(-10.0))), rtol=1e-6)
 
 
 def test_separable_is_detected():

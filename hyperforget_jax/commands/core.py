@@ -13,7 +13,8 @@ from hyperforget_jax import data, report, rundir
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import seed_int
 from hyperforget_jax.errors import ForgetRequestError, RunDirError
-from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
+from hyperforget_jax.evaluation import (GAP_LABELS, evaluate_unlearning, gap_keys,
+                                        gap_to_retrain)
 
 
 def _summary(title: str, rows: dict[str, dict]) -> str:
@@ -155,12 +156,20 @@ def cmd_evaluate(args) -> int:
         if r_params is not None:
             rows[retrain_label] = evaluate_unlearning(arch, r_params, splits, fsplit, request,
                                                       args.seed)
+            # A metric that is not applicable (an attack on a one-sample forget set) is left
+            # out of the gap: name the keys it averages, as `hyperforget unlearn` does.
+            used = gap_keys(rows[run_label], rows[retrain_label])
             results.update(retrain_dir=str(Path(args.retrain_dir).absolute()),
                            retrain=rows[retrain_label],
-                           avg_gap=gap_to_retrain(rows[run_label], rows[retrain_label]))
+                           avg_gap=gap_to_retrain(rows[run_label], rows[retrain_label]),
+                           avg_gap_keys=list(used))
         md = _summary(f"forget request: {request.describe()}", rows)
+        na = rows[run_label].get("not_applicable")
+        if na:
+            md += "\nNot applicable: " + "; ".join(f"{k} ({v})" for k, v in na.items()) + ".\n"
         if "avg_gap" in results:
-            md += f"\nAvg. Gap to Retrain: {results['avg_gap']:.2f} points\n"
+            md += (f"\nAvg. Gap to Retrain ({', '.join(GAP_LABELS[k] for k in used)}; points): "
+                   f"{results['avg_gap']:.2f}\n")
         report.write_json(run.path / "evaluation.json", results)
         report.atomic_write(run.path / "evaluation.md", md)
     common.emit(args, results, md)

@@ -280,6 +280,25 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
     return results, md
 
 
+#: ``gan evaluate``'s columns: (key, heading, digits, scale). Shares and accuracies in % as in
+#: the experiment's table: as fractions to 3 decimals a share of 1.04 % read "0.010", inside
+#: the 1 % bar.
+EVAL_COLUMNS = (("classifier_fid", "classifier_fid", 3, 1.0),
+                ("classifier_is", "classifier_is", 3, 1.0),
+                ("forgotten_share", "forgotten_share %", 2, 100.0),
+                ("d_mia_auc", "d_mia_auc", 3, 1.0),
+                ("downstream_acc", "downstream_acc %", 2, 100.0),
+                ("downstream_acc_kept", "downstream_acc_kept %", 2, 100.0))
+
+
+def evaluation_table(rows: dict[str, dict]) -> str:
+    """The markdown table of ``gan evaluate``: one row per run (``–`` where not applicable)."""
+    return report.markdown_table(["run", *(h for _, h, _, _ in EVAL_COLUMNS)],
+                                 [[n, *(report.fmt(r.get(k), d, sc)
+                                        for k, _, d, sc in EVAL_COLUMNS)]
+                                  for n, r in rows.items()])
+
+
 def cmd_evaluate(args) -> int:
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
@@ -335,15 +354,11 @@ def cmd_evaluate(args) -> int:
             a, st = (arch, state) if other is None else others[other]
             rows[name] = evaluate_gan(a, st.g_params, st.d_params, judge, splits,
                                       fsplit.forget.x, fsplit.retain.x, request.classes, ev, ref)
-        keys = ("classifier_fid", "classifier_is", "forgotten_share", "d_mia_auc",
-                "downstream_acc", "downstream_acc_kept")
         arch_name = recipe["config"]["arch"].rsplit(":", 1)[-1]
         md = (f"# GAN evaluation: {request.describe()}\n\nJudge: `{arch_name}` "
               f"({'stored' if reused else 'trained'}). classifier-FID / classifier-IS use the "
-              "judge classifier's features (not Inception).\n\n" +
-              report.markdown_table(["run", *keys],
-                                    [[n, *(report.fmt(r.get(k), 3) for k in keys)]
-                                     for n, r in rows.items()]) + "\n")
+              "judge classifier's features (not Inception).\n\n" + evaluation_table(rows)
+              + "\n")
         results = {"request": request.to_json(), "judge": recipe, "judge_reused": reused,
                    "eval": rows}
         report.write_json(run.path / "gan_evaluation.json", results)

@@ -25,7 +25,7 @@ from hyperforget_jax.config import SEED_LIMIT
 from hyperforget_jax.data import Dataset, ForgetRequest, Splits
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
                                     NonFiniteError)
-from hyperforget_jax.metrics import chunked_apply, per_sample_outputs
+from hyperforget_jax.metrics import at_least_float32, chunked_apply, per_sample_outputs
 from hyperforget_jax.models import Architecture, as_model, make_architecture
 from hyperforget_jax.train import TrainConfig, fit
 
@@ -187,7 +187,7 @@ def _compiled_judge(arch: Architecture):
     def build():
         def fn(params, x):
             logits, feats = _penultimate_apply(arch, params, x)
-            return jax.nn.softmax(logits, -1), feats
+            return jax.nn.softmax(at_least_float32(logits), -1), feats
         return xla.jit(fn)
 
     return arch.program(("gan_judge",), build)
@@ -268,7 +268,9 @@ def d_score_mia(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict
     Returns:
       ``d_mia_auc``: ROC AUC of the score (0.5 = no membership signal; below 0.5 means the
       items now look *less* real than unseen data, itself a tell-tale);
-      ``d_mia_acc``: best balanced accuracy over thresholds (optimistic, in-sample);
+      ``d_mia_acc``: best balanced accuracy over thresholds (optimistic, in-sample: with no
+      membership signal at all it reads ≈ 0.51 for 1,000 members vs 1,000 non-members, 0.54
+      for 64 members, 0.60 for 8 and 0.75 for one; compare it with Retrain's at equal sizes);
       mean scores of both groups.
     """
     from sklearn.metrics import roc_auc_score, roc_curve
