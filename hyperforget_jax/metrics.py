@@ -146,7 +146,7 @@ def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
                         "y.astype(np.int32)")
     if y.min() < 0:
         raise DataError(f"labels must be >= 0, found {int(y.min())}; use class ids 0..C-1")
-    if not np.issubdtype(x.dtype, np.floating) and x.dtype.name != "bfloat16":
+    if not jnp.issubdtype(x.dtype, jnp.floating):        # bfloat16 and float8 included
         # fit / unlearn / evaluate_unlearning refuse them too (Architecture.check_inputs): a
         # uint8 image reached the model unscaled, 0..255, and scored a silently wrong accuracy.
         raise DataError(f"x has dtype {x.dtype}; the models take floating-point images in "

@@ -61,6 +61,8 @@ class _Jitted:
         return (self._top if _top_level() else self._nested)(*args, **kwargs)
 
     def __getattr__(self, name):
+        if name in ("_top", "_nested"):   # not set yet (copy / pickle build a bare instance)
+            raise AttributeError(name)
         return getattr(self._top, name)
 
 

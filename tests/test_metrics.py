@@ -167,6 +167,19 @@ def test_evaluate_bad_inputs(x, y, match):
         metrics.per_sample_outputs(apply_fn, params, x, y)
 
 
+def test_evaluate_takes_every_floating_image_dtype():
+    # The uint8 refusal named bfloat16 alone: float8 images, which from_arrays and
+    # Architecture.check_inputs take, were refused as "not floating-point".
+    import ml_dtypes
+
+    x, y, _, params = _linear_problem()
+    apply_fn = lambda p, xb: xb.astype(jnp.float32) @ p["w"]
+    want = metrics.evaluate(apply_fn, params, x, y, num_classes=3)["accuracy"]
+    for dtype in (jnp.bfloat16, ml_dtypes.float8_e4m3fn, np.float16):
+        got = metrics.evaluate(apply_fn, params, x.astype(dtype), y, num_classes=3)["accuracy"]
+        assert got == want, dtype
+
+
 def test_evaluate_bad_config():
     x, y, _, params = _linear_problem()
     apply_fn = lambda p, xb: xb @ p["w"]

@@ -180,3 +180,27 @@ def test_confidences_of_a_large_forget_set_are_computed_in_chunks(monkeypatch):
     assert got.shape == (2, 19)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(one, want[0], rtol=1e-5, atol=1e-6)
+
+
+def test_confidences_of_a_one_member_fleet_in_chunks(monkeypatch):
+    # The chunk size was measured on the stacked parameters when the fleet had one member: a
+    # Flax model (whose per-example check runs it) raised ScopeParamShapeError on them.
+    import flax.linen as nn
+
+    from hyperforget_jax import metrics
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    monkeypatch.setattr(metrics, "WHOLE_CALL_ROWS", 8, raising=False)
+    model = models.as_model(Net(), (2, 2, 1), 3)
+    params = model.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.random((19, 2, 2, 1), dtype=np.float32))
+    y = jnp.asarray(rng.integers(0, 3, 19).astype(np.int32))
+    got = ulira._phi_fleet(model, jax.tree.map(lambda l: l[None], params), x, y)
+    want = np.asarray(ulira.logit_confidence(model.apply(params, x), y))
+    assert got.shape == (1, 19)
+    np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)

@@ -94,3 +94,15 @@ def test_library_programs_run_inside_a_users_jit_scan_and_grad(monkeypatch):
     val = data.Dataset(np.asarray(x), np.asarray(y, np.int32), 10, "toy")
     tau = jax.jit(lambda p: G.compute_tau("val", arch, p, val))(params)
     assert float(tau) == pytest.approx(want, rel=1e-6)
+
+
+def test_library_programs_can_be_copied(monkeypatch):
+    # The wrapper that drops the compiler options inside a transformation forwarded every
+    # missing attribute to itself before __init__ had run: copy / deepcopy of a program (or of
+    # anything holding one) ended in RecursionError where jax.jit's copies fine.
+    import copy
+
+    monkeypatch.delenv("HYPERFORGET_XLA_OPTIONS", raising=False)
+    f = xla.jit(lambda x: x + 1)
+    for g in (copy.copy(f), copy.deepcopy(f)):
+        assert float(g(jnp.float32(1))) == 2.0
