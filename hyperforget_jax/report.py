@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hyperforget_jax.errors import ConfigError, HyperforgetError
+from hyperforget_jax.errors import ConfigError, HyperforgetError, RunDirError
 
 
 def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir", *,
@@ -29,7 +29,6 @@ def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir", *,
     script's ``results.json`` / ``report.md`` would replace that run's."""
     p = Path(path).expanduser().absolute()
     if not_a_run and (p / "run.json").is_file():
-        from hyperforget_jax.errors import RunDirError
         raise RunDirError(f"{flag} {p} holds a hyperforget run (run.json); this script's results "
                           f"would replace that run's results.json and report: pass another {flag}")
     try:

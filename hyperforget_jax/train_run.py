@@ -11,6 +11,7 @@ values.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable
 
 import jax
@@ -131,6 +132,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         latest, giving the same parameters as an uninterrupted run. A checkpoint of another
         recipe (any field but ``epochs``), of other training data or ``init_params``, or with
         more epochs done than ``cfg.epochs`` is refused (``CheckpointError``), never continued.
+        Each checkpoint's meta records ``train_seconds``, the epochs' time summed over resumes.
       meta: JSON-serialisable metadata stored with each checkpoint (config, split, request).
       progress: show a progress bar.
       init_params: start from these parameters instead of a fresh initialisation.
@@ -159,13 +161,14 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
     tx = make_optimizer(cfg)
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
-    start = 0
+    start, prior = 0, 0.0
     data_id = None if checkpointer is None else data_fingerprint(train)
     init_id = (None if checkpointer is None or init_params is None
                else array_fingerprint(*jax.tree.leaves(init_params)))
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
+        prior = float(stored.get("train_seconds", 0.0))
         refuse_another_run(checkpointer.directory, stored, cfg.to_json(), data_id, start,
                            cfg.epochs, config_key="train_config", data_key="train_data",
                            what="a model", config_name="TrainConfig", init_id=init_id)
@@ -178,6 +181,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     if progress:
         from tqdm.auto import tqdm
         epochs = tqdm(epochs, desc=f"train {model.label}", initial=start, total=cfg.epochs)
+    t0 = time.perf_counter()
     for epoch in epochs:
         idx = batch_indices(cfg.seed, epoch, len(train), batch_size)
         first = int(state.step)
@@ -189,7 +193,10 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
             checkpointer.save(epoch + 1, state, {**(meta or {}), "epoch": epoch + 1,
                                                  "train_config": cfg.to_json(),
                                                  "train_data": data_id,
-                                                 "init_params": init_id})
+                                                 "init_params": init_id,
+                                                 # the training time so far, over resumes
+                                                 "train_seconds": prior + time.perf_counter()
+                                                 - t0})
     return state, history
 
 
@@ -269,6 +276,15 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
     return state, history
 
 
+def check_sync_every(sync_every: Any, who: str) -> None:
+    """Raises ConfigError unless ``sync_every`` (steps between waits for the device in a
+    streamed driver) is an integer >= 1."""
+    if (isinstance(sync_every, bool) or not isinstance(sync_every, (int, np.integer))
+            or sync_every < 1):
+        raise ConfigError(f"{who}: sync_every must be an integer >= 1 (steps between waits "
+                          f"for the device), got {sync_every!r}")
+
+
 def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable[Batch],
                cfg: TrainConfig, *, init_params: Params | None = None,
                mesh: Mesh | None = None, sync_every: int = 8) -> tuple[TrainState, list[dict]]:
@@ -295,10 +311,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
       NonFiniteError: a step produced NaN/inf.
       DataError: a batch of images of the wrong shape.
     """
-    if (isinstance(sync_every, bool) or not isinstance(sync_every, (int, np.integer))
-            or sync_every < 1):
-        raise ConfigError(f"fit_stream: sync_every must be an integer >= 1 (steps between "
-                          f"waits for the device), got {sync_every!r}")
+    check_sync_every(sync_every, "fit_stream")
     model = as_model(arch)
     tx = make_optimizer(cfg)
     if init_params is None and not model.has_init:

@@ -16,9 +16,9 @@ steps keep XLA's default. To turn it off, set ``HYPERFORGET_XLA_OPTIONS=0``; a f
 ``XLA_FLAGS`` wins over the library's value for it.
 
 JAX accepts ``compiler_options`` on a top-level ``jax.jit`` only: called inside a user's
-``jax.jit`` / ``lax.scan`` / ``eval_shape`` (or any other transformation), a library program
-runs as a plain ``jax.jit`` and is compiled as part of the caller's program, with the caller's
-options.
+``jax.jit`` / ``lax.scan`` / ``eval_shape`` / ``grad`` (or any other transformation), a library
+program runs as a plain ``jax.jit``: compiled as part of the caller's program with the caller's
+options, or (under a top-level ``jax.vmap``) with XLA's defaults.
 """
 
 from __future__ import annotations

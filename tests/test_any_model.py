@@ -93,6 +93,19 @@ def test_bare_apply_fn(world, trained):
                                splits, fsplit, request)
 
 
+def test_a_retrain_sweep_records_the_model_that_trained(world, trained):
+    """``unlearn_sweep("retrain", user_model)`` recorded ``config["arch"] == "mlp"`` (the
+    config's default), as ``unlearn`` did before; both name the user's model now."""
+    splits, _, fsplit = world
+    net, params = trained
+    cfg = hf.TrainConfig(epochs=1, lr=3e-3)
+    one = unlearn("retrain", net, params, fsplit, splits.val, cfg)
+    swept = unlearn_sweep("retrain", net, params, fsplit, splits.val, seeds=[0],
+                          configs=[cfg])[0]
+    assert swept.info["config"] == one.info["config"]
+    assert swept.info["config"]["arch"] != "mlp"
+
+
 def _user_package(tmp_path, monkeypatch, name: str) -> None:
     """``name.models:Net`` (a Dense head with a ``num_classes`` field) importable."""
     pkg = tmp_path / name

@@ -43,6 +43,7 @@ def test_train_retrain_evaluate_roundtrip(trained, capsys):
     assert ev["eval"]["orig"]["forget_acc"] > 0.5 and ev["avg_gap"] > 10
     assert ev["run"] == ev["eval"]["orig"] and ev["retrain"] == ev["eval"]["retrain"]
     assert "mia_loss_lr" in out and "Avg. Gap" in out
+    assert "Avg. Gap to Retrain (FA, RA, TA, mia_loss_lr; points)" in out   # names the metrics
 
 
 def test_evaluate_names_the_gap_keys_when_an_attack_is_not_applicable(trained, capsys):
@@ -70,6 +71,60 @@ def test_train_resumes_from_checkpoint(trained, capsys):
     assert after["resumed_from_epoch"] == 10
     assert "resumed at epoch 10 of 10 (already trained" in (trained / "orig" / "report.md"
                                                             ).read_text()
+
+
+def test_train_seconds_cover_the_whole_run_over_resumes(tmp_path):
+    """``train_seconds`` is the whole run's training time (as ``gan train``'s): a reload of a
+    finished run kept only the reload's fraction of a second, a resumed run only its last
+    part."""
+    import shutil
+
+    from hyperforget_jax.checkpoint import Checkpointer
+
+    run = tmp_path / "orig"
+    argv = ["train", "--dataset", "digits", "--epochs", "2", "--quiet", "--run-dir", str(run)]
+    assert cli.main(argv) == 0
+    with Checkpointer(run / "checkpoints") as ckpt:
+        stored, epoch1 = ckpt.restore_meta()["train_seconds"], ckpt.restore_meta(1)
+    first = json.loads((run / "results.json").read_text())
+    assert 0 < stored == first["train_seconds"] <= first["this_call_seconds"]
+    assert cli.main(argv) == 0                                  # finished: reloaded
+    again = json.loads((run / "results.json").read_text())
+    assert again["train_seconds"] == stored and again["resumed_from_epoch"] == 2
+    shutil.rmtree(run / "checkpoints" / "2")                    # killed after epoch 1 of 2
+    assert cli.main(argv) == 0
+    resumed = json.loads((run / "results.json").read_text())
+    assert resumed["train_seconds"] > epoch1["train_seconds"] > 0
+    assert resumed["train_seconds"] > resumed["this_call_seconds"]
+
+
+def test_every_results_file_records_versions_and_devices(trained):
+    """README: the CLI's results record what ran (devices); ``train`` recorded no device, no
+    library or JAX version."""
+    import jax
+
+    import hyperforget_jax
+
+    for path in (trained / "orig" / "results.json", trained / "re" / "results.json"):
+        env = json.loads(path.read_text())["environment"]
+        assert env["jax"] == jax.__version__ and env["devices"] == 1
+        assert env["hyperforget_jax"] == hyperforget_jax.__version__
+        assert env["device_kind"] == jax.devices()[0].device_kind
+
+
+def test_evaluate_defaults_to_the_seed_the_run_was_evaluated_with(trained, tmp_path, capsys):
+    """``evaluate`` of an ``unlearn --seed 1`` output gives the numbers ``unlearn`` reported
+    (its attacks' CV splits were seeded 1; a default of 0 gave other MIA numbers)."""
+    out = tmp_path / "ng"
+    assert cli.main(["unlearn", "--method", "neggrad", "--forget-class", "2", "--dataset",
+                     "digits", "--run-dir", str(trained / "orig"), "--out", str(out),
+                     "--seed", "1", "--no-retrain", "--config.epochs=1", "--quiet"]) == 0
+    own = json.loads((out / "results.json").read_text())["eval"]["neggrad"]
+    code, _, err = run(["evaluate", "--run-dir", str(out), "--dataset", "digits",
+                        "--out", str(tmp_path / "ev"), "--quiet"], capsys)
+    assert code == 0, err
+    ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
+    assert ev["run"] == own and ev["seed"] == 1 and ev["environment"]["devices"] == 1
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -211,7 +211,6 @@ def test_wrapped_stream_is_its_passes_in_order():
     want = np.concatenate(passes)
     for count in (1, 3, 7, 50):
         np.testing.assert_array_equal(data.wrapped_stream(3, 1, 5, 2, count), want[:count])
-    assert data.wrapped_stream(0, 1, 1, 1, 20_000).shape == (20_000, 1)
 
 
 def test_from_arrays_scales_uint8_images_with_one_float32_copy():

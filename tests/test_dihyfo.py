@@ -270,6 +270,9 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     res = json.loads((tmp_path / "s" / "results.json").read_text())
     for k in ("retain_acc", "forget_acc", "test_acc", "test_acc_kept", "mia_loss_lr"):
         assert 0.0 <= res["sample"][k] <= 1.0 and k in res["start"]
+    # What ran is in the results, and the report names every attack like unlearn's does.
+    assert res["seed"] == 4 and res["sample_config"]["num_steps"] == 4
+    assert "mia_entropy_lr" in (tmp_path / "s" / "report.md").read_text()
     capsys.readouterr()
 
     def fails(argv, message):

@@ -118,6 +118,9 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     ev = json.loads((unl / "gan-evaluate" / "class-3" / "gan_evaluation.json").read_text())
     out = capsys.readouterr()
     assert json.loads(out.out) == ev  # --json: the same results on stdout
+    # What was measured is recorded: the sample count, the evaluation's seed, the versions.
+    assert ev["eval_config"]["num_samples"] == int(samples) and "seed" in ev["eval_config"]
+    assert ev["environment"]["devices"] == 1
     assert out.err == ""              # --quiet: no progress bars
     # The judge: trained once by `gan unlearn` (stored in its --out) and reused by `gan
     # evaluate` on that run, for the same recipe (by default the experiments', the same for

@@ -180,12 +180,26 @@ def train_run_from(run_dir: Path, arch: Architecture, train_ds: data.Dataset, cf
                    meta: dict, progress: bool = True) -> tuple[Any, float, int]:
     """:func:`train_run`, also returning the epochs already done when it started (0: a fresh
     run; ``cfg.epochs``: a finished run, reloaded), so a report says what its time covers."""
+    params, seconds, start, _ = train_run_timed(run_dir, arch, train_ds, cfg, meta, progress)
+    return params, seconds, start
+
+
+def train_run_timed(run_dir: Path, arch: Architecture, train_ds: data.Dataset,
+                    cfg: TrainConfig, meta: dict, progress: bool = True
+                    ) -> tuple[Any, float, int, float]:
+    """:func:`train_run_from`, also returning the whole run's training time: what its last
+    checkpoint records (``fit``'s epochs, summed over every resume), so a fresh run, a resumed
+    one and a rerun that reloads it report the same kind of number (checkpoints written
+    before that record existed: this call's time)."""
     t0 = time.perf_counter()
     with Checkpointer(run_dir / "checkpoints", max_to_keep=2) as ckpt:
         start = int(ckpt.latest_step() or 0)
         state, _ = fit(arch, train_ds, cfg, checkpointer=ckpt, meta=meta, progress=progress)
+        ckpt.wait_until_finished()
+        total = ckpt.restore_meta().get("train_seconds")
     jax.block_until_ready(state.params)
-    return state.params, time.perf_counter() - t0, start
+    seconds = time.perf_counter() - t0
+    return state.params, seconds, start, (seconds if total is None else float(total))
 
 
 # --------------------------------------------------------------------------- reading runs
@@ -316,11 +330,34 @@ def open_run(path, identity: dict, args, *, reads=(), flag: str = "--run-dir",
              replace_role: bool = False, legacy=None, outputs=(), caches=()):
     """:func:`rundir.open_run` with this command's name in the lock."""
     return rundir.open_run(path, identity, reads=reads, flag=flag, replace_role=replace_role,
-                           command=" ".join(["hyperforget", *sys.argv[1:]])[:200],
+                           command=command_line(args)[:200],
                            legacy=legacy, outputs=outputs, caches=caches)
 
 
+def command_line(args) -> str:
+    """The command as run: ``main``'s argv (not the calling process's ``sys.argv`` when
+    :func:`hyperforget_jax.cli.main` is called from Python)."""
+    return " ".join(["hyperforget", *getattr(args, "_argv", sys.argv[1:])])
+
+
+def environment() -> dict:
+    """What ran a command, for its results: library and JAX versions, the backend and the
+    device kind and count (every command runs on one device, however many are visible). Not
+    part of a run's identity (another JAX version may resume a run); the command line is not
+    recorded, so two runs of one recipe in two directories keep identical results."""
+    import hyperforget_jax
+    import jaxlib
+
+    device = jax.devices()[0]
+    return {"hyperforget_jax": hyperforget_jax.__version__, "jax": jax.__version__,
+            "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
+            "devices": 1, "device_kind": device.device_kind}
+
+
 def write_results(run_dir: Path, results: dict, markdown: str) -> None:
+    """Writes ``results`` (with :func:`environment` added, so ``--json`` prints the same) and
+    the markdown report."""
+    results.setdefault("environment", environment())
     report.write_json(run_dir / "results.json", results)
     report.atomic_write(run_dir / "report.md", markdown)
 

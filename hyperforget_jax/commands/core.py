@@ -53,10 +53,12 @@ def cmd_train(args, retrain: bool = False) -> int:
     identity = common.train_identity(args, splits, arch, cfg, request, role)
     with common.open_run(args.run_dir, identity, args,
                          legacy=common.legacy_train_identity) as run:
-        params, seconds, start = common.train_run_from(run.path, arch, train_ds, cfg, meta,
-                                                       common.progress(args))
-        # A rerun resumes (or reloads a finished run): its time covers the epochs it ran.
-        results = {"meta": meta, "train_seconds": seconds, "resumed_from_epoch": start}
+        params, seconds, start, total = common.train_run_timed(run.path, arch, train_ds, cfg,
+                                                               meta, common.progress(args))
+        # A rerun resumes (or reloads a finished run): train_seconds is the whole run's
+        # training time (summed over resumes), this_call_seconds what this call took.
+        results = {"meta": meta, "train_seconds": total, "this_call_seconds": seconds,
+                   "resumed_from_epoch": start}
         md = f"# {'Retrain' if retrain else 'Train'}: {arch.name} on {args.dataset}\n\n"
         if fsplit is not None:
             results["eval"] = evaluate_unlearning(arch, params, splits, fsplit, request,
@@ -71,7 +73,8 @@ def cmd_train(args, retrain: bool = False) -> int:
             md += (f"train accuracy {100 * results['eval']['train']['accuracy']:.2f}%, "
                    f"test accuracy {100 * results['eval']['test']['accuracy']:.2f}%\n")
         md += (f"\ntraining time {seconds:.1f} s\n" if not start else
-               f"\n{seconds:.1f} s in this run, resumed at epoch {start} of {cfg.epochs}"
+               f"\ntraining time {total:.1f} s over resumes; {seconds:.1f} s in this run, "
+               f"resumed at epoch {start} of {cfg.epochs}"
                f"{' (already trained: reloaded)' if start >= cfg.epochs else ''}\n")
         common.write_results(run.path, results, md)
     common.emit(args, results, md)
@@ -118,8 +121,21 @@ def _check_own_request(meta: dict, request: data.ForgetRequest | None, path) -> 
             "--forget-seed included)")
 
 
+def _own_seed(meta: dict) -> int:
+    """The seed a run's own command evaluated it with (its attacks' CV splits): ``unlearn``'s
+    and ``sample``'s ``--seed``, ``train`` / ``retrain``'s training seed; 0 if none is
+    recorded."""
+    ident = meta.get("identity") or {}
+    if isinstance(ident.get("seed"), int):
+        return ident["seed"]
+    seed = (ident.get("train_config") or meta.get("train_config") or {}).get("seed")
+    return seed if isinstance(seed, int) else 0
+
+
 def cmd_evaluate(args) -> int:
     arch, params, meta = common.load_run(args.run_dir)
+    if args.seed is None:       # the numbers the run's own command reported
+        args.seed = _own_seed(meta)
     splits = common.load_splits(args)
     arch.check_inputs(splits.train.x, f"--dataset {args.dataset}")
     common.check_same_data(meta, args, splits, args.run_dir)
@@ -152,7 +168,7 @@ def cmd_evaluate(args) -> int:
         rows = {run_label: evaluate_unlearning(arch, params, splits, fsplit, request,
                                                args.seed)}
         results = {"request": request.to_json(), "run_dir": str(Path(args.run_dir).absolute()),
-                   "run": rows[run_label], "eval": rows}
+                   "seed": args.seed, "run": rows[run_label], "eval": rows}
         if r_params is not None:
             rows[retrain_label] = evaluate_unlearning(arch, r_params, splits, fsplit, request,
                                                       args.seed)
@@ -170,6 +186,7 @@ def cmd_evaluate(args) -> int:
         if "avg_gap" in results:
             md += (f"\nAvg. Gap to Retrain ({', '.join(GAP_LABELS[k] for k in used)}; points): "
                    f"{results['avg_gap']:.2f}\n")
+        results["environment"] = common.environment()
         report.write_json(run.path / "evaluation.json", results)
         report.atomic_write(run.path / "evaluation.md", md)
     common.emit(args, results, md)
@@ -206,7 +223,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run written by train/retrain/unlearn/sample")
     p.add_argument("--retrain-dir", help="the Retrain run of the same request, for the Avg. Gap")
     p.add_argument("--out", help="output directory (default: <run-dir>/evaluate/<request>)")
-    p.add_argument("--seed", type=seed_int, default=0, help="seed of the attack CV splits")
+    p.add_argument("--seed", type=seed_int, default=None,
+                   help="seed of the attack CV splits (default: the seed the run's own command "
+                        "evaluated it with: unlearn's / sample's --seed, train's training seed)")
     common.add_data_args(p)
     common.add_request_args(p, required=False)
     common.add_output_args(p, quiet=False)

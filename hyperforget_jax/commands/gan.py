@@ -360,7 +360,8 @@ def cmd_evaluate(args) -> int:
               "judge classifier's features (not Inception).\n\n" + evaluation_table(rows)
               + "\n")
         results = {"request": request.to_json(), "judge": recipe, "judge_reused": reused,
-                   "eval": rows}
+                   "eval_config": dataclasses.asdict(ev), "eval": rows}
+        results["environment"] = common.environment()
         report.write_json(run.path / "gan_evaluation.json", results)
         report.atomic_write(run.path / "gan_evaluation.md", md)
     common.emit(args, results, md)

@@ -202,16 +202,17 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
     how = (f"{sc.method}, {sc.num_steps} steps" + (f", guidance {sc.guidance:g}"
                                                    if sc.guidance else "")
            + (f", best of {sc.best_of}" if sc.best_of > 1 else ""))
+    from hyperforget_jax.commands.unlearn import KEYS   # unlearn's columns and rounding
+
     md = (f"# HyperForget sample ({net.spec.variant}), forgetting {request.describe()}\n\n"
           + report.markdown_table(
-              ["model", "RA %", "FA %", "TA %", "TA kept %", "mia_loss_lr"],
-              [[n, *(report.fmt(e[k], 2, 100.0) for k in ("retain_acc", "forget_acc",
-                                                          "test_acc", "test_acc_kept")),
-                report.fmt(e["mia_loss_lr"], 3)] for n, e in (("start", ev_start),
-                                                               ("sample", ev))])
+              ["model"] + [h for _, h, _ in KEYS],
+              [[n, *(report.fmt(e.get(k), 2, s) for k, _, s in KEYS)]
+               for n, e in (("start", ev_start), ("sample", ev))])
           + f"\n\nsampling time {secs:.2f} s ({how}, including compilation)\n")
     results = {"start": ev_start, "sample": ev, "seconds": secs, "request": request.to_json(),
-               "prompt": prompt_json, "hypernet": str(args.hypernet)}
+               "prompt": prompt_json, "hypernet": str(args.hypernet),
+               "sample_config": sc.to_json(), "seed": args.seed}
     common.write_results(run_dir, results, md)
     common.emit(args, results, md)
 

@@ -257,14 +257,19 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
         jax.block_until_ready(out)
     info = {"method": method, "wall_time_s": time.perf_counter() - t0,
             "config": _recorded_config(model, config),
-            "seed": config.seed if method == "retrain" else seed, **_ran_on(mesh), **info}
+            "seed": config.seed if method == "retrain" else seed, **_ran_on(mesh, out), **info}
     return UnlearnResult(out, info)
 
 
-def _ran_on(mesh: Mesh | None) -> dict:
-    """How many devices ran the method, and which kind: the mesh's, or the default device
-    (without a mesh everything runs on one device, however many are visible)."""
-    devices = list(mesh.devices.flat) if mesh is not None else jax.devices()[:1]
+def _ran_on(mesh: Mesh | None, out: Any) -> dict:
+    """How many devices ran the method, and which kind: the mesh's, or those holding its
+    result (without a mesh everything runs on one device, however many are visible: the
+    default one, or ``jax.default_device``'s)."""
+    if mesh is not None:
+        devices = list(mesh.devices.flat)
+    else:
+        leaf = jax.tree.leaves(out)[0]
+        devices = list(leaf.devices()) if isinstance(leaf, jax.Array) else jax.devices()[:1]
     return {"devices": len(devices), "device_kind": devices[0].device_kind}
 
 
@@ -401,8 +406,8 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
         for k, i in enumerate(idx):
             _, s, c = members[i]
             info = {"method": method, "wall_time_s": wall / len(idx), "group_wall_time_s": wall,
-                    "group_size": len(idx), "config": dataclasses.asdict(c), "seed": s,
-                    **_ran_on(None), **infos[k]}
+                    "group_size": len(idx), "config": _recorded_config(model, c), "seed": s,
+                    **_ran_on(None, out), **infos[k]}
             results[i] = UnlearnResult(tree_index(out, k), info)
     return results
 

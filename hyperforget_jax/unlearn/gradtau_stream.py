@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import train, xla
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import _Programs, as_model
+from hyperforget_jax.train_run import check_sync_every
 from hyperforget_jax.unlearn import gradtau as G
 from hyperforget_jax.unlearn.gradtau_run import _check_finite, per_example
 
@@ -147,10 +148,7 @@ def run_gradtau_stream(arch: Any, params: Params,
       NonFiniteError: a step produced NaN/inf (named); nothing is returned.
     """
     cfg = config or G.GradTauConfig()
-    if (isinstance(sync_every, bool) or not isinstance(sync_every, (int, np.integer))
-            or sync_every < 1):
-        raise ConfigError(f"run_gradtau_stream: sync_every must be an integer >= 1 (steps "
-                          f"between waits for the device), got {sync_every!r}")
+    check_sync_every(sync_every, "run_gradtau_stream")
     if (tau is None) == (tau_fn is None):
         raise ConfigError("run_gradtau_stream needs exactly one of tau= (a constant) and "
                           "tau_fn= (τ of the current model)")
