@@ -109,6 +109,36 @@ def test_salun_saliency_counts_each_forget_image_once(setup):
     got = np.concatenate([np.asarray(m).ravel() for m in jax.tree.leaves(mask)])
     np.testing.assert_array_equal(got, ((flat >= threshold) & (flat > 0)).astype(np.float32))
 
+def test_salun_mask_is_one_compiled_program(caplog):
+    """The mask of the summed saliency (|g|, one global threshold by sort, comparisons) is one
+    compiled program; run op by op it compiled about five programs per parameter leaf on a
+    model's first SalUn call (≈ 1 s of a digits run). Same bits: the tests above compare it
+    with NumPy."""
+    import logging
+
+    rng = np.random.default_rng(0)
+    ds = data.from_arrays(rng.random((40, 5, 7, 1), np.float32), np.arange(40) % 3, 3, "odd")
+    split = data.resolve_forget(ds, data.ForgetRequest(classes=(1,)))
+    arch = models.make_architecture("mlp", (5, 7, 1), 3)   # leaf shapes no other test uses
+    params = arch.init(jax.random.key(0))
+
+    def compiled(ratio):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+            out = baselines.saliency_mask(arch, params, split, ratio)
+        names = [r.getMessage().split()[1] for r in caplog.records
+                 if r.getMessage().startswith("Compiling ")]
+        # the saliency program itself and the staging of its inputs aside
+        return out, [n for n in names if n not in ("jit(summed)", "jit(stage)")]
+
+    mask, first = compiled(0.3)
+    assert len(first) <= 2, first          # the mask program (and k's int32): was 34
+    again, second = compiled(0.7)          # another ratio: k is traced, nothing new
+    assert second == [], second
+    assert 0 < sum(float(m.sum()) for m in jax.tree.leaves(mask)) < sum(
+        float(m.sum()) for m in jax.tree.leaves(again))
+
+
 def test_salun_mask_leaves_out_weights_with_no_saliency(setup):
     # Digits' always-black pixels give their input weights a saliency of exactly 0. Asked for
     # more than the non-zero share, the threshold is 0: ties must not fill the mask.

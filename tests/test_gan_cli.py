@@ -311,3 +311,31 @@ def test_gan_evaluate_table_shows_shares_and_accuracies_in_percent():
     assert "forgotten_share %" in header and "downstream_acc_kept %" in header
     assert unl.split(" | ")[1:] == ["12.346", "8.000", "1.04", "0.512", "90.12", "92.34 |"]
     assert items.split(" | ")[3] == "–"          # no share for an item request
+
+
+def test_reading_a_gan_run_does_not_initialise_the_gan(tmp_path, monkeypatch):
+    """`gan unlearn` / `gan evaluate` restore a GAN run into a template of shapes and dtypes:
+    they used to initialise G and D for real (compiling both) only to overwrite them, a quarter
+    of `gan evaluate`'s time on digits."""
+    import jax
+
+    from hyperforget_jax.checkpoint import Checkpointer
+    from hyperforget_jax.gan.models import GANArch, make_gan_arch
+    from hyperforget_jax.gan.train import init_gan_state, make_optimizer
+
+    arch = make_gan_arch("mlp", (8, 8, 1), latent_dim=4, width=8)
+    state = init_gan_state(arch, make_optimizer(), jax.random.key(1))
+    with Checkpointer(tmp_path / "checkpoints") as ckpt:
+        ckpt.save(1, state, {"gan_arch": arch.to_json(), "role": "original"})
+    concrete, init = [], GANArch.init
+
+    def spy(self, key):
+        if not isinstance(key, jax.core.Tracer):
+            concrete.append(key)
+        return init(self, key)
+
+    monkeypatch.setattr(GANArch, "init", spy)
+    _, loaded, _ = load_gan_run(tmp_path)
+    assert concrete == []
+    for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(state)):
+        assert np.array_equal(a, b)

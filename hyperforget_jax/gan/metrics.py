@@ -157,7 +157,7 @@ def cached_judge(train: Dataset, recipe: dict, path: str | Path | None, data_id:
 
     for where in (*search, path):
         if holds_it(where):
-            params, _ = checkpoint.load_params(where, arch.init(jax.random.key(0)))
+            params, _ = checkpoint.load_params(where, arch.param_shapes())
             if keep_found and where is not path and path is not None and not holds_it(path):
                 checkpoint.save_params(path, params, want)
             return Judge(arch, params), True
