@@ -454,6 +454,7 @@ class Checkpointer:
             if on_disk is None:
                 raise _corrupt(where, FileNotFoundError(f"no {_STATE!r} item"))
             checks.check_template(template, on_disk, where)
+            template = _placed(template)
             try:
                 out = self._manager.restore(step, args=ocp.args.Composite(
                     **{_STATE: ocp.args.StandardRestore(template),
@@ -497,6 +498,26 @@ class Checkpointer:
 
 
 # --------------------------------------------------------------------------- single-shot params
+
+
+def default_device() -> jax.Device:
+    """The device JAX puts new arrays on: ``jax.default_device(...)``'s if set, else the first."""
+    where = jax.config.jax_default_device
+    return (jax.devices(where)[0] if isinstance(where, str)
+            else where if where is not None else jax.devices()[0])
+
+
+def _placed(template: Any) -> Any:
+    """``template`` with a ``jax.ShapeDtypeStruct`` leaf that names no sharding placed on the
+    default device: without one Orbax takes the device the checkpoint was written from, and a
+    run written on GPU and read on CPU (or from device 3 of 4, read with one) failed with
+    "Topology mismatch" as if corrupt."""
+    sharding = jax.sharding.SingleDeviceSharding(default_device())
+    return jax.tree_util.tree_map(
+        lambda l: (jax.ShapeDtypeStruct(l.shape, l.dtype, sharding=sharding,
+                                        weak_type=l.weak_type)
+                   if isinstance(l, jax.ShapeDtypeStruct) and l.sharding is None else l),
+        template)
 
 
 def _is_params_checkpoint(path: Path) -> bool:
@@ -590,6 +611,7 @@ def load_params(path: str | os.PathLike, template: Any = None) -> tuple[Any, dic
                 if on_disk is None:
                     raise FileNotFoundError(f"no array metadata in {path / _PARAMS}")
                 checks.check_template(template, on_disk, path)
+                template = _placed(template)
             with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
                 out = ckptr.restore(path, args=ocp.args.Composite(
                     **{_PARAMS: ocp.args.StandardRestore(template),

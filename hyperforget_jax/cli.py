@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     program = argv is None  # the `hyperforget` program, not a call from Python
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)
-    args._argv = argv   # what ran, for the lock and the results (not sys.argv when called)
+    args._argv = argv   # what ran, for the lock file (not sys.argv when called)
     name = " ".join(x for x in (args.command, getattr(args, "gan_command", None)) if x)
     try:
         with _cli_output(name, program):

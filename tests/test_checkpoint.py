@@ -491,3 +491,31 @@ def test_identity_refuses_to_resume_another_run(tmp_path, digits_splits):
         Checkpointer(tmp_path, identity=ident(seed1, "original"))
     with Checkpointer(tmp_path, identity=ident(cfg, "original")) as ckpt:
         assert ckpt.latest_step() == 1
+
+
+def _as_if_written_on_gpu(path: Path) -> None:
+    # Orbax records each array's device; a run written on a GPU names "cuda:0" there.
+    files = list(path.rglob("_sharding"))
+    assert files
+    for f in files:
+        f.write_text(f.read_text().replace("cpu:", "cuda:"))
+
+
+def test_shape_templates_restore_a_checkpoint_written_on_another_device(tmp_path):
+    """Commands read runs into ``jax.ShapeDtypeStruct`` templates (no model initialisation);
+    with no sharding in them Orbax placed the arrays on the device that wrote them, and a run
+    written on GPU read on CPU was refused as corrupt ("Topology mismatch")."""
+    tree = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones((3,), jnp.float32)}
+    shapes = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+    with Checkpointer(tmp_path / "ck") as ckpt:
+        ckpt.save(1, tree, {"v": 1})
+    save_params(tmp_path / "params", tree, {"v": 2})
+    _as_if_written_on_gpu(tmp_path / "ck")
+    _as_if_written_on_gpu(tmp_path / "params")
+    with Checkpointer(tmp_path / "ck") as ckpt:
+        got, _ = ckpt.restore(shapes)
+    params, _ = load_params(tmp_path / "params", shapes)
+    for out in (got, params):
+        for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(tree)):
+            np.testing.assert_array_equal(a, b)
+            assert a.devices() == {jax.devices()[0]}

@@ -812,7 +812,7 @@ def test_tau_of_a_large_validation_set_is_summed_in_chunks(monkeypatch, digits_s
     with the same value, in compute_tau and in the runner; a smaller set takes one pass."""
     arch, params = digits_original
     val = digits_splits.val
-    fresh = lambda: models.make_architecture("mlp", val.x.shape[1:])   # no cached programs
+    fresh = lambda: models.make_architecture("mlp", val.x.shape[1:])   # programs shared
     want = {m: float(G.compute_tau(m, fresh(), params, val, (3,))) for m in ("val",
                                                                           "unseen_class")}
     rows_seen = []
@@ -833,8 +833,39 @@ def test_tau_of_a_large_validation_set_is_summed_in_chunks(monkeypatch, digits_s
         assert rows_seen and max(rows_seen) <= 32 and len(x) > 32
     split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
     cfg = G.GradTauConfig(epochs=5)
+    # The runner's program is built for the TAU_ROWS of its call (the registered mlp's programs
+    # are shared: keyed without it, the second run reused the first one's chunked program).
+    built, val_tau_fn = [], G.val_tau_fn
+    monkeypatch.setattr(G, "val_tau_fn", lambda apply, rows=None: (
+        built.append(rows), val_tau_fn(apply, rows))[1])
     chunked, info = G.run_gradtau(fresh(), params, split, val, cfg, seed=0)
     monkeypatch.setattr(G, "TAU_ROWS", 10**6)
     whole, info1 = G.run_gradtau(fresh(), params, split, val, cfg, seed=0)
+    assert built == [32, 10**6]
     np.testing.assert_allclose(info["tau"], info1["tau"], rtol=1e-5)
     assert_trees_close(chunked, whole, atol=1e-5)
+
+
+def test_tau_of_a_user_model_in_a_users_jit_above_tau_rows(monkeypatch):
+    # The per-example check of a user's model runs it on concrete parameters: under a user's
+    # jax.jit, compute_tau of a set above TAU_ROWS raised TracerArrayConversionError (it takes
+    # the set in one pass there, as below TAU_ROWS).
+    import flax.linen as nn
+
+    monkeypatch.setattr(G, "TAU_ROWS", 8)
+    rng = np.random.default_rng(0)
+    val = data.Dataset(rng.random((20, 6), np.float32), (np.arange(20) % 3).astype(np.int32),
+                       3, "toy")
+    model = models.as_model(nn.Dense(3), (6,), 3)
+    params = model.init(jax.random.key(0))
+    got = jax.jit(lambda p: G.compute_tau("val", model, p, val))(params)   # first: not cached
+    want = float(G.compute_tau("val", model, params, val))
+    assert float(got) == pytest.approx(want, rel=1e-6)
+
+
+def test_tau_in_chunks_keeps_float64():
+    # The chunks were summed in float32: a float64 model's τ lost its precision above TAU_ROWS.
+    with jax.enable_x64(True):
+        x = jnp.full((5,), 1 + 1e-12, jnp.float64)
+        got = G._row_mean(lambda a: a, (x,), 2)
+        assert got.dtype == jnp.float64 and float(got) == float(jnp.mean(x))

@@ -17,7 +17,8 @@ from typing import Any
 import jax
 
 from hyperforget_jax import configflags, data, report, rundir
-from hyperforget_jax.checkpoint import Checkpointer, load_params, load_params_meta
+from hyperforget_jax.checkpoint import (Checkpointer, default_device, load_params,
+                                        load_params_meta)
 from hyperforget_jax.configflags import finite_float, seed_int
 from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, RunDirError
 from hyperforget_jax.models import Architecture, load_model, make_architecture
@@ -351,7 +352,7 @@ def environment() -> dict:
     import hyperforget_jax
     import jaxlib
 
-    device = jax.devices()[0]
+    device = default_device()
     return {"hyperforget_jax": hyperforget_jax.__version__, "jax": jax.__version__,
             "jaxlib": jaxlib.__version__, "backend": jax.default_backend(),
             "devices": 1, "device_kind": device.device_kind}

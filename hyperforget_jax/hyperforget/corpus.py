@@ -258,15 +258,15 @@ def readout_keep_mask(arch: Architecture, tensors: list[int], requests: list[tup
 
 # --- per-checkpoint metrics ------------------------------------------------------------------
 
-#: Model evaluations (checkpoints × images of the largest split) per metrics call: 64
-#: checkpoints up to 8,192 images (every published corpus), fewer above (64 checkpoints over
-#: CIFAR-10's 45,000 training images held ≈ 11 GB of a 3072-256-256-10 MLP's activations).
+#: Model evaluations (checkpoints × images of train, val and test together) per metrics call:
+#: 64 checkpoints up to 8,192 images (every published corpus), fewer above (64 checkpoints over
+#: CIFAR-10's 60,000 images held ≈ 11 GB of a 3072-256-256-10 MLP's activations).
 METRIC_EVALS = 64 * 8192
 
 
 def make_metrics_fn(arch: Architecture, splits: data.Splits):
     """``flat (M, P) -> (M, 6K)``: per-class mean loss and accuracy on train/val/test, for
-    ``chunk`` checkpoints per call (default: 64, fewer for splits above 8,192 images:
+    ``chunk`` checkpoints per call (default: 64, fewer above 8,192 images in all:
     :data:`METRIC_EVALS`)."""
     template = arch.param_shapes()
     k = arch.num_classes
@@ -286,7 +286,7 @@ def make_metrics_fn(arch: Architecture, splits: data.Splits):
 
     fn = xla.jit(jax.vmap(one))
 
-    default = max(1, min(64, METRIC_EVALS // max(len(x) for x, _ in sets)))
+    default = max(1, min(64, METRIC_EVALS // sum(len(x) for x, _ in sets)))
 
     def run(flat: np.ndarray, chunk: int | None = None) -> np.ndarray:
         # Every call has shape (chunk, P) (the last one zero-padded): one compilation.

@@ -100,6 +100,7 @@ from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.config import check_config, field
 from hyperforget_jax.data import Dataset, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, ForgetRequestError
+from hyperforget_jax.metrics import at_least_float32
 from hyperforget_jax.models import Architecture, model_of
 
 log = logging.getLogger(__name__)
@@ -609,10 +610,12 @@ def _row_mean(per_row: Callable, arrays: tuple, rows: int | None) -> jax.Array:
     if rows is None or n <= rows:
         return jnp.mean(per_row(*arrays))
     k = n // rows
+    # Sums in float32 at least (a float64 model's τ keeps float64, as in one pass).
+    total_of = lambda *c: jnp.sum(at_least_float32(per_row(*c)))
     head = tuple(a[:k * rows].reshape(k, rows, *a.shape[1:]) for a in arrays)
-    total = jnp.sum(jax.lax.map(lambda c: jnp.sum(per_row(*c), dtype=jnp.float32), head))
+    total = jnp.sum(jax.lax.map(lambda c: total_of(*c), head))
     if n > k * rows:
-        total = total + jnp.sum(per_row(*(a[k * rows:] for a in arrays)), dtype=jnp.float32)
+        total = total + total_of(*(a[k * rows:] for a in arrays))
     return total / n
 
 

@@ -113,6 +113,8 @@ def per_example(model: Architecture, params: Params, x: Any) -> bool:
     then computed whole, as on GPU."""
     if model.registered:
         return True
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
+        return False    # inside a user's transformation the check cannot run: whole batches
 
     def check():
         xs = jnp.asarray(x[:4])
@@ -137,13 +139,15 @@ def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, f
     False: gathers stay unbatched); ``chunk``: "auto" (CPU) or None (whole batches: a model
     whose examples are not independent, see :func:`per_example`)."""
 
+    # Independent rows (chunk set): a validation set above TAU_ROWS is taken in chunks (the
+    # row count is part of the program's key).
+    tau_rows = G.TAU_ROWS if chunk else None
+
     def build():
         loss_fn = train.per_example_ce(model.apply)
         constrain = train.shard_rows(mesh)
         tau_fn = {"val": G.val_tau_fn, "unseen_class": G.unseen_class_tau_fn}.get(mode)
-        # Independent rows (chunk set): a validation set above TAU_ROWS is taken in chunks.
-        tau_fn = None if tau_fn is None else tau_fn(model.apply,
-                                                    G.TAU_ROWS if chunk else None)
+        tau_fn = None if tau_fn is None else tau_fn(model.apply, tau_rows)
 
         def run(ts, gs, hp, arrays, f_idx, r_idx, hint):
             n = f_idx.shape[0]
@@ -202,7 +206,7 @@ def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, f
         return xla.jit(run_epochs, in_shardings=repl, out_shardings=repl, donate_argnums=0)
 
     return model.program(("gradtau_epochs", descent_only, mode, fleet, mesh, data_batched,
-                          plan_batched, how, chunk), build)
+                          plan_batched, how, chunk, tau_rows), build)
 
 
 def device_arrays(split: ForgetSplit, val: Dataset, mode: str | None,
