@@ -169,29 +169,14 @@ def train_identity(args, splits, arch: Architecture, cfg: TrainConfig, request, 
 
 
 def train_run(run_dir: Path, arch: Architecture, train_ds: data.Dataset, cfg: TrainConfig,
-              meta: dict, progress: bool = True) -> tuple[Any, float]:
-    """Trains (resuming from ``run_dir/checkpoints`` if present) and returns (params, seconds).
-    The caller has claimed ``run_dir`` with :func:`rundir.open_run`, which checked that the
-    checkpoints there belong to this very run."""
-    params, seconds, _ = train_run_from(run_dir, arch, train_ds, cfg, meta, progress)
-    return params, seconds
-
-
-def train_run_from(run_dir: Path, arch: Architecture, train_ds: data.Dataset, cfg: TrainConfig,
-                   meta: dict, progress: bool = True) -> tuple[Any, float, int]:
-    """:func:`train_run`, also returning the epochs already done when it started (0: a fresh
-    run; ``cfg.epochs``: a finished run, reloaded), so a report says what its time covers."""
-    params, seconds, start, _ = train_run_timed(run_dir, arch, train_ds, cfg, meta, progress)
-    return params, seconds, start
-
-
-def train_run_timed(run_dir: Path, arch: Architecture, train_ds: data.Dataset,
-                    cfg: TrainConfig, meta: dict, progress: bool = True
-                    ) -> tuple[Any, float, int, float]:
-    """:func:`train_run_from`, also returning the whole run's training time: what its last
-    checkpoint records (``fit``'s epochs, summed over every resume), so a fresh run, a resumed
-    one and a rerun that reloads it report the same kind of number (checkpoints written
-    before that record existed: this call's time)."""
+              meta: dict, progress: bool = True) -> tuple[Any, float, int, float]:
+    """Trains (resuming from ``run_dir/checkpoints`` if present) and returns ``(params,
+    seconds, start, train_seconds)``: this call's time, the epochs already done when it
+    started (0: a fresh run; ``cfg.epochs``: a finished run, reloaded), and the whole run's
+    training time as its last checkpoint records it (``fit``'s epochs summed over every
+    resume; for checkpoints written before that record existed, this call's time). The caller
+    has claimed ``run_dir`` with :func:`rundir.open_run`, which checked that the checkpoints
+    there belong to this very run."""
     t0 = time.perf_counter()
     with Checkpointer(run_dir / "checkpoints", max_to_keep=2) as ckpt:
         start = int(ckpt.latest_step() or 0)

@@ -53,8 +53,8 @@ def cmd_train(args, retrain: bool = False) -> int:
     identity = common.train_identity(args, splits, arch, cfg, request, role)
     with common.open_run(args.run_dir, identity, args,
                          legacy=common.legacy_train_identity) as run:
-        params, seconds, start, total = common.train_run_timed(run.path, arch, train_ds, cfg,
-                                                               meta, common.progress(args))
+        params, seconds, start, total = common.train_run(run.path, arch, train_ds, cfg, meta,
+                                                         common.progress(args))
         # A rerun resumes (or reloads a finished run): train_seconds is the whole run's
         # training time (summed over resumes), this_call_seconds what this call took.
         results = {"meta": meta, "train_seconds": total, "this_call_seconds": seconds,

@@ -101,8 +101,8 @@ def _original(args, splits, stage) -> tuple:
     meta = common.run_meta(args, arch, cfg, None, "original")
     stage("training the original")
     with common.open_run(run_dir, identity, args, legacy=common.legacy_train_identity) as run:
-        params, _ = common.train_run(run.path, arch, splits.train, cfg, meta,
-                                     common.progress(args))
+        params, *_ = common.train_run(run.path, arch, splits.train, cfg, meta,
+                                      common.progress(args))
     return arch, params, cfg, "trained", identity
 
 
