@@ -184,11 +184,9 @@ def _run(args, run_dir: Path, splits, request, fsplit, names, t_start):
            if isinstance(results.get(name), dict) and results[name].get("evals")})
     results["total_seconds"] = time.perf_counter() - t_start
     md.append(f"\nTotal demo time: {results['total_seconds']:.0f} s.\n")
-    from hyperforget_jax.commands.common import environment
+    from hyperforget_jax.commands.common import write_results
 
-    results["environment"] = environment()
-    report.write_json(run_dir / "results.json", results)
-    report.atomic_write(run_dir / "report.md", "\n".join(md))
+    write_results(run_dir, results, "\n".join(md))
     return results, "\n".join(md)
 
 

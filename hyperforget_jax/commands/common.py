@@ -343,12 +343,13 @@ def environment() -> dict:
             "devices": 1, "device_kind": device.device_kind}
 
 
-def write_results(run_dir: Path, results: dict, markdown: str) -> None:
+def write_results(run_dir: Path, results: dict, markdown: str,
+                  names: tuple[str, str] = ("results.json", "report.md")) -> None:
     """Writes ``results`` (with :func:`environment` added, so ``--json`` prints the same) and
-    the markdown report."""
+    the markdown report, as ``names``."""
     results.setdefault("environment", environment())
-    report.write_json(run_dir / "results.json", results)
-    report.atomic_write(run_dir / "report.md", markdown)
+    report.write_json(run_dir / names[0], results)
+    report.atomic_write(run_dir / names[1], markdown)
 
 
 def emit(args, results: dict, markdown: str) -> None:

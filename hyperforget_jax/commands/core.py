@@ -186,9 +186,7 @@ def cmd_evaluate(args) -> int:
         if "avg_gap" in results:
             md += (f"\nAvg. Gap to Retrain ({', '.join(GAP_LABELS[k] for k in used)}; points): "
                    f"{results['avg_gap']:.2f}\n")
-        results["environment"] = common.environment()
-        report.write_json(run.path / "evaluation.json", results)
-        report.atomic_write(run.path / "evaluation.md", md)
+        common.write_results(run.path, results, md, ("evaluation.json", "evaluation.md"))
     common.emit(args, results, md)
     return 0
 

@@ -364,9 +364,8 @@ def cmd_evaluate(args) -> int:
               + "\n")
         results = {"request": request.to_json(), "judge": recipe, "judge_reused": reused,
                    "eval_config": dataclasses.asdict(ev), "eval": rows}
-        results["environment"] = common.environment()
-        report.write_json(run.path / "gan_evaluation.json", results)
-        report.atomic_write(run.path / "gan_evaluation.md", md)
+        common.write_results(run.path, results, md,
+                             ("gan_evaluation.json", "gan_evaluation.md"))
     common.emit(args, results, md)
     return 0
 
