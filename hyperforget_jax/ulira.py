@@ -42,6 +42,7 @@ from hyperforget_jax.data import Dataset, ForgetSplit, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import tree_index
+from hyperforget_jax.unlearn.gradtau_run import rows_per_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,30 +147,18 @@ def unlearn_shadows_sweep(shadows: Shadows, method: str, arch: Any, train_ds: Da
     return jax.tree.map(lambda *xs: jnp.stack(xs), *[r.params for r in results])
 
 
-def _rows(model: Architecture, params: Any, x: jax.Array, members: int = 1) -> int:
-    """Forget-set rows per confidence call: all of them up to ``metrics.WHOLE_CALL_ROWS``
-    (every published size), else that many model evaluations (rows × members) per call: a
-    fleet of 8 shadows over 5,000 forget images in one call held 40,000 images' activations.
-    ``params``: one model's (a fleet's first member)."""
-    from hyperforget_jax.unlearn.gradtau_run import per_example
-
-    if len(x) <= metrics.WHOLE_CALL_ROWS or not per_example(model, params, x):
-        return len(x)
-    return max(1, metrics.WHOLE_CALL_ROWS // members)
-
-
 def _phi_fleet(model: Architecture, stacked: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
     fn = model.program("ulira_phi_fleet", lambda: xla.jit(jax.vmap(
         lambda p, xx, yy: logit_confidence(model.apply(p, xx), yy), in_axes=(0, None, None))))
     members = len(jax.tree.leaves(stacked)[0])
-    rows = _rows(model, jax.tree.map(lambda l: l[0], stacked), x, members)
+    rows = rows_per_call(model, jax.tree.map(lambda l: l[0], stacked), x, members)
     return metrics.in_row_chunks(fn, stacked, (x, y), rows, axis=1)
 
 
 def _phi(model: Architecture, params: Any, x: jax.Array, y: jax.Array) -> np.ndarray:
     fn = model.program("ulira_phi", lambda: xla.jit(
         lambda p, xx, yy: logit_confidence(model.apply(p, xx), yy)))
-    return metrics.in_row_chunks(fn, params, (x, y), _rows(model, params, x))
+    return metrics.in_row_chunks(fn, params, (x, y), rows_per_call(model, params, x))
 
 
 def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,

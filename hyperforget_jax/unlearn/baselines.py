@@ -353,12 +353,13 @@ def _logits(model: Architecture, params: Params, x: np.ndarray) -> jax.Array:
     """The model's logits of every row of ``x`` (teacher logits): sets above
     ``metrics.WHOLE_CALL_ROWS`` rows in chunks of that many (the whole retain set in one call
     grew memory with the data set), unless the model's rows depend on their batch."""
-    from hyperforget_jax.unlearn.gradtau_run import per_example
+    from hyperforget_jax.unlearn.gradtau_run import rows_per_call
 
     fn = model.program("logits", lambda: xla.jit(model.apply))
-    if len(x) <= metrics.WHOLE_CALL_ROWS or not per_example(model, params, x):
+    rows = rows_per_call(model, params, x)
+    if rows >= len(x):
         return fn(params, jnp.asarray(x))
-    return jnp.asarray(metrics.in_row_chunks(fn, params, (x,), metrics.WHOLE_CALL_ROWS))
+    return jnp.asarray(metrics.in_row_chunks(fn, params, (x,), rows))
 
 
 def _scrub(model, params, split, cfg: C.ScrubConfig, seed):

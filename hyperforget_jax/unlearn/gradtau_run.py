@@ -126,6 +126,18 @@ def per_example(model: Architecture, params: Params, x: Any) -> bool:
     return model.program(("per_example", tuple(np.shape(x)[1:])), check)
 
 
+def rows_per_call(model: Architecture, params: Params, x: Any, members: int = 1) -> int:
+    """Rows of ``x`` a one-call forward pass takes (teacher logits, U-LiRA's confidences): all
+    of them up to ``metrics.WHOLE_CALL_ROWS`` (every published size), else that many model
+    evaluations (rows × ``members``) per call; all of them, whatever their number, for a model
+    whose rows depend on their batch (:func:`per_example`). ``params``: one model's."""
+    from hyperforget_jax.metrics import WHOLE_CALL_ROWS
+
+    if len(x) <= WHOLE_CALL_ROWS or not per_example(model, params, x):
+        return len(x)
+    return max(1, WHOLE_CALL_ROWS // members)
+
+
 def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, fleet: bool,
                     mesh: Mesh | None, data_batched: bool = False,
                     plan_batched: bool = True, how: str = "vmap",
