@@ -215,8 +215,8 @@ def chunked_apply(fn: Callable, params: Any, x: Any, chunk: int) -> Any:
 
 #: Rows of a data set that a one-call forward pass (SCRUB's and Bad Teacher's teacher logits,
 #: U-LiRA's confidences) takes whole; a larger set is computed in chunks (:func:`in_row_chunks`).
-#: A whole call holds every row's activations at once: the ``cnn`` needs ≈ 0.57 MB per 32×32×3
-#: image, so CIFAR-10's 45,000 retain images took ≈ 26 GB in one call.
+#: A whole call holds every row's activations at once: the ``cnn`` needs ≈ 0.56 MB per 32×32×3
+#: image, ≈ 25 GiB for CIFAR-10's 45,000 retain images in one call (benchmarks/bench_scale.py).
 WHOLE_CALL_ROWS = 4096
 
 

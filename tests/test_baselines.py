@@ -346,7 +346,7 @@ def test_salun_nonfinite_gradients_raise_like_random_labels(digits_splits):
 
 def test_teacher_logits_of_a_large_set_are_computed_in_chunks(monkeypatch):
     """SCRUB / Bad Teacher's teacher logits: a set above metrics.WHOLE_CALL_ROWS rows is run in
-    chunks of that many (one call over CIFAR's 45,000 retain images took ≈ 26 GB for the cnn),
+    chunks of that many (one call over CIFAR's 45,000 retain images holds ≈ 25 GiB for the cnn),
     with the same logits."""
     from hyperforget_jax import metrics
     from hyperforget_jax.unlearn import baselines

@@ -283,7 +283,7 @@ def test_head_is_the_last_called_module_with_parameters():
 
 def test_metrics_of_large_splits_take_fewer_checkpoints_per_call(monkeypatch, digits_splits):
     """64 checkpoints per call up to C.METRIC_EVALS / 64 images in all splits, fewer
-    above (64 checkpoints over CIFAR-10's training set held ≈ 11 GB of activations), with the
+    above (64 checkpoints over CIFAR-10's training set hold ≈ 3.9 GiB of activations), with the
     same metrics."""
     arch = models.make_architecture("gpt_mlp", digits_splits.train.x.shape[1:])
     flat = np.stack([P_.flatten(arch.init(jax.random.key(s))) for s in range(5)])

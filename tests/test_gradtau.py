@@ -808,7 +808,7 @@ def test_a_model_with_batch_statistics_is_never_computed_in_chunks(digits_splits
 def test_tau_of_a_large_validation_set_is_summed_in_chunks(monkeypatch, digits_splits,
                                                            digits_original):
     """τ over more than G.TAU_ROWS validation rows is summed over chunks of that many (one pass
-    over 5,000 32×32×3 images held ≈ 2.9 GB of the cnn's activations inside the compiled step),
+    over 5,000 32×32×3 images held ≈ 2.8 GB of the cnn's activations inside the compiled step),
     with the same value, in compute_tau and in the runner; a smaller set takes one pass."""
     arch, params = digits_original
     val = digits_splits.val

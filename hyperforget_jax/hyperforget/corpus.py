@@ -260,7 +260,7 @@ def readout_keep_mask(arch: Architecture, tensors: list[int], requests: list[tup
 
 #: Model evaluations (checkpoints × images of train, val and test together) per metrics call:
 #: 64 checkpoints up to 8,192 images (every published corpus), fewer above (64 checkpoints over
-#: CIFAR-10's 60,000 images held ≈ 11 GB of a 3072-256-256-10 MLP's activations).
+#: CIFAR-10's 60,000 images hold ≈ 3.9 GiB of the ``mlp``'s activations: bench_scale.py).
 METRIC_EVALS = 64 * 8192
 
 

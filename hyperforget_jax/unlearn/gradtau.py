@@ -598,7 +598,7 @@ def resolve_tau_mode(mode: str, forget_classes: tuple[int, ...] | None) -> str:
 
 #: Rows of held-out data a τ takes in one forward pass; a larger set (with ``rows=``) is
 #: summed over chunks of this many (``lax.map``): one pass over 5,000 32×32×3 images held
-#: ≈ 2.9 GB of the ``cnn``'s activations inside the compiled step.
+#: ≈ 2.8 GB of the ``cnn``'s activations inside the compiled step (benchmarks/bench_scale.py).
 TAU_ROWS = 4096
 
 
