@@ -415,6 +415,58 @@ def forget_mask(train: Dataset, request: ForgetRequest) -> np.ndarray:
     return mask
 
 
+class SharedRows(NamedTuple):
+    """Several requests' data as one set of rows: ``x`` / ``y`` hold every row any request
+    uses, once; member ``i``'s D_f is ``x[forget[i]]`` and its D_r ``x[retain[i]]``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    forget: np.ndarray     # (members, |D_f|) int32
+    retain: np.ndarray     # (members, |D_r|) int32
+
+
+def shared_rows(splits: Sequence[ForgetSplit]) -> SharedRows | None:
+    """The rows of equal-size requests on one training set, each once, or None when the splits
+    do not say where their rows come from consistently (then each member needs its own copy).
+
+    A sweep with one request per member (per-seed random forgetting, U-LiRA's shadows) would
+    otherwise hold ``members`` copies of the data on the device. The splits' ``forget_idx`` /
+    ``retain_idx`` place their rows in the training set; every row given twice must be equal
+    in both, bit for bit, so a gather from the shared rows returns exactly the member's own
+    data. None, too, when the shared rows would not be fewer than the copies."""
+    sizes = {(len(s.forget), len(s.retain)) for s in splits}
+    if len(splits) < 2 or len(sizes) != 1:
+        return None
+    maps = []
+    for s in splits:
+        f, r = np.asarray(s.forget_idx), np.asarray(s.retain_idx)
+        if (f.shape != (len(s.forget),) or r.shape != (len(s.retain),)
+                or not (np.issubdtype(f.dtype, np.integer) and np.issubdtype(r.dtype, np.integer))
+                or min(f.min(initial=0), r.min(initial=0)) < 0):
+            return None
+        maps.append((f, r))
+    n = 1 + max(max(f.max(initial=-1), r.max(initial=-1)) for f, r in maps)
+    if n >= len(splits) * sum(sizes.pop()) or n >= 2**31:
+        return None
+    first = splits[0].forget
+    x = np.zeros((n,) + first.x.shape[1:], first.x.dtype)
+    y = np.zeros((n,), first.y.dtype)
+    seen = np.zeros(n, bool)
+    for s, (f, r) in zip(splits, maps):
+        for idx, part in ((f, s.forget), (r, s.retain)):
+            if (part.x.dtype != x.dtype or part.y.dtype != y.dtype
+                    or part.x.shape[1:] != x.shape[1:] or len(np.unique(idx)) != len(idx)):
+                return None
+            old = seen[idx]
+            if not (np.array_equal(x[idx[old]], part.x[old])
+                    and np.array_equal(y[idx[old]], part.y[old])):
+                return None
+            x[idx[~old]], y[idx[~old]] = part.x[~old], part.y[~old]
+            seen[idx] = True
+    return SharedRows(x, y, np.stack([f for f, _ in maps]).astype(np.int32),
+                      np.stack([r for _, r in maps]).astype(np.int32))
+
+
 def augment_affine(ds: Dataset, copies: int, seed: int = 0, rotate: float = 12.0,
                    shift: float = 0.09, scale: float = 0.1) -> Dataset:
     """``ds`` followed by ``copies − 1`` randomly transformed copies of it (labels kept).

@@ -103,8 +103,27 @@ def test_stacked_params_of_a_model_without_init_must_be_declared(setup):
         unlearn_sweep("neggrad", apply_fn, stacked, split, val, SEEDS, [NegGradConfig(epochs=1)])
 
 
+def _spy_shared_rows(monkeypatch, replace_with=None):
+    """Records what :func:`data.shared_rows` returned in each runner (or makes it return
+    ``replace_with(...)``): the modules import it by name."""
+    import sys
+
+    from hyperforget_jax.unlearn import baselines, gradtau_run
+    U = sys.modules["hyperforget_jax.unlearn"]    # (the package's ``unlearn`` is the function)
+
+    got = []
+
+    def spy(splits):
+        out = data.shared_rows(splits) if replace_with is None else replace_with(splits)
+        got.append(out)
+        return out
+    for mod in (baselines, gradtau_run, U):
+        monkeypatch.setattr(mod, "shared_rows", spy)
+    return got
+
+
 @pytest.mark.parametrize("method", ["gradtau", "retrain", "salun"])
-def test_one_split_per_seed(setup, method, digits_splits):
+def test_one_split_per_seed(setup, method, digits_splits, monkeypatch):
     # Random forgetting drawn with each seed: equal sizes, different contents. As many samples
     # as class 3 has, so the one-by-one runs have test_sweep_members_equal_one_by_one_runs'
     # shapes (Retrain's and SalUn's programs are shared; ∇τ's τ mode differs).
@@ -116,8 +135,12 @@ def test_one_split_per_seed(setup, method, digits_splits):
     assert len(splits[0].forget) == len(class_split.forget)
     # ∇τ: one run of 2 forget-epochs (runs of 2 + 1 chained: test_sweep_members_...).
     cfg = GradTauConfig(epochs=2) if method == "gradtau" else CONFIGS[method][0]
+    got = _spy_shared_rows(monkeypatch)
     results = unlearn_sweep(method, arch, stacked, splits, val, seeds=SEEDS, configs=[cfg])
     assert results[0].info["group_size"] == 2
+    # the members' data went to the device once: the training set's rows and two row maps
+    assert len(got) == 1 and got[0].x.shape[0] == len(digits_splits.train)
+    monkeypatch.undo()
     for si, (seed, sp) in enumerate(zip(SEEDS, splits)):
         c = dataclasses.replace(cfg, seed=seed) if method == "retrain" else cfg
         one = unlearn(method, arch, tree_index(stacked, si), sp, val, c, seed)
@@ -125,6 +148,54 @@ def test_one_split_per_seed(setup, method, digits_splits):
     with pytest.raises(ConfigError, match="equal forget and retain sizes"):
         other = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.2))
         unlearn_sweep(method, arch, stacked, [splits[0], other], val, seeds=SEEDS)
+
+
+def test_shared_rows_hold_each_row_once_and_give_back_every_split(digits_splits):
+    train_ds = digits_splits.train
+    splits = [data.resolve_forget(train_ds, data.ForgetRequest(fraction=0.1, seed=s))
+              for s in (0, 1, 2)]
+    rows = data.shared_rows(splits)
+    assert rows.x.shape[0] == len(train_ds) and rows.forget.shape == (3, len(splits[0].forget))
+    for k, sp in enumerate(splits):
+        for idx, part in ((rows.forget[k], sp.forget), (rows.retain[k], sp.retain)):
+            np.testing.assert_array_equal(rows.x[idx], part.x)
+            np.testing.assert_array_equal(rows.y[idx], part.y)
+    # U-LiRA's shadows: subsets of the training set, rows past the last one used not held
+    sub = [data.ForgetSplit(train_ds.subset(f), train_ds.subset(r), f, r)
+           for f, r in ((np.arange(0, 10), np.arange(10, 50)), (np.arange(5, 15),
+                                                                np.arange(20, 60)))]
+    rows = data.shared_rows(sub)
+    assert rows.x.shape[0] == 60
+    np.testing.assert_array_equal(rows.x[rows.retain[1]], sub[1].retain.x)
+    # rows that do not agree where two splits place them, unequal sizes, one split: copies
+    f, r = splits[1].forget_idx, splits[1].retain_idx
+    moved = data.ForgetSplit(train_ds.subset((f + 1) % len(train_ds)), train_ds.subset(r),
+                             f, r)
+    assert data.shared_rows([splits[0], moved]) is None
+    assert data.shared_rows([splits[0], sub[0]]) is None
+    assert data.shared_rows(splits[:1]) is None
+
+
+@pytest.mark.parametrize("method", ["neggrad_plus", "random_labels", "scrub"])
+def test_per_seed_sweep_on_shared_rows_is_bit_identical_to_copies(setup, method,
+                                                                  digits_splits, monkeypatch):
+    # The shared rows change where each member's batches are gathered from, not their values:
+    # the same bits as the sweep that stacks a copy of each member's data (the path that
+    # splits without a common training set still take).
+    arch, stacked, class_split, val = setup
+    fraction = len(class_split.forget) / len(digits_splits.train)
+    splits = [data.resolve_forget(digits_splits.train,
+                                  data.ForgetRequest(fraction=fraction, seed=s + 5))
+              for s in SEEDS]
+    cfg = CONFIGS[method][:1]
+    got = _spy_shared_rows(monkeypatch)
+    shared = unlearn_sweep(method, arch, stacked, splits, val, seeds=SEEDS, configs=cfg)
+    assert got and got[0] is not None
+    _spy_shared_rows(monkeypatch, replace_with=lambda splits: None)
+    copies = unlearn_sweep(method, arch, stacked, splits, val, seeds=SEEDS, configs=cfg)
+    for a, b in zip(shared, copies):
+        assert_trees_close(a.params, b.params, atol=0.0)
+        assert a.info["last_loss"] == b.info["last_loss"]
 
 
 @pytest.mark.parametrize("method", ["gradtau", "retrain", "scrub"])

@@ -32,7 +32,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hyperforget_jax import data, train
-from hyperforget_jax.data import Dataset, ForgetSplit
+from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.checkpoint_checks import first_non_finite
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
                                    ForgetRequestError, NonFiniteError)
@@ -400,7 +400,7 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
                         model, starts, group_split, val, items, forget_classes, vectorize)
                 else:
                     out, infos = baselines.run_fleet(method, model, starts, items, per_seed,
-                                                     vectorize)
+                                                     vectorize, [msplits[i] for i in idx])
             jax.block_until_ready(out)
         wall = time.perf_counter() - t0
         for k, i in enumerate(idx):
@@ -416,7 +416,11 @@ def _retrain_fleet(model: Architecture, splits: list[ForgetSplit], cfgs: list,
                    per_seed: bool, vectorize: str) -> tuple[Any, list[dict]]:
     """Retrain members as one vmapped fit: on the shared D_r, or on each member's own D_r
     (equal sizes) laid side by side and indexed through per-member subsets."""
-    if per_seed:
+    rows = shared_rows(splits) if per_seed else None
+    if rows is not None:    # one training set: its rows once, each member's D_r indexed in it
+        ds = splits[0].retain.replace(x=rows.x, y=rows.y)
+        state, _ = train.fit_fleet(model, ds, cfgs, subsets=rows.retain, vectorize=vectorize)
+    elif per_seed:
         n = len(splits[0].retain)
         ds = splits[0].retain.replace(x=np.concatenate([s.retain.x for s in splits]),
                                       y=np.concatenate([s.retain.y for s in splits]))

@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import metrics, train, xla
 from hyperforget_jax.config import float_fields
-from hyperforget_jax.data import ForgetSplit, wrapped_batches, wrapped_stream
+from hyperforget_jax.data import ForgetSplit, shared_rows, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.unlearn import configs as C
@@ -160,20 +160,27 @@ def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
 
     def step(ts, hp, shared, member, row):
         tx = optimizer_for(method, hp, member.get("mask"))
+
+        def take(key, rows):
+            """``shared[key][rows]``; a sweep with one request per member holds each row of
+            their training set once (``shared`` = {"x", "y"}) and each member its row map."""
+            if "rows" in member:
+                return shared[key[0]][member["rows"][key][rows]]
+            return shared[key][rows]
         if method == "neggrad":
-            obj, batches = neggrad(loss_fn), (constrain((shared["xf"][row["f"]],
-                                                         shared["yf"][row["f"]])),)
+            obj, batches = neggrad(loss_fn), (constrain((take("xf", row["f"]),
+                                                         take("yf", row["f"]))),)
         elif method == "neggrad_plus":
             obj = neggrad_plus(loss_fn, hp["beta"])
-            batches = (constrain((shared["xf"][row["f"]], shared["yf"][row["f"]])),
-                       constrain((shared["xr"][row["r"]], shared["yr"][row["r"]])))
+            batches = (constrain((take("xf", row["f"]), take("yf", row["f"]))),
+                       constrain((take("xr", row["r"]), take("yr", row["r"]))))
         elif method in ("random_labels", "salun"):
             obj = weighted_descent(loss_fn)
-            batches = (constrain((shared["x"][row["idx"]], row["y"], row["w"])),)
+            batches = (constrain((take("x", row["idx"]), row["y"], row["w"])),)
         elif method == "scrub":
             obj = scrub(apply_fn, hp["kd_T"], hp["gamma"], hp["alpha"])
-            batches = (constrain((shared["xf"][row["f"]], member["tf"][row["f"]])),
-                       constrain((shared["xr"][row["r"]], shared["yr"][row["r"]],
+            batches = (constrain((take("xf", row["f"]), member["tf"][row["f"]])),
+                       constrain((take("xr", row["r"]), take("yr", row["r"]),
                                   member["tr"][row["r"]])), row["kind"] == 0)
         elif method == "bad_teacher":
             obj = bad_teacher(apply_fn, hp["kl_temperature"])
@@ -477,16 +484,30 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
 
 
 def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prepared],
-              per_member_data: bool = False, vectorize: str = "vmap"
-              ) -> tuple[Params, list[dict]]:
+              per_member_data: bool = False, vectorize: str = "vmap",
+              splits: list[ForgetSplit] | None = None) -> tuple[Params, list[dict]]:
     """Members with equal signatures as one vmapped program: ``params`` stacked (leading axis =
     members), one :class:`Prepared` each (from :func:`prepare`; ``per_member_data``: each
-    from its own request of equal size, else every member's shared data is the first's).
-    Returns stacked params and one info per member."""
+    from its own request of equal size, ``splits``, else every member's shared data is the
+    first's). Returns stacked params and one info per member.
+
+    Members with their own requests on one training set share its rows on the device, each
+    with its row maps (:func:`~hyperforget_jax.data.shared_rows`), instead of a copy of the
+    data each; the gathers return the same values, so the results are the same bits."""
     tx = optimizer_for(method, preps[0].hp, preps[0].member.get("mask"))
     ts = jax.vmap(lambda p: train.init_state(model, tx, None, p))(jax.tree.map(jnp.array, params))
     stack = lambda trees: jax.tree.map(lambda *v: jnp.stack([jnp.asarray(a) for a in v]), *trees)
     hp = stack([p.hp for p in preps])
+    rows = (shared_rows(splits) if per_member_data and splits is not None and preps[0].shared
+            else None)
+    if rows is not None:
+        maps = lambda i: {"xf": rows.forget[i], "yf": rows.forget[i], "xr": rows.retain[i],
+                          "yr": rows.retain[i], "x": np.concatenate([rows.forget[i],
+                                                                     rows.retain[i]])}
+        preps = [p._replace(shared={"x": rows.x, "y": rows.y},
+                            member={**p.member, "rows": {k: maps(i)[k] for k in p.shared}})
+                 for i, p in enumerate(preps)]
+        per_member_data = False
     member = stack([p.member for p in preps]) if preps[0].member else {}
     same = lambda k: all(np.array_equal(p.plan[k], preps[0].plan[k]) for p in preps)
     common_keys = tuple(sorted(k for k in preps[0].plan if same(k)))

@@ -29,7 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import microbatch, train, xla
-from hyperforget_jax.data import Dataset, ForgetSplit
+from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
@@ -403,13 +403,25 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     one = jax.tree.map(lambda l: l[0], params)
     chunk = "auto" if per_example(model, one, (split[0] if per_member else split).retain.x) \
         else None
-    run = _epochs_program(model, descent_only, mode, True, None, per_member, not shared_plan,
-                          vectorize, chunk)
-    if per_member:
+    rows = shared_rows(split) if per_member else None
+    if rows is not None:
+        # One request per member on one training set: its rows once on the device, and each
+        # member's batches as indices into them (the same values as its own copy's).
+        m_ax = np.arange(M)[:, None, None]
+        f_idx = rows.forget[m_ax, f_idx if not shared_plan else f_idx[:, None]]
+        r_idx = rows.retain[m_ax, r_idx if not shared_plan else r_idx[:, None]]
+        shared_plan, per_member = False, False
+        x, y = jnp.asarray(rows.x), jnp.asarray(rows.y)
+        arrays = {"xf": x, "yf": y, "xr": x, "yr": y,
+                  "tau": jax.tree.map(jnp.asarray, G.tau_inputs(mode, val, forget_classes)
+                                      if mode else ())}
+    elif per_member:
         arrays = jax.tree.map(lambda *a: jnp.stack(a), *[
             device_arrays(sp, val, mode, forget_classes) for sp in split])
     else:
         arrays = device_arrays(split, val, mode, forget_classes)
+    run = _epochs_program(model, descent_only, mode, True, None, per_member, not shared_plan,
+                          vectorize, chunk)
     done = []                  # per run of k epochs: finite (k, M, n), L_f, L_r, ascent, τ (k, M)
     for e0, k in epoch_runs(0, E):
         ts, gs, m, tau_k = run(ts, gs, hp, arrays, jnp.asarray(f_idx[e0:e0 + k]),
