@@ -33,3 +33,11 @@ class ConfigError(HyperforgetError):
 class RunDirError(HyperforgetError):
     """A run directory holds a different run, is being written by another process, or is the
     directory a command reads from (writing there would destroy it)."""
+
+
+def shell_quote(path) -> str:
+    """``path`` as a shell word, for the commands that messages suggest: a directory with a
+    space or a ``~`` in its name pastes back as itself."""
+    import shlex
+
+    return shlex.quote(str(path))

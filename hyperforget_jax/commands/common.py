@@ -20,7 +20,8 @@ from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import (Checkpointer, default_device, load_params,
                                         load_params_meta)
 from hyperforget_jax.configflags import finite_float, seed_int
-from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, RunDirError
+from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, RunDirError,
+                                    shell_quote)
 from hyperforget_jax.models import Architecture, load_model, make_architecture
 from hyperforget_jax.train import TrainConfig, fit, init_state, make_optimizer
 
@@ -231,8 +232,8 @@ def load_run(run_dir: str | Path, flag: str = "--run-dir") -> tuple[Architecture
                                   "classifier; pass a run written by `hyperforget train`, "
                                   "`retrain`, `unlearn` or `sample`")
         raise CheckpointError(f"no trained model in {run_dir}; run `hyperforget train --run-dir "
-                              f"{run_dir}` first, or pass a run written by `retrain`, `unlearn` "
-                              "or `sample`")
+                              f"{shell_quote(run_dir)}` first, or pass a run written by "
+                              "`retrain`, `unlearn` or `sample`")
     meta["identity"] = ident if ident is not None else _legacy_train_identity(meta)
     return arch, params, meta
 
@@ -269,7 +270,8 @@ def _load_checkpointed(run_dir: Path):
             raise CheckpointError(
                 f"{run_dir} holds an unfinished {meta.get('role', 'training')} run (epoch "
                 f"{meta['epoch']} of {cfg.epochs}); finish it first by rerunning the command "
-                f"that wrote it (`hyperforget train --run-dir {run_dir}` with the same flags)")
+                f"that wrote it (`hyperforget train --run-dir {shell_quote(run_dir)}` with the "
+                "same flags)")
         # Shapes and dtypes only: a template of real arrays ran (and compiled) the model's
         # initialisation just to be overwritten, a third of `hyperforget evaluate`'s time.
         template = jax.eval_shape(lambda p: init_state(arch, make_optimizer(cfg), None, p),

@@ -24,7 +24,7 @@ from hyperforget_jax.commands import common
 from hyperforget_jax.commands.core import slug
 from hyperforget_jax.configflags import non_negative_int, positive_int
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
-                                   RunDirError)
+                                   RunDirError, shell_quote)
 from hyperforget_jax.gan.metrics import (JUDGE, JUDGE_ANNEAL, JUDGE_AUGMENT, EvalConfig,
                                          cached_judge, evaluate_gan, judge_outputs, judge_recipe)
 from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch
@@ -87,7 +87,7 @@ def load_gan_run(run_dir: str | Path):
     rundir.check_readable(run_dir)
     if not (run_dir / "checkpoints").is_dir():
         raise CheckpointError(f"no GAN checkpoint in {run_dir}; run `hyperforget gan train "
-                              f"--run-dir {run_dir}` first")
+                              f"--run-dir {shell_quote(run_dir)}` first")
     with Checkpointer(run_dir / "checkpoints") as ckpt:
         meta = ckpt.restore_meta()
         if "gan_arch" not in meta:
@@ -107,7 +107,8 @@ def load_gan_run(run_dir: str | Path):
             raise CheckpointError(
                 f"{run_dir} holds an unfinished GAN {meta.get('role', 'training')} run (epoch "
                 f"{meta['epoch']} of {epochs}); finish it first by rerunning the command that "
-                f"wrote it (`hyperforget gan train --run-dir {run_dir}` with the same flags)")
+                f"wrote it (`hyperforget gan train --run-dir {shell_quote(run_dir)}` with the "
+                "same flags)")
         if prog is not None and "kept" in prog and not prog.get("done"):
             raise CheckpointError(
                 f"{run_dir} holds an unfinished GAN unlearning run (round {prog.get('rounds')}); "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hyperforget_jax.errors import CheckpointError
+from hyperforget_jax.errors import CheckpointError, shell_quote
 
 FORMAT = "hyperforget-corpus/2"
 SPLITS = ("train", "val", "test")
@@ -58,7 +58,7 @@ def index_path(out: Path) -> Path:
 def _bad(path: Path, field: str, why: str) -> CheckpointError:
     return CheckpointError(f"{index_path(path)}: field {field!r} {why}; the corpus is damaged "
                            f"or not a {FORMAT} corpus: rebuild it with `hyperforget corpus "
-                           f"--out {path}`")
+                           f"--out {shell_quote(path)}`")
 
 
 def _int_list(v) -> bool:
@@ -74,13 +74,13 @@ def read_index(path: Path) -> dict:
         index = json.loads(index_path(path).read_text())
     except FileNotFoundError as e:
         raise CheckpointError(f"no corpus in {path} (index.json missing); build one with "
-                              f"`hyperforget corpus --out {path}`") from e
+                              f"`hyperforget corpus --out {shell_quote(path)}`") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}/index.json is corrupt ({e}); rebuild the corpus") from e
     if not isinstance(index, dict):
         raise CheckpointError(f"{index_path(path)} holds a JSON {type(index).__name__}, not "
                               f"a {FORMAT} corpus index; rebuild it with `hyperforget corpus "
-                              f"--out {path}`")
+                              f"--out {shell_quote(path)}`")
     if index.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} corpus (format "
                               f"{index.get('format')!r}); rebuild it with this version's "
@@ -136,7 +136,7 @@ def load_shards(path: Path, index: dict, num_params: int, num_trained: int,
     done = [v for _, v in sorted(index["shards"].items()) if v.get("done")]
     if not done:
         raise CheckpointError(f"corpus {path} has no completed shard; run "
-                              f"`hyperforget corpus --out {path}` to (re)build it")
+                              f"`hyperforget corpus --out {shell_quote(path)}` to (re)build it")
     out = []
     for sh in done:
         d = path / sh["dir"]

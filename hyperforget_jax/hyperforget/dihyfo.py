@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import xla
-from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError, shell_quote
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget.corpus import Corpus
@@ -204,7 +204,7 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
             f"corpus {corpus.path} is incomplete: {len(missing)} of its "
             f"{len(missing) + len(corpus.originals)} originals (seeds {missing[0]}..{missing[-1]}) "
             f"are not built yet, the held-out test runs among them; finish it with "
-            f"`hyperforget corpus --out {corpus.path}` (same flags) before training")
+            f"`hyperforget corpus --out {shell_quote(corpus.path)}` (same flags) before training")
     denoiser = denoiser or DN.DenoiserConfig()
     cfg = config or DN.HyperTrainConfig()
     src = pair_source(corpus, variant, forget_class)
