@@ -11,6 +11,7 @@ from conftest import CompileCounter, assert_trees_close
 from hyperforget_jax import data, models, train
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.params import tree_index
+from hyperforget_jax.unlearn import baselines
 from hyperforget_jax.unlearn import (METHODS, BadTeacherConfig, GradTauConfig, NegGradConfig,
                                      NegGradPlusConfig, RandomLabelsConfig, SalUnConfig,
                                      ScrubConfig, unlearn, unlearn_sweep)
@@ -176,7 +177,7 @@ def test_shared_rows_hold_each_row_once_and_give_back_every_split(digits_splits)
     assert data.shared_rows(splits[:1]) is None
 
 
-@pytest.mark.parametrize("method", ["neggrad_plus", "random_labels", "scrub"])
+@pytest.mark.parametrize("method", ["neggrad_plus", "random_labels", "scrub", "bad_teacher"])
 def test_per_seed_sweep_on_shared_rows_is_bit_identical_to_copies(setup, method,
                                                                   digits_splits, monkeypatch):
     # The shared rows change where each member's batches are gathered from, not their values:
@@ -196,6 +197,9 @@ def test_per_seed_sweep_on_shared_rows_is_bit_identical_to_copies(setup, method,
     for a, b in zip(shared, copies):
         assert_trees_close(a.params, b.params, atol=0.0)
         assert a.info["last_loss"] == b.info["last_loss"]
+    if method == "bad_teacher":     # its members hold positions of D_f ∪ D_r, not images
+        prep = baselines.prepare(method, arch, tree_index(stacked, 0), splits[0], cfg[0], 0)
+        assert set(prep.member) == {"pos", "teacher"} and prep.member["pos"].ndim == 1
 
 
 @pytest.mark.parametrize("method", ["gradtau", "retrain", "scrub"])

@@ -184,7 +184,8 @@ def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
                                   member["tr"][row["r"]])), row["kind"] == 0)
         elif method == "bad_teacher":
             obj = bad_teacher(apply_fn, hp["kl_temperature"])
-            batches = (constrain((member["x"][row["idx"]], member["teacher"][row["idx"]])),)
+            batches = (constrain((take("x", member["pos"][row["idx"]]),
+                                  member["teacher"][row["idx"]])),)
         else:  # pragma: no cover - guarded by METHODS
             raise KeyError(method)
         grads, _, m = obj.update(ts.params, (), *batches)
@@ -227,6 +228,11 @@ def _program(model: Architecture, method: str, fleet: bool, mesh: Mesh | None,
 def _data(split: ForgetSplit) -> dict:
     return {"xf": split.forget.x, "yf": split.forget.y, "xr": split.retain.x,
             "yr": split.retain.y}
+
+
+def _all_rows(split: ForgetSplit) -> dict:
+    """D_f's rows, then D_r's: the data of the methods that index both as one set."""
+    return {"x": np.concatenate([split.forget.x, split.retain.x])}
 
 
 def _neggrad(model, params, split, cfg: C.NegGradConfig, seed):
@@ -278,7 +284,7 @@ def _relabel_plan(split: ForgetSplit, num_classes: int, cfg, seed: int) -> tuple
         idx += [f, r]
         ys += [rng.integers(0, num_classes, f.shape), y_all[r]]
         ws += [wf, wr]
-    shared = {"x": np.concatenate([split.forget.x, split.retain.x])}
+    shared = _all_rows(split)
     plan = {"idx": np.concatenate(idx), "y": np.concatenate(ys).astype(np.int32),
             "w": np.concatenate(ws)}
     return shared, plan
@@ -401,7 +407,11 @@ def _bad_teacher(model, params, split, cfg: C.BadTeacherConfig, seed):
     n, b = len(is_forget), min(cfg.batch_size, len(is_forget))
     idx = np.concatenate([wrapped_batches(np.random.default_rng([seed, 5, e]), n, b)
                           for e in range(cfg.epochs)])
-    return {}, {"x": x, "teacher": teacher}, {"idx": idx}, {"retain_subset": int(len(keep))}
+    # The distillation set's rows as positions in D_f ∪ D_r (shared data), not a copy per
+    # member: a sweep's members draw their own retain subsets from one set of rows.
+    pos = np.concatenate([np.arange(nf), nf + keep]).astype(np.int32)
+    return (_all_rows(split), {"pos": pos, "teacher": teacher}, {"idx": idx},
+            {"retain_subset": int(len(keep))})
 
 
 #: method → (config class, host-side preparation).
