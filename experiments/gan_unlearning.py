@@ -30,6 +30,15 @@ targets checked), ``grid_*.png`` (64 samples of the Original / Retrain / unlearn
 of seed 0; copied to ``--grids-dir`` if given). Duration: the DCGAN trainings dominate
 (≈ 1.5 min each on 2 idle CPU cores) and the judge takes ≈ 3.5 min: 24 min for ``--classes 3``
 (9 trainings) on the idle 2-core CPU, ≈ 32 min with both classes (12).
+
+Resuming: every run (seed × request × method), once complete, is stored in ``<out>/cells/`` with
+the configuration that produced it (every flag, the recipes, fingerprints of the data, the judge
+and the Original it starts from), and rerunning the same command after an interruption reuses
+those and runs the rest (the judge and the Originals are trained again: deterministic on one
+machine). The report names the reused runs (their seconds are from the earlier run) and is
+otherwise the one an uninterrupted run writes. Another configuration into the same ``--out`` is
+refused (exit 2; ``--restart`` replaces that run), as is a second run while one writes it. The
+report, ``results.json`` and the grids are removed at the start and written at the end only.
 """
 
 from __future__ import annotations
@@ -40,9 +49,10 @@ import shutil
 import sys
 import time
 
+import jax
 import numpy as np
 
-from hyperforget_jax import configflags, data, report
+from hyperforget_jax import __version__, configflags, data, report, rundir
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.gan import add_judge_flags
 from hyperforget_jax.errors import ConfigError
@@ -53,6 +63,11 @@ from hyperforget_jax.gan.unlearn import (CLASS_RECIPE, FAKE_LABELS, ITEM_RECIPE,
                                          unlearn_gan)
 from hyperforget_jax.metrics import format_mean_std
 
+
+
+#: The role of this script's runs in ``run.json``, and the files it writes at its end.
+ROLE = "experiment gan_unlearning"
+OUTPUTS = ("results.json", "report.md", "grid_*.png")
 
 
 def ms(values, scale=1.0, digits=2):
@@ -175,6 +190,9 @@ def main(argv=None) -> dict:
                          "recipe as `unlearn_hard_lu<λ>` (e.g. 4,16: the share/quality "
                          "trade-off in docs/gan.md)")
     ap.add_argument("--samples", type=int, default=10_000)
+    ap.add_argument("--restart", action="store_true",
+                    help="start over: drop the runs an earlier command stored in --out (by "
+                         "default the same command resumes them, and another one is refused)")
     args = ap.parse_args(argv)
     t_all = time.perf_counter()
     splits = data.make_splits(data.load_mnist5k())
@@ -186,15 +204,30 @@ def main(argv=None) -> dict:
         sizes, retrain_sizes, labels, classes = _request_lists(args, splits)
     except ValueError as e:           # ConfigError, ForgetRequestError
         ap.error(str(e))
-    out = report.prepare_dir(args.out, flag="--out", not_a_run=True)
+    out = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
     # and the grids' folder now, not after the whole run
     gd = report.prepare_dir(args.grids_dir, flag="--grids-dir") if args.grids_dir else None
-    # A rerun into the same --out replaces the previous run: its report and sample grids go now,
-    # so that neither an interrupted rerun (results.json is rewritten after every cell) nor the
-    # copy to --grids-dir below pairs them with this run's numbers (e.g. the class-3 grids of
-    # an earlier --classes 3 run published beside a --classes 8 run's).
-    for old in [out / "report.md", *out.glob("grid_*.png")]:
-        old.unlink(missing_ok=True)
+    ident = {"role": ROLE, "version": __version__, "data": rundir.data_fingerprint(splits),
+             "gan_config": gan_cfg.to_json(), "judge": judge_rec, "seeds": args.seeds,
+             "classes": classes, "sizes": sizes, "retrain_sizes": retrain_sizes,
+             "fake_labels": labels, "class_lambda_u": args.class_lambda_u,
+             "samples": args.samples, "class_cfg": CLASS_RECIPE.to_json(),
+             "item_cfg": ITEM_RECIPE.to_json(), "backend": jax.default_backend()}
+    # The same command resumes the cells an interrupted run stored, another one is refused, a
+    # second writer is locked out. The previous run's report and sample grids go now, so that
+    # neither an interrupted rerun nor the copy to --grids-dir below pairs them with this run's
+    # numbers (e.g. the class-3 grids of an earlier --classes 3 run beside a --classes 8 run's).
+    with rundir.open_sweep(out, ident, outputs=OUTPUTS, restart=args.restart,
+                           command="gan_unlearning") as cells:
+        return _sweep(args, splits, gan_cfg, judge_rec, ev_full, sizes, retrain_sizes, labels,
+                      classes, out, gd, cells, t_all)
+
+
+def _sweep(args, splits, gan_cfg, judge_rec, ev_full, sizes, retrain_sizes, labels, classes,
+           out, gd, cells, t_all) -> dict:
+    """The run: the judge and the originals, then every (seed, request, method) as a cell of
+    ``cells`` (reused if an earlier run of the same configuration, from the same judge and
+    original, stored it). The outputs are written at the end only."""
     class_lus = args.class_lambda_u
     seeds = list(range(args.seeds))
     ev_fast = dataclasses.replace(ev_full, downstream_samples=0)
@@ -221,10 +254,24 @@ def main(argv=None) -> dict:
 
     def record(**row):
         res["runs"].append(row)
-        report.write_json(out / "results.json", res)
 
-    def grid(g_params, name, title):
-        save_grid(sample(arch, g_params, 64, 1), out / f"grid_{name}.png", title=title)
+    def grid(g_params, path, title):
+        save_grid(sample(arch, g_params, 64, 1), path, title=title)
+
+    grids = {}                   # grid_<name>.png in --out: its file in cells/, copied at the end
+
+    def cell(seed, name, method, fn, grid_name=None):
+        """Records the row ``fn(png)`` returns, or the one an earlier run stored; ``fn`` draws
+        its sample grid to ``png`` (None: no grid)."""
+        key = f"seed {seed} / {name} / {method}"
+        png = cells.file(key, ".png") if grid_name else None
+        config = {**cells.identity, "judge_params": judge_fp, "original": original_fp[seed]}
+        row = cells.compute(key, config, lambda: fn(png), files=[".png"] if png else [])
+        if key in cells.reused:
+            log(f"{name} seed {seed} {method}: reused from {cells.path}")
+        if png:
+            grids[f"grid_{grid_name}.png"] = png
+        res["runs"].append(row)
 
     # Requests: nested random item sets per seed (the first k of one permutation), classes.
     requests = []
@@ -244,8 +291,9 @@ def main(argv=None) -> dict:
         log(f"original seed {seed}: {secs:.1f} s")
         record(seed=seed, request="none", method="original_train", seconds=secs,
                steps=int(st.step))
-        if seed == 0:
-            grid(st.g_params, "original", "Original GAN")
+    judge_fp = rundir.array_fingerprint(*jax.tree.leaves(judge.params))
+    original_fp = {seed: rundir.array_fingerprint(*jax.tree.leaves((st.g_params, st.d_params)))
+                   for seed, st in originals.items()}
 
     # Compile the cascade once per recipe and forget-set size bucket, and Retrain's epoch for
     # each D_r size (one untimed epoch), before timing: the timed runs compare warm code.
@@ -281,19 +329,24 @@ def main(argv=None) -> dict:
         full = is_class or k == 64
         ev = ev_full if full else ev_fast
         o = originals[seed]
-        e = evaluate_gan(arch, o.g_params, o.d_params, judge, splits, fs.forget.x, fs.retain.x,
-                         fcls, ev, ref)
-        record(seed=seed, request=name, method="original", eval=e)
+        cell(seed, name, "original", lambda _: dict(
+            seed=seed, request=name, method="original",
+            eval=evaluate_gan(arch, o.g_params, o.d_params, judge, splits, fs.forget.x,
+                              fs.retain.x, fcls, ev, ref)))
         if is_class or k in retrain_sizes:
-            st, secs, _ = timed_train_gan(fs.retain, dataclasses.replace(gan_cfg, seed=seed))
-            e = evaluate_gan(arch, st.g_params, st.d_params, judge, splits, fs.forget.x,
-                             fs.retain.x, fcls, ev, ref)
-            record(seed=seed, request=name, method="retrain", seconds=secs,
-                   steps=int(st.step), eval=e)
-            log(f"{name} seed {seed} retrain {secs:.1f} s fid {e['classifier_fid']:.2f} "
-                f"auc {e['d_mia_auc']:.3f}")
-            if seed == 0 and full:
-                grid(st.g_params, f"{name}_retrain", f"Retrain ({name})")
+            def retrain(png):
+                st, secs, _ = timed_train_gan(fs.retain, dataclasses.replace(gan_cfg, seed=seed))
+                e = evaluate_gan(arch, st.g_params, st.d_params, judge, splits, fs.forget.x,
+                                 fs.retain.x, fcls, ev, ref)
+                log(f"{name} seed {seed} retrain {secs:.1f} s fid {e['classifier_fid']:.2f} "
+                    f"auc {e['d_mia_auc']:.3f}")
+                if png:
+                    grid(st.g_params, png, f"Retrain ({name})")
+                return dict(seed=seed, request=name, method="retrain", seconds=secs,
+                            steps=int(st.step), eval=e)
+
+            cell(seed, name, "retrain", retrain,
+                 f"{name}_retrain" if seed == 0 and full else None)
         if is_class:
             variants = [("unlearn_hard", CLASS_RECIPE)] + [
                 (class_variant(lu), fixed_lambda_u(lu)) for lu in class_lus]
@@ -307,27 +360,37 @@ def main(argv=None) -> dict:
                                                             lambda_u=LIGHT_LAMBDA_U)))
         for method, cfg in variants:
             cfg = dataclasses.replace(cfg, seed=seed)
-            r = unlearn_gan(arch, o.g_params, o.d_params, retain_x=fs.retain.x,
-                            forget_x=fs.forget.x, heldout_x=splits.val.x, cfg=cfg,
-                            forget_classes=fcls, classify=classify if is_class else None)
             default = method == ("unlearn_hard" if is_class
                                  else f"unlearn_{ITEM_RECIPE.fake_label}")
-            e = evaluate_gan(arch, r.g_params, r.d_params, judge, splits, fs.forget.x,
-                             fs.retain.x, fcls, ev if default or is_class or method == LIGHT
-                             else ev_fast,
-                             ref)
-            record(seed=seed, request=name, method=method, seconds=r.seconds,
-                   steps=r.rounds, stopped=r.stopped, y_f=r.y_f, lambda_u=r.lambda_u,
-                   attempts=r.attempts, kept=r.kept, eval=e,
-                   guard=guard_summary(r.history, cfg) if is_class else None,
-                   confirm=confirm_summary(r.history, cfg) if is_class else None)
-            log(f"{name} seed {seed} {method} {r.rounds} rounds {r.seconds:.2f} s "
-                f"fid {e['classifier_fid']:.2f} auc {e['d_mia_auc']:.3f} "
-                f"share {e.get('forgotten_share', float('nan')):.4f}")
-            if seed == 0 and full and default:
-                grid(r.g_params, f"{name}_unlearn", f"Unlearned ({name}, {cfg.fake_label})")
+
+            def unlearned(png):
+                r = unlearn_gan(arch, o.g_params, o.d_params, retain_x=fs.retain.x,
+                                forget_x=fs.forget.x, heldout_x=splits.val.x, cfg=cfg,
+                                forget_classes=fcls, classify=classify if is_class else None)
+                e = evaluate_gan(arch, r.g_params, r.d_params, judge, splits, fs.forget.x,
+                                 fs.retain.x, fcls, ev if default or is_class or method == LIGHT
+                                 else ev_fast,
+                                 ref)
+                log(f"{name} seed {seed} {method} {r.rounds} rounds {r.seconds:.2f} s "
+                    f"fid {e['classifier_fid']:.2f} auc {e['d_mia_auc']:.3f} "
+                    f"share {e.get('forgotten_share', float('nan')):.4f}")
+                if png:
+                    grid(r.g_params, png, f"Unlearned ({name}, {cfg.fake_label})")
+                return dict(seed=seed, request=name, method=method, seconds=r.seconds,
+                            steps=r.rounds, stopped=r.stopped, y_f=r.y_f, lambda_u=r.lambda_u,
+                            attempts=r.attempts, kept=r.kept, eval=e,
+                            guard=guard_summary(r.history, cfg) if is_class else None,
+                            confirm=confirm_summary(r.history, cfg) if is_class else None)
+
+            cell(seed, name, method, unlearned,
+                 f"{name}_unlearn" if seed == 0 and full and default else None)
+    res["reused"] = cells.reused
     res["total_seconds"] = time.perf_counter() - t_all
     md = render(res, sizes, labels, classes)
+    # The outputs, at the end only: the grids, results.json, then the report.
+    grid(originals[0].g_params, out / "grid_original.png", "Original GAN")
+    for name, png in grids.items():
+        report.atomic_write(out / name, png.read_bytes())
     report.write_json(out / "results.json", res)
     report.atomic_write(out / "report.md", md)
     if args.grids_dir:
@@ -432,7 +495,11 @@ def render(res, sizes, labels, classes) -> str:
         c0 = f"class{classes[0]}"
         md.append(f"![original](grid_original.png) ![retrain](grid_{c0}_retrain.png) "
                   f"![unlearned](grid_{c0}_unlearn.png)\n")
-    md.append(f"\nTotal run time {res.get('total_seconds', 0) / 60:.1f} min.\n")
+    md.append(f"\nTotal run time {res.get('total_seconds', 0) / 60:.1f} min."
+              + (f" Resumed: {len(res['reused'])} runs reused from an earlier run of this "
+                 f"command (its `cells/`: {'; '.join(res['reused'])}); their seconds are that "
+                 "run's, and the total run time is this run's alone." if res.get("reused")
+                 else "") + "\n")
     return "\n".join(md)
 
 

@@ -21,6 +21,14 @@ field (``--arch``: a registered name or an import path ``pkg.module:Name``, defa
 ``--epochs``, ``--batch-size``, ``--lr``, ``--weight-decay``); ``--render-only`` rewrites ``table.md`` and the plot
 from an existing ``results.json``.
 
+Resuming: each setting, once complete, is stored in ``<out>/cells/`` with the configuration that
+produced it (every flag that changes a number, the data's and the originals' fingerprints), and
+rerunning the same command after an interruption reuses those settings and runs the rest; the
+report names the reused settings (their wall times are from the earlier run) and is otherwise
+the one an uninterrupted run writes. Another configuration into the same ``--out`` is refused
+(exit 2; ``--restart`` replaces that run), as is a second run while one writes it. The report
+files are removed at the start and written at the end only.
+
 Every number comes from sweeps (:func:`hyperforget_jax.unlearn.unlearn_sweep`): the originals
 are one vmapped fleet, and each method runs all seeds of a setting as one vmapped program (for
 random forgetting each seed its own request of equal size), as do the U-LiRA shadows of each
@@ -54,7 +62,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from hyperforget_jax import data, report, train, ulira
+from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError
@@ -70,6 +78,9 @@ COLS = (("retain_acc", "RA %", 100.0), ("forget_acc", "FA %", 100.0),
         ("mia_efficacy_svc", "mia_efficacy_svc", 1.0), ("forget_loss", "forget loss", 1.0),
         ("ulira_acc", "U-LiRA acc", 1.0), ("ulira_auc", "U-LiRA AUC", 1.0),
         ("avg_gap", "Avg. Gap", 1.0))
+#: The role of this script's runs in ``run.json``, and the files it writes at its end.
+ROLE = "experiment unlearning_table"
+OUTPUTS = ("results.json", "table.md", "gap_vs_time.png")
 
 
 def parse_args(argv=None):
@@ -98,6 +109,9 @@ def parse_args(argv=None):
                    "member's share of its sweep (its first call: compilation included)")
     p.add_argument("--render-only", action="store_true",
                    help="re-render table.md and the plot from <out>/results.json, no runs")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: drop the settings an earlier run stored in --out (by "
+                   "default the same command resumes them, and another one is refused)")
     return p.parse_args(argv)
 
 
@@ -157,57 +171,86 @@ def checked_splits(args) -> data.Splits:
     return splits
 
 
-def run(args, splits: data.Splits) -> dict:
+def _how(args) -> str:
+    return args.vectorize if args.vectorize != "auto" else (
+        "map" if jax.default_backend() == "cpu" else "vmap")
+
+
+def identity(args, splits: data.Splits) -> dict:
+    """Everything that determines the run's numbers: a rerun into the same ``--out`` resumes
+    only a run of exactly this (``rundir.open_sweep``)."""
+    return {"role": ROLE, "version": __version__, "dataset": args.dataset,
+            "data": rundir.data_fingerprint(splits), "train_config": train_config(args).to_json(),
+            "classes": args.classes, "fractions": args.fractions, "seeds": args.seeds,
+            "methods": args.methods, "tau_ablation": args.tau_ablation,
+            "ulira_settings": args.ulira_settings, "ulira_shadows": args.ulira_shadows,
+            "timing": args.timing, "backend": jax.default_backend(), "vectorize": _how(args)}
+
+
+def run(args, splits: data.Splits, cells: rundir.Cells) -> dict:
+    """Every setting, each one a cell of ``cells``: reused if an earlier run of the same
+    configuration (from the same originals) stored it, else run and stored."""
     t_start = time.perf_counter()
     cfg = train_config(args)
     arch = as_model(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     seeds = list(range(args.seeds))
     originals = train.fit_fleet(arch, splits.train, cfg, seeds)[0].params   # stacked
+    config = {**cells.identity,
+              "originals": rundir.array_fingerprint(*jax.tree.leaves(originals))}
     out = {"dataset": args.dataset, "seeds": seeds, "train_config": cfg.to_json(),
            "command": command_line(sys.argv[1:]),
            "architecture": arch.to_json(), "timing": args.timing,
            "sizes": [len(splits.train), len(splits.val), len(splits.test)], "settings": {}}
     for make_request in settings(args):
         name = make_request(0).describe()
-        print(f"== {name}", flush=True)
-        requests = [make_request(s) for s in seeds]
-        fsplits = [data.resolve_forget(splits.train, r) for r in requests]
-        # One split for class removal (the same for every seed), one per seed otherwise.
-        sweep_split = fsplits[0] if requests[0].classes is not None else fsplits
-        how = args.vectorize if args.vectorize != "auto" else (
-            "map" if jax.default_backend() == "cpu" else "vmap")
-        sweep = lambda m, c: unlearn_sweep(m, arch, originals, sweep_split, splits.val, seeds,
-                                           None if c is None else [c], params_stacked=True,
-                                           vectorize=how)
-        ev = lambda p, i: evaluate_unlearning(arch, p, splits, fsplits[i], requests[i], seeds[i])
-        retrain = sweep("retrain", cfg)
-        rows = {"Original": [ev(tree_index(originals, i), i) for i in range(len(seeds))],
-                "Retrain": [ev(r.params, i) for i, r in enumerate(retrain)]}
-        results = {row: (sweep(m, c), c) for row, m, c in variants(args, requests[0])}
-        infos = {row: [{k: v for k, v in r.info.items() if k != "config"} for r in res]
-                 for row, (res, _) in results.items()}
-        for row, (res, _) in results.items():
-            rows[row] = [ev(r.params, i) for i, r in enumerate(res)]
-        times = (_single_times(args, arch, originals, fsplits, splits.val, cfg, seeds,
-                               requests[0]) if args.timing == "single" else
-                 {"Retrain": [r.info["wall_time_s"] for r in retrain],
-                  **{row: [r.info["wall_time_s"] for r in res]
-                     for row, (res, _) in results.items()}})
-        if name in args.ulira_settings:
-            for i, seed in enumerate(seeds):
-                _ulira(args, arch, splits, fsplits[i], dataclasses.replace(cfg, seed=seed),
-                       tree_index(originals, i), retrain[i].params,
-                       {row: (res[i], c) for row, (res, c) in results.items()}, rows, i,
-                       seed, how)
-        for i, seed in enumerate(seeds):
-            for row in rows:
-                rows[row][i]["avg_gap"] = gap_to_retrain(rows[row][i], rows["Retrain"][i])
-            print(f"   seed {seed}: " + ", ".join(
-                f"{r} gap {rows[r][i]['avg_gap']:.2f}" for r in rows), flush=True)
-        out["settings"][name] = {"kind": requests[0].kind, "evals": rows, "times": times,
-                                 "info": infos}
+        out["settings"][name] = cells.compute(name, config, lambda: _setting(
+            args, arch, cfg, splits, originals, seeds, make_request))
+        if name in cells.reused:
+            print(f"== {name}: reused from {cells.path}", flush=True)
+    out["reused"] = cells.reused
     out["total_seconds"] = time.perf_counter() - t_start
     return out
+
+
+def _setting(args, arch, cfg, splits, originals, seeds, make_request) -> dict:
+    """One setting (a forget request, every seed): every method's evaluations, wall times and
+    sweep infos."""
+    name = make_request(0).describe()
+    print(f"== {name}", flush=True)
+    requests = [make_request(s) for s in seeds]
+    fsplits = [data.resolve_forget(splits.train, r) for r in requests]
+    # One split for class removal (the same for every seed), one per seed otherwise.
+    sweep_split = fsplits[0] if requests[0].classes is not None else fsplits
+    how = _how(args)
+    sweep = lambda m, c: unlearn_sweep(m, arch, originals, sweep_split, splits.val, seeds,
+                                       None if c is None else [c], params_stacked=True,
+                                       vectorize=how)
+    ev = lambda p, i: evaluate_unlearning(arch, p, splits, fsplits[i], requests[i], seeds[i])
+    retrain = sweep("retrain", cfg)
+    rows = {"Original": [ev(tree_index(originals, i), i) for i in range(len(seeds))],
+            "Retrain": [ev(r.params, i) for i, r in enumerate(retrain)]}
+    results = {row: (sweep(m, c), c) for row, m, c in variants(args, requests[0])}
+    infos = {row: [{k: v for k, v in r.info.items() if k != "config"} for r in res]
+             for row, (res, _) in results.items()}
+    for row, (res, _) in results.items():
+        rows[row] = [ev(r.params, i) for i, r in enumerate(res)]
+    times = (_single_times(args, arch, originals, fsplits, splits.val, cfg, seeds,
+                           requests[0]) if args.timing == "single" else
+             {"Retrain": [r.info["wall_time_s"] for r in retrain],
+              **{row: [r.info["wall_time_s"] for r in res]
+                 for row, (res, _) in results.items()}})
+    if name in args.ulira_settings:
+        for i, seed in enumerate(seeds):
+            _ulira(args, arch, splits, fsplits[i], dataclasses.replace(cfg, seed=seed),
+                   tree_index(originals, i), retrain[i].params,
+                   {row: (res[i], c) for row, (res, c) in results.items()}, rows, i,
+                   seed, how)
+    for i, seed in enumerate(seeds):
+        for row in rows:
+            rows[row][i]["avg_gap"] = gap_to_retrain(rows[row][i], rows["Retrain"][i])
+        print(f"   seed {seed}: " + ", ".join(
+            f"{r} gap {rows[r][i]['avg_gap']:.2f}" for r in rows), flush=True)
+    return {"kind": requests[0].kind, "evals": rows, "times": times, "info": infos}
 
 
 def _single_times(args, arch, originals, fsplits, val, cfg, seeds, request) -> dict:
@@ -328,7 +371,10 @@ def write_report(out: dict, path: Path) -> None:
         md += targets(s, s["kind"]) + [""]
     md += ["## Speed-up of ∇τ over Retrain, all settings\n"] + speed_summary(out) + [""]
     md.append(f"Total run time {out['total_seconds'] / 60:.1f} min"
-              + (f" (`{out['command']}`)" if "command" in out else "") + ".\n")
+              + (f" (`{out['command']}`)" if "command" in out else "") + "."
+              + (f" Resumed: {', '.join(out['reused'])} reused from an earlier run of this "
+                 "command (its `cells/`); their wall times are that run's, and the total run "
+                 "time is this run's alone." if out.get("reused") else "") + "\n")
     report.atomic_write(path / "table.md", "\n".join(md))
 
 
@@ -370,15 +416,24 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     train_config(args)    # a bad recipe or request is refused before anything is written
     splits = None if args.render_only else checked_splits(args)
-    path = report.prepare_dir(args.out, flag="--out", not_a_run=True)
+    path = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
     if args.render_only:
         import json
+        rundir.check_readable(path)
+        if not (path / "results.json").is_file():
+            raise ConfigError(f"--out {path} holds no results.json (a run that has not "
+                              "finished: rerun its command to resume it)")
         out = json.loads((path / "results.json").read_text())
+        write_report(out, path)
+        plot(out, path)
     else:
-        out = run(args, splits)
-        report.write_json(path / "results.json", out)
-    write_report(out, path)
-    plot(out, path)
+        # The lock and the resume checks; the report files appear at the end only.
+        with rundir.open_sweep(path, identity(args, splits), outputs=OUTPUTS,
+                               restart=args.restart, command="unlearning_table") as cells:
+            out = run(args, splits, cells)
+            report.write_json(path / "results.json", out)
+            plot(out, path)
+            write_report(out, path)
     print((path / "table.md").read_text())
     return 0
 

@@ -22,13 +22,16 @@ from hyperforget_jax.errors import ConfigError, HyperforgetError, RunDirError
 
 
 def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir", *,
-                not_a_run: bool = False) -> Path:
+                not_a_run: bool | str = False) -> Path:
     """Creates ``path`` (absolute) and checks it is writable, failing with a clear error that
     names ``flag``, the option that chose ``path``. With ``not_a_run`` (the experiment
     scripts' ``--out``), a directory holding a command's run (``run.json``) is refused: the
-    script's ``results.json`` / ``report.md`` would replace that run's."""
+    script's ``results.json`` / ``report.md`` would replace that run's. ``not_a_run`` may name
+    the role of the script's own runs (:func:`~hyperforget_jax.rundir.open_sweep`): those it
+    resumes."""
     p = Path(path).expanduser().absolute()
-    if not_a_run and (p / "run.json").is_file():
+    if not_a_run and (p / "run.json").is_file() and (
+            not isinstance(not_a_run, str) or _role(p) != not_a_run):
         raise RunDirError(f"{flag} {p} holds a hyperforget run (run.json); this script's results "
                           f"would replace that run's results.json and report: pass another {flag}")
     try:
@@ -39,6 +42,12 @@ def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir", *,
         raise ConfigError(f"output directory {p} is not writable ({e.strerror}); choose another "
                           f"{flag}") from e
     return p
+
+
+def _role(path: Path) -> object:
+    from hyperforget_jax.rundir import read_identity    # rundir imports this module
+
+    return (read_identity(path) or {}).get("role")
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:

@@ -30,10 +30,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import fnmatch
 import hashlib
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -46,10 +48,12 @@ from hyperforget_jax import report
 from hyperforget_jax.errors import RunDirError
 
 __all__ = ["RunDirError", "RunDir", "open_run", "check_output", "read_identity",
-           "check_readable", "first_difference", "data_fingerprint", "LOCK_NAME", "IDENTITY_NAME"]
+           "check_readable", "first_difference", "data_fingerprint", "LOCK_NAME", "IDENTITY_NAME",
+           "Cells", "CELLS_NAME", "open_sweep"]
 
 IDENTITY_NAME = "run.json"
 LOCK_NAME = ".hyperforget.lock"
+CELLS_NAME = "cells"
 # Sub-directories that belong to a run and that no other output may be placed in.
 RESERVED = ("checkpoints", "params", "hypernet")
 
@@ -117,19 +121,19 @@ def first_difference(stored: Any, wanted: Any, prefix: str = "") -> tuple[str, A
     return None if stored == wanted else (prefix or "<identity>", stored, wanted)
 
 
+def _json_default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, os.PathLike):
+        return os.fspath(o)
+    raise TypeError(f"{type(o).__name__} in a run identity is not JSON")
+
+
 def _normalise(identity: dict) -> dict:
     """What a JSON round trip returns (tuples → lists, dataclasses → dicts, NumPy → lists)."""
-
-    def default(o: Any) -> Any:
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            return dataclasses.asdict(o)
-        if hasattr(o, "tolist"):
-            return o.tolist()
-        if isinstance(o, os.PathLike):
-            return os.fspath(o)
-        raise TypeError(f"{type(o).__name__} in a run identity is not JSON")
-
-    return json.loads(json.dumps(identity, default=default))
+    return json.loads(json.dumps(identity, default=_json_default))
 
 
 def read_identity(path: str | os.PathLike) -> dict | None:
@@ -524,3 +528,97 @@ def _check_identity(out: Path, stored: dict | None, identity: dict, others: list
                 f"command's is {_describe(now)}")
     raise RunDirError(f"{flag} {out} {what}; pass a new {flag} (or delete that directory) to "
                       "start this run, or rerun with the settings it was written with to resume")
+
+
+# --------------------------------------------------------------------------- sweep cells
+
+
+class Cells:
+    """The completed cells of a long sweep (e.g. one setting of
+    ``experiments/unlearning_table.py``, one seed × request × method of
+    ``experiments/gan_unlearning.py``), kept in ``<run dir>/cells/`` so that rerunning an
+    interrupted command resumes where it stopped instead of starting over.
+
+    Each cell is stored, atomically and only once complete, beside the exact configuration that
+    produced it (its key, the run's identity and what it was computed from, e.g. a fingerprint of
+    the models it starts from). It is reused only when that configuration equals the new one
+    exactly; otherwise it is computed again and replaced, never mixed in. A fresh result goes
+    through the same JSON round trip as a stored one (NumPy scalars to Python numbers, tuples
+    to lists, NaN kept), so a report built from reused cells is the one an uninterrupted run
+    builds. Use it inside :func:`open_run`, whose lock keeps a second
+    writer out.
+    """
+
+    def __init__(self, run: RunDir | str | os.PathLike):
+        self.path = Path(run) / CELLS_NAME
+        #: The run's identity (from :func:`open_sweep`): every cell's configuration holds it.
+        self.identity: dict = getattr(run, "identity", {})
+        self.reused: list[str] = []
+
+    def file(self, key: str, suffix: str = ".json") -> Path:
+        """Where cell ``key`` (or a file that belongs to it, e.g. ``suffix=".png"``) is kept."""
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", key)[:60]
+        tag = hashlib.blake2b(key.encode(), digest_size=6).hexdigest()  # slugs may collide
+        return self.path / f"{slug}-{tag}{suffix}"
+
+    def get(self, key: str, config: dict, files: Sequence[str] = ()) -> Any | None:
+        """The stored result of ``key`` if it was computed with exactly ``config`` (and the
+        files of ``files``, suffixes for :meth:`file`, are there), else ``None``."""
+        try:
+            stored = json.loads(self.file(key).read_text())
+        except (OSError, ValueError):         # not computed yet, or damaged: compute it again
+            return None
+        if (not isinstance(stored, dict) or stored.get("key") != key
+                or stored.get("config") != _normalise(config)
+                or not all(self.file(key, f).is_file() for f in files)):
+            return None
+        self.reused.append(key)
+        return stored.get("result")
+
+    def put(self, key: str, config: dict, result: Any) -> Any:
+        """Stores ``result`` as cell ``key`` of ``config``; returns it as :meth:`get` will."""
+        self.path.mkdir(exist_ok=True)
+        # NaN stays NaN (JSON's extension, read back by json.loads): a report built from the
+        # cells shows what one built from the fresh values shows.
+        text = json.dumps({"key": key, "config": _normalise(config), "result": result},
+                          default=_json_default, indent=1)
+        report.atomic_write(self.file(key), text + "\n")
+        return json.loads(text)["result"]
+
+    def compute(self, key: str, config: dict, fn: Callable[[], Any],
+                files: Sequence[str] = ()) -> Any:
+        """The stored result of ``key`` for ``config``, or ``fn()`` (which writes ``files``),
+        stored."""
+        found = self.get(key, config, files)
+        return found if found is not None else self.put(key, config, fn())
+
+    def clear(self) -> None:
+        """Forgets every stored cell (a run started over)."""
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def open_sweep(path: str | os.PathLike, identity: dict, *, outputs: Sequence[str],
+               restart: bool = False, command: str = "hyperforget") -> Iterator[Cells]:
+    """:func:`open_run` for an experiment script's ``--out``: yields its :class:`Cells`.
+
+    The same command resumes (its stored cells are reused), another configuration is refused
+    (:class:`RunDirError` naming the first differing field), and a second writer is locked
+    out. ``outputs`` (names or glob patterns: ``results.json``, ``grid_*.png``) are the files
+    the script writes at its end: those of an earlier run are removed now, so an interrupted
+    run never leaves a report that looks finished. With ``restart``, a run of the same script
+    with any configuration is replaced: its cells are dropped too. A directory an older version
+    of the script wrote (only ``outputs``, no ``run.json``) is replaced like one of ours.
+    """
+    ours = lambda name: any(fnmatch.fnmatch(name, pat) for pat in outputs)
+    legacy = lambda out: ({"role": identity["role"]}
+                          if all(ours(n) for n in _entries(out) if not _ours(n)) else None)
+    with open_run(path, identity, flag="--out", replace_role=restart, command=command,
+                  legacy=legacy) as run:
+        cells = Cells(run)
+        for name in _entries(run.path):
+            if ours(name):
+                (run.path / name).unlink()
+        if restart:
+            cells.clear()
+        yield cells

@@ -204,3 +204,89 @@ def test_a_rerun_into_the_same_out_drops_the_previous_runs_report_and_grids(tmp_
     with pytest.raises(Stop):
         gan.main(["--out", str(out), "--grids-dir", str(grids), "--classes", "8"])
     assert sorted(p.name for p in out.iterdir()) == []
+
+
+_SPLITS: list = []
+_TINY = ["--seeds", "2", "--classes", "3", "--sizes", "64", "--retrain-sizes", "64",
+         "--fake-labels", "heldout", "--samples", "100"]
+
+
+def _fake_gan(gan, monkeypatch, raise_at=None, during=None):
+    """Replaces the judge, the GAN trainings, the cascade and the evaluations by cheap
+    deterministic stand-ins (what is tested is the resume machinery around them); the
+    ``raise_at``-th evaluation is interrupted (KeyboardInterrupt, as Ctrl-C), ``during()``
+    runs at the first. Returns the evaluations' (request size, method seed) calls."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    if not _SPLITS:
+        _SPLITS.append(gan.data.load_mnist5k())
+    monkeypatch.setattr(gan.data, "load_mnist5k", lambda: _SPLITS[0])
+    arch = SimpleNamespace(to_json=lambda: {})       # no gan_arch in the report
+    calls = []
+    monkeypatch.setattr(gan, "judge_from_recipe", lambda train, rec: SimpleNamespace(
+        params={"w": np.ones(3, np.float32)}))
+    monkeypatch.setattr(gan, "judge_outputs", lambda judge, x: (
+        np.eye(10)[np.arange(len(x)) % 10], np.zeros((len(x), 2))))
+    monkeypatch.setattr(gan, "timed_train_gan", lambda train, cfg: (SimpleNamespace(
+        g_params={"g": np.float32([cfg.seed, len(train)])}, d_params={"d": np.zeros(1)},
+        step=7), 1.5, arch))
+    monkeypatch.setattr(gan, "unlearn_gan", lambda arch, g, d, cfg, **k: SimpleNamespace(
+        g_params={"g": g["g"] + cfg.lambda_u}, d_params=d, seconds=0.25, rounds=10,
+        stopped="criteria", y_f=None, lambda_u=cfg.lambda_u, attempts=[], kept=None,
+        history=[]))
+    monkeypatch.setattr(gan, "sample", lambda arch, g, n, seed: g["g"])
+    monkeypatch.setattr(gan, "save_grid", lambda x, path, title: path.write_text(f"{x}"))
+
+    def evaluate(arch, g, d, judge, splits, fx, rx, fcls, ev, ref):
+        calls.append((len(fx), float(g["g"][0])))
+        if len(calls) == 1 and during:
+            during()
+        if len(calls) == raise_at:
+            raise KeyboardInterrupt
+        v = np.float32(g["g"].sum() / 7 + len(fx))
+        return {"classifier_fid": v, "classifier_is": v / 3, "forgotten_share": v / 1e4,
+                "d_mia_auc": float("nan"), "downstream_acc": 0.9, "downstream_acc_kept": 0.91}
+
+    monkeypatch.setattr(gan, "evaluate_gan", evaluate)
+    return calls
+
+
+def test_an_interrupted_gan_sweep_resumes_to_the_uninterrupted_report(tmp_path, monkeypatch):
+    # An interrupted run (~30 min) kept a partial results.json and the grids drawn so far, and
+    # the rerun started over. Each (seed, request, method) is now a cell of <out>/cells, reused
+    # by the same command only; results, report and grids are written at the end only.
+    import json
+
+    from hyperforget_jax.errors import RunDirError
+    gan = load_experiment("gan_unlearning")
+    a, b = tmp_path / "a", tmp_path / "b"
+    full = _fake_gan(gan, monkeypatch)
+    gan.main([*_TINY, "--out", str(a)])                       # uninterrupted: 16 runs
+    _fake_gan(gan, monkeypatch, raise_at=11)
+    with pytest.raises(KeyboardInterrupt):
+        gan.main([*_TINY, "--out", str(b)])
+    assert sorted(p.name for p in b.iterdir()) == ["cells", "run.json"]   # no report, no grid
+    calls = _fake_gan(gan, monkeypatch)
+    gan.main([*_TINY, "--out", str(b)])                       # the same command resumes
+    assert calls == full[10:]
+    md = [(d / "report.md").read_text().splitlines() for d in (a, b)]
+    assert md[0][:-1] == md[1][:-1] and "Resumed: 10 runs reused" in md[1][-1]
+    res = [json.loads((d / "results.json").read_text()) for d in (a, b)]
+    for r in res:
+        del r["total_seconds"], r["reused"], r["config"]["out"]
+    assert res[0] == res[1]
+    grids = [{p.name: p.read_text() for p in d.glob("grid_*.png")} for d in (a, b)]
+    assert grids[0] == grids[1] and len(grids[0]) == 5
+    # Another configuration is refused; a second writer too.
+    with pytest.raises(RunDirError, match="its samples is 100, this command's is 200"):
+        gan.main([*_TINY, "--samples", "200", "--out", str(b)])
+
+    def second_writer():
+        with pytest.raises(RunDirError, match="is being written by process"):
+            gan.main([*_TINY, "--out", str(b)])
+
+    _fake_gan(gan, monkeypatch, during=second_writer)
+    gan.main([*_TINY, "--restart", "--out", str(b)])
+    assert "Resumed" not in (b / "report.md").read_text()

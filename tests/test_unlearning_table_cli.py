@@ -310,3 +310,104 @@ def test_experiments_refuse_an_out_that_holds_a_cli_run(script, work, tmp_path, 
     with pytest.raises(RunDirError, match="holds a hyperforget run"):
         exp.main(["--out", str(run)])
     assert {p.name: p.read_text() for p in run.iterdir()} == files
+
+
+def _fake_sweeps(table, monkeypatch, raise_at=None):
+    """Replaces the fleet and each setting's sweeps by a cheap deterministic stand-in (what is
+    tested is the resume machinery around them); ``raise_at``: the setting call that is
+    interrupted (KeyboardInterrupt, as Ctrl-C). Returns the settings computed."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    calls = []
+    if not _SPLITS:                             # the data, loaded and checked once
+        _SPLITS[0] = table.checked_splits(table.parse_args(_TINY))
+    monkeypatch.setattr(table, "checked_splits", lambda args: _SPLITS[0])
+    monkeypatch.setattr(table.train, "fit_fleet", lambda arch, train, cfg, seeds: [
+        SimpleNamespace(params={"w": np.arange(len(seeds), dtype=np.float32)})])
+    monkeypatch.setattr(table, "plot", lambda out, path: (path / "gap_vs_time.png").write_text(
+        str(sorted(out["settings"]))))
+
+    def setting(args, arch, cfg, splits, originals, seeds, make_request):
+        name = make_request(0).describe()
+        calls.append(name)
+        if len(calls) == raise_at:
+            raise KeyboardInterrupt
+        v = np.float32(len(name) / 3)        # a float32 and a NaN, as real evaluations give
+        ev = lambda x: {k: x for k, _, _ in table.COLS} | {"mia_efficacy_svc": float("nan")}
+        return {"kind": make_request(0).kind, "info": {},
+                "evals": {r: [ev(v + i) for i in range(len(seeds))]
+                          for r in ("Original", "Retrain", "finetune")},
+                "times": {r: [0.5 + i for i in range(len(seeds))] for r in ("Retrain",
+                                                                             "finetune")}}
+
+    monkeypatch.setattr(table, "_setting", setting)
+    return calls
+
+
+_SPLITS: dict = {}
+_TINY = ["--classes", "3", "8", "--fractions", "0.1", "--seeds", "2", "--methods", "retrain",
+         "finetune", "--no-tau-ablation", "--ulira-settings"]
+
+
+def _report_without_timings(path):
+    return [line for line in (path / "table.md").read_text().splitlines()
+            if not line.startswith("Total run time")]
+
+
+def test_an_interrupted_table_resumes_to_the_uninterrupted_report(tmp_path, monkeypatch):
+    # An interrupted sweep (Ctrl-C or kill after an hour) kept nothing: the rerun started over,
+    # and the --out of an earlier run kept its report beside nothing of this one. Each setting
+    # is now a cell of <out>/cells, reused by the same command only.
+    import json
+
+    from hyperforget_jax.errors import RunDirError
+    table = load_experiment("unlearning_table")
+    _fake_sweeps(table, monkeypatch)
+    table.main([*_TINY, "--out", str(tmp_path / "a")])       # uninterrupted
+    calls = _fake_sweeps(table, monkeypatch, raise_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        table.main([*_TINY, "--out", str(tmp_path / "b")])
+    b = tmp_path / "b"
+    assert sorted(p.name for p in b.iterdir()) == ["cells", "run.json"]   # no report yet
+    assert len(list((b / "cells").iterdir())) == 2
+    calls = _fake_sweeps(table, monkeypatch)
+    table.main([*_TINY, "--out", str(b)])                     # the same command resumes
+    assert calls == ["random 10%"]
+    assert _report_without_timings(b) == _report_without_timings(tmp_path / "a")
+    md = (b / "table.md").read_text()
+    assert "Resumed: class 3, class 8 reused" in md.splitlines()[-1] and "Resumed" not in (
+        tmp_path / "a" / "table.md").read_text()
+    res = [json.loads((d / "results.json").read_text()) for d in (tmp_path / "a", b)]
+    for r in res:
+        del r["total_seconds"], r["reused"]
+    assert res[0] == res[1]
+    # Another configuration is refused, naming the difference; --restart starts it clean.
+    with pytest.raises(RunDirError, match="its seeds is 2, this command's is 1"):
+        table.main([*_TINY, "--seeds", "1", "--out", str(b)])
+    assert (b / "table.md").read_text() == md
+    calls = _fake_sweeps(table, monkeypatch)
+    table.main([*_TINY, "--seeds", "1", "--restart", "--out", str(b)])
+    assert calls == ["class 3", "class 8", "random 10%"] and "Resumed" not in (
+        b / "table.md").read_text()
+
+
+def test_a_second_table_run_on_one_out_is_refused(tmp_path, monkeypatch):
+    # Two runs on one --out both wrote results.json, table.md and the plot: the files could
+    # come from different runs. The second is refused while the first holds the lock.
+    from hyperforget_jax.errors import RunDirError
+    table = load_experiment("unlearning_table")
+    calls = _fake_sweeps(table, monkeypatch)
+    real, seen = table._setting, []
+
+    def setting(*a):
+        if not seen:
+            with pytest.raises(RunDirError, match="is being written by process"):
+                table.main([*_TINY, "--out", str(tmp_path)])
+            seen.append(True)
+        return real(*a)
+
+    monkeypatch.setattr(table, "_setting", setting)
+    table.main([*_TINY, "--out", str(tmp_path)])
+    assert seen and len(calls) == 3
