@@ -27,9 +27,10 @@ it, for the share / quality trade-off in docs/gan.md (``--sizes ""`` skips the i
 Outputs in ``--out``: ``results.json`` (every per-seed number), ``report.md`` (tables,
 mean ± std over seeds, speed-ups as ratios of medians with both step counts, the issue's
 targets checked), ``grid_*.png`` (64 samples of the Original / Retrain / unlearned generators
-of seed 0; copied to ``--grids-dir`` if given). Duration: the DCGAN trainings dominate
-(≈ 1.5 min each on 2 idle CPU cores) and the judge takes ≈ 3.5 min: 24 min for ``--classes 3``
-(9 trainings) on the idle 2-core CPU, ≈ 32 min with both classes (12).
+of seed 0; copied to ``--grids-dir`` if given). Duration: 56.9 min for the defaults (12
+DCGAN trainings of ≈ 2 min each, the class cascades, the judge ≈ 3.5 min) alone on a 2-core
+CPU, 2026-12-05 (docs/gan.md; the estimate before the judge and the class recipe grew was
+≈ 32 min).
 
 Resuming: every run (seed × request × method), once complete, is stored in ``<out>/cells/`` with
 the configuration that produced it (every flag, the recipes, fingerprints of the data, the judge

@@ -1,6 +1,6 @@
 """The unlearning results table: every method beside Retrain, class removal and random forgetting.
 
-Command (from the repository root; ~15 minutes on 2 CPU cores)::
+Command (from the repository root; 4.8 min on 2 idle CPU cores, 14.4 min before the sweeps)::
 
     PYTHONPATH=. python experiments/unlearning_table.py --out runs/unlearning_table
 

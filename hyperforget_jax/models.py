@@ -475,7 +475,8 @@ def is_import_path(s: str) -> bool:
 
 def load_model(path: str, input_shape: tuple[int, ...] | None = None,
                num_classes: int | None = 10) -> Architecture:
-    """Loads a user model from an import path ``"pkg.module:Name"`` (the CLI's ``--model``).
+    """Loads a user model from an import path ``"pkg.module:Name"`` (what ``--arch`` of the CLI
+    and the experiments takes, e.g. ``hyperforget train --arch mypkg.models:Net``).
 
     ``Name`` may be a ``flax.linen.Module`` class (instantiated with ``num_classes=K`` when it
     has that field, else without arguments), a Module instance, an :class:`Architecture`, or an

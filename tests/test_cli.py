@@ -241,3 +241,18 @@ def test_every_command_takes_quiet_and_json():
     bare = [(path, a.option_strings[0]) for path, p in commands.items() for a in p._actions
             if a.option_strings and not a.help]
     assert not bare, bare
+
+
+def test_load_model_names_the_flag_that_takes_an_import_path():
+    """``load_model``'s docstring named "the CLI's ``--model``", a flag no command has (the
+    import path goes to ``--arch``): each flag it names is one of ``hyperforget train``'s."""
+    import argparse
+    import re
+
+    from hyperforget_jax.models import load_model
+
+    sub = next(a for a in cli.build_parser()._actions
+               if isinstance(a, argparse._SubParsersAction))
+    train_flags = {o for a in sub.choices["train"]._actions for o in a.option_strings}
+    named = re.findall(r"``(--[a-z-]+)", load_model.__doc__)
+    assert named and set(named) <= train_flags, named

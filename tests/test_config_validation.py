@@ -4,6 +4,7 @@ documented (the CLI turns the docstrings into --help)."""
 
 import dataclasses
 import math
+import re
 import typing
 
 import numpy as np
@@ -137,3 +138,39 @@ def test_field_helper_doctest_style():
     with pytest.raises(ConfigError, match=r"Mine.rate \(rate of things\) must be > 0"):
         Mine(0)
     assert C.float_fields(Mine()) == ("rate",)
+
+
+def _numbers(text: str) -> list[float]:
+    num = r"\d[\d,_]*(?:\.\d+)?(?:e-?\d+)?"
+    val = lambda s: float(s.replace(",", "").replace("_", ""))
+    return [val(m[0]) / val(m[1]) if m[0] else val(m[2])
+            for m in re.findall(rf"({num})\s*/\s*({num})|({num})", text)]
+
+
+def test_sourced_values_in_config_docstrings_are_the_defaults():
+    """An attribute documented as ``[G.pt: 4e-4]`` / ``[paper: 5/3]`` reads as "the default is
+    the source's value" (and is the flag's --help text): where the default differs, the
+    bracket must say what is ours (HyperTrainConfig.lr was 1e-3 under "[G.pt: 4e-4, ...]")."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    from hyperforget_jax.configflags import field_docs
+
+    wrong = []
+    for info in pkgutil.walk_packages(hf.__path__, "hyperforget_jax."):
+        module = importlib.import_module(info.name)
+        for cls in vars(module).values():
+            if not (inspect.isclass(cls) and dataclasses.is_dataclass(cls)
+                    and cls.__module__ == module.__name__ and "Attributes:" in (cls.__doc__ or "")):
+                continue
+            docs = field_docs(cls)
+            for f in dataclasses.fields(cls):
+                if isinstance(f.default, bool) or not isinstance(f.default, (int, float)):
+                    continue
+                for source in re.findall(r"\[([^\[\]]*:[^\[\]]*)\]", docs.get(f.name, "")):
+                    values = _numbers(source.split(":", 1)[1])
+                    if values and "ours" not in source and not any(
+                            math.isclose(v, f.default, rel_tol=1e-6) for v in values):
+                        wrong.append(f"{cls.__name__}.{f.name} = {f.default!r}: [{source}]")
+    assert not wrong, wrong

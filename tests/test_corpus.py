@@ -293,3 +293,14 @@ def test_metrics_of_large_splits_take_fewer_checkpoints_per_call(monkeypatch, di
     fn = C.make_metrics_fn(arch, digits_splits)
     assert fn.chunk == 2
     np.testing.assert_allclose(fn(flat), whole(flat), rtol=1e-5, atol=1e-6)
+
+
+def test_checkpoint_steps_keep_at_most_count_and_say_so():
+    """Rounding merges the first geometric steps: the default corpus (27 batches × 20 epochs)
+    stores 15 checkpoints per request, not ``CorpusConfig.checkpoints`` = 16 (256 originals ×
+    30 requests × 15 = the 115,200 of docs/hyperforget.md); the docstrings said exactly 16."""
+    cfg = C.CorpusConfig()
+    total = data.batch_indices(0, 0, 3500, cfg.unlearn_batch_size).shape[0] * cfg.unlearn_epochs
+    steps = C.checkpoint_steps(total, cfg.checkpoints)
+    assert steps[-1] == total and np.all(np.diff(steps) > 0) and len(steps) == 15
+    assert cfg.num_seeds * (10 + cfg.class_pairs) * len(steps) == 115_200

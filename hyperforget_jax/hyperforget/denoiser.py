@@ -376,7 +376,7 @@ class HyperTrainConfig:
     Attributes:
       steps, batch_size: optimisation length [ours: CPU-sized].
       lr, weight_decay, grad_clip: AdamW on a warm-up + cosine schedule, clipping [G.pt: 4e-4,
-        0.1, 0.75].
+        0.1, 0.75; ours: lr 1e-3, docs/hyperforget.md "Design choices that are ours"].
       warmup_fraction: share of the steps spent warming up [ours].
       ema_decay: EMA of the weights used for sampling [G.pt: 0.9999 for ~10⁶ steps; ours:
         0.995 for a few thousand].
