@@ -65,6 +65,12 @@ class Splits(NamedTuple):
 def _check_seed(seed, what: str, error: type = DataError) -> int:
     """numpy's generators take integers >= 0 only, JAX's keys 32 bits; say so in our words.
     A concrete 0-d integer array (``jnp.arange(n)``'s elements) is an integer too."""
+    dtype = str(getattr(seed, "dtype", ""))
+    if dtype.startswith("key<") or (dtype == "uint32" and np.shape(seed) == (2,)):
+        # A JAX PRNG key (typed or raw): numpy cannot read its dtype, and the user meant a seed.
+        raise error(f"{what} must be an integer >= 0, got a JAX PRNG key ({dtype}, shape "
+                    f"{np.shape(seed)}); pass the integer it was made from (e.g. 0): keys are "
+                    "derived from it inside")
     if (not isinstance(seed, (bool, numbers.Integral)) and np.ndim(seed) == 0
             and np.issubdtype(getattr(seed, "dtype", np.float64), np.integer)):
         seed = operator.index(seed)

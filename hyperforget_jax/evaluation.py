@@ -15,7 +15,7 @@ import numpy as np
 
 from hyperforget_jax import metrics
 from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits, _check_seed, forget_mask
-from hyperforget_jax.errors import DataError, ForgetRequestError
+from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError
 from hyperforget_jax.models import as_model
 
 #: Metric keys of :func:`evaluate_unlearning`, in table order, with the direction that is "better
@@ -43,11 +43,13 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
       seed: seeds the attacks' subsampling and cross-validation.
 
     Returns:
-      A flat dict of floats: ``retain_acc``, ``forget_acc``, ``test_acc`` (and ``*_loss``),
-      for class removal ``test_acc_kept`` / ``test_acc_forgotten``, ``per_class_test_acc``, and
-      ``mia_loss_lr``, ``mia_entropy_lr``, ``mia_efficacy_svc``. Accuracies are fractions.
-      An attack that cannot run (fewer than :data:`MIN_LR_ATTACK_SAMPLES` forget samples) is
-      ``None``, with the reason under ``not_applicable``.
+      A flat, JSON-ready dict: floats ``retain_acc``, ``forget_acc``, ``test_acc`` (and
+      ``*_loss``), for class removal ``test_acc_kept`` / ``test_acc_forgotten``, and
+      ``mia_loss_lr``, ``mia_entropy_lr``, ``mia_efficacy_svc``; ``per_class_test_acc``, a
+      list of one float per class (NaN for a class the test set lacks). Accuracies and
+      attack accuracies are fractions in [0, 1] (:func:`gap_to_retrain` reports points). An
+      attack that cannot run (fewer than :data:`MIN_LR_ATTACK_SAMPLES` forget samples) is
+      ``None``, with the reason in the dict ``not_applicable`` (present only then).
 
     Raises:
       ArchitectureError: parameters that do not fit the model.
@@ -158,7 +160,20 @@ def gap_keys(result: dict, retrain: dict) -> tuple[str, ...]:
 
 def gap_to_retrain(result: dict, retrain: dict) -> float:
     """Avg. Gap (METHODS.md §4): mean |metric − Retrain's| over FA, RA, TA and mia_loss_lr,
-    in percentage points (accuracies and attack accuracy ×100)."""
+    in percentage points (accuracies and attack accuracy ×100). A metric that is None (not
+    applicable) is left out (:func:`gap_keys`); a missing one is an error, as in
+    :func:`metrics.avg_gap`: a row of other metrics would otherwise give a gap over fewer keys.
+
+    Raises:
+      ConfigError: a row without one of :data:`GAP_KEYS` (pass rows of
+        :func:`evaluate_unlearning`).
+    """
+    for name, row in (("result", result), ("retrain", retrain)):
+        missing = [k for k in GAP_KEYS if k not in row]
+        if missing:
+            raise ConfigError(f"gap_to_retrain: {name} has no {', '.join(missing)} (has "
+                              f"{sorted(row)}); pass rows of hf.evaluate_unlearning, or "
+                              "hf.metrics.avg_gap(..., keys=...) for other metrics")
     keys = gap_keys(result, retrain)
     scaled = lambda d: {k: 100.0 * d[k] for k in keys}
     return metrics.avg_gap(scaled(result), scaled(retrain), keys=keys)

@@ -429,6 +429,10 @@ def check_param_tree(params: Params, want: Params | None, name: str) -> None:
             for p, l in jax.tree_util.tree_leaves_with_path(want)}
     for path, (shape, dtype) in want.items():
         if path not in got:
+            if any(g.startswith(path + "[") for g in got):   # e.g. arr.tolist() went in
+                raise ArchitectureError(f"parameters for {name}: {path} is a list or tuple, not "
+                                        "an array; pass arrays: np.asarray(...) on that leaf "
+                                        "(or load the params with hf.load_model)")
             raise ArchitectureError(f"parameters do not fit {name}: missing {path} "
                                     f"(shape {shape}); were they trained for another "
                                     "architecture?")

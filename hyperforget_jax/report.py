@@ -97,14 +97,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Saves a matplotlib figure atomically as PNG and closes it."""
+    """Saves a matplotlib figure atomically as PNG and closes it (a pyplot figure; one built
+    without pyplot, as :func:`~hyperforget_jax.gan.train.save_grid`'s, holds nothing open and
+    imports no pyplot, which would pick a backend)."""
     import io
-
-    import matplotlib.pyplot as plt
+    import sys
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:       # a figure pyplot made: imported it already
+        plt.close(fig)
     return atomic_write(path, buf.getvalue())
 
 

@@ -223,7 +223,13 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
       vectorize: ``"vmap"`` (default) or ``"map"`` (:func:`over_members`).
     """
     model = _model_for(arch, train)
+    if isinstance(seeds, (int, np.integer)):     # list(3): a bare TypeError
+        raise ConfigError(f"fit_fleet: seeds must be a sequence of integers, got {seeds!r}; "
+                          f"e.g. seeds=[{seeds}] (or seeds=range({seeds}) for {seeds} members)")
     cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else None
+    if not all(isinstance(c, TrainConfig) for c in cfgs or [cfg]):
+        raise ConfigError(f"fit_fleet takes a TrainConfig or a list of them, got "
+                          f"{type(cfg).__name__}; e.g. hf.TrainConfig(epochs=5)")
     if cfgs is not None:
         seeds = [c.seed for c in cfgs] if seeds is None else list(seeds)
         if len(cfgs) != len(seeds):

@@ -201,6 +201,12 @@ def test_parameter_checks_name_dtype_wrapping_and_extra_leaves(world):
         arch.check_params(jax.tree.map(lambda l: l.astype(jnp.int32), p))
     with pytest.raises(ArchitectureError, match=r"one level too deep.*variables\['params'\]"):
         unlearn("gradtau", arch, {"params": p}, fsplit, splits.val)
+    # A leaf given as a list (arr.tolist(), JSON) was reported as "missing", its path's parent
+    # name without a word on the list.
+    first = next(iter(p))
+    listed = {**p, first: {**p[first], "bias": np.asarray(p[first]["bias"]).tolist()}}
+    with pytest.raises(ArchitectureError, match=rf"\['{first}'\]\['bias'\] is a list.*asarray"):
+        unlearn("gradtau", arch, listed, fsplit, splits.val)
     extra = {**p, "Dense_9": {"bias": jnp.zeros(3)}}
     with pytest.raises(ArchitectureError, match="unexpected.*Dense_9"):
         hf.evaluate_unlearning(arch, extra, splits, fsplit, request)

@@ -410,6 +410,9 @@ API_CASES = [
     ("hyper-sample-not-a-key", lambda c: _hyper_call(
         "sample", 123, c.hyper["dihyfo2"], c.params, _hyper_prompt(c)), ConfigError,
      "PRNG key"),
+    ("hyper-best-of-not-a-key", lambda c: _hyper_call(      # was jax's error from split
+        "sample_best_of", 123, c.hyper["dihyfo2"], c.params, None, c.train),
+     ConfigError, "PRNG key"),
     ("hyper-sample-fractional-steps", lambda c: _hyper_call(
         "sample", jax.random.key(0), c.hyper["dihyfo2"], c.params, _hyper_prompt(c), 2.5),
      ConfigError, "num_steps must be an integer"),

@@ -231,6 +231,21 @@ def test_errors(setup):
         unlearn("scrub", arch, params, split, val, checkpointer=object())
 
 
+def test_building_block_runners_refuse_another_methods_config(setup):
+    """run_method / run_gradtau (the runners docs/unlearning.md offers for one's own loop)
+    ran NegGrad with a SalUnConfig's values (the configs share field names) and failed with a
+    bare AttributeError / KeyError on other configs or an unknown method."""
+    from hyperforget_jax.unlearn import run_gradtau
+
+    arch, params, split, val = setup
+    with pytest.raises(ConfigError, match="neggrad takes a NegGradConfig, got SalUnConfig"):
+        baselines.run_method("neggrad", arch, params, split, SalUnConfig(epochs=1))
+    with pytest.raises(ConfigError, match="unknown baseline 'gradtau'; choose one of neggrad"):
+        baselines.run_method("gradtau", arch, params, split, GradTauConfig())
+    with pytest.raises(ConfigError, match="finetune takes a GradTauConfig, got NegGradConfig"):
+        run_gradtau(arch, params, split, val, NegGradConfig(), method="finetune")
+
+
 # --- fidelity to the published baselines ------------------------------------------------
 
 def test_scrub_kl_is_the_official_distillkl_scaled_by_T_squared():

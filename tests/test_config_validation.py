@@ -83,6 +83,19 @@ def test_negative_seeds_are_refused_at_the_api(digits_splits):
                    digits_splits.val, seed=-2)
 
 
+def test_a_prng_key_passed_as_a_seed_is_a_config_error_naming_the_fix(digits_splits):
+    # A typed jax.random.key made numpy's dtype check raise a bare TypeError ("Cannot interpret
+    # 'key<fry>' as a data type") from unlearn, unlearn_sweep, evaluate_unlearning, make_splits.
+    import jax
+
+    for key in (jax.random.key(0), jax.random.PRNGKey(0)):
+        with pytest.raises(ConfigError, match="JAX PRNG key .*pass the integer"):
+            check_seed(key)
+        with pytest.raises(DataError, match="split seed .*JAX PRNG key"):
+            data.make_splits(digits_splits.train, seed=key)
+    assert check_seed(np.uint32(3)) == 3       # an integer scalar of any width stays a seed
+
+
 def test_seeds_of_33_bits_are_refused():
     # jax.random.key keeps the low 32 bits: TrainConfig(seed=2**32 + 5) drew seed 5's
     # initialisation (with its own batch order), unlearn's Bad Teacher key(seed + 10_000) too.

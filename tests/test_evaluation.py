@@ -79,6 +79,20 @@ def test_gap_keys_leave_out_not_applicable_metrics():
     assert gap_to_retrain(row, dict(row, forget_acc=0.7)) == pytest.approx(10.0)
 
 
+def test_gap_to_retrain_refuses_a_row_without_a_gap_metric():
+    """A missing metric (not None: absent) was dropped like a not-applicable one, so a row of
+    other metrics gave a gap over fewer keys, as if it were the Avg. Gap; metrics.avg_gap
+    refuses it, and so does gap_to_retrain now."""
+    from hyperforget_jax.errors import ConfigError
+
+    row = {"forget_acc": 1.0, "retain_acc": 0.9, "test_acc": 0.8, "mia_loss_lr": 0.6}
+    partial = {k: v for k, v in row.items() if k != "mia_loss_lr"}
+    with pytest.raises(ConfigError, match="result has no mia_loss_lr.*evaluate_unlearning"):
+        gap_to_retrain(partial, row)
+    with pytest.raises(ConfigError, match="retrain has no forget_acc"):
+        gap_to_retrain(row, {"accuracy": 0.9})
+
+
 def test_splits_with_different_class_counts_are_named(digits_splits):
     """A test set built with from_arrays without class 9 infers 9 classes: the evaluation then
     built a 9-output model and blamed the parameters ("trained for another architecture?")."""

@@ -132,6 +132,54 @@ def test_class_request_needs_a_classifier_that_names_the_forget_images():
                       classify=lambda s: np.array([0, 0, 0, 1]))
 
 
+def test_wrong_configs_judges_and_seeds_are_config_errors():
+    """The GAN's Python API raised bare AttributeErrors for a GANConfig (or a dict) passed as
+    unlearn_gan's recipe and for a judge that is not one, and jax's TypeError for a PRNG key
+    passed as sample's seed."""
+    from hyperforget_jax.data import Splits
+    from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan
+    from hyperforget_jax.gan.train import sample
+
+    arch = make_gan_arch("mlp", (8, 8, 1))
+    g, d = arch.init(jax.random.key(0))
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    for cfg in (GANConfig(), {"max_rounds": 1}):
+        with pytest.raises(ConfigError, match="takes cfg=an UnlearnConfig"):
+            U.unlearn_gan(arch, g, d, retain_x=x, forget_x=x, heldout_x=x, cfg=cfg)
+    with pytest.raises(ConfigError, match=r"judge=train_judge\(splits.train\).*NoneType"):
+        evaluate_gan(arch, g, d, None, Splits(None, None, None), x, x, cfg=EvalConfig())
+    with pytest.raises(ConfigError, match="GAN sample seed .*JAX PRNG key"):
+        sample(arch, g, 4, jax.random.key(0))
+
+
+def test_save_grid_leaves_the_matplotlib_backend_alone(tmp_path):
+    """save_grid called matplotlib.use("Agg"): in a notebook every later plot stopped showing."""
+    import matplotlib
+
+    from hyperforget_jax.gan.train import save_grid
+
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")            # stands for a user's backend (inline, Qt, ...)
+    try:
+        save_grid(np.zeros((3, 8, 8, 1), np.float32), tmp_path / "g.png", nrow=2)
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "g.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_save_every_below_one_is_refused_before_any_training():
+    """save_every=0 with a checkpointer trained a whole epoch (GAN) / 1000 steps (DiHyFo) and
+    then died in `% 0` with a ZeroDivisionError, nothing saved. Checked first: no data needed."""
+    from hyperforget_jax.hyperforget.dihyfo import train_hypernet
+
+    for bad in (0, -1, 2.5):
+        with pytest.raises(ConfigError, match="save_every must be an integer >= 1 \\(epochs\\)"):
+            train_gan(None, GANConfig(), checkpointer=object(), save_every=bad)
+        with pytest.raises(ConfigError, match="save_every must be an integer >= 1 \\(steps\\)"):
+            train_hypernet(None, checkpoint_dir="unused", save_every=bad)
+
+
 def _by_the_judge(x, classify, n=16):
     """The first ``n`` images a stand-in judge files under class 1 as the forget set, the next
     496 others as the retain set."""

@@ -412,6 +412,8 @@ def test_forgetting_one_sample_saves_the_model_and_marks_attacks(runs, tmp_path,
     row = res["eval"]["finetune"]
     assert row["mia_loss_lr"] is None and "at least 2" in row["not_applicable"]["mia_loss_lr"]
     assert 0 <= row["mia_efficacy_svc"] <= 1 and np.isfinite(res["avg_gap"]["finetune"])
+    # the keys the gap averaged, recorded under evaluate's name (the attack is left out)
+    assert res["avg_gap_keys"] == ["forget_acc", "retain_acc", "test_acc"]
     assert res["info"]["config"]["epochs"] == 1  # --config.epochs reached the method
     # warm and cold timings reported separately
     assert set(res["speedup_vs_retrain"]) == {"cold", "warm"}

@@ -93,6 +93,12 @@ def test_sweep_errors(setup):
         unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[])
     with pytest.raises(ConfigError, match="takes a GradTauConfig"):
         unlearn_sweep("gradtau", arch, stacked, split, val, SEEDS, [NegGradConfig()])
+    # None seeds, or one config instead of a list: a ConfigError naming the form, not the
+    # TypeError of the loop over them.
+    with pytest.raises(ConfigError, match="must be sequences.*seeds=\\[0, 1\\]"):
+        unlearn_sweep("gradtau", arch, stacked, split, val, seeds=None)
+    with pytest.raises(ConfigError, match="GradTauConfig configs.*configs=\\[config\\]"):
+        unlearn_sweep("gradtau", arch, stacked, split, val, SEEDS, GradTauConfig())
 
 
 def test_stacked_params_of_a_model_without_init_must_be_declared(setup):

@@ -192,6 +192,11 @@ def test_fleet_seeds_are_checked_like_fit_s_and_take_jax_integers(digits_splits)
     for bad in ([2**32 + 1], [-1], [1.5]):
         with pytest.raises(ConfigError, match="fit_fleet seed"):
             train.fit_fleet(arch, digits_splits.train, cfg, seeds=bad)
+    # one int for the list (a bare "'int' object is not iterable"), a dict for the config
+    with pytest.raises(ConfigError, match=r"sequence of integers, got 3; e.g. seeds=\[3\]"):
+        train.fit_fleet(arch, digits_splits.train, cfg, seeds=3)
+    with pytest.raises(ConfigError, match="fit_fleet takes a TrainConfig.*got dict"):
+        train.fit_fleet(arch, digits_splits.train, {"epochs": 0}, seeds=[0])
     a, _ = train.fit_fleet(arch, digits_splits.train, cfg, seeds=jnp.arange(2))
     b, _ = train.fit_fleet(arch, digits_splits.train, cfg, seeds=[0, 1])
     assert_trees_close(a.params, b.params, atol=0.0)

@@ -372,10 +372,14 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
       ``d_score_nonmembers``, ``downstream_acc`` (and ``downstream_acc_kept``).
 
     Raises:
+      ConfigError: ``judge`` not a :class:`Judge` or ``cfg`` not an :class:`EvalConfig`.
       NonFiniteError: the generator's samples or the discriminator's scores hold NaN/inf.
     """
     from hyperforget_jax.gan.train import d_scores, sample
 
+    if not isinstance(judge, Judge) or not isinstance(cfg, EvalConfig):
+        raise ConfigError(f"evaluate_gan takes judge=train_judge(splits.train) and cfg=an "
+                          f"EvalConfig, got a {type(judge).__name__} and a {type(cfg).__name__}")
     k = splits.test.num_classes
     arch.check_params(g_params, d_params)
     judge.arch.check_inputs(np.zeros((1, *arch.image_shape), np.float32), "the GAN's samples")

@@ -15,6 +15,7 @@ the same batches as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -25,7 +26,7 @@ import optax
 
 from hyperforget_jax import xla
 from hyperforget_jax.config import SEED_LIMIT
-from hyperforget_jax.data import Dataset, batch_indices
+from hyperforget_jax.data import Dataset, _check_seed, batch_indices
 from hyperforget_jax.checkpoint_checks import refuse_another_run
 from hyperforget_jax.errors import ConfigError, DataError
 from hyperforget_jax.gan.models import (GAN_ARCHS, MIXTURE_COMPONENTS, MIXTURE_SIGMA, GANArch,
@@ -242,9 +243,14 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
       (final state, per-epoch history of mean losses and D scores, the :class:`GANArch`).
 
     Raises:
+      ConfigError: ``save_every`` not a positive integer while checkpointing.
       NonFiniteError: a step produced NaN/inf (named in the message).
     """
     t0 = time.perf_counter()
+    if checkpointer is not None and (isinstance(save_every, bool) or not isinstance(
+            save_every, numbers.Integral) or save_every < 1):
+        # Checked up front: `% 0` raised ZeroDivisionError after the first epoch's training.
+        raise ConfigError(f"save_every must be an integer >= 1 (epochs), got {save_every!r}")
     if np.ndim(train.x) != 4:
         raise DataError(f"training images must be (N, H, W, C), got shape {np.shape(train.x)}")
     arch = gan_arch_of(cfg, train.x.shape[1:])
@@ -314,6 +320,9 @@ def generate(arch: GANArch, g_params: Params, z: jax.Array, chunk: int = 2048) -
 
 
 def sample(arch: GANArch, g_params: Params, n: int, seed: int = 0) -> np.ndarray:
+    """``n`` images of G from the latents of integer ``seed`` (not a PRNG key: refused with a
+    ConfigError, as a seed outside [0, 2**32) is, rather than jax's TypeError or a wrap)."""
+    seed = _check_seed(seed, "GAN sample seed", ConfigError)
     return generate(arch, g_params, arch.sample_latents(jax.random.key(seed), n))
 
 
@@ -328,10 +337,10 @@ def d_scores(arch: GANArch, d_params: Params, x: np.ndarray, chunk: int = 1024) 
 
 
 def save_grid(images: np.ndarray, path, nrow: int = 8, title: str | None = None) -> None:
-    """Saves up to nrow² images as one PNG grid (grey-scale or RGB)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    """Saves up to nrow² images as one PNG grid (grey-scale or RGB). The figure is built
+    without pyplot: switching the process's backend (``matplotlib.use("Agg")``) turned a
+    notebook's inline plots off for the rest of the session."""
+    from matplotlib.figure import Figure
 
     from hyperforget_jax import report
 
@@ -342,7 +351,8 @@ def save_grid(images: np.ndarray, path, nrow: int = 8, title: str | None = None)
     for k, im in enumerate(images):
         r, q = divmod(k, nrow)
         grid[r * (h + 2) + 1: r * (h + 2) + 1 + h, q * (w + 2) + 1: q * (w + 2) + 1 + w] = im
-    fig, ax = plt.subplots(figsize=(0.32 * nrow + 0.2, 0.32 * rows + (0.4 if title else 0.2)))
+    fig = Figure(figsize=(0.32 * nrow + 0.2, 0.32 * rows + (0.4 if title else 0.2)))
+    ax = fig.subplots()
     ax.imshow(grid[..., 0] if c == 1 else grid, cmap="gray" if c == 1 else None,
               vmin=0, vmax=1, interpolation="nearest")
     ax.axis("off")

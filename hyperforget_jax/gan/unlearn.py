@@ -661,13 +661,17 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
       if there is none), for item unlearning the last round.
 
     Raises:
-      ConfigError: class unlearning without ``classify``; empty forget set.
+      ConfigError: ``cfg`` not an :class:`UnlearnConfig`; class unlearning without
+        ``classify``; empty forget set.
       ForgetRequestError: ``forget_classes`` under which ``classify`` files fewer than half of
         ``forget_x``.
       CheckpointError: ``checkpointer`` holds another run (other recipe or forget set).
       NonFiniteError: a round produced NaN/inf.
     """
     t0 = time.perf_counter()
+    if not isinstance(cfg, UnlearnConfig):   # e.g. the GANConfig: an AttributeError deep inside
+        raise ConfigError(f"unlearn_gan takes cfg=an UnlearnConfig (ITEM_RECIPE, CLASS_RECIPE), "
+                          f"got {type(cfg).__name__}")
     if len(forget_x) == 0:
         raise ConfigError("nothing to unlearn: the forget set is empty")
     if forget_classes is not None and classify is None:

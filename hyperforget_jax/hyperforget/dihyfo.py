@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -188,6 +189,10 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
       The :class:`Hypernet` (EMA parameters) and a history: ``loss`` every 50 steps,
       ``seconds``, ``steps_per_second``, ``trajectories``, ``train_config``.
     """
+    if checkpoint_dir is not None and (isinstance(save_every, bool) or not isinstance(
+            save_every, numbers.Integral) or save_every < 1):
+        # Checked up front: `% 0` raised ZeroDivisionError after the first steps' training.
+        raise ConfigError(f"save_every must be an integer >= 1 (steps), got {save_every!r}")
     if variant not in VARIANTS:
         raise ConfigError(f"unknown hypernetwork variant {variant!r}; choose one of "
                           f"{', '.join(VARIANTS)}")

@@ -259,9 +259,14 @@ def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt
 
     Returns:
       (params, {"forget_loss", "retain_loss", "chosen"}) of the kept sample.
+
+    Raises:
+      ConfigError: ``key`` not one PRNG key (checked before it is split), ``k`` < 1, and as
+        :func:`sample`.
     """
-    if k < 1:
-        raise ConfigError(f"k must be >= 1, got {k}")
+    _check_key(key)
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
     keys = jax.random.split(key, k)
     many = sample_many(keys, net, params, stack_prompts([prompt] * k), num_steps, method,
                        guidance)

@@ -333,12 +333,20 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
       one device (``info["devices"]``, ``info["device_kind"]``).
 
     Raises:
-      ConfigError: no seed, a negative seed, a config of the wrong type, per-seed splits of
+      ConfigError: no seed, a negative seed, ``seeds`` or ``configs`` that are not sequences
+        (one config: pass ``[config]``), a config of the wrong type, per-seed splits of
         different sizes or not one per seed.
     """
     if isinstance(seeds, (int, np.integer)):
         raise ConfigError(f"seeds must be a sequence of integers, got {seeds!r}; e.g. "
                           f"seeds=[{seeds}]")
+    try:
+        seeds = list(seeds)
+        configs = None if configs is None else list(configs)
+    except TypeError:    # None, or one config object: not the deep TypeError of a loop
+        raise ConfigError(f"seeds and configs must be sequences, got seeds={seeds!r} and a "
+                          f"{type(configs).__name__} configs; e.g. seeds=[0, 1], "
+                          "configs=[config]") from None
     seeds = [check_seed(s) for s in seeds]
     if not seeds:
         raise ConfigError("unlearn_sweep needs at least one seed")

@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import metrics, train, xla
 from hyperforget_jax.config import float_fields
 from hyperforget_jax.data import ForgetSplit, shared_rows, wrapped_batches, wrapped_stream
-from hyperforget_jax.errors import NonFiniteError
+from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.unlearn import configs as C
 
@@ -449,6 +449,12 @@ class Prepared(NamedTuple):
 
 def prepare(method: str, model: Architecture, params: Params, split: ForgetSplit, cfg: Any,
             seed: int) -> Prepared:
+    if method not in METHODS:
+        raise ConfigError(f"unknown baseline {method!r}; choose one of {', '.join(METHODS)}")
+    want = METHODS[method][0]
+    if not isinstance(cfg, want):
+        # Configs share field names: another method's config would run with its values.
+        raise ConfigError(f"{method} takes a {want.__name__}, got {type(cfg).__name__}")
     shared, member, plan, extra = METHODS[method][1](model, params, split, cfg, seed)
     return Prepared(hyperparameters(cfg), shared, member, plan, extra)
 
@@ -477,6 +483,11 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
       cfg: the method's config.
       seed: batch order, random labels, the incompetent teacher.
       mesh: optional mesh: batches split along its data axis, the rest replicated.
+
+    Raises:
+      ConfigError: an unknown method, or a config of another method (the configs share
+        field names, so e.g. a SalUnConfig would run NegGrad with SalUn's values).
+      NonFiniteError: a step produced NaN/inf.
     """
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     prep = prepare(method, model, params, split, cfg, seed)

@@ -56,6 +56,8 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     """Everything host-side about one ∇τ (``method="gradtau"``) or Fine-tune
     (``"finetune"``: α ≡ 0, :func:`.gradtau.finetune_epochs` = int(6·N_r / N_f) forget-epochs
     unless ``cfg.epochs`` is set) run."""
+    if not isinstance(cfg, G.GradTauConfig):    # a baseline's config: an AttributeError
+        raise ConfigError(f"{method} takes a GradTauConfig, got {type(cfg).__name__}")
     nf, nr = len(split.forget), len(split.retain)
     if method == "finetune" and cfg.alpha0 not in (None, 0):
         # Fine-tune is α ≡ 0: a given α₀ would be ignored yet recorded in info["config"].
@@ -300,6 +302,7 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
       restored from the checkpoint, 0 for a fresh run).
 
     Raises:
+      ConfigError: a config that is not a GradTauConfig.
       NonFiniteError: a step produced NaN/inf (named in the message); nothing is saved.
       CheckpointError: the checkpoint directory holds a different run.
     """
