@@ -190,7 +190,10 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         history.append({"epoch": epoch, "loss": float(m["loss"].mean()),
                         "accuracy": float(m["accuracy"].mean())})
         if checkpointer is not None:
-            checkpointer.save(epoch + 1, state, {**(meta or {}), "epoch": epoch + 1,
+            # "architecture": the model that trained (``train_config.arch`` need not name it;
+            # a caller's own record, the CLI's, is kept)
+            checkpointer.save(epoch + 1, state, {"architecture": model.to_json(),
+                                                 **(meta or {}), "epoch": epoch + 1,
                                                  "train_config": cfg.to_json(),
                                                  "train_data": data_id,
                                                  "init_params": init_id,

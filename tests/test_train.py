@@ -161,6 +161,12 @@ def test_resume_refuses_a_checkpoint_of_another_run(digits_splits, tmp_path):
                       dataclasses.replace(cfg, epochs=3), checkpointer=ck)
         same, hist = train.fit(arch, ds, cfg, checkpointer=ck)   # the same run: nothing to do
         assert hist == [] and ck.latest_step() == 2
+    # The record names the model that trained, which the recipe's `arch` field need not (a
+    # default TrainConfig says "mlp"): fit("gpt_mlp", ...) was recorded as an "mlp".
+    with Checkpointer(tmp_path / "ck3") as ck:
+        train.fit("gpt_mlp", ds, train.TrainConfig(epochs=1), checkpointer=ck)
+        assert ck.restore_meta()["architecture"] == models.as_model(
+            "gpt_mlp", ds.x.shape[1:], ds.num_classes).to_json()
     # Another start (init_params) was continued too: the first run's model came back.
     start = arch.init(jax.random.key(1))
     with Checkpointer(tmp_path / "ck2") as ck:
