@@ -378,3 +378,73 @@ def test_teacher_logits_of_a_large_set_are_computed_in_chunks(monkeypatch):
     got = np.asarray(baselines._logits(model, {"w": jnp.arange(12.0).reshape(4, 3)}, x))
     np.testing.assert_allclose(got, x.reshape(21, 4) @ np.arange(12.0).reshape(4, 3), rtol=1e-6)
     assert max(seen) <= 8, seen
+
+
+def test_neggrad_plus_and_bad_teacher_objectives_equal_their_formulas():
+    # NegGrad+: β·CE(B_r) − (1 − β)·CE(B_f); β = 0.9, not 0.5, so a β on the wrong term shows.
+    # Bad Teacher: KL(teacher ‖ student) [paper: the student matches the teacher's
+    # distribution], not the reverse KL, which weighs the classes by the student's beliefs.
+    ce = lambda logits, y: np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(len(y)), y])
+    rng = np.random.default_rng(0)
+    w, xf, xr = rng.normal(size=(5, 4)), rng.normal(size=(6, 5)), rng.normal(size=(7, 5))
+    yf, yr = rng.integers(0, 4, 6), rng.integers(0, 4, 7)
+    obj = baselines.neggrad_plus(train.per_example_ce(lambda p, x: x @ p), 0.9)
+    _, _, m = obj.update(jnp.asarray(w), (), (xf, yf), (xr, yr))
+    assert float(m["loss"]) == pytest.approx(0.9 * ce(xr @ w, yr) - 0.1 * ce(xf @ w, yf),
+                                             rel=1e-5)
+    teacher, T = rng.normal(size=(6, 4)) * 3, 2.0
+    softmax = lambda z: np.exp(z - z.max(1, keepdims=True)) / np.exp(
+        z - z.max(1, keepdims=True)).sum(1, keepdims=True)
+    p, q = softmax(teacher / T), softmax(xf @ w / T)
+    obj = baselines.bad_teacher(lambda p_, x: x @ p_, T)
+    _, _, m = obj.update(jnp.asarray(w), (), (xf, teacher))
+    assert float(m["loss"]) == pytest.approx(np.mean(np.sum(p * np.log(p / q), 1)), rel=1e-5)
+
+
+def test_sgd_is_pytorchs_sgd_with_weight_decay():
+    # torch.optim.SGD: d = g + wd·θ; buf = m·buf + d (buf = d at the first step); θ −= lr·buf.
+    # Decay applied after the momentum would add wd·θ to the update unscaled by −lr.
+    lr, m, wd = 0.1, 0.9, 0.05
+    theta, grads = np.array([1.0, -2.0, 0.5]), [np.array([0.3, 0.1, -0.2]) * k for k in (1, 2, 3)]
+    tx = baselines.sgd(lr, m, wd)
+    p, want, buf = jnp.asarray(theta), theta.copy(), None
+    state = tx.init(p)
+    for g in grads:
+        upd, state = tx.update(jnp.asarray(g), state, p)
+        p = optax.apply_updates(p, upd)
+        d = g + wd * want
+        buf = d if buf is None else m * buf + d
+        want = want - lr * buf
+    np.testing.assert_allclose(p, want, rtol=1e-6)
+
+
+def test_random_labels_are_uniform_over_every_class(setup):
+    # SalUn's code draws np.random.randint(0, num_classes): every class, the true one included
+    # (a random label that can never be the true one is another method), uniformly.
+    arch, params, split, _ = setup
+    prep = baselines.prepare("random_labels", arch, params, split,
+                             baselines.C.RandomLabelsConfig(epochs=10), seed=0)
+    nf = len(split.forget)
+    idx, y, w = (np.asarray(prep.plan[k]) for k in ("idx", "y", "w"))
+    forget_rows = (idx < nf).all(1)
+    labels = y[forget_rows][w[forget_rows] > 0]
+    assert len(labels) == 10 * nf
+    counts = np.bincount(labels, minlength=10)
+    np.testing.assert_allclose(counts / len(labels), 0.1, atol=0.03)
+    assert counts[split.forget.y[0]] > 0.07 * len(labels)          # the true label too
+
+
+def test_scrub_plan_runs_msteps_max_passes_first(setup):
+    # SCRUB [official code]: epochs < msteps run a max-pass over D_f, then a min-pass over D_r.
+    # From an untrained network (CE ≈ 2.3): the first step maximises KL(teacher ‖ student)
+    # with student = teacher, loss 0 (up to rounding); the last is a min-step, γ·CE + α·KL.
+    arch, params, split, _ = setup
+    cfg = baselines.C.ScrubConfig(epochs=3, msteps=2)
+    prep = baselines.prepare("scrub", arch, params, split, cfg, seed=0)
+    nf, nr = len(split.forget), len(split.retain)
+    per_f, per_r = -(-nf // cfg.forget_batch_size), -(-nr // cfg.retain_batch_size)
+    want = ([0] * per_f + [1] * per_r) * 2 + [1] * per_r
+    np.testing.assert_array_equal(prep.plan["kind"], want)
+    _, info = baselines.run_method("scrub", arch, arch.init(jax.random.key(1)), split,
+                                   baselines.C.ScrubConfig(epochs=1, msteps=1), seed=0)
+    assert abs(info["first_loss"]) < 1e-5 and info["last_loss"] > 1.0

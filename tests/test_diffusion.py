@@ -154,3 +154,32 @@ def test_ddpm_step_variance_is_gpts_fixed_large():
     np.testing.assert_allclose(got_small, expected(post_var), rtol=0.03)    # β̃_t: 1.00e-4
     with pytest.raises(ConfigError):
         D.ddpm_sample(s, pred, jax.random.key(0), (2, 1), variance="learned")
+
+
+def test_x0_loss_draws_the_last_step_too():
+    """t ~ U{0..T−1} [G.pt]: with T = 2 and a predictor that is wrong (by 1) at t = T − 1 only,
+    the loss is the share of t = T − 1 draws, ≈ 1/2 (an upper bound of T − 1 gives 0)."""
+    s = D.make_schedule(2)
+    pred = lambda x, t: jnp.broadcast_to((t == 1).astype(x.dtype)[:, None], x.shape)
+    loss = float(D.x0_loss(s, pred, jnp.zeros((4000, 1)), jax.random.key(0)))
+    assert loss == pytest.approx(0.5, abs=0.05)
+
+
+def test_ddpm_visits_every_step_with_its_own_variance():
+    """A 4-step schedule with large β: x̂₀ = 1 for t ≥ 1 and the identity at t = 0, so the output
+    is x_1, whose mean and variance follow m_{t−1} = coef1_t + coef2_t m_t and
+    Var_{t−1} = coef2_t² Var_t + β_t over t = 3, 2, 1 (float64 numpy, DDPM eq. 7). A sampler
+    that skips t = T − 1, feeds the network t − 1 or draws with β_{t−1} is off by ≥ 5 % here
+    (the T = 1000 test cannot see steps this small)."""
+    s = D.make_schedule(4, 0.1, 0.5)
+    betas = np.linspace(0.1, 0.5, 4)
+    ab = np.cumprod(1 - betas)
+    abp = np.append(1.0, ab[:-1])
+    coef1, coef2 = np.sqrt(abp) * betas / (1 - ab), (1 - abp) * np.sqrt(1 - betas) / (1 - ab)
+    m, v = 0.0, 1.0
+    for t in (3, 2, 1):
+        m, v = coef1[t] + coef2[t] * m, coef2[t] ** 2 * v + betas[t]
+    pred = lambda x, t: jnp.where((t > 0)[:, None], 1.0, x)
+    x = np.asarray(D.ddpm_sample(s, pred, jax.random.key(0), (4000, 25)))
+    np.testing.assert_allclose(x.mean(), m, rtol=0.01)
+    np.testing.assert_allclose(x.var(), v, rtol=0.03)

@@ -334,3 +334,66 @@ def test_sample_cli_refuses_num_steps_with_ddpm(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--num-steps counts DDIM's steps" in err[0], err
     assert not out.exists()
+
+
+def test_guided_sample_extrapolates_from_the_conditional_model(setup, digits_splits):
+    # Classifier-free guidance: x̂ = x̂_c + w (x̂_c − x̂_u) [ours; Ho & Salimans], written out as
+    # DDIM over the denoiser's two passes (the unconditional one drops the scalar conditions).
+    _, corpus, net2, _, start = setup
+    prompt = H.make_prompt(net2, start, digits_splits.train, (5,))
+    spec, key, tmpl = net2.spec, jax.random.key(3), corpus.arch.param_shapes()
+    model, sched, theta0 = spec.model(), D.make_schedule(spec.num_train_steps), P_.flatten(start)
+    z0 = spec.weights.encode_start(theta0, tmpl)[None]
+    sc = spec.conditions(prompt.forget_start, prompt.forget_target, prompt.retain_start,
+                         prompt.retain_target)[None]
+    apply = lambda x, t, *drop: model.apply({"params": net2.params}, x, z0, t, sc,
+                                            prompt.classes[None], *drop)
+    fn = lambda x, t: 3.0 * apply(x, t) - 2.0 * apply(x, t, jnp.ones((1,), bool))    # w = 2
+    # One compiled call (run op by op, the 4 steps' 8 denoiser passes take seconds).
+    x0 = jax.jit(lambda k: D.ddim_sample(sched, fn, k, (1, spec.weights.change_size), 4))(key)
+    want = spec.weights.decode_change(x0[0], theta0, tmpl)
+    got = H.sample(key, net2, start, prompt, num_steps=4, guidance=2.0)
+    np.testing.assert_allclose(P_.flatten(got), want, atol=1e-5)
+
+
+def test_best_of_keeps_the_sample_closest_to_the_prompt(setup, digits_splits):
+    # |Δ log L_f| + |Δ log L_r| of each of the k = 2 samples, measured here on the request's
+    # training images; the kept one is the smallest.
+    from hyperforget_jax import data
+    from hyperforget_jax.train import mean_cross_entropy
+    _, corpus, net2, _, start = setup
+    prompt = H.make_prompt(net2, start, digits_splits.train, (5,), forget_target=2.0)
+    prompt = prompt._replace(retain_target=prompt.retain_start * 1.5)
+    key, arch = jax.random.key(4), net2.spec.arch
+    got, info = H.sample_best_of(key, net2, start, prompt, digits_splits.train, k=2, num_steps=4)
+    many = H.sample_many(jax.random.split(key, 2), net2, start, H.stack_prompts([prompt] * 2),
+                         num_steps=4)
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(5,)))
+    loss = lambda p, ds: float(mean_cross_entropy(arch, p, jnp.asarray(ds.x), jnp.asarray(ds.y)))
+    score = [abs(np.log(loss(P_.tree_index(many, i), split.forget) / 2.0))
+             + abs(np.log(loss(P_.tree_index(many, i), split.retain)
+                          / float(prompt.retain_target))) for i in range(2)]
+    assert max(score) > min(score) and info["chosen"] == int(np.argmin(score))
+    np.testing.assert_allclose(P_.flatten(got), P_.flatten(P_.tree_index(many, info["chosen"])))
+
+
+def test_endpoint_fraction_is_the_share_of_endpoint_targets():
+    # endpoint_fraction of the pairs target the end; the rest a uniform checkpoint (the end
+    # included): 0.9 + 0.1 / 5 at 0.9 (at the default 0.5 "<" and ">" draw the same share).
+    src = H.PairSource(*[None] * 9, trajectories=np.array([[0, 5, 0], [5, 5, 1]]))
+    rows = H.sample_pairs(np.random.default_rng(0), src, 4000, endpoint_fraction=0.9)
+    assert np.mean(np.isin(rows, [4, 9])) == pytest.approx(0.92, abs=0.015)
+
+
+def test_default_targets_are_the_medians_of_the_trajectory_endpoints(setup):
+    # Per request size: the median endpoint forget loss and the median log(endpoint retain loss
+    # / the original's retain loss) (make_prompt's default retain target: r0 · exp(that)).
+    _, corpus, net2, _, _ = setup
+    src = H.pair_source(corpus, "dihyfo2", None)
+    ends = src.trajectories[:, 0] + src.trajectories[:, 1] - 1
+    sizes = src.classes[ends].sum(1)
+    for n, forget, log_ratio in net2.spec.default_targets:
+        e = ends[sizes == n]
+        assert forget == pytest.approx(np.median(src.forget_loss[e]), rel=1e-6)
+        assert log_ratio == pytest.approx(
+            np.median(np.log(src.retain_loss[e] / src.start_retain[e])), rel=1e-5, abs=1e-7)

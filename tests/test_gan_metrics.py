@@ -176,3 +176,34 @@ def test_eval_config_refuses_more_downstream_samples_than_generated():
     with pytest.raises(ConfigError, match="downstream_samples"):
         M.EvalConfig(num_samples=200, downstream_samples=1000)
     assert M.EvalConfig(num_samples=1000, downstream_samples=1000).downstream_samples == 1000
+
+
+def test_classifier_fid_equals_the_standard_formula_on_correlated_features():
+    """pytorch-fid's ``calculate_frechet_distance``: unbiased ``np.cov(rowvar=False)`` and
+    scipy's ``sqrtm(Σ1 Σ2)``, on covariances that do not commute (for diagonal ones
+    tr((Σ1 Σ2)^½) cannot tell the right matrix product from others) and few rows (the
+    n/(n − 1) of the unbiased covariance shows)."""
+    from scipy import linalg
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(30, 4)) @ rng.normal(size=(4, 4))
+    b = rng.normal(size=(20, 4)) @ rng.normal(size=(4, 4)) + 0.3
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    want = (np.sum((a.mean(0) - b.mean(0)) ** 2)
+            + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real))
+    assert M.classifier_fid(a, b) == pytest.approx(want, rel=1e-7)
+
+
+def test_classifier_is_is_exp_of_the_mean_kl_for_mixed_predictions():
+    """exp(E_x KL(p(y|x) ‖ p(y))) with scipy's KL, on predictions whose KL differs per image
+    (the constructed cases above have one KL for every image: exp∘mean = mean∘exp there)."""
+    from scipy.stats import entropy
+    p = np.random.default_rng(0).dirichlet(np.full(5, 0.5), size=200)
+    want = np.exp(np.mean([entropy(row, p.mean(0)) for row in p]))
+    assert M.classifier_is(p) == pytest.approx(want, rel=1e-6)
+
+
+def test_d_score_mia_accuracy_is_the_best_balanced_accuracy_over_thresholds():
+    members, nonmembers = np.array([0.9, 0.4, 0.35]), np.array([0.6, 0.1, 0.2, 0.05])
+    best = max((np.mean(members >= c) + np.mean(nonmembers < c)) / 2
+               for c in np.r_[members, nonmembers, np.inf])
+    assert M.d_score_mia(members, nonmembers)["d_mia_acc"] == pytest.approx(best)

@@ -86,3 +86,15 @@ def test_start_encoding_is_normalised_and_rescale_invariant():
          "Dense_1": {**p["Dense_1"], "kernel": p["Dense_1"]["kernel"] / 1.65}}
     np.testing.assert_allclose(ws.encode_start(P_.flatten(p), tmpl), z[0], rtol=1e-4,
                                atol=1e-5)
+
+
+def test_canonical_hidden_units_have_unit_incoming_norm_bias_included():
+    # Every hidden unit's (incoming weights, bias) has norm 1 after canonicalisation [module
+    # docstring]; a norm over the weights alone is another canonical form (same function,
+    # other coordinates for the hypernetwork).
+    p = jax.tree.map(lambda v: v + 0.3, MLP.init(jax.random.key(0)))       # non-zero biases
+    c, _ = canonicalize(p)
+    for name in ("Dense_0", "Dense_1"):
+        norm = np.sqrt(np.sum(np.asarray(c[name]["kernel"]) ** 2, 0)
+                       + np.asarray(c[name]["bias"]) ** 2)
+        np.testing.assert_allclose(norm, 1.0, rtol=1e-5)

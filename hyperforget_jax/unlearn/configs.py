@@ -99,8 +99,11 @@ class SalUnConfig:
     ``mask_ratio`` share of weights with the largest |∇_θ(−CE(D_f))| (gradient accumulated over
     the forget batches at the original parameters, one global threshold over all tensors;
     ``generate_mask.py``, ratio 0.5 as in their README). Masked-out weights keep their original
-    value. RL schedule as :class:`RandomLabelsConfig` (10 epochs, SGD momentum 0.9, wd 5e-4,
-    batch 256); lr 0.01 [ours: SalUn's 0.1 was set for ResNet-18 with BatchNorm].
+    value [paper: θ_u = m ⊙ (Δθ + θ_o) + (1 − m) ⊙ θ_o; SalUn's code (``unlearn/RL.py``)
+    masks the gradient before its SGD step instead, so there weight decay still shrinks the
+    masked-out weights, by ≈ 0.7 % over this schedule on MNIST-5k]. RL schedule as
+    :class:`RandomLabelsConfig` (10 epochs, SGD momentum 0.9, wd 5e-4, batch 256); lr 0.01
+    [ours: SalUn's 0.1 was set for ResNet-18 with BatchNorm].
 
     Attributes:
       epochs: Random-labels epochs [SalUn code: 10].
