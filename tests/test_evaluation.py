@@ -124,3 +124,37 @@ def test_fsplit_rows_check_compares_every_label_and_a_sample_of_images(digits_sp
     bad = fs._replace(retain=dataclasses.replace(fs.retain, y=y))
     with pytest.raises(ForgetRequestError, match="not splits.train's rows"):
         evaluate_unlearning(ARCH, ARCH.init(jax.random.key(0)), digits_splits, bad, req)
+
+
+def test_every_metric_equals_numpy_on_the_right_sets(setting):
+    """Class removal, every metric from the model's logits in numpy: accuracies on D_r, D_f,
+    D_t, its kept and forgotten classes; the LR attacks on (forget, forgotten-class test) with
+    the loss and the entropy; the SVC trained on (retain, test), applied to forget."""
+    from hyperforget_jax import metrics
+
+    splits, req, fs, orig, _ = setting
+    out = evaluate_unlearning(ARCH, orig, splits, fs, req, seed=1)
+
+    def feats(ds):
+        z = np.asarray(ARCH.apply(orig, ds.x), np.float64)
+        logp = z - z.max(1, keepdims=True)
+        logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+        loss = -logp[np.arange(len(ds.y)), ds.y]
+        return (z.argmax(1) == ds.y), loss, -(np.exp(logp) * logp).sum(1), np.exp(-loss)
+
+    (cr, _, _, conf_r), (cf, loss_f, ent_f, conf_f), (ct, loss_t, ent_t, conf_t) = (
+        feats(fs.retain), feats(fs.forget), feats(splits.test))
+    gone = np.isin(splits.test.y, req.classes)
+    assert out["retain_acc"] == pytest.approx(cr.mean())
+    assert out["forget_acc"] == pytest.approx(cf.mean())
+    assert out["test_acc"] == pytest.approx(ct.mean())
+    assert out["test_acc_kept"] == pytest.approx(ct[~gone].mean())
+    assert out["test_acc_forgotten"] == pytest.approx(ct[gone].mean())
+    assert out["test_acc_kept"] != pytest.approx(out["test_acc"], abs=1e-3)
+    assert out["mia_loss_lr"] == pytest.approx(
+        metrics.mia_loss_lr(loss_f, loss_t[gone], seed=1), abs=1e-6)
+    assert out["mia_entropy_lr"] == pytest.approx(
+        metrics.mia_entropy_lr(ent_f, ent_t[gone], seed=1), abs=1e-6)
+    assert out["mia_entropy_lr"] != out["mia_loss_lr"]
+    assert out["mia_efficacy_svc"] == pytest.approx(
+        metrics.mia_efficacy_svc(conf_r, conf_t, conf_f, seed=1), abs=1e-6)

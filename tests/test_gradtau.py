@@ -69,6 +69,18 @@ def test_finetune_budget_is_the_official_int_6_nr_over_nf():
     assert G.finetune_epochs(118, 1, max_epochs=80) == 160
 
 
+def test_plan_refreshes_tau_every_c_forget_epochs_and_takes_alpha0_of_the_whole_set():
+    """τ every ``tau_refresh_epochs`` forget-epochs = that many × N_f steps (N_f = 5 here: a
+    period counted in steps would refresh every epoch); α₀ = (5/3)·|D_f| / (|D_f| + |D_r|)."""
+    from hyperforget_jax.unlearn.gradtau_run import make_plan
+    ds = lambda n: data.from_arrays(np.zeros((n, 2, 2, 1), np.float32), np.arange(n) % 2,
+                                    num_classes=2)
+    split = data.ForgetSplit(ds(10), ds(90), np.arange(10), np.arange(90))
+    plan = make_plan(split, G.GradTauConfig(batch_size=2), 0, None, "gradtau")
+    assert plan.f_idx.shape[1] == 5 and int(plan.hp["refresh_steps"]) == 25
+    assert plan.alpha0 == pytest.approx(5 / 3 * 10 / 100) and not plan.clamped
+
+
 def test_finetune_refuses_an_alpha0_it_would_ignore():
     # Fine-tune is α ≡ 0: GradTauConfig(alpha0=0.5) used to run pure descent and record 0.5.
     from hyperforget_jax.unlearn.gradtau_run import make_plan
@@ -245,6 +257,21 @@ def test_class_removal_on_digits(digits_splits, digits_original):
     assert _acc(arch, out, split.retain) > 0.95            # kept
     # the caller's parameters were not donated away
     assert _acc(arch, params, split.forget) > 0.9
+
+
+def test_unseen_class_tau_is_measured_once_whatever_the_refresh_period(digits_splits,
+                                                                       digits_original):
+    """``unseen_class`` τ is measured on the original model only (refreshing it chases its own
+    tail, module docstring): the refresh period changes nothing, while the ascent is on."""
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    runs = [G.run_gradtau(arch, params, split, digits_splits.val, G.GradTauConfig(
+        epochs=2, tau_mode="unseen_class", tau_refresh_epochs=c), seed=0, forget_classes=(3,))
+        for c in (1, 2)]
+    (p1, info1), (p2, _) = runs
+    assert info1["tau_mode"] == "unseen_class" and len(info1["tau"]) == 1
+    assert min(info1["ascent_steps"]) > 0
+    assert_trees_close(p1, p2, atol=0)
 
 
 def test_random_subset_runs_without_recompiling(digits_splits, digits_original):
@@ -426,8 +453,11 @@ def _own_loop(arch, params, split, val, cfg, seed):
 def test_runner_equals_the_building_blocks_in_your_own_loop(digits_splits, digits_original):
     arch, params = digits_original
     split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
-    cfg = G.GradTauConfig(epochs=6)            # τ refreshed at forget-epochs 0 and 5
+    # τ refreshed at forget-epochs 0 and 5; 2 batch pairs per forget-epoch (with one, a
+    # schedule counted in steps would equal one counted in forget-epochs)
+    cfg = G.GradTauConfig(epochs=6, batch_size=64)
     want, info = G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=2)
+    assert info["batches_per_epoch"] == 2
     got, taus, ascent = _own_loop(arch, params, split, digits_splits.val, cfg, seed=2)
     assert_trees_close(got, want, atol=2e-5)
     np.testing.assert_allclose(taus, info["tau"], rtol=1e-5)
@@ -869,3 +899,48 @@ def test_tau_in_chunks_keeps_float64():
         x = jnp.full((5,), 1 + 1e-12, jnp.float64)
         got = G._row_mean(lambda a: a, (x,), 2)
         assert got.dtype == jnp.float64 and float(got) == float(jnp.mean(x))
+
+
+def _log_softmax_np(z):
+    z = np.asarray(z, np.float64)
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def test_tau_of_every_mode_equals_its_formula():
+    """τ against numpy, from the definitions in the module docstring: ``val`` the mean CE over
+    the validation set, ``unseen_class`` the mean over kept-class inputs and forgotten classes
+    c of −log p_c(x), ``chance`` log K; whole and summed in chunks with a remainder."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(11, 4)).astype(np.float32)
+    y = (np.arange(11) % 3).astype(np.int32)
+    val = data.Dataset(x, y, 3, "toy")
+    w = jnp.asarray(rng.normal(size=(4, 3)), jnp.float32)
+    apply = lambda p, xx: xx @ p
+    logp = _log_softmax_np(x @ np.asarray(w, np.float64))
+    want_val = -logp[np.arange(11), y].mean()
+    kept = y != 2
+    want_unseen = -logp[kept][:, [2]].mean()
+    xk, classes = G.tau_inputs("unseen_class", val, (2,))
+    np.testing.assert_array_equal(xk, x[kept])
+    np.testing.assert_array_equal(classes, [2])
+    for rows in (None, 3):      # jitted, as in the runner (and ~10x faster than eager)
+        got_val = jax.jit(G.val_tau_fn(apply, rows))(w, x, y)
+        got_unseen = jax.jit(G.unseen_class_tau_fn(apply, rows))(w, xk, classes)
+        assert float(got_val) == pytest.approx(want_val, rel=1e-5)
+        assert float(got_unseen) == pytest.approx(want_unseen, rel=1e-5)
+    assert G.compute_tau("chance", apply, w, val, (2,)) == pytest.approx(np.log(3))
+    assert float(G.compute_tau("unseen_class", apply, w, val, (2,))) == pytest.approx(
+        want_unseen, rel=1e-5)
+
+
+def test_optimiser_is_adamw_with_weight_decay_on_the_epoch_learning_rate():
+    """With zero gradients AdamW's update is the decoupled decay alone, −lr_e·wd·θ, with lr_e
+    the learning rate of the forget-epoch [official code: AdamW wd 0.01, LinearLR per epoch]."""
+    tx = G.gradtau_tx(1e-3, 0.01, 0.1, 2, 3)
+    p = {"w": jnp.array([1.0, -2.0, 4.0])}
+    state, zeros, update = tx.init(p), {"w": jnp.zeros(3)}, jax.jit(tx.update)
+    for t in range(7):
+        u, state = update(zeros, state, p)
+        lr = 1e-3 * (1 - 0.9 * min(t // 3, 2) / 2)
+        np.testing.assert_allclose(u["w"], -lr * 0.01 * p["w"], rtol=1e-5)

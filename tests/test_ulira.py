@@ -204,3 +204,61 @@ def test_confidences_of_a_one_member_fleet_in_chunks(monkeypatch):
     want = np.asarray(ulira.logit_confidence(model.apply(params, x), y))
     assert got.shape == (1, 19)
     np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
+
+
+def test_ulira_test_equals_the_likelihood_ratio_written_out():
+    """Steps 4–5 of the module docstring as a plain loop over examples, with scipy's Gaussian
+    log-density and scikit-learn's AUC: per-example means over the targeting shadows, σ pooled
+    with one degree of freedom per example, Λ = log N(φ; μ_unl, σ_unl) − log N(φ; μ_ret, σ_ret),
+    "unlearned" when Λ > 0. σ_unl ≠ σ_ret, so the log σ terms matter."""
+    from scipy.stats import norm
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    S, n = 6, 40
+    tgt = rng.random((S, n)) < 0.5
+    tgt[:, -1] = False                                # never targeted: skipped
+    tgt[0, :-1] = True
+    phi_u = rng.normal(1.0, 0.5, (S, n))
+    phi_r = rng.normal(0.0, 2.0, (S, n))
+    t_u, t_r = rng.normal(1.0, 0.5, n), rng.normal(0.0, 2.0, n)
+    out = ulira.ulira_test(phi_u, phi_r, tgt, t_u, t_r)
+    ex = [i for i in range(n) if tgt[:, i].any()]
+    mu_u = {i: phi_u[tgt[:, i], i].mean() for i in ex}
+    mu_r = {i: phi_r[tgt[:, i], i].mean() for i in ex}
+    dof = sum(tgt[:, i].sum() - 1 for i in ex)
+    sd_u = math.sqrt(sum(((phi_u[tgt[:, i], i] - mu_u[i]) ** 2).sum() for i in ex) / dof)
+    sd_r = math.sqrt(sum(((phi_r[tgt[:, i], i] - mu_r[i]) ** 2).sum() for i in ex) / dof)
+    lam = lambda t: np.array([norm.logpdf(t[i], mu_u[i], sd_u) - norm.logpdf(t[i], mu_r[i], sd_r)
+                              for i in ex])
+    s_u, s_r = lam(t_u), lam(t_r)
+    assert out["n_examples"] == len(ex) == n - 1
+    assert out["sigma_unlearned"] == pytest.approx(sd_u, rel=1e-9)
+    assert out["sigma_retrained"] == pytest.approx(sd_r, rel=1e-9)
+    assert out["accuracy"] == pytest.approx(0.5 * ((s_u > 0).mean() + (s_r <= 0).mean()))
+    assert out["auc"] == pytest.approx(
+        roc_auc_score(np.r_[np.ones(len(ex)), np.zeros(len(ex))], np.r_[s_u, s_r]))
+    assert 0.5 < out["auc"] < 1.0                     # informative, not saturated
+
+
+def test_shadow_fleets_train_on_the_right_subsets(monkeypatch):
+    """Step 1–2 of the module docstring: shadow s keeps F_s (half of D_f) and R_s (half of
+    D_r); its "in" model trains on F_s ∪ R_s, its "retrain" model on R_s alone, never on F_s
+    (the fleets' training itself is replaced: only the subsets are checked)."""
+    seen = []
+    monkeypatch.setattr(ulira, "_fit_fleet_on_subsets",
+                        lambda arch, ds, subsets, cfg, seeds: seen.append(subsets) or None)
+    ds = data.from_arrays(np.zeros((40, 2, 2, 1), np.float32), np.arange(40) % 2,
+                          num_classes=2)
+    forget_idx, retain_idx = np.arange(0, 40, 4), np.setdiff1d(np.arange(40), np.arange(0, 40, 4))
+    split = data.ForgetSplit(ds.subset(forget_idx), ds.subset(retain_idx), forget_idx,
+                             retain_idx)
+    sh = ulira.train_shadows("gpt_mlp", ds, split, train.TrainConfig(epochs=1),
+                             ulira.ULiRAConfig(num_shadows=3))
+    inn, ret = seen
+    for s in range(3):
+        f, r = sh.forget_sets[s], sh.retain_sets[s]
+        assert len(set(f)) == 5 and set(f) <= set(forget_idx)
+        assert len(set(r)) == 15 and set(r) <= set(retain_idx)
+        assert sorted(inn[s]) == sorted(np.r_[f, r])
+        assert sorted(ret[s]) == sorted(r)
