@@ -33,13 +33,14 @@ CPU, 2026-12-05 (docs/gan.md; the estimate before the judge and the class recipe
 ≈ 32 min).
 
 Resuming: every run (seed × request × method), once complete, is stored in ``<out>/cells/`` with
-the configuration that produced it (every flag, the recipes, fingerprints of the data, the judge
-and the Original it starts from), and rerunning the same command after an interruption reuses
-those and runs the rest (the judge and the Originals are trained again: deterministic on one
-machine). The report names the reused runs (their seconds are from the earlier run) and is
-otherwise the one an uninterrupted run writes. Another configuration into the same ``--out`` is
-refused (exit 2; ``--restart`` replaces that run), as is a second run while one writes it. The
-report, ``results.json`` and the grids are removed at the start and written at the end only.
+the configuration that produced it (every flag, the recipes, the EvalConfig, fingerprints of the
+data, the judge and the Original it starts from), and rerunning the same command after an
+interruption reuses those and runs the rest (the judge and the Originals are trained again:
+deterministic on one machine). The report names the reused runs (their seconds are from the
+earlier run) and is otherwise the one an uninterrupted run writes. Another configuration into
+the same ``--out`` is refused (exit 2; ``--restart`` replaces that run), as is a second run
+while one writes it. The report, ``results.json`` and the grids are removed at the start and
+written at the end only.
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def main(argv=None) -> dict:
              "gan_config": gan_cfg.to_json(), "judge": judge_rec, "seeds": args.seeds,
              "classes": classes, "sizes": sizes, "retrain_sizes": retrain_sizes,
              "fake_labels": labels, "class_lambda_u": args.class_lambda_u,
-             "samples": args.samples, "class_cfg": CLASS_RECIPE.to_json(),
+             "samples": args.samples, "eval_cfg": ev_full, "class_cfg": CLASS_RECIPE.to_json(),
              "item_cfg": ITEM_RECIPE.to_json(), "backend": jax.default_backend()}
     # The same command resumes the cells an interrupted run stored, another one is refused, a
     # second writer is locked out. The previous run's report and sample grids go now, so that

@@ -22,12 +22,13 @@ field (``--arch``: a registered name or an import path ``pkg.module:Name``, defa
 from an existing ``results.json``.
 
 Resuming: each setting, once complete, is stored in ``<out>/cells/`` with the configuration that
-produced it (every flag that changes a number, the data's and the originals' fingerprints), and
-rerunning the same command after an interruption reuses those settings and runs the rest; the
-report names the reused settings (their wall times are from the earlier run) and is otherwise
-the one an uninterrupted run writes. Another configuration into the same ``--out`` is refused
-(exit 2; ``--restart`` replaces that run), as is a second run while one writes it. The report
-files are removed at the start and written at the end only.
+produced it (every flag that changes a number, the methods' configs, the data's and the
+originals' fingerprints), and rerunning the same command after an interruption reuses those
+settings and runs the rest; the report names the reused settings (their wall times are from
+the earlier run) and is otherwise the one an uninterrupted run writes. Another configuration
+into the same ``--out`` is refused (exit 2; ``--restart`` replaces that run), as is a second
+run while one writes it. The report files are removed at the start and written at the end
+only.
 
 Every number comes from sweeps (:func:`hyperforget_jax.unlearn.unlearn_sweep`): the originals
 are one vmapped fleet, and each method runs all seeds of a setting as one vmapped program (for
@@ -70,7 +71,8 @@ from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
 from hyperforget_jax.metrics import format_mean_std, mean_std
 from hyperforget_jax.models import as_model
 from hyperforget_jax.params import tree_index
-from hyperforget_jax.unlearn import METHODS, GradTauConfig, unlearn, unlearn_sweep
+from hyperforget_jax.unlearn import (DEFAULT_CONFIGS, METHODS, GradTauConfig, unlearn,
+                                     unlearn_sweep)
 
 COLS = (("retain_acc", "RA %", 100.0), ("forget_acc", "FA %", 100.0),
         ("test_acc", "TA %", 100.0), ("test_acc_kept", "TA kept %", 100.0),
@@ -178,8 +180,11 @@ def _how(args) -> str:
 
 def identity(args, splits: data.Splits) -> dict:
     """Everything that determines the run's numbers: a rerun into the same ``--out`` resumes
-    only a run of exactly this (``rundir.open_sweep``)."""
+    only a run of exactly this (``rundir.open_sweep``). The methods run with their configs'
+    defaults, which no flag names: those are recorded too, so a changed default is refused
+    rather than resumed from the old recipe's settings."""
     return {"role": ROLE, "version": __version__, "dataset": args.dataset,
+            "method_configs": {m: DEFAULT_CONFIGS[m]() for m in args.methods if m != "retrain"},
             "data": rundir.data_fingerprint(splits), "train_config": train_config(args).to_json(),
             "classes": args.classes, "fractions": args.fractions, "seeds": args.seeds,
             "methods": args.methods, "tau_ablation": args.tau_ablation,

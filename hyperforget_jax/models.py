@@ -429,7 +429,9 @@ def check_param_tree(params: Params, want: Params | None, name: str) -> None:
             for p, l in jax.tree_util.tree_leaves_with_path(want)}
     for path, (shape, dtype) in want.items():
         if path not in got:
-            if any(g.startswith(path + "[") for g in got):   # e.g. arr.tolist() went in
+            # e.g. arr.tolist() went in: list indices below the leaf's path ([0], not ['key'])
+            if any(g.startswith(path + "[") and g[len(path) + 1:len(path) + 2].isdigit()
+                   for g in got):
                 raise ArchitectureError(f"parameters for {name}: {path} is a list or tuple, not "
                                         "an array; pass arrays: np.asarray(...) on that leaf "
                                         "(or load the params with hf.load_model)")

@@ -563,13 +563,15 @@ class Cells:
 
     def get(self, key: str, config: dict, files: Sequence[str] = ()) -> Any | None:
         """The stored result of ``key`` if it was computed with exactly ``config`` (and the
-        files of ``files``, suffixes for :meth:`file`, are there), else ``None``."""
+        files of ``files``, suffixes for :meth:`file`, are there), else ``None``; a stored
+        ``None`` is one too (:meth:`compute` computes it again), not counted as reused."""
         try:
             stored = json.loads(self.file(key).read_text())
         except (OSError, ValueError):         # not computed yet, or damaged: compute it again
             return None
         if (not isinstance(stored, dict) or stored.get("key") != key
                 or stored.get("config") != _normalise(config)
+                or stored.get("result") is None
                 or not all(self.file(key, f).is_file() for f in files)):
             return None
         self.reused.append(key)

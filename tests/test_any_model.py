@@ -191,6 +191,20 @@ def test_a_forward_pass_that_is_not_batch_by_classes_logits_is_refused():
         hf.per_example_ce(f.apply)(jnp.zeros((4, 3)), (jnp.zeros((2, 4)), jnp.zeros(2, int)))
 
 
+def test_a_leaf_given_as_a_dict_is_not_called_a_list():
+    # The list hint ("is a list or tuple, not an array") matched any path below the leaf's, so
+    # a leaf wrapped in a dict ({"value": arr}, as some checkpoint formats box them) was
+    # reported as a list; the hint is for list indices ([0]) only.
+    want = {"Dense_0": {"bias": np.zeros(3, np.float32)}}
+    listed = {"Dense_0": {"bias": [0.0, 0.0, 0.0]}}
+    boxed = {"Dense_0": {"bias": {"value": np.zeros(3, np.float32)}}}
+    with pytest.raises(ArchitectureError, match=r"\['bias'\] is a list or tuple"):
+        models.check_param_tree(listed, want, "m")
+    with pytest.raises(ArchitectureError, match=r"missing \['Dense_0'\]\['bias'\]") as e:
+        models.check_param_tree(boxed, want, "m")
+    assert "list" not in str(e.value)
+
+
 def test_parameter_checks_name_dtype_wrapping_and_extra_leaves(world):
     splits, request, fsplit = world
     arch = hf.make_architecture("gpt_mlp", (8, 8, 1))

@@ -290,3 +290,20 @@ def test_an_interrupted_gan_sweep_resumes_to_the_uninterrupted_report(tmp_path, 
     _fake_gan(gan, monkeypatch, during=second_writer)
     gan.main([*_TINY, "--restart", "--out", str(b)])
     assert "Resumed" not in (b / "report.md").read_text()
+
+
+def test_a_changed_evaluation_default_is_not_resumed_from_the_old_cells(tmp_path, monkeypatch):
+    # The evaluation's recipe beyond --samples (the downstream classifier's epochs, the
+    # sampling seed) is EvalConfig's defaults, which no flag names: a rerun after one changed
+    # reused every stored cell. The whole EvalConfig is part of the run's identity now.
+    import functools
+
+    from hyperforget_jax.errors import RunDirError
+    gan = load_experiment("gan_unlearning")
+    _fake_gan(gan, monkeypatch)
+    gan.main([*_TINY, "--out", str(tmp_path)])
+    monkeypatch.setattr(gan, "EvalConfig", functools.partial(gan.EvalConfig, downstream_epochs=3))
+    calls = _fake_gan(gan, monkeypatch)
+    with pytest.raises(RunDirError, match="its eval_cfg.downstream_epochs is 10"):
+        gan.main([*_TINY, "--out", str(tmp_path)])
+    assert calls == []

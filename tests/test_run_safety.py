@@ -528,3 +528,14 @@ def test_without_flock_a_lock_of_another_host_is_honoured(tmp_path, monkeypatch)
     lock.write_text(json.dumps({"pid": int(dead), "host": socket.gethostname()}))
     with rundir.open_run(run, {"role": "x"}):
         assert json.loads(lock.read_text())["pid"] == os.getpid()
+
+
+def test_sweep_cells_reuse_only_what_they_return(tmp_path):
+    # A stored None is "not computed" for compute(), which ran fn() again, yet get() had
+    # listed the cell as reused: the report said "reused" of a cell this run computed.
+    cells = rundir.Cells(tmp_path)
+    cells.put("a", {"k": 1}, None)
+    assert cells.compute("a", {"k": 1}, lambda: 2) == 2 and cells.reused == []
+    assert cells.compute("a", {"k": 1}, lambda: 3) == 2 and cells.reused == ["a"]
+    cells.file("a").write_text("{damaged")                    # computed again, not an error
+    assert cells.compute("a", {"k": np.int64(1)}, lambda: 4) == 4 and cells.reused == ["a"]

@@ -411,3 +411,21 @@ def test_a_second_table_run_on_one_out_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(table, "_setting", setting)
     table.main([*_TINY, "--out", str(tmp_path)])
     assert seen and len(calls) == 3
+
+
+def test_a_changed_method_default_is_not_resumed_from_the_old_cells(tmp_path, monkeypatch):
+    # The methods run with their configs' defaults, which no flag names: a rerun of the same
+    # command after a default changed reused every stored setting, the old recipe's numbers
+    # published as the new one's. The configs are part of the run's identity now.
+    import functools
+
+    from hyperforget_jax.errors import RunDirError
+    from hyperforget_jax.unlearn import DEFAULT_CONFIGS, GradTauConfig
+    table = load_experiment("unlearning_table")
+    _fake_sweeps(table, monkeypatch)
+    table.main([*_TINY, "--out", str(tmp_path)])
+    monkeypatch.setitem(DEFAULT_CONFIGS, "finetune", functools.partial(GradTauConfig, lr=2e-3))
+    calls = _fake_sweeps(table, monkeypatch)
+    with pytest.raises(RunDirError, match="its method_configs.finetune.lr is 0.001"):
+        table.main([*_TINY, "--out", str(tmp_path)])
+    assert calls == []
