@@ -62,13 +62,18 @@ class Splits(NamedTuple):
     test: Dataset
 
 
+def is_prng_key(x) -> bool:
+    """A JAX PRNG key, typed (``jax.random.key``) or raw (``jax.random.PRNGKey``: uint32 (2,))."""
+    dtype = str(getattr(x, "dtype", ""))
+    return dtype.startswith("key<") or (dtype == "uint32" and np.shape(x) == (2,))
+
+
 def _check_seed(seed, what: str, error: type = DataError) -> int:
     """numpy's generators take integers >= 0 only, JAX's keys 32 bits; say so in our words.
     A concrete 0-d integer array (``jnp.arange(n)``'s elements) is an integer too."""
-    dtype = str(getattr(seed, "dtype", ""))
-    if dtype.startswith("key<") or (dtype == "uint32" and np.shape(seed) == (2,)):
+    if is_prng_key(seed):
         # A JAX PRNG key (typed or raw): numpy cannot read its dtype, and the user meant a seed.
-        raise error(f"{what} must be an integer >= 0, got a JAX PRNG key ({dtype}, shape "
+        raise error(f"{what} must be an integer >= 0, got a JAX PRNG key ({seed.dtype}, shape "
                     f"{np.shape(seed)}); pass the integer it was made from (e.g. 0): keys are "
                     "derived from it inside")
     if (not isinstance(seed, (bool, numbers.Integral)) and np.ndim(seed) == 0

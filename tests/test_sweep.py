@@ -91,6 +91,8 @@ def test_sweep_errors(setup):
         unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[0, -1])
     with pytest.raises(ConfigError, match="at least one seed"):
         unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[])
+    with pytest.raises(ConfigError, match="got a JAX PRNG key"):   # ran as the seeds [0, 0]
+        unlearn_sweep("gradtau", arch, stacked, split, val, seeds=jax.random.PRNGKey(0))
     with pytest.raises(ConfigError, match="takes a GradTauConfig"):
         unlearn_sweep("gradtau", arch, stacked, split, val, SEEDS, [NegGradConfig()])
     # None seeds, or one config instead of a list: a ConfigError naming the form, not the

@@ -340,6 +340,9 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     if isinstance(seeds, (int, np.integer)):
         raise ConfigError(f"seeds must be a sequence of integers, got {seeds!r}; e.g. "
                           f"seeds=[{seeds}]")
+    if data.is_prng_key(seeds):     # a raw PRNGKey(0) iterates as the seeds [0, 0]
+        raise ConfigError("seeds must be a sequence of integers, got a JAX PRNG key; pass the "
+                          "integer seeds, e.g. seeds=[0, 1, 2]")
     try:
         seeds = list(seeds)
         configs = None if configs is None else list(configs)
