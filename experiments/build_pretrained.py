@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hyperforget_jax import cli  # noqa: E402
+from hyperforget_jax import cli, report  # noqa: E402
 from hyperforget_jax.hyperforget import store  # noqa: E402
 
 CORPUS: list[str] = []                  # CorpusConfig defaults: 256 originals, 20 pairs
@@ -46,9 +46,14 @@ def run(argv: list[str]) -> float:
 
 
 def install(work: Path) -> dict[str, dict[str, str]]:
-    """Copies the trained files into the package and rewrites the PRETRAINED table."""
+    """Copies the trained files into the package and rewrites the PRETRAINED table.
+
+    Every file's bytes are built first, then each is replaced atomically, the table last: an
+    interruption before that leaves the package as it was (not one new file beside the old
+    table's hashes), and one between the renames leaves a file whose hash the table refuses on
+    load (its message names this script)."""
     pkg = ROOT / "hyperforget_jax" / "pretrained"
-    table = {}
+    table, files = {}, {}
     for key, (name, fname) in NAMES.items():
         net, meta = store.load_hypernet(work / key / "hypernet.npz")
         # The shipped file names how it was built, not where (no local paths in the package).
@@ -57,9 +62,8 @@ def install(work: Path) -> dict[str, dict[str, str]]:
         extra["build"] = {"script": "experiments/build_pretrained.py", "name": name,
                           "hypertrain_args": DIHYFO2 if key == "dihyfo2" else DIHYFO1,
                           "corpus_args": CORPUS}
-        (pkg / fname).write_bytes(store.to_bytes(net, extra))
-        table[name] = {"file": fname,
-                       "sha256": hashlib.sha256((pkg / fname).read_bytes()).hexdigest()}
+        files[fname] = store.to_bytes(net, extra)
+        table[name] = {"file": fname, "sha256": hashlib.sha256(files[fname]).hexdigest()}
     init = pkg / "__init__.py"
     body = "PRETRAINED: dict[str, dict[str, str]] = {\n" + "".join(
         f'    "{n}": {{\n        "file": "{e["file"]}",\n        "sha256": "{e["sha256"]}",\n'
@@ -67,7 +71,9 @@ def install(work: Path) -> dict[str, dict[str, str]]:
     text = re.sub(r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{.*?\n\}\n|"
                   r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{\}\n", body, init.read_text(),
                   flags=re.S)
-    init.write_text(text)
+    for fname, raw in files.items():
+        report.atomic_write(pkg / fname, raw)
+    report.atomic_write(init, text)
     return table
 
 

@@ -14,7 +14,12 @@ seed, recipe and request (``train_fleet`` = ``hyperforget retrain`` up to float 
 DiHyFo-1 (its shipped class); prompt alignment R²; DDIM steps 1/2/5/10/20/50; guidance and
 best-of-k [beyond]; memorisation (nearest corpus checkpoint, against a noise baseline); one
 sample against Retrain and ∇τ in wall time. Writes ``results.json`` and ``report.md`` (the
-tables of README / docs/hyperforget.md, with ✓/✗ per target). ``--render-only`` re-renders.
+tables of README / docs/hyperforget.md, with ✓/✗ per target), at the end only (those of an
+earlier run are removed at the start). ``--render-only`` re-renders.
+
+A rerun starts over (no cells: 2.3 min on 2 idle cores, README). Another configuration into
+the same ``--out`` is refused (exit 2; ``--restart`` replaces that run), as is a second run
+while one writes it.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import optax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hyperforget_jax import data, metrics, report, train  # noqa: E402
+from hyperforget_jax import __version__, data, metrics, report, rundir, train  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
 from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
@@ -50,6 +55,9 @@ TEST_ORIGINALS = [("default", 0, 1e-3, 20), ("default", 1, 1e-3, 20), ("default"
                   ("other", 3, 2e-3, 10), ("other", 4, 3e-3, 30), ("other", 5, 1.5e-3, 25)]
 DDIM_STEPS = (1, 2, 5, 10, 20, 50)
 BAR = {"fa_mean": 1.0, "fa_worst": 3.0, "ra": 1.5, "ta_kept": 1.5, "mia": 0.03, "r2": 0.9}
+#: The role of this script's runs in ``run.json``, and the files it writes at its end.
+ROLE = "experiment hyperforget_eval"
+OUTPUTS = ("results.json", "report.md")
 
 
 def parse_originals(text: str) -> list[tuple[str, int, float, int]]:
@@ -90,6 +98,9 @@ def parse(argv=None):
                         "rate, epochs); default: TEST_ORIGINALS")
     p.add_argument("--render-only", action="store_true",
                    help="re-render report.md from <out>/results.json")
+    p.add_argument("--restart", action="store_true",
+                   help="replace a run of this script with other settings in --out (by default "
+                   "it is refused)")
     # The sampler of the main tables (--num-steps --method --guidance), from SampleConfig; the
     # sweeps below vary steps and guidance, and best-of-k has its own row.
     p.set_defaults(_sample_flags=add_config_flags(
@@ -178,10 +189,25 @@ def pick_pairs(spec, n, num_classes=10):
     return take(trained), take(unseen)
 
 
+def identity(a, splits, net) -> dict:
+    """Everything that determines the numbers: another run into the same ``--out`` is refused
+    (``rundir.open_sweep``)."""
+    flags = {k: v for k, v in vars(a).items() if not k.startswith("_") and v is not UNSET
+             and k not in ("out", "render_only", "restart", "sampler", "recipe")}
+    return {"role": ROLE, "version": __version__, "data": rundir.data_fingerprint(splits),
+            "args": flags, "sampler": a.sampler.to_json(), "recipe": a.recipe.to_json(),
+            "hypernet": rundir.array_fingerprint(*jax.tree.leaves(net.params)),
+            "backend": jax.default_backend()}
+
+
 def main(argv=None):
     a = parse(argv)
-    out = report.prepare_dir(a.out, flag="--out", not_a_run=True)
+    out = report.prepare_dir(a.out, flag="--out", not_a_run=ROLE)
     if a.render_only:
+        rundir.check_readable(out)
+        if not (out / "results.json").is_file():
+            raise ConfigError(f"--out {out} holds no results.json (a run that has not "
+                              "finished: rerun its command)")
         r = json.loads((out / "results.json").read_text())
         md = render(r)
         report.atomic_write(out / "report.md", md)
@@ -190,6 +216,14 @@ def main(argv=None):
     t_start = time.perf_counter()
     splits = data.make_splits(data.load_mnist5k(), seed=0)
     net, meta2 = H.load_hypernet(a.hypernet)
+    # The lock and the configuration check; the report files appear at the end only.
+    with rundir.open_sweep(out, identity(a, splits, net), outputs=OUTPUTS, restart=a.restart,
+                           command="hyperforget_eval"):
+        evaluate(a, argv, out, t_start, splits, net, meta2)
+
+
+def evaluate(a, argv, out, t_start, splits, net, meta2):
+    """Every table of the report, written to ``out`` at the end."""
     arch, tmpl = net.spec.arch, net.spec.arch.param_shapes()
     origs = a.originals or TEST_ORIGINALS
     origs = origs[:2] if a.quick else origs

@@ -21,7 +21,15 @@ recipe on D_r), unlearns with each method, and measures on the forget set:
 
 The gate compares the mean over seeds: ``gap_mia > --tol-mia`` or ``gap_ulira > --tol-ulira``
 fails. Exit codes: 0 pass, 1 gate failed, 2 bad input (one line on stderr). Writes ``gate.json``
-and ``gate.md`` to ``--out`` (atomically, only once every number is in).
+and ``gate.md`` to ``--out`` (atomically, only once every number is in; those of an earlier run
+are removed at the start).
+
+Resuming: each model seed is a cell (its original, Retrain, noise floor, shadows and every
+method's numbers), stored once complete in ``<out>/cells/`` with the configuration that
+produced it; rerunning the same command after an interruption reuses the stored seeds (``gate.md``
+names them) and runs the rest, and exits as an uninterrupted run would. Another configuration
+into the same ``--out`` is refused (exit 2; ``--restart`` replaces that run), as is a second run
+while one writes it.
 
 The classifier recipe takes one flag per :class:`~hyperforget_jax.train.TrainConfig` field
 (``--arch``: a registered name or an import path ``pkg.module:Name``; ``--epochs``,
@@ -48,7 +56,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from hyperforget_jax import data, report, train, ulira
+from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError, HyperforgetError
@@ -89,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recheck", metavar="GATE_JSON", default=None,
                    help="re-apply the tolerances to the numbers of an earlier gate.json "
                         "(no training); writes the new verdict to --out")
+    p.add_argument("--restart", action="store_true",
+                   help="start over: drop the seeds an earlier run stored in --out (by default "
+                   "the same command resumes them, and another one is refused)")
     p.add_argument("--quiet", action="store_true")
     return p
 
@@ -119,31 +130,38 @@ def _check(args) -> data.ForgetRequest:
     return data.ForgetRequest(classes=tuple(args.forget_class or (3,)))
 
 
+#: The role of this script's runs in ``run.json``, and the files it writes at its end.
+ROLE = "experiment privacy_gate"
+OUTPUTS = ("gate.json", "gate.md")
+
+
 def _methods(args, arch, val):
-    """name -> unlearn_fn(params, split, seed) -> params."""
+    """(name -> unlearn_fn(params, split, seed) -> params, a fingerprint of the hypernetwork's
+    parameters or None)."""
     from hyperforget_jax.unlearn import unlearn
 
     cfg = configs(args)[1]
     out = {"gradtau": lambda p, sp, s: unlearn("gradtau", arch, p, sp, val, cfg, seed=s).params}
-    if args.hypernet:
-        from hyperforget_jax.hyperforget import dihyfo as H
+    if not args.hypernet:
+        return out, None
+    from hyperforget_jax.hyperforget import dihyfo as H
 
-        net, _ = H.load_hypernet(args.hypernet)
-        classes = tuple(args.forget_class)
-        H.check_request(net.spec, classes)
-        if net.spec.arch != arch:
-            raise ConfigError(f"the hypernetwork was trained for {net.spec.arch.name} on "
-                              f"{net.spec.arch.input_shape} images; run the gate with --arch "
-                              f"{net.spec.arch.name} and that dataset")
+    net, _ = H.load_hypernet(args.hypernet)
+    classes = tuple(args.forget_class)
+    H.check_request(net.spec, classes)
+    if net.spec.arch != arch:
+        raise ConfigError(f"the hypernetwork was trained for {net.spec.arch.name} on "
+                          f"{net.spec.arch.input_shape} images; run the gate with --arch "
+                          f"{net.spec.arch.name} and that dataset")
 
-        def hyperforget(p, sp, s):
-            prompt = H.make_prompt(net, p, sp.forget.replace(
-                x=np.concatenate([sp.forget.x, sp.retain.x]),
-                y=np.concatenate([sp.forget.y, sp.retain.y])), classes)
-            return H.sample(jax.random.key(s), net, p, prompt, args.num_steps)
+    def hyperforget(p, sp, s):
+        prompt = H.make_prompt(net, p, sp.forget.replace(
+            x=np.concatenate([sp.forget.x, sp.retain.x]),
+            y=np.concatenate([sp.forget.y, sp.retain.y])), classes)
+        return H.sample(jax.random.key(s), net, p, prompt, args.num_steps)
 
-        out["hyperforget"] = hyperforget
-    return out
+    out["hyperforget"] = hyperforget
+    return out, rundir.array_fingerprint(*jax.tree.leaves(net.params))
 
 
 #: Seeds of the noise floor's retrainings: model seed k's floor target trains with
@@ -165,40 +183,67 @@ def run(args) -> dict:
     splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
     fsplit = data.resolve_forget(splits.train, request)
     # only once the request fits the data
-    out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=True)
-    base = configs(args)[0]
+    out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
+    base, gcfg = configs(args)
     arch = as_model(base.arch, splits.train.x.shape[1:], splits.train.num_classes)
-    methods = _methods(args, arch, splits.val)
+    methods, hypernet = _methods(args, arch, splits.val)
+    # Everything that determines the numbers and the verdict: a rerun into the same --out
+    # resumes only a run of exactly this (rundir.open_sweep).
+    ident = {"role": ROLE, "version": __version__, "dataset": args.dataset,
+             "data": rundir.data_fingerprint(splits), "request": request.to_json(),
+             "train_config": base.to_json(), "gradtau_config": dataclasses.asdict(gcfg),
+             "hypernet": hypernet, "num_steps": args.num_steps if hypernet else None,
+             "seeds": args.seeds, "shadows": args.shadows, "tol_mia": args.tol_mia,
+             "tol_ulira": args.tol_ulira, "backend": jax.default_backend()}
+    with rundir.open_sweep(out_dir, ident, outputs=OUTPUTS, restart=args.restart,
+                           command="privacy_gate") as cells:
+        return _sweep(args, cells, splits, fsplit, request, base, arch, methods, out_dir)
+
+
+def _sweep(args, cells, splits, fsplit, request, base, arch, methods, out_dir) -> dict:
+    """Every model seed, each one a cell of ``cells``; then the gate."""
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
     rows: dict[str, list[dict]] = {"retrain": [], **{m: [] for m in methods}}
     t0 = time.perf_counter()
     for seed in range(args.seeds):
-        cfg = dataclasses.replace(base, seed=seed)
-        original = train.fit(arch, splits.train, cfg)[0].params
-        retrained = train.fit(arch, fsplit.retain, cfg)[0].params
-        floor = train.fit(arch, fsplit.retain,
-                          dataclasses.replace(cfg, seed=floor_seed(seed)))[0]
-        sh = ulira.train_shadows(arch, splits.train, fsplit, cfg,
-                                 ulira.ULiRAConfig(args.shadows, seed))
-        ev = lambda p: evaluate_unlearning(arch, p, splits, fsplit, request, seed)
-        r_eval = ev(retrained)
-        # Noise floor: "unlearning" by retraining (another seed) on every shadow and target.
-        re_fn = lambda p, sp, s: train.fit(
-            arch, sp.retain, dataclasses.replace(cfg, seed=floor_seed(seed, s)))[0].params
-        noise = ulira.ulira(arch, sh, ulira.unlearn_shadows(sh, re_fn, splits.train),
-                            splits.train, fsplit, floor.params, retrained)
-        rows["retrain"].append({"mia_loss_lr": r_eval["mia_loss_lr"],
-                                "ulira_acc": noise["accuracy"], "ulira_auc": noise["auc"],
-                                "forget_acc": r_eval["forget_acc"]})
-        for name, fn in methods.items():
-            target = fn(original, fsplit, seed)
-            un_sh = ulira.unlearn_shadows(sh, fn, splits.train)
-            u = ulira.ulira(arch, sh, un_sh, splits.train, fsplit, target, retrained)
-            m_eval = ev(target)
-            rows[name].append({"mia_loss_lr": m_eval["mia_loss_lr"], "ulira_acc": u["accuracy"],
-                               "ulira_auc": u["auc"], "forget_acc": m_eval["forget_acc"]})
-        log(f"seed {seed} done ({time.perf_counter() - t0:.0f} s)")
-    return gate(rows, args, request, arch, time.perf_counter() - t0, out_dir)
+        key = f"seed {seed}"
+        one = cells.compute(key, cells.identity, lambda: _seed(
+            args, splits, fsplit, request, base, arch, methods, seed))
+        for name, row in one.items():
+            rows[name].append(row)
+        log(f"seed {seed} " + ("reused" if key in cells.reused else "done")
+            + f" ({time.perf_counter() - t0:.0f} s)")
+    return gate(rows, args, request, arch, time.perf_counter() - t0, out_dir, cells.reused)
+
+
+def _seed(args, splits, fsplit, request, base, arch, methods, seed) -> dict:
+    """One model seed's row of every model (Retrain: the noise floor's U-LiRA)."""
+    rows = {}
+    cfg = dataclasses.replace(base, seed=seed)
+    original = train.fit(arch, splits.train, cfg)[0].params
+    retrained = train.fit(arch, fsplit.retain, cfg)[0].params
+    floor = train.fit(arch, fsplit.retain,
+                      dataclasses.replace(cfg, seed=floor_seed(seed)))[0]
+    sh = ulira.train_shadows(arch, splits.train, fsplit, cfg,
+                             ulira.ULiRAConfig(args.shadows, seed))
+    ev = lambda p: evaluate_unlearning(arch, p, splits, fsplit, request, seed)
+    r_eval = ev(retrained)
+    # Noise floor: "unlearning" by retraining (another seed) on every shadow and target.
+    re_fn = lambda p, sp, s: train.fit(
+        arch, sp.retain, dataclasses.replace(cfg, seed=floor_seed(seed, s)))[0].params
+    noise = ulira.ulira(arch, sh, ulira.unlearn_shadows(sh, re_fn, splits.train),
+                        splits.train, fsplit, floor.params, retrained)
+    rows["retrain"] = {"mia_loss_lr": r_eval["mia_loss_lr"],
+                       "ulira_acc": noise["accuracy"], "ulira_auc": noise["auc"],
+                       "forget_acc": r_eval["forget_acc"]}
+    for name, fn in methods.items():
+        target = fn(original, fsplit, seed)
+        un_sh = ulira.unlearn_shadows(sh, fn, splits.train)
+        u = ulira.ulira(arch, sh, un_sh, splits.train, fsplit, target, retrained)
+        m_eval = ev(target)
+        rows[name] = {"mia_loss_lr": m_eval["mia_loss_lr"], "ulira_acc": u["accuracy"],
+                      "ulira_auc": u["auc"], "forget_acc": m_eval["forget_acc"]}
+    return rows
 
 
 def _mean(rows, key):
@@ -210,7 +255,8 @@ def _std(rows, key):
     return statistics.stdev([r[key] for r in rows]) if len(rows) > 1 else None
 
 
-def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path) -> dict:
+def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path,
+         reused: list[str] = ()) -> dict:
     ret = rows["retrain"]
     verdicts = {}
     for name in rows:
@@ -228,7 +274,8 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path) -> dict
               "seeds": args.seeds, "shadows": args.shadows,
               "tolerance": {"mia_loss_lr": args.tol_mia, "ulira_acc": args.tol_ulira},
               "per_seed": rows, "verdicts": verdicts,
-              "passed": all(v["passed"] for v in verdicts.values()), "seconds": seconds}
+              "passed": all(v["passed"] for v in verdicts.values()), "seconds": seconds,
+              "reused": list(reused)}
     ms = lambda r, k: f"{_mean(r, k):.3f} ± " + report.fmt(_std(r, k), 3)
     table = report.markdown_table(
         ["model", "FA %", "mia_loss_lr", "U-LiRA acc", "U-LiRA AUC", "gap mia", "gap U-LiRA",
@@ -243,7 +290,9 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path) -> dict
           f"mean ± std over {args.seeds} seed(s); U-LiRA with {args.shadows} shadow pairs "
           "(Retrain row: unlearning = retraining with another seed, the attack's noise floor). "
           f"Tolerances: mia_loss_lr {args.tol_mia}, U-LiRA {args.tol_ulira}.\n\n{table}\n\n"
-          f"**{'PASSED' if result['passed'] else 'FAILED'}** in {seconds:.0f} s\n")
+          f"**{'PASSED' if result['passed'] else 'FAILED'}** in {seconds:.0f} s"
+          + (f" (resumed: {', '.join(reused)} reused from an earlier run of this command, its "
+             "`cells/`; the time is this run's alone)" if reused else "") + "\n")
     report.write_json(out_dir / "gate.json", result)
     report.atomic_write(out_dir / "gate.md", md)
     return result

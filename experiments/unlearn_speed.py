@@ -8,21 +8,28 @@ compute-bound CPU. Command (≈ 1 min on 2 CPU cores)::
 
     PYTHONPATH=. python experiments/unlearn_speed.py --out runs/unlearn_speed
 
-Writes ``results.json`` and ``table.md`` into ``--out``.
+Writes ``results.json`` and ``table.md`` into ``--out``, at the end only (those of an earlier
+run are removed at the start). It is short and measures wall time, so it keeps no cells: a rerun
+starts over (reused times would come from another moment's machine load). Another
+configuration into the same ``--out`` is refused (exit 2; ``--restart`` replaces that run), as
+is a second run while one writes it.
 """
 
 from __future__ import annotations
 
 import statistics
-import sys
 
+import jax
 
-from hyperforget_jax import data, report, train
+from hyperforget_jax import __version__, data, report, rundir, train
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import make_architecture
 from hyperforget_jax.unlearn import GradTauConfig, unlearn
 
+#: The role of this script's runs in ``run.json``, and the files it writes at its end.
+ROLE = "experiment unlearn_speed"
+OUTPUTS = ("results.json", "table.md")
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -31,6 +38,9 @@ def parse_args(argv=None):
     p.add_argument("--arch", default=None, help="the model (default: TrainConfig's, the mlp)")
     p.add_argument("--classes", type=int, nargs="*", default=[3])
     p.add_argument("--fractions", type=float, nargs="*", default=[0.1, 0.3])
+    p.add_argument("--restart", action="store_true",
+                   help="replace a run of this script with other settings in --out (by default "
+                   "it is refused)")
     args = p.parse_args(argv)
     # Every value is checked before anything is trained or written (exit 2, one error).
     args.splits = data.make_splits(data.load_mnist5k())
@@ -47,9 +57,26 @@ def parse_args(argv=None):
     return args
 
 
+def identity(args) -> dict:
+    """What the run measures: another one into the same ``--out`` is refused."""
+    return {"role": ROLE, "version": __version__, "data": rundir.data_fingerprint(args.splits),
+            "repeats": args.repeats, "train_config": args.cfg.to_json(),
+            "classes": args.classes, "fractions": args.fractions,
+            "backend": jax.default_backend()}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
-    out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=True)
+    out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
+    # The lock and the configuration check; the report files appear at the end only.
+    with rundir.open_sweep(out_dir, identity(args), outputs=OUTPUTS, restart=args.restart,
+                           command="unlearn_speed"):
+        md = measure(args, out_dir)
+    print(md)
+    return 0
+
+
+def measure(args, out_dir) -> str:
     splits, cfg, arch = args.splits, args.cfg, args.model
     original = train.fit(arch, splits.train, cfg)[0].params
     rows, results = [], []
@@ -86,11 +113,12 @@ def main(argv=None) -> int:
         report.markdown_table(["request", "∇τ s", "Retrain s", "speed-up",
                                "∇τ steps with the ascent on", "∇τ per-sample grads",
                                "Retrain per-sample grads", "work ratio"], rows), ""])
-    report.write_json(out_dir / "results.json", {"args": {k: getattr(args, k) for k in ("out", "repeats", "arch", "classes", "fractions")},
-                                                     "results": results})
+    report.write_json(out_dir / "results.json",
+                      {"args": {k: getattr(args, k)
+                                for k in ("out", "repeats", "arch", "classes", "fractions")},
+                       "results": results})
     report.atomic_write(out_dir / "table.md", md)
-    print(md)
-    return 0
+    return md
 
 
 if __name__ == "__main__":

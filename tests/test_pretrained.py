@@ -173,3 +173,80 @@ def test_eval_best_of_and_memorisation_use_the_main_sampler(monkeypatch, digits_
     ev_mod.best_of_rows(None, digits_splits, fake_ev, {0: start}, origs, [(3,)], sampler, tmpl)
     ev_mod.memo_samples(None, digits_splits, {0: start}, origs, [(3,)], sampler, tmpl)
     assert seen == [("best_of", 7, "ddpm", 0.5), ("sample", 7, "ddpm", 0.5)]
+
+
+def test_eval_refuses_another_configuration_and_writes_at_its_end(tmp_path, monkeypatch,
+                                                                  digits_splits):
+    """experiments/hyperforget_eval.py (short: no cells) takes the lock, refuses another
+    configuration in its --out, and removes an earlier run's report at its start: an
+    interrupted rerun left the previous run's report.md as if it were this one's."""
+    from conftest import load_experiment
+
+    from hyperforget_jax.errors import RunDirError
+
+    from types import SimpleNamespace
+
+    ev = load_experiment("hyperforget_eval")
+    monkeypatch.setattr(ev.data, "load_mnist5k", lambda: digits_splits)     # stand-ins
+    monkeypatch.setattr(ev.H, "load_hypernet", lambda path: (
+        SimpleNamespace(params={"w": np.zeros(3, np.float32)}), {}))
+
+    def evaluate(a, argv, out, *rest):
+        (out / "report.md").write_text(f"samples {a.samples}")
+
+    monkeypatch.setattr(ev, "evaluate", evaluate)
+    argv = ["--samples", "2", "--out", str(tmp_path)]
+    ev.main(argv)
+    with pytest.raises(RunDirError, match="its args.samples is 2, this command's is 3"):
+        ev.main(["--samples", "3", *argv[2:]])
+    assert (tmp_path / "report.md").read_text() == "samples 2"
+
+    def interrupted(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ev, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ev.main(argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+    monkeypatch.setattr(ev, "evaluate", evaluate)
+    ev.main(["--samples", "3", "--restart", *argv[2:]])
+    assert (tmp_path / "report.md").read_text() == "samples 3"
+
+
+def test_build_pretrained_install_leaves_the_package_whole_when_interrupted(tmp_path,
+                                                                          monkeypatch):
+    """install() wrote each hypernet.npz in place, then the table of hashes: interrupted in
+    between (or while writing), a new file sat beside the old table (refused on load). Now
+    every byte is built first and each file replaced atomically, the table last."""
+    from conftest import load_experiment
+
+    from hyperforget_jax.hyperforget import store
+
+    build = load_experiment("build_pretrained")
+    pkg = tmp_path / "hyperforget_jax" / "pretrained"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text((PKG / "__init__.py").read_text())
+    for _, fname in build.NAMES.values():
+        (pkg / fname).write_bytes(b"old " + fname.encode())
+    before = {p.name: p.read_bytes() for p in pkg.iterdir()}
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    monkeypatch.setattr(build.store, "load_hypernet", lambda path: (Path(path).parent.name, {}))
+    made = []
+
+    def to_bytes(net, extra, fail=True):
+        made.append(net)
+        if fail and len(made) == 2:
+            raise KeyboardInterrupt                 # while building the second file
+        return f"new {net}".encode()
+
+    monkeypatch.setattr(build.store, "to_bytes", to_bytes)
+    with pytest.raises(KeyboardInterrupt):
+        build.install(tmp_path / "work")
+    assert {p.name: p.read_bytes() for p in pkg.iterdir()} == before
+    monkeypatch.setattr(build.store, "to_bytes", lambda net, extra: to_bytes(net, extra, False))
+    table = build.install(tmp_path / "work")
+    init = (pkg / "__init__.py").read_text()
+    for entry in table.values():
+        raw = (pkg / entry["file"]).read_bytes()
+        assert raw.startswith(b"new ") and store.sha256(raw) in init
+    assert sorted(p.name for p in pkg.iterdir()) == sorted(before)       # no temporary left

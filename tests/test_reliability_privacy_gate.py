@@ -172,3 +172,57 @@ def test_recheck_and_out_with_a_tilde(passed_run, tmp_path, monkeypatch, capfd):
                       "--tol-ulira", "1"]) == 0
     assert "| model |" in capfd.readouterr().out
     assert (tmp_path / "g" / "gate.md").is_file() and not (tmp_path / "cwd" / "~").exists()
+
+
+def test_an_interrupted_gate_resumes_to_the_same_verdict_and_exit(tmp_path, monkeypatch,
+                                                                 capfd, digits_splits):
+    # The gate started over when rerun (every seed's original, Retrain, floor and shadows),
+    # took no lock, and an interrupted rerun left the previous gate.json in --out. Each model
+    # seed is now a cell; the resumed run reports and exits as the uninterrupted one.
+    import numpy as np
+
+    gate = load_experiment("privacy_gate")
+    # The data, loaded once (a Splits passes make_splits as it is).
+    monkeypatch.setattr(gate.data, "load_dataset", lambda name, data_dir: digits_splits)
+    calls = []
+
+    def seed_rows(args, splits, fsplit, request, base, arch, methods, seed, raise_at=None):
+        calls.append(seed)
+        if len(calls) == raise_at:
+            raise KeyboardInterrupt
+        v = np.float32(0.5 + seed / 7)                        # float32, as real metrics give
+        return {"retrain": {"mia_loss_lr": v, "ulira_acc": 0.5, "ulira_auc": 0.5,
+                            "forget_acc": 0.0},
+                "gradtau": {"mia_loss_lr": v + 0.1, "ulira_acc": 0.55, "ulira_auc": 0.6,
+                            "forget_acc": np.float64(0.01)}}
+
+    def fake(raise_at=None):
+        calls.clear()
+        monkeypatch.setattr(gate, "_seed", lambda *a: seed_rows(*a, raise_at=raise_at))
+
+    argv = [*TINY, "--seeds", "3"]          # the later --seeds wins; the gate fails (gap 0.1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    fake()
+    assert gate.main([*argv, "--out", str(a)]) == 1
+    fake(raise_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        gate.main([*argv, "--out", str(b)])
+    assert sorted(p.name for p in b.iterdir()) == ["cells", "run.json"]   # no verdict yet
+    fake()
+    assert gate.main([*argv, "--out", str(b)]) == 1                      # resumed: same exit
+    assert calls == [2]
+    md = [(d / "gate.md").read_text().splitlines() for d in (a, b)]
+    assert md[0][:-1] == md[1][:-1] and "resumed: seed 0, seed 1 reused" in md[1][-1]
+    res = [json.loads((d / "gate.json").read_text()) for d in (a, b)]
+    assert res[1].pop("reused") == ["seed 0", "seed 1"] and res[0].pop("reused") == []
+    for r in res:
+        del r["seconds"]
+    assert res[0] == res[1] and not res[1]["passed"]
+    capfd.readouterr()                      # another configuration: exit 2, one line
+    assert gate.main([*argv, "--tol-mia", "1", "--out", str(b)]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "its tol_mia is 0.05, this command's is 1.0" in err[0], err
+    assert (b / "gate.md").read_text().splitlines() == md[1]
+    fake()
+    assert gate.main([*argv, "--tol-mia", "1", "--restart", "--out", str(b)]) == 0
+    assert calls == [0, 1, 2]

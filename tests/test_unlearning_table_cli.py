@@ -429,3 +429,87 @@ def test_a_changed_method_default_is_not_resumed_from_the_old_cells(tmp_path, mo
     with pytest.raises(RunDirError, match="its method_configs.finetune.lr is 0.001"):
         table.main([*_TINY, "--out", str(tmp_path)])
     assert calls == []
+
+
+def _fake_mia_cells(exp, monkeypatch, raise_at=None):
+    """Replaces unlearn_mia_noise's (class, seed) cell by a cheap deterministic stand-in
+    (float32, NaN and None values, as real ones); ``raise_at``: the call interrupted."""
+    import numpy as np
+
+    calls = []
+
+    def cell(args, arch, c, seed):
+        calls.append((c, seed))
+        if len(calls) == raise_at:
+            raise KeyboardInterrupt
+        v = np.float32(c / 7 + seed / 3)
+        return {"class": c, "seed": seed, **{m: {
+            "mia_loss_lr_at_model_seed": v, "mia_loss_lr_mean": v + i,
+            "mia_loss_lr_std": float("nan") if seed else None, "forget_loss": v * 10,
+            "unseen_class_loss": np.float64(i)} for i, m in enumerate(("Retrain", "gradtau"))}}
+
+    monkeypatch.setattr(exp, "cell", cell)
+    return calls
+
+
+def test_an_interrupted_mia_noise_run_resumes_to_the_uninterrupted_report(tmp_path,
+                                                                          monkeypatch):
+    # It started over when rerun, took no lock, and an interrupted rerun left the previous
+    # run's table.md in --out. Each (class, seed) is now a cell, reused by the same command.
+    import json
+
+    from hyperforget_jax.errors import RunDirError
+    exp = load_experiment("unlearn_mia_noise")
+    argv = ["--classes", "1", "3", "--seeds", "2", "--attack-repeats", "2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fake_mia_cells(exp, monkeypatch)
+    exp.main([*argv, "--out", str(a)])                       # uninterrupted
+    exp.main([*argv, "--out", str(b)])                       # b: an earlier run's report
+    calls = _fake_mia_cells(exp, monkeypatch, raise_at=3)
+    with pytest.raises(KeyboardInterrupt):
+        exp.main([*argv, "--restart", "--out", str(b)])
+    assert sorted(p.name for p in b.iterdir()) == ["cells", "run.json"]   # no report yet
+    assert len(list((b / "cells").iterdir())) == 2
+    calls = _fake_mia_cells(exp, monkeypatch)
+    exp.main([*argv, "--out", str(b)])                        # the same command resumes
+    assert calls == [(3, 0), (3, 1)]
+    md = [(d / "table.md").read_text().splitlines() for d in (a, b)]
+    assert md[1][:-2] == md[0] and md[1][-1].startswith(
+        "Resumed: class 1 seed 0, class 1 seed 1 reused")
+    res = [json.loads((d / "results.json").read_text()) for d in (a, b)]
+    assert res[1].pop("reused") == ["class 1 seed 0", "class 1 seed 1"]
+    res[1]["args"]["out"] = res[0]["args"]["out"] = None
+    assert res[0] == {**res[1], "reused": []}
+    with pytest.raises(RunDirError, match="its attack_repeats is 2, this command's is 3"):
+        exp.main([*argv[:-1], "3", "--out", str(b)])
+    assert (b / "table.md").read_text().splitlines() == md[1]
+
+
+def test_unlearn_speed_refuses_another_configuration_and_writes_at_its_end(tmp_path,
+                                                                          monkeypatch):
+    # A timing script: no cells (a rerun measures again), but the lock, the refusal of another
+    # configuration, and no previous report left beside an interrupted run.
+    from hyperforget_jax.errors import RunDirError
+    exp = load_experiment("unlearn_speed")
+    argv = ["--classes", "3", "--fractions", "--repeats", "1", "--out", str(tmp_path)]
+    monkeypatch.setattr(exp, "measure", lambda args, out: report_of(args, out))
+
+    def report_of(args, out):
+        (out / "table.md").write_text(f"repeats {args.repeats}")
+        return "done"
+
+    exp.main(argv)
+    with pytest.raises(RunDirError, match="its repeats is 1, this command's is 2"):
+        exp.main([*argv[:-3], "2", *argv[-2:]])
+    assert (tmp_path / "table.md").read_text() == "repeats 1"
+
+    def interrupted(args, out):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exp, "measure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        exp.main(argv)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
+    monkeypatch.setattr(exp, "measure", lambda args, out: report_of(args, out))
+    exp.main([*argv[:-3], "2", *argv[-2:], "--restart"])
+    assert (tmp_path / "table.md").read_text() == "repeats 2"

@@ -184,6 +184,7 @@ def load_pretrained(name: str | None = None) -> tuple[Hypernet, dict]:
     if got != entry["sha256"]:
         raise CheckpointError(f"the pretrained hypernetwork {f} is corrupt or was replaced "
                               f"(SHA-256 {got[:12]}…, expected {entry['sha256'][:12]}…); "
-                              "reinstall hyperforget_jax")
+                              "reinstall hyperforget_jax (or, if experiments/build_pretrained.py "
+                              "was interrupted while installing, rerun it)")
     net, meta = from_bytes(raw, str(f))
     return net, {**PT.BUILT_ON, **meta, "pretrained_name": name, "sha256": got}
