@@ -304,3 +304,18 @@ def test_checkpoint_steps_keep_at_most_count_and_say_so():
     steps = C.checkpoint_steps(total, cfg.checkpoints)
     assert steps[-1] == total and np.all(np.diff(steps) > 0) and len(steps) == 15
     assert cfg.num_seeds * (10 + cfg.class_pairs) * len(steps) == 115_200
+
+
+def test_train_fleet_members_stop_at_the_end_of_their_own_runs(digits_splits):
+    """Members of one fleet with other epochs and index sets each equal fit on their own rows:
+    a member whose run is over (fewer epochs, or fewer batches in an epoch) takes no step."""
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    ds = digits_splits.train
+    sets = [np.arange(300), np.arange(100, 300)]
+    recipes = [(1e-2, 1), (3e-3, 2)]
+    got = C.train_fleet(arch, jnp.asarray(ds.x), jnp.asarray(ds.y), [3, 5], recipes, sets,
+                        batch_size=64)
+    for row, seed, ix, (lr, epochs) in zip(got, [3, 5], sets, recipes):
+        state, _ = train.fit(arch, ds.subset(ix), train.TrainConfig(
+            arch="gpt_mlp", seed=seed, lr=lr, epochs=epochs, batch_size=64))
+        np.testing.assert_allclose(row, P_.flatten(state.params), atol=1e-5)

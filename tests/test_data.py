@@ -225,3 +225,49 @@ def test_from_arrays_scales_uint8_images_with_one_float32_copy():
     tracemalloc.stop()
     assert peak < 1.6 * x.size * 4, peak / (x.size * 4)
     np.testing.assert_array_equal(ds.x, x.astype(np.float32) / 255.0)
+
+
+def test_batch_plans_against_their_permutations():
+    """batch_indices is the epoch's permutation, in order, its ragged tail dropped (a plan that
+    dropped the head or reused another epoch's order trains on other batches);
+    wrapped_batches is one pass in which every item appears, the last batch wrapping to the
+    start of the pass (none dropped)."""
+    for n, bs in ((1000, 128), (10, 3), (5, 5)):
+        perm = data.epoch_permutation(7, 3, n)
+        want = perm[:n // bs * bs].reshape(-1, bs)
+        np.testing.assert_array_equal(data.batch_indices(7, 3, n, bs), want)
+    np.testing.assert_array_equal(data.batch_indices(7, 3, 3, 8).ravel(),
+                                  np.resize(data.epoch_permutation(7, 3, 3), 8))
+    for n, bs in ((10, 3), (9, 3), (2, 5)):
+        perm = np.random.default_rng(5).permutation(n)
+        got = data.wrapped_batches(np.random.default_rng(5), n, bs)
+        assert got.shape == (-(-n // bs), bs)
+        np.testing.assert_array_equal(got.ravel()[:n], perm)
+        np.testing.assert_array_equal(got.ravel()[n:], np.resize(perm, got.size - n))
+
+
+def test_forget_fraction_rounds_to_the_nearest_count_and_seeds_redraw_validation(
+        digits_splits):
+    """A fraction forgets round(fraction · n) samples (0.29 of 10: 3, not the truncated 2);
+    each split seed draws its own validation set from a fixed split (seeds 1 and 2 alike would
+    make a seed sweep repeat one split)."""
+    ds = data.from_arrays(np.zeros((10, 2, 2, 1), np.float32), np.arange(10) % 2, 2)
+    for f, k in ((0.29, 3), (0.31, 3), (0.5, 5), (0.94, 9)):
+        assert data.forget_mask(ds, data.ForgetRequest(fraction=f)).sum() == k
+    fixed = data.Splits(*digits_splits)
+    v1, v2 = (data.make_splits(fixed, seed=s).val for s in (1, 2))
+    assert not np.array_equal(v1.x, v2.x)
+
+
+def test_shared_rows_refuse_a_split_that_names_one_row_twice():
+    """A split whose index names one row for two different images cannot be a gather from one
+    set of rows: shared_rows must give copies (None), not the second image twice."""
+    ds = data.from_arrays(np.arange(8, dtype=np.float32).reshape(8, 1, 1, 1) / 8,
+                          np.arange(8) % 2, 2)
+    split = lambda f, r, rows: data.ForgetSplit(ds.subset(rows), ds.subset(r), np.array(f),
+                                                np.array(r))
+    good = split([0, 1], [2, 3, 4, 5], [0, 1])
+    dup = split([6, 6], [2, 3, 4, 5], [6, 7])          # row 6 named for images 6 and 7
+    rows = data.shared_rows([good, dup])
+    for k, sp in enumerate([good, dup]):
+        assert rows is None or np.array_equal(rows.x[rows.forget[k]], sp.forget.x)

@@ -81,6 +81,7 @@ def test_same_parameters_outputs_and_gradients_as_flax(case):
     ((2, 9, 8, 1), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), jnp.float32),
     ((2, 9, 8, 3), (4, 2), (2, 3), ((-1, 2), (0, 1)), (1, 2), jnp.float32),  # negative pad
     ((2, 9, 8, 4), (1, 1), (1, 1), ((0, 0), (0, 0)), (1, 1), jnp.float32),
+    ((2, 9, 8, 2), (3, 2), (1, 2), "SAME", (2, 3), jnp.float32),  # 'SAME' of a dilated window
     ((2, 9, 8, 2), (3, 3), (1, 1), ((1, 1), (1, 1)), (1, 1), jnp.bfloat16),  # lax's own path
 ])
 def test_image_layer_forward_and_kernel_gradient_equal_lax(shape, kernel, strides, pads,

@@ -105,6 +105,24 @@ def test_step_guard_keeps_the_old_state(arch, digits_splits):
                zip(jax.tree.leaves(new.params), jax.tree.leaves(state.params)))
 
 
+def test_guards_keep_the_old_state_on_their_own_and_however_many_in_a_row():
+    """guarded_apply keeps the old state by itself (with an optimiser that has no guard), and
+    skip_nonfinite skips every non-finite update of a run of them, not only the first."""
+    import optax
+
+    p = {"w": jnp.ones(3)}
+    nan = {"w": jnp.array([jnp.nan, 1.0, 1.0])}
+    sgd = optax.sgd(0.1)
+    for loss, grads in ((jnp.float32(1.0), nan), (jnp.float32(jnp.nan), {"w": jnp.ones(3)})):
+        new, _, finite = train.guarded_apply(p, sgd.init(p), grads, loss, sgd)
+        assert not bool(finite) and new["w"].tolist() == [1.0] * 3
+    tx = train.skip_nonfinite(sgd)
+    s = tx.init(p)
+    for _ in range(3):
+        u, s = tx.update(nan, s, p)
+        assert u["w"].tolist() == [0.0] * 3 and not bool(train.update_was_finite(s))
+
+
 def test_fleet_names_member_and_step(arch, digits_splits):
     seeds = [0, 1]
     n = len(digits_splits.train)

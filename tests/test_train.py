@@ -176,14 +176,52 @@ def test_resume_refuses_a_checkpoint_of_another_run(digits_splits, tmp_path):
         train.fit(arch, ds, cfg, checkpointer=ck, init_params=start)      # the same run
 
 
+def _adamw_loop(arch, ds, cfg):
+    """fit's recipe written out: optax.adamw(lr, weight_decay) on every leaf, over
+    batch_indices' batches, on the mean cross-entropy. Returns (params, per-epoch mean loss and
+    accuracy)."""
+    import optax
+
+    @jax.jit
+    def step(p, opt, x, y, lr, wd):
+        def loss(q):
+            logits = arch.apply(q, x)
+            return (optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(),
+                    jnp.mean(jnp.argmax(logits, -1) == y))
+        (value, acc), g = jax.value_and_grad(loss, has_aux=True)(p)
+        u, opt = optax.adamw(lr, weight_decay=wd).update(g, opt, p)
+        return optax.apply_updates(p, u), opt, (value, acc)
+
+    params = arch.init(jax.random.key(cfg.seed))
+    opt, losses = optax.adamw(cfg.lr).init(params), []
+    for e in range(cfg.epochs):
+        for b in data.batch_indices(cfg.seed, e, len(ds), cfg.batch_size):
+            params, opt, m = step(params, opt, ds.x[b], ds.y[b], cfg.lr, cfg.weight_decay)
+            losses.append(np.asarray(m))
+    return params, np.reshape(losses, (cfg.epochs, -1, 2)).mean(1)
+
+
 def test_fleet_with_per_member_recipes_equals_fit(digits_splits):
+    """Each member equals fit on its own rows, and fit equals its recipe written out
+    (_adamw_loop), with learning rates and decays other than the defaults: the compiled epoch
+    takes both as traced values, and one ignored (or decay on some leaves only) trained another
+    model unnoticed."""
     arch = models.make_architecture("gpt_mlp", (8, 8, 1))
-    cfgs = [train.TrainConfig(arch="gpt_mlp", epochs=2, lr=1e-2, seed=1),
+    cfgs = [train.TrainConfig(arch="gpt_mlp", epochs=2, lr=1e-2, weight_decay=0.5, seed=1),
             train.TrainConfig(arch="gpt_mlp", epochs=2, lr=3e-3, weight_decay=0.0, seed=2)]
-    fleet, _ = train.fit_fleet(arch, digits_splits.train, cfgs)
+    n = len(digits_splits.train)
+    subsets = np.stack([np.arange(0, n - 200), np.arange(200, n)])  # each member its own rows
+    fleet, fleet_hist = train.fit_fleet(arch, digits_splits.train, cfgs, subsets=subsets)
     for i, c in enumerate(cfgs):
-        alone, _ = train.fit(arch, digits_splits.train, c)
+        ds = digits_splits.train.subset(subsets[i])
+        alone, hist = train.fit(arch, ds, c)
         assert_trees_close(P.tree_index(fleet.params, i), alone.params, atol=1e-5)
+        np.testing.assert_allclose([h["loss"][i] for h in fleet_hist],
+                                   [h["loss"] for h in hist], rtol=1e-4)
+        want, metrics = _adamw_loop(arch, ds, c)
+        assert_trees_close(alone.params, want, atol=1e-5)
+        np.testing.assert_allclose([(h["loss"], h["accuracy"]) for h in hist], metrics,
+                                   rtol=1e-5)
     with pytest.raises(ConfigError, match="must agree"):
         train.fit_fleet(arch, digits_splits.train,
                         [cfgs[0], dataclasses.replace(cfgs[1], epochs=3)])
