@@ -32,6 +32,7 @@ from hyperforget_jax.unlearn import unlearn
 ROLE = "experiment unlearn_mia_noise"
 OUTPUTS = ("results.json", "table.md")
 
+
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/unlearn_mia_noise")
