@@ -67,7 +67,9 @@ from hyperforget_jax.unlearn.gradtau import TAU_MODES, GradTauConfig
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/privacy_gate")
+    p.add_argument("--out", default=None,
+                   help="output directory (default runs/privacy_gate; with --recheck "
+                   "runs/privacy_gate_recheck: a gate run's own directory is refused)")
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
     p.add_argument("--data-dir", default=None)
     req = p.add_mutually_exclusive_group()
@@ -105,7 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
+    if args.out is None:
+        args.out = "runs/privacy_gate_recheck" if args.recheck else "runs/privacy_gate"
+    return args
 
 
 def configs(args) -> tuple[train.TrainConfig, GradTauConfig]:

@@ -80,20 +80,25 @@ def test_gate_passes_with_loose_tolerance_and_reports_beside_retrain(passed_run)
     assert "| retrain |" in md and "| gradtau |" in md and "PASSED" in md
 
 
-def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd):
+def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd, monkeypatch):
     gate, out, _ = passed_run
     res = json.loads((out / "gate.json").read_text())
     for v in res["verdicts"].values():
         assert v["gap_mia_loss_lr"] > 0 or v["gap_ulira_acc"] > 0  # something to fail on
     capfd.readouterr()
-    rc = gate.main(["--recheck", str(out / "gate.json"), "--out", str(tmp_path / "fail"),
-                    "--tol-mia", "0", "--tol-ulira", "0", "--quiet"])
+    # Without --out, a recheck writes to its own default, not over the gate run it reads
+    # (that directory holds the run: refused since the gate resumes, which broke `--recheck
+    # runs/privacy_gate/gate.json` with both modes' old default).
+    monkeypatch.chdir(tmp_path)
+    rc = gate.main(["--recheck", str(out / "gate.json"), "--tol-mia", "0", "--tol-ulira", "0",
+                    "--quiet"])
     err = capfd.readouterr().err
     assert rc == 1
     assert "gradtau FAILED" in err
-    again = json.loads((tmp_path / "fail" / "gate.json").read_text())
+    fail = tmp_path / "runs" / "privacy_gate_recheck"
+    again = json.loads((fail / "gate.json").read_text())
     assert not again["passed"] and again["per_seed"] == res["per_seed"]
-    assert "FAIL" in (tmp_path / "fail" / "gate.md").read_text()
+    assert "FAIL" in (fail / "gate.md").read_text()
 
 
 def test_gate_fails_a_ulira_accuracy_far_below_the_floor(passed_run, tmp_path, capfd):
