@@ -161,6 +161,14 @@ def check_config(cfg: Any) -> None:
             object.__setattr__(cfg, f.name, new)
 
 
+def check_count(value: Any, what: str, unit: str = "", error: type = ConfigError) -> int:
+    """``value`` as an ``int`` if it is an integer >= 1 (a bool or a float is not), else
+    ``error``: "``what`` must be an integer >= 1``unit``, got ``value``"."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise error(f"{what} must be an integer >= 1{unit}, got {value!r}")
+    return int(value)
+
+
 def float_fields(cfg: Any) -> tuple[str, ...]:
     """Names of the ``float`` (or ``float | None``) fields of a config: the hyperparameters a
     sweep may trace (their values never change a compiled program's shapes)."""

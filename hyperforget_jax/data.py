@@ -25,7 +25,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from hyperforget_jax.config import SEED_LIMIT
+from hyperforget_jax.config import SEED_LIMIT, check_count
 from hyperforget_jax.errors import DataError, ForgetRequestError
 
 EMBEDDED = ("mnist5k", "digits")
@@ -448,6 +448,7 @@ def shared_rows(splits: Sequence[ForgetSplit]) -> SharedRows | None:
     sizes = {(len(s.forget), len(s.retain)) for s in splits}
     if len(splits) < 2 or len(sizes) != 1:
         return None
+    (nf, nr), = sizes
     maps = []
     for s in splits:
         f, r = np.asarray(s.forget_idx), np.asarray(s.retain_idx)
@@ -457,7 +458,7 @@ def shared_rows(splits: Sequence[ForgetSplit]) -> SharedRows | None:
             return None
         maps.append((f, r))
     n = 1 + max(max(f.max(initial=-1), r.max(initial=-1)) for f, r in maps)
-    if n >= len(splits) * sum(sizes.pop()) or n >= 2**31:
+    if n >= len(splits) * (nf + nr) or n >= 2**31:
         return None
     first = splits[0].forget
     x = np.zeros((n,) + first.x.shape[1:], first.x.dtype)
@@ -494,8 +495,7 @@ def augment_affine(ds: Dataset, copies: int, seed: int = 0, rotate: float = 12.0
     """
     from scipy import ndimage
 
-    if isinstance(copies, bool) or not isinstance(copies, numbers.Integral) or copies < 1:
-        raise DataError(f"augment_affine: copies must be an integer >= 1, got {copies!r}")
+    check_count(copies, "augment_affine: copies", error=DataError)
     rng = np.random.default_rng(_check_seed(seed, "augment_affine seed"))
     h, w = ds.x.shape[1:3]
     centre = np.array([(h - 1) / 2, (w - 1) / 2])

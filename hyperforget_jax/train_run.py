@@ -21,6 +21,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import refuse_another_run
+from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
@@ -288,10 +289,7 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
 def check_sync_every(sync_every: Any, who: str) -> None:
     """Raises ConfigError unless ``sync_every`` (steps between waits for the device in a
     streamed driver) is an integer >= 1."""
-    if (isinstance(sync_every, bool) or not isinstance(sync_every, (int, np.integer))
-            or sync_every < 1):
-        raise ConfigError(f"{who}: sync_every must be an integer >= 1 (steps between waits "
-                          f"for the device), got {sync_every!r}")
+    check_count(sync_every, f"{who}: sync_every", " (steps between waits for the device)")
 
 
 def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable[Batch],

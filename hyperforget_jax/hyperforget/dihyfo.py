@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import numbers
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import xla
+from hyperforget_jax.config import check_count
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError, shell_quote
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import diffusion as D
@@ -189,10 +189,9 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
       The :class:`Hypernet` (EMA parameters) and a history: ``loss`` every 50 steps,
       ``seconds``, ``steps_per_second``, ``trajectories``, ``train_config``.
     """
-    if checkpoint_dir is not None and (isinstance(save_every, bool) or not isinstance(
-            save_every, numbers.Integral) or save_every < 1):
+    if checkpoint_dir is not None:
         # Checked up front: `% 0` raised ZeroDivisionError after the first steps' training.
-        raise ConfigError(f"save_every must be an integer >= 1 (steps), got {save_every!r}")
+        check_count(save_every, "save_every", " (steps)")
     if variant not in VARIANTS:
         raise ConfigError(f"unknown hypernetwork variant {variant!r}; choose one of "
                           f"{', '.join(VARIANTS)}")

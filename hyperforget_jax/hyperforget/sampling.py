@@ -24,7 +24,7 @@ import numpy as np
 
 from hyperforget_jax import data, xla
 from hyperforget_jax import params as P_
-from hyperforget_jax.config import check_config, field
+from hyperforget_jax.config import check_config, check_count, field
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, ForgetRequestError,
                                     NonFiniteError)
 from hyperforget_jax.hyperforget import diffusion as D
@@ -265,8 +265,7 @@ def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt
         :func:`sample`.
     """
     _check_key(key)
-    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-        raise ConfigError(f"k must be an integer >= 1, got {k!r}")
+    check_count(k, "k")
     keys = jax.random.split(key, k)
     many = sample_many(keys, net, params, stack_prompts([prompt] * k), num_steps, method,
                        guidance)

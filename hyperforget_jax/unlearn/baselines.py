@@ -522,11 +522,16 @@ def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prep
     rows = (shared_rows(splits) if per_member_data and splits is not None and preps[0].shared
             else None)
     if rows is not None:
-        maps = lambda i: {"xf": rows.forget[i], "yf": rows.forget[i], "xr": rows.retain[i],
-                          "yr": rows.retain[i], "x": np.concatenate([rows.forget[i],
-                                                                     rows.retain[i]])}
+        def maps(i: int, keys) -> dict:
+            """Member ``i``'s row map of each of its shared arrays (``keys``)."""
+            f, r = rows.forget[i], rows.retain[i]
+            of = {"xf": f, "yf": f, "xr": r, "yr": r}
+            if "x" in keys:                  # D_f's rows, then D_r's (_all_rows)
+                of["x"] = np.concatenate([f, r])
+            return {k: of[k] for k in keys}
+
         preps = [p._replace(shared={"x": rows.x, "y": rows.y},
-                            member={**p.member, "rows": {k: maps(i)[k] for k in p.shared}})
+                            member={**p.member, "rows": maps(i, p.shared)})
                  for i, p in enumerate(preps)]
         per_member_data = False
     member = stack([p.member for p in preps]) if preps[0].member else {}
