@@ -14,7 +14,7 @@ unit.
 - ``denoiser``: HyperForget's denoiser parameters for an MLP target 3072→h→h→100 of P
   parameters, with G.pt's chunk tokens and with unit tokens.
 
-Run (≈ 1 min on 2 cores)::
+Run (≈ 15 s on 2 cores)::
 
     PYTHONPATH=. python benchmarks/bench_scale.py
 """
