@@ -2,8 +2,8 @@
 
 Parameters are data: a Flax params pytree trained by :mod:`~hyperforget_jax.train`, flattened
 for the hypernetwork, sampled back, unlearned, and evaluated against Retrain. Every function
-that takes a model takes any model (:func:`as_model`: a registered name, a Flax module, an
-``apply_fn(params, x) -> logits`` or an import path). Public names are re-exported here; the
+that takes a model takes any model (:func:`as_model`: a registered name, a Flax Linen or NNX
+module, an ``apply_fn(params, x) -> logits`` or an import path). Public names are re-exported here; the
 code lives in the private-by-convention modules, and the methods' building blocks in
 :mod:`hyperforget_jax.unlearn.gradtau` and :mod:`hyperforget_jax.unlearn.baselines`.
 """
@@ -14,7 +14,7 @@ from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigEr
                                     ForgetRequestError, HyperforgetError, NonFiniteError)
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
 from hyperforget_jax.models import (ARCHITECTURES, Architecture, as_model, load_model,
-                                    make_architecture)
+                                    make_architecture, nnx_params, nnx_update)
 from hyperforget_jax.params import flatten, param_count, unflatten
 from hyperforget_jax.train import (TrainConfig, TrainState, fit, fit_fleet, fit_stream,
                                    make_train_step, per_example_ce, skip_nonfinite)

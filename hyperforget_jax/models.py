@@ -1,6 +1,6 @@
 """Flax Linen classifiers, and :class:`Architecture`: the one adapter through which every
 function of the package takes a model (:func:`as_model`: a registered name, an import path, any
-``flax.linen.Module`` or any ``apply_fn(params, x) -> logits``).
+``flax.linen.Module``, any ``flax.nnx.Module`` or any ``apply_fn(params, x) -> logits``).
 
 Every model is described by its ``params`` pytree alone (no mutable collections): ResNet-18 uses
 GroupNorm instead of BatchNorm, which has the same learnable scale and bias per channel (so the
@@ -16,7 +16,9 @@ from __future__ import annotations
 import collections
 import dataclasses
 import importlib
+import inspect
 import re
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
@@ -25,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from hyperforget_jax import layers
 from hyperforget_jax.errors import ArchitectureError, CheckpointError, ConfigError, DataError
@@ -142,8 +145,9 @@ class Architecture:
     ``init(key) -> params`` and the input shape.
 
     Built by :func:`as_model` from a registered name (``"mlp"``), an import path
-    (``"pkg.module:Net"``), a ``flax.linen.Module`` (applied as ``module.apply({"params": p}, x)``)
-    or any ``apply_fn(params, x) -> logits``; ``Architecture(name, input_shape, num_classes)``
+    (``"pkg.module:Net"``), a ``flax.linen.Module`` (applied as ``module.apply({"params": p}, x)``),
+    a ``flax.nnx.Module`` (its ``nnx.Param`` values as the params, :func:`nnx_params`) or any
+    ``apply_fn(params, x) -> logits``; ``Architecture(name, input_shape, num_classes)``
     is a registered model. Hashable and immutable, so jitted functions can close over it.
 
     Compiled programs (the scanned epochs of ``fit`` and the unlearning methods, the batched
@@ -156,6 +160,7 @@ class Architecture:
         no ``init`` for a Module).
       num_classes: number of output logits; None when unknown.
       flax_module: a user's Flax Linen module (None for registered models and bare functions).
+      nnx_model: a user's Flax NNX module as the library runs it (:class:`NnxModel`).
       apply_fn: a user's ``apply_fn(params, x) -> logits`` (None unless given).
       init_fn: a user's ``init_fn(key) -> params`` for a bare ``apply_fn`` (Retrain and the
         shadow models of U-LiRA need one).
@@ -170,6 +175,7 @@ class Architecture:
     apply_fn: Callable | None = dataclasses.field(default=None, repr=False)
     init_fn: Callable | None = dataclasses.field(default=None, repr=False)
     source: str | None = None
+    nnx_model: "NnxModel | None" = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         if self.input_shape is not None:
@@ -181,7 +187,8 @@ class Architecture:
     @property
     def registered(self) -> bool:
         """True for the library's own named models (no user module or function)."""
-        return self.flax_module is None and self.apply_fn is None and self.name in _FACTORIES
+        return (self.flax_module is None and self.apply_fn is None and self.nnx_model is None
+                and self.name in _FACTORIES)
 
     @property
     def label(self) -> str:
@@ -195,10 +202,11 @@ class Architecture:
 
     @property
     def module(self) -> nn.Module | None:
-        """The Flax module (a registered model's, or the user's); None for a bare apply_fn."""
+        """The Flax Linen module (a registered model's, or the user's); None for a bare apply_fn
+        or an NNX module."""
         if self.flax_module is not None:
             return self.flax_module
-        if self.apply_fn is not None:
+        if self.apply_fn is not None or self.nnx_model is not None:
             return None
         if self.name not in _FACTORIES:
             raise ConfigError(f"unknown architecture {self.name!r}; choose one of "
@@ -209,8 +217,19 @@ class Architecture:
     @property
     def has_init(self) -> bool:
         """Whether fresh parameters can be drawn (Retrain, U-LiRA shadows, Bad Teacher)."""
-        return self.init_fn is not None or (self.apply_fn is None
-                                            and self.input_shape is not None)
+        if self.init_fn is not None or self.nnx_model is not None:
+            return self.init_fn is not None or self.nnx_model.construct is not None
+        return self.apply_fn is None and self.input_shape is not None
+
+    @property
+    def init_fix(self) -> str:
+        """How to give this model an init, for the messages of what needs one (fit from scratch,
+        Retrain, U-LiRA shadows, fit_fleet)."""
+        if self.nnx_model is not None and self.nnx_model.no_init:
+            return self.nnx_model.no_init
+        if self.apply_fn is None and self.nnx_model is None and self.input_shape is None:
+            return "pass hf.as_model(module, input_shape=(H, W, C))"
+        return "pass a flax Module or hf.as_model(apply_fn, init_fn=...)"
 
     def program(self, key: Any, build: Callable[[], Any]) -> Any:
         """The compiled callable ``key`` of this model, built once by ``build()``.
@@ -236,6 +255,11 @@ class Architecture:
     def init(self, key: jax.Array) -> Params:
         if self.init_fn is not None:
             return self.init_fn(key)
+        if self.nnx_model is not None:
+            if self.nnx_model.construct is None:
+                raise ConfigError(f"model {self.name!r} cannot draw fresh parameters (Retrain, "
+                                  f"fit from scratch, U-LiRA shadows): {self.init_fix}")
+            return self.program("init", self.nnx_model.compiled_init)(key)
         if self.apply_fn is not None:
             raise ConfigError(f"model {self.name!r} is a bare apply_fn with no init; pass "
                               "hf.as_model(apply_fn, init_fn=...) or a flax Module to draw "
@@ -275,6 +299,8 @@ class Architecture:
         return init
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
+        if self.nnx_model is not None:
+            return _checked_logits(self.name, self.nnx_model.apply(self.name, params, x), x)
         if self.apply_fn is not None:
             return _checked_logits(self.name, self.apply_fn(params, x), x)
         try:
@@ -289,7 +315,9 @@ class Architecture:
 
     def param_shapes(self) -> Params | None:
         """``jax.ShapeDtypeStruct`` pytree of :meth:`init`'s parameters (traced once per model);
-        None for a model without init."""
+        None for a model without init (an NNX module's: its own, init or not)."""
+        if self.nnx_model is not None:
+            return jax.tree.map(lambda s: s, self.nnx_model.shapes)
         if not self.has_init:
             return None
         # jax.eval_shape of init costs 0.1-1 s and is asked for on every check.
@@ -314,6 +342,11 @@ class Architecture:
         else with ``reference`` (e.g. the parameters a method started from) when given, else
         only checked to be a pytree of floating-point arrays.
         """
+        if self.nnx_model is not None and _has_int_keys(params):
+            raise ArchitectureError(
+                f"parameters for {self.name} have integer keys (nnx.to_pure_dict's list "
+                "indices), which checkpoints do not keep; pass hf.nnx_params(net), whose list "
+                "indices are strings")
         want = self.param_shapes()
         if want is None and reference is not None:
             want = jax.tree.map(lambda l: jax.ShapeDtypeStruct(jnp.shape(l), jnp.result_type(l)),
@@ -361,7 +394,7 @@ class Architecture:
              "num_classes": self.num_classes}
         if self.source is not None:
             d["source"] = self.source
-        if self.has_init:
+        if self.param_shapes() is not None:
             d["param_count"] = self.param_count
         return d
 
@@ -485,7 +518,9 @@ def load_model(path: str, input_shape: tuple[int, ...] | None = None,
     and the experiments takes, e.g. ``hyperforget train --arch mypkg.models:Net``).
 
     ``Name`` may be a ``flax.linen.Module`` class (instantiated with ``num_classes=K`` when it
-    has that field, else without arguments), a Module instance, an :class:`Architecture`, or an
+    has that field, else without arguments), a ``flax.nnx.Module`` class (built with
+    ``rngs=nnx.Rngs(key)``, and ``num_classes=K`` when its ``__init__`` takes it: fresh
+    parameters for any key), a Module instance, an :class:`Architecture`, or an
     ``apply_fn(params, x) -> logits``.
 
     Raises:
@@ -505,6 +540,9 @@ def load_model(path: str, input_shape: tuple[int, ...] | None = None,
             raise ConfigError(f"{mod_name!r} has no attribute {attr!r}; check the model path "
                               f"{path!r}")
         obj = getattr(obj, part)
+    if isinstance(obj, type) and issubclass(obj, nnx.Module):
+        base = as_model(_nnx_class_adapter(obj, num_classes), input_shape, num_classes)
+        return _replaced(base, name=path, source=path)
     if isinstance(obj, type) and issubclass(obj, nn.Module):
         obj = _instance_of(obj, num_classes)
     # The same module object underneath: the returned model shares its compiled programs, so
@@ -544,6 +582,211 @@ def _instance_of(cls: type, num_classes: int | None) -> nn.Module:
     return instances[k]
 
 
+# --- Flax NNX models ------------------------------------------------------------------------
+
+
+def _str_keys(tree: Any) -> Any:
+    """``tree`` with every dict key a string: ``nnx.List`` / list attributes give integer keys,
+    which an Orbax checkpoint gives back as strings (so a restored tree would no longer match);
+    the parameters are mapped back onto the module by path (:meth:`NnxModel.state_from`)."""
+    if isinstance(tree, Mapping):
+        return {str(k): _str_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def _has_int_keys(tree: Any) -> bool:
+    return isinstance(tree, Mapping) and any(isinstance(k, int) or _has_int_keys(v)
+                                             for k, v in tree.items())
+
+
+def nnx_params(net: nnx.Module) -> Params:
+    """The ``nnx.Param`` values of a Flax NNX module as the plain pytree every function here
+    takes (nested dicts of arrays, as the Linen models'; list indices as strings ``'0'``).
+
+    Back into the module (after unlearning) with :func:`nnx_update`.
+    """
+    if not isinstance(net, nnx.Module):
+        raise ConfigError(f"nnx_params takes a flax.nnx.Module, got {type(net).__name__}")
+    return _str_keys(nnx.to_pure_dict(nnx.state(net, nnx.Param)))
+
+
+def nnx_update(net: nnx.Module, params: Params) -> None:
+    """Writes ``params`` (e.g. ``hf.unlearn(...).params``) into the NNX module ``net`` in
+    place, leaf by path; its other state (batch statistics, RNG state) is left as it is.
+
+    Raises:
+      ArchitectureError: ``params`` do not fit ``net`` (paths, shapes, dtypes).
+    """
+    if not isinstance(net, nnx.Module):
+        raise ConfigError(f"nnx_update takes a flax.nnx.Module, got {type(net).__name__}")
+    state = nnx.state(net, nnx.Param)
+    name = type(net).__name__
+    check_param_tree(params, _shapes_of(state), name)
+    nnx.update(net, NnxModel.state_from(params, [p for p, _ in nnx.to_flat_state(state)]))
+
+
+def _shapes_of(param_state: Any) -> Params:
+    """``jax.ShapeDtypeStruct`` pytree (string keys) of an ``nnx.State`` (abstract or not)."""
+    return _str_keys(jax.tree.map(lambda l: jax.ShapeDtypeStruct(l.shape, l.dtype),
+                                  nnx.to_pure_dict(param_state)))
+
+
+class NnxModel:
+    """A Flax NNX module as the library runs it: ``nnx.merge(graphdef, params, other_state)(x)``
+    inside the compiled programs.
+
+    Its non-``nnx.Param`` state (BatchStat running averages, RNG state, ...) is taken as it was
+    at :func:`as_model` time and never updated, and the module runs in the mode it was in
+    (``net.eval()``: deterministic dropout, running averages). A forward pass that draws random
+    numbers (dropout in training mode) is refused: it would draw the same ones on every call.
+    Holds no reference to the user's module object, so dropping the module frees it.
+
+    Attributes:
+      graphdef: the module's structure (``nnx.graphdef``), mode included.
+      paths: the ``nnx.Param`` leaves' paths (integer keys of lists kept as integers).
+      shapes: ``jax.ShapeDtypeStruct`` pytree of the parameters (string keys, as
+        :func:`nnx_params`).
+      rest: the other state, a pure dict of arrays.
+      construct: ``construct(key) -> module`` building a fresh module (its class with
+        ``rngs=nnx.Rngs(key)``), None when unknown.
+      no_init: why there is no ``construct`` and what to do (empty when there is one).
+    """
+
+    def __init__(self, net: nnx.Module, construct: Callable | None, no_init: str = ""):
+        self.graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+        self.paths = tuple(p for p, _ in nnx.to_flat_state(params))
+        self.shapes = _shapes_of(params)
+        self.rest = nnx.to_pure_dict(rest)
+        self.construct, self.no_init = construct, no_init
+
+    def fits(self, net: nnx.Module) -> bool:
+        """Whether ``net`` is still the module this was built from: the same structure and
+        mode, parameter shapes, and the very same other-state arrays (an updated running
+        average, or ``net.eval()``, makes a new adapter)."""
+        graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+        old, new = jax.tree.leaves(self.rest), jax.tree.leaves(nnx.to_pure_dict(rest))
+        return (graphdef == self.graphdef and _shapes_of(params) == self.shapes
+                and len(old) == len(new) and all(a is b for a, b in zip(old, new)))
+
+    @staticmethod
+    def state_from(params: Params, paths: Sequence[tuple]) -> nnx.State:
+        """The ``nnx.State`` of ``params`` (string keys, :func:`nnx_params`) at the module's
+        ``paths``, looked up by path (never by leaf order)."""
+        def at(path):
+            node = params
+            for key in path:
+                node = node[str(key)] if str(key) in node else node[key]
+            return node
+        return nnx.from_flat_state({path: at(path) for path in paths})
+
+    def apply(self, name: str, params: Params, x: jax.Array) -> Any:
+        try:
+            state = self.state_from(params, self.paths)
+        except (KeyError, TypeError):
+            check_param_tree(params, self.shapes, name)    # names the path and the fix
+            raise
+        module = nnx.merge(self.graphdef, state, self.rest)
+        counts = jax.tree.leaves(nnx.state(module, nnx.RngCount))
+        out = module(x)
+        if any(a is not b for a, b in zip(counts, jax.tree.leaves(nnx.state(module,
+                                                                             nnx.RngCount)))):
+            raise ArchitectureError(
+                f"model {name!r} draws random numbers in its forward pass (dropout in training "
+                "mode?); the methods here run it as apply(params, x) and would draw the same "
+                "ones on every call: pass the module in evaluation mode (net.eval()) or build "
+                "its dropout with deterministic=True")
+        return out
+
+    def compiled_init(self) -> Callable[[jax.Array], Params]:
+        """``init(key) -> params`` of a freshly constructed module, compiled (the forward pass
+        is not run; a traced key works, e.g. vmapped over seeds by ``fit_fleet``)."""
+        construct = self.construct
+        return jax.jit(lambda key: _str_keys(nnx.to_pure_dict(nnx.state(construct(key),
+                                                                        nnx.Param))))
+
+
+def _nnx_constructor(cls: type, num_classes: int | None) -> tuple[Callable | None, str]:
+    """``(key -> cls(rngs=nnx.Rngs(key)[, num_classes=K]), "")`` when ``cls.__init__`` needs
+    nothing else, else ``(None, why and what to do)``."""
+    try:
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+    except (TypeError, ValueError):
+        params = None
+    names = {p.name for p in params or ()}
+    needs = [p.name for p in params or () if p.default is inspect.Parameter.empty
+             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "rngs"]
+    if params is None or "rngs" not in names or needs:
+        why = (f"{cls.__name__}.__init__ takes no `rngs`" if "rngs" not in names else
+               f"{cls.__name__}.__init__ also needs {', '.join(needs)}")
+        return None, (f"{why}, so the library cannot build a fresh {cls.__name__}; pass "
+                      f"hf.as_model(net, init_fn=lambda key: hf.nnx_params({cls.__name__}(..., "
+                      "rngs=nnx.Rngs(key)))), or the class itself (or its import path) with "
+                      "an __init__(self, *, rngs, num_classes=10)")
+    kw = {} if num_classes is None or "num_classes" not in names else {"num_classes": num_classes}
+    return (lambda key: cls(rngs=nnx.Rngs(key), **kw)), ""
+
+
+def _nnx_class_adapter(cls: type, num_classes: int | None) -> Architecture:
+    """The adapter of ``cls(rngs=nnx.Rngs(0)[, num_classes=K])``, one per K kept on the class
+    itself (as :func:`_instance_of`), so that every call with the class or its import path
+    shares one adapter and its compiled programs."""
+    construct, why = _nnx_constructor(cls, num_classes)
+    if construct is None:
+        raise ConfigError(f"cannot build the NNX model {cls.__name__} from its class: {why}")
+    k = num_classes if "num_classes" in inspect.signature(cls.__init__).parameters else None
+    adapters = cls.__dict__.get(_INSTANCES_ATTR)    # this class's own, not a base class's
+    if adapters is None:
+        adapters = {}
+        try:
+            setattr(cls, _INSTANCES_ATTR, adapters)
+        except (AttributeError, TypeError):
+            pass
+    if ("nnx", k) not in adapters:
+        # Built under jit: run op by op, every initialiser compiles on its own (seconds).
+        graphdef = nnx.graphdef(nnx.eval_shape(lambda: construct(jax.random.key(0))))
+        states = jax.jit(lambda key: nnx.split(construct(key), nnx.Param, ...)[1:])(
+            jax.random.key(0))
+        net = nnx.merge(graphdef, *states)
+        adapters[("nnx", k)] = Architecture(cls.__name__, None,
+                                            k if k is not None else _num_classes_of(net),
+                                            nnx_model=NnxModel(net, construct))
+    return adapters[("nnx", k)]
+
+
+def _num_classes_of(net: Any) -> int | None:
+    k = getattr(net, "num_classes", None)
+    return k if isinstance(k, int) and not isinstance(k, bool) else None
+
+
+# NNX adapters by module object, weakly: an NNX module's attributes are its graph (an adapter
+# stored on it, as on a Linen module, would become part of it), so its adapter lives here and
+# goes with the module (the adapter holds no reference to it).
+_NNX_ADAPTERS: "weakref.WeakKeyDictionary[nnx.Module, Architecture]" = (
+    weakref.WeakKeyDictionary())
+
+
+def _nnx_adapter(net: nnx.Module, init_fn: Callable | None, name: str | None) -> Architecture:
+    cached = _NNX_ADAPTERS.get(net)
+    if (cached is not None and cached.init_fn is init_fn and (name is None or cached.name == name)
+            and cached.nnx_model.fits(net)):
+        return cached
+    cls = type(net)
+    construct, why = _nnx_constructor(cls, _num_classes_of(net))
+    if construct is not None:
+        # type(net)(rngs=...) with defaults may build another model than this instance was.
+        want = _shapes_of(nnx.state(net, nnx.Param))
+        fresh = nnx.eval_shape(lambda: construct(jax.random.key(0)))
+        if _shapes_of(nnx.state(fresh, nnx.Param)) != want:
+            construct, why = None, (
+                f"{cls.__name__}(rngs=...) builds parameters of other shapes than this "
+                "instance (was it built with other arguments?); pass hf.as_model(net, "
+                f"init_fn=lambda key: hf.nnx_params({cls.__name__}(..., rngs=nnx.Rngs(key))))")
+    adapter = Architecture(name or cls.__name__, None, _num_classes_of(net), init_fn=init_fn,
+                           nnx_model=NnxModel(net, construct, why))
+    _NNX_ADAPTERS[net] = adapter
+    return adapter
+
+
 def as_model(obj: Any, input_shape: Sequence[int] | None = None,
              num_classes: int | None = None, *, init_fn: Callable | None = None,
              name: str | None = None) -> Architecture:
@@ -551,14 +794,27 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
 
     Args:
       obj: a registered name (``"mlp"``), an import path (``"pkg.module:Net"``), a
-        ``flax.linen.Module`` instance (applied as ``module.apply({"params": p}, x)``), an
-        :class:`Architecture` (returned as is, missing fields filled in), or any
-        ``apply_fn(params, x) -> logits``.
+        ``flax.linen.Module`` instance (applied as ``module.apply({"params": p}, x)``), a
+        ``flax.nnx.Module`` instance or class (see below), an :class:`Architecture` (returned
+        as is, missing fields filled in), or any ``apply_fn(params, x) -> logits``.
       input_shape: one input's shape; fills in what ``obj`` does not say (a registered name
         defaults to (28, 28, 1)).
       num_classes: number of classes, likewise.
-      init_fn: ``init_fn(key) -> params`` for a bare ``apply_fn``.
+      init_fn: ``init_fn(key) -> params`` for a bare ``apply_fn`` (or an NNX instance the
+        library cannot rebuild).
       name: a display name (default: the class or function name).
+
+    An NNX module's params are its ``nnx.Param`` values as a plain pytree (:func:`nnx_params`;
+    back into the module with :func:`nnx_update`), run as ``nnx.merge(graphdef, params,
+    other_state)(x)`` in the mode the module is in (``net.eval()`` for deterministic dropout and
+    running averages). Its other state (BatchStat running averages, RNG state) is the
+    instance's at ``as_model`` time and is never updated; a forward pass that draws random
+    numbers is refused. Fresh parameters (fit from scratch, Retrain, U-LiRA shadows) come from a
+    class as ``cls(rngs=nnx.Rngs(key)[, num_classes=K])``, from an instance as
+    ``type(net)(rngs=nnx.Rngs(key))`` when its ``__init__`` needs nothing else and builds the
+    instance's shapes; otherwise from ``init_fn`` (without one, what needs them is refused with
+    :class:`ConfigError`). The adapter of an instance is kept while the instance is alive and
+    unchanged (same structure and mode, same other-state arrays; new parameter values are fine).
 
     Returns:
       The adapter. Its compiled programs are cached on it: hold it and pass it again to reuse
@@ -588,9 +844,13 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
         raise ConfigError(f"unknown architecture {obj!r}; choose one of "
                           f"{', '.join(ARCHITECTURES)} or give an import path "
                           "'pkg.module:Name'")
+    if isinstance(obj, type) and issubclass(obj, nnx.Module):
+        return as_model(_nnx_class_adapter(obj, num_classes), shape, num_classes)
     if isinstance(obj, type) and issubclass(obj, nn.Module):
         raise ConfigError(f"{obj.__name__} is a Module class; pass an instance, e.g. "
                           f"{obj.__name__}(), or its import path")
+    if isinstance(obj, nnx.Module):
+        return as_model(_nnx_adapter(obj, init_fn, name), shape, num_classes)
     if isinstance(obj, nn.Module) or callable(obj):
         base = _adapter_of(obj, init_fn, name)
         return as_model(base, shape, num_classes)

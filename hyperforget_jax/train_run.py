@@ -155,8 +155,8 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     model = _model_for(arch, train)
     batch_size = effective_batch_size(cfg, len(train))
     if init_params is None and not model.has_init:
-        raise ConfigError(f"fit: model {model.name!r} has no init; pass init_params= or "
-                          "hf.as_model(apply_fn, init_fn=...)")
+        raise ConfigError(f"fit: model {model.name!r} has no init; pass init_params=, or "
+                          f"{model.init_fix}")
     if init_params is not None:
         model.check_params(init_params)
         init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
@@ -249,8 +249,7 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
         raise ConfigError("fit_fleet needs at least one seed")
     seeds = [_check_seed(s, "fit_fleet seed", ConfigError) for s in seeds]
     if not model.has_init:
-        raise ConfigError(f"fit_fleet: model {model.name!r} has no init; pass "
-                          "hf.as_model(apply_fn, init_fn=...)")
+        raise ConfigError(f"fit_fleet: model {model.name!r} has no init; {model.init_fix}")
     tx = make_optimizer(base)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     state = jax.vmap(lambda k: init_state(model, tx, k))(keys)
@@ -322,8 +321,8 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     model = as_model(arch)
     tx = make_optimizer(cfg)
     if init_params is None and not model.has_init:
-        raise ConfigError(f"fit_stream: model {model.name!r} needs an input_shape or "
-                          "init_params to start from")
+        raise ConfigError(f"fit_stream: model {model.name!r} has no init; pass init_params=, "
+                          f"or {model.init_fix}")
     if init_params is not None:
         init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)

@@ -375,10 +375,8 @@ def head_features(arch: Architecture, head: str):
     regression on them (thousands of times cheaper than a forward pass per step)."""
     import flax.linen as nn
 
-    module = getattr(arch, "module", None)
-    if not isinstance(module, nn.Module):
-        raise ConfigError(f"unlearn_layers='head' needs a Flax module; {arch.name} has none: "
-                          "use unlearn_layers='all'")
+    _check_head_traceable(arch)
+    module = arch.module
 
     def run(params, x):
         cap = {}
@@ -396,6 +394,17 @@ def head_features(arch: Architecture, head: str):
         return cap["x"].reshape(x.shape[0], -1), logits
 
     return run
+
+
+def _check_head_traceable(arch: Architecture) -> None:
+    """Raises ConfigError unless ``arch`` has a Flax Linen module, whose output layer's inputs
+    :func:`head_features` captures (an NNX module or an apply_fn cannot be intercepted so)."""
+    import flax.linen as nn
+
+    if not isinstance(getattr(arch, "module", None), nn.Module):
+        raise ConfigError(f"unlearn_layers='head' needs a Flax Linen module to find the output "
+                          f"layer's inputs; {arch.name} is an NNX module or an apply_fn: use "
+                          "unlearn_layers='all'")
 
 
 def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: np.ndarray,
@@ -544,6 +553,8 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     splits = splits or data.make_splits(data.load_mnist5k(), seed=split_seed)
     # A registered name or a user model's import path ("pkg.module:Net"), as `train --arch`.
     arch = as_model(ccfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
+    if ccfg.unlearn_layers == "head":
+        _check_head_traceable(arch)     # before anything is written or trained
     out = report.prepare_dir(out_dir, flag="--out")    # `hyperforget corpus --out`
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
     if CI.index_path(out).exists():

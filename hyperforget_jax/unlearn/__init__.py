@@ -157,7 +157,7 @@ def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any
                                 "(or the Dataset) with the same number of classes")
     if method == "retrain" and not model.has_init:
         raise ConfigError(f"retrain needs fresh parameters but model {model.name!r} has no "
-                          "init; pass a flax Module or hf.as_model(apply_fn, init_fn=...)")
+                          f"init; {model.init_fix}")
     return model
 
 
