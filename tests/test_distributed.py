@@ -33,21 +33,28 @@ def _reference():
     state = train.init_state(arch, tx, None, jax.tree.map(jnp.asarray, params))
     for fb, rb in batches:
         state, m = step(state, fb, rb, jnp.float32(W.TAU), jnp.float32(W.ALPHA))
+    # The streamed driver on the whole batches, for the workers' fit_stream on their own rows.
+    s_arch, s_cfg, s_batches = W.stream_problem()
+    stream = np.asarray(P_.flatten(train.fit_stream(s_arch, s_batches, s_cfg)[0].params))
     return np.asarray(P_.flatten(state.params)), float(m["loss"]), np.asarray(
-        P_.flatten(params))
+        P_.flatten(params)), stream
 
 
-def _run_workers(tmp_path, nproc=2, timeout=150, attempts=2):
-    """Starts the workers on a fresh free port; retries once if the port was taken meanwhile."""
+def _run_workers(tmp_path, meanwhile, nproc=2, timeout=150, attempts=2):
+    """Starts the workers on a fresh free port, and calls ``meanwhile()`` while they import,
+    connect and compile (CI time: the test's own single-process reference overlaps them);
+    retries once if the port was taken meanwhile. Returns (workers' results, its value)."""
+    value = []
     for attempt in range(attempts):
-        ok, result = _try_workers(tmp_path / f"try{attempt}", nproc, timeout)
+        ok, result = _try_workers(tmp_path / f"try{attempt}", nproc, timeout,
+                                  lambda: value or value.append(meanwhile()))
         if ok or "in use" not in result.lower():
             break
     assert ok, f"a worker failed:\n{result}"
-    return result
+    return result, value[0]
 
 
-def _try_workers(tmp_path, nproc, timeout):
+def _try_workers(tmp_path, nproc, timeout, meanwhile):
     tmp_path.mkdir()
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
            "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
@@ -63,6 +70,7 @@ def _try_workers(tmp_path, nproc, timeout):
         outs.append(out)
     deadline = time.monotonic() + timeout
     try:
+        meanwhile()
         for p, _ in procs:
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -81,8 +89,7 @@ def _try_workers(tmp_path, nproc, timeout):
 
 
 def test_two_process_gradtau_equals_single_process(tmp_path):
-    results = _run_workers(tmp_path)
-    ref, ref_loss, init = _reference()
+    results, (ref, ref_loss, init, want) = _run_workers(tmp_path, _reference)
     for r in results:
         assert int(r["process_count"]) == 2 and int(r["device_count"]) == 2
         # Adam divides by √v: coordinates with near-zero gradients amplify reduction-order
@@ -93,8 +100,6 @@ def test_two_process_gradtau_equals_single_process(tmp_path):
     assert np.abs(ref - init).max() > 1e-3
     np.testing.assert_array_equal(results[0]["flat"], results[1]["flat"])
     # The streamed driver: each process fed its own rows == one process on whole batches.
-    arch, cfg, batches = W.stream_problem()
-    want = np.asarray(P_.flatten(train.fit_stream(arch, batches, cfg)[0].params))
     for r in results:
         np.testing.assert_allclose(r["stream_flat"], want, atol=1e-5, rtol=0)
 
