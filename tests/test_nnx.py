@@ -99,14 +99,16 @@ def test_params_are_plain_pytrees_and_logits_equal_the_linen_twin(Net):
     np.testing.assert_allclose(net(x), want, atol=1e-6)
 
 
-def test_fit_gradtau_retrain_and_evaluation_equal_the_linen_twin(world):
+def test_fit_gradtau_and_evaluation_equal_the_linen_twin(world):
     splits, request, fsplit, model, twin, params, twin_params = world
+    # fit from scratch (the fixture) is also what Retrain runs; Retrain's fresh draws are
+    # checked against one-by-one runs below.
     assert_trees_close(to_linen(params), twin_params, atol=1e-5)
-    for method, cfg in (("gradtau", GradTauConfig(epochs=1)),
-                        ("retrain", hf.TrainConfig(epochs=1, lr=3e-3))):
-        res = unlearn(method, model, params, fsplit, splits.val, cfg)
-        ref = unlearn(method, twin, twin_params, fsplit, splits.val, cfg)
-        assert_trees_close(to_linen(res.params), ref.params, atol=1e-5)
+    res = unlearn("gradtau", model, params, fsplit, splits.val, GradTauConfig(epochs=1))
+    ref = unlearn("gradtau", twin, twin_params, fsplit, splits.val, GradTauConfig(epochs=1))
+    assert_trees_close(to_linen(res.params), ref.params, atol=1e-5)
+    assert np.abs(np.asarray(res.params["layers"]["1"]["kernel"])
+                  - np.asarray(params["layers"]["1"]["kernel"])).max() > 1e-3
     got = hf.evaluate_unlearning(model, res.params, splits, fsplit, request)
     want = hf.evaluate_unlearning(twin, ref.params, splits, fsplit, request)
     assert got.keys() == want.keys()
