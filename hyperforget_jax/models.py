@@ -564,19 +564,25 @@ def _replaced(model: Architecture, **changes) -> Architecture:
 _INSTANCES_ATTR = "__hyperforget_instances__"
 
 
+def _class_cache(cls: type) -> dict:
+    """The dict kept on ``cls`` itself (not a base class's) for what is built from it once."""
+    cache = cls.__dict__.get(_INSTANCES_ATTR)
+    if cache is None:
+        cache = {}
+        try:
+            setattr(cls, _INSTANCES_ATTR, cache)
+        except (AttributeError, TypeError):
+            pass
+    return cache
+
+
 def _instance_of(cls: type, num_classes: int | None) -> nn.Module:
     """``cls(num_classes=K)`` (or ``cls()`` without that field), one instance per K kept on the
     class itself, so that :func:`load_model` of one path returns the same module (and with it
     the adapter and compiled programs :func:`as_model` keeps on it)."""
     fields = {f.name for f in dataclasses.fields(cls)}
     k = num_classes if "num_classes" in fields else None
-    instances = cls.__dict__.get(_INSTANCES_ATTR)    # this class's own, not a base class's
-    if instances is None:
-        instances = {}
-        try:
-            setattr(cls, _INSTANCES_ATTR, instances)
-        except (AttributeError, TypeError):
-            pass
+    instances = _class_cache(cls)
     if k not in instances:
         instances[k] = cls(num_classes=k) if k is not None else cls()
     return instances[k]
@@ -734,13 +740,7 @@ def _nnx_class_adapter(cls: type, num_classes: int | None) -> Architecture:
     if construct is None:
         raise ConfigError(f"cannot build the NNX model {cls.__name__} from its class: {why}")
     k = num_classes if "num_classes" in inspect.signature(cls.__init__).parameters else None
-    adapters = cls.__dict__.get(_INSTANCES_ATTR)    # this class's own, not a base class's
-    if adapters is None:
-        adapters = {}
-        try:
-            setattr(cls, _INSTANCES_ATTR, adapters)
-        except (AttributeError, TypeError):
-            pass
+    adapters = _class_cache(cls)
     if ("nnx", k) not in adapters:
         # Built under jit: run op by op, every initialiser compiles on its own (seconds).
         graphdef = nnx.graphdef(nnx.eval_shape(lambda: construct(jax.random.key(0))))
