@@ -110,8 +110,29 @@ def test_short_cascade_lowers_d_score_on_forgotten_items(digits_splits, tiny_gan
     before = d_scores(arch, gan.d_params, forget).mean()
     cfg = U.UnlearnConfig(fake_label="hard", substitution=substitution, check_every=10,
                           max_rounds=30, pool_size=256)
-    res = U.unlearn_gan(arch, gan.g_params, gan.d_params, retain_x=train.x[16:512],
-                        forget_x=forget, heldout_x=digits_splits.val.x, cfg=cfg)
+    # Params committed to a device, as `load_gan_run` restores them for `gan unlearn`: every
+    # chunk then gets its state committed alike, so the chunks run one program (the first
+    # used to get uncommitted counters: a second compilation of the chunk).
+    placed, programs = [], []
+    chunk_of = U._compiled_rounds
+
+    def spy(arch, key):
+        run = chunk_of(arch, key)
+
+        def call(state, *rest):
+            placed.append({a.committed for a in jax.tree.leaves(state)})
+            out = run(state, *rest)
+            programs.append(run._cache_size())
+            return out
+        return call
+
+    g, d = jax.device_put((gan.g_params, gan.d_params), jax.devices()[0])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(U, "_compiled_rounds", spy)
+        res = U.unlearn_gan(arch, g, d, retain_x=train.x[16:512], forget_x=forget,
+                            heldout_x=digits_splits.val.x, cfg=cfg)
+    assert len(placed) == res.rounds // 10 >= 2 and all(p == {True} for p in placed), placed
+    assert programs[0] == programs[-1], programs
     after = d_scores(arch, res.d_params, forget).mean()
     assert after < before - 0.1, (before, after)
     assert res.rounds >= 10 and res.y_f == 0.0 and res.history[0]["flagged"] > 0
@@ -388,8 +409,10 @@ def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan
     assert U._compiled_rounds(arch, cfg_key) is run
     tx, tx_d = make_optimizer(_LR, 0.5), make_optimizer(_D_LR, 0.5)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)      # the program donates its state
-    fresh = lambda: init_gan_state(arch, tx, jax.random.key(0), copy(gan.g_params),
-                                   copy(gan.d_params))
+    # Committed, as unlearn_gan commits its state: the cascade tests' program, not another.
+    fresh = lambda: jax.device_put(init_gan_state(arch, tx, jax.random.key(0),
+                                                  copy(gan.g_params), copy(gan.d_params)),
+                                   jax.devices()[0])
     finals, programs = [], []
     for lam_u in (0.25, 4.0, 16.0):
         # With the chunk's compiler options (xla.jit): under plain jax.jit XLA:CPU picks other

@@ -253,14 +253,15 @@ def test_train_killed_during_writes_and_steps_resumes_exactly(reference, tmp_pat
 
 
 def test_ctrl_c_during_checkpoint_writes_is_one_line_and_resumes_exactly(reference, tmp_path):
-    """Ctrl-C (SIGINT) to ``hyperforget train`` while Orbax writes a checkpoint, three times:
-    each ends with exit 130 and exactly one stderr line, leaves only restorable steps and no
-    debris (the write is held until committed), and the resumed run equals the uninterrupted
-    one."""
+    """Ctrl-C (SIGINT) to ``hyperforget train`` while Orbax writes a checkpoint, twice (the
+    second in a run resumed from what the first left): each ends with exit 130 and exactly one
+    stderr line, leaves only restorable steps and no debris (the write is held until
+    committed), and the resumed run equals the uninterrupted one. (A third interrupt, as
+    before, took a process start more and met no other code path.)"""
     run_dir = tmp_path / "run"
     ckpt_dir = run_dir / "checkpoints"
     interrupts = 0
-    for _ in range(3):
+    for _ in range(2):
         before = set(_names(ckpt_dir))
         proc = _spawn(_cli_cmd(run_dir))
         writing = lambda: any(".orbax-checkpoint-tmp" in n and n not in before
@@ -279,7 +280,7 @@ def test_ctrl_c_during_checkpoint_writes_is_one_line_and_resumes_exactly(referen
         assert "interrupted" in lines[0]
         assert _debris(ckpt_dir) == [], _debris(ckpt_dir)
         interrupts += 1
-    assert interrupts >= 2
+    assert interrupts == 2
     template = _template(run_dir)
     assert_every_step_restores(ckpt_dir, template, "after Ctrl-C")
     assert cli.main(["train", "--run-dir", str(run_dir), *FAST]) == 0

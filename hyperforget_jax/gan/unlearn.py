@@ -689,7 +689,15 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     tx = make_optimizer(cfg.lr, cfg.beta1)
     # The rounds donate their state: copy, so the caller's (G₀, D₀) buffers stay valid.
     copy = lambda t: jax.tree.map(lambda a: jnp.array(a, copy=True), t)
-    fresh = lambda: init_gan_state(arch, tx, jax.random.key(0), copy(g_params), copy(d_params))
+
+    def fresh() -> GANState:
+        # Committed where the parameters are, counters (step, Adam's counts) included: the
+        # rounds return a committed state, and a first chunk fed uncommitted counters compiled
+        # a program of its own (two compilations of every chunk, 5-11 s each on CPU).
+        state = init_gan_state(arch, tx, jax.random.key(0), copy(g_params), copy(d_params))
+        devices = jax.tree.leaves(state.g_params)[0].devices()
+        return jax.device_put(state, devices.pop()) if len(devices) == 1 else state
+
     weight = lambda attempt: cfg.lambda_u * cfg.lambda_u_growth ** attempt
     state = fresh()
     forget_np = np.asarray(forget_x)
@@ -830,8 +838,10 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         state, m = chunk_of(n)(state, data, bank, jnp.float32(y_f), jnp.float32(weight(attempt)),
                                key)
         if not np.asarray(m["finite"]).all():
-            raise NonFiniteError(f"non-finite loss or parameters during GAN unlearning near "
-                                 f"round {rounds}; lower the learning rate, lambda_s or lambda_a")
+            raise NonFiniteError(
+                f"non-finite loss or parameters during GAN unlearning near round {rounds} "
+                f"(lambda_u {weight(attempt):g}); lower the learning rate, lambda_u (or its "
+                "growth), lambda_s or lambda_a")
         rounds += n
         in_attempt += n
         history[-1].update({k: float(np.mean(m[k])) for k in ("d_loss", "g_loss", "sub_loss")
