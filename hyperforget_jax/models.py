@@ -644,7 +644,8 @@ class NnxModel:
     Its non-``nnx.Param`` state (BatchStat running averages, RNG state, ...) is taken as it was
     at :func:`as_model` time and never updated, and the module runs in the mode it was in
     (``net.eval()``: deterministic dropout, running averages). A forward pass that draws random
-    numbers (dropout in training mode) is refused: it would draw the same ones on every call.
+    numbers (dropout in training mode) is refused: it would draw the same ones on every call; so
+    is one that writes its state (BatchNorm in training mode): what it writes would be dropped.
     Holds no reference to the user's module object, so dropping the module frees it.
 
     Attributes:
@@ -692,16 +693,37 @@ class NnxModel:
             check_param_tree(params, self.shapes, name)    # names the path and the fix
             raise
         module = nnx.merge(self.graphdef, state, self.rest)
-        counts = jax.tree.leaves(nnx.state(module, nnx.RngCount))
+        before = self.other_state(module)
         out = module(x)
-        if any(a is not b for a, b in zip(counts, jax.tree.leaves(nnx.state(module,
-                                                                             nnx.RngCount)))):
+        after = self.other_state(module)
+        written = [(path, kind) for path, (kind, value) in before.items()
+                   if path in after and after[path][1] is not value]
+        if any(issubclass(kind, nnx.RngState) for _, kind in written):
             raise ArchitectureError(
                 f"model {name!r} draws random numbers in its forward pass (dropout in training "
                 "mode?); the methods here run it as apply(params, x) and would draw the same "
                 "ones on every call: pass the module in evaluation mode (net.eval()) or build "
                 "its dropout with deterministic=True")
+        if written:
+            # As a Linen model's mutable collections: the state written would be dropped, so
+            # its logits would depend on the batch, and its running averages never move.
+            where = ", ".join(f"{'.'.join(map(str, path))} ({kind.__name__})"
+                              for path, kind in written)
+            raise ArchitectureError(
+                f"model {name!r} writes its state in its forward pass ({where}: BatchNorm in "
+                "training mode?); the methods here run it as apply(params, x) and would drop "
+                "what it writes (its logits would depend on the batch): pass the module in "
+                "evaluation mode (net.eval()) or build its BatchNorm with "
+                "use_running_average=True")
         return out
+
+    @staticmethod
+    def other_state(module: nnx.Module) -> dict[tuple, tuple]:
+        """``{path: (Variable type, value)}`` of the state ``module``'s forward pass may read:
+        neither its ``nnx.Param`` values nor what it sows (``nnx.Intermediate``: outputs)."""
+        kinds = nnx.All(nnx.Not(nnx.Param), nnx.Not(nnx.Intermediate))
+        return {path: (type(var), var.get_value())
+                for path, var in nnx.to_flat_state(nnx.state(module, kinds))}
 
     def compiled_init(self) -> Callable[[jax.Array], Params]:
         """``init(key) -> params`` of a freshly constructed module, compiled (the forward pass
@@ -719,8 +741,9 @@ def _nnx_constructor(cls: type, num_classes: int | None) -> tuple[Callable | Non
     except (TypeError, ValueError):
         params = None
     names = {p.name for p in params or ()}
+    given = {"rngs"} | ({"num_classes"} if num_classes is not None else set())
     needs = [p.name for p in params or () if p.default is inspect.Parameter.empty
-             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name != "rngs"]
+             and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD) and p.name not in given]
     if params is None or "rngs" not in names or needs:
         why = (f"{cls.__name__}.__init__ takes no `rngs`" if "rngs" not in names else
                f"{cls.__name__}.__init__ also needs {', '.join(needs)}")
@@ -809,8 +832,9 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
     other_state)(x)`` in the mode the module is in (``net.eval()`` for deterministic dropout and
     running averages). Its other state (BatchStat running averages, RNG state) is the
     instance's at ``as_model`` time and is never updated; a forward pass that draws random
-    numbers is refused. Fresh parameters (fit from scratch, Retrain, U-LiRA shadows) come from a
-    class as ``cls(rngs=nnx.Rngs(key)[, num_classes=K])``, from an instance as
+    numbers or writes its state (BatchNorm in training mode) is refused. Fresh parameters (fit
+    from scratch, Retrain, U-LiRA shadows) come from a class as
+    ``cls(rngs=nnx.Rngs(key)[, num_classes=K])``, from an instance as
     ``type(net)(rngs=nnx.Rngs(key))`` when its ``__init__`` needs nothing else and builds the
     instance's shapes; otherwise from ``init_fn`` (without one, what needs them is refused with
     :class:`ConfigError`). The adapter of an instance is kept while the instance is alive and

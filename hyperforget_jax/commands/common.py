@@ -22,7 +22,7 @@ from hyperforget_jax.checkpoint import (Checkpointer, default_device, load_param
 from hyperforget_jax.configflags import finite_float, seed_int
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, RunDirError,
                                     shell_quote)
-from hyperforget_jax.models import Architecture, load_model, make_architecture
+from hyperforget_jax.models import Architecture, is_import_path, load_model, make_architecture
 from hyperforget_jax.train import TrainConfig, fit, init_state, make_optimizer
 
 
@@ -258,12 +258,22 @@ def _load_checkpointed(run_dir: Path):
     with Checkpointer(run_dir / "checkpoints") as ckpt:
         meta = ckpt.restore_meta()
         try:
-            arch = Architecture.from_json(meta["architecture"])
+            record = meta["architecture"]
             cfg = TrainConfig(**meta["train_config"])
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint in {run_dir} has no hyperforget run metadata; "
                                   "was it written by `hyperforget train`?") from e
         except ConfigError as e:        # a stored field of the wrong type: not the user's flag
+            raise CheckpointError(f"the training recipe stored in {run_dir} is damaged ({e}); "
+                                  "restore the run from a copy, or retrain it") from e
+        try:
+            arch = Architecture.from_json(record)
+        except (KeyError, TypeError) as e:
+            raise CheckpointError(f"checkpoint in {run_dir} has no hyperforget run metadata; "
+                                  "was it written by `hyperforget train`?") from e
+        except ConfigError as e:
+            if isinstance(record, dict) and is_import_path(record.get("source")):
+                raise   # load_model's: the model's package not on PYTHONPATH here, a renamed class
             raise CheckpointError(f"the training recipe stored in {run_dir} is damaged ({e}); "
                                   "restore the run from a copy, or retrain it") from e
         if "epoch" in meta and meta["epoch"] < cfg.epochs:
