@@ -255,12 +255,17 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
     arch.check_images(train.x, "the GAN's training set")
     # One Adam initialises both players' states: Adam's state does not depend on its rate.
     tx = make_optimizer(cfg.lr, cfg.beta1)
-    state = init_gan_state(arch, tx, jax.random.key(cfg.seed))
+    fresh = lambda key: init_gan_state(arch, tx, key)
     start, prior = 0, 0.0
     data_id = None
     if checkpointer is not None:
         data_id = data_fingerprint(train)
-    if checkpointer is not None and checkpointer.latest_step() is not None:
+    resume = checkpointer is not None and checkpointer.latest_step() is not None
+    # A resumed (or finished) run reads its state into shapes alone: initialising G and D for
+    # real compiled the initialiser (≈ 6 s for the dcgan pair on CPU) only to be overwritten.
+    key = jax.random.key(cfg.seed)
+    state = jax.eval_shape(fresh, key) if resume else fresh(key)
+    if resume:
         state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
         prior = float(stored.get("train_seconds", 0.0))
