@@ -3,8 +3,8 @@
 Parameters are data: a Flax params pytree trained by :mod:`~hyperforget_jax.train`, flattened
 for the hypernetwork, sampled back, unlearned, and evaluated against Retrain. Every function
 that takes a model takes any model (:func:`as_model`: a registered name, a Flax Linen or NNX
-module, an ``apply_fn(params, x) -> logits`` or an import path). Public names are re-exported here; the
-code lives in the private-by-convention modules, and the methods' building blocks in
+module, an ``apply_fn(params, x) -> logits`` or an import path). Public names are re-exported
+here; the code lives in the private-by-convention modules, and the methods' building blocks in
 :mod:`hyperforget_jax.unlearn.gradtau` and :mod:`hyperforget_jax.unlearn.baselines`.
 """
 

@@ -651,6 +651,7 @@ class NnxModel:
     Attributes:
       graphdef: the module's structure (``nnx.graphdef``), mode included.
       paths: the ``nnx.Param`` leaves' paths (integer keys of lists kept as integers).
+      path_shapes: each path's shape.
       shapes: ``jax.ShapeDtypeStruct`` pytree of the parameters (string keys, as
         :func:`nnx_params`).
       rest: the other state, a pure dict of arrays.
@@ -661,7 +662,9 @@ class NnxModel:
 
     def __init__(self, net: nnx.Module, construct: Callable | None, no_init: str = ""):
         self.graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-        self.paths = tuple(p for p, _ in nnx.to_flat_state(params))
+        flat = nnx.to_flat_state(params)
+        self.paths = tuple(p for p, _ in flat)
+        self.path_shapes = {p: jnp.shape(v) for p, v in flat}
         self.shapes = _shapes_of(params)
         self.rest = nnx.to_pure_dict(rest)
         self.construct, self.no_init = construct, no_init
@@ -692,6 +695,10 @@ class NnxModel:
         except (KeyError, TypeError):
             check_param_tree(params, self.shapes, name)    # names the path and the fix
             raise
+        if any(jnp.shape(v) != self.path_shapes[p] for p, v in nnx.to_flat_state(state)):
+            # nnx.merge takes any shape (a (1,) bias broadcast, and a wrong model's logits came
+            # out), where Linen's apply refuses one: checked on shapes, free once traced.
+            check_param_tree(params, self.shapes, name)
         module = nnx.merge(self.graphdef, state, self.rest)
         before = self.other_state(module)
         out = module(x)
@@ -788,13 +795,20 @@ _NNX_ADAPTERS: "weakref.WeakKeyDictionary[nnx.Module, Architecture]" = (
     weakref.WeakKeyDictionary())
 
 
-def _nnx_adapter(net: nnx.Module, init_fn: Callable | None, name: str | None) -> Architecture:
+def _nnx_adapter(net: nnx.Module, init_fn: Callable | None, name: str | None,
+                 num_classes: int | None = None) -> Architecture:
+    """The adapter of an NNX instance; ``num_classes`` (as_model's K) builds its fresh modules
+    when the instance keeps no ``num_classes`` of its own (``Net(num_classes=3, rngs=...)``
+    was refused as "built with other arguments" though as_model was given K = 3)."""
+    k = _num_classes_of(net)
+    k = int(num_classes) if k is None and num_classes is not None else k
     cached = _NNX_ADAPTERS.get(net)
     if (cached is not None and cached.init_fn is init_fn and (name is None or cached.name == name)
+            and (num_classes is None or cached.num_classes == k)
             and cached.nnx_model.fits(net)):
         return cached
     cls = type(net)
-    construct, why = _nnx_constructor(cls, _num_classes_of(net))
+    construct, why = _nnx_constructor(cls, k)
     if construct is not None:
         # type(net)(rngs=...) with defaults may build another model than this instance was.
         want = _shapes_of(nnx.state(net, nnx.Param))
@@ -804,7 +818,7 @@ def _nnx_adapter(net: nnx.Module, init_fn: Callable | None, name: str | None) ->
                 f"{cls.__name__}(rngs=...) builds parameters of other shapes than this "
                 "instance (was it built with other arguments?); pass hf.as_model(net, "
                 f"init_fn=lambda key: hf.nnx_params({cls.__name__}(..., rngs=nnx.Rngs(key))))")
-    adapter = Architecture(name or cls.__name__, None, _num_classes_of(net), init_fn=init_fn,
+    adapter = Architecture(name or cls.__name__, None, k, init_fn=init_fn,
                            nnx_model=NnxModel(net, construct, why))
     _NNX_ADAPTERS[net] = adapter
     return adapter
@@ -835,10 +849,12 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
     numbers or writes its state (BatchNorm in training mode) is refused. Fresh parameters (fit
     from scratch, Retrain, U-LiRA shadows) come from a class as
     ``cls(rngs=nnx.Rngs(key)[, num_classes=K])``, from an instance as
-    ``type(net)(rngs=nnx.Rngs(key))`` when its ``__init__`` needs nothing else and builds the
-    instance's shapes; otherwise from ``init_fn`` (without one, what needs them is refused with
-    :class:`ConfigError`). The adapter of an instance is kept while the instance is alive and
-    unchanged (same structure and mode, same other-state arrays; new parameter values are fine).
+    ``type(net)(rngs=nnx.Rngs(key)[, num_classes=K])`` (K: ``net.num_classes``, else
+    ``num_classes``) when its ``__init__`` needs nothing else and builds the instance's shapes;
+    otherwise from ``init_fn`` (without one, what needs them is refused with
+    :class:`ConfigError`; a class takes no ``init_fn``). The adapter of an instance is kept
+    while the instance is alive and unchanged (same structure and mode, same other-state
+    arrays; new parameter values are fine).
 
     Returns:
       The adapter. Its compiled programs are cached on it: hold it and pass it again to reuse
@@ -869,12 +885,17 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
                           f"{', '.join(ARCHITECTURES)} or give an import path "
                           "'pkg.module:Name'")
     if isinstance(obj, type) and issubclass(obj, nnx.Module):
-        return as_model(_nnx_class_adapter(obj, num_classes), shape, num_classes)
+        if init_fn is not None:     # was dropped without a word: fresh modules of the class
+            raise ConfigError(f"init_fn is for a module instance or an apply_fn; the class "
+                              f"{obj.__name__} builds its fresh parameters itself: pass "
+                              f"hf.as_model({obj.__name__}(..., rngs=nnx.Rngs(0)), init_fn=...)")
+        base = as_model(_nnx_class_adapter(obj, num_classes), shape, num_classes)
+        return _replaced(base, name=name) if name is not None else base
     if isinstance(obj, type) and issubclass(obj, nn.Module):
         raise ConfigError(f"{obj.__name__} is a Module class; pass an instance, e.g. "
                           f"{obj.__name__}(), or its import path")
     if isinstance(obj, nnx.Module):
-        return as_model(_nnx_adapter(obj, init_fn, name), shape, num_classes)
+        return as_model(_nnx_adapter(obj, init_fn, name, num_classes), shape, num_classes)
     if isinstance(obj, nn.Module) or callable(obj):
         base = _adapter_of(obj, init_fn, name)
         return as_model(base, shape, num_classes)

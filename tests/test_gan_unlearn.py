@@ -703,8 +703,8 @@ def test_anchor_holds_the_kept_samples_to_the_original(digits_splits, tiny_gan):
 def test_escalation_judges_the_originals_pools_once(digits_splits, tiny_gan, monkeypatch):
     """With the anchor, a later attempt of the escalation reuses G₀'s flags of each pool (the
     pools are a pure function of the attempt's round) instead of judging G₀'s samples again:
-    its checks call the classifier once each, and its result is still bit for bit the
-    cascade run alone at its weight. An attempt's first check, where G is G₀, neither draws
+    its checks after the first call the classifier once each, and its result is still bit for
+    bit the cascade run alone at its weight. An attempt's first check, where G is G₀, neither draws
     nor judges G₀'s first pool again (JudgeCNN's pass over 2,048 codes: ≈ 1.4 s)."""
     gan, arch = tiny_gan
     x = digits_splits.train.x

@@ -230,6 +230,37 @@ def test_a_required_num_classes_is_given_k():
         assert m.init(jax.random.key(0))["out"]["kernel"].shape == (4, 3)
 
 
+def test_what_as_model_is_given_for_an_nnx_module_is_used():
+    """An instance that keeps no ``num_classes`` is rebuilt with as_model's K (it was refused as
+    "built with other arguments"); a class takes ``name=`` and refuses ``init_fn=`` (both
+    were dropped without a word)."""
+    class Small(nnx.Module):
+        def __init__(self, *, rngs, num_classes=10):
+            self.out = nnx.Linear(4, num_classes, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(x)
+
+    m = hf.as_model(Small(rngs=nnx.Rngs(1), num_classes=3), (4,), 3)
+    assert m.has_init and m.init(jax.random.key(0))["out"]["kernel"].shape == (4, 3)
+    assert hf.as_model(Small, (4,), 3, name="small").name == "small"
+    with pytest.raises(ConfigError, match=r"init_fn is for a module instance.*Small\(\.\.\."):
+        hf.as_model(Small, (4,), 3, init_fn=lambda key: {})
+
+
+def test_apply_refuses_parameters_of_another_shape():
+    """nnx.merge takes any shape: a (1,) bias broadcast and metrics.evaluate gave numbers for a
+    model that is not the one passed (Linen's apply refuses them, ScopeParamShapeError)."""
+    net = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
+    model = hf.as_model(net, (4,))
+    p = {**hf.nnx_params(net), "bias": jnp.zeros((1,))}
+    x, y = np.ones((2, 4), np.float32), np.array([0, 1])
+    for call in (lambda: model.apply(p, x), lambda: jax.jit(model.apply)(p, x),
+                 lambda: metrics.evaluate(model, p, x, y, 3)):
+        with pytest.raises(ArchitectureError, match=r"\['bias'\] has shape \(1,\)"):
+            call()
+
+
 def test_random_or_state_writing_forward_passes_are_refused():
     class Out(nnx.Module):
         def __init__(self, rngs, drop=0.0, bn=False):
