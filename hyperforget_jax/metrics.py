@@ -20,6 +20,7 @@ import numpy as np
 
 from hyperforget_jax import xla
 from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
+from hyperforget_jax.params import committed
 
 ApplyFn = Any  # apply_fn(params, x) -> logits, or any model hf.as_model takes
 
@@ -247,6 +248,7 @@ def _run_batches(apply_fn: ApplyFn, params: Any, x: np.ndarray, y: np.ndarray,
     n = len(x)
     bs = min(batch_size, n)
     fn = _batch_fn(apply_fn)
+    params = committed(params)      # one executable for loaded and freshly trained parameters
     chunks = []
     for start in range(0, n, bs):
         xb, yb = x[start:start + bs], y[start:start + bs]

@@ -109,6 +109,25 @@ def tree_index(tree: Params, i: int) -> Params:
     return jax.tree.map(lambda x: x[i], tree)
 
 
+def committed(tree: Params) -> Params:
+    """``tree`` with every uncommitted array committed to the device it is on (no copy) and
+    every numpy array put on the default device, committed; committed or sharded arrays and
+    tracers stay as they are.
+
+    JAX compiles a program once per placement of its arguments: parameters restored from disk
+    (committed) and the same parameters fresh from ``fit`` (uncommitted) were two compilations
+    of every program they reach (the CLI's Retrain beside a loaded original: each evaluation
+    twice; ``unlearn`` from loaded parameters after one from ``fit``'s: the method's program
+    again). Committed, both kinds share one executable, with the same bits."""
+    def one(a):
+        if isinstance(a, np.ndarray):
+            a = jax.device_put(a)
+        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and not a.committed:
+            return jax.device_put(a, a.sharding)
+        return a
+    return jax.tree.map(one, tree)
+
+
 def all_finite(tree: Params) -> jax.Array:
     """True when every floating leaf is free of NaN and inf (a scalar bool, jit-compatible)."""
     leaves = [jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from conftest import CompileCounter
 from hyperforget_jax import data, models, train
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError
@@ -126,6 +127,26 @@ def test_originals_and_trajectories_are_exact(built, digits_splits):
     assert abs(float(m["forget_acc"][0]) - float(np.mean(np.argmax(logits, -1)
                                                        == fsplit.forget.y))) < 1e-5
     assert float(m["forget_acc"][0]) == 0.0 and float(m["forget_loss"][0]) > 2.0
+
+
+def test_every_shard_runs_the_same_compiled_programs(built, digits_splits):
+    """A shard's fleet epoch, teacher and distillation stretches are the model's programs, the
+    shard's arrays their arguments: another shard of the same shapes compiles nothing (each
+    shard compiled them again, ≈ 40 % of a small build's compile time), with the same bits."""
+    out, _ = built
+    corpus = C.Corpus(out)
+    x, y = jnp.asarray(digits_splits.train.x), jnp.asarray(digits_splits.train.y)
+    with CompileCounter() as c:
+        originals = C.train_originals(corpus.arch, CFG, x, y, [8])
+        steps, vals = C.unlearn_trajectories(corpus.arch, CFG, x, originals, [8],
+                                             CFG.requests(10))
+    assert c.n == 0
+    np.testing.assert_array_equal(originals[0], corpus.original(8))
+    o = int(np.flatnonzero(corpus.original_seeds == 8)[0])
+    for m, req in enumerate(CFG.requests(10)):
+        rows = next(rows for oo, r, rows in corpus.trajectories("test")
+                    if oo == o and corpus.requests[r] == req)
+        np.testing.assert_array_equal(vals[:, m], corpus.trajectory[rows])
 
 
 def test_readout_keep_mask_names_the_forgotten_columns():

@@ -278,8 +278,11 @@ def test_random_subset_runs_without_recompiling(digits_splits, digits_original):
     arch, params = digits_original
     split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
     p1, info = G.run_gradtau(arch, params, split, digits_splits.val, seed=1)
-    with CompileCounter() as c:   # same shapes, other learning rate: the same program
-        p2, _ = G.run_gradtau(arch, params, split, digits_splits.val,
+    # Same shapes, other learning rate: the same program; parameters as restored from a
+    # checkpoint (committed to their device, fit's are not) too: they compiled every run again.
+    restored = jax.device_put(params, jax.devices()[0])
+    with CompileCounter() as c:
+        p2, _ = G.run_gradtau(arch, restored, split, digits_splits.val,
                               G.GradTauConfig(lr=5e-4), seed=1)
     assert c.n == 0
     p3, _ = G.run_gradtau(arch, params, split, digits_splits.val, seed=1)

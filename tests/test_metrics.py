@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import CompileCounter
 from hyperforget_jax import metrics
 from hyperforget_jax.errors import ConfigError, DataError
 
@@ -133,6 +134,20 @@ def test_per_sample_outputs_shapes_and_values():
     np.testing.assert_array_equal(out["correct"], pred == y)
     np.testing.assert_allclose(out["confidence"], np.exp(-out["loss"]), rtol=1e-6)
     np.testing.assert_allclose(out["logits"], 5.0 * x)
+
+
+def test_loaded_and_fresh_parameters_share_one_compiled_evaluation():
+    """Parameters restored from disk are committed to their device, fresh ones (fit, Retrain)
+    are not: the CLI's Retrain beside a loaded original compiled each evaluation twice."""
+    x, y, _, params = _linear_problem()
+    fresh = {"w": jnp.asarray(params["w"]) * 1.0}
+    apply_fn = lambda p, xb: xb @ p["w"]
+    first = metrics.per_sample_outputs(apply_fn, fresh, x, y, batch_size=7)
+    with CompileCounter() as c:
+        again = metrics.per_sample_outputs(apply_fn, jax.device_put(fresh, jax.devices()[0]),
+                                           x, y, batch_size=7)
+    assert c.n == 0
+    np.testing.assert_array_equal(first["logits"], again["logits"])
 
 
 def test_low_precision_logits_are_scored_in_float32():

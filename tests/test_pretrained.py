@@ -11,9 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import CompileCounter
 from hyperforget_jax import cli, data, pretrained, train
 from hyperforget_jax import params as P_
-from hyperforget_jax.errors import CheckpointError
+from hyperforget_jax.errors import CheckpointError, NonFiniteError
 from hyperforget_jax.hyperforget import dihyfo as H
 
 PKG = Path(pretrained.__file__).parent
@@ -250,3 +251,23 @@ def test_build_pretrained_install_leaves_the_package_whole_when_interrupted(tmp_
         raw = (pkg / entry["file"]).read_bytes()
         assert raw.startswith(b"new ") and store.sha256(raw) in init
     assert sorted(p.name for p in pkg.iterdir()) == sorted(before)       # no temporary left
+
+
+def test_start_and_sample_are_checked_for_nan_on_the_host():
+    """The NaN/inf checks of the start network and of a sample run on the host: op by op on
+    the device they compiled two programs per leaf shape (≈ 0.5 s of a first ``sample``)."""
+    from hyperforget_jax.hyperforget import sampling
+
+    net, _ = H.load_hypernet("pretrained")
+    start = jax.tree.map(np.array, net.spec.arch.init(jax.random.key(0)))
+    odd = {"w": jnp.ones((3, 7, 11)), "b": np.ones(13, np.float32)}   # shapes no test uses
+    with CompileCounter() as c:
+        sampling.check_start(net.spec, start)
+        assert sampling._finite_or_traced(odd)
+    assert c.n == 0
+    start["Dense_0"]["bias"][1] = np.nan
+    with pytest.raises(NonFiniteError, match="start network"):
+        sampling.check_start(net.spec, start)
+    odd["b"][2] = np.inf
+    assert not sampling._finite_or_traced(odd)
+    assert jax.jit(sampling._finite_or_traced)(odd)          # traced: the caller's check

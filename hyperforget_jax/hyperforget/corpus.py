@@ -60,6 +60,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -305,6 +306,29 @@ def make_metrics_fn(arch: Architecture, splits: data.Splits):
 
 # --- building one shard ----------------------------------------------------------------------
 
+def _fleet_tx(weight_decay: float) -> Callable:
+    # The library's training pieces (train.make_optimizer / make_train_step, as train.fit and
+    # train.fit_fleet use them), vmapped over members whose learning rate is traced.
+    recipe = train.TrainConfig(weight_decay=weight_decay)
+    return lambda lr: train.make_optimizer(recipe, lr)
+
+
+def _fleet_epoch(arch: Architecture, tx_for: Callable) -> Callable:
+    """One epoch of a fleet, compiled once per model and weight decay: the data and learning
+    rates are arguments, so every shard of a corpus (and every fleet of an experiment) runs
+    the same program; as constants of a closure built per call, each compiled it again."""
+    def member(st, lr, bi, active, x, y):
+        new, m = train.make_train_step(arch.apply, tx_for(lr), guard=False)(st, (x[bi], y[bi]))
+        keep = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, st)
+        return keep, m["finite"] | ~active
+
+    def epoch(st, idx, active, lrs, x, y):
+        vm = jax.vmap(member, (0, 0, 0, 0, None, None))
+        return jax.lax.scan(lambda c, i: vm(c, lrs, *i, x, y), st, (idx, active))
+
+    return xla.jit(epoch)
+
+
 def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[float, int]],
                 index_sets: list[np.ndarray] | None = None, batch_size: int = 128,
                 weight_decay: float = 1e-4) -> np.ndarray:
@@ -321,24 +345,12 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
     """
     m_ = len(seeds)
     index_sets = index_sets or [np.arange(len(x))] * m_
-    # The library's training pieces (train.make_optimizer / make_train_step, as train.fit and
-    # train.fit_fleet use them), vmapped over members whose learning rate is traced and whose
-    # steps are masked once their own epochs or index set run out.
-    recipe = train.TrainConfig(weight_decay=weight_decay)
-    tx_for = lambda lr: train.make_optimizer(recipe, lr)
+    tx_for = _fleet_tx(weight_decay)
     lrs = jnp.asarray([r[0] for r in recipes], jnp.float32)
     state = jax.vmap(lambda k, lr: train.init_state(arch, tx_for(lr), k))(
         jnp.stack([jax.random.key(s) for s in seeds]), lrs)
-
-    def member(st, lr, bi, active):
-        new, m = train.make_train_step(arch.apply, tx_for(lr), guard=False)(st, (x[bi], y[bi]))
-        keep = jax.tree.map(lambda a, b: jnp.where(active, a, b), new, st)
-        return keep, m["finite"] | ~active
-
-    @xla.jit
-    def epoch(st, idx, active):
-        return jax.lax.scan(lambda c, i: jax.vmap(member)(c, lrs, *i), st, (idx, active))
-
+    epoch = arch.program(("corpus_fleet_epoch", float(weight_decay)),
+                         lambda: _fleet_epoch(arch, tx_for))
     for e in range(max(r[1] for r in recipes)):
         per = [ix[data.batch_indices(s, e, len(ix), batch_size)]
                for s, ix in zip(seeds, index_sets)]
@@ -349,7 +361,7 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
             idx[:len(b), m] = b
             active[:len(b), m] = e < r[1]
         first = int(np.max(np.asarray(state.step)))
-        state, finite = epoch(state, jnp.asarray(idx), jnp.asarray(active))
+        state, finite = epoch(state, jnp.asarray(idx), jnp.asarray(active), lrs, x, y)
         train.raise_if_nonfinite(np.asarray(finite).T, first, e)
     return np.asarray(jax.vmap(P_.flatten)(state.params))
 
@@ -407,6 +419,50 @@ def _check_head_traceable(arch: Architecture) -> None:
                           "unlearn_layers='all'")
 
 
+def _unlearn_tx(ccfg: CorpusConfig) -> optax.GradientTransformation:
+    return optax.adamw(ccfg.unlearn_lr, weight_decay=ccfg.weight_decay)
+
+
+def _teacher_program(arch: Architecture, head: str | None) -> Callable:
+    """``(originals (S, P), x) ->`` the head's inputs and the logits (``head`` named) or the
+    logits, of every original on ``x``."""
+    tmpl = arch.param_shapes()
+    if head is not None:
+        feats = head_features(arch, head)
+        return xla.jit(jax.vmap(lambda f, x: feats(P_.unflatten(f, tmpl), x), (0, None)))
+    return xla.jit(jax.vmap(lambda f, x: arch.apply(P_.unflatten(f, tmpl), x), (0, None)))
+
+
+def _segment_program(arch: Architecture, ccfg: CorpusConfig, head: str | None) -> Callable:
+    """A run of steps between two checkpoints of :func:`unlearn_trajectories`, every member
+    vmapped; ``a`` holds the shard's arrays (starts, members' originals and requests, teacher
+    logits, masks, data)."""
+    tmpl = arch.param_shapes()
+    tx = _unlearn_tx(ccfg)
+    nb = int(np.prod(tmpl[head]["bias"].shape)) if head is not None else None
+
+    def student(q, orig_i, bi, a):
+        if head is not None:        # flat order of a Dense: bias, then kernel
+            return a["inputs"][orig_i, bi] @ q[nb:].reshape(-1, nb) + q[:nb]
+        return arch.apply(P_.unflatten(a["f0"][orig_i].at[a["idx"]].set(q), tmpl), a["x"][bi])
+
+    def member_loss(q, orig_i, req_i, bi, a):
+        target = jax.nn.softmax(a["teacher"][orig_i, bi] - 1e9 * a["masks"][req_i])
+        return jnp.mean(optax.softmax_cross_entropy(student(q, orig_i, bi, a), target))
+
+    def member(q, o, q0, orig_i, req_i, bi, shrink, a):
+        m = a["keep_mask"][req_i]
+        u, o = tx.update(jax.grad(member_loss)(q, orig_i, req_i, bi, a) * m, o, q)
+        return optax.apply_updates(q, u) * m + (1.0 - m) * shrink * q0, o
+
+    def segment(q, o, batches, shrinks, a):
+        vm = jax.vmap(member, (0, 0, 0, 0, 0, 0, None, None))
+        step = lambda c, bs_: (vm(*c, a["q0"], a["oi"], a["ri"], *bs_, a), None)
+        return jax.lax.scan(step, (q, o), (batches, shrinks))[0]
+
+    return xla.jit(segment)
+
+
 def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: np.ndarray,
                          seeds: list[int], requests: list[tuple[int, ...]]
                          ) -> tuple[list[int], np.ndarray]:
@@ -421,35 +477,20 @@ def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: n
     s_, r_ = len(seeds), len(requests)
     f0 = jnp.asarray(originals)
     masks = jnp.asarray(np.stack([np.isin(np.arange(k), r) for r in requests]), jnp.float32)
-    if ccfg.unlearn_layers == "head":
-        head = str(getattr(jax.tree_util.tree_leaves_with_path(tmpl)[tensors[0]][0][0], "key"))
-        feats = head_features(arch, head)
-        inputs, teacher = xla.jit(jax.vmap(lambda f: feats(P_.unflatten(f, tmpl), x)))(f0)
-        nb = int(np.prod(tmpl[head]["bias"].shape))
-
-        def student(q, orig_i, bi):       # flat order of a Dense: bias, then kernel
-            return inputs[orig_i, bi] @ q[nb:].reshape(-1, nb) + q[:nb]
-    else:
-        teacher = xla.jit(jax.vmap(lambda f: arch.apply(P_.unflatten(f, tmpl), x)))(f0)
-
-        def student(q, orig_i, bi):
-            return arch.apply(P_.unflatten(f0[orig_i].at[idx].set(q), tmpl), x[bi])
-
-    tx = optax.adamw(ccfg.unlearn_lr, weight_decay=ccfg.weight_decay)
+    head = (str(getattr(jax.tree_util.tree_leaves_with_path(tmpl)[tensors[0]][0][0], "key"))
+            if ccfg.unlearn_layers == "head" else None)
+    # The programs are the model's own, their arrays arguments: every shard of a corpus runs
+    # them (built per call with the arrays as constants, each shard compiled them again).
+    key = (head, float(ccfg.unlearn_lr), float(ccfg.weight_decay))
+    teacher_fn = arch.program(("corpus_teacher",) + key, lambda: _teacher_program(arch, head))
+    segment = arch.program(("corpus_segment",) + key,
+                           lambda: _segment_program(arch, ccfg, head))
+    inputs, teacher = teacher_fn(f0, x) if head is not None else (None, teacher_fn(f0, x))
     # forget_readout="zero": the forgotten columns get no gradient; their value is set by the
     # schedule below (a mask of ones for "train").
     keep_mask = jnp.asarray(readout_keep_mask(arch, tensors, requests)
                             if ccfg.forget_readout == "zero"
                             else np.ones((r_, len(idx)), np.float32))
-
-    def member_loss(q, orig_i, req_i, bi):
-        target = jax.nn.softmax(teacher[orig_i, bi] - 1e9 * masks[req_i])
-        return jnp.mean(optax.softmax_cross_entropy(student(q, orig_i, bi), target))
-
-    def member(q, o, q0, orig_i, req_i, bi, shrink):
-        m = keep_mask[req_i]
-        u, o = tx.update(jax.grad(member_loss)(q, orig_i, req_i, bi) * m, o, q)
-        return optax.apply_updates(q, u) * m + (1.0 - m) * shrink * q0, o
 
     oi = jnp.asarray(np.repeat(np.arange(s_), r_))
     ri = jnp.asarray(np.tile(np.arange(r_), s_))
@@ -463,15 +504,11 @@ def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: n
     # forget-loss range from the original's up to Retrain's order.
     shrink = 1.0 - np.log1p(np.arange(1, total + 1)) / np.log1p(total)
 
-    @xla.jit
-    def segment(q, o, batches, shrinks):   # a run of steps between two checkpoints
-        step = lambda c, bs_: (jax.vmap(member, (0, 0, 0, 0, 0, 0, None))(
-            *c, q0, oi, ri, *bs_), None)
-        return jax.lax.scan(step, (q, o), (batches, shrinks))[0]
-
     q0 = f0[oi][:, idx]
     q = q0
-    opt = jax.vmap(tx.init)(q)
+    opt = jax.vmap(_unlearn_tx(ccfg).init)(q)
+    arrays = {"q0": q0, "oi": oi, "ri": ri, "inputs": inputs, "teacher": teacher,
+              "masks": masks, "keep_mask": keep_mask, "idx": idx, "f0": f0, "x": x}
     member_seeds = np.repeat(np.asarray(seeds), r_) + 7919 * (np.tile(np.arange(r_), s_) + 1)
     plan = np.concatenate([np.stack([data.batch_indices(int(ms), e, n, bs)
                                      for ms in member_seeds], 1)
@@ -479,7 +516,7 @@ def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: n
     out, done = [], 0
     for t in keep:
         q, opt = segment(q, opt, jnp.asarray(plan[done:t]),
-                         jnp.asarray(shrink[done:t], jnp.float32))
+                         jnp.asarray(shrink[done:t], jnp.float32), arrays)
         done = int(t)
         arr = np.asarray(q)
         if not np.isfinite(arr).all():

@@ -37,6 +37,7 @@ from hyperforget_jax.config import float_fields
 from hyperforget_jax.data import ForgetSplit, shared_rows, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
+from hyperforget_jax.params import committed
 from hyperforget_jax.unlearn import configs as C
 
 Params = Any
@@ -490,6 +491,8 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
       NonFiniteError: a step produced NaN/inf.
     """
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
+    # Committed: parameters restored from disk and fresh from fit share the compiled program.
+    params = committed(params)
     prep = prepare(method, model, params, split, cfg, seed)
     tx = optimizer_for(method, hyperparameters(cfg), prep.member.get("mask"))
     ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))

@@ -32,6 +32,7 @@ from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
+from hyperforget_jax.params import committed
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.unlearn import gradtau as G
 
@@ -311,8 +312,9 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     plan = make_plan(split, cfg, seed, forget_classes, method)
     descent_only, mode, E, n = plan.static[:4]
     tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
-    # A copy, so donating the state never invalidates the caller's parameters.
-    ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))
+    # A copy, so donating the state never invalidates the caller's parameters; committed, so
+    # parameters restored from disk and fresh from fit share the compiled runs.
+    ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, committed(params)))
     run_id = {"n_forget": len(split.forget), "n_retain": len(split.retain), "seed": int(seed),
               "epochs": E, "tau_mode": mode, "config": dataclasses.asdict(cfg)}
     if checkpointer is not None:   # the request's data and the start, not only their sizes
