@@ -217,8 +217,10 @@ class Architecture:
     @property
     def has_init(self) -> bool:
         """Whether fresh parameters can be drawn (Retrain, U-LiRA shadows, Bad Teacher)."""
-        if self.init_fn is not None or self.nnx_model is not None:
-            return self.init_fn is not None or self.nnx_model.construct is not None
+        if self.init_fn is not None:
+            return True
+        if self.nnx_model is not None:
+            return self.nnx_model.construct is not None
         return self.apply_fn is None and self.input_shape is not None
 
     @property

@@ -257,23 +257,18 @@ def unfinished_training(run_dir: str | Path) -> bool:
 def _load_checkpointed(run_dir: Path):
     with Checkpointer(run_dir / "checkpoints") as ckpt:
         meta = ckpt.restore_meta()
+        cfg = None
         try:
             record = meta["architecture"]
             cfg = TrainConfig(**meta["train_config"])
-        except (KeyError, TypeError) as e:
-            raise CheckpointError(f"checkpoint in {run_dir} has no hyperforget run metadata; "
-                                  "was it written by `hyperforget train`?") from e
-        except ConfigError as e:        # a stored field of the wrong type: not the user's flag
-            raise CheckpointError(f"the training recipe stored in {run_dir} is damaged ({e}); "
-                                  "restore the run from a copy, or retrain it") from e
-        try:
             arch = Architecture.from_json(record)
         except (KeyError, TypeError) as e:
             raise CheckpointError(f"checkpoint in {run_dir} has no hyperforget run metadata; "
                                   "was it written by `hyperforget train`?") from e
-        except ConfigError as e:
-            if isinstance(record, dict) and is_import_path(record.get("source")):
-                raise   # load_model's: the model's package not on PYTHONPATH here, a renamed class
+        except ConfigError as e:        # a stored field of the wrong type: not the user's flag
+            if cfg is not None and isinstance(record, dict) and is_import_path(
+                    record.get("source")):
+                raise   # load_model's: the model's package not importable here, a renamed class
             raise CheckpointError(f"the training recipe stored in {run_dir} is damaged ({e}); "
                                   "restore the run from a copy, or retrain it") from e
         if "epoch" in meta and meta["epoch"] < cfg.epochs:
