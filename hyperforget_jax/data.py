@@ -253,6 +253,21 @@ def _redraw_validation(splits: Splits, seed: int) -> Splits:
                   pool.subset(rng.permutation(np.concatenate(va))), splits.test)
 
 
+def _check_label_layout(ds: Dataset, what: str) -> None:
+    """Raises :class:`DataError` unless ``ds`` (possibly built directly, not by
+    :func:`from_arrays`) has one label per image in a 1-D array: the splits and forget masks
+    select rows with ``np.flatnonzero(y == c)``, which on one-hot (N, K) labels returns flat
+    positions up to N·K (an IndexError deep in numpy, or the wrong rows)."""
+    y = np.asarray(ds.y)
+    if y.ndim != 1:
+        raise DataError(f"{what}: {ds.name} has labels of shape {y.shape}; labels must be a 1-D "
+                        "array of class ids (for one-hot labels pass y.argmax(-1)), e.g. "
+                        "hf.data.from_arrays(x, y, num_classes)")
+    if len(y) != len(ds.x):
+        raise DataError(f"{what}: {ds.name} has {len(ds.x)} images but {len(y)} labels; pass "
+                        "one label per image")
+
+
 def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 0.2,
                 seed: int = 0) -> Splits:
     """Deterministic stratified train / validation / test split (classes kept in proportion).
@@ -277,6 +292,7 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
     if not (0 < val_frac < 1 and 0 < test_frac < 1 and val_frac + test_frac < 1):
         raise DataError(f"val_frac={val_frac}, test_frac={test_frac}: each must be in (0, 1) "
                         "and their sum below 1")
+    _check_label_layout(ds, "make_splits")
     y = np.asarray(ds.y)
     outside = ~np.isin(y, np.arange(ds.num_classes))
     if outside.any():       # _stratified_split takes classes 0..num_classes-1 only
@@ -397,6 +413,7 @@ def resolve_forget(train: Dataset, request: ForgetRequest) -> ForgetSplit:
 def forget_mask(train: Dataset, request: ForgetRequest) -> np.ndarray:
     """The training samples ``request`` forgets (a boolean mask), validating the request;
     :func:`resolve_forget` without copying the data."""
+    _check_label_layout(train, "forget request")
     n = len(train)
     if request.classes is not None:
         bad = [c for c in request.classes if not 0 <= c < train.num_classes]

@@ -95,7 +95,9 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
             raise DataError(f"the test set has {int(forgotten.sum())} samples of the forgotten "
                             f"classes {request.classes} and {int((~forgotten).sum())} of the "
                             "kept ones; class-removal metrics need both (use a stratified "
-                            "split, hf.make_splits)")
+                            "split, hf.make_splits; a class with too few samples to reach its "
+                            "test split can only be forgotten as items: "
+                            "hf.ForgetRequest(indices=...))")
         out["test_acc_kept"] = float(test_correct[~forgotten].mean())
         out["test_acc_forgotten"] = float(test_correct[forgotten].mean())
         nonmember = {k: np.asarray(v)[forgotten] for k, v in per["test"].items()}

@@ -23,8 +23,9 @@ from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import refuse_another_run
 from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
+from hyperforget_jax.params import tree_index
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
                                    effective_batch_size,
@@ -108,6 +109,20 @@ def _model_for(arch: Model, ds: Dataset) -> Architecture:
     return model
 
 
+def _check_outputs(model: Architecture, params: Params, ds: Dataset, what: str) -> None:
+    """Raises :class:`ArchitectureError` when the model has no output for some label: the loss
+    of a label past the last logit is NaN, which stopped training at step 0 as a non-finite
+    loss ("check the data or lower the learning rate"), naming neither. Labels, not
+    ``num_classes``: a model with an output per label present trains as before."""
+    outputs = model.num_outputs(params, ds.x.shape[1:], what)
+    top = int(np.max(ds.y))
+    if outputs <= top:
+        raise ArchitectureError(f"{what}: model {model.name!r} has {outputs} outputs but the "
+                                f"data {ds.name!r} has {ds.num_classes} classes (labels up to "
+                                f"{top}); build the model (or the Dataset) with the same number "
+                                "of classes")
+
+
 def _put(tree: Any, mesh: Mesh | None) -> Any:
     if mesh is None:
         return jax.tree.map(jnp.asarray, tree)
@@ -148,6 +163,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     Raises:
       NonFiniteError: a step produced NaN/inf (named in the message).
       CheckpointError: ``checkpointer`` holds another run (see ``checkpointer``).
+      ArchitectureError: a model with no output for some label (fewer outputs than classes).
     """
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"fit takes a TrainConfig, got {type(cfg).__name__}; e.g. "
@@ -162,6 +178,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
     tx = make_optimizer(cfg)
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
+    _check_outputs(model, state.params, train, "fit")
     start, prior = 0, 0.0
     data_id = None if checkpointer is None else data_fingerprint(train)
     init_id = (None if checkpointer is None or init_params is None
@@ -253,6 +270,7 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
     tx = make_optimizer(base)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     state = jax.vmap(lambda k: init_state(model, tx, k))(keys)
+    _check_outputs(model, tree_index(state.params, 0), train, "fit_fleet")
     batched = cfgs is not None
     run = _fit_epoch(model, True, batched, None, vectorize)
     hp = (jax.tree.map(lambda *v: jnp.stack(v), *[_hp(c) for c in cfgs]) if batched

@@ -187,6 +187,22 @@ def test_make_splits_refuses_labels_outside_num_classes():
         data.make_splits(ds)
 
 
+@pytest.mark.parametrize("labels, match", [
+    (lambda y: np.eye(3, dtype=np.int32)[y], r"labels of shape \(60, 3\).*y.argmax\(-1\)"),
+    (lambda y: y[:45], "60 images but 45 labels"),
+])
+def test_hand_built_dataset_with_labels_of_another_layout_is_refused(labels, match):
+    """A Dataset built directly with one-hot labels crashed make_splits and resolve_forget with
+    numpy's IndexError (or picked wrong rows); with fewer labels than images, the images past
+    the last label were dropped from every split and request without a word."""
+    y = np.repeat(np.arange(3, dtype=np.int32), 20)
+    ds = data.Dataset(np.zeros((60, 4, 4, 1), np.float32), labels(y), 3, "direct")
+    with pytest.raises(DataError, match=match):
+        data.make_splits(ds)
+    with pytest.raises(DataError, match=match):
+        data.resolve_forget(ds, data.ForgetRequest(classes=(1,)))
+
+
 def test_forget_fraction_is_a_plain_float():
     import json
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from hyperforget_jax import data, models, params as P, train
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, NonFiniteError
 from conftest import assert_trees_close, devices_or_skip
 
 ARCH = models.make_architecture("gpt_mlp")
@@ -96,6 +96,22 @@ def test_nan_in_data_stops_training_naming_the_step(mnist_splits):
     bad = mnist_splits.train.replace(x=x)
     with pytest.raises(NonFiniteError, match=r"step \d+ \(epoch 0, batch \d+\)"):
         train.fit(ARCH, bad, CFG)
+
+
+def test_a_model_with_fewer_outputs_than_classes_is_named_before_training(digits_splits):
+    """A user's module with 5 outputs trained on 10 classes stopped at step 0 with "non-finite
+    loss ... check the data for NaN/inf or lower the learning rate" (the loss of a label past
+    the last logit is NaN), sending the user after the wrong cause."""
+    import flax.linen as nn
+
+    class FiveOutputs(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(5)(x.reshape(x.shape[0], -1))
+
+    with pytest.raises(ArchitectureError, match="fit: model 'FiveOutputs' has 5 outputs but "
+                                                "the data 'digits' has 10 classes"):
+        train.fit(FiveOutputs(), digits_splits.train, train.TrainConfig(epochs=1))
 
 
 def test_guard_keeps_old_state_on_nonfinite_step(mnist_splits):

@@ -105,25 +105,6 @@ def check_seed(seed: Any, what: str = "seed") -> int:
     return data._check_seed(seed, what, ConfigError)
 
 
-def _num_outputs(method: str, model: Architecture, params: Any, image_shape: tuple) -> int:
-    """The model's real number of outputs on these parameters (a user's module need not say):
-    traced once per parameter signature and kept with the model's programs."""
-    leaves, treedef = jax.tree.flatten(params)
-    key = ("num_outputs", treedef, tuple(image_shape),
-           tuple((jnp.shape(l), str(jnp.result_type(l))) for l in leaves))
-
-    def build():
-        try:
-            out = jax.eval_shape(model.apply, params,
-                                 jax.ShapeDtypeStruct((1, *image_shape), np.float32))
-        except Exception as e:   # a user's apply_fn raises anything: name the model and why
-            raise ArchitectureError(f"{method}: the parameters do not run through model "
-                                    f"{model.name!r} ({type(e).__name__}: {e})") from None
-        return int(out.shape[-1])
-
-    return model.program(key, build)
-
-
 def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any,
            stacked: bool = False) -> Architecture:
     if method not in METHODS:
@@ -150,7 +131,7 @@ def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any
         model.check_inputs(ds.x, what, ds.y)
         if not np.all(np.isfinite(ds.x)):
             raise DataError(f"{method}: the {what} has NaN or inf images; clean the data")
-    outputs = _num_outputs(method, model, one, split.forget.x.shape[1:])
+    outputs = model.num_outputs(one, split.forget.x.shape[1:], method)
     if outputs != split.forget.num_classes:
         raise ArchitectureError(f"{method}: model {model.name!r} has {outputs} outputs but the "
                                 f"data has {split.forget.num_classes} classes; build the model "
