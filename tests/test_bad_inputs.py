@@ -736,10 +736,15 @@ def test_resumes_never_continue_another_run(ctx, tmp_path):
     directories; these guard the API's)."""
     import dataclasses
 
-    from hyperforget_jax.gan import GANConfig, ITEM_RECIPE, train_gan, unlearn_gan
+    from hyperforget_jax.gan import ITEM_RECIPE, train_gan, unlearn_gan
     from hyperforget_jax.hyperforget import dihyfo as H
 
-    cfg = GANConfig(arch="mlp", epochs=1, width=16, latent_dim=8)
+    from reliability_worker import gan_config
+
+    # The GAN, forget set and cascade length of test_reliability_resume's `gan unlearn` (one
+    # epoch of gan_config, the first 16 digits, 3 rounds): the same programs, compiled once
+    # for both tests (the recipe's size plays no part in what is refused here).
+    cfg = gan_config(1)
     with Checkpointer(tmp_path / "gan") as ck:
         state, _, arch = train_gan(ctx.train, cfg, checkpointer=ck)
     with Checkpointer(tmp_path / "gan") as ck:
@@ -751,8 +756,8 @@ def test_resumes_never_continue_another_run(ctx, tmp_path):
             train_gan(ctx.train.replace(x=ctx.train.x[::-1].copy()), cfg, checkpointer=ck)
 
     x = ctx.train.x
-    kw = dict(retain_x=x[10:], forget_x=x[:10], heldout_x=ctx.splits.val.x,
-              cfg=dataclasses.replace(ITEM_RECIPE, max_rounds=5))
+    kw = dict(retain_x=x[16:], forget_x=x[:16], heldout_x=ctx.splits.val.x,
+              cfg=dataclasses.replace(ITEM_RECIPE, max_rounds=3))
     with Checkpointer(tmp_path / "unl") as ck:
         unlearn_gan(arch, state.g_params, state.d_params, checkpointer=ck, **kw)
         other_g = jax.tree.map(lambda l: l * 0.5, state.g_params)

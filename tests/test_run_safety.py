@@ -487,9 +487,11 @@ def test_user_model_by_import_path_through_train_unlearn_evaluate(tmp_path, capf
     refused(capfd, ["train", "--run-dir", tmp_path / "orig", *argv[:-3], "--epochs", "3",
                     "--quiet"], "train_config.epochs")
     capfd.readouterr()
+    # 8 forget-epochs: one compiled run (the default 15 runs as 8 + 4 + 2 + 1, four programs
+    # for this model alone, and the same code path).
     assert _run(["unlearn", "--method", "gradtau", "--run-dir", tmp_path / "orig",
                  "--forget-class", "3", *DIGITS, "--no-retrain", "--quiet", "--json",
-                 "--out", tmp_path / "gt"]) == 0
+                 "--config.epochs=8", "--out", tmp_path / "gt"]) == 0
     res = json.loads(capfd.readouterr().out)
     assert res["eval"]["gradtau"]["forget_acc"] <= res["eval"]["original"]["forget_acc"]
     assert _run(["evaluate", "--run-dir", tmp_path / "gt", *DIGITS, "--json"]) == 0
