@@ -1,6 +1,8 @@
 """GAN models and steps: shapes, exact parameter counts, jit == pmap == sharded on 2 and 4
 fake CPU devices (D and G steps, 1e-5), and a short resumable training run."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -52,13 +54,24 @@ def test_bad_configs():
             GANConfig(g_lr=bad)
 
 
-def test_g_lr_sets_the_generators_learning_rate_only(digits_splits):
+# One iteration (a D step, then a G step) of the mlp pair on 16 digits, single-rate Adam, the
+# mixture prior: the reference of the G-rate and the latent-prior tests below (one compiled
+# epoch and one run for both).
+ONE_ITERATION = dict(arch="mlp", epochs=1, batch_size=16, lr=1e-3, seed=5)
+
+
+@pytest.fixture(scope="module")
+def one_iteration(digits_splits):
+    train = digits_splits.train.subset(np.arange(16))
+    return train, train_gan(train, GANConfig(**ONE_ITERATION, g_lr=None))
+
+
+def test_g_lr_sets_the_generators_learning_rate_only(one_iteration):
     """One iteration (a D step, then a G step): ``g_lr`` = ``lr`` is the single-rate recipe
     bit for bit; another ``g_lr`` leaves D's step alone (it runs first, against G₀) and changes
     G's, exactly as a G Adam at that rate would."""
-    train = digits_splits.train.subset(np.arange(16))
-    base = dict(arch="mlp", epochs=1, batch_size=16, lr=1e-3, seed=5)
-    one, _, arch = train_gan(train, GANConfig(**base, g_lr=None))
+    train, (one, _, arch) = one_iteration
+    base = ONE_ITERATION
     same, _, _ = train_gan(train, GANConfig(**base, g_lr=1e-3))
     fast, _, _ = train_gan(train, GANConfig(**base, g_lr=4e-3))
     for a, b in ((one.g_params, same.g_params), (one.d_params, same.d_params)):
@@ -72,7 +85,7 @@ def test_g_lr_sets_the_generators_learning_rate_only(digits_splits):
                                                     jax.tree.leaves(fast.g_params)))
 
 
-def test_mixture_prior_draws_around_fixed_means_and_travels_with_the_arch(digits_splits):
+def test_mixture_prior_draws_around_fixed_means_and_travels_with_the_arch(one_iteration):
     """``latent_prior="mixture"`` (the recipe's default): codes lie around K means fixed for
     every GAN (σ from their mean), every component is drawn, the same key gives the same codes,
     jitted or not; the prior, K and σ are part of the architecture (its JSON, its programs) and
@@ -132,9 +145,8 @@ def test_mixture_prior_draws_around_fixed_means_and_travels_with_the_arch(digits
         with pytest.raises(ConfigError, match="latent prior|mixture_components|mixture_sigma"):
             GANConfig(**bad)
 
-    train = digits_splits.train.subset(np.arange(32))
-    base = dict(arch="mlp", epochs=1, batch_size=16, seed=5)
-    mixed, _, arch_m = train_gan(train, GANConfig(**base))
+    train, (mixed, _, arch_m) = one_iteration                     # the default prior
+    base = dict(ONE_ITERATION, g_lr=None)
     plain, _, arch_n = train_gan(train, GANConfig(**base, latent_prior="normal"))
     fewer, _, arch_f = train_gan(train, GANConfig(**base, mixture_components=5))
     assert (arch_m.latent_prior, arch_n.latent_prior) == ("mixture", "normal")
@@ -249,13 +261,14 @@ def test_train_resume_and_samples(tmp_path, digits_splits, monkeypatch):
     from hyperforget_jax.checkpoint import Checkpointer
     from hyperforget_jax.gan.models import GANArch
 
-    # The images and recipe of test_gan_unlearn.py's GAN: one compiled epoch for both.
+    # The images and recipe (normal prior) of test_gan_unlearn.py's GAN: one compiled epoch
+    # for both.
     train = digits_splits.train.subset(np.arange(512))
-    cfg = GANConfig(epochs=2, seed=3)
+    cfg = GANConfig(epochs=2, seed=3, latent_prior="normal")
     full, hist, arch = train_gan(train, cfg)
     assert len(hist) == 2 and np.isfinite(hist[-1]["d_loss"])
     with Checkpointer(tmp_path / "ck") as ck:
-        train_gan(train, GANConfig(epochs=1, seed=3), checkpointer=ck, save_every=1)
+        train_gan(train, dataclasses.replace(cfg, epochs=1), checkpointer=ck, save_every=1)
     # A resumed run reads its state into shapes: G and D are not initialised for real (their
     # initialiser compiled, ≈ 6 s for the dcgan pair, only to be overwritten).
     concrete, init = [], GANArch.init

@@ -414,7 +414,11 @@ def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan
                                                   copy(gan.g_params), copy(gan.d_params)),
                                    jax.devices()[0])
     finals, programs = [], []
-    for lam_u in (0.25, 4.0, 16.0):
+    # Two weights, each against a round compiled with it as a constant; at 4.0 that round is
+    # the one test_round_losses_equal_separate_forward_passes[1.0] and
+    # test_d_lr_sets_the_discriminator_learning_rate_only compile (the same HLO: the shared
+    # XLA cache serves it), so only 16.0's is compiled here.
+    for lam_u in (4.0, 16.0):
         # With the chunk's compiler options (xla.jit): under plain jax.jit XLA:CPU picks other
         # dot kernels at batch 64, which round differently whatever λ_u is.
         fixed = xla.jit(U.make_round(arch, tx, lam_u, _LAMBDA_S, 1.0, _BATCH, tx_d))
@@ -430,10 +434,10 @@ def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan
             else:                                       # other backends may fuse differently
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
         finals.append(np.concatenate([np.ravel(a) for a in jax.tree.leaves(got.d_params)]))
-    # Three weights, one compilation: the weights after the first add no program (the cascade
+    # Two weights, one compilation: the weight after the first adds no program (the cascade
     # tests that share this chunk may have compiled it before, for their own arguments).
-    assert programs[0] == programs[1] == programs[2] >= 1
-    assert not np.array_equal(finals[0], finals[2])     # and the weight does reach D
+    assert programs[0] == programs[1] >= 1
+    assert not np.array_equal(finals[0], finals[1])     # and the weight does reach D
 
 
 def test_bad_d_lr_is_refused():
