@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from conftest import assert_trees_close, devices_or_skip, host_params
 from hyperforget_jax import params as P_
@@ -190,7 +191,13 @@ def test_train_step_jit_and_pmap_agree():
 
     pstep = jax.pmap(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay, "batch"),
                      axis_name="batch")
-    s_p = train.replicate(state0, n_dev)
+    # The state replicated on the host (what train.replicate does, without one eager broadcast
+    # program per leaf shape) and placed as pmap places its outputs, a mesh over its axis: from
+    # single-device inputs the first call compiles a program that the second, fed the first's
+    # outputs, compiles again.
+    s_p = jax.device_put(jax.tree.map(lambda x: np.broadcast_to(x, (n_dev, *x.shape)), state0),
+                         NamedSharding(Mesh(jax.devices()[:n_dev], ("batch",)),
+                                       PartitionSpec("batch")))
     for b in batches:
         s_p, mp = pstep(s_p, train.shard_batch(b, n_dev))
     s_p = train.unreplicate(s_p)

@@ -210,7 +210,11 @@ def test_requests_it_was_not_trained_for_raise(setup, digits_splits):
 
 
 def test_training_resumes_to_the_same_network(setup, tmp_path, monkeypatch):
-    _, corpus, net2, _, _ = setup
+    """Killed at step 4, the run resumes from its step-4 checkpoint to the fixture's network.
+    Rerun once finished (as a run killed after its last save, before hypernet.npz is written,
+    is), it resumes with no step left and its history is still the run's (was: loss [], so
+    `hypertrain` died on an IndexError and wrote a hypernetwork whose history had no loss)."""
+    _, corpus, net2, hist, _ = setup
     ckpt = tmp_path / "state"
     real = H.sample_pairs
     calls = {"n": 0}
@@ -226,23 +230,13 @@ def test_training_resumes_to_the_same_network(setup, tmp_path, monkeypatch):
         H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN, checkpoint_dir=ckpt,
                          save_every=2)
     monkeypatch.setattr(H, "sample_pairs", real)
-    resumed, hist = H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN,
-                                     checkpoint_dir=ckpt, save_every=2)
-    assert hist["resumed_at"] == 4
+    resumed, first = H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN,
+                                      checkpoint_dir=ckpt, save_every=2)
+    assert first["resumed_at"] == 4
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(net2.params)):
         np.testing.assert_allclose(a, b, atol=1e-6)
-
-
-def test_resumed_training_keeps_the_history_before_the_kill(setup, tmp_path):
-    """A run killed after its last save (before hypernet.npz is written) resumes with no step
-    left: its history is still the run's (was: loss [], so `hypertrain` died on an IndexError
-    and wrote a hypernetwork whose history had no loss)."""
-    _, corpus, _, hist, _ = setup
-    ckpt = tmp_path / "state"
-    _, first = H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN,
-                                checkpoint_dir=ckpt)
     _, again = H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN,
-                                checkpoint_dir=ckpt)
+                                checkpoint_dir=ckpt, save_every=2)
     assert again["resumed_at"] == TRAIN.steps
     assert again["loss"] == first["loss"] and len(first["loss"]) == len(hist["loss"]) > 0
     assert again["seconds"] >= first["seconds"] * 0.5
