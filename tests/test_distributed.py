@@ -56,8 +56,13 @@ def _run_workers(tmp_path, meanwhile, nproc=2, timeout=150, attempts=2):
 
 def _try_workers(tmp_path, nproc, timeout, meanwhile):
     tmp_path.mkdir()
+    # One CPU device per process: the conftest's fake device count is dropped, its other
+    # flags kept (CI time: the backend optimisation level the reference compiles at; the
+    # workers compiled at XLA's default, in LLVM's optimisation most of their time).
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
-           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}  # one CPU device per process
+           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags)}
     port = dist.free_port()
     procs, outs = [], []
     for pid in range(nproc):

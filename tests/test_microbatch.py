@@ -48,7 +48,8 @@ def _rel(a, b):
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
-@pytest.mark.parametrize("chunk", [4, 6, 16])   # 6 and 16 leave a remainder chunk
+# 6 leaves a remainder chunk (CI time: 16, one whole chunk and a remainder, ran the same code)
+@pytest.mark.parametrize("chunk", [4, 6])
 def test_chunked_gradient_equals_the_whole_batch(chunk):
     arch, params, batch = _cnn()
     b = batch()
@@ -68,8 +69,13 @@ def test_bf16_loss_in_chunks_is_summed_in_float32():
     loss_fn = train.per_example_ce(lambda p, x: (x.astype(jnp.bfloat16)
                                                  @ p.astype(jnp.bfloat16)))
     batch = (x, jnp.asarray(rng.integers(0, 10, 512)))
-    whole, _ = microbatch.chunked_mean_value_and_grad(loss_fn, w, batch, None)
-    got, g = microbatch.chunked_mean_value_and_grad(loss_fn, w, batch, 8)
+    # Jitted, as in the library's steps (CI time: op by op, the chunk loop and the ops around
+    # it were each compiled and dispatched alone, ≈ 4x the time); a bfloat16 sum still
+    # rounds at every chunk there (seen: 6.3125 against 6.34375).
+    mean_vg = jax.jit(lambda w, b, c: microbatch.chunked_mean_value_and_grad(loss_fn, w, b, c),
+                      static_argnums=2)
+    whole, _ = mean_vg(w, batch, None)
+    got, g = mean_vg(w, batch, 8)
     assert got.dtype == whole.dtype == jnp.bfloat16 and g.dtype == jnp.float32
     assert float(got) == float(whole)
 

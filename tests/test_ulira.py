@@ -11,7 +11,6 @@ import pytest
 from conftest import assert_trees_close
 from hyperforget_jax import data, models, train, ulira
 from hyperforget_jax.errors import ConfigError, NonFiniteError
-from hyperforget_jax.unlearn import unlearn
 
 
 def test_logit_confidence_matches_definition():
@@ -89,12 +88,20 @@ def test_non_finite_confidences_name_the_model():
     assert ulira.ulira_test(untargeted, z, tgt, np.ones(5), np.zeros(5))["n_examples"] == 2
 
 
-def test_end_to_end_on_digits(digits_splits):
+@pytest.fixture(scope="module")
+def digits_shadows(digits_splits):
+    """4 shadows on sklearn digits (a random request), for the end-to-end and sweep tests."""
     arch = models.make_architecture("gpt_mlp", digits_splits.train.x.shape[1:])
     cfg = train.TrainConfig(arch="gpt_mlp", epochs=4)
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    sh = ulira.train_shadows(arch, digits_splits.train, split, cfg,
+                             ulira.ULiRAConfig(num_shadows=4))
+    return arch, cfg, split, sh
+
+
+def test_end_to_end_on_digits(digits_splits, digits_shadows):
+    arch, cfg, split, sh = digits_shadows
     tr = digits_splits.train
-    split = data.resolve_forget(tr, data.ForgetRequest(fraction=0.1))
-    sh = ulira.train_shadows(arch, tr, split, cfg, ulira.ULiRAConfig(num_shadows=4))
     assert sh.forget_sets.shape == (4, len(split.forget) // 2)
     assert not np.isin(sh.forget_sets, sh.retain_sets).any()
     # the vmapped shadow fleet is fit() on each member's subset (member 1, seed 1000·0 + 2)
@@ -104,9 +111,11 @@ def test_end_to_end_on_digits(digits_splits):
     for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(sh.in_params)):
         np.testing.assert_allclose(np.asarray(b)[1], np.asarray(a), atol=1e-5)
     # ulira() feeds ulira_test the right confidences and mask: recomputed here one shadow at a
-    # time, with the mask from Python sets ("unlearning" that does nothing vs Retrain)
-    original = train.fit(arch, tr, cfg)[0].params
-    retrained = unlearn("retrain", arch, original, split, digits_splits.val, cfg).params
+    # time, with the mask from Python sets ("unlearning" that does nothing vs Retrain). The
+    # targets: the model fit above, which saw half the forget set, and the retrained shadow 1,
+    # which saw none of it (CI time: a fit on the whole set and a Retrain compiled two more
+    # training programs; ulira() only reads the targets' confidences).
+    original, retrained = one, jax.tree.map(lambda v: v[1], sh.retrain_params)
     out = ulira.ulira(arch, sh, sh.in_params, tr, split, original, retrained)
     x, y = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
     conf = lambda p: np.asarray(ulira.logit_confidence(arch.apply(p, x), y))
@@ -121,13 +130,11 @@ def test_end_to_end_on_digits(digits_splits):
         assert out[k] == pytest.approx(want[k], abs=1e-6), k
 
 
-def test_shadow_sweep_equals_the_loop(digits_splits):
+def test_shadow_sweep_equals_the_loop(digits_splits, digits_shadows):
     from hyperforget_jax.unlearn import GradTauConfig, unlearn
 
-    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
-    cfg = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=1e-2)
-    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(2,)))
-    sh = ulira.train_shadows(arch, digits_splits.train, split, cfg, ulira.ULiRAConfig(3))
+    # The end-to-end test's shadows (CI time: 3 shadows of their own trained two more fleets).
+    arch, _, _, sh = digits_shadows
     gcfg = GradTauConfig(epochs=2)
     loop = ulira.unlearn_shadows(sh, lambda p, sp, s: unlearn(
         "gradtau", arch, p, sp, digits_splits.val, gcfg, seed=s).params, digits_splits.train)
