@@ -271,9 +271,19 @@ def pmap_step(step_with_axis: Callable, axis_name: str = "batch") -> Callable:
     return jax.pmap(step_with_axis, axis_name=axis_name, donate_argnums=0)
 
 
-def replicate(tree: Any, n: int | None = None) -> Any:
+def replicate(tree: Any, n: int | None = None, axis_name: str = "batch") -> Any:
+    """``n`` copies of ``tree`` (default: one per local device) stacked on a new leading axis,
+    for a ``pmap`` step over ``axis_name`` on the first ``n`` local devices, placed as that
+    ``pmap`` places its outputs (a mesh over those devices, named after its axis): a state fed
+    back to the step runs one program. Copies held on one device made the second step compile
+    the step again, since its input, the first's output, was placed otherwise."""
     n = jax.local_device_count() if n is None else n
-    return jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
+    copies = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
+    devices = jax.local_devices()[:n]
+    if len(devices) < n:        # more copies than devices: no pmap takes them as they are
+        return copies
+    return jax.device_put(copies, NamedSharding(Mesh(np.array(devices), (axis_name,)),
+                                                P(axis_name)))
 
 
 def unreplicate(tree: Any) -> Any:

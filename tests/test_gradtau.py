@@ -756,7 +756,7 @@ def test_tau_fn_under_pmap_and_shard_map_is_one_global_tau(digits_splits):
     ref = G.nabla_tau(loss_fn, 0.5, tau_fn=tau_fn)
     g_ref, _, m_ref = jax.jit(ref.update)(params, ref.init(params), fb, rb, *vb)
     gt = G.nabla_tau(loss_fn, 0.5, tau_fn=tau_fn, axis_name="data")
-    rep = train.replicate((params, gt.init(params)), 4)
+    rep = train.replicate((params, gt.init(params)), 4, axis_name="data")
     sf, sr, sv = train.shard_batch((fb, rb, vb), 4)
     g, _, m = jax.pmap(gt.update, axis_name="data", devices=devices)(*rep, sf, sr, *sv)
     np.testing.assert_allclose(np.asarray(m["tau"]), float(m_ref["tau"]), rtol=1e-6)

@@ -8,7 +8,7 @@ import pytest
 
 from hyperforget_jax import data, models, params as P, train
 from hyperforget_jax.errors import ArchitectureError, ConfigError, NonFiniteError
-from conftest import assert_trees_close, devices_or_skip
+from conftest import CompileCounter, assert_trees_close, devices_or_skip
 
 ARCH = models.make_architecture("gpt_mlp")
 CFG = train.TrainConfig(arch="gpt_mlp", epochs=2, batch_size=64, lr=1e-2)
@@ -43,8 +43,13 @@ def test_jit_pmap_sharded_give_same_parameters(mnist_splits):
     pstep = jax.pmap(train.make_train_step(ARCH.apply, tx, axis_name="batch"),
                      axis_name="batch", devices=devices, donate_argnums=0)
     state = train.replicate(train.init_state(ARCH, tx, jax.random.key(0)), n_dev)
-    for b in batches:
-        state, pm = pstep(state, train.shard_batch(b, n_dev))
+    state, pm = pstep(state, train.shard_batch(batches[0], n_dev))
+    # replicate places the state as the step places its outputs: the steps after the first
+    # compile nothing (copies on one device made the second step compile the step again).
+    with CompileCounter() as compiled:
+        for b in batches[1:]:
+            state, pm = pstep(state, train.shard_batch(b, n_dev))
+    assert compiled.n == 0
     assert_trees_close(train.unreplicate(state).params, ref.params, atol=1e-5)
     np.testing.assert_allclose(pm["loss"][0], ref_m["loss"], atol=1e-5)
 
