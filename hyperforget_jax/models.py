@@ -388,18 +388,21 @@ class Architecture:
                                 f"build the model with num_classes >= {top + 1}, or pass the "
                                 "data it was trained on")
 
-    def num_outputs(self, params: Params, image_shape: tuple, what: str) -> int:
+    def num_outputs(self, params: Params, image_shape: tuple, what: str,
+                    batch: int = 1) -> int:
         """The model's real number of outputs on these parameters (a user's module need not
-        say): traced once per parameter signature and kept with the model's programs. A
-        forward pass that fails raises :class:`ArchitectureError` naming ``what`` and why."""
+        say) for a batch of ``batch`` images (training passes its own: a forward pass built for
+        that batch size need not run on one image): traced once per parameter signature and
+        kept with the model's programs. A forward pass that fails raises
+        :class:`ArchitectureError` naming ``what`` and why."""
         leaves, treedef = jax.tree.flatten(params)
-        key = ("num_outputs", treedef, tuple(image_shape),
+        key = ("num_outputs", treedef, tuple(image_shape), batch,
                tuple((jnp.shape(l), str(jnp.result_type(l))) for l in leaves))
 
         def build():
             try:
                 out = jax.eval_shape(self.apply, params,
-                                     jax.ShapeDtypeStruct((1, *image_shape), np.float32))
+                                     jax.ShapeDtypeStruct((batch, *image_shape), np.float32))
             except Exception as e:   # a user's apply_fn raises anything: name the model and why
                 raise ArchitectureError(f"{what}: the parameters do not run through model "
                                         f"{self.name!r} ({type(e).__name__}: {e})") from None

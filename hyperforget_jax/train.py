@@ -271,16 +271,36 @@ def pmap_step(step_with_axis: Callable, axis_name: str = "batch") -> Callable:
     return jax.pmap(step_with_axis, axis_name=axis_name, donate_argnums=0)
 
 
-def replicate(tree: Any, n: int | None = None, axis_name: str = "batch") -> Any:
-    """``n`` copies of ``tree`` (default: one per local device) stacked on a new leading axis,
-    for a ``pmap`` step over ``axis_name`` on the first ``n`` local devices, placed as that
-    ``pmap`` places its outputs (a mesh over those devices, named after its axis): a state fed
-    back to the step runs one program. Copies held on one device made the second step compile
-    the step again, since its input, the first's output, was placed otherwise."""
+def replicate(tree: Any, n: int | None = None, axis_name: str | None = None,
+              devices: Any = None) -> Any:
+    """``n`` copies of ``tree`` (default: one per device of ``devices``, else per local device)
+    stacked on a new leading axis, for a ``pmap`` step.
+
+    With ``axis_name`` (the step's ``pmap`` axis) the copies are placed as that ``pmap`` places
+    its outputs, a mesh over ``devices`` (default: the first ``n`` local devices) named after
+    the axis, so the state fed back to the step runs one program; without it they sit on one
+    device, and the second step compiles the step again (its input, the first step's output,
+    is placed otherwise). Opt-in because copies placed on devices the ``pmap`` does not run on
+    (a ``pmap(..., devices=d)`` over other devices than the first, without ``devices=d``
+    here) crash jax 0.10.2's ``pmap`` from its second call (a segfault on CPU, not an error);
+    copies on one device work with any ``pmap``."""
+    if devices is not None:
+        if axis_name is None:
+            raise ConfigError("replicate: devices= places the copies for a pmap over those "
+                              "devices; pass its axis_name= too")
+        devices = list(devices)
+        n = len(devices) if n is None else n
+        if n != len(devices) or len(set(devices)) != n:
+            raise ConfigError(f"replicate: n={n} copies for {len(devices)} devices "
+                              f"({len(set(devices))} distinct); pass one distinct device per "
+                              "copy (the pmap's devices), or leave n out")
     n = jax.local_device_count() if n is None else n
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ConfigError(f"replicate: n={n!r}; pass the number of copies (an integer >= 1), "
+                          "one per device of the pmap")
     copies = jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *jnp.shape(x))), tree)
-    devices = jax.local_devices()[:n]
-    if len(devices) < n:        # more copies than devices: no pmap takes them as they are
+    devices = jax.local_devices()[:n] if devices is None else devices
+    if axis_name is None or len(devices) < n:   # more copies than devices: no pmap takes them
         return copies
     return jax.device_put(copies, NamedSharding(Mesh(np.array(devices), (axis_name,)),
                                                 P(axis_name)))

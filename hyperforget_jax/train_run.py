@@ -23,7 +23,7 @@ from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import refuse_another_run
 from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices
-from hyperforget_jax.errors import ArchitectureError, ConfigError, NonFiniteError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
@@ -104,17 +104,21 @@ def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
 
 
 def _model_for(arch: Model, ds: Dataset) -> Architecture:
+    if len(ds) == 0:     # else a bare ZeroDivisionError (or numpy's max of nothing)
+        raise DataError(f"training set {ds.name!r} has no samples; pass the data to train on")
     model = as_model(arch, ds.x.shape[1:], ds.num_classes)
     model.check_inputs(ds.x, f"training set {ds.name!r}", ds.y)
     return model
 
 
-def _check_outputs(model: Architecture, params: Params, ds: Dataset, what: str) -> None:
+def _check_outputs(model: Architecture, params: Params, ds: Dataset, batch: int,
+                   what: str) -> None:
     """Raises :class:`ArchitectureError` when the model has no output for some label: the loss
     of a label past the last logit is NaN, which stopped training at step 0 as a non-finite
     loss ("check the data or lower the learning rate"), naming neither. Labels, not
-    ``num_classes``: a model with an output per label present trains as before."""
-    outputs = model.num_outputs(params, ds.x.shape[1:], what)
+    ``num_classes``: a model with an output per label present trains as before. Traced on a
+    training batch (``batch`` rows): a model that trains need not run on one image."""
+    outputs = model.num_outputs(params, ds.x.shape[1:], what, batch)
     top = int(np.max(ds.y))
     if outputs <= top:
         raise ArchitectureError(f"{what}: model {model.name!r} has {outputs} outputs but the "
@@ -178,7 +182,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
     tx = make_optimizer(cfg)
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
-    _check_outputs(model, state.params, train, "fit")
+    _check_outputs(model, state.params, train, batch_size, "fit")
     start, prior = 0, 0.0
     data_id = None if checkpointer is None else data_fingerprint(train)
     init_id = (None if checkpointer is None or init_params is None
@@ -270,7 +274,6 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
     tx = make_optimizer(base)
     keys = jnp.stack([jax.random.key(s) for s in seeds])
     state = jax.vmap(lambda k: init_state(model, tx, k))(keys)
-    _check_outputs(model, tree_index(state.params, 0), train, "fit_fleet")
     batched = cfgs is not None
     run = _fit_epoch(model, True, batched, None, vectorize)
     hp = (jax.tree.map(lambda *v: jnp.stack(v), *[_hp(c) for c in cfgs]) if batched
@@ -286,6 +289,7 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
                               f"{subsets.shape}, dtype {subsets.dtype}")
     n = len(train) if subsets is None else subsets.shape[1]
     batch_size = effective_batch_size(base, n)
+    _check_outputs(model, tree_index(state.params, 0), train, batch_size, "fit_fleet")
     history = []
     epochs = range(base.epochs)
     if progress:

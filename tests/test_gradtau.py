@@ -211,7 +211,7 @@ class CompiledEqualityTest(chex.TestCase):
             ascent.append(bool(mj["ascent"]))
         self.assertEqual(ascent, [False, True, False, True])
 
-        s_p = train.replicate(fresh(), n_dev)
+        s_p = train.replicate(fresh(), n_dev, axis_name="batch")
         step_p = G.pmap_gradtau_step(G.make_gradtau_step(arch.apply, tx, "batch"), "batch",
                                      devices)
         for fb, rb, tau, a in batches:

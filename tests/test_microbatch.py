@@ -182,7 +182,7 @@ class ChunkedCompiledEqualityTest(chex.TestCase):
         want = run_jit(None)
         assert_trees_close(run_jit(6), want, atol=1e-5)          # 6 of 16: a remainder chunk
 
-        s_p = train.replicate(fresh(), n_dev)
+        s_p = train.replicate(fresh(), n_dev, axis_name="batch")
         step_p = G.pmap_gradtau_step(G.make_gradtau_step(arch.apply, tx, "batch", chunk=4),
                                      "batch", devices)
         for fb, rb, tau, a in batches:

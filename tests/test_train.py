@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from hyperforget_jax import data, models, params as P, train
-from hyperforget_jax.errors import ArchitectureError, ConfigError, NonFiniteError
+from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
+                                    NonFiniteError)
 from conftest import CompileCounter, assert_trees_close, devices_or_skip
 
 ARCH = models.make_architecture("gpt_mlp")
@@ -42,7 +43,8 @@ def test_jit_pmap_sharded_give_same_parameters(mnist_splits):
     # pmap: replicated state, batch split across devices, pmean of grads and metrics.
     pstep = jax.pmap(train.make_train_step(ARCH.apply, tx, axis_name="batch"),
                      axis_name="batch", devices=devices, donate_argnums=0)
-    state = train.replicate(train.init_state(ARCH, tx, jax.random.key(0)), n_dev)
+    state = train.replicate(train.init_state(ARCH, tx, jax.random.key(0)), n_dev,
+                            axis_name="batch")
     state, pm = pstep(state, train.shard_batch(batches[0], n_dev))
     # replicate places the state as the step places its outputs: the steps after the first
     # compile nothing (copies on one device made the second step compile the step again).
@@ -77,6 +79,56 @@ class StepTracesOnce(chex.TestCase):
             y = jnp.asarray(rng.integers(0, 10, 32))
             state, _ = step(state, (x, y))
         self.assertEqual(int(state.step), 4)
+
+
+def test_replicate_places_copies_on_the_pmap_s_own_devices():
+    """replicate put its copies on the first n devices; a pmap over other devices
+    (``pmap(..., devices=d)``) took them once and crashed the process (a segfault in jax
+    0.10.2's pmap) on its second call. ``devices=`` names the pmap's devices."""
+    devices = devices_or_skip(4)[2:]
+    step = jax.pmap(lambda s: {"w": s["w"] * 2, "key": s["key"]}, axis_name="batch",
+                    devices=devices, donate_argnums=0)
+    for _ in range(2):          # the second call with fresh copies is the one that crashed
+        state = step(train.replicate({"w": jnp.ones(3), "key": jax.random.key(0)},
+                                     axis_name="batch", devices=devices))
+    assert state["w"].sharding.device_set == set(devices)
+    np.testing.assert_array_equal(state["w"], 2.0)
+    for bad in (dict(n=0), dict(n=3, devices=devices), dict(devices=devices[:1] * 2)):
+        with pytest.raises(ConfigError, match="replicate: n="):
+            train.replicate({"w": jnp.ones(3)}, axis_name="batch", **bad)
+    with pytest.raises(ConfigError, match="pass its axis_name= too"):
+        train.replicate({"w": jnp.ones(3)}, devices=devices)
+    # Without an axis name the copies stay on one device, which any pmap takes.
+    assert len(train.replicate({"w": jnp.ones(3)}, 2)["w"].sharding.device_set) == 1
+
+
+def test_training_checks_its_model_on_a_training_batch_and_refuses_no_data():
+    """The output check traced the model on one image, so a model whose forward pass takes
+    only its training batch size, which trained before, was refused; a training set of no
+    rows stopped with a bare ZeroDivisionError (or numpy's "zero-size array")."""
+    import flax.linen as nn
+
+    class EightRows(nn.Module):        # built for batches of 8 rows
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x.reshape(8, -1))
+
+    module = EightRows()
+    init = module.init(jax.random.key(0), jnp.zeros((8, 2, 2, 1)))["params"]
+    arch = models.as_model(lambda p, x: module.apply({"params": p}, x), (2, 2, 1), 3)
+    y = np.arange(16, dtype=np.int32) % 3
+    ds = data.from_arrays(np.ones((16, 2, 2, 1), np.float32), y, 3)
+    cfg = train.TrainConfig(epochs=1, batch_size=8)
+    state, history = train.fit(arch, ds, cfg, init_params=init)
+    assert int(state.step) == 2 and np.isfinite(history[0]["loss"])
+    class Flat(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+    for run in (train.fit, train.fit_fleet):
+        with pytest.raises(DataError, match="training set 'empty' has no samples"):
+            run(Flat(), data.Dataset(ds.x[:0], y[:0], 3, "empty"), cfg)
 
 
 def test_training_learns(mnist_splits):
