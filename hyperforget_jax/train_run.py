@@ -118,13 +118,17 @@ def _check_outputs(model: Architecture, params: Params, ds: Dataset, batch: int,
     loss ("check the data or lower the learning rate"), naming neither. Labels, not
     ``num_classes``: a model with an output per label present trains as before. Traced on a
     training batch (``batch`` rows): a model that trains need not run on one image."""
-    outputs = model.num_outputs(params, ds.x.shape[1:], what, batch)
-    top = int(np.max(ds.y))
+    _refuse_missing_outputs(model, model.num_outputs(params, ds.x.shape[1:], what, batch),
+                            int(np.max(ds.y)), what,
+                            f"the data {ds.name!r} has {ds.num_classes} classes")
+
+
+def _refuse_missing_outputs(model: Architecture, outputs: int, top: int, what: str,
+                            data: str) -> None:
     if outputs <= top:
-        raise ArchitectureError(f"{what}: model {model.name!r} has {outputs} outputs but the "
-                                f"data {ds.name!r} has {ds.num_classes} classes (labels up to "
-                                f"{top}); build the model (or the Dataset) with the same number "
-                                "of classes")
+        raise ArchitectureError(f"{what}: model {model.name!r} has {outputs} outputs but {data} "
+                                f"(labels up to {top}); build the model (or the Dataset) with "
+                                "the same number of classes")
 
 
 def _put(tree: Any, mesh: Mesh | None) -> Any:
@@ -338,6 +342,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     Raises:
       NonFiniteError: a step produced NaN/inf.
       DataError: a batch of images of the wrong shape.
+      ArchitectureError: a batch with a label past the model's last output.
     """
     check_sync_every(sync_every, "fit_stream")
     model = as_model(arch)
@@ -351,13 +356,19 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     step = model.program(("fit_stream_step", mesh), lambda: _stream_step(model, mesh))
     state = _put(state, mesh)
     hp = _put(_hp(cfg), mesh)
-    history = []
+    history, outputs = [], None
     n_epochs = cfg.epochs if callable(batches) else 1
     for epoch in range(n_epochs):
         it = batches(epoch) if callable(batches) else batches
         first, losses, accs, flags = int(state.step), [], [], []
         for i, (xb, yb) in enumerate(it):
             model.check_inputs(xb, "a streamed batch", yb)
+            if outputs is None:         # as fit's check, on the first batch's shape
+                outputs = model.num_outputs(state.params, np.shape(xb)[1:], "fit_stream",
+                                            len(xb))
+            if len(yb):
+                _refuse_missing_outputs(model, outputs, int(np.max(yb)), "fit_stream",
+                                        "a streamed batch has a label past them")
             state, m = step(state, hp, global_rows((np.asarray(xb, np.float32),
                                                     np.asarray(yb, np.int32)), mesh))
             losses.append(m["loss"]), accs.append(m["accuracy"]), flags.append(m["finite"])

@@ -172,6 +172,13 @@ def test_a_model_with_fewer_outputs_than_classes_is_named_before_training(digits
     with pytest.raises(ArchitectureError, match="fit: model 'FiveOutputs' has 5 outputs but "
                                                 "the data 'digits' has 10 classes"):
         train.fit(FiveOutputs(), digits_splits.train, train.TrainConfig(epochs=1))
+    # Streamed batches: named at the first batch with a label past the last output.
+    tr = digits_splits.train
+    batches = [(tr.x[i:i + 32], tr.y[i:i + 32] % 5) for i in (0, 32)] + [(tr.x[:32], tr.y[:32])]
+    with pytest.raises(ArchitectureError, match="fit_stream: model 'FiveOutputs' has 5 outputs "
+                                                "but a streamed batch has a label past them"):
+        train.fit_stream(models.as_model(FiveOutputs(), input_shape=tr.x.shape[1:]),
+                         batches, train.TrainConfig(epochs=1))
 
 
 def test_guard_keeps_old_state_on_nonfinite_step(mnist_splits):
