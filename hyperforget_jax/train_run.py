@@ -366,7 +366,9 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
             if outputs is None:         # as fit's check, on the first batch's shape
                 outputs = model.num_outputs(state.params, np.shape(xb)[1:], "fit_stream",
                                             len(xb))
-            if len(yb):
+            if len(yb) and jax.process_count() == 1:
+                # (Under jax.distributed each process sees only its own rows: one refusing
+                # while the others enter the step's all-reduce would hang them all.)
                 _refuse_missing_outputs(model, outputs, int(np.max(yb)), "fit_stream",
                                         "a streamed batch has a label past them")
             state, m = step(state, hp, global_rows((np.asarray(xb, np.float32),
