@@ -27,7 +27,6 @@ import time
 from typing import Any, NamedTuple, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
