@@ -362,6 +362,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
         it = batches(epoch) if callable(batches) else batches
         first, losses, accs, flags = int(state.step), [], [], []
         for i, (xb, yb) in enumerate(it):
+            yb = np.asarray(yb)     # on the host once: the label check and the step read it
             model.check_inputs(xb, "a streamed batch", yb)
             if outputs is None:         # as fit's check, on the first batch's shape
                 outputs = model.num_outputs(state.params, np.shape(xb)[1:], "fit_stream",
