@@ -53,7 +53,8 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
 
     Raises:
       ArchitectureError: parameters that do not fit the model.
-      DataError: images of a shape the model does not take, or NaN/inf images (the set is named).
+      DataError: images of a shape the model does not take, or NaN/inf images (the set is named);
+        for class removal, a test set without samples of a forgotten class or of a kept one.
     """
     seed = _check_seed(seed, "evaluation seed")
     if not isinstance(splits, Splits) or not isinstance(fsplit, ForgetSplit):
@@ -98,6 +99,15 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
                             "split, hf.make_splits; a class with too few samples to reach its "
                             "test split can only be forgotten as items: "
                             "hf.ForgetRequest(indices=...))")
+        absent = [c for c in request.classes if not np.any(splits.test.y == c)]
+        if absent:
+            # The attacks' members are every forgotten class's training samples: non-members of
+            # the other classes only would let the attack tell classes apart, not membership.
+            raise DataError(f"the test set has no samples of forgotten class(es) {absent} of "
+                            f"{request.classes}: test_acc_forgotten and the attacks' "
+                            "non-members would stand for the other forgotten classes alone; use "
+                            "a stratified split (hf.make_splits), or forget those classes' "
+                            "samples as items: hf.ForgetRequest(indices=...)")
         out["test_acc_kept"] = float(test_correct[~forgotten].mean())
         out["test_acc_forgotten"] = float(test_correct[forgotten].mean())
         nonmember = {k: np.asarray(v)[forgotten] for k, v in per["test"].items()}

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import xla
+from hyperforget_jax.data import _check_seed
 from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.params import committed
 
@@ -349,9 +350,16 @@ def _equalise(a: np.ndarray, b: np.ndarray, rng: np.random.Generator
     return a, b
 
 
+def _attack_seed(seed: Any) -> int:
+    # numpy and sklearn would fail deep inside (a TypeError for 1.5 or a JAX key, sklearn's
+    # "between 0 and 2**32 - 1" after the subsampling ran) or read True as seed 1.
+    return _check_seed(seed, "attack seed", ConfigError)
+
+
 def _lr_attack(members: np.ndarray, nonmembers: np.ndarray, n_splits: int, seed: int) -> float:
     if isinstance(n_splits, bool) or not isinstance(n_splits, (int, np.integer)) or n_splits < 1:
         raise ConfigError(f"n_splits must be a positive integer, got {n_splits!r}")
+    seed = _attack_seed(seed)
     members, nonmembers = _equalise(members, nonmembers, np.random.default_rng(seed))
     x = np.concatenate([members, nonmembers])[:, None]
     y = np.concatenate([np.ones(len(members), np.int64), np.zeros(len(nonmembers), np.int64)])
@@ -395,7 +403,8 @@ def mia_loss_lr(member_losses: Any, nonmember_losses: Any, n_splits: int = 10,
 
     Raises:
       DataError: for fewer than 2 samples on a side, a non-1-D input or NaN/inf values.
-      ConfigError: for a non-positive ``n_splits``.
+      ConfigError: for a non-positive ``n_splits`` or a seed that is not an integer in
+        [0, 2**32).
     """
     return _lr_attack(_as_1d("member_losses", member_losses, 2),
                       _as_1d("nonmember_losses", nonmember_losses, 2), n_splits, seed)
@@ -419,7 +428,8 @@ def mia_entropy_lr(member_entropies: Any, nonmember_entropies: Any, n_splits: in
 
     Raises:
       DataError: for fewer than 2 samples on a side, a non-1-D input or NaN/inf values.
-      ConfigError: for a non-positive ``n_splits``.
+      ConfigError: for a non-positive ``n_splits`` or a seed that is not an integer in
+        [0, 2**32).
     """
     return _lr_attack(_as_1d("member_entropies", member_entropies, 2),
                       _as_1d("nonmember_entropies", nonmember_entropies, 2), n_splits, seed)
@@ -447,11 +457,12 @@ def mia_efficacy_svc(retain_conf: Any, test_conf: Any, forget_conf: Any, seed: i
 
     Raises:
       DataError: for an empty input, a non-1-D input or NaN/inf values.
+      ConfigError: for a seed that is not an integer in [0, 2**32).
     """
     retain = _as_1d("retain_conf", retain_conf)
     test = _as_1d("test_conf", test_conf)
     forget = _as_1d("forget_conf", forget_conf)
-    retain, test = _equalise(retain, test, np.random.default_rng(seed))
+    retain, test = _equalise(retain, test, np.random.default_rng(_attack_seed(seed)))
     x = np.concatenate([retain, test])[:, None]
     y = np.concatenate([np.ones(len(retain), np.int64), np.zeros(len(test), np.int64)])
     from sklearn import svm

@@ -39,7 +39,7 @@ import numpy as np
 from hyperforget_jax import metrics, train, xla
 from hyperforget_jax.config import SEED_LIMIT, check_config, field
 from hyperforget_jax.data import Dataset, ForgetSplit, batch_indices
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn.gradtau_run import rows_per_call
@@ -106,6 +106,8 @@ def train_shadows(arch: Any, train_ds: Dataset, split: ForgetSplit,
                       for _ in range(cfg.num_shadows)])
     rsets = np.stack([split.retain_idx[rng.permutation(nr)[: nr // 2]]
                       for _ in range(cfg.num_shadows)])
+    counts = np.unique(fsets, return_counts=True)[1]
+    _check_variance_dof(counts)     # before training two fleets for a test that cannot run
     seeds = [int(train_cfg.seed) * 1000 + 1 + s for s in range(cfg.num_shadows)]
     in_params = _fit_fleet_on_subsets(arch, train_ds, np.concatenate([fsets, rsets], 1),
                                       train_cfg, seeds)
@@ -161,17 +163,38 @@ def _phi(model: Architecture, params: Any, x: jax.Array, y: jax.Array) -> np.nda
     return metrics.in_row_chunks(fn, params, (x, y), rows_per_call(model, params, x))
 
 
+def _check_variance_dof(counts: np.ndarray) -> None:
+    """Raises unless some example has two shadow values (``counts``: shadows per targeted
+    example): otherwise the pooled within-example variance has no degree of freedom, and σ
+    would be the 1e-3 floor, a nearest-mean test reported as U-LiRA."""
+    if counts.max() < 2:
+        raise ConfigError(f"U-LiRA: each of the {len(counts)} targeted forget examples is "
+                          "targeted by one shadow only, so the per-example variance cannot be "
+                          "estimated; use more shadows (ULiRAConfig(num_shadows=...)) or a "
+                          "larger forget set")
+
+
 def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
                target_unl: np.ndarray, target_ret: np.ndarray) -> dict:
     """Steps 4–5 on numbers: (S, n) shadow confidences of unlearned / retrained shadows, the
     (S, n) mask of which shadows targeted each example, and (n,) target confidences.
 
     Returns ``accuracy`` (balanced, ideal 0.5), ``auc``, ``n_examples``. Raises
-    ``NonFiniteError`` naming the shadow or target whose confidences are NaN/inf."""
+    ``NonFiniteError`` naming the shadow or target whose confidences are NaN/inf,
+    ``DataError`` for arrays of other shapes, ``ConfigError`` when no example was targeted by
+    two shadows (no variance to pool)."""
     from sklearn.metrics import roc_auc_score
 
     phi_unl, phi_ret = np.asarray(phi_unl, np.float64), np.asarray(phi_ret, np.float64)
     targeted = np.asarray(targeted, bool)
+    target_unl = np.asarray(target_unl, np.float64)
+    target_ret = np.asarray(target_ret, np.float64)
+    if (phi_unl.ndim != 2 or phi_ret.shape != phi_unl.shape or targeted.shape != phi_unl.shape
+            or target_unl.shape != phi_unl.shape[1:] or target_ret.shape != phi_unl.shape[1:]):
+        raise DataError(f"ulira_test takes (S, n) shadow confidences and targeted mask and (n,) "
+                        f"target confidences, got {phi_unl.shape}, {phi_ret.shape}, "
+                        f"{targeted.shape}, {target_unl.shape}, {target_ret.shape}; pass one "
+                        "row per shadow and one column per forget example")
     ok = targeted.any(0)
     if not ok.any():
         raise ConfigError("no forget example was targeted by any shadow; use more shadows")
@@ -182,10 +205,11 @@ def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
                                  "NaN/inf on its forget set: that shadow diverged - rerun it "
                                  "with a lower learning rate")
     for name, phi in (("unlearned", target_unl), ("retrained", target_ret)):
-        if not np.isfinite(np.asarray(phi, np.float64)[ok]).all():
+        if not np.isfinite(phi[ok]).all():
             raise NonFiniteError(f"U-LiRA: the {name} target model's confidences are NaN/inf: "
                                  "that model diverged - evaluate a finite model")
     cnt = targeted.sum(0)[ok]
+    _check_variance_dof(cnt)
     mu_u = np.where(targeted, phi_unl, 0).sum(0)[ok] / cnt
     mu_r = np.where(targeted, phi_ret, 0).sum(0)[ok] / cnt
     res_u = (phi_unl[:, ok] - mu_u)[targeted[:, ok]]
@@ -193,12 +217,12 @@ def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
     # Pooled within-example variance: each example's mean uses its own cnt shadows, so the
     # residuals have cnt.sum() − n_examples degrees of freedom (an example targeted once adds
     # an exact 0). Dividing by cnt.sum() read σ ~13 % low at 8 shadows (until 2026-12-05).
-    dof = max(int(cnt.sum()) - int(ok.sum()), 1)
+    dof = int(cnt.sum()) - int(ok.sum())
     sd_u = max(float(np.sqrt(np.sum(res_u ** 2) / dof)), 1e-3)
     sd_r = max(float(np.sqrt(np.sum(res_r ** 2) / dof)), 1e-3)
 
     def score(phi):
-        phi = np.asarray(phi, np.float64)[ok]
+        phi = phi[ok]
         lu = -0.5 * ((phi - mu_u) / sd_u) ** 2 - math.log(sd_u)
         lr = -0.5 * ((phi - mu_r) / sd_r) ** 2 - math.log(sd_r)
         return lu - lr

@@ -355,6 +355,11 @@ API_CASES = [
             test=c.splits.test.subset(np.flatnonzero(c.splits.test.y != 3)))),
      DataError, r"test set has 0 samples of the forgotten classes.*too few samples to reach "
                 r"its test split can only be forgotten as items: hf.ForgetRequest\(indices="),
+    ("evaluate-test-set-without-one-of-the-classes", lambda c: _evaluate(   # was a number
+        c, data.resolve_forget(c.train, data.ForgetRequest(classes=(3, 5))),
+        data.ForgetRequest(classes=(3, 5)), c.splits._replace(
+            test=c.splits.test.subset(np.flatnonzero(c.splits.test.y != 5)))),
+     DataError, r"no samples of forgotten class\(es\) \[5\] of \(3, 5\).*ForgetRequest\(indices="),
     ("from-arrays-fractional-labels", lambda c: data.from_arrays(c.train.x, c.train.y + 0.5),
      DataError, "whole-number class ids"),
     ("from-arrays-one-hot-labels", lambda c: data.from_arrays(

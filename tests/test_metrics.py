@@ -265,6 +265,17 @@ def test_lr_attack_bad_n_splits():
         metrics.mia_loss_lr([1.0, 2.0, 3.0], [1.0, 2.0, 3.0], n_splits=0)
 
 
+@pytest.mark.parametrize("seed", [1.5, -1, 2**40, True, jax.random.key(0)])
+def test_every_attack_refuses_a_seed_that_is_not_a_seed(seed):
+    # Were a TypeError (1.5, a key), numpy's / sklearn's bare ValueError, or seed 1 (True).
+    a, b = [0.1, 0.2, 0.3], [0.5, 0.6, 0.7, 0.8]
+    for attack in (lambda: metrics.mia_loss_lr(a, b, seed=seed),
+                   lambda: metrics.mia_entropy_lr(a, b, seed=seed),
+                   lambda: metrics.mia_efficacy_svc(a, b, a, seed=seed)):
+        with pytest.raises(ConfigError, match="attack seed must be"):
+            attack()
+
+
 # ------------------------------------------------------------------ SVC MIA-Efficacy
 
 def _conf_distributions(rng, n_retain=1000, n_test=400):

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import assert_trees_close
 from hyperforget_jax import data, models, train, ulira
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 
 
 def test_logit_confidence_matches_definition():
@@ -86,6 +86,25 @@ def test_non_finite_confidences_name_the_model():
     untargeted = z.copy()
     untargeted[:, 4] = np.nan
     assert ulira.ulira_test(untargeted, z, tgt, np.ones(5), np.zeros(5))["n_examples"] == 2
+
+
+def test_no_variance_without_an_example_targeted_twice(digits_splits, monkeypatch):
+    """Every example targeted by one shadow: the pooled σ had no degree of freedom and was the
+    1e-3 floor, and U-LiRA reported a nearest-mean guess (accuracy 1.0 here). Refused, by
+    train_shadows before it trains (a 2-example forget set whose 2 shadows, split seed 0,
+    target different examples), and arrays of mismatched shapes are named."""
+    tgt = np.eye(2, 4, dtype=bool)
+    z = np.zeros((2, 4))
+    with pytest.raises(ConfigError, match="targeted by one shadow only"):
+        ulira.ulira_test(z + 1, z, tgt, np.ones(4), np.zeros(4))
+    monkeypatch.setattr(ulira, "_fit_fleet_on_subsets",
+                        lambda *a: pytest.fail("trained shadows for a test that cannot run"))
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(indices=(0, 1)))
+    with pytest.raises(ConfigError, match="targeted by one shadow only"):
+        ulira.train_shadows("mlp", digits_splits.train, split, train.TrainConfig(),
+                            ulira.ULiRAConfig(num_shadows=2, seed=0))
+    with pytest.raises(DataError, match="one column per forget example"):   # was IndexError
+        ulira.ulira_test(z, z, tgt, np.ones(5), np.zeros(5))
 
 
 @pytest.fixture(scope="module")
