@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import shlex
 import statistics
 import sys
@@ -58,6 +57,9 @@ BAR = {"fa_mean": 1.0, "fa_worst": 3.0, "ra": 1.5, "ta_kept": 1.5, "mia": 0.03, 
 #: The role of this script's runs in ``run.json``, and the files it writes at its end.
 ROLE = "experiment hyperforget_eval"
 OUTPUTS = ("results.json", "report.md")
+# The fields of results.json that --render-only's report reads.
+RESULT_KEYS = ("rows", "bar", "command", "originals", "prompt_alignment", "hypernet",
+               "ddim_steps", "guidance", "memorisation", "timing")
 
 
 def parse_originals(text: str) -> list[tuple[str, int, float, int]]:
@@ -205,10 +207,7 @@ def main(argv=None):
     out = report.prepare_dir(a.out, flag="--out", not_a_run=ROLE)
     if a.render_only:
         rundir.check_readable(out)
-        if not (out / "results.json").is_file():
-            raise ConfigError(f"--out {out} holds no results.json (a run that has not "
-                              "finished: rerun its command)")
-        r = json.loads((out / "results.json").read_text())
+        r = report.read_results(out, "hyperforget_eval.py", RESULT_KEYS)
         md = render(r)
         report.atomic_write(out / "report.md", md)
         print(md)

@@ -83,6 +83,8 @@ COLS = (("retain_acc", "RA %", 100.0), ("forget_acc", "FA %", 100.0),
 #: The role of this script's runs in ``run.json``, and the files it writes at its end.
 ROLE = "experiment unlearning_table"
 OUTPUTS = ("results.json", "table.md", "gap_vs_time.png")
+# The fields of results.json that --render-only's report and plot read.
+RESULT_KEYS = ("dataset", "sizes", "architecture", "seeds", "settings", "total_seconds")
 
 
 def parse_args(argv=None):
@@ -423,12 +425,8 @@ def main(argv=None) -> int:
     splits = None if args.render_only else checked_splits(args)
     path = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
     if args.render_only:
-        import json
         rundir.check_readable(path)
-        if not (path / "results.json").is_file():
-            raise ConfigError(f"--out {path} holds no results.json (a run that has not "
-                              "finished: rerun its command to resume it)")
-        out = json.loads((path / "results.json").read_text())
+        out = report.read_results(path, "unlearning_table.py", RESULT_KEYS)
         write_report(out, path)
         plot(out, path)
     else:

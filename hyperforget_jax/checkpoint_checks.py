@@ -8,6 +8,7 @@ NamedTuple field and the dict key Orbax stores it under compare equal.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -64,6 +65,20 @@ def first_non_finite(tree: PyTree) -> str | None:
               and not _all_finite(leaf)):
             return name
     return None
+
+
+@contextlib.contextmanager
+def naming_non_finite_start(fn: str, params: PyTree | None, name: str = "init_params"):
+    """A run that stops on NaN/inf names its starting parameters when they hold it (checked
+    only then: finite ones cost nothing), instead of blaming the data or the learning rate."""
+    try:
+        yield
+    except NonFiniteError:
+        bad = None if params is None else first_non_finite(params)
+        if bad is None:
+            raise
+        raise NonFiniteError(f"{fn}: {name} hold NaN/inf (at {bad}); pass finite starting "
+                             "parameters (a trained model's)") from None
 
 
 def check_savable(state: PyTree, what: str) -> None:

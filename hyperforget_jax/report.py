@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from hyperforget_jax.errors import ConfigError, HyperforgetError, RunDirError
+from hyperforget_jax.errors import (CheckpointError, ConfigError, HyperforgetError,
+                                    RunDirError)
 
 
 def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir", *,
@@ -94,6 +95,28 @@ def jsonable(x: Any) -> Any:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return atomic_write(path, json.dumps(jsonable(obj), indent=2) + "\n")
+
+
+def read_results(path: Path, script: str, keys: Sequence[str]) -> dict:
+    """The ``results.json`` that ``script`` wrote into ``path`` (its ``--out``), for
+    ``--render-only``. A missing file (an unfinished run), a damaged one (not JSON) or another
+    writer's (not an object with ``keys``, the fields the report reads) is refused with the fix,
+    not a JSON decoder's or the renderer's traceback."""
+    f = path / "results.json"
+    if not f.is_file():
+        raise ConfigError(f"--out {path} holds no results.json (a run that has not finished: "
+                          "rerun its command to resume it)")
+    try:
+        out = json.loads(f.read_text())
+    except (OSError, ValueError) as e:      # UnicodeDecodeError is a ValueError too
+        raise CheckpointError(f"{f} is not readable JSON ({e}); rerun {script}'s command "
+                              "without --render-only to write it again") from e
+    missing = [k for k in keys if k not in out] if isinstance(out, dict) else list(keys)
+    if missing:
+        raise CheckpointError(f"{f} is not a results.json written by {script} (no "
+                              f"{', '.join(missing)}); pass an --out that {script} "
+                              "wrote, or rerun its command without --render-only")
+    return out
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:

@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import xla
-from hyperforget_jax.checkpoint_checks import refuse_another_run
+from hyperforget_jax.checkpoint_checks import naming_non_finite_start, refuse_another_run
 from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError, NonFiniteError
@@ -183,7 +183,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
                           f"{model.init_fix}")
     if init_params is not None:
         model.check_params(init_params)
-        init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
+    given, init_params = init_params, _copy(init_params)
     tx = make_optimizer(cfg)
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
     _check_outputs(model, state.params, train, batch_size, "fit")
@@ -212,7 +212,8 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         idx = batch_indices(cfg.seed, epoch, len(train), batch_size)
         first = int(state.step)
         state, m = run(state, hp, x, y, jnp.asarray(idx))
-        raise_if_nonfinite(m["finite"], first, epoch)
+        with naming_non_finite_start("fit", given):
+            raise_if_nonfinite(m["finite"], first, epoch)
         history.append({"epoch": epoch, "loss": float(m["loss"].mean()),
                         "accuracy": float(m["accuracy"].mean())})
         if checkpointer is not None:
@@ -350,8 +351,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     if init_params is None and not model.has_init:
         raise ConfigError(f"fit_stream: model {model.name!r} has no init; pass init_params=, "
                           f"or {model.init_fix}")
-    if init_params is not None:
-        init_params = jax.tree.map(jnp.array, init_params)  # a copy: the state is donated
+    given, init_params = init_params, _copy(init_params)
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
     step = model.program(("fit_stream_step", mesh), lambda: _stream_step(model, mesh))
     state = _put(state, mesh)
@@ -379,10 +379,17 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
                 jax.block_until_ready(m["loss"])
         if not flags:
             raise ConfigError(f"fit_stream: epoch {epoch} yielded no batches")
-        raise_if_nonfinite(np.asarray(jax.device_get(flags)), first, epoch)
+        with naming_non_finite_start("fit_stream", given):
+            raise_if_nonfinite(np.asarray(jax.device_get(flags)), first, epoch)
         history.append({"epoch": epoch, "loss": float(np.mean(jax.device_get(losses))),
                         "accuracy": float(np.mean(jax.device_get(accs)))})
     return state, history
+
+
+def _copy(params: Params | None) -> Params | None:
+    """A copy of the caller's starting parameters: the training state is donated (the
+    caller's own arrays stay readable, for :func:`naming_non_finite_start`)."""
+    return None if params is None else jax.tree.map(jnp.array, params)
 
 
 def global_rows(local: Any, mesh: Mesh | None) -> Any:

@@ -97,3 +97,19 @@ def test_unlearn_resumes_an_original_it_was_killed_training(tmp_path):
     import numpy as np
     for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(want)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6)
+
+
+def test_forget_indices_are_checked_on_the_run_s_own_dataset(tmp_path, capsys):
+    """A run trained on digits, unlearned without --dataset: the refusal names the dataset
+    mismatch, not an index "out of range" of the default MNIST-5k's 3,500 samples (the
+    request was resolved on the default dataset before the run's data was compared)."""
+    run = tmp_path / "orig"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps(
+        {"identity": {"role": "original", "dataset": "digits", "split_seed": 0}}))
+    rc = cli.main(["unlearn", "--method", "neggrad", "--run-dir", str(run), "--quiet",
+                   "--forget-indices", "5000"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "trained with --dataset digits, this command uses mnist5k" in err
+    assert sorted(p.name for p in run.iterdir()) == ["run.json"]

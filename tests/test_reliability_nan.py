@@ -84,12 +84,23 @@ def test_overflowing_loss_stops_at_step_zero(arch, digits_splits, tmp_path):
 
 
 def test_nan_parameters_stop_at_step_zero(arch, digits_splits, tmp_path):
+    # NaN starting parameters are named as the cause: the message blamed the data or the
+    # learning rate ("Check the data for NaN/inf or lower the learning rate").
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
     params = arch.init(jax.random.key(0))
     params = jax.tree.map(lambda l: l.at[(0,) * l.ndim].set(jnp.nan), params)
+    named = r": {} hold NaN/inf \(at Dense_0\.bias\); pass finite starting parameters"
     with Checkpointer(tmp_path / "ckpt") as ck:
-        with pytest.raises(NonFiniteError, match=r"at step 0 \(epoch 0"):
+        with pytest.raises(NonFiniteError, match="^fit" + named.format("init_params")):
             train.fit(arch, digits_splits.train, CFG, checkpointer=ck, init_params=params)
     assert list((tmp_path / "ckpt").iterdir()) == []
+    ds = digits_splits.train
+    batch = (ds.x[:64], ds.y[:64])
+    with pytest.raises(NonFiniteError, match="^fit_stream" + named.format("init_params")):
+        train.fit_stream(arch, [batch], CFG, init_params=params)
+    with pytest.raises(NonFiniteError, match="^run_gradtau_stream" + named.format("params")):
+        run_gradtau_stream(arch, params, lambda e: [(batch, batch)], n_forget=64, n_retain=64,
+                           tau=2.0)
 
 
 def test_step_guard_keeps_the_old_state(arch, digits_splits):

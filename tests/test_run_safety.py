@@ -116,6 +116,17 @@ def test_non_run_directory_is_refused(tmp_path, capfd):
             untouched=[tmp_path])
 
 
+def test_a_gan_run_given_to_a_classifier_command_is_named(tmp_path, capfd):
+    # Its checkpoint was refused as having "no hyperforget run metadata; was it written by
+    # `hyperforget train`?" (it was: by `hyperforget gan train`).
+    gan = tmp_path / "gan"
+    (gan / "checkpoints").mkdir(parents=True)
+    (gan / "run.json").write_text('{"identity": {"role": "gan-original"}}')
+    refused(capfd, ["evaluate", "--run-dir", gan, "--forget-class", "3"],
+            "holds a 'gan-original' run, not a classifier", "`hyperforget gan evaluate`",
+            untouched=[gan])
+
+
 def test_failed_command_leaves_nothing(tmp_path, capfd):
     out = tmp_path / "new"
     refused(capfd, ["train", "--run-dir", out, *TINY, "--lr", "0"], "learning rate")

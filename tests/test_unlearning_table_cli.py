@@ -513,3 +513,19 @@ def test_unlearn_speed_refuses_another_configuration_and_writes_at_its_end(tmp_p
     monkeypatch.setattr(exp, "measure", lambda args, out: report_of(args, out))
     exp.main([*argv[:-3], "2", *argv[-2:], "--restart"])
     assert (tmp_path / "table.md").read_text() == "repeats 2"
+
+
+@pytest.mark.parametrize("script, text, words", [
+    ("unlearning_table", '{"settings": ', "is not readable JSON"),
+    ("unlearning_table", '{"rows": []}', "no dataset, sizes"),
+    ("hyperforget_eval", "\xff\xfe", "is not readable JSON"),
+    ("hyperforget_eval", "[1, 2]", "not a results.json written by hyperforget_eval.py")])
+def test_render_only_refuses_a_damaged_or_foreign_results_json(tmp_path, script, text, words):
+    # A truncated results.json ended in a json.JSONDecodeError traceback (exit 1), another
+    # script's in a KeyError from the renderer; neither was the one-line error of exit 2.
+    from hyperforget_jax.errors import CheckpointError
+    exp = load_experiment(script)
+    (tmp_path / "results.json").write_bytes(text.encode("latin-1"))
+    with pytest.raises(CheckpointError, match=words):
+        exp.main(["--render-only", "--out", str(tmp_path)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]

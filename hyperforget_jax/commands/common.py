@@ -221,12 +221,18 @@ def load_run(run_dir: str | Path, flag: str = "--run-dir") -> tuple[Architecture
     run_dir = Path(run_dir).expanduser().absolute()
     rundir.check_readable(run_dir)
     ident = rundir.read_identity(run_dir)
+    role = (ident or {}).get("role")
+    if isinstance(role, str) and role.startswith("gan-"):
+        # Its checkpoint would be refused as one "with no hyperforget run metadata".
+        raise CheckpointError(f"{flag} {run_dir} holds {rundir._a(role)} run, not a classifier; "
+                              "GAN runs are read by `hyperforget gan evaluate` and `gan "
+                              "unlearn`, this command takes a run written by `hyperforget "
+                              "train`, `retrain`, `unlearn` or `sample`")
     if (run_dir / "checkpoints").is_dir():
         arch, params, meta = _load_checkpointed(run_dir)
     elif (run_dir / "params").is_dir():
         arch, params, meta = _load_params_dir(run_dir)
     else:
-        role = (ident or {}).get("role")
         if role:
             raise CheckpointError(f"{flag} {run_dir} holds {rundir._a(role)} output, not a "
                                   "classifier; pass a run written by `hyperforget train`, "

@@ -125,6 +125,11 @@ def cmd_unlearn(args) -> int:
     if request is None:
         raise ForgetRequestError("give a forget request: --forget-class, --forget-fraction or "
                                  "--forget-indices")
+    # The run's own data first: a request resolved on another dataset would be refused with
+    # that dataset's size (an index "out of range" of MNIST-5k for a digits model).
+    ident = rundir.read_identity(Path(args.run_dir).expanduser().absolute())
+    if ident is not None:
+        common.check_same_data({"identity": ident}, args, splits, args.run_dir)
     fsplit = data.resolve_forget(splits.train, request)
     if args.method != "retrain":
         _method_config(args, None)  # a bad --config.* fails before any work

@@ -21,7 +21,6 @@ sit on the device: :func:`.gradtau_stream.run_gradtau_stream` (∇τ from host b
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from typing import Any, NamedTuple, Sequence
@@ -32,7 +31,7 @@ from jax.sharding import Mesh
 
 from hyperforget_jax import data, train
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
-from hyperforget_jax.checkpoint_checks import first_non_finite
+from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
                                    ForgetRequestError, NonFiniteError)
 from hyperforget_jax.models import Architecture, as_model
@@ -84,18 +83,10 @@ def _given_forget_classes(split: ForgetSplit, classes: Any) -> tuple[int, ...] |
     return given
 
 
-@contextlib.contextmanager
 def _naming_a_non_finite_start(method: str, params: Any):
-    """A method that stops on NaN/inf names the starting parameters when they are the cause
-    (checked only then: a finite start costs nothing)."""
-    try:
-        yield
-    except NonFiniteError:
-        bad = None if method == "retrain" else first_non_finite(params)
-        if bad is None:
-            raise
-        raise NonFiniteError(f"{method}: the starting parameters hold NaN/inf (at {bad}); pass "
-                             "the trained model's finite parameters") from None
+    # Retrain starts afresh: its given parameters are not its start.
+    return naming_non_finite_start(method, None if method == "retrain" else params,
+                                   "the starting parameters")
 
 
 def check_seed(seed: Any, what: str = "seed") -> int:

@@ -28,6 +28,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train, xla
+from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import _Programs, as_model
 from hyperforget_jax.train_run import check_sync_every
@@ -203,7 +204,8 @@ def run_gradtau_stream(arch: Any, params: Params,
         dev_a.append(stacked["ascent"].sum())
         if tau_fn is not None and e % cfg.tau_refresh_epochs == 0:
             taus.append(stacked["tau"][0])
-    _check_finite(finite, n)
+    with naming_non_finite_start("run_gradtau_stream", params, "params"):
+        _check_finite(finite, n)
     out = jax.block_until_ready(ts.params)
     tau_hist = [float(tau)] if tau is not None and E else [float(t) for t in taus]
     info = {"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": alpha0,
