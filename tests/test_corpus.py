@@ -262,6 +262,20 @@ def test_pairs_on_two_class_data_are_refused():
     assert C.CorpusConfig(class_pairs=20).requests(3)[3:] == [(0, 1), (0, 2), (1, 2)]
 
 
+def test_requests_of_a_class_without_training_images_are_refused(tmp_path, digits_splits):
+    """Data without class 3 (here: removed from the training split): the corpus was built,
+    trajectories of the empty request included, and only hypertraining failed, on "the
+    conditions' statistics must be finite ... nan"."""
+    tr = digits_splits.train
+    keep = tr.y != 3
+    splits = digits_splits._replace(train=data.Dataset(tr.x[keep], tr.y[keep], 10, "digits"))
+    cfg = C.CorpusConfig(num_seeds=2, first_seed=0, fleet_size=2, class_pairs=2)
+    with pytest.raises(ConfigError, match=r"class\(es\) \[3\] have no training images.*"
+                                          r"\[\(3,\), \(2, 3\)\]"):
+        C.build_corpus(tmp_path / "c", cfg, splits, "digits", progress=False)
+    assert not (tmp_path / "c").exists()
+
+
 def test_resume_refuses_an_index_of_another_trained_span(tmp_path, digits_splits):
     """resnet18's "head" was its last block before the head was found by call order: resuming
     such a corpus built its new shards on the new span under the old index's span."""

@@ -90,6 +90,15 @@ def test_token_layouts_and_parameter_count():
                         "units")
 
 
+def test_unit_tokens_refuse_an_mlp_not_chained_in_name_order():
+    """A Linen MLP that creates its head first: Dense_0 (12 → 5) is called after Dense_1
+    (64 → 12). The layout took Dense_1 for the head, its 12 hidden units for the classes."""
+    head_first = {"Dense_0": {"kernel": jnp.zeros((12, 5)), "bias": jnp.zeros(5)},
+                  "Dense_1": {"kernel": jnp.zeros((64, 12)), "bias": jnp.zeros(12)}}
+    with pytest.raises(ConfigError, match="chained in that order"):
+        DN.token_layout(tuple(P_.param_spans(head_first)), [0, 1], "units")
+
+
 def test_unit_tokens_are_permutation_equivariant():
     model = _model()
     params = _perturbed(_init(model, jax.random.key(0)))

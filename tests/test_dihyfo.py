@@ -209,6 +209,46 @@ def test_requests_it_was_not_trained_for_raise(setup, digits_splits):
         H.train_hypernet(corpus, "dihyfo2", forget_class=4, denoiser=TINY, config=TRAIN)
 
 
+def test_prompts_of_the_wrong_shape_or_not_multi_hot_are_named(setup, digits_splits):
+    """A stacked prompt given to sample() (or one prompt to sample_many) died in a broadcasting
+    ValueError inside the denoiser; a soft class token (0.7) passed the request check as
+    "forget" and was fed to the denoiser as 0.7."""
+    _, _, net2, _, start = setup
+    good = H.make_prompt(net2, start, digits_splits.train, (4,))
+    with pytest.raises(ForgetRequestError, match="expected one prompt.*call sample_many"):
+        H.sample(jax.random.key(0), net2, start, H.stack_prompts([good, good]))
+    with pytest.raises(ForgetRequestError, match="expected stacked prompts.*call sample"):
+        H.sample_many(jax.random.split(jax.random.key(0), 10), net2, start, good)
+    soft = good._replace(classes=good.classes.at[4].set(0.7))
+    with pytest.raises(ForgetRequestError, match="multi-hot 0/1"):
+        H.sample(jax.random.key(0), net2, start, soft)
+
+
+def test_sample_cli_refuses_a_retain_target_dihyfo1_would_ignore(setup, tmp_path, capsys):
+    """DiHyFo-1 conditions on forget losses only: --retain-target changed nothing in the sample
+    but was recorded in its prompt as asked for."""
+    out, corpus, net2, _, _ = setup
+    spec1 = H.HyperSpec("dihyfo1", corpus.arch, net2.spec.weights, TINY, 4,
+                        scalar_mean=(0.0,) * 3, scalar_std=(1.0,) * 3,
+                        default_targets=((1, 5.0, 0.0),), trained_classes=(4,))
+    zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), DN.param_shapes(spec1.model()))
+    H.save_hypernet(tmp_path / "h1", H.Hypernet(spec1, zeros))
+    rc = cli.main(["sample", "--dataset", "digits", "--hypernet", str(tmp_path / "h1"),
+                   "--corpus", str(out), "--start-seed", "2", "--forget-class", "4",
+                   "--retain-target", "0.1", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "conditions on the forget loss only" in err[0], err
+    assert not (tmp_path / "s").exists()
+
+
+def test_an_unfinished_hypertrain_run_is_named_as_such(tmp_path):
+    """Its --out holds train_state/ but no hypernet.npz yet: the error told the user to "pass
+    the --out of `hyperforget hypertrain`", which they had done."""
+    (tmp_path / "h" / "train_state").mkdir(parents=True)
+    with pytest.raises(CheckpointError, match="has not finished.*rerun the same hypertrain"):
+        H.load_hypernet(tmp_path / "h")
+
+
 def test_training_resumes_to_the_same_network(setup, tmp_path, monkeypatch):
     """Killed at step 4, the run resumes from its step-4 checkpoint to the fixture's network.
     Rerun once finished (as a run killed after its last save, before hypernet.npz is written,
@@ -240,6 +280,30 @@ def test_training_resumes_to_the_same_network(setup, tmp_path, monkeypatch):
     assert again["resumed_at"] == TRAIN.steps
     assert again["loss"] == first["loss"] and len(first["loss"]) == len(hist["loss"]) > 0
     assert again["seconds"] >= first["seconds"] * 0.5
+
+
+def test_diverged_training_stops_at_its_step_and_keeps_the_last_good_state(setup, tmp_path,
+                                                                          monkeypatch):
+    """A NaN loss at step 3 of 6 (saves every 2 steps): the loss was checked every 50 steps
+    and at the last one only, so the step-4 save wrote the NaN state over the step-2 one
+    (max_to_keep=1; a resume restarted from NaN) and the error named step 5."""
+    from hyperforget_jax.checkpoint import Checkpointer
+    from hyperforget_jax.errors import NonFiniteError
+
+    _, corpus, *_ = setup
+    real, calls = H.pair_arrays, {"n": 0}
+
+    def nan_at_step_3(*a):
+        calls["n"] += 1
+        start, target = real(*a)
+        return start, target * np.nan if calls["n"] == 5 else target   # 1: make_spec
+
+    monkeypatch.setattr(H, "pair_arrays", nan_at_step_3)
+    with pytest.raises(NonFiniteError, match="at step 3;"):
+        H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN,
+                         checkpoint_dir=tmp_path / "state", save_every=2)
+    with Checkpointer(tmp_path / "state") as ck:
+        assert ck.latest_step() == 2
 
 
 def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):

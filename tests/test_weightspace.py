@@ -98,3 +98,17 @@ def test_canonical_hidden_units_have_unit_incoming_norm_bias_included():
         norm = np.sqrt(np.sum(np.asarray(c[name]["kernel"]) ** 2, 0)
                        + np.asarray(c[name]["bias"]) ** 2)
         np.testing.assert_allclose(norm, 1.0, rtol=1e-5)
+
+
+def test_an_mlp_whose_layers_are_not_chained_in_name_order_is_not_canonicalised():
+    """Flax numbers Dense layers in creation order: a Linen MLP that creates its head first
+    (Dense_0, 12 → 5) and calls it after Dense_1 (64 → 12) was taken for the chain
+    Dense_0 → Dense_1; hypertraining it died in a broadcasting TypeError inside canonicalize."""
+    from hyperforget_jax.hyperforget.weightspace import mlp_layers
+
+    head_first = {"Dense_0": {"kernel": jnp.zeros((12, 5)), "bias": jnp.zeros(5)},
+                  "Dense_1": {"kernel": jnp.zeros((64, 12)), "bias": jnp.zeros(12)}}
+    assert mlp_layers(head_first) is None
+    assert mlp_layers(MLP.param_shapes()) == ["Dense_0", "Dense_1", "Dense_2"]
+    with pytest.raises(ConfigError, match="chained"):
+        canonicalize(head_first)

@@ -147,6 +147,12 @@ def cmd_sample(args) -> int:
                           "the hypernetwork's T diffusion steps whatever it says: drop "
                           "--num-steps, or use --method ddim")
     net, meta = H.load_hypernet(args.hypernet)
+    if net.spec.variant == "dihyfo1" and rt is not None and sc.best_of == 1:
+        # DiHyFo-1's conditions are forget losses only: the sample ignored the target, while
+        # the results recorded it in the prompt as if it had been asked for.
+        raise ConfigError("--retain-target: a DiHyFo-1 network conditions on the forget loss "
+                          "only, so the sample would ignore it; drop it, add --best-of K (it "
+                          "keeps the sample closest to both targets), or use a DiHyFo-2 network")
     trained = meta.get("history", {}).get("train_config", {})
     if sc.guidance != 0 and trained.get("p_uncond") == 0:
         # Guidance mixes in the prediction without targets, which p_uncond 0 never trained.
@@ -262,7 +268,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--forget-target", type=finite_float, default=None,
                    help="forget loss to reach (default: the hypernetwork's)")
     p.add_argument("--retain-target", type=finite_float, default=None,
-                   help="retain loss to reach (default: the start's, times the corpus ratio)")
+                   help="retain loss to reach (default: the start's, times the corpus ratio; "
+                        "DiHyFo-1 conditions on the forget loss only: with --best-of only)")
     sample_flags = configflags.add_config_flags(p, H.SampleConfig, title="sampling",
                                                 choices={"method": ("ddim", "ddpm")})
     p.add_argument("--seed", type=seed_int, default=0,

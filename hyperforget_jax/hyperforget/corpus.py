@@ -566,6 +566,23 @@ def _new_index(arch: Architecture, ccfg: CorpusConfig, splits: data.Splits, data
             "data_fingerprint": rundir.data_fingerprint(splits), "shards": {}}
 
 
+def _check_requests_have_images(requests: list[tuple[int, ...]], train_set: data.Dataset
+                                ) -> None:
+    """ConfigError for requests forgetting a class with no training image: the whole build
+    ran, trajectories included, and only hypertraining failed, on "the conditions' statistics
+    must be finite" (the request's forget loss is a mean over no image)."""
+    counts = np.bincount(train_set.y, minlength=train_set.num_classes)
+    absent = sorted({c for r in requests for c in r if counts[c] == 0})
+    if absent:
+        present = [c for c in range(len(counts)) if counts[c]]
+        hit = [r for r in requests if set(r) & set(absent)]
+        pairs = " and fewer --pairs (class_pairs)" if any(len(r) > 1 for r in hit) else ""
+        raise ConfigError(f"class(es) {absent} have no training images in {train_set.name}, but "
+                          f"the corpus's requests {hit} forget them; pass --forget-classes "
+                          f"{' '.join(map(str, present))} (CorpusConfig.forget_classes){pairs}, "
+                          "or data with those classes")
+
+
 def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
                  splits: data.Splits | None = None, dataset: str = "mnist5k",
                  split_seed: int = 0, progress: bool = True) -> dict:
@@ -592,6 +609,7 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     arch = as_model(ccfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     if ccfg.unlearn_layers == "head":
         _check_head_traceable(arch)     # before anything is written or trained
+    _check_requests_have_images(ccfg.requests(arch.num_classes), splits.train)
     out = report.prepare_dir(out_dir, flag="--out")    # `hyperforget corpus --out`
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
     if CI.index_path(out).exists():

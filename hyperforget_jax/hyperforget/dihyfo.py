@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import xla
+from hyperforget_jax.checkpoint_checks import first_non_finite
 from hyperforget_jax.config import check_count
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError, shell_quote
 from hyperforget_jax.hyperforget import denoiser as DN
@@ -168,6 +169,27 @@ def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int |
                      trained_requests=tuple(reqs))
 
 
+def _check_losses(acc: list, n: int) -> None:
+    """NonFiniteError naming the first step (of those since the last check, ending at ``n``)
+    whose loss is NaN/inf; the message used to name the end of the 50-step logging window."""
+    v = np.asarray(jnp.stack(acc))
+    bad = np.flatnonzero(~np.isfinite(v))
+    if len(bad):
+        raise NonFiniteError(f"hypernetwork loss became non-finite at step "
+                             f"{n - len(v) + 1 + int(bad[0])}; lower the learning rate (the "
+                             "training state saved last is the one before it)")
+
+
+def _check_state(state: DN.HyperTrainState, n: int) -> None:
+    """NonFiniteError when an update after a finite loss made the parameters NaN/inf (a
+    diverged step is caught by the next loss only, which the last step never has)."""
+    bad = first_non_finite({"params": state.params, "ema_params": state.ema_params})
+    if bad is not None:
+        raise NonFiniteError(f"hypernetwork parameters became non-finite ({bad}) by step {n}; "
+                             "lower the learning rate (the training state saved last is the "
+                             "one before it)")
+
+
 def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int | None = None,
                    denoiser: DN.DenoiserConfig | None = None,
                    config: DN.HyperTrainConfig | None = None, canonicalize: bool | None = None,
@@ -219,8 +241,8 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
     tmpl = corpus.arch.param_shapes()
     permute = tmpl if cfg.permute and mlp_layers(tmpl) is not None else None
     if cfg.permute and permute is None:
-        raise ConfigError("permutation augmentation needs an MLP; pass permute=False "
-                          "(--no-permute)")
+        raise ConfigError("permutation augmentation needs an MLP whose layers Dense_0..Dense_k "
+                          "are chained in that order; pass permute=False (--no-permute)")
     if spec.denoiser.tokens == "units":
         permute = None        # unit tokens are exactly permutation-equivariant already
     step = xla.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay), donate_argnums=0)
@@ -271,22 +293,27 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
                             src.classes[rows])
             state, m = step(state, batch)
             acc.append(m["loss"])
-            if (n + 1) % 50 == 0 or n + 1 == cfg.steps:
+            log = (n + 1) % 50 == 0 or n + 1 == cfg.steps
+            save = ckpt is not None and ((n + 1) % save_every == 0 or n + 1 == cfg.steps)
+            if log or save:
+                # Before every save too: a save between two logged steps wrote a diverged state
+                # over the last good one (max_to_keep=1), and a resume restarted from it.
+                _check_losses(acc, n)
+            if log:
                 losses.append(float(jnp.mean(jnp.stack(acc))))
                 acc = []
-                if not np.isfinite(losses[-1]):
-                    raise NonFiniteError(f"hypernetwork loss became non-finite near step {n}; "
-                                         "lower the learning rate")
-            if ckpt is not None and ((n + 1) % save_every == 0 or n + 1 == cfg.steps):
+            if save:
                 # A host copy: the save commits in the background while the next (donating) step
                 # reuses the device buffers.
-                ckpt.save(n + 1, jax.tree.map(np.array, state),
+                host = jax.tree.map(np.array, state)
+                _check_state(host, n)
+                ckpt.save(n + 1, host,
                           {**run_meta, "progress": {"loss": losses,
                                                     "seconds": time.perf_counter() - t0}})
     finally:
         if ckpt is not None:
             ckpt.close()   # waits for the last background commit, also on an exception
-    jax.block_until_ready(state.ema_params)
+    _check_state(state, cfg.steps - 1)
     secs = time.perf_counter() - t0
     return Hypernet(spec, state.ema_params), {
         "loss": losses, "seconds": secs, "steps_per_second": cfg.steps / secs,

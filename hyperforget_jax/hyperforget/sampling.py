@@ -95,7 +95,9 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
                 ) -> Prompt:
     """The request "forget ``classes``" for the start network ``params``: start losses measured
     on the training set; targets from the hypernetwork's defaults unless given (the default
-    retain target is the start's retain loss times the corpus's median endpoint ratio).
+    retain target is the start's retain loss times the corpus's median endpoint ratio). A
+    DiHyFo-1 network conditions on the forget losses only: its samples ignore the retain target
+    (:func:`sample_best_of` still uses it to choose among samples).
 
     Raises:
       ForgetRequestError: a request the hypernetwork does not cover, or a target that is not a
@@ -121,13 +123,29 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
                   *(jnp.float32(v) for v in (f0, f1, r0, r1)))
 
 
-def _check_prompt(spec: HyperSpec, prompt: Prompt) -> None:
+def _check_prompt(spec: HyperSpec, prompt: Prompt, stacked: bool = False) -> None:
+    """ForgetRequestError for a prompt that is not one request (``stacked``: a stack of them,
+    :func:`stack_prompts`) of this hypernetwork: the shapes (a stacked prompt given to
+    :func:`sample` died in a broadcasting error inside the denoiser), a class token that is not
+    multi-hot (0.7 was read as "forget" by this check and fed as 0.7 to the denoiser), the
+    request and the losses."""
     if any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(tuple(prompt))):
         return      # under jax.vmap / jit: make_prompt / sample_many validated the values
     cls = np.asarray(prompt.classes)
-    if cls.shape[-1] != spec.num_classes:
-        raise ForgetRequestError(f"prompt has a {cls.shape[-1]}-class token, the hypernetwork "
-                                 f"expects {spec.num_classes}")
+    if cls.shape[-1:] != (spec.num_classes,):
+        raise ForgetRequestError(f"prompt has a {cls.shape[-1] if cls.ndim else 0}-class token, "
+                                 f"the hypernetwork expects {spec.num_classes}")
+    lead = cls.shape[:-1]
+    shapes = [np.shape(v) for v in tuple(prompt)[1:]]
+    if len(lead) != int(stacked) or any(s != lead for s in shapes):
+        want = "stacked prompts (stack_prompts)" if stacked else "one prompt (make_prompt)"
+        use = "sample" if stacked else "sample_many"
+        raise ForgetRequestError(
+            f"expected {want}, got classes of shape {cls.shape} and losses of shapes {shapes}; "
+            f"{'pass a stack' if stacked else 'pass one prompt'}, or call {use}")
+    if not np.isin(cls, (0.0, 1.0)).all():
+        raise ForgetRequestError(f"prompt classes must be a multi-hot 0/1 vector "
+                                 f"(make_prompt, multi_hot), got {cls.ravel()[:8].tolist()}")
     for row in cls.reshape(-1, spec.num_classes):
         check_request(spec, tuple(int(c) for c in np.flatnonzero(row > 0.5)))
     for name in ("forget_start", "forget_target", "retain_start", "retain_target"):
@@ -245,7 +263,7 @@ def sample_many(keys: jax.Array, net: Hypernet, params: Params, prompts: Prompt,
     """Vmapped :func:`sample`: ``prompts`` stacked (:func:`stack_prompts`), one key each.
     Returns stacked params (leading axis = request)."""
     check_start(net.spec, params)
-    _check_prompt(net.spec, prompts)
+    _check_prompt(net.spec, prompts, stacked=True)
     _check_key(keys, int(np.shape(prompts.classes)[0]))
     _, many = _sampler(net, num_steps, method, guidance)
     out = _finite_sample(many(net.params, P_.flatten(params), prompts, keys))

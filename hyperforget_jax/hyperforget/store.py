@@ -80,6 +80,12 @@ def _resolve(path) -> Path:
             return p / FILE_NAME
         if (p / "hypernet" / FILE_NAME).is_file():
             return p / "hypernet" / FILE_NAME
+        if (p / "train_state").is_dir():
+            # The --out of a `hypertrain` that was interrupted: "pass the --out of hypertrain"
+            # told its user to do what they had done.
+            raise CheckpointError(f"{p} is a `hyperforget hypertrain` run that has not "
+                                  f"finished (train_state/ but no {FILE_NAME}); rerun the same "
+                                  "hypertrain command to finish it (it resumes)")
         raise CheckpointError(f"{p} is not a hypernetwork: it holds no {FILE_NAME}; pass the "
                               "--out of `hyperforget hypertrain`, a .npz file, or 'pretrained'")
     if not p.is_file():

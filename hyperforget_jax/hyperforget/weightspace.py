@@ -45,7 +45,10 @@ _EPS = 1e-12
 
 def mlp_layers(template: Params) -> list[str] | None:
     """Layer names ``Dense_0 .. Dense_k`` of a plain MLP params tree (each with ``kernel`` and
-    ``bias`` only), else None."""
+    ``bias`` only, each layer's outputs the next one's inputs), else None. Flax numbers layers
+    in creation order: a model that creates its head first (``Dense_0``) and calls it last is
+    not a chain in name order, and canonicalising or permuting it as one crashed (or, where
+    the widths happened to match, rescaled the wrong units)."""
     if not isinstance(template, dict) or not template:
         return None
     names = list(template)
@@ -57,6 +60,12 @@ def mlp_layers(template: Params) -> list[str] | None:
     if any(not isinstance(template[k], dict) or set(template[k]) != {"kernel", "bias"}
            for k in names):
         return None
+    kernels = [tuple(jnp.shape(template[k]["kernel"])) for k in names]
+    biases = [tuple(jnp.shape(template[k]["bias"])) for k in names]
+    if any(len(k) != 2 or b != k[1:] for k, b in zip(kernels, biases)):
+        return None
+    if any(a[1] != b[0] for a, b in zip(kernels[:-1], kernels[1:])):
+        return None
     return names
 
 
@@ -67,7 +76,8 @@ def canonicalize(params: Params) -> tuple[Params, list[jax.Array]]:
     names = mlp_layers(params)
     if names is None:
         raise ConfigError("canonicalisation supports MLP parameters (Dense_0..Dense_k with "
-                          "kernel and bias) only; set canonicalize=False for this architecture")
+                          "kernel and bias, chained in that order) only; set "
+                          "canonicalize=False for this architecture")
     out = {k: dict(v) for k, v in params.items()}
     scales = []
     for a, b in zip(names[:-1], names[1:]):
