@@ -202,11 +202,26 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     (other_split / "run.json").write_text(json.dumps(record))
     ev_base = ["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", samples, "--quiet",
                *CHEAP_JUDGE, "--out", str(bad_out)]
+    # A run for classes 3 and 5 (its record edited), to ask for "5 3": the same request.
+    two = tmp_path / "two"
+    shutil.copytree(orig, two)
+    for path in two.glob("checkpoints/*/meta/metadata"):
+        path.write_text(json.dumps({**json.loads(path.read_text()),
+                                    "request": {"classes": [3, 5], "seed": 0}}))
+    five_three = [*ev_base[:5], str(orig), *ev_base[6:], "--forget-class", "5", "3",
+                  "--judge-from", str(tmp_path / "nowhere")]
     for argv, words, where in (
             # --compare runs were scored on this split and request whatever theirs: a Retrain
             # of class 3 read as a comparison for class 5, another split's GAN as this one's.
-            ([*ev_base, "--forget-class", "5", "--compare", str(ret)],
-             "holds a run for class 3, not for class 5", bad_out),
+            ([*ev_base[:5], str(orig), *ev_base[6:], "--forget-class", "5", "--compare",
+              str(ret)], "holds a run for class 3, not for class 5", bad_out),
+            # ... and so was --run-dir's (the Original alone is evaluated for any request).
+            ([*ev_base, "--forget-class", "5"],
+             f"--run-dir {unl} holds a run for class 3, not for class 5", bad_out),
+            # Classes 5 3 are classes 3 5: the same request, not refused as another (refused
+            # here for the missing --judge-from, checked after the requests).
+            ([*five_three, "--compare", str(two)], "--judge-from", bad_out),
+            ([*five_three[:5], str(two), *five_three[6:]], "--judge-from", bad_out),
             ([*ev_base, "--compare", str(other_split)], "--split-seed 1", bad_out),
             ([*unl_base, "--out", str(bad_out), "--lr", "0"], "G's learning rate", bad_out),
             ([*unl_base, "--out", str(bad_out), "--beta1", "5"], "beta1", bad_out),

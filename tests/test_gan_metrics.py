@@ -163,7 +163,11 @@ def test_cached_judge_reuses_only_the_same_recipe_on_the_same_data(digits_splits
 
 
 @pytest.mark.parametrize("bad", [dict(num_samples=1), dict(num_samples=0),
-                                 dict(downstream_samples=-1), dict(downstream_epochs=0)])
+                                 dict(downstream_samples=-1), dict(downstream_epochs=0),
+                                 # were accepted, then a TypeError deep in the evaluation
+                                 dict(num_samples=100.0, downstream_samples=0),
+                                 dict(num_samples=float("nan")),
+                                 dict(num_samples=100, downstream_samples=10.5)])
 def test_eval_config_refuses_too_few_samples_or_epochs(bad):
     with pytest.raises(ConfigError, match="samples|epochs"):
         M.EvalConfig(**bad)

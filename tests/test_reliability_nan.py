@@ -222,3 +222,30 @@ def test_evaluate_gan_refuses_a_diverged_generator_or_discriminator(digits_split
         GM.evaluate_gan(garch, nan(g), d, judge, splits, forget, retain, [3], cfg)
     with pytest.raises(NonFiniteError, match="discriminator's scores hold NaN/inf"):
         GM.evaluate_gan(garch, g, nan(d), judge, splits, forget, retain, [3], cfg)
+    # A diverged judge: forgotten_share read 0.0 with a finite classifier-FID (ReLU kept the
+    # features finite), only classifier-IS was NaN.
+    with pytest.raises(NonFiniteError, match=r"judge's outputs on the generator's samples hold "
+                                              r"NaN/inf \(64 of 64\); the judge's parameters"):
+        GM.evaluate_gan(garch, g, d, GM.Judge(jarch, nan(judge.params)), splits, forget, retain,
+                        [3], cfg)
+
+
+def test_unlearn_gan_names_a_diverged_original_as_the_cause(digits_splits, monkeypatch):
+    """It stopped at round 0 advising a lower learning rate or λ_u, which cannot help."""
+    from hyperforget_jax.gan import train as GT
+    from hyperforget_jax.gan import unlearn as GU
+
+    splits = digits_splits
+    garch = GT.gan_arch_of(GT.GANConfig(arch="mlp"), splits.train.x.shape[1:])
+    g, d = garch.init(jax.random.key(0))
+    d = jax.tree.map(lambda l: l.at[(0,) * l.ndim].set(jnp.inf), d)
+    cfg = dataclasses.replace(GU.ITEM_RECIPE, max_rounds=1, check_every=1, pool_size=64,
+                              fake_label="hard")
+    # The rounds stand in for the compiled chunk (≈ 8 s to compile here): they report what
+    # any chunk run from this D reports, a non-finite step.
+    monkeypatch.setattr(GU, "_compiled_rounds", lambda arch, key: (
+        lambda state, *_: (state, {"finite": np.zeros(1, bool)})))
+    with pytest.raises(NonFiniteError, match=r"^the original discriminator's parameters hold "
+                                             r"NaN/inf \(at Dense_0\.bias\); unlearn a finite"):
+        GU.unlearn_gan(garch, g, d, retain_x=splits.train.x[8:], forget_x=splits.train.x[:8],
+                       heldout_x=splits.val.x, cfg=cfg)

@@ -97,6 +97,15 @@ def _check_retrain(meta: dict, request: data.ForgetRequest, path) -> None:
             f", not for {request.describe()}; pass the Retrain of this request")
 
 
+def same_request(a: data.ForgetRequest, b: data.ForgetRequest) -> bool:
+    """Whether two requests are one (classes 4 3 and 3 4 are one forget set)."""
+    def canonical(req: data.ForgetRequest) -> dict:
+        j = req.to_json()
+        return {**j, "classes": sorted(j["classes"])} if j.get("classes") else j
+
+    return canonical(a) == canonical(b)
+
+
 def _check_own_request(meta: dict, request: data.ForgetRequest | None, path) -> None:
     """An unlearned model or a Retrain belongs to the request it was made for: evaluating it
     against another (e.g. a forgotten --forget-seed: another random subset) would report
@@ -106,12 +115,7 @@ def _check_own_request(meta: dict, request: data.ForgetRequest | None, path) -> 
     if request is None or own is None or ident.get("role") not in ("unlearned", "retrain",
                                                                     "hyperforget-sample"):
         return
-
-    def canonical(req: data.ForgetRequest) -> dict:   # classes 4 3 and 3 4: one forget set
-        j = req.to_json()
-        return {**j, "classes": sorted(j["classes"])} if j.get("classes") else j
-
-    if canonical(data.ForgetRequest.from_json(own)) != canonical(request):
+    if not same_request(data.ForgetRequest.from_json(own), request):
         role = ident["role"]
         article = "an" if role[0] in "aeiou" else "a"
         raise ForgetRequestError(

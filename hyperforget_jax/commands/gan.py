@@ -21,7 +21,7 @@ import jax
 from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import Checkpointer
 from hyperforget_jax.commands import common
-from hyperforget_jax.commands.core import slug
+from hyperforget_jax.commands.core import same_request, slug
 from hyperforget_jax.configflags import non_negative_int, positive_int
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
                                    RunDirError, shell_quote)
@@ -309,12 +309,19 @@ def cmd_evaluate(args) -> int:
     _check_dataset(arch, splits, args, args.run_dir)
     common.check_same_data(meta, args, splits, args.run_dir, "GAN")
     request, fsplit = _request_split(args, splits)
+    own = data.ForgetRequest.from_json(meta["request"]) if meta.get("request") else None
     if request is None:
-        if not meta.get("request"):
+        if own is None:
             raise ForgetRequestError("give a forget request (--forget-class, --forget-fraction "
                                      "or --forget-indices)")
-        request = data.ForgetRequest.from_json(meta["request"])
-        fsplit = data.resolve_forget(splits.train, request)
+        request, fsplit = own, data.resolve_forget(splits.train, own)
+    elif own is not None and not same_request(own, request):
+        # As for --compare below: a Retrain (or an unlearned GAN) of class 3 scored for class
+        # 8 read as that request's row, e.g. a Retrain still drawing 10 % of the class.
+        raise ForgetRequestError(
+            f"--run-dir {args.run_dir} holds a run for {own.describe()}, not for "
+            f"{request.describe()}; drop the forget flags (a run is evaluated for its own "
+            "request) or evaluate a run of this request (or the Original)")
     recipe = args._judge(args)
     ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
     data_id = common.data_identity(args, splits)
@@ -330,7 +337,7 @@ def cmd_evaluate(args) -> int:
         common.check_same_data(m, args, splits, other, "GAN")
         # A Retrain (or an unlearned GAN) of another request is no comparison for this one.
         got = m.get("request")
-        if got and data.ForgetRequest.from_json(got) != request:
+        if got and not same_request(data.ForgetRequest.from_json(got), request):
             raise ForgetRequestError(
                 f"--compare {other} holds a run for "
                 f"{data.ForgetRequest.from_json(got).describe()}, not for {request.describe()}; "

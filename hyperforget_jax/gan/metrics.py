@@ -324,6 +324,12 @@ class EvalConfig:
                 or not 0 <= self.seed < SEED_LIMIT:
             raise ConfigError(f"EvalConfig.seed must be an integer in [0, 2**32), got "
                               f"{self.seed!r}")
+        # Counts shape and slice arrays: 100.0 or NaN (NaN passes every bound below) failed
+        # inside the evaluation with a TypeError, after the judge had run.
+        for name in ("num_samples", "downstream_samples", "downstream_epochs"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ConfigError(f"EvalConfig.{name} must be an integer, got {v!r}")
         # classifier-FID needs a covariance: at least two samples.
         if self.num_samples < 2:
             raise ConfigError(f"the evaluation needs at least 2 generated samples (classifier-"
@@ -373,7 +379,8 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
 
     Raises:
       ConfigError: ``judge`` not a :class:`Judge` or ``cfg`` not an :class:`EvalConfig`.
-      NonFiniteError: the generator's samples or the discriminator's scores hold NaN/inf.
+      NonFiniteError: the generator's samples, the discriminator's scores or the judge's
+        outputs hold NaN/inf.
     """
     from hyperforget_jax.gan.train import d_scores, sample
 
@@ -400,9 +407,14 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
     # forgotten class other than 0 would read as perfectly forgotten).
     _raise_if_nonfinite(samples, "the generator's samples", "generator")
     probs, feats = judge_outputs(judge, samples)
+    # The same for a diverged judge: NaN probabilities have argmax 0 (forgotten_share 0.0 for
+    # any other class) while ReLU can leave its features finite (a plausible classifier-FID).
+    _raise_if_nonfinite(np.concatenate([probs, feats], 1), "the judge's outputs on the "
+                        "generator's samples", "judge")
     labels = probs.argmax(1)
     if reference_feats is None:
         reference_feats = judge_outputs(judge, retain_x)[1]
+    _raise_if_nonfinite(reference_feats, "the judge's features of retain_x", "judge")
     out: dict[str, Any] = {"class_shares": class_shares(labels, k).tolist(),
                            "classifier_fid": classifier_fid(feats, reference_feats),
                            "classifier_is": classifier_is(probs)}

@@ -63,6 +63,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import xla
+from hyperforget_jax.checkpoint_checks import first_non_finite
 from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT
 from hyperforget_jax.data import ForgetRequest
 from hyperforget_jax.errors import ConfigError, ForgetRequestError, NonFiniteError
@@ -673,7 +674,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
       ForgetRequestError: ``forget_classes`` under which ``classify`` files fewer than half of
         ``forget_x``.
       CheckpointError: ``checkpointer`` holds another run (other recipe or forget set).
-      NonFiniteError: a round produced NaN/inf.
+      NonFiniteError: a round produced NaN/inf (named as the cause when the original (G, D)
+        holds them).
     """
     t0 = time.perf_counter()
     if not isinstance(cfg, UnlearnConfig):   # e.g. the GANConfig: an AttributeError deep inside
@@ -850,6 +852,12 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         state, m = chunk_of(n)(state, data, bank, jnp.float32(y_f), jnp.float32(weight(attempt)),
                                key)
         if not np.asarray(m["finite"]).all():
+            # A diverged Original fails its first round whatever the recipe: name it, not the
+            # learning rate (checked only on a stop, so a finite start costs nothing).
+            for player, params in (("generator", g_params), ("discriminator", d_params)):
+                if (bad := first_non_finite(params)) is not None:
+                    raise NonFiniteError(f"the original {player}'s parameters hold NaN/inf (at "
+                                         f"{bad}); unlearn a finite GAN")
             raise NonFiniteError(
                 f"non-finite loss or parameters during GAN unlearning near round {rounds} "
                 f"(lambda_u {weight(attempt):g}); lower the learning rate, lambda_u (or its "
