@@ -209,6 +209,34 @@ def test_requests_it_was_not_trained_for_raise(setup, digits_splits):
         H.train_hypernet(corpus, "dihyfo2", forget_class=4, denoiser=TINY, config=TRAIN)
 
 
+def test_an_mlp_called_in_another_order_than_its_names_is_not_taken_for_a_chain():
+    """Flax names layers in creation order: this MLP creates its head first (Dense_0) and calls
+    it last, and its square widths chain in name order too, so the template alone took it for
+    Dense_0 → Dense_1 and canonicalisation, permutations and unit tokens paired one layer's
+    units with the other's weights. The traced call order tells; the refusal comes before any
+    work (the corpus's pairs are never read)."""
+    import types
+
+    import flax.linen as nn
+
+    from hyperforget_jax.models import as_model
+
+    class HeadFirst(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            head = nn.Dense(4)
+            return head(nn.relu(nn.Dense(4)(x.reshape(len(x), -1))))
+
+    head_first = as_model(HeadFirst(), (4,), 4)
+    assert H.mlp_layers(head_first.param_shapes()) == ["Dense_0", "Dense_1"]
+    assert H._mlp_chain(head_first) is None
+    assert H._mlp_chain(make_architecture("gpt_mlp")) == ["Dense_0", "Dense_1"]
+    for kw in (dict(canonicalize=True), dict(denoiser=DN.DenoiserConfig(tokens="units"))):
+        kw = {"denoiser": DN.DenoiserConfig(), **kw}
+        with pytest.raises(ConfigError, match="calls Dense_0..Dense_k in that order"):
+            H.make_spec(types.SimpleNamespace(arch=head_first), None, "dihyfo2", None, **kw)
+
+
 def test_prompts_of_the_wrong_shape_or_not_multi_hot_are_named(setup, digits_splits):
     """A stacked prompt given to sample() (or one prompt to sample_many) died in a broadcasting
     ValueError inside the denoiser; a soft class token (0.7) passed the request check as

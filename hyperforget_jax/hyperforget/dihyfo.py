@@ -34,7 +34,7 @@ from hyperforget_jax.config import check_count
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError, shell_quote
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import diffusion as D
-from hyperforget_jax.hyperforget.corpus import Corpus
+from hyperforget_jax.hyperforget.corpus import Corpus, _called_top_modules
 from hyperforget_jax.hyperforget.sampling import (SampleConfig, make_prompt, sample,
                                                   sample_best_of, sample_many)
 from hyperforget_jax.hyperforget.spec import (VARIANTS, Hypernet, HyperSpec, Prompt,
@@ -136,14 +136,38 @@ def _default_targets(src: PairSource) -> tuple:
                   float(np.median(ratio[k == n]))) for n in np.unique(k))
 
 
+def _mlp_chain(arch) -> list[str] | None:
+    """The layers ``Dense_0 .. Dense_k`` of an MLP whose widths chain in that order
+    (:func:`~hyperforget_jax.hyperforget.weightspace.mlp_layers`) and whose forward pass calls
+    them in that order, once each, else None. Flax names layers in creation order: a model that
+    creates its head first and calls it last can have widths that chain in name order (square
+    layers), and canonicalising, permuting or unit-tokenising it as a chain would pair a
+    layer's units with another layer's weights. A model that cannot be traced (no Flax module)
+    is taken in name order."""
+    tmpl = arch.param_shapes()
+    names = mlp_layers(tmpl)
+    if names is None:
+        return None
+    called = [n for n in _called_top_modules(arch, tmpl) if n in names]
+    return None if called and called != names else names
+
+
 def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int | None,
               denoiser: DN.DenoiserConfig, canonicalize: bool | None = None,
               seed: int = 0) -> HyperSpec:
     """The spec of a hypernetwork trained on ``src``: weight-space and condition statistics
     from (a sample of) its training pairs."""
     tmpl = corpus.arch.param_shapes()
+    chain = _mlp_chain(corpus.arch)
+    if chain is None and mlp_layers(tmpl) is not None and (canonicalize
+                                                            or denoiser.tokens == "units"):
+        # The widths chain in name order, the forward pass does not: rescaling or unit tokens
+        # would pair a layer's units with another layer's incoming weights.
+        raise ConfigError("canonicalize / unit tokens need an MLP whose forward pass calls "
+                          "Dense_0..Dense_k in that order; this model calls them in another "
+                          "order: pass canonicalize=False and tokens='chunks'")
     if canonicalize is None:
-        canonicalize = mlp_layers(tmpl) is not None
+        canonicalize = chain is not None
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(src.values), min(len(src.values), 4096), replace=False)
     start, target = pair_arrays(src, rows)
@@ -152,7 +176,7 @@ def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int |
     ws = WeightSpace.fit(tmpl, src.originals[origs], target, o_rows, canonicalize)
     if denoiser.tokens == "auto":
         denoiser = dataclasses.replace(
-            denoiser, tokens="units" if mlp_layers(tmpl) is not None else "chunks")
+            denoiser, tokens="units" if chain is not None else "chunks")
     base = HyperSpec(variant, corpus.arch, ws, denoiser, forget_class)
     raw = np.asarray(base.raw_conditions(src.start_forget, src.forget_loss, src.start_retain,
                                          src.retain_loss))
@@ -239,10 +263,11 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
     tx = DN.make_hyper_optimizer(cfg)
     state = DN.init_hyper_state(model, tx, jax.random.key(cfg.seed))
     tmpl = corpus.arch.param_shapes()
-    permute = tmpl if cfg.permute and mlp_layers(tmpl) is not None else None
+    permute = tmpl if cfg.permute and _mlp_chain(corpus.arch) is not None else None
     if cfg.permute and permute is None:
         raise ConfigError("permutation augmentation needs an MLP whose layers Dense_0..Dense_k "
-                          "are chained in that order; pass permute=False (--no-permute)")
+                          "are chained, and called, in that order; pass permute=False "
+                          "(--no-permute)")
     if spec.denoiser.tokens == "units":
         permute = None        # unit tokens are exactly permutation-equivariant already
     step = xla.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay), donate_argnums=0)
