@@ -55,6 +55,7 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
       ArchitectureError: parameters that do not fit the model.
       DataError: images of a shape the model does not take, or NaN/inf images (the set is named);
         for class removal, a test set without samples of a forgotten class or of a kept one.
+      NonFiniteError: the model's outputs on a set are NaN or +inf (a diverged model).
     """
     seed = _check_seed(seed, "evaluation seed")
     if not isinstance(splits, Splits) or not isinstance(fsplit, ForgetSplit):
@@ -83,6 +84,9 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
             raise DataError(f"the {name} set ({ds.name!r}) has NaN or inf images; clean the "
                             "data before evaluating")
         per[name] = metrics.per_sample_outputs(model, params, ds.x, ds.y)
+        # Finite parameters can still overflow (a last step at a huge lr): the attacks would
+        # then refuse their NaN losses as bad data.
+        metrics.refuse_non_finite_outputs(per[name], f" on the {name} set ({ds.name!r})")
         out[f"{name}_acc"] = float(np.mean(per[name]["correct"]))
         out[f"{name}_loss"] = float(np.mean(per[name]["loss"]))
     test_correct = np.asarray(per["test"]["correct"])

@@ -165,6 +165,20 @@ def _check_batch_size(batch_size: int) -> int:
     return int(batch_size)
 
 
+def refuse_non_finite_outputs(out: dict[str, np.ndarray], where: str = "") -> None:
+    """NonFiniteError when :func:`per_sample_outputs`' ``out`` holds NaN or +inf logits, or NaN
+    losses (``where``: e.g. " on the retain set"). NaN logits have argmax 0: a diverged model
+    would score class 0's share as its accuracy. −inf logits are a model's way to rule a class
+    out (a mask), not a divergence."""
+    logits = out["logits"]
+    bad = np.isnan(logits).any(-1) | np.isposinf(logits).any(-1) | np.isnan(out["loss"])
+    if bad.any():
+        raise NonFiniteError(f"the model's outputs{where} are NaN/inf for {int(bad.sum())} of "
+                             f"{len(bad)} samples (first: sample {int(np.argmax(bad))}); its "
+                             "parameters diverged or its logits overflow - evaluate a finite "
+                             "model")
+
+
 def per_sample_outputs(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
                        batch_size: int = 1024) -> dict[str, np.ndarray]:
     """Runs the model over ``x`` in fixed-size batches and returns per-sample outputs.
@@ -299,14 +313,7 @@ def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
     if out["logits"].shape[-1] != num_classes:
         raise ConfigError(f"num_classes={num_classes} but the model outputs "
                           f"{out['logits'].shape[-1]} logits; pass the architecture's class count")
-    # NaN logits have argmax 0: a diverged model would score class 0's share as its accuracy.
-    # −inf logits are a model's way to rule a class out (a mask), not a divergence.
-    logits = out["logits"]
-    bad = np.isnan(logits).any(-1) | np.isposinf(logits).any(-1) | np.isnan(out["loss"])
-    if bad.any():
-        raise NonFiniteError(f"the model's outputs are NaN/inf for {int(bad.sum())} of {len(y)} "
-                             f"samples (first: sample {int(np.argmax(bad))}); its parameters "
-                             "diverged or its logits overflow - evaluate a finite model")
+    refuse_non_finite_outputs(out)
     # float64 on the host: means over tens of thousands of float32 losses lose digits otherwise.
     loss = out["loss"].astype(np.float64)
     corr = out["correct"].astype(np.float64)

@@ -201,6 +201,17 @@ def test_evaluate_refuses_non_finite_outputs(arch, digits_splits):
     masked = lambda p, x: arch.apply(p, x).at[:, 9].set(-jnp.inf)
     out = metrics.evaluate(masked, arch.init(jax.random.key(0)), test.x, test.y, test.num_classes)
     assert out["per_class_accuracy"][9] == 0.0 and 0.0 <= out["accuracy"] <= 1.0
+    # Finite parameters whose outputs overflow (what one step at lr 1e38 leaves): the
+    # unlearning evaluation names the model, not the attacks' "member_losses contains NaN or
+    # inf values ... check the checkpoint" (a DataError for data that was fine).
+    from hyperforget_jax.evaluation import evaluate_unlearning
+
+    huge = jax.tree.map(lambda l: 1e30 * l, arch.init(jax.random.key(0)))
+    request = data.ForgetRequest(classes=(3,))
+    fsplit = data.resolve_forget(digits_splits.train, request)
+    with pytest.raises(NonFiniteError, match=r"outputs on the retain set \('digits'\) are "
+                                             r"NaN/inf for \d+ of \d+ samples"):
+        evaluate_unlearning(arch, huge, digits_splits, fsplit, request)
 
 
 def test_evaluate_gan_refuses_a_diverged_generator_or_discriminator(digits_splits):
