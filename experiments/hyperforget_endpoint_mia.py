@@ -28,11 +28,15 @@ import numpy as np  # noqa: E402
 import hyperforget_eval as E  # noqa: E402
 from hyperforget_jax import data, metrics, train  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax.hyperforget import corpus as C  # noqa: E402
 from hyperforget_jax.hyperforget import dihyfo as H  # noqa: E402
 
 
-def main() -> dict:
+def main(argv=None) -> dict:
+    # No options; parsed so that --help answers (and a mistyped flag is refused) instead of
+    # starting the 2-minute run.
+    ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     splits = data.make_splits(data.load_mnist5k(), seed=0)
     net, meta = H.load_hypernet("pretrained")
     arch = net.spec.arch

@@ -332,6 +332,28 @@ def evaluate(a, argv, out, t_start, splits, net, meta2):
     print("R2 mean", np.mean([v["r2"] for v in align]), flush=True)
 
     # DDIM steps, guidance and best-of-k [beyond] on the single-class requests (1 sample).
+    results.update(sampler_sweeps(net, splits, ev, starts, origs, singles, a.sampler, tmpl))
+    results["best_of_8"] = best_of_rows(net, splits, ev, starts, origs, singles, a.sampler,
+                                        tmpl)
+    print("sweeps done", flush=True)
+
+    results["memorisation"] = memorisation(net, meta2, splits, ev, starts, origs, requests,
+                                           a, tmpl)
+    results["timing"] = timing(net, arch, splits, starts, origs, a)
+    results["total_seconds"] = time.perf_counter() - t_start
+    report.write_json(out / "results.json", results)
+    md = render(results)
+    report.atomic_write(out / "report.md", md)
+    print(md)
+
+
+def sampler_sweeps(net, splits, ev, starts, origs, singles, sampler, tmpl) -> dict:
+    """The DDIM-steps and guidance rows on the single-class requests, one sample each. Each
+    row changes one knob of the main tables' ``sampler`` and keeps the others: the DDIM-steps
+    rows its guidance, the guidance rows its method and steps (the DDIM-steps rows ran
+    unguided and the guidance rows DDIM whatever ``--guidance`` / ``--method`` said: under
+    ``--method ddpm`` "guidance 0.0" was not the sampler of the tables above it; with the
+    defaults the rows are the same as before)."""
     def single_sweep(**kw):
         out_rows = []
         for g, s, *_ in origs:
@@ -345,21 +367,10 @@ def evaluate(a, argv, out, t_start, splits, net, meta2):
             out_rows += [{"seed": s, "request": list(r), **v} for r, v in zip(singles, m)]
         return out_rows
 
-    results["ddim_steps"] = {n: single_sweep(num_steps=n) for n in DDIM_STEPS}
-    results["guidance"] = {w: single_sweep(num_steps=a.sampler.num_steps, guidance=w)
-                           for w in (0.0, 0.5, 1.0, 2.0)}
-    results["best_of_8"] = best_of_rows(net, splits, ev, starts, origs, singles, a.sampler,
-                                        tmpl)
-    print("sweeps done", flush=True)
-
-    results["memorisation"] = memorisation(net, meta2, splits, ev, starts, origs, requests,
-                                           a, tmpl)
-    results["timing"] = timing(net, arch, splits, starts, origs, a)
-    results["total_seconds"] = time.perf_counter() - t_start
-    report.write_json(out / "results.json", results)
-    md = render(results)
-    report.atomic_write(out / "report.md", md)
-    print(md)
+    return {"ddim_steps": {n: single_sweep(num_steps=n, method="ddim",
+                                           guidance=sampler.guidance) for n in DDIM_STEPS},
+            "guidance": {w: single_sweep(num_steps=sampler.num_steps, method=sampler.method,
+                                         guidance=w) for w in (0.0, 0.5, 1.0, 2.0)}}
 
 
 def best_of_rows(net, splits, ev, starts, origs, singles, sampler, tmpl, k=8):

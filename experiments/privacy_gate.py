@@ -261,7 +261,11 @@ def _std(rows, key):
 
 
 def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path,
-         reused: list[str] = ()) -> dict:
+         reused: list[str] = (), recheck_of: dict | None = None) -> dict:
+    """The verdicts, written to ``gate.json`` / ``gate.md``. ``recheck_of`` (``--recheck``):
+    the earlier gate.json's path, tolerances and verdict, recorded and named in the report,
+    whose numbers and time are that run's (without it a recheck's gate.md read as a gate run
+    of its own, "PASSED in 39 s", where that run had FAILED at its tolerances)."""
     ret = rows["retrain"]
     verdicts = {}
     for name in rows:
@@ -280,7 +284,7 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path,
               "tolerance": {"mia_loss_lr": args.tol_mia, "ulira_acc": args.tol_ulira},
               "per_seed": rows, "verdicts": verdicts,
               "passed": all(v["passed"] for v in verdicts.values()), "seconds": seconds,
-              "reused": list(reused)}
+              "reused": list(reused), **({"recheck_of": recheck_of} if recheck_of else {})}
     ms = lambda r, k: f"{_mean(r, k):.3f} ± " + report.fmt(_std(r, k), 3)
     table = report.markdown_table(
         ["model", "FA %", "mia_loss_lr", "U-LiRA acc", "U-LiRA AUC", "gap mia", "gap U-LiRA",
@@ -291,7 +295,13 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path,
           f"{verdicts[name]['gap_ulira_acc']:.3f}" if name in verdicts else "–",
           ("PASS" if verdicts[name]["passed"] else "FAIL") if name in verdicts else "ref"]
          for name, r in rows.items()])
+    again = "" if recheck_of is None else (
+        f"Rechecked (`--recheck`, no training): the numbers of `{recheck_of['path']}`, gated "
+        f"there at tolerances mia_loss_lr {recheck_of['tolerance'].get('mia_loss_lr')}, U-LiRA "
+        f"{recheck_of['tolerance'].get('ulira_acc')}: "
+        f"{'PASSED' if recheck_of['passed'] else 'FAILED'}; the time below is that run's.\n\n")
     md = (f"# Privacy gate: forget {request.describe()}, {arch.name} on {args.dataset}\n\n"
+          + again +
           f"mean ± std over {args.seeds} seed(s); U-LiRA with {args.shadows} shadow pairs "
           "(Retrain row: unlearning = retraining with another seed, the attack's noise floor). "
           f"Tolerances: mia_loss_lr {args.tol_mia}, U-LiRA {args.tol_ulira}.\n\n{table}\n\n"
@@ -311,6 +321,8 @@ def recheck(args) -> dict:
         old = json.loads(path.read_text())
         rows, request = old["per_seed"], data.ForgetRequest.from_json(old["request"])
         arch_name, dataset = old["arch"], old["dataset"]
+        source = {"path": str(path.absolute()), "tolerance": dict(old.get("tolerance") or {}),
+                  "passed": old.get("passed")}
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"--recheck {path}: not a gate.json written by privacy_gate.py ({e})"
                           ) from e
@@ -318,7 +330,7 @@ def recheck(args) -> dict:
     args = argparse.Namespace(**{**vars(args), "seeds": old["seeds"], "shadows": old["shadows"],
                                  "dataset": dataset})
     arch = argparse.Namespace(name=arch_name)
-    return gate(rows, args, request, arch, old.get("seconds", 0.0), out_dir)
+    return gate(rows, args, request, arch, old.get("seconds", 0.0), out_dir, recheck_of=source)
 
 
 def main(argv=None) -> int:

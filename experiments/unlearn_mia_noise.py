@@ -123,10 +123,14 @@ def sweep(args, cells: rundir.Cells, out_dir) -> str:
     summary = []
     for c in args.classes:
         rs = [r for r in results if r["class"] == c]
-        d = np.mean([r["gradtau"]["mia_loss_lr_mean"] - r["Retrain"]["mia_loss_lr_mean"]
-                     for r in rs])
-        summary.append(f"- class {c}: ∇τ − Retrain = {d:+.3f} (mean over {len(rs)} seeds of the "
-                       f"{args.attack_repeats}-repeat means)")
+        # mean ± std over the model seeds (the mean alone hid how far they spread; one seed
+        # has no std: "–", not 0)
+        d, sd = metrics.mean_std([r["gradtau"]["mia_loss_lr_mean"]
+                                  - r["Retrain"]["mia_loss_lr_mean"] for r in rs])
+        summary.append(f"- class {c}: ∇τ − Retrain = {d:+.3f} ± "
+                       f"{report.fmt(sd if len(rs) > 1 else None, 3)} (mean ± std over "
+                       f"{len(rs)} seed{'s' * (len(rs) > 1)} of the {args.attack_repeats}-"
+                       "repeat means)")
     if cells.reused:
         summary.append(f"\nResumed: {', '.join(cells.reused)} reused from an earlier run of this "
                        "command (its `cells/`).")

@@ -49,6 +49,8 @@ def parse_args(argv=None):
                          + [data.ForgetRequest(fraction=f) for f in args.fractions])
         if args.repeats < 1:
             raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+        if not args.requests:        # it trained the original and wrote an empty table
+            raise ConfigError("--classes and --fractions are both empty: no request to time")
         args.fsplits = [data.resolve_forget(args.splits.train, r) for r in args.requests]
         args.cfg = train.TrainConfig(**({"arch": args.arch} if args.arch else {}))
         args.model = make_architecture(args.cfg.arch)

@@ -116,7 +116,11 @@ def parse_args(argv=None):
     p.add_argument("--restart", action="store_true",
                    help="start over: drop the settings an earlier run stored in --out (by "
                    "default the same command resumes them, and another one is refused)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # What ran, for the recorded command: main(argv)'s own, not the calling process's sys.argv
+    # (a notebook's or pytest's, which table.md and results.json named as the command).
+    args._argv = list(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 def command_line(argv) -> str:
@@ -205,7 +209,7 @@ def run(args, splits: data.Splits, cells: rundir.Cells) -> dict:
     config = {**cells.identity,
               "originals": rundir.array_fingerprint(*jax.tree.leaves(originals))}
     out = {"dataset": args.dataset, "seeds": seeds, "train_config": cfg.to_json(),
-           "command": command_line(sys.argv[1:]),
+           "command": command_line(args._argv),
            "architecture": arch.to_json(), "timing": args.timing,
            "sizes": [len(splits.train), len(splits.val), len(splits.test)], "settings": {}}
     for make_request in settings(args):
@@ -410,7 +414,9 @@ def plot(out: dict, path: Path) -> None:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping labels
         ax.set_title(name)
-        ax.set_xlabel("wall time s (log)")
+        # --timing sweep's times are first calls (compilation included), as table.md says
+        ax.set_xlabel("time per member of its sweep s, compilation included (log)"
+                      if out.get("timing") == "sweep" else "wall time s (log)")
         ax.set_ylabel("Avg. Gap to Retrain (points)")
     for ax in axes.ravel()[len(names):]:        # an odd number of settings: one panel spare
         ax.set_axis_off()

@@ -176,6 +176,47 @@ def test_eval_best_of_and_memorisation_use_the_main_sampler(monkeypatch, digits_
     assert seen == [("best_of", 7, "ddpm", 0.5), ("sample", 7, "ddpm", 0.5)]
 
 
+def test_eval_sampling_rows_vary_one_knob_of_the_main_sampler(monkeypatch, digits_splits):
+    """hyperforget_eval's sampling-settings rows change one thing of the main tables' sampler
+    each: the DDIM-steps rows keep --guidance, the guidance rows keep --method and
+    --num-steps (under --method ddpm --guidance 0.5 the DDIM-steps rows ran unguided and the
+    guidance rows DDIM, so "guidance 0.0" was another sampler than the tables above it); the
+    defaults run as before."""
+    import importlib.util
+
+    from hyperforget_jax.hyperforget.sampling import SampleConfig
+    from hyperforget_jax.models import make_architecture
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "hyperforget_eval.py"
+    spec = importlib.util.spec_from_file_location("hyperforget_eval_for_sweeps", path)
+    ev_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ev_mod)
+    tmpl = make_architecture("gpt_mlp", (28, 28, 1), 10).param_shapes()
+    start = np.zeros(P_.param_count(tmpl), np.float32)
+    seen = []
+    monkeypatch.setattr(ev_mod.H, "make_prompt", lambda *a, **k: "prompt")
+    monkeypatch.setattr(ev_mod.H, "stack_prompts", lambda ps: ps)
+
+    def fake_many(keys, net, p0, prompts, num_steps=20, method="ddim", guidance=0.0):
+        seen.append((num_steps, method, guidance))
+        return jax.tree.map(lambda a: a[None], p0)
+
+    monkeypatch.setattr(ev_mod.H, "sample_many", fake_many)
+    fake_ev = lambda flats, reqs, seed=0, mia=True: ([{"retain_acc": 1.0}] * len(reqs), None)
+    run = lambda sampler: ev_mod.sampler_sweeps(None, digits_splits, fake_ev, {0: start},
+                                                [("default", 0, 1e-3, 20)], [(3,)], sampler,
+                                                tmpl)
+    out = run(SampleConfig(num_steps=7, method="ddpm", guidance=0.5))
+    steps = [(n, "ddim", 0.5) for n in ev_mod.DDIM_STEPS]
+    assert seen == steps + [(7, "ddpm", w) for w in (0.0, 0.5, 1.0, 2.0)]
+    assert list(out) == ["ddim_steps", "guidance"] and list(out["guidance"]) == [0.0, 0.5, 1.0,
+                                                                                  2.0]
+    seen.clear()
+    run(SampleConfig())
+    assert seen == [(n, "ddim", 0.0) for n in ev_mod.DDIM_STEPS] + [
+        (20, "ddim", w) for w in (0.0, 0.5, 1.0, 2.0)]
+
+
 def test_eval_refuses_another_configuration_and_writes_at_its_end(tmp_path, monkeypatch,
                                                                   digits_splits):
     """experiments/hyperforget_eval.py (short: no cells) takes the lock, refuses another

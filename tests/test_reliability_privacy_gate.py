@@ -101,7 +101,14 @@ def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd, monkeypatch
     fail = tmp_path / "runs" / "privacy_gate_recheck"
     again = json.loads((fail / "gate.json").read_text())
     assert not again["passed"] and again["per_seed"] == res["per_seed"]
-    assert "FAIL" in (fail / "gate.md").read_text()
+    # The recheck says it is one, and what the run it re-gates concluded at its tolerances.
+    assert again["recheck_of"] == {"path": str(out / "gate.json"), "passed": True,
+                                   "tolerance": {"mia_loss_lr": 1.0, "ulira_acc": 1.0}}
+    md = (fail / "gate.md").read_text()
+    assert "FAIL" in md and (f"Rechecked (`--recheck`, no training): the numbers of "
+                             f"`{out / 'gate.json'}`, gated there at tolerances mia_loss_lr "
+                             "1.0, U-LiRA 1.0: PASSED; the time below is that run's.") in md
+    assert "recheck_of" not in res and "Rechecked" not in (out / "gate.md").read_text()
 
 
 def test_gate_fails_a_ulira_accuracy_far_below_the_floor(passed_run, tmp_path, capfd):

@@ -46,6 +46,7 @@ def test_bad_request_refused_before_writing(argv, words, tmp_path):
     ("unlearn_speed", ["--classes", "12"], "class 12 does not exist"),
     ("unlearn_speed", ["--fractions", "2"], "strictly between 0 and 1"),
     ("unlearn_speed", ["--repeats", "0"], "--repeats must be >= 1"),
+    ("unlearn_speed", ["--classes", "--fractions"], "both empty: no request to time"),
     ("unlearn_mia_noise", ["--classes", "12"], "class 12 does not exist"),
     ("unlearn_mia_noise", ["--seeds", "0"], "must be >= 1"),
     ("hyperforget_eval", ["--samples", "0"], "must be >= 1")])
@@ -61,7 +62,7 @@ def test_other_experiments_refuse_bad_values_before_writing(script, argv, words,
 
 @pytest.mark.parametrize("script", ["build_pretrained", "gan_unlearning", "hyperforget_eval",
                                     "privacy_gate", "unlearn_mia_noise", "unlearn_speed",
-                                    "unlearning_table"])
+                                    "unlearning_table", "hyperforget_endpoint_mia"])
 def test_experiment_usage_errors_are_one_line(script, tmp_path, capsys):
     # argparse used to print its usage block above the error; the CLI's parser prints one line,
     # and abbreviated options are refused (`--ou` is not taken for `--out`).
@@ -157,14 +158,23 @@ def test_a_seed_without_a_value_is_not_silently_dropped(tmp_path):
     assert "[2 of 3 seeds]" in (tmp_path / "table.md").read_text()
 
 
-def test_sweep_timing_says_compilation_is_included(tmp_path):
+def test_sweep_timing_says_compilation_is_included(tmp_path, monkeypatch):
     # --timing sweep reports each sweep's first call (XLA compilation included: ∇τ 2.2 s per
-    # member cold vs 0.14 s warm on the mlp), while the header read like warm times.
+    # member cold vs 0.14 s warm on the mlp), while the header read like warm times; the
+    # plot's time axis too.
+    import matplotlib
+    matplotlib.use("Agg")
     table = load_experiment("unlearning_table")
+    figs = []
+    monkeypatch.setattr(table.report, "save_figure", lambda fig, path: figs.append(fig))
     table.write_report(_out("sweep", [0.1, 0.2]), tmp_path)
     assert "compilation included" in (tmp_path / "table.md").read_text()
     table.write_report(_out("single", [0.1, 0.2]), tmp_path)
     assert "compilation included" not in (tmp_path / "table.md").read_text()
+    for timing in ("sweep", "single"):
+        table.plot(_out(timing, [0.1, 0.2]), tmp_path)
+    assert [f.axes[0].get_xlabel() for f in figs] == [
+        "time per member of its sweep s, compilation included (log)", "wall time s (log)"]
 
 
 def test_one_seed_has_no_std(tmp_path):
@@ -380,8 +390,11 @@ def test_an_interrupted_table_resumes_to_the_uninterrupted_report(tmp_path, monk
     assert "Resumed: class 3, class 8 reused" in md.splitlines()[-1] and "Resumed" not in (
         tmp_path / "a" / "table.md").read_text()
     res = [json.loads((d / "results.json").read_text()) for d in (tmp_path / "a", b)]
-    for r in res:
-        del r["total_seconds"], r["reused"]
+    # The command recorded is main's argv (it was the calling process's: pytest's here).
+    for r, d in zip(res, (tmp_path / "a", b)):
+        assert r["command"] == table.command_line([*_TINY, "--out", str(d)])
+        assert f"(`{r['command']}`)" in (d / "table.md").read_text()
+        del r["total_seconds"], r["reused"], r["command"]
     assert res[0] == res[1]
     # Another configuration is refused, naming the difference; --restart starts it clean.
     with pytest.raises(RunDirError, match="its seeds is 2, this command's is 1"):
@@ -476,6 +489,9 @@ def test_an_interrupted_mia_noise_run_resumes_to_the_uninterrupted_report(tmp_pa
     md = [(d / "table.md").read_text().splitlines() for d in (a, b)]
     assert md[1][:-2] == md[0] and md[1][-1].startswith(
         "Resumed: class 1 seed 0, class 1 seed 1 reused")
+    # The summary gives the spread over the model seeds, not the mean alone.
+    assert "- class 1: ∇τ − Retrain = +1.000 ± 0.000 (mean ± std over 2 seeds of the 2-repeat " \
+        "means)" in md[0]
     res = [json.loads((d / "results.json").read_text()) for d in (a, b)]
     assert res[1].pop("reused") == ["class 1 seed 0", "class 1 seed 1"]
     res[1]["args"]["out"] = res[0]["args"]["out"] = None
