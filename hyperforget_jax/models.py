@@ -484,6 +484,15 @@ def check_param_tree(params: Params, want: Params | None, name: str) -> None:
         return
     want = {jax.tree_util.keystr(p): _leaf_spec(l)
             for p, l in jax.tree_util.tree_leaves_with_path(want)}
+    paths = lambda tree: {jax.tree_util.keystr(p) for p, _ in
+                          jax.tree_util.tree_leaves_with_path(tree)}
+    if (isinstance(params, (list, tuple)) and params and set(got) != set(want)
+            and all(paths(p) == set(want) for p in params)):
+        # e.g. the originals of a loop of hf.fit calls, as a sweep's members: not "another
+        # architecture", as the first missing path would say
+        raise ArchitectureError(f"parameters for {name} are a {type(params).__name__} of "
+                                f"{len(params)} parameter sets; pass one, or stack them for "
+                                "unlearn_sweep: jax.tree.map(lambda *l: np.stack(l), *params)")
     for path, (shape, dtype) in want.items():
         if path not in got:
             # e.g. arr.tolist() went in: list indices below the leaf's path ([0], not ['key'])

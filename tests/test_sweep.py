@@ -9,7 +9,7 @@ import pytest
 
 from conftest import CompileCounter, assert_trees_close
 from hyperforget_jax import data, models, train
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ArchitectureError, ConfigError
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn import baselines
 from hyperforget_jax.unlearn import (METHODS, BadTeacherConfig, GradTauConfig, NegGradConfig,
@@ -63,6 +63,13 @@ def test_sweep_members_equal_one_by_one_runs(setup, method):
             res = results[k]
             assert res.info["seed"] == seed and res.info["steps"] == one.info["steps"]
             assert_trees_close(res.params, one.params, atol=1e-4)
+            # and the same record: ∇τ's class-removal τ (log K) read log(the last run's
+            # length of forget-epochs) in a sweep, 0.0 here (a loop variable shadowed K)
+            for key, want in one.info.items():
+                if isinstance(want, (str, dict, bool)) or want is None:
+                    assert res.info[key] == want, key
+                elif key != "wall_time_s":
+                    assert res.info[key] == pytest.approx(want, rel=1e-4, abs=1e-6), key
             k += 1
     # members really differ (seeds and configs are not collapsed into one run)
     flat = lambda p: np.concatenate([np.ravel(l) for l in jax.tree.leaves(p)])
@@ -101,6 +108,17 @@ def test_sweep_errors(setup):
         unlearn_sweep("gradtau", arch, stacked, split, val, seeds=None)
     with pytest.raises(ConfigError, match="GradTauConfig configs.*configs=\\[config\\]"):
         unlearn_sweep("gradtau", arch, stacked, split, val, SEEDS, GradTauConfig())
+    # not a request, or not one per seed: an AttributeError / TypeError deep in the sweep
+    with pytest.raises(ConfigError, match="a ForgetSplit.*got a list of Dataset, ForgetSplit"):
+        unlearn_sweep("gradtau", arch, stacked, [split, val], val, SEEDS)
+    with pytest.raises(ConfigError, match="or a list of them .one per seed., got a Dataset$"):
+        unlearn_sweep("gradtau", arch, stacked, val, val, SEEDS)
+    with pytest.raises(ConfigError, match="params_stacked must be True, False or None"):
+        unlearn_sweep("gradtau", arch, stacked, split, val, SEEDS, params_stacked="no")
+    # the originals as a list of trees (a loop of fit calls): not "another architecture"
+    with pytest.raises(ArchitectureError, match="list of 2 parameter sets.*np.stack"):
+        unlearn_sweep("gradtau", arch, [tree_index(stacked, i) for i in range(2)], split, val,
+                      SEEDS)
 
 
 def test_stacked_params_of_a_model_without_init_must_be_declared(setup):

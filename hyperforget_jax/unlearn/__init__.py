@@ -306,7 +306,8 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     Raises:
       ConfigError: no seed, a negative seed, ``seeds`` or ``configs`` that are not sequences
         (one config: pass ``[config]``), a config of the wrong type, per-seed splits of
-        different sizes or not one per seed.
+        different sizes or not one per seed, a ``split`` that is neither a ForgetSplit nor a
+        sequence of them, a ``params_stacked`` other than True, False or None.
     """
     if isinstance(seeds, (int, np.integer)):
         raise ConfigError(f"seeds must be a sequence of integers, got {seeds!r}; e.g. "
@@ -328,7 +329,21 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
         raise ConfigError(f"vectorize must be one of {', '.join(train.VECTORIZE)}, got "
                           f"{vectorize!r}")
     per_seed = not isinstance(split, ForgetSplit)
-    splits = list(split) if per_seed else [split] * len(seeds)
+    splits = [split] * len(seeds)
+    if per_seed:
+        try:
+            splits = None if isinstance(split, (dict, str)) else list(split)
+        except TypeError:
+            splits = None
+        if splits is None or not all(isinstance(s, ForgetSplit) for s in splits):
+            # the runners read .forget of each: an AttributeError or a TypeError otherwise
+            got = type(split).__name__ + ("" if splits is None else " of " + ", ".join(
+                sorted({type(s).__name__ for s in splits})))
+            raise ConfigError(f"unlearn_sweep: pass split=hf.resolve_forget(train, request) "
+                              f"(a ForgetSplit), or a list of them (one per seed), got a {got}")
+    if params_stacked not in (None, True, False):
+        raise ConfigError(f"unlearn_sweep: params_stacked must be True, False or None (inferred "
+                          f"from the model's shapes), got {params_stacked!r}")
     if len(splits) != len(seeds):
         raise ConfigError(f"unlearn_sweep: {len(splits)} splits for {len(seeds)} seeds; pass "
                           "one split, or one per seed")

@@ -393,10 +393,10 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     tx = G.gradtau_tx(1e-3, 0.0, 0.1, E, n)  # the state's structure only: values are traced
     ts = jax.vmap(lambda p: train.init_state(model, tx, None, p))(
         jax.tree.map(jnp.array, params))
-    k = (split[0] if per_member else split).forget.num_classes
+    num_classes = (split[0] if per_member else split).forget.num_classes
     M = len(plans)
     gs = G.GradTauState(jnp.zeros((M,), jnp.int32),
-                        jnp.full((M,), _initial_tau(plans[0], k), jnp.float32))
+                        jnp.full((M,), _initial_tau(plans[0], num_classes), jnp.float32))
     hp = jax.tree.map(lambda *v: jnp.asarray(np.stack(v)), *[p.hp for p in plans])
     shared_plan = all(np.array_equal(p.f_idx, plans[0].f_idx)
                       and np.array_equal(p.r_idx, plans[0].r_idx) for p in plans)
@@ -448,7 +448,7 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
         elif mode == "unseen_class":
             tau_i = [float(taus[i, 0])] if E else []
         else:
-            tau_i = [_initial_tau(p, k)] if (mode == "chance" and E) else []
+            tau_i = [_initial_tau(p, num_classes)] if (mode == "chance" and E) else []
         infos.append({"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": p.alpha0,
                       "alpha_clamped": p.clamped, "tau_mode": mode, "tau": tau_i,
                       "forget_loss": [] if descent_only else hf[i].tolist(),
