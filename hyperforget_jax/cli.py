@@ -21,16 +21,43 @@ from hyperforget_jax.errors import HyperforgetError
 COMMAND_MODULES = ("core", "unlearn", "hyper", "gan")
 
 
+class _Store(argparse._StoreAction):
+    """argparse's ``store``, refusing a list flag (``nargs`` "+" or "*") given twice: argparse
+    keeps the last list alone (``--forget-class 3 --forget-class 4`` forgot class 4 only, exit
+    code 0), where a reader expects both lists. Scalar flags keep last-one-wins, the override
+    that scripts rely on (``$BASE --epochs 3``)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        before = getattr(namespace, self.dest, self.default)
+        if (self.nargs in ("+", "*") or isinstance(self, ListInOne)) and before is not self.default:
+            sep = "," if isinstance(values, str) else " "
+
+            def show(v):
+                return v if isinstance(v, str) else " ".join(map(str, v))
+            parser.error(f"argument {option_string}: given twice ({show(before)}, then "
+                         f"{show(values)}), and only the last would be used; give it once "
+                         f"with every item: {option_string} {show(before)}{sep}{show(values)}")
+        super().__call__(parser, namespace, values, option_string)
+
+
+class ListInOne(_Store):
+    """The action of a flag whose one value is a list (``--forget-indices 1,2,5``): refused
+    given twice, as a list flag is."""
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """``argparse.ArgumentParser`` with the CLI's conventions: a usage error is one line on
-    stderr (``<prog>: error: <message> (see --help)``) and exit code 2, and options are never
-    abbreviated. The experiment scripts use it too."""
+    stderr (``<prog>: error: <message> (see --help)``) and exit code 2, options are never
+    abbreviated, and a list flag is given once (:class:`_Store`). The experiment scripts use
+    it too."""
 
     def __init__(self, *a, **k):
         # No prefix matching: with flags generated from configs, a new field could silently
         # change what an abbreviation means.
         k.setdefault("allow_abbrev", False)
         super().__init__(*a, **k)
+        for name in (None, "store"):    # argument groups and sub-commands share the registry
+            self.register("action", name, _Store)
 
     def error(self, message):  # one line instead of argparse's usage block
         m = re.match(r"unrecognized arguments: .*?--(\w+)\.([\w-]+)", message)
@@ -54,18 +81,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _NEGATIVE_VALUE = re.compile(r"^-[\d.]")
+# What argparse itself takes as a negative number (a value, never an option).
+_PLAIN_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")
 
 
 def _join_negative_values(argv: list[str]) -> list[str]:
     """``--forget-indices -1,5`` → ``--forget-indices=-1,5``: argparse takes a value that starts
     with ``-`` for an option unless it is a plain negative number, and would answer "expected one
-    argument" instead of checking the value."""
+    argument" instead of checking the value. Plain negative numbers are left to argparse: joined,
+    ``--forget-class -1 3`` gave the flag one value and left "unrecognized arguments: 3"."""
     out: list[str] = []
     i = 0
     while i < len(argv):
         a = argv[i]
         if (a.startswith("--") and "=" not in a and i + 1 < len(argv)
-                and _NEGATIVE_VALUE.match(argv[i + 1])):
+                and _NEGATIVE_VALUE.match(argv[i + 1])
+                and not _PLAIN_NEGATIVE.match(argv[i + 1])):
             out.append(f"{a}={argv[i + 1]}")
             i += 2
             continue

@@ -42,6 +42,7 @@ def test_train_retrain_evaluate_roundtrip(trained, capsys):
     ev = json.loads((trained / "orig" / "evaluate" / "class-2" / "evaluation.json").read_text())
     assert ev["eval"]["orig"]["forget_acc"] > 0.5 and ev["avg_gap"] > 10
     assert ev["run"] == ev["eval"]["orig"] and ev["retrain"] == ev["eval"]["retrain"]
+    assert (ev["dataset"], ev["split_seed"]) == ("digits", 0)       # not in run.json alone
     assert "mia_loss_lr" in out and "Avg. Gap" in out
     assert "Avg. Gap to Retrain (FA, RA, TA, mia_loss_lr; points)" in out   # names the metrics
 
@@ -166,6 +167,11 @@ def test_evaluate_defaults_to_the_seed_the_run_was_evaluated_with(trained, tmp_p
     (["train", "--dataset", "cifar10", "--data-dir", "/nonexistent/tfds"], "/nonexistent/tfds"),
     (["retrain"], "one of the arguments"),
     (["train", "--epochs", "x"], "expected an integer"),
+    # argparse kept the last list alone: class 4 was forgotten, class 3 kept, exit code 0
+    (["retrain", "--forget-class", "3", "--forget-class", "4"], "every item: --forget-class 3 4"),
+    (["retrain", "--forget-indices", "1,2", "--forget-indices", "5"],
+     "given twice (1,2, then 5)"),
+    (["retrain", "--forget-class", "-1", "3"], "forget class -1 does not exist"),  # not "… 3"
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, needle):
     run_dir = tmp_path / "out"
@@ -177,6 +183,22 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, needle):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], err
     assert not run_dir.exists()  # nothing half-written
+
+
+def test_a_retrain_of_another_request_is_named_so_the_difference_shows():
+    """Two random subsets of one size both read "random 10%", so the refusal said "a Retrain
+    for random 10%, not for random 10%"; and "a 'original' run"."""
+    from hyperforget_jax.commands.core import _check_retrain
+    from hyperforget_jax.data import ForgetRequest
+    from hyperforget_jax.errors import ForgetRequestError, RunDirError
+
+    meta = {"identity": {"role": "retrain",
+                         "request": ForgetRequest(fraction=0.1, seed=0).to_json()}}
+    with pytest.raises(ForgetRequestError, match=r'Retrain for \{"fraction": 0.1, "seed": 0\}, '
+                                                 r'not for \{"fraction": 0.1, "seed": 1\}'):
+        _check_retrain(meta, ForgetRequest(fraction=0.1, seed=1), "R")
+    with pytest.raises(RunDirError, match="holds an 'original' run, not a Retrain"):
+        _check_retrain({"identity": {"role": "original"}}, ForgetRequest(classes=(3,)), "R")
 
 
 def test_unwritable_run_dir(tmp_path, capsys):

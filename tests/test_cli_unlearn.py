@@ -15,6 +15,7 @@ def test_unlearn_trains_then_loads_and_writes_results(tmp_path, capsys, monkeypa
     out = run / "unlearn" / "gradtau-class-3"
     res = json.loads((out / "results.json").read_text())
     assert res["original"] == "trained" and res["info"]["tau_mode"] == "chance"
+    assert (res["dataset"], res["split_seed"]) == ("digits", 0)     # not in run.json alone
     assert set(res["eval"]) == {"original", "gradtau", "retrain"}
     assert res["eval"]["gradtau"]["forget_acc"] < res["eval"]["original"]["forget_acc"]
     for k in ("mia_loss_lr", "mia_entropy_lr", "mia_efficacy_svc"):

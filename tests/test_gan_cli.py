@@ -91,6 +91,7 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
         assert len(err.splitlines()) == 1 and words in err, err
     assert cli.main(argv) == 0
     res = json.loads((unl / "results.json").read_text())
+    assert (res["dataset"], res["split_seed"]) == ("digits", 0)     # not in run.json alone
     # Class requests take the class recipe (hard fake label, latent-level substitution, the
     # kept content anchored to the Original; every chunk reports the anchor's loss).
     assert res["unlearn_config"]["fake_label"] == "hard" and res["y_f"] == 0.0
@@ -126,6 +127,7 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--compare", str(orig),
                      str(ret), "--samples", samples, "--json", "--quiet", *CHEAP_JUDGE]) == 0
     ev = json.loads((unl / "gan-evaluate" / "class-3" / "gan_evaluation.json").read_text())
+    assert (ev["dataset"], ev["split_seed"]) == ("digits", 0)
     out = capsys.readouterr()
     assert json.loads(out.out) == ev  # --json: the same results on stdout
     # What was measured is recorded: the sample count, the evaluation's seed, the versions.
@@ -208,20 +210,22 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     for path in two.glob("checkpoints/*/meta/metadata"):
         path.write_text(json.dumps({**json.loads(path.read_text()),
                                     "request": {"classes": [3, 5], "seed": 0}}))
+    nowhere = str(tmp_path / "nowhere")
     five_three = [*ev_base[:5], str(orig), *ev_base[6:], "--forget-class", "5", "3",
-                  "--judge-from", str(tmp_path / "nowhere")]
+                  "--judge-from", nowhere]
     for argv, words, where in (
             # --compare runs were scored on this split and request whatever theirs: a Retrain
             # of class 3 read as a comparison for class 5, another split's GAN as this one's.
             ([*ev_base[:5], str(orig), *ev_base[6:], "--forget-class", "5", "--compare",
-              str(ret)], "holds a run for class 3, not for class 5", bad_out),
-            # ... and so was --run-dir's (the Original alone is evaluated for any request).
+              str(ret)], f"--compare {ret} holds a run for class 3, not for class 5", bad_out),
+            # ... and so was --run-dir's own (scored for class 5, exit code 0; the Original
+            # alone is evaluated for any request).
             ([*ev_base, "--forget-class", "5"],
              f"--run-dir {unl} holds a run for class 3, not for class 5", bad_out),
             # Classes 5 3 are classes 3 5: the same request, not refused as another (refused
             # here for the missing --judge-from, checked after the requests).
-            ([*five_three, "--compare", str(two)], "--judge-from", bad_out),
-            ([*five_three[:5], str(two), *five_three[6:]], "--judge-from", bad_out),
+            ([*five_three, "--compare", str(two)], "--judge-from " + nowhere, bad_out),
+            ([*five_three[:5], str(two), *five_three[6:]], "--judge-from " + nowhere, bad_out),
             ([*ev_base, "--compare", str(other_split)], "--split-seed 1", bad_out),
             ([*unl_base, "--out", str(bad_out), "--lr", "0"], "G's learning rate", bad_out),
             ([*unl_base, "--out", str(bad_out), "--beta1", "5"], "beta1", bad_out),

@@ -49,6 +49,8 @@ def test_bad_request_refused_before_writing(argv, words, tmp_path):
     ("unlearn_speed", ["--classes", "--fractions"], "both empty: no request to time"),
     ("unlearn_mia_noise", ["--classes", "12"], "class 12 does not exist"),
     ("unlearn_mia_noise", ["--seeds", "0"], "must be >= 1"),
+    # argparse kept the last list alone: the table of class 8 only, as if asked for it
+    ("unlearning_table", ["--classes", "3", "--classes", "8"], "every item: --classes 3 8"),
     ("hyperforget_eval", ["--samples", "0"], "must be >= 1")])
 def test_other_experiments_refuse_bad_values_before_writing(script, argv, words, tmp_path,
                                                             capsys):

@@ -19,6 +19,7 @@ import jax
 from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import (Checkpointer, default_device, load_params,
                                         load_params_meta)
+from hyperforget_jax.cli import ListInOne
 from hyperforget_jax.configflags import finite_float, seed_int
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, RunDirError,
                                     shell_quote)
@@ -63,7 +64,7 @@ def add_request_args(p: argparse.ArgumentParser, required: bool = True,
                    help="forget every training sample of these classes (space-separated)")
     m.add_argument("--forget-fraction", type=finite_float, metavar="F",
                    help="forget a random fraction F in (0, 1) of the training set")
-    m.add_argument("--forget-indices", metavar="I,J,...",
+    m.add_argument("--forget-indices", metavar="I,J,...", action=ListInOne,
                    help="comma-separated training-set indices to forget")
     g.add_argument("--forget-seed", type=seed_int, default=0,
                    help="seed of the random subset")
@@ -134,6 +135,14 @@ def request_from_args(args) -> data.ForgetRequest | None:
                               f"{args.forget_indices!r}") from e
         return data.ForgetRequest(indices=idx)
     return None
+
+
+def describe_both(was: data.ForgetRequest, now: data.ForgetRequest) -> tuple[str, str]:
+    """Two requests' descriptions for a refusal that they differ: ``describe()``, or their JSON
+    where it is the same text ("random 10%" for any --forget-seed, "5 items" for any 5
+    indices, which read "a run for random 10%, not for random 10%")."""
+    a, b = was.describe(), now.describe()
+    return (a, b) if a != b else (json.dumps(was.to_json()), json.dumps(now.to_json()))
 
 
 def architecture_for(arch_name: str, splits: data.Splits) -> Architecture:

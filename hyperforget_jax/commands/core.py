@@ -88,13 +88,13 @@ def _check_retrain(meta: dict, request: data.ForgetRequest, path) -> None:
     if role == "unlearned" and ident.get("method") == "retrain":
         role = "retrain"    # `unlearn --method retrain`: the Retrain recipe on D_r too
     if role != "retrain":
-        raise RunDirError(f"--retrain-dir {path} holds a {role!r} run, not a Retrain; pass the "
-                          "--run-dir of `hyperforget retrain` for this forget request")
+        raise RunDirError(f"--retrain-dir {path} holds {rundir._a(role)} run, not a Retrain; "
+                          "pass the --run-dir of `hyperforget retrain` for this forget request")
     got = ident.get("request", meta.get("request"))
     if got is not None and data.ForgetRequest.from_json(got) != request:
-        raise ForgetRequestError(
-            f"--retrain-dir {path} is a Retrain for {data.ForgetRequest.from_json(got).describe()}"
-            f", not for {request.describe()}; pass the Retrain of this request")
+        was, now = common.describe_both(data.ForgetRequest.from_json(got), request)
+        raise ForgetRequestError(f"--retrain-dir {path} is a Retrain for {was}, not for {now}; "
+                                 "pass the Retrain of this request")
 
 
 def same_request(a: data.ForgetRequest, b: data.ForgetRequest) -> bool:
@@ -172,6 +172,7 @@ def cmd_evaluate(args) -> int:
         rows = {run_label: evaluate_unlearning(arch, params, splits, fsplit, request,
                                                args.seed)}
         results = {"request": request.to_json(), "run_dir": str(Path(args.run_dir).absolute()),
+                   "dataset": args.dataset, "split_seed": args.split_seed,
                    "seed": args.seed, "run": rows[run_label], "eval": rows}
         if r_params is not None:
             rows[retrain_label] = evaluate_unlearning(arch, r_params, splits, fsplit, request,

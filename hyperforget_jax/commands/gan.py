@@ -278,7 +278,8 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
           f"{res.seconds:.1f} s{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}{kept}); "
           f"fake label {cfg.fake_label} (y_f = {res.y_f:.3f}), {cfg.substitution}-level "
           "substitution.\n\n![samples](samples.png)\n")
-    results = {"request": request.to_json(), "unlearn_config": cfg.to_json(), **judged,
+    results = {"request": request.to_json(), "dataset": args.dataset,
+               "split_seed": args.split_seed, "unlearn_config": cfg.to_json(), **judged,
                **res.summary(), "history": res.history}
     common.write_results(out, results, md)
     return results, md
@@ -303,25 +304,31 @@ def evaluation_table(rows: dict[str, dict]) -> str:
                                   for n, r in rows.items()])
 
 
+def _refuse_other_request(meta: dict, request: data.ForgetRequest, what: str, fix: str) -> None:
+    # Classes 5 3 and 3 5 are one request (same_request), as `hyperforget evaluate` reads them.
+    got = meta.get("request")
+    if got and not same_request(data.ForgetRequest.from_json(got), request):
+        was, now = common.describe_both(data.ForgetRequest.from_json(got), request)
+        raise ForgetRequestError(f"{what} holds a run for {was}, not for {now}; {fix}")
+
+
 def cmd_evaluate(args) -> int:
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
     _check_dataset(arch, splits, args, args.run_dir)
     common.check_same_data(meta, args, splits, args.run_dir, "GAN")
     request, fsplit = _request_split(args, splits)
-    own = data.ForgetRequest.from_json(meta["request"]) if meta.get("request") else None
     if request is None:
-        if own is None:
+        if not meta.get("request"):
             raise ForgetRequestError("give a forget request (--forget-class, --forget-fraction "
                                      "or --forget-indices)")
-        request, fsplit = own, data.resolve_forget(splits.train, own)
-    elif own is not None and not same_request(own, request):
-        # As for --compare below: a Retrain (or an unlearned GAN) of class 3 scored for class
-        # 8 read as that request's row, e.g. a Retrain still drawing 10 % of the class.
-        raise ForgetRequestError(
-            f"--run-dir {args.run_dir} holds a run for {own.describe()}, not for "
-            f"{request.describe()}; drop the forget flags (a run is evaluated for its own "
-            "request) or evaluate a run of this request (or the Original)")
+        request = data.ForgetRequest.from_json(meta["request"])
+        fsplit = data.resolve_forget(splits.train, request)
+    # A Retrain or an unlearned GAN scored on another request's forget set would read as a
+    # result for that request (`hyperforget evaluate` refuses it too; --compare's were).
+    _refuse_other_request(meta, request, f"--run-dir {args.run_dir}", "drop the request flags "
+                          "to evaluate it on its own request, or evaluate a run of this request "
+                          "(or the Original)")
     recipe = args._judge(args)
     ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
     data_id = common.data_identity(args, splits)
@@ -336,12 +343,8 @@ def cmd_evaluate(args) -> int:
         # forget set, D_r and test images, and its row would read as a comparison.
         common.check_same_data(m, args, splits, other, "GAN")
         # A Retrain (or an unlearned GAN) of another request is no comparison for this one.
-        got = m.get("request")
-        if got and not same_request(data.ForgetRequest.from_json(got), request):
-            raise ForgetRequestError(
-                f"--compare {other} holds a run for "
-                f"{data.ForgetRequest.from_json(got).describe()}, not for {request.describe()}; "
-                "compare the runs of this request (or the Original)")
+        _refuse_other_request(m, request, f"--compare {other}",
+                              "compare the runs of this request (or the Original)")
         others[other] = a, st
     search = _judge_dirs([*runs, *args.judge_from])
     out = args.out or Path(args.run_dir) / "gan-evaluate" / slug(request)
@@ -370,7 +373,8 @@ def cmd_evaluate(args) -> int:
               f"({'stored' if reused else 'trained'}). classifier-FID / classifier-IS use the "
               "judge classifier's features (not Inception).\n\n" + evaluation_table(rows)
               + "\n")
-        results = {"request": request.to_json(), "judge": recipe, "judge_reused": reused,
+        results = {"request": request.to_json(), "dataset": args.dataset,
+                   "split_seed": args.split_seed, "judge": recipe, "judge_reused": reused,
                    "eval_config": dataclasses.asdict(ev), "eval": rows}
         common.write_results(run.path, results, md,
                              ("gan_evaluation.json", "gan_evaluation.md"))

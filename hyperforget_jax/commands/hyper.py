@@ -217,8 +217,8 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
                for n, e in (("start", ev_start), ("sample", ev))])
           + f"\n\nsampling time {secs:.2f} s ({how}, including compilation)\n")
     results = {"start": ev_start, "sample": ev, "seconds": secs, "request": request.to_json(),
-               "prompt": prompt_json, "hypernet": str(args.hypernet),
-               "sample_config": sc.to_json(), "seed": args.seed}
+               "dataset": args.dataset, "split_seed": args.split_seed, "prompt": prompt_json,
+               "hypernet": str(args.hypernet), "sample_config": sc.to_json(), "seed": args.seed}
     common.write_results(run_dir, results, md)
     common.emit(args, results, md)
 

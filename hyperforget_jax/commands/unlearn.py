@@ -177,7 +177,10 @@ def _unlearn_and_compare(args, arch, params, cfg, config, how, splits, request, 
                                             args.method_seed),
             args.method: evaluate_unlearning(arch, res.params, splits, fsplit, request,
                                              args.method_seed)}
+    # The data it ran on, as `train`'s results record it (run.json alone had it: a `--json`
+    # reader could not tell a digits run from an MNIST-5k one).
     results = {"request": request.to_json(), "method": args.method, "original": how,
+               "dataset": args.dataset, "split_seed": args.split_seed,
                "train_config": cfg.to_json(), "info": res.info, "eval": rows}
     if not args.no_retrain:
         # Timings of a first call include XLA compilation, which a second call in the same
