@@ -63,7 +63,7 @@ from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch
 from hyperforget_jax.gan.train import GANConfig, sample, save_grid, timed_train_gan
 from hyperforget_jax.gan.unlearn import (CLASS_RECIPE, FAKE_LABELS, ITEM_RECIPE, kept_mix_sound,
                                          unlearn_gan)
-from hyperforget_jax.metrics import format_mean_std
+from hyperforget_jax.metrics import format_over_seeds
 
 
 
@@ -73,8 +73,8 @@ OUTPUTS = ("results.json", "report.md", "grid_*.png")
 
 
 def ms(values, scale=1.0, digits=2):
-    v = [x for x in values if x is not None]
-    return format_mean_std(v, scale, digits) if v else "–"
+    # "[k of n seeds]" where a seed has no value: it was left out of the mean without a word
+    return format_over_seeds(values, scale, digits)
 
 
 #: A lighter forgotten-items weight for 64 items, reported beside the item recipe for

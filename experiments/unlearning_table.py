@@ -68,7 +68,7 @@ from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
-from hyperforget_jax.metrics import format_mean_std, mean_std
+from hyperforget_jax.metrics import format_over_seeds, mean_std
 from hyperforget_jax.models import as_model
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn import (DEFAULT_CONFIGS, METHODS, GradTauConfig, unlearn,
@@ -306,12 +306,7 @@ def _ms(vals, scale=1.0):
     """mean ± std over the seeds that have the value; "–" where none has it (not applicable),
     and ``[k of n seeds]`` where only some have it (a NaN, or a None from a NaN in
     results.json), so a seed that is missing is never silently left out of the mean."""
-    vals = list(vals)
-    ok = [v for v in vals if v is not None and np.isfinite(v)]
-    if not ok:
-        return "–"
-    text = format_mean_std(ok, scale=scale)
-    return text if len(ok) == len(vals) else f"{text} [{len(ok)} of {len(vals)} seeds]"
+    return format_over_seeds(vals, scale)
 
 
 def targets(setting: dict, kind: str) -> list[str]:

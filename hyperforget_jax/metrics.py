@@ -540,6 +540,19 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     return float(np.mean(arr)), std
 
 
+def format_over_seeds(values: Iterable[float | None], scale: float = 1.0, digits: int = 2
+                      ) -> str:
+    """:func:`format_mean_std` over the seeds that have a value: ``"–"`` where none has one
+    (not applicable), and ``"[k of n seeds]"`` appended where only some have one (a None, or a
+    NaN), so a seed that is missing is never silently left out of the mean."""
+    values = list(values)
+    ok = [v for v in values if v is not None and np.isfinite(v)]
+    if not ok:
+        return "–"
+    text = format_mean_std(ok, scale, digits)
+    return text if len(ok) == len(values) else f"{text} [{len(ok)} of {len(values)} seeds]"
+
+
 def format_mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
     """Formats values over seeds as ``"mean ± std"``.
 

@@ -61,6 +61,18 @@ def test_render_lists_each_variant_with_its_speed_up():
     assert len(speed) == 1 and "| 5.0× |" in speed[0]                     # vs 2.1 s
 
 
+def test_a_seed_without_a_value_is_marked_not_dropped_from_the_mean():
+    """A seed whose evaluation lacks a value (None in results.json, e.g. a NaN metric) was left
+    out of the mean ± std without a word; it is marked as in unlearning_table's tables."""
+    gan = load_experiment("gan_unlearning")
+    res = _res()
+    res["runs"][6]["eval"]["classifier_fid"] = None          # unlearn_hard, seed 1
+    md = gan.render(res, [], [], [3])
+    row = next(line for line in md.splitlines() if line.startswith("| class3 | unlearn_hard |"))
+    assert "510.00 ± – [1 of 2 seeds]" in row and "1.20 ± 0.00" in row
+    assert gan.ms([None, None]) == "–" and gan.ms([1.0, 3.0]) == "2.00 ± 1.41"
+
+
 @pytest.mark.parametrize("bad", ["0", "4,-1", "four", "nan"])
 def test_bad_lambda_u_refused_before_anything_runs(bad, tmp_path, capsys):
     gan = load_experiment("gan_unlearning")
