@@ -55,7 +55,7 @@ import jax
 import numpy as np
 
 from hyperforget_jax import __version__, configflags, data, report, rundir
-from hyperforget_jax.cli import ArgumentParser
+from hyperforget_jax.cli import ArgumentParser, ListInOne
 from hyperforget_jax.commands.gan import add_judge_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
@@ -183,11 +183,12 @@ def main(argv=None) -> dict:
         choices={"arch": ("auto", *GAN_ARCHS), "latent_prior": LATENT_PRIORS},
         exclude=("seed",))
     judge_of = add_judge_flags(ap)   # the same --judge* flags as `hyperforget gan evaluate`
-    ap.add_argument("--sizes", default="64")
-    ap.add_argument("--fake-labels", default="hard,generated,heldout")
-    ap.add_argument("--classes", default="3,8")
-    ap.add_argument("--retrain-sizes", default="64")
-    ap.add_argument("--class-lambda-u", type=_weights, default=[],
+    # Comma lists, each given once (ListInOne): argparse kept the last one alone.
+    ap.add_argument("--sizes", default="64", action=ListInOne)
+    ap.add_argument("--fake-labels", default="hard,generated,heldout", action=ListInOne)
+    ap.add_argument("--classes", default="3,8", action=ListInOne)
+    ap.add_argument("--retrain-sizes", default="64", action=ListInOne)
+    ap.add_argument("--class-lambda-u", type=_weights, default=[], action=ListInOne,
                     help="extra λ_u values for class requests, each run beside the class "
                          "recipe as `unlearn_hard_lu<λ>` (e.g. 4,16: the share/quality "
                          "trade-off in docs/gan.md)")

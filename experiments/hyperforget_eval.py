@@ -59,7 +59,7 @@ ROLE = "experiment hyperforget_eval"
 OUTPUTS = ("results.json", "report.md")
 # The fields of results.json that --render-only's report reads.
 RESULT_KEYS = ("rows", "bar", "command", "originals", "prompt_alignment", "hypernet",
-               "ddim_steps", "guidance", "memorisation", "timing")
+               "ddim_steps", "guidance", "best_of_8", "memorisation", "timing")
 
 
 def parse_originals(text: str) -> list[tuple[str, int, float, int]]:

@@ -30,10 +30,11 @@ class _Store(argparse._StoreAction):
     def __call__(self, parser, namespace, values, option_string=None):
         before = getattr(namespace, self.dest, self.default)
         if (self.nargs in ("+", "*") or isinstance(self, ListInOne)) and before is not self.default:
-            sep = "," if isinstance(values, str) else " "
+            # A ListInOne's items are joined with commas, also once its type made them a list.
+            sep = "," if isinstance(self, ListInOne) else " "
 
             def show(v):
-                return v if isinstance(v, str) else " ".join(map(str, v))
+                return v if isinstance(v, str) else sep.join(map(str, v))
             parser.error(f"argument {option_string}: given twice ({show(before)}, then "
                          f"{show(values)}), and only the last would be used; give it once "
                          f"with every item: {option_string} {show(before)}{sep}{show(values)}")
@@ -41,8 +42,8 @@ class _Store(argparse._StoreAction):
 
 
 class ListInOne(_Store):
-    """The action of a flag whose one value is a list (``--forget-indices 1,2,5``): refused
-    given twice, as a list flag is."""
+    """The action of a flag whose one value is a comma-separated list (``--forget-indices
+    1,2,5``): refused given twice, as a list flag is."""
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -201,6 +201,20 @@ def test_a_retrain_of_another_request_is_named_so_the_difference_shows():
         _check_retrain({"identity": {"role": "original"}}, ForgetRequest(classes=(3,)), "R")
 
 
+def test_a_retrain_of_the_same_classes_in_another_order_is_accepted():
+    """Classes 5 3 and 3 5 are one forget set: --run-dir's own request (_check_own_request)
+    and `gan evaluate --compare` took them as one, --retrain-dir refused "a Retrain for
+    classes 5, 3, not for classes 3, 5"."""
+    from hyperforget_jax.commands.core import _check_retrain
+    from hyperforget_jax.data import ForgetRequest
+    from hyperforget_jax.errors import ForgetRequestError
+
+    meta = {"identity": {"role": "retrain", "request": ForgetRequest(classes=(5, 3)).to_json()}}
+    _check_retrain(meta, ForgetRequest(classes=(3, 5)), "R")
+    with pytest.raises(ForgetRequestError, match="not for"):
+        _check_retrain(meta, ForgetRequest(classes=(3, 4)), "R")
+
+
 def test_unwritable_run_dir(tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()

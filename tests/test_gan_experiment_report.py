@@ -103,6 +103,28 @@ def test_bad_requests_and_recipes_refused_before_anything_runs(argv, words, tmp_
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("flag, first, second, joined", [
+    ("--classes", "3", "8", "--classes 3,8"),
+    ("--sizes", "16", "64", "--sizes 16,64"),
+    ("--class-lambda-u", "4,16", "32", "--class-lambda-u 4.0,16.0,32.0")])
+def test_a_comma_list_flag_given_twice_is_refused(flag, first, second, joined, tmp_path,
+                                                  capsys, monkeypatch):
+    # As the CLI's --forget-indices (cli.ListInOne): `--classes 3 --classes 8` ran class 8
+    # alone, for the minutes the sweep takes, where its reader expected both.
+    gan = load_experiment("gan_unlearning")
+
+    def ran(*a, **k):
+        raise AssertionError("the run started")
+
+    monkeypatch.setattr(gan.data, "make_splits", ran)
+    with pytest.raises(SystemExit) as exc:
+        gan.main([flag, first, flag, second, "--out", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "given twice" in err and f"give it once with every item: {joined} " in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_lambda_u_list_parses():
     gan = load_experiment("gan_unlearning")
     assert gan._weights("4,16") == [4.0, 16.0] and gan._weights("") == []

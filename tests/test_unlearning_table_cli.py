@@ -537,10 +537,14 @@ def test_unlearn_speed_refuses_another_configuration_and_writes_at_its_end(tmp_p
     ("unlearning_table", '{"settings": ', "is not readable JSON"),
     ("unlearning_table", '{"rows": []}', "no dataset, sizes"),
     ("hyperforget_eval", "\xff\xfe", "is not readable JSON"),
-    ("hyperforget_eval", "[1, 2]", "not a results.json written by hyperforget_eval.py")])
+    ("hyperforget_eval", "[1, 2]", "not a results.json written by hyperforget_eval.py"),
+    ("hyperforget_eval", '{"rows": {}, "bar": {}, "command": "", "originals": [], '
+     '"prompt_alignment": [], "hypernet": {}, "ddim_steps": {}, "guidance": {}, '
+     '"memorisation": {}, "timing": {}}', r"\(no best_of_8\)")])
 def test_render_only_refuses_a_damaged_or_foreign_results_json(tmp_path, script, text, words):
     # A truncated results.json ended in a json.JSONDecodeError traceback (exit 1), another
-    # script's in a KeyError from the renderer; neither was the one-line error of exit 2.
+    # script's in a KeyError from the renderer; neither was the one-line error of exit 2. The
+    # last case: every field the renderer reads is checked (best_of_8 was not).
     from hyperforget_jax.errors import CheckpointError
     exp = load_experiment(script)
     (tmp_path / "results.json").write_bytes(text.encode("latin-1"))

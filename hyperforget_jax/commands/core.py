@@ -91,7 +91,8 @@ def _check_retrain(meta: dict, request: data.ForgetRequest, path) -> None:
         raise RunDirError(f"--retrain-dir {path} holds {rundir._a(role)} run, not a Retrain; "
                           "pass the --run-dir of `hyperforget retrain` for this forget request")
     got = ident.get("request", meta.get("request"))
-    if got is not None and data.ForgetRequest.from_json(got) != request:
+    # Classes 5 3 and 3 5 are one forget set (same_request), as for --run-dir's own request.
+    if got is not None and not same_request(data.ForgetRequest.from_json(got), request):
         was, now = common.describe_both(data.ForgetRequest.from_json(got), request)
         raise ForgetRequestError(f"--retrain-dir {path} is a Retrain for {was}, not for {now}; "
                                  "pass the Retrain of this request")
@@ -116,10 +117,8 @@ def _check_own_request(meta: dict, request: data.ForgetRequest | None, path) -> 
                                                                     "hyperforget-sample"):
         return
     if not same_request(data.ForgetRequest.from_json(own), request):
-        role = ident["role"]
-        article = "an" if role[0] in "aeiou" else "a"
         raise ForgetRequestError(
-            f"--run-dir {path} is {article} {role!r} run for the request "
+            f"--run-dir {path} is {rundir._a(ident['role'])} run for the request "
             f"{json.dumps(own)}, this command asks for {json.dumps(request.to_json())}; drop "
             "the request flags to evaluate it on its own request (or repeat them exactly, "
             "--forget-seed included)")
