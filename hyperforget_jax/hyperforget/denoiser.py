@@ -193,10 +193,10 @@ def token_layout(spans: Sequence[P_.TensorSpan], diffused: Sequence[int], tokens
         raise ConfigError("unit tokens need an MLP with a hidden layer; use tokens='chunks'")
     # Chained in name order (weightspace.mlp_layers): a head created first (Dense_0) and called
     # last made the hidden layer's units the "class" tokens, a crash deep in the denoiser.
-    shapes = [(by.get((i, "kernel")), by.get((i, "bias"))) for i in layers]
-    if (set(by) != {(i, n) for i in layers for n in ("kernel", "bias")}
-            or any(len(k.shape) != 2 or tuple(b.shape) != tuple(k.shape[1:]) for k, b in shapes)
-            or any(a.shape[1] != b.shape[0] for (a, _), (b, _) in zip(shapes, shapes[1:]))):
+    template = {}
+    for (i, name), sp in by.items():
+        template.setdefault(f"Dense_{i}", {})[name] = jax.ShapeDtypeStruct(sp.shape, jnp.float32)
+    if mlp_layers(template) is None:
         raise ConfigError("unit tokens need an MLP whose layers Dense_0..Dense_k (kernel and "
                           "bias each) are chained in that order; use tokens='chunks'")
     flat = lambda sp: np.arange(sp.start, sp.stop).reshape(sp.shape)

@@ -47,8 +47,9 @@ def mlp_layers(template: Params) -> list[str] | None:
     """Layer names ``Dense_0 .. Dense_k`` of a plain MLP params tree (each with ``kernel`` and
     ``bias`` only, each layer's outputs the next one's inputs), else None. Flax numbers layers
     in creation order: a model that creates its head first (``Dense_0``) and calls it last is
-    not a chain in name order, and canonicalising or permuting it as one crashed (or, where
-    the widths happened to match, rescaled the wrong units)."""
+    not a chain in name order, and canonicalising or permuting it as one crashed. Where its
+    widths chain in name order anyway (square layers), only the traced call order tells
+    (``dihyfo._mlp_chain``)."""
     if not isinstance(template, dict) or not template:
         return None
     names = list(template)
