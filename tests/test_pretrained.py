@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import CompileCounter
+from conftest import CompileCounter, load_experiment
 from hyperforget_jax import cli, data, pretrained, train
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, NonFiniteError
@@ -140,21 +140,22 @@ def test_shipped_corpus_recipe_and_eval_originals_flag():
             ev.parse_originals(bad)
 
 
+def _eval_script():
+    """experiments/hyperforget_eval.py as a module, the gpt_mlp template and a zero start."""
+    from hyperforget_jax.models import make_architecture
+
+    tmpl = make_architecture("gpt_mlp", (28, 28, 1), 10).param_shapes()
+    return (load_experiment("hyperforget_eval"), tmpl,
+            np.zeros(P_.param_count(tmpl), np.float32))
+
+
 def test_eval_best_of_and_memorisation_use_the_main_sampler(monkeypatch, digits_splits):
     """hyperforget_eval's best-of-k row and memorisation samples take the main tables' sampler
     (--num-steps/--method/--guidance): best-of-k silently ran DDIM under --method ddpm, and
     the memorisation samples ignored all three flags."""
-    import importlib.util
-
     from hyperforget_jax.hyperforget.sampling import SampleConfig
-    from hyperforget_jax.models import make_architecture
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "hyperforget_eval.py"
-    spec = importlib.util.spec_from_file_location("hyperforget_eval_for_sampler", path)
-    ev_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev_mod)
-    tmpl = make_architecture("gpt_mlp", (28, 28, 1), 10).param_shapes()
-    start = np.zeros(P_.param_count(tmpl), np.float32)
+    ev_mod, tmpl, start = _eval_script()
     seen = []
     monkeypatch.setattr(ev_mod.H, "make_prompt", lambda *a, **k: "prompt")
 
@@ -182,17 +183,9 @@ def test_eval_sampling_rows_vary_one_knob_of_the_main_sampler(monkeypatch, digit
     --num-steps (under --method ddpm --guidance 0.5 the DDIM-steps rows ran unguided and the
     guidance rows DDIM, so "guidance 0.0" was another sampler than the tables above it); the
     defaults run as before."""
-    import importlib.util
-
     from hyperforget_jax.hyperforget.sampling import SampleConfig
-    from hyperforget_jax.models import make_architecture
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "hyperforget_eval.py"
-    spec = importlib.util.spec_from_file_location("hyperforget_eval_for_sweeps", path)
-    ev_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ev_mod)
-    tmpl = make_architecture("gpt_mlp", (28, 28, 1), 10).param_shapes()
-    start = np.zeros(P_.param_count(tmpl), np.float32)
+    ev_mod, tmpl, start = _eval_script()
     seen = []
     monkeypatch.setattr(ev_mod.H, "make_prompt", lambda *a, **k: "prompt")
     monkeypatch.setattr(ev_mod.H, "stack_prompts", lambda ps: ps)
