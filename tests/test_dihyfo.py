@@ -4,6 +4,7 @@ sampling, guidance weight 0 is the unguided sampler, an untrained hypernetwork r
 requests it was not trained for fail clearly, save/load round-trips, training resumes, and the
 CLI samples."""
 
+import dataclasses
 import json
 import shutil
 
@@ -267,6 +268,24 @@ def test_sample_cli_refuses_a_retain_target_dihyfo1_would_ignore(setup, tmp_path
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "conditions on the forget loss only" in err[0], err
     assert not (tmp_path / "s").exists()
+
+
+def test_max_chunk_that_unit_tokens_never_read_is_refused(setup, tmp_path, capsys):
+    """Unit tokens (what tokens 'auto' picks for an MLP) never read max_chunk: --max-chunk 64
+    trained the very same denoiser and recorded 64 in its spec and run.json."""
+    out, corpus, _, _, _ = setup
+    chunky = DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, max_chunk=64)
+    with pytest.raises(ConfigError, match=r"max_chunk \(--max-chunk\) 64 .*unit tokens \(tokens "
+                                          r"'auto' picks them for an MLP\), which never read"):
+        H.train_hypernet(corpus, "dihyfo2", denoiser=chunky, config=TRAIN)
+    # Chunk tokens read it.
+    resolved = H.resolve_tokens(corpus.arch, dataclasses.replace(chunky, tokens="chunks"))
+    assert (resolved.tokens, resolved.max_chunk) == ("chunks", 64)
+    rc = cli.main(["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"),
+                   "--steps", "1", "--max-chunk", "64", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "which never read it" in err[0], err
+    assert not (tmp_path / "t").exists()
 
 
 def test_an_unfinished_hypertrain_run_is_named_as_such(tmp_path):

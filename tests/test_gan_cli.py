@@ -274,6 +274,9 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
       "hard", "--track-fake-label"], "but --fake-label hard's y_f is the constant 0"),
     (["gan", "unlearn", "--dataset", "digits", "--forget-indices", "1,2",
       "--lambda-u-growth", "2"], "--lambda-u-growth scales λ_u from one attempt"),
+    # Without substitutes the substitution term is never computed: --lambda-s changed nothing.
+    (["gan", "unlearn", "--dataset", "digits", "--forget-class", "3", "--substitution", "none",
+      "--lambda-s", "5"], "--lambda-s weighs the substitution term, but --substitution none"),
 ])
 def test_gan_cli_refuses_flags_the_run_would_not_use(tmp_path, capsys, argv, needle):
     out = tmp_path / "out"

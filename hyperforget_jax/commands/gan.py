@@ -244,6 +244,9 @@ def _unlearn_config(args) -> UnlearnConfig:
         unused.append(("--track-fake-label / --no-track-fake-label", "set whether the "
                        "generated / heldout y_f is tracked, but --fake-label hard's y_f is the "
                        "constant 0", "or use --fake-label generated or heldout"))
+    if cfg.substitution == "none" and "lambda_s" in given:
+        unused.append((flag["lambda_s"], "weighs the substitution term, but --substitution "
+                       "none has no substitutes", "or use --substitution latent or data"))
     if cfg.lambda_u_attempts == 1 and "lambda_u_growth" in given:
         unused.append((flag["lambda_u_growth"], "scales λ_u from one attempt to the next, but "
                        "this recipe makes a single attempt", "or give --lambda-u-attempts N > 1"))

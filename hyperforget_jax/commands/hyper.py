@@ -62,6 +62,7 @@ def cmd_hypertrain(args) -> int:
     den = args._denoiser_flags.build(args)
     cfg = args._hypertrain_flags.build(args)
     corpus = C.Corpus(args.corpus)
+    H.resolve_tokens(corpus.arch, den)      # a flag the denoiser would not read: refused here
     identity = {"role": "hypernet", "variant": args.variant, "forget_class": args.forget_class,
                 "denoiser": den.to_json(), "train": cfg.to_json(),
                 "corpus": rundir.read_identity(args.corpus) or str(corpus.path)}

@@ -95,7 +95,9 @@ class CorpusConfig:
       batch_size, weight_decay: the rest of the original's recipe (``TrainConfig``'s defaults).
       forget_classes: the classes of the single-class requests (None: every class).
       class_pairs: number of two-class requests added to the single-class ones ((0, 1),
-        (2, 3), … then further pairs in a fixed shuffled order), 0..45.
+        (2, 3), … then further pairs in a fixed shuffled order), 0..45; data with fewer than
+        7 classes has fewer pairs than the default 20, and gets all of them (the index's
+        ``requests`` lists those built).
       unlearn_layers: ``"head"`` (output layer only) or ``"all"``: what the masked
         self-distillation trains.
       forget_readout: ``"zero"``: the forgotten classes' columns of the output kernel are not

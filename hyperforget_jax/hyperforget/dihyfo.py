@@ -45,8 +45,8 @@ from hyperforget_jax.hyperforget.weightspace import WeightSpace, mlp_layers
 
 __all__ = ["VARIANTS", "Hypernet", "HyperSpec", "Prompt", "PairSource", "check_request",
            "default_targets", "load_hypernet", "load_pretrained", "make_prompt", "multi_hot",
-           "pair_source", "sample", "sample_best_of", "sample_many", "sample_pairs", "SampleConfig",
-           "save_hypernet", "stack_prompts", "train_hypernet"]
+           "pair_source", "resolve_tokens", "sample", "sample_best_of", "sample_many",
+           "sample_pairs", "SampleConfig", "save_hypernet", "stack_prompts", "train_hypernet"]
 
 
 class PairSource(NamedTuple):
@@ -152,6 +152,26 @@ def _mlp_chain(arch) -> list[str] | None:
     return None if called and called != names else names
 
 
+def resolve_tokens(arch, denoiser: DN.DenoiserConfig) -> DN.DenoiserConfig:
+    """``denoiser`` with ``tokens="auto"`` resolved for ``arch``: unit tokens for an MLP whose
+    layers chain (:func:`_mlp_chain`), chunks otherwise.
+
+    Raises:
+      ConfigError: ``max_chunk`` set (away from its default) for unit tokens, which never read
+        it: the spec recorded it as if it had shaped the denoiser.
+    """
+    tokens = denoiser.tokens
+    if tokens == "auto":
+        tokens = "units" if _mlp_chain(arch) is not None else "chunks"
+    if tokens == "units" and denoiser.max_chunk != DN.DenoiserConfig().max_chunk:
+        how = " (tokens 'auto' picks them for an MLP)" if denoiser.tokens == "auto" else ""
+        raise ConfigError(f"DenoiserConfig.max_chunk (--max-chunk) {denoiser.max_chunk} sizes "
+                          f"chunk tokens, but this {arch.name} hypernetwork uses unit "
+                          f"tokens{how}, which never read it; drop it, or use "
+                          "tokens='chunks' (--tokens chunks)")
+    return dataclasses.replace(denoiser, tokens=tokens)
+
+
 def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int | None,
               denoiser: DN.DenoiserConfig, canonicalize: bool | None = None,
               seed: int = 0) -> HyperSpec:
@@ -168,15 +188,13 @@ def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int |
                           "order: pass canonicalize=False and tokens='chunks'")
     if canonicalize is None:
         canonicalize = chain is not None
+    denoiser = resolve_tokens(corpus.arch, denoiser)     # before the weight space is fitted
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(src.values), min(len(src.values), 4096), replace=False)
     start, target = pair_arrays(src, rows)
     origs = np.unique(src.target_original)
     o_rows = np.searchsorted(origs, src.target_original[rows])
     ws = WeightSpace.fit(tmpl, src.originals[origs], target, o_rows, canonicalize)
-    if denoiser.tokens == "auto":
-        denoiser = dataclasses.replace(
-            denoiser, tokens="units" if chain is not None else "chunks")
     base = HyperSpec(variant, corpus.arch, ws, denoiser, forget_class)
     raw = np.asarray(base.raw_conditions(src.start_forget, src.forget_loss, src.start_retain,
                                          src.retain_loss))
