@@ -111,6 +111,19 @@ def _model_for(arch: Model, ds: Dataset) -> Architecture:
     return model
 
 
+def check_recipe_model(cfg: TrainConfig, model: Architecture, who: str) -> None:
+    """Raises ConfigError when ``cfg.arch`` names another model than the one given: the model
+    argument is what trains (``cfg.arch`` is the command line's ``--arch``), so
+    ``fit("mlp", ds, TrainConfig(arch="cnn"))`` trained an MLP without a word. The default
+    ``"mlp"`` is not checked: it cannot be told from "not set" (``fit("gpt_mlp", ds,
+    TrainConfig())`` stays valid)."""
+    default = TrainConfig.__dataclass_fields__["arch"].default
+    if cfg.arch != default and cfg.arch not in (model.name, model.source):
+        raise ConfigError(f"{who}: TrainConfig.arch is {cfg.arch!r} but the model given is "
+                          f"{model.source or model.name!r}, and the model given is what trains; "
+                          f"pass {cfg.arch!r} as the model, or leave TrainConfig.arch out")
+
+
 def _check_outputs(model: Architecture, params: Params, ds: Dataset, batch: int,
                    what: str) -> None:
     """Raises :class:`ArchitectureError` when the model has no output for some label: the loss
@@ -177,6 +190,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         raise ConfigError(f"fit takes a TrainConfig, got {type(cfg).__name__}; e.g. "
                           "hf.TrainConfig(epochs=5)")
     model = _model_for(arch, train)
+    check_recipe_model(cfg, model, "fit")
     batch_size = effective_batch_size(cfg, len(train))
     if init_params is None and not model.has_init:
         raise ConfigError(f"fit: model {model.name!r} has no init; pass init_params=, or "
@@ -274,6 +288,8 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
     if not seeds:
         raise ConfigError("fit_fleet needs at least one seed")
     seeds = [_check_seed(s, "fit_fleet seed", ConfigError) for s in seeds]
+    for c in cfgs or [cfg]:
+        check_recipe_model(c, model, "fit_fleet")
     if not model.has_init:
         raise ConfigError(f"fit_fleet: model {model.name!r} has no init; {model.init_fix}")
     tx = make_optimizer(base)
@@ -347,6 +363,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     """
     check_sync_every(sync_every, "fit_stream")
     model = as_model(arch)
+    check_recipe_model(cfg, model, "fit_stream")
     tx = make_optimizer(cfg)
     if init_params is None and not model.has_init:
         raise ConfigError(f"fit_stream: model {model.name!r} has no init; pass init_params=, "

@@ -68,6 +68,21 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys, argv, match):
     assert rc == 2 and match in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.parametrize("argv, match", [
+    (["--method", "finetune", "--config.tau_mode=val"], "which has no tau_mode"),
+    (["--method", "finetune", "--config.alpha_scale=0.5"], "which has no alpha_scale"),
+    (["--method", "scrub", "--config.msteps=4"], "--config.msteps: ScrubConfig.msteps must be <="),
+])
+def test_config_flags_a_method_would_ignore_are_refused(tmp_path, capsys, argv, match):
+    # They were accepted, recorded in results.json's info.config, and had no effect.
+    run = tmp_path / "run"
+    rc = cli.main(["unlearn", "--dataset", "digits", "--run-dir", str(run), "--quiet",
+                   "--forget-class", "3"] + argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and match in err and len(err.splitlines()) == 1
+    assert not run.exists()
+
+
 def test_unknown_method_is_rejected(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["unlearn", "--method", "magic", "--forget-class", "3"])

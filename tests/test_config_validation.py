@@ -39,6 +39,7 @@ CONFIGS = [train.TrainConfig, GradTauConfig, UC.NegGradConfig, UC.NegGradPlusCon
     (lambda: train.TrainConfig(seed=-1), "seed must be >= 0"),
     (lambda: UC.SalUnConfig(mask_ratio=1.5), "mask_ratio must be > 0 and <= 1"),
     (lambda: UC.ScrubConfig(msteps=-1), "msteps must be >= 0"),
+    (lambda: UC.ScrubConfig(epochs=2, msteps=3), r"msteps must be <= epochs \(2\)"),
     (lambda: ulira.ULiRAConfig(seed=-3), "seed must be >= 0"),
 ])
 def test_configs_refuse(make, words):

@@ -2,6 +2,7 @@
 your own loop == the runner), jit / pmap / sharded / mesh-runner equality on fake devices, chex
 variants, and short runs on sklearn digits."""
 
+import dataclasses
 import logging
 
 import chex
@@ -90,6 +91,20 @@ def test_finetune_refuses_an_alpha0_it_would_ignore():
         make_plan(split, G.GradTauConfig(alpha0=0.5), 0, None, "finetune")
     for a0 in (None, 0.0):
         assert make_plan(split, G.GradTauConfig(alpha0=a0), 0, None, "finetune").alpha0 == 0
+
+
+@pytest.mark.parametrize("field, value", [("alpha_scale", 0.5), ("alpha_max", 0.5),
+                                          ("tau_mode", "val"), ("tau_refresh_epochs", 1)])
+def test_finetune_refuses_every_ascent_field_it_would_ignore(field, value):
+    # Like alpha0: Fine-tune (α ≡ 0) ran the same bits and recorded the value in info["config"].
+    from hyperforget_jax.unlearn.gradtau_run import make_plan
+    ds = lambda n: data.from_arrays(np.zeros((n, 2, 2, 1), np.float32), np.arange(n) % 2,
+                                    num_classes=2)
+    split = data.ForgetSplit(ds(10), ds(30), np.arange(10), np.arange(30))
+    cfg = dataclasses.replace(G.GradTauConfig(), **{field: value})
+    with pytest.raises(ConfigError, match=f"finetune.*ignore {field}="):
+        make_plan(split, cfg, 0, None, "finetune")
+    assert make_plan(split, cfg, 0, None, "gradtau").static   # ∇τ takes it
 
 
 def test_schedules_are_held_per_forget_epoch():

@@ -394,3 +394,32 @@ def test_train_step_under_shard_map_equals_one_device(mnist_splits, check_vma):
         state, m = step(state, jax.device_put(b, NamedSharding(mesh, Ps("data"))))
     assert_trees_close(jax.device_get(state.params), jax.device_get(ref.params), atol=1e-5)
     np.testing.assert_allclose(float(m["loss"]), float(ref_m["loss"]), atol=1e-5)
+
+
+def test_a_recipe_naming_another_model_is_refused(digits_splits):
+    # fit("mlp", ds, TrainConfig(arch="cnn")) trained an MLP without a word (the model given
+    # is what trains); unlearn's Retrain did the same, recording "mlp".
+    from hyperforget_jax.unlearn import unlearn
+
+    ds = digits_splits.train.subset(np.arange(64))
+    mlp = models.make_architecture("mlp", (8, 8, 1))
+    cnn = train.TrainConfig(arch="cnn", epochs=1, batch_size=32)
+    for run, who in ((lambda: train.fit(mlp, ds, cnn), "fit"),
+                     (lambda: train.fit_fleet(mlp, ds, [cnn]), "fit_fleet"),
+                     (lambda: train.fit_stream(mlp, [(ds.x, ds.y)], cnn), "fit_stream")):
+        with pytest.raises(ConfigError, match=f"{who}: TrainConfig.arch is 'cnn' but the model "
+                                              "given is 'mlp'"):
+            run()
+    split = data.resolve_forget(ds, data.ForgetRequest(classes=(3,)))
+    with pytest.raises(ConfigError, match="TrainConfig.arch is 'cnn'"):
+        unlearn("retrain", mlp, mlp.init(jax.random.key(0)), split, ds, cnn)
+    # The default names no model (fit("gpt_mlp", ds, TrainConfig()) stays valid), nor does a
+    # recipe naming the model given, by name or import path.
+    from hyperforget_jax.train_run import check_recipe_model
+    user = models.load_model("user_model:TinyNet", (8, 8, 1), 10)
+    for arch, cfg in ((models.make_architecture("gpt_mlp", (8, 8, 1)), train.TrainConfig()),
+                      (mlp, dataclasses.replace(cnn, arch="mlp")),
+                      (user, train.TrainConfig(arch="user_model:TinyNet"))):
+        assert check_recipe_model(cfg, arch, "fit") is None
+    with pytest.raises(ConfigError, match="'cnn' but the model given is 'user_model:TinyNet'"):
+        check_recipe_model(cnn, user, "fit")

@@ -31,6 +31,7 @@ from hyperforget_jax.errors import ConfigError, ForgetRequestError, RunDirError
 from hyperforget_jax.evaluation import (GAP_LABELS, evaluate_unlearning, gap_keys,
                                         gap_to_retrain)
 from hyperforget_jax import report
+from hyperforget_jax.unlearn.gradtau_run import ASCENT_FIELDS
 
 # The package, not the `unlearn` function that hyperforget_jax/__init__.py re-exports.
 U = importlib.import_module("hyperforget_jax.unlearn")
@@ -112,10 +113,12 @@ def _method_config(args, cfg: train.TrainConfig):
             raise ConfigError("--method retrain uses the original's training recipe (that is "
                               "what makes it Retrain); drop the --config.* flags")
         return dataclasses.replace(cfg, seed=args.method_seed)
-    if args.method == "finetune" and "alpha0" in args._method_flags.given(args):
-        # unlearn() runs finetune as ∇τ with α₀ = 0; a given α₀ would be silently replaced.
-        raise ConfigError("finetune is ∇τ's schedule with alpha0 = 0 (descent on D_r only); "
-                          "drop --config.alpha0, or use --method gradtau to set it")
+    ascent = [f for f in ASCENT_FIELDS if f in args._method_flags.given(args)]
+    if args.method == "finetune" and ascent:
+        # unlearn() runs finetune as ∇τ with α ≡ 0: α and τ fields would be silently unused.
+        raise ConfigError(f"finetune is ∇τ's schedule with alpha0 = 0 (descent on D_r only), "
+                          f"which has no {ascent[0]}; drop --config.{ascent[0]}, or use "
+                          "--method gradtau to set it")
     return args._method_flags.build(args, args.method)
 
 

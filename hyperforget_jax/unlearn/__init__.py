@@ -195,8 +195,10 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
 
     Raises:
       ConfigError: unknown method, a config of the wrong type, a negative seed, a ``retrain``
-        seed that its TrainConfig's contradicts, a ``finetune`` config with an ``alpha0``
-        (Fine-tune is α ≡ 0).
+        seed that its TrainConfig's contradicts, a ``finetune`` config that sets an α or τ
+        field (``alpha0``, ``alpha_scale``, ``alpha_max``, ``tau_mode``,
+        ``tau_refresh_epochs``: Fine-tune is α ≡ 0 and would ignore it), a ``retrain``
+        TrainConfig whose ``arch`` names another model than ``arch``.
       ForgetRequestError: empty forget or retain set; ``forget_classes`` that are not the
         forget set's classes.
       ArchitectureError: parameters that do not fit the model.

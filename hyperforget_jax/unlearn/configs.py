@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 
 from hyperforget_jax.config import check_config, field
+from hyperforget_jax.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +140,8 @@ class ScrubConfig:
 
     Attributes:
       epochs: min-pass epochs over D_r [official code: 3].
-      msteps: the first msteps epochs also run a max-pass over D_f [official code: 2].
+      msteps: the first msteps epochs (msteps <= epochs) also run a max-pass over D_f
+        [official code: 2].
       lr: SGD learning rate [official code: 5e-4].
       momentum: SGD momentum [official code: 0.9].
       weight_decay: L2 weight decay [official code: 5e-4].
@@ -164,6 +166,12 @@ class ScrubConfig:
 
     def __post_init__(self):
         check_config(self)
+        if self.msteps > self.epochs:
+            # Only epochs < msteps run a max-pass: a larger msteps would run `epochs` of them
+            # yet be recorded as given.
+            raise ConfigError(f"ScrubConfig.msteps must be <= epochs ({self.epochs}): the max-"
+                              f"passes run within the epochs, so msteps={self.msteps} would run "
+                              f"{self.epochs}; lower msteps or raise epochs")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -52,6 +52,22 @@ class Plan(NamedTuple):
     clamped: bool
 
 
+#: The fields of a GradTauConfig that only shape the ascent (α and τ): Fine-tune has none.
+ASCENT_FIELDS = ("alpha0", "alpha_scale", "alpha_max", "tau_mode", "tau_refresh_epochs")
+
+
+def refuse_ascent_fields(cfg: G.GradTauConfig) -> None:
+    """Raises ConfigError when a Fine-tune config sets a field of the ascent (``ASCENT_FIELDS``)
+    to other than its default: Fine-tune is α ≡ 0 (descent on D_r), so the value would be
+    ignored yet recorded in ``info["config"]`` as if it had run (``alpha0`` 0 is α ≡ 0)."""
+    default = G.GradTauConfig()
+    for name in ASCENT_FIELDS:
+        value = getattr(cfg, name)
+        if value != getattr(default, name) and not (name == "alpha0" and value == 0):
+            raise ConfigError(f"finetune runs with α ≡ 0 (descent on D_r) and would ignore "
+                              f"{name}={value!r}; drop {name}, or run method 'gradtau' with it")
+
+
 def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
               forget_classes: tuple[int, ...] | None, method: str = "gradtau") -> Plan:
     """Everything host-side about one ∇τ (``method="gradtau"``) or Fine-tune
@@ -60,10 +76,8 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     if not isinstance(cfg, G.GradTauConfig):    # a baseline's config: an AttributeError
         raise ConfigError(f"{method} takes a GradTauConfig, got {type(cfg).__name__}")
     nf, nr = len(split.forget), len(split.retain)
-    if method == "finetune" and cfg.alpha0 not in (None, 0):
-        # Fine-tune is α ≡ 0: a given α₀ would be ignored yet recorded in info["config"].
-        raise ConfigError(f"finetune runs with α ≡ 0 (descent on D_r) and would ignore "
-                          f"alpha0={cfg.alpha0}; drop alpha0, or run method 'gradtau' with it")
+    if method == "finetune":
+        refuse_ascent_fields(cfg)
     if method == "finetune" or cfg.alpha0 == 0:
         alpha0, clamped = 0.0, False
     elif cfg.alpha0 is not None:
