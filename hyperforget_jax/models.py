@@ -560,6 +560,19 @@ def load_model(path: str, input_shape: tuple[int, ...] | None = None,
       ConfigError: malformed path, module not importable, no such attribute, or an object that
         is not a model.
     """
+    obj = _imported(path)
+    if isinstance(obj, type) and issubclass(obj, nnx.Module):
+        base = as_model(_nnx_class_adapter(obj, num_classes), input_shape, num_classes)
+        return _replaced(base, name=path, source=path)
+    if isinstance(obj, type) and issubclass(obj, nn.Module):
+        obj = _instance_of(obj, num_classes)
+    # The same module object underneath: the returned model shares its compiled programs, so
+    # the same path passed to every call (or a run directory reloaded) compiles once.
+    return _replaced(as_model(obj, input_shape, num_classes, name=path), source=path)
+
+
+def _imported(path: str) -> Any:
+    """The object at import path ``path`` (ConfigError when it cannot be imported)."""
     if not is_import_path(path):
         raise ConfigError(f"model import path {path!r} must look like 'pkg.module:Name'")
     mod_name, attr = path.split(":")
@@ -573,14 +586,32 @@ def load_model(path: str, input_shape: tuple[int, ...] | None = None,
             raise ConfigError(f"{mod_name!r} has no attribute {attr!r}; check the model path "
                               f"{path!r}")
         obj = getattr(obj, part)
+    return obj
+
+
+def is_model_at(model: Architecture, path: str) -> bool:
+    """Whether ``model`` is the user model at import path ``path``, however it was passed: by
+    the path (``model.source``), or as the class, instance or function the path names
+    (``fit(Net(), ds, TrainConfig(arch="pkg:Net"))`` is the recipe ``--arch pkg:Net`` records,
+    and its adapter is named ``"Net"``). False when the path does not import."""
+    if model.source == path:
+        return True
+    try:
+        obj = _imported(path)
+    except ConfigError:
+        return False
+    own = lambda m: next((h for h in (m.flax_module, m.nnx_model, m.apply_fn) if h is not None),
+                         None)
+    if isinstance(obj, Architecture):
+        return own(obj) is not None and own(obj) is own(model)
     if isinstance(obj, type) and issubclass(obj, nnx.Module):
-        base = as_model(_nnx_class_adapter(obj, num_classes), input_shape, num_classes)
-        return _replaced(base, name=path, source=path)
+        return model.nnx_model is not None and model.nnx_model.cls is obj
+    if isinstance(obj, nnx.Module):
+        return model.nnx_model is not None and getattr(
+            _NNX_ADAPTERS.get(obj), "nnx_model", None) is model.nnx_model
     if isinstance(obj, type) and issubclass(obj, nn.Module):
-        obj = _instance_of(obj, num_classes)
-    # The same module object underneath: the returned model shares its compiled programs, so
-    # the same path passed to every call (or a run directory reloaded) compiles once.
-    return _replaced(as_model(obj, input_shape, num_classes, name=path), source=path)
+        return type(model.flax_module) is obj
+    return own(model) is obj
 
 
 def _replaced(model: Architecture, **changes) -> Architecture:
@@ -695,6 +726,7 @@ class NnxModel:
 
     def __init__(self, net: nnx.Module, construct: Callable | None, no_init: str = ""):
         self.graphdef, params, rest = nnx.split(net, nnx.Param, ...)
+        self.cls = type(net)        # what an import path names (is_model_at)
         flat = nnx.to_flat_state(params)
         self.paths = tuple(p for p, _ in flat)
         self.path_shapes = {p: jnp.shape(v) for p, v in flat}

@@ -24,7 +24,7 @@ from hyperforget_jax.checkpoint_checks import naming_non_finite_start, refuse_an
 from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError, NonFiniteError
-from hyperforget_jax.models import Architecture, as_model
+from hyperforget_jax.models import Architecture, as_model, is_import_path, is_model_at
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
@@ -116,9 +116,11 @@ def check_recipe_model(cfg: TrainConfig, model: Architecture, who: str) -> None:
     argument is what trains (``cfg.arch`` is the command line's ``--arch``), so
     ``fit("mlp", ds, TrainConfig(arch="cnn"))`` trained an MLP without a word. The default
     ``"mlp"`` is not checked: it cannot be told from "not set" (``fit("gpt_mlp", ds,
-    TrainConfig())`` stays valid)."""
+    TrainConfig())`` stays valid). An import path matches the model it names however that was
+    passed: by the path, or as the class, instance or function (:func:`models.is_model_at`)."""
     default = TrainConfig.__dataclass_fields__["arch"].default
-    if cfg.arch != default and cfg.arch not in (model.name, model.source):
+    if cfg.arch != default and cfg.arch not in (model.name, model.source) and not (
+            is_import_path(cfg.arch) and is_model_at(model, cfg.arch)):
         raise ConfigError(f"{who}: TrainConfig.arch is {cfg.arch!r} but the model given is "
                           f"{model.source or model.name!r}, and the model given is what trains; "
                           f"pass {cfg.arch!r} as the model, or leave TrainConfig.arch out")

@@ -251,6 +251,13 @@ def test_prompts_of_the_wrong_shape_or_not_multi_hot_are_named(setup, digits_spl
     soft = good._replace(classes=good.classes.at[4].set(0.7))
     with pytest.raises(ForgetRequestError, match="multi-hot 0/1"):
         H.sample(jax.random.key(0), net2, start, soft)
+    # A target left None (make_prompt's "the default") or given as text died in a TypeError of
+    # np.isfinite; a plain tuple in an AttributeError.
+    for bad in (good._replace(forget_target=None), good._replace(retain_target="0.5")):
+        with pytest.raises(ForgetRequestError, match="must be a positive finite loss"):
+            H.sample(jax.random.key(0), net2, start, bad)
+    with pytest.raises(ForgetRequestError, match="a prompt is a Prompt .make_prompt., got a tuple"):
+        H.sample(jax.random.key(0), net2, start, tuple(good))
 
 
 def test_sample_cli_refuses_a_retain_target_dihyfo1_would_ignore(setup, tmp_path, capsys):

@@ -423,3 +423,23 @@ def test_a_recipe_naming_another_model_is_refused(digits_splits):
         assert check_recipe_model(cfg, arch, "fit") is None
     with pytest.raises(ConfigError, match="'cnn' but the model given is 'user_model:TinyNet'"):
         check_recipe_model(cnn, user, "fit")
+
+
+def test_a_recipe_naming_the_model_given_by_import_path_is_accepted():
+    # fit(TinyNet(), ds, TrainConfig(arch="user_model:TinyNet")), the recipe --arch recorded,
+    # was refused as "another model": the adapter of a class or instance is named "TinyNet"
+    # and has no source. The same model as an NNX class or instance likewise.
+    import user_model
+    from flax import nnx
+    from hyperforget_jax.train_run import check_recipe_model
+
+    lin, nx = train.TrainConfig(arch="user_model:TinyNet"), train.TrainConfig(
+        arch="user_model:TinyNnx")
+    for cfg, model in ((lin, user_model.TinyNet()), (lin, user_model.TinyNet(num_classes=10)),
+                       (nx, user_model.TinyNnx), (nx, user_model.TinyNnx(rngs=nnx.Rngs(0)))):
+        assert check_recipe_model(cfg, models.as_model(model, (8, 8, 1), 10), "fit") is None
+    # Another model is still refused, whatever it is called.
+    for cfg, model in ((lin, user_model.StochasticNet()), (nx, user_model.TinyNet()),
+                       (lin, models.as_model(user_model.TinyNnx, (8, 8, 1), 10))):
+        with pytest.raises(ConfigError, match="TrainConfig.arch is 'user_model:Tiny"):
+            check_recipe_model(cfg, models.as_model(model, (8, 8, 1), 10), "fit")

@@ -2,6 +2,7 @@
 tests; nothing in the library knows it."""
 
 import flax.linen as nn
+from flax import nnx
 
 
 class TinyNet(nn.Module):
@@ -21,3 +22,13 @@ class StochasticNet(nn.Module):
     def __call__(self, x):
         x = nn.Dropout(0.5, deterministic=False)(nn.Dense(32)(x.reshape((x.shape[0], -1))))
         return nn.Dense(self.num_classes)(x)
+
+
+class TinyNnx(nnx.Module):
+    """A Flax NNX model, importable by path."""
+
+    def __init__(self, num_classes: int = 10, *, rngs: nnx.Rngs):
+        self.head = nnx.Linear(64, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(x.reshape((x.shape[0], -1)))

@@ -128,7 +128,11 @@ def _check_prompt(spec: HyperSpec, prompt: Prompt, stacked: bool = False) -> Non
     :func:`stack_prompts`) of this hypernetwork: the shapes (a stacked prompt given to
     :func:`sample` died in a broadcasting error inside the denoiser), a class token that is not
     multi-hot (0.7 was read as "forget" by this check and fed as 0.7 to the denoiser), the
-    request and the losses."""
+    request and the losses: numbers (``forget_target=None`` for "the default", as
+    :func:`make_prompt` takes it, died in a TypeError of ``np.isfinite``)."""
+    if not isinstance(prompt, Prompt):
+        raise ForgetRequestError(f"a prompt is a Prompt (make_prompt), got a "
+                                 f"{type(prompt).__name__}")
     if any(isinstance(v, jax.core.Tracer) for v in jax.tree.leaves(tuple(prompt))):
         return      # under jax.vmap / jit: make_prompt / sample_many validated the values
     cls = np.asarray(prompt.classes)
@@ -150,7 +154,7 @@ def _check_prompt(spec: HyperSpec, prompt: Prompt, stacked: bool = False) -> Non
         check_request(spec, tuple(int(c) for c in np.flatnonzero(row > 0.5)))
     for name in ("forget_start", "forget_target", "retain_start", "retain_target"):
         v = np.asarray(getattr(prompt, name))
-        if not (np.isfinite(v).all() and (v > 0).all()):
+        if not (np.issubdtype(v.dtype, np.number) and np.isfinite(v).all() and (v > 0).all()):
             raise ForgetRequestError(f"prompt {name.replace('_', ' ')} must be a positive "
                                      f"finite loss, got {v.ravel()[:3].tolist()}")
 
