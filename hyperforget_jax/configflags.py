@@ -29,7 +29,7 @@ import math
 import re
 import types
 import typing
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from hyperforget_jax.errors import ConfigError
 
@@ -442,9 +442,14 @@ class ConfigNamespace:
 
 def add_config_namespace(parser: argparse.ArgumentParser, name: str,
                          classes: Mapping[str, type], title: str | None = None,
-                         key_name: str = "method") -> ConfigNamespace:
+                         key_name: str = "method",
+                         refused: Mapping[str, Collection[str]] | None = None
+                         ) -> ConfigNamespace:
     """Adds ``--<name>.FIELD`` for every field of every class in ``classes`` (key → class, e.g.
     method → its config), with help naming the keys that take it and their defaults.
+    ``refused``: key → fields of its class that the command refuses for it (Fine-tune's α and τ
+    fields of the GradTauConfig it shares with ∇τ); their help names the key as refusing them
+    instead of listing a default it would never use.
 
     Returns:
       A :class:`ConfigNamespace`; ``build(args, key)`` makes ``classes[key]``'s config.
@@ -452,7 +457,7 @@ def add_config_namespace(parser: argparse.ArgumentParser, name: str,
     by_field: dict[str, list[tuple[str, type, dataclasses.Field]]] = {}
     for key, cls in classes.items():
         for f in dataclasses.fields(cls):
-            if f.init:
+            if f.init and f.name not in (refused or {}).get(key, ()):
                 by_field.setdefault(f.name, []).append((key, cls, f))
     group = parser.add_argument_group(
         title or f"{key_name} config (--{name}.FIELD=VALUE)",
@@ -473,6 +478,8 @@ def add_config_namespace(parser: argparse.ArgumentParser, name: str,
                " ".join(f"{', '.join(keys)}: {text}" for text, keys in texts.items()))
         tp = _hints(users[0][1]).get(field, Any)
         used = ", ".join(f"{k} {_fmt_default(_default(f))}" for k, _, f in users)
+        no = [k for k, fields in (refused or {}).items() if field in fields]
+        used += f"; refused by {', '.join(no)}" if no else ""
         help_text = f"{doc} [{_type_name(tp)}; default by {key_name}: {used}]".strip()
         dest = f"{name}__{field}"
         group.add_argument(f"--{name}.{field}", dest=dest, default=UNSET, metavar="VALUE",

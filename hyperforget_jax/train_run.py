@@ -187,6 +187,9 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
       NonFiniteError: a step produced NaN/inf (named in the message).
       CheckpointError: ``checkpointer`` holds another run (see ``checkpointer``).
       ArchitectureError: a model with no output for some label (fewer outputs than classes).
+      ConfigError: ``cfg.arch`` set to another model than ``arch`` (an import path or a
+        registered name: ``arch`` is what trains), or a model with no init and no
+        ``init_params``.
     """
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"fit takes a TrainConfig, got {type(cfg).__name__}; e.g. "
@@ -267,6 +270,10 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
       subsets: optional (members, n) indices into ``train``: member ``i`` trains on
         ``train[subsets[i]]`` (equal sizes; U-LiRA's shadow models).
       vectorize: ``"vmap"`` (default) or ``"map"`` (:func:`over_members`).
+
+    Raises:
+      ConfigError: a config whose ``arch`` names another model than ``arch`` (as :func:`fit`),
+        configs whose epochs or batch sizes differ, or not one per seed.
     """
     model = _model_for(arch, train)
     if isinstance(seeds, (int, np.integer)):     # list(3): a bare TypeError
@@ -359,6 +366,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
       The final :class:`TrainState` and a per-epoch history (mean loss / accuracy).
 
     Raises:
+      ConfigError: ``cfg.arch`` names another model than ``arch`` (as :func:`fit`).
       NonFiniteError: a step produced NaN/inf.
       DataError: a batch of images of the wrong shape.
       ArchitectureError: a batch with a label past the model's last output.

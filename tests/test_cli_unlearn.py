@@ -83,6 +83,21 @@ def test_config_flags_a_method_would_ignore_are_refused(tmp_path, capsys, argv, 
     assert not run.exists()
 
 
+def test_help_lists_no_default_for_the_fields_finetune_refuses():
+    # Its help listed "default by method: gradtau 0.95, finetune 0.95" for every α / τ field,
+    # each of which `--method finetune` refuses.
+    from hyperforget_jax.unlearn.gradtau_run import ASCENT_FIELDS
+
+    sub = next(a for a in cli.build_parser()._actions if a.choices and "unlearn" in a.choices)
+    helps = {a.option_strings[0]: a.help for a in sub.choices["unlearn"]._actions
+             if a.option_strings}
+    for f in ASCENT_FIELDS:
+        text = " ".join(helps[f"--config.{f}"].split())
+        assert "gradtau" in text and "refused by finetune" in text
+        assert "finetune " not in text.split("default by method:")[1]
+    assert "finetune 0.1" in helps["--config.final_lr_fraction"]
+
+
 def test_unknown_method_is_rejected(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["unlearn", "--method", "magic", "--forget-class", "3"])

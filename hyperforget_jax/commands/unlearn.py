@@ -260,5 +260,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_train_args(p, title="training recipe of the original (used when --run-dir "
                                    "holds no model; otherwise it must match the loaded one)",
                           rename={"seed": "train-seed"})
-    flags = configflags.add_config_namespace(p, "config", _method_configs())
+    # Fine-tune's α and τ fields are refused (cmd_unlearn): the help lists no default for them.
+    flags = configflags.add_config_namespace(p, "config", _method_configs(),
+                                             refused={"finetune": ASCENT_FIELDS})
     p.set_defaults(func=cmd_unlearn, _method_flags=flags)

@@ -85,7 +85,8 @@ class UnlearnConfig:
 
     Attributes:
       fake_label: ``hard`` | ``generated`` | ``heldout`` (see :func:`fake_label`).
-      substitution: ``data`` | ``latent`` | ``none``.
+      substitution: ``data`` | ``latent`` | ``none`` (no substitution term: ``lambda_s`` is
+        unused, and ``gan unlearn`` refuses ``--lambda-s`` with it).
       lambda_u: weight of the forgotten-items term in L_D.
       lambda_s: weight of the substitution term in L_G (per-pixel squared error, mean).
       lambda_a: weight of the *anchor* term in L_G [ours]: λ_a · ‖G(z_a) − G₀(z_a)‖² (per-pixel,

@@ -64,7 +64,8 @@ class DenoiserConfig:
 
     Attributes:
       num_layers, width, num_heads, mlp_ratio: the transformer [ours: sized for a CPU].
-      max_chunk: values per parameter token [G.pt: 1000].
+      max_chunk: values per chunk token [G.pt: 1000]; unit tokens never read it (another
+        value is refused with them).
       num_freqs, max_freq_exp: the scalar embedding's frequencies 2^linspace(0, max_freq_exp,
         num_freqs) [G.pt: 128 up to 2^14 on raw values; ours: 32 up to 2^4 on standardised
         values].
