@@ -38,7 +38,7 @@ import numpy as np
 
 from hyperforget_jax import metrics, train, xla
 from hyperforget_jax.config import SEED_LIMIT, check_config, field
-from hyperforget_jax.data import Dataset, ForgetSplit, batch_indices
+from hyperforget_jax.data import Dataset, ForgetSplit
 from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import tree_index

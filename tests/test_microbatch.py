@@ -9,9 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from absl.testing import parameterized
 from jax import export
 
 from hyperforget_jax import data, microbatch, models, train

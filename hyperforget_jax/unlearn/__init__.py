@@ -33,7 +33,7 @@ from hyperforget_jax import data, train
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
-                                   ForgetRequestError, NonFiniteError)
+                                   ForgetRequestError)
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn import baselines, configs
