@@ -21,8 +21,8 @@ from hyperforget_jax.checkpoint import (Checkpointer, default_device, load_param
                                         load_params_meta)
 from hyperforget_jax.cli import ListInOne
 from hyperforget_jax.configflags import finite_float, seed_int
-from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, RunDirError,
-                                    shell_quote)
+from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
+                                    RunDirError, shell_quote)
 from hyperforget_jax.models import Architecture, is_import_path, load_model, make_architecture
 from hyperforget_jax.train import TrainConfig, fit, init_state, make_optimizer
 
@@ -137,12 +137,30 @@ def request_from_args(args) -> data.ForgetRequest | None:
     return None
 
 
-def describe_both(was: data.ForgetRequest, now: data.ForgetRequest) -> tuple[str, str]:
-    """Two requests' descriptions for a refusal that they differ: ``describe()``, or their JSON
-    where it is the same text ("random 10%" for any --forget-seed, "5 items" for any 5
-    indices, which read "a run for random 10%, not for random 10%")."""
-    a, b = was.describe(), now.describe()
-    return (a, b) if a != b else (json.dumps(was.to_json()), json.dumps(now.to_json()))
+def same_request(a: data.ForgetRequest, b: data.ForgetRequest) -> bool:
+    """Whether two requests are one (classes 4 3 and 3 4 are one forget set)."""
+    def canonical(req: data.ForgetRequest) -> dict:
+        j = req.to_json()
+        return {**j, "classes": sorted(j["classes"])} if j.get("classes") else j
+
+    return canonical(a) == canonical(b)
+
+
+def refuse_other_request(got: dict | None, request: data.ForgetRequest, what: str,
+                         fix: str) -> None:
+    """ForgetRequestError ``"<what> for <got>, not for <request>; <fix>"`` when a run's recorded
+    request (its JSON ``got``; None: a run of no request) is another one. The requests are named
+    by ``describe()``, or by their JSON where that is the same text ("random 10%" for any
+    --forget-seed, "5 items" for any 5 indices: "for random 10%, not for random 10%")."""
+    if not got:
+        return
+    was = data.ForgetRequest.from_json(got)
+    if same_request(was, request):
+        return
+    a, b = was.describe(), request.describe()
+    if a == b:
+        a, b = json.dumps(was.to_json()), json.dumps(request.to_json())
+    raise ForgetRequestError(f"{what} for {a}, not for {b}; {fix}")
 
 
 def architecture_for(arch_name: str, splits: data.Splits) -> Architecture:

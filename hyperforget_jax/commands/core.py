@@ -91,20 +91,8 @@ def _check_retrain(meta: dict, request: data.ForgetRequest, path) -> None:
         raise RunDirError(f"--retrain-dir {path} holds {rundir._a(role)} run, not a Retrain; "
                           "pass the --run-dir of `hyperforget retrain` for this forget request")
     got = ident.get("request", meta.get("request"))
-    # Classes 5 3 and 3 5 are one forget set (same_request), as for --run-dir's own request.
-    if got is not None and not same_request(data.ForgetRequest.from_json(got), request):
-        was, now = common.describe_both(data.ForgetRequest.from_json(got), request)
-        raise ForgetRequestError(f"--retrain-dir {path} is a Retrain for {was}, not for {now}; "
-                                 "pass the Retrain of this request")
-
-
-def same_request(a: data.ForgetRequest, b: data.ForgetRequest) -> bool:
-    """Whether two requests are one (classes 4 3 and 3 4 are one forget set)."""
-    def canonical(req: data.ForgetRequest) -> dict:
-        j = req.to_json()
-        return {**j, "classes": sorted(j["classes"])} if j.get("classes") else j
-
-    return canonical(a) == canonical(b)
+    common.refuse_other_request(got, request, f"--retrain-dir {path} is a Retrain",
+                                "pass the Retrain of this request")
 
 
 def _check_own_request(meta: dict, request: data.ForgetRequest | None, path) -> None:
@@ -116,7 +104,7 @@ def _check_own_request(meta: dict, request: data.ForgetRequest | None, path) -> 
     if request is None or own is None or ident.get("role") not in ("unlearned", "retrain",
                                                                     "hyperforget-sample"):
         return
-    if not same_request(data.ForgetRequest.from_json(own), request):
+    if not common.same_request(data.ForgetRequest.from_json(own), request):
         raise ForgetRequestError(
             f"--run-dir {path} is {rundir._a(ident['role'])} run for the request "
             f"{json.dumps(own)}, this command asks for {json.dumps(request.to_json())}; drop "

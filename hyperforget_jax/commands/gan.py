@@ -21,7 +21,7 @@ import jax
 from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import Checkpointer
 from hyperforget_jax.commands import common
-from hyperforget_jax.commands.core import same_request, slug
+from hyperforget_jax.commands.core import slug
 from hyperforget_jax.configflags import non_negative_int, positive_int
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
                                    RunDirError, shell_quote)
@@ -307,14 +307,6 @@ def evaluation_table(rows: dict[str, dict]) -> str:
                                   for n, r in rows.items()])
 
 
-def _refuse_other_request(meta: dict, request: data.ForgetRequest, what: str, fix: str) -> None:
-    # Classes 5 3 and 3 5 are one request (same_request), as `hyperforget evaluate` reads them.
-    got = meta.get("request")
-    if got and not same_request(data.ForgetRequest.from_json(got), request):
-        was, now = common.describe_both(data.ForgetRequest.from_json(got), request)
-        raise ForgetRequestError(f"{what} holds a run for {was}, not for {now}; {fix}")
-
-
 def cmd_evaluate(args) -> int:
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
@@ -329,9 +321,10 @@ def cmd_evaluate(args) -> int:
         fsplit = data.resolve_forget(splits.train, request)
     # A Retrain or an unlearned GAN scored on another request's forget set would read as a
     # result for that request (`hyperforget evaluate` refuses it too; --compare's were).
-    _refuse_other_request(meta, request, f"--run-dir {args.run_dir}", "drop the request flags "
-                          "to evaluate it on its own request, or evaluate a run of this request "
-                          "(or the Original)")
+    common.refuse_other_request(meta.get("request"), request,
+                                f"--run-dir {args.run_dir} holds a run",
+                                "drop the request flags to evaluate it on its own request, or "
+                                "evaluate a run of this request (or the Original)")
     recipe = args._judge(args)
     ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
     data_id = common.data_identity(args, splits)
@@ -346,8 +339,8 @@ def cmd_evaluate(args) -> int:
         # forget set, D_r and test images, and its row would read as a comparison.
         common.check_same_data(m, args, splits, other, "GAN")
         # A Retrain (or an unlearned GAN) of another request is no comparison for this one.
-        _refuse_other_request(m, request, f"--compare {other}",
-                              "compare the runs of this request (or the Original)")
+        common.refuse_other_request(m.get("request"), request, f"--compare {other} holds a run",
+                                    "compare the runs of this request (or the Original)")
         others[other] = a, st
     search = _judge_dirs([*runs, *args.judge_from])
     out = args.out or Path(args.run_dir) / "gan-evaluate" / slug(request)
