@@ -33,6 +33,7 @@ import jax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import data, train  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser, ListInOne  # noqa: E402
 from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
 from hyperforget_jax.models import as_model  # noqa: E402
 
@@ -143,12 +144,13 @@ def gan_rows(splits, n_items=64):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     # The original's recipe: one flag per TrainConfig field (--arch, --epochs, ...); seed 0.
     recipe = add_config_flags(ap, train.TrainConfig, title="classifier recipe",
                               exclude=("seed",))
     ap.add_argument("--methods", default="retrain,gradtau,finetune,neggrad,neggrad_plus,"
-                    "random_labels,scrub,salun,bad_teacher,hyperforget_sample")
+                    "random_labels,scrub,salun,bad_teacher,hyperforget_sample",
+                    action=ListInOne)
     ap.add_argument("--forget-class", type=int, default=3)
     ap.add_argument("--gan", action=argparse.BooleanOptionalAction, default=True,
                     help="also time GAN retrain and GAN item unlearning (≈2 min)")

@@ -40,7 +40,7 @@ import optax
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyperforget_jax import __version__, data, metrics, report, rundir, train  # noqa: E402
-from hyperforget_jax.cli import ArgumentParser  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser, ListInOne  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
 from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
 from hyperforget_jax.errors import ConfigError  # noqa: E402
@@ -84,6 +84,11 @@ def parse_originals(text: str) -> list[tuple[str, int, float, int]]:
     return rows
 
 
+def unparse_originals(rows) -> str:
+    """:func:`parse_originals`'s rows back as ``seed:lr:epochs,...``."""
+    return ",".join(f"{s}:{lr:g}:{ep}" for _, s, lr, ep in rows)
+
+
 def parse(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="runs/hf_eval")
@@ -96,6 +101,7 @@ def parse(argv=None):
                    help="corpus originals rebuilt for the memorisation check")
     p.add_argument("--quick", action="store_true", help="2 originals, 1 sample (smoke run)")
     p.add_argument("--originals", type=parse_originals, default=None, metavar="S:LR:E,...",
+                   action=ListInOne, unparse=unparse_originals,
                    help="other held-out originals, e.g. 40:1e-3:20,41:2.5e-3:15 (seed, learning "
                         "rate, epochs); default: TEST_ORIGINALS")
     p.add_argument("--render-only", action="store_true",

@@ -34,7 +34,10 @@ class _Store(argparse._StoreAction):
             sep = "," if isinstance(self, ListInOne) else " "
 
             def show(v):
-                return v if isinstance(v, str) else sep.join(map(str, v))
+                if isinstance(v, str):
+                    return v
+                unparse = getattr(self, "unparse", None)    # a ListInOne's type's inverse
+                return unparse(v) if unparse else sep.join(map(str, v))
             parser.error(f"argument {option_string}: given twice ({show(before)}, then "
                          f"{show(values)}), and only the last would be used; give it once "
                          f"with every item: {option_string} {show(before)}{sep}{show(values)}")
@@ -43,7 +46,12 @@ class _Store(argparse._StoreAction):
 
 class ListInOne(_Store):
     """The action of a flag whose one value is a comma-separated list (``--forget-indices
-    1,2,5``): refused given twice, as a list flag is."""
+    1,2,5``): refused given twice, as a list flag is. ``unparse`` writes a value its ``type``
+    made back as the flag's text, for the joined form the refusal suggests."""
+
+    def __init__(self, *a, unparse=None, **k):
+        super().__init__(*a, **k)
+        self.unparse = unparse
 
 
 class ArgumentParser(argparse.ArgumentParser):

@@ -121,7 +121,7 @@ def test_readme_example_runs_as_written():
     assert (pred[~forget] == split.y[~forget]).mean() >= 0.85
 
 
-def test_shipped_corpus_recipe_and_eval_originals_flag():
+def test_shipped_corpus_recipe_and_eval_originals_flag(capsys):
     """The shipped DiHyFo-2 was trained on a corpus whose forgotten readout shrinks to 0, and
     hyperforget_eval's --originals parses SEED:LR:EPOCHS (or names the bad item)."""
     import argparse
@@ -138,6 +138,12 @@ def test_shipped_corpus_recipe_and_eval_originals_flag():
     for bad in ("40:1e-3", "x:1e-3:20", "100000:1e-3:20", "4:0:20"):
         with pytest.raises(argparse.ArgumentTypeError, match="SEED:LR:EPOCHS|seed"):
             ev.parse_originals(bad)
+    # Given twice, argparse kept the second list alone; the joined form suggested parses.
+    with pytest.raises(SystemExit) as e:
+        ev.parse(["--originals", "40:1e-3:20", "--originals", "41:2.5e-3:15"])
+    assert e.value.code == 2
+    joined = capsys.readouterr().err.split("every item: --originals ")[1].split()[0]
+    assert ev.parse_originals(joined) == ev.parse_originals("40:1e-3:20,41:2.5e-3:15")
 
 
 def _eval_script():
