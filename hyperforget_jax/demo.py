@@ -95,7 +95,7 @@ def _plot(ctx: DemoContext, path: Path, methods: dict[str, list[dict]] | None = 
     ax.set_xlabel("class")
     ax.set_ylabel("test accuracy %")
     ax.set_title(f"Per-class test accuracy, forgetting {ctx.request.describe()} "
-                 f"({len(ctx.seeds)} seeds)")
+                 f"({len(ctx.seeds)} seed{'s' * (len(ctx.seeds) != 1)})")
     ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))
     report.save_figure(fig, path)
 
@@ -161,8 +161,9 @@ def _run(args, run_dir: Path, splits, request, fsplit, names, t_start):
         "architecture": arch.to_json(),
         "original": ctx.evals_original, "retrain": ctx.evals_retrain,
         "retrain_seconds": r_secs}
+    n_seeds = f"{len(seeds)} seed{'s' * (len(seeds) != 1)}"
     md = [f"# hyperforget demo: forgetting class {args.forget_class} of MNIST-5k\n",
-          f"Classifier {arch.name} ({arch.param_count:,} parameters), {len(seeds)} seeds, "
+          f"Classifier {arch.name} ({arch.param_count:,} parameters), {n_seeds}, "
           f"mean ± std. Train / val / test = {len(splits.train)} / {len(splits.val)} / "
           f"{len(splits.test)} images; forget set {len(fsplit.forget)} images.\n",
           "## Original vs Retrain\n",
