@@ -38,9 +38,11 @@ class _Store(argparse._StoreAction):
                     return v
                 unparse = getattr(self, "unparse", None)    # a ListInOne's type's inverse
                 return unparse(v) if unparse else sep.join(map(str, v))
-            parser.error(f"argument {option_string}: given twice ({show(before)}, then "
-                         f"{show(values)}), and only the last would be used; give it once "
-                         f"with every item: {option_string} {show(before)}{sep}{show(values)}")
+            first, then = show(before) or "no items", show(values) or "no items"
+            joined = sep.join(t for t in (show(before), show(values)) if t)
+            parser.error(f"argument {option_string}: given twice ({first}, then {then}), and "
+                         "only the last would be used; give it once with every item: "
+                         f"{option_string} {joined}")
         super().__call__(parser, namespace, values, option_string)
 
 

@@ -215,6 +215,17 @@ def test_a_retrain_of_the_same_classes_in_another_order_is_accepted():
         _check_retrain(meta, ForgetRequest(classes=(3, 4)), "R")
 
 
+def test_a_list_flag_given_twice_empty_first_suggests_a_form_that_parses(capsys):
+    """``--compare --compare c``: the refusal says the first list had no items and suggests
+    ``--compare c``, not ``--compare  c`` after an empty "given twice (, then c)"."""
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["gan", "evaluate", "--run-dir", "r", "--compare",
+                                       "--compare", "c"])
+    err = capsys.readouterr().err
+    assert "given twice (no items, then c)" in err and err.endswith("item: --compare c "
+                                                                     "(see --help)\n")
+
+
 def test_unwritable_run_dir(tmp_path, capsys):
     ro = tmp_path / "ro"
     ro.mkdir()
