@@ -372,6 +372,9 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
       ArchitectureError: a batch with a label past the model's last output.
     """
     check_sync_every(sync_every, "fit_stream")
+    if not isinstance(cfg, TrainConfig):    # as fit: a dict or namespace failed on a field
+        raise ConfigError(f"fit_stream takes a TrainConfig, got {type(cfg).__name__}; e.g. "
+                          "hf.TrainConfig(epochs=5)")
     model = as_model(arch)
     check_recipe_model(cfg, model, "fit_stream")
     tx = make_optimizer(cfg)

@@ -324,6 +324,9 @@ def test_fleet_seeds_are_checked_like_fit_s_and_take_jax_integers(digits_splits)
         train.fit_fleet(arch, digits_splits.train, cfg, seeds=3)
     with pytest.raises(ConfigError, match="fit_fleet takes a TrainConfig.*got dict"):
         train.fit_fleet(arch, digits_splits.train, {"epochs": 0}, seeds=[0])
+    with pytest.raises(ConfigError, match="fit_stream takes a TrainConfig.*got dict"):
+        train.fit_stream(arch, [(digits_splits.train.x[:2], digits_splits.train.y[:2])],
+                         {"epochs": 0})
     a, _ = train.fit_fleet(arch, digits_splits.train, cfg, seeds=jnp.arange(2))
     b, _ = train.fit_fleet(arch, digits_splits.train, cfg, seeds=[0, 1])
     assert_trees_close(a.params, b.params, atol=0.0)
