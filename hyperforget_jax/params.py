@@ -52,8 +52,17 @@ def param_spans(params: Params) -> list[TensorSpan]:
 
 
 def flatten(params: Params) -> jax.Array:
-    """Concatenates every tensor into one 1-D vector (jit- and vmap-compatible)."""
-    return jnp.concatenate([jnp.ravel(l) for l in jax.tree.leaves(params)])
+    """Concatenates every tensor into one 1-D vector (jit- and vmap-compatible).
+
+    Raises:
+      ArchitectureError: ``params`` hold no array (an empty pytree died in jnp's "Need at least
+        one array to concatenate", which named neither the params nor the fix).
+    """
+    leaves = jax.tree.leaves(params)
+    if not leaves:
+        raise ArchitectureError(f"cannot flatten {params!r:.60}: the pytree holds no array; "
+                                "pass the model's parameters (e.g. state.params)")
+    return jnp.concatenate([jnp.ravel(l) for l in leaves])
 
 
 def unflatten(flat: jax.Array, template: Params) -> Params:

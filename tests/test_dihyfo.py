@@ -384,6 +384,9 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
         assert 0.0 <= res["sample"][k] <= 1.0 and k in res["start"]
     # What ran is in the results, and the report names every attack like unlearn's does.
     assert res["seed"] == 4 and res["sample_config"]["num_steps"] == 4
+    assert res["coverage"] == {"request_in_corpus": True, "forget_target_in_range": True,
+                               "forget_loss_range": list(net2.spec.forget_loss_range)}
+    assert "Note:" not in (tmp_path / "s" / "report.md").read_text()
     assert "mia_entropy_lr" in (tmp_path / "s" / "report.md").read_text()
     capsys.readouterr()
 
@@ -433,6 +436,31 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     assert cli.main(tiny[:-1]) == 0
     assert "already trained" in capsys.readouterr().out
     assert (tmp_path / "t" / "hypernet.npz").read_bytes() == first
+
+
+def test_a_sample_records_what_of_its_request_the_corpus_did_not_hold(setup, digits_splits):
+    """A forget target far outside the corpus's forget losses (the tiny corpus: 2.1..2.4) and a
+    pair the corpus never held were sampled, and their results and report said nothing of it:
+    the sample (forget loss ≈ 2.3) read as the answer to "reach a forget loss of 500"."""
+    from hyperforget_jax.commands.hyper import _coverage_note
+    from hyperforget_jax.hyperforget.spec import coverage
+
+    _, _, net2, _, start = setup
+    spec = net2.spec
+    lo, hi = spec.forget_loss_range
+    assert spec.trained_requests == ((0, 1), (4,), (5,))
+    assert coverage(spec, (1, 0), (lo + hi) / 2) == {
+        "request_in_corpus": True, "forget_loss_range": [lo, hi], "forget_target_in_range": True}
+    cov = coverage(spec, (5, 4), 500.0)
+    assert cov["request_in_corpus"] is False and cov["forget_target_in_range"] is False
+    prompt = H.make_prompt(net2, start, digits_splits.train, (5, 4), forget_target=500.0)
+    note = _coverage_note(cov, prompt)
+    assert "no request of the corpus" in note and "forget target 500 lies outside" in note
+    assert _coverage_note(coverage(spec, (4,), hi), prompt) == ""
+    # A spec that does not record its corpus's requests or range: unknown, not "covered".
+    bare = dataclasses.replace(spec, trained_requests=(), forget_loss_range=())
+    assert coverage(bare, (4,), 500.0) == {"request_in_corpus": None, "forget_loss_range": None,
+                                           "forget_target_in_range": None}
 
 
 def test_sample_cli_refuses_num_steps_with_ddpm(tmp_path, capsys):

@@ -51,6 +51,24 @@ def test_gpt_chunking_gives_11_tokens_never_mixing_tensors():
     assert batched.shape == (2, 11, 1000)
 
 
+def test_flatten_round_trips_odd_pytrees_and_names_an_empty_one():
+    """Nested dicts, tuples, a 0-d leaf, bf16 beside float32 and a leaf of size 0 come back
+    with their structure, shapes, dtypes and values; an empty pytree is named (was: jnp's
+    "Need at least one array to concatenate")."""
+    tree = {"a": {"b": jnp.arange(6.0).reshape(2, 3), "c": (jnp.float32(1.5), [jnp.zeros(0)])},
+            "h": jnp.asarray([1.0039, -2.5], jnp.bfloat16), "z": jnp.zeros((0, 4))}
+    flat = P.flatten(tree)
+    assert flat.shape == (9,) and flat.dtype == jnp.float32
+    back = P.unflatten(flat, tree)
+    assert jax.tree.structure(back) == jax.tree.structure(tree)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(tree)):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))
+    for empty in ({}, {"a": None}, ()):
+        with pytest.raises(ArchitectureError, match="holds no array"):
+            P.flatten(empty)
+
+
 def test_wrong_length_flat_vector_is_clear_error():
     p = models.make_architecture("gpt_mlp").init(jax.random.key(0))
     with pytest.raises(ArchitectureError, match="7960 parameters"):

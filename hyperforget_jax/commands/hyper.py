@@ -29,7 +29,7 @@ from hyperforget_jax.hyperforget import corpus as C
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import dihyfo as H
 from hyperforget_jax.hyperforget import store
-from hyperforget_jax.hyperforget.spec import check_target
+from hyperforget_jax.hyperforget.spec import check_target, coverage
 
 
 def cmd_corpus(args) -> int:
@@ -206,6 +206,7 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
                                                      "architecture": arch.to_json(),
                                                      "request": request.to_json(),
                                                      "prompt": prompt_json})
+    cov = coverage(net.spec, request.classes, float(prompt.forget_target))
     how = (f"{sc.method}, {sc.num_steps} steps" + (f", guidance {sc.guidance:g}"
                                                    if sc.guidance else "")
            + (f", best of {sc.best_of}" if sc.best_of > 1 else ""))
@@ -216,12 +217,29 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
               ["model"] + [h for _, h, _ in KEYS],
               [[n, *(report.fmt(e.get(k), 2, s) for k, _, s in KEYS)]
                for n, e in (("start", ev_start), ("sample", ev))])
-          + f"\n\nsampling time {secs:.2f} s ({how}, including compilation)\n")
+          + f"\n\nsampling time {secs:.2f} s ({how}, including compilation)\n"
+          + _coverage_note(cov, prompt))
     results = {"start": ev_start, "sample": ev, "seconds": secs, "request": request.to_json(),
                "dataset": args.dataset, "split_seed": args.split_seed, "prompt": prompt_json,
+               "coverage": cov,
                "hypernet": str(args.hypernet), "sample_config": sc.to_json(), "seed": args.seed}
     common.write_results(run_dir, results, md)
     common.emit(args, results, md)
+
+
+def _coverage_note(cov: dict, prompt) -> str:
+    """The report's words for what of the request the corpus did not hold (was: a forget target
+    far outside the corpus's losses was sampled and reported with no word of it)."""
+    notes = []
+    if cov["request_in_corpus"] is False:
+        notes.append("this class set was no request of the corpus: it is served through the "
+                     "class tokens")
+    if cov["forget_target_in_range"] is False:
+        lo, hi = cov["forget_loss_range"]
+        notes.append(f"the forget target {float(prompt.forget_target):.4g} lies outside the "
+                     f"corpus's forget losses {lo:.4g}..{hi:.4g} (5th-95th percentile): the "
+                     "hypernetwork was not trained for it, compare the sample's forget loss")
+    return "".join(f"\nNote: {n}.\n" for n in notes)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

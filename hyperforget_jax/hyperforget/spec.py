@@ -229,6 +229,21 @@ def check_request(spec: HyperSpec, classes: tuple[int, ...]) -> None:
     default_targets(spec, len(classes))
 
 
+def coverage(spec: HyperSpec, classes, forget_target: float) -> dict:
+    """What of a request the hypernetwork's corpus held, for a sample's record: whether this
+    very class set was a training request (an unseen pair is served through the class tokens,
+    by extrapolation), and whether the prompted forget loss lies within the corpus's 5th-95th
+    percentile :attr:`HyperSpec.forget_loss_range` (outside it the corpus never showed such a
+    target and prompt alignment was never measured). None where the spec does not record it."""
+    rng = [float(v) for v in spec.forget_loss_range]
+    seen = {tuple(sorted(r)) for r in spec.trained_requests}
+    return {"request_in_corpus": (tuple(sorted(int(c) for c in classes)) in seen
+                                  if seen else None),
+            "forget_loss_range": rng or None,
+            "forget_target_in_range": (rng[0] <= float(forget_target) <= rng[1]
+                                       if len(rng) == 2 else None)}
+
+
 def check_target(name: str, value) -> float:
     """A prompted loss must be a positive finite number (it enters as a logarithm)."""
     try:
