@@ -457,3 +457,34 @@ def test_scrub_plan_runs_msteps_max_passes_first(setup):
     _, info = baselines.run_method("scrub", arch, arch.init(jax.random.key(1)), split,
                                    baselines.C.ScrubConfig(epochs=1, msteps=1), seed=0)
     assert abs(info["first_loss"]) < 1e-5 and info["last_loss"] > 1.0
+
+
+def test_objectives_under_shard_map_and_pmap_give_the_one_device_gradient():
+    # Under shard_map's default check_vma=True autodiff sums the replicated parameters' gradient
+    # over the devices: the usual pmean afterwards gave 4 × the batch's gradient on 4 devices,
+    # silently. axis_name= now gives the one-device gradient; without it, split batches are
+    # refused. Under pmap (no vma) axis_name averages as before a user's own pmean did.
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    devices = devices_or_skip(4)
+    mesh = jax.sharding.Mesh(np.array(devices), ("data",))
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+    fb = (jnp.asarray(rng.normal(size=(8, 5)), jnp.float32), jnp.asarray(rng.integers(0, 4, 8)))
+    rb = (jnp.asarray(rng.normal(size=(8, 5)), jnp.float32), jnp.asarray(rng.integers(0, 4, 8)))
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    make = lambda axis_name=None: baselines.neggrad_plus(loss_fn, 0.9, axis_name)  # noqa: E731
+    want = make().update(w, (), fb, rb)[0]
+
+    def sharded(obj):
+        f = lambda p, f_, r_: jax.lax.pmean(obj.update(p, (), f_, r_)[0], "data")  # noqa: E731
+        sm = jax.shard_map(f, mesh=mesh, in_specs=(P(), P("data"), P("data")), out_specs=P())
+        return jax.jit(sm)(jax.device_put(w, NamedSharding(mesh, P())),
+                           *jax.device_put((fb, rb), NamedSharding(mesh, P("data"))))
+
+    np.testing.assert_allclose(sharded(make("data")), want, atol=1e-6)
+    with pytest.raises(ConfigError, match="pass axis_name="):
+        sharded(make())
+    got = jax.pmap(lambda p, f_, r_: make("data").update(p, (), f_, r_)[0], axis_name="data",
+                   in_axes=(None, 0, 0), devices=devices)(w, *train.shard_batch((fb, rb), 4))
+    np.testing.assert_allclose(got[0], want, atol=1e-6)

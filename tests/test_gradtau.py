@@ -801,6 +801,29 @@ def test_chunks_need_per_example_losses(digits_splits):
         jax.jit(chunked.update)(params, chunked.init(params), (x, y), (x, y))
 
 
+def test_nabla_tau_refuses_a_tau_or_alpha_it_would_misuse():
+    # τ of shape (n,) (a tau_fn without its .mean()) failed in lax.cond with a bare TypeError;
+    # α outside [0, 1] or a NaN τ ran, degrading the model (or skipped every step, silently).
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    params, batch = jnp.eye(4), (jnp.eye(4), jnp.arange(4))
+    gt = G.nabla_tau(loss_fn, 0.3, tau_fn=lambda p, x, y: loss_fn(p, (x, y)))
+    with pytest.raises(ConfigError, match=r"tau_fn returned shape \(4,\)"):
+        gt.update(params, gt.init(params), batch, batch, *batch)
+    with pytest.raises(ConfigError, match=r"tau= has shape \(4,\)"):
+        G.nabla_tau(loss_fn, 0.3, tau=jnp.ones(4))
+    with pytest.raises(ConfigError, match="finite"):
+        G.nabla_tau(loss_fn, 0.3, tau=float("nan"))
+    for alpha in (1.5, -0.1, float("nan")):
+        with pytest.raises(ConfigError, match=r"alpha=.*\[0, 1\]"):
+            G.nabla_tau(loss_fn, alpha, tau=2.0)
+    with pytest.raises(ConfigError, match=r"alpha0=1.5"):
+        G.alpha_schedule_fn(1.5, 3, 1)
+    # What stays accepted: α at its bounds, a jax scalar, a schedule, traced values.
+    for alpha in (0.0, 1.0, jnp.float32(0.3), G.alpha_schedule_fn(0.5, 3, 1)):
+        G.nabla_tau(loss_fn, alpha, tau=jnp.float32(2.0))
+    jax.jit(lambda a, t: G.nabla_tau(loss_fn, a, tau=t).init(params).tau)(2.0, 3.0)
+
+
 def test_schedules_refuse_what_would_run_them_backwards():
     # steps_per_epoch 0 made `count // 0` = −1 in XLA: α and the lr above their start.
     for fn in (G.alpha_schedule_fn, G.lr_schedule_fn):

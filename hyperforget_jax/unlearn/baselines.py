@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from hyperforget_jax import metrics, train, xla
+from hyperforget_jax import metrics, microbatch, train, xla
 from hyperforget_jax.config import float_fields
 from hyperforget_jax.data import ForgetSplit, shared_rows, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, NonFiniteError
@@ -53,9 +53,26 @@ class Objective(NamedTuple):
     update: Callable
 
 
-def _stateless(loss: Callable) -> Objective:
+def _stateless(loss: Callable, axis_name: str | None = None) -> Objective:
+    """``loss(params, *batches)`` as an :class:`Objective`. ``axis_name`` (under ``pmap`` /
+    ``shard_map``): the loss and gradient are averaged over that device axis, as
+    :func:`.gradtau.gradtau_objective` does. Under ``shard_map``'s default ``check_vma=True``
+    autodiff already *sums* the replicated parameters' gradient over the devices, so the
+    usual ``lax.pmean`` afterwards returned n_devices × the batch's gradient: the replicated
+    parameters are differentiated as device-varying copies instead, and batches split over an
+    axis without ``axis_name`` are refused (``check_vma`` carries what is needed to see it)."""
     def update(params, state, *batches):
+        split = microbatch.varying_axes(batches) - microbatch.varying_axes(params)
+        if axis_name is None and split:
+            raise ConfigError(
+                f"the batches are split over the shard_map axes {sorted(split)} but axis_name "
+                "is None: autodiff would sum the devices' gradients (n_devices × the mean); "
+                "pass axis_name= to the objective")
+        if axis_name is not None and axis_name in split:
+            params = jax.tree.map(lambda a: jax.lax.pcast(a, axis_name, to="varying"), params)
         value, grads = jax.value_and_grad(loss)(params, *batches)
+        if axis_name is not None:
+            value, grads = jax.lax.pmean((value, grads), axis_name)
         return grads, state, {"loss": value}
     return Objective(lambda params: (), update)
 
@@ -67,10 +84,11 @@ def kl_divergence(target_logits: jax.Array, student_logits: jax.Array, T: Any) -
                                  - jax.nn.log_softmax(student_logits / T)), -1))
 
 
-def descent(loss_fn: Callable) -> Objective:
+def descent(loss_fn: Callable, axis_name: str | None = None) -> Objective:
     """Plain descent on a batch: Fine-tune, and Random labels / SalUn (whose batches carry
-    the random labels). ``update(params, state, batch)``."""
-    return _stateless(lambda p, b: jnp.mean(loss_fn(p, b)))
+    the random labels). ``update(params, state, batch)``; ``axis_name``: see
+    :func:`_stateless`."""
+    return _stateless(lambda p, b: jnp.mean(loss_fn(p, b)), axis_name)
 
 
 def _weighted_mean(values: jax.Array, w: jax.Array) -> jax.Array:
@@ -80,30 +98,33 @@ def _weighted_mean(values: jax.Array, w: jax.Array) -> jax.Array:
 
 def weighted_descent(loss_fn: Callable) -> Objective:
     """Descent on the weighted mean loss of ``batch = (x, y, w)`` (:func:`_weighted_mean`:
-    Random labels / SalUn with a forget set smaller than the batch)."""
+    Random labels / SalUn with a forget set smaller than the batch). No ``axis_name``: a
+    weighted mean is not the mean of the devices' weighted means."""
     return _stateless(lambda p, b: _weighted_mean(loss_fn(p, b[:2]), b[2]))
 
 
-def neggrad(loss_fn: Callable) -> Objective:
+def neggrad(loss_fn: Callable, axis_name: str | None = None) -> Objective:
     """NegGrad (gradient ascent): minimise −mean loss on a forget batch.
-    ``update(params, state, forget_batch)``."""
-    return _stateless(lambda p, fb: -jnp.mean(loss_fn(p, fb)))
+    ``update(params, state, forget_batch)``; ``axis_name``: see :func:`_stateless`."""
+    return _stateless(lambda p, fb: -jnp.mean(loss_fn(p, fb)), axis_name)
 
 
-def neggrad_plus(loss_fn: Callable, beta: Any) -> Objective:
+def neggrad_plus(loss_fn: Callable, beta: Any, axis_name: str | None = None) -> Objective:
     """NegGrad+: β·L(B_r) − (1 − β)·L(B_f). ``update(params, state, forget_batch,
-    retain_batch)``."""
+    retain_batch)``; ``axis_name``: see :func:`_stateless`."""
     return _stateless(lambda p, fb, rb: beta * jnp.mean(loss_fn(p, rb))
-                      - (1 - beta) * jnp.mean(loss_fn(p, fb)))
+                      - (1 - beta) * jnp.mean(loss_fn(p, fb)), axis_name)
 
 
-def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any) -> Objective:
+def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any,
+          axis_name: str | None = None) -> Objective:
     """SCRUB: ``update(params, state, forget_batch, retain_batch, is_max)`` with
     ``forget_batch = (x, teacher_logits)``, ``retain_batch = (x, y, teacher_logits)``; a max-step
     (``is_max``) maximises KL(teacher ‖ student) on the forget batch, a min-step minimises
     γ·CE + α·KL on the retain batch (``lax.cond``: one is computed). The KL is the official
     code's ``DistillKL(kd_T)`` (RepDistiller): KL at temperature ``kd_T`` multiplied by
-    ``kd_T``², which keeps the gradient's scale independent of the temperature."""
+    ``kd_T``², which keeps the gradient's scale independent of the temperature. ``axis_name``:
+    see :func:`_stateless`."""
     def kl(target_logits, student_logits):
         return kd_T ** 2 * kl_divergence(target_logits, student_logits, kd_T)
 
@@ -116,13 +137,16 @@ def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any) -> Objective:
             ce = optax.softmax_cross_entropy_with_integer_labels(logits, rb[1]).mean()
             return gamma * ce + alpha * kl(rb[2], logits)
         return jax.lax.cond(is_max, max_loss, min_loss, p)
-    return _stateless(loss)
+    return _stateless(loss, axis_name)
 
 
-def bad_teacher(apply_fn: Callable, temperature: Any) -> Objective:
+def bad_teacher(apply_fn: Callable, temperature: Any,
+                axis_name: str | None = None) -> Objective:
     """Bad Teacher: KL(teacher ‖ student) on ``batch = (x, teacher_logits)`` (the teacher is
-    the incompetent one on D_f, the original on D_r). ``update(params, state, batch)``."""
-    return _stateless(lambda p, b: kl_divergence(b[1], apply_fn(p, b[0]), temperature))
+    the incompetent one on D_f, the original on D_r). ``update(params, state, batch)``;
+    ``axis_name``: see :func:`_stateless`."""
+    return _stateless(lambda p, b: kl_divergence(b[1], apply_fn(p, b[0]), temperature),
+                      axis_name)
 
 
 def masked_updates(tx: optax.GradientTransformation, mask: Params

@@ -224,6 +224,9 @@ def alpha_schedule_fn(alpha0: Any, epochs: Any, steps_per_epoch: int) -> optax.S
     [0.5, 0.5, 0.25, 0.25, 0.0]
     """
     _check_steps_per_epoch(steps_per_epoch, epochs)
+    if isinstance(alpha0, (int, float, np.number)) and not 0 <= alpha0 <= 1:
+        raise ConfigError(f"alpha0={alpha0!r}: α weighs the forget term against the retain "
+                          "term (1 − α) and must lie in [0, 1]")
 
     def schedule(count):
         return alpha0 * (1.0 - _epoch_fraction(count, epochs, steps_per_epoch))
@@ -462,6 +465,9 @@ def refresh_tau(state: GradTauState, params: Params, tau_fn: Callable,
     ``tau_args`` are split across them (equal shards: the global mean of a mean loss)."""
     def measure():
         tau = jax.lax.stop_gradient(tau_fn(params, *tau_args))
+        if jnp.shape(tau) != ():      # else lax.cond's bare TypeError about unequal branches
+            raise ConfigError(f"tau_fn returned shape {jnp.shape(tau)}: τ is one number, the "
+                              "mean loss of the current model (e.g. loss_fn(p, batch).mean())")
         if axis_name is not None:
             tau = jax.lax.pmean(tau, axis_name)
         return jnp.asarray(tau, state.tau.dtype)
@@ -502,10 +508,13 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
       ``alpha``, ``tau``, ``ascent`` (see :func:`gradtau_objective`).
 
     Raises:
-      ConfigError: neither ``tau`` nor ``tau_fn`` given.
+      ConfigError: neither ``tau`` nor ``tau_fn`` given; ``tau`` not one finite number; a
+        constant ``alpha`` outside [0, 1]; at the first ``update``, a ``tau_fn`` that does not
+        return one number.
     """
     if tau is None and tau_fn is None:
         raise ConfigError("gradtau needs tau= (a constant) or tau_fn= (τ of the current model)")
+    _check_constants(tau, alpha, measured=tau_fn is not None)
     alpha_fn = alpha if callable(alpha) else (lambda count: alpha)
 
     def init(params: Params) -> GradTauState:
@@ -527,6 +536,29 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
         return grads, GradTauState(state.count + 1, state.tau), metrics
 
     return GradTau(init, update)
+
+
+def _check_constants(tau: Any, alpha: Any, measured: bool) -> None:
+    """Refuses a τ that is not one finite number, and a concrete α outside [0, 1] (traced
+    values and schedules cannot be checked; ``measured``: ``tau_fn`` replaces τ at the first
+    step, so only its shape matters). None of them fails later with a message: a τ of shape
+    (n,) fails inside ``lax.cond`` with a bare TypeError, a NaN τ makes every step NaN (which
+    ``skip_nonfinite`` then skips, silently), α > 1 makes the retain weight 1 − α negative (an
+    ascent on D_r) and α < 0 turns the forget term into descent."""
+    if tau is not None and np.shape(tau) != ():
+        raise ConfigError(f"tau= has shape {np.shape(tau)}: τ is one number (the target forget "
+                          "loss); pass a scalar, or tau_fn= for τ of the current model")
+    if (tau is not None and not measured and not isinstance(tau, jax.core.Tracer)
+            and not np.isfinite(tau)):
+        raise ConfigError(f"tau={float(tau)!r}: τ must be finite (the target forget loss)")
+    if callable(alpha) or isinstance(alpha, jax.core.Tracer):
+        return
+    if np.shape(alpha) != ():
+        raise ConfigError(f"alpha= has shape {np.shape(alpha)}: α is one number or an "
+                          "optax.Schedule of the step count")
+    if not 0.0 <= float(alpha) <= 1.0:
+        raise ConfigError(f"alpha={float(alpha)!r}: α weighs the forget term against the "
+                          "retain term (1 − α) and must lie in [0, 1]")
 
 
 # --- the classic step (a TrainState in, a TrainState out) ----------------------------------------
