@@ -43,6 +43,20 @@ class Dataset:
     num_classes: int
     name: str
 
+    def __post_init__(self):
+        # A hand-built Dataset is checked for what every later step relies on (values are
+        # checked where they are used): lists failed deep in numpy (AttributeError on
+        # ``.shape``), and num_classes=None trained a 10-output model without a word.
+        for field in ("x", "y"):
+            if not hasattr(getattr(self, field), "shape"):
+                object.__setattr__(self, field, np.asarray(getattr(self, field)))
+        k = self.num_classes
+        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+            raise DataError(f"Dataset {self.name!r}: num_classes must be an integer >= 1, got "
+                            f"{k!r}; pass the number of classes, e.g. hf.Dataset(x, y, 10, "
+                            "'mine'), or build it with hf.data.from_arrays(x, y)")
+        object.__setattr__(self, "num_classes", int(k))
+
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
@@ -95,6 +109,10 @@ def _int_ids(values, what: str) -> tuple[int, ...]:
     if isinstance(values, np.ndarray) and values.ndim == 0:
         raise ForgetRequestError(f"forget {what} must be a sequence, got the scalar "
                                  f"{values!r}; e.g. {what}=(3,)")
+    if isinstance(values, np.ndarray) and values.dtype == np.bool_:
+        raise ForgetRequestError(f"forget {what} are ids, got a boolean mask of {values.size} "
+                                 f"entries; pass the positions it marks: "
+                                 f"{what}=np.flatnonzero(mask)")
     for v in values:
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
             if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) \
@@ -158,16 +176,18 @@ def from_arrays(x: np.ndarray, y: np.ndarray, num_classes: int | None = None,
             and np.all(y == np.round(y)))):
         raise DataError(f"{name}: labels must be whole-number class ids, got dtype {y.dtype}"
                         " (fractional, NaN or non-numeric values are refused, not truncated)")
-    y = y.astype(np.int32)
     _check(x, y, name)
     if num_classes is not None and (isinstance(num_classes, bool)
                                     or not isinstance(num_classes, numbers.Integral)
                                     or num_classes < 1):
         raise DataError(f"{name}: num_classes must be an integer >= 1, got {num_classes!r}")
-    k = int(num_classes if num_classes is not None else y.max() + 1)
-    if y.min() < 0 or y.max() >= k:
-        raise DataError(f"{name}: labels must lie in [0, {k}), got [{y.min()}, {y.max()}]")
-    return Dataset(x, y, k, name)
+    # Checked before the int32 cast: an int64 label of 2**32 + 3 would wrap to class 3.
+    lo, hi = y.min().item(), y.max().item()
+    k = int(num_classes if num_classes is not None else min(hi + 1, 2**31))
+    if lo < 0 or hi >= k:
+        hint = " (1-based labels? pass y - 1)" if lo >= 1 and hi == k else ""
+        raise DataError(f"{name}: labels must lie in [0, {k}), got [{int(lo)}, {int(hi)}]{hint}")
+    return Dataset(x, y.astype(np.int32), k, name)
 
 
 def _mnist5k_path() -> str:
@@ -436,7 +456,11 @@ def forget_mask(train: Dataset, request: ForgetRequest) -> np.ndarray:
         mask = np.zeros(n, bool)
         mask[idx] = True
     if not mask.any():
-        raise ForgetRequestError(f"forget set for {request.describe()} is empty in {train.name}")
+        # Only a class request gets here (a fraction or index request always selects rows).
+        raise ForgetRequestError(f"forget set for {request.describe()} is empty in {train.name}: "
+                                 "no training sample has that class (none in the data, or "
+                                 "too few to reach the train split); forget classes the "
+                                 "training set has, or items: hf.ForgetRequest(indices=...)")
     if mask.all():
         raise ForgetRequestError(f"{request.describe()} would forget the whole training set; "
                                  "nothing would be left to retain")

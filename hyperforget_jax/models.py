@@ -533,7 +533,11 @@ def make_architecture(name: str, input_shape: tuple[int, int, int] | None = (28,
     input_shape = (28, 28, 1) if input_shape is None else input_shape
     num_classes = 10 if num_classes is None else num_classes
     if len(tuple(input_shape)) != 3:
-        raise ConfigError(f"input_shape must be (H, W, C), got {input_shape}")
+        raise ConfigError(f"input_shape must be (H, W, C), got {input_shape}: the registered "
+                          "models take images (N, H, W, C); give grey-scale images a channel "
+                          "axis (x[..., None]) and flat vectors their image shape "
+                          "(x.reshape(N, H, W, C)), or build the data with "
+                          "hf.data.from_arrays, which checks it")
     return Architecture(name, tuple(int(s) for s in input_shape), int(num_classes))
 
 

@@ -287,3 +287,58 @@ def test_shared_rows_refuse_a_split_that_names_one_row_twice():
     rows = data.shared_rows([good, dup])
     for k, sp in enumerate([good, dup]):
         assert rows is None or np.array_equal(rows.x[rows.forget[k]], sp.forget.x)
+
+
+def test_from_arrays_checks_label_range_before_the_int32_cast():
+    """An int64 (or uint64, float) label of 2**32 + 3 wrapped to class 3 in the int32 cast and
+    passed the range check: a sample silently relabelled. 1-based labels are told the fix."""
+    x = np.zeros((4, 2, 2, 1), np.float32)
+    for y in (np.array([0, 1, 2, 2**32 + 3], np.int64), np.array([0, 1, 2, 2**63 + 3], np.uint64),
+              np.array([0.0, 1.0, 2.0, 2.0**32 + 3])):
+        with pytest.raises(DataError, match=r"lie in \[0, 10\), got \[0, \d{10,}\]"):
+            data.from_arrays(x, y, 10)
+    with pytest.raises(DataError, match=r"got \[1, 4\] \(1-based labels\? pass y - 1\)"):
+        data.from_arrays(x, np.array([1, 2, 3, 4]), 4)
+    assert data.from_arrays(x, np.array([0, 1, 2, 3], np.int64), 4).y.dtype == np.int32
+
+
+def test_hand_built_dataset_checks_num_classes_and_takes_lists():
+    """hf.Dataset(x, y, None, ...) trained a 10-output model without a word (fit) and crashed
+    make_splits with a TypeError; labels given as a list crashed with an AttributeError."""
+    x = np.zeros((30, 2, 2, 1), np.float32)
+    y = [0, 1, 2] * 10
+    for k in (None, 3.0, True, 0):
+        with pytest.raises(DataError, match="num_classes must be an integer >= 1"):
+            data.Dataset(x, np.asarray(y), k, "direct")
+    ds = data.Dataset(list(x), y, np.int64(3), "direct")
+    assert type(ds.num_classes) is int and ds.y.shape == (30,) and len(ds) == 30
+    assert len(data.make_splits(ds).train) == 21
+
+
+def test_forget_indices_given_as_a_boolean_mask_are_told_np_flatnonzero():
+    import jax.numpy as jnp
+
+    mask = np.zeros(10, bool)
+    mask[[2, 5]] = True
+    for m in (mask, jnp.asarray(mask)):
+        with pytest.raises(ForgetRequestError, match=r"boolean mask of 10 entries.*"
+                                                     r"indices=np.flatnonzero\(mask\)"):
+            data.ForgetRequest(indices=m)
+    assert data.ForgetRequest(indices=np.flatnonzero(mask)).indices == (2, 5)
+
+
+def test_registered_models_tell_flat_or_channel_less_images_their_layout():
+    from hyperforget_jax import models
+    from hyperforget_jax.errors import ConfigError
+
+    for shape in ((64,), (8, 8)):
+        with pytest.raises(ConfigError, match=r"x\[\.\.\., None\].*x.reshape\(N, H, W, C\)"):
+            models.make_architecture("mlp", shape, 10)
+
+
+def test_a_class_missing_from_the_train_split_is_named_as_such():
+    """A class with no training sample (here: labels 0..2 of a 4-class dataset) was refused
+    with only "forget set for class 3 is empty", which names no cause or fix."""
+    train = data.from_arrays(np.zeros((60, 2, 2, 1), np.float32), np.arange(60) % 3, 4)
+    with pytest.raises(ForgetRequestError, match="no training sample has that class"):
+        data.resolve_forget(train, data.ForgetRequest(classes=(3,)))

@@ -716,6 +716,30 @@ def test_streamed_runner_waits_every_sync_every_steps_across_epochs(digits_split
     assert len(waits) >= 12 // 4        # every 4 steps, besides the final wait
 
 
+def test_stream_names_labels_past_the_model_s_outputs_and_refuses_fractional_counts(
+        digits_splits):
+    """A model that does not say its classes (an apply_fn) with a streamed label past its last
+    logit stopped at step 0 as "non-finite loss ... check the data for NaN/inf or lower the
+    learning rate"; n_forget=2.5 (or True) set α₀ and the budget without a word."""
+    from hyperforget_jax.errors import ArchitectureError
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
+
+    w = {"w": jnp.zeros((64, 3)), "b": jnp.zeros(3)}
+    three = lambda p, x: x.reshape(len(x), -1) @ p["w"] + p["b"]      # 3 outputs, 10 labels
+    ds = digits_splits.train
+    pair = ((ds.x[:8], ds.y[:8] % 3), (ds.x[8:16], ds.y[8:16]))
+    assert ds.y[8:16].max() > 2
+    run = lambda **kw: run_gradtau_stream(three, w, lambda e: [pair], tau=2.3,
+                                          config=G.GradTauConfig(epochs=1, batch_size=8),
+                                          **{"n_forget": 8, "n_retain": 8, **kw})
+    with pytest.raises(ArchitectureError, match=r"has 3 outputs but a streamed retain batch "
+                                                r"has a label past them \(labels up to \d\)"):
+        run()
+    for bad in (2.5, True):
+        with pytest.raises(ConfigError, match="n_forget must be an integer"):
+            run(n_forget=bad)
+
+
 # --- nabla_tau under shard_map (a user's own sharded loop) -------------------------------------
 
 @pytest.mark.parametrize("check_vma,chunk", [(True, None), (False, None), (True, 4)])

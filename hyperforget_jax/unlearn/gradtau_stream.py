@@ -19,6 +19,7 @@ rows* of every global batch (assembled with ``jax.make_array_from_process_local_
 from __future__ import annotations
 
 import math
+import numbers
 import types
 from typing import Any, Callable, Iterable
 
@@ -31,7 +32,7 @@ from hyperforget_jax import train, xla
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import _Programs, as_model
-from hyperforget_jax.train_run import check_sync_every
+from hyperforget_jax.train_run import _refuse_missing_outputs, check_sync_every
 from hyperforget_jax.unlearn import gradtau as G
 from hyperforget_jax.unlearn.gradtau_run import _check_finite, per_example
 
@@ -43,6 +44,11 @@ def stream_schedule(n_forget: int, n_retain: int, cfg: G.GradTauConfig) -> tuple
                                                                                   bool]:
     """``(E, N_f, α₀, clamped)`` of a ∇τ run over |D_f| = ``n_forget`` and |D_r| = ``n_retain``:
     the in-memory runner's budget and α₀ (batches of ``min(cfg.batch_size, |set|)``)."""
+    for n, what in ((n_forget, "n_forget"), (n_retain, "n_retain")):
+        # Counts of samples: 2.5 or True set α₀ and the budget from a number no set has.
+        if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+            raise ConfigError(f"{what} must be an integer (the number of samples), got {n!r}; "
+                              "pass len(d_f) / len(d_r)")
     if n_forget < 1 or n_retain < 1:
         raise ConfigError(f"∇τ needs a non-empty forget and retain set, got |D_f| = {n_forget}, "
                           f"|D_r| = {n_retain}")
@@ -167,7 +173,8 @@ def run_gradtau_stream(arch: Any, params: Params,
     tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
     ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))  # a copy: donated
     gs = G.GradTauState(jnp.int32(0), jnp.float32(0.0 if tau is None else tau))
-    step = None  # built at the first batch: whether it may run in chunks depends on the model
+    # Built at the first batch: whether it may run in chunks depends on the model.
+    step = outputs = None
     if mesh is not None:
         repl = NamedSharding(train.auto_mesh(mesh)[0], P())
         ts, gs, hp, tau_args = jax.device_put((ts, gs, hp, tuple(tau_args)), repl)
@@ -183,11 +190,23 @@ def run_gradtau_stream(arch: Any, params: Params,
             if k > n:
                 raise ConfigError(f"run_gradtau_stream: forget-epoch {e} yielded more than "
                                   f"N_f = {n} batch pairs")
+            # The labels on the host once: the checks and the step read them.
+            fb, rb = (fb[0], np.asarray(fb[1])), (rb[0], np.asarray(rb[1]))
             model.check_inputs(fb[0], "a streamed forget batch", fb[1])
             model.check_inputs(rb[0], "a streamed retain batch", rb[1])
             if step is None:   # a model with batch statistics runs whole batches (per_example)
                 chunk = "auto" if per_example(model, params, rb[0]) else None
                 step = _cached_step_program(model, n, tau_fn, mesh, chunk)
+                outputs = model.num_outputs(params, np.shape(rb[0])[1:], "run_gradtau_stream",
+                                            len(rb[0]))
+            if jax.process_count() == 1:   # as fit_stream: one process refusing would hang
+                # A label past the last logit gave a NaN loss, stopped as "check the data for
+                # NaN/inf or lower the learning rate".
+                for b, what in ((fb, "forget"), (rb, "retain")):
+                    if np.size(b[1]):
+                        _refuse_missing_outputs(model, outputs, int(np.max(b[1])),
+                                                "run_gradtau_stream",
+                                                f"a streamed {what} batch has a label past them")
             ts, gs, m = step(ts, gs, hp, put(fb), put(rb), tau_args)
             ms.append(m)
             queued += 1
