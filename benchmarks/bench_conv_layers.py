@@ -22,7 +22,6 @@ Run (≈ 1 min on 2 cores)::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from jax import lax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import layers, xla  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 # name: (input shape, kernel shape, strides, first layer?)
@@ -61,7 +61,7 @@ def rel_err(a, b):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=16)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)

@@ -29,7 +29,6 @@ Run (≈1 min on 2 cores)::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -42,6 +41,7 @@ import optax  # noqa: E402
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import train  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax.models import make_architecture  # noqa: E402
 
 LR, WD = 1e-3, 1e-4
@@ -161,7 +161,7 @@ def bench(n, batch, args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--configs", default="32x128,128x128,32x512",
                     help="comma-separated NxBATCH")

@@ -31,7 +31,6 @@ Run (≈2 min on 2 cores; ``--quick`` ≈ 20 s)::
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -46,6 +45,7 @@ import optax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import data, train  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax.models import make_architecture  # noqa: E402
 
 LR, WD = 1e-3, 1e-4  # TrainConfig's defaults
@@ -203,7 +203,7 @@ def bench(arch_name, n, args, threads, have_torch):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
     ap.add_argument("--models", default="gpt_mlp,mlp")
     ap.add_argument("--sizes", default="1,8,32,128")

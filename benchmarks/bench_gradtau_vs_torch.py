@@ -47,7 +47,6 @@ the same cores. Run (≈4-6 min on 2 cores; ``--quick`` ≈ 1 min)::
 
 from __future__ import annotations
 
-import argparse
 import functools
 import math
 import os
@@ -68,6 +67,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import data, train  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax.unlearn import unlearn  # noqa: E402
 from hyperforget_jax.models import make_architecture  # noqa: E402
 from hyperforget_jax.unlearn import gradtau  # noqa: E402
@@ -245,8 +245,15 @@ def bench_model(name, args, threads):
         print(f"[{name}] torch warm-up/compile {time.perf_counter() - t0:.1f}s", flush=True)
         contenders.update(tc)
     run_mm, mm_flops = common.matmul_peak_contender()
-    times = common.interleaved({common.MATMUL_PEAK: run_mm, **contenders}, args.repeats,
-                               warmup=1)
+    contenders = {common.MATMUL_PEAK: run_mm, **contenders}
+    common.interleaved(contenders, 0, warmup=1)
+    # ``ascent on`` is the share of the *timed* steps: the warm-up's are forgotten.
+    for flags in ascent.values():
+        flags.clear()
+    if not args.no_torch:
+        for fn, _ in fns.values():
+            fn.calls = fn.ascent_steps = 0
+    times = common.interleaved(contenders, args.repeats, warmup=0)
     peak = mm_flops / common.median(times.pop(common.MATMUL_PEAK)) / 1e9
     rows = []
     eager = None
@@ -255,8 +262,10 @@ def bench_model(name, args, threads):
     best_torch = max((steps / common.median(ts) for k, ts in times.items()
                       if k.startswith("torch")), default=None)
     for cname, ts in times.items():
+        # steps / the median time, as ``eager`` and ``best_torch``: the median of the per-run
+        # rates is another number for an even --repeats (torch eager then was not 1.00×).
+        med = steps / common.median(ts)
         sps = [steps / t for t in ts]
-        med = common.median(sps)
         gflops = flops * med / 1e9
         rows.append({"model": name, "impl": cname, "steps/s": med,
                      "ms/step": 1e3 / med, "ascent on": shares[cname](),
@@ -349,12 +358,17 @@ def bench_unlearn(name, args, threads):
             print(f"[{name}] {cname} warm-up {time.perf_counter() - t0:.1f}s", flush=True)
             contenders[cname] = fn
             shares[cname] = lambda fn=fn: _torch_share(fn.step)
-    times = common.interleaved(contenders, args.repeats, warmup=1)
+    common.interleaved(contenders, 0, warmup=1)
+    jax_on.clear()      # ``ascent on``: the timed calls' steps, not the warm-up's
+    for cname in contenders:
+        if cname != "jax unlearn":
+            contenders[cname].step.calls = contenders[cname].step.ascent_steps = 0
+    times = common.interleaved(contenders, args.repeats, warmup=0)
     eager = steps / common.median(times["torch eager"]) if "torch eager" in times else None
     rows = []
     for cname, ts in times.items():
         sps = [steps / t for t in ts]
-        med = common.median(sps)
+        med = steps / common.median(ts)      # as ``eager`` and ``ms/call`` (see bench_model)
         rows.append({"model": name, "path": "unlearn()", "impl": cname, "steps": steps,
                      "ascent on": shares[cname](),
                      "steps/s": med, "ms/step": 1e3 / med, "ms/call": 1e3 * common.median(ts),
@@ -364,7 +378,7 @@ def bench_unlearn(name, args, threads):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
     ap.add_argument("--models", default="mlp,cnn")
     ap.add_argument("--batch", type=int, default=256)
@@ -397,8 +411,10 @@ def main(argv=None):
     if not args.no_torch:
         from benchmarks import torch_models as tm
         tm.set_device(args.torch_device)
-    print(f"JAX on {jax.default_backend()} ({jax.devices()[0].device_kind}); PyTorch on "
-          f"{'-' if args.no_torch else args.torch_device}", flush=True)
+    print(f"JAX on {jax.default_backend()} ({jax.devices()[0].device_kind}, {threads} cores); "
+          f"PyTorch on {'-' if args.no_torch else args.torch_device}"
+          f"{'' if args.no_torch else f' at {threads} threads'}, OMP_WAIT_POLICY="
+          f"{os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     models = args.models.split(",")
     unlearn_rows = []
     if not args.skip_unlearn:

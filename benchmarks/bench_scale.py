@@ -21,7 +21,6 @@ Run (≈ 15 s on 2 cores)::
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import models, params as P_  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax.hyperforget.denoiser import GptDenoiser  # noqa: E402
 
 MB = 2.0 ** 20
@@ -110,7 +110,7 @@ def denoiser(widths) -> list[dict]:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/scale.json)")
     args = ap.parse_args(argv)

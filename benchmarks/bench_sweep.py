@@ -18,7 +18,7 @@ cores; ``--quick`` ≈ 1 min)::
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import data, train  # noqa: E402
+from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax.models import make_architecture  # noqa: E402
 from hyperforget_jax.params import tree_index  # noqa: E402
 from hyperforget_jax.unlearn import unlearn, unlearn_sweep  # noqa: E402
@@ -37,17 +38,17 @@ from hyperforget_jax.unlearn import gradtau as G  # noqa: E402
 from hyperforget_jax.unlearn import gradtau_run as GR  # noqa: E402
 
 
-def sweep_vs_loop(arch, splits, fsplit, originals, sizes, methods, repeats):
+def sweep_vs_loop(arch, splits, fsplit, originals, sizes, methods, repeats, recipe):
     rows = []
     for method in methods:
         for n in sizes:
             p = jax.tree.map(lambda l: l[:n], originals)
             seeds = list(range(n))
-            cfg = [train.TrainConfig()] if method == "retrain" else None
+            cfg = [recipe] if method == "retrain" else None
 
             def loop():
                 for i, s in enumerate(seeds):
-                    c = None if cfg is None else train.TrainConfig(seed=s)
+                    c = None if cfg is None else dataclasses.replace(recipe, seed=s)
                     jax.block_until_ready(unlearn(method, arch, tree_index(p, i), fsplit,
                                                   splits.val, c, s).params)
 
@@ -113,8 +114,9 @@ def step_before_after(arch, splits, fsplit, original, repeats):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--quick", action="store_true", help="4 members at most, 2 repeats")
+    p = ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="4 members at most, 2 repeats, 1-epoch originals and Retrain")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--methods", nargs="*", default=["gradtau", "retrain", "salun"])
     p.add_argument("--out", default=None)
@@ -124,14 +126,17 @@ def main(argv=None):
     splits = data.make_splits(data.load_mnist5k())
     arch = make_architecture("mlp")
     fsplit = data.resolve_forget(splits.train, data.ForgetRequest(classes=(3,)))
-    originals = train.fit_fleet(arch, splits.train, train.TrainConfig(), list(range(max(sizes)))
+    # --quick: 1-epoch originals and Retrain (20 epochs each made it 7 min on a loaded machine)
+    recipe = train.TrainConfig(epochs=1) if args.quick else train.TrainConfig()
+    originals = train.fit_fleet(arch, splits.train, recipe, list(range(max(sizes)))
                                 )[0].params
     step_rows, whole = step_before_after(arch, splits, fsplit, tree_index(originals, 0), repeats)
     print("## ∇τ step, before/after\n\n" + common.markdown_table(step_rows), flush=True)
     print(f"\nwarm run_gradtau (class 3, {whole['steps']} steps): {whole['run_gradtau_s']:.3f} s")
-    rows = sweep_vs_loop(arch, splits, fsplit, originals, sizes, args.methods, repeats)
+    rows = sweep_vs_loop(arch, splits, fsplit, originals, sizes, args.methods, repeats, recipe)
     print("\n## Sweep vs loop\n\n" + common.markdown_table(rows))
-    path = common.write_json("sweep", {"step": step_rows, "run_gradtau": whole,
+    path = common.write_json("sweep", {"config": vars(args), "step": step_rows,
+                                       "run_gradtau": whole,
                                        "sweep_vs_loop": rows, "repeats": repeats}, args.out)
     print(f"\nwrote {path}")
 
