@@ -606,12 +606,14 @@ def load_params(path: str | os.PathLike, template: Any = None) -> tuple[Any, dic
     path = _params_dir(path)
     with _quiet_failed_read():
         try:
+            on_disk = _tree_of(ocp.StandardCheckpointHandler().metadata(path / _PARAMS))
+            if on_disk is None:
+                raise FileNotFoundError(f"no array metadata in {path / _PARAMS}")
             if template is not None:
-                on_disk = _tree_of(ocp.StandardCheckpointHandler().metadata(path / _PARAMS))
-                if on_disk is None:
-                    raise FileNotFoundError(f"no array metadata in {path / _PARAMS}")
                 checks.check_template(template, on_disk, path)
                 template = _placed(template)
+            else:
+                checks.check_readable_width(on_disk, path)
             with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
                 out = ckptr.restore(path, args=ocp.args.Composite(
                     **{_PARAMS: ocp.args.StandardRestore(template),

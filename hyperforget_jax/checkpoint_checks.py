@@ -101,8 +101,24 @@ def check_savable(state: PyTree, what: str) -> None:
             "finite checkpoint")
 
 
+def check_readable_width(on_disk: PyTree, where: Path) -> None:
+    """Raise CheckpointError for a 64-bit leaf (written under ``jax_enable_x64``) when x64 is
+    off: JAX would read it as 32 bits without a word, whatever the template says."""
+    if jax.config.jax_enable_x64:
+        return
+    for name, leaf in named_leaves(on_disk):
+        dtype = shape_dtype(leaf)[1]
+        if dtype is not None and dtype != jax.dtypes.canonicalize_dtype(dtype):
+            raise CheckpointError(
+                f"checkpoint {where} holds {dtype} leaf {name!r} (written with jax_enable_x64), "
+                f"which JAX without x64 would read as "
+                f"{jax.dtypes.canonicalize_dtype(dtype)}; read it with "
+                "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1)")
+
+
 def check_template(template: PyTree, on_disk: PyTree, where: Path) -> None:
     """Raise CheckpointError at the first leaf where ``template`` and the stored tree differ."""
+    check_readable_width(on_disk, where)
     fix = ("restore with a template built from the same architecture/optimizer config the "
            "checkpoint was written with (see its meta), or use a fresh --run-dir")
     prefix = f"checkpoint {where} was written for another architecture: "

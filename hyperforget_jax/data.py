@@ -76,10 +76,20 @@ class Splits(NamedTuple):
     test: Dataset
 
 
+def raw_key_shape() -> tuple[int, ...]:
+    """The shape of one raw ``jax.random.PRNGKey`` under the default PRNG implementation:
+    (2,) for threefry, (4,) for ``jax_default_prng_impl="rbg"`` / ``"unsafe_rbg"``."""
+    import jax      # here only: the rest of this module is NumPy
+
+    # A fresh lambda each call: eval_shape's cache of a named function ignores the setting.
+    return tuple(jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape)
+
+
 def is_prng_key(x) -> bool:
-    """A JAX PRNG key, typed (``jax.random.key``) or raw (``jax.random.PRNGKey``: uint32 (2,))."""
+    """A JAX PRNG key, typed (``jax.random.key``) or raw (``jax.random.PRNGKey``: uint32 of
+    :func:`raw_key_shape`)."""
     dtype = str(getattr(x, "dtype", ""))
-    return dtype.startswith("key<") or (dtype == "uint32" and np.shape(x) == (2,))
+    return dtype.startswith("key<") or (dtype == "uint32" and np.shape(x) == raw_key_shape())
 
 
 def _check_seed(seed, what: str, error: type = DataError) -> int:

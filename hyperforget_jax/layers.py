@@ -334,6 +334,9 @@ class ConvTranspose(nn.Module):
       padding: ``'SAME'`` or ``'VALID'`` (lax.conv_transpose's convention).
       use_bias: add a bias per output channel.
       kernel_init, bias_init: as in Flax (LeCun normal, zeros).
+      param_dtype: the parameters' dtype, as in Flax (float32 whatever ``jax_enable_x64`` says:
+        the initialisers' own default, ``jnp.float_``, made the DCGAN's generator half float64
+        under x64).
     """
 
     features: int
@@ -343,12 +346,14 @@ class ConvTranspose(nn.Module):
     use_bias: bool = True
     kernel_init: Callable = nn.initializers.lecun_normal()
     bias_init: Callable = nn.initializers.zeros
+    param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         k = tuple(self.kernel_size)
-        kernel = self.param("kernel", self.kernel_init, (*k, x.shape[-1], self.features))
+        kernel = self.param("kernel", self.kernel_init, (*k, x.shape[-1], self.features),
+                            self.param_dtype)
         y = conv_transpose(x, kernel.astype(x.dtype), tuple(self.strides), self.padding)
         if self.use_bias:
-            y = y + self.param("bias", self.bias_init, (self.features,))
+            y = y + self.param("bias", self.bias_init, (self.features,), self.param_dtype)
         return y

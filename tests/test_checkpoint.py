@@ -519,3 +519,21 @@ def test_shape_templates_restore_a_checkpoint_written_on_another_device(tmp_path
         for a, b in zip(jax.tree.leaves(out), jax.tree.leaves(tree)):
             np.testing.assert_array_equal(a, b)
             assert a.devices() == {jax.devices()[0]}
+
+
+def test_a_checkpoint_written_under_x64_is_refused_without_it(tmp_path):
+    """A float64 leaf saved under jax_enable_x64 was read back as float32 without a word
+    without x64 (through load_params with no template, or a float64 template); now a
+    CheckpointError names the setting. Under x64 it reads back exactly."""
+    with jax.enable_x64(True):
+        params = {"w": jnp.arange(3, dtype=jnp.float64) / 3}
+        save_params(tmp_path / "p", params)
+        with Checkpointer(tmp_path / "c") as ckpt:
+            ckpt.save(1, params)
+        got, _ = load_params(tmp_path / "p")
+        assert got["w"].dtype == np.float64 and np.array_equal(got["w"], params["w"])
+    template = {"w": jax.ShapeDtypeStruct((3,), jnp.float64)}
+    for read in (lambda: load_params(tmp_path / "p"), lambda: load_params(tmp_path / "p", template),
+                 lambda: Checkpointer(tmp_path / "c").restore(template)):
+        with pytest.raises(CheckpointError, match="float64 leaf 'w' .*jax_enable_x64"):
+            read()

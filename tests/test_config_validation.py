@@ -97,6 +97,24 @@ def test_a_prng_key_passed_as_a_seed_is_a_config_error_naming_the_fix(digits_spl
     assert check_seed(np.uint32(3)) == 3       # an integer scalar of any width stays a seed
 
 
+
+def test_raw_keys_of_the_rbg_implementation_are_keys(digits_splits):
+    # Under jax_default_prng_impl="rbg" a raw PRNGKey is uint32 (4,), not (2,): HyperForget's
+    # samplers refused it ("key must be one PRNG key ... got ArrayImpl (4,)") and the seed
+    # checks showed it as an array of integers, not as a key.
+    import jax
+
+    from hyperforget_jax.hyperforget.sampling import _check_key
+
+    with jax.default_prng_impl("rbg"):
+        key = jax.random.PRNGKey(0)
+        _check_key(key)
+        _check_key(jax.random.split(key, 3), 3)
+        with pytest.raises(DataError, match="split seed .*JAX PRNG key"):
+            data.make_splits(digits_splits.train, seed=key)
+    with pytest.raises(ConfigError, match="PRNG key"):
+        _check_key(key)           # an rbg key where threefry's are expected stays refused
+
 def test_seeds_of_33_bits_are_refused():
     # jax.random.key keeps the low 32 bits: TrainConfig(seed=2**32 + 5) drew seed 5's
     # initialisation (with its own batch order), unlearn's Bad Teacher key(seed + 10_000) too.

@@ -217,3 +217,19 @@ def test_train_step_jit_and_pmap_agree():
     assert_trees_close(s_p.opt_state, s_jit.opt_state, atol=2e-5)
     # The step moved the zero-initialised decoders away from zero.
     assert float(jnp.abs(s_jit.params["change_decoder_kernel"]).max()) > 0
+
+
+def test_parameters_are_float32_under_x64_and_rank_promotion_raise():
+    """A researcher's global settings: under jax_enable_x64 the denoiser's own parameters (Flax
+    initialisers default to float64 there) were float64 beside nn.Dense's float32 ones, and
+    jax_numpy_rank_promotion="raise" failed on its (n, d) embeddings added to (B, n, d)."""
+    model = _model()
+    f64 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float64)
+    size = sum(int(np.prod(model.spans[i].shape)) for i in model.diffused)
+    with jax.enable_x64(True), jax.numpy_rank_promotion("raise"):
+        shapes = DN.param_shapes(model)
+        out = jax.eval_shape(lambda p, *a: model.apply({"params": p}, *a), shapes, f64(2, size),
+                             f64(2, model.spans[-1].stop), jax.ShapeDtypeStruct((2,), jnp.int32),
+                             f64(2, 4), f64(2, 10))
+    assert {str(leaf.dtype) for leaf in jax.tree.leaves(shapes)} == {"float32"}
+    assert out.dtype == jnp.float32

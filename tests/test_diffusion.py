@@ -183,3 +183,17 @@ def test_ddpm_visits_every_step_with_its_own_variance():
     x = np.asarray(D.ddpm_sample(s, pred, jax.random.key(0), (4000, 25)))
     np.testing.assert_allclose(x.mean(), m, rtol=0.01)
     np.testing.assert_allclose(x.var(), v, rtol=0.03)
+
+
+def test_samplers_keep_the_schedules_dtype_under_x64():
+    """Under jax_enable_x64 the samplers drew float64 noise for a float32 schedule and model:
+    the scan's carry went in float64 and came out float32, a TypeError (HyperForget's sample
+    crashed so). Now they draw in the schedule's dtype."""
+    s = D.make_schedule(10)
+    c = jnp.array([[0.3, -1.2]])
+    oracle = lambda x, t: jnp.broadcast_to(c, x.shape)          # float32, as the denoiser
+    both = lambda k: (D.ddim_sample(s, oracle, k, (4, 2), 3), D.ddpm_sample(s, oracle, k, (4, 2)))
+    with jax.enable_x64(True):
+        for out in jax.jit(both)(jax.random.key(0)):             # one compilation for both
+            assert out.dtype == jnp.float32
+            np.testing.assert_allclose(out, jnp.broadcast_to(c, (4, 2)), atol=1e-6)

@@ -1017,3 +1017,34 @@ def test_optimiser_is_adamw_with_weight_decay_on_the_epoch_learning_rate():
         u, state = update(zeros, state, p)
         lr = 1e-3 * (1 - 0.9 * min(t // 3, 2) / 2)
         np.testing.assert_allclose(u["w"], -lr * 0.01 * p["w"], rtol=1e-5)
+
+
+def test_nabla_tau_keeps_a_float64_models_tau_and_alpha_in_float64():
+    """Under jax_enable_x64, nabla_tau held τ and α in float32 for a float64 model: τ measured
+    in float64 was rounded (4e-9 relative) and α = 0.1 became 0.10000000149."""
+    loss_fn = lambda p, b: (b[0] @ p["w"] - b[1]) ** 2
+    tau_fn = lambda p, x, y: jnp.mean(loss_fn(p, (x, y)))
+    with jax.enable_x64(True):
+        p = {"w": jnp.arange(3, dtype=jnp.float64) / 7}
+        x, y = jnp.linspace(0, 1, 12, dtype=jnp.float64).reshape(4, 3) + 1 / 3, jnp.ones(4)
+        gt = G.nabla_tau(loss_fn, 0.1, tau_fn=tau_fn)
+        _, _, m = jax.jit(gt.update)(p, gt.init(p), (x, y), (x, y), x, y)   # one compilation
+        assert m["tau"].dtype == m["alpha"].dtype == jnp.float64
+        assert float(m["tau"]) == float(tau_fn(p, x, y)) and float(m["alpha"]) == 0.1
+        assert G.nabla_tau(loss_fn, 0.1, tau=1 / 3).init(p).tau == 1 / 3
+
+
+def test_finetune_runs_under_debug_nans(digits_splits):
+    """Fine-tune (the ∇τ runner, descent only) put a NaN sentinel in its unreported forget
+    loss: under jax_debug_nans every run stopped with "invalid value (nan) encountered in
+    scan" (its result, bit-identical, checked by hand)."""
+    from hyperforget_jax.unlearn import unlearn
+
+    tr = digits_splits.train.subset(np.arange(300))
+    fs = data.resolve_forget(tr, data.ForgetRequest(classes=(4,)))
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    p = arch.init(jax.random.key(0))
+    with jax.debug_nans(True):
+        res = unlearn("finetune", arch, p, fs, digits_splits.val, G.GradTauConfig(epochs=1))
+    assert res.info["steps"] > 0 and res.info["forget_loss"] == []
+    assert not np.array_equal(P_.flatten(res.params), P_.flatten(p))

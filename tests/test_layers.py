@@ -198,3 +198,13 @@ def test_conv_transpose_refuses_paddings_it_does_not_compute():
     for padding in ("same", [(1, 1), (1, 1)]):
         with pytest.raises(ValueError, match="'SAME' or 'VALID'"):
             L.conv_transpose(x, w, (2, 2), padding)
+
+
+def test_conv_transpose_parameters_are_float32_under_x64():
+    """Flax's initialisers default to float64 under jax_enable_x64: the DCGAN generator's
+    ConvTranspose kernels and biases were float64 there (its Dense and norms float32), so a GAN
+    trained with x64 on wrote float64 leaves into its checkpoints."""
+    conv = L.ConvTranspose(3, (4, 4), (2, 2))
+    with jax.enable_x64(True):
+        p = jax.eval_shape(conv.init, jax.random.key(0), jnp.zeros((1, 4, 4, 2), jnp.float32))
+    assert {str(leaf.dtype) for leaf in jax.tree.leaves(p)} == {"float32"}

@@ -112,3 +112,15 @@ def test_an_mlp_whose_layers_are_not_chained_in_name_order_is_not_canonicalised(
     assert mlp_layers(MLP.param_shapes()) == ["Dense_0", "Dense_1", "Dense_2"]
     with pytest.raises(ConfigError, match="chained"):
         canonicalize(head_first)
+
+
+def test_canonicalize_under_rank_promotion_raise():
+    """A user's jax_numpy_rank_promotion="raise" made HyperForget's sampling fail here: an
+    (in, out) kernel divided by (out,) scales."""
+    p = jax.tree.map(lambda v: v + 0.3, MLP.init(jax.random.key(0)))
+    with jax.numpy_rank_promotion("raise"):
+        c, back = jax.jit(lambda q: (lambda c: (c[0], decanonicalize(*c)))(canonicalize(q)))(p)
+    norms = jnp.sqrt(jnp.sum(c["Dense_0"]["kernel"] ** 2, 0) + c["Dense_0"]["bias"] ** 2)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(p)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

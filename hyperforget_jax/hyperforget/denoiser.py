@@ -39,6 +39,8 @@ diffusion step t, noise ε and guidance dropout come in the batch (:func:`prepar
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
@@ -101,7 +103,7 @@ def frequency_embed(x: jax.Array, num_freqs: int = 32, max_freq_exp: float = 4.0
     >>> frequency_embed(jnp.zeros(3)).shape
     (3, 65)
     """
-    f = 2.0 ** jnp.linspace(0.0, max_freq_exp, num_freqs)
+    f = 2.0 ** jnp.linspace(0.0, max_freq_exp, num_freqs, dtype=x.dtype)   # x's, also under x64
     fx = x[..., None] * f
     return jnp.concatenate([jnp.sin(fx), jnp.cos(fx), x[..., None]], -1)
 
@@ -222,6 +224,18 @@ def token_layout(spans: Sequence[P_.TensorSpan], diffused: Sequence[int], tokens
     return TokenLayout(groups, head, f"layer{layers[-2]}_units", "classes")
 
 
+def _rank_promotion_allowed(fn: Callable) -> Callable:
+    """``fn`` traced with implicit rank promotion allowed, whatever the caller's
+    ``jax_numpy_rank_promotion``: the denoiser adds (n, d) embeddings and biases to (B, n, d)
+    tokens throughout, which a user's ``"raise"`` (meant for their own code) turned into a
+    ValueError deep inside Flax."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.numpy_rank_promotion("allow"):
+            return fn(*args, **kwargs)
+    return wrapped
+
+
 class GptDenoiser(nn.Module):
     """``(x_t, θ₀, t, scalars, classes, drop) -> x̂₀`` on batches of normalised flat vectors.
 
@@ -248,8 +262,14 @@ class GptDenoiser(nn.Module):
     num_train_steps: int = 1000
 
     @nn.compact
+    @_rank_promotion_allowed
     def __call__(self, x_t, theta0, t, scalars, classes=None, drop=None):
         c = self.config
+        # float32 whatever jax_enable_x64 says, parameters (as nn.Dense's) and inputs: Flax's
+        # initialisers default to jnp.float_, so under x64 some parameters were float64 and the
+        # sampler's scan carry crashed.
+        param = lambda name, init, shape: self.param(name, init, shape, jnp.float32)
+        x_t, theta0 = jnp.asarray(x_t, jnp.float32), jnp.asarray(theta0, jnp.float32)
         d = c.width
         dense_init = nn.initializers.normal(0.02)
         layout = token_layout(self.spans, self.diffused, self.tokens, c.max_chunk)
@@ -262,9 +282,9 @@ class GptDenoiser(nn.Module):
             n, w = v.shape[1:]
             if shared:
                 return nn.Dense(d, name=name)(v)
-            kern = self.param(f"{name}_kernel", nn.initializers.lecun_normal(
+            kern = param(f"{name}_kernel", nn.initializers.lecun_normal(
                 in_axis=1, out_axis=2, batch_axis=(0,)), (n, w, d))
-            return jnp.einsum("bnw,nwd->bnd", v, kern) + self.param(
+            return jnp.einsum("bnw,nwd->bnd", v, kern) + param(
                 f"{name}_bias", nn.initializers.zeros, (n, d))
 
         seq = []
@@ -275,20 +295,20 @@ class GptDenoiser(nn.Module):
                 h = h + encode(f"{g.name}_start", gather(theta0, g.start), g.shared)
             if g.change is not None:
                 h = h + encode(f"{g.name}_change", gather(x_t, g.change), g.shared)
-            h = h + self.param(f"{g.name}_embedding", dense_init, (1 if g.equivariant else n, d))
+            h = h + param(f"{g.name}_embedding", dense_init, (1 if g.equivariant else n, d))
             if g.name == layout.classes and self.num_classes:
-                flag = self.param("forget_flag", dense_init, (d,))
+                flag = param("forget_flag", dense_init, (d,))
                 h = h + classes.astype(jnp.float32)[:, :, None] * flag
             seq.append(h)
         s = jnp.concatenate([(t.astype(jnp.float32) / self.num_train_steps)[:, None],
                              scalars.astype(jnp.float32)], -1)          # (B, 1 + S)
         emb = frequency_embed(s, c.num_freqs, c.max_freq_exp)          # (B, 1 + S, E)
-        sc_w = self.param("scalar_kernel", nn.initializers.lecun_normal(
+        sc_w = param("scalar_kernel", nn.initializers.lecun_normal(
             in_axis=1, out_axis=2, batch_axis=(0,)), (1 + self.num_scalars, emb.shape[-1], d))
-        sc_b = self.param("scalar_bias", nn.initializers.zeros, (1 + self.num_scalars, d))
+        sc_b = param("scalar_bias", nn.initializers.zeros, (1 + self.num_scalars, d))
         sc = jnp.einsum("bse,sed->bsd", emb, sc_w) + sc_b
         if self.target_scalars:
-            null = self.param("no_target", dense_init, (len(self.target_scalars), d))
+            null = param("no_target", dense_init, (len(self.target_scalars), d))
             ids = jnp.asarray([1 + i for i in self.target_scalars])
             if drop is not None:
                 sc = sc.at[:, ids].set(jnp.where(drop[:, None, None], null[None], sc[:, ids]))
@@ -296,7 +316,7 @@ class GptDenoiser(nn.Module):
         if self.num_classes and layout.classes is None:
             extra.append(nn.Dense(d, name="request_embed")(classes.astype(jnp.float32))[:, None])
         extra = jnp.concatenate(extra, 1)
-        extra = extra + self.param("position_embedding", dense_init, extra.shape[1:])
+        extra = extra + param("position_embedding", dense_init, extra.shape[1:])
         sizes = [v.shape[1] for v in seq]
         h = jnp.concatenate(seq + [extra], 1)
         for i in range(c.num_layers):
@@ -316,21 +336,21 @@ class GptDenoiser(nn.Module):
                     continue
             n, w = idx.shape
             if g.shared:
-                y = hk @ self.param(f"{g.name}_decoder_kernel", nn.initializers.zeros, (d, w))
-                y = y + self.param(f"{g.name}_decoder_bias", nn.initializers.zeros, (w,))
+                y = hk @ param(f"{g.name}_decoder_kernel", nn.initializers.zeros, (d, w))
+                y = y + param(f"{g.name}_decoder_bias", nn.initializers.zeros, (w,))
             else:
-                y = jnp.einsum("bnd,ndw->bnw", hk, self.param(
+                y = jnp.einsum("bnd,ndw->bnw", hk, param(
                     f"{g.name}_decoder_kernel", nn.initializers.zeros, (n, d, w)))
-                y = y + self.param(f"{g.name}_decoder_bias", nn.initializers.zeros, (n, w))
+                y = y + param(f"{g.name}_decoder_bias", nn.initializers.zeros, (n, w))
             flat_idx = idx.reshape(-1)
             keep = flat_idx >= 0
             out = out.at[:, flat_idx[keep]].set(y.reshape(y.shape[0], -1)[:, keep])
         if head is not None:
             hu = h[:, offsets[layout.units][0]:offsets[layout.units][1]]
             hc = h[:, offsets[layout.classes][0]:offsets[layout.classes][1]]
-            a = hu @ self.param("head_unit_proj", nn.initializers.zeros, (d, d))
-            b = hc @ self.param("head_class_proj", nn.initializers.lecun_normal(), (d, d))
-            y = jnp.einsum("bjr,bcr->bjc", a, b) / np.sqrt(d)
+            a = hu @ param("head_unit_proj", nn.initializers.zeros, (d, d))
+            b = hc @ param("head_class_proj", nn.initializers.lecun_normal(), (d, d))
+            y = jnp.einsum("bjr,bcr->bjc", a, b) / math.sqrt(d)   # weak: float32 under x64
             out = out.at[:, head.reshape(-1)].set(y.reshape(y.shape[0], -1))
         return out
 
@@ -430,10 +450,11 @@ def make_hyper_optimizer(cfg: HyperTrainConfig) -> optax.GradientTransformation:
 
 def init_params(model: GptDenoiser, key: jax.Array) -> Params:
     """Freshly initialised denoiser parameters."""
-    x = jnp.zeros((1, sum(int(np.prod(model.spans[i].shape)) for i in model.diffused)))
-    z = jnp.zeros((1, model.spans[-1].stop))
-    cls = jnp.zeros((1, model.num_classes)) if model.num_classes else None
-    return model.init(key, x, z, jnp.zeros((1,), jnp.int32), jnp.zeros((1, model.num_scalars)),
+    f32 = jnp.float32
+    x = jnp.zeros((1, sum(int(np.prod(model.spans[i].shape)) for i in model.diffused)), f32)
+    z = jnp.zeros((1, model.spans[-1].stop), f32)
+    cls = jnp.zeros((1, model.num_classes), f32) if model.num_classes else None
+    return model.init(key, x, z, jnp.zeros((1,), jnp.int32), jnp.zeros((1, model.num_scalars), f32),
                       cls, jnp.zeros((1,), bool))["params"]
 
 

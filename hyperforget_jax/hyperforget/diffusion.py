@@ -117,7 +117,7 @@ def ddpm_sample(sched: Schedule, predict_x0: PredictX0, key: jax.Array,
                           f"got {variance!r}")
     step_var = sched.betas if variance == "large" else sched.posterior_variance
     k0, key = jax.random.split(key)
-    x = jax.random.normal(k0, shape)
+    x = jax.random.normal(k0, shape, step_var.dtype)
     b = shape[0]
 
     def body(x, inp):
@@ -125,7 +125,7 @@ def ddpm_sample(sched: Schedule, predict_x0: PredictX0, key: jax.Array,
         tt = jnp.full((b,), t, jnp.int32)
         x0 = predict_x0(x, tt)
         mean, _ = q_posterior(sched, x0, x, tt)
-        noise = jax.random.normal(k, shape)
+        noise = jax.random.normal(k, shape, step_var.dtype)
         x = mean + jnp.where(t > 0, jnp.sqrt(step_var[t]), 0.0) * noise
         return x, None
 
@@ -168,7 +168,7 @@ def ddim_sample(sched: Schedule, predict_x0: PredictX0, key: jax.Array, shape: t
     ts = ddim_timesteps(sched.num_steps, num_steps)
     prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
     k0, key = jax.random.split(key)
-    x = jax.random.normal(k0, shape)
+    x = jax.random.normal(k0, shape, sched.alpha_bars.dtype)
     b = shape[0]
 
     def body(carry, inp):
@@ -176,9 +176,9 @@ def ddim_sample(sched: Schedule, predict_x0: PredictX0, key: jax.Array, shape: t
         t, tp, k = inp
         x0 = predict_x0(x, jnp.full((b,), t, jnp.int32))
         mean, std = ddim_step(sched, x, x0, t, tp, eta)
-        return (mean + std * jax.random.normal(k, shape), x0), None
+        return (mean + std * jax.random.normal(k, shape, x.dtype), x0), None
 
-    (x, x0), _ = jax.lax.scan(body, (x, jnp.zeros(shape)),
+    (x, x0), _ = jax.lax.scan(body, (x, jnp.zeros(shape, x.dtype)),
                               (jnp.asarray(ts), jnp.asarray(prev),
                                jax.random.split(key, len(ts))))
     return x0

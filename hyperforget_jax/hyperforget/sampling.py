@@ -247,7 +247,9 @@ def _finite_sample(flat: jax.Array) -> jax.Array:
 
 
 def _check_key(key, batch: int | None = None) -> None:
-    """A PRNG key (typed ``jax.random.key`` or raw uint32 ``PRNGKey``), one per request."""
+    """A PRNG key (typed ``jax.random.key`` or raw uint32 ``PRNGKey`` of the default PRNG
+    implementation's shape: (2,), or (4,) under ``jax_default_prng_impl="rbg"``), one per
+    request."""
     try:
         typed = jnp.issubdtype(jnp.result_type(key), jax.dtypes.prng_key)
     except TypeError:
@@ -255,7 +257,8 @@ def _check_key(key, batch: int | None = None) -> None:
     shape = tuple(jnp.shape(key)) if key is not None else None
     want = () if batch is None else (batch,)
     ok = (typed and shape == want) or (not typed and key is not None and
-                                       jnp.result_type(key) == jnp.uint32 and shape == want + (2,))
+                                       jnp.result_type(key) == jnp.uint32 and
+                                       shape == want + data.raw_key_shape())
     if not ok:
         raise ConfigError(f"key must be {'one' if batch is None else f'{batch}'} PRNG key(s) "
                           f"(jax.random.key(seed){'' if batch is None else ' split'}), got "

@@ -95,7 +95,7 @@ def decanonicalize(params: Params, scales: list[jax.Array]) -> Params:
     out = {k: dict(v) for k, v in params.items()}
     for (a, b), s in reversed(list(zip(zip(names[:-1], names[1:]), scales))):
         out[b]["kernel"] = out[b]["kernel"] / s[:, None]
-        out[a]["kernel"], out[a]["bias"] = out[a]["kernel"] * s, out[a]["bias"] * s
+        out[a]["kernel"], out[a]["bias"] = out[a]["kernel"] * s[None], out[a]["bias"] * s
     return out
 
 
@@ -234,6 +234,7 @@ def _rescale(params: Params, scales: list[jax.Array], start: int = 0) -> Params:
     pairs = list(zip(names[:-1], names[1:]))
     for i in range(start, len(scales)):
         (a, b), s = pairs[i], scales[i]
-        out[a]["kernel"], out[a]["bias"] = out[a]["kernel"] / s, out[a]["bias"] / s
+        # s[None]: explicit, for jax_numpy_rank_promotion="raise"
+        out[a]["kernel"], out[a]["bias"] = out[a]["kernel"] / s[None], out[a]["bias"] / s
         out[b]["kernel"] = out[b]["kernel"] * s[:, None]
     return out

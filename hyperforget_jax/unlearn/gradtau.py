@@ -518,15 +518,19 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
     alpha_fn = alpha if callable(alpha) else (lambda count: alpha)
 
     def init(params: Params) -> GradTauState:
-        del params
+        # τ (and α) in the parameters' float dtype, float32 at least: a float64 model (under
+        # jax_enable_x64) had both rounded to float32.
+        floats = [l for l in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(l),
+                                                                        jnp.floating)]
+        dtype = jnp.result_type(jnp.float32, *(jnp.result_type(l) for l in floats))
         t0 = jnp.nan if tau is None else tau
-        return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, jnp.float32))
+        return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, dtype))
 
     def update(params, state, forget_batch, retain_batch, *tau_args, ascent_hint=None):
         if tau_fn is not None:
             state = refresh_tau(state, params, tau_fn, refresh_every, *tau_args,
                                 axis_name=axis_name)
-        a = jnp.asarray(alpha_fn(state.count), jnp.float32)
+        a = jnp.asarray(alpha_fn(state.count), state.tau.dtype)
         loss, grads, aux = gradtau_objective(loss_fn, params, forget_batch, retain_batch,
                                              state.tau, a, axis_name, chunk=chunk,
                                              ascent_hint=ascent_hint)

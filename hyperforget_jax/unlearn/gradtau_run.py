@@ -195,7 +195,8 @@ def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, f
                 rb = constrain((xr[ri], yr[ri]))
                 if descent_only:  # Fine-tune: the forget batch is never looked at
                     loss, grads = microbatch.mean_value_and_grad(loss_fn, ts.params, rb, chunk)
-                    m = {"loss": loss, "forget_loss": jnp.float32(jnp.nan), "retain_loss": loss,
+                    # 0, not a NaN sentinel (never reported): NaN tripped jax_debug_nans.
+                    m = {"loss": loss, "forget_loss": jnp.float32(0.0), "retain_loss": loss,
                          "ascent": jnp.bool_(False)}
                     gs = G.GradTauState(gs.count + 1, gs.tau)
                 else:
@@ -487,7 +488,8 @@ def compiled_forget_epoch(arch: Any, total_steps: int, lr: float, weight_decay: 
 
             def step(state, forget_batch, retain_batch, tau, alpha):
                 state, m = plain(state, retain_batch)
-                return state, {"loss": m["loss"], "forget_loss": jnp.float32(jnp.nan),
+                # 0, not a NaN sentinel (never reported): NaN tripped jax_debug_nans.
+                return state, {"loss": m["loss"], "forget_loss": jnp.float32(0.0),
                                "retain_loss": m["loss"], "finite": m["finite"],
                                "ascent": jnp.bool_(False)}
 
