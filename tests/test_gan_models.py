@@ -3,6 +3,7 @@ fake CPU devices (D and G steps, 1e-5), and a short resumable training run."""
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,9 +11,9 @@ import pytest
 from conftest import assert_trees_close, devices_or_skip, host_params
 
 from hyperforget_jax.errors import ArchitectureError, ConfigError
-from hyperforget_jax.gan.models import make_gan_arch
-from hyperforget_jax.gan.train import (GANConfig, init_gan_state, make_d_step, make_g_step,
-                                       make_optimizer, sample, train_gan)
+from hyperforget_jax.gan.models import GANArch, make_gan_arch
+from hyperforget_jax.gan.train import (GANConfig, gan_arch_of, init_gan_state, make_d_step,
+                                       make_g_step, make_optimizer, sample, train_gan)
 from hyperforget_jax.train import data_mesh, put_sharded, shard_batch
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -259,7 +260,6 @@ def test_d_and_g_steps_jit_pmap_sharded_agree(n_dev, name, shape, width):
 
 def test_train_resume_and_samples(tmp_path, digits_splits, monkeypatch):
     from hyperforget_jax.checkpoint import Checkpointer
-    from hyperforget_jax.gan.models import GANArch
 
     # The images and recipe (normal prior) of test_gan_unlearn.py's GAN: one compiled epoch
     # for both.
@@ -281,3 +281,62 @@ def test_train_resume_and_samples(tmp_path, digits_splits, monkeypatch):
     assert_trees_close(full.g_params, resumed.g_params, atol=0)
     x = sample(arch, full.g_params, 64, seed=0)
     assert x.shape == (64, 8, 8, 1)
+
+
+class _G(nn.Module):
+    """A user's generator: codes → ``shape`` images in [0, 1]."""
+
+    shape: tuple = (8, 8, 1)
+
+    @nn.compact
+    def __call__(self, z):
+        return nn.sigmoid(nn.Dense(int(np.prod(self.shape)))(z)).reshape(-1, *self.shape)
+
+
+class _D(nn.Module):
+    """A user's discriminator; ``keep_axis`` returns (B, 1) logits instead of (B,)."""
+
+    keep_axis: bool = False
+    hidden: object = 8
+
+    @nn.compact
+    def __call__(self, x):
+        out = nn.Dense(1)(nn.relu(nn.Dense(8)(x.reshape(len(x), -1))))
+        return out if self.keep_axis else out[:, 0]
+
+
+class _Broken(nn.Module):
+    """A discriminator that cannot run on 8×8 images (64 pixels into rows of 7)."""
+
+    @nn.compact
+    def __call__(self, x):
+        return x.reshape(len(x), 7)[:, 0]
+
+
+def test_a_users_gan_pair_that_does_not_fit_is_refused_up_front():
+    pair = dict(image_shape=(8, 8, 1), latent_dim=4)
+    arch = make_gan_arch(generator=_G(), discriminator=_D(), **pair)
+    assert not arch.registered and arch.name == "_G/_D"
+    assert arch.param_counts() == (4 * 64 + 64, 64 * 8 + 8 + 9)
+    assert make_gan_arch(generator=_G(), discriminator=_D(), **pair) == arch   # hashable value
+    refusals = [
+        (dict(generator=_G((6, 6, 1))), "image_shape=\\(8, 8, 1\\)"),
+        (dict(discriminator=_D(keep_axis=True)), "one logit per image"),
+        (dict(discriminator=_D(hidden=[8])), "not hashable"),
+        (dict(discriminator=lambda x: x), "flax.linen Module"),
+        (dict(discriminator=None), "both generator= and discriminator="),
+        (dict(name="mlp"), "names a registered GAN pair"),
+        (dict(width=32), "width"),
+    ]
+    for change, message in refusals:
+        with pytest.raises(ConfigError, match=message):
+            make_gan_arch(**{"generator": _G(), "discriminator": _D(), **pair, **change})
+    with pytest.raises(ConfigError, match="does not run on .*TypeError"):
+        make_gan_arch(generator=_G(), discriminator=_Broken(), **pair)
+    with pytest.raises(ConfigError, match="leave arch at 'auto'"):
+        gan_arch_of(GANConfig(arch="mlp"), (8, 8, 1), _G(), _D())
+    # The record tells the pair apart but cannot rebuild it: the CLI's reader refuses it.
+    record = arch.to_json()
+    assert "_G(" in record["generator"]
+    with pytest.raises(ArchitectureError, match="user's own pair"):
+        GANArch.from_json(record)

@@ -2,6 +2,8 @@
 short cascade on a tiny GAN that lowers D's score on the forgotten items."""
 
 import dataclasses
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -793,3 +795,52 @@ def test_max_rounds_is_a_hard_cap_when_not_a_multiple_of_check_every(digits_spli
     assert [a["rounds"] for a in res.attempts] == [15, 15] and res.rounds == 30
     assert [(h["attempt"], h["round"]) for h in res.history] == [
         (0, 0), (0, 10), (0, 15), (1, 0), (1, 10), (1, 15)]
+
+
+def test_your_own_gan_in_docs_trains_unlearns_and_is_scored(capsys):
+    """docs/gan.md "Your own GAN" runs as written: a user's Linen pair through train_gan,
+    unlearn_gan (an item request) and evaluate_gan."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "gan.md").read_text()
+    section = text.split("## Your own GAN\n", 1)[1].split("\n## ", 1)[0]
+    ns: dict = {}
+    exec(compile(re.findall(r"```python\n(.*?)```", section, re.S)[0], "gan.md", "exec"), ns)
+    arch, res, forget = ns["arch"], ns["res"], ns["forget"]
+    assert not arch.registered and arch.name == "MyG/MyD" and arch.latent_dim == 16
+    before = d_scores(arch, ns["gan"].d_params, forget).mean()
+    after = d_scores(arch, res.d_params, forget).mean()
+    # The item recipe's stop: D scores the forgotten items like held-out images (y_f).
+    assert res.stopped == "criteria" and abs(after - res.y_f) < abs(before - res.y_f), (
+        before, after, res.y_f)
+    m = ns["metrics"]
+    assert 0 <= m["d_mia_auc"] <= 1 and np.isfinite(m["classifier_fid"]) and m["classifier_fid"] > 0
+    assert capsys.readouterr().out.startswith("criteria ")
+
+
+def test_a_user_pair_of_the_mlp_modules_is_the_registered_mlp(tmp_path, digits_splits, tiny_gan):
+    """The registered mlp's own modules passed as a user's pair train to the registered
+    path's parameters exactly; a checkpoint of one pair refuses another."""
+    from hyperforget_jax.checkpoint import Checkpointer
+    from hyperforget_jax.errors import CheckpointError
+    from hyperforget_jax.gan.models import MLPDiscriminator, MLPGenerator
+
+    _, arch = tiny_gan
+    pair = dict(generator=MLPGenerator((8, 8, 1)), discriminator=MLPDiscriminator((8, 8, 1)))
+    user = make_gan_arch(image_shape=(8, 8, 1), **pair)
+    assert not user.registered and user != arch and user.param_counts() == arch.param_counts()
+    train = digits_splits.train
+    cfg = GANConfig(epochs=1, latent_prior="normal")           # tiny_gan's compiled epoch
+    with Checkpointer(tmp_path / "ck") as ck:
+        mine, _, got = train_gan(train.subset(np.arange(64)), cfg, checkpointer=ck, **pair)
+    theirs, _, _ = train_gan(train.subset(np.arange(64)), cfg)
+    assert got == user
+    for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(theirs)):
+        np.testing.assert_array_equal(a, b)
+    # (unlearn_gan and evaluate_gan on a user's pair: the docs test above.)
+    # The config does not name the pair: resuming with another one (or the registered mlp,
+    # whose parameters have the same shapes) is refused, not run on the stored state.
+    for other in (dict(generator=MLPGenerator((8, 8, 1), hidden=(256, 256)),
+                       discriminator=pair["discriminator"]), {}):
+        with Checkpointer(tmp_path / "ck") as ck, pytest.raises(CheckpointError,
+                                                                match="another pair"):
+            train_gan(train.subset(np.arange(64)), dataclasses.replace(cfg, epochs=2),
+                      checkpointer=ck, **other)

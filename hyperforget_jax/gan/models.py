@@ -197,15 +197,31 @@ class GANArch:
     #: K and σ of the ``"mixture"`` prior (unused by ``"normal"``).
     mixture_components: int = MIXTURE_COMPONENTS
     mixture_sigma: float = MIXTURE_SIGMA
+    #: A user's own Flax Linen pair (:func:`make_gan_arch` ``generator=``, ``discriminator=``);
+    #: None for the registered pairs, which ``name`` picks.
+    g_module: nn.Module | None = dataclasses.field(default=None, repr=False)
+    d_module: nn.Module | None = dataclasses.field(default=None, repr=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "_own_programs", None)
+
+    @property
+    def registered(self) -> bool:
+        """True for the library's own pairs (``GAN_ARCHS``), False for a user's modules."""
+        return self.g_module is None
 
     @property
     def generator(self) -> nn.Module:
+        if self.g_module is not None:
+            return self.g_module
         if self.name == "dcgan":
             return DCGANGenerator(self.image_shape, self.width)
         return MLPGenerator(self.image_shape)
 
     @property
     def discriminator(self) -> nn.Module:
+        if self.d_module is not None:
+            return self.d_module
         if self.name == "dcgan":
             return DCGANDiscriminator(self.image_shape, self.width)
         return MLPDiscriminator(self.image_shape)
@@ -255,13 +271,18 @@ class GANArch:
         """The compiled callable (or traced value) ``key`` of this architecture, built once by
         ``build()``.
 
-        The owner is the architecture's *value*: a ``GANArch`` holds only library code and
-        plain fields, so its programs are shared by every equal ``GANArch`` (a Retrain
-        reuses the Original's compiled epoch) and keep nothing of a user's alive, like the
-        registered classifiers' programs (:meth:`hyperforget_jax.models.Architecture.program`);
-        each architecture keeps at most ``models.MAX_PROGRAMS`` (least recently used dropped).
+        The owner of a registered pair is the architecture's *value*: such a ``GANArch`` holds
+        only library code and plain fields, so its programs are shared by every equal
+        ``GANArch`` (a Retrain reuses the Original's compiled epoch), like the registered
+        classifiers' programs (:meth:`hyperforget_jax.models.Architecture.program`). A user's
+        pair owns its programs itself: no module-level cache keeps the user's modules alive.
+        Each owner keeps at most ``models.MAX_PROGRAMS`` (least recently used dropped).
         """
-        return _GAN_PROGRAMS.setdefault(self, _Programs()).get(key, build)
+        if self.registered:
+            return _GAN_PROGRAMS.setdefault(self, _Programs()).get(key, build)
+        if self._own_programs is None:
+            object.__setattr__(self, "_own_programs", _Programs())
+        return self._own_programs.get(key, build)
 
     def param_counts(self) -> tuple[int, int]:
         g, d = self.param_shapes()
@@ -301,6 +322,9 @@ class GANArch:
         return check_unit_images(a, what).astype(np.float32, copy=False)
 
     def to_json(self) -> dict:
+        """The record of run directories. A user's pair is recorded by its modules' reprs
+        (``"generator"``, ``"discriminator"``): enough to tell two pairs apart, not to rebuild
+        one, so :meth:`from_json` refuses it and names the fix."""
         g, d = self.param_counts()
         return {"name": self.name, "image_shape": list(self.image_shape),
                 "latent_dim": self.latent_dim, "width": self.width,
@@ -308,10 +332,17 @@ class GANArch:
                 **({"mixture_components": self.mixture_components,
                     "mixture_sigma": self.mixture_sigma} if self.latent_prior == "mixture"
                    else {}),
+                **({} if self.registered else {"generator": repr(self.g_module),
+                                               "discriminator": repr(self.d_module)}),
                 "g_params": g, "d_params": d}
 
     @classmethod
     def from_json(cls, d: dict) -> "GANArch":
+        if "generator" in d:
+            raise ArchitectureError(
+                f"the run's GAN is a user's own pair ({d['name']}), which a record cannot "
+                "rebuild; load its checkpoint in Python and pass make_gan_arch(generator=..., "
+                "discriminator=...) with the same modules (the CLI runs registered pairs only)")
         # Older runs: no prior means normal; a mixture without K, σ means LEGACY_MIXTURE.
         k, sigma = d.get("mixture_components"), d.get("mixture_sigma")
         if d.get("latent_prior") == "mixture" and k is None:
@@ -326,17 +357,36 @@ class GANArch:
 _GAN_PROGRAMS: dict[GANArch, _Programs] = {}
 
 
-def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28, 1),
+def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (28, 28, 1),
                   latent_dim: int = 100, width: int = 64,
                   latent_prior: str = "normal", mixture_components: int = MIXTURE_COMPONENTS,
-                  mixture_sigma: float = MIXTURE_SIGMA) -> GANArch:
-    """Returns a validated :class:`GANArch` (``name`` in ``GAN_ARCHS``, or ``"auto"``:
-    :func:`auto_gan_arch`; 28×28 or 32×32 images for ``dcgan``; ``latent_prior`` in
-    ``LATENT_PRIORS``, with the mixture's ``mixture_components`` ≥ 2 and ``mixture_sigma``
-    > 0; the normal prior keeps their defaults, so equal GANs compare equal)."""
+                  mixture_sigma: float = MIXTURE_SIGMA, *, generator: nn.Module | None = None,
+                  discriminator: nn.Module | None = None) -> GANArch:
+    """Returns a validated :class:`GANArch`: a registered pair (``name`` in ``GAN_ARCHS``,
+    default ``"mlp"``, or ``"auto"``: :func:`auto_gan_arch`; 28×28 or 32×32 images for
+    ``dcgan``), or the user's own Flax Linen ``generator`` and ``discriminator`` (``name``, if
+    given, is only their display name; default ``"<G class>/<D class>"``). ``latent_prior`` in
+    ``LATENT_PRIORS``, with the mixture's ``mixture_components`` ≥ 2 and ``mixture_sigma`` > 0;
+    the normal prior keeps their defaults, so equal GANs compare equal.
+
+    A user's pair is checked here, on shapes alone (no compilation): G must map
+    (B, ``latent_dim``) codes to (B, *``image_shape``) floating-point images, which it should
+    keep in [0, 1] (the real images' range, where D is fed both), and D must map such images to
+    one logit per image, shape (B,).
+    """
+    if (generator is None) != (discriminator is None):
+        raise ConfigError("pass both generator= and discriminator= (your own GAN pair), or "
+                          "neither (a registered pair)")
+    user = generator is not None
+    if user and name in ("auto", *GAN_ARCHS):
+        raise ConfigError(f"name={name!r} names a registered GAN pair; drop it to use your own "
+                          "generator and discriminator (name= is only their display name)")
+    if name is None:
+        name = (f"{type(generator).__name__}/{type(discriminator).__name__}" if user
+                else "mlp")
     if name == "auto":
         name = auto_gan_arch(tuple(image_shape))
-    if name not in GAN_ARCHS:
+    if not user and name not in GAN_ARCHS:
         raise ConfigError(f"unknown GAN architecture {name!r}; choose one of "
                           f"{', '.join(GAN_ARCHS)}")
     image_shape = tuple(int(s) for s in image_shape)
@@ -347,8 +397,48 @@ def make_gan_arch(name: str = "mlp", image_shape: tuple[int, int, int] = (28, 28
                           f"{image_shape[0]}×{image_shape[1]}; use --gan-arch mlp")
     if latent_dim < 1 or width < 4:
         raise ConfigError(f"latent_dim must be >= 1 and width >= 4, got {latent_dim}, {width}")
+    if user and width != 64:
+        raise ConfigError(f"width ({width}) sizes the registered dcgan pair only; size your "
+                          "own generator and discriminator in their modules")
     check_latent_prior(latent_prior, mixture_components, mixture_sigma)
     if latent_prior != "mixture":
         mixture_components, mixture_sigma = MIXTURE_COMPONENTS, MIXTURE_SIGMA
-    return GANArch(name, image_shape, int(latent_dim), int(width), latent_prior,
-                   int(mixture_components), float(mixture_sigma))
+    arch = GANArch(name, image_shape, int(latent_dim), int(width), latent_prior,
+                   int(mixture_components), float(mixture_sigma), generator, discriminator)
+    if user:
+        _check_user_pair(arch)
+    return arch
+
+
+def _check_user_pair(arch: GANArch) -> None:
+    """Raises :class:`ConfigError` unless the user's pair are hashable Linen modules that
+    initialise and map codes → images of ``arch.image_shape`` → one logit each (shapes only)."""
+    for role, m in (("generator", arch.g_module), ("discriminator", arch.d_module)):
+        if not isinstance(m, nn.Module):
+            raise ConfigError(f"the {role} must be a flax.linen Module, got a "
+                              f"{type(m).__name__}; the GAN half takes Linen pairs only")
+        try:
+            hash(m)
+        except TypeError as e:
+            raise ConfigError(f"the {role} {type(m).__name__} is not hashable ({e}); give its "
+                              "fields hashable values (tuples, not lists or arrays)") from None
+    b = 2
+    try:
+        g, d = arch.param_shapes()
+        fake = jax.eval_shape(arch.generate, g, jax.ShapeDtypeStruct((b, arch.latent_dim),
+                                                                     jnp.float32))
+        logits = jax.eval_shape(arch.discriminate, d,
+                                jax.ShapeDtypeStruct((b, *arch.image_shape), jnp.float32))
+    except Exception as e:   # a user's module raises anything: name the pair and why
+        raise ConfigError(f"the GAN pair {arch.name} does not run on (B, {arch.latent_dim}) "
+                          f"codes and (B, *{arch.image_shape}) images ({type(e).__name__}: "
+                          f"{e}); check latent_dim= and image_shape=") from None
+    if tuple(fake.shape) != (b, *arch.image_shape) or not jnp.issubdtype(fake.dtype,
+                                                                         jnp.floating):
+        raise ConfigError(f"the generator maps {b} codes to {fake.dtype} {tuple(fake.shape)}, "
+                          f"not {b} float images of image_shape={arch.image_shape}; reshape "
+                          "its output or pass the image_shape it makes")
+    if tuple(logits.shape) != (b,):
+        raise ConfigError(f"the discriminator maps {b} images to shape {tuple(logits.shape)}, "
+                          f"not one logit per image ({b},); end it with e.g. "
+                          "nn.Dense(1)(x)[:, 0]")

@@ -27,7 +27,7 @@ from hyperforget_jax import xla
 from hyperforget_jax.config import SEED_LIMIT, check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices
 from hyperforget_jax.checkpoint_checks import refuse_another_run
-from hyperforget_jax.errors import ConfigError, DataError
+from hyperforget_jax.errors import CheckpointError, ConfigError, DataError
 from hyperforget_jax.gan.models import (GAN_ARCHS, MIXTURE_COMPONENTS, MIXTURE_SIGMA, GANArch,
                                         check_latent_prior, make_gan_arch)
 from hyperforget_jax.metrics import chunked_apply
@@ -120,10 +120,17 @@ class GANConfig:
         return dataclasses.asdict(self)
 
 
-def gan_arch_of(cfg: GANConfig, image_shape: tuple[int, int, int]) -> GANArch:
-    """The validated :class:`GANArch` that ``cfg`` trains for images of ``image_shape``."""
-    return make_gan_arch(cfg.arch, image_shape, cfg.latent_dim, cfg.width, cfg.latent_prior,
-                         cfg.mixture_components, cfg.mixture_sigma)
+def gan_arch_of(cfg: GANConfig, image_shape: tuple[int, int, int], generator=None,
+                discriminator=None) -> GANArch:
+    """The validated :class:`GANArch` that ``cfg`` trains for images of ``image_shape``: the
+    registered pair ``cfg.arch``, or the user's own ``generator`` and ``discriminator`` (Flax
+    Linen modules) with ``cfg``'s latent size and prior."""
+    if generator is not None and cfg.arch != "auto":
+        raise ConfigError(f"GANConfig.arch={cfg.arch!r} names a registered pair but a generator "
+                          "and discriminator were given; leave arch at 'auto' to train your own")
+    return make_gan_arch(None if generator is not None else cfg.arch, image_shape,
+                         cfg.latent_dim, cfg.width, cfg.latent_prior, cfg.mixture_components,
+                         cfg.mixture_sigma, generator=generator, discriminator=discriminator)
 
 
 def make_optimizer(lr: float = 2e-4, beta1: float = 0.5) -> optax.GradientTransformation:
@@ -226,13 +233,16 @@ def compiled_epoch(arch: GANArch, lr: float, beta1: float, batch_size: int,
 
 
 def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict | None = None,
-              progress: bool = False, save_every: int = 10
-              ) -> tuple[GANState, list[dict], GANArch]:
+              progress: bool = False, save_every: int = 10, generator=None,
+              discriminator=None) -> tuple[GANState, list[dict], GANArch]:
     """Trains a GAN on ``train.x`` (labels unused) with ``cfg``.
 
     Args:
       train: images in [0, 1].
       cfg: the recipe; ``cfg.seed`` fixes initialisation, batch order and latents.
+      generator, discriminator: your own Flax Linen pair instead of the registered
+        ``cfg.arch`` (:func:`~hyperforget_jax.gan.models.make_gan_arch`); ``cfg`` still sets
+        the latent size and prior.
       checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`; saved every
         ``save_every`` epochs and at the end (checkpoint step = epochs done); a rerun resumes.
       meta: JSON metadata stored with each checkpoint.
@@ -251,7 +261,7 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
         check_count(save_every, "save_every", " (epochs)")
     if np.ndim(train.x) != 4:
         raise DataError(f"training images must be (N, H, W, C), got shape {np.shape(train.x)}")
-    arch = gan_arch_of(cfg, train.x.shape[1:])
+    arch = gan_arch_of(cfg, train.x.shape[1:], generator, discriminator)
     arch.check_images(train.x, "the GAN's training set")
     # One Adam initialises both players' states: Adam's state does not depend on its rate.
     tx = make_optimizer(cfg.lr, cfg.beta1)
@@ -265,6 +275,13 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
     # real compiled the initialiser (≈ 6 s for the dcgan pair on CPU) only to be overwritten.
     key = jax.random.key(cfg.seed)
     state = jax.eval_shape(fresh, key) if resume else fresh(key)
+    if resume:
+        # The config does not name a user's pair: its record (module reprs) tells them apart.
+        was = checkpointer.restore_meta().get("gan_arch") or {}
+        if (not arch.registered or "generator" in was) and was != arch.to_json():
+            raise CheckpointError(f"{checkpointer.directory} holds a GAN trained with another "
+                                  f"pair ({was.get('name')}) than {arch.name}; use a new "
+                                  "directory or pass the same generator and discriminator")
     if resume:
         state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
