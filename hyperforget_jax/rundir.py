@@ -379,9 +379,10 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
       outputs: the files a one-shot report writes at its end (with ``replace_role``). They are
         removed when the directory changes identity, so a report that fails or is interrupted
         never leaves the previous report's results beside the new identity.
-      caches: entries that only speed up a rerun (e.g. a GAN unlearning run's ``judge/``). A
-        command that fails before writing anything else removes them with the rest, so the
-        directory is left as it was found and a rerun with other settings is not refused.
+      caches: entries that a rerun rebuilds (a GAN unlearning run's ``judge/``, a corpus's
+        ``index.json``). A command that fails before writing anything else removes them with
+        the rest, so the directory is left as it was found and a rerun with other settings is
+        not refused.
 
     Yields:
       A :class:`RunDir`; ``resumed`` tells whether the directory already held this run.
@@ -432,8 +433,10 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
             if all(n in caches or _empty_tree(out / n) for n in written):
                 with contextlib.suppress(OSError):
                     for n in written:
-                        if n in caches:
+                        if n in caches and (out / n).is_dir():
                             shutil.rmtree(out / n)
+                        elif n in caches:       # a file (a corpus's index.json)
+                            (out / n).unlink()
                         else:
                             _remove_empty_tree(out / n)
                     (out / IDENTITY_NAME).unlink()

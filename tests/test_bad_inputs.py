@@ -649,6 +649,18 @@ CLI_CASES = [
     ("cli-corpus-holds-out-every-seed", lambda c, o: [
         "corpus", "--out", o, "--seeds", "2", "--test-fraction", "0.9", *DIGITS, "--quiet"],
      "holds out all 2 seeds"),
+    ("cli-sample-hypernet-is-a-text-file", lambda c, o: [  # was "contains pickled data"
+        "sample", "--hypernet", str(c.a_file), "--run-dir", str(c.run), *DIGITS,
+        "--forget-class", "3", "--out", o], "not an .npz archive"),
+    ("cli-hypertrain-corpus-is-a-file", lambda c, o: [     # was a NotADirectoryError traceback
+        "hypertrain", "--corpus", str(c.a_file), "--out", o, "--quiet"], "not a directory"),
+    # A blank path (an unset shell variable): --retrain-dir "" evaluated without the Retrain
+    # (exit 0, no Avg. Gap), --run-dir "" wrote into the current directory.
+    ("cli-blank-retrain-dir", lambda c, o: [
+        "evaluate", "--run-dir", str(c.run), "--retrain-dir", "", "--out", o, *DIGITS,
+        "--forget-class", "1"], "--retrain-dir: expected a path, got ''"),
+    ("cli-blank-data-dir", lambda c, o: ["train", "--run-dir", o, *TINY, "--data-dir", " "],
+     "--data-dir: expected a path"),
     ("cli-argparse-bad-int", lambda c, o: ["train", "--run-dir", o, "--epochs", "ten"],
      "expected an integer"),
     ("cli-argparse-unknown-dataset", lambda c, o: ["train", "--run-dir", o, "--dataset", "x"],
@@ -679,6 +691,25 @@ def test_cli_bad_input(ctx, capfd, tmp_path, name, argv, words):
     # missing parent it would have made); the input run untouched.
     assert not out.parent.exists(), sorted(out.parent.rglob("*"))
     assert _files_under(ctx.run) == before
+
+
+def test_a_corpus_that_diverges_in_its_first_fleet_leaves_nothing(tmp_path, monkeypatch,
+                                                                    capfd):
+    """``corpus --weight-decay 1e9`` stopped on a NaN in its first fleet and left run.json and
+    index.json: a rerun with a fixed recipe was refused as "a different 'corpus' run". The
+    build is stubbed (what it writes first, then the error) to keep the test cheap."""
+    from hyperforget_jax.commands import hyper
+    from hyperforget_jax.errors import NonFiniteError
+
+    def diverge(out, *a, **k):
+        (Path(out) / "index.json").write_text("{}")
+        raise NonFiniteError("non-finite loss or parameters at step 3")
+
+    monkeypatch.setattr(hyper.C, "build_corpus", diverge)
+    out = tmp_path / "corpus"
+    assert _run_cli(["corpus", "--out", str(out), *DIGITS, "--quiet"]) == 2
+    assert "non-finite" in capfd.readouterr().err
+    assert not out.exists()
 
 
 def test_cli_bad_input_in_a_real_process(ctx, tmp_path):

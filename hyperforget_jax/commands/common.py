@@ -35,11 +35,22 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", default="mnist5k", choices=data.DATASETS,
                    help="mnist5k (embedded, default), digits (sklearn) or a prepared "
                         "tensorflow-datasets set")
-    g.add_argument("--data-dir", default=None,
+    g.add_argument("--data-dir", type=path_arg, default=None,
                    help="tensorflow-datasets data_dir (default: $TFDS_DATA_DIR or "
                         "~/tensorflow_datasets)")
     g.add_argument("--split-seed", type=seed_int, default=0,
                    help="seed of the train/val/test split (default 0)")
+
+
+def path_arg(text: str) -> str:
+    """argparse type of every path flag: a blank value (``--out "$OUT"`` with ``OUT`` unset) is
+    refused. As a path, "" is the current directory (``train --run-dir ""`` wrote its run
+    there), and where a missing value means "not given" (``--out``, ``--retrain-dir``) the
+    command went on without it, exit code 0."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"expected a path, got {text!r} (an unset shell "
+                                         "variable?)")
+    return text
 
 
 def class_id(text: str) -> int:

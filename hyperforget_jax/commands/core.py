@@ -202,17 +202,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         common.add_data_args(p)
         common.add_train_args(p)
         common.add_request_args(p, required=retrain)
-        p.add_argument("--run-dir", default=f"runs/{'retrain' if retrain else 'original'}",
+        p.add_argument("--run-dir", type=common.path_arg,
+                       default=f"runs/{'retrain' if retrain else 'original'}",
                        help=f"run directory (default runs/{'retrain' if retrain else 'original'})")
         common.add_output_args(p)
         p.set_defaults(func=lambda a, r=retrain: cmd_train(a, r))
 
     p = sub.add_parser("evaluate", help="evaluate a trained run against a forget request "
                                         "(RA/FA/TA and every named MIA)")
-    p.add_argument("--run-dir", required=True,
+    p.add_argument("--run-dir", required=True, type=common.path_arg,
                    help="run written by train/retrain/unlearn/sample")
-    p.add_argument("--retrain-dir", help="the Retrain run of the same request, for the Avg. Gap")
-    p.add_argument("--out", help="output directory (default: <run-dir>/evaluate/<request>)")
+    p.add_argument("--retrain-dir", type=common.path_arg,
+                   help="the Retrain run of the same request, for the Avg. Gap")
+    p.add_argument("--out", type=common.path_arg,
+                   help="output directory (default: <run-dir>/evaluate/<request>)")
     p.add_argument("--seed", type=seed_int, default=None,
                    help="seed of the attack CV splits (default: the seed the run's own command "
                         "evaluated it with: unlearn's / sample's --seed, train's training seed)")
@@ -226,7 +229,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "runs ∇τ, samples with the shipped DiHyFo-2 and unlearns a "
                                    "GAN (--sections), and writes report.md, results.json and "
                                    "plots into the run directory.")
-    p.add_argument("--run-dir", default="runs/demo", help="run directory (default runs/demo)")
+    p.add_argument("--run-dir", type=common.path_arg, default="runs/demo",
+                   help="run directory (default runs/demo)")
     p.add_argument("--forget-class", type=common.class_id, default=3,
                    help="the class to forget (default 3)")
     p.add_argument("--seeds", type=int, default=3, help="number of model seeds (default 3)")

@@ -65,7 +65,8 @@ def add_judge_flags(parser) -> Callable[[argparse.Namespace], dict]:
 
 
 def _add_judge_from(parser) -> None:
-    parser.add_argument("--judge-from", nargs="+", default=[], metavar="DIR",
+    parser.add_argument("--judge-from", nargs="+", type=common.path_arg, default=[],
+                        metavar="DIR",
                         help="reuse the judge stored by an earlier `gan unlearn` / `gan "
                              "evaluate` (its output directory, or that directory's judge/) "
                              "when its recipe and data match; otherwise one is trained")
@@ -389,7 +390,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          rename={"arch": "gan-arch"},
                                          choices={"arch": ("auto", *GAN_ARCHS),
                                                   "latent_prior": LATENT_PRIORS})
-    p.add_argument("--run-dir", default="runs/gan/original",
+    p.add_argument("--run-dir", type=common.path_arg, default="runs/gan/original",
                    help="run directory (default runs/gan/original)")
     common.add_output_args(p)
     p.set_defaults(func=cmd_train, _gan_flags=flags)
@@ -397,8 +398,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = gsub.add_parser("unlearn", help="cascaded unlearning of a trained GAN")
     common.add_data_args(p)
     common.add_request_args(p, required=True)
-    p.add_argument("--run-dir", required=True, help="the original GAN run")
-    p.add_argument("--out", default="runs/gan/unlearned",
+    p.add_argument("--run-dir", required=True, type=common.path_arg,
+                   help="the original GAN run")
+    p.add_argument("--out", type=common.path_arg, default="runs/gan/unlearned",
                    help="checkpoints, samples and results; a rerun resumes an interrupted run "
                         "(default runs/gan/unlearned)")
     recipe = lambda r: (f"{r.fake_label}/{r.substitution}/λ_s {r.lambda_s}"
@@ -433,11 +435,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "downstream accuracy")
     common.add_data_args(p)
     common.add_request_args(p, required=False)
-    p.add_argument("--run-dir", required=True, help="the GAN run to evaluate")
-    p.add_argument("--compare", nargs="*", help="other GAN runs (e.g. Original, Retrain)")
+    p.add_argument("--run-dir", required=True, type=common.path_arg,
+                   help="the GAN run to evaluate")
+    p.add_argument("--compare", nargs="*", type=common.path_arg,
+                   help="other GAN runs (e.g. Original, Retrain)")
     p.add_argument("--samples", type=non_negative_int, default=10_000,
                    help="generated samples per GAN for every metric (default 10000)")
-    p.add_argument("--out", help="output directory (default: <run-dir>/gan-evaluate/<request>)")
+    p.add_argument("--out", type=common.path_arg,
+                   help="output directory (default: <run-dir>/gan-evaluate/<request>)")
     common.add_output_args(p)
     p.set_defaults(func=cmd_evaluate, _judge=add_judge_flags(p))
     _add_judge_from(p)

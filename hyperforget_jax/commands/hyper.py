@@ -38,7 +38,11 @@ def cmd_corpus(args) -> int:
     identity = {"role": "corpus", "config": cfg.to_json(), **common.data_identity(args, splits)}
     # Corpora built before run.json existed are adopted; their index has its own config check.
     legacy = lambda path: {} if (path / "index.json").exists() else None
-    with common.open_run(args.out, identity, args, flag="--out", legacy=legacy) as run:
+    # The index alone (no shard done yet) is rewritten by any rerun: a build that fails in its
+    # first fleet (a diverged recipe) leaves --out as it found it, so a rerun with a fixed
+    # recipe is not refused as "a different corpus".
+    with common.open_run(args.out, identity, args, flag="--out", legacy=legacy,
+                         caches=("index.json",)) as run:
         stats = C.build_corpus(run.path, cfg, splits, args.dataset, args.split_seed,
                                progress=common.progress(args))
         corpus = C.Corpus(run.path)
@@ -245,7 +249,8 @@ def _coverage_note(cov: dict, prompt) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("corpus", help="build (or resume) a HyperForget checkpoint corpus")
     common.add_data_args(p)
-    p.add_argument("--out", required=True, help="corpus directory (resumable)")
+    p.add_argument("--out", required=True, type=common.path_arg,
+                   help="corpus directory (resumable)")
     flags = configflags.add_config_flags(
         p, C.CorpusConfig, title="corpus", rename={"num_seeds": "seeds", "class_pairs": "pairs"},
         choices={"unlearn_layers": ("head", "all"), "forget_readout": ("zero", "train")})
@@ -253,9 +258,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_corpus, _corpus_flags=flags)
 
     p = sub.add_parser("hypertrain", help="train a DiHyFo-1/2 hypernetwork on a corpus")
-    p.add_argument("--corpus", required=True,
+    p.add_argument("--corpus", required=True, type=common.path_arg,
                    help="the corpus directory (`hyperforget corpus --out`)")
-    p.add_argument("--out", required=True, help="output directory (resumes an interrupted run)")
+    p.add_argument("--out", required=True, type=common.path_arg,
+                   help="output directory (resumes an interrupted run)")
     p.add_argument("--variant", choices=H.VARIANTS, default="dihyfo2",
                    help="dihyfo1 (one class, --forget-class) or dihyfo2 (every class; default)")
     p.add_argument("--forget-class", type=common.class_id, default=None,
@@ -272,15 +278,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("sample", help="sample an unlearned network from a hypernetwork")
     common.add_data_args(p)
-    p.add_argument("--hypernet", required=True,
+    p.add_argument("--hypernet", required=True, type=common.path_arg,
                    help="'pretrained' (the shipped DiHyFo-2 for gpt_mlp on mnist5k), a .npz "
                         "file, or the --out of hypertrain")
     p.add_argument("--forget-class", type=common.class_id, nargs="+", required=True,
                    metavar="C", help="the class, or pair of classes, to forget (space-separated)")
-    p.add_argument("--run-dir", default=None,
+    p.add_argument("--run-dir", type=common.path_arg, default=None,
                    help="start network from `hyperforget train` (of the hypernetwork's "
                         "architecture: --arch gpt_mlp for the pretrained one)")
-    p.add_argument("--corpus", default=None,
+    p.add_argument("--corpus", type=common.path_arg, default=None,
                    help="start from a corpus original instead of --run-dir (with --start-seed)")
     p.add_argument("--start-seed", type=seed_int, default=None,
                    help="corpus run to start from")
@@ -293,6 +299,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 choices={"method": ("ddim", "ddpm")})
     p.add_argument("--seed", type=seed_int, default=0,
                    help="seed of the diffusion noise and of the attacks (default 0)")
-    p.add_argument("--out", required=True, help="output directory (never a run it reads)")
+    p.add_argument("--out", required=True, type=common.path_arg,
+                   help="output directory (never a run it reads)")
     common.add_output_args(p, quiet=False)
     p.set_defaults(func=cmd_sample, _sample_flags=sample_flags)

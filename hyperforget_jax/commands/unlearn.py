@@ -243,12 +243,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the unlearning method (retrain: the original's recipe on D_r)")
     # Checked in cmd_unlearn (a ForgetRequestError, one line), so not required by argparse.
     common.add_request_args(p, required=False, title="forget request (exactly one)")
-    p.add_argument("--run-dir", default="runs/original",
+    p.add_argument("--run-dir", type=common.path_arg, default="runs/original",
                    help="the original model's run (trained there if it holds no model; "
                         "default runs/original)")
-    p.add_argument("--out", help="output directory (default <run-dir>/unlearn/<method>-<req>"
-                                  "[-method-seed-<N>], which does not name --config.* fields: "
-                                  "give a run with other settings its own --out)")
+    p.add_argument("--out", type=common.path_arg,
+                   help="output directory (default <run-dir>/unlearn/<method>-<req>"
+                        "[-method-seed-<N>], which does not name --config.* fields: "
+                        "give a run with other settings its own --out)")
     # Its own dest: the training recipe's seed flag (--train-seed) has the field's dest "seed".
     p.add_argument("--seed", type=seed_int, default=0, dest="method_seed",
                    help="seed of the method (batch order, random labels/teachers) and of the "

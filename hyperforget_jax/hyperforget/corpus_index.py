@@ -75,6 +75,9 @@ def read_index(path: Path) -> dict:
     except FileNotFoundError as e:
         raise CheckpointError(f"no corpus in {path} (index.json missing); build one with "
                               f"`hyperforget corpus --out {shell_quote(path)}`") from e
+    except NotADirectoryError as e:     # a file given as the corpus (or a folder under one)
+        raise CheckpointError(f"no corpus in {path} (not a directory); pass the directory "
+                              "that `hyperforget corpus --out` wrote") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}/index.json is corrupt ({e}); rebuild the corpus") from e
     if not isinstance(index, dict):

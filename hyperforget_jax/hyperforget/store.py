@@ -96,6 +96,12 @@ def _resolve(path) -> Path:
 
 def from_bytes(raw: bytes, where: str) -> tuple[Hypernet, dict]:
     """Parses :func:`to_bytes`' output; ``where`` names the source in errors."""
+    if not raw.startswith(b"PK"):
+        # np.load takes any bytes that are not a zip or .npy for a pickle, so a text file
+        # was refused as "pickled (object) data".
+        raise CheckpointError(f"{where} is not a readable hypernetwork file (not an .npz "
+                              "archive); pass the --out of `hyperforget hypertrain`, its "
+                              "hypernet.npz, or 'pretrained'")
     buf = io.BytesIO(raw)
     try:
         with np.load(buf, allow_pickle=False) as z:
