@@ -21,6 +21,7 @@ import json
 import numbers
 import operator
 import os
+from collections.abc import Iterable
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -114,6 +115,12 @@ def _check_seed(seed, what: str, error: type = DataError) -> int:
 def _int_ids(values, what: str) -> tuple[int, ...]:
     """Integer ids (classes, indices); a float such as 3.7 is refused, not truncated."""
     out = []
+    if is_prng_key(values):     # numpy cannot read a typed key; a raw one reads as (0, 0)
+        raise ForgetRequestError(f"forget {what} must be a sequence of integers, got a JAX PRNG "
+                                 f"key; e.g. {what}=(3,)")
+    if isinstance(values, (numbers.Number, str, bytes)) or not isinstance(values, Iterable):
+        raise ForgetRequestError(f"forget {what} must be a sequence of integers, got "
+                                 f"{values!r}; e.g. {what}=(3,)")
     if hasattr(values, "__array__") and not isinstance(values, np.ndarray):
         values = np.asarray(values)          # jax arrays: elements become numpy scalars
     if isinstance(values, np.ndarray) and values.ndim == 0:
@@ -311,6 +318,15 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
     validation images, so split seeds give different splits.
     """
     seed = _check_seed(seed, "split seed")
+    if not isinstance(ds, (Dataset, Splits)):     # else an AttributeError on .y
+        raise DataError(f"make_splits takes a Dataset, got {type(ds).__name__}; build one "
+                        "with hf.data.from_arrays(x, y)")
+    for frac in (val_frac, test_frac):      # else the comparison's TypeError
+        kind = getattr(getattr(frac, "dtype", None), "kind", "b")   # 0-d arrays are numbers
+        if isinstance(frac, (bool, np.bool_)) or not (isinstance(frac, numbers.Real) or (
+                np.ndim(frac) == 0 and kind in "iuf")):
+            raise DataError(f"val_frac and test_frac must be numbers in (0, 1), got "
+                            f"{frac!r}; e.g. val_frac=0.1, test_frac=0.2")
     if isinstance(ds, Splits):
         if (val_frac, test_frac) != (0.1, 0.2):   # silently ignored until 2026-12-05
             raise DataError(f"make_splits: val_frac / test_frac do not apply to a dataset with "
@@ -443,6 +459,14 @@ def resolve_forget(train: Dataset, request: ForgetRequest) -> ForgetSplit:
 def forget_mask(train: Dataset, request: ForgetRequest) -> np.ndarray:
     """The training samples ``request`` forgets (a boolean mask), validating the request;
     :func:`resolve_forget` without copying the data."""
+    if not isinstance(request, ForgetRequest):     # else an AttributeError on .classes
+        raise ForgetRequestError(f"pass the request as a ForgetRequest, got "
+                                 f"{type(request).__name__} {request!r:.60}; e.g. "
+                                 "hf.ForgetRequest(classes=(3,))")
+    if not isinstance(train, Dataset):
+        hint = "splits.train" if isinstance(train, Splits) else "hf.data.from_arrays(x, y)"
+        raise DataError(f"the training set must be a Dataset, got {type(train).__name__}; "
+                        f"pass {hint}")
     _check_label_layout(train, "forget request")
     n = len(train)
     if request.classes is not None:

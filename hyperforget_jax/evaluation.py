@@ -9,6 +9,7 @@ attack against them would only measure "is this the forgotten class", not member
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -185,6 +186,9 @@ def gap_to_retrain(result: dict, retrain: dict) -> float:
         :func:`evaluate_unlearning`).
     """
     for name, row in (("result", result), ("retrain", retrain)):
+        if not isinstance(row, Mapping):    # a string listed its letters as the keys it had
+            raise ConfigError(f"gap_to_retrain: {name} must be a dict of metrics (a row of "
+                              f"hf.evaluate_unlearning), got {type(row).__name__}")
         missing = [k for k in GAP_KEYS if k not in row]
         if missing:
             raise ConfigError(f"gap_to_retrain: {name} has no {', '.join(missing)} (has "

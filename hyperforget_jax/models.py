@@ -17,6 +17,7 @@ import collections
 import dataclasses
 import importlib
 import inspect
+import operator
 import re
 import weakref
 from collections.abc import Mapping
@@ -526,19 +527,47 @@ def make_architecture(name: str, input_shape: tuple[int, int, int] | None = (28,
     >>> make_architecture("gpt_mlp").param_count
     7960
     """
-    if name not in _FACTORIES:
+    if not isinstance(name, str) or name not in _FACTORIES:     # a list: unhashable
         raise ConfigError(f"unknown architecture {name!r}; choose one of "
                           f"{', '.join(ARCHITECTURES)}, or pass your own model as a flax "
                           "Module, an apply_fn or an import path 'pkg.module:Name'")
+    input_shape, num_classes = _checked_dims(input_shape, num_classes)
     input_shape = (28, 28, 1) if input_shape is None else input_shape
     num_classes = 10 if num_classes is None else num_classes
-    if len(tuple(input_shape)) != 3:
+    if len(input_shape) != 3:
         raise ConfigError(f"input_shape must be (H, W, C), got {input_shape}: the registered "
                           "models take images (N, H, W, C); give grey-scale images a channel "
                           "axis (x[..., None]) and flat vectors their image shape "
                           "(x.reshape(N, H, W, C)), or build the data with "
                           "hf.data.from_arrays, which checks it")
-    return Architecture(name, tuple(int(s) for s in input_shape), int(num_classes))
+    return Architecture(name, input_shape, num_classes)
+
+
+def _checked_dims(input_shape: Any, num_classes: Any) -> tuple[tuple[int, ...] | None,
+                                                               int | None]:
+    """``input_shape`` as a tuple of ints >= 1 and ``num_classes`` as an int >= 1 (None stays
+    None), else :class:`ConfigError`: ``int()`` truncated 2.5 classes to 2 (and ``True`` to 1),
+    a 1.5-channel image to 1, and 0 or a negative size failed deep inside ``init``."""
+    def whole(v) -> bool:       # numpy and 0-d JAX integers too (a jnp shape's elements)
+        if isinstance(v, (bool, np.bool_)) or getattr(v, "dtype", None) == np.bool_:
+            return False
+        try:
+            return operator.index(v) >= 1
+        except TypeError:
+            return False
+
+    if num_classes is not None and not whole(num_classes):
+        raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}; e.g. "
+                          "num_classes=10 (or the data's: ds.num_classes)")
+    if input_shape is None:
+        return None, None if num_classes is None else operator.index(num_classes)
+    dims = list(input_shape) if isinstance(input_shape, (tuple, list, np.ndarray, jax.Array)) \
+        and np.ndim(input_shape) == 1 else None
+    if dims is None or not dims or not all(whole(d) for d in dims):
+        raise ConfigError(f"input_shape must be one input's shape, a tuple of integers >= 1 "
+                          f"such as (28, 28, 1), got {input_shape!r}; e.g. x.shape[1:]")
+    return (tuple(operator.index(d) for d in dims),
+            None if num_classes is None else operator.index(num_classes))
 
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
@@ -930,14 +959,15 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
       them (a raw module or function passed to each call is wrapped, and compiled, afresh).
 
     Raises:
-      ConfigError: an unknown name or an object that is not a model.
+      ConfigError: an unknown name, an object that is not a model, an ``input_shape`` or
+        ``num_classes`` that is not made of integers >= 1.
 
     >>> import flax.linen as nn
     >>> m = as_model(nn.Dense(3), input_shape=(4,))
     >>> m.param_count, m.apply(m.init(jax.random.key(0)), jnp.ones((2, 4))).shape
     (15, (2, 3))
     """
-    shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+    shape, num_classes = _checked_dims(input_shape, num_classes)
     if isinstance(obj, Architecture):
         changes = {}
         if obj.input_shape is None and shape is not None:

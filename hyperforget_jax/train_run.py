@@ -22,13 +22,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start, refuse_another_run
 from hyperforget_jax.config import check_count
-from hyperforget_jax.data import Dataset, _check_seed, batch_indices
+from hyperforget_jax.data import Dataset, _check_seed, batch_indices, is_prng_key
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model, is_import_path, is_model_at
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
-                                   effective_batch_size,
+                                   VECTORIZE, effective_batch_size,
                                    init_state, make_optimizer, make_train_step,
                                    over_members, scan_epoch, shard_rows)
 
@@ -104,6 +104,9 @@ def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
 
 
 def _model_for(arch: Model, ds: Dataset) -> Architecture:
+    if not isinstance(ds, Dataset):     # else a bare TypeError / AttributeError on len or .x
+        raise DataError(f"the training set must be a Dataset, got {type(ds).__name__}; build "
+                        "one with hf.data.from_arrays(x, y) (or pass splits.train)")
     if len(ds) == 0:     # else a bare ZeroDivisionError (or numpy's max of nothing)
         raise DataError(f"training set {ds.name!r} has no samples; pass the data to train on")
     model = as_model(arch, ds.x.shape[1:], ds.num_classes)
@@ -279,6 +282,12 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
     if isinstance(seeds, (int, np.integer)):     # list(3): a bare TypeError
         raise ConfigError(f"fit_fleet: seeds must be a sequence of integers, got {seeds!r}; "
                           f"e.g. seeds=[{seeds}] (or seeds=range({seeds}) for {seeds} members)")
+    if is_prng_key(seeds):      # a raw PRNGKey(0) iterates as the seeds [0, 0]: twin members
+        raise ConfigError("fit_fleet: seeds must be a sequence of integers, got a JAX PRNG key; "
+                          "pass the integer seeds, e.g. seeds=[0, 1, 2]")
+    if seeds is not None and not isinstance(seeds, Iterable):   # 2.5: list()'s TypeError
+        raise ConfigError(f"fit_fleet: seeds must be a sequence of integers, got {seeds!r}; "
+                          "e.g. seeds=[0, 1, 2]")
     cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else None
     if not all(isinstance(c, TrainConfig) for c in cfgs or [cfg]):
         raise ConfigError(f"fit_fleet takes a TrainConfig or a list of them, got "
@@ -296,6 +305,9 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
         seeds = [cfg.seed] if seeds is None else list(seeds)
     if not seeds:
         raise ConfigError("fit_fleet needs at least one seed")
+    if not isinstance(vectorize, str) or vectorize not in VECTORIZE:   # else unhashable
+        raise ConfigError(f"fit_fleet: vectorize must be one of {', '.join(VECTORIZE)}, got "
+                          f"{vectorize!r}")
     seeds = [_check_seed(s, "fit_fleet seed", ConfigError) for s in seeds]
     for c in cfgs or [cfg]:
         check_recipe_model(c, model, "fit_fleet")
@@ -366,15 +378,20 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
       The final :class:`TrainState` and a per-epoch history (mean loss / accuracy).
 
     Raises:
-      ConfigError: ``cfg.arch`` names another model than ``arch`` (as :func:`fit`).
+      ConfigError: ``cfg.arch`` names another model than ``arch`` (as :func:`fit`), or
+        ``batches`` neither an iterable nor a function of the epoch.
       NonFiniteError: a step produced NaN/inf.
-      DataError: a batch of images of the wrong shape.
+      DataError: a batch that is not an (x, y) pair, or of images of the wrong shape.
       ArchitectureError: a batch with a label past the model's last output.
     """
     check_sync_every(sync_every, "fit_stream")
     if not isinstance(cfg, TrainConfig):    # as fit: a dict or namespace failed on a field
         raise ConfigError(f"fit_stream takes a TrainConfig, got {type(cfg).__name__}; e.g. "
                           "hf.TrainConfig(epochs=5)")
+    if isinstance(batches, Dataset) or not (callable(batches) or isinstance(batches, Iterable)):
+        raise ConfigError(f"fit_stream takes batches=an iterable of (x, y) host batches or a "
+                          f"function of the epoch returning one, got {type(batches).__name__}"
+                          "; a Dataset in memory trains with hf.fit")
     model = as_model(arch)
     check_recipe_model(cfg, model, "fit_stream")
     tx = make_optimizer(cfg)
@@ -391,7 +408,11 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     for epoch in range(n_epochs):
         it = batches(epoch) if callable(batches) else batches
         first, losses, accs, flags = int(state.step), [], [], []
-        for i, (xb, yb) in enumerate(it):
+        for i, batch in enumerate(it):
+            if not (isinstance(batch, (tuple, list)) and len(batch) == 2):   # else unpacking's
+                raise DataError(f"fit_stream: batch {i} is a {type(batch).__name__}, not an "
+                                "(x, y) pair of images and labels")
+            xb, yb = batch
             yb = np.asarray(yb)     # on the host once: the label check and the step read it
             model.check_inputs(xb, "a streamed batch", yb)
             if outputs is None:         # as fit's check, on the first batch's shape

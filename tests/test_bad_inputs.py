@@ -223,6 +223,29 @@ def _gan_evaluate_with_a_5_class_judge(c):
                         c.train.x[:10], c.train.x[10:], (3,))
 
 
+def _gan_evaluate_on(c, splits, reference_feats=None):
+    """``evaluate_gan`` of the tiny GAN on 64 samples with a 10-class judge, ``splits`` and
+    ``reference_feats``."""
+    from hyperforget_jax.gan.metrics import EvalConfig, Judge, evaluate_gan
+
+    return evaluate_gan(*_tiny_gan(c), Judge(c.arch, c.params), splits, c.train.x[:10],
+                        c.train.x[10:], (3,), EvalConfig(num_samples=64, downstream_samples=64),
+                        reference_feats)
+
+
+def _tiny_corpus(c, **kw):
+    """A 2-seed, 1-epoch digits corpus under ``never/`` (which must stay empty)."""
+    from hyperforget_jax.hyperforget import corpus as C
+
+    cfg = C.CorpusConfig(num_seeds=2, fleet_size=2, epochs_range=(1, 1), unlearn_epochs=1,
+                         checkpoints=1, class_pairs=1)
+    return C.build_corpus(c.root / "never" / "corpus", cfg, c.splits, progress=False, **kw)
+
+
+def _fleet(c, **kw):
+    return train.fit_fleet(c.arch, c.train, train.TrainConfig(arch="gpt_mlp", epochs=1), **kw)
+
+
 def _hyper_prompt(c):
     return _hyper_call("make_prompt", c.hyper["dihyfo2"], c.params, c.train, (1,))
 
@@ -496,6 +519,78 @@ API_CASES = [
     ("corpus-missing", lambda c: __import__(
         "hyperforget_jax.hyperforget.corpus", fromlist=["Corpus"]).Corpus(c.empty_dir),
      CheckpointError, "no corpus"),
+    # arguments of the wrong kind, at the public boundary (were bare TypeErrors / flax errors
+    # deep inside, or a silent result)
+    ("fleet-seeds-a-prng-key", lambda c: _fleet(c, seeds=jax.random.PRNGKey(0)),  # 2 twins
+     ConfigError, "fit_fleet: seeds must be a sequence of integers, got a JAX PRNG key"),
+    ("fleet-seeds-a-float", lambda c: _fleet(c, seeds=2.5), ConfigError,
+     "seeds must be a sequence of integers, got 2.5"),
+    ("fleet-vectorize-a-list", lambda c: _fleet(c, vectorize=["map"]), ConfigError,
+     "vectorize must be one of vmap, map"),
+    ("fit-arrays-for-a-dataset", lambda c: train.fit(
+        c.arch, (c.train.x, c.train.y), train.TrainConfig(epochs=1)), DataError,
+     r"must be a Dataset, got tuple.*from_arrays"),
+    ("fit-stream-a-dataset-for-the-batches", lambda c: train.fit_stream(
+        c.arch, c.train, train.TrainConfig(arch="gpt_mlp", epochs=1)), ConfigError,
+     "got Dataset; a Dataset in memory trains with hf.fit"),
+    ("fit-stream-batches-not-pairs", lambda c: train.fit_stream(
+        c.arch, [c.train.x[:64]], train.TrainConfig(arch="gpt_mlp", epochs=1)), DataError,
+     r"batch 0 is a ndarray, not an \(x, y\) pair"),
+    ("architecture-name-a-list", lambda c: models.make_architecture(["gpt_mlp"]),
+     ConfigError, "unknown architecture"),
+    ("architecture-fractional-classes", lambda c: models.make_architecture(
+        "gpt_mlp", (8, 8, 1), 2.5), ConfigError, "num_classes must be an integer >= 1, got 2.5"),
+    ("as-model-fractional-channels", lambda c: models.as_model("gpt_mlp", (8, 8, 1.5)),
+     ConfigError, r"input_shape must be .* got \(8, 8, 1.5\)"),
+    ("resolve-forget-a-tuple-for-the-request", lambda c: data.resolve_forget(c.train, (3,)),
+     ForgetRequestError, r"as a ForgetRequest, got tuple.*ForgetRequest\(classes=\(3,\)\)"),
+    ("resolve-forget-the-splits-for-train", lambda c: data.resolve_forget(
+        c.splits, data.ForgetRequest(classes=(3,))), DataError, "got Splits; pass splits.train"),
+    ("evaluate-a-tuple-for-the-request", lambda c: _evaluate(c, _split_with(c), (3,)),
+     ForgetRequestError, "as a ForgetRequest"),
+    ("make-splits-of-an-array", lambda c: data.make_splits(c.train.x), DataError,
+     "make_splits takes a Dataset, got ndarray"),
+    ("make-splits-fraction-string", lambda c: data.make_splits(c.train, val_frac="0.1"),
+     DataError, "must be numbers in"),
+    ("request-a-float-class", lambda c: data.ForgetRequest(classes=3.0), ForgetRequestError,
+     "classes must be a sequence of integers, got 3.0"),
+    ("request-typed-key-indices", lambda c: data.ForgetRequest(indices=jax.random.key(0)),
+     ForgetRequestError, "got a JAX PRNG key"),
+    ("sweep-params-stacked-an-array", lambda c: __import__(
+        "hyperforget_jax.unlearn", fromlist=["unlearn_sweep"]).unlearn_sweep(
+        "gradtau", c.arch, c.params, _split_with(c), c.splits.val,
+        params_stacked=np.ones(2, bool)), ConfigError, "params_stacked must be True, False"),
+    ("gap-to-retrain-of-a-string", lambda c: __import__(
+        "hyperforget_jax.evaluation", fromlist=["gap_to_retrain"]).gap_to_retrain("abc", {}),
+     ConfigError, "result must be a dict of metrics"),
+    ("nabla-tau-fractional-refresh", lambda c: __import__(
+        "hyperforget_jax.unlearn", fromlist=["nabla_tau"]).nabla_tau(
+        lambda p, b: b[1], 0.5, tau_fn=lambda p: 1.0, refresh_every=2.5), ConfigError,
+     "refresh_every must be an integer >= 1"),
+    ("nabla-tau-alpha-none", lambda c: __import__(
+        "hyperforget_jax.unlearn", fromlist=["nabla_tau"]).nabla_tau(
+        lambda p, b: b[1], None, tau=2.3), ConfigError, "alpha= must be a number, got None"),
+    ("gan-train-on-an-array", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
+        c.train.x, __import__("hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(
+            arch="mlp", epochs=1)), ConfigError, "train_gan takes train=a Dataset"),
+    ("gan-evaluate-a-dataset-for-the-splits", lambda c: _gan_evaluate_on(c, c.train),
+     ConfigError, "splits=the Splits"),
+    ("gan-evaluate-reference-features-flat", lambda c: _gan_evaluate_on(   # numpy's error,
+        c, c.splits, np.zeros(50, np.float32)), ConfigError,               # after sampling
+     r"reference_feats must be the judge's features of retain_x.*got shape \(50,\)"),
+    ("gan-unlearn-no-forget-images", lambda c: _gan_unlearn(c, forget_x=None), DataError,
+     "forget_x must be an array of images"),
+    ("corpus-config-of-another-kind", lambda c: __import__(
+        "hyperforget_jax.hyperforget.corpus", fromlist=["build_corpus"]).build_corpus(
+        c.root / "never" / "corpus", train.TrainConfig(), c.splits, progress=False),
+     ConfigError, "build_corpus takes ccfg=a CorpusConfig .* got a TrainConfig and a Splits"),
+    ("corpus-fractional-split-seed", lambda c: _tiny_corpus(c, split_seed=2.5),  # was
+     ConfigError, "build_corpus: split_seed must be an integer >= 0, got 2.5"),  # recorded
+    ("hyper-best-of-another-datasets-images", lambda c: _hyper_call(   # flax's error, after k
+        "sample_best_of", jax.random.key(0), c.hyper["dihyfo2"], c.params, _hyper_prompt(c),
+        data.from_arrays(np.zeros((20, 28, 28, 1), np.float32), np.arange(20) % 10), 2),
+     DataError, r"images of shape \(28, 28, 1\) but the gpt_mlp model takes \(8, 8, 1\)"),
 ]
 
 

@@ -30,7 +30,7 @@ CFG = C.CorpusConfig(num_seeds=2, first_seed=7, fleet_size=1, test_fraction=0.5,
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, digits_splits):
     out = tmp_path_factory.mktemp("corpus")
-    stats = C.build_corpus(out, CFG, digits_splits, "digits", progress=False)
+    stats = C.build_corpus(out, CFG, digits_splits, progress=False)   # dataset: the splits'
     return out, stats
 
 
@@ -38,6 +38,7 @@ def test_format_and_index(built):
     out, stats = built
     index = json.loads((out / "index.json").read_text())
     assert index["format"] == C.FORMAT and index["test_seeds"] == [8]
+    assert index["dataset"] == "digits"     # was "mnist5k" for any splits given without a name
     assert all(s["done"] for s in index["shards"].values()) and len(index["shards"]) == 2
     assert index["trained_tensors"] == [2, 3]           # Dense_1 bias and kernel
     corpus = C.Corpus(out)

@@ -856,7 +856,7 @@ def test_schedules_refuse_what_would_run_them_backwards():
     # E = 0: α is 0 from the first step (it used to stay at α₀), the lr at its final value.
     assert float(G.alpha_schedule_fn(0.5, 0, 1)(0)) == 0.0
     assert float(G.lr_schedule_fn(1e-3, 0, 1)(0)) == pytest.approx(1e-4)
-    with pytest.raises(ConfigError, match="refresh_every must be >= 1"):
+    with pytest.raises(ConfigError, match="refresh_every must be an integer >= 1"):
         gt = G.nabla_tau(lambda p, b: b[1] * 0.0, 0.5, tau_fn=lambda p: 1.0, refresh_every=0)
         gt.update({}, gt.init({}), (jnp.zeros(2), jnp.zeros(2)), (jnp.zeros(2), jnp.zeros(2)))
 

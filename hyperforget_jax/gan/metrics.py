@@ -354,6 +354,21 @@ def _raise_if_nonfinite(values: np.ndarray, what: str, player: str) -> None:
                              f"{player}'s parameters diverged - evaluate a finite {player}")
 
 
+def _check_reference_feats(ref: Any, width: int | None) -> None:
+    """Raises ConfigError unless ``ref`` is an (n, ``width``) array of numbers, n >= 2 (a
+    scalar, another judge's features or one row failed in numpy's matmul or covariance);
+    ``width`` None: any width (checked before sampling, the width once the judge has run)."""
+    try:
+        a = np.asarray(ref, np.float64)
+    except (TypeError, ValueError):
+        a = None
+    if a is None or a.ndim != 2 or len(a) < 2 or width not in (None, a.shape[1]):
+        got = f"shape {a.shape}" if a is not None else type(ref).__name__
+        wide = "" if width is None else f"{width}-wide "
+        raise ConfigError(f"reference_feats must be the judge's {wide}features of retain_x, "
+                          f"judge_outputs(judge, retain_x)[1], got {got}")
+
+
 def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits: Splits,
                  forget_x: np.ndarray, retain_x: np.ndarray, forget_classes=None,
                  cfg: EvalConfig = EvalConfig(), reference_feats: np.ndarray | None = None
@@ -378,7 +393,8 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
       ``d_score_nonmembers``, ``downstream_acc`` (and ``downstream_acc_kept``).
 
     Raises:
-      ConfigError: ``judge`` not a :class:`Judge` or ``cfg`` not an :class:`EvalConfig`.
+      ConfigError: ``judge`` not a :class:`Judge`, ``splits`` not :class:`Splits`, ``cfg``
+        not an :class:`EvalConfig`, ``reference_feats`` not the judge's features.
       NonFiniteError: the generator's samples, the discriminator's scores or the judge's
         outputs hold NaN/inf.
     """
@@ -387,6 +403,11 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
     if not isinstance(judge, Judge) or not isinstance(cfg, EvalConfig):
         raise ConfigError(f"evaluate_gan takes judge=train_judge(splits.train) and cfg=an "
                           f"EvalConfig, got a {type(judge).__name__} and a {type(cfg).__name__}")
+    if not isinstance(splits, Splits):      # else an AttributeError on .test
+        raise ConfigError(f"evaluate_gan takes splits=the Splits the GAN was trained from "
+                          f"(hf.make_splits(ds)), got a {type(splits).__name__}")
+    if reference_feats is not None:
+        _check_reference_feats(reference_feats, None)
     k = splits.test.num_classes
     arch.check_params(g_params, d_params)
     judge.arch.check_inputs(np.zeros((1, *arch.image_shape), np.float32), "the GAN's samples")
@@ -414,6 +435,8 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
     labels = probs.argmax(1)
     if reference_feats is None:
         reference_feats = judge_outputs(judge, retain_x)[1]
+    else:
+        _check_reference_feats(reference_feats, feats.shape[1])
     _raise_if_nonfinite(reference_feats, "the judge's features of retain_x", "judge")
     out: dict[str, Any] = {"class_shares": class_shares(labels, k).tolist(),
                            "classifier_fid": classifier_fid(feats, reference_feats),

@@ -252,13 +252,18 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
       (final state, per-epoch history of mean losses and D scores, the :class:`GANArch`).
 
     Raises:
-      ConfigError: ``save_every`` not a positive integer while checkpointing.
+      ConfigError: ``train`` not a Dataset, ``cfg`` not a GANConfig, ``save_every`` not a
+        positive integer while checkpointing.
       NonFiniteError: a step produced NaN/inf (named in the message).
     """
     t0 = time.perf_counter()
     if checkpointer is not None:
         # Checked up front: `% 0` raised ZeroDivisionError after the first epoch's training.
         check_count(save_every, "save_every", " (epochs)")
+    if not isinstance(train, Dataset) or not isinstance(cfg, GANConfig):   # else .x / .arch
+        raise ConfigError(f"train_gan takes train=a Dataset (e.g. splits.train, or "
+                          f"hf.data.from_arrays(x, y)) and cfg=a GANConfig, got a "
+                          f"{type(train).__name__} and a {type(cfg).__name__}")
     if np.ndim(train.x) != 4:
         raise DataError(f"training images must be (N, H, W, C), got shape {np.shape(train.x)}")
     arch = gan_arch_of(cfg, train.x.shape[1:], generator, discriminator)

@@ -66,7 +66,7 @@ from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import first_non_finite
 from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT
 from hyperforget_jax.data import ForgetRequest
-from hyperforget_jax.errors import ConfigError, ForgetRequestError, NonFiniteError
+from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError, NonFiniteError
 from hyperforget_jax.gan.metrics import forgotten_share
 from hyperforget_jax.gan.models import GANArch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
@@ -674,6 +674,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         ``classify``; empty forget set.
       ForgetRequestError: ``forget_classes`` under which ``classify`` files fewer than half of
         ``forget_x``.
+      DataError: image arguments that are not (N, H, W, C) arrays in [0, 1].
       CheckpointError: ``checkpointer`` holds another run (other recipe or forget set).
       NonFiniteError: a round produced NaN/inf (named as the cause when the original (G, D)
         holds them).
@@ -682,6 +683,11 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     if not isinstance(cfg, UnlearnConfig):   # e.g. the GANConfig: an AttributeError deep inside
         raise ConfigError(f"unlearn_gan takes cfg=an UnlearnConfig (ITEM_RECIPE, CLASS_RECIPE), "
                           f"got {type(cfg).__name__}")
+    for name, images in (("forget_x", forget_x), ("retain_x", retain_x),
+                         ("heldout_x", heldout_x)):
+        if np.ndim(images) == 0 and not (name == "heldout_x" and images is None):
+            raise DataError(f"{name} must be an array of images (N, H, W, C), got "
+                            f"{images!r:.60}")     # else len()'s TypeError
     if len(forget_x) == 0:
         raise ConfigError("nothing to unlearn: the forget set is empty")
     if forget_classes is not None and classify is None:

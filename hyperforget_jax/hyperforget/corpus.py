@@ -586,7 +586,7 @@ def _check_requests_have_images(requests: list[tuple[int, ...]], train_set: data
 
 
 def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
-                 splits: data.Splits | None = None, dataset: str = "mnist5k",
+                 splits: data.Splits | None = None, dataset: str | None = None,
                  split_seed: int = 0, progress: bool = True) -> dict:
     """Builds (or resumes) a corpus in ``out_dir``; returns build statistics.
 
@@ -594,7 +594,10 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
       out_dir: corpus directory (created).
       ccfg: :class:`CorpusConfig`; must equal the stored one when resuming.
       splits: the data (default: MNIST-5k, ``make_splits(seed=split_seed)``).
-      dataset, split_seed: recorded in the index.
+      dataset, split_seed: recorded in the index (``dataset`` None: the name of ``splits``'
+        training set, "mnist5k" for the default; a fixed "mnist5k" default had recorded
+        digits splits as MNIST-5k, and ``hyperforget sample --dataset digits`` then refused
+        the hypernetwork trained on them).
       progress: tqdm bar over shards.
 
     Returns:
@@ -604,9 +607,22 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
 
     Raises:
       CheckpointError: ``out_dir`` holds a corpus built with another config or format.
+      ConfigError: ``ccfg`` not a CorpusConfig, ``splits`` not Splits, ``dataset`` not a
+        name, ``split_seed`` not a seed.
     """
-    ccfg = ccfg or CorpusConfig()
+    ccfg = CorpusConfig() if ccfg is None else ccfg
+    if not isinstance(ccfg, CorpusConfig) or not (splits is None
+                                                  or isinstance(splits, data.Splits)):
+        raise ConfigError(f"build_corpus takes ccfg=a CorpusConfig and splits=hf.make_splits(ds)"
+                          f" (or None: MNIST-5k), got a {type(ccfg).__name__} and a "
+                          f"{type(splits).__name__}")
+    if not (dataset is None or isinstance(dataset, str)):
+        raise ConfigError(f"build_corpus: dataset is the data's name, recorded in the index, "
+                          f"got {dataset!r}")
+    # Recorded as given when splits are passed: None or 2.5 went into the index unchecked.
+    split_seed = data._check_seed(split_seed, "build_corpus: split_seed", ConfigError)
     splits = splits or data.make_splits(data.load_mnist5k(), seed=split_seed)
+    dataset = splits.train.name if dataset is None else dataset
     # A registered name or a user model's import path ("pkg.module:Net"), as `train --arch`.
     arch = as_model(ccfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     if ccfg.unlearn_layers == "head":

@@ -26,7 +26,7 @@ from hyperforget_jax import data, xla
 from hyperforget_jax import params as P_
 from hyperforget_jax.checkpoint_checks import first_non_finite
 from hyperforget_jax.config import check_config, check_count, field
-from hyperforget_jax.errors import (ArchitectureError, ConfigError, ForgetRequestError,
+from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError, ForgetRequestError,
                                     NonFiniteError)
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget.spec import (Hypernet, HyperSpec, Prompt, check_request,
@@ -111,8 +111,7 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
     if retain_target is not None:
         retain_target = check_target("retain target", retain_target)
     check_start(net.spec, params)
-    net.spec.arch.check_inputs(train.x, "training set", labels=train.y)
-    data.check_unit_images(train.x, "the training set")
+    _check_train(net, train)
     split = data.resolve_forget(train, data.ForgetRequest(classes=classes))
     f0 = _mean_ce(net.spec.arch, params, split.forget)
     r0 = _mean_ce(net.spec.arch, params, split.retain)
@@ -277,6 +276,16 @@ def sample_many(keys: jax.Array, net: Hypernet, params: Params, prompts: Prompt,
     return jax.vmap(lambda f: P_.unflatten(f, params))(out)
 
 
+def _check_train(net: Hypernet, train: Any) -> None:
+    """Raises unless ``train`` is a Dataset of the images the hypernetwork's architecture takes,
+    in [0, 1] (another dataset's images failed inside flax, after the ``k`` samples)."""
+    if not isinstance(train, data.Dataset):
+        raise DataError(f"the training set must be a Dataset (e.g. splits.train), got "
+                        f"{type(train).__name__}")
+    net.spec.arch.check_inputs(train.x, "training set", labels=train.y)
+    data.check_unit_images(train.x, "the training set")
+
+
 def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt,
                    train: data.Dataset, k: int = 8, num_steps: int = 20,
                    guidance: float = 0.0, method: str = "ddim") -> tuple[Params, dict]:
@@ -290,9 +299,11 @@ def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt
     Raises:
       ConfigError: ``key`` not one PRNG key (checked before it is split), ``k`` < 1, and as
         :func:`sample`.
+      DataError: ``train`` not a Dataset of the architecture's images (as :func:`make_prompt`).
     """
     _check_key(key)
     check_count(k, "k")
+    _check_train(net, train)
     keys = jax.random.split(key, k)
     many = sample_many(keys, net, params, stack_prompts([prompt] * k), num_steps, method,
                        guidance)

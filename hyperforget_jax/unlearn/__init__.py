@@ -327,7 +327,7 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     seeds = [check_seed(s) for s in seeds]
     if not seeds:
         raise ConfigError("unlearn_sweep needs at least one seed")
-    if vectorize not in train.VECTORIZE:
+    if not isinstance(vectorize, str) or vectorize not in train.VECTORIZE:
         raise ConfigError(f"vectorize must be one of {', '.join(train.VECTORIZE)}, got "
                           f"{vectorize!r}")
     per_seed = not isinstance(split, ForgetSplit)
@@ -343,7 +343,7 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
                 sorted({type(s).__name__ for s in splits})))
             raise ConfigError(f"unlearn_sweep: pass split=hf.resolve_forget(train, request) "
                               f"(a ForgetSplit), or a list of them (one per seed), got a {got}")
-    if params_stacked not in (None, True, False):
+    if not (params_stacked is None or isinstance(params_stacked, (bool, np.bool_))):
         raise ConfigError(f"unlearn_sweep: params_stacked must be True, False or None (inferred "
                           f"from the model's shapes), got {params_stacked!r}")
     if len(splits) != len(seeds):

@@ -88,6 +88,7 @@ import dataclasses
 import functools
 import logging
 import math
+import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -97,7 +98,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import microbatch, train, xla
-from hyperforget_jax.config import check_config, field
+from hyperforget_jax.config import check_config, check_count, field
 from hyperforget_jax.data import Dataset, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, ForgetRequestError
 from hyperforget_jax.metrics import at_least_float32
@@ -509,12 +510,16 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
 
     Raises:
       ConfigError: neither ``tau`` nor ``tau_fn`` given; ``tau`` not one finite number; a
-        constant ``alpha`` outside [0, 1]; at the first ``update``, a ``tau_fn`` that does not
-        return one number.
+        constant ``alpha`` outside [0, 1]; ``refresh_every`` not an integer >= 1; at the first
+        ``update``, a ``tau_fn`` that does not return one number.
     """
     if tau is None and tau_fn is None:
         raise ConfigError("gradtau needs tau= (a constant) or tau_fn= (τ of the current model)")
     _check_constants(tau, alpha, measured=tau_fn is not None)
+    if refresh_every is not None and not isinstance(refresh_every, jax.Array):
+        # Here, not at the first update: "abc" failed there with a bare TypeError, and 2.5
+        # ran as a refresh every 5 steps (the drivers pass a traced count, checked upstream).
+        check_count(refresh_every, "refresh_every", " (or None: only at the first step)")
     alpha_fn = alpha if callable(alpha) else (lambda count: alpha)
 
     def init(params: Params) -> GradTauState:
@@ -542,6 +547,16 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
     return GradTau(init, update)
 
 
+def _is_number(v: Any) -> bool:
+    """A real number, or an array of them (shapes are checked apart), traced or not."""
+    if isinstance(v, (str, bytes, bool, np.bool_)):
+        return False
+    if isinstance(v, numbers.Real) or isinstance(v, jax.core.Tracer):
+        return True
+    kind = getattr(getattr(v, "dtype", None), "kind", None)
+    return kind in ("i", "u", "f") if kind is not None else isinstance(v, (list, tuple))
+
+
 def _check_constants(tau: Any, alpha: Any, measured: bool) -> None:
     """Refuses a τ that is not one finite number, and a concrete α outside [0, 1] (traced
     values and schedules cannot be checked; ``measured``: ``tau_fn`` replaces τ at the first
@@ -549,6 +564,10 @@ def _check_constants(tau: Any, alpha: Any, measured: bool) -> None:
     (n,) fails inside ``lax.cond`` with a bare TypeError, a NaN τ makes every step NaN (which
     ``skip_nonfinite`` then skips, silently), α > 1 makes the retain weight 1 − α negative (an
     ascent on D_r) and α < 0 turns the forget term into descent."""
+    for name, v in (("tau", tau), ("alpha", alpha)):    # else float()'s or numpy's TypeError
+        if not (v is None and name == "tau") and not callable(v) and not _is_number(v):
+            raise ConfigError(f"{name}= must be a number, got {v!r:.60}"
+                              + ("; α may also be an optax.Schedule" if name == "alpha" else ""))
     if tau is not None and np.shape(tau) != ():
         raise ConfigError(f"tau= has shape {np.shape(tau)}: τ is one number (the target forget "
                           "loss); pass a scalar, or tau_fn= for τ of the current model")
