@@ -346,6 +346,7 @@ class Checkpointer:
         where = self.step_dir(step)
         meta = checks.jsonable_meta(meta, where)
         checks.check_savable(state, f"step {step} to {where}")  # before touching the disk
+        state = checks.at_jax_width(state, f"step {step} to {where}")
         with _hold_sigint():
             self.wait_until_finished()
             if not self._saved:
@@ -453,6 +454,7 @@ class Checkpointer:
                 raise _corrupt(where, e) from e
             if on_disk is None:
                 raise _corrupt(where, FileNotFoundError(f"no {_STATE!r} item"))
+            template = checks.at_jax_width(template, None)    # as save stored its leaves
             checks.check_template(template, on_disk, where)
             template = _placed(template)
             try:
@@ -538,6 +540,7 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
     path = _absolute(path)
     meta = checks.jsonable_meta(meta, path)
     checks.check_savable(params, f"params to {path}")
+    params = checks.at_jax_width(params, f"params to {path}")
     if path.exists() and not path.is_dir():
         raise CheckpointError(f"{path} is a file, not a params directory; pass a new path")
     if path.is_dir() and any(path.iterdir()) and not _is_params_checkpoint(path):
@@ -610,6 +613,7 @@ def load_params(path: str | os.PathLike, template: Any = None) -> tuple[Any, dic
             if on_disk is None:
                 raise FileNotFoundError(f"no array metadata in {path / _PARAMS}")
             if template is not None:
+                template = checks.at_jax_width(template, None)    # as save stored its leaves
                 checks.check_template(template, on_disk, path)
                 template = _placed(template)
             else:

@@ -101,6 +101,40 @@ def check_savable(state: PyTree, what: str) -> None:
             "finite checkpoint")
 
 
+def at_jax_width(state: PyTree, what: str | None) -> PyTree:
+    """``state`` with its NumPy / Python 64-bit leaves stored as JAX without ``jax_enable_x64``
+    reads them (int32, float32, ...), x64 being off: a ``{"epoch": 3}`` or a NumPy int64 array
+    was written as int64, which :func:`check_readable_width` then refused to read back in the
+    very setting that wrote it. An int that int32 cannot hold is refused (reading it back
+    would wrap it). Under x64 (or for jax.Arrays, never 64-bit without it) nothing changes.
+    ``what``: the save, for the error; None for a restore template (its values are unused).
+
+    Raises:
+      CheckpointError: an integer leaf out of the 32-bit range.
+    """
+    if jax.config.jax_enable_x64:
+        return state
+
+    def narrow(name, leaf):
+        if isinstance(leaf, bool) or not isinstance(leaf, (int, float, np.ndarray, np.generic)):
+            return leaf
+        a = np.asarray(leaf)
+        want = jax.dtypes.canonicalize_dtype(a.dtype)
+        if want == a.dtype:
+            return leaf
+        fits = a.dtype.kind not in "iu" or not a.size or (
+            np.iinfo(want).min <= a.min() and a.max() <= np.iinfo(want).max)
+        if what is not None and not fits:
+            raise CheckpointError(
+                f"cannot save {what}: leaf {name!r} holds {a.dtype} values out of {want}'s "
+                f"range, which JAX without x64 would read back wrapped; enable "
+                "jax.config.update('jax_enable_x64', True), or put the value in meta")
+        return a.astype(want)
+
+    names = iter(n for n, _ in named_leaves(state))
+    return jax.tree.map(lambda leaf: narrow(next(names), leaf), state)
+
+
 def check_readable_width(on_disk: PyTree, where: Path) -> None:
     """Raise CheckpointError for a 64-bit leaf (written under ``jax_enable_x64``) when x64 is
     off: JAX would read it as 32 bits without a word, whatever the template says."""
@@ -110,7 +144,8 @@ def check_readable_width(on_disk: PyTree, where: Path) -> None:
         dtype = shape_dtype(leaf)[1]
         if dtype is not None and dtype != jax.dtypes.canonicalize_dtype(dtype):
             raise CheckpointError(
-                f"checkpoint {where} holds {dtype} leaf {name!r} (written with jax_enable_x64), "
+                f"checkpoint {where} holds {dtype} leaf {name!r} (written with jax_enable_x64, "
+                "or a NumPy / Python 64-bit value by a version before 2026-12-06), "
                 f"which JAX without x64 would read as "
                 f"{jax.dtypes.canonicalize_dtype(dtype)}; read it with "
                 "jax.config.update('jax_enable_x64', True) (or JAX_ENABLE_X64=1)")

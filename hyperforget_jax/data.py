@@ -51,12 +51,9 @@ class Dataset:
         for field in ("x", "y"):
             if not hasattr(getattr(self, field), "shape"):
                 object.__setattr__(self, field, np.asarray(getattr(self, field)))
-        k = self.num_classes
-        if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
-            raise DataError(f"Dataset {self.name!r}: num_classes must be an integer >= 1, got "
-                            f"{k!r}; pass the number of classes, e.g. hf.Dataset(x, y, 10, "
-                            "'mine'), or build it with hf.data.from_arrays(x, y)")
-        object.__setattr__(self, "num_classes", int(k))
+        object.__setattr__(self, "num_classes", checked_num_classes(
+            self.num_classes, f"Dataset {self.name!r}", "; pass the number of classes, e.g. "
+            "hf.Dataset(x, y, 10, 'mine'), or build it with hf.data.from_arrays(x, y)"))
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -75,6 +72,19 @@ class Splits(NamedTuple):
     train: Dataset
     val: Dataset
     test: Dataset
+
+
+def checked_num_classes(k, what: str, fix: str = "") -> int:
+    """``k`` as an int >= 1: a Python, NumPy or 0-d JAX integer (``int(y.max()) + 1`` and
+    ``y.max() + 1`` alike; a JAX one was refused by Dataset and accepted by nothing else); a
+    bool, a float or None is refused rather than rounded or defaulted."""
+    try:
+        n = None if isinstance(k, (bool, np.bool_)) else operator.index(k)
+    except TypeError:
+        n = None
+    if n is None or n < 1:
+        raise DataError(f"{what}: num_classes must be an integer >= 1, got {k!r}{fix}")
+    return n
 
 
 def raw_key_shape() -> tuple[int, ...]:
@@ -194,10 +204,8 @@ def from_arrays(x: np.ndarray, y: np.ndarray, num_classes: int | None = None,
         raise DataError(f"{name}: labels must be whole-number class ids, got dtype {y.dtype}"
                         " (fractional, NaN or non-numeric values are refused, not truncated)")
     _check(x, y, name)
-    if num_classes is not None and (isinstance(num_classes, bool)
-                                    or not isinstance(num_classes, numbers.Integral)
-                                    or num_classes < 1):
-        raise DataError(f"{name}: num_classes must be an integer >= 1, got {num_classes!r}")
+    if num_classes is not None:
+        num_classes = checked_num_classes(num_classes, name)
     # Checked before the int32 cast: an int64 label of 2**32 + 3 would wrap to class 3.
     lo, hi = y.min().item(), y.max().item()
     k = int(num_classes if num_classes is not None else min(hi + 1, 2**31))

@@ -150,6 +150,42 @@ def varying_axes(tree: Any) -> frozenset:
     return out
 
 
+def local_params(params: Any, batches: Any, axis_name: Any, who: str, none_means: str) -> Any:
+    """``params`` made device-varying over the ``shard_map`` axes of ``axis_name`` (a name or a
+    tuple of names) that ``batches`` are split over, so that their gradient is each device's
+    own, for one ``pmean`` over ``axis_name`` afterwards.
+
+    Under ``check_vma=True`` autodiff *sums* the gradient of replicated parameters over every
+    axis the loss varies over, so the pmean returned n_devices × the mean (also for a batch
+    split over two mesh axes with ``axis_name=("a", "b")``: a tuple was never cast). pmap,
+    named vmap and ``check_vma=False`` carry no axes: ``params`` come back unchanged.
+
+    Raises:
+      ConfigError: the batches are split over an axis that ``axis_name`` does not name (its
+        devices' gradients would be summed, not averaged); ``none_means``: what that does with
+        ``axis_name=None``.
+    """
+    names = () if axis_name is None else (
+        tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,))
+    own = varying_axes(params)
+    split = varying_axes(batches) - own
+    missing = sorted(split - set(names))
+    if missing:
+        every = sorted(split | set(names))
+        eg = every[0] if len(every) == 1 else tuple(every)
+        given = " is None" if axis_name is None else f"={axis_name!r} does not name them all"
+        raise ConfigError(
+            f"{who}: the batches are split over the shard_map axes {sorted(split)} but "
+            f"axis_name{given}: {none_means}; pass axis_name= naming every axis the "
+            f"batches are split over, e.g. axis_name={eg!r}")
+    # Every named axis, not only the split ones: pmean over a mix of device-varying and
+    # replicated values is refused under check_vma (axis_name=("a", "b"), rows split over "a").
+    cast = tuple(a for a in names if a not in own) if split else ()
+    if not cast:
+        return params
+    return jax.tree.map(lambda p: jax.lax.pcast(p, cast, to="varying"), params)
+
+
 def chunked_mean_value_and_grad(loss_fn: Callable, params: Any, batch: Any,
                                 chunk: int | None) -> tuple[jax.Array, Any]:
     """(mean loss, its gradient) as sums over chunks of ``chunk`` examples, on any platform

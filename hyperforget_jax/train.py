@@ -30,7 +30,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import params as P_, xla
 from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT, check_config, field
 from hyperforget_jax.errors import ArchitectureError, ConfigError
-from hyperforget_jax.microbatch import varying_axes
+from hyperforget_jax.microbatch import local_params
 from hyperforget_jax.models import ARCHITECTURES, as_model, is_import_path, model_of
 
 Params = Any
@@ -234,20 +234,19 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
       apply_fn: ``apply_fn(params, x) -> logits``.
       tx: an optax optimiser.
       axis_name: set under ``jax.pmap`` or ``jax.shard_map``: gradients and metrics are
-        averaged with ``lax.pmean`` over that axis, so the update equals the single-device
-        one (under ``shard_map`` with ``check_vma``, where autodiff would already sum the
-        replicated parameters' gradient, the parameters are differentiated as device-varying
-        copies, so the mean is taken once).
+        averaged with ``lax.pmean`` over that axis (or tuple of axes), so the update equals the
+        single-device one (under ``shard_map`` with ``check_vma``, where autodiff would already
+        sum the replicated parameters' gradient, the parameters are differentiated as
+        device-varying copies, so the mean is taken once; batches split over an axis it does
+        not name are refused: :func:`.microbatch.local_params`).
       guard: keep the old state when the loss or the new parameters are non-finite
         (:func:`guarded_update`); False leaves that to ``tx`` (:func:`skip_nonfinite`).
     """
 
     def step(state: TrainState, batch: Batch):
         x, y = batch
-        params = state.params
-        if axis_name is not None and axis_name in (varying_axes(batch)
-                                                   - varying_axes(params)):
-            params = jax.tree.map(lambda p: jax.lax.pcast(p, axis_name, to="varying"), params)
+        params = local_params(state.params, batch, axis_name, "make_train_step",
+                              "autodiff would sum the devices' gradients (n_devices × the mean)")
         (loss, acc), grads = jax.value_and_grad(cross_entropy_loss, has_aux=True)(
             params, apply_fn, x, y)
         if axis_name is not None:

@@ -569,7 +569,7 @@ API_CASES = [
      "refresh_every must be an integer >= 1"),
     ("nabla-tau-alpha-none", lambda c: __import__(
         "hyperforget_jax.unlearn", fromlist=["nabla_tau"]).nabla_tau(
-        lambda p, b: b[1], None, tau=2.3), ConfigError, "alpha= must be a number, got None"),
+        lambda p, b: b[1], None, tau=2.3), ConfigError, "alpha=None: α is a number in \\[0, 1\\]"),
     ("gan-train-on-an-array", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
         c.train.x, __import__("hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(

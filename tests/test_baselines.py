@@ -488,3 +488,41 @@ def test_objectives_under_shard_map_and_pmap_give_the_one_device_gradient():
     got = jax.pmap(lambda p, f_, r_: make("data").update(p, (), f_, r_)[0], axis_name="data",
                    in_axes=(None, 0, 0), devices=devices)(w, *train.shard_batch((fb, rb), 4))
     np.testing.assert_allclose(got[0], want, atol=1e-6)
+
+
+def test_objectives_with_a_batch_split_over_two_mesh_axes_give_the_one_device_gradient():
+    # axis_name=("a", "b") for rows split over both axes of a 2 × 2 mesh: the tuple was never
+    # cast to device-varying, so under check_vma=True autodiff summed the four devices'
+    # gradients and the pmean kept the sum (4 × the gradient, silently; nabla_tau and
+    # train.make_train_step too: they share the check now, and its refusal shows it).
+    from jax.sharding import PartitionSpec as P
+
+    from hyperforget_jax.unlearn import gradtau
+
+    mesh = jax.sharding.Mesh(np.array(devices_or_skip(4)).reshape(2, 2), ("a", "b"))
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+    fb = (jnp.asarray(rng.normal(size=(8, 5)), jnp.float32), jnp.asarray(rng.integers(0, 4, 8)))
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    grad = lambda b, ax=None: baselines.neggrad(loss_fn, ax).update(w, (), b)[0]  # noqa: E731
+
+    def on_mesh(f, *specs):
+        return jax.shard_map(f, mesh=mesh, in_specs=specs, out_specs=P())(*[fb] * len(specs))
+
+    # Rows over both axes; and over one of the two named (a pmean over a mix of varying and
+    # replicated values was a bare ValueError under check_vma). One program: compile time.
+    got = on_mesh(lambda both, one: (grad(both, ("a", "b")), grad(one, ("a", "b"))),
+                  P(("a", "b")), P("a"))
+    x, y, wn = np.asarray(fb[0], np.float64), np.asarray(fb[1]), np.asarray(w, np.float64)
+    z = np.exp(x @ wn - (x @ wn).max(1, keepdims=True))
+    want = -x.T @ (z / z.sum(1, keepdims=True) - np.eye(4)[y]) / len(y)   # −∇ mean CE, NumPy
+    for g in got:
+        np.testing.assert_allclose(g, want, atol=1e-6)
+    # Naming one of the two axes is refused (the other's devices would be summed).
+    tx = optax.sgd(1.0)
+    ts = train.TrainState(jnp.int32(0), w, tx.init(w))
+    gt = gradtau.nabla_tau(loss_fn, 0.5, tau=9.0, axis_name="a")
+    for f in (lambda b: grad(b, "a"), lambda b: gt.update(w, gt.init(w), b, b)[0],
+              lambda b: train.make_train_step(lambda p, x: x @ p, tx, "a")(ts, b)[0].params):
+        with pytest.raises(ConfigError, match=r"axis_name='a' does not name them all"):
+            on_mesh(f, P(("a", "b")))

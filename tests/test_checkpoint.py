@@ -537,3 +537,22 @@ def test_a_checkpoint_written_under_x64_is_refused_without_it(tmp_path):
                  lambda: Checkpointer(tmp_path / "c").restore(template)):
         with pytest.raises(CheckpointError, match="float64 leaf 'w' .*jax_enable_x64"):
             read()
+
+
+def test_python_and_numpy_64_bit_leaves_saved_without_x64_read_back(tmp_path):
+    """Without x64 a Python int / float or a NumPy int64 array (``Checkpointer.save`` takes
+    "any pytree of arrays/scalars") was written as a 64-bit leaf, which the x64 check then
+    refused to read back in the very setting that wrote it ("written with jax_enable_x64").
+    Such leaves are now stored at JAX's width; an int that int32 cannot hold is refused."""
+    state = {"w": jnp.ones(2), "epoch": 3, "lr": 0.5, "order": np.arange(4)}
+    save_params(tmp_path / "p", state)
+    with Checkpointer(tmp_path / "c") as ckpt:
+        ckpt.save(1, state)
+    for got in (load_params(tmp_path / "p")[0], load_params(tmp_path / "p", state)[0],
+                Checkpointer(tmp_path / "c").restore(state)[0]):
+        assert int(got["epoch"]) == 3 and float(got["lr"]) == 0.5
+        np.testing.assert_array_equal(got["order"], np.arange(4))
+        assert np.asarray(got["order"]).dtype == np.int32
+    with pytest.raises(CheckpointError, match="'big' holds int64 values out of int32's range"):
+        save_params(tmp_path / "q", {"big": np.array([2**40])})
+    assert not (tmp_path / "q").exists()

@@ -315,6 +315,21 @@ def test_hand_built_dataset_checks_num_classes_and_takes_lists():
     assert len(data.make_splits(ds).train) == 21
 
 
+def test_num_classes_as_a_jax_integer_is_taken_by_dataset_and_from_arrays():
+    """``y.max() + 1`` of JAX labels (a 0-d JAX integer) was refused as "not an integer" by
+    both checks, which were two copies of one rule; bools and JAX floats still are."""
+    import jax.numpy as jnp
+
+    x, y = np.zeros((6, 2, 2, 1), np.float32), np.array([0, 1, 2] * 2)
+    for make in (lambda k: data.Dataset(x, y, k, "direct"),
+                 lambda k: data.from_arrays(x, y, num_classes=k)):
+        ds = make(jnp.asarray(y).max() + 1)
+        assert type(ds.num_classes) is int and ds.num_classes == 3
+        for bad in (jnp.bool_(True), jnp.float32(3), np.bool_(True)):
+            with pytest.raises(DataError, match="num_classes must be an integer >= 1"):
+                make(bad)
+
+
 def test_forget_indices_given_as_a_boolean_mask_are_told_np_flatnonzero():
     import jax.numpy as jnp
 

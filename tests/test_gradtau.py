@@ -848,6 +848,22 @@ def test_nabla_tau_refuses_a_tau_or_alpha_it_would_misuse():
     jax.jit(lambda a, t: G.nabla_tau(loss_fn, a, tau=t).init(params).tau)(2.0, 3.0)
 
 
+def test_alpha_and_tau_are_checked_alike_whatever_their_type():
+    # alpha_schedule_fn checked Python / NumPy scalars only (a 0-d array or jax scalar of 1.5
+    # ran, nabla_tau refusing the same value), and a τ or α that is no number was a bare
+    # TypeError from float() / np.isfinite instead of a ConfigError.
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    for alpha0 in (np.array(1.5), jnp.float32(1.5), np.array([0.5, 1.5])):
+        with pytest.raises(ConfigError, match=r"alpha0=.*\[0, 1\]"):
+            G.alpha_schedule_fn(alpha0, 3, 1)
+    with pytest.raises(ConfigError, match="alpha=None: α is a number"):
+        G.nabla_tau(loss_fn, None, tau=1.0)
+    with pytest.raises(ConfigError, match="tau='1.0': τ is a number"):
+        G.nabla_tau(loss_fn, 0.3, tau="1.0")
+    # Per-member α₀'s (a fleet's) stay accepted by the schedule.
+    assert np.allclose(G.alpha_schedule_fn(np.array([0.2, 0.5]), 2, 1)(1), [0.1, 0.25])
+
+
 def test_schedules_refuse_what_would_run_them_backwards():
     # steps_per_epoch 0 made `count // 0` = −1 in XLA: α and the lr above their start.
     for fn in (G.alpha_schedule_fn, G.lr_schedule_fn):

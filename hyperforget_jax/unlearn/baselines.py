@@ -62,14 +62,9 @@ def _stateless(loss: Callable, axis_name: str | None = None) -> Objective:
     parameters are differentiated as device-varying copies instead, and batches split over an
     axis without ``axis_name`` are refused (``check_vma`` carries what is needed to see it)."""
     def update(params, state, *batches):
-        split = microbatch.varying_axes(batches) - microbatch.varying_axes(params)
-        if axis_name is None and split:
-            raise ConfigError(
-                f"the batches are split over the shard_map axes {sorted(split)} but axis_name "
-                "is None: autodiff would sum the devices' gradients (n_devices × the mean); "
-                "pass axis_name= to the objective")
-        if axis_name is not None and axis_name in split:
-            params = jax.tree.map(lambda a: jax.lax.pcast(a, axis_name, to="varying"), params)
+        params = microbatch.local_params(
+            params, batches, axis_name, "the objective",
+            "autodiff would sum the devices' gradients (n_devices × the mean)")
         value, grads = jax.value_and_grad(loss)(params, *batches)
         if axis_name is not None:
             value, grads = jax.lax.pmean((value, grads), axis_name)

@@ -88,7 +88,6 @@ import dataclasses
 import functools
 import logging
 import math
-import numbers
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -225,9 +224,7 @@ def alpha_schedule_fn(alpha0: Any, epochs: Any, steps_per_epoch: int) -> optax.S
     [0.5, 0.5, 0.25, 0.25, 0.0]
     """
     _check_steps_per_epoch(steps_per_epoch, epochs)
-    if isinstance(alpha0, (int, float, np.number)) and not 0 <= alpha0 <= 1:
-        raise ConfigError(f"alpha0={alpha0!r}: α weighs the forget term against the retain "
-                          "term (1 − α) and must lie in [0, 1]")
+    _check_alpha(alpha0, "alpha0", scalar=False)
 
     def schedule(count):
         return alpha0 * (1.0 - _epoch_fraction(count, epochs, steps_per_epoch))
@@ -351,19 +348,9 @@ def gradtau_objective(loss_fn: Callable, params: Params, forget_batch: Batch,
     """
     # Rows split over a shard_map axis that the (replicated) parameters do not vary over: one
     # model, one batch, so the means must be global (a fleet with one model per device is not).
-    batch_axes = microbatch.varying_axes((forget_batch, retain_batch))
-    split = batch_axes - microbatch.varying_axes(params)
-    if axis_name is None and split:
-        raise ConfigError(
-            f"gradtau: the batches are split over the shard_map axes {sorted(split)} but "
-            "axis_name is None: each device would apply ReLU(τ − L_f)² to its own shard's loss; "
-            "pass axis_name= to nabla_tau / gradtau_objective")
-    if axis_name is not None and axis_name in split:
-        # Under shard_map (check_vma=True) the gradient w.r.t. replicated parameters of a loss
-        # over sharded rows is already psum-ed by autodiff, so the pmean below would return
-        # n_devices × the mean. Differentiate a device-varying copy instead: local gradients,
-        # averaged once. (pmap, named vmap and check_vma=False never get here.)
-        params = jax.tree.map(lambda p: jax.lax.pcast(p, axis_name, to="varying"), params)
+    params = microbatch.local_params(
+        params, (forget_batch, retain_batch), axis_name, "gradtau",
+        "each device would apply ReLU(τ − L_f)² to its own shard's loss")
     c_f = microbatch.resolve_chunk(chunk, loss_fn, params, forget_batch)
     c_r = microbatch.resolve_chunk(chunk, loss_fn, params, retain_batch)
     objective = functools.partial(_objective, loss_fn, axis_name=axis_name)
@@ -547,41 +534,50 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
     return GradTau(init, update)
 
 
-def _is_number(v: Any) -> bool:
-    """A real number, or an array of them (shapes are checked apart), traced or not."""
-    if isinstance(v, (str, bytes, bool, np.bool_)):
+def _is_number(x: Any) -> bool:
+    """A real number or numeric array (not a bool, a string or None)."""
+    if isinstance(x, (bool, np.bool_)):
         return False
-    if isinstance(v, numbers.Real) or isinstance(v, jax.core.Tracer):
-        return True
-    kind = getattr(getattr(v, "dtype", None), "kind", None)
-    return kind in ("i", "u", "f") if kind is not None else isinstance(v, (list, tuple))
+    dtype = getattr(x, "dtype", None)
+    return isinstance(x, (int, float)) or (dtype is not None and np.issubdtype(dtype, np.number)
+                                           and not np.issubdtype(dtype, np.complexfloating))
+
+
+def _check_alpha(alpha: Any, name: str, scalar: bool = True) -> None:
+    """Refuses a concrete α that is not a number in [0, 1] (traced values and schedules cannot
+    be checked): α > 1 makes the retain weight 1 − α negative (an ascent on D_r), α < 0 turns
+    the forget term into descent. ``scalar=False``: an array of per-member α₀'s is fine."""
+    if callable(alpha) or isinstance(alpha, jax.core.Tracer):
+        return
+    if not _is_number(alpha):
+        raise ConfigError(f"{name}={alpha!r}: α is a number in [0, 1] (or, for nabla_tau, an "
+                          "optax.Schedule of the step count)")
+    if scalar and np.shape(alpha) != ():
+        raise ConfigError(f"{name}= has shape {np.shape(alpha)}: α is one number or an "
+                          "optax.Schedule of the step count")
+    a = np.asarray(alpha, np.float64)
+    if not np.all((0.0 <= a) & (a <= 1.0)):
+        bad = float(a) if a.ndim == 0 else a.tolist()
+        raise ConfigError(f"{name}={bad!r}: α weighs the forget term against the retain term "
+                          "(1 − α) and must lie in [0, 1]")
 
 
 def _check_constants(tau: Any, alpha: Any, measured: bool) -> None:
-    """Refuses a τ that is not one finite number, and a concrete α outside [0, 1] (traced
-    values and schedules cannot be checked; ``measured``: ``tau_fn`` replaces τ at the first
-    step, so only its shape matters). None of them fails later with a message: a τ of shape
-    (n,) fails inside ``lax.cond`` with a bare TypeError, a NaN τ makes every step NaN (which
-    ``skip_nonfinite`` then skips, silently), α > 1 makes the retain weight 1 − α negative (an
-    ascent on D_r) and α < 0 turns the forget term into descent."""
-    for name, v in (("tau", tau), ("alpha", alpha)):    # else float()'s or numpy's TypeError
-        if not (v is None and name == "tau") and not callable(v) and not _is_number(v):
-            raise ConfigError(f"{name}= must be a number, got {v!r:.60}"
-                              + ("; α may also be an optax.Schedule" if name == "alpha" else ""))
+    """Refuses a τ that is not one finite number, and a concrete α outside [0, 1]
+    (:func:`_check_alpha`; ``measured``: ``tau_fn`` replaces τ at the first step, so only its
+    shape matters). None of them fails later with a message: a τ of shape (n,) fails inside
+    ``lax.cond`` with a bare TypeError, a NaN τ makes every step NaN (which ``skip_nonfinite``
+    then skips, silently)."""
+    if tau is not None and not isinstance(tau, jax.core.Tracer) and not _is_number(tau):
+        raise ConfigError(f"tau={tau!r}: τ is a number (the target forget loss), or pass "
+                          "tau_fn= for τ of the current model")
     if tau is not None and np.shape(tau) != ():
         raise ConfigError(f"tau= has shape {np.shape(tau)}: τ is one number (the target forget "
                           "loss); pass a scalar, or tau_fn= for τ of the current model")
     if (tau is not None and not measured and not isinstance(tau, jax.core.Tracer)
             and not np.isfinite(tau)):
         raise ConfigError(f"tau={float(tau)!r}: τ must be finite (the target forget loss)")
-    if callable(alpha) or isinstance(alpha, jax.core.Tracer):
-        return
-    if np.shape(alpha) != ():
-        raise ConfigError(f"alpha= has shape {np.shape(alpha)}: α is one number or an "
-                          "optax.Schedule of the step count")
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ConfigError(f"alpha={float(alpha)!r}: α weighs the forget term against the "
-                          "retain term (1 − α) and must lie in [0, 1]")
+    _check_alpha(alpha, "alpha")
 
 
 # --- the classic step (a TrainState in, a TrainState out) ----------------------------------------
