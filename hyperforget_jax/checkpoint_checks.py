@@ -106,11 +106,13 @@ def at_jax_width(state: PyTree, what: str | None) -> PyTree:
     reads them (int32, float32, ...), x64 being off: a ``{"epoch": 3}`` or a NumPy int64 array
     was written as int64, which :func:`check_readable_width` then refused to read back in the
     very setting that wrote it. An int that int32 cannot hold is refused (reading it back
-    would wrap it). Under x64 (or for jax.Arrays, never 64-bit without it) nothing changes.
+    would wrap it), and so is a finite float that float32 cannot hold (it would be written as
+    inf, which :func:`check_savable` had passed). Under x64 (or for jax.Arrays, never 64-bit
+    without it) nothing changes.
     ``what``: the save, for the error; None for a restore template (its values are unused).
 
     Raises:
-      CheckpointError: an integer leaf out of the 32-bit range.
+      CheckpointError: an integer or float leaf out of the 32-bit range.
     """
     if jax.config.jax_enable_x64:
         return state
@@ -122,14 +124,19 @@ def at_jax_width(state: PyTree, what: str | None) -> PyTree:
         want = jax.dtypes.canonicalize_dtype(a.dtype)
         if want == a.dtype:
             return leaf
-        fits = a.dtype.kind not in "iu" or not a.size or (
-            np.iinfo(want).min <= a.min() and a.max() <= np.iinfo(want).max)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = a.astype(want)
+        if a.dtype.kind in "iu":
+            fits = not a.size or (np.iinfo(want).min <= a.min() and a.max() <= np.iinfo(want).max)
+        else:   # a finite float64 past float32's range became inf, written unchecked
+            fits = bool(np.all(np.isfinite(out) | ~np.isfinite(a)))
         if what is not None and not fits:
             raise CheckpointError(
                 f"cannot save {what}: leaf {name!r} holds {a.dtype} values out of {want}'s "
-                f"range, which JAX without x64 would read back wrapped; enable "
+                f"range, which JAX without x64 would read back "
+                f"{'wrapped' if a.dtype.kind in 'iu' else 'as inf'}; enable "
                 "jax.config.update('jax_enable_x64', True), or put the value in meta")
-        return a.astype(want)
+        return out
 
     names = iter(n for n, _ in named_leaves(state))
     return jax.tree.map(lambda leaf: narrow(next(names), leaf), state)

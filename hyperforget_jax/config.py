@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import operator
 import types
 import typing
 from typing import Any
@@ -159,6 +160,28 @@ def check_config(cfg: Any) -> None:
         new = _check_value(owner, name, value, hints.get(f.name, Any), bounds)
         if new is not value:
             object.__setattr__(cfg, f.name, new)
+
+
+def whole_number(value: Any) -> int | None:
+    """``value`` as an ``int`` if it is an integer: Python, NumPy or 0-d JAX (a ``jnp`` shape's
+    elements, ``y.max() + 1``), not a bool; else None (a float is not rounded)."""
+    if isinstance(value, (bool, np.bool_)) or getattr(value, "dtype", None) == np.bool_:
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
+def is_number(value: Any) -> bool:
+    """A real number or real numeric array: Python, NumPy or JAX (not a bool, a complex, a
+    string, None or a ``Fraction``, which NumPy cannot compute with)."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    dtype = getattr(value, "dtype", None)
+    return isinstance(value, (int, float)) or (
+        dtype is not None and np.issubdtype(dtype, np.number)
+        and not np.issubdtype(dtype, np.complexfloating))
 
 
 def check_count(value: Any, what: str, unit: str = "", error: type = ConfigError) -> int:

@@ -26,7 +26,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from hyperforget_jax.config import SEED_LIMIT, check_count
+from hyperforget_jax.config import SEED_LIMIT, check_count, is_number, whole_number
 from hyperforget_jax.errors import DataError, ForgetRequestError
 
 EMBEDDED = ("mnist5k", "digits")
@@ -78,10 +78,7 @@ def checked_num_classes(k, what: str, fix: str = "") -> int:
     """``k`` as an int >= 1: a Python, NumPy or 0-d JAX integer (``int(y.max()) + 1`` and
     ``y.max() + 1`` alike; a JAX one was refused by Dataset and accepted by nothing else); a
     bool, a float or None is refused rather than rounded or defaulted."""
-    try:
-        n = None if isinstance(k, (bool, np.bool_)) else operator.index(k)
-    except TypeError:
-        n = None
+    n = whole_number(k)
     if n is None or n < 1:
         raise DataError(f"{what}: num_classes must be an integer >= 1, got {k!r}{fix}")
     return n
@@ -329,10 +326,8 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
     if not isinstance(ds, (Dataset, Splits)):     # else an AttributeError on .y
         raise DataError(f"make_splits takes a Dataset, got {type(ds).__name__}; build one "
                         "with hf.data.from_arrays(x, y)")
-    for frac in (val_frac, test_frac):      # else the comparison's TypeError
-        kind = getattr(getattr(frac, "dtype", None), "kind", "b")   # 0-d arrays are numbers
-        if isinstance(frac, (bool, np.bool_)) or not (isinstance(frac, numbers.Real) or (
-                np.ndim(frac) == 0 and kind in "iuf")):
+    for frac in (val_frac, test_frac):      # else the comparison's (or rint's) TypeError
+        if not (is_number(frac) and np.ndim(frac) == 0):
             raise DataError(f"val_frac and test_frac must be numbers in (0, 1), got "
                             f"{frac!r}; e.g. val_frac=0.1, test_frac=0.2")
     if isinstance(ds, Splits):

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from hyperforget_jax import layers
+from hyperforget_jax.config import whole_number
 from hyperforget_jax.errors import ArchitectureError, CheckpointError, ConfigError, DataError
 
 Params = Any
@@ -549,12 +550,8 @@ def _checked_dims(input_shape: Any, num_classes: Any) -> tuple[tuple[int, ...] |
     None), else :class:`ConfigError`: ``int()`` truncated 2.5 classes to 2 (and ``True`` to 1),
     a 1.5-channel image to 1, and 0 or a negative size failed deep inside ``init``."""
     def whole(v) -> bool:       # numpy and 0-d JAX integers too (a jnp shape's elements)
-        if isinstance(v, (bool, np.bool_)) or getattr(v, "dtype", None) == np.bool_:
-            return False
-        try:
-            return operator.index(v) >= 1
-        except TypeError:
-            return False
+        n = whole_number(v)
+        return n is not None and n >= 1
 
     if num_classes is not None and not whole(num_classes):
         raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}; e.g. "

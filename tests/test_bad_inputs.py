@@ -552,6 +552,9 @@ API_CASES = [
      "make_splits takes a Dataset, got ndarray"),
     ("make-splits-fraction-string", lambda c: data.make_splits(c.train, val_frac="0.1"),
      DataError, "must be numbers in"),
+    ("make-splits-fraction-a-Fraction", lambda c: data.make_splits(   # numbers.Real, but
+        c.train, val_frac=__import__("fractions").Fraction(1, 10)),  # numpy's rint TypeError
+     DataError, "must be numbers in"),
     ("request-a-float-class", lambda c: data.ForgetRequest(classes=3.0), ForgetRequestError,
      "classes must be a sequence of integers, got 3.0"),
     ("request-typed-key-indices", lambda c: data.ForgetRequest(indices=jax.random.key(0)),

@@ -556,3 +556,18 @@ def test_python_and_numpy_64_bit_leaves_saved_without_x64_read_back(tmp_path):
     with pytest.raises(CheckpointError, match="'big' holds int64 values out of int32's range"):
         save_params(tmp_path / "q", {"big": np.array([2**40])})
     assert not (tmp_path / "q").exists()
+
+
+def test_a_float64_past_float32s_range_is_refused_not_saved_as_inf(tmp_path):
+    """Narrowing a finite float64 leaf (1e39) to float32 made it inf after ``check_savable``
+    had passed it: save_params returned, and load_params then called the checkpoint corrupt
+    ("contains NaN/inf, which save_params() never writes"). Refused up front, nothing written;
+    a float64 inf (refused by the finite check) and a small float64 still behave as before."""
+    for where, save in (("p", lambda t: save_params(tmp_path / "p", t)),
+                        ("c", lambda t: Checkpointer(tmp_path / "c").save(1, t))):
+        with pytest.raises(CheckpointError, match="'w' holds float64 values out of float32's "
+                                                  "range, .* as inf"):
+            save({"w": np.array([1.0, 1e39])})
+        assert not (tmp_path / where).exists() or not any((tmp_path / where).iterdir())
+    save_params(tmp_path / "ok", {"w": np.array([1e-3, -2.5])})
+    np.testing.assert_allclose(load_params(tmp_path / "ok")[0]["w"], [1e-3, -2.5], rtol=1e-6)

@@ -340,3 +340,18 @@ def test_a_users_gan_pair_that_does_not_fit_is_refused_up_front():
     assert "_G(" in record["generator"]
     with pytest.raises(ArchitectureError, match="user's own pair"):
         GANArch.from_json(record)
+
+
+def test_a_users_gan_pair_pickles_after_compiling():
+    """A user pair's arch owns its compiled programs (built by make_gan_arch's shape check and
+    every later step); jitted callables do not pickle, so ``pickle.dumps(arch)`` raised
+    AttributeError ("Can't pickle local object ... cache_miss"). The copy is equal, owns no
+    programs and builds its own; the registered pairs pickle as before."""
+    import pickle
+    arch = make_gan_arch(generator=_G(), discriminator=_D(), image_shape=(8, 8, 1), latent_dim=4)
+    assert arch._own_programs is not None and len(arch._own_programs)
+    copy = pickle.loads(pickle.dumps(arch))
+    assert copy == arch and copy._own_programs is None
+    assert copy.param_counts() == arch.param_counts()
+    reg = make_gan_arch("mlp")
+    assert pickle.loads(pickle.dumps(reg)) == reg

@@ -205,6 +205,11 @@ class GANArch:
     def __post_init__(self):
         object.__setattr__(self, "_own_programs", None)
 
+    def __getstate__(self) -> dict:
+        """Pickled without a user pair's compiled programs (jitted callables do not pickle:
+        ``pickle.dumps`` of the arch ``train_gan`` returned failed); the copy compiles anew."""
+        return {**self.__dict__, "_own_programs": None}
+
     @property
     def registered(self) -> bool:
         """True for the library's own pairs (``GAN_ARCHS``), False for a user's modules."""

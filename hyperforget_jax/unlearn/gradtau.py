@@ -97,7 +97,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import microbatch, train, xla
-from hyperforget_jax.config import check_config, check_count, field
+from hyperforget_jax.config import check_config, check_count, field, is_number
 from hyperforget_jax.data import Dataset, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, ForgetRequestError
 from hyperforget_jax.metrics import at_least_float32
@@ -534,22 +534,13 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
     return GradTau(init, update)
 
 
-def _is_number(x: Any) -> bool:
-    """A real number or numeric array (not a bool, a string or None)."""
-    if isinstance(x, (bool, np.bool_)):
-        return False
-    dtype = getattr(x, "dtype", None)
-    return isinstance(x, (int, float)) or (dtype is not None and np.issubdtype(dtype, np.number)
-                                           and not np.issubdtype(dtype, np.complexfloating))
-
-
 def _check_alpha(alpha: Any, name: str, scalar: bool = True) -> None:
     """Refuses a concrete α that is not a number in [0, 1] (traced values and schedules cannot
     be checked): α > 1 makes the retain weight 1 − α negative (an ascent on D_r), α < 0 turns
     the forget term into descent. ``scalar=False``: an array of per-member α₀'s is fine."""
     if callable(alpha) or isinstance(alpha, jax.core.Tracer):
         return
-    if not _is_number(alpha):
+    if not is_number(alpha):
         raise ConfigError(f"{name}={alpha!r}: α is a number in [0, 1] (or, for nabla_tau, an "
                           "optax.Schedule of the step count)")
     if scalar and np.shape(alpha) != ():
@@ -568,7 +559,7 @@ def _check_constants(tau: Any, alpha: Any, measured: bool) -> None:
     shape matters). None of them fails later with a message: a τ of shape (n,) fails inside
     ``lax.cond`` with a bare TypeError, a NaN τ makes every step NaN (which ``skip_nonfinite``
     then skips, silently)."""
-    if tau is not None and not isinstance(tau, jax.core.Tracer) and not _is_number(tau):
+    if tau is not None and not isinstance(tau, jax.core.Tracer) and not is_number(tau):
         raise ConfigError(f"tau={tau!r}: τ is a number (the target forget loss), or pass "
                           "tau_fn= for τ of the current model")
     if tau is not None and np.shape(tau) != ():
