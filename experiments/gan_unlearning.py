@@ -56,6 +56,7 @@ import numpy as np
 
 from hyperforget_jax import __version__, configflags, data, report, rundir
 from hyperforget_jax.cli import ArgumentParser, ListInOne
+from hyperforget_jax.commands.common import path_arg
 from hyperforget_jax.commands.gan import add_judge_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
@@ -174,8 +175,9 @@ def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[
 
 def main(argv=None) -> dict:
     ap = ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="runs/gan_unlearning")
-    ap.add_argument("--grids-dir", default=None, help="also copy the sample grids here")
+    ap.add_argument("--out", type=path_arg, default="runs/gan_unlearning")
+    ap.add_argument("--grids-dir", type=path_arg, default=None,
+                    help="also copy the sample grids here")
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
     # Every field of the recipes once, from their dataclasses (seeds come from --seeds).
     gan_flags = configflags.add_config_flags(

@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyperforget_jax import __version__, data, metrics, report, rundir, train  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser, ListInOne  # noqa: E402
+from hyperforget_jax.commands.common import path_arg  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
 from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
 from hyperforget_jax.errors import ConfigError  # noqa: E402
@@ -91,8 +92,9 @@ def unparse_originals(rows) -> str:
 
 def parse(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/hf_eval")
-    p.add_argument("--hypernet", default="pretrained", help="DiHyFo-2 (file, dir, pretrained)")
+    p.add_argument("--out", type=path_arg, default="runs/hf_eval")
+    p.add_argument("--hypernet", type=path_arg, default="pretrained",
+                   help="DiHyFo-2 (file, dir, pretrained)")
     p.add_argument("--dihyfo1", default="pretrained:dihyfo1-c3-gpt_mlp-mnist5k",
                    help="DiHyFo-1 ('' to skip)")
     p.add_argument("--samples", type=int, default=3, help="samples per (original, request)")

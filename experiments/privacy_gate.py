@@ -58,6 +58,7 @@ import numpy as np
 
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
+from hyperforget_jax.commands.common import path_arg
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError, HyperforgetError
 from hyperforget_jax.evaluation import evaluate_unlearning
@@ -67,11 +68,11 @@ from hyperforget_jax.unlearn.gradtau import TAU_MODES, GradTauConfig
 
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=None,
+    p.add_argument("--out", type=path_arg, default=None,
                    help="output directory (default runs/privacy_gate; with --recheck "
                    "runs/privacy_gate_recheck: a gate run's own directory is refused)")
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     req = p.add_mutually_exclusive_group()
     req.add_argument("--forget-class", type=int, nargs="+", metavar="C")
     req.add_argument("--forget-fraction", type=float, metavar="F")
@@ -88,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
             choices={"tau_mode": TAU_MODES},
             rename={f.name: "gradtau-" + f.name.replace("_", "-")
                     for f in dataclasses.fields(GradTauConfig)}))
-    p.add_argument("--hypernet", default=None,
+    p.add_argument("--hypernet", type=path_arg, default=None,
                    help="a trained HyperForget hypernetwork (hyperforget hypertrain --out)")
     p.add_argument("--num-steps", type=int, default=20, help="HyperForget DDIM steps")
     p.add_argument("--tol-mia", type=float, default=0.05,

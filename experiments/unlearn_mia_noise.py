@@ -24,6 +24,7 @@ import numpy as np
 
 from hyperforget_jax import __version__, data, metrics, report, rundir, train
 from hyperforget_jax.cli import ArgumentParser
+from hyperforget_jax.commands.common import path_arg
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import make_architecture
 from hyperforget_jax.unlearn import unlearn
@@ -35,7 +36,7 @@ OUTPUTS = ("results.json", "table.md")
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/unlearn_mia_noise")
+    p.add_argument("--out", type=path_arg, default="runs/unlearn_mia_noise")
     p.add_argument("--classes", type=int, nargs="*", default=[0, 3, 8])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--attack-repeats", type=int, default=20)

@@ -23,6 +23,7 @@ import jax
 
 from hyperforget_jax import __version__, data, report, rundir, train
 from hyperforget_jax.cli import ArgumentParser
+from hyperforget_jax.commands.common import path_arg
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import make_architecture
 from hyperforget_jax.unlearn import GradTauConfig, unlearn
@@ -33,7 +34,7 @@ OUTPUTS = ("results.json", "table.md")
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/unlearn_speed")
+    p.add_argument("--out", type=path_arg, default="runs/unlearn_speed")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--arch", default=None, help="the model (default: TrainConfig's, the mlp)")
     p.add_argument("--classes", type=int, nargs="*", default=[3])

@@ -65,6 +65,7 @@ import numpy as np
 
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
+from hyperforget_jax.commands.common import path_arg
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
@@ -89,9 +90,9 @@ RESULT_KEYS = ("dataset", "sizes", "architecture", "seeds", "settings", "total_s
 
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="runs/unlearning_table")
+    p.add_argument("--out", type=path_arg, default="runs/unlearning_table")
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--data-dir", type=path_arg, default=None)
     # --arch --epochs --batch-size --lr --weight-decay, from TrainConfig (the seeds are --seeds).
     p.set_defaults(_train_flags=add_config_flags(
         p, train.TrainConfig, title="classifier recipe (originals and Retrain)",

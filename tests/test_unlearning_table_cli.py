@@ -551,3 +551,17 @@ def test_render_only_refuses_a_damaged_or_foreign_results_json(tmp_path, script,
     with pytest.raises(CheckpointError, match=words):
         exp.main(["--render-only", "--out", str(tmp_path)])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
+
+
+@pytest.mark.parametrize("script,entry", [
+    ("unlearning_table", "parse_args"), ("privacy_gate", "parse_args"),
+    ("unlearn_mia_noise", "parse_args"), ("unlearn_speed", "parse_args"),
+    ("hyperforget_eval", "parse"), ("gan_unlearning", "main")])
+def test_experiment_scripts_refuse_a_blank_out(script, entry, capsys):
+    """``--out "$OUT"`` with OUT unset: "" was the current directory (the sweep's cells and
+    report written there), or, for privacy_gate's default-None --out, silently the default."""
+    with pytest.raises(SystemExit) as e:
+        getattr(load_experiment(script), entry)(["--out", ""])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --out: expected a path, got ''" in err and err.count("\n") == 1
