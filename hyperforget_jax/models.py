@@ -17,7 +17,6 @@ import collections
 import dataclasses
 import importlib
 import inspect
-import operator
 import re
 import weakref
 from collections.abc import Mapping
@@ -549,22 +548,18 @@ def _checked_dims(input_shape: Any, num_classes: Any) -> tuple[tuple[int, ...] |
     """``input_shape`` as a tuple of ints >= 1 and ``num_classes`` as an int >= 1 (None stays
     None), else :class:`ConfigError`: ``int()`` truncated 2.5 classes to 2 (and ``True`` to 1),
     a 1.5-channel image to 1, and 0 or a negative size failed deep inside ``init``."""
-    def whole(v) -> bool:       # numpy and 0-d JAX integers too (a jnp shape's elements)
-        n = whole_number(v)
-        return n is not None and n >= 1
-
-    if num_classes is not None and not whole(num_classes):
+    k = None if num_classes is None else whole_number(num_classes)   # numpy, 0-d JAX too
+    if num_classes is not None and (k is None or k < 1):
         raise ConfigError(f"num_classes must be an integer >= 1, got {num_classes!r}; e.g. "
                           "num_classes=10 (or the data's: ds.num_classes)")
     if input_shape is None:
-        return None, None if num_classes is None else operator.index(num_classes)
-    dims = list(input_shape) if isinstance(input_shape, (tuple, list, np.ndarray, jax.Array)) \
-        and np.ndim(input_shape) == 1 else None
-    if dims is None or not dims or not all(whole(d) for d in dims):
+        return None, k
+    dims = [whole_number(d) for d in input_shape] if isinstance(
+        input_shape, (tuple, list, np.ndarray, jax.Array)) and np.ndim(input_shape) == 1 else []
+    if not dims or any(d is None or d < 1 for d in dims):
         raise ConfigError(f"input_shape must be one input's shape, a tuple of integers >= 1 "
                           f"such as (28, 28, 1), got {input_shape!r}; e.g. x.shape[1:]")
-    return (tuple(operator.index(d) for d in dims),
-            None if num_classes is None else operator.index(num_classes))
+    return tuple(dims), k
 
 
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
