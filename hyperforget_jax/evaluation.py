@@ -9,6 +9,7 @@ attack against them would only measure "is this the forgotten class", not member
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -49,7 +50,8 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
       ``mia_loss_lr``, ``mia_entropy_lr``, ``mia_efficacy_svc``; ``per_class_test_acc``, a
       list of one float per class (NaN for a class the test set lacks). Accuracies and
       attack accuracies are fractions in [0, 1] (:func:`gap_to_retrain` reports points). An
-      attack that cannot run (fewer than :data:`MIN_LR_ATTACK_SAMPLES` forget samples) is
+      attack that cannot run (fewer than :data:`MIN_LR_ATTACK_SAMPLES` forget samples; for
+      ``mia_loss_lr``, a loss of +inf, where a model gives the true label probability 0) is
       ``None``, with the reason in the dict ``not_applicable`` (present only then).
 
     Raises:
@@ -125,8 +127,18 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
         out["mia_loss_lr"] = out["mia_entropy_lr"] = None
         out["not_applicable"] = {"mia_loss_lr": reason, "mia_entropy_lr": reason}
     else:
-        out["mia_loss_lr"] = metrics.mia_loss_lr(per["forget"]["loss"], nonmember["loss"],
-                                                 seed=seed)
+        inf_f, inf_n = (int(np.isinf(v["loss"]).sum()) for v in (per["forget"], nonmember))
+        if inf_f or inf_n:
+            # A −inf logit on the true label (a model that masks a class out) is a loss of +inf:
+            # no feature for a logistic regression. The attack read it as a diverged model's
+            # NaN; the entropy attack and the accuracies stay defined.
+            out["mia_loss_lr"] = None
+            out["not_applicable"] = {"mia_loss_lr": (
+                f"the loss is +inf (probability 0 on the true label, e.g. a -inf logit) for "
+                f"{inf_f} of {n_members} forget and {inf_n} of {n_non} held-out samples")}
+        else:
+            out["mia_loss_lr"] = metrics.mia_loss_lr(per["forget"]["loss"], nonmember["loss"],
+                                                     seed=seed)
         out["mia_entropy_lr"] = metrics.mia_entropy_lr(per["forget"]["entropy"],
                                                        nonmember["entropy"], seed=seed)
     out["mia_efficacy_svc"] = metrics.mia_efficacy_svc(
@@ -164,6 +176,11 @@ def _check_fsplit_rows(train, fsplit: ForgetSplit, rows: int = 256) -> None:
                                  "request)")
 
 
+def _is_number(v: Any) -> bool:
+    """A real number, not a bool (True would read as an accuracy of 1.0)."""
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
 #: Short names of :data:`GAP_KEYS` for report headings.
 GAP_LABELS = {"forget_acc": "FA", "retain_acc": "RA", "test_acc": "TA",
               "mia_loss_lr": "mia_loss_lr"}
@@ -183,7 +200,9 @@ def gap_to_retrain(result: dict, retrain: dict) -> float:
 
     Raises:
       ConfigError: a row without one of :data:`GAP_KEYS` (pass rows of
-        :func:`evaluate_unlearning`).
+        :func:`evaluate_unlearning`), or with a value that is not a number or not a fraction
+        in [0, 1] (a row in percent).
+      DataError: a NaN/inf value (:func:`metrics.avg_gap`).
     """
     for name, row in (("result", result), ("retrain", retrain)):
         if not isinstance(row, Mapping):    # a string listed its letters as the keys it had
@@ -195,5 +214,17 @@ def gap_to_retrain(result: dict, retrain: dict) -> float:
                               f"{sorted(row)}); pass rows of hf.evaluate_unlearning, or "
                               "hf.metrics.avg_gap(..., keys=...) for other metrics")
     keys = gap_keys(result, retrain)
+    for name, row in (("result", result), ("retrain", retrain)):
+        # Rows hold fractions: a row in percent (a table's numbers) gave a gap 100× too large,
+        # and one row of each a meaningless one (8043.75 points), with no error.
+        odd = [k for k in keys if not _is_number(row[k])]
+        if odd:
+            raise ConfigError(f"gap_to_retrain: {name}[{odd[0]!r}] is {row[odd[0]]!r}, not a "
+                              "number; pass rows of hf.evaluate_unlearning")
+        high = {k: row[k] for k in keys if math.isfinite(row[k]) and not 0 <= row[k] <= 1}
+        if high:
+            raise ConfigError(f"gap_to_retrain: {name} has {high}, outside [0, 1]; rows of "
+                              "hf.evaluate_unlearning hold fractions and the gap is reported "
+                              "in points: divide percentages by 100")
     scaled = lambda d: {k: 100.0 * d[k] for k in keys}
     return metrics.avg_gap(scaled(result), scaled(retrain), keys=keys)

@@ -497,7 +497,8 @@ def avg_gap(metrics: dict[str, float], retrain: dict[str, float],
       ``mean(|metrics[k] - retrain[k]| for k in keys)``; 0 means indistinguishable from Retrain.
 
     Raises:
-      ConfigError: for empty ``keys`` or a key missing from either dict.
+      ConfigError: for empty ``keys``, a key missing from either dict or a value that is not
+        a number (None, a string, a bool).
       DataError: for a NaN/inf value, which would make the gap meaningless.
     """
     keys = tuple(keys)
@@ -509,6 +510,12 @@ def avg_gap(metrics: dict[str, float], retrain: dict[str, float],
             if k not in d:
                 raise ConfigError(f"avg_gap: key {k!r} missing from {name} (has "
                                   f"{sorted(d)}); evaluate it or pass keys= without it")
+        for name, v in (("metrics", metrics[k]), ("retrain", retrain[k])):
+            # float() raised a TypeError for None (an attack not applicable), read "0.5" as a
+            # number and True as 1.0.
+            if v is None or isinstance(v, (str, bytes, bool)):
+                raise ConfigError(f"avg_gap: {name}[{k!r}] is {v!r}, not a number; pass a "
+                                  "number, or keys= without it (hf.evaluation.gap_keys)")
         a, b = float(metrics[k]), float(retrain[k])
         if not (math.isfinite(a) and math.isfinite(b)):
             raise DataError(f"avg_gap: {k!r} is not finite (method {a}, retrain {b}); fix the "

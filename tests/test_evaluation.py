@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from hyperforget_jax import data, models, train
-from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
+from hyperforget_jax.evaluation import evaluate_unlearning, gap_keys, gap_to_retrain
 
 ARCH = models.make_architecture("gpt_mlp", (8, 8, 1))
 CFG = train.TrainConfig(arch="gpt_mlp", epochs=15, batch_size=64, lr=1e-2)
@@ -70,7 +70,7 @@ def test_fsplit_of_another_split_seed_is_refused(digits_splits):
 def test_gap_keys_leave_out_not_applicable_metrics():
     """The unlearn report's Avg. Gap heading named mia_loss_lr even when the attack was not
     applicable (one-item forget set) and the mean was over FA, RA, TA only."""
-    from hyperforget_jax.evaluation import GAP_LABELS, gap_keys
+    from hyperforget_jax.evaluation import GAP_LABELS
 
     row = {"forget_acc": 1.0, "retain_acc": 0.9, "test_acc": 0.8, "mia_loss_lr": None}
     assert gap_keys(row, dict(row, mia_loss_lr=0.5)) == ("forget_acc", "retain_acc", "test_acc")
@@ -158,3 +158,42 @@ def test_every_metric_equals_numpy_on_the_right_sets(setting):
     assert out["mia_entropy_lr"] != out["mia_loss_lr"]
     assert out["mia_efficacy_svc"] == pytest.approx(
         metrics.mia_efficacy_svc(conf_r, conf_t, conf_f, seed=1), abs=1e-6)
+
+
+def test_gap_to_retrain_refuses_rows_in_percent():
+    """Rows hold fractions and the gap is in points: rows in percent (a table's numbers) gave
+    a gap 100× too large (625.0 for a 25-point FA gap), one row of each 8043.75, silently."""
+    from hyperforget_jax.errors import ConfigError
+
+    row = {"forget_acc": 0.9, "retain_acc": 0.95, "test_acc": 0.9, "mia_loss_lr": 0.5}
+    pct = {k: 100 * v for k, v in row.items()}
+    with pytest.raises(ConfigError, match="outside \\[0, 1\\].*divide percentages by 100"):
+        gap_to_retrain(pct, dict(pct, forget_acc=65.0))
+    with pytest.raises(ConfigError, match="retrain has .*outside"):
+        gap_to_retrain(row, pct)
+    with pytest.raises(ConfigError, match="'0.5', not a number"):
+        gap_to_retrain(row, dict(row, mia_loss_lr="0.5"))
+    assert gap_to_retrain(row, dict(row, forget_acc=0.65)) == pytest.approx(25 / 4)
+
+
+def test_a_masked_class_leaves_the_loss_attack_not_applicable(digits_splits):
+    """A model that masks the forgotten class (a −inf logit) has a loss of +inf on it: the
+    loss attack refused the evaluation as a diverged model's ("contains NaN or inf values;
+    the model diverged"). The loss attack is now not applicable, with the reason; the rest is
+    evaluated."""
+    import jax.numpy as jnp
+
+    req = data.ForgetRequest(classes=(3,))
+    fs = data.resolve_forget(digits_splits.train, req)
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(64, 10)), jnp.float32)
+
+    def masked(p, x):
+        return (x.reshape(len(x), -1) @ p).at[:, 3].set(-jnp.inf)
+
+    out = evaluate_unlearning(masked, w, digits_splits, fs, req)
+    n_f, n_t = len(fs.forget), int(np.sum(digits_splits.test.y == 3))
+    assert out["mia_loss_lr"] is None and out["not_applicable"] == {"mia_loss_lr": (
+        f"the loss is +inf (probability 0 on the true label, e.g. a -inf logit) for {n_f} of {n_f} "
+        f"forget and {n_t} of {n_t} held-out samples")}
+    assert out["forget_acc"] == 0.0 and 0 <= out["mia_entropy_lr"] <= 1
+    assert "mia_loss_lr" not in gap_keys(out, dict(out, mia_loss_lr=0.5))

@@ -4,6 +4,7 @@ discriminator-score MIA, penultimate features."""
 import jax
 import numpy as np
 import pytest
+import scipy.linalg
 from conftest import host_params
 
 from hyperforget_jax.errors import ConfigError
@@ -51,6 +52,33 @@ def test_shares():
     assert M.forgotten_share(labels, [5]) == 0.0
 
 
+def test_shares_fid_and_is_refuse_too_few_samples():
+    """No sample: forgotten_share read NaN, class_shares 0.0 for every class, classifier_is
+    NaN; a label >= K was dropped from class_shares (shares summing to 0.5); one row of
+    features failed in eigh ("Eigenvalues did not converge"). Fewer rows than features is
+    still computed (singular covariances), equal to scipy's sqrtm form."""
+    from hyperforget_jax.errors import DataError
+
+    with pytest.raises(DataError, match="forgotten_share takes .* at least one sample"):
+        M.forgotten_share(np.array([], np.int64), [3])
+    with pytest.raises(DataError, match="class_shares takes"):
+        M.class_shares(np.array([], np.int64), 10)
+    with pytest.raises(DataError, match="labels span 0..5 but num_classes=3"):
+        M.class_shares(np.array([0, 5]), 3)
+    with pytest.raises(DataError, match="N >= 1"):
+        M.classifier_is(np.zeros((0, 10)))
+    rng = np.random.default_rng(0)
+    with pytest.raises(DataError, match="N >= 2 rows.*shape \\(1, 8\\)"):
+        M.classifier_fid(rng.normal(size=(1, 8)), rng.normal(size=(50, 8)))
+    with pytest.raises(DataError, match="width 8 and 6"):
+        M.classifier_fid(rng.normal(size=(5, 8)), rng.normal(size=(5, 6)))
+    a, b = rng.normal(size=(5, 64)), rng.normal(size=(7, 64))
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    d = a.mean(0) - b.mean(0)
+    want = d @ d + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert M.classifier_fid(a, b) == pytest.approx(want, rel=1e-6)
+
+
 def test_d_score_mia():
     members, nonmembers = np.linspace(0.6, 0.9, 50), np.linspace(0.1, 0.4, 70)
     out = M.d_score_mia(members, nonmembers)
@@ -58,6 +86,10 @@ def test_d_score_mia():
     same = np.linspace(0, 1, 101)
     assert M.d_score_mia(same, same)["d_mia_auc"] == pytest.approx(0.5)
     assert M.d_score_mia(nonmembers, members)["d_mia_auc"] == 0.0
+    from hyperforget_jax.errors import DataError
+
+    with pytest.raises(DataError, match="finite discriminator scores.*1 \\+ 0 NaN"):
+        M.d_score_mia(np.append(members, np.nan), nonmembers)    # was sklearn's ValueError
 
 
 def test_penultimate_features_are_last_hidden_layer():

@@ -334,6 +334,15 @@ def test_avg_gap_errors():
         metrics.avg_gap({**r, "test_acc": float("nan")}, r)
 
 
+@pytest.mark.parametrize("value", [None, "0.5", True])
+def test_avg_gap_refuses_values_that_are_not_numbers(value):
+    """None (an attack not applicable) raised float()'s TypeError; "0.5" and True were read
+    as the numbers 0.5 and 1.0."""
+    r = {"forget_acc": 1.0, "retain_acc": 1.0, "test_acc": 1.0, "mia_loss_lr": 0.5}
+    with pytest.raises(ConfigError, match=f"retrain\\['mia_loss_lr'\\] is {value!r}, not a "):
+        metrics.avg_gap(r, {**r, "mia_loss_lr": value})
+
+
 def test_mean_std_and_format():
     mean, std = metrics.mean_std([1.0, 2.0, 3.0])
     assert mean == pytest.approx(2.0) and std == pytest.approx(1.0)  # ddof=1

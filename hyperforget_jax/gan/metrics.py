@@ -230,33 +230,64 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
 
 
 def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of ``(N, F)`` features, N >= 2: one row has no covariance (numpy's
+    NaN matrix failed in ``eigh`` with "Eigenvalues did not converge")."""
     f = np.asarray(features, np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise DataError(f"features must be an (N, F) array with N >= 2 rows to estimate a "
+                        f"covariance, got shape {f.shape}; pass judge_outputs(judge, x)[1] of "
+                        "at least 2 images")
     return f.mean(0), np.cov(f, rowvar=False)
 
 
 def classifier_fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
-    """classifier-FID: Fréchet distance between Gaussians fitted to two feature sets."""
-    return frechet_distance(*feature_stats(features_a), *feature_stats(features_b))
+    """classifier-FID: Fréchet distance between Gaussians fitted to two feature sets (of the
+    same width, at least 2 rows each; fewer rows than features is fine: the covariances are
+    singular, which :func:`frechet_distance` handles exactly)."""
+    a, b = feature_stats(features_a), feature_stats(features_b)
+    if a[0].shape != b[0].shape:
+        raise DataError(f"classifier_fid: features of width {a[0].shape[0]} and "
+                        f"{b[0].shape[0]}; pass features of the same judge")
+    return frechet_distance(*a, *b)
 
 
 def classifier_is(probs: np.ndarray, eps: float = 1e-12) -> float:
     """classifier-IS: exp(E_x KL(p(y|x) ‖ p(y))) over the judge's predictions.
     Uniform predictions give 1; confident predictions balanced over K classes give K."""
     p = np.asarray(probs, np.float64)
+    if p.ndim != 2 or len(p) == 0:     # no rows: NaN, with numpy's "Mean of empty slice"
+        raise DataError(f"classifier_is takes (N, K) class probabilities with N >= 1, got "
+                        f"shape {p.shape}")
     py = p.mean(0, keepdims=True)
     kl = np.sum(p * (np.log(p + eps) - np.log(py + eps)), axis=1)
     return float(np.exp(kl.mean()))
 
 
+def _check_judge_labels(labels: Any, fn: str, num_classes: int | None = None) -> np.ndarray:
+    """``labels`` as a non-empty 1-D integer array (in [0, ``num_classes``) when given): the
+    share of no sample read 0.0 (class_shares) or NaN (forgotten_share), and a label >= K was
+    dropped from class_shares, whose shares then summed to less than 1."""
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{fn} takes the judge's labels of at least one sample, a 1-D integer "
+                        f"array (probs.argmax(1)), got shape {labels.shape}, dtype "
+                        f"{labels.dtype}")
+    if num_classes is not None and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"{fn}: labels span {int(labels.min())}..{int(labels.max())} but "
+                        f"num_classes={num_classes}; pass the judge's class count")
+    return labels
+
+
 def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
     """Fraction of samples per class (labels are the judge's argmax)."""
-    labels = np.asarray(labels)
-    return np.bincount(labels, minlength=num_classes)[:num_classes] / max(len(labels), 1)
+    labels = _check_judge_labels(labels, "class_shares", num_classes)
+    return np.bincount(labels, minlength=num_classes) / len(labels)
 
 
 def forgotten_share(labels: np.ndarray, classes: Sequence[int]) -> float:
     """Share of samples the judge assigns to any of the forgotten ``classes``."""
-    return float(np.mean(np.isin(np.asarray(labels), list(classes))))
+    labels = _check_judge_labels(labels, "forgotten_share")
+    return float(np.mean(np.isin(labels, list(classes))))
 
 
 # --- membership inference on the discriminator -------------------------------------------------
@@ -278,6 +309,12 @@ def d_score_mia(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict
     m, n = np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64)
     if len(m) == 0 or len(n) == 0:
         raise ConfigError("membership inference needs at least one member and one non-member")
+    if m.ndim != 1 or n.ndim != 1 or not (np.isfinite(m).all() and np.isfinite(n).all()):
+        # sklearn's own "Input contains NaN" was a plain ValueError naming no fix.
+        raise DataError(f"d_score_mia takes 1-D finite discriminator scores, got shapes "
+                        f"{m.shape}, {n.shape} with {int(np.sum(~np.isfinite(m)))} + "
+                        f"{int(np.sum(~np.isfinite(n)))} NaN/inf; the discriminator diverged - "
+                        "evaluate a finite one")
     y = np.r_[np.ones(len(m)), np.zeros(len(n))]
     s = np.r_[m, n]
     fpr, tpr, _ = roc_curve(y, s)
