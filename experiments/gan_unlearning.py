@@ -161,6 +161,13 @@ def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[
         if not 1 <= k < n:
             raise ConfigError(f"item counts must lie in 1..{n - 1} (the training set has {n} "
                               f"images), got {k}")
+    idle = [k for k in retrain_sizes if k not in sizes]
+    if sizes and idle:      # items without the Retrain asked for (no word of it); a class-only
+        # run (--sizes "", the documented commands) has no item Retrain to miss
+        raise ConfigError(f"--retrain-sizes {','.join(map(str, idle))} names item counts "
+                          f"--sizes {','.join(map(str, sizes))} does not run; Retrain runs "
+                          "on --sizes' item sets: add them to --sizes or drop them from "
+                          "--retrain-sizes (--retrain-sizes '' for no item Retrain)")
     labels = [s.strip() for s in args.fake_labels.split(",") if s.strip()]
     if set(labels) - set(FAKE_LABELS):
         raise ConfigError(f"--fake-labels takes {', '.join(FAKE_LABELS)}, got "
@@ -186,10 +193,14 @@ def main(argv=None) -> dict:
         exclude=("seed",))
     judge_of = add_judge_flags(ap)   # the same --judge* flags as `hyperforget gan evaluate`
     # Comma lists, each given once (ListInOne): argparse kept the last one alone.
-    ap.add_argument("--sizes", default="64", action=ListInOne)
+    ap.add_argument("--sizes", default="64", action=ListInOne,
+                    help="item counts ('' for none); only a 64-item set gets the full "
+                         "evaluation (downstream accuracy), the data-substitution and light "
+                         "λ_u variants, a sample grid and the item targets")
     ap.add_argument("--fake-labels", default="hard,generated,heldout", action=ListInOne)
     ap.add_argument("--classes", default="3,8", action=ListInOne)
-    ap.add_argument("--retrain-sizes", default="64", action=ListInOne)
+    ap.add_argument("--retrain-sizes", default="64", action=ListInOne,
+                    help="the item counts of --sizes that also get Retrain")
     ap.add_argument("--class-lambda-u", type=_weights, default=[], action=ListInOne,
                     help="extra λ_u values for class requests, each run beside the class "
                          "recipe as `unlearn_hard_lu<λ>` (e.g. 4,16: the share/quality "

@@ -645,7 +645,8 @@ def _memo_lines(m: dict) -> list[str]:
           f"{100 * m['noise_retain_acc']:.2f}", l2(m["noise_nearest_l2"]),
           f"{100 * m['noise_agreement'][0]:.1f}%"]]),
         f"\nBank: {m['bank']} checkpoints of the corpus's first originals (the request's own "
-        "original is never among them: samples start from held-out networks).\n"]
+        "original is never among them: samples start from held-out networks). L2: mean ± std "
+        "over the models (one per original and single-class request), not over seeds.\n"]
 
 
 def _checks(name, rs, ref, bar):

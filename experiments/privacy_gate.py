@@ -8,7 +8,9 @@ Command (from the repository root)::
     PYTHONPATH=. python experiments/privacy_gate.py --hypernet runs/dihyfo2 --out runs/gate_hf
 
 Per model seed (``--seeds``, default 3) it trains the original classifier and Retrain (the same
-recipe on D_r), unlearns with each method, and measures on the forget set:
+recipe on D_r), unlearns with each method, and measures on the forget set (one forget set for
+every seed: ``--forget-fraction``'s subset is drawn once, with seed 0, so the spread over seeds
+is the models', not the subsets' as in ``unlearning_table.py``):
 
 * ``mia_loss_lr``: the loss-threshold logistic-regression MIA of :mod:`hyperforget_jax.metrics`
   (forget set vs held-out non-members); gap = |method − Retrain|.
@@ -188,6 +190,10 @@ def run(args) -> dict:
     request = _check(args)
     splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
     fsplit = data.resolve_forget(splits.train, request)
+    if len(fsplit.forget) < 2:       # refused by U-LiRA after the first seed's trainings
+        raise ConfigError(f"the gate's attacks (U-LiRA, mia_loss_lr) need at least 2 forget "
+                          f"samples; {request.describe()} is {len(fsplit.forget)}: pass a "
+                          "larger --forget-fraction")
     # only once the request fits the data
     out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
     base, gcfg = configs(args)

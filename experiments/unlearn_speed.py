@@ -52,6 +52,9 @@ def parse_args(argv=None):
             raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
         if not args.requests:        # it trained the original and wrote an empty table
             raise ConfigError("--classes and --fractions are both empty: no request to time")
+        names = [r.describe() for r in args.requests]
+        if len(set(names)) != len(names):   # timed twice, two rows under one name
+            raise ConfigError(f"--classes / --fractions list a request twice: {names}")
         args.fsplits = [data.resolve_forget(args.splits.train, r) for r in args.requests]
         args.cfg = train.TrainConfig(**({"arch": args.arch} if args.arch else {}))
         args.model = make_architecture(args.cfg.arch)

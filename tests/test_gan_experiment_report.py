@@ -103,6 +103,24 @@ def test_bad_requests_and_recipes_refused_before_anything_runs(argv, words, tmp_
     assert not (tmp_path / "out").exists()
 
 
+def test_retrain_sizes_must_be_run_item_sets():
+    # `--sizes 32` (the default --retrain-sizes 64) ran the 32 items without any Retrain and
+    # recorded retrain_sizes [64]; a class-only run (--sizes "") stays accepted.
+    import argparse
+
+    from hyperforget_jax import data
+    from hyperforget_jax.errors import ConfigError
+    gan = load_experiment("gan_unlearning")
+    splits = data.make_splits(data.load_mnist5k())
+    ns = lambda sizes, retrain: argparse.Namespace(seeds=1, sizes=sizes, retrain_sizes=retrain,
+                                                   fake_labels="hard", classes="3")
+    assert gan._request_lists(ns("", "64"), splits)[:2] == ([], [64])
+    assert gan._request_lists(ns("32,64", "64"), splits)[:2] == ([32, 64], [64])
+    assert gan._request_lists(ns("32", ""), splits)[:2] == ([32], [])
+    with pytest.raises(ConfigError, match="--retrain-sizes 64 names item counts --sizes 32 "):
+        gan._request_lists(ns("32", "64"), splits)
+
+
 @pytest.mark.parametrize("flag, first, second, joined", [
     ("--classes", "3", "8", "--classes 3,8"),
     ("--sizes", "16", "64", "--sizes 16,64"),

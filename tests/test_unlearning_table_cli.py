@@ -47,6 +47,7 @@ def test_bad_request_refused_before_writing(argv, words, tmp_path):
     ("unlearn_speed", ["--fractions", "2"], "strictly between 0 and 1"),
     ("unlearn_speed", ["--repeats", "0"], "--repeats must be >= 1"),
     ("unlearn_speed", ["--classes", "--fractions"], "both empty: no request to time"),
+    ("unlearn_speed", ["--classes", "3", "3"], "list a request twice"),
     ("unlearn_mia_noise", ["--classes", "12"], "class 12 does not exist"),
     ("unlearn_mia_noise", ["--seeds", "0"], "must be >= 1"),
     # argparse kept the last list alone: the table of class 8 only, as if asked for it
@@ -122,6 +123,17 @@ def test_hyperforget_eval_refuses_an_original_seed_twice(capsys):
     assert exc.value.code == 2 and "seed 0 is listed twice" in capsys.readouterr().err
 
 
+def test_hyperforget_eval_memorisation_says_what_its_std_is_over():
+    # Every other ± of the report (and the README's "every table here") is over seeds; the
+    # memorisation table's is over the 60 sampled models, and said nothing.
+    exp = load_experiment("hyperforget_eval")
+    m = {"bank": 10, "sample_retain_acc": 0.9, "noise_sigma": 0.1, "noise_retain_acc": 0.9,
+         **{k: [1.0, 0.5] for k in ("sample_nearest_l2", "sample_agreement",
+                                    "noise_nearest_l2", "noise_agreement")}}
+    text = "".join(exp._memo_lines(m))
+    assert "1.00 ± 0.50" in text and "mean ± std over the models" in text
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--ulira-settings", "random 30 %"], "name no setting of this run"),
     (["--classes", "3", "--ulira-settings", "class 8"], "name no setting of this run"),
@@ -134,6 +146,36 @@ def test_settings_checked_against_the_run(argv, words):
     table.checked_splits(table.parse_args(["--classes", "0", "3", "8"]))      # the defaults
     with pytest.raises(ConfigError, match=words):
         table.checked_splits(table.parse_args(argv))
+
+
+def test_default_ulira_settings_are_those_the_run_has():
+    # The default --ulira-settings ("class 3", "random 30%") was checked like a given one:
+    # `--classes 9` (no --ulira-settings) was refused, "--ulira-settings ['class 3', 'random
+    # 30%'] name no setting of this run", naming a flag the user never passed.
+    table = load_experiment("unlearning_table")
+    for argv, ulira in (([], ["class 3", "random 30%"]),                  # the defaults
+                        (["--classes", "9", "--fractions", "0.3"], ["random 30%"]),
+                        (["--classes", "0", "9", "--fractions", "0.01"], [])):
+        args = table.parse_args(argv)
+        table.checked_splits(args)
+        assert args.ulira_settings == ulira, argv
+    with pytest.raises(ConfigError, match="name no setting of this run"):      # given: checked
+        table.checked_splits(table.parse_args(["--classes", "9", "--ulira-settings", "class 3"]))
+
+
+def test_one_seed_is_counted_in_the_singular(tmp_path, monkeypatch):
+    # "1 seeds" in the plot's title and "1 paired runs" in table.md under --seeds 1.
+    import matplotlib
+    matplotlib.use("Agg")
+    table = load_experiment("unlearning_table")
+    figs = []
+    monkeypatch.setattr(table.report, "save_figure", lambda fig, path: figs.append(fig))
+    out = _out("single", [0.1])
+    out["settings"]["class 3"]["times"]["gradtau"] = [0.5]
+    table.plot(out, tmp_path)
+    assert figs[0].get_suptitle() == "Avg. Gap vs wall time, mnist5k, 1 seed"
+    assert table.speed_summary(out) == [
+        "- class removal: median 2.0× (min 2.0×, max 2.0×, 1 paired run)"]
 
 
 def _out(timing, gap_values):
@@ -206,6 +248,17 @@ def test_privacy_gate_one_seed_has_no_std(tmp_path):
     assert "0.500 ± –" in md and "± 0.000" not in md
 
 
+def test_privacy_gate_refuses_a_one_item_request_before_training(tmp_path, capsys,
+                                                                 monkeypatch):
+    # --forget-fraction 0.0003 (1 of 3,500 images) trained the first seed's original, Retrain
+    # and noise-floor target, then stopped on U-LiRA's "needs at least 2 forget samples".
+    gate = load_experiment("privacy_gate")
+    monkeypatch.setattr(gate.train, "fit", lambda *a, **k: pytest.fail("it trained"))
+    assert gate.main(["--forget-fraction", "0.0003", "--out", str(tmp_path / "out")]) == 2
+    assert "need at least 2 forget samples; random 0.03% is 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--methods", "gradtau", "finetune", "gradtau"], "--methods lists ['gradtau'] twice"),
     (["--classes", "--fractions", "--ulira-settings"], "no setting to run"),
@@ -236,6 +289,24 @@ def test_render_only_reads_a_null_target_value(tmp_path):
     report.write_json(tmp_path / "results.json", out)
     table.write_report(json.loads((tmp_path / "results.json").read_text()), tmp_path)
     assert "- MISSED: FA ≤ 1% (nan%)" in (tmp_path / "table.md").read_text()
+
+
+def test_a_not_applicable_attack_is_not_a_missed_target(tmp_path):
+    # A 1-item forget set (--fractions 0.0003) has no mia_loss_lr (evaluate_unlearning: None,
+    # "not_applicable"); the targets said "MISSED: mia_loss_lr within 0.03 of Retrain's (nan)".
+    table = load_experiment("unlearning_table")
+    out = _out("single", [0.1])
+    s = out["settings"]["class 3"]
+    why = "needs at least 2 members and non-members, got 1 forget and 1000 held-out samples"
+    s["evals"]["gradtau"] = [dict(s["evals"]["Retrain"][0], mia_loss_lr=None,
+                                  not_applicable={"mia_loss_lr": why})]
+    s["times"]["gradtau"] = [0.1]
+    lines = table.targets(s, "fraction")
+    assert f"- not applicable: mia_loss_lr within 0.03 of Retrain's ({why})" in lines
+    assert not any("MISSED: mia" in x for x in lines)
+    s["evals"]["gradtau"][0].pop("not_applicable")      # a null from a NaN: still a miss
+    assert "- MISSED: mia_loss_lr within 0.03 of Retrain's (nan)" in table.targets(s,
+                                                                                "fraction")
 
 
 @pytest.mark.parametrize("argv,words", [
