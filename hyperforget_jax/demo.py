@@ -76,14 +76,15 @@ def row_header(extra: list[str] = ()) -> list[str]:
 
 def _plot(ctx: DemoContext, path: Path, methods: dict[str, list[dict]] | None = None) -> None:
     """Per-class test accuracy (mean ± std over seeds) of Original, Retrain and each method
-    section that returned per-seed evaluations (∇τ)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    section that returned per-seed evaluations (∇τ). Built without pyplot, as
+    :func:`~hyperforget_jax.gan.train.save_grid`: ``matplotlib.use("Agg")`` switched the
+    process's backend, so ``cli.main(["demo"])`` in a notebook turned its inline plots off."""
+    from matplotlib.figure import Figure
 
     series = [("Original", ctx.evals_original), ("Retrain", ctx.evals_retrain),
               *(methods or {}).items()]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.subplots()
     k = ctx.splits.test.num_classes
     w = 0.8 / len(series)
     for i, (name, evals) in enumerate(series):

@@ -19,6 +19,7 @@ from hyperforget_jax import metrics
 from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits, _check_seed, forget_mask
 from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError
 from hyperforget_jax.models import as_model
+from hyperforget_jax.params import refuse_traced
 
 #: Metric keys of :func:`evaluate_unlearning`, in table order, with the direction that is "better
 #: forgotten" left to the comparison with Retrain.
@@ -78,6 +79,7 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
                                  "request)")
     _check_fsplit_rows(splits.train, fsplit)
     model = as_model(arch, splits.test.x.shape[1:], splits.test.num_classes)
+    refuse_traced(params, "evaluate_unlearning")
     model.check_params(params)
     model.check_inputs(splits.test.x, f"test set {splits.test.name!r}", splits.test.y)
     out = {}

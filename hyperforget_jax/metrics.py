@@ -474,7 +474,9 @@ def mia_efficacy_svc(retain_conf: Any, test_conf: Any, forget_conf: Any, seed: i
     y = np.concatenate([np.ones(len(retain), np.int64), np.zeros(len(test), np.int64)])
     from sklearn import svm
 
-    clf = svm.SVC(kernel="rbf", C=3, gamma="auto")
+    # random_state: without one, SVC.fit draws its libsvm seed from the global np.random
+    # (the caller's stream moved on by one draw); libsvm uses it only for probabilities.
+    clf = svm.SVC(kernel="rbf", C=3, gamma="auto", random_state=0)
     clf.fit(x, y)
     return float(np.mean(clf.predict(forget[:, None]) == 0))
 

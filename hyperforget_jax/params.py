@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from hyperforget_jax.errors import ArchitectureError
+from hyperforget_jax.errors import ArchitectureError, ConfigError
 
 Params = Any
 
@@ -135,6 +135,17 @@ def committed(tree: Params) -> Params:
             return jax.device_put(a, a.sharding)
         return a
     return jax.tree.map(one, tree)
+
+
+def refuse_traced(tree: Any, name: str) -> None:
+    """Raises :class:`ConfigError` when a leaf of ``tree`` is a tracer: ``name`` is a host-side
+    driver (its own compiled programs, Python loops, early stops, numpy results) and cannot
+    run inside a caller's ``jax.jit`` / ``vmap`` / ``grad`` / ``scan``, where it failed deep
+    inside with JAX's TracerArrayConversionError or ConcretizationTypeError."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(tree)):
+        raise ConfigError(f"{name} runs its own compiled loops on the host and cannot be called "
+                          "inside jax.jit / vmap / grad / scan (it was given traced "
+                          "parameters); call it outside the transformation, on concrete arrays")
 
 
 def all_finite(tree: Params) -> jax.Array:

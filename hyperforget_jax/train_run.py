@@ -25,7 +25,7 @@ from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices, is_prng_key
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model, is_import_path, is_model_at
-from hyperforget_jax.params import tree_index
+from hyperforget_jax.params import refuse_traced, tree_index
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
                                    VECTORIZE, effective_batch_size,
@@ -204,6 +204,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         raise ConfigError(f"fit: model {model.name!r} has no init; pass init_params=, or "
                           f"{model.init_fix}")
     if init_params is not None:
+        refuse_traced(init_params, "fit")
         model.check_params(init_params)
     given, init_params = init_params, _copy(init_params)
     tx = make_optimizer(cfg)

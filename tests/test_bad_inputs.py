@@ -205,13 +205,17 @@ def _tiny_gan(c):
     return arch, g, d
 
 
-def _gan_unlearn(c, **images):
+def _gan_unlearn(c, g_params=None, **images):
     from hyperforget_jax.gan import ITEM_RECIPE, unlearn_gan
 
     arch, g, d = _tiny_gan(c)
     x = c.train.x
     kw = {"retain_x": x[10:], "forget_x": x[:10], "heldout_x": c.splits.val.x, **images}
-    return unlearn_gan(arch, g, d, cfg=ITEM_RECIPE, **kw)
+    return unlearn_gan(arch, g if g_params is None else g_params, d, cfg=ITEM_RECIPE, **kw)
+
+
+def _class3(c):
+    return data.resolve_forget(c.train, data.ForgetRequest(classes=(3,)))
 
 
 def _gan_evaluate_with_a_5_class_judge(c):
@@ -594,6 +598,26 @@ API_CASES = [
         "sample_best_of", jax.random.key(0), c.hyper["dihyfo2"], c.params, _hyper_prompt(c),
         data.from_arrays(np.zeros((20, 28, 28, 1), np.float32), np.arange(20) % 10), 2),
      DataError, r"images of shape \(28, 28, 1\) but the gpt_mlp model takes \(8, 8, 1\)"),
+    # host-side drivers called inside the user's jax.jit (a TracerArrayConversionError or a
+    # ConcretizationTypeError from deep inside before)
+    ("unlearn-under-jit", lambda c: jax.jit(lambda p: __import__(
+        "hyperforget_jax.unlearn", fromlist=["unlearn"]).unlearn(
+        "neggrad", c.arch, p, _class3(c), c.splits.val).params)(c.params),
+     ConfigError, r"unlearn\('neggrad'\) runs its own compiled loops on the host and cannot "
+                  r"be called inside jax.jit"),
+    ("sweep-under-jit", lambda c: jax.jit(lambda p: __import__(
+        "hyperforget_jax.unlearn", fromlist=["unlearn_sweep"]).unlearn_sweep(
+        "gradtau", c.arch, p, _class3(c), c.splits.val, seeds=[0, 1])[0].params)(c.params),
+     ConfigError, r"unlearn_sweep\('gradtau'\) runs its own compiled loops"),
+    ("evaluate-under-jit", lambda c: jax.jit(lambda p: __import__(
+        "hyperforget_jax.evaluation", fromlist=["x"]).evaluate_unlearning(
+        c.arch, p, c.splits, _class3(c), data.ForgetRequest(classes=(3,)))["forget_acc"])(
+        c.params), ConfigError, "evaluate_unlearning runs its own compiled loops"),
+    ("fit-under-vmap", lambda c: jax.vmap(lambda p: train.fit(
+        c.arch, c.train, train.TrainConfig(epochs=1), init_params=p)[0].params)(
+        jax.tree.map(lambda a: a[None], c.params)), ConfigError, "fit runs its own compiled"),
+    ("gan-unlearn-under-jit", lambda c: jax.jit(lambda g: _gan_unlearn(c, g_params=g).params)(
+        _tiny_gan(c)[1]), ConfigError, "unlearn_gan runs its own compiled loops"),
 ]
 
 

@@ -3,6 +3,7 @@
 import json
 import os
 
+import numpy as np
 import pytest
 
 from hyperforget_jax import cli
@@ -303,3 +304,27 @@ def test_load_model_names_the_flag_that_takes_an_import_path():
     train_flags = {o for a in sub.choices["train"]._actions for o in a.option_strings}
     named = re.findall(r"``(--[a-z-]+)", load_model.__doc__)
     assert named and set(named) <= train_flags, named
+
+
+def test_demo_plot_leaves_the_matplotlib_backend_alone(tmp_path):
+    """The demo's per-class plot called matplotlib.use("Agg"): ``cli.main(["demo"])`` in a
+    notebook turned every later inline plot off (as save_grid did, stop 45)."""
+    import types
+
+    import matplotlib
+
+    from hyperforget_jax import demo
+    from hyperforget_jax.data import ForgetRequest
+
+    evals = [{"per_class_test_acc": np.linspace(0.5, 1.0, 4)}] * 2
+    ctx = types.SimpleNamespace(evals_original=evals, evals_retrain=evals, seeds=[0, 1],
+                                splits=types.SimpleNamespace(test=types.SimpleNamespace(
+                                    num_classes=4)), request=ForgetRequest(classes=(3,)))
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")            # stands for a user's backend (inline, Qt, ...)
+    try:
+        demo._plot(ctx, tmp_path / "p.png", {"∇τ": evals})
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

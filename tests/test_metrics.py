@@ -311,6 +311,23 @@ def test_mia_efficacy_svc_deterministic_and_bad_inputs():
         metrics.mia_efficacy_svc(retain, np.append(test, np.nan), forget)
 
 
+def test_attacks_leave_the_global_numpy_random_state_alone():
+    """A researcher's own ``np.random`` stream is not moved by an evaluation: sklearn's SVC drew
+    its libsvm seed from the global state (one draw per ``mia_efficacy_svc``, so per
+    ``evaluate_unlearning``). The value does not depend on that seed."""
+    rng = np.random.default_rng(7)
+    retain, test = _conf_distributions(rng, 300, 100)
+    forget = rng.uniform(0.0, 1.0, 50)
+    np.random.seed(123)
+    state = np.random.get_state()
+    v = metrics.mia_efficacy_svc(retain, test, forget)
+    metrics.mia_loss_lr(retain, test, n_splits=2)
+    after = np.random.get_state()
+    assert after[2] == state[2] and np.array_equal(after[1], state[1])
+    np.random.seed(5)     # another global state: the same value
+    assert metrics.mia_efficacy_svc(retain, test, forget) == v
+
+
 # ------------------------------------------------------------------ aggregation
 
 def test_avg_gap_constructed_case():

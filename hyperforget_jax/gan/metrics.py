@@ -27,6 +27,7 @@ from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, For
                                     NonFiniteError)
 from hyperforget_jax.metrics import at_least_float32, chunked_apply, per_sample_outputs
 from hyperforget_jax.models import Architecture, as_model, make_architecture
+from hyperforget_jax.params import refuse_traced
 from hyperforget_jax.train import TrainConfig, fit
 
 Params = Any
@@ -446,6 +447,7 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
     if reference_feats is not None:
         _check_reference_feats(reference_feats, None)
     k = splits.test.num_classes
+    refuse_traced((g_params, d_params), "evaluate_gan")
     arch.check_params(g_params, d_params)
     judge.arch.check_inputs(np.zeros((1, *arch.image_shape), np.float32), "the GAN's samples")
     if judge.arch.num_classes is not None and judge.arch.num_classes != k:

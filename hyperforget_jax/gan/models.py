@@ -81,10 +81,13 @@ def sample_mixture(key: jax.Array, n: int, latent_dim: int,
 def mixture_means(latent_dim: int, components: int = MIXTURE_COMPONENTS) -> np.ndarray:
     """The ``"mixture"`` prior's fixed means μ_k ~ N(0, I), (``components``, ``latent_dim``):
     drawn once per size, a constant in every program that samples codes. Drawn eagerly even
-    when the first call comes from inside a trace (``jit``, ``scan``)."""
+    when the first call comes from inside a trace (``jit``, ``scan``). The means are part of
+    the model (a trained G maps codes around them), so they are drawn with JAX's default
+    threefry PRNG whatever the process's ``jax_default_prng_impl``: under ``"rbg"`` they were
+    other means, and a GAN trained in one process sampled off its prior in the other."""
     with jax.ensure_compile_time_eval():
-        return np.asarray(jax.random.normal(jax.random.key(MIXTURE_SEED),
-                                            (components, latent_dim), jnp.float32))
+        key = jax.random.key(MIXTURE_SEED, impl="threefry2x32")
+        return np.asarray(jax.random.normal(key, (components, latent_dim), jnp.float32))
 
 
 def check_latent_prior(name: str, components: int = MIXTURE_COMPONENTS,

@@ -71,6 +71,7 @@ from hyperforget_jax.gan.metrics import forgotten_share
 from hyperforget_jax.gan.models import GANArch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
                                        init_gan_state, make_optimizer)
+from hyperforget_jax.params import refuse_traced
 from hyperforget_jax.rundir import array_fingerprint
 from hyperforget_jax.train import guarded_apply, is_learning_rate
 
@@ -692,6 +693,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         raise ConfigError("nothing to unlearn: the forget set is empty")
     if forget_classes is not None and classify is None:
         raise ConfigError("class unlearning needs a classifier (classify=...) to flag codes")
+    refuse_traced((g_params, d_params), "unlearn_gan")
     arch.check_params(g_params, d_params)
     forget_x = arch.check_images(forget_x, "forget_x")
     retain_x = arch.check_images(retain_x, "retain_x (D_r: the real batches D trains on)")

@@ -35,7 +35,7 @@ from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
                                    ForgetRequestError)
 from hyperforget_jax.models import Architecture, as_model
-from hyperforget_jax.params import tree_index
+from hyperforget_jax.params import refuse_traced, tree_index
 from hyperforget_jax.unlearn import baselines, configs
 from hyperforget_jax.unlearn.configs import (BadTeacherConfig, NegGradConfig, NegGradPlusConfig,
                                              RandomLabelsConfig, SalUnConfig, ScrubConfig)
@@ -100,6 +100,7 @@ def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any
     if method not in METHODS:
         raise ConfigError(f"unknown unlearning method {method!r}; choose one of "
                           f"{', '.join(METHODS)}")
+    refuse_traced(params, f"unlearn({method!r})")
     if not isinstance(split, ForgetSplit) or not isinstance(val, Dataset):
         raise ConfigError(f"{method}: pass split=hf.resolve_forget(train, request) (a "
                           f"ForgetSplit) and val=a Dataset, got {type(split).__name__} and "
@@ -352,6 +353,7 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     if len({(len(s.forget), len(s.retain)) for s in splits}) != 1:
         raise ConfigError("unlearn_sweep: the per-seed splits must have equal forget and "
                           "retain sizes (they share one program); run them separately")
+    refuse_traced(params, f"unlearn_sweep({method!r})")
     model = as_model(arch, splits[0].forget.x.shape[1:], splits[0].forget.num_classes)
     stacked = _is_stacked(model, params, len(seeds), params_stacked)
     for sp in splits[1:] if per_seed else ():    # every member's data, not the first only
