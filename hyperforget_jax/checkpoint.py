@@ -334,8 +334,9 @@ class Checkpointer:
 
         Raises:
           NonFiniteError: a float leaf of ``state`` holds NaN/inf (nothing is written).
-          CheckpointError: ``meta`` is not JSON, a leaf is not a numeric array/scalar, or the
-            write (this one or the previous, still committing) failed.
+          CheckpointError: ``meta`` is not JSON, a leaf is not a numeric array/scalar (or is a
+            Python int past 64 bits), or the write (this one or the previous, still committing)
+            failed.
           ConfigError: ``step`` is negative.
         """
         step = int(step)
@@ -534,8 +535,8 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
 
     Raises:
       NonFiniteError: ``params`` holds NaN/inf (nothing is written).
-      CheckpointError: ``meta`` is not JSON, ``path`` is a file or another kind of non-empty
-        directory, or the write failed.
+      CheckpointError: ``meta`` is not JSON, a leaf is a Python int past 64 bits, ``path`` is a
+        file or another kind of non-empty directory, or the write failed.
     """
     path = _absolute(path)
     meta = checks.jsonable_meta(meta, path)

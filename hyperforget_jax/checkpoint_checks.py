@@ -84,6 +84,14 @@ def naming_non_finite_start(fn: str, params: PyTree | None, name: str = "init_pa
 def check_savable(state: PyTree, what: str) -> None:
     # Orbax would fail on these only mid-write, leaving a tmp directory behind.
     for name, leaf in named_leaves(state):
+        if isinstance(leaf, int) and not isinstance(leaf, bool) \
+                and not -2 ** 63 <= leaf < 2 ** 64:
+            # NumPy reads it as an object array, which orbax failed on mid-write ("Unsupported
+            # data type", blamed on the disk), leaving a tmp directory behind.
+            raise CheckpointError(
+                f"cannot save {what}: leaf {name!r} is a Python int of {leaf.bit_length()} "
+                "bits, past the 64-bit integers a checkpoint holds; nothing was written. Put "
+                "it in meta (JSON holds any int), or save it as a float or as smaller ints")
         if isinstance(leaf, (bool, int, float)):
             continue
         # ml_dtypes (bfloat16, float8) report NumPy kind "V".

@@ -59,6 +59,28 @@ class Dataset:
         return int(self.y.shape[0])
 
     def subset(self, idx: np.ndarray) -> "Dataset":
+        """The examples at positions ``idx`` (integers 0..n-1, in that order; or a boolean mask
+        of length n).
+
+        Raises:
+          DataError: ``idx`` neither, or an index outside 0..n-1. A negative index is refused,
+            not read from the end as NumPy reads it: ``[-1]`` gave the last example without a
+            word (and a JAX array of images clamps an index past the end).
+        """
+        idx = np.asarray(idx)
+        n = len(self)
+        if idx.dtype == np.bool_ and idx.shape == (n,):
+            idx = np.flatnonzero(idx)
+        if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
+            raise DataError(f"{self.name}: subset takes a 1-D sequence of example indices or a "
+                            f"boolean mask of {n} entries, got {idx.dtype} of shape {idx.shape}; "
+                            "e.g. ds.subset([0, 5]) or ds.subset(ds.y == 3)")
+        if idx.size and (idx.min() < 0 or idx.max() >= n):
+            raise DataError(f"{self.name}: subset index out of range: the dataset has {n} "
+                            f"examples (indices 0..{n - 1}), got {idx.min()}..{idx.max()}; "
+                            "negative indices are not read from the end")
+        if not np.issubdtype(idx.dtype, np.integer):    # [] reads as float64
+            idx = idx.astype(np.int64)
         return dataclasses.replace(self, x=self.x[idx], y=self.y[idx])
 
     def replace(self, **changes) -> "Dataset":

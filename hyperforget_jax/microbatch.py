@@ -150,7 +150,8 @@ def varying_axes(tree: Any) -> frozenset:
     return out
 
 
-def local_params(params: Any, batches: Any, axis_name: Any, who: str, none_means: str) -> Any:
+def local_params(params: Any, batches: Any, axis_name: Any, who: str, none_means: str,
+                 fix: str | None = None) -> Any:
     """``params`` made device-varying over the ``shard_map`` axes of ``axis_name`` (a name or a
     tuple of names) that ``batches`` are split over, so that their gradient is each device's
     own, for one ``pmean`` over ``axis_name`` afterwards.
@@ -163,7 +164,8 @@ def local_params(params: Any, batches: Any, axis_name: Any, who: str, none_means
     Raises:
       ConfigError: the batches are split over an axis that ``axis_name`` does not name (its
         devices' gradients would be summed, not averaged); ``none_means``: what that does with
-        ``axis_name=None``.
+        ``axis_name=None``; ``fix``: what to do instead, for a caller that takes no
+        ``axis_name`` (default: name the axes with it).
     """
     names = () if axis_name is None else (
         tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,))
@@ -174,10 +176,10 @@ def local_params(params: Any, batches: Any, axis_name: Any, who: str, none_means
         every = sorted(split | set(names))
         eg = every[0] if len(every) == 1 else tuple(every)
         given = " is None" if axis_name is None else f"={axis_name!r} does not name them all"
-        raise ConfigError(
-            f"{who}: the batches are split over the shard_map axes {sorted(split)} but "
-            f"axis_name{given}: {none_means}; pass axis_name= naming every axis the "
-            f"batches are split over, e.g. axis_name={eg!r}")
+        fix = fix or (f"pass axis_name= naming every axis the batches are split over, e.g. "
+                      f"axis_name={eg!r}")
+        raise ConfigError(f"{who}: the batches are split over the shard_map axes "
+                          f"{sorted(split)} but axis_name{given}: {none_means}; {fix}")
     # Every named axis, not only the split ones: pmean over a mix of device-varying and
     # replicated values is refused under check_vma (axis_name=("a", "b"), rows split over "a").
     cast = tuple(a for a in names if a not in own) if split else ()

@@ -52,17 +52,59 @@ def param_spans(params: Params) -> list[TensorSpan]:
 
 
 def flatten(params: Params) -> jax.Array:
-    """Concatenates every tensor into one 1-D vector (jit- and vmap-compatible).
+    """Concatenates every tensor into one 1-D vector (jit- and vmap-compatible), in the dtype
+    the leaves promote to (float32 for float32 parameters with integer leaves).
 
     Raises:
       ArchitectureError: ``params`` hold no array (an empty pytree died in jnp's "Need at least
-        one array to concatenate", which named neither the params nor the fix).
+        one array to concatenate", which named neither the params nor the fix); an integer
+        leaf that the vector's dtype cannot hold exactly (:func:`_check_exact_ints`).
     """
     leaves = jax.tree.leaves(params)
     if not leaves:
         raise ArchitectureError(f"cannot flatten {params!r:.60}: the pytree holds no array; "
                                 "pass the model's parameters (e.g. state.params)")
+    _check_exact_ints(params, jnp.result_type(*leaves))
     return jnp.concatenate([jnp.ravel(l) for l in leaves])
+
+
+def _exact_range(dtype) -> tuple[int, int]:
+    """The integers that ``dtype`` holds exactly: all of an integer dtype's, ±2^(mantissa + 1)
+    of a float's (2^24 for float32)."""
+    if jnp.issubdtype(dtype, jnp.integer):
+        info = jnp.iinfo(dtype)
+        return int(info.min), int(info.max)
+    m = 2 ** (jnp.finfo(dtype).nmant + 1)
+    return -m, m
+
+
+def _check_exact_ints(params: Params, out) -> None:
+    """Refuses an integer leaf whose values the flat vector's dtype ``out`` cannot hold: a
+    float32 vector rounded 2**24 + 1 to 2**24 without a word (and a uint32 value past 2^31
+    wrapped in an int32 one). A leaf whose dtype fits (int8 / int16 in float32) is not read;
+    one that may not fit is checked on its values, or refused when traced (its values are
+    unknown). A tree of floating leaves only (every model's parameters) is not looked at."""
+    lo, hi = _exact_range(out)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.integer):
+            continue
+        info = jnp.iinfo(dtype)
+        if lo <= int(info.min) and int(info.max) <= hi:
+            continue
+        where = f"flatten: the {dtype} leaf {jax.tree_util.keystr(path) or '(root)'}"
+        fix = ("keep integers out of the tree, or flatten them on their own (a tree of "
+               "integer leaves stays integer)")
+        if isinstance(leaf, jax.core.Tracer):
+            raise ArchitectureError(f"{where} may hold integers that the {jnp.dtype(out).name} "
+                                    f"vector cannot (outside [{lo}, {hi}]), and under jit its "
+                                    f"values cannot be checked; {fix}")
+        v = np.asarray(leaf)
+        bad = [int(b) for b in (v.min(), v.max()) if not lo <= int(b) <= hi] if v.size else []
+        if bad:
+            raise ArchitectureError(f"{where} holds {bad[0]}, which the {jnp.dtype(out).name} "
+                                    f"vector cannot hold exactly (integers in [{lo}, {hi}] "
+                                    f"only); {fix}")
 
 
 def unflatten(flat: jax.Array, template: Params) -> Params:

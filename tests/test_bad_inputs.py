@@ -364,6 +364,11 @@ API_CASES = [
     ("unlearn-overlapping-split", lambda c: _unlearn_split(
         c, _split_with(c)._replace(retain=c.train, retain_idx=np.arange(len(c.train)))),
      ForgetRequestError, "share training indices"),
+    ("unlearn-negative-index-split", lambda c: _unlearn_split(      # -1 is also retain's n − 1
+        c, _split_with(c)._replace(forget=c.train.subset([len(c.train) - 1]),
+                                   forget_idx=np.array([-1]), retain=c.train,
+                                   retain_idx=np.arange(len(c.train)))),
+     ForgetRequestError, "split.forget_idx holds the negative index -1"),
     ("unlearn-user-module-of-5-outputs", lambda c: _unlearn_split(
         c, _split_with(c), **_five_output_module()),
      ArchitectureError, "has 5 outputs but the data has 10 classes"),

@@ -490,6 +490,26 @@ def test_objectives_under_shard_map_and_pmap_give_the_one_device_gradient():
     np.testing.assert_allclose(got[0], want, atol=1e-6)
 
 
+def test_weighted_descent_under_shard_map_names_a_fix_it_takes():
+    # Its refusal of split rows said "pass axis_name=", which weighted_descent does not take;
+    # it names what works now, and the fix it names gives the one-device gradient.
+    from jax.sharding import PartitionSpec as P
+
+    mesh = jax.sharding.Mesh(np.array(devices_or_skip(4)), ("data",))
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+    b = (jnp.asarray(rng.normal(size=(8, 5)), jnp.float32), jnp.asarray(rng.integers(0, 4, 8)),
+         jnp.asarray(rng.uniform(size=8), jnp.float32))
+    obj = baselines.weighted_descent(train.per_example_ce(lambda p, x: x @ p))
+    grad = jax.jit(lambda rows: obj.update(w, (), rows)[0])     # jitted: eager ops cost ~4 s
+    on_mesh = lambda spec: jax.jit(jax.shard_map(grad, mesh=mesh, in_specs=spec,  # noqa: E731
+                                                 out_specs=P()))(b)
+    with pytest.raises(ConfigError, match=r"weighted_descent: .*takes no axis_name.*under jit "
+                                          r"outside shard_map.*replicated \(in_specs P\(\)\)"):
+        on_mesh(P("data"))
+    np.testing.assert_allclose(on_mesh(P()), grad(b), atol=1e-6)   # the fix named: replicated
+
+
 def test_objectives_with_a_batch_split_over_two_mesh_axes_give_the_one_device_gradient():
     # axis_name=("a", "b") for rows split over both axes of a 2 × 2 mesh: the tuple was never
     # cast to device-varying, so under check_vma=True autodiff summed the four devices'

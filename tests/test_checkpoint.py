@@ -558,6 +558,23 @@ def test_python_and_numpy_64_bit_leaves_saved_without_x64_read_back(tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_a_python_int_past_64_bits_is_refused_before_anything_is_written(tmp_path):
+    """A Python int past 64 bits reads as a NumPy object array: orbax failed mid-write
+    ("Unsupported data type", blamed on disk space) and left a tmp directory; Checkpointer.save
+    returned and failed at close. Refused up front under x64 too, with nothing on disk."""
+    for x64 in (False, True):
+        with jax.enable_x64(x64):
+            for v in (2**70, -2**70):
+                with pytest.raises(CheckpointError, match="'n' is a Python int of 71 bits, "
+                                                          "past the 64-bit integers"):
+                    save_params(tmp_path / "p", {"w": np.ones(2, np.float32), "n": v})
+                with Checkpointer(tmp_path / "c") as ckpt, \
+                        pytest.raises(CheckpointError, match="Python int of 71 bits"):
+                    ckpt.save(1, {"n": v})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"] and not any((tmp_path / "c")
+                                                                           .iterdir())
+
+
 def test_a_float64_past_float32s_range_is_refused_not_saved_as_inf(tmp_path):
     """Narrowing a finite float64 leaf (1e39) to float32 made it inf after ``check_savable``
     had passed it: save_params returned, and load_params then called the checkpoint corrupt

@@ -1,3 +1,4 @@
+import jax
 import numpy as np
 import pytest
 
@@ -273,6 +274,23 @@ def test_forget_fraction_rounds_to_the_nearest_count_and_seeds_redraw_validation
     fixed = data.Splits(*digits_splits)
     v1, v2 = (data.make_splits(fixed, seed=s).val for s in (1, 2))
     assert not np.array_equal(v1.x, v2.x)
+
+
+def test_subset_refuses_indices_outside_the_dataset():
+    """``subset([-1])`` gave the last example (NumPy's wrap-around) and a JAX array of images
+    clamps past the end: both are refused with the valid range; a boolean mask still works."""
+    ds = data.from_arrays(np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1) / 5,
+                          np.arange(5) % 2, 2)
+    for idx in ([-1], [0, 5], np.array([-5])):
+        with pytest.raises(DataError, match=r"has 5 examples \(indices 0\.\.4\)"):
+            ds.subset(idx)
+    with pytest.raises(DataError, match="1-D sequence of example indices"):
+        ds.subset(np.array([[0, 1]]))
+    jds = ds.replace(x=jax.numpy.asarray(ds.x))
+    with pytest.raises(DataError, match="out of range"):
+        jds.subset([5])
+    assert ds.subset(ds.y == 1).y.tolist() == [1, 1] and len(ds.subset([])) == 0
+    assert np.array_equal(ds.subset([4, 0]).x.ravel(), np.float32([0.8, 0.0]))
 
 
 def test_shared_rows_refuse_a_split_that_names_one_row_twice():

@@ -194,6 +194,8 @@ def test_requests_it_was_not_trained_for_raise(setup, digits_splits):
     bad = good._replace(classes=jnp.asarray(H.multi_hot((7,), 10)))
     with pytest.raises(ForgetRequestError):
         H.sample(jax.random.key(0), net2, start, bad)
+    with pytest.raises(ForgetRequestError, match=r"class -1 does not exist: .* 0\.\.9"):
+        H.multi_hot((-1,), 10)       # was class 9's token (NumPy's wrap-around)
     with pytest.raises(ForgetRequestError, match="retain target"):
         H.sample(jax.random.key(0), net2, start, good._replace(retain_target=jnp.nan))
     wrong = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype),       # an mlp's params tree
@@ -388,6 +390,14 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
                                "forget_loss_range": list(net2.spec.forget_loss_range)}
     assert "Note:" not in (tmp_path / "s" / "report.md").read_text()
     assert "mia_entropy_lr" in (tmp_path / "s" / "report.md").read_text()
+    assert "best_of" not in res
+    # --best-of K records which of the K samples it kept (it did not), and its losses.
+    assert cli.main([*argv[:-1], str(tmp_path / "s2"), "--best-of", "2"]) == 0
+    _, info = H.sample_best_of(jax.random.key(4), net2, start, prompt, digits_splits.train, k=2,
+                               num_steps=4)
+    res = json.loads((tmp_path / "s2" / "results.json").read_text())
+    assert res["best_of"] == info and res["sample_config"]["best_of"] == 2
+    assert f"best of 2: sample {info['chosen']} kept" in (tmp_path / "s2" / "report.md").read_text()
     capsys.readouterr()
 
     def fails(argv, message):

@@ -153,6 +153,9 @@ def test_class_request_needs_a_classifier_that_names_the_forget_images():
                                                  r"\(mostly under 0, 1\)"):
         U.unlearn_gan(arch, g, d, retain_x=x, forget_x=x, heldout_x=x, forget_classes=(1,),
                       classify=lambda s: np.array([0, 0, 0, 1]))
+    # An item request does not read classify: documented where the parameter is, since one
+    # call with forget_classes=request.classes, classify=... serves both kinds of request.
+    assert "Not read for item unlearning" in " ".join(U.unlearn_gan.__doc__.split())
 
 
 def test_wrong_configs_judges_and_seeds_are_config_errors():

@@ -729,15 +729,21 @@ def test_stream_names_labels_past_the_model_s_outputs_and_refuses_fractional_cou
     ds = digits_splits.train
     pair = ((ds.x[:8], ds.y[:8] % 3), (ds.x[8:16], ds.y[8:16]))
     assert ds.y[8:16].max() > 2
-    run = lambda **kw: run_gradtau_stream(three, w, lambda e: [pair], tau=2.3,
-                                          config=G.GradTauConfig(epochs=1, batch_size=8),
-                                          **{"n_forget": 8, "n_retain": 8, **kw})
+    run = lambda **kw: run_gradtau_stream(three, w, lambda e: [pair], tau=2.3, **{
+        "config": G.GradTauConfig(epochs=1, batch_size=8), "n_forget": 8, "n_retain": 8, **kw})
     with pytest.raises(ArchitectureError, match=r"has 3 outputs but a streamed retain batch "
                                                 r"has a label past them \(labels up to \d\)"):
         run()
     for bad in (2.5, True):
         with pytest.raises(ConfigError, match="n_forget must be an integer"):
             run(n_forget=bad)
+    # What the stream does not read is refused, not dropped (τ is tau= or tau_fn=).
+    for kw, words in (({"config": G.GradTauConfig(tau_mode="val")}, "ignore config.tau_mode="),
+                      ({"tau_args": (ds.x[:8], ds.y[:8])}, "tau_args are tau_fn's arguments"),
+                      ({"config": G.GradTauConfig(tau_refresh_epochs=2)},
+                       "tau_refresh_epochs=2 refreshes τ with tau_fn")):
+        with pytest.raises(ConfigError, match=words):
+            run(**kw)
 
 
 # --- nabla_tau under shard_map (a user's own sharded loop) -------------------------------------
@@ -875,6 +881,17 @@ def test_schedules_refuse_what_would_run_them_backwards():
     with pytest.raises(ConfigError, match="refresh_every must be an integer >= 1"):
         gt = G.nabla_tau(lambda p, b: b[1] * 0.0, 0.5, tau_fn=lambda p: 1.0, refresh_every=0)
         gt.update({}, gt.init({}), (jnp.zeros(2), jnp.zeros(2)), (jnp.zeros(2), jnp.zeros(2)))
+
+
+def test_a_constant_tau_refuses_what_only_tau_fn_reads():
+    # A constant τ is never refreshed: refresh_every and update's τ arguments were dropped
+    # without a word. Refused, naming tau_fn (with tau_fn they run: the tests above).
+    loss_fn, b = lambda p, b: (p["w"] * b[0] - b[1]) ** 2, (jnp.ones(3), jnp.zeros(3))
+    with pytest.raises(ConfigError, match="refresh_every=3 refreshes τ with tau_fn.*tau_fn="):
+        G.nabla_tau(loss_fn, 0.5, tau=1.0, refresh_every=3)
+    p, gt = {"w": jnp.ones(())}, G.nabla_tau(loss_fn, 0.5, tau=1.0)
+    with pytest.raises(ConfigError, match="update got 1 tau_args.*pass tau_fn= to nabla_tau"):
+        gt.update(p, gt.init(p), b, b, jnp.ones(3))
 
 
 def test_a_model_with_batch_statistics_is_never_computed_in_chunks(digits_splits, monkeypatch):

@@ -69,6 +69,24 @@ def test_flatten_round_trips_odd_pytrees_and_names_an_empty_one():
             P.flatten(empty)
 
 
+def test_flatten_refuses_integers_its_vector_cannot_hold():
+    """A float32 vector rounded an int32 leaf's 2**24 + 1 to 2**24, and an int32 one wrapped a
+    uint32's 3e9, without a word: refused, naming the leaf; under jit (values unknown) a leaf
+    that may not fit is refused; small ints, int8 beside floats and int-only trees stay."""
+    big = {"a": {"n": jnp.array([2**24 + 1], jnp.int32)}, "w": jnp.ones(1)}
+    with pytest.raises(ArchitectureError, match=r"int32 leaf \['a'\]\['n'\] holds 16777217, "
+                                                r"which the float32 vector cannot hold"):
+        P.flatten(big)
+    with pytest.raises(ArchitectureError, match=r"uint32 leaf \['u'\] holds 3000000000"):
+        P.flatten({"u": np.array([3_000_000_000], np.uint32), "i": np.array([1], np.int32)})
+    with pytest.raises(ArchitectureError, match="under jit its values cannot be checked"):
+        jax.jit(P.flatten)(big)
+    assert P.flatten({"n": jnp.array([7], jnp.int32), "w": jnp.ones(1)}).tolist() == [7.0, 1.0]
+    assert jax.jit(P.flatten)({"n": jnp.array([7], jnp.int8), "w": jnp.ones(1)}).tolist() \
+        == [7.0, 1.0]
+    assert P.flatten({"n": jnp.array([2**30], jnp.int32)}).tolist() == [2**30]
+
+
 def test_wrong_length_flat_vector_is_clear_error():
     p = models.make_architecture("gpt_mlp").init(jax.random.key(0))
     with pytest.raises(ArchitectureError, match="7960 parameters"):

@@ -188,9 +188,10 @@ def cmd_sample(args) -> int:
     with common.open_run(args.out, identity, args, reads=reads, flag="--out") as run:
         key = jax.random.key(args.seed)
         t0 = time.perf_counter()
+        picked = None
         if sc.best_of > 1:
-            out, _ = H.sample_best_of(key, net, params, prompt, splits.train, sc.best_of,
-                                      sc.num_steps, sc.guidance, sc.method)
+            out, picked = H.sample_best_of(key, net, params, prompt, splits.train, sc.best_of,
+                                           sc.num_steps, sc.guidance, sc.method)
         else:
             out = H.sample(key, net, params, prompt, sc.num_steps, sc.method, sc.guidance)
         jax.block_until_ready(out)
@@ -200,11 +201,14 @@ def cmd_sample(args) -> int:
         ev_start = evaluate_unlearning(arch, params, splits, fsplit, request, args.seed)
         ev = evaluate_unlearning(arch, out, splits, fsplit, request, args.seed)
         _write_sample(run.path, args, sc, net, out, arch, request, prompt, ev_start, ev,
-                      secs)
+                      secs, picked)
     return 0
 
 
-def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, ev, secs):
+def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, ev, secs,
+                  picked: dict | None):
+    """``picked``: with --best-of K, which of the K samples was kept (``chosen``, 0-based in
+    the order of ``jax.random.split(key, K)``) and its training-set losses that chose it."""
     prompt_json = {k: jnp.asarray(v).tolist() for k, v in prompt._asdict().items()}
     checkpoint.save_params(run_dir / "params", out, {"role": "hyperforget-sample",
                                                      "architecture": arch.to_json(),
@@ -213,7 +217,7 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
     cov = coverage(net.spec, request.classes, float(prompt.forget_target))
     how = (f"{sc.method}, {sc.num_steps} steps" + (f", guidance {sc.guidance:g}"
                                                    if sc.guidance else "")
-           + (f", best of {sc.best_of}" if sc.best_of > 1 else ""))
+           + (f", best of {sc.best_of}: sample {picked['chosen']} kept" if picked else ""))
     from hyperforget_jax.commands.unlearn import KEYS   # unlearn's columns and rounding
 
     md = (f"# HyperForget sample ({net.spec.variant}), forgetting {request.describe()}\n\n"
@@ -226,7 +230,8 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
     results = {"start": ev_start, "sample": ev, "seconds": secs, "request": request.to_json(),
                "dataset": args.dataset, "split_seed": args.split_seed, "prompt": prompt_json,
                "coverage": cov,
-               "hypernet": str(args.hypernet), "sample_config": sc.to_json(), "seed": args.seed}
+               "hypernet": str(args.hypernet), "sample_config": sc.to_json(), "seed": args.seed,
+               **({"best_of": picked} if picked else {})}
     common.write_results(run_dir, results, md)
     common.emit(args, results, md)
 

@@ -651,7 +651,11 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
       heldout_x: held-out real images (the ``heldout`` fake label).
       cfg: the recipe.
       forget_classes: class ids for class unlearning (None: item unlearning).
-      classify: images → labels; required for class unlearning (the judge classifier).
+      classify: images → labels; required for class unlearning (the judge classifier). Not
+        read for item unlearning (``forget_classes`` None), which flags the pool samples nearest
+        each forget image (``cfg.item_neighbours``): one call with
+        ``forget_classes=request.classes, classify=...`` serves both kinds of request (the
+        demo's and the CLI's pattern), so it is accepted there and has no effect.
       progress: show a progress bar over rounds.
       checkpointer: optional :class:`hyperforget_jax.checkpoint.Checkpointer`. The (G, D, Adam)
         state and the history are saved after every chunk of ``cfg.check_every`` rounds

@@ -186,8 +186,19 @@ class Prompt(NamedTuple):
 
 
 def multi_hot(classes, num_classes: int) -> np.ndarray:
+    """The class token of a request: 1 at each of ``classes``.
+
+    Raises:
+      ForgetRequestError: a class outside 0..num_classes-1 (NumPy read -1 as the last class,
+        so ``multi_hot((-1,), 10)`` was a request for class 9).
+    """
+    classes = list(classes)
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise ForgetRequestError(f"class {bad[0]} does not exist: the classes are "
+                                 f"0..{num_classes - 1}")
     v = np.zeros(num_classes, np.float32)
-    v[list(classes)] = 1.0
+    v[classes] = 1.0
     return v
 
 

@@ -111,6 +111,14 @@ def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any
     if len(val) == 0:
         raise DataError(f"{method}: the validation set is empty; pass held-out images (e.g. "
                         "splits.val): ∇τ's τ and the evaluation read them")
+    for name in ("forget_idx", "retain_idx"):
+        # A negative index names the same sample as n − |index|, so the overlap check below
+        # passed a split whose forget sample -1 was also retain sample n − 1.
+        idx = np.asarray(getattr(split, name))
+        if idx.size and idx.min() < 0:
+            raise ForgetRequestError(f"{method}: split.{name} holds the negative index "
+                                     f"{idx.min()}; training-set indices run from 0 (build the "
+                                     "split with hf.resolve_forget)")
     if np.intersect1d(np.asarray(split.forget_idx), np.asarray(split.retain_idx)).size:
         raise ForgetRequestError(f"{method}: the forget and retain sets share training indices; "
                                  "build the split with hf.resolve_forget")

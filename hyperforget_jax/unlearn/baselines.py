@@ -53,18 +53,20 @@ class Objective(NamedTuple):
     update: Callable
 
 
-def _stateless(loss: Callable, axis_name: str | None = None) -> Objective:
+def _stateless(loss: Callable, axis_name: str | None = None, who: str = "the objective",
+               fix: str | None = None) -> Objective:
     """``loss(params, *batches)`` as an :class:`Objective`. ``axis_name`` (under ``pmap`` /
     ``shard_map``): the loss and gradient are averaged over that device axis, as
     :func:`.gradtau.gradtau_objective` does. Under ``shard_map``'s default ``check_vma=True``
     autodiff already *sums* the replicated parameters' gradient over the devices, so the
     usual ``lax.pmean`` afterwards returned n_devices × the batch's gradient: the replicated
     parameters are differentiated as device-varying copies instead, and batches split over an
-    axis without ``axis_name`` are refused (``check_vma`` carries what is needed to see it)."""
+    axis without ``axis_name`` are refused (``check_vma`` carries what is needed to see it);
+    ``who`` / ``fix``: the refusal's subject and remedy (:func:`.microbatch.local_params`)."""
     def update(params, state, *batches):
         params = microbatch.local_params(
-            params, batches, axis_name, "the objective",
-            "autodiff would sum the devices' gradients (n_devices × the mean)")
+            params, batches, axis_name, who,
+            "autodiff would sum the devices' gradients (n_devices × the mean)", fix)
         value, grads = jax.value_and_grad(loss)(params, *batches)
         if axis_name is not None:
             value, grads = jax.lax.pmean((value, grads), axis_name)
@@ -95,7 +97,12 @@ def weighted_descent(loss_fn: Callable) -> Objective:
     """Descent on the weighted mean loss of ``batch = (x, y, w)`` (:func:`_weighted_mean`:
     Random labels / SalUn with a forget set smaller than the batch). No ``axis_name``: a
     weighted mean is not the mean of the devices' weighted means."""
-    return _stateless(lambda p, b: _weighted_mean(loss_fn(p, b[:2]), b[2]))
+    return _stateless(lambda p, b: _weighted_mean(loss_fn(p, b[:2]), b[2]),
+                      who="weighted_descent",
+                      fix="it takes no axis_name (a weighted mean is not the mean of the "
+                          "devices' weighted means): call it under jit outside shard_map (a "
+                          "sharded batch is fine there), or give shard_map the batch "
+                          "replicated (in_specs P())")
 
 
 def neggrad(loss_fn: Callable, axis_name: str | None = None) -> Objective:

@@ -497,12 +497,18 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
 
     Raises:
       ConfigError: neither ``tau`` nor ``tau_fn`` given; ``tau`` not one finite number; a
-        constant ``alpha`` outside [0, 1]; ``refresh_every`` not an integer >= 1; at the first
-        ``update``, a ``tau_fn`` that does not return one number.
+        constant ``alpha`` outside [0, 1]; ``refresh_every`` not an integer >= 1, or given
+        without ``tau_fn`` (a constant τ is never refreshed); at the first ``update``, a
+        ``tau_fn`` that does not return one number, or ``tau_args`` without ``tau_fn``.
     """
     if tau is None and tau_fn is None:
         raise ConfigError("gradtau needs tau= (a constant) or tau_fn= (τ of the current model)")
     _check_constants(tau, alpha, measured=tau_fn is not None)
+    if tau_fn is None and refresh_every is not None:
+        # A constant τ is never refreshed: refresh_every was dropped without a word.
+        raise ConfigError(f"refresh_every={refresh_every!r} refreshes τ with tau_fn, but only "
+                          "a constant tau= is given; pass tau_fn= (e.g. "
+                          "gradtau.val_tau_fn(apply_fn)), or drop refresh_every")
     if refresh_every is not None and not isinstance(refresh_every, jax.Array):
         # Here, not at the first update: "abc" failed there with a bare TypeError, and 2.5
         # ran as a refresh every 5 steps (the drivers pass a traced count, checked upstream).
@@ -519,6 +525,10 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
         return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, dtype))
 
     def update(params, state, forget_batch, retain_batch, *tau_args, ascent_hint=None):
+        if tau_fn is None and tau_args:
+            raise ConfigError(f"update got {len(tau_args)} tau_args, which only tau_fn reads, "
+                              "but only a constant tau= is given; pass tau_fn= to nabla_tau, "
+                              "or drop the arguments after retain_batch")
         if tau_fn is not None:
             state = refresh_tau(state, params, tau_fn, refresh_every, *tau_args,
                                 axis_name=axis_name)

@@ -70,7 +70,8 @@ def _step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | None,
     def step(ts, gs, hp, fb, rb, tau_args):
         tx = G.gradtau_tx(hp["lr"], hp["weight_decay"], hp["final_lr_fraction"], hp["epochs"], n)
         gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(hp["alpha0"], hp["epochs"], n),
-                         tau=0.0, tau_fn=tau_fn, refresh_every=hp["refresh_steps"],
+                         tau=0.0, tau_fn=tau_fn,
+                         refresh_every=None if tau_fn is None else hp["refresh_steps"],
                          chunk=chunk)
         grads, gs, m = gt.update(ts.params, gs, fb, rb, *tau_args)
         ts, finite = train.apply_step(ts, grads, m["loss"], tx)
@@ -114,6 +115,25 @@ def _cached_step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | No
     return store.get((id(model), *key), build)
 
 
+def _refuse_unread(cfg: G.GradTauConfig, tau_fn: Callable | None, tau_args: tuple) -> None:
+    """Refuses what the stream would drop without a word: τ comes from ``tau`` / ``tau_fn``, so
+    a ``tau_mode`` other than the default is never read; a constant τ reads neither
+    ``tau_args`` nor ``tau_refresh_epochs``."""
+    default = G.GradTauConfig()
+    if cfg.tau_mode != default.tau_mode:
+        raise ConfigError(f"run_gradtau_stream takes τ from tau= or tau_fn= and would ignore "
+                          f"config.tau_mode={cfg.tau_mode!r}; drop tau_mode and pass tau="
+                          "math.log(num_classes) (chance) or tau_fn=gradtau.val_tau_fn(apply) "
+                          "(val)")
+    if tau_fn is None and tau_args:
+        raise ConfigError("run_gradtau_stream: tau_args are tau_fn's arguments, but a constant "
+                          "tau= is given; drop tau_args, or pass tau_fn= instead of tau=")
+    if tau_fn is None and cfg.tau_refresh_epochs != default.tau_refresh_epochs:
+        raise ConfigError(f"run_gradtau_stream: config.tau_refresh_epochs="
+                          f"{cfg.tau_refresh_epochs} refreshes τ with tau_fn, but a constant "
+                          "tau= is never refreshed; drop tau_refresh_epochs, or pass tau_fn=")
+
+
 def run_gradtau_stream(arch: Any, params: Params,
                        batches: Callable[[int], Iterable[tuple[Pair, Pair]]], *,
                        n_forget: int, n_retain: int, config: G.GradTauConfig | None = None,
@@ -130,7 +150,8 @@ def run_gradtau_stream(arch: Any, params: Params,
         ``(x, y)`` of host arrays; every forget-epoch must yield exactly N_f =
         ceil(n_forget / min(batch_size, n_forget)) pairs (the schedule counts them).
       n_forget, n_retain: |D_f| and |D_r|: they set the budget E and α₀ as in the runner.
-      config: hyperparameters (default: the paper's); ``tau_mode`` is not used here.
+      config: hyperparameters (default: the paper's); ``tau_mode`` is not used here (τ is
+        ``tau`` or ``tau_fn``), so a non-default one is refused.
       tau: a constant τ (class removal: ``math.log(num_classes)``, the runner's default).
       tau_fn: ``tau_fn(params, *tau_args) -> scalar`` τ of the current model, refreshed every
         ``config.tau_refresh_epochs`` forget-epochs (the paper's τ:
@@ -150,8 +171,10 @@ def run_gradtau_stream(arch: Any, params: Params,
       ``forget_loss`` / ``retain_loss`` / ``ascent_steps`` (as :func:`.run_gradtau`'s).
 
     Raises:
-      ConfigError: neither or both of ``tau`` / ``tau_fn``, an epoch with the wrong number of
-        pairs, a local batch that does not split over the local devices.
+      ConfigError: neither or both of ``tau`` / ``tau_fn``; a ``config.tau_mode`` other than
+        ``"auto"``; ``tau_args`` or a ``config.tau_refresh_epochs`` other than 5 with a
+        constant ``tau``; an epoch with the wrong number of pairs, a local batch that does not
+        split over the local devices.
       NonFiniteError: a step produced NaN/inf (named); nothing is returned.
     """
     cfg = config or G.GradTauConfig()
@@ -159,6 +182,7 @@ def run_gradtau_stream(arch: Any, params: Params,
     if (tau is None) == (tau_fn is None):
         raise ConfigError("run_gradtau_stream needs exactly one of tau= (a constant) and "
                           "tau_fn= (τ of the current model)")
+    _refuse_unread(cfg, tau_fn, tau_args)
     model = as_model(arch, input_shape, num_classes)
     model.check_params(params)
     E, n, alpha0, clamped = stream_schedule(n_forget, n_retain, cfg)
