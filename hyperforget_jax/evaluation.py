@@ -59,7 +59,8 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
       ArchitectureError: parameters that do not fit the model.
       DataError: images of a shape the model does not take, or NaN/inf images (the set is named);
         for class removal, a test set without samples of a forgotten class or of a kept one.
-      NonFiniteError: the model's outputs on a set are NaN or +inf (a diverged model).
+      NonFiniteError: the model's outputs on a set are NaN or +inf, or finite logits whose
+        spread overflows the loss to +inf (a diverged model; a −inf true-label logit is a mask).
     """
     seed = _check_seed(seed, "evaluation seed")
     if not isinstance(splits, Splits) or not isinstance(fsplit, ForgetSplit):
@@ -91,7 +92,8 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
         per[name] = metrics.per_sample_outputs(model, params, ds.x, ds.y)
         # Finite parameters can still overflow (a last step at a huge lr): the attacks would
         # then refuse their NaN losses as bad data.
-        metrics.refuse_non_finite_outputs(per[name], f" on the {name} set ({ds.name!r})")
+        metrics.refuse_non_finite_outputs(per[name], f" on the {name} set ({ds.name!r})",
+                                          ds.y)
         out[f"{name}_acc"] = float(np.mean(per[name]["correct"]))
         out[f"{name}_loss"] = float(np.mean(per[name]["loss"]))
     test_correct = np.asarray(per["test"]["correct"])
@@ -179,8 +181,13 @@ def _check_fsplit_rows(train, fsplit: ForgetSplit, rows: int = 256) -> None:
 
 
 def _is_number(v: Any) -> bool:
-    """A real number, not a bool (True would read as an accuracy of 1.0)."""
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    """A real number: a Python, NumPy or 0-d array scalar (a JAX mean over seeds' rows), not a
+    bool (True would read as an accuracy of 1.0), a string or None."""
+    if v is None or isinstance(v, (str, bytes)):
+        return False
+    a = np.asarray(v)
+    return a.ndim == 0 and (np.issubdtype(a.dtype, np.integer)
+                            or np.issubdtype(a.dtype, np.floating))
 
 
 #: Short names of :data:`GAP_KEYS` for report headings.
@@ -223,7 +230,8 @@ def gap_to_retrain(result: dict, retrain: dict) -> float:
         if odd:
             raise ConfigError(f"gap_to_retrain: {name}[{odd[0]!r}] is {row[odd[0]]!r}, not a "
                               "number; pass rows of hf.evaluate_unlearning")
-        high = {k: row[k] for k in keys if math.isfinite(row[k]) and not 0 <= row[k] <= 1}
+        high = {k: float(row[k]) for k in keys
+                if math.isfinite(row[k]) and not 0 <= float(row[k]) <= 1}
         if high:
             raise ConfigError(f"gap_to_retrain: {name} has {high}, outside [0, 1]; rows of "
                               "hf.evaluate_unlearning hold fractions and the gap is reported "

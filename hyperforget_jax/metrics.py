@@ -165,13 +165,20 @@ def _check_batch_size(batch_size: int) -> int:
     return int(batch_size)
 
 
-def refuse_non_finite_outputs(out: dict[str, np.ndarray], where: str = "") -> None:
+def refuse_non_finite_outputs(out: dict[str, np.ndarray], where: str = "",
+                              y: Any = None) -> None:
     """NonFiniteError when :func:`per_sample_outputs`' ``out`` holds NaN or +inf logits, or NaN
     losses (``where``: e.g. " on the retain set"). NaN logits have argmax 0: a diverged model
     would score class 0's share as its accuracy. −inf logits are a model's way to rule a class
-    out (a mask), not a divergence."""
+    out (a mask), not a divergence. With the labels ``y``, a loss of +inf whose true-label logit
+    is finite is refused too: finite logits whose spread overflows float32 (±2e38, a diverged
+    model), not a mask, which :func:`~hyperforget_jax.evaluation.evaluate_unlearning` would
+    otherwise report as a not-applicable loss attack."""
     logits = out["logits"]
     bad = np.isnan(logits).any(-1) | np.isposinf(logits).any(-1) | np.isnan(out["loss"])
+    if y is not None:
+        true = np.take_along_axis(logits, np.asarray(y)[:, None], -1)[:, 0]
+        bad |= np.isposinf(out["loss"]) & np.isfinite(true)
     if bad.any():
         raise NonFiniteError(f"the model's outputs{where} are NaN/inf for {int(bad.sum())} of "
                              f"{len(bad)} samples (first: sample {int(np.argmax(bad))}); its "
@@ -515,7 +522,7 @@ def avg_gap(metrics: dict[str, float], retrain: dict[str, float],
         for name, v in (("metrics", metrics[k]), ("retrain", retrain[k])):
             # float() raised a TypeError for None (an attack not applicable), read "0.5" as a
             # number and True as 1.0.
-            if v is None or isinstance(v, (str, bytes, bool)):
+            if v is None or isinstance(v, (str, bytes, bool, np.bool_)):
                 raise ConfigError(f"avg_gap: {name}[{k!r}] is {v!r}, not a number; pass a "
                                   "number, or keys= without it (hf.evaluation.gap_keys)")
         a, b = float(metrics[k]), float(retrain[k])

@@ -399,6 +399,8 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     if init_params is None and not model.has_init:
         raise ConfigError(f"fit_stream: model {model.name!r} has no init; pass init_params=, "
                           f"or {model.init_fix}")
+    if init_params is not None:     # as fit: a host loop, not a step of the caller's jit
+        refuse_traced(init_params, "fit_stream")
     given, init_params = init_params, _copy(init_params)
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
     step = model.program(("fit_stream_step", mesh), lambda: _stream_step(model, mesh))

@@ -254,7 +254,7 @@ def _hyper_prompt(c):
     return _hyper_call("make_prompt", c.hyper["dihyfo2"], c.params, c.train, (1,))
 
 
-def _stream(c, n_forget=100, n_retain=1000, labels=None, images=None):
+def _stream(c, n_forget=100, n_retain=1000, labels=None, images=None, params=None):
     """∇τ from streamed pairs of 100 + 100 digits, 1 forget batch per epoch."""
     from hyperforget_jax.unlearn import GradTauConfig
     from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
@@ -263,7 +263,8 @@ def _stream(c, n_forget=100, n_retain=1000, labels=None, images=None):
     rx = x[100:200] if images is None else images
     ry = y[100:200] if labels is None else labels
     pair = ((x[:100], y[:100]), (rx, ry))
-    return run_gradtau_stream(c.arch, c.params, lambda e: [pair], n_forget=n_forget,
+    params = c.params if params is None else params
+    return run_gradtau_stream(c.arch, params, lambda e: [pair], n_forget=n_forget,
                               n_retain=n_retain, config=GradTauConfig(batch_size=100),
                               tau=2.3)
 
@@ -621,6 +622,11 @@ API_CASES = [
     ("fit-under-vmap", lambda c: jax.vmap(lambda p: train.fit(
         c.arch, c.train, train.TrainConfig(epochs=1), init_params=p)[0].params)(
         jax.tree.map(lambda a: a[None], c.params)), ConfigError, "fit runs its own compiled"),
+    ("fit-stream-under-jit", lambda c: jax.jit(lambda p: train.fit_stream(
+        c.arch, [(c.train.x[:64], c.train.y[:64])], train.TrainConfig(epochs=1),
+        init_params=p)[0].params)(c.params), ConfigError, "fit_stream runs its own compiled"),
+    ("gradtau-stream-under-jit", lambda c: jax.jit(lambda p: _stream(c, params=p)[0])(
+        c.params), ConfigError, "run_gradtau_stream runs its own compiled loops"),
     ("gan-unlearn-under-jit", lambda c: jax.jit(lambda g: _gan_unlearn(c, g_params=g).params)(
         _tiny_gan(c)[1]), ConfigError, "unlearn_gan runs its own compiled loops"),
 ]

@@ -197,3 +197,39 @@ def test_a_masked_class_leaves_the_loss_attack_not_applicable(digits_splits):
         f"forget and {n_t} of {n_t} held-out samples")}
     assert out["forget_acc"] == 0.0 and 0 <= out["mia_entropy_lr"] <= 1
     assert "mia_loss_lr" not in gap_keys(out, dict(out, mia_loss_lr=0.5))
+
+
+def test_a_loss_overflowing_to_inf_is_refused_not_marked_not_applicable(digits_splits):
+    """Finite logits whose spread overflows float32 (±3e38: a diverged model) also give a loss
+    of +inf, with a finite true-label logit: evaluated as a masked class's, the loss attack
+    read "not applicable (... a -inf logit)" and the diverged model got accuracies and a gap.
+    Refused, as a model with NaN or +inf logits is."""
+    import jax.numpy as jnp
+
+    from hyperforget_jax.errors import NonFiniteError
+
+    req = data.ForgetRequest(classes=(3,))
+    fs = data.resolve_forget(digits_splits.train, req)
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(64, 10)), jnp.float32)
+
+    def overflowing(p, x):
+        return jnp.clip(1e38 * (x.reshape(len(x), -1) @ p), -3e38, 3e38)
+
+    with pytest.raises(NonFiniteError, match="diverged or its logits overflow"):
+        evaluate_unlearning(overflowing, w, digits_splits, fs, req)
+
+
+def test_gap_to_retrain_takes_numpy_and_jax_scalars():
+    """The type check refused 0-d NumPy and JAX values (a row averaged over seeds with
+    ``jnp.mean``), which the gap read as the numbers they are; a NumPy bool is still refused."""
+    import jax.numpy as jnp
+
+    from hyperforget_jax.errors import ConfigError
+
+    row = {"forget_acc": 0.9, "retain_acc": 0.95, "test_acc": 0.9, "mia_loss_lr": 0.5}
+    other = dict(row, forget_acc=0.65)
+    for cast in (jnp.float32, np.asarray, np.float32):
+        assert gap_to_retrain({k: cast(v) for k, v in row.items()}, other) == pytest.approx(
+            25 / 4)
+    with pytest.raises(ConfigError, match="True_?, not a number"):
+        gap_to_retrain(row, dict(row, mia_loss_lr=np.bool_(True)))

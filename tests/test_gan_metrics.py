@@ -90,6 +90,9 @@ def test_d_score_mia():
 
     with pytest.raises(DataError, match="finite discriminator scores.*1 \\+ 0 NaN"):
         M.d_score_mia(np.append(members, np.nan), nonmembers)    # was sklearn's ValueError
+    with pytest.raises(DataError, match=r"1-D discriminator scores.*\(50, 1\)") as e:
+        M.d_score_mia(members[:, None], nonmembers)
+    assert "diverged" not in str(e.value)        # a shape, not a divergence
 
 
 def test_penultimate_features_are_last_hidden_layer():

@@ -351,10 +351,10 @@ def test_avg_gap_errors():
         metrics.avg_gap({**r, "test_acc": float("nan")}, r)
 
 
-@pytest.mark.parametrize("value", [None, "0.5", True])
+@pytest.mark.parametrize("value", [None, "0.5", True, np.bool_(True)])
 def test_avg_gap_refuses_values_that_are_not_numbers(value):
-    """None (an attack not applicable) raised float()'s TypeError; "0.5" and True were read
-    as the numbers 0.5 and 1.0."""
+    """None (an attack not applicable) raised float()'s TypeError; "0.5", True and NumPy's
+    True (not a bool subclass) were read as the numbers 0.5 and 1.0."""
     r = {"forget_acc": 1.0, "retain_acc": 1.0, "test_acc": 1.0, "mia_loss_lr": 0.5}
     with pytest.raises(ConfigError, match=f"retrain\\['mia_loss_lr'\\] is {value!r}, not a "):
         metrics.avg_gap(r, {**r, "mia_loss_lr": value})

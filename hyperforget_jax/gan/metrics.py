@@ -310,12 +310,14 @@ def d_score_mia(member_scores: np.ndarray, nonmember_scores: np.ndarray) -> dict
     m, n = np.asarray(member_scores, np.float64), np.asarray(nonmember_scores, np.float64)
     if len(m) == 0 or len(n) == 0:
         raise ConfigError("membership inference needs at least one member and one non-member")
-    if m.ndim != 1 or n.ndim != 1 or not (np.isfinite(m).all() and np.isfinite(n).all()):
+    if m.ndim != 1 or n.ndim != 1:      # not a divergence: say the shape, not "diverged"
+        raise DataError(f"d_score_mia takes 1-D discriminator scores, one per image, got "
+                        f"shapes {m.shape}, {n.shape}; pass d_scores(arch, d_params, x)")
+    if not (np.isfinite(m).all() and np.isfinite(n).all()):
         # sklearn's own "Input contains NaN" was a plain ValueError naming no fix.
-        raise DataError(f"d_score_mia takes 1-D finite discriminator scores, got shapes "
-                        f"{m.shape}, {n.shape} with {int(np.sum(~np.isfinite(m)))} + "
-                        f"{int(np.sum(~np.isfinite(n)))} NaN/inf; the discriminator diverged - "
-                        "evaluate a finite one")
+        raise DataError(f"d_score_mia takes finite discriminator scores, got "
+                        f"{int(np.sum(~np.isfinite(m)))} + {int(np.sum(~np.isfinite(n)))} "
+                        "NaN/inf; the discriminator diverged - evaluate a finite one")
     y = np.r_[np.ones(len(m)), np.zeros(len(n))]
     s = np.r_[m, n]
     fpr, tpr, _ = roc_curve(y, s)

@@ -32,6 +32,7 @@ from hyperforget_jax import train, xla
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import _Programs, as_model
+from hyperforget_jax.params import refuse_traced
 from hyperforget_jax.train_run import _refuse_missing_outputs, check_sync_every
 from hyperforget_jax.unlearn import gradtau as G
 from hyperforget_jax.unlearn.gradtau_run import _check_finite, per_example
@@ -184,6 +185,7 @@ def run_gradtau_stream(arch: Any, params: Params,
                           "tau_fn= (τ of the current model)")
     _refuse_unread(cfg, tau_fn, tau_args)
     model = as_model(arch, input_shape, num_classes)
+    refuse_traced(params, "run_gradtau_stream")     # a host loop, as unlearn("gradtau")
     model.check_params(params)
     E, n, alpha0, clamped = stream_schedule(n_forget, n_retain, cfg)
     G.refuse_zero_budget(E, cfg, n_forget, n_retain, "run_gradtau_stream")
