@@ -220,3 +220,24 @@ def test_tests_named_by_the_docs_exist():
                     or f'"{name}"' in src):
                 missing.append(f"{page.name}: {last}::{name}")
     assert not missing, missing
+
+
+def test_hf_names_in_the_docs_resolve_after_import_hyperforget_jax_as_hf():
+    """Every `hf.x.y` the README and docs write resolves after `import hyperforget_jax as hf`
+    alone, in a fresh interpreter: a subpackage that the package does not import itself
+    (`hf.gan`, once written in docs/gan.md) is an AttributeError there, however many tests of
+    this process have imported it already."""
+    import subprocess
+    import sys
+    root = README.parent
+    names = sorted({m for page in [README, root / "benchmarks" / "README.md",
+                                   *sorted((root / "docs").glob("*.md"))]
+                    for m in re.findall(r"\bhf(?:\.[A-Za-z_]\w*)+", page.read_text())})
+    assert len(names) > 20, names
+    code = ("import functools, sys\nimport hyperforget_jax as hf\nbad = []\n"
+            "for name in sys.argv[1:]:\n"
+            "    try:\n        functools.reduce(getattr, name.split('.')[1:], hf)\n"
+            "    except AttributeError:\n        bad.append(name)\nprint(' '.join(bad))\n")
+    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                         check=True, cwd=root).stdout.split()
+    assert not out, out

@@ -763,9 +763,10 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                 return result(prog["stopped"], prior_seconds)
             history = history[:-1]          # the check at `rounds` is redone (deterministic)
 
-    def save(done: bool, stopped: str | None, ended: list[dict]) -> None:
+    def save(done: bool, stopped: str | None, ended: list[dict]) -> float:
         # The tree's "kept" slot: while running, the best check's (G, D) (or the state's, before
         # the first); once done, the (G, D) the run returns (what `load_gan_run` reads).
+        # Returns the seconds it records.
         if done:
             g, d, _, kept = returned(stopped)
         else:
@@ -777,6 +778,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                 "kept": kept, "seconds": prior_seconds + time.perf_counter() - t0}
         checkpointer.save(rounds, {"state": state, "kept": (g, d)},
                           {**(meta or {}), "unlearn_progress": prog}, force=True)
+        return prog["seconds"]
 
     sub_real = 1.0 if cfg.substitution == "data" else 0.0
     d_lr = cfg.lr if cfg.d_lr is None else cfg.d_lr
@@ -806,6 +808,9 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                    desc="GAN unlearning")
     pool_shape = (cfg.pool_size, *arch.image_shape)
     y_f = y_f0
+    # A checkpointed run returns the seconds its last checkpoint records (not those plus the
+    # time spent writing it), so a rerun on the finished directory returns the same result.
+    recorded = None
     while True:
         # Flag with the current G on a fresh pool; build the substitution bank. Pools, batches
         # and latents depend on the attempt's own rounds, so attempt k is the cascade alone
@@ -836,7 +841,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         if checkpointer is not None and (ended or (in_attempt > 0 and rounds != saved_at)):
             # An attempt that ended without finishing the run is saved as still running:
             # a resume redoes its last check (deterministic) and escalates from there.
-            save(done, stopped if done else None, attempts + [record] if done else attempts)
+            recorded = save(done, stopped if done else None,
+                            attempts + [record] if done else attempts)
         if ended:
             attempts.append(record)
         if done:
@@ -886,4 +892,5 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     if bar is not None:
         bar.close()
     jax.block_until_ready(state)
-    return result(stopped, prior_seconds + time.perf_counter() - t0)
+    return result(stopped, recorded if checkpointer is not None
+                  else prior_seconds + time.perf_counter() - t0)
