@@ -86,7 +86,10 @@ def _check_exact_ints(params: Params, out) -> None:
     unknown). A tree of floating leaves only (every model's parameters) is not looked at."""
     lo, hi = _exact_range(out)
     for path, leaf in jax.tree_util.tree_leaves_with_path(params):
-        dtype = jnp.result_type(leaf)
+        # The leaf's own dtype: without x64, jnp.result_type reads a NumPy int64 / uint64 as
+        # int32 / uint32, which passed an int-only tree whose 2**40 then wrapped to 0.
+        dtype = (np.dtype(leaf.dtype) if isinstance(leaf, (np.ndarray, np.generic))
+                 else jnp.result_type(leaf))
         if not jnp.issubdtype(dtype, jnp.integer):
             continue
         info = jnp.iinfo(dtype)

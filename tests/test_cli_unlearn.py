@@ -72,6 +72,8 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys, argv, match):
     (["--method", "finetune", "--config.tau_mode=val"], "which has no tau_mode"),
     (["--method", "finetune", "--config.alpha_scale=0.5"], "which has no alpha_scale"),
     (["--method", "scrub", "--config.msteps=4"], "--config.msteps: ScrubConfig.msteps must be <="),
+    (["--method", "gradtau", "--config.tau_mode=chance", "--config.tau_refresh_epochs=2"],
+     "tau_refresh_epochs=2 refreshes τ, but tau_mode='chance' is log K, a constant"),
 ])
 def test_config_flags_a_method_would_ignore_are_refused(tmp_path, capsys, argv, match):
     # They were accepted, recorded in results.json's info.config, and had no effect.

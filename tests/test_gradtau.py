@@ -4,6 +4,7 @@ variants, and short runs on sklearn digits."""
 
 import dataclasses
 import logging
+import re
 
 import chex
 import jax
@@ -278,19 +279,26 @@ def test_class_removal_on_digits(digits_splits, digits_original):
     assert _acc(arch, params, split.forget) > 0.9
 
 
-def test_unseen_class_tau_is_measured_once_whatever_the_refresh_period(digits_splits,
-                                                                       digits_original):
+def test_unseen_class_tau_is_measured_once_and_a_refresh_period_refused(digits_splits,
+                                                                        digits_original):
     """``unseen_class`` τ is measured on the original model only (refreshing it chases its own
-    tail, module docstring): the refresh period changes nothing, while the ascent is on."""
+    tail, module docstring), while the ascent is on. A refresh period for it, or for the
+    constant ``chance`` τ, changed nothing yet was recorded in ``info["config"]``: refused
+    when the config names that τ, as the streamed runner refuses it with a constant τ
+    (``auto``, which one sweep config may resolve to either, is accepted: G.run_gradtau
+    records the τ that ran in ``info["tau_mode"]``)."""
     arch, params = digits_original
     split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
-    runs = [G.run_gradtau(arch, params, split, digits_splits.val, G.GradTauConfig(
-        epochs=2, tau_mode="unseen_class", tau_refresh_epochs=c), seed=0, forget_classes=(3,))
-        for c in (1, 2)]
-    (p1, info1), (p2, _) = runs
-    assert info1["tau_mode"] == "unseen_class" and len(info1["tau"]) == 1
-    assert min(info1["ascent_steps"]) > 0
-    assert_trees_close(p1, p2, atol=0)
+    run = lambda **kw: G.run_gradtau(arch, params, split, digits_splits.val,
+                                     G.GradTauConfig(epochs=2, **kw), seed=0,
+                                     forget_classes=(3,))
+    _, info = run(tau_mode="unseen_class")
+    assert info["tau_mode"] == "unseen_class" and len(info["tau"]) == 1
+    assert min(info["ascent_steps"]) > 0
+    for mode, words in (("unseen_class", "measured once"), ("chance", "log K, a constant")):
+        with pytest.raises(ConfigError, match=re.escape(f"tau_refresh_epochs=1 refreshes τ, "
+                                                        f"but tau_mode={mode!r} is {words}; ")):
+            run(tau_mode=mode, tau_refresh_epochs=1)
 
 
 def test_random_subset_runs_without_recompiling(digits_splits, digits_original):

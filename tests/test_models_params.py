@@ -87,6 +87,19 @@ def test_flatten_refuses_integers_its_vector_cannot_hold():
     assert P.flatten({"n": jnp.array([2**30], jnp.int32)}).tolist() == [2**30]
 
 
+def test_flatten_reads_a_numpy_leaf_s_own_integer_width():
+    """Without x64 the check read a NumPy int64 leaf as int32 (JAX's width), so an int-only
+    tree passed and 2**40 wrapped to 0 in the int32 vector, without a word: refused, naming the
+    leaf's own dtype; int64 values that fit (np.arange's) still flatten."""
+    with pytest.raises(ArchitectureError, match=r"int64 leaf \['a'\] holds 1099511627776, "
+                                                r"which the int32 vector cannot hold"):
+        P.flatten({"a": np.array([2**40, 1]), "b": np.array([1], np.int32)})
+    with pytest.raises(ArchitectureError, match=r"uint64 leaf \['u'\] holds 9\d{18}, which "
+                                                r"the uint32 vector"):
+        P.flatten({"u": np.uint64(2**63)})
+    assert P.flatten({"a": np.arange(3), "b": np.int64(-4)}).tolist() == [0, 1, 2, -4]
+
+
 def test_wrong_length_flat_vector_is_clear_error():
     p = models.make_architecture("gpt_mlp").init(jax.random.key(0))
     with pytest.raises(ArchitectureError, match="7960 parameters"):

@@ -31,7 +31,7 @@ from hyperforget_jax.errors import ConfigError, ForgetRequestError, RunDirError
 from hyperforget_jax.evaluation import (GAP_LABELS, evaluate_unlearning, gap_keys,
                                         gap_to_retrain)
 from hyperforget_jax import report
-from hyperforget_jax.unlearn.gradtau_run import ASCENT_FIELDS
+from hyperforget_jax.unlearn.gradtau_run import ASCENT_FIELDS, refuse_unread_refresh
 
 # The package, not the `unlearn` function that hyperforget_jax/__init__.py re-exports.
 U = importlib.import_module("hyperforget_jax.unlearn")
@@ -135,7 +135,9 @@ def cmd_unlearn(args) -> int:
         common.check_same_data({"identity": ident}, args, splits, args.run_dir)
     fsplit = data.resolve_forget(splits.train, request)
     if args.method != "retrain":
-        _method_config(args, None)  # a bad --config.* fails before any work
+        config = _method_config(args, None)  # a bad --config.* fails before any work
+        if args.method == "gradtau":
+            refuse_unread_refresh(config)
     # A method seed other than 0 is part of the default name (a sweep over --seed needs no
     # --out per seed); --config.* fields are not: such a run needs its own --out.
     seed = f"-method-seed-{args.method_seed}" if args.method_seed else ""

@@ -68,6 +68,26 @@ def refuse_ascent_fields(cfg: G.GradTauConfig) -> None:
                               f"{name}={value!r}; drop {name}, or run method 'gradtau' with it")
 
 
+def refuse_unread_refresh(cfg: G.GradTauConfig) -> None:
+    """Raises ConfigError when ∇τ's config names a τ that is never refreshed (``tau_mode``
+    ``"chance"``: log K, a constant; ``"unseen_class"``: measured once) and sets
+    ``tau_refresh_epochs``: the run gave the default's bits, yet ``info["config"]`` recorded
+    the refresh as if it had run (the streamed runner refuses it with a constant τ too).
+    ``tau_mode="auto"`` is accepted with any refresh period: one config serves a sweep over
+    class requests (where ``auto`` is the constant ``chance``) and random ones (``val``,
+    refreshed), and ``info["tau_mode"]`` records which τ ran."""
+    every = cfg.tau_refresh_epochs
+    if cfg.alpha0 == 0 or every == G.GradTauConfig().tau_refresh_epochs:
+        return
+    if cfg.tau_mode in ("chance", "unseen_class"):
+        raise ConfigError(f"tau_refresh_epochs={every} refreshes τ, but tau_mode="
+                          f"{cfg.tau_mode!r} is "
+                          + ("log K, a constant" if cfg.tau_mode == "chance" else
+                             "measured once")
+                          + "; drop tau_refresh_epochs, or set tau_mode='val' (τ of the "
+                          "current model on the validation set, refreshed) or 'auto'")
+
+
 def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
               forget_classes: tuple[int, ...] | None, method: str = "gradtau") -> Plan:
     """Everything host-side about one ∇τ (``method="gradtau"``) or Fine-tune
@@ -78,6 +98,8 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     nf, nr = len(split.forget), len(split.retain)
     if method == "finetune":
         refuse_ascent_fields(cfg)
+    else:
+        refuse_unread_refresh(cfg)
     if method == "finetune" or cfg.alpha0 == 0:
         alpha0, clamped = 0.0, False
     elif cfg.alpha0 is not None:
