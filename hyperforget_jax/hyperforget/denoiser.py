@@ -381,12 +381,18 @@ def permute_mlp_hidden(params: Params, perms: Sequence[jax.Array]) -> Params:
 
 def permutation_index(key: jax.Array, template: Params) -> jax.Array:
     """A random hidden-unit permutation as a gather index on the flat vector: ``flat[idx]`` is
-    the flat vector of the permuted network (jit/vmap-able; same index for θ₀ and target)."""
+    the flat vector of the permuted network (jit/vmap-able; same index for θ₀ and target).
+
+    The positions are permuted as int32 throughout: carried in the template's float32 they
+    were exact only up to 2^24, and a network past 16.8M parameters got duplicated indices
+    (some weights copied twice, others dropped) without a word."""
     widths = mlp_hidden_widths(template)
     perms = [jax.random.permutation(k, w) for k, w in zip(jax.random.split(key, len(widths)),
                                                           widths)]
-    ids = P_.unflatten(jnp.arange(P_.param_count(template), dtype=jnp.float32), template)
-    return P_.flatten(permute_mlp_hidden(ids, perms)).astype(jnp.int32)
+    int_template = jax.tree.map(lambda l: jax.ShapeDtypeStruct(jnp.shape(l), jnp.int32),
+                                template)
+    ids = P_.unflatten(jnp.arange(P_.param_count(template), dtype=jnp.int32), int_template)
+    return P_.flatten(permute_mlp_hidden(ids, perms))
 
 
 # --- training ------------------------------------------------------------------------------
