@@ -133,7 +133,8 @@ class GradTauConfig:
       alpha0: override α₀ (``finetune`` uses 0: pure descent on D_r) [ours].
       tau_refresh_epochs: τ recomputed every this many forget-epochs [official code: 5];
         ``tau_mode`` ``val`` only (``chance`` is a constant, ``unseen_class`` measured once:
-        another value with either is refused, not recorded as if it had run).
+        another value with either named is refused, not recorded as if it had run; with
+        ``auto`` it applies where ``auto`` picks ``val``).
       tau_mode: the loss threshold τ of the ascent: ``val`` (mean CE on the validation set,
         the paper's), ``chance`` (log K), ``unseen_class`` (CE of the forgotten classes on
         kept-class validation inputs) or ``auto`` (chance for class requests, val otherwise);
