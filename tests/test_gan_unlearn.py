@@ -420,20 +420,21 @@ def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan
     assert U._compiled_rounds(arch, cfg_key) is run
     tx, tx_d = make_optimizer(_LR, 0.5), make_optimizer(_D_LR, 0.5)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)      # the program donates its state
+    start = lambda: init_gan_state(arch, tx, jax.random.key(0), copy(gan.g_params),
+                                   copy(gan.d_params))
     # Committed, as unlearn_gan commits its state: the cascade tests' program, not another.
-    fresh = lambda: jax.device_put(init_gan_state(arch, tx, jax.random.key(0),
-                                                  copy(gan.g_params), copy(gan.d_params)),
-                                   jax.devices()[0])
+    fresh = lambda: jax.device_put(start(), jax.devices()[0])
     finals, programs = [], []
     # Two weights, each against a round compiled with it as a constant; at 4.0 that round is
     # the one test_round_losses_equal_separate_forward_passes[1.0] and
-    # test_d_lr_sets_the_discriminator_learning_rate_only compile (the same HLO: the shared
-    # XLA cache serves it), so only 16.0's is compiled here.
+    # test_d_lr_sets_the_discriminator_learning_rate_only compile (the same HLO and the same
+    # uncommitted state: the shared XLA cache serves it; a committed state was another
+    # compilation, with the same bits), so only 16.0's is compiled here.
     for lam_u in (4.0, 16.0):
         # With the chunk's compiler options (xla.jit): under plain jax.jit XLA:CPU picks other
         # dot kernels at batch 64, which round differently whatever λ_u is.
         fixed = xla.jit(U.make_round(arch, tx, lam_u, _LAMBDA_S, 1.0, _BATCH, tx_d))
-        want = fresh()
+        want = start()
         for _ in range(n):
             want, _ = fixed(want, data, bank, y_f, jax.random.fold_in(key, want.step))
         got, m = run(fresh(), data, bank, y_f, jnp.float32(lam_u), key)
@@ -735,9 +736,10 @@ def test_escalation_judges_the_originals_pools_once(digits_splits, tiny_gan, mon
 
     kw = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x,
               forget_classes=(1,), classify=classify)
-    # tol 0: the score criterion is never met, so both attempts run to max_rounds.
+    # tol 0: the score criterion is never met, so both attempts run to max_rounds. λ_a is the
+    # heavy anchor's above: its compiled chunk (λ_a is part of the chunk's key), not another.
     cfg = U.UnlearnConfig(fake_label="hard", substitution="latent", check_every=10,
-                          max_rounds=20, tol=0.0, pool_size=256, lambda_a=30.0,
+                          max_rounds=20, tol=0.0, pool_size=256, lambda_a=100.0,
                           lambda_u=0.5, lambda_u_attempts=2, lambda_u_growth=2.0)
     one = dataclasses.replace(cfg, lambda_u_attempts=1)
     U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=one, **kw)

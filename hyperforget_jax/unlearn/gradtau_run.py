@@ -373,6 +373,11 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     arrays = device_arrays(split, val, mode, forget_classes, mesh)
     if mesh is not None:
         ts, gs = jax.device_put((ts, gs), NamedSharding(train.auto_mesh(mesh)[0], P()))
+    else:
+        # Committed, as every run's outputs are: the optimiser state and τ state were not, so
+        # the first run of a call compiled its program a second time for that placement (a
+        # 2-epoch run after a 15-epoch one: a new compilation, same bits).
+        ts, gs = committed((ts, gs))
     hp = jax.tree.map(jnp.asarray, plan.hp)
     c = cfg.tau_refresh_epochs
     # unseen_class τ is measured once: refreshing it chases its own tail (pushing the c-logit
@@ -434,6 +439,7 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     M = len(plans)
     gs = G.GradTauState(jnp.zeros((M,), jnp.int32),
                         jnp.full((M,), _initial_tau(plans[0], num_classes), jnp.float32))
+    ts, gs = committed((ts, gs))      # as the runs' outputs are: one program per run length
     hp = jax.tree.map(lambda *v: jnp.asarray(np.stack(v)), *[p.hp for p in plans])
     shared_plan = all(np.array_equal(p.f_idx, plans[0].f_idx)
                       and np.array_equal(p.r_idx, plans[0].r_idx) for p in plans)
