@@ -184,6 +184,12 @@ def is_number(value: Any) -> bool:
         and not np.issubdtype(dtype, np.complexfloating))
 
 
+def is_scalar_number(value: Any) -> bool:
+    """One real number (:func:`is_number`, 0-d): a Python or NumPy scalar or a 0-d array (a
+    JAX mean over seeds' rows); not a bool, a string or None."""
+    return is_number(value) and np.ndim(value) == 0
+
+
 def check_count(value: Any, what: str, unit: str = "", error: type = ConfigError) -> int:
     """``value`` as an ``int`` if it is an integer >= 1 (a bool or a float is not), else
     ``error``: "``what`` must be an integer >= 1``unit``, got ``value``"."""

@@ -26,7 +26,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from hyperforget_jax.config import SEED_LIMIT, check_count, is_number, whole_number
+from hyperforget_jax.config import SEED_LIMIT, check_count, is_scalar_number, whole_number
 from hyperforget_jax.errors import DataError, ForgetRequestError
 
 EMBEDDED = ("mnist5k", "digits")
@@ -349,7 +349,7 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
         raise DataError(f"make_splits takes a Dataset, got {type(ds).__name__}; build one "
                         "with hf.data.from_arrays(x, y)")
     for frac in (val_frac, test_frac):      # else the comparison's (or rint's) TypeError
-        if not (is_number(frac) and np.ndim(frac) == 0):
+        if not is_scalar_number(frac):
             raise DataError(f"val_frac and test_frac must be numbers in (0, 1), got "
                             f"{frac!r}; e.g. val_frac=0.1, test_frac=0.2")
     if isinstance(ds, Splits):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from hyperforget_jax import metrics
+from hyperforget_jax.config import is_scalar_number
 from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits, _check_seed, forget_mask
 from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError
 from hyperforget_jax.models import as_model
@@ -180,16 +181,6 @@ def _check_fsplit_rows(train, fsplit: ForgetSplit, rows: int = 256) -> None:
                                  "request)")
 
 
-def _is_number(v: Any) -> bool:
-    """A real number: a Python, NumPy or 0-d array scalar (a JAX mean over seeds' rows), not a
-    bool (True would read as an accuracy of 1.0), a string or None."""
-    if v is None or isinstance(v, (str, bytes)):
-        return False
-    a = np.asarray(v)
-    return a.ndim == 0 and (np.issubdtype(a.dtype, np.integer)
-                            or np.issubdtype(a.dtype, np.floating))
-
-
 #: Short names of :data:`GAP_KEYS` for report headings.
 GAP_LABELS = {"forget_acc": "FA", "retain_acc": "RA", "test_acc": "TA",
               "mia_loss_lr": "mia_loss_lr"}
@@ -226,7 +217,7 @@ def gap_to_retrain(result: dict, retrain: dict) -> float:
     for name, row in (("result", result), ("retrain", retrain)):
         # Rows hold fractions: a row in percent (a table's numbers) gave a gap 100× too large,
         # and one row of each a meaningless one (8043.75 points), with no error.
-        odd = [k for k in keys if not _is_number(row[k])]
+        odd = [k for k in keys if not is_scalar_number(row[k])]
         if odd:
             raise ConfigError(f"gap_to_retrain: {name}[{odd[0]!r}] is {row[odd[0]]!r}, not a "
                               "number; pass rows of hf.evaluate_unlearning")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import xla
+from hyperforget_jax.config import is_scalar_number
 from hyperforget_jax.data import _check_seed
 from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.params import committed
@@ -522,7 +523,7 @@ def avg_gap(metrics: dict[str, float], retrain: dict[str, float],
         for name, v in (("metrics", metrics[k]), ("retrain", retrain[k])):
             # float() raised a TypeError for None (an attack not applicable), read "0.5" as a
             # number and True as 1.0.
-            if v is None or isinstance(v, (str, bytes, bool, np.bool_)):
+            if not is_scalar_number(v):
                 raise ConfigError(f"avg_gap: {name}[{k!r}] is {v!r}, not a number; pass a "
                                   "number, or keys= without it (hf.evaluation.gap_keys)")
         a, b = float(metrics[k]), float(retrain[k])
