@@ -13,8 +13,12 @@ unit.
   checkpoint (the slope; the checkpoints themselves are a fixed part).
 - ``denoiser``: HyperForget's denoiser parameters for an MLP target 3072→h→h→100 of P
   parameters, with G.pt's chunk tokens and with unit tokens.
+- ``mia_efficacy_svc``: the seconds of one call on N points (the RBF SVC's fit, which grows
+  faster than N; the only figure here that runs and is timed, once per size). N = 2 ×
+  min(|D_r|, |test|): 2,000 / 8,000 / 32,000 points for 3,500 / 14,000 / 56,000 training
+  images split 70 / 10 / 20.
 
-Run (≈ 15 s on 2 cores)::
+Run (≈ 30 s on 2 cores, half of it the 32,000-point SVC)::
 
     PYTHONPATH=. python benchmarks/bench_scale.py
 """
@@ -26,12 +30,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import time  # noqa: E402
+
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import common  # noqa: E402
-from hyperforget_jax import models, params as P_  # noqa: E402
+from hyperforget_jax import metrics, models, params as P_  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax.hyperforget.denoiser import GptDenoiser  # noqa: E402
 
@@ -109,6 +115,23 @@ def denoiser(widths) -> list[dict]:
     return rows
 
 
+def svc(points) -> list[dict]:
+    """One timed call of ``metrics.mia_efficacy_svc`` per size: N / 2 retain and N / 2 test
+    confidences (Beta-distributed, overlapping as a trained model's are), 100 forget ones."""
+    rows = []
+    rng = np.random.default_rng(0)
+    metrics.mia_efficacy_svc(rng.random(10), rng.random(10), rng.random(5))  # sklearn's import
+    for n in points:
+        conf = lambda k, a: rng.beta(a, 1.0, k)
+        args = conf(n // 2, 8.0), conf(n // 2, 5.0), conf(100, 6.0)
+        t = time.perf_counter()
+        metrics.mia_efficacy_svc(*args)
+        rows.append({"figure": "mia_efficacy_svc: one call", "N": n, "MB": None,
+                     "per unit": time.perf_counter() - t, "unit": "seconds (N points)",
+                     "at CIFAR-10 size": None, "CIFAR unit": None})
+    return rows
+
+
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
@@ -116,7 +139,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     sizes = (100, 200) if args.quick else (500, 1000, 2000)
     widths = (32,) if args.quick else (32, 256, 1024)
-    rows = [*one_call(sizes), *corpus_metrics(sizes), *denoiser(widths)]
+    points = (500, 1000) if args.quick else (2000, 8000, 32000)
+    rows = [*one_call(sizes), *corpus_metrics(sizes), *denoiser(widths), *svc(points)]
     print(common.markdown_table(rows, ["figure", "N", "MB", "per unit", "unit",
                                        "at CIFAR-10 size", "CIFAR unit"]))
     path = common.write_json("scale", {"config": vars(args), "rows": rows}, args.out)
