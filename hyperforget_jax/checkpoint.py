@@ -504,10 +504,13 @@ class Checkpointer:
 
 
 def default_device() -> jax.Device:
-    """The device JAX puts new arrays on: ``jax.default_device(...)``'s if set, else the first."""
+    """The device JAX puts new arrays on: ``jax.default_device(...)``'s if set, else this
+    process's first. Local, as JAX's own default: ``jax.devices()[0]`` is process 0's in a
+    multi-process run (a TPU pod, ``jax.distributed``), where every other process read a sound
+    checkpoint onto a device it cannot address and called it corrupt."""
     where = jax.config.jax_default_device
-    return (jax.devices(where)[0] if isinstance(where, str)
-            else where if where is not None else jax.devices()[0])
+    return (jax.local_devices(backend=where)[0] if isinstance(where, str)
+            else where if where is not None else jax.local_devices()[0])
 
 
 def _placed(template: Any) -> Any:

@@ -10,10 +10,14 @@ tests/test_xla.py; benchmarks/README.md, §1).
 
 The option goes to each compiled program (``jax.jit(..., compiler_options=...)``), not to the
 process: a user's own programs and ``XLA_FLAGS`` are untouched. It is a field of XLA's
-``DebugOptions`` that only the CPU compiler reads (GPU / TPU compilation was not run here: no
-accelerator was available). ``jax.pmap`` takes no compiler options, so ``pmap``
-steps keep XLA's default. To turn it off, set ``HYPERFORGET_XLA_OPTIONS=0``; a flag named in
-``XLA_FLAGS`` wins over the library's value for it.
+``DebugOptions`` that only the CPU compiler reads, so it is passed only when JAX's default
+backend is the CPU: each PJRT plugin checks every option against its own ``DebugOptions``
+("No such compile option" for a field it lacks), and a GPU / TPU plugin built from another XLA
+than jaxlib's would have refused every library program for an option it ignores anyway (GPU /
+TPU compilation was not run here: no accelerator was available). ``jax.pmap`` takes no
+compiler options, so ``pmap`` steps keep XLA's default. To turn it off, set
+``HYPERFORGET_XLA_OPTIONS=0``; a flag named in ``XLA_FLAGS`` wins over the library's value
+for it.
 
 JAX accepts ``compiler_options`` on a top-level ``jax.jit`` only: called inside a user's
 ``jax.jit`` / ``lax.scan`` / ``eval_shape`` / ``grad`` (or any other transformation), a library
@@ -40,8 +44,10 @@ DEFAULTS: dict[str, str] = {
 
 def compiler_options() -> dict[str, str] | None:
     """The options :func:`jit` passes now: ``DEFAULTS`` less any flag set in ``XLA_FLAGS``,
-    or None when ``HYPERFORGET_XLA_OPTIONS=0``."""
+    or None when ``HYPERFORGET_XLA_OPTIONS=0`` or the default backend is not the CPU."""
     if os.environ.get("HYPERFORGET_XLA_OPTIONS", "1").strip() in ("0", "false", "off"):
+        return None
+    if jax.default_backend() != "cpu":
         return None
     flags = os.environ.get("XLA_FLAGS", "")
     opts = {k: v for k, v in DEFAULTS.items() if f"--{k}" not in flags}

@@ -1,12 +1,13 @@
 """One process of the 2-process data-parallel ∇τ run (started by ``test_distributed.py``).
 
-    python tests/distributed_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
+    python tests/distributed_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz SAVED
 
-Every process builds the same problem (:func:`problem`), feeds its own rows of every global batch,
-runs ``STEPS`` data-parallel ∇τ steps and writes the final parameters (flat) to ``OUT.npz``;
-then it trains with the streamed driver ``train.fit_stream`` on its own rows of the same
-batches (:func:`stream_problem`). The test runs both in one process on the whole batches and
-compares.
+Every process reads the params checkpoint ``SAVED`` (written by the test, as every process of a
+pod reads one trained model) onto its own device, builds the same problem (:func:`problem`),
+feeds its own rows of every global batch, runs ``STEPS`` data-parallel ∇τ steps and writes the
+final parameters (flat) and what it read to ``OUT.npz``; then it trains with the streamed
+driver ``train.fit_stream`` on its own rows of the same batches (:func:`stream_problem`). The
+test runs both in one process on the whole batches and compares.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def stream_problem():
     return make_architecture("gpt_mlp"), cfg, batches
 
 
-def main(pid: int, nproc: int, port: int, out: str) -> None:
+def main(pid: int, nproc: int, port: int, out: str, saved: str) -> None:
     from hyperforget_jax import distributed as dist
 
     dist.initialize(f"127.0.0.1:{port}", nproc, pid, initialization_timeout=40)
@@ -60,7 +61,9 @@ def main(pid: int, nproc: int, port: int, out: str) -> None:
 
     from hyperforget_jax import params as P_
     from hyperforget_jax import train
+    from hyperforget_jax.checkpoint import load_params
 
+    loaded, _ = load_params(saved, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
     arch, tx, params, batches = problem()
     mesh = dist.global_mesh()
     step = dist.data_parallel_gradtau_step(arch.apply, tx, mesh)
@@ -77,9 +80,11 @@ def main(pid: int, nproc: int, port: int, out: str) -> None:
                                    mesh=mesh)
     np.savez(out, flat=flat, loss=float(np.asarray(m["loss"].addressable_data(0))),
              stream_flat=np.asarray(P_.flatten(dist.fetch(streamed.params))),
-             process_count=jax.process_count(), device_count=jax.device_count())
+             process_count=jax.process_count(), device_count=jax.device_count(),
+             loaded=np.asarray(loaded["w"]),
+             loaded_here=list(loaded["w"].devices()) == jax.local_devices()[:1])
     jax.distributed.shutdown()
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5])

@@ -21,6 +21,7 @@ from conftest import CompileCounter
 from hyperforget_jax import distributed as dist
 from hyperforget_jax import params as P_
 from hyperforget_jax import train
+from hyperforget_jax.checkpoint import save_params
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.unlearn import gradtau
 
@@ -63,6 +64,10 @@ def _try_workers(tmp_path, nproc, timeout, meanwhile):
              if not f.startswith("--xla_force_host_platform_device_count")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")]),
            "JAX_PLATFORMS": "cpu", "XLA_FLAGS": " ".join(flags)}
+    # A params checkpoint every worker loads: process 1 used to read it onto process 0's
+    # device (jax.devices()[0]) and called it corrupt.
+    saved = tmp_path / "saved"
+    save_params(saved, {"w": np.arange(3, dtype=np.float32)})
     port = dist.free_port()
     procs, outs = [], []
     for pid in range(nproc):
@@ -70,8 +75,8 @@ def _try_workers(tmp_path, nproc, timeout, meanwhile):
         log = open(tmp_path / f"p{pid}.log", "w")
         procs.append((subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "distributed_worker.py"), str(pid),
-             str(nproc), str(port), str(out)], env=env, stdout=log, stderr=subprocess.STDOUT),
-            log))
+             str(nproc), str(port), str(out), str(saved)], env=env, stdout=log,
+            stderr=subprocess.STDOUT), log))
         outs.append(out)
     deadline = time.monotonic() + timeout
     try:
@@ -97,6 +102,8 @@ def test_two_process_gradtau_equals_single_process(tmp_path):
     results, (ref, ref_loss, init, want) = _run_workers(tmp_path, _reference)
     for r in results:
         assert int(r["process_count"]) == 2 and int(r["device_count"]) == 2
+        np.testing.assert_array_equal(r["loaded"], [0, 1, 2])   # on its own device
+        assert bool(r["loaded_here"])
         # Adam divides by √v: coordinates with near-zero gradients amplify reduction-order
         # differences, so the bound is 1% of one step (lr = 1e-3), not machine epsilon.
         np.testing.assert_allclose(r["flat"], ref, atol=1e-5, rtol=0)

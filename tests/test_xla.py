@@ -27,6 +27,21 @@ def test_options_default_env_off_and_xla_flags_win(monkeypatch):
     assert xla.compiler_options() is None
 
 
+def test_options_go_to_the_cpu_compiler_only(monkeypatch):
+    """The option is a field only XLA:CPU reads, and a PJRT plugin refuses a field its own
+    DebugOptions lacks ("No such compile option", as this CPU does for one it does not know):
+    with a GPU / TPU default backend the library's programs are plain ``jax.jit``s."""
+    monkeypatch.delenv("HYPERFORGET_XLA_OPTIONS", raising=False)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    with pytest.raises(Exception, match="No such compile option"):
+        jax.jit(lambda a: a + 1, compiler_options={"xla_not_an_option": "1"})(1.0)
+    assert isinstance(xla.jit(jnp.sin), xla._Jitted)
+    for backend in ("gpu", "tpu"):
+        monkeypatch.setattr(jax, "default_backend", lambda: backend)
+        assert xla.compiler_options() is None
+        assert not isinstance(xla.jit(jnp.sin), xla._Jitted)
+
+
 def _step(name):
     arch = make_architecture(name)
     cfg = train.TrainConfig(arch=name, lr=1e-3)
