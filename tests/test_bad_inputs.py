@@ -156,6 +156,13 @@ def _split_with(c, **replace):
     return split._replace(retain=split.retain.replace(**replace))
 
 
+def _doubled(split, part):
+    """``split`` with its ``part`` ("forget" or "retain") set given twice, rows and indices."""
+    idx = np.tile(getattr(split, f"{part}_idx"), 2)
+    return split._replace(**{part: getattr(split, part).subset(np.tile(
+        np.arange(len(getattr(split, part))), 2)), f"{part}_idx": idx})
+
+
 def _unlearn_split(c, split, method="gradtau", val=None, arch=None, params=None):
     from hyperforget_jax.unlearn import unlearn
 
@@ -370,6 +377,12 @@ API_CASES = [
                                    forget_idx=np.array([-1]), retain=c.train,
                                    retain_idx=np.arange(len(c.train)))),
      ForgetRequestError, "split.forget_idx holds the negative index -1"),
+    ("unlearn-repeated-forget-index-split", lambda c: _unlearn_split(    # α₀ counted it twice
+        c, _doubled(_split_with(c), "forget")), ForgetRequestError,
+     r"split.forget_idx repeats training index \d+ \(\d+ repeated\)"),
+    ("unlearn-repeated-retain-index-split", lambda c: _unlearn_split(
+        c, _doubled(_split_with(c), "retain"), method="neggrad_plus"), ForgetRequestError,
+     "split.retain_idx repeats training index"),
     ("unlearn-user-module-of-5-outputs", lambda c: _unlearn_split(
         c, _split_with(c), **_five_output_module()),
      ArchitectureError, "has 5 outputs but the data has 10 classes"),

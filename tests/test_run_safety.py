@@ -205,17 +205,22 @@ def test_evaluate_refuses_another_request_than_the_runs_own(runs, tmp_path, capf
 
 
 def test_own_request_check_reads_class_order_as_one_request():
-    """`--forget-class 4 3` and `3 4` forget one set; a sampled network has its request too."""
+    """`--forget-class 4 3` and `3 4` forget one set, as do `--forget-indices 3,5,7` and
+    `7,5,3` (refused as another request before); a sampled network has its request too."""
     from hyperforget_jax import data
+    from hyperforget_jax.commands.common import refuse_other_request
     from hyperforget_jax.commands.core import _check_own_request
     from hyperforget_jax.errors import ForgetRequestError
 
+    R = data.ForgetRequest
     for role in ("retrain", "unlearned", "hyperforget-sample"):
-        meta = {"identity": {"role": role,
-                             "request": data.ForgetRequest(classes=(3, 4)).to_json()}}
-        _check_own_request(meta, data.ForgetRequest(classes=(4, 3)), "R")
-        with pytest.raises(ForgetRequestError, match=f"is an? '{role}' run"):
-            _check_own_request(meta, data.ForgetRequest(classes=(3,)), "R")
+        for own, same, other in (((3, 4), (4, 3), (3,)), ((3, 5, 7), (7, 5, 3), (3, 5, 8))):
+            kind = "classes" if len(own) == 2 else "indices"
+            meta = {"identity": {"role": role, "request": R(**{kind: own}).to_json()}}
+            _check_own_request(meta, R(**{kind: same}), "R")
+            refuse_other_request(meta["identity"]["request"], R(**{kind: same}), "R", "")
+            with pytest.raises(ForgetRequestError, match=f"is an? '{role}' run"):
+                _check_own_request(meta, R(**{kind: other}), "R")
 
 
 def test_evaluate_rows_never_collide(runs, tmp_path, capfd):

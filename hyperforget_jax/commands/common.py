@@ -149,10 +149,12 @@ def request_from_args(args) -> data.ForgetRequest | None:
 
 
 def same_request(a: data.ForgetRequest, b: data.ForgetRequest) -> bool:
-    """Whether two requests are one (classes 4 3 and 3 4 are one forget set)."""
+    """Whether two requests are one (classes 4 3 and 3 4 are one forget set, and so are
+    ``--forget-indices 3,5`` and ``5,3``: an index request in another order was refused as
+    "a run for another request")."""
     def canonical(req: data.ForgetRequest) -> dict:
         j = req.to_json()
-        return {**j, "classes": sorted(j["classes"])} if j.get("classes") else j
+        return {**j, **{k: sorted(j[k]) for k in ("classes", "indices") if j.get(k)}}
 
     return canonical(a) == canonical(b)
 

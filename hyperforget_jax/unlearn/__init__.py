@@ -119,6 +119,14 @@ def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any
             raise ForgetRequestError(f"{method}: split.{name} holds the negative index "
                                      f"{idx.min()}; training-set indices run from 0 (build the "
                                      "split with hf.resolve_forget)")
+        # A sample given twice was counted twice: ∇τ's α₀ = scale·|D_f|/|D| and its budget
+        # read the sizes, so a doubled forget set ran with twice the α₀, without a word.
+        seen, counts = np.unique(idx, return_counts=True)
+        if (counts > 1).any():
+            raise ForgetRequestError(f"{method}: split.{name} repeats training index "
+                                     f"{seen[counts > 1][0]} ({int((counts > 1).sum())} "
+                                     "repeated); each sample is forgotten or retained once: "
+                                     "build the split with hf.resolve_forget")
     if np.intersect1d(np.asarray(split.forget_idx), np.asarray(split.retain_idx)).size:
         raise ForgetRequestError(f"{method}: the forget and retain sets share training indices; "
                                  "build the split with hf.resolve_forget")
@@ -208,8 +216,9 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
         field (``alpha0``, ``alpha_scale``, ``alpha_max``, ``tau_mode``,
         ``tau_refresh_epochs``: Fine-tune is α ≡ 0 and would ignore it), a ``retrain``
         TrainConfig whose ``arch`` names another model than ``arch``.
-      ForgetRequestError: empty forget or retain set; ``forget_classes`` that are not the
-        forget set's classes.
+      ForgetRequestError: empty forget or retain set; a split whose indices are negative,
+        repeated or shared by both sets; ``forget_classes`` that are not the forget set's
+        classes.
       ArchitectureError: parameters that do not fit the model.
       DataError: images of a shape the model does not take, labels it has no output for.
       NonFiniteError: a loss or parameters became NaN/inf (nothing is returned); it names the
