@@ -24,12 +24,12 @@ path ``pkg.module:Name``, default ``mlp``; ``--epochs``, ``--batch-size``, ``--l
 
 Resuming: each setting, once complete, is stored in ``<out>/cells/`` with the configuration that
 produced it (every flag that changes a number, the methods' configs, the data's and the
-originals' fingerprints), and rerunning the same command after an interruption reuses those
-settings and runs the rest; the report names the reused settings (their wall times are from
-the earlier run) and is otherwise the one an uninterrupted run writes. Another configuration
-into the same ``--out`` is refused (exit 2; ``--restart`` replaces that run), as is a second
-run while one writes it. The report files are removed at the start and written at the end
-only.
+originals' fingerprints, the revision of what a cell records: ``CELL_REVISION``), and rerunning
+the same command after an interruption reuses those settings and runs the rest; the report
+names the reused settings (their wall times are from the earlier run) and is otherwise the one
+an uninterrupted run writes. Another configuration into the same ``--out`` is refused (exit 2;
+``--restart`` replaces that run), as is a second run while one writes it. The report files are
+removed at the start and written at the end only.
 
 Every number comes from sweeps (:func:`hyperforget_jax.unlearn.unlearn_sweep`): the originals
 are one vmapped fleet, and each method runs all seeds of a setting as one vmapped program (for
@@ -89,6 +89,11 @@ OUTPUTS = ("results.json", "table.md", "gap_vs_time.png")
 RESULT_KEYS = ("dataset", "sizes", "architecture", "seeds", "settings", "total_seconds")
 #: The settings that get U-LiRA when ``--ulira-settings`` is not given, where the run has them.
 ULIRA_DEFAULT = ("class 3", "random 30%")
+#: What a cell records for one configuration, raised when the code computing a cell changes
+#: what it stores (the package's __version__ has never moved, so the identity cannot tell):
+#: a cell of another revision is computed again, never mixed into a resumed table. 2: ∇τ's
+#: class-removal τ recorded as log K (cells of 2026-12-06 before 09:00 recorded 0.0).
+CELL_REVISION = 2
 
 
 def parse_args(argv=None):
@@ -216,7 +221,7 @@ def run(args, splits: data.Splits, cells: rundir.Cells) -> dict:
     arch = as_model(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     seeds = list(range(args.seeds))
     originals = train.fit_fleet(arch, splits.train, cfg, seeds)[0].params   # stacked
-    config = {**cells.identity,
+    config = {**cells.identity, "cell_revision": CELL_REVISION,
               "originals": rundir.array_fingerprint(*jax.tree.leaves(originals))}
     out = {"dataset": args.dataset, "seeds": seeds, "train_config": cfg.to_json(),
            "command": command_line(args._argv),

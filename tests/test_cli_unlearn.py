@@ -146,3 +146,24 @@ def test_forget_indices_are_checked_on_the_run_s_own_dataset(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1
     assert "trained with --dataset digits, this command uses mnist5k" in err
     assert sorted(p.name for p in run.iterdir()) == ["run.json"]
+
+
+def test_the_data_s_fingerprint_decides_over_the_name_it_was_recorded_under(digits_splits):
+    """A hypernetwork of a corpus built before 2026-12-06 from digits splits passed without a
+    name records dataset "mnist5k" and the digits fingerprint: `sample --dataset digits` was
+    refused by the name, `--dataset mnist5k` by the fingerprint (no way to use it)."""
+    import argparse
+
+    from hyperforget_jax import rundir
+    from hyperforget_jax.commands import common
+    from hyperforget_jax.errors import DataError
+
+    fp = rundir.data_fingerprint(digits_splits)
+    meta = {"dataset": "mnist5k", "split_seed": 0, "identity": {"data": fp}}
+    args = argparse.Namespace(dataset="digits", split_seed=0)
+    common.check_same_data(meta, args, digits_splits, "h")     # the same arrays: accepted
+    other = {**meta, "identity": {"data": "0" * 24}}
+    with pytest.raises(DataError, match="trained with --dataset mnist5k, this command uses"):
+        common.check_same_data(other, args, digits_splits, "h")
+    with pytest.raises(DataError, match="differs from what the model"):
+        common.check_same_data({**other, "dataset": "digits"}, args, digits_splits, "h")

@@ -189,6 +189,25 @@ def test_resume_after_kill_and_config_mismatch(built, digits_splits, tmp_path):
         C.Corpus(tmp_path / "nothing")
 
 
+def test_a_digits_corpus_an_older_version_recorded_as_mnist5k_resumes(built, digits_splits,
+                                                                       tmp_path):
+    """Before 2026-12-06 build_corpus recorded any splits passed without a name as "mnist5k":
+    the same call on the same digits splits was then refused ("a different dataset") though
+    the recorded fingerprint is the data's. It resumes, and the index takes the data's name."""
+    out, _ = built
+    copy = tmp_path / "c"
+    shutil.copytree(out, copy)
+    index = json.loads((copy / "index.json").read_text())
+    (copy / "index.json").write_text(json.dumps({**index, "dataset": "mnist5k"}))
+    stats = C.build_corpus(copy, CFG, digits_splits, progress=False)
+    assert stats["shards_built"] == 0 and stats["shards_skipped"] == 2
+    assert json.loads((copy / "index.json").read_text())["dataset"] == "digits"
+    # Other arrays under the name are still another dataset.
+    (copy / "index.json").write_text(json.dumps({**index, "data_fingerprint": "0" * 24}))
+    with pytest.raises(CheckpointError, match="different data_fingerprint"):
+        C.build_corpus(copy, CFG, digits_splits, progress=False)
+
+
 def _damage(path, what):
     index = json.loads((path / "index.json").read_text())
     shard = path / "shard_00000"

@@ -479,6 +479,25 @@ def test_an_interrupted_table_resumes_to_the_uninterrupted_report(tmp_path, monk
         b / "table.md").read_text()
 
 
+def test_cells_an_older_version_stored_are_computed_again(tmp_path, monkeypatch):
+    """A sweep started before 2026-12-06 09:00 stored ∇τ's class-removal τ as 0.0 (log K
+    since) under a configuration equal to today's (the identity's version never moved): a
+    resume mixed those cells into the table. A cell without today's revision is recomputed."""
+    import json
+
+    table = load_experiment("unlearning_table")
+    _fake_sweeps(table, monkeypatch)
+    table.main([*_TINY, "--out", str(tmp_path)])
+    for f in (tmp_path / "cells").iterdir():        # as the older version wrote them
+        cell = json.loads(f.read_text())
+        cell["config"].pop("cell_revision", None)
+        f.write_text(json.dumps(cell))
+    calls = _fake_sweeps(table, monkeypatch)
+    table.main([*_TINY, "--out", str(tmp_path)])
+    assert calls == ["class 3", "class 8", "random 10%"]
+    assert json.loads((tmp_path / "results.json").read_text())["reused"] == []
+
+
 def test_a_second_table_run_on_one_out_is_refused(tmp_path, monkeypatch):
     # Two runs on one --out both wrote results.json, table.md and the plot: the files could
     # come from different runs. The second is refused while the first holds the lock.

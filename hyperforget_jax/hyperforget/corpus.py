@@ -632,6 +632,13 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
     if CI.index_path(out).exists():
         old = CI.read_index(out)
+        if old.get("data_fingerprint") == index["data_fingerprint"] \
+                and old.get("dataset") != index["dataset"]:
+            # The same arrays under another name: before 2026-12-06 any splits passed without
+            # a name were recorded as "mnist5k" (a digits corpus too), and its resume was
+            # refused as "a different dataset" though nothing differed. The fingerprint is the
+            # data; the index takes this call's name (what hypertrain and sample check).
+            old["dataset"] = index["dataset"]
         recorded_since = ("dataset", "split_seed", "data_fingerprint")   # older corpora lack
         # trained_tensors too: which tensors "head" names has changed (resnet18's), and new
         # shards of another span would be stored under the old index's span.
