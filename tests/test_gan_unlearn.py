@@ -142,6 +142,29 @@ def test_short_cascade_lowers_d_score_on_forgotten_items(digits_splits, tiny_gan
         assert np.all(np.isfinite(np.asarray(leaf)))
 
 
+def test_a_sweep_over_rates_and_weights_reuses_the_compiled_chunk(digits_splits, tiny_gan):
+    """unlearn_gan calls that differ only in lr, d_lr, λ_s or λ_u (a sweep in one process)
+    run one compiled chunk: each learning rate and weight used to compile its own (7-10 s and
+    ≈ 20 MB for the digits MLP GAN, kept for the life of the process)."""
+    from conftest import CompileCounter
+
+    train = digits_splits.train
+    gan, arch = tiny_gan
+    # The chunk of test_short_cascade_lowers_d_score_on_forgotten_items (same structure).
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="data", check_every=10,
+                          max_rounds=10, pool_size=256)
+    kw = dict(retain_x=train.x[16:512], forget_x=train.x[:16], heldout_x=digits_splits.val.x)
+    g, d = jax.device_put((gan.g_params, gan.d_params), jax.devices()[0])
+    first = U.unlearn_gan(arch, g, d, cfg=cfg, **kw)
+    other = dataclasses.replace(cfg, lr=2 * cfg.lr, d_lr=cfg.d_lr / 2, lambda_s=0.3,
+                                lambda_u=8.0)
+    with CompileCounter() as c:
+        second = U.unlearn_gan(arch, g, d, cfg=other, **kw)
+    assert c.n == 0
+    assert not np.array_equal(np.asarray(jax.tree.leaves(first.g_params)[0]),
+                              np.asarray(jax.tree.leaves(second.g_params)[0]))
+
+
 def test_class_request_needs_a_classifier_that_names_the_forget_images():
     arch = make_gan_arch("mlp", (8, 8, 1))
     g, d = arch.init(jax.random.key(0))
@@ -404,40 +427,42 @@ def test_d_lr_sets_the_discriminator_learning_rate_only(digits_splits, tiny_gan)
 
 
 def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan):
-    """The cascade's compiled rounds take λ_u as an argument: one program (one compilation)
-    serves every attempt of the escalation, and its numbers equal the round with λ_u compiled
-    in as a constant (bit for bit on CPU)."""
+    """The cascade's compiled rounds take λ_u, the learning rates and λ_s as arguments: one
+    program (one compilation) serves every attempt of the escalation and every recipe of a
+    sweep that differs in them, and its numbers equal the round with them compiled in as
+    constants (bit for bit on CPU)."""
     from hyperforget_jax.gan.train import init_gan_state, make_optimizer
 
     gan, arch = tiny_gan
     data, bank, y_f, key = _round_inputs(arch, digits_splits.train.x)
-    # (lr, d_lr, beta1, lambda_s, lambda_a, sub_real_weight, batch_size, rounds per call): no
-    # λ_u, no anchor. The data-level cascade's chunk
-    # (test_short_cascade_lowers_d_score_on_forgotten_items).
+    # (beta1, anchored, sub_real_weight, batch_size, rounds per call): no anchor. The
+    # data-level cascade's chunk (test_short_cascade_lowers_d_score_on_forgotten_items).
     n = 10
-    cfg_key = (_LR, _D_LR, 0.5, _LAMBDA_S, 0.0, 1.0, _BATCH, n)
+    cfg_key = (0.5, False, 1.0, _BATCH, n)
     run = U._compiled_rounds(arch, cfg_key)
     assert U._compiled_rounds(arch, cfg_key) is run
-    tx, tx_d = make_optimizer(_LR, 0.5), make_optimizer(_D_LR, 0.5)
     copy = lambda tree: jax.tree.map(jnp.copy, tree)      # the program donates its state
-    start = lambda: init_gan_state(arch, tx, jax.random.key(0), copy(gan.g_params),
-                                   copy(gan.d_params))
+    start = lambda: init_gan_state(arch, make_optimizer(), jax.random.key(0),
+                                   copy(gan.g_params), copy(gan.d_params))
     # Committed, as unlearn_gan commits its state: the cascade tests' program, not another.
     fresh = lambda: jax.device_put(start(), jax.devices()[0])
     finals, programs = [], []
-    # Two weights, each against a round compiled with it as a constant; at 4.0 that round is
-    # the one test_round_losses_equal_separate_forward_passes[1.0] and
+    # Two recipes, each against a round compiled with its numbers as constants; the first's
+    # round is the one test_round_losses_equal_separate_forward_passes[1.0] and
     # test_d_lr_sets_the_discriminator_learning_rate_only compile (the same HLO and the same
     # uncommitted state: the shared XLA cache serves it; a committed state was another
-    # compilation, with the same bits), so only 16.0's is compiled here.
-    for lam_u in (4.0, 16.0):
+    # compilation, with the same bits), so only the second's is compiled here.
+    for lam_u, lr, d_lr, lam_s in ((4.0, _LR, _D_LR, _LAMBDA_S),
+                                   (16.0, 2 * _LR, _D_LR / 2, 3 * _LAMBDA_S)):
+        tx, tx_d = make_optimizer(lr, 0.5), make_optimizer(d_lr, 0.5)
         # With the chunk's compiler options (xla.jit): under plain jax.jit XLA:CPU picks other
         # dot kernels at batch 64, which round differently whatever λ_u is.
-        fixed = xla.jit(U.make_round(arch, tx, lam_u, _LAMBDA_S, 1.0, _BATCH, tx_d))
+        fixed = xla.jit(U.make_round(arch, tx, lam_u, lam_s, 1.0, _BATCH, tx_d))
         want = start()
         for _ in range(n):
             want, _ = fixed(want, data, bank, y_f, jax.random.fold_in(key, want.step))
-        got, m = run(fresh(), data, bank, y_f, jnp.float32(lam_u), key)
+        rates = jnp.asarray((lr, d_lr, lam_s, 0.0), jnp.float32)
+        got, m = run(fresh(), data, bank, y_f, jnp.float32(lam_u), key, rates)
         programs.append(run._cache_size())
         assert m["d_loss"].shape == (n,) and int(got.step) == n
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -446,7 +471,7 @@ def test_lambda_u_is_an_argument_of_one_compiled_program(digits_splits, tiny_gan
             else:                                       # other backends may fuse differently
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
         finals.append(np.concatenate([np.ravel(a) for a in jax.tree.leaves(got.d_params)]))
-    # Two weights, one compilation: the weight after the first adds no program (the cascade
+    # Two recipes, one compilation: the recipe after the first adds no program (the cascade
     # tests that share this chunk may have compiled it before, for their own arguments).
     assert programs[0] == programs[1] >= 1
     assert not np.array_equal(finals[0], finals[1])     # and the weight does reach D

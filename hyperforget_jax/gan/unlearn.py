@@ -369,10 +369,12 @@ def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float 
     """``round(state, data, bank, y_f, key) -> (state, metrics)``: one D-unlearning step and one
     G-unlearning step. ``data = (retain_x, n_retain, forget_x, n_forget)`` on device (arrays
     may be padded past their counts); batches are drawn from ``key``. ``tx`` updates G, and D
-    too unless ``tx_d`` is given. ``lambda_u`` may be a traced scalar. With ``lambda_a`` > 0
-    (static) L_G gains λ_a · ‖G(z_a) − G₀(z_a)‖² on a batch of the bank's anchor codes, drawn
-    from a sixth key of the split (at 0 the round is the five-key round, bit for bit)."""
+    too unless ``tx_d`` is given. ``lambda_u``, ``lambda_s`` and ``lambda_a`` may be traced
+    scalars. With ``lambda_a`` not 0 (a traced one counts as not 0) L_G gains
+    λ_a · ‖G(z_a) − G₀(z_a)‖² on a batch of the bank's anchor codes, drawn from a sixth key of
+    the split (at 0 the round is the five-key round, bit for bit)."""
     tx_d = tx if tx_d is None else tx_d
+    anchored = isinstance(lambda_a, jax.Array) or bool(lambda_a)
 
     # D and G are per-sample functions (no batch statistics), so the streams of a step go
     # through each network as one batch: the same losses, in fewer and larger kernels.
@@ -407,7 +409,7 @@ def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float 
 
     def round_fn(state: GANState, data, bank: SubstitutionBank, y_f, key):
         retain_x, n_r, forget_x, n_u = data
-        if lambda_a:
+        if anchored:
             kr, ku, kd, kg, ks, ka = jax.random.split(key, 6)
             ai = jax.random.randint(ka, (batch_size,), 0, jnp.maximum(bank.anchor_count, 1))
             anchor = (bank.anchor_codes[ai], bank.anchor_targets[ai],
@@ -437,18 +439,23 @@ def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float 
 
 
 def _compiled_rounds(arch: GANArch, cfg_key: tuple) -> Callable:
-    """``run(state, data, bank, y_f, lambda_u, key)``: ``n`` cascade rounds under one
+    """``run(state, data, bank, y_f, lambda_u, key, rates)``: ``n`` cascade rounds under one
     ``lax.scan``, owned by the architecture (:meth:`GANArch.program`), one program per recipe
-    key. λ_u is an argument, not part of the key: every attempt of the escalation (and every
-    λ_u of a sweep) runs the same program, with the same numbers as a λ_u compiled in (equal
-    bit for bit on CPU, tested)."""
+    structure ``cfg_key = (beta1, anchored, sub_real_weight, batch_size, n)``. The recipe's
+    weights and rates are arguments, not part of the key: λ_u (every attempt of the
+    escalation) and ``rates``, float32 ``(lr, d_lr, lambda_s, lambda_a)``, so a sweep over
+    learning rates or loss weights runs one program (each value used to compile its own,
+    7-10 s and ≈ 20 MB apiece for the digits MLP GAN), with the same numbers as values compiled
+    in (bit for bit on CPU, tested). Adam's β₁ stays in the key: traced, its bias correction
+    rounds differently (≈ 3e-8 on G after 10 rounds)."""
     def build():
-        lr, d_lr, beta1, lambda_s, lambda_a, sub_real_weight, batch_size, n = cfg_key
-        tx, tx_d = make_optimizer(lr, beta1), make_optimizer(d_lr, beta1)
+        beta1, anchored, sub_real_weight, batch_size, n = cfg_key
 
-        def run(state, data, bank, y_f, lambda_u, key):
+        def run(state, data, bank, y_f, lambda_u, key, rates):
+            lr, d_lr, lambda_s, lambda_a = rates
+            tx, tx_d = make_optimizer(lr, beta1), make_optimizer(d_lr, beta1)
             round_fn = make_round(arch, tx, lambda_u, lambda_s, sub_real_weight, batch_size,
-                                  tx_d, lambda_a)
+                                  tx_d, lambda_a if anchored else 0.0)
 
             def body(s, _):
                 return round_fn(s, data, bank, y_f, jax.random.fold_in(key, s.step))
@@ -782,7 +789,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
 
     sub_real = 1.0 if cfg.substitution == "data" else 0.0
     d_lr = cfg.lr if cfg.d_lr is None else cfg.d_lr
-    recipe_key = (cfg.lr, d_lr, cfg.beta1, cfg.lambda_s, cfg.lambda_a, sub_real, cfg.batch_size)
+    recipe_key = (cfg.beta1, cfg.lambda_a > 0, sub_real, cfg.batch_size)
+    rates = jnp.asarray((cfg.lr, d_lr, cfg.lambda_s, cfg.lambda_a), jnp.float32)
     # A chunk is check_every rounds, or the rounds left before max_rounds when fewer remain
     # (max_rounds is a hard cap, not rounded up to a whole chunk).
     chunk_of = lambda n: _compiled_rounds(arch, (*recipe_key, n))
@@ -869,7 +877,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                                 jnp.asarray(count, jnp.int32), *anchor)
         n = min(cfg.check_every, cfg.max_rounds - in_attempt)
         state, m = chunk_of(n)(state, data, bank, jnp.float32(y_f), jnp.float32(weight(attempt)),
-                               key)
+                               key, rates)
         if not np.asarray(m["finite"]).all():
             # A diverged Original fails its first round whatever the recipe: name it, not the
             # learning rate (checked only on a stop, so a finite start costs nothing).
