@@ -246,7 +246,7 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
               "--judge-epochs", "4", "--judge-augment", "1", "--judge-anneal", "0", "--out",
               str(bad_out)], "no GAN checkpoint", bad_out)):
         capsys.readouterr()
-        assert cli.main(argv) == 2, argv
+        assert cli.main(argv) == 2, " ".join(argv)
         lines = capsys.readouterr().err.strip().splitlines()
         # (the 2-epoch GAN draws no 3s: the cascade warns so before it runs)
         assert [words in ln for ln in lines if ": error: " in ln] == [True], lines

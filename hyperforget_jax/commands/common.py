@@ -350,23 +350,22 @@ def check_same_data(meta: dict, args, splits: data.Splits, run_dir, what: str = 
                     ) -> None:
     """Refuses data other than the run's own: another dataset, split seed, or changed data
     under the same name would make RA/FA/TA and the forget set refer to other samples. Where
-    the run recorded its data's fingerprint, equal arrays are accepted whatever their name."""
+    the run recorded its data's fingerprint and the arrays are equal, the name they were
+    recorded under is not compared: a corpus built before 2026-12-06 from splits passed without
+    a name recorded digits as "mnist5k", and its hypernetwork was refused for --dataset digits
+    (and for mnist5k, by the fingerprint)."""
     ident = meta.get("identity") or {}
     fp = ident.get("data")
-    here = rundir.data_fingerprint(splits) if fp is not None else None
-    if fp is not None and fp == here:
-        # The very arrays, under whatever name they were recorded: a corpus built before
-        # 2026-12-06 from splits passed without a name recorded digits as "mnist5k", and its
-        # hypernetwork was refused for --dataset digits (and for mnist5k, by the fingerprint).
-        return
-    want = {"dataset": args.dataset, "split_seed": args.split_seed}
+    same_arrays = fp is not None and fp == rundir.data_fingerprint(splits)
+    want = {"split_seed": args.split_seed} if same_arrays else {
+        "dataset": args.dataset, "split_seed": args.split_seed}
     for key, now in want.items():
         was = ident.get(key, meta.get(key))
         if was is not None and was != now:
             raise DataError(f"the {what} in {run_dir} was trained with --{key.replace('_', '-')} "
                             f"{was}, this command uses {now}; pass the --dataset the model was "
                             "trained on and the same --split-seed")
-    if fp is not None:
+    if fp is not None and not same_arrays:
         raise DataError(f"the data of --dataset {args.dataset} differs from what the {what} in "
                         f"{run_dir} was trained on (fingerprint {fp}); pass the --dataset "
                         "the model was trained on (same files, same --data-dir)")
