@@ -42,7 +42,8 @@ The classifier recipe takes one flag per :class:`~hyperforget_jax.train.TrainCon
 HyperForget: its hypernetwork was trained for one architecture and dataset (``gpt_mlp`` on
 MNIST-5k by default) and class requests only: run the gate with that ``--arch`` and
 ``--dataset`` (another one is refused with a one-line error) and a ``--forget-class``. Each
-U-LiRA shadow is unlearned by sampling from the hypernetwork with the shadow as start network.
+U-LiRA shadow is unlearned by sampling from the hypernetwork with the shadow as start network,
+with a key of its own (``hf_shadow_seed``), never the target's.
 """
 
 from __future__ import annotations
@@ -186,6 +187,20 @@ def floor_seed(seed: int, shadow: int | None = None) -> int:
     return FLOOR_SEED_BASE + 1000 * seed + (0 if shadow is None else 1 + shadow)
 
 
+#: Seeds of HyperForget's samples for the U-LiRA shadows: model seed k's shadow s samples with
+#: ``HF_SHADOW_SEED_BASE + 1000·k + s``; its target samples with k. With the shadow's index as
+#: its seed (``unlearn_shadows``' ``s``), shadow k drew model seed k's target noise (DDIM, η = 0:
+#: the sample is a function of it, so the attack's "unlearned" shadows held one twin of the
+#: target), and shadow s drew the same noise for every model seed. ∇τ's shadows keep ``s``:
+#: its draws are batch orders over sets of other sizes than the target's, not the target's.
+HF_SHADOW_SEED_BASE = 1 << 29
+
+
+def hf_shadow_seed(seed: int, shadow: int) -> int:
+    """The key seed of HyperForget's sample for shadow ``shadow`` of model seed ``seed``."""
+    return HF_SHADOW_SEED_BASE + 1000 * seed + shadow
+
+
 def run(args) -> dict:
     request = _check(args)
     splits = data.make_splits(data.load_dataset(args.dataset, args.data_dir))
@@ -206,7 +221,10 @@ def run(args) -> dict:
              "train_config": base.to_json(), "gradtau_config": dataclasses.asdict(gcfg),
              "hypernet": hypernet, "num_steps": args.num_steps if hypernet else None,
              "seeds": args.seeds, "shadows": args.shadows, "tol_mia": args.tol_mia,
-             "tol_ulira": args.tol_ulira, "backend": jax.default_backend()}
+             "tol_ulira": args.tol_ulira, "backend": jax.default_backend(),
+             # HyperForget's cells of a run before the shadows had their own sample seeds are
+             # not reused (their shadows held a twin of the target)
+             **({"hf_shadow_seed_base": HF_SHADOW_SEED_BASE} if hypernet else {})}
     with rundir.open_sweep(out_dir, ident, outputs=OUTPUTS, restart=args.restart,
                            command="privacy_gate") as cells:
         return _sweep(args, cells, splits, fsplit, request, base, arch, methods, out_dir)
@@ -250,7 +268,9 @@ def _seed(args, splits, fsplit, request, base, arch, methods, seed) -> dict:
                        "forget_acc": r_eval["forget_acc"]}
     for name, fn in methods.items():
         target = fn(original, fsplit, seed)
-        un_sh = ulira.unlearn_shadows(sh, fn, splits.train)
+        sh_fn = fn if name != "hyperforget" else (
+            lambda p, sp, s, fn=fn: fn(p, sp, hf_shadow_seed(seed, s)))
+        un_sh = ulira.unlearn_shadows(sh, sh_fn, splits.train)
         u = ulira.ulira(arch, sh, un_sh, splits.train, fsplit, target, retrained)
         m_eval = ev(target)
         rows[name] = {"mia_loss_lr": m_eval["mia_loss_lr"], "ulira_acc": u["accuracy"],

@@ -44,19 +44,33 @@ def _zero_hypernet(path: Path) -> None:
 def passed_run(tmp_path_factory):
     """The one real gate run of this file, HyperForget rows included: a run without
     ``--hypernet`` computes the same Retrain and ∇τ rows (the hypernetwork only adds its own),
-    so one run serves the tests of both (it was two runs, ≈ 10 s each)."""
+    so one run serves the tests of both (it was two runs, ≈ 10 s each). Returns (the module,
+    the out directory, the exit code, the key bits of every HyperForget sample in call order:
+    the target's, then each shadow's)."""
+    import jax
+    import numpy as np
+    from hyperforget_jax.hyperforget import dihyfo
+
     gate = load_experiment("privacy_gate")
     root = tmp_path_factory.mktemp("gate")
     _zero_hypernet(root / "hypernet")
     out = root / "pass"
-    rc = gate.main([*TINY, "--hypernet", str(root / "hypernet"), "--num-steps", "2",
-                    "--out", str(out), "--tol-mia", "1", "--tol-ulira", "1"])
-    return gate, out, rc
+    keys, real = [], dihyfo.sample
+
+    def spy(key, *args, **kwargs):
+        keys.append(tuple(np.asarray(jax.random.key_data(key)).ravel().tolist()))
+        return real(key, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dihyfo, "sample", spy)
+        rc = gate.main([*TINY, "--hypernet", str(root / "hypernet"), "--num-steps", "2",
+                        "--out", str(out), "--tol-mia", "1", "--tol-ulira", "1"])
+    return gate, out, rc, keys
 
 
 def test_gate_hyperforget_path(passed_run, tmp_path, capfd):
     """The HyperForget rows: load, prompts, sampling for the target and every shadow."""
-    gate, out, rc = passed_run
+    gate, out, rc, _ = passed_run
     assert rc == 0
     res = json.loads((out / "gate.json").read_text())
     assert set(res["per_seed"]) == {"retrain", "gradtau", "hyperforget"}
@@ -67,8 +81,17 @@ def test_gate_hyperforget_path(passed_run, tmp_path, capfd):
     assert "hyperforget FAILED" in capfd.readouterr().err
 
 
+def test_gate_hyperforget_shadows_do_not_sample_with_the_targets_key(passed_run):
+    """The target's HyperForget sample and each shadow's draw from keys of their own. The
+    shadows sampled with their index as seed: shadow 0 with model seed 0's key, i.e. the target's
+    DDIM noise (η = 0: a twin of the target among the attack's "unlearned" shadows)."""
+    *_, keys = passed_run
+    assert len(keys) == 3, keys                   # 1 model seed: the target and 2 shadows
+    assert len(set(keys)) == len(keys), keys
+
+
 def test_gate_passes_with_loose_tolerance_and_reports_beside_retrain(passed_run):
-    gate, out, rc = passed_run
+    gate, out, rc, _ = passed_run
     assert rc == 0
     res = json.loads((out / "gate.json").read_text())
     assert res["passed"] and set(res["per_seed"]) == {"retrain", "gradtau", "hyperforget"}
@@ -84,7 +107,7 @@ def test_gate_passes_with_loose_tolerance_and_reports_beside_retrain(passed_run)
 
 
 def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd, monkeypatch):
-    gate, out, _ = passed_run
+    gate, out, *_ = passed_run
     res = json.loads((out / "gate.json").read_text())
     for v in res["verdicts"].values():
         assert v["gap_mia_loss_lr"] > 0 or v["gap_ulira_acc"] > 0  # something to fail on
@@ -114,7 +137,7 @@ def test_gate_fails_with_zero_tolerance(passed_run, tmp_path, capfd, monkeypatch
 def test_gate_fails_a_ulira_accuracy_far_below_the_floor(passed_run, tmp_path, capfd):
     # An attack that is reliably wrong (accuracy 0.05) tells the models apart as well as one
     # that is reliably right: the one-sided gap let it pass.
-    gate, out, _ = passed_run
+    gate, out, *_ = passed_run
     res = json.loads((out / "gate.json").read_text())
     del res["per_seed"]["hyperforget"]          # only the rows this case is about
     for row in res["per_seed"]["gradtau"]:
@@ -180,7 +203,7 @@ def test_recheck_and_out_with_a_tilde(passed_run, tmp_path, monkeypatch, capfd):
     # `--out=~/gate` (a tilde the shell leaves alone) wrote into ~/gate, then read gate.md from
     # ./~/gate: a traceback and exit 1, which a CI job reads as a failed gate; `--recheck
     # ~/gate.json` was "not a gate.json".
-    gate, out, _ = passed_run
+    gate, out, *_ = passed_run
     (tmp_path / "old.json").write_text((out / "gate.json").read_text())
     (tmp_path / "cwd").mkdir()
     monkeypatch.setenv("HOME", str(tmp_path))
