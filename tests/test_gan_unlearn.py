@@ -653,6 +653,30 @@ def test_bad_anchor_weight_is_refused(bad):
         U.UnlearnConfig(lambda_a=bad)
 
 
+def test_a_concrete_zero_lambda_a_is_the_round_without_anchor():
+    """λ_a given as a concrete JAX zero (``jnp.float32(0.0)``, not traced) is no anchor, as a
+    Python 0 is: the five-key round. Since λ_a may be traced, every jax.Array counted as not 0:
+    the anchored round (one more G stream; a TypeError on a bank without anchor codes). Traced
+    here only (a jaxpr, nothing compiled), on the stand-in GAN."""
+    from hyperforget_jax.gan.train import init_gan_state, make_optimizer
+
+    arch, tx = _ConstArch(), make_optimizer()
+    pool = 8
+    bank = U.SubstitutionBank(jnp.zeros((pool, 1)), jnp.zeros((pool, 1, 1, 1)), jnp.int32(2),
+                              jnp.zeros((pool, 1)), jnp.zeros((pool, 1, 1, 1)), jnp.int32(2))
+    x = jnp.full((pool, 1, 1, 1), 0.5)
+    data = (x, jnp.int32(pool), x, jnp.int32(pool))
+    state = init_gan_state(arch, tx, jax.random.key(0), jnp.float32(0.3), jnp.float32(0.0))
+
+    def program(lambda_a):
+        round_fn = U.make_round(arch, tx, 4.0, 1.0, 0.0, 4, lambda_a=lambda_a)
+        return str(jax.make_jaxpr(round_fn)(state, data, bank, jnp.float32(0.0),
+                                            jax.random.key(1)))
+
+    assert program(jnp.float32(0.0)) == program(0.0) == program(0)
+    assert program(2.0) != program(0.0)         # the anchor is there when λ_a is not 0
+
+
 def test_anchor_term_of_the_round_equals_its_formula(digits_splits, tiny_gan):
     """With λ_a > 0 the round draws an anchor batch from a sixth key and adds
     λ_a · mean‖G(z_a) − x_a‖² to L_G (computed here with separate forward passes)."""

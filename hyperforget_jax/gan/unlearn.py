@@ -374,7 +374,10 @@ def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float 
     λ_a · ‖G(z_a) − G₀(z_a)‖² on a batch of the bank's anchor codes, drawn from a sixth key of
     the split (at 0 the round is the five-key round, bit for bit)."""
     tx_d = tx if tx_d is None else tx_d
-    anchored = isinstance(lambda_a, jax.Array) or bool(lambda_a)
+    # Only a tracer's value is unknown here: a concrete jnp.float32(0.0) is 0, as a Python 0
+    # is (taking every jax.Array for not 0 gave it the anchored round: one more G stream, and
+    # a TypeError on a bank without anchor codes, which unlearn_gan builds at λ_a = 0).
+    anchored = isinstance(lambda_a, jax.core.Tracer) or bool(lambda_a)
 
     # D and G are per-sample functions (no batch statistics), so the streams of a step go
     # through each network as one batch: the same losses, in fewer and larger kernels.
