@@ -92,6 +92,20 @@ def test_groups_by_shape_and_shares_one_original(setup):
     assert c.n == 0
 
 
+def test_gradtau_sweeps_over_forget_set_sizes_share_a_program(setup, digits_splits):
+    """A sweep of one request passes its D_f and D_r rows joined (|D| rows, as ``unlearn``
+    does): another forget-set size whose batch plan has the same shape (126 and 113 samples
+    at batch 64: 2 × 64) compiles nothing (it compiled the vmapped run again per size)."""
+    arch, stacked, _, val = setup
+    original, cfg = tree_index(stacked, 0), [GradTauConfig(epochs=1, batch_size=64)]
+    a, b = (data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=f, seed=1))
+            for f in (0.1, 0.09))
+    unlearn_sweep("gradtau", arch, original, a, val, configs=cfg)    # a fleet of one
+    with CompileCounter() as c:
+        unlearn_sweep("gradtau", arch, original, b, val, configs=cfg)
+    assert c.n == 0 and len(a.forget) != len(b.forget)
+
+
 def test_sweep_errors(setup):
     arch, stacked, split, val = setup
     with pytest.raises(ConfigError, match="seed must be an integer >= 0"):

@@ -264,14 +264,35 @@ def _epochs_program(model: Architecture, descent_only: bool, mode: str | None, f
                           plan_batched, how, chunk, tau_rows), build)
 
 
+def joinable(split: ForgetSplit) -> bool:
+    """Whether D_f's and D_r's rows can be one array as they are (:func:`device_arrays`'
+    ``joined``): a split built by hand may hold them in two dtypes, which joining would
+    convert, or in two image sizes that a model taking any size runs apart."""
+    f, r = split.forget, split.retain
+    return f.x.dtype == r.x.dtype and f.y.dtype == r.y.dtype and f.x.shape[1:] == r.x.shape[1:]
+
+
 def device_arrays(split: ForgetSplit, val: Dataset, mode: str | None,
-                  forget_classes: tuple[int, ...] | None, mesh: Mesh | None = None) -> dict:
-    arrays = {"xf": split.forget.x, "yf": split.forget.y, "xr": split.retain.x,
-              "yr": split.retain.y,
-              "tau": G.tau_inputs(mode, val, forget_classes) if mode else ()}
+                  forget_classes: tuple[int, ...] | None, mesh: Mesh | None = None,
+                  joined: bool = False) -> dict:
+    """The run's data on the device: ``{"xf", "yf", "xr", "yr", "tau": (τ inputs)}``.
+
+    ``joined``: D_f's rows then D_r's as one array, given as both ``xf`` and ``xr`` (the retain
+    plan shifted by |D_f|), so the data's shape is |D_f| + |D_r|, the same for every request on
+    one training set: a sweep over forget-set sizes whose batch plans agree in shape reuses one
+    compiled run instead of compiling it again per size (the steps gather the same rows)."""
+    if joined:
+        rows = (np.concatenate([split.forget.x, split.retain.x]),
+                np.concatenate([split.forget.y, split.retain.y]))
+    else:
+        rows = (split.forget.x, split.forget.y, split.retain.x, split.retain.y)
+    tree = (rows, G.tau_inputs(mode, val, forget_classes) if mode else ())
     if mesh is None:
-        return jax.tree.map(jnp.asarray, arrays)
-    return jax.device_put(arrays, NamedSharding(train.auto_mesh(mesh)[0], P()))
+        rows, tau = jax.tree.map(jnp.asarray, tree)
+    else:
+        rows, tau = jax.device_put(tree, NamedSharding(train.auto_mesh(mesh)[0], P()))
+    xf, yf, xr, yr = rows * 2 if joined else rows      # joined: (x, y) as both sets'
+    return {"xf": xf, "yf": yf, "xr": xr, "yr": yr, "tau": tau}
 
 
 #: run-identity fields recorded since 2026-12-05: checkpoints that lack them still resume.
@@ -373,7 +394,9 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     gs = G.GradTauState(jnp.int32(start * n), jnp.float32(tau0))
     chunk = "auto" if per_example(model, ts.params, split.retain.x) else None
     run = _epochs_program(model, descent_only, mode, False, mesh, chunk=chunk)
-    arrays = device_arrays(split, val, mode, forget_classes, mesh)
+    joined = joinable(split)
+    arrays = device_arrays(split, val, mode, forget_classes, mesh, joined)
+    r_idx = plan.r_idx + (len(split.forget) if joined else 0)   # into D_f's rows, then D_r's
     if mesh is not None:
         ts, gs = jax.device_put((ts, gs), NamedSharding(train.auto_mesh(mesh)[0], P()))
     else:
@@ -392,7 +415,7 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     done = []                  # (first epoch, finite (k, N_f), L_f, L_r, ascent steps, τ): (k,)
     for e0, k in runs:
         ts, gs, m, tau_k = run(ts, gs, hp, arrays, jnp.asarray(plan.f_idx[e0:e0 + k]),
-                               jnp.asarray(plan.r_idx[e0:e0 + k]))
+                               jnp.asarray(r_idx[e0:e0 + k]))
         res = (e0, m["finite"], m["forget_loss"].mean(-1), m["retain_loss"].mean(-1),
                m["ascent"].sum(-1), tau_k)
         if checkpointer is None:
@@ -469,8 +492,10 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     elif per_member:
         arrays = jax.tree.map(lambda *a: jnp.stack(a), *[
             device_arrays(sp, val, mode, forget_classes) for sp in split])
-    else:
-        arrays = device_arrays(split, val, mode, forget_classes)
+    else:   # one request: its rows joined, as run_gradtau's (one program across sizes)
+        joined = joinable(split)
+        arrays = device_arrays(split, val, mode, forget_classes, joined=joined)
+        r_idx = r_idx + (len(split.forget) if joined else 0)
     run = _epochs_program(model, descent_only, mode, True, None, per_member, not shared_plan,
                           vectorize, chunk)
     done = []                  # per run of k epochs: finite (k, M, n), L_f, L_r, ascent, τ (k, M)
