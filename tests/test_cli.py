@@ -101,6 +101,20 @@ def test_train_resumes_from_checkpoint(trained, capsys):
                                                             ).read_text()
 
 
+def test_progress_bars_only_on_a_terminal(trained, capsys, monkeypatch):
+    """A batch job's stderr is a file: there tqdm's carriage-return frames (about ten a second
+    of `hypertrain`) would pile up in the log, so without ``--quiet`` the bars are still off;
+    on a terminal they show."""
+    import sys
+
+    argv = ["train", "--run-dir", str(trained / "orig"), *(a for a in FAST if a != "--quiet")]
+    code, out, err = run(argv, capsys)                  # capsys's stderr is not a terminal
+    assert code == 0 and err == "" and "# Train" in out, err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    code, out, err = run(argv, capsys)
+    assert code == 0 and "\r" in err and "train gpt_mlp" in err, err
+
+
 def test_train_seconds_cover_the_whole_run_over_resumes(tmp_path):
     """``train_seconds`` is the whole run's training time (as ``gan train``'s): a reload of a
     finished run kept only the reload's fraction of a second, a resumed run only its last
@@ -154,6 +168,17 @@ def test_evaluate_defaults_to_the_seed_the_run_was_evaluated_with(trained, tmp_p
     assert code == 0, err
     ev = json.loads((tmp_path / "ev" / "evaluation.json").read_text())
     assert ev["run"] == own and ev["seed"] == 1 and ev["environment"]["devices"] == 1
+
+
+def test_evaluate_of_another_seed_keeps_its_own_default_directory(trained, capsys):
+    """An array job over ``evaluate --seed`` on one run: each evaluation replaced the last one
+    in ``<run-dir>/evaluate/<request>`` (every job exiting 0), so one seed's file was left.
+    A seed other than the run's own is part of the default name, as ``unlearn``'s is."""
+    code, _, err = run(["evaluate", "--run-dir", str(trained / "orig"), "--dataset", "digits",
+                        "--forget-class", "2", "--seed", "1", "--quiet"], capsys)
+    assert code == 0, err
+    ev = trained / "orig" / "evaluate" / "class-2-seed-1" / "evaluation.json"
+    assert json.loads(ev.read_text())["seed"] == 1
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -4,6 +4,7 @@ files, recipes, the resume-on-rerun contract, and a clear error for a mismatched
 import json
 import re
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -71,6 +72,9 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     assert 0 < stored <= first
     assert cli.main(train_orig) == 0
     assert json.loads((orig / "results.json").read_text())["seconds"] == stored
+    # ... and says so, as `train` does (a requeued job's log shows it did no work).
+    assert json.loads((orig / "results.json").read_text())["resumed_from_epoch"] == 2
+    assert "(already trained: reloaded)" in (orig / "report.md").read_text()
     assert cli.main(["gan", "train", *base, "--epochs", "2", "--forget-class", "3",
                      "--run-dir", str(ret), "--quiet"]) == 0
     assert (orig / "samples.png").stat().st_size > 1000
@@ -122,6 +126,8 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     assert cli.main(argv) == 0
     again = json.loads((unl / "results.json").read_text())
     assert again["history"] == res["history"] and again["rounds"] == res["rounds"]
+    assert res["resumed_from_round"] == 0 and again["resumed_from_round"] == res["rounds"]
+    assert "(already done: reloaded)" in (unl / "report.md").read_text()
 
     capsys.readouterr()
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--compare", str(orig),
@@ -161,9 +167,12 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     assert load_params_meta(tmp_path / "unl5" / "judge") == load_params_meta(unl / "judge")
     # Another judge recipe is not the stored one: trained anew, stored with the evaluation.
     capsys.readouterr()
-    assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", samples,
-                     "--judge", "mlp", "--judge-epochs", "2", "--judge-augment", "1",
-                     "--judge-anneal", "0", "--out", str(tmp_path / "ev_mlp"), "--json"]) == 0
+    with pytest.MonkeyPatch.context() as mp:       # a terminal: progress bars (not in a log)
+        mp.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+        assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", samples,
+                         "--judge", "mlp", "--judge-epochs", "2", "--judge-augment", "1",
+                         "--judge-anneal", "0", "--out", str(tmp_path / "ev_mlp"),
+                         "--json"]) == 0
     out = capsys.readouterr()
     ev_mlp = json.loads(out.out)
     # Without --quiet, the judge's training and the evaluation show progress on stderr.

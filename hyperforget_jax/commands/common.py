@@ -119,7 +119,13 @@ def refuse_zero_epochs(epochs: int) -> None:
 
 
 def progress(args) -> bool:
-    return not getattr(args, "quiet", False)
+    """Progress bars on stderr: off with ``--quiet``, and off when stderr is not a terminal (a
+    batch job, ``nohup``, CI: stderr redirected to a file), as ``unlearn``'s stage line is.
+    There tqdm's carriage-return frames would pile up on one line of the log, about ten a
+    second (≈ 3 MB an hour of ``hypertrain``), unreadable by ``less`` or ``tail``; the results
+    (stdout) and warnings and errors (stderr) are written as before."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return not getattr(args, "quiet", False) and callable(isatty) and bool(isatty())
 
 
 # --------------------------------------------------------------------------- data and requests

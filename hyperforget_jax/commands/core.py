@@ -125,8 +125,9 @@ def _own_seed(meta: dict) -> int:
 
 def cmd_evaluate(args) -> int:
     arch, params, meta = common.load_run(args.run_dir)
+    own_seed = _own_seed(meta)
     if args.seed is None:       # the numbers the run's own command reported
-        args.seed = _own_seed(meta)
+        args.seed = own_seed
     splits = common.load_splits(args)
     arch.check_inputs(splits.train.x, f"--dataset {args.dataset}")
     common.check_same_data(meta, args, splits, args.run_dir)
@@ -149,7 +150,11 @@ def cmd_evaluate(args) -> int:
         reads.append(args.retrain_dir)
     # Rows are labelled by directory, but never "retrain" (that row is the --retrain-dir's).
     run_label, retrain_label = common.unique_labels([args.run_dir], ("retrain",))[0], "retrain"
-    out = args.out or Path(args.run_dir) / "evaluate" / slug(request)
+    # Another seed than the run's own is part of the default name (as `unlearn`'s method
+    # seed): an evaluation replaces the last one in its directory, so a sweep over --seed (an
+    # array job) kept only its last seed's evaluation.json, each job exiting 0.
+    seed = f"-seed-{args.seed}" if args.seed != own_seed else ""
+    out = args.out or Path(args.run_dir) / "evaluate" / f"{slug(request)}{seed}"
     identity = {"role": "evaluation", "run": meta.get("identity"),
                 "retrain": r_meta.get("identity") if r_meta else None,
                 "request": request.to_json(), **common.data_identity(args, splits),
@@ -215,7 +220,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--retrain-dir", type=common.path_arg,
                    help="the Retrain run of the same request, for the Avg. Gap")
     p.add_argument("--out", type=common.path_arg,
-                   help="output directory (default: <run-dir>/evaluate/<request>)")
+                   help="output directory (default: <run-dir>/evaluate/<request>[-seed-<N>], "
+                        "the seed named when --seed is not the run's own)")
     p.add_argument("--seed", type=seed_int, default=None,
                    help="seed of the attack CV splits (default: the seed the run's own command "
                         "evaluated it with: unlearn's / sample's --seed, train's training seed)")

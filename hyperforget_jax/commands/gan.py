@@ -168,14 +168,18 @@ def cmd_train(args) -> int:
                 **common.data_identity(args, splits), "request": meta["request"]}
     with common.open_run(args.run_dir, identity, args) as run:
         with Checkpointer(run.path / "checkpoints", max_to_keep=2) as ckpt:
+            start = ckpt.latest_step() or 0     # epochs a requeued / rerun job finds done
             state, secs, arch = timed_train_gan(train, cfg, checkpointer=ckpt, meta=meta,
                                                 progress=common.progress(args))
         save_grid(sample(arch, state.g_params, 64, 1), run.path / "samples.png",
                   title=f"{meta['role']} GAN ({arch.name})")
         results = {"meta": meta, "gan_config": cfg.to_json(), "gan_arch": arch.to_json(),
-                   "seconds": secs, "iterations": int(state.step)}
+                   "seconds": secs, "iterations": int(state.step), "resumed_from_epoch": start}
+        # As `train`'s report: a rerun says that it reloaded or resumed the run.
+        how = ("" if not start else " (already trained: reloaded)" if start >= cfg.epochs
+               else f" (resumed at epoch {start} of {cfg.epochs})")
         md = (f"# GAN {meta['role']}: {arch.name} on {args.dataset}\n\n{int(state.step)} "
-              f"iterations in {secs:.1f} s; G {arch.param_counts()[0]:,} / D "
+              f"iterations in {secs:.1f} s{how}; G {arch.param_counts()[0]:,} / D "
               f"{arch.param_counts()[1]:,} parameters.\n\n![samples](samples.png)\n")
         common.write_results(run.path, results, md)
     common.emit(args, results, md)
@@ -261,6 +265,9 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
                   judged: dict):
     meta = {k: v for k, v in meta.items() if k != "identity"}
     with Checkpointer(out / "checkpoints", max_to_keep=2) as ckpt:
+        # What a rerun (a requeued job) finds done, for the report to say so.
+        prior = (ckpt.restore_meta().get("unlearn_progress")
+                 if ckpt.latest_step() is not None else None) or {}
         res = unlearn_gan(arch, state.g_params, state.d_params, retain_x=fsplit.retain.x,
                           forget_x=fsplit.forget.x, heldout_x=splits.val.x, cfg=cfg,
                           forget_classes=request.classes, classify=classify,
@@ -278,13 +285,18 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
     if res.kept is None and res.stopped == "max_rounds" and request.classes:
         kept = (f"; no check kept the kept classes' mix within max_kept_drift "
                 f"{cfg.max_kept_drift:g} of the Original's, so the last round is returned")
+    how = ("" if not prior.get("rounds") else " (already done: reloaded)"
+           if prior.get("done") and prior["rounds"] == res.rounds
+           else f" (resumed after round {prior['rounds']})")
     md = (f"# GAN unlearning: {request.describe()}\n\n{res.rounds} cascade rounds in "
-          f"{res.seconds:.1f} s{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}{kept}); "
+          f"{res.seconds:.1f} s{how}{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}"
+          f"{kept}); "
           f"fake label {cfg.fake_label} (y_f = {res.y_f:.3f}), {cfg.substitution}-level "
           "substitution.\n\n![samples](samples.png)\n")
     results = {"request": request.to_json(), "dataset": args.dataset,
                "split_seed": args.split_seed, "unlearn_config": cfg.to_json(), **judged,
-               **res.summary(), "history": res.history}
+               **res.summary(), "history": res.history,
+               "resumed_from_round": int(prior.get("rounds", 0))}
     common.write_results(out, results, md)
     return results, md
 
