@@ -140,20 +140,25 @@ def run_demo(args) -> dict:
 
 
 def _run(args, run_dir: Path, splits, request, fsplit, names, t_start):
+    from hyperforget_jax.commands.common import progress
+
+    # As every command's: off with --quiet and when stderr is not a terminal (a batch job's
+    # log got a tqdm frame about ten times a second of each training).
+    show = progress(args)
     cfg = TrainConfig()
     arch = make_architecture(cfg.arch)
     seeds = list(range(args.seeds))
     originals, retrains, r_secs = [], [], []
     for s in seeds:
         c = dataclasses.replace(cfg, seed=s)
-        originals.append(fit(arch, splits.train, c, progress=not args.quiet)[0].params)
+        originals.append(fit(arch, splits.train, c, progress=show)[0].params)
         t0 = time.perf_counter()
-        p = fit(arch, fsplit.retain, c, progress=not args.quiet)[0].params
+        p = fit(arch, fsplit.retain, c, progress=show)[0].params
         p = jax_block(p)
         r_secs.append(time.perf_counter() - t0)
         retrains.append(p)
     ctx = DemoContext(run_dir, splits, arch, cfg, request, fsplit, seeds, originals, retrains,
-                      r_secs, [], [], progress=not args.quiet)
+                      r_secs, [], [], progress=show)
     ctx.evals_original = [ctx.evaluate(p, s) for p, s in zip(originals, seeds)]
     ctx.evals_retrain = [ctx.evaluate(p, s) for p, s in zip(retrains, seeds)]
 

@@ -115,6 +115,28 @@ def test_progress_bars_only_on_a_terminal(trained, capsys, monkeypatch):
     assert code == 0 and "\r" in err and "train gpt_mlp" in err, err
 
 
+def test_demo_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """``demo`` decides its bars as every command does: it showed them whenever ``--quiet``
+    was not given, so a batch job's log filled with its trainings' tqdm frames. Its first
+    training is stopped (KeyboardInterrupt) once its ``progress`` is seen."""
+    import sys
+
+    from hyperforget_jax import demo
+
+    seen = []
+
+    def fit(*args, progress, **kw):
+        seen.append(progress)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo, "fit", fit)
+    argv = ["demo", "--run-dir", str(tmp_path / "d"), "--seeds", "1", "--sections", "none"]
+    run(argv, capsys)                                   # capsys's stderr is not a terminal
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    run([*argv[:2], str(tmp_path / "e"), *argv[3:]], capsys)
+    assert seen == [False, True]
+
+
 def test_train_seconds_cover_the_whole_run_over_resumes(tmp_path):
     """``train_seconds`` is the whole run's training time (as ``gan train``'s): a reload of a
     finished run kept only the reload's fraction of a second, a resumed run only its last
