@@ -1001,10 +1001,16 @@ _ADAPTER_ATTR = "__hyperforget_model__"
 def _adapter_of(obj: Any, init_fn: Callable | None, name: str | None) -> Architecture:
     """The adapter of a user's module or function, kept *on the object itself* when Python
     allows it (functions, modules), so that passing the same object again reuses its compiled
-    programs, and dropping the object frees both (no module-level cache holds either)."""
-    cached = getattr(obj, "__dict__", {}).get(_ADAPTER_ATTR)
-    if cached is not None and cached.init_fn is init_fn and (name is None
-                                                             or cached.name == name):
+    programs, and dropping the object frees both (no module-level cache holds either). A bound
+    method (``module.apply``, ``net.forward``) is a new object at every attribute access: its
+    adapter is kept on the object it is bound to, per method name (each call compiled afresh,
+    three programs per ``metrics.evaluate(module.apply, ...)``)."""
+    holder, attr = obj, _ADAPTER_ATTR
+    if inspect.ismethod(obj):
+        holder, attr = obj.__self__, f"{_ADAPTER_ATTR}.{obj.__func__.__name__}"
+    cached = getattr(holder, "__dict__", {}).get(attr)
+    if (cached is not None and cached.init_fn is init_fn and (name is None or cached.name == name)
+            and (holder is obj or cached.apply_fn == obj)):
         return cached
     if isinstance(obj, nn.Module):
         adapter = Architecture(name or type(obj).__name__, None,
@@ -1013,8 +1019,8 @@ def _adapter_of(obj: Any, init_fn: Callable | None, name: str | None) -> Archite
         adapter = Architecture(name or getattr(obj, "__name__", type(obj).__name__), None,
                                None, apply_fn=obj, init_fn=init_fn)
     try:
-        object.__setattr__(obj, _ADAPTER_ATTR, adapter)
-    except (AttributeError, TypeError):  # bound methods, objects with __slots__
+        object.__setattr__(holder, attr, adapter)
+    except (AttributeError, TypeError):  # objects with __slots__, built-ins
         pass
     return adapter
 

@@ -153,6 +153,25 @@ def test_a_model_with_batch_statistics_is_evaluated_on_the_whole_set():
                                                           x, y, batch_size=7)["logits"], 5.0 * x)
 
 
+def test_a_bound_method_reuses_its_compiled_evaluation():
+    """``metrics.evaluate(module.apply, ...)``: a bound method is a new object at every access,
+    so each call wrapped it afresh and compiled three programs again (the evaluation and the
+    batch-statistics check); its adapter is kept on the module, per method name."""
+    import flax.linen as nn
+
+    from hyperforget_jax.models import as_model
+
+    net = nn.Dense(3)
+    x, y, _, _ = _linear_problem()
+    variables = net.init(jax.random.key(0), x[:1])
+    first = metrics.evaluate(net.apply, variables, x, y, num_classes=3, batch_size=5)
+    with CompileCounter() as c:
+        again = metrics.evaluate(net.apply, variables, x, y, num_classes=3, batch_size=5)
+    assert c.n == 0 and again == first
+    assert as_model(net.apply) is as_model(net.apply)
+    assert as_model(net.init) is not as_model(net.apply)     # per method
+
+
 def test_loaded_and_fresh_parameters_share_one_compiled_evaluation():
     """Parameters restored from disk are committed to their device, fresh ones (fit, Retrain)
     are not: the CLI's Retrain beside a loaded original compiled each evaluation twice."""
