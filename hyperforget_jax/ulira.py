@@ -139,7 +139,10 @@ def unlearn_shadows_sweep(shadows: Shadows, method: str, arch: Any, train_ds: Da
     request (shadow ``s`` with seed ``s``, as :func:`unlearn_shadows` with
     ``unlearn(method, arch, p, split, val, config, seed=s)``), through
     :func:`hyperforget_jax.unlearn.unlearn_sweep` (``vectorize`` as there). Returns the stacked
-    unlearned shadows."""
+    unlearned shadows. The seeds are 0..S−1: a target unlearned with a seed in that range
+    shares that seed's draws with one shadow (batch orders over sets of other sizes, and Bad
+    Teacher's random teacher: measured without effect on the table's U-LiRA, an auditor's
+    probe); unlearn the target with a seed ≥ S to keep every draw apart."""
     from hyperforget_jax.unlearn import unlearn_sweep
 
     n = len(shadows.forget_sets)
