@@ -47,7 +47,10 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
       seed: seeds the attacks' subsampling and cross-validation. Both draw rows by position:
         the same sets in another row order are another draw, as another seed is (accuracies
         stay the same; on digits, class 3, ``mia_loss_lr`` read 0.43–0.59 over six orders of
-        the test set). Compare rows evaluated on the same splits with the same seed.
+        the test set). Compare rows evaluated on the same splits with the same seed. The CLI
+        evaluates a run with its own command's seed (``hyperforget unlearn`` / ``sample``'s
+        ``--seed``, ``train`` / ``retrain``'s training seed), not 0: pass that seed here to
+        get its numbers.
 
     Returns:
       A flat, JSON-ready dict: floats ``retain_acc``, ``forget_acc``, ``test_acc`` (and

@@ -181,6 +181,29 @@ def test_class_request_needs_a_classifier_that_names_the_forget_images():
     assert "Not read for item unlearning" in " ".join(U.unlearn_gan.__doc__.split())
 
 
+def test_the_default_recipe_is_the_one_of_the_request_kind(monkeypatch):
+    """``unlearn_gan`` without a ``cfg`` runs the recipe ``hyperforget gan unlearn`` runs for
+    the same request (``default_recipe``). It ran ITEM_RECIPE for every request, so a class
+    request from Python got the item recipe (held-out fake label, λ_u 4, 400 rounds, no
+    anchor) where the CLI ran CLASS_RECIPE: other numbers for the same settings."""
+    arch = make_gan_arch("mlp", (8, 8, 1))
+    g, d = arch.init(jax.random.key(0))
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    seen = []
+
+    def stop(kind, *a, **k):     # the first step that reads the recipe: record it, stop there
+        seen.append(kind)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(U, "fake_label", stop)
+    for classes, recipe in (((1,), U.CLASS_RECIPE), (None, U.ITEM_RECIPE)):
+        with pytest.raises(KeyboardInterrupt):
+            U.unlearn_gan(arch, g, d, retain_x=x, forget_x=x, heldout_x=x,
+                          forget_classes=classes, classify=lambda s: np.ones(len(s), np.int32))
+        assert seen[-1] == recipe.fake_label, (classes, seen)
+    assert U.CLASS_RECIPE.fake_label != U.ITEM_RECIPE.fake_label
+
+
 def test_wrong_configs_judges_and_seeds_are_config_errors():
     """The GAN's Python API raised bare AttributeErrors for a GANConfig (or a dict) passed as
     unlearn_gan's recipe and for a judge that is not one, and jax's TypeError for a PRNG key
