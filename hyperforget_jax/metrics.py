@@ -224,13 +224,35 @@ def per_sample_outputs(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
     return result
 
 
-def chunked_apply(fn: Callable, params: Any, x: Any, chunk: int) -> Any:
+def rows_independent(apply: Callable, params: Any, x: Any) -> bool:
+    """Whether ``apply(params, x)``'s output row of an input does not depend on the other rows of
+    its batch: the first 4 rows of ``x`` computed whole and one by one agree (a forward pass
+    with batch statistics, e.g. BatchNorm without running averages or centring by the batch
+    mean, differs). ``apply`` returns an array or a tuple of arrays, one row per input."""
+    xs = jnp.asarray(x[:4])
+    apply = jax.jit(apply)
+    whole = [np.asarray(o, np.float64) for o in jax.tree.leaves(apply(params, xs))]
+    alone = [np.concatenate(o) for o in zip(*(
+        [np.asarray(o, np.float64) for o in jax.tree.leaves(apply(params, xs[i:i + 1]))]
+        for i in range(len(xs))))]
+    # The scale of the finite outputs: a masked class's −inf made the tolerance inf (and numpy
+    # warn), so any two outputs compared equal.
+    return all(np.allclose(w, a, rtol=1e-3, atol=1e-3 * (1 + np.abs(
+        np.where(np.isfinite(w), w, 0.0)).max(initial=0.0))) for w, a in zip(whole, alone))
+
+
+def chunked_apply(fn: Callable, params: Any, x: Any, chunk: int, whole: bool = False) -> Any:
     """``fn(params, batch)`` over ``x`` in chunks of equal rows (the last one zero-padded, so a
     jitted ``fn`` compiles once per size), as host arrays without the padding. ``fn`` may return
     an array or a tuple of arrays; ``x`` must be non-empty.
 
     The chunk is ``chunk`` rows, or the power of two ≥ ``len(x)`` (at least 16) when that is
-    smaller: 64 images are not padded to 2,048, and sizes still share a few compilations."""
+    smaller: 64 images are not padded to 2,048, and sizes still share a few compilations.
+    ``whole``: ``x`` in one call, unpadded, for a ``fn`` whose rows depend on their batch
+    (:func:`rows_independent`): chunks and zero rows gave its rows other values for every
+    ``len(x)`` and ``chunk``."""
+    if whole:
+        return jax.tree.map(np.asarray, fn(params, jnp.asarray(np.asarray(x))))
     chunk = min(chunk, max(16, 1 << max(len(x) - 1, 0).bit_length()))
     outs = []
     for i in range(0, len(x), chunk):

@@ -1,6 +1,7 @@
 """GAN metrics on constructed cases: classifier-FID closed forms, classifier-IS, shares,
 discriminator-score MIA, penultimate features."""
 
+import flax.linen as nn
 import jax
 import numpy as np
 import pytest
@@ -121,6 +122,34 @@ def test_judge_outputs_do_not_depend_on_the_chunk():
     np.testing.assert_allclose(f1, f0, rtol=1e-6, atol=1e-6)
     assert (p1.argmax(1) == p0.argmax(1)).all()
     assert M.JUDGE_CHUNK < len(x)
+
+
+class _BatchJudge(nn.Module):
+    """A user's judge with batch statistics (hidden units standardised over the batch)."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = nn.Dense(16)(x.reshape(len(x), -1))
+        return nn.Dense(10)(nn.relu((h - h.mean(0)) / (h.std(0) + 1e-3)))
+
+
+def test_a_batch_statistics_judge_sees_the_whole_set_whatever_the_chunk():
+    """A user's judge whose outputs depend on their batch ran in chunks of 512 with zero-padded
+    images: its labels and features moved with the chunk and the number of images (a user's
+    batch-standardised pair and judge on digits: forgotten share 0.0033 for 0.0567, classifier-
+    FID 18.5 for 9.9). It now takes the set in one call, as the classifier evaluation does."""
+    arch = as_model(_BatchJudge(), (8, 8, 1), 10)
+    judge = M.Judge(arch, arch.init(jax.random.key(0)))
+    x = np.random.default_rng(0).uniform(size=(40, 8, 8, 1)).astype(np.float32)
+    probs, feats = jax.jit(lambda p, x: M._penultimate_apply(arch, p, x))(judge.params, x)
+    want_p, want_f = np.asarray(jax.nn.softmax(probs)), np.asarray(feats)
+    for chunk in (16, 512):
+        p, f = M.judge_outputs(judge, x, chunk=chunk)
+        np.testing.assert_allclose(p, want_p, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(f, want_f, rtol=1e-5, atol=1e-5)
+    # One image: its own statistics, not those of 15 zero images.
+    p1, _ = M.judge_outputs(judge, x[:1])
+    np.testing.assert_allclose(p1, jax.nn.softmax(arch.apply(judge.params, x[:1])), rtol=1e-5)
 
 
 def test_downstream_accuracy_on_constructed_generators(digits_splits):

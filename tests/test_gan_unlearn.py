@@ -38,6 +38,9 @@ class _ConstArch:
     def program(self, key, build):  # GANArch's owner of compiled programs; none kept here
         return build()
 
+    def whole_calls(self, role, params, x):    # per-sample networks: chunks are exact
+        return False
+
 
 def test_fake_labels_on_constructed_discriminator():
     arch = _ConstArch()
@@ -927,3 +930,38 @@ def test_a_user_pair_of_the_mlp_modules_is_the_registered_mlp(tmp_path, digits_s
                                                                 match="another pair"):
             train_gan(train.subset(np.arange(64)), dataclasses.replace(cfg, epochs=2),
                       checkpointer=ck, **other)
+
+
+def test_unlearn_gan_refuses_a_pair_with_batch_statistics():
+    """The rounds feed D the real, generated and forgotten streams as one batch and flag codes
+    in a pool of their own: a user's D centred by its batch mean ran without a word, its
+    losses mixing the streams. It is refused naming per-sample normalisation; the same pair
+    without the centring passes the check (and would run)."""
+    import flax.linen as nn
+
+    class G(nn.Module):
+        @nn.compact
+        def __call__(self, z):
+            return nn.sigmoid(nn.Dense(64)(z)).reshape(-1, 8, 8, 1)
+
+    class D(nn.Module):
+        centre: bool = True
+
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(8)(x.reshape(len(x), -1))
+            return nn.Dense(1)(nn.relu(h - h.mean(0) if self.centre else h))[:, 0]
+
+    x = np.random.default_rng(0).uniform(size=(6, 8, 8, 1)).astype(np.float32)
+    for centre in (True, False):
+        arch = make_gan_arch(generator=G(), discriminator=D(centre), image_shape=(8, 8, 1),
+                             latent_dim=4)
+        g, d = arch.init(jax.random.key(0))
+        if centre:
+            with pytest.raises(ConfigError, match="discriminator D computes an output from "
+                                                  "the rest of its batch.*nn.GroupNorm"):
+                U.unlearn_gan(arch, g, d, retain_x=x[2:], forget_x=x[:2], heldout_x=None,
+                              cfg=U.UnlearnConfig(fake_label="hard", max_rounds=1, check_every=1,
+                                                  pool_size=8, batch_size=2))
+        else:
+            U._refuse_batch_statistics(arch, g, d, x)

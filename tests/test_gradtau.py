@@ -996,6 +996,27 @@ def test_a_model_with_batch_statistics_is_never_computed_in_chunks(digits_splits
                                    split.retain.x.reshape(-1, 64))
 
 
+def test_one_example_does_not_decide_that_a_model_is_per_example():
+    """The check compares 4 examples whole and one by one; on one example both are the same,
+    so a model with batch statistics read as per-example and that answer was kept for it (per
+    input shape): its later evaluations ran in chunks."""
+    import flax.linen as nn
+
+    from hyperforget_jax.unlearn.gradtau_run import per_example
+
+    class Centred(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(8)(x)
+            return nn.Dense(3)(h - h.mean(0))
+
+    m = models.as_model(Centred(), (5,))
+    p = m.init(jax.random.key(0))
+    x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
+    assert not per_example(m, p, x[:1])
+    assert not per_example(m, p, x)
+
+
 def test_tau_of_a_large_validation_set_is_summed_in_chunks(monkeypatch, digits_splits,
                                                            digits_original):
     """τ over more than G.TAU_ROWS validation rows is summed over chunks of that many (one pass

@@ -203,9 +203,18 @@ JUDGE_CHUNK = 512
 
 def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = JUDGE_CHUNK
                   ) -> tuple[np.ndarray, np.ndarray]:
-    """(class probabilities (N, K), penultimate features (N, F)) of the judge, in chunks."""
-    return chunked_apply(_compiled_judge(judge.arch), judge.params, np.asarray(x, np.float32),
-                         chunk)
+    """(class probabilities (N, K), penultimate features (N, F)) of the judge, in chunks; in
+    one call for a user's judge whose outputs depend on their batch (batch statistics,
+    :func:`~hyperforget_jax.unlearn.gradtau_run.per_example`) or for one image, which the
+    chunks would pad with zero images."""
+    from hyperforget_jax.unlearn.gradtau_run import per_example
+
+    x = np.asarray(x, np.float32)
+    # The registered models and the experiments' JudgeCNN are per-image by construction: no
+    # check (≈ 1 s of compilation for JudgeCNN).
+    own = judge.arch.registered or type(judge.arch.flax_module) is JudgeCNN
+    whole = not own and not per_example(judge.arch, judge.params, x)
+    return chunked_apply(_compiled_judge(judge.arch), judge.params, x, chunk, whole)
 
 
 # --- distribution metrics ---------------------------------------------------------------------

@@ -252,6 +252,24 @@ class GANArch:
     def discriminate(self, d_params: Params, x: jax.Array) -> jax.Array:
         return self.discriminator.apply({"params": d_params}, x)
 
+    def whole_calls(self, role: str, params: Params, x: Any) -> bool:
+        """Whether G (``role="generator"``, ``x`` codes) or D (``"discriminator"``, ``x``
+        images) must take ``x`` in one call: a user's module whose rows depend on their batch
+        (batch statistics, e.g. centring by the batch mean), checked once per role on 4 rows
+        of ``x`` whole and one by one (:func:`hyperforget_jax.metrics.rows_independent`), or
+        one row, which the check cannot tell apart (the chunks of :func:`metrics.chunked_apply
+        <hyperforget_jax.metrics.chunked_apply>` pad it with zero rows). The registered pairs
+        (per-sample layer norm): never."""
+        from hyperforget_jax.metrics import rows_independent
+
+        if self.registered:
+            return False
+        if len(x) < 2 or any(isinstance(leaf, jax.core.Tracer)
+                             for leaf in jax.tree.leaves(params)):
+            return True
+        fn = self.generate if role == "generator" else self.discriminate
+        return not self.program(("per_example", role), lambda: rows_independent(fn, params, x))
+
     def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
         """``n`` latent codes from the architecture's prior (``LATENT_PRIORS``)."""
         if self.latent_prior == "mixture":
@@ -431,6 +449,18 @@ def _check_user_pair(arch: GANArch) -> None:
             raise ConfigError(f"the {role} {type(m).__name__} is not hashable ({e}); give its "
                               "fields hashable values (tuples, not lists or arrays)") from None
     b = 2
+    for role, m, shape in (("generator", arch.g_module, (b, arch.latent_dim)),
+                           ("discriminator", arch.d_module, (b, *arch.image_shape))):
+        try:
+            extra = sorted(set(jax.eval_shape(m.init, jax.random.key(0),
+                                              jnp.zeros(shape, jnp.float32))) - {"params"})
+        except Exception:   # named with its shapes by the check below
+            extra = []
+        if extra:   # init kept only 'params': BatchNorm then failed with ScopeCollectionNotFound
+            raise ConfigError(f"the {role} {type(m).__name__} has mutable collections {extra} "
+                              "besides 'params' (BatchNorm?); the GAN half treats each player "
+                              "as its params pytree alone: normalise per sample (nn.GroupNorm "
+                              "or nn.LayerNorm, as the dcgan pair does)")
     try:
         g, d = arch.param_shapes()
         fake = jax.eval_shape(arch.generate, g, jax.ShapeDtypeStruct((b, arch.latent_dim),

@@ -338,10 +338,13 @@ def _compiled_sampler(arch: GANArch) -> Callable:
 
 
 def generate(arch: GANArch, g_params: Params, z: jax.Array, chunk: int = 2048) -> np.ndarray:
-    """G(z) in chunks (bounded memory), as a host array."""
+    """G(z) in chunks (bounded memory), as a host array; in one call for a user's G whose
+    images depend on their batch (:meth:`GANArch.whole_calls`): chunks and zero-padded codes
+    gave its images of the same codes other values for every number of samples."""
     if len(z) == 0:
         return np.zeros((0, *arch.image_shape), np.float32)
-    return chunked_apply(_compiled_sampler(arch), g_params, z, chunk)
+    return chunked_apply(_compiled_sampler(arch), g_params, z, chunk,
+                         arch.whole_calls("generator", g_params, z))
 
 
 def sample(arch: GANArch, g_params: Params, n: int, seed: int = 0) -> np.ndarray:
@@ -357,8 +360,10 @@ def _compiled_scores(arch: GANArch) -> Callable:
 
 
 def d_scores(arch: GANArch, d_params: Params, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """σ(D(x)) for every image (host array)."""
-    return chunked_apply(_compiled_scores(arch), d_params, x, chunk)
+    """σ(D(x)) for every image (host array); in one call for a user's D whose scores depend
+    on their batch (:meth:`GANArch.whole_calls`)."""
+    return chunked_apply(_compiled_scores(arch), d_params, x, chunk,
+                         arch.whole_calls("discriminator", d_params, x))
 
 
 def save_grid(images: np.ndarray, path, nrow: int = 8, title: str | None = None) -> None:

@@ -645,6 +645,28 @@ def _fingerprint(forget_x: np.ndarray, retain_x: np.ndarray, forget_classes,
             "classes": None if forget_classes is None else [int(c) for c in forget_classes]}
 
 
+def _refuse_batch_statistics(arch: GANArch, g_params: Params, d_params: Params,
+                             images: np.ndarray) -> None:
+    """Raises :class:`ConfigError` when a user's G or D computes a row from the rest of its
+    batch (:meth:`GANArch.whole_calls`, on 4 prior codes and ``images``, ≥ 2 rows). The rounds
+    feed D the real, generated and forgotten streams as one batch and G the flagged and anchor
+    codes among its latents, and the checks flag a pool's codes in a batch of their own: with
+    batch statistics the losses mixed the streams and the codes flagged were not those trained
+    (a user's centred pair ran without a word)."""
+    if arch.registered:      # per-sample layer norm: nothing to check, nothing drawn
+        return
+    codes = arch.sample_latents(jax.random.key(0), 4)
+    for role, params, x in (("generator", g_params, codes), ("discriminator", d_params, images)):
+        if arch.whole_calls(role, params, x):
+            module = arch.generator if role == "generator" else arch.discriminator
+            raise ConfigError(
+                f"the {role} {type(module).__name__} computes an output from the rest of its "
+                "batch (batch statistics); the cascade batches its streams together and flags "
+                "codes apart from the batches it trains them in, so it needs per-sample "
+                "networks: normalise per sample (nn.GroupNorm or nn.LayerNorm, as the dcgan "
+                "pair does)")
+
+
 def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                 retain_x: np.ndarray, forget_x: np.ndarray, heldout_x: np.ndarray | None,
                 cfg: UnlearnConfig | None = None, forget_classes: Sequence[int] | None = None,
@@ -690,7 +712,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
 
     Raises:
       ConfigError: ``cfg`` not an :class:`UnlearnConfig`; class unlearning without
-        ``classify``; empty forget set.
+        ``classify``; empty forget set; a user's G or D with batch statistics.
       ForgetRequestError: ``forget_classes`` under which ``classify`` files fewer than half of
         ``forget_x``.
       DataError: image arguments that are not (N, H, W, C) arrays in [0, 1].
@@ -717,6 +739,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     arch.check_params(g_params, d_params)
     forget_x = arch.check_images(forget_x, "forget_x")
     retain_x = arch.check_images(retain_x, "retain_x (D_r: the real batches D trains on)")
+    _refuse_batch_statistics(arch, g_params, d_params, np.concatenate([forget_x[:2],
+                                                                       retain_x[:2]]))
     if heldout_x is not None and len(heldout_x):
         heldout_x = arch.check_images(heldout_x, "heldout_x")
     if forget_classes is not None:

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from hyperforget_jax.metrics import rows_independent
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import committed
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
@@ -149,23 +150,17 @@ def per_example(model: Architecture, params: Params, x: Any) -> bool:
     batches may be computed in chunks (CPU, ``chunk="auto"``). The registered models: always.
     A user's model: checked once, on 4 examples of ``x`` whole and one by one (a forward pass
     with batch statistics, e.g. BatchNorm without running averages, differs); its batches are
-    then computed whole, as on GPU."""
+    then computed whole, as on GPU. One example cannot tell (whole = alone): False, not
+    checked, so the answer kept for the model is never one example's."""
     if model.registered:
         return True
     if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
         return False    # inside a user's transformation the check cannot run: whole batches
+    if len(x) < 2:
+        return False
 
-    def check():
-        xs = jnp.asarray(x[:4])
-        apply = jax.jit(model.apply)
-        whole = np.asarray(apply(params, xs), np.float64)
-        alone = np.concatenate([np.asarray(apply(params, xs[i:i + 1]), np.float64)
-                                for i in range(len(xs))])
-        # The scale of the finite logits: a masked class's −inf made the tolerance inf (and
-        # numpy warn), so any two outputs compared equal.
-        scale = np.abs(np.where(np.isfinite(whole), whole, 0.0)).max()
-        return bool(np.allclose(whole, alone, rtol=1e-3, atol=1e-3 * (1 + scale)))
-    return model.program(("per_example", tuple(np.shape(x)[1:])), check)
+    return model.program(("per_example", tuple(np.shape(x)[1:])),
+                         lambda: rows_independent(model.apply, params, x))
 
 
 def rows_per_call(model: Architecture, params: Params, x: Any, members: int = 1) -> int:
