@@ -241,6 +241,19 @@ def rows_independent(apply: Callable, params: Any, x: Any) -> bool:
         np.where(np.isfinite(w), w, 0.0)).max(initial=0.0))) for w, a in zip(whole, alone))
 
 
+def rows_independent_once(owner: Any, key: Any, apply: Callable, params: Any, x: Any) -> bool:
+    """:func:`rows_independent`, asked once per ``key`` of ``owner`` (a model or a GAN
+    architecture: its ``program`` cache): True for the registered models (per-example by
+    construction); False, not checked, for traced parameters (inside a user's transformation
+    the check cannot run) and for fewer than 2 rows (one row cannot tell, and the answer kept
+    for the owner is never one row's)."""
+    if owner.registered:
+        return True
+    if len(x) < 2 or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
+        return False
+    return owner.program(key, lambda: rows_independent(apply, params, x))
+
+
 def chunked_apply(fn: Callable, params: Any, x: Any, chunk: int, whole: bool = False) -> Any:
     """``fn(params, batch)`` over ``x`` in chunks of equal rows (the last one zero-padded, so a
     jitted ``fn`` compiles once per size), as host arrays without the padding. ``fn`` may return

@@ -260,15 +260,10 @@ class GANArch:
         one row, which the check cannot tell apart (the chunks of :func:`metrics.chunked_apply
         <hyperforget_jax.metrics.chunked_apply>` pad it with zero rows). The registered pairs
         (per-sample layer norm): never."""
-        from hyperforget_jax.metrics import rows_independent
+        from hyperforget_jax.metrics import rows_independent_once
 
-        if self.registered:
-            return False
-        if len(x) < 2 or any(isinstance(leaf, jax.core.Tracer)
-                             for leaf in jax.tree.leaves(params)):
-            return True
         fn = self.generate if role == "generator" else self.discriminate
-        return not self.program(("per_example", role), lambda: rows_independent(fn, params, x))
+        return not rows_independent_once(self, ("per_example", role), fn, params, x)
 
     def sample_latents(self, key: jax.Array, n: int) -> jax.Array:
         """``n`` latent codes from the architecture's prior (``LATENT_PRIORS``)."""

@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
-from hyperforget_jax.metrics import rows_independent
+from hyperforget_jax.metrics import rows_independent_once
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import committed
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
@@ -152,15 +152,8 @@ def per_example(model: Architecture, params: Params, x: Any) -> bool:
     with batch statistics, e.g. BatchNorm without running averages, differs); its batches are
     then computed whole, as on GPU. One example cannot tell (whole = alone): False, not
     checked, so the answer kept for the model is never one example's."""
-    if model.registered:
-        return True
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
-        return False    # inside a user's transformation the check cannot run: whole batches
-    if len(x) < 2:
-        return False
-
-    return model.program(("per_example", tuple(np.shape(x)[1:])),
-                         lambda: rows_independent(model.apply, params, x))
+    return rows_independent_once(model, ("per_example", tuple(np.shape(x)[1:])), model.apply,
+                                 params, x)
 
 
 def rows_per_call(model: Architecture, params: Params, x: Any, members: int = 1) -> int:
