@@ -388,6 +388,19 @@ def test_alpha_clamp_is_reported(digits_splits, digits_original, caplog):
     assert "clamped" in caplog.text
 
 
+def test_streamed_runner_says_when_alpha_is_clamped(digits_original, caplog):
+    """METHODS.md §1: clamp α₀ "and say so when clamped". The streamed runner clamped it with
+    ``info["alpha_clamped"]`` only, no warning (the in-memory runner's is above)."""
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
+
+    arch, params = digits_original
+    with caplog.at_level(logging.WARNING):
+        _, info = run_gradtau_stream(arch, params, lambda e: [], n_forget=700, n_retain=300,
+                                     config=G.GradTauConfig(epochs=0), tau=1.0)
+    assert info["alpha_clamped"] and info["alpha0"] == 0.95
+    assert "clamped to 0.95" in caplog.text
+
+
 def test_nonfinite_names_the_step(digits_splits, digits_original):
     arch, params = digits_original
     bad = jax.tree.map(lambda x: x.at[...].set(jnp.nan) if x.ndim == 1 else x, params)

@@ -180,6 +180,22 @@ def test_documented_recipes_are_the_config_defaults():
             "share") in readme
 
 
+def test_doc_examples_build_gradtau_s_optimiser_with_the_official_schedule():
+    """The classic-step example in docs/unlearning.md built its optimiser with the legacy
+    per-step ``make_gradtau_optimizer`` under the section that states the official
+    per-forget-epoch schedule (METHODS.md §1): a reader copying it decayed the learning rate
+    every step. Every example (README and docs) that calls a ∇τ step builds it per
+    forget-epoch."""
+    docs = README.parent / "docs"
+    for path in (README, *sorted(docs.glob("*.md"))):
+        for code in re.findall(r"```python\n(.*?)```", path.read_text(), re.S):
+            lines = [ln.split("#", 1)[0] for ln in code.splitlines()]
+            assert not any("make_gradtau_optimizer(" in ln for ln in lines), path.name
+            if any("make_gradtau_step(" in ln for ln in lines):
+                assert any("lr_schedule_fn(" in ln or "gradtau_tx(" in ln for ln in lines), \
+                    path.name
+
+
 def test_doc_tables_have_rows_as_wide_as_their_header():
     """A bare `|` inside a cell (e.g. |∇ CE(D_f)|) starts a new cell on GitHub, shifting the
     rest of the row under the wrong headings: write it as `\\|`."""

@@ -174,6 +174,13 @@ def initial_alpha(n_forget: int, n_total: int, scale: float = 5.0 / 3.0,
     return (float(alpha_max), True) if a > alpha_max else (float(a), False)
 
 
+def warn_clamped(n_forget: int, n_total: int, scale: float, alpha_max: float) -> None:
+    """The warning of a clamped α₀ (METHODS.md §1: "say so when clamped"), one text for the
+    in-memory and the streamed runner: the streamed one only set ``info["alpha_clamped"]``."""
+    log.warning("∇τ: α₀ = %.3f·|D_f|/|D| = %.3f exceeds %.2f; clamped to %.2f", scale,
+                scale * n_forget / n_total, alpha_max, alpha_max)
+
+
 def budget_epochs(n_retain_batches: int, n_forget_batches: int,
                   max_epochs: int | None = None) -> int:
     """The paper's budget E = int(6·N_r / (2·N_f)) forget-epochs, optionally capped.
@@ -275,7 +282,8 @@ def gradtau_tx(lr: Any, weight_decay: Any, final_lr_fraction: Any, epochs: Any,
         weight_decay=weight_decay))
 
 
-# Legacy per-step schedules (the HyperForget corpus builder still uses them).
+# Legacy per-step schedules (the legacy :func:`.gradtau_run.compiled_forget_epoch` and the
+# benchmarks that compare against older runs still use them; the runners do not).
 
 def alpha_schedule(alpha0: float, total_steps: int) -> np.ndarray:
     """α at every step, decaying per *step*: linear from α₀ at step 0 towards 0 at
@@ -753,8 +761,8 @@ from hyperforget_jax.unlearn.gradtau_run import (compiled_forget_epoch,  # noqa:
 
 __all__ = ["GradTauConfig", "GradTau", "GradTauState", "nabla_tau", "gradtau_objective",
            "refresh_tau", "alpha_schedule_fn", "lr_schedule_fn", "gradtau_tx",
-           "initial_alpha", "budget_epochs", "finetune_epochs", "plan_batches", "gradtau_loss",
-           "compute_tau",
+           "initial_alpha", "warn_clamped", "budget_epochs", "finetune_epochs", "plan_batches",
+           "gradtau_loss", "compute_tau",
            "make_gradtau_step", "pmap_gradtau_step", "sharded_gradtau_step", "run_gradtau",
            "compiled_forget_epoch", "make_gradtau_optimizer", "alpha_schedule", "lr_schedule",
            "val_tau_fn", "unseen_class_tau_fn", "resolve_tau_mode", "tau_inputs", "Architecture"]

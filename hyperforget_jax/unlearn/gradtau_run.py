@@ -108,9 +108,7 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     else:
         alpha0, clamped = G.initial_alpha(nf, nf + nr, cfg.alpha_scale, cfg.alpha_max)
         if clamped:
-            log.warning("∇τ: α₀ = %.3f·|D_f|/|D| = %.3f exceeds %.2f; clamped to %.2f",
-                        cfg.alpha_scale, cfg.alpha_scale * nf / (nf + nr), cfg.alpha_max,
-                        cfg.alpha_max)
+            G.warn_clamped(nf, nf + nr, cfg.alpha_scale, cfg.alpha_max)
     epochs = cfg.epochs
     if method == "finetune" and epochs is None:
         bf, br = min(cfg.batch_size, nf), min(cfg.batch_size, nr)

@@ -61,6 +61,8 @@ def stream_schedule(n_forget: int, n_retain: int, cfg: G.GradTauConfig) -> tuple
     else:
         alpha0, clamped = G.initial_alpha(n_forget, n_forget + n_retain, cfg.alpha_scale,
                                           cfg.alpha_max)
+        if clamped:
+            G.warn_clamped(n_forget, n_forget + n_retain, cfg.alpha_scale, cfg.alpha_max)
     return epochs, n_f, alpha0, clamped
 
 
