@@ -177,7 +177,9 @@ def silence_abandoned_reads() -> Callable[[], None]:
 
 
 def _absolute(directory: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(os.fspath(directory)))  # Orbax rejects relative paths
+    # Orbax rejects relative paths; ``~`` is the home directory, as for every other path the
+    # library takes (``rundir``, ``report``), not a directory named "~" in the working one.
+    return Path(os.path.abspath(os.path.expanduser(os.fspath(directory))))
 
 
 def _make_writable_dir(path: Path) -> None:
@@ -230,7 +232,7 @@ class Checkpointer:
 
     def __init__(self, directory: str | os.PathLike, max_to_keep: int | None = 3,
                  save_interval_steps: int = 1, async_save: bool = True,
-                 identity: dict | None = None):
+                 identity: dict | None = None, read_only: bool = False):
         """Opens (and creates if missing) a checkpoint directory.
 
         Args:
@@ -245,10 +247,14 @@ class Checkpointer:
             different identity raises, naming the first differing field, so a resumed run
             (``fit``, ``run_gradtau``, ``train_gan``, ... with this checkpointer) can never
             continue another run.
+          read_only: only read it (``save`` refuses): the directory must exist but need not be
+            writable, so a run on a read-only mount or archived with ``chmod -w`` can still be
+            evaluated and unlearned from (into another ``--out``).
 
         Raises:
           ConfigError: ``max_to_keep`` < 1 or ``save_interval_steps`` < 1.
-          CheckpointError: the directory cannot be created or is not writable.
+          CheckpointError: the directory cannot be created or is not writable (or, with
+            ``read_only``, does not exist).
         """
         if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
             raise ConfigError(f"max_to_keep must be None or an int >= 1, got {max_to_keep!r}")
@@ -261,13 +267,18 @@ class Checkpointer:
         self.max_to_keep = max_to_keep
         self.save_interval_steps = save_interval_steps
         self.async_save = async_save
-        _make_writable_dir(self.directory)
-        _recover(self.directory, stale_writes=False)
+        self.read_only = read_only
+        if not read_only:
+            _make_writable_dir(self.directory)
+        elif not self.directory.is_dir():
+            raise CheckpointError(f"no checkpoint in {self.directory}; train first or pass the "
+                                  "right --run-dir")
+        _recover(self.directory, stale_writes=False)   # on a read-only one, a no-op
         self._saved = False
         self._closed = False
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, todelete_subdir=_TRASH,
-            enable_async_checkpointing=async_save)
+            max_to_keep=max_to_keep, create=not read_only,
+            todelete_subdir=_TRASH, enable_async_checkpointing=async_save)
         try:
             self._manager = ocp.CheckpointManager(
                 self.directory, options=options,
@@ -340,6 +351,9 @@ class Checkpointer:
           ConfigError: ``step`` is negative.
         """
         step = int(step)
+        if self.read_only:
+            raise CheckpointError(f"{self!r} was opened read_only; open it without read_only to "
+                                  "save")
         if step < 0:
             raise ConfigError(f"checkpoint step must be >= 0, got {step}")
         if not force and step % self.save_interval_steps != 0:
@@ -526,6 +540,39 @@ def _placed(template: Any) -> Any:
         template)
 
 
+def _recover_params(path: Path) -> None:
+    """Finishes what a killed :func:`save_params` left beside ``path`` (process 0 only, called
+    by the next save): its previous copy ``.<name>.old-*`` goes back if ``path`` is missing
+    (killed between the two renames), else it is dropped, and stale ``.<name>.tmp-*`` writes
+    are removed. A reader changes nothing (it may race a live writer): it reads the previous
+    copy where it lies (:func:`_params_dir`)."""
+    if not _primary():
+        return
+    try:
+        entries = sorted(path.parent.iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith(f".{path.name}.old-"):
+            if not path.exists():
+                with contextlib.suppress(OSError):
+                    os.replace(entry, path)
+                    continue
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(f".{path.name}.tmp-"):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _previous_copy(path: Path) -> Path | None:
+    """The complete previous copy a :func:`save_params` killed between its two renames left
+    hidden beside a missing ``path``, if any."""
+    with contextlib.suppress(OSError):
+        for entry in sorted(path.parent.iterdir()):
+            if entry.name.startswith(f".{path.name}.old-") and _is_params_checkpoint(entry):
+                return entry
+    return None
+
+
 def _is_params_checkpoint(path: Path) -> bool:
     return (path / _PARAMS).is_dir() and (path / _META).is_dir()
 
@@ -534,7 +581,8 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
     """Writes one params pytree (no steps) to the directory ``path``, atomically.
 
     An existing params checkpoint at ``path`` is replaced only once the new one is complete; a
-    non-empty directory that is not a params checkpoint is never overwritten.
+    non-empty directory that is not a params checkpoint is never overwritten. A ``path`` that
+    is a symlink is written through (its target is replaced, the link stays).
 
     Raises:
       NonFiniteError: ``params`` holds NaN/inf (nothing is written).
@@ -542,6 +590,8 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
         file or another kind of non-empty directory, or the write failed.
     """
     path = _absolute(path)
+    if path.is_symlink():   # renaming the link aside would leave its target holding the old
+        path = path.resolve()
     meta = checks.jsonable_meta(meta, path)
     checks.check_savable(params, f"params to {path}")
     params = checks.at_jax_width(params, f"params to {path}")
@@ -551,6 +601,7 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
         raise CheckpointError(f"refusing to overwrite {path}: it is a non-empty directory but "
                               "not a params checkpoint; pass a new or empty path")
     _make_writable_dir(path.parent)
+    _recover_params(path)
     # Orbax's own force=True deletes the old copy before writing; write beside and rename.
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     with _hold_sigint():
@@ -559,7 +610,9 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
                 ckptr.save(tmp, args=ocp.args.Composite(
                     **{_PARAMS: ocp.args.StandardSave(params), _META: ocp.args.JsonSave(meta)}))
         except Exception as e:  # noqa: BLE001
-            shutil.rmtree(tmp, ignore_errors=True)
+            for partial in path.parent.iterdir():      # and Orbax's own tmp of it
+                if partial.name.startswith(tmp.name):
+                    shutil.rmtree(partial, ignore_errors=True)
             raise CheckpointError(f"could not write params to {path} ({type(e).__name__}: {e});"
                                   " check disk space and permissions") from e
         old = path.parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}" if path.exists() else None
@@ -572,6 +625,8 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
 
 def _params_dir(path: str | os.PathLike) -> Path:
     path = _absolute(path)
+    if not path.exists():       # a save killed between its renames: its previous copy
+        path = _previous_copy(path) or path
     if not path.is_dir() or not any(path.iterdir()):
         raise CheckpointError(f"no params checkpoint at {path}; train first or pass the right "
                               "path")

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import importlib.util
 import logging
+import os
 import re
 import sys
 import warnings
@@ -116,6 +117,13 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _orbax_traceback(record: logging.LogRecord) -> bool:
+    """False for a traceback Orbax logs from a failed background write (a full disk: hundreds
+    of lines from each of its threads): the same exception reaches the checkpoint's caller,
+    which ends the command with its one line."""
+    return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
 @contextlib.contextmanager
 def _cli_output(name: str, program: bool) -> Iterator[None]:
     """What the CLI, as the application, sets for its own run (and restores after, since tests
@@ -130,6 +138,7 @@ def _cli_output(name: str, program: bool) -> Iterator[None]:
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(max(level, logging.WARNING))
+    absl.addFilter(_orbax_traceback)
     show = warnings.showwarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):
@@ -142,6 +151,7 @@ def _cli_output(name: str, program: bool) -> Iterator[None]:
     finally:
         warnings.showwarning = show
         absl.setLevel(level)
+        absl.removeFilter(_orbax_traceback)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,26 +54,35 @@ def _role(path: Path) -> object:
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     """Writes ``data`` to ``path`` via a temporary file in the same directory and a rename, so a
     reader never sees a half-written file. The file gets the process umask's mode (0644 under
-    umask 022), like any file a tool creates (``mkstemp`` would make it 0600)."""
+    umask 022), like any file a tool creates (``mkstemp`` would make it 0600).
+
+    Raises:
+      CheckpointError: the file system refused (a full disk, a read-only directory): named
+        with the path and the fix, so the CLI ends with one line, not a traceback.
+    """
     path = Path(path)
     data = data.encode() if isinstance(data, str) else data
-    for _ in range(100):
-        tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:  # pragma: no cover - 100 uuid collisions
-        raise FileExistsError(f"cannot create a temporary file next to {path}")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        for _ in range(100):
+            tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:12]}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 uuid collisions
+            raise FileExistsError(f"cannot create a temporary file next to {path}")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise CheckpointError(f"could not write {path} ({e.strerror or e}); check the disk "
+                              "space and permissions there, then rerun") from e
     return path
 
 

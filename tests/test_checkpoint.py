@@ -428,6 +428,98 @@ def test_save_load_params_errors(tmp_path, state):
         load_params(path)
 
 
+def test_a_save_params_killed_between_its_renames_is_read_and_finished_by_the_next_save(
+        tmp_path, state, monkeypatch):
+    """A kill after the old copy was renamed aside and before the new one was renamed in left
+    no ``params`` at all: the load said "no params checkpoint; train first" with a complete
+    copy hidden beside it, and both hidden directories stayed for good. The load reads that
+    copy where it lies (a reader may race a live writer, so it moves nothing); the next save
+    cleans up."""
+    import hyperforget_jax.checkpoint as ck
+
+    path = tmp_path / "params"
+    save_params(path, state.params, {"v": 1})
+    replace = os.replace
+
+    def killed_after_first_rename(src, dst):
+        replace(src, dst)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck.os, "replace", killed_after_first_rename)
+    with pytest.raises(KeyboardInterrupt):
+        save_params(path, make_state(seed=2).params, {"v": 2})
+    monkeypatch.setattr(ck.os, "replace", replace)
+    assert not path.exists()
+    params, meta = load_params(path, template=state.params)    # the previous copy
+    assert_trees_equal(params, state.params)
+    assert meta == {"v": 1}
+    assert not path.exists()
+    save_params(path, make_state(seed=3).params, {"v": 3})       # the stale copies are removed
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params"]
+    assert load_params(path)[1] == {"v": 3}
+
+
+def test_a_save_params_on_a_full_disk_keeps_the_old_copy_and_leaves_nothing(tmp_path, state):
+    """A full disk (here the file-size limit, as ``ulimit -f``): Orbax's partial write of the
+    new copy, ``.<name>.tmp-*.orbax-checkpoint-tmp``, was left beside it, holding the space."""
+    import resource
+    import signal
+
+    path = tmp_path / "params"
+    save_params(path, state.params, {"v": 1})
+    big = {"w": np.random.default_rng(0).random(50_000).astype(np.float32)}   # incompressible
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a kill
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, hard))
+    try:
+        with pytest.raises(CheckpointError, match="could not write params"):
+            save_params(path, big, {"v": 2})
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params"]
+    assert load_params(path)[1] == {"v": 1}
+
+
+def test_paths_with_a_tilde_a_space_or_a_symlink(tmp_path, state, monkeypatch):
+    """``~`` made a directory named "~" in the working one (the rest of the library expands
+    it), and saving to a symlink replaced the link by a directory, leaving its target stale."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    save_params("~/p ü", state.params)
+    with Checkpointer("~/ck") as ckpt:
+        assert ckpt.directory == tmp_path / "home" / "ck"
+    assert not (tmp_path / "~").exists()
+    assert_trees_equal(load_params(tmp_path / "home" / "p ü", state.params)[0], state.params)
+
+    (tmp_path / "link").symlink_to(tmp_path / "home" / "p ü")
+    other = make_state(seed=2).params
+    save_params(tmp_path / "link", other)
+    assert (tmp_path / "link").is_symlink()
+    assert_trees_equal(load_params(tmp_path / "home" / "p ü", other)[0], other)
+
+
+def test_a_read_only_checkpoint_directory_is_read(tmp_path, state, monkeypatch):
+    """An archived run (read-only mount, ``chmod -w``, another user's) could not be evaluated
+    at all: reading opened the directory as a writer, "not writable; fix its permissions"."""
+    import hyperforget_jax.checkpoint as ck
+
+    with Checkpointer(tmp_path / "run") as ckpt:
+        ckpt.save(1, state, {"v": 1})
+    access = os.access
+    monkeypatch.setattr(ck.os, "access", lambda p, mode, **k: (
+        not mode & os.W_OK and access(p, mode, **k)))     # as root, chmod would not stop us
+    with Checkpointer(tmp_path / "run", read_only=True) as ckpt:
+        restored, meta = ckpt.restore(make_state(seed=1))
+        with pytest.raises(CheckpointError, match="read_only"):
+            ckpt.save(2, state)
+    assert_trees_equal(restored, state)
+    assert meta == {"v": 1}
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        Checkpointer(tmp_path / "missing", read_only=True)
+    assert not (tmp_path / "missing").exists()
+
+
 # ------------------------------------------------------------------------ adapter hygiene
 
 

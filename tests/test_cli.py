@@ -203,6 +203,39 @@ def test_evaluate_of_another_seed_keeps_its_own_default_directory(trained, capsy
     assert json.loads(ev.read_text())["seed"] == 1
 
 
+def test_orbax_tracebacks_of_a_failed_write_stay_off_stderr():
+    """A full disk: besides its one line, `train` printed the tracebacks Orbax's threads log
+    for the failed background write (≈ 300 lines); that line names the same error."""
+    import logging
+    import sys
+
+    try:
+        raise ValueError("OUT_OF_RANGE: Failed to write: File too large")
+    except ValueError:
+        exc = sys.exc_info()
+    orbax = os.path.join(os.sep, "venv", "orbax", "checkpoint", "future.py")
+    traceback = logging.LogRecord("absl", logging.ERROR, orbax, 1, "run() raised", None, exc)
+    plain = logging.LogRecord("absl", logging.ERROR, orbax, 1, "an error", None, None)
+    absl = logging.getLogger("absl")
+    with cli._cli_output("train", program=False):
+        assert not absl.filter(traceback) and absl.filter(plain)
+    assert absl.filter(traceback)                   # restored: the Python API's callers see it
+
+
+def test_a_read_only_run_is_evaluated_into_another_out(trained, tmp_path, capsys, monkeypatch):
+    """An archived run (read-only mount, ``chmod -w``, another user's) was refused by every
+    reader, even with ``--out`` elsewhere: "checkpoint directory ... is not writable"."""
+    import hyperforget_jax.checkpoint as ck
+
+    run_dir, access = trained / "orig", os.access
+    monkeypatch.setattr(ck.os, "access", lambda p, mode, **k: (   # root ignores chmod
+        not (mode & os.W_OK and str(p).startswith(str(run_dir))) and access(p, mode, **k)))
+    code, _, err = run(["evaluate", "--run-dir", str(run_dir), "--dataset", "digits",
+                        "--forget-class", "2", "--out", str(tmp_path / "ev"), "--quiet"], capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "ev" / "evaluation.json").read_text())["seed"] == 0
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["retrain", "--forget-class", "12"], "class 12 does not exist"),
     (["retrain", "--forget-fraction", "1.5"], "between 0 and 1"),

@@ -189,6 +189,32 @@ def test_resume_after_kill_and_config_mismatch(built, digits_splits, tmp_path):
         C.Corpus(tmp_path / "nothing")
 
 
+def test_a_full_disk_while_writing_a_shard_is_one_named_error(built, digits_splits, tmp_path,
+                                                               monkeypatch):
+    """ENOSPC while saving a shard's arrays ended `hyperforget corpus` with numpy's traceback
+    (exit 1); now a CheckpointError names the shard, the finished shards stay and the partial
+    one is removed."""
+    import errno
+
+    out, _ = built
+    copy = tmp_path / "c"
+    shutil.copytree(out, copy)
+    index = json.loads((copy / "index.json").read_text())
+    del index["shards"]["00001"]
+    (copy / "index.json").write_text(json.dumps(index))
+    shutil.rmtree(copy / "shard_00001")
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C, "build_shard", lambda *a: {"rows": np.zeros((1, 3), np.int32)})
+    monkeypatch.setattr(C.np, "save", full)
+    with pytest.raises(CheckpointError, match="shard_00001 .No space left on device"):
+        C.build_corpus(copy, CFG, digits_splits, "digits", progress=False)
+    assert (copy / "shard_00000").is_dir() and not (copy / ".shard_00001.tmp").exists()
+    assert not json.loads((copy / "index.json").read_text())["shards"].get("00001")
+
+
 def test_a_digits_corpus_an_older_version_recorded_as_mnist5k_resumes(built, digits_splits,
                                                                        tmp_path):
     """Before 2026-12-06 build_corpus recorded any splits passed without a name as "mnist5k":

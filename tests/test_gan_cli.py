@@ -37,6 +37,26 @@ def test_gan_cli_judge_defaults_to_the_experiments_recipe():
         assert recipe["anneal_epochs"] == 2
 
 
+def test_gan_evaluate_default_out_names_samples_and_judge():
+    """Two `gan evaluate` runs of one GAN with another --samples or judge wrote the same
+    <run-dir>/gan-evaluate/<request>, the second replacing the first (exit 0 both times). A
+    default evaluation keeps the directory it always had."""
+    from hyperforget_jax.commands.gan import default_evaluate_out
+    from hyperforget_jax.data import ForgetRequest
+
+    parser, request = cli.build_parser(), ForgetRequest(classes=(3,))
+
+    def out(*flags):
+        args = parser.parse_args(["gan", "evaluate", "--run-dir", "r", *flags])
+        return default_evaluate_out(args.run_dir, request, args.samples, args._judge(args))
+
+    default = out()
+    assert default.parts[-2:] == ("gan-evaluate", "class-3")
+    samples, judge = out("--samples", "500"), out(*CHEAP_JUDGE)
+    assert samples.name == "class-3-samples-500" and judge.name.startswith("class-3-judge-")
+    assert len({default, samples, judge, out("--judge-anneal", "1"), out(*CHEAP_JUDGE)}) == 4
+
+
 def test_gan_unlearn_help_shows_each_recipes_defaults():
     """Unset recipe fields take the request kind's recipe, so --help shows both values where
     the item and class recipes differ (it used to show the item recipe's as "the" default)."""
@@ -132,7 +152,10 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     capsys.readouterr()
     assert cli.main(["gan", "evaluate", *base, "--run-dir", str(unl), "--compare", str(orig),
                      str(ret), "--samples", samples, "--json", "--quiet", *CHEAP_JUDGE]) == 0
-    ev = json.loads((unl / "gan-evaluate" / "class-3" / "gan_evaluation.json").read_text())
+    # (the default --out names the non-default --samples and judge: one directory here)
+    (ev_dir,) = (unl / "gan-evaluate").iterdir()
+    assert ev_dir.name.startswith(f"class-3-samples-{samples}-judge-")
+    ev = json.loads((ev_dir / "gan_evaluation.json").read_text())
     assert (ev["dataset"], ev["split_seed"]) == ("digits", 0)
     out = capsys.readouterr()
     assert json.loads(out.out) == ev  # --json: the same results on stdout
@@ -145,7 +168,7 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     # both commands: test_gan_cli_judge_defaults_to_the_experiments_recipe).
     assert ev["judge"] == res["judge"] and ev["judge"]["config"]["arch"] == "mlp"
     assert ev["judge_reused"] and (unl / "judge").is_dir()
-    assert not (unl / "gan-evaluate" / "class-3" / "judge").exists()
+    assert not (ev_dir / "judge").exists()
     ev = ev["eval"]
     assert set(ev) == {"unl", "orig", "retrain"}
     for row in ev.values():

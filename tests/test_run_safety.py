@@ -385,6 +385,20 @@ def test_negative_indices_reach_the_range_check(tmp_path, capfd):
             "forget index out of range", "got -1..5")
 
 
+def test_a_report_write_on_a_full_disk_is_one_named_error(tmp_path, monkeypatch):
+    """ENOSPC / EROFS writing results.json or report.md ended a command with a traceback (exit
+    1) instead of one line naming the file (exit 2); no temporary file is left."""
+    import errno
+
+    def full(*a):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(report.os, "replace", full)
+    with pytest.raises(CheckpointError, match=r"could not write .*results\.json \(No space"):
+        report.write_json(tmp_path / "results.json", {"x": 1})
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_reports_follow_the_umask(tmp_path):
     old = os.umask(0o022)
     try:

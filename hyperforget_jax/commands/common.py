@@ -248,7 +248,7 @@ def legacy_train_identity(path: Path) -> dict | None:
     checkpoint metadata holds (so they can still be resumed), or None."""
     if not (path / "checkpoints").is_dir():
         return None
-    with Checkpointer(path / "checkpoints") as ckpt:
+    with Checkpointer(path / "checkpoints", read_only=True) as ckpt:
         if ckpt.latest_step() is None:
             return None
         meta = ckpt.restore_meta()
@@ -298,7 +298,7 @@ def unfinished_training(run_dir: str | Path) -> bool:
     if not (run_dir / "checkpoints").is_dir():
         return False
     rundir.check_readable(run_dir)
-    with Checkpointer(run_dir / "checkpoints") as ckpt:
+    with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
         if ckpt.latest_step() is None:
             return True
         meta = ckpt.restore_meta()
@@ -307,7 +307,7 @@ def unfinished_training(run_dir: str | Path) -> bool:
 
 
 def _load_checkpointed(run_dir: Path):
-    with Checkpointer(run_dir / "checkpoints") as ckpt:
+    with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
         meta = ckpt.restore_meta()
         cfg = None
         try:

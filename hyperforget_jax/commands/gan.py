@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +38,8 @@ from hyperforget_jax.train import TrainConfig
 
 #: UnlearnConfig fields that only class requests use (the forgotten share and its checks).
 CLASS_ONLY_FIELDS = ("max_share", "max_kept_drift", "confirm_size")
+#: ``gan evaluate --samples``'s default (the experiments' count).
+_DEFAULT_SAMPLES = 10_000
 
 
 def add_judge_flags(parser) -> Callable[[argparse.Namespace], dict]:
@@ -89,7 +93,7 @@ def load_gan_run(run_dir: str | Path):
     if not (run_dir / "checkpoints").is_dir():
         raise CheckpointError(f"no GAN checkpoint in {run_dir}; run `hyperforget gan train "
                               f"--run-dir {shell_quote(run_dir)}` first")
-    with Checkpointer(run_dir / "checkpoints") as ckpt:
+    with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
         meta = ckpt.restore_meta()
         if "gan_arch" not in meta:
             raise CheckpointError(f"checkpoint in {run_dir} is not a GAN run (no gan_arch in "
@@ -320,6 +324,21 @@ def evaluation_table(rows: dict[str, dict]) -> str:
                                   for n, r in rows.items()])
 
 
+def default_evaluate_out(run_dir, request: data.ForgetRequest, samples: int,
+                         recipe: dict) -> Path:
+    """``gan evaluate``'s default ``--out``: ``<run-dir>/gan-evaluate/<request>``, with
+    ``-samples-<N>`` and ``-judge-<digest>`` where those differ from the defaults. Without them
+    an evaluation with other settings replaced the last one in the same directory (exit 0), as
+    ``evaluate --seed`` did; a default evaluation keeps the name it always had."""
+    name = slug(request)
+    if samples != _DEFAULT_SAMPLES:
+        name += f"-samples-{samples}"
+    if recipe != judge_recipe():
+        name += "-judge-" + hashlib.blake2b(json.dumps(recipe, sort_keys=True).encode(),
+                                            digest_size=4).hexdigest()
+    return Path(run_dir) / "gan-evaluate" / name
+
+
 def cmd_evaluate(args) -> int:
     arch, state, meta = load_gan_run(args.run_dir)
     splits = common.load_splits(args)
@@ -356,7 +375,7 @@ def cmd_evaluate(args) -> int:
                                     "compare the runs of this request (or the Original)")
         others[other] = a, st
     search = _judge_dirs([*runs, *args.judge_from])
-    out = args.out or Path(args.run_dir) / "gan-evaluate" / slug(request)
+    out = args.out or default_evaluate_out(args.run_dir, request, args.samples, recipe)
     identity = {"role": "gan-evaluation", "runs": [str(Path(r).absolute()) for r in runs],
                 "request": request.to_json(), "samples": args.samples, "judge": recipe,
                 **data_id}
@@ -451,10 +470,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the GAN run to evaluate")
     p.add_argument("--compare", nargs="*", type=common.path_arg,
                    help="other GAN runs (e.g. Original, Retrain)")
-    p.add_argument("--samples", type=non_negative_int, default=10_000,
-                   help="generated samples per GAN for every metric (default 10000)")
+    p.add_argument("--samples", type=non_negative_int, default=_DEFAULT_SAMPLES,
+                   help=f"generated samples per GAN for every metric (default "
+                        f"{_DEFAULT_SAMPLES})")
     p.add_argument("--out", type=common.path_arg,
-                   help="output directory (default: <run-dir>/gan-evaluate/<request>)")
+                   help="output directory (default: <run-dir>/gan-evaluate/<request>"
+                        "[-samples-<N>][-judge-<digest>], naming --samples and the judge "
+                        "flags where they are not the defaults)")
     common.add_output_args(p)
     p.set_defaults(func=cmd_evaluate, _judge=add_judge_flags(p))
     _add_judge_from(p)

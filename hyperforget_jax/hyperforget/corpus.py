@@ -667,9 +667,15 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
         name = f"shard_{i:05d}"
         tmp = out / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        for key, arr in arrays.items():
-            np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
+        try:
+            tmp.mkdir()
+            for key, arr in arrays.items():
+                np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
+        except OSError as e:        # a full disk: the finished shards stay, a rerun resumes
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise CheckpointError(f"could not write corpus shard {out / name} "
+                                  f"({e.strerror or e}); check the disk space and permissions "
+                                  "of --out, then rerun to resume from the finished shards") from e
         shutil.rmtree(out / name, ignore_errors=True)
         os.replace(tmp, out / name)
         n = len(arrays["rows"]) + len(arrays["originals"])
