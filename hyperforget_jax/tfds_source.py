@@ -19,6 +19,7 @@ Testing with ``tfds.testing.mock_data``: the mock replaces the data, not the fil
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 from typing import Any, NamedTuple, Sequence
 
@@ -139,7 +140,21 @@ def _tfds():
             "`pip install tensorflow-datasets importlib_resources array_record pillow` "
             "(TensorFlow is not needed)"
         ) from e
+    except Exception as e:  # noqa: BLE001  (a broken install fails its import in other ways)
+        # tfds 4.9.0-4.9.1 raise TypeError here under protobuf >= 4 (old generated modules).
+        raise DataError(
+            f"tensorflow-datasets {_dist_version('tensorflow-datasets')} is installed but fails "
+            f"to import ({type(e).__name__}: {' '.join(str(e).split())[:200]}); upgrade it "
+            "with `pip install -U 'tensorflow-datasets>=4.9.10'`"
+        ) from e
     return tfds
+
+
+def _dist_version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "?"
 
 
 def _feature_shape(info: Any, key: str) -> tuple | None:

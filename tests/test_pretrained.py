@@ -14,7 +14,7 @@ import pytest
 from conftest import CompileCounter, load_experiment
 from hyperforget_jax import cli, data, pretrained, train
 from hyperforget_jax import params as P_
-from hyperforget_jax.errors import CheckpointError, NonFiniteError
+from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import dihyfo as H
 
 PKG = Path(pretrained.__file__).parent
@@ -46,6 +46,21 @@ def test_corrupted_or_replaced_file_is_refused(tmp_path, monkeypatch):
     # The same bytes as a user file: unreadable or damaged, never a silent load.
     with pytest.raises(CheckpointError):
         H.load_hypernet(bad)
+
+
+def test_pretrained_is_refused_while_it_also_names_a_local_hypernetwork(tmp_path, monkeypatch):
+    """``hypertrain --out pretrained`` then ``sample --hypernet pretrained`` sampled the shipped
+    network instead of the one in ./pretrained, without a word. A ./pretrained that holds no
+    hypernetwork (a user's own folder of models) leaves the name alone."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pretrained").mkdir()
+    assert H.load_hypernet("pretrained")[0].spec.variant == "dihyfo2"
+    (tmp_path / "pretrained" / "hypernet.npz").write_bytes(b"not a zip")
+    with pytest.raises(ConfigError, match=r"names both .*pass \./pretrained for the latter"):
+        H.load_hypernet("pretrained")
+    with pytest.raises(CheckpointError):          # ./pretrained: the local one, read as such
+        H.load_hypernet("./pretrained")
+    assert H.load_hypernet(f"pretrained:{pretrained.DEFAULT}")[0].spec.variant == "dihyfo2"
 
 
 def test_fresh_original_meets_the_bar(mnist_splits):

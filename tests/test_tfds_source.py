@@ -167,6 +167,26 @@ def test_import_is_lazy():
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=root, timeout=60)
 
 
+def test_a_tfds_that_fails_its_import_is_data_error(tmp_path, monkeypatch):
+    """tfds 4.9.0 installs beside protobuf 7 and its import raises TypeError ("Descriptors
+    cannot be created directly"): that escaped as a traceback instead of a DataError (exit 2)
+    naming the upgrade. The failing import is simulated; no tfds is needed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def broken(name, *a, **k):
+        if name == "tensorflow_datasets":
+            raise TypeError("Descriptors cannot be created directly.")
+        return real_import(name, *a, **k)
+
+    monkeypatch.delitem(sys.modules, "tensorflow_datasets", raising=False)
+    monkeypatch.setattr(builtins, "__import__", broken)
+    monkeypatch.setattr(tfds_source, "is_prepared", lambda name, data_dir=None: True)
+    with pytest.raises(DataError, match=r"fails to import \(TypeError: Descriptors.*>=4\.9\.10"):
+        load_tfds("mnist", data_dir=str(tmp_path))
+
+
 # ---------------------------------------------------------------------------------------------
 # real array_record files, prepared locally (no network, no TensorFlow)
 

@@ -156,8 +156,10 @@ def load_hypernet(path: str | os.PathLike = "pretrained") -> tuple[Hypernet, dic
 
     Raises:
       CheckpointError: missing, unreadable, damaged, or (pretrained) a hash mismatch.
+      ConfigError: ``"pretrained"`` while ./pretrained is a hypernetwork too.
     """
     if is_pretrained_name(path):
+        _refuse_a_local_namesake(path)
         return load_pretrained(str(path).partition(":")[2] or None)
     p = _resolve(path)
     try:
@@ -165,6 +167,21 @@ def load_hypernet(path: str | os.PathLike = "pretrained") -> tuple[Hypernet, dic
     except OSError as e:
         raise CheckpointError(f"cannot read {p} ({e.strerror})") from e
     return from_bytes(raw, str(p))
+
+
+def _refuse_a_local_namesake(name: str) -> None:
+    """``hypertrain --out pretrained`` then ``sample --hypernet pretrained`` sampled the shipped
+    network, not the one just trained in ./pretrained: the bare name is refused while it also
+    names a hypernetwork in the current directory (either unambiguous spelling works)."""
+    from hyperforget_jax import pretrained as PT
+
+    local = Path(name)
+    marks = (FILE_NAME, f"hypernet/{FILE_NAME}", "train_state")
+    if name == "pretrained" and (local.is_file() or (local.is_dir() and any(
+            (local / m).exists() for m in marks))):
+        raise ConfigError(f"'pretrained' names both the hypernetwork shipped with the package "
+                          f"and {local.absolute()}; pass ./pretrained for the latter or "
+                          f"pretrained:{PT.DEFAULT} for the shipped one")
 
 
 def is_pretrained_name(path) -> bool:
