@@ -155,6 +155,7 @@ def _put(tree: Any, mesh: Mesh | None) -> Any:
     return jax.device_put(tree, NamedSharding(auto_mesh(mesh)[0], P()))
 
 
+@xla.standard_promotion
 def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         checkpointer=None, meta: dict | None = None, progress: bool = False,
         init_params: Params | None = None, mesh: Mesh | None = None
@@ -253,6 +254,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     return state, history
 
 
+@xla.standard_promotion
 def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
               seeds: list[int] | None = None, progress: bool = False,
               subsets: np.ndarray | None = None, vectorize: str = "vmap"
@@ -356,6 +358,7 @@ def check_sync_every(sync_every: Any, who: str) -> None:
     check_count(sync_every, f"{who}: sync_every", " (steps between waits for the device)")
 
 
+@xla.standard_promotion
 def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable[Batch],
                cfg: TrainConfig, *, init_params: Params | None = None,
                mesh: Mesh | None = None, sync_every: int = 8) -> tuple[TrainState, list[dict]]:

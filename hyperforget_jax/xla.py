@@ -27,6 +27,7 @@ options, or (under a top-level ``jax.vmap``) with XLA's defaults.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any, Callable
 
@@ -81,3 +82,20 @@ def jit(fun: Callable, **kwargs: Any):
         if opts:
             return _Jitted(fun, kwargs, opts)
     return jax.jit(fun, **kwargs)
+
+
+def standard_promotion(fun: Callable) -> Callable:
+    """``fun`` run under ``jax.numpy_dtype_promotion("standard")``, whatever the caller set.
+
+    Under a caller's ``jax_numpy_dtype_promotion="strict"`` optax's Adam (``1 - b1**count``: a
+    Python float and an int32) and ∇τ's own steps raised a ``TypePromotionError`` from deep
+    inside a step. Strict mode only refuses promotions, it never changes a result, so the
+    training and unlearning entry points run under JAX's default and give the bits they give
+    without it (the caller's model is traced under it too)."""
+
+    @functools.wraps(fun)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with jax.numpy_dtype_promotion("standard"):
+            return fun(*args, **kwargs)
+
+    return run

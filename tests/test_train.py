@@ -446,3 +446,28 @@ def test_a_recipe_naming_the_model_given_by_import_path_is_accepted():
                        (lin, models.as_model(user_model.TinyNnx, (8, 8, 1), 10))):
         with pytest.raises(ConfigError, match="TrainConfig.arch is 'user_model:Tiny"):
             check_recipe_model(cfg, models.as_model(model, (8, 8, 1), 10), "fit")
+
+
+def test_entry_points_run_under_strict_dtype_promotion_with_the_same_bits(digits_splits):
+    """A caller's ``jax_numpy_dtype_promotion="strict"`` made ``fit`` raise a
+    TypePromotionError from inside optax's Adam (``1 - b1**count``), ``unlearn`` too (∇τ's
+    own steps, Bad Teacher). Strict mode only refuses, so the training and unlearning entry
+    points run under JAX's default and give its bits; the caller's setting is kept."""
+    import hyperforget_jax as hf
+
+    fs = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    w = jnp.zeros((64, 10), jnp.float32)
+
+    def linear(p, x):
+        return x.reshape(len(x), -1) @ p
+
+    def run():
+        p = train.fit(linear, digits_splits.train, train.TrainConfig(epochs=1),
+                      init_params=w)[0].params
+        return p, hf.unlearn("neggrad_plus", linear, p, fs, digits_splits.val).params
+
+    expected = run()
+    with jax.numpy_dtype_promotion("strict"):
+        got = run()
+        assert jax.config.jax_numpy_dtype_promotion == "strict"
+    chex.assert_trees_all_equal(got, expected)

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
-from hyperforget_jax import data, train
+from hyperforget_jax import data, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
@@ -174,6 +174,7 @@ def _recorded_config(model: Architecture, config: Any) -> dict:
     return d
 
 
+@xla.standard_promotion
 def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Dataset,
             config: Any = None, seed: int = 0,
             forget_classes: tuple[int, ...] | None = None, *, checkpointer=None,
@@ -282,6 +283,7 @@ def _is_stacked(model: Architecture, params: Any, n: int, stacked: bool | None) 
         return True
 
 
+@xla.standard_promotion
 def unlearn_sweep(method: str, arch: Any, params: Any,
                   split: ForgetSplit | Sequence[ForgetSplit], val: Dataset,
                   seeds: Sequence[int] = (0,), configs: Sequence[Any] | None = None,

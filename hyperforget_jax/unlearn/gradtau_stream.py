@@ -137,6 +137,7 @@ def _refuse_unread(cfg: G.GradTauConfig, tau_fn: Callable | None, tau_args: tupl
                           "tau= is never refreshed; drop tau_refresh_epochs, or pass tau_fn=")
 
 
+@xla.standard_promotion
 def run_gradtau_stream(arch: Any, params: Params,
                        batches: Callable[[int], Iterable[tuple[Pair, Pair]]], *,
                        n_forget: int, n_retain: int, config: G.GradTauConfig | None = None,
