@@ -313,6 +313,31 @@ class _Broken(nn.Module):
         return x.reshape(len(x), 7)[:, 0]
 
 
+def test_gan_training_and_unlearning_run_under_strict_dtype_promotion_with_the_same_bits():
+    """A caller's ``jax_numpy_dtype_promotion="strict"`` made ``train_gan`` and ``unlearn_gan``
+    raise a TypePromotionError from inside optax's Adam (``1 - b1**count``); they run under
+    JAX's default now, as ``fit`` and ``unlearn`` do, with its bits."""
+    from hyperforget_jax.data import Dataset
+    from hyperforget_jax.gan.unlearn import UnlearnConfig, unlearn_gan
+
+    x = np.random.default_rng(0).uniform(size=(24, 8, 8, 1)).astype(np.float32)
+    cfg = GANConfig(epochs=1, batch_size=8, latent_dim=4, latent_prior="normal")
+
+    def run():
+        gan, _, arch = train_gan(Dataset(x, np.zeros(24, np.int32), 10, "noise"), cfg,
+                                 generator=_G(), discriminator=_D())
+        res = unlearn_gan(arch, gan.g_params, gan.d_params, retain_x=x[4:], forget_x=x[:4],
+                          heldout_x=None, cfg=UnlearnConfig(fake_label="hard", max_rounds=2,
+                                                            check_every=2, pool_size=8,
+                                                            batch_size=4))
+        return gan.g_params, res.g_params, res.d_params
+
+    expected = run()
+    with jax.numpy_dtype_promotion("strict"):
+        got = run()
+    assert_trees_close(got, expected, atol=0)
+
+
 def test_a_users_gan_pair_that_does_not_fit_is_refused_up_front():
     pair = dict(image_shape=(8, 8, 1), latent_dim=4)
     arch = make_gan_arch(generator=_G(), discriminator=_D(), **pair)

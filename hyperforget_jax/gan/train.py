@@ -232,6 +232,7 @@ def compiled_epoch(arch: GANArch, lr: float, beta1: float, batch_size: int,
     return arch.program(("epoch", float(lr), float(g_lr), float(beta1), int(batch_size)), build)
 
 
+@xla.standard_promotion
 def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict | None = None,
               progress: bool = False, save_every: int = 10, generator=None,
               discriminator=None) -> tuple[GANState, list[dict], GANArch]:

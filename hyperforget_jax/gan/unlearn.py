@@ -667,6 +667,7 @@ def _refuse_batch_statistics(arch: GANArch, g_params: Params, d_params: Params,
                 "pair does)")
 
 
+@xla.standard_promotion
 def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                 retain_x: np.ndarray, forget_x: np.ndarray, heldout_x: np.ndarray | None,
                 cfg: UnlearnConfig | None = None, forget_classes: Sequence[int] | None = None,

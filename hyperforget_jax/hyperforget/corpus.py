@@ -585,6 +585,7 @@ def _check_requests_have_images(requests: list[tuple[int, ...]], train_set: data
                           "or data with those classes")
 
 
+@xla.standard_promotion
 def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
                  splits: data.Splits | None = None, dataset: str | None = None,
                  split_seed: int = 0, progress: bool = True) -> dict:

@@ -232,6 +232,7 @@ def _check_state(state: DN.HyperTrainState, n: int) -> None:
                              "one before it)")
 
 
+@xla.standard_promotion
 def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int | None = None,
                    denoiser: DN.DenoiserConfig | None = None,
                    config: DN.HyperTrainConfig | None = None, canonicalize: bool | None = None,
