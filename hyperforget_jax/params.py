@@ -99,9 +99,12 @@ def _check_exact_ints(params: Params, out) -> None:
         fix = ("keep integers out of the tree, or flatten them on their own (a tree of "
                "integer leaves stays integer)")
         if isinstance(leaf, jax.core.Tracer):
+            # An optax state's int32 step count beside float32 moments is the common case:
+            # outside jit the same call reads the count and takes it when it fits.
             raise ArchitectureError(f"{where} may hold integers that the {jnp.dtype(out).name} "
                                     f"vector cannot (outside [{lo}, {hi}]), and under jit its "
-                                    f"values cannot be checked; {fix}")
+                                    f"values cannot be checked; call flatten outside jit (the "
+                                    f"values are then checked), {fix}")
         v = np.asarray(leaf)
         bad = [int(b) for b in (v.min(), v.max()) if not lo <= int(b) <= hi] if v.size else []
         if bad:

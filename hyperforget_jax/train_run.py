@@ -25,7 +25,7 @@ from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices, is_prng_key
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model, is_import_path, is_model_at
-from hyperforget_jax.params import refuse_traced, tree_index
+from hyperforget_jax.params import committed, refuse_traced, tree_index
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
                                    VECTORIZE, effective_batch_size,
@@ -150,8 +150,10 @@ def _refuse_missing_outputs(model: Architecture, outputs: int, top: int, what: s
 
 
 def _put(tree: Any, mesh: Mesh | None) -> Any:
+    # Committed without a mesh (params.committed): a start restored from disk (committed) and
+    # a fresh one (uncommitted) were two compilations of the epoch / step program.
     if mesh is None:
-        return jax.tree.map(jnp.asarray, tree)
+        return committed(jax.tree.map(jnp.asarray, tree))
     return jax.device_put(tree, NamedSharding(auto_mesh(mesh)[0], P()))
 
 
@@ -207,7 +209,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     if init_params is not None:
         refuse_traced(init_params, "fit")
         model.check_params(init_params)
-    given, init_params = init_params, _copy(init_params)
+    given, init_params = init_params, _copy(committed(init_params))
     tx = make_optimizer(cfg)
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
     _check_outputs(model, state.params, train, batch_size, "fit")
@@ -404,7 +406,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
                           f"or {model.init_fix}")
     if init_params is not None:     # as fit: a host loop, not a step of the caller's jit
         refuse_traced(init_params, "fit_stream")
-    given, init_params = init_params, _copy(init_params)
+    given, init_params = init_params, _copy(committed(init_params))
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
     step = model.program(("fit_stream_step", mesh), lambda: _stream_step(model, mesh))
     state = _put(state, mesh)

@@ -41,7 +41,7 @@ from hyperforget_jax.config import SEED_LIMIT, check_config, field
 from hyperforget_jax.data import Dataset, ForgetSplit
 from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.models import Architecture, as_model
-from hyperforget_jax.params import tree_index
+from hyperforget_jax.params import refuse_traced, tree_index
 from hyperforget_jax.unlearn.gradtau_run import rows_per_call
 
 
@@ -242,7 +242,10 @@ def ulira(arch: Any, shadows: Shadows, unlearned_shadows: Any, train_ds: Dataset
           split: ForgetSplit, target_unlearned: Any, target_retrained: Any) -> dict:
     """U-LiRA on the forget set of the real request (module docstring). Ideal accuracy 0.5.
 
-    ``arch`` is any model ``hf.as_model`` takes."""
+    ``arch`` is any model ``hf.as_model`` takes. A host-side test (NumPy statistics over the
+    shadows' confidences): the parameters are refused when traced, as every evaluator's are."""
+    refuse_traced((shadows.retrain_params, unlearned_shadows, target_unlearned,
+                   target_retrained), "ulira")
     model = as_model(arch, train_ds.x.shape[1:], train_ds.num_classes)
     x, y = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
     phi_u = _phi_fleet(model, unlearned_shadows, x, y)

@@ -742,7 +742,10 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
 def test_streamed_runner_reuses_its_program(digits_splits, digits_original):
     """A second run_gradtau_stream call of the same shapes (another learning rate, another
     request of the same size) compiles nothing: the step used to be compiled on every call.
-    With tau_fn the program is kept on the caller's function: holding it reuses the program."""
+    With tau_fn the program is kept on the caller's function: holding it reuses the program.
+    The second call starts from the parameters as load_params gives them (committed to a
+    device), the first from uncommitted ones (as init's): their placements differed, so the
+    step compiled again."""
     import math
 
     from hyperforget_jax.unlearn import gradtau_run
@@ -754,13 +757,15 @@ def test_streamed_runner_reuses_its_program(digits_splits, digits_original):
               for s in (0, 1)]
     cfgs = [G.GradTauConfig(epochs=1), G.GradTauConfig(epochs=1, lr=5e-4)]
     tau_fn = G.val_tau_fn(arch.apply)
+    fresh = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), params)      # uncommitted
+    starts = (fresh, jax.device_put(fresh, jax.devices()[0]))
     for tau_kw in ({"tau": math.log(10)}, {"tau_fn": tau_fn, "tau_args": (val.x, val.y)}):
         outs = []
         for i, (split, cfg) in enumerate(zip(splits, cfgs)):
             plan = gradtau_run.make_plan(split, cfg, 0, None)
             with CompileCounter() as c:
-                outs.append(run_gradtau_stream(arch, params, _stream_of(split, plan), config=cfg,
-                                               n_forget=len(split.forget),
+                outs.append(run_gradtau_stream(arch, starts[i], _stream_of(split, plan),
+                                               config=cfg, n_forget=len(split.forget),
                                                n_retain=len(split.retain), **tau_kw)[0])
             assert i == 0 or c.n == 0, tau_kw
         assert float(jnp.abs(P_.flatten(outs[0]) - P_.flatten(outs[1])).max()) > 1e-4

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hyperforget_jax import models, params as P
@@ -81,6 +82,12 @@ def test_flatten_refuses_integers_its_vector_cannot_hold():
         P.flatten({"u": np.array([3_000_000_000], np.uint32), "i": np.array([1], np.int32)})
     with pytest.raises(ArchitectureError, match="under jit its values cannot be checked"):
         jax.jit(P.flatten)(big)
+    # An optax state (int32 step count beside float32 moments): the refusal names the call
+    # that works, flatten outside jit, which reads the count.
+    state = optax.adam(1e-3).init({"w": jnp.ones(2)})
+    with pytest.raises(ArchitectureError, match=r"\[0\]\.count .*call flatten outside jit"):
+        jax.jit(P.flatten)(state)
+    assert P.flatten(state).tolist() == [0.0] * 5
     assert P.flatten({"n": jnp.array([7], jnp.int32), "w": jnp.ones(1)}).tolist() == [7.0, 1.0]
     assert jax.jit(P.flatten)({"n": jnp.array([7], jnp.int8), "w": jnp.ones(1)}).tolist() \
         == [7.0, 1.0]

@@ -214,9 +214,13 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(mnist_splits, tmp_path)
                   meta={"note": "first half"})
         assert ck.latest_step() == 2
     with Checkpointer(tmp_path / "ck") as ck:  # a new process would see the same directory
-        resumed, hist = train.fit(ARCH, mnist_splits.train, cfg4, checkpointer=ck)
+        with CompileCounter() as compiled:
+            resumed, hist = train.fit(ARCH, mnist_splits.train, cfg4, checkpointer=ck)
         assert [h["epoch"] for h in hist] == [2, 3]  # only the missing epochs ran
         assert ck.restore_meta()["epoch"] == 4
+    # The restored state (committed, as load_params' arrays are) runs the straight run's
+    # compiled epoch: it was compiled again (two programs) before fit committed its state.
+    assert compiled.n == 0
     assert int(resumed.step) == int(straight.step)
     assert_trees_close(resumed.params, straight.params, atol=0)
     assert_trees_close(resumed.opt_state, straight.opt_state, atol=0)

@@ -88,6 +88,21 @@ def test_non_finite_confidences_name_the_model():
     assert ulira.ulira_test(untargeted, z, tgt, np.ones(5), np.zeros(5))["n_examples"] == 2
 
 
+def test_ulira_refuses_traced_parameters():
+    """Called inside a caller's jit, ulira died in JAX's TracerArrayConversionError (its test
+    is NumPy on the host): refused by name, as the evaluators refuse traced parameters."""
+    rng = np.random.default_rng(0)
+    ds = data.from_arrays(rng.random((24, 3, 4, 1), np.float32), np.arange(24) % 3, 3, "t")
+    split = data.resolve_forget(ds, data.ForgetRequest(classes=(1,)))
+    arch = models.make_architecture("gpt_mlp", (3, 4, 1), 3)
+    p = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), arch.param_shapes())
+    stack = jax.tree.map(lambda a: jnp.stack([a, a]), p)
+    sh = ulira.Shadows(stack, stack, np.stack([split.forget_idx[:4]] * 2),
+                       np.stack([split.retain_idx[:8]] * 2))
+    with pytest.raises(ConfigError, match="ulira runs its own .* inside jax.jit"):
+        jax.jit(lambda q: ulira.ulira(arch, sh, stack, ds, split, q, p)["auc"])(p)
+
+
 def test_no_variance_without_an_example_targeted_twice(digits_splits, monkeypatch):
     """Every example targeted by one shadow: the pooled σ had no degree of freedom and was the
     1e-3 floor, and U-LiRA reported a nearest-mean guess (accuracy 1.0 here). Refused, by

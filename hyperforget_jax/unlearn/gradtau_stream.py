@@ -32,7 +32,7 @@ from hyperforget_jax import train, xla
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import _Programs, as_model
-from hyperforget_jax.params import refuse_traced
+from hyperforget_jax.params import committed, refuse_traced
 from hyperforget_jax.train_run import _refuse_missing_outputs, check_sync_every
 from hyperforget_jax.unlearn import gradtau as G
 from hyperforget_jax.unlearn.gradtau_run import _check_finite, per_example
@@ -200,7 +200,9 @@ def run_gradtau_stream(arch: Any, params: Params,
           "alpha0": np.float32(alpha0), "epochs": np.float32(E),
           "refresh_steps": np.int32(cfg.tau_refresh_epochs * n)}
     tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
-    ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, params))  # a copy: donated
+    # A copy (the state is donated), committed as run_gradtau's: a start restored from disk
+    # and a fresh one share the compiled step (uncommitted, they were two compilations).
+    ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, committed(params)))
     gs = G.GradTauState(jnp.int32(0), jnp.float32(0.0 if tau is None else tau))
     # Built at the first batch: whether it may run in chunks depends on the model.
     step = outputs = None
@@ -208,6 +210,7 @@ def run_gradtau_stream(arch: Any, params: Params,
         repl = NamedSharding(train.auto_mesh(mesh)[0], P())
         ts, gs, hp, tau_args = jax.device_put((ts, gs, hp, tuple(tau_args)), repl)
     else:
+        ts, gs = committed((ts, gs))
         hp, tau_args = jax.tree.map(jnp.asarray, (hp, tuple(tau_args)))
     put = lambda b: train.global_rows((np.asarray(b[0], np.float32),
                                        np.asarray(b[1], np.int32)), mesh)
