@@ -41,6 +41,7 @@ import gc
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -548,29 +549,34 @@ def _recover_params(path: Path) -> None:
     copy where it lies (:func:`_params_dir`)."""
     if not _primary():
         return
+    for entry in _leftovers(path, "old"):
+        if not path.exists():
+            with contextlib.suppress(OSError):
+                os.replace(entry, path)
+                continue
+        shutil.rmtree(entry, ignore_errors=True)
+    for entry in _leftovers(path, "tmp"):
+        shutil.rmtree(entry, ignore_errors=True)
+
+
+def _leftovers(path: Path, kind: str) -> list[Path]:
+    """The ``.<name>.<kind>-<8 hex>`` directories a :func:`save_params` of ``path`` left beside
+    it (with Orbax's ``.orbax-checkpoint-tmp`` write of a ``tmp`` one): exactly those. A prefix
+    also matched another checkpoint's, ``<name>.old-best``'s ``.<name>.old-best.old-*``, which a
+    load of ``<name>`` then read and a save of it took over (restored as its own, then deleted).
+    """
+    tail = r"(\.orbax-checkpoint-tmp.*)?" if kind == "tmp" else ""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.{kind}-[0-9a-f]{{8}}{tail}")
     try:
-        entries = sorted(path.parent.iterdir())
+        return [e for e in sorted(path.parent.iterdir()) if pattern.fullmatch(e.name)]
     except OSError:
-        return
-    for entry in entries:
-        if entry.name.startswith(f".{path.name}.old-"):
-            if not path.exists():
-                with contextlib.suppress(OSError):
-                    os.replace(entry, path)
-                    continue
-            shutil.rmtree(entry, ignore_errors=True)
-        elif entry.name.startswith(f".{path.name}.tmp-"):
-            shutil.rmtree(entry, ignore_errors=True)
+        return []
 
 
 def _previous_copy(path: Path) -> Path | None:
     """The complete previous copy a :func:`save_params` killed between its two renames left
     hidden beside a missing ``path``, if any."""
-    with contextlib.suppress(OSError):
-        for entry in sorted(path.parent.iterdir()):
-            if entry.name.startswith(f".{path.name}.old-") and _is_params_checkpoint(entry):
-                return entry
-    return None
+    return next((e for e in _leftovers(path, "old") if _is_params_checkpoint(e)), None)
 
 
 def _is_params_checkpoint(path: Path) -> bool:

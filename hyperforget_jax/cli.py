@@ -138,6 +138,8 @@ def _cli_output(name: str, program: bool) -> Iterator[None]:
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(max(level, logging.WARNING))
+    # A main() inside another (a command run from a command's Python) leaves the outer's filter.
+    added = _orbax_traceback not in absl.filters
     absl.addFilter(_orbax_traceback)
     show = warnings.showwarning
 
@@ -151,7 +153,8 @@ def _cli_output(name: str, program: bool) -> Iterator[None]:
     finally:
         warnings.showwarning = show
         absl.setLevel(level)
-        absl.removeFilter(_orbax_traceback)
+        if added:
+            absl.removeFilter(_orbax_traceback)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -459,6 +459,20 @@ def test_a_save_params_killed_between_its_renames_is_read_and_finished_by_the_ne
     assert load_params(path)[1] == {"v": 3}
 
 
+def test_the_leftovers_of_a_killed_save_params_are_its_paths_own(tmp_path, state):
+    """``m.old-best``'s previous copy, left hidden as ``.m.old-best.old-*`` by a save of it
+    killed between its renames, starts with ``.m.old-``: a load of a missing ``m`` read it as
+    m's, and a save of ``m`` restored it as m's own, then deleted it (``m.old-best`` lost)."""
+    best = tmp_path / "m.old-best"
+    save_params(best, state.params, {"who": "best"})
+    os.replace(best, tmp_path / ".m.old-best.old-1234abcd")       # killed between its renames
+    with pytest.raises(CheckpointError, match="no params checkpoint"):
+        load_params(tmp_path / "m")
+    save_params(tmp_path / "m", make_state(seed=2).params, {"who": "m"})
+    assert load_params(best)[1] == {"who": "best"}                # still its previous copy
+    assert load_params(tmp_path / "m")[1] == {"who": "m"}
+
+
 def test_a_save_params_on_a_full_disk_keeps_the_old_copy_and_leaves_nothing(tmp_path, state):
     """A full disk (here the file-size limit, as ``ulimit -f``): Orbax's partial write of the
     new copy, ``.<name>.tmp-*.orbax-checkpoint-tmp``, was left beside it, holding the space."""

@@ -219,6 +219,9 @@ def test_orbax_tracebacks_of_a_failed_write_stay_off_stderr():
     absl = logging.getLogger("absl")
     with cli._cli_output("train", program=False):
         assert not absl.filter(traceback) and absl.filter(plain)
+        with cli._cli_output("evaluate", program=False):     # a main() inside another
+            pass
+        assert not absl.filter(traceback)           # the outer one's filter stays
     assert absl.filter(traceback)                   # restored: the Python API's callers see it
 
 

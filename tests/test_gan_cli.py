@@ -6,6 +6,7 @@ import re
 import shutil
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -55,6 +56,29 @@ def test_gan_evaluate_default_out_names_samples_and_judge():
     samples, judge = out("--samples", "500"), out(*CHEAP_JUDGE)
     assert samples.name == "class-3-samples-500" and judge.name.startswith("class-3-judge-")
     assert len({default, samples, judge, out("--judge-anneal", "1"), out(*CHEAP_JUDGE)}) == 4
+
+
+def test_gan_evaluate_reuses_the_judge_of_the_runs_other_evaluations(tmp_path, digits_splits):
+    """Since the default --out names --samples, each setting's directory trained the judge
+    again (≈ 3 min for the default one), where the one shared directory had reused it; an
+    evaluation an older version stored under the old name is found too."""
+    from hyperforget_jax import checkpoint, rundir
+    from hyperforget_jax.commands.gan import evaluate_judge_dirs
+    from hyperforget_jax.gan.metrics import cached_judge
+    from hyperforget_jax.models import as_model
+
+    parser, train = cli.build_parser(), digits_splits.train
+    args = parser.parse_args(["gan", "evaluate", "--run-dir", "r", *CHEAP_JUDGE])
+    recipe, data_id = args._judge(args), rundir.data_fingerprint(digits_splits)
+    arch = as_model("mlp", train.x.shape[1:], train.num_classes)
+    stored = jax.tree_util.tree_map(lambda s: np.full(s.shape, 0.5, s.dtype), arch.param_shapes())
+    run = tmp_path / "orig"
+    checkpoint.save_params(run / "gan-evaluate" / "class-3" / "judge", stored,
+                           {"role": "gan-judge", "recipe": recipe, "data": data_id})
+    judge, reused = cached_judge(train, recipe, tmp_path / "out" / "judge", data_id,
+                                 search=evaluate_judge_dirs(run, [run]))
+    assert reused and all(np.all(np.asarray(x) == 0.5)
+                          for x in jax.tree_util.tree_leaves(judge.params))
 
 
 def test_gan_unlearn_help_shows_each_recipes_defaults():

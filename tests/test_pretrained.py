@@ -63,6 +63,19 @@ def test_pretrained_is_refused_while_it_also_names_a_local_hypernetwork(tmp_path
     assert H.load_hypernet(f"pretrained:{pretrained.DEFAULT}")[0].spec.variant == "dihyfo2"
 
 
+def test_a_local_file_named_pretrained_that_is_no_archive_leaves_the_name_alone(
+        tmp_path, monkeypatch):
+    """Any file named ``pretrained`` in the working directory (a script, a note) refused the
+    shipped network as "names both ... and ./pretrained", though ./pretrained could never load
+    as one; an .npz archive of that name is still refused as ambiguous."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "pretrained").write_text("#!/bin/sh\nhyperforget sample --hypernet pretrained\n")
+    assert H.load_hypernet("pretrained")[0].spec.variant == "dihyfo2"
+    (tmp_path / "pretrained").write_bytes((PKG / "dihyfo2_gpt_mlp_mnist5k.npz").read_bytes())
+    with pytest.raises(ConfigError, match="names both"):
+        H.load_hypernet("pretrained")
+
+
 def test_fresh_original_meets_the_bar(mnist_splits):
     net, _ = H.load_hypernet("pretrained")
     arch = net.spec.arch

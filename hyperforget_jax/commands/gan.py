@@ -86,6 +86,15 @@ def _judge_dirs(dirs) -> list[Path]:
     return [q for d in absolute for q in (d / "judge", d)]
 
 
+def evaluate_judge_dirs(run_dir, dirs) -> list[Path]:
+    """Where ``gan evaluate`` looks for a stored judge: ``dirs``' (:func:`_judge_dirs`), then
+    the judges of ``run_dir``'s other default-named evaluations (another ``--samples``; the one
+    name every setting had before :func:`default_evaluate_out`). Each setting's own directory
+    trained its own judge (≈ 3 min) where the one shared directory had reused it; the judge's
+    recipe and data are checked before it is reused (:func:`~.metrics.cached_judge`)."""
+    return [*_judge_dirs(dirs), *sorted(Path(run_dir).absolute().glob("gan-evaluate/*/judge"))]
+
+
 def load_gan_run(run_dir: str | Path):
     """(GANArch, GANState, meta) of the latest checkpoint of a ``gan train/unlearn`` run."""
     run_dir = Path(run_dir).expanduser().absolute()
@@ -374,7 +383,7 @@ def cmd_evaluate(args) -> int:
         common.refuse_other_request(m.get("request"), request, f"--compare {other} holds a run",
                                     "compare the runs of this request (or the Original)")
         others[other] = a, st
-    search = _judge_dirs([*runs, *args.judge_from])
+    search = evaluate_judge_dirs(args.run_dir, [*runs, *args.judge_from])
     out = args.out or default_evaluate_out(args.run_dir, request, args.samples, recipe)
     identity = {"role": "gan-evaluation", "runs": [str(Path(r).absolute()) for r in runs],
                 "request": request.to_json(), "samples": args.samples, "judge": recipe,

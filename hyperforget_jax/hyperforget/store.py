@@ -172,16 +172,28 @@ def load_hypernet(path: str | os.PathLike = "pretrained") -> tuple[Hypernet, dic
 def _refuse_a_local_namesake(name: str) -> None:
     """``hypertrain --out pretrained`` then ``sample --hypernet pretrained`` sampled the shipped
     network, not the one just trained in ./pretrained: the bare name is refused while it also
-    names a hypernetwork in the current directory (either unambiguous spelling works)."""
+    names a hypernetwork in the current directory (either unambiguous spelling works). A file
+    named ``pretrained`` counts only as an .npz archive (``from_bytes``' test): a script or a
+    note of that name in the working directory is no hypernetwork."""
     from hyperforget_jax import pretrained as PT
 
     local = Path(name)
     marks = (FILE_NAME, f"hypernet/{FILE_NAME}", "train_state")
-    if name == "pretrained" and (local.is_file() or (local.is_dir() and any(
+    if name == "pretrained" and (_is_zip(local) or (local.is_dir() and any(
             (local / m).exists() for m in marks))):
         raise ConfigError(f"'pretrained' names both the hypernetwork shipped with the package "
                           f"and {local.absolute()}; pass ./pretrained for the latter or "
                           f"pretrained:{PT.DEFAULT} for the shipped one")
+
+
+def _is_zip(path: Path) -> bool:
+    if not path.is_file():      # never opens a FIFO or a device
+        return False
+    try:
+        with open(path, "rb") as f:
+            return f.read(2) == b"PK"
+    except OSError:             # unreadable
+        return False
 
 
 def is_pretrained_name(path) -> bool:
