@@ -631,6 +631,8 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
 
 def _params_dir(path: str | os.PathLike) -> Path:
     path = _absolute(path)
+    if path.is_symlink():       # save_params writes through a link: its copies lie by the target
+        path = path.resolve()
     if not path.exists():       # a save killed between its renames: its previous copy
         path = _previous_copy(path) or path
     if not path.is_dir() or not any(path.iterdir()):

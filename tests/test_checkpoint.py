@@ -453,9 +453,12 @@ def test_a_save_params_killed_between_its_renames_is_read_and_finished_by_the_ne
     params, meta = load_params(path, template=state.params)    # the previous copy
     assert_trees_equal(params, state.params)
     assert meta == {"v": 1}
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "p").symlink_to(path)                  # dangling, as path is gone
+    assert load_params(tmp_path / "links" / "p")[1] == {"v": 1}
     assert not path.exists()
     save_params(path, make_state(seed=3).params, {"v": 3})       # the stale copies are removed
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["params"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["links", "params"]
     assert load_params(path)[1] == {"v": 3}
 
 
