@@ -1,6 +1,7 @@
 """The unlearning results table: every method beside Retrain, class removal and random forgetting.
 
-Command (from the repository root; 4.8 min on 2 idle CPU cores, 14.4 min before the sweeps)::
+Command (from the repository root; 6.6 min on 2 idle CPU cores for the published table, 4.8 min
+on 2026-12-02's methods, 14.4 min before the sweeps)::
 
     PYTHONPATH=. python experiments/unlearning_table.py --out runs/unlearning_table
 

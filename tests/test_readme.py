@@ -184,14 +184,14 @@ def test_doc_examples_build_gradtau_s_optimiser_with_the_official_schedule():
     """The classic-step example in docs/unlearning.md built its optimiser with the legacy
     per-step ``make_gradtau_optimizer`` under the section that states the official
     per-forget-epoch schedule (METHODS.md §1): a reader copying it decayed the learning rate
-    every step. Every example (README and docs) that calls a ∇τ step builds it per
-    forget-epoch."""
+    every step. Every example (README, docs and benchmarks/README.md, whose multi-process
+    example used a `tx` it never built) that calls a ∇τ step builds it per forget-epoch."""
     docs = README.parent / "docs"
-    for path in (README, *sorted(docs.glob("*.md"))):
+    for path in (README, README.parent / "benchmarks" / "README.md", *sorted(docs.glob("*.md"))):
         for code in re.findall(r"```python\n(.*?)```", path.read_text(), re.S):
             lines = [ln.split("#", 1)[0] for ln in code.splitlines()]
             assert not any("make_gradtau_optimizer(" in ln for ln in lines), path.name
-            if any("make_gradtau_step(" in ln for ln in lines):
+            if any(re.search(r"(make|data_parallel)_gradtau_step\(", ln) for ln in lines):
                 assert any("lr_schedule_fn(" in ln or "gradtau_tx(" in ln for ln in lines), \
                     path.name
 
@@ -257,3 +257,105 @@ def test_hf_names_in_the_docs_resolve_after_import_hyperforget_jax_as_hf():
     out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
                          check=True, cwd=root).stdout.split()
     assert not out, out
+
+
+def _doc_commands(prog: str) -> list[tuple[str, bool, str]]:
+    """(page, in a code block, arguments) of every ``prog …`` command the README and docs write:
+    the lines of their bash blocks (continuations joined, comments dropped, each side of `&&`)
+    and the inline `prog …` of their prose."""
+    root = README.parent
+    found = []
+    for page in [README, root / "benchmarks" / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = page.read_text()
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                for part in line.split(" #", 1)[0].split("&&"):
+                    m = re.match(rf"\s*(?:\S*/)?{prog}\s+(.*)", part)
+                    if m:
+                        found.append((page.name, True, m.group(1)))
+        for code in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S)):
+            code = " ".join(code.split())               # an inline command may wrap
+            if code.startswith(f"{prog} "):
+                found.append((page.name, False, code[len(prog) + 1:]))
+    return found
+
+
+def test_doc_hyperforget_commands_use_flags_the_cli_has():
+    """Every `hyperforget …` command of the README and docs names a subcommand and flags that
+    its parser has (exactly: argparse's prefix matching would let a renamed flag's stale
+    spelling through), and every command of a code block parses as a whole, as a reader
+    copying it runs it; inline commands may hold placeholders (`--seed S`)."""
+    import argparse
+    import contextlib
+    import io
+    import shlex
+
+    from hyperforget_jax.cli import build_parser
+
+    def subparsers(p):
+        return next((a.choices for a in p._actions
+                     if isinstance(a, argparse._SubParsersAction)), {})
+
+    commands = _doc_commands("hyperforget")
+    assert len(commands) > 60, len(commands)
+    cli, bad = build_parser(), []
+    for page, in_block, args in commands:
+        words = shlex.split(args.replace("\\|", " "))
+        parser = cli
+        while words and words[0] in subparsers(parser):
+            parser = subparsers(parser)[words.pop(0)]
+        if subparsers(parser):
+            bad.append(f"{page}: hyperforget {args} (no such subcommand)")
+            continue
+        known = {o for a in parser._actions for o in a.option_strings}
+        bad += [f"{page}: hyperforget {args} ({w.split('=')[0]}?)" for w in words
+                if w.startswith("--") and w.split("=")[0] not in known]
+        if in_block:
+            with contextlib.redirect_stderr(io.StringIO()) as err:
+                try:
+                    cli.parse_args(shlex.split(args))
+                except SystemExit:
+                    bad.append(f"{page}: hyperforget {args}: {err.getvalue().strip()}")
+    assert not bad, bad
+
+
+def test_the_table_command_states_the_published_table_s_run_time():
+    """The time stated beside the results table's command (README, docs/unlearning.md, the
+    script's docstring) is that of the run the published table came from, the README's "Total
+    run time": it said 4.8 min (2026-12-02's methods) under a table whose run took 6.6."""
+    root = README.parent
+    section = README.read_text().split("## ∇τ and the baselines", 1)[1].split("\n## ", 1)[0]
+    published = re.search(r"Total run time ([\d.]+) min", section).group(1)
+    stated = {
+        "README": re.search(r"--out runs/unlearning_table +# ([\d.]+) min", section),
+        "docs/unlearning.md": re.search(r"Produced by one command \(([\d.]+) min",
+                                        (root / "docs" / "unlearning.md").read_text()),
+        "unlearning_table.py": re.search(r"Command \(from the repository root; ([\d.]+) min",
+                                         (root / "experiments" / "unlearning_table.py")
+                                         .read_text())}
+    assert {k: m and m.group(1) for k, m in stated.items()} == dict.fromkeys(stated, published)
+
+
+def test_unlearning_md_classic_step_runs_after_the_page_s_first_example():
+    """docs/unlearning.md's classic-step example used forget_batch, retain_batch, tau, alpha, E
+    and n_f without defining them: it now builds them from the page's first example (`arch`,
+    `original`, `splits`, `fsplit`; here an untrained original, for speed) and runs one pmapped
+    step over the 4 fake devices, with the first forget-epoch's α₀ and learning rate."""
+    import jax
+    import numpy as np
+
+    import hyperforget_jax as hf
+
+    page = (README.parent / "docs" / "unlearning.md").read_text()
+    code = [c for c in re.findall(r"```python\n(.*?)```", page, re.S) if "pmap_gradtau_step" in c]
+    splits = hf.make_splits(hf.load_mnist5k())
+    arch = hf.make_architecture("gpt_mlp")                   # the smallest registered MLP
+    ns = {"arch": arch, "original": arch.init(jax.random.key(0)), "splits": splits,
+          "fsplit": hf.resolve_forget(splits.train, hf.ForgetRequest(classes=(3,)))}
+    exec(compile(code[0], "unlearning.md:classic-step", "exec"), ns)
+    assert ns["E"] > 0 and float(ns["alpha"]) == np.float32(ns["alpha0"]) > 0
+    assert ns["m"]["forget_loss"].shape == (jax.local_device_count(),)
+    assert np.isfinite(np.asarray(ns["m"]["loss"])).all()
+    moved = jax.tree.map(lambda new, old: float(abs(new[0] - old).max()),
+                         ns["state"].params, ns["original"])
+    assert max(jax.tree.leaves(moved)) > 0
