@@ -27,7 +27,7 @@ from typing import Iterator, NamedTuple, Sequence
 import numpy as np
 
 from hyperforget_jax.config import SEED_LIMIT, check_count, is_scalar_number, whole_number
-from hyperforget_jax.errors import DataError, ForgetRequestError
+from hyperforget_jax.errors import DataError, ForgetRequestError, kind_of
 
 EMBEDDED = ("mnist5k", "digits")
 TFDS = ("mnist", "fashion_mnist", "cifar10")
@@ -346,8 +346,8 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
     """
     seed = _check_seed(seed, "split seed")
     if not isinstance(ds, (Dataset, Splits)):     # else an AttributeError on .y
-        raise DataError(f"make_splits takes a Dataset, got {type(ds).__name__}; build one "
-                        "with hf.data.from_arrays(x, y)")
+        raise DataError(f"make_splits takes a Dataset, got {kind_of(ds, Dataset, Splits)}; "
+                        "build one with hf.data.from_arrays(x, y)")
     for frac in (val_frac, test_frac):      # else the comparison's (or rint's) TypeError
         if not is_scalar_number(frac):
             raise DataError(f"val_frac and test_frac must be numbers in (0, 1), got "
@@ -490,7 +490,7 @@ def forget_mask(train: Dataset, request: ForgetRequest) -> np.ndarray:
                                  "hf.ForgetRequest(classes=(3,))")
     if not isinstance(train, Dataset):
         hint = "splits.train" if isinstance(train, Splits) else "hf.data.from_arrays(x, y)"
-        raise DataError(f"the training set must be a Dataset, got {type(train).__name__}; "
+        raise DataError(f"the training set must be a Dataset, got {kind_of(train, Dataset)}; "
                         f"pass {hint}")
     _check_label_layout(train, "forget request")
     n = len(train)
@@ -499,6 +499,17 @@ def forget_mask(train: Dataset, request: ForgetRequest) -> np.ndarray:
         if bad:
             raise ForgetRequestError(f"forget class {bad[0]} does not exist: {train.name} has "
                                      f"classes 0..{train.num_classes - 1}")
+        # Every class, not only one of them: classes (3, 7) with no training sample of 7
+        # forgot class 3 alone under the name (3, 7), and the evaluation then counted 7's test
+        # images as forgotten (test_acc_forgotten, the attacks' non-members).
+        missing = [c for c, has in zip(request.classes, np.isin(request.classes, train.y))
+                   if not has]
+        if missing:
+            raise ForgetRequestError(
+                f"forget set for {request.describe()} in {train.name}: no training sample "
+                f"has that class ({', '.join(map(str, missing))}: none in the data, or too few "
+                "to reach the train split); forget classes the training set has, or items: "
+                "hf.ForgetRequest(indices=...)")
         mask = np.isin(train.y, request.classes)
     elif request.fraction is not None:
         k = int(round(request.fraction * n))
@@ -514,12 +525,6 @@ def forget_mask(train: Dataset, request: ForgetRequest) -> np.ndarray:
                                      f"samples (indices 0..{n - 1}), got {idx.min()}..{idx.max()}")
         mask = np.zeros(n, bool)
         mask[idx] = True
-    if not mask.any():
-        # Only a class request gets here (a fraction or index request always selects rows).
-        raise ForgetRequestError(f"forget set for {request.describe()} is empty in {train.name}: "
-                                 "no training sample has that class (none in the data, or "
-                                 "too few to reach the train split); forget classes the "
-                                 "training set has, or items: hf.ForgetRequest(indices=...)")
     if mask.all():
         raise ForgetRequestError(f"{request.describe()} would forget the whole training set; "
                                  "nothing would be left to retain")

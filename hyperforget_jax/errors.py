@@ -35,6 +35,20 @@ class RunDirError(HyperforgetError):
     directory a command reads from (writing there would destroy it)."""
 
 
+def kind_of(obj, *expected: type) -> str:
+    """``type(obj).__name__``, for the message refusing ``obj`` where an ``expected`` type was
+    wanted. An object made before the library module defining it was reloaded
+    (``importlib.reload``, IPython's ``%autoreload`` in a notebook) is of another class of the
+    same module and name: the message says so, where "fit takes a TrainConfig, got TrainConfig"
+    named no cause."""
+    name, kind = type(obj).__name__, type(obj)
+    if any(kind is not t and (kind.__module__, kind.__qualname__) == (t.__module__, t.__qualname__)
+           for t in expected):
+        return (f"{name} of a reloaded module (made before {type(obj).__module__} was reloaded: "
+                "build it again, or restart the kernel)")
+    return name
+
+
 def shell_quote(path) -> str:
     """``path`` as a shell word, for the commands that messages suggest: a directory with a
     space or a ``~`` in its name pastes back as itself."""

@@ -18,7 +18,7 @@ import numpy as np
 from hyperforget_jax import metrics
 from hyperforget_jax.config import is_scalar_number
 from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits, _check_seed, forget_mask
-from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError
+from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError, kind_of
 from hyperforget_jax.models import as_model
 from hyperforget_jax.params import refuse_traced
 
@@ -71,8 +71,9 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
     """
     seed = _check_seed(seed, "evaluation seed")
     if not isinstance(splits, Splits) or not isinstance(fsplit, ForgetSplit):
-        raise DataError("evaluate_unlearning takes splits=hf.make_splits(...) and "
-                        "fsplit=hf.resolve_forget(splits.train, request)")
+        raise DataError(f"evaluate_unlearning takes splits=hf.make_splits(...) and "
+                        f"fsplit=hf.resolve_forget(splits.train, request), got "
+                        f"{kind_of(splits, Splits)} and {kind_of(fsplit, ForgetSplit)}")
     counts = {n: getattr(splits, n).num_classes for n in ("train", "val", "test")}
     if len(set(counts.values())) > 1:   # e.g. from_arrays inferred it from the labels present
         raise DataError(f"the splits disagree on the number of classes ({counts}); build every "

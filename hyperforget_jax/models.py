@@ -1004,13 +1004,18 @@ def _adapter_of(obj: Any, init_fn: Callable | None, name: str | None) -> Archite
     programs, and dropping the object frees both (no module-level cache holds either). A bound
     method (``module.apply``, ``net.forward``) is a new object at every attribute access: its
     adapter is kept on the object it is bound to, per method name (each call compiled afresh,
-    three programs per ``metrics.evaluate(module.apply, ...)``)."""
+    three programs per ``metrics.evaluate(module.apply, ...)``).
+
+    The adapter found must be ``obj``'s own: ``functools.wraps`` (and ``jax.jit``) copy a
+    function's ``__dict__`` onto the wrapper, and a wrapper of a function used before (say,
+    logits divided by a temperature) ran the wrapped function's programs."""
     holder, attr = obj, _ADAPTER_ATTR
     if inspect.ismethod(obj):
         holder, attr = obj.__self__, f"{_ADAPTER_ATTR}.{obj.__func__.__name__}"
     cached = getattr(holder, "__dict__", {}).get(attr)
     if (cached is not None and cached.init_fn is init_fn and (name is None or cached.name == name)
-            and (holder is obj or cached.apply_fn == obj)):
+            and (cached.apply_fn == obj if holder is not obj
+                 else obj is cached.apply_fn or obj is cached.flax_module)):
         return cached
     if isinstance(obj, nn.Module):
         adapter = Architecture(name or type(obj).__name__, None,

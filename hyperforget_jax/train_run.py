@@ -23,7 +23,8 @@ from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start, refuse_another_run
 from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices, is_prng_key
-from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError, NonFiniteError
+from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError, NonFiniteError,
+                                    kind_of)
 from hyperforget_jax.models import Architecture, as_model, is_import_path, is_model_at
 from hyperforget_jax.params import committed, refuse_traced, tree_index
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
@@ -105,7 +106,7 @@ def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
 
 def _model_for(arch: Model, ds: Dataset) -> Architecture:
     if not isinstance(ds, Dataset):     # else a bare TypeError / AttributeError on len or .x
-        raise DataError(f"the training set must be a Dataset, got {type(ds).__name__}; build "
+        raise DataError(f"the training set must be a Dataset, got {kind_of(ds, Dataset)}; build "
                         "one with hf.data.from_arrays(x, y) (or pass splits.train)")
     if len(ds) == 0:     # else a bare ZeroDivisionError (or numpy's max of nothing)
         raise DataError(f"training set {ds.name!r} has no samples; pass the data to train on")
@@ -198,7 +199,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         ``init_params``.
     """
     if not isinstance(cfg, TrainConfig):
-        raise ConfigError(f"fit takes a TrainConfig, got {type(cfg).__name__}; e.g. "
+        raise ConfigError(f"fit takes a TrainConfig, got {kind_of(cfg, TrainConfig)}; e.g. "
                           "hf.TrainConfig(epochs=5)")
     model = _model_for(arch, train)
     check_recipe_model(cfg, model, "fit")
@@ -296,7 +297,7 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
     cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else None
     if not all(isinstance(c, TrainConfig) for c in cfgs or [cfg]):
         raise ConfigError(f"fit_fleet takes a TrainConfig or a list of them, got "
-                          f"{type(cfg).__name__}; e.g. hf.TrainConfig(epochs=5)")
+                          f"{kind_of(cfg, TrainConfig)}; e.g. hf.TrainConfig(epochs=5)")
     if cfgs is not None:
         seeds = [c.seed for c in cfgs] if seeds is None else list(seeds)
         if len(cfgs) != len(seeds):
@@ -392,7 +393,8 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     """
     check_sync_every(sync_every, "fit_stream")
     if not isinstance(cfg, TrainConfig):    # as fit: a dict or namespace failed on a field
-        raise ConfigError(f"fit_stream takes a TrainConfig, got {type(cfg).__name__}; e.g. "
+        raise ConfigError(f"fit_stream takes a TrainConfig, got {kind_of(cfg, TrainConfig)}; "
+                          "e.g. "
                           "hf.TrainConfig(epochs=5)")
     if isinstance(batches, Dataset) or not (callable(batches) or isinstance(batches, Iterable)):
         raise ConfigError(f"fit_stream takes batches=an iterable of (x, y) host batches or a "

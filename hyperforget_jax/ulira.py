@@ -135,21 +135,36 @@ def shadow_splits(shadows: Shadows, train_ds: Dataset) -> list[ForgetSplit]:
 
 def unlearn_shadows_sweep(shadows: Shadows, method: str, arch: Any, train_ds: Dataset,
                           val: Dataset, config: Any = None, vectorize: str = "vmap") -> Any:
-    """Step 3 as one vmapped program: every "in" shadow unlearned by ``method`` on its own
-    request (shadow ``s`` with seed ``s``, as :func:`unlearn_shadows` with
+    """Step 3 as one vmapped program per request (one, unless a shadow's half of a
+    class-removal forget set misses a small class): every "in" shadow unlearned by ``method`` on
+    its own request (shadow ``s`` with seed ``s``, as :func:`unlearn_shadows` with
     ``unlearn(method, arch, p, split, val, config, seed=s)``), through
     :func:`hyperforget_jax.unlearn.unlearn_sweep` (``vectorize`` as there). Returns the stacked
     unlearned shadows. The seeds are 0..S−1: a target unlearned with a seed in that range
     shares that seed's draws with one shadow (batch orders over sets of other sizes, and Bad
     Teacher's random teacher: measured without effect on the table's U-LiRA, an auditor's
     probe); unlearn the target with a seed ≥ S to keep every draw apart."""
-    from hyperforget_jax.unlearn import unlearn_sweep
+    from hyperforget_jax.unlearn import _forget_classes, unlearn_sweep
 
-    n = len(shadows.forget_sets)
-    results = unlearn_sweep(method, arch, shadows.in_params, shadow_splits(shadows, train_ds),
-                            val, seeds=list(range(n)), configs=None if config is None
-                            else [config], params_stacked=True, vectorize=vectorize)
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *[r.params for r in results])
+    splits = shadow_splits(shadows, train_ds)
+    # Half of a class-removal forget set can hold no sample of a small forgotten class: that
+    # shadow removes the classes its half holds, a request of its own, and a sweep runs one
+    # request (τ is chosen per request). Each request's shadows are one sweep; a forget set
+    # of large classes is one group, the one call it always was.
+    groups: dict[Any, list[int]] = {}
+    for s, sp in enumerate(splits):
+        groups.setdefault(_forget_classes(sp), []).append(s)
+    out: list[Any] = [None] * len(splits)
+    for members in groups.values():
+        idx = np.asarray(members)
+        starts = (shadows.in_params if len(groups) == 1 else
+                  jax.tree.map(lambda v: v[idx], shadows.in_params))
+        results = unlearn_sweep(method, arch, starts, [splits[s] for s in members], val,
+                                seeds=members, configs=None if config is None else [config],
+                                params_stacked=True, vectorize=vectorize)
+        for s, r in zip(members, results):
+            out[s] = r.params
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *out)
 
 
 def _phi_fleet(model: Architecture, stacked: Any, x: jax.Array, y: jax.Array) -> np.ndarray:

@@ -318,6 +318,30 @@ def test_one_module_on_two_input_shapes_keeps_their_programs_apart():
     assert large["Dense_0"]["kernel"].shape == (784, 10)
 
 
+def test_a_wrapper_of_a_used_function_runs_itself(digits_splits):
+    """functools.wraps copies the wrapped function's __dict__, where its adapter is kept: a
+    temperature-scaled wrapper of an apply_fn used before ran the apply_fn's programs (its loss
+    was the unscaled model's)."""
+    import functools
+
+    test = digits_splits.test
+    w = {"w": jax.random.normal(jax.random.key(1), (64, 10))}
+
+    def apply_fn(p, x):
+        return x.reshape(x.shape[0], -1) @ p["w"]
+
+    plain = metrics.evaluate(apply_fn, w, test.x, test.y, 10)["loss"]     # used: adapter kept
+
+    @functools.wraps(apply_fn)        # a later cell
+    def cooled(p, x):
+        return apply_fn(p, x) / 100.0
+
+    got = metrics.evaluate(cooled, w, test.x, test.y, 10)["loss"]
+    want = float(-jax.nn.log_softmax(cooled(w, test.x))[np.arange(len(test)), test.y].mean())
+    assert got == pytest.approx(want, rel=1e-5) and abs(got - plain) > 1.0
+    assert hf.as_model(apply_fn).apply_fn is apply_fn      # the original keeps its own
+
+
 def test_no_module_level_compile_caches():
     """No lru_cache (or other cache_info-bearing callable) at module level in the core."""
     import importlib

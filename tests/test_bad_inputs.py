@@ -234,6 +234,18 @@ def _gan_evaluate_with_a_5_class_judge(c):
                         c.train.x[:10], c.train.x[10:], (3,))
 
 
+def _gan_evaluate_with_a_5_output_judge_that_does_not_say(c):
+    """A user's judge (an apply_fn: no class count) with 5 outputs on 10-class data: class
+    7's share read 0.0, every class from 5 up never drawn."""
+    from hyperforget_jax.gan.metrics import EvalConfig, Judge, evaluate_gan
+
+    jarch = models.make_architecture("mlp", (8, 8, 1), 5)
+    user = models.as_model(jarch.apply, (8, 8, 1))
+    return evaluate_gan(*_tiny_gan(c), Judge(user, jarch.init(jax.random.key(0))), c.splits,
+                        c.train.x[:10], c.train.x[10:], (7,), EvalConfig(num_samples=64,
+                                                                          downstream_samples=0))
+
+
 def _gan_evaluate_on(c, splits, reference_feats=None):
     """``evaluate_gan`` of the tiny GAN on 64 samples with a 10-class judge, ``splits`` and
     ``reference_feats``."""
@@ -437,6 +449,9 @@ API_CASES = [
     ("gan-unlearn-flat-images", lambda c: _gan_unlearn(
         c, forget_x=c.train.x[:10].reshape(10, -1)), DataError, "forget_x has images of shape"),
     ("gan-evaluate-judge-of-other-classes", _gan_evaluate_with_a_5_class_judge, ConfigError,
+     "the judge has 5 classes but the data 10"),
+    ("gan-evaluate-judge-of-other-classes-unsaid",
+     _gan_evaluate_with_a_5_output_judge_that_does_not_say, ConfigError,
      "the judge has 5 classes but the data 10"),
     ("gan-train-images-in-0-255", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(

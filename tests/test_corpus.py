@@ -215,6 +215,21 @@ def test_a_full_disk_while_writing_a_shard_is_one_named_error(built, digits_spli
     assert not json.loads((copy / "index.json").read_text())["shards"].get("00001")
 
 
+def test_an_interrupted_build_closes_its_progress_bar(digits_splits, tmp_path, monkeypatch):
+    """Ctrl-C inside a shard left the bar open while the traceback lived (a notebook keeps the
+    last one): the rerun's bar was drawn a line down and the stale one redrawn at exit."""
+    from tqdm.auto import tqdm
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(C, "build_shard", interrupted)
+    before = set(tqdm._instances)
+    with pytest.raises(KeyboardInterrupt) as info:
+        C.build_corpus(tmp_path / "c", CFG, digits_splits, "digits", progress=True)
+    assert info.traceback and not set(tqdm._instances) - before
+
+
 def test_a_digits_corpus_an_older_version_recorded_as_mnist5k_resumes(built, digits_splits,
                                                                        tmp_path):
     """Before 2026-12-06 build_corpus recorded any splits passed without a name as "mnist5k":
@@ -306,6 +321,14 @@ def test_pairs_on_two_class_data_are_refused():
         C.CorpusConfig(class_pairs=1).requests(2)
     assert C.CorpusConfig(class_pairs=0).requests(2) == [(0,), (1,)]
     assert C.CorpusConfig(class_pairs=20).requests(3)[3:] == [(0, 1), (0, 2), (1, 2)]
+
+
+def test_more_pairs_than_ten_classes_have_are_taken_on_more_classes():
+    """class_pairs was bounded by 45, the pairs of 10 classes: 100-class data could not have
+    more; each count is a cap on the data's own pairs."""
+    reqs = C.CorpusConfig(class_pairs=60).requests(100)
+    assert len(reqs) == 160 and len(set(reqs[100:])) == 60
+    assert len(C.CorpusConfig(class_pairs=60).requests(10)) == 10 + 45
 
 
 def test_requests_of_a_class_without_training_images_are_refused(tmp_path, digits_splits):

@@ -375,3 +375,13 @@ def test_a_class_missing_from_the_train_split_is_named_as_such():
     train = data.from_arrays(np.zeros((60, 2, 2, 1), np.float32), np.arange(60) % 3, 4)
     with pytest.raises(ForgetRequestError, match="no training sample has that class"):
         data.resolve_forget(train, data.ForgetRequest(classes=(3,)))
+
+
+def test_a_class_request_with_one_class_missing_from_the_train_split_is_refused():
+    """Classes (1, 3) with no training sample of 3 forgot class 1 alone, recorded as 1+3: the
+    evaluation then counted class 3's test images (never trained on) as forgotten."""
+    train = data.from_arrays(np.zeros((60, 2, 2, 1), np.float32), np.arange(60) % 3, 4)
+    with pytest.raises(ForgetRequestError, match=r"class 1\+3 .*no training sample has that "
+                                                 r"class \(3:"):
+        data.forget_mask(train, data.ForgetRequest(classes=(1, 3)))
+    assert data.forget_mask(train, data.ForgetRequest(classes=(1, 2))).sum() == 40

@@ -8,7 +8,8 @@ import pytest
 import scipy.linalg
 from conftest import host_params
 
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax import data
+from hyperforget_jax.errors import ConfigError, DataError
 from hyperforget_jax.gan import metrics as M
 from hyperforget_jax.models import as_model, make_architecture
 
@@ -280,3 +281,11 @@ def test_d_score_mia_accuracy_is_the_best_balanced_accuracy_over_thresholds():
     best = max((np.mean(members >= c) + np.mean(nonmembers < c)) / 2
                for c in np.r_[members, nonmembers, np.inf])
     assert M.d_score_mia(members, nonmembers)["d_mia_acc"] == pytest.approx(best)
+
+
+def test_downstream_accuracy_refuses_kept_classes_the_test_set_lacks():
+    """Kept classes with no test image gave ``downstream_acc_kept`` NaN (a mean over no image)
+    after training the classifier; refused before it, naming the classes."""
+    test = data.from_arrays(np.zeros((6, 8, 8, 1), np.float32), [0, 1, 2] * 2, 5)
+    with pytest.raises(DataError, match=r"no image of the kept classes \[3, 4\]"):
+        M.downstream_accuracy(test.x, None, test, kept_classes=[3, 4], labels=test.y)

@@ -168,6 +168,27 @@ def test_a_sweep_over_rates_and_weights_reuses_the_compiled_chunk(digits_splits,
                               np.asarray(jax.tree.leaves(second.g_params)[0]))
 
 
+def test_an_interrupted_cascade_closes_its_progress_bar(digits_splits, tiny_gan, monkeypatch):
+    """Ctrl-C (or a NonFiniteError) inside the loop left the bar open while the traceback lived
+    (a notebook keeps the last one): the rerun's bar was drawn a line down."""
+    from tqdm.auto import tqdm
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    gan, arch = tiny_gan
+    train = digits_splits.train
+    monkeypatch.setattr(U, "_check", interrupted)
+    before = set(tqdm._instances)
+    with pytest.raises(KeyboardInterrupt) as info:
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, retain_x=train.x[16:512],
+                      forget_x=train.x[:16], heldout_x=digits_splits.val.x,
+                      cfg=U.UnlearnConfig(fake_label="hard", substitution="data",
+                                          check_every=10, max_rounds=10, pool_size=256),
+                      progress=True)
+    assert info.traceback and not set(tqdm._instances) - before
+
+
 def test_class_request_needs_a_classifier_that_names_the_forget_images():
     arch = make_gan_arch("mlp", (8, 8, 1))
     g, d = arch.init(jax.random.key(0))

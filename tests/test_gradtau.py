@@ -771,6 +771,25 @@ def test_streamed_runner_reuses_its_program(digits_splits, digits_original):
         assert float(jnp.abs(P_.flatten(outs[0]) - P_.flatten(outs[1])).max()) > 1e-4
 
 
+def test_a_wrapper_of_a_used_tau_fn_gets_its_own_step(digits_splits):
+    """The streamed step closes over tau_fn and is kept on it; functools.wraps copies that onto
+    a wrapper, whose runs then took τ from the wrapped function."""
+    import functools
+
+    from hyperforget_jax.unlearn import gradtau_stream
+
+    arch = models.make_architecture("gpt_mlp", digits_splits.train.x.shape[1:])
+    tau_fn = G.val_tau_fn(arch.apply)
+    first = gradtau_stream._cached_step_program(arch, 2, tau_fn, None, None)
+
+    @functools.wraps(tau_fn)
+    def lowered(*a):
+        return tau_fn(*a) - 1.0
+
+    assert gradtau_stream._cached_step_program(arch, 2, lowered, None, None) is not first
+    assert gradtau_stream._cached_step_program(arch, 2, tau_fn, None, None) is first
+
+
 def test_streamed_runner_waits_every_sync_every_steps_across_epochs(digits_splits, monkeypatch):
     """One batch pair per forget-epoch (a forget set within one batch) still waits for the
     device every ``sync_every`` steps: the count used to restart every epoch, so with N_f below

@@ -204,6 +204,35 @@ def test_bad_config(kw):
         train.TrainConfig(**kw)
 
 
+def _made_again(module):
+    """``module`` executed again as a new module object of the same name: the classes a reload
+    of it (``importlib.reload``, IPython's ``%autoreload``) makes, while the library keeps the
+    classes it imported (sys.modules is left as it is)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(module.__name__, module.__file__)
+    again = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(again)
+    return again
+
+
+def test_a_config_or_dataset_made_before_a_reload_is_named_so(digits_splits):
+    """A notebook that reloaded a library module holds objects of the old classes: they were
+    refused as "fit takes a TrainConfig, got TrainConfig", which named no cause."""
+    old_train, old_data = _made_again(train), _made_again(data)
+    with pytest.raises(ConfigError, match="got TrainConfig of a reloaded module .made before "
+                                          "hyperforget_jax.train was reloaded"):
+        train.fit("gpt_mlp", digits_splits.train, old_train.TrainConfig(epochs=1))
+    ds = digits_splits.train
+    with pytest.raises(DataError, match="got Dataset of a reloaded module"):
+        train.fit("gpt_mlp", old_data.Dataset(ds.x, ds.y, 10, "d"), train.TrainConfig())
+    with pytest.raises(ConfigError, match=r"got dict; e\.g\."):       # other types: as before
+        train.fit("gpt_mlp", ds, {"epochs": 1})
+    mine = dataclasses.make_dataclass("TrainConfig", ["epochs"])     # a user's own, same name
+    with pytest.raises(ConfigError, match=r"got TrainConfig; e\.g\."):
+        train.fit("gpt_mlp", ds, mine(epochs=1))
+
+
 def test_resume_from_checkpoint_equals_uninterrupted_run(mnist_splits, tmp_path):
     from hyperforget_jax.checkpoint import Checkpointer
 

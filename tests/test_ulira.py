@@ -303,3 +303,26 @@ def test_shadow_fleets_train_on_the_right_subsets(monkeypatch):
         assert len(set(r)) == 15 and set(r) <= set(retain_idx)
         assert sorted(inn[s]) == sorted(np.r_[f, r])
         assert sorted(ret[s]) == sorted(r)
+
+
+def test_shadow_sweep_takes_shadows_whose_halves_remove_different_classes(monkeypatch):
+    """Half of a class-removal forget set can miss a small class (here class 1, one sample):
+    that shadow's request is class 0 alone, and the sweep refused the shadows as "per-seed
+    splits remove different classes", naming a fix (separate sweeps) a U-LiRA user has not.
+    Each request's shadows are now a sweep of their own (``unlearn_sweep`` is replaced by one
+    that keeps its refusal and tags each start with its seed: the grouping is checked)."""
+    import importlib
+
+    U = importlib.import_module("hyperforget_jax.unlearn")  # hf.unlearn is the function
+
+    def sweep(method, arch, starts, splits, val, seeds, configs, params_stacked, vectorize):
+        assert len({U._forget_classes(sp) for sp in splits}) == 1, "one request per sweep"
+        return [U.UnlearnResult({"w": starts["w"][i] + 100 * s}, {}) for i, s in
+                enumerate(seeds)]
+
+    monkeypatch.setattr(U, "unlearn_sweep", sweep)
+    ds = data.from_arrays(np.zeros((12, 2, 2, 1), np.float32), [0, 0, 0, 1] + [2] * 8, 3)
+    sh = ulira.Shadows({"w": np.array([1.0, 2.0, 3.0])}, None,
+                       np.array([[0, 3], [1, 2], [2, 3]]), np.arange(4, 10).reshape(3, 2))
+    swept = ulira.unlearn_shadows_sweep(sh, "gradtau", "gpt_mlp", ds, ds)
+    np.testing.assert_array_equal(swept["w"], [1.0, 102.0, 203.0])

@@ -344,6 +344,11 @@ def downstream_accuracy(images: np.ndarray, judge: Judge, test: Dataset, seed: i
     """Trains a classifier on generated ``images`` labelled by the judge and tests it on real
     ``test`` data: overall accuracy and, if given, accuracy on the kept classes. ``labels``:
     the judge's labels of ``images`` when the caller already has them."""
+    if kept_classes is not None and not np.isin(test.y, list(kept_classes)).any():
+        # Checked before training: the kept-class accuracy would be a mean over no image (NaN).
+        raise DataError(f"downstream_accuracy: the test set has no image of the kept classes "
+                        f"{[int(c) for c in kept_classes]}; pass kept classes the test set "
+                        "holds, or kept_classes=None")
     if labels is None:
         labels = judge_outputs(judge, images)[0].argmax(1)
     synth = Dataset(np.asarray(images, np.float32), np.asarray(labels, np.int32),
@@ -461,9 +466,14 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
     refuse_traced((g_params, d_params), "evaluate_gan")
     arch.check_params(g_params, d_params)
     judge.arch.check_inputs(np.zeros((1, *arch.image_shape), np.float32), "the GAN's samples")
-    if judge.arch.num_classes is not None and judge.arch.num_classes != k:
-        raise ConfigError(f"the judge has {judge.arch.num_classes} classes but the data "
-                          f"{k}; train the judge on this dataset (train_judge(splits.train))")
+    # A judge that does not say its class count (a user's module or apply_fn) is asked: a
+    # 5-output judge on 10-class data read every class from 5 up as never drawn, so a
+    # forgotten class 7 had a share of 0 (perfectly forgotten), without a word.
+    width = (judge.arch.num_classes if judge.arch.num_classes is not None else
+             judge.arch.num_outputs(judge.params, arch.image_shape, "evaluate_gan's judge"))
+    if width != k:
+        raise ConfigError(f"the judge has {width} classes but the data {k}; train the judge "
+                          "on this dataset (train_judge(splits.train))")
     forget_x = arch.check_images(forget_x, "forget_x (the MIA members)")
     retain_x = arch.check_images(retain_x, "retain_x (the classifier-FID reference)", 2)
     arch.check_images(splits.test.x, "splits.test")

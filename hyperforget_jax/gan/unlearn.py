@@ -66,7 +66,8 @@ from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import first_non_finite
 from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT
 from hyperforget_jax.data import ForgetRequest
-from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError, NonFiniteError
+from hyperforget_jax.errors import (ConfigError, DataError, ForgetRequestError, NonFiniteError,
+                                    kind_of)
 from hyperforget_jax.gan.metrics import forgotten_share
 from hyperforget_jax.gan.models import GANArch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
@@ -726,7 +727,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         cfg = default_recipe(forget_classes is not None)
     if not isinstance(cfg, UnlearnConfig):   # e.g. the GANConfig: an AttributeError deep inside
         raise ConfigError(f"unlearn_gan takes cfg=an UnlearnConfig (ITEM_RECIPE, CLASS_RECIPE), "
-                          f"got {type(cfg).__name__}")
+                          f"got {kind_of(cfg, UnlearnConfig)}")
     for name, images in (("forget_x", forget_x), ("retain_x", retain_x),
                          ("heldout_x", heldout_x)):
         if np.ndim(images) == 0 and not (name == "heldout_x" and images is None):
@@ -853,86 +854,90 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     # A checkpointed run returns the seconds its last checkpoint records (not those plus the
     # time spent writing it), so a rerun on the finished directory returns the same result.
     recorded = None
-    while True:
-        # Flag with the current G on a fresh pool; build the substitution bank. Pools, batches
-        # and latents depend on the attempt's own rounds, so attempt k is the cascade alone
-        # at weight(k).
-        entry, codes, samples, flagged = _check(arch, state, in_attempt, cfg, key, forget_np,
-                                                heldout_x, forget_classes, classify, y_f,
-                                                reference_mix, g0_pool)
-        y_f, share, score_u = entry["y_f"], entry["share"], entry["score_u"]
-        history.append({**entry, "attempt": attempt})
-        sound = kept_mix_sound(entry, cfg)
-        if cfg.confirm_size and sound and in_attempt > 0 and share <= cfg.max_share:
-            # A pool that reads low by chance must neither stop the run nor be kept: more
-            # codes confirm it, and the share of all of them stands for the check's.
-            share = _confirm_share(arch, state, in_attempt, cfg, key, entry["flagged"],
-                                   forget_classes, classify)
-            history[-1]["confirm_share"] = share
-        if sound and in_attempt > 0 and (best is None or share <= best["share"]):
-            best = {"attempt": attempt, "lambda_u": weight(attempt), "round": in_attempt,
-                    "share": share}
-            best_params = jax.device_get((state.g_params, state.d_params))
-        met = (in_attempt > 0 and score_u <= y_f + cfg.tol * gap0
-               and (share is None or (sound and share <= cfg.max_share)))
-        ended = met or in_attempt >= cfg.max_rounds
-        done = met or (ended and attempt + 1 >= cfg.lambda_u_attempts)
-        stopped = ("criteria" if met else "max_rounds") if ended else None
-        record = {"lambda_u": weight(attempt), "rounds": in_attempt, "stopped": stopped,
-                  "share": share, "score_u": score_u}
-        if checkpointer is not None and (ended or (in_attempt > 0 and rounds != saved_at)):
-            # An attempt that ended without finishing the run is saved as still running:
-            # a resume redoes its last check (deterministic) and escalates from there.
-            recorded = save(done, stopped if done else None,
-                            attempts + [record] if done else attempts)
-        if ended:
-            attempts.append(record)
-        if done:
-            break
-        if ended:                           # escalate: a fresh cascade at the next weight
-            attempt, in_attempt, y_f, state = attempt + 1, 0, y_f0, fresh()
-            continue
-        count = int(flagged.sum()) if cfg.substitution != "none" else 0
-        bank_codes = np.zeros((cfg.pool_size, arch.latent_dim), np.float32)
-        bank_targets = np.zeros(pool_shape, np.float32)
-        if count:
-            bank_codes[:count] = codes[flagged]
-            bank_targets[:count] = substitutes(cfg.substitution, codes, samples, flagged,
-                                               np.asarray(retain_x))
-        anchor = (None,) * 3
-        if cfg.lambda_a:
-            # G₀'s flags of this round's pool are the same in every attempt: judged once
-            # (the first pool's already for the kept-class reference). At an attempt's first
-            # check G is G₀: its samples are G₀'s.
-            anchor, g0_flags[in_attempt] = _anchor_bank(
-                arch, g_params, codes, flagged, forget_np, forget_classes, classify, cfg,
-                g0_flags.get(in_attempt), samples if in_attempt == 0 else None)
-        bank = SubstitutionBank(jnp.asarray(bank_codes), jnp.asarray(bank_targets),
-                                jnp.asarray(count, jnp.int32), *anchor)
-        n = min(cfg.check_every, cfg.max_rounds - in_attempt)
-        state, m = chunk_of(n)(state, data, bank, jnp.float32(y_f), jnp.float32(weight(attempt)),
-                               key, rates)
-        if not np.asarray(m["finite"]).all():
-            # A diverged Original fails its first round whatever the recipe: name it, not the
-            # learning rate (checked only on a stop, so a finite start costs nothing).
-            for player, params in (("generator", g_params), ("discriminator", d_params)):
-                if (bad := first_non_finite(params)) is not None:
-                    raise NonFiniteError(f"the original {player}'s parameters hold NaN/inf (at "
-                                         f"{bad}); unlearn a finite GAN")
-            raise NonFiniteError(
-                f"non-finite loss or parameters during GAN unlearning near round {rounds} "
-                f"(lambda_u {weight(attempt):g}); lower the learning rate, lambda_u (or its "
-                "growth), lambda_s or lambda_a")
-        rounds += n
-        in_attempt += n
-        history[-1].update({k: float(np.mean(m[k])) for k in ("d_loss", "g_loss", "sub_loss")
-                            + (("anchor_loss",) if cfg.lambda_a else ())})
+    # Closed however the loop ends: a bar left open by Ctrl-C or an error (a notebook keeps
+    # the traceback, and the bar with it) pushed the next call's bar a line down.
+    try:
+        while True:
+            # Flag with the current G on a fresh pool; build the substitution bank. Pools, batches
+            # and latents depend on the attempt's own rounds, so attempt k is the cascade alone
+            # at weight(k).
+            entry, codes, samples, flagged = _check(arch, state, in_attempt, cfg, key, forget_np,
+                                                    heldout_x, forget_classes, classify, y_f,
+                                                    reference_mix, g0_pool)
+            y_f, share, score_u = entry["y_f"], entry["share"], entry["score_u"]
+            history.append({**entry, "attempt": attempt})
+            sound = kept_mix_sound(entry, cfg)
+            if cfg.confirm_size and sound and in_attempt > 0 and share <= cfg.max_share:
+                # A pool that reads low by chance must neither stop the run nor be kept: more
+                # codes confirm it, and the share of all of them stands for the check's.
+                share = _confirm_share(arch, state, in_attempt, cfg, key, entry["flagged"],
+                                       forget_classes, classify)
+                history[-1]["confirm_share"] = share
+            if sound and in_attempt > 0 and (best is None or share <= best["share"]):
+                best = {"attempt": attempt, "lambda_u": weight(attempt), "round": in_attempt,
+                        "share": share}
+                best_params = jax.device_get((state.g_params, state.d_params))
+            met = (in_attempt > 0 and score_u <= y_f + cfg.tol * gap0
+                   and (share is None or (sound and share <= cfg.max_share)))
+            ended = met or in_attempt >= cfg.max_rounds
+            done = met or (ended and attempt + 1 >= cfg.lambda_u_attempts)
+            stopped = ("criteria" if met else "max_rounds") if ended else None
+            record = {"lambda_u": weight(attempt), "rounds": in_attempt, "stopped": stopped,
+                      "share": share, "score_u": score_u}
+            if checkpointer is not None and (ended or (in_attempt > 0 and rounds != saved_at)):
+                # An attempt that ended without finishing the run is saved as still running:
+                # a resume redoes its last check (deterministic) and escalates from there.
+                recorded = save(done, stopped if done else None,
+                                attempts + [record] if done else attempts)
+            if ended:
+                attempts.append(record)
+            if done:
+                break
+            if ended:                           # escalate: a fresh cascade at the next weight
+                attempt, in_attempt, y_f, state = attempt + 1, 0, y_f0, fresh()
+                continue
+            count = int(flagged.sum()) if cfg.substitution != "none" else 0
+            bank_codes = np.zeros((cfg.pool_size, arch.latent_dim), np.float32)
+            bank_targets = np.zeros(pool_shape, np.float32)
+            if count:
+                bank_codes[:count] = codes[flagged]
+                bank_targets[:count] = substitutes(cfg.substitution, codes, samples, flagged,
+                                                   np.asarray(retain_x))
+            anchor = (None,) * 3
+            if cfg.lambda_a:
+                # G₀'s flags of this round's pool are the same in every attempt: judged once
+                # (the first pool's already for the kept-class reference). At an attempt's first
+                # check G is G₀: its samples are G₀'s.
+                anchor, g0_flags[in_attempt] = _anchor_bank(
+                    arch, g_params, codes, flagged, forget_np, forget_classes, classify, cfg,
+                    g0_flags.get(in_attempt), samples if in_attempt == 0 else None)
+            bank = SubstitutionBank(jnp.asarray(bank_codes), jnp.asarray(bank_targets),
+                                    jnp.asarray(count, jnp.int32), *anchor)
+            n = min(cfg.check_every, cfg.max_rounds - in_attempt)
+            state, m = chunk_of(n)(state, data, bank, jnp.float32(y_f),
+                                   jnp.float32(weight(attempt)), key, rates)
+            if not np.asarray(m["finite"]).all():
+                # A diverged Original fails its first round whatever the recipe: name it, not the
+                # learning rate (checked only on a stop, so a finite start costs nothing).
+                for player, params in (("generator", g_params), ("discriminator", d_params)):
+                    if (bad := first_non_finite(params)) is not None:
+                        raise NonFiniteError(f"the original {player}'s parameters hold NaN/inf (at "
+                                             f"{bad}); unlearn a finite GAN")
+                raise NonFiniteError(
+                    f"non-finite loss or parameters during GAN unlearning near round {rounds} "
+                    f"(lambda_u {weight(attempt):g}); lower the learning rate, lambda_u (or its "
+                    "growth), lambda_s or lambda_a")
+            rounds += n
+            in_attempt += n
+            history[-1].update({k: float(np.mean(m[k])) for k in ("d_loss", "g_loss", "sub_loss")
+                                + (("anchor_loss",) if cfg.lambda_a else ())})
+            if bar is not None:
+                bar.update(n)
+                bar.set_postfix(score_u=f"{score_u:.3f}", y_f=f"{y_f:.3f}",
+                                share="-" if share is None else f"{share:.3f}")
+    finally:
         if bar is not None:
-            bar.update(n)
-            bar.set_postfix(score_u=f"{score_u:.3f}", y_f=f"{y_f:.3f}",
-                            share="-" if share is None else f"{share:.3f}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     jax.block_until_ready(state)
     return result(stopped, recorded if checkpointer is not None
                   else prior_seconds + time.perf_counter() - t0)

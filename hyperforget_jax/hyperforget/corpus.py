@@ -95,8 +95,9 @@ class CorpusConfig:
       batch_size, weight_decay: the rest of the original's recipe (``TrainConfig``'s defaults).
       forget_classes: the classes of the single-class requests (None: every class).
       class_pairs: number of two-class requests added to the single-class ones ((0, 1),
-        (2, 3), … then further pairs in a fixed shuffled order), 0..45; data with fewer than
-        7 classes has fewer pairs than the default 20, and gets all of them (the index's
+        (2, 3), … then further pairs in a fixed shuffled order), >= 0, a cap: data with K
+        classes has K(K−1)/2 pairs (45 for 10 classes, 4,950 for 100), and fewer than 7
+        classes have fewer pairs than the default 20, and get all of them (the index's
         ``requests`` lists those built).
       unlearn_layers: ``"head"`` (output layer only) or ``"all"``: what the masked
         self-distillation trains.
@@ -122,7 +123,8 @@ class CorpusConfig:
     batch_size: int = field(128, ge=1)
     weight_decay: float = field(1e-4, ge=0)
     forget_classes: tuple[int, ...] | None = field(None, ge=0)
-    class_pairs: int = field(20, ge=0, le=45)
+    # No upper bound here: 45 (10 classes' pairs) refused a 100-class corpus more pairs.
+    class_pairs: int = field(20, ge=0)
     unlearn_layers: str = field("head", choices=("head", "all"))
     forget_readout: str = field("zero", choices=("zero", "train"))
     unlearn_lr: float = field(1e-2, gt=0)
@@ -670,35 +672,40 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
         from tqdm.auto import tqdm
         bar = tqdm(total=len(fleets), initial=len(fleets) - len(todo), desc="corpus shards",
                    unit="shard")
-    for i in todo:
-        ts = time.perf_counter()
-        arrays = build_shard(arch, ccfg, splits, fleets[i], metrics_fn)
-        name = f"shard_{i:05d}"
-        tmp = out / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp.mkdir()
-            for key, arr in arrays.items():
-                np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
-        except OSError as e:        # a full disk: the finished shards stay, a rerun resumes
+    # Closed however the loop ends: a bar left open by Ctrl-C or an error (a notebook keeps
+    # the traceback, and the bar with it) pushed the next call's bar a line down.
+    try:
+        for i in todo:
+            ts = time.perf_counter()
+            arrays = build_shard(arch, ccfg, splits, fleets[i], metrics_fn)
+            name = f"shard_{i:05d}"
+            tmp = out / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            raise CheckpointError(f"could not write corpus shard {out / name} "
-                                  f"({e.strerror or e}); check the disk space and permissions "
-                                  "of --out, then rerun to resume from the finished shards") from e
-        shutil.rmtree(out / name, ignore_errors=True)
-        os.replace(tmp, out / name)
-        n = len(arrays["rows"]) + len(arrays["originals"])
-        count += n
-        index["shards"][f"{i:05d}"] = {
-            "dir": name, "seeds": fleets[i], "rows": len(arrays["rows"]), "done": True,
-            "recipes": [list(ccfg.recipe(s)) for s in fleets[i]],
-            "seconds": round(time.perf_counter() - ts, 2)}
-        report.write_json(CI.index_path(out), index)
+            try:
+                tmp.mkdir()
+                for key, arr in arrays.items():
+                    np.save(tmp / f"{key}.npy", arr, allow_pickle=False)
+            except OSError as e:        # a full disk: the finished shards stay, a rerun resumes
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise CheckpointError(
+                    f"could not write corpus shard {out / name} ({e.strerror or e}); check the "
+                    "disk space and permissions of --out, then rerun to resume from the "
+                    "finished shards") from e
+            shutil.rmtree(out / name, ignore_errors=True)
+            os.replace(tmp, out / name)
+            n = len(arrays["rows"]) + len(arrays["originals"])
+            count += n
+            index["shards"][f"{i:05d}"] = {
+                "dir": name, "seeds": fleets[i], "rows": len(arrays["rows"]), "done": True,
+                "recipes": [list(ccfg.recipe(s)) for s in fleets[i]],
+                "seconds": round(time.perf_counter() - ts, 2)}
+            report.write_json(CI.index_path(out), index)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(ckpt_per_s=f"{count / (time.perf_counter() - t0):.0f}")
+    finally:
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(ckpt_per_s=f"{count / (time.perf_counter() - t0):.0f}")
-    if bar is not None:
-        bar.close()
+            bar.close()
     secs = time.perf_counter() - t0
     done = [v for v in index["shards"].values() if v.get("done")]
     all_n = sum(v["rows"] + len(v["seeds"]) for v in done)

@@ -33,7 +33,7 @@ from hyperforget_jax import data, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
-                                   ForgetRequestError)
+                                   ForgetRequestError, kind_of)
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import refuse_traced, tree_index
 from hyperforget_jax.unlearn import baselines, configs
@@ -103,8 +103,8 @@ def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any
     refuse_traced(params, f"unlearn({method!r})")
     if not isinstance(split, ForgetSplit) or not isinstance(val, Dataset):
         raise ConfigError(f"{method}: pass split=hf.resolve_forget(train, request) (a "
-                          f"ForgetSplit) and val=a Dataset, got {type(split).__name__} and "
-                          f"{type(val).__name__}")
+                          f"ForgetSplit) and val=a Dataset, got {kind_of(split, ForgetSplit)} "
+                          f"and {kind_of(val, Dataset)}")
     if len(split.forget) == 0 or len(split.retain) == 0:
         raise ForgetRequestError(f"{method}: the forget set ({len(split.forget)}) and the "
                                  f"retain set ({len(split.retain)}) must both be non-empty")
@@ -157,7 +157,7 @@ def _config(method: str, model: Architecture, config: Any, seed: int) -> Any:
             return want(arch=label, seed=seed)
         return want()
     if not isinstance(config, want):
-        raise ConfigError(f"{method} takes a {want.__name__}, got {type(config).__name__}")
+        raise ConfigError(f"{method} takes a {want.__name__}, got {kind_of(config, want)}")
     if method == "retrain" and seed not in (0, config.seed):
         # A loop over seeds with one TrainConfig would otherwise retrain every "seed" alike.
         raise ConfigError(f"retrain runs with its TrainConfig's seed ({config.seed}), not "

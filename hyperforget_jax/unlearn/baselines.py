@@ -35,7 +35,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import metrics, microbatch, train, xla
 from hyperforget_jax.config import float_fields
 from hyperforget_jax.data import ForgetSplit, shared_rows, wrapped_batches, wrapped_stream
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import ConfigError, NonFiniteError, kind_of
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import committed
 from hyperforget_jax.unlearn import configs as C
@@ -481,7 +481,7 @@ def prepare(method: str, model: Architecture, params: Params, split: ForgetSplit
     want = METHODS[method][0]
     if not isinstance(cfg, want):
         # Configs share field names: another method's config would run with its values.
-        raise ConfigError(f"{method} takes a {want.__name__}, got {type(cfg).__name__}")
+        raise ConfigError(f"{method} takes a {want.__name__}, got {kind_of(cfg, want)}")
     shared, member, plan, extra = METHODS[method][1](model, params, split, cfg, seed)
     return Prepared(hyperparameters(cfg), shared, member, plan, extra)
 

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
-from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
+from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError, kind_of
 from hyperforget_jax.metrics import rows_independent_once
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import committed
@@ -95,7 +95,8 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     (``"finetune"``: α ≡ 0, :func:`.gradtau.finetune_epochs` = int(6·N_r / N_f) forget-epochs
     unless ``cfg.epochs`` is set) run."""
     if not isinstance(cfg, G.GradTauConfig):    # a baseline's config: an AttributeError
-        raise ConfigError(f"{method} takes a GradTauConfig, got {type(cfg).__name__}")
+        raise ConfigError(f"{method} takes a GradTauConfig, got "
+                          f"{kind_of(cfg, G.GradTauConfig)}")
     nf, nr = len(split.forget), len(split.retain)
     if method == "finetune":
         refuse_ascent_fields(cfg)

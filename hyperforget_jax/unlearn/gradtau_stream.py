@@ -107,11 +107,13 @@ def _cached_step_program(model, n: int, tau_fn: Callable | None, mesh: Mesh | No
         return model.program(key, build)
     if isinstance(tau_fn, types.MethodType):   # its __dict__ is the function's, for any self
         return build()
-    store = getattr(tau_fn, "__dict__", {}).get(_STEPS_ATTR)
-    if store is None:
+    # Kept with its owner: functools.wraps copies a function's __dict__ onto the wrapper, whose
+    # steps then ran the wrapped tau_fn.
+    owner, store = getattr(tau_fn, "__dict__", {}).get(_STEPS_ATTR, (None, None))
+    if owner is not tau_fn:
         store = _Programs()
         try:
-            object.__setattr__(tau_fn, _STEPS_ATTR, store)
+            object.__setattr__(tau_fn, _STEPS_ATTR, (tau_fn, store))
         except (AttributeError, TypeError):   # bound methods, objects with __slots__
             return build()
     # The program references ``model``, so its id is not reused while the entry lives.
