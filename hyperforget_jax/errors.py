@@ -1,6 +1,8 @@
 """Error types. Every error a user can cause is a ``ValueError`` subclass whose message
 names the problem and the fix; the CLI turns them into exit code 2 and one line on stderr."""
 
+import sys
+
 
 class HyperforgetError(ValueError):
     """Base class of every user-facing error in hyperforget_jax."""
@@ -37,14 +39,22 @@ class RunDirError(HyperforgetError):
 
 def kind_of(obj, *expected: type) -> str:
     """``type(obj).__name__``, for the message refusing ``obj`` where an ``expected`` type was
-    wanted. An object made before the library module defining it was reloaded
-    (``importlib.reload``, IPython's ``%autoreload`` in a notebook) is of another class of the
-    same module and name: the message says so, where "fit takes a TrainConfig, got TrainConfig"
-    named no cause."""
+    wanted. A reload (``importlib.reload``, IPython's ``%autoreload`` in a notebook) makes a
+    second class of the same module and name, and the message says which side is stale, where
+    "fit takes a TrainConfig, got TrainConfig" named no cause: an object made before the reload
+    is built again; one made after it, from the reloaded module, is refused by library code
+    still holding the class it imported (building it again fails the same way)."""
     name, kind = type(obj).__name__, type(obj)
-    if any(kind is not t and (kind.__module__, kind.__qualname__) == (t.__module__, t.__qualname__)
-           for t in expected):
-        return (f"{name} of a reloaded module (made before {type(obj).__module__} was reloaded: "
+    for t in expected:
+        if kind is t or (kind.__module__, kind.__qualname__) != (t.__module__, t.__qualname__):
+            continue
+        current = sys.modules.get(kind.__module__)
+        for part in kind.__qualname__.split("."):
+            current = getattr(current, part, None)
+        if current is kind:
+            return (f"{name} of a reloaded module (made after {kind.__module__} was reloaded; "
+                    "the library still checks the class it imported first: restart the kernel)")
+        return (f"{name} of a reloaded module (made before {kind.__module__} was reloaded: "
                 "build it again, or restart the kernel)")
     return name
 

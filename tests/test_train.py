@@ -216,6 +216,21 @@ def _made_again(module):
     return again
 
 
+def test_fit_from_a_loaded_start_reuses_the_fresh_start_s_programs(digits_splits):
+    """fit commits init_params (Q): a start as load_params gives it (committed to a device)
+    after the same start uncommitted (as init's) compiled 3 programs again. The resume test
+    checks the committed state only; this is the given start."""
+    cfg = train.TrainConfig(epochs=1, batch_size=256)
+    arch = models.make_architecture("gpt_mlp", digits_splits.train.x.shape[1:])
+    fresh = jax.tree.map(lambda a: jnp.asarray(np.asarray(a)), arch.init(jax.random.key(0)))
+    first = train.fit(arch, digits_splits.train, cfg, init_params=fresh)[0].params
+    with CompileCounter() as compiled:
+        loaded = jax.device_put(fresh, jax.devices()[0])
+        again = train.fit(arch, digits_splits.train, cfg, init_params=loaded)[0].params
+    assert compiled.n == 0
+    chex.assert_trees_all_equal(first, again)
+
+
 def test_a_config_or_dataset_made_before_a_reload_is_named_so(digits_splits):
     """A notebook that reloaded a library module holds objects of the old classes: they were
     refused as "fit takes a TrainConfig, got TrainConfig", which named no cause."""
@@ -231,6 +246,19 @@ def test_a_config_or_dataset_made_before_a_reload_is_named_so(digits_splits):
     mine = dataclasses.make_dataclass("TrainConfig", ["epochs"])     # a user's own, same name
     with pytest.raises(ConfigError, match=r"got TrainConfig; e\.g\."):
         train.fit("gpt_mlp", ds, mine(epochs=1))
+
+
+def test_a_config_made_after_a_reload_is_not_told_to_be_built_again(digits_splits, monkeypatch):
+    """After ``importlib.reload(hyperforget_jax.train)`` the module's TrainConfig is the new
+    class and fit still checks the one it imported: a config made *after* the reload was refused
+    as "made before ... was reloaded: build it again", and building it again failed the same way
+    (one made before the reload is accepted). The message now says which side is stale."""
+    again = _made_again(train)
+    monkeypatch.setattr(train, "TrainConfig", again.TrainConfig)     # as the reload leaves it
+    with pytest.raises(ConfigError, match="made after hyperforget_jax.train was reloaded; the "
+                                          "library still checks the class it imported first: "
+                                          "restart the kernel"):
+        train.fit("gpt_mlp", digits_splits.train, train.TrainConfig(epochs=1))
 
 
 def test_resume_from_checkpoint_equals_uninterrupted_run(mnist_splits, tmp_path):
