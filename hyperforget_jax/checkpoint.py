@@ -40,6 +40,7 @@ import contextlib
 import gc
 import json
 import logging
+import operator
 import os
 import re
 import shutil
@@ -222,6 +223,19 @@ def _recover(directory: Path, stale_writes: bool) -> None:
 # --------------------------------------------------------------------------- Checkpointer
 
 
+def _checked_step(step: Any) -> int:
+    """``step`` as an int: an integer >= 0 (NumPy and 0-d JAX integers included). ``int()``
+    truncated a float, so saving epochs 1.5 and 1.0 wrote both as step 1, the second replacing
+    the first, and ``restore(step=2.7)`` read step 2."""
+    try:
+        value = None if isinstance(step, (bool, np.bool_)) else operator.index(step)
+    except TypeError:
+        value = None
+    if value is None or value < 0:
+        raise ConfigError(f"checkpoint step must be an integer >= 0, got {step!r}")
+    return value
+
+
 class Checkpointer:
     """An Orbax ``CheckpointManager`` for one directory: steps of (state pytree, JSON meta).
 
@@ -346,17 +360,15 @@ class Checkpointer:
 
         Raises:
           NonFiniteError: a float leaf of ``state`` holds NaN/inf (nothing is written).
-          CheckpointError: ``meta`` is not JSON, a leaf is not a numeric array/scalar (or is a
-            Python int past 64 bits), or the write (this one or the previous, still committing)
-            failed.
-          ConfigError: ``step`` is negative.
+          CheckpointError: the checkpointer was opened ``read_only``, ``meta`` is not JSON, a
+            leaf is not a numeric array/scalar (or is a Python int past 64 bits), or the write
+            (this one or the previous, still committing) failed.
+          ConfigError: ``step`` is not an integer >= 0.
         """
-        step = int(step)
+        step = _checked_step(step)
         if self.read_only:
             raise CheckpointError(f"{self!r} was opened read_only; open it without read_only to "
                                   "save")
-        if step < 0:
-            raise ConfigError(f"checkpoint step must be >= 0, got {step}")
         if not force and step % self.save_interval_steps != 0:
             return
         where = self.step_dir(step)
@@ -440,11 +452,12 @@ class Checkpointer:
                                   "right --run-dir")
         if step is None:
             return steps[-1]
-        if int(step) not in steps:
-            raise CheckpointError(f"no checkpoint for step {int(step)} in {self.directory} "
+        step = _checked_step(step)
+        if step not in steps:
+            raise CheckpointError(f"no checkpoint for step {step} in {self.directory} "
                                   f"(steps on disk: {steps}); pass one of those steps or omit "
                                   "it for the latest")
-        return int(step)
+        return step
 
     def restore(self, template: Any, step: int | None = None) -> tuple[Any, dict]:
         """Loads a step into the structure of ``template``.
@@ -460,6 +473,7 @@ class Checkpointer:
         Raises:
           CheckpointError: no checkpoint (or not that step), a structure/shape/dtype mismatch
             with ``template`` (naming the first differing leaf), or corrupt/truncated files.
+          ConfigError: ``step`` is not None or an integer >= 0.
         """
         step = self._resolve_step(step)
         where = self.step_dir(step)
@@ -664,7 +678,8 @@ def load_params(path: str | os.PathLike, template: Any = None) -> tuple[Any, dic
     Args:
       path: the directory given to :func:`save_params`.
       template: pytree with the saved structure/shapes/dtypes; the result takes its exact
-        structure. If None, the raw tree is returned as nested dicts of NumPy arrays.
+        structure. If None, the raw tree is returned as NumPy arrays in nested dicts and lists
+        (a saved tuple comes back as a list, a NamedTuple as a dict of its fields).
 
     Returns:
       ``(params, meta)``.

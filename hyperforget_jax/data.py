@@ -475,7 +475,20 @@ class ForgetSplit(NamedTuple):
 
 
 def resolve_forget(train: Dataset, request: ForgetRequest) -> ForgetSplit:
-    """Splits the training set into forget and retain sets, validating the request."""
+    """Splits the training set into forget and retain sets, validating the request.
+
+    Returns:
+      A :class:`ForgetSplit` ``(forget, retain, forget_idx, retain_idx)``: the two Datasets
+      (copies of ``train``'s rows, in training-set order) and their row indices in ``train``;
+      every row is in exactly one of them.
+
+    Raises:
+      ForgetRequestError: ``request`` not a :class:`ForgetRequest`; a class ``train`` lacks
+        (outside 0..K−1, or without a training sample); a fraction that rounds to no sample
+        (``round(fraction · len(train))`` samples are drawn with ``request.seed``); an index
+        out of range; a request that would forget the whole training set.
+      DataError: ``train`` is not a Dataset (e.g. the whole :class:`Splits`).
+    """
     mask = forget_mask(train, request)
     f_idx, r_idx = np.flatnonzero(mask), np.flatnonzero(~mask)
     return ForgetSplit(train.subset(f_idx), train.subset(r_idx), f_idx, r_idx)

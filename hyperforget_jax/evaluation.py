@@ -64,8 +64,12 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
 
     Raises:
       ArchitectureError: parameters that do not fit the model.
-      DataError: images of a shape the model does not take, or NaN/inf images (the set is named);
-        for class removal, a test set without samples of a forgotten class or of a kept one.
+      DataError: ``splits`` / ``fsplit`` not a Splits / ForgetSplit, splits that disagree on the
+        number of classes, images of a shape the model does not take, or NaN/inf images (the
+        set is named); for class removal, a test set without samples of a forgotten class or
+        of a kept one.
+      ForgetRequestError: ``fsplit`` is not ``hf.resolve_forget(splits.train, request)`` (the
+        split of another request, or of another training set).
       NonFiniteError: the model's outputs on a set are NaN or +inf, or finite logits whose
         spread overflows the loss to +inf (a diverged model; a −inf true-label logit is a mask).
     """

@@ -188,10 +188,14 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         the last share).
 
     Returns:
-      The final :class:`TrainState` and a per-epoch history of mean loss / accuracy.
+      The final :class:`TrainState` and a history: one dict per epoch this call ran,
+      ``{"epoch", "loss", "accuracy"}`` (the epoch's mean training loss and accuracy, a
+      fraction); a resumed call lists only the epochs after its checkpoint (none when the
+      checkpoint already had ``cfg.epochs``).
 
     Raises:
       NonFiniteError: a step produced NaN/inf (named in the message).
+      DataError: ``train`` is not a Dataset (e.g. the whole :class:`Splits`).
       CheckpointError: ``checkpointer`` holds another run (see ``checkpointer``).
       ArchitectureError: a model with no output for some label (fewer outputs than classes).
       ConfigError: ``cfg.arch`` set to another model than ``arch`` (an import path or a

@@ -509,7 +509,7 @@ API_CASES = [
     ("max-to-keep-zero", lambda c: Checkpointer(c.root / "never", max_to_keep=0), ConfigError,
      "max_to_keep"),
     ("negative-step", lambda c: Checkpointer(c.root / "neg").save(-1, {"w": np.ones(2)}),
-     ConfigError, "step must be >= 0"),
+     ConfigError, "step must be an integer >= 0"),
     # checkpoints
     ("no-checkpoint", lambda c: Checkpointer(c.empty_dir).restore({"w": np.ones(2)}),
      CheckpointError, "no checkpoint"),

@@ -186,6 +186,19 @@ def test_save_interval_steps_and_force(tmp_path, state):
         assert ckpt.all_steps() == [5, 7]
 
 
+def test_step_must_be_an_integer(tmp_path, state):
+    # int() truncated: save(1.5) wrote step 1 (replacing it), restore(step=1.9) read step 1.
+    with Checkpointer(tmp_path) as ckpt:
+        ckpt.save(np.int64(1), state)
+        for bad in (1.5, "2", True, -1):
+            with pytest.raises(ConfigError, match="integer >= 0"):
+                ckpt.save(bad, state)
+        with pytest.raises(ConfigError, match="integer >= 0"):
+            ckpt.restore(state, step=1.9)
+        assert ckpt.all_steps() == [1]
+        assert_trees_equal(ckpt.restore(state, step=jnp.int32(1))[0], state)
+
+
 def test_relative_directory_is_made_absolute(tmp_path, monkeypatch, state):
     monkeypatch.chdir(tmp_path)
     with Checkpointer(os.path.join("runs", "rel")) as ckpt:

@@ -3,6 +3,7 @@ the cases of issue 16 item 10, negative seeds at the API, and every field of eve
 documented (the CLI turns the docstrings into --help)."""
 
 import dataclasses
+import inspect
 import math
 import re
 import typing
@@ -206,3 +207,56 @@ def test_sourced_values_in_config_docstrings_are_the_defaults():
                             math.isclose(v, f.default, rel_tol=1e-6) for v in values):
                         wrong.append(f"{cls.__name__}.{f.name} = {f.default!r}: [{source}]")
     assert not wrong, wrong
+
+
+def _args_section(doc: str) -> list[str] | None:
+    """The names of a Google-style ``Args:`` section (``a, b:`` entries give both; ``**kwargs``
+    its bare name), or None without one."""
+    lines = inspect.cleandoc(doc).splitlines()
+    start = next((i for i, l in enumerate(lines) if l.strip() == "Args:"), None)
+    if start is None:
+        return None
+    names, indent, pending = [], None, ""
+    for line in lines[start + 1:]:
+        if not line.strip():
+            break                       # the section ends at its first blank line
+        here = len(line) - len(line.lstrip())
+        indent = here if indent is None else indent
+        if here < indent:
+            break
+        if here == indent and re.fullmatch(r"[\w\s,*]+,", line):
+            pending += line.strip() + " "   # ``a, b,`` wrapped onto the next line
+            continue
+        m = re.match(r"\s*(\**\w+(?:\s*,\s*\**\w+)*)\s*:", pending + line.lstrip())
+        if here == indent and m:
+            names += [n.strip().lstrip("*") for n in m.group(1).split(",")]
+        pending = ""
+    return names
+
+
+def test_args_sections_name_the_signatures_parameters():
+    """Every public function or method with an ``Args:`` section documents exactly its
+    parameters (``help(hf.unlearn_gan)`` listed no ``g_params`` / ``d_params``, and
+    ``train_gan`` / ``train_hypernet`` no ``save_every``)."""
+    import importlib
+    import pkgutil
+
+    wrong = []
+    for info in pkgutil.walk_packages(hf.__path__, "hyperforget_jax."):
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            members = [(name, obj)]
+            if inspect.isclass(obj):
+                members = [(f"{name}.{k}", v) for k, v in vars(obj).items()
+                           if inspect.isfunction(v) and (k == "__init__" or k[0] != "_")]
+            for qual, fn in members:
+                documented = _args_section(fn.__doc__ or "") if callable(fn) else None
+                if documented is None:
+                    continue
+                params = [p for p in inspect.signature(fn).parameters if p != "self"]
+                if sorted(documented) != sorted(params):
+                    wrong.append(f"{module.__name__}.{qual}: documents {sorted(documented)}, "
+                                 f"takes {sorted(params)}")
+    assert not wrong, "\n".join(wrong)

@@ -248,6 +248,8 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
         ``save_every`` epochs and at the end (checkpoint step = epochs done); a rerun resumes.
       meta: JSON metadata stored with each checkpoint.
       progress: show a tqdm progress bar.
+      save_every: epochs between two checkpoints (a positive integer; read only with a
+        ``checkpointer``).
 
     Returns:
       (final state, per-epoch history of mean losses and D scores, the :class:`GANArch`).

@@ -679,7 +679,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     over up to ``cfg.lambda_u_attempts`` attempts (module docstring).
 
     Args:
-      arch: the GAN architecture; ``g_params``, ``d_params`` the original (G₀, D₀).
+      arch: the GAN architecture.
+      g_params, d_params: the original (G₀, D₀).
       retain_x: retained training images D_r (real batches, data-level substitutes).
       forget_x: the images to forget (items, or every training image of the classes).
       heldout_x: held-out real images (the ``heldout`` fake label).

@@ -248,6 +248,8 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
       canonicalize: rescale hidden units of θ₀ (default: on for MLPs).
       checkpoint_dir: save the training state there every ``save_every`` steps and resume
         from it (an interrupted run continues to the same result).
+      save_every: steps between two saves (a positive integer; read only with a
+        ``checkpoint_dir``).
       progress: tqdm bar.
 
     Returns:

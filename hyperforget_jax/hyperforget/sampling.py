@@ -103,6 +103,8 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
       ForgetRequestError: a request the hypernetwork does not cover, or a target that is not a
         positive finite loss.
       ArchitectureError: ``params`` are not the hypernetwork's architecture.
+      NonFiniteError: ``params`` hold NaN/inf.
+      DataError: ``train`` is not a Dataset of the architecture's images in [0, 1].
     """
     classes = data.ForgetRequest(classes=classes).classes    # ints: 3.5 refused, not truncated
     check_request(net.spec, classes)
@@ -227,7 +229,11 @@ def sample(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt, num_st
 
     Raises:
       ArchitectureError: ``params`` do not fit the hypernetwork's architecture.
-      ForgetRequestError: a request it was not trained for (e.g. DiHyFo-1, another class).
+      ForgetRequestError: a request it was not trained for (e.g. DiHyFo-1, another class), or
+        a ``prompt`` that is not one request of this hypernetwork (a stack: :func:`sample_many`).
+      ConfigError: ``key`` not one PRNG key, ``num_steps`` not an integer in 1..T (DDIM),
+        ``method`` not ``ddim`` / ``ddpm``, ``guidance`` not a finite number >= 0.
+      NonFiniteError: ``params``, or the sampled network, hold NaN/inf (nothing is returned).
     """
     check_start(net.spec, params)
     _check_prompt(net.spec, prompt)

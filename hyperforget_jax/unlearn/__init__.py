@@ -329,7 +329,9 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
       ConfigError: no seed, a negative seed, ``seeds`` or ``configs`` that are not sequences
         (one config: pass ``[config]``), a config of the wrong type, per-seed splits of
         different sizes or not one per seed, a ``split`` that is neither a ForgetSplit nor a
-        sequence of them, a ``params_stacked`` other than True, False or None.
+        sequence of them, a ``params_stacked`` other than True, False or None, and for every
+        member as :func:`unlearn` (its ForgetRequestError, ArchitectureError, DataError and
+        NonFiniteError included).
     """
     if isinstance(seeds, (int, np.integer)):
         raise ConfigError(f"seeds must be a sequence of integers, got {seeds!r}; e.g. "
