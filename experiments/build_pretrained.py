@@ -69,8 +69,8 @@ def install(work: Path) -> dict[str, dict[str, str]]:
         f'    "{n}": {{\n        "file": "{e["file"]}",\n        "sha256": "{e["sha256"]}",\n'
         "    },\n" for n, e in table.items()) + "}\n"
     text = re.sub(r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{.*?\n\}\n|"
-                  r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{\}\n", body, init.read_text(),
-                  flags=re.S)
+                  r"PRETRAINED: dict\[str, dict\[str, str\]\] = \{\}\n", body,
+                  init.read_text(encoding="utf-8"), flags=re.S)
     for fname, raw in files.items():
         report.atomic_write(pkg / fname, raw)
     report.atomic_write(init, text)

@@ -345,7 +345,7 @@ def recheck(args) -> dict:
     _check(args)
     path = Path(args.recheck).expanduser()
     try:
-        old = json.loads(path.read_text())
+        old = json.loads(path.read_text(encoding="utf-8"))
         rows, request = old["per_seed"], data.ForgetRequest.from_json(old["request"])
         arch_name, dataset = old["arch"], old["dataset"]
         source = {"path": str(path.absolute()), "tolerance": dict(old.get("tolerance") or {}),
@@ -368,7 +368,7 @@ def main(argv=None) -> int:
         print(f"privacy_gate: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     if not args.quiet:
-        print((Path(args.out).expanduser() / "gate.md").read_text())
+        print((Path(args.out).expanduser() / "gate.md").read_text(encoding="utf-8"))
     for name, v in result["verdicts"].items():
         if not v["passed"]:
             print(f"privacy_gate: {name} FAILED: {'; '.join(v['failures'])}", file=sys.stderr)
@@ -376,4 +376,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    report.exit_on_error("privacy_gate", main)

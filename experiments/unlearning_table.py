@@ -461,14 +461,9 @@ def main(argv=None) -> int:
             report.write_json(path / "results.json", out)
             plot(out, path)
             write_report(out, path)
-    print((path / "table.md").read_text())
+    print((path / "table.md").read_text(encoding="utf-8"))
     return 0
 
 
 if __name__ == "__main__":
-    from hyperforget_jax.errors import HyperforgetError
-    try:
-        sys.exit(main())
-    except HyperforgetError as e:
-        print(f"unlearning_table: error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+    report.exit_on_error("unlearning_table", main)

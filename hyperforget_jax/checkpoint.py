@@ -181,7 +181,28 @@ def silence_abandoned_reads() -> Callable[[], None]:
 def _absolute(directory: str | os.PathLike) -> Path:
     # Orbax rejects relative paths; ``~`` is the home directory, as for every other path the
     # library takes (``rundir``, ``report``), not a directory named "~" in the working one.
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(directory))))
+    path = Path(os.path.abspath(os.path.expanduser(os.fspath(directory))))
+    _check_utf8_path(path)
+    return path
+
+
+def _check_utf8_path(path: Path) -> None:
+    """Refuses a path whose bytes on disk are not its UTF-8 spelling. Python names files in the
+    locale's encoding; Orbax's array writer (TensorStore) in UTF-8. Under a Latin-1 locale a
+    run directory ``ü`` got its metadata in ``ü`` and its arrays in ``Ã¼`` (exit code 0, a
+    checkpoint with no weights, later refused as corrupt); under an ASCII one (``LC_ALL=C``
+    with ``PYTHONUTF8=0``) the write failed with "Unable to cast", reported as a full disk."""
+    raw = os.fsencode(path)
+    try:
+        same = raw == os.fspath(path).encode("utf-8")
+    except UnicodeEncodeError:      # bytes the locale could not decode (surrogate escapes)
+        same = False
+    if not same:
+        raise ConfigError(
+            f"checkpoint path {ascii(os.fspath(path))[1:-1]} is spelt differently by this "
+            f"process's file names ({sys.getfilesystemencoding()}) and by Orbax's array writer "
+            "(UTF-8): the weights would go to another directory; run under a UTF-8 locale "
+            "(LC_ALL=C.UTF-8 or PYTHONUTF8=1) or pass an ASCII path")
 
 
 def _make_writable_dir(path: Path) -> None:
@@ -316,7 +337,7 @@ class Checkpointer:
         if not path.exists() or not self.all_steps():
             return
         try:
-            stored = json.loads(path.read_text())
+            stored = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise _corrupt(path, e) from e
         diff = first_difference(stored, self.identity)

@@ -158,6 +158,14 @@ def _cli_output(name: str, program: bool) -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from hyperforget_jax.report import encodable_output
+
+    # Help, reports and messages hold ∇τ, ±, ≈: printable under any locale (report.py says why).
+    with encodable_output():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     program = argv is None  # the `hyperforget` program, not a call from Python
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     args = build_parser().parse_args(argv)

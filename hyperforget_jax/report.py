@@ -6,6 +6,8 @@ interrupted run never leaves a half-written report behind.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import json
 import math
 import numbers
@@ -14,7 +16,7 @@ import sys
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -86,6 +88,43 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return path
 
 
+def _escape(error: UnicodeError) -> tuple[str | bytes, int]:
+    """``surrogateescape`` where it applies (a path's undecodable bytes, given back as they
+    came, as Python's stdout does under a C locale), else ``backslashreplace``."""
+    try:
+        return codecs.lookup_error("surrogateescape")(error)
+    except UnicodeError:
+        return codecs.backslashreplace_errors(error)
+
+
+@contextlib.contextmanager
+def encodable_output() -> Iterator[None]:
+    """While the block runs, ``sys.stdout`` and ``sys.stderr`` write a character their encoding
+    lacks as an escape (``\\u2207`` for ∇), as Python's own stderr does, and restore after.
+
+    Reports, tables and ``--help`` hold ∇τ, α₀, ±, ≈. Under a locale that is not UTF-8
+    (``LC_ALL=C`` with ``PYTHONUTF8=0``, ``PYTHONIOENCODING=ascii``, a Latin-1 ``LANG``), the
+    first such character raised ``UnicodeEncodeError``: a finished run, its files written,
+    ended with a traceback and exit code 1 at its last print. A UTF-8 stream is left alone."""
+    codecs.register_error("hyperforget.escape", _escape)    # idempotent
+    changed = []
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None) or "utf-8"
+        errors = getattr(stream, "errors", None)
+        with contextlib.suppress(LookupError):
+            encoding = codecs.lookup(encoding).name
+        if (encoding != "utf-8" and errors in ("strict", "surrogateescape")
+                and hasattr(stream, "reconfigure")):
+            stream.reconfigure(errors="hyperforget.escape")
+            changed.append((stream, errors))
+    try:
+        yield
+    finally:
+        for stream, errors in changed:
+            with contextlib.suppress(ValueError):     # a stream closed meanwhile
+                stream.reconfigure(errors=errors)
+
+
 def jsonable(x: Any) -> Any:
     """``x`` as strict JSON values: NumPy/JAX arrays and scalars to Python, tuples to lists,
     NaN/inf to None (``json.dumps`` would write the invalid tokens ``NaN`` / ``Infinity``)."""
@@ -116,7 +155,7 @@ def read_results(path: Path, script: str, keys: Sequence[str]) -> dict:
         raise ConfigError(f"--out {path} holds no results.json (a run that has not finished: "
                           "rerun its command to resume it)")
     try:
-        out = json.loads(f.read_text())
+        out = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:      # UnicodeDecodeError is a ValueError too
         raise CheckpointError(f"{f} is not readable JSON ({e}); rerun {script}'s command "
                               "without --render-only to write it again") from e
@@ -166,10 +205,12 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def exit_on_error(script: str, main: Callable[[], Any]) -> None:
     """Runs an experiment script's ``main`` and exits with its return value; a
     :class:`HyperforgetError` (e.g. an unwritable ``--out``) ends as the CLI's do: one line on
-    stderr, exit code 2."""
-    try:
-        code = main()
-    except HyperforgetError as e:
-        print(f"{script}: error: {' '.join(str(e).split())}", file=sys.stderr)
-        sys.exit(2)
+    stderr, exit code 2. The report it prints last is printable under any locale
+    (:func:`encodable_output`)."""
+    with encodable_output():
+        try:
+            code = main()
+        except HyperforgetError as e:
+            print(f"{script}: error: {' '.join(str(e).split())}", file=sys.stderr)
+            sys.exit(2)
     sys.exit(code if isinstance(code, int) else 0)

@@ -140,7 +140,7 @@ def read_identity(path: str | os.PathLike) -> dict | None:
     """The identity stored in run directory ``path``, or ``None`` if it has none."""
     f = _abs(path) / IDENTITY_NAME
     try:
-        text = f.read_text()
+        text = f.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
     except NotADirectoryError:
@@ -169,7 +169,7 @@ def _describe(value: Any) -> str:
 
 def _lock_info(lock_file: Path) -> dict:
     try:
-        info = json.loads(lock_file.read_text() or "{}")
+        info = json.loads(lock_file.read_text(encoding="utf-8") or "{}")
         return info if isinstance(info, dict) else {}
     except (OSError, ValueError):
         return {}
@@ -248,7 +248,9 @@ class _Lock:
 
     def _write_info(self, fd: int) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
-                "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+                # Local time with its UTC offset: the refusal may be read on another host,
+                # in another zone (a shared file system).
+                "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
         os.ftruncate(fd, 0)
         os.pwrite(fd, (json.dumps(info) + "\n").encode(), 0)
 
@@ -569,7 +571,7 @@ class Cells:
         files of ``files``, suffixes for :meth:`file`, are there), else ``None``; a stored
         ``None`` is one too (:meth:`compute` computes it again), not counted as reused."""
         try:
-            stored = json.loads(self.file(key).read_text())
+            stored = json.loads(self.file(key).read_text(encoding="utf-8"))
         except (OSError, ValueError):         # not computed yet, or damaged: compute it again
             return None
         if (not isinstance(stored, dict) or stored.get("key") != key

@@ -441,6 +441,22 @@ def test_save_load_params_errors(tmp_path, state):
         load_params(path)
 
 
+def test_a_path_orbax_would_spell_otherwise_is_refused(tmp_path, state, monkeypatch):
+    # Python names files in the locale's encoding, Orbax's TensorStore in UTF-8. A file name
+    # the locale could not decode (surrogate escapes, here under UTF-8) failed the write with
+    # "Unable to cast", reported as a full disk; under a Latin-1 locale a run directory "ü"
+    # got the metadata and its arrays went to "Ã¼" (exit 0, no weights in the checkpoint).
+    with pytest.raises(ConfigError, match="UTF-8 locale .* or pass an ASCII path"):
+        save_params(tmp_path / "r\udcfc" / "p", state.params)
+    monkeypatch.setattr(os, "fsencode", lambda p: os.fspath(p).encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"r\\xfc/p is spelt differently .* \(UTF-8\)"):
+        save_params(tmp_path / "r\xfc" / "p", state.params)
+    with pytest.raises(ConfigError, match="spelt differently"):
+        Checkpointer(tmp_path / "r\xfc" / "c")
+    assert sorted(os.listdir(tmp_path)) == []          # refused before anything is written
+    save_params(tmp_path / "ascii" / "p", state.params)    # what each locale spells alike
+
+
 def test_a_save_params_killed_between_its_renames_is_read_and_finished_by_the_next_save(
         tmp_path, state, monkeypatch):
     """A kill after the old copy was renamed aside and before the new one was renamed in left

@@ -350,6 +350,30 @@ def test_help_lists_commands(capsys):
         assert name in out
 
 
+def test_help_and_reports_print_under_an_ascii_locale(monkeypatch):
+    # Under LC_ALL=C with PYTHONUTF8=0 (or PYTHONIOENCODING=ascii / latin-1) stdout is strict
+    # ASCII: `train --help` (≈) and the report a finished `unlearn` prints (×, ∇τ) raised
+    # UnicodeEncodeError, exit code 1 with a traceback after the run's files were written.
+    import io
+    import sys
+
+    from hyperforget_jax.commands import common
+    from hyperforget_jax.report import encodable_output
+
+    out = io.TextIOWrapper(io.BytesIO(), encoding="ascii", errors="strict")
+    monkeypatch.setattr(sys, "stdout", out)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["train", "--help"])
+    assert e.value.code == 0
+    with encodable_output():                  # what main() wraps a command's run in
+        common.emit(object(), {}, "speed-up 2.0× for ∇τ, wrote /r\udcfc")  # argv's byte 0xfc
+    assert out.errors == "strict"             # restored: a caller's stream is its own
+    out.flush()
+    text = out.buffer.getvalue()
+    assert b"20 reaches \\u2248100%" in text
+    assert b"2.0\\xd7 for \\u2207\\u03c4, wrote /r\xfc" in text
+
+
 def test_every_command_takes_quiet_and_json():
     """A script can pass ``--quiet`` and ``--json`` to any command, with or without progress
     output."""

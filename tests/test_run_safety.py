@@ -315,6 +315,20 @@ def test_lock_refuses_a_second_writer_in_process(tmp_path):
             rundir.check_readable(tmp_path / "r")
 
 
+def test_a_lock_says_its_start_time_s_zone(tmp_path, monkeypatch):
+    # "started 2026-12-06 13:40:00" was local time with no zone: read on another host of a
+    # shared file system (another TZ), it was hours off.
+    monkeypatch.setenv("TZ", "EST+5")
+    time.tzset()
+    try:
+        with rundir.open_run(tmp_path / "r", {"role": "x"}, command="first"):
+            started = json.loads((tmp_path / "r" / rundir.LOCK_NAME).read_text())["started"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert started.endswith(" -0500"), started
+
+
 # --------------------------------------------------------------------------- identity API
 
 
@@ -410,6 +424,29 @@ def test_reports_follow_the_umask(tmp_path):
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "b.md").stat().st_mode & 0o777 == 0o640
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": None, "y": 2.0}  # strict JSON
+
+
+def test_text_the_library_reads_back_is_read_as_utf8():
+    # atomic_write stores UTF-8; a bare read_text() / open() decodes with the locale's encoding:
+    # unlearning_table.py and privacy_gate.py printed table.md / gate.md (± and ∇τ) through
+    # it, so under LC_ALL=C PYTHONUTF8=0 a finished sweep ended in UnicodeDecodeError (and
+    # under a Latin-1 locale printed mojibake). Every text read names its encoding.
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    bare = []
+    for f in sorted([*(root / "hyperforget_jax").rglob("*.py"),
+                     *(root / "experiments").glob("*.py")]):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Call) or any(k.arg == "encoding" for k in node.keywords):
+                continue
+            fn = node.func
+            name = fn.attr if isinstance(fn, ast.Attribute) else getattr(fn, "id", "")
+            mode = next((a.value for a in node.args[1:2] if isinstance(a, ast.Constant)), "r")
+            if name in ("read_text", "write_text") or (
+                    name == "open" and isinstance(fn, ast.Name) and "b" not in str(mode)):
+                bare.append(f"{f.relative_to(root)}:{node.lineno}")
+    assert not bare, bare
 
 
 def test_json_stdout_is_the_results(runs, tmp_path, capfd):

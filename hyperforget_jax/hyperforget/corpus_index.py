@@ -71,7 +71,7 @@ def read_index(path: Path) -> dict:
     architecture are checked by :func:`validate_requests`)."""
     path = Path(path)
     try:
-        index = json.loads(index_path(path).read_text())
+        index = json.loads(index_path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as e:
         raise CheckpointError(f"no corpus in {path} (index.json missing); build one with "
                               f"`hyperforget corpus --out {shell_quote(path)}`") from e
