@@ -431,7 +431,16 @@ class Architecture:
                                   "copy, or retrain it")
         shape = None if d.get("input_shape") is None else tuple(d["input_shape"])
         if d.get("source"):
-            return load_model(d["source"], shape, d.get("num_classes"))
+            try:
+                return load_model(d["source"], shape, d.get("num_classes"))
+            except ConfigError as e:
+                # "is the package installed?" alone sent the reader of a run from elsewhere to
+                # install whatever name the file holds, and installing or importing it runs
+                # that package's code.
+                raise type(e)(f"{e} (the import path is recorded in the run, corpus or "
+                              "hypernetwork being read, and importing it runs that module's "
+                              "code: install it or put it on PYTHONPATH only if you trust "
+                              "where the file came from)") from e
         if d["name"] not in _FACTORIES:
             raise ArchitectureError(f"model {d['name']!r} is not a registered architecture and "
                                     "was saved without an import path; load it with "

@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -204,7 +205,7 @@ class _Lock:
         import fcntl
 
         for _ in range(20):
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = self._open()
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
@@ -242,9 +243,29 @@ class _Lock:
                 # The owner runs on another machine (a shared file system without flock): its
                 # liveness cannot be checked from here, so the lock is honoured, not taken over.
                 self._refuse(info, elsewhere=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        fd = self._open()
         self.fd = fd
         self._write_info(fd)
+
+    def _open(self) -> int:
+        """The lock file, opened for writing. Never through a symbolic link or into anything
+        but a regular file: taking the lock truncates the file, so a ``.hyperforget.lock`` link
+        planted in a shared run directory (a colleague's tarball) truncated and overwrote
+        the file it pointed to, anywhere the user can write, and the release removed the link."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         0o666)
+        except OSError as e:
+            if e.errno != errno.ELOOP:
+                raise
+            fd = None
+        if fd is None or not stat.S_ISREG(os.fstat(fd).st_mode):
+            if fd is not None:
+                os.close(fd)
+            raise RunDirError(f"{self.path} is not a lock file hyperforget wrote (a symbolic "
+                              "link or a special file): it would write through it; delete it "
+                              "and check where the run directory came from")
+        return fd
 
     def _write_info(self, fd: int) -> None:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,

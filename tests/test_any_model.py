@@ -139,6 +139,15 @@ def test_import_path(tmp_path, monkeypatch):
                                        "num_classes": 10})
 
 
+def test_a_recorded_import_path_that_does_not_import_is_not_an_install_hint():
+    """An import path read from a file is the file author's: the error says that importing it
+    runs its code, so the reader does not just install whatever package the file names."""
+    with pytest.raises(ConfigError, match="cannot import 'no_such_pkg_hf.m'.*recorded in the run"
+                                          ".*only if you trust where the file came from"):
+        models.Architecture.from_json({"name": "Net", "source": "no_such_pkg_hf.m:Net",
+                                       "input_shape": [8, 8, 1], "num_classes": 10})
+
+
 def test_as_model_refuses_what_is_not_a_model():
     with pytest.raises(ConfigError, match="pass an instance"):
         hf.as_model(TinyNet)

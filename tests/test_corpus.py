@@ -264,6 +264,11 @@ def _damage(path, what):
         np.save(shard / "metrics.npy", np.zeros((3, 7), np.float32))
     elif what == "rows-shape":
         np.save(shard / "rows.npy", np.zeros((12, 4), np.int32))
+    elif what == "huge-header":    # 4e12 bytes claimed by a 100-byte file: nothing allocated
+        with open(shard / "metrics.npy", "wb") as f:
+            np.lib.format.write_array_header_1_0(
+                f, {"descr": "<f4", "fortran_order": False, "shape": (10**11, 10)})
+            f.write(bytes(16))
     elif what == "rows-range":
         r = np.load(shard / "rows.npy")
         r[0, 1] = 9
@@ -279,6 +284,7 @@ def _damage(path, what):
     ("metrics-shape", "metrics.npy has float32 \\(3, 7\\)"),
     ("rows-shape", "rows.npy has int32 \\(12, 4\\)"),
     ("rows-range", "refers to originals, requests or steps"),
+    ("huge-header", "metrics.npy is unreadable"),
 ])
 def test_damaged_index_or_shard_is_named(built, tmp_path, what, match):
     out, _ = built

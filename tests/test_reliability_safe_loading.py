@@ -178,6 +178,25 @@ def test_hypernet_loading_never_unpickles(arch, payload, tmp_path, which):
     assert not marker.exists()
 
 
+def test_hypernet_zip_bomb_is_refused_before_it_is_unpacked(tmp_path):
+    """The shipped hypernetwork plus a deflated member that unpacks to 64 MiB (a 64 KiB
+    addition): unpacked in full, then refused as "unexpected arrays". Refused from the sizes the
+    archive declares; the shipped file itself still loads (it is stored uncompressed)."""
+    import io
+    import zipfile
+
+    from hyperforget_jax import pretrained as PT
+    from hyperforget_jax.hyperforget import store
+
+    raw = (Path(PT.__file__).parent / PT.PRETRAINED[PT.DEFAULT]["file"]).read_bytes()
+    store.from_bytes(raw, "shipped")
+    buf = io.BytesIO(raw)
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("bomb.npy", bytes(64 << 20))
+    with pytest.raises(CheckpointError, match=r"unpacks to \d+ bytes from \d+: a compressed"):
+        store.from_bytes(buf.getvalue(), "bomb.npz")
+
+
 _FORBIDDEN = re.compile(r"^\s*(import|from)\s+(pickle|cPickle|dill|cloudpickle|joblib|shelve|"
                         r"marshal)\b|torch\.load|allow_pickle\s*=\s*True|(?<!\.)\beval\(|"
                         r"(?<!\.)\bexec\(",

@@ -329,6 +329,22 @@ def test_a_lock_says_its_start_time_s_zone(tmp_path, monkeypatch):
     assert started.endswith(" -0500"), started
 
 
+def test_a_planted_lock_link_is_refused_and_its_target_kept(tmp_path):
+    """A ``.hyperforget.lock`` symbolic link in a run directory from elsewhere: taking the lock
+    truncated and overwrote the file it pointed to (outside the run). Refused, target intact."""
+    victim = tmp_path / "thesis.txt"
+    victim.write_text("precious")
+    run = tmp_path / "shared_run"
+    with rundir.open_run(run, {"role": "x"}):
+        pass
+    (run / rundir.LOCK_NAME).symlink_to(victim)
+    with pytest.raises(RunDirError, match="symbolic link or a special file"):
+        with rundir.open_run(run, {"role": "x"}):
+            pass
+    assert victim.read_text() == "precious"
+    assert (run / rundir.LOCK_NAME).is_symlink()
+
+
 # --------------------------------------------------------------------------- identity API
 
 

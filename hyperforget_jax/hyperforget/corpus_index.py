@@ -147,7 +147,10 @@ def load_shards(path: Path, index: dict, num_params: int, num_trained: int,
         for name, (kind, c) in SHARD_ARRAYS.items():
             f = d / f"{name}.npy"
             try:
-                a = np.load(f, allow_pickle=False)
+                # Mapped, not read: the shape and dtype are checked before anything is
+                # allocated. A header claiming more rows than the file holds (a bit flip, a
+                # crafted shard) made np.load allocate from it: a MemoryError traceback.
+                a = np.load(f, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise CheckpointError(f"corpus shard file {f} is unreadable ({e}); delete "
                                       f"{d} and its entry in index.json, then resume the "
@@ -159,7 +162,7 @@ def load_shards(path: Path, index: dict, num_params: int, num_trained: int,
                                       f"expected {'float' if kind == 'f' else 'int'} {want} "
                                       f"(index.json: {n} rows); the shard is truncated or "
                                       f"foreign: delete {d} and resume the build")
-            arrays[name] = a
+            arrays[name] = np.array(a)
         r = arrays["rows"]
         if len(r) and (r[:, 0].min() < 0 or r[:, 0].max() >= len(sh["seeds"])
                        or r[:, 1].min() < 0 or r[:, 1].max() >= num_requests

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 import jax
 import numpy as np
@@ -102,6 +103,20 @@ def from_bytes(raw: bytes, where: str) -> tuple[Hypernet, dict]:
         raise CheckpointError(f"{where} is not a readable hypernetwork file (not an .npz "
                               "archive); pass the --out of `hyperforget hypertrain`, its "
                               "hypernet.npz, or 'pretrained'")
+    # The sizes the archive declares, before anything is unpacked: to_bytes stores its arrays
+    # uncompressed, so together they never exceed the file. A deflated member (a 3 MB file
+    # that unpacks to 400 MB, a zip bomb) was unpacked in full before any check refused it.
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+            unpacked = sum(i.file_size for i in zf.infolist())
+    except (zipfile.BadZipFile, ValueError, OSError) as e:
+        raise CheckpointError(f"{where} is not a readable hypernetwork file ({e}); retrain it "
+                              "or reinstall the package for the pretrained one") from e
+    if unpacked > len(raw):
+        raise CheckpointError(f"{where} unpacks to {unpacked} bytes from {len(raw)}: a "
+                              "compressed or crafted archive, not one save_hypernet wrote "
+                              "(it stores arrays uncompressed); re-save it with "
+                              "hf.save_hypernet, or retrain it")
     buf = io.BytesIO(raw)
     try:
         with np.load(buf, allow_pickle=False) as z:
