@@ -26,7 +26,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import hyperforget_eval as E  # noqa: E402
-from hyperforget_jax import data, metrics, train  # noqa: E402
+from hyperforget_jax import data, metrics, report, train  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax.hyperforget import corpus as C  # noqa: E402
@@ -77,5 +77,12 @@ def main(argv=None) -> dict:
     return out
 
 
-if __name__ == "__main__":
+def _print_main() -> int:
+    # Through report.exit_on_error as the other scripts: its lines hold ΔRA and ±, which a
+    # non-UTF-8 stdout refused after the run's 1.7 minutes.
     print(json.dumps(main(), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    report.exit_on_error("hyperforget_endpoint_mia", _print_main)

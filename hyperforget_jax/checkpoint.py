@@ -36,6 +36,7 @@ Importing this module changes no process-wide state. It only depends on
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import gc
 import json
@@ -191,18 +192,25 @@ def _check_utf8_path(path: Path) -> None:
     locale's encoding; Orbax's array writer (TensorStore) in UTF-8. Under a Latin-1 locale a
     run directory ``ü`` got its metadata in ``ü`` and its arrays in ``Ã¼`` (exit code 0, a
     checkpoint with no weights, later refused as corrupt); under an ASCII one (``LC_ALL=C``
-    with ``PYTHONUTF8=0``) the write failed with "Unable to cast", reported as a full disk."""
-    raw = os.fsencode(path)
+    with ``PYTHONUTF8=0``) the write failed with "Unable to cast", reported as a full disk.
+    Under a UTF-8 locale only a name holding bytes that are not UTF-8 (made under another
+    locale) gets here: no locale helps, so the message does not suggest one."""
+    name = os.fspath(path)
     try:
-        same = raw == os.fspath(path).encode("utf-8")
+        if os.fsencode(name) == name.encode("utf-8"):
+            return
     except UnicodeEncodeError:      # bytes the locale could not decode (surrogate escapes)
-        same = False
-    if not same:
+        pass
+    if codecs.lookup(sys.getfilesystemencoding()).name == "utf-8":
         raise ConfigError(
-            f"checkpoint path {ascii(os.fspath(path))[1:-1]} is spelt differently by this "
-            f"process's file names ({sys.getfilesystemencoding()}) and by Orbax's array writer "
-            "(UTF-8): the weights would go to another directory; run under a UTF-8 locale "
-            "(LC_ALL=C.UTF-8 or PYTHONUTF8=1) or pass an ASCII path")
+            f"checkpoint path {ascii(name)[1:-1]} holds bytes that are not UTF-8 (a name made "
+            "under another locale): Orbax's array writer names files in UTF-8 and cannot "
+            "write there; rename it to a UTF-8 name or pass an ASCII path")
+    raise ConfigError(
+        f"checkpoint path {ascii(name)[1:-1]} is spelt differently by this process's file "
+        f"names ({sys.getfilesystemencoding()}) and by Orbax's array writer (UTF-8): the "
+        "weights would go to another directory; run under a UTF-8 locale (LC_ALL=C.UTF-8 or "
+        "PYTHONUTF8=1) or pass an ASCII path")
 
 
 def _make_writable_dir(path: Path) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import codecs
 import functools
 import json
 import logging
@@ -446,15 +447,30 @@ def test_a_path_orbax_would_spell_otherwise_is_refused(tmp_path, state, monkeypa
     # the locale could not decode (surrogate escapes, here under UTF-8) failed the write with
     # "Unable to cast", reported as a full disk; under a Latin-1 locale a run directory "ü"
     # got the metadata and its arrays went to "Ã¼" (exit 0, no weights in the checkpoint).
-    with pytest.raises(ConfigError, match="UTF-8 locale .* or pass an ASCII path"):
-        save_params(tmp_path / "r\udcfc" / "p", state.params)
     monkeypatch.setattr(os, "fsencode", lambda p: os.fspath(p).encode("latin-1"))
+    monkeypatch.setattr(sys, "getfilesystemencoding", lambda: "iso8859-1")
+    with pytest.raises(ConfigError, match="UTF-8 locale .* or pass an ASCII path"):
+        save_params(tmp_path / "r\u2207" / "p", state.params)    # not even Latin-1
     with pytest.raises(ConfigError, match=r"r\\xfc/p is spelt differently .* \(UTF-8\)"):
         save_params(tmp_path / "r\xfc" / "p", state.params)
     with pytest.raises(ConfigError, match="spelt differently"):
         Checkpointer(tmp_path / "r\xfc" / "c")
     assert sorted(os.listdir(tmp_path)) == []          # refused before anything is written
     save_params(tmp_path / "ascii" / "p", state.params)    # what each locale spells alike
+
+
+def test_a_name_that_is_not_utf8_is_not_told_to_change_the_locale(tmp_path, state):
+    # Under a UTF-8 locale, a directory made under a Latin-1 one (byte 0xfc, argv's "\udcfc")
+    # was refused as "spelt differently by this process's file names (utf-8) and by Orbax's
+    # array writer (UTF-8)", told to run under a UTF-8 locale: it already did, and no locale
+    # helps. A lone surrogate (no bytes at all) was a raw UnicodeEncodeError from fsencode.
+    if codecs.lookup(sys.getfilesystemencoding()).name != "utf-8":
+        pytest.skip("the case of a UTF-8 locale")
+    for bad in ("r\udcfc", "r\ud800"):
+        with pytest.raises(ConfigError, match="not UTF-8 .* rename it") as e:
+            save_params(tmp_path / bad / "p", state.params)
+        assert "locale (" not in str(e.value) and "\\ud" in str(e.value)
+    assert os.listdir(tmp_path) == []
 
 
 def test_a_save_params_killed_between_its_renames_is_read_and_finished_by_the_next_save(

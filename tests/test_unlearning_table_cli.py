@@ -83,6 +83,22 @@ def test_experiment_usage_errors_are_one_line(script, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_every_experiment_script_runs_through_exit_on_error():
+    # report.exit_on_error makes a script's report printable under any locale and its errors
+    # one line; hyperforget_endpoint_mia.py printed "ΔRA ... ±" with a bare print(), so under
+    # LC_ALL=C PYTHONUTF8=0 it ended in UnicodeEncodeError after its 1.7-minute run.
+    import ast
+    from pathlib import Path
+
+    bare = []
+    for f in sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.py")):
+        for node in ast.parse(f.read_text(encoding="utf-8")).body:
+            if isinstance(node, ast.If) and "__main__" in ast.unparse(node.test):
+                if not ast.unparse(node.body[0]).startswith("report.exit_on_error("):
+                    bare.append(f.name)
+    assert not bare, bare
+
+
 def test_gap_plot_error_bars_use_the_tables_std(tmp_path, monkeypatch):
     # table.md reports mean ± std with ddof=1 (metrics.mean_std); the plot's error bars used
     # np.std (ddof=0), sqrt(2/3) of the table's std for 3 seeds.

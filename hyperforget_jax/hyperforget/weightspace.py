@@ -185,10 +185,13 @@ class WeightSpace:
     def fit(cls, template: Params, starts: np.ndarray, targets: np.ndarray,
             target_starts: np.ndarray, canonicalize: bool = True, rel_tol: float = 1e-6
             ) -> "WeightSpace":
-        """Statistics from a corpus: ``starts`` (S, P) start networks, ``targets`` (N, P) target
-        networks and ``target_starts`` (N,) the row of ``starts`` each target starts from.
+        """Statistics from a corpus of start networks and the targets unlearned from them.
 
         Args:
+          template: parameters of the corpus's architecture (their structure and shapes).
+          starts: (S, P) flat start networks.
+          targets: (N, P) flat target networks.
+          target_starts: (N,) the row of ``starts`` each target starts from.
           canonicalize: rescale hidden units (MLPs only; ConfigError otherwise).
           rel_tol: a tensor whose change RMS is below ``rel_tol`` × the largest is not diffused.
         """
