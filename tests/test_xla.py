@@ -121,3 +121,16 @@ def test_library_programs_can_be_copied(monkeypatch):
     f = xla.jit(lambda x: x + 1)
     for g in (copy.copy(f), copy.deepcopy(f)):
         assert float(g(jnp.float32(1))) == 2.0
+
+
+def test_standard_promotion_enters_a_config_context_only_under_another_setting(monkeypatch):
+    """Under a thread-local config context every jitted call takes JAX's slower dispatch path
+    (``train_gan`` ran 10 % slower wrapped): the wrapper sets "standard" only when the caller
+    set something else."""
+    entered, real = [], jax.numpy_dtype_promotion
+    monkeypatch.setattr(jax, "numpy_dtype_promotion", lambda v: entered.append(v) or real(v))
+    setting = xla.standard_promotion(lambda: jax.config.jax_numpy_dtype_promotion)
+    assert setting() == "standard" and entered == []
+    with real("strict"):
+        assert setting() == "standard"
+    assert entered == ["standard"]
