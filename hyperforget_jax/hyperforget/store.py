@@ -74,13 +74,16 @@ def save_hypernet(path: str | os.PathLike, net: Hypernet, extra_meta: dict | Non
     return path
 
 
+#: Where a directory holds its hypernetwork: ``save_hypernet``'s file, or a ``hypertrain`` --out's.
+_FILES_IN_DIR = (FILE_NAME, f"hypernet/{FILE_NAME}")
+
+
 def _resolve(path) -> Path:
     p = Path(path).expanduser()
     if p.is_dir():
-        if (p / FILE_NAME).is_file():
-            return p / FILE_NAME
-        if (p / "hypernet" / FILE_NAME).is_file():
-            return p / "hypernet" / FILE_NAME
+        for name in _FILES_IN_DIR:
+            if (p / name).is_file():
+                return p / name
         if (p / "train_state").is_dir():
             # The --out of a `hypertrain` that was interrupted: "pass the --out of hypertrain"
             # told its user to do what they had done.
@@ -193,7 +196,7 @@ def _refuse_a_local_namesake(name: str) -> None:
     from hyperforget_jax import pretrained as PT
 
     local = Path(name)
-    marks = (FILE_NAME, f"hypernet/{FILE_NAME}", "train_state")
+    marks = (*_FILES_IN_DIR, "train_state")     # what _resolve reads, or calls unfinished
     if name == "pretrained" and (_is_zip(local) or (local.is_dir() and any(
             (local / m).exists() for m in marks))):
         raise ConfigError(f"'pretrained' names both the hypernetwork shipped with the package "
