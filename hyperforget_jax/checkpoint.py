@@ -300,9 +300,12 @@ class Checkpointer:
           CheckpointError: the directory cannot be created or is not writable (or, with
             ``read_only``, does not exist).
         """
-        if max_to_keep is not None and (not isinstance(max_to_keep, int) or max_to_keep < 1):
+        # bool is an int to Python: True would keep one step, False none.
+        if max_to_keep is not None and (not isinstance(max_to_keep, int)
+                                        or isinstance(max_to_keep, bool) or max_to_keep < 1):
             raise ConfigError(f"max_to_keep must be None or an int >= 1, got {max_to_keep!r}")
-        if not isinstance(save_interval_steps, int) or save_interval_steps < 1:
+        if (not isinstance(save_interval_steps, int) or isinstance(save_interval_steps, bool)
+                or save_interval_steps < 1):
             raise ConfigError(f"save_interval_steps must be an int >= 1, got "
                               f"{save_interval_steps!r}")
         self.directory = _absolute(directory)
@@ -631,7 +634,9 @@ def save_params(path: str | os.PathLike, params: Any, meta: dict | None = None) 
 
     An existing params checkpoint at ``path`` is replaced only once the new one is complete; a
     non-empty directory that is not a params checkpoint is never overwritten. A ``path`` that
-    is a symlink is written through (its target is replaced, the link stays).
+    is a symlink is written through (its target is replaced, the link stays). Leaves are stored
+    at JAX's width: a float64 NumPy leaf is written as float32 unless ``jax_enable_x64`` is on
+    (as JAX itself would hold it).
 
     Raises:
       NonFiniteError: ``params`` holds NaN/inf (nothing is written).

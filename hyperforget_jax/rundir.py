@@ -137,6 +137,12 @@ def _normalise(identity: dict) -> dict:
     return json.loads(json.dumps(identity, default=_json_default))
 
 
+# The checkpoints beside a damaged run.json may be sound: deleting the directory is the last
+# resort, not the advice.
+_DAMAGED_ADVICE = ("restore it from a copy (the other files in the directory are untouched), "
+                   "or pass another directory")
+
+
 def read_identity(path: str | os.PathLike) -> dict | None:
     """The identity stored in run directory ``path``, or ``None`` if it has none."""
     f = _abs(path) / IDENTITY_NAME
@@ -152,11 +158,9 @@ def read_identity(path: str | os.PathLike) -> dict | None:
     try:
         ident = json.loads(text)
     except ValueError as e:
-        raise RunDirError(f"{f} is not valid JSON (damaged?); delete the run directory or pass "
-                          "another one") from e
+        raise RunDirError(f"{f} is not valid JSON (damaged?); {_DAMAGED_ADVICE}") from e
     if not isinstance(ident, dict):
-        raise RunDirError(f"{f} does not hold a run identity; delete it or pass another "
-                          "directory")
+        raise RunDirError(f"{f} does not hold a run identity; {_DAMAGED_ADVICE}")
     return ident.get("identity", ident)
 
 

@@ -216,6 +216,12 @@ def test_bad_options_rejected(tmp_path):
         Checkpointer(tmp_path, max_to_keep=0)
     with pytest.raises(ConfigError, match="save_interval_steps"):
         Checkpointer(tmp_path, save_interval_steps=0)
+    # A bool is an int to Python: max_to_keep=True kept one step, False was refused as < 1
+    # only by accident of its value.
+    with pytest.raises(ConfigError, match="max_to_keep"):
+        Checkpointer(tmp_path, max_to_keep=True)
+    with pytest.raises(ConfigError, match="save_interval_steps"):
+        Checkpointer(tmp_path, save_interval_steps=True)
 
 
 def test_unwritable_directory_names_path(tmp_path):
