@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from .errors import ConfigError
 
@@ -43,6 +44,23 @@ from .errors import ConfigError
 # budget the batch is left whole (the MLP: 8 KB per example; chunks were slower there).
 AUTO_BUDGET_BYTES = 24 * 2**20
 MIN_AUTO_CHUNK = 8
+
+
+def per_example_losses(loss_fn: Callable, who: str = "loss_fn") -> Callable:
+    """``loss_fn`` refusing, with a :class:`ConfigError`, a return value that is not one array
+    of losses: a ``has_aux``-style ``(losses, aux)`` (or a model's ``(losses, updated
+    batch_stats)``) failed in ``jnp.mean`` with a bare TypeError about tuples."""
+    @functools.wraps(loss_fn)
+    def checked(params, batch):
+        values = loss_fn(params, batch)
+        if not isinstance(values, (jax.Array, np.ndarray, np.generic, float, int)):
+            raise ConfigError(
+                f"{who} returned a {type(values).__name__}, not an array: it must return the "
+                "per-example losses of shape (B,) alone (not (losses, aux)); compute metrics "
+                "from the model outside it, and run BatchNorm in evaluation mode with "
+                "batch_stats closed over (its updated statistics cannot come back out)")
+        return values
+    return checked
 
 
 def batch_size(batch: Any) -> int | None:

@@ -122,11 +122,20 @@ def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransforma
 
 
 def update_was_finite(opt_state: Any) -> jax.Array:
-    """The ``last_finite`` flag of the outermost :func:`skip_nonfinite` in ``opt_state`` (True
-    when there is none)."""
-    if isinstance(opt_state, optax.ApplyIfFiniteState):
-        return opt_state.last_finite
-    return jnp.array(True)
+    """The ``last_finite`` flag of the outermost :func:`skip_nonfinite` (or
+    ``optax.apply_if_finite``) in ``opt_state``, wherever it sits: at the top, or inside
+    ``optax.chain``, ``inject_hyperparams``, :func:`.baselines.masked_updates` (True when there
+    is none). Only a guard at the top was read: one a user's chain held inside reported every
+    skipped update as applied, so a loop that keeps its ∇τ state on a skipped step ran α's
+    schedule a step ahead of the learning rate's.
+
+    A guard inside ``optax.MultiSteps`` is not read (True): it runs only every k-th call, so
+    its flag would be stale on the calls between; wrap the ``MultiSteps`` in
+    :func:`skip_nonfinite` instead (a skipped call then leaves its accumulator untouched)."""
+    stop = (optax.ApplyIfFiniteState, optax.MultiStepsState)
+    guards = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, stop))
+              if isinstance(s, optax.ApplyIfFiniteState)]
+    return guards[0].last_finite if guards else jnp.array(True)
 
 
 def per_example_ce(apply_fn: Callable) -> Callable:
@@ -137,9 +146,23 @@ def per_example_ce(apply_fn: Callable) -> Callable:
     (3,)
     """
     def loss_fn(params, batch):
-        x, y = batch
+        x, y = xy_batch(batch, "per_example_ce")
         return optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y)
     return loss_fn
+
+
+def xy_batch(batch: Batch, who: str) -> tuple[Any, Any]:
+    """``batch`` as ``(x, y)``, or a :class:`ConfigError`: a dict batch ``{"image", "label"}``
+    was unpacked into its two *keys* (the model was applied to the string "image": a bare
+    TypeError), a 3-tuple ``(x, y, w)`` failed with "too many values to unpack"."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return batch[0], batch[1]
+    what = (f"a dict with keys {sorted(map(str, batch))}" if isinstance(batch, dict)
+            else f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(
+                batch, (tuple, list)) else ""))
+    raise ConfigError(f"{who} takes batches (x, y), got {what}; pass (x, y), or write your own "
+                      "loss_fn(params, batch) -> (B,) for another form (e.g. lambda p, b: "
+                      "per_example_ce(apply_fn)(p, (b['image'], b['label'])))")
 
 
 def make_optimizer(cfg: TrainConfig, lr: Any = None, weight_decay: Any = None
@@ -244,7 +267,7 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
     """
 
     def step(state: TrainState, batch: Batch):
-        x, y = batch
+        x, y = xy_batch(batch, "make_train_step")
         params = local_params(state.params, batch, axis_name, "make_train_step",
                               "autodiff would sum the devices' gradients (n_devices × the mean)")
         (loss, acc), grads = jax.value_and_grad(cross_entropy_loss, has_aux=True)(

@@ -189,6 +189,37 @@ def test_salun_masked_updates_is_an_optax_wrapper():
     assert float(p["w"][0]) < 1.0 < float(p["w"][2])
 
 
+def test_masked_updates_takes_a_users_prefix_or_bool_mask_and_refuses_a_misfit():
+    """A user's "unlearn the head only" mask as optax.masked writes it (a prefix of the
+    parameters, Python bools) failed with a bare AttributeError; a misfit is a ConfigError."""
+    p = {"body": {"w": jnp.ones(3), "b": jnp.ones(2)}, "head": {"w": jnp.ones(3)}}
+    g = jax.tree.map(jnp.ones_like, p)
+    for mask in ({"body": False, "head": True},
+                 {"body": {"w": False, "b": 0.0}, "head": {"w": jnp.ones(3, bool)}}):
+        tx = train.skip_nonfinite(baselines.masked_updates(optax.adamw(0.1), mask))
+        new = jax.jit(lambda p: optax.apply_updates(p, tx.update(g, tx.init(p), p)[0]))(p)
+        assert jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), new["body"],
+                            p["body"]) == {"w": True, "b": True}
+        assert float(new["head"]["w"][0]) < 1.0
+    with pytest.raises(ConfigError, match="mask does not fit"):
+        baselines.masked_updates(optax.sgd(0.1), {"head": True, "neck": False}).init(p)
+
+
+def test_objectives_refuse_a_loss_fn_returning_loss_and_aux():
+    """loss_fn is losses only: a has_aux-style (losses, aux) failed in jnp.mean with a bare
+    TypeError about tuples; now a ConfigError that names the contract."""
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    aux_loss = lambda p, b: (loss_fn(p, b), b[1])
+    p, b = jnp.eye(3), (jnp.eye(3), jnp.arange(3))
+    calls = [lambda: baselines.neggrad(aux_loss).update(p, (), b),
+             lambda: baselines.neggrad_plus(aux_loss, 0.5).update(p, (), b, b),
+             lambda: baselines.descent(aux_loss).update(p, (), b),
+             lambda: baselines.weighted_descent(aux_loss).update(p, (), b + (jnp.ones(3),))]
+    for call in calls:
+        with pytest.raises(ConfigError, match="per-example losses of shape"):
+            jax.eval_shape(call)
+
+
 def test_baseline_on_a_mesh_equals_one_device(setup):
     arch, params, split, val = setup
     cfg = baselines.C.NegGradPlusConfig(epochs=1, batch_size=64)

@@ -927,6 +927,34 @@ def test_chunks_need_per_example_losses(digits_splits):
         jax.jit(chunked.update)(params, chunked.init(params), (x, y), (x, y))
 
 
+def test_gradtau_objective_refuses_a_loss_fn_returning_loss_and_aux():
+    """A has_aux-style loss_fn ((losses, aux), or a model's updated batch_stats) failed in
+    jnp.mean with a bare TypeError, whole or in chunks; now a ConfigError naming the contract."""
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    aux_loss = lambda p, b: (loss_fn(p, b), b[1])
+    b = (jnp.eye(16, 3), jnp.arange(16) % 3)
+    for chunk in (None, 8):
+        with pytest.raises(ConfigError, match="not \\(losses, aux\\)"):
+            jax.eval_shape(lambda: G.gradtau_objective(aux_loss, jnp.eye(3), b, b, 2.0, 0.5,
+                                                       chunk=chunk))
+    gt = G.nabla_tau(aux_loss, alpha=0.5, tau=2.0)
+    with pytest.raises(ConfigError, match="returned a tuple"):
+        jax.eval_shape(gt.update, jnp.eye(3), gt.init(jnp.eye(3)), b, b)
+
+
+def test_nabla_tau_takes_its_state_back_as_a_restored_dict():
+    """orbax's restore(path) without a target gives GradTauState back as a dict: update failed
+    with a bare AttributeError; the dict now resumes the same step, anything else is refused."""
+    gt = G.nabla_tau(train.per_example_ce(lambda p, x: x @ p), alpha=0.5, tau=2.0)
+    p, b = jnp.eye(3), (jnp.eye(3), jnp.arange(3))
+    state = G.GradTauState(jnp.int32(4), jnp.float32(2.0))
+    want = jax.eval_shape(gt.update, p, state, b, b)
+    got = jax.eval_shape(gt.update, p, state._asdict(), b, b)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    with pytest.raises(ConfigError, match="not the GradTauState"):
+        gt.update(p, (4, 2.0), b, b)
+
+
 def test_nabla_tau_refuses_a_tau_or_alpha_it_would_misuse():
     # τ of shape (n,) (a tau_fn without its .mean()) failed in lax.cond with a bare TypeError;
     # α outside [0, 1] or a NaN τ ran, degrading the model (or skipped every step, silently).

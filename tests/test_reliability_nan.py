@@ -134,6 +134,31 @@ def test_guards_keep_the_old_state_on_their_own_and_however_many_in_a_row():
         assert u["w"].tolist() == [0.0] * 3 and not bool(train.update_was_finite(s))
 
 
+def test_update_was_finite_reads_a_guard_inside_the_users_chain():
+    """A skip_nonfinite inside a user's chain / inject_hyperparams / SalUn's masked_updates was
+    not read (True: "no guard"), so apply_step counted the skipped update as a step and a loop
+    keeping its ∇τ state on skipped steps ran α a step ahead. (Inside MultiSteps it is left
+    unread: stale between the k-th calls.)"""
+    import optax
+
+    from hyperforget_jax.unlearn import baselines
+
+    p = {"w": jnp.ones(3)}
+    nan = {"w": jnp.array([jnp.nan, 1.0, 1.0])}
+    guarded = lambda lr=0.1: train.skip_nonfinite(optax.sgd(lr))
+    for tx in (optax.chain(optax.clip_by_global_norm(1.0), guarded()),
+               optax.inject_hyperparams(guarded)(lr=0.1),
+               baselines.masked_updates(guarded(), {"w": jnp.ones(3)})):
+        @jax.jit
+        def check(s, tx=tx):
+            flags = [train.update_was_finite(tx.update(g, s, p)[1]) for g in ({"w": p["w"]}, nan)]
+            return flags, train.apply_step(train.TrainState(jnp.int32(0), p, s), nan,
+                                           jnp.float32(1.0), tx)
+        (ok, bad), (ts, finite) = check(tx.init(p))
+        assert bool(ok) and not bool(bad) and not bool(finite)
+        assert int(ts.step) == 0 and ts.params["w"].tolist() == [1.0] * 3
+
+
 def test_fleet_names_member_and_step(arch, digits_splits):
     seeds = [0, 1]
     n = len(digits_splits.train)

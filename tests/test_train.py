@@ -4,6 +4,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from hyperforget_jax import data, models, params as P, train
@@ -532,3 +533,19 @@ def test_entry_points_run_under_strict_dtype_promotion_with_the_same_bits(digits
         got = run()
         assert jax.config.jax_numpy_dtype_promotion == "strict"
     chex.assert_trees_all_equal(got, expected)
+
+
+def test_per_example_ce_and_train_step_refuse_batches_that_are_not_x_y():
+    """A TFDS-style dict batch was unpacked into its two keys (the model applied to the string
+    "image": a bare TypeError); (x, y, w) failed with "too many values to unpack"."""
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    p, x, y = jnp.eye(3), jnp.eye(3), jnp.arange(3)
+    assert loss_fn(p, [x, y]).shape == (3,)
+    for batch, what in (({"image": x, "label": y}, "a dict with keys"),
+                        ((x, y, y), "a tuple of 3")):
+        with pytest.raises(ConfigError, match=f"takes batches \\(x, y\\), got {what}"):
+            jax.eval_shape(loss_fn, p, batch)
+    tx = optax.sgd(0.1)
+    step = train.make_train_step(lambda p, x: x @ p, tx)
+    with pytest.raises(ConfigError, match="make_train_step takes batches"):
+        jax.eval_shape(step, train.TrainState(jnp.int32(0), p, tx.init(p)), {"image": x, "y": y})

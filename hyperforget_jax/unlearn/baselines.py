@@ -85,6 +85,7 @@ def descent(loss_fn: Callable, axis_name: str | None = None) -> Objective:
     """Plain descent on a batch: Fine-tune, and Random labels / SalUn (whose batches carry
     the random labels). ``update(params, state, batch)``; ``axis_name``: see
     :func:`_stateless`."""
+    loss_fn = microbatch.per_example_losses(loss_fn)
     return _stateless(lambda p, b: jnp.mean(loss_fn(p, b)), axis_name)
 
 
@@ -97,6 +98,7 @@ def weighted_descent(loss_fn: Callable) -> Objective:
     """Descent on the weighted mean loss of ``batch = (x, y, w)`` (:func:`_weighted_mean`:
     Random labels / SalUn with a forget set smaller than the batch). No ``axis_name``: a
     weighted mean is not the mean of the devices' weighted means."""
+    loss_fn = microbatch.per_example_losses(loss_fn)
     return _stateless(lambda p, b: _weighted_mean(loss_fn(p, b[:2]), b[2]),
                       who="weighted_descent",
                       fix="it takes no axis_name (a weighted mean is not the mean of the "
@@ -108,12 +110,14 @@ def weighted_descent(loss_fn: Callable) -> Objective:
 def neggrad(loss_fn: Callable, axis_name: str | None = None) -> Objective:
     """NegGrad (gradient ascent): minimise −mean loss on a forget batch.
     ``update(params, state, forget_batch)``; ``axis_name``: see :func:`_stateless`."""
+    loss_fn = microbatch.per_example_losses(loss_fn)
     return _stateless(lambda p, fb: -jnp.mean(loss_fn(p, fb)), axis_name)
 
 
 def neggrad_plus(loss_fn: Callable, beta: Any, axis_name: str | None = None) -> Objective:
     """NegGrad+: β·L(B_r) − (1 − β)·L(B_f). ``update(params, state, forget_batch,
     retain_batch)``; ``axis_name``: see :func:`_stateless`."""
+    loss_fn = microbatch.per_example_losses(loss_fn)
     return _stateless(lambda p, fb, rb: beta * jnp.mean(loss_fn(p, rb))
                       - (1 - beta) * jnp.mean(loss_fn(p, fb)), axis_name)
 
@@ -154,10 +158,28 @@ def bad_teacher(apply_fn: Callable, temperature: Any,
 def masked_updates(tx: optax.GradientTransformation, mask: Params
                    ) -> optax.GradientTransformation:
     """``tx`` whose updates are multiplied by ``mask`` (1 keeps, 0 freezes): SalUn's masked
-    update — the weights outside the saliency mask keep their original values exactly."""
-    return optax.chain(tx, optax.stateless(
-        lambda updates, params=None: jax.tree.map(lambda u, m: u * m.astype(u.dtype),
-                                                  updates, mask)))
+    update — the weights outside the saliency mask keep their original values exactly.
+
+    ``mask`` has the parameters' structure, or is a prefix of it (``{"body": False, "head":
+    True}`` freezes a whole subtree, as ``optax.masked``'s masks do); its leaves are numbers,
+    bools or arrays that broadcast to their parameters. A mask of another structure is refused
+    at ``init`` (:class:`ConfigError`); Python bools failed with a bare AttributeError."""
+    def apply_mask(updates):
+        return jax.tree.map(lambda m, sub: jax.tree.map(lambda u: u * jnp.asarray(m, u.dtype),
+                                                        sub), mask, updates)
+
+    def init(params):
+        try:
+            jax.eval_shape(apply_mask, params)
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"masked_updates: the mask does not fit the parameters ({e}); "
+                              "give it the parameters' structure (e.g. jax.tree.map(lambda p: "
+                              "1.0, params)) or a prefix of it, with numbers or bools as "
+                              "leaves") from None
+        return optax.EmptyState()
+
+    return optax.chain(tx, optax.GradientTransformation(
+        init, lambda updates, state, params=None: (apply_mask(updates), state)))
 
 
 def sgd(lr: Any, momentum: Any, weight_decay: Any) -> optax.GradientTransformation:

@@ -356,6 +356,7 @@ def gradtau_objective(loss_fn: Callable, params: Params, forget_batch: Batch,
       (``ascent``: the ascent term was on, −2α·ReLU(τ − L_f) ≠ 0, so the forget batch's
       backward ran).
     """
+    loss_fn = microbatch.per_example_losses(loss_fn)
     # Rows split over a shard_map axis that the (replicated) parameters do not vary over: one
     # model, one batch, so the means must be global (a fleet with one model per device is not).
     params = microbatch.local_params(
@@ -539,6 +540,7 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
             raise ConfigError(f"update got {len(tau_args)} tau_args, which only tau_fn reads, "
                               "but only a constant tau= is given; pass tau_fn= to nabla_tau, "
                               "or drop the arguments after retain_batch")
+        state = _as_state(state)
         if tau_fn is not None:
             state = refresh_tau(state, params, tau_fn, refresh_every, *tau_args,
                                 axis_name=axis_name)
@@ -552,6 +554,19 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
         return grads, GradTauState(state.count + 1, state.tau), metrics
 
     return GradTau(init, update)
+
+
+def _as_state(state: Any) -> GradTauState:
+    """``state`` as a :class:`GradTauState`: a checkpoint restored without a target (orbax's
+    ``restore(path)``) gives it back as a dict ``{"count", "tau"}``, which failed with a bare
+    AttributeError; anything else is refused."""
+    if isinstance(state, GradTauState):
+        return state
+    if isinstance(state, dict) and set(state) == set(GradTauState._fields):
+        return GradTauState(**state)
+    raise ConfigError(f"update's state is a {type(state).__name__}, not the GradTauState of "
+                      "init (count, tau); restore a checkpoint with its target, or pass "
+                      "GradTauState(**restored)")
 
 
 def _check_alpha(alpha: Any, name: str, scalar: bool = True) -> None:
