@@ -183,6 +183,16 @@ def check_unit_images(x, what: str) -> np.ndarray:
     return a
 
 
+def integer_inputs_fix(dtype) -> str:
+    """What to do with integer inputs: uint8 images are divided by 255, but token ids (a user's
+    ``nn.Embed`` model) must stay ids: "divide by 255" turned every id below 255 into 0."""
+    images = ("uint8 images: build the dataset with hf.data.from_arrays (which scales them to "
+              "[0, 1]) or divide by 255")
+    tokens = ("integer token ids: pass x.astype(np.float32) and cast back inside the model "
+              "(x.astype(jnp.int32) before nn.Embed; exact below 2**24)")
+    return f"{images}; {tokens}" if np.dtype(dtype) == np.uint8 else f"{tokens}; {images}"
+
+
 def _check(x: np.ndarray, y: np.ndarray, name: str) -> None:
     if x.ndim != 4:
         raise DataError(f"{name}: images must be (N, H, W, C), got shape {x.shape}; "

@@ -20,7 +20,7 @@ import numpy as np
 
 from hyperforget_jax import xla
 from hyperforget_jax.config import is_scalar_number
-from hyperforget_jax.data import _check_seed
+from hyperforget_jax.data import _check_seed, integer_inputs_fix
 from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.params import committed
 
@@ -152,8 +152,8 @@ def _check_xy(x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
     if not jnp.issubdtype(x.dtype, jnp.floating):        # bfloat16 and float8 included
         # fit / unlearn / evaluate_unlearning refuse them too (Architecture.check_inputs): a
         # uint8 image reached the model unscaled, 0..255, and scored a silently wrong accuracy.
-        raise DataError(f"x has dtype {x.dtype}; the models take floating-point images in "
-                        "[0, 1]: divide uint8 images by 255 (hf.data.from_arrays does)")
+        raise DataError(f"x has dtype {x.dtype}; the models take floating-point inputs. "
+                        f"{integer_inputs_fix(x.dtype)}")
     if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
         raise DataError("x contains NaN or inf values; clean or re-prepare the dataset")
     return x, y

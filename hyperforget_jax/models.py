@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from hyperforget_jax import layers
+from hyperforget_jax import data, layers
 from hyperforget_jax.config import whole_number
 from hyperforget_jax.errors import ArchitectureError, CheckpointError, ConfigError, DataError
 
@@ -370,8 +370,7 @@ class Architecture:
         dtype = np.asarray(x).dtype if dtype is None else dtype
         if not jnp.issubdtype(dtype, jnp.floating):       # bfloat16 included
             raise DataError(f"{what} has images of dtype {dtype}; the models take floating-point "
-                            "images in [0, 1]: build the dataset with hf.data.from_arrays "
-                            "(which scales uint8) or divide by 255")
+                            f"inputs. {data.integer_inputs_fix(dtype)}")
         if labels is None or not np.size(labels):
             return
         y = np.asarray(labels)
@@ -549,6 +548,13 @@ def make_architecture(name: str, input_shape: tuple[int, int, int] | None = (28,
                           "axis (x[..., None]) and flat vectors their image shape "
                           "(x.reshape(N, H, W, C)), or build the data with "
                           "hf.data.from_arrays, which checks it")
+    if name == "cnn" and min(input_shape[:2]) < 4:
+        # Its two 2×2 pools leave no feature (a ZeroDivisionError inside Flax's initialiser):
+        # channel-first (1, 8, 8) digits, or (D, 1, 1) feature vectors, reach it this way.
+        raise ConfigError(f"the cnn pools twice by 2, so it needs images of at least 4×4 "
+                          f"(H, W, C), got input_shape {input_shape}; channel-first images "
+                          "(N, C, H, W) need x.transpose(0, 2, 3, 1), and feature vectors a "
+                          "model that flattens its input (\"mlp\")")
     return Architecture(name, input_shape, num_classes)
 
 

@@ -29,7 +29,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import params as P_, xla
 from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT, check_config, field
-from hyperforget_jax.errors import ArchitectureError, ConfigError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
 from hyperforget_jax.microbatch import local_params
 from hyperforget_jax.models import ARCHITECTURES, as_model, is_import_path, model_of
 
@@ -147,7 +147,18 @@ def per_example_ce(apply_fn: Callable) -> Callable:
     """
     def loss_fn(params, batch):
         x, y = xy_batch(batch, "per_example_ce")
-        return optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, x), y)
+        logits = apply_fn(params, x)
+        # Shapes and dtypes are static: checked while tracing, nothing enters the program. A
+        # (B, 1) label column from a data loader failed inside optax ("indices and arr must
+        # have the same number of dimensions; 3 vs. 2"), one-hot labels as a dtype error.
+        if jnp.shape(y) != jnp.shape(logits)[:-1] or not jnp.issubdtype(jnp.result_type(y),
+                                                                         jnp.integer):
+            raise DataError(f"per_example_ce: labels of shape {jnp.shape(y)} and dtype "
+                            f"{jnp.result_type(y)} for logits of shape {jnp.shape(logits)}; "
+                            f"pass integer class ids of shape {jnp.shape(logits)[:-1]}: "
+                            "y[:, 0] for a (B, 1) column, y.argmax(-1) for one-hot labels, "
+                            "y.astype(jnp.int32) for whole-number floats")
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
     return loss_fn
 
 

@@ -974,3 +974,49 @@ def test_resumes_never_continue_another_run(ctx, tmp_path):
     np.savez(path, **arrays)
     with pytest.raises(CheckpointError, match="do not match the digest"):
         H.load_hypernet(path)
+
+
+def test_a_user_models_prompt_takes_the_inputs_its_corpus_was_built_on(digits_splits):
+    """Standardised features trained a user's model, its corpus and its hypernetwork, then
+    make_prompt refused them: "images must lie in [0, 1] (divide 0..255 images by 255)". A
+    registered model still refuses them (it takes [0, 1] images)."""
+    from hyperforget_jax.hyperforget import dihyfo as H
+    train = digits_splits.train.subset(np.arange(300))
+    train = train.replace(x=train.x * 4 - 2)                                 # in [-2, 2]
+    user = models.as_model(models.MLP(hidden=(10,)), (8, 8, 1), 10)
+    params = user.init(jax.random.key(0))
+    prompt = H.make_prompt(H.Hypernet(tiny_hyperspec(user, "dihyfo2"), None), params, train,
+                           (3,))
+    logp = jax.nn.log_softmax(user.apply(params, train.x))[np.arange(len(train)), train.y]
+    assert float(prompt.forget_start) == pytest.approx(-float(logp[train.y == 3].mean()), 1e-5)
+    registered = models.make_architecture("gpt_mlp", (8, 8, 1))
+    with pytest.raises(DataError, match=r"values in \[-2, 2\]; images must lie in \[0, 1\]"):
+        H.make_prompt(H.Hypernet(tiny_hyperspec(registered, "dihyfo2"), None), params, train,
+                      (3,))
+    nan = train.replace(x=np.where(np.arange(len(train))[:, None, None, None] == 0, np.nan,
+                                   train.x))
+    with pytest.raises(DataError, match="NaN or inf"):
+        H.make_prompt(H.Hypernet(tiny_hyperspec(user, "dihyfo2"), None), params, nan, (3,))
+
+
+def test_integer_inputs_are_told_how_token_ids_pass_not_only_to_divide_by_255():
+    """Token ids for a user's nn.Embed model were told "divide by 255", which maps every id
+    below 255 to 0 once the model casts back; uint8 images are still told to divide."""
+    arch = models.make_architecture("gpt_mlp", (4, 1, 1))
+    tokens = np.arange(8, dtype=np.int32).reshape(2, 4, 1, 1)
+    for check in (lambda x: arch.check_inputs(x, "data"),
+                  lambda x: __import__("hyperforget_jax.metrics").metrics._check_xy(
+                      x, np.zeros(2, np.int32))):
+        with pytest.raises(DataError, match=r"int32.*token ids: pass x.astype\(np.float32\)"):
+            check(tokens)
+        with pytest.raises(DataError, match=r"uint8.*uint8 images: .*divide by 255"):
+            check(tokens.astype(np.uint8))
+
+
+def test_the_cnn_refuses_images_its_pools_leave_empty():
+    """Channel-first (1, 8, 8) digits, or (D, 1, 1) feature vectors, given to the registered
+    cnn failed with a ZeroDivisionError inside Flax's initialiser."""
+    for shape in ((1, 8, 8), (7, 1, 1), (3, 32, 32)):
+        with pytest.raises(ConfigError, match=r"at least 4×4 .*x.transpose\(0, 2, 3, 1\)"):
+            models.make_architecture("cnn", shape)
+    assert models.make_architecture("cnn", (4, 4, 1)).param_count > 0

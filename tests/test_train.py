@@ -549,3 +549,18 @@ def test_per_example_ce_and_train_step_refuse_batches_that_are_not_x_y():
     step = train.make_train_step(lambda p, x: x @ p, tx)
     with pytest.raises(ConfigError, match="make_train_step takes batches"):
         jax.eval_shape(step, train.TrainState(jnp.int32(0), p, tx.init(p)), {"image": x, "y": y})
+
+
+def test_per_example_ce_names_a_label_column_one_hot_or_float_labels():
+    """A (B, 1) label column failed inside optax ("indices and arr must have the same number of
+    dimensions; 3 vs. 2"), inside a user's jitted ∇τ or baseline step; one-hot and float labels
+    as a dtype error. uint8 ids are ids."""
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    y = np.array([0, 1, 2, 1], np.int32)
+    x, p = np.eye(3, dtype=np.float32)[y], np.eye(3, dtype=np.float32)
+    # Traced only (as under jit, where the check runs): nothing is compiled.
+    assert jax.eval_shape(loss_fn, p, (x, y.astype(np.uint8))).shape == (4,)
+    for bad, fix in ((y[:, None], r"y\[:, 0\]"), (np.eye(3, dtype=np.int32)[y], r"y.argmax\(-1\)"),
+                     (y.astype(np.float32), r"y.astype\(jnp.int32\)")):
+        with pytest.raises(DataError, match=rf"labels of shape .*of shape \(4,\): .*{fix}"):
+            jax.eval_shape(loss_fn, p, (x, bad))

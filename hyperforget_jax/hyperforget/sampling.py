@@ -104,7 +104,8 @@ def make_prompt(net: Hypernet, params: Params, train: data.Dataset, classes,
         positive finite loss.
       ArchitectureError: ``params`` are not the hypernetwork's architecture.
       NonFiniteError: ``params`` hold NaN/inf.
-      DataError: ``train`` is not a Dataset of the architecture's images in [0, 1].
+      DataError: ``train`` is not a Dataset of the architecture's inputs (images in [0, 1] for
+        a registered model).
     """
     classes = data.ForgetRequest(classes=classes).classes    # ints: 3.5 refused, not truncated
     check_request(net.spec, classes)
@@ -283,13 +284,19 @@ def sample_many(keys: jax.Array, net: Hypernet, params: Params, prompts: Prompt,
 
 
 def _check_train(net: Hypernet, train: Any) -> None:
-    """Raises unless ``train`` is a Dataset of the images the hypernetwork's architecture takes,
-    in [0, 1] (another dataset's images failed inside flax, after the ``k`` samples)."""
+    """Raises unless ``train`` is a Dataset of the inputs the hypernetwork's architecture takes
+    (another dataset's images failed inside flax, after the ``k`` samples): finite, and images
+    in [0, 1] for a registered model. A user's model takes what its corpus was built on, as
+    ``fit`` and ``build_corpus`` do: standardised features were refused here, after a corpus
+    and a hypernetwork had been built on them, with "divide 0..255 images by 255"."""
     if not isinstance(train, data.Dataset):
         raise DataError(f"the training set must be a Dataset (e.g. splits.train), got "
                         f"{type(train).__name__}")
     net.spec.arch.check_inputs(train.x, "training set", labels=train.y)
-    data.check_unit_images(train.x, "the training set")
+    if net.spec.arch.registered:
+        data.check_unit_images(train.x, "the training set")
+    elif np.size(train.x) and not np.isfinite(train.x).all():
+        raise DataError("the training set holds NaN or inf values; clean the data first")
 
 
 def sample_best_of(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt,
