@@ -483,14 +483,22 @@ def _check_place(out: Path, reads: Sequence[str | os.PathLike], flag: str
 
 
 def check_output(path: str | os.PathLike, *, reads: Sequence[str | os.PathLike] = (),
-                 flag: str = "--out") -> None:
+                 flag: str = "--out", known: dict | None = None) -> None:
     """The checks of :func:`open_run` that need no identity, for a command that must do long
     work before it knows its output's identity: ``path`` is not one of ``reads``, not a file,
-    and not a non-empty directory that holds no run. :func:`open_run` repeats them."""
+    and not a non-empty directory that holds no run. ``known``: the fields of the identity
+    known up front (role, method, request, ...); a run there that differs in one of them is
+    refused now, not after the long work (``unlearn`` first trained an original into an empty
+    ``--run-dir``, then exited 2 on an ``--out`` holding another command's run). A field the
+    stored identity lacks (an older version's) is left to :func:`open_run`. It repeats them."""
     out = _abs(path)
     _, stored, others = _check_place(out, reads, flag)
     if stored is None:          # refused if it holds anything (a legacy run is not an output)
         _check_identity(out, None, {}, others, flag, False)
+    elif known:
+        wanted = json.loads(json.dumps(known))      # as stored: lists, not tuples
+        _check_identity(out, {k: v for k, v in stored.items() if k in wanted},
+                        {k: v for k, v in wanted.items() if k in stored}, others, flag, False)
 
 
 def _or_legacy(out: Path, stored: dict | None, others: list[str],

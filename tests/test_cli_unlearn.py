@@ -74,6 +74,10 @@ def test_errors_exit_2_with_one_line(tmp_path, capsys, argv, match):
     (["--method", "scrub", "--config.msteps=4"], "--config.msteps: ScrubConfig.msteps must be <="),
     (["--method", "gradtau", "--config.tau_mode=chance", "--config.tau_refresh_epochs=2"],
      "tau_refresh_epochs=2 refreshes τ, but tau_mode='chance' is log K, a constant"),
+    (["--method", "gradtau", "--config.epochs=3", "--config.max_epochs=1"],
+     "max_epochs=1 would be ignored"),
+    # Refused only after the original was trained into the empty --run-dir (exit code 2).
+    (["--method", "retrain", "--config.lr=0.1"], "drop the --config.* flags"),
 ])
 def test_config_flags_a_method_would_ignore_are_refused(tmp_path, capsys, argv, match):
     # They were accepted, recorded in results.json's info.config, and had no effect.
@@ -167,3 +171,19 @@ def test_the_data_s_fingerprint_decides_over_the_name_it_was_recorded_under(digi
         common.check_same_data(other, args, digits_splits, "h")
     with pytest.raises(DataError, match="differs from what the model"):
         common.check_same_data({**other, "dataset": "digits"}, args, digits_splits, "h")
+
+
+def test_an_out_holding_another_run_is_refused_before_the_original_is_trained(tmp_path, capsys):
+    # The --out check knew no identity: the original was trained into the empty --run-dir,
+    # then the command exited 2 on the --out of `train`, leaving that run behind.
+    from hyperforget_jax import rundir
+    other = tmp_path / "other"
+    with rundir.open_run(other, {"role": "original"}) as made:
+        (made.path / "results.json").write_text("{}")
+    run = tmp_path / "run"
+    rc = cli.main(["unlearn", "--dataset", "digits", "--run-dir", str(run), "--quiet",
+                   "--method", "neggrad", "--forget-class", "3", "--out", str(other)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "holds an 'original' run, not an 'unlearned' one" in err
+    assert not run.exists()

@@ -157,6 +157,20 @@ def test_mixture_prior_draws_around_fixed_means_and_travels_with_the_arch(one_it
                                                         jax.tree.leaves(other.g_params)))
 
 
+@pytest.mark.parametrize("fields", [dict(width=8), dict(arch="mlp", width=8),
+                                    dict(latent_prior="normal", mixture_components=5),
+                                    dict(latent_prior="normal", mixture_sigma=9.0)])
+def test_train_gan_refuses_a_field_the_built_pair_never_reads(fields):
+    # train_gan on 8×8 images (auto: the mlp pair) trained the default pair and returned an
+    # arch with width=8; a normal prior dropped the mixture's K and σ. The CLI refused both.
+    from hyperforget_jax import data
+    from hyperforget_jax.gan.train import train_gan
+    images = data.from_arrays(np.zeros((4, 8, 8, 1), np.float32), np.arange(4) % 2)
+    (name, _), = ((k, v) for k, v in fields.items() if k != "arch" and k != "latent_prior")
+    with pytest.raises(ConfigError, match=f"GANConfig.{name}=.* would be ignored"):
+        train_gan(images, GANConfig(epochs=1, **fields))
+
+
 def test_auto_arch_is_the_dcgan_where_it_fits():
     assert GANConfig().arch == "auto"
     assert make_gan_arch("auto", (28, 28, 1)).name == "dcgan"

@@ -108,6 +108,28 @@ def test_finetune_refuses_every_ascent_field_it_would_ignore(field, value):
     assert make_plan(split, cfg, 0, None, "gradtau").static   # ∇τ takes it
 
 
+@pytest.mark.parametrize("given, unread", [
+    ({"epochs": 5}, {"max_epochs": 2}), ({"alpha0": 0.5}, {"alpha_scale": 0.1}),
+    ({"alpha0": 0.5}, {"alpha_max": 0.2}), ({"alpha0": 0.0}, {"tau_mode": "val"})])
+def test_gradtau_refuses_a_field_that_another_makes_unread(given, unread):
+    # In combination: epochs=5 with max_epochs=2 ran 5 forget-epochs, alpha0=0.5 with
+    # alpha_max=0.2 ran α₀ = 0.5, alpha0=0 ran no τ; each recorded the other field as given.
+    from hyperforget_jax.unlearn.gradtau_run import make_plan
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
+    ds = lambda n: data.from_arrays(np.zeros((n, 2, 2, 1), np.float32), np.arange(n) % 2,
+                                    num_classes=2)
+    split = data.ForgetSplit(ds(10), ds(30), np.arange(10), np.arange(30))
+    (name, _), = unread.items()
+    cfg = G.GradTauConfig(**given, **unread)
+    with pytest.raises(ConfigError, match=f"{name}=.* would be ignored"):
+        make_plan(split, cfg, 0, None, "gradtau")
+    if name != "tau_mode":     # the stream refuses any tau_mode already
+        with pytest.raises(ConfigError, match=f"{name}=.* would be ignored"):
+            run_gradtau_stream("mlp", {}, lambda e: [], n_forget=10, n_retain=30,
+                               config=cfg, tau=1.0)
+    assert make_plan(split, G.GradTauConfig(**given), 0, None, "gradtau").static  # alone: fine
+
+
 def test_schedules_are_held_per_forget_epoch():
     # Official code: α and the learning rate stepped once per forget-epoch (LinearLR).
     a = G.alpha_schedule_fn(0.6, epochs=3, steps_per_epoch=4)

@@ -31,7 +31,8 @@ from hyperforget_jax.errors import ConfigError, ForgetRequestError, RunDirError
 from hyperforget_jax.evaluation import (GAP_LABELS, evaluate_unlearning, gap_keys,
                                         gap_to_retrain)
 from hyperforget_jax import report
-from hyperforget_jax.unlearn.gradtau_run import ASCENT_FIELDS, refuse_unread_refresh
+from hyperforget_jax.unlearn.gradtau_run import (ASCENT_FIELDS, refuse_overridden,
+                                                 refuse_unread_refresh)
 
 # The package, not the `unlearn` function that hyperforget_jax/__init__.py re-exports.
 U = importlib.import_module("hyperforget_jax.unlearn")
@@ -112,7 +113,8 @@ def _method_config(args, cfg: train.TrainConfig):
         if args._method_flags.given(args):
             raise ConfigError("--method retrain uses the original's training recipe (that is "
                               "what makes it Retrain); drop the --config.* flags")
-        return dataclasses.replace(cfg, seed=args.method_seed)
+        # None: the up-front check of cmd_unlearn, before the original's recipe is known.
+        return None if cfg is None else dataclasses.replace(cfg, seed=args.method_seed)
     ascent = [f for f in ASCENT_FIELDS if f in args._method_flags.given(args)]
     if args.method == "finetune" and ascent:
         # unlearn() runs finetune as ∇τ with α ≡ 0: α and τ fields would be silently unused.
@@ -134,16 +136,21 @@ def cmd_unlearn(args) -> int:
     if ident is not None:
         common.check_same_data({"identity": ident}, args, splits, args.run_dir)
     fsplit = data.resolve_forget(splits.train, request)
-    if args.method != "retrain":
-        config = _method_config(args, None)  # a bad --config.* fails before any work
-        if args.method == "gradtau":
-            refuse_unread_refresh(config)
+    # A bad --config.* fails before any work (retrain's before the original is trained in an
+    # empty --run-dir, which then stayed behind an exit code 2).
+    config = _method_config(args, None)
+    if args.method == "gradtau":
+        refuse_unread_refresh(config)
+    if args.method in ("gradtau", "finetune"):
+        refuse_overridden(config)
     # A method seed other than 0 is part of the default name (a sweep over --seed needs no
     # --out per seed); --config.* fields are not: such a run needs its own --out.
     seed = f"-method-seed-{args.method_seed}" if args.method_seed else ""
     out = args.out or Path(args.run_dir) / "unlearn" / f"{args.method}-{slug(request)}{seed}"
     # A bad --out is refused before the original is trained (open_run checks it again).
-    rundir.check_output(out, reads=[args.run_dir], flag="--out")
+    rundir.check_output(out, reads=[args.run_dir], flag="--out", known={
+        "role": "unlearned", "method": args.method, "seed": args.method_seed,
+        "request": request.to_json(), **common.data_identity(args, splits)})
     stage = _Stages(common.progress(args), 4 if args.no_retrain else 7)
     try:
         arch, params, cfg, how, orig_identity = _original(args, splits, stage)

@@ -133,6 +133,25 @@ def gan_arch_of(cfg: GANConfig, image_shape: tuple[int, int, int], generator=Non
                          cfg.mixture_sigma, generator=generator, discriminator=discriminator)
 
 
+def refuse_unused_fields(cfg: GANConfig, arch: GANArch) -> None:
+    """Raises ConfigError for a field of ``cfg`` that the GAN ``arch`` built from it never reads,
+    set to other than its default: ``width`` with the dense ``mlp`` pair (``arch="auto"`` on
+    8×8 digits included: fixed hidden sizes) and the mixture's ``mixture_components`` /
+    ``mixture_sigma`` with another prior. ``train_gan`` trained the same pair as with the
+    default and returned an arch whose ``width`` read as given (the CLI refused the flags)."""
+    default = GANConfig()
+    unused = ["width"] if arch.name == "mlp" else []
+    if cfg.latent_prior != "mixture":
+        unused += ["mixture_components", "mixture_sigma"]
+    for name in unused:
+        if getattr(cfg, name) != getattr(default, name):
+            why = ("the dcgan pair's channels; the dense mlp pair has fixed hidden sizes"
+                   if name == "width" else f"the mixture prior; z is drawn from the "
+                   f"{cfg.latent_prior} prior")
+            raise ConfigError(f"GANConfig.{name}={getattr(cfg, name)!r} would be ignored: it "
+                              f"sets {why}; drop {name}")
+
+
 def make_optimizer(lr: float = 2e-4, beta1: float = 0.5) -> optax.GradientTransformation:
     return optax.adam(lr, b1=beta1, b2=0.999)
 
@@ -256,7 +275,8 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
 
     Raises:
       ConfigError: ``train`` not a Dataset, ``cfg`` not a GANConfig, ``save_every`` not a
-        positive integer while checkpointing.
+        positive integer while checkpointing, a field the built pair never reads
+        (:func:`refuse_unused_fields`).
       NonFiniteError: a step produced NaN/inf (named in the message).
     """
     t0 = time.perf_counter()
@@ -270,6 +290,7 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
     if np.ndim(train.x) != 4:
         raise DataError(f"training images must be (N, H, W, C), got shape {np.shape(train.x)}")
     arch = gan_arch_of(cfg, train.x.shape[1:], generator, discriminator)
+    refuse_unused_fields(cfg, arch)
     arch.check_images(train.x, "the GAN's training set")
     # One Adam initialises both players' states: Adam's state does not depend on its rate.
     tx = make_optimizer(cfg.lr, cfg.beta1)

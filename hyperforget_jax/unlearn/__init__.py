@@ -215,7 +215,9 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
       ConfigError: unknown method, a config of the wrong type, a negative seed, a ``retrain``
         seed that its TrainConfig's contradicts, a ``finetune`` config that sets an α or τ
         field (``alpha0``, ``alpha_scale``, ``alpha_max``, ``tau_mode``,
-        ``tau_refresh_epochs``: Fine-tune is α ≡ 0 and would ignore it), a ``retrain``
+        ``tau_refresh_epochs``: Fine-tune is α ≡ 0 and would ignore it), a GradTauConfig
+        field that another one makes unread (``max_epochs`` with ``epochs``, ``alpha_scale``
+        / ``alpha_max`` with ``alpha0``, ``tau_mode`` with ``alpha0=0``), a ``retrain``
         TrainConfig whose ``arch`` names another model than ``arch``.
       ForgetRequestError: empty forget or retain set; a split whose indices are negative,
         repeated or shared by both sets; ``forget_classes`` that are not the forget set's

@@ -89,6 +89,28 @@ def refuse_unread_refresh(cfg: G.GradTauConfig) -> None:
                           "current model on the validation set, refreshed) or 'auto'")
 
 
+def refuse_overridden(cfg: G.GradTauConfig) -> None:
+    """Raises ConfigError when one field of ∇τ's config makes another unread and that other
+    is set to other than its default: ``epochs`` replaces the budget that ``max_epochs`` caps
+    (``epochs=5, max_epochs=2`` ran 5 forget-epochs), ``alpha0`` replaces the α₀ that
+    ``alpha_scale`` / ``alpha_max`` compute (``alpha0=0.5, alpha_max=0.2`` ran α₀ = 0.5), and
+    ``alpha0=0`` runs no ascent, so no τ (``tau_mode``). Each ran as if the second field were
+    absent, yet ``info["config"]`` recorded it as given."""
+    default = G.GradTauConfig()
+    unread = [("epochs", "max_epochs", "caps the budget that epochs replaces")] \
+        if cfg.epochs is not None else []
+    if cfg.alpha0 is not None:
+        unread += [("alpha0", f, "sets the α₀ that alpha0 replaces")
+                   for f in ("alpha_scale", "alpha_max")]
+    if cfg.alpha0 == 0:
+        unread += [("alpha0", "tau_mode", "picks the τ of an ascent that alpha0=0 turns off")]
+    for given, name, why in unread:
+        value = getattr(cfg, name)
+        if value != getattr(default, name):
+            raise ConfigError(f"GradTauConfig.{name}={value!r} would be ignored: it {why} "
+                              f"({given}={getattr(cfg, given)!r}); drop {name} or {given}")
+
+
 def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
               forget_classes: tuple[int, ...] | None, method: str = "gradtau") -> Plan:
     """Everything host-side about one ∇τ (``method="gradtau"``) or Fine-tune
@@ -102,6 +124,7 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
         refuse_ascent_fields(cfg)
     else:
         refuse_unread_refresh(cfg)
+    refuse_overridden(cfg)
     if method == "finetune" or cfg.alpha0 == 0:
         alpha0, clamped = 0.0, False
     elif cfg.alpha0 is not None:

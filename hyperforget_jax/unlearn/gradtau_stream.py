@@ -35,7 +35,7 @@ from hyperforget_jax.models import _Programs, as_model
 from hyperforget_jax.params import committed, refuse_traced
 from hyperforget_jax.train_run import _refuse_missing_outputs, check_sync_every
 from hyperforget_jax.unlearn import gradtau as G
-from hyperforget_jax.unlearn.gradtau_run import _check_finite, per_example
+from hyperforget_jax.unlearn.gradtau_run import _check_finite, per_example, refuse_overridden
 
 Params = Any
 Pair = tuple[Any, Any]
@@ -189,6 +189,7 @@ def run_gradtau_stream(arch: Any, params: Params,
         raise ConfigError("run_gradtau_stream needs exactly one of tau= (a constant) and "
                           "tau_fn= (τ of the current model)")
     _refuse_unread(cfg, tau_fn, tau_args)
+    refuse_overridden(cfg)
     model = as_model(arch, input_shape, num_classes)
     refuse_traced(params, "run_gradtau_stream")     # a host loop, as unlearn("gradtau")
     model.check_params(params)
