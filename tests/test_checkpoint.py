@@ -363,6 +363,23 @@ def test_nan_state_refused_and_nothing_written(tmp_path, state):
     assert_trees_equal(restored, state)
 
 
+def test_a_stored_nan_reads_as_corrupt(tmp_path, state, monkeypatch):
+    """docs/guarantees.md §5: a restored checkpoint holding NaN/inf is reported as corrupt
+    (save() never writes one, so its bytes were damaged), never handed back as a state. Written
+    here with save's refusal switched off, as a damaged file or another writer would leave it;
+    no other test reached that check."""
+    from hyperforget_jax import checkpoint_checks
+
+    bad = state._replace(params=jax.tree.map(lambda x: x.at[0].set(jnp.nan), state.params))
+    with Checkpointer(tmp_path) as ckpt:
+        with monkeypatch.context() as m:
+            m.setattr(checkpoint_checks, "first_non_finite", lambda tree: None)
+            ckpt.save(1, bad)
+            ckpt.wait_until_finished()
+        with pytest.raises(CheckpointError, match="corrupt.*NaN/inf"):
+            ckpt.restore(make_state())
+
+
 def test_non_array_leaf_refused_and_nothing_written(tmp_path, state):
     with Checkpointer(tmp_path) as ckpt:
         with pytest.raises(CheckpointError, match=r"leaf 'name' is a str"):

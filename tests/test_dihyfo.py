@@ -547,3 +547,26 @@ def test_default_targets_are_the_medians_of_the_trajectory_endpoints(setup):
         assert forget == pytest.approx(np.median(src.forget_loss[e]), rel=1e-6)
         assert log_ratio == pytest.approx(
             np.median(np.log(src.retain_loss[e] / src.start_retain[e])), rel=1e-5, abs=1e-7)
+
+
+def test_a_prompt_holds_the_start_s_measured_losses_and_the_default_targets(setup,
+                                                                            digits_splits):
+    """HyperForget is conditioned on (L_f, L_r) of the start and their targets (METHODS.md §2):
+    make_prompt measures L_f on the training images of the forgotten classes and L_r on the
+    kept ones, and its default targets are the spec's forget loss and r0 · exp(log-ratio).
+    Nothing else pinned them: the two start losses swapped, or a retain target of r0, sampled
+    under the wrong condition with every other test passing."""
+    _, corpus, net2, _, start = setup
+    train = digits_splits.train
+    prompt = H.make_prompt(net2, start, train, (0, 1))     # test_sample_returns_params_...'s
+    logits = np.asarray(corpus.arch.apply(start, train.x), np.float64)
+    logp = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+    ce = -logp[np.arange(len(train.y)), train.y]
+    forget = np.isin(train.y, (0, 1))
+    f0, r0 = ce[forget].mean(), ce[~forget].mean()
+    assert not np.isclose(f0, r0, rtol=1e-3)     # so that a swap of the two shows
+    df, dr = H.default_targets(net2.spec, 2)
+    np.testing.assert_array_equal(prompt.classes, np.isin(np.arange(10), (0, 1)))
+    np.testing.assert_allclose([prompt.forget_start, prompt.forget_target, prompt.retain_start,
+                                prompt.retain_target], [f0, df, r0, r0 * np.exp(dr)],
+                               rtol=1e-5)

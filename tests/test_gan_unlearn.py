@@ -683,6 +683,13 @@ def test_a_pool_that_reads_low_by_chance_is_confirmed_before_it_stops_the_run(di
     assert ok.stopped == "criteria" and ok.rounds == 10 and ok.kept is None
     assert ok.history[-1]["confirm_share"] == 0.0 and len(seen) == 1
     np.testing.assert_array_equal(_flat(ok), _flat(lone))    # the same run up to that check
+    # The bound is inclusive for the confirmation as for the stop: a pool at exactly max_share
+    # (0, the strictest bound) is confirmed too, and its 10 % refutes it (with "<" it stopped
+    # the run on the pool alone).
+    at_bound = U.unlearn_gan(arch, gan.g_params, gan.d_params, classify=judge(halves),
+                             cfg=dataclasses.replace(confirmed, max_share=0.0, max_rounds=10),
+                             **kw)
+    assert at_bound.stopped == "max_rounds" and at_bound.history[-1]["confirm_share"] > 0
     with pytest.raises(ConfigError, match="confirm_size"):
         U.UnlearnConfig(confirm_size=-1)
     assert U.CLASS_RECIPE.confirm_size == 8192 and U.ITEM_RECIPE.confirm_size == 0
