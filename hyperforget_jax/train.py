@@ -18,7 +18,9 @@ shapes, and dropping a user's model frees them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
+from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -122,12 +124,14 @@ def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransforma
 
 
 def update_was_finite(opt_state: Any) -> jax.Array:
-    """The ``last_finite`` flag of the outermost :func:`skip_nonfinite` (or
-    ``optax.apply_if_finite``) in ``opt_state``, wherever it sits: at the top, or inside
+    """Whether the outermost :func:`skip_nonfinite` (or ``optax.apply_if_finite``) guards in
+    ``opt_state`` all applied their update, wherever they sit: at the top, or inside
     ``optax.chain``, ``inject_hyperparams``, :func:`.baselines.masked_updates` (True when there
     is none). Only a guard at the top was read: one a user's chain held inside reported every
     skipped update as applied, so a loop that keeps its ∇τ state on a skipped step ran α's
-    schedule a step ahead of the learning rate's.
+    schedule a step ahead of the learning rate's. Every guard is read, not the first in tree
+    order: ``optax.multi_transform`` with one guard per group skips one group's update alone,
+    and a flag read from the other group reported that step as applied.
 
     A guard inside ``optax.MultiSteps`` is not read (True): it runs only every k-th call, so
     its flag would be stale on the calls between; wrap the ``MultiSteps`` in
@@ -135,7 +139,8 @@ def update_was_finite(opt_state: Any) -> jax.Array:
     stop = (optax.ApplyIfFiniteState, optax.MultiStepsState)
     guards = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, stop))
               if isinstance(s, optax.ApplyIfFiniteState)]
-    return guards[0].last_finite if guards else jnp.array(True)
+    return functools.reduce(jnp.logical_and, [g.last_finite for g in guards],
+                            jnp.array(True))
 
 
 def per_example_ce(apply_fn: Callable) -> Callable:
@@ -163,12 +168,22 @@ def per_example_ce(apply_fn: Callable) -> Callable:
 
 
 def xy_batch(batch: Batch, who: str) -> tuple[Any, Any]:
-    """``batch`` as ``(x, y)``, or a :class:`ConfigError`: a dict batch ``{"image", "label"}``
+    """``batch`` as ``(x, y)`` (a pair, or any object that unpacks into two, e.g. a user's batch
+    class with ``__iter__``), or a :class:`ConfigError`: a dict batch ``{"image", "label"}``
     was unpacked into its two *keys* (the model was applied to the string "image": a bare
     TypeError), a 3-tuple ``(x, y, w)`` failed with "too many values to unpack"."""
     if isinstance(batch, (tuple, list)) and len(batch) == 2:
         return batch[0], batch[1]
-    what = (f"a dict with keys {sorted(map(str, batch))}" if isinstance(batch, dict)
+    if not isinstance(batch, (Mapping, str, bytes, jax.Array, np.ndarray)):
+        # A user's batch class that unpacks as (x, y) (``__iter__``), as ``x, y = batch`` took
+        # it; a Mapping (a FrozenDict too) would unpack into its keys.
+        try:
+            items = tuple(batch)
+        except TypeError:
+            items = ()
+        if len(items) == 2:
+            return items
+    what = (f"a dict with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping)
             else f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(
                 batch, (tuple, list)) else ""))
     raise ConfigError(f"{who} takes batches (x, y), got {what}; pass (x, y), or write your own "

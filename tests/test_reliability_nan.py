@@ -285,3 +285,22 @@ def test_unlearn_gan_names_a_diverged_original_as_the_cause(digits_splits, monke
                                              r"NaN/inf \(at Dense_0\.bias\); unlearn a finite"):
         GU.unlearn_gan(garch, g, d, retain_x=splits.train.x[8:], forget_x=splits.train.x[:8],
                        heldout_x=splits.val.x, cfg=cfg)
+
+
+def test_update_was_finite_reads_every_guard_of_a_multi_transform():
+    """With one guard per group of ``optax.multi_transform``, only the first in tree order was
+    read: a NaN gradient in the second group skipped that group's update, yet the step was
+    reported as applied (and counted by apply_step)."""
+    import optax
+
+    p = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    guarded = train.skip_nonfinite(optax.sgd(0.1))
+    tx = optax.multi_transform({"a": guarded, "b": guarded}, {"a": "a", "b": "b"})
+    s = tx.init(p)
+    for bad in ("a", "b"):
+        grads = {**p, bad: jnp.array([jnp.nan, 1.0])}
+        ts, finite = train.apply_step(train.TrainState(jnp.int32(0), p, s), grads,
+                                      jnp.float32(1.0), tx)
+        assert not bool(finite) and int(ts.step) == 0, bad
+        assert ts.params[bad].tolist() == [1.0, 1.0]
+    assert bool(train.update_was_finite(tx.update(p, s, p)[1]))

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax.core import FrozenDict
 
 from hyperforget_jax import data, models, params as P, train
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
@@ -556,6 +557,9 @@ def test_per_example_ce_and_train_step_refuse_batches_that_are_not_x_y():
                         ((x, y, y), "a tuple of 3")):
         with pytest.raises(ConfigError, match=f"takes batches \\(x, y\\), got {what}"):
             jax.eval_shape(loss_fn, p, batch)
+    for batch in (FrozenDict({"image": x, "label": y}), x[:2]):
+        with pytest.raises(ConfigError, match="takes batches \\(x, y\\), got a"):
+            jax.eval_shape(loss_fn, p, batch)
     tx = optax.sgd(0.1)
     step = train.make_train_step(lambda p, x: x @ p, tx)
     with pytest.raises(ConfigError, match="make_train_step takes batches"):
@@ -575,3 +579,21 @@ def test_per_example_ce_names_a_label_column_one_hot_or_float_labels():
                      (y.astype(np.float32), r"y.astype\(jnp.int32\)")):
         with pytest.raises(DataError, match=rf"labels of shape .*of shape \(4,\): .*{fix}"):
             jax.eval_shape(loss_fn, p, (x, bad))
+
+
+def test_per_example_ce_takes_a_users_batch_class_that_unpacks_as_x_y():
+    """``x, y = batch`` took any batch that unpacks into two (a user's loader yielding its own
+    class with ``__iter__``); the (x, y) check refused it as "a Batch"."""
+
+    class Batch:
+        def __init__(self, *fields):
+            self.fields = fields
+
+        def __iter__(self):
+            return iter(self.fields)
+
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    p, x, y = jnp.eye(3), jnp.eye(3), jnp.arange(3)
+    assert loss_fn(p, Batch(x, y)).tolist() == loss_fn(p, (x, y)).tolist()
+    with pytest.raises(ConfigError, match="got a Batch;"):
+        loss_fn(p, Batch(x, y, y))
