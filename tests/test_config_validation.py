@@ -41,6 +41,11 @@ CONFIGS = [train.TrainConfig, GradTauConfig, UC.NegGradConfig, UC.NegGradPlusCon
     (lambda: UC.SalUnConfig(mask_ratio=1.5), "mask_ratio must be > 0 and <= 1"),
     (lambda: UC.ScrubConfig(msteps=-1), "msteps must be >= 0"),
     (lambda: UC.ScrubConfig(epochs=2, msteps=3), r"msteps must be <= epochs \(2\)"),
+    # Unread with msteps=0 (no max-pass; kd_T also needs alpha=0): the run was bit-identical
+    # to the one without the field, recorded as given.
+    (lambda: UC.ScrubConfig(msteps=0, forget_batch_size=64),
+     r"forget_batch_size=64 would be ignored.*msteps=0"),
+    (lambda: UC.ScrubConfig(msteps=0, alpha=0.0, kd_T=2.0), r"kd_T=2.0 would be ignored"),
     (lambda: ulira.ULiRAConfig(seed=-3), "seed must be >= 0"),
 ])
 def test_configs_refuse(make, words):

@@ -228,6 +228,38 @@ def test_the_default_recipe_is_the_one_of_the_request_kind(monkeypatch):
     assert U.CLASS_RECIPE.fake_label != U.ITEM_RECIPE.fake_label
 
 
+@pytest.mark.parametrize("classes,field", [
+    (None, dict(substitution="none", lambda_s=5.0)),
+    ((1,), dict(fake_label="hard", track_fake_label=False)),
+    ((1,), dict(item_neighbours=5)),
+    (None, dict(max_share=0.05)), (None, dict(confirm_size=64))])
+def test_unlearn_gan_refuses_a_field_the_request_never_reads(monkeypatch, classes, field):
+    """Each field ran unread in this request's cascade (no substitutes, a constant y_f, a
+    class request's judge, an item request's lack of a share), yet the checkpoint's
+    recipe recorded it as given; ``hyperforget gan unlearn`` refused the flags, Python did not.
+    A recipe's own value of the field stays accepted: it was not chosen."""
+    arch = make_gan_arch("mlp", (8, 8, 1))
+    g, d = arch.init(jax.random.key(0))
+    x = np.zeros((4, 8, 8, 1), np.float32)
+    kw = dict(retain_x=x, forget_x=x, heldout_x=x, forget_classes=classes,
+              classify=lambda s: np.ones(len(s), np.int32))
+
+    class Started(Exception):
+        pass
+
+    def stop(*a, **k):                    # past the checks: the cascade would start here
+        raise Started
+
+    monkeypatch.setattr(U, "fake_label", stop)
+    name = next(k for k in field if k not in ("substitution", "fake_label"))
+    with pytest.raises(ConfigError, match=rf"UnlearnConfig\.{name}=.* would be ignored"):
+        U.unlearn_gan(arch, g, d, cfg=U.UnlearnConfig(**field), **kw)
+    base = U.default_recipe(classes is not None)
+    with pytest.raises(Started):
+        U.unlearn_gan(arch, g, d, cfg=dataclasses.replace(
+            base, **{k: v for k, v in field.items() if k != name}), **kw)
+
+
 def test_wrong_configs_judges_and_seeds_are_config_errors():
     """The GAN's Python API raised bare AttributeErrors for a GANConfig (or a dict) passed as
     unlearn_gan's recipe and for a judge that is not one, and jax's TypeError for a PRNG key

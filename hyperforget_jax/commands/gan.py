@@ -32,12 +32,10 @@ from hyperforget_jax.gan.metrics import (JUDGE, JUDGE_ANNEAL, JUDGE_AUGMENT, Eva
 from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch
 from hyperforget_jax.gan.train import (GANConfig, gan_arch_of, init_gan_state, make_optimizer,
                                        sample, save_grid, timed_train_gan)
-from hyperforget_jax.gan.unlearn import (FAKE_LABELS, SUBSTITUTIONS, UnlearnConfig,
-                                        default_recipe, unlearn_gan)
+from hyperforget_jax.gan.unlearn import (CLASS_ONLY_FIELDS, FAKE_LABELS, SUBSTITUTIONS,
+                                        UnlearnConfig, default_recipe, unlearn_gan)
 from hyperforget_jax.train import TrainConfig
 
-#: UnlearnConfig fields that only class requests use (the forgotten share and its checks).
-CLASS_ONLY_FIELDS = ("max_share", "max_kept_drift", "confirm_size")
 #: ``gan evaluate --samples``'s default (the experiments' count).
 _DEFAULT_SAMPLES = 10_000
 

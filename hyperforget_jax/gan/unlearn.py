@@ -88,7 +88,7 @@ class UnlearnConfig:
     Attributes:
       fake_label: ``hard`` | ``generated`` | ``heldout`` (see :func:`fake_label`).
       substitution: ``data`` | ``latent`` | ``none`` (no substitution term: ``lambda_s`` is
-        unused, and ``gan unlearn`` refuses ``--lambda-s`` with it).
+        unused, and ``unlearn_gan`` refuses a ``lambda_s`` neither recipe holds with it).
       lambda_u: weight of the forgotten-items term in L_D.
       lambda_s: weight of the substitution term in L_G (per-pixel squared error, mean).
       lambda_a: weight of the *anchor* term in L_G [ours]: λ_a · ‖G(z_a) − G₀(z_a)‖² (per-pixel,
@@ -244,6 +244,40 @@ CLASS_RECIPE = UnlearnConfig(fake_label="hard", substitution="latent", lambda_u=
                              lambda_s=30.0, lambda_a=30.0, lr=1e-3, d_lr=None, check_every=20,
                              max_rounds=1200, lambda_u_attempts=3, pool_size=2048,
                              confirm_size=8192)
+
+
+#: Fields read by class requests only (the forgotten share of the pool and its kept-class mix).
+CLASS_ONLY_FIELDS = ("max_share", "max_kept_drift", "confirm_size")
+
+
+def refuse_unused_fields(cfg: UnlearnConfig, class_request: bool) -> None:
+    """Raises ConfigError for a field of ``cfg`` that this request's cascade never reads, set
+    to a value neither recipe holds (a value taken over from :data:`ITEM_RECIPE` or
+    :data:`CLASS_RECIPE` was not chosen): ``lambda_s`` with ``substitution="none"``,
+    ``track_fake_label`` with the ``hard`` fake label (y_f is the constant 0),
+    ``item_neighbours`` for a class request and :data:`CLASS_ONLY_FIELDS` for an item request.
+    The cascade ran as without them, yet the checkpoint's recipe recorded them as given
+    (``hyperforget gan unlearn`` refuses the flags). ``lambda_u_growth`` with one attempt is
+    left to the CLI: ``replace(cfg, lambda_u_attempts=1)`` is how an escalation's lone cascade
+    is run again, and its one λ_u is recorded as run."""
+    unused = [(f, "applies to class requests only (an item request's cascade has no "
+                  "forgotten share to check)", "or give forget_classes")
+              for f in CLASS_ONLY_FIELDS if not class_request]
+    if class_request:
+        unused.append(("item_neighbours", "applies to item requests only (a class request "
+                       "flags codes with classify)", "or give no forget_classes"))
+    if cfg.fake_label == "hard":
+        unused.append(("track_fake_label", "sets whether the generated / heldout y_f is "
+                       "tracked, but the hard fake label's y_f is the constant 0",
+                       "or use fake_label='generated' or 'heldout'"))
+    if cfg.substitution == "none":
+        unused.append(("lambda_s", "weighs the substitution term, but substitution='none' has "
+                       "no substitutes", "or use substitution='latent' or 'data'"))
+    for name, why, fix in unused:
+        value = getattr(cfg, name)
+        if all(value != getattr(r, name) for r in (ITEM_RECIPE, CLASS_RECIPE)):
+            raise ConfigError(f"UnlearnConfig.{name}={value!r} would be ignored: it {why}; "
+                              f"drop it (keep the recipe's value), {fix}")
 
 
 def default_recipe(class_request: bool) -> UnlearnConfig:
@@ -714,7 +748,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
       if there is none), for item unlearning the last round.
 
     Raises:
-      ConfigError: ``cfg`` not an :class:`UnlearnConfig`; class unlearning without
+      ConfigError: ``cfg`` not an :class:`UnlearnConfig`, or one with a field this request's
+        cascade never reads (:func:`refuse_unused_fields`); class unlearning without
         ``classify``; empty forget set; a user's G or D with batch statistics.
       ForgetRequestError: ``forget_classes`` under which ``classify`` files fewer than half of
         ``forget_x``.
@@ -738,6 +773,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         raise ConfigError("nothing to unlearn: the forget set is empty")
     if forget_classes is not None and classify is None:
         raise ConfigError("class unlearning needs a classifier (classify=...) to flag codes")
+    refuse_unused_fields(cfg, forget_classes is not None)
     refuse_traced((g_params, d_params), "unlearn_gan")
     arch.check_params(g_params, d_params)
     forget_x = arch.check_images(forget_x, "forget_x")

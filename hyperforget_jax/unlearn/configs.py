@@ -141,7 +141,8 @@ class ScrubConfig:
     Attributes:
       epochs: min-pass epochs over D_r [official code: 3].
       msteps: the first msteps epochs (msteps <= epochs) also run a max-pass over D_f
-        [official code: 2].
+        [official code: 2]; 0 runs none, so ``forget_batch_size`` (and, with ``alpha`` 0,
+        ``kd_T``) must keep its default.
       lr: SGD learning rate [official code: 5e-4].
       momentum: SGD momentum [official code: 0.9].
       weight_decay: L2 weight decay [official code: 5e-4].
@@ -172,6 +173,19 @@ class ScrubConfig:
             raise ConfigError(f"ScrubConfig.msteps must be <= epochs ({self.epochs}): the max-"
                               f"passes run within the epochs, so msteps={self.msteps} would run "
                               f"{self.epochs}; lower msteps or raise epochs")
+        # msteps=0 runs no max-pass: the forget batch is never drawn, and with alpha=0 no KL
+        # term is left for kd_T to scale. The run equals the one without the field (bit for
+        # bit), yet info["config"] recorded it as given.
+        default = ScrubConfig.__dataclass_fields__
+        unread = ([("forget_batch_size", "sets the batch of the max-passes, which msteps=0 "
+                    "does not run", "set msteps >= 1")] if self.msteps == 0 else [])
+        if self.msteps == 0 and self.alpha == 0:
+            unread.append(("kd_T", "sets the temperature of the KL terms, which msteps=0 and "
+                           "alpha=0 both remove", "set msteps >= 1 or alpha > 0"))
+        for name, why, fix in unread:
+            if getattr(self, name) != default[name].default:
+                raise ConfigError(f"ScrubConfig.{name}={getattr(self, name)!r} would be "
+                                  f"ignored: it {why}; drop {name}, or {fix}")
 
 
 @dataclasses.dataclass(frozen=True)
