@@ -410,6 +410,8 @@ class ConfigNamespace:
     name: str
     classes: dict[str, type]
     dests: dict[str, str]          # field -> dest
+    key_name: str = "method"
+    refused: Mapping[str, Collection[str]] = dataclasses.field(default_factory=dict)
 
     def given(self, args: argparse.Namespace) -> dict[str, str]:
         """Raw strings of the ``--config.`` flags given."""
@@ -427,8 +429,13 @@ class ConfigNamespace:
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         bad = [f for f in raw if f not in fields]
         if bad:
+            # The keys that take it, so the refusal can say which one the user meant.
+            owners = [k for k, c in self.classes.items()
+                      if bad[0] in {f.name for f in dataclasses.fields(c) if f.init}
+                      and bad[0] not in self.refused.get(k, ())]
+            use = f", or use --{self.key_name} {' / '.join(owners)}" if owners else ""
             raise ConfigError(f"--{self.name}.{bad[0]} is not a field of {key}'s "
-                              f"{cls.__name__}; its fields: {', '.join(fields)}")
+                              f"{cls.__name__}; its fields: {', '.join(fields)}; drop it{use}")
         hints = _hints(cls)
         values = {}
         for f, text in raw.items():
@@ -485,4 +492,4 @@ def add_config_namespace(parser: argparse.ArgumentParser, name: str,
         group.add_argument(f"--{name}.{field}", dest=dest, default=UNSET, metavar="VALUE",
                            help=help_text.replace("%", "%%"))
         dests[field] = dest
-    return ConfigNamespace(name, dict(classes), dests)
+    return ConfigNamespace(name, dict(classes), dests, key_name, dict(refused or {}))

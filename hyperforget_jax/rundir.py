@@ -560,10 +560,12 @@ def _check_identity(out: Path, stored: dict | None, identity: dict, others: list
     field, was, now = diff
     role = stored.get("role", "?")
     if field == "role":
-        what = f"holds {_a(role)} run, not {_a(identity.get('role'))} one"
-    else:
-        what = (f"holds a different {role!r} run: its {field} is {_describe(was)}, this "
-                f"command's is {_describe(now)}")
+        # Another command's run: this command can neither resume it nor should it advise
+        # deleting it (a trained model the user still needs, in a mistyped path).
+        raise RunDirError(f"{flag} {out} holds {_a(role)} run, not {_a(identity.get('role'))} "
+                          f"one; pass a new {flag} to start this run")
+    what = (f"holds a different {role!r} run: its {field} is {_describe(was)}, this "
+            f"command's is {_describe(now)}")
     raise RunDirError(f"{flag} {out} {what}; pass a new {flag} (or delete that directory) to "
                       "start this run, or rerun with the settings it was written with to resume")
 

@@ -81,11 +81,14 @@ def is_prepared(name: str, data_dir: str | None = None) -> bool:
     )
 
 
-def prepare_command(name: str, data_dir: str | None = None) -> str:
-    """The shell command that prepares ``name`` in a form :func:`load_tfds` can read."""
+def prepare_command(name: str, data_dir: str | None = None, overwrite: bool = False) -> str:
+    """The shell command that prepares ``name`` in a form :func:`load_tfds` can read.
+    ``overwrite``: for a prepared copy that is damaged; without ``--overwrite`` tfds finds the
+    version's folder, logs "Reusing dataset" and rebuilds nothing."""
     return (
         "python -m tensorflow_datasets.scripts.download_and_prepare "
         f"--datasets={name} --data_dir={_resolve_data_dir(data_dir)} --file_format=array_record"
+        + (" --overwrite" if overwrite else "")
     )
 
 
@@ -95,8 +98,8 @@ def _not_prepared_message(name: str, data_dir: str) -> str:
         f"(no {os.path.join(data_dir, name, '<version>', 'dataset_info.json')}). "
         f"Prepare it on a machine with network access: `{prepare_command(name, data_dir)}` "
         f"(needs TensorFlow there, not here), then copy the prepared folder "
-        f"{os.path.join(data_dir, name)!r} to this machine; or pass data_dir= / set "
-        f"$TFDS_DATA_DIR to where it already is"
+        f"{os.path.join(data_dir, name)!r} to this machine; or pass data_dir= (the CLI's "
+        f"--data-dir) / set $TFDS_DATA_DIR to where it already is"
     )
 
 
@@ -127,7 +130,7 @@ def _open_failed_message(name: str, split: str, data_dir: str, err: BaseExceptio
         f"(versions prepared there: {_prepared_versions(name, data_dir) or 'none'}; "
         f"the installed tfds reads version {_expected_version(name)}, array_record format): "
         f"{type(err).__name__}: {detail.rstrip('.')}. Check the split name ({name} has 'train' "
-        f"and 'test'), or re-prepare with `{prepare_command(name, data_dir)}`"
+        f"and 'test'), or re-prepare with `{prepare_command(name, data_dir, overwrite=True)}`"
     )
 
 
@@ -190,7 +193,8 @@ def _to_arrays(name: str, split: str, records: list[dict], spec: TfdsSpec,
                data_dir: str) -> tuple[np.ndarray, np.ndarray]:
     where = f"tfds dataset {name!r} split {split!r} in data_dir {data_dir!r}"
     if not records:
-        raise DataError(f"{where} is empty; re-prepare it with `{prepare_command(name, data_dir)}`")
+        raise DataError(f"{where} is empty; re-prepare it with "
+                        f"`{prepare_command(name, data_dir, overwrite=True)}`")
     images = np.empty((len(records),) + spec.image_shape, dtype=np.uint8)
     labels = np.empty((len(records),), dtype=np.int32)
     for i, rec in enumerate(records):
@@ -199,14 +203,15 @@ def _to_arrays(name: str, split: str, records: list[dict], spec: TfdsSpec,
             raise DataError(
                 f"{where}: record {i} has image shape {img.shape}, expected {spec.image_shape}; "
                 f"the prepared data is not the standard {name}: re-prepare it with "
-                f"`{prepare_command(name, data_dir)}`"
+                f"`{prepare_command(name, data_dir, overwrite=True)}`"
             )
         images[i] = img
         labels[i] = rec["label"]
     if labels.min() < 0 or labels.max() >= spec.num_classes:
         raise DataError(
             f"{where}: labels span [{labels.min()}, {labels.max()}], expected "
-            f"[0, {spec.num_classes - 1}]; re-prepare it with `{prepare_command(name, data_dir)}`"
+            f"[0, {spec.num_classes - 1}]; re-prepare it with "
+            f"`{prepare_command(name, data_dir, overwrite=True)}`"
         )
     return images, labels
 
@@ -252,7 +257,7 @@ def load_tfds(
             raise DataError(
                 f"tfds dataset {name!r} in data_dir {data_dir!r} declares image shape {declared}, "
                 f"expected {spec.image_shape}; re-prepare it with "
-                f"`{prepare_command(name, data_dir)}`"
+                f"`{prepare_command(name, data_dir, overwrite=True)}`"
             )
         try:
             records = _read_all(source)

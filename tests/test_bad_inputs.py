@@ -87,6 +87,10 @@ def ctx(tmp_path_factory, digits_splits):
     # A params checkpoint, and a file where a directory is expected.
     c.saved = root / "saved_params"
     save_params(c.saved, c.params, {"arch": "gpt_mlp"})
+    # An mlp's parameters saved as a run (the hypernetworks below sample gpt_mlp networks).
+    c.mlp_run = root / "mlp_run"
+    save_params(c.mlp_run / "params", c.mlp_params, {
+        "architecture": models.make_architecture("mlp", (8, 8, 1)).to_json()})
     c.a_file = root / "a_file"
     c.a_file.write_text("not a directory\n")
     c.empty_dir = root / "empty"
@@ -721,9 +725,18 @@ CLI_CASES = [
      "mnist"),
     ("cli-run-dir-is-file", lambda c, o: ["train", "--run-dir", str(c.a_file / "x"), *TINY],
      "not writable"),
+    # The advised command reads this command's data (was: `train --run-dir D`, on mnist5k) ...
     ("cli-evaluate-missing-run", lambda c, o: ["evaluate", "--run-dir", str(c.empty_dir),
                                                "--out", o, *DIGITS, "--forget-class", "1"],
-     "no trained model"),
+     "no trained model in {empty}; run `hyperforget train --run-dir {empty} --dataset digits` "
+     "first"),
+    # ... and a missing Retrain is made by `retrain` with the run's recipe and request (was:
+    # `train`, whose original the next evaluate refused as "not a Retrain").
+    ("cli-evaluate-missing-retrain", lambda c, o: [
+        "evaluate", "--run-dir", str(c.run), "--retrain-dir", str(c.empty_dir), "--out", o,
+        *DIGITS, "--forget-class", "1"],
+     "run `hyperforget retrain --run-dir {empty} --dataset digits --arch gpt_mlp --epochs 1 "
+     "--batch-size 64 --forget-class 1` first"),
     ("cli-evaluate-truncated", lambda c, o: ["evaluate", "--run-dir", str(c.truncated), "--out",
                                              o, *DIGITS, "--forget-class", "1"],
      "corrupt or truncated"),
@@ -743,6 +756,11 @@ CLI_CASES = [
     ("cli-evaluate-unwritable-out", lambda c, o: ["evaluate", "--run-dir", str(c.run), "--out",
                                                   str(c.a_file / "x"), *DIGITS,
                                                   "--forget-class", "1"], "not writable"),
+    # The advised `train` reads this command's data: an mlp trained on mnist5k is not an 8×8 one.
+    ("cli-sample-start-of-another-arch", lambda c, o: [
+        "sample", "--hypernet", str(c.root / "dihyfo1_digits"), "--run-dir", str(c.mlp_run),
+        *DIGITS, "--forget-class", "3", "--out", o],
+     "train one with `hyperforget train --arch gpt_mlp --dataset digits --run-dir NEW_DIR`"),
     ("cli-sample-dihyfo1-other-class", lambda c, o: [
         "sample", "--hypernet", str(c.root / "dihyfo1"), "--run-dir", str(c.run), *DIGITS,
         "--forget-class", "4", "--out", o], "trained to forget class 3 only"),
@@ -846,7 +864,7 @@ def test_cli_bad_input(ctx, capfd, tmp_path, name, argv, words):
     lines = captured.err.strip().splitlines()
     assert rc == 2, (rc, captured.err)
     assert len(lines) == 1, captured.err
-    assert words in lines[0], lines[0]
+    assert words.replace("{empty}", str(ctx.empty_dir)) in lines[0], lines[0]
     assert lines[0].startswith("hyperforget"), lines[0]
     # Nothing half-written: no output directory at all (not even empty folders in it, nor the
     # missing parent it would have made); the input run untouched.

@@ -326,10 +326,10 @@ def test_evaluate_missing_run_is_clear(tmp_path, capsys):
     code, _, err = run(["evaluate", "--run-dir", str(tmp_path / "nope"), "--forget-class", "1",
                         "--dataset", "digits"], capsys)
     assert code == 2 and "no trained model" in err
-    # the command it suggests pastes back into a shell as the same directory
+    # the command it suggests pastes back into a shell as the same directory, on the same data
     code, _, err = run(["evaluate", "--run-dir", str(tmp_path / "my runs" / "a"),
                         "--forget-class", "1", "--dataset", "digits"], capsys)
-    assert code == 2 and f"--run-dir '{tmp_path / 'my runs' / 'a'}'`" in err
+    assert code == 2 and f"--run-dir '{tmp_path / 'my runs' / 'a'}' --dataset digits`" in err
 
 
 def test_evaluate_with_params_of_another_architecture(trained, tmp_path, capsys):

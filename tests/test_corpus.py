@@ -45,6 +45,9 @@ def test_format_and_index(built):
     assert corpus.arch.param_count == 64 * 10 + 10 + 10 * 10 + 10
     assert corpus.requests == [(4,), (5,), (0, 1)]
     assert corpus.originals.shape == (2, 760) and corpus.trajectory.shape[1] == 110
+    with pytest.raises(CheckpointError, match=r"no original for seed 0; pass one of its "
+                       r"seeds 7\.\.8 \(held out of hypernetwork training: \[8\]\)"):
+        corpus.original(0)      # `sample --start-seed 0`: the seeds a user would try first
     # Per seed: 3 requests × 4 checkpoints (geometric in the step, the last at the end).
     assert len(corpus) == 2 * 3 * 4 and stats["checkpoints"] == len(corpus) + 2
     steps = sorted(set(corpus.rows[:, 2].tolist()))
@@ -182,6 +185,15 @@ def test_resume_after_kill_and_config_mismatch(built, digits_splits, tmp_path):
     assert stats["total_checkpoints"] > stats["checkpoints"] > 0
     np.testing.assert_allclose(np.load(copy / "shard_00001" / "trajectory.npy"), before,
                                atol=1e-6)
+    # A damaged shard: the refusal says to delete its directory and resume, which rebuilds it
+    # (was: the resume skipped the shard marked done and was refused again, file missing).
+    (copy / "shard_00001" / "trajectory.npy").write_text("garbage")
+    with pytest.raises(CheckpointError, match=f"delete {copy / 'shard_00001'} and resume"):
+        C.Corpus(copy)
+    shutil.rmtree(copy / "shard_00001")
+    stats = C.build_corpus(copy, CFG, digits_splits, "digits", progress=False)
+    assert stats["shards_built"] == 1 and stats["shards_skipped"] == 1
+    np.testing.assert_allclose(C.Corpus(copy).trajectory, C.Corpus(out).trajectory, atol=1e-6)
     with pytest.raises(CheckpointError, match="different config"):
         C.build_corpus(copy, dataclasses.replace(CFG, unlearn_epochs=3), digits_splits,
                        "digits", progress=False)

@@ -206,7 +206,8 @@ def test_requests_it_was_not_trained_for_raise(setup, digits_splits):
         H.sample(jax.random.key(0), net2, start, good, method="euler")
     with pytest.raises(ConfigError):
         H.HyperSpec("dihyfo1", corpus.arch, net2.spec.weights, TINY)   # needs its class
-    with pytest.raises(ConfigError, match="no trajectory forgetting class 7"):
+    with pytest.raises(ConfigError, match=r"no trajectory forgetting class 7; pass one of its "
+                       r"single classes \[4, 5\]"):
         H.train_hypernet(corpus, "dihyfo1", forget_class=7, denoiser=TINY, config=TRAIN)
     with pytest.raises(ConfigError, match="takes no forget class"):
         H.train_hypernet(corpus, "dihyfo2", forget_class=4, denoiser=TINY, config=TRAIN)

@@ -300,7 +300,8 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
             (["gan", "evaluate", *base, "--run-dir", str(unl), "--compare",
               str(tmp_path / "nowhere"), "--samples", samples, "--quiet", "--judge", "mlp",
               "--judge-epochs", "4", "--judge-augment", "1", "--judge-anneal", "0", "--out",
-              str(bad_out)], "no GAN checkpoint", bad_out)):
+              str(bad_out)], f"run `hyperforget gan train --run-dir {tmp_path / 'nowhere'} "
+                             "--dataset digits` first", bad_out)):
         capsys.readouterr()
         assert cli.main(argv) == 2, " ".join(argv)
         lines = capsys.readouterr().err.strip().splitlines()
@@ -368,6 +369,17 @@ def test_an_unfinished_gan_run_is_refused_by_its_readers(tmp_path, capsys):
                          "--forget-class", "3", "--quiet", *CHEAP_JUDGE]) == 2
         assert words in capsys.readouterr().err
         assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
+    # The refusals name what to pass: the run's own --dataset; a GAN run for a classifier's.
+    assert cli.main(["gan", "unlearn", "--run-dir", str(done), "--forget-class", "3", "--out",
+                     str(tmp_path / "u"), "--quiet"]) == 2
+    assert "pass the dataset the GAN was trained on (--dataset digits)" in \
+        capsys.readouterr().err
+    clf = tmp_path / "clf"
+    clf.mkdir()
+    (clf / "run.json").write_text(json.dumps({"identity": {"role": "original"}}))
+    with pytest.raises(CheckpointError, match="holds an 'original' run, not a GAN;.*`hyperforget "
+                                              "evaluate`.*`hyperforget gan train`"):
+        load_gan_run(clf)
 
 
 def test_gan_evaluate_table_shows_shares_and_accuracies_in_percent():

@@ -91,8 +91,12 @@ def test_resume_refuses_another_recipe(runs, tmp_path, capfd, extra, field):
 def test_retrain_into_an_original_is_refused(runs, tmp_path, capfd):
     copy = tmp_path / "copy"
     shutil.copytree(runs / "orig", copy)
-    refused(capfd, ["retrain", "--forget-class", "3", "--run-dir", copy, *TINY],
-            "holds an 'original' run, not a 'retrain' one", untouched=[copy])
+    # Another command's run: neither "delete that directory" (a model the user still needs)
+    # nor "rerun with its settings to resume" (this command cannot).
+    err = refused(capfd, ["retrain", "--forget-class", "3", "--run-dir", copy, *TINY],
+                  "holds an 'original' run, not a 'retrain' one; pass a new --run-dir to start "
+                  "this run", untouched=[copy])
+    assert "delete" not in err and "resume" not in err, err
     refused(capfd, ["gan", "train", "--run-dir", copy, *DIGITS, "--epochs", "1", "--quiet"],
             "holds an 'original' run, not a 'gan-original' one", untouched=[copy])
 
@@ -383,8 +387,15 @@ def test_unfinished_run_is_not_loaded_as_a_model(runs, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(runs / "orig", copy)
     shutil.rmtree(copy / "checkpoints" / "2")  # as if killed after epoch 1
-    with pytest.raises(CheckpointError, match=r"unfinished original run \(epoch 1 of 2\)"):
+    with pytest.raises(CheckpointError, match=r"unfinished original run \(epoch 1 of 2\)"
+                       r".*`hyperforget train --run-dir"):
         common.load_run(copy)
+    # An unfinished Retrain is finished by `retrain`: `train` on it refuses the role.
+    shutil.copytree(runs / "re", tmp_path / "re")
+    shutil.rmtree(tmp_path / "re" / "checkpoints" / "2")
+    with pytest.raises(CheckpointError, match=r"unfinished retrain run \(epoch 1 of 2\)"
+                       r".*`hyperforget retrain --run-dir"):
+        common.load_run(tmp_path / "re")
 
 
 # --------------------------------------------------------------------------- messages, --json

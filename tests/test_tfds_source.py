@@ -97,6 +97,7 @@ def test_unprepared_fails_fast_naming_data_dir(tmp_path):
     assert "not prepared" in msg and data_dir in msg
     assert "download_and_prepare" in msg and "--datasets=mnist" in msg
     assert f"--data_dir={data_dir}" in msg
+    assert "pass data_dir= (the CLI's --data-dir)" in msg     # the CLI has no data_dir=
     assert isinstance(info.value, ValueError)
 
 
@@ -277,6 +278,8 @@ def test_real_wrong_image_shape_raises(tmp_path):
     with pytest.raises(DataError, match=r"\(28, 28, 1\)") as info:
         load_tfds("mnist", data_dir=str(tmp_path))
     assert str(tmp_path) in str(info.value)
+    # tfds reuses a prepared version's folder ("Reusing dataset"): only --overwrite rebuilds it.
+    assert "--file_format=array_record --overwrite`" in str(info.value)
 
 
 def test_real_other_version_only_is_data_error(tmp_path):
@@ -310,5 +313,5 @@ def test_missing_shard_is_data_error(tmp_path):
     for f in os.listdir(version_dir):
         if "train.array_record" in f:
             os.remove(version_dir / f)
-    with pytest.raises(DataError, match="train"):
+    with pytest.raises(DataError, match="train.*re-prepare with `.* --overwrite`"):
         load_tfds("mnist", data_dir=str(tmp_path))

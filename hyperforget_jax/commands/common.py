@@ -8,6 +8,7 @@ lock, never over an input); every run a command reads is checked with :func:`loa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -255,10 +256,44 @@ def legacy_train_identity(path: Path) -> dict | None:
     return _legacy_train_identity(meta) if "train_config" in meta else None
 
 
-def load_run(run_dir: str | Path, flag: str = "--run-dir") -> tuple[Architecture, Any, dict]:
+def data_flags(args) -> str:
+    """The data flags of ``args`` that differ from their defaults, as a command line's tail:
+    a command advised in a refusal must train on the data the refused command reads."""
+    out = "" if args.dataset == "mnist5k" else f" --dataset {args.dataset}"
+    if getattr(args, "data_dir", None) is not None:
+        out += f" --data-dir {shell_quote(args.data_dir)}"
+    return out + ("" if args.split_seed == 0 else f" --split-seed {args.split_seed}")
+
+
+def recipe_flags(train_config: dict | None) -> str:
+    """The fields of a stored ``TrainConfig`` other than their defaults, as the flags of
+    ``train`` / ``retrain`` (a Retrain is the original's recipe on D_r)."""
+    defaults = TrainConfig()
+    out = ""
+    for f in dataclasses.fields(TrainConfig):
+        v = (train_config or {}).get(f.name)
+        if v is not None and v != getattr(defaults, f.name):
+            out += f" --{f.name.replace('_', '-')} {shell_quote(str(v))}"
+    return out
+
+
+def request_flags(request: data.ForgetRequest) -> str:
+    """``request`` as the flags that ask for it (the tail of an advised command line)."""
+    j = request.to_json()
+    if j.get("classes"):
+        return " --forget-class " + " ".join(map(str, j["classes"]))
+    if j.get("indices"):
+        return " --forget-indices " + ",".join(map(str, j["indices"]))
+    return f" --forget-fraction {j['fraction']} --forget-seed {j['seed']}"
+
+
+def load_run(run_dir: str | Path, flag: str = "--run-dir", first: str | None = None
+             ) -> tuple[Architecture, Any, dict]:
     """Loads the final parameters of a classifier run (``train``, ``retrain``, ``unlearn`` or
     ``sample`` output). Returns (architecture, params, meta); ``meta["identity"]`` is the run's
-    identity (``run.json``, or what older runs' metadata records).
+    identity (``run.json``, or what older runs' metadata records). ``first``: the command that
+    would write the missing run (default ``hyperforget train --run-dir <run_dir>``), advised
+    when ``run_dir`` holds none.
 
     Raises:
       CheckpointError: nothing loadable there, or an unfinished training run.
@@ -283,9 +318,9 @@ def load_run(run_dir: str | Path, flag: str = "--run-dir") -> tuple[Architecture
             raise CheckpointError(f"{flag} {run_dir} holds {rundir._a(role)} output, not a "
                                   "classifier; pass a run written by `hyperforget train`, "
                                   "`retrain`, `unlearn` or `sample`")
-        raise CheckpointError(f"no trained model in {run_dir}; run `hyperforget train --run-dir "
-                              f"{shell_quote(run_dir)}` first, or pass a run written by "
-                              "`retrain`, `unlearn` or `sample`")
+        first = first or f"hyperforget train --run-dir {shell_quote(run_dir)}"
+        raise CheckpointError(f"no trained model in {run_dir}; run `{first}` first, or pass a "
+                              "run written by `retrain`, `unlearn` or `sample`")
     meta["identity"] = ident if ident is not None else _legacy_train_identity(meta)
     return arch, params, meta
 
@@ -324,11 +359,13 @@ def _load_checkpointed(run_dir: Path):
             raise CheckpointError(f"the training recipe stored in {run_dir} is damaged ({e}); "
                                   "restore the run from a copy, or retrain it") from e
         if "epoch" in meta and meta["epoch"] < cfg.epochs:
+            # A Retrain is resumed by `retrain`: `train` on its directory refuses the role.
+            command = "retrain" if meta.get("role") == "retrain" else "train"
             raise CheckpointError(
                 f"{run_dir} holds an unfinished {meta.get('role', 'training')} run (epoch "
                 f"{meta['epoch']} of {cfg.epochs}); finish it first by rerunning the command "
-                f"that wrote it (`hyperforget train --run-dir {shell_quote(run_dir)}` with the "
-                "same flags)")
+                f"that wrote it (`hyperforget {command} --run-dir {shell_quote(run_dir)}` with "
+                "the same flags)")
         # Shapes and dtypes only: a template of real arrays ran (and compiled) the model's
         # initialisation just to be overwritten, a third of `hyperforget evaluate`'s time.
         template = jax.eval_shape(lambda p: init_state(arch, make_optimizer(cfg), None, p),

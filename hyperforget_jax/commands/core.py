@@ -12,7 +12,7 @@ import numpy as np
 from hyperforget_jax import data, report, rundir
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import seed_int
-from hyperforget_jax.errors import ForgetRequestError, RunDirError
+from hyperforget_jax.errors import ForgetRequestError, RunDirError, shell_quote
 from hyperforget_jax.evaluation import (GAP_LABELS, evaluate_unlearning, gap_keys,
                                         gap_to_retrain)
 
@@ -124,7 +124,9 @@ def _own_seed(meta: dict) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    arch, params, meta = common.load_run(args.run_dir)
+    arch, params, meta = common.load_run(
+        args.run_dir, first=f"hyperforget train --run-dir {shell_quote(args.run_dir)}"
+                            f"{common.data_flags(args)}")
     own_seed = _own_seed(meta)
     if args.seed is None:       # the numbers the run's own command reported
         args.seed = own_seed
@@ -143,7 +145,13 @@ def cmd_evaluate(args) -> int:
     reads = [args.run_dir]
     r_meta = r_params = None
     if args.retrain_dir:
-        _, r_params, r_meta = common.load_run(args.retrain_dir, "--retrain-dir")
+        # A missing Retrain is made by `retrain` (not `train`), with the data, recipe and
+        # request of the run it is compared with.
+        _, r_params, r_meta = common.load_run(
+            args.retrain_dir, "--retrain-dir",
+            first=f"hyperforget retrain --run-dir {shell_quote(args.retrain_dir)}"
+                  f"{common.data_flags(args)}{common.recipe_flags(meta.get('train_config'))}"
+                  f"{common.request_flags(request)}")
         arch.check_params(r_params)
         common.check_same_data(r_meta, args, splits, args.retrain_dir, "Retrain model")
         _check_retrain(r_meta, request, args.retrain_dir)

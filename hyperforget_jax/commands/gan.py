@@ -93,13 +93,21 @@ def evaluate_judge_dirs(run_dir, dirs) -> list[Path]:
     return [*_judge_dirs(dirs), *sorted(Path(run_dir).absolute().glob("gan-evaluate/*/judge"))]
 
 
-def load_gan_run(run_dir: str | Path):
-    """(GANArch, GANState, meta) of the latest checkpoint of a ``gan train/unlearn`` run."""
+def load_gan_run(run_dir: str | Path, data_flags: str = ""):
+    """(GANArch, GANState, meta) of the latest checkpoint of a ``gan train/unlearn`` run.
+    ``data_flags``: the reading command's data flags (``common.data_flags``), carried by the
+    ``gan train`` it advises where ``run_dir`` holds no GAN."""
     run_dir = Path(run_dir).expanduser().absolute()
     rundir.check_readable(run_dir)
+    role = (rundir.read_identity(run_dir) or {}).get("role")
+    if isinstance(role, str) and not role.startswith("gan-"):
+        # A classifier's checkpoint would be refused as one "not written by `gan train`?".
+        raise CheckpointError(f"{run_dir} holds {rundir._a(role)} run, not a GAN; classifier "
+                              "runs are read by `hyperforget evaluate`, this command takes a "
+                              "run written by `hyperforget gan train` or `gan unlearn`")
     if not (run_dir / "checkpoints").is_dir():
         raise CheckpointError(f"no GAN checkpoint in {run_dir}; run `hyperforget gan train "
-                              f"--run-dir {shell_quote(run_dir)}` first")
+                              f"--run-dir {shell_quote(run_dir)}{data_flags}` first")
     with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
         meta = ckpt.restore_meta()
         if "gan_arch" not in meta:
@@ -138,11 +146,13 @@ def load_gan_run(run_dir: str | Path):
     return arch, state, meta
 
 
-def _check_dataset(arch: GANArch, splits, args, run_dir) -> None:
+def _check_dataset(arch: GANArch, splits, args, run_dir, meta: dict) -> None:
     if tuple(splits.train.x.shape[1:]) != tuple(arch.image_shape):
+        was = (meta.get("identity") or {}).get("dataset", meta.get("dataset"))
         raise DataError(f"the GAN in {run_dir} makes {arch.image_shape} images but --dataset "
                         f"{args.dataset} has {tuple(splits.train.x.shape[1:])}; pass the "
-                        "dataset the GAN was trained on")
+                        "dataset the GAN was trained on"
+                        + (f" (--dataset {was})" if isinstance(was, str) else ""))
 
 
 def _request_split(args, splits):
@@ -199,9 +209,9 @@ def cmd_train(args) -> int:
 
 def cmd_unlearn(args) -> int:
     cfg = _unlearn_config(args)
-    arch, state, meta = load_gan_run(args.run_dir)
+    arch, state, meta = load_gan_run(args.run_dir, common.data_flags(args))
     splits = common.load_splits(args)
-    _check_dataset(arch, splits, args, args.run_dir)
+    _check_dataset(arch, splits, args, args.run_dir, meta)
     common.check_same_data(meta, args, splits, args.run_dir, "GAN")
     request, fsplit = _request_split(args, splits)
     if request is None:
@@ -347,9 +357,9 @@ def default_evaluate_out(run_dir, request: data.ForgetRequest, samples: int,
 
 
 def cmd_evaluate(args) -> int:
-    arch, state, meta = load_gan_run(args.run_dir)
+    arch, state, meta = load_gan_run(args.run_dir, common.data_flags(args))
     splits = common.load_splits(args)
-    _check_dataset(arch, splits, args, args.run_dir)
+    _check_dataset(arch, splits, args, args.run_dir, meta)
     common.check_same_data(meta, args, splits, args.run_dir, "GAN")
     request, fsplit = _request_split(args, splits)
     if request is None:
@@ -372,8 +382,8 @@ def cmd_evaluate(args) -> int:
     # and the output directory claimed.
     others = {}
     for other in args.compare or []:
-        a, st, m = load_gan_run(other)
-        _check_dataset(a, splits, args, other)
+        a, st, m = load_gan_run(other, common.data_flags(args))
+        _check_dataset(a, splits, args, other, m)
         # As --run-dir's: a run of another split or dataset would be scored on this one's
         # forget set, D_r and test images, and its row would read as a comparison.
         common.check_same_data(m, args, splits, other, "GAN")

@@ -23,7 +23,7 @@ from hyperforget_jax import checkpoint, configflags, data, report, rundir
 from hyperforget_jax import params as P_
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import finite_float, seed_int
-from hyperforget_jax.errors import ArchitectureError, ConfigError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, shell_quote
 from hyperforget_jax.evaluation import evaluate_unlearning
 from hyperforget_jax.hyperforget import corpus as C
 from hyperforget_jax.hyperforget import denoiser as DN
@@ -110,13 +110,18 @@ def _start_network(args, net, splits):
         raise ConfigError("give one start network: --run-dir DIR, or --corpus DIR "
                           "--start-seed S, not both")
     if args.run_dir is not None:
-        arch, params, meta = common.load_run(args.run_dir)
         want = net.spec.arch
+        # The advised `train` reads this command's data: on another dataset the same name is
+        # another network (an mlp on 28×28 images is not the one for 8×8).
+        train = f"--arch {want.name}{common.data_flags(args)}"
+        arch, params, meta = common.load_run(
+            args.run_dir, first=f"hyperforget train --run-dir {shell_quote(args.run_dir)} "
+                                f"{train}")
         if arch.param_count != want.param_count or arch.name != want.name:
             raise ArchitectureError(
                 f"the start network in {args.run_dir} is a {arch.name} ({arch.param_count:,} "
                 f"parameters) but this hypernetwork samples {want.name} networks; train one "
-                f"with `hyperforget train --arch {want.name}`")
+                f"with `hyperforget train {train} --run-dir NEW_DIR`")
         common.check_same_data(meta, args, splits, args.run_dir, "start network")
         return params, {"run": meta["identity"]}
     if args.corpus is None or args.start_seed is None:

@@ -663,7 +663,10 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
         index = old
     seeds = ccfg.seeds
     fleets = [seeds[i:i + ccfg.fleet_size] for i in range(0, len(seeds), ccfg.fleet_size)]
-    todo = [i for i in range(len(fleets)) if not index["shards"].get(f"{i:05d}", {}).get("done")]
+    # A shard marked done whose directory is gone is built again: deleting a damaged shard's
+    # directory is how its refusal (corpus_index.load_shards) says to rebuild it.
+    todo = [i for i in range(len(fleets)) if not index["shards"].get(f"{i:05d}", {}).get("done")
+            or not (out / f"shard_{i:05d}").is_dir()]
     report.write_json(CI.index_path(out), index)
     t0, count = time.perf_counter(), 0
     metrics_fn = make_metrics_fn(arch, splits)
@@ -780,7 +783,14 @@ class Corpus:
     def original(self, seed: int) -> np.ndarray:
         hit = np.flatnonzero(self.original_seeds == seed)
         if not len(hit):
-            raise CheckpointError(f"corpus {self.path} has no original for seed {seed}")
+            seeds = np.sort(self.original_seeds)
+            # A corpus cut short between shards holds some fleets only: say so when not a range.
+            have = ("no originals yet" if not len(seeds) else
+                    f"seeds {seeds[0]}..{seeds[-1]}" if seeds[-1] - seeds[0] + 1 == len(seeds)
+                    else f"{len(seeds)} seeds in {seeds[0]}..{seeds[-1]}")
+            raise CheckpointError(f"corpus {self.path} has no original for seed {seed}; pass "
+                                  f"one of its {have} (held out of hypernetwork training: "
+                                  f"{list(self.index['test_seeds'])})")
         return self.originals[hit[0]]
 
     def is_test_original(self) -> np.ndarray:

@@ -153,8 +153,7 @@ def load_shards(path: Path, index: dict, num_params: int, num_trained: int,
                 a = np.load(f, mmap_mode="r", allow_pickle=False)
             except (OSError, ValueError) as e:
                 raise CheckpointError(f"corpus shard file {f} is unreadable ({e}); delete "
-                                      f"{d} and its entry in index.json, then resume the "
-                                      "build") from e
+                                      f"{d} and resume the build") from e
             n = len(sh["seeds"]) if name.startswith("original") else sh["rows"]
             want = (n, cols.get(c, c))
             if a.dtype.kind != kind or a.shape != want:
@@ -168,7 +167,7 @@ def load_shards(path: Path, index: dict, num_params: int, num_trained: int,
                        or r[:, 1].min() < 0 or r[:, 1].max() >= num_requests
                        or r[:, 2].min() < 1):
             raise CheckpointError(f"corpus shard file {d / 'rows.npy'} refers to originals, "
-                                  "requests or steps that do not exist; delete the shard and "
+                                  f"requests or steps that do not exist; delete {d} and "
                                   "resume the build")
         out.append((sh, arrays))
     return out

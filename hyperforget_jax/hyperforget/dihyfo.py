@@ -81,9 +81,13 @@ def pair_source(corpus: Corpus, variant: str, forget_class: int | None,
     original (step 0)."""
     trajs = corpus.trajectories(split)
     if variant == "dihyfo1":
+        have = sorted({corpus.requests[t[1]][0] for t in trajs
+                       if len(corpus.requests[t[1]]) == 1})
         trajs = [t for t in trajs if corpus.requests[t[1]] == (forget_class,)]
         if not trajs:
-            raise ConfigError(f"the corpus has no trajectory forgetting class {forget_class}")
+            raise ConfigError(f"the corpus has no trajectory forgetting class {forget_class}; "
+                              f"pass one of its single classes {have}, or build a corpus "
+                              f"whose forget classes include {forget_class}")
     if not trajs:
         raise CheckpointError(f"corpus {corpus.path} has no {split} trajectories")
     idx = corpus.trained_index
