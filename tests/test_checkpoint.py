@@ -525,6 +525,22 @@ def test_a_save_params_killed_between_its_renames_is_read_and_finished_by_the_ne
     (tmp_path / "links" / "p").symlink_to(path)                  # dangling, as path is gone
     assert load_params(tmp_path / "links" / "p")[1] == {"v": 1}
     assert not path.exists()
+
+    class FullDisk:     # a next save that fails puts the copy back first: it must not lose it
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            raise OSError(28, "No space left on device")
+
+        def __exit__(self, *exc_info):
+            return False
+
+    with monkeypatch.context() as m:
+        m.setattr(ck.ocp, "Checkpointer", FullDisk)
+        with pytest.raises(CheckpointError, match="could not write params"):
+            save_params(path, make_state(seed=4).params, {"v": 4})
+    assert path.is_dir() and ck.load_params_meta(path) == {"v": 1}
     save_params(path, make_state(seed=3).params, {"v": 3})       # the stale copies are removed
     assert sorted(p.name for p in tmp_path.iterdir()) == ["links", "params"]
     assert load_params(path)[1] == {"v": 3}

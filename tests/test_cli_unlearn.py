@@ -21,18 +21,26 @@ def test_unlearn_trains_then_loads_and_writes_results(tmp_path, capsys, monkeypa
     for k in ("mia_loss_lr", "mia_entropy_lr", "mia_efficacy_svc"):
         assert 0 <= res["eval"]["gradtau"][k] <= 1
     assert "Avg. Gap" in (out / "report.md").read_text()
+    sp, ret, t = res["speedup_vs_retrain"], res["retrain_seconds"], res["timing"]   # > 1: faster
+    assert sp == {"cold": pytest.approx(ret["cold"] / t["cold_seconds"]),
+                  "warm": pytest.approx(ret["warm"] / t["warm_seconds"])}
     assert (out / "checkpoints").is_dir()
     # second call: the original is loaded, not retrained; the method's --seed is not the
     # original's training seed (docs/unlearning.md's `--seed 1 --run-dir runs/original`)
-    assert cli.main(base + ["--method", "neggrad", "--forget-fraction", "0.1",
-                            "--no-retrain", "--seed", "1"]) == 0
+    from hyperforget_jax.commands import unlearn as cmd
+    seeds, real_eval = [], cmd.evaluate_unlearning     # every row with the command's seed
+    with monkeypatch.context() as m:
+        m.setattr(cmd, "evaluate_unlearning", lambda *a, **k: seeds.append(
+            a[5] if len(a) > 5 else k.get("seed", 0)) or real_eval(*a, **k))
+        assert cli.main(base + ["--method", "neggrad", "--forget-fraction", "0.1",
+                                "--no-retrain", "--seed", "1"]) == 0
+    assert seeds == [1, 1]
     res = json.loads((run / "unlearn" / "neggrad-random-10-method-seed-1" / "results.json")
                      .read_text())
     assert res["original"] == "loaded" and "retrain" not in res["eval"]
     assert res["info"]["seed"] == 1 and res["train_config"]["seed"] == 0
     # Retrain as the method is its own comparison (same recipe and seed): trained twice (the
     # two timings), not four times, and its speed-up over itself is 1 (was 0.004x cold).
-    from hyperforget_jax.commands import unlearn as cmd
     calls = []
     spy = lambda method, *a, **k: calls.append(method) or real(method, *a, **k)
     real = cmd.U.unlearn

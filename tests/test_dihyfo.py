@@ -64,6 +64,16 @@ def test_pairs_start_at_their_own_original(setup):
     assert spec.trained_classes == (0, 1, 4, 5) and spec.weights.diffused == [2, 3]
     assert {n for n, *_ in spec.default_targets} == {1, 2}
     assert len(hist["loss"]) == 1 and np.isfinite(hist["loss"][0])
+    # The denoiser's scalar inputs are the training conditions standardised by the spec's
+    # statistics (the shipped hypernetworks are sampled through the same map).
+    raw = np.asarray(spec.raw_conditions(src.start_forget, src.forget_loss, src.start_retain,
+                                         src.retain_loss))
+    std = np.asarray(spec.conditions(src.start_forget, src.forget_loss, src.start_retain,
+                                     src.retain_loss))
+    np.testing.assert_allclose(std.mean(0), 0, atol=1e-4)
+    moves = raw.std(0) > 1e-3
+    assert moves.sum() >= 3
+    np.testing.assert_allclose(std.std(0)[moves], 1, rtol=1e-4)
 
 
 def test_incomplete_corpus_is_refused(setup, tmp_path):
@@ -507,7 +517,7 @@ def test_guided_sample_extrapolates_from_the_conditional_model(setup, digits_spl
     np.testing.assert_allclose(P_.flatten(got), want, atol=1e-5)
 
 
-def test_best_of_keeps_the_sample_closest_to_the_prompt(setup, digits_splits):
+def test_best_of_keeps_the_sample_closest_to_the_prompt(setup, digits_splits, monkeypatch):
     # |Δ log L_f| + |Δ log L_r| of each of the k = 2 samples, measured here on the request's
     # training images; the kept one is the smallest.
     from hyperforget_jax import data
@@ -526,6 +536,15 @@ def test_best_of_keeps_the_sample_closest_to_the_prompt(setup, digits_splits):
                           / float(prompt.retain_target))) for i in range(2)]
     assert max(score) > min(score) and info["chosen"] == int(np.argmin(score))
     np.testing.assert_allclose(P_.flatten(got), P_.flatten(P_.tree_index(many, info["chosen"])))
+    # Retain losses that only the prompt's retain *target* tells apart (equal forget losses):
+    # sample 1 lands on the target, sample 0 on the start's loss; 1 is kept.
+    import hyperforget_jax.hyperforget.sampling as sampling
+    one = P_.flatten(P_.tree_index(many, 1))
+    monkeypatch.setattr(sampling, "_mean_ce", lambda arch, p, ds: (
+        2.0 if len(ds) == len(split.forget) else float(prompt.retain_target)
+        if np.array_equal(P_.flatten(p), one) else float(prompt.retain_start)))
+    _, info = H.sample_best_of(key, net2, start, prompt, digits_splits.train, k=2, num_steps=4)
+    assert info["chosen"] == 1
 
 
 def test_endpoint_fraction_is_the_share_of_endpoint_targets():
@@ -571,3 +590,8 @@ def test_a_prompt_holds_the_start_s_measured_losses_and_the_default_targets(setu
     np.testing.assert_allclose([prompt.forget_start, prompt.forget_target, prompt.retain_start,
                                 prompt.retain_target], [f0, df, r0, r0 * np.exp(dr)],
                                rtol=1e-5)
+    # The condition the hypernetwork trained on is the corpus's record of the same losses (per
+    # class, weighted by the class counts): it must equal what the prompt measures.
+    row = int(np.flatnonzero(corpus.original_seeds == 2)[0])
+    m = corpus.original_request_metrics([row], (0, 1))
+    np.testing.assert_allclose([m["forget_loss"][0], m["retain_loss"][0]], [f0, r0], rtol=1e-4)

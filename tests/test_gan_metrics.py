@@ -289,3 +289,32 @@ def test_downstream_accuracy_refuses_kept_classes_the_test_set_lacks():
     test = data.from_arrays(np.zeros((6, 8, 8, 1), np.float32), [0, 1, 2] * 2, 5)
     with pytest.raises(DataError, match=r"no image of the kept classes \[3, 4\]"):
         M.downstream_accuracy(test.x, None, test, kept_classes=[3, 4], labels=test.y)
+
+
+def test_evaluate_gan_compares_the_right_sets(digits_splits, monkeypatch):
+    """What each GAN metric is measured against: classifier-FID against D_r (``retain_x``), the
+    D-score attack's non-members the unseen test images of the forgotten classes, the
+    downstream kept-class accuracy over every class not forgotten. Each was unpinned: the whole
+    test set as non-members, D_r ∪ D_f as FID reference or a second forgotten class counted as
+    kept all passed the suite."""
+    from hyperforget_jax.gan.models import make_gan_arch
+    from hyperforget_jax.gan.train import d_scores, sample
+
+    arch = make_gan_arch("mlp", (8, 8, 1))
+    g, d = arch.init(jax.random.key(0))
+    jarch = make_architecture("mlp", (8, 8, 1), 10)
+    judge = M.Judge(jarch, jarch.init(jax.random.key(1)))
+    train, test = digits_splits.train, digits_splits.test
+    forget = np.isin(train.y, (1, 3))
+    kept = []
+    monkeypatch.setattr(M, "downstream_accuracy", lambda *a, kept_classes=None, **k: (
+        kept.append(kept_classes) or {}))
+    cfg = M.EvalConfig(num_samples=64, downstream_samples=64)
+    out = M.evaluate_gan(arch, g, d, judge, digits_splits, train.x[forget], train.x[~forget],
+                         (1, 3), cfg)
+    feats = M.judge_outputs(judge, sample(arch, g, 64, cfg.seed))[1]
+    ref = M.judge_outputs(judge, train.x[~forget])[1]
+    assert out["classifier_fid"] == pytest.approx(M.classifier_fid(feats, ref), rel=1e-9)
+    unseen = test.x[np.isin(test.y, (1, 3))]
+    assert out["d_score_nonmembers"] == pytest.approx(d_scores(arch, d, unseen).mean(), rel=1e-9)
+    assert kept == [[0, 2, 4, 5, 6, 7, 8, 9]]

@@ -742,7 +742,15 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
         assert_trees_close(got, want, atol=1e-4)
         np.testing.assert_allclose(s_info["tau"], info["tau"], rtol=1e-5)
         np.testing.assert_allclose(s_info["forget_loss"], info["forget_loss"], rtol=1e-5)
+        np.testing.assert_allclose(s_info["retain_loss"], info["retain_loss"], rtol=1e-5)
         assert (s_info["steps"], s_info["alpha0"]) == (info["steps"], info["alpha0"])
+        assert s_info["ascent_steps"] == info["ascent_steps"]     # counts per forget-epoch
+    # Under the budget (epochs=None) the streamed E, N_f and α₀ are the in-memory runner's.
+    from hyperforget_jax.unlearn.gradtau_stream import stream_schedule
+    bcfg = G.GradTauConfig(batch_size=64)
+    bplan = gradtau_run.make_plan(split, bcfg, 2, None)
+    got_e, got_n, got_a, _ = stream_schedule(len(split.forget), len(split.retain), bcfg)
+    assert (got_e, got_n, got_a) == (bplan.static[2], bplan.static[3], bplan.alpha0)
 
     csplit = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
     ccfg = G.GradTauConfig(epochs=2)

@@ -359,6 +359,10 @@ def test_first_difference_names_the_path():
     assert rundir.first_difference(a, b) == ("train_config.seed", 0, 1)
     assert rundir.first_difference({**a, "request": {"classes": [3]}}, a)[0] == "request"
     assert rundir.first_difference({"x": [1, 2]}, {"x": [1, 3]}) == ("x[1]", 2, 3)
+    # A field only the stored run has (an optional one: gan unlearn's "judge", sample's
+    # "best_of") is a difference too, not a match: the run is another one.
+    assert rundir.first_difference({**a, "judge": {"epochs": 6}}, a) == ("judge", {"epochs": 6},
+                                                                          None)
 
 
 def test_open_run_identity_and_cleanup(tmp_path):
@@ -375,8 +379,11 @@ def test_open_run_identity_and_cleanup(tmp_path):
     with pytest.raises(RunDirError, match="its k is 1, this command's is 2"):
         with rundir.open_run(out, {"role": "a", "k": 2}):
             pass
-    with rundir.open_run(out, {"role": "a", "k": 2}, replace_role=True):
-        pass  # one-shot reports of the same role are replaced
+    (out / "report.json").write_text("{}")      # the k = 1 report's result
+    with rundir.open_run(out, {"role": "a", "k": 2}, replace_role=True,
+                         outputs=("report.json",)) as r:
+        assert not r.resumed  # one-shot reports of the same role are replaced, not resumed
+        assert not (out / "report.json").exists()   # never left beside the new identity
     assert rundir.read_identity(out) == {"role": "a", "k": 2}
     with pytest.raises(RunDirError, match="reads from"):
         with rundir.open_run(out, {"role": "a", "k": 2}, reads=[out]):

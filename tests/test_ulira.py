@@ -57,6 +57,19 @@ def test_identical_is_chance():
     assert abs(out["accuracy"] - 0.5) < 0.04 and abs(out["auc"] - 0.5) < 0.04
 
 
+def test_a_method_identical_to_retrain_reads_exactly_chance():
+    """Λ = 0 (identical shadows and targets: e.g. Retrain audited as the method) is a
+    "retrained" decision, so the ideal model reads the ideal 0.5, not 0 (a tie on the
+    retrained target counted as wrong) or 1."""
+    rng = np.random.default_rng(0)
+    phi = rng.normal(0, 1, (6, 10))
+    tgt = rng.random((6, 10)) < 0.5
+    tgt[:2] = True                  # every example targeted at least twice
+    target = rng.normal(0, 1, 10)
+    out = ulira.ulira_test(phi, phi.copy(), tgt, target, target.copy())
+    assert out["accuracy"] == 0.5 and out["auc"] == 0.5
+
+
 def test_untargeted_examples_are_skipped_and_none_fails():
     tgt = np.zeros((4, 5), bool)
     tgt[:, :2] = True
