@@ -496,7 +496,7 @@ def check_output(path: str | os.PathLike, *, reads: Sequence[str | os.PathLike] 
     if stored is None:          # refused if it holds anything (a legacy run is not an output)
         _check_identity(out, None, {}, others, flag, False)
     elif known:
-        wanted = json.loads(json.dumps(known))      # as stored: lists, not tuples
+        wanted = _normalise(known)      # as stored: lists, not tuples
         _check_identity(out, {k: v for k, v in stored.items() if k in wanted},
                         {k: v for k, v in wanted.items() if k in stored}, others, flag, False)
 
