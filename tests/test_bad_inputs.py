@@ -872,6 +872,21 @@ def test_cli_bad_input(ctx, capfd, tmp_path, name, argv, words):
     assert _files_under(ctx.run) == before
 
 
+def test_a_missing_retrain_of_a_sampled_network_is_advised_with_its_architecture(
+        ctx, capfd, tmp_path):
+    """A sampled network's params record no recipe: the advised `retrain` trained the default
+    mlp, which the next evaluate refused as another architecture than the gpt_mlp sample."""
+    sampled = tmp_path / "sampled"
+    save_params(sampled / "params", ctx.params, {
+        "role": "hyperforget-sample", "architecture": ctx.arch.to_json(),
+        "request": {"classes": [3]}})
+    capfd.readouterr()
+    assert _run_cli(["evaluate", "--run-dir", str(sampled), "--retrain-dir", str(ctx.empty_dir),
+                     "--out", str(tmp_path / "ev"), *DIGITS, "--forget-class", "3"]) == 2
+    assert (f"`hyperforget retrain --run-dir {ctx.empty_dir} --dataset digits --arch gpt_mlp "
+            "--forget-class 3` first") in capfd.readouterr().err
+
+
 def test_a_corpus_that_diverges_in_its_first_fleet_leaves_nothing(tmp_path, monkeypatch,
                                                                     capfd):
     """``corpus --weight-decay 1e9`` stopped on a NaN in its first fleet and left run.json and

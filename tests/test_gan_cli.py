@@ -382,6 +382,17 @@ def test_an_unfinished_gan_run_is_refused_by_its_readers(tmp_path, capsys):
         load_gan_run(clf)
 
 
+def test_load_gan_run_of_a_gan_evaluation_names_it_instead_of_advising_gan_train(tmp_path):
+    """`gan evaluate`'s output passed as --run-dir was advised `gan train --run-dir` on it,
+    which refuses another command's run: the refusal names what the directory holds."""
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "run.json").write_text(json.dumps({"identity": {"role": "gan-evaluation"}}))
+    with pytest.raises(CheckpointError, match="holds a 'gan-evaluation' output, not a GAN; "
+                                              "pass a run written by `hyperforget gan train`"):
+        load_gan_run(ev)
+
+
 def test_gan_evaluate_table_shows_shares_and_accuracies_in_percent():
     # As fractions to 3 decimals, a forgotten share of 1.04 % printed "0.010": inside the 1 %
     # bar that the README's targets check.

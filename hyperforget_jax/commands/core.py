@@ -123,6 +123,18 @@ def _own_seed(meta: dict) -> int:
     return seed if isinstance(seed, int) else 0
 
 
+def _recipe(meta: dict, arch) -> dict:
+    """The training recipe a Retrain of the model in a run repeats: the run's own (``train``,
+    ``retrain``, ``unlearn``), a sampled network's start network's (``sample --run-dir``), or
+    at least its architecture. A sample's params record no recipe: the advised `retrain`
+    trained the default mlp, which the next evaluate refused as another architecture."""
+    ident = meta.get("identity") or {}
+    start = ident.get("start") if isinstance(ident.get("start"), dict) else {}
+    run = start.get("run") if isinstance(start.get("run"), dict) else {}
+    recipe = meta.get("train_config") or run.get("train_config")
+    return recipe if isinstance(recipe, dict) else {"arch": arch.source or arch.name}
+
+
 def cmd_evaluate(args) -> int:
     arch, params, meta = common.load_run(
         args.run_dir, first=f"hyperforget train --run-dir {shell_quote(args.run_dir)}"
@@ -150,7 +162,7 @@ def cmd_evaluate(args) -> int:
         _, r_params, r_meta = common.load_run(
             args.retrain_dir, "--retrain-dir",
             first=f"hyperforget retrain --run-dir {shell_quote(args.retrain_dir)}"
-                  f"{common.data_flags(args)}{common.recipe_flags(meta.get('train_config'))}"
+                  f"{common.data_flags(args)}{common.recipe_flags(_recipe(meta, arch))}"
                   f"{common.request_flags(request)}")
         arch.check_params(r_params)
         common.check_same_data(r_meta, args, splits, args.retrain_dir, "Retrain model")

@@ -106,6 +106,10 @@ def load_gan_run(run_dir: str | Path, data_flags: str = ""):
                               "runs are read by `hyperforget evaluate`, this command takes a "
                               "run written by `hyperforget gan train` or `gan unlearn`")
     if not (run_dir / "checkpoints").is_dir():
+        if isinstance(role, str):
+            # `gan evaluate`'s output: the advised `gan train` refuses another command's run.
+            raise CheckpointError(f"{run_dir} holds {rundir._a(role)} output, not a GAN; pass "
+                                  "a run written by `hyperforget gan train` or `gan unlearn`")
         raise CheckpointError(f"no GAN checkpoint in {run_dir}; run `hyperforget gan train "
                               f"--run-dir {shell_quote(run_dir)}{data_flags}` first")
     with Checkpointer(run_dir / "checkpoints", read_only=True) as ckpt:
