@@ -333,7 +333,7 @@ class Architecture:
         shapes = self.param_shapes()
         if shapes is None:
             raise ConfigError(f"model {self.name!r} has no init, so no known parameter count; "
-                              "count the parameters you pass with params.param_count(params)")
+                              "count the parameters you pass with hf.param_count(params)")
         return sum(int(np.prod(l.shape)) for l in jax.tree.leaves(shapes))
 
     # --- checks ---------------------------------------------------------------------------------

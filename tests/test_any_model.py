@@ -81,6 +81,10 @@ def test_bare_apply_fn(world, trained):
     assert 0 <= out["accuracy"] <= 1
     with pytest.raises(ConfigError, match="no init"):
         unlearn("retrain", apply_fn, params, fsplit, splits.val)
+    # The advised call runs as pasted: params.param_count(params) was an AttributeError.
+    with pytest.raises(ConfigError, match=r"no known parameter count.* hf\.param_count\("):
+        hf.as_model(apply_fn).param_count
+    assert hf.param_count(params) == sum(l.size for l in jax.tree.leaves(params)) > 0
     init_fn = lambda key: net.init(key, jnp.zeros((1, 8, 8, 1)))["params"]
     model = hf.as_model(apply_fn, init_fn=init_fn)
     cfg = hf.TrainConfig(epochs=1, lr=3e-3)

@@ -799,7 +799,7 @@ CLI_CASES = [
         "--quiet"], "draws random numbers in its forward pass"),
     ("cli-gan-dcgan-on-8x8", lambda c, o: [
         "gan", "train", "--run-dir", o, *DIGITS, "--gan-arch", "dcgan", "--quiet"],
-     "supports 28×28 and 32×32 images, got 8×8"),
+     "supports 28×28 and 32×32 images, got 8×8; use the mlp pair"),
     # A 0-epoch run would hold no model, and every reader would say "train first".
     ("cli-zero-epochs", lambda c, o: ["train", "--run-dir", o, *TINY, "--epochs", "0"],
      "--epochs 0 trains nothing"),

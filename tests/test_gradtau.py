@@ -864,7 +864,10 @@ def test_stream_names_labels_past_the_model_s_outputs_and_refuses_fractional_cou
         with pytest.raises(ConfigError, match="n_forget must be an integer"):
             run(n_forget=bad)
     # What the stream does not read is refused, not dropped (τ is tau= or tau_fn=).
-    for kw, words in (({"config": G.GradTauConfig(tau_mode="val")}, "ignore config.tau_mode="),
+    # The advised tau_fn needs its tau_args: without them it died in a bare TypeError.
+    for kw, words in (({"config": G.GradTauConfig(tau_mode="val")},
+                       r"ignore config.tau_mode=.*val_tau_fn\(apply\) with "
+                       r"tau_args=\(val.x, val.y\)"),
                       ({"tau_args": (ds.x[:8], ds.y[:8])}, "tau_args are tau_fn's arguments"),
                       ({"config": G.GradTauConfig(tau_refresh_epochs=2)},
                        "tau_refresh_epochs=2 refreshes τ with tau_fn")):
@@ -1041,7 +1044,8 @@ def test_a_constant_tau_refuses_what_only_tau_fn_reads():
     # A constant τ is never refreshed: refresh_every and update's τ arguments were dropped
     # without a word. Refused, naming tau_fn (with tau_fn they run: the tests above).
     loss_fn, b = lambda p, b: (p["w"] * b[0] - b[1]) ** 2, (jnp.ones(3), jnp.zeros(3))
-    with pytest.raises(ConfigError, match="refresh_every=3 refreshes τ with tau_fn.*tau_fn="):
+    with pytest.raises(ConfigError, match="refresh_every=3 refreshes τ with tau_fn.*tau_fn=.*"
+                                          "update then takes the held-out x, y"):
         G.nabla_tau(loss_fn, 0.5, tau=1.0, refresh_every=3)
     p, gt = {"w": jnp.ones(())}, G.nabla_tau(loss_fn, 0.5, tau=1.0)
     with pytest.raises(ConfigError, match="update got 1 tau_args.*pass tau_fn= to nabla_tau"):

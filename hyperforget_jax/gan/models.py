@@ -415,7 +415,8 @@ def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (
         raise ConfigError(f"image_shape must be (H, W, C), got {image_shape}")
     if name == "dcgan" and (image_shape[0] != image_shape[1] or image_shape[0] not in DCGAN_SIZES):
         raise ConfigError(f"the dcgan GAN supports 28×28 and 32×32 images, got "
-                          f"{image_shape[0]}×{image_shape[1]}; use --gan-arch mlp")
+                          f"{image_shape[0]}×{image_shape[1]}; use the mlp pair (name='mlp', "
+                          "GANConfig(arch='mlp'), the CLI's --gan-arch mlp)")
     if latent_dim < 1 or width < 4:
         raise ConfigError(f"latent_dim must be >= 1 and width >= 4, got {latent_dim}, {width}")
     if user and width != 64:

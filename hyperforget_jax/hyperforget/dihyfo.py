@@ -270,7 +270,8 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
         raise ConfigError("DiHyFo-1 needs a forget class (forget_class=C, --forget-class C)")
     if variant == "dihyfo2" and forget_class is not None:
         raise ConfigError("DiHyFo-2 serves every class and takes no forget class; drop "
-                          "--forget-class, or use --variant dihyfo1 for a one-class network")
+                          "forget_class (--forget-class), or use variant='dihyfo1' "
+                          "(--variant dihyfo1) for a one-class network")
     missing = corpus.missing_seeds
     if missing:
         # An interrupted build reads as a smaller corpus: training on it would silently drop
@@ -282,17 +283,19 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
             f"`hyperforget corpus --out {shell_quote(corpus.path)}` (same flags) before training")
     denoiser = denoiser or DN.DenoiserConfig()
     cfg = config or DN.HyperTrainConfig()
+    tmpl = corpus.arch.param_shapes()
+    permute = tmpl if cfg.permute and _mlp_chain(corpus.arch) is not None else None
+    if cfg.permute and permute is None:
+        # Before make_spec: permute is on by default, so any other architecture met this
+        # refusal after following make_spec's (canonicalize=False, tokens='chunks').
+        raise ConfigError("permutation augmentation needs an MLP whose layers Dense_0..Dense_k "
+                          "are chained, and called, in that order; pass "
+                          "config=HyperTrainConfig(permute=False) (--no-permute)")
     src = pair_source(corpus, variant, forget_class)
     spec = make_spec(corpus, src, variant, forget_class, denoiser, canonicalize, cfg.seed)
     model, sched = spec.model(), D.make_schedule(spec.num_train_steps)
     tx = DN.make_hyper_optimizer(cfg)
     state = DN.init_hyper_state(model, tx, jax.random.key(cfg.seed))
-    tmpl = corpus.arch.param_shapes()
-    permute = tmpl if cfg.permute and _mlp_chain(corpus.arch) is not None else None
-    if cfg.permute and permute is None:
-        raise ConfigError("permutation augmentation needs an MLP whose layers Dense_0..Dense_k "
-                          "are chained, and called, in that order; pass permute=False "
-                          "(--no-permute)")
     if spec.denoiser.tokens == "units":
         permute = None        # unit tokens are exactly permutation-equivariant already
     step = xla.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay), donate_argnums=0)

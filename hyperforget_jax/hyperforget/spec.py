@@ -210,10 +210,14 @@ def default_targets(spec: HyperSpec, num_forget: int) -> tuple[float, float]:
     """(forget loss, retain log-ratio) of the default prompt for ``num_forget`` classes."""
     table = {int(n): (f, r) for n, f, r in spec.default_targets}
     if num_forget not in table:
+        # A corpus holds one- and two-class requests only (CorpusConfig.requests).
+        fix = ("corpora hold one- and two-class requests only: forget at most 2 classes "
+               "per request, or unlearn it with hf.unlearn (`hyperforget unlearn`)"
+               if num_forget > 2 else "build the corpus with such requests "
+               "(CorpusConfig.class_pairs, --pairs, for two classes) and retrain it")
         raise ForgetRequestError(
             f"this hypernetwork was trained on requests of {sorted(table)} class(es), not "
-            f"{num_forget}; build the corpus with such requests (--pairs for two classes) and "
-            "retrain it")
+            f"{num_forget}; {fix}")
     return table[num_forget]
 
 

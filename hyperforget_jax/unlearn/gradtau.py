@@ -519,7 +519,8 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
         # A constant τ is never refreshed: refresh_every was dropped without a word.
         raise ConfigError(f"refresh_every={refresh_every!r} refreshes τ with tau_fn, but only "
                           "a constant tau= is given; pass tau_fn= (e.g. "
-                          "gradtau.val_tau_fn(apply_fn)), or drop refresh_every")
+                          "gradtau.val_tau_fn(apply_fn), whose update then takes the held-out "
+                          "x, y after retain_batch), or drop refresh_every")
     if refresh_every is not None and not isinstance(refresh_every, jax.Array):
         # Here, not at the first update: "abc" failed there with a bare TypeError, and 2.5
         # ran as a refresh every 5 steps (the drivers pass a traced count, checked upstream).

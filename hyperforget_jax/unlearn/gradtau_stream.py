@@ -129,7 +129,7 @@ def _refuse_unread(cfg: G.GradTauConfig, tau_fn: Callable | None, tau_args: tupl
         raise ConfigError(f"run_gradtau_stream takes τ from tau= or tau_fn= and would ignore "
                           f"config.tau_mode={cfg.tau_mode!r}; drop tau_mode and pass tau="
                           "math.log(num_classes) (chance) or tau_fn=gradtau.val_tau_fn(apply) "
-                          "(val)")
+                          "with tau_args=(val.x, val.y) (val)")
     if tau_fn is None and tau_args:
         raise ConfigError("run_gradtau_stream: tau_args are tau_fn's arguments, but a constant "
                           "tau= is given; drop tau_args, or pass tau_fn= instead of tau=")
