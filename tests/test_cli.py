@@ -137,6 +137,42 @@ def test_demo_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
     assert seen == [False, True]
 
 
+
+def test_demo_retrains_on_the_retain_set_and_evaluates_each_seed_with_its_own(tmp_path, capsys,
+                                                                             monkeypatch):
+    """The demo's Retrain row is models trained on D_r (the train set without the forgotten
+    class), one per seed, and every model is evaluated with its seed (``DemoContext``: index i
+    ↔ seeds[i]). Nothing checked it: a Retrain on the whole train set (the Original again) or
+    every evaluation at seed 0 passed the suite. Training and evaluation are stubbed: the
+    fourth evaluation stops the demo."""
+    from types import SimpleNamespace
+
+    from hyperforget_jax import data, demo
+
+    fits, evals = [], []
+
+    def fit(arch, ds, cfg, progress):
+        fits.append((len(ds), cfg.seed))
+        return SimpleNamespace(params=len(fits)), []
+
+    def evaluate(arch, params, splits, fsplit, request, seed):
+        evals.append((params, seed))
+        if len(evals) == 4:
+            raise KeyboardInterrupt
+        return {}
+
+    monkeypatch.setattr(demo, "fit", fit)
+    monkeypatch.setattr(demo, "jax_block", lambda tree: tree)
+    monkeypatch.setattr(demo, "evaluate_unlearning", evaluate)
+    run(["demo", "--run-dir", str(tmp_path / "d"), "--seeds", "2", "--sections", "none",
+         "--forget-class", "3"], capsys)
+    train = data.make_splits(data.load_mnist5k()).train
+    n_retain = len(data.resolve_forget(train, data.ForgetRequest(classes=(3,))).retain)
+    assert n_retain < len(train)
+    assert fits == [(len(train), 0), (n_retain, 0), (len(train), 1), (n_retain, 1)]
+    # originals (fits 1 and 3) then retrains (2 and 4), each with its seed
+    assert evals == [(1, 0), (3, 1), (2, 0), (4, 1)]
+
 def test_train_seconds_cover_the_whole_run_over_resumes(tmp_path):
     """``train_seconds`` is the whole run's training time (as ``gan train``'s): a reload of a
     finished run kept only the reload's fraction of a second, a resumed run only its last

@@ -209,8 +209,14 @@ def test_train_step_jit_and_pmap_agree():
 
     step = jax.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay))
     s_jit = state0
-    for b in batches:
-        s_jit, m = step(s_jit, b)
+    for n, b in enumerate(batches):
+        ema, s_jit, m = s_jit.ema_params, *step(s_jit, b)
+        # The EMA the sampler uses (METHODS.md §2; docs/hyperforget.md: "EMA 0.995 with
+        # warm-up"): decay min(ema_decay, (1 + n) / (10 + n)) at step n, towards the new params.
+        decay = min(cfg.ema_decay, (1 + n) / (10 + n))
+        assert_trees_close(s_jit.ema_params, jax.tree.map(
+            lambda e, p: decay * np.asarray(e) + (1 - decay) * np.asarray(p), ema,
+            s_jit.params), atol=1e-6)
     assert bool(m["finite"]) and int(s_jit.step) == 2
 
     pstep = jax.pmap(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay, "batch"),

@@ -406,6 +406,13 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     res = json.loads((tmp_path / "s" / "results.json").read_text())
     for k in ("retain_acc", "forget_acc", "test_acc", "test_acc_kept", "mia_loss_lr"):
         assert 0.0 <= res["sample"][k] <= 1.0 and k in res["start"]
+    # "start" is the start network's evaluation and "sample" the sample's (a start column
+    # that evaluated the sample passed the range checks above).
+    test = digits_splits.test
+    acc = lambda p: float(np.mean(np.argmax(net2.spec.arch.apply(p, test.x), -1) == test.y))
+    assert acc(start) != acc(saved)
+    assert (res["start"]["test_acc"], res["sample"]["test_acc"]) == pytest.approx(
+        (acc(start), acc(saved)), abs=1e-6)
     # What ran is in the results, and the report names every attack like unlearn's does.
     assert res["seed"] == 4 and res["sample_config"]["num_steps"] == 4
     assert res["coverage"] == {"request_in_corpus": True, "forget_target_in_range": True,

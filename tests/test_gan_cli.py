@@ -111,6 +111,12 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     # was trained in (was: the rerun's restore time, e.g. 1.5 s for a 5 s run, which a
     # Retrain-vs-unlearn speed-up would then read).
     first = json.loads((orig / "results.json").read_text())["seconds"]
+    # The iterations it ran: 2 epochs of whole batches (a record of the epoch count passed).
+    from hyperforget_jax.gan.train import GANConfig
+
+    batch = GANConfig().batch_size
+    assert json.loads((orig / "results.json").read_text())["iterations"] == 2 * (
+        len(digits_splits.train) // batch)
     with Checkpointer(orig / "checkpoints") as ckpt:     # carried over resumes
         stored = ckpt.restore_meta()["train_seconds"]
     assert 0 < stored <= first

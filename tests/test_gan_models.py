@@ -12,7 +12,7 @@ from conftest import assert_trees_close, devices_or_skip, host_params
 
 from hyperforget_jax.errors import ArchitectureError, ConfigError
 from hyperforget_jax.gan.models import GANArch, make_gan_arch
-from hyperforget_jax.gan.train import (GANConfig, gan_arch_of, init_gan_state,
+from hyperforget_jax.gan.train import (GANConfig, bce_with_logits, gan_arch_of, init_gan_state,
                                        latents_for_step, make_d_step, make_g_step,
                                        make_optimizer, sample, train_gan)
 from hyperforget_jax.train import data_mesh, put_sharded, shard_batch
@@ -253,7 +253,7 @@ def _steps(n_dev, name="mlp", shape=(8, 8, 1), width=64, batch=16):
     sharded = jax.jit(_iteration(arch, tx), in_shardings=(repl, dat, dat, dat),
                       out_shardings=(repl, repl, repl))
     sh = sharded(jax.device_put(state, repl), *(put_sharded(a, mesh) for a in (x, zd, zg)))
-    return state, ref, pm, sh
+    return state, ref, pm, sh, (x, zd, zg)
 
 
 # One case per family (3 compilations each: the D and G steps of one iteration, single-device,
@@ -262,7 +262,21 @@ def _steps(n_dev, name="mlp", shape=(8, 8, 1), width=64, batch=16):
 @pytest.mark.parametrize("n_dev,name,shape,width", [
     (4, "mlp", (8, 8, 1), 64), (2, "dcgan", (28, 28, 1), 16)])
 def test_d_and_g_steps_jit_pmap_sharded_agree(n_dev, name, shape, width):
-    s0, ref, pm, sh = _steps(n_dev, name, shape, width, batch=8 if name == "dcgan" else 16)
+    s0, ref, pm, sh, (x, zd, zg) = _steps(n_dev, name, shape, width,
+                                          batch=8 if name == "dcgan" else 16)
+    # The losses are the documented ones (make_d_step / make_g_step): D's BCE(D(x), 1) +
+    # BCE(D(G(z_d)), 0), then G's non-saturating BCE(D(G(z_g)), 1) against the D that just
+    # stepped. Comparing the three modes alone passed a D trained to call fakes real and a G
+    # on the saturating −BCE(D(G(z)), 0). Checked on the mlp pair (both run the same steps;
+    # the dcgan's eager convolutions cost seconds).
+    if name == "mlp":
+        arch = make_gan_arch(name, shape, width=width)
+        D, G = arch.discriminate, arch.generate
+        np.testing.assert_allclose(ref[1], bce_with_logits(D(s0.d_params, x), 1.0)
+                                   + bce_with_logits(D(s0.d_params, G(s0.g_params, zd)), 0.0),
+                                   rtol=1e-5)
+        np.testing.assert_allclose(ref[2], bce_with_logits(
+            D(ref[0].d_params, G(s0.g_params, zg)), 1.0), rtol=1e-5)
     for other in (pm, sh):
         assert_trees_close(ref[0], other[0], atol=1e-5)
         np.testing.assert_allclose(ref[1], other[1], atol=1e-5)

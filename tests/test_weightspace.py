@@ -76,6 +76,23 @@ def test_change_round_trip_and_frozen_tensors(canon):
     assert WeightSpace.from_json(ws.to_json()) == ws
 
 
+
+def test_change_of_every_layer_round_trips_and_is_linear():
+    """A change that moves the hidden layers too (every trajectory of an "all"-layers corpus)
+    decodes back to θ₁ exactly, and its encoding is linear in θ₁: θ₁ is put in θ₀'s canonical
+    coordinates. The corpus above changes the head only, whose rescaling θ₀ and θ₁ share, so
+    an encoding that canonicalised θ₁ with its own scales passed it."""
+    tmpl = GPT.param_shapes()
+    shapes = tuple(s.shape for s in P_.param_spans(tmpl))
+    ws = WeightSpace(shapes, True, (1.0,) * len(shapes), (1.0,) * len(shapes))
+    rng = np.random.default_rng(0)
+    t0 = P_.flatten(GPT.init(jax.random.key(0))) + 0.05
+    d1, d2 = (jnp.asarray(rng.normal(0, 0.2, t0.shape).astype(np.float32)) for _ in range(2))
+    enc = lambda t1: ws.encode_change(t1, t0, tmpl)
+    x = enc(t0 + d1)
+    np.testing.assert_allclose(ws.decode_change(x, t0, tmpl), t0 + d1, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(enc(t0 + d1 + d2), x + enc(t0 + d2), rtol=1e-4, atol=1e-4)
+
 def test_start_encoding_is_normalised_and_rescale_invariant():
     ws, starts, _, tmpl = _fit(True)
     z = np.stack([np.asarray(ws.encode_start(jnp.asarray(s), tmpl)) for s in starts])
