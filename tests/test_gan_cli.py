@@ -375,28 +375,27 @@ def test_an_unfinished_gan_run_is_refused_by_its_readers(tmp_path, capsys):
                          "--forget-class", "3", "--quiet", *CHEAP_JUDGE]) == 2
         assert words in capsys.readouterr().err
         assert sorted(p.name for p in run.iterdir()) == ["checkpoints"]
-    # The refusals name what to pass: the run's own --dataset; a GAN run for a classifier's.
+    # The refusal names what to pass: the run's own --dataset.
     assert cli.main(["gan", "unlearn", "--run-dir", str(done), "--forget-class", "3", "--out",
                      str(tmp_path / "u"), "--quiet"]) == 2
     assert "pass the dataset the GAN was trained on (--dataset digits)" in \
         capsys.readouterr().err
-    clf = tmp_path / "clf"
-    clf.mkdir()
-    (clf / "run.json").write_text(json.dumps({"identity": {"role": "original"}}))
-    with pytest.raises(CheckpointError, match="holds an 'original' run, not a GAN;.*`hyperforget "
-                                              "evaluate`.*`hyperforget gan train`"):
-        load_gan_run(clf)
 
 
-def test_load_gan_run_of_a_gan_evaluation_names_it_instead_of_advising_gan_train(tmp_path):
-    """`gan evaluate`'s output passed as --run-dir was advised `gan train --run-dir` on it,
-    which refuses another command's run: the refusal names what the directory holds."""
-    ev = tmp_path / "ev"
-    ev.mkdir()
-    (ev / "run.json").write_text(json.dumps({"identity": {"role": "gan-evaluation"}}))
-    with pytest.raises(CheckpointError, match="holds a 'gan-evaluation' output, not a GAN; "
-                                              "pass a run written by `hyperforget gan train`"):
-        load_gan_run(ev)
+@pytest.mark.parametrize("role, words", [
+    ("original", "holds an 'original' run, not a GAN;.*`hyperforget evaluate`.*`hyperforget gan "
+                 "train`"),
+    ("gan-evaluation", "holds a 'gan-evaluation' output, not a GAN; pass a run written by "
+                       "`hyperforget gan train`")])
+def test_load_gan_run_names_another_command_s_directory(tmp_path, role, words):
+    """A classifier run, or `gan evaluate`'s output, passed as a GAN --run-dir was refused as a
+    run "not written by `gan train`?" or advised `gan train --run-dir` on it, which refuses
+    another command's run: the refusal names what the directory holds."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "run.json").write_text(json.dumps({"identity": {"role": role}}))
+    with pytest.raises(CheckpointError, match=words):
+        load_gan_run(other)
 
 
 def test_gan_evaluate_table_shows_shares_and_accuracies_in_percent():
