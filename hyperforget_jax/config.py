@@ -162,6 +162,20 @@ def check_config(cfg: Any) -> None:
             object.__setattr__(cfg, f.name, new)
 
 
+def refuse_unread(cfg: Any, unread: typing.Iterable[tuple[str, str, str]],
+                  accepted: typing.Sequence[Any]) -> None:
+    """Raises ConfigError for the first ``(name, why, fix)`` of ``unread`` (fields of ``cfg``
+    that another field, the request or the model leaves unread) whose value is none of the
+    ``accepted`` configs' (the defaults, or the recipes a value may be copied from): such a
+    field ran as if absent, yet the run recorded it as given. ``why`` completes "it ...",
+    ``fix`` what follows "; "."""
+    for name, why, fix in unread:
+        value = getattr(cfg, name)
+        if all(value != getattr(a, name) for a in accepted):
+            raise ConfigError(f"{type(cfg).__name__}.{name}={value!r} would be ignored: it "
+                              f"{why}; {fix}")
+
+
 def whole_number(value: Any) -> int | None:
     """``value`` as an ``int`` if it is an integer: Python, NumPy or 0-d JAX (a ``jnp`` shape's
     elements, ``y.max() + 1``), not a bool; else None (a float is not rounded)."""

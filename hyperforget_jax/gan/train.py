@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import xla
-from hyperforget_jax.config import SEED_LIMIT, check_count
+from hyperforget_jax.config import SEED_LIMIT, check_count, refuse_unread
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices
 from hyperforget_jax.checkpoint_checks import refuse_another_run
 from hyperforget_jax.errors import CheckpointError, ConfigError, DataError
@@ -139,17 +139,12 @@ def refuse_unused_fields(cfg: GANConfig, arch: GANArch) -> None:
     8×8 digits included: fixed hidden sizes) and the mixture's ``mixture_components`` /
     ``mixture_sigma`` with another prior. ``train_gan`` trained the same pair as with the
     default and returned an arch whose ``width`` read as given (the CLI refused the flags)."""
-    default = GANConfig()
-    unused = ["width"] if arch.name == "mlp" else []
+    unused = ([("width", "sets the dcgan pair's channels; the dense mlp pair has fixed hidden "
+                "sizes", "drop width")] if arch.name == "mlp" else [])
     if cfg.latent_prior != "mixture":
-        unused += ["mixture_components", "mixture_sigma"]
-    for name in unused:
-        if getattr(cfg, name) != getattr(default, name):
-            why = ("the dcgan pair's channels; the dense mlp pair has fixed hidden sizes"
-                   if name == "width" else f"the mixture prior; z is drawn from the "
-                   f"{cfg.latent_prior} prior")
-            raise ConfigError(f"GANConfig.{name}={getattr(cfg, name)!r} would be ignored: it "
-                              f"sets {why}; drop {name}")
+        unused += [(name, f"sets the mixture prior; z is drawn from the {cfg.latent_prior} "
+                    "prior", f"drop {name}") for name in ("mixture_components", "mixture_sigma")]
+    refuse_unread(cfg, unused, [GANConfig()])
 
 
 def make_optimizer(lr: float = 2e-4, beta1: float = 0.5) -> optax.GradientTransformation:

@@ -64,7 +64,7 @@ import optax
 
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import first_non_finite
-from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT
+from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT, refuse_unread
 from hyperforget_jax.data import ForgetRequest
 from hyperforget_jax.errors import (ConfigError, DataError, ForgetRequestError, NonFiniteError,
                                     kind_of)
@@ -273,11 +273,8 @@ def refuse_unused_fields(cfg: UnlearnConfig, class_request: bool) -> None:
     if cfg.substitution == "none":
         unused.append(("lambda_s", "weighs the substitution term, but substitution='none' has "
                        "no substitutes", "or use substitution='latent' or 'data'"))
-    for name, why, fix in unused:
-        value = getattr(cfg, name)
-        if all(value != getattr(r, name) for r in (ITEM_RECIPE, CLASS_RECIPE)):
-            raise ConfigError(f"UnlearnConfig.{name}={value!r} would be ignored: it {why}; "
-                              f"drop it (keep the recipe's value), {fix}")
+    refuse_unread(cfg, [(name, why, f"drop it (keep the recipe's value), {fix}")
+                        for name, why, fix in unused], [ITEM_RECIPE, CLASS_RECIPE])
 
 
 def default_recipe(class_request: bool) -> UnlearnConfig:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from hyperforget_jax.config import check_config, field
+from hyperforget_jax.config import check_config, field, refuse_unread
 from hyperforget_jax.errors import ConfigError
 
 
@@ -176,16 +176,14 @@ class ScrubConfig:
         # msteps=0 runs no max-pass: the forget batch is never drawn, and with alpha=0 no KL
         # term is left for kd_T to scale. The run equals the one without the field (bit for
         # bit), yet info["config"] recorded it as given.
-        default = ScrubConfig.__dataclass_fields__
-        unread = ([("forget_batch_size", "sets the batch of the max-passes, which msteps=0 "
-                    "does not run", "set msteps >= 1")] if self.msteps == 0 else [])
-        if self.msteps == 0 and self.alpha == 0:
-            unread.append(("kd_T", "sets the temperature of the KL terms, which msteps=0 and "
-                           "alpha=0 both remove", "set msteps >= 1 or alpha > 0"))
-        for name, why, fix in unread:
-            if getattr(self, name) != default[name].default:
-                raise ConfigError(f"ScrubConfig.{name}={getattr(self, name)!r} would be "
-                                  f"ignored: it {why}; drop {name}, or {fix}")
+        if self.msteps == 0:
+            unread = [("forget_batch_size", "sets the batch of the max-passes, which msteps=0 "
+                       "does not run", "drop forget_batch_size, or set msteps >= 1")]
+            if self.alpha == 0:
+                unread.append(("kd_T", "sets the temperature of the KL terms, which msteps=0 "
+                               "and alpha=0 both remove", "drop kd_T, or set msteps >= 1 or "
+                               "alpha > 0"))
+            refuse_unread(self, unread, [ScrubConfig()])   # the default's msteps is 2
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
+from hyperforget_jax.config import refuse_unread
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError, kind_of
 from hyperforget_jax.metrics import rows_independent_once
 from hyperforget_jax.models import Architecture, as_model
@@ -96,7 +97,6 @@ def refuse_overridden(cfg: G.GradTauConfig) -> None:
     ``alpha_scale`` / ``alpha_max`` compute (``alpha0=0.5, alpha_max=0.2`` ran α₀ = 0.5), and
     ``alpha0=0`` runs no ascent, so no τ (``tau_mode``). Each ran as if the second field were
     absent, yet ``info["config"]`` recorded it as given."""
-    default = G.GradTauConfig()
     unread = [("epochs", "max_epochs", "caps the budget that epochs replaces")] \
         if cfg.epochs is not None else []
     if cfg.alpha0 is not None:
@@ -104,11 +104,9 @@ def refuse_overridden(cfg: G.GradTauConfig) -> None:
                    for f in ("alpha_scale", "alpha_max")]
     if cfg.alpha0 == 0:
         unread += [("alpha0", "tau_mode", "picks the τ of an ascent that alpha0=0 turns off")]
-    for given, name, why in unread:
-        value = getattr(cfg, name)
-        if value != getattr(default, name):
-            raise ConfigError(f"GradTauConfig.{name}={value!r} would be ignored: it {why} "
-                              f"({given}={getattr(cfg, given)!r}); drop {name} or {given}")
+    refuse_unread(cfg, [(name, f"{why} ({given}={getattr(cfg, given)!r})",
+                         f"drop {name} or {given}") for given, name, why in unread],
+                  [G.GradTauConfig()])
 
 
 def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
