@@ -172,23 +172,33 @@ def xy_batch(batch: Batch, who: str) -> tuple[Any, Any]:
     class with ``__iter__``), or a :class:`ConfigError`: a dict batch ``{"image", "label"}``
     was unpacked into its two *keys* (the model was applied to the string "image": a bare
     TypeError), a 3-tuple ``(x, y, w)`` failed with "too many values to unpack"."""
-    if isinstance(batch, (tuple, list)) and len(batch) == 2:
-        return batch[0], batch[1]
+    return tuple_batch(batch, ("x", "y"), who,
+                       fix="write your own loss_fn(params, batch) -> (B,) for another form "
+                           "(e.g. lambda p, b: per_example_ce(apply_fn)(p, (b['image'], "
+                           "b['label'])))")
+
+
+def tuple_batch(batch: Batch, fields: tuple[str, ...], who: str, fix: str) -> tuple:
+    """``batch`` as a tuple of ``len(fields)`` items (a tuple or list, or any object that
+    unpacks into that many), or a :class:`ConfigError` naming the form ``who`` takes and
+    ``fix``. Checked while tracing: nothing enters a compiled program."""
+    n = len(fields)
+    if isinstance(batch, (tuple, list)) and len(batch) == n:
+        return tuple(batch)
     if not isinstance(batch, (Mapping, str, bytes, jax.Array, np.ndarray)):
-        # A user's batch class that unpacks as (x, y) (``__iter__``), as ``x, y = batch`` took
-        # it; a Mapping (a FrozenDict too) would unpack into its keys.
+        # A user's batch class that unpacks into n items (``__iter__``), as ``x, y = batch``
+        # took it; a Mapping (a FrozenDict too) would unpack into its keys.
         try:
             items = tuple(batch)
         except TypeError:
             items = ()
-        if len(items) == 2:
+        if len(items) == n:
             return items
     what = (f"a dict with keys {sorted(map(str, batch))}" if isinstance(batch, Mapping)
             else f"a {type(batch).__name__}" + (f" of {len(batch)}" if isinstance(
                 batch, (tuple, list)) else ""))
-    raise ConfigError(f"{who} takes batches (x, y), got {what}; pass (x, y), or write your own "
-                      "loss_fn(params, batch) -> (B,) for another form (e.g. lambda p, b: "
-                      "per_example_ce(apply_fn)(p, (b['image'], b['label'])))")
+    form = "(" + ", ".join(fields) + ")"
+    raise ConfigError(f"{who} takes batches {form}, got {what}; pass {form}, or {fix}")
 
 
 def make_optimizer(cfg: TrainConfig, lr: Any = None, weight_decay: Any = None

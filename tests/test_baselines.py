@@ -309,6 +309,27 @@ def test_scrub_kl_is_the_official_distillkl_scaled_by_T_squared():
         float(0.99 * ce + 0.001 * distill_kl(x @ w, t)), rel=1e-5)
 
 
+def test_scrub_and_bad_teacher_refuse_batches_of_another_form():
+    # A dict batch failed with a bare KeyError: 0, SCRUB's retain batch given as a pair with an
+    # IndexError; a list of the same items stays accepted.
+    x, t, w = jnp.ones((4, 5)), jnp.zeros((4, 3)), jnp.zeros((5, 3))
+    y = jnp.zeros(4, jnp.int32)
+    scrub = baselines.scrub(lambda p, xx: xx @ p, 2.0, 0.99, 0.001)
+    bad = baselines.bad_teacher(lambda p, xx: xx @ p, 2.0)
+    with pytest.raises(ConfigError, match=r"scrub's forget batch takes batches \(x, "
+                                          r"teacher_logits\), got a dict with keys \['image'"):
+        scrub.update(w, (), {"image": x, "teacher_logits": t}, (x, y, t), True)
+    with pytest.raises(ConfigError, match=r"scrub's retain batch takes batches \(x, y, "
+                                          r"teacher_logits\), got a tuple of 2; pass .*teacher"):
+        scrub.update(w, (), (x, t), (x, y), False)
+    with pytest.raises(ConfigError, match=r"bad_teacher takes batches \(x, teacher_logits\), "
+                                          r"got a dict"):
+        bad.update(w, (), {"x": x, "teacher_logits": t})
+    _, _, m = bad.update(w, (), [x, t])
+    _, _, want = bad.update(w, (), (x, t))
+    assert float(m["loss"]) == float(want["loss"])
+
+
 def _forget_row_weights(plan, row, nf):
     """Per forget sample of one plan row: (its share of the row's mean loss, its labels)."""
     idx, y = np.asarray(plan["idx"][row]), np.asarray(plan["y"][row])

@@ -122,6 +122,10 @@ def neggrad_plus(loss_fn: Callable, beta: Any, axis_name: str | None = None) -> 
                       - (1 - beta) * jnp.mean(loss_fn(p, fb)), axis_name)
 
 
+_KD_FIX = ("compute the teacher's logits first (teacher_logits = apply_fn(teacher_params, x)) "
+           "and pass them in the tuple")
+
+
 def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any,
           axis_name: str | None = None) -> Objective:
     """SCRUB: ``update(params, state, forget_batch, retain_batch, is_max)`` with
@@ -135,6 +139,11 @@ def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any,
         return kd_T ** 2 * kl_divergence(target_logits, student_logits, kd_T)
 
     def loss(p, fb, rb, is_max):
+        # A dict batch failed with a bare KeyError: 0, a pair given as the retain batch with
+        # an IndexError. The forms are checked while tracing.
+        fb = train.tuple_batch(fb, ("x", "teacher_logits"), "scrub's forget batch", _KD_FIX)
+        rb = train.tuple_batch(rb, ("x", "y", "teacher_logits"), "scrub's retain batch", _KD_FIX)
+
         def max_loss(q):
             return -kl(fb[1], apply_fn(q, fb[0]))
 
@@ -151,8 +160,10 @@ def bad_teacher(apply_fn: Callable, temperature: Any,
     """Bad Teacher: KL(teacher ‖ student) on ``batch = (x, teacher_logits)`` (the teacher is
     the incompetent one on D_f, the original on D_r). ``update(params, state, batch)``;
     ``axis_name``: see :func:`_stateless`."""
-    return _stateless(lambda p, b: kl_divergence(b[1], apply_fn(p, b[0]), temperature),
-                      axis_name)
+    def loss(p, b):
+        x, teacher_logits = train.tuple_batch(b, ("x", "teacher_logits"), "bad_teacher", _KD_FIX)
+        return kl_divergence(teacher_logits, apply_fn(p, x), temperature)
+    return _stateless(loss, axis_name)
 
 
 def masked_updates(tx: optax.GradientTransformation, mask: Params
