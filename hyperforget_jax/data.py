@@ -340,6 +340,12 @@ def _check_label_layout(ds: Dataset, what: str) -> None:
     if len(y) != len(ds.x):
         raise DataError(f"{what}: {ds.name} has {len(ds.x)} images but {len(y)} labels; pass "
                         "one label per image")
+    # Float labels of a hand-built Dataset (from_arrays casts whole numbers) passed here and
+    # were refused only later, by the model's input check of fit / unlearn.
+    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{what}: {ds.name} has labels of dtype {y.dtype}; labels must be "
+                        "integer class ids: y.astype(np.int32), or build the dataset with "
+                        "hf.data.from_arrays(x, y, num_classes)")
 
 
 def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 0.2,

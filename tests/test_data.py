@@ -191,11 +191,13 @@ def test_make_splits_refuses_labels_outside_num_classes():
 @pytest.mark.parametrize("labels, match", [
     (lambda y: np.eye(3, dtype=np.int32)[y], r"labels of shape \(60, 3\).*y.argmax\(-1\)"),
     (lambda y: y[:45], "60 images but 45 labels"),
+    (lambda y: y.astype(np.float32), r"labels of dtype float32; .*y.astype\(np.int32\)"),
 ])
 def test_hand_built_dataset_with_labels_of_another_layout_is_refused(labels, match):
     """A Dataset built directly with one-hot labels crashed make_splits and resolve_forget with
     numpy's IndexError (or picked wrong rows); with fewer labels than images, the images past
-    the last label were dropped from every split and request without a word."""
+    the last label were dropped from every split and request without a word; float labels
+    passed both and were refused only later, by fit or unlearn."""
     y = np.repeat(np.arange(3, dtype=np.int32), 20)
     ds = data.Dataset(np.zeros((60, 4, 4, 1), np.float32), labels(y), 3, "direct")
     with pytest.raises(DataError, match=match):
