@@ -218,10 +218,10 @@ def _make_writable_dir(path: Path) -> None:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CheckpointError(f"cannot create checkpoint directory {path} ({e.strerror or e}); "
-                              "pass a writable --run-dir / path") from e
+                              "pass a writable directory (on the CLI: --run-dir)") from e
     if not os.access(path, os.W_OK | os.X_OK):
         raise CheckpointError(f"checkpoint directory {path} is not writable; fix its "
-                              "permissions or pass a writable --run-dir / path")
+                              "permissions or pass a writable directory (on the CLI: --run-dir)")
 
 
 def _recover(directory: Path, stale_writes: bool) -> None:
@@ -318,8 +318,8 @@ class Checkpointer:
         if not read_only:
             _make_writable_dir(self.directory)
         elif not self.directory.is_dir():
-            raise CheckpointError(f"no checkpoint in {self.directory}; train first or pass the "
-                                  "right --run-dir")
+            raise CheckpointError(f"no checkpoint in {self.directory}; train first, or pass the "
+                                  "directory a run wrote (on the CLI: --run-dir)")
         _recover(self.directory, stale_writes=False)   # on a read-only one, a no-op
         self._saved = False
         self._closed = False
@@ -336,8 +336,8 @@ class Checkpointer:
                        _META: ocp.JsonCheckpointHandler()}))
         except Exception as e:  # noqa: BLE001 - anything Orbax raises here is a bad directory
             raise CheckpointError(f"cannot open checkpoint directory {self.directory} "
-                                  f"({type(e).__name__}: {e}); pass a writable --run-dir that "
-                                  "holds only checkpoints of this run") from e
+                                  f"({type(e).__name__}: {e}); pass a writable directory (on the "
+                                  "CLI: --run-dir) that holds only checkpoints of this run") from e
         if self.identity is not None:
             self._check_identity()
 
@@ -480,8 +480,8 @@ class Checkpointer:
         self.wait_until_finished()
         steps = self.all_steps()
         if not steps:
-            raise CheckpointError(f"no checkpoint in {self.directory}; train first or pass the "
-                                  "right --run-dir")
+            raise CheckpointError(f"no checkpoint in {self.directory}; train first, or pass the "
+                                  "directory a run wrote (on the CLI: --run-dir)")
         if step is None:
             return steps[-1]
         step = _checked_step(step)
