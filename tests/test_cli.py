@@ -43,6 +43,7 @@ def test_train_retrain_evaluate_roundtrip(trained, capsys):
     ev = json.loads((trained / "orig" / "evaluate" / "class-2" / "evaluation.json").read_text())
     assert ev["eval"]["orig"]["forget_acc"] > 0.5 and ev["avg_gap"] > 10
     assert ev["run"] == ev["eval"]["orig"] and ev["retrain"] == ev["eval"]["retrain"]
+    assert "retrain_recipe_differs" not in ev and "warning" not in err   # the same recipe
     assert (ev["dataset"], ev["split_seed"]) == ("digits", 0)       # not in run.json alone
     assert "mia_loss_lr" in out and "Avg. Gap" in out
     assert "Avg. Gap to Retrain (FA, RA, TA, mia_loss_lr; points)" in out   # names the metrics
@@ -61,6 +62,27 @@ def test_evaluate_names_the_gap_keys_when_an_attack_is_not_applicable(trained, c
     assert ev["avg_gap_keys"] == ["forget_acc", "retain_acc", "test_acc"]
     md = (trained / "ev1" / "evaluation.md").read_text()
     assert "Avg. Gap to Retrain (FA, RA, TA; points)" in md and "Not applicable: mia_loss_lr" in md
+
+
+def test_evaluate_says_when_the_retrain_ran_another_recipe(trained, capsys):
+    # A 2-epoch Retrain of a 10-epoch original was taken without a word, its gap reported as
+    # the gap to Retrain. The run works (a user may mean it), and says so on stderr (one
+    # line, with the Retrain that repeats the recipe), in evaluation.json and the report.
+    short = [a if a != "10" else "2" for a in FAST]
+    assert cli.main(["retrain", "--forget-class", "2", "--run-dir", str(trained / "re2")]
+                    + short) == 0
+    capsys.readouterr()
+    code, _, err = run(["evaluate", "--run-dir", str(trained / "orig"), "--forget-class", "2",
+                        "--retrain-dir", str(trained / "re2"), "--dataset", "digits",
+                        "--out", str(trained / "ev2"), "--quiet"], capsys)
+    assert code == 0, err
+    warning = [line for line in err.splitlines() if "warning" in line]
+    assert len(warning) == 1 and "epochs 2 (this run's recipe: 10)" in warning[0]
+    assert "hyperforget retrain --dataset digits --arch gpt_mlp --epochs 10" in warning[0]
+    ev = json.loads((trained / "ev2" / "evaluation.json").read_text())
+    assert ev["retrain_recipe_differs"] == {"epochs": {"run": 10, "retrain": 2}}
+    assert "recipe differs from this run's: epochs 2" in (trained / "ev2" /
+                                                          "evaluation.md").read_text()
 
 
 def test_reading_a_run_does_not_initialise_the_model(trained, capsys, monkeypatch):

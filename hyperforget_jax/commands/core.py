@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -112,6 +113,25 @@ def _check_own_request(meta: dict, request: data.ForgetRequest | None, path) -> 
             "--forget-seed included)")
 
 
+def _recipe_difference(recipe: dict, retrain_meta: dict) -> dict:
+    """The training-recipe fields (seed aside: Retrains of other seeds are the usual baseline)
+    in which a Retrain differs from the recipe a Retrain of the evaluated run repeats, as
+    ``{field: {"run": ..., "retrain": ...}}``; empty where either records none. `evaluate`
+    accepted a 20-epoch Retrain for a 2-epoch original without a word, and reported the gap
+    to it as the gap to Retrain."""
+    ident = retrain_meta.get("identity") or {}
+    theirs = ident.get("train_config") or retrain_meta.get("train_config")
+    if not isinstance(theirs, dict):
+        return {}
+    return {k: {"run": v, "retrain": theirs[k]} for k, v in recipe.items()
+            if k != "seed" and k in theirs and theirs[k] != v}
+
+
+def _describe_difference(differs: dict) -> str:
+    return ", ".join(f"{k} {d['retrain']} (this run's recipe: {d['run']})"
+                     for k, d in differs.items())
+
+
 def _own_seed(meta: dict) -> int:
     """The seed a run's own command evaluated it with (its attacks' CV splits): ``unlearn``'s
     and ``sample``'s ``--seed``, ``train`` / ``retrain``'s training seed; 0 if none is
@@ -156,6 +176,7 @@ def cmd_evaluate(args) -> int:
     fsplit = data.resolve_forget(splits.train, request)
     reads = [args.run_dir]
     r_meta = r_params = None
+    differs: dict = {}
     if args.retrain_dir:
         # A missing Retrain is made by `retrain` (not `train`), with the data, recipe and
         # request of the run it is compared with.
@@ -168,6 +189,14 @@ def cmd_evaluate(args) -> int:
         common.check_same_data(r_meta, args, splits, args.retrain_dir, "Retrain model")
         _check_retrain(r_meta, request, args.retrain_dir)
         reads.append(args.retrain_dir)
+        differs = _recipe_difference(_recipe(meta, arch), r_meta)
+        if differs:
+            warnings.warn(f"--retrain-dir {args.retrain_dir} was trained with "
+                          f"{_describe_difference(differs)}: the Avg. Gap compares with a "
+                          "Retrain of another recipe (the Retrain of this run: hyperforget "
+                          f"retrain{common.data_flags(args)}"
+                          f"{common.recipe_flags(_recipe(meta, arch))}"
+                          f"{common.request_flags(request)} --run-dir NEW_DIR)", stacklevel=1)
     # Rows are labelled by directory, but never "retrain" (that row is the --retrain-dir's).
     run_label, retrain_label = common.unique_labels([args.run_dir], ("retrain",))[0], "retrain"
     # Another seed than the run's own is part of the default name (as `unlearn`'s method
@@ -196,6 +225,8 @@ def cmd_evaluate(args) -> int:
                            retrain=rows[retrain_label],
                            avg_gap=gap_to_retrain(rows[run_label], rows[retrain_label]),
                            avg_gap_keys=list(used))
+            if differs:
+                results["retrain_recipe_differs"] = differs
         md = _summary(f"forget request: {request.describe()}", rows)
         na = rows[run_label].get("not_applicable")
         if na:
@@ -203,6 +234,9 @@ def cmd_evaluate(args) -> int:
         if "avg_gap" in results:
             md += (f"\nAvg. Gap to Retrain ({', '.join(GAP_LABELS[k] for k in used)}; points): "
                    f"{results['avg_gap']:.2f}\n")
+            if differs:
+                md += (f"\nThe Retrain's recipe differs from this run's: "
+                       f"{_describe_difference(differs)}.\n")
         common.write_results(run.path, results, md, ("evaluation.json", "evaluation.md"))
     common.emit(args, results, md)
     return 0
