@@ -83,6 +83,12 @@ def test_evaluate_says_when_the_retrain_ran_another_recipe(trained, capsys):
     assert ev["retrain_recipe_differs"] == {"epochs": {"run": 10, "retrain": 2}}
     assert "recipe differs from this run's: epochs 2" in (trained / "ev2" /
                                                           "evaluation.md").read_text()
+    # A refusal after the comparison (a bad --out) is one line on stderr: the warning came first.
+    (trained / "a-file").write_text("")
+    code, _, err = run(["evaluate", "--run-dir", str(trained / "orig"), "--forget-class", "2",
+                        "--retrain-dir", str(trained / "re2"), "--dataset", "digits",
+                        "--out", str(trained / "a-file" / "ev"), "--quiet"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err, err
 
 
 def test_reading_a_run_does_not_initialise_the_model(trained, capsys, monkeypatch):

@@ -117,7 +117,7 @@ def _recipe_difference(recipe: dict, retrain_meta: dict) -> dict:
     """The training-recipe fields (seed aside: Retrains of other seeds are the usual baseline)
     in which a Retrain differs from the recipe a Retrain of the evaluated run repeats, as
     ``{field: {"run": ..., "retrain": ...}}``; empty where either records none. `evaluate`
-    accepted a 20-epoch Retrain for a 2-epoch original without a word, and reported the gap
+    accepted a 2-epoch Retrain of a 10-epoch original without a word, and reported the gap
     to it as the gap to Retrain."""
     ident = retrain_meta.get("identity") or {}
     theirs = ident.get("train_config") or retrain_meta.get("train_config")
@@ -190,13 +190,6 @@ def cmd_evaluate(args) -> int:
         _check_retrain(r_meta, request, args.retrain_dir)
         reads.append(args.retrain_dir)
         differs = _recipe_difference(_recipe(meta, arch), r_meta)
-        if differs:
-            warnings.warn(f"--retrain-dir {args.retrain_dir} was trained with "
-                          f"{_describe_difference(differs)}: the Avg. Gap compares with a "
-                          "Retrain of another recipe (the Retrain of this run: hyperforget "
-                          f"retrain{common.data_flags(args)}"
-                          f"{common.recipe_flags(_recipe(meta, arch))}"
-                          f"{common.request_flags(request)} --run-dir NEW_DIR)", stacklevel=1)
     # Rows are labelled by directory, but never "retrain" (that row is the --retrain-dir's).
     run_label, retrain_label = common.unique_labels([args.run_dir], ("retrain",))[0], "retrain"
     # Another seed than the run's own is part of the default name (as `unlearn`'s method
@@ -238,6 +231,15 @@ def cmd_evaluate(args) -> int:
                 md += (f"\nThe Retrain's recipe differs from this run's: "
                        f"{_describe_difference(differs)}.\n")
         common.write_results(run.path, results, md, ("evaluation.json", "evaluation.md"))
+    if differs:
+        # Once the evaluation is written: warned where `differs` is computed, a later refusal
+        # (a bad --out) printed the warning above its one error line.
+        warnings.warn(f"--retrain-dir {args.retrain_dir} was trained with "
+                      f"{_describe_difference(differs)}: the Avg. Gap compares with a "
+                      "Retrain of another recipe (the Retrain of this run: hyperforget "
+                      f"retrain{common.data_flags(args)}"
+                      f"{common.recipe_flags(_recipe(meta, arch))}"
+                      f"{common.request_flags(request)} --run-dir NEW_DIR)", stacklevel=1)
     common.emit(args, results, md)
     return 0
 
