@@ -252,6 +252,11 @@ def _recover(directory: Path, stale_writes: bool) -> None:
 # --------------------------------------------------------------------------- Checkpointer
 
 
+class NoCheckpointError(CheckpointError):
+    """A checkpoint directory that holds no committed step (never written, or its run stopped
+    before its first save): a caller that knows which command writes it can say so."""
+
+
 def _checked_step(step: Any) -> int:
     """``step`` as an int: an integer >= 0 (NumPy and 0-d JAX integers included). ``int()``
     truncated a float, so saving epochs 1.5 and 1.0 wrote both as step 1, the second replacing
@@ -318,7 +323,7 @@ class Checkpointer:
         if not read_only:
             _make_writable_dir(self.directory)
         elif not self.directory.is_dir():
-            raise CheckpointError(f"no checkpoint in {self.directory}; train first, or pass the "
+            raise NoCheckpointError(f"no checkpoint in {self.directory}; train first, or pass the "
                                   "directory a run wrote (on the CLI: --run-dir)")
         _recover(self.directory, stale_writes=False)   # on a read-only one, a no-op
         self._saved = False
@@ -480,7 +485,7 @@ class Checkpointer:
         self.wait_until_finished()
         steps = self.all_steps()
         if not steps:
-            raise CheckpointError(f"no checkpoint in {self.directory}; train first, or pass the "
+            raise NoCheckpointError(f"no checkpoint in {self.directory}; train first, or pass the "
                                   "directory a run wrote (on the CLI: --run-dir)")
         if step is None:
             return steps[-1]

@@ -91,6 +91,19 @@ def test_evaluate_says_when_the_retrain_ran_another_recipe(trained, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err, err
 
 
+def test_a_retrain_dir_stopped_before_its_first_checkpoint_is_named_as_such(trained, capsys):
+    # A `retrain` killed before its first save leaves an empty checkpoints/: evaluate said "no
+    # checkpoint in .../checkpoints; train first, or pass ... --run-dir" for a --retrain-dir.
+    (trained / "re-killed" / "checkpoints").mkdir(parents=True)
+    code, _, err = run(["evaluate", "--run-dir", str(trained / "orig"), "--forget-class", "2",
+                        "--retrain-dir", str(trained / "re-killed"), "--dataset", "digits",
+                        "--out", str(trained / "ev-killed"), "--quiet"], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert (f"--retrain-dir {trained / 're-killed'} holds no saved model yet" in err
+            and "`hyperforget retrain --run-dir" in err and "--forget-class 2" in err), err
+    assert not (trained / "ev-killed").exists()
+
+
 def test_reading_a_run_does_not_initialise_the_model(trained, capsys, monkeypatch):
     """`evaluate` (and every command that reads a run) restores into a template of shapes and
     dtypes: it used to initialise the model for real (compiling its init and the optimizer's

@@ -18,8 +18,8 @@ from typing import Any
 import jax
 
 from hyperforget_jax import configflags, data, report, rundir
-from hyperforget_jax.checkpoint import (Checkpointer, default_device, load_params,
-                                        load_params_meta)
+from hyperforget_jax.checkpoint import (Checkpointer, NoCheckpointError, default_device,
+                                        load_params, load_params_meta)
 from hyperforget_jax.cli import ListInOne
 from hyperforget_jax.configflags import finite_float, seed_int
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
@@ -309,8 +309,17 @@ def load_run(run_dir: str | Path, flag: str = "--run-dir", first: str | None = N
                               "GAN runs are read by `hyperforget gan evaluate` and `gan "
                               "unlearn`, this command takes a run written by `hyperforget "
                               "train`, `retrain`, `unlearn` or `sample`")
+    first = first or f"hyperforget train --run-dir {shell_quote(run_dir)}"
     if (run_dir / "checkpoints").is_dir():
-        arch, params, meta = _load_checkpointed(run_dir)
+        try:
+            arch, params, meta = _load_checkpointed(run_dir)
+        except NoCheckpointError as e:
+            # A run stopped before its first save. The Checkpointer's own advice ("train
+            # first", --run-dir) was wrong for a --retrain-dir.
+            raise NoCheckpointError(f"{flag} {run_dir} holds no saved model yet (its run "
+                                    "stopped before its first checkpoint); rerun the command "
+                                    f"that started it with the same flags, or run `{first}`"
+                                    ) from e
     elif (run_dir / "params").is_dir():
         arch, params, meta = _load_params_dir(run_dir)
     else:
@@ -318,7 +327,6 @@ def load_run(run_dir: str | Path, flag: str = "--run-dir", first: str | None = N
             raise CheckpointError(f"{flag} {run_dir} holds {rundir._a(role)} output, not a "
                                   "classifier; pass a run written by `hyperforget train`, "
                                   "`retrain`, `unlearn` or `sample`")
-        first = first or f"hyperforget train --run-dir {shell_quote(run_dir)}"
         raise CheckpointError(f"no trained model in {run_dir}; run `{first}` first, or pass a "
                               "run written by `retrain`, `unlearn` or `sample`")
     meta["identity"] = ident if ident is not None else _legacy_train_identity(meta)
