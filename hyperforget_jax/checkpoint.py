@@ -323,8 +323,8 @@ class Checkpointer:
         if not read_only:
             _make_writable_dir(self.directory)
         elif not self.directory.is_dir():
-            raise NoCheckpointError(f"no checkpoint in {self.directory}; train first, or pass the "
-                                  "directory a run wrote (on the CLI: --run-dir)")
+            raise NoCheckpointError(f"no checkpoint in {self.directory}; train first, or pass "
+                                    "the directory a run wrote (on the CLI: --run-dir)")
         _recover(self.directory, stale_writes=False)   # on a read-only one, a no-op
         self._saved = False
         self._closed = False
@@ -485,8 +485,8 @@ class Checkpointer:
         self.wait_until_finished()
         steps = self.all_steps()
         if not steps:
-            raise NoCheckpointError(f"no checkpoint in {self.directory}; train first, or pass the "
-                                  "directory a run wrote (on the CLI: --run-dir)")
+            raise NoCheckpointError(f"no checkpoint in {self.directory}; train first, or pass "
+                                    "the directory a run wrote (on the CLI: --run-dir)")
         if step is None:
             return steps[-1]
         step = _checked_step(step)

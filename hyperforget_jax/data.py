@@ -342,7 +342,7 @@ def _check_label_layout(ds: Dataset, what: str) -> None:
                         "one label per image")
     # Float labels of a hand-built Dataset (from_arrays casts whole numbers) passed here and
     # were refused only later, by the model's input check of fit / unlearn.
-    if y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+    if not np.issubdtype(y.dtype, np.integer):       # bool is not an integer dtype
         raise DataError(f"{what}: {ds.name} has labels of dtype {y.dtype}; labels must be "
                         "integer class ids: y.astype(np.int32), or build the dataset with "
                         "hf.data.from_arrays(x, y, num_classes)")

@@ -180,16 +180,17 @@ def cmd_evaluate(args) -> int:
     if args.retrain_dir:
         # A missing Retrain is made by `retrain` (not `train`), with the data, recipe and
         # request of the run it is compared with.
+        recipe = _recipe(meta, arch)
+        retrain_flags = (f"{common.data_flags(args)}{common.recipe_flags(recipe)}"
+                         f"{common.request_flags(request)}")
         _, r_params, r_meta = common.load_run(
             args.retrain_dir, "--retrain-dir",
-            first=f"hyperforget retrain --run-dir {shell_quote(args.retrain_dir)}"
-                  f"{common.data_flags(args)}{common.recipe_flags(_recipe(meta, arch))}"
-                  f"{common.request_flags(request)}")
+            first=f"hyperforget retrain --run-dir {shell_quote(args.retrain_dir)}{retrain_flags}")
         arch.check_params(r_params)
         common.check_same_data(r_meta, args, splits, args.retrain_dir, "Retrain model")
         _check_retrain(r_meta, request, args.retrain_dir)
         reads.append(args.retrain_dir)
-        differs = _recipe_difference(_recipe(meta, arch), r_meta)
+        differs = _recipe_difference(recipe, r_meta)
     # Rows are labelled by directory, but never "retrain" (that row is the --retrain-dir's).
     run_label, retrain_label = common.unique_labels([args.run_dir], ("retrain",))[0], "retrain"
     # Another seed than the run's own is part of the default name (as `unlearn`'s method
@@ -237,9 +238,7 @@ def cmd_evaluate(args) -> int:
         warnings.warn(f"--retrain-dir {args.retrain_dir} was trained with "
                       f"{_describe_difference(differs)}: the Avg. Gap compares with a "
                       "Retrain of another recipe (the Retrain of this run: hyperforget "
-                      f"retrain{common.data_flags(args)}"
-                      f"{common.recipe_flags(_recipe(meta, arch))}"
-                      f"{common.request_flags(request)} --run-dir NEW_DIR)", stacklevel=1)
+                      f"retrain{retrain_flags} --run-dir NEW_DIR)", stacklevel=1)
     common.emit(args, results, md)
     return 0
 
