@@ -1,5 +1,8 @@
 """How far XLA:CPU's rounding moves a small GAN: LLVM optimisation level (the default vs 0, which
-the test suite uses) and 1 vs 4 fake CPU devices. Behind the figures in tests/conftest.py, in
+the test suite uses), XLA:CPU's fusion emitters and codegen split (the default vs the older
+emitters in one LLVM module, which the test suite also uses:
+``--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1``) and 1 vs 4
+fake CPU devices. Behind the figures in tests/conftest.py, in
 tests/test_reliability_resume.py's ``_env`` and in the README's Tests section::
 
     PYTHONPATH=. python benchmarks/xla_rounding.py
@@ -21,7 +24,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"default, 1 device": "", "default, 4 devices": "4", "level 0, 1 device": "0",
-           "level 0, 4 devices": "0 4", "level 0, 4 devices (again)": "0 4"}
+           "level 0, 4 devices": "0 4", "level 0, 4 devices (again)": "0 4",
+           "level 0, older emitters, 4 devices": "0 4 e",
+           "level 0, older emitters, 4 devices (again)": "0 4 e"}
 
 
 def _train(out: str) -> None:
@@ -42,6 +47,9 @@ def _run(spec: str, out: str) -> list[np.ndarray]:
         flags.append("--xla_backend_optimization_level=0")
     if "4" in spec.split():
         flags.append("--xla_force_host_platform_device_count=4")
+    if "e" in spec.split():
+        flags += ["--xla_cpu_use_fusion_emitters=false",
+                  "--xla_cpu_parallel_codegen_split_count=1"]
     env = dict(os.environ, XLA_FLAGS=" ".join(flags), JAX_PLATFORMS="cpu")
     env.pop("JAX_COMPILATION_CACHE_DIR", None)
     subprocess.run([sys.executable, __file__, "--train", out], env=env, check=True)
@@ -62,7 +70,9 @@ def main() -> None:
     pairs = [("default, 1 device", "default, 4 devices"),
              ("level 0, 1 device", "level 0, 4 devices"),
              ("default, 1 device", "level 0, 1 device"),
-             ("level 0, 4 devices", "level 0, 4 devices (again)")]
+             ("level 0, 4 devices", "level 0, 4 devices (again)"),
+             ("level 0, 4 devices", "level 0, older emitters, 4 devices"),
+             ("level 0, older emitters, 4 devices", "level 0, older emitters, 4 devices (again)")]
     rows = [{"a": a, "b": b, "max_abs_diff": _max_diff(params[a], params[b])} for a, b in pairs]
     print("| configuration A | configuration B | largest parameter difference |\n|---|---|---|")
     for r in rows:

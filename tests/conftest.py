@@ -11,6 +11,24 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # 1e-5-1e-4 (an H200, 2026-12-04: 10 of the equivalence tests). The tests assert that the
 # formulations compute the same thing, so they run at full float32 there; the library keeps
 # JAX's default. XLA:CPU computes float32 in full either way.
+
+
+def _xla_flags_known(flags: str) -> bool:
+    """Whether this jaxlib's XLA takes ``flags`` in XLA_FLAGS: an unknown flag aborts every
+    process at its first JAX call. Known for jaxlib 0.10; another jaxlib is asked in a probe
+    process (once per test run: the workers inherit the answer in XLA_FLAGS)."""
+    import importlib.metadata
+    import subprocess
+    import sys
+
+    if importlib.metadata.version("jaxlib").startswith("0.10."):
+        return True
+    probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"],
+                           env={**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"},
+                           capture_output=True)
+    return probe.returncode == 0
+
+
 if os.environ["JAX_PLATFORMS"].split(",")[0] not in ("cpu", ""):
     os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 elif "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
@@ -24,6 +42,21 @@ elif "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     # the same flags, so their tolerances hold. Users' programs and the benchmarks keep XLA's
     # default; name the flag in XLA_FLAGS to run the tests at another level.
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+
+_FASTER_COMPILES = "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1"
+if (os.environ["JAX_PLATFORMS"].split(",")[0] in ("cpu", "")
+        and "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]
+        and _xla_flags_known(_FASTER_COMPILES)):
+    # CI time, again: at level 0 most of a compilation is XLA:CPU's fusion emitters (each
+    # fusion through MLIR to LLVM IR). The older emitters, still in XLA, compile the same HLO
+    # ≈ 3× faster (∇τ's forget-epoch program, one core: gpt_mlp 6.2 → 2.0 s, cnn 14.5 →
+    # 4.7 s), and one LLVM module per program instead of parts for parallel threads (2 cores,
+    # 2 workers: no thread to spare) ≈ 1.3× again (cnn 3.8 → 2.9 s). The suite's pytest time:
+    # 1042 s → 550 s (2026-12-07, README's Tests). The programs may round differently
+    # (benchmarks/xla_rounding.py), and the same argument as above holds; the tests of the bits
+    # a user gets compile with XLA's own emitters (:func:`default_emitters`). Name
+    # xla_cpu_use_fusion_emitters in XLA_FLAGS to choose yourself.
+    os.environ["XLA_FLAGS"] += " " + _FASTER_COMPILES
 # CI time: one persistent XLA compilation cache per test run, shared by the xdist workers and
 # every subprocess they start (both inherit the environment set here, in the controlling
 # process, before they start), so a program is not compiled again by each worker and each
@@ -94,6 +127,20 @@ def exact_on_cpu_only(measured: str):
     measured. On CPU the test asserts as written."""
     return pytest.mark.xfail(jax.default_backend() != "cpu", strict=False,
                              reason=f"exact on XLA:CPU only; on GPU: {measured}")
+
+
+def default_emitters(monkeypatch):
+    """For a test of bits a user gets from XLA:CPU: the library's programs compiled from here
+    on (to the end of the test) with XLA's own fusion emitters, where the test process uses
+    the older ones (see the top of this file), and the registered models' program stores
+    emptied for the test, so no program compiled before is reused."""
+    if "--xla_cpu_use_fusion_emitters=false" not in os.environ["XLA_FLAGS"].split():
+        return
+    from hyperforget_jax import models, xla
+
+    opts = {**(xla.compiler_options() or {}), "xla_cpu_use_fusion_emitters": True}
+    monkeypatch.setattr(xla, "compiler_options", lambda: opts)
+    monkeypatch.setattr(models, "_REGISTERED_PROGRAMS", {})
 
 
 def host_params(shapes, seed=0, std=None, zero=()):
