@@ -91,6 +91,23 @@ def test_evaluate_says_when_the_retrain_ran_another_recipe(trained, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--out" in err, err
 
 
+def test_a_recipe_recorded_from_float32_is_the_same_recipe():
+    # A run trained from Python with lr=np.float32(0.01) records 0.009999999776482582; a CLI
+    # Retrain at --lr 0.01 records 0.01: evaluate warned of another recipe. Real differences
+    # (one digit of the learning rate, another architecture) still count.
+    from hyperforget_jax.commands.core import _recipe_difference
+
+    run_recipe = {"arch": "mlp", "epochs": 10, "lr": float(np.float32(0.01)),
+                  "weight_decay": float(np.float32(1e-4)), "seed": 0}
+    retrain = {"identity": {"train_config": {"arch": "mlp", "epochs": 10.0, "lr": 0.01,
+                                             "weight_decay": 1e-4, "seed": 3}}}
+    assert _recipe_difference(run_recipe, retrain) == {}
+    retrain["identity"]["train_config"].update(lr=0.011, arch="cnn")
+    assert _recipe_difference(run_recipe, retrain) == {
+        "arch": {"run": "mlp", "retrain": "cnn"},
+        "lr": {"run": float(np.float32(0.01)), "retrain": 0.011}}
+
+
 def test_a_retrain_dir_stopped_before_its_first_checkpoint_is_named_as_such(trained, capsys):
     # A `retrain` killed before its first save leaves an empty checkpoints/: evaluate said "no
     # checkpoint in .../checkpoints; train first, or pass ... --run-dir" for a --retrain-dir.

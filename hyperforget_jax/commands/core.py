@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import warnings
 from pathlib import Path
@@ -124,7 +125,16 @@ def _recipe_difference(recipe: dict, retrain_meta: dict) -> dict:
     if not isinstance(theirs, dict):
         return {}
     return {k: {"run": v, "retrain": theirs[k]} for k, v in recipe.items()
-            if k != "seed" and k in theirs and theirs[k] != v}
+            if k != "seed" and k in theirs and not _same_setting(theirs[k], v)}
+
+
+def _same_setting(a, b) -> bool:
+    """Recipe values equal as training uses them: numbers to float32 rounding (JAX trains in
+    float32: a run trained from Python with ``lr=np.float32(0.01)`` records
+    0.009999999776482582, `retrain --lr 0.01` records 0.01, and the two were called different
+    recipes)."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b))
+    return math.isclose(a, b, rel_tol=1e-6) if numbers else a == b
 
 
 def _describe_difference(differs: dict) -> str:
