@@ -54,7 +54,7 @@ if (os.environ["JAX_PLATFORMS"].split(",")[0] in ("cpu", "")
     # 2 workers: no thread to spare) ≈ 1.3× again (cnn 3.8 → 2.9 s). The suite's pytest time:
     # 1042 s → 550 s (2026-12-07, README's Tests). The programs may round differently
     # (benchmarks/xla_rounding.py), and the same argument as above holds; the tests of the bits
-    # a user gets compile with XLA's own emitters (:func:`default_emitters`). Name
+    # a user gets compile with XLA's default emitters (:func:`default_emitters`). Name
     # xla_cpu_use_fusion_emitters in XLA_FLAGS to choose yourself.
     os.environ["XLA_FLAGS"] += " " + _FASTER_COMPILES
 # CI time: one persistent XLA compilation cache per test run, shared by the xdist workers and
@@ -131,7 +131,7 @@ def exact_on_cpu_only(measured: str):
 
 def default_emitters(monkeypatch):
     """For a test of bits a user gets from XLA:CPU: the library's programs compiled from here
-    on (to the end of the test) with XLA's own fusion emitters, where the test process uses
+    on (to the end of the test) with XLA's default fusion emitters, where the test process uses
     the older ones (see the top of this file), and the registered models' program stores
     emptied for the test, so no program compiled before is reused."""
     if "--xla_cpu_use_fusion_emitters=false" not in os.environ["XLA_FLAGS"].split():
