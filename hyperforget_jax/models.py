@@ -374,7 +374,7 @@ class Architecture:
         if labels is None or not np.size(labels):
             return
         y = np.asarray(labels)
-        if y.ndim != 1 or y.dtype == np.bool_ or not np.issubdtype(y.dtype, np.integer):
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):   # bool is not an integer
             raise DataError(f"{what} has labels of shape {y.shape} and dtype {y.dtype}; pass "
                             "1-D integer class ids (not one-hot, not floats): y.astype(np.int32)")
         if int(y.min()) < 0:
