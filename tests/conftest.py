@@ -29,7 +29,8 @@ def _xla_flags_known(flags: str) -> bool:
     return probe.returncode == 0
 
 
-if os.environ["JAX_PLATFORMS"].split(",")[0] not in ("cpu", ""):
+_ON_CPU = os.environ["JAX_PLATFORMS"].split(",")[0] in ("cpu", "")
+if not _ON_CPU:
     os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 elif "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     # CI time: on CPU the suite spends most of its time compiling, and most of that in LLVM's
@@ -44,14 +45,14 @@ elif "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
 
 _FASTER_COMPILES = "--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1"
-if (os.environ["JAX_PLATFORMS"].split(",")[0] in ("cpu", "")
-        and "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]
+if (_ON_CPU and "xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]
         and _xla_flags_known(_FASTER_COMPILES)):
     # CI time, again: at level 0 most of a compilation is XLA:CPU's fusion emitters (each
     # fusion through MLIR to LLVM IR). The older emitters, still in XLA, compile the same HLO
-    # ≈ 3× faster (∇τ's forget-epoch program, one core: gpt_mlp 6.2 → 2.0 s, cnn 14.5 →
-    # 4.7 s), and one LLVM module per program instead of parts for parallel threads (2 cores,
-    # 2 workers: no thread to spare) ≈ 1.3× again (cnn 3.8 → 2.9 s). The suite's pytest time:
+    # ≈ 3× faster, and one LLVM module per program instead of parts for parallel threads
+    # (2 cores, 2 workers: no thread to spare) saves more on the cnn (a fresh fit + ∇τ on one
+    # core, backend compile: gpt_mlp 3.1 → 1.0 → 0.95 s, cnn 6.9 → 2.2 → 1.5 s;
+    # benchmarks/compile_flags.py, 2026-12-07). The suite's pytest time:
     # 1042 s → 550 s (2026-12-07, README's Tests). The programs may round differently
     # (benchmarks/xla_rounding.py), and the same argument as above holds; the tests of the bits
     # a user gets compile with XLA's default emitters (:func:`default_emitters`). Name
