@@ -12,7 +12,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 SCRIPTS = ("bench_conv_layers", "bench_efficiency", "bench_end_to_end", "bench_fleet",
-           "bench_gradtau_vs_torch", "bench_hyperforget_sampling", "bench_scale", "bench_sweep")
+           "bench_gradtau_vs_torch", "bench_hyperforget_sampling", "bench_scale", "bench_sweep",
+           "conv_gradient_forms")
 
 
 def _script(name, monkeypatch):
@@ -81,3 +82,40 @@ def test_hyperforget_row_times_the_request_prompt_included(monkeypatch):
     run()
     assert calls == [(5,), (5,)]
     assert run.sample_s >= 0.0
+
+
+@pytest.mark.parametrize("pads", [((1, 1), (1, 1)), ((0, 0), (0, 0)), ((2, 0), (0, 1))])
+def test_conv_gradient_forms_compute_the_library_gradients(pads, monkeypatch):
+    """Each form the script times in place of the library's gradients gives the same output and
+    gradients as lax's convolution (odd sizes and uneven pads included: the tiles overhang),
+    only while it is selected: the library's rules are back afterwards, even after an error."""
+    import jax.numpy as jnp
+    import numpy as np
+    from jax import lax
+
+    from hyperforget_jax import layers
+
+    bench = _script("conv_gradient_forms", monkeypatch)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 7, 9, 6)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 6, 5)) / 9, jnp.float32)
+    conv = lambda f: lambda x, w: f(x, w, (1, 1), pads, dimension_numbers=bench.NHWC)
+    want_y = conv(lax.conv_general_dilated)(x, w)
+    assert bench.winograd_conv(x, w, pads).shape == want_y.shape
+    np.testing.assert_allclose(bench.winograd_conv(x, w, pads), want_y, rtol=0, atol=2e-6)
+    loss = lambda f: lambda x, w: jnp.sum(jnp.sin(conv(f)(x, w)))
+    want = jax.grad(loss(lax.conv_general_dilated), (0, 1))(x, w)
+    rules = (layers._dx_tangent_cpu, layers._dw_tangent_cpu)
+    for form in bench.FORMS:
+        with bench.gradient_form(form):
+            grads = jax.jit(jax.grad(loss(layers.conv_general_dilated), (0, 1)))
+            got = grads(x, w)
+            if jax.default_backend() == "cpu":   # the form is the one compiled: its convolutions
+                n_conv = grads.lower(x, w).as_text().count("stablehlo.convolution")
+                assert n_conv == {"library": 3, "winograd": 1}.get(form, 2), (form, n_conv)
+        for g, r in zip(got, want):
+            np.testing.assert_allclose(g, r, rtol=0, atol=5e-6 * float(jnp.abs(r).max()))
+    assert (layers._dx_tangent_cpu, layers._dw_tangent_cpu) == rules
+    with pytest.raises(RuntimeError), bench.gradient_form("winograd"):
+        raise RuntimeError
+    assert (layers._dx_tangent_cpu, layers._dw_tangent_cpu) == rules
