@@ -28,7 +28,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
 from benchmarks import common  # noqa: E402
@@ -55,11 +54,6 @@ def programs(conv, strides, first):
     return xla.jit(fwd), xla.jit(grads)
 
 
-def rel_err(a, b):
-    return max(float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))
-               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=16)
@@ -79,7 +73,7 @@ def main(argv=None):
                                                   dimension_numbers=NHWC), x, w).shape)
         progs = {impl: programs(conv, strides, first) for impl, conv in
                  (("lax", lax.conv_general_dilated), ("library", layers.conv_general_dilated))}
-        err = rel_err(progs["library"][1](x, w, dy), progs["lax"][1](x, w, dy))
+        err = common.rel_err(progs["library"][1](x, w, dy), progs["lax"][1](x, w, dy))
         contenders = {f"{impl} {path}": (lambda f=f: jax.block_until_ready(f(x, w, dy)))
                       for impl, (fwd, grads) in progs.items()
                       for path, f in (("forward", fwd), ("forward + gradients", grads))}

@@ -90,6 +90,14 @@ def median(xs: Sequence[float]) -> float:
     return float(statistics.median(xs))
 
 
+def rel_err(a, b) -> float:
+    """The largest |a − b| / max |b| over the leaves of two pytrees of arrays."""
+    import jax
+    import jax.numpy as jnp
+    return max(float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))
+               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def xla_flops(compiled) -> float:
     """XLA's count of the floating-point operations of a compiled program (NaN if none)."""
     ca = compiled.cost_analysis()

@@ -180,11 +180,6 @@ def cnn_program(arch):
     return run
 
 
-def rel_err(a, b):
-    return max(float(jnp.max(jnp.abs(u - v)) / jnp.max(jnp.abs(v)))
-               for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
-
-
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=7)
@@ -213,7 +208,7 @@ def main(argv=None):
             with gradient_form(form):  # a new function per form: jit caches traces by function
                 compiled[form] = xla.jit(make()).lower(*case_args).compile()
         ref = compiled["library"](*case_args)
-        errs = {f: rel_err(c(*case_args), ref) for f, c in compiled.items()}
+        errs = {f: common.rel_err(c(*case_args), ref) for f, c in compiled.items()}
         times = common.interleaved(
             {f: (lambda c=c: jax.block_until_ready(c(*case_args))) for f, c in compiled.items()},
             args.repeats, alternate=True)
