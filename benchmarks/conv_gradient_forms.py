@@ -21,7 +21,7 @@ Two programs per form, compiled with the library's XLA options (``hyperforget_ja
 summed in a ``lax.scan``: what ``unlearn()`` computes per 512-image ∇τ step on CPU). Timed
 interleaved, medians; ``max rel. diff`` is against the library's form.
 
-Run (≈ 3 min on 2 cores)::
+Run (≈ 1 min on 2 cores)::
 
     PYTHONPATH=. python benchmarks/conv_gradient_forms.py
 """
