@@ -12,7 +12,7 @@ values.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -375,7 +375,9 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     Args:
       arch: the model (with an init, or pass ``init_params``).
       batches: ``batches(epoch) -> iterable of (x, y)`` host batches (called for each of
-        ``cfg.epochs`` epochs), or one iterable consumed as a single epoch.
+        ``cfg.epochs`` epochs); or an iterable that can be read again (a list, a
+        ``DataLoader``: read once per epoch, ``cfg.epochs`` times); or a one-shot iterator
+        (a generator), which feeds one epoch, so only with ``cfg.epochs == 1``.
       cfg: the recipe (learning rate, weight decay, seed of the initialisation, epochs).
       init_params: start from these parameters.
       mesh: optional mesh: each batch is split along its data axis. Under ``jax.distributed``
@@ -389,8 +391,9 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
       The final :class:`TrainState` and a per-epoch history (mean loss / accuracy).
 
     Raises:
-      ConfigError: ``cfg.arch`` names another model than ``arch`` (as :func:`fit`), or
-        ``batches`` neither an iterable nor a function of the epoch.
+      ConfigError: ``cfg.arch`` names another model than ``arch`` (as :func:`fit`),
+        ``batches`` neither an iterable nor a function of the epoch, or a one-shot iterator
+        with ``cfg.epochs`` other than 1 (it would have trained one epoch of the recipe's N).
       NonFiniteError: a step produced NaN/inf.
       DataError: a batch that is not an (x, y) pair, or of images of the wrong shape.
       ArchitectureError: a batch with a label past the model's last output.
@@ -404,6 +407,13 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
         raise ConfigError(f"fit_stream takes batches=an iterable of (x, y) host batches or a "
                           f"function of the epoch returning one, got {type(batches).__name__}"
                           "; a Dataset in memory trains with hf.fit")
+    if isinstance(batches, Iterator) and not callable(batches) and cfg.epochs != 1:
+        # A list used to feed one epoch whatever cfg.epochs said; a generator still can only.
+        raise ConfigError(f"fit_stream: batches is a one-shot iterator "
+                          f"({type(batches).__name__}), which feeds one epoch, but the recipe "
+                          f"asks for {cfg.epochs}; pass a function of the epoch "
+                          f"(lambda epoch: ...), an iterable that can be read again (a list), "
+                          f"or TrainConfig(epochs=1)")
     model = as_model(arch)
     check_recipe_model(cfg, model, "fit_stream")
     tx = make_optimizer(cfg)
@@ -418,8 +428,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     state = _put(state, mesh)
     hp = _put(_hp(cfg), mesh)
     history, outputs = [], None
-    n_epochs = cfg.epochs if callable(batches) else 1
-    for epoch in range(n_epochs):
+    for epoch in range(cfg.epochs):
         it = batches(epoch) if callable(batches) else batches
         first, losses, accs, flags = int(state.step), [], [], []
         for i, batch in enumerate(it):

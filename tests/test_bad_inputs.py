@@ -578,6 +578,10 @@ API_CASES = [
     ("fit-stream-batches-not-pairs", lambda c: train.fit_stream(
         c.arch, [c.train.x[:64]], train.TrainConfig(arch="gpt_mlp", epochs=1)), DataError,
      r"batch 0 is a ndarray, not an \(x, y\) pair"),
+    ("fit-stream-generator-for-two-epochs", lambda c: train.fit_stream(
+        c.arch, iter([(c.train.x[:64], c.train.y[:64])]),
+        train.TrainConfig(arch="gpt_mlp", epochs=2)), ConfigError,
+     r"one-shot iterator \(list_iterator\), which feeds one epoch, but the recipe asks for 2"),
     ("architecture-name-a-list", lambda c: models.make_architecture(["gpt_mlp"]),
      ConfigError, "unknown architecture"),
     ("architecture-fractional-classes", lambda c: models.make_architecture(

@@ -429,6 +429,25 @@ def test_fit_on_a_mesh_and_streamed_equal_one_device(digits_splits):
                        train.fit(arch, ds, odd)[0].params, atol=1e-5)
 
 
+def test_fit_stream_reads_a_list_once_per_epoch(digits_splits):
+    # A list (or a DataLoader) of batches used to train one epoch whatever cfg.epochs said.
+    arch = models.make_architecture("gpt_mlp", (8, 8, 1))
+    ds = digits_splits.train
+    batches = [(ds.x[i:i + 32], ds.y[i:i + 32]) for i in range(0, 96, 32)]
+    cfg = dataclasses.replace(CFG, epochs=3)
+    listed, hist = train.fit_stream(arch, batches, cfg)
+    by_epoch, hist_f = train.fit_stream(arch, lambda epoch: batches, cfg)
+    assert int(listed.step) == 9 and len(hist) == 3
+    assert_trees_close(listed.params, by_epoch.params, atol=0)
+    assert [h["loss"] for h in hist] == [h["loss"] for h in hist_f]
+    # A generator feeds one epoch: fine for epochs=1, refused (nothing run) for more.
+    one, _ = train.fit_stream(arch, iter(batches), dataclasses.replace(cfg, epochs=1))
+    assert int(one.step) == 3
+    with pytest.raises(ConfigError, match=r"one-shot iterator \(generator\).*asks for 3.*"
+                                          r"function of the epoch"):
+        train.fit_stream(arch, (b for b in batches), cfg)
+
+
 def test_nonfinite_streamed_batch_names_the_step(digits_splits):
     arch = models.make_architecture("gpt_mlp", (8, 8, 1))
     ds = digits_splits.train
