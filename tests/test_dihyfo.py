@@ -167,6 +167,38 @@ def test_guidance_zero_is_the_unguided_sampler(setup, digits_splits):
     del tmpl
 
 
+def test_guidance_is_refused_for_a_network_trained_without_dropout(setup, digits_splits,
+                                                                    tmp_path):
+    # Guidance mixes in the target-free prediction, which p_uncond 0 never trained: the CLI
+    # refused it, the Python samplers drew and returned the sample without a word.
+    _, _, net2, _, start = setup
+    assert net2.p_uncond == TRAIN.p_uncond > 0          # train_hypernet records its dropout
+    prompt = H.make_prompt(net2, start, digits_splits.train, (5,))
+    key = jax.random.key(3)
+    plain = H.Hypernet(net2.spec, net2.params, p_uncond=0.0)
+    for call in (lambda: H.sample(key, plain, start, prompt, num_steps=4, guidance=2.0),
+                 lambda: H.sample_many(jax.random.split(key, 2), plain, start,
+                                       H.stack_prompts([prompt, prompt]), num_steps=4,
+                                       guidance=0.5)):
+        with pytest.raises(ConfigError, match=r"guidance .* trained with p_uncond 0 .*use "
+                                              r"guidance 0"):
+            call()
+    # Guidance 0 is the conditional model alone, which it did learn.
+    np.testing.assert_array_equal(
+        P_.flatten(H.sample(key, plain, start, prompt, num_steps=4)),
+        P_.flatten(H.sample(key, net2, start, prompt, num_steps=4)))
+    # The record survives a save; files without it read hypertrain's history, else unknown.
+    H.save_hypernet(tmp_path / "h0", plain)
+    assert H.load_hypernet(tmp_path / "h0")[0].p_uncond == 0.0
+    H.save_hypernet(tmp_path / "h1", H.Hypernet(net2.spec, net2.params),
+                    {"history": {"train_config": {"p_uncond": 0.0}}})
+    assert H.load_hypernet(tmp_path / "h1")[0].p_uncond == 0.0
+    H.save_hypernet(tmp_path / "h2", H.Hypernet(net2.spec, net2.params))
+    unknown = H.load_hypernet(tmp_path / "h2")[0]
+    assert unknown.p_uncond is None
+    H.check_guidance(unknown, 2.0)                      # not known: not refused
+
+
 def test_untrained_hypernetwork_samples_theta0(setup, digits_splits):
     _, corpus, net2, _, start = setup
     # Freshly initialised parameters, drawn by the program train_hypernet initialises with.
@@ -455,10 +487,10 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     assert not (tmp_path / "s8").exists()
     # Guidance mixes in the target-free prediction, which --p-uncond 0 never trained (was:
     # sampled and evaluated silently).
-    H.save_hypernet(tmp_path / "h0", net2, {"history": {"train_config": {"p_uncond": 0.0}},
-                                            "dataset": "digits", "split_seed": 0})
+    H.save_hypernet(tmp_path / "h0", H.Hypernet(net2.spec, net2.params, p_uncond=0.0),
+                    {"dataset": "digits", "split_seed": 0})
     fails([*argv[:4], str(tmp_path / "h0"), *argv[5:-1], str(tmp_path / "s8"), "--guidance",
-           "2"], "trained with --p-uncond 0")
+           "2"], "trained with p_uncond 0")
     assert not (tmp_path / "s8").exists()
     fails(["hypertrain", "--corpus", str(out), "--out", str(tmp_path / "t"), "--variant",
            "dihyfo2", "--forget-class", "5", "--steps", "1"], "takes no --forget-class")

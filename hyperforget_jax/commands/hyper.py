@@ -163,13 +163,7 @@ def cmd_sample(args) -> int:
         raise ConfigError("--retain-target: a DiHyFo-1 network conditions on the forget loss "
                           "only, so the sample would ignore it; drop it, add --best-of K (it "
                           "keeps the sample closest to both targets), or use a DiHyFo-2 network")
-    trained = meta.get("history", {}).get("train_config", {})
-    if sc.guidance != 0 and trained.get("p_uncond") == 0:
-        # Guidance mixes in the prediction without targets, which p_uncond 0 never trained.
-        raise ConfigError(f"--guidance {sc.guidance:g} needs a hypernetwork trained with "
-                          "classifier-free dropout, but this one was trained with --p-uncond 0 "
-                          "(its target-free prediction never learnt); use --guidance 0, or "
-                          "`hyperforget hypertrain --p-uncond P` with P > 0")
+    H.check_guidance(net, sc.guidance)      # before any data is read or anything written
     if sc.method == "ddpm":     # recorded as run: every one of the T steps
         sc = dataclasses.replace(sc, num_steps=net.spec.num_train_steps)
     classes = tuple(args.forget_class)

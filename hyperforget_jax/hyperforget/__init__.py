@@ -29,8 +29,8 @@ from hyperforget_jax.hyperforget.diffusion import (Schedule, ddim_sample, ddim_s
                                                    ddpm_sample, make_schedule, q_posterior,
                                                    q_sample, x0_loss)
 from hyperforget_jax.hyperforget.dihyfo import train_hypernet
-from hyperforget_jax.hyperforget.sampling import (SampleConfig, make_prompt, sample,
-                                                  sample_best_of, sample_many)
+from hyperforget_jax.hyperforget.sampling import (SampleConfig, check_guidance, make_prompt,
+                                                  sample, sample_best_of, sample_many)
 from hyperforget_jax.hyperforget.spec import (VARIANTS, Hypernet, HyperSpec, Prompt,
                                               check_request, multi_hot, stack_prompts)
 from hyperforget_jax.hyperforget.store import load_hypernet, load_pretrained, save_hypernet
@@ -41,7 +41,8 @@ __all__ = ["Corpus", "CorpusConfig", "build_corpus", "build_shard", "DenoiserCon
            "init_hyper_state", "make_hyper_optimizer", "make_hyper_train_step",
            "permutation_index", "permute_mlp_hidden", "prepare_batch", "Schedule",
            "ddim_sample", "ddim_step", "ddpm_sample", "make_schedule", "q_posterior", "q_sample",
-           "x0_loss", "VARIANTS", "Hypernet", "HyperSpec", "Prompt", "check_request",
+           "x0_loss", "VARIANTS", "Hypernet", "HyperSpec", "Prompt", "check_guidance",
+           "check_request",
            "load_hypernet", "load_pretrained", "make_prompt", "multi_hot", "sample",
            "sample_best_of", "sample_many", "SampleConfig", "save_hypernet", "stack_prompts",
            "train_hypernet", "WeightSpace", "canonicalize", "decanonicalize"]

@@ -35,15 +35,16 @@ from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError,
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget import diffusion as D
 from hyperforget_jax.hyperforget.corpus import Corpus, _called_top_modules
-from hyperforget_jax.hyperforget.sampling import (SampleConfig, make_prompt, sample,
-                                                  sample_best_of, sample_many)
+from hyperforget_jax.hyperforget.sampling import (SampleConfig, check_guidance, make_prompt,
+                                                  sample, sample_best_of, sample_many)
 from hyperforget_jax.hyperforget.spec import (VARIANTS, Hypernet, HyperSpec, Prompt,
                                               check_request, default_targets, multi_hot,
                                               stack_prompts)
 from hyperforget_jax.hyperforget.store import load_hypernet, load_pretrained, save_hypernet
 from hyperforget_jax.hyperforget.weightspace import WeightSpace, mlp_layers
 
-__all__ = ["VARIANTS", "Hypernet", "HyperSpec", "Prompt", "PairSource", "check_request",
+__all__ = ["VARIANTS", "Hypernet", "HyperSpec", "Prompt", "PairSource", "check_guidance",
+           "check_request",
            "default_targets", "load_hypernet", "load_pretrained", "make_prompt", "multi_hot",
            "pair_source", "resolve_tokens", "sample", "sample_best_of", "sample_many",
            "sample_pairs", "SampleConfig", "save_hypernet", "stack_prompts", "train_hypernet"]
@@ -368,7 +369,7 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
             ckpt.close()   # waits for the last background commit, also on an exception
     _check_state(state, cfg.steps - 1)
     secs = time.perf_counter() - t0
-    return Hypernet(spec, state.ema_params), {
+    return Hypernet(spec, state.ema_params, p_uncond=cfg.p_uncond), {
         "loss": losses, "seconds": secs, "steps_per_second": cfg.steps / secs,
         "trajectories": int(len(src.trajectories)), "train_config": cfg.to_json(),
         "resumed_at": first}

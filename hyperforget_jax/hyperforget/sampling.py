@@ -206,10 +206,23 @@ def _sampler(net: Hypernet, num_steps: int, method: str, guidance: float):
         raise ConfigError(f"guidance must be a finite number >= 0 (0: the conditional model "
                           f"alone), got {guidance}")
     guided = guidance != 0.0
+    check_guidance(net, guidance)
     key = ("sample", int(num_steps) if method == "ddim" else 0, method, guided)
     one, many = net.program(key, lambda: _build_sampler(net, num_steps, method, guided))
     w = np.float32(guidance)
     return (lambda *a: one(*a, w)), (lambda *a: many(*a, w))
+
+
+def check_guidance(net: Hypernet, guidance: float) -> None:
+    """ConfigError for a guidance weight other than 0 on a hypernetwork trained with
+    ``p_uncond`` 0: guidance mixes in the prediction without targets, which it never learnt
+    (the sample was drawn and returned without a word)."""
+    if guidance != 0 and net.p_uncond == 0:
+        raise ConfigError(f"guidance {guidance:g} needs a hypernetwork trained with "
+                          "classifier-free dropout, but this one was trained with p_uncond 0 "
+                          "(its target-free prediction never learnt); use guidance 0, or "
+                          "retrain it with HyperTrainConfig(p_uncond=P) / `hyperforget "
+                          "hypertrain --p-uncond P`, P > 0")
 
 
 def sample(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt, num_steps: int = 20,
@@ -233,7 +246,8 @@ def sample(key: jax.Array, net: Hypernet, params: Params, prompt: Prompt, num_st
       ForgetRequestError: a request it was not trained for (e.g. DiHyFo-1, another class), or
         a ``prompt`` that is not one request of this hypernetwork (a stack: :func:`sample_many`).
       ConfigError: ``key`` not one PRNG key, ``num_steps`` not an integer in 1..T (DDIM),
-        ``method`` not ``ddim`` / ``ddpm``, ``guidance`` not a finite number >= 0.
+        ``method`` not ``ddim`` / ``ddpm``, ``guidance`` not a finite number >= 0, or
+        ``guidance`` other than 0 for a network trained with ``p_uncond`` 0.
       NonFiniteError: ``params``, or the sampled network, hold NaN/inf (nothing is returned).
     """
     check_start(net.spec, params)

@@ -159,13 +159,18 @@ class HyperSpec:
 
 class Hypernet:
     """A trained hypernetwork: its spec, the (EMA) denoiser parameters, and the compiled
-    samplers it owns (built on first use, freed with the object; no module-level cache)."""
+    samplers it owns (built on first use, freed with the object; no module-level cache).
 
-    __slots__ = ("spec", "params", "_programs")
+    ``p_uncond`` is the classifier-free dropout it was trained with (``None``: not known, e.g.
+    built by hand or saved without it); at 0 its target-free prediction never learnt, so the
+    samplers refuse a guidance weight other than 0."""
 
-    def __init__(self, spec: HyperSpec, params: Params):
+    __slots__ = ("spec", "params", "p_uncond", "_programs")
+
+    def __init__(self, spec: HyperSpec, params: Params, p_uncond: float | None = None):
         self.spec = spec
         self.params = params
+        self.p_uncond = None if p_uncond is None else float(p_uncond)
         self._programs: dict = {}
 
     def program(self, key, build: Callable[[], Callable]) -> Callable:

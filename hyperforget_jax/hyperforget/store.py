@@ -44,6 +44,8 @@ def to_bytes(net: Hypernet, extra_meta: dict | None = None) -> bytes:
         raise NonFiniteError("the hypernetwork's parameters contain NaN/inf; nothing written")
     meta = {"format": FORMAT, "hypernet": net.spec.to_json(), **(extra_meta or {}),
             "arrays_digest": _arrays_digest(arrays)}
+    if net.p_uncond is not None:
+        meta["p_uncond"] = net.p_uncond
     try:
         blob = json.dumps(meta, default=float).encode()
     except (TypeError, ValueError) as e:
@@ -162,7 +164,19 @@ def from_bytes(raw: bytes, where: str) -> tuple[Hypernet, dict]:
             {_leaf_name(p): a for (p, _), a in zip(leaves, out)}) != want:
         raise CheckpointError(f"{where}: the parameter arrays do not match the digest in the "
                               "file's meta (edited or corrupted); retrain or re-save it")
-    return Hypernet(spec, jax.tree_util.tree_unflatten(treedef, out)), meta
+    return Hypernet(spec, jax.tree_util.tree_unflatten(treedef, out), _p_uncond(meta)), meta
+
+
+def _p_uncond(meta: dict) -> float | None:
+    """The classifier-free dropout the file's network was trained with: its own record, or
+    the ``hypertrain`` history's (files written before the record); None when neither says."""
+    history = meta.get("history")
+    trained = history.get("train_config") if isinstance(history, dict) else None
+    for v in (meta.get("p_uncond"), trained.get("p_uncond") if isinstance(trained, dict)
+              else None):
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1:
+            return float(v)
+    return None
 
 
 def load_hypernet(path: str | os.PathLike = "pretrained") -> tuple[Hypernet, dict]:
