@@ -138,13 +138,22 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     capsys.readouterr()
     for bad, words in (([*argv[:7], str(orig), *argv[8:]], "reads from"),
                        ([*argv[:7], str(ret), *argv[8:]], "holds a 'gan-retrain' run"),
+                       # Unlearning from a Retrain (or an unlearned GAN) put the class it had
+                       # forgotten back among D's real images, exit 0.
+                       ([*argv[:5], str(ret), *argv[6:]],
+                        "holds a 'gan-retrain' run, not an original GAN"),
                        (["gan", "train", *base, "--epochs", "3", "--run-dir", str(orig),
                          "--quiet"], "gan_config.epochs is 2, this command's is 3")):
         assert cli.main(bad) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and words in err, err
+    assert not unl.exists()
     assert cli.main(argv) == 0
     res = json.loads((unl / "results.json").read_text())
+    capsys.readouterr()
+    again = [*argv[:5], str(unl), argv[6], str(tmp_path / "again"), *argv[8:]]
+    assert cli.main(again) == 2 and not (tmp_path / "again").exists()
+    assert "holds a 'gan-unlearned' run, not an original GAN" in capsys.readouterr().err
     assert (res["dataset"], res["split_seed"]) == ("digits", 0)     # not in run.json alone
     # Class requests take the class recipe (hard fake label, latent-level substitution, the
     # kept content anchored to the Original; every chunk reports the anchor's loss).

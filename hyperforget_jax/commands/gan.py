@@ -214,6 +214,15 @@ def cmd_train(args) -> int:
 def cmd_unlearn(args) -> int:
     cfg = _unlearn_config(args)
     arch, state, meta = load_gan_run(args.run_dir, common.data_flags(args))
+    role = (meta.get("identity") or {}).get("role") or (
+        f"gan-{meta['role']}" if isinstance(meta.get("role"), str) else None)
+    if role != "gan-original":
+        # The cascade's real data is D minus *this* request's forget set: from a Retrain or
+        # an unlearned GAN it put the class forgotten before back among D's real images, and
+        # undid that unlearning without a word (as `hyperforget unlearn` refuses a non-original).
+        raise RunDirError(f"--run-dir {args.run_dir} holds {rundir._a(role or 'unknown')} run, "
+                          "not an original GAN; unlearning starts from the run written by "
+                          "`hyperforget gan train` without a forget request (pass its --run-dir)")
     splits = common.load_splits(args)
     _check_dataset(arch, splits, args, args.run_dir, meta)
     common.check_same_data(meta, args, splits, args.run_dir, "GAN")

@@ -712,7 +712,10 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     Args:
       arch: the GAN architecture.
       g_params, d_params: the original (G₀, D₀).
-      retain_x: retained training images D_r (real batches, data-level substitutes).
+      retain_x: retained training images D_r (real batches, data-level substitutes). D's
+        real data is D_r alone: started from a Retrain or an already-unlearned GAN, a D_r that
+        holds a class forgotten before teaches it back (remove every earlier request's images
+        from it; ``hyperforget gan unlearn`` refuses such a start).
       forget_x: the images to forget (items, or every training image of the classes).
       heldout_x: held-out real images (the ``heldout`` fake label).
       cfg: the recipe (default: the recipe of the request's kind, :func:`default_recipe`:
