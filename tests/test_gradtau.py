@@ -110,7 +110,11 @@ def test_finetune_refuses_every_ascent_field_it_would_ignore(field, value):
 
 @pytest.mark.parametrize("given, unread", [
     ({"epochs": 5}, {"max_epochs": 2}), ({"alpha0": 0.5}, {"alpha_scale": 0.1}),
-    ({"alpha0": 0.5}, {"alpha_max": 0.2}), ({"alpha0": 0.0}, {"tau_mode": "val"})])
+    ({"alpha0": 0.5}, {"alpha_max": 0.2}), ({"alpha0": 0.0}, {"tau_mode": "val"}),
+    # alpha_scale=0 / alpha_max=0 compute α₀ = 0 (an ascent-off end of a sweep): no τ either.
+    ({"alpha_scale": 0.0}, {"tau_mode": "val"}), ({"alpha_max": 0.0}, {"tau_mode": "val"}),
+    ({"alpha_scale": 0.0}, {"tau_refresh_epochs": 2}),
+    ({"alpha0": 0.0}, {"tau_refresh_epochs": 2})])
 def test_gradtau_refuses_a_field_that_another_makes_unread(given, unread):
     # In combination: epochs=5 with max_epochs=2 ran 5 forget-epochs, alpha0=0.5 with
     # alpha_max=0.2 ran α₀ = 0.5, alpha0=0 ran no τ; each recorded the other field as given.
@@ -124,9 +128,11 @@ def test_gradtau_refuses_a_field_that_another_makes_unread(given, unread):
     with pytest.raises(ConfigError, match=f"{name}=.* would be ignored"):
         make_plan(split, cfg, 0, None, "gradtau")
     if name != "tau_mode":     # the stream refuses any tau_mode already
+        # (and a refresh of a constant tau=: τ from a function here)
+        tau = {"tau_fn": lambda p: 1.0} if name == "tau_refresh_epochs" else {"tau": 1.0}
         with pytest.raises(ConfigError, match=f"{name}=.* would be ignored"):
             run_gradtau_stream("mlp", {}, lambda e: [], n_forget=10, n_retain=30,
-                               config=cfg, tau=1.0)
+                               config=cfg, **tau)
     assert make_plan(split, G.GradTauConfig(**given), 0, None, "gradtau").static  # alone: fine
 
 

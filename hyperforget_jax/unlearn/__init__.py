@@ -217,8 +217,8 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
         field (``alpha0``, ``alpha_scale``, ``alpha_max``, ``tau_mode``,
         ``tau_refresh_epochs``: Fine-tune is α ≡ 0 and would ignore it), a GradTauConfig
         field that another one makes unread (``max_epochs`` with ``epochs``, ``alpha_scale``
-        / ``alpha_max`` with ``alpha0``, ``tau_mode`` with ``alpha0=0``), a ``retrain``
-        TrainConfig whose ``arch`` names another model than ``arch``.
+        / ``alpha_max`` with ``alpha0``, ``tau_mode`` or ``tau_refresh_epochs`` with an α₀
+        of 0), a ``retrain`` TrainConfig whose ``arch`` names another model than ``arch``.
       ForgetRequestError: empty forget or retain set; a split whose indices are negative,
         repeated or shared by both sets; ``forget_classes`` that are not the forget set's
         classes.

@@ -95,15 +95,22 @@ def refuse_overridden(cfg: G.GradTauConfig) -> None:
     is set to other than its default: ``epochs`` replaces the budget that ``max_epochs`` caps
     (``epochs=5, max_epochs=2`` ran 5 forget-epochs), ``alpha0`` replaces the α₀ that
     ``alpha_scale`` / ``alpha_max`` compute (``alpha0=0.5, alpha_max=0.2`` ran α₀ = 0.5), and
-    ``alpha0=0`` runs no ascent, so no τ (``tau_mode``). Each ran as if the second field were
-    absent, yet ``info["config"]`` recorded it as given."""
+    ``alpha0=0`` (or ``alpha_scale=0`` / ``alpha_max=0``, which compute α₀ = 0) runs no
+    ascent, so no τ (``tau_mode``, ``tau_refresh_epochs``). Each ran as if the second field
+    were absent, yet ``info["config"]`` recorded it as given."""
     unread = [("epochs", "max_epochs", "caps the budget that epochs replaces")] \
         if cfg.epochs is not None else []
     if cfg.alpha0 is not None:
         unread += [("alpha0", f, "sets the α₀ that alpha0 replaces")
                    for f in ("alpha_scale", "alpha_max")]
-    if cfg.alpha0 == 0:
-        unread += [("alpha0", "tau_mode", "picks the τ of an ascent that alpha0=0 turns off")]
+    off = ("alpha0" if cfg.alpha0 == 0 else
+           next((f for f in ("alpha_scale", "alpha_max") if getattr(cfg, f) == 0), None)
+           if cfg.alpha0 is None else None)
+    if off is not None:
+        # alpha_scale=0 or alpha_max=0 give α₀ = 0 as alpha0=0 does (an "ascent off" end of a
+        # sweep over alpha_scale): no τ is measured, yet its settings were recorded as run.
+        unread += [(off, f, f"sets the τ of an ascent that {off}=0 turns off")
+                   for f in ("tau_mode", "tau_refresh_epochs")]
     refuse_unread(cfg, [(name, f"{why} ({given}={getattr(cfg, given)!r})",
                          f"drop {name} or {given}") for given, name, why in unread],
                   [G.GradTauConfig()])
