@@ -405,7 +405,7 @@ class ForgetRequest:
       fraction: a random fraction of the training set in (0, 1) (random-subset forgetting),
         drawn with ``seed``.
       indices: explicit training-set indices.
-      seed: seed of the random subset.
+      seed: seed of the random subset (``fraction`` only; 0 for the other kinds).
     """
 
     classes: tuple[int, ...] | None = None
@@ -420,6 +420,13 @@ class ForgetRequest:
                                      "or indices")
         object.__setattr__(self, "seed", _check_seed(self.seed, "forget request seed",
                                                      ForgetRequestError))
+        if self.fraction is None and self.seed != 0:
+            # A loop over seeds of a class request looked like seed variation in its records
+            # (to_json kept the seed) and gave one split every time.
+            raise ForgetRequestError(f"seed={self.seed} would be ignored: it draws the random "
+                                     "subset of a fraction request, and a request of "
+                                     f"{'classes' if self.classes is not None else 'indices'} "
+                                     "has none; drop the seed")
         if self.classes is not None:
             if isinstance(self.classes, (int, np.integer, str)):
                 raise ForgetRequestError(f"classes must be a sequence of class ids, got "

@@ -302,6 +302,12 @@ API_CASES = [
      ForgetRequestError, "exactly one of classes, fraction or indices"),
     ("request-duplicate-classes", lambda c: data.ForgetRequest(classes=(1, 1)),
      ForgetRequestError, "duplicated classes"),
+    # A seed draws a fraction's subset only: a class or index request kept it in its record
+    # and gave the same split for every seed.
+    ("request-seed-for-classes", lambda c: data.ForgetRequest(classes=(1,), seed=7),
+     ForgetRequestError, "seed=7 would be ignored: .* a request of classes has none"),
+    ("request-seed-for-indices", lambda c: data.ForgetRequest(indices=(1, 2), seed=1),
+     ForgetRequestError, "seed=1 would be ignored: .* a request of indices has none"),
     ("unknown-class", lambda c: data.resolve_forget(c.train, data.ForgetRequest(classes=(10,))),
      ForgetRequestError, "class 10 does not exist"),
     ("negative-class", lambda c: data.resolve_forget(c.train, data.ForgetRequest(classes=(-1,))),

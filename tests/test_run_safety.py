@@ -412,6 +412,11 @@ def test_unfinished_run_is_not_loaded_as_a_model(runs, tmp_path):
     (["train", "--seed", "-1"], "a seed must be an integer in [0, 2**32), got -1"),
     (["train", "--split-seed", "-1"], "--split-seed: a seed must be"),
     (["retrain", "--forget-fraction", "0.1", "--forget-seed", "-1"], "--forget-seed"),
+    # It was dropped without a word for any request other than a fraction.
+    (["retrain", "--forget-class", "3", "--forget-seed", "2"],
+     "--forget-seed 2 would be ignored: it draws the random subset of --forget-fraction"),
+    (["unlearn", "--method", "gradtau", "--forget-indices", "1,2", "--forget-seed", "0"],
+     "--forget-seed 0 would be ignored"),
     (["evaluate", "--seed", "-1", "--run-dir", "x", "--forget-class", "1"], "--seed"),
     (["unlearn", "--method", "gradtau", "--seed", "-2", "--forget-class", "1"], "got -2"),
     (["retrain", "--forget-class", "3,3"], "space-separated, got '3,3': write "

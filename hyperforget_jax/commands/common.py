@@ -78,8 +78,8 @@ def add_request_args(p: argparse.ArgumentParser, required: bool = True,
                    help="forget a random fraction F in (0, 1) of the training set")
     m.add_argument("--forget-indices", metavar="I,J,...", action=ListInOne,
                    help="comma-separated training-set indices to forget")
-    g.add_argument("--forget-seed", type=seed_int, default=0,
-                   help="seed of the random subset")
+    g.add_argument("--forget-seed", type=seed_int, default=None,
+                   help="seed of --forget-fraction's random subset (default 0)")
 
 
 def add_output_args(p: argparse.ArgumentParser, quiet: bool = True) -> None:
@@ -137,10 +137,16 @@ def load_splits(args) -> data.Splits:
 
 
 def request_from_args(args) -> data.ForgetRequest | None:
+    seed = getattr(args, "forget_seed", None)
+    if seed is not None and getattr(args, "forget_fraction", None) is None:
+        # It draws a fraction's random subset: with a class or index request (or a request
+        # read from the run) it was dropped without a word.
+        raise ConfigError(f"--forget-seed {seed} would be ignored: it draws the random subset "
+                          "of --forget-fraction, and this command has none; drop --forget-seed")
     if getattr(args, "forget_class", None) is not None:
         return data.ForgetRequest(classes=tuple(args.forget_class))
     if getattr(args, "forget_fraction", None) is not None:
-        return data.ForgetRequest(fraction=args.forget_fraction, seed=args.forget_seed)
+        return data.ForgetRequest(fraction=args.forget_fraction, seed=seed or 0)
     if getattr(args, "forget_indices", None) is not None:
         parts = [s.strip() for s in args.forget_indices.split(",")]
         if any(parts) and not all(parts):       # "1,,2" or "5,": a typo, not fewer items
