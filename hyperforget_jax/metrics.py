@@ -57,7 +57,9 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     _check_labels(logits, labels, "cross_entropy")
     # log_softmax instead of log(softmax): stays finite for confident, large-margin logits.
     logp = jax.nn.log_softmax(logits, axis=-1)
-    return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    ce = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+    # take_along_axis reads −1 as the last class (NumPy's rule): NaN, as past the last one.
+    return jnp.where((labels >= 0) & (labels < jnp.shape(logits)[-1]), ce, jnp.nan)
 
 
 def prediction_entropy(logits: jax.Array) -> jax.Array:

@@ -143,6 +143,17 @@ def update_was_finite(opt_state: Any) -> jax.Array:
                             jnp.array(True))
 
 
+def label_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
+    """optax's per-example softmax cross-entropy, NaN where a label lies outside 0..K-1.
+
+    optax reads a negative label as a class counted from the end (−1: the last), so a −1
+    "ignore" marker from a data loader trained towards the last class without a word, in every
+    step and objective built on it; a label past the last class was NaN already. NaN is what
+    the steps' guards stop on (a trace-time check cannot see traced labels)."""
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.where((y >= 0) & (y < jnp.shape(logits)[-1]), ce, jnp.nan)
+
+
 def per_example_ce(apply_fn: Callable) -> Callable:
     """``loss_fn(params, (x, y)) -> (B,)`` per-example softmax cross-entropy of a model.
 
@@ -163,7 +174,7 @@ def per_example_ce(apply_fn: Callable) -> Callable:
                             f"pass integer class ids of shape {jnp.shape(logits)[:-1]}: "
                             "y[:, 0] for a (B, 1) column, y.argmax(-1) for one-hot labels, "
                             "y.astype(jnp.int32) for whole-number floats")
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return label_ce(logits, y)
     return loss_fn
 
 
@@ -236,7 +247,7 @@ def check_trainable_dtypes(params: Params, name: str) -> None:
 def cross_entropy_loss(params: Params, apply_fn: Callable, x: jax.Array, y: jax.Array):
     """Mean cross-entropy and accuracy of one batch (the loss every trainer here minimises)."""
     logits = apply_fn(params, x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss = label_ce(logits, y).mean()
     return loss, jnp.mean(jnp.argmax(logits, -1) == y)
 
 

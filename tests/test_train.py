@@ -600,6 +600,44 @@ def test_per_example_ce_names_a_label_column_one_hot_or_float_labels():
             jax.eval_shape(loss_fn, p, (x, bad))
 
 
+def test_labels_outside_the_classes_are_nan_not_a_class_from_the_end():
+    """optax (take_along_axis) read a −1 label as the last class: a data loader's "ignore"
+    marker trained and unlearned towards class K−1 in every step built on the library's
+    losses, finite and without a word. Now NaN, as a label past the last class was, which the
+    steps' guards stop on."""
+    from hyperforget_jax import metrics
+    from hyperforget_jax.unlearn import baselines
+
+    apply_fn = lambda p, x: x @ p       # noqa: E731
+    p = jnp.asarray(np.random.default_rng(0).normal(size=(3, 3)), jnp.float32)
+    x = jnp.eye(3, dtype=jnp.float32)
+    good, marker = jnp.array([0, 1, 2]), jnp.array([0, 1, -1])
+    ce = train.per_example_ce(apply_fn)
+    np.testing.assert_array_equal(np.isnan(ce(p, (x, marker))), [False, False, True])
+    np.testing.assert_array_equal(ce(p, (x, good))[:2], ce(p, (x, marker))[:2])
+    for y in (marker, jnp.array([0, 1, 3]), jnp.array([-4, 1, 2])):
+        assert np.isnan(float(train.cross_entropy_loss(p, apply_fn, x, y)[0]))
+        assert np.isnan(np.asarray(metrics.cross_entropy(apply_fn(p, x), y))).sum() == 1
+    np.testing.assert_allclose(metrics.cross_entropy(apply_fn(p, x), good), ce(p, (x, good)),
+                               rtol=1e-6)
+    # The guarded step keeps its state (finite False) instead of stepping towards class 2.
+    tx = optax.sgd(0.1)
+    step = jax.jit(train.make_train_step(apply_fn, tx))
+    state = train.TrainState(jnp.int32(0), p, tx.init(p))
+    new, m = step(state, (x, marker))
+    assert not bool(m["finite"]) and int(new.step) == 0
+    np.testing.assert_array_equal(new.params, p)
+    # SCRUB's min-step cross-entropy (its own call to optax) and ∇τ's chunked τ.
+    scrub = baselines.scrub(apply_fn, 4.0, 0.99, 0.001)
+    logits = apply_fn(p, x)
+    for y, nan in ((marker, True), (good, False)):
+        _, _, m = scrub.update(p, scrub.init(p), (x, logits), (x, y, logits), jnp.bool_(False))
+        assert np.isnan(float(m["loss"])) == nan
+    from hyperforget_jax.unlearn import gradtau as G
+    assert np.isnan(float(G.val_tau_fn(apply_fn, rows=2)(p, x, marker)))
+    assert np.isfinite(float(G.val_tau_fn(apply_fn, rows=2)(p, x, good)))
+
+
 def test_per_example_ce_takes_a_users_batch_class_that_unpacks_as_x_y():
     """``x, y = batch`` took any batch that unpacks into two (a user's loader yielding its own
     class with ``__iter__``); the (x, y) check refused it as "a Batch"."""

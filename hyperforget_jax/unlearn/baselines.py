@@ -149,7 +149,7 @@ def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any,
 
         def min_loss(q):
             logits = apply_fn(q, rb[0])
-            ce = optax.softmax_cross_entropy_with_integer_labels(logits, rb[1]).mean()
+            ce = train.label_ce(logits, rb[1]).mean()
             return gamma * ce + alpha * kl(rb[2], logits)
         return jax.lax.cond(is_max, max_loss, min_loss, p)
     return _stateless(loss, axis_name)

@@ -704,7 +704,7 @@ def val_tau_fn(apply_fn: Callable, rows: int | None = None) -> Callable:
     if rows is None:
         return lambda params, x, y: train.cross_entropy_loss(params, apply_fn, x, y)[0]
     return lambda params, x, y: _row_mean(
-        lambda xx, yy: optax.softmax_cross_entropy_with_integer_labels(apply_fn(params, xx), yy),
+        lambda xx, yy: train.label_ce(apply_fn(params, xx), yy),
         (x, y), rows)
 
 
