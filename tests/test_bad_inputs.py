@@ -512,6 +512,10 @@ API_CASES = [
     # configs
     ("negative-epochs", lambda c: train.TrainConfig(epochs=-1), ConfigError, "epochs"),
     ("zero-batch", lambda c: train.TrainConfig(batch_size=0), ConfigError, "batch_size"),
+    # Every pair without its targets: the conditional model the samplers use never saw one.
+    ("hypertrain-p-uncond-one", lambda c: __import__(
+        "hyperforget_jax.hyperforget.denoiser", fromlist=["x"]).HyperTrainConfig(p_uncond=1.0),
+     ConfigError, r"p_uncond must be >= 0 and < 1, got 1"),
     ("zero-lr", lambda c: train.TrainConfig(lr=0.0), ConfigError, "learning rate"),
     ("nan-lr", lambda c: train.TrainConfig(lr=float("nan")), ConfigError, "learning rate"),
     ("negative-weight-decay", lambda c: train.TrainConfig(weight_decay=-1.0), ConfigError,

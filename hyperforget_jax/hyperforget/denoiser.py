@@ -419,7 +419,9 @@ class HyperTrainConfig:
       endpoint_fraction: share of training pairs whose target is the end of the unlearning
         trajectory (the rest: a uniformly drawn checkpoint of it, the original included) [ours:
         the default prompt asks for the endpoint, so it is learnt most precisely].
-      p_uncond: probability of dropping the loss targets (classifier-free guidance) [ours].
+      p_uncond: probability of dropping the loss targets (classifier-free guidance) [ours];
+        below 1: at 1 every pair dropped them, so the conditional model every sample uses
+        never saw a target.
       seed: pair draws, diffusion noise and initialisation.
     """
 
@@ -432,7 +434,7 @@ class HyperTrainConfig:
     ema_decay: float = field(0.995, ge=0, lt=1)
     permute: bool = field(True)
     endpoint_fraction: float = field(0.5, ge=0, le=1)
-    p_uncond: float = field(0.1, ge=0, le=1)
+    p_uncond: float = field(0.1, ge=0, lt=1)
     seed: int = field(0, ge=0, lt=SEED_LIMIT)
 
     def __post_init__(self):
