@@ -70,7 +70,8 @@ def demo_section(ctx) -> dict:
                                  "classifier-FID", "classifier-IS", "d_mia_auc",
                                  "downstream acc (kept) %"], rows) +
           f"\n\nSpeed-up vs Retrain: {t_retrain / max(res.seconds, 1e-9):.1f}× "
-          f"({res.stopped}).\n\n![original](gan_original.png) ![retrain](gan_retrain.png) "
+          f"({res.stopped}; both timed with their compilation, one run each).\n\n"
+          "![original](gan_original.png) ![retrain](gan_retrain.png) "
           "![unlearned](gan_unlearned.png)\n")
     return {"markdown": md,
             "results": {"eval": evals, "seconds": secs, "steps": steps,
