@@ -122,6 +122,7 @@ def parse(argv=None):
         p, train.TrainConfig, title="recipe of the originals and Retrain",
         exclude=("arch", "seed", "lr", "epochs")))
     a = p.parse_args(argv)
+    p.refuse_beside(a, "--render-only")     # it reads none of the run's settings
     try:
         if min(a.samples, a.pairs, a.memo_seeds) < 1:
             raise ConfigError(f"--samples, --pairs and --memo-seeds must be >= 1, got "

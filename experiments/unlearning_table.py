@@ -129,6 +129,8 @@ def parse_args(argv=None):
                    help="start over: drop the settings an earlier run stored in --out (by "
                    "default the same command resumes them, and another one is refused)")
     args = p.parse_args(argv)
+    # `--render-only --dataset mnist5k --seeds 5` re-rendered a digits run of 2 seeds, exit 0.
+    p.refuse_beside(args, "--render-only")
     # What ran, for the recorded command: main(argv)'s own, not the calling process's sys.argv
     # (a notebook's or pytest's, which table.md and results.json named as the command).
     args._argv = list(sys.argv[1:] if argv is None else argv)

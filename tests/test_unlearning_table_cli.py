@@ -659,6 +659,22 @@ def test_render_only_refuses_a_damaged_or_foreign_results_json(tmp_path, script,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
 
+@pytest.mark.parametrize("script, flags", [
+    ("unlearning_table", ["--dataset", "digits"]), ("unlearning_table", ["--seeds", "5"]),
+    ("unlearning_table", ["--epochs", "2"]), ("hyperforget_eval", ["--samples", "5"]),
+    ("hyperforget_eval", ["--num-steps", "10"])])
+def test_render_only_refuses_the_settings_it_would_ignore(tmp_path, capsys, script, flags):
+    # --render-only re-renders the stored run: `--dataset mnist5k --seeds 5` beside it
+    # re-rendered a digits run of 2 seeds, exit 0, the flags ignored without a word.
+    exp = load_experiment(script)
+    with pytest.raises(SystemExit) as e:
+        exp.main(["--render-only", "--out", str(tmp_path / "o"), *flags])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1
+    assert f"{flags[0]} would be ignored: --render-only re-renders" in err, err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("script,entry", [
     ("unlearning_table", "parse_args"), ("privacy_gate", "parse_args"),
     ("unlearn_mia_noise", "parse_args"), ("unlearn_speed", "parse_args"),
