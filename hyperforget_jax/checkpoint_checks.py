@@ -238,6 +238,31 @@ def jsonable_meta(meta: dict | None, where: Path) -> dict:
                               ) from e
 
 
+def model_identity(model_json: dict) -> dict:
+    """The fields of a model's ``to_json()`` that name it (its name, and its import path when
+    it has one): what a checkpoint of another model differs in when its parameter tree is the
+    same (the restore template compares names, shapes and dtypes only)."""
+    return {k: model_json[k] for k in ("name", "source") if model_json.get(k) is not None}
+
+
+def refuse_another_model(where: Path, stored: Any, model_json: dict, what: str) -> None:
+    """CheckpointError when the checkpoint's stored model record (``stored``: a
+    ``to_json()``; none in checkpoints written before it) names another model than
+    ``model_json``. A module edited under the same name is not seen."""
+    if not isinstance(stored, dict):
+        return
+    was, now = model_identity(stored), model_identity(model_json)
+    if was and was != now:
+        raise CheckpointError(f"{where} holds {what} trained as {_model_words(was)}, not "
+                              f"{_model_words(now)} (parameters of the same shapes, another "
+                              "model); use another checkpoint directory, or the model it was "
+                              "trained with")
+
+
+def _model_words(ident: dict) -> str:
+    return repr(ident.get("source") or ident.get("name"))
+
+
 def refuse_another_run(where: Path, stored: dict, config: dict, data_id: str | None,
                        start: int, epochs: int, *, config_key: str, data_key: str,
                        what: str, config_name: str, init_id: str | None = None) -> None:

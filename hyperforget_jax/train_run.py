@@ -20,7 +20,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import xla
-from hyperforget_jax.checkpoint_checks import naming_non_finite_start, refuse_another_run
+from hyperforget_jax.checkpoint_checks import (naming_non_finite_start, refuse_another_model,
+                                               refuse_another_run)
 from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices, is_prng_key
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError, NonFiniteError,
@@ -226,6 +227,10 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
         prior = float(stored.get("train_seconds", 0.0))
+        # A model of the same parameter tree (an edited module rerun into its directory)
+        # resumed the other's weights and recorded the mix as itself.
+        refuse_another_model(checkpointer.directory, stored.get("architecture"),
+                             model.to_json(), "a model")
         refuse_another_run(checkpointer.directory, stored, cfg.to_json(), data_id, start,
                            cfg.epochs, config_key="train_config", data_key="train_data",
                            what="a model", config_name="TrainConfig", init_id=init_id)

@@ -285,6 +285,45 @@ def test_resume_from_checkpoint_equals_uninterrupted_run(mnist_splits, tmp_path)
     assert_trees_close(resumed.opt_state, straight.opt_state, atol=0)
 
 
+def test_resume_refuses_a_checkpoint_of_another_model_of_the_same_shapes(digits_splits,
+                                                                         tmp_path):
+    """An edited module rerun into its checkpoint directory (ReLU → tanh, the same parameter
+    tree) resumed the other model's weights: fit finished the epochs left and recorded the mix
+    as the new model; ∇τ returned the other model's finished result."""
+    import flax.linen as nn
+
+    from hyperforget_jax import data as D
+    from hyperforget_jax.checkpoint import Checkpointer
+    from hyperforget_jax.unlearn import GradTauConfig, unlearn
+    from hyperforget_jax.errors import CheckpointError
+
+    def net(act):
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(10)(act(nn.Dense(16)(x.reshape((x.shape[0], -1)))))
+        Net.__name__ = Net.__qualname__ = f"{act.__name__.title()}Net"
+        return Net()
+
+    ds = digits_splits.train
+    relu, tanh = (models.as_model(net(a), ds.x.shape[1:], 10) for a in (nn.relu, jnp.tanh))
+    cfg = train.TrainConfig(epochs=1, batch_size=256, lr=1e-2)
+    with Checkpointer(tmp_path / "fit") as ck:
+        state, _ = train.fit(relu, ds, cfg, checkpointer=ck)
+        with pytest.raises(CheckpointError, match="trained as 'ReluNet', not 'TanhNet'"):
+            train.fit(tanh, ds, dataclasses.replace(cfg, epochs=2), checkpointer=ck)
+        assert ck.latest_step() == 1
+        train.fit(relu, ds, dataclasses.replace(cfg, epochs=2), checkpointer=ck)  # resumes
+    split = D.resolve_forget(ds, D.ForgetRequest(classes=(3,)))
+    gcfg = GradTauConfig(epochs=1)
+    with Checkpointer(tmp_path / "gt") as ck:
+        unlearn("gradtau", relu, state.params, split, digits_splits.val, gcfg,
+                checkpointer=ck)
+        with pytest.raises(CheckpointError, match=r"different ∇τ run \(model: .*ReluNet"):
+            unlearn("gradtau", tanh, state.params, split, digits_splits.val, gcfg,
+                    checkpointer=ck)
+
+
 def test_resume_refuses_a_checkpoint_of_another_run(digits_splits, tmp_path):
     """fit resumed whatever its checkpointer held: a 3-epoch checkpoint came back, with an empty
     history, as a 1-epoch model; another seed / learning rate / training set was continued."""

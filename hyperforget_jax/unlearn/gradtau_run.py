@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.config import refuse_unread
+from hyperforget_jax.checkpoint_checks import model_identity
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError, kind_of
 from hyperforget_jax.metrics import rows_independent_once
 from hyperforget_jax.models import Architecture, as_model
@@ -310,8 +311,9 @@ def device_arrays(split: ForgetSplit, val: Dataset, mode: str | None,
     return {"xf": xf, "yf": yf, "xr": xr, "yr": yr, "tau": tau}
 
 
-#: run-identity fields recorded since 2026-12-05: checkpoints that lack them still resume.
-_RECORDED_SINCE = ("data", "start")
+#: run-identity fields recorded since 2026-12-05 ("model": since stop 57): checkpoints that
+#: lack them still resume.
+_RECORDED_SINCE = ("data", "start", "model")
 
 
 def _validate_resume(saved: dict, want: dict, directory) -> None:
@@ -396,7 +398,9 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     if checkpointer is not None:   # the request's data and the start, not only their sizes
         used = (split.forget, split.retain) + (() if val is None else (val,))
         run_id.update(data=data_fingerprint(*used),
-                      start=array_fingerprint(*jax.tree.leaves(params)))
+                      start=array_fingerprint(*jax.tree.leaves(params)),
+                      # another model of the same parameter tree returned this one's result
+                      model=model_identity(model.to_json()))
     start, taus, hist_f, hist_r, hist_a = 0, [], [], [], []
     if checkpointer is not None and checkpointer.latest_step() is not None:
         ts, saved = checkpointer.restore(ts)
