@@ -485,6 +485,11 @@ def test_killed_run_resumes_to_the_uninterrupted_result(digits_splits, digits_or
     assert_trees_close(got, want, atol=1e-6)
     np.testing.assert_allclose(info2["tau"], info["tau"], rtol=1e-6)
     np.testing.assert_allclose(info2["forget_loss"], info["forget_loss"], rtol=1e-5)
+    # save_interval_steps is honoured (every epoch was written), the last epoch always: a
+    # resume from step 6 of 7 ends where the uninterrupted run does.
+    with Checkpointer(tmp_path / "every3", save_interval_steps=3) as ck:
+        G.run_gradtau(arch, params, split, digits_splits.val, cfg, seed=3, checkpointer=ck)
+        assert ck.all_steps() == [3, 6, 7]
 
 
 def test_epoch_runs_cover_the_budget_in_powers_of_two():

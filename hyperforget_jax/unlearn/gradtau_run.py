@@ -448,7 +448,9 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
             taus += [float(tau_k[0])] if reported(e0) else []
             checkpointer.save(e0 + 1, ts, {**(meta or {}), "gradtau": {
                 "epoch": e0 + 1, "run": run_id, "tau": taus, "forget_loss": hist_f,
-                "retain_loss": hist_r, "ascent_steps": hist_a}}, force=True)
+                "retain_loss": hist_r, "ascent_steps": hist_a}},
+                # every save_interval_steps-th epoch (all were written), and the last one
+                force=e0 + 1 == E)
     # Without a checkpointer everything stays on device until here: no host sync in the loop.
     _check_finite([d[:2] for d in done], n)
     for e0, _, lf, lr, asc, tau_k in jax.device_get(done):
