@@ -284,7 +284,16 @@ def load_dataset(name: str = "mnist5k", data_dir: str | None = None) -> Dataset 
     Returns:
       A :class:`Dataset` for the embedded sources (split it with :func:`make_splits`), or
       :class:`Splits` for tfds sources, whose official test split is kept as the test set.
+
+    Raises:
+      DataError: an unknown name, a ``data_dir`` with an embedded source (it reads no
+        directory: ``--data-dir ~/tfds`` without ``--dataset mnist`` trained on MNIST-5k,
+        exit 0), or a tfds source that is not prepared there.
     """
+    if data_dir is not None and name in EMBEDDED:
+        raise DataError(f"data_dir {str(data_dir)!r} would be ignored: {name!r} is embedded in "
+                        f"the package and reads no directory; drop the data directory, or name "
+                        f"a tensorflow-datasets source ({', '.join(TFDS)}) to read from it")
     if name == "mnist5k":
         return load_mnist5k()
     if name == "digits":

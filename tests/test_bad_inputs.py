@@ -854,6 +854,11 @@ CLI_CASES = [
         "--forget-class", "1"], "--retrain-dir: expected a path, got ''"),
     ("cli-blank-data-dir", lambda c, o: ["train", "--run-dir", o, *TINY, "--data-dir", " "],
      "--data-dir: expected a path"),
+    # The embedded sets read no directory: --data-dir without --dataset mnist trained on
+    # MNIST-5k, exit 0.
+    ("cli-data-dir-for-an-embedded-set", lambda c, o: [
+        "train", "--run-dir", o, *TINY, "--data-dir", str(c.empty_dir)],
+     "would be ignored: 'digits' is embedded in the package"),
     ("cli-argparse-bad-int", lambda c, o: ["train", "--run-dir", o, "--epochs", "ten"],
      "expected an integer"),
     ("cli-argparse-unknown-dataset", lambda c, o: ["train", "--run-dir", o, "--dataset", "x"],
