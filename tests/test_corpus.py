@@ -34,11 +34,25 @@ def built(tmp_path_factory, digits_splits):
     return out, stats
 
 
+def test_a_named_dataset_without_splits_is_the_data_built_on(built, tmp_path):
+    # build_corpus(dataset="digits") built on MNIST-5k and recorded it as digits.
+    out, _ = built
+    C.build_corpus(tmp_path / "c", CFG, dataset="digits", progress=False)
+    index = json.loads((tmp_path / "c" / "index.json").read_text())
+    want = json.loads((out / "index.json").read_text())
+    assert (index["dataset"], index["split_seed"]) == ("digits", 0)
+    assert index["data_fingerprint"] == want["data_fingerprint"]
+    assert index["architecture"]["input_shape"] == [8, 8, 1]
+
+
 def test_format_and_index(built):
     out, stats = built
     index = json.loads((out / "index.json").read_text())
     assert index["format"] == C.FORMAT and index["test_seeds"] == [8]
     assert index["dataset"] == "digits"     # was "mnist5k" for any splits given without a name
+    # Splits given without their seed: not known (was 0 whatever seed made them, and
+    # `sample --split-seed 3` was then refused for a corpus of seed-3 splits).
+    assert index["split_seed"] is None
     assert all(s["done"] for s in index["shards"].values()) and len(index["shards"]) == 2
     assert index["trained_tensors"] == [2, 3]           # Dense_1 bias and kernel
     corpus = C.Corpus(out)
@@ -55,6 +69,9 @@ def test_format_and_index(built):
                                        CFG.unlearn_batch_size))
     assert len(steps) == 4 and steps[-1] == 2 * per_epoch and steps[0] == 1
     assert len(corpus.trajectories("train")) == 3 and len(corpus.trajectories("test")) == 3
+    for typo in ("Test", "heldout", "val"):     # returned the training runs
+        with pytest.raises(ConfigError, match="split must be 'train' or 'test'"):
+            corpus.trajectories(typo)
     for o, _, rows in corpus.trajectories("train"):
         assert corpus.original_seeds[o] == 7 and np.all(np.diff(corpus.rows[rows, 2]) > 0)
     p = np.load(out / "shard_00000" / "trajectory.npy", allow_pickle=False)

@@ -425,7 +425,8 @@ def check_same_data(meta: dict, args, splits: data.Splits, run_dir, what: str = 
     if fp is not None and not same_arrays:
         raise DataError(f"the data of --dataset {args.dataset} differs from what the {what} in "
                         f"{run_dir} was trained on (fingerprint {fp}); pass the --dataset "
-                        "the model was trained on (same files, same --data-dir)")
+                        "and --split-seed the model was trained on (same files, same "
+                        "--data-dir)")
 
 
 # --------------------------------------------------------------------------- writing

@@ -598,17 +598,21 @@ def _check_requests_have_images(requests: list[tuple[int, ...]], train_set: data
 @xla.standard_promotion
 def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
                  splits: data.Splits | None = None, dataset: str | None = None,
-                 split_seed: int = 0, progress: bool = True) -> dict:
+                 split_seed: int | None = None, progress: bool = True) -> dict:
     """Builds (or resumes) a corpus in ``out_dir``; returns build statistics.
 
     Args:
       out_dir: corpus directory (created).
       ccfg: :class:`CorpusConfig`; must equal the stored one when resuming.
-      splits: the data (default: MNIST-5k, ``make_splits(seed=split_seed)``).
+      splits: the data (default: ``make_splits(load_dataset(dataset or "mnist5k"),
+        seed=split_seed or 0)``; ``dataset="digits"`` without splits built on MNIST-5k and
+        recorded it as digits).
       dataset, split_seed: recorded in the index (``dataset`` None: the name of ``splits``'
         training set, "mnist5k" for the default; a fixed "mnist5k" default had recorded
         digits splits as MNIST-5k, and ``hyperforget sample --dataset digits`` then refused
-        the hypernetwork trained on them).
+        the hypernetwork trained on them). ``split_seed`` None with ``splits`` given: not
+        known, recorded as None (the data's fingerprint identifies them; a recorded 0 for
+        splits of seed 3 had ``hyperforget sample --split-seed 3`` refused).
       progress: tqdm bar over shards.
 
     Returns:
@@ -631,8 +635,11 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
         raise ConfigError(f"build_corpus: dataset is the data's name, recorded in the index, "
                           f"got {dataset!r}")
     # Recorded as given when splits are passed: None or 2.5 went into the index unchecked.
-    split_seed = data._check_seed(split_seed, "build_corpus: split_seed", ConfigError)
-    splits = splits or data.make_splits(data.load_mnist5k(), seed=split_seed)
+    if split_seed is not None or splits is None:
+        split_seed = data._check_seed(0 if split_seed is None else split_seed,
+                                      "build_corpus: split_seed", ConfigError)
+    if splits is None:
+        splits = data.make_splits(data.load_dataset(dataset or "mnist5k"), seed=split_seed)
     dataset = splits.train.name if dataset is None else dataset
     # A registered name or a user model's import path ("pkg.module:Net"), as `train --arch`.
     arch = as_model(ccfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
@@ -656,6 +663,8 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
         for key in ("format", "config", "architecture", "requests", "class_counts",
                     "trained_tensors", *recorded_since):
             if key in recorded_since and key not in old:
+                continue
+            if key == "split_seed" and index[key] is None:      # not known: the fingerprint
                 continue
             if old.get(key) != index[key]:
                 raise CheckpointError(f"{out} holds a corpus built with a different {key}; "
@@ -798,7 +807,15 @@ class Corpus:
 
     def trajectories(self, split: str = "train") -> list[tuple[int, int, np.ndarray]]:
         """[(original row, request id, checkpoint rows sorted by step)] of the train or test
-        runs."""
+        runs.
+
+        Raises:
+          ConfigError: ``split`` neither ``"train"`` nor ``"test"`` (any other word, a typo
+            such as ``"Test"`` included, returned the training runs).
+        """
+        if split not in ("train", "test"):
+            raise ConfigError(f"trajectories: split must be 'train' or 'test' (the held-out "
+                              f"originals), got {split!r}")
         test = self.is_test_original()[self.rows[:, 0]]
         sel = np.flatnonzero(test if split == "test" else ~test)
         key = self.rows[sel, 0] * (len(self.requests) + 1) + self.rows[sel, 1]
