@@ -39,9 +39,11 @@ import numpy as np
 from hyperforget_jax import metrics, train, xla
 from hyperforget_jax.config import SEED_LIMIT, check_config, field
 from hyperforget_jax.data import Dataset, ForgetSplit
-from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
+from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError, NonFiniteError
+from hyperforget_jax.evaluation import _check_fsplit_rows
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import refuse_traced, tree_index
+from hyperforget_jax.rundir import data_fingerprint
 from hyperforget_jax.unlearn.gradtau_run import rows_per_call
 
 
@@ -68,12 +70,37 @@ class ULiRAConfig:
 
 
 class Shadows(NamedTuple):
-    """Shadow fleets (stacked params, leading axis S) and their splits (indices into D)."""
+    """Shadow fleets (stacked params, leading axis S) and their splits (indices into D).
+
+    ``forget_idx`` and ``data``: the request's forget indices and the training set's
+    fingerprint they were trained for (:func:`train_shadows` records both; None: not known,
+    e.g. built by hand). Indices alone match another training set of the same size (a
+    fraction request draws the same indices on any split seed's), and shadows of class 3
+    scored a request for classes 3 and 5 on its class-3 half, both without a word."""
 
     in_params: Any
     retrain_params: Any
     forget_sets: np.ndarray   # (S, |D_f|/2) training-set indices F_s
     retain_sets: np.ndarray   # (S, |D_r|/2) training-set indices A_s \ F_s
+    forget_idx: np.ndarray | None = None
+    data: str | None = None
+
+
+def _check_shadows(shadows: Shadows, train_ds: Dataset, split: ForgetSplit | None,
+                   who: str) -> None:
+    """DataError / ForgetRequestError when ``shadows`` were trained on another training set
+    than ``train_ds``, or for another request than ``split``'s (as far as they record)."""
+    if shadows.data is not None and shadows.data != data_fingerprint(train_ds):
+        raise DataError(f"{who}: the shadows were trained on another training set (fingerprint "
+                        f"{shadows.data}) than train_ds ({train_ds.name!r}, {len(train_ds)} "
+                        "images); train_shadows on this training set, or pass the one they "
+                        "were trained on")
+    if shadows.forget_idx is not None and split is not None and not np.array_equal(
+            np.sort(np.asarray(split.forget_idx)), np.sort(shadows.forget_idx)):
+        raise ForgetRequestError(f"{who}: the shadows were trained for another request "
+                                 f"({len(shadows.forget_idx)} forget indices, this split has "
+                                 f"{len(split.forget_idx)} and not the same); train_shadows "
+                                 "for this request")
 
 
 def logit_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -112,13 +139,15 @@ def train_shadows(arch: Any, train_ds: Dataset, split: ForgetSplit,
     in_params = _fit_fleet_on_subsets(arch, train_ds, np.concatenate([fsets, rsets], 1),
                                       train_cfg, seeds)
     re_params = _fit_fleet_on_subsets(arch, train_ds, rsets, train_cfg, seeds)
-    return Shadows(in_params, re_params, fsets, rsets)
+    return Shadows(in_params, re_params, fsets, rsets, np.asarray(split.forget_idx),
+                   data_fingerprint(train_ds))
 
 
 def unlearn_shadows(shadows: Shadows, unlearn_fn: Callable[[Any, ForgetSplit, int], Any],
                     train_ds: Dataset) -> Any:
     """Step 3: ``unlearn_fn(params, split, seed) -> params`` applied to every "in" shadow on its
     own request; returns the stacked unlearned shadows."""
+    _check_shadows(shadows, train_ds, None, "unlearn_shadows")
     outs = []
     for s in range(len(shadows.forget_sets)):
         f, r = shadows.forget_sets[s], shadows.retain_sets[s]
@@ -146,6 +175,7 @@ def unlearn_shadows_sweep(shadows: Shadows, method: str, arch: Any, train_ds: Da
     probe); unlearn the target with a seed ≥ S to keep every draw apart."""
     from hyperforget_jax.unlearn import _forget_classes, unlearn_sweep
 
+    _check_shadows(shadows, train_ds, None, "unlearn_shadows_sweep")
     splits = shadow_splits(shadows, train_ds)
     # Half of a class-removal forget set can hold no sample of a small forgotten class: that
     # shadow removes the classes its half holds, a request of its own, and a sweep runs one
@@ -261,6 +291,8 @@ def ulira(arch: Any, shadows: Shadows, unlearned_shadows: Any, train_ds: Dataset
     shadows' confidences): the parameters are refused when traced, as every evaluator's are."""
     refuse_traced((shadows.retrain_params, unlearned_shadows, target_unlearned,
                    target_retrained), "ulira")
+    _check_shadows(shadows, train_ds, split, "ulira")
+    _check_fsplit_rows(train_ds, split)     # the split's rows are train_ds's at its indices
     model = as_model(arch, train_ds.x.shape[1:], train_ds.num_classes)
     x, y = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
     phi_u = _phi_fleet(model, unlearned_shadows, x, y)

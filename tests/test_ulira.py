@@ -146,6 +146,33 @@ def digits_shadows(digits_splits):
     return arch, cfg, split, sh
 
 
+def test_shadows_of_another_training_set_or_request_are_refused(digits_splits,
+                                                                 digits_shadows):
+    """Shadows were matched to the scored request by index alone: those of split seed 0 scored
+    a request on split seed 1's training set (the same indices, other images), and class-3
+    shadows scored a request for classes 3 and 5 on its class-3 half, without a word."""
+    from hyperforget_jax.errors import ForgetRequestError
+
+    arch, cfg, split, sh = digits_shadows
+    tr = digits_splits.train
+    assert np.array_equal(sh.forget_idx, split.forget_idx)
+    other_tr = data.make_splits(data.load_digits(), seed=1).train
+    assert len(other_tr) == len(tr)
+    other_split = data.resolve_forget(other_tr, data.ForgetRequest(fraction=0.1))
+    assert np.array_equal(other_split.forget_idx, split.forget_idx)   # indices alone agree
+    one = jax.tree.map(lambda v: v[0], sh.in_params)
+    with pytest.raises(DataError, match="ulira: the shadows were trained on another training"):
+        ulira.ulira(arch, sh, sh.in_params, other_tr, other_split, one, one)
+    with pytest.raises(DataError, match="unlearn_shadows: the shadows were trained on another"):
+        ulira.unlearn_shadows(sh, lambda p, sp, s: p, other_tr)
+    another = data.resolve_forget(tr, data.ForgetRequest(fraction=0.1, seed=1))
+    with pytest.raises(ForgetRequestError, match="trained for another request"):
+        ulira.ulira(arch, sh, sh.in_params, tr, another, one, one)
+    # The split of another training set given with the shadows' own: its rows are not tr's.
+    with pytest.raises(ForgetRequestError, match="not splits.train's rows"):
+        ulira.ulira(arch, sh, sh.in_params, tr, other_split, one, one)
+
+
 def test_end_to_end_on_digits(digits_splits, digits_shadows):
     arch, cfg, split, sh = digits_shadows
     tr = digits_splits.train
