@@ -24,6 +24,20 @@ def test_schedule_is_linear_and_monotone():
         D.ddim_timesteps(1000, 0)
 
 
+def test_one_ddim_step_denoises_from_the_last_step():
+    """One DDIM step ran at t = 0 on pure noise (``linspace(0, T−1, 1)`` is [0]): the
+    denoiser was told the noise was already clean. It runs at T−1, and the sample is the
+    x̂₀ predicted there; more steps are unchanged."""
+    assert D.ddim_timesteps(1000, 1).tolist() == [999]
+    assert D.ddim_timesteps(1000, 2).tolist() == [999, 0]
+    assert D.ddim_timesteps(1000, 5).tolist() == [999, 749, 500, 250, 0]
+    s = D.make_schedule()
+    # A denoiser that answers with the step it was called at.
+    out = D.ddim_sample(s, lambda x, t: jnp.zeros_like(x) + t[:, None], jax.random.key(0),
+                        (2, 3), 1)
+    np.testing.assert_array_equal(out, 999.0)
+
+
 @pytest.mark.parametrize("t", [0, 100, 500, 999])
 def test_forward_process_has_analytic_mean_and_variance(t):
     s = D.make_schedule()

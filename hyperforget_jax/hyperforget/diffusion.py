@@ -135,13 +135,19 @@ def ddpm_sample(sched: Schedule, predict_x0: PredictX0, key: jax.Array,
 
 
 def ddim_timesteps(num_train_steps: int, num_steps: int) -> np.ndarray:
-    """Decreasing, evenly spaced steps from T−1 to 0 (``num_steps`` of them, distinct).
+    """Decreasing, evenly spaced steps from T−1 to 0 (``num_steps`` of them, distinct); one
+    step is T−1 (pure noise to x₀: it was t = 0, which told the denoiser the noise was
+    already clean).
 
     >>> ddim_timesteps(1000, 5).tolist()
     [999, 749, 500, 250, 0]
+    >>> ddim_timesteps(1000, 1).tolist()
+    [999]
     """
     if not 1 <= num_steps <= num_train_steps:
         raise ConfigError(f"DDIM needs 1 <= num_steps <= {num_train_steps}, got {num_steps}")
+    if num_steps == 1:
+        return np.array([num_train_steps - 1], np.int32)
     return np.unique(np.round(np.linspace(0, num_train_steps - 1, num_steps)).astype(np.int32)
                      )[::-1].copy()
 
@@ -164,7 +170,7 @@ def ddim_step(sched: Schedule, x_t: jax.Array, x0: jax.Array, t: jax.Array, t_pr
 def ddim_sample(sched: Schedule, predict_x0: PredictX0, key: jax.Array, shape: tuple[int, ...],
                 num_steps: int = 20, eta: float = 0.0) -> jax.Array:
     """DDIM sampling [beyond G.pt] with ``num_steps`` network calls (η = 0: deterministic given
-    the initial noise). Returns x̂₀ predicted at the last (t = 0) call."""
+    the initial noise). Returns x̂₀ predicted at the last call (t = 0; T−1 for one step)."""
     ts = ddim_timesteps(sched.num_steps, num_steps)
     prev = np.concatenate([ts[1:], [-1]]).astype(np.int32)
     k0, key = jax.random.split(key)
