@@ -64,8 +64,12 @@ def flatten(params: Params) -> jax.Array:
     if not leaves:
         raise ArchitectureError(f"cannot flatten {params!r:.60}: the pytree holds no array; "
                                 "pass the model's parameters (e.g. state.params)")
-    _check_exact_ints(params, jnp.result_type(*leaves))
-    return jnp.concatenate([jnp.ravel(l) for l in leaves])
+    # Promoted over the leaves' own dtypes, a weak one (a Python float, jnp.asarray(0.1)) read
+    # as its default: weakly typed, a float32 leaf took bfloat16 leaves' dtype and was rounded
+    # (0.1234567 → 0.12353516), so unflatten(flatten(p), p) was not p.
+    out = jnp.result_type(*(jnp.dtype(jnp.result_type(leaf)) for leaf in leaves))
+    _check_exact_ints(params, out)
+    return jnp.concatenate([jnp.ravel(leaf).astype(out) for leaf in leaves])
 
 
 def _exact_range(dtype) -> tuple[int, int]:
@@ -162,7 +166,21 @@ def stack_trees(trees: list[Params]) -> Params:
 
 
 def tree_index(tree: Params, i: int) -> Params:
-    """Member ``i`` of a stacked pytree (inverse of :func:`stack_trees`)."""
+    """Member ``i`` of a stacked pytree (inverse of :func:`stack_trees`).
+
+    Raises:
+      ConfigError: a concrete ``i`` outside ``-n..n-1`` for ``n`` members (JAX clamps an
+        index past the end: ``tree_index(fleet_of_3, 7)`` was member 2, a duplicate model).
+    """
+    leaves = jax.tree.leaves(tree)
+    concrete = (isinstance(i, (int, np.integer)) and not isinstance(i, bool)) or (
+        isinstance(i, (np.ndarray, jax.Array)) and not isinstance(i, jax.core.Tracer)
+        and np.ndim(i) == 0 and np.issubdtype(np.asarray(i).dtype, np.integer))
+    if leaves and concrete and np.ndim(leaves[0]) > 0:
+        n = np.shape(leaves[0])[0]
+        if not -n <= int(i) < n:
+            raise ConfigError(f"tree_index: member {int(i)} of a stack of {n} (indices "
+                              f"{-n}..{n - 1})")
     return jax.tree.map(lambda x: x[i], tree)
 
 

@@ -68,6 +68,25 @@ def test_flatten_round_trips_odd_pytrees_and_names_an_empty_one():
     for empty in ({}, {"a": None}, ()):
         with pytest.raises(ArchitectureError, match="holds no array"):
             P.flatten(empty)
+    # A weakly typed float32 leaf (a Python float, jnp.asarray(0.1)) beside bfloat16 / float16
+    # ones took their dtype and was rounded: 0.1234567 came back as 0.12353516.
+    for low in (jnp.bfloat16, jnp.float16):
+        weak = {"h": jnp.ones(2, low), "s": jnp.asarray(0.1234567), "t": 1.0000001}
+        back = P.unflatten(P.flatten(weak), weak)
+        assert P.flatten(weak).dtype == jnp.float32
+        assert float(back["s"]) == float(jnp.float32(0.1234567))
+        assert float(back["t"]) == float(jnp.float32(1.0000001))
+
+
+def test_tree_index_refuses_a_member_past_the_stack():
+    # JAX clamps: member 3 (or 7) of a stack of 3 was member 2, a duplicate model.
+    s = P.stack_trees([{"a": jnp.full(2, float(i))} for i in range(3)])
+    assert float(P.tree_index(s, -3)["a"][0]) == 0.0
+    assert float(P.tree_index(s, np.int64(2))["a"][0]) == 2.0
+    for bad in (3, 7, -4, jnp.int32(3)):
+        with pytest.raises(ConfigError, match=r"member -?\d+ of a stack of 3"):
+            P.tree_index(s, bad)
+    assert jax.jit(lambda i: P.tree_index(s, i)["a"][0])(1) == 1.0   # traced: not checked
 
 
 def test_flatten_refuses_integers_its_vector_cannot_hold():
