@@ -184,10 +184,14 @@ def save_figure(fig, path: str | os.PathLike) -> Path:
 
 def fmt(x: Any, digits: int = 2, scale: float = 1.0) -> str:
     """A table cell: ``scale * x`` with ``digits`` decimals for any real number (Python or
-    NumPy scalar, e.g. ``np.float32``), "–" for None / NaN, ``str(x)`` for anything else
-    (booleans included, which are not numbers to scale)."""
+    NumPy scalar, e.g. ``np.float32``, or a 0-d NumPy / JAX array: ``jnp.mean(acc)`` was
+    written unscaled as ``0.6666667`` in a column of percentages), "–" for None / NaN,
+    ``str(x)`` for anything else (booleans included, which are not numbers to scale)."""
     if x is None:
         return "–"
+    if (not isinstance(x, (numbers.Number, np.generic)) and hasattr(x, "__array__")
+            and np.ndim(x) == 0 and np.issubdtype(np.asarray(x).dtype, np.number)):
+        x = np.asarray(x)[()]       # its NumPy scalar: a number below, as np.float32 is
     if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
         return str(x)
     x = float(x)

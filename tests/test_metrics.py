@@ -437,6 +437,11 @@ def test_report_fmt_scales_numpy_scalars():
     assert report.fmt(np.int64(1), 1, 100.0) == "100.0"
     assert report.fmt(np.float32("nan")) == report.fmt(float("nan")) == report.fmt(None) == "–"
     assert report.fmt("n/a") == "n/a"
+    # 0-d arrays, JAX's too (jnp.mean(acc)): written unscaled ("0.953") before.
+    for v in (jnp.float32(0.953), jnp.mean(jnp.array([0.953, 0.953])), np.array(0.953)):
+        assert report.fmt(v, 2, 100.0) == "95.30"
+    assert report.fmt(jnp.float32(jnp.nan)) == "–" and report.fmt(jnp.array(True)) == "True"
+    assert report.fmt(np.array([0.5, 0.5])) == "[0.5 0.5]"          # not a number: as str
 
 
 def test_lr_attack_equals_the_starting_kits_simple_mia():
