@@ -250,6 +250,42 @@ def _gan_evaluate_with_a_5_output_judge_that_does_not_say(c):
                                                                           downstream_samples=0))
 
 
+def _gan_evaluate_with_a_5_output_judge_that_says_10(c):
+    """Declared ``num_classes=10``, a 5-output judge was taken at its word (only a judge that
+    did not say was measured): class 7's share read 0.0."""
+    from hyperforget_jax.gan.metrics import EvalConfig, Judge, evaluate_gan
+
+    jarch = models.make_architecture("mlp", (8, 8, 1), 5)
+    user = models.as_model(jarch.apply, (8, 8, 1), 10)
+    return evaluate_gan(*_tiny_gan(c), Judge(user, jarch.init(jax.random.key(0))), c.splits,
+                        c.train.x[:10], c.train.x[10:], (7,), EvalConfig(num_samples=64,
+                                                                          downstream_samples=0))
+
+
+def _gan_evaluate_a_tanh_generator(c):
+    """A user's G ending in tanh (the usual DCGAN) drew 44 % negative pixels, and every metric
+    was computed on images the judge never saw."""
+    import flax.linen as nn
+
+    from hyperforget_jax.gan.metrics import EvalConfig, Judge, evaluate_gan
+    from hyperforget_jax.gan.models import make_gan_arch
+
+    class G(nn.Module):
+        @nn.compact
+        def __call__(self, z):
+            return jnp.tanh(nn.Dense(64)(z)).reshape((-1, 8, 8, 1))
+
+    class D(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(1)(x.reshape((x.shape[0], -1)))[:, 0]
+
+    arch = make_gan_arch(generator=G(), discriminator=D(), latent_dim=16, image_shape=(8, 8, 1))
+    g, d = arch.init(jax.random.key(0))
+    return evaluate_gan(arch, g, d, Judge(c.arch, c.params), c.splits, c.train.x[:10],
+                        c.train.x[10:], (3,), EvalConfig(num_samples=64, downstream_samples=0))
+
+
 def _gan_evaluate_on(c, splits, reference_feats=None):
     """``evaluate_gan`` of the tiny GAN on 64 samples with a 10-class judge, ``splits`` and
     ``reference_feats``."""
@@ -463,6 +499,16 @@ API_CASES = [
     ("gan-evaluate-judge-of-other-classes-unsaid",
      _gan_evaluate_with_a_5_output_judge_that_does_not_say, ConfigError,
      "the judge has 5 classes but the data 10"),
+    ("gan-evaluate-judge-of-other-classes-misdeclared",
+     _gan_evaluate_with_a_5_output_judge_that_says_10, ConfigError,
+     "the judge has 5 classes but the data 10"),
+    ("gan-evaluate-samples-outside-0-1", _gan_evaluate_a_tanh_generator, DataError,
+     r"the generator's samples lie in \[-0\.\d+, 0\.\d+\], not in \[0, 1\].*\(x \+ 1\) / 2"),
+    # Beside config=, arch_name / epochs were ignored (the config's trained instead).
+    ("gan-judge-epochs-beside-config", lambda c: __import__(
+        "hyperforget_jax.gan.metrics", fromlist=["x"]).train_judge(
+        c.train, config=train.TrainConfig(epochs=1), epochs=5), ConfigError,
+     "epochs=5 would be ignored beside config="),
     ("gan-train-images-in-0-255", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
         c.train.replace(x=c.train.x * 255), __import__(

@@ -1,6 +1,8 @@
 """GAN metrics on constructed cases: classifier-FID closed forms, classifier-IS, shares,
 discriminator-score MIA, penultimate features."""
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import numpy as np
@@ -12,6 +14,7 @@ from hyperforget_jax import data
 from hyperforget_jax.errors import ConfigError, DataError
 from hyperforget_jax.gan import metrics as M
 from hyperforget_jax.models import as_model, make_architecture
+from hyperforget_jax.train import TrainConfig
 
 
 def test_fid_zero_for_identical_and_grows_with_mean_shift():
@@ -198,6 +201,19 @@ def test_judge_recipe_trains_on_augmented_copies_and_anneals(digits_splits, monk
     leaves = lambda j: np.concatenate([np.ravel(a) for a in jax.tree.leaves(j.params)])
     assert not np.allclose(leaves(plain), leaves(aug))
     assert not np.allclose(leaves(aug), leaves(annealed))
+
+
+def test_train_judge_takes_its_config_s_seed(digits_splits):
+    # seed=0 (the default) replaced config.seed: a judge-seed sweep written as
+    # config=TrainConfig(seed=k) trained the seed-0 judge every time.
+    cfg = TrainConfig(arch="gpt_mlp", epochs=1)
+    by_config = M.train_judge(digits_splits.train, config=dataclasses.replace(cfg, seed=7))
+    by_seed = M.train_judge(digits_splits.train, seed=7, config=cfg)
+    seed0 = M.train_judge(digits_splits.train, config=cfg)
+    for a, b, c in zip(*(jax.tree.leaves(j.params) for j in (by_config, by_seed, seed0))):
+        np.testing.assert_array_equal(a, b)
+    assert not all(np.array_equal(a, c) for a, c in zip(jax.tree.leaves(by_config.params),
+                                                       jax.tree.leaves(seed0.params)))
 
 
 def test_cached_judge_reuses_only_the_same_recipe_on_the_same_data(digits_splits, tmp_path):

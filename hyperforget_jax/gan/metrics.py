@@ -70,7 +70,18 @@ class Judge(NamedTuple):
     params: Params
 
 
-def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
+def _refuse_out_of_range(samples) -> None:
+    """DataError for generated images outside [0, 1] (D, the judge and the reference images
+    live there; a user's G ending in tanh drew 44 % negative pixels, and every metric was
+    computed on images the judge never saw)."""
+    lo, hi = float(np.min(samples)), float(np.max(samples))
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise DataError(f"the generator's samples lie in [{lo:.3g}, {hi:.3g}], not in [0, 1] "
+                        "like the real images D and the judge were trained on; end the "
+                        "generator with a sigmoid, or map a tanh output with (x + 1) / 2")
+
+
+def train_judge(train: Dataset, seed: int | None = None, arch_name: str = "mlp",
                 epochs: int = 20, config: TrainConfig | None = None,
                 augment: int = 1, anneal_epochs: int = 0, progress: bool = False) -> Judge:
     """Trains the judge classifier on real images (the full training set, so that it knows
@@ -78,8 +89,11 @@ def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
 
     Args:
       train: the real training images and labels.
-      seed: initialisation, batch order and augmentation (replaces ``config.seed``).
-      arch_name, epochs: the classifier and its epochs when ``config`` is None.
+      seed: initialisation, batch order and augmentation (replaces ``config.seed``; None:
+        ``config.seed``, or 0 without a config: a judge-seed sweep written as
+        ``config=TrainConfig(seed=k)`` trained the seed-0 judge every time).
+      arch_name, epochs: the classifier and its epochs when ``config`` is None (beside a
+        ``config`` they are refused: its ``arch`` and ``epochs`` were trained instead).
       config: the full recipe (:class:`~hyperforget_jax.train.TrainConfig`), e.g. from
         generated ``--judge-*`` flags; :data:`JUDGE` is the experiments' one.
       augment: train on the images and ``augment − 1`` randomly rotated, zoomed and shifted
@@ -93,8 +107,12 @@ def train_judge(train: Dataset, seed: int = 0, arch_name: str = "mlp",
     """
     from hyperforget_jax.data import augment_affine
 
+    if config is not None and (arch_name, epochs) != ("mlp", 20):
+        raise ConfigError(f"train_judge: arch_name={arch_name!r} / epochs={epochs} would be "
+                          "ignored beside config= (its arch and epochs are trained); set them "
+                          "in the TrainConfig, or drop config")
     cfg = config or TrainConfig(arch=arch_name, epochs=epochs)
-    cfg = dataclasses.replace(cfg, seed=seed)
+    cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None and config else (seed or 0))
     arch = as_model(cfg.arch, train.x.shape[1:], train.num_classes)   # a name or import path
     if augment != 1:
         train = augment_affine(train, augment, seed)
@@ -466,11 +484,11 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
     refuse_traced((g_params, d_params), "evaluate_gan")
     arch.check_params(g_params, d_params)
     judge.arch.check_inputs(np.zeros((1, *arch.image_shape), np.float32), "the GAN's samples")
-    # A judge that does not say its class count (a user's module or apply_fn) is asked: a
-    # 5-output judge on 10-class data read every class from 5 up as never drawn, so a
-    # forgotten class 7 had a share of 0 (perfectly forgotten), without a word.
-    width = (judge.arch.num_classes if judge.arch.num_classes is not None else
-             judge.arch.num_outputs(judge.params, arch.image_shape, "evaluate_gan's judge"))
+    # The judge's class count is measured (shape only, cached), never taken from what it
+    # says: a 5-output judge on 10-class data read every class from 5 up as never drawn, so
+    # a forgotten class 7 had a share of 0 (perfectly forgotten), without a word; declared
+    # num_classes=10, such a judge still passed.
+    width = judge.arch.num_outputs(judge.params, arch.image_shape, "evaluate_gan's judge")
     if width != k:
         raise ConfigError(f"the judge has {width} classes but the data {k}; train the judge "
                           "on this dataset (train_judge(splits.train))")
@@ -487,6 +505,7 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
     # NaN images have the judge's argmax 0: every share, FID and IS would be garbage (a
     # forgotten class other than 0 would read as perfectly forgotten).
     _raise_if_nonfinite(samples, "the generator's samples", "generator")
+    _refuse_out_of_range(samples)
     probs, feats = judge_outputs(judge, samples)
     # The same for a diverged judge: NaN probabilities have argmax 0 (forgotten_share 0.0 for
     # any other class) while ReLU can leave its features finite (a plausible classifier-FID).
