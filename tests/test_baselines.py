@@ -231,6 +231,13 @@ def test_baseline_on_a_mesh_equals_one_device(setup):
     # The record says what ran: 4 devices on the mesh, one without (however many are visible).
     assert (got.info["devices"], want.info["devices"]) == (4, 1)
     assert got.info["device_kind"] == want.info["device_kind"] == jax.devices()[0].device_kind
+    # A 2×2 ("model", "data") mesh: 4 devices, each batch split over the 2 of its data axis
+    # ("devices" alone said 4 shared it).
+    grid = jax.make_mesh((2, 2), ("model", "data"), devices=devices_or_skip(4))
+    two = unlearn("neggrad_plus", arch, params, split, val, cfg, seed=1, mesh=grid)
+    assert (two.info["devices"], two.info["batch_split"]) == (4, 2)
+    assert got.info["batch_split"] == 4 and "batch_split" not in want.info
+    assert_trees_close(two.params, want.params, atol=1e-5)
     # Batches of 30 do not divide over 4 devices: split unevenly (they used to be refused).
     odd = baselines.C.ScrubConfig(epochs=1, msteps=1, retain_batch_size=30, forget_batch_size=6)
     assert_trees_close(unlearn("scrub", arch, params, split, val, odd, seed=1, mesh=mesh).params,

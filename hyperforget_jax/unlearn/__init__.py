@@ -206,7 +206,8 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
       mesh: optional ``jax.sharding.Mesh``: batches split along its data axis (``"data"`` or
         the first), state replicated; the result equals the single-device run (to rounding).
         Without one the method runs on one device, however many are visible;
-        ``info["devices"]`` and ``info["device_kind"]`` record what ran.
+        ``info["devices"]`` and ``info["device_kind"]`` record what ran (with a mesh also
+        ``info["batch_split"]``: the devices along its data axis that share each batch).
 
     Returns:
       :class:`UnlearnResult` ``(params, info)``.
@@ -258,12 +259,16 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
 def _ran_on(mesh: Mesh | None, out: Any) -> dict:
     """How many devices ran the method, and which kind: the mesh's, or those holding its
     result (without a mesh everything runs on one device, however many are visible: the
-    default one, or ``jax.default_device``'s)."""
+    default one, or ``jax.default_device``'s); with a mesh also ``batch_split``, the devices
+    along its data axis that share each batch (a 2×2 ("model", "data") mesh: 4 devices, each
+    batch split in 2, which "devices" alone overstated)."""
     if mesh is not None:
         devices = list(mesh.devices.flat)
-    else:
-        leaf = jax.tree.leaves(out)[0]
-        devices = list(leaf.devices()) if isinstance(leaf, jax.Array) else jax.devices()[:1]
+        axis = train.auto_mesh(mesh)[1]
+        return {"devices": len(devices), "batch_split": int(mesh.shape[axis]),
+                "device_kind": devices[0].device_kind}
+    leaf = jax.tree.leaves(out)[0]
+    devices = list(leaf.devices()) if isinstance(leaf, jax.Array) else jax.devices()[:1]
     return {"devices": len(devices), "device_kind": devices[0].device_kind}
 
 
