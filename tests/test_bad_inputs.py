@@ -502,6 +502,10 @@ API_CASES = [
     ("gan-evaluate-judge-of-other-classes-misdeclared",
      _gan_evaluate_with_a_5_output_judge_that_says_10, ConfigError,
      "the judge has 5 classes but the data 10"),
+    ("gan-grid-of-0-255-images", lambda c: __import__(
+        "hyperforget_jax.gan.train", fromlist=["x"]).save_grid(
+        c.train.x[:4] * 255, c.root / "never" / "grid.png"), DataError,
+     r"save_grid: images with values in \[0, 255\]; pass images in \[0, 1\]"),
     ("gan-evaluate-samples-outside-0-1", _gan_evaluate_a_tanh_generator, DataError,
      r"the generator's samples lie in \[-0\.\d+, 0\.\d+\], not in \[0, 1\].*\(x \+ 1\) / 2"),
     # Beside config=, arch_name / epochs were ignored (the config's trained instead).

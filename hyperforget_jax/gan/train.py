@@ -386,14 +386,24 @@ def d_scores(arch: GANArch, d_params: Params, x: np.ndarray, chunk: int = 1024) 
 
 
 def save_grid(images: np.ndarray, path, nrow: int = 8, title: str | None = None) -> None:
-    """Saves up to nrow² images as one PNG grid (grey-scale or RGB). The figure is built
-    without pyplot: switching the process's backend (``matplotlib.use("Agg")``) turned a
-    notebook's inline plots off for the rest of the session."""
+    """Saves up to nrow² images in [0, 1] as one PNG grid (grey-scale or RGB). The figure is
+    built without pyplot: switching the process's backend (``matplotlib.use("Agg")``) turned a
+    notebook's inline plots off for the rest of the session.
+
+    Raises:
+      DataError: images outside [0, 1] (0..255 images were clipped to a near-white grid,
+        a tanh generator's to half black).
+    """
     from matplotlib.figure import Figure
 
     from hyperforget_jax import report
 
-    images = np.clip(np.asarray(images[: nrow * nrow]), 0, 1)
+    images = np.asarray(images[: nrow * nrow], np.float32)
+    if images.size and (images.min() < -1e-6 or images.max() > 1 + 1e-6):
+        raise DataError(f"save_grid: images with values in [{images.min():.3g}, "
+                        f"{images.max():.3g}]; pass images in [0, 1] (divide 0..255 images "
+                        "by 255, map a tanh output with (x + 1) / 2)")
+    images = np.clip(images, 0, 1)
     n, h, w, c = images.shape
     rows = -(-n // nrow)
     grid = np.ones((rows * (h + 2), nrow * (w + 2), c), np.float32)
