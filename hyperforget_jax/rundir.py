@@ -438,11 +438,12 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
             if created:
                 _remove_if_empty(out, made_above)
             raise
-    ok = False
+    ok, before = False, set()
     try:
         # Re-read under the lock: another writer may have finished in between.
         stored = read_identity(out)
         others = [n for n in _entries(out) if not _ours(n)]
+        before = set(others)      # a directory of an older version's run, adopted: its own
         _check_identity(out, _or_legacy(out, stored, others, legacy), identity, others, flag,
                         replace_role)
         if primary and stored != identity:
@@ -455,8 +456,11 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
     finally:
         if not ok and primary and stored is None:
             # Failed before writing anything of its own (at most empty folders, such as a
-            # checkpoint manager's): leave the directory as it was.
-            written = [n for n in _entries(out) if not _ours(n)]
+            # checkpoint manager's): leave the directory as it was. An older version's run
+            # adopted (no run.json, its files) keeps them, and loses the run.json written for
+            # it: a refused `corpus` left its flags recorded over a corpus built with others,
+            # and the right flags were then refused.
+            written = [n for n in _entries(out) if not _ours(n) and n not in before]
             if all(n in caches or _empty_tree(out / n) for n in written):
                 with contextlib.suppress(OSError):
                     for n in written:

@@ -390,6 +390,28 @@ def test_open_run_identity_and_cleanup(tmp_path):
             pass
 
 
+def test_a_refused_adoption_of_an_older_run_leaves_it_as_it_was(tmp_path):
+    """A directory of an older version's run (its files, no run.json) adopted by a command
+    that then fails: the run.json written for it stayed, so a refused `corpus --unlearn-lr
+    0.05` left 0.05 recorded over a corpus built with 0.01, and the right flags were then
+    refused. Its own files stay; the caches it held before stay too."""
+    old = tmp_path / "old"
+    (old / "shard_00000").mkdir(parents=True)
+    (old / "shard_00000" / "rows.npy").write_text("x")
+    (old / "index.json").write_text('{"config": {"unlearn_lr": 0.01}}')
+    adopt = lambda path: {"role": "corpus"}          # noqa: E731
+    with pytest.raises(RunDirError, match="built with another config"):
+        with rundir.open_run(old, {"role": "corpus", "unlearn_lr": 0.05}, legacy=adopt,
+                             caches=("index.json",)):
+            raise RunDirError("holds a corpus built with another config")
+    assert sorted(p.name for p in old.iterdir()) == ["index.json", "shard_00000"]
+    assert rundir.read_identity(old) is None
+    with rundir.open_run(old, {"role": "corpus", "unlearn_lr": 0.01}, legacy=adopt,
+                         caches=("index.json",)):
+        pass
+    assert rundir.read_identity(old) == {"role": "corpus", "unlearn_lr": 0.01}
+
+
 def test_unfinished_run_is_not_loaded_as_a_model(runs, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(runs / "orig", copy)
