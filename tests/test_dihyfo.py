@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import CompileCounter
-from hyperforget_jax import cli, xla
+from hyperforget_jax import cli, rundir, xla
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError,
                                    ForgetRequestError)
@@ -508,6 +508,22 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     assert cli.main(tiny[:-1]) == 0
     assert "already trained" in capsys.readouterr().out
     assert (tmp_path / "t" / "hypernet.npz").read_bytes() == first
+    # A run of an older version (no run.json) is compared on what its hypernet.npz records:
+    # adopted on nothing, other flags took the "already trained" exit and were written over
+    # its recipe in run.json.
+    (tmp_path / "t" / "run.json").unlink()
+    assert tiny[5] == "--steps"
+    fails([*tiny[:6], str(TRAIN.steps + 5), *tiny[7:]], "its train.steps is 6")
+    assert not (tmp_path / "t" / "run.json").exists()
+    assert cli.main(tiny) == 0 and rundir.read_identity(tmp_path / "t")["role"] == "hypernet"
+    # The same for a corpus of an older version (the fixture's, built from Python): compared
+    # on its index's config, and a refusal leaves no run.json behind.
+    old = tmp_path / "old_corpus"
+    shutil.copytree(out, old)
+    assert not (old / "run.json").exists()
+    fails(["corpus", "--dataset", "digits", "--out", str(old), "--seeds", "3",
+           "--quiet"], "holds a different 'corpus' run: its config.")
+    assert not (old / "run.json").exists()
 
 
 def test_a_sample_records_what_of_its_request_the_corpus_did_not_hold(setup, digits_splits):

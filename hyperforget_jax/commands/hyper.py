@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from hyperforget_jax import checkpoint, configflags, data, report, rundir
 from hyperforget_jax import params as P_
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import finite_float, seed_int
-from hyperforget_jax.errors import ArchitectureError, ConfigError, shell_quote
+from hyperforget_jax.errors import ArchitectureError, CheckpointError, ConfigError, shell_quote
 from hyperforget_jax.evaluation import evaluate_unlearning
 from hyperforget_jax.hyperforget import corpus as C
 from hyperforget_jax.hyperforget import denoiser as DN
@@ -36,8 +37,9 @@ def cmd_corpus(args) -> int:
     cfg = args._corpus_flags.build(args)
     splits = common.load_splits(args)
     identity = {"role": "corpus", "config": cfg.to_json(), **common.data_identity(args, splits)}
-    # Corpora built before run.json existed are adopted; their index has its own config check.
-    legacy = lambda path: {} if (path / "index.json").exists() else None
+    # Corpora built before run.json existed are adopted, compared on the config their index
+    # records (adopted on none, a refused rerun had its flags written over the corpus's).
+    legacy = _legacy_corpus
     # The index alone (no shard done yet) is rewritten by any rerun: a build that fails in its
     # first fleet (a diverged recipe) leaves --out as it found it, so a rerun with a fixed
     # recipe is not refused as "a different corpus".
@@ -56,6 +58,37 @@ def cmd_corpus(args) -> int:
     return 0
 
 
+def _legacy_corpus(path: Path) -> dict | None:
+    """The identity fields an older version's corpus records in its index (None: no corpus)."""
+    if not (path / "index.json").exists():
+        return None
+    try:
+        config = json.loads((path / "index.json").read_text()).get("config")
+    except (OSError, ValueError, AttributeError):
+        return {}          # unreadable: build_corpus names what is wrong with it
+    return {"role": "corpus", "config": config} if isinstance(config, dict) else {}
+
+
+def _legacy_hypertrain(path: Path, den: DN.DenoiserConfig) -> dict | None:
+    """The identity fields an older version's hypertrain run records in its hypernet.npz
+    (None: no run; {} for a run not finished, whose training state checks itself). Tokens
+    "auto" are compared as given: the spec stores what they resolved to on this corpus."""
+    done = path / store.FILE_NAME
+    if not done.is_file():
+        return {} if (path / "train_state").exists() else None
+    try:
+        net, meta = H.load_hypernet(done)
+    except CheckpointError:
+        return {}          # a damaged file is named when read
+    trained = (meta.get("history") or {}).get("train_config")
+    stored = net.spec.denoiser.to_json()
+    if den.tokens == "auto":
+        stored = {**stored, "tokens": "auto"}
+    return {"role": "hypernet", "variant": net.spec.variant,
+            "forget_class": net.spec.forget_class, "denoiser": stored,
+            **({"train": trained} if isinstance(trained, dict) else {})}
+
+
 def cmd_hypertrain(args) -> int:
     # Refused before anything is read or written (issue 16, 13a).
     if args.variant == "dihyfo1" and args.forget_class is None:
@@ -70,9 +103,11 @@ def cmd_hypertrain(args) -> int:
     identity = {"role": "hypernet", "variant": args.variant, "forget_class": args.forget_class,
                 "denoiser": den.to_json(), "train": cfg.to_json(),
                 "corpus": rundir.read_identity(args.corpus) or str(corpus.path)}
-    # Runs started before run.json existed are adopted: their training state checks its own
-    # spec and config on resume.
-    legacy = lambda path: {} if (path / "train_state").exists() else None
+    # Runs started before run.json existed are adopted: a finished one is compared on what its
+    # hypernet.npz records (adopted on nothing, any flags took the "already trained" exit and
+    # were written over its recipe); an unfinished one's training state checks its own spec
+    # and config on resume.
+    legacy = lambda path: _legacy_hypertrain(path, den)    # noqa: E731
     with common.open_run(args.out, identity, args, reads=[args.corpus], flag="--out",
                          legacy=legacy) as run:
         done = run.path / store.FILE_NAME
