@@ -459,6 +459,17 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     res = json.loads((tmp_path / "s2" / "results.json").read_text())
     assert res["best_of"] == info and res["sample_config"]["best_of"] == 2
     assert f"best of 2: sample {info['chosen']} kept" in (tmp_path / "s2" / "report.md").read_text()
+    # A start that is not an original (a Retrain forgetting class 4) was sampled and reported
+    # as this request's unlearning of it without a word: noted in the report and the results.
+    rt = tmp_path / "rt4"
+    assert cli.main(["retrain", "--dataset", "digits", "--arch", "gpt_mlp", "--epochs", "1",
+                     "--forget-class", "4", "--run-dir", str(rt), "--quiet"]) == 0
+    assert argv[5] == "--corpus" and argv[9] == "--forget-class"
+    assert cli.main([*argv[:5], "--run-dir", str(rt), *argv[9:-1], str(tmp_path / "s3")]) == 0
+    res = json.loads((tmp_path / "s3" / "results.json").read_text())
+    assert res["start_run"] == {"role": "retrain", "request": {"classes": [4], "seed": 0}}
+    assert ("Note: the start network is a 'retrain' run (its request: class 4), not an "
+            "original") in (tmp_path / "s3" / "report.md").read_text()
     capsys.readouterr()
 
     def fails(argv, message):

@@ -235,14 +235,15 @@ def cmd_sample(args) -> int:
         ev_start = evaluate_unlearning(arch, params, splits, fsplit, request, args.seed)
         ev = evaluate_unlearning(arch, out, splits, fsplit, request, args.seed)
         _write_sample(run.path, args, sc, net, out, arch, request, prompt, ev_start, ev,
-                      secs, picked)
+                      secs, picked, start)
     return 0
 
 
 def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, ev, secs,
-                  picked: dict | None):
+                  picked: dict | None, start: dict | None = None):
     """``picked``: with --best-of K, which of the K samples was kept (``chosen``, 0-based in
-    the order of ``jax.random.split(key, K)``) and its training-set losses that chose it."""
+    the order of ``jax.random.split(key, K)``) and its training-set losses that chose it;
+    ``start``: the start network's identity (:func:`_start_network`)."""
     prompt_json = {k: jnp.asarray(v).tolist() for k, v in prompt._asdict().items()}
     checkpoint.save_params(run_dir / "params", out, {"role": "hyperforget-sample",
                                                      "architecture": arch.to_json(),
@@ -260,14 +261,36 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
               [[n, *(report.fmt(e.get(k), 2, s) for k, _, s in KEYS)]
                for n, e in (("start", ev_start), ("sample", ev))])
           + f"\n\nsampling time {secs:.2f} s ({how}, including compilation)\n"
-          + _coverage_note(cov, prompt))
+          + _coverage_note(cov, prompt) + _start_note(start))
+    run = (start or {}).get("run")
+    role = run.get("role") if isinstance(run, dict) else None
     results = {"start": ev_start, "sample": ev, "seconds": secs, "request": request.to_json(),
+               **({"start_run": {"role": role, "request": run.get("request")}}
+                  if role not in (None, "original") else {}),
                "dataset": args.dataset, "split_seed": args.split_seed, "prompt": prompt_json,
                "coverage": cov,
                "hypernet": str(args.hypernet), "sample_config": sc.to_json(), "seed": args.seed,
                **({"best_of": picked} if picked else {})}
     common.write_results(run_dir, results, md)
     common.emit(args, results, md)
+
+
+def _start_note(start: dict | None) -> str:
+    """The report's words for a start network that is not an original (a Retrain, an
+    unlearned run, another sample): sampled and reported as the request's unlearning of it,
+    without a word, while it had forgotten classes of its own."""
+    run = (start or {}).get("run")
+    role = run.get("role") if isinstance(run, dict) else None
+    if role in (None, "original"):
+        return ""
+    req = run.get("request")
+    try:
+        what = f" (its request: {data.ForgetRequest.from_json(req).describe()})" if req else ""
+    except data.ForgetRequestError:
+        what = ""
+    return (f"\nNote: the start network is {rundir._a(role)} run{what}, not an original: the "
+            "hypernetwork learnt to unlearn from originals, and the sample also lacks what the "
+            "start had forgotten.\n")
 
 
 def _coverage_note(cov: dict, prompt) -> str:
