@@ -329,8 +329,13 @@ def _relabel_plan(split: ForgetSplit, num_classes: int, cfg, seed: int) -> tuple
     (and NegGrad's forget batch): a forget set smaller than the batch is one batch holding
     each forget sample once, with one random label, not a batch that repeats every sample
     ~batch/|D_f| times, each copy with its own random label (a target that averages to the
-    uniform distribution). Rows share one width; the narrower pass is padded with weight-0
-    entries (``w``), which the step leaves out of its mean."""
+    uniform distribution). A set larger than its batch is covered by full batches that wrap
+    around (``wrapped_batches`` [ours], as every baseline's passes and ∇τ's): its last batch
+    is filled with samples drawn again, counted in full (a 377-image forget set in batches of
+    256 sees 135 twice an epoch, each copy with its own random label), where SalUn's loaders
+    end on a short batch (an auditor measured the difference within seed noise). Rows share
+    one width; the narrower pass is padded with weight-0 entries (``w``), which the step
+    leaves out of its mean."""
     nf, nr = len(split.forget), len(split.retain)
     bf, br = min(cfg.batch_size, nf), min(cfg.batch_size, nr)
     width = max(bf, br)
