@@ -63,7 +63,7 @@ def _legacy_corpus(path: Path) -> dict | None:
     if not (path / "index.json").exists():
         return None
     try:
-        config = json.loads((path / "index.json").read_text()).get("config")
+        config = json.loads((path / "index.json").read_text(encoding="utf-8")).get("config")
     except (OSError, ValueError, AttributeError):
         return {}          # unreadable: build_corpus names what is wrong with it
     return {"role": "corpus", "config": config} if isinstance(config, dict) else {}
