@@ -313,15 +313,16 @@ def _hyper_prompt(c):
     return _hyper_call("make_prompt", c.hyper["dihyfo2"], c.params, c.train, (1,))
 
 
-def _stream(c, n_forget=100, n_retain=1000, labels=None, images=None, params=None):
+def _stream(c, n_forget=100, n_retain=1000, labels=None, images=None, params=None,
+            forget_rows=100):
     """∇τ from streamed pairs of 100 + 100 digits, 1 forget batch per epoch."""
     from hyperforget_jax.unlearn import GradTauConfig
     from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
 
     x, y = c.train.x, c.train.y
-    rx = x[100:200] if images is None else images
-    ry = y[100:200] if labels is None else labels
-    pair = ((x[:100], y[:100]), (rx, ry))
+    rx = x[200:300] if images is None else images
+    ry = y[200:300] if labels is None else labels
+    pair = ((x[:forget_rows], y[:forget_rows]), (rx, ry))
     params = c.params if params is None else params
     return run_gradtau_stream(c.arch, params, lambda e: [pair], n_forget=n_forget,
                               n_retain=n_retain, config=GradTauConfig(batch_size=100),
@@ -548,6 +549,14 @@ API_CASES = [
      ForgetRequestError, "budget E .* is 0"),
     ("stream-negative-retain-labels", lambda c: _stream(c, labels=-c.train.y[100:200] - 1),
      DataError, "retain batch has label -"),
+    # The batches the schedule is computed for: 150-row forget batches for a batch_size of
+    # 100, or a forget stream of 2 of the 100 forget rows, ran to the end with the config's
+    # steps, E and α₀ in their info.
+    ("stream-forget-batch-past-the-config-s", lambda c: _stream(c, forget_rows=150),
+     ConfigError, r"a forget batch of 150 rows, but config.batch_size 100 gives batches of at "
+                  r"most 100"),
+    ("stream-truncated-forget-stream", lambda c: _stream(c, forget_rows=2), ConfigError,
+     "streamed 2 forget rows, fewer than n_forget = 100"),
     ("stream-uint8-retain-images", lambda c: _stream(
         c, images=(c.train.x[100:200] * 255).astype(np.uint8)), DataError, "dtype uint8"),
     ("fit-stream-negative-labels", lambda c: train.fit_stream(

@@ -123,6 +123,18 @@ def test_initialize_rejects_partial_or_bad_arguments():
         dist.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
 
 
+def test_fetch_returns_a_sharded_array_whole_on_one_process():
+    # It returned device 0's shard alone: 2 of a batch's 8 rows on 4 devices, without a word.
+    from conftest import devices_or_skip
+
+    mesh = jax.sharding.Mesh(np.array(devices_or_skip(4)), ("data",))
+    x = np.arange(8, dtype=np.float32)[:, None]
+    sharded = dist.global_batch((x, x), mesh)
+    assert not sharded[0].sharding.is_fully_replicated
+    np.testing.assert_array_equal(dist.fetch(sharded)[0], x)
+    np.testing.assert_array_equal(dist.fetch(dist.replicate({"w": x}, mesh))["w"], x)
+
+
 def test_gradtau_step_compiles_once_per_shape():
     arch, tx, params, batches = W.problem()
     step = train.jit_step(gradtau.make_gradtau_step(arch.apply, tx))

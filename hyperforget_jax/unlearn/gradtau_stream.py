@@ -179,8 +179,10 @@ def run_gradtau_stream(arch: Any, params: Params,
     Raises:
       ConfigError: neither or both of ``tau`` / ``tau_fn``; a ``config.tau_mode`` other than
         ``"auto"``; ``tau_args`` or a ``config.tau_refresh_epochs`` other than 5 with a
-        constant ``tau``; an epoch with the wrong number of pairs, a local batch that does not
-        split over the local devices.
+        constant ``tau``; an epoch with the wrong number of pairs, a batch of more rows than
+        ``min(config.batch_size, n)`` of its set (global rows), an epoch whose forget batches
+        hold fewer rows than ``n_forget`` (the schedule is computed for the config's batches
+        over the whole D_f), a local batch that does not split over the local devices.
       NonFiniteError: a step produced NaN/inf (named); nothing is returned.
     """
     cfg = config or G.GradTauConfig()
@@ -219,14 +221,29 @@ def run_gradtau_stream(arch: Any, params: Params,
                                        np.asarray(b[1], np.int32)), mesh)
     finite, dev_f, dev_r, dev_a, taus = [], [], [], [], []
     queued = 0    # steps dispatched since the last wait, across forget-epochs (N_f may be 1)
+    # The batches the schedule was computed for: at most min(batch_size, |set|) rows each
+    # (global rows: under jax.distributed each process passes its share), and a forget-epoch
+    # covers D_f. Unchecked, a stream of 1-row forget batches, or of D_f twice per batch, ran
+    # to the end with the steps, E and α₀ of the config's batches in its info.
+    bf, br = min(cfg.batch_size, n_forget), min(cfg.batch_size, n_retain)
     for e in range(E):
-        k, ms = 0, []
+        k, ms, seen = 0, [], 0
         for k, (fb, rb) in enumerate(batches(e), 1):
             if k > n:
                 raise ConfigError(f"run_gradtau_stream: forget-epoch {e} yielded more than "
                                   f"N_f = {n} batch pairs")
             # The labels on the host once: the checks and the step read them.
             fb, rb = (fb[0], np.asarray(fb[1])), (rb[0], np.asarray(rb[1]))
+            rows_f, rows_r = (len(b[1]) * jax.process_count() for b in (fb, rb))
+            if rows_f > bf or rows_r > br:
+                what, rows, most = (("forget", rows_f, bf) if rows_f > bf
+                                    else ("retain", rows_r, br))
+                raise ConfigError(f"run_gradtau_stream: forget-epoch {e}, pair {k}: a {what} "
+                                  f"batch of {rows} rows, but config.batch_size "
+                                  f"{cfg.batch_size} gives batches of at most {most} (the "
+                                  "schedule's N_f and budget are computed for them); stream "
+                                  "batches of config.batch_size rows, or set it to yours")
+            seen += rows_f
             model.check_inputs(fb[0], "a streamed forget batch", fb[1])
             model.check_inputs(rb[0], "a streamed retain batch", rb[1])
             if step is None:   # a model with batch statistics runs whole batches (per_example)
@@ -251,6 +268,11 @@ def run_gradtau_stream(arch: Any, params: Params,
         if k != n:
             raise ConfigError(f"run_gradtau_stream: forget-epoch {e} yielded {k} batch pairs; "
                               f"the schedule needs N_f = {n} (ceil(|D_f| / batch))")
+        if seen < n_forget:
+            raise ConfigError(f"run_gradtau_stream: forget-epoch {e} streamed {seen} forget "
+                              f"rows, fewer than n_forget = {n_forget}: a forget-epoch covers "
+                              "D_f (a truncated forget stream unlearned part of it); stream "
+                              "every forget sample once per forget-epoch")
         stacked = jax.tree.map(lambda *v: jnp.stack(v), *ms)
         finite.append((e, stacked["finite"]))
         dev_f.append(stacked["forget_loss"].mean())
