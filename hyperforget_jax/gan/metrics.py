@@ -112,7 +112,8 @@ def train_judge(train: Dataset, seed: int | None = None, arch_name: str = "mlp",
                           "ignored beside config= (its arch and epochs are trained); set them "
                           "in the TrainConfig, or drop config")
     cfg = config or TrainConfig(arch=arch_name, epochs=epochs)
-    cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None and config else (seed or 0))
+    cfg = dataclasses.replace(cfg, seed=seed if seed is not None else
+                              (config.seed if config is not None else 0))
     arch = as_model(cfg.arch, train.x.shape[1:], train.num_classes)   # a name or import path
     if augment != 1:
         train = augment_affine(train, augment, seed)

@@ -104,9 +104,10 @@ def refuse_overridden(cfg: G.GradTauConfig) -> None:
     if cfg.alpha0 is not None:
         unread += [("alpha0", f, "sets the α₀ that alpha0 replaces")
                    for f in ("alpha_scale", "alpha_max")]
-    off = ("alpha0" if cfg.alpha0 == 0 else
-           next((f for f in ("alpha_scale", "alpha_max") if getattr(cfg, f) == 0), None)
-           if cfg.alpha0 is None else None)
+    if cfg.alpha0 is not None:
+        off = "alpha0" if cfg.alpha0 == 0 else None
+    else:
+        off = next((f for f in ("alpha_scale", "alpha_max") if getattr(cfg, f) == 0), None)
     if off is not None:
         # alpha_scale=0 or alpha_max=0 give α₀ = 0 as alpha0=0 does (an "ascent off" end of a
         # sweep over alpha_scale): no τ is measured, yet its settings were recorded as run.
