@@ -75,7 +75,9 @@ def _stateless(loss: Callable, axis_name: str | None = None, who: str = "the obj
 
 
 def kl_divergence(target_logits: jax.Array, student_logits: jax.Array, T: Any) -> jax.Array:
-    """KL(softmax(target/T) ‖ softmax(student/T)), mean over the batch."""
+    """KL(softmax(target/T) ‖ softmax(student/T)), mean over the batch (summed over classes:
+    PyTorch's ``F.kl_div`` default, which Bad Teacher's official code keeps, averages over
+    classes too; see :class:`.configs.BadTeacherConfig`)."""
     p = jax.nn.softmax(target_logits / T)
     return jnp.mean(jnp.sum(p * (jax.nn.log_softmax(target_logits / T)
                                  - jax.nn.log_softmax(student_logits / T)), -1))

@@ -193,6 +193,12 @@ class BadTeacherConfig:
     teacher on D_f and the original on a ``retain_fraction`` subset of D_r, by KL divergence at
     temperature 1. Adam lr 1e-4, 1 epoch, batch 256, 30% of D_r (their paper).
 
+    The KL is the mean over the batch of each example's divergence [ours]; the official
+    ``F.kl_div(student, teacher)`` keeps PyTorch's default reduction, the mean over batch ×
+    classes, i.e. 1/K of it. Adam cancels a constant factor on the loss except through its ε:
+    a probe on the mlp (class-3 request, outside the repository) put the two within 0.04 %
+    (1 epoch) and 0.16 % (5 epochs) of the parameters' L2 norm.
+
     Attributes:
       epochs: passes over D_f ∪ the retain subset [paper: 1].
       lr: Adam learning rate [paper: 1e-4].
