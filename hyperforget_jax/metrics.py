@@ -38,6 +38,11 @@ def _check_labels(logits: jax.Array, labels: jax.Array, fn: str) -> None:
     """Raises :class:`DataError` unless ``labels`` has ``logits``' shape less the class axis:
     (N, 1) labels (Keras' CIFAR-10) or one-hot rows would broadcast against the (N,) argmax."""
     want = tuple(jnp.shape(logits))[:-1]
+    dtype = jnp.asarray(labels).dtype
+    if not jnp.issubdtype(dtype, jnp.integer):
+        # A float 2.7 was cut to class 2 by cross_entropy while correct() compared it as 2.7.
+        raise DataError(f"{fn}: labels of dtype {dtype}; pass integer class ids "
+                        "(labels.astype(int) if they are whole numbers)")
     if tuple(jnp.shape(labels)) != want:
         raise DataError(f"{fn}: labels of shape {tuple(jnp.shape(labels))} for logits of shape "
                         f"{tuple(jnp.shape(logits))}; pass integer class ids of shape {want} "
@@ -426,9 +431,12 @@ def _lr_attack(members: np.ndarray, nonmembers: np.ndarray, n_splits: int, seed:
     members, nonmembers = _equalise(members, nonmembers, np.random.default_rng(seed))
     x = np.concatenate([members, nonmembers])[:, None]
     y = np.concatenate([np.ones(len(members), np.int64), np.zeros(len(nonmembers), np.int64)])
-    # The kit's default test_size=0.1, but at least one test sample per class, so that forget
-    # sets of a few dozen samples still split.
-    test_size = max(2, math.ceil(0.1 * len(y)))
+    # The kit's default test_size=0.1, rounded up to an even size, at least one test sample
+    # per class, so that forget sets of a few dozen samples still split. An odd size put one
+    # more sample of one side in every test split and one more of the other in its training
+    # part: a model that learns nothing predicts the training majority, the test minority, and
+    # identical members and non-members read 0.33 (15 each) or 0.49 (105 each) instead of 0.5.
+    test_size = 2 * max(1, math.ceil(0.05 * len(y)))
     from sklearn import linear_model, model_selection  # ~1-3 s to import: only when attacking
 
     cv = model_selection.StratifiedShuffleSplit(n_splits=n_splits, test_size=test_size,
@@ -446,7 +454,11 @@ def mia_loss_lr(member_losses: Any, nonmember_losses: Any, n_splits: int = 10,
     subsampled (seeded) to the size of the smaller, the per-sample loss is the single feature,
     members are labelled 1 and non-members 0, and a ``LogisticRegression`` is scored by
     ``StratifiedShuffleSplit`` cross-validation. Members are the forget-set samples, non-members
-    held-out test samples; the ideal is the retrained model's value (about 0.5).
+    held-out test samples; the ideal is the retrained model's value (about 0.5). The test
+    share is the kit's 0.1, rounded up to an even number of samples [ours]: with an odd one
+    (the kit's, e.g. 21 of 105 + 105) every split holds one member more than non-members or
+    the reverse, and an attack that learns nothing read below chance (0.49 at 105 a side,
+    0.33 at 15).
 
     As in the kit, the raw loss is not standardised and ``LogisticRegression`` keeps its default
     L2 penalty (``C=1``): losses that differ only below ~1e-3 are not told apart (two perfectly

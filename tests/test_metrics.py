@@ -448,14 +448,14 @@ def test_lr_attack_equals_the_starting_kits_simple_mia():
     """The NeurIPS 2023 starting kit's ``simple_mia`` written out (equal sizes, so nothing is
     subsampled): one feature, members 1 / non-members 0, ``LogisticRegression()``,
     ``StratifiedShuffleSplit(n_splits, random_state=0)`` with its default test share 0.1,
-    mean accuracy (3 splits instead of the kit's 10, for time). 151 a side: the test splits
-    are 16 / 15, so accuracy ≠ balanced accuracy."""
+    mean accuracy (3 splits instead of the kit's 10, for time). 150 a side: a test share of
+    0.1 is 30, even, where the library keeps the kit's size (an odd one it rounds up)."""
     from sklearn import linear_model, model_selection
 
     rng = np.random.default_rng(8)
-    members, nonmembers = rng.gamma(1.0, 0.3, 151), rng.gamma(1.5, 0.5, 151)
+    members, nonmembers = rng.gamma(1.0, 0.3, 150), rng.gamma(1.5, 0.5, 150)
     x = np.r_[members, nonmembers][:, None]
-    y = np.r_[np.ones(151), np.zeros(151)]
+    y = np.r_[np.ones(150), np.zeros(150)]
     cv = model_selection.StratifiedShuffleSplit(n_splits=3, random_state=0)
     want = model_selection.cross_val_score(linear_model.LogisticRegression(), x, y, cv=cv,
                                            scoring="accuracy").mean()
@@ -463,3 +463,19 @@ def test_lr_attack_equals_the_starting_kits_simple_mia():
     assert metrics.mia_loss_lr(members, nonmembers, n_splits=3) == pytest.approx(want, abs=1e-12)
     assert metrics.mia_entropy_lr(members, nonmembers, n_splits=3) == pytest.approx(want,
                                                                                    abs=1e-12)
+
+
+@pytest.mark.parametrize("n", [15, 25, 105])
+@pytest.mark.parametrize("attack", [metrics.mia_loss_lr, metrics.mia_entropy_lr])
+def test_lr_attack_on_identical_sets_reads_chance_at_every_size(attack, n):
+    # An odd test size (3 of 30, 21 of 210) left every split unbalanced: a classifier that
+    # learns nothing answers its training majority, the test minority (0.33 at 15 each).
+    assert attack(np.ones(n), np.ones(n)) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("fn", [metrics.cross_entropy, metrics.correct, metrics.confidence])
+def test_per_sample_metrics_refuse_float_labels(fn):
+    logits = jnp.eye(3)
+    with pytest.raises(DataError, match="labels of dtype float32; pass integer class ids"):
+        fn(logits, jnp.array([2.7, 0.2, 1.0]))
+    assert fn(logits, np.arange(3)).shape == (3,)         # int64 ids are fine
