@@ -472,11 +472,21 @@ def check_param_tree(params: Params, want: Params | None, name: str) -> None:
     """Compares a parameter pytree with the expected ``ShapeDtypeStruct`` tree ``want`` (or, if
     None, only checks that every leaf is a floating-point array). Raises ArchitectureError
     naming the first mismatching path and the fix."""
-    if isinstance(params, Mapping) and set(params) == {"params"} and (   # dict or FrozenDict
+    if isinstance(params, Mapping) and "params" in params and (   # dict or FrozenDict
             want is None or "params" not in want):
-        raise ArchitectureError(f"parameters for {name} are wrapped one level too deep "
-                                "({'params': ...}, Flax's variables dict); unwrap it: pass "
-                                "variables['params']")
+        others = sorted(str(k) for k in params if k != "params")
+        if not others:
+            raise ArchitectureError(f"parameters for {name} are wrapped one level too deep "
+                                    "({'params': ...}, Flax's variables dict); unwrap it: pass "
+                                    "variables['params']")
+        # A Linen module's bound apply given its whole variables dict: every method would train
+        # the running averages as weights (gradients, weight decay) and return them changed.
+        raise ArchitectureError(
+            f"parameters for {name} are a Flax variables dict (collections {others} beside "
+            "'params'); the methods here would train every leaf, the running averages "
+            "included: pass variables['params'] and a model that closes over the rest, e.g. "
+            "hf.as_model(lambda p, x: net.apply({'params': p, 'batch_stats': stats}, x), "
+            "init_fn=...)")
     try:
         got = {jax.tree_util.keystr(p): _leaf_spec(l)
                for p, l in jax.tree_util.tree_leaves_with_path(params)}
@@ -810,6 +820,9 @@ class NnxModel:
         after = self.other_state(module)
         written = [(path, kind) for path, (kind, value) in before.items()
                    if path in after and after[path][1] is not value]
+        # State the forward pass creates (a Variable made in __call__) is dropped after every
+        # call, as what it writes: recomputed from each batch.
+        written += [(path, kind) for path, (kind, _) in after.items() if path not in before]
         if any(issubclass(kind, nnx.RngState) for _, kind in written):
             raise ArchitectureError(
                 f"model {name!r} draws random numbers in its forward pass (dropout in training "
@@ -975,6 +988,14 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
     (15, (2, 3))
     """
     shape, num_classes = _checked_dims(input_shape, num_classes)
+    if init_fn is not None and isinstance(obj, (Architecture, str)):
+        # A registered name, an import path and an adapter draw their own fresh parameters:
+        # Retrain, fit from scratch and Bad Teacher's random teacher ignored init_fn.
+        raise ConfigError(f"init_fn is for a module instance or an apply_fn; {obj!r} draws "
+                          "its fresh parameters itself" if isinstance(obj, str) else
+                          f"init_fn is for a module instance or an apply_fn; the adapter "
+                          f"{obj.name!r} draws its fresh parameters itself: pass "
+                          "hf.as_model(module_or_apply_fn, init_fn=...)")
     if isinstance(obj, Architecture):
         changes = {}
         if obj.input_shape is None and shape is not None:
@@ -1034,7 +1055,8 @@ def _adapter_of(obj: Any, init_fn: Callable | None, name: str | None) -> Archite
         return cached
     if isinstance(obj, nn.Module):
         adapter = Architecture(name or type(obj).__name__, None,
-                               getattr(obj, "num_classes", None), flax_module=obj)
+                               getattr(obj, "num_classes", None), flax_module=obj,
+                               init_fn=init_fn)
     else:
         adapter = Architecture(name or getattr(obj, "__name__", type(obj).__name__), None,
                                None, apply_fn=obj, init_fn=init_fn)

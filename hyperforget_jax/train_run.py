@@ -427,6 +427,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
                           f"or {model.init_fix}")
     if init_params is not None:     # as fit: a host loop, not a step of the caller's jit
         refuse_traced(init_params, "fit_stream")
+        model.check_params(init_params)     # as fit: another model's tree trained and came back
     given, init_params = init_params, _copy(committed(init_params))
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
     step = model.program(("fit_stream_step", mesh), lambda: _stream_step(model, mesh))
@@ -444,6 +445,9 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
             yb = np.asarray(yb)     # on the host once: the label check and the step read it
             model.check_inputs(xb, "a streamed batch", yb)
             if outputs is None:         # as fit's check, on the first batch's shape
+                if given is not None and model.input_shape is None:
+                    # The tree's shapes, once the inputs' shape is known (fit's check).
+                    as_model(model, np.shape(xb)[1:]).check_params(given)
                 outputs = model.num_outputs(state.params, np.shape(xb)[1:], "fit_stream",
                                             len(xb))
             if len(yb) and jax.process_count() == 1:

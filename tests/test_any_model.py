@@ -367,3 +367,53 @@ def test_no_module_level_compile_caches():
                   if callable(v) and hasattr(v, "cache_info")
                   and getattr(v, "__module__", "") == mod.__name__]
         assert cached == [], (name, cached)
+
+
+class _BNNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = nn.BatchNorm(use_running_average=True)(nn.Dense(8)(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10)(nn.relu(h))
+
+
+def test_a_variables_dict_with_running_averages_is_refused_not_trained(world):
+    # A Linen module's bound apply given {'params', 'batch_stats'}: every method trained the
+    # running averages as weights (gradients, weight decay) and returned them changed.
+    splits, _, fsplit = world
+    net = _BNNet()
+    variables = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))
+    m = hf.as_model(net.apply, (8, 8, 1), 10)
+    with pytest.raises(ArchitectureError, match=r"Flax variables dict \(collections "
+                                                r"\['batch_stats'\].*variables\['params'\]"):
+        unlearn("gradtau", m, dict(variables), fsplit, splits.val, GradTauConfig(epochs=1))
+    with pytest.raises(ArchitectureError, match="Flax variables dict"):
+        hf.fit(m, splits.train, hf.TrainConfig(epochs=1), init_params=dict(variables))
+
+
+def test_init_fn_is_used_by_a_linen_module_and_refused_where_it_cannot_be(world):
+    splits, _, _ = world
+    calls = []
+
+    def zeros(key):
+        calls.append(key)
+        return jax.tree.map(jnp.zeros_like, TinyNet().init(key, jnp.zeros((1, 8, 8, 1)))["params"])
+
+    m = hf.as_model(TinyNet(), (8, 8, 1), 10, init_fn=zeros)
+    assert all(float(jnp.abs(l).max()) == 0 for l in jax.tree.leaves(m.init(jax.random.key(3))))
+    assert calls
+    for obj in ("mlp", hf.as_model(TinyNet(), (8, 8, 1), 10)):
+        with pytest.raises(ConfigError, match="init_fn is for a module instance or an apply_fn"):
+            hf.as_model(obj, init_fn=zeros)
+
+
+def test_fit_stream_checks_the_starting_parameters_as_fit_does(world):
+    splits, _, _ = world
+    p = TinyNet().init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)))["params"]
+    extra = {**p, "Dense_9": {"kernel": jnp.ones((3, 3))}}
+    batches = [(splits.train.x[:32], splits.train.y[:32])]
+    for fit in (lambda: hf.fit(TinyNet(), splits.train, hf.TrainConfig(epochs=1),
+                               init_params=extra),
+                lambda: hf.fit_stream(TinyNet(), batches, hf.TrainConfig(epochs=1),
+                                      init_params=extra)):
+        with pytest.raises(ArchitectureError, match=r"unexpected \['Dense_9'\]"):
+            fit()

@@ -306,3 +306,21 @@ def test_a_corpus_of_an_nnx_model_trains_all_layers_or_is_refused_before_writing
         corpus.build_corpus(tmp_path / "c", corpus.CorpusConfig(arch=PATH),
                             splits=digits_splits, dataset="digits", progress=False)
     assert not (tmp_path / "c").exists()
+
+
+def test_a_forward_pass_that_creates_state_is_refused_as_one_that_writes_it():
+    # A Variable made in __call__ (a mean taken at the first call and "kept") was dropped after
+    # every call, so each batch recomputed it: logits depending on the batch, without a word.
+    class Centre(nnx.Module):
+        def __init__(self, rngs):
+            self.lin = nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            if not hasattr(self, "mu"):
+                self.mu = nnx.BatchStat(x.mean(0))
+            return self.lin(x - self.mu[...])
+
+    net = Centre(nnx.Rngs(0))
+    x = jnp.asarray(np.random.default_rng(0).random((4, 4), np.float32))
+    with pytest.raises(ArchitectureError, match=r"writes its state .*\(mu \(BatchStat\)"):
+        hf.as_model(net).apply(hf.nnx_params(net), x)
