@@ -605,3 +605,30 @@ def test_objectives_with_a_batch_split_over_two_mesh_axes_give_the_one_device_gr
               lambda b: train.make_train_step(lambda p, x: x @ p, tx, "a")(ts, b)[0].params):
         with pytest.raises(ConfigError, match=r"axis_name='a' does not name them all"):
             on_mesh(f, P(("a", "b")))
+
+
+def test_salun_mask_of_a_batch_statistics_model_runs_its_short_last_batch_alone(digits_splits):
+    # Rows padded into the last batch entered a batch-statistics model's statistics, so the
+    # real rows' gradients (12 % of a digits mask) differed from SalUn's short last batch.
+    def apply_fn(p, x):
+        h = x.reshape(x.shape[0], -1) @ p["w"]
+        h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
+        return jax.nn.relu(h) @ p["v"]
+
+    k1, k2 = jax.random.split(jax.random.key(0))
+    params = {"w": 0.1 * jax.random.normal(k1, (64, 16)), "v": 0.1 * jax.random.normal(k2, (16, 10))}
+    arch = models.as_model(apply_fn, (8, 8, 1), 10)
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.12, seed=0))
+    n, bs = len(split.forget), 64
+    assert n % bs
+    x, y = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
+    ce = train.per_example_ce(apply_fn)
+    grad = jax.jit(jax.grad(lambda q, xb, yb: -ce(q, (xb, yb)).mean()))
+    g = jax.tree.map(jnp.zeros_like, params)
+    for start in range(0, n, bs):
+        g = jax.tree.map(jnp.add, g, grad(params, x[start:start + bs], y[start:start + bs]))
+    flat = np.concatenate([np.abs(np.asarray(l)).ravel() for l in jax.tree.leaves(g)])
+    threshold = np.sort(flat)[flat.size - int(round(0.5 * flat.size))]
+    mask = baselines.saliency_mask(arch, params, split, 0.5, batch_size=bs)
+    got = np.concatenate([np.asarray(m).ravel() for m in jax.tree.leaves(mask)])
+    np.testing.assert_array_equal(got, ((flat >= threshold) & (flat > 0)).astype(np.float32))

@@ -382,11 +382,16 @@ def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
     than ``ratio`` (``info["mask_share"]`` says how much).
 
     The last batch holds the remaining images only, as SalUn's loader gives it: its fixed-width
-    row is padded with weight-0 entries, so no image counts twice."""
+    row is padded with weight-0 entries, so no image counts twice. For a model whose rows
+    depend on their batch (batch statistics) the padding would enter the real rows' gradients:
+    its short last batch runs at its own size."""
+    from hyperforget_jax.unlearn.gradtau_run import per_example
+
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     n = len(split.forget)
     bs = min(batch_size, n)
     idx, w = _padded_batches(n, bs)
+    short = n % bs and not per_example(model, params, split.forget.x)
 
     def build():
         loss_fn = train.per_example_ce(model.apply)
@@ -399,9 +404,15 @@ def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
             return jax.lax.scan(one, jax.tree.map(jnp.zeros_like, params), (idx, w))[0]
         return xla.jit(summed)
 
-    g = model.program("salun_saliency", build)(params, jnp.asarray(split.forget.x),
-                                               jnp.asarray(split.forget.y), jnp.asarray(idx),
-                                               jnp.asarray(w))
+    summed = model.program("salun_saliency", build)
+    x, y = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
+    if short:
+        g = summed(params, x, y, jnp.asarray(idx[:-1]), jnp.asarray(w[:-1]))
+        last = np.arange(len(idx) * bs - bs, n)[None]
+        g = jax.tree.map(jnp.add, g, summed(params, x, y, jnp.asarray(last),
+                                            jnp.ones(last.shape, jnp.float32)))
+    else:
+        g = summed(params, x, y, jnp.asarray(idx), jnp.asarray(w))
     if ratio >= 1:
         return jax.tree.map(jnp.ones_like, g)
     size = sum(l.size for l in jax.tree.leaves(g))
