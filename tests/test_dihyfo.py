@@ -673,3 +673,20 @@ def test_a_prompt_holds_the_start_s_measured_losses_and_the_default_targets(setu
     row = int(np.flatnonzero(corpus.original_seeds == 2)[0])
     m = corpus.original_request_metrics([row], (0, 1))
     np.testing.assert_allclose([m["forget_loss"][0], m["retain_loss"][0]], [f0, r0], rtol=1e-4)
+
+
+def test_permutation_augmentation_stays_on_for_unit_tokens_of_a_deeper_mlp(tmp_path,
+                                                                            digits_splits):
+    # Unit tokens are equivariant to the last hidden layer's order only: a permutation of an
+    # earlier layer reorders the next layer's incoming weights inside its tokens. permute=True
+    # (the default, [G.pt]) was dropped for every MLP with unit tokens, without a word.
+    cfg = dataclasses.replace(CORPUS, arch="user_model:Deep2")
+    C.build_corpus(tmp_path, cfg, digits_splits, "digits", progress=False)
+    corpus = C.Corpus(tmp_path)
+    nets = {p: H.train_hypernet(corpus, "dihyfo2", denoiser=TINY,
+                                config=dataclasses.replace(TRAIN, steps=2, permute=p))[0]
+            for p in (True, False)}
+    assert nets[True].spec.denoiser.tokens == "units"
+    diff = max(float(jnp.abs(a - b).max()) for a, b in
+               zip(jax.tree.leaves(nets[True].params), jax.tree.leaves(nets[False].params)))
+    assert diff > 1e-6

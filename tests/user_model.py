@@ -32,3 +32,14 @@ class TinyNnx(nnx.Module):
 
     def __call__(self, x):
         return self.head(x.reshape((x.shape[0], -1)))
+
+
+class Deep2(nn.Module):
+    """An MLP with two hidden layers (unit tokens are not equivariant to the first's order)."""
+    num_classes: int = 10
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(8)(x.reshape((x.shape[0], -1))))
+        x = nn.relu(nn.Dense(6)(x))                 # Dense_1: created and called second
+        return nn.Dense(self.num_classes)(x)

@@ -160,8 +160,10 @@ def token_layout(spans: Sequence[P_.TensorSpan], diffused: Sequence[int], tokens
     * ``"units"`` [ours, MLPs]: one token per hidden unit holding everything attached to it
       (incoming weights and bias; for the last hidden layer also its outgoing weights), and one
       token per *class* (the output bias; DiHyFo-2 adds the class's "forget" flag). Units of a
-      layer share encoder and embedding, so the denoiser is exactly equivariant to the
-      hidden-unit permutations that leave the network's function unchanged; classes share
+      layer share encoder and embedding, so the denoiser is exactly equivariant to
+      permutations of the last hidden layer's units (an earlier layer's permutation reorders
+      the next layer's incoming weights inside its tokens: training keeps the permutation
+      augmentation for MLPs with more than one hidden layer); classes share
       encoders but keep their identity. The output layer's kernel change is bilinear in the
       two: ΔW[j, c] = ⟨A h_j, B g_c⟩, so forgetting {a, b} is the forgetting of a and of b
       seen together (two flagged class tokens), which is what lets pairs the corpus never

@@ -297,8 +297,11 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
     model, sched = spec.model(), D.make_schedule(spec.num_train_steps)
     tx = DN.make_hyper_optimizer(cfg)
     state = DN.init_hyper_state(model, tx, jax.random.key(cfg.seed))
-    if spec.denoiser.tokens == "units":
-        permute = None        # unit tokens are exactly permutation-equivariant already
+    if spec.denoiser.tokens == "units" and len(DN.mlp_hidden_widths(tmpl)) == 1:
+        # One hidden layer: its unit tokens are exactly permutation-equivariant already. With
+        # more, a unit token of layer i + 1 holds its incoming weights in layer i's unit order,
+        # which a permutation of layer i reorders: the augmentation stays on.
+        permute = None
     step = xla.jit(DN.make_hyper_train_step(model, sched, tx, cfg.ema_decay), donate_argnums=0)
     ws = spec.weights
 
