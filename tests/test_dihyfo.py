@@ -675,7 +675,7 @@ def test_a_prompt_holds_the_start_s_measured_losses_and_the_default_targets(setu
     np.testing.assert_allclose([m["forget_loss"][0], m["retain_loss"][0]], [f0, r0], rtol=1e-4)
 
 
-def test_permutation_augmentation_stays_on_for_unit_tokens_of_a_deeper_mlp(tmp_path,
+def test_a_deeper_tanh_mlp_keeps_its_permutations_and_is_not_canonicalised(setup, tmp_path,
                                                                             digits_splits):
     # Unit tokens are equivariant to the last hidden layer's order only: a permutation of an
     # earlier layer reorders the next layer's incoming weights inside its tokens. permute=True
@@ -690,3 +690,10 @@ def test_permutation_augmentation_stays_on_for_unit_tokens_of_a_deeper_mlp(tmp_p
     diff = max(float(jnp.abs(a - b).max()) for a, b in
                zip(jax.tree.leaves(nets[True].params), jax.tree.leaves(nets[False].params)))
     assert diff > 1e-6
+    # Rescaling hidden units keeps a ReLU network's function, not a tanh one's: the default
+    # canonicalised any MLP, so starts computing different functions were encoded alike.
+    assert not nets[True].spec.weights.canonicalize
+    assert setup[2].spec.weights.canonicalize                      # the ReLU gpt_mlp's: on
+    with pytest.raises(ConfigError, match=r"keeps the function of a ReLU-like .*"
+                                          r"canonicalize=False"):
+        H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN, canonicalize=True)

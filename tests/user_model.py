@@ -35,11 +35,12 @@ class TinyNnx(nnx.Module):
 
 
 class Deep2(nn.Module):
-    """An MLP with two hidden layers (unit tokens are not equivariant to the first's order)."""
+    """An MLP with two tanh hidden layers: unit tokens are not equivariant to the first's
+    order, and rescaling hidden units (canonicalisation) changes a tanh network's function."""
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x):
-        x = nn.relu(nn.Dense(8)(x.reshape((x.shape[0], -1))))
-        x = nn.relu(nn.Dense(6)(x))                 # Dense_1: created and called second
+        x = nn.tanh(nn.Dense(8)(x.reshape((x.shape[0], -1))))
+        x = nn.tanh(nn.Dense(6)(x))                 # Dense_1: created and called second
         return nn.Dense(self.num_classes)(x)

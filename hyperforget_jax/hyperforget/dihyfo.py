@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from hyperforget_jax import params as P_
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import first_non_finite
 from hyperforget_jax.config import check_count
@@ -42,6 +43,7 @@ from hyperforget_jax.hyperforget.spec import (VARIANTS, Hypernet, HyperSpec, Pro
                                               stack_prompts)
 from hyperforget_jax.hyperforget.store import load_hypernet, load_pretrained, save_hypernet
 from hyperforget_jax.hyperforget.weightspace import WeightSpace, mlp_layers
+from hyperforget_jax.hyperforget.weightspace import canonicalize as canonicalize_units
 
 __all__ = ["VARIANTS", "Hypernet", "HyperSpec", "Prompt", "PairSource", "check_guidance",
            "check_request",
@@ -191,13 +193,24 @@ def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int |
         raise ConfigError("canonicalize / unit tokens need an MLP whose forward pass calls "
                           "Dense_0..Dense_k in that order; this model calls them in another "
                           "order: pass canonicalize=False and tokens='chunks'")
-    if canonicalize is None:
-        canonicalize = chain is not None
+    origs = np.unique(src.target_original)
+    if canonicalize is None or canonicalize:
+        changed = (None if chain is None
+                   else _rescaling_change(corpus.arch, tmpl, src.originals[origs[0]]))
+        if canonicalize and changed is not None and changed > 1e-4:
+            raise ConfigError(
+                f"canonicalize rescales hidden units, which keeps the function of a ReLU-like "
+                f"(positively homogeneous) activation only; on this {corpus.arch.name}'s first "
+                f"original it moves the logits by {changed:.3g} relative: pass "
+                "canonicalize=False")
+        if canonicalize is None:
+            # On for an MLP whose function the rescaling keeps (ReLU); a tanh / GELU MLP's
+            # starts that compute different functions were encoded alike.
+            canonicalize = changed is not None and changed <= 1e-4
     denoiser = resolve_tokens(corpus.arch, denoiser)     # before the weight space is fitted
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(src.values), min(len(src.values), 4096), replace=False)
     start, target = pair_arrays(src, rows)
-    origs = np.unique(src.target_original)
     o_rows = np.searchsorted(origs, src.target_original[rows])
     ws = WeightSpace.fit(tmpl, src.originals[origs], target, o_rows, canonicalize)
     base = HyperSpec(variant, corpus.arch, ws, denoiser, forget_class)
@@ -214,6 +227,17 @@ def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int |
                          src.forget_loss, [5, 95])),
                      trained_classes=tuple(int(c) for c in classes),
                      trained_requests=tuple(reqs))
+
+
+def _rescaling_change(arch, tmpl, flat: np.ndarray) -> float:
+    """max |logits(canonicalize(θ)) − logits(θ)| / (1 + max |logits(θ)|) of the flat network
+    ``flat`` on 16 inputs drawn N(0, 1): ≈ 1e-7 for a ReLU MLP, whose function the rescaling
+    keeps exactly, 1e-2 and more for tanh / GELU."""
+    params = P_.unflatten(jnp.asarray(flat, jnp.float32), tmpl)
+    x = jax.random.normal(jax.random.key(0), (16, *arch.input_shape))
+    a = arch.apply(params, x)
+    b = arch.apply(canonicalize_units(params)[0], x)
+    return float(jnp.max(jnp.abs(a - b)) / (1.0 + jnp.max(jnp.abs(a))))
 
 
 def _check_losses(acc: list, n: int) -> None:
@@ -250,7 +274,8 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
       variant: ``"dihyfo1"`` or ``"dihyfo2"``.
       forget_class: DiHyFo-1's class (refused for DiHyFo-2).
       denoiser, config: sizes and optimisation.
-      canonicalize: rescale hidden units of θ₀ (default: on for MLPs).
+      canonicalize: rescale hidden units of θ₀ (default: on for MLPs whose function the
+        rescaling keeps, i.e. ReLU ones; True for another is refused).
       checkpoint_dir: save the training state there every ``save_every`` steps and resume
         from it (an interrupted run continues to the same result).
       save_every: steps between two saves (a positive integer; read only with a
