@@ -17,7 +17,8 @@ import numpy as np
 
 from hyperforget_jax import metrics
 from hyperforget_jax.config import is_scalar_number
-from hyperforget_jax.data import ForgetRequest, ForgetSplit, Splits, _check_seed, forget_mask
+from hyperforget_jax.data import (ForgetRequest, ForgetSplit, Splits, _check_seed, forget_mask,
+                                  refuse_training_rows)
 from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError, kind_of
 from hyperforget_jax.models import as_model
 from hyperforget_jax.params import refuse_traced
@@ -91,6 +92,9 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
                                  "splits.train; pass fsplit=hf.resolve_forget(splits.train, "
                                  "request)")
     _check_fsplit_rows(splits.train, fsplit)
+    refuse_training_rows(splits.test, "the test set", "TA and the attacks' non-members would "
+                         "be training images: pass a held-out test set (splits.test of "
+                         "hf.make_splits)", splits.train)
     model = as_model(arch, splits.test.x.shape[1:], splits.test.num_classes)
     refuse_traced(params, "evaluate_unlearning")
     model.check_params(params)

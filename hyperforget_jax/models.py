@@ -371,6 +371,15 @@ class Architecture:
         if not jnp.issubdtype(dtype, jnp.floating):       # bfloat16 included
             raise DataError(f"{what} has images of dtype {dtype}; the models take floating-point "
                             f"inputs. {data.integer_inputs_fix(dtype)}")
+        if self.registered and isinstance(x, np.ndarray) and x.size:
+            # Float 0..255 images (cifar.data.astype(np.float32)) trained unscaled: a strided
+            # sample of ≤ 65,536 values tells them from [0, 1] or standardised images in µs.
+            sample = x.reshape(-1)[::max(1, x.size // 65536)]
+            lo, hi = float(sample.min()), float(sample.max())
+            if lo >= 0 and hi > 1.5:
+                raise DataError(f"{what} has images with values up to {hi:g} (0..255 pixel "
+                                f"values?); the {self.name} model takes images in [0, 1]: divide "
+                                "them by 255 (hf.data.from_arrays scales uint8 images only)")
         if labels is None or not np.size(labels):
             return
         y = np.asarray(labels)

@@ -148,6 +148,11 @@ def chunk_spans(params: Params, max_chunk: int = 1000) -> list[Chunk]:
 
 def tokenize(flat: jax.Array, chunks: list[Chunk], max_chunk: int = 1000) -> jax.Array:
     """(..., P) flat vectors → (..., num_tokens, max_chunk) tokens, zero-padded."""
+    if jnp.shape(flat)[-1] != chunks[-1].stop:
+        # A longer vector lost its tail without a word (a shorter one failed in jnp.pad).
+        raise ArchitectureError(f"tokenize: flat vectors of {jnp.shape(flat)[-1]} values for "
+                                f"chunks covering {chunks[-1].stop}; flatten parameters of the "
+                                "architecture the chunks were made for")
     toks = [jnp.pad(flat[..., c.start:c.stop],
                     [(0, 0)] * (flat.ndim - 1) + [(0, max_chunk - (c.stop - c.start))])
             for c in chunks]

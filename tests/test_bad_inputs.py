@@ -534,7 +534,7 @@ API_CASES = [
      "must be integers"),
     ("hyper-prompt-images-in-0-255", lambda c: _hyper_call(
         "make_prompt", c.hyper["dihyfo2"], c.params, c.train.replace(x=c.train.x * 255), (1,)),
-     DataError, r"the training set has values in \[0, 255\]; images must lie in \[0, 1\]"),
+     DataError, r"training set has images with values up to 255 .*takes images in \[0, 1\]"),
     ("hyper-sample-not-a-key", lambda c: _hyper_call(
         "sample", 123, c.hyper["dihyfo2"], c.params, _hyper_prompt(c)), ConfigError,
      "PRNG key"),
@@ -636,6 +636,31 @@ API_CASES = [
      ConfigError, "fit_fleet: seeds must be a sequence of integers, got a JAX PRNG key"),
     ("fleet-seeds-a-float", lambda c: _fleet(c, seeds=2.5), ConfigError,
      "seeds must be a sequence of integers, got 2.5"),
+    # round 17: 0..255 float images, channel-first images, a validation set with fewer
+    # classes, a flat vector longer than its chunks (each was taken without a word)
+    ("unlearn-float-0-255-images", lambda c: _unlearn_split(c, _split_with(
+        c, x=_class3(c).retain.x * 255.0)),
+     DataError, r"values up to 255 \(0\.\.255 pixel values\?\).*divide them by 255"),
+    ("fit-float-0-255-images", lambda c: train.fit(c.arch, c.train.replace(x=c.train.x * 255.0),
+                                                    train.TrainConfig(epochs=1)),
+     DataError, "takes images in \\[0, 1\\]"),
+    ("from-arrays-channel-first", lambda c: data.from_arrays(
+        np.zeros((4, 3, 32, 32), np.uint8), np.arange(4)), DataError,
+     r"look channel-first \(C, H, W\).*x\.transpose\(0, 2, 3, 1\)"),
+    ("unlearn-val-with-fewer-classes", lambda c: _unlearn_split(
+        c, _class3(c), val=data.from_arrays(c.splits.val.x[c.splits.val.y < 9],
+                                            c.splits.val.y[c.splits.val.y < 9])),
+     DataError, "validation set has 9 classes but the training set 10"),
+    ("unlearn-val-of-training-images", lambda c: _unlearn_split(
+        c, _class3(c), val=c.train.subset(np.arange(200))), DataError,
+     r"200 of the 200 images of the validation set are training images.*splits\.val"),
+    ("evaluate-test-of-training-images", lambda c: _evaluate(
+        c, _class3(c), data.ForgetRequest(classes=(3,)),
+        splits=c.splits._replace(test=c.train.subset(np.arange(300)))), DataError,
+     r"300 of the 300 images of the test set are training images"),
+    ("tokenize-a-longer-vector", lambda c: P_.tokenize(
+        jnp.zeros(P_.flatten(c.params).shape[0] + 5), P_.chunk_spans(c.params)),
+     ArchitectureError, "flat vectors of .* values for chunks covering"),
     ("fleet-vectorize-a-list", lambda c: _fleet(c, vectorize=["map"]), ConfigError,
      "vectorize must be one of vmap, map"),
     ("fit-arrays-for-a-dataset", lambda c: train.fit(

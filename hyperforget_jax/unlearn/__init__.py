@@ -143,6 +143,16 @@ def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any
         raise ArchitectureError(f"{method}: model {model.name!r} has {outputs} outputs but the "
                                 f"data has {split.forget.num_classes} classes; build the model "
                                 "(or the Dataset) with the same number of classes")
+    if val.num_classes != split.forget.num_classes:
+        # ∇τ's "chance" τ is log K of the validation set's K (9 for a val set without class
+        # 9, built by from_arrays), where the runner reads the training set's.
+        raise DataError(f"{method}: the validation set has {val.num_classes} classes but the "
+                        f"training set {split.forget.num_classes}; build every part with the "
+                        "same num_classes, e.g. hf.data.from_arrays(x, y, num_classes=10)")
+    data.refuse_training_rows(
+        val, "the validation set", f"{method} would read them as unseen data (∇τ's τ): pass "
+        "held-out images, the splits.val of the splits the request was resolved on",
+        split.forget, split.retain)
     if method == "retrain" and not model.has_init:
         raise ConfigError(f"retrain needs fresh parameters but model {model.name!r} has no "
                           f"init; {model.init_fix}")
