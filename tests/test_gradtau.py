@@ -1274,3 +1274,37 @@ def test_finetune_runs_under_debug_nans(digits_splits):
         res = unlearn("finetune", arch, p, fs, digits_splits.val, G.GradTauConfig(epochs=1))
     assert res.info["steps"] > 0 and res.info["forget_loss"] == []
     assert not np.array_equal(P_.flatten(res.params), P_.flatten(p))
+
+
+def test_a_class_removal_whose_budget_ends_below_tau_is_reported(digits_splits, caplog):
+    # The README's own-model example: a small LayerNorm-GELU net on 8×8 digits. Its forget loss
+    # climbed 0.07 → 0.71 over the paper's budget of 15 forget-epochs, never reaching τ = log 10,
+    # and the class stayed 71 % recognised (Retrain 0 %) without a word.
+    import flax.linen as nn
+
+    import hyperforget_jax as hf
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            x = nn.LayerNorm()(x.reshape(x.shape[0], -1))
+            return nn.Dense(10)(nn.gelu(nn.Dense(64)(x)))
+
+    net = hf.as_model(Net(), (8, 8, 1), 10)
+    original = hf.fit(net, digits_splits.train, hf.TrainConfig(epochs=10, lr=3e-3))[0].params
+    fsplit = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(4,)))
+    with caplog.at_level(logging.WARNING, logger="hyperforget_jax.unlearn.gradtau"):
+        res = hf.unlearn("gradtau", net, original, fsplit, digits_splits.val)
+        sweep = hf.unlearn_sweep("gradtau", net, original, fsplit, digits_splits.val,
+                                 seeds=[0, 1])
+    assert res.info["tau_reached"] is False and min(res.info["ascent_steps"]) == 1
+    assert [r.info["tau_reached"] for r in sweep] == [False, False]
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("ended with the forget loss" in m and "class 4 is likely not forgotten" in m
+               for m in said) == 3, said
+    # The same request with the budget the warning advises reaches τ, and says nothing.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="hyperforget_jax.unlearn.gradtau"):
+        long = hf.unlearn("gradtau", net, original, fsplit, digits_splits.val,
+                          G.GradTauConfig(epochs=80))
+    assert long.info["tau_reached"] is True and not caplog.records

@@ -28,8 +28,11 @@ def test_your_own_model_end_to_end(capsys):
     ns = {}
     exec(compile(_block("Your own model"), "README:own-model", "exec"), ns)
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("gradtau ") and out[1].startswith("salun ")
-    assert float(out[1].split()[1]) < 0.1                     # SalUn forgot class 4
+    assert [line.split()[0] for line in out] == ["retrain", "gradtau", "salun"]
+    fa = {line.split()[0]: float(line.split()[1]) for line in out}
+    # Every method beside Retrain forgot class 4; ∇τ with the budget the README gives it (with
+    # the paper's 15 forget-epochs this model kept 71 % of the class).
+    assert fa["retrain"] < 0.01 and fa["gradtau"] < 0.05 and fa["salun"] < 0.1, fa
     assert all(0 <= float(v) <= 1 for line in out for v in line.split()[1:])
 
 
