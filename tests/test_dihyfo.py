@@ -447,9 +447,13 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
         (acc(start), acc(saved)), abs=1e-6)
     # What ran is in the results, and the report names every attack like unlearn's does.
     assert res["seed"] == 4 and res["sample_config"]["num_steps"] == 4
+    reached = res["sample"]["forget_loss"] >= 0.5 * float(prompt.forget_target)
     assert res["coverage"] == {"request_in_corpus": True, "forget_target_in_range": True,
-                               "forget_loss_range": list(net2.spec.forget_loss_range)}
-    assert "Note:" not in (tmp_path / "s" / "report.md").read_text()
+                               "forget_loss_range": list(net2.spec.forget_loss_range),
+                               "forget_target_reached": reached,
+                               "start_forget_loss_z": pytest.approx(
+                                   res["coverage"]["start_forget_loss_z"])}
+    assert ("Note:" in (tmp_path / "s" / "report.md").read_text()) == (not reached)
     assert "mia_entropy_lr" in (tmp_path / "s" / "report.md").read_text()
     assert "best_of" not in res
     # --best-of K records which of the K samples it kept (it did not), and its losses.
@@ -560,6 +564,25 @@ def test_a_sample_records_what_of_its_request_the_corpus_did_not_hold(setup, dig
     bare = dataclasses.replace(spec, trained_requests=(), forget_loss_range=())
     assert coverage(bare, (4,), 500.0) == {"request_in_corpus": None, "forget_loss_range": None,
                                            "forget_target_in_range": None}
+
+
+def test_a_sample_that_misses_its_forget_target_says_so(setup, digits_splits):
+    # A start trained with another recipe than the corpus's (forget loss 0.0002, 12 standard
+    # deviations below its starts) came back unchanged, FA 99.7 %, and `sample` exited 0 with
+    # a report and results that said nothing of it.
+    from hyperforget_jax.commands.hyper import _coverage_note, _reached
+
+    _, _, net2, _, start = setup
+    prompt = H.make_prompt(net2, start, digits_splits.train, (5,), forget_target=10.0)
+    far = prompt._replace(forget_start=jnp.float32(1e-6))
+    cov = _reached(net2.spec, far, {"forget_loss": 0.02})
+    assert cov["forget_target_reached"] is False and cov["start_forget_loss_z"] < -3
+    note = _coverage_note({"request_in_corpus": True, "forget_target_in_range": True, **cov}, far)
+    assert "did not reach its forget target" in note and "standard deviations below" in note
+    ok = _reached(net2.spec, prompt, {"forget_loss": 9.0})
+    assert ok["forget_target_reached"] is True
+    assert _coverage_note({"request_in_corpus": True, "forget_target_in_range": True, **ok},
+                          prompt) == ""
 
 
 def test_sample_cli_refuses_num_steps_with_ddpm(tmp_path, capsys):

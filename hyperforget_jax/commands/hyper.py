@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from hyperforget_jax import checkpoint, configflags, data, report, rundir
 from hyperforget_jax import params as P_
@@ -250,6 +251,7 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
                                                      "request": request.to_json(),
                                                      "prompt": prompt_json})
     cov = coverage(net.spec, request.classes, float(prompt.forget_target))
+    cov.update(_reached(net.spec, prompt, ev))
     how = (f"{sc.method}, {sc.num_steps} steps" + (f", guidance {sc.guidance:g}"
                                                    if sc.guidance else "")
            + (f", best of {sc.best_of}: sample {picked['chosen']} kept" if picked else ""))
@@ -293,6 +295,22 @@ def _start_note(start: dict | None) -> str:
             "start had forgotten.\n")
 
 
+def _reached(spec, prompt, ev: dict) -> dict:
+    """Whether the sample reached its forget target (its training-set forget loss at least
+    half the prompted one), and how far the start network's forget loss lies from the corpus's
+    starts (standard deviations of the log loss): a start trained with a recipe outside the
+    corpus's came back unchanged (FA 99.7-100 %, exit 0, no word) when its forget loss lay
+    8-12 of them below."""
+    target = float(prompt.forget_target)
+    got = ev.get("forget_loss")
+    z = None
+    if spec.scalar_mean:
+        z = float((np.log(max(float(prompt.forget_start), 1e-12)) - spec.scalar_mean[0])
+                  / spec.scalar_std[0])
+    return {"forget_target_reached": None if got is None else bool(got >= 0.5 * target),
+            "start_forget_loss_z": z}
+
+
 def _coverage_note(cov: dict, prompt) -> str:
     """The report's words for what of the request the corpus did not hold (was: a forget target
     far outside the corpus's losses was sampled and reported with no word of it)."""
@@ -305,6 +323,16 @@ def _coverage_note(cov: dict, prompt) -> str:
         notes.append(f"the forget target {float(prompt.forget_target):.4g} lies outside the "
                      f"corpus's forget losses {lo:.4g}..{hi:.4g} (5th-95th percentile): the "
                      "hypernetwork was not trained for it, compare the sample's forget loss")
+    if cov.get("forget_target_reached") is False:
+        z = cov.get("start_forget_loss_z")
+        where = (f"; the start network's forget loss {float(prompt.forget_start):.3g} lies "
+                 f"{abs(z):.1f} standard deviations {'below' if z < 0 else 'above'} the "
+                 "corpus's starts (a network trained with another recipe?)"
+                 if z is not None and abs(z) > 3 else "")
+        notes.append(f"the sample did not reach its forget target: its forget loss is below "
+                     f"half of {float(prompt.forget_target):.4g}, so the request is not "
+                     f"forgotten{where}; compare with Retrain, or unlearn it with a method "
+                     "(hyperforget unlearn)")
     return "".join(f"\nNote: {n}.\n" for n in notes)
 
 
