@@ -442,6 +442,9 @@ def main(argv=None):
                 line += (f"; at that peak a step would run {c['ceiling_vs_torch_eager']:.2f}× "
                          "torch eager")
             print(line)
+        warning = common.peak_understated(rows, "% of matmul peak")
+        if warning:
+            print(warning)
     targets = {}
     for r in unlearn_rows:
         if r["impl"] == "jax unlearn":
