@@ -216,6 +216,19 @@ def test_train_judge_takes_its_config_s_seed(digits_splits):
                                                        jax.tree.leaves(seed0.params)))
 
 
+def test_a_judge_recipe_keeps_its_config_s_seed_and_augments_with_it(digits_splits):
+    # judge_recipe's seed=0 default replaced config.seed (cached_judge / judge_from_recipe then
+    # trained the seed-0 judge), and train_judge(config=..., augment=2) without seed= crashed.
+    cfg = TrainConfig(arch="gpt_mlp", epochs=1, seed=7)
+    assert M.judge_recipe(cfg, augment=1, anneal_epochs=0)["config"]["seed"] == 7
+    assert M.judge_recipe(cfg, augment=1, anneal_epochs=0, seed=3)["config"]["seed"] == 3
+    small = digits_splits.train.subset(np.arange(64))
+    a = M.train_judge(small, config=cfg, augment=2)
+    b = M.train_judge(small, seed=7, config=dataclasses.replace(cfg, seed=0), augment=2)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_cached_judge_reuses_only_the_same_recipe_on_the_same_data(digits_splits, tmp_path):
     """``cached_judge`` stores the judge with its recipe and data id; it reads it back (equal
     params, no training) only when both match, and skips directories that hold no judge."""

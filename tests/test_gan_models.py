@@ -490,3 +490,29 @@ def test_training_latents_are_drawn_from_the_seed_and_the_step():
     assert not np.allclose(draw(0, 3), draw(1, 3))
     assert not np.allclose(draw(0, 3), draw(0, 4))
     assert not np.allclose(*draw(0, 3))                    # D's and G's batches differ
+
+
+def test_width_is_refused_for_the_dense_pair_and_a_user_pair_s_record_names_its_prior():
+    # The mlp pair took width=8, built its fixed layers and recorded 8.
+    for name in ("mlp", "auto"):
+        with pytest.raises(ConfigError, match=r"width \(8\) sizes the registered dcgan pair "
+                                              "only; the mlp pair has fixed layers"):
+            make_gan_arch(name, (8, 8, 1), width=8)
+    assert make_gan_arch("dcgan", (28, 28, 1), width=8).width == 8
+    # A user's pair cannot be rebuilt from its record; the advice gave make_gan_arch's default
+    # N(0, I) prior, so a mixture-prior GAN reloaded as told drew codes from another prior.
+    class G(nn.Module):
+        @nn.compact
+        def __call__(self, z):
+            return nn.sigmoid(nn.Dense(64)(z)).reshape(z.shape[0], 8, 8, 1)
+
+    class D(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(1)(x.reshape(x.shape[0], -1))[:, 0]
+
+    arch = make_gan_arch(generator=G(), discriminator=D(), image_shape=(8, 8, 1), latent_dim=16,
+                         latent_prior="mixture", mixture_components=5, mixture_sigma=2.0)
+    with pytest.raises(ArchitectureError, match=r"latent_dim=16, latent_prior='mixture', "
+                                                r"mixture_components=5, mixture_sigma=2\.0"):
+        GANArch.from_json(arch.to_json())

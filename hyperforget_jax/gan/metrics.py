@@ -116,7 +116,7 @@ def train_judge(train: Dataset, seed: int | None = None, arch_name: str = "mlp",
                               (config.seed if config is not None else 0))
     arch = as_model(cfg.arch, train.x.shape[1:], train.num_classes)   # a name or import path
     if augment != 1:
-        train = augment_affine(train, augment, seed)
+        train = augment_affine(train, augment, cfg.seed)     # seed=None: the config's
     state, _ = fit(arch, train, cfg, progress=progress)
     if anneal_epochs:
         state, _ = fit(arch, train, dataclasses.replace(cfg, lr=cfg.lr / 10,
@@ -126,10 +126,13 @@ def train_judge(train: Dataset, seed: int | None = None, arch_name: str = "mlp",
 
 
 def judge_recipe(config: TrainConfig | None = None, augment: int = JUDGE_AUGMENT,
-                 anneal_epochs: int = JUDGE_ANNEAL, seed: int = 0) -> dict:
+                 anneal_epochs: int = JUDGE_ANNEAL, seed: int | None = None) -> dict:
     """The JSON identity of a judge recipe (the arguments of :func:`train_judge`); defaults
-    are the experiments' judge (:data:`JUDGE`, :data:`JUDGE_AUGMENT`, :data:`JUDGE_ANNEAL`)."""
-    cfg = dataclasses.replace(config or JUDGE, seed=seed)
+    are the experiments' judge (:data:`JUDGE`, :data:`JUDGE_AUGMENT`, :data:`JUDGE_ANNEAL`).
+    ``seed``: replaces the config's (None: ``config.seed``, as :func:`train_judge` takes it;
+    the default 0 replaced it, so a seed-7 recipe trained the seed-0 judge)."""
+    cfg = config or JUDGE
+    cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None else seed)
     return {"config": cfg.to_json(), "augment": int(augment),
             "anneal_epochs": int(anneal_epochs)}
 

@@ -360,10 +360,17 @@ class GANArch:
     @classmethod
     def from_json(cls, d: dict) -> "GANArch":
         if "generator" in d:
+            # The advice gave make_gan_arch's defaults (N(0, I) codes), where GANConfig's are a
+            # mixture: a pair reloaded as told was sampled from another prior, without a word.
+            prior = (f"latent_prior='mixture', mixture_components={d.get('mixture_components')}, "
+                     f"mixture_sigma={d.get('mixture_sigma')}"
+                     if d.get("latent_prior") == "mixture" else "latent_prior='normal'")
             raise ArchitectureError(
                 f"the run's GAN is a user's own pair ({d['name']}), which a record cannot "
                 "rebuild; load its checkpoint in Python and pass make_gan_arch(generator=..., "
-                "discriminator=...) with the same modules (the CLI runs registered pairs only)")
+                f"discriminator=..., image_shape={tuple(d['image_shape'])}, "
+                f"latent_dim={d.get('latent_dim', 100)}, {prior}) with the same modules (the "
+                "CLI runs registered pairs only)")
         # Older runs: no prior means normal; a mixture without K, σ means LEGACY_MIXTURE.
         k, sigma = d.get("mixture_components"), d.get("mixture_sigma")
         if d.get("latent_prior") == "mixture" and k is None:
@@ -419,9 +426,11 @@ def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (
                           "GANConfig(arch='mlp'), the CLI's --gan-arch mlp)")
     if latent_dim < 1 or width < 4:
         raise ConfigError(f"latent_dim must be >= 1 and width >= 4, got {latent_dim}, {width}")
-    if user and width != 64:
-        raise ConfigError(f"width ({width}) sizes the registered dcgan pair only; size your "
-                          "own generator and discriminator in their modules")
+    if width != 64 and (user or name == "mlp"):
+        # The dense pair took it, built its default layers and recorded the width given.
+        raise ConfigError(f"width ({width}) sizes the registered dcgan pair only; "
+                          + ("size your own generator and discriminator in their modules"
+                             if user else "the mlp pair has fixed layers: drop width"))
     check_latent_prior(latent_prior, mixture_components, mixture_sigma)
     if latent_prior != "mixture":
         mixture_components, mixture_sigma = MIXTURE_COMPONENTS, MIXTURE_SIGMA
