@@ -371,10 +371,13 @@ class Architecture:
         if not jnp.issubdtype(dtype, jnp.floating):       # bfloat16 included
             raise DataError(f"{what} has images of dtype {dtype}; the models take floating-point "
                             f"inputs. {data.integer_inputs_fix(dtype)}")
-        if self.registered and isinstance(x, np.ndarray) and x.size:
+        if (self.registered and isinstance(x, np.ndarray) and x.size and x.ndim == 4
+                and x.shape[1] > 1 and x.shape[2] > 1):
             # Float 0..255 images (cifar.data.astype(np.float32)) trained unscaled: a strided
-            # sample of ≤ 65,536 values tells them from [0, 1] or standardised images in µs.
-            sample = x.reshape(-1)[::max(1, x.size // 65536)]
+            # sample of ≤ 65,536 values tells them from [0, 1] or standardised images in µs
+            # (x.flat: no copy of a transposed array). Feature vectors (N, D, 1, 1), such as
+            # counts, are not images and are not checked.
+            sample = x.flat[::max(1, x.size // 65536)]
             lo, hi = float(sample.min()), float(sample.max())
             if lo >= 0 and hi > 1.5:
                 raise DataError(f"{what} has images with values up to {hi:g} (0..255 pixel "
@@ -484,18 +487,21 @@ def check_param_tree(params: Params, want: Params | None, name: str) -> None:
     if isinstance(params, Mapping) and "params" in params and (   # dict or FrozenDict
             want is None or "params" not in want):
         others = sorted(str(k) for k in params if k != "params")
+        flax_like = all(isinstance(v, Mapping) for v in params.values())   # collections
         if not others:
             raise ArchitectureError(f"parameters for {name} are wrapped one level too deep "
                                     "({'params': ...}, Flax's variables dict); unwrap it: pass "
                                     "variables['params']")
         # A Linen module's bound apply given its whole variables dict: every method would train
         # the running averages as weights (gradients, weight decay) and return them changed.
-        raise ArchitectureError(
-            f"parameters for {name} are a Flax variables dict (collections {others} beside "
-            "'params'); the methods here would train every leaf, the running averages "
-            "included: pass variables['params'] and a model that closes over the rest, e.g. "
-            "hf.as_model(lambda p, x: net.apply({'params': p, 'batch_stats': stats}, x), "
-            "init_fn=...)")
+        # (A user's own tree {'params': W, 'bias': b} of arrays is no variables dict.)
+        if flax_like:
+            raise ArchitectureError(
+                f"parameters for {name} are a Flax variables dict (collections {others} "
+                "beside 'params'); the methods here would train every leaf, the running "
+                "averages included: pass variables['params'] and a model that closes over the "
+                "rest, e.g. hf.as_model(lambda p, x: net.apply({'params': p, 'batch_stats': "
+                "stats}, x), init_fn=...)")
     try:
         got = {jax.tree_util.keystr(p): _leaf_spec(l)
                for p, l in jax.tree_util.tree_leaves_with_path(params)}

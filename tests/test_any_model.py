@@ -417,3 +417,18 @@ def test_fit_stream_checks_the_starting_parameters_as_fit_does(world):
                                       init_params=extra)):
         with pytest.raises(ArchitectureError, match=r"unexpected \['Dense_9'\]"):
             fit()
+
+
+def test_a_plain_tree_with_a_params_key_and_count_features_are_not_refused(world):
+    # {'params': W, 'bias': b} of arrays is a user's own tree, not a Flax variables dict; and
+    # non-negative count features (N, D, 1, 1) are no 0..255 images.
+    splits, _, fsplit = world
+    tree = {"params": jnp.zeros((64, 10)), "bias": jnp.zeros(10)}
+    m = hf.as_model(lambda p, x: x.reshape(x.shape[0], -1) @ p["params"] + p["bias"],
+                    (8, 8, 1), 10, init_fn=lambda k: tree)
+    out = unlearn("gradtau", m, tree, fsplit, splits.val, GradTauConfig(epochs=1)).params
+    assert set(out) == {"params", "bias"}
+    counts = np.random.default_rng(0).poisson(3.0, (60, 20, 1, 1)).astype(np.float32)
+    feats = data.from_arrays(counts, np.arange(60) % 10)
+    assert counts.max() > 1.5
+    hf.fit("mlp", feats, hf.TrainConfig(epochs=1))

@@ -387,3 +387,30 @@ def test_a_class_request_with_one_class_missing_from_the_train_split_is_refused(
                                                  r"class \(3:"):
         data.forget_mask(train, data.ForgetRequest(classes=(1, 3)))
     assert data.forget_mask(train, data.ForgetRequest(classes=(1, 2))).sum() == 40
+
+
+def test_row_hashes_of_a_subset_are_its_parent_s_and_survive_pickling():
+    import pickle
+
+    x = np.random.default_rng(0).random((50, 4, 4, 1)).astype(np.float32)
+    ds = data.from_arrays(x, np.arange(50) % 5)
+    sub = ds.subset(np.array([7, 3, 3, 40]))
+    alone = data.row_hashes(data.from_arrays(sub.x.copy(), sub.y))
+    np.testing.assert_array_equal(data.row_hashes(sub), alone)       # from the parent's
+    assert alone[1] == alone[2] and alone[0] != alone[1]
+    back = pickle.loads(pickle.dumps(sub))      # the cache's weak reference is not pickled
+    np.testing.assert_array_equal(data.row_hashes(back), alone)
+
+
+def test_held_out_rows_equal_to_training_rows_are_refused_only_for_distinct_data():
+    rng = np.random.default_rng(0)
+    imgs = rng.random((120, 4, 4, 1)).astype(np.float32)
+    train = data.from_arrays(imgs[:100], np.arange(100) % 5)
+    with pytest.raises(DataError, match="20 of the 20 images of the check set are training"):
+        data.refuse_training_rows(train.subset(np.arange(20)), "the check set", "fix", train)
+    data.refuse_training_rows(data.from_arrays(imgs[100:], np.arange(20) % 5), "x", "f", train)
+    # Binary features repeat within the training set itself: equal rows are no sign of the
+    # wrong set (a made-up 10-feature set's validation split read "260 of 300").
+    bits = rng.integers(0, 2, (400, 10, 1, 1)).astype(np.float32)
+    binary = data.from_arrays(bits[:300], np.arange(300) % 2)
+    data.refuse_training_rows(data.from_arrays(bits[300:], np.arange(100) % 2), "x", "f", binary)

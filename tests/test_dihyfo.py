@@ -720,3 +720,25 @@ def test_a_deeper_tanh_mlp_keeps_its_permutations_and_is_not_canonicalised(setup
     with pytest.raises(ConfigError, match=r"keeps the function of a ReLU-like .*"
                                           r"canonicalize=False"):
         H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN, canonicalize=True)
+
+
+def test_the_canonicalisation_probe_runs_at_full_float32_precision(setup):
+    # A GPU's default TF32 products put a ReLU MLP's probe at 3e-4, above its 1e-4 tolerance,
+    # and turned canonicalisation off (results changed); the probe now asks for float32.
+    # (XLA:CPU computes float32 products whatever the setting: what the probe asks for is
+    # checked, the precision in force at each of its forward passes.)
+    _, corpus, _, _, _ = setup
+    tmpl = corpus.arch.param_shapes()
+    seen = []
+
+    class Spy:
+        input_shape = corpus.arch.input_shape
+
+        @staticmethod
+        def apply(p, x):
+            seen.append(jax.config.jax_default_matmul_precision)
+            return corpus.arch.apply(p, x)
+
+    with jax.default_matmul_precision("bfloat16"):
+        assert H._rescaling_change(Spy, tmpl, corpus.original(0)) < 1e-5
+    assert seen == ["float32", "float32"]

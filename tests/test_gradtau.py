@@ -1308,3 +1308,13 @@ def test_a_class_removal_whose_budget_ends_below_tau_is_reported(digits_splits, 
         long = hf.unlearn("gradtau", net, original, fsplit, digits_splits.val,
                           G.GradTauConfig(epochs=80))
     assert long.info["tau_reached"] is True and not caplog.records
+    # The ascent on at every step is no proof: the last steps may carry the loss past τ, so the
+    # end's parameters are measured (a 1-epoch class-3 run of the mlp ended at 6.4 > log 10
+    # and was reported as not forgotten).
+    from hyperforget_jax.unlearn.gradtau_run import tau_reached
+    lf = res.info["final_forget_loss"]
+    assert 0.3 < lf < np.log(10)
+    for tau, want in ((lf - 0.01, True), (lf + 0.01, False)):
+        got = tau_reached(net, res.params, fsplit.forget,
+                          {"ascent_steps": [1, 1], "tau": [tau]}, 1, False)
+        assert got == {"tau_reached": want, "final_forget_loss": pytest.approx(lf, rel=1e-5)}

@@ -467,18 +467,29 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     info = {"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": plan.alpha0,
             "alpha_clamped": plan.clamped, "tau_mode": mode, "tau": taus,
             "forget_loss": [] if descent_only else hist_f, "retain_loss": hist_r,
-            "ascent_steps": hist_a, "resumed_from": start,
-            "tau_reached": tau_reached(descent_only, hist_a, n)}
+            "ascent_steps": hist_a, "resumed_from": start}
+    info.update(tau_reached(model, out, split.forget, info, n, descent_only))
     note_tau_not_reached(info, forget_classes)
     return out, info
 
 
-def tau_reached(descent_only: bool, ascent_steps: list, n: int) -> bool | None:
-    """Whether the forget loss reached τ within the budget: some step of some forget-epoch
-    ran without the ascent (ReLU(τ − L_f) = 0). None for Fine-tune and an empty budget."""
-    if descent_only or not len(ascent_steps):
-        return None
-    return bool(min(ascent_steps) < n)
+def tau_reached(model: Architecture, params: Params, forget: Dataset, info: dict, n: int,
+                descent_only: bool) -> dict:
+    """``{"tau_reached": ...}``: whether the forget loss reached τ within the budget. True when
+    some step ran without the ascent (ReLU(τ − L_f) = 0); when every step ran it, the end's
+    parameters are measured once (their mean loss on D_f, also recorded as
+    ``final_forget_loss``): the last steps may have carried it past τ. None for Fine-tune
+    and an empty budget."""
+    asc = info["ascent_steps"]
+    if descent_only or not len(asc):
+        return {"tau_reached": None}
+    if min(asc) < n:
+        return {"tau_reached": True}
+    loss = model.program("mean_forget_loss", lambda: xla.jit(
+        lambda p, x, y: jnp.mean(train.per_example_ce(model.apply)(p, (x, y)))))
+    lf = float(loss(params, jnp.asarray(forget.x), jnp.asarray(forget.y)))
+    tau = info["tau"][-1] if info["tau"] else float("nan")
+    return {"tau_reached": bool(lf >= tau), "final_forget_loss": lf}
 
 
 def note_tau_not_reached(info: dict, forget_classes: tuple[int, ...] | None,
@@ -489,7 +500,7 @@ def note_tau_not_reached(info: dict, forget_classes: tuple[int, ...] | None,
     layer of 64) kept 6-75 % forget accuracy, and forgot the class (0 %) with a longer budget
     or a higher learning rate."""
     if forget_classes and info.get("tau_reached") is False:
-        lf = info["forget_loss"][-1] if info["forget_loss"] else float("nan")
+        lf = info.get("final_forget_loss", float("nan"))
         log.warning("∇τ%s: the budget of %d forget-epochs ended with the forget loss (%.3g) "
                     "still below τ (%.3g), the ascent on at every step: class %s is likely not "
                     "forgotten; check its forget accuracy, and raise the budget "
@@ -506,6 +517,7 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     sizes). Returns stacked params and one info each (as :func:`run_gradtau`'s). Used by
     ``unlearn_sweep``."""
     per_member = isinstance(split, list)  # (a ForgetSplit is a tuple itself)
+    per_member_split = per_member
     descent_only, mode, E, n = plans[0].static[:4]
     if any(p.static != plans[0].static for p in plans):
         raise ConfigError("run_gradtau_fleet: members differ in shape; group them first")
@@ -575,8 +587,10 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
                       "alpha_clamped": p.clamped, "tau_mode": mode, "tau": tau_i,
                       "forget_loss": [] if descent_only else hf[i].tolist(),
                       "retain_loss": hr[i].tolist(),
-                      "ascent_steps": [int(a) for a in ha[i]], "resumed_from": 0,
-                      "tau_reached": tau_reached(descent_only, [int(a) for a in ha[i]], n)})
+                      "ascent_steps": [int(a) for a in ha[i]], "resumed_from": 0})
+        member_split = split[i] if per_member_split else split
+        infos[-1].update(tau_reached(model, jax.tree.map(lambda l: l[i], out),
+                                     member_split.forget, infos[-1], n, descent_only))
         note_tau_not_reached(infos[-1], forget_classes, f" (sweep member {i})")
     return out, infos
 
