@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     req.add_argument("--forget-class", type=int, nargs="+", metavar="C")
     req.add_argument("--forget-fraction", type=float, metavar="F")
     p.add_argument("--seeds", type=int, default=3, help="model seeds 0..N-1")
-    p.add_argument("--shadows", type=int, default=8, help="U-LiRA shadow pairs (>= 2)")
+    p.add_argument("--shadows", type=int, default=8, help="U-LiRA shadow pairs (>= 3)")
     # One flag per config field, help from the configs' docstrings: the classifier recipe
     # (--arch --epochs --batch-size --lr --weight-decay; seeds come from --seeds) and the ∇τ
     # config as --gradtau-FIELD (--gradtau-epochs, --gradtau-lr, ...).

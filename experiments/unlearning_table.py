@@ -176,9 +176,9 @@ def checked_splits(args) -> data.Splits:
     if args.seeds < 1 or args.ulira_shadows < 1:
         raise ConfigError(f"--seeds and --ulira-shadows must be >= 1, got {args.seeds}, "
                           f"{args.ulira_shadows}")
-    if args.ulira_settings and args.ulira_shadows < 2:      # else refused after the fleet
-        raise ConfigError(f"--ulira-shadows must be >= 2 (U-LiRA needs two shadow pairs), "
-                          f"got {args.ulira_shadows}")
+    if args.ulira_settings and args.ulira_shadows < 3:      # else refused after the fleet
+        raise ConfigError(f"--ulira-shadows must be >= 3 (U-LiRA scores each shadow pair with "
+                          f"the others' Gaussians), got {args.ulira_shadows}")
     twice = sorted({m for m in args.methods if args.methods.count(m) > 1})
     if twice:      # each ran twice, its times appended twice: ∇τ's paired with other seeds'
         raise ConfigError(f"--methods lists {twice} twice; name each method once")

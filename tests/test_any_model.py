@@ -62,7 +62,7 @@ def test_user_module_end_to_end(world, trained):
             assert 0.0 <= after[k] <= 1.0
     # U-LiRA with shadows of the user's module (tiny budget: it only has to run and score).
     small = hf.TrainConfig(epochs=2, lr=3e-3)
-    sh = ulira.train_shadows(net, splits.train, fsplit, small, ulira.ULiRAConfig(2))
+    sh = ulira.train_shadows(net, splits.train, fsplit, small, ulira.ULiRAConfig(3))
     un = ulira.unlearn_shadows(sh, lambda p, sp, s: unlearn(
         "gradtau", net, p, sp, splits.val, GradTauConfig(epochs=1), s).params, splits.train)
     retrained = hf.fit(net, fsplit.retain, small)[0].params

@@ -1,4 +1,4 @@
-"""experiments/privacy_gate.py as a release gate: one tiny real run (digits, gpt_mlp, 1 seed, 2
+"""experiments/privacy_gate.py as a release gate: one tiny real run (digits, gpt_mlp, 1 seed, 3
 shadow pairs) that passes with loose tolerances, then the same numbers re-gated (``--recheck``)
 with a zero tolerance must fail with exit 1 and name the method; bad settings exit 2. The
 HyperForget rows are gated too (a zero-weight hypernetwork, so every step of that path runs)."""
@@ -12,7 +12,7 @@ import pytest
 from conftest import load_experiment, save_zero_hypernet, tiny_hyperspec
 
 BASE = ["--dataset", "digits", "--arch", "gpt_mlp", "--epochs", "3", "--batch-size", "64",
-        "--lr", "0.01", "--seeds", "1", "--shadows", "2", "--gradtau-epochs", "1", "--quiet"]
+        "--lr", "0.01", "--seeds", "1", "--shadows", "3", "--gradtau-epochs", "1", "--quiet"]
 
 
 def test_gate_flags_come_from_the_configs():
@@ -86,7 +86,7 @@ def test_gate_hyperforget_shadows_do_not_sample_with_the_targets_key(passed_run)
     shadows sampled with their index as seed: shadow 0 with model seed 0's key, i.e. the target's
     DDIM noise (η = 0: a twin of the target among the attack's "unlearned" shadows)."""
     *_, keys = passed_run
-    assert len(keys) == 3, keys                   # 1 model seed: the target and 2 shadows
+    assert len(keys) == 4, keys                   # 1 model seed: the target and 3 shadows
     assert len(set(keys)) == len(keys), keys
 
 
@@ -154,7 +154,7 @@ def test_gate_fails_a_ulira_accuracy_far_below_the_floor(passed_run, tmp_path, c
 
 @pytest.mark.parametrize("argv,words", [
     (["--tol-mia", "-1"], "--tol-mia must be"),
-    (["--shadows", "1"], "num_shadows must be >= 2"),
+    (["--shadows", "2"], "num_shadows must be >= 3"),
     (["--seeds", "0"], "--seeds must be"),
     (["--hypernet", "x", "--forget-fraction", "0.1"], "class requests only"),
     (["--forget-class", "12"], "class 12 does not exist"),
@@ -191,7 +191,7 @@ def test_noise_floor_shadows_are_not_the_retrained_shadows(tmp_path, monkeypatch
         return real(arch, shadows, unlearned, *rest)
 
     monkeypatch.setattr(ulira, "ulira", spy)
-    argv = [a if a != "3" else "1" for a in BASE]           # --epochs 1
+    argv = [*BASE[:BASE.index("--epochs") + 1], "1", *BASE[BASE.index("--epochs") + 2:]]
     argv[argv.index("--seeds") + 1] = "2"                    # model seeds 0 and 1
     assert gate.main([*argv, "--forget-class", "3", "--out", str(tmp_path / "g"),
                       "--tol-mia", "1", "--tol-ulira", "1"]) == 0
@@ -267,3 +267,23 @@ def test_an_interrupted_gate_resumes_to_the_same_verdict_and_exit(tmp_path, monk
     fake()
     assert gate.main([*argv, "--tol-mia", "1", "--restart", "--out", str(b)]) == 0
     assert calls == [0, 1, 2]
+
+
+def test_a_model_that_unlearned_nothing_fails_the_gate_on_a_random_request(tmp_path,
+                                                                           monkeypatch):
+    # The target pair was the real request's models, trained on all of D_r, twice the shadows'
+    # data: on a random 30 % request nearly every example read "unlearned", and the Original
+    # itself passed (U-LiRA 0.562 against a floor of 0.539). Each shadow pair is now the target
+    # in turn, drawn as the Gaussians' shadows are.
+    gate = load_experiment("privacy_gate")
+    real = gate._methods
+    monkeypatch.setattr(gate, "_methods", lambda args, arch, val: (
+        {**real(args, arch, val)[0], "identity": lambda p, sp, s: p}, None))
+    argv = ["--dataset", "digits", "--arch", "gpt_mlp", "--epochs", "15", "--batch-size", "64",
+            "--lr", "0.01", "--seeds", "1", "--shadows", "8", "--gradtau-epochs", "1",
+            "--forget-fraction", "0.3", "--quiet", "--out", str(tmp_path / "g")]
+    assert gate.main(argv) == 1
+    res = json.loads((tmp_path / "g" / "gate.json").read_text())
+    assert res["verdicts"]["identity"]["passed"] is False
+    assert res["verdicts"]["identity"]["gap_ulira_acc"] > 0.1
+    assert abs(res["per_seed"]["retrain"][0]["ulira_acc"] - 0.5) < 0.05     # the floor

@@ -78,7 +78,7 @@ def test_untargeted_examples_are_skipped_and_none_fails():
     assert out["n_examples"] == 2 and out["accuracy"] == 1.0
     with pytest.raises(ConfigError, match="targeted"):
         ulira.ulira_test(z, z, np.zeros((4, 5), bool), np.zeros(5), np.zeros(5))
-    with pytest.raises(ConfigError, match="num_shadows must be >= 2"):
+    with pytest.raises(ConfigError, match="num_shadows must be >= 3"):
         ulira.ULiRAConfig(num_shadows=1)
 
 
@@ -130,7 +130,7 @@ def test_no_variance_without_an_example_targeted_twice(digits_splits, monkeypatc
     split = data.resolve_forget(digits_splits.train, data.ForgetRequest(indices=(0, 1)))
     with pytest.raises(ConfigError, match="targeted by one shadow only"):
         ulira.train_shadows("mlp", digits_splits.train, split, train.TrainConfig(),
-                            ulira.ULiRAConfig(num_shadows=2, seed=0))
+                            ulira.ULiRAConfig(num_shadows=3, seed=0))
     with pytest.raises(DataError, match="one column per forget example"):   # was IndexError
         ulira.ulira_test(z, z, tgt, np.ones(5), np.zeros(5))
 
@@ -200,8 +200,35 @@ def test_end_to_end_on_digits(digits_splits, digits_shadows):
                      for s in range(4)])
     want = ulira.ulira_test(phi_u, phi_r, mask, conf(original), conf(retrained))
     assert out["n_examples"] == want["n_examples"] == mask.any(0).sum() > 0
-    for k in ("accuracy", "auc", "sigma_unlearned", "sigma_retrained"):
+    for k in ("accuracy", "auc"):
+        assert out[f"target_pair_{k}"] == pytest.approx(want[k], abs=1e-6), k
+    for k in ("sigma_unlearned", "sigma_retrained"):
         assert out[k] == pytest.approx(want[k], abs=1e-6), k
+    # The headline: each shadow pair the target in turn, Gaussians from the other shadows,
+    # written out here example by example.
+    s_u, s_r = [], []
+    for t in range(4):
+        for j in np.flatnonzero(mask[t]):
+            others = [q for q in range(4) if q != t and mask[q, j]]
+            if others:
+                s_u.append((t, j, others))
+    def pooled(phi, t):
+        rest = [q for q in range(4) if q != t]
+        res, dof = [], 0
+        for j in range(mask.shape[1]):
+            qs = [q for q in rest if mask[q, j]]
+            if qs:
+                v = phi[qs, j]
+                res += list(v - v.mean())
+                dof += len(qs) - 1
+        return max(np.sqrt(np.sum(np.square(res)) / dof), 1e-3)
+    lam = lambda phi_t, t, j, others: (
+        -0.5 * ((phi_t - phi_u[others, j].mean()) / pooled(phi_u, t)) ** 2 - np.log(pooled(phi_u, t))
+        + 0.5 * ((phi_t - phi_r[others, j].mean()) / pooled(phi_r, t)) ** 2 + np.log(pooled(phi_r, t)))
+    lu = np.array([lam(phi_u[t, j], t, j, o) for t, j, o in s_u])
+    lr = np.array([lam(phi_r[t, j], t, j, o) for t, j, o in s_u])
+    assert out["n_decisions"] == len(lu)
+    assert out["accuracy"] == pytest.approx(0.5 * (np.mean(lu > 0) + np.mean(lr <= 0)), abs=1e-9)
 
 
 def test_shadow_sweep_equals_the_loop(digits_splits, digits_shadows):

@@ -278,7 +278,7 @@ def test_privacy_gate_refuses_a_one_item_request_before_training(tmp_path, capsy
 @pytest.mark.parametrize("argv,words", [
     (["--methods", "gradtau", "finetune", "gradtau"], "--methods lists ['gradtau'] twice"),
     (["--classes", "--fractions", "--ulira-settings"], "no setting to run"),
-    (["--ulira-shadows", "1"], "--ulira-shadows must be >= 2")])
+    (["--ulira-shadows", "2"], "--ulira-shadows must be >= 3")])
 def test_table_refuses_what_it_would_misreport_or_crash_on(argv, words):
     # A method listed twice ran twice per seed, its times appended twice: the ∇τ speed-up
     # summary paired seed 1's Retrain with seed 0's second ∇τ run. No setting at all trained
