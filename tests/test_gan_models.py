@@ -492,13 +492,7 @@ def test_training_latents_are_drawn_from_the_seed_and_the_step():
     assert not np.allclose(*draw(0, 3))                    # D's and G's batches differ
 
 
-def test_width_is_refused_for_the_dense_pair_and_a_user_pair_s_record_names_its_prior():
-    # The mlp pair took width=8, built its fixed layers and recorded 8.
-    for name in ("mlp", "auto"):
-        with pytest.raises(ConfigError, match=r"width \(8\) sizes the registered dcgan pair "
-                                              "only; the mlp pair has fixed layers"):
-            make_gan_arch(name, (8, 8, 1), width=8)
-    assert make_gan_arch("dcgan", (28, 28, 1), width=8).width == 8
+def test_a_user_pair_s_record_names_its_prior_in_the_reload_advice():
     # A user's pair cannot be rebuilt from its record; the advice gave make_gan_arch's default
     # N(0, I) prior, so a mixture-prior GAN reloaded as told drew codes from another prior.
     class G(nn.Module):

@@ -74,9 +74,10 @@ def test_nan_in_data_mid_run_names_the_step_and_keeps_checkpoints(arch, digits_s
 
 
 def test_overflowing_loss_stops_at_step_zero(arch, digits_splits, tmp_path):
-    """Finite data whose loss overflows (x · 1e38 → inf logits → NaN loss)."""
+    """Finite data whose loss overflows ((x − 0.5) · 1e38 → inf logits → NaN loss; centred,
+    so the registered model's check for 0..255 images does not stop it first)."""
     ds = digits_splits.train
-    huge = ds.replace(x=ds.x * np.float32(1e38))
+    huge = ds.replace(x=(ds.x - np.float32(0.5)) * np.float32(1e38))
     with Checkpointer(tmp_path / "ckpt") as ck:
         with pytest.raises(NonFiniteError, match=r"at step 0 \(epoch 0, batch 0\)"):
             train.fit(arch, huge, CFG, checkpointer=ck)

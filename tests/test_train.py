@@ -547,7 +547,7 @@ def test_a_recipe_naming_another_model_is_refused(digits_splits):
             run()
     split = data.resolve_forget(ds, data.ForgetRequest(classes=(3,)))
     with pytest.raises(ConfigError, match="TrainConfig.arch is 'cnn'"):
-        unlearn("retrain", mlp, mlp.init(jax.random.key(0)), split, ds, cnn)
+        unlearn("retrain", mlp, mlp.init(jax.random.key(0)), split, digits_splits.val, cnn)
     # The default names no model (fit("gpt_mlp", ds, TrainConfig()) stays valid), nor does a
     # recipe naming the model given, by name or import path.
     from hyperforget_jax.train_run import check_recipe_model

@@ -401,6 +401,10 @@ def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (
     (B, ``latent_dim``) codes to (B, *``image_shape``) floating-point images, which it should
     keep in [0, 1] (the real images' range, where D is fed both), and D must map such images to
     one logit per image, shape (B,).
+
+    ``width`` sizes the dcgan pair; the dense ``mlp`` pair has fixed layers and does not read
+    it (the value is still part of the arch's identity and record; ``train_gan`` and the CLI
+    refuse a width beside the mlp pair).
     """
     if (generator is None) != (discriminator is None):
         raise ConfigError("pass both generator= and discriminator= (your own GAN pair), or "
@@ -426,11 +430,9 @@ def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (
                           "GANConfig(arch='mlp'), the CLI's --gan-arch mlp)")
     if latent_dim < 1 or width < 4:
         raise ConfigError(f"latent_dim must be >= 1 and width >= 4, got {latent_dim}, {width}")
-    if width != 64 and (user or name == "mlp"):
-        # The dense pair took it, built its default layers and recorded the width given.
-        raise ConfigError(f"width ({width}) sizes the registered dcgan pair only; "
-                          + ("size your own generator and discriminator in their modules"
-                             if user else "the mlp pair has fixed layers: drop width"))
+    if user and width != 64:
+        raise ConfigError(f"width ({width}) sizes the registered dcgan pair only; size your "
+                          "own generator and discriminator in their modules")
     check_latent_prior(latent_prior, mixture_components, mixture_sigma)
     if latent_prior != "mixture":
         mixture_components, mixture_sigma = MIXTURE_COMPONENTS, MIXTURE_SIGMA
