@@ -249,6 +249,10 @@ def test_train_seconds_cover_the_whole_run_over_resumes(tmp_path):
         stored, epoch1 = ckpt.restore_meta()["train_seconds"], ckpt.restore_meta(1)
     first = json.loads((run / "results.json").read_text())
     assert 0 < stored == first["train_seconds"] <= first["this_call_seconds"]
+    # The report's "training time" is that same figure (it printed this call's, 3.4 s for
+    # 1.7 s of training, and the reload then said 1.7 s).
+    assert (f"training time {first['train_seconds']:.1f} s ({first['this_call_seconds']:.1f} s "
+            "for this call") in (run / "report.md").read_text()
     assert cli.main(argv) == 0                                  # finished: reloaded
     again = json.loads((run / "results.json").read_text())
     assert again["train_seconds"] == stored and again["resumed_from_epoch"] == 2

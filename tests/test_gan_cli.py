@@ -298,6 +298,8 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
             ([*five_three, "--compare", str(two)], "--judge-from " + nowhere, bad_out),
             ([*five_three[:5], str(two), *five_three[6:]], "--judge-from " + nowhere, bad_out),
             ([*ev_base, "--compare", str(other_split)], "--split-seed 1", bad_out),
+            # A run named twice: one row overwrote the other, labelled "//...".
+            ([*ev_base, "--compare", str(unl), str(orig)], f"name {unl} twice", bad_out),
             ([*unl_base, "--out", str(bad_out), "--lr", "0"], "G's learning rate", bad_out),
             ([*unl_base, "--out", str(bad_out), "--beta1", "5"], "beta1", bad_out),
             ([*unl_base, "--out", str(bad_out), "--judge-from", str(tmp_path / "nowhere")],

@@ -74,7 +74,8 @@ def cmd_train(args, retrain: bool = False) -> int:
                                                         splits.test.y, arch.num_classes)}
             md += (f"train accuracy {100 * results['eval']['train']['accuracy']:.2f}%, "
                    f"test accuracy {100 * results['eval']['test']['accuracy']:.2f}%\n")
-        md += (f"\ntraining time {seconds:.1f} s\n" if not start else
+        md += (f"\ntraining time {total:.1f} s ({seconds:.1f} s for this call, compilation and "
+               "evaluation included)\n" if not start else
                f"\ntraining time {total:.1f} s over resumes; {seconds:.1f} s in this run, "
                f"resumed at epoch {start} of {cfg.epochs}"
                f"{' (already trained: reloaded)' if start >= cfg.epochs else ''}\n")

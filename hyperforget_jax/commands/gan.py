@@ -391,6 +391,10 @@ def cmd_evaluate(args) -> int:
     ev = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
     data_id = common.data_identity(args, splits)
     runs = [args.run_dir, *(args.compare or [])]
+    seen = [Path(r).resolve() for r in runs]
+    twice = sorted({str(r) for r in seen if seen.count(r) > 1})
+    if twice:   # one row overwrote the other, under a label starting with "//"
+        raise ConfigError(f"--run-dir / --compare name {twice[0]} twice; list each run once")
     # Every compared run is read (and refused, if it must be) before the judge is trained
     # and the output directory claimed.
     others = {}
