@@ -1006,11 +1006,10 @@ def as_model(obj: Any, input_shape: Sequence[int] | None = None,
     if init_fn is not None and isinstance(obj, (Architecture, str)):
         # A registered name, an import path and an adapter draw their own fresh parameters:
         # Retrain, fit from scratch and Bad Teacher's random teacher ignored init_fn.
-        raise ConfigError(f"init_fn is for a module instance or an apply_fn; {obj!r} draws "
-                          "its fresh parameters itself" if isinstance(obj, str) else
-                          f"init_fn is for a module instance or an apply_fn; the adapter "
-                          f"{obj.name!r} draws its fresh parameters itself: pass "
-                          "hf.as_model(module_or_apply_fn, init_fn=...)")
+        what = repr(obj) if isinstance(obj, str) else f"the adapter {obj.name!r}"
+        raise ConfigError(f"init_fn is for a module instance or an apply_fn; {what} draws its "
+                          "fresh parameters itself: pass hf.as_model(module_or_apply_fn, "
+                          "init_fn=...)")
     if isinstance(obj, Architecture):
         changes = {}
         if obj.input_shape is None and shape is not None:
