@@ -1315,6 +1315,6 @@ def test_a_class_removal_whose_budget_ends_below_tau_is_reported(digits_splits, 
     lf = res.info["final_forget_loss"]
     assert 0.3 < lf < np.log(10)
     for tau, want in ((lf - 0.01, True), (lf + 0.01, False)):
-        got = tau_reached(net, res.params, fsplit.forget,
+        got = tau_reached(net, lambda: res.params, fsplit.forget,
                           {"ascent_steps": [1, 1], "tau": [tau]}, 1, False)
         assert got == {"tau_reached": want, "final_forget_loss": pytest.approx(lf, rel=1e-5)}

@@ -380,8 +380,8 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
       per-epoch ``ascent_steps`` (steps whose ascent term was on, ReLU(τ − L_f) > 0 and
       α > 0; the others skip the forget batch's backward), ``resumed_from`` (forget-epochs
       restored from the checkpoint, 0 for a fresh run), ``tau_reached`` (some step ran
-      without the ascent: the forget loss reached τ within the budget; None for Fine-tune). A
-      class removal whose budget ends with the ascent on at every step logs a warning.
+      without the ascent, or the end's forget loss is at least τ; None for Fine-tune). A class
+      removal whose budget ends with the forget loss below τ logs a warning.
 
     Raises:
       ConfigError: a config that is not a GradTauConfig.
@@ -468,18 +468,18 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
             "alpha_clamped": plan.clamped, "tau_mode": mode, "tau": taus,
             "forget_loss": [] if descent_only else hist_f, "retain_loss": hist_r,
             "ascent_steps": hist_a, "resumed_from": start}
-    info.update(tau_reached(model, out, split.forget, info, n, descent_only))
+    info.update(tau_reached(model, lambda: out, split.forget, info, n, descent_only))
     note_tau_not_reached(info, forget_classes)
     return out, info
 
 
-def tau_reached(model: Architecture, params: Params, forget: Dataset, info: dict, n: int,
-                descent_only: bool) -> dict:
+def tau_reached(model: Architecture, params: Callable[[], Params], forget: Dataset, info: dict,
+                n: int, descent_only: bool) -> dict:
     """``{"tau_reached": ...}``: whether the forget loss reached τ within the budget. True when
     some step ran without the ascent (ReLU(τ − L_f) = 0); when every step ran it, the end's
-    parameters are measured once (their mean loss on D_f, also recorded as
-    ``final_forget_loss``): the last steps may have carried it past τ. None for Fine-tune
-    and an empty budget."""
+    parameters (``params()``, asked for only then) are measured once (their mean loss on D_f,
+    also recorded as ``final_forget_loss``): the last steps may have carried it past τ. None
+    for Fine-tune and an empty budget."""
     asc = info["ascent_steps"]
     if descent_only or not len(asc):
         return {"tau_reached": None}
@@ -487,7 +487,7 @@ def tau_reached(model: Architecture, params: Params, forget: Dataset, info: dict
         return {"tau_reached": True}
     loss = model.program("mean_forget_loss", lambda: xla.jit(
         lambda p, x, y: jnp.mean(train.per_example_ce(model.apply)(p, (x, y)))))
-    lf = float(loss(params, jnp.asarray(forget.x), jnp.asarray(forget.y)))
+    lf = float(loss(params(), jnp.asarray(forget.x), jnp.asarray(forget.y)))
     tau = info["tau"][-1] if info["tau"] else float("nan")
     return {"tau_reached": bool(lf >= tau), "final_forget_loss": lf}
 
@@ -589,7 +589,7 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
                       "retain_loss": hr[i].tolist(),
                       "ascent_steps": [int(a) for a in ha[i]], "resumed_from": 0})
         member_split = split[i] if per_member_split else split
-        infos[-1].update(tau_reached(model, jax.tree.map(lambda l: l[i], out),
+        infos[-1].update(tau_reached(model, lambda i=i: jax.tree.map(lambda l: l[i], out),
                                      member_split.forget, infos[-1], n, descent_only))
         note_tau_not_reached(infos[-1], forget_classes, f" (sweep member {i})")
     return out, infos
