@@ -477,3 +477,10 @@ def test_train_fleet_members_stop_at_the_end_of_their_own_runs(digits_splits):
         state, _ = train.fit(arch, ds.subset(ix), train.TrainConfig(
             arch="gpt_mlp", seed=seed, lr=lr, epochs=epochs, batch_size=64))
         np.testing.assert_allclose(row, P_.flatten(state.params), atol=1e-5)
+
+
+def test_one_checkpoint_is_the_end_of_the_trajectory():
+    # np.geomspace(1, total, 1) is [1]: the first unlearning step was stored as the endpoint.
+    assert C.checkpoint_steps(540, 1).tolist() == [540]
+    assert C.checkpoint_steps(540, 2).tolist() == [1, 540]
+    assert C.checkpoint_steps(540, 16)[-1] == 540 and len(C.checkpoint_steps(540, 16)) == 15

@@ -389,6 +389,9 @@ def test_training_resumes_to_the_same_network(setup, tmp_path, monkeypatch):
                                 checkpoint_dir=ckpt, save_every=2)
     assert again["resumed_at"] == TRAIN.steps
     assert again["loss"] == first["loss"] and len(first["loss"]) == len(hist["loss"]) > 0
+    # The values too: the logged window open at the kill (steps 1-6, killed after 4) averaged
+    # steps 5-6 alone after the resume; the losses since the last log travel with the state.
+    assert first["loss"] == pytest.approx(hist["loss"], rel=1e-6)
     assert again["seconds"] >= first["seconds"] * 0.5
 
 

@@ -389,6 +389,10 @@ def checkpoint_steps(total: int, count: int) -> np.ndarray:
     """At most ``count`` distinct steps in [1, total], geometrically spaced, ending at
     ``total``: rounding merges the first steps (16 over the default corpus's 540 steps give
     15, so its 30 requests per original store 450 checkpoints)."""
+    if count == 1:
+        # The end's (np.geomspace(1, total, 1) is [1]: the first step was kept as the
+        # trajectory's endpoint, the forgotten readout never zeroed).
+        return np.array([total])
     return np.unique(np.round(np.geomspace(1, total, count)).astype(int))
 
 

@@ -360,7 +360,10 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
             done_before = meta.get("progress", {})
     key = jax.random.key(cfg.seed + 1)
     losses = [float(v) for v in done_before.get("loss", [])]
-    acc, t0 = [], time.perf_counter() - float(done_before.get("seconds", 0.0))
+    # The losses since the last logged step, saved with the state: a resume at a step between
+    # two logs averaged its first logged window over the steps after the restart only.
+    acc = [jnp.float32(v) for v in done_before.get("pending", [])]
+    t0 = time.perf_counter() - float(done_before.get("seconds", 0.0))
     try:
         it = range(first, cfg.steps)
         if progress:
@@ -393,6 +396,7 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
                 _check_state(host, n)
                 ckpt.save(n + 1, host,
                           {**run_meta, "progress": {"loss": losses,
+                                                    "pending": [float(v) for v in acc],
                                                     "seconds": time.perf_counter() - t0}})
     finally:
         if ckpt is not None:
