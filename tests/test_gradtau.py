@@ -958,6 +958,16 @@ def test_tau_fn_under_pmap_and_shard_map_is_one_global_tau(digits_splits):
         args = jax.device_put((params, gt.init(params)), NamedSharding(mesh, P())) + \
             jax.device_put((fb, rb, *vb), NamedSharding(mesh, P("data")))
         np.testing.assert_allclose(float(jax.jit(sm)(*args)), float(m_ref["tau"]), rtol=1e-6)
+    # A 2×2 ("data", "model") mesh, rows split over "data", axis_name naming both axes (as the
+    # objective takes it): the τ refresh's pmean over "model", which τ did not vary over, was
+    # jax's bare ValueError.
+    mesh2 = jax.sharding.Mesh(np.array(devices).reshape(2, 2), ("data", "model"))
+    both = G.nabla_tau(loss_fn, 0.5, tau_fn=tau_fn, axis_name=("data", "model"))
+    sm = jax.shard_map(lambda p, s, f, r, vx, vy: both.update(p, s, f, r, vx, vy)[2]["tau"],
+                       mesh=mesh2, in_specs=(P(), P()) + (P("data"),) * 4, out_specs=P())
+    args = jax.device_put((params, both.init(params)), NamedSharding(mesh2, P())) + \
+        jax.device_put((fb, rb, *vb), NamedSharding(mesh2, P("data")))
+    np.testing.assert_allclose(float(jax.jit(sm)(*args)), float(m_ref["tau"]), rtol=1e-6)
 
 
 def test_chunks_need_per_example_losses(digits_splits):

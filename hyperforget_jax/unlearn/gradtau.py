@@ -468,6 +468,15 @@ def refresh_tau(state: GradTauState, params: Params, tau_fn: Callable,
             raise ConfigError(f"tau_fn returned shape {jnp.shape(tau)}: τ is one number, the "
                               "mean loss of the current model (e.g. loss_fn(p, batch).mean())")
         if axis_name is not None:
+            # Under shard_map τ varies over the axes its tau_args are split over; pmean over a
+            # named axis it does not vary over was jax's bare ValueError (tau_args split over
+            # "data", axis_name=("data", "model")): cast it over every named axis first, as
+            # the objective's parameters are (microbatch.local_params).
+            own = microbatch.varying_axes(tau)
+            names = tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
+            missing = tuple(a for a in names if a not in own)
+            if own and missing:
+                tau = jax.lax.pcast(tau, missing, to="varying")
             tau = jax.lax.pmean(tau, axis_name)
         return jnp.asarray(tau, state.tau.dtype)
 
