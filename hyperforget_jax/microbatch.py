@@ -168,6 +168,13 @@ def varying_axes(tree: Any) -> frozenset:
     return out
 
 
+def axis_names(axis_name: Any) -> tuple:
+    """``axis_name`` (None, a name, or a tuple / list of names) as a tuple of names."""
+    if axis_name is None:
+        return ()
+    return tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
+
+
 def local_params(params: Any, batches: Any, axis_name: Any, who: str, none_means: str,
                  fix: str | None = None) -> Any:
     """``params`` made device-varying over the ``shard_map`` axes of ``axis_name`` (a name or a
@@ -185,8 +192,7 @@ def local_params(params: Any, batches: Any, axis_name: Any, who: str, none_means
         ``axis_name=None``; ``fix``: what to do instead, for a caller that takes no
         ``axis_name`` (default: name the axes with it).
     """
-    names = () if axis_name is None else (
-        tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,))
+    names = axis_names(axis_name)
     own = varying_axes(params)
     split = varying_axes(batches) - own
     missing = sorted(split - set(names))

@@ -252,6 +252,8 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
                                                      "prompt": prompt_json})
     cov = coverage(net.spec, request.classes, float(prompt.forget_target))
     cov.update(_reached(net.spec, prompt, ev))
+    run = (start or {}).get("run")
+    role = run.get("role") if isinstance(run, dict) else None
     how = (f"{sc.method}, {sc.num_steps} steps" + (f", guidance {sc.guidance:g}"
                                                    if sc.guidance else "")
            + (f", best of {sc.best_of}: sample {picked['chosen']} kept" if picked else ""))
@@ -263,9 +265,7 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
               [[n, *(report.fmt(e.get(k), 2, s) for k, _, s in KEYS)]
                for n, e in (("start", ev_start), ("sample", ev))])
           + f"\n\nsampling time {secs:.2f} s ({how}, including compilation)\n"
-          + _coverage_note(cov, prompt) + _start_note(start))
-    run = (start or {}).get("run")
-    role = run.get("role") if isinstance(run, dict) else None
+          + _coverage_note(cov, prompt) + _start_note(run, role))
     results = {"start": ev_start, "sample": ev, "seconds": secs, "request": request.to_json(),
                **({"start_run": {"role": role, "request": run.get("request")}}
                   if role not in (None, "original") else {}),
@@ -277,12 +277,11 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
     common.emit(args, results, md)
 
 
-def _start_note(start: dict | None) -> str:
-    """The report's words for a start network that is not an original (a Retrain, an
-    unlearned run, another sample): sampled and reported as the request's unlearning of it,
-    without a word, while it had forgotten classes of its own."""
-    run = (start or {}).get("run")
-    role = run.get("role") if isinstance(run, dict) else None
+def _start_note(run: dict | None, role: str | None) -> str:
+    """The report's words for a start network that is not an original (``run``: its run's
+    record, ``role`` its role: a Retrain, an unlearned run, another sample): sampled and
+    reported as the request's unlearning of it, without a word, while it had forgotten classes
+    of its own."""
     if role in (None, "original"):
         return ""
     req = run.get("request")

@@ -194,19 +194,18 @@ def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int |
                           "Dense_0..Dense_k in that order; this model calls them in another "
                           "order: pass canonicalize=False and tokens='chunks'")
     origs = np.unique(src.target_original)
-    if canonicalize is None or canonicalize:
-        changed = (None if chain is None
-                   else _rescaling_change(corpus.arch, tmpl, src.originals[origs[0]]))
-        if canonicalize and changed is not None and changed > 1e-4:
-            raise ConfigError(
-                f"canonicalize rescales hidden units, which keeps the function of a ReLU-like "
-                f"(positively homogeneous) activation only; on this {corpus.arch.name}'s first "
-                f"original it moves the logits by {changed:.3g} relative: pass "
-                "canonicalize=False")
-        if canonicalize is None:
-            # On for an MLP whose function the rescaling keeps (ReLU); a tanh / GELU MLP's
-            # starts that compute different functions were encoded alike.
-            canonicalize = changed is not None and changed <= 1e-4
+    # By default on for an MLP whose function the rescaling keeps (ReLU): a tanh / GELU MLP's
+    # starts that compute different functions were encoded alike.
+    changed = (None if chain is None or canonicalize is False
+               else _rescaling_change(corpus.arch, tmpl, src.originals[origs[0]]))
+    keeps = changed is not None and changed <= _RESCALING_TOLERANCE
+    if canonicalize and changed is not None and not keeps:
+        raise ConfigError(
+            f"canonicalize rescales hidden units, which keeps the function of a ReLU-like "
+            f"(positively homogeneous) activation only; on this {corpus.arch.name}'s first "
+            f"original it moves the logits by {changed:.3g} relative: pass canonicalize=False")
+    if canonicalize is None:
+        canonicalize = keeps
     denoiser = resolve_tokens(corpus.arch, denoiser)     # before the weight space is fitted
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(src.values), min(len(src.values), 4096), replace=False)
@@ -227,6 +226,10 @@ def make_spec(corpus: Corpus, src: PairSource, variant: str, forget_class: int |
                          src.forget_loss, [5, 95])),
                      trained_classes=tuple(int(c) for c in classes),
                      trained_requests=tuple(reqs))
+
+
+#: :func:`_rescaling_change` at or below which the rescaling keeps a network's function.
+_RESCALING_TOLERANCE = 1e-4
 
 
 def _rescaling_change(arch, tmpl, flat: np.ndarray) -> float:

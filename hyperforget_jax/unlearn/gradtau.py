@@ -473,8 +473,7 @@ def refresh_tau(state: GradTauState, params: Params, tau_fn: Callable,
             # "data", axis_name=("data", "model")): cast it over every named axis first, as
             # the objective's parameters are (microbatch.local_params).
             own = microbatch.varying_axes(tau)
-            names = tuple(axis_name) if isinstance(axis_name, (tuple, list)) else (axis_name,)
-            missing = tuple(a for a in names if a not in own)
+            missing = tuple(a for a in microbatch.axis_names(axis_name) if a not in own)
             if own and missing:
                 tau = jax.lax.pcast(tau, missing, to="varying")
             tau = jax.lax.pmean(tau, axis_name)
