@@ -759,6 +759,7 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
         np.testing.assert_allclose(s_info["retain_loss"], info["retain_loss"], rtol=1e-5)
         assert (s_info["steps"], s_info["alpha0"]) == (info["steps"], info["alpha0"])
         assert s_info["ascent_steps"] == info["ascent_steps"]     # counts per forget-epoch
+        assert s_info["tau_reached"] is info["tau_reached"] is True
     # Under the budget (epochs=None) the streamed E, N_f and α₀ are the in-memory runner's.
     from hyperforget_jax.unlearn.gradtau_stream import stream_schedule
     bcfg = G.GradTauConfig(batch_size=64)
@@ -775,6 +776,11 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
                                      tau=math.log(10))
     assert_trees_close(got, want, atol=1e-4)
     assert s_info["tau"] == info["tau"] == [pytest.approx(math.log(10))]
+    # Two forget-epochs of a class below τ = log 10: the ascent ran at every step; the runner
+    # measured the end, the stream says it did not (it used to leave tau_reached out).
+    assert min(s_info["ascent_steps"]) == cplan.static[3]
+    assert info["tau_reached"] is False and s_info["tau_reached"] is None
+    assert "not measured" in s_info["tau_reached_note"]
 
     short = lambda e: list(_stream_of(split, plan)(e))[:-1]
     with pytest.raises(ConfigError, match="yielded 1 batch pairs; the schedule needs N_f = 2"):

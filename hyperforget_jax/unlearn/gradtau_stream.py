@@ -174,7 +174,10 @@ def run_gradtau_stream(arch: Any, params: Params,
     Returns:
       The parameters and ``info``: ``steps``, ``epochs``, ``batches_per_epoch``, ``alpha0``,
       ``alpha_clamped``, ``tau`` (the value at each refresh, or the constant), per-epoch
-      ``forget_loss`` / ``retain_loss`` / ``ascent_steps`` (as :func:`.run_gradtau`'s).
+      ``forget_loss`` / ``retain_loss`` / ``ascent_steps`` (as :func:`.run_gradtau`'s),
+      ``tau_reached``: True when some step ran without the ascent, else None with a
+      ``tau_reached_note`` (the runner measures the end's loss on D_f, which a stream does not
+      hold: a class removal whose every step ascended may be far from forgotten).
 
     Raises:
       ConfigError: neither or both of ``tau`` / ``tau_fn``; a ``config.tau_mode`` other than
@@ -288,7 +291,24 @@ def run_gradtau_stream(arch: Any, params: Params,
             "alpha_clamped": clamped, "tau": tau_hist,
             "forget_loss": [float(v) for v in dev_f], "retain_loss": [float(v) for v in dev_r],
             "ascent_steps": [int(v) for v in dev_a]}
+    info.update(_tau_reached(info, n))
     return out, info
+
+
+def _tau_reached(info: dict, n: int) -> dict:
+    """``tau_reached`` as the in-memory runner's where the stream shows it: True when some step
+    ran without the ascent (the forget batch's loss was at least τ). When every step ran it,
+    the runner measures the end's loss on D_f, which a stream does not hold: None, with a note
+    saying how to check."""
+    asc = info["ascent_steps"]
+    if not asc:
+        return {"tau_reached": None}
+    if min(asc) < n:
+        return {"tau_reached": True}
+    return {"tau_reached": None,
+            "tau_reached_note": "every step ran the ascent (each forget batch's loss below τ "
+                                "before its step); the stream's end was not measured: compare "
+                                "the returned parameters' mean loss on D_f with info['tau'][-1]"}
 
 
 __all__ = ["run_gradtau_stream", "stream_schedule"]
