@@ -419,6 +419,31 @@ def test_diverged_training_stops_at_its_step_and_keeps_the_last_good_state(setup
         assert ck.latest_step() == 2
 
 
+def test_a_skipped_update_stops_training_naming_its_step(setup, monkeypatch):
+    """An optimiser whose updates turn NaN from its third call (a finite loss each time): the
+    step's guard kept the old parameters and its flag was never read, so 4 of 6 steps were
+    dropped without a word and the run returned."""
+    import optax
+
+    from hyperforget_jax.errors import NonFiniteError
+
+    _, corpus, *_ = setup
+    real = DN.make_hyper_optimizer
+
+    def nan_after_2(cfg):
+        tx = real(cfg)
+
+        def update(g, s, p=None):
+            u, inner = tx.update(g, s[0], p)
+            return jax.tree.map(lambda x: jnp.where(s[1] >= 2, jnp.nan, x), u), (inner, s[1] + 1)
+        return optax.GradientTransformation(lambda p: (tx.init(p), jnp.zeros((), jnp.int32)),
+                                            update)
+
+    monkeypatch.setattr(H.DN, "make_hyper_optimizer", nan_after_2)
+    with pytest.raises(NonFiniteError, match=r"update became non-finite .* at step 2;"):
+        H.train_hypernet(corpus, "dihyfo2", denoiser=TINY, config=TRAIN)
+
+
 def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     out, corpus, net2, _, start = setup
     path = H.save_hypernet(tmp_path / "h", net2, {"history": {"loss": [1.0]}})

@@ -245,15 +245,24 @@ def _rescaling_change(arch, tmpl, flat: np.ndarray) -> float:
     return float(jnp.max(jnp.abs(a - b)) / (1.0 + jnp.max(jnp.abs(a))))
 
 
-def _check_losses(acc: list, n: int) -> None:
+def _check_losses(acc: list, n: int, finite: list | None = None) -> None:
     """NonFiniteError naming the first step (of those since the last check, ending at ``n``)
-    whose loss is NaN/inf; the message used to name the end of the 50-step logging window."""
+    whose loss is NaN/inf, or whose update the step's guard skipped (``finite``: the steps'
+    flags, as many as ``acc``'s last entries): a finite loss with a non-finite update kept the
+    old parameters, and such steps were dropped without a word. The message used to name the
+    end of the 50-step logging window."""
     v = np.asarray(jnp.stack(acc))
-    bad = np.flatnonzero(~np.isfinite(v))
+    ok = np.isfinite(v)
+    if finite:
+        ok[len(v) - len(finite):] &= np.asarray(jnp.stack(finite), bool)
+    bad = np.flatnonzero(~ok)
     if len(bad):
-        raise NonFiniteError(f"hypernetwork loss became non-finite at step "
-                             f"{n - len(v) + 1 + int(bad[0])}; lower the learning rate (the "
-                             "training state saved last is the one before it)")
+        i = int(bad[0])
+        what = ("loss became non-finite" if not np.isfinite(v[i]) else
+                "update became non-finite (the step was skipped, its loss finite)")
+        raise NonFiniteError(f"hypernetwork {what} at step {n - len(v) + 1 + i}; lower the "
+                             "learning rate (the training state saved last is the one before "
+                             "it)")
 
 
 def _check_state(state: DN.HyperTrainState, n: int) -> None:
@@ -366,6 +375,7 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
     # The losses since the last logged step, saved with the state: a resume at a step between
     # two logs averaged its first logged window over the steps after the restart only.
     acc = [jnp.float32(v) for v in done_before.get("pending", [])]
+    flags = []    # the steps' guard flags since the last check (a restored window was checked)
     t0 = time.perf_counter() - float(done_before.get("seconds", 0.0))
     try:
         it = range(first, cfg.steps)
@@ -383,12 +393,14 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
                             src.classes[rows])
             state, m = step(state, batch)
             acc.append(m["loss"])
+            flags.append(m["finite"])
             log = (n + 1) % 50 == 0 or n + 1 == cfg.steps
             save = ckpt is not None and ((n + 1) % save_every == 0 or n + 1 == cfg.steps)
             if log or save:
                 # Before every save too: a save between two logged steps wrote a diverged state
                 # over the last good one (max_to_keep=1), and a resume restarted from it.
-                _check_losses(acc, n)
+                _check_losses(acc, n, flags)
+                flags = []
             if log:
                 losses.append(float(jnp.mean(jnp.stack(acc))))
                 acc = []
