@@ -280,6 +280,26 @@ def test_wrong_configs_judges_and_seeds_are_config_errors():
         sample(arch, g, 4, jax.random.key(0))
 
 
+def test_a_round_that_leaves_nan_samples_stops_the_cascade(digits_splits, tiny_gan, tmp_path):
+    """lr 1e30: the round's parameters stay finite (its guard passes) but G draws NaN. The
+    check read NaN samples as unflagged and the run stopped "by the criteria", returned (and
+    on the CLI saved) as a success; save_grid wrote a NaN grid (min/max tests are False for
+    NaN)."""
+    from hyperforget_jax.errors import NonFiniteError
+    from hyperforget_jax.gan.train import save_grid
+
+    gan, arch = tiny_gan
+    train = digits_splits.train
+    cfg = U.UnlearnConfig(fake_label="hard", substitution="data", check_every=1, max_rounds=1,
+                          pool_size=256, lr=1e30, lambda_u_attempts=1)
+    with pytest.raises(NonFiniteError, match="generator's samples at the check after 1 rounds"):
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, retain_x=train.x[16:512],
+                      forget_x=train.x[:16], heldout_x=digits_splits.val.x, cfg=cfg)
+    with pytest.raises(NonFiniteError, match="NaN/inf; the generator diverged"):
+        save_grid(np.full((4, 8, 8, 1), np.nan, np.float32), tmp_path / "g.png", nrow=2)
+    assert not (tmp_path / "g.png").exists()
+
+
 def test_save_grid_leaves_the_matplotlib_backend_alone(tmp_path):
     """save_grid called matplotlib.use("Agg"): in a notebook every later plot stopped showing."""
     import matplotlib

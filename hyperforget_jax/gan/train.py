@@ -27,7 +27,7 @@ from hyperforget_jax import xla
 from hyperforget_jax.config import SEED_LIMIT, check_count, refuse_unread
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices
 from hyperforget_jax.checkpoint_checks import refuse_another_run
-from hyperforget_jax.errors import CheckpointError, ConfigError, DataError
+from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from hyperforget_jax.gan.models import (GAN_ARCHS, MIXTURE_COMPONENTS, MIXTURE_SIGMA, GANArch,
                                         check_latent_prior, make_gan_arch)
 from hyperforget_jax.metrics import chunked_apply
@@ -399,6 +399,10 @@ def save_grid(images: np.ndarray, path, nrow: int = 8, title: str | None = None)
     from hyperforget_jax import report
 
     images = np.asarray(images[: nrow * nrow], np.float32)
+    if not np.isfinite(images).all():    # min/max comparisons are False for NaN
+        raise NonFiniteError(f"save_grid: {int((~np.isfinite(images)).sum())} pixel values are "
+                             "NaN/inf; the generator diverged - plot a finite generator's "
+                             "samples")
     if images.size and (images.min() < -1e-6 or images.max() > 1 + 1e-6):
         raise DataError(f"save_grid: images with values in [{images.min():.3g}, "
                         f"{images.max():.3g}]; pass images in [0, 1] (divide 0..255 images "

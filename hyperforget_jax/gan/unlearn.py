@@ -585,6 +585,9 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
     else:
         samples = generate(arch, state.g_params, jnp.asarray(codes))
         labels = None
+        # The rounds' guard checks the parameters; finite but huge ones gave NaN samples, whose
+        # flags and D scores read as the criteria met (a NaN generator saved as a success).
+        _refuse_nonfinite(samples, "the generator's samples", rounds)
     share = drift = None
     if forget_classes is not None:
         labels = np.asarray(classify(samples)) if labels is None else labels
@@ -594,6 +597,7 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
     else:
         flagged = flag_item_codes(samples, forget_np, cfg.item_neighbours)
     score_u = float(np.mean(d_scores(arch, state.d_params, forget_np)))
+    _refuse_nonfinite(np.asarray(score_u), "the discriminator's scores of the forget set", rounds)
     if cfg.track_fake_label and rounds > 0 and cfg.fake_label == "generated":
         y_f = float(np.mean(d_scores(arch, state.d_params, samples)))   # the pool just drawn
     elif cfg.track_fake_label and rounds > 0 and cfg.fake_label == "heldout":
@@ -601,6 +605,15 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
     entry = {"round": rounds, "score_u": score_u, "y_f": y_f, "share": share,
              "kept_drift": drift, "flagged": int(flagged.sum())}
     return entry, codes, samples, flagged
+
+
+def _refuse_nonfinite(values: Any, what: str, rounds: int) -> None:
+    """NonFiniteError when ``values`` (a check's samples or scores) hold NaN/inf."""
+    if not np.isfinite(np.asarray(values)).all():
+        raise NonFiniteError(f"GAN unlearning: {what} at the check after {rounds} rounds (of "
+                             "this attempt) hold NaN/inf: the rounds before it diverged (their "
+                             "parameters finite but too large); lower the learning rate, "
+                             "lambda_u (or its growth), lambda_s or lambda_a")
 
 
 def _check_forget_classes(classes: Sequence[int], classify: Callable, forget_x: np.ndarray):
