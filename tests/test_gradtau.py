@@ -276,6 +276,46 @@ class CompiledEqualityTest(chex.TestCase):
         np.testing.assert_allclose(ms["loss"], mj["loss"], atol=1e-5)
         self.assertEqual(int(s_jit.step), 4)
 
+        # The documented ascent_hint (the previous step's metrics["ascent"], as each wrapper
+        # returns it) through both wrappers: it failed inside JAX (five arguments compiled).
+        s_ph = train.replicate(fresh(), n_dev, axis_name="batch")
+        s_sh = train.put_sharded(fresh(), mesh, jax.sharding.PartitionSpec())
+        hp = hs = None
+        for fb, rb, tau, a in batches:
+            s_ph, mph = step_p(s_ph, train.shard_batch(fb, n_dev), train.shard_batch(rb, n_dev),
+                               tau, a, hp)
+            s_sh, msh = step_s(s_sh, train.put_sharded(fb, mesh), train.put_sharded(rb, mesh),
+                               tau, a, hs)
+            hp, hs = mph["ascent"], msh["ascent"]
+        assert_trees_close(train.unreplicate(s_ph).params, s_jit.params, atol=1e-5)
+        assert_trees_close(s_sh.params, s_jit.params, atol=1e-5)
+
+
+class MixedPrecisionGradientsTest(chex.TestCase):
+
+    def test_gradients_keep_each_parameter_s_dtype(self):
+        """A bfloat16 leaf beside float32 ones: ∇τ's gradient of it came back float32 (the
+        weights typed as L_f), unlike jax.grad's; Adam's moments then changed type and
+        skip_nonfinite's cond refused them."""
+        def apply(p, x):
+            return (x.reshape(len(x), -1) @ p["w"]) + p["emb"].astype(jnp.float32)[None, 0]
+        params = {"w": jnp.ones((4, 3), jnp.float32) * 0.1, "emb": jnp.ones((2, 3), jnp.bfloat16)}
+        x = jnp.arange(32, dtype=jnp.float32).reshape(8, 4) / 32
+        fb, rb = (x, jnp.arange(8) % 3), (x[::-1], jnp.arange(8) % 2)
+        loss_fn = train.per_example_ce(apply)
+        for tau in (5.0, 0.1):             # the ascent on and off
+            for hint in (None, jnp.bool_(True)):
+                _, g, _ = G.gradtau_objective(loss_fn, params, fb, rb, tau, 0.3, chunk=None,
+                                              ascent_hint=hint)
+                self.assertEqual(jax.tree.map(lambda l: l.dtype, g),
+                                 jax.tree.map(lambda l: l.dtype, params))
+        tx = train.skip_nonfinite(optax.adamw(1e-3))
+        step = jax.jit(G.make_gradtau_step(apply, tx, chunk=None))
+        # (train.init_state refuses float16 parameters: the library's drivers train float32.)
+        state = train.TrainState(jnp.int32(0), params, tx.init(params))
+        state, _ = step(state, fb, rb, 5.0, 0.3)
+        self.assertEqual(state.params["emb"].dtype, jnp.bfloat16)
+
 
 # --- end to end on sklearn digits -------------------------------------------------------------
 

@@ -405,7 +405,7 @@ def _objective(loss_fn, params, forget_batch, retain_batch, tau, alpha, hint=Non
     g_f = jax.lax.cond(coef != 0, forget_grad, lambda: jax.tree.map(jnp.zeros_like, params))
     if axis_name is not None:
         g_f = jax.lax.pmean(g_f, axis_name)
-    grads = jax.tree.map(lambda gf, gr: coef * gf + (1.0 - alpha) * gr, g_f, g_r)
+    grads = jax.tree.map(lambda gf, gr: _typed(coef * gf + (1.0 - alpha) * gr, gr), g_f, g_r)
     return _result(l_f, l_r, tau, alpha, gap, coef, grads)
 
 
@@ -419,9 +419,17 @@ def _speculative(loss_fn, axis_name, chunks, params, forget_batch, retain_batch,
     if axis_name is not None:
         l_f, l_r, g_f, g_r = jax.lax.pmean((l_f, l_r, g_f, g_r), axis_name)
     tau, alpha, gap, coef = _coefficient(l_f, tau, alpha)
-    grads = jax.tree.map(lambda gf, gr: jnp.where(coef != 0, coef * gf, 0) + (1.0 - alpha) * gr,
-                         g_f, g_r)
+    grads = jax.tree.map(lambda gf, gr: _typed(jnp.where(coef != 0, coef * gf, 0)
+                                               + (1.0 - alpha) * gr, gr), g_f, g_r)
     return _result(l_f, l_r, tau, alpha, gap, coef, grads)
+
+
+def _typed(g, like):
+    """``g`` in the dtype of ``like`` (a parameter's gradient, typed as the parameter): the
+    weights, typed as L_f, promoted a bfloat16 leaf's gradient to float32 (and every leaf to
+    float64 under a float64 loss), where ``jax.grad`` keeps the parameter's dtype; optax's
+    state then changed type (a scan's carry, ``skip_nonfinite``'s cond refused it)."""
+    return g.astype(like.dtype)
 
 
 def _coefficient(l_f, tau, alpha):
@@ -656,20 +664,39 @@ def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
     return step
 
 
+def _with_optional_hint(five: Callable, six: Callable) -> Callable:
+    """``step(state, forget, retain, tau, alpha, ascent_hint=None)`` calling the compiled
+    program of its arity: the wrappers compiled five arguments only, and the documented
+    ``ascent_hint`` failed inside JAX ("in_axes ... different lengths of tuple")."""
+    def step(state, forget_batch, retain_batch, tau, alpha, ascent_hint=None):
+        if ascent_hint is None:
+            return five(state, forget_batch, retain_batch, tau, alpha)
+        return six(state, forget_batch, retain_batch, tau, alpha, ascent_hint)
+    return step
+
+
 def pmap_gradtau_step(step_with_axis: Callable, axis_name: str = "batch",
                       devices=None) -> Callable:
     """``step_with_axis`` built with ``axis_name``; state replicated (``train.replicate``),
-    both batches split with ``train.shard_batch``, τ and α broadcast."""
-    return jax.pmap(step_with_axis, axis_name=axis_name, in_axes=(0, 0, 0, None, None),
-                    donate_argnums=0, devices=devices)
+    both batches split with ``train.shard_batch``, τ and α broadcast; an ``ascent_hint`` is
+    the previous step's ``metrics["ascent"]`` as it returns it (one per device). The state is
+    donated (its buffers reused): replicate a copy of parameters you still need."""
+    kw = dict(axis_name=axis_name, donate_argnums=0, devices=devices)
+    return _with_optional_hint(
+        jax.pmap(step_with_axis, in_axes=(0, 0, 0, None, None), **kw),
+        jax.pmap(step_with_axis, in_axes=(0, 0, 0, None, None, 0), **kw))
 
 
 def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
-    """The single-device step over a ``("data",)`` mesh: state, τ, α replicated, both batches
-    sharded along ``"data"`` (``train.put_sharded``); XLA inserts the all-reduce."""
+    """The single-device step over a ``("data",)`` mesh: state, τ, α (and an ``ascent_hint``)
+    replicated, both batches sharded along ``"data"`` (``train.put_sharded``); XLA inserts the
+    all-reduce. The state is donated (its buffers reused): build it from a copy of parameters
+    you still need (``train.init_state`` keeps the arrays it is given)."""
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return xla.jit(step, in_shardings=(repl, data, data, repl, repl),
-                   out_shardings=(repl, repl), donate_argnums=0)
+    kw = dict(out_shardings=(repl, repl), donate_argnums=0)
+    return _with_optional_hint(
+        xla.jit(step, in_shardings=(repl, data, data, repl, repl), **kw),
+        xla.jit(step, in_shardings=(repl, data, data, repl, repl, repl), **kw))
 
 
 # --- τ -------------------------------------------------------------------------------------------
