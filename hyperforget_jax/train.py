@@ -223,8 +223,13 @@ def make_optimizer(cfg: TrainConfig, lr: Any = None, weight_decay: Any = None
 
 def init_state(arch: Model, tx: optax.GradientTransformation, key: jax.Array | None,
                params: Params | None = None) -> TrainState:
+    """A fresh :class:`TrainState` of ``params`` (``model.init(key)`` when None). Given
+    parameters are copied: the compiled steps donate their state (``jit_step``,
+    ``sharded_step``, ``sharded_gradtau_step``), and a state holding the caller's own arrays
+    deleted them at the first step (an original needed afterwards for Retrain and the
+    attacks: "Array has been deleted")."""
     model = as_model(arch)
-    params = model.init(key) if params is None else params
+    params = model.init(key) if params is None else jax.tree.map(jnp.array, params)
     check_trainable_dtypes(params, model.name)
     return TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
 

@@ -183,6 +183,21 @@ def test_a_model_with_fewer_outputs_than_classes_is_named_before_training(digits
                          batches, train.TrainConfig(epochs=1))
 
 
+def test_a_donating_step_leaves_the_caller_s_parameters_alive(digits_splits):
+    """jit_step donates its state; init_state kept the caller's arrays, so one step deleted
+    the original ("Array has been deleted" at its evaluation afterwards)."""
+    from hyperforget_jax.unlearn import gradtau as G
+
+    arch = models.make_architecture("mlp", digits_splits.train.x.shape[1:])
+    original = arch.init(jax.random.key(0))
+    tx = G.make_gradtau_optimizer(2)
+    step = train.jit_step(G.make_gradtau_step(arch.apply, tx))
+    b = (jnp.asarray(digits_splits.train.x[:32]), jnp.asarray(digits_splits.train.y[:32]))
+    state, _ = step(train.init_state(arch, tx, None, original), b, b, 5.0, 0.3)
+    assert not any(l.is_deleted() for l in jax.tree.leaves(original))
+    assert not np.allclose(P.flatten(state.params), P.flatten(original))
+
+
 def test_guard_keeps_old_state_on_nonfinite_step(mnist_splits):
     tx = train.make_optimizer(CFG)
     state = train.init_state(ARCH, tx, jax.random.key(0))
