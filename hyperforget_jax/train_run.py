@@ -105,6 +105,34 @@ def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
         "lower the learning rate")
 
 
+#: Rows the end-of-run output check evaluates.
+OUTPUT_CHECK_ROWS = 64
+
+
+def refuse_nonfinite_outputs(model: Architecture, params: Params, x: Any, who: str,
+                             stacked: bool = False) -> None:
+    """NonFiniteError when ``params`` give NaN/inf logits on the first
+    ``OUTPUT_CHECK_ROWS`` rows of ``x`` (``stacked``: a fleet's parameters, leading axis the
+    members). Each step's guard checks the loss before its update and the parameters after
+    it, so a run's *last* update could leave finite but huge parameters whose outputs are
+    NaN: returned (and saved) as a result. Called once at a run's end, before its last save."""
+    rows = jnp.asarray(np.asarray(x[:OUTPUT_CHECK_ROWS]))
+    if not len(rows):
+        return
+    if stacked:
+        fn = model.program("finite_outputs_members", lambda: xla.jit(
+            lambda p, v: jax.vmap(lambda q: jnp.all(jnp.isfinite(model.apply(q, v))))(p)))
+    else:
+        fn = model.program("finite_outputs", lambda: xla.jit(
+            lambda p, v: jnp.all(jnp.isfinite(model.apply(p, v)))))
+    ok = np.atleast_1d(np.asarray(fn(params, rows)))
+    if not ok.all():
+        member = f" (fleet member {int(np.argmin(ok))})" if stacked else ""
+        raise NonFiniteError(f"{who}: the last update left finite parameters whose outputs are "
+                             f"NaN/inf{member}; stopped without returning them. Lower the "
+                             "learning rate")
+
+
 def _model_for(arch: Model, ds: Dataset) -> Architecture:
     if not isinstance(ds, Dataset):     # else a bare TypeError / AttributeError on len or .x
         raise DataError(f"the training set must be a Dataset, got {kind_of(ds, Dataset)}; build "
@@ -252,6 +280,8 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
             raise_if_nonfinite(m["finite"], first, epoch)
         history.append({"epoch": epoch, "loss": float(m["loss"].mean()),
                         "accuracy": float(m["accuracy"].mean())})
+        if epoch + 1 == cfg.epochs:
+            refuse_nonfinite_outputs(model, state.params, train.x[idx[-1]], "fit")
         if checkpointer is not None:
             # "architecture": the model that trained (``train_config.arch`` need not name it;
             # a caller's own record, the CLI's, is kept)
@@ -361,6 +391,7 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
         raise_if_nonfinite(m["finite"], first, epoch)
         history.append({"epoch": epoch, "loss": np.asarray(m["loss"].mean(1)).tolist(),
                         "accuracy": np.asarray(m["accuracy"].mean(1)).tolist()})
+    refuse_nonfinite_outputs(model, state.params, train.x, "fit_fleet", stacked=True)
     return state, history
 
 
@@ -466,6 +497,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
             raise_if_nonfinite(np.asarray(jax.device_get(flags)), first, epoch)
         history.append({"epoch": epoch, "loss": float(np.mean(jax.device_get(losses))),
                         "accuracy": float(np.mean(jax.device_get(accs)))})
+    refuse_nonfinite_outputs(model, state.params, xb, "fit_stream")   # the last batch's rows
     return state, history
 
 

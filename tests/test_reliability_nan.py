@@ -215,6 +215,40 @@ def test_update_that_overflows_the_parameters_is_flagged(arch, digits_splits):
                 NegGradConfig(lr=3e38, epochs=1, batch_size=4096))
 
 
+def test_a_last_update_leaving_nan_outputs_is_refused(arch, digits_splits, tmp_path):
+    """lr 1e30, one step: the parameters stay finite (the step's guard passes) but the model's
+    outputs are NaN. fit, ∇τ, Fine-tune and NegGrad returned them as results; ∇τ measured a
+    NaN forget loss and only warned ("raise ... the learning rate"); a checkpointed run saved
+    them as its end. The sweeps' fleets too."""
+    from hyperforget_jax.unlearn import DEFAULT_CONFIGS, unlearn, unlearn_sweep
+
+    small = digits_splits.train.subset(np.arange(64))
+    with pytest.raises(NonFiniteError, match="fit: the last update left finite parameters "
+                                             "whose outputs are NaN/inf"):
+        train.fit(arch, small, dataclasses.replace(CFG, epochs=1, lr=1e30))
+    with pytest.raises(NonFiniteError, match=r"fit_fleet: .* NaN/inf \(fleet member 0\)"):
+        train.fit_fleet(arch, small, dataclasses.replace(CFG, epochs=1, lr=1e30), seeds=[0, 1])
+    params, _ = train.fit(arch, small, dataclasses.replace(CFG, epochs=1))
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    for method in ("gradtau", "finetune", "neggrad"):
+        cfg = DEFAULT_CONFIGS[method](lr=1e30, epochs=1)
+        with pytest.raises(NonFiniteError, match=f"{method}: the last update left"):
+            unlearn(method, arch, params.params, split, digits_splits.val, config=cfg,
+                    forget_classes=(3,))
+    ckpt = tmp_path / "gt"
+    with Checkpointer(ckpt) as c, pytest.raises(NonFiniteError, match="gradtau: the last"):
+        unlearn("gradtau", arch, params.params, split, digits_splits.val,
+                config=DEFAULT_CONFIGS["gradtau"](lr=1e30, epochs=1), forget_classes=(3,),
+                checkpointer=c)
+    with Checkpointer(ckpt) as c:
+        assert c.latest_step() is None               # nothing saved as the run's end
+    for method in ("gradtau", "neggrad"):
+        with pytest.raises(NonFiniteError, match=f"{method} sweep: .* \\(fleet member 0\\)"):
+            unlearn_sweep(method, arch, params.params, split, digits_splits.val,
+                          configs=[DEFAULT_CONFIGS[method](lr=1e30, epochs=1)] * 2,
+                          forget_classes=(3,))
+
+
 def test_evaluate_refuses_non_finite_outputs(arch, digits_splits):
     """NaN logits have argmax 0: a diverged model used to score class 0's share as accuracy."""
     from hyperforget_jax import metrics

@@ -38,6 +38,7 @@ from hyperforget_jax.data import ForgetSplit, shared_rows, wrapped_batches, wrap
 from hyperforget_jax.errors import ConfigError, NonFiniteError, kind_of
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import committed
+from hyperforget_jax.train_run import refuse_nonfinite_outputs
 from hyperforget_jax.unlearn import configs as C
 
 Params = Any
@@ -579,6 +580,7 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
     ts, m = _program(model, method, False, mesh)(*put, jax.tree.map(jnp.asarray, prep.plan), {})
     _raise_nonfinite(method, m["finite"])
     out = jax.block_until_ready(ts.params)
+    refuse_nonfinite_outputs(model, out, split.forget.x, method)
     loss = np.asarray(m["loss"])
     return out, {"steps": int(len(loss)), "first_loss": float(loss[0]),
                  "last_loss": float(loss[-1]), **prep.extra}
@@ -625,9 +627,12 @@ def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prep
         ts, hp, shared, member, plan, common)
     out = jax.block_until_ready(ts.params)
     finite, loss = np.asarray(m["finite"]), np.asarray(m["loss"])
+    for i in range(len(preps)):
+        _raise_nonfinite(method, finite[i], f" (sweep member {i})")
+    if splits:
+        refuse_nonfinite_outputs(model, out, splits[0].forget.x, f"{method} sweep", stacked=True)
     infos = []
     for i, p in enumerate(preps):
-        _raise_nonfinite(method, finite[i], f" (sweep member {i})")
         infos.append({"steps": int(loss.shape[1]), "first_loss": float(loss[i, 0]),
                       "last_loss": float(loss[i, -1]), **p.extra})
     return out, infos

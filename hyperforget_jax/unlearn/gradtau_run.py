@@ -37,6 +37,7 @@ from hyperforget_jax.metrics import rows_independent_once
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import committed
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
+from hyperforget_jax.train_run import refuse_nonfinite_outputs
 from hyperforget_jax.unlearn import gradtau as G
 
 log = logging.getLogger("hyperforget_jax.unlearn.gradtau")
@@ -449,6 +450,8 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
             hist_r.append(float(lr[0]))
             hist_a.append(int(asc[0]))
             taus += [float(tau_k[0])] if reported(e0) else []
+            if e0 + 1 == E:      # not saved as the run's end (and reloaded as done)
+                refuse_nonfinite_outputs(model, ts.params, split.forget.x, method)
             checkpointer.save(e0 + 1, ts, {**(meta or {}), "gradtau": {
                 "epoch": e0 + 1, "run": run_id, "tau": taus, "forget_loss": hist_f,
                 "retain_loss": hist_r, "ascent_steps": hist_a}},
@@ -464,6 +467,7 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     if mode == "chance":
         taus = [tau0] if E else []
     out = jax.block_until_ready(ts.params)
+    refuse_nonfinite_outputs(model, out, split.forget.x, method)
     info = {"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": plan.alpha0,
             "alpha_clamped": plan.clamped, "tau_mode": mode, "tau": taus,
             "forget_loss": [] if descent_only else hist_f, "retain_loss": hist_r,
@@ -575,6 +579,10 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     infos = []
     for i, p in enumerate(plans):
         _check_finite([(e, fin[i, e]) for e in range(E)], n, f" (sweep member {i})")
+    refuse_nonfinite_outputs(model, out, (split[0] if isinstance(split, list) else split)
+                             .forget.x, f"{'finetune' if descent_only else 'gradtau'} sweep",
+                             stacked=True)
+    for i, p in enumerate(plans):
         every = int(p.hp["refresh_steps"]) // max(n, 1)
         if mode == "val":
             tau_i = [float(taus[i, e]) for e in range(E) if e % every == 0]

@@ -33,7 +33,8 @@ from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import _Programs, as_model
 from hyperforget_jax.params import committed, refuse_traced
-from hyperforget_jax.train_run import _refuse_missing_outputs, check_sync_every
+from hyperforget_jax.train_run import (_refuse_missing_outputs, check_sync_every,
+                                       refuse_nonfinite_outputs)
 from hyperforget_jax.unlearn import gradtau as G
 from hyperforget_jax.unlearn.gradtau_run import _check_finite, per_example, refuse_overridden
 
@@ -286,6 +287,7 @@ def run_gradtau_stream(arch: Any, params: Params,
     with naming_non_finite_start("run_gradtau_stream", params, "params"):
         _check_finite(finite, n)
     out = jax.block_until_ready(ts.params)
+    refuse_nonfinite_outputs(model, out, fb[0], "run_gradtau_stream")  # the last forget batch
     tau_hist = [float(tau)] if tau is not None and E else [float(t) for t in taus]
     info = {"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": alpha0,
             "alpha_clamped": clamped, "tau": tau_hist,
