@@ -292,7 +292,10 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
                                                  "init_params": init_id,
                                                  # the training time so far, over resumes
                                                  "train_seconds": prior + time.perf_counter()
-                                                 - t0})
+                                                 - t0},
+                              # the end, whatever the checkpointer's save_interval_steps (a
+                              # finished run left an earlier epoch on disk as its latest)
+                              force=epoch + 1 == cfg.epochs)
     return state, history
 
 

@@ -178,6 +178,27 @@ def test_saving_an_older_step_keeps_the_newest(tmp_path, state):
         assert ckpt.latest_step() == 5
 
 
+def test_fit_and_train_gan_save_their_end_whatever_the_interval(tmp_path, digits_splits):
+    """A Checkpointer with save_interval_steps 2 and a 3-epoch run: fit kept epoch 2 as the
+    run's latest (a later load got the epoch-2 model), train_gan saved nothing."""
+    from hyperforget_jax import models, train
+    from hyperforget_jax.gan.train import GANConfig, train_gan
+
+    ds = digits_splits.train.subset(np.arange(128))
+    arch = models.make_architecture("mlp", ds.x.shape[1:])
+    with Checkpointer(tmp_path / "fit", save_interval_steps=2) as ck:
+        state, _ = train.fit(arch, ds, train.TrainConfig(epochs=3, batch_size=64), checkpointer=ck)
+    with Checkpointer(tmp_path / "fit") as ck:
+        assert ck.all_steps() == [2, 3]
+        restored = ck.restore(state)[0].params
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state.params)):
+            np.testing.assert_array_equal(a, b)
+    with Checkpointer(tmp_path / "gan", save_interval_steps=2) as ck:
+        train_gan(ds, GANConfig(epochs=3, batch_size=64, latent_prior="normal"), checkpointer=ck)
+    with Checkpointer(tmp_path / "gan") as ck:
+        assert ck.latest_step() == 3
+
+
 def test_save_interval_steps_and_force(tmp_path, state):
     with Checkpointer(tmp_path, save_interval_steps=5) as ckpt:
         ckpt.save(3, state)

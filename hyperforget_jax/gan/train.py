@@ -334,7 +334,8 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
                                                  # the training time so far, over resumes
                                                  "train_seconds": prior + time.perf_counter()
                                                  - t0,
-                                                 "gan_arch": arch.to_json()})
+                                                 "gan_arch": arch.to_json()},
+                              force=epoch + 1 == cfg.epochs)   # whatever save_interval_steps
     return state, history, arch
 
 
