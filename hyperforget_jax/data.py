@@ -272,7 +272,12 @@ _ML_FLOATS = ("bfloat16", "float8_e4m3fn", "float8_e5m2")
 
 def from_arrays(x: np.ndarray, y: np.ndarray, num_classes: int | None = None,
                 name: str = "arrays") -> Dataset:
-    """Builds a :class:`Dataset` from user arrays (uint8 images are scaled to [0, 1])."""
+    """Builds a :class:`Dataset` from user arrays (uint8 images are scaled to [0, 1]).
+
+    ``num_classes`` None: the labels' largest id + 1, provided every id below it has a sample
+    (labels 1..4 read as 5 classes with an empty class 0 gave every model an extra output, a
+    NaN per-class accuracy and ∇τ a τ of log 5); pass ``num_classes`` where empty classes are
+    meant (e.g. a subset without some class)."""
     x = np.asarray(x)
     if x.dtype == np.uint8:
         x = x.astype(np.float32)
@@ -300,7 +305,25 @@ def from_arrays(x: np.ndarray, y: np.ndarray, num_classes: int | None = None,
     if lo < 0 or hi >= k:
         hint = " (1-based labels? pass y - 1)" if lo >= 1 and hi == k else ""
         raise DataError(f"{name}: labels must lie in [0, {k}), got [{int(lo)}, {int(hi)}]{hint}")
+    if num_classes is None:
+        _refuse_guessed_gaps(y, k, name)
     return Dataset(x, y.astype(np.int32), k, name)
+
+
+def _refuse_guessed_gaps(y: np.ndarray, k: int, name: str) -> None:
+    """DataError when class ids below ``k`` (guessed as max + 1) have no sample."""
+    present = np.unique(y)
+    if len(present) == k:
+        return
+    shown = (np.setdiff1d(np.arange(k), present)[:5] if k <= 10**6 else np.array([], int))
+    ids = ", ".join(str(int(v)) for v in shown) + (", ..." if k - len(present) > len(shown)
+                                                  else "")
+    hint = ("1-based labels? pass y - 1; " if present[0] >= 1 and len(present) == k - present[0]
+            else "")
+    raise DataError(f"{name}: num_classes guessed as {k} (the largest label + 1), but "
+                    f"{k - len(present)} class id(s) below it have no sample ({ids}); "
+                    f"{hint}renumber the classes with np.unique(y, return_inverse=True)[1], or "
+                    f"pass num_classes={k} if the empty classes are meant")
 
 
 def _mnist5k_path() -> str:

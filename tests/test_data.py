@@ -322,6 +322,20 @@ def test_from_arrays_checks_label_range_before_the_int32_cast():
     assert data.from_arrays(x, np.array([0, 1, 2, 3], np.int64), 4).y.dtype == np.int32
 
 
+def test_a_guessed_num_classes_with_empty_classes_is_refused():
+    """Without num_classes, labels 1..4 read as 5 classes (an empty class 0) and {0, 2, 5} as
+    6: every model got extra outputs, the per-class accuracy a NaN, ∇τ's τ the wrong K."""
+    x = np.zeros((4, 2, 2, 1), np.float32)
+    with pytest.raises(DataError, match=r"guessed as 5 .* 1 class id\(s\) below it have no "
+                                        r"sample \(0\); 1-based labels\? pass y - 1; "):
+        data.from_arrays(x, np.array([1, 2, 3, 4]))
+    with pytest.raises(DataError, match=r"guessed as 6 .* \(1, 3, 4\); renumber .* pass "
+                                        r"num_classes=6 if"):
+        data.from_arrays(x, np.array([0, 2, 5, 5]))
+    assert data.from_arrays(x, np.array([0, 2, 5, 5]), 6).num_classes == 6  # meant: allowed
+    assert data.from_arrays(x, np.array([0, 1, 3, 2])).num_classes == 4
+
+
 def test_hand_built_dataset_checks_num_classes_and_takes_lists():
     """hf.Dataset(x, y, None, ...) trained a 10-output model without a word (fit) and crashed
     make_splits with a TypeError; labels given as a list crashed with an AttributeError."""
@@ -395,7 +409,7 @@ def test_row_hashes_of_a_subset_are_its_parent_s_and_survive_pickling():
     x = np.random.default_rng(0).random((50, 4, 4, 1)).astype(np.float32)
     ds = data.from_arrays(x, np.arange(50) % 5)
     sub = ds.subset(np.array([7, 3, 3, 40]))
-    alone = data.row_hashes(data.from_arrays(sub.x.copy(), sub.y))
+    alone = data.row_hashes(data.from_arrays(sub.x.copy(), sub.y, 5))
     np.testing.assert_array_equal(data.row_hashes(sub), alone)       # from the parent's
     assert alone[1] == alone[2] and alone[0] != alone[1]
     back = pickle.loads(pickle.dumps(sub))      # the cache's weak reference is not pickled
