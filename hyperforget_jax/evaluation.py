@@ -138,7 +138,19 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
         out["test_acc_kept"] = float(test_correct[~forgotten].mean())
         out["test_acc_forgotten"] = float(test_correct[forgotten].mean())
         nonmember = {k: np.asarray(v)[forgotten] for k, v in per["test"].items()}
-    n_members, n_non = len(fsplit.forget), len(np.asarray(nonmember["loss"]))
+    member = per["forget"]
+    y_non = (np.asarray(splits.test.y)[forgotten] if request.classes is not None
+             else np.asarray(splits.test.y))
+    matched = metrics.class_matched_rows(fsplit.forget.y, y_non, seed)
+    if matched is not None:
+        # The two sets' class mixes differ beyond sampling noise: the attacks take the same
+        # number of each class from both, or they would tell classes apart, not membership.
+        rows_m, rows_n, p = matched
+        member = {k: np.asarray(v)[rows_m] for k, v in member.items()}
+        nonmember = {k: np.asarray(v)[rows_n] for k, v in nonmember.items()}
+        out.setdefault("attacks_class_matched", {})["lr"] = {
+            "p_value": p, "members": int(len(rows_m)), "nonmembers": int(len(rows_n))}
+    n_members, n_non = len(np.asarray(member["loss"])), len(np.asarray(nonmember["loss"]))
     if min(n_members, n_non) < MIN_LR_ATTACK_SAMPLES:
         # A cross-validated attack needs two samples per side; forgetting one sample is a normal
         # request, so report the attacks as not applicable instead of failing the evaluation.
@@ -147,7 +159,7 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
         out["mia_loss_lr"] = out["mia_entropy_lr"] = None
         out["not_applicable"] = {"mia_loss_lr": reason, "mia_entropy_lr": reason}
     else:
-        inf_f, inf_n = (int(np.isinf(v["loss"]).sum()) for v in (per["forget"], nonmember))
+        inf_f, inf_n = (int(np.isinf(v["loss"]).sum()) for v in (member, nonmember))
         if inf_f or inf_n:
             # A −inf logit on the true label (a model that masks a class out) is a loss of +inf:
             # no feature for a logistic regression. The attack read it as a diverged model's
@@ -157,13 +169,23 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
                 f"the loss is +inf (probability 0 on the true label, e.g. a -inf logit) for "
                 f"{inf_f} of {n_members} forget and {inf_n} of {n_non} held-out samples")}
         else:
-            out["mia_loss_lr"] = metrics.mia_loss_lr(per["forget"]["loss"], nonmember["loss"],
+            out["mia_loss_lr"] = metrics.mia_loss_lr(member["loss"], nonmember["loss"],
                                                      seed=seed)
-        out["mia_entropy_lr"] = metrics.mia_entropy_lr(per["forget"]["entropy"],
+        out["mia_entropy_lr"] = metrics.mia_entropy_lr(member["entropy"],
                                                        nonmember["entropy"], seed=seed)
+    retain_conf, test_conf = per["retain"]["confidence"], per["test"]["confidence"]
+    # The SVC's members (D_r) and non-members (test) the same way, over the classes D_r holds:
+    # the test rows of a removed class stay non-members, as in the protocol (SalUn's).
+    held = np.isin(splits.test.y, np.unique(fsplit.retain.y))
+    matched = metrics.class_matched_rows(fsplit.retain.y, np.asarray(splits.test.y)[held], seed)
+    if matched is not None:
+        retain_conf = np.asarray(retain_conf)[matched[0]]
+        test_conf = np.asarray(test_conf)[np.sort(np.concatenate(
+            [np.flatnonzero(held)[matched[1]], np.flatnonzero(~held)]))]
+        out.setdefault("attacks_class_matched", {})["svc"] = {
+            "p_value": matched[2], "retain": int(len(matched[0])), "test": int(len(matched[1]))}
     out["mia_efficacy_svc"] = metrics.mia_efficacy_svc(
-        per["retain"]["confidence"], per["test"]["confidence"], per["forget"]["confidence"],
-        seed=seed)
+        retain_conf, test_conf, per["forget"]["confidence"], seed=seed)
     return out
 
 

@@ -160,6 +160,50 @@ def test_every_metric_equals_numpy_on_the_right_sets(setting):
         metrics.mia_efficacy_svc(conf_r, conf_t, conf_f, seed=1), abs=1e-6)
 
 
+def test_attacks_take_members_and_non_members_of_one_class_mix(setting):
+    """Two forgotten classes, 5 common among the members and rare among the non-members, 6 the
+    reverse, and a fixed model that never saw the data: the LR attacks learned the class, not
+    membership (0.87). Beyond sampling noise (χ² test) both sides now hold each class equally;
+    a stratified split (the fixture's) is left as it was."""
+    import jax.numpy as jnp
+
+    from hyperforget_jax import metrics
+
+    rng = np.random.default_rng(0)
+    proto = rng.uniform(0.1, 0.9, size=(10, 4, 4, 1)).astype(np.float32)
+
+    def mk(counts, name):
+        y = np.repeat(np.arange(10), counts)
+        x = np.clip(proto[y] + 0.05 * rng.normal(size=(len(y), 4, 4, 1)), 0, 1)
+        return data.from_arrays(x.astype(np.float32), y, 10, name)
+
+    tr, te = [50] * 10, [20] * 10
+    tr[5], tr[6], te[5], te[6] = 90, 10, 10, 90
+    splits = data.Splits(mk(tr, "train"), mk([10] * 10, "val"), mk(te, "test"))
+
+    def apply_fn(params, x):     # nearest prototype; class 6 never recognised (a high loss)
+        d = -((x.reshape(x.shape[0], 1, -1) - params[None]) ** 2).sum(-1) * 20.0
+        return d.at[:, 6].add(-50.0)
+
+    params = jnp.asarray(proto.reshape(10, -1))
+    req = data.ForgetRequest(classes=(5, 6))
+    fs = data.resolve_forget(splits.train, req)
+    out = evaluate_unlearning(apply_fn, params, splits, fs, req, seed=0)
+    lr = out["attacks_class_matched"]["lr"]
+    assert lr["p_value"] < metrics.CLASS_MIX_P and lr["members"] == lr["nonmembers"] == 20
+    gone = np.isin(splits.test.y, (5, 6))
+    model = models.as_model(apply_fn, (4, 4, 1), 10)
+    f = metrics.per_sample_outputs(model, params, fs.forget.x, fs.forget.y)["loss"]
+    t = metrics.per_sample_outputs(model, params, splits.test.x[gone], splits.test.y[gone])["loss"]
+    assert metrics.mia_loss_lr(f, t, seed=0) > 0.8                 # the class, not membership
+    rows_f, rows_t, _ = metrics.class_matched_rows(fs.forget.y, splits.test.y[gone], 0)
+    assert out["mia_loss_lr"] == pytest.approx(metrics.mia_loss_lr(f[rows_f], t[rows_t], seed=0))
+    assert out["mia_loss_lr"] < 0.7
+    d_splits, d_req, d_fs, orig, _ = setting
+    assert "attacks_class_matched" not in evaluate_unlearning(ARCH, orig, d_splits, d_fs, d_req,
+                                                              seed=1)
+
+
 def test_gap_to_retrain_refuses_rows_in_percent():
     """Rows hold fractions and the gap is in points: rows in percent (a table's numbers) gave
     a gap 100× too large (625.0 for a 25-point FA gap), one row of each 8043.75, silently."""
