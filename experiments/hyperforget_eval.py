@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyperforget_jax import __version__, data, metrics, report, rundir, train  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser, ListInOne  # noqa: E402
-from hyperforget_jax.commands.common import path_arg  # noqa: E402
+from hyperforget_jax.commands.common import check_same_data, path_arg  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
 from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
 from hyperforget_jax.errors import ConfigError  # noqa: E402
@@ -224,6 +224,11 @@ def main(argv=None):
     t_start = time.perf_counter()
     splits = data.make_splits(data.load_mnist5k(), seed=0)
     net, meta2 = H.load_hypernet(a.hypernet)
+    # This script evaluates on MNIST-5k, split seed 0: a network of another dataset is refused.
+    for path, meta in ((a.hypernet, meta2),
+                       *(((a.dihyfo1, H.load_hypernet(a.dihyfo1)[1]),) if a.dihyfo1 else ())):
+        check_same_data(meta, argparse.Namespace(dataset="mnist5k", split_seed=0), splits,
+                        path, "hypernetwork")
     # The lock and the configuration check; the report files appear at the end only.
     with rundir.open_sweep(out, identity(a, splits, net), outputs=OUTPUTS, restart=a.restart,
                            command="hyperforget_eval"):
@@ -308,7 +313,7 @@ def evaluate(a, argv, out, t_start, splits, net, meta2):
 
     # DiHyFo-1 (its class), same originals.
     if a.dihyfo1:
-        net1, _ = H.load_hypernet(a.dihyfo1)
+        net1, _ = H.load_hypernet(a.dihyfo1)        # its data checked before the run began
         c1 = (net1.spec.forget_class,)
         for g, s, *_ in origs:
             p0 = P_.unflatten(starts[s], tmpl)

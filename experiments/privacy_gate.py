@@ -61,7 +61,7 @@ import numpy as np
 
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
-from hyperforget_jax.commands.common import path_arg
+from hyperforget_jax.commands.common import check_same_data, path_arg
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError, HyperforgetError
 from hyperforget_jax.evaluation import evaluate_unlearning
@@ -144,18 +144,24 @@ ROLE = "experiment privacy_gate"
 OUTPUTS = ("gate.json", "gate.md")
 
 
-def _methods(args, arch, val):
+def _methods(args, arch, splits):
     """(name -> unlearn_fn(params, split, seed) -> params, a fingerprint of the hypernetwork's
-    parameters or None)."""
+    parameters or None). A hypernetwork recorded for another dataset or split seed is refused
+    (only its architecture was compared: the shipped MNIST-5k network ran on any 28×28
+    dataset, its rows and verdict not saying so)."""
     from hyperforget_jax.unlearn import unlearn
 
     cfg = configs(args)[1]
+    val = splits.val
     out = {"gradtau": lambda p, sp, s: unlearn("gradtau", arch, p, sp, val, cfg, seed=s).params}
     if not args.hypernet:
         return out, None
     from hyperforget_jax.hyperforget import dihyfo as H
 
-    net, _ = H.load_hypernet(args.hypernet)
+    net, meta = H.load_hypernet(args.hypernet)
+    # The gate's splits are make_splits' default (split seed 0).
+    check_same_data(meta, argparse.Namespace(dataset=args.dataset, split_seed=0), splits,
+                    args.hypernet, "hypernetwork")
     classes = tuple(args.forget_class)
     H.check_request(net.spec, classes)
     if net.spec.arch != arch:
@@ -213,7 +219,7 @@ def run(args) -> dict:
     out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
     base, gcfg = configs(args)
     arch = as_model(base.arch, splits.train.x.shape[1:], splits.train.num_classes)
-    methods, hypernet = _methods(args, arch, splits.val)
+    methods, hypernet = _methods(args, arch, splits)
     # Everything that determines the numbers and the verdict: a rerun into the same --out
     # resumes only a run of exactly this (rundir.open_sweep).
     ident = {"role": ROLE, "version": __version__, "dataset": args.dataset,

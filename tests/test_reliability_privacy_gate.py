@@ -287,3 +287,29 @@ def test_a_model_that_unlearned_nothing_fails_the_gate_on_a_random_request(tmp_p
     assert res["verdicts"]["identity"]["passed"] is False
     assert res["verdicts"]["identity"]["gap_ulira_acc"] > 0.1
     assert abs(res["per_seed"]["retrain"][0]["ulira_acc"] - 0.5) < 0.05     # the floor
+
+
+def test_a_hypernetwork_of_another_dataset_is_refused(digits_splits, monkeypatch, tmp_path):
+    """The shipped network (gpt_mlp on MNIST-5k, split seed 0) given to a gate on another 28×28
+    dataset: only the architecture was compared, and the gate ran to a verdict on data the
+    network never saw. hyperforget_eval's --hypernet / --dihyfo1 the same."""
+    from hyperforget_jax import models
+    from hyperforget_jax.errors import DataError
+
+    gate = load_experiment("privacy_gate")
+    args = gate.parse_args(["--dataset", "mnist", "--arch", "gpt_mlp", "--hypernet",
+                            "pretrained", "--forget-class", "3", "--quiet"])
+    arch = models.make_architecture("gpt_mlp", (28, 28, 1))
+    with pytest.raises(DataError, match="trained with --dataset mnist5k, this command uses "
+                                        "mnist"):
+        gate._methods(args, arch, digits_splits)
+    args.dataset = "mnist5k"                       # its own data: accepted
+    assert gate._methods(args, arch, digits_splits)[1] is not None
+
+    ev = load_experiment("hyperforget_eval")
+    from hyperforget_jax.hyperforget import dihyfo as H
+    real = H.load_hypernet
+    monkeypatch.setattr(H, "load_hypernet",
+                        lambda p: (lambda n, m: (n, {**m, "dataset": "fashion_mnist"}))(*real(p)))
+    with pytest.raises(DataError, match="--dataset fashion_mnist, this command uses mnist5k"):
+        ev.main(["--out", str(tmp_path / "hf_eval"), "--quick"])
