@@ -124,9 +124,13 @@ def parse(argv=None):
     a = p.parse_args(argv)
     p.refuse_beside(a, "--render-only")     # it reads none of the run's settings
     try:
-        if min(a.samples, a.pairs, a.memo_seeds) < 1:
-            raise ConfigError(f"--samples, --pairs and --memo-seeds must be >= 1, got "
-                              f"{a.samples}, {a.pairs}, {a.memo_seeds}")
+        if min(a.samples, a.pairs) < 1:
+            raise ConfigError(f"--samples and --pairs must be >= 1, got {a.samples}, "
+                              f"{a.pairs}")
+        if a.memo_seeds < 2:   # the memorisation corpus (a CorpusConfig) holds some seeds out:
+            # refused by it after ~7 minutes of the evaluation, with no report written
+            raise ConfigError(f"--memo-seeds must be >= 2 (a corpus holds some seeds out of "
+                              f"training), got {a.memo_seeds}")
         a.sampler = a._sample_flags.build(a)
         a.recipe = a._train_flags.build(a, arch="gpt_mlp")
     except ConfigError as e:

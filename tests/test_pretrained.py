@@ -172,6 +172,10 @@ def test_shipped_corpus_recipe_and_eval_originals_flag(capsys):
     assert e.value.code == 2
     joined = capsys.readouterr().err.split("every item: --originals ")[1].split()[0]
     assert ev.parse_originals(joined) == ev.parse_originals("40:1e-3:20,41:2.5e-3:15")
+    # --memo-seeds 1 passed the flags and failed after ~7 minutes (a corpus needs 2 seeds).
+    with pytest.raises(SystemExit) as e:
+        ev.parse(["--memo-seeds", "1"])
+    assert e.value.code == 2 and "--memo-seeds must be >= 2" in capsys.readouterr().err
 
 
 def _eval_script():
