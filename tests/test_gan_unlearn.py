@@ -592,6 +592,7 @@ def test_capped_class_cascade_returns_its_lowest_share_check(tmp_path, digits_sp
 
     from hyperforget_jax.checkpoint import Checkpointer
     from hyperforget_jax.commands.gan import load_gan_run
+    from hyperforget_jax.errors import CheckpointError
     from hyperforget_jax.gan.train import generate
 
     gan, arch = tiny_gan
@@ -638,6 +639,14 @@ def test_capped_class_cascade_returns_its_lowest_share_check(tmp_path, digits_sp
         assert again.kept == res.kept and again.history == res.history
     _, state, _ = load_gan_run(run)
     np.testing.assert_array_equal(_flat(state), _flat(res))
+    # Another judge (a threshold that files other samples under class 1) resumed the run: the
+    # rounds after the restart ran under it and the result matched neither run. Refused.
+    other = dict(kw, classify=lambda s: (bright(s) <= np.quantile(bright(s), 0.4)).astype(
+        np.int32))
+    with Checkpointer(run / "checkpoints", max_to_keep=None) as ck, pytest.raises(
+            CheckpointError, match="another recipe, forget set or judge"):
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck, meta=meta,
+                      **other)
 
 
 @pytest.mark.filterwarnings("ignore:the original generator draws only")  # stand-in judges
