@@ -73,6 +73,12 @@ def ctx(tmp_path_factory, digits_splits):
     c.truncated = _corrupt_copy(c.run, root / "truncated", "truncate")
     c.garbage = _corrupt_copy(c.run, root / "garbage", "garbage")
     c.emptied = _corrupt_copy(c.run, root / "emptied", "delete")
+    # Another run's checkpoints copied in: run.json names seed 7, the checkpoints seed 0.
+    c.copied = root / "copied"
+    shutil.copytree(c.run, c.copied)
+    run_json = json.loads((c.copied / "run.json").read_text())
+    run_json["identity"]["train_config"]["seed"] = 7
+    (c.copied / "run.json").write_text(json.dumps(run_json))
     # A checkpoint that is not a hyperforget run (no run metadata).
     c.foreign = root / "foreign"
     with Checkpointer(c.foreign / "checkpoints") as ck:
@@ -840,6 +846,15 @@ CLI_CASES = [
      "corrupt or truncated"),
     ("cli-evaluate-garbage", lambda c, o: ["evaluate", "--run-dir", str(c.garbage), "--out", o,
                                            *DIGITS, "--forget-class", "1"], "corrupt"),
+    # evaluate reported the copied-in model under the run's name; unlearn wrote the run's
+    # identity beside the other run's recipe.
+    ("cli-evaluate-copied-checkpoints", lambda c, o: [
+        "evaluate", "--run-dir", str(c.copied), "--out", o, *DIGITS, "--forget-class", "1"],
+     "its checkpoints record train_config.seed = 0, its run.json 7: the checkpoints are "
+     "another run's"),
+    ("cli-unlearn-copied-checkpoints", lambda c, o: [
+        "unlearn", "--method", "gradtau", "--run-dir", str(c.copied), "--out", o, *DIGITS,
+        "--forget-class", "1", "--no-retrain"], "the checkpoints are another run's"),
     ("cli-evaluate-foreign", lambda c, o: ["evaluate", "--run-dir", str(c.foreign), "--out", o,
                                            *DIGITS, "--forget-class", "1"],
      "no hyperforget run metadata"),

@@ -319,6 +319,7 @@ def load_run(run_dir: str | Path, flag: str = "--run-dir", first: str | None = N
     if (run_dir / "checkpoints").is_dir():
         try:
             arch, params, meta = _load_checkpointed(run_dir)
+            _refuse_checkpoints_of_another_run(run_dir, ident, meta)
         except NoCheckpointError as e:
             # A run stopped before its first save. The Checkpointer's own advice ("train
             # first", --run-dir) was wrong for a --retrain-dir.
@@ -337,6 +338,26 @@ def load_run(run_dir: str | Path, flag: str = "--run-dir", first: str | None = N
                               "run written by `retrain`, `unlearn` or `sample`")
     meta["identity"] = ident if ident is not None else _legacy_train_identity(meta)
     return arch, params, meta
+
+
+def _refuse_checkpoints_of_another_run(run_dir: Path, ident: dict | None, meta: dict) -> None:
+    """CheckpointError when ``checkpoints/`` records another run than ``run.json`` names (a
+    folder copied in from another run): the writers refuse it, the readers took its model as
+    this run's (evaluate reported run A's model under B's name; unlearn wrote B's identity
+    beside A's recipe). Compared on the fields both record."""
+    if not ident:
+        return
+    stored = _legacy_train_identity(meta)
+    for key, was in stored.items():
+        if key in meta and key in ident:
+            diff = rundir.first_difference(was, ident[key], key)
+            if diff is not None:
+                path, a, b = diff
+                raise CheckpointError(
+                    f"{run_dir}: its checkpoints record {path} = {json.dumps(a)}, its run.json "
+                    f"{json.dumps(b)}: the checkpoints are another run's (copied in?); restore "
+                    "the run's own checkpoints, or rerun the command that wrote it into a new "
+                    "directory")
 
 
 def unfinished_training(run_dir: str | Path) -> bool:
