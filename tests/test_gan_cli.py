@@ -273,6 +273,8 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     record = json.loads((other_split / "run.json").read_text())
     record["identity"]["split_seed"] = 1
     (other_split / "run.json").write_text(json.dumps(record))
+    for path in other_split.glob("checkpoints/*/meta/metadata"):    # and its checkpoints
+        path.write_text(json.dumps({**json.loads(path.read_text()), "split_seed": 1}))
     ev_base = ["gan", "evaluate", *base, "--run-dir", str(unl), "--samples", samples, "--quiet",
                *CHEAP_JUDGE, "--out", str(bad_out)]
     # A run for classes 3 and 5 (its record edited), to ask for "5 3": the same request.
@@ -281,6 +283,9 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     for path in two.glob("checkpoints/*/meta/metadata"):
         path.write_text(json.dumps({**json.loads(path.read_text()),
                                     "request": {"classes": [3, 5], "seed": 0}}))
+    run_json = json.loads((two / "run.json").read_text())     # and its run.json, as one run
+    run_json["identity"]["request"] = {"classes": [3, 5], "seed": 0}
+    (two / "run.json").write_text(json.dumps(run_json))
     nowhere = str(tmp_path / "nowhere")
     five_three = [*ev_base[:5], str(orig), *ev_base[6:], "--forget-class", "5", "3",
                   "--judge-from", nowhere]
@@ -391,6 +396,18 @@ def test_an_unfinished_gan_run_is_refused_by_its_readers(tmp_path, capsys):
                      str(tmp_path / "u"), "--quiet"]) == 2
     assert "pass the dataset the GAN was trained on (--dataset digits)" in \
         capsys.readouterr().err
+    # Another run's checkpoints copied in (run.json: another seed) were read as this run's GAN.
+    import json
+    import shutil
+
+    copied = tmp_path / "copied"
+    shutil.copytree(done, copied)
+    run_json = json.loads((copied / "run.json").read_text())
+    run_json["identity"]["gan_config"]["seed"] += 1
+    (copied / "run.json").write_text(json.dumps(run_json))
+    with pytest.raises(CheckpointError, match=r"record gan_config.seed = \d+, its run.json "
+                                              r"\d+: the checkpoints are another run's"):
+        load_gan_run(copied)
 
 
 @pytest.mark.parametrize("role, words", [

@@ -147,7 +147,31 @@ def load_gan_run(run_dir: str | Path, data_flags: str = ""):
             if prog.get("done"):
                 state = state._replace(g_params=tree["kept"][0], d_params=tree["kept"][1])
     meta["identity"] = rundir.read_identity(run_dir)
+    _refuse_checkpoints_of_another_run(run_dir, meta)
     return arch, state, meta
+
+
+def _refuse_checkpoints_of_another_run(run_dir: Path, meta: dict) -> None:
+    """CheckpointError when ``checkpoints/`` records another run than ``run.json`` names (a
+    folder copied in from another GAN run was read as this run's GAN), on the fields both
+    record: the training recipe and data, or the unlearning recipe."""
+    ident = meta.get("identity") or {}
+    prog = meta.get("unlearn_progress") or {}
+    # An unlearning run's checkpoints carry its source GAN's training fields (its request is
+    # the source's): its own recipe is compared there.
+    pairs = [] if prog else [(k, meta.get(k), ident.get(k)) for k in (
+        "gan_config", "dataset", "split_seed", "request") if k in meta and k in ident]
+    if "config" in prog and "unlearn_config" in ident:
+        pairs.append(("unlearn_config", prog["config"], ident["unlearn_config"]))
+    for key, was, now in pairs:
+        diff = rundir.first_difference(was, now, key)
+        if diff is not None:
+            path, a, b = diff
+            raise CheckpointError(
+                f"{run_dir}: its checkpoints record {path} = {json.dumps(a)}, its run.json "
+                f"{json.dumps(b)}: the checkpoints are another run's (copied in?); restore the "
+                "run's own checkpoints, or rerun the command that wrote it into a new "
+                "directory")
 
 
 def _check_dataset(arch: GANArch, splits, args, run_dir, meta: dict) -> None:
