@@ -587,7 +587,7 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
         labels = None
         # The rounds' guard checks the parameters; finite but huge ones gave NaN samples, whose
         # flags and D scores read as the criteria met (a NaN generator saved as a success).
-        _refuse_nonfinite(samples, "the generator's samples", rounds)
+        _refuse_nonfinite(samples, "the generator's samples", rounds, state)
     share = drift = None
     if forget_classes is not None:
         labels = np.asarray(classify(samples)) if labels is None else labels
@@ -597,7 +597,8 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
     else:
         flagged = flag_item_codes(samples, forget_np, cfg.item_neighbours)
     score_u = float(np.mean(d_scores(arch, state.d_params, forget_np)))
-    _refuse_nonfinite(np.asarray(score_u), "the discriminator's scores of the forget set", rounds)
+    _refuse_nonfinite(np.asarray(score_u), "the discriminator's scores of the forget set", rounds,
+                      state)
     if cfg.track_fake_label and rounds > 0 and cfg.fake_label == "generated":
         y_f = float(np.mean(d_scores(arch, state.d_params, samples)))   # the pool just drawn
     elif cfg.track_fake_label and rounds > 0 and cfg.fake_label == "heldout":
@@ -607,9 +608,16 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
     return entry, codes, samples, flagged
 
 
-def _refuse_nonfinite(values: Any, what: str, rounds: int) -> None:
-    """NonFiniteError when ``values`` (a check's samples or scores) hold NaN/inf."""
+def _refuse_nonfinite(values: Any, what: str, rounds: int, state: GANState) -> None:
+    """NonFiniteError when ``values`` (a check's samples or scores) hold NaN/inf; at an
+    attempt's first check (G, D the originals) a non-finite original is named as the cause."""
     if not np.isfinite(np.asarray(values)).all():
+        if rounds == 0:
+            for player, params in (("generator", state.g_params),
+                                   ("discriminator", state.d_params)):
+                if (bad := first_non_finite(params)) is not None:
+                    raise NonFiniteError(f"the original {player}'s parameters hold NaN/inf (at "
+                                         f"{bad}); unlearn a finite GAN")
         raise NonFiniteError(f"GAN unlearning: {what} at the check after {rounds} rounds (of "
                              "this attempt) hold NaN/inf: the rounds before it diverged (their "
                              "parameters finite but too large); lower the learning rate, "

@@ -287,7 +287,8 @@ def run_gradtau_stream(arch: Any, params: Params,
     with naming_non_finite_start("run_gradtau_stream", params, "params"):
         _check_finite(finite, n)
     out = jax.block_until_ready(ts.params)
-    refuse_nonfinite_outputs(model, out, fb[0], "run_gradtau_stream")  # the last forget batch
+    if E:                                      # (epochs=0: the parameters as given)
+        refuse_nonfinite_outputs(model, out, fb[0], "run_gradtau_stream")  # the last forget batch
     tau_hist = [float(tau)] if tau is not None and E else [float(t) for t in taus]
     info = {"steps": E * n, "epochs": E, "batches_per_epoch": n, "alpha0": alpha0,
             "alpha_clamped": clamped, "tau": tau_hist,
