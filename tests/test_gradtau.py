@@ -456,6 +456,18 @@ def test_alpha_clamp_is_reported(digits_splits, digits_original, caplog):
     assert "clamped" in caplog.text
 
 
+def test_a_float64_model_keeps_a_float64_tau(digits_splits, digits_original):
+    """Under jax_enable_x64 the runner kept τ in float32 for a float64 model (nabla_tau.init
+    did not): τ read 0.27854543924 for 0.27854542962."""
+    arch, params = digits_original
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.1))
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        _, info = G.run_gradtau(arch, p64, split, digits_splits.val, G.GradTauConfig(epochs=1))
+        tau64 = float(G.compute_tau("val", arch, p64, digits_splits.val))
+    assert info["tau"][0] == tau64 and info["tau"][0] != float(np.float32(tau64))
+
+
 def test_streamed_runner_says_when_alpha_is_clamped(digits_original, caplog):
     """METHODS.md §1: clamp α₀ "and say so when clamped". The streamed runner clamped it with
     ``info["alpha_clamped"]`` only, no warning (the in-memory runner's is above)."""

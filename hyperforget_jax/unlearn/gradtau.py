@@ -445,6 +445,14 @@ def _result(l_f, l_r, tau, alpha, gap, coef, grads):
         "forget_loss": l_f, "retain_loss": l_r, "gap": gap, "ascent": coef != 0}
 
 
+def tau_dtype(params: Params) -> Any:
+    """τ's dtype for ``params``: their float dtype, float32 at least (a float64 model under
+    jax_enable_x64 had its τ rounded to float32, and every refresh cast back to it)."""
+    floats = [jnp.result_type(l) for l in jax.tree.leaves(params)
+              if jnp.issubdtype(jnp.result_type(l), jnp.floating)]
+    return jnp.result_type(jnp.float32, *floats)
+
+
 class GradTauState(NamedTuple):
     """The ∇τ schedule's state: ``count`` = ∇τ steps taken (int32), ``tau`` = the current τ."""
 
@@ -544,13 +552,8 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
     alpha_fn = alpha if callable(alpha) else (lambda count: alpha)
 
     def init(params: Params) -> GradTauState:
-        # τ (and α) in the parameters' float dtype, float32 at least: a float64 model (under
-        # jax_enable_x64) had both rounded to float32.
-        floats = [l for l in jax.tree.leaves(params) if jnp.issubdtype(jnp.result_type(l),
-                                                                        jnp.floating)]
-        dtype = jnp.result_type(jnp.float32, *(jnp.result_type(l) for l in floats))
         t0 = jnp.nan if tau is None else tau
-        return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, dtype))
+        return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, tau_dtype(params)))
 
     def update(params, state, forget_batch, retain_batch, *tau_args, ascent_hint=None):
         if tau_fn is None and tau_args:

@@ -414,7 +414,7 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
         taus, hist_f, hist_r = list(g["tau"]), list(g["forget_loss"]), list(g["retain_loss"])
         hist_a = list(g.get("ascent_steps", []))
     tau0 = taus[-1] if taus else _initial_tau(plan, split.forget.num_classes)
-    gs = G.GradTauState(jnp.int32(start * n), jnp.float32(tau0))
+    gs = G.GradTauState(jnp.int32(start * n), jnp.asarray(tau0, G.tau_dtype(params)))
     chunk = "auto" if per_example(model, ts.params, split.retain.x) else None
     run = _epochs_program(model, descent_only, mode, False, mesh, chunk=chunk)
     joined = joinable(split)
@@ -530,7 +530,8 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
     num_classes = (split[0] if per_member else split).forget.num_classes
     M = len(plans)
     gs = G.GradTauState(jnp.zeros((M,), jnp.int32),
-                        jnp.full((M,), _initial_tau(plans[0], num_classes), jnp.float32))
+                        jnp.full((M,), _initial_tau(plans[0], num_classes),
+                                 G.tau_dtype(params)))
     ts, gs = committed((ts, gs))      # as the runs' outputs are: one program per run length
     hp = jax.tree.map(lambda *v: jnp.asarray(np.stack(v)), *[p.hp for p in plans])
     shared_plan = all(np.array_equal(p.f_idx, plans[0].f_idx)

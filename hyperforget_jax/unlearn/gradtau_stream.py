@@ -212,7 +212,8 @@ def run_gradtau_stream(arch: Any, params: Params,
     # A copy (the state is donated), committed as run_gradtau's: a start restored from disk
     # and a fresh one share the compiled step (uncommitted, they were two compilations).
     ts = train.init_state(model, tx, None, jax.tree.map(jnp.array, committed(params)))
-    gs = G.GradTauState(jnp.int32(0), jnp.float32(0.0 if tau is None else tau))
+    gs = G.GradTauState(jnp.int32(0), jnp.asarray(0.0 if tau is None else tau,
+                                                  G.tau_dtype(params)))
     # Built at the first batch: whether it may run in chunks depends on the model.
     step = outputs = None
     if mesh is not None:
