@@ -632,3 +632,43 @@ def test_salun_mask_of_a_batch_statistics_model_runs_its_short_last_batch_alone(
     mask = baselines.saliency_mask(arch, params, split, 0.5, batch_size=bs)
     got = np.concatenate([np.asarray(m).ravel() for m in jax.tree.leaves(mask)])
     np.testing.assert_array_equal(got, ((flat >= threshold) & (flat > 0)).astype(np.float32))
+
+
+def test_relabel_passes_of_a_batch_statistics_model_run_at_their_own_width(digits_splits):
+    """Random labels on a model that centres its hidden layer by the batch's statistics, with a
+    forget set smaller than the retain batch: the forget pass was padded to the retain width
+    with weight-0 rows, which entered the real rows' statistics (a forget step's gradient
+    10.7 % off on MNIST-5k). Now equal to a loop whose forget batch holds the forget rows
+    alone, as SalUn's loader gives it; a sweep's members equal their lone runs."""
+    from hyperforget_jax.unlearn import RandomLabelsConfig, baselines, unlearn, unlearn_sweep
+
+    def apply_fn(p, x):
+        h = x.reshape(x.shape[0], -1) @ p["w"] + p["b"]
+        h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
+        return jax.nn.relu(h) @ p["v"]
+
+    def init_fn(key):
+        k1, k2 = jax.random.split(key)
+        return {"w": 0.1 * jax.random.normal(k1, (64, 32)), "b": jnp.zeros(32),
+                "v": 0.1 * jax.random.normal(k2, (32, 10))}
+
+    arch = models.as_model(apply_fn, (8, 8, 1), 10, init_fn=init_fn, name="centred_mlp")
+    params = init_fn(jax.random.key(0))
+    fsplit = data.resolve_forget(digits_splits.train, data.ForgetRequest(fraction=0.05))
+    cfg = RandomLabelsConfig(epochs=2, momentum=0.0, weight_decay=0.0, batch_size=128)
+    got = unlearn("random_labels", arch, params, fsplit, digits_splits.val, cfg, seed=0).params
+    prep = baselines.prepare("random_labels", arch, params, fsplit, cfg, seed=0)
+    x = jnp.asarray(prep.shared["x"])
+    idx, y, w = (np.asarray(prep.plan[k]) for k in ("idx", "y", "w"))
+    assert (w == 0).any()                      # a padded pass: the case at hand
+    sgd = jax.jit(lambda p, xb, yb: jax.tree.map(lambda a, g: a - cfg.lr * g, p, jax.grad(
+        lambda q: optax.softmax_cross_entropy_with_integer_labels(apply_fn(q, xb), yb)
+        .mean())(p)))
+    want = params
+    for i, wi, yi in zip(idx, w, y):
+        real = wi > 0
+        want = sgd(want, x[i[real]], jnp.asarray(yi[real]))
+    assert_trees_close(got, want, atol=1e-6)
+    swept = unlearn_sweep("random_labels", arch, params, fsplit, digits_splits.val,
+                          seeds=[0, 1], configs=[cfg])
+    assert_trees_close(swept[0].params, got, atol=1e-6)

@@ -37,7 +37,7 @@ from hyperforget_jax.config import float_fields
 from hyperforget_jax.data import ForgetSplit, shared_rows, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, NonFiniteError, kind_of
 from hyperforget_jax.models import Architecture, as_model
-from hyperforget_jax.params import committed
+from hyperforget_jax.params import committed, tree_index
 from hyperforget_jax.train_run import refuse_nonfinite_outputs
 from hyperforget_jax.unlearn import configs as C
 
@@ -338,7 +338,8 @@ def _relabel_plan(split: ForgetSplit, num_classes: int, cfg, seed: int) -> tuple
     256 sees 135 twice an epoch, each copy with its own random label), where SalUn's loaders
     end on a short batch (an auditor measured the difference within seed noise). Rows share
     one width; the narrower pass is padded with weight-0 entries (``w``), which the step
-    leaves out of its mean."""
+    leaves out of its mean (for a model with batch statistics each pass runs at its own width
+    instead: :func:`_width_runs`)."""
     nf, nr = len(split.forget), len(split.retain)
     bf, br = min(cfg.batch_size, nf), min(cfg.batch_size, nr)
     width = max(bf, br)
@@ -548,6 +549,32 @@ def _raise_nonfinite(method: str, finite: np.ndarray, member: str = "") -> None:
                              "output for)")
 
 
+def _width_runs(method: str, model: Architecture, params: Params, split: ForgetSplit,
+                w: np.ndarray) -> list[tuple[int, int, int]] | None:
+    """For Random labels / SalUn on a model whose rows depend on their batch (batch
+    statistics): the plan's rows as runs ``(first, end, width)`` of one real width each (``w``:
+    one member's weights, rows × width), or None (one run, as padded). The narrower pass's
+    weight-0 padding entered the real rows' statistics (a forget batch's gradient 10.7 % off;
+    SalUn's own loaders give that batch at its own size): each run is cut to its width. Same
+    steps in the same order; one program per (run length, width)."""
+    from hyperforget_jax.unlearn.gradtau_run import per_example
+
+    if method not in ("random_labels", "salun"):
+        return None
+    widths = (np.asarray(w) > 0).sum(1)
+    if (widths == np.shape(w)[1]).all() or per_example(model, params, split.forget.x):
+        return None
+    cuts = np.flatnonzero(np.diff(widths)) + 1
+    return [(int(a), int(b), int(widths[a])) for a, b in zip(np.r_[0, cuts],
+                                                             np.r_[cuts, len(widths)])]
+
+
+def _cut(plan: dict, a: int, b: int, k: int, stacked: bool) -> dict:
+    """Rows ``a:b`` of ``plan``, its first ``k`` columns (``stacked``: members first)."""
+    return {key: (np.asarray(v)[:, a:b, :k] if stacked else np.asarray(v)[a:b, :k])
+            for key, v in plan.items()}
+
+
 def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: Any,
                seed: int = 0, *, mesh: Mesh | None = None) -> tuple[Params, dict]:
     """Runs baseline ``method`` from ``params`` (not modified); returns (params, info) with
@@ -577,7 +604,14 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
     put = (jax.tree.map(jnp.asarray, (ts, prep.hp, prep.shared, prep.member)) if mesh is None
            else jax.device_put((ts, prep.hp, prep.shared, prep.member),
                                NamedSharding(train.auto_mesh(mesh)[0], P())))
-    ts, m = _program(model, method, False, mesh)(*put, jax.tree.map(jnp.asarray, prep.plan), {})
+    run = _program(model, method, False, mesh)
+    runs = _width_runs(method, model, params, split, prep.plan["w"]) if "w" in prep.plan else None
+    ms = []
+    for seg in ([prep.plan] if runs is None else [_cut(prep.plan, *r, False) for r in runs]):
+        ts, m = run(put[0], *put[1:], jax.tree.map(jnp.asarray, seg), {})
+        put = (ts, *put[1:])
+        ms.append(m)
+    m = jax.tree.map(lambda *v: jnp.concatenate(v), *ms)
     _raise_nonfinite(method, m["finite"])
     out = jax.block_until_ready(ts.params)
     refuse_nonfinite_outputs(model, out, split.forget.x, method)
@@ -623,8 +657,20 @@ def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prep
     plan = stack([{k: v for k, v in p.plan.items() if k not in common_keys} for p in preps])
     shared = (stack([p.shared for p in preps]) if per_member_data
               else jax.tree.map(jnp.asarray, preps[0].shared))
-    ts, m = _program(model, method, True, None, per_member_data, common_keys, vectorize)(
-        ts, hp, shared, member, plan, common)
+    run = _program(model, method, True, None, per_member_data, common_keys, vectorize)
+    w0 = preps[0].plan.get("w")
+    runs = (None if w0 is None or splits is None
+            else _width_runs(method, model, tree_index(params, 0), splits[0], w0))
+    if runs is None:
+        ts, m = run(ts, hp, shared, member, plan, common)
+    else:           # the padding-free runs of a batch-statistics model (see _width_runs)
+        ms = []
+        for r in runs:
+            ts, mi = run(ts, hp, shared, member,
+                         jax.tree.map(jnp.asarray, _cut(plan, *r, True)),
+                         jax.tree.map(jnp.asarray, _cut(common, *r, False)))
+            ms.append(mi)
+        m = jax.tree.map(lambda *v: jnp.concatenate(v, axis=1), *ms)
     out = jax.block_until_ready(ts.params)
     finite, loss = np.asarray(m["finite"]), np.asarray(m["loss"])
     for i in range(len(preps)):
