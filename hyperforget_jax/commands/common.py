@@ -344,8 +344,9 @@ def _refuse_checkpoints_of_another_run(run_dir: Path, ident: dict | None, meta: 
     """CheckpointError when ``checkpoints/`` records another run than ``run.json`` names (a
     folder copied in from another run): the writers refuse it, the readers took its model as
     this run's (evaluate reported run A's model under B's name; unlearn wrote B's identity
-    beside A's recipe). Compared on the fields both record."""
-    if not ident:
+    beside A's recipe). Compared on the fields both record, for `train` / `retrain` runs (an
+    `unlearn` run's checkpoints name its role and recipe in their own terms)."""
+    if not ident or ident.get("role") not in ("original", "retrain"):
         return
     stored = _legacy_train_identity(meta)
     for key, was in stored.items():
