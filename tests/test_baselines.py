@@ -672,3 +672,46 @@ def test_relabel_passes_of_a_batch_statistics_model_run_at_their_own_width(digit
     swept = unlearn_sweep("random_labels", arch, params, fsplit, digits_splits.val,
                           seeds=[0, 1], configs=[cfg])
     assert_trees_close(swept[0].params, got, atol=1e-6)
+
+
+def test_teachers_of_a_batch_statistics_model_see_the_student_s_batch(digits_splits):
+    """SCRUB / Bad Teacher took a batch-statistics model's teacher logits over the whole set at
+    once, the student's over its batch: SCRUB's first max-step (teacher = student) read a KL
+    of 0.02 and pushed along a spurious gradient; the reference loops run the teacher on the
+    student's batch, where that KL is 0."""
+    from hyperforget_jax.unlearn import (BadTeacherConfig, ScrubConfig, baselines,
+                                         unlearn)
+
+    def apply_fn(p, x):
+        h = x.reshape(x.shape[0], -1) @ p["w"]     # (a bias: centred away, Adam's noise)
+        h = (h - h.mean(0)) / jnp.sqrt(h.var(0) + 1e-5)
+        return jax.nn.relu(h) @ p["v"]
+
+    def init_fn(key):
+        k1, k2 = jax.random.split(key)
+        return {"w": 0.1 * jax.random.normal(k1, (64, 32)),
+                "v": 0.5 * jax.random.normal(k2, (32, 10))}
+
+    arch = models.as_model(apply_fn, (8, 8, 1), 10, init_fn=init_fn, name="centred_mlp")
+    params = init_fn(jax.random.key(0))
+    fsplit = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    res = unlearn("scrub", arch, params, fsplit, digits_splits.val,
+                  ScrubConfig(epochs=1, msteps=1), seed=0)
+    assert abs(res.info["first_loss"]) < 1e-6, res.info          # −KL(teacher ‖ student) = 0
+    # Bad Teacher's first step: KL of the student against the teachers on that same batch.
+    cfg = BadTeacherConfig(epochs=1)
+    res = unlearn("bad_teacher", arch, params, fsplit, digits_splits.val, cfg, seed=0)
+    prep = baselines.prepare("bad_teacher", arch, params, fsplit, cfg, 0)
+    pos = np.asarray(prep.member["pos"])[np.asarray(prep.plan["idx"][0])]
+    xb = jnp.asarray(prep.shared["x"])[pos]
+    t = jnp.where((pos < len(fsplit.forget))[:, None],
+                  apply_fn(prep.member["incompetent_params"], xb), apply_fn(params, xb))
+    want = baselines.kl_divergence(t, apply_fn(params, xb), cfg.kl_temperature)
+    assert res.info["first_loss"] == pytest.approx(float(want), rel=1e-5)
+    from hyperforget_jax.unlearn import unlearn_sweep
+
+    for method, c in (("scrub", ScrubConfig(epochs=1, msteps=1)), ("bad_teacher", cfg)):
+        swept = unlearn_sweep(method, arch, params, fsplit, digits_splits.val, seeds=[0, 1],
+                              configs=[c])
+        alone = unlearn(method, arch, params, fsplit, digits_splits.val, c, seed=1)
+        assert_trees_close(swept[1].params, alone.params, atol=1e-5)

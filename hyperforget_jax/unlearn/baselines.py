@@ -242,13 +242,25 @@ def _step(method: str, apply_fn: Callable, constrain: Callable) -> Callable:
             batches = (constrain((take("x", row["idx"]), row["y"], row["w"])),)
         elif method == "scrub":
             obj = scrub(apply_fn, hp["kd_T"], hp["gamma"], hp["alpha"])
-            batches = (constrain((take("xf", row["f"]), member["tf"][row["f"]])),
-                       constrain((take("xr", row["r"]), take("yr", row["r"]),
-                                  member["tr"][row["r"]])), row["kind"] == 0)
+            xf, xr = constrain(take("xf", row["f"])), constrain(take("xr", row["r"]))
+            if "teacher_params" in member:   # batch statistics: the teacher on this batch
+                tf, tr = (jax.lax.stop_gradient(apply_fn(member["teacher_params"], xb))
+                          for xb in (xf, xr))
+            else:
+                tf, tr = member["tf"][row["f"]], member["tr"][row["r"]]
+            batches = (constrain((xf, tf)), constrain((xr, take("yr", row["r"]), tr)),
+                       row["kind"] == 0)
         elif method == "bad_teacher":
             obj = bad_teacher(apply_fn, hp["kl_temperature"])
-            batches = (constrain((take("x", member["pos"][row["idx"]]),
-                                  member["teacher"][row["idx"]])),)
+            pos = member["pos"][row["idx"]]
+            xb = constrain(take("x", pos))
+            if "teacher_params" in member:   # both teachers on this batch, chosen per row
+                t = jax.lax.stop_gradient(jnp.where(
+                    (pos < member["nf"])[:, None], apply_fn(member["incompetent_params"], xb),
+                    apply_fn(member["teacher_params"], xb)))
+            else:
+                t = member["teacher"][row["idx"]]
+            batches = (constrain((xb, t)),)
         else:  # pragma: no cover - guarded by METHODS
             raise KeyError(method)
         grads, _, m = obj.update(ts.params, (), *batches)
@@ -469,10 +481,23 @@ def _scrub(model, params, split, cfg: C.ScrubConfig, seed):
         kinds.append(np.ones(len(r), np.int32))
         fs.append(np.zeros((len(r), bf), np.int64))
         rs.append(r)
-    member = {"tf": _logits(model, params, split.forget.x),
-              "tr": _logits(model, params, split.retain.x)}
+    if _batch_statistics(model, params, split):
+        member = {"teacher_params": params}
+    else:
+        member = {"tf": _logits(model, params, split.forget.x),
+                  "tr": _logits(model, params, split.retain.x)}
     plan = {"kind": np.concatenate(kinds), "f": np.concatenate(fs), "r": np.concatenate(rs)}
     return _data(split), member, plan, {}
+
+
+def _batch_statistics(model: Architecture, params: Params, split: ForgetSplit) -> bool:
+    """Whether ``model``'s rows depend on their batch: its teacher logits are then computed on
+    each step's own batch, as the reference loops do (the teacher in eval mode, which for such
+    a model is the batch's statistics), not over the whole set at once (whole-set statistics
+    gave SCRUB's first max-step a spurious gradient of norm 0.2 where it is ≈ 0)."""
+    from hyperforget_jax.unlearn.gradtau_run import per_example
+
+    return not per_example(model, params, split.forget.x)
 
 
 def _bad_teacher(model, params, split, cfg: C.BadTeacherConfig, seed):
@@ -482,16 +507,21 @@ def _bad_teacher(model, params, split, cfg: C.BadTeacherConfig, seed):
     x = np.concatenate([split.forget.x, split.retain.x[keep]])
     incompetent = model.init(jax.random.key(seed + 10_000))
     is_forget = np.r_[np.ones(nf, bool), np.zeros(len(keep), bool)]
-    teacher = jnp.where(jnp.asarray(is_forget)[:, None], _logits(model, incompetent, x),
-                        _logits(model, params, x))
+    if _batch_statistics(model, params, split):
+        teacher = None
+    else:
+        teacher = jnp.where(jnp.asarray(is_forget)[:, None], _logits(model, incompetent, x),
+                            _logits(model, params, x))
     n, b = len(is_forget), min(cfg.batch_size, len(is_forget))
     idx = np.concatenate([wrapped_batches(np.random.default_rng([seed, 5, e]), n, b)
                           for e in range(cfg.epochs)])
     # The distillation set's rows as positions in D_f ∪ D_r (shared data), not a copy per
     # member: a sweep's members draw their own retain subsets from one set of rows.
     pos = np.concatenate([np.arange(nf), nf + keep]).astype(np.int32)
-    return (_all_rows(split), {"pos": pos, "teacher": teacher}, {"idx": idx},
-            {"retain_subset": int(len(keep))})
+    member = ({"pos": pos, "teacher": teacher} if teacher is not None else
+              {"pos": pos, "teacher_params": params, "incompetent_params": incompetent,
+               "nf": np.int32(nf)})
+    return _all_rows(split), member, {"idx": idx}, {"retain_subset": int(len(keep))}
 
 
 #: method → (config class, host-side preparation).
