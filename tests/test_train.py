@@ -708,3 +708,13 @@ def test_per_example_ce_takes_a_users_batch_class_that_unpacks_as_x_y():
     assert loss_fn(p, Batch(x, y)).tolist() == loss_fn(p, (x, y)).tolist()
     with pytest.raises(ConfigError, match="got a Batch;"):
         loss_fn(p, Batch(x, y, y))
+
+
+def test_fit_stream_of_no_epochs_returns_its_start(digits_splits):
+    """epochs=0 (allowed, as for fit): the end-of-run output check read the last batch, which
+    no epoch had streamed (UnboundLocalError)."""
+    arch = models.make_architecture("mlp", digits_splits.train.x.shape[1:])
+    start = arch.init(jax.random.key(0))
+    state, history = train.fit_stream(arch, lambda e: [], train.TrainConfig(epochs=0),
+                                      init_params=start)
+    assert history == [] and np.array_equal(P.flatten(state.params), P.flatten(start))
