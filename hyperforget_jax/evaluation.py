@@ -61,7 +61,10 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
       attack accuracies are fractions in [0, 1] (:func:`gap_to_retrain` reports points). An
       attack that cannot run (fewer than :data:`MIN_LR_ATTACK_SAMPLES` forget samples; for
       ``mia_loss_lr``, a loss of +inf, where a model gives the true label probability 0) is
-      ``None``, with the reason in the dict ``not_applicable`` (present only then).
+      ``None``, with the reason in the dict ``not_applicable`` (present only then). Where
+      the members' and non-members' class mixes differ beyond sampling noise, the attacks
+      take each class equally from both; the dict ``attacks_class_matched`` (present only
+      then) gives the test's p-value and the rows kept (:func:`metrics.class_matched_rows`).
 
     Raises:
       ArchitectureError: parameters that do not fit the model.

@@ -111,7 +111,7 @@ OUTPUT_CHECK_ROWS = 64
 
 def refuse_nonfinite_outputs(model: Architecture, params: Params, x: Any, who: str,
                              stacked: bool = False) -> None:
-    """NonFiniteError when ``params`` give NaN/inf logits on the first
+    """NonFiniteError when ``params`` give NaN or +inf logits (or a row of −inf) on the first
     ``OUTPUT_CHECK_ROWS`` rows of ``x`` (``stacked``: a fleet's parameters, leading axis the
     members). Each step's guard checks the loss before its update and the parameters after
     it, so a run's *last* update could leave finite but huge parameters whose outputs are
@@ -121,16 +121,24 @@ def refuse_nonfinite_outputs(model: Architecture, params: Params, x: Any, who: s
         return
     if stacked:
         fn = model.program("finite_outputs_members", lambda: xla.jit(
-            lambda p, v: jax.vmap(lambda q: jnp.all(jnp.isfinite(model.apply(q, v))))(p)))
+            lambda p, v: jax.vmap(lambda q: _sound(model.apply(q, v)))(p)))
     else:
         fn = model.program("finite_outputs", lambda: xla.jit(
-            lambda p, v: jnp.all(jnp.isfinite(model.apply(p, v)))))
+            lambda p, v: _sound(model.apply(p, v))))
     ok = np.atleast_1d(np.asarray(fn(params, rows)))
     if not ok.all():
         member = f" (fleet member {int(np.argmin(ok))})" if stacked else ""
         raise NonFiniteError(f"{who}: the last update left finite parameters whose outputs are "
                              f"NaN/inf{member}; stopped without returning them. Lower the "
                              "learning rate")
+
+
+def _sound(logits: jax.Array) -> jax.Array:
+    """No NaN or +inf, and some finite logit in every row: a −inf logit is a model's way to
+    rule a class out (a mask, as ``metrics.refuse_non_finite_outputs`` takes it), not a
+    divergence."""
+    return (jnp.all(~jnp.isnan(logits) & (logits != jnp.inf))
+            & jnp.all(jnp.any(jnp.isfinite(logits), axis=-1)))
 
 
 def _model_for(arch: Model, ds: Dataset) -> Architecture:
@@ -243,7 +251,8 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     if init_params is not None:
         refuse_traced(init_params, "fit")
         model.check_params(init_params)
-    given, init_params = init_params, _copy(committed(init_params))
+    # (init_state copies them: the donated state never holds the caller's arrays)
+    given, init_params = init_params, committed(init_params)
     tx = make_optimizer(cfg)
     state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
     _check_outputs(model, state.params, train, batch_size, "fit")
@@ -251,6 +260,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
     data_id = None if checkpointer is None else data_fingerprint(train)
     init_id = (None if checkpointer is None or init_params is None
                else array_fingerprint(*jax.tree.leaves(init_params)))
+    init_params = None     # the state holds its own copy: a committed copy here stayed alive
     if checkpointer is not None and checkpointer.latest_step() is not None:
         state, stored = checkpointer.restore(state)
         start = int(checkpointer.latest_step())
@@ -462,8 +472,9 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     if init_params is not None:     # as fit: a host loop, not a step of the caller's jit
         refuse_traced(init_params, "fit_stream")
         model.check_params(init_params)     # as fit: another model's tree trained and came back
-    given, init_params = init_params, _copy(committed(init_params))
-    state = init_state(model, tx, jax.random.key(cfg.seed), init_params)
+    # (init_state copies them: the donated state never holds the caller's arrays)
+    given = init_params
+    state = init_state(model, tx, jax.random.key(cfg.seed), committed(init_params))
     step = model.program(("fit_stream_step", mesh), lambda: _stream_step(model, mesh))
     state = _put(state, mesh)
     hp = _put(_hp(cfg), mesh)
@@ -503,12 +514,6 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     if cfg.epochs:                         # the last batch's rows
         refuse_nonfinite_outputs(model, state.params, xb, "fit_stream")
     return state, history
-
-
-def _copy(params: Params | None) -> Params | None:
-    """A copy of the caller's starting parameters: the training state is donated (the
-    caller's own arrays stay readable, for :func:`naming_non_finite_start`)."""
-    return None if params is None else jax.tree.map(jnp.array, params)
 
 
 def global_rows(local: Any, mesh: Mesh | None) -> Any:

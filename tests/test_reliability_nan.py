@@ -249,6 +249,35 @@ def test_a_last_update_leaving_nan_outputs_is_refused(arch, digits_splits, tmp_p
                           forget_classes=(3,))
 
 
+def test_a_model_that_masks_a_class_with_minus_inf_is_not_refused_at_the_end(digits_splits):
+    """A −inf logit rules a class out (the evaluation takes it so); the end-of-run output check
+    read it as a divergence and refused fit's and every method's result."""
+    from hyperforget_jax.unlearn import DEFAULT_CONFIGS, unlearn
+
+    def init_fn(key):
+        k1, k2 = jax.random.split(key)
+        return {"w": 0.1 * jax.random.normal(k1, (64, 32)),
+                "v": 0.1 * jax.random.normal(k2, (32, 10))}
+
+    def apply_fn(p, x):
+        logits = jax.nn.relu(x.reshape(x.shape[0], -1) @ p["w"]) @ p["v"]
+        return logits.at[:, 9].set(-jnp.inf)          # class 9 masked out
+
+    masked = models.as_model(apply_fn, (8, 8, 1), 10, init_fn=init_fn, name="masked_mlp")
+    tr = digits_splits.train.subset(np.flatnonzero(digits_splits.train.y != 9))
+    val = digits_splits.val.subset(np.flatnonzero(digits_splits.val.y != 9))
+    state, _ = train.fit(masked, tr, train.TrainConfig(epochs=1, batch_size=64, lr=0.01))
+    fs = data.resolve_forget(tr, data.ForgetRequest(classes=(3,)))
+    for method in ("finetune", "neggrad_plus"):
+        unlearn(method, masked, state.params, fs, val, DEFAULT_CONFIGS[method](epochs=1))
+    # Outputs with no finite logit in a row stay refused, as NaN and +inf do.
+    from hyperforget_jax.train_run import _sound
+    assert not bool(_sound(jnp.full((2, 3), -jnp.inf))) and bool(_sound(
+        jnp.array([[0.0, -jnp.inf], [1.0, 2.0]])))
+    assert not bool(_sound(jnp.array([[jnp.inf, 0.0]]))) and not bool(_sound(
+        jnp.array([[jnp.nan, 0.0]])))
+
+
 def test_evaluate_refuses_non_finite_outputs(arch, digits_splits):
     """NaN logits have argmax 0: a diverged model used to score class 0's share as accuracy."""
     from hyperforget_jax import metrics

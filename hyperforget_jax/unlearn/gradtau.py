@@ -683,7 +683,7 @@ def pmap_gradtau_step(step_with_axis: Callable, axis_name: str = "batch",
     """``step_with_axis`` built with ``axis_name``; state replicated (``train.replicate``),
     both batches split with ``train.shard_batch``, τ and α broadcast; an ``ascent_hint`` is
     the previous step's ``metrics["ascent"]`` as it returns it (one per device). The state is
-    donated (its buffers reused): replicate a copy of parameters you still need."""
+    donated (its buffers reused; ``train.replicate`` copies the parameters)."""
     kw = dict(axis_name=axis_name, donate_argnums=0, devices=devices)
     return _with_optional_hint(
         jax.pmap(step_with_axis, in_axes=(0, 0, 0, None, None), **kw),
@@ -693,8 +693,8 @@ def pmap_gradtau_step(step_with_axis: Callable, axis_name: str = "batch",
 def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
     """The single-device step over a ``("data",)`` mesh: state, τ, α (and an ``ascent_hint``)
     replicated, both batches sharded along ``"data"`` (``train.put_sharded``); XLA inserts the
-    all-reduce. The state is donated (its buffers reused): build it from a copy of parameters
-    you still need (``train.init_state`` keeps the arrays it is given)."""
+    all-reduce. The state is donated (its buffers reused); ``train.init_state`` copies the
+    parameters it is given, so the caller's stay readable."""
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     kw = dict(out_shardings=(repl, repl), donate_argnums=0)
     return _with_optional_hint(
