@@ -192,6 +192,25 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
     return out
 
 
+def class_matched_note(row: dict) -> str | None:
+    """A report's sentence on an evaluation whose attacks took class-matched rows
+    (``attacks_class_matched``), or None."""
+    m = row.get("attacks_class_matched")
+    if not m:
+        return None
+    parts = []
+    if "lr" in m:
+        parts.append(f"mia_loss_lr / mia_entropy_lr took {m['lr']['members']} members and "
+                     f"{m['lr']['nonmembers']} non-members, class by class (χ² p = "
+                     f"{m['lr']['p_value']:.2g})")
+    if "svc" in m:
+        parts.append(f"mia_efficacy_svc trained on {m['svc']['retain']} retain and "
+                     f"{m['svc']['test']} test rows of its classes, class by class (p = "
+                     f"{m['svc']['p_value']:.2g})")
+    return ("The attacks' members and non-members differ in class mix beyond sampling noise: "
+            + "; ".join(parts) + ".")
+
+
 def _check_fsplit_rows(train, fsplit: ForgetSplit, rows: int = 256) -> None:
     """Raises unless ``fsplit``'s forget / retain sets are the rows of ``train`` at its indices
     and its retain indices are distinct and outside the forget set (all the rest, or a subset

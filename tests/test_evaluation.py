@@ -199,6 +199,9 @@ def test_attacks_take_members_and_non_members_of_one_class_mix(setting):
     rows_f, rows_t, _ = metrics.class_matched_rows(fs.forget.y, splits.test.y[gone], 0)
     assert out["mia_loss_lr"] == pytest.approx(metrics.mia_loss_lr(f[rows_f], t[rows_t], seed=0))
     assert out["mia_loss_lr"] < 0.7
+    from hyperforget_jax.evaluation import class_matched_note   # what the CLI's reports say
+
+    assert "took 20 members and 20 non-members, class by class" in class_matched_note(out)
     d_splits, d_req, d_fs, orig, _ = setting
     assert "attacks_class_matched" not in evaluate_unlearning(ARCH, orig, d_splits, d_fs, d_req,
                                                               seed=1)

@@ -15,8 +15,8 @@ from hyperforget_jax import data, report, rundir
 from hyperforget_jax.commands import common
 from hyperforget_jax.configflags import seed_int
 from hyperforget_jax.errors import ForgetRequestError, RunDirError, shell_quote
-from hyperforget_jax.evaluation import (GAP_LABELS, evaluate_unlearning, gap_keys,
-                                        gap_to_retrain)
+from hyperforget_jax.evaluation import (GAP_LABELS, class_matched_note, evaluate_unlearning,
+                                        gap_keys, gap_to_retrain)
 
 
 def _summary(title: str, rows: dict[str, dict]) -> str:
@@ -236,6 +236,8 @@ def cmd_evaluate(args) -> int:
         na = rows[run_label].get("not_applicable")
         if na:
             md += "\nNot applicable: " + "; ".join(f"{k} ({v})" for k, v in na.items()) + ".\n"
+        if note := class_matched_note(rows[run_label]):
+            md += f"\n{note}\n"
         if "avg_gap" in results:
             md += (f"\nAvg. Gap to Retrain ({', '.join(GAP_LABELS[k] for k in used)}; points): "
                    f"{results['avg_gap']:.2f}\n")

@@ -28,8 +28,8 @@ from hyperforget_jax.commands import common
 from hyperforget_jax.commands.core import slug
 from hyperforget_jax.configflags import seed_int
 from hyperforget_jax.errors import ConfigError, ForgetRequestError, RunDirError
-from hyperforget_jax.evaluation import (GAP_LABELS, evaluate_unlearning, gap_keys,
-                                        gap_to_retrain)
+from hyperforget_jax.evaluation import (GAP_LABELS, class_matched_note, evaluate_unlearning,
+                                        gap_keys, gap_to_retrain)
 from hyperforget_jax import report
 from hyperforget_jax.unlearn.gradtau_run import (ASCENT_FIELDS, refuse_overridden,
                                                  refuse_unread_refresh)
@@ -235,6 +235,8 @@ def _unlearn_and_compare(args, arch, params, cfg, config, how, splits, request, 
     na = rows[args.method].get("not_applicable")
     if na:
         md.append("\nNot applicable: " + "; ".join(f"{k} ({v})" for k, v in na.items()) + ".\n")
+    if note := class_matched_note(rows[args.method]):
+        md.append(f"\n{note}\n")
     if "avg_gap" in results:
         sp, rs = results["speedup_vs_retrain"], results["retrain_seconds"]
         used = ", ".join(GAP_LABELS[k] for k in results["avg_gap_keys"])
