@@ -348,17 +348,23 @@ def _refuse_checkpoints_of_another_run(run_dir: Path, ident: dict | None, meta: 
     `unlearn` run's checkpoints name its role and recipe in their own terms)."""
     if not ident or ident.get("role") not in ("original", "retrain"):
         return
-    stored = _legacy_train_identity(meta)
-    for key, was in stored.items():
-        if key in meta and key in ident:
-            diff = rundir.first_difference(was, ident[key], key)
-            if diff is not None:
-                path, a, b = diff
-                raise CheckpointError(
-                    f"{run_dir}: its checkpoints record {path} = {json.dumps(a)}, its run.json "
-                    f"{json.dumps(b)}: the checkpoints are another run's (copied in?); restore "
-                    "the run's own checkpoints, or rerun the command that wrote it into a new "
-                    "directory")
+    refuse_recorded_differences(run_dir, [(k, meta[k], ident[k]) for k in _legacy_train_identity(
+        meta) if k in meta and k in ident])
+
+
+def refuse_recorded_differences(run_dir: Path, pairs: list[tuple[str, Any, Any]]) -> None:
+    """CheckpointError naming the first field whose value in a run's checkpoints differs from
+    its run.json's (``pairs``: (field, checkpoints' value, run.json's value)): the checkpoints
+    are another run's, copied in."""
+    for key, was, now in pairs:
+        diff = rundir.first_difference(was, now, key)
+        if diff is not None:
+            path, a, b = diff
+            raise CheckpointError(
+                f"{run_dir}: its checkpoints record {path} = {json.dumps(a)}, its run.json "
+                f"{json.dumps(b)}: the checkpoints are another run's (copied in?); restore the "
+                "run's own checkpoints, or rerun the command that wrote it into a new "
+                "directory")
 
 
 def unfinished_training(run_dir: str | Path) -> bool:

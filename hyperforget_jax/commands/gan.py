@@ -163,15 +163,7 @@ def _refuse_checkpoints_of_another_run(run_dir: Path, meta: dict) -> None:
         "gan_config", "dataset", "split_seed", "request") if k in meta and k in ident]
     if "config" in prog and "unlearn_config" in ident:
         pairs.append(("unlearn_config", prog["config"], ident["unlearn_config"]))
-    for key, was, now in pairs:
-        diff = rundir.first_difference(was, now, key)
-        if diff is not None:
-            path, a, b = diff
-            raise CheckpointError(
-                f"{run_dir}: its checkpoints record {path} = {json.dumps(a)}, its run.json "
-                f"{json.dumps(b)}: the checkpoints are another run's (copied in?); restore the "
-                "run's own checkpoints, or rerun the command that wrote it into a new "
-                "directory")
+    common.refuse_recorded_differences(run_dir, pairs)
 
 
 def _check_dataset(arch: GANArch, splits, args, run_dir, meta: dict) -> None:

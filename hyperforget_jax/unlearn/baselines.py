@@ -587,12 +587,10 @@ def _width_runs(method: str, model: Architecture, params: Params, split: ForgetS
     weight-0 padding entered the real rows' statistics (a forget batch's gradient 10.7 % off;
     SalUn's own loaders give that batch at its own size): each run is cut to its width. Same
     steps in the same order; one program per (run length, width)."""
-    from hyperforget_jax.unlearn.gradtau_run import per_example
-
     if method not in ("random_labels", "salun"):
         return None
     widths = (np.asarray(w) > 0).sum(1)
-    if (widths == np.shape(w)[1]).all() or per_example(model, params, split.forget.x):
+    if (widths == np.shape(w)[1]).all() or not _batch_statistics(model, params, split):
         return None
     cuts = np.flatnonzero(np.diff(widths)) + 1
     return [(int(a), int(b), int(widths[a])) for a, b in zip(np.r_[0, cuts],
@@ -636,10 +634,10 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
                                NamedSharding(train.auto_mesh(mesh)[0], P())))
     run = _program(model, method, False, mesh)
     runs = _width_runs(method, model, params, split, prep.plan["w"]) if "w" in prep.plan else None
+    ts, hp, shared, member = put
     ms = []
     for seg in ([prep.plan] if runs is None else [_cut(prep.plan, *r, False) for r in runs]):
-        ts, m = run(put[0], *put[1:], jax.tree.map(jnp.asarray, seg), {})
-        put = (ts, *put[1:])
+        ts, m = run(ts, hp, shared, member, jax.tree.map(jnp.asarray, seg), {})
         ms.append(m)
     m = jax.tree.map(lambda *v: jnp.concatenate(v), *ms)
     _raise_nonfinite(method, m["finite"])
@@ -691,16 +689,15 @@ def run_fleet(method: str, model: Architecture, params: Params, preps: list[Prep
     w0 = preps[0].plan.get("w")
     runs = (None if w0 is None or splits is None
             else _width_runs(method, model, tree_index(params, 0), splits[0], w0))
-    if runs is None:
-        ts, m = run(ts, hp, shared, member, plan, common)
-    else:           # the padding-free runs of a batch-statistics model (see _width_runs)
-        ms = []
-        for r in runs:
-            ts, mi = run(ts, hp, shared, member,
-                         jax.tree.map(jnp.asarray, _cut(plan, *r, True)),
-                         jax.tree.map(jnp.asarray, _cut(common, *r, False)))
-            ms.append(mi)
-        m = jax.tree.map(lambda *v: jnp.concatenate(v, axis=1), *ms)
+    # One segment, or the padding-free runs of a batch-statistics model (see _width_runs).
+    segments = ([(plan, common)] if runs is None else
+                [(_cut(plan, *r, True), _cut(common, *r, False)) for r in runs])
+    ms = []
+    for seg_plan, seg_common in segments:
+        ts, mi = run(ts, hp, shared, member, jax.tree.map(jnp.asarray, seg_plan),
+                     jax.tree.map(jnp.asarray, seg_common))
+        ms.append(mi)
+    m = jax.tree.map(lambda *v: jnp.concatenate(v, axis=1), *ms)
     out = jax.block_until_ready(ts.params)
     finite, loss = np.asarray(m["finite"]), np.asarray(m["loss"])
     for i in range(len(preps)):
