@@ -326,6 +326,7 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
                      exclude: Sequence[str] = (), choices: Mapping[str, Sequence] | None = None,
                      defaults: Mapping[str, Any] | None = None, dest_prefix: str = "",
                      help_extra: Mapping[str, str] | None = None,
+                     help_texts: Mapping[str, str] | None = None,
                      description: str | None = None) -> ConfigFlags:
     """Adds one ``--field-name`` flag per field of dataclass ``cls`` (an argument group).
 
@@ -341,6 +342,8 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
         recipe chosen at run time); the value is still applied by the caller.
       dest_prefix: prefix of the argparse dests (two config classes on one parser).
       help_extra: field → text appended to its help.
+      help_texts: field → text shown instead of its docstring's, where the caller's recipe
+        gives the field another meaning (the GAN judge's ``epochs``).
       description: the group's description (default: the class's docstring summary).
 
     Returns:
@@ -350,7 +353,8 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
     choices = dict(choices or {})
     shown = dict(defaults or {})
     extra = dict(help_extra or {})
-    unknown = [n for n in (*rename, *exclude, *choices, *shown) if n not in
+    texts = dict(help_texts or {})
+    unknown = [n for n in (*rename, *exclude, *choices, *shown, *extra, *texts) if n not in
                {f.name for f in dataclasses.fields(cls)}]
     if unknown:
         raise ConfigError(f"{cls.__name__} has no field {unknown[0]!r}")
@@ -367,7 +371,7 @@ def add_config_flags(parser: argparse.ArgumentParser | Any, cls: type, *,
         default = _default(f)
         flag = "--" + rename.get(f.name, f.name.replace("_", "-"))
         dest = dest_prefix + f.name
-        doc = docs.get(f.name, "")
+        doc = texts.get(f.name, docs.get(f.name, ""))
         shown_default = shown.get(f.name, default)
         help_text = " ".join(x for x in (doc, extra.get(f.name, ""),
                                          f"[{_type_name(tp)}; default: "

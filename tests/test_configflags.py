@@ -101,6 +101,13 @@ def test_help_comes_from_the_attributes_docstring():
     assert "AdamW learning rate and weight decay" in text and "default: 0.001" in text
     args = p.parse_args(["--mode", "b", "--steps", "none", "--classes", "3", "4", "--lr", "2"])
     assert flags.build(args) == Demo(lr=2.0, mode="b", steps=None, classes=(3, 4))
+    # A caller's own text replaces the docstring's; a text for no field is refused.
+    p2 = _Parser()
+    configflags.add_config_flags(p2, Demo, help_texts={"lr": "the judge's rate"})
+    assert "the judge's rate" in p2.format_help() and "weight decay (two" in p2.format_help()
+    for kw in ({"help_texts": {"lrr": "x"}}, {"help_extra": {"lrr": "x"}}):
+        with pytest.raises(configflags.ConfigError, match="no field 'lrr'"):
+            configflags.add_config_flags(_Parser(), Demo, **kw)
     for bad, msg in ((["--mode", "c"], "choose one of a, b"),
                      (["--seed", "-1"], "a seed must be an integer in [0, 2**32)"),
                      (["--lr", "inf"], "expected a finite number"),

@@ -97,6 +97,10 @@ def test_gan_unlearn_help_shows_each_recipes_defaults():
     # The judge's group says its defaults are JUDGE's, not the classifier recipe's texts.
     judge = next(g for g in unlearn._action_groups if g.title.startswith("judge classifier"))
     assert "JudgeCNN" in judge.description and "Retrain" not in judge.description
+    # Its epochs are passes over the images and their copies: the classifiers' "20 reaches
+    # ≈100 %" beside a default of 6 read as a judge trained too short.
+    assert "20 reaches" not in helps["--judge-epochs"]
+    assert "--judge-augment" in helps["--judge-epochs"] and "default: 6]" in helps["--judge-epochs"]
 
 
 def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):

@@ -53,10 +53,13 @@ def add_judge_flags(parser) -> Callable[[argparse.Namespace], dict]:
                                                             "weight_decay")} | {"arch": "judge"},
         exclude=("seed",), defaults={f.name: getattr(JUDGE, f.name)
                                      for f in dataclasses.fields(JUDGE) if f.name != "seed"},
+        help_texts={"epochs": "passes over the judge's training data (the training set and "
+                              "its --judge-augment − 1 affine copies), before --judge-anneal's "
+                              "epochs"},
         description=f"A TrainConfig for the judge; the defaults are the experiments' judge "
                     f"(JUDGE: JudgeCNN, {JUDGE.epochs} epochs on the images and "
                     f"{JUDGE_AUGMENT - 1} affine copies, then {JUDGE_ANNEAL} at a tenth of the "
-                    f"lr), not the classifier recipe the field texts below describe.")
+                    f"lr), not the classifiers' TrainConfig defaults.")
     parser.add_argument("--judge-augment", type=positive_int, default=JUDGE_AUGMENT,
                         help="copies of the training set the judge trains on: the images and "
                              "N − 1 randomly rotated, zoomed and shifted copies (1 = none)")
