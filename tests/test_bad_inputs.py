@@ -990,6 +990,33 @@ def test_cli_bad_input(ctx, capfd, tmp_path, name, argv, words):
     assert _files_under(ctx.run) == before
 
 
+def test_an_unlearn_runs_checkpoints_copied_from_another_unlearn_run_are_refused(
+        ctx, capfd, tmp_path):
+    """`evaluate` read an `unlearn` run's checkpoints as its run.json's run, so another
+    request's (or method's) unlearned model copied in was reported under this run's name."""
+    runs = {}
+    for cls in ("1", "2"):
+        runs[cls] = tmp_path / f"unlearn{cls}"
+        assert _run_cli(["unlearn", "--method", "neggrad", "--run-dir", str(ctx.run), "--out",
+                         str(runs[cls]), *DIGITS, "--forget-class", cls, "--no-retrain",
+                         "--quiet"]) == 0
+    # The run itself is read, and its copy elsewhere too (a moved run is no other run).
+    moved = tmp_path / "moved"
+    shutil.copytree(runs["1"], moved)
+    for run in (runs["1"], moved):
+        assert _run_cli(["evaluate", "--run-dir", str(run), "--out", str(run / "ev"), *DIGITS,
+                         "--forget-class", "1", "--quiet"]) == 0
+    shutil.rmtree(runs["1"] / "checkpoints")
+    shutil.copytree(runs["2"] / "checkpoints", runs["1"] / "checkpoints")
+    capfd.readouterr()
+    out = tmp_path / "ev"
+    assert _run_cli(["evaluate", "--run-dir", str(runs["1"]), "--out", str(out), *DIGITS,
+                     "--forget-class", "1"]) == 2
+    err = capfd.readouterr().err
+    assert "its checkpoints record request.classes" in err, err
+    assert "the checkpoints are another run's" in err and not out.exists()
+
+
 def test_a_missing_retrain_of_a_sampled_network_is_advised_with_its_architecture(
         ctx, capfd, tmp_path):
     """A sampled network's params record no recipe: the advised `retrain` trained the default

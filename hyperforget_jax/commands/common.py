@@ -344,12 +344,24 @@ def _refuse_checkpoints_of_another_run(run_dir: Path, ident: dict | None, meta: 
     """CheckpointError when ``checkpoints/`` records another run than ``run.json`` names (a
     folder copied in from another run): the writers refuse it, the readers took its model as
     this run's (evaluate reported run A's model under B's name; unlearn wrote B's identity
-    beside A's recipe). Compared on the fields both record, for `train` / `retrain` runs (an
-    `unlearn` run's checkpoints name its role and recipe in their own terms)."""
-    if not ident or ident.get("role") not in ("original", "retrain"):
+    beside A's recipe). Compared on the fields both record: for `train` / `retrain` runs their
+    identity's; for `unlearn` runs the method (the checkpoints' role ``unlearned:METHOD``), the
+    request and data, and the original's architecture and recipe (the copied-in model of
+    another method or request was evaluated under this run's name)."""
+    role = (ident or {}).get("role")
+    if role in ("original", "retrain"):
+        pairs = [(k, meta[k], ident[k]) for k in _legacy_train_identity(meta)
+                 if k in meta and k in ident]
+    elif role == "unlearned":
+        original = ident.get("original") or {}
+        pairs = [("role", meta.get("role"), f"unlearned:{ident.get('method')}"),
+                 *((k, meta[k], ident[k]) for k in ("request", "dataset", "split_seed")
+                   if k in meta and k in ident),
+                 *((k, meta[k], original[k]) for k in ("architecture", "train_config")
+                   if k in meta and k in original)]
+    else:
         return
-    refuse_recorded_differences(run_dir, [(k, meta[k], ident[k]) for k in _legacy_train_identity(
-        meta) if k in meta and k in ident])
+    refuse_recorded_differences(run_dir, pairs)
 
 
 def refuse_recorded_differences(run_dir: Path, pairs: list[tuple[str, Any, Any]]) -> None:
