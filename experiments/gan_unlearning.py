@@ -348,12 +348,12 @@ def _sweep(args, splits, gan_cfg, judge_rec, ev_full, sizes, retrain_sizes, labe
         cell(seed, name, "original", lambda _: dict(
             seed=seed, request=name, method="original",
             eval=evaluate_gan(arch, o.g_params, o.d_params, judge, splits, fs.forget.x,
-                              fs.retain.x, fcls, ev, ref)))
+                              fs.retain.x, fcls, ev, ref, forget_y=fs.forget.y)))
         if is_class or k in retrain_sizes:
             def retrain(png):
                 st, secs, _ = timed_train_gan(fs.retain, dataclasses.replace(gan_cfg, seed=seed))
                 e = evaluate_gan(arch, st.g_params, st.d_params, judge, splits, fs.forget.x,
-                                 fs.retain.x, fcls, ev, ref)
+                                 fs.retain.x, fcls, ev, ref, forget_y=fs.forget.y)
                 log(f"{name} seed {seed} retrain {secs:.1f} s fid {e['classifier_fid']:.2f} "
                     f"auc {e['d_mia_auc']:.3f}")
                 if png:
@@ -386,7 +386,7 @@ def _sweep(args, splits, gan_cfg, judge_rec, ev_full, sizes, retrain_sizes, labe
                 e = evaluate_gan(arch, r.g_params, r.d_params, judge, splits, fs.forget.x,
                                  fs.retain.x, fcls, ev if default or is_class or method == LIGHT
                                  else ev_fast,
-                                 ref)
+                                 ref, forget_y=fs.forget.y)
                 log(f"{name} seed {seed} {method} {r.rounds} rounds {r.seconds:.2f} s "
                     f"fid {e['classifier_fid']:.2f} auc {e['d_mia_auc']:.3f} "
                     f"share {e.get('forgotten_share', float('nan')):.4f}")

@@ -207,6 +207,10 @@ def class_matched_note(row: dict) -> str | None:
         parts.append(f"mia_efficacy_svc trained on {m['svc']['retain']} retain and "
                      f"{m['svc']['test']} test rows of its classes, class by class (p = "
                      f"{m['svc']['p_value']:.2g})")
+    if "d_mia" in m:
+        parts.append(f"d_mia_auc / d_mia_acc took {m['d_mia']['members']} members and "
+                     f"{m['d_mia']['nonmembers']} non-members, class by class (χ² p = "
+                     f"{m['d_mia']['p_value']:.2g})")
     return ("The attacks' members and non-members differ in class mix beyond sampling noise: "
             + "; ".join(parts) + ".")
 

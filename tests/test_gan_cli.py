@@ -231,6 +231,17 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     # ... and keeps a copy in its own --out, where `gan evaluate` of that run finds it.
     from hyperforget_jax.checkpoint import load_params_meta
     assert load_params_meta(tmp_path / "unl5" / "judge") == load_params_meta(unl / "judge")
+    # An item request of one class: D's attack compares its items with the test set's images
+    # of that class (against the whole test set it read the class), and the report says so.
+    zeros = ",".join(map(str, np.flatnonzero(digits_splits.train.y == 0)[:30]))
+    ev0 = tmp_path / "ev0"
+    assert cli.main(["gan", "evaluate", *base, "--run-dir", str(orig), "--forget-indices", zeros,
+                     "--samples", "256", "--judge-from", str(unl), "--out", str(ev0), "--quiet",
+                     *CHEAP_JUDGE]) == 0
+    row = json.loads((ev0 / "gan_evaluation.json").read_text())["eval"]["orig"]
+    n0 = min(30, int(np.sum(digits_splits.test.y == 0)))
+    assert row["attacks_class_matched"]["d_mia"]["members"] == n0
+    assert f"d_mia_auc / d_mia_acc took {n0} members" in (ev0 / "gan_evaluation.md").read_text()
     # Another judge recipe is not the stored one: trained anew, stored with the evaluation.
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as mp:       # a terminal: progress bars (not in a log)

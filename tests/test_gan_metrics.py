@@ -347,3 +347,42 @@ def test_evaluate_gan_compares_the_right_sets(digits_splits, monkeypatch):
     unseen = test.x[np.isin(test.y, (1, 3))]
     assert out["d_score_nonmembers"] == pytest.approx(d_scores(arch, d, unseen).mean(), rel=1e-9)
     assert kept == [[0, 2, 4, 5, 6, 7, 8, 9]]
+
+
+def test_the_d_attack_matches_classes_when_the_forgotten_items_lean_to_one(digits_splits):
+    """64 items of one class against the whole test set: D's attack read the class, not
+    membership (0.80 on a discriminator that never saw them, 0.29 on a Retrain's). Given the
+    items' labels, members and non-members are compared class by class, and it says so."""
+    from hyperforget_jax.gan.models import make_gan_arch
+    from hyperforget_jax.gan.train import d_scores
+
+    arch = make_gan_arch("mlp", (8, 8, 1))
+    g, d = arch.init(jax.random.key(0))
+    jarch = make_architecture("mlp", (8, 8, 1), 10)
+    judge = M.Judge(jarch, jarch.init(jax.random.key(1)))
+    train, test = digits_splits.train, digits_splits.test
+    items = np.flatnonzero(train.y == 0)[:40]
+    cfg = M.EvalConfig(num_samples=64, downstream_samples=0)
+    args = (arch, g, d, judge, digits_splits, train.x[items], train.x, None, cfg)
+    plain, matched = M.evaluate_gan(*args), M.evaluate_gan(*args, forget_y=train.y[items])
+    assert "attacks_class_matched" not in plain
+    info = matched["attacks_class_matched"]["d_mia"]
+    zeros = test.x[test.y == 0]
+    n = min(40, len(zeros))
+    assert info["members"] == info["nonmembers"] == n and info["p_value"] < 1e-3
+    # The non-members are the test set's 0s only (all of them here, or as many as the items).
+    scores = d_scores(arch, d, zeros)
+    if len(zeros) <= 40:
+        assert matched["d_score_nonmembers"] == pytest.approx(scores.astype(np.float64).mean(), rel=1e-6)
+    else:
+        assert scores.min() <= matched["d_score_nonmembers"] <= scores.max()
+    assert plain["d_score_nonmembers"] == pytest.approx(d_scores(arch, d, test.x).mean(),
+                                                        rel=1e-6)
+    # A stratified item request (the mixes agree) is unchanged; labels that are not one per
+    # item are refused.
+    mixed = np.arange(0, len(train), 5)
+    both = [M.evaluate_gan(arch, g, d, judge, digits_splits, train.x[mixed], train.x, None, cfg,
+                           **kw) for kw in ({}, {"forget_y": train.y[mixed]})]
+    assert "attacks_class_matched" not in both[1] and both[0] == both[1]
+    with pytest.raises(DataError, match="one integer label per forget_x image"):
+        M.evaluate_gan(*args, forget_y=train.y[items][:-1])

@@ -27,6 +27,7 @@ from hyperforget_jax.commands.core import slug
 from hyperforget_jax.configflags import non_negative_int, positive_int
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
                                    RunDirError, shell_quote)
+from hyperforget_jax.evaluation import class_matched_note
 from hyperforget_jax.gan.metrics import (JUDGE, JUDGE_ANNEAL, JUDGE_AUGMENT, EvalConfig,
                                          cached_judge, evaluate_gan, judge_outputs, judge_recipe)
 from hyperforget_jax.gan.models import GAN_ARCHS, LATENT_PRIORS, GANArch
@@ -448,12 +449,16 @@ def cmd_evaluate(args) -> int:
         for name, other in todo:
             a, st = (arch, state) if other is None else others[other]
             rows[name] = evaluate_gan(a, st.g_params, st.d_params, judge, splits,
-                                      fsplit.forget.x, fsplit.retain.x, request.classes, ev, ref)
+                                      fsplit.forget.x, fsplit.retain.x, request.classes, ev, ref,
+                                      forget_y=fsplit.forget.y)
         arch_name = recipe["config"]["arch"].rsplit(":", 1)[-1]
         md = (f"# GAN evaluation: {request.describe()}\n\nJudge: `{arch_name}` "
               f"({'stored' if reused else 'trained'}). classifier-FID / classifier-IS use the "
               "judge classifier's features (not Inception).\n\n" + evaluation_table(rows)
               + "\n")
+        # The attack's rows are the request's: every run's are matched alike.
+        if note := class_matched_note(next(iter(rows.values()))):
+            md += f"\n{note}\n"
         results = {"request": request.to_json(), "dataset": args.dataset,
                    "split_seed": args.split_seed, "judge": recipe, "judge_reused": reused,
                    "eval_config": dataclasses.asdict(ev), "eval": rows}

@@ -43,7 +43,7 @@ def demo_section(ctx) -> dict:
                        ("Retrain", retrain.g_params, retrain.d_params),
                        ("Unlearned", res.g_params, res.d_params)):
         evals[name] = evaluate_gan(arch, g, d, judge, splits, fsplit.forget.x, fsplit.retain.x,
-                                   request.classes, ev, ref)
+                                   request.classes, ev, ref, forget_y=fsplit.forget.y)
         save_grid(sample(arch, g, 64, 1), ctx.run_dir / f"gan_{name.lower()}.png",
                   title=f"{name} GAN")
     secs = {"Original": t_orig, "Retrain": t_retrain, "Unlearned": res.seconds}
