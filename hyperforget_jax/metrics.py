@@ -360,7 +360,8 @@ def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
       DataError: for empty inputs, mismatched lengths, NaN inputs or out-of-range labels.
       ConfigError: for a bad ``num_classes`` / ``batch_size`` or a model whose output width
         differs from ``num_classes``.
-      NonFiniteError: the model's logits are NaN or +inf (or its losses NaN) for some samples
+      NonFiniteError: the model's logits are NaN or +inf (or its losses NaN, or +inf where
+        the true class's logit is finite: logits whose spread overflows) for some samples
         (−inf logits, a masked class, are accepted).
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) \
@@ -374,7 +375,7 @@ def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
     if out["logits"].shape[-1] != num_classes:
         raise ConfigError(f"num_classes={num_classes} but the model outputs "
                           f"{out['logits'].shape[-1]} logits; pass the architecture's class count")
-    refuse_non_finite_outputs(out)
+    refuse_non_finite_outputs(out, y=y)
     # float64 on the host: means over tens of thousands of float32 losses lose digits otherwise.
     loss = out["loss"].astype(np.float64)
     corr = out["correct"].astype(np.float64)

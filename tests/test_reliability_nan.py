@@ -290,6 +290,12 @@ def test_evaluate_refuses_non_finite_outputs(arch, digits_splits):
     masked = lambda p, x: arch.apply(p, x).at[:, 9].set(-jnp.inf)
     out = metrics.evaluate(masked, arch.init(jax.random.key(0)), test.x, test.y, test.num_classes)
     assert out["per_class_accuracy"][9] == 0.0 and 0.0 <= out["accuracy"] <= 1.0
+    # Finite logits whose spread overflows the loss (±3e38) are a diverged model too: the
+    # evaluation reported `loss: inf` (null in results.json) as the model's test loss.
+    spread = lambda p, x: jnp.where(jnp.arange(10) % 2 == 0, 3e38, -3e38) + 0 * arch.apply(p, x)
+    with pytest.raises(NonFiniteError, match="NaN/inf for"):
+        metrics.evaluate(spread, arch.init(jax.random.key(0)), test.x, test.y,
+                         test.num_classes)
     # Finite parameters whose outputs overflow (what one step at lr 1e38 leaves): the
     # unlearning evaluation names the model, not the attacks' "member_losses contains NaN or
     # inf values ... check the checkpoint" (a DataError for data that was fine).
