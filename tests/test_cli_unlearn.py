@@ -50,6 +50,14 @@ def test_unlearn_trains_then_loads_and_writes_results(tmp_path, capsys, monkeypa
     assert calls == ["retrain", "retrain"]
     assert res["speedup_vs_retrain"] == {"cold": 1.0, "warm": 1.0}
     assert res["avg_gap"]["retrain"] == 0.0
+    # Retrain of another seed than the original's beside the baseline Retrain: two rows (the
+    # baseline's replaced the method's under one name: its own model never reported, gap 0).
+    assert cli.main(base + ["--method", "retrain", "--forget-class", "3", "--seed", "1"]) == 0
+    res = json.loads((run / "unlearn" / "retrain-class-3-method-seed-1" / "results.json")
+                     .read_text())
+    assert set(res["eval"]) == {"original", "retrain", "retrain_baseline"}
+    assert res["eval"]["retrain"] != res["eval"]["retrain_baseline"]
+    assert res["avg_gap"]["retrain"] > 0 and res["info"]["seed"] == 1
 
 
 @pytest.mark.parametrize("argv, method_seed, train_seed", [
