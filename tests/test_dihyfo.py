@@ -603,10 +603,19 @@ def test_a_sample_that_misses_its_forget_target_says_so(setup, digits_splits):
     _, _, net2, _, start = setup
     prompt = H.make_prompt(net2, start, digits_splits.train, (5,), forget_target=10.0)
     far = prompt._replace(forget_start=jnp.float32(1e-6))
-    cov = _reached(net2.spec, far, {"forget_loss": 0.02})
+    ev = {"forget_loss": 0.02, "forget_acc": 0.997}
+    cov = _reached(net2.spec, far, ev)
     assert cov["forget_target_reached"] is False and cov["start_forget_loss_z"] < -3
-    note = _coverage_note({"request_in_corpus": True, "forget_target_in_range": True, **cov}, far)
+    note = _coverage_note({"request_in_corpus": True, "forget_target_in_range": True, **cov}, far,
+                          ev)
     assert "did not reach its forget target" in note and "standard deviations below" in note
+    assert "forget loss 0.02 is below half of 10 (forget accuracy 99.7 %)" in note
+    # A sample at FA 0 % whose loss fell short is not called "not forgotten" beside its table.
+    ev = {"forget_loss": 4.04, "forget_acc": 0.0}
+    cov = _reached(net2.spec, prompt, ev)
+    note = _coverage_note({"request_in_corpus": True, "forget_target_in_range": True, **cov},
+                          prompt, ev)
+    assert "(forget accuracy 0.0 %)" in note and "not forgotten" not in note
     ok = _reached(net2.spec, prompt, {"forget_loss": 9.0})
     assert ok["forget_target_reached"] is True
     assert _coverage_note({"request_in_corpus": True, "forget_target_in_range": True, **ok},

@@ -265,7 +265,7 @@ def _write_sample(run_dir, args, sc, net, out, arch, request, prompt, ev_start, 
               [[n, *(report.fmt(e.get(k), 2, s) for k, _, s in KEYS)]
                for n, e in (("start", ev_start), ("sample", ev))])
           + f"\n\nsampling time {secs:.2f} s ({how}, including compilation)\n"
-          + _coverage_note(cov, prompt) + _start_note(run, role))
+          + _coverage_note(cov, prompt, ev) + _start_note(run, role))
     results = {"start": ev_start, "sample": ev, "seconds": secs, "request": request.to_json(),
                **({"start_run": {"role": role, "request": run.get("request")}}
                   if role not in (None, "original") else {}),
@@ -310,9 +310,10 @@ def _reached(spec, prompt, ev: dict) -> dict:
             "start_forget_loss_z": z}
 
 
-def _coverage_note(cov: dict, prompt) -> str:
+def _coverage_note(cov: dict, prompt, ev: dict | None = None) -> str:
     """The report's words for what of the request the corpus did not hold (was: a forget target
-    far outside the corpus's losses was sampled and reported with no word of it)."""
+    far outside the corpus's losses was sampled and reported with no word of it). ``ev``: the
+    sample's evaluation, whose forget loss and accuracy a missed target names."""
     notes = []
     if cov["request_in_corpus"] is False:
         notes.append("this class set was no request of the corpus: it is served through the "
@@ -328,10 +329,14 @@ def _coverage_note(cov: dict, prompt) -> str:
                  f"{abs(z):.1f} standard deviations {'below' if z < 0 else 'above'} the "
                  "corpus's starts (a network trained with another recipe?)"
                  if z is not None and abs(z) > 3 else "")
-        notes.append(f"the sample did not reach its forget target: its forget loss is below "
-                     f"half of {float(prompt.forget_target):.4g}, so the request is not "
-                     f"forgotten{where}; compare with Retrain, or unlearn it with a method "
-                     "(hyperforget unlearn)")
+        # The loss alone: a sample at FA 0 % whose loss fell short was called "not forgotten"
+        # beside its own table.
+        got, acc = (ev or {}).get("forget_loss"), (ev or {}).get("forget_acc")
+        loss = f" {got:.4g}" if got is not None else ""
+        fa = f" (forget accuracy {100 * acc:.1f} %)" if acc is not None else ""
+        notes.append(f"the sample did not reach its forget target: its forget loss{loss} is "
+                     f"below half of {float(prompt.forget_target):.4g}{fa}{where}; compare "
+                     "with Retrain, or unlearn it with a method (hyperforget unlearn)")
     return "".join(f"\nNote: {n}.\n" for n in notes)
 
 
