@@ -122,6 +122,10 @@ def run_demo(args) -> dict:
     if unknown:
         raise ConfigError(f"unknown demo section {unknown[0]!r}; choose from "
                              f"{', '.join(SECTIONS)}, all or none")
+    twice = [s for i, s in enumerate(names) if s in names[:i]]
+    if twice:     # ran twice, the report holding both and results.json the second
+        raise ConfigError(f"demo section {twice[0]!r} is given twice in --sections; list each "
+                          "once")
     identity = {"role": "demo", "forget_class": args.forget_class, "seeds": args.seeds,
                 "sections": names}
     from hyperforget_jax.commands.common import open_run

@@ -196,6 +196,18 @@ def test_demo_progress_bars_only_on_a_terminal(tmp_path, capsys, monkeypatch):
 
 
 
+@pytest.mark.parametrize("sections, words", [
+    ("gradtau,gradtau", "demo section 'gradtau' is given twice in --sections; list each once"),
+    ("gradtau,nope", "unknown demo section 'nope'")])
+def test_demo_refuses_a_section_named_twice_or_unknown(tmp_path, capsys, sections, words):
+    # A section named twice ran twice: two of its report sections, results.json the second.
+    out = tmp_path / "d"
+    assert cli.main(["demo", "--run-dir", str(out), "--sections", sections, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and words in err, err
+    assert not out.exists()
+
+
 def test_demo_retrains_on_the_retain_set_and_evaluates_each_seed_with_its_own(tmp_path, capsys,
                                                                              monkeypatch):
     """The demo's Retrain row is models trained on D_r (the train set without the forgotten
