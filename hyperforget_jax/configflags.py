@@ -487,11 +487,17 @@ def add_config_namespace(parser: argparse.ArgumentParser, name: str,
                 texts.setdefault(text, []).append(key)
         doc = (next(iter(texts), "") if len(texts) <= 1 else
                " ".join(f"{', '.join(keys)}: {text}" for text, keys in texts.items()))
-        tp = _hints(users[0][1]).get(field, Any)
+        # The type per key where they differ (epochs: int or none for gradtau, int for the
+        # baselines, whose help read "int or none" for every method).
+        types: dict[str, list[str]] = {}
+        for key, cls, _f in users:
+            types.setdefault(_type_name(_hints(cls).get(field, Any)), []).append(key)
+        type_text = (next(iter(types)) if len(types) == 1 else
+                     "; ".join(f"{', '.join(keys)}: {t}" for t, keys in types.items()))
         used = ", ".join(f"{k} {_fmt_default(_default(f))}" for k, _, f in users)
         no = [k for k, fields in (refused or {}).items() if field in fields]
         used += f"; refused by {', '.join(no)}" if no else ""
-        help_text = f"{doc} [{_type_name(tp)}; default by {key_name}: {used}]".strip()
+        help_text = f"{doc} [{type_text}; default by {key_name}: {used}]".strip()
         dest = f"{name}__{field}"
         group.add_argument(f"--{name}.{field}", dest=dest, default=UNSET, metavar="VALUE",
                            help=help_text.replace("%", "%%"))

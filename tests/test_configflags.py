@@ -145,3 +145,18 @@ def test_unlearn_help_documents_every_baseline_field(capsys):
     for cls in unlearn.DEFAULT_CONFIGS.values():
         for f in dataclasses.fields(cls):
             assert f"--config.{f.name}" in text
+
+
+def test_a_namespace_field_of_several_types_names_each_keys_type():
+    """``epochs`` is ``int | None`` for gradtau / finetune and ``int`` for the baselines: the
+    help read "int or none" for every method, and neggrad then refused `none`."""
+    import argparse
+
+    unlearn = next(a for a in cli.build_parser()._actions
+                   if isinstance(a, argparse._SubParsersAction)).choices["unlearn"]
+    helps = {a.option_strings[0]: a.help for a in unlearn._actions if a.option_strings}
+    text = " ".join(helps["--config.epochs"].split())
+    assert "[gradtau, finetune: int or none; neggrad, " in text, text
+    assert "bad_teacher: int; default by method: gradtau none" in text, text
+    # A field of one type keeps one type name.
+    assert "[float; default by method:" in " ".join(helps["--config.lr"].split())

@@ -101,6 +101,7 @@ def test_gan_unlearn_help_shows_each_recipes_defaults():
     # ≈100 %" beside a default of 6 read as a judge trained too short.
     assert "20 reaches" not in helps["--judge-epochs"]
     assert "--judge-augment" in helps["--judge-epochs"] and "default: 6]" in helps["--judge-epochs"]
+    assert "default 10)" in helps["--judge-augment"] and "default 2)" in helps["--judge-anneal"]
 
 
 def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):

@@ -310,6 +310,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="number of model seeds (default 3)")
     p.add_argument("--sections", default="all",
                    help="comma list of demo sections to run: gradtau,hyperforget,gan (or all, "
-                        "or none)")
+                        "or none; default all: every section whose package is installed)")
     common.add_output_args(p)
     p.set_defaults(func=cmd_demo)

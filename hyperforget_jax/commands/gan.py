@@ -63,9 +63,11 @@ def add_judge_flags(parser) -> Callable[[argparse.Namespace], dict]:
                     f"lr), not the classifiers' TrainConfig defaults.")
     parser.add_argument("--judge-augment", type=positive_int, default=JUDGE_AUGMENT,
                         help="copies of the training set the judge trains on: the images and "
-                             "N − 1 randomly rotated, zoomed and shifted copies (1 = none)")
+                             "N − 1 randomly rotated, zoomed and shifted copies (1 = none; "
+                             f"default {JUDGE_AUGMENT})")
     parser.add_argument("--judge-anneal", type=non_negative_int, default=JUDGE_ANNEAL,
-                        help="judge epochs at a tenth of its lr after its recipe (0 = none)")
+                        help="judge epochs at a tenth of its lr after its recipe (0 = none; "
+                             f"default {JUDGE_ANNEAL})")
     return lambda args: judge_recipe(flags.build(args, base=JUDGE), args.judge_augment,
                                      args.judge_anneal)
 

@@ -274,7 +274,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     # Its own dest: the training recipe's seed flag (--train-seed) has the field's dest "seed".
     p.add_argument("--seed", type=seed_int, default=0, dest="method_seed",
                    help="seed of the method (batch order, random labels/teachers) and of the "
-                        "attacks")
+                        "attacks (default 0)")
     p.add_argument("--no-retrain", action="store_true",
                    help="skip the in-process Retrain comparison")
     common.add_output_args(p)
