@@ -243,6 +243,17 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
     n0 = min(30, int(np.sum(digits_splits.test.y == 0)))
     assert row["attacks_class_matched"]["d_mia"]["members"] == n0
     assert f"d_mia_auc / d_mia_acc took {n0} members" in (ev0 / "gan_evaluation.md").read_text()
+    # An item request tracks its fake label: the report gives the last check's y_f and D's
+    # score that the stop compared (the start's y_f alone read as an unmet stop).
+    items = tmp_path / "items"
+    assert cli.main(["gan", "unlearn", *base, "--run-dir", str(orig), "--out", str(items),
+                     "--forget-indices", "0,1,2", "--max-rounds", "5", "--check-every", "5",
+                     "--quiet"]) == 0
+    res_i = json.loads((items / "results.json").read_text())
+    text = " ".join((items / "report.md").read_text().split())
+    assert (f"y_f = {res_i['y_f']:.3f} at the start, {res_i['final']['y_f']:.3f} at the last "
+            f"check (tracked), D's score on the forgotten items "
+            f"{res_i['final']['score_u']:.3f}") in text, text
     # Another judge recipe is not the stored one: trained anew, stored with the evaluation.
     capsys.readouterr()
     with pytest.MonkeyPatch.context() as mp:       # a terminal: progress bars (not in a log)

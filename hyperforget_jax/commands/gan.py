@@ -344,10 +344,17 @@ def _unlearn_into(out, args, arch, state, meta, splits, request, fsplit, cfg, cl
     how = ("" if not prior.get("rounds") else " (already done: reloaded)"
            if prior.get("done") and prior["rounds"] == res.rounds
            else f" (resumed after round {prior['rounds']})")
+    # A tracked y_f moves: the stop compares D's score on the items with the last check's
+    # (the start's alone read as a stop whose criterion was not met).
+    last = res.history[-1] if res.history else {}
+    y_f = (f"y_f = {res.y_f:.3f} at the start, {last['y_f']:.3f} at the last check (tracked), "
+           f"D's score on the forgotten items {last['score_u']:.3f}"
+           if cfg.fake_label != "hard" and cfg.track_fake_label and "y_f" in last
+           and "score_u" in last else f"y_f = {res.y_f:.3f}")
     md = (f"# GAN unlearning: {request.describe()}\n\n{res.rounds} cascade rounds in "
           f"{res.seconds:.1f} s{how}{tries} (stopped by {res.stopped}; λ_u {res.lambda_u:g}"
           f"{kept}); "
-          f"fake label {cfg.fake_label} (y_f = {res.y_f:.3f}), {cfg.substitution}-level "
+          f"fake label {cfg.fake_label} ({y_f}), {cfg.substitution}-level "
           "substitution.\n\n![samples](samples.png)\n")
     results = {"request": request.to_json(), "dataset": args.dataset,
                "split_seed": args.split_seed, "unlearn_config": cfg.to_json(), **judged,
