@@ -316,12 +316,16 @@ def _refuse_guessed_gaps(y: np.ndarray, k: int, name: str) -> None:
     if len(present) == k:
         return
     shown = (np.setdiff1d(np.arange(k), present)[:5] if k <= 10**6 else np.array([], int))
-    ids = ", ".join(str(int(v)) for v in shown) + (", ..." if k - len(present) > len(shown)
-                                                  else "")
-    hint = ("1-based labels? pass y - 1; " if present[0] >= 1 and len(present) == k - present[0]
-            else "")
+    ids = "" if not len(shown) else ", ".join(str(int(v)) for v in shown) + (
+        ", ..." if k - len(present) > len(shown) else "")
+    first = int(present[0])
+    # Labels from 2 up were told "1-based? pass y - 1", which the check then refused again.
+    hint = ("" if not (first >= 1 and len(present) == k - first) else
+            "1-based labels? pass y - 1; " if first == 1 else
+            f"labels numbered from {first}? pass y - {first}; ")
     raise DataError(f"{name}: num_classes guessed as {k} (the largest label + 1), but "
-                    f"{k - len(present)} class id(s) below it have no sample ({ids}); "
+                    f"{k - len(present)} class id(s) below it have no sample"
+                    f"{f' ({ids})' if ids else ''}; "
                     f"{hint}renumber the classes with np.unique(y, return_inverse=True)[1], or "
                     f"pass num_classes={k} if the empty classes are meant")
 

@@ -333,6 +333,13 @@ def test_a_guessed_num_classes_with_empty_classes_is_refused():
                                         r"num_classes=6 if"):
         data.from_arrays(x, np.array([0, 2, 5, 5]))
     assert data.from_arrays(x, np.array([0, 2, 5, 5]), 6).num_classes == 6  # meant: allowed
+    # Labels from 2 up are told the shift that makes them 0-based (y - 1 was refused again).
+    with pytest.raises(DataError, match=r"\(0, 1\); labels numbered from 2\? pass y - 2; "):
+        data.from_arrays(x, np.array([2, 3, 4, 4]))
+    assert data.from_arrays(x, np.array([2, 3, 4, 4]) - 2).num_classes == 3
+    # Over a million ids the missing ones are not listed: no empty "()".
+    with pytest.raises(DataError, match=r"1999998 class id\(s\) below it have no sample; "):
+        data.from_arrays(x, np.array([0, 1999999, 0, 0]))
     assert data.from_arrays(x, np.array([0, 1, 3, 2])).num_classes == 4
 
 
