@@ -438,7 +438,10 @@ def class_matched_rows(y_a: Any, y_b: Any, seed: int, p_min: float = CLASS_MIX_P
 
     y_a, y_b = np.asarray(y_a), np.asarray(y_b)
     classes = np.union1d(y_a, y_b)
-    table = np.stack([(y_a[:, None] == classes).sum(0), (y_b[:, None] == classes).sum(0)])
+    # Counted per class in linear memory (a rows × classes mask took 1.3 GB for ImageNet's
+    # 1.28M rows and 1,000 classes).
+    table = np.stack([np.bincount(np.searchsorted(classes, y), minlength=len(classes))
+                      for y in (y_a, y_b)])
     if len(classes) < 2:
         return None
     p = float(chi2_contingency(table, correction=False)[1])
