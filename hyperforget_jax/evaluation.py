@@ -157,8 +157,10 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
     if min(n_members, n_non) < MIN_LR_ATTACK_SAMPLES:
         # A cross-validated attack needs two samples per side; forgetting one sample is a normal
         # request, so report the attacks as not applicable instead of failing the evaluation.
-        reason = (f"needs at least {MIN_LR_ATTACK_SAMPLES} members and non-members, got "
-                  f"{n_members} forget and {n_non} held-out samples")
+        got = (f"{n_members} forget and {n_non} held-out samples" if matched is None else
+               f"{n_members} of {len(fsplit.forget)} forget and {n_non} of {len(y_non)} "
+               "held-out samples after class matching (the classes both sets hold)")
+        reason = (f"needs at least {MIN_LR_ATTACK_SAMPLES} members and non-members, got {got}")
         out["mia_loss_lr"] = out["mia_entropy_lr"] = None
         out["not_applicable"] = {"mia_loss_lr": reason, "mia_entropy_lr": reason}
     else:

@@ -202,6 +202,18 @@ def test_attacks_take_members_and_non_members_of_one_class_mix(setting):
     from hyperforget_jax.evaluation import class_matched_note   # what the CLI's reports say
 
     assert "took 20 members and 20 non-members, class by class" in class_matched_note(out)
+    # Items of a class the test set lacks: no rows survive the matching, and the reason counts
+    # them so (it read "got 0 forget ... samples" for a 20-item forget set).
+    te9 = [20] * 9 + [0]
+    no9 = data.Splits(splits.train, splits.val, mk(te9, "test"))
+    items = data.ForgetRequest(indices=tuple(int(i) for i in
+                                             np.flatnonzero(splits.train.y == 9)[:20]))
+    out9 = evaluate_unlearning(apply_fn, params, no9, data.resolve_forget(splits.train, items),
+                               items, seed=0)
+    assert out9["mia_loss_lr"] is None
+    assert out9["not_applicable"]["mia_loss_lr"].endswith(
+        "got 0 of 20 forget and 0 of 180 held-out samples after class matching (the classes "
+        "both sets hold)")
     d_splits, d_req, d_fs, orig, _ = setting
     assert "attacks_class_matched" not in evaluate_unlearning(ARCH, orig, d_splits, d_fs, d_req,
                                                               seed=1)
