@@ -330,18 +330,46 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
         state, finite = update(state, grads, loss, tx)
         return state, {"loss": loss, "accuracy": acc, "finite": finite}
 
+    step.axis_name = axis_name      # what the wrappers below check
     return step
 
 
 # --- three ways to compile the same step ------------------------------------------------------
 
+_UNKNOWN = object()
+
+
+def check_step_axis(step: Callable, axis_name: str | None, wrapper: str) -> None:
+    """ConfigError when a step built by the library (``make_train_step``,
+    ``make_gradtau_step``: they record ``step.axis_name``) has another ``axis_name`` than
+    ``wrapper`` runs it under (None: one program over all devices, jit or shardings). A
+    ``pmap`` of a step without one ran without a word, each device stepping on its own shard
+    (copies 2e-3 apart after one step); a step with one under jit failed with JAX's "unbound
+    axis name" NameError. A user's own step (no attribute) is not checked."""
+    built = getattr(step, "axis_name", _UNKNOWN)
+    if built is _UNKNOWN or built == axis_name:
+        return
+    if axis_name is None:
+        raise ConfigError(f"{wrapper} compiles the single-device step (XLA partitions it), "
+                          f"but this step was built with axis_name={built!r}, for pmap / "
+                          "shard_map; build it without axis_name")
+    drift = (" (without one, each device steps on its own shard and their copies drift apart)"
+             if built is None else "")
+    raise ConfigError(f"{wrapper} runs the step under the pmap axis {axis_name!r}, but it was "
+                      f"built with axis_name={built!r}{drift}; build it with "
+                      f"axis_name={axis_name!r}")
+
+
 def jit_step(step: Callable) -> Callable:
+    check_step_axis(step, None, "jit_step")
     return xla.jit(step, donate_argnums=0)
 
 
 def pmap_step(step_with_axis: Callable, axis_name: str = "batch") -> Callable:
-    """``step_with_axis`` must be built with ``make_train_step(..., axis_name=axis_name)``.
+    """``step_with_axis`` must be built with ``make_train_step(..., axis_name=axis_name)``
+    (a library-built step with another axis, or none, is refused).
     Inputs: replicated state (:func:`replicate`) and batches split with :func:`shard_batch`."""
+    check_step_axis(step_with_axis, axis_name, "pmap_step")
     return jax.pmap(step_with_axis, axis_name=axis_name, donate_argnums=0)
 
 
@@ -408,6 +436,7 @@ def data_mesh(devices=None) -> Mesh:
 def sharded_step(step: Callable, mesh: Mesh) -> Callable:
     """Compiles the single-device step with a replicated state and a batch sharded along
     ``"data"``; XLA inserts the gradient all-reduce. Same numbers as :func:`jit_step`."""
+    check_step_axis(step, None, "sharded_step")
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     return xla.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl),
                    donate_argnums=0)

@@ -664,6 +664,7 @@ def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
                        "retain_loss": aux["retain_loss"], "finite": finite,
                        "ascent": aux["ascent"]}
 
+    step.axis_name = axis_name      # checked by the wrappers (train.check_step_axis)
     return step
 
 
@@ -683,7 +684,9 @@ def pmap_gradtau_step(step_with_axis: Callable, axis_name: str = "batch",
     """``step_with_axis`` built with ``axis_name``; state replicated (``train.replicate``),
     both batches split with ``train.shard_batch``, τ and α broadcast; an ``ascent_hint`` is
     the previous step's ``metrics["ascent"]`` as it returns it (one per device). The state is
-    donated (its buffers reused; ``train.replicate`` copies the parameters)."""
+    donated (its buffers reused; ``train.replicate`` copies the parameters). A step of
+    :func:`make_gradtau_step` built with another ``axis_name`` (or none) is refused."""
+    train.check_step_axis(step_with_axis, axis_name, "pmap_gradtau_step")
     kw = dict(axis_name=axis_name, donate_argnums=0, devices=devices)
     return _with_optional_hint(
         jax.pmap(step_with_axis, in_axes=(0, 0, 0, None, None), **kw),
@@ -695,6 +698,7 @@ def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
     replicated, both batches sharded along ``"data"`` (``train.put_sharded``); XLA inserts the
     all-reduce. The state is donated (its buffers reused); ``train.init_state`` copies the
     parameters it is given, so the caller's stay readable."""
+    train.check_step_axis(step, None, "sharded_gradtau_step")
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     kw = dict(out_shardings=(repl, repl), donate_argnums=0)
     return _with_optional_hint(
