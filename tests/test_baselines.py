@@ -1,6 +1,8 @@
 """Every method through ``unlearn(...)`` on sklearn digits: runs, leaves the caller's params
 alone, and moves the parameters in the method's direction."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -445,6 +447,23 @@ def test_teacher_logits_of_a_large_set_are_computed_in_chunks(monkeypatch):
     got = np.asarray(baselines._logits(model, {"w": jnp.arange(12.0).reshape(4, 3)}, x))
     np.testing.assert_allclose(got, x.reshape(21, 4) @ np.arange(12.0).reshape(4, 3), rtol=1e-6)
     assert max(seen) <= 8, seen
+
+
+@pytest.mark.parametrize("make, words", [
+    (lambda: baselines.neggrad_plus(train.per_example_ce(lambda p, x: x @ p), 1.5),
+     "neggrad_plus: beta=1.5 must be a finite number in [0, 1]"),
+    (lambda: baselines.scrub(lambda p, x: x @ p, 0.0, 1.0, 1.0),
+     "scrub: kd_T=0.0 must be a finite number > 0"),
+    (lambda: baselines.scrub(lambda p, x: x @ p, 4.0, -1.0, 1.0),
+     "scrub: gamma=-1.0 must be a finite number >= 0"),
+    (lambda: baselines.scrub(lambda p, x: x @ p, 4.0, 1.0, float("nan")), "scrub: alpha=nan"),
+    (lambda: baselines.bad_teacher(lambda p, x: x @ p, 0), "bad_teacher: temperature=0.0"),
+    (lambda: baselines.bad_teacher(lambda p, x: x @ p, (1.0, 2.0)), "must be one number")])
+def test_objectives_refuse_the_settings_their_configs_refuse(make, words):
+    # NegGrad+ at β 1.5 descended on the forget set; SCRUB and Bad Teacher at temperature 0
+    # returned NaN losses. Their configs refused these; the building blocks took them.
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        make()
 
 
 def test_neggrad_plus_and_bad_teacher_objectives_equal_their_formulas():

@@ -1087,6 +1087,11 @@ def test_nabla_tau_refuses_a_tau_or_alpha_it_would_misuse():
             G.nabla_tau(loss_fn, alpha, tau=2.0)
     with pytest.raises(ConfigError, match=r"alpha0=1.5"):
         G.alpha_schedule_fn(1.5, 3, 1)
+    # A schedule of several α₀'s (alpha_schedule_fn takes them, for fleets) given to one
+    # objective: a bare "Pred must be a scalar" TypeError inside lax.cond.
+    gt = G.nabla_tau(loss_fn, G.alpha_schedule_fn(jnp.array([0.2, 0.5, 0.9]), 3, 1), tau=2.0)
+    with pytest.raises(ConfigError, match=r"alpha schedule returned shape \(3,\).*vmap"):
+        gt.update(params, gt.init(params), batch, batch)
     # What stays accepted: α at its bounds, a jax scalar, a schedule, traced values.
     for alpha in (0.0, 1.0, jnp.float32(0.3), G.alpha_schedule_fn(0.5, 3, 1)):
         G.nabla_tau(loss_fn, alpha, tau=jnp.float32(2.0))

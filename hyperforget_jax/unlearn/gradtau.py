@@ -565,6 +565,11 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
             state = refresh_tau(state, params, tau_fn, refresh_every, *tau_args,
                                 axis_name=axis_name)
         a = jnp.asarray(alpha_fn(state.count), state.tau.dtype)
+        if jnp.shape(a) != ():   # checked while tracing; was a bare TypeError in lax.cond
+            raise ConfigError(f"nabla_tau's alpha schedule returned shape {jnp.shape(a)}: α is "
+                              "one number per step; for one α₀ per member of a fleet, vmap the "
+                              "update over members with a schedule each (alpha_schedule_fn "
+                              "of one α₀)")
         loss, grads, aux = gradtau_objective(loss_fn, params, forget_batch, retain_batch,
                                              state.tau, a, axis_name, chunk=chunk,
                                              ascent_hint=ascent_hint)
