@@ -450,6 +450,12 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     assert path.name == "hypernet.npz"
     loaded, meta = H.load_hypernet(tmp_path / "h")
     assert loaded.spec == net2.spec and meta["history"]["loss"] == [1.0]
+    # The corpus's data goes with a network saved from Python too (only `hypertrain` wrote
+    # it, and `sample` took such a file on any data without a word).
+    # (The fixture's corpus was built from splits, its split seed not recorded.)
+    assert meta["dataset"] == "digits" and "split_seed" not in meta
+    assert meta["identity"]["data"] == corpus.index["data_fingerprint"]
+    assert loaded.built_on == net2.built_on == {k: meta[k] for k in ("dataset", "identity")}
     prompt = H.make_prompt(net2, start, digits_splits.train, (5,))
     a = H.sample(jax.random.key(4), net2, start, prompt, num_steps=4)
     b = H.sample(jax.random.key(4), loaded, start, prompt, num_steps=4)
@@ -457,6 +463,11 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     argv = ["sample", "--dataset", "digits", "--hypernet", str(tmp_path / "h"), "--corpus",
             str(out), "--start-seed", "2", "--forget-class", "5", "--num-steps", "4",
             "--seed", "4", "--out", str(tmp_path / "s")]
+    capsys.readouterr()
+    assert cli.main([*argv, "--split-seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "differs from what the hypernetwork's corpus in" in err, err
+    assert not (tmp_path / "s").exists()
     assert cli.main(argv) == 0
     from hyperforget_jax import checkpoint
 
@@ -526,7 +537,14 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     # A start network of another split: its prompt and evaluation would read the wrong images
     # as its training set (was: sampled and evaluated silently). The corpus was built from
     # splits given without their seed: the data's fingerprint tells them apart.
+    # (The hypernetwork's own record refuses it first; one that records no data, built by
+    # hand, leaves it to the start network's check.)
     fails(argv[:-1] + [str(tmp_path / "s8"), "--split-seed", "1"],
+          "differs from what the hypernetwork's corpus")
+    bare = H.save_hypernet(tmp_path / "h_bare", H.Hypernet(net2.spec, net2.params,
+                                                           p_uncond=net2.p_uncond))
+    at = argv.index("--hypernet") + 1
+    fails([*argv[:at], str(bare), *argv[at + 1:-1], str(tmp_path / "s8"), "--split-seed", "1"],
           "differs from what the corpus's start network")
     assert not (tmp_path / "s8").exists()
     # Guidance mixes in the target-free prediction, which --p-uncond 0 never trained (was:

@@ -124,13 +124,10 @@ def cmd_hypertrain(args) -> int:
         net, hist = H.train_hypernet(corpus, args.variant, args.forget_class, den, cfg,
                                      checkpoint_dir=run.path / "train_state",
                                      progress=common.progress(args))
-        # The corpus's data, so `sample` can refuse other data (common.check_same_data).
-        built_on = {"dataset": corpus.index.get("dataset"),
-                    "split_seed": corpus.index.get("split_seed"),
-                    "identity": {"data": corpus.index.get("data_fingerprint")}}
+        # The corpus's data goes with the network (net.built_on), so `sample` can refuse other
+        # data (common.check_same_data).
         path = H.save_hypernet(run.path, net, {"corpus": str(corpus.path), "history": hist,
-                                               "corpus_config": corpus.index["config"],
-                                               **built_on})
+                                               "corpus_config": corpus.index["config"]})
         report.write_json(run.path / "history.json", hist)
     common.emit(args, {"variant": args.variant, "steps": cfg.steps, "history": hist,
                        "hypernet": str(path)},

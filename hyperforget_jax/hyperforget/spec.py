@@ -163,14 +163,19 @@ class Hypernet:
 
     ``p_uncond`` is the classifier-free dropout it was trained with (``None``: not known, e.g.
     built by hand or saved without it); at 0 its target-free prediction never learnt, so the
-    samplers refuse a guidance weight other than 0."""
+    samplers refuse a guidance weight other than 0. ``built_on``: its corpus's data
+    (``dataset``, ``split_seed``, ``identity.data``: the arrays' fingerprint), which
+    :func:`~hyperforget_jax.hyperforget.store.save_hypernet` records and ``hyperforget
+    sample`` compares with its data (``None``: not known)."""
 
-    __slots__ = ("spec", "params", "p_uncond", "_programs")
+    __slots__ = ("spec", "params", "p_uncond", "built_on", "_programs")
 
-    def __init__(self, spec: HyperSpec, params: Params, p_uncond: float | None = None):
+    def __init__(self, spec: HyperSpec, params: Params, p_uncond: float | None = None,
+                 built_on: dict | None = None):
         self.spec = spec
         self.params = params
         self.p_uncond = None if p_uncond is None else float(p_uncond)
+        self.built_on = built_on or None
         self._programs: dict = {}
 
     def program(self, key, build: Callable[[], Callable]) -> Callable:

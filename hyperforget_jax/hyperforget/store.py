@@ -42,8 +42,8 @@ def to_bytes(net: Hypernet, extra_meta: dict | None = None) -> bytes:
     arrays = {_leaf_name(p): np.asarray(v, np.float32) for p, v in leaves}
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise NonFiniteError("the hypernetwork's parameters contain NaN/inf; nothing written")
-    meta = {"format": FORMAT, "hypernet": net.spec.to_json(), **(extra_meta or {}),
-            "arrays_digest": _arrays_digest(arrays)}
+    meta = {"format": FORMAT, "hypernet": net.spec.to_json(), **(net.built_on or {}),
+            **(extra_meta or {}), "arrays_digest": _arrays_digest(arrays)}
     if net.p_uncond is not None:
         meta["p_uncond"] = net.p_uncond
     try:
@@ -164,7 +164,9 @@ def from_bytes(raw: bytes, where: str) -> tuple[Hypernet, dict]:
             {_leaf_name(p): a for (p, _), a in zip(leaves, out)}) != want:
         raise CheckpointError(f"{where}: the parameter arrays do not match the digest in the "
                               "file's meta (edited or corrupted); retrain or re-save it")
-    return Hypernet(spec, jax.tree_util.tree_unflatten(treedef, out), _p_uncond(meta)), meta
+    built_on = {k: meta[k] for k in ("dataset", "split_seed", "identity") if k in meta}
+    return Hypernet(spec, jax.tree_util.tree_unflatten(treedef, out), _p_uncond(meta),
+                    built_on), meta
 
 
 def _p_uncond(meta: dict) -> float | None:
@@ -260,4 +262,5 @@ def load_pretrained(name: str | None = None) -> tuple[Hypernet, dict]:
                               "reinstall hyperforget_jax (or, if experiments/build_pretrained.py "
                               "was interrupted while installing, rerun it)")
     net, meta = from_bytes(raw, str(f))
+    net.built_on = {**PT.BUILT_ON, **(net.built_on or {})}     # kept when saved again
     return net, {**PT.BUILT_ON, **meta, "pretrained_name": name, "sha256": got}
