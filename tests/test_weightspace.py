@@ -145,3 +145,20 @@ def test_canonicalize_under_rank_promotion_raise():
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(p)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_switched_off_unit_keeps_scale_one_and_its_changes_stay_finite_sized():
+    """A unit with all-zero incoming weights and bias (pruned) got scale 1e-12: a change to
+    its outgoing row in canonical space came back ×1e12 (a sample's weights ≈ 3e11)."""
+    p = MLP.init(jax.random.key(0))
+    d0 = dict(p["Dense_0"])
+    d0["kernel"], d0["bias"] = d0["kernel"].at[:, 0].set(0.0), d0["bias"].at[0].set(0.0)
+    p = {**p, "Dense_0": d0}
+    c, scales = canonicalize(p)
+    assert float(scales[0][0]) == 1.0 and float(scales[0][1]) != 1.0
+    np.testing.assert_allclose(MLP.apply(c, _x()), MLP.apply(p, _x()), rtol=1e-4, atol=1e-5)
+    moved = {**c, "Dense_1": {**c["Dense_1"], "kernel": c["Dense_1"]["kernel"] + 0.01}}
+    back = decanonicalize(moved, scales)
+    assert float(jnp.max(jnp.abs(back["Dense_1"]["kernel"]))) < 10.0
+    for a, b in zip(jax.tree.leaves(decanonicalize(c, scales)), jax.tree.leaves(p)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -41,6 +41,9 @@ from hyperforget_jax.errors import ConfigError
 
 Params = Any
 _EPS = 1e-12
+#: A hidden unit whose incoming norm is below this share of its layer's largest is switched off:
+#: canonicalisation leaves it unscaled (its outputs are 0 at any scale).
+_DEAD = 1e-6
 
 
 def mlp_layers(template: Params) -> list[str] | None:
@@ -82,8 +85,11 @@ def canonicalize(params: Params) -> tuple[Params, list[jax.Array]]:
     out = {k: dict(v) for k, v in params.items()}
     scales = []
     for a, b in zip(names[:-1], names[1:]):
-        # Layer a's incoming weights already carry the previous layer's scales.
-        s = jnp.sqrt(jnp.sum(out[a]["kernel"] ** 2, 0) + out[a]["bias"] ** 2) + _EPS
+        # Layer a's incoming weights already carry the previous layer's scales. A unit switched
+        # off (all-zero incoming weights and bias, as pruning leaves it) keeps scale 1: at
+        # 1e-12 a sampled change to its outgoing row came back ×1e12 (weights ≈ 3e11).
+        n = jnp.sqrt(jnp.sum(out[a]["kernel"] ** 2, 0) + out[a]["bias"] ** 2)
+        s = jnp.where(n > _DEAD * jnp.max(n), n + _EPS, 1.0)
         out = _rescale(out, scales + [s], start=len(scales))
         scales.append(s)
     return out, scales
