@@ -304,6 +304,11 @@ def test_prompts_of_the_wrong_shape_or_not_multi_hot_are_named(setup, digits_spl
         H.sample(jax.random.key(0), net2, start, H.stack_prompts([good, good]))
     with pytest.raises(ForgetRequestError, match="expected stacked prompts.*call sample"):
         H.sample_many(jax.random.split(jax.random.key(0), 10), net2, start, good)
+    # No prompts at all, or something else in the list: bare TypeErrors of Prompt().
+    with pytest.raises(ForgetRequestError, match="at least one prompt"):
+        H.stack_prompts([])
+    with pytest.raises(ConfigError, match="takes Prompts .*got a tuple"):
+        H.stack_prompts([good, tuple(good)])
     soft = good._replace(classes=good.classes.at[4].set(0.7))
     with pytest.raises(ForgetRequestError, match="multi-hot 0/1"):
         H.sample(jax.random.key(0), net2, start, soft)

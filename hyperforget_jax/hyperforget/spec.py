@@ -213,6 +213,13 @@ def multi_hot(classes, num_classes: int) -> np.ndarray:
 
 
 def stack_prompts(prompts: list[Prompt]) -> Prompt:
+    """The prompts stacked on a leading axis (one row per request, for ``sample_many``)."""
+    prompts = list(prompts)
+    if not prompts:     # was a bare TypeError from Prompt()
+        raise ForgetRequestError("stack_prompts needs at least one prompt (make_prompt)")
+    bad = [type(p).__name__ for p in prompts if not isinstance(p, Prompt)]
+    if bad:
+        raise ConfigError(f"stack_prompts takes Prompts (make_prompt), got a {bad[0]}")
     return Prompt(*(jnp.stack(v) for v in zip(*prompts)))
 
 
