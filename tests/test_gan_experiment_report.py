@@ -291,7 +291,9 @@ def _fake_gan(gan, monkeypatch, raise_at=None, during=None):
     monkeypatch.setattr(gan, "sample", lambda arch, g, n, seed: g["g"])
     monkeypatch.setattr(gan, "save_grid", lambda x, path, title: path.write_text(f"{x}"))
 
-    def evaluate(arch, g, d, judge, splits, fx, rx, fcls, ev, ref):
+    def evaluate(arch, g, d, judge, splits, fx, rx, fcls, ev, ref, forget_y=None):
+        # The items' labels, for D's class-matched attack.
+        assert forget_y is not None and len(forget_y) == len(fx)
         calls.append((len(fx), float(g["g"][0])))
         if len(calls) == 1 and during:
             during()
