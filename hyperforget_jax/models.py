@@ -371,14 +371,17 @@ class Architecture:
         if not jnp.issubdtype(dtype, jnp.floating):       # bfloat16 included
             raise DataError(f"{what} has images of dtype {dtype}; the models take floating-point "
                             f"inputs. {data.integer_inputs_fix(dtype)}")
-        if (self.registered and isinstance(x, np.ndarray) and x.size and x.ndim == 4
-                and x.shape[1] > 1 and x.shape[2] > 1):
-            # Float 0..255 images (cifar.data.astype(np.float32)) trained unscaled: a strided
-            # sample of ≤ 65,536 values tells them from [0, 1] or standardised images in µs
-            # (x.flat: no copy of a transposed array). Feature vectors (N, D, 1, 1), such as
-            # counts, are not images and are not checked.
-            sample = x.flat[::max(1, x.size // 65536)]
-            lo, hi = float(sample.min()), float(sample.max())
+        shape = tuple(jnp.shape(x))
+        if (self.registered and len(shape) == 4 and shape[0] and shape[1] > 1 and shape[2] > 1
+                and not isinstance(x, jax.core.Tracer)):
+            # Float 0..255 images (cifar.data.astype(np.float32)) trained unscaled: ≤ 128 whole
+            # images evenly spaced tell them from [0, 1] or standardised images (a stride over
+            # the flat values could land on black border pixels only: 2,400 MNIST images × 255
+            # read a maximum of 0). Device arrays are reduced where they are (they were never
+            # checked). Feature vectors (N, D, 1, 1), such as counts, are not images.
+            sub = x[::max(1, shape[0] // 64)]
+            mod = jnp if isinstance(sub, jax.Array) else np
+            lo, hi = float(mod.min(sub)), float(mod.max(sub))
             if lo >= 0 and hi > 1.5:
                 raise DataError(f"{what} has images with values up to {hi:g} (0..255 pixel "
                                 f"values?); the {self.name} model takes images in [0, 1]: divide "

@@ -204,3 +204,20 @@ def test_init_of_a_module_that_needs_concrete_inputs_runs_op_by_op():
     want = Branchy().init(key, jnp.zeros((1, 4, 4, 1)))["params"]
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)))
     assert arch.init(key)["Dense_0"]["kernel"].shape == (16, 10)
+
+
+def test_0_255_images_are_refused_whatever_their_count_or_container():
+    """The check sampled the flat values at a stride: 2,400 MNIST-sized images × 255 read only
+    their black first column (stride 28) and trained unscaled; a device array was never
+    checked."""
+    from hyperforget_jax.errors import DataError
+
+    arch = models.make_architecture("mlp", (28, 28, 1))
+    x = np.zeros((2400, 28, 28, 1), np.float32)
+    x[:, 8:20, 8:20] = 255.0                      # digits on a black border
+    for images in (x, jnp.asarray(x)):
+        with pytest.raises(DataError, match=r"values up to 255 \(0\.\.255 pixel values\?\)"):
+            arch.check_inputs(images, "training set")
+        arch.check_inputs(images / 255.0, "training set")      # [0, 1]: taken
+    # Traced images are not read (a user's jitted loop), nor are feature vectors.
+    jax.jit(lambda v: arch.check_inputs(v) or v.sum())(jnp.asarray(x))
