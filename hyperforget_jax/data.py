@@ -196,9 +196,14 @@ def row_hashes(ds: Dataset) -> np.ndarray:
     if parent is not None:                                  # a subset: its parent's at idx
         h = row_hashes(parent)[idx]
     else:
-        rows = np.ascontiguousarray(ds.x).reshape(len(ds), -1)
-        h = np.fromiter((int.from_bytes(hashlib.blake2b(memoryview(r).cast("B"),
-                                                        digest_size=8).digest(), "little")
+        rows = np.ascontiguousarray(ds.x)
+        # Images as float32, the models' input: a float64 (or bfloat16) copy of training
+        # images is the same images (their bytes differed, and a validation set of training
+        # images passed as unseen data; bfloat16 failed in memoryview).
+        if "float" in rows.dtype.name and rows.dtype != np.float32:     # ml_dtypes' too
+            rows = rows.astype(np.float32)
+        rows = rows.reshape(len(ds), -1).view(np.uint8)
+        h = np.fromiter((int.from_bytes(hashlib.blake2b(r, digest_size=8).digest(), "little")
                          for r in rows), np.uint64, len(rows))
     object.__setattr__(ds, "_row_hashes", (ds.x, h))
     return h

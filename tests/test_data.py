@@ -435,3 +435,29 @@ def test_held_out_rows_equal_to_training_rows_are_refused_only_for_distinct_data
     bits = rng.integers(0, 2, (400, 10, 1, 1)).astype(np.float32)
     binary = data.from_arrays(bits[:300], np.arange(300) % 2)
     data.refuse_training_rows(data.from_arrays(bits[300:], np.arange(100) % 2), "x", "f", binary)
+
+
+
+def test_training_rows_in_another_float_dtype_are_still_training_rows():
+    """A hand-built Dataset keeps its dtype: a float64 copy of training images hashed to other
+    bytes and passed as unseen data; bfloat16 images failed in memoryview ("cannot include
+    dtype 'E'") when hashed or fingerprinted."""
+    import ml_dtypes
+
+    from hyperforget_jax import rundir
+
+    rng = np.random.default_rng(0)
+    imgs = rng.random((60, 4, 4, 1)).astype(np.float32)
+    train = data.from_arrays(imgs, np.arange(60) % 5)
+    for dtype in (np.float64, np.float16, ml_dtypes.bfloat16):
+        copy = data.Dataset(imgs[:20].astype(dtype), train.y[:20], 5, "copy")
+        if dtype is np.float64:      # the same values: the same rows
+            np.testing.assert_array_equal(data.row_hashes(copy), data.row_hashes(train)[:20])
+        with pytest.raises(DataError, match="of the 20 images of the check set are training"):
+            data.refuse_training_rows(copy, "the check set", "fix",
+                                      data.Dataset(imgs.astype(dtype), train.y, 5, "t"))
+        assert len(rundir.array_fingerprint(copy.x)) == 24
+    # Float32 rows hash as before (the bytes hashed are the same).
+    import hashlib
+    want = int.from_bytes(hashlib.blake2b(imgs[0].tobytes(), digest_size=8).digest(), "little")
+    assert int(data.row_hashes(train)[0]) == want
