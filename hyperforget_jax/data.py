@@ -258,8 +258,9 @@ def _check(x: np.ndarray, y: np.ndarray, name: str) -> None:
         raise DataError(f"{name}: images must be (N, H, W, C), got shape {x.shape}; "
                         "add a channel axis for grey-scale images (feature vectors: "
                         "x.reshape(N, D, 1, 1), with a model that flattens its input)")
-    if x.shape[1] in (1, 3, 4) and x.shape[2] == x.shape[3] > 4:
-        # PyTorch's layout: resnet18 built for (3, 32, 32) read 32 channels of 3×32 images.
+    if x.shape[1] in (1, 3, 4) and min(x.shape[2], x.shape[3]) > 4:
+        # PyTorch's layout: resnet18 built for (3, 32, 32) read 32 channels of 3×32 images
+        # (non-square ones too: CelebA's (3, 218, 178) read as 3-row images of 178 channels).
         raise DataError(f"{name}: images of shape {x.shape[1:]} look channel-first (C, H, W); "
                         "pass them channel-last (N, H, W, C): x.transpose(0, 2, 3, 1)")
     if len(x) != len(y):

@@ -653,6 +653,9 @@ API_CASES = [
     ("from-arrays-channel-first", lambda c: data.from_arrays(
         np.zeros((4, 3, 32, 32), np.uint8), np.arange(4)), DataError,
      r"look channel-first \(C, H, W\).*x\.transpose\(0, 2, 3, 1\)"),
+    ("from-arrays-channel-first-not-square", lambda c: data.from_arrays(
+        np.zeros((4, 3, 218, 178), np.uint8), np.arange(4)), DataError,
+     r"\(3, 218, 178\) look channel-first"),
     ("unlearn-val-with-fewer-classes", lambda c: _unlearn_split(
         c, _class3(c), val=data.from_arrays(c.splits.val.x[c.splits.val.y < 9],
                                             c.splits.val.y[c.splits.val.y < 9])),
