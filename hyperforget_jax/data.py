@@ -404,7 +404,9 @@ def load_dataset(name: str = "mnist5k", data_dir: str | None = None) -> Dataset 
 def _stratified_split(ds: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in fractions]
-    for c in range(ds.num_classes):
+    # The classes present, in order: an absent class drew nothing from rng (the same splits),
+    # and num_classes=10**5 took seconds (10**13: a MemoryError in np.arange).
+    for c in np.unique(ds.y):
         idx = rng.permutation(np.flatnonzero(ds.y == c))
         bounds = np.round(np.cumsum(fractions) * len(idx)).astype(int)
         for p, (lo, hi) in enumerate(zip(np.r_[0, bounds[:-1]], bounds)):
@@ -482,7 +484,7 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
                         "and their sum below 1")
     _check_label_layout(ds, "make_splits")
     y = np.asarray(ds.y)
-    outside = ~np.isin(y, np.arange(ds.num_classes))
+    outside = (y < 0) | (y >= ds.num_classes)
     if outside.any():       # _stratified_split takes classes 0..num_classes-1 only
         raise DataError(f"make_splits: {ds.name} has {int(outside.sum())} labels outside the "
                         f"class ids 0..{ds.num_classes - 1} (e.g. {y[outside][0].item()!r}), "
@@ -738,6 +740,12 @@ def augment_affine(ds: Dataset, copies: int, seed: int = 0, rotate: float = 12.0
     from scipy import ndimage
 
     check_count(copies, "augment_affine: copies", error=DataError)
+    for name, v, ok, where in (("rotate", rotate, lambda f: 0 <= f <= 180, "[0, 180] degrees"),
+                               ("shift", shift, lambda f: 0 <= f < 1, "[0, 1) of the size"),
+                               ("scale", scale, lambda f: 0 <= f < 1, "[0, 1)")):
+        # NaN / inf raised an OverflowError deep in numpy, a negative range its ValueError.
+        if not is_scalar_number(v) or not ok(float(v)):
+            raise DataError(f"augment_affine: {name}={v!r} must be a number in {where}")
     rng = np.random.default_rng(_check_seed(seed, "augment_affine seed"))
     h, w = ds.x.shape[1:3]
     centre = np.array([(h - 1) / 2, (w - 1) / 2])

@@ -461,3 +461,25 @@ def test_training_rows_in_another_float_dtype_are_still_training_rows():
     import hashlib
     want = int.from_bytes(hashlib.blake2b(imgs[0].tobytes(), digest_size=8).digest(), "little")
     assert int(data.row_hashes(train)[0]) == want
+
+
+@pytest.mark.parametrize("kw", [{"rotate": float("nan")}, {"shift": float("inf")},
+                                {"scale": 1.5}, {"rotate": -5}, {"rotate": "12"}])
+def test_augment_affine_refuses_ranges_that_are_no_ranges(kw):
+    # NaN / inf raised an OverflowError deep in numpy, -5 numpy's "high - low < 0", "12" a
+    # TypeError.
+    ds = data.from_arrays(np.zeros((2, 4, 4, 1), np.float32), np.arange(2))
+    with pytest.raises(DataError, match=f"augment_affine: {next(iter(kw))}="):
+        data.augment_affine(ds, 2, **kw)
+
+
+def test_splits_scale_with_the_classes_present_not_num_classes():
+    """make_splits looped over range(num_classes): 10**5 took seconds, 10**13 a MemoryError;
+    the splits of the classes present are the same."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((200, 2, 2, 1)).astype(np.float32), np.arange(200) % 10
+    few = data.make_splits(data.from_arrays(x, y, 10), seed=3)
+    many = data.make_splits(data.from_arrays(x, y, 10**13), seed=3)
+    for a, b in zip(few, many):
+        np.testing.assert_array_equal(a.y, b.y)
+        np.testing.assert_array_equal(a.x, b.x)
