@@ -24,7 +24,7 @@ import operator
 import os
 import weakref
 from collections.abc import Iterable
-from typing import Iterator, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
@@ -212,6 +212,12 @@ def row_hashes(ds: Dataset) -> np.ndarray:
 #: Share of a held-out set's images that may also be training images (exact duplicates occur
 #: in real data sets) before :func:`refuse_training_rows` calls it the wrong set.
 HELD_OUT_OVERLAP = 0.05
+
+
+def images_only(x: Any, name: str) -> Dataset:
+    """Images alone as a :class:`Dataset` (one class), for :func:`row_hashes` and
+    :func:`refuse_training_rows` (the GAN's image sets carry no labels)."""
+    return Dataset(np.asarray(x), np.zeros(len(x), np.int32), 1, name)
 
 
 def refuse_training_rows(held_out: Dataset, what: str, fix: str, *train: Dataset) -> None:

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 
 from conftest import load_experiment
-from hyperforget_jax import xla
+from hyperforget_jax import data, xla
 from hyperforget_jax.errors import ConfigError, ForgetRequestError
 from hyperforget_jax.gan import unlearn as U
 from hyperforget_jax.gan.models import make_gan_arch
 from hyperforget_jax.gan.train import GANConfig, d_scores, generate, train_gan
+from hyperforget_jax.gan.train import sample as T_sample, save_grid as T_save_grid
+from hyperforget_jax.models import make_architecture
 
 
 class _ConstArch:
@@ -34,6 +36,10 @@ class _ConstArch:
 
     def sample_latents(self, key, n):
         return jax.random.normal(key, (n, 1))
+
+    def check_images(self, x, what, min_count=1):    # GANArch's check (d_scores reads it)
+        from hyperforget_jax.gan.models import GANArch
+        return GANArch.check_images(self, x, what, min_count)
 
     def program(self, key, build):  # GANArch's owner of compiled programs; none kept here
         return build()
@@ -377,6 +383,11 @@ def test_cascade_resumes_from_checkpoint_exactly(tmp_path, digits_splits, tiny_g
     other = dataclasses.replace(cfg, lambda_u=2.0)
     with Checkpointer(tmp_path / "ck") as ck, pytest.raises(CheckpointError, match="another"):
         U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=other, checkpointer=ck, **kw)
+    # The forget set in another order (or another set of equal pixel sum) resumed the run:
+    # its count and pixel sum were all the checkpoint compared.
+    flipped = dict(kw, forget_x=x[:16][::-1])
+    with Checkpointer(tmp_path / "ck") as ck, pytest.raises(CheckpointError, match="another"):
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck, **flipped)
 
 
 def test_escalation_restarts_and_its_last_attempt_equals_a_lone_cascade(tmp_path, digits_splits,
@@ -1054,3 +1065,60 @@ def test_unlearn_gan_refuses_a_pair_with_batch_statistics():
                                                   pool_size=8, batch_size=2))
         else:
             U._refuse_batch_statistics(arch, g, d, x)
+
+
+def test_unlearn_gan_refuses_training_images_as_held_out_and_a_g_outside_0_1(
+        digits_splits, tiny_gan, monkeypatch):
+    """heldout_x of training images set the heldout fake label at the members' score (an item
+    run stopped "by the criteria" with its items still scored as members); retain_x holding
+    the forget set kept D training on it; a G ending in tanh ran its whole cascade on [-1, 1]
+    images and met the criteria; evaluate_gan scored another split's test set (training
+    images) as non-members."""
+    from hyperforget_jax.errors import DataError
+    from hyperforget_jax.gan import metrics as M
+
+    gan, arch = tiny_gan
+    x = digits_splits.train.x
+    cfg = U.UnlearnConfig(fake_label="heldout", max_rounds=5, check_every=5, pool_size=64)
+    good = dict(retain_x=x[16:512], forget_x=x[:16], heldout_x=digits_splits.val.x)
+    for bad, words in ((dict(good, heldout_x=x[16:256]), "240 of the 240 images of heldout_x "
+                                                         "are training images"),
+                       (dict(good, retain_x=x[:512]), "16 of the 16 images of forget_x are "
+                                                      "training images; retain_x holds them")):
+        with pytest.raises(DataError, match=re.escape(words)):
+            U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **bad)
+    # A G whose samples are in [-1, 1] (a tanh output): refused at the first check, on G₀.
+    monkeypatch.setattr(U, "generate", lambda a, g, z, _real=U.generate: 2 * _real(a, g, z) - 1)
+    with pytest.raises(DataError, match=r"samples lie in \[-"):
+        U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **good)
+    monkeypatch.undo()
+    shuffled = data.make_splits(data.load_digits(), seed=5)   # another split's test set
+    jarch = make_architecture("mlp", (8, 8, 1), 10)
+    judge = M.Judge(jarch, jarch.init(jax.random.key(1)))
+    with pytest.raises(DataError, match=r"images of splits.test \(the attack's non-members\) "
+                                        r"are training images"):
+        M.evaluate_gan(arch, gan.g_params, gan.d_params, judge, shuffled, x[:16], x[16:],
+                       cfg=M.EvalConfig(num_samples=64, downstream_samples=0))
+
+
+@pytest.mark.parametrize("call, err, words", [
+    (lambda arch, g, d, x: d_scores(arch, d, x * 16), "DataError", "d_scores' images"),
+    (lambda arch, g, d, x: d_scores(arch, d, x.reshape(len(x), -1)), "DataError", "shape"),
+    (lambda arch, g, d, x: T_sample(arch, g, -1), "ConfigError", "(an integer >= 0), got -1"),
+    (lambda arch, g, d, x: T_sample(arch, g, 2.5), "ConfigError", "got 2.5"),
+    (lambda arch, g, d, x: T_save_grid(x, "/nonexistent/g.png", nrow=0), "ConfigError",
+     "save_grid: nrow must be an integer >= 1"),
+    (lambda arch, g, d, x: T_save_grid(x[0], "/nonexistent/g.png"), "DataError",
+     "(N, H, W, C)"),
+    (lambda arch, g, d, x: U.UnlearnConfig(track_fake_label="no"), "ConfigError",
+     "track_fake_label must be True or False"),
+    (lambda arch, g, d, x: U.UnlearnConfig(lambda_u="1"), "ConfigError",
+     "lambda_u must be a number")])
+def test_the_gan_helpers_refuse_bad_arguments(digits_splits, tiny_gan, call, err, words):
+    # 0..16 images saturated D's scores to 1e-17 without a word; n=-1 an MLIR error, 2.5 a
+    # TypeError; nrow 0 a ZeroDivisionError; "no" kept tracking on; "1" a TypeError.
+    from hyperforget_jax import errors
+
+    gan, arch = tiny_gan
+    with pytest.raises(getattr(errors, err), match=re.escape(words)):
+        call(arch, gan.g_params, gan.d_params, digits_splits.train.x[:8])

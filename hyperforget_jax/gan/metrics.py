@@ -22,7 +22,8 @@ import numpy as np
 
 from hyperforget_jax import layers, xla
 from hyperforget_jax.config import SEED_LIMIT
-from hyperforget_jax.data import Dataset, ForgetRequest, Splits
+from hyperforget_jax.data import (Dataset, ForgetRequest, Splits, images_only,
+                                  refuse_training_rows)
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
                                     NonFiniteError)
 from hyperforget_jax.metrics import (at_least_float32, chunked_apply, class_matched_rows,
@@ -512,6 +513,11 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
                             "; pass the forget split's labels (fs.forget.y)")
     retain_x = arch.check_images(retain_x, "retain_x (the classifier-FID reference)", 2)
     arch.check_images(splits.test.x, "splits.test")
+    # The attack's non-members and the downstream test images must be unseen: another split
+    # seed's test set (263 of its 359 images training images) was scored without a word.
+    refuse_training_rows(splits.test, "splits.test (the attack's non-members)", "pass the "
+                         "splits the GAN was trained from", images_only(forget_x, "forget"),
+                         images_only(retain_x, "retain"))
     if forget_classes is not None:
         forget_classes = ForgetRequest(classes=forget_classes).classes
         bad = [c for c in forget_classes if not 0 <= c < k]

@@ -371,7 +371,10 @@ def sample(arch: GANArch, g_params: Params, n: int, seed: int = 0) -> np.ndarray
     """``n`` images of G from the latents of integer ``seed`` (not a PRNG key: refused with a
     ConfigError, as a seed outside [0, 2**32) is, rather than jax's TypeError or a wrap)."""
     seed = _check_seed(seed, "GAN sample seed", ConfigError)
-    return generate(arch, g_params, arch.sample_latents(jax.random.key(seed), n))
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        # -1 died in an MLIR error, 2.5 in a TypeError
+        raise ConfigError(f"sample: n must be a number of images (an integer >= 0), got {n!r}")
+    return generate(arch, g_params, arch.sample_latents(jax.random.key(seed), int(n)))
 
 
 def _compiled_scores(arch: GANArch) -> Callable:
@@ -381,7 +384,9 @@ def _compiled_scores(arch: GANArch) -> Callable:
 
 def d_scores(arch: GANArch, d_params: Params, x: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """σ(D(x)) for every image (host array); in one call for a user's D whose scores depend
-    on their batch (:meth:`GANArch.whole_calls`)."""
+    on their batch (:meth:`GANArch.whole_calls`). ``x``: images of the GAN's shape in [0, 1]
+    (0..16 or 0..255 images saturated D's scores to 0 without a word)."""
+    x = arch.check_images(x, "d_scores' images", 0)
     return chunked_apply(_compiled_scores(arch), d_params, x, chunk,
                          arch.whole_calls("discriminator", d_params, x))
 
@@ -399,6 +404,9 @@ def save_grid(images: np.ndarray, path, nrow: int = 8, title: str | None = None)
 
     from hyperforget_jax import report
 
+    check_count(nrow, "save_grid: nrow", " (images per row)")     # 0: a ZeroDivisionError
+    if np.ndim(images) != 4:
+        raise DataError(f"save_grid: images must be (N, H, W, C), got shape {np.shape(images)}")
     images = np.asarray(images[: nrow * nrow], np.float32)
     if not np.isfinite(images).all():    # min/max comparisons are False for NaN
         raise NonFiniteError(f"save_grid: {int((~np.isfinite(images)).sum())} pixel values are "

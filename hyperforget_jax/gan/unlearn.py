@@ -64,11 +64,12 @@ import optax
 
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import first_non_finite
-from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT, refuse_unread
+from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT, is_scalar_number, refuse_unread
+from hyperforget_jax import data
 from hyperforget_jax.data import ForgetRequest
 from hyperforget_jax.errors import (ConfigError, DataError, ForgetRequestError, NonFiniteError,
                                     kind_of)
-from hyperforget_jax.gan.metrics import forgotten_share
+from hyperforget_jax.gan.metrics import _refuse_out_of_range, forgotten_share
 from hyperforget_jax.gan.models import GANArch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
                                        init_gan_state, make_optimizer)
@@ -165,6 +166,21 @@ class UnlearnConfig:
     seed: int = 0
 
     def __post_init__(self):
+        # Types first: "no" was accepted as track_fake_label (truthy: tracking stayed on), and a
+        # string weight failed in math.isfinite with a TypeError.
+        if not isinstance(self.track_fake_label, (bool, np.bool_)):
+            raise ConfigError(f"UnlearnConfig.track_fake_label must be True or False, got "
+                              f"{self.track_fake_label!r}")
+        for name in ("lambda_u", "lambda_s", "lambda_a", "lambda_u_growth", "tol", "max_share",
+                     "max_kept_drift", "beta1"):
+            if not is_scalar_number(getattr(self, name)):
+                raise ConfigError(f"UnlearnConfig.{name} must be a number, got "
+                                  f"{getattr(self, name)!r}")
+        for name in ("check_every", "max_rounds", "lambda_u_attempts", "pool_size",
+                     "confirm_size", "item_neighbours", "batch_size", "seed"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+                raise ConfigError(f"UnlearnConfig.{name} must be an integer, got {v!r}")
         if self.fake_label not in FAKE_LABELS:
             raise ConfigError(f"fake_label must be one of {', '.join(FAKE_LABELS)}, got "
                               f"{self.fake_label!r}")
@@ -198,11 +214,6 @@ class UnlearnConfig:
             raise ConfigError(f"d_lr must be a positive number or None, got {self.d_lr!r}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 (Adam's β₁, --beta1) must lie in [0, 1), got {self.beta1}")
-        for name in ("check_every", "max_rounds", "lambda_u_attempts", "pool_size",
-                     "confirm_size", "item_neighbours", "batch_size", "seed"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-                raise ConfigError(f"UnlearnConfig.{name} must be an integer, got {v!r}")
         if self.pool_size < 1 or self.item_neighbours < 1 or self.batch_size < 1:
             raise ConfigError("pool_size, item_neighbours and batch_size must be >= 1")
         if self.confirm_size < 0:
@@ -588,6 +599,9 @@ def _check(arch: GANArch, state: GANState, rounds: int, cfg: UnlearnConfig, key:
         # The rounds' guard checks the parameters; finite but huge ones gave NaN samples, whose
         # flags and D scores read as the criteria met (a NaN generator saved as a success).
         _refuse_nonfinite(samples, "the generator's samples", rounds, state)
+    # A G in [-1, 1] (tanh) ran its cascade on images unlike the real ones and "met the
+    # criteria"; at round 0 this is G₀, refused before any round runs.
+    _refuse_out_of_range(samples)
     share = drift = None
     if forget_classes is not None:
         labels = np.asarray(classify(samples)) if labels is None else labels
@@ -685,13 +699,34 @@ def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerpr
     return tree, prog
 
 
+def refuse_mixed_sets(forget_x: np.ndarray, retain_x: np.ndarray,
+                      heldout_x: np.ndarray | None) -> None:
+    """DataError when ``heldout_x`` holds training images (the heldout fake label, D's score on
+    unseen images, read training images' scores: an item run stopped "by the criteria" with
+    the items still scored as members), or ``retain_x`` the forgotten images (D kept training
+    on them as real). Exact duplicates up to :data:`~hyperforget_jax.data.HELD_OUT_OVERLAP`
+    pass, as real data holds some."""
+    forget, retain = data.images_only(forget_x, "forget_x"), data.images_only(retain_x,
+                                                                              "retain_x")
+    if heldout_x is not None and len(heldout_x):
+        data.refuse_training_rows(data.images_only(heldout_x, "heldout_x"), "heldout_x",
+                                  "the heldout fake label needs unseen images: pass held-out "
+                                  "images (splits.val.x)", forget, retain)
+    data.refuse_training_rows(forget, "forget_x", "retain_x holds them too, and D would keep "
+                              "training on them as real images: pass D_r without them "
+                              "(data.resolve_forget(...).retain.x)", retain)
+
+
 def _fingerprint(forget_x: np.ndarray, retain_x: np.ndarray, forget_classes,
                  g_params: Params, d_params: Params, heldout_x: np.ndarray | None) -> dict:
     """Cheap identity of the request and of the original (G₀, D₀), so a resume cannot
     silently continue (or return) another run."""
     f = np.asarray(forget_x, np.float64)
     original = jax.tree.leaves(jax.device_get((g_params, d_params)))
+    # The forget set's digest too: its count and pixel sum let another set (two digits of
+    # equal sums) or another order resume a run (runs stored before it resume as before).
     return {"forget": [int(len(f)), round(float(f.sum()), 3)],
+            "forget_digest": array_fingerprint(forget_x),
             "retain": int(len(retain_x)), "retain_digest": array_fingerprint(retain_x),
             "heldout_digest": None if heldout_x is None else array_fingerprint(heldout_x),
             "original": array_fingerprint(*original),
@@ -803,6 +838,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                                                                        retain_x[:2]]))
     if heldout_x is not None and len(heldout_x):
         heldout_x = arch.check_images(heldout_x, "heldout_x")
+    refuse_mixed_sets(forget_x, retain_x, heldout_x)
     if forget_classes is not None:
         forget_classes = ForgetRequest(classes=forget_classes).classes   # ints, no repeats
         _check_forget_classes(forget_classes, classify, forget_x)
