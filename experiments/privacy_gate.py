@@ -69,6 +69,10 @@ from hyperforget_jax.models import as_model
 from hyperforget_jax.unlearn.gradtau import TAU_MODES, GradTauConfig
 
 
+#: HyperForget's DDIM steps when --hypernet is given without --num-steps.
+DEFAULT_NUM_STEPS = 20
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=path_arg, default=None,
@@ -94,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
                     for f in dataclasses.fields(GradTauConfig)}))
     p.add_argument("--hypernet", type=path_arg, default=None,
                    help="a trained HyperForget hypernetwork (hyperforget hypertrain --out)")
-    p.add_argument("--num-steps", type=int, default=20, help="HyperForget DDIM steps")
+    p.add_argument("--num-steps", type=int, default=None,
+                   help="HyperForget DDIM steps (with --hypernet; default "
+                        f"{DEFAULT_NUM_STEPS})")
     p.add_argument("--tol-mia", type=float, default=0.05,
                    help="max |mia_loss_lr(method) − mia_loss_lr(Retrain)| (default 0.05)")
     p.add_argument("--tol-ulira", type=float, default=0.10,
@@ -131,6 +137,11 @@ def _check(args) -> data.ForgetRequest:
         if not (v >= 0 and np.isfinite(v)):
             raise ConfigError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {v}")
     ulira.ULiRAConfig(num_shadows=args.shadows)  # validates
+    if args.num_steps is not None and not args.hypernet:     # silently unused
+        raise ConfigError("--num-steps is HyperForget's DDIM steps; pass --hypernet too, or "
+                          "drop it")
+    if args.hypernet and args.num_steps is None:
+        args.num_steps = DEFAULT_NUM_STEPS
     if args.hypernet and args.forget_class is None:
         raise ConfigError("HyperForget (--hypernet) answers class requests only; pass "
                           "--forget-class")
@@ -159,6 +170,11 @@ def _methods(args, arch, splits):
     from hyperforget_jax.hyperforget import dihyfo as H
 
     net, meta = H.load_hypernet(args.hypernet)
+    steps = DEFAULT_NUM_STEPS if args.num_steps is None else args.num_steps
+    # Refused here, before any training (it was refused by the first sample, after the first
+    # seed's original, Retrain, noise floor and shadows).
+    from hyperforget_jax.hyperforget.diffusion import ddim_timesteps
+    ddim_timesteps(net.spec.num_train_steps, steps)
     # The gate's splits are make_splits' default (split seed 0).
     check_same_data(meta, argparse.Namespace(dataset=args.dataset, split_seed=0), splits,
                     args.hypernet, "hypernetwork")
@@ -173,7 +189,7 @@ def _methods(args, arch, splits):
         prompt = H.make_prompt(net, p, sp.forget.replace(
             x=np.concatenate([sp.forget.x, sp.retain.x]),
             y=np.concatenate([sp.forget.y, sp.retain.y])), classes)
-        return H.sample(jax.random.key(s), net, p, prompt, args.num_steps)
+        return H.sample(jax.random.key(s), net, p, prompt, steps)
 
     out["hyperforget"] = hyperforget
     return out, rundir.array_fingerprint(*jax.tree.leaves(net.params))
@@ -215,11 +231,12 @@ def run(args) -> dict:
         raise ConfigError(f"the gate's attacks (U-LiRA, mia_loss_lr) need at least 2 forget "
                           f"samples; {request.describe()} is {len(fsplit.forget)}: pass a "
                           "larger --forget-fraction")
-    # only once the request fits the data
-    out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
     base, gcfg = configs(args)
     arch = as_model(base.arch, splits.train.x.shape[1:], splits.train.num_classes)
     methods, hypernet = _methods(args, arch, splits)
+    # only once the request fits the data and the hypernetwork its settings (a refused
+    # --num-steps left an empty --out behind)
+    out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
     # Everything that determines the numbers and the verdict: a rerun into the same --out
     # resumes only a run of exactly this (rundir.open_sweep).
     ident = {"role": ROLE, "version": __version__, "dataset": args.dataset,

@@ -160,6 +160,9 @@ def test_gate_fails_a_ulira_accuracy_far_below_the_floor(passed_run, tmp_path, c
     (["--forget-class", "12"], "class 12 does not exist"),
     (["--arch", "vit"], "unknown architecture 'vit'"),                  # TrainConfig's check
     (["--gradtau-final-lr-fraction", "2"], "final_lr_fraction must be"),  # GradTauConfig's
+    # Refused after the first seed's trainings (0), or silently unused (no --hypernet).
+    (["--hypernet", "pretrained", "--num-steps", "0"], "DDIM needs 1 <= num_steps"),
+    (["--num-steps", "5"], "--num-steps is HyperForget's DDIM steps; pass --hypernet"),
 ])
 def test_gate_bad_settings_exit_2_and_write_nothing(tmp_path, capfd, argv, words):
     gate = load_experiment("privacy_gate")
