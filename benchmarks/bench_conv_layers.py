@@ -59,9 +59,7 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=16)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.repeats = 3
+    args = common.parse_args(ap, argv, quick={"repeats": 3})
     rows = []
     for name, (xs, ws, strides, first) in CASES.items():
         if args.quick:
@@ -93,4 +91,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script("bench_conv_layers", main)

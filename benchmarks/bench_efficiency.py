@@ -171,12 +171,18 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.configs, args.steps, args.repeats = "8x64", 2, 3
-    rows, infos = [], {}
+    args = common.parse_args(ap, argv, quick={"configs": "8x64", "steps": 2, "repeats": 3})
+    configs = []
     for cfg in args.configs.split(","):
-        n, b = (int(v) for v in cfg.split("x"))
+        try:
+            n, b = (int(v) for v in cfg.split("x"))
+        except ValueError:
+            ap.error(f"--configs {args.configs!r}: pass comma-separated NxBATCH, e.g. 32x128")
+        if min(n, b) < 1:
+            ap.error(f"--configs {args.configs!r}: N and BATCH must be >= 1")
+        configs.append((n, b))
+    rows, infos = [], {}
+    for n, b in configs:
         r, info = bench(n, b, args)
         rows += r
         infos[cfg] = info
@@ -195,4 +201,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script("bench_efficiency", main)

@@ -167,7 +167,7 @@ def main(argv=None):
                     help="seconds: a 1-epoch original, no GAN, and retrain and gradtau "
                          "unless --methods says otherwise")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
+    args = common.parse_args(ap, argv)
     from hyperforget_jax.unlearn import unlearn
 
     cfg = recipe.build(args, seed=0)
@@ -242,4 +242,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script("bench_end_to_end", main)

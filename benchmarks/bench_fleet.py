@@ -214,9 +214,9 @@ def main(argv=None):
                     help="largest N for the (slow) PyTorch loop")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.sizes, args.batch, args.steps, args.repeats = "1,8", 16, 2, 2
+    args = common.parse_args(ap, argv, quick={"sizes": "1,8", "batch": 16, "steps": 2,
+                                              "repeats": 2})
+    sizes = common.int_list(ap, args.sizes, "--sizes")
     have_torch = not args.no_torch
     if have_torch:
         try:
@@ -227,7 +227,7 @@ def main(argv=None):
     threads = common.num_cores()
     rows = []
     for name in args.models.split(","):
-        for n in [int(s) for s in args.sizes.split(",")]:
+        for n in sizes:
             rows += bench(name, n, args, threads, have_torch)
             print(f"[{name} N={n}] " + ", ".join(
                 f"{r['impl']} {r['models·steps/s']:.0f}" for r in rows if r["N"] == n
@@ -253,4 +253,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script("bench_fleet", main)

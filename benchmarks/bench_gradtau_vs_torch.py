@@ -397,11 +397,12 @@ def main(argv=None):
                     help="where the PyTorch twin runs: cpu, or cuda beside JAX on a GPU (JAX "
                          "uses its default backend either way)")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.batch, args.steps, args.steps_cnn, args.repeats = 32, 5, 1, 3
-        args.fraction, args.unlearn_epochs = 0.05, 1
-        args.no_compile = True
+    args = common.parse_args(ap, argv, quick={
+        "batch": 32, "steps": 5, "steps_cnn": 1, "repeats": 3, "fraction": 0.05,
+        "unlearn_epochs": 1, "no_compile": True})
+    bad = [m for m in args.models.split(",") if m not in ("mlp", "cnn")]
+    if bad:
+        ap.error(f"--models: {bad[0]!r} is not one of mlp, cnn (the models with a PyTorch twin)")
     try:
         import torch  # noqa: F401
     except ImportError:
@@ -467,4 +468,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script("bench_gradtau_vs_torch", main)

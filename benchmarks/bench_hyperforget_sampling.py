@@ -50,10 +50,8 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.sizes, args.steps, args.repeats = "1,4", 4, 3
-    sizes = [int(s) for s in args.sizes.split(",")]
+    args = common.parse_args(ap, argv, quick={"sizes": "1,4", "steps": 4, "repeats": 3})
+    sizes = common.int_list(ap, args.sizes, "--sizes")
 
     splits = data.make_splits(data.load_mnist5k())
     net, params = common.pretrained_dihyfo2(splits)
@@ -101,4 +99,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script("bench_hyperforget_sampling", main)

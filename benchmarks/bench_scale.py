@@ -136,7 +136,7 @@ def main(argv=None):
     ap = ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (seconds)")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/scale.json)")
-    args = ap.parse_args(argv)
+    args = common.parse_args(ap, argv)
     sizes = (100, 200) if args.quick else (500, 1000, 2000)
     widths = (32,) if args.quick else (32, 256, 1024)
     points = (500, 1000) if args.quick else (2000, 8000, 32000)
@@ -149,4 +149,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script("bench_scale", main)

@@ -120,8 +120,8 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--methods", nargs="*", default=["gradtau", "retrain", "salun"])
     p.add_argument("--out", default=None)
-    args = p.parse_args(argv)
-    repeats = 2 if args.quick else args.repeats
+    args = common.parse_args(p, argv, quick={"repeats": 2})
+    repeats = args.repeats
     sizes = [1, 4] if args.quick else [1, 4, 16]
     splits = data.make_splits(data.load_mnist5k())
     arch = make_architecture("mlp")
@@ -142,4 +142,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script("bench_sweep", main)

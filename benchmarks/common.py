@@ -19,6 +19,41 @@ from typing import Callable, Sequence
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def parse_args(ap, argv: Sequence[str] | None, quick: dict | None = None):
+    """``ap.parse_args(argv)`` where ``--quick`` sets ``quick``'s values as defaults only: a
+    flag given on the command line keeps its value (``--quick --sizes 1,2`` timed N = 1, 4,
+    the given sizes dropped without a word). An ``--out`` that cannot be the JSON file (empty,
+    a directory) is refused here, before the run (it failed after it, losing the run)."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    if quick and "--quick" in given:
+        ap.set_defaults(**quick)
+    args = ap.parse_args(argv)
+    out = getattr(args, "out", None)
+    if out is not None and (not str(out).strip() or Path(out).expanduser().is_dir()):
+        ap.error(f"--out {out!r} must name the JSON file to write (not a directory)")
+    return args
+
+
+def int_list(ap, text: str, flag: str, least: int = 1) -> list[int]:
+    """Comma-separated integers >= ``least``, or ``ap.error`` naming ``flag`` (one line, exit
+    2; a bare ``int()`` raised a traceback)."""
+    try:
+        values = [int(v) for v in str(text).split(",")]
+    except ValueError:
+        ap.error(f"{flag} {text!r}: pass comma-separated integers, e.g. 1,10,32")
+    if not values or min(values) < least:
+        ap.error(f"{flag} {text!r}: every value must be >= {least}")
+    return values
+
+
+def run_script(name: str, main: Callable[[], object]) -> None:
+    """``main()`` as the CLI runs its commands: a library error (a forget class that does not
+    exist, an unknown model) is one line on stderr and exit code 2, not a traceback."""
+    from hyperforget_jax import report
+
+    report.exit_on_error(name, main)
+
+
 def num_cores() -> int:
     """Cores this process may run on (the cgroup / affinity mask, not the host's count)."""
     try:

@@ -187,9 +187,7 @@ def main(argv=None):
                     "CPU chunk for the cnn is 64)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
-    args = ap.parse_args(argv)
-    if args.quick:
-        args.repeats, args.chunk = 3, 8
+    args = common.parse_args(ap, argv, quick={"repeats": 3, "chunk": 8})
     k = jax.random.split(jax.random.key(0), 6)
     n = args.chunk
     x = jax.random.normal(k[0], (n, 14, 14, 32))
@@ -227,4 +225,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    common.run_script("conv_gradient_forms", main)

@@ -32,6 +32,46 @@ def test_a_bad_flag_is_one_line_and_exit_2(name, monkeypatch, capsys):
     assert err.count("\n") == 1 and "--no-such-flag" in err, err
 
 
+@pytest.mark.parametrize("name, argv, words", [
+    ("bench_hyperforget_sampling", ["--sizes", "abc"], "--sizes 'abc': pass comma-separated"),
+    ("bench_hyperforget_sampling", ["--sizes", "0"], "every value must be >= 1"),
+    ("bench_fleet", ["--sizes", "1,x"], "--sizes '1,x'"),
+    ("bench_efficiency", ["--configs", "8by64"], "pass comma-separated NxBATCH"),
+    ("bench_gradtau_vs_torch", ["--models", "foo"], "'foo' is not one of mlp, cnn"),
+    *((n, ["--out", "DIR"], "must name the JSON file") for n in SCRIPTS),
+    ("bench_sweep", ["--out", ""], "must name the JSON file")])
+def test_a_bad_value_is_one_line_and_exit_2_before_the_run(name, argv, words, monkeypatch,
+                                                           capsys, tmp_path):
+    """Bad list values ended in a traceback (bare int()), an unknown model in a library
+    traceback, and an --out directory lost the whole run at its end."""
+    argv = [str(tmp_path) if a == "DIR" else a for a in argv]
+    with pytest.raises(SystemExit) as e:
+        _script(name, monkeypatch).main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and words in err, err
+
+
+def test_quick_leaves_the_flags_given_alone():
+    """--quick replaced flags given with it: `--quick --sizes 1,2 --repeats 5` timed N = 1, 4
+    at 3 repeats without a word."""
+    from benchmarks import common
+    from hyperforget_jax.cli import ArgumentParser
+
+    def parser():
+        ap = ArgumentParser()
+        ap.add_argument("--sizes", default="1,10,32")
+        ap.add_argument("--repeats", type=int, default=7)
+        ap.add_argument("--quick", action="store_true")
+        ap.add_argument("--out", default=None)
+        return ap
+
+    quick = {"sizes": "1,4", "repeats": 3}
+    args = common.parse_args(parser(), ["--quick", "--sizes", "1,2"], quick)
+    assert (args.sizes, args.repeats) == ("1,2", 3)
+    args = common.parse_args(parser(), [], quick)
+    assert (args.sizes, args.repeats) == ("1,10,32", 7)
+
+
 def test_json_records_the_library_xla_options(monkeypatch):
     """The cnn figures depend on them (hyperforget_jax/xla.py); HYPERFORGET_XLA_OPTIONS=0 turns
     them off without a trace in XLA_FLAGS, so the record must say which ran."""
