@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import re
-import sys
 from pathlib import Path
 
 from benchmarks.common import write_json
@@ -43,6 +42,13 @@ class _Handler(logging.Handler):
 
 def pytest_configure(config):
     import jax
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        # The controller (or a run without xdist), before any worker writes: the files of an
+        # earlier run in the same directory were merged into this run's table.
+        out = Path(os.environ.get("COMPILE_STATS_DIR", "compile_stats"))
+        for old in out.glob("out_*.json"):
+            old.unlink()
 
     jax.config.update("jax_log_compiles", True)
     for name, level in (("jax._src.dispatch", logging.WARNING),
@@ -89,5 +95,19 @@ def main(directory: str, top: int = 25) -> dict:
     return result
 
 
+def cli(argv=None) -> dict:
+    from hyperforget_jax.cli import ArgumentParser
+
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("directory", nargs="?", default="compile_stats",
+                    help="the plugin's $COMPILE_STATS_DIR (default ./compile_stats)")
+    ap.add_argument("--top", type=int, default=25, help="rows per table")
+    args = ap.parse_args(argv)
+    if not sorted(Path(args.directory).glob("out_*.json")):     # was "0 s, 0 compiles", exit 0
+        ap.error(f"no out_*.json in {args.directory}: run the suite with -p "
+                 "benchmarks.compile_stats and COMPILE_STATS_DIR set to it first")
+    return main(args.directory, args.top)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "compile_stats")
+    cli()

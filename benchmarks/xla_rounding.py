@@ -14,6 +14,8 @@ parameter difference between two configurations. Writes benchmarks/results/xla_r
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import subprocess
 import sys
@@ -81,7 +83,13 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--train"]:
-        _train(sys.argv[2])
+    from hyperforget_jax.cli import ArgumentParser
+
+    # --help (or a typo) started the whole run; --train PATH is the script's own subprocess.
+    ap = ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--train", metavar="PATH", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.train:
+        _train(args.train)
     else:
         main()

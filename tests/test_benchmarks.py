@@ -169,3 +169,23 @@ def test_a_row_above_the_matmul_peak_is_flagged():
     said = common.peak_understated([{"% of peak": 61.0}, {"% of peak": 149.0}], "% of peak")
     assert said.startswith("WARNING: 1 row(s) above 100 % of the matmul peak (up to 149 %)")
     assert common.peak_understated([{"% of peak": 99.0}], "% of peak") is None
+
+
+def test_compile_stats_merges_this_runs_files_only(tmp_path, monkeypatch, capsys):
+    """An earlier run's per-worker files in the same directory were merged into the table (3 s
+    and 56 compiles for a run of 1 s and 27); an empty or missing directory printed "0 s, 0
+    compiles" and exit 0."""
+    from benchmarks import compile_stats as cs
+
+    with pytest.raises(SystemExit) as e:
+        cs.cli([str(tmp_path / "none")])
+    assert e.value.code == 2 and "no out_*.json" in capsys.readouterr().err
+    (tmp_path / "out_gw0.json").write_text('{"program": {"a": [1.0, 3]}, "test": {}}')
+    monkeypatch.setenv("COMPILE_STATS_DIR", str(tmp_path))
+    monkeypatch.delenv("PYTEST_XDIST_WORKER", raising=False)
+    # (the plugin's log switch and loggers: not this test process's)
+    import logging
+    monkeypatch.setattr(jax.config, "update", lambda *a: None)
+    monkeypatch.setattr(cs.logging, "getLogger", lambda name: logging.Logger(name))
+    cs.pytest_configure(None)
+    assert not list(tmp_path.glob("out_*.json"))
