@@ -186,6 +186,9 @@ def test_compile_stats_merges_this_runs_files_only(tmp_path, monkeypatch, capsys
     # (the plugin's log switch and loggers: not this test process's)
     import logging
     monkeypatch.setattr(jax.config, "update", lambda *a: None)
-    monkeypatch.setattr(cs.logging, "getLogger", lambda name: logging.Logger(name))
+    from types import SimpleNamespace
+    monkeypatch.setattr(cs, "logging", SimpleNamespace(
+        getLogger=lambda name: logging.Logger(name), WARNING=logging.WARNING,
+        ERROR=logging.ERROR))
     cs.pytest_configure(None)
     assert not list(tmp_path.glob("out_*.json"))
