@@ -356,9 +356,11 @@ class Architecture:
                                 reference)
         check_param_tree(params, want, self.name)
 
-    def check_inputs(self, x, what: str = "data", labels=None) -> None:
+    def check_inputs(self, x, what: str = "data", labels=None, values: bool = True) -> None:
         """Raises :class:`DataError` unless images ``x`` have shape (N, *input_shape) and the
-        ``labels`` (if given) are outputs of the model (below ``num_classes``)."""
+        ``labels`` (if given) are outputs of the model (below ``num_classes``). ``values``:
+        read the images' values (0..255 images are refused); the streamed loops pass False for
+        a device batch after the first, as reading one waits for the steps queued before it."""
         if self.input_shape is not None:
             shape = tuple(jnp.shape(x))
             if shape[1:] != tuple(self.input_shape):
@@ -372,8 +374,8 @@ class Architecture:
             raise DataError(f"{what} has images of dtype {dtype}; the models take floating-point "
                             f"inputs. {data.integer_inputs_fix(dtype)}")
         shape = tuple(jnp.shape(x))
-        if (self.registered and len(shape) == 4 and shape[0] and shape[1] > 1 and shape[2] > 1
-                and not isinstance(x, jax.core.Tracer)):
+        if (values and self.registered and len(shape) == 4 and shape[0] and shape[1] > 1
+                and shape[2] > 1 and not isinstance(x, jax.core.Tracer)):
             # Float 0..255 images (cifar.data.astype(np.float32)) trained unscaled: ≤ 128 whole
             # images evenly spaced tell them from [0, 1] or standardised images (a stride over
             # the flat values could land on black border pixels only: 2,400 MNIST images × 255

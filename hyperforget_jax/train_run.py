@@ -488,7 +488,9 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
                                 "(x, y) pair of images and labels")
             xb, yb = batch
             yb = np.asarray(yb)     # on the host once: the label check and the step read it
-            model.check_inputs(xb, "a streamed batch", yb)
+            # A device batch's values are read once (reading one waits for the queued steps).
+            model.check_inputs(xb, "a streamed batch", yb,
+                               values=outputs is None or not isinstance(xb, jax.Array))
             if outputs is None:         # as fit's check, on the first batch's shape
                 if given is not None and model.input_shape is None:
                     # The tree's shapes, once the inputs' shape is known (fit's check).

@@ -221,3 +221,26 @@ def test_0_255_images_are_refused_whatever_their_count_or_container():
         arch.check_inputs(images / 255.0, "training set")      # [0, 1]: taken
     # Traced images are not read (a user's jitted loop), nor are feature vectors.
     jax.jit(lambda v: arch.check_inputs(v) or v.sum())(jnp.asarray(x))
+    # values=False (a streamed device batch after the first: reading it waits for every step
+    # queued before it) reads none.
+    arch.check_inputs(jnp.asarray(x), "a streamed batch", values=False)
+
+
+def test_a_device_stream_reads_its_first_batch_s_values_only(monkeypatch):
+    """fit_stream read every device batch's values, each read waiting for the steps queued
+    before it (a 4.5 s wait behind a queued matmul chain); numpy batches are read each time."""
+    from hyperforget_jax import train
+
+    arch = models.make_architecture("mlp", (8, 8, 1))
+    read = []
+    real = type(arch).check_inputs
+    monkeypatch.setattr(type(arch), "check_inputs",
+                        lambda self, x, what="data", labels=None, values=True:
+                        read.append((what, values)) or real(self, x, what, labels, values))
+    rng = np.random.default_rng(0)
+    x, y = rng.random((64, 8, 8, 1)).astype(np.float32), np.arange(64) % 10
+    for to, want in ((jnp.asarray, [True, False]), (np.asarray, [True, True])):
+        read.clear()
+        train.fit_stream(arch, [(to(x[:32]), y[:32]), (to(x[32:]), y[32:])],
+                         train.TrainConfig(epochs=1, batch_size=32))
+        assert [v for what, v in read if what == "a streamed batch"] == want, read

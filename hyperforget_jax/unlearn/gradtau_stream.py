@@ -249,8 +249,11 @@ def run_gradtau_stream(arch: Any, params: Params,
                                   "schedule's N_f and budget are computed for them); stream "
                                   "batches of config.batch_size rows, or set it to yours")
             seen += rows_f
-            model.check_inputs(fb[0], "a streamed forget batch", fb[1])
-            model.check_inputs(rb[0], "a streamed retain batch", rb[1])
+            # A device batch's values are read once (reading one waits for the queued steps).
+            model.check_inputs(fb[0], "a streamed forget batch", fb[1],
+                               values=step is None or not isinstance(fb[0], jax.Array))
+            model.check_inputs(rb[0], "a streamed retain batch", rb[1],
+                               values=step is None or not isinstance(rb[0], jax.Array))
             if step is None:   # a model with batch statistics runs whole batches (per_example)
                 chunk = "auto" if per_example(model, params, rb[0]) else None
                 step = _cached_step_program(model, n, tau_fn, mesh, chunk)
