@@ -180,9 +180,9 @@ def main(argv=None):
             ap.error(f"--configs {args.configs!r}: pass comma-separated NxBATCH, e.g. 32x128")
         if min(n, b) < 1:
             ap.error(f"--configs {args.configs!r}: N and BATCH must be >= 1")
-        configs.append((n, b))
+        configs.append((cfg, n, b))
     rows, infos = [], {}
-    for n, b in configs:
+    for cfg, n, b in configs:
         r, info = bench(n, b, args)
         rows += r
         infos[cfg] = info

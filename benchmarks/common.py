@@ -24,10 +24,10 @@ def parse_args(ap, argv: Sequence[str] | None, quick: dict | None = None):
     flag given on the command line keeps its value (``--quick --sizes 1,2`` timed N = 1, 4,
     the given sizes dropped without a word). An ``--out`` that cannot be the JSON file (empty,
     a directory) is refused here, before the run (it failed after it, losing the run)."""
-    given = sys.argv[1:] if argv is None else list(argv)
-    if quick and "--quick" in given:
-        ap.set_defaults(**quick)
     args = ap.parse_args(argv)
+    if quick and getattr(args, "quick", False):   # also an abbreviated --qui
+        ap.set_defaults(**quick)
+        args = ap.parse_args(argv)
     out = getattr(args, "out", None)
     if out is not None and (not str(out).strip() or Path(out).expanduser().is_dir()):
         ap.error(f"--out {out!r} must name the JSON file to write (not a directory)")

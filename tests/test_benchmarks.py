@@ -70,6 +70,8 @@ def test_quick_leaves_the_flags_given_alone():
     assert (args.sizes, args.repeats) == ("1,2", 3)
     args = common.parse_args(parser(), [], quick)
     assert (args.sizes, args.repeats) == ("1,10,32", 7)
+    args = common.parse_args(parser(), ["--qui"], quick)     # argparse's abbreviation
+    assert (args.sizes, args.repeats) == ("1,4", 3)
 
 
 def test_json_records_the_library_xla_options(monkeypatch):
@@ -192,3 +194,18 @@ def test_compile_stats_merges_this_runs_files_only(tmp_path, monkeypatch, capsys
         ERROR=logging.ERROR))
     cs.pytest_configure(None)
     assert not list(tmp_path.glob("out_*.json"))
+
+
+def test_efficiency_records_the_memory_of_every_config(monkeypatch, tmp_path):
+    """The memory record kept the last config only (each config's entry written under the
+    last config's name, after the list was parsed up front)."""
+    import json
+
+    bench = _script("bench_efficiency", monkeypatch)
+    row = {"peak GFLOP/s": 1.0, "variant": "library", "% of peak": 1.0, "N": 1, "batch": 2,
+           "ms/step": 1.0, "models·steps/s": 1.0, "GFLOP/s": 1.0, "vs library": 1.0}
+    monkeypatch.setattr(bench, "bench", lambda n, b, args: ([dict(row)], {"n": n, "b": b}))
+    out = tmp_path / "e.json"
+    bench.main(["--configs", "1x2,3x4", "--out", str(out)])
+    assert json.loads(out.read_text())["memory"] == {"1x2": {"n": 1, "b": 2},
+                                                    "3x4": {"n": 3, "b": 4}}
