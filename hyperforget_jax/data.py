@@ -214,10 +214,26 @@ def row_hashes(ds: Dataset) -> np.ndarray:
 HELD_OUT_OVERLAP = 0.05
 
 
+#: images_only's row hashes by the id of their array (with a weak reference to it, which drops
+#: the entry with the array): the same array is hashed once (evaluate_gan is called once per run
+#: compared, on the same retain set: 0.25 s per call for 60,000 MNIST images).
+_IMAGE_HASHES: dict[int, tuple[Any, np.ndarray]] = {}
+
+
 def images_only(x: Any, name: str) -> Dataset:
     """Images alone as a :class:`Dataset` (one class), for :func:`row_hashes` and
     :func:`refuse_training_rows` (the GAN's image sets carry no labels)."""
-    return Dataset(np.asarray(x), np.zeros(len(x), np.int32), 1, name)
+    ds = Dataset(np.asarray(x), np.zeros(len(x), np.int32), 1, name)
+    hit = _IMAGE_HASHES.get(id(x))
+    if hit is not None and hit[0]() is x:
+        object.__setattr__(ds, "_row_hashes", (ds.x, hit[1]))
+        return ds
+    try:
+        ref = weakref.ref(x, lambda _, key=id(x), kept=_IMAGE_HASHES: kept.pop(key, None))
+    except TypeError:        # an object without weak references (a list): not kept
+        return ds
+    _IMAGE_HASHES[id(x)] = (ref, row_hashes(ds))
+    return ds
 
 
 def refuse_training_rows(held_out: Dataset, what: str, fix: str, *train: Dataset) -> None:
