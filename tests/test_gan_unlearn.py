@@ -1089,8 +1089,10 @@ def test_unlearn_gan_refuses_training_images_as_held_out_and_a_g_outside_0_1(
             U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **bad)
     # A G whose samples are in [-1, 1] (a tanh output): refused at the first check, on G₀.
     monkeypatch.setattr(U, "generate", lambda a, g, z, _real=U.generate: 2 * _real(a, g, z) - 1)
-    with pytest.raises(DataError, match=r"samples lie in \[-"):
-        U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, **good)
+    for fake in ("heldout", "generated"):     # (generated: the fake label reads G₀'s samples)
+        with pytest.raises(DataError, match=r"samples lie in \[-.*map a tanh output"):
+            U.unlearn_gan(arch, gan.g_params, gan.d_params,
+                          cfg=dataclasses.replace(cfg, fake_label=fake), **good)
     monkeypatch.undo()
     shuffled = data.make_splits(data.load_digits(), seed=5)   # another split's test set
     jarch = make_architecture("mlp", (8, 8, 1), 10)

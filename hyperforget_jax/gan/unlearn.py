@@ -307,7 +307,9 @@ def fake_label(kind: str, arch: GANArch, g_params: Params, d_params: Params, *,
         return 0.0
     if kind == "generated":
         z = arch.sample_latents(jax.random.key(seed), num_latents)
-        return float(np.mean(d_scores(arch, d_params, generate(arch, g_params, z))))
+        samples = generate(arch, g_params, z)
+        _refuse_out_of_range(samples)   # a tanh G: named as such, not as 0..255 images
+        return float(np.mean(d_scores(arch, d_params, samples)))
     if kind == "heldout":
         if heldout_x is None or len(heldout_x) == 0:
             raise ConfigError("the heldout fake label needs held-out real images")
