@@ -1391,3 +1391,18 @@ def test_a_class_removal_whose_budget_ends_below_tau_is_reported(digits_splits, 
         got = tau_reached(net, lambda: res.params, fsplit.forget,
                           {"ascent_steps": [1, 1], "tau": [tau]}, 1, False)
         assert got == {"tau_reached": want, "final_forget_loss": pytest.approx(lf, rel=1e-5)}
+
+
+def test_the_classic_steps_helpers_refuse_what_they_cannot_plan():
+    """docs/unlearning.md's classic step calls them directly: a mistyped τ mode was an
+    IndexError in compute_tau, empty sizes a ZeroDivisionError, a forget set larger than the
+    whole set an α₀ of 0.95."""
+    with pytest.raises(ConfigError, match="tau_mode must be one of .*got 'unseen'"):
+        G.resolve_tau_mode("unseen", (3,))
+    for sizes in ((0, 100, 256), (10, 0, 256), (10, 100, 0)):
+        with pytest.raises(ConfigError, match="plan_batches needs n_forget, n_retain"):
+            G.plan_batches(*sizes, None, 0)
+    for sizes in ((200, 100), (0, 100)):
+        with pytest.raises(ConfigError, match="0 < n_forget <= n_total"):
+            G.initial_alpha(*sizes)
+    assert G.initial_alpha(100, 100) == (0.95, True)

@@ -112,6 +112,9 @@ def test_sweep_errors(setup):
         unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[0, -1])
     with pytest.raises(ConfigError, match="at least one seed"):
         unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[])
+    # An empty grid ran the published config once per seed, as configs=None.
+    with pytest.raises(ConfigError, match="at least one config"):
+        unlearn_sweep("gradtau", arch, stacked, split, val, SEEDS, [])
     with pytest.raises(ConfigError, match="got a JAX PRNG key"):   # ran as the seeds [0, 0]
         unlearn_sweep("gradtau", arch, stacked, split, val, seeds=jax.random.PRNGKey(0))
     with pytest.raises(ConfigError, match="takes a GradTauConfig"):

@@ -366,6 +366,9 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     seeds = [check_seed(s) for s in seeds]
     if not seeds:
         raise ConfigError("unlearn_sweep needs at least one seed")
+    if configs is not None and not configs:    # ran the published config, as configs=None
+        raise ConfigError("unlearn_sweep needs at least one config (an empty grid?), or "
+                          "configs=None for the method's published one")
     if not isinstance(vectorize, str) or vectorize not in train.VECTORIZE:
         raise ConfigError(f"vectorize must be one of {', '.join(train.VECTORIZE)}, got "
                           f"{vectorize!r}")

@@ -170,6 +170,9 @@ def initial_alpha(n_forget: int, n_total: int, scale: float = 5.0 / 3.0,
     >>> initial_alpha(30, 100)
     (0.5, False)
     """
+    if not 0 < n_forget <= n_total:     # a forget set larger than the whole set read α₀ 0.95
+        raise ConfigError(f"initial_alpha needs 0 < n_forget <= n_total, got {n_forget} of "
+                          f"{n_total}")
     a = scale * n_forget / n_total
     return (float(alpha_max), True) if a > alpha_max else (float(a), False)
 
@@ -716,6 +719,9 @@ def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
 def resolve_tau_mode(mode: str, forget_classes: tuple[int, ...] | None) -> str:
     if mode == "auto":
         return "chance" if forget_classes else "val"
+    if mode not in ("val", "unseen_class", "chance"):    # an IndexError in compute_tau
+        raise ConfigError(f"tau_mode must be one of 'auto', 'val', 'unseen_class', 'chance'; "
+                          f"got {mode!r}")
     if mode == "unseen_class" and not forget_classes:
         raise ConfigError("tau_mode='unseen_class' needs a class-removal request; use 'val' "
                           "for random subsets")
@@ -809,6 +815,9 @@ def plan_batches(n_forget: int, n_retain: int, batch_size: int, epochs: int | No
 
     Pure function of the sizes and the seed (same plan on every machine). ``epochs`` None:
     the budget :func:`budget_epochs` (capped at ``max_epochs``)."""
+    if min(n_forget, n_retain, batch_size) < 1:     # a ZeroDivisionError
+        raise ConfigError(f"plan_batches needs n_forget, n_retain and batch_size >= 1, got "
+                          f"{n_forget}, {n_retain}, {batch_size}")
     bf, br = min(batch_size, n_forget), min(batch_size, n_retain)
     nf, nr = math.ceil(n_forget / bf), math.ceil(n_retain / br)
     E = budget_epochs(nr, nf, max_epochs) if epochs is None else int(epochs)
