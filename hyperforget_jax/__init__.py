@@ -22,4 +22,18 @@ from hyperforget_jax.unlearn import METHODS as UNLEARN_METHODS
 from hyperforget_jax.unlearn import (UnlearnResult, nabla_tau, run_gradtau_stream, unlearn,
                                      unlearn_sweep)
 
+# `hyperforget_jax.unlearn` is the function above, which hides the subpackage of that name:
+# `import hyperforget_jax.unlearn.gradtau as G` (the docs' module paths) was an ImportError and
+# `hyperforget_jax.unlearn.gradtau.nabla_tau` an AttributeError. Its modules hang on the
+# function too (`from hyperforget_jax.unlearn import gradtau` worked and still does).
+from hyperforget_jax.unlearn import (baselines as _baselines, configs as _configs,  # noqa: E402
+                                     gradtau as _gradtau, gradtau_run as _gradtau_run,
+                                     gradtau_stream as _gradtau_stream)
+
+for _name, _module in (("baselines", _baselines), ("configs", _configs),
+                       ("gradtau", _gradtau), ("gradtau_run", _gradtau_run),
+                       ("gradtau_stream", _gradtau_stream)):
+    setattr(unlearn, _name, _module)
+del _name, _module
+
 __version__ = "0.1.0"

@@ -272,6 +272,41 @@ def test_hf_names_in_the_docs_resolve_after_import_hyperforget_jax_as_hf():
     assert not out, out
 
 
+def test_module_paths_in_the_docs_import_and_resolve():
+    """Every `hyperforget_jax.a.b…` the README and docs write imports as written (`import
+    hyperforget_jax.a.b as m`, its longest module prefix) and resolves by attribute access:
+    the function `hyperforget_jax.unlearn` hid the subpackage of that name, so `import
+    hyperforget_jax.unlearn.gradtau as G` was an ImportError."""
+    import subprocess
+    import sys
+    root = README.parent
+    names = sorted({m.rstrip(".") for page in [README, root / "benchmarks" / "README.md",
+                                               *sorted((root / "docs").glob("*.md"))]
+                    for m in re.findall(r"\bhyperforget_jax(?:\.[A-Za-z_]\w*)+",
+                                        page.read_text())})
+    assert "hyperforget_jax.unlearn.gradtau" in names, names
+    code = ("import sys\nbad = []\n"
+            "for name in sys.argv[1:]:\n"
+            "    parts = name.split('.')\n"
+            "    for k in range(len(parts), 0, -1):\n"
+            "        try:\n"
+            "            exec(f\"import {'.'.join(parts[:k])} as m\")\n"
+            "        except ImportError:\n"
+            "            continue\n"
+            "        try:\n"
+            "            for p in parts[k:]:\n"
+            "                m = getattr(m, p)\n"
+            "        except AttributeError:\n"
+            "            bad.append(name)\n"
+            "        break\n"
+            "    else:\n"
+            "        bad.append(name)\n"
+            "print(' '.join(bad))\n")
+    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                         check=True, cwd=root).stdout.split()
+    assert not out, out
+
+
 def _doc_commands(prog: str) -> list[tuple[str, bool, str]]:
     """(page, in a code block, arguments) of every ``prog …`` command the README and docs write:
     the lines of their bash blocks (continuations joined, comments dropped, each side of `&&`)
