@@ -570,10 +570,15 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
             "--heads", str(TINY.num_heads), "--quiet"]
     assert cli.main(tiny) == 0
     first = (tmp_path / "t" / "hypernet.npz").read_bytes()
+    history = json.loads((tmp_path / "t" / "history.json").read_text())
+    # Killed between hypernet.npz and history.json (hypernet.npz is written last now), or a
+    # run of an earlier version: the rerun found it finished and history.json stayed missing.
+    (tmp_path / "t" / "history.json").unlink()
     capsys.readouterr()
     assert cli.main(tiny[:-1]) == 0
     assert "already trained" in capsys.readouterr().out
     assert (tmp_path / "t" / "hypernet.npz").read_bytes() == first
+    assert json.loads((tmp_path / "t" / "history.json").read_text()) == history
     # A run of an older version (no run.json) is compared on what its hypernet.npz records:
     # adopted on nothing, other flags took the "already trained" exit and were written over
     # its recipe in run.json.

@@ -117,6 +117,8 @@ def cmd_hypertrain(args) -> int:
             # identity check above): a rerun is a no-op, not a retrain over its history.
             _, meta = H.load_hypernet(done)
             hist = meta.get("history", {})
+            if not (run.path / "history.json").is_file():   # a run of an earlier version
+                report.write_json(run.path / "history.json", hist)
             common.emit(args, {"variant": args.variant, "steps": cfg.steps, "history": hist,
                                "hypernet": str(done), "already_done": True},
                         f"{args.variant}: already trained ({cfg.steps} steps); {done}")
@@ -126,9 +128,11 @@ def cmd_hypertrain(args) -> int:
                                      progress=common.progress(args))
         # The corpus's data goes with the network (net.built_on), so `sample` can refuse other
         # data (common.check_same_data).
+        # history.json first: hypernet.npz marks the run finished, and a kill between the two
+        # left a finished run without history.json for good (a rerun found it done).
+        report.write_json(run.path / "history.json", hist)
         path = H.save_hypernet(run.path, net, {"corpus": str(corpus.path), "history": hist,
                                                "corpus_config": corpus.index["config"]})
-        report.write_json(run.path / "history.json", hist)
     common.emit(args, {"variant": args.variant, "steps": cfg.steps, "history": hist,
                        "hypernet": str(path)},
                 f"{args.variant}: {cfg.steps} steps in {hist['seconds']:.0f} s, final loss "
