@@ -251,25 +251,36 @@ def test_tests_named_by_the_docs_exist():
     assert not missing, missing
 
 
+def _names_in_docs(pattern: str) -> list[str]:
+    """The distinct matches of ``pattern`` in the README, benchmarks/README.md and docs/."""
+    root = README.parent
+    return sorted({m.rstrip(".") for page in [README, root / "benchmarks" / "README.md",
+                                              *sorted((root / "docs").glob("*.md"))]
+                   for m in re.findall(pattern, page.read_text())})
+
+
+def _unresolved(code: str, names: list[str]) -> list[str]:
+    """The names ``code`` (run in a fresh interpreter with them as arguments) prints: the ones
+    that do not resolve there, however many modules this process has imported."""
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
+                          check=True, cwd=README.parent).stdout.split()
+
+
 def test_hf_names_in_the_docs_resolve_after_import_hyperforget_jax_as_hf():
     """Every `hf.x.y` the README and docs write resolves after `import hyperforget_jax as hf`
     alone, in a fresh interpreter: a subpackage that the package does not import itself
     (`hf.gan`, once written in docs/gan.md) is an AttributeError there, however many tests of
     this process have imported it already."""
-    import subprocess
-    import sys
-    root = README.parent
-    names = sorted({m for page in [README, root / "benchmarks" / "README.md",
-                                   *sorted((root / "docs").glob("*.md"))]
-                    for m in re.findall(r"\bhf(?:\.[A-Za-z_]\w*)+", page.read_text())})
+    names = _names_in_docs(r"\bhf(?:\.[A-Za-z_]\w*)+")
     assert len(names) > 20, names
     code = ("import functools, sys\nimport hyperforget_jax as hf\nbad = []\n"
             "for name in sys.argv[1:]:\n"
             "    try:\n        functools.reduce(getattr, name.split('.')[1:], hf)\n"
             "    except AttributeError:\n        bad.append(name)\nprint(' '.join(bad))\n")
-    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
-                         check=True, cwd=root).stdout.split()
-    assert not out, out
+    bad = _unresolved(code, names)
+    assert not bad, bad
 
 
 def test_module_paths_in_the_docs_import_and_resolve():
@@ -277,13 +288,7 @@ def test_module_paths_in_the_docs_import_and_resolve():
     hyperforget_jax.a.b as m`, its longest module prefix) and resolves by attribute access:
     the function `hyperforget_jax.unlearn` hid the subpackage of that name, so `import
     hyperforget_jax.unlearn.gradtau as G` was an ImportError."""
-    import subprocess
-    import sys
-    root = README.parent
-    names = sorted({m.rstrip(".") for page in [README, root / "benchmarks" / "README.md",
-                                               *sorted((root / "docs").glob("*.md"))]
-                    for m in re.findall(r"\bhyperforget_jax(?:\.[A-Za-z_]\w*)+",
-                                        page.read_text())})
+    names = _names_in_docs(r"\bhyperforget_jax(?:\.[A-Za-z_]\w*)+")
     assert "hyperforget_jax.unlearn.gradtau" in names, names
     code = ("import sys\nbad = []\n"
             "for name in sys.argv[1:]:\n"
@@ -302,9 +307,8 @@ def test_module_paths_in_the_docs_import_and_resolve():
             "    else:\n"
             "        bad.append(name)\n"
             "print(' '.join(bad))\n")
-    out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
-                         check=True, cwd=root).stdout.split()
-    assert not out, out
+    bad = _unresolved(code, names)
+    assert not bad, bad
 
 
 def _doc_commands(prog: str) -> list[tuple[str, bool, str]]:
