@@ -75,7 +75,7 @@ def _bound_text(b: dict) -> str:
     return " and ".join(parts)
 
 
-def _check_number(owner: str, name: str, value: Any, kind: type, bounds: dict) -> Any:
+def check_number(owner: str, name: str, value: Any, kind: type, bounds: dict) -> Any:
     if isinstance(value, (bool, np.bool_)):
         raise ConfigError(f"{owner}.{name} must be {'an integer' if kind is int else 'a number'}"
                           f", got the bool {value}")
@@ -119,7 +119,7 @@ def _check_value(owner: str, name: str, value: Any, tp, bounds: dict) -> Any:
             return None
         raise ConfigError(f"{owner}.{name} must be given, got None")
     if inner in (int, float):
-        value = _check_number(owner, name, value, inner, bounds)
+        value = check_number(owner, name, value, inner, bounds)
     elif inner is bool:
         if not isinstance(value, (bool, np.bool_)):
             raise ConfigError(f"{owner}.{name} must be True or False, got {value!r}")
@@ -132,7 +132,7 @@ def _check_value(owner: str, name: str, value: Any, tp, bounds: dict) -> Any:
         if isinstance(value, (str, bytes)) or not isinstance(value, (tuple, list, np.ndarray)):
             raise ConfigError(f"{owner}.{name} must be a sequence, got {value!r}")
         if elem in (int, float):
-            value = tuple(_check_number(owner, f"{name}[{i}]", v, elem, bounds)
+            value = tuple(check_number(owner, f"{name}[{i}]", v, elem, bounds)
                           for i, v in enumerate(value))
         else:
             value = tuple(value)

@@ -451,13 +451,13 @@ def test_teacher_logits_of_a_large_set_are_computed_in_chunks(monkeypatch):
 
 @pytest.mark.parametrize("make, words", [
     (lambda: baselines.neggrad_plus(train.per_example_ce(lambda p, x: x @ p), 1.5),
-     "neggrad_plus: beta=1.5 must be a finite number in [0, 1]"),
+     "neggrad_plus.beta must be >= 0 and <= 1, got 1.5"),
     (lambda: baselines.scrub(lambda p, x: x @ p, 0.0, 1.0, 1.0),
-     "scrub: kd_T=0.0 must be a finite number > 0"),
+     "scrub.kd_T must be > 0, got 0.0"),
     (lambda: baselines.scrub(lambda p, x: x @ p, 4.0, -1.0, 1.0),
-     "scrub: gamma=-1.0 must be a finite number >= 0"),
-    (lambda: baselines.scrub(lambda p, x: x @ p, 4.0, 1.0, float("nan")), "scrub: alpha=nan"),
-    (lambda: baselines.bad_teacher(lambda p, x: x @ p, 0), "bad_teacher: temperature=0.0"),
+     "scrub.gamma must be >= 0, got -1.0"),
+    (lambda: baselines.scrub(lambda p, x: x @ p, 4.0, 1.0, float("nan")), "scrub.alpha must be a finite number >= 0, got nan"),
+    (lambda: baselines.bad_teacher(lambda p, x: x @ p, 0), "bad_teacher.temperature must be > 0, got 0.0"),
     (lambda: baselines.bad_teacher(lambda p, x: x @ p, (1.0, 2.0)), "must be one number")])
 def test_objectives_refuse_the_settings_their_configs_refuse(make, words):
     # NegGrad+ at β 1.5 descended on the forget set; SCRUB and Bad Teacher at temperature 0

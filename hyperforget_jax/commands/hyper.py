@@ -126,10 +126,9 @@ def cmd_hypertrain(args) -> int:
         net, hist = H.train_hypernet(corpus, args.variant, args.forget_class, den, cfg,
                                      checkpoint_dir=run.path / "train_state",
                                      progress=common.progress(args))
-        # The corpus's data goes with the network (net.built_on), so `sample` can refuse other
-        # data (common.check_same_data).
         # history.json first: hypernet.npz marks the run finished, and a kill between the two
-        # left a finished run without history.json for good (a rerun found it done).
+        # left a finished run without history.json for good (a rerun found it done). The
+        # corpus's data goes with the network (net.built_on), for `sample`'s check.
         report.write_json(run.path / "history.json", hist)
         path = H.save_hypernet(run.path, net, {"corpus": str(corpus.path), "history": hist,
                                                "corpus_config": corpus.index["config"]})
@@ -164,10 +163,8 @@ def _start_network(args, net, splits):
     if args.corpus is None or args.start_seed is None:
         raise ConfigError("give a start network: --run-dir DIR or --corpus DIR --start-seed S")
     corpus = C.Corpus(args.corpus)
-    common.check_same_data({"dataset": corpus.index.get("dataset"),
-                            "split_seed": corpus.index.get("split_seed"),
-                            "identity": {"data": corpus.index.get("data_fingerprint")}},
-                           args, splits, args.corpus, "corpus's start network")
+    common.check_same_data(corpus.data_record(), args, splits, args.corpus,
+                           "corpus's start network")
     params = P_.unflatten(jnp.asarray(corpus.original(args.start_seed)),
                           corpus.arch.param_shapes())
     return params, {"corpus": str(Path(args.corpus).absolute()), "seed": args.start_seed}

@@ -783,6 +783,15 @@ class Corpus:
         want = range(cfg["first_seed"], cfg["first_seed"] + cfg["num_seeds"])
         self.missing_seeds = sorted(set(want) - set(self.original_seeds.tolist()))
 
+    def data_record(self) -> dict:
+        """The data it was built on, as run identities record it (``dataset``, ``split_seed``,
+        ``identity.data``: the arrays' fingerprint; fields an older corpus lacks left out), for
+        :func:`hyperforget_jax.commands.common.check_same_data`."""
+        fp = self.index.get("data_fingerprint")
+        record = {"dataset": self.index.get("dataset"), "split_seed": self.index.get("split_seed"),
+                  "identity": {"data": fp} if fp else None}
+        return {k: v for k, v in record.items() if v is not None}
+
     def __len__(self) -> int:
         return len(self.rows)
 

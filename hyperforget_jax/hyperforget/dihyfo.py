@@ -420,12 +420,8 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
     secs = time.perf_counter() - t0
     # The corpus's data, so a saved file lets `sample` refuse other data (a file saved from
     # Python recorded none, and `sample` took it on any data without a word).
-    index = getattr(corpus, "index", None) or {}
-    built_on = {k: v for k, v in (("dataset", index.get("dataset")),
-                                  ("split_seed", index.get("split_seed")),
-                                  ("identity", {"data": index["data_fingerprint"]}
-                                   if index.get("data_fingerprint") else None)) if v is not None}
-    return Hypernet(spec, state.ema_params, p_uncond=cfg.p_uncond, built_on=built_on), {
+    return Hypernet(spec, state.ema_params, p_uncond=cfg.p_uncond,
+                    built_on=corpus.data_record()), {
         "loss": losses, "seconds": secs, "steps_per_second": cfg.steps / secs,
         "trajectories": int(len(src.trajectories)), "train_config": cfg.to_json(),
         "resumed_at": first}
