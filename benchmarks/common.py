@@ -25,7 +25,7 @@ def parse_args(ap, argv: Sequence[str] | None, quick: dict | None = None):
     the given sizes dropped without a word). An ``--out`` that cannot be the JSON file (empty,
     a directory) is refused here, before the run (it failed after it, losing the run)."""
     args = ap.parse_args(argv)
-    if quick and getattr(args, "quick", False):   # also an abbreviated --qui
+    if quick and getattr(args, "quick", False):
         ap.set_defaults(**quick)
         args = ap.parse_args(argv)
     out = getattr(args, "out", None)

@@ -128,6 +128,11 @@ def configs(args) -> tuple[train.TrainConfig, GradTauConfig]:
     return args._train_flags.build(args), args._gradtau_flags.build(args)
 
 
+def num_steps(args) -> int:
+    """HyperForget's DDIM steps: --num-steps, else :data:`DEFAULT_NUM_STEPS`."""
+    return DEFAULT_NUM_STEPS if args.num_steps is None else args.num_steps
+
+
 def _check(args) -> data.ForgetRequest:
     configs(args)  # validates
     if args.seeds < 1:
@@ -140,8 +145,6 @@ def _check(args) -> data.ForgetRequest:
     if args.num_steps is not None and not args.hypernet:     # silently unused
         raise ConfigError("--num-steps is HyperForget's DDIM steps; pass --hypernet too, or "
                           "drop it")
-    if args.hypernet and args.num_steps is None:
-        args.num_steps = DEFAULT_NUM_STEPS
     if args.hypernet and args.forget_class is None:
         raise ConfigError("HyperForget (--hypernet) answers class requests only; pass "
                           "--forget-class")
@@ -170,7 +173,7 @@ def _methods(args, arch, splits):
     from hyperforget_jax.hyperforget import dihyfo as H
 
     net, meta = H.load_hypernet(args.hypernet)
-    steps = DEFAULT_NUM_STEPS if args.num_steps is None else args.num_steps
+    steps = num_steps(args)
     # Refused here, before any training (it was refused by the first sample, after the first
     # seed's original, Retrain, noise floor and shadows).
     from hyperforget_jax.hyperforget.diffusion import ddim_timesteps
@@ -242,7 +245,7 @@ def run(args) -> dict:
     ident = {"role": ROLE, "version": __version__, "dataset": args.dataset,
              "data": rundir.data_fingerprint(splits), "request": request.to_json(),
              "train_config": base.to_json(), "gradtau_config": dataclasses.asdict(gcfg),
-             "hypernet": hypernet, "num_steps": args.num_steps if hypernet else None,
+             "hypernet": hypernet, "num_steps": num_steps(args) if hypernet else None,
              "seeds": args.seeds, "shadows": args.shadows, "tol_mia": args.tol_mia,
              "tol_ulira": args.tol_ulira, "backend": jax.default_backend(),
              # HyperForget's cells of a run before the shadows had their own sample seeds are
