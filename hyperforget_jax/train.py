@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
+import weakref
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple
 
@@ -330,24 +331,41 @@ def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation,
         state, finite = update(state, grads, loss, tx)
         return state, {"loss": loss, "accuracy": acc, "finite": finite}
 
-    step.axis_name = axis_name      # what the wrappers below check
+    record_step_axis(step, axis_name)     # what the wrappers below check
     return step
 
 
 # --- three ways to compile the same step ------------------------------------------------------
 
-_UNKNOWN = object()
+# The axis each step built here was made for, keyed by the step function itself: not an
+# attribute, since JAX's transformations copy a function's ``__dict__`` onto their wrappers, and
+# ``shard_map(step)`` or ``vmap(step, axis_name=...)``, whose collectives are bound, would carry
+# the mark of the step inside them.
+_STEP_AXES: "weakref.WeakKeyDictionary[Callable, Any]" = weakref.WeakKeyDictionary()
+
+
+def record_step_axis(step: Callable, axis_name) -> None:
+    """Record the ``axis_name`` a library step was built with (see :func:`check_step_axis`)."""
+    _STEP_AXES[step] = axis_name
+
+
+def _one_axis(name):
+    return name[0] if isinstance(name, tuple) and len(name) == 1 else name
 
 
 def check_step_axis(step: Callable, axis_name: str | None, wrapper: str) -> None:
     """ConfigError when a step built by the library (``make_train_step``,
-    ``make_gradtau_step``: they record ``step.axis_name``) has another ``axis_name`` than
-    ``wrapper`` runs it under (None: one program over all devices, jit or shardings). A
-    ``pmap`` of a step without one ran without a word, each device stepping on its own shard
-    (copies 2e-3 apart after one step); a step with one under jit failed with JAX's "unbound
-    axis name" NameError. A user's own step (no attribute) is not checked."""
-    built = getattr(step, "axis_name", _UNKNOWN)
-    if built is _UNKNOWN or built == axis_name:
+    ``make_gradtau_step``: they record its axis) has another ``axis_name`` than ``wrapper``
+    runs it under (None: one program over all devices, jit or shardings). A ``pmap`` of a step
+    without one ran without a word, each device stepping on its own shard (copies 2e-3 apart
+    after one step); a step with one under jit failed with JAX's "unbound axis name" NameError.
+    A user's own step, or a library step inside a user's ``shard_map`` / ``vmap`` / other
+    transformation (another function), is not checked; a one-name tuple is that name."""
+    try:
+        built = _STEP_AXES.get(step, _STEP_AXES)
+    except TypeError:                    # not weak-referenceable: not a step built here
+        return
+    if built is _STEP_AXES or _one_axis(built) == _one_axis(axis_name):
         return
     if axis_name is None:
         raise ConfigError(f"{wrapper} compiles the single-device step (XLA partitions it), "

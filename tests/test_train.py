@@ -97,6 +97,16 @@ def test_the_wrappers_refuse_a_step_built_for_another_axis():
     train.pmap_step(batch), G.pmap_gradtau_step(g_batch), G.pmap_gradtau_step(g_data, "data")
     train.jit_step(plain), train.sharded_step(plain, mesh), G.sharded_gradtau_step(g_plain, mesh)
     train.pmap_step(lambda state, b: (state, {}))
+    # A library step inside a user's transformation binds its axis there: JAX copies the
+    # step's __dict__ onto its wrappers, and an attribute mark refused these valid programs.
+    P = jax.sharding.PartitionSpec
+    data_step = train.make_train_step(ARCH.apply, tx, axis_name="data")
+    train.jit_step(jax.shard_map(data_step, mesh=train.data_mesh(jax.devices()[:1]),
+                                 in_specs=(P(), P("data")), out_specs=(P(), P())))
+    train.sharded_step(jax.vmap(data_step, axis_name="data"), mesh)
+    G.sharded_gradtau_step(jax.vmap(g_data, axis_name="data"), mesh)
+    # make_train_step takes "a name (or tuple of axes)": a one-name tuple is that name.
+    train.pmap_step(train.make_train_step(ARCH.apply, tx, axis_name=("batch",)))
 
 
 class StepTracesOnce(chex.TestCase):

@@ -672,7 +672,7 @@ def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
                        "retain_loss": aux["retain_loss"], "finite": finite,
                        "ascent": aux["ascent"]}
 
-    step.axis_name = axis_name      # checked by the wrappers (train.check_step_axis)
+    train.record_step_axis(step, axis_name)      # checked by the wrappers
     return step
 
 
