@@ -494,3 +494,31 @@ def test_reading_a_gan_run_does_not_initialise_the_gan(tmp_path, monkeypatch):
     assert concrete == []
     for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(state)):
         assert np.array_equal(a, b)
+
+
+def test_a_gan_unlearning_run_s_checkpoints_copied_from_another_run_are_refused(tmp_path):
+    """The readers compared an unlearning run's checkpoints with its run.json on the cascade's
+    recipe alone: the same request's cascade copied in from a run on another original GAN (or
+    of another request) was read, and evaluated, as this run's GAN."""
+    import json
+    import shutil
+
+    orig, unl = tmp_path / "orig", tmp_path / "unl"
+    assert cli.main(["gan", "train", "--dataset", "digits", "--epochs", "1", "--run-dir",
+                     str(orig), "--quiet"]) == 0
+    assert cli.main(["gan", "unlearn", "--dataset", "digits", "--run-dir", str(orig), "--out",
+                     str(unl), "--forget-indices", "0,1,2,3", "--max-rounds", "2",
+                     "--check-every", "2", "--quiet"]) == 0
+    load_gan_run(unl)                                     # its own checkpoints: taken
+    for name, edit, words in (
+            ("other_source", lambda i: i["source"]["gan_config"].update(
+                seed=i["source"]["gan_config"]["seed"] + 1), r"record gan_config.seed = \d+"),
+            ("other_request", lambda i: i["request"].update(indices=[0, 1, 2, 5]),
+             r"record request.indices")):
+        copied = tmp_path / name
+        shutil.copytree(unl, copied)
+        run_json = json.loads((copied / "run.json").read_text())
+        edit(run_json["identity"])
+        (copied / "run.json").write_text(json.dumps(run_json))
+        with pytest.raises(CheckpointError, match=words + r".*the checkpoints are another run's"):
+            load_gan_run(copied)

@@ -163,12 +163,17 @@ def _refuse_checkpoints_of_another_run(run_dir: Path, meta: dict) -> None:
     record: the training recipe and data, or the unlearning recipe."""
     ident = meta.get("identity") or {}
     prog = meta.get("unlearn_progress") or {}
-    # An unlearning run's checkpoints carry its source GAN's training fields (its request is
-    # the source's): its own recipe is compared there.
-    pairs = [] if prog else [(k, meta.get(k), ident.get(k)) for k in (
-        "gan_config", "dataset", "split_seed", "request") if k in meta and k in ident]
-    if "config" in prog and "unlearn_config" in ident:
-        pairs.append(("unlearn_config", prog["config"], ident["unlearn_config"]))
+    fields = ("gan_config", "dataset", "split_seed", "request")
+    pairs = [(k, meta.get(k), ident.get(k)) for k in fields if k in meta and k in ident]
+    if prog:
+        # An unlearning run's checkpoints carry its source GAN's training recipe (run.json
+        # records it under "source") beside its own request, data and recipe: a cascade of
+        # the same request copied in from a run on another original GAN was read as this one.
+        source = ident.get("source") or {}
+        pairs = [(k, meta.get(k), source.get(k)) for k in ("gan_config",)
+                 if k in meta and k in source] + [p for p in pairs if p[0] != "gan_config"]
+        if "config" in prog and "unlearn_config" in ident:
+            pairs.append(("unlearn_config", prog["config"], ident["unlearn_config"]))
     common.refuse_recorded_differences(run_dir, pairs)
 
 
