@@ -204,6 +204,24 @@ def is_scalar_number(value: Any) -> bool:
     return is_number(value) and np.ndim(value) == 0
 
 
+def check_as_config(value: Any, cls: type, field: str, who: str, name: str | None = None
+                    ) -> None:
+    """Refuses a concrete ``value`` (the argument ``name``, default ``field``) that config
+    ``cls`` refuses for ``field`` (its bounds, :func:`check_number`'s check); traced values (the
+    library's compiled steps pass them) cannot be checked. The building blocks took what their
+    configs refuse: NegGrad+ at β 1.5 descended on the forget set, SCRUB and Bad Teacher at
+    temperature 0 returned NaN losses, ∇τ's ``initial_alpha`` gave α₀ 1.5."""
+    import jax                                    # the config module itself needs no JAX
+
+    name = name or field
+    if isinstance(value, jax.core.Tracer):
+        return
+    if not is_number(value) or np.shape(value) != ():
+        raise ConfigError(f"{who}: {name}={value!r} must be one number")
+    bounds = next(f.metadata["bounds"] for f in dataclasses.fields(cls) if f.name == field)
+    check_number(who, name, float(value), float, bounds)
+
+
 def check_count(value: Any, what: str, unit: str = "", error: type = ConfigError) -> int:
     """``value`` as an ``int`` if it is an integer >= 1 (a bool or a float is not), else
     ``error``: "``what`` must be an integer >= 1``unit``, got ``value``"."""

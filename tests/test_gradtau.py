@@ -1406,3 +1406,14 @@ def test_the_classic_steps_helpers_refuse_what_they_cannot_plan():
         with pytest.raises(ConfigError, match="0 < n_forget <= n_total"):
             G.initial_alpha(*sizes)
     assert G.initial_alpha(100, 100) == (0.95, True)
+    # Their siblings: α₀'s scale and clamp out of GradTauConfig's bounds gave α₀ 1.5 / −0.3;
+    # 0 forget batches a ZeroDivisionError, a negative count a budget of −4 forget-epochs.
+    for kw, words in (({"alpha_max": 2.0}, "alpha_max"), ({"scale": -1.0}, "scale")):
+        with pytest.raises(ConfigError, match=f"initial_alpha.*{words}"):
+            G.initial_alpha(90, 100, **kw)
+    for budget in (G.budget_epochs, G.finetune_epochs):
+        for counts, words in (((10, 0), "n_forget_batches"), ((-3, 2), "n_retain_batches"),
+                              ((10, 2, 0), "max_epochs")):
+            with pytest.raises(ConfigError, match=f"{budget.__name__}: {words} must be an "
+                                                  "integer >= 1"):
+                budget(*counts)

@@ -23,7 +23,6 @@ of members (seeds × configs) as the same program under ``vmap``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -34,7 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import metrics, microbatch, train, xla
-from hyperforget_jax.config import check_number, float_fields, is_number
+from hyperforget_jax.config import check_as_config, float_fields
 from hyperforget_jax.data import ForgetSplit, shared_rows, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, NonFiniteError, kind_of
 from hyperforget_jax.models import Architecture, as_model
@@ -74,23 +73,6 @@ def _stateless(loss: Callable, axis_name: str | None = None, who: str = "the obj
             value, grads = jax.lax.pmean((value, grads), axis_name)
         return grads, state, {"loss": value}
     return Objective(lambda params: (), update)
-
-
-def _check_as_config(value: Any, cls: type, field: str, who: str, name: str | None = None
-                     ) -> None:
-    """Refuses a concrete ``value`` (the argument ``name``, default ``field``) that config
-    ``cls`` refuses for ``field`` (its bounds,
-    :func:`hyperforget_jax.config.check_config`'s check); traced values (the library's compiled
-    steps pass them) cannot be checked. The building blocks took what their configs refuse:
-    NegGrad+ at β 1.5 descended on the forget set, SCRUB and Bad Teacher at temperature 0
-    returned NaN losses."""
-    name = name or field
-    if isinstance(value, jax.core.Tracer):
-        return
-    if not is_number(value) or np.shape(value) != ():
-        raise ConfigError(f"{who}: {name}={value!r} must be one number")
-    bounds = next(f.metadata["bounds"] for f in dataclasses.fields(cls) if f.name == field)
-    check_number(who, name, float(value), float, bounds)
 
 
 def kl_divergence(target_logits: jax.Array, student_logits: jax.Array, T: Any) -> jax.Array:
@@ -138,7 +120,7 @@ def neggrad(loss_fn: Callable, axis_name: str | None = None) -> Objective:
 def neggrad_plus(loss_fn: Callable, beta: Any, axis_name: str | None = None) -> Objective:
     """NegGrad+: β·L(B_r) − (1 − β)·L(B_f). ``update(params, state, forget_batch,
     retain_batch)``; ``axis_name``: see :func:`_stateless`. β lies in [0, 1]."""
-    _check_as_config(beta, C.NegGradPlusConfig, "beta", "neggrad_plus")
+    check_as_config(beta, C.NegGradPlusConfig, "beta", "neggrad_plus")
     loss_fn = microbatch.per_example_losses(loss_fn)
     return _stateless(lambda p, fb, rb: beta * jnp.mean(loss_fn(p, rb))
                       - (1 - beta) * jnp.mean(loss_fn(p, fb)), axis_name)
@@ -158,7 +140,7 @@ def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any,
     ``kd_T``², which keeps the gradient's scale independent of the temperature. ``axis_name``:
     see :func:`_stateless`. ``kd_T`` > 0; ``gamma``, ``alpha`` >= 0."""
     for name, value in (("kd_T", kd_T), ("gamma", gamma), ("alpha", alpha)):
-        _check_as_config(value, C.ScrubConfig, name, "scrub")
+        check_as_config(value, C.ScrubConfig, name, "scrub")
 
     def kl(target_logits, student_logits):
         return kd_T ** 2 * kl_divergence(target_logits, student_logits, kd_T)
@@ -185,7 +167,7 @@ def bad_teacher(apply_fn: Callable, temperature: Any,
     """Bad Teacher: KL(teacher ‖ student) on ``batch = (x, teacher_logits)`` (the teacher is
     the incompetent one on D_f, the original on D_r). ``update(params, state, batch)``;
     ``axis_name``: see :func:`_stateless`. ``temperature`` > 0."""
-    _check_as_config(temperature, C.BadTeacherConfig, "kl_temperature", "bad_teacher",
+    check_as_config(temperature, C.BadTeacherConfig, "kl_temperature", "bad_teacher",
                      "temperature")
 
     def loss(p, b):

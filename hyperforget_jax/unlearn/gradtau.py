@@ -97,7 +97,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import microbatch, train, xla
-from hyperforget_jax.config import check_config, check_count, field, is_number
+from hyperforget_jax.config import check_as_config, check_config, check_count, field, is_number
 from hyperforget_jax.data import Dataset, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, ForgetRequestError
 from hyperforget_jax.metrics import at_least_float32
@@ -173,6 +173,8 @@ def initial_alpha(n_forget: int, n_total: int, scale: float = 5.0 / 3.0,
     if not 0 < n_forget <= n_total:     # a forget set larger than the whole set read α₀ 0.95
         raise ConfigError(f"initial_alpha needs 0 < n_forget <= n_total, got {n_forget} of "
                           f"{n_total}")
+    check_as_config(scale, GradTauConfig, "alpha_scale", "initial_alpha", "scale")
+    check_as_config(alpha_max, GradTauConfig, "alpha_max", "initial_alpha")
     a = scale * n_forget / n_total
     return (float(alpha_max), True) if a > alpha_max else (float(a), False)
 
@@ -182,6 +184,15 @@ def warn_clamped(n_forget: int, n_total: int, scale: float, alpha_max: float) ->
     in-memory and the streamed runner: the streamed one only set ``info["alpha_clamped"]``."""
     log.warning("∇τ: α₀ = %.3f·|D_f|/|D| = %.3f exceeds %.2f; clamped to %.2f", scale,
                 scale * n_forget / n_total, alpha_max, alpha_max)
+
+
+def _check_batch_counts(n_retain: Any, n_forget: Any, max_epochs: Any, who: str) -> None:
+    """The budgets' counts: batches >= 1 each (0 forget batches divided by zero; a negative
+    count gave a negative budget), the cap >= 1 or None (GradTauConfig.max_epochs')."""
+    check_count(n_retain, f"{who}: n_retain_batches", " (a batch count)")
+    check_count(n_forget, f"{who}: n_forget_batches", " (a batch count)")
+    if max_epochs is not None:
+        check_count(max_epochs, f"{who}: max_epochs", " (or None: no cap)")
 
 
 def budget_epochs(n_retain_batches: int, n_forget_batches: int,
@@ -194,6 +205,7 @@ def budget_epochs(n_retain_batches: int, n_forget_batches: int,
     >>> budget_epochs(14, 1), budget_epochs(14, 1, max_epochs=40), budget_epochs(1, 5)
     (42, 40, 0)
     """
+    _check_batch_counts(n_retain_batches, n_forget_batches, max_epochs, "budget_epochs")
     e = int(6 * n_retain_batches / (2 * n_forget_batches))
     return e if max_epochs is None else min(e, int(max_epochs))
 
@@ -210,6 +222,7 @@ def finetune_epochs(n_retain_batches: int, n_forget_batches: int,
     >>> finetune_epochs(13, 2), 2 * budget_epochs(13, 2), finetune_epochs(400, 1, max_epochs=80)
     (39, 38, 160)
     """
+    _check_batch_counts(n_retain_batches, n_forget_batches, max_epochs, "finetune_epochs")
     e = int((n_retain_batches / n_forget_batches) * 6)
     return e if max_epochs is None else min(e, 2 * int(max_epochs))
 
