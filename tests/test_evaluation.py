@@ -219,6 +219,66 @@ def test_attacks_take_members_and_non_members_of_one_class_mix(setting):
                                                               seed=1)
 
 
+_ONE = {"s": np.float32(1.0)}
+
+
+def _favours_class_0(n_train=1000, n_test=500, classes=10, test_classes=None):
+    """Splits whose rows carry their logits in the first ``classes`` columns, class 0's raised
+    by 3 for every row: a model that never saw any data and favours class 0."""
+    rng = np.random.default_rng(0)
+
+    def mk(n, name, pool):
+        y = rng.choice(pool, n)
+        x = rng.normal(size=(n, classes + 3, 1, 1)).astype(np.float32)
+        x[:, 0] += 3.0
+        return data.from_arrays(x, y, classes, name)
+
+    every = np.arange(classes)
+    splits = data.Splits(mk(n_train, "train", every), mk(30, "val", every),
+                         mk(n_test, "test", every if test_classes is None else test_classes))
+    return splits, (lambda params, x: x.reshape(len(x), -1)[:, :classes] * params["s"])
+
+
+def test_a_few_items_of_one_class_are_matched_by_class_though_too_few_to_test():
+    """Three items of class 0 from a model that never saw them and favours class 0 read
+    mia_loss_lr 0.88 (mean over seeds): the χ² test of the class mixes (p 0.003) has no power at
+    such sizes, so the attack compared class 0 with the whole test set. Where a cell expects
+    fewer than MIN_EXPECTED rows, differing mixes are now matched."""
+    from hyperforget_jax import metrics
+    from hyperforget_jax.evaluation import class_matched_note
+
+    splits, apply_fn = _favours_class_0()
+    req = data.ForgetRequest(indices=tuple(int(i) for i in
+                                           np.flatnonzero(splits.train.y == 0)[:3]))
+    fs = data.resolve_forget(splits.train, req)
+    out = evaluate_unlearning(apply_fn, _ONE, splits, fs, req, seed=0)
+    lr = out["attacks_class_matched"]["lr"]
+    assert lr["members"] == lr["nonmembers"] == 3 and lr["p_value"] > metrics.CLASS_MIX_P
+    model = models.as_model(apply_fn, (13, 1, 1), 10)
+    f = metrics.per_sample_outputs(model, _ONE, fs.forget.x, fs.forget.y)["loss"]
+    t = metrics.per_sample_outputs(model, _ONE, splits.test.x, splits.test.y)["loss"]
+    rows_f, rows_t, _ = metrics.class_matched_rows(fs.forget.y, splits.test.y, 0)
+    assert (splits.test.y[rows_t] == 0).all()
+    assert out["mia_loss_lr"] == pytest.approx(metrics.mia_loss_lr(f[rows_f], t[rows_t], seed=0))
+    assert "class by class (χ² p = " in class_matched_note(out)
+    assert "too few rows for the test to be read" in class_matched_note(out)
+    # A large set of the same mix as the test set is still left as it is.
+    assert metrics.class_matched_rows(splits.train.y, splits.test.y, 0) is None
+
+
+def test_a_test_set_without_the_retain_set_s_classes_leaves_the_svc_not_applicable():
+    """A test set holding only the forgotten class raised scipy's bare ValueError (the χ²
+    test's "expected frequencies has a zero element") from the SVC's class matching."""
+    splits, apply_fn = _favours_class_0(n_train=300, n_test=90, classes=3, test_classes=[2])
+    req = data.ForgetRequest(indices=tuple(int(i) for i in np.flatnonzero(splits.train.y == 2)))
+    fs = data.resolve_forget(splits.train, req)
+    out = evaluate_unlearning(apply_fn, _ONE, splits, fs, req, seed=0)
+    assert out["mia_efficacy_svc"] is None
+    assert "holds no sample of the classes the retain set holds" in \
+        out["not_applicable"]["mia_efficacy_svc"]
+    assert out["mia_loss_lr"] is not None
+
+
 def test_gap_to_retrain_refuses_rows_in_percent():
     """Rows hold fractions and the gap is in points: rows in percent (a table's numbers) gave
     a gap 100× too large (625.0 for a 25-point FA gap), one row of each 8043.75, silently."""
