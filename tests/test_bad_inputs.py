@@ -1160,7 +1160,8 @@ def test_resumes_never_continue_another_run(ctx, tmp_path):
 def test_a_user_models_prompt_takes_the_inputs_its_corpus_was_built_on(digits_splits):
     """Standardised features trained a user's model, its corpus and its hypernetwork, then
     make_prompt refused them: "images must lie in [0, 1] (divide 0..255 images by 255)". A
-    registered model still refuses them (it takes [0, 1] images)."""
+    registered model refused them too, though fit, unlearn and build_corpus take them (only
+    0..255 images are refused, as everywhere)."""
     from hyperforget_jax.hyperforget import dihyfo as H
     train = digits_splits.train.subset(np.arange(300))
     train = train.replace(x=train.x * 4 - 2)                                 # in [-2, 2]
@@ -1171,9 +1172,15 @@ def test_a_user_models_prompt_takes_the_inputs_its_corpus_was_built_on(digits_sp
     logp = jax.nn.log_softmax(user.apply(params, train.x))[np.arange(len(train)), train.y]
     assert float(prompt.forget_start) == pytest.approx(-float(logp[train.y == 3].mean()), 1e-5)
     registered = models.make_architecture("gpt_mlp", (8, 8, 1))
-    with pytest.raises(DataError, match=r"values in \[-2, 2\]; images must lie in \[0, 1\]"):
-        H.make_prompt(H.Hypernet(tiny_hyperspec(registered, "dihyfo2"), None), params, train,
-                      (3,))
+    rparams = registered.init(jax.random.key(0))
+    rprompt = H.make_prompt(H.Hypernet(tiny_hyperspec(registered, "dihyfo2"), None), rparams,
+                            train, (3,))
+    logp = jax.nn.log_softmax(registered.apply(rparams, train.x))[np.arange(len(train)),
+                                                                   train.y]
+    assert float(rprompt.forget_start) == pytest.approx(-float(logp[train.y == 3].mean()), 1e-5)
+    with pytest.raises(DataError, match=r"values up to 255 \(0..255 pixel values\?\)"):
+        H.make_prompt(H.Hypernet(tiny_hyperspec(registered, "dihyfo2"), None), rparams,
+                      train.replace(x=(train.x + 2) * 255 / 4), (3,))
     nan = train.replace(x=np.where(np.arange(len(train))[:, None, None, None] == 0, np.nan,
                                    train.x))
     with pytest.raises(DataError, match="NaN or inf"):

@@ -299,17 +299,16 @@ def sample_many(keys: jax.Array, net: Hypernet, params: Params, prompts: Prompt,
 
 def _check_train(net: Hypernet, train: Any) -> None:
     """Raises unless ``train`` is a Dataset of the inputs the hypernetwork's architecture takes
-    (another dataset's images failed inside flax, after the ``k`` samples): finite, and images
-    in [0, 1] for a registered model. A user's model takes what its corpus was built on, as
-    ``fit`` and ``build_corpus`` do: standardised features were refused here, after a corpus
-    and a hypernetwork had been built on them, with "divide 0..255 images by 255"."""
+    (another dataset's images failed inside flax, after the ``k`` samples): finite, and not
+    0..255 images for a registered model (``Architecture.check_inputs``). A model takes what
+    its corpus was built on, as ``fit`` and ``build_corpus`` do: standardised inputs were
+    refused here, after a corpus and a hypernetwork had been built on them, with "divide 0..255
+    images by 255" (a user's model until stop 60, a registered one until stop 61)."""
     if not isinstance(train, data.Dataset):
         raise DataError(f"the training set must be a Dataset (e.g. splits.train), got "
                         f"{type(train).__name__}")
     net.spec.arch.check_inputs(train.x, "training set", labels=train.y)
-    if net.spec.arch.registered:
-        data.check_unit_images(train.x, "the training set")
-    elif np.size(train.x) and not np.isfinite(train.x).all():
+    if np.size(train.x) and not np.isfinite(train.x).all():
         raise DataError("the training set holds NaN or inf values; clean the data first")
 
 
