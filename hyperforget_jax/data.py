@@ -423,14 +423,27 @@ def load_dataset(name: str = "mnist5k", data_dir: str | None = None) -> Dataset 
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
-def _stratified_split(ds: Dataset, fractions: Sequence[float], seed: int) -> list[Dataset]:
+def _stratified_split(ds: Dataset, fractions: Sequence[float], seed: int,
+                      carry: bool = False) -> list[Dataset]:
+    """Each class split by ``fractions``, its counts rounded on their own (``carry`` False:
+    the library's splits), or with the rounding remainders carried from class to class, so
+    that every split holds round(f·N) images to within one (``carry`` True: small datasets,
+    where rounding each class of 5 to 8 images left the validation split empty)."""
     rng = np.random.default_rng(seed)
     parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    left = np.zeros(len(fractions))
     # The classes present, in order: an absent class drew nothing from rng (the same splits),
     # and num_classes=10**5 took seconds (10**13: a MemoryError in np.arange).
     for c in np.unique(ds.y):
         idx = rng.permutation(np.flatnonzero(ds.y == c))
-        bounds = np.round(np.cumsum(fractions) * len(idx)).astype(int)
+        if carry:
+            want = len(idx) * np.asarray(fractions, float) + left
+            count = np.floor(want).astype(int)
+            count[np.argsort(count - want, kind="stable")[:len(idx) - count.sum()]] += 1
+            left = want - count
+            bounds = np.cumsum(count)
+        else:
+            bounds = np.round(np.cumsum(fractions) * len(idx)).astype(int)
         for p, (lo, hi) in enumerate(zip(np.r_[0, bounds[:-1]], bounds)):
             parts[p].append(idx[lo:hi])
     # A second seeded shuffle so the classes are interleaved within each split.
@@ -512,7 +525,12 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
                         f"class ids 0..{ds.num_classes - 1} (e.g. {y[outside][0].item()!r}), "
                         "which would be dropped from every split; build the dataset with "
                         "hf.data.from_arrays(x, y, num_classes)")
-    train, val, test = _stratified_split(ds, [1 - val_frac - test_frac, val_frac, test_frac], seed)
+    fractions = [1 - val_frac - test_frac, val_frac, test_frac]
+    train, val, test = _stratified_split(ds, fractions, seed)
+    if not (len(train) and len(val) and len(test)):
+        # Every class of 5 (or 8) images rounded its 0.5 (0.8) validation images to 0: 80
+        # images were refused "use more data" where 70 and 90 split.
+        train, val, test = _stratified_split(ds, fractions, seed, carry=True)
     for part, what in ((train, "train"), (val, "validation"), (test, "test")):
         if len(part) == 0:
             raise DataError(f"make_splits: the {what} split of {ds.name} is empty ({len(ds)} "

@@ -179,6 +179,29 @@ def test_make_splits_of_a_fixed_split_honours_the_seed(digits_splits):
             == np.bincount(fixed.val.y, minlength=10)).all()                  # stratified
 
 
+def test_make_splits_of_small_classes_fills_every_split():
+    """Every class rounded on its own: classes of 5 or 8 images gave each 0 validation images
+    (round(0.7·n) = round(0.8·n)), so 50 and 80 images were refused "use more data" where 70 and
+    90 split. The remainders are then carried from class to class; larger classes keep the
+    library's splits."""
+    rng = np.random.default_rng(0)
+    for per in (3, 5, 8):
+        y = np.repeat(np.arange(10), per)
+        ds = data.from_arrays(rng.random((len(y), 4, 4, 1), np.float32), y, 10)
+        s = data.make_splits(ds)
+        n = len(y)
+        assert [len(s.train), len(s.val), len(s.test)] == [round(0.7 * n), round(0.1 * n),
+                                                           round(0.2 * n)]
+        rows = np.concatenate([s.train.x, s.val.x, s.test.x]).reshape(n, -1)
+        assert len(np.unique(rows, axis=0)) == n                   # disjoint, every row once
+        for part in (s.train, s.val, s.test):                      # each class within one
+            share = np.bincount(part.y, minlength=10)
+            assert share.max() - share.min() <= 1 + (part is s.train) * per
+    big = data.from_arrays(rng.random((200, 4, 4, 1), np.float32), np.repeat(np.arange(10), 20),
+                           10)
+    assert [len(p) for p in data.make_splits(big)] == [140, 20, 40]
+
+
 def test_make_splits_refuses_labels_outside_num_classes():
     """A hand-built Dataset whose labels exceed num_classes lost those samples from every
     split without a word (classes are split by range(num_classes))."""
