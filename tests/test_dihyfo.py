@@ -807,3 +807,37 @@ def test_the_canonicalisation_probe_runs_at_full_float32_precision(setup):
     with jax.default_matmul_precision("bfloat16"):
         assert H._rescaling_change(Spy, tmpl, corpus.original(0)) < 1e-5
     assert seen == ["float32", "float32"]
+
+
+class TanhTwin(__import__("flax.linen", fromlist=["Module"]).Module):
+    """gpt_mlp's parameter tree (Dense_0 64→10, Dense_1 10→10) with tanh for its ReLU."""
+
+    @__import__("flax.linen", fromlist=["compact"]).compact
+    def __call__(self, x):
+        import flax.linen as nn
+        x = jnp.tanh(nn.Dense(10)(x.reshape((x.shape[0], -1))))
+        return nn.Dense(10)(x)
+
+
+def test_sample_cli_refuses_a_corpus_of_another_model(setup, tmp_path, capsys):
+    """`sample --corpus DIR --start-seed S` unflattened the corpus's network into the
+    hypernetwork's model without comparing the two: a tanh twin of gpt_mlp (the same parameter
+    tree) was sampled and evaluated as a gpt_mlp, exit 0; `--run-dir` refused it."""
+    out, corpus, net2, _, _ = setup
+    assert corpus.arch.name == "gpt_mlp"
+    twin = tmp_path / "twin"
+    shutil.copytree(out, twin)
+    index = json.loads((twin / "index.json").read_text())
+    index["architecture"] = {**index["architecture"], "name": "test_dihyfo:TanhTwin",
+                             "source": "test_dihyfo:TanhTwin"}
+    (twin / "index.json").write_text(json.dumps(index))
+    assert C.Corpus(twin).arch.param_shapes() == corpus.arch.param_shapes()
+    H.save_hypernet(tmp_path / "h2", net2)
+    rc = cli.main(["sample", "--dataset", "digits", "--hypernet", str(tmp_path / "h2"),
+                   "--corpus", str(twin), "--start-seed", "2", "--forget-class", "4",
+                   "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1, err
+    assert "holds test_dihyfo:TanhTwin networks (760 parameters) but this hypernetwork " \
+           "samples gpt_mlp networks" in err[0]
+    assert not (tmp_path / "s").exists()

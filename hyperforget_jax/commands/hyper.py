@@ -145,11 +145,11 @@ def _start_network(args, net, splits):
     if args.run_dir is not None and (args.corpus is not None or args.start_seed is not None):
         raise ConfigError("give one start network: --run-dir DIR, or --corpus DIR "
                           "--start-seed S, not both")
+    want = net.spec.arch
+    # The advised `train` reads this command's data: on another dataset the same name is
+    # another network (an mlp on 28×28 images is not the one for 8×8).
+    train = f"--arch {want.name}{common.data_flags(args)}"
     if args.run_dir is not None:
-        want = net.spec.arch
-        # The advised `train` reads this command's data: on another dataset the same name is
-        # another network (an mlp on 28×28 images is not the one for 8×8).
-        train = f"--arch {want.name}{common.data_flags(args)}"
         arch, params, meta = common.load_run(
             args.run_dir, first=f"hyperforget train --run-dir {shell_quote(args.run_dir)} "
                                 f"{train}")
@@ -163,6 +163,15 @@ def _start_network(args, net, splits):
     if args.corpus is None or args.start_seed is None:
         raise ConfigError("give a start network: --run-dir DIR or --corpus DIR --start-seed S")
     corpus = C.Corpus(args.corpus)
+    arch = corpus.arch
+    if arch.param_count != want.param_count or arch.name != want.name:
+        # A corpus of another model with the same parameter tree (a tanh gpt_mlp) was
+        # unflattened into it, sampled and evaluated as this hypernetwork's model, exit 0.
+        raise ArchitectureError(
+            f"the corpus {args.corpus} holds {arch.name} networks ({arch.param_count:,} "
+            f"parameters) but this hypernetwork samples {want.name} networks; pass its own "
+            f"corpus, or a start network trained with `hyperforget train {train} --run-dir "
+            "NEW_DIR` as --run-dir")
     common.check_same_data(corpus.data_record(), args, splits, args.corpus,
                            "corpus's start network")
     params = P_.unflatten(jnp.asarray(corpus.original(args.start_seed)),
