@@ -420,6 +420,23 @@ def test_head_is_the_last_called_module_with_parameters():
     assert names == ["['head']['bias']", "['head']['kernel']"]
 
 
+def test_head_unlearning_of_a_model_whose_logits_follow_its_head_is_refused(tmp_path,
+                                                                          digits_splits):
+    """unlearn_layers='head' distils the output layer's output (inputs @ kernel + bias)
+    towards the model's softmax: for a model dividing it by a temperature of 4 it distilled
+    another model (its endpoints' retain loss 3× the original's), without a word. Refused
+    before anything is trained or written; 'all' takes it."""
+    cfg = dataclasses.replace(CFG, arch="user_model:TemperedNet", epochs_range=(1, 1),
+                              unlearn_epochs=1, checkpoints=1, class_pairs=0,
+                              forget_classes=(4,))
+    with pytest.raises(ConfigError, match=r"logits are not its output layer 'Dense_0''s output"
+                                          r".*use unlearn_layers='all'"):
+        C.build_corpus(tmp_path / "c", cfg, digits_splits, "digits", progress=False)
+    assert not (tmp_path / "c").exists()
+    C._check_head_is_output(models.as_model("user_model:TinyNet", (8, 8, 1), 10),
+                            digits_splits.train.x[:64])              # its untempered twin
+
+
 def test_metrics_of_large_splits_take_fewer_checkpoints_per_call(monkeypatch, digits_splits):
     """64 checkpoints per call up to C.METRIC_EVALS / 64 images in all splits, fewer
     above (64 checkpoints over CIFAR-10's training set hold ≈ 3.9 GiB of activations), with the

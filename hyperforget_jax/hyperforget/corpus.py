@@ -424,6 +424,34 @@ def head_features(arch: Architecture, head: str):
     return run
 
 
+def _head_name(arch: Architecture, tensors: list[int]) -> str:
+    """The top-level module that holds ``tensors`` (the head's, :func:`trained_span`)."""
+    path = jax.tree_util.tree_leaves_with_path(arch.param_shapes())[tensors[0]][0]
+    return str(getattr(path[0], "key", path[0]))
+
+
+def _check_head_is_output(arch: Architecture, x: np.ndarray) -> None:
+    """ConfigError unless the model's logits are its output layer's output (``unlearn_layers=
+    'head'`` distils ``inputs @ kernel + bias`` towards the whole model's softmax): a model that
+    divided its head's output by a temperature, or added an offset, trained the head of
+    another model (its endpoints' retain loss 3× the original's), without a word. Checked on
+    the initial parameters and a few training images, before anything is trained."""
+    _check_head_traceable(arch)
+    head = _head_name(arch, trained_span(arch, "head"))
+    params = arch.init(jax.random.key(0))
+    inputs, logits = head_features(arch, head)(params, jnp.asarray(x))
+    dense = params[head]
+    out = np.asarray(inputs) @ np.asarray(dense["kernel"]).reshape(
+        np.shape(inputs)[1], -1) + np.asarray(dense["bias"]).reshape(-1)
+    logits = np.asarray(logits)
+    if out.shape != logits.shape or not np.allclose(
+            out, logits, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(logits).max()))):
+        raise ConfigError(f"{arch.name}'s logits are not its output layer {head!r}'s output "
+                          "(an operation follows it: a temperature, a scale or an offset), so "
+                          "unlearn_layers='head' would distil another model; use "
+                          "unlearn_layers='all' (--unlearn-layers all)")
+
+
 def _check_head_traceable(arch: Architecture) -> None:
     """Raises ConfigError unless ``arch`` has a Flax Linen module, whose output layer's inputs
     :func:`head_features` captures (an NNX module or an apply_fn cannot be intercepted so)."""
@@ -487,14 +515,12 @@ def unlearn_trajectories(arch: Architecture, ccfg: CorpusConfig, x, originals: n
     Returns (steps, values): values (len(steps), S·R, Q) of the trained span at each step;
     member m is original m // R, request m % R."""
     k = arch.num_classes
-    tmpl = arch.param_shapes()
     tensors = trained_span(arch, ccfg.unlearn_layers)
     idx = jnp.asarray(span_index(arch, tensors))
     s_, r_ = len(seeds), len(requests)
     f0 = jnp.asarray(originals)
     masks = jnp.asarray(np.stack([np.isin(np.arange(k), r) for r in requests]), jnp.float32)
-    head = (str(getattr(jax.tree_util.tree_leaves_with_path(tmpl)[tensors[0]][0][0], "key"))
-            if ccfg.unlearn_layers == "head" else None)
+    head = _head_name(arch, tensors) if ccfg.unlearn_layers == "head" else None
     # The programs are the model's own, their arrays arguments: every shard of a corpus runs
     # them (built per call with the arrays as constants, each shard compiled them again).
     key = (head, float(ccfg.unlearn_lr), float(ccfg.weight_decay))
@@ -648,7 +674,7 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     # A registered name or a user model's import path ("pkg.module:Net"), as `train --arch`.
     arch = as_model(ccfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     if ccfg.unlearn_layers == "head":
-        _check_head_traceable(arch)     # before anything is written or trained
+        _check_head_is_output(arch, splits.train.x[:64])   # before anything is written or trained
     _check_requests_have_images(ccfg.requests(arch.num_classes), splits.train)
     out = report.prepare_dir(out_dir, flag="--out")    # `hyperforget corpus --out`
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
