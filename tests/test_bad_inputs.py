@@ -1139,7 +1139,7 @@ def test_resumes_never_continue_another_run(ctx, tmp_path):
     with Checkpointer(tmp_path / "unl") as ck:
         unlearn_gan(arch, state.g_params, state.d_params, checkpointer=ck, **kw)
         other_g = jax.tree.map(lambda l: l * 0.5, state.g_params)
-        with pytest.raises(CheckpointError, match="another recipe, forget set or judge"):
+        with pytest.raises(CheckpointError, match="another recipe, forget set, judge"):
             unlearn_gan(arch, other_g, state.d_params, checkpointer=ck, **kw)
 
     path = H.save_hypernet(tmp_path / "h", H.Hypernet(

@@ -655,9 +655,16 @@ def test_capped_class_cascade_returns_its_lowest_share_check(tmp_path, digits_sp
     other = dict(kw, classify=lambda s: (bright(s) <= np.quantile(bright(s), 0.4)).astype(
         np.int32))
     with Checkpointer(run / "checkpoints", max_to_keep=None) as ck, pytest.raises(
-            CheckpointError, match="another recipe, forget set or judge"):
+            CheckpointError, match="another recipe, forget set, judge"):
         U.unlearn_gan(arch, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck, meta=meta,
                       **other)
+    # So was another latent prior (the same parameters): a resumed run ended at neither's G.
+    mixture = dataclasses.replace(arch, latent_prior="mixture")
+    with Checkpointer(run / "checkpoints", max_to_keep=None) as ck, pytest.raises(
+            CheckpointError, match=r"judge \(classify\) or GAN architecture \(pair or latent "
+                                   r"prior\)"):
+        U.unlearn_gan(mixture, gan.g_params, gan.d_params, cfg=cfg, checkpointer=ck,
+                      meta=meta, **kw)
 
 
 @pytest.mark.filterwarnings("ignore:the original generator draws only")  # stand-in judges

@@ -691,8 +691,9 @@ def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerpr
     same = bool(stored) and all(stored[k] == v for k, v in fingerprint.items() if k in stored)
     if prog.get("config") != cfg.to_json() or not same:
         raise CheckpointError(f"{checkpointer.directory} holds an unlearning run with another "
-                              "recipe, forget set or judge (classify); choose another --out "
-                              "directory (or delete it to start over)")
+                              "recipe, forget set, judge (classify) or GAN architecture (pair or "
+                              "latent prior); choose another --out directory (or delete it to "
+                              "start over)")
     if "kept" not in prog:
         raise CheckpointError(f"{checkpointer.directory} holds an unlearning run written by an "
                               "older hyperforget_jax (it does not store the lowest-share check); "
@@ -865,6 +866,9 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
     gap0 = abs(score0 - y_f0)
     fingerprint = _fingerprint(forget_np, retain_x, forget_classes, g_params, d_params,
                                heldout_x)
+    # The pair and its latent prior: a run resumed under the mixture prior from the normal
+    # prior's checkpoint ended at neither run's G (train_gan refuses another pair alike).
+    fingerprint["arch"] = arch.to_json()
     if checkpointer is not None and forget_classes is not None:
         # The judge's labels of a fixed probe: a resume with another classify ran its rounds
         # after the restart under that judge (13 codes flagged, 0 / 20 for either run alone).
