@@ -347,6 +347,10 @@ def test_evaluate_gan_compares_the_right_sets(digits_splits, monkeypatch):
     unseen = test.x[np.isin(test.y, (1, 3))]
     assert out["d_score_nonmembers"] == pytest.approx(d_scores(arch, d, unseen).mean(), rel=1e-9)
     assert kept == [[0, 2, 4, 5, 6, 7, 8, 9]]
+    # A reference holding the forgotten images (the whole training set) was taken as D_r.
+    with pytest.raises(DataError, match=r"forget_x.*retain_x \(the classifier-FID reference, "
+                                        r"D_r\) holds them too"):
+        M.evaluate_gan(arch, g, d, judge, digits_splits, train.x[forget], train.x, (1, 3), cfg)
 
 
 def test_the_d_attack_matches_classes_when_the_forgotten_items_lean_to_one(digits_splits):
@@ -363,7 +367,8 @@ def test_the_d_attack_matches_classes_when_the_forgotten_items_lean_to_one(digit
     train, test = digits_splits.train, digits_splits.test
     items = np.flatnonzero(train.y == 0)[:40]
     cfg = M.EvalConfig(num_samples=64, downstream_samples=0)
-    args = (arch, g, d, judge, digits_splits, train.x[items], train.x, None, cfg)
+    args = (arch, g, d, judge, digits_splits, train.x[items], np.delete(train.x, items, 0),
+            None, cfg)
     plain, matched = M.evaluate_gan(*args), M.evaluate_gan(*args, forget_y=train.y[items])
     assert "attacks_class_matched" not in plain
     info = matched["attacks_class_matched"]["d_mia"]
@@ -381,8 +386,9 @@ def test_the_d_attack_matches_classes_when_the_forgotten_items_lean_to_one(digit
     # A stratified item request (the mixes agree) is unchanged; labels that are not one per
     # item are refused.
     mixed = np.arange(0, len(train), 5)
-    both = [M.evaluate_gan(arch, g, d, judge, digits_splits, train.x[mixed], train.x, None, cfg,
-                           **kw) for kw in ({}, {"forget_y": train.y[mixed]})]
+    both = [M.evaluate_gan(arch, g, d, judge, digits_splits, train.x[mixed],
+                           np.delete(train.x, mixed, 0), None, cfg, **kw)
+            for kw in ({}, {"forget_y": train.y[mixed]})]
     assert "attacks_class_matched" not in both[1] and both[0] == both[1]
     with pytest.raises(DataError, match="one integer label per forget_x image"):
         M.evaluate_gan(*args, forget_y=train.y[items][:-1])
