@@ -11,7 +11,7 @@ import scipy.linalg
 from conftest import host_params
 
 from hyperforget_jax import data
-from hyperforget_jax.errors import ConfigError, DataError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
 from hyperforget_jax.gan import metrics as M
 from hyperforget_jax.models import as_model, make_architecture
 from hyperforget_jax.train import TrainConfig
@@ -392,3 +392,20 @@ def test_the_d_attack_matches_classes_when_the_forgotten_items_lean_to_one(digit
     assert "attacks_class_matched" not in both[1] and both[0] == both[1]
     with pytest.raises(DataError, match="one integer label per forget_x image"):
         M.evaluate_gan(*args, forget_y=train.y[items][:-1])
+
+
+def test_a_judge_without_a_dense_layer_is_named():
+    """classifier-FID reads the input of the judge's last nn.Dense: a judge ending in a 1×1
+    convolution died in an IndexError inside judge_outputs / evaluate_gan."""
+    import flax.linen as nn
+
+    class ConvJudge(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Conv(10, (1, 1))(nn.relu(nn.Conv(4, (3, 3))(x))).mean((1, 2))
+
+    jarch = as_model(ConvJudge(), (8, 8, 1), 10)
+    judge = M.Judge(jarch, jarch.init(jax.random.key(0)))
+    with pytest.raises(ArchitectureError, match=r"calls no flax.linen.Dense layer.*end the "
+                                                r"judge's Linen module with nn.Dense"):
+        M.judge_outputs(judge, np.zeros((4, 8, 8, 1), np.float32))

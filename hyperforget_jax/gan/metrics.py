@@ -24,8 +24,8 @@ from hyperforget_jax import layers, xla
 from hyperforget_jax.config import SEED_LIMIT
 from hyperforget_jax.data import (Dataset, ForgetRequest, Splits, images_only,
                                   refuse_training_rows)
-from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
-                                    NonFiniteError)
+from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError, DataError,
+                                    ForgetRequestError, NonFiniteError)
 from hyperforget_jax.metrics import (at_least_float32, chunked_apply, class_matched_rows,
                                      per_sample_outputs)
 from hyperforget_jax.models import Architecture, as_model, make_architecture
@@ -203,6 +203,11 @@ def _penultimate_apply(arch: Architecture, params: Params, x: jax.Array):
 
     with nn.intercept_methods(record):
         logits = arch.apply(params, x)
+    if not seen:        # an IndexError (a judge ending in a 1×1 convolution, an NNX Linear)
+        raise ArchitectureError(
+            f"the judge {arch.name} calls no flax.linen.Dense layer: classifier-FID / IS read "
+            "the input of its last nn.Dense as the penultimate features; end the judge's Linen "
+            "module with nn.Dense(num_classes), or use train_judge's judge")
     return logits, seen[-1].reshape(x.shape[0], -1)
 
 
