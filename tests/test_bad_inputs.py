@@ -235,6 +235,17 @@ def _class3(c):
     return data.resolve_forget(c.train, data.ForgetRequest(classes=(3,)))
 
 
+def _gan_evaluate_with_forget_y_minus_1(c):
+    """Members labelled -1 were dropped by the class matching: 1 of 8 left, AUC 0.0."""
+    from hyperforget_jax.gan.metrics import EvalConfig, Judge, evaluate_gan
+
+    y = np.full(8, -1)
+    y[0] = 3
+    return evaluate_gan(*_tiny_gan(c), Judge(c.arch, c.params), c.splits, c.train.x[:8],
+                        c.train.x[8:], None, EvalConfig(num_samples=64, downstream_samples=0),
+                        forget_y=y)
+
+
 def _gan_evaluate_with_a_5_class_judge(c):
     from hyperforget_jax.gan.metrics import Judge, evaluate_gan
 
@@ -528,6 +539,34 @@ API_CASES = [
     ("gan-config-fractional-latent-dim", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(latent_dim=2.5),
      ConfigError, "latent_dim must be an integer"),
+    # make_gan_arch truncated 16.7 to 16 and (8.9, 8, 1) to (8, 8, 1), took True as 1 and
+    # (0, 0, 1) as a shape; "16" was a bare TypeError.
+    ("gan-arch-fractional-latent-dim", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["x"]).make_gan_arch("mlp", (8, 8, 1), latent_dim=16.7),
+     ConfigError, r"latent_dim must be an integer >= 1, got 16.7"),
+    ("gan-arch-bool-latent-dim", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["x"]).make_gan_arch("mlp", (8, 8, 1), latent_dim=True),
+     ConfigError, r"latent_dim must be an integer >= 1, got True"),
+    ("gan-arch-string-latent-dim", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["x"]).make_gan_arch("mlp", (8, 8, 1), latent_dim="16"),
+     ConfigError, r"latent_dim must be an integer >= 1, got '16'"),
+    ("gan-arch-empty-image-shape", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["x"]).make_gan_arch("mlp", (0, 0, 1)),
+     ConfigError, r"image_shape must be \(H, W, C\), three integers >= 1, got \(0, 0, 1\)"),
+    ("gan-arch-fractional-image-shape", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["x"]).make_gan_arch("mlp", (8.9, 8, 1)),
+     ConfigError, r"three integers >= 1, got \(8.9, 8, 1\)"),
+    # A GAN function given the pair's name (or a GANConfig) for arch: an AttributeError.
+    ("gan-sample-arch-by-name", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["x"]).sample("mlp", _tiny_gan(c)[1], 4),
+     ConfigError, r"sample takes arch=the GANArch train_gan returned .*got str"),
+    ("gan-unlearn-arch-config", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["x"]).unlearn_gan(
+        __import__("hyperforget_jax.gan", fromlist=["x"]).GANConfig(), *_tiny_gan(c)[1:],
+        forget_x=c.train.x[:4], retain_x=c.train.x[4:], heldout_x=None),
+     ConfigError, r"unlearn_gan takes arch=the GANArch .*got GANConfig"),
+    ("gan-evaluate-forget-y-out-of-range", _gan_evaluate_with_forget_y_minus_1,
+     DataError, r"forget_y holds labels -1..3, but the data has classes 0..9"),
     ("gan-unlearn-config-fractional-check-every", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["UnlearnConfig"]).UnlearnConfig(check_every=2.5),
      ConfigError, "check_every must be an integer"),

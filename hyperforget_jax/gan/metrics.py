@@ -487,6 +487,7 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
       NonFiniteError: the generator's samples, the discriminator's scores or the judge's
         outputs hold NaN/inf.
     """
+    from hyperforget_jax.gan.models import check_gan_arch
     from hyperforget_jax.gan.train import d_scores, sample
 
     if not isinstance(judge, Judge) or not isinstance(cfg, EvalConfig):
@@ -499,6 +500,7 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
         _check_reference_feats(reference_feats, None)
     k = splits.test.num_classes
     refuse_traced((g_params, d_params), "evaluate_gan")
+    check_gan_arch(arch, "evaluate_gan")
     arch.check_params(g_params, d_params)
     judge.arch.check_inputs(np.zeros((1, *arch.image_shape), np.float32), "the GAN's samples")
     # The judge's class count is measured (shape only, cached), never taken from what it
@@ -516,6 +518,11 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
             raise DataError(f"forget_y must hold one integer label per forget_x image "
                             f"({len(forget_x)}), got {forget_y.dtype} of shape {forget_y.shape}"
                             "; pass the forget split's labels (fs.forget.y)")
+        if len(forget_y) and (forget_y.min() < 0 or forget_y.max() >= k):
+            # Members labelled -1 were dropped by the class matching (1 of 8 left, AUC 0.0).
+            raise DataError(f"forget_y holds labels {forget_y.min()}..{forget_y.max()}, but the "
+                            f"data has classes 0..{k - 1}; pass the forget split's labels "
+                            "(fs.forget.y)")
     retain_x = arch.check_images(retain_x, "retain_x (the classifier-FID reference)", 2)
     arch.check_images(splits.test.x, "splits.test")
     # The attack's non-members and the downstream test images must be unseen: another split

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import numbers
 from typing import Any
 
 import flax.linen as nn
@@ -35,7 +36,7 @@ import numpy as np
 from hyperforget_jax import layers
 from hyperforget_jax import params as P_
 from hyperforget_jax.data import check_unit_images
-from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError, kind_of
 from hyperforget_jax.models import _Programs
 
 Params = Any
@@ -421,9 +422,19 @@ def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (
     if not user and name not in GAN_ARCHS:
         raise ConfigError(f"unknown GAN architecture {name!r}; choose one of "
                           f"{', '.join(GAN_ARCHS)}")
-    image_shape = tuple(int(s) for s in image_shape)
-    if len(image_shape) != 3:
-        raise ConfigError(f"image_shape must be (H, W, C), got {image_shape}")
+    # Sizes are whole numbers >= 1: int() truncated 16.7 to 16 and (8.9, 8, 1) to (8, 8, 1),
+    # took True as 1 and (0, 0, 1) / (-8, 8, 1) as shapes; "16" was a bare TypeError.
+    try:
+        shape = None if isinstance(image_shape, (str, bytes)) else tuple(image_shape)
+    except TypeError:           # not a sequence
+        shape = None
+    if shape is None or len(shape) != 3 or not all(_is_size(s) for s in shape):
+        raise ConfigError(f"image_shape must be (H, W, C), three integers >= 1, got "
+                          f"{image_shape!r}")
+    image_shape = tuple(int(s) for s in shape)
+    for what, value in (("latent_dim", latent_dim), ("width", width)):
+        if not _is_size(value):
+            raise ConfigError(f"{what} must be an integer >= 1, got {value!r}")
     if name == "dcgan" and (image_shape[0] != image_shape[1] or image_shape[0] not in DCGAN_SIZES):
         raise ConfigError(f"the dcgan GAN supports 28×28 and 32×32 images, got "
                           f"{image_shape[0]}×{image_shape[1]}; use the mlp pair (name='mlp', "
@@ -441,6 +452,19 @@ def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (
     if user:
         _check_user_pair(arch)
     return arch
+
+
+def check_gan_arch(arch: Any, who: str) -> None:
+    """ConfigError unless ``arch`` is a :class:`GANArch` (the GAN functions called its methods:
+    an AttributeError for the name "mlp" or a GANConfig)."""
+    if not isinstance(arch, GANArch):
+        raise ConfigError(f"{who} takes arch=the GANArch train_gan returned (or "
+                          f"make_gan_arch(...)), got {kind_of(arch, GANArch)}")
+
+
+def _is_size(value) -> bool:
+    return (isinstance(value, numbers.Integral) and not isinstance(value, bool)
+            and int(value) >= 1)
 
 
 def _check_user_pair(arch: GANArch) -> None:

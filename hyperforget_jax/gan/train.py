@@ -29,7 +29,7 @@ from hyperforget_jax.data import Dataset, _check_seed, batch_indices
 from hyperforget_jax.checkpoint_checks import refuse_another_run
 from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from hyperforget_jax.gan.models import (GAN_ARCHS, MIXTURE_COMPONENTS, MIXTURE_SIGMA, GANArch,
-                                        check_latent_prior, make_gan_arch)
+                                        check_gan_arch, check_latent_prior, make_gan_arch)
 from hyperforget_jax.metrics import chunked_apply
 from hyperforget_jax.rundir import data_fingerprint
 from hyperforget_jax.train import (check_schedule, guarded_apply, is_learning_rate,
@@ -361,6 +361,7 @@ def generate(arch: GANArch, g_params: Params, z: jax.Array, chunk: int = 2048) -
     """G(z) in chunks (bounded memory), as a host array; in one call for a user's G whose
     images depend on their batch (:meth:`GANArch.whole_calls`): chunks and zero-padded codes
     gave its images of the same codes other values for every number of samples."""
+    check_gan_arch(arch, "generate")
     if len(z) == 0:
         return np.zeros((0, *arch.image_shape), np.float32)
     return chunked_apply(_compiled_sampler(arch), g_params, z, chunk,
@@ -370,6 +371,7 @@ def generate(arch: GANArch, g_params: Params, z: jax.Array, chunk: int = 2048) -
 def sample(arch: GANArch, g_params: Params, n: int, seed: int = 0) -> np.ndarray:
     """``n`` images of G from the latents of integer ``seed`` (not a PRNG key: refused with a
     ConfigError, as a seed outside [0, 2**32) is, rather than jax's TypeError or a wrap)."""
+    check_gan_arch(arch, "sample")
     seed = _check_seed(seed, "GAN sample seed", ConfigError)
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         # -1 died in an MLIR error, 2.5 in a TypeError
@@ -386,6 +388,7 @@ def d_scores(arch: GANArch, d_params: Params, x: np.ndarray, chunk: int = 1024) 
     """σ(D(x)) for every image (host array); in one call for a user's D whose scores depend
     on their batch (:meth:`GANArch.whole_calls`). ``x``: images of the GAN's shape in [0, 1]
     (0..16 or 0..255 images saturated D's scores to 0 without a word)."""
+    check_gan_arch(arch, "d_scores")
     x = arch.check_images(x, "d_scores' images", 0)
     return chunked_apply(_compiled_scores(arch), d_params, x, chunk,
                          arch.whole_calls("discriminator", d_params, x))

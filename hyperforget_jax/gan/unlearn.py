@@ -70,7 +70,7 @@ from hyperforget_jax.data import ForgetRequest
 from hyperforget_jax.errors import (ConfigError, DataError, ForgetRequestError, NonFiniteError,
                                     kind_of)
 from hyperforget_jax.gan.metrics import _refuse_out_of_range, forgotten_share
-from hyperforget_jax.gan.models import GANArch
+from hyperforget_jax.gan.models import GANArch, check_gan_arch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
                                        init_gan_state, make_optimizer)
 from hyperforget_jax.params import refuse_traced
@@ -303,6 +303,7 @@ def fake_label(kind: str, arch: GANArch, g_params: Params, d_params: Params, *,
     ``hard``: 0. ``generated``: mean σ(D₀(G₀(z))) over ``num_latents`` codes. ``heldout``:
     mean σ(D₀(x)) over ``heldout_x`` (real images never trained on).
     """
+    check_gan_arch(arch, "fake_label")
     if kind == "hard":
         return 0.0
     if kind == "generated":
@@ -834,6 +835,7 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         raise ConfigError("class unlearning needs a classifier (classify=...) to flag codes")
     refuse_unused_fields(cfg, forget_classes is not None)
     refuse_traced((g_params, d_params), "unlearn_gan")
+    check_gan_arch(arch, "unlearn_gan")
     arch.check_params(g_params, d_params)
     forget_x = arch.check_images(forget_x, "forget_x")
     retain_x = arch.check_images(retain_x, "retain_x (D_r: the real batches D trains on)")
