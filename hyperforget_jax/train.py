@@ -165,18 +165,34 @@ def per_example_ce(apply_fn: Callable) -> Callable:
     def loss_fn(params, batch):
         x, y = xy_batch(batch, "per_example_ce")
         logits = apply_fn(params, x)
-        # Shapes and dtypes are static: checked while tracing, nothing enters the program. A
-        # (B, 1) label column from a data loader failed inside optax ("indices and arr must
-        # have the same number of dimensions; 3 vs. 2"), one-hot labels as a dtype error.
-        if jnp.shape(y) != jnp.shape(logits)[:-1] or not jnp.issubdtype(jnp.result_type(y),
-                                                                         jnp.integer):
-            raise DataError(f"per_example_ce: labels of shape {jnp.shape(y)} and dtype "
-                            f"{jnp.result_type(y)} for logits of shape {jnp.shape(logits)}; "
-                            f"pass integer class ids of shape {jnp.shape(logits)[:-1]}: "
-                            "y[:, 0] for a (B, 1) column, y.argmax(-1) for one-hot labels, "
-                            "y.astype(jnp.int32) for whole-number floats")
-        return label_ce(logits, y)
+        return label_ce(logits, checked_labels(logits, y, "per_example_ce"))
     return loss_fn
+
+
+def checked_labels(logits: Any, y: Any, who: str) -> Any:
+    """``y`` unless the model's output is not logits with a class axis, or ``y`` is not integer
+    class ids of the logits' leading shape. Shapes and dtypes are static: checked while tracing,
+    nothing enters the program. A (B, 1) label column from a data loader failed inside optax
+    ("indices and arr must have the same number of dimensions; 3 vs. 2"), one-hot labels as a
+    dtype error; a model's dict or (B,) output was told to pass labels of shape ()."""
+    shape = getattr(logits, "shape", None)
+    if shape is None or not hasattr(logits, "dtype") or len(shape) == 0 or (
+            len(shape) == 1 and tuple(shape) == tuple(jnp.shape(y))) or (
+            len(shape) > jnp.ndim(y) + 1):
+        got = f"a {type(logits).__name__}" if shape is None else f"shape {tuple(shape)}"
+        raise ArchitectureError(
+            f"{who}: the model returned {got}, not logits with a class axis (batch, "
+            "num_classes); return only the logits (not a tuple or dict, one value per example "
+            "or a (batch, 1, K) array), e.g. apply_fn = lambda p, x: net.apply({'params': p}, "
+            "x)[0]")
+    if jnp.shape(y) != tuple(shape)[:-1] or not jnp.issubdtype(jnp.result_type(y),
+                                                                jnp.integer):
+        raise DataError(f"{who}: labels of shape {jnp.shape(y)} and dtype "
+                        f"{jnp.result_type(y)} for logits of shape {tuple(shape)}; pass integer "
+                        f"class ids of shape {tuple(shape)[:-1]}: y[:, 0] for a (B, 1) column, "
+                        "y.argmax(-1) for one-hot labels, y.astype(jnp.int32) for whole-number "
+                        "floats")
+    return y
 
 
 def xy_batch(batch: Batch, who: str) -> tuple[Any, Any]:

@@ -734,3 +734,53 @@ def test_teachers_of_a_batch_statistics_model_see_the_student_s_batch(digits_spl
                               configs=[c])
         alone = unlearn(method, arch, params, fsplit, digits_splits.val, c, seed=1)
         assert_trees_close(swept[1].params, alone.params, atol=1e-5)
+
+
+def test_the_distillation_blocks_refuse_logits_of_other_shapes_and_labels_of_another_form():
+    """kl_divergence broadcast a (1, K) teacher over the batch (every row distilled towards
+    row 0's) and read a (B, 1) student's KL as −0.94; dict outputs died in a bare TypeError.
+    SCRUB's min-step skipped per_example_ce's label check (optax's "3 vs. 2" for a (B, 1)
+    label column)."""
+    from hyperforget_jax.errors import ArchitectureError, DataError
+    from hyperforget_jax.unlearn import baselines as B
+
+    rng = np.random.default_rng(0)
+    w = jnp.asarray(rng.normal(size=(5, 3)) * 0.3, jnp.float32)
+    x = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
+    y = jnp.array([0, 1, 2, 1])
+    apply_fn = lambda p, x: x @ p                              # noqa: E731
+    teacher = apply_fn(w, x)
+    update = B.bad_teacher(apply_fn, 1.0).update
+    for bad, words in ((teacher[:1], r"teacher's logits have shape \(1, 3\) but the model's "
+                                     r"\(4, 3\)"),
+                       (teacher[:, :1], r"\(4, 1\) but the model's \(4, 3\)")):
+        with pytest.raises(DataError, match=words):
+            jax.eval_shape(update, w, (), (x, bad))
+    with pytest.raises(DataError, match=r"\(4, 3\) but the model's \(4, 1\)"):
+        jax.eval_shape(B.bad_teacher(lambda p, x: (x @ p)[:, :1], 1.0).update, w, (),
+                       (x, teacher))
+    with pytest.raises(ArchitectureError, match="the model's logits are a dict"):
+        jax.eval_shape(B.bad_teacher(lambda p, x: {"logits": x @ p}, 1.0).update, w, (),
+                       (x, teacher))
+    assert float(update(w, (), (x, teacher))[2]["loss"]) == pytest.approx(0.0, abs=1e-6)
+    scrub = B.scrub(apply_fn, 4.0, 0.99, 0.001).update
+    for is_max in (True, False):
+        with pytest.raises(DataError, match=r"teacher's logits have shape \(1, 3\)"):
+            jax.eval_shape(scrub, w, (), (x, teacher[:1]), (x, y, teacher), is_max)
+    with pytest.raises(DataError, match=r"scrub's retain batch: labels of shape \(4, 1\).*"
+                                        r"y\[:, 0\]"):
+        jax.eval_shape(scrub, w, (), (x, teacher), (x, y[:, None], teacher), False)
+
+
+@pytest.mark.parametrize("kw, words", [
+    ({"ratio": 0.0}, r"ratio"), ({"ratio": -0.3}, r"ratio"), ({"ratio": 1.7}, r"ratio"),
+    ({"ratio": "0.5"}, r"ratio='0.5' must be one number"),
+    ({"ratio": 0.5, "batch_size": 0}, r"batch_size must be an integer >= 1")])
+def test_saliency_mask_refuses_what_salun_config_refuses(digits_splits, kw, words):
+    """ratio 0 or −0.3 still let a weight move, 1.7 all of them; batch 0 divided by zero."""
+    from hyperforget_jax.unlearn import baselines as B
+
+    arch = models.make_architecture("mlp", (8, 8, 1), 10)
+    split = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+    with pytest.raises(ConfigError, match=words):
+        B.saliency_mask(arch, arch.init(jax.random.key(0)), split, **kw)

@@ -691,6 +691,18 @@ def test_per_example_ce_names_a_label_column_one_hot_or_float_labels():
                      (y.astype(np.float32), r"y.astype\(jnp.int32\)")):
         with pytest.raises(DataError, match=rf"labels of shape .*of shape \(4,\): .*{fix}"):
             jax.eval_shape(loss_fn, p, (x, bad))
+    # A model whose output is not logits with a class axis was told to pass labels of shape
+    # () (a dict, a (B,) output) or a (4, 1) label column ((B, 1, K)); a tuple died in JAX.
+    for out, words in ((lambda p, x: {"logits": x @ p}, "a dict"),
+                       (lambda p, x: (x @ p, None), "a tuple"),
+                       (lambda p, x: (x @ p)[:, 0], r"shape \(4,\)"),
+                       (lambda p, x: (x @ p)[:, None], r"shape \(4, 1, 3\)")):
+        with pytest.raises(ArchitectureError, match=rf"per_example_ce: the model returned "
+                                                    rf"{words}, not logits with a class axis"):
+            jax.eval_shape(train.per_example_ce(out), p, (x, y))
+    # Unbatched, as under a user's vmap over single examples: (K,) logits and a scalar label.
+    one = jax.vmap(loss_fn, in_axes=(None, 0))(p, (x, y))
+    np.testing.assert_allclose(one, loss_fn(p, (x, y)), rtol=1e-6)
 
 
 def test_labels_outside_the_classes_are_nan_not_a_class_from_the_end():

@@ -33,9 +33,10 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import metrics, microbatch, train, xla
-from hyperforget_jax.config import check_as_config, float_fields
+from hyperforget_jax.config import check_as_config, check_count, float_fields
 from hyperforget_jax.data import ForgetSplit, shared_rows, wrapped_batches, wrapped_stream
-from hyperforget_jax.errors import ConfigError, NonFiniteError, kind_of
+from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError, NonFiniteError,
+                                    kind_of)
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import committed, tree_index
 from hyperforget_jax.train_run import refuse_nonfinite_outputs
@@ -78,7 +79,21 @@ def _stateless(loss: Callable, axis_name: str | None = None, who: str = "the obj
 def kl_divergence(target_logits: jax.Array, student_logits: jax.Array, T: Any) -> jax.Array:
     """KL(softmax(target/T) ‖ softmax(student/T)), mean over the batch (summed over classes:
     PyTorch's ``F.kl_div`` default, which Bad Teacher's official code keeps, averages over
-    classes too; see :class:`.configs.BadTeacherConfig`)."""
+    classes too; see :class:`.configs.BadTeacherConfig`). The two must have one shape (checked
+    while tracing): a (1, K) teacher was broadcast over the batch, a (B, 1) student read a
+    negative KL, dict outputs died in a bare TypeError."""
+    for what, v in (("the teacher's logits", target_logits), ("the model's logits",
+                                                              student_logits)):
+        if not hasattr(v, "shape") or not hasattr(v, "dtype") or len(v.shape) == 0:
+            raise ArchitectureError(f"kl_divergence: {what} are a {type(v).__name__}"
+                                    f"{'' if not hasattr(v, 'shape') else ' of shape ()'}, not "
+                                    "(batch, num_classes) logits; return only the logits "
+                                    "(not a tuple or dict)")
+    if jnp.shape(target_logits) != jnp.shape(student_logits):
+        raise DataError(f"kl_divergence: the teacher's logits have shape "
+                        f"{jnp.shape(target_logits)} but the model's {jnp.shape(student_logits)}"
+                        "; both must be (batch, num_classes) for the same batch: "
+                        + _KD_FIX)
     p = jax.nn.softmax(target_logits / T)
     return jnp.mean(jnp.sum(p * (jax.nn.log_softmax(target_logits / T)
                                  - jax.nn.log_softmax(student_logits / T)), -1))
@@ -156,7 +171,8 @@ def scrub(apply_fn: Callable, kd_T: Any, gamma: Any, alpha: Any,
 
         def min_loss(q):
             logits = apply_fn(q, rb[0])
-            ce = train.label_ce(logits, rb[1]).mean()
+            ce = train.label_ce(logits, train.checked_labels(logits, rb[1],
+                                                             "scrub's retain batch")).mean()
             return gamma * ce + alpha * kl(rb[2], logits)
         return jax.lax.cond(is_max, max_loss, min_loss, p)
     return _stateless(loss, axis_name)
@@ -408,6 +424,9 @@ def saliency_mask(arch: Any, params: Params, split: ForgetSplit, ratio: float,
     its short last batch runs at its own size."""
     from hyperforget_jax.unlearn.gradtau_run import per_example
 
+    # ratio 0 or −0.3 still moved a weight, 1.7 all of them; batch 0 divided by zero.
+    check_as_config(ratio, C.SalUnConfig, "mask_ratio", "saliency_mask", "ratio")
+    check_count(batch_size, "saliency_mask: batch_size")
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     n = len(split.forget)
     bs = min(batch_size, n)
