@@ -144,6 +144,20 @@ def update_was_finite(opt_state: Any) -> jax.Array:
                             jnp.array(True))
 
 
+def state_stayed_finite(new_state: Any, old_state: Any) -> jax.Array:
+    """Whether the optimiser state's update left every finite float value finite. A finite
+    gradient whose square overflows float32 (|g| > 1.8e19) set Adam's ``nu`` to inf: that
+    weight's update was 0 in every later step, while the loss and parameters stayed finite and
+    the step counted as applied (a checkpoint then refused the state, a run without one
+    returned it). Values that were not finite before (``reduce_on_plateau``'s initial best
+    value, inf) are not read."""
+    flags = [jnp.all(jnp.isfinite(n) | ~jnp.isfinite(o))
+             for n, o in zip(jax.tree.leaves(new_state), jax.tree.leaves(old_state))
+             if jnp.issubdtype(jnp.result_type(n), jnp.floating)
+             and jnp.shape(n) == jnp.shape(o)]
+    return jnp.all(jnp.stack(flags)) if flags else jnp.array(True)
+
+
 def label_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
     """optax's per-example softmax cross-entropy, NaN where a label lies outside 0..K-1.
 
@@ -285,13 +299,15 @@ def mean_cross_entropy(model: Model, params: Params, x: jax.Array, y: jax.Array
 
 def guarded_apply(params: Params, opt_state: Any, grads: Params, loss: jax.Array,
                   tx: optax.GradientTransformation) -> tuple[Params, Any, jax.Array]:
-    """Applies ``grads`` unless the loss or the new parameters are non-finite, in which case
-    the old parameters and optimiser state are kept. Returns (params, opt_state, finite).
+    """Applies ``grads`` unless the loss, the new parameters or the new optimiser state are
+    non-finite (:func:`state_stayed_finite`), in which case the old parameters and optimiser
+    state are kept. Returns (params, opt_state, finite).
     The explicit guard of the hand-written steps (GAN, hypernetwork, :func:`make_train_step`);
     the composable alternative is :func:`skip_nonfinite`."""
     updates, new_opt = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    finite = jnp.isfinite(loss) & P_.all_finite(new_params) & update_was_finite(new_opt)
+    finite = (jnp.isfinite(loss) & P_.all_finite(new_params) & update_was_finite(new_opt)
+              & state_stayed_finite(new_opt, opt_state))
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
     return keep(new_params, params), keep(new_opt, opt_state), finite
 
@@ -314,7 +330,8 @@ def apply_step(state: TrainState, grads: Params, loss: jax.Array,
     step only advances when True."""
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & update_was_finite(opt_state) & P_.all_finite(params)
+    finite = (jnp.isfinite(loss) & update_was_finite(opt_state) & P_.all_finite(params)
+              & state_stayed_finite(opt_state, state.opt_state))
     return TrainState(state.step + finite.astype(state.step.dtype), params, opt_state), finite
 
 

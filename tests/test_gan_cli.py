@@ -344,7 +344,8 @@ def test_gan_cli_train_unlearn_evaluate(tmp_path, capsys, digits_splits):
             # A NaN stop after the judge was trained and stored: the judge goes with the rest.
             # (λ_u 3e38 overflows float32 in D's loss at the first round.)
             ([*unl_base, "--out", str(nan_out), "--lambda-u", "3e38"],
-             "non-finite loss or parameters during GAN unlearning near round 0 (lambda_u 3e+38)",
+             "non-finite loss, parameters or optimiser state during GAN unlearning near round 0 "
+             "(lambda_u 3e+38)",
              nan_out),
             (["gan", "evaluate", *base, "--run-dir", str(unl), "--compare",
               str(tmp_path / "nowhere"), "--samples", samples, "--quiet", "--judge", "mlp",

@@ -210,9 +210,41 @@ def test_update_that_overflows_the_parameters_is_flagged(arch, digits_splits):
     ds = digits_splits.train
     split = data.resolve_forget(ds, data.ForgetRequest(classes=(3,)))
     large = jax.tree.map(lambda l: 10 * l, arch.init(jax.random.key(0)))
-    with pytest.raises(NonFiniteError, match="neggrad: non-finite loss or parameters at step 0"):
+    with pytest.raises(NonFiniteError, match="neggrad: non-finite loss, parameters or optimiser "
+                                             "state at step 0"):
         unlearn("neggrad", arch, large, split, digits_splits.val,
                 NegGradConfig(lr=3e38, epochs=1, batch_size=4096))
+
+
+def test_an_optimiser_state_overflowing_to_inf_is_flagged(digits_splits):
+    """A finite gradient whose square overflows float32 set Adam's nu to inf: that weight's
+    update was 0 in every later step, the loss and parameters finite, the step counted as
+    applied; fit returned the frozen weight (with a Checkpointer it failed at the first save).
+    A state value that was inf before the step (e.g. reduce_on_plateau's best value) is not
+    read."""
+    import optax
+
+    def apply_fn(p, x):
+        return x.reshape(x.shape[0], -1) @ p["w"] + p["b"] * 1e21
+
+    p0 = {"w": jnp.zeros((64, 10), jnp.float32), "b": jnp.zeros((10,), jnp.float32)}
+    with pytest.raises(NonFiniteError, match=r"optimiser state at step 0 \(epoch 0, batch 0\)"):
+        train.fit(apply_fn, digits_splits.train, train.TrainConfig(epochs=1, weight_decay=0.0),
+                  init_params=p0)
+    tx = optax.adam(1e-3)
+    for step in (train.guarded_update, train.apply_step):
+        state = train.TrainState(jnp.zeros((), jnp.int32), p0, tx.init(p0))
+        grads = {"w": jnp.zeros((64, 10)), "b": jnp.full((10,), 1e20, jnp.float32)}
+        new, finite = step(state, grads, jnp.float32(1.0), tx)
+        assert not bool(finite) and int(new.step) == 0
+    keeps_inf = optax.GradientTransformation(lambda p: {"best": jnp.float32(jnp.inf)},
+                                             lambda u, s, p=None: (u, s))
+    plateau = optax.chain(optax.adam(1e-3), keeps_inf)
+    state = train.TrainState(jnp.zeros((), jnp.int32), p0, plateau.init(p0))
+    assert not all(np.isfinite(l).all() for l in jax.tree.leaves(state.opt_state))   # inf
+    new, finite = train.guarded_update(state, jax.tree.map(jnp.ones_like, p0), jnp.float32(1.0),
+                                       plateau)
+    assert bool(finite) and int(new.step) == 1
 
 
 def test_a_last_update_leaving_nan_outputs_is_refused(arch, digits_splits, tmp_path):

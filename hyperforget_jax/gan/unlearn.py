@@ -1031,8 +1031,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                         raise NonFiniteError(f"the original {player}'s parameters hold NaN/inf (at "
                                              f"{bad}); unlearn a finite GAN")
                 raise NonFiniteError(
-                    f"non-finite loss or parameters during GAN unlearning near round {rounds} "
-                    f"(lambda_u {weight(attempt):g}); lower the learning rate, lambda_u (or its "
+                    f"non-finite loss, parameters or optimiser state during GAN unlearning near "
+                    f"round {rounds} (lambda_u {weight(attempt):g}); lower the learning rate, lambda_u (or its "
                     "growth), lambda_s or lambda_a")
             rounds += n
             in_attempt += n

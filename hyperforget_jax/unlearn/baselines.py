@@ -599,8 +599,8 @@ def _raise_nonfinite(method: str, finite: np.ndarray, member: str = "") -> None:
     finite = np.asarray(finite)
     if not finite.all():
         bad = int(np.argmin(finite))
-        raise NonFiniteError(f"{method}: non-finite loss or parameters at step {bad}{member}; "
-                             "stopped without returning parameters. Lower the learning rate, "
+        raise NonFiniteError(f"{method}: non-finite loss, parameters or optimiser state at "
+                             f"step {bad}{member}; stopped without returning parameters. Lower the learning rate, "
                              "or check the data (NaN/inf images, labels the model has no "
                              "output for)")
 

@@ -662,7 +662,7 @@ def make_gradtau_step(apply_fn: Callable, tx: optax.GradientTransformation,
       apply_fn: ``apply_fn(params, x) -> logits``; batches are ``(x, y)``.
       tx: an optax optimiser.
       axis_name: set under ``jax.pmap``: losses, gradients and metrics are ``lax.pmean``-ed.
-      guard: keep the old state on a non-finite loss or parameters
+      guard: keep the old state on a non-finite loss, parameters or optimiser state
         (:func:`hyperforget_jax.train.guarded_update`); False leaves it to ``tx``.
       chunk: on CPU, each batch's cross-entropy and gradient in chunks of examples
         (:mod:`hyperforget_jax.microbatch`; ``"auto"``: by the size of the saved activations,

@@ -337,7 +337,7 @@ def _check_finite(chunks: list, n_per_epoch: int, member: str = "") -> None:
         if not fin.all():
             bad = e0 * n_per_epoch + int(np.argmin(fin))
             raise NonFiniteError(
-                f"∇τ: non-finite loss or parameters at step {bad} (forget-epoch "
+                f"∇τ: non-finite loss, parameters or optimiser state at step {bad} (forget-epoch "
                 f"{bad // n_per_epoch}, batch pair {bad % n_per_epoch}){member}; stopped "
                 "without returning or saving parameters. Check the data for NaN/inf or lower "
                 "the learning rate")
