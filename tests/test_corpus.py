@@ -437,6 +437,27 @@ def test_head_unlearning_of_a_model_whose_logits_follow_its_head_is_refused(tmp_
                             digits_splits.train.x[:64])              # its untempered twin
 
 
+@pytest.mark.parametrize("field, value, words", [
+    # The last distillation update left finite but huge head weights: NaN metrics were written
+    # as the shard (exit 0), refused only when a hypernetwork was trained on them.
+    ("unlearn_lr", 2e38, r"the unlearning trajectories of seed 7 give NaN/inf losses on the "
+                         r"data; lower unlearn_lr \(--unlearn-lr\)"),
+    # Originals whose one step left NaN outputs were blamed on unlearn_lr.
+    ("lr_range", (2e38, 2e38), r"the originals of seed 7 give NaN/inf losses on the data; "
+                               r"lower lr_range \(--lr-range\)")])
+def test_a_corpus_whose_networks_give_nan_losses_is_refused_not_written(tmp_path, digits_splits,
+                                                                        field, value, words):
+    from hyperforget_jax.errors import NonFiniteError
+
+    n = len(digits_splits.train)
+    cfg = dataclasses.replace(CFG, epochs_range=(1, 1), unlearn_epochs=1, checkpoints=1,
+                              class_pairs=0, forget_classes=(4,), unlearn_batch_size=n,
+                              batch_size=n, **{field: value})
+    with pytest.raises(NonFiniteError, match=words):
+        C.build_corpus(tmp_path / "c", cfg, digits_splits, "digits", progress=False)
+    assert not list((tmp_path / "c").glob("shard*"))
+
+
 def test_metrics_of_large_splits_take_fewer_checkpoints_per_call(monkeypatch, digits_splits):
     """64 checkpoints per call up to C.METRIC_EVALS / 64 images in all splits, fewer
     above (64 checkpoints over CIFAR-10's training set hold ≈ 3.9 GiB of activations), with the

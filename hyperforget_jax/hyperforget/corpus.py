@@ -60,7 +60,7 @@ import re
 import shutil
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -574,6 +574,12 @@ def build_shard(arch: Architecture, ccfg: CorpusConfig, splits: data.Splits, see
     x, y = jnp.asarray(splits.train.x), jnp.asarray(splits.train.y)
     requests = ccfg.requests(arch.num_classes)
     originals = train_originals(arch, ccfg, x, y, seeds)
+    metrics_fn = metrics_fn or make_metrics_fn(arch, splits)
+    # Outputs, not only the parameters each step checks: an original whose last update left
+    # NaN outputs was blamed on unlearn_lr, and a last distillation update that did was
+    # written as a shard of NaN metrics (exit 0), refused only when a hypernetwork was trained.
+    original_metrics = _finite_metrics(metrics_fn(originals), seeds, "the originals",
+                                       "lower lr_range (--lr-range)")
     steps, values = unlearn_trajectories(arch, ccfg, x, originals, seeds, requests)
     r_ = len(requests)
     # rows: one per (step, member), members ordered (original, request).
@@ -582,14 +588,24 @@ def build_shard(arch: Architecture, ccfg: CorpusConfig, splits: data.Splits, see
                      np.tile(np.tile(np.arange(r_), len(seeds)), t_),
                      np.repeat(np.asarray(steps), m_)], 1).astype(np.int32)
     traj = values.reshape(t_ * m_, -1).astype(np.float32)
-    metrics_fn = metrics_fn or make_metrics_fn(arch, splits)
     idx = span_index(arch, trained_span(arch, ccfg.unlearn_layers))
     full = originals[rows[:, 0]].copy()
     full[:, idx] = traj
     return {"originals": originals.astype(np.float32),
-            "original_metrics": metrics_fn(originals).astype(np.float32),
+            "original_metrics": original_metrics,
             "trajectory": traj, "rows": rows,
-            "metrics": metrics_fn(full).astype(np.float32)}
+            "metrics": _finite_metrics(metrics_fn(full), seeds, "the unlearning trajectories",
+                                       "lower unlearn_lr (--unlearn-lr)")}
+
+
+def _finite_metrics(metrics: Any, seeds: list[int], what: str, fix: str) -> np.ndarray:
+    """``metrics`` as float32, or NonFiniteError (nothing of the shard is written)."""
+    metrics = np.asarray(metrics).astype(np.float32)
+    if not np.isfinite(metrics).all():
+        which = (f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}..{seeds[-1]}")
+        raise NonFiniteError(f"corpus: {what} of {which} give NaN/inf losses on the data; "
+                             f"{fix}. Nothing of this fleet was written")
+    return metrics
 
 
 # --- the resumable build -----------------------------------------------------------------------
