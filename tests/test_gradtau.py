@@ -839,6 +839,11 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
         run_gradtau_stream(arch, params, short, **kw)
     with pytest.raises(ConfigError, match="exactly one of tau"):
         run_gradtau_stream(arch, params, short, **kw, tau=1.0)
+    # A tau_fn returning NaN stopped the run as "check the data or lower the learning rate".
+    nan_kw = dict(kw, tau_fn=lambda p, x, y: G.val_tau_fn(arch.apply)(p, x, y) * jnp.nan)
+    with pytest.raises(NonFiniteError, match=r"tau_fn returned nan at the τ refresh of "
+                                             r"forget-epoch 0; it must return a finite loss"):
+        run_gradtau_stream(arch, params, _stream_of(split, plan), **nan_kw)
 
 
 def test_streamed_runner_reuses_its_program(digits_splits, digits_original):

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train, xla
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ConfigError, NonFiniteError
 from hyperforget_jax.models import _Programs, as_model
 from hyperforget_jax.params import committed, refuse_traced
 from hyperforget_jax.train_run import (_refuse_missing_outputs, check_sync_every,
@@ -288,6 +288,13 @@ def run_gradtau_stream(arch: Any, params: Params,
         dev_a.append(stacked["ascent"].sum())
         if tau_fn is not None and e % cfg.tau_refresh_epochs == 0:
             taus.append(stacked["tau"][0])
+    for e, t in zip(range(0, E, cfg.tau_refresh_epochs), taus):
+        # A NaN / inf τ from the user's tau_fn stopped the run as "check the data or lower the
+        # learning rate".
+        if not np.isfinite(float(t)):
+            raise NonFiniteError(f"run_gradtau_stream: tau_fn returned {float(t)} at the τ "
+                                 f"refresh of forget-epoch {e}; it must return a finite loss "
+                                 "(e.g. the mean cross-entropy on held-out data)")
     with naming_non_finite_start("run_gradtau_stream", params, "params"):
         _check_finite(finite, n)
     out = jax.block_until_ready(ts.params)
