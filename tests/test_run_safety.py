@@ -669,3 +669,52 @@ def test_sweep_cells_reuse_only_what_they_return(tmp_path):
     assert cells.compute("a", {"k": 1}, lambda: 3) == 2 and cells.reused == ["a"]
     cells.file("a").write_text("{damaged")                    # computed again, not an error
     assert cells.compute("a", {"k": np.int64(1)}, lambda: 4) == 4 and cells.reused == ["a"]
+
+
+def test_the_program_s_ctrl_c_is_not_dropped_inside_a_gc_callback(monkeypatch):
+    """SIGINT landing inside JAX's garbage-collection callback became "Exception ignored in
+    _xla_gc_callback ... KeyboardInterrupt" and the run went on to exit 0: the program's
+    handler delivers it again outside the callback, and raises anywhere else."""
+    import gc
+    import types
+
+    def callback(phase, info):
+        pass
+
+    later = []
+    monkeypatch.setattr(cli.threading, "Timer", lambda t, f, args: types.SimpleNamespace(
+        start=lambda: later.append((t, f, args))))
+    monkeypatch.setattr(gc, "callbacks", [*gc.callbacks, callback])
+    assert cli._interrupt(signal.SIGINT, types.SimpleNamespace(f_code=callback.__code__)) is None
+    assert later == [(0.02, os.kill, (os.getpid(), signal.SIGINT))]
+    with pytest.raises(KeyboardInterrupt):
+        cli._interrupt(signal.SIGINT, sys._getframe())
+
+
+def test_the_interrupted_program_ends_at_once_with_130(monkeypatch, capsys):
+    """Interpreter shutdown with native threads mid-work segfaulted after the "interrupted"
+    line (exit 139): the program ends with os._exit(130) once the line is out. main() called
+    from Python returns 130 as before."""
+    import argparse
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(command="train", func=interrupted)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)    # the test's own handler stays
+    exits = []
+
+    def exit_(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(cli.os, "_exit", exit_)
+    monkeypatch.setattr(sys, "argv", ["hyperforget"])
+    with pytest.raises(SystemExit):
+        cli.main()
+    assert exits == [130]
+    assert capsys.readouterr().err.strip() == ("hyperforget train: interrupted; rerun the same "
+                                               "command to resume")
+    assert cli.main([]) == 130 and exits == [130]
