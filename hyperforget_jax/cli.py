@@ -173,6 +173,23 @@ def _cli_output(name: str, program: bool) -> Iterator[None]:
     # A main() inside another (a command run from a command's Python) leaves the outer's filter.
     added = _orbax_traceback not in absl.filters
     absl.addFilter(_orbax_traceback)
+    damaged: set[str] = set()
+
+    def step_metadata(record: logging.LogRecord) -> bool:
+        # A damaged _CHECKPOINT_METADATA (Orbax's step record; the parameters load without
+        # it) printed "ERROR:absl:Failed to json parse" at each of Orbax's 4-7 reads, exit 0.
+        text = record.getMessage()
+        if not text.startswith("Failed to json parse Metadata file"):
+            return True
+        path = text.split(":", 1)[-1].strip().split()[0] if ":" in text else text
+        if path not in damaged:
+            damaged.add(path)
+            print(f"hyperforget {name}: warning: a checkpoint's step metadata does not parse "
+                  f"({' '.join(text.split())[:200]}); ignored, the checkpoint itself loads",
+                  file=sys.stderr)
+        return False
+
+    absl.addFilter(step_metadata)
     show = warnings.showwarning
 
     def one_line(message, category, filename, lineno, file=None, line=None):
@@ -185,6 +202,7 @@ def _cli_output(name: str, program: bool) -> Iterator[None]:
     finally:
         warnings.showwarning = show
         absl.setLevel(level)
+        absl.removeFilter(step_metadata)
         if added:
             absl.removeFilter(_orbax_traceback)
 

@@ -548,3 +548,20 @@ def test_demo_plot_leaves_the_matplotlib_backend_alone(tmp_path):
     finally:
         matplotlib.use(before)
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_damaged_step_metadata_file_is_one_warning_line(trained, tmp_path, capfd):
+    """A truncated checkpoints/<step>/_CHECKPOINT_METADATA (Orbax's step record; the parameters
+    load without it) printed "ERROR:absl:Failed to json parse Metadata file" at each of Orbax's
+    reads: 7 lines on a `train` rerun, exit 0."""
+    import shutil
+
+    run = tmp_path / "orig"
+    shutil.copytree(trained / "orig", run)
+    meta = next(run.glob("checkpoints/*/_CHECKPOINT_METADATA"))
+    meta.write_text(meta.read_text()[:3])
+    capfd.readouterr()
+    assert cli.main(["train", "--run-dir", str(run)] + FAST) == 0
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "hyperforget train: warning: a checkpoint's step metadata does not parse"), err
