@@ -579,6 +579,10 @@ def test_save_load_roundtrip_and_cli(setup, digits_splits, tmp_path, capsys):
     assert "already trained" in capsys.readouterr().out
     assert (tmp_path / "t" / "hypernet.npz").read_bytes() == first
     assert json.loads((tmp_path / "t" / "history.json").read_text()) == history
+    # A damaged history.json was kept as it was (a rerun of `train` rewrites its results.json).
+    (tmp_path / "t" / "history.json").write_text('{"loss": [0.1')
+    assert cli.main(tiny) == 0
+    assert json.loads((tmp_path / "t" / "history.json").read_text()) == history
     # A run of an older version (no run.json) is compared on what its hypernet.npz records:
     # adopted on nothing, other flags took the "already trained" exit and were written over
     # its recipe in run.json.

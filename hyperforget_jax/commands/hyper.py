@@ -117,7 +117,9 @@ def cmd_hypertrain(args) -> int:
             # identity check above): a rerun is a no-op, not a retrain over its history.
             _, meta = H.load_hypernet(done)
             hist = meta.get("history", {})
-            if not (run.path / "history.json").is_file():   # a run of an earlier version
+            # A run of an earlier version, or a damaged history.json (kept as it was, where
+            # `train` and `gan unlearn` reruns rewrite a damaged results.json).
+            if not _parses(run.path / "history.json"):
                 report.write_json(run.path / "history.json", hist)
             common.emit(args, {"variant": args.variant, "steps": cfg.steps, "history": hist,
                                "hypernet": str(done), "already_done": True},
@@ -177,6 +179,15 @@ def _start_network(args, net, splits):
     params = P_.unflatten(jnp.asarray(corpus.original(args.start_seed)),
                           corpus.arch.param_shapes())
     return params, {"corpus": str(Path(args.corpus).absolute()), "seed": args.start_seed}
+
+
+def _parses(path: Path) -> bool:
+    """Whether ``path`` is a file holding JSON."""
+    try:
+        json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return True
 
 
 def _hypernet_identity(args, meta) -> dict | str:
