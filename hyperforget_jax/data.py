@@ -260,8 +260,13 @@ def check_unit_images(x, what: str) -> np.ndarray:
     if a.size and not np.isfinite(a).all():
         raise DataError(f"{what} holds NaN or inf values; clean the images first")
     if a.size and (a.min() < -1e-3 or a.max() > 1 + 1e-3):
-        raise DataError(f"{what} has values in [{a.min():g}, {a.max():g}]; images must lie in "
-                        "[0, 1] (divide 0..255 images by 255)")
+        lo, hi = float(a.min()), float(a.max())
+        # Images in [-1, 1] (a tanh GAN's convention) were told to divide by 255.
+        fix = ("(x + 1) / 2 for images in [-1, 1]" if lo >= -1 - 1e-3 and hi <= 1 + 1e-3
+               else "divide 0..255 images by 255" if lo >= -1e-3
+               else "rescale them, e.g. (x - x.min()) / (x.max() - x.min())")
+        raise DataError(f"{what} has values in [{lo:g}, {hi:g}]; images must lie in [0, 1] "
+                        f"({fix})")
     return a
 
 

@@ -531,6 +531,13 @@ API_CASES = [
         "hyperforget_jax.gan.metrics", fromlist=["x"]).train_judge(
         c.train, config=train.TrainConfig(epochs=1), epochs=5), ConfigError,
      "epochs=5 would be ignored beside config="),
+    # Images in [-1, 1] (a tanh GAN's convention) were told to divide by 255.
+    ("gan-train-images-in-minus-1-1", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
+        c.train.replace(x=c.train.x * 2 - 1), __import__(
+            "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(arch="mlp", epochs=1)),
+     DataError, r"values in \[-1, 1\]; images must lie in \[0, 1\] \(\(x \+ 1\) / 2 for "
+                r"images in \[-1, 1\]\)"),
     ("gan-train-images-in-0-255", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
         c.train.replace(x=c.train.x * 255), __import__(
