@@ -560,6 +560,9 @@ API_CASES = [
     ("gan-arch-empty-image-shape", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["x"]).make_gan_arch("mlp", (0, 0, 1)),
      ConfigError, r"image_shape must be \(H, W, C\), three integers >= 1, got \(0, 0, 1\)"),
+    ("gan-arch-auto-of-a-number", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["x"]).make_gan_arch("auto", 16),
+     ConfigError, r"image_shape must be \(H, W, C\), three integers >= 1, got 16"),
     ("gan-arch-fractional-image-shape", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["x"]).make_gan_arch("mlp", (8.9, 8, 1)),
      ConfigError, r"three integers >= 1, got \(8.9, 8, 1\)"),
@@ -955,7 +958,8 @@ CLI_CASES = [
         "gan", "train", "--run-dir", o, "--epochs", "-2", "--quiet"], "epochs must be >= 0"),
     # Checked before the run directory is claimed (it used to keep run.json and checkpoints/).
     ("cli-gan-zero-width", lambda c, o: [
-        "gan", "train", "--run-dir", o, *DIGITS, "--width", "0", "--quiet"], "width >= 4"),
+        "gan", "train", "--run-dir", o, *DIGITS, "--width", "0", "--quiet"],
+     "width must be an integer >= 4"),
     ("cli-model-draws-random-numbers", lambda c, o: [
         "train", "--run-dir", o, *DIGITS, "--arch", "user_model:StochasticNet", "--epochs", "1",
         "--quiet"], "draws random numbers in its forward pass"),

@@ -184,7 +184,7 @@ def _start_network(args, net, splits):
 def _parses(path: Path) -> bool:
     """Whether ``path`` is a file holding JSON."""
     try:
-        json.loads(path.read_text())
+        json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
         return False
     return True

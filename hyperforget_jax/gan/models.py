@@ -414,14 +414,6 @@ def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (
     if user and name in ("auto", *GAN_ARCHS):
         raise ConfigError(f"name={name!r} names a registered GAN pair; drop it to use your own "
                           "generator and discriminator (name= is only their display name)")
-    if name is None:
-        name = (f"{type(generator).__name__}/{type(discriminator).__name__}" if user
-                else "mlp")
-    if name == "auto":
-        name = auto_gan_arch(tuple(image_shape))
-    if not user and name not in GAN_ARCHS:
-        raise ConfigError(f"unknown GAN architecture {name!r}; choose one of "
-                          f"{', '.join(GAN_ARCHS)}")
     # Sizes are whole numbers >= 1: int() truncated 16.7 to 16 and (8.9, 8, 1) to (8, 8, 1),
     # took True as 1 and (0, 0, 1) / (-8, 8, 1) as shapes; "16" was a bare TypeError.
     try:
@@ -432,15 +424,21 @@ def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (
         raise ConfigError(f"image_shape must be (H, W, C), three integers >= 1, got "
                           f"{image_shape!r}")
     image_shape = tuple(int(s) for s in shape)
-    for what, value in (("latent_dim", latent_dim), ("width", width)):
-        if not _is_size(value):
-            raise ConfigError(f"{what} must be an integer >= 1, got {value!r}")
+    if name is None:
+        name = (f"{type(generator).__name__}/{type(discriminator).__name__}" if user
+                else "mlp")
+    if name == "auto":
+        name = auto_gan_arch(image_shape)
+    if not user and name not in GAN_ARCHS:
+        raise ConfigError(f"unknown GAN architecture {name!r}; choose one of "
+                          f"{', '.join(GAN_ARCHS)}")
+    for what, value, least in (("latent_dim", latent_dim, 1), ("width", width, 4)):
+        if not _is_size(value) or value < least:
+            raise ConfigError(f"{what} must be an integer >= {least}, got {value!r}")
     if name == "dcgan" and (image_shape[0] != image_shape[1] or image_shape[0] not in DCGAN_SIZES):
         raise ConfigError(f"the dcgan GAN supports 28×28 and 32×32 images, got "
                           f"{image_shape[0]}×{image_shape[1]}; use the mlp pair (name='mlp', "
                           "GANConfig(arch='mlp'), the CLI's --gan-arch mlp)")
-    if latent_dim < 1 or width < 4:
-        raise ConfigError(f"latent_dim must be >= 1 and width >= 4, got {latent_dim}, {width}")
     if user and width != 64:
         raise ConfigError(f"width ({width}) sizes the registered dcgan pair only; size your "
                           "own generator and discriminator in their modules")
@@ -455,9 +453,12 @@ def make_gan_arch(name: str | None = None, image_shape: tuple[int, int, int] = (
 
 
 def check_gan_arch(arch: Any, who: str) -> None:
-    """ConfigError unless ``arch`` is a :class:`GANArch` (the GAN functions called its methods:
-    an AttributeError for the name "mlp" or a GANConfig)."""
-    if not isinstance(arch, GANArch):
+    """ConfigError unless ``arch`` is a :class:`GANArch`, or an object with its interface (a
+    stand-in pair): the GAN functions called its methods, an AttributeError for the name
+    "mlp" or a GANConfig."""
+    if not isinstance(arch, GANArch) and not all(
+            hasattr(arch, a) for a in ("image_shape", "generate", "discriminate",
+                                       "sample_latents")):
         raise ConfigError(f"{who} takes arch=the GANArch train_gan returned (or "
                           f"make_gan_arch(...)), got {kind_of(arch, GANArch)}")
 
