@@ -445,6 +445,9 @@ def _stratified_split(ds: Dataset, fractions: Sequence[float], seed: int,
             want = len(idx) * np.asarray(fractions, float) + left
             count = np.floor(want).astype(int)
             count[np.argsort(count - want, kind="stable")[:len(idx) - count.sum()]] += 1
+            while (count < 0).any():     # a carried deficit: never fewer than no images
+                count[np.argmin(count)] += 1
+                count[np.argmax(count)] -= 1
             left = want - count
             bounds = np.cumsum(count)
         else:

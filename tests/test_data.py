@@ -197,6 +197,14 @@ def test_make_splits_of_small_classes_fills_every_split():
         for part in (s.train, s.val, s.test):                      # each class within one
             share = np.bincount(part.y, minlength=10)
             assert share.max() - share.min() <= 1 + (part is s.train) * per
+    # Uneven classes and a small validation share carried a deficit below zero: a negative
+    # count put one image in both the train and the test split.
+    y = np.repeat(np.arange(6), [3, 8, 6, 5, 3, 5])
+    x = rng.random((len(y), 4, 4, 1), np.float32)
+    s = data.make_splits(data.from_arrays(x, y, 6), val_frac=0.02, test_frac=0.2)
+    assert sum(map(len, s)) == len(y), [len(p) for p in s]
+    rows = np.concatenate([s.train.x, s.val.x, s.test.x]).reshape(len(y), -1)
+    assert len(np.unique(rows, axis=0)) == len(y)
     big = data.from_arrays(rng.random((200, 4, 4, 1), np.float32), np.repeat(np.arange(10), 20),
                            10)
     assert [len(p) for p in data.make_splits(big)] == [140, 20, 40]
