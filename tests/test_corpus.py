@@ -435,6 +435,18 @@ def test_head_unlearning_of_a_model_whose_logits_follow_its_head_is_refused(tmp_
     assert not (tmp_path / "c").exists()
     C._check_head_is_output(models.as_model("user_model:TinyNet", (8, 8, 1), 10),
                             digits_splits.train.x[:64])              # its untempered twin
+    # A head computing in bfloat16 is its model's output too (a float32 recomputation of
+    # inputs @ kernel + bias refused it, as it would the TF32 matmuls of a GPU).
+    import flax.linen as nn
+
+    class Bf16Head(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
+            return nn.Dense(10, dtype=jnp.bfloat16, param_dtype=jnp.float32)(h)
+
+    C._check_head_is_output(models.as_model(Bf16Head(), (8, 8, 1), 10),
+                            digits_splits.train.x[:64])
 
 
 @pytest.mark.parametrize("field, value, words", [

@@ -434,18 +434,27 @@ def _check_head_is_output(arch: Architecture, x: np.ndarray) -> None:
     """ConfigError unless the model's logits are its output layer's output (``unlearn_layers=
     'head'`` distils ``inputs @ kernel + bias`` towards the whole model's softmax): a model that
     divided its head's output by a temperature, or added an offset, trained the head of
-    another model (its endpoints' retain loss 3× the original's), without a word. Checked on
-    the initial parameters and a few training images, before anything is trained."""
+    another model (its endpoints' retain loss 3× the original's), without a word. The head's
+    own output is compared with the logits of the same forward pass (initial parameters, a
+    few training images), so its precision (bfloat16, TF32 matmuls on a GPU) plays no part."""
+    import flax.linen as nn
+
     _check_head_traceable(arch)
     head = _head_name(arch, trained_span(arch, "head"))
-    params = arch.init(jax.random.key(0))
-    inputs, logits = head_features(arch, head)(params, jnp.asarray(x))
-    dense = params[head]
-    out = np.asarray(inputs) @ np.asarray(dense["kernel"]).reshape(
-        np.shape(inputs)[1], -1) + np.asarray(dense["bias"]).reshape(-1)
-    logits = np.asarray(logits)
-    if out.shape != logits.shape or not np.allclose(
-            out, logits, rtol=1e-3, atol=1e-4 * max(1.0, float(np.abs(logits).max()))):
+    cap = {}
+
+    def grab(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and context.module.name == head:
+            cap["y"] = out
+        return out
+
+    with nn.intercept_methods(grab):
+        logits = arch.module.apply({"params": arch.init(jax.random.key(0))}, jnp.asarray(x))
+    out = np.asarray(cap["y"], np.float32) if "y" in cap else None
+    logits = np.asarray(logits, np.float32)
+    if out is None or out.shape != logits.shape or not np.allclose(
+            out, logits, rtol=1e-6, atol=1e-6 * max(1.0, float(np.abs(logits).max()))):
         raise ConfigError(f"{arch.name}'s logits are not its output layer {head!r}'s output "
                           "(an operation follows it: a temperature, a scale or an offset), so "
                           "unlearn_layers='head' would distil another model; use "
