@@ -844,6 +844,10 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
     with pytest.raises(NonFiniteError, match=r"tau_fn returned nan at the τ refresh of "
                                              r"forget-epoch 0; it must return a finite loss"):
         run_gradtau_stream(arch, params, _stream_of(split, plan), **nan_kw)
+    # A τ measured after the run diverged (lr 1e30) is not blamed: the step is named.
+    hot = dict(kw, config=dataclasses.replace(cfg, lr=1e30, tau_refresh_epochs=1))
+    with pytest.raises(NonFiniteError, match=r"non-finite loss.* at step \d+ \(forget-epoch 0"):
+        run_gradtau_stream(arch, params, _stream_of(split, plan), **hot)
 
 
 def test_streamed_runner_reuses_its_program(digits_splits, digits_original):

@@ -288,10 +288,12 @@ def run_gradtau_stream(arch: Any, params: Params,
         dev_a.append(stacked["ascent"].sum())
         if tau_fn is not None and e % cfg.tau_refresh_epochs == 0:
             taus.append(stacked["tau"][0])
+    # A NaN / inf τ from the user's tau_fn stopped the run as "check the data or lower the
+    # learning rate". One measured in a later forget-epoch than the first non-finite step is
+    # the diverged parameters' (named below), not the τ's.
+    bad = next((e for e, fin in finite if not np.asarray(fin).all()), E)
     for e, t in zip(range(0, E, cfg.tau_refresh_epochs), taus):
-        # A NaN / inf τ from the user's tau_fn stopped the run as "check the data or lower the
-        # learning rate".
-        if not np.isfinite(float(t)):
+        if e <= bad and not np.isfinite(float(t)):
             raise NonFiniteError(f"run_gradtau_stream: tau_fn returned {float(t)} at the τ "
                                  f"refresh of forget-epoch {e}; it must return a finite loss "
                                  "(e.g. the mean cross-entropy on held-out data)")
