@@ -179,7 +179,8 @@ def _cli_output(name: str, program: bool) -> Iterator[None]:
         # A damaged _CHECKPOINT_METADATA (Orbax's step record; the parameters load without
         # it) printed "ERROR:absl:Failed to json parse" at each of Orbax's 4-7 reads, exit 0.
         text = record.getMessage()
-        if not text.startswith("Failed to json parse Metadata file"):
+        if not text.startswith(("Failed to json parse Metadata file",
+                                "Failed to read Metadata file")):
             return True
         path = text.split(":", 1)[-1].strip().split()[0] if ":" in text else text
         if path not in damaged:

@@ -263,7 +263,7 @@ def check_unit_images(x, what: str) -> np.ndarray:
         lo, hi = float(a.min()), float(a.max())
         # Images in [-1, 1] (a tanh GAN's convention) were told to divide by 255.
         fix = ("(x + 1) / 2 for images in [-1, 1]" if lo >= -1 - 1e-3 and hi <= 1 + 1e-3
-               else "divide 0..255 images by 255" if lo >= -1e-3
+               else "divide 0..255 images by 255" if lo >= -1e-3 and 2 < hi <= 255 + 1e-3
                else "rescale them, e.g. (x - x.min()) / (x.max() - x.min())")
         raise DataError(f"{what} has values in [{lo:g}, {hi:g}]; images must lie in [0, 1] "
                         f"({fix})")

@@ -538,6 +538,12 @@ API_CASES = [
             "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(arch="mlp", epochs=1)),
      DataError, r"values in \[-1, 1\]; images must lie in \[0, 1\] \(\(x \+ 1\) / 2 for "
                 r"images in \[-1, 1\]\)"),
+    # [0, 2] images were told to divide by 255 (leaving them in [0, 0.008]).
+    ("gan-train-images-in-0-2", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
+        c.train.replace(x=c.train.x * 2), __import__(
+            "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(arch="mlp", epochs=1)),
+     DataError, r"values in \[0, 2\]; images must lie in \[0, 1\] \(rescale them"),
     ("gan-train-images-in-0-255", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
         c.train.replace(x=c.train.x * 255), __import__(

@@ -556,18 +556,21 @@ def test_a_damaged_step_metadata_file_is_one_warning_line(trained, tmp_path):
     reads: 7 lines on a `train` rerun, exit 0."""
     import shutil
 
-    run = tmp_path / "orig"
-    shutil.copytree(trained / "orig", run)
-    meta = next(run.glob("checkpoints/*/_CHECKPOINT_METADATA"))
-    meta.write_text(meta.read_text()[:3])
     import subprocess
     import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    p = subprocess.run([sys.executable, "-m", "hyperforget_jax.cli", "train", "--run-dir",
-                        str(run), *FAST], cwd=root, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "PYTHONPATH": str(root)})
-    err = p.stderr.strip().splitlines()
-    assert p.returncode == 0 and len(err) == 1 and err[0].startswith(
-        "hyperforget train: warning: a checkpoint's step metadata does not parse"), err
+    # Truncated (JSON that does not parse), or bytes that are not UTF-8 (Orbax's "Failed to
+    # read Metadata file", a second message).
+    for name, damage in (("cut", lambda b: b[:3]), ("bytes", lambda b: b"\xff\xfe" + b)):
+        run = tmp_path / name
+        shutil.copytree(trained / "orig", run)
+        meta = next(run.glob("checkpoints/*/_CHECKPOINT_METADATA"))
+        meta.write_bytes(damage(meta.read_bytes()))
+        p = subprocess.run([sys.executable, "-m", "hyperforget_jax.cli", "train", "--run-dir",
+                            str(run), *FAST], cwd=root, capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+        err = p.stderr.strip().splitlines()
+        assert p.returncode == 0 and len(err) == 1 and err[0].startswith(
+            "hyperforget train: warning: a checkpoint's step metadata does not parse"), err
