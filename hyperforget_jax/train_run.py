@@ -488,6 +488,12 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
                                 "(x, y) pair of images and labels")
             xb, yb = batch
             yb = np.asarray(yb)     # on the host once: the label check and the step read it
+            # A torch DataLoader's tensors (the docstring's example) failed in the dtype check
+            # with a bare TypeError: host batches are numpy arrays from here on.
+            xb = xb if isinstance(xb, (jax.Array, np.ndarray)) else np.asarray(xb)
+            if not len(yb):         # a filtered loader's empty tail: a ZeroDivisionError
+                raise DataError(f"fit_stream: epoch {epoch}, batch {i} has no rows; drop "
+                                "empty batches from the stream")
             # A device batch's values are read once (reading one waits for the queued steps).
             model.check_inputs(xb, "a streamed batch", yb,
                                values=outputs is None or not isinstance(xb, jax.Array))

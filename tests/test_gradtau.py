@@ -17,7 +17,7 @@ from conftest import (CompileCounter, assert_trees_close, default_emitters, devi
                       exact_on_cpu_only, toy_model)
 from hyperforget_jax import data, models, params as P_, train
 from hyperforget_jax import microbatch as microbatch_mod
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.unlearn import gradtau as G
 
 
@@ -844,6 +844,34 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
     with pytest.raises(NonFiniteError, match=r"tau_fn returned nan at the τ refresh of "
                                              r"forget-epoch 0; it must return a finite loss"):
         run_gradtau_stream(arch, params, _stream_of(split, plan), **nan_kw)
+    # Streams of other forms: a dict batch was a bare KeyError, an (x, y, w) batch ran with its
+    # weights dropped, an empty batch a ZeroDivisionError, torch tensors a bare TypeError in
+    # the dtype check; a NaN or vector constant τ and 0..255 held-out images for tau_fn passed.
+    def remade(make):
+        return lambda e: [make(fb, rb) for fb, rb in _stream_of(split, plan)(e)]
+    for make, words in (
+            (lambda fb, rb: ({"x": fb[0], "y": fb[1]}, rb), "the forget batch is a dict, not"),
+            (lambda fb, rb: (fb, (*rb, np.ones(len(rb[1])))), "retain batch is a tuple of 3"),
+            (lambda fb, rb: (fb, (rb[0][:0], rb[1][:0])), "the retain batch has no rows"),
+            (lambda fb, rb: [fb, rb, rb], "item 1 is a list, not a (forget_batch, ")):
+        with pytest.raises(DataError, match=re.escape(words)):
+            run_gradtau_stream(arch, params, remade(make), **kw)
+    torch = pytest.importorskip("torch")
+    as_torch = remade(lambda fb, rb: tuple((torch.from_numpy(np.asarray(b[0])), b[1])
+                                           for b in (fb, rb)))
+    got, _ = run_gradtau_stream(arch, params, as_torch, **kw)
+    assert_trees_close(got, run_gradtau_stream(arch, params, _stream_of(split, plan), **kw)[0],
+                       atol=0)
+    const = dict(kw, tau_fn=None, tau_args=())
+    for tau, words in ((float("nan"), "τ must be finite"), (np.array([2.3, 2.3]), "shape (2,)")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            run_gradtau_stream(arch, params, _stream_of(split, plan), **const, tau=tau)
+    with pytest.raises(DataError, match=r"tau_args\[0\] \(the held-out images tau_fn reads\) "
+                                        r"has images with values up to 255"):
+        run_gradtau_stream(arch, params, _stream_of(split, plan),
+                           **dict(kw, tau_args=(val.x * 255, val.y)))
+    with pytest.raises(DataError, match="validation set has images with values up to 255"):
+        G.run_gradtau(arch, params, split, val.replace(x=val.x * 255), cfg, seed=2)
     # A τ measured after the run diverged (lr 1e30) is not blamed: the step is named.
     hot = dict(kw, config=dataclasses.replace(cfg, lr=1e30, tau_refresh_epochs=1))
     with pytest.raises(NonFiniteError, match=r"non-finite loss.* at step \d+ \(forget-epoch 0"):

@@ -539,6 +539,16 @@ def test_fit_stream_reads_a_list_once_per_epoch(digits_splits):
     with pytest.raises(ConfigError, match=r"one-shot iterator \(generator\).*asks for 3.*"
                                           r"function of the epoch"):
         train.fit_stream(arch, (b for b in batches), cfg)
+    # A torch DataLoader's tensors failed the dtype check with a bare TypeError; they train
+    # as their numpy arrays do.
+    torch = pytest.importorskip("torch")
+    tensors = [(torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)))
+               for x, y in batches]
+    from_torch, _ = train.fit_stream(arch, tensors, cfg)
+    assert_trees_close(from_torch.params, listed.params, atol=0)
+    # A filtered loader's empty tail was a ZeroDivisionError inside the model.
+    with pytest.raises(DataError, match="epoch 0, batch 3 has no rows; drop empty batches"):
+        train.fit_stream(arch, [*batches, (ds.x[:0], ds.y[:0])], cfg)
 
 
 def test_nonfinite_streamed_batch_names_the_step(digits_splits):

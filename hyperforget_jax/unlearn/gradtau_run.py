@@ -391,6 +391,8 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
     """
     cfg = config or G.GradTauConfig()
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
+    if val is not None:     # as unlearn: 0..255 validation images measured a τ 13× too large
+        model.check_inputs(val.x, "validation set", val.y)
     plan = make_plan(split, cfg, seed, forget_classes, method)
     descent_only, mode, E, n = plan.static[:4]
     tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)

@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train, xla
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
-from hyperforget_jax.errors import ConfigError, NonFiniteError
+from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.models import _Programs, as_model
 from hyperforget_jax.params import committed, refuse_traced
 from hyperforget_jax.train_run import (_refuse_missing_outputs, check_sync_every,
@@ -196,7 +196,13 @@ def run_gradtau_stream(arch: Any, params: Params,
                           "tau_fn= (τ of the current model)")
     _refuse_unread(cfg, tau_fn, tau_args)
     refuse_overridden(cfg)
+    # A NaN / inf τ stopped the run as "check the data", a vector τ in lax.cond's TypeError.
+    G._check_constants(tau, 0.5, measured=tau is None)
     model = as_model(arch, input_shape, num_classes)
+    if (tau_fn is not None and tau_args and model.input_shape is not None
+            and np.shape(tau_args[0])[1:] == tuple(model.input_shape)):
+        # Held-out images for the τ: 0..255 ones measured a τ 13× too large, without a word.
+        model.check_inputs(tau_args[0], "tau_args[0] (the held-out images tau_fn reads)")
     refuse_traced(params, "run_gradtau_stream")     # a host loop, as unlearn("gradtau")
     model.check_params(params)
     E, n, alpha0, clamped = stream_schedule(n_forget, n_retain, cfg)
@@ -233,12 +239,31 @@ def run_gradtau_stream(arch: Any, params: Params,
     bf, br = min(cfg.batch_size, n_forget), min(cfg.batch_size, n_retain)
     for e in range(E):
         k, ms, seen = 0, [], 0
-        for k, (fb, rb) in enumerate(batches(e), 1):
+        for k, pair in enumerate(batches(e), 1):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise DataError(f"run_gradtau_stream: forget-epoch {e}, item {k} is a "
+                                f"{type(pair).__name__}, not a (forget_batch, retain_batch) "
+                                "pair")
+            fb, rb = pair
             if k > n:
                 raise ConfigError(f"run_gradtau_stream: forget-epoch {e} yielded more than "
                                   f"N_f = {n} batch pairs")
-            # The labels on the host once: the checks and the step read them.
-            fb, rb = (fb[0], np.asarray(fb[1])), (rb[0], np.asarray(rb[1]))
+            # (x, y) pairs, as fit_stream takes: a dict batch was a bare KeyError, an
+            # (x, y, w) batch ran with its weights dropped.
+            for what, b in (("forget", fb), ("retain", rb)):
+                if not (isinstance(b, (tuple, list)) and len(b) == 2):
+                    raise DataError(f"run_gradtau_stream: forget-epoch {e}, pair {k}: the "
+                                    f"{what} batch is a {type(b).__name__}"
+                                    f"{f' of {len(b)}' if isinstance(b, (tuple, list)) else ''}"
+                                    ", not an (x, y) pair of images and labels")
+            # The labels on the host once: the checks and the step read them; host images as
+            # numpy arrays (a torch tensor failed the dtype check with a bare TypeError).
+            fb, rb = ((b[0] if isinstance(b[0], (jax.Array, np.ndarray)) else np.asarray(b[0]),
+                       np.asarray(b[1])) for b in (fb, rb))
+            for what, b in (("forget", fb), ("retain", rb)):
+                if not len(b[1]):
+                    raise DataError(f"run_gradtau_stream: forget-epoch {e}, pair {k}: the "
+                                    f"{what} batch has no rows; drop empty batches")
             rows_f, rows_r = (len(b[1]) * jax.process_count() for b in (fb, rb))
             if rows_f > bf or rows_r > br:
                 what, rows, most = (("forget", rows_f, bf) if rows_f > bf
