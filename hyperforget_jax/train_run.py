@@ -347,6 +347,8 @@ def fit_fleet(arch: Model, train: Dataset, cfg: TrainConfig | list[TrainConfig],
         raise ConfigError(f"fit_fleet: seeds must be a sequence of integers, got {seeds!r}; "
                           "e.g. seeds=[0, 1, 2]")
     cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else None
+    if cfgs == []:                  # read as [[]]: "got list" for a list
+        raise ConfigError("fit_fleet needs at least one config (an empty grid?)")
     if not all(isinstance(c, TrainConfig) for c in cfgs or [cfg]):
         raise ConfigError(f"fit_fleet takes a TrainConfig or a list of them, got "
                           f"{kind_of(cfg, TrainConfig)}; e.g. hf.TrainConfig(epochs=5)")

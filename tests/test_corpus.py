@@ -527,6 +527,17 @@ def test_train_fleet_members_stop_at_the_end_of_their_own_runs(digits_splits):
         state, _ = train.fit(arch, ds.subset(ix), train.TrainConfig(
             arch="gpt_mlp", seed=seed, lr=lr, epochs=epochs, batch_size=64))
         np.testing.assert_allclose(row, P_.flatten(state.params), atol=1e-5)
+    # zip() dropped a third seed without an index set (it came back as its initialisation);
+    # a set smaller than the batch was wrapped round (rows repeated), where fit caps its batch.
+    x, y = jnp.asarray(ds.x), jnp.asarray(ds.y)
+    with pytest.raises(ConfigError, match=r"3 seeds, 3 recipes and 2 index sets; give one"):
+        C.train_fleet(arch, x, y, [3, 5, 7], recipes + [(1e-2, 1)], sets, batch_size=64)
+    with pytest.raises(ConfigError, match=r"2 seeds, 1 recipes"):
+        C.train_fleet(arch, x, y, [3, 5], recipes[:1], sets, batch_size=64)
+    with pytest.raises(ConfigError, match=r"member 1 trains on 40 rows, fewer than batch_size "
+                                          r"64; use batch_size <= 40"):
+        C.train_fleet(arch, x, y, [3, 5], recipes, [np.arange(300), np.arange(40)],
+                      batch_size=64)
 
 
 def test_one_checkpoint_is_the_end_of_the_trajectory():

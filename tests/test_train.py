@@ -480,6 +480,9 @@ def test_fleet_seeds_are_checked_like_fit_s_and_take_jax_integers(digits_splits)
         train.fit_fleet(arch, digits_splits.train, cfg, seeds=3)
     with pytest.raises(ConfigError, match="fit_fleet takes a TrainConfig.*got dict"):
         train.fit_fleet(arch, digits_splits.train, {"epochs": 0}, seeds=[0])
+    # An empty grid read as [[]]: "takes a TrainConfig or a list of them, got list".
+    with pytest.raises(ConfigError, match=r"fit_fleet needs at least one config \(an empty"):
+        train.fit_fleet(arch, digits_splits.train, [], seeds=[0])
     with pytest.raises(ConfigError, match="fit_stream takes a TrainConfig.*got dict"):
         train.fit_stream(arch, [(digits_splits.train.x[:2], digits_splits.train.y[:2])],
                          {"epochs": 0})

@@ -356,7 +356,22 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
     (e.g. Retrain on D_r of different requests): a member stops at the end of its own epoch.
     """
     m_ = len(seeds)
-    index_sets = index_sets or [np.arange(len(x))] * m_
+    # zip() dropped what one list had beyond another: a member without an index set came
+    # back as its initialisation.
+    if not m_ or len(recipes) != m_ or (index_sets is not None and len(index_sets) != m_):
+        raise ConfigError(f"train_fleet: {m_} seeds, {len(recipes)} recipes and "
+                          f"{'no' if index_sets is None else len(index_sets)} index sets; give "
+                          "one recipe (and index set) per seed, at least one seed")
+    index_sets = ([np.arange(len(x))] * m_ if index_sets is None
+                  else [np.asarray(ix) for ix in index_sets])
+    small = [(m, len(ix)) for m, ix in enumerate(index_sets) if len(ix) < batch_size]
+    if small:
+        # fit caps its batch at the set's size; the fleet's batches are batch_size wide and
+        # wrapped round a smaller set (rows repeated within a batch): not fit's run.
+        m, n = small[0]
+        raise ConfigError(f"train_fleet: member {m} trains on {n} rows, fewer than batch_size "
+                          f"{batch_size}; use batch_size <= {min(n for _, n in small)} (fit "
+                          "caps its batch at the set's size, the fleet's are batch_size wide)")
     tx_for = _fleet_tx(weight_decay)
     lrs = jnp.asarray([r[0] for r in recipes], jnp.float32)
     state = jax.vmap(lambda k, lr: train.init_state(arch, tx_for(lr), k))(
