@@ -101,8 +101,8 @@ def raise_if_nonfinite(finite: np.ndarray, first_step: int, epoch: int) -> None:
     member = f" (fleet member {int(bad[0])})" if finite.ndim == 2 else ""
     raise NonFiniteError(
         f"non-finite loss, parameters or optimiser state at step {first_step + batch} (epoch "
-        f"{epoch}, batch {batch}){member}; training stopped without saving. Check the data for NaN/inf or "
-        "lower the learning rate")
+        f"{epoch}, batch {batch}){member}; training stopped without saving. Check the data "
+        "for NaN/inf or lower the learning rate")
 
 
 #: Rows the end-of-run output check evaluates.

@@ -1032,8 +1032,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                                              f"{bad}); unlearn a finite GAN")
                 raise NonFiniteError(
                     f"non-finite loss, parameters or optimiser state during GAN unlearning near "
-                    f"round {rounds} (lambda_u {weight(attempt):g}); lower the learning rate, lambda_u (or its "
-                    "growth), lambda_s or lambda_a")
+                    f"round {rounds} (lambda_u {weight(attempt):g}); lower the learning rate, "
+                    "lambda_u (or its growth), lambda_s or lambda_a")
             rounds += n
             in_attempt += n
             history[-1].update({k: float(np.mean(m[k])) for k in ("d_loss", "g_loss", "sub_loss")

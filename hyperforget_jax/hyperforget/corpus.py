@@ -352,8 +352,11 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
     learning rate is traced (one program for every recipe), which changes float rounding only.
     Unlike :func:`hyperforget_jax.train.fit_fleet`, members may differ in epochs and index-set
     size (a member's steps are masked once its own run is over). A non-finite step raises
-    ``NonFiniteError`` naming the step and member. ``index_sets`` (default: all of ``x``) may differ in size
-    (e.g. Retrain on D_r of different requests): a member stops at the end of its own epoch.
+    ``NonFiniteError`` naming the step and member. ``index_sets`` (default: all of ``x``) may
+    differ in size (e.g. Retrain on D_r of different requests): a member stops at the end of its
+    own epoch. Seeds, recipes and index sets come one per member, and every set holds at least
+    ``batch_size`` rows (``fit`` caps its batch at a smaller set; the fleet's batches are
+    ``batch_size`` wide).
     """
     m_ = len(seeds)
     # zip() dropped what one list had beyond another: a member without an index set came

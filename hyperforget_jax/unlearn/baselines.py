@@ -600,9 +600,9 @@ def _raise_nonfinite(method: str, finite: np.ndarray, member: str = "") -> None:
     if not finite.all():
         bad = int(np.argmin(finite))
         raise NonFiniteError(f"{method}: non-finite loss, parameters or optimiser state at "
-                             f"step {bad}{member}; stopped without returning parameters. Lower the learning rate, "
-                             "or check the data (NaN/inf images, labels the model has no "
-                             "output for)")
+                             f"step {bad}{member}; stopped without returning parameters. Lower "
+                             "the learning rate, or check the data (NaN/inf images, labels the "
+                             "model has no output for)")
 
 
 def _width_runs(method: str, model: Architecture, params: Params, split: ForgetSplit,
