@@ -177,6 +177,25 @@ def toy_model(n=16, seed=0, name="gpt_mlp"):
     return arch, params, batch
 
 
+class ForeignTensor:
+    """Another framework's tensor (a torch DataLoader's batches): numpy reads it through
+    ``__array__``, and its ``dtype`` is not one numpy or JAX can interpret."""
+
+    class _Dtype:
+        def __repr__(self):
+            return "foreign.float32"
+
+    def __init__(self, a):
+        self._a = np.asarray(a)
+        self.shape, self.dtype = self._a.shape, self._Dtype()
+
+    def __array__(self, dtype=None, copy=None):
+        return self._a if dtype is None else self._a.astype(dtype)
+
+    def __len__(self):
+        return len(self._a)
+
+
 def assert_trees_close(a, b, atol=1e-5, rtol=0.0):
     assert len(jax.tree.leaves(a)) == len(jax.tree.leaves(b)), "the trees differ in structure"
     for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):

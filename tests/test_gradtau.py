@@ -856,9 +856,9 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
             (lambda fb, rb: [fb, rb, rb], "item 1 is a list, not a (forget_batch, ")):
         with pytest.raises(DataError, match=re.escape(words)):
             run_gradtau_stream(arch, params, remade(make), **kw)
-    torch = pytest.importorskip("torch")
-    as_torch = remade(lambda fb, rb: tuple((torch.from_numpy(np.asarray(b[0])), b[1])
-                                           for b in (fb, rb)))
+    from conftest import ForeignTensor
+
+    as_torch = remade(lambda fb, rb: tuple((ForeignTensor(b[0]), b[1]) for b in (fb, rb)))
     got, _ = run_gradtau_stream(arch, params, as_torch, **kw)
     assert_trees_close(got, run_gradtau_stream(arch, params, _stream_of(split, plan), **kw)[0],
                        atol=0)

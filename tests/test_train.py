@@ -544,9 +544,9 @@ def test_fit_stream_reads_a_list_once_per_epoch(digits_splits):
         train.fit_stream(arch, (b for b in batches), cfg)
     # A torch DataLoader's tensors failed the dtype check with a bare TypeError; they train
     # as their numpy arrays do.
-    torch = pytest.importorskip("torch")
-    tensors = [(torch.from_numpy(np.asarray(x)), torch.from_numpy(np.asarray(y)))
-               for x, y in batches]
+    from conftest import ForeignTensor
+
+    tensors = [(ForeignTensor(x), ForeignTensor(y)) for x, y in batches]
     from_torch, _ = train.fit_stream(arch, tensors, cfg)
     assert_trees_close(from_torch.params, listed.params, atol=0)
     # A filtered loader's empty tail was a ZeroDivisionError inside the model.
