@@ -110,6 +110,19 @@ def _check_shadows(shadows: Shadows, train_ds: Dataset, split: ForgetSplit | Non
                                  "for this request")
 
 
+def _refuse_repeated_indices(split: ForgetSplit, who: str) -> None:
+    """ForgetRequestError for a split that names a training index twice, as ``unlearn``
+    refuses it: every shadow trained on the repeated row twice, and the test counted it
+    twice (n_examples 65 for 60 items)."""
+    for name in ("forget_idx", "retain_idx"):
+        seen, counts = np.unique(np.asarray(getattr(split, name)), return_counts=True)
+        if (counts > 1).any():
+            raise ForgetRequestError(f"{who}: split.{name} repeats training index "
+                                     f"{seen[counts > 1][0]} ({int((counts > 1).sum())} "
+                                     "repeated); each sample is forgotten or retained once: "
+                                     "build the split with hf.resolve_forget")
+
+
 def logit_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """φ = log p_y − log(1 − p_y) = z_y − logsumexp_{k≠y} z_k (stable for confident models),
     in float32 at least (bfloat16 logits of a low-precision model are upcast first)."""
@@ -132,6 +145,7 @@ def train_shadows(arch: Any, train_ds: Dataset, split: ForgetSplit,
     A_s \\ F_s). Independent of the unlearning method, so one set serves every method.
     ``arch`` is any model with an init (``hf.as_model``)."""
     arch = as_model(arch, train_ds.x.shape[1:], train_ds.num_classes)
+    _refuse_repeated_indices(split, "train_shadows")
     nf, nr = len(split.forget_idx), len(split.retain_idx)
     if nf < 2 or nr < 2:
         raise ConfigError("U-LiRA needs at least 2 forget and 2 retain samples")
@@ -305,6 +319,21 @@ def ulira_loso_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarr
 
     targeted = np.asarray(targeted, bool)
     phi_unl, phi_ret = np.asarray(phi_unl, np.float64), np.asarray(phi_ret, np.float64)
+    # A 1-D row was read as shadows of one example each; other widths were IndexErrors.
+    if phi_unl.ndim != 2 or phi_ret.shape != phi_unl.shape or targeted.shape != phi_unl.shape:
+        raise DataError(f"ulira_loso_test takes (S, n) shadow confidences and targeted mask, got "
+                        f"{phi_unl.shape}, {phi_ret.shape}, {targeted.shape}; pass one row per "
+                        "shadow and one column per forget example")
+    # Named here with the shadows' own indices: inside the loop a left-out index was off by
+    # one, and shadow 0's NaN blamed "the target model".
+    for name, phi in (("unlearned shadow", phi_unl), ("retrained shadow", phi_ret)):
+        bad = ~np.isfinite(np.where(targeted, phi, 0.0)).all(1)
+        if bad.any():
+            raise NonFiniteError(f"U-LiRA: the {name} {int(np.argmax(bad))}'s confidences are "
+                                 "NaN/inf on its forget set: that shadow diverged - rerun it "
+                                 "with a lower learning rate")
+    # Values a shadow did not target are never scored (they are NaN-free from here on).
+    phi_unl, phi_ret = np.where(targeted, phi_unl, 0.0), np.where(targeted, phi_ret, 0.0)
     if phi_unl.shape[0] < 3:
         raise ConfigError(f"U-LiRA: {phi_unl.shape[0]} shadow pairs leave {phi_unl.shape[0] - 1} "
                           "to fit each target's Gaussians, too few for a variance; use "
@@ -340,9 +369,14 @@ def ulira(arch: Any, shadows: Shadows, unlearned_shadows: Any, train_ds: Dataset
     shadows' confidences): the parameters are refused when traced, as every evaluator's are."""
     refuse_traced((shadows.retrain_params, unlearned_shadows, target_unlearned,
                    target_retrained), "ulira")
+    _refuse_repeated_indices(split, "ulira")
     _check_shadows(shadows, train_ds, split, "ulira")
     _check_fsplit_rows(train_ds, split)     # the split's rows are train_ds's at its indices
     model = as_model(arch, train_ds.x.shape[1:], train_ds.num_classes)
+    # Parameters of another architecture failed in Flax (ScopeParamShapeError, no ValueError).
+    for params in (target_unlearned, target_retrained, tree_index(shadows.retrain_params, 0),
+                   tree_index(unlearned_shadows, 0)):
+        model.check_params(params)
     x, y = jnp.asarray(split.forget.x), jnp.asarray(split.forget.y)
     phi_u = _phi_fleet(model, unlearned_shadows, x, y)
     phi_r = _phi_fleet(model, shadows.retrain_params, x, y)

@@ -99,6 +99,22 @@ def test_non_finite_confidences_name_the_model():
     untargeted = z.copy()
     untargeted[:, 4] = np.nan
     assert ulira.ulira_test(untargeted, z, tgt, np.ones(5), np.zeros(5))["n_examples"] == 2
+    # Leave one shadow out: shadow 3's NaN was named "shadow 2" (an index into the others),
+    # shadow 0's blamed "the target model", and an untargeted NaN (never scored) was refused.
+    rng = np.random.default_rng(0)
+    phi = rng.normal(size=(4, 5))
+    for row, name in ((3, "unlearned shadow 3"), (0, "unlearned shadow 0")):
+        nan = phi.copy()
+        nan[row, 1] = np.nan
+        with pytest.raises(NonFiniteError, match=name):
+            ulira.ulira_loso_test(nan, phi, tgt)
+    loose = phi.copy()
+    loose[2, 4] = np.nan
+    assert ulira.ulira_loso_test(loose, phi, tgt) == ulira.ulira_loso_test(phi, phi, tgt)
+    # Shapes: a 1-D row was read as 5 shadows of one example; other widths were IndexErrors.
+    for args in ((phi[0], phi[0], tgt[0]), (phi, phi[:, :3], tgt), (phi, phi, tgt[:, :3])):
+        with pytest.raises(DataError, match=r"ulira_loso_test takes \(S, n\) shadow"):
+            ulira.ulira_loso_test(*args)
 
 
 def test_ulira_refuses_traced_parameters():
@@ -171,6 +187,20 @@ def test_shadows_of_another_training_set_or_request_are_refused(digits_splits,
     # The split of another training set given with the shadows' own: its rows are not tr's.
     with pytest.raises(ForgetRequestError, match="not splits.train's rows"):
         ulira.ulira(arch, sh, sh.in_params, tr, other_split, one, one)
+    # Parameters of another architecture failed in Flax (not a ValueError).
+    from hyperforget_jax.errors import ArchitectureError
+
+    mlp = models.make_architecture("mlp", tr.x.shape[1:]).init(jax.random.key(0))
+    with pytest.raises(ArchitectureError):
+        ulira.ulira(arch, sh, sh.in_params, tr, split, mlp, one)
+    # A split naming a forget index twice: every shadow trained on it twice, the test counted
+    # it twice (unlearn refuses such a split).
+    twice = np.r_[split.forget_idx, split.forget_idx[:2]]
+    dup = data.ForgetSplit(tr.subset(twice), split.retain, twice, split.retain_idx)
+    for call in (lambda: ulira.train_shadows(arch, tr, dup, cfg),
+                 lambda: ulira.ulira(arch, sh, sh.in_params, tr, dup, one, one)):
+        with pytest.raises(ForgetRequestError, match="split.forget_idx repeats training index"):
+            call()
 
 
 def test_end_to_end_on_digits(digits_splits, digits_shadows):
