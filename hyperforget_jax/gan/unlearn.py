@@ -870,7 +870,8 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
                                heldout_x)
     # The pair and its latent prior: a run resumed under the mixture prior from the normal
     # prior's checkpoint ended at neither run's G (train_gan refuses another pair alike).
-    fingerprint["arch"] = arch.to_json()
+    if isinstance(arch, GANArch):       # (a stand-in pair has no record)
+        fingerprint["arch"] = arch.to_json()
     if checkpointer is not None and forget_classes is not None:
         # The judge's labels of a fixed probe: a resume with another classify ran its rounds
         # after the restart under that judge (13 codes flagged, 0 / 20 for either run alone).
