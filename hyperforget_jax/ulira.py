@@ -245,6 +245,18 @@ def _check_variance_dof(counts: np.ndarray) -> None:
                           "larger forget set")
 
 
+def _refuse_nonfinite_shadows(phi_unl: np.ndarray, phi_ret: np.ndarray,
+                              targeted: np.ndarray) -> None:
+    """NonFiniteError naming the first shadow (its own index) whose confidences on the
+    examples it targeted are NaN/inf; values it did not target are never scored."""
+    for name, phi in (("unlearned shadow", phi_unl), ("retrained shadow", phi_ret)):
+        bad = ~np.isfinite(np.where(targeted, phi, 0.0)).all(1)
+        if bad.any():
+            raise NonFiniteError(f"U-LiRA: the {name} {int(np.argmax(bad))}'s confidences are "
+                                 "NaN/inf on its forget set: that shadow diverged - rerun it "
+                                 "with a lower learning rate")
+
+
 def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
                target_unl: np.ndarray, target_ret: np.ndarray, scores: bool = False) -> dict:
     """Steps 4–5 on numbers: (S, n) shadow confidences of unlearned / retrained shadows, the
@@ -269,12 +281,7 @@ def ulira_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarray,
     ok = targeted.any(0)
     if not ok.any():
         raise ConfigError("no forget example was targeted by any shadow; use more shadows")
-    for name, phi in (("unlearned shadow", phi_unl), ("retrained shadow", phi_ret)):
-        bad = ~np.isfinite(np.where(targeted, phi, 0.0)).all(1)
-        if bad.any():
-            raise NonFiniteError(f"U-LiRA: the {name} {int(np.argmax(bad))}'s confidences are "
-                                 "NaN/inf on its forget set: that shadow diverged - rerun it "
-                                 "with a lower learning rate")
+    _refuse_nonfinite_shadows(phi_unl, phi_ret, targeted)
     for name, phi in (("unlearned", target_unl), ("retrained", target_ret)):
         if not np.isfinite(phi[ok]).all():
             raise NonFiniteError(f"U-LiRA: the {name} target model's confidences are NaN/inf: "
@@ -326,12 +333,7 @@ def ulira_loso_test(phi_unl: np.ndarray, phi_ret: np.ndarray, targeted: np.ndarr
                         "shadow and one column per forget example")
     # Named here with the shadows' own indices: inside the loop a left-out index was off by
     # one, and shadow 0's NaN blamed "the target model".
-    for name, phi in (("unlearned shadow", phi_unl), ("retrained shadow", phi_ret)):
-        bad = ~np.isfinite(np.where(targeted, phi, 0.0)).all(1)
-        if bad.any():
-            raise NonFiniteError(f"U-LiRA: the {name} {int(np.argmax(bad))}'s confidences are "
-                                 "NaN/inf on its forget set: that shadow diverged - rerun it "
-                                 "with a lower learning rate")
+    _refuse_nonfinite_shadows(phi_unl, phi_ret, targeted)
     # Values a shadow did not target are never scored (they are NaN-free from here on).
     phi_unl, phi_ret = np.where(targeted, phi_unl, 0.0), np.where(targeted, phi_ret, 0.0)
     if phi_unl.shape[0] < 3:
