@@ -236,6 +236,18 @@ def images_only(x: Any, name: str) -> Dataset:
     return ds
 
 
+def refuse_repeated_indices(split: "ForgetSplit", who: str) -> None:
+    """:class:`ForgetRequestError` for a split that names a training index twice (in its
+    forget or its retain indices): the sample was counted, and trained on, twice."""
+    for name in ("forget_idx", "retain_idx"):
+        seen, counts = np.unique(np.asarray(getattr(split, name)), return_counts=True)
+        if (counts > 1).any():
+            raise ForgetRequestError(f"{who}: split.{name} repeats training index "
+                                     f"{seen[counts > 1][0]} ({int((counts > 1).sum())} "
+                                     "repeated); each sample is forgotten or retained once: "
+                                     "build the split with hf.resolve_forget")
+
+
 def refuse_training_rows(held_out: Dataset, what: str, fix: str, *train: Dataset) -> None:
     """Raises :class:`DataError` when more than :data:`HELD_OUT_OVERLAP` of ``held_out``'s images
     are images of ``train`` (e.g. the validation set of another split seed: 354 of its 500

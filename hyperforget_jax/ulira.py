@@ -44,7 +44,7 @@ import numpy as np
 
 from hyperforget_jax import metrics, train, xla
 from hyperforget_jax.config import SEED_LIMIT, check_config, field
-from hyperforget_jax.data import Dataset, ForgetSplit
+from hyperforget_jax.data import Dataset, ForgetSplit, refuse_repeated_indices
 from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError, NonFiniteError
 from hyperforget_jax.evaluation import _check_fsplit_rows
 from hyperforget_jax.models import Architecture, as_model
@@ -110,19 +110,6 @@ def _check_shadows(shadows: Shadows, train_ds: Dataset, split: ForgetSplit | Non
                                  "for this request")
 
 
-def _refuse_repeated_indices(split: ForgetSplit, who: str) -> None:
-    """ForgetRequestError for a split that names a training index twice, as ``unlearn``
-    refuses it: every shadow trained on the repeated row twice, and the test counted it
-    twice (n_examples 65 for 60 items)."""
-    for name in ("forget_idx", "retain_idx"):
-        seen, counts = np.unique(np.asarray(getattr(split, name)), return_counts=True)
-        if (counts > 1).any():
-            raise ForgetRequestError(f"{who}: split.{name} repeats training index "
-                                     f"{seen[counts > 1][0]} ({int((counts > 1).sum())} "
-                                     "repeated); each sample is forgotten or retained once: "
-                                     "build the split with hf.resolve_forget")
-
-
 def logit_confidence(logits: jax.Array, labels: jax.Array) -> jax.Array:
     """φ = log p_y − log(1 − p_y) = z_y − logsumexp_{k≠y} z_k (stable for confident models),
     in float32 at least (bfloat16 logits of a low-precision model are upcast first)."""
@@ -145,7 +132,7 @@ def train_shadows(arch: Any, train_ds: Dataset, split: ForgetSplit,
     A_s \\ F_s). Independent of the unlearning method, so one set serves every method.
     ``arch`` is any model with an init (``hf.as_model``)."""
     arch = as_model(arch, train_ds.x.shape[1:], train_ds.num_classes)
-    _refuse_repeated_indices(split, "train_shadows")
+    refuse_repeated_indices(split, "train_shadows")
     nf, nr = len(split.forget_idx), len(split.retain_idx)
     if nf < 2 or nr < 2:
         raise ConfigError("U-LiRA needs at least 2 forget and 2 retain samples")
@@ -371,7 +358,7 @@ def ulira(arch: Any, shadows: Shadows, unlearned_shadows: Any, train_ds: Dataset
     shadows' confidences): the parameters are refused when traced, as every evaluator's are."""
     refuse_traced((shadows.retrain_params, unlearned_shadows, target_unlearned,
                    target_retrained), "ulira")
-    _refuse_repeated_indices(split, "ulira")
+    refuse_repeated_indices(split, "ulira")
     _check_shadows(shadows, train_ds, split, "ulira")
     _check_fsplit_rows(train_ds, split)     # the split's rows are train_ds's at its indices
     model = as_model(arch, train_ds.x.shape[1:], train_ds.num_classes)

@@ -419,27 +419,34 @@ def head_features(arch: Architecture, head: str):
     an output layer that is a Dense (``kernel``, ``bias``): with every other tensor frozen, the
     head's inputs are fixed, so the masked self-distillation of the head is a softmax
     regression on them (thousands of times cheaper than a forward pass per step)."""
-    import flax.linen as nn
-
     _check_head_traceable(arch)
-    module = arch.module
 
     def run(params, x):
-        cap = {}
-
-        def grab(next_fun, args, kwargs, context):
-            if context.method_name == "__call__" and context.module.name == head:
-                cap["x"] = args[0]
-            return next_fun(*args, **kwargs)
-
-        with nn.intercept_methods(grab):
-            logits = module.apply({"params": params}, x)
+        cap, logits = _intercept_head(arch, head, params, x)
         if "x" not in cap or set(params[head]) != {"kernel", "bias"}:
             raise ConfigError(f"{arch.name}'s output module {head!r} is not a Dense layer "
                               "called on one input; use unlearn_layers='all'")
         return cap["x"].reshape(x.shape[0], -1), logits
 
     return run
+
+
+def _intercept_head(arch: Architecture, head: str, params: Any, x) -> tuple[dict, Any]:
+    """``({"x": the head module's input, "y": its output}, logits)`` of one forward pass (keys
+    missing where the head was not called)."""
+    import flax.linen as nn
+
+    cap = {}
+
+    def grab(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if context.method_name == "__call__" and context.module.name == head:
+            cap["x"], cap["y"] = args[0], out
+        return out
+
+    with nn.intercept_methods(grab):
+        logits = arch.module.apply({"params": params}, x)
+    return cap, logits
 
 
 def _head_name(arch: Architecture, tensors: list[int]) -> str:
@@ -455,20 +462,9 @@ def _check_head_is_output(arch: Architecture, x: np.ndarray) -> None:
     another model (its endpoints' retain loss 3× the original's), without a word. The head's
     own output is compared with the logits of the same forward pass (initial parameters, a
     few training images), so its precision (bfloat16, TF32 matmuls on a GPU) plays no part."""
-    import flax.linen as nn
-
     _check_head_traceable(arch)
     head = _head_name(arch, trained_span(arch, "head"))
-    cap = {}
-
-    def grab(next_fun, args, kwargs, context):
-        out = next_fun(*args, **kwargs)
-        if context.method_name == "__call__" and context.module.name == head:
-            cap["y"] = out
-        return out
-
-    with nn.intercept_methods(grab):
-        logits = arch.module.apply({"params": arch.init(jax.random.key(0))}, jnp.asarray(x))
+    cap, logits = _intercept_head(arch, head, arch.init(jax.random.key(0)), jnp.asarray(x))
     out = np.asarray(cap["y"], np.float32) if "y" in cap else None
     logits = np.asarray(logits, np.float32)
     if out is None or out.shape != logits.shape or not np.allclose(

@@ -30,7 +30,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from hyperforget_jax import data, train, xla
-from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
+from hyperforget_jax.data import Dataset, ForgetSplit, refuse_repeated_indices, shared_rows
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
                                    ForgetRequestError, kind_of)
@@ -119,14 +119,9 @@ def _check(method: str, split: ForgetSplit, val: Dataset, arch: Any, params: Any
             raise ForgetRequestError(f"{method}: split.{name} holds the negative index "
                                      f"{idx.min()}; training-set indices run from 0 (build the "
                                      "split with hf.resolve_forget)")
-        # A sample given twice was counted twice: ∇τ's α₀ = scale·|D_f|/|D| and its budget
-        # read the sizes, so a doubled forget set ran with twice the α₀, without a word.
-        seen, counts = np.unique(idx, return_counts=True)
-        if (counts > 1).any():
-            raise ForgetRequestError(f"{method}: split.{name} repeats training index "
-                                     f"{seen[counts > 1][0]} ({int((counts > 1).sum())} "
-                                     "repeated); each sample is forgotten or retained once: "
-                                     "build the split with hf.resolve_forget")
+    # A sample given twice was counted twice: ∇τ's α₀ = scale·|D_f|/|D| and its budget read
+    # the sizes, so a doubled forget set ran with twice the α₀, without a word.
+    refuse_repeated_indices(split, method)
     if np.intersect1d(np.asarray(split.forget_idx), np.asarray(split.retain_idx)).size:
         raise ForgetRequestError(f"{method}: the forget and retain sets share training indices; "
                                  "build the split with hf.resolve_forget")
