@@ -732,8 +732,8 @@ def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
 def resolve_tau_mode(mode: str, forget_classes: tuple[int, ...] | None) -> str:
     if mode == "auto":
         return "chance" if forget_classes else "val"
-    if mode not in ("val", "unseen_class", "chance"):    # an IndexError in compute_tau
-        raise ConfigError(f"tau_mode must be one of 'auto', 'val', 'unseen_class', 'chance'; "
+    if mode not in TAU_MODES:    # an IndexError in compute_tau
+        raise ConfigError(f"tau_mode must be one of {', '.join(map(repr, TAU_MODES))}; "
                           f"got {mode!r}")
     if mode == "unseen_class" and not forget_classes:
         raise ConfigError("tau_mode='unseen_class' needs a class-removal request; use 'val' "
