@@ -448,6 +448,27 @@ def test_head_unlearning_of_a_model_whose_logits_follow_its_head_is_refused(tmp_
     C._check_head_is_output(models.as_model(Bf16Head(), (8, 8, 1), 10),
                             digits_splits.train.x[:64])
 
+    # A log_softmax after the head keeps the head's softmax, so head distillation is exact:
+    # it was refused. A temperature after a zero-initialised head (ViT-style) was taken: at the
+    # initial parameters the head outputs 0, and so do its logits.
+    class LogSoftmaxHead(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
+            return jax.nn.log_softmax(nn.Dense(10)(h))
+
+    class ZeroHeadTempered(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
+            return nn.Dense(10, kernel_init=nn.initializers.zeros)(h) / 4.0
+
+    C._check_head_is_output(models.as_model(LogSoftmaxHead(), (8, 8, 1), 10),
+                            digits_splits.train.x[:64])
+    with pytest.raises(ConfigError, match="logits are not its output layer 'Dense_1''s output"):
+        C._check_head_is_output(models.as_model(ZeroHeadTempered(), (8, 8, 1), 10),
+                                digits_splits.train.x[:64])
+
 
 @pytest.mark.parametrize("field, value, words", [
     # The last distillation update left finite but huge head weights: NaN metrics were written

@@ -456,19 +456,34 @@ def _head_name(arch: Architecture, tensors: list[int]) -> str:
 
 
 def _check_head_is_output(arch: Architecture, x: np.ndarray) -> None:
-    """ConfigError unless the model's logits are its output layer's output (``unlearn_layers=
-    'head'`` distils ``inputs @ kernel + bias`` towards the whole model's softmax): a model that
-    divided its head's output by a temperature, or added an offset, trained the head of
-    another model (its endpoints' retain loss 3× the original's), without a word. The head's
-    own output is compared with the logits of the same forward pass (initial parameters, a
-    few training images), so its precision (bfloat16, TF32 matmuls on a GPU) plays no part."""
+    """ConfigError unless the model's softmax is its output layer's softmax
+    (``unlearn_layers='head'`` distils ``inputs @ kernel + bias`` towards the whole model's
+    softmax): a model that divided its head's output by a temperature, or scaled it, trained
+    the head of another model (its endpoints' retain loss 3× the original's), without a word.
+    The head's own output is compared with the logits of the same forward pass, up to a shift
+    per row (a ``log_softmax`` after the head, or logits minus their maximum, leave the softmax
+    as it is), so its precision (bfloat16, TF32 matmuls on a GPU) plays no part. The
+    parameters are the initial ones plus noise: a zero-initialised head outputs 0 whatever
+    follows it, and hid a temperature at the initial parameters alone."""
     _check_head_traceable(arch)
     head = _head_name(arch, trained_span(arch, "head"))
-    cap, logits = _intercept_head(arch, head, arch.init(jax.random.key(0)), jnp.asarray(x))
+    init = arch.init(jax.random.key(0))
+    keys = jax.random.split(jax.random.key(1), len(jax.tree.leaves(init)))
+    params = jax.tree.unflatten(jax.tree.structure(init), [
+        a + (0.1 * jax.random.normal(k, a.shape)).astype(a.dtype)
+        for a, k in zip(jax.tree.leaves(init), keys)])
+    cap, logits = _intercept_head(arch, head, params, jnp.asarray(x))
     out = np.asarray(cap["y"], np.float32) if "y" in cap else None
     logits = np.asarray(logits, np.float32)
-    if out is None or out.shape != logits.shape or not np.allclose(
-            out, logits, rtol=1e-6, atol=1e-6 * max(1.0, float(np.abs(logits).max()))):
+    if out is None or out.shape != logits.shape:
+        same = False
+    else:
+        shift = logits - out                       # constant per row for the same softmax
+        eps = float(jnp.finfo(cap["y"].dtype).eps) if jnp.issubdtype(
+            cap["y"].dtype, jnp.floating) else 1e-7
+        scale = max(1.0, float(np.abs(logits).max()), float(np.abs(out).max()))
+        same = bool(np.all(np.ptp(shift, axis=-1) <= 16 * eps * scale))
+    if not same:
         raise ConfigError(f"{arch.name}'s logits are not its output layer {head!r}'s output "
                           "(an operation follows it: a temperature, a scale or an offset), so "
                           "unlearn_layers='head' would distil another model; use "
