@@ -844,6 +844,11 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
     with pytest.raises(NonFiniteError, match=r"tau_fn returned nan at the τ refresh of "
                                              r"forget-epoch 0; it must return a finite loss"):
         run_gradtau_stream(arch, params, _stream_of(split, plan), **nan_kw)
+    # Starting parameters holding NaN make a good tau_fn NaN too: the τ was blamed, not them.
+    nan_start = jax.tree.map(lambda a: a.at[(0,) * a.ndim].set(jnp.nan), params)
+    with pytest.raises(NonFiniteError, match=r"params hold NaN/inf \(at .*\); pass finite "):
+        run_gradtau_stream(arch, nan_start, _stream_of(split, plan),
+                           **dict(kw, tau_fn=G.val_tau_fn(arch.apply)))
     # Streams of other forms: a dict batch was a bare KeyError, an (x, y, w) batch ran with its
     # weights dropped, an empty batch a ZeroDivisionError, torch tensors a bare TypeError in
     # the dtype check; a NaN or vector constant τ and 0..255 held-out images for tau_fn passed.

@@ -316,13 +316,14 @@ def run_gradtau_stream(arch: Any, params: Params,
     # A NaN / inf τ from the user's tau_fn stopped the run as "check the data or lower the
     # learning rate". One measured in a later forget-epoch than the first non-finite step is
     # the diverged parameters' (named below), not the τ's.
+    # Starting parameters holding NaN are named first (they make τ NaN too).
     bad = next((e for e, fin in finite if not np.asarray(fin).all()), E)
-    for e, t in zip(range(0, E, cfg.tau_refresh_epochs), taus):
-        if e <= bad and not np.isfinite(float(t)):
-            raise NonFiniteError(f"run_gradtau_stream: tau_fn returned {float(t)} at the τ "
-                                 f"refresh of forget-epoch {e}; it must return a finite loss "
-                                 "(e.g. the mean cross-entropy on held-out data)")
     with naming_non_finite_start("run_gradtau_stream", params, "params"):
+        for e, t in zip(range(0, E, cfg.tau_refresh_epochs), taus):
+            if e <= bad and not np.isfinite(float(t)):
+                raise NonFiniteError(f"run_gradtau_stream: tau_fn returned {float(t)} at the "
+                                     f"τ refresh of forget-epoch {e}; it must return a finite "
+                                     "loss (e.g. the mean cross-entropy on held-out data)")
         _check_finite(finite, n)
     out = jax.block_until_ready(ts.params)
     if E:                                      # (epochs=0: the parameters as given)
