@@ -392,9 +392,13 @@ def check_step_axis(step: Callable, axis_name: str | None, wrapper: str) -> None
     runs it under (None: one program over all devices, jit or shardings). A ``pmap`` of a step
     without one ran without a word, each device stepping on its own shard (copies 2e-3 apart
     after one step); a step with one under jit failed with JAX's "unbound axis name" NameError.
-    A user's own step, or a library step inside a user's ``shard_map`` / ``vmap`` / other
-    transformation (another function), is not checked; a one-name tuple is that name."""
+    A library step under ``jax.jit`` is checked as the step; a user's own step, or a library
+    step inside a user's ``shard_map`` / ``vmap`` / other transformation (another function), is
+    not checked; a one-name tuple is that name."""
     try:
+        # A jit of the step is the step (jit binds no axis; shard_map / vmap do, and stop here).
+        while step not in _STEP_AXES and isinstance(step, (jax.stages.Wrapped, xla._Jitted)):
+            step = step.__wrapped__
         built = _STEP_AXES.get(step, _STEP_AXES)
     except TypeError:                    # not weak-referenceable: not a step built here
         return

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax.core import FrozenDict
 
-from hyperforget_jax import data, models, params as P, train
+from hyperforget_jax import data, models, params as P, train, xla
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
                                     NonFiniteError)
 from conftest import CompileCounter, assert_trees_close, devices_or_skip
@@ -90,7 +90,12 @@ def test_the_wrappers_refuse_a_step_built_for_another_axis():
                                                   "with axis_name='batch'"),
             (lambda: train.jit_step(batch), "jit_step compiles the single-device step"),
             (lambda: train.sharded_step(batch, mesh), "built with axis_name='batch'"),
-            (lambda: G.sharded_gradtau_step(g_batch, mesh), "build it without axis_name")):
+            (lambda: G.sharded_gradtau_step(g_batch, mesh), "build it without axis_name"),
+            # Under a jit the step is the same step: these passed (the replicas drifting
+            # apart) or failed with the NameError.
+            (lambda: train.pmap_step(jax.jit(plain)), "built with axis_name=None"),
+            (lambda: G.pmap_gradtau_step(xla.jit(g_plain)), "built with axis_name=None"),
+            (lambda: train.jit_step(jax.jit(batch)), "jit_step compiles the single-device step")):
         with pytest.raises(ConfigError, match=re.escape(words)):
             call()
     # The matching ones, and a user's own step (nothing recorded), are taken.
@@ -104,6 +109,9 @@ def test_the_wrappers_refuse_a_step_built_for_another_axis():
     train.jit_step(jax.shard_map(data_step, mesh=train.data_mesh(jax.devices()[:1]),
                                  in_specs=(P(), P("data")), out_specs=(P(), P())))
     train.sharded_step(jax.vmap(data_step, axis_name="data"), mesh)
+    train.jit_step(jax.jit(jax.shard_map(data_step, mesh=train.data_mesh(jax.devices()[:1]),
+                                         in_specs=(P(), P("data")), out_specs=(P(), P()))))
+    train.pmap_step(jax.jit(batch))
     G.sharded_gradtau_step(jax.vmap(g_data, axis_name="data"), mesh)
     # make_train_step takes "a name (or tuple of axes)": a one-name tuple is that name.
     train.pmap_step(train.make_train_step(ARCH.apply, tx, axis_name=("batch",)))
