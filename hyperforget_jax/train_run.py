@@ -493,6 +493,10 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
             # A torch DataLoader's tensors (the docstring's example) failed in the dtype check
             # with a bare TypeError: host batches are numpy arrays from here on.
             xb = xb if isinstance(xb, (jax.Array, np.ndarray)) else np.asarray(xb)
+            if yb.ndim == 0:        # one example per item: len() was a bare TypeError
+                raise DataError(f"fit_stream: epoch {epoch}, batch {i} has a label of shape "
+                                "() (one example, not a batch); stream batches of (B, ...) "
+                                "images with (B,) labels")
             if not len(yb):         # a filtered loader's empty tail: a ZeroDivisionError
                 raise DataError(f"fit_stream: epoch {epoch}, batch {i} has no rows; drop "
                                 "empty batches from the stream")

@@ -858,6 +858,7 @@ def test_streamed_runner_equals_the_in_memory_runner(digits_splits, digits_origi
             (lambda fb, rb: ({"x": fb[0], "y": fb[1]}, rb), "the forget batch is a dict, not"),
             (lambda fb, rb: (fb, (*rb, np.ones(len(rb[1])))), "retain batch is a tuple of 3"),
             (lambda fb, rb: (fb, (rb[0][:0], rb[1][:0])), "the retain batch has no rows"),
+            (lambda fb, rb: ((fb[0][0], fb[1][0]), rb), "forget batch has a label of shape ()"),
             (lambda fb, rb: [fb, rb, rb], "item 1 is a list, not a (forget_batch, ")):
         with pytest.raises(DataError, match=re.escape(words)):
             run_gradtau_stream(arch, params, remade(make), **kw)

@@ -560,6 +560,9 @@ def test_fit_stream_reads_a_list_once_per_epoch(digits_splits):
     # A filtered loader's empty tail was a ZeroDivisionError inside the model.
     with pytest.raises(DataError, match="epoch 0, batch 3 has no rows; drop empty batches"):
         train.fit_stream(arch, [*batches, (ds.x[:0], ds.y[:0])], cfg)
+    # A stream of single examples (x[i], y[i]) failed with len()'s bare TypeError.
+    with pytest.raises(DataError, match=r"batch 0 has a label of shape \(\) \(one example"):
+        train.fit_stream(arch, [(ds.x[i], ds.y[i]) for i in range(3)], cfg)
 
 
 def test_nonfinite_streamed_batch_names_the_step(digits_splits):

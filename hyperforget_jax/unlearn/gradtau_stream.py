@@ -261,6 +261,10 @@ def run_gradtau_stream(arch: Any, params: Params,
             fb, rb = ((b[0] if isinstance(b[0], (jax.Array, np.ndarray)) else np.asarray(b[0]),
                        np.asarray(b[1])) for b in (fb, rb))
             for what, b in (("forget", fb), ("retain", rb)):
+                if b[1].ndim == 0:      # one example per pair: len() was a bare TypeError
+                    raise DataError(f"run_gradtau_stream: forget-epoch {e}, pair {k}: the "
+                                    f"{what} batch has a label of shape () (one example, not "
+                                    "a batch); stream (B, ...) images with (B,) labels")
                 if not len(b[1]):
                     raise DataError(f"run_gradtau_stream: forget-epoch {e}, pair {k}: the "
                                     f"{what} batch has no rows; drop empty batches")
