@@ -273,8 +273,12 @@ def check_unit_images(x, what: str) -> np.ndarray:
         raise DataError(f"{what} holds NaN or inf values; clean the images first")
     if a.size and (a.min() < -1e-3 or a.max() > 1 + 1e-3):
         lo, hi = float(a.min()), float(a.max())
-        # Images in [-1, 1] (a tanh GAN's convention) were told to divide by 255.
-        fix = ("(x + 1) / 2 for images in [-1, 1]" if lo >= -1 - 1e-3 and hi <= 1 + 1e-3
+        # Images in [-1, 1] (a tanh GAN's convention) were told to divide by 255; a slight
+        # undershoot or overshoot (a resize's ringing) was told (x + 1) / 2, which squeezed
+        # the images into [0.5, 1].
+        fix = ("np.clip(x, 0, 1) for a slight undershoot or overshoot"
+               if lo >= -0.1 and hi <= 1.1
+               else "(x + 1) / 2 for images in [-1, 1]" if lo >= -1 - 1e-3 and hi <= 1 + 1e-3
                else "divide 0..255 images by 255" if lo >= -1e-3 and 2 < hi <= 255 + 1e-3
                else "rescale them, e.g. (x - x.min()) / (x.max() - x.min())")
         raise DataError(f"{what} has values in [{lo:g}, {hi:g}]; images must lie in [0, 1] "

@@ -544,6 +544,12 @@ API_CASES = [
         c.train.replace(x=c.train.x * 2), __import__(
             "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(arch="mlp", epochs=1)),
      DataError, r"values in \[0, 2\]; images must lie in \[0, 1\] \(rescale them"),
+    # A resize's slight undershoot was told (x + 1) / 2, squeezing the images into [0.5, 1].
+    ("gan-train-images-slightly-below-0", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
+        c.train.replace(x=c.train.x * 1.02 - 0.02), __import__(
+            "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(arch="mlp", epochs=1)),
+     DataError, r"values in \[-0\.02, 1\]; images must lie in \[0, 1\] \(np\.clip\(x, 0, 1\)"),
     ("gan-train-images-in-0-255", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
         c.train.replace(x=c.train.x * 255), __import__(
