@@ -298,6 +298,10 @@ def _damage(path, what):
             np.lib.format.write_array_header_1_0(
                 f, {"descr": "<f4", "fortran_order": False, "shape": (10**11, 10)})
             f.write(bytes(16))
+    elif what == "nan-trajectory":  # its tensor's change scale was NaN, read as "not diffused"
+        t = np.load(shard / "trajectory.npy")
+        t[3, 5] = np.nan
+        np.save(shard / "trajectory.npy", t)
     elif what == "rows-range":
         r = np.load(shard / "rows.npy")
         r[0, 1] = 9
@@ -314,6 +318,7 @@ def _damage(path, what):
     ("rows-shape", "rows.npy has int32 \\(12, 4\\)"),
     ("rows-range", "refers to originals, requests or steps"),
     ("huge-header", "metrics.npy is unreadable"),
+    ("nan-trajectory", "trajectory.npy holds NaN/inf values .*the shard is damaged"),
 ])
 def test_damaged_index_or_shard_is_named(built, tmp_path, what, match):
     out, _ = built

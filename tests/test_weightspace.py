@@ -162,3 +162,16 @@ def test_a_switched_off_unit_keeps_scale_one_and_its_changes_stay_finite_sized()
     assert float(jnp.max(jnp.abs(back["Dense_1"]["kernel"]))) < 10.0
     for a, b in zip(jax.tree.leaves(decanonicalize(c, scales)), jax.tree.leaves(p)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_a_nan_in_the_corpus_is_refused_not_left_out_of_the_diffusion():
+    """A NaN target made its tensor's change scale NaN, which compared False with the
+    threshold: the tensor was read as "not diffused" and every sample kept θ₀'s values."""
+    from hyperforget_jax.errors import NonFiniteError
+
+    tmpl = GPT.param_shapes()
+    starts = np.stack([np.asarray(P_.flatten(GPT.init(jax.random.key(i)))) for i in range(2)])
+    targets = starts[[0, 0, 1]] + np.float32(0.1)
+    targets[1, 700] = np.nan
+    with pytest.raises(NonFiniteError, match="start or target networks hold NaN/inf"):
+        WeightSpace.fit(tmpl, starts, targets, np.array([0, 0, 1]), False)

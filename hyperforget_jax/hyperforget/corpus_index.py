@@ -162,6 +162,13 @@ def load_shards(path: Path, index: dict, num_params: int, num_trained: int,
                                       f"(index.json: {n} rows); the shard is truncated or "
                                       f"foreign: delete {d} and resume the build")
             arrays[name] = np.array(a)
+            if kind == "f" and not np.isfinite(arrays[name]).all():
+                # A build refuses NaN networks and metrics, so this is damage. One NaN in
+                # trajectory.npy made its tensor's change scale NaN, which the weight space
+                # read as "not diffused": every sample kept the start's values there.
+                raise CheckpointError(f"corpus shard file {f} holds NaN/inf values (a build "
+                                      f"never writes them); the shard is damaged: delete {d} "
+                                      "and resume the build")
         r = arrays["rows"]
         if len(r) and (r[:, 0].min() < 0 or r[:, 0].max() >= len(sh["seeds"])
                        or r[:, 1].min() < 0 or r[:, 1].max() >= num_requests

@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import params as P_, xla
-from hyperforget_jax.errors import ConfigError
+from hyperforget_jax.errors import ConfigError, NonFiniteError
 
 Params = Any
 _EPS = 1e-12
@@ -223,6 +223,11 @@ class WeightSpace:
         floor = 1e-3 * float(np.median(stds)) or 1e-8
         start_scale = [max(s, floor) for s in stds]
         change_scale = [float(np.sqrt(np.mean(d[:, a:b] ** 2))) for a, b in ws.bounds]
+        if not np.isfinite(stds + change_scale).all():
+            # A NaN change scale compared False with the threshold below: the tensor was
+            # silently left out of the diffusion.
+            raise NonFiniteError("WeightSpace.fit: the start or target networks hold NaN/inf; "
+                                 "pass finite networks (a damaged corpus: rebuild it)")
         top = max(change_scale)
         if top <= 0:
             raise ConfigError("the corpus's targets equal their start networks: nothing to learn")
