@@ -1204,11 +1204,11 @@ def test_resumes_never_continue_another_run(ctx, tmp_path):
         with pytest.raises(CheckpointError, match="another recipe, forget set, judge"):
             unlearn_gan(arch, other_g, state.d_params, checkpointer=ck, **kw)
 
-    path = H.save_hypernet(tmp_path / "h", H.Hypernet(
-        ctx.hyper["dihyfo2"].spec, jax.tree.map(
-            lambda l: np.ones(l.shape, l.dtype),
-            __import__("hyperforget_jax.hyperforget.denoiser", fromlist=["x"]).param_shapes(
-                ctx.hyper["dihyfo2"].spec.model()))))
+    ones = H.Hypernet(ctx.hyper["dihyfo2"].spec, jax.tree.map(
+        lambda l: np.ones(l.shape, l.dtype),
+        __import__("hyperforget_jax.hyperforget.denoiser", fromlist=["x"]).param_shapes(
+            ctx.hyper["dihyfo2"].spec.model())), 0.1)
+    path = H.save_hypernet(tmp_path / "h", ones)
     H.load_hypernet(path)                                              # intact: loads
     with np.load(path) as z:
         arrays = {k: z[k] for k in z.files}
@@ -1216,6 +1216,20 @@ def test_resumes_never_continue_another_run(ctx, tmp_path):
     arrays[name] = arrays[name] * 3                                    # still a valid file
     np.savez(path, **arrays)
     with pytest.raises(CheckpointError, match="do not match the digest"):
+        H.load_hypernet(path)
+    # The meta holds the spec (scales, condition statistics, class) and p_uncond: a change
+    # scale ×10 or another forget class loaded and sampled without a word.
+    import json
+
+    H.save_hypernet(path, ones)
+    H.load_hypernet(path)                                              # intact: loads
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(arrays["__meta__"].tobytes().decode())
+    meta["p_uncond"] = 0.2
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    np.savez(path, **arrays)
+    with pytest.raises(CheckpointError, match="meta does not match its digest"):
         H.load_hypernet(path)
 
 

@@ -47,6 +47,7 @@ def to_bytes(net: Hypernet, extra_meta: dict | None = None) -> bytes:
     if net.p_uncond is not None:
         meta["p_uncond"] = net.p_uncond
     try:
+        meta["meta_digest"] = _meta_digest(json.loads(json.dumps(meta, default=float)))
         blob = json.dumps(meta, default=float).encode()
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"hypernetwork meta is not JSON-serialisable ({e})") from e
@@ -60,6 +61,14 @@ def _arrays_digest(arrays: dict) -> str:
     """A hash of the parameter arrays in name order (float32): a file edited into another
     valid ``.npz`` (values rescaled, zeroed) no longer matches its meta."""
     return array_fingerprint(*(np.asarray(arrays[k], np.float32) for k in sorted(arrays)))
+
+
+def _meta_digest(meta: dict) -> str:
+    """A hash of the meta as JSON (its own digest left out): the spec's scales and condition
+    statistics, its class and ``p_uncond`` live there, and an edit of them (a change scale
+    ×10, another forget class) loaded and sampled without a word."""
+    body = {k: v for k, v in meta.items() if k != "meta_digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:32]
 
 
 def save_hypernet(path: str | os.PathLike, net: Hypernet, extra_meta: dict | None = None
@@ -137,6 +146,10 @@ def from_bytes(raw: bytes, where: str) -> tuple[Hypernet, dict]:
         if meta.get("format") != FORMAT:
             raise CheckpointError(f"{where} is a {meta.get('format')!r} file, not {FORMAT}; "
                                   "retrain it with this version")
+        if "meta_digest" in meta and _meta_digest(meta) != meta["meta_digest"]:
+            # (files written before the digest have none)
+            raise CheckpointError(f"{where}: the hypernetwork meta does not match its digest "
+                                  "(edited or corrupted); retrain or re-save it")
         spec = HyperSpec.from_json(meta["hypernet"])
     except CheckpointError:
         raise
