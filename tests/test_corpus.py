@@ -302,6 +302,10 @@ def _damage(path, what):
         t = np.load(shard / "trajectory.npy")
         t[3, 5] = np.nan
         np.save(shard / "trajectory.npy", t)
+    elif what == "swapped":        # loaded under the other's seeds (a test network trained on)
+        shard.rename(path / "tmp")
+        (path / "shard_00001").rename(shard)
+        (path / "tmp").rename(path / "shard_00001")
     elif what == "rows-range":
         r = np.load(shard / "rows.npy")
         r[0, 1] = 9
@@ -319,6 +323,7 @@ def _damage(path, what):
     ("rows-range", "refers to originals, requests or steps"),
     ("huge-header", "metrics.npy is unreadable"),
     ("nan-trajectory", "trajectory.npy holds NaN/inf values .*the shard is damaged"),
+    ("swapped", "shard_00000 is not the shard index.json records \\(swapped"),
 ])
 def test_damaged_index_or_shard_is_named(built, tmp_path, what, match):
     out, _ = built

@@ -793,6 +793,7 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
             count += n
             index["shards"][f"{i:05d}"] = {
                 "dir": name, "seeds": fleets[i], "rows": len(arrays["rows"]), "done": True,
+                "digest": CI.shard_digest({k: arrays[k] for k in CI.SHARD_ARRAYS}),
                 "recipes": [list(ccfg.recipe(s)) for s in fleets[i]],
                 "seconds": round(time.perf_counter() - ts, 2)}
             report.write_json(CI.index_path(out), index)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from hyperforget_jax.errors import CheckpointError, shell_quote
+from hyperforget_jax.rundir import array_fingerprint
 
 FORMAT = "hyperforget-corpus/2"
 SPLITS = ("train", "val", "test")
@@ -130,6 +131,12 @@ def validate_requests(index: dict, num_classes: int, path: Path) -> None:
         raise _bad(path, "trained_tensors", "must list tensor ids")
 
 
+def shard_digest(arrays: dict) -> str:
+    """A fingerprint of a shard's arrays (in :data:`SHARD_ARRAYS` order), kept in its index
+    entry: a shard is tied to the seeds and rows the index records for it."""
+    return array_fingerprint(*(np.asarray(arrays[k]) for k in SHARD_ARRAYS))
+
+
 def load_shards(path: Path, index: dict, num_params: int, num_trained: int,
                 num_requests: int) -> list[tuple[dict, dict]]:
     """[(shard entry, {array name: array})] of every completed shard, each array checked
@@ -176,5 +183,12 @@ def load_shards(path: Path, index: dict, num_params: int, num_trained: int,
             raise CheckpointError(f"corpus shard file {d / 'rows.npy'} refers to originals, "
                                   f"requests or steps that do not exist; delete {d} and "
                                   "resume the build")
+        if "digest" in sh and shard_digest(arrays) != sh["digest"]:
+            # (shards written before the digest have none) Two shards swapped, or one copied
+            # in from another corpus, loaded under the index's seeds: another seed's network
+            # as "seed S", a held-out test network among the training ones.
+            raise CheckpointError(f"corpus shard {d} is not the shard index.json records "
+                                  "(swapped, copied in from another corpus, or edited); "
+                                  f"delete {d} and resume the build")
         out.append((sh, arrays))
     return out
