@@ -8,6 +8,10 @@ here; the code lives in the private-by-convention modules, and the methods' buil
 :mod:`hyperforget_jax.unlearn.gradtau` and :mod:`hyperforget_jax.unlearn.baselines`.
 """
 
+from hyperforget_jax import _sigint
+
+_sigint.install_if_program()     # before JAX's import: the program's Ctrl-C (_sigint.py)
+
 from hyperforget_jax.data import (Dataset, ForgetRequest, ForgetSplit, Splits, load_dataset,
                                   load_digits, load_mnist5k, make_splits, resolve_forget)
 from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError, DataError,

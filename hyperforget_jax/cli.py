@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import gc
 import importlib
 import importlib.util
 import logging
 import os
 import re
-import signal
 import sys
-import threading
 import warnings
 from typing import Iterator
 
+from hyperforget_jax import _sigint
 from hyperforget_jax.errors import HyperforgetError
 
 COMMAND_MODULES = ("core", "unlearn", "hyper", "gan")
@@ -142,18 +140,6 @@ def _orbax_traceback(record: logging.LogRecord) -> bool:
     return not (record.exc_info and f"{os.sep}orbax{os.sep}" in record.pathname)
 
 
-def _interrupt(signum: int, frame) -> None:
-    """The program's Ctrl-C: KeyboardInterrupt, unless it lands inside a garbage-collection
-    callback (JAX registers one), where Python prints it as "Exception ignored in
-    _xla_gc_callback" and drops it: the run went on to exit 0 (3 of 25 interrupts on a loaded
-    machine). There it is delivered again 20 ms later, outside the callback."""
-    codes = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-    if frame is not None and frame.f_code in codes:
-        threading.Timer(0.02, os.kill, (os.getpid(), signal.SIGINT)).start()
-        return
-    raise KeyboardInterrupt
-
-
 @contextlib.contextmanager
 def _cli_output(name: str, program: bool) -> Iterator[None]:
     """What the CLI, as the application, sets for its own run (and restores after, since tests
@@ -165,8 +151,6 @@ def _cli_output(name: str, program: bool) -> Iterator[None]:
         from hyperforget_jax.checkpoint import silence_abandoned_reads
 
         silence_abandoned_reads()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, _interrupt)
     absl = logging.getLogger("absl")
     level = absl.level
     absl.setLevel(max(level, logging.WARNING))
@@ -218,8 +202,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     program = argv is None  # the `hyperforget` program, not a call from Python
+    if program:
+        # First (the package installs it earlier when imported by the program itself): parsing
+        # imports the commands (JAX, Flax, Orbax; seconds), and a Ctrl-C landing in JAX's gc
+        # callback then was dropped (the run trained to the end, exit 0).
+        _sigint.install()
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:   # (a traceback, before)
+        return _interrupted("hyperforget", program)
     args._argv = argv   # what ran, for the lock file (not sys.argv when called)
     name = " ".join(x for x in (args.command, getattr(args, "gan_command", None)) if x)
     try:
@@ -230,18 +222,21 @@ def _main(argv: list[str] | None) -> int:
         print(f"hyperforget {name}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        # Checkpoint writes hold Ctrl-C until they commit (checkpoint.py), so what is on disk
-        # is complete and a rerun with the same flags resumes.
-        print(f"hyperforget {name}: interrupted; rerun the same command to resume",
-              file=sys.stderr)
-        if program:
-            # Interpreter shutdown with XLA's and Orbax's native threads mid-work segfaulted
-            # (exit 139 after this line, 3 of 10 interrupts): what is on disk is committed and
-            # the run's lock released by now, so the program ends here.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(130)
-        return 130
+        return _interrupted(f"hyperforget {name}", program)
+
+
+def _interrupted(who: str, program: bool) -> int:
+    # Checkpoint writes hold Ctrl-C until they commit (checkpoint.py), so what is on disk is
+    # complete and a rerun with the same flags resumes.
+    print(f"{who}: interrupted; rerun the same command to resume", file=sys.stderr)
+    if program:
+        # Interpreter shutdown with XLA's and Orbax's native threads mid-work segfaulted (exit
+        # 139 after this line, 3 of 10 interrupts): what is on disk is committed and the
+        # run's lock released by now, so the program ends here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
+    return 130
 
 
 if __name__ == "__main__":

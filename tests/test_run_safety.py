@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from hyperforget_jax import cli, data, report, rundir
+from hyperforget_jax import _sigint, cli, data, report, rundir
 from hyperforget_jax.commands import common
 from hyperforget_jax.errors import CheckpointError, RunDirError
 
@@ -682,13 +682,38 @@ def test_the_program_s_ctrl_c_is_not_dropped_inside_a_gc_callback(monkeypatch):
         pass
 
     later = []
-    monkeypatch.setattr(cli.threading, "Timer", lambda t, f, args: types.SimpleNamespace(
+    monkeypatch.setattr(_sigint.threading, "Timer", lambda t, f, args: types.SimpleNamespace(
         start=lambda: later.append((t, f, args))))
     monkeypatch.setattr(gc, "callbacks", [*gc.callbacks, callback])
-    assert cli._interrupt(signal.SIGINT, types.SimpleNamespace(f_code=callback.__code__)) is None
+    assert _sigint.interrupt(signal.SIGINT,
+                             types.SimpleNamespace(f_code=callback.__code__)) is None
     assert later == [(0.02, os.kill, (os.getpid(), signal.SIGINT))]
     with pytest.raises(KeyboardInterrupt):
-        cli._interrupt(signal.SIGINT, sys._getframe())
+        _sigint.interrupt(signal.SIGINT, sys._getframe())
+
+
+@pytest.mark.parametrize("argv0, installed", [("/venv/bin/hyperforget", True),
+                                              ("script.py", False)])
+def test_the_program_s_ctrl_c_while_it_imports_jax_ends_it_with_one_line(argv0, installed):
+    """The handler above came into place only once a command ran, after seconds of imports:
+    a Ctrl-C landing in JAX's gc callback then was dropped (the run trained to the end, exit
+    0), elsewhere it was a traceback of the import machinery. The package puts its startup
+    handler in place before it imports JAX, for the program only (a user's Python importing
+    the library keeps its own Ctrl-C)."""
+    code = ("import os, signal, sys, time\n"
+            f"sys.argv = [{argv0!r}]\n"
+            "import hyperforget_jax\n"
+            "print(signal.getsignal(signal.SIGINT).__name__, flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGINT)\n"
+            "time.sleep(30)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                         text=True, timeout=120)
+    if installed:
+        assert out.stdout.split() == ["_at_startup"] and out.returncode == 130, out
+        assert out.stderr.strip() == "hyperforget: interrupted while starting; nothing was run"
+    else:
+        assert out.stdout.split() == ["default_int_handler"] and out.returncode != 130, out
+        assert "KeyboardInterrupt" in out.stderr
 
 
 def test_the_interrupted_program_ends_at_once_with_130(monkeypatch, capsys):
@@ -703,7 +728,7 @@ def test_the_interrupted_program_ends_at_once_with_130(monkeypatch, capsys):
     parser = argparse.ArgumentParser()
     parser.set_defaults(command="train", func=interrupted)
     monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    monkeypatch.setattr(cli.signal, "signal", lambda *a: None)    # the test's own handler stays
+    monkeypatch.setattr(cli._sigint, "install", lambda: None)    # the test's own handler stays
     exits = []
 
     def exit_(code):
