@@ -1080,6 +1080,20 @@ def test_an_unlearn_runs_checkpoints_copied_from_another_unlearn_run_are_refused
     err = capfd.readouterr().err
     assert "its checkpoints record request.classes" in err, err
     assert "the checkpoints are another run's" in err and not out.exists()
+    # Copied into a `train` run, they were resumed as its model (the same TrainState, the
+    # original's recipe), and from then on read as its original.
+    trained = tmp_path / "trained"                # a `train --epochs 8` run (step 5 of 8)
+    shutil.copytree(ctx.run, trained)
+    shutil.rmtree(trained / "checkpoints")
+    shutil.copytree(runs["2"] / "checkpoints", trained / "checkpoints")
+    run_json = json.loads((trained / "run.json").read_text())
+    run_json["identity"]["train_config"]["epochs"] = 8
+    (trained / "run.json").write_text(json.dumps(run_json))
+    before = _files_under(trained)
+    assert _run_cli(["train", "--run-dir", str(trained), *TINY, "--epochs", "8"]) == 2
+    err = capfd.readouterr().err
+    assert 'its checkpoints record role = "unlearned:neggrad", its run.json "original"' in err
+    assert _files_under(trained) == before
 
 
 def test_a_missing_retrain_of_a_sampled_network_is_advised_with_its_architecture(

@@ -229,11 +229,15 @@ def train_run(run_dir: Path, arch: Architecture, train_ds: data.Dataset, cfg: Tr
     started (0: a fresh run; ``cfg.epochs``: a finished run, reloaded), and the whole run's
     training time as its last checkpoint records it (``fit``'s epochs summed over every
     resume; for checkpoints written before that record existed, this call's time). The caller
-    has claimed ``run_dir`` with :func:`rundir.open_run`, which checked that the checkpoints
-    there belong to this very run."""
+    has claimed ``run_dir`` with :func:`rundir.open_run`, which compared its run.json; the
+    checkpoints' own record is compared with ``meta`` here (a folder copied in)."""
     t0 = time.perf_counter()
     with Checkpointer(run_dir / "checkpoints", max_to_keep=2) as ckpt:
         start = int(ckpt.latest_step() or 0)
+        if ckpt.latest_step() is not None:
+            # An unlearn run's checkpoints copied in (the same TrainState, the original's
+            # recipe) were resumed as this run's, and were its "original" from then on.
+            _refuse_checkpoints_of_another_run(run_dir, meta, ckpt.restore_meta())
         state, _ = fit(arch, train_ds, cfg, checkpointer=ckpt, meta=meta, progress=progress)
         ckpt.wait_until_finished()
         total = ckpt.restore_meta().get("train_seconds")
