@@ -159,9 +159,10 @@ def read_identity(path: str | os.PathLike) -> dict | None:
         ident = json.loads(text)
     except ValueError as e:
         raise RunDirError(f"{f} is not valid JSON (damaged?); {_DAMAGED_ADVICE}") from e
-    if not isinstance(ident, dict):
+    ident = ident.get("identity", ident) if isinstance(ident, dict) else ident
+    if not isinstance(ident, dict):     # ({"identity": [1]} was a TypeError in the comparison)
         raise RunDirError(f"{f} does not hold a run identity; {_DAMAGED_ADVICE}")
-    return ident.get("identity", ident)
+    return ident
 
 
 def _describe(value: Any) -> str:

@@ -743,3 +743,18 @@ def test_the_interrupted_program_ends_at_once_with_130(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == ("hyperforget train: interrupted; rerun the same "
                                                "command to resume")
     assert cli.main([]) == 130 and exits == [130]
+
+
+@pytest.mark.parametrize("text", ['[1]', '{"identity": [1]}', '{"identity": "x"}'])
+def test_a_run_json_whose_identity_is_not_an_object_is_one_line(tmp_path, capfd, text):
+    """``{"identity": [1]}`` passed the check (the outer object is a dict): train ended in a
+    TypeError traceback in the identity comparison, evaluate in an AttributeError."""
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(text)
+    with pytest.raises(RunDirError, match="run.json does not hold a run identity; restore it"):
+        rundir.read_identity(tmp_path / "r")
+    capfd.readouterr()
+    assert cli.main(["train", "--run-dir", str(tmp_path / "r"), *TINY]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "does not hold a run identity" in err[0], err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["run.json"]
