@@ -574,3 +574,13 @@ def test_a_damaged_step_metadata_file_is_one_warning_line(trained, tmp_path):
         err = p.stderr.strip().splitlines()
         assert p.returncode == 0 and len(err) == 1 and err[0].startswith(
             "hyperforget train: warning: a checkpoint's step metadata does not parse"), err
+    # An empty step directory: Orbax's "Metadata file does not exist" came 4-5 times before
+    # the command's one error line.
+    run = tmp_path / "empty-step"
+    shutil.copytree(trained / "orig", run)
+    (run / "checkpoints" / "99").mkdir()
+    p = subprocess.run([sys.executable, "-m", "hyperforget_jax.cli", "train", "--run-dir",
+                        str(run), *FAST], cwd=root, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    err = p.stderr.strip().splitlines()
+    assert p.returncode == 2 and len(err) == 1 and "checkpoints/99 is corrupt" in err[0], err
