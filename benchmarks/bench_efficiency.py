@@ -44,6 +44,7 @@ from benchmarks import common  # noqa: E402
 from hyperforget_jax import train  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser  # noqa: E402
+from hyperforget_jax.configflags import positive_int  # noqa: E402
 from hyperforget_jax.models import make_architecture  # noqa: E402
 
 LR, WD = 1e-3, 1e-4
@@ -167,8 +168,8 @@ def main(argv=None):
     ap.add_argument("--model", default="mlp")
     ap.add_argument("--configs", default="32x128,128x128,32x512",
                     help="comma-separated NxBATCH")
-    ap.add_argument("--steps", type=int, default=4, help="fleet steps per timed block")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--steps", type=positive_int, default=4, help="fleet steps per timed block")
+    ap.add_argument("--repeats", type=positive_int, default=5)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     args = common.parse_args(ap, argv, quick={"configs": "8x64", "steps": 2, "repeats": 3})

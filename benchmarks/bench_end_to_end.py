@@ -152,7 +152,8 @@ def gan_rows(splits, n_items=64):
     return rows
 
 
-def main(argv=None):
+def settings(argv=None):
+    """``(args, the original's TrainConfig)`` of the command line."""
     ap = ArgumentParser(description=__doc__.split("\n")[0])
     # The original's recipe: one flag per TrainConfig field (--arch, --epochs, ...); seed 0.
     recipe = add_config_flags(ap, train.TrainConfig, title="classifier recipe",
@@ -161,21 +162,30 @@ def main(argv=None):
                     help="comma list (default: every method and hyperforget_sample; with "
                          "--quick retrain,gradtau)")
     ap.add_argument("--forget-class", type=int, default=3)
-    ap.add_argument("--gan", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time GAN retrain and GAN item unlearning (≈2 min)")
+    ap.add_argument("--gan", action=argparse.BooleanOptionalAction, default=None,
+                    help="also time GAN retrain and GAN item unlearning (≈2 min; default: "
+                         "on, off with --quick)")
     ap.add_argument("--quick", action="store_true",
-                    help="seconds: a 1-epoch original, no GAN, and retrain and gradtau "
-                         "unless --methods says otherwise")
+                    help="seconds: a 1-epoch original, no GAN, and retrain and gradtau, "
+                         "unless --epochs, --gan or --methods say otherwise")
     ap.add_argument("--out", default=None)
     args = common.parse_args(ap, argv)
-    from hyperforget_jax.unlearn import unlearn
-
     cfg = recipe.build(args, seed=0)
-    if args.quick:    # (a given --methods was replaced by retrain,gradtau until 2026-12-06)
+    # --quick's settings yield to the flags given beside it: a given --methods was replaced
+    # until 2026-12-06, --epochs and --gan until stop 62 (the JSON recorded the flag's value).
+    if args.quick and "epochs" not in recipe.given(args):
         cfg = dataclasses.replace(cfg, epochs=1)
-        args.gan = False
+    if args.gan is None:
+        args.gan = not args.quick
     if args.methods is None:
         args.methods = "retrain,gradtau" if args.quick else ALL_METHODS
+    return args, cfg
+
+
+def main(argv=None):
+    from hyperforget_jax.unlearn import unlearn
+
+    args, cfg = settings(argv)
     splits = data.make_splits(data.load_mnist5k())
     arch = as_model(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
     t0 = time.perf_counter()

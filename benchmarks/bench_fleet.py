@@ -46,7 +46,8 @@ import optax  # noqa: E402
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import data, train  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser  # noqa: E402
-from hyperforget_jax.models import make_architecture  # noqa: E402
+from hyperforget_jax.configflags import non_negative_int, positive_int  # noqa: E402
+from hyperforget_jax.models import ARCHITECTURES, make_architecture  # noqa: E402
 
 LR, WD = 1e-3, 1e-4  # TrainConfig's defaults
 
@@ -133,6 +134,9 @@ def jax_contenders(arch, n, xb, yb, steps):
             "jax vmap, shared batch": run_shared, "jax loop": run_loop}, temp
 
 
+TORCH_TWINS = ("gpt_mlp", "mlp")     # models whose PyTorch fleet below takes flat images
+
+
 def torch_contenders(arch_name, params_list, xb, yb, steps, threads, loop_max):
     import torch
     import torch.nn.functional as F
@@ -207,16 +211,22 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds)")
     ap.add_argument("--models", default="gpt_mlp,mlp")
     ap.add_argument("--sizes", default="1,8,32,128")
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=16, help="fleet steps per timed block (N≤8)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--torch-loop-max", type=int, default=32,
+    ap.add_argument("--batch", type=positive_int, default=128)
+    ap.add_argument("--steps", type=positive_int, default=16, help="fleet steps per timed block (N≤8)")
+    ap.add_argument("--repeats", type=positive_int, default=5)
+    ap.add_argument("--torch-loop-max", type=non_negative_int, default=32,
                     help="largest N for the (slow) PyTorch loop")
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--out", default=None)
     args = common.parse_args(ap, argv, quick={"sizes": "1,8", "batch": 16, "steps": 2,
                                               "repeats": 2})
     sizes = common.int_list(ap, args.sizes, "--sizes")
+    for m in args.models.split(","):     # (an unknown one failed after the others' timings; the cnn's torch
+        if m not in ARCHITECTURES:   # twin was fed flattened images, after ~90 s of compiling)
+            ap.error(f"--models: {m!r} is not one of {', '.join(ARCHITECTURES)}")
+        if m not in TORCH_TWINS and not args.no_torch:
+            ap.error(f"--models {m}: the PyTorch fleet here has dense twins only "
+                     f"({', '.join(TORCH_TWINS)}); pass --no-torch to time JAX alone")
     have_torch = not args.no_torch
     if have_torch:
         try:

@@ -27,6 +27,7 @@ import jax.numpy as jnp  # noqa: E402
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import data  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser  # noqa: E402
+from hyperforget_jax.configflags import positive_int  # noqa: E402
 from hyperforget_jax.hyperforget import dihyfo  # noqa: E402
 
 
@@ -46,8 +47,8 @@ def denoiser_flops(spec: dihyfo.HyperSpec, hparams, n: int) -> float:
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="1,10,32", help="numbers of vmapped requests")
-    ap.add_argument("--steps", type=int, default=20, help="DDIM steps")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--steps", type=positive_int, default=20, help="DDIM steps")
+    ap.add_argument("--repeats", type=positive_int, default=7)
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)
     args = common.parse_args(ap, argv, quick={"sizes": "1,4", "steps": 4, "repeats": 3})

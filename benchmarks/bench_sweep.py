@@ -31,6 +31,7 @@ import numpy as np  # noqa: E402
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import data, train  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser  # noqa: E402
+from hyperforget_jax.configflags import positive_int  # noqa: E402
 from hyperforget_jax.models import make_architecture  # noqa: E402
 from hyperforget_jax.params import tree_index  # noqa: E402
 from hyperforget_jax.unlearn import unlearn, unlearn_sweep  # noqa: E402
@@ -117,7 +118,7 @@ def main(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="4 members at most, 2 repeats, 1-epoch originals and Retrain")
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--methods", nargs="*", default=["gradtau", "retrain", "salun"])
     p.add_argument("--out", default=None)
     args = common.parse_args(p, argv, quick={"repeats": 2})

@@ -43,6 +43,7 @@ from jax import lax  # noqa: E402
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import layers, xla  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser  # noqa: E402
+from hyperforget_jax.configflags import positive_int  # noqa: E402
 from hyperforget_jax.models import make_architecture  # noqa: E402
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -182,8 +183,8 @@ def cnn_program(arch):
 
 def main(argv=None):
     ap = ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--chunk", type=int, default=64, help="images per chunk (the library's "
+    ap.add_argument("--repeats", type=positive_int, default=7)
+    ap.add_argument("--chunk", type=positive_int, default=64, help="images per chunk (the library's "
                     "CPU chunk for the cnn is 64)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=None)

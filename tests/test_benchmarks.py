@@ -38,6 +38,13 @@ def test_a_bad_flag_is_one_line_and_exit_2(name, monkeypatch, capsys):
     ("bench_fleet", ["--sizes", "1,x"], "--sizes '1,x'"),
     ("bench_efficiency", ["--configs", "8by64"], "pass comma-separated NxBATCH"),
     ("bench_gradtau_vs_torch", ["--models", "foo"], "'foo' is not one of mlp, cnn"),
+    # Counts of 0 ended in a ZeroDivisionError or StatisticsError after minutes of work; the
+    # cnn in the fleet benchmark in PyTorch's conv2d error after 90 s of compiling.
+    ("bench_conv_layers", ["--repeats", "0"], "argument --repeats: must be >= 1, got 0"),
+    ("bench_fleet", ["--steps", "0"], "argument --steps: must be >= 1, got 0"),
+    ("bench_gradtau_vs_torch", ["--unlearn-epochs", "0"], "must be >= 1, got 0"),
+    ("bench_fleet", ["--models", "cnn"], "dense twins only (gpt_mlp, mlp); pass --no-torch"),
+    ("bench_fleet", ["--models", "foo", "--no-torch"], "'foo' is not one of gpt_mlp"),
     *((n, ["--out", "DIR"], "must name the JSON file") for n in SCRIPTS),
     ("bench_sweep", ["--out", ""], "must name the JSON file")])
 def test_a_bad_value_is_one_line_and_exit_2_before_the_run(name, argv, words, monkeypatch,
@@ -72,6 +79,18 @@ def test_quick_leaves_the_flags_given_alone():
     assert (args.sizes, args.repeats) == ("1,10,32", 7)
     with pytest.raises(SystemExit):     # the scripts' parser takes no abbreviation (--qui)
         common.parse_args(parser(), ["--qui"], quick)
+
+
+def test_end_to_end_quick_yields_to_the_flags_given_beside_it(monkeypatch):
+    """`--quick --epochs 3` trained the original for 1 epoch while its JSON recorded 3, and
+    `--quick --gan` dropped the GAN rows."""
+    bench = _script("bench_end_to_end", monkeypatch)
+    args, cfg = bench.settings(["--quick", "--epochs", "3", "--gan"])
+    assert cfg.epochs == 3 and args.gan is True
+    args, cfg = bench.settings(["--quick"])
+    assert cfg.epochs == 1 and args.gan is False and args.methods == "retrain,gradtau"
+    args, cfg = bench.settings([])
+    assert cfg.epochs == bench.train.TrainConfig().epochs and args.gan is True
 
 
 def test_json_records_the_library_xla_options(monkeypatch):
