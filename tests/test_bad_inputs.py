@@ -555,6 +555,16 @@ API_CASES = [
         c.train.replace(x=c.train.x * 255), __import__(
             "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(arch="mlp", epochs=1)),
      DataError, "values in"),
+    # A batch larger than the set repeated images in every batch, without a word.
+    ("gan-train-batch-larger-than-the-set", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
+        c.train.replace(x=c.train.x[:40], y=c.train.y[:40]), __import__(
+            "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(arch="mlp", epochs=1)),
+     ConfigError, r"batch_size 64 is larger than the GAN's training set \(40 images\)"),
+    # A string beta1 was a bare TypeError in the range check.
+    ("gan-config-string-beta1", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(beta1="0.5"),
+     ConfigError, "beta1 must be a number in"),
     ("gan-config-fractional-latent-dim", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(latent_dim=2.5),
      ConfigError, "latent_dim must be an integer"),

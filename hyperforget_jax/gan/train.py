@@ -15,6 +15,7 @@ the same batches as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -106,8 +107,9 @@ class GANConfig:
         if self.g_lr is not None and not is_learning_rate(self.g_lr):
             raise ConfigError(f"g_lr (G's learning rate) must be a positive number or None "
                               f"(= lr), got {self.g_lr!r}")
-        if not 0 <= self.beta1 < 1:
-            raise ConfigError(f"beta1 must lie in [0, 1), got {self.beta1}")
+        if isinstance(self.beta1, bool) or not isinstance(self.beta1, numbers.Real) \
+                or not 0 <= self.beta1 < 1:     # ("0.5" was a bare TypeError here)
+            raise ConfigError(f"beta1 must be a number in [0, 1), got {self.beta1!r}")
         check_latent_prior(self.latent_prior, self.mixture_components, self.mixture_sigma)
         for name in ("seed", "latent_dim", "width"):
             v = getattr(self, name)
@@ -286,6 +288,12 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
         raise DataError(f"training images must be (N, H, W, C), got shape {np.shape(train.x)}")
     arch = gan_arch_of(cfg, train.x.shape[1:], generator, discriminator)
     refuse_unused_fields(cfg, arch)
+    if cfg.batch_size > len(train):
+        # Each epoch's one batch repeated images (up to 4 times each at 1,258 images, batch
+        # 5,000); the classifier's fit caps its batch, the corpus fleet refuses one.
+        raise ConfigError(f"GANConfig.batch_size {cfg.batch_size} is larger than the GAN's "
+                          f"training set ({len(train)} images): each batch would repeat "
+                          f"images; pass batch_size <= {len(train)} (--batch-size)")
     arch.check_images(train.x, "the GAN's training set")
     # One Adam initialises both players' states: Adam's state does not depend on its rate.
     tx = make_optimizer(cfg.lr, cfg.beta1)
