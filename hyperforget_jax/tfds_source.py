@@ -46,10 +46,12 @@ _READ_CHUNK = 4096
 
 
 def default_data_dir() -> str:
-    """The directory tfds uses when none is given: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``."""
-    return os.environ.get(
-        "TFDS_DATA_DIR", os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
-    )
+    """The directory tfds uses when none is given: ``$TFDS_DATA_DIR`` (``~`` expanded, as tfds
+    does; empty means unset) or ``~/tensorflow_datasets``. A literal ``~/tfds`` (a Dockerfile's
+    ``ENV``) passed the prepared-check, then went unexpanded to tfds, which found nothing."""
+    env = os.environ.get("TFDS_DATA_DIR")
+    return (os.path.expanduser(env) if env
+            else os.path.join(os.path.expanduser("~"), "tensorflow_datasets"))
 
 
 def _resolve_data_dir(data_dir: str | os.PathLike | None) -> str:

@@ -154,6 +154,14 @@ def test_default_data_dir(monkeypatch, tmp_path):
     assert default_data_dir() == os.path.join(os.path.expanduser("~"), "tensorflow_datasets")
     tfds = _tfds()
     assert default_data_dir() == tfds.core.constants.get_default_data_dir()
+    # A literal ~ (a Dockerfile's ENV TFDS_DATA_DIR=~/tfds) is expanded as tfds expands it:
+    # it went to tfds unexpanded, which found no prepared data where is_prepared had; an empty
+    # value meant the current directory.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("TFDS_DATA_DIR", "~/tfds")
+    assert default_data_dir() == str(tmp_path / "tfds")
+    monkeypatch.setenv("TFDS_DATA_DIR", "")
+    assert default_data_dir() == str(tmp_path / "tensorflow_datasets")
 
 
 def test_import_is_lazy():
