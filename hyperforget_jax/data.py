@@ -803,6 +803,9 @@ def augment_affine(ds: Dataset, copies: int, seed: int = 0, rotate: float = 12.0
     """
     from scipy import ndimage
 
+    if not isinstance(ds, Dataset):     # (Splits: an AttributeError on .x)
+        raise DataError(f"augment_affine takes a Dataset (e.g. splits.train), got a "
+                        f"{type(ds).__name__}")
     check_count(copies, "augment_affine: copies", error=DataError)
     for name, v, ok, where in (("rotate", rotate, lambda f: 0 <= f <= 180, "[0, 180] degrees"),
                                ("shift", shift, lambda f: 0 <= f < 1, "[0, 1) of the size"),
@@ -866,5 +869,6 @@ def wrapped_stream(seed: int, tag: int, n: int, batch_size: int, count: int) -> 
 def iterate_batches(ds: Dataset, batch_size: int, seed: int, epoch: int = 0
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields the (x, y) batches of one epoch in the deterministic order of ``batch_indices``."""
+    check_count(batch_size, "iterate_batches: batch_size", error=DataError)  # (0: ZeroDivision)
     for idx in batch_indices(seed, epoch, len(ds), batch_size):
         yield ds.x[idx], ds.y[idx]

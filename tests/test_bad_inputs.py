@@ -555,6 +555,12 @@ API_CASES = [
         c.train.replace(x=c.train.x * 255), __import__(
             "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(arch="mlp", epochs=1)),
      DataError, "values in"),
+    # The documented data helpers: Splits gave an AttributeError, batch size 0 a
+    # ZeroDivisionError.
+    ("augment-affine-of-splits", lambda c: data.augment_affine(c.splits, 2), DataError,
+     "augment_affine takes a Dataset \\(e.g. splits.train\\), got a Splits"),
+    ("iterate-batches-of-0", lambda c: list(data.iterate_batches(c.train, 0, 0)), DataError,
+     "iterate_batches: batch_size must be an integer >= 1, got 0"),
     # A batch larger than the set repeated images in every batch, without a word.
     ("gan-train-batch-larger-than-the-set", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(
