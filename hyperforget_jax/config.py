@@ -101,6 +101,10 @@ def check_number(owner: str, name: str, value: Any, kind: type, bounds: dict) ->
            or ("le" in bounds and not value <= bounds["le"]))
     if bad:
         raise ConfigError(f"{owner}.{name} must be {_bound_text(bounds)}, got {value}")
+    if kind is not int and bounds.get("gt", -1) >= 0 and value and np.float32(value) == 0:
+        # lr=1e-46 passed "> 0" and ran as 0 on the device (nothing trained, no word).
+        raise ConfigError(f"{owner}.{name}={value} is 0 in float32, where it runs (below "
+                          "1.4e-45); pass a value float32 holds")
     return value
 
 

@@ -660,6 +660,9 @@ API_CASES = [
      ConfigError, r"p_uncond must be >= 0 and < 1, got 1"),
     ("zero-lr", lambda c: train.TrainConfig(lr=0.0), ConfigError, "learning rate"),
     ("nan-lr", lambda c: train.TrainConfig(lr=float("nan")), ConfigError, "learning rate"),
+    # Positive, but 0 in float32: it passed "> 0" and trained nothing, without a word.
+    ("lr-zero-in-float32", lambda c: train.TrainConfig(lr=1e-46), ConfigError,
+     r"lr \(learning rate\)=1e-46 is 0 in float32, where it runs"),
     ("negative-weight-decay", lambda c: train.TrainConfig(weight_decay=-1.0), ConfigError,
      "weight_decay"),
     ("max-to-keep-zero", lambda c: Checkpointer(c.root / "never", max_to_keep=0), ConfigError,
