@@ -233,10 +233,22 @@ def per_sample_outputs(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
 
 def rows_independent(apply: Callable, params: Any, x: Any) -> bool:
     """Whether ``apply(params, x)``'s output row of an input does not depend on the other rows of
-    its batch: the first 4 rows of ``x`` computed whole and one by one agree (a forward pass
+    its batch: 4 distinct rows of ``x`` computed whole and one by one agree (a forward pass
     with batch statistics, e.g. BatchNorm without running averages or centring by the batch
-    mean, differs). ``apply`` returns an array or a tuple of arrays, one row per input."""
-    xs = jnp.asarray(x[:4])
+    mean, differs). ``apply`` returns an array or a tuple of arrays, one row per input.
+
+    The rows are the first 4 distinct ones (repeated rows have no batch statistics to show:
+    fewer than 2 distinct ones cannot tell, False), and the parameters are perturbed
+    (:func:`~hyperforget_jax.params.perturbed`): a batch-dependent branch behind a gate
+    initialised to 0 passed at the initial parameters, and the answer is kept for the model."""
+    from hyperforget_jax.params import perturbed
+
+    head = np.asarray(x[:256])
+    _, first = np.unique(head.reshape(len(head), -1), axis=0, return_index=True)
+    if len(first) < 2:
+        return False
+    xs = jnp.asarray(head[np.sort(first)[:4]])
+    params = perturbed(params)
     apply = jax.jit(apply)
     whole = [np.asarray(o, np.float64) for o in jax.tree.leaves(apply(params, xs))]
     alone = [np.concatenate(o) for o in zip(*(

@@ -224,3 +224,16 @@ def all_finite(tree: Params) -> jax.Array:
     leaves = [jnp.all(jnp.isfinite(l)) for l in jax.tree.leaves(tree)
               if jnp.issubdtype(jnp.result_type(l), jnp.floating)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def perturbed(params: Any, scale: float = 0.1, seed: int = 1) -> Any:
+    """``params`` plus Gaussian noise of std ``scale`` on every floating leaf (its dtype
+    kept), for checks of a model's *structure* that a special initialisation can hide: a
+    zero-initialised head outputs 0 whatever follows it, a gate initialised to 0 hides the
+    branch behind it."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
+    return jax.tree.unflatten(treedef, [
+        a + (scale * jax.random.normal(k, np.shape(a))).astype(jnp.result_type(a))
+        if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a
+        for a, k in zip(leaves, keys)])

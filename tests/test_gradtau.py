@@ -1244,6 +1244,24 @@ def test_one_example_does_not_decide_that_a_model_is_per_example():
     x = np.random.default_rng(0).normal(size=(6, 5)).astype(np.float32)
     assert not per_example(m, p, x[:1])
     assert not per_example(m, p, x)
+    # Four equal leading rows have no batch statistics to show either: they read as
+    # per-example, and the model's later evaluations ran in chunks.
+    m = models.as_model(Centred(), (5,))
+    assert not per_example(m, p, np.concatenate([np.repeat(x[:1], 4, 0), x]))
+
+    # A batch-centred branch behind a gate initialised to 0 (ReZero-style) was per-example at
+    # the initial parameters, and that answer was kept for the trained gate.
+    class Gated(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(8)(x)
+            s = self.param("s", nn.initializers.zeros, ())
+            return nn.Dense(3)(h + s * (h - h.mean(0)))
+
+    m = models.as_model(Gated(), (5,))
+    assert not per_example(m, m.init(jax.random.key(0)), x)
+    tiny = models.as_model(nn.Dense(3), (5,))            # and a per-example model still is
+    assert per_example(tiny, tiny.init(jax.random.key(0)), np.repeat(x, 2, 0))
 
 
 def test_tau_of_a_large_validation_set_is_summed_in_chunks(monkeypatch, digits_splits,

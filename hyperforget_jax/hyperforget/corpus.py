@@ -467,11 +467,7 @@ def _check_head_is_output(arch: Architecture, x: np.ndarray) -> None:
     follows it, and hid a temperature at the initial parameters alone."""
     _check_head_traceable(arch)
     head = _head_name(arch, trained_span(arch, "head"))
-    init = arch.init(jax.random.key(0))
-    keys = jax.random.split(jax.random.key(1), len(jax.tree.leaves(init)))
-    params = jax.tree.unflatten(jax.tree.structure(init), [
-        a + (0.1 * jax.random.normal(k, a.shape)).astype(a.dtype)
-        for a, k in zip(jax.tree.leaves(init), keys)])
+    params = P_.perturbed(arch.init(jax.random.key(0)))
     cap, logits = _intercept_head(arch, head, params, jnp.asarray(x))
     out = np.asarray(cap["y"], np.float32) if "y" in cap else None
     logits = np.asarray(logits, np.float32)
