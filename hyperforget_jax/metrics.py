@@ -223,7 +223,8 @@ def per_sample_outputs(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
       ConfigError: for a non-positive batch size.
     """
     x, y = _check_xy(x, y)
-    result = _run_batches(apply_fn, params, x, y, _check_batch_size(batch_size))
+    result = _run_batches(apply_fn, params, x, y, _check_batch_size(batch_size),
+                          "per_sample_outputs")
     num_classes = result["logits"].shape[-1]
     if y.max() >= num_classes:
         raise DataError(f"label {int(y.max())} is out of range for a model with {num_classes} "
@@ -327,13 +328,20 @@ def in_row_chunks(fn: Callable, params: Any, arrays: tuple, rows: int, axis: int
 
 
 def _run_batches(apply_fn: ApplyFn, params: Any, x: np.ndarray, y: np.ndarray,
-                 batch_size: int) -> dict[str, np.ndarray]:
+                 batch_size: int, what: str) -> dict[str, np.ndarray]:
     from hyperforget_jax.models import model_of
     from hyperforget_jax.unlearn.gradtau_run import per_example
 
     n = len(x)
     bs = min(batch_size, n)
-    if bs < n and not per_example(model_of(apply_fn), params, x):
+    model = model_of(apply_fn)
+    # Parameters of another model: an extra leaf was taken, a transposed kernel was Flax's
+    # ScopeParamShapeError (not a ValueError), an apply_fn's own TypeError came out bare. (A
+    # bare apply_fn takes what its author says: Flax variables, or no parameters at all.)
+    if model.param_shapes() is not None:
+        model.check_params(params)
+    model.num_outputs(params, np.shape(x)[1:], what, bs)
+    if bs < n and not per_example(model, params, x):
         bs = n      # batch statistics: the set's own, not those of a chunk or of padding
     fn = _batch_fn(apply_fn)
     params = committed(params)      # one executable for loaded and freshly trained parameters
@@ -383,7 +391,7 @@ def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
     if y.max() >= num_classes:
         raise DataError(f"label {int(y.max())} is out of range for num_classes={num_classes}; "
                         "check that the dataset and the architecture match")
-    out = _run_batches(apply_fn, params, x, y, _check_batch_size(batch_size))
+    out = _run_batches(apply_fn, params, x, y, _check_batch_size(batch_size), "evaluate")
     if out["logits"].shape[-1] != num_classes:
         raise ConfigError(f"num_classes={num_classes} but the model outputs "
                           f"{out['logits'].shape[-1]} logits; pass the architecture's class count")

@@ -108,9 +108,12 @@ def test_evaluate_known_accuracy_per_class_and_single_trace():
     assert res["per_class_loss"] == pytest.approx([ce[y == c].mean() for c in range(3)], rel=1e-5)
     assert all(type(v) is float for v in [res["accuracy"], res["loss"]]
                + res["per_class_accuracy"] + res["per_class_loss"])
-    # The ragged tail was padded: exactly one trace at the fixed batch shape (besides the
-    # one-time check, on 4 rows whole and one by one, that the model's rows are independent).
-    assert [s for s in traces if s[0] not in (4, 1)] == [(5, 3)]
+    # The ragged tail was padded: exactly one trace at the fixed batch shape, besides two
+    # one-time checks: that the parameters run through the model (an abstract trace at that
+    # shape) and, on up to 4 distinct rows whole and one by one, that its rows are
+    # independent.
+    distinct = min(4, len(np.unique(x, axis=0)))
+    assert [s for s in traces if s[0] not in (distinct, 1)] == [(5, 3), (5, 3)]
     # A second evaluation of the same function and shapes reuses the compiled executable.
     n = len(traces)
     res2 = metrics.evaluate(apply_fn, params, x, y, num_classes=3, batch_size=5)
@@ -479,3 +482,31 @@ def test_per_sample_metrics_refuse_float_labels(fn):
     with pytest.raises(DataError, match="labels of dtype float32; pass integer class ids"):
         fn(logits, jnp.array([2.7, 0.2, 1.0]))
     assert fn(logits, np.arange(3)).shape == (3,)         # int64 ids are fine
+
+
+def test_parameters_of_another_model_are_refused_by_name():
+    """metrics.evaluate / per_sample_outputs never checked the parameters: an extra leaf was
+    taken, a transposed kernel was Flax's ScopeParamShapeError (not a ValueError), and an
+    apply_fn's own TypeError came out bare (evaluate_unlearning's too)."""
+    from hyperforget_jax import models
+    from hyperforget_jax.errors import ArchitectureError
+
+    mlp = models.make_architecture("mlp", (8, 8, 1), 10)
+    p = mlp.init(jax.random.key(0))
+    x = np.random.default_rng(0).random((6, 8, 8, 1)).astype(np.float32)
+    y = np.arange(6) % 10
+    transposed = {**p, "Dense_0": {**p["Dense_0"], "kernel": p["Dense_0"]["kernel"].T}}
+    for bad, words in ((transposed, r"\['Dense_0'\]\['kernel'\] has shape \(256, 64\)"),
+                       ({**p, "Extra": {"kernel": np.ones(3, np.float32)}}, "unexpected")):
+        for fn in (metrics.evaluate, metrics.per_sample_outputs):
+            kw = {"num_classes": 10} if fn is metrics.evaluate else {}
+            with pytest.raises(ArchitectureError, match=words):
+                fn(mlp, bad, x, y, **kw)
+
+    def apply_fn(q, xb):
+        return xb.reshape(len(xb), -1) @ q["w"] + q["b"]
+
+    bad = {"w": np.ones((10, 64), np.float32), "b": np.zeros(10, np.float32)}
+    with pytest.raises(ArchitectureError, match="evaluate: the parameters do not run through "
+                                                "model 'apply_fn' \\(TypeError"):
+        metrics.evaluate(apply_fn, bad, x, y, 10)
