@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import statistics
 import sys
 import time
@@ -62,6 +63,7 @@ import numpy as np
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.common import check_same_data, path_arg
+from hyperforget_jax.config import is_scalar_number
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError, HyperforgetError
 from hyperforget_jax.evaluation import evaluate_unlearning
@@ -117,7 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # A recheck reads the stored numbers and their settings: --seeds 7 or --dataset mnist
+    # beside it were ignored without a word.
+    parser.refuse_beside(args, "--recheck", keep=("out", "tol_mia", "tol_ulira", "quiet"),
+                         does="re-gates the stored per-seed numbers at new tolerances, with "
+                              "the settings they were measured with")
     if args.out is None:
         args.out = "runs/privacy_gate_recheck" if args.recheck else "runs/privacy_gate"
     return args
@@ -304,6 +312,10 @@ def _seed(args, splits, fsplit, request, base, arch, methods, seed) -> dict:
     return rows
 
 
+#: The numbers a gate row holds per seed.
+ROW_KEYS = ("mia_loss_lr", "ulira_acc", "ulira_auc", "forget_acc")
+
+
 def _mean(rows, key):
     return statistics.fmean(r[key] for r in rows)
 
@@ -326,9 +338,10 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path,
             continue
         gap_mia = abs(_mean(rows[name], "mia_loss_lr") - _mean(ret, "mia_loss_lr"))
         gap_ulira = abs(_mean(rows[name], "ulira_acc") - _mean(ret, "ulira_acc"))
-        fails = [f"mia_loss_lr gap {gap_mia:.3f} > {args.tol_mia}"] if gap_mia > args.tol_mia \
-            else []
-        if gap_ulira > args.tol_ulira:
+        # (`not gap <= tol`: a NaN gap fails)
+        fails = [f"mia_loss_lr gap {gap_mia:.3f} > {args.tol_mia}"] \
+            if not gap_mia <= args.tol_mia else []
+        if not gap_ulira <= args.tol_ulira:
             fails.append(f"U-LiRA gap {gap_ulira:.3f} > {args.tol_ulira}")
         verdicts[name] = {"gap_mia_loss_lr": gap_mia, "gap_ulira_acc": gap_ulira,
                           "passed": not fails, "failures": fails}
@@ -366,6 +379,25 @@ def gate(rows: dict, args, request, arch, seconds: float, out_dir: Path,
     return result
 
 
+def _check_stored_rows(rows, seeds, shadows) -> None:
+    """ConfigError unless a gate.json's numbers are what :func:`gate` wrote: ``retrain`` and at
+    least one method, each ``seeds`` rows of finite numbers (a damaged file was a KeyError or
+    StatisticsError traceback, exit 1, read as "gate failed"; a NaN gap passed)."""
+    for name, v in (("seeds", seeds), ("shadows", shadows)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ConfigError(f"{name} is {v!r}, not a count")
+    if not isinstance(rows, dict) or "retrain" not in rows or len(rows) < 2:
+        raise ConfigError("per_seed must hold the retrain rows and at least one method's")
+    for name, rs in rows.items():
+        if not isinstance(rs, list) or len(rs) != seeds:
+            raise ConfigError(f"per_seed.{name} must be a list of {seeds} rows (seeds)")
+        for r in rs:
+            for k in ROW_KEYS:
+                v = r.get(k) if isinstance(r, dict) else None
+                if not is_scalar_number(v) or not math.isfinite(v):
+                    raise ConfigError(f"per_seed.{name}: {k} is {v!r}, not a finite number")
+
+
 def recheck(args) -> dict:
     """The verdict of ``--recheck``: an earlier run's per-seed numbers, new tolerances."""
     _check(args)
@@ -374,13 +406,16 @@ def recheck(args) -> dict:
         old = json.loads(path.read_text(encoding="utf-8"))
         rows, request = old["per_seed"], data.ForgetRequest.from_json(old["request"])
         arch_name, dataset = old["arch"], old["dataset"]
+        seeds, shadows = old["seeds"], old["shadows"]
         source = {"path": str(path.absolute()), "tolerance": dict(old.get("tolerance") or {}),
                   "passed": old.get("passed")}
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        _check_stored_rows(rows, seeds, shadows)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        # (ConfigError is a ValueError: the stored rows' own refusal names what is wrong)
         raise ConfigError(f"--recheck {path}: not a gate.json written by privacy_gate.py ({e})"
                           ) from e
     out_dir = report.prepare_dir(args.out, flag="--out", not_a_run=True)
-    args = argparse.Namespace(**{**vars(args), "seeds": old["seeds"], "shadows": old["shadows"],
+    args = argparse.Namespace(**{**vars(args), "seeds": seeds, "shadows": shadows,
                                  "dataset": dataset})
     arch = argparse.Namespace(name=arch_name)
     return gate(rows, args, request, arch, old.get("seconds", 0.0), out_dir, recheck_of=source)

@@ -72,19 +72,22 @@ class ArgumentParser(argparse.ArgumentParser):
         for name in (None, "store"):    # argument groups and sub-commands share the registry
             self.register("action", name, _Store)
 
-    def refuse_beside(self, args: argparse.Namespace, flag: str, keep=("out",)) -> None:
+    def refuse_beside(self, args: argparse.Namespace, flag: str, keep=("out",),
+                      does: str = "re-renders <out>/results.json as it was run, with its own "
+                                  "settings") -> None:
         """A usage error for any option but ``keep`` given with other than its default beside
-        the store-true ``flag`` that reads none of them (an experiment's ``--render-only``
-        re-rendered the stored run, exit 0, with ``--dataset`` or ``--seeds`` ignored)."""
+        ``flag`` (a store-true flag, or one taking a value) that reads none of them (an
+        experiment's ``--render-only`` re-rendered the stored run, exit 0, with ``--dataset`` or
+        ``--seeds`` ignored). ``does``: what ``flag`` does instead, for the message."""
         dest = flag.lstrip("-").replace("-", "_")
-        if getattr(args, dest, False):
-            base = vars(self.parse_args([flag]))
+        value = getattr(args, dest, None)
+        if value:
+            base = vars(self.parse_args([flag] if value is True else [flag, str(value)]))
             extra = [k for k, v in vars(args).items()
                      if not k.startswith("_") and k not in (dest, *keep) and v != base.get(k)]
             if extra:
                 name = "--" + extra[0].replace("_", "-")
-                self.error(f"{name} would be ignored: {flag} re-renders <out>/results.json "
-                           f"as it was run, with its own settings; drop {name} (or drop "
+                self.error(f"{name} would be ignored: {flag} {does}; drop {name} (or drop "
                            f"{flag} to run them)")
 
     def error(self, message):  # one line instead of argparse's usage block

@@ -152,6 +152,48 @@ def test_gate_fails_a_ulira_accuracy_far_below_the_floor(passed_run, tmp_path, c
     assert err[0].startswith("privacy_gate: gradtau FAILED: U-LiRA gap "), err
 
 
+def test_recheck_refuses_damaged_numbers_and_flags_it_would_ignore(passed_run, tmp_path,
+                                                                   capfd):
+    """A gate.json with a NaN (stored as null) or without a key was a traceback, exit 1 (read
+    by CI as "gate failed"), after an empty --out was made; a NaN gap passed the gate. The
+    run's settings beside --recheck were ignored without a word."""
+    gate, out, *_ = passed_run
+    res = json.loads((out / "gate.json").read_text())
+
+    def damaged(edit):
+        d = json.loads(json.dumps(res))
+        edit(d)
+        return d
+
+    for name, d, words in (
+            ("null", damaged(lambda d: d["per_seed"]["gradtau"][0].update(mia_loss_lr=None)),
+             "per_seed.gradtau: mia_loss_lr is None, not a finite number"),
+            ("no-seeds", damaged(lambda d: d.pop("seeds")), "('seeds')"),
+            ("short", damaged(lambda d: d["per_seed"]["gradtau"].pop()),
+             "per_seed.gradtau must be a list of"),
+            ("only-retrain", damaged(lambda d: [d["per_seed"].pop(k) for k in list(
+                d["per_seed"]) if k != "retrain"]), "at least one method's")):
+        (tmp_path / f"{name}.json").write_text(json.dumps(d))
+        capfd.readouterr()
+        rc = gate.main(["--recheck", str(tmp_path / f"{name}.json"), "--out",
+                        str(tmp_path / name), "--quiet"])
+        err = capfd.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and words in err[0], (name, err)
+        assert not (tmp_path / name).exists()
+    # A NaN gap fails (`nan > tol` is False: it passed).
+    args = gate.parse_args(["--tol-mia", "1", "--tol-ulira", "1"])
+    rows = {"retrain": res["per_seed"]["retrain"],
+            "gradtau": [dict(r, mia_loss_lr=float("nan")) for r in res["per_seed"]["gradtau"]]}
+    (tmp_path / "nan").mkdir()
+    verdict = gate.gate(rows, args, gate._check(args), type("A", (), {"name": "mlp"}), 0.0,
+                        tmp_path / "nan")["verdicts"]["gradtau"]
+    assert not verdict["passed"] and "mia_loss_lr gap nan" in verdict["failures"][0]
+    with pytest.raises(SystemExit) as e:
+        gate.main(["--recheck", str(out / "gate.json"), "--seeds", "7"])
+    assert e.value.code == 2
+    assert "--seeds would be ignored: --recheck re-gates" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("argv,words", [
     (["--tol-mia", "-1"], "--tol-mia must be"),
     (["--shadows", "2"], "num_shadows must be >= 3"),
