@@ -242,6 +242,8 @@ def run(args) -> dict:
         raise ConfigError(f"the gate's attacks (U-LiRA, mia_loss_lr) need at least 2 forget "
                           f"samples; {request.describe()} is {len(fsplit.forget)}: pass a "
                           "larger --forget-fraction")
+    for seed in range(args.seeds):     # (refused after the first seed's trainings, --out left)
+        ulira.shadow_subsets(fsplit, ulira.ULiRAConfig(args.shadows, seed))
     base, gcfg = configs(args)
     arch = as_model(base.arch, splits.train.x.shape[1:], splits.train.num_classes)
     methods, hypernet = _methods(args, arch, splits)

@@ -133,6 +133,20 @@ def train_shadows(arch: Any, train_ds: Dataset, split: ForgetSplit,
     ``arch`` is any model with an init (``hf.as_model``)."""
     arch = as_model(arch, train_ds.x.shape[1:], train_ds.num_classes)
     refuse_repeated_indices(split, "train_shadows")
+    fsets, rsets = shadow_subsets(split, cfg)
+    seeds = [int(train_cfg.seed) * 1000 + 1 + s for s in range(cfg.num_shadows)]
+    in_params = _fit_fleet_on_subsets(arch, train_ds, np.concatenate([fsets, rsets], 1),
+                                      train_cfg, seeds)
+    re_params = _fit_fleet_on_subsets(arch, train_ds, rsets, train_cfg, seeds)
+    return Shadows(in_params, re_params, fsets, rsets, np.asarray(split.forget_idx),
+                   data_fingerprint(train_ds))
+
+
+def shadow_subsets(split: ForgetSplit, cfg: ULiRAConfig = ULiRAConfig()
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Step 1 alone, no training: each shadow's half of the forget and of the retain indices,
+    ``(num_shadows, |F| // 2)`` and ``(num_shadows, |R| // 2)``. Raises ConfigError for a
+    split the test cannot run on (a caller may ask before training anything else)."""
     nf, nr = len(split.forget_idx), len(split.retain_idx)
     if nf < 2 or nr < 2:
         raise ConfigError("U-LiRA needs at least 2 forget and 2 retain samples")
@@ -145,12 +159,7 @@ def train_shadows(arch: Any, train_ds: Dataset, split: ForgetSplit,
     # others' Gaussians, whose pooled variance needs an example two of them targeted.
     for s in range(cfg.num_shadows):
         _check_variance_dof(np.unique(np.delete(fsets, s, 0), return_counts=True)[1])
-    seeds = [int(train_cfg.seed) * 1000 + 1 + s for s in range(cfg.num_shadows)]
-    in_params = _fit_fleet_on_subsets(arch, train_ds, np.concatenate([fsets, rsets], 1),
-                                      train_cfg, seeds)
-    re_params = _fit_fleet_on_subsets(arch, train_ds, rsets, train_cfg, seeds)
-    return Shadows(in_params, re_params, fsets, rsets, np.asarray(split.forget_idx),
-                   data_fingerprint(train_ds))
+    return fsets, rsets
 
 
 def unlearn_shadows(shadows: Shadows, unlearn_fn: Callable[[Any, ForgetSplit, int], Any],

@@ -205,6 +205,9 @@ def test_recheck_refuses_damaged_numbers_and_flags_it_would_ignore(passed_run, t
     # Refused after the first seed's trainings (0), or silently unused (no --hypernet).
     (["--hypernet", "pretrained", "--num-steps", "0"], "DDIM needs 1 <= num_steps"),
     (["--num-steps", "5"], "--num-steps is HyperForget's DDIM steps; pass --hypernet"),
+    # 2 forget samples pass the size check; U-LiRA refused them after the first seed's
+    # trainings, leaving an empty --out.
+    (["--forget-fraction", "0.0016", "--shadows", "3"], "targeted by one shadow only"),
 ])
 def test_gate_bad_settings_exit_2_and_write_nothing(tmp_path, capfd, argv, words):
     gate = load_experiment("privacy_gate")
