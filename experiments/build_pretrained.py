@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from hyperforget_jax import cli, report  # noqa: E402
+from hyperforget_jax.commands.common import path_arg  # noqa: E402
 from hyperforget_jax.hyperforget import store  # noqa: E402
 
 CORPUS: list[str] = []                  # CorpusConfig defaults: 256 originals, 20 pairs
@@ -79,11 +80,11 @@ def install(work: Path) -> dict[str, dict[str, str]]:
 
 def main(argv=None):
     ap = cli.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", default="runs/pretrained")
+    ap.add_argument("--work", type=path_arg, default="runs/pretrained")
     ap.add_argument("--no-install", action="store_true",
                     help="train only; do not touch the package")
     a = ap.parse_args(argv)
-    work = Path(a.work).absolute()
+    work = Path(a.work).expanduser().absolute()     # (--work=~/x built into ./~/x)
     secs = {"corpus": run(["corpus", "--out", str(work / "corpus"), "--quiet", *CORPUS])}
     for key, args in (("dihyfo2", DIHYFO2), ("dihyfo1", DIHYFO1)):
         secs[key] = run(["hypertrain", "--corpus", str(work / "corpus"), "--out",

@@ -325,6 +325,20 @@ def test_build_pretrained_install_leaves_the_package_whole_when_interrupted(tmp_
     assert sorted(p.name for p in pkg.iterdir()) == sorted(before)       # no temporary left
 
 
+def test_build_pretrained_expands_a_tilde_in_work(tmp_path, monkeypatch):
+    """--work=~/pre (no shell expansion after '=') built into ./~/pre."""
+    from conftest import load_experiment
+
+    build = load_experiment("build_pretrained")
+    calls = []
+    monkeypatch.setattr(build, "run", lambda argv: calls.append(argv) or 0.0)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    build.main(["--work=~/pre", "--no-install"])
+    assert calls[0][:3] == ["corpus", "--out", str(tmp_path / "pre" / "corpus")]
+    assert not (tmp_path / "~").exists()
+
+
 def test_start_and_sample_are_checked_for_nan_on_the_host():
     """The NaN/inf checks of the start network and of a sample run on the host: op by op on
     the device they compiled two programs per leaf shape (≈ 0.5 s of a first ``sample``)."""
