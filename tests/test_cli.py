@@ -584,3 +584,17 @@ def test_a_damaged_step_metadata_file_is_one_warning_line(trained, tmp_path):
                        timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
     err = p.stderr.strip().splitlines()
     assert p.returncode == 2 and len(err) == 1 and "checkpoints/99 is corrupt" in err[0], err
+
+
+def test_a_table_cell_holding_a_pipe_keeps_its_columns():
+    """A run directory named ``orig|lr=0.01`` as an `evaluate` / `gan evaluate` row label gave
+    its row 8 cells under a 7-cell header: every value read one column to the right."""
+    import re
+
+    from hyperforget_jax import report
+
+    table = report.markdown_table(["model", "RA %", "FA %"],
+                                  [["orig|lr=0.01", "77.88", "89.06"], ["two\nlines", 1, 2]])
+    cells = [len(re.split(r"(?<!\\)\|", line)) for line in table.splitlines()]
+    assert len(set(cells)) == 1, table
+    assert "| orig\\|lr=0.01 | 77.88 | 89.06 |" in table and "| two lines | 1 | 2 |" in table
