@@ -378,8 +378,10 @@ def speed_summary(out: dict) -> list[str]:
 def write_report(out: dict, path: Path) -> None:
     md = [f"# Unlearning table: {out['dataset']} ({out['sizes'][0]} train / {out['sizes'][1]} "
           f"val / {out['sizes'][2]} test), {out['architecture']['name']}, seeds {out['seeds']}\n",
-          "mean ± std over seeds. Accuracies in %, attacks as attack accuracy (U-LiRA also "
-          "AUC; ideal 0.5), forget loss = mean CE on D_f. Avg. Gap = mean |Δ| to Retrain over "
+          "mean ± std over seeds. Accuracies in %; mia_loss_lr / mia_entropy_lr: attack "
+          "accuracy (ideal: Retrain's, near 0.5); mia_efficacy_svc: share of D_f the SVC calls "
+          "non-members (ideal: Retrain's, not 0.5); U-LiRA: accuracy / AUC (ideal 0.5); "
+          "forget loss = mean CE on D_f. Avg. Gap = mean |Δ| to Retrain over "
           "FA, RA, TA, mia_loss_lr (points). Time = median "
           + ("share of a vmapped sweep's wall time per member (s), the sweep's first call: "
              "XLA compilation included, unlike warm `--timing single`"

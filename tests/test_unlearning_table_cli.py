@@ -231,6 +231,10 @@ def test_sweep_timing_says_compilation_is_included(tmp_path, monkeypatch):
     assert "compilation included" in (tmp_path / "table.md").read_text()
     table.write_report(_out("single", [0.1, 0.2]), tmp_path)
     assert "compilation included" not in (tmp_path / "table.md").read_text()
+    # The legend gave every attack an ideal of 0.5; mia_efficacy_svc's is Retrain's (1.00 on
+    # class requests), a share of D_f, not an attack accuracy.
+    assert ("mia_efficacy_svc: share of D_f the SVC calls non-members (ideal: Retrain's, not "
+            "0.5)") in (tmp_path / "table.md").read_text()
     for timing in ("sweep", "single"):
         table.plot(_out(timing, [0.1, 0.2]), tmp_path)
     assert [f.axes[0].get_xlabel() for f in figs] == [
