@@ -239,11 +239,23 @@ def main(argv=None):
         evaluate(a, argv, out, t_start, splits, net, meta2)
 
 
+def originals(a) -> list[tuple[str, int, float, int]]:
+    """The (group, seed, lr, epochs) originals this run trains: ``--originals`` or
+    :data:`TEST_ORIGINALS` (two under ``--quick``). Another ``--batch-size`` or
+    ``--weight-decay`` than the CLI's trains every one of them off its default recipe: they
+    were still titled "`hyperforget train` default recipe"."""
+    origs = a.originals or TEST_ORIGINALS
+    origs = origs[:2] if a.quick else origs
+    base = train.TrainConfig()
+    if (a.recipe.batch_size, a.recipe.weight_decay) != (base.batch_size, base.weight_decay):
+        origs = [("other", *o[1:]) for o in origs]
+    return list(origs)
+
+
 def evaluate(a, argv, out, t_start, splits, net, meta2):
     """Every table of the report, written to ``out`` at the end."""
     arch, tmpl = net.spec.arch, net.spec.arch.param_shapes()
-    origs = a.originals or TEST_ORIGINALS
-    origs = origs[:2] if a.quick else origs
+    origs = originals(a)
     samples = 1 if a.quick else a.samples
     singles = [(c,) for c in range(arch.num_classes)]
     pairs_in, pairs_out = pick_pairs(net.spec, a.pairs)

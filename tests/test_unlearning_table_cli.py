@@ -139,6 +139,17 @@ def test_hyperforget_eval_refuses_an_original_seed_twice(capsys):
     assert exc.value.code == 2 and "seed 0 is listed twice" in capsys.readouterr().err
 
 
+def test_hyperforget_eval_titles_only_the_cli_recipe_as_the_default():
+    """--batch-size 16 --weight-decay 0.05 trains every original off the CLI's recipe; their
+    tables were still titled "`hyperforget train` default recipe"."""
+    exp = load_experiment("hyperforget_eval")
+    groups = lambda argv: [o[0] for o in exp.originals(exp.parse(argv))]  # noqa: E731
+    assert groups(["--originals", "7:1e-3:20,8:2e-3:10"]) == ["default", "other"]
+    assert groups(["--originals", "7:1e-3:20", "--batch-size", "16"]) == ["other"]
+    assert set(groups(["--weight-decay", "0.05"])) == {"other"}
+    assert "default" in groups([])
+
+
 def test_hyperforget_eval_memorisation_says_what_its_std_is_over():
     # Every other ± of the report (and the README's "every table here") is over seeds; the
     # memorisation table's is over the 60 sampled models, and said nothing.
