@@ -692,12 +692,15 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 def format_over_seeds(values: Iterable[float | None], scale: float = 1.0, digits: int = 2
                       ) -> str:
     """:func:`format_mean_std` over the seeds that have a value: ``"–"`` where none has one
-    (not applicable), and ``"[k of n seeds]"`` appended where only some have one (a None, or a
-    NaN), so a seed that is missing is never silently left out of the mean."""
+    (not applicable: all None), ``"NaN [k of n seeds]"`` where the values are NaN, and
+    ``"[k of n seeds]"`` appended where only some have one (a None, or a NaN), so a seed that
+    is missing is never silently left out of the mean."""
     values = list(values)
     ok = [v for v in values if v is not None and np.isfinite(v)]
     if not ok:
-        return "–"
+        # Every seed NaN is not "not applicable": it read as the same "–".
+        nan = sum(v is not None for v in values)
+        return "–" if not nan else f"NaN [{nan} of {len(values)} seeds]"
     text = format_mean_std(ok, scale, digits)
     return text if len(ok) == len(values) else f"{text} [{len(ok)} of {len(values)} seeds]"
 

@@ -510,3 +510,11 @@ def test_parameters_of_another_model_are_refused_by_name():
     with pytest.raises(ArchitectureError, match="evaluate: the parameters do not run through "
                                                 "model 'apply_fn' \\(TypeError"):
         metrics.evaluate(apply_fn, bad, x, y, 10)
+
+
+def test_seeds_that_are_all_nan_are_not_read_as_not_applicable():
+    """Every seed NaN printed "–", the mark of a metric that does not apply (all None)."""
+    nan = float("nan")
+    assert metrics.format_over_seeds([None, None]) == "–"
+    assert metrics.format_over_seeds([nan, nan, None]) == "NaN [2 of 3 seeds]"
+    assert metrics.format_over_seeds([0.5, nan]) == "0.50 ± – [1 of 2 seeds]"
