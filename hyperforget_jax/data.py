@@ -53,6 +53,10 @@ class Dataset:
         for field in ("x", "y"):
             if not hasattr(getattr(self, field), "shape"):
                 object.__setattr__(self, field, np.asarray(getattr(self, field)))
+        if np.ndim(self.x) and np.ndim(self.y) and self.x.shape[0] != self.y.shape[0]:
+            # 200 images with 20 labels trained on 20 (len() is the labels'), without a word.
+            raise DataError(f"Dataset {self.name!r} has {self.x.shape[0]} images but "
+                            f"{self.y.shape[0]} labels; pass one label per image")
         object.__setattr__(self, "num_classes", checked_num_classes(
             self.num_classes, f"Dataset {self.name!r}", "; pass the number of classes, e.g. "
             "hf.Dataset(x, y, 10, 'mine'), or build it with hf.data.from_arrays(x, y)"))

@@ -561,6 +561,15 @@ API_CASES = [
      "augment_affine takes a Dataset \\(e.g. splits.train\\), got a Splits"),
     ("iterate-batches-of-0", lambda c: list(data.iterate_batches(c.train, 0, 0)), DataError,
      "iterate_batches: batch_size must be an integer >= 1, got 0"),
+    # 200 images with 20 labels trained on 20 (fit, downstream_accuracy's labels=), without a
+    # word; float labels there were truncated to other classes.
+    ("dataset-fewer-labels-than-images", lambda c: data.Dataset(
+        c.train.x[:200], c.train.y[:20], 10, "mine"), DataError,
+     "Dataset 'mine' has 200 images but 20 labels; pass one label per image"),
+    ("gan-downstream-float-labels", lambda c: __import__(
+        "hyperforget_jax.gan.metrics", fromlist=["x"]).downstream_accuracy(
+        c.train.x[:50], None, c.splits.test, labels=c.train.y[:50] + 0.7), DataError,
+     "labels must be 1-D integer class ids, got float64"),
     # A batch larger than the set repeated images in every batch, without a word.
     ("gan-train-batch-larger-than-the-set", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["train_gan"]).train_gan(

@@ -380,6 +380,10 @@ def downstream_accuracy(images: np.ndarray, judge: Judge, test: Dataset, seed: i
                         "holds, or kept_classes=None")
     if labels is None:
         labels = judge_outputs(judge, images)[0].argmax(1)
+    elif np.ndim(labels) != 1 or not np.issubdtype(np.asarray(labels).dtype, np.integer):
+        # Float labels (y + 0.7) were truncated to other classes without a word.
+        raise DataError(f"downstream_accuracy: labels must be 1-D integer class ids, got "
+                        f"{np.asarray(labels).dtype} {np.shape(labels)}")
     synth = Dataset(np.asarray(images, np.float32), np.asarray(labels, np.int32),
                     test.num_classes, "generated")
     arch = make_architecture(arch_name, test.x.shape[1:], test.num_classes)
