@@ -973,6 +973,15 @@ def test_a_class_the_original_does_not_draw_is_warned_about(digits_splits, tiny_
         warnings.simplefilter("always")
         U.unlearn_gan(arch, gan.g_params, gan.d_params, classify=dark, **kw)
     assert not [w for w in caught if "draws only" in str(w.message)]
+    # The opposite end: a G that draws only the forgotten class has no kept class to keep.
+    # Every check's drift read 1.0: the attempts ran to their cap (data substitution) or
+    # ended on "use data-level substitution", which cannot help either.
+    everything = lambda s: np.ones(len(s), np.int32)
+    for sub in ("latent", "data"):
+        with pytest.raises(ForgetRequestError, match=r"draws only class\(es\) 1 on 256 codes "
+                                                     r"\(by the judge\): there is no kept"):
+            U.unlearn_gan(arch, gan.g_params, gan.d_params, classify=everything,
+                          **dict(kw, cfg=dataclasses.replace(kw["cfg"], substitution=sub)))
 
 
 def test_max_rounds_is_a_hard_cap_when_not_a_multiple_of_check_every(digits_splits, tiny_gan):

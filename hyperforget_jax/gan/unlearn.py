@@ -950,6 +950,15 @@ def unlearn_gan(arch: GANArch, g_params: Params, d_params: Params, *,
         g0_labels = np.asarray(classify(g0_samples))
         g0_pool = g0_samples, g0_labels
         reference_mix = kept_class_mix(g0_labels, forget_classes)
+        if not reference_mix:
+            # No kept class to keep: the drift criterion read 1.0 at every check, so every
+            # attempt ran to its cap (data substitution) or ended on "every latent code is
+            # flagged ... use data-level substitution", which cannot help either.
+            classes = ", ".join(str(int(c)) for c in forget_classes)
+            raise ForgetRequestError(
+                f"the original generator draws only class(es) {classes} on {len(g0_labels):,} "
+                "codes (by the judge): there is no kept class for the cascade to keep. Check "
+                "the GAN (collapsed onto that class?) and the judge")
         _warn_if_never_drawn(g0_labels, forget_classes, cfg)
         g0_flags[0] = np.isin(g0_labels, list(forget_classes))     # flag_class_codes' rule
     bar = None
