@@ -84,6 +84,38 @@ def test_shares_fid_and_is_refuse_too_few_samples():
     assert M.classifier_fid(a, b) == pytest.approx(want, rel=1e-6)
 
 
+def test_the_exported_metrics_refuse_what_they_cannot_score():
+    """classifier_is gave NaN for a NaN row or logits and 5.9 for rows summing to 5;
+    classifier_fid a bare LinAlgError (or NaN) for one NaN feature, frechet_distance NaN;
+    forgotten_share read "3", [3.5], [] or [-7] as "nothing of them" (share 0.0); the
+    judge's outputs of no image were a bare TypeError, of NaN images finite probabilities."""
+    from hyperforget_jax.errors import ForgetRequestError
+
+    p = np.full((4, 10), 0.1)
+    for bad in (np.where(np.eye(4, 10) > 0, np.nan, p), p * 5, np.log(p)):
+        with pytest.raises(DataError, match="classifier_is takes class probabilities"):
+            M.classifier_is(bad)
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(20, 8))
+    f_nan = f.copy()
+    f_nan[3, 2] = np.nan
+    with pytest.raises(DataError, match="features hold NaN/inf"):
+        M.classifier_fid(f_nan, f)
+    with pytest.raises(DataError, match="frechet_distance: the means or covariances hold"):
+        M.frechet_distance(np.full(2, np.nan), np.eye(2), np.zeros(2), np.eye(2))
+    labels = np.array([3, 3, 3, 1, 2])
+    for classes in ("3", ["3"], [], [3.5], [-7]):
+        with pytest.raises(ForgetRequestError):
+            M.forgotten_share(labels, classes)
+    assert M.forgotten_share(labels, [3]) == pytest.approx(0.6)
+    arch = make_architecture("mlp", (8, 8, 1), 10)
+    judge = M.Judge(arch, arch.init(jax.random.key(0)))
+    with pytest.raises(DataError, match="N >= 1"):
+        M.judge_outputs(judge, np.zeros((0, 8, 8, 1), np.float32))
+    with pytest.raises(DataError, match="the images hold NaN/inf"):
+        M.judge_outputs(judge, np.full((3, 8, 8, 1), np.nan, np.float32))
+
+
 def test_d_score_mia():
     members, nonmembers = np.linspace(0.6, 0.9, 50), np.linspace(0.1, 0.4, 70)
     out = M.d_score_mia(members, nonmembers)

@@ -239,6 +239,13 @@ def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = JUDGE_CHUNK
     from hyperforget_jax.unlearn.gradtau_run import per_example
 
     x = np.asarray(x, np.float32)
+    # No image was a bare TypeError in chunked_apply; NaN images gave finite, near-uniform
+    # probabilities (ReLU zeroed them), where d_scores refuses them.
+    if x.ndim != 4 or not len(x):
+        raise DataError(f"judge_outputs takes (N, H, W, C) images with N >= 1, got shape "
+                        f"{x.shape}")
+    if not np.isfinite(x).all():
+        raise DataError("judge_outputs: the images hold NaN/inf values")
     # The registered models and the experiments' JudgeCNN are per-image by construction: no
     # check (≈ 1 s of compilation for JudgeCNN).
     own = judge.arch.registered or type(judge.arch.flax_module) is JudgeCNN
@@ -258,6 +265,9 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     """
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
+    if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
+        raise DataError("frechet_distance: the means or covariances hold NaN/inf (features of "
+                        "NaN images?)")
     # tr((Σ1 Σ2)^½) = tr((Σ1^½ Σ2 Σ1^½)^½): a symmetric PSD matrix, so eigh is stable even when
     # ReLU features leave Σ singular (dead units), where sqrtm of Σ1 Σ2 is not.
     w, v = np.linalg.eigh(sigma1)
@@ -276,6 +286,9 @@ def feature_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"features must be an (N, F) array with N >= 2 rows to estimate a "
                         f"covariance, got shape {f.shape}; pass judge_outputs(judge, x)[1] of "
                         "at least 2 images")
+    if not np.isfinite(f).all():    # (eigh's bare LinAlgError, or a NaN FID)
+        raise DataError("features hold NaN/inf values; pass judge_outputs(judge, x)[1] of "
+                        "finite images")
     return f.mean(0), np.cov(f, rowvar=False)
 
 
@@ -297,6 +310,10 @@ def classifier_is(probs: np.ndarray, eps: float = 1e-12) -> float:
     if p.ndim != 2 or len(p) == 0:     # no rows: NaN, with numpy's "Mean of empty slice"
         raise DataError(f"classifier_is takes (N, K) class probabilities with N >= 1, got "
                         f"shape {p.shape}")
+    if not np.isfinite(p).all() or (p < 0).any() or not np.allclose(p.sum(1), 1, atol=1e-3):
+        # NaN rows gave NaN, logits passed by mistake NaN, rows summing to 5 an IS of 5.9.
+        raise DataError("classifier_is takes class probabilities: finite, >= 0, each row "
+                        "summing to 1 (judge_outputs(judge, x)[0], a softmax, not logits)")
     py = p.mean(0, keepdims=True)
     kl = np.sum(p * (np.log(p + eps) - np.log(py + eps)), axis=1)
     return float(np.exp(kl.mean()))
@@ -326,7 +343,20 @@ def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
 def forgotten_share(labels: np.ndarray, classes: Sequence[int]) -> float:
     """Share of samples the judge assigns to any of the forgotten ``classes``."""
     labels = _check_judge_labels(labels, "forgotten_share")
+    # Validated as a forget request's classes: "3", [3.5] or [] read as "nothing of them"
+    # (share 0.0, perfectly forgotten); 3 alone was a TypeError.
+    classes = checked_classes(classes, "forgotten_share")
     return float(np.mean(np.isin(labels, list(classes))))
+
+
+def checked_classes(classes: Any, fn: str) -> tuple[int, ...]:
+    """``classes`` as a forget request's class ids (ForgetRequestError otherwise): "3", [3.5],
+    [] or [-7] read as "nothing of them", a share of 0.0 (perfectly forgotten)."""
+    classes = ForgetRequest(classes=classes).classes
+    if min(classes) < 0:
+        raise ForgetRequestError(f"{fn}: class {min(classes)} is negative; classes are the "
+                                 "judge's class ids 0..K-1")
+    return classes
 
 
 # --- membership inference on the discriminator -------------------------------------------------

@@ -69,7 +69,7 @@ from hyperforget_jax import data
 from hyperforget_jax.data import ForgetRequest
 from hyperforget_jax.errors import (ConfigError, DataError, ForgetRequestError, NonFiniteError,
                                     kind_of)
-from hyperforget_jax.gan.metrics import _refuse_out_of_range, forgotten_share
+from hyperforget_jax.gan.metrics import _refuse_out_of_range, checked_classes, forgotten_share
 from hyperforget_jax.gan.models import GANArch, check_gan_arch
 from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, generate,
                                        init_gan_state, make_optimizer)
@@ -323,6 +323,7 @@ def fake_label(kind: str, arch: GANArch, g_params: Params, d_params: Params, *,
 def flag_class_codes(samples: np.ndarray, classify: Callable[[np.ndarray], np.ndarray],
                      classes: Sequence[int]) -> np.ndarray:
     """Boolean mask of the codes whose sample ``classify`` (→ labels) assigns to ``classes``."""
+    classes = checked_classes(classes, "flag_class_codes")
     return np.isin(np.asarray(classify(samples)), list(classes))
 
 
