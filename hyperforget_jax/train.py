@@ -517,6 +517,16 @@ def scan_epoch(step: Callable) -> Callable:
     return run
 
 
+def check_mesh(mesh: Any, who: str) -> None:
+    """ConfigError unless ``mesh`` is None or a ``jax.sharding.Mesh``: a list of devices (a
+    plausible mistake) was an unhashable-type TypeError in the program cache, a Device an
+    AttributeError with an empty message."""
+    if mesh is not None and not isinstance(mesh, Mesh):
+        raise ConfigError(f"{who}: mesh= takes a jax.sharding.Mesh, got a "
+                          f"{type(mesh).__name__}; e.g. hf.train.data_mesh(jax.devices()) "
+                          "(or jax.make_mesh)")
+
+
 def auto_mesh(mesh: Mesh) -> tuple[Mesh, str]:
     """``mesh`` with Auto axes (XLA partitions the step from the input shardings; a
     ``jax.make_mesh`` default mesh has Explicit axes) and the name of its data axis: ``"data"``

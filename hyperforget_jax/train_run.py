@@ -30,7 +30,7 @@ from hyperforget_jax.models import Architecture, as_model, is_import_path, is_mo
 from hyperforget_jax.params import committed, refuse_traced, tree_index
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
-                                   VECTORIZE, effective_batch_size,
+                                   VECTORIZE, check_mesh, effective_batch_size,
                                    init_state, make_optimizer, make_train_step,
                                    over_members, scan_epoch, shard_rows)
 
@@ -239,6 +239,7 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         registered name: ``arch`` is what trains), or a model with no init and no
         ``init_params``.
     """
+    check_mesh(mesh, "fit")
     if not isinstance(cfg, TrainConfig):
         raise ConfigError(f"fit takes a TrainConfig, got {kind_of(cfg, TrainConfig)}; e.g. "
                           "hf.TrainConfig(epochs=5)")
@@ -449,6 +450,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
       DataError: a batch that is not an (x, y) pair, or of images of the wrong shape.
       ArchitectureError: a batch with a label past the model's last output.
     """
+    check_mesh(mesh, "fit_stream")
     check_sync_every(sync_every, "fit_stream")
     if not isinstance(cfg, TrainConfig):    # as fit: a dict or namespace failed on a field
         raise ConfigError(f"fit_stream takes a TrainConfig, got {kind_of(cfg, TrainConfig)}; "

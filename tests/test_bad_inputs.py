@@ -667,6 +667,14 @@ API_CASES = [
     ("hypertrain-p-uncond-one", lambda c: __import__(
         "hyperforget_jax.hyperforget.denoiser", fromlist=["x"]).HyperTrainConfig(p_uncond=1.0),
      ConfigError, r"p_uncond must be >= 0 and < 1, got 1"),
+    # A list of devices for mesh= was an unhashable-type TypeError in the program cache.
+    ("fit-mesh-a-list", lambda c: train.fit(c.arch, c.train, train.TrainConfig(epochs=1),
+                                            mesh=jax.devices()), ConfigError,
+     "fit: mesh= takes a jax.sharding.Mesh, got a list"),
+    ("unlearn-mesh-a-device", lambda c: __import__("hyperforget_jax").unlearn(
+        "neggrad", c.arch, c.params, data.resolve_forget(c.train, data.ForgetRequest(
+            classes=(1,))), c.splits.val, mesh=jax.devices()[0]), ConfigError,
+     "neggrad: mesh= takes a jax.sharding.Mesh, got a Device"),
     ("zero-lr", lambda c: train.TrainConfig(lr=0.0), ConfigError, "learning rate"),
     ("nan-lr", lambda c: train.TrainConfig(lr=float("nan")), ConfigError, "learning rate"),
     # Positive, but 0 in float32: it passed "> 0" and trained nothing, without a word.

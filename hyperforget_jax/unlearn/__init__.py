@@ -233,6 +233,7 @@ def unlearn(method: str, arch: Any, params: Any, split: ForgetSplit, val: Datase
       NonFiniteError: a loss or parameters became NaN/inf (nothing is returned); it names the
         starting parameters when they already were.
     """
+    train.check_mesh(mesh, method if isinstance(method, str) else "unlearn")
     seed = check_seed(seed)
     model = _check(method, split, val, arch, params)
     forget_classes = _given_forget_classes(split, forget_classes)

@@ -649,6 +649,7 @@ def run_method(method: str, arch: Any, params: Params, split: ForgetSplit, cfg: 
         field names, so e.g. a SalUnConfig would run NegGrad with SalUn's values).
       NonFiniteError: a step produced NaN/inf.
     """
+    train.check_mesh(mesh, method if isinstance(method, str) else "run_method")
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     # Committed: parameters restored from disk and fresh from fit share the compiled program.
     params = committed(params)

@@ -389,6 +389,7 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
       NonFiniteError: a step produced NaN/inf (named in the message); nothing is saved.
       CheckpointError: the checkpoint directory holds a different run.
     """
+    train.check_mesh(mesh, "run_gradtau")
     cfg = config or G.GradTauConfig()
     model = as_model(arch, split.forget.x.shape[1:], split.forget.num_classes)
     if val is not None:     # as unlearn: 0..255 validation images measured a τ 13× too large

@@ -189,6 +189,7 @@ def run_gradtau_stream(arch: Any, params: Params,
         over the whole D_f), a local batch that does not split over the local devices.
       NonFiniteError: a step produced NaN/inf (named); nothing is returned.
     """
+    train.check_mesh(mesh, "run_gradtau_stream")
     cfg = config or G.GradTauConfig()
     check_sync_every(sync_every, "run_gradtau_stream")
     if (tau is None) == (tau_fn is None):
