@@ -539,13 +539,16 @@ def global_rows(local: Any, mesh: Mesh | None) -> Any:
         return jax.tree.map(jnp.asarray, local)
     m, axis = auto_mesh(mesh)
     sharding = NamedSharding(m, P(axis))
-    n_local = len(m.local_devices)
+    # The row blocks this process holds: its share of the data axis's shards (on a 2 × 2
+    # (model, data) mesh 2, not its 4 devices: 6-row batches, valid, were refused).
+    n_local = max(1, m.shape[axis] * len(m.local_devices) // m.devices.size)
 
     def put(x):
         x = np.asarray(x)
         if x.shape[0] % n_local:
-            raise ConfigError(f"a local batch of {x.shape[0]} rows cannot be split over "
-                              f"{n_local} local devices; use a multiple of {n_local}")
+            raise ConfigError(f"a local batch of {x.shape[0]} rows cannot be split over the "
+                              f"{n_local} shards of the mesh's {axis!r} axis on this process; "
+                              f"use a multiple of {n_local}")
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree.map(put, local)

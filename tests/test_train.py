@@ -527,6 +527,16 @@ def test_fit_on_a_mesh_and_streamed_equal_one_device(digits_splits):
         assert int(streamed.step) == int(want.step)
         assert_trees_close(streamed.params, want.params, atol=1e-5)
         np.testing.assert_allclose(hist_s[-1]["loss"], hist[-1]["loss"], rtol=1e-5)
+    # On a 2 × 2 (model, data) mesh a streamed batch is split in 2, not over 4 devices: 6-row
+    # batches were refused ("use a multiple of 4").
+    grid = jax.sharding.Mesh(np.array(devices_or_skip(4)).reshape(2, 2), ("model", "data"))
+    six = dataclasses.replace(cfg, batch_size=6, epochs=1)
+    rows = lambda epoch: list(data.iterate_batches(ds, 6, cfg.seed, epoch))[:5]
+    assert_trees_close(train.fit_stream(arch, rows, six, mesh=grid)[0].params,
+                       train.fit_stream(arch, rows, six)[0].params, atol=1e-5)
+    with pytest.raises(ConfigError, match="6 rows cannot be split over the 4 shards of the "
+                                          "mesh's 'data' axis"):
+        train.fit_stream(arch, rows, six, mesh=mesh)
     # A batch that does not divide over the devices is split unevenly (it used to be refused).
     odd = dataclasses.replace(cfg, batch_size=30, epochs=1)
     assert_trees_close(train.fit(arch, ds, odd, mesh=mesh)[0].params,
