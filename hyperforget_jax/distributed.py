@@ -21,6 +21,7 @@ process count and id (or the cluster's auto-detection: Slurm, Open MPI, Cloud TP
 
 from __future__ import annotations
 
+import numbers
 import socket
 from typing import Any, Callable
 
@@ -66,16 +67,32 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if any(given) and not all(given):
         raise ConfigError("distributed.initialize: pass coordinator_address, num_processes and "
                           "process_id together, or none of them (cluster auto-detection)")
-    if num_processes is not None and not 0 <= int(process_id) < int(num_processes):
-        raise ConfigError(f"distributed.initialize: process_id {process_id} is outside "
-                          f"[0, {num_processes}); use a rank below num_processes")
+    if num_processes is not None:
+        # Plain integers first: "2" or 2.5 passed int() here and failed in JAX after the
+        # collectives setting had changed; num_processes 0 blamed process_id.
+        for name, v, low in (("num_processes", num_processes, 1), ("process_id", process_id, 0)):
+            if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < low:
+                raise ConfigError(f"distributed.initialize: {name} must be an integer >= "
+                                  f"{low}, got {v!r}")
+        if not process_id < num_processes:
+            raise ConfigError(f"distributed.initialize: process_id {process_id} is outside "
+                              f"[0, {num_processes}); use a rank below num_processes")
     jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                initialization_timeout=initialization_timeout, **kwargs)
 
 
 def global_mesh() -> Mesh:
-    """A 1-D ``("data",)`` mesh over every device of every process (Auto axes)."""
+    """A 1-D ``("data",)`` mesh over every device of every process (Auto axes). Every process
+    must have the same number of devices: the batch scheme (:func:`global_batch`, process
+    ``i`` passing rows ``[i·b, (i+1)·b)``) splits the global batch evenly over processes."""
+    if jax.local_device_count() * jax.process_count() != jax.device_count():
+        # (JAX's "Unable to compute global_shape due to non-uniform sharding. Specify global
+        # shape directly", which global_batch cannot)
+        raise ConfigError(f"distributed: every process needs the same number of devices; this "
+                          f"one has {jax.local_device_count()} of {jax.device_count()} over "
+                          f"{jax.process_count()} processes (set each process's device count "
+                          "alike, e.g. CUDA_VISIBLE_DEVICES)")
     return train.data_mesh(jax.devices())
 
 

@@ -6,6 +6,7 @@ shape."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -121,6 +122,27 @@ def test_initialize_rejects_partial_or_bad_arguments():
         dist.initialize("127.0.0.1:1234", num_processes=2)
     with pytest.raises(ConfigError, match="outside"):
         dist.initialize("127.0.0.1:1234", num_processes=2, process_id=2)
+    # num_processes 0 blamed process_id; "2" / 2.5 passed int() and failed in JAX, after the
+    # collectives setting had changed.
+    collectives = jax.config.jax_cpu_collectives_implementation
+    for n, pid, words in ((0, 0, "num_processes must be an integer >= 1, got 0"),
+                          ("2", 1, "num_processes must be an integer >= 1, got '2'"),
+                          (2.5, 1, "num_processes must be an integer >= 1, got 2.5"),
+                          (2, "x", "process_id must be an integer >= 0, got 'x'")):
+        with pytest.raises(ConfigError, match=re.escape(words)):
+            dist.initialize("127.0.0.1:1234", num_processes=n, process_id=pid)
+    assert jax.config.jax_cpu_collectives_implementation == collectives
+
+
+def test_global_mesh_refuses_processes_with_unequal_device_counts(monkeypatch):
+    """2 devices on one process and 1 on the other: JAX's "Unable to compute global_shape due
+    to non-uniform sharding. Specify global shape directly", which global_batch cannot."""
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    monkeypatch.setattr(jax, "device_count", lambda: 3)
+    monkeypatch.setattr(jax, "local_device_count", lambda: 2)
+    with pytest.raises(ConfigError, match="every process needs the same number of devices; "
+                                          "this one has 2 of 3 over 2 processes"):
+        dist.global_mesh()
 
 
 def test_fetch_returns_a_sharded_array_whole_on_one_process():
