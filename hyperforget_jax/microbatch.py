@@ -215,7 +215,14 @@ def local_params(params: Any, batches: Any, axis_name: Any, who: str, none_means
 def chunked_mean_value_and_grad(loss_fn: Callable, params: Any, batch: Any,
                                 chunk: int | None) -> tuple[jax.Array, Any]:
     """(mean loss, its gradient) as sums over chunks of ``chunk`` examples, on any platform
-    (None: the whole batch in one pass)."""
+    (None: the whole batch in one pass; a chunk of at least the batch's size is the whole
+    batch, as :func:`resolve_chunk` makes it: 5 of 4 examples was an IndexError, 0 a
+    ZeroDivisionError)."""
+    if chunk is not None and not isinstance(chunk, str):
+        chunk = resolve_chunk(chunk, loss_fn, params, batch)
+    elif chunk is not None:
+        raise ConfigError(f"chunk={chunk!r}: chunked_mean_value_and_grad takes None or a "
+                          "positive number of examples ('auto': mean_value_and_grad)")
     if chunk is None:
         return jax.value_and_grad(lambda p: jnp.mean(loss_fn(p, batch)))(params)
     vg = jax.value_and_grad(functools.partial(_sum_loss, loss_fn))

@@ -96,6 +96,25 @@ def test_bf16_gradients_in_chunks_are_summed_in_float32():
     assert err(chunked) < 1.5 * err(whole)
 
 
+def test_chunked_mean_value_and_grad_takes_any_chunk_size():
+    """A chunk larger than the batch was an IndexError, 0 a ZeroDivisionError, -1 a reshape
+    TypeError: a chunk of at least the batch is the whole batch (as resolve_chunk has it),
+    and one below 1 is refused."""
+    rng = np.random.default_rng(2)
+    w = jnp.asarray(rng.normal(size=(16, 10)), jnp.float32)
+    batch = (jnp.asarray(rng.normal(size=(4, 16)), jnp.float32),
+             jnp.asarray(rng.integers(0, 10, 4)))
+    loss_fn = train.per_example_ce(lambda p, x: x @ p)
+    whole = microbatch.chunked_mean_value_and_grad(loss_fn, w, batch, None)
+    for c in (4, 5, 100):
+        got = microbatch.chunked_mean_value_and_grad(loss_fn, w, batch, c)
+        np.testing.assert_allclose(got[0], whole[0], rtol=1e-6)
+        np.testing.assert_allclose(got[1], whole[1], rtol=1e-5, atol=1e-7)
+    for c in (0, -1, "auto"):
+        with pytest.raises(ConfigError, match=f"chunk={c!r}"):
+            microbatch.chunked_mean_value_and_grad(loss_fn, w, batch, c)
+
+
 def test_auto_chunk_follows_the_saved_activations():
     cnn = models.make_architecture("cnn")
     mlp = models.make_architecture("mlp")
