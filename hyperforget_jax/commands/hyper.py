@@ -51,7 +51,10 @@ def cmd_corpus(args) -> int:
         corpus = C.Corpus(run.path)
     md = (f"corpus {corpus.path}: {len(corpus.originals)} originals, {len(corpus)} trajectory "
           f"checkpoints built in {stats['total_build_seconds']:.1f} s; this call: "
-          f"{stats['checkpoints']} new in {stats['seconds']:.1f} s, {stats['shards_skipped']} "
+          # (networks: stats count the originals with the checkpoints, "48 checkpoints; this
+          # call: 52 new" read as more new than in all)
+          f"{stats['checkpoints']} networks (originals included) new in "
+          f"{stats['seconds']:.1f} s, {stats['shards_skipped']} "
           f"shard(s) already done; test seeds {corpus.index['test_seeds']}")
     common.emit(args, {**stats, "path": str(corpus.path), "originals": len(corpus.originals),
                        "checkpoints_total": len(corpus),
