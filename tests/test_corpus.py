@@ -342,6 +342,14 @@ def test_user_model_by_import_path(tmp_path, digits_splits):
     cfg = dataclasses.replace(CFG, arch="user_model:TinyNet", epochs_range=(1, 1),
                               unlearn_epochs=1, checkpoints=1, class_pairs=0,
                               forget_classes=(4,))
+    # CFG's unlearning batch of 512 wrapped round these 256 images (rows repeated in every
+    # batch) without a word: refused, naming the field and its flag, before anything is made.
+    with pytest.raises(ConfigError, match=r"CorpusConfig.unlearn_batch_size 512 is larger than "
+                                          r"the training set \(256 images\).*"
+                                          r"\(--unlearn-batch-size\)"):
+        C.build_corpus(tmp_path / "c", cfg, small, "digits-256", progress=False)
+    assert not (tmp_path / "c").exists()
+    cfg = dataclasses.replace(cfg, unlearn_batch_size=256)
     C.build_corpus(tmp_path, cfg, small, "digits-256", progress=False)
     corpus = C.Corpus(tmp_path)
     assert corpus.arch.source == "user_model:TinyNet" and corpus.originals.shape == (2, 2410)
@@ -396,7 +404,8 @@ def test_resume_refuses_an_index_of_another_trained_span(tmp_path, digits_splits
     small = data.Splits(*(dataclasses.replace(ds, x=ds.x[:256], y=ds.y[:256])
                           for ds in digits_splits))
     cfg = dataclasses.replace(CFG, epochs_range=(1, 1), unlearn_epochs=1, checkpoints=1,
-                              class_pairs=0, forget_classes=(4,), unlearn_layers="head")
+                              class_pairs=0, forget_classes=(4,), unlearn_layers="head",
+                              unlearn_batch_size=256)
     C.build_corpus(tmp_path, cfg, small, "digits-256", progress=False)
     index = json.loads((tmp_path / "index.json").read_text())
     index["trained_tensors"] = [0, 1]               # as an older rule would have named it

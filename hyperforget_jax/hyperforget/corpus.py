@@ -726,6 +726,15 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     if ccfg.unlearn_layers == "head":
         _check_head_is_output(arch, splits.train.x[:64])   # before anything is written or trained
     _check_requests_have_images(ccfg.requests(arch.num_classes), splits.train)
+    for field in ("batch_size", "unlearn_batch_size"):
+        # Named here, before anything is trained: the fleet refused "batch_size" (not the
+        # corpus's field or flag), and the unlearning trajectories wrapped their batches round
+        # a smaller set, rows repeated within a batch.
+        v, n = getattr(ccfg, field), len(splits.train)
+        if v > n:
+            raise ConfigError(f"CorpusConfig.{field} {v} is larger than the training set ({n} "
+                              f"images): its batches would repeat rows; pass {field} <= {n} "
+                              f"(--{field.replace('_', '-')})")
     out = report.prepare_dir(out_dir, flag="--out")    # `hyperforget corpus --out`
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
     if CI.index_path(out).exists():
