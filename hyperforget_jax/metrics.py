@@ -232,29 +232,43 @@ def per_sample_outputs(apply_fn: ApplyFn, params: Any, x: Any, y: Any,
     return result
 
 
+def _distinct_rows(x: Any, k: int = 4) -> np.ndarray | None:
+    """The first ``k`` distinct rows among the first 256 of ``x``; None for fewer than 2
+    (repeated rows have no batch statistics to show)."""
+    head = np.asarray(x[:256])
+    _, first = np.unique(head.reshape(len(head), -1), axis=0, return_index=True)
+    return head[np.sort(first)[:k]] if len(first) >= 2 else None
+
+
 def rows_independent(apply: Callable, params: Any, x: Any) -> bool:
     """Whether ``apply(params, x)``'s output row of an input does not depend on the other rows of
     its batch: 4 distinct rows of ``x`` computed whole and one by one agree (a forward pass
     with batch statistics, e.g. BatchNorm without running averages or centring by the batch
     mean, differs). ``apply`` returns an array or a tuple of arrays, one row per input.
 
-    The rows are the first 4 distinct ones (repeated rows have no batch statistics to show:
-    fewer than 2 distinct ones cannot tell, False), and the parameters are perturbed
-    (:func:`~hyperforget_jax.params.perturbed`): a batch-dependent branch behind a gate
-    initialised to 0 passed at the initial parameters, and the answer is kept for the model."""
+    The rows are the first 4 distinct ones (fewer than 2 distinct ones cannot tell: False),
+    and the parameters are perturbed (:func:`~hyperforget_jax.params.perturbed`): a
+    batch-dependent branch behind a gate initialised to 0 passed at the initial parameters,
+    and the answer is kept for the model. Where the perturbed outputs are not finite (a
+    running variance pushed below 0), the parameters as given decide."""
     from hyperforget_jax.params import perturbed
 
-    head = np.asarray(x[:256])
-    _, first = np.unique(head.reshape(len(head), -1), axis=0, return_index=True)
-    if len(first) < 2:
+    rows = _distinct_rows(x)
+    if rows is None:
         return False
-    xs = jnp.asarray(head[np.sort(first)[:4]])
-    params = perturbed(params)
+    xs = jnp.asarray(rows)
     apply = jax.jit(apply)
-    whole = [np.asarray(o, np.float64) for o in jax.tree.leaves(apply(params, xs))]
-    alone = [np.concatenate(o) for o in zip(*(
-        [np.asarray(o, np.float64) for o in jax.tree.leaves(apply(params, xs[i:i + 1]))]
-        for i in range(len(xs))))]
+
+    def outputs(p):
+        whole = [np.asarray(o, np.float64) for o in jax.tree.leaves(apply(p, xs))]
+        alone = [np.concatenate(o) for o in zip(*(
+            [np.asarray(o, np.float64) for o in jax.tree.leaves(apply(p, xs[i:i + 1]))]
+            for i in range(len(xs))))]
+        return whole, alone
+
+    whole, alone = outputs(perturbed(params))
+    if not all(np.isfinite(w).all() and np.isfinite(a).all() for w, a in zip(whole, alone)):
+        whole, alone = outputs(params)
     # The scale of the finite outputs: a masked class's −inf made the tolerance inf (and numpy
     # warn), so any two outputs compared equal.
     return all(np.allclose(w, a, rtol=1e-3, atol=1e-3 * (1 + np.abs(
@@ -264,12 +278,14 @@ def rows_independent(apply: Callable, params: Any, x: Any) -> bool:
 def rows_independent_once(owner: Any, key: Any, apply: Callable, params: Any, x: Any) -> bool:
     """:func:`rows_independent`, asked once per ``key`` of ``owner`` (a model or a GAN
     architecture: its ``program`` cache): True for the registered models (per-example by
-    construction); False, not checked, for traced parameters (inside a user's transformation
-    the check cannot run) and for fewer than 2 rows (one row cannot tell, and the answer kept
-    for the owner is never one row's)."""
+    construction); False, not checked (nor kept), for traced parameters (inside a user's
+    transformation the check cannot run) and for fewer than 2 distinct rows (they cannot
+    tell: a first evaluation of blank images kept False for the model, and its later real
+    sets ran as one batch)."""
     if owner.registered:
         return True
-    if len(x) < 2 or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)) \
+            or len(x) < 2 or _distinct_rows(x, 2) is None:
         return False
     return owner.program(key, lambda: rows_independent(apply, params, x))
 
@@ -339,7 +355,8 @@ def _run_batches(apply_fn: ApplyFn, params: Any, x: np.ndarray, y: np.ndarray,
     # ScopeParamShapeError (not a ValueError), an apply_fn's own TypeError came out bare. (A
     # bare apply_fn takes what its author says: Flax variables, or no parameters at all.)
     if model.param_shapes() is not None:
-        model.check_params(params)
+        model.check_params(params, shapes_only=True)
+    model.check_inputs(x, what, values=False)     # (images of another shape: not "parameters")
     model.num_outputs(params, np.shape(x)[1:], what, bs)
     if bs < n and not per_example(model, params, x):
         bs = n      # batch statistics: the set's own, not those of a chunk or of padding

@@ -338,14 +338,19 @@ class Architecture:
 
     # --- checks ---------------------------------------------------------------------------------
 
-    def check_params(self, params: Params, reference: Params | None = None) -> None:
+    def check_params(self, params: Params, reference: Params | None = None,
+                     shapes_only: bool = False) -> None:
         """Raises :class:`ArchitectureError` unless ``params`` fit this model.
 
         Compared leaf by leaf (paths, shapes and dtypes) with the model's init when it has one,
         else with ``reference`` (e.g. the parameters a method started from) when given, else
-        only checked to be a pytree of floating-point arrays.
+        only checked to be a pytree of floating-point arrays. ``shapes_only``: paths and shapes
+        (an evaluation: other dtypes run, and nothing is checkpointed, so an NNX state's
+        integer list keys are fine).
         """
         if self.nnx_model is not None and _has_int_keys(params):
+            if shapes_only:     # its own paths ([0], not ['0']): the model's apply takes them
+                return
             raise ArchitectureError(
                 f"parameters for {self.name} have integer keys (nnx.to_pure_dict's list "
                 "indices), which checkpoints do not keep; pass hf.nnx_params(net), whose list "
@@ -354,7 +359,7 @@ class Architecture:
         if want is None and reference is not None:
             want = jax.tree.map(lambda l: jax.ShapeDtypeStruct(jnp.shape(l), jnp.result_type(l)),
                                 reference)
-        check_param_tree(params, want, self.name)
+        check_param_tree(params, want, self.name, dtypes=not shapes_only)
 
     def check_inputs(self, x, what: str = "data", labels=None, values: bool = True) -> None:
         """Raises :class:`DataError` unless images ``x`` have shape (N, *input_shape) and the
@@ -485,10 +490,12 @@ def _leaf_spec(leaf) -> tuple[tuple[int, ...], Any]:
     return tuple(jnp.shape(leaf)), jax.dtypes.canonicalize_dtype(jnp.result_type(leaf))
 
 
-def check_param_tree(params: Params, want: Params | None, name: str) -> None:
+def check_param_tree(params: Params, want: Params | None, name: str,
+                     dtypes: bool = True) -> None:
     """Compares a parameter pytree with the expected ``ShapeDtypeStruct`` tree ``want`` (or, if
     None, only checks that every leaf is a floating-point array). Raises ArchitectureError
-    naming the first mismatching path and the fix."""
+    naming the first mismatching path and the fix. ``dtypes=False``: paths and shapes only
+    (an evaluation runs bfloat16 copies of a float32 model's parameters)."""
     if isinstance(params, Mapping) and "params" in params and (   # dict or FrozenDict
             want is None or "params" not in want):
         others = sorted(str(k) for k in params if k != "params")
@@ -515,7 +522,7 @@ def check_param_tree(params: Params, want: Params | None, name: str) -> None:
     if not got:
         raise ArchitectureError(f"parameters for {name} are empty (no arrays in the pytree)")
     for path, (shape, dtype) in got.items():
-        if not jnp.issubdtype(dtype, jnp.floating):
+        if dtypes and not jnp.issubdtype(dtype, jnp.floating):
             raise ArchitectureError(
                 f"parameters for {name}: {path} has dtype {dtype}, not a floating-point type; "
                 "cast them: jax.tree.map(lambda p: p.astype(jnp.float32), params)")
@@ -547,7 +554,7 @@ def check_param_tree(params: Params, want: Params | None, name: str) -> None:
             raise ArchitectureError(f"parameters do not fit {name}: {path} has shape "
                                     f"{got[path][0]}, expected {shape}; were they "
                                     "trained for another architecture or image shape?")
-        if got[path][1] != dtype:
+        if dtypes and got[path][1] != dtype:
             raise ArchitectureError(
                 f"parameters do not fit {name}: {path} has dtype {got[path][1]}, the model's "
                 f"parameters are {dtype}; cast them: jax.tree.map(lambda p: "

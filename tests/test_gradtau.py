@@ -1262,6 +1262,28 @@ def test_one_example_does_not_decide_that_a_model_is_per_example():
     assert not per_example(m, m.init(jax.random.key(0)), x)
     tiny = models.as_model(nn.Dense(3), (5,))            # and a per-example model still is
     assert per_example(tiny, tiny.init(jax.random.key(0)), np.repeat(x, 2, 0))
+    # The review: blank rows first kept "cannot tell" (False) for the model, so its real sets
+    # ran as one batch; now nothing is kept until rows can tell.
+    tiny = models.as_model(nn.Dense(3), (5,))
+    p = tiny.init(jax.random.key(0))
+    assert not per_example(tiny, p, np.zeros((6, 5), np.float32))
+    assert per_example(tiny, p, x)
+
+    # BatchNorm on running averages is per-example: the perturbation pushed a trained model's
+    # small running variances below 0, NaN outputs compared unequal, and it read as
+    # batch-dependent (every evaluation then one batch).
+    class RunningBN(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(nn.BatchNorm(use_running_average=True)(nn.Dense(8)(x)))
+
+    from hyperforget_jax import metrics
+
+    net = RunningBN()
+    v = net.init(jax.random.key(0), x[:2])
+    v = {**v, "batch_stats": {"BatchNorm_0": {**v["batch_stats"]["BatchNorm_0"],
+                                              "var": jnp.full((8,), 1e-3)}}}
+    assert metrics.rows_independent(net.apply, v, x)
 
 
 def test_tau_of_a_large_validation_set_is_summed_in_chunks(monkeypatch, digits_splits,

@@ -510,6 +510,14 @@ def test_parameters_of_another_model_are_refused_by_name():
     with pytest.raises(ArchitectureError, match="evaluate: the parameters do not run through "
                                                 "model 'apply_fn' \\(TypeError"):
         metrics.evaluate(apply_fn, bad, x, y, 10)
+    # The review: the evaluators compare paths and shapes only (a bfloat16 copy of the
+    # parameters evaluates, as it did), and images of another shape are named as such (they
+    # were "the parameters do not run through model 'mlp'").
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), p)
+    assert metrics.evaluate(mlp, half, x, y, 10)["n"] == 6
+    with pytest.raises(DataError, match=r"has images of shape \(4, 4, 4\) but the mlp model "
+                                        r"takes \(8, 8, 1\)"):
+        metrics.evaluate(mlp, p, x.reshape(6, 4, 4, 4), y, 10)
 
 
 def test_seeds_that_are_all_nan_are_not_read_as_not_applicable():

@@ -212,6 +212,14 @@ def test_what_cannot_build_fresh_parameters_is_refused_naming_the_fix(world, Net
         other.check_params(p)
     with pytest.raises(ArchitectureError, match=r"integer keys.*hf\.nnx_params"):
         m.check_params(nnx.to_pure_dict(nnx.state(wide, nnx.Param)))
+    # ... which an evaluation takes, as it did (it writes no checkpoint): metrics.evaluate
+    # refused them for a while (the review of stop 62).
+    from hyperforget_jax import metrics
+
+    x = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    got, want = (metrics.evaluate(m, q, x, np.arange(4), 10)
+                 for q in (nnx.to_pure_dict(nnx.state(wide, nnx.Param)), p))
+    assert (got["accuracy"], got["loss"]) == (want["accuracy"], want["loss"])
 
 
 def test_a_required_num_classes_is_given_k():
