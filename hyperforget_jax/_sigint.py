@@ -32,9 +32,11 @@ def install() -> None:
 def is_program() -> bool:
     """Whether this process is the ``hyperforget`` program (its console script, or
     ``python -m hyperforget_jax.cli``), not a user's Python importing the library."""
-    script = os.path.splitext(os.path.basename(sys.argv[0] if sys.argv else ""))[0]
+    # The console script's own name: a user's script "hyperforget.py" is not the program (its
+    # Ctrl-C ended it with os._exit, no KeyboardInterrupt, no finally).
+    script = os.path.basename(sys.argv[0] if sys.argv else "")
     orig = getattr(sys, "orig_argv", [])
-    return script in ("hyperforget", "hyperforget-script") or (
+    return script in ("hyperforget", "hyperforget.exe", "hyperforget-script.py") or (
         "-m" in orig and orig[orig.index("-m") + 1:][:1] == ["hyperforget_jax.cli"])
 
 

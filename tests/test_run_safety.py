@@ -693,7 +693,7 @@ def test_the_program_s_ctrl_c_is_not_dropped_inside_a_gc_callback(monkeypatch):
 
 
 @pytest.mark.parametrize("argv0, installed", [("/venv/bin/hyperforget", True),
-                                              ("script.py", False)])
+                                              ("script.py", False), ("hyperforget.py", False)])
 def test_the_program_s_ctrl_c_while_it_imports_jax_ends_it_with_one_line(argv0, installed):
     """The handler above came into place only once a command ran, after seconds of imports:
     a Ctrl-C landing in JAX's gc callback then was dropped (the run trained to the end, exit
