@@ -27,6 +27,7 @@ when every leaf of ``batch`` has the batch axis first. ``chunk``:
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Any, Callable
 
 import jax
@@ -121,8 +122,9 @@ def resolve_chunk(chunk: Any, loss_fn: Callable, params: Any, batch: Any) -> int
             raise ConfigError(f"chunk={chunk!r}: use None, 'auto' or a positive number of "
                               "examples")
         return auto_chunk(loss_fn, params, batch)
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    if isinstance(chunk, bool) or not isinstance(chunk, numbers.Integral) or chunk < 1:
         raise ConfigError(f"chunk={chunk!r}: use None, 'auto' or a positive number of examples")
+    chunk = int(chunk)      # (np.int64(4) was refused)
     n = batch_size(batch)
     if n is None:
         raise ConfigError("chunk= needs every leaf of the batch to have the batch axis first; "

@@ -106,7 +106,7 @@ def test_chunked_mean_value_and_grad_takes_any_chunk_size():
              jnp.asarray(rng.integers(0, 10, 4)))
     loss_fn = train.per_example_ce(lambda p, x: x @ p)
     whole = microbatch.chunked_mean_value_and_grad(loss_fn, w, batch, None)
-    for c in (4, 5, 100):
+    for c in (4, 5, 100, np.int64(4), np.int32(2)):
         got = microbatch.chunked_mean_value_and_grad(loss_fn, w, batch, c)
         np.testing.assert_allclose(got[0], whole[0], rtol=1e-6)
         np.testing.assert_allclose(got[1], whole[1], rtol=1e-5, atol=1e-7)
