@@ -98,6 +98,7 @@ def global_mesh() -> Mesh:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """A pytree held identically by every process → global arrays replicated over ``mesh``."""
+    train.check_mesh(mesh, "distributed.replicate")
     sharding = NamedSharding(mesh, P())
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)

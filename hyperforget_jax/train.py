@@ -492,12 +492,14 @@ def sharded_step(step: Callable, mesh: Mesh) -> Callable:
     """Compiles the single-device step with a replicated state and a batch sharded along
     ``"data"``; XLA inserts the gradient all-reduce. Same numbers as :func:`jit_step`."""
     check_step_axis(step, None, "sharded_step")
+    check_mesh(mesh, "sharded_step")
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     return xla.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl),
                    donate_argnums=0)
 
 
 def put_sharded(tree: Any, mesh: Mesh, spec: P = P("data")) -> Any:
+    check_mesh(mesh, "put_sharded")
     return jax.device_put(tree, NamedSharding(mesh, spec))
 
 

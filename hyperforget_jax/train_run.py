@@ -537,6 +537,7 @@ def global_rows(local: Any, mesh: Mesh | None) -> Any:
     along the data axis (``jax.make_array_from_process_local_data``); without, ``jnp.asarray``."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, local)
+    check_mesh(mesh, "global_rows")
     m, axis = auto_mesh(mesh)
     sharding = NamedSharding(m, P(axis))
     # The row blocks this process holds: its share of the data axis's shards (on a 2 × 2

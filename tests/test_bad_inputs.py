@@ -675,6 +675,12 @@ API_CASES = [
         "neggrad", c.arch, c.params, data.resolve_forget(c.train, data.ForgetRequest(
             classes=(1,))), c.splits.val, mesh=jax.devices()[0]), ConfigError,
      "neggrad: mesh= takes a jax.sharding.Mesh, got a Device"),
+    # ... and where the sharding helpers take one (the review: the same AttributeError there).
+    ("put-sharded-mesh-a-list", lambda c: train.put_sharded(c.train.x[:8], jax.devices()),
+     ConfigError, "put_sharded: mesh= takes a jax.sharding.Mesh, got a list"),
+    ("replicate-mesh-a-list", lambda c: __import__(
+        "hyperforget_jax.distributed", fromlist=["x"]).replicate(c.params, jax.devices()),
+     ConfigError, "distributed.replicate: mesh= takes a jax.sharding.Mesh, got a list"),
     ("zero-lr", lambda c: train.TrainConfig(lr=0.0), ConfigError, "learning rate"),
     ("nan-lr", lambda c: train.TrainConfig(lr=float("nan")), ConfigError, "learning rate"),
     # Positive, but 0 in float32: it passed "> 0" and trained nothing, without a word.

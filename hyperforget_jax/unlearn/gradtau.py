@@ -720,6 +720,7 @@ def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
     all-reduce. The state is donated (its buffers reused); ``train.init_state`` copies the
     parameters it is given, so the caller's stay readable."""
     train.check_step_axis(step, None, "sharded_gradtau_step")
+    train.check_mesh(mesh, "sharded_gradtau_step")
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     kw = dict(out_shardings=(repl, repl), donate_argnums=0)
     return _with_optional_hint(
