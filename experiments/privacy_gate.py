@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol-ulira", type=float, default=0.10,
                    help="max |U-LiRA accuracy(method) − the Retrain noise floor's|, either "
                         "side (default 0.10)")
-    p.add_argument("--recheck", metavar="GATE_JSON", default=None,
+    p.add_argument("--recheck", metavar="GATE_JSON", type=path_arg, default=None,
                    help="re-apply the tolerances to the numbers of an earlier gate.json "
                         "(no training); writes the new verdict to --out")
     p.add_argument("--restart", action="store_true",

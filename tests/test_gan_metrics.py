@@ -95,6 +95,9 @@ def test_the_exported_metrics_refuse_what_they_cannot_score():
     for bad in (np.where(np.eye(4, 10) > 0, np.nan, p), p * 5, np.log(p)):
         with pytest.raises(DataError, match="classifier_is takes class probabilities"):
             M.classifier_is(bad)
+    # A bfloat16 softmax's rows sum to 1 within ≈ 5e-3: taken (the review).
+    soft = jax.nn.softmax(jax.random.normal(jax.random.key(0), (64, 10)).astype("bfloat16"))
+    assert 1 <= M.classifier_is(np.asarray(soft, np.float32)) <= 10
     rng = np.random.default_rng(0)
     f = rng.normal(size=(20, 8))
     f_nan = f.copy()

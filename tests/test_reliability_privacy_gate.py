@@ -192,6 +192,10 @@ def test_recheck_refuses_damaged_numbers_and_flags_it_would_ignore(passed_run, t
         gate.main(["--recheck", str(out / "gate.json"), "--seeds", "7"])
     assert e.value.code == 2
     assert "--seeds would be ignored: --recheck re-gates" in capfd.readouterr().err
+    # An unset variable for --recheck started the whole gate run (the review).
+    with pytest.raises(SystemExit) as e:
+        gate.main(["--recheck", ""])
+    assert e.value.code == 2 and "expected a path, got ''" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("argv,words", [
