@@ -484,6 +484,30 @@ def test_head_unlearning_of_a_model_whose_logits_follow_its_head_is_refused(tmp_
 
     C._check_head_is_output(models.as_model(LogSoftmaxHead(), (8, 8, 1), 10),
                             digits_splits.train.x[:64])
+
+    # A head without a bias, or a Dense wrapped in a submodule, was a KeyError traceback in
+    # the distillation program, after the originals had trained.
+    class NoBiasHead(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
+            return nn.Dense(10, use_bias=False)(h)
+
+    class Wrapped(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(10)(x)
+
+    class WrappedHead(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return Wrapped()(nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1))))
+
+    for net in (NoBiasHead(), WrappedHead()):
+        with pytest.raises(ConfigError, match=r"needs an output layer that is one nn.Dense "
+                                              r"with a bias .*unlearn_layers='all'"):
+            C._check_head_is_output(models.as_model(net, (8, 8, 1), 10),
+                                    digits_splits.train.x[:64])
     with pytest.raises(ConfigError, match="logits are not its output layer 'Dense_1''s output"):
         C._check_head_is_output(models.as_model(ZeroHeadTempered(), (8, 8, 1), 10),
                                 digits_splits.train.x[:64])

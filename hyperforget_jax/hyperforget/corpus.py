@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 import os
 import re
 import shutil
@@ -467,6 +468,15 @@ def _check_head_is_output(arch: Architecture, x: np.ndarray) -> None:
     follows it, and hid a temperature at the initial parameters alone."""
     _check_head_traceable(arch)
     head = _head_name(arch, trained_span(arch, "head"))
+    leaves = arch.param_shapes()[head]
+    if not (isinstance(leaves, Mapping) and set(leaves) == {"kernel", "bias"}
+            and len(leaves["kernel"].shape) == 2 and len(leaves["bias"].shape) == 1):
+        # A head without a bias, or a Dense wrapped in a submodule, was a KeyError traceback
+        # in the distillation program, after the originals had trained.
+        raise ConfigError(f"unlearn_layers='head' needs an output layer that is one nn.Dense "
+                          f"with a bias ({arch.name}'s {head!r} holds "
+                          f"{sorted(leaves) if isinstance(leaves, Mapping) else leaves}); use "
+                          "unlearn_layers='all' (--unlearn-layers all)")
     params = P_.perturbed(arch.init(jax.random.key(0)))
     cap, logits = _intercept_head(arch, head, params, jnp.asarray(x))
     out = np.asarray(cap["y"], np.float32) if "y" in cap else None
@@ -726,15 +736,15 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     if ccfg.unlearn_layers == "head":
         _check_head_is_output(arch, splits.train.x[:64])   # before anything is written or trained
     _check_requests_have_images(ccfg.requests(arch.num_classes), splits.train)
-    for field in ("batch_size", "unlearn_batch_size"):
+    for name in ("batch_size", "unlearn_batch_size"):
         # Named here, before anything is trained: the fleet refused "batch_size" (not the
         # corpus's field or flag), and the unlearning trajectories wrapped their batches round
         # a smaller set, rows repeated within a batch.
-        v, n = getattr(ccfg, field), len(splits.train)
+        v, n = getattr(ccfg, name), len(splits.train)
         if v > n:
-            raise ConfigError(f"CorpusConfig.{field} {v} is larger than the training set ({n} "
-                              f"images): its batches would repeat rows; pass {field} <= {n} "
-                              f"(--{field.replace('_', '-')})")
+            raise ConfigError(f"CorpusConfig.{name} {v} is larger than the training set ({n} "
+                              f"images): its batches would repeat rows; pass {name} <= {n} "
+                              f"(--{name.replace('_', '-')})")
     out = report.prepare_dir(out_dir, flag="--out")    # `hyperforget corpus --out`
     index = _new_index(arch, ccfg, splits, dataset, split_seed)
     if CI.index_path(out).exists():
