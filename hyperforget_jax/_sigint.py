@@ -32,11 +32,11 @@ def install() -> None:
 def is_program() -> bool:
     """Whether this process is the ``hyperforget`` program (its console script, or
     ``python -m hyperforget_jax.cli``), not a user's Python importing the library."""
-    # The console script's own name: a user's script "hyperforget.py" is not the program (its
+    # The console script itself (pip's stub imports hyperforget_jax.cli): a user's script named
+    # hyperforget.py, hyperforget or a project directory hyperforget/ is not the program (its
     # Ctrl-C ended it with os._exit, no KeyboardInterrupt, no finally).
-    script = os.path.basename(sys.argv[0] if sys.argv else "")
     orig = getattr(sys, "orig_argv", [])
-    return script in ("hyperforget", "hyperforget.exe", "hyperforget-script.py") or (
+    return _is_console_script(sys.argv[0] if sys.argv else "") or (
         "-m" in orig and orig[orig.index("-m") + 1:][:1] == ["hyperforget_jax.cli"])
 
 
@@ -46,6 +46,19 @@ def _at_startup(signum: int, frame) -> None:
     print("hyperforget: interrupted while starting; nothing was run", file=sys.stderr)
     sys.stderr.flush()
     os._exit(130)
+
+
+def _is_console_script(path: str) -> bool:
+    name = os.path.basename(path)
+    if name == "hyperforget.exe":       # pip's Windows launcher (a binary)
+        return True
+    if name not in ("hyperforget", "hyperforget-script.py"):
+        return False
+    try:
+        with open(path, "rb") as f:
+            return b"hyperforget_jax.cli" in f.read(4096)
+    except OSError:                     # a directory run as `python hyperforget`, or unreadable
+        return False
 
 
 def install_if_program() -> None:

@@ -692,14 +692,25 @@ def test_the_program_s_ctrl_c_is_not_dropped_inside_a_gc_callback(monkeypatch):
         _sigint.interrupt(signal.SIGINT, sys._getframe())
 
 
-@pytest.mark.parametrize("argv0, installed", [("/venv/bin/hyperforget", True),
-                                              ("script.py", False), ("hyperforget.py", False)])
-def test_the_program_s_ctrl_c_while_it_imports_jax_ends_it_with_one_line(argv0, installed):
+@pytest.mark.parametrize("script, installed", [
+    ("hyperforget", True), ("script.py", False), ("hyperforget.py", False),
+    ("own/hyperforget", False), ("dir/hyperforget", False)])
+def test_the_program_s_ctrl_c_while_it_imports_jax_ends_it_with_one_line(script, installed,
+                                                                      tmp_path):
     """The handler above came into place only once a command ran, after seconds of imports:
     a Ctrl-C landing in JAX's gc callback then was dropped (the run trained to the end, exit
     0), elsewhere it was a traceback of the import machinery. The package puts its startup
-    handler in place before it imports JAX, for the program only (a user's Python importing
-    the library keeps its own Ctrl-C)."""
+    handler in place before it imports JAX, for the program only: pip's console script (which
+    imports hyperforget_jax.cli). A user's script named hyperforget.py or hyperforget, or a
+    project directory hyperforget/, keeps its own Ctrl-C (it was ended with os._exit)."""
+    path = tmp_path / script
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if script == "dir/hyperforget":
+        path.mkdir()
+    else:
+        path.write_text("from hyperforget_jax.cli import main\n" if installed
+                        else "import hyperforget_jax\n")
+    argv0 = str(path)
     code = ("import os, signal, sys, time\n"
             f"sys.argv = [{argv0!r}]\n"
             "import hyperforget_jax\n"
