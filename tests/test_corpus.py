@@ -454,63 +454,39 @@ def test_head_unlearning_of_a_model_whose_logits_follow_its_head_is_refused(tmp_
     assert not (tmp_path / "c").exists()
     C._check_head_is_output(models.as_model("user_model:TinyNet", (8, 8, 1), 10),
                             digits_splits.train.x[:64])              # its untempered twin
-    # A head computing in bfloat16 is its model's output too (a float32 recomputation of
-    # inputs @ kernel + bias refused it, as it would the TF32 matmuls of a GPU).
     import flax.linen as nn
 
-    class Bf16Head(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            h = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
-            return nn.Dense(10, dtype=jnp.bfloat16, param_dtype=jnp.float32)(h)
-
-    C._check_head_is_output(models.as_model(Bf16Head(), (8, 8, 1), 10),
-                            digits_splits.train.x[:64])
-
-    # A log_softmax after the head keeps the head's softmax, so head distillation is exact:
-    # it was refused. A temperature after a zero-initialised head (ViT-style) was taken: at the
-    # initial parameters the head outputs 0, and so do its logits.
-    class LogSoftmaxHead(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            h = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
-            return jax.nn.log_softmax(nn.Dense(10)(h))
-
-    class ZeroHeadTempered(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            h = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
-            return nn.Dense(10, kernel_init=nn.initializers.zeros)(h) / 4.0
-
-    C._check_head_is_output(models.as_model(LogSoftmaxHead(), (8, 8, 1), 10),
-                            digits_splits.train.x[:64])
-
-    # A head without a bias, or a Dense wrapped in a submodule, was a KeyError traceback in
-    # the distillation program, after the originals had trained.
-    class NoBiasHead(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            h = nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1)))
-            return nn.Dense(10, use_bias=False)(h)
+    def with_head(head):
+        """A model of one hidden layer whose logits are ``head(hidden)``."""
+        class Net(nn.Module):
+            @nn.compact
+            def __call__(self, x):
+                return head(nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1))))
+        return models.as_model(Net(), (8, 8, 1), 10)
 
     class Wrapped(nn.Module):
         @nn.compact
-        def __call__(self, x):
-            return nn.Dense(10)(x)
+        def __call__(self, h):
+            return nn.Dense(10)(h)
 
-    class WrappedHead(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            return Wrapped()(nn.relu(nn.Dense(32)(x.reshape(x.shape[0], -1))))
-
-    for net in (NoBiasHead(), WrappedHead()):
+    x = digits_splits.train.x[:64]
+    # Taken: a head computing in bfloat16 (a float32 recomputation of inputs @ kernel + bias
+    # refused it, as it would the TF32 matmuls of a GPU), and a log_softmax after the head (the
+    # same softmax, so head distillation is exact; it was refused).
+    for head in (lambda h: nn.Dense(10, dtype=jnp.bfloat16, param_dtype=jnp.float32)(h),
+                 lambda h: jax.nn.log_softmax(nn.Dense(10)(h))):
+        C._check_head_is_output(with_head(head), x)
+    # Refused: a temperature after a zero-initialised head (ViT-style: at the initial
+    # parameters it outputs 0, and so do its logits; it was taken), and a head without a bias
+    # or wrapped in a submodule (a KeyError traceback in the distillation program, after the
+    # originals had trained).
+    with pytest.raises(ConfigError, match="logits are not its output layer 'Dense_1''s output"):
+        C._check_head_is_output(with_head(
+            lambda h: nn.Dense(10, kernel_init=nn.initializers.zeros)(h) / 4.0), x)
+    for head in (lambda h: nn.Dense(10, use_bias=False)(h), lambda h: Wrapped()(h)):
         with pytest.raises(ConfigError, match=r"needs an output layer that is one nn.Dense "
                                               r"with a bias .*unlearn_layers='all'"):
-            C._check_head_is_output(models.as_model(net, (8, 8, 1), 10),
-                                    digits_splits.train.x[:64])
-    with pytest.raises(ConfigError, match="logits are not its output layer 'Dense_1''s output"):
-        C._check_head_is_output(models.as_model(ZeroHeadTempered(), (8, 8, 1), 10),
-                                digits_splits.train.x[:64])
+            C._check_head_is_output(with_head(head), x)
 
 
 @pytest.mark.parametrize("field, value, words", [
