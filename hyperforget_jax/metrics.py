@@ -251,11 +251,13 @@ def rows_independent(apply: Callable, params: Any, x: Any) -> bool:
     batch-dependent branch behind a gate initialised to 0 passed at the initial parameters,
     and the answer is kept for the model. Where the perturbed outputs are not finite (a
     running variance pushed below 0), the parameters as given decide."""
+    rows = _distinct_rows(x)
+    return False if rows is None else _rows_agree(apply, params, rows)
+
+
+def _rows_agree(apply: Callable, params: Any, rows: np.ndarray) -> bool:
     from hyperforget_jax.params import perturbed
 
-    rows = _distinct_rows(x)
-    if rows is None:
-        return False
     xs = jnp.asarray(rows)
     apply = jax.jit(apply)
 
@@ -275,19 +277,32 @@ def rows_independent(apply: Callable, params: Any, x: Any) -> bool:
         np.where(np.isfinite(w), w, 0.0)).max(initial=0.0))) for w, a in zip(whole, alone))
 
 
+class _CannotTell(Exception):
+    """Rows that cannot tell (fewer than 2 distinct): no answer to keep."""
+
+
 def rows_independent_once(owner: Any, key: Any, apply: Callable, params: Any, x: Any) -> bool:
     """:func:`rows_independent`, asked once per ``key`` of ``owner`` (a model or a GAN
     architecture: its ``program`` cache): True for the registered models (per-example by
     construction); False, not checked (nor kept), for traced parameters (inside a user's
     transformation the check cannot run) and for fewer than 2 distinct rows (they cannot
     tell: a first evaluation of blank images kept False for the model, and its later real
-    sets ran as one batch)."""
+    sets ran as one batch). Once kept, the answer costs a cache lookup."""
     if owner.registered:
         return True
-    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)) \
-            or len(x) < 2 or _distinct_rows(x, 2) is None:
+    if len(x) < 2 or any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(params)):
         return False
-    return owner.program(key, lambda: rows_independent(apply, params, x))
+
+    def decide() -> bool:
+        rows = _distinct_rows(x)
+        if rows is None:
+            raise _CannotTell      # (a build that raises keeps nothing)
+        return _rows_agree(apply, params, rows)
+
+    try:
+        return owner.program(key, decide)
+    except _CannotTell:
+        return False
 
 
 def chunked_apply(fn: Callable, params: Any, x: Any, chunk: int, whole: bool = False) -> Any:
