@@ -58,13 +58,24 @@ def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
             or batch_size < 1):
         raise ConfigError(f"batch_size must be >= 1 (an integer), got {batch_size!r}")
     if not is_learning_rate(lr):
-        raise ConfigError(f"learning rate must be a positive number, got {lr!r}")
+        raise ConfigError(f"learning rate must be a positive number{zero_in_float32(lr)}, "
+                          f"got {lr!r}")
 
 
 def is_learning_rate(lr) -> bool:
-    """Whether ``lr`` is a number > 0 (not a bool) that is finite in float32, where it runs."""
+    """Whether ``lr`` is a number > 0 (not a bool) that is finite and not 0 in float32, where
+    it runs (``lr=1e-46`` passed "> 0" and trained nothing)."""
     return (not isinstance(lr, bool) and isinstance(lr, (int, float, np.floating)) and lr > 0
-            and bool(np.isfinite(lr)) and lr <= FLOAT32_MAX)
+            and bool(np.isfinite(lr)) and lr <= FLOAT32_MAX and np.float32(lr) != 0)
+
+
+def zero_in_float32(lr) -> str:
+    """A note for a refused learning rate that is > 0 but 0 in float32, else ''."""
+    try:
+        tiny = 0 < lr and np.float32(lr) == 0
+    except (TypeError, ValueError):
+        return ""
+    return " that float32 holds (this one is 0 in float32, below 1.4e-45)" if tiny else ""
 
 
 @dataclasses.dataclass(frozen=True)

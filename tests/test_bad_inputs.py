@@ -500,6 +500,13 @@ API_CASES = [
     ("gan-unlearn-zero-lr", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["UnlearnConfig"]).UnlearnConfig(lr=0.0), ConfigError,
      "G's learning rate"),
+    # Positive, but 0 in float32: the GAN configs took it and trained nothing (stop 63).
+    ("gan-unlearn-lr-zero-in-float32", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["UnlearnConfig"]).UnlearnConfig(d_lr=1e-46),
+     ConfigError, r"d_lr must be a positive number that float32 holds \(this one is 0"),
+    ("gan-train-lr-zero-in-float32", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(lr=1e-46), ConfigError,
+     r"learning rate must be a positive number that float32 holds \(this one is 0"),
     ("gan-unlearn-beta1", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["UnlearnConfig"]).UnlearnConfig(beta1=1.5),
      ConfigError, r"beta1 .* must lie in \[0, 1\)"),

@@ -34,7 +34,7 @@ from hyperforget_jax.gan.models import (GAN_ARCHS, MIXTURE_COMPONENTS, MIXTURE_S
 from hyperforget_jax.metrics import chunked_apply
 from hyperforget_jax.rundir import data_fingerprint
 from hyperforget_jax.train import (check_schedule, guarded_apply, is_learning_rate,
-                                   raise_if_nonfinite)
+                                   raise_if_nonfinite, zero_in_float32)
 
 Params = Any
 
@@ -105,8 +105,8 @@ class GANConfig:
                               f"{', '.join(GAN_ARCHS)}")
         check_schedule(self.epochs, self.batch_size, self.lr)
         if self.g_lr is not None and not is_learning_rate(self.g_lr):
-            raise ConfigError(f"g_lr (G's learning rate) must be a positive number or None "
-                              f"(= lr), got {self.g_lr!r}")
+            raise ConfigError(f"g_lr (G's learning rate) must be a positive number"
+                              f"{zero_in_float32(self.g_lr)} or None (= lr), got {self.g_lr!r}")
         if isinstance(self.beta1, bool) or not isinstance(self.beta1, numbers.Real) \
                 or not 0 <= self.beta1 < 1:     # ("0.5" was a bare TypeError here)
             raise ConfigError(f"beta1 must be a number in [0, 1), got {self.beta1!r}")

@@ -75,7 +75,7 @@ from hyperforget_jax.gan.train import (GANState, bce_with_logits, d_scores, gene
                                        init_gan_state, make_optimizer)
 from hyperforget_jax.params import refuse_traced
 from hyperforget_jax.rundir import array_fingerprint
-from hyperforget_jax.train import guarded_apply, is_learning_rate
+from hyperforget_jax.train import guarded_apply, is_learning_rate, zero_in_float32
 
 Params = Any
 FAKE_LABELS = ("hard", "generated", "heldout")
@@ -208,10 +208,11 @@ class UnlearnConfig:
             raise ConfigError(f"max_kept_drift is a total-variation distance in [0, 1], got "
                               f"{self.max_kept_drift}")
         if not is_learning_rate(self.lr):      # 0 would leave G as it is, < 0 run G uphill
-            raise ConfigError(f"lr (G's learning rate, --lr) must be a positive number, got "
-                              f"{self.lr!r}")
+            raise ConfigError(f"lr (G's learning rate, --lr) must be a positive number"
+                              f"{zero_in_float32(self.lr)}, got {self.lr!r}")
         if self.d_lr is not None and not is_learning_rate(self.d_lr):
-            raise ConfigError(f"d_lr must be a positive number or None, got {self.d_lr!r}")
+            raise ConfigError(f"d_lr must be a positive number{zero_in_float32(self.d_lr)} or "
+                              f"None, got {self.d_lr!r}")
         if not 0 <= self.beta1 < 1:
             raise ConfigError(f"beta1 (Adam's β₁, --beta1) must lie in [0, 1), got {self.beta1}")
         if self.pool_size < 1 or self.item_neighbours < 1 or self.batch_size < 1:
