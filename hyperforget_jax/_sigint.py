@@ -56,9 +56,12 @@ def _is_console_script(path: str) -> bool:
         return False
     try:
         with open(path, "rb") as f:
-            return b"hyperforget_jax.cli" in f.read(4096)
+            head = f.read(4096)
     except OSError:                     # a directory run as `python hyperforget`, or unreadable
         return False
+    # pip's stub, not a user's wrapper of that name (which may call main([...]) and would keep
+    # the startup handler: Ctrl-C mid-run ended it with os._exit, its `finally` skipped).
+    return b"from hyperforget_jax.cli import main" in head and b"sys.exit(main())" in head
 
 
 def install_if_program() -> None:
@@ -66,3 +69,12 @@ def install_if_program() -> None:
     (``hyperforget_jax.cli`` installs :func:`interrupt` once it runs a command)."""
     if is_program() and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, _at_startup)
+
+
+def uninstall_startup() -> None:
+    """Python's own Ctrl-C (KeyboardInterrupt) in place of the startup handler, when the
+    library's ``main([...])`` is called from Python with the startup handler still installed
+    (it ends the process with ``os._exit``: no ``finally``, nothing saved)."""
+    if (threading.current_thread() is threading.main_thread()
+            and signal.getsignal(signal.SIGINT) is _at_startup):
+        signal.signal(signal.SIGINT, signal.default_int_handler)

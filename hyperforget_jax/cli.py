@@ -214,6 +214,8 @@ def _main(argv: list[str] | None) -> int:
         # imports the commands (JAX, Flax, Orbax; seconds), and a Ctrl-C landing in JAX's gc
         # callback then was dropped (the run trained to the end, exit 0).
         _sigint.install()
+    else:
+        _sigint.uninstall_startup()
     argv = _join_negative_values(list(sys.argv[1:] if argv is None else argv))
     try:
         args = build_parser().parse_args(argv)

@@ -692,9 +692,15 @@ def test_the_program_s_ctrl_c_is_not_dropped_inside_a_gc_callback(monkeypatch):
         _sigint.interrupt(signal.SIGINT, sys._getframe())
 
 
+_PIP_STUB = ("import re\nimport sys\nfrom hyperforget_jax.cli import main\n"
+             "if __name__ == '__main__':\n"
+             "    sys.argv[0] = re.sub(r'(-script\\.pyw|\\.exe)?$', '', sys.argv[0])\n"
+             "    sys.exit(main())\n")
+
+
 @pytest.mark.parametrize("script, installed", [
     ("hyperforget", True), ("script.py", False), ("hyperforget.py", False),
-    ("own/hyperforget", False), ("dir/hyperforget", False)])
+    ("own/hyperforget", False), ("dir/hyperforget", False), ("wrap/hyperforget", False)])
 def test_the_program_s_ctrl_c_while_it_imports_jax_ends_it_with_one_line(script, installed,
                                                                       tmp_path):
     """The handler above came into place only once a command ran, after seconds of imports:
@@ -708,8 +714,11 @@ def test_the_program_s_ctrl_c_while_it_imports_jax_ends_it_with_one_line(script,
     if script == "dir/hyperforget":
         path.mkdir()
     else:
-        path.write_text("from hyperforget_jax.cli import main\n" if installed
-                        else "import hyperforget_jax\n")
+        # wrap/: a user's wrapper named hyperforget that calls main([...]) itself (stop 63:
+        # it kept the startup handler, and a Ctrl-C mid-run ended it with os._exit).
+        path.write_text(_PIP_STUB if installed else
+                        "from hyperforget_jax.cli import main\nmain(['--help'])\n"
+                        if script.startswith("wrap/") else "import hyperforget_jax\n")
     argv0 = str(path)
     code = ("import os, signal, sys, time\n"
             f"sys.argv = [{argv0!r}]\n"
@@ -754,6 +763,31 @@ def test_the_interrupted_program_ends_at_once_with_130(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == ("hyperforget train: interrupted; rerun the same "
                                                "command to resume")
     assert cli.main([]) == 130 and exits == [130]
+
+
+def test_main_called_from_python_takes_back_the_startup_handler(monkeypatch):
+    """main([...]) called from Python in a process that put the startup handler in place (a
+    user's wrapper taken for the program) kept it: a Ctrl-C mid-run ended the process with
+    os._exit, its `finally` skipped and its checkpoint half-written. The call puts Python's
+    own Ctrl-C back; the program's main() keeps installing its own."""
+    import argparse
+
+    seen = []
+    parser = argparse.ArgumentParser()
+    parser.set_defaults(command="train", func=lambda args: seen.append(
+        signal.getsignal(signal.SIGINT)) or 0)
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, cli._sigint._at_startup)
+        assert cli.main([]) == 0
+        assert seen == [signal.default_int_handler]
+        signal.signal(signal.SIGINT, cli._sigint._at_startup)
+        monkeypatch.setattr(sys, "argv", ["hyperforget"])
+        assert cli.main() == 0
+        assert seen[-1] is cli._sigint.interrupt
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 @pytest.mark.parametrize("text", ['[1]', '{"identity": [1]}', '{"identity": "x"}'])
