@@ -82,7 +82,7 @@ class ArgumentParser(argparse.ArgumentParser):
         dest = flag.lstrip("-").replace("-", "_")
         value = getattr(args, dest, None)
         if value:
-            base = vars(self.parse_args([flag] if value is True else [flag, str(value)]))
+            base = vars(self.parse_args([flag] if value is True else [f"{flag}={value}"]))
             extra = [k for k, v in vars(args).items()
                      if not k.startswith("_") and k not in (dest, *keep) and v != base.get(k)]
             if extra:

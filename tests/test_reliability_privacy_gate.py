@@ -31,6 +31,14 @@ def test_gate_flags_come_from_the_configs():
 TINY = [*BASE, "--forget-class", "3"]
 
 
+def test_recheck_takes_a_path_that_starts_with_a_dash():
+    """`--recheck=-g.json` (a relative path starting with '-') was refused as "expected one
+    argument": the check for flags beside --recheck re-parsed it as two words (stop 63)."""
+    gate = load_experiment("privacy_gate")
+    args = gate.parse_args(["--recheck=-g.json", "--tol-mia", "0.1"])
+    assert (str(args.recheck), args.tol_mia) == ("-g.json", 0.1)
+
+
 def _zero_hypernet(path: Path) -> None:
     """A DiHyFo-2 hypernetwork for gpt_mlp on digits with zero weights: its samples are
     meaningless, but every step of the gate's HyperForget path runs (load, prompts, sampling
