@@ -408,8 +408,13 @@ def check_step_axis(step: Callable, axis_name: str | None, wrapper: str) -> None
     not checked; a one-name tuple is that name."""
     try:
         # A jit of the step is the step (jit binds no axis; shard_map / vmap do, and stop here).
+        # (Wrapped is a runtime-checkable Protocol: a user's class with __call__, lower and
+        # trace passes isinstance without a __wrapped__; it is the user's own step.)
         while step not in _STEP_AXES and isinstance(step, (jax.stages.Wrapped, xla._Jitted)):
-            step = step.__wrapped__
+            inner = getattr(step, "__wrapped__", None)
+            if inner is None:
+                return
+            step = inner
         built = _STEP_AXES.get(step, _STEP_AXES)
     except TypeError:                    # not weak-referenceable: not a step built here
         return

@@ -112,6 +112,21 @@ def test_the_wrappers_refuse_a_step_built_for_another_axis():
     train.jit_step(jax.jit(jax.shard_map(data_step, mesh=train.data_mesh(jax.devices()[:1]),
                                          in_specs=(P(), P("data")), out_specs=(P(), P()))))
     train.pmap_step(jax.jit(batch))
+
+    class Delegating:   # a user's step object with lower / trace: jax.stages.Wrapped by shape
+        def __init__(self, f):
+            self._f = jax.jit(f)
+
+        def __call__(self, *a):
+            return self._f(*a)
+
+        def lower(self, *a):
+            return self._f.lower(*a)
+
+        def trace(self, *a):
+            return self._f.trace(*a)
+
+    train.jit_step(Delegating(plain))      # an AttributeError ('__wrapped__') before stop 63
     G.sharded_gradtau_step(jax.vmap(g_data, axis_name="data"), mesh)
     # make_train_step takes "a name (or tuple of axes)": a one-name tuple is that name.
     train.pmap_step(train.make_train_step(ARCH.apply, tx, axis_name=("batch",)))
