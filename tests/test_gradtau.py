@@ -1159,15 +1159,29 @@ def test_alpha_and_tau_are_checked_alike_whatever_their_type():
 
 def test_schedules_refuse_what_would_run_them_backwards():
     # steps_per_epoch 0 made `count // 0` = −1 in XLA: α and the lr above their start.
+    # A float (n_f / B in a user's loop) gave a schedule of its own (α 0 after 2 of 4
+    # forget-epochs), 0.0 a NaN α, a JAX scalar 0 passed the check (stop 63).
     for fn in (G.alpha_schedule_fn, G.lr_schedule_fn):
-        with pytest.raises(ConfigError, match="steps_per_epoch must be >= 1"):
-            fn(0.5, 3, 0)
+        for bad in (0, 50 / 128, 0.0, jnp.int32(0), np.int64(-1), jnp.ones(2, jnp.int32)):
+            with pytest.raises(ConfigError, match="steps_per_epoch must be an integer >= 1"):
+                fn(0.5, 3, bad)
+        # A JAX or NumPy integer scalar is its int; a traced one is the runner's.
+        assert float(fn(0.5, 3, jnp.int32(2))(3)) == float(fn(0.5, 3, 2)(3))
+        assert float(fn(0.5, 3, np.int64(2))(3)) == float(fn(0.5, 3, 2)(3))
+        assert float(jax.jit(lambda n: fn(0.5, 3, n)(3))(2)) == float(fn(0.5, 3, 2)(3))
+    with pytest.raises(ConfigError, match="steps_per_epoch must be an integer >= 1"):
+        G.gradtau_tx(1e-3, 0.01, 0.1, 2, 0.0)
     # E = 0: α is 0 from the first step (it used to stay at α₀), the lr at its final value.
     assert float(G.alpha_schedule_fn(0.5, 0, 1)(0)) == 0.0
     assert float(G.lr_schedule_fn(1e-3, 0, 1)(0)) == pytest.approx(1e-4)
-    with pytest.raises(ConfigError, match="refresh_every must be an integer >= 1"):
-        gt = G.nabla_tau(lambda p, b: b[1] * 0.0, 0.5, tau_fn=lambda p: 1.0, refresh_every=0)
-        gt.update({}, gt.init({}), (jnp.zeros(2), jnp.zeros(2)), (jnp.zeros(2), jnp.zeros(2)))
+    # A JAX scalar 0 refreshed τ at every step (XLA's count % 0 is count; stop 63).
+    for bad in (0, jnp.int32(0), 2.5):
+        with pytest.raises(ConfigError, match="refresh_every must be an integer >= 1"):
+            gt = G.nabla_tau(lambda p, b: b[1] * 0.0, 0.5, tau_fn=lambda p: 1.0,
+                             refresh_every=bad)
+            gt.update({}, gt.init({}), (jnp.zeros(2), jnp.zeros(2)),
+                      (jnp.zeros(2), jnp.zeros(2)))
+    G.nabla_tau(lambda p, b: b[1] * 0.0, 0.5, tau_fn=lambda p: 1.0, refresh_every=jnp.int32(3))
 
 
 def test_a_constant_tau_refuses_what_only_tau_fn_reads():

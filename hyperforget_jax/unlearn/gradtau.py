@@ -274,11 +274,30 @@ def lr_schedule_fn(lr: Any, epochs: Any, steps_per_epoch: int,
     return schedule
 
 
+def _concrete(value: Any) -> Any:
+    """A concrete 0-d integer array as an ``int``; other values as they are (a tracer, or a
+    value the caller's check refuses)."""
+    if (isinstance(value, (jax.Array, np.ndarray)) and not isinstance(value, jax.core.Tracer)
+            and value.ndim == 0 and np.issubdtype(value.dtype, np.integer)):
+        return int(value)
+    return value
+
+
+def _check_count_unless_traced(value: Any, what: str, unit: str = "") -> None:
+    """:func:`check_count` for a concrete value (a JAX or NumPy scalar included); a traced one
+    is the runner's, checked where it was made."""
+    if not isinstance(value, jax.core.Tracer):
+        check_count(_concrete(value), what, unit)
+
+
 def _check_steps_per_epoch(steps_per_epoch: Any, epochs: Any) -> None:
     """Concrete values only (traced ones are the runner's, already checked): a steps_per_epoch
-    of 0 would make ``count // 0`` = -1 in XLA (α and the learning rate above their start)."""
-    if isinstance(steps_per_epoch, (int, np.integer)) and steps_per_epoch < 1:
-        raise ConfigError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    of 0 would make ``count // 0`` = -1 in XLA (α and the learning rate above their start); a
+    float one (``n_f / B``) gave a schedule of its own (α 0 after half the forget-epochs), 0.0 a
+    NaN α, and a JAX scalar 0 passed the check."""
+    _check_count_unless_traced(steps_per_epoch, "steps_per_epoch",
+                               " (batches per forget-epoch: math.ceil(n_f / B))")
+    epochs = _concrete(epochs)
     if isinstance(epochs, (int, np.integer, float)) and epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {epochs}")
 
@@ -511,9 +530,9 @@ def refresh_tau(state: GradTauState, params: Params, tau_fn: Callable,
             tau = jax.lax.pmean(tau, axis_name)
         return jnp.asarray(tau, state.tau.dtype)
 
-    if isinstance(refresh_every, (int, np.integer)) and refresh_every < 1:
-        raise ConfigError(f"refresh_every must be >= 1 (or None: only at the first step), got "
-                          f"{refresh_every}")
+    if refresh_every is not None:
+        _check_count_unless_traced(refresh_every, "refresh_every",
+                                   " (or None: only at the first step)")
     every = 0 if refresh_every is None else refresh_every
     due = (state.count == 0) if refresh_every is None else (state.count % every == 0)
     tau = jax.lax.cond(due, measure, lambda: state.tau)
@@ -561,10 +580,12 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
                           "a constant tau= is given; pass tau_fn= (e.g. "
                           "gradtau.val_tau_fn(apply_fn), whose update then takes the held-out "
                           "x, y after retain_batch), or drop refresh_every")
-    if refresh_every is not None and not isinstance(refresh_every, jax.Array):
+    if refresh_every is not None:
         # Here, not at the first update: "abc" failed there with a bare TypeError, and 2.5
-        # ran as a refresh every 5 steps (the drivers pass a traced count, checked upstream).
-        check_count(refresh_every, "refresh_every", " (or None: only at the first step)")
+        # ran as a refresh every 5 steps; a JAX scalar 0 refreshed τ at every step (the
+        # drivers pass a traced count, checked upstream).
+        _check_count_unless_traced(refresh_every, "refresh_every",
+                                   " (or None: only at the first step)")
     alpha_fn = alpha if callable(alpha) else (lambda count: alpha)
 
     def init(params: Params) -> GradTauState:
