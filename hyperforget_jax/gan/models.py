@@ -85,8 +85,10 @@ def mixture_means(latent_dim: int, components: int = MIXTURE_COMPONENTS) -> np.n
     when the first call comes from inside a trace (``jit``, ``scan``). The means are part of
     the model (a trained G maps codes around them), so they are drawn with JAX's default
     threefry PRNG whatever the process's ``jax_default_prng_impl``: under ``"rbg"`` they were
-    other means, and a GAN trained in one process sampled off its prior in the other."""
-    with jax.ensure_compile_time_eval():
+    other means, and a GAN trained in one process sampled off its prior in the other; so is
+    ``jax_threefry_partitionable`` (JAX's default, True: a process that set it to False drew
+    other means too)."""
+    with jax.ensure_compile_time_eval(), jax.threefry_partitionable(True):
         key = jax.random.key(MIXTURE_SEED, impl="threefry2x32")
         return np.asarray(jax.random.normal(key, (components, latent_dim), jnp.float32))
 
