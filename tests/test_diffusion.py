@@ -199,6 +199,19 @@ def test_ddpm_visits_every_step_with_its_own_variance():
     np.testing.assert_allclose(x.var(), v, rtol=0.03)
 
 
+def test_training_timesteps_are_the_same_draws_under_x64():
+    """The training objective drew its timesteps with jax.random.randint's default dtype: int64
+    under jax_enable_x64, another stream of bits (a hypernetwork trained under x64 saw other
+    timesteps). They are int32 draws whatever the setting (stop 63)."""
+    s = D.make_schedule(100)
+    x0 = jnp.ones((64, 3), jnp.float32)
+    seen = lambda x_t, t: jnp.broadcast_to((t / 100.0).astype(x_t.dtype)[:, None], x_t.shape)
+    plain = D.x0_loss(s, seen, x0, jax.random.key(1))
+    with jax.enable_x64(True):
+        wide = D.x0_loss(s, seen, x0, jax.random.key(1))
+    np.testing.assert_allclose(float(wide), float(plain), rtol=1e-6)
+
+
 def test_samplers_keep_the_schedules_dtype_under_x64():
     """Under jax_enable_x64 the samplers drew float64 noise for a float32 schedule and model:
     the scan's carry went in float64 and came out float32, a TypeError (HyperForget's sample

@@ -482,6 +482,19 @@ def test_mixture_means_do_not_depend_on_the_process_prng_impl(option, value):
     np.testing.assert_array_equal(mixture_means(8, 20), want)
 
 
+def test_mixture_codes_are_the_same_draws_under_x64():
+    """Each code's component was a jax.random.randint of the default dtype: int64 under
+    jax_enable_x64, another stream of bits (codes up to 4.8 apart). They are int32 draws
+    whatever the setting (stop 63), as the GAN cascade's batch and bank indices are."""
+    from hyperforget_jax.gan.models import sample_mixture
+
+    plain = sample_mixture(jax.random.key(0), 64, 8)
+    with jax.enable_x64(True):
+        wide = sample_mixture(jax.random.key(0), 64, 8)
+    assert wide.dtype == jnp.float32
+    np.testing.assert_allclose(wide, plain, atol=1e-6)
+
+
 def test_training_latents_are_drawn_from_the_seed_and_the_step():
     """GAN training's latent batches are a pure function of (seed, step): a resumed run draws
     the uninterrupted run's, and each seed of a sweep its own (a key without the seed gave

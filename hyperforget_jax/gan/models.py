@@ -73,7 +73,7 @@ def sample_mixture(key: jax.Array, n: int, latent_dim: int,
     ((4096, 100), 7)
     """
     kc, ke = jax.random.split(key)
-    k = jax.random.randint(kc, (n,), 0, components)
+    k = jax.random.randint(kc, (n,), 0, components, dtype=jnp.int32)
     return (jnp.asarray(mixture_means(latent_dim, components))[k]
             + sigma * jax.random.normal(ke, (n, latent_dim), jnp.float32))
 

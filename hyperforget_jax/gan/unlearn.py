@@ -462,17 +462,19 @@ def make_round(arch: GANArch, tx: optax.GradientTransformation, lambda_u: float 
         retain_x, n_r, forget_x, n_u = data
         if anchored:
             kr, ku, kd, kg, ks, ka = jax.random.split(key, 6)
-            ai = jax.random.randint(ka, (batch_size,), 0, jnp.maximum(bank.anchor_count, 1))
+            ai = jax.random.randint(ka, (batch_size,), 0, jnp.maximum(bank.anchor_count, 1),
+                                    dtype=jnp.int32)
             anchor = (bank.anchor_codes[ai], bank.anchor_targets[ai],
                       (bank.anchor_count > 0).astype(jnp.float32))
         else:
             kr, ku, kd, kg, ks = jax.random.split(key, 5)
             anchor = None
-        xr = retain_x[jax.random.randint(kr, (batch_size,), 0, n_r)]
-        xu = forget_x[jax.random.randint(ku, (batch_size,), 0, n_u)]
+        xr = retain_x[jax.random.randint(kr, (batch_size,), 0, n_r, dtype=jnp.int32)]
+        xu = forget_x[jax.random.randint(ku, (batch_size,), 0, n_u, dtype=jnp.int32)]
         zd = arch.sample_latents(kd, batch_size)
         zg = arch.sample_latents(kg, batch_size)
-        si = jax.random.randint(ks, (batch_size,), 0, jnp.maximum(bank.count, 1))
+        si = jax.random.randint(ks, (batch_size,), 0, jnp.maximum(bank.count, 1),
+                                dtype=jnp.int32)
         zs, xs = bank.codes[si], bank.targets[si]
         has_sub = (bank.count > 0).astype(jnp.float32)
 

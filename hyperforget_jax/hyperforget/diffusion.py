@@ -89,7 +89,7 @@ def x0_loss(sched: Schedule, predict_x0: PredictX0, x0: jax.Array, key: jax.Arra
 
     ``x0`` is a batch (B, ...); returns a scalar."""
     kt, kn = jax.random.split(key)
-    t = jax.random.randint(kt, (x0.shape[0],), 0, sched.num_steps)
+    t = jax.random.randint(kt, (x0.shape[0],), 0, sched.num_steps, dtype=jnp.int32)
     return x0_mse(sched, predict_x0, x0, t, jax.random.normal(kn, x0.shape, x0.dtype))
 
 
