@@ -64,7 +64,15 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     logp = jax.nn.log_softmax(logits, axis=-1)
     ce = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     # take_along_axis reads −1 as the last class (NumPy's rule): NaN, as past the last one.
-    return jnp.where((labels >= 0) & (labels < jnp.shape(logits)[-1]), ce, jnp.nan)
+    return nan_where_invalid(ce, (labels >= 0) & (labels < jnp.shape(logits)[-1]))
+
+
+def nan_where_invalid(values: jax.Array, valid: jax.Array) -> jax.Array:
+    """``values`` where ``valid``, NaN elsewhere, with no NaN made where every row is valid:
+    ``jnp.where(valid, values, jnp.nan)`` made a NaN constant, on which ``jax_debug_nans``
+    stopped every un-jitted loss (``jax.disable_jit()``, JAX's way to find a NaN's source).
+    Adds √(valid − 1): 0 for a valid row (the same bits), NaN for an invalid one."""
+    return values + jnp.sqrt(jnp.asarray(valid, values.dtype) - 1)
 
 
 def prediction_entropy(logits: jax.Array) -> jax.Array:

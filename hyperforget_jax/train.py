@@ -33,6 +33,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import params as P_, xla
 from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT, check_config, field
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
+from hyperforget_jax.metrics import nan_where_invalid
 from hyperforget_jax.microbatch import local_params
 from hyperforget_jax.models import ARCHITECTURES, as_model, is_import_path, model_of
 
@@ -177,7 +178,7 @@ def label_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
     step and objective built on it; a label past the last class was NaN already. NaN is what
     the steps' guards stop on (a trace-time check cannot see traced labels)."""
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-    return jnp.where((y >= 0) & (y < jnp.shape(logits)[-1]), ce, jnp.nan)
+    return nan_where_invalid(ce, (y >= 0) & (y < jnp.shape(logits)[-1]))
 
 
 def per_example_ce(apply_fn: Callable) -> Callable:

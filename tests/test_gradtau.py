@@ -1446,6 +1446,26 @@ def test_finetune_runs_under_debug_nans(digits_splits):
     assert not np.array_equal(P_.flatten(res.params), P_.flatten(p))
 
 
+def test_losses_and_the_tau_state_make_no_nan_under_debug_nans_without_jit():
+    """The losses marked invalid labels with jnp.where(valid, ce, jnp.nan): a NaN constant,
+    on which jax_debug_nans stopped every un-jitted loss (fit under jax.disable_jit(), JAX's way
+    to find a NaN's source, failed on healthy data); nabla_tau's init with tau_fn put τ at NaN
+    until its first measurement (stop 63). An invalid label still gives NaN."""
+    from hyperforget_jax import metrics
+
+    logits, y = jnp.zeros((4, 3)), jnp.array([0, 1, 2, 0])
+    loss_fn = lambda p, b: train.per_example_ce(lambda p, x: x)(p, b)
+    with jax.debug_nans(True), jax.disable_jit():
+        np.testing.assert_allclose(train.label_ce(logits, y), np.log(3), rtol=1e-6)
+        np.testing.assert_allclose(metrics.cross_entropy(logits, y), np.log(3), rtol=1e-6)
+        np.testing.assert_allclose(loss_fn({}, (logits, y)), np.log(3), rtol=1e-6)
+        gt = G.nabla_tau(lambda p, b: jnp.zeros(2), 0.5, tau_fn=lambda p: 1.0)
+        assert float(gt.init({"w": jnp.ones(2)}).tau) == np.inf   # any use: an inf loss
+    bad = jnp.array([0, -1, 3, 2])
+    for fn in (train.label_ce, metrics.cross_entropy):
+        assert np.isnan(np.asarray(fn(logits, bad))).tolist() == [False, True, True, False]
+
+
 def test_a_class_removal_whose_budget_ends_below_tau_is_reported(digits_splits, caplog):
     # The README's own-model example: a small LayerNorm-GELU net on 8×8 digits. Its forget loss
     # climbed 0.07 → 0.71 over the paper's budget of 15 forget-epochs, never reaching τ = log 10,

@@ -589,7 +589,10 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
     alpha_fn = alpha if callable(alpha) else (lambda count: alpha)
 
     def init(params: Params) -> GradTauState:
-        t0 = jnp.nan if tau is None else tau
+        # With tau_fn, τ is measured at the first update; until then it is +inf, so a use
+        # before any measurement gives an infinite loss, which the guards stop on. (It was NaN:
+        # a NaN constant, on which jax_debug_nans stopped a healthy init.)
+        t0 = jnp.inf if tau is None else tau
         return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, tau_dtype(params)))
 
     def update(params, state, forget_batch, retain_batch, *tau_args, ascent_hint=None):
