@@ -306,6 +306,13 @@ def _damage(path, what):
         shard.rename(path / "tmp")
         (path / "shard_00001").rename(shard)
         (path / "tmp").rename(path / "shard_00001")
+    elif what in ("merged", "listed-twice"):  # read as part of the corpus (stop 63)
+        n = len(index["shards"])
+        entry = dict(index["shards"]["00000"], dir=f"shard_{n:05d}")
+        if what == "merged":       # another corpus's fleet: its held-out network trained on
+            entry["seeds"] = [s + 10**5 for s in entry["seeds"]]
+        index["shards"][f"{n:05d}"] = entry
+        shutil.copytree(shard, path / entry["dir"])
     elif what == "rows-range":
         r = np.load(shard / "rows.npy")
         r[0, 1] = 9
@@ -324,6 +331,8 @@ def _damage(path, what):
     ("huge-header", "metrics.npy is unreadable"),
     ("nan-trajectory", "trajectory.npy holds NaN/inf values .*the shard is damaged"),
     ("swapped", "shard_00000 is not the shard index.json records \\(swapped"),
+    ("merged", "is not one of this corpus's fleets .*merged in from another corpus"),
+    ("listed-twice", "is not one of this corpus's fleets .*merged in from another corpus"),
 ])
 def test_damaged_index_or_shard_is_named(built, tmp_path, what, match):
     out, _ = built

@@ -98,8 +98,13 @@ def read_index(path: Path) -> dict:
             raise _bad(path, key, f"must be a JSON {'object' if kind is dict else 'array'}")
     if not index["requests"] or not all(_int_list(r) and r for r in index["requests"]):
         raise _bad(path, "requests", "must be a non-empty list of lists of class ids")
-    if not _int_list([index["config"].get("first_seed"), index["config"].get("num_seeds")]):
-        raise _bad(path, "config.first_seed/num_seeds", "must be integers")
+    cfg = index["config"]
+    if not _int_list([cfg.get("first_seed"), cfg.get("num_seeds"), cfg.get("fleet_size")]) \
+            or cfg["fleet_size"] < 1:
+        raise _bad(path, "config.first_seed/num_seeds/fleet_size", "must be integers")
+    seeds = list(range(cfg["first_seed"], cfg["first_seed"] + cfg["num_seeds"]))
+    fleets = {f"{i:05d}": seeds[j:j + cfg["fleet_size"]]
+              for i, j in enumerate(range(0, len(seeds), cfg["fleet_size"]))}
     if not _int_list(index["test_seeds"]) or not _int_list(index["trained_tensors"]):
         raise _bad(path, "test_seeds/trained_tensors", "must be lists of integers")
     for s in SPLITS:
@@ -116,6 +121,18 @@ def read_index(path: Path) -> dict:
                 raise _bad(path, f"shards.{sid}.seeds", "must be a non-empty list of seeds")
             if not isinstance(sh.get("rows"), int) or sh["rows"] < 0:
                 raise _bad(path, f"shards.{sid}.rows", "must be a row count")
+            if fleets.get(sid) != sh["seeds"] or sh["dir"] != f"shard_{sid}":
+                # An entry merged in by hand (another corpus's shard, or one listed twice)
+                # was read as part of this corpus: its held-out test network a training one,
+                # two networks counted twice.
+                raise CheckpointError(
+                    f"{index_path(path)}: shard {sid} (seeds {sh['seeds']}, directory "
+                    f"{sh['dir']!r}) is not one of this corpus's fleets ("
+                    + (f"its config puts seeds {fleets[sid]} in shard_{sid}" if sid in fleets
+                       else f"its config has {len(fleets)} shards") +
+                    f"): merged in from another corpus? Delete the entry "
+                    f"and its directory, then resume the build with `hyperforget corpus "
+                    f"--out {shell_quote(path)}`")
     return index
 
 
