@@ -281,9 +281,14 @@ def _fake_gan(gan, monkeypatch, raise_at=None, during=None):
         params={"w": np.ones(3, np.float32)}))
     monkeypatch.setattr(gan, "judge_outputs", lambda judge, x: (
         np.eye(10)[np.arange(len(x)) % 10], np.zeros((len(x), 2))))
-    monkeypatch.setattr(gan, "timed_train_gan", lambda train, cfg: (SimpleNamespace(
-        g_params={"g": np.float32([cfg.seed, len(train)])}, d_params={"d": np.zeros(1)},
-        step=7), 1.5, arch))
+    trains = []
+
+    def timed_train_gan(train, cfg):
+        trains.append((len(train), cfg.epochs, cfg.seed))
+        return (SimpleNamespace(g_params={"g": np.float32([cfg.seed, len(train)])},
+                                d_params={"d": np.zeros(1)}, step=7), 1.5, arch)
+
+    monkeypatch.setattr(gan, "timed_train_gan", timed_train_gan)
     monkeypatch.setattr(gan, "unlearn_gan", lambda arch, g, d, cfg, **k: SimpleNamespace(
         g_params={"g": g["g"] + cfg.lambda_u}, d_params=d, seconds=0.25, rounds=10,
         stopped="criteria", y_f=None, lambda_u=cfg.lambda_u, attempts=[], kept=None,
@@ -304,7 +309,11 @@ def _fake_gan(gan, monkeypatch, raise_at=None, during=None):
                 "d_mia_auc": float("nan"), "downstream_acc": 0.9, "downstream_acc_kept": 0.91}
 
     monkeypatch.setattr(gan, "evaluate_gan", evaluate)
+    _TRAINS[:] = [trains]       # the GAN trainings' (set size, epochs, seed)
     return calls
+
+
+_TRAINS: list = []
 
 
 def test_an_interrupted_gan_sweep_resumes_to_the_uninterrupted_report(tmp_path, monkeypatch):
@@ -318,6 +327,10 @@ def test_an_interrupted_gan_sweep_resumes_to_the_uninterrupted_report(tmp_path, 
     a, b = tmp_path / "a", tmp_path / "b"
     full = _fake_gan(gan, monkeypatch)
     gan.main([*_TINY, "--out", str(a)])                       # uninterrupted: 16 runs
+    # One untimed epoch on the training set warms the originals' timed runs (seed 0's time
+    # included the compilation before stop 63), as one on each D_r size warms Retrain's.
+    n = _TRAINS[0][1][0]                                       # the training set's size
+    assert _TRAINS[0][:3] == [(n, 1, 0), (n, 60, 0), (n, 60, 1)], _TRAINS[0][:3]
     _fake_gan(gan, monkeypatch, raise_at=11)
     with pytest.raises(KeyboardInterrupt):
         gan.main([*_TINY, "--out", str(b)])
