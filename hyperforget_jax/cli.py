@@ -231,13 +231,16 @@ def _main(argv: list[str] | None) -> int:
         print(f"hyperforget {name}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        return _interrupted(f"hyperforget {name}", program)
+        return _interrupted(f"hyperforget {name}", program, getattr(args, "_resumes", True))
 
 
-def _interrupted(who: str, program: bool) -> int:
+def _interrupted(who: str, program: bool, resumes: bool = True) -> int:
     # Checkpoint writes hold Ctrl-C until they commit (checkpoint.py), so what is on disk is
-    # complete and a rerun with the same flags resumes.
-    print(f"{who}: interrupted; rerun the same command to resume", file=sys.stderr)
+    # complete and a rerun with the same flags resumes. The demo and the evaluations keep no
+    # checkpoints: their rerun starts over (it said "to resume").
+    then = ("rerun the same command to resume" if resumes else
+            "rerun the command to run it again (it starts over: this command does not resume)")
+    print(f"{who}: interrupted; {then}", file=sys.stderr)
     if program:
         # Interpreter shutdown with XLA's and Orbax's native threads mid-work segfaulted (exit
         # 139 after this line, 3 of 10 interrupts): what is on disk is committed and the

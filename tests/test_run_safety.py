@@ -765,6 +765,33 @@ def test_the_interrupted_program_ends_at_once_with_130(monkeypatch, capsys):
     assert cli.main([]) == 130 and exits == [130]
 
 
+def test_an_interrupted_command_that_does_not_resume_says_it_starts_over(monkeypatch, capsys):
+    """The demo and the evaluations keep no checkpoints, but an interrupt told their user to
+    "rerun the same command to resume" (stop 63). Commands that resume keep that line."""
+    import types
+
+    parser = cli.build_parser()
+    for argv, resumes in ((["demo"], False), (["evaluate", "--run-dir", "r"], False),
+                          (["gan", "evaluate", "--run-dir", "r"], False),
+                          (["train", "--run-dir", "r"], True),
+                          (["gan", "train", "--run-dir", "r"], True)):
+        args = parser.parse_args(argv)
+        assert getattr(args, "_resumes", True) is resumes, argv
+
+        def interrupted(args):
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(args, "func", interrupted)
+        monkeypatch.setattr(cli, "build_parser", lambda: types.SimpleNamespace(
+            parse_args=lambda argv, a=args: a))
+        assert cli.main(argv) == 130
+        then = ("rerun the same command to resume" if resumes else "rerun the command to run "
+                "it again (it starts over: this command does not resume)")
+        assert capsys.readouterr().err.strip() == (
+            f"hyperforget {' '.join(argv[:2] if argv[0] == 'gan' else argv[:1])}: "
+            f"interrupted; {then}")
+
+
 def test_main_called_from_python_takes_back_the_startup_handler(monkeypatch):
     """main([...]) called from Python in a process that put the startup handler in place (a
     user's wrapper taken for the program) kept it: a Ctrl-C mid-run ended the process with

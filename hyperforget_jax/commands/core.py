@@ -296,7 +296,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_data_args(p)
     common.add_request_args(p, required=False)
     common.add_output_args(p, quiet=False)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=cmd_evaluate, _resumes=False)
 
     p = sub.add_parser("demo", help="the end-to-end demo on the embedded MNIST-5k",
                        description="Trains the original classifier, retrains without a class, "
@@ -312,4 +312,4 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma list of demo sections to run: gradtau,hyperforget,gan (or all, "
                         "or none; default all: every section whose package is installed)")
     common.add_output_args(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, _resumes=False)

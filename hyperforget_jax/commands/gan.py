@@ -550,5 +550,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "[-samples-<N>][-judge-<digest>], naming --samples and the judge "
                         "flags where they are not the defaults)")
     common.add_output_args(p)
-    p.set_defaults(func=cmd_evaluate, _judge=add_judge_flags(p))
+    p.set_defaults(func=cmd_evaluate, _judge=add_judge_flags(p), _resumes=False)
     _add_judge_from(p)
