@@ -444,7 +444,9 @@ API_CASES = [
      DataError, "labels of shape .* and dtype float32"),
     ("unlearn-budget-zero", lambda c: _unlearn_split(
         c, data.resolve_forget(c.train, data.ForgetRequest(fraction=0.8))),
-     ForgetRequestError, "budget E .* is 0 and the model would be returned unchanged"),
+     ForgetRequestError, r"batches \(N_f, \d+ samples\) against the retain set's .* budget E "
+                         r"= int\(6·N_r/\(2·N_f\)\) 0, and the model would be returned unchanged"
+                         r".*on the CLI --config.epochs=N"),
     ("unlearn-overlapping-split", lambda c: _unlearn_split(
         c, _split_with(c)._replace(retain=c.train, retain_idx=np.arange(len(c.train)))),
      ForgetRequestError, "share training indices"),
@@ -645,7 +647,7 @@ API_CASES = [
      ConfigError, "num_steps must be an integer"),
     # the streams and the fleet: the checks of the in-memory drivers
     ("stream-budget-zero", lambda c: _stream(c, n_forget=400, n_retain=100),
-     ForgetRequestError, "budget E .* is 0"),
+     ForgetRequestError, "budget E = int.* 0, and the model would be returned unchanged"),
     ("stream-negative-retain-labels", lambda c: _stream(c, labels=-c.train.y[100:200] - 1),
      DataError, "retain batch has label -"),
     # The batches the schedule is computed for: 150-row forget batches for a batch_size of
@@ -1011,6 +1013,12 @@ CLI_CASES = [
     ("cli-unlearn-no-request", lambda c, o: [
         "unlearn", "--method", "gradtau", "--run-dir", str(c.run), *DIGITS, "--out", o,
         "--no-retrain", "--quiet"], "give a forget request"),
+    # α₀'s clamp warning came first: two lines, --quiet or not (stop 63); the hint names the
+    # CLI's flag.
+    ("cli-unlearn-budget-zero", lambda c, o: [
+        "unlearn", "--method", "gradtau", "--run-dir", str(c.run), *DIGITS, "--out", o,
+        "--forget-fraction", "0.8", "--no-retrain", "--quiet"],
+     "make the paper's budget E = int(6·N_r/(2·N_f)) 0"),
     ("cli-hypertrain-no-corpus", lambda c, o: [
         "hypertrain", "--corpus", str(c.run), "--out", o, "--quiet"], "no corpus"),
     ("cli-corpus-one-seed", lambda c, o: [

@@ -233,10 +233,16 @@ def refuse_zero_budget(epochs: int, cfg: "GradTauConfig", n_forget: int, n_retai
     not set: the official code then returns the original model, which still remembers D_f;
     ``unlearn`` and the stream never do that silently (an explicit ``epochs=0`` is a no-op)."""
     if epochs == 0 and cfg.epochs is None:
+        # In batches (N = ⌈n / min(B, n)⌉), as the budget counts them: "the forget set (700)
+        # is more than 3x the retain set (100)" ran E = 1 with B = 256 (3 batches against 1).
+        n_f = math.ceil(n_forget / min(cfg.batch_size, n_forget))
+        n_r = math.ceil(n_retain / min(cfg.batch_size, n_retain))
+        budget = ("int(6·N_r/N_f)" if who == "finetune" else "E = int(6·N_r/(2·N_f))")
         raise ForgetRequestError(
-            f"{who}: the forget set ({n_forget}) is more than 3x the retain set ({n_retain}), "
-            "so the paper's budget E = int(6·N_r/(2·N_f)) is 0 and the model would be returned "
-            "unchanged; set GradTauConfig(epochs=N) explicitly, or use retrain")
+            f"{who}: the forget set's {n_f} batches (N_f, {n_forget} samples) against the "
+            f"retain set's {n_r} (N_r, {n_retain} samples) make the paper's budget {budget} "
+            "0, and the model would be returned unchanged; set epochs=N explicitly "
+            "(GradTauConfig(epochs=N); on the CLI --config.epochs=N), or use retrain")
 
 
 def alpha_schedule_fn(alpha0: Any, epochs: Any, steps_per_epoch: int) -> optax.Schedule:

@@ -133,6 +133,14 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     else:
         refuse_unread_refresh(cfg)
     refuse_overridden(cfg)
+    epochs = cfg.epochs
+    if method == "finetune" and epochs is None:
+        bf, br = min(cfg.batch_size, nf), min(cfg.batch_size, nr)
+        epochs = G.finetune_epochs(math.ceil(nr / br), math.ceil(nf / bf), cfg.max_epochs)
+    f_idx, r_idx, E = G.plan_batches(nf, nr, cfg.batch_size, epochs, seed, cfg.max_epochs)
+    # Refused before α₀'s clamp warning: a refused request printed that warning too (two
+    # lines on the CLI's stderr, --quiet or not).
+    G.refuse_zero_budget(E, cfg, nf, nr, method)
     if method == "finetune" or cfg.alpha0 == 0:
         alpha0, clamped = 0.0, False
     elif cfg.alpha0 is not None:
@@ -141,12 +149,6 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
         alpha0, clamped = G.initial_alpha(nf, nf + nr, cfg.alpha_scale, cfg.alpha_max)
         if clamped:
             G.warn_clamped(nf, nf + nr, cfg.alpha_scale, cfg.alpha_max)
-    epochs = cfg.epochs
-    if method == "finetune" and epochs is None:
-        bf, br = min(cfg.batch_size, nf), min(cfg.batch_size, nr)
-        epochs = G.finetune_epochs(math.ceil(nr / br), math.ceil(nf / bf), cfg.max_epochs)
-    f_idx, r_idx, E = G.plan_batches(nf, nr, cfg.batch_size, epochs, seed, cfg.max_epochs)
-    G.refuse_zero_budget(E, cfg, nf, nr, method)
     descent_only = alpha0 == 0
     mode = None if descent_only else G.resolve_tau_mode(cfg.tau_mode, forget_classes)
     n = f_idx.shape[1]

@@ -57,6 +57,8 @@ def stream_schedule(n_forget: int, n_retain: int, cfg: G.GradTauConfig) -> tuple
     n_f = math.ceil(n_forget / min(cfg.batch_size, n_forget))
     n_r = math.ceil(n_retain / min(cfg.batch_size, n_retain))
     epochs = cfg.epochs if cfg.epochs is not None else G.budget_epochs(n_r, n_f, cfg.max_epochs)
+    # Before α₀'s clamp warning: a refused request printed it too.
+    G.refuse_zero_budget(epochs, cfg, n_forget, n_retain, "run_gradtau_stream")
     if cfg.alpha0 is not None:
         alpha0, clamped = float(cfg.alpha0), False
     else:
@@ -207,7 +209,6 @@ def run_gradtau_stream(arch: Any, params: Params,
     refuse_traced(params, "run_gradtau_stream")     # a host loop, as unlearn("gradtau")
     model.check_params(params)
     E, n, alpha0, clamped = stream_schedule(n_forget, n_retain, cfg)
-    G.refuse_zero_budget(E, cfg, n_forget, n_retain, "run_gradtau_stream")
     if not callable(batches):
         raise ConfigError("run_gradtau_stream: batches must be a function of the forget-epoch, "
                           "batches(epoch) -> iterable of (forget_batch, retain_batch)")
