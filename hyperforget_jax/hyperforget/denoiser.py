@@ -411,7 +411,8 @@ class HyperTrainConfig:
     """Denoiser optimisation [G.pt except where noted].
 
     Attributes:
-      steps, batch_size: optimisation length [ours: CPU-sized].
+      steps: optimisation length, in steps [ours: CPU-sized].
+      batch_size: corpus rows (training examples) per step [ours: CPU-sized].
       lr, weight_decay, grad_clip: AdamW on a warm-up + cosine schedule, clipping [G.pt: 4e-4,
         0.1, 0.75; ours: lr 1e-3, docs/hyperforget.md "Design choices that are ours"].
       warmup_fraction: share of the steps spent warming up [ours].
