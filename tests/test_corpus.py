@@ -15,7 +15,7 @@ import pytest
 from conftest import CompileCounter
 from hyperforget_jax import data, models, train
 from hyperforget_jax import params as P_
-from hyperforget_jax.errors import CheckpointError, ConfigError
+from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import corpus as C
 
 # 1258 training images in unlearning batches of 512: 2 steps an epoch, 4 in all, so the 4
@@ -586,6 +586,13 @@ def test_train_fleet_members_stop_at_the_end_of_their_own_runs(digits_splits):
     with pytest.raises(ConfigError, match=r"member 1 trains on 40 rows, fewer than batch_size "
                                           r"64; use batch_size <= 40"):
         C.train_fleet(arch, x, y, [3, 5], recipes, [np.arange(300), np.arange(40)],
+                      batch_size=64)
+    # A last update that left finite parameters with NaN/inf outputs came back as a network
+    # (fit refuses it; stop 63).
+    with pytest.raises(NonFiniteError, match=r"train_fleet: the last update left finite "
+                                             r"parameters whose outputs are NaN/inf \(fleet "
+                                             r"member 1\)"):
+        C.train_fleet(arch, x, y, [3, 5], [(1e-2, 1), (1e30, 1)], [np.arange(64)] * 2,
                       batch_size=64)
 
 

@@ -74,6 +74,7 @@ from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import corpus_index as CI
 from hyperforget_jax.models import Architecture, as_model
+from hyperforget_jax.train_run import refuse_nonfinite_outputs
 
 FORMAT = CI.FORMAT
 SPLITS = CI.SPLITS
@@ -394,6 +395,9 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
         first = int(np.max(np.asarray(state.step)))
         state, finite = epoch(state, jnp.asarray(idx), jnp.asarray(active), lrs, x, y)
         train.raise_if_nonfinite(np.asarray(finite).T, first, e)
+    # As fit / fit_fleet: the last update could leave finite but huge parameters whose
+    # outputs are NaN/inf, returned as a network (the step guards check the loss before it).
+    refuse_nonfinite_outputs(arch, state.params, x, "train_fleet", stacked=True)
     return np.asarray(jax.vmap(P_.flatten)(state.params))
 
 
