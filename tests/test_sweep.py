@@ -9,7 +9,7 @@ import pytest
 
 from conftest import CompileCounter, assert_trees_close
 from hyperforget_jax import data, models, train
-from hyperforget_jax.errors import ArchitectureError, ConfigError
+from hyperforget_jax.errors import ArchitectureError, ConfigError, NonFiniteError
 from hyperforget_jax.params import tree_index
 from hyperforget_jax.unlearn import baselines
 from hyperforget_jax.unlearn import (METHODS, BadTeacherConfig, GradTauConfig, NegGradConfig,
@@ -136,6 +136,34 @@ def test_sweep_errors(setup):
     with pytest.raises(ArchitectureError, match="list of 2 parameter sets.*np.stack"):
         unlearn_sweep("gradtau", arch, [tree_index(stacked, i) for i in range(2)], split, val,
                       SEEDS)
+
+
+def test_a_diverging_member_is_named_by_its_place_in_the_sweep(setup):
+    """Configs of other shapes run in groups apart; a group's NaN error named the member by
+    its place in the group: "sweep member 1", a healthy config, for member 2 (stop 63)."""
+    arch, stacked, split, val = setup
+    orig = tree_index(stacked, 0)
+    for method, cfgs in (
+            ("gradtau", [GradTauConfig(epochs=2), GradTauConfig(epochs=3),
+                         GradTauConfig(epochs=2, lr=1e30)]),
+            ("neggrad", [NegGradConfig(epochs=2), NegGradConfig(epochs=1),
+                         NegGradConfig(epochs=2, lr=1e30)]),
+            ("retrain", [train.TrainConfig(arch="gpt_mlp", epochs=2),
+                         train.TrainConfig(arch="gpt_mlp", epochs=1),
+                         train.TrainConfig(arch="gpt_mlp", epochs=2, lr=1e30)])):
+        with pytest.raises(NonFiniteError, match=r"\(sweep member 2\)"):
+            unlearn_sweep(method, arch, orig, split, val, seeds=[0], configs=cfgs)
+
+
+def test_a_stack_of_other_than_one_original_per_seed_is_refused(setup):
+    """params_stacked=True with 2 originals for 1 seed ran, the second never used; inferred,
+    it was blamed on "another architecture" (stop 63)."""
+    arch, stacked, split, val = setup
+    with pytest.raises(ConfigError, match=r"params_stacked=True, but the parameters' leading "
+                                          r"axes are \[2\] for 1 seed"):
+        unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[0], params_stacked=True)
+    with pytest.raises(ConfigError, match="the parameters are 2 stacked originals for 3 seed"):
+        unlearn_sweep("gradtau", arch, stacked, split, val, seeds=[0, 1, 2])
 
 
 def test_stacked_params_of_a_model_without_init_must_be_declared(setup):

@@ -21,7 +21,9 @@ sit on the device: :func:`.gradtau_stream.run_gradtau_stream` (∇τ from host b
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import re
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -33,7 +35,7 @@ from hyperforget_jax import data, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, refuse_repeated_indices, shared_rows
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError,
-                                   ForgetRequestError, kind_of)
+                                   ForgetRequestError, NonFiniteError, kind_of)
 from hyperforget_jax.models import Architecture, as_model
 from hyperforget_jax.params import refuse_traced, tree_index
 from hyperforget_jax.unlearn import baselines, configs
@@ -279,9 +281,17 @@ def _ran_on(mesh: Mesh | None, out: Any) -> dict:
 
 
 def _is_stacked(model: Architecture, params: Any, n: int, stacked: bool | None) -> bool:
-    if stacked is not None:
-        return stacked
     leading = {np.shape(l)[0] if np.ndim(l) else None for l in jax.tree.leaves(params)}
+    if stacked:
+        # A stack of 3 originals for 2 seeds ran, the third never used (and "another
+        # architecture" when inferred below).
+        if leading != {n}:
+            raise ConfigError(f"unlearn_sweep: params_stacked=True, but the parameters' leading "
+                              f"axes are {sorted(leading, key=str)} for {n} seed(s); stack one "
+                              "original per seed")
+        return True
+    if stacked is not None:
+        return False
     if model.param_shapes() is None and leading == {n}:
         # No init to compare shapes with: one network and n stacked ones look alike.
         raise ConfigError(f"unlearn_sweep: model {model.name!r} has no init, so params whose "
@@ -292,8 +302,21 @@ def _is_stacked(model: Architecture, params: Any, n: int, stacked: bool | None) 
         return False
     except ArchitectureError:
         if leading != {n}:
+            if len(leading) == 1 and None not in leading and _fits(model, params):
+                m = leading.pop()
+                raise ConfigError(f"unlearn_sweep: the parameters are {m} stacked originals "
+                                  f"for {n} seed(s); stack one original per seed") from None
             raise
         return True
+
+
+def _fits(model: Architecture, params: Any) -> bool:
+    """Whether the first of stacked parameters fits the model."""
+    try:
+        model.check_params(tree_index(params, 0))
+        return True
+    except (ArchitectureError, IndexError, TypeError):
+        return False
 
 
 @xla.standard_promotion
@@ -426,7 +449,8 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
     for idx in groups.values():
         t0 = time.perf_counter()
         items = [keyed[i][1] for i in idx]
-        with _naming_a_non_finite_start(method, {f"member {i}": originals[i] for i in idx}):
+        with _naming_a_non_finite_start(method, {f"member {i}": originals[i] for i in idx}), \
+                _naming_sweep_members(idx):
             if method == "retrain":
                 out, infos = _retrain_fleet(model, [msplits[i] for i in idx], items, per_seed,
                                             vectorize)
@@ -435,7 +459,8 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
                 if method in ("gradtau", "finetune"):
                     group_split = [msplits[i] for i in idx] if per_seed else splits[0]
                     out, infos = gradtau_run.run_gradtau_fleet(
-                        model, starts, group_split, val, items, forget_classes, vectorize)
+                        model, starts, group_split, val, items, forget_classes, vectorize,
+                        members=idx)
                 else:
                     out, infos = baselines.run_fleet(method, model, starts, items, per_seed,
                                                      vectorize, [msplits[i] for i in idx])
@@ -448,6 +473,24 @@ def unlearn_sweep(method: str, arch: Any, params: Any,
                     **_ran_on(None, out), **infos[k]}
             results[i] = UnlearnResult(tree_index(out, k), info)
     return results
+
+
+@contextlib.contextmanager
+def _naming_sweep_members(idx: list[int]):
+    """A NonFiniteError of a group's runner names its member by its place in the group ("sweep
+    member 1", "fleet member 1"); the sweep's groups are not its order (configs of other
+    shapes run apart), so the name is mapped to the member's place in the sweep: the
+    documented i·len(configs) + j (it named a healthy member)."""
+    try:
+        yield
+    except NonFiniteError as e:
+        def sweep_member(m: re.Match) -> str:
+            k = int(m.group(2))
+            return f"(sweep member {idx[k]})" if k < len(idx) else m.group(0)
+        text = re.sub(r"\((sweep|fleet) member (\d+)\)", sweep_member, str(e))
+        if text == str(e):
+            raise
+        raise NonFiniteError(text) from e
 
 
 def _retrain_fleet(model: Architecture, splits: list[ForgetSplit], cfgs: list,

@@ -520,11 +520,14 @@ def note_tau_not_reached(info: dict, forget_classes: tuple[int, ...] | None,
 
 def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | list,
                       val: Dataset, plans: list[Plan], forget_classes: tuple[int, ...] | None,
-                      vectorize: str = "vmap") -> tuple[Params, list[dict]]:
+                      vectorize: str = "vmap", members: list[int] | None = None
+                      ) -> tuple[Params, list[dict]]:
     """Members with one static signature as one vmapped program: ``params`` stacked (leading
     axis = members), one :class:`Plan` per member, ``split`` shared or one per member (equal
     sizes). Returns stacked params and one info each (as :func:`run_gradtau`'s). Used by
-    ``unlearn_sweep``."""
+    ``unlearn_sweep``, which passes each member's place in the sweep (``members``) for the
+    warnings; by default their place in this group."""
+    members = list(range(len(plans))) if members is None else list(members)
     per_member = isinstance(split, list)  # (a ForgetSplit is a tuple itself)
     descent_only, mode, E, n = plans[0].static[:4]
     if any(p.static != plans[0].static for p in plans):
@@ -604,7 +607,7 @@ def run_gradtau_fleet(model: Architecture, params: Params, split: ForgetSplit | 
         forget = (split[i] if isinstance(split, list) else split).forget
         infos[-1].update(tau_reached(model, lambda i=i: jax.tree.map(lambda l: l[i], out),
                                      forget, infos[-1], n, descent_only))
-        note_tau_not_reached(infos[-1], forget_classes, f" (sweep member {i})")
+        note_tau_not_reached(infos[-1], forget_classes, f" (sweep member {members[i]})")
     return out, infos
 
 
