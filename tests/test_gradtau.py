@@ -1171,6 +1171,18 @@ def test_schedules_refuse_what_would_run_them_backwards():
         assert float(jax.jit(lambda n: fn(0.5, 3, n)(3))(2)) == float(fn(0.5, 3, 2)(3))
     with pytest.raises(ConfigError, match="steps_per_epoch must be an integer >= 1"):
         G.gradtau_tx(1e-3, 0.01, 0.1, 2, 0.0)
+    # What GradTauConfig refuses (stop 63): a final fraction of −1 gave the last forget-epoch
+    # a negative rate, a NaN lr NaN parameters, 2.5 forget-epochs a schedule of its own.
+    for kwargs, words in (({"final_lr_fraction": -1.0}, "final_lr_fraction must be"),
+                          ({"final_lr_fraction": float("nan")}, "final_lr_fraction must be"),
+                          ({"lr": float("nan")}, "lr must be a finite number > 0")):
+        with pytest.raises(ConfigError, match=words):
+            G.lr_schedule_fn(**{"lr": 1e-3, "epochs": 4, "steps_per_epoch": 1, **kwargs})
+    for fn in (G.alpha_schedule_fn, G.lr_schedule_fn):
+        for bad in (2.5, True, "3", -1):
+            with pytest.raises(ConfigError, match="epochs .forget-epochs E. must be an integer"):
+                fn(0.5, bad, 1)
+        assert float(fn(0.5, jnp.int32(2), 1)(1)) == float(fn(0.5, 2, 1)(1))
     # E = 0: α is 0 from the first step (it used to stay at α₀), the lr at its final value.
     assert float(G.alpha_schedule_fn(0.5, 0, 1)(0)) == 0.0
     assert float(G.lr_schedule_fn(1e-3, 0, 1)(0)) == pytest.approx(1e-4)

@@ -273,6 +273,10 @@ def lr_schedule_fn(lr: Any, epochs: Any, steps_per_epoch: int,
     [0.001, 0.00055, 0.0001]
     """
     _check_steps_per_epoch(steps_per_epoch, epochs)
+    # As GradTauConfig refuses them: a final fraction of −1 made the last forget-epoch's
+    # rate negative (ascent on D_r), a NaN lr or fraction made every parameter NaN.
+    check_as_config(lr, GradTauConfig, "lr", "lr_schedule_fn")
+    check_as_config(final_lr_fraction, GradTauConfig, "final_lr_fraction", "lr_schedule_fn")
 
     def schedule(count):
         return lr * (1.0 - (1.0 - final_lr_fraction)
@@ -304,8 +308,13 @@ def _check_steps_per_epoch(steps_per_epoch: Any, epochs: Any) -> None:
     _check_count_unless_traced(steps_per_epoch, "steps_per_epoch",
                                " (batches per forget-epoch: math.ceil(n_f / B))")
     epochs = _concrete(epochs)
-    if isinstance(epochs, (int, np.integer, float)) and epochs < 0:
-        raise ConfigError(f"epochs must be >= 0, got {epochs}")
+    if isinstance(epochs, jax.core.Tracer):
+        return
+    # 2.5 gave a schedule of its own (α 0.5, 0.3, 0.1, 0), True ran as 1, "3" failed at the
+    # first call inside jnp.minimum.
+    if (isinstance(epochs, bool) or not is_number(epochs) or np.shape(epochs) != ()
+            or epochs < 0 or float(epochs) != int(epochs)):
+        raise ConfigError(f"epochs (forget-epochs E) must be an integer >= 0, got {epochs!r}")
 
 
 def _epoch_fraction(count, epochs, steps_per_epoch):
