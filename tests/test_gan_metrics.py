@@ -111,6 +111,10 @@ def test_the_exported_metrics_refuse_what_they_cannot_score():
         with pytest.raises(ForgetRequestError):
             M.forgotten_share(labels, classes)
     assert M.forgotten_share(labels, [3]) == pytest.approx(0.6)
+    # A class the judge does not have read as "perfectly forgotten", share 0.0 (stop 63).
+    with pytest.raises(ForgetRequestError, match="class 10 is not one of the judge's 10"):
+        M.forgotten_share(labels, [10], num_classes=10)
+    assert M.forgotten_share(labels, [3], num_classes=10) == pytest.approx(0.6)
     arch = make_architecture("mlp", (8, 8, 1), 10)
     judge = M.Judge(arch, arch.init(jax.random.key(0)))
     with pytest.raises(DataError, match="N >= 1"):

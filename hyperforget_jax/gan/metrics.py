@@ -341,22 +341,28 @@ def class_shares(labels: np.ndarray, num_classes: int) -> np.ndarray:
     return np.bincount(labels, minlength=num_classes) / len(labels)
 
 
-def forgotten_share(labels: np.ndarray, classes: Sequence[int]) -> float:
-    """Share of samples the judge assigns to any of the forgotten ``classes``."""
-    labels = _check_judge_labels(labels, "forgotten_share")
+def forgotten_share(labels: np.ndarray, classes: Sequence[int],
+                    num_classes: int | None = None) -> float:
+    """Share of samples the judge assigns to any of the forgotten ``classes`` (``num_classes``:
+    the judge's K, when known: a class past it is refused)."""
+    labels = _check_judge_labels(labels, "forgotten_share", num_classes)
     # Validated as a forget request's classes: "3", [3.5] or [] read as "nothing of them"
     # (share 0.0, perfectly forgotten); 3 alone was a TypeError.
-    classes = checked_classes(classes, "forgotten_share")
+    classes = checked_classes(classes, "forgotten_share", num_classes)
     return float(np.mean(np.isin(labels, list(classes))))
 
 
-def checked_classes(classes: Any, fn: str) -> tuple[int, ...]:
+def checked_classes(classes: Any, fn: str, num_classes: int | None = None) -> tuple[int, ...]:
     """``classes`` as a forget request's class ids (ForgetRequestError otherwise): "3", [3.5],
-    [] or [-7] read as "nothing of them", a share of 0.0 (perfectly forgotten)."""
+    [] or [-7] read as "nothing of them", a share of 0.0 (perfectly forgotten); so did a class
+    past the judge's last, ``num_classes`` - 1, when it is given."""
     classes = ForgetRequest(classes=classes).classes
     if min(classes) < 0:
         raise ForgetRequestError(f"{fn}: class {min(classes)} is negative; classes are the "
                                  "judge's class ids 0..K-1")
+    if num_classes is not None and max(classes) >= num_classes:
+        raise ForgetRequestError(f"{fn}: class {max(classes)} is not one of the judge's "
+                                 f"{num_classes} classes (0..{num_classes - 1})")
     return classes
 
 
@@ -596,7 +602,7 @@ def evaluate_gan(arch, g_params: Params, d_params: Params, judge: Judge, splits:
                            "classifier_is": classifier_is(probs)}
     nonmembers, nonmember_y = splits.test.x, np.asarray(splits.test.y)
     if forget_classes is not None:
-        out["forgotten_share"] = forgotten_share(labels, forget_classes)
+        out["forgotten_share"] = forgotten_share(labels, forget_classes, k)
         # Unseen images of the forgotten class are the fair non-members for class removal.
         keep = np.isin(nonmember_y, list(forget_classes))
         nonmembers, nonmember_y = nonmembers[keep], nonmember_y[keep]
