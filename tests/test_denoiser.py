@@ -254,3 +254,20 @@ def test_parameters_are_float32_under_x64_and_rank_promotion_raise():
                              f64(2, 4), f64(2, 10))
     assert {str(leaf.dtype) for leaf in jax.tree.leaves(shapes)} == {"float32"}
     assert out.dtype == jnp.float32
+
+
+def test_training_batches_are_the_same_draws_under_x64():
+    """The guidance-dropout mask was a jax.random.uniform of the default dtype: float64 under
+    jax_enable_x64, another stream (a hypernetwork 2.4e-3 apart after 6 steps). Every draw of
+    a training batch is the same under x64 (stop 63)."""
+    from hyperforget_jax.hyperforget import diffusion
+
+    sched = diffusion.make_schedule(100)
+    z = jnp.zeros((64, 5), jnp.float32)
+    draw = lambda: DN.prepare_batch(jax.random.key(0), sched, z, z, jnp.zeros((64, 1)),
+                                    p_uncond=0.5)
+    plain = draw()
+    with jax.enable_x64(True):
+        wide = draw()
+    for k in ("t", "drop", "noise"):
+        np.testing.assert_array_equal(np.asarray(wide[k]), np.asarray(plain[k]), err_msg=k)

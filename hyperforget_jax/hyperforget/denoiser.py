@@ -504,7 +504,7 @@ def prepare_batch(key: jax.Array, sched: D.Schedule, start: jax.Array, target: j
     batch = {"start": start, "target": target, "scalars": scalars,
              "t": jax.random.randint(kt, (b,), 0, sched.num_steps, dtype=jnp.int32),
              "noise": jax.random.normal(kn, target.shape, target.dtype),
-             "drop": jax.random.uniform(kd, (b,)) < p_uncond}
+             "drop": jax.random.uniform(kd, (b,), jnp.float32) < p_uncond}
     if classes is not None:
         batch["classes"] = classes
     return batch
