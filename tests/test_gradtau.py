@@ -1462,7 +1462,8 @@ def test_losses_and_the_tau_state_make_no_nan_under_debug_nans_without_jit():
     """The losses marked invalid labels with jnp.where(valid, ce, jnp.nan): a NaN constant,
     on which jax_debug_nans stopped every un-jitted loss (fit under jax.disable_jit(), JAX's way
     to find a NaN's source, failed on healthy data); nabla_tau's init with tau_fn put τ at NaN
-    until its first measurement (stop 63). An invalid label still gives NaN."""
+    until its first measurement, then +inf, which jax_debug_infs stopped on (stop 63). An
+    invalid label still gives NaN."""
     from hyperforget_jax import metrics
 
     logits, y = jnp.zeros((4, 3)), jnp.array([0, 1, 2, 0])
@@ -1472,7 +1473,10 @@ def test_losses_and_the_tau_state_make_no_nan_under_debug_nans_without_jit():
         np.testing.assert_allclose(metrics.cross_entropy(logits, y), np.log(3), rtol=1e-6)
         np.testing.assert_allclose(loss_fn({}, (logits, y)), np.log(3), rtol=1e-6)
         gt = G.nabla_tau(lambda p, b: jnp.zeros(2), 0.5, tau_fn=lambda p: 1.0)
-        assert float(gt.init({"w": jnp.ones(2)}).tau) == np.inf   # any use: an inf loss
+        # the largest finite float32: any use, an inf loss
+        assert float(gt.init({"w": jnp.ones(2)}).tau) == float(jnp.finfo(jnp.float32).max)
+    with jax.debug_infs(True):      # +inf tripped it, jitted or not
+        assert float(jax.jit(gt.init)({"w": jnp.ones(2)}).tau) > 1e38
     bad = jnp.array([0, -1, 3, 2])
     for fn in (train.label_ce, metrics.cross_entropy):
         assert np.isnan(np.asarray(fn(logits, bad))).tolist() == [False, True, True, False]

@@ -604,11 +604,13 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
     alpha_fn = alpha if callable(alpha) else (lambda count: alpha)
 
     def init(params: Params) -> GradTauState:
-        # With tau_fn, τ is measured at the first update; until then it is +inf, so a use
-        # before any measurement gives an infinite loss, which the guards stop on. (It was NaN:
-        # a NaN constant, on which jax_debug_nans stopped a healthy init.)
-        t0 = jnp.inf if tau is None else tau
-        return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, tau_dtype(params)))
+        # With tau_fn, τ is measured at the first update; until then it is the dtype's largest
+        # finite value, so a use before any measurement overflows the loss to inf, which the
+        # guards stop on. (It was NaN, then +inf: constants on which jax_debug_nans /
+        # jax_debug_infs stopped a healthy init.)
+        dtype = tau_dtype(params)
+        t0 = jnp.finfo(dtype).max if tau is None else tau
+        return GradTauState(jnp.zeros((), jnp.int32), jnp.asarray(t0, dtype))
 
     def update(params, state, forget_batch, retain_batch, *tau_args, ascent_hint=None):
         if tau_fn is None and tau_args:
