@@ -27,6 +27,7 @@ options, or (under a top-level ``jax.vmap``) with XLA's defaults.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from typing import Any, Callable
@@ -95,11 +96,20 @@ def standard_promotion(fun: Callable) -> Callable:
 
     @functools.wraps(fun)
     def run(*args: Any, **kwargs: Any) -> Any:
-        if jax.config.jax_numpy_dtype_promotion == "standard":
+        strict = jax.config.jax_numpy_dtype_promotion != "standard"
+        # jax_numpy_rank_promotion="raise" too (it only refuses implicit broadcasts, never
+        # changes a result): the corpus build and hypernetwork training broadcast (N, K) by
+        # (K,) and failed with JAX's ValueError from deep inside (stop 63).
+        ranked = jax.config.jax_numpy_rank_promotion == "raise"
+        if not strict and not ranked:
             # Entered only when needed: under a thread-local config context every jitted call
             # takes JAX's slower dispatch path (train_gan measured 10 % slower).
             return fun(*args, **kwargs)
-        with jax.numpy_dtype_promotion("standard"):
+        with contextlib.ExitStack() as stack:
+            if strict:
+                stack.enter_context(jax.numpy_dtype_promotion("standard"))
+            if ranked:
+                stack.enter_context(jax.numpy_rank_promotion("allow"))
             return fun(*args, **kwargs)
 
     return run

@@ -343,6 +343,28 @@ def test_damaged_index_or_shard_is_named(built, tmp_path, what, match):
         C.Corpus(copy)
 
 
+def test_the_build_and_hypertraining_run_under_rank_promotion_raise(built, tmp_path,
+                                                                   digits_splits):
+    """A caller's jax_numpy_rank_promotion="raise" stopped the corpus build and the
+    hypernetwork's training with JAX's ValueError from deep inside ((N, K) by (K,)
+    broadcasts). It only refuses, so they run under "allow" with the same bits (stop 63)."""
+    from hyperforget_jax.hyperforget import denoiser as DN, dihyfo as H
+
+    out, _ = built
+    tiny = dict(denoiser=DN.DenoiserConfig(num_layers=1, width=32, num_heads=2, tokens="units"),
+                config=DN.HyperTrainConfig(steps=2, batch_size=8))
+    expected = H.train_hypernet(C.Corpus(out), "dihyfo2", **tiny)[0].params
+    with jax.numpy_rank_promotion("raise"):
+        C.build_corpus(tmp_path / "c", CFG, digits_splits, progress=False)
+        got = H.train_hypernet(C.Corpus(out), "dihyfo2", **tiny)[0].params
+        assert jax.config.jax_numpy_rank_promotion == "raise"
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for name in C.CI.SHARD_ARRAYS:
+        np.testing.assert_array_equal(np.load(tmp_path / "c" / "shard_00000" / f"{name}.npy"),
+                                      np.load(out / "shard_00000" / f"{name}.npy"))
+
+
 def test_user_model_by_import_path(tmp_path, digits_splits):
     """A corpus of a user's own model, named by import path as ``hyperforget train --arch``
     takes it (was: "unknown architecture ... or pass ... an import path 'pkg.module:Name'")."""
