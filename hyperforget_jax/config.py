@@ -69,6 +69,9 @@ def field(default: Any = _MISSING, *, gt: float | None = None, ge: float | None 
     return dataclasses.field(default=default, metadata={"bounds": meta}, **kwargs)
 
 
+INT32_MAX = 2**31 - 1
+
+
 def _bound_text(b: dict) -> str:
     parts = [f"{op} {b[k]}" for k, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
              if k in b]
@@ -85,6 +88,11 @@ def check_number(owner: str, name: str, value: Any, kind: type, bounds: dict) ->
         else:
             raise ConfigError(f"{owner}.{name} must be an integer, got {value!r} "
                               f"({type(value).__name__})")
+        if value > INT32_MAX and not any(bounds.get(k, 0) > INT32_MAX for k in ("lt", "le")):
+            # Counts run as int32 on the device (and NumPy shapes): 2**31 ended in an
+            # OverflowError traceback mid-run. Seeds have their own bound.
+            raise ConfigError(f"{owner}.{name} must be <= {INT32_MAX} (2**31 - 1: counts run "
+                              f"as int32), got {value}")
     else:
         if not isinstance(value, numbers.Real):
             raise ConfigError(f"{owner}.{name} must be a number, got {value!r} "

@@ -31,6 +31,7 @@ import types
 import typing
 from typing import Any, Callable, Collection, Mapping, Sequence
 
+from hyperforget_jax.config import INT32_MAX
 from hyperforget_jax.errors import ConfigError
 
 __all__ = ["add_config_flags", "add_config_namespace", "field_docs", "ConfigFlags",
@@ -106,18 +107,26 @@ def _summary(cls: type) -> str:
 
 
 def non_negative_int(text: str) -> int:
-    """argparse type: an integer >= 0 (counts)."""
+    """argparse type: an integer in [0, 2**31) (counts)."""
     v = _int(text)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return v
+    return _int32(v, text)
 
 
 def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (sizes, copies)."""
+    """argparse type: an integer in [1, 2**31) (sizes, copies)."""
     v = _int(text)
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return _int32(v, text)
+
+
+def _int32(v: int, text: str) -> int:
+    # Counts run as int32 (device counters, NumPy shapes): 2**31 and beyond ended in an
+    # OverflowError / "Maximum allowed dimension" traceback, some after seconds of work.
+    if v > INT32_MAX:
+        raise argparse.ArgumentTypeError(f"must be <= {INT32_MAX} (2**31 - 1), got {text}")
     return v
 
 

@@ -695,6 +695,9 @@ API_CASES = [
     # Positive, but 0 in float32: it passed "> 0" and trained nothing, without a word.
     ("lr-zero-in-float32", lambda c: train.TrainConfig(lr=1e-46), ConfigError,
      r"lr \(learning rate\)=1e-46 is 0 in float32, where it runs"),
+    # Counts past int32 passed and ended in an OverflowError traceback mid-run (stop 63).
+    ("epochs-past-int32", lambda c: train.TrainConfig(epochs=2**31), ConfigError,
+     r"TrainConfig.epochs must be <= 2147483647 \(2\*\*31 - 1: counts run as int32\)"),
     ("negative-weight-decay", lambda c: train.TrainConfig(weight_decay=-1.0), ConfigError,
      "weight_decay"),
     ("max-to-keep-zero", lambda c: Checkpointer(c.root / "never", max_to_keep=0), ConfigError,
@@ -1019,6 +1022,13 @@ CLI_CASES = [
         "unlearn", "--method", "gradtau", "--run-dir", str(c.run), *DIGITS, "--out", o,
         "--forget-fraction", "0.8", "--no-retrain", "--quiet"],
      "make the paper's budget E = int(6·N_r/(2·N_f)) 0"),
+    ("cli-refresh-past-int32", lambda c, o: [
+        "unlearn", "--method", "gradtau", "--run-dir", str(c.run), *DIGITS, "--out", o,
+        "--forget-class", "3", "--config.tau_refresh_epochs", "2147483648", "--no-retrain",
+        "--quiet"], "GradTauConfig.tau_refresh_epochs must be <= 2147483647"),
+    ("cli-hypertrain-batch-past-int32", lambda c, o: [
+        "hypertrain", "--corpus", str(c.run), "--out", o, "--batch-size", "2147483648",
+        "--quiet"], "--batch-size: HyperTrainConfig.batch_size must be <= 2147483647"),
     ("cli-hypertrain-no-corpus", lambda c, o: [
         "hypertrain", "--corpus", str(c.run), "--out", o, "--quiet"], "no corpus"),
     ("cli-corpus-one-seed", lambda c, o: [

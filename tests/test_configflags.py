@@ -160,3 +160,14 @@ def test_a_namespace_field_of_several_types_names_each_keys_type():
     assert "bad_teacher: int; default by method: gradtau none" in text, text
     # A field of one type keeps one type name.
     assert "[float; default by method:" in " ".join(helps["--config.lr"].split())
+
+
+def test_count_flags_refuse_values_past_int32():
+    """Counts run as int32 (device counters, NumPy shapes): a flag of 2**31 or more ended in
+    an OverflowError / "Maximum allowed dimension" traceback, some after seconds of work
+    (stop 63). The seed flag keeps its own bound, 2**32."""
+    for parse in (configflags.positive_int, configflags.non_negative_int):
+        assert parse("2147483647") == 2**31 - 1
+        with pytest.raises(argparse.ArgumentTypeError, match=r"must be <= 2147483647"):
+            parse("2147483648")
+    assert configflags.seed_int("4294967295") == 2**32 - 1

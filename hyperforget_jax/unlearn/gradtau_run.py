@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
-from hyperforget_jax.config import refuse_unread
+from hyperforget_jax.config import INT32_MAX, refuse_unread
 from hyperforget_jax.checkpoint_checks import model_identity
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError, kind_of
 from hyperforget_jax.metrics import rows_independent_once
@@ -154,7 +154,8 @@ def make_plan(split: ForgetSplit, cfg: G.GradTauConfig, seed: int,
     n = f_idx.shape[1]
     hp = {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
           "final_lr_fraction": cfg.final_lr_fraction, "alpha0": alpha0, "epochs": E,
-          "refresh_steps": cfg.tau_refresh_epochs * n}
+          # (capped: a count of steps past int32 is "never again", as the cap is for a run)
+          "refresh_steps": min(cfg.tau_refresh_epochs * n, INT32_MAX)}
     hp = {k: np.asarray(v, np.int32 if k == "refresh_steps" else np.float32)
           for k, v in hp.items()}
     static = (descent_only, mode, E, n, f_idx.shape[2], r_idx.shape[2])

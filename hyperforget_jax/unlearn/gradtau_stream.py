@@ -30,6 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import train, xla
 from hyperforget_jax.checkpoint_checks import naming_non_finite_start
+from hyperforget_jax.config import INT32_MAX
 from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.models import _Programs, as_model
 from hyperforget_jax.params import committed, refuse_traced
@@ -215,7 +216,7 @@ def run_gradtau_stream(arch: Any, params: Params,
     hp = {"lr": np.float32(cfg.lr), "weight_decay": np.float32(cfg.weight_decay),
           "final_lr_fraction": np.float32(cfg.final_lr_fraction),
           "alpha0": np.float32(alpha0), "epochs": np.float32(E),
-          "refresh_steps": np.int32(cfg.tau_refresh_epochs * n)}
+          "refresh_steps": np.int32(min(cfg.tau_refresh_epochs * n, INT32_MAX))}
     tx = G.gradtau_tx(cfg.lr, cfg.weight_decay, cfg.final_lr_fraction, E, n)
     # A copy (the state is donated), committed as run_gradtau's: a start restored from disk
     # and a fresh one share the compiled step (uncommitted, they were two compilations).
