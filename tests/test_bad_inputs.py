@@ -1022,6 +1022,9 @@ CLI_CASES = [
         "unlearn", "--method", "gradtau", "--run-dir", str(c.run), *DIGITS, "--out", o,
         "--forget-fraction", "0.8", "--no-retrain", "--quiet"],
      "make the paper's budget E = int(6·N_r/(2·N_f)) 0"),
+    # A home of no user: a RuntimeError traceback, or a literal ./~nosuchuser (stop 63).
+    ("cli-tilde-of-no-user", lambda c, o: ["train", "--run-dir", "~nosuchuser-hf/run",
+                                           *TINY], "cannot expand '~nosuchuser-hf'"),
     ("cli-refresh-past-int32", lambda c, o: [
         "unlearn", "--method", "gradtau", "--run-dir", str(c.run), *DIGITS, "--out", o,
         "--forget-class", "3", "--config.tau_refresh_epochs", "2147483648", "--no-retrain",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -51,6 +52,11 @@ def path_arg(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a path, got {text!r} (an unset shell "
                                          "variable?)")
+    if text.startswith("~") and os.path.expanduser(text) == text:
+        # `~nosuchuser/run`: pathlib's expanduser raised a RuntimeError traceback in most
+        # commands, while `train` wrote into a literal ./~nosuchuser (stop 63).
+        raise argparse.ArgumentTypeError(f"cannot expand {text.split('/')[0]!r} in {text!r}: "
+                                         "no such user; give the full path")
     return text
 
 
