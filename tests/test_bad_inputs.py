@@ -509,6 +509,11 @@ API_CASES = [
     ("gan-train-lr-zero-in-float32", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(lr=1e-46), ConfigError,
      r"learning rate must be a positive number that float32 holds \(this one is 0"),
+    # A judge of 0 + 0 epochs labelled at random, and its metrics were reported (stop 63).
+    ("gan-judge-untrained", lambda c: __import__(
+        "hyperforget_jax.gan.metrics", fromlist=["x"]).judge_recipe(
+            train.TrainConfig(epochs=0), anneal_epochs=0), ConfigError,
+     "the judge's recipe trains it for 0 epochs and 0 anneal epochs"),
     ("gan-unlearn-beta1", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["UnlearnConfig"]).UnlearnConfig(beta1=1.5),
      ConfigError, r"beta1 .* must lie in \[0, 1\)"),

@@ -114,6 +114,7 @@ def train_judge(train: Dataset, seed: int | None = None, arch_name: str = "mlp",
                           "ignored beside config= (its arch and epochs are trained); set them "
                           "in the TrainConfig, or drop config")
     cfg = config or TrainConfig(arch=arch_name, epochs=epochs)
+    _refuse_untrained_judge(cfg.epochs, anneal_epochs)
     cfg = dataclasses.replace(cfg, seed=seed if seed is not None else
                               (config.seed if config is not None else 0))
     arch = as_model(cfg.arch, train.x.shape[1:], train.num_classes)   # a name or import path
@@ -127,6 +128,16 @@ def train_judge(train: Dataset, seed: int | None = None, arch_name: str = "mlp",
     return Judge(arch, state.params)
 
 
+def _refuse_untrained_judge(epochs: int, anneal_epochs: int) -> None:
+    # A judge of 0 + 0 epochs is its initialisation: its labels are random, and the GAN
+    # metrics it reported (forgotten share 0.00 %, IS 1.0, "Judge: JudgeCNN (trained)") were
+    # read as results (stop 63).
+    if epochs == 0 and not anneal_epochs:
+        raise ConfigError("the judge's recipe trains it for 0 epochs and 0 anneal epochs: its "
+                          "labels would be random; give it at least one epoch (--judge-epochs "
+                          "or --judge-anneal)")
+
+
 def judge_recipe(config: TrainConfig | None = None, augment: int = JUDGE_AUGMENT,
                  anneal_epochs: int = JUDGE_ANNEAL, seed: int | None = None) -> dict:
     """The JSON identity of a judge recipe (the arguments of :func:`train_judge`); defaults
@@ -134,6 +145,7 @@ def judge_recipe(config: TrainConfig | None = None, augment: int = JUDGE_AUGMENT
     ``seed``: replaces the config's (None: ``config.seed``, as :func:`train_judge` takes it;
     the default 0 replaced it, so a seed-7 recipe trained the seed-0 judge)."""
     cfg = config or JUDGE
+    _refuse_untrained_judge(cfg.epochs, anneal_epochs)
     cfg = dataclasses.replace(cfg, seed=cfg.seed if seed is None else seed)
     return {"config": cfg.to_json(), "augment": int(augment),
             "anneal_epochs": int(anneal_epochs)}
