@@ -874,5 +874,7 @@ def iterate_batches(ds: Dataset, batch_size: int, seed: int, epoch: int = 0
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields the (x, y) batches of one epoch in the deterministic order of ``batch_indices``."""
     check_count(batch_size, "iterate_batches: batch_size", error=DataError)  # (0: ZeroDivision)
+    _check_seed(seed, "iterate_batches: seed")      # (-1: numpy's "non-negative integer")
+    _check_seed(epoch, "iterate_batches: epoch")
     for idx in batch_indices(seed, epoch, len(ds), batch_size):
         yield ds.x[idx], ds.y[idx]

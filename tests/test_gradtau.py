@@ -1532,9 +1532,21 @@ def test_the_classic_steps_helpers_refuse_what_they_cannot_plan():
     whole set an α₀ of 0.95."""
     with pytest.raises(ConfigError, match="tau_mode must be one of .*got 'unseen'"):
         G.resolve_tau_mode("unseen", (3,))
-    for sizes in ((0, 100, 256), (10, 0, 256), (10, 100, 0)):
-        with pytest.raises(ConfigError, match="plan_batches needs n_forget, n_retain"):
+    for sizes, what in (((0, 100, 256), "n_forget"), ((10, 0, 256), "n_retain"),
+                        ((10, 100, 0), "batch_size"), ((10, 100, 1.5), "batch_size")):
+        with pytest.raises(ConfigError, match=f"plan_batches: {what} must be an integer >= 1"):
             G.plan_batches(*sizes, None, 0)
+    # A seed of -1 or a key: numpy's "expected non-negative integer", len() of a key (stop 63).
+    for seed in (-1, jax.random.key(0)):
+        with pytest.raises(ConfigError, match="plan_batches: seed must be an integer >= 0"):
+            G.plan_batches(10, 100, 4, None, seed)
+    from hyperforget_jax import data as D
+
+    ds = D.Dataset(np.zeros((8, 2, 2, 1), np.float32), np.zeros(8, np.int64), 2, "t")
+    for kw in ({"seed": -1}, {"seed": 0, "epoch": -1}):
+        with pytest.raises(D.DataError, match="iterate_batches: (seed|epoch) must be an "
+                                              "integer >= 0"):
+            next(D.iterate_batches(ds, 4, **kw))
     for sizes in ((200, 100), (0, 100)):
         with pytest.raises(ConfigError, match="0 < n_forget <= n_total"):
             G.initial_alpha(*sizes)

@@ -98,7 +98,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.config import check_as_config, check_config, check_count, field, is_number
-from hyperforget_jax.data import Dataset, wrapped_batches, wrapped_stream
+from hyperforget_jax.data import Dataset, _check_seed, wrapped_batches, wrapped_stream
 from hyperforget_jax.errors import ConfigError, ForgetRequestError
 from hyperforget_jax.metrics import at_least_float32
 from hyperforget_jax.models import Architecture, model_of
@@ -870,9 +870,11 @@ def plan_batches(n_forget: int, n_retain: int, batch_size: int, epochs: int | No
 
     Pure function of the sizes and the seed (same plan on every machine). ``epochs`` None:
     the budget :func:`budget_epochs` (capped at ``max_epochs``)."""
-    if min(n_forget, n_retain, batch_size) < 1:     # a ZeroDivisionError
-        raise ConfigError(f"plan_batches needs n_forget, n_retain and batch_size >= 1, got "
-                          f"{n_forget}, {n_retain}, {batch_size}")
+    for v, what in ((n_forget, "n_forget"), (n_retain, "n_retain"), (batch_size, "batch_size")):
+        # (0: a ZeroDivisionError; 1.5: a TypeError from NumPy)
+        check_count(v, f"plan_batches: {what}")
+    # numpy's "expected non-negative integer" (seed -1) or len() of a key named no argument.
+    _check_seed(seed, "plan_batches: seed", ConfigError)
     bf, br = min(batch_size, n_forget), min(batch_size, n_retain)
     nf, nr = math.ceil(n_forget / bf), math.ceil(n_retain / br)
     E = budget_epochs(nr, nf, max_epochs) if epochs is None else int(epochs)
