@@ -546,6 +546,8 @@ def make_splits(ds: Dataset | Splits, val_frac: float = 0.1, test_frac: float = 
         raise DataError(f"val_frac={val_frac}, test_frac={test_frac}: each must be in (0, 1) "
                         "and their sum below 1")
     _check_label_layout(ds, "make_splits")
+    if len(ds) == 0:        # (NumPy's "need at least one array to concatenate")
+        raise DataError(f"make_splits: {ds.name} is empty; give it images to split")
     y = np.asarray(ds.y)
     outside = (y < 0) | (y >= ds.num_classes)
     if outside.any():       # _stratified_split takes classes 0..num_classes-1 only

@@ -258,6 +258,10 @@ class Architecture:
     def init(self, key: jax.Array) -> Params:
         if self.init_fn is not None:
             return self.init_fn(key)
+        if key is None or isinstance(key, (bool, int, np.integer)):
+            # Flax's InvalidRngError, where the library's other entry points take the seed.
+            raise ConfigError(f"model {self.name!r}: init takes a PRNG key, "
+                              f"jax.random.key(seed); got {key!r}")
         if self.nnx_model is not None:
             if self.nnx_model.construct is None:
                 raise ConfigError(f"model {self.name!r} cannot draw fresh parameters (Retrain, "

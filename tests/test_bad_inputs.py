@@ -509,6 +509,18 @@ API_CASES = [
     ("gan-train-lr-zero-in-float32", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(lr=1e-46), ConfigError,
      r"learning rate must be a positive number that float32 holds \(this one is 0"),
+    # Raw errors from deep inside (stop 63): NumPy's concatenate, Flax's InvalidRngError, a
+    # reshape inside the model.
+    ("make-splits-empty", lambda c: data.make_splits(c.train.subset(np.arange(0))), DataError,
+     "make_splits: .* is empty"),
+    ("init-an-int-seed", lambda c: c.arch.init(0), ConfigError,
+     r"init takes a PRNG key, jax.random.key\(seed\); got 0"),
+    ("gradtau-update-empty-batch", lambda c: (lambda gt: gt.update(
+        c.params, gt.init(c.params), (c.train.x[:0], c.train.y[:0]),
+        (c.train.x[:8], c.train.y[:8])))(__import__(
+            "hyperforget_jax.unlearn.gradtau", fromlist=["x"]).nabla_tau(
+                train.per_example_ce(c.arch.apply), 0.5, tau=2.0)), DataError,
+     "nabla_tau update: forget_batch is empty"),
     # A judge of 0 + 0 epochs labelled at random, and its metrics were reported (stop 63).
     ("gan-judge-untrained", lambda c: __import__(
         "hyperforget_jax.gan.metrics", fromlist=["x"]).judge_recipe(

@@ -99,7 +99,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.config import check_as_config, check_config, check_count, field, is_number
 from hyperforget_jax.data import Dataset, _check_seed, wrapped_batches, wrapped_stream
-from hyperforget_jax.errors import ConfigError, ForgetRequestError
+from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError
 from hyperforget_jax.metrics import at_least_float32
 from hyperforget_jax.models import Architecture, model_of
 
@@ -618,6 +618,12 @@ def nabla_tau(loss_fn: Callable, alpha: Any, *, tau: Any = None, tau_fn: Callabl
                               "but only a constant tau= is given; pass tau_fn= to nabla_tau, "
                               "or drop the arguments after retain_batch")
         state = _as_state(state)
+        for batch, what in ((forget_batch, "forget_batch"), (retain_batch, "retain_batch")):
+            leaves = jax.tree.leaves(batch)
+            if leaves and np.ndim(leaves[0]) and np.shape(leaves[0])[0] == 0:
+                # (a reshape error from inside the model; shapes are static: no trace cost)
+                raise DataError(f"nabla_tau update: {what} is empty; give it at least one "
+                                "example")
         if tau_fn is not None:
             state = refresh_tau(state, params, tau_fn, refresh_every, *tau_args,
                                 axis_name=axis_name)
