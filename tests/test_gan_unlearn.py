@@ -12,7 +12,7 @@ import pytest
 
 from conftest import load_experiment
 from hyperforget_jax import data, xla
-from hyperforget_jax.errors import ConfigError, ForgetRequestError
+from hyperforget_jax.errors import ConfigError, DataError, ForgetRequestError
 from hyperforget_jax.gan import unlearn as U
 from hyperforget_jax.gan.models import make_gan_arch
 from hyperforget_jax.gan.train import GANConfig, d_scores, generate, train_gan
@@ -99,6 +99,14 @@ def test_item_substitution_flags_nearest_samples():
     np.testing.assert_array_equal(np.flatnonzero(U.flag_item_codes(samples, items, k=1)), [2, 4])
     np.testing.assert_array_equal(np.flatnonzero(U.flag_item_codes(samples, items, k=2)),
                                   [2, 3, 4, 5])
+    # k = -1 flagged all six, 0 none; no items or items of another shape were NumPy's errors
+    # (stop 63).
+    for k in (-1, 0, True, 1.5):
+        with pytest.raises(ConfigError, match="flag_item_codes: k must be an integer >= 1"):
+            U.flag_item_codes(samples, items, k=k)
+    for bad in (items[:0], items.reshape(2, 1, 1)):
+        with pytest.raises(DataError, match="flag_item_codes: items must be at least one"):
+            U.flag_item_codes(samples, bad)
 
 
 @pytest.fixture(scope="module")

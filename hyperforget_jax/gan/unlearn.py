@@ -64,7 +64,8 @@ import optax
 
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import first_non_finite
-from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT, is_scalar_number, refuse_unread
+from hyperforget_jax.config import (FLOAT32_MAX, SEED_LIMIT, check_count, is_scalar_number,
+                                    refuse_unread)
 from hyperforget_jax import data
 from hyperforget_jax.data import ForgetRequest
 from hyperforget_jax.errors import (ConfigError, DataError, ForgetRequestError, NonFiniteError,
@@ -361,6 +362,13 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def flag_item_codes(samples: np.ndarray, items: np.ndarray, k: int = 2) -> np.ndarray:
     """Boolean mask of the codes whose sample is among the ``k`` nearest (pixel L2) samples of
     some forgotten item."""
+    # k = -1 flagged every code, 0 none; no items or items of another shape were NumPy's
+    # reshape / matmul errors (the cascade passes a checked item_neighbours; stop 63).
+    check_count(k, "flag_item_codes: k")
+    items, samples = np.asarray(items), np.asarray(samples)
+    if len(items) == 0 or items.shape[1:] != samples.shape[1:]:
+        raise DataError(f"flag_item_codes: items must be at least one image of the samples' "
+                        f"shape {samples.shape[1:]}, got shape {items.shape}")
     d = _sq_dists(items, samples)                       # (items, pool)
     k = min(k, samples.shape[0])
     nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
