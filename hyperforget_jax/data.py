@@ -140,9 +140,10 @@ def is_prng_key(x) -> bool:
     return dtype.startswith("key<") or (dtype == "uint32" and np.shape(x) == raw_key_shape())
 
 
-def _check_seed(seed, what: str, error: type = DataError) -> int:
+def _check_seed(seed, what: str, error: type = DataError, limit: bool = True) -> int:
     """numpy's generators take integers >= 0 only, JAX's keys 32 bits; say so in our words.
-    A concrete 0-d integer array (``jnp.arange(n)``'s elements) is an integer too."""
+    A concrete 0-d integer array (``jnp.arange(n)``'s elements) is an integer too.
+    ``limit``: False for a NumPy-only seed (or an epoch), which takes any integer >= 0."""
     if is_prng_key(seed):
         # A JAX PRNG key (typed or raw): numpy cannot read its dtype, and the user meant a seed.
         raise error(f"{what} must be an integer >= 0, got a JAX PRNG key ({seed.dtype}, shape "
@@ -153,7 +154,7 @@ def _check_seed(seed, what: str, error: type = DataError) -> int:
         seed = operator.index(seed)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
         raise error(f"{what} must be an integer >= 0, got {seed!r}")
-    if seed >= SEED_LIMIT:
+    if limit and seed >= SEED_LIMIT:
         raise error(f"{what} must be below 2**32 (JAX keys keep a seed's low 32 bits), got "
                     f"{seed!r}")
     return int(seed)
@@ -876,7 +877,7 @@ def iterate_batches(ds: Dataset, batch_size: int, seed: int, epoch: int = 0
                     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields the (x, y) batches of one epoch in the deterministic order of ``batch_indices``."""
     check_count(batch_size, "iterate_batches: batch_size", error=DataError)  # (0: ZeroDivision)
-    _check_seed(seed, "iterate_batches: seed")      # (-1: numpy's "non-negative integer")
-    _check_seed(epoch, "iterate_batches: epoch")
+    _check_seed(seed, "iterate_batches: seed", limit=False)   # (-1: NumPy's "non-negative")
+    _check_seed(epoch, "iterate_batches: epoch", limit=False)
     for idx in batch_indices(seed, epoch, len(ds), batch_size):
         yield ds.x[idx], ds.y[idx]

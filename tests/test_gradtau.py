@@ -1547,6 +1547,9 @@ def test_the_classic_steps_helpers_refuse_what_they_cannot_plan():
         with pytest.raises(D.DataError, match="iterate_batches: (seed|epoch) must be an "
                                               "integer >= 0"):
             next(D.iterate_batches(ds, 4, **kw))
+    # NumPy-only seeds and epochs take any integer >= 0 (not JAX's 32 bits: the review).
+    assert len(list(D.iterate_batches(ds, 4, seed=2**32, epoch=2**32))) == 2
+    assert G.plan_batches(10, 20, 4, 1, 2**32)[2] == 1
     for sizes in ((200, 100), (0, 100)):
         with pytest.raises(ConfigError, match="0 < n_forget <= n_total"):
             G.initial_alpha(*sizes)

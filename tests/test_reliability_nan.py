@@ -275,7 +275,7 @@ def test_a_last_update_leaving_nan_outputs_is_refused(arch, digits_splits, tmp_p
     with Checkpointer(ckpt) as c:
         assert c.latest_step() is None               # nothing saved as the run's end
     for method in ("gradtau", "neggrad"):
-        with pytest.raises(NonFiniteError, match=f"{method} sweep: .* \\(fleet member 0\\)"):
+        with pytest.raises(NonFiniteError, match=f"{method} sweep: .* \\(sweep member 0\\)"):
             unlearn_sweep(method, arch, params.params, split, digits_splits.val,
                           configs=[DEFAULT_CONFIGS[method](lr=1e30, epochs=1)] * 2,
                           forget_classes=(3,))

@@ -120,7 +120,7 @@ def _fake_corpus(path: Path, arch) -> None:
               "metrics": np.zeros((2, k6), np.float32)}
     for name, a in arrays.items():
         np.save(shard / f"{name}.npy", a, allow_pickle=False)
-    index = {"format": C.FORMAT, "config": {"first_seed": 0, "num_seeds": 1},
+    index = {"format": C.FORMAT, "config": {"first_seed": 0, "num_seeds": 1, "fleet_size": 1},
              "architecture": arch.to_json(),
              "requests": [[0]], "trained_tensors": [2, 3],
              "class_counts": {s: [1] * 10 for s in ("train", "val", "test")},

@@ -345,7 +345,7 @@ def _fleet_epoch(arch: Architecture, tx_for: Callable) -> Callable:
 
 def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[float, int]],
                 index_sets: list[np.ndarray] | None = None, batch_size: int = 128,
-                weight_decay: float = 1e-4) -> np.ndarray:
+                weight_decay: float = 1e-4, check_outputs: bool = True) -> np.ndarray:
     """Trains one network per member in one vmapped program and returns them flat, (M, P).
 
     Member m is ``train.fit(arch, data[index_sets[m]], TrainConfig(seed=seeds[m],
@@ -358,7 +358,8 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
     differ in size (e.g. Retrain on D_r of different requests): a member stops at the end of its
     own epoch. Seeds, recipes and index sets come one per member, and every set holds at least
     ``batch_size`` rows (``fit`` caps its batch at a smaller set; the fleet's batches are
-    ``batch_size`` wide).
+    ``batch_size`` wide). ``check_outputs``: refuse, as ``fit`` does, a last update whose
+    outputs are NaN/inf (off for a caller that checks its networks' losses itself).
     """
     m_ = len(seeds)
     # zip() dropped what one list had beyond another: a member without an index set came
@@ -397,15 +398,17 @@ def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[
         train.raise_if_nonfinite(np.asarray(finite).T, first, e)
     # As fit / fit_fleet: the last update could leave finite but huge parameters whose
     # outputs are NaN/inf, returned as a network (the step guards check the loss before it).
-    refuse_nonfinite_outputs(arch, state.params, x, "train_fleet", stacked=True)
+    if check_outputs:
+        refuse_nonfinite_outputs(arch, state.params, x, "train_fleet", stacked=True)
     return np.asarray(jax.vmap(P_.flatten)(state.params))
 
 
 def train_originals(arch: Architecture, ccfg: CorpusConfig, x, y, seeds: list[int]
                     ) -> np.ndarray:
     """The fleet's originals, (S, P): :func:`train_fleet` with each seed's recipe."""
+    # (the build checks the originals' losses itself, naming the seed and --lr-range)
     return train_fleet(arch, x, y, seeds, [ccfg.recipe(s) for s in seeds], None,
-                       ccfg.batch_size, ccfg.weight_decay)
+                       ccfg.batch_size, ccfg.weight_decay, check_outputs=False)
 
 
 def checkpoint_steps(total: int, count: int) -> np.ndarray:

@@ -237,10 +237,11 @@ def refuse_zero_budget(epochs: int, cfg: "GradTauConfig", n_forget: int, n_retai
         # is more than 3x the retain set (100)" ran E = 1 with B = 256 (3 batches against 1).
         n_f = math.ceil(n_forget / min(cfg.batch_size, n_forget))
         n_r = math.ceil(n_retain / min(cfg.batch_size, n_retain))
-        budget = ("int(6·N_r/N_f)" if who == "finetune" else "E = int(6·N_r/(2·N_f))")
+        budget = ("the official code's fine-tune budget int(6·N_r/N_f)" if who == "finetune"
+                  else "the paper's budget E = int(6·N_r/(2·N_f))")
         raise ForgetRequestError(
             f"{who}: the forget set's {n_f} batches (N_f, {n_forget} samples) against the "
-            f"retain set's {n_r} (N_r, {n_retain} samples) make the paper's budget {budget} "
+            f"retain set's {n_r} (N_r, {n_retain} samples) make {budget} "
             "0, and the model would be returned unchanged; set epochs=N explicitly "
             "(GradTauConfig(epochs=N); on the CLI --config.epochs=N), or use retrain")
 
@@ -880,7 +881,7 @@ def plan_batches(n_forget: int, n_retain: int, batch_size: int, epochs: int | No
         # (0: a ZeroDivisionError; 1.5: a TypeError from NumPy)
         check_count(v, f"plan_batches: {what}")
     # numpy's "expected non-negative integer" (seed -1) or len() of a key named no argument.
-    _check_seed(seed, "plan_batches: seed", ConfigError)
+    _check_seed(seed, "plan_batches: seed", ConfigError, limit=False)
     bf, br = min(batch_size, n_forget), min(batch_size, n_retain)
     nf, nr = math.ceil(n_forget / bf), math.ceil(n_retain / br)
     E = budget_epochs(nr, nf, max_epochs) if epochs is None else int(epochs)
