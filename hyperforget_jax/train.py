@@ -31,7 +31,7 @@ import optax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import params as P_, xla
-from hyperforget_jax.config import FLOAT32_MAX, SEED_LIMIT, check_config, field
+from hyperforget_jax.config import FLOAT32_MAX, INT32_MAX, SEED_LIMIT, check_config, field
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
 from hyperforget_jax.metrics import nan_where_invalid
 from hyperforget_jax.microbatch import local_params
@@ -53,11 +53,14 @@ class TrainState(NamedTuple):
 def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
     """Raises ``ConfigError`` naming the bad value among epochs, batch size and learning rate
     (shared by every training recipe: classifiers, GANs)."""
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0:
-        raise ConfigError(f"epochs must be >= 0 (an integer), got {epochs!r}")
+    if (isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 0
+            or epochs > INT32_MAX):
+        raise ConfigError(f"epochs must be >= 0 and <= {INT32_MAX} (an integer), got "
+                          f"{epochs!r}")
     if (isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer))
-            or batch_size < 1):
-        raise ConfigError(f"batch_size must be >= 1 (an integer), got {batch_size!r}")
+            or batch_size < 1 or batch_size > INT32_MAX):
+        raise ConfigError(f"batch_size must be >= 1 and <= {INT32_MAX} (an integer), got "
+                          f"{batch_size!r}")
     if not is_learning_rate(lr):
         raise ConfigError(f"learning rate must be a positive number{zero_in_float32(lr)}, "
                           f"got {lr!r}")

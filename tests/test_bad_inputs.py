@@ -713,6 +713,12 @@ API_CASES = [
     ("lr-zero-in-float32", lambda c: train.TrainConfig(lr=1e-46), ConfigError,
      r"lr \(learning rate\)=1e-46 is 0 in float32, where it runs"),
     # Counts past int32 passed and ended in an OverflowError traceback mid-run (stop 63).
+    ("gan-train-epochs-past-int32", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(epochs=2**31), ConfigError,
+     r"epochs must be >= 0 and <= 2147483647"),
+    ("gan-unlearn-check-every-past-int32", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["UnlearnConfig"]).UnlearnConfig(check_every=2**31),
+     ConfigError, r"UnlearnConfig.check_every must be <= 2147483647"),
     ("epochs-past-int32", lambda c: train.TrainConfig(epochs=2**31), ConfigError,
      r"TrainConfig.epochs must be <= 2147483647 \(2\*\*31 - 1: counts run as int32\)"),
     ("negative-weight-decay", lambda c: train.TrainConfig(weight_decay=-1.0), ConfigError,

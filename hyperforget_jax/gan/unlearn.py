@@ -64,8 +64,8 @@ import optax
 
 from hyperforget_jax import xla
 from hyperforget_jax.checkpoint_checks import first_non_finite
-from hyperforget_jax.config import (FLOAT32_MAX, SEED_LIMIT, check_count, is_scalar_number,
-                                    refuse_unread)
+from hyperforget_jax.config import (FLOAT32_MAX, INT32_MAX, SEED_LIMIT, check_count,
+                                    is_scalar_number, refuse_unread)
 from hyperforget_jax import data
 from hyperforget_jax.data import ForgetRequest
 from hyperforget_jax.errors import (ConfigError, DataError, ForgetRequestError, NonFiniteError,
@@ -182,6 +182,10 @@ class UnlearnConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                 raise ConfigError(f"UnlearnConfig.{name} must be an integer, got {v!r}")
+            if name != "seed" and v > INT32_MAX:    # (the seed's bound is checked below)
+                # counts run as int32: check_every = 2**31 was an OverflowError mid-run
+                raise ConfigError(f"UnlearnConfig.{name} must be <= {INT32_MAX} (2**31 - 1: "
+                                  f"counts run as int32), got {v}")
         if self.fake_label not in FAKE_LABELS:
             raise ConfigError(f"fake_label must be one of {', '.join(FAKE_LABELS)}, got "
                               f"{self.fake_label!r}")
