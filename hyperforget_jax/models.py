@@ -258,7 +258,9 @@ class Architecture:
     def init(self, key: jax.Array) -> Params:
         if self.init_fn is not None:
             return self.init_fn(key)
-        if key is None or isinstance(key, (bool, int, np.integer)):
+        if key is None or isinstance(key, (bool, int, np.integer)) or (
+                not data.is_prng_key(key) and np.ndim(key) == 0
+                and np.issubdtype(getattr(key, "dtype", np.float64), np.integer)):
             # Flax's InvalidRngError, where the library's other entry points take the seed.
             raise ConfigError(f"model {self.name!r}: init takes a PRNG key, "
                               f"jax.random.key(seed); got {key!r}")

@@ -234,6 +234,6 @@ def perturbed(params: Any, scale: float = 0.1, seed: int = 1) -> Any:
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(jax.random.key(seed), max(len(leaves), 1))
     return jax.tree.unflatten(treedef, [
-        a + (scale * jax.random.normal(k, np.shape(a))).astype(jnp.result_type(a))
+        a + (scale * jax.random.normal(k, np.shape(a), jnp.float32)).astype(jnp.result_type(a))
         if jnp.issubdtype(jnp.result_type(a), jnp.floating) else a
         for a, k in zip(leaves, keys)])

@@ -515,6 +515,8 @@ API_CASES = [
      "make_splits: .* is empty"),
     ("init-an-int-seed", lambda c: c.arch.init(0), ConfigError,
      r"init takes a PRNG key, jax.random.key\(seed\); got 0"),
+    ("init-a-jax-int-seed", lambda c: c.arch.init(__import__("jax").numpy.int32(0)),
+     ConfigError, r"init takes a PRNG key, jax.random.key\(seed\)"),
     ("gradtau-update-empty-batch", lambda c: (lambda gt: gt.update(
         c.params, gt.init(c.params), (c.train.x[:0], c.train.y[:0]),
         (c.train.x[:8], c.train.y[:8])))(__import__(

@@ -773,6 +773,8 @@ def test_an_interrupted_command_that_does_not_resume_says_it_starts_over(monkeyp
     parser = cli.build_parser()
     for argv, resumes in ((["demo"], False), (["evaluate", "--run-dir", "r"], False),
                           (["gan", "evaluate", "--run-dir", "r"], False),
+                          (["sample", "--hypernet", "h", "--out", "r", "--forget-class",
+                            "3"], False),
                           (["train", "--run-dir", "r"], True),
                           (["gan", "train", "--run-dir", "r"], True)):
         args = parser.parse_args(argv)

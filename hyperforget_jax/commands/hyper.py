@@ -417,4 +417,4 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=common.path_arg,
                    help="output directory (never a run it reads)")
     common.add_output_args(p, quiet=False)
-    p.set_defaults(func=cmd_sample, _sample_flags=sample_flags)
+    p.set_defaults(func=cmd_sample, _sample_flags=sample_flags, _resumes=False)

@@ -237,7 +237,7 @@ def _rescaling_change(arch, tmpl, flat: np.ndarray) -> float:
     ``flat`` on 16 inputs drawn N(0, 1): ≈ 1e-7 for a ReLU MLP, whose function the rescaling
     keeps exactly, 1e-2 and more for tanh / GELU."""
     params = P_.unflatten(jnp.asarray(flat, jnp.float32), tmpl)
-    x = jax.random.normal(jax.random.key(0), (16, *arch.input_shape))
+    x = jax.random.normal(jax.random.key(0), (16, *arch.input_shape), jnp.float32)
     # Full float32 products: a GPU's default TF32 put a ReLU MLP at 3e-4 and turned it off.
     with jax.default_matmul_precision("float32"):
         a = arch.apply(params, x)
