@@ -234,6 +234,19 @@ def check_as_config(value: Any, cls: type, field: str, who: str, name: str | Non
     check_number(who, name, float(value), float, bounds)
 
 
+def expand_user(path: Any) -> Any:
+    """``Path(path).expanduser()``, with a ConfigError for ``~user`` of no user (pathlib's
+    RuntimeError "Could not determine home directory" otherwise)."""
+    import os
+    import pathlib
+
+    text = os.fspath(path)
+    if isinstance(text, str) and text.startswith("~") and os.path.expanduser(text) == text:
+        raise ConfigError(f"cannot expand {text.split('/')[0]!r} in {text!r}: no such user; "
+                          "give the full path")
+    return pathlib.Path(path).expanduser()
+
+
 def check_count(value: Any, what: str, unit: str = "", error: type = ConfigError) -> int:
     """``value`` as an ``int`` if it is an integer >= 1 (a bool or a float is not), else
     ``error``: "``what`` must be an integer >= 1``unit``, got ``value``"."""

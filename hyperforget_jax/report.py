@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from hyperforget_jax.config import expand_user
 from hyperforget_jax.errors import (CheckpointError, ConfigError, HyperforgetError,
                                     RunDirError)
 
@@ -32,7 +33,7 @@ def prepare_dir(path: str | os.PathLike, flag: str = "--run-dir", *,
     script's ``results.json`` / ``report.md`` would replace that run's. ``not_a_run`` may name
     the role of the script's own runs (:func:`~hyperforget_jax.rundir.open_sweep`): those it
     resumes."""
-    p = Path(path).expanduser().absolute()
+    p = expand_user(path).absolute()
     if not_a_run and (p / "run.json").is_file() and (
             not isinstance(not_a_run, str) or _role(p) != not_a_run):
         raise RunDirError(f"{flag} {p} holds a hyperforget run (run.json); this script's results "

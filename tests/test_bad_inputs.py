@@ -511,6 +511,13 @@ API_CASES = [
      r"learning rate must be a positive number that float32 holds \(this one is 0"),
     # Raw errors from deep inside (stop 63): NumPy's concatenate, Flax's InvalidRngError, a
     # reshape inside the model.
+    # ~user of no user: pathlib's RuntimeError "Could not determine home directory".
+    ("corpus-tilde-of-no-user", lambda c: __import__(
+        "hyperforget_jax.hyperforget.corpus", fromlist=["x"]).Corpus("~nosuchuser-hf/c"),
+     ConfigError, "cannot expand '~nosuchuser-hf'"),
+    ("hypernet-tilde-of-no-user", lambda c: __import__(
+        "hyperforget_jax.hyperforget.store", fromlist=["x"]).load_hypernet(
+            "~nosuchuser-hf/h.npz"), ConfigError, "cannot expand '~nosuchuser-hf'"),
     ("make-splits-empty", lambda c: data.make_splits(c.train.subset(np.arange(0))), DataError,
      "make_splits: .* is empty"),
     ("init-an-int-seed", lambda c: c.arch.init(0), ConfigError,

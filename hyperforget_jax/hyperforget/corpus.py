@@ -69,7 +69,7 @@ import numpy as np
 import optax
 
 from hyperforget_jax import data, report, rundir, train, xla
-from hyperforget_jax.config import SEED_LIMIT, check_config, field
+from hyperforget_jax.config import SEED_LIMIT, check_config, expand_user, field
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import corpus_index as CI
@@ -852,7 +852,7 @@ class Corpus:
     """
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path).expanduser().absolute()
+        self.path = expand_user(path).absolute()
         self.index = CI.read_index(self.path)
         self.arch = Architecture.from_json(self.index["architecture"])
         self.requests = [tuple(r) for r in self.index["requests"]]

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from hyperforget_jax import report
+from hyperforget_jax.config import expand_user
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
 from hyperforget_jax.hyperforget import denoiser as DN
 from hyperforget_jax.hyperforget.spec import Hypernet, HyperSpec
@@ -75,7 +76,7 @@ def save_hypernet(path: str | os.PathLike, net: Hypernet, extra_meta: dict | Non
                   ) -> Path:
     """Writes ``net`` atomically to ``path`` (a ``.npz`` file, or a directory that receives
     ``hypernet.npz``). Returns the file written."""
-    path = Path(path).expanduser().absolute()
+    path = expand_user(path).absolute()
     if path.suffix != ".npz":
         report.prepare_dir(path, flag="--out")
         path = path / FILE_NAME
@@ -90,7 +91,7 @@ _FILES_IN_DIR = (FILE_NAME, f"hypernet/{FILE_NAME}")
 
 
 def _resolve(path) -> Path:
-    p = Path(path).expanduser()
+    p = expand_user(path)
     if p.is_dir():
         for name in _FILES_IN_DIR:
             if (p / name).is_file():
