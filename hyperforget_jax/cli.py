@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_NEGATIVE_VALUE = re.compile(r"^-[\d.]")
+_NEGATIVE_VALUE = re.compile(r"^-([\d.]|inf|nan)", re.IGNORECASE)   # (-inf: "expected one
+# argument" before stop 63, instead of "expected a finite number")
 # What argparse itself takes as a negative number (a value, never an option).
 _PLAIN_NEGATIVE = re.compile(r"^-\d+$|^-\d*\.\d+$")
 

@@ -139,10 +139,10 @@ def seed_int(text: str) -> int:
 
 
 def _int(text: str) -> int:
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    # ASCII digits only: int() also reads "1_0" as 10 and "٣" as 3 (stop 63).
+    if not isinstance(text, str) or not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(text)
 
 
 def finite_float(text: str) -> float:

@@ -722,7 +722,12 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     Raises:
       DataError: for no values.
     """
-    arr = np.asarray(list(values), dtype=np.float64).reshape(-1)
+    values = [values] if isinstance(values, (str, bytes)) else list(values)
+    if any(v is None or isinstance(v, (str, bytes)) for v in values):
+        # "12" read digit by digit (1.5 ± 0.71); None made the mean NaN (stop 63)
+        raise DataError(f"mean_std takes one number per seed, got {values!r}; leave out the "
+                        "seeds without a value (format_over_seeds marks them)")
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
     if arr.size == 0:
         raise DataError("mean_std needs at least one value; run at least one seed")
     std = float(np.std(arr, ddof=1)) if arr.size >= 2 else 0.0

@@ -518,6 +518,10 @@ API_CASES = [
     ("hypernet-tilde-of-no-user", lambda c: __import__(
         "hyperforget_jax.hyperforget.store", fromlist=["x"]).load_hypernet(
             "~nosuchuser-hf/h.npz"), ConfigError, "cannot expand '~nosuchuser-hf'"),
+    # A string read digit by digit (1.5 ± 0.71), None a NaN mean (stop 63).
+    ("mean-std-a-string", lambda c: __import__(
+        "hyperforget_jax.metrics", fromlist=["x"]).mean_std("12"), DataError,
+     "mean_std takes one number per seed"),
     ("make-splits-empty", lambda c: data.make_splits(c.train.subset(np.arange(0))), DataError,
      "make_splits: .* is empty"),
     ("init-an-int-seed", lambda c: c.arch.init(0), ConfigError,

@@ -171,3 +171,14 @@ def test_count_flags_refuse_values_past_int32():
         with pytest.raises(argparse.ArgumentTypeError, match=r"must be <= 2147483647"):
             parse("2147483648")
     assert configflags.seed_int("4294967295") == 2**32 - 1
+
+
+def test_integers_are_ascii_digits_and_negative_infinity_reaches_the_check():
+    """int() read "1_0" as 10 and Arabic-Indic "٣" as 3; `--lr -inf` was argparse's "expected
+    one argument" instead of the finite-number check (stop 63)."""
+    for text in ("1_0", "٣", "0x10", "2.5", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected an integer"):
+            configflags.positive_int(text)
+    assert configflags.positive_int(" +7 ") == 7
+    assert cli._join_negative_values(["--lr", "-inf", "--seed", "-1"]) == [
+        "--lr=-inf", "--seed", "-1"]
