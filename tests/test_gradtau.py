@@ -1179,7 +1179,7 @@ def test_schedules_refuse_what_would_run_them_backwards():
         with pytest.raises(ConfigError, match=words):
             G.lr_schedule_fn(**{"lr": 1e-3, "epochs": 4, "steps_per_epoch": 1, **kwargs})
     for fn in (G.alpha_schedule_fn, G.lr_schedule_fn):
-        for bad in (2.5, True, "3", -1):
+        for bad in (2.5, True, "3", -1, float("inf"), float("nan")):
             with pytest.raises(ConfigError, match="epochs .forget-epochs E. must be an integer"):
                 fn(0.5, bad, 1)
         assert float(fn(0.5, jnp.int32(2), 1)(1)) == float(fn(0.5, 2, 1)(1))

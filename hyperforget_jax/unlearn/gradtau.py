@@ -314,7 +314,7 @@ def _check_steps_per_epoch(steps_per_epoch: Any, epochs: Any) -> None:
     # 2.5 gave a schedule of its own (α 0.5, 0.3, 0.1, 0), True ran as 1, "3" failed at the
     # first call inside jnp.minimum.
     if (isinstance(epochs, bool) or not is_number(epochs) or np.shape(epochs) != ()
-            or epochs < 0 or float(epochs) != int(epochs)):
+            or epochs < 0 or not float(epochs).is_integer()):     # (inf, NaN: not integers)
         raise ConfigError(f"epochs (forget-epochs E) must be an integer >= 0, got {epochs!r}")
 
 
