@@ -35,6 +35,8 @@ import dataclasses
 import math
 import numbers
 import operator
+import os
+import pathlib
 import types
 import typing
 from typing import Any
@@ -237,9 +239,6 @@ def check_as_config(value: Any, cls: type, field: str, who: str, name: str | Non
 def expand_user(path: Any) -> Any:
     """``Path(path).expanduser()``, with a ConfigError for ``~user`` of no user (pathlib's
     RuntimeError "Could not determine home directory" otherwise)."""
-    import os
-    import pathlib
-
     text = os.fspath(path)
     if isinstance(text, str) and text.startswith("~") and os.path.expanduser(text) == text:
         raise ConfigError(f"cannot expand {text.split('/')[0]!r} in {text!r}: no such user; "

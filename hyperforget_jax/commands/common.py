@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from hyperforget_jax import configflags, data, report, rundir
 from hyperforget_jax.checkpoint import (Checkpointer, NoCheckpointError, default_device,
                                         load_params, load_params_meta)
 from hyperforget_jax.cli import ListInOne
+from hyperforget_jax.config import expand_user
 from hyperforget_jax.configflags import finite_float, seed_int
 from hyperforget_jax.errors import (CheckpointError, ConfigError, DataError, ForgetRequestError,
                                     RunDirError, shell_quote)
@@ -52,11 +52,12 @@ def path_arg(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"expected a path, got {text!r} (an unset shell "
                                          "variable?)")
-    if text.startswith("~") and os.path.expanduser(text) == text:
+    try:
         # `~nosuchuser/run`: pathlib's expanduser raised a RuntimeError traceback in most
         # commands, while `train` wrote into a literal ./~nosuchuser (stop 63).
-        raise argparse.ArgumentTypeError(f"cannot expand {text.split('/')[0]!r} in {text!r}: "
-                                         "no such user; give the full path")
+        expand_user(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     return text
 
 

@@ -60,7 +60,6 @@ import os
 import re
 import shutil
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -776,8 +775,7 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
                 raise CheckpointError(f"{out} holds a corpus built with a different {key}; "
                                       "use another --out directory or the same settings")
         index = old
-    seeds = ccfg.seeds
-    fleets = [seeds[i:i + ccfg.fleet_size] for i in range(0, len(seeds), ccfg.fleet_size)]
+    fleets = CI.fleet_seeds(ccfg.first_seed, ccfg.num_seeds, ccfg.fleet_size)
     # A shard marked done whose directory is gone is built again: deleting a damaged shard's
     # directory is how its refusal (corpus_index.load_shards) says to rebuild it.
     todo = [i for i in range(len(fleets)) if not index["shards"].get(f"{i:05d}", {}).get("done")

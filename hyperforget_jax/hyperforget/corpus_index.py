@@ -67,6 +67,13 @@ def _int_list(v) -> bool:
                                        for x in v)
 
 
+def fleet_seeds(first_seed: int, num_seeds: int, fleet_size: int) -> list[list[int]]:
+    """The seeds of each shard, in shard order: ``fleet_size`` consecutive seeds each (the
+    last may hold fewer)."""
+    seeds = list(range(first_seed, first_seed + num_seeds))
+    return [seeds[i:i + fleet_size] for i in range(0, len(seeds), fleet_size)]
+
+
 def read_index(path: Path) -> dict:
     """Reads and validates ``index.json`` (structure and types; the requests against the
     architecture are checked by :func:`validate_requests`)."""
@@ -102,9 +109,8 @@ def read_index(path: Path) -> dict:
     if not _int_list([cfg.get("first_seed"), cfg.get("num_seeds"), cfg.get("fleet_size")]) \
             or cfg["fleet_size"] < 1:
         raise _bad(path, "config.first_seed/num_seeds/fleet_size", "must be integers")
-    seeds = list(range(cfg["first_seed"], cfg["first_seed"] + cfg["num_seeds"]))
-    fleets = {f"{i:05d}": seeds[j:j + cfg["fleet_size"]]
-              for i, j in enumerate(range(0, len(seeds), cfg["fleet_size"]))}
+    fleets = {f"{i:05d}": f for i, f in enumerate(
+        fleet_seeds(cfg["first_seed"], cfg["num_seeds"], cfg["fleet_size"]))}
     if not _int_list(index["test_seeds"]) or not _int_list(index["trained_tensors"]):
         raise _bad(path, "test_seeds/trained_tensors", "must be lists of integers")
     for s in SPLITS:
