@@ -196,6 +196,15 @@ def evaluate_unlearning(arch: Any, params: Any, splits: Splits, fsplit: ForgetSp
             [np.flatnonzero(held)[matched[1]], np.flatnonzero(~held)]))]
         out.setdefault("attacks_class_matched", {})["svc"] = {
             "p_value": matched[2], "retain": int(len(matched[0])), "test": int(len(matched[1]))}
+    n_r, n_t = len(np.asarray(retain_conf)), len(np.asarray(test_conf))
+    if min(n_r, n_t) < MIN_LR_ATTACK_SAMPLES:
+        # (the SVC needs two members and two non-members, as the LR attacks do)
+        out["mia_efficacy_svc"] = None
+        out.setdefault("not_applicable", {})["mia_efficacy_svc"] = (
+            f"needs at least {MIN_LR_ATTACK_SAMPLES} retain (members) and test samples "
+            f"(non-members), got {n_r} and {n_t}"
+            + (" after class matching" if matched is not None else ""))
+        return out
     out["mia_efficacy_svc"] = metrics.mia_efficacy_svc(
         retain_conf, test_conf, per["forget"]["confidence"], seed=seed)
     return out

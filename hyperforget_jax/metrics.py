@@ -643,11 +643,14 @@ def mia_efficacy_svc(retain_conf: Any, test_conf: Any, forget_conf: Any, seed: i
       The fraction of forget samples predicted as non-members, in ``[0, 1]``.
 
     Raises:
-      DataError: for an empty input, a non-1-D input or NaN/inf values.
+      DataError: for fewer than 2 retain or test samples, an empty forget set, a non-1-D
+        input or NaN/inf values.
       ConfigError: for a seed that is not an integer in [0, 2**32).
     """
-    retain = _as_1d("retain_conf", retain_conf)
-    test = _as_1d("test_conf", test_conf)
+    # At least 2 a side, as the other attacks: 1 retain sample trained the SVC on one
+    # member and one non-member (its "efficacy" was 0 or 1 by which side each fell on).
+    retain = _as_1d("retain_conf", retain_conf, 2)
+    test = _as_1d("test_conf", test_conf, 2)
     forget = _as_1d("forget_conf", forget_conf)
     retain, test = _equalise(retain, test, np.random.default_rng(_attack_seed(seed)))
     x = np.concatenate([retain, test])[:, None]
@@ -740,6 +743,7 @@ def format_over_seeds(values: Iterable[float | None], scale: float = 1.0, digits
     (not applicable: all None), ``"NaN [k of n seeds]"`` where the values are NaN, and
     ``"[k of n seeds]"`` appended where only some have one (a None, or a NaN), so a seed that
     is missing is never silently left out of the mean."""
+    _check_digits(digits)
     values = list(values)
     ok = [v for v in values if v is not None and np.isfinite(v)]
     if not ok:
@@ -748,6 +752,12 @@ def format_over_seeds(values: Iterable[float | None], scale: float = 1.0, digits
         return "–" if not nan else f"NaN [{nan} of {len(values)} seeds]"
     text = format_mean_std(ok, scale, digits)
     return text if len(ok) == len(values) else f"{text} [{len(ok)} of {len(values)} seeds]"
+
+
+def _check_digits(digits: Any) -> None:
+    # (Python's "Format specifier missing precision" for -1, "Invalid format specifier" for 1.5)
+    if isinstance(digits, bool) or not isinstance(digits, (int, np.integer)) or digits < 0:
+        raise ConfigError(f"digits must be an integer >= 0 (decimals shown), got {digits!r}")
 
 
 def format_mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 2) -> str:
@@ -765,6 +775,7 @@ def format_mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 2
     Raises:
       DataError: for no values.
     """
+    _check_digits(digits)
     values = np.asarray(list(values), dtype=np.float64).reshape(-1)
     mean, std = mean_std(values)
     if values.size == 1:

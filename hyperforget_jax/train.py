@@ -136,6 +136,10 @@ def skip_nonfinite(tx: optax.GradientTransformation) -> optax.GradientTransforma
     >>> u.tolist(), bool(update_was_finite(s))
     ([0.0, 0.0], False)
     """
+    if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+        # (an AttributeError from optax's wrapper, at the first init)
+        raise ConfigError(f"skip_nonfinite wraps an optax.GradientTransformation, got "
+                          f"{type(tx).__name__}; pass e.g. skip_nonfinite(optax.adamw(1e-3))")
     return optax.apply_if_finite(tx, max_consecutive_errors=np.iinfo(np.int32).max)
 
 

@@ -919,6 +919,32 @@ API_CASES = [
         c.params), ConfigError, "run_gradtau_stream runs its own compiled loops"),
     ("gan-unlearn-under-jit", lambda c: jax.jit(lambda g: _gan_unlearn(c, g_params=g).params)(
         _tiny_gan(c)[1]), ConfigError, "unlearn_gan runs its own compiled loops"),
+    # Stop 64: Python's format errors, optax's AttributeError, and silent values.
+    ("format-mean-std-negative-digits", lambda c: __import__(
+        "hyperforget_jax.metrics").metrics.format_mean_std([1.0, 2.0], digits=-1),
+     ConfigError, r"digits must be an integer >= 0 \(decimals shown\), got -1"),
+    ("format-over-seeds-float-digits", lambda c: __import__(
+        "hyperforget_jax.metrics").metrics.format_over_seeds([None], digits=1.5),
+     ConfigError, r"digits must be an integer >= 0 \(decimals shown\), got 1.5"),
+    ("skip-nonfinite-none", lambda c: train.skip_nonfinite(None), ConfigError,
+     r"skip_nonfinite wraps an optax.GradientTransformation, got NoneType"),
+    # A 1-vs-1 SVC's "efficacy" was 0 or 1 by which side each sample fell on.
+    ("svc-one-retain-sample", lambda c: __import__(
+        "hyperforget_jax.metrics").metrics.mia_efficacy_svc([0.9], [0.5, 0.6], [0.7]),
+     DataError, r"retain_conf has 1 samples but the attack needs at least 2"),
+    # eigh read one triangle: [[1, 2], [0, 1]] against I gave 0.0, its transpose 0.54.
+    ("fid-non-symmetric-covariance", lambda c: __import__(
+        "hyperforget_jax.gan.metrics", fromlist=["x"]).frechet_distance(
+        np.zeros(2), np.array([[1.0, 2.0], [0.0, 1.0]]), np.zeros(2), np.eye(2)),
+     DataError, r"sigma1 is not symmetric, so not a covariance"),
+    ("fid-negative-definite-covariance", lambda c: __import__(
+        "hyperforget_jax.gan.metrics", fromlist=["x"]).frechet_distance(
+        np.zeros(2), np.eye(2), np.zeros(2), -np.eye(2)),
+     DataError, r"sigma2 has a negative eigenvalue"),
+    ("fid-mismatched-widths", lambda c: __import__(
+        "hyperforget_jax.gan.metrics", fromlist=["x"]).frechet_distance(
+        np.zeros(3), np.eye(2), np.zeros(2), np.eye(2)),
+     DataError, r"two means of shape \(F,\) and two covariances of shape \(F, F\)"),
 ]
 
 

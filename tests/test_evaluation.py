@@ -279,6 +279,29 @@ def test_a_test_set_without_the_retain_set_s_classes_leaves_the_svc_not_applicab
     assert out["mia_loss_lr"] is not None
 
 
+def test_a_single_retain_sample_leaves_the_svc_not_applicable():
+    """Forgetting all but one training sample trained the SVC on one member and one
+    non-member: an "efficacy" of 0 or 1 by which side each sample fell on. It is now not
+    applicable, as the LR attacks are below two samples a side; mia_efficacy_svc itself refuses
+    it."""
+    from hyperforget_jax import metrics
+    from hyperforget_jax.errors import DataError
+
+    splits, apply_fn = _favours_class_0(n_train=40, n_test=60, classes=3)
+    keep = int(np.flatnonzero(splits.train.y == 1)[0])
+    req = data.ForgetRequest(indices=tuple(i for i in range(40) if i != keep))
+    fs = data.resolve_forget(splits.train, req)
+    assert len(fs.retain) == 1
+    out = evaluate_unlearning(apply_fn, _ONE, splits, fs, req, seed=0)
+    assert out["mia_efficacy_svc"] is None
+    assert out["not_applicable"]["mia_efficacy_svc"].startswith(
+        "needs at least 2 retain (members) and test samples (non-members), got 1 and ")
+    assert out["mia_loss_lr"] is not None
+    with pytest.raises(DataError, match="test_conf has 1 samples but the attack needs at "
+                                        "least 2"):
+        metrics.mia_efficacy_svc([0.9, 0.8], [0.5], [0.7])
+
+
 def test_gap_to_retrain_refuses_rows_in_percent():
     """Rows hold fractions and the gap is in points: rows in percent (a table's numbers) gave
     a gap 100× too large (625.0 for a 25-point FA gap), one row of each 8043.75, silently."""

@@ -280,6 +280,23 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
         raise DataError("frechet_distance: the means or covariances hold NaN/inf (features of "
                         "NaN images?)")
+    f = mu1.shape[0] if mu1.ndim == 1 else -1
+    if mu1.ndim != 1 or mu2.shape != (f,) or sigma1.shape != (f, f) or sigma2.shape != (f, f):
+        raise DataError(f"frechet_distance takes two means of shape (F,) and two covariances of "
+                        f"shape (F, F), got {mu1.shape}, {sigma1.shape}, {mu2.shape}, "
+                        f"{sigma2.shape}; pass feature_stats() of features of the same width")
+    for name, s in (("sigma1", sigma1), ("sigma2", sigma2)):
+        # eigh reads one triangle only: a non-symmetric matrix gave a distance of its lower
+        # triangle's (0.0 for [[1, 2], [0, 1]] against I, 0.54 for its transpose), and a
+        # negative definite one was clipped to 0 (distance 0.0 from I).
+        scale = max(float(np.abs(s).max(initial=0.0)), 1e-300)
+        if not np.allclose(s, s.T, rtol=1e-6, atol=1e-9 * scale):
+            raise DataError(f"frechet_distance: {name} is not symmetric, so not a covariance; "
+                            "pass np.cov(features, rowvar=False) (feature_stats)")
+        if f and np.linalg.eigvalsh(s).min() < -1e-6 * scale:
+            raise DataError(f"frechet_distance: {name} has a negative eigenvalue, so it is "
+                            "not a covariance; pass np.cov(features, rowvar=False) "
+                            "(feature_stats)")
     # tr((Σ1 Σ2)^½) = tr((Σ1^½ Σ2 Σ1^½)^½): a symmetric PSD matrix, so eigh is stable even when
     # ReLU features leave Σ singular (dead units), where sqrtm of Σ1 Σ2 is not.
     w, v = np.linalg.eigh(sigma1)
