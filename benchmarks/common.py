@@ -29,6 +29,14 @@ def parse_args(ap, argv: Sequence[str] | None, quick: dict | None = None):
         ap.set_defaults(**quick)
         args = ap.parse_args(argv)
     out = getattr(args, "out", None)
+    if out is not None:
+        from hyperforget_jax.config import expand_user
+        from hyperforget_jax.errors import ConfigError
+
+        try:        # (`~nosuchuser/x.json`: pathlib's RuntimeError traceback)
+            expand_user(out)
+        except ConfigError as e:
+            ap.error(f"--out {out!r}: {e}")
     if out is not None and (not str(out).strip() or Path(out).expanduser().is_dir()):
         ap.error(f"--out {out!r} must name the JSON file to write (not a directory)")
     return args

@@ -57,6 +57,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from hyperforget_jax import checkpoint_checks as checks
+from hyperforget_jax.config import expand_user
 from hyperforget_jax.errors import CheckpointError, ConfigError
 
 __all__ = ["Checkpointer", "save_params", "load_params", "load_params_meta",
@@ -182,7 +183,8 @@ def silence_abandoned_reads() -> Callable[[], None]:
 def _absolute(directory: str | os.PathLike) -> Path:
     # Orbax rejects relative paths; ``~`` is the home directory, as for every other path the
     # library takes (``rundir``, ``report``), not a directory named "~" in the working one.
-    path = Path(os.path.abspath(os.path.expanduser(os.fspath(directory))))
+    # (``~nosuchuser/ck``: expanduser left it as it was, a directory "~nosuchuser" here)
+    path = Path(os.path.abspath(expand_user(directory)))
     _check_utf8_path(path)
     return path
 

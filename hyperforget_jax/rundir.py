@@ -46,6 +46,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from hyperforget_jax import report
+from hyperforget_jax.config import expand_user
 from hyperforget_jax.errors import RunDirError
 
 __all__ = ["RunDirError", "RunDir", "open_run", "check_output", "read_identity",
@@ -60,7 +61,8 @@ RESERVED = ("checkpoints", "params", "hypernet")
 
 
 def _abs(path: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(os.fspath(path))))
+    # (``~nosuchuser/run``: expanduser left it as it was, a directory "~nosuchuser" here)
+    return Path(os.path.abspath(expand_user(path)))
 
 
 def _is_primary() -> bool:

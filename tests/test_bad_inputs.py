@@ -518,6 +518,16 @@ API_CASES = [
     ("hypernet-tilde-of-no-user", lambda c: __import__(
         "hyperforget_jax.hyperforget.store", fromlist=["x"]).load_hypernet(
             "~nosuchuser-hf/h.npz"), ConfigError, "cannot expand '~nosuchuser-hf'"),
+    # The library's own checkpoint and run paths wrote into a literal ./~nosuchuser (stop 64).
+    ("save-params-tilde-of-no-user", lambda c: __import__(
+        "hyperforget_jax.checkpoint", fromlist=["x"]).save_params("~nosuchuser-hf/p", c.params),
+     ConfigError, "cannot expand '~nosuchuser-hf'"),
+    ("checkpointer-tilde-of-no-user", lambda c: __import__(
+        "hyperforget_jax.checkpoint", fromlist=["x"]).Checkpointer("~nosuchuser-hf/ck"),
+     ConfigError, "cannot expand '~nosuchuser-hf'"),
+    ("open-run-tilde-of-no-user", lambda c: __import__(
+        "hyperforget_jax.rundir", fromlist=["x"]).open_run("~nosuchuser-hf/r", {}).__enter__(),
+     ConfigError, "cannot expand '~nosuchuser-hf'"),
     # A string read digit by digit (1.5 ± 0.71), None a NaN mean (stop 63).
     ("mean-std-a-string", lambda c: __import__(
         "hyperforget_jax.metrics", fromlist=["x"]).mean_std("12"), DataError,
@@ -970,6 +980,7 @@ def test_api_bad_input(ctx, name, fn, err, pattern):
     assert {p: _files_under(p) for p in (ctx.run, ctx.saved)} == before
     for new in ("never", "neg", "nan_params"):
         assert _files_under(ctx.root / new) == [], new
+    assert not Path("~nosuchuser-hf").exists()     # (a literal ./~user, stop 64)
 
 
 # ------------------------------------------------------------------------------ CLI cases

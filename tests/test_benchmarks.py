@@ -81,6 +81,20 @@ def test_quick_leaves_the_flags_given_alone():
         common.parse_args(parser(), ["--qui"], quick)
 
 
+def test_out_under_the_home_of_no_user_is_a_usage_error(capsys):
+    """`--out ~nosuchuser/x.json` ended in pathlib's RuntimeError traceback (exit 1)."""
+    from benchmarks import common
+    from hyperforget_jax.cli import ArgumentParser
+
+    ap = ArgumentParser(prog="bench")
+    ap.add_argument("--out", default=None)
+    with pytest.raises(SystemExit) as info:
+        common.parse_args(ap, ["--out", "~nosuchuser-hf/x.json"])
+    assert info.value.code == 2
+    assert "--out '~nosuchuser-hf/x.json': cannot expand '~nosuchuser-hf'" in \
+        capsys.readouterr().err
+
+
 def test_end_to_end_quick_yields_to_the_flags_given_beside_it(monkeypatch):
     """`--quick --epochs 3` trained the original for 1 epoch while its JSON recorded 3, and
     `--quick --gan` dropped the GAN rows."""
