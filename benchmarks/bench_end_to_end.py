@@ -35,7 +35,7 @@ import jax  # noqa: E402
 from benchmarks import common  # noqa: E402
 from hyperforget_jax import data, train  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser, ListInOne  # noqa: E402
-from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
+from hyperforget_jax.configflags import UNSET, add_config_flags, integer  # noqa: E402
 from hyperforget_jax.models import as_model  # noqa: E402
 
 ALL_METHODS = ("retrain,gradtau,finetune,neggrad,neggrad_plus,random_labels,scrub,salun,"
@@ -161,7 +161,7 @@ def settings(argv=None):
     ap.add_argument("--methods", default=None, action=ListInOne,
                     help="comma list (default: every method and hyperforget_sample; with "
                          "--quick retrain,gradtau)")
-    ap.add_argument("--forget-class", type=int, default=3)
+    ap.add_argument("--forget-class", type=integer, default=3)
     ap.add_argument("--gan", action=argparse.BooleanOptionalAction, default=None,
                     help="also time GAN retrain and GAN item unlearning (≈2 min; default: "
                          "on, off with --quick)")

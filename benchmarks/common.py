@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -45,10 +46,11 @@ def parse_args(ap, argv: Sequence[str] | None, quick: dict | None = None):
 def int_list(ap, text: str, flag: str, least: int = 1) -> list[int]:
     """Comma-separated integers >= ``least``, or ``ap.error`` naming ``flag`` (one line, exit
     2; a bare ``int()`` raised a traceback)."""
-    try:
-        values = [int(v) for v in str(text).split(",")]
-    except ValueError:
+    items = str(text).split(",")
+    # ASCII digits only: int() also reads "1_0" as 10 and "٣" as 3.
+    if not all(re.fullmatch(r"\s*[+-]?[0-9]+\s*", v) for v in items):
         ap.error(f"{flag} {text!r}: pass comma-separated integers, e.g. 1,10,32")
+    values = [int(v) for v in items]
     if not values or min(values) < least:
         ap.error(f"{flag} {text!r}: every value must be >= {least}")
     return values

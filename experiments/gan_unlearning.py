@@ -185,7 +185,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--out", type=path_arg, default="runs/gan_unlearning")
     ap.add_argument("--grids-dir", type=path_arg, default=None,
                     help="also copy the sample grids here")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    ap.add_argument("--seeds", type=configflags.integer, default=3, help="seeds 0..N-1")
     # Every field of the recipes once, from their dataclasses (seeds come from --seeds).
     gan_flags = configflags.add_config_flags(
         ap, GANConfig, title="GAN recipe (Original and Retrain)", rename={"arch": "gan-arch"},
@@ -205,7 +205,7 @@ def main(argv=None) -> dict:
                     help="extra λ_u values for class requests, each run beside the class "
                          "recipe as `unlearn_hard_lu<λ>` (e.g. 4,16: the share/quality "
                          "trade-off in docs/gan.md)")
-    ap.add_argument("--samples", type=int, default=10_000)
+    ap.add_argument("--samples", type=configflags.integer, default=10_000)
     ap.add_argument("--restart", action="store_true",
                     help="start over: drop the runs an earlier command stored in --out (by "
                          "default the same command resumes them, and another one is refused)")

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hyperforget_jax import __version__, data, metrics, report, rundir, train  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser, ListInOne  # noqa: E402
 from hyperforget_jax.commands.common import check_same_data, path_arg  # noqa: E402
+from hyperforget_jax.configflags import integer  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
 from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
 from hyperforget_jax.errors import ConfigError  # noqa: E402
@@ -97,9 +98,9 @@ def parse(argv=None):
                    help="DiHyFo-2 (file, dir, pretrained)")
     p.add_argument("--dihyfo1", default="pretrained:dihyfo1-c3-gpt_mlp-mnist5k",
                    help="DiHyFo-1 ('' to skip)")
-    p.add_argument("--samples", type=int, default=3, help="samples per (original, request)")
-    p.add_argument("--pairs", type=int, default=6, help="trained and unseen pairs, each")
-    p.add_argument("--memo-seeds", type=int, default=32,
+    p.add_argument("--samples", type=integer, default=3, help="samples per (original, request)")
+    p.add_argument("--pairs", type=integer, default=6, help="trained and unseen pairs, each")
+    p.add_argument("--memo-seeds", type=integer, default=32,
                    help="corpus originals rebuilt for the memorisation check")
     p.add_argument("--quick", action="store_true", help="2 originals, 1 sample (smoke run)")
     p.add_argument("--originals", type=parse_originals, default=None, metavar="S:LR:E,...",

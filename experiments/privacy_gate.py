@@ -63,6 +63,7 @@ import numpy as np
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.common import check_same_data, path_arg
+from hyperforget_jax.configflags import integer
 from hyperforget_jax.config import is_scalar_number
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError, HyperforgetError
@@ -83,10 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="mnist5k", choices=data.DATASETS)
     p.add_argument("--data-dir", type=path_arg, default=None)
     req = p.add_mutually_exclusive_group()
-    req.add_argument("--forget-class", type=int, nargs="+", metavar="C")
+    req.add_argument("--forget-class", type=integer, nargs="+", metavar="C")
     req.add_argument("--forget-fraction", type=float, metavar="F")
-    p.add_argument("--seeds", type=int, default=3, help="model seeds 0..N-1")
-    p.add_argument("--shadows", type=int, default=8, help="U-LiRA shadow pairs (>= 3)")
+    p.add_argument("--seeds", type=integer, default=3, help="model seeds 0..N-1")
+    p.add_argument("--shadows", type=integer, default=8, help="U-LiRA shadow pairs (>= 3)")
     # One flag per config field, help from the configs' docstrings: the classifier recipe
     # (--arch --epochs --batch-size --lr --weight-decay; seeds come from --seeds) and the ∇τ
     # config as --gradtau-FIELD (--gradtau-epochs, --gradtau-lr, ...).
@@ -100,7 +101,7 @@ def build_parser() -> argparse.ArgumentParser:
                     for f in dataclasses.fields(GradTauConfig)}))
     p.add_argument("--hypernet", type=path_arg, default=None,
                    help="a trained HyperForget hypernetwork (hyperforget hypertrain --out)")
-    p.add_argument("--num-steps", type=int, default=None,
+    p.add_argument("--num-steps", type=integer, default=None,
                    help="HyperForget DDIM steps (with --hypernet; default "
                         f"{DEFAULT_NUM_STEPS})")
     p.add_argument("--tol-mia", type=float, default=0.05,

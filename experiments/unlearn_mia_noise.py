@@ -25,6 +25,7 @@ import numpy as np
 from hyperforget_jax import __version__, data, metrics, report, rundir, train
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.common import path_arg
+from hyperforget_jax.configflags import integer
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import make_architecture
 from hyperforget_jax.unlearn import unlearn
@@ -37,9 +38,9 @@ OUTPUTS = ("results.json", "table.md")
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=path_arg, default="runs/unlearn_mia_noise")
-    p.add_argument("--classes", type=int, nargs="*", default=[0, 3, 8])
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--attack-repeats", type=int, default=20)
+    p.add_argument("--classes", type=integer, nargs="*", default=[0, 3, 8])
+    p.add_argument("--seeds", type=integer, default=3)
+    p.add_argument("--attack-repeats", type=integer, default=20)
     p.add_argument("--restart", action="store_true",
                    help="start over: drop the cells an earlier run stored in --out (by default "
                    "the same command resumes them, and another one is refused)")

@@ -24,6 +24,7 @@ import jax
 from hyperforget_jax import __version__, data, report, rundir, train
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.common import path_arg
+from hyperforget_jax.configflags import integer
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.models import make_architecture
 from hyperforget_jax.unlearn import GradTauConfig, unlearn
@@ -35,9 +36,9 @@ OUTPUTS = ("results.json", "table.md")
 def parse_args(argv=None):
     p = ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=path_arg, default="runs/unlearn_speed")
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=integer, default=7)
     p.add_argument("--arch", default=None, help="the model (default: TrainConfig's, the mlp)")
-    p.add_argument("--classes", type=int, nargs="*", default=[3])
+    p.add_argument("--classes", type=integer, nargs="*", default=[3])
     p.add_argument("--fractions", type=float, nargs="*", default=[0.1, 0.3])
     p.add_argument("--restart", action="store_true",
                    help="replace a run of this script with other settings in --out (by default "

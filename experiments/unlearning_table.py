@@ -68,6 +68,7 @@ import numpy as np
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.common import path_arg
+from hyperforget_jax.configflags import integer
 from hyperforget_jax.configflags import add_config_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
@@ -106,9 +107,9 @@ def parse_args(argv=None):
     p.set_defaults(_train_flags=add_config_flags(
         p, train.TrainConfig, title="classifier recipe (originals and Retrain)",
         exclude=("seed",)))
-    p.add_argument("--classes", type=int, nargs="*", default=[0, 3, 8])
+    p.add_argument("--classes", type=integer, nargs="*", default=[0, 3, 8])
     p.add_argument("--fractions", type=float, nargs="*", default=[0.03, 0.1, 0.3])
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=integer, default=3)
     p.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS)
     p.add_argument("--tau-ablation", action=argparse.BooleanOptionalAction, default=True,
                    help="also run ∇τ with every τ mode on class removal")
@@ -116,7 +117,7 @@ def parse_args(argv=None):
                    help="settings (as named in the table) that get U-LiRA (default: "
                    f"{' and '.join(ULIRA_DEFAULT)}, those of them the run has)".replace(
                        "%", "%%"))     # argparse formats help with %
-    p.add_argument("--ulira-shadows", type=int, default=8)
+    p.add_argument("--ulira-shadows", type=integer, default=8)
     p.add_argument("--vectorize", choices=("auto", "vmap", "map"), default="auto",
                    help="how a sweep's members share one program (auto: map on CPU, where "
                    "XLA's batched matmuls are slower, vmap elsewhere)")

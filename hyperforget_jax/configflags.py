@@ -138,6 +138,12 @@ def seed_int(text: str) -> int:
     return v
 
 
+def integer(text: str) -> int:
+    """argparse type: an integer written in ASCII digits (``int`` also reads "1_0" as 10 and
+    "٣" as 3)."""
+    return _int(text)
+
+
 def _int(text: str) -> int:
     # ASCII digits only: int() also reads "1_0" as 10 and "٣" as 3 (stop 63).
     if not isinstance(text, str) or not re.fullmatch(r"\s*[+-]?[0-9]+\s*", text):

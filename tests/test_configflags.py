@@ -182,3 +182,34 @@ def test_integers_are_ascii_digits_and_negative_infinity_reaches_the_check():
     assert configflags.positive_int(" +7 ") == 7
     assert cli._join_negative_values(["--lr", "-inf", "--seed", "-1"]) == [
         "--lr=-inf", "--seed", "-1"]
+
+
+def test_every_integer_flag_takes_ascii_digits_only():
+    """Stop 63's rule missed the forget request (`--forget-indices 1_0,2_5` forgot rows 10 and
+    25, `--forget-class ٣` class 3), the demo's --seeds and the experiments' and benchmarks'
+    integer flags (stop 64)."""
+    import re as re_
+    from pathlib import Path
+
+    from benchmarks import common as bench_common
+    from hyperforget_jax.cli import ArgumentParser
+    from hyperforget_jax.commands import common
+    from hyperforget_jax.errors import ConfigError
+
+    for text in ("1_0", "٣"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected a class id"):
+            common.class_id(text)
+    assert common.class_id(" 3 ") == 3
+    p = ArgumentParser()
+    common.add_request_args(p)
+    with pytest.raises(ConfigError, match="--forget-indices must be comma-separated integers"):
+        common.request_from_args(p.parse_args(["--forget-indices", "1_0,2_5"]))
+    assert common.request_from_args(p.parse_args(["--forget-indices", "10, 25"])).indices == (
+        10, 25)
+    with pytest.raises(SystemExit):
+        bench_common.int_list(ArgumentParser(), "1_0,2", "--sizes")
+    assert bench_common.int_list(ArgumentParser(), "1, 2", "--sizes") == [1, 2]
+    root = Path(__file__).resolve().parents[1]
+    for py in [*root.glob("experiments/*.py"), *root.glob("benchmarks/bench_*.py"),
+               *root.glob("hyperforget_jax/commands/*.py")]:
+        assert not re_.search(r"type=int\b", py.read_text(encoding="utf-8")), py

@@ -68,8 +68,8 @@ def class_id(text: str) -> int:
             f"classes are space-separated, got {text!r}: write --forget-class "
             f"{' '.join(s.strip() for s in text.split(',') if s.strip())}")
     try:
-        return int(text)
-    except ValueError:
+        return configflags.integer(text)
+    except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"expected a class id (an integer), got {text!r}") \
             from None
 
@@ -159,9 +159,9 @@ def request_from_args(args) -> data.ForgetRequest | None:
         if any(parts) and not all(parts):       # "1,,2" or "5,": a typo, not fewer items
             raise ConfigError(f"--forget-indices {args.forget_indices!r} has an empty item; "
                               "pass comma-separated integers such as 1,2,3")
-        try:
-            idx = tuple(int(s) for s in parts if s)
-        except ValueError as e:
+        try:    # ("1_0,2_5" read as rows 10 and 25, stop 64)
+            idx = tuple(configflags.integer(s) for s in parts if s)
+        except argparse.ArgumentTypeError as e:
             raise ConfigError(f"--forget-indices must be comma-separated integers, got "
                               f"{args.forget_indices!r}") from e
         return data.ForgetRequest(indices=idx)

@@ -13,7 +13,7 @@ import numpy as np
 
 from hyperforget_jax import data, report, rundir
 from hyperforget_jax.commands import common
-from hyperforget_jax.configflags import seed_int
+from hyperforget_jax.configflags import integer, seed_int
 from hyperforget_jax.errors import ForgetRequestError, RunDirError, shell_quote
 from hyperforget_jax.evaluation import (GAP_LABELS, class_matched_note, evaluate_unlearning,
                                         gap_keys, gap_to_retrain)
@@ -307,7 +307,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run directory (default runs/demo)")
     p.add_argument("--forget-class", type=common.class_id, default=3,
                    help="the class to forget (default 3)")
-    p.add_argument("--seeds", type=int, default=3, help="number of model seeds (default 3)")
+    p.add_argument("--seeds", type=integer, default=3, help="number of model seeds (default 3)")
     p.add_argument("--sections", default="all",
                    help="comma list of demo sections to run: gradtau,hyperforget,gan (or all, "
                         "or none; default all: every section whose package is installed)")
