@@ -218,22 +218,24 @@ def is_scalar_number(value: Any) -> bool:
     return is_number(value) and np.ndim(value) == 0
 
 
-def check_as_config(value: Any, cls: type, field: str, who: str, name: str | None = None
-                    ) -> None:
+def check_as_config(value: Any, cls: type, field: str, who: str, name: str | None = None,
+                    per_member: bool = False) -> None:
     """Refuses a concrete ``value`` (the argument ``name``, default ``field``) that config
     ``cls`` refuses for ``field`` (its bounds, :func:`check_number`'s check); traced values (the
     library's compiled steps pass them) cannot be checked. The building blocks took what their
     configs refuse: NegGrad+ at β 1.5 descended on the forget set, SCRUB and Bad Teacher at
-    temperature 0 returned NaN losses, ∇τ's ``initial_alpha`` gave α₀ 1.5."""
+    temperature 0 returned NaN losses, ∇τ's ``initial_alpha`` gave α₀ 1.5. ``per_member``: an
+    array of values (one per member of a fleet) is fine, each checked."""
     import jax                                    # the config module itself needs no JAX
 
     name = name or field
     if isinstance(value, jax.core.Tracer):
         return
-    if not is_number(value) or np.shape(value) != ():
+    if not is_number(value) or (np.shape(value) != () and not per_member):
         raise ConfigError(f"{who}: {name}={value!r} must be one number")
     bounds = next(f.metadata["bounds"] for f in dataclasses.fields(cls) if f.name == field)
-    check_number(who, name, float(value), float, bounds)
+    for v in np.ravel(np.asarray(value, np.float64)):
+        check_number(who, name, float(v), float, bounds)
 
 
 def expand_user(path: Any) -> Any:

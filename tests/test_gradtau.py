@@ -1196,6 +1196,28 @@ def test_schedules_refuse_what_would_run_them_backwards():
     G.nabla_tau(lambda p, b: b[1] * 0.0, 0.5, tau_fn=lambda p: 1.0, refresh_every=jnp.int32(3))
 
 
+def test_schedules_take_one_value_per_member():
+    """Stop 63's checks refused arrays of per-member forget-epochs, learning rates and final
+    fractions that the schedules took before (as they still take per-member α₀'s); each member
+    is now checked and runs its own schedule, equal to the scalar one."""
+    a = G.alpha_schedule_fn(jnp.array([0.5, 0.4]), jnp.array([2, 4]), 3)
+    lr = G.lr_schedule_fn(jnp.array([1e-3, 2e-3]), np.array([2, 4]), 3,
+                          final_lr_fraction=np.array([0.1, 0.5]))
+    for t in (0, 3, 6, 12):
+        np.testing.assert_allclose(a(t), [G.alpha_schedule_fn(0.5, 2, 3)(t),
+                                          G.alpha_schedule_fn(0.4, 4, 3)(t)], rtol=1e-6)
+        np.testing.assert_allclose(lr(t), [G.lr_schedule_fn(1e-3, 2, 3, 0.1)(t),
+                                           G.lr_schedule_fn(2e-3, 4, 3, 0.5)(t)], rtol=1e-6)
+    with pytest.raises(ConfigError, match="epochs .forget-epochs E. must be an integer"):
+        G.alpha_schedule_fn(0.5, np.array([2, 2.5]), 3)
+    with pytest.raises(ConfigError, match="epochs .forget-epochs E. must be an integer"):
+        G.lr_schedule_fn(1e-3, np.array([2, -1]), 3)
+    with pytest.raises(ConfigError, match="lr_schedule_fn.lr must be"):
+        G.lr_schedule_fn(jnp.array([1e-3, -2e-3]), 2, 3)
+    with pytest.raises(ConfigError, match="final_lr_fraction must be"):
+        G.lr_schedule_fn(1e-3, 2, 3, final_lr_fraction=np.array([0.1, -1.0]))
+
+
 def test_a_constant_tau_refuses_what_only_tau_fn_reads():
     # A constant τ is never refreshed: refresh_every and update's τ arguments were dropped
     # without a word. Refused, naming tau_fn (with tau_fn they run: the tests above).

@@ -249,7 +249,8 @@ def refuse_zero_budget(epochs: int, cfg: "GradTauConfig", n_forget: int, n_retai
 def alpha_schedule_fn(alpha0: Any, epochs: Any, steps_per_epoch: int) -> optax.Schedule:
     """α as an ``optax.Schedule`` of the ∇τ step count: α₀·(1 − e/E) during forget-epoch
     e = step // steps_per_epoch, 0 from e = E on [official code: held per forget-epoch].
-    ``alpha0`` and ``epochs`` may be traced values.
+    ``alpha0`` and ``epochs`` may be traced values, or arrays of one value per member (a
+    fleet's schedules, broadcast against each other).
 
     >>> s = alpha_schedule_fn(0.5, epochs=2, steps_per_epoch=3)
     >>> [round(float(s(t)), 3) for t in (0, 2, 3, 5, 6)]
@@ -267,7 +268,8 @@ def lr_schedule_fn(lr: Any, epochs: Any, steps_per_epoch: int,
                    final_lr_fraction: Any = 0.1) -> optax.Schedule:
     """The learning rate as an ``optax.Schedule``: lr·(1 − (1 − f)·e/E) during forget-epoch
     e = step // steps_per_epoch [official code: PyTorch ``LinearLR(start_factor=1,
-    end_factor=f, total_iters=E)`` stepped once per forget-epoch].
+    end_factor=f, total_iters=E)`` stepped once per forget-epoch]. ``lr``, ``epochs`` and
+    ``final_lr_fraction`` may be traced values, or arrays of one value per member.
 
     >>> s = lr_schedule_fn(1e-3, epochs=2, steps_per_epoch=3)
     >>> [round(float(s(t)), 6) for t in (0, 3, 6)]
@@ -276,8 +278,10 @@ def lr_schedule_fn(lr: Any, epochs: Any, steps_per_epoch: int,
     _check_steps_per_epoch(steps_per_epoch, epochs)
     # As GradTauConfig refuses them: a final fraction of −1 made the last forget-epoch's
     # rate negative (ascent on D_r), a NaN lr or fraction made every parameter NaN.
-    check_as_config(lr, GradTauConfig, "lr", "lr_schedule_fn")
-    check_as_config(final_lr_fraction, GradTauConfig, "final_lr_fraction", "lr_schedule_fn")
+    # Arrays of per-member values stay fine, as for α₀ (stop 63's check refused them).
+    check_as_config(lr, GradTauConfig, "lr", "lr_schedule_fn", per_member=True)
+    check_as_config(final_lr_fraction, GradTauConfig, "final_lr_fraction", "lr_schedule_fn",
+                    per_member=True)
 
     def schedule(count):
         return lr * (1.0 - (1.0 - final_lr_fraction)
@@ -312,9 +316,10 @@ def _check_steps_per_epoch(steps_per_epoch: Any, epochs: Any) -> None:
     if isinstance(epochs, jax.core.Tracer):
         return
     # 2.5 gave a schedule of its own (α 0.5, 0.3, 0.1, 0), True ran as 1, "3" failed at the
-    # first call inside jnp.minimum.
-    if (isinstance(epochs, bool) or not is_number(epochs) or np.shape(epochs) != ()
-            or epochs < 0 or not float(epochs).is_integer()):     # (inf, NaN: not integers)
+    # first call inside jnp.minimum. An array holds one E per member (each checked).
+    e = np.asarray(epochs, np.float64) if is_number(epochs) else None
+    if (isinstance(epochs, bool) or e is None or not np.all(np.isfinite(e))  # (inf, NaN)
+            or np.any(e < 0) or np.any(e != np.round(e))):
         raise ConfigError(f"epochs (forget-epochs E) must be an integer >= 0, got {epochs!r}")
 
 
