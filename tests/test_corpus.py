@@ -313,6 +313,10 @@ def _damage(path, what):
             entry["seeds"] = [s + 10**5 for s in entry["seeds"]]
         index["shards"][f"{n:05d}"] = entry
         shutil.copytree(shard, path / entry["dir"])
+    elif what == "huge-num-seeds":   # every seed listed first: a MemoryError (stop 64)
+        index["config"]["num_seeds"] = 10**12
+    elif what == "negative-num-seeds":
+        index["config"]["num_seeds"] = -3
     elif what == "rows-range":
         r = np.load(shard / "rows.npy")
         r[0, 1] = 9
@@ -333,6 +337,10 @@ def _damage(path, what):
     ("swapped", "shard_00000 is not the shard index.json records \\(swapped"),
     ("merged", "is not one of this corpus's fleets .*merged in from another corpus"),
     ("listed-twice", "is not one of this corpus's fleets .*merged in from another corpus"),
+    ("huge-num-seeds", "field 'config.first_seed/num_seeds/fleet_size' must be integers "
+                       ".*first_seed \\+ num_seeds <= 2\\*\\*32"),
+    ("negative-num-seeds", "field 'config.first_seed/num_seeds/fleet_size' must be integers "
+                           "\\(first_seed, num_seeds >= 0"),
 ])
 def test_damaged_index_or_shard_is_named(built, tmp_path, what, match):
     out, _ = built

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hyperforget_jax.config import SEED_LIMIT
 from hyperforget_jax.errors import CheckpointError, shell_quote
 from hyperforget_jax.rundir import array_fingerprint
 
@@ -70,8 +71,18 @@ def _int_list(v) -> bool:
 def fleet_seeds(first_seed: int, num_seeds: int, fleet_size: int) -> list[list[int]]:
     """The seeds of each shard, in shard order: ``fleet_size`` consecutive seeds each (the
     last may hold fewer)."""
-    seeds = list(range(first_seed, first_seed + num_seeds))
-    return [seeds[i:i + fleet_size] for i in range(0, len(seeds), fleet_size)]
+    return [shard_seeds(first_seed, num_seeds, fleet_size, i)
+            for i in range(shard_count(num_seeds, fleet_size))]
+
+
+def shard_count(num_seeds: int, fleet_size: int) -> int:
+    return -(-max(num_seeds, 0) // fleet_size)
+
+
+def shard_seeds(first_seed: int, num_seeds: int, fleet_size: int, i: int) -> list[int]:
+    """The seeds of shard ``i`` alone (:func:`fleet_seeds`' ``i``-th list)."""
+    start = first_seed + i * fleet_size
+    return list(range(start, min(start + fleet_size, first_seed + num_seeds)))
 
 
 def read_index(path: Path) -> dict:
@@ -107,10 +118,20 @@ def read_index(path: Path) -> dict:
         raise _bad(path, "requests", "must be a non-empty list of lists of class ids")
     cfg = index["config"]
     if not _int_list([cfg.get("first_seed"), cfg.get("num_seeds"), cfg.get("fleet_size")]) \
-            or cfg["fleet_size"] < 1:
-        raise _bad(path, "config.first_seed/num_seeds/fleet_size", "must be integers")
-    fleets = {f"{i:05d}": f for i, f in enumerate(
-        fleet_seeds(cfg["first_seed"], cfg["num_seeds"], cfg["fleet_size"]))}
+            or cfg["fleet_size"] < 1 or min(cfg["first_seed"], cfg["num_seeds"]) < 0 \
+            or cfg["first_seed"] + cfg["num_seeds"] > SEED_LIMIT:
+        # (as CorpusConfig refuses them: a damaged num_seeds of 10**12 listed every seed, a
+        # MemoryError)
+        raise _bad(path, "config.first_seed/num_seeds/fleet_size", "must be integers "
+                   "(first_seed, num_seeds >= 0, first_seed + num_seeds <= 2**32, "
+                   "fleet_size >= 1)")
+    # Each listed shard's seeds alone, not the whole list.
+    n_shards = shard_count(cfg["num_seeds"], cfg["fleet_size"])
+
+    def fleet(sid: str) -> list[int] | None:
+        i = int(sid) if sid.isascii() and sid.isdigit() else -1
+        return (shard_seeds(cfg["first_seed"], cfg["num_seeds"], cfg["fleet_size"], i)
+                if 0 <= i < n_shards and sid == f"{i:05d}" else None)
     if not _int_list(index["test_seeds"]) or not _int_list(index["trained_tensors"]):
         raise _bad(path, "test_seeds/trained_tensors", "must be lists of integers")
     for s in SPLITS:
@@ -127,15 +148,15 @@ def read_index(path: Path) -> dict:
                 raise _bad(path, f"shards.{sid}.seeds", "must be a non-empty list of seeds")
             if not isinstance(sh.get("rows"), int) or sh["rows"] < 0:
                 raise _bad(path, f"shards.{sid}.rows", "must be a row count")
-            if fleets.get(sid) != sh["seeds"] or sh["dir"] != f"shard_{sid}":
+            if fleet(sid) != sh["seeds"] or sh["dir"] != f"shard_{sid}":
                 # An entry merged in by hand (another corpus's shard, or one listed twice)
                 # was read as part of this corpus: its held-out test network a training one,
                 # two networks counted twice.
                 raise CheckpointError(
                     f"{index_path(path)}: shard {sid} (seeds {sh['seeds']}, directory "
                     f"{sh['dir']!r}) is not one of this corpus's fleets ("
-                    + (f"its config puts seeds {fleets[sid]} in shard_{sid}" if sid in fleets
-                       else f"its config has {len(fleets)} shards") +
+                    + (f"its config puts seeds {fleet(sid)} in shard_{sid}" if fleet(sid)
+                       else f"its config has {n_shards} shards") +
                     f"): merged in from another corpus? Delete the entry "
                     f"and its directory, then resume the build with `hyperforget corpus "
                     f"--out {shell_quote(path)}`")
