@@ -60,11 +60,23 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
       ``(N,)`` float array, ``-log softmax(logits)[label]``.
     """
     _check_labels(logits, labels, "cross_entropy")
+    labels = label_ids(labels)
     # log_softmax instead of log(softmax): stays finite for confident, large-margin logits.
     logp = jax.nn.log_softmax(logits, axis=-1)
     ce = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     # take_along_axis reads −1 as the last class (NumPy's rule): NaN, as past the last one.
     return nan_where_invalid(ce, (labels >= 0) & (labels < jnp.shape(logits)[-1]))
+
+
+def label_ids(labels: jax.Array) -> jax.Array:
+    """Integer labels narrower than int32 as int32, others as they are. Compared with the
+    class count K, a narrow label array cast K to its own dtype: 256 classes made K 0 in
+    uint8 (200 made it −56 in int8), so every label read as past the last class and every
+    loss was NaN."""
+    labels = jnp.asarray(labels)
+    if jnp.issubdtype(labels.dtype, jnp.integer) and jnp.iinfo(labels.dtype).bits < 32:
+        return labels.astype(jnp.int32)
+    return labels
 
 
 def nan_where_invalid(values: jax.Array, valid: jax.Array) -> jax.Array:

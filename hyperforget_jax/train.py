@@ -33,7 +33,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import params as P_, xla
 from hyperforget_jax.config import FLOAT32_MAX, INT32_MAX, SEED_LIMIT, check_config, field
 from hyperforget_jax.errors import ArchitectureError, ConfigError, DataError
-from hyperforget_jax.metrics import nan_where_invalid
+from hyperforget_jax.metrics import at_least_float32, label_ids, nan_where_invalid
 from hyperforget_jax.microbatch import local_params
 from hyperforget_jax.models import ARCHITECTURES, as_model, is_import_path, model_of
 
@@ -183,8 +183,14 @@ def label_ce(logits: jax.Array, y: jax.Array) -> jax.Array:
     optax reads a negative label as a class counted from the end (−1: the last), so a −1
     "ignore" marker from a data loader trained towards the last class without a word, in every
     step and objective built on it; a label past the last class was NaN already. NaN is what
-    the steps' guards stop on (a trace-time check cannot see traced labels)."""
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    the steps' guards stop on (a trace-time check cannot see traced labels).
+
+    The loss is taken in at least float32 (a bfloat16 model's logits too, as the evaluation
+    takes them: in bfloat16 most small losses read exactly 0), and labels narrower than int32
+    are compared in int32 (:func:`.metrics.label_ids`: uint8 labels of 256 classes were all
+    NaN)."""
+    y = label_ids(y)
+    ce = optax.softmax_cross_entropy_with_integer_labels(at_least_float32(logits), y)
     return nan_where_invalid(ce, (y >= 0) & (y < jnp.shape(logits)[-1]))
 
 

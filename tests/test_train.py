@@ -754,6 +754,28 @@ def test_per_example_ce_names_a_label_column_one_hot_or_float_labels():
     np.testing.assert_allclose(one, loss_fn(p, (x, y)), rtol=1e-6)
 
 
+def test_narrow_labels_of_many_classes_and_bfloat16_logits_give_the_float32_losses():
+    """uint8 labels of 256 classes made K 0 in the range check (int8 of 200 classes made it
+    −56): every loss NaN, so a user's own loop behind skip_nonfinite skipped every step and fit
+    blamed the learning rate. A bfloat16 model's losses were taken in bfloat16 (most small ones
+    exactly 0; ∇τ's τ rounded), unlike the evaluation's (stop 64)."""
+    from hyperforget_jax import metrics
+
+    for k, y in ((256, np.array([0, 7, 255], np.uint8)), (200, np.array([1, 100, 127], np.int8))):
+        logits = jnp.asarray(np.random.default_rng(0).normal(size=(3, k)), jnp.float32)
+        want = metrics.cross_entropy(logits, y.astype(np.int32))
+        assert np.isfinite(np.asarray(want)).all()
+        for got in (jax.jit(metrics.cross_entropy)(logits, jnp.asarray(y)),
+                    jax.jit(train.label_ce)(logits, jnp.asarray(y))):
+            np.testing.assert_allclose(got, want, rtol=1e-6)
+    logits = jnp.asarray(np.random.default_rng(1).normal(size=(64, 10)) * 8, jnp.bfloat16)
+    y = jnp.asarray(np.argmax(np.asarray(logits, np.float32), 1), jnp.int32)
+    got = train.label_ce(logits, y)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, metrics.cross_entropy(logits.astype(jnp.float32), y),
+                               rtol=1e-3, atol=2e-6)
+
+
 def test_labels_outside_the_classes_are_nan_not_a_class_from_the_end():
     """optax (take_along_axis) read a −1 label as the last class: a data loader's "ignore"
     marker trained and unlearned towards class K−1 in every step built on the library's
