@@ -189,23 +189,41 @@ def tree_index(tree: Params, i: int) -> Params:
     return jax.tree.map(lambda x: x[i], tree)
 
 
-def committed(tree: Params) -> Params:
+def committed(tree: Params, home: Any = None) -> Params:
     """``tree`` with every uncommitted array committed to the device it is on (no copy) and
     every numpy array put on the default device, committed; committed or sharded arrays and
-    tracers stay as they are.
+    tracers stay as they are. Where the tree's committed arrays all sit on one device (or
+    ``home`` names one: :func:`home_device` of the parameters), the uncommitted and numpy ones
+    are committed there instead.
 
     JAX compiles a program once per placement of its arguments: parameters restored from disk
     (committed) and the same parameters fresh from ``fit`` (uncommitted) were two compilations
     of every program they reach (the CLI's Retrain beside a loaded original: each evaluation
     twice; ``unlearn`` from loaded parameters after one from ``fit``'s: the method's program
-    again). Committed, both kinds share one executable, with the same bits."""
+    again). Committed, both kinds share one executable, with the same bits. Parameters on
+    another device than the default one (``jax.device_put(p, jax.devices()[1])``) beside fresh
+    counters on the default one failed every program with JAX's "incompatible devices"."""
+    home = home if home is not None else home_device(tree)
+
     def one(a):
         if isinstance(a, np.ndarray):
             a = jax.device_put(a)
         if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and not a.committed:
-            return jax.device_put(a, a.sharding)
+            return jax.device_put(a, home if home is not None else a.sharding)
         return a
     return jax.tree.map(one, tree)
+
+
+def home_device(tree: Any) -> Any:
+    """The one device that every committed array of ``tree`` sits on alone, or None (none is
+    committed, or they are sharded / spread over several devices: left to the caller)."""
+    devices = set()
+    for a in jax.tree.leaves(tree):
+        if isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and a.committed:
+            devices.add(frozenset(a.devices()))
+    if len(devices) == 1 and len(next(iter(devices))) == 1:
+        return next(iter(next(iter(devices))))
+    return None
 
 
 def refuse_traced(tree: Any, name: str) -> None:

@@ -27,7 +27,7 @@ from hyperforget_jax.data import Dataset, _check_seed, batch_indices, is_prng_ke
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError, NonFiniteError,
                                     kind_of)
 from hyperforget_jax.models import Architecture, as_model, is_import_path, is_model_at
-from hyperforget_jax.params import committed, refuse_traced, tree_index
+from hyperforget_jax.params import committed, home_device, refuse_traced, tree_index
 from hyperforget_jax.rundir import array_fingerprint, data_fingerprint
 from hyperforget_jax.train import (Batch, Model, Params, TrainConfig, TrainState, auto_mesh,
                                    VECTORIZE, check_mesh, effective_batch_size,
@@ -187,11 +187,12 @@ def _refuse_missing_outputs(model: Architecture, outputs: int, top: int, what: s
                                 "the same number of classes")
 
 
-def _put(tree: Any, mesh: Mesh | None) -> Any:
+def _put(tree: Any, mesh: Mesh | None, home: Any = None) -> Any:
     # Committed without a mesh (params.committed): a start restored from disk (committed) and
-    # a fresh one (uncommitted) were two compilations of the epoch / step program.
+    # a fresh one (uncommitted) were two compilations of the epoch / step program. ``home``:
+    # the device the state is on (the data and hyperparameters join it).
     if mesh is None:
-        return committed(jax.tree.map(jnp.asarray, tree))
+        return committed(jax.tree.map(jnp.asarray, tree), home)
     return jax.device_put(tree, NamedSharding(auto_mesh(mesh)[0], P()))
 
 
@@ -275,8 +276,9 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
                            what="a model", config_name="TrainConfig", init_id=init_id)
     run = _fit_epoch(model, False, False, mesh)
     state = _put(state, mesh)
-    x, y = _put((train.x, train.y), mesh)
-    hp = _put(_hp(cfg), mesh)
+    home = home_device(state)
+    x, y = _put((train.x, train.y), mesh, home)
+    hp = _put(_hp(cfg), mesh, home)
     history = []
     epochs = range(start, cfg.epochs)
     if progress:
@@ -481,7 +483,7 @@ def fit_stream(arch: Model, batches: Callable[[int], Iterable[Batch]] | Iterable
     state = init_state(model, tx, jax.random.key(cfg.seed), committed(init_params))
     step = model.program(("fit_stream_step", mesh), lambda: _stream_step(model, mesh))
     state = _put(state, mesh)
-    hp = _put(_hp(cfg), mesh)
+    hp = _put(_hp(cfg), mesh, home_device(state))
     history, outputs = [], None
     for epoch in range(cfg.epochs):
         it = batches(epoch) if callable(batches) else batches

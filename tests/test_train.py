@@ -1,5 +1,6 @@
 import dataclasses
 import re
+import warnings
 
 import chex
 import jax
@@ -840,3 +841,47 @@ def test_fit_stream_of_no_epochs_returns_its_start(digits_splits):
     state, history = train.fit_stream(arch, lambda e: [], train.TrainConfig(epochs=0),
                                       init_params=start)
     assert history == [] and np.array_equal(P.flatten(state.params), P.flatten(start))
+
+
+def test_parameters_on_another_device_run_there_with_the_same_numbers(digits_splits):
+    """Parameters committed to a device other than the default one (a model trained on GPU 1,
+    ``jax.device_put(p, jax.devices()[1])``) failed fit, fit_stream, ∇τ, Fine-tune and the
+    streamed ∇τ with JAX's "incompatible devices": their fresh counters and data were committed
+    to the default device (stop 64). They now run on the parameters' device."""
+    from hyperforget_jax.unlearn import GradTauConfig, unlearn
+    from hyperforget_jax.unlearn.gradtau_stream import run_gradtau_stream
+
+    dev = jax.devices()[1]
+    arch = models.as_model(models.make_architecture("gpt_mlp", (8, 8, 1)))
+    cfg = train.TrainConfig(arch="gpt_mlp", epochs=1, batch_size=64, seed=0)
+    p = train.fit(arch, digits_splits.train, cfg)[0].params
+    q = jax.device_put(p, dev)
+    fs = data.resolve_forget(digits_splits.train, data.ForgetRequest(classes=(3,)))
+
+    def stream(params):
+        def batches(epoch):
+            f = data.iterate_batches(fs.forget, 64, 0, epoch)
+            r = data.iterate_batches(fs.retain, 64, 0, epoch)
+            return list(zip(f, r))[:2]
+        return run_gradtau_stream(arch, params, batches, n_forget=len(fs.forget),
+                                  n_retain=len(fs.retain), tau=2.3,
+                                  config=GradTauConfig(epochs=1, batch_size=64))[0]
+
+    runs = {
+        "fit": lambda s: train.fit(arch, digits_splits.train, cfg, init_params=s)[0].params,
+        "fit_stream": lambda s: train.fit_stream(
+            arch, lambda e: data.iterate_batches(digits_splits.train, 64, 0, e), cfg,
+            init_params=s)[0].params,
+        "gradtau": lambda s: unlearn("gradtau", arch, s, fs, digits_splits.val,
+                                     GradTauConfig(epochs=1)).params,
+        "finetune": lambda s: unlearn("finetune", arch, s, fs, digits_splits.val).params,
+        "stream": stream,
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, run in runs.items():
+            want, got = run(p), run(q)
+            for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got)):
+                assert b.devices() == {dev}, name
+                np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6,
+                                           err_msg=name)
