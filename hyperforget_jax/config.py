@@ -99,7 +99,10 @@ def check_number(owner: str, name: str, value: Any, kind: type, bounds: dict) ->
         if not isinstance(value, numbers.Real):
             raise ConfigError(f"{owner}.{name} must be a number, got {value!r} "
                               f"({type(value).__name__})")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:       # an int past float64's range (10**400)
+            value = math.inf if value > 0 else -math.inf
         if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
             rule = _bound_text(bounds)
             beyond = "" if not math.isfinite(value) else " (beyond float32's ±3.4e38)"

@@ -737,6 +737,9 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     Raises:
       DataError: for no values.
     """
+    if is_scalar_number(values):    # (a TypeError: "'float' object is not iterable")
+        raise DataError(f"mean_std takes one number per seed (a list), got {values!r}; pass "
+                        f"[{values!r}] for one seed")
     values = [values] if isinstance(values, (str, bytes)) else list(values)
     if any(v is None or isinstance(v, (str, bytes)) for v in values):
         # "12" read digit by digit (1.5 ± 0.71); None made the mean NaN (stop 63)

@@ -69,15 +69,16 @@ def check_schedule(epochs: int, batch_size: int, lr: float) -> None:
 def is_learning_rate(lr) -> bool:
     """Whether ``lr`` is a number > 0 (not a bool) that is finite and not 0 in float32, where
     it runs (``lr=1e-46`` passed "> 0" and trained nothing)."""
+    # (lr <= FLOAT32_MAX first: np.isfinite raised a TypeError for an int past float64's range)
     return (not isinstance(lr, bool) and isinstance(lr, (int, float, np.floating)) and lr > 0
-            and bool(np.isfinite(lr)) and lr <= FLOAT32_MAX and np.float32(lr) != 0)
+            and lr <= FLOAT32_MAX and bool(np.isfinite(lr)) and np.float32(lr) != 0)
 
 
 def zero_in_float32(lr) -> str:
     """A note for a refused learning rate that is > 0 but 0 in float32, else ''."""
     try:
         tiny = 0 < lr and np.float32(lr) == 0
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return ""
     return " that float32 holds (this one is 0 in float32, below 1.4e-45)" if tiny else ""
 

@@ -532,6 +532,15 @@ API_CASES = [
     ("mean-std-a-string", lambda c: __import__(
         "hyperforget_jax.metrics", fromlist=["x"]).mean_std("12"), DataError,
      "mean_std takes one number per seed"),
+    # An int past float64's range: an OverflowError / TypeError traceback (stop 64).
+    ("train-lr-int-past-float64", lambda c: train.TrainConfig(lr=10**400), ConfigError,
+     r"TrainConfig.lr \(learning rate\) must be a finite number > 0, got inf"),
+    ("gan-lr-int-past-float64", lambda c: __import__(
+        "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(lr=10**400), ConfigError,
+     "learning rate must be a positive number"),
+    ("mean-std-one-number", lambda c: __import__(
+        "hyperforget_jax.metrics", fromlist=["x"]).mean_std(3.0), DataError,
+     r"mean_std takes one number per seed \(a list\), got 3.0; pass \[3.0\]"),
     ("make-splits-empty", lambda c: data.make_splits(c.train.subset(np.arange(0))), DataError,
      "make_splits: .* is empty"),
     ("init-an-int-seed", lambda c: c.arch.init(0), ConfigError,
