@@ -602,6 +602,11 @@ def test_train_fleet_members_stop_at_the_end_of_their_own_runs(digits_splits):
     recipes = [(1e-2, 1), (3e-3, 2)]
     got = C.train_fleet(arch, jnp.asarray(ds.x), jnp.asarray(ds.y), [3, 5], recipes, sets,
                         batch_size=64)
+    # Under a caller's strict promotion: optax's TypePromotionError, as fit's was (stop 64).
+    with jax.numpy_dtype_promotion("strict"):
+        strict = C.train_fleet(arch, jnp.asarray(ds.x), jnp.asarray(ds.y), [3, 5], recipes,
+                               sets, batch_size=64)
+    np.testing.assert_array_equal(strict, got)
     for row, seed, ix, (lr, epochs) in zip(got, [3, 5], sets, recipes):
         state, _ = train.fit(arch, ds.subset(ix), train.TrainConfig(
             arch="gpt_mlp", seed=seed, lr=lr, epochs=epochs, batch_size=64))

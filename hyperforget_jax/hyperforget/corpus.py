@@ -342,6 +342,7 @@ def _fleet_epoch(arch: Architecture, tx_for: Callable) -> Callable:
     return xla.jit(epoch)
 
 
+@xla.standard_promotion
 def train_fleet(arch: Architecture, x, y, seeds: list[int], recipes: list[tuple[float, int]],
                 index_sets: list[np.ndarray] | None = None, batch_size: int = 128,
                 weight_decay: float = 1e-4, check_outputs: bool = True) -> np.ndarray:
