@@ -391,7 +391,9 @@ def _run_batches(apply_fn: ApplyFn, params: Any, x: np.ndarray, y: np.ndarray,
     # bare apply_fn takes what its author says: Flax variables, or no parameters at all.)
     if model.param_shapes() is not None:
         model.check_params(params, shapes_only=True)
-    model.check_inputs(x, what, values=False)     # (images of another shape: not "parameters")
+    # Images of another shape: not "parameters". Their values too: float 0..255 images were
+    # scored without a word (evaluate_unlearning refused them; stop 64).
+    model.check_inputs(x, what)
     model.num_outputs(params, np.shape(x)[1:], what, bs)
     if bs < n and not per_example(model, params, x):
         bs = n      # batch statistics: the set's own, not those of a chunk or of padding

@@ -538,6 +538,11 @@ API_CASES = [
     ("gan-lr-int-past-float64", lambda c: __import__(
         "hyperforget_jax.gan", fromlist=["GANConfig"]).GANConfig(lr=10**400), ConfigError,
      "learning rate must be a positive number"),
+    # metrics.evaluate scored float 0..255 images without a word (stop 64).
+    ("evaluate-float-0-255", lambda c: __import__(
+        "hyperforget_jax.metrics", fromlist=["x"]).evaluate(
+        c.arch.apply, c.params, c.train.x * 255, c.train.y, 10), DataError,
+     r"values up to 255 \(0..255 pixel values\?\)"),
     ("mean-std-one-number", lambda c: __import__(
         "hyperforget_jax.metrics", fromlist=["x"]).mean_std(3.0), DataError,
      r"mean_std takes one number per seed \(a list\), got 3.0; pass \[3.0\]"),

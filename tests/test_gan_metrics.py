@@ -121,6 +121,14 @@ def test_the_exported_metrics_refuse_what_they_cannot_score():
         M.judge_outputs(judge, np.zeros((0, 8, 8, 1), np.float32))
     with pytest.raises(DataError, match="the images hold NaN/inf"):
         M.judge_outputs(judge, np.full((3, 8, 8, 1), np.nan, np.float32))
+    # uint8 / float 0..255 images were judged unscaled: classifier-FID 1.3e7 of the same
+    # digits (stop 64), where d_scores refuses them.
+    x = np.random.default_rng(0).uniform(size=(3, 8, 8, 1)).astype(np.float32)
+    with pytest.raises(DataError, match="float images in \\[0, 1\\], got dtype uint8"):
+        M.judge_outputs(judge, (x * 255).astype(np.uint8))
+    with pytest.raises(DataError, match="values in \\[.*, 2.*divide 0..255 images by 255"):
+        M.judge_outputs(judge, x * 255)
+    assert M.judge_outputs(judge, x)[0].shape == (3, 10)
 
 
 def test_d_score_mia():

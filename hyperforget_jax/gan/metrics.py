@@ -22,8 +22,8 @@ import numpy as np
 
 from hyperforget_jax import layers, xla
 from hyperforget_jax.config import SEED_LIMIT
-from hyperforget_jax.data import (Dataset, ForgetRequest, Splits, images_only,
-                                  refuse_training_rows)
+from hyperforget_jax.data import (Dataset, ForgetRequest, Splits, check_unit_images,
+                                  images_only, refuse_training_rows)
 from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError, DataError,
                                     ForgetRequestError, NonFiniteError)
 from hyperforget_jax.metrics import (at_least_float32, chunked_apply, class_matched_rows,
@@ -250,6 +250,13 @@ def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = JUDGE_CHUNK
     chunks would pad with zero images."""
     from hyperforget_jax.unlearn.gradtau_run import per_example
 
+    # uint8 or float 0..255 images were judged unscaled, without a word (classifier-FID of the
+    # real digits against themselves as uint8: 1.3e7), where d_scores refuses them (stop 64).
+    dtype = getattr(x, "dtype", None)
+    dtype = np.asarray(x).dtype if dtype is None else dtype
+    if not np.issubdtype(dtype, np.floating) and dtype != jax.numpy.bfloat16:
+        raise DataError(f"judge_outputs takes float images in [0, 1], got dtype {dtype}; "
+                        "uint8 images: divide by 255")
     x = np.asarray(x, np.float32)
     # No image was a bare TypeError in chunked_apply; NaN images gave finite, near-uniform
     # probabilities (ReLU zeroed them), where d_scores refuses them.
@@ -258,6 +265,7 @@ def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = JUDGE_CHUNK
                         f"{x.shape}")
     if not np.isfinite(x).all():
         raise DataError("judge_outputs: the images hold NaN/inf values")
+    check_unit_images(x, "judge_outputs' images")
     # The registered models and the experiments' JudgeCNN are per-image by construction: no
     # check (≈ 1 s of compilation for JudgeCNN).
     own = judge.arch.registered or type(judge.arch.flax_module) is JudgeCNN
