@@ -524,9 +524,36 @@ def sharded_step(step: Callable, mesh: Mesh) -> Callable:
     ``"data"``; XLA inserts the gradient all-reduce. Same numbers as :func:`jit_step`."""
     check_step_axis(step, None, "sharded_step")
     check_mesh(mesh, "sharded_step")
+    n = data_axis_size(mesh, "sharded_step")
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    return xla.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl),
-                   donate_argnums=0)
+    jitted = xla.jit(step, in_shardings=(repl, data), out_shardings=(repl, repl),
+                     donate_argnums=0)
+
+    def run(state, batch):
+        check_batch_rows(batch, n, "sharded_step")
+        return jitted(state, batch)
+    return run
+
+
+def data_axis_size(mesh: Mesh, who: str) -> int:
+    """The size of ``mesh``'s ``"data"`` axis, along which the compiled steps shard their
+    batches; ConfigError for a mesh without one (JAX's bare "Resource axis: data ... is not
+    found in mesh")."""
+    if "data" not in mesh.axis_names:
+        raise ConfigError(f"{who}: the mesh's axes are {tuple(mesh.axis_names)}, and the step "
+                          "shards its batch along an axis named 'data'; build the mesh with "
+                          "hf.train.data_mesh(devices) (or name an axis 'data')")
+    return int(mesh.shape["data"])
+
+
+def check_batch_rows(batch: Any, n: int, who: str) -> None:
+    """ConfigError unless every array of ``batch`` has a row count divisible by ``n``, the
+    mesh's ``"data"`` devices (JAX's IndivisibleError otherwise), as :func:`shard_batch`."""
+    for leaf in jax.tree.leaves(batch):
+        rows = np.shape(leaf)[0] if np.ndim(leaf) else None
+        if rows is not None and rows % n:
+            raise ConfigError(f"{who}: a batch of {rows} rows cannot be split over the mesh's "
+                              f"{n} 'data' devices; use a batch size divisible by {n}")
 
 
 def put_sharded(tree: Any, mesh: Mesh, spec: P = P("data")) -> Any:

@@ -72,6 +72,35 @@ def test_jit_pmap_sharded_give_same_parameters(mnist_splits):
     assert int(state.step) == len(batches)
 
 
+def test_the_sharded_steps_name_an_indivisible_batch_and_a_mesh_without_data():
+    """A batch the mesh's 'data' devices do not divide was JAX's IndivisibleError, a mesh
+    without a 'data' axis its bare "Resource axis: data ... not found" (shard_batch, the pmap
+    twin, refused the first clearly; stop 64)."""
+    from hyperforget_jax.unlearn import gradtau as G
+
+    tx = train.make_optimizer(CFG)
+    mesh = train.data_mesh(jax.devices()[:3])
+    x = np.zeros((10, *ARCH.input_shape), np.float32)
+    y = np.zeros(10, np.int32)
+    state = train.init_state(ARCH, tx, jax.random.key(0))
+    step = train.sharded_step(train.make_train_step(ARCH.apply, tx), mesh)
+    with pytest.raises(ConfigError, match="sharded_step: a batch of 10 rows cannot be split "
+                                          "over the mesh's 3 'data' devices"):
+        step(state, (x, y))
+    gstep = G.sharded_gradtau_step(G.make_gradtau_step(ARCH.apply, tx), mesh)
+    with pytest.raises(ConfigError, match="sharded_gradtau_step: a batch of 10 rows"):
+        gstep(state, (x[:9], y[:9]), (x, y), 1.0, 0.5)
+    other = jax.make_mesh((2,), ("x",), axis_types=(jax.sharding.AxisType.Auto,),
+                          devices=jax.devices()[:2])
+    for make in (lambda: train.sharded_step(train.make_train_step(ARCH.apply, tx), other),
+                 lambda: G.sharded_gradtau_step(G.make_gradtau_step(ARCH.apply, tx), other)):
+        with pytest.raises(ConfigError, match=r"the mesh's axes are \('x',\), and the step "
+                                              "shards its batch along an axis named 'data'"):
+            make()
+    state, m = step(state, (x[:9], y[:9]))      # divisible: runs
+    assert np.isfinite(float(m["loss"]))
+
+
 def test_the_wrappers_refuse_a_step_built_for_another_axis():
     """A pmap of a step built without axis_name ran: each device stepped on its own shard, the
     copies 2e-3 apart after one step, nothing said. A step with an axis under jit or shardings

@@ -774,11 +774,17 @@ def sharded_gradtau_step(step: Callable, mesh: Mesh) -> Callable:
     parameters it is given, so the caller's stay readable."""
     train.check_step_axis(step, None, "sharded_gradtau_step")
     train.check_mesh(mesh, "sharded_gradtau_step")
+    n = train.data_axis_size(mesh, "sharded_gradtau_step")
     repl, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     kw = dict(out_shardings=(repl, repl), donate_argnums=0)
-    return _with_optional_hint(
+    run = _with_optional_hint(
         xla.jit(step, in_shardings=(repl, data, data, repl, repl), **kw),
         xla.jit(step, in_shardings=(repl, data, data, repl, repl, repl), **kw))
+
+    def checked(state, forget_batch, retain_batch, tau, alpha, ascent_hint=None):
+        train.check_batch_rows((forget_batch, retain_batch), n, "sharded_gradtau_step")
+        return run(state, forget_batch, retain_batch, tau, alpha, ascent_hint)
+    return checked
 
 
 # --- τ -------------------------------------------------------------------------------------------
