@@ -61,7 +61,7 @@ def run_script(name: str, main: Callable[[], object]) -> None:
     exist, an unknown model) is one line on stderr and exit code 2, not a traceback."""
     from hyperforget_jax import report
 
-    report.exit_on_error(name, main)
+    report.exit_on_error(name, main, resumes=False)
 
 
 def num_cores() -> int:

@@ -85,4 +85,4 @@ def _print_main() -> int:
 
 
 if __name__ == "__main__":
-    report.exit_on_error("hyperforget_endpoint_mia", _print_main)
+    report.exit_on_error("hyperforget_endpoint_mia", _print_main, resumes=False)

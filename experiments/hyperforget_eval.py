@@ -690,4 +690,4 @@ def _checks(name, rs, ref, bar):
 
 
 if __name__ == "__main__":
-    report.exit_on_error("hyperforget_eval", main)
+    report.exit_on_error("hyperforget_eval", main, resumes=False)

@@ -129,4 +129,4 @@ def measure(args, out_dir) -> str:
 
 
 if __name__ == "__main__":
-    report.exit_on_error("unlearn_speed", main)
+    report.exit_on_error("unlearn_speed", main, resumes=False)

@@ -211,15 +211,29 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
-def exit_on_error(script: str, main: Callable[[], Any]) -> None:
+def exit_on_error(script: str, main: Callable[[], Any], resumes: bool = True) -> None:
     """Runs an experiment script's ``main`` and exits with its return value; a
     :class:`HyperforgetError` (e.g. an unwritable ``--out``) ends as the CLI's do: one line on
-    stderr, exit code 2. The report it prints last is printable under any locale
-    (:func:`encodable_output`)."""
+    stderr, exit code 2, and Ctrl-C as the CLI's: one line, exit code 130 (``resumes``: whether
+    a rerun of the same command resumes the run). The report it prints last is printable under
+    any locale (:func:`encodable_output`)."""
+    from hyperforget_jax import _sigint
+
+    _sigint.install()       # (a Ctrl-C inside JAX's gc callback was dropped)
     with encodable_output():
         try:
             code = main()
         except HyperforgetError as e:
             print(f"{script}: error: {' '.join(str(e).split())}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            # A 76-line traceback, and the interpreter's shutdown with XLA's threads mid-work
+            # segfaulted (exit 139), as the CLI's did: what is on disk is committed and the
+            # run's lock released by now, so the process ends here (stop 64).
+            then = ("rerun the same command to resume" if resumes else "rerun the command to "
+                    "run it again (it starts over: this script does not resume)")
+            print(f"{script}: interrupted; {then}", file=sys.stderr)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
     sys.exit(code if isinstance(code, int) else 0)
