@@ -412,6 +412,8 @@ class Checkpointer:
             return
         where = self.step_dir(step)
         meta = checks.jsonable_meta(meta, where)
+        # The JAX settings a resume must share (checks.refuse_other_jax_settings).
+        meta = {**meta, checks.SETTINGS_KEY: checks.jax_settings()}
         checks.check_savable(state, f"step {step} to {where}")  # before touching the disk
         state = checks.at_jax_width(state, f"step {step} to {where}")
         with _hold_sigint():
@@ -532,10 +534,22 @@ class Checkpointer:
                        _META: ocp.args.JsonRestore()}))
             except Exception as e:  # noqa: BLE001
                 raise _corrupt(where, e) from e
-        return checks.rebuild_like(template, out[_STATE], where), _check_meta(out[_META], where)
+        meta = _check_meta(out[_META], where)
+        meta.pop(checks.SETTINGS_KEY, None)         # (written_under reads it)
+        return checks.rebuild_like(template, out[_STATE], where), meta
 
     def restore_meta(self, step: int | None = None) -> dict:
         """Only the JSON meta of a step (no arrays are read); ``None`` means the latest."""
+        meta = self._raw_meta(step)
+        meta.pop(checks.SETTINGS_KEY, None)
+        return meta
+
+    def written_under(self, step: int | None = None) -> dict | None:
+        """The JAX settings (``checkpoint_checks.jax_settings``) of the process that saved a
+        step (``None``: the latest); None for a step saved before they were recorded."""
+        return self._raw_meta(step).get(checks.SETTINGS_KEY)
+
+    def _raw_meta(self, step: int | None) -> dict:
         step = self._resolve_step(step)
         where = self.step_dir(step)
         try:

@@ -290,3 +290,32 @@ def refuse_another_run(where: Path, stored: dict, config: dict, data_id: str | N
         raise CheckpointError(f"{where} holds {what} trained for {start} epochs, more than the "
                               f"{epochs} asked for; ask for >= {start} epochs or use another "
                               "directory")
+
+
+#: The process-wide JAX settings that change a run's random streams or its arithmetic: a run
+#: resumed under another value continues with a mix of the two (a corpus under rbg after
+#: threefry: its later shards' originals 0.62 apart from an uninterrupted build).
+JAX_SETTINGS = ("jax_default_prng_impl", "jax_threefry_partitionable", "jax_enable_x64")
+SETTINGS_KEY = "jax_settings"
+
+
+def jax_settings() -> dict:
+    """This process's :data:`JAX_SETTINGS`, as checkpoints and corpus indexes record them."""
+    return {k: (str if k == "jax_default_prng_impl" else bool)(getattr(jax.config, k))
+            for k in JAX_SETTINGS}
+
+
+def refuse_other_jax_settings(where: Path, stored: Any, what: str) -> None:
+    """CheckpointError when a run recorded ``stored`` (:func:`jax_settings` of the process that
+    wrote it; None or missing in what older versions wrote: not compared) and this process
+    differs in one of them: the resume would mix two random streams or precisions."""
+    if not isinstance(stored, dict):
+        return
+    now = jax_settings()
+    for k in JAX_SETTINGS:
+        if k in stored and stored[k] != now[k]:
+            raise CheckpointError(
+                f"{where} holds {what} written under {k}={stored[k]!r}, and this process runs "
+                f"under {now[k]!r}: resuming would mix two random streams or precisions; "
+                f"resume it with jax.config.update({k!r}, {stored[k]!r}) (environment variable "
+                f"{k.upper()}), or use another directory")

@@ -20,8 +20,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from hyperforget_jax import xla
-from hyperforget_jax.checkpoint_checks import (naming_non_finite_start, refuse_another_model,
-                                               refuse_another_run)
+from hyperforget_jax.checkpoint_checks import (naming_non_finite_start,
+                                               refuse_another_model, refuse_another_run,
+                                               refuse_other_jax_settings)
 from hyperforget_jax.config import check_count
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices, is_prng_key
 from hyperforget_jax.errors import (ArchitectureError, ConfigError, DataError, NonFiniteError,
@@ -274,6 +275,9 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
         refuse_another_run(checkpointer.directory, stored, cfg.to_json(), data_id, start,
                            cfg.epochs, config_key="train_config", data_key="train_data",
                            what="a model", config_name="TrainConfig", init_id=init_id)
+        if start < cfg.epochs:
+            refuse_other_jax_settings(checkpointer.directory, checkpointer.written_under(),
+                                      "a model's training")
     run = _fit_epoch(model, False, False, mesh)
     state = _put(state, mesh)
     home = home_device(state)

@@ -636,3 +636,31 @@ def test_one_checkpoint_is_the_end_of_the_trajectory():
     assert C.checkpoint_steps(540, 1).tolist() == [540]
     assert C.checkpoint_steps(540, 2).tolist() == [1, 540]
     assert C.checkpoint_steps(540, 16)[-1] == 540 and len(C.checkpoint_steps(540, 16)) == 15
+
+
+def test_a_corpus_resumed_under_other_jax_settings_is_refused(built, tmp_path, digits_splits):
+    """A build resumed under another jax_default_prng_impl (or x64, or threefry
+    partitioning) went on without a word: its later shards' originals 0.62 apart from an
+    uninterrupted build's, a mixed corpus (stop 64). A complete corpus is not rebuilt, so it is
+    not refused; an index without the record (older versions) is not compared."""
+    out, _ = built
+    copy = tmp_path / "c"
+    shutil.copytree(out, copy)
+    index = json.loads((copy / "index.json").read_text())
+    assert index["jax_settings"] == {"jax_default_prng_impl": "threefry2x32",
+                                     "jax_threefry_partitionable": True,
+                                     "jax_enable_x64": False}
+    shutil.rmtree(copy / "shard_00001")            # a build killed before its last shard
+    before = jax.config.jax_default_prng_impl
+    jax.config.update("jax_default_prng_impl", "rbg")
+    try:
+        C.build_corpus(out, CFG, digits_splits, progress=False)         # complete: nothing to do
+        with pytest.raises(CheckpointError, match="holds a corpus written under "
+                                                  "jax_default_prng_impl='threefry2x32', and "
+                                                  "this process runs under 'rbg'"):
+            C.build_corpus(copy, CFG, digits_splits, progress=False)
+        del index["jax_settings"]
+        (copy / "index.json").write_text(json.dumps(index))
+        C.build_corpus(copy, CFG, digits_splits, progress=False)        # older: not compared
+    finally:
+        jax.config.update("jax_default_prng_impl", before)

@@ -427,3 +427,65 @@ def test_gan_unlearn_killed_then_rerun_matches_uninterrupted(tmp_path):
     want = json.loads((ref_out / "results.json").read_text())
     assert_json_close(_strip_times(got), _strip_times(want))
     assert _debris(out / "checkpoints") == []
+
+
+@pytest.mark.parametrize("setting, value", [("jax_default_prng_impl", "rbg"),
+                                            ("jax_enable_x64", True)])
+def test_a_run_resumed_under_other_jax_settings_is_refused(tmp_path, digits_splits, setting,
+                                                           value):
+    """A checkpointed run resumed under another jax_default_prng_impl or jax_enable_x64 went
+    on without a word, a mix of two random streams or precisions (`train` under x64: weights
+    4.6e-4 from the uninterrupted run; a GAN 3.9e-5; stop 64). fit, the ∇τ runner and GAN
+    training refuse it while work is left; a finished run reads as before."""
+    import shutil
+    import warnings
+
+    from hyperforget_jax import data, models, train
+    from hyperforget_jax.gan import GANConfig, train_gan
+    from hyperforget_jax.unlearn import GradTauConfig, unlearn
+
+    arch = models.as_model(models.make_architecture("gpt_mlp", (8, 8, 1)))
+    tr = digits_splits.train
+    fs = data.resolve_forget(tr, data.ForgetRequest(classes=(3,)))
+    start = arch.init(jax.random.key(0))
+    # (what, run(checkpointer, epochs), epochs of the first run, of the resumed one): ∇τ's
+    # forget-epochs are part of its run, so its run of 3 is cut back to its first epoch.
+    runs = [
+        ("a model's training", lambda ck, e: train.fit(
+            arch, tr, TrainConfig(arch="gpt_mlp", epochs=e, batch_size=64), checkpointer=ck),
+         1, 2),
+        ("a ∇τ run", lambda ck, e: unlearn("gradtau", arch, start, fs, digits_splits.val,
+                                           GradTauConfig(epochs=e), checkpointer=ck), 3, 3),
+        ("a GAN's training", lambda ck, e: train_gan(
+            tr.subset(np.arange(64)), GANConfig(epochs=e, latent_prior="normal"),
+            checkpointer=ck), 1, 2),
+    ]
+    before = getattr(jax.config, setting)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for what, run, first, then in runs:
+            d = tmp_path / what.replace(" ", "_")
+            with Checkpointer(d, max_to_keep=None) as ck:
+                run(ck, first)
+            jax.config.update(setting, value)
+            try:
+                with Checkpointer(d, max_to_keep=None) as ck:
+                    run(ck, first)                      # finished: nothing left to run
+            finally:
+                jax.config.update(setting, before)
+            if first == then:                           # a run killed after its first epoch
+                with Checkpointer(d) as ck:
+                    steps = ck.all_steps()
+                for s in steps[1:]:
+                    shutil.rmtree(d / str(s))
+            jax.config.update(setting, value)
+            try:
+                with pytest.raises(CheckpointError, match=f"holds {what} written under "
+                                                          f"{setting}=.*this process runs under "
+                                                          f"{value!r}"):
+                    with Checkpointer(d, max_to_keep=None) as ck:
+                        run(ck, then)
+            finally:
+                jax.config.update(setting, before)
+            with Checkpointer(d, max_to_keep=None) as ck:   # under the run's own: resumes
+                run(ck, then)

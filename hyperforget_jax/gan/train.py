@@ -27,7 +27,7 @@ import optax
 from hyperforget_jax import xla
 from hyperforget_jax.config import SEED_LIMIT, check_count, refuse_unread
 from hyperforget_jax.data import Dataset, _check_seed, batch_indices
-from hyperforget_jax.checkpoint_checks import refuse_another_run
+from hyperforget_jax.checkpoint_checks import refuse_another_run, refuse_other_jax_settings
 from hyperforget_jax.errors import CheckpointError, ConfigError, DataError, NonFiniteError
 from hyperforget_jax.gan.models import (GAN_ARCHS, MIXTURE_COMPONENTS, MIXTURE_SIGMA, GANArch,
                                         check_gan_arch, check_latent_prior, make_gan_arch)
@@ -321,6 +321,9 @@ def train_gan(train: Dataset, cfg: GANConfig, *, checkpointer=None, meta: dict |
         refuse_another_run(checkpointer.directory, stored, cfg.to_json(), data_id, start,
                            cfg.epochs, config_key="gan_config", data_key="gan_data",
                            what="a GAN", config_name="GANConfig")
+        if start < cfg.epochs:
+            refuse_other_jax_settings(checkpointer.directory, checkpointer.written_under(),
+                                      "a GAN's training")
     run = compiled_epoch(arch, cfg.lr, cfg.beta1, cfg.batch_size, cfg.g_lr)
     x = jnp.asarray(train.x)
     history: list[dict] = []

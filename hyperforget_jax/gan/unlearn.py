@@ -715,6 +715,10 @@ def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerpr
         raise CheckpointError(f"{checkpointer.directory} holds an unlearning run written by an "
                               "older hyperforget_jax (it does not store the lowest-share check); "
                               "choose another --out directory (or delete it to start over)")
+    from hyperforget_jax.checkpoint_checks import refuse_other_jax_settings
+
+    refuse_other_jax_settings(checkpointer.directory, checkpointer.written_under(step),
+                              "a GAN unlearning run")
     tree, _ = checkpointer.restore(template, step)
     return tree, prog
 

@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from hyperforget_jax import data, report, rundir, train, xla
+from hyperforget_jax import checkpoint_checks as CHECKS, data, report, rundir, train, xla
 from hyperforget_jax.config import SEED_LIMIT, check_config, expand_user, field
 from hyperforget_jax import params as P_
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError
@@ -672,7 +672,8 @@ def _new_index(arch: Architecture, ccfg: CorpusConfig, splits: data.Splits, data
             "class_counts": {s: np.bincount(ds.y, minlength=k).tolist()
                              for s, ds in zip(SPLITS, splits)},
             "test_seeds": ccfg.test_seeds,
-            "data_fingerprint": rundir.data_fingerprint(splits), "shards": {}}
+            "data_fingerprint": rundir.data_fingerprint(splits),
+            CHECKS.SETTINGS_KEY: CHECKS.jax_settings(), "shards": {}}
 
 
 def _check_requests_have_images(requests: list[tuple[int, ...]], train_set: data.Dataset
@@ -781,6 +782,8 @@ def build_corpus(out_dir: str | os.PathLike, ccfg: CorpusConfig | None = None,
     # directory is how its refusal (corpus_index.load_shards) says to rebuild it.
     todo = [i for i in range(len(fleets)) if not index["shards"].get(f"{i:05d}", {}).get("done")
             or not (out / f"shard_{i:05d}").is_dir()]
+    if todo:    # (older corpora recorded none: not compared)
+        CHECKS.refuse_other_jax_settings(out, index.get(CHECKS.SETTINGS_KEY), "a corpus")
     report.write_json(CI.index_path(out), index)
     t0, count = time.perf_counter(), 0
     metrics_fn = make_metrics_fn(arch, splits)

@@ -367,6 +367,10 @@ def train_hypernet(corpus: Corpus, variant: str = "dihyfo2", forget_class: int |
                                       "hypernetwork (spec or config differ); use another "
                                       "directory")
             first = int(ckpt.latest_step())
+            if first < cfg.steps:
+                from hyperforget_jax.checkpoint_checks import refuse_other_jax_settings
+                refuse_other_jax_settings(ckpt.directory, ckpt.written_under(),
+                                          "a hypernetwork's training")
             # The history so far travels with the state: a resumed run's history is the whole
             # run's (a run killed after its last save resumes with no step left to log).
             done_before = meta.get("progress", {})

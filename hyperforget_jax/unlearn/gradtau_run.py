@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from hyperforget_jax import microbatch, train, xla
 from hyperforget_jax.data import Dataset, ForgetSplit, shared_rows
 from hyperforget_jax.config import INT32_MAX, refuse_unread
-from hyperforget_jax.checkpoint_checks import model_identity
+from hyperforget_jax.checkpoint_checks import model_identity, refuse_other_jax_settings
 from hyperforget_jax.errors import CheckpointError, ConfigError, NonFiniteError, kind_of
 from hyperforget_jax.metrics import rows_independent_once
 from hyperforget_jax.models import Architecture, as_model
@@ -417,6 +417,9 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
         g = saved.get("gradtau", {})
         _validate_resume(g.get("run", {}), run_id, checkpointer.directory)
         start = int(g["epoch"])
+        if start < E:
+            refuse_other_jax_settings(checkpointer.directory, checkpointer.written_under(),
+                                      "a ∇τ run")
         taus, hist_f, hist_r = list(g["tau"]), list(g["forget_loss"]), list(g["retain_loss"])
         hist_a = list(g.get("ascent_steps", []))
     tau0 = taus[-1] if taus else _initial_tau(plan, split.forget.num_classes)
