@@ -42,9 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hyperforget_jax import __version__, data, metrics, report, rundir, train  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser, ListInOne  # noqa: E402
 from hyperforget_jax.commands.common import check_same_data, path_arg  # noqa: E402
-from hyperforget_jax.configflags import integer  # noqa: E402
 from hyperforget_jax import params as P_  # noqa: E402
-from hyperforget_jax.configflags import UNSET, add_config_flags  # noqa: E402
+from hyperforget_jax.config import expand_user  # noqa: E402
+from hyperforget_jax.configflags import UNSET, add_config_flags, integer  # noqa: E402
 from hyperforget_jax.errors import ConfigError  # noqa: E402
 from hyperforget_jax.hyperforget import corpus as C  # noqa: E402
 from hyperforget_jax.hyperforget import dihyfo as H  # noqa: E402
@@ -218,10 +218,12 @@ def identity(a, splits, net) -> dict:
 
 def main(argv=None):
     a = parse(argv)
-    out = report.prepare_dir(a.out, flag="--out", not_a_run=ROLE)
-    if a.render_only:
+    if a.render_only:       # read before prepare_dir creates --out (an empty folder was left)
+        out = expand_user(a.out).absolute()
         rundir.check_readable(out)
         r = report.read_results(out, "hyperforget_eval.py", RESULT_KEYS)
+    out = report.prepare_dir(a.out, flag="--out", not_a_run=ROLE)
+    if a.render_only:
         md = render(r)
         report.atomic_write(out / "report.md", md)
         print(md)

@@ -63,9 +63,8 @@ import numpy as np
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.common import check_same_data, path_arg
-from hyperforget_jax.configflags import integer
 from hyperforget_jax.config import is_scalar_number
-from hyperforget_jax.configflags import add_config_flags
+from hyperforget_jax.configflags import add_config_flags, integer
 from hyperforget_jax.errors import ConfigError, HyperforgetError
 from hyperforget_jax.evaluation import evaluate_unlearning
 from hyperforget_jax.models import as_model

@@ -68,8 +68,8 @@ import numpy as np
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
 from hyperforget_jax.commands.common import path_arg
-from hyperforget_jax.configflags import integer
-from hyperforget_jax.configflags import add_config_flags
+from hyperforget_jax.config import expand_user
+from hyperforget_jax.configflags import add_config_flags, integer
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
 from hyperforget_jax.metrics import format_over_seeds, mean_std
@@ -452,10 +452,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     train_config(args)    # a bad recipe or request is refused before anything is written
     splits = None if args.render_only else checked_splits(args)
-    path = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
-    if args.render_only:
+    if args.render_only:    # read before prepare_dir creates --out (an empty folder was left)
+        path = expand_user(args.out).absolute()
         rundir.check_readable(path)
         out = report.read_results(path, "unlearning_table.py", RESULT_KEYS)
+    path = report.prepare_dir(args.out, flag="--out", not_a_run=ROLE)
+    if args.render_only:
         write_report(out, path)
         plot(out, path)
     else:

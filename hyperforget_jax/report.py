@@ -152,6 +152,9 @@ def read_results(path: Path, script: str, keys: Sequence[str]) -> dict:
     writer's (not an object with ``keys``, the fields the report reads) is refused with the fix,
     not a JSON decoder's or the renderer's traceback."""
     f = path / "results.json"
+    if not path.is_dir():
+        raise ConfigError(f"--out {path} does not exist: --render-only re-renders the "
+                          f"results.json of a finished run; pass the --out of a run of {script}")
     if not f.is_file():
         raise ConfigError(f"--out {path} holds no results.json (a run that has not finished: "
                           "rerun its command to resume it)")

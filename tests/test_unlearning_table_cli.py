@@ -674,6 +674,19 @@ def test_render_only_refuses_a_damaged_or_foreign_results_json(tmp_path, script,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.json"]
 
 
+@pytest.mark.parametrize("script", ["unlearning_table", "hyperforget_eval"])
+def test_render_only_of_an_out_that_does_not_exist_writes_nothing(tmp_path, script):
+    """--render-only created --out before it found no results.json there (an empty folder
+    left behind), and told to "rerun its command to resume it" a run that never was (stop
+    64)."""
+    from hyperforget_jax.errors import ConfigError
+    exp = load_experiment(script)
+    with pytest.raises(ConfigError, match=r"does not exist: --render-only re-renders the "
+                                          r"results.json of a finished run"):
+        exp.main(["--render-only", "--out", str(tmp_path / "o")])
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("script, flags", [
     ("unlearning_table", ["--dataset", "digits"]), ("unlearning_table", ["--seeds", "5"]),
     ("unlearning_table", ["--epochs", "2"]), ("hyperforget_eval", ["--samples", "5"]),
