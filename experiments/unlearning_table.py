@@ -71,7 +71,8 @@ from hyperforget_jax.commands.common import path_arg
 from hyperforget_jax.config import expand_user
 from hyperforget_jax.configflags import add_config_flags, integer
 from hyperforget_jax.errors import ConfigError
-from hyperforget_jax.evaluation import evaluate_unlearning, gap_to_retrain
+from hyperforget_jax.evaluation import (GAP_KEYS, GAP_LABELS, evaluate_unlearning, gap_keys,
+                                        gap_to_retrain)
 from hyperforget_jax.metrics import format_over_seeds, mean_std
 from hyperforget_jax.models import as_model
 from hyperforget_jax.params import tree_index
@@ -401,6 +402,9 @@ def write_report(out: dict, path: Path) -> None:
                 cells += ["–", "–"]
             body.append([row] + cells)
         md += [f"## {name}\n", report.markdown_table(header, body), ""]
+        over = _gap_over(s)
+        if over:    # (a one-item setting's gap, over 3 metrics, was labelled over 4)
+            md += [f"Avg. Gap here = mean |Δ| to Retrain over {over}.", ""]
         md += targets(s, s["kind"]) + [""]
     md += ["## Speed-up of ∇τ over Retrain, all settings\n"] + speed_summary(out) + [""]
     md.append(f"Total run time {out['total_seconds'] / 60:.1f} min"
@@ -409,6 +413,21 @@ def write_report(out: dict, path: Path) -> None:
                  "command (its `cells/`); their wall times are that run's, and the total run "
                  "time is this run's alone." if out.get("reused") else "") + "\n")
     report.atomic_write(path / "table.md", "\n".join(md))
+
+
+def _gap_over(setting: dict) -> str | None:
+    """The metrics a setting's Avg. Gap is over where they are not all of GAP_KEYS (a metric
+    not applicable, e.g. mia_loss_lr of a one-item forget set, is left out), else None."""
+    retrain = setting["evals"]["Retrain"]
+    used = {gap_keys(e, r) for row, evals in setting["evals"].items() if row != "Retrain"
+            for e, r in zip(evals, retrain) if e.get("avg_gap") is not None}
+    if not used or used == {GAP_KEYS}:
+        return None
+    names = lambda keys: ", ".join(GAP_LABELS[k] for k in keys)   # noqa: E731
+    left = sorted({k for keys in used for k in GAP_KEYS if k not in keys},
+                  key=GAP_KEYS.index)
+    return " / ".join(names(k) for k in sorted(used, key=len, reverse=True)) + (
+        f" ({', '.join(left)} not applicable)")
 
 
 def plot(out: dict, path: Path) -> None:
@@ -435,7 +454,11 @@ def plot(out: dict, path: Path) -> None:
                    label="Retrain time")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no overlapping labels
-        ax.set_title(name)
+        over = _gap_over(s)
+        if over is None:
+            ax.set_title(name)
+        else:
+            ax.set_title(f"{name}\n(Avg. Gap over {over})", fontsize=8)
         # --timing sweep's times are first calls (compilation included), as table.md says
         ax.set_xlabel("time per member of its sweep s, compilation included (log)"
                       if out.get("timing") == "sweep" else "wall time s (log)")

@@ -715,3 +715,16 @@ def test_experiment_scripts_refuse_a_blank_out(script, entry, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "argument --out: expected a path, got ''" in err and err.count("\n") == 1
+
+
+def test_a_setting_whose_gap_leaves_a_metric_out_says_so():
+    """A one-item setting's Avg. Gap (mia_loss_lr not applicable) is over FA, RA, TA, but the
+    table said every gap was over FA, RA, TA, mia_loss_lr (stop 64)."""
+    table = load_experiment("unlearning_table")
+    row = {"forget_acc": 1.0, "retain_acc": 0.9, "test_acc": 0.9}
+    one = {"evals": {"Retrain": [dict(row, mia_loss_lr=None)] * 2,
+                     "gradtau": [dict(row, mia_loss_lr=None, avg_gap=1.0)] * 2}}
+    assert table._gap_over(one) == "FA, RA, TA (mia_loss_lr not applicable)"
+    full = {"evals": {"Retrain": [dict(row, mia_loss_lr=0.5)],
+                      "gradtau": [dict(row, mia_loss_lr=0.6, avg_gap=2.5)]}}
+    assert table._gap_over(full) is None
