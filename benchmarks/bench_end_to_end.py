@@ -179,6 +179,11 @@ def settings(argv=None):
         args.gan = not args.quick
     if args.methods is None:
         args.methods = "retrain,gradtau" if args.quick else ALL_METHODS
+    # Before the original trains (a wrong name failed after it, 20 s to minutes later).
+    unknown = [m for m in args.methods.split(",") if m not in ALL_METHODS.split(",")]
+    if unknown:
+        ap.error(f"--methods: unknown {', '.join(map(repr, unknown))}; choose from "
+                 f"{ALL_METHODS}")
     return args, cfg
 
 
@@ -188,11 +193,12 @@ def main(argv=None):
     args, cfg = settings(argv)
     splits = data.make_splits(data.load_mnist5k())
     arch = as_model(cfg.arch, splits.train.x.shape[1:], splits.train.num_classes)
+    # The request before the original trains (a class that does not exist was refused after).
+    split = data.resolve_forget(splits.train, data.ForgetRequest(classes=(args.forget_class,)))
     t0 = time.perf_counter()
     original, _ = train.fit(arch, splits.train, cfg)
     jax.block_until_ready(original.params)
     print(f"original {cfg.arch}: trained in {time.perf_counter() - t0:.1f}s", flush=True)
-    split = data.resolve_forget(splits.train, data.ForgetRequest(classes=(args.forget_class,)))
     rows = []
     for m in args.methods.split(","):
         if m == "hyperforget_sample":

@@ -48,6 +48,7 @@ the same cores. Run (≈4-6 min on 2 cores; ``--quick`` ≈ 1 min)::
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 import time
@@ -412,6 +413,12 @@ def main(argv=None):
     bad = [m for m in args.models.split(",") if m not in ("mlp", "cnn")]
     if bad:
         ap.error(f"--models: {bad[0]!r} is not one of mlp, cnn (the models with a PyTorch twin)")
+    # Before any model trains (a fraction of 1.5 was refused after, a NaN τ timed a NaN step).
+    if not 0 < args.fraction < 1:
+        ap.error(f"--fraction {args.fraction}: a request's share of the training set, strictly "
+                 "between 0 and 1")
+    if not math.isfinite(args.tau):
+        ap.error(f"--tau {args.tau}: pass a finite number")
     try:
         import torch  # noqa: F401
     except ImportError:

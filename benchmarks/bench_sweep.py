@@ -34,7 +34,7 @@ from hyperforget_jax.cli import ArgumentParser  # noqa: E402
 from hyperforget_jax.configflags import positive_int  # noqa: E402
 from hyperforget_jax.models import make_architecture  # noqa: E402
 from hyperforget_jax.params import tree_index  # noqa: E402
-from hyperforget_jax.unlearn import unlearn, unlearn_sweep  # noqa: E402
+from hyperforget_jax.unlearn import METHODS, unlearn, unlearn_sweep  # noqa: E402
 from hyperforget_jax.unlearn import gradtau as G  # noqa: E402
 from hyperforget_jax.unlearn import gradtau_run as GR  # noqa: E402
 
@@ -119,7 +119,9 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true",
                    help="4 members at most, 2 repeats, 1-epoch originals and Retrain")
     p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--methods", nargs="*", default=["gradtau", "retrain", "salun"])
+    # choices: a wrong name was refused after the fleet trained and the step benchmark ran
+    p.add_argument("--methods", nargs="*", default=["gradtau", "retrain", "salun"],
+                   choices=list(METHODS))
     p.add_argument("--out", default=None)
     args = common.parse_args(p, argv, quick={"repeats": 2})
     repeats = args.repeats

@@ -242,3 +242,35 @@ def test_efficiency_records_the_memory_of_every_config(monkeypatch, tmp_path):
     bench.main(["--configs", "1x2,3x4", "--out", str(out)])
     assert json.loads(out.read_text())["memory"] == {"1x2": {"n": 1, "b": 2},
                                                     "3x4": {"n": 3, "b": 4}}
+
+
+@pytest.mark.parametrize("name, argv, words", [
+    ("bench_end_to_end", ["--quick", "--methods", "foo"], "--methods: unknown 'foo'"),
+    ("bench_end_to_end", ["--quick", "--forget-class", "12"], "forget class 12 does not exist"),
+    ("bench_sweep", ["--quick", "--methods", "foo"], "invalid choice: 'foo'"),
+    ("bench_gradtau_vs_torch", ["--quick", "--fraction", "1.5"],
+     "--fraction 1.5: a request's share"),
+    ("bench_gradtau_vs_torch", ["--quick", "--tau", "nan"], "--tau nan: pass a finite number")])
+def test_bad_settings_are_refused_before_anything_trains(name, argv, words, monkeypatch,
+                                                          capsys):
+    """A wrong method name, forget class or request size was refused after the original (or
+    a fleet) had trained: 20 s with --quick, minutes without; a NaN τ timed a NaN step
+    (stop 64)."""
+    from hyperforget_jax import train
+    from hyperforget_jax.errors import HyperforgetError
+
+    def no(*a, **k):
+        raise AssertionError("trained before the settings were checked")
+
+    monkeypatch.setattr(train, "fit", no)
+    monkeypatch.setattr(train, "fit_fleet", no)
+    bench = _script(name, monkeypatch)
+    try:
+        bench.main(argv)
+    except SystemExit as e:
+        assert e.code == 2
+        assert words in capsys.readouterr().err
+    except HyperforgetError as e:
+        assert words in str(e)
+    else:
+        raise AssertionError("not refused")
