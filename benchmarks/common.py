@@ -204,8 +204,11 @@ def write_json(name: str, payload: dict, out: str | None = None) -> Path:
     payload = {"benchmark": name, "command": " ".join([Path(sys.executable).name, *sys.argv]),
                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"), "machine": machine_info(),
                **payload}
-    path.write_text(json.dumps(payload, indent=2, default=float))
-    return path
+    from hyperforget_jax import report
+
+    # Strict JSON (NaN, e.g. a ratio without PyTorch, as null: json.dumps wrote the token NaN,
+    # which strict parsers refuse), written whole or not at all.
+    return report.write_json(path, payload)
 
 
 def pretrained_dihyfo2(splits, seed: int = 0):

@@ -35,7 +35,11 @@ UNLEARN_COLUMNS = ["model", "path", "impl", "steps", "ascent on", "steps/s", "ms
                    "vs torch eager"]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    from hyperforget_jax.cli import ArgumentParser
+
+    # No flags (`tables.py --bogus` printed the tables, exit 0).
+    ArgumentParser(description=__doc__.split("\n")[0]).parse_args(argv)
     for name, cols in TABLES.items():
         path = common.RESULTS / f"{name}.json"
         if not path.exists():

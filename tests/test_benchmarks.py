@@ -274,3 +274,20 @@ def test_bad_settings_are_refused_before_anything_trains(name, argv, words, monk
         assert words in str(e)
     else:
         raise AssertionError("not refused")
+
+
+def test_results_json_is_strict_json_and_tables_take_no_flags(tmp_path):
+    """A NaN (a ratio without PyTorch) was written as the token NaN, which strict JSON parsers
+    refuse; `tables.py --bogus` printed the tables, exit 0 (stop 64)."""
+    import json
+
+    from benchmarks import common, tables
+
+    path = common.write_json("x", {"rows": [{"vs torch eager": float("nan")}]},
+                             str(tmp_path / "x.json"))
+    text = path.read_text()
+    assert "NaN" not in text
+    assert json.loads(text)["rows"] == [{"vs torch eager": None}]
+    with pytest.raises(SystemExit) as e:
+        tables.main(["--bogus"])
+    assert e.value.code == 2
