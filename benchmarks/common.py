@@ -7,7 +7,6 @@ hits all contenders alike and ratios stay meaningful.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import re
