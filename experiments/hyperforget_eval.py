@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from hyperforget_jax import __version__, data, metrics, report, rundir, train  # noqa: E402
 from hyperforget_jax.cli import ArgumentParser, ListInOne  # noqa: E402
-from hyperforget_jax.commands.common import check_same_data, path_arg  # noqa: E402
+from hyperforget_jax.commands.common import (check_same_data, path_arg,  # noqa: E402
+                                             refuse_zero_epochs)
 from hyperforget_jax import params as P_  # noqa: E402
 from hyperforget_jax.config import expand_user  # noqa: E402
 from hyperforget_jax.configflags import UNSET, add_config_flags, integer  # noqa: E402
@@ -134,6 +135,7 @@ def parse(argv=None):
                               f"training), got {a.memo_seeds}")
         a.sampler = a._sample_flags.build(a)
         a.recipe = a._train_flags.build(a, arch="gpt_mlp")
+        refuse_zero_epochs(a.recipe.epochs)     # (untrained originals, as on the CLI)
     except ConfigError as e:
         p.error(str(e))
     return a

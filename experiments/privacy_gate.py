@@ -62,7 +62,7 @@ import numpy as np
 
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
-from hyperforget_jax.commands.common import check_same_data, path_arg
+from hyperforget_jax.commands.common import check_same_data, path_arg, refuse_zero_epochs
 from hyperforget_jax.config import is_scalar_number
 from hyperforget_jax.configflags import add_config_flags, integer
 from hyperforget_jax.errors import ConfigError, HyperforgetError
@@ -132,8 +132,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def configs(args) -> tuple[train.TrainConfig, GradTauConfig]:
-    """The classifier recipe and the ∇τ config: defaults with the given flags applied."""
-    return args._train_flags.build(args), args._gradtau_flags.build(args)
+    """The classifier recipe and the ∇τ config: defaults with the given flags applied
+    (--epochs 0, as on the CLI, refused: a gate of untrained originals)."""
+    cfg = args._train_flags.build(args)
+    refuse_zero_epochs(cfg.epochs)
+    return cfg, args._gradtau_flags.build(args)
 
 
 def num_steps(args) -> int:

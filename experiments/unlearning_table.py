@@ -67,7 +67,7 @@ import numpy as np
 
 from hyperforget_jax import __version__, data, report, rundir, train, ulira
 from hyperforget_jax.cli import ArgumentParser
-from hyperforget_jax.commands.common import path_arg
+from hyperforget_jax.commands.common import path_arg, refuse_zero_epochs
 from hyperforget_jax.config import expand_user
 from hyperforget_jax.configflags import add_config_flags, integer
 from hyperforget_jax.errors import ConfigError
@@ -146,8 +146,11 @@ def command_line(argv) -> str:
 
 
 def train_config(args) -> train.TrainConfig:
-    """The classifier recipe of the run: TrainConfig defaults with the given flags applied."""
-    return args._train_flags.build(args)
+    """The classifier recipe of the run: TrainConfig defaults with the given flags applied
+    (--epochs 0, as on the CLI, refused: a whole table of untrained originals)."""
+    cfg = args._train_flags.build(args)
+    refuse_zero_epochs(cfg.epochs)
+    return cfg
 
 
 def settings(args):

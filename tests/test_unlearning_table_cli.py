@@ -728,3 +728,17 @@ def test_a_setting_whose_gap_leaves_a_metric_out_says_so():
     full = {"evals": {"Retrain": [dict(row, mia_loss_lr=0.5)],
                       "gradtau": [dict(row, mia_loss_lr=0.6, avg_gap=2.5)]}}
     assert table._gap_over(full) is None
+
+
+@pytest.mark.parametrize("script", ["unlearning_table", "privacy_gate"])
+def test_zero_epochs_are_refused_before_writing(script, tmp_path, capsys):
+    """--epochs 0 built a whole table (or gate) of untrained originals, where the CLI refuses
+    it (refuse_zero_epochs; stop 64)."""
+    exp = load_experiment(script)
+    try:        # (privacy_gate's main prints its error and returns 2)
+        rc = exp.main(["--epochs", "0", "--dataset", "digits", "--out", str(tmp_path / "out")])
+        said = capsys.readouterr().err
+    except ConfigError as e:
+        rc, said = 2, str(e)
+    assert rc == 2 and "--epochs 0 trains nothing" in said
+    assert not (tmp_path / "out").exists()
