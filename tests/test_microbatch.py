@@ -9,6 +9,7 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax import export
 
@@ -64,8 +65,10 @@ def test_bf16_loss_in_chunks_is_summed_in_float32():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(512, 16)), jnp.float32)
     w = jnp.asarray(rng.normal(size=(16, 10)), jnp.float32)
-    loss_fn = train.per_example_ce(lambda p, x: (x.astype(jnp.bfloat16)
-                                                 @ p.astype(jnp.bfloat16)))
+    # A user's own per-example loss in bfloat16 (the library's per_example_ce takes it in
+    # float32 since stop 64).
+    loss_fn = lambda p, b: optax.softmax_cross_entropy_with_integer_labels(  # noqa: E731
+        b[0].astype(jnp.bfloat16) @ p.astype(jnp.bfloat16), b[1])
     batch = (x, jnp.asarray(rng.integers(0, 10, 512)))
     # Jitted, as in the library's steps (CI time: op by op, the chunk loop and the ops around
     # it were each compiled and dispatched alone, ≈ 4x the time); a bfloat16 sum still
