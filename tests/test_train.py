@@ -804,6 +804,14 @@ def test_narrow_labels_of_many_classes_and_bfloat16_logits_give_the_float32_loss
     assert got.dtype == jnp.float32
     np.testing.assert_allclose(got, metrics.cross_entropy(logits.astype(jnp.float32), y),
                                rtol=1e-3, atol=2e-6)
+    # SCRUB's and Bad Teacher's KL too.
+    from hyperforget_jax.unlearn import baselines
+
+    student = jnp.asarray(np.random.default_rng(2).normal(size=(64, 10)), jnp.bfloat16)
+    kl = baselines.kl_divergence(logits, student, 4.0)
+    assert kl.dtype == jnp.float32
+    assert float(kl) == float(baselines.kl_divergence(logits.astype(jnp.float32),
+                                                      student.astype(jnp.float32), 4.0))
 
 
 def test_labels_outside_the_classes_are_nan_not_a_class_from_the_end():

@@ -94,6 +94,9 @@ def kl_divergence(target_logits: jax.Array, student_logits: jax.Array, T: Any) -
                         f"{jnp.shape(target_logits)} but the model's {jnp.shape(student_logits)}"
                         "; both must be (batch, num_classes) for the same batch: "
                         + _KD_FIX)
+    # In at least float32, as the cross-entropy (a bfloat16 model's KL rounded to bf16).
+    target_logits = metrics.at_least_float32(target_logits)
+    student_logits = metrics.at_least_float32(student_logits)
     p = jax.nn.softmax(target_logits / T)
     return jnp.mean(jnp.sum(p * (jax.nn.log_softmax(target_logits / T)
                                  - jax.nn.log_softmax(student_logits / T)), -1))
