@@ -179,6 +179,7 @@ def _int_ids(values, what: str) -> tuple[int, ...]:
                                  f"entries; pass the positions it marks: "
                                  f"{what}=np.flatnonzero(mask)")
     for v in values:
+        v = _host_scalar(v)
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Integral):
             if isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) \
                     and float(v).is_integer():
@@ -188,6 +189,19 @@ def _int_ids(values, what: str) -> tuple[int, ...]:
                                          f"pass whole numbers (e.g. {what}=(3,))")
         out.append(int(v))
     return tuple(out)
+
+
+def _host_scalar(v: Any) -> Any:
+    """A concrete 0-d array (JAX's, NumPy's) as its NumPy scalar (a JAX scalar class id or
+    fraction was refused where the NumPy one was taken); anything else (a tracer too) as it
+    is. (No JAX import: this module stays light.)"""
+    if (hasattr(v, "__array__") and not isinstance(v, np.generic)
+            and getattr(v, "ndim", None) == 0):
+        try:
+            return np.asarray(v)[()]
+        except Exception:  # noqa: BLE001 - a tracer: refused by the caller's check
+            return v
+    return v
 
 
 def row_hashes(ds: Dataset) -> np.ndarray:
@@ -610,6 +624,8 @@ class ForgetRequest:
                 raise ForgetRequestError("empty forget request: give at least one class")
             if len(set(self.classes)) != len(self.classes):
                 raise ForgetRequestError(f"duplicated classes in forget request {self.classes}")
+        if self.fraction is not None:
+            object.__setattr__(self, "fraction", _host_scalar(self.fraction))
         if self.fraction is not None and (isinstance(self.fraction, (bool, np.bool_))
                                           or not isinstance(self.fraction, numbers.Real)):
             raise ForgetRequestError(f"forget fraction must be a number in (0, 1), got "

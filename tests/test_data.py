@@ -533,3 +533,17 @@ def test_images_only_hashes_an_array_once_and_forgets_it_with_the_array():
     del x
     gc.collect()
     assert key not in data._IMAGE_HASHES           # the array is not kept alive
+
+
+def test_a_request_takes_jax_scalars_as_numpy_ones():
+    """A JAX scalar fraction or class id was refused ("must be a number", "must be integers")
+    where the NumPy one was taken (stop 64)."""
+    import jax.numpy as jnp
+
+    assert data.ForgetRequest(fraction=jnp.float32(0.25)) == data.ForgetRequest(fraction=0.25)
+    assert data.ForgetRequest(classes=(jnp.int32(3), np.int64(4))).classes == (3, 4)
+    assert data.ForgetRequest(indices=[jnp.int32(7), 2]).indices == (7, 2)
+    with pytest.raises(ForgetRequestError, match="must be a number in"):
+        data.ForgetRequest(fraction=jnp.bool_(True))
+    with pytest.raises(ForgetRequestError, match="must be integers"):
+        data.ForgetRequest(classes=(jnp.float32(2.5),))
