@@ -467,6 +467,9 @@ def evaluate(apply_fn: ApplyFn, params: Any, x: Any, y: Any, num_classes: int,
 # --------------------------------------------------------------------------------------------
 
 def _as_1d(name: str, values: Any, min_len: int = 1) -> np.ndarray:
+    if np.iscomplexobj(values):     # (taken as the real part, with NumPy's warning only)
+        raise DataError(f"{name} holds complex values; pass real per-sample values (losses, "
+                        "entropies, confidences)")
     arr = np.asarray(values, dtype=np.float64)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]

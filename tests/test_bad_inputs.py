@@ -543,6 +543,9 @@ API_CASES = [
         "hyperforget_jax.metrics", fromlist=["x"]).evaluate(
         c.arch.apply, c.params, c.train.x * 255, c.train.y, 10), DataError,
      r"values up to 255 \(0..255 pixel values\?\)"),
+    ("attack-complex-features", lambda c: __import__(
+        "hyperforget_jax.metrics", fromlist=["x"]).mia_loss_lr(
+        np.ones(4) + 1j, np.zeros(4)), DataError, "member_losses holds complex values"),
     ("mean-std-one-number", lambda c: __import__(
         "hyperforget_jax.metrics", fromlist=["x"]).mean_std(3.0), DataError,
      r"mean_std takes one number per seed \(a list\), got 3.0; pass \[3.0\]"),
