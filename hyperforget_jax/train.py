@@ -495,6 +495,10 @@ def replicate(tree: Any, n: int | None = None, axis_name: str | None = None,
 
 
 def unreplicate(tree: Any) -> Any:
+    """Device 0's copy of a replicated (``pmap``) tree. Waits for the steps that made it first:
+    the eager gathers dispatched while pmap steps with collectives were still queued aborted
+    the process on fake CPU devices (once in a test run, stop 64)."""
+    jax.block_until_ready(tree)
     return jax.tree.map(lambda x: x[0], tree)
 
 
