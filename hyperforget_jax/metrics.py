@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from hyperforget_jax import xla
-from hyperforget_jax.config import is_scalar_number
+from hyperforget_jax.config import check_count, is_scalar_number
 from hyperforget_jax.data import _check_seed, integer_inputs_fix
 from hyperforget_jax.errors import ConfigError, DataError, NonFiniteError
 from hyperforget_jax.params import committed
@@ -335,6 +335,8 @@ def chunked_apply(fn: Callable, params: Any, x: Any, chunk: int, whole: bool = F
     ``whole``: ``x`` in one call, unpadded, for a ``fn`` whose rows depend on their batch
     (:func:`rows_independent`): chunks and zero rows gave its rows other values for every
     ``len(x)`` and ``chunk``."""
+    # (0 was range()'s ValueError, 2.5 or None a TypeError)
+    chunk = check_count(chunk, "chunk", " (rows per call)")
     if whole:
         return jax.tree.map(np.asarray, fn(params, jnp.asarray(np.asarray(x))))
     chunk = min(chunk, max(16, 1 << max(len(x) - 1, 0).bit_length()))

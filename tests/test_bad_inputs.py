@@ -546,6 +546,34 @@ API_CASES = [
     ("attack-complex-features", lambda c: __import__(
         "hyperforget_jax.metrics", fromlist=["x"]).mia_loss_lr(
         np.ones(4) + 1j, np.zeros(4)), DataError, "member_losses holds complex values"),
+    # The GAN / HyperForget API's unchecked arguments (stop 64's fuzz): a fake-label seed of
+    # 2**32 + 5 drew seed 5's codes; a chunk of 0 or an empty D batch were bare errors; a
+    # mixture std or a prompt target 0 (or inf) in float32, "2" read as 2.0.
+    ("fake-label-seed-past-2-32", lambda c: __import__(
+        "hyperforget_jax.gan.unlearn", fromlist=["x"]).fake_label(
+        "generated", _tiny_gan(c)[0], _tiny_gan(c)[1], _tiny_gan(c)[2], seed=2**32 + 5),
+     ConfigError, "fake_label seed"),
+    ("fake-label-no-latents", lambda c: __import__(
+        "hyperforget_jax.gan.unlearn", fromlist=["x"]).fake_label(
+        "generated", _tiny_gan(c)[0], _tiny_gan(c)[1], _tiny_gan(c)[2], num_latents=0),
+     ConfigError, "fake_label: num_latents must be an integer >= 1"),
+    ("d-scores-chunk-zero", lambda c: __import__(
+        "hyperforget_jax.gan.train", fromlist=["x"]).d_scores(
+        _tiny_gan(c)[0], _tiny_gan(c)[2], c.train.x[:4], chunk=0),
+     ConfigError, r"chunk must be an integer >= 1 \(rows per call\)"),
+    ("plan-batches-fractional-epochs", lambda c: __import__(
+        "hyperforget_jax.unlearn.gradtau", fromlist=["x"]).plan_batches(10, 20, 4, 2.7, 0),
+     ConfigError, r"plan_batches: epochs \(forget-epochs E\) must be an integer"),
+    ("mixture-sigma-zero-in-float32", lambda c: __import__(
+        "hyperforget_jax.gan.models", fromlist=["x"]).check_latent_prior("mixture", 20, 1e-320),
+     ConfigError, "mixture_sigma must be a positive number that float32 holds"),
+    ("prompt-target-a-string", lambda c: __import__(
+        "hyperforget_jax.hyperforget.spec", fromlist=["x"]).check_target("forget target", "2"),
+     ForgetRequestError, "prompt forget target must be a number, got '2'"),
+    ("prompt-target-zero-in-float32", lambda c: __import__(
+        "hyperforget_jax.hyperforget.spec", fromlist=["x"]).check_target("forget target",
+                                                                          1e-50),
+     ForgetRequestError, "prompt forget target must be a positive finite loss"),
     ("mean-std-one-number", lambda c: __import__(
         "hyperforget_jax.metrics", fromlist=["x"]).mean_std(3.0), DataError,
      r"mean_std takes one number per seed \(a list\), got 3.0; pass \[3.0\]"),

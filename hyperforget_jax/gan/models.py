@@ -105,9 +105,11 @@ def check_latent_prior(name: str, components: int = MIXTURE_COMPONENTS,
         raise ConfigError(f"mixture_components must be an integer >= 2 (the mixture's "
                           f"Gaussians), got {components!r}")
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.floating)) \
-            or not np.isfinite(sigma) or sigma <= 0:
-        raise ConfigError(f"mixture_sigma must be a positive number (each Gaussian's std), "
-                          f"got {sigma!r}")
+            or not np.isfinite(sigma) or sigma <= 0 or sigma > float(np.finfo(np.float32).max) \
+            or np.float32(sigma) == 0:
+        # (1e-320 is 0 in float32, where the codes are drawn: every code one of the means)
+        raise ConfigError(f"mixture_sigma must be a positive number that float32 holds "
+                          f"(each Gaussian's std), got {sigma!r}")
 
 
 def auto_gan_arch(image_shape: tuple[int, int, int]) -> str:

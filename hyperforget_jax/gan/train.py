@@ -401,6 +401,9 @@ def d_scores(arch: GANArch, d_params: Params, x: np.ndarray, chunk: int = 1024) 
     (0..16 or 0..255 images saturated D's scores to 0 without a word)."""
     check_gan_arch(arch, "d_scores")
     x = arch.check_images(x, "d_scores' images", 0)
+    if not len(x):      # (no image: a TypeError inside chunked_apply)
+        check_count(chunk, "chunk", " (rows per call)")
+        return np.zeros((0,), np.float32)
     return chunked_apply(_compiled_scores(arch), d_params, x, chunk,
                          arch.whole_calls("discriminator", d_params, x))
 

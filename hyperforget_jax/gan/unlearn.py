@@ -310,6 +310,9 @@ def fake_label(kind: str, arch: GANArch, g_params: Params, d_params: Params, *,
     mean σ(D₀(x)) over ``heldout_x`` (real images never trained on).
     """
     check_gan_arch(arch, "fake_label")
+    # (a seed of 2**32 + 5 was seed 5, and num_latents 0 or -1 NumPy's / MLIR's errors)
+    seed = data._check_seed(seed, "fake_label seed", ConfigError)
+    num_latents = check_count(num_latents, "fake_label: num_latents")
     if kind == "hard":
         return 0.0
     if kind == "generated":

@@ -277,12 +277,15 @@ def coverage(spec: HyperSpec, classes, forget_target: float) -> dict:
 
 
 def check_target(name: str, value) -> float:
-    """A prompted loss must be a positive finite number (it enters as a logarithm)."""
+    """A prompted loss must be a positive finite number (it enters as a logarithm), one that
+    float32 holds (the prompt's dtype: 1e-50 was 0 there, 1e300 inf)."""
+    if isinstance(value, (bool, np.bool_, str, bytes)):     # ("2" read as 2.0, True as 1.0)
+        raise ForgetRequestError(f"prompt {name} must be a number, got {value!r}")
     try:
         v = float(value)
     except (TypeError, ValueError) as e:
         raise ForgetRequestError(f"prompt {name} must be a number, got {value!r}") from e
-    if not (np.isfinite(v) and v > 0):
+    if not (np.isfinite(v) and 0 < v <= float(np.finfo(np.float32).max) and np.float32(v) > 0):
         raise ForgetRequestError(f"prompt {name} must be a positive finite loss, got {v}; pass "
                                  "a value such as 5.0 or omit it for the hypernetwork's "
                                  "default")

@@ -895,6 +895,13 @@ def plan_batches(n_forget: int, n_retain: int, batch_size: int, epochs: int | No
     _check_seed(seed, "plan_batches: seed", ConfigError, limit=False)
     bf, br = min(batch_size, n_forget), min(batch_size, n_retain)
     nf, nr = math.ceil(n_forget / bf), math.ceil(n_retain / br)
+    epochs = _concrete(epochs)
+    if epochs is not None and (isinstance(epochs, (bool, np.bool_))
+                               or not isinstance(epochs, (int, np.integer))
+                               or not 0 <= epochs <= 2**31 - 1):
+        # 2.7 planned 2 forget-epochs, "3" 3, True 1; -1 and NaN were NumPy's errors
+        raise ConfigError(f"plan_batches: epochs (forget-epochs E) must be an integer in "
+                          f"[0, 2**31) or None (the budget), got {epochs!r}")
     E = budget_epochs(nr, nf, max_epochs) if epochs is None else int(epochs)
     f_idx = np.stack([wrapped_batches(np.random.default_rng([seed, 1, e]), n_forget, bf)
                       for e in range(E)]) if E else np.zeros((0, nf, bf), np.int64)
