@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import shutil
 import sys
 import time
@@ -56,7 +57,7 @@ import numpy as np
 
 from hyperforget_jax import __version__, configflags, data, report, rundir
 from hyperforget_jax.cli import ArgumentParser, ListInOne
-from hyperforget_jax.commands.common import path_arg
+from hyperforget_jax.commands.common import path_arg, refuse_zero_epochs
 from hyperforget_jax.commands.gan import add_judge_flags
 from hyperforget_jax.errors import ConfigError
 from hyperforget_jax.gan.metrics import EvalConfig, evaluate_gan, judge_from_recipe, judge_outputs
@@ -147,7 +148,7 @@ def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[
     def ints(flag: str, text: str) -> list[int]:
         vals = []
         for v in (v.strip() for v in text.split(",")):
-            if v and not v.lstrip("-").isdigit():
+            if v and not re.fullmatch(r"-?[0-9]+", v):    # (isdigit took "٣" as 3)
                 raise ConfigError(f"{flag} takes comma-separated integers, got {text!r}")
             if v:
                 vals.append(int(v))
@@ -175,6 +176,8 @@ def _request_lists(args, splits) -> tuple[list[int], list[int], list[str], list[
     if len(set(labels)) != len(labels):   # both runs of a seed under one name, pooled
         raise ConfigError(f"--fake-labels lists a value twice: {args.fake_labels!r}")
     classes = ints("--classes", args.classes)
+    if not classes and not sizes:     # (a 1.8-minute run to an empty report, exit 0)
+        raise ConfigError("--classes and --sizes are both empty: no request to run")
     for c in classes:                 # names the classes the data has
         data.resolve_forget(splits.train, data.ForgetRequest(classes=(c,)))
     return sizes, retrain_sizes, labels, classes
@@ -215,6 +218,7 @@ def main(argv=None) -> dict:
     # Every value is checked here, before anything is trained or written (exit 2, one error).
     try:
         gan_cfg = gan_flags.build(args)
+        refuse_zero_epochs(gan_cfg.epochs)      # (a sweep of untrained GANs, as on the CLI)
         judge_rec = judge_of(args)
         ev_full = EvalConfig(num_samples=args.samples, downstream_samples=args.samples)
         sizes, retrain_sizes, labels, classes = _request_lists(args, splits)

@@ -92,7 +92,11 @@ def test_bad_lambda_u_refused_before_anything_runs(bad, tmp_path, capsys):
     (["--fake-labels", "hard,soft"], "--fake-labels takes hard, generated, heldout"),
     (["--seeds", "0"], "--seeds must be >= 1"),
     (["--samples", "1"], "at least 2 generated samples"),
-    (["--epochs", "-1"], "epochs must be >= 0")])
+    (["--epochs", "-1"], "epochs must be >= 0"),
+    # A sweep of untrained GANs, and a 1.8-minute run to an empty report (stop 64).
+    (["--epochs", "0"], "--epochs 0 trains nothing"),
+    (["--classes", "", "--sizes", ""], "--classes and --sizes are both empty"),
+    (["--classes", "٣"], "--classes takes comma-separated integers")])
 def test_bad_requests_and_recipes_refused_before_anything_runs(argv, words, tmp_path, capsys):
     # They used to train the judge and the GANs first (minutes), or crash with a traceback.
     gan = load_experiment("gan_unlearning")
