@@ -766,6 +766,8 @@ def format_over_seeds(values: Iterable[float | None], scale: float = 1.0, digits
     ``"[k of n seeds]"`` appended where only some have one (a None, or a NaN), so a seed that
     is missing is never silently left out of the mean."""
     _check_digits(digits)
+    if is_scalar_number(values) or isinstance(values, (str, bytes)):
+        mean_std(values)            # its DataError, naming the fix
     values = list(values)
     ok = [v for v in values if v is not None and np.isfinite(v)]
     if not ok:
@@ -798,8 +800,11 @@ def format_mean_std(values: Iterable[float], scale: float = 1.0, digits: int = 2
       DataError: for no values.
     """
     _check_digits(digits)
-    values = np.asarray(list(values), dtype=np.float64).reshape(-1)
+    # mean_std's checks on the values as given: "12" was read digit by digit ("1.50 ± 0.71")
+    if not (is_scalar_number(values) or isinstance(values, (str, bytes))):
+        values = list(values)
     mean, std = mean_std(values)
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
     if values.size == 1:
         return f"{mean * scale:.{digits}f} ± –"
     return f"{mean * scale:.{digits}f} ± {std * abs(scale):.{digits}f}"

@@ -574,6 +574,13 @@ API_CASES = [
         "hyperforget_jax.hyperforget.spec", fromlist=["x"]).check_target("forget target",
                                                                           1e-50),
      ForgetRequestError, "prompt forget target must be a positive finite loss"),
+    # format_mean_std turned "12" into [1., 2.] before mean_std's check ("1.50 ± 0.71").
+    ("format-mean-std-a-string", lambda c: __import__(
+        "hyperforget_jax.metrics", fromlist=["x"]).format_mean_std("12"), DataError,
+     "mean_std takes one number per seed"),
+    ("format-over-seeds-a-string", lambda c: __import__(
+        "hyperforget_jax.metrics", fromlist=["x"]).format_over_seeds("12"), DataError,
+     "mean_std takes one number per seed"),
     ("mean-std-one-number", lambda c: __import__(
         "hyperforget_jax.metrics", fromlist=["x"]).mean_std(3.0), DataError,
      r"mean_std takes one number per seed \(a list\), got 3.0; pass \[3.0\]"),
