@@ -412,6 +412,9 @@ class Checkpointer:
             return
         where = self.step_dir(step)
         meta = checks.jsonable_meta(meta, where)
+        if checks.SETTINGS_KEY in meta:     # (overwritten, then dropped on restore)
+            raise ConfigError(f"meta key {checks.SETTINGS_KEY!r} is reserved for the JAX "
+                              "settings the checkpoint records; name yours otherwise")
         # The JAX settings a resume must share (checks.refuse_other_jax_settings).
         meta = {**meta, checks.SETTINGS_KEY: checks.jax_settings()}
         checks.check_savable(state, f"step {step} to {where}")  # before touching the disk

@@ -265,7 +265,9 @@ def fit(arch: Model, train: Dataset, cfg: TrainConfig, *,
                else array_fingerprint(*jax.tree.leaves(init_params)))
     init_params = None     # the state holds its own copy: a committed copy here stayed alive
     if checkpointer is not None and checkpointer.latest_step() is not None:
-        state, stored = checkpointer.restore(state)
+        # The template placed as the run's state is (parameters on another device than the
+        # default one: its counters there too), so the restored state is on one device.
+        state, stored = checkpointer.restore(committed(state))
         start = int(checkpointer.latest_step())
         prior = float(stored.get("train_seconds", 0.0))
         # A model of the same parameter tree (an edited module rerun into its directory)

@@ -581,6 +581,29 @@ API_CASES = [
     ("format-over-seeds-a-string", lambda c: __import__(
         "hyperforget_jax.metrics", fromlist=["x"]).format_over_seeds("12"), DataError,
      "mean_std takes one number per seed"),
+    # The review's and the second fuzz's (stop 64): the record key overwritten and dropped;
+    # a hypernetwork's own record replaced by extra_meta; eps 0 a NaN IS; NaN items flagging
+    # arbitrary codes; channel-first images judged as they came.
+    ("checkpoint-meta-reserved-key", lambda c: __import__(
+        "hyperforget_jax.checkpoint", fromlist=["x"]).Checkpointer(c.root / "never" / "ck").save(
+        1, {"w": np.zeros(2, np.float32)}, {"jax_settings": 1}), ConfigError,
+     "meta key 'jax_settings' is reserved"),
+    ("save-hypernet-extra-meta-record-key", lambda c: save_zero_hypernet(
+        c.root / "never" / "h.npz", tiny_hyperspec(c.arch, "dihyfo2"), {"format": "mine"}),
+     ConfigError, r"extra_meta may not set \['format'\]"),
+    ("classifier-is-eps-zero", lambda c: __import__(
+        "hyperforget_jax.gan.metrics", fromlist=["x"]).classifier_is(np.eye(3), eps=0.0),
+     ConfigError, r"classifier_is: eps .* must be a number in \(0, 1e-3\]"),
+    ("flag-item-codes-nan-items", lambda c: __import__(
+        "hyperforget_jax.gan.unlearn", fromlist=["x"]).flag_item_codes(
+        np.zeros((6, 4)), np.full((2, 4), np.nan)), DataError,
+     "items and samples must be finite numbers"),
+    ("judge-outputs-channel-first", lambda c: __import__(
+        "hyperforget_jax.gan.metrics", fromlist=["x"]).judge_outputs(
+        __import__("hyperforget_jax.gan.metrics", fromlist=["x"]).Judge(
+            models.make_architecture("mlp", (8, 8, 1)),
+            models.make_architecture("mlp", (8, 8, 1)).init(jax.random.key(0))),
+        np.zeros((4, 1, 8, 8), np.float32)), DataError, "model takes"),
     ("mean-std-one-number", lambda c: __import__(
         "hyperforget_jax.metrics", fromlist=["x"]).mean_std(3.0), DataError,
      r"mean_std takes one number per seed \(a list\), got 3.0; pass \[3.0\]"),

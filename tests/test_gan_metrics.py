@@ -129,6 +129,14 @@ def test_the_exported_metrics_refuse_what_they_cannot_score():
     with pytest.raises(DataError, match="values in \\[.*, 2.*divide 0..255 images by 255"):
         M.judge_outputs(judge, x * 255)
     assert M.judge_outputs(judge, x)[0].shape == (3, 10)
+    # A float32 covariance of low-rank ReLU features (rounding eigenvalues near -1.5e-6 of its
+    # scale) is a covariance: the round's own PSD check refused it (stop 64's review).
+    rng = np.random.default_rng(0)
+    feats = np.maximum(rng.normal(size=(200, 16)) @ rng.normal(size=(16, 512)), 0)
+    cov32 = np.asarray(jax.numpy.cov(jax.numpy.asarray(feats, jax.numpy.float32), rowvar=False))
+    mu = feats.mean(0)
+    scale = float(np.trace(cov32))
+    assert M.frechet_distance(mu, cov32, mu, cov32) == pytest.approx(0.0, abs=1e-2 * scale)
 
 
 def test_d_score_mia():

@@ -922,3 +922,15 @@ def test_parameters_on_another_device_run_there_with_the_same_numbers(digits_spl
                 assert b.devices() == {dev}, name
                 np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6,
                                            err_msg=name)
+    # Resumed from a checkpoint too: the restored counters were on the default device, the
+    # parameters on dev (the review's finding).
+    import tempfile
+
+    from hyperforget_jax.checkpoint import Checkpointer
+    with tempfile.TemporaryDirectory() as d:
+        with Checkpointer(d) as ck:
+            train.fit(arch, digits_splits.train, cfg, checkpointer=ck, init_params=q)
+        with Checkpointer(d) as ck:
+            two = dataclasses.replace(cfg, epochs=2)
+            got = train.fit(arch, digits_splits.train, two, checkpointer=ck, init_params=q)
+        assert all(x.devices() == {dev} for x in jax.tree.leaves(got[0].params))

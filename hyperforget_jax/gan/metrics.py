@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from hyperforget_jax import layers, xla
-from hyperforget_jax.config import SEED_LIMIT
+from hyperforget_jax.config import SEED_LIMIT, is_scalar_number
 from hyperforget_jax.data import (Dataset, ForgetRequest, Splits, check_unit_images,
                                   images_only, refuse_training_rows)
 from hyperforget_jax.errors import (ArchitectureError, CheckpointError, ConfigError, DataError,
@@ -266,6 +266,9 @@ def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = JUDGE_CHUNK
     if not np.isfinite(x).all():
         raise DataError("judge_outputs: the images hold NaN/inf values")
     check_unit_images(x, "judge_outputs' images")
+    # Images of another shape (channel-first, (N, 3, 8, 8) for an (8, 8, 3) judge) were judged
+    # as they came, or failed inside Flax (stop 64); evaluate_gan checked them, this did not.
+    judge.arch.check_inputs(x, "judge_outputs' images", values=False)
     # The registered models and the experiments' JudgeCNN are per-image by construction: no
     # check (≈ 1 s of compilation for JudgeCNN).
     own = judge.arch.registered or type(judge.arch.flax_module) is JudgeCNN
@@ -283,6 +286,11 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
     >>> round(frechet_distance(np.zeros(2), np.eye(2), np.ones(2), np.eye(2)), 6)
     2.0
     """
+    # The PSD check's slack follows the inputs' precision: a float32 covariance of low-rank
+    # ReLU features has rounding eigenvalues near −1.5e-6 of its scale.
+    eps = max((np.finfo(np.asarray(s).dtype).eps
+               if np.issubdtype(np.asarray(s).dtype, np.floating) else 0.0)
+              for s in (sigma1, sigma2))
     mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
     sigma1, sigma2 = np.asarray(sigma1, np.float64), np.asarray(sigma2, np.float64)
     if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
@@ -301,7 +309,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
         if not np.allclose(s, s.T, rtol=1e-6, atol=1e-9 * scale):
             raise DataError(f"frechet_distance: {name} is not symmetric, so not a covariance; "
                             "pass np.cov(features, rowvar=False) (feature_stats)")
-        if f and np.linalg.eigvalsh(s).min() < -1e-6 * scale:
+        if f and np.linalg.eigvalsh(s).min() < -max(1e-6, 50 * eps * np.sqrt(f)) * scale:
             raise DataError(f"frechet_distance: {name} has a negative eigenvalue, so it is "
                             "not a covariance; pass np.cov(features, rowvar=False) "
                             "(feature_stats)")
@@ -343,6 +351,11 @@ def classifier_fid(features_a: np.ndarray, features_b: np.ndarray) -> float:
 def classifier_is(probs: np.ndarray, eps: float = 1e-12) -> float:
     """classifier-IS: exp(E_x KL(p(y|x) ‖ p(y))) over the judge's predictions.
     Uniform predictions give 1; confident predictions balanced over K classes give K."""
+    if isinstance(eps, (bool, np.bool_)) or not is_scalar_number(eps) \
+            or not 0 < float(eps) <= 1e-3:
+        # (0 or NaN gave NaN, True read as 1, 1e6 a meaningless 1.0)
+        raise ConfigError(f"classifier_is: eps (the log's guard) must be a number in "
+                          f"(0, 1e-3], got {eps!r}")
     p = np.asarray(probs, np.float64)
     if p.ndim != 2 or len(p) == 0:     # no rows: NaN, with numpy's "Mean of empty slice"
         raise DataError(f"classifier_is takes (N, K) class probabilities with N >= 1, got "

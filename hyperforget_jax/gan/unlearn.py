@@ -373,9 +373,16 @@ def flag_item_codes(samples: np.ndarray, items: np.ndarray, k: int = 2) -> np.nd
     # reshape / matmul errors (the cascade passes a checked item_neighbours; stop 63).
     check_count(k, "flag_item_codes: k")
     items, samples = np.asarray(items), np.asarray(samples)
-    if len(items) == 0 or items.shape[1:] != samples.shape[1:]:
+    if samples.ndim < 2 or not len(samples):
+        raise DataError(f"flag_item_codes: samples must be at least one image, got shape "
+                        f"{samples.shape}")
+    if items.ndim < 1 or len(items) == 0 or items.shape[1:] != samples.shape[1:]:
         raise DataError(f"flag_item_codes: items must be at least one image of the samples' "
                         f"shape {samples.shape[1:]}, got shape {items.shape}")
+    if not (np.issubdtype(items.dtype, np.number) and np.issubdtype(samples.dtype, np.number)
+            and np.isfinite(items).all() and np.isfinite(samples).all()):
+        # (NaN distances flagged arbitrary codes)
+        raise DataError("flag_item_codes: items and samples must be finite numbers")
     d = _sq_dists(items, samples)                       # (items, pool)
     k = min(k, samples.shape[0])
     nearest = np.argpartition(d, k - 1, axis=1)[:, :k]
@@ -720,8 +727,9 @@ def _restore_progress(checkpointer, template: dict, cfg: UnlearnConfig, fingerpr
                               "choose another --out directory (or delete it to start over)")
     from hyperforget_jax.checkpoint_checks import refuse_other_jax_settings
 
-    refuse_other_jax_settings(checkpointer.directory, checkpointer.written_under(step),
-                              "a GAN unlearning run")
+    if not prog.get("done"):        # (a finished run is read, not resumed)
+        refuse_other_jax_settings(checkpointer.directory, checkpointer.written_under(step),
+                                  "a GAN unlearning run")
     tree, _ = checkpointer.restore(template, step)
     return tree, prog
 

@@ -43,6 +43,16 @@ def to_bytes(net: Hypernet, extra_meta: dict | None = None) -> bytes:
     arrays = {_leaf_name(p): np.asarray(v, np.float32) for p, v in leaves}
     if not all(np.isfinite(a).all() for a in arrays.values()):
         raise NonFiniteError("the hypernetwork's parameters contain NaN/inf; nothing written")
+    # The record's own keys may not be given other values: they replaced it (a spec or a
+    # dataset that loaded as the file's, and sampled another network). The digests and
+    # p_uncond are written after extra_meta (computed here), whatever it holds.
+    record = {"format": FORMAT, "hypernet": net.spec.to_json(), **(net.built_on or {})}
+    clash = sorted(k for k in (extra_meta or {}) if k in record
+                   and json.dumps(extra_meta[k], sort_keys=True, default=str)
+                   != json.dumps(record[k], sort_keys=True, default=str))
+    if clash:
+        raise ConfigError(f"extra_meta may not set {clash}: the hypernetwork's own record; "
+                          "name your keys otherwise")
     meta = {"format": FORMAT, "hypernet": net.spec.to_json(), **(net.built_on or {}),
             **(extra_meta or {}), "arrays_digest": _arrays_digest(arrays)}
     if net.p_uncond is not None:

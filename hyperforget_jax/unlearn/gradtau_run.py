@@ -413,7 +413,7 @@ def run_gradtau(arch: Any, params: Params, split: ForgetSplit, val: Dataset,
                       model=model_identity(model.to_json()))
     start, taus, hist_f, hist_r, hist_a = 0, [], [], [], []
     if checkpointer is not None and checkpointer.latest_step() is not None:
-        ts, saved = checkpointer.restore(ts)
+        ts, saved = checkpointer.restore(committed(ts))    # (placed as the run's state)
         g = saved.get("gradtau", {})
         _validate_resume(g.get("run", {}), run_id, checkpointer.directory)
         start = int(g["epoch"])
