@@ -232,8 +232,17 @@ class _Lock:
             if not same:
                 os.close(fd)
                 continue
+            try:
+                self._write_info(fd)
+            except OSError as e:
+                # A full disk: a traceback, and an empty lock left in the directory (which
+                # open_run then could not remove; stop 64).
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+                raise RunDirError(f"cannot write the lock file {self.path} ({e.strerror}); "
+                                  "check the disk space and permissions there") from e
             self.fd = fd
-            self._write_info(fd)
             return
         raise RunDirError(f"could not lock {self.path} (another process keeps replacing it); "
                           "make sure only one command writes this directory")
@@ -482,7 +491,10 @@ def open_run(path: str | os.PathLike, identity: dict, *, reads: Sequence[str | o
 def _check_place(out: Path, reads: Sequence[str | os.PathLike], flag: str
                  ) -> tuple[bool, dict | None, list[str]]:
     _check_not_an_input(out, [_abs(r) for r in reads], flag)
-    existed = out.exists()
+    try:
+        existed = out.exists()
+    except OSError as e:    # ENAMETOOLONG: Path.exists re-raised it (a traceback)
+        raise RunDirError(f"{flag} {out}: {e.strerror}; pass a shorter path") from e
     if existed and not out.is_dir():
         raise RunDirError(f"{flag} {out} is a file, not a directory; pass a directory")
     stored = read_identity(out) if existed else None

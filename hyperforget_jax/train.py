@@ -536,6 +536,7 @@ def sharded_step(step: Callable, mesh: Mesh) -> Callable:
     def run(state, batch):
         check_batch_rows(batch, n, "sharded_step")
         return jitted(state, batch)
+    run.lower, run.trace = jitted.lower, jitted.trace     # (AOT use, as jit_step's)
     return run
 
 

@@ -868,3 +868,26 @@ def test_ctrl_c_in_a_script_is_one_line_and_exit_130(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "bench_x: interrupted; rerun the command to run it again (it starts over: this "
         "script does not resume)"], done.stderr
+
+
+def test_a_lock_file_the_disk_cannot_hold_is_refused_and_removed(tmp_path, monkeypatch):
+    """A full disk while the lock's record was written: an OSError traceback, and the empty
+    lock file left in the new directory, which was then not removed either (stop 64)."""
+    import errno
+
+    def full(self, fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir._Lock, "_write_info", full)
+    with pytest.raises(RunDirError, match=r"cannot write the lock file .*\(No space left on "
+                                          r"device\); check the disk space"):
+        with rundir.open_run(tmp_path / "r", {"role": "x"}):
+            pass
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_path_component_past_255_bytes_is_refused(tmp_path):
+    """Path.exists re-raised ENAMETOOLONG: a traceback where a refusal belongs (stop 64)."""
+    with pytest.raises(RunDirError, match="File name too long; pass a shorter path"):
+        with rundir.open_run(tmp_path / ("a" * 300), {"role": "x"}):
+            pass

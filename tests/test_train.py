@@ -97,6 +97,7 @@ def test_the_sharded_steps_name_an_indivisible_batch_and_a_mesh_without_data():
         with pytest.raises(ConfigError, match=r"the mesh's axes are \('x',\), and the step "
                                               "shards its batch along an axis named 'data'"):
             make()
+    assert step.lower(state, (x[:9], y[:9])).compile() is not None    # AOT, as jit_step's
     state, m = step(state, (x[:9], y[:9]))      # divisible: runs
     assert np.isfinite(float(m["loss"]))
 
