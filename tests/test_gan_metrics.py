@@ -124,7 +124,7 @@ def test_the_exported_metrics_refuse_what_they_cannot_score():
     # uint8 / float 0..255 images were judged unscaled: classifier-FID 1.3e7 of the same
     # digits (stop 64), where d_scores refuses them.
     x = np.random.default_rng(0).uniform(size=(3, 8, 8, 1)).astype(np.float32)
-    with pytest.raises(DataError, match="float images in \\[0, 1\\], got dtype uint8"):
+    with pytest.raises(DataError, match="images of dtype uint8; the models take floating"):
         M.judge_outputs(judge, (x * 255).astype(np.uint8))
     with pytest.raises(DataError, match="values in \\[.*, 2.*divide 0..255 images by 255"):
         M.judge_outputs(judge, x * 255)

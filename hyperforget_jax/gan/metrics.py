@@ -250,13 +250,10 @@ def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = JUDGE_CHUNK
     chunks would pad with zero images."""
     from hyperforget_jax.unlearn.gradtau_run import per_example
 
-    # uint8 or float 0..255 images were judged unscaled, without a word (classifier-FID of the
-    # real digits against themselves as uint8: 1.3e7), where d_scores refuses them (stop 64).
-    dtype = getattr(x, "dtype", None)
-    dtype = np.asarray(x).dtype if dtype is None else dtype
-    if not np.issubdtype(dtype, np.floating) and dtype != jax.numpy.bfloat16:
-        raise DataError(f"judge_outputs takes float images in [0, 1], got dtype {dtype}; "
-                        "uint8 images: divide by 255")
+    # The judge's own check of its inputs (stop 64): uint8 images were judged unscaled
+    # (classifier-FID of the real digits against themselves as uint8: 1.3e7), channel-first
+    # ones as they came, or failed inside Flax; evaluate_gan checked them, this did not.
+    judge.arch.check_inputs(x, "judge_outputs' images", values=False)
     x = np.asarray(x, np.float32)
     # No image was a bare TypeError in chunked_apply; NaN images gave finite, near-uniform
     # probabilities (ReLU zeroed them), where d_scores refuses them.
@@ -265,10 +262,7 @@ def judge_outputs(judge: Judge, x: np.ndarray, chunk: int = JUDGE_CHUNK
                         f"{x.shape}")
     if not np.isfinite(x).all():
         raise DataError("judge_outputs: the images hold NaN/inf values")
-    check_unit_images(x, "judge_outputs' images")
-    # Images of another shape (channel-first, (N, 3, 8, 8) for an (8, 8, 3) judge) were judged
-    # as they came, or failed inside Flax (stop 64); evaluate_gan checked them, this did not.
-    judge.arch.check_inputs(x, "judge_outputs' images", values=False)
+    check_unit_images(x, "judge_outputs' images")       # (float 0..255 images too)
     # The registered models and the experiments' JudgeCNN are per-image by construction: no
     # check (≈ 1 s of compilation for JudgeCNN).
     own = judge.arch.registered or type(judge.arch.flax_module) is JudgeCNN
